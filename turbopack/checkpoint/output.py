@@ -1,0 +1,65 @@
+"""Atomic output folders: everything is written into a temp dir next to OUT and renamed at the end.
+
+An interrupted or failed run (exception, Ctrl-C) removes its temp dir, so OUT either does not
+exist or is complete. With ``force`` an existing OUT is replaced only after the new one is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from turbopack.errors import CheckpointError, OutputExistsError
+
+TEMP_PREFIX = ".turbopack-tmp-"
+
+
+def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Fail early (before any work) on an output we may not write."""
+    out = Path(out)
+    for src in inputs:
+        if out.resolve() == Path(src).resolve():
+            raise OutputExistsError(f"{out}: output is the input folder; choose another -o")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: already exists; pass --force to replace it or choose another -o")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise CheckpointError(f"{out}: parent folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise CheckpointError(f"{out}: cannot write to {parent}; choose a writable -o")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temp dir; on success it becomes ``out``, on any failure it is removed."""
+    out = Path(out)
+    check_output(out, force)
+    tmp = out.resolve().parent / f"{TEMP_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if out.exists():
+            trash = tmp.with_name(tmp.name + "-old")
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        _fsync_dir(out.resolve().parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

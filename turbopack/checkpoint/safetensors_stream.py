@@ -1,0 +1,152 @@
+"""Streaming safetensors writer and a validating header reader.
+
+Why our own writer: ``safetensors.torch.save_file`` needs every tensor of a shard in memory at
+once. The safetensors layout (8-byte little-endian header length, a JSON header with each
+tensor's dtype, shape and ``data_offsets`` relative to the data section, then raw little-endian
+bytes) lets us write the header first because every output shape is known before any weight is
+quantized; tensor bytes are then written in row chunks at their offsets, so peak memory is one
+chunk, not one shard. Files written here are read back by the ``safetensors`` library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from turbopack.errors import CheckpointError
+
+ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+TORCH_DTYPES: dict[str, torch.dtype] = {v: k for k, v in ST_DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and validate a safetensors header without loading data: (tensors, __metadata__)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download or re-export it")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(MAX_HEADER, size - 8):
+                raise CheckpointError(f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or not safetensors")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e.__class__.__name__}); the file is corrupt") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object; the file is corrupt")
+    meta = header.pop("__metadata__", None) or {}
+    tensors = _validate_entries(path, header, size - 8 - n)
+    return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, TensorEntry]:
+    out: dict[str, TensorEntry] = {}
+    spans = []
+    for name, e in header.items():
+        try:
+            dtype = TORCH_DTYPES[e["dtype"]]
+            shape = tuple(int(d) for d in e["shape"])
+            begin, end = (int(v) for v in e["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry; the file is corrupt") from None
+        entry = TensorEntry(name, dtype, shape)
+        if min(shape, default=1) < 0 or not 0 <= begin <= end <= data_size:
+            raise CheckpointError(f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} bytes); the file is truncated or corrupt")
+        if end - begin != entry.nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span {end - begin}; the file is corrupt")
+        spans.append((begin, end, name))
+        out[name] = entry
+    spans.sort()
+    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap; the file is corrupt")
+    return out
+
+
+def sha256_file(path: Path, chunk: int = 16 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StreamingWriter:
+    """Writes one safetensors file whose tensor list is fixed up front; data arrives in row chunks."""
+
+    def __init__(self, path: Path, entries: list[TensorEntry], metadata: dict[str, str] | None = None):
+        self.path = path
+        self.entries = {e.name: e for e in entries}
+        header: dict = {"__metadata__": dict(metadata or {})} if metadata else {}
+        self.offsets: dict[str, int] = {}
+        pos = 0
+        for e in entries:
+            header[e.name] = {"dtype": ST_DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
+            self.offsets[e.name] = pos
+            pos += e.nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # data section starts 8-byte aligned
+        self.data_start = 8 + len(blob)
+        self.size = self.data_start + pos
+        self._f = open(path, "wb")
+        self._f.write(struct.pack("<Q", len(blob)) + blob)
+        self._f.truncate(self.size)
+        self._written: dict[str, int] = {e.name: 0 for e in entries}
+
+    def write_rows(self, name: str, row_start: int, chunk: torch.Tensor) -> None:
+        """Write rows [row_start, row_start + len(chunk)) of tensor ``name``."""
+        e = self.entries[name]
+        if chunk.dtype != e.dtype or tuple(chunk.shape[1:]) != e.shape[1:]:
+            raise ValueError(f"{name}: chunk {chunk.dtype} {list(chunk.shape)} does not fit {e.dtype} {list(e.shape)}")
+        row_bytes = e.nbytes // e.shape[0] if e.shape and e.shape[0] else e.nbytes
+        data = chunk.contiguous().view(torch.uint8).numpy().tobytes() if chunk.numel() else b""
+        self._f.seek(self.data_start + self.offsets[name] + row_start * row_bytes)
+        self._f.write(data)
+        self._written[name] += len(data)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.write_rows(name, 0, tensor.reshape(self.entries[name].shape) if tensor.dim() == 0 else tensor)
+
+    def close(self) -> None:
+        """Flush and fsync; fails if any tensor was left unwritten (a hole would read as zeros)."""
+        short = [n for n, e in self.entries.items() if self._written[n] < e.nbytes]
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        if short:
+            raise RuntimeError(f"{self.path}: tensors never fully written: {short[:5]}")
+
+    def __enter__(self) -> "StreamingWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._f.close()

@@ -1,0 +1,89 @@
+"""Sharded, streaming output: plan shards from known tensor specs, then fill them in order.
+
+The plan keeps each job's tensors (e.g. a weight's qweight/scales/zeros) in one shard and cuts a
+new shard when the next job would pass ``max_shard_bytes``. Shards are written one at a time, so
+only one file is open; names follow Hugging Face (``model-00001-of-00003.safetensors`` plus
+``model.safetensors.index.json``, or a single ``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from turbopack.checkpoint.safetensors_stream import StreamingWriter, TensorEntry, sha256_file
+
+DEFAULT_SHARD_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    files: list[str]
+    entries: list[list[TensorEntry]]
+
+    @classmethod
+    def build(cls, jobs: list[list[TensorEntry]], max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> "ShardPlan":
+        shards: list[list[TensorEntry]] = [[]]
+        size = 0
+        for job in jobs:
+            nbytes = sum(e.nbytes for e in job)
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].extend(job)
+            size += nbytes
+        n = len(shards)
+        files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        return cls(files, shards)
+
+
+class ShardedWriter:
+    """Writes the planned shards into ``folder``; tensors must arrive in plan order (shard by shard)."""
+
+    def __init__(self, folder: Path, plan: ShardPlan, metadata: dict[str, str] | None = None):
+        self.folder = folder
+        self.plan = plan
+        self.metadata = metadata or {}
+        self.shard_of = {e.name: i for i, shard in enumerate(plan.entries) for e in shard}
+        self._current: tuple[int, StreamingWriter] | None = None
+        self.shards: dict[str, dict] = {}
+
+    def _writer(self, name: str) -> StreamingWriter:
+        idx = self.shard_of[name]
+        if self._current is None or self._current[0] != idx:
+            if self._current is not None:
+                if idx < self._current[0]:
+                    raise RuntimeError(f"{name}: written out of shard order")
+                self._close_current()
+            path = self.folder / self.plan.files[idx]
+            self._current = (idx, StreamingWriter(path, self.plan.entries[idx], self.metadata))
+        return self._current[1]
+
+    def write_rows(self, name: str, row_start: int, chunk: torch.Tensor) -> None:
+        self._writer(name).write_rows(name, row_start, chunk)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._writer(name).write(name, tensor)
+
+    def _close_current(self) -> None:
+        idx, w = self._current  # type: ignore[misc]
+        w.close()
+        self.shards[self.plan.files[idx]] = {"bytes": w.size, "sha256": sha256_file(w.path)}
+        self._current = None
+
+    def finish(self) -> dict[str, dict]:
+        """Close the last shard, write the index (if sharded); return {file: {bytes, sha256}}."""
+        if self._current is not None:
+            self._close_current()
+        missing = [f for f in self.plan.files if f not in self.shards]
+        if missing:
+            raise RuntimeError(f"shards never written: {missing}")
+        if len(self.plan.files) > 1:
+            weight_map = {e.name: self.plan.files[i] for i, shard in enumerate(self.plan.entries) for e in shard}
+            total = sum(e.nbytes for shard in self.plan.entries for e in shard)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return self.shards

@@ -1,0 +1,79 @@
+"""The `turbopack` command: a thin typer layer over the library (turbopack.api).
+
+Exit codes: 0 ok, 1 a check failed, 2 bad usage or input. Results go to stdout, progress and
+logs to stderr. Tracebacks only with TURBOPACK_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+
+from turbopack.errors import TurbopackError
+
+app = typer.Typer(
+    name="turbopack",
+    help="Quantize LLM weights, pack them for a GPU architecture, and run them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Quantize LLM weights, pack them for a GPU architecture, and run them."""
+
+
+# One module per command; each has register(app). Order = order in --help.
+COMMAND_MODULES = ("quantize", "pack", "verify", "inspect", "check", "run", "bench", "eval", "convert", "export", "upload")
+
+
+def _register_all() -> None:
+    for mod in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"turbopack.cli.{mod}_cmd")
+        except ModuleNotFoundError as e:
+            if e.name == f"turbopack.cli.{mod}_cmd":
+                continue  # command not built yet
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        return int(rc or 0)
+    except TurbopackError as e:
+        if os.environ.get("TURBOPACK_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted; no output was left behind", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,47 @@
+"""`turbopack quantize`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def quantize(
+    model: str = typer.Argument(..., help="Hugging Face model folder (config.json + *.safetensors)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (written atomically)."),
+    format: str = typer.Option("w4a16", "--format", "-f", help="w4a16 | w8a16 | w8a8 | fp8"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="int4 group size along K: 32, 64, 128 (default 128)."),
+    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="int4: symmetric (no zero points) or asymmetric (default)."),
+    scale_dtype: Optional[str] = typer.Option(None, help="int4 scale dtype: bfloat16 (default) or float16."),
+    per_tensor: Optional[bool] = typer.Option(None, "--per-tensor/--per-channel", help="fp8: one scale per tensor instead of per output channel."),
+    ignore: list[str] = typer.Option([], "--ignore", help="Glob of module names to keep unquantized (repeatable)."),
+    include_lm_head: bool = typer.Option(False, help="Also quantize lm_head."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Quantize every linear weight of MODEL (RTN) into an arch-neutral checkpoint.
+
+    [bold]Examples[/bold]
+
+      turbopack quantize ./Llama-3-8B -o llama-w4 --format w4a16 --group-size 128
+
+      turbopack quantize ./Qwen2-7B -o qwen-fp8 --format fp8 --ignore 'model.layers.0.*'
+    """
+    from turbopack.packer.quantize import quantize as run
+
+    res = run(model, out, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype, per_tensor=per_tensor,
+              ignore=tuple(ignore), include_lm_head=include_lm_head, force=force)
+    d = res.as_dict()
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+    else:
+        typer.echo(f"{d['out']}: {res.format}, {d['quantized']} tensors quantized, {d['kept']} kept; "
+                   f"{d['input_bytes'] / 1e6:.1f} MB -> {d['output_bytes'] / 1e6:.1f} MB in {d['seconds']} s "
+                   f"({d['mb_per_s']} MB/s, peak RSS {d['peak_rss_mb']} MB)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize)
