@@ -61,6 +61,8 @@ def _shard_files(folder: Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"{index}: names shard {missing[0]} which is missing; re-download the checkpoint")
         return [folder / f for f in files]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]  # other *.safetensors beside it are not weights (HF rule)
     files = sorted(folder.glob("*.safetensors"))
     if files:
         return files
