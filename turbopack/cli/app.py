@@ -10,7 +10,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 
 from turbopack.errors import TurbopackError
@@ -50,22 +49,17 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (usage errors: click prints them and exits 2)."""
     try:
-        rc = app(args=argv, standalone_mode=False)
-        return int(rc or 0)
+        app(args=argv, prog_name="turbopack", standalone_mode=True)
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except TurbopackError as e:
         if os.environ.get("TURBOPACK_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return 2
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("interrupted; no output was left behind", file=sys.stderr)
         return 130

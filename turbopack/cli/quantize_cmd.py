@@ -19,21 +19,36 @@ def quantize(
     per_tensor: Optional[bool] = typer.Option(None, "--per-tensor/--per-channel", help="fp8: one scale per tensor instead of per output channel."),
     ignore: list[str] = typer.Option([], "--ignore", help="Glob of module names to keep unquantized (repeatable)."),
     include_lm_head: bool = typer.Option(False, help="Also quantize lm_head."),
+    method: str = typer.Option("rtn", "--method", "-m", help="rtn (no data) | awq (w4a16, w8a16) | gptq (w4a16, w8a16, w8a8)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text file or .jsonl with a \"text\" field (default: bundled train.txt)."),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="Calibration windows (default 128)."),
+    calib_seqlen: Optional[int] = typer.Option(None, "--calib-seqlen", help="Tokens per calibration window (default 512)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for choosing calibration windows (default 0)."),
+    smooth: bool = typer.Option(False, "--smooth", help="SmoothQuant before quantizing (w8a8, fp8)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="SmoothQuant migration strength in [0, 1] (default 0.5)."),
+    act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing activation energy (static groups)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Calibration device: cuda (default when present) or cpu."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Quantize every linear weight of MODEL (RTN) into an arch-neutral checkpoint.
+    """Quantize every linear weight of MODEL (RTN, or AWQ/GPTQ/SmoothQuant on calibration text) into an arch-neutral checkpoint.
 
     [bold]Examples[/bold]
 
       turbopack quantize ./Llama-3-8B -o llama-w4 --format w4a16 --group-size 128
 
       turbopack quantize ./Qwen2-7B -o qwen-fp8 --format fp8 --ignore 'model.layers.0.*'
+
+      turbopack quantize ./Llama-3-8B -o llama-w4-gptq -f w4a16 -g 128 --method gptq --calib my.jsonl
+
+      turbopack quantize ./Llama-3-8B -o llama-w8a8-sq -f w8a8 --smooth --alpha 0.5
     """
     from turbopack.packer.quantize import quantize as run
 
     res = run(model, out, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype, per_tensor=per_tensor,
-              ignore=tuple(ignore), include_lm_head=include_lm_head, force=force)
+              ignore=tuple(ignore), include_lm_head=include_lm_head, force=force, method=method, calib=calib,
+              calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed, smooth=smooth, alpha=alpha,
+              device=device, act_order=act_order)
     d = res.as_dict()
     if as_json:
         typer.echo(json.dumps(d, indent=2))

@@ -207,6 +207,22 @@ class KVCache(nn.Module):
         self.v[:b, :, input_pos] = v
         return self.k[:b], self.v[:b]
 
+    def attend(self, q, k, v, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Write k/v at input_pos, then attention of q [B, H, T, D] over the cache -> [B, H, T, D].
+
+        The one place attention meets the cache, so a cache that stores K/V differently (quantized,
+        turbopack.inference.kv_quant) brings its own attention without this file knowing about it."""
+        k, v = self.update(input_pos, k, v)
+        return sdpa_gqa(q, k, v, mask)
+
+
+def sdpa_gqa(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention with grouped K/V heads; mask None means causal over q's own positions."""
+    # GQA: query head h reads kv head h // group, the order of HF's repeat_kv.
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -217,21 +233,26 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden, kv_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.hidden, kv_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(q_dim, cfg.hidden, bias=cfg.o_proj_bias)
+        self.splits = (q_dim, kv_dim, kv_dim)
+        # Optional fused projection (fuse_projections): one matmul for q, k and v, the runtime's
+        # decode path. None keeps the three HF modules, and the state dict has no new names.
+        self.qkv_proj: nn.Module | None = None
+
+    def project(self, x):
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.qkv_proj(x).split(self.splits, dim=-1)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, input_pos=None, mask=None):
         """Without a cache: causal attention over x. With one: append x's k/v at input_pos, then
         attend over the whole cache, `mask` [T, max_seq_len] hiding future and unwritten slots."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(input_pos, k, v)
-        # GQA: query head h reads kv head h // group, the order of HF's repeat_kv.
-        group = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        y = sdpa_gqa(q, k, v, None) if cache is None else cache.attend(q, k, v, input_pos, mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -241,9 +262,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden, cfg.intermediate, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.hidden, cfg.intermediate, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate, cfg.hidden, bias=cfg.mlp_bias)
+        self.gate_up_proj: nn.Module | None = None  # optional fused gate|up (fuse_projections)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)  # SwiGLU
 
 
 class Block(nn.Module):
@@ -285,15 +311,18 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype=None) -> None:
-        """Allocate one static KVCache per layer, enabling `forward(ids, input_pos)`."""
+    def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype=None, cache_cls=None) -> None:
+        """Allocate one static KVCache per layer, enabling `forward(ids, input_pos)`.
+
+        cache_cls (default KVCache) is called like KVCache(batch, n_kv, seq, head_dim, dtype, device)
+        and must offer `attend`; quantized caches (turbopack.inference.kv_quant) plug in here."""
         window = self.config.sliding_window
         if window is not None and max_seq_len > window:
             raise UnsupportedModelError(f"max_seq_len {max_seq_len} > sliding_window {window}")
         cfg, weight = self.config, self.model.embed_tokens.weight
         shape = (max_batch_size, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
         self.kv_caches = nn.ModuleList(
-            KVCache(*shape, dtype or weight.dtype, weight.device) for _ in range(cfg.n_layers)
+            (cache_cls or KVCache)(*shape, dtype or weight.dtype, weight.device) for _ in range(cfg.n_layers)
         )
         if self.rope_cos.shape[0] < max_seq_len:
             self.setup_rope(max_seq_len)
@@ -348,6 +377,43 @@ def replace_linears(model: nn.Module, factory: LinearFactory) -> list[str]:
         setattr(model.get_submodule(parent), child, new)
         replaced.append(name)
     return replaced
+
+
+def fuse_projections(model: nn.Module, concat: Callable[[list[nn.Module]], nn.Module | None]) -> int:
+    """Install attn.qkv_proj = concat([q, k, v]) and mlp.gate_up_proj = concat([gate, up]) where
+    concat returns a module (None: leave that block unfused); the fused-away modules are dropped.
+    Returns how many fused modules were installed."""
+    count = 0
+    for module in list(model.modules()):  # listed first: we add and remove submodules below
+        if isinstance(module, Attention) and module.qkv_proj is None:
+            names = ("q_proj", "k_proj", "v_proj")
+            fused = concat([getattr(module, n) for n in names])
+            if fused is not None:
+                module.qkv_proj = fused
+        elif isinstance(module, MLP) and module.gate_up_proj is None:
+            names = ("gate_proj", "up_proj")
+            fused = concat([getattr(module, n) for n in names])
+            if fused is not None:
+                module.gate_up_proj = fused
+        else:
+            continue
+        if fused is not None:
+            for n in names:
+                delattr(module, n)
+            count += 1
+    return count
+
+
+def concat_linears(mods: list[nn.Module]) -> nn.Linear | None:
+    """concat for plain nn.Linear modules (the unquantized model)."""
+    if not all(type(m) is nn.Linear for m in mods) or len({m.bias is None for m in mods}) > 1:
+        return None
+    w = torch.cat([m.weight for m in mods])
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device="meta", dtype=w.dtype)
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    if mods[0].bias is not None:
+        fused.bias = nn.Parameter(torch.cat([m.bias for m in mods]), requires_grad=False)
+    return fused
 
 
 # --- building and loading ------------------------------------------------------------------------

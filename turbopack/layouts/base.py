@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format, FormatName, TensorSpec
 
 
@@ -71,3 +72,61 @@ class Layout(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"layout": self.name.value, "version": self.version, "tile_n": self.tile_n, "tile_k": self.tile_k}
+
+    # -- helpers shared by every layout (additions to the interface; nothing above changed) ------
+    #: true when the kernel keeps activations 16-bit even though the format quantizes them
+    #: (fp8 upcast on archs without FP8 MMA); the reference is then the weights-only linear.
+    weights_only: ClassVar[bool] = False
+
+    def check_format(self, fmt: Format) -> None:
+        if fmt.name not in self.format:
+            held = ", ".join(f.value for f in self.format)
+            raise TurbopackError(f"layout {self.name.value} holds {held}, not {fmt.name.value}; pick a layout for {fmt.name.value} (turbopack.layouts.select)")
+
+    def row_chunks(self, shape: tuple[int, int], max_rows: int) -> list[tuple[int, int]]:
+        """Row ranges [r0, r1) of the weight to pack one at a time: whole N tiles (the last one
+        may be partial); concatenating the packed chunks along dim 0 gives the whole-weight
+        tensors (tensors whose spec is not ``per_row`` are the same in every chunk)."""
+        n = shape[0]
+        step = max(self.tile_n, max_rows // self.tile_n * self.tile_n)
+        return [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
+
+    def n_tiles(self, shape: tuple[int, int]) -> int:
+        return self.padding(shape).n_pad // self.tile_n
+
+
+def check_rows(where: str, t: torch.Tensor, shape: tuple[int, int], cols: int | None) -> int:
+    """The number of weight rows a (chunk of an) arch-neutral tensor holds, validated."""
+    n = shape[0]
+    if t.dim() < 1 or t.shape[0] > n or (cols is not None and (t.dim() != 2 or t.shape[1] != cols)):
+        want = f"[rows <= {n}, {cols}]" if cols is not None else f"[rows <= {n}]"
+        raise ShapeError(f"{where}: got shape {list(t.shape)}, expected {want} for a weight of shape {list(shape)}")
+    return int(t.shape[0])
+
+
+def check_packed(where: str, t: torch.Tensor | None, spec: TensorSpec) -> None:
+    if t is None:
+        raise ShapeError(f"{where}: packed tensor missing; expected {spec.dtype} {list(spec.shape)}")
+    if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
+        raise ShapeError(f"{where}: packed tensor is {t.dtype} {list(t.shape)}, expected {spec.dtype} {list(spec.shape)}; was it packed for another shape or layout?")
+
+
+def pad2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Zero-pad a 2-D tensor to [rows, cols]; always a new tensor (the input is never modified)."""
+    if tuple(t.shape) == (rows, cols):
+        return t.clone(memory_format=torch.contiguous_format)
+    out = torch.zeros(rows, cols, dtype=t.dtype)
+    out[: t.shape[0], : t.shape[1]] = t
+    return out
+
+
+def to_tiles(t: torch.Tensor, tile_rows: int, tile_cols: int) -> torch.Tensor:
+    """[R, C] (multiples of the tile) -> [R/tr, C/tc, tr, tc], each tile one contiguous block."""
+    r, c = t.shape
+    return t.reshape(r // tile_rows, tile_rows, c // tile_cols, tile_cols).transpose(1, 2).contiguous()
+
+
+def from_tiles(t: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_tiles`."""
+    nt, ct, tr, tc = t.shape
+    return t.transpose(1, 2).reshape(nt * tr, ct * tc)

@@ -19,6 +19,7 @@ from typing import Any
 from turbopack.checkpoint import (Checkpoint, ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output,
                                   new_manifest, write_manifest)
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
+from turbopack.errors import TurbopackError
 from turbopack.formats import Format, check_finite, get_format
 from turbopack.packer.families import Selection, family_of
 from turbopack.packer.progress import byte_progress
@@ -101,13 +102,31 @@ def quantization_config(fmt: Format, result: QuantizeResult, sel: Selection) -> 
 def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group_size: int | None = None,
              sym: bool | None = None, scale_dtype: str | None = None, per_tensor: bool | None = None,
              ignore: tuple[str, ...] = (), include_lm_head: bool = False, force: bool = False,
-             max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> QuantizeResult:
-    """Quantize every linear weight of MODEL with RTN into an arch-neutral folder OUT."""
+             max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True, method: str = "rtn",
+             calib: str | Path | None = None, calib_samples: int | None = None, calib_seqlen: int | None = None,
+             seed: int | None = None, smooth: bool = False, alpha: float | None = None, device: str | None = None,
+             act_order: bool = False) -> QuantizeResult:
+    """Quantize every linear weight of MODEL with RTN into an arch-neutral folder OUT.
+
+    ``method`` awq/gptq (or ``smooth``) calibrate on text instead, block by block, into the same
+    folder format: see turbopack.packer.calibration."""
+    params = {"group_size": group_size, "sym": sym, "scale_dtype": scale_dtype, "per_tensor": per_tensor}
+    calib_opts = {"calib": calib, "samples": calib_samples, "seq_len": calib_seqlen, "seed": seed, "alpha": alpha,
+                  "device": device, "act_order": act_order or None}
+    if method != "rtn" or smooth:
+        from turbopack.packer.calibration import CalibOptions, quantize_calibrated
+
+        opts = CalibOptions(method=method, smooth=smooth, **{k: v for k, v in calib_opts.items() if v is not None})
+        return quantize_calibrated(model, out, format, params, opts, ignore=tuple(ignore), include_lm_head=include_lm_head,
+                                   force=force, max_shard_bytes=max_shard_bytes, progress=progress)
+    unused = [k for k, v in calib_opts.items() if v is not None]
+    if unused:
+        flag = "--" + {"samples": "calib-samples", "seq_len": "calib-seqlen"}.get(unused[0], unused[0]).replace("_", "-")
+        raise TurbopackError(f"{flag} is a calibration option and RTN uses none; add --method awq|gptq (or --smooth) or drop it")
     out = Path(out)
     t0 = time.perf_counter()
     ckpt = Checkpoint.open(model)
     check_output(out, force, inputs=(ckpt.folder,))
-    params = {"group_size": group_size, "sym": sym, "scale_dtype": scale_dtype, "per_tensor": per_tensor}
     fmt = get_format(format, **{k: v for k, v in params.items() if k in _fields(format)})
     sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
     jobs, kept = plan_jobs(ckpt, fmt, sel)

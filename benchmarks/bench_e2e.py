@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""End-to-end runtime benchmark and checks on a GPU (not a test; run it on the device).
+
+  --bundled  the bundled tiny Llama in every format through the runtime (packed at load for this
+             GPU): greedy tokens vs the bf16 model's over the first 32, W4 perplexity vs bf16,
+             int8/int4 KV agreement.
+  --e2e      a Llama-3-8B-shaped model with random weights built on the GPU (packed tensors filled
+             with random codes; no 8B files): batch-1 decode tokens/s, bf16 vs W4A16, against the
+             weight-bandwidth bound (weight bytes / measured copy bandwidth); and decode at 4k
+             context with bf16 / int8 / int4 KV.
+
+Prints a table and writes JSON + a markdown section to --out (default $OUT or .).
+
+    python benchmarks/bench_e2e.py --bundled --e2e
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from turbopack.inference import model as M  # noqa: E402
+from turbopack.inference.api import TurbopackModel, fuse_model, load  # noqa: E402
+from turbopack.inference.generate import Engine  # noqa: E402
+from turbopack.inference.loader import Loaded  # noqa: E402
+from turbopack.inference.qlinear import QuantLinear  # noqa: E402
+
+LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
+                          head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192)
+PROMPTS = ["Once upon a time", "The little dog", "In the morning, the sun"]
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def time_graph(fn, iters: int = 50, warmup: int = 5) -> float:
+    """Median ms of fn() over iters, each timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 2 GiB device-to-device copy, counting bytes read plus written."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = time_graph(lambda: dst.copy_(src), iters=20)
+    return 2 * src.numel() / (ms / 1e3)
+
+
+# --- the bundled model -------------------------------------------------------------------------
+
+
+def bundled(asset: Path, n_tokens: int = 32) -> dict:
+    from safetensors.torch import load_file
+
+    from turbopack.inference.perplexity import perplexity
+    from turbopack.packer.quantize import quantize
+
+    out: dict = {"formats": {}}
+    ids = load_file(str(asset / "heldout_ids.safetensors"))["input_ids"].long()
+    ref = load(asset, device="cuda")
+    ref_tokens = [ref.generate(p, n_tokens, stop=False).token_ids for p in PROMPTS]
+    ref_ppl = perplexity(ref.model, ids, seq_len=256, max_windows=32)
+    out["bf16"] = {"ppl": ref_ppl, "text": ref.generate(PROMPTS[0], n_tokens, stop=False).text}
+    for kv in ("int8", "int4"):
+        m = load(asset, device="cuda", kv=kv)
+        toks = [m.generate(p, n_tokens, stop=False).token_ids for p in PROMPTS]
+        out[f"kv_{kv}"] = {"same_tokens": _agree(toks, ref_tokens)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, params in (("w8a16", {}), ("w8a8", {}), ("fp8", {}), ("w4a16", {"group_size": 64})):
+            folder = Path(tmp) / fmt
+            quantize(asset, folder, fmt, progress=False, **params)
+            m = load(folder, device="cuda")
+            gens = [m.generate(p, n_tokens, stop=False) for p in PROMPTS]
+            toks = [g.token_ids for g in gens]
+            ppl = perplexity(m.model, ids, seq_len=256, max_windows=32)
+            out["formats"][fmt] = {"backend": m.loaded.backend, "layouts": m.loaded.info["layouts"],
+                                   "identical_greedy": toks == ref_tokens, "same_tokens": _agree(toks, ref_tokens),
+                                   "ppl": ppl, "ppl_increase_pct": 100 * (ppl / ref_ppl - 1),
+                                   "decode_tok_s": gens[-1].stats.decode_tok_s, "text": gens[0].text}
+            log(fmt, out["formats"][fmt])
+    return out
+
+
+def _agree(a: list[list[int]], b: list[list[int]]) -> str:
+    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    return f"{same}/{sum(len(r) for r in b)}"
+
+
+# --- the 8B-shaped model -----------------------------------------------------------------------
+
+
+def random_packed(layout, fmt, shape, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Packed tensors with random codes (any bit pattern is a valid code) and small scales."""
+    out = {}
+    for s in layout.packed_specs(fmt, shape):
+        if s.dtype.is_floating_point and s.dtype.itemsize >= 2:
+            out[s.suffix] = (torch.rand(s.shape, generator=g, device="cuda") * 0.002 + 0.001).to(s.dtype)
+            if s.suffix != "scales":  # zero terms: centre the codes
+                out[s.suffix] = (-8 * out[s.suffix].float()).to(s.dtype)
+        else:
+            nbytes = s.nbytes
+            raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=g, device="cuda")
+            if s.dtype == torch.float8_e4m3fn:
+                raw = raw & 0x77  # finite, |x| < 2 (no NaN codes)
+            out[s.suffix] = raw.view(s.dtype).reshape(s.shape)
+    return out
+
+
+def build_8b(fmt_name: str | None, layers: int) -> M.Transformer:
+    """The Llama-3-8B shape with random weights, built on the GPU; fused q|k|v and gate|up."""
+    cfg = replace(LLAMA3_8B, n_layers=layers)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    if fmt_name is None:
+        model = M.build_model(cfg, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.02, generator=g) if p.dim() > 1 else p.fill_(1.0)
+        fuse_model(model)
+        return model
+    from turbopack.formats import get_format
+    from turbopack.layouts import get_layout, select
+
+    fmt = get_format(fmt_name)
+    model = M.build_model(cfg, device="meta", dtype=torch.bfloat16)
+    h, i = cfg.hidden, cfg.intermediate
+    qkv = ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, h)
+    for layer in model.model.layers:
+        for parent, attr, shape, drop in ((layer.self_attn, "qkv_proj", qkv, ("q_proj", "k_proj", "v_proj")),
+                                          (layer.self_attn, "o_proj", (h, cfg.n_heads * cfg.head_dim), ()),
+                                          (layer.mlp, "gate_up_proj", (2 * i, h), ("gate_proj", "up_proj")),
+                                          (layer.mlp, "down_proj", (h, i), ())):
+            layout = get_layout(select(fmt, "sm90", shape).layout)
+            setattr(parent, attr, QuantLinear.from_tensors(fmt, shape, random_packed(layout, fmt, shape, g),
+                                                           layout=layout, backend="cuda"))
+            for d in drop:
+                delattr(parent, d)
+    for name, p in list(model.named_parameters()):
+        t = torch.empty(p.shape, device="cuda", dtype=torch.bfloat16)
+        t.normal_(0, 0.02, generator=g) if p.dim() > 1 else t.fill_(1.0)
+        parent, _, attr = name.rpartition(".")
+        model.get_submodule(parent)._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
+    model.setup_rope(min(cfg.max_position_embeddings, M.ROPE_TABLE_LEN))
+    return model.eval()
+
+
+def weight_bytes(model: M.Transformer) -> int:
+    """Bytes a decode step must read: every linear's weight tensors (embedding: one row only)."""
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, QuantLinear):
+            total += sum(t.numel() * t.element_size() for t in mod.tensors().values())
+        elif isinstance(mod, torch.nn.Linear):
+            total += mod.weight.numel() * mod.weight.element_size()
+    return total
+
+
+def linears_only_ms(model: M.Transformer) -> float:
+    """One token through every linear, back to back, in a CUDA graph (the matmuls' share)."""
+    mods = [m for m in model.modules() if isinstance(m, (QuantLinear, torch.nn.Linear))]
+    xs = {m.in_features: torch.randn(1, m.in_features, device="cuda", dtype=torch.bfloat16) for m in mods}
+
+    def run():
+        for m in mods:
+            m(xs[m.in_features])
+
+    run()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        run()
+    return time_graph(g.replay, iters=20)
+
+
+def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
+    eng = Engine(model, kv=kv)
+    ids = torch.randint(0, 1000, (1, prompt))
+    eng.generate(ids, 8)  # compile, capture
+    _, st = eng.generate(ids, new)
+    step_ms = time_graph(eng._graph.graph.replay, iters=50)
+    out = {"decode_tok_s": st.decode_tok_s, "prefill_tok_s": st.prefill_tok_s, "graph_step_ms": step_ms, "fast": eng.fast}
+    del eng
+    model.kv_caches = None
+    return out
+
+
+def long_context(model: M.Transformer, kv: str, ctx: int = 4096) -> dict:
+    """Decode step time at position ctx with a cache full of random K/V (the attention's cost does
+    not depend on the values; no 4k prefill needed)."""
+    eng = Engine(model, kv=kv)
+    eng.reserve(1, ctx + 64)
+    with torch.no_grad():
+        for cache in model.kv_caches:
+            for buf in cache.buffers():
+                if buf.dtype in (torch.int8, torch.uint8):
+                    buf.copy_(torch.randint_like(buf, -100 if buf.dtype == torch.int8 else 0, 100))
+                elif buf.numel():
+                    buf.copy_(torch.rand_like(buf) * 0.1)
+    tok = torch.zeros(1, dtype=torch.long, device="cuda")
+    eng.decode(tok, ctx)
+    ms = time_graph(eng._graph.graph.replay, iters=50)
+    del eng
+    model.kv_caches = None
+    return {"step_ms": ms, "tok_s": 1e3 / ms}
+
+
+def e2e(layers: int, prompt: int, new: int) -> dict:
+    bw = copy_bandwidth()
+    res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers}
+    for name, fmt in (("bf16", None), ("w4a16", "w4a16")):
+        t0 = time.perf_counter()
+        model = build_8b(fmt, layers)
+        log(f"built {name} in {time.perf_counter() - t0:.1f} s")
+        wb = weight_bytes(model)
+        r = {"weight_gb": wb / 1e9, "bound_tok_s": bw / wb, "linears_only_ms": linears_only_ms(model)}
+        r.update(decode_bench(model, "bf16", prompt, new))
+        r["pct_of_bound"] = 100 * r["decode_tok_s"] / r["bound_tok_s"]
+        r["graph_pct_of_bound"] = 100 * (1e3 / r["graph_step_ms"]) / r["bound_tok_s"]
+        if fmt is not None:
+            r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
+        res[name] = r
+        log(name, json.dumps(r))
+        del model
+        torch.cuda.empty_cache()
+    res["w4_speedup"] = res["w4a16"]["decode_tok_s"] / res["bf16"]["decode_tok_s"]
+    return res
+
+
+def markdown(res: dict, cmd: str) -> str:
+    dev = torch.cuda.get_device_name(0)
+    lines = [f"## Runtime end to end (bench_e2e.py) — 2026-11-25, {dev}", "", f"Command: `{cmd}`", ""]
+    if "e2e" in res:
+        e = res["e2e"]
+        lines += [f"Llama-3-8B shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
+                  f"copy bandwidth {e['copy_bw_tb_s']:.2f} TB/s (read+write). Bound = copy bandwidth / weight bytes.", "",
+                  "| model | weight GB | decode tok/s | graph step ms | linears only ms | bound tok/s | % of bound |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in ("bf16", "w4a16"):
+            r = e[name]
+            lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {r['graph_step_ms']:.3f} | "
+                         f"{r['linears_only_ms']:.3f} | {r['bound_tok_s']:.1f} | {r['pct_of_bound']:.1f} |")
+        lines += ["", f"W4A16 / bf16 decode: **{e['w4_speedup']:.2f}x** (bar 2.8x); W4A16 at "
+                  f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", "",
+                  "| KV cache (W4A16, position 4096) | step ms | tok/s |", "|---|---|---|"]
+        for kv, r in e["w4a16"]["kv_4k"].items():
+            lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
+    if "bundled" in res:
+        b = res["bundled"]
+        lines += ["", f"Bundled tiny-llama through the runtime (packed at load): bf16 ppl {b['bf16']['ppl']:.3f}; "
+                  f"KV int8 tokens same as bf16 KV: {b['kv_int8']['same_tokens']}, int4: {b['kv_int4']['same_tokens']}", "",
+                  "| format | layouts | greedy 32 tok == bf16 | same tokens | ppl | ppl +% |", "|---|---|---|---|---|---|"]
+        for fmt, r in b["formats"].items():
+            lines.append(f"| {fmt} | {','.join(r['layouts'])} | {r['identical_greedy']} | {r['same_tokens']} | "
+                         f"{r['ppl']:.3f} | {r['ppl_increase_pct']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundled", action="store_true")
+    ap.add_argument("--e2e", action="store_true")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    args = ap.parse_args()
+    res: dict = {}
+    if args.bundled:
+        asset = Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama"
+        res["bundled"] = bundled(asset)
+    if args.e2e:
+        res["e2e"] = e2e(args.layers, args.prompt, args.new_tokens)
+    md = markdown(res, "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_e2e.json").write_text(json.dumps(res, indent=2, default=str))
+    (args.out / "bench_e2e.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

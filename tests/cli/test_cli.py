@@ -1,0 +1,57 @@
+"""The CLI layer: every command has an example in --help; exit codes 0 / 2; results on stdout,
+errors as one line on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from turbopack.cli.app import COMMAND_MODULES, app, main
+
+
+def registered_commands() -> list[str]:
+    return [c.name for c in app.registered_commands]
+
+
+def test_commands_registered():
+    assert {"quantize", "check"} <= set(registered_commands())
+    assert set(registered_commands()) <= set(COMMAND_MODULES)
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_MODULES))
+def test_help_has_examples(command, capsys):
+    if command not in registered_commands():
+        pytest.skip(f"{command} not built")
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Example" in out and f"turbopack {command}" in out
+
+
+def test_quantize_ok_and_json(tiny_llama, tmp_path, capsys):
+    assert main(["quantize", str(tiny_llama), "-o", str(tmp_path / "q"), "--format", "w8a16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["quantized"] == 14 and data["format"] == "w8a16()"
+
+
+def test_bad_input_is_one_line_exit_2(tiny_llama, tmp_path, capsys):
+    rc = main(["quantize", str(tiny_llama), "-o", str(tmp_path / "q"), "--format", "w4a16", "-g", "128"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: model.safetensors:model.layers.0.mlp.down_proj.weight: K=96")
+    assert not (tmp_path / "q").exists()
+
+
+def test_unknown_option_exit_2(capsys):
+    assert main(["quantize", "--no-such-flag"]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_console_script_exit_code(tiny_llama, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "turbopack.cli.app", "quantize", str(tiny_llama), "-o",
+                           str(tmp_path / "q"), "--format", "w5"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown format 'w5'; registered: fp8, w4a16, w8a16, w8a8"
+    assert "Traceback" not in proc.stderr

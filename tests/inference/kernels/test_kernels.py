@@ -1,0 +1,210 @@
+"""The Triton linear kernels against the layouts' CPU emulator (turbopack.layouts.emulate).
+
+Without CUDA (CI) the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set before
+triton is imported) on small, awkward shapes: N=17 (padding inside a tile), N=192, K=576 (not a
+multiple of 128), M in 1, 3, 33, split-K on and off. With CUDA the same cases run compiled, and
+the ``gpu`` tests add real layer shapes against a float64 reference on the GPU.
+Tolerance: relative Frobenius error < 1e-2 (outputs are 16-bit; two roundings of the same sum
+differ by ~4e-3); w8a8's integer path must match the emulator to output rounding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from turbopack.errors import ShapeError  # noqa: E402
+from turbopack.formats import get_format  # noqa: E402
+from turbopack.inference.kernels import dispatch, epilogue, reference, w8a8  # noqa: E402
+from turbopack.layouts import emulate_linear, get_layout  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+if DEV == "cpu" and not epilogue.interpreting():
+    pytest.skip("TRITON_INTERPRET=1 was not in effect when the kernels were imported", allow_module_level=True)
+
+TOL = 1e-2
+GEMV = {"kernel": "gemv", "BN": 32, "BK": 128, "SPLIT_K": 3}
+TC = {"kernel": "tc", "BN": 64, "BM": 16, "BK": 128, "SPLIT_K": 2}
+
+
+def _case(fmt_name, layout_name, n, k, seed, bias=True, act=torch.bfloat16, **params):
+    gen = torch.Generator().manual_seed(seed)
+    fmt = get_format(fmt_name, **params)
+    q = fmt.quantize(torch.randn(n, k, generator=gen))
+    layout = get_layout(layout_name)
+    packed = layout.pack(fmt, q, (n, k))
+    b = torch.randn(n, generator=gen).to(act) if bias else None
+    return fmt, layout, q, packed, b, gen
+
+
+def _run(fmt, layout, packed, shape, b, x, cfg):
+    dev_packed = {key: t.to(DEV) for key, t in packed.items()}
+    y = dispatch.linear(x.to(DEV), fmt, layout, dev_packed, shape, b.to(DEV) if b is not None else None, config=cfg)
+    return y.cpu()
+
+
+def _check(fmt, layout, packed, shape, b, x, cfg, tol=TOL):
+    y = _run(fmt, layout, packed, shape, b, x, cfg)
+    want = emulate_linear(x, fmt, layout, packed, shape, bias=b)
+    assert y.dtype == x.dtype and y.shape == want.shape
+    err = reference.rel_err(y, want)
+    assert err < tol, f"rel err {err:.2e}"
+
+
+W4_CASES = [  # (layout, N, K, M, group, sym, scale dtype, act dtype, config)
+    ("w4_t64x64", 192, 576, 1, 64, True, "bfloat16", torch.bfloat16, GEMV),
+    ("w4_t64x64", 192, 576, 1, 32, False, "bfloat16", torch.bfloat16, {**GEMV, "ROUND": False, "SPLIT_K": 1}),
+    ("w4_t16x64", 17, 640, 1, 128, False, "float16", torch.float16, GEMV),
+    ("w4_t64x64", 192, 576, 3, 64, False, "bfloat16", torch.bfloat16, TC),
+    ("w4_t16x64", 17, 576, 33, 32, True, "bfloat16", torch.float16, {**TC, "BM": 32, "SPLIT_K": 1}),
+    ("w4_t64x64", 17, 640, 33, 128, False, "float16", torch.bfloat16, TC),
+]
+
+
+@pytest.mark.parametrize("layout_name,n,k,m,group,sym,sdt,act,cfg", W4_CASES)
+def test_w4a16(layout_name, n, k, m, group, sym, sdt, act, cfg):
+    fmt, layout, _, packed, b, gen = _case("w4a16", layout_name, n, k, m * 7 + n, act=act,
+                                           group_size=group, sym=sym, scale_dtype=sdt)
+    _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).to(act), cfg)
+
+
+@pytest.mark.parametrize("fmt_name,layout_name,n,k,m,cfg,params", [
+    ("w8a16", "i8_t64x64", 192, 576, 1, GEMV, {}),
+    ("w8a16", "i8_t16x64", 17, 576, 33, TC, {}),
+    ("fp8", "fp8_t16x64_upcast", 192, 576, 1, GEMV, {"per_tensor": True}),
+    ("fp8", "fp8_t16x64_upcast", 17, 576, 3, TC, {}),
+])
+def test_8bit_weight_only(fmt_name, layout_name, n, k, m, cfg, params):
+    fmt, layout, _, packed, b, gen = _case(fmt_name, layout_name, n, k, m + n, **params)
+    _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).bfloat16(), cfg)
+
+
+@pytest.mark.parametrize("n,k,m,cfg", [
+    (192, 576, 1, {"kernel": "triton", "BM": 16, "BN": 64, "BK": 128, "SPLIT_K": 2}),
+    (17, 576, 3, {"kernel": "triton", "BM": 16, "BN": 32, "BK": 64, "SPLIT_K": 1}),
+    (192, 576, 33, {"kernel": "triton", "BM": 32, "BN": 64, "BK": 256, "SPLIT_K": 3}),
+])
+def test_w8a8(n, k, m, cfg):
+    fmt, layout, _, packed, b, gen = _case("w8a8", "i8_rowmajor", n, k, m + n)
+    _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).bfloat16(), cfg, tol=5e-3)
+
+
+@pytest.mark.parametrize("n,k,m,per_tensor", [(192, 576, 1, False), (17, 576, 33, True)])
+def test_fp8_rowmajor(n, k, m, per_tensor):
+    fmt, layout, _, packed, b, gen = _case("fp8", "fp8_rowmajor", n, k, m + n, per_tensor=per_tensor)
+    _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).bfloat16(), None)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_activation_quantizer_matches_the_format(fp8):
+    """Codes and scales bit for bit equal to the format's per-token quantizer, zero padding."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(5, 200, generator=gen) * torch.tensor([1.0, 1e-3, 50.0, 0.0, 3.0])[:, None]).bfloat16()
+    q, s = w8a8.quantize_rows(x.to(DEV), 208, fp8=fp8)
+    ref_q, ref_s = (reference.quantize_rows_fp8 if fp8 else reference.quantize_rows_int8)(x)
+    assert torch.equal(s.cpu()[:, 0], ref_s)
+    assert torch.equal(q.cpu()[:, :200].view(torch.uint8), ref_q.view(torch.uint8))
+    assert not q.cpu()[:, 200:].view(torch.uint8).any()
+
+
+def test_split_k_leaves_workspace_zeroed_and_writes_every_output():
+    fmt, layout, _, packed, b, gen = _case("w8a16", "i8_t64x64", 192, 576, 9)
+    x = torch.randn(3, 576, generator=gen).bfloat16().to(DEV)
+    from turbopack.inference.kernels import weight_only
+
+    out = torch.full((3, 192), float("nan"), dtype=torch.bfloat16, device=DEV)
+    p = {key: t.to(DEV) for key, t in packed.items()}
+    weight_only.launch(x, weight_only.I8, p, (192, 576), None, {**TC, "SPLIT_K": 4}, out=out)
+    assert bool(torch.isfinite(out).all())
+    assert reference.rel_err(out.cpu(), emulate_linear(x.cpu(), fmt, layout, packed, (192, 576))) < TOL
+    for buf in epilogue._WS.values():
+        assert not buf.any(), "split-K must leave its workspace and counters at zero"
+
+
+@pytest.mark.parametrize("fmt_name,layout_name,params", [
+    ("w4a16", "w4_t64x64", {"group_size": 32, "sym": False}),
+    ("w4a16", "w4_t16x64", {"group_size": 128, "sym": True, "scale_dtype": "float16"}),
+    ("w8a16", "i8_t16x64", {}),
+    ("w8a8", "i8_rowmajor", {}),
+    ("fp8", "fp8_rowmajor", {"per_tensor": True}),
+])
+def test_torch_packer_matches_layouts(fmt_name, layout_name, params):
+    """The benchmark's GPU-side packer writes the same bytes as turbopack.layouts."""
+    fmt, layout, q, packed, _, _ = _case(fmt_name, layout_name, 77, 384, 5, **params)
+    if fmt_name == "w4a16":
+        mine = reference.pack_w4(q, layout.tile_n)
+    else:
+        mine = reference.pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64)
+    assert mine.keys() == packed.keys()
+    for key in packed:
+        assert mine[key].dtype == packed[key].dtype and mine[key].shape == packed[key].shape, key
+        assert torch.equal(mine[key].view(torch.uint8), packed[key].view(torch.uint8)), key
+
+
+def test_config_lookup_buckets_and_overrides(monkeypatch):
+    table = {"version": 1, "layouts": {"w4_t64x64": {
+        "default": {"1": {"kernel": "gemv", "BN": 16}, "64": {"kernel": "tc", "BM": 64}},
+        "shapes": {"4096x4096": {"16": {"kernel": "tc", "BM": 16, "bogus": 1}}}}}}
+    monkeypatch.setattr(dispatch, "load_table", lambda arch: table)
+    monkeypatch.setattr(dispatch, "device_arch", lambda device: "sm90")
+    fmt = get_format("w4a16")
+    cfg = lambda n, k, m, over=None: dispatch.resolve_config("w4_t64x64", fmt, n, k, m, torch.device("cpu"), over)  # noqa: E731
+    assert cfg(8, 128, 1)["BN"] == 16
+    assert cfg(8, 128, 2)["BM"] == 64 and cfg(8, 128, 5000)["BM"] == 64   # next bucket up; past the last: the last
+    assert cfg(4096, 4096, 3)["BM"] == 16 and "bogus" not in cfg(4096, 4096, 3)
+    assert cfg(4096, 4096, 3, {"BM": 32, "BLOCK_N": 7})["BM"] == 32
+    assert "BLOCK_N" not in cfg(4096, 4096, 3, {"BLOCK_N": 7})
+
+
+def test_shipped_table_loads():
+    dispatch.load_table.cache_clear()
+    table = dispatch.load_table("sm90")
+    assert table["version"] == dispatch.CONFIG_VERSION
+    for layout, entry in table["layouts"].items():
+        dispatch.FAMILIES.get(layout)
+        for by_bucket in [entry.get("default", {}), *entry.get("shapes", {}).values()]:
+            assert all(int(b) >= 1 and set(c) <= set(dispatch.CONFIG_KEYS) for b, c in by_bucket.items())
+
+
+def test_bad_input_is_one_line_error():
+    fmt, layout, _, packed, _, _ = _case("w8a16", "i8_t64x64", 64, 128, 1)
+    p = {key: t.to(DEV) for key, t in packed.items()}
+    with pytest.raises(ShapeError, match="expected bfloat16/float16"):
+        dispatch.linear(torch.randn(2, 64, device=DEV).bfloat16(), fmt, layout, p, (64, 128))
+    with pytest.raises(ShapeError, match="packed qweight"):
+        dispatch.linear(torch.randn(2, 128, device=DEV).bfloat16(), fmt, layout, {**p, "qweight": p["qweight"][:, :1]}, (64, 128))
+
+
+# -- real shapes on the GPU --------------------------------------------------------------------------
+
+GPU_SHAPES = [(6144, 4096), (4096, 14336)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEV != "cuda", reason="needs CUDA")
+@pytest.mark.parametrize("fmt_name,layout_name", [("w4a16", "w4_t64x64"), ("w8a16", "i8_t64x64"),
+                                                  ("w8a8", "i8_rowmajor"), ("fp8", "fp8_rowmajor"),
+                                                  ("fp8", "fp8_t16x64_upcast")])
+@pytest.mark.parametrize("m", [1, 16, 256])
+def test_gpu_real_shapes(fmt_name, layout_name, m):
+    for n, k in GPU_SHAPES:
+        fmt = get_format(fmt_name)
+        w = torch.randn(n, k, device="cuda")
+        q = fmt.quantize(w)
+        layout = get_layout(layout_name)
+        if fmt_name == "w4a16":
+            packed = reference.pack_w4(q, layout.tile_n)
+        else:
+            packed = reference.pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64)
+        x = torch.randn(m, k, device="cuda").bfloat16()
+        b = torch.randn(n, device="cuda").bfloat16()
+        y = dispatch.linear(x, fmt, layout, packed, (n, k), b)
+        ref = reference.ref_linear(x, fmt_name, q, b, weights_only=layout.weights_only)
+        assert reference.rel_err(y, ref) < TOL

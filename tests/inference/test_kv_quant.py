@@ -1,0 +1,223 @@
+"""Quantized KV cache: the int8/int4 math, attention over quantized K/V, and the Triton kernels
+(under Triton's CPU interpreter here; on the GPU in the tests marked gpu)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # run the Triton kernels on Triton's CPU interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from turbopack.inference import kv_quant as KQ  # noqa: E402
+from turbopack.inference.model import sdpa_gqa  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.gpu
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+# --- the math --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 64), (1, 1, 7, 32)])
+def test_int8_is_symmetric_with_half_step_error(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * torch.rand(shape[:-1] + (1,), generator=g) * 10
+    x[0, 0, 0] = 0  # an all-zero row must not divide by zero
+    q, s, z = KQ.quantize_kv(x, 8)
+    assert q.dtype == torch.int8 and z is None and s.shape == shape[:-1]
+    assert int(q.min()) >= -127 and int(q.max()) <= 127
+    xr = KQ.dequantize_kv(q, s, z, 8)
+    bound = x.abs().amax(-1, keepdim=True) / 254
+    assert bool(((xr - x).abs() <= bound * (1 + 1e-5) + 1e-12).all())
+    assert bool((xr[0, 0, 0] == 0).all())
+    # the row's largest magnitude is exactly representable: it maps to +-127
+    assert bool((q.abs().amax(-1)[1:] == 127).all())
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 64), (1, 2, 9, 32)])
+def test_int4_is_asymmetric_with_half_step_error(shape):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) + 3.0  # all-positive rows: a symmetric code would waste half its range
+    q, s, z = KQ.quantize_kv(x, 4)
+    assert q.dtype == torch.uint8 and q.shape == shape[:-1] + (shape[-1] // 2,)
+    assert torch.equal(z, x.amin(-1))
+    xr = KQ.dequantize_kv(q, s, z, 4)
+    bound = (x.amax(-1, keepdim=True) - x.amin(-1, keepdim=True)) / 30
+    assert bool(((xr - x).abs() <= bound * (1 + 1e-5) + 1e-6).all())
+    # min and max of each row are both hit exactly (codes 0 and 15)
+    codes = torch.stack((q & 15, q >> 4), -1).flatten(-2)
+    assert bool((codes.amin(-1) == 0).all()) and bool((codes.amax(-1) == 15).all())
+
+
+def test_int4_nibble_order_is_even_low():
+    x = torch.zeros(1, 1, 1, 32)
+    x[..., 1] = 15.0  # odd element -> high nibble of byte 0
+    q, s, z = KQ.quantize_kv(x, 4)
+    assert int(q[0, 0, 0, 0]) == 0xF0 and float(s) == 1.0 and float(z) == 0.0
+
+
+def test_cache_bytes_shrink():
+    args = (1, 8, 4096, 128)
+    bf16, i8, i4 = (KQ.cache_bytes(p, *args) for p in ("bf16", "int8", "int4"))
+    assert i8 == bf16 / 2 * (132 / 128) and i4 == bf16 / 4 * (72 / 64)
+
+
+def test_unknown_precision_lists_known():
+    with pytest.raises(KeyError, match="bf16"):
+        KQ.cache_factory("fp4")
+
+
+# --- attention over the quantized cache (torch path) -----------------------------------------
+
+
+def _fill(cache, b, hkv, p, d, g, dtype=torch.float32):
+    k = torch.randn(b, hkv, p, d, generator=g).to(dtype)
+    v = torch.randn(b, hkv, p, d, generator=g).to(dtype)
+    pos = torch.arange(p)
+    q = torch.randn(b, 2 * hkv, p, d, generator=g).to(dtype)
+    s = cache.max_seq_len
+    mask = torch.arange(s)[None, :] <= pos[:, None]
+    return q, k, v, pos, mask
+
+
+@pytest.mark.parametrize("precision,tol", [("int8", 0.02), ("int4", 0.25)])
+def test_quantized_attention_is_close_to_full_precision(precision, tol):
+    g = torch.Generator().manual_seed(2)
+    b, hkv, s, d, p = 2, 2, 48, 64, 40
+    full = KQ.cache_factory("bf16")(b, hkv, s, d, torch.float32)
+    quant = KQ.cache_factory(precision)(b, hkv, s, d, torch.float32)
+    q, k, v, pos, mask = _fill(full, b, hkv, p, d, g)
+    ref = full.attend(q, k, v, pos, mask)
+    out = quant.attend(q, k, v, pos, mask)
+    err = rel_err(out, ref)
+    assert 0 < err < tol
+    # and it is exactly attention over the dequantized K/V (what the kernel must reproduce)
+    kd, vd = quant.dequantized(b, torch.float32)
+    assert torch.allclose(out, sdpa_gqa(q, kd, vd, mask), atol=1e-6)
+
+
+# --- the Triton kernels under the interpreter ------------------------------------------------
+
+
+@pytest.fixture
+def attn():
+    """kernels.attention: compiled on a GPU, interpreted on a CPU-only machine."""
+    pytest.importorskip("triton")
+    import turbopack.inference.kernels.attention as A
+
+    if not HAS_CUDA and type(A._store_kv_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("kernels.attention was imported before TRITON_INTERPRET=1 was set")
+    return A
+
+
+def _device():
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+def test_store_kernel_writes_the_same_codes_as_torch(attn, precision):
+    g = torch.Generator().manual_seed(3)
+    dev = _device()
+    b, h, s, d, t = 2, 3, 16, 64, 5
+    kern = KQ.cache_factory(precision, "triton")(b, h, s, d, torch.float32, dev)
+    ref = KQ.cache_factory(precision, "torch")(b, h, s, d, torch.float32, dev)
+    x = (torch.randn(b, h, t, d, generator=g) * 3).to(dev)
+    x[0, 0, 0] = 1.5  # a constant row: scale 0 -> 1
+    pos = torch.tensor([7, 1, 2, 3, 11], device=dev)
+    kern.update(pos, x, x)
+    ref.update(pos, x, x)
+    for a, r in zip(kern.buffers(), ref.buffers()):
+        assert torch.equal(a, r)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_kernel_matches_torch_reference(attn, precision, dtype):
+    g = torch.Generator().manual_seed(4)
+    dev = _device()
+    b, hkv, group, d = 2, 2, 3, 32
+    s = 4 * attn.BLOCK_N * 3  # several splits, a partial last block, and splits past the end
+    fac_k, fac_r = KQ.cache_factory(precision, "triton"), KQ.cache_factory(precision, "torch")
+    kern, ref = fac_k(b, hkv, s, d, dtype, dev), fac_r(b, hkv, s, d, dtype, dev)
+    p = 2 * attn.BLOCK_N + 5
+    k = torch.randn(b, hkv, p, d, generator=g).to(dtype).to(dev)
+    v = torch.randn(b, hkv, p, d, generator=g).to(dtype).to(dev)
+    ref.update(torch.arange(p, device=dev), k, v)
+    for a, r in zip(kern.buffers(), ref.buffers()):  # same contents (the store kernel is tested above)
+        a.copy_(r)
+    split_len, n_splits = attn.n_splits_for(b, hkv, s)
+    assert n_splits > 1 and split_len * (n_splits - 1) >= p  # some splits are empty
+    for pos in (0, p - 1, p):
+        q = torch.randn(b, hkv * group, 1, d, generator=g).to(dtype).to(dev)
+        kd = torch.randn(b, hkv, 1, d, generator=g).to(dtype).to(dev)
+        vd = torch.randn(b, hkv, 1, d, generator=g).to(dtype).to(dev)
+        ip = torch.tensor([pos], device=dev)
+        mask = torch.arange(s, device=dev)[None, :] <= ip[:, None]
+        out = kern.attend(q, kd, vd, ip, mask)
+        want = ref.attend(q, kd, vd, ip, mask)
+        assert out.shape == want.shape and out.dtype == dtype
+        assert rel_err(out, want) < (1e-5 if dtype == torch.float32 else 1e-2), (precision, pos)
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+def test_decode_kernel_on_gpu_llama8b_shapes(precision):
+    from turbopack.inference.kernels import attention as A
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    b, hkv, group, d, s, p = 1, 8, 4, 128, 4352, 4096
+    kern = KQ.cache_factory(precision, "triton")(b, hkv, s, d, torch.bfloat16, "cuda")
+    ref = KQ.cache_factory(precision, "torch")(b, hkv, s, d, torch.bfloat16, "cuda")
+    k = torch.randn(b, hkv, p, d, generator=g, device="cuda").bfloat16()
+    v = torch.randn(b, hkv, p, d, generator=g, device="cuda").bfloat16()
+    for c in (kern, ref):
+        c.update(torch.arange(p, device="cuda"), k, v)
+    for pos in (5, 1000, p):
+        q = torch.randn(b, hkv * group, 1, d, generator=g, device="cuda").bfloat16()
+        one = torch.randn(b, hkv, 1, d, generator=g, device="cuda").bfloat16()
+        ip = torch.tensor([pos], device="cuda")
+        mask = torch.arange(s, device="cuda")[None, :] <= ip[:, None]
+        out = kern.attend(q, one, one, ip, mask)
+        want = ref.attend(q, one, one, ip, mask)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, want) < 1e-2, (precision, pos)
+    assert A.available(torch.device("cuda"))
+
+
+# --- the fused forward pass (fastpath) under the interpreter ---------------------------------
+
+
+def test_fastpath_forward_matches_reference_forward(attn):
+    """Prefill then decode through fastpath.forward == Transformer.forward, for every KV precision."""
+    from turbopack.inference import fastpath
+    from turbopack.inference.api import fuse_model
+    from turbopack.inference.model import ModelConfig, build_model
+
+    cfg = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
+                      attention_bias=True)
+    dev = _device()
+    torch.manual_seed(6)
+    model = build_model(cfg, device=dev, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
+    fuse_model(model)
+    assert fastpath.supported(model)
+    ids = torch.randint(0, 64, (2, 7), device=dev)
+    for precision in ("bf16", "int8", "int4"):
+        outs = []
+        for fwd in (model, lambda i, p: fastpath.forward(model, i, p)):
+            model.setup_caches(2, 64, cache_cls=KQ.cache_factory(precision, "triton"))
+            steps = [fwd(ids[:, :5], torch.arange(5, device=dev))[:, -1]]
+            for i in range(5, 7):
+                steps.append(fwd(ids[:, i:i + 1], torch.tensor([i], device=dev))[:, -1])
+            outs.append(torch.stack(steps, 1))
+        assert rel_err(outs[1], outs[0]) < 1e-5, precision

@@ -1,0 +1,51 @@
+"""`turbopack check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def check(
+    model: Optional[Path] = typer.Argument(None, help="HF model folder (default: the bundled tiny Llama)."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Held-out text to evaluate on (default: bundled)."),
+    seq_len: int = typer.Option(256, help="Evaluation window length in tokens."),
+    max_windows: int = typer.Option(64, help="At most this many windows (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Quantize MODEL in every format, run it, and compare perplexity with bf16 (pass/fail).
+
+    Exit code 0 when every row passes its threshold, 1 otherwise.
+
+    [bold]Examples[/bold]
+
+      turbopack check
+
+      turbopack check ./my-llama --text heldout.txt --json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from turbopack.evaluation.check import run_check
+
+    report = run_check(model, seq_len=seq_len, max_windows=max_windows or None, text=text)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        table = Table(title=f"turbopack check — {report.model} ({report.tokens} held-out tokens, bf16 ppl {report.bf16_ppl:.3f})")
+        for col in ("format", "stage", "bits/weight", "size MB", "ppl", "vs bf16", "threshold", "result"):
+            table.add_column(col, justify="left" if col in ("format", "stage") else "right")
+        for r in report.rows:
+            table.add_row(r.label, r.stage, f"{r.bits_per_weight:.3f}", f"{r.size_mb:.2f}", f"{r.ppl:.3f}",
+                          f"{r.increase_pct:+.2f}%", f"<= {r.threshold_pct:g}%",
+                          "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
+        Console().print(table)
+        typer.echo("PASS" if report.passed else "FAIL")
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check")(check)

@@ -1,0 +1,44 @@
+"""`turbopack export`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+
+def export(
+    src: str = typer.Argument(..., help="Arch-neutral quantized folder (from `turbopack quantize` or `convert`) or Hub id."),
+    to: str = typer.Option(..., "--to", help="Target format: compressed-tensors (what vLLM loads)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (written atomically)."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a quantized checkpoint for another engine, with the same weights bit for bit.
+
+    compressed-tensors: w4a16/w8a16 as pack-quantized, w8a8 as int-quantized, fp8 as
+    float-quantized; serve it with vLLM, with tensor parallelism across as many GPUs as you like.
+
+    [bold]Examples[/bold]
+
+      turbopack export llama-w4 --to compressed-tensors -o llama-w4-ct
+
+      vllm serve ./llama-w4-ct --tensor-parallel-size 4
+    """
+    from turbopack.packer.hub import enable_hub
+    from turbopack.packer.interop.export import export as run
+
+    enable_hub()
+    res = run(src, out, to, force=force, progress=sys.stderr.isatty())
+    d = res.as_dict()
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(f"{d['out']}: {res.format} as {to}, {d['quantized']} modules, ignore={d['ignore']}; "
+               f"{d['output_bytes'] / 1e6:.1f} MB")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

@@ -1,0 +1,1 @@
+"""End-to-end evaluation that spans the pipeline (quantize -> pack -> run): `turbopack check`."""

@@ -1,0 +1,83 @@
+"""What every linear kernel ends with: scale, bias, cast and store, or, for split-K, the
+cross-program reduction that does the same once the last K slice of an output tile arrives.
+
+Split-K without extra launches: each program atomically adds its fp32 partial tile into a
+workspace, then bumps a per-tile counter; the program that brings the counter to SPLIT_K reads
+the sums back (atomically, at L2), applies the epilogue, stores the output and puts the workspace
+and counter back to zero for the next call. The workspace is one buffer per device shared by every
+kernel (calls on one stream run one after another); it is created zeroed and only grows, so CUDA
+graphs that captured a call keep pointing at valid, zeroed memory. Not safe for concurrent
+launches on several streams.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton is a GPU/test extra
+    triton = None
+    tl = None
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1 (the CPU interpreter CI runs the kernels with)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_WS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown buffers stay alive: a captured graph may point at them
+
+
+def workspace(device: torch.device, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed buffer of at least ``numel`` elements that the kernels leave zeroed."""
+    key = (str(device), dtype)
+    buf = _WS.get(key)
+    if buf is None or buf.numel() < numel:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = torch.zeros(max(numel, 1 << 16), dtype=dtype, device=device)
+        _WS[key] = buf
+    return buf
+
+
+def splitk_buffers(device: torch.device, m: int, n: int, tiles: int, split_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 [m*n] partial sums, int32 [tiles] counters); dummies when split_k == 1."""
+    if split_k == 1:
+        return workspace(device, 1, torch.float32), workspace(device, 1, torch.int32)
+    return workspace(device, m * n, torch.float32), workspace(device, tiles, torch.int32)
+
+
+if triton is not None:
+
+    @triton.jit
+    def mma(a, b, acc, DOT_F32: tl.constexpr):
+        """acc + a @ b on tensor cores. DOT_F32 (the CPU interpreter only): its tl.dot multiplies
+        bf16 bit patterns as integers, so the (exactly representable) operands go in as fp32."""
+        if DOT_F32:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+        else:
+            acc = tl.dot(a, b, acc)
+        return acc
+
+    @triton.jit
+    def finish(acc, scale, bias, y_ptrs, ws_ptrs, mask, CNT, tile_id, SPLIT_K, ATOMIC: tl.constexpr):
+        """y = acc * scale + bias (fp32), cast to y's dtype; with split-K, over the sum of all
+        SPLIT_K programs' ``acc`` for this tile (ATOMIC = SPLIT_K > 1, a compile-time flag so one
+        binary serves every split factor). ``scale``/``bias`` broadcast against ``acc``."""
+        if not ATOMIC:
+            tl.store(y_ptrs, (acc * scale + bias).to(y_ptrs.dtype.element_ty), mask=mask)
+        else:
+            tl.atomic_add(ws_ptrs, acc, mask=mask)
+            tl.debug_barrier()  # every thread's partial is in before the tile counts as done
+            done = tl.atomic_add(CNT + tile_id, 1)
+            if done == SPLIT_K - 1:
+                zero = tl.zeros_like(acc)
+                tot = tl.atomic_add(ws_ptrs, zero, mask=mask)  # read at L2, where the adds landed
+                tl.store(ws_ptrs, zero, mask=mask)
+                tl.store(y_ptrs, (tot * scale + bias).to(y_ptrs.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(CNT + tile_id, 0)

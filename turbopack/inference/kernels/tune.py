@@ -1,0 +1,116 @@
+"""Config sweep for the linear kernels: candidate configs per (layout, N, K, M), compiled ahead in
+parallel worker processes (Triton's on-disk cache then serves the timing process), each checked
+against the reference before it is timed; the fastest valid one wins (configs/<arch>.json).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+from turbopack.inference.kernels.bench import SETUPS
+
+#: (BN, BK, num_warps, num_stages) for the one-token GEMV
+_GEMV = [(16, 256, 2, 1), (16, 512, 4, 1), (32, 256, 4, 1), (32, 512, 4, 2), (64, 256, 4, 1), (64, 512, 8, 1),
+         (32, 128, 4, 3), (64, 256, 8, 3)]
+#: (BN, BK, num_warps, num_stages) for tensor-core decode (BM = 16..64)
+_TC_SMALL = [(64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 2), (32, 128, 4, 3)]
+#: (BN, BM, BK, num_warps, num_stages) for prefill
+_TC_LARGE = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
+             (64, 256, 128, 4, 3), (128, 64, 128, 4, 4)]
+#: int8 GEMM: (BM, BN, BK, num_warps, num_stages)
+_I8_SMALL = [(16, 32, 256, 4, 4), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4), (16, 64, 512, 4, 2),
+             (16, 128, 256, 8, 3)]
+_I8_LARGE = [(128, 128, 128, 8, 4), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
+             (64, 128, 128, 4, 4), (64, 256, 128, 8, 3)]
+
+
+def _splits(blocks: int, iters: int, sms: int) -> list[int]:
+    s0 = max(1, min(math.ceil(4 * sms / blocks), iters))
+    return sorted({s0, max(1, min(2 * s0, iters, 32))})
+
+
+def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
+    layout, params = SETUPS[setup]
+    if layout == "fp8_rowmajor":
+        return [{"kernel": "scaled_mm"}]
+    out: list[dict] = []
+    if layout == "i8_rowmajor":
+        out.append({"kernel": "int_mm"})
+        grid = _I8_SMALL if m <= 16 else _I8_LARGE
+        for bm, bn, bk, w, st in grid:
+            bm = min(bm, max(16, 1 << (m - 1).bit_length()))
+            blocks = math.ceil(n / bn) * math.ceil(m / bm)
+            for s in (_splits(blocks, math.ceil(k / bk), sms) if m <= 64 else [1]):
+                out.append({"kernel": "triton", "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "SPLIT_K": s,
+                            "num_warps": w, "num_stages": st})
+        return out
+    ks = params.get("group_size", 64)
+    rounding = [True, False] if setup == "w4a16" else [False]
+    if m == 1:
+        for bn, bk, w, st in _GEMV:
+            for s in _splits(math.ceil(n / bn), math.ceil(k / max(bk, ks)), sms):
+                for r in rounding:
+                    out.append({"kernel": "gemv", "BN": bn, "BK": bk, "SPLIT_K": s, "ROUND": r, "num_warps": w, "num_stages": st})
+    if m <= 64:
+        bm = max(16, 1 << (m - 1).bit_length())
+        for bn, bk, w, st in _TC_SMALL:
+            for s in _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms):
+                out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st})
+    else:
+        for bn, bm, bk, w, st in _TC_LARGE:
+            blocks = math.ceil(n / bn) * math.ceil(m / bm)
+            for s in ([1, 2] if blocks < sms else [1]):
+                out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st})
+    return out
+
+
+def _m_class(m: int) -> int:
+    return 1 if m == 1 else (16 if m % 16 == 0 else 0)
+
+
+def compile_key(setup: str, m: int, cfg: dict) -> tuple:
+    c = dict(cfg)
+    if "SPLIT_K" in c:
+        c["SPLIT_K"] = min(c["SPLIT_K"], 2)
+    return setup, _m_class(m), tuple(sorted(c.items()))
+
+
+def _compile_task(task: tuple) -> str:
+    """Worker: run one config once on dummy tensors of the real shapes (fills Triton's disk cache)."""
+    setup, shape, m, cfg = task
+    from turbopack.formats import get_format
+    from turbopack.inference.kernels.dispatch import FAMILIES
+    from turbopack.layouts import get_layout
+
+    layout_name, params = SETUPS[setup]
+    fmt = get_format("fp8" if setup.startswith("fp8") else setup, **params)
+    layout = get_layout(layout_name)
+    packed = {}
+    for spec in layout.packed_specs(fmt, shape):
+        t = torch.zeros(spec.shape, dtype=torch.uint8 if spec.dtype.itemsize == 1 else spec.dtype, device="cuda")
+        packed[spec.suffix] = t.view(spec.dtype) if spec.dtype.itemsize == 1 else t
+    x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
+    try:
+        FAMILIES.get(layout_name).run(x, packed, shape, None, cfg, None, fmt)
+        torch.cuda.synchronize()
+        return ""
+    except Exception as e:  # reported, and the timing pass skips the config
+        return f"{setup} M={m} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def precompile(tasks: list[tuple], jobs: int) -> list[str]:
+    """Compile every distinct (setup, M class, config) in ``jobs`` processes; returns the errors."""
+    seen: dict[tuple, tuple] = {}
+    for setup, shape, m, cfg in tasks:
+        seen.setdefault(compile_key(setup, m, cfg), (setup, shape, m, cfg))
+    todo = list(seen.values())
+    print(f"precompiling {len(todo)} kernel variants in {jobs} processes", file=sys.stderr, flush=True)
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache"))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        return [e for e in pool.map(_compile_task, todo, chunksize=1) if e]

@@ -1,0 +1,249 @@
+"""Triton kernels for the 16-bit-activation layouts: w4_t{16,64}x64 (w4a16), i8_t{16,64}x64
+(w8a16) and fp8_t16x64_upcast. They share one program structure; only the tile decoder differs.
+
+Program tile vs layout tile: a program owns BN output rows (any multiple of 16; a sub-block of a
+64-row sm90 tile or several 16-row tiles) and walks K in *steps*: one quantization group (w4,
+KS = G) or one 64-wide layout tile (8-bit, KS = 64). In a step each row's codes are one contiguous
+run (G/2 or 64 bytes) of the tile-contiguous layout, so the load is 16-byte vectors and whole
+32-byte sectors. SPI steps are unrolled per loop iteration (bytes in flight), and SPLIT_K programs
+share a row block's K range (epilogue.finish reduces them without extra launches).
+
+Decoding without int->float conversions (those run at quarter rate): a code at mantissa bit P of
+a float whose exponent is 2^(23-P) reads as ``2^(23-P) + q``. For w4 the nibbles are brought to
+bits 8, 12 or 16 (one shift of the word serves three nibbles), so one AND|OR gives the float and
+one fma gives the contract's weight: ``fma(2^(23-P) + q, s, c_P)`` with ``c_P = sz - 2^(23-P)*s``
+(asym) or ``-(2^(23-P) + 8)*s`` (sym) equals ``fma(q, s, sz)`` / ``(q-8)*s`` bit for bit, because
+c_P is exact in fp32 for bf16 scales (fp16 asym takes the two-op form, TWO_STEP). The eight
+per-element tensors are interleaved back to natural k order with tl.join + reshape, so the
+activations are read contiguously.
+
+Two program shapes:
+  tc    Y^T[BN, BM] += W16[BN, KS] @ X^T[KS, BM] on tensor cores (W the A operand, as the sm90
+        layout intends); W16 = the contract's act-dtype weight. BM >= 16, tokens masked.
+  gemv  M == 1: fp32 FMAs, acc[BN, KS] += w * x, reduced once at the end. ROUND=False skips the
+        contract's rounding of w to 16 bits (the sum then differs from the contract by that
+        rounding only, ~1e-3 relative; it is more exact, not less).
+"""
+
+from __future__ import annotations
+
+from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
+
+W4, I8, FP8 = 0, 1, 2
+#: elements of one layout-tile row per loaded element (int32 words of w4 / int8, fp8 bytes)
+CODES_PER_LOAD = {W4: 8, I8: 4, FP8: 1}
+
+if triton is not None:
+
+    @triton.jit
+    def _nib(src, P: tl.constexpr, s, c, sz, TWO_STEP: tl.constexpr):
+        f = ((src & (15 << P)) | ((150 - P) << 23)).to(tl.float32, bitcast=True)  # 2^(23-P) + q
+        if TWO_STEP:
+            w = tl.fma(f - (1 << (23 - P)) * 1.0, s, sz)
+        else:
+            w = tl.fma(f, s, c)
+        return w
+
+    @triton.jit
+    def _w4_step(QW, S, SZ, row_w, row_s, rok, t, TN: tl.constexpr, KS: tl.constexpr,
+                 BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+        """Group t of BN rows -> fp32 [BN, KS] weights (the contract's value before rounding)."""
+        WPG: tl.constexpr = KS // 8
+        kw = tl.arange(0, WPG)
+        col = (kw // 8) * (TN * 8) + (kw % 8)
+        if WPG >= 8:
+            base = (t * (WPG // 8)) * (TN * 8)
+        else:  # G = 32: two groups per 8-word tile row
+            base = (t // 2) * (TN * 8) + (t % 2) * 4
+        w = tl.load(QW + row_w[:, None] + base + col[None, :], mask=rok[:, None], other=0)
+        s = tl.load(S + row_s + t * TN, mask=rok, other=0.0).to(tl.float32)[:, None]
+        if ASYM:
+            sz = tl.load(SZ + row_s + t * TN, mask=rok, other=0.0).to(tl.float32)[:, None]
+            c8 = sz - 32768.0 * s
+            c12 = sz - 2048.0 * s
+            c16 = sz - 128.0 * s
+        else:
+            sz = s
+            c8 = -32776.0 * s
+            c12 = -2056.0 * s
+            c16 = -136.0 * s
+        lo = w << 8    # e0 -> bit 8, e2 -> 12
+        hi = w >> 12   # e3 -> 8, e5 -> 12, e7 -> 16 (e4, e6, e1 already sit at 8, 12, 16)
+        v0 = _nib(lo, 8, s, c8, sz, TWO_STEP)
+        v1 = _nib(w, 16, s, c16, sz, TWO_STEP)
+        v2 = _nib(lo, 12, s, c12, sz, TWO_STEP)
+        v3 = _nib(hi, 8, s, c8, sz, TWO_STEP)
+        v4 = _nib(w, 8, s, c8, sz, TWO_STEP)
+        v5 = _nib(hi, 12, s, c12, sz, TWO_STEP)
+        v6 = _nib(w, 12, s, c12, sz, TWO_STEP)
+        v7 = _nib(hi, 16, s, c16, sz, TWO_STEP)
+        full = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+        return tl.reshape(full, (BN, KS))
+
+    @triton.jit
+    def _b8_step(QW, row_w, rok, t, TN: tl.constexpr, BN: tl.constexpr, KIND: tl.constexpr):
+        """64-wide tile t of BN rows of int8 (read as int32 words) or e4m3 codes -> exact fp32."""
+        if KIND == 2:
+            c = tl.arange(0, 64)
+            b = tl.load(QW + row_w[:, None] + t * (TN * 64) + c[None, :], mask=rok[:, None], other=0)
+            v = b.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        else:
+            j = tl.arange(0, 16)
+            w = tl.load(QW + row_w[:, None] + t * (TN * 16) + j[None, :], mask=rok[:, None], other=0)
+            hi = w >> 16
+            # byte ^ 0x80 = b + 128 as an unsigned mantissa field; minus the float's offset = b
+            b0 = ((w & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+            b1 = ((w & 0xFF00) ^ 0x47008000).to(tl.float32, bitcast=True) - 32896.0
+            b2 = ((hi & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+            b3 = ((hi & 0xFF00) ^ 0x47008000).to(tl.float32, bitcast=True) - 32896.0
+            v = tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BN, 64))
+        return v
+
+    @triton.jit
+    def _step(QW, S, SZ, row_w, row_s, rok, t, KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr,
+              BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+        if KIND == 0:
+            v = _w4_step(QW, S, SZ, row_w, row_s, rok, t, TN, KS, BN, ASYM, TWO_STEP)
+        else:
+            v = _b8_step(QW, row_w, rok, t, TN, BN, KIND)
+        return v
+
+    @triton.jit
+    def _rows(pid_n, NP, KT, KGP, KIND: tl.constexpr, TN: tl.constexpr, BN: tl.constexpr):
+        rn = pid_n * BN + tl.arange(0, BN)
+        CW: tl.constexpr = 8 if KIND == 0 else (16 if KIND == 1 else 64)
+        row_w = (rn // TN) * (KT * TN * CW) + (rn % TN) * CW
+        row_s = (rn // TN) * (KGP * TN) + (rn % TN)
+        return rn, rn < NP, row_w, row_s
+
+    @triton.jit
+    def _epilogue(acc, rn, rm, M, N, S, BIAS, Y, WS, CNT, stride_ym, tile_id, KIND: tl.constexpr,
+                  SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr):
+        """acc[BN, BM] holds Y^T; per-channel scale (8-bit kinds) and bias are per row of acc."""
+        nmask = rn < N
+        if KIND == 0:
+            scale = 1.0
+        elif SCALAR_SCALE:
+            scale = tl.load(S)
+        else:
+            scale = tl.load(S + rn, mask=nmask, other=0.0)[:, None]
+        if HAS_BIAS:
+            bias = tl.load(BIAS + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        else:
+            bias = 0.0
+        mask = nmask[:, None] & (rm[None, :] < M)
+        y_ptrs = Y + rm[None, :] * stride_ym + rn[:, None]
+        ws_ptrs = WS + rm[None, :] * N + rn[:, None]
+        finish(acc, scale, bias, y_ptrs, ws_ptrs, mask, CNT, tile_id, SPLIT_K, ATOMIC)
+
+    @triton.jit
+    def _k_range(pid_k, n_steps, SPI: tl.constexpr, SPLIT_K):
+        per = tl.cdiv(tl.cdiv(n_steps, SPI), SPLIT_K) * SPI
+        lo = pid_k * per
+        return lo, tl.minimum(lo + per, n_steps)
+
+    @triton.jit
+    def tc_kernel(X, QW, S, SZ, BIAS, Y, WS, CNT, M, N, NP, K, KT, KGP, stride_xm, stride_ym,
+                  KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                  SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr,
+                  SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
+        rm = pid_m * BM + tl.arange(0, BM)
+        kk = tl.arange(0, KS)
+        t_lo, t_hi = _k_range(tl.program_id(2), tl.cdiv(K, KS), SPI, SPLIT_K)
+        k_end = tl.minimum(K, t_hi * KS)
+        acc = tl.zeros((BN, BM), tl.float32)
+        for t0 in range(t_lo, t_hi, SPI):
+            for i in tl.static_range(SPI):
+                t = t0 + i
+                rok = rmask & ((rn * 0 + t) < t_hi)  # (a vector compare: the interpreter mis-types scalar masks)
+                w = _step(QW, S, SZ, row_w, row_s, rok, t, KIND, TN, KS, BN, ASYM, TWO_STEP)
+                k = t * KS + kk
+                xt = tl.load(X + rm[None, :] * stride_xm + k[:, None], mask=(rm[None, :] < M) & (k[:, None] < k_end), other=0.0)
+                acc = mma(w.to(X.dtype.element_ty), xt, acc, DOT_F32)
+        _epilogue(acc, rn, rm, M, N, S, BIAS, Y, WS, CNT, stride_ym, pid_m * tl.num_programs(0) + pid_n,
+                  KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
+
+    @triton.jit
+    def gemv_kernel(X, QW, S, SZ, BIAS, Y, WS, CNT, N, NP, K, KT, KGP,
+                    KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr,
+                    SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr,
+                    SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROUND: tl.constexpr):
+        pid_n = tl.program_id(0)
+        rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
+        kk = tl.arange(0, KS)
+        t_lo, t_hi = _k_range(tl.program_id(1), tl.cdiv(K, KS), SPI, SPLIT_K)
+        k_end = tl.minimum(K, t_hi * KS)
+        acc2 = tl.zeros((BN, KS), tl.float32)
+        for t0 in range(t_lo, t_hi, SPI):
+            for i in tl.static_range(SPI):
+                t = t0 + i
+                rok = rmask & ((rn * 0 + t) < t_hi)  # (a vector compare: the interpreter mis-types scalar masks)
+                w = _step(QW, S, SZ, row_w, row_s, rok, t, KIND, TN, KS, BN, ASYM, TWO_STEP)
+                if ROUND:
+                    w = w.to(X.dtype.element_ty).to(tl.float32)
+                k = t * KS + kk
+                x = tl.load(X + k, mask=k < k_end, other=0.0).to(tl.float32)
+                acc2 += w * x[None, :]
+        acc = tl.sum(acc2, axis=1)[:, None]
+        _epilogue(acc, rn, tl.arange(0, 1), 1, N, S, BIAS, Y, WS, CNT, 0, pid_n,
+                  KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
+
+
+# -- launching ------------------------------------------------------------------------------------
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> dict:
+    """Untuned fallback: GEMV at M=1, tensor cores above; split K until ~4 programs per SM."""
+    if m == 1:
+        cfg = {"kernel": "gemv", "BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2, "ROUND": True}
+    elif m <= 64:
+        cfg = {"kernel": "tc", "BN": 64, "BM": max(16, triton.next_power_of_2(m)), "BK": 128, "num_warps": 4, "num_stages": 3}
+    else:
+        cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
+    if "SPLIT_K" not in cfg:
+        blocks = math.ceil(n / cfg["BN"]) * math.ceil(m / cfg.get("BM", 1))
+        iters = math.ceil(math.ceil(k / ks) / max(1, cfg["BK"] // ks))
+        cfg["SPLIT_K"] = max(1, min(math.ceil(4 * sms / blocks), iters, 16))
+    return cfg
+
+
+def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: tuple[int, int],
+           bias: torch.Tensor | None, cfg: dict, *, group: int = 64, sym: bool = True,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ W^T (+ bias) for a 16-bit-activation layout; ``cfg`` as default_config."""
+    qw = packed["qweight"]
+    n, k = shape
+    nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
+    s = packed["scales"]
+    sz, kgp, ks = s, 1, 64
+    if kind == W4:
+        ks, kgp = group, s.shape[1]
+        sz = packed.get("szeros", s)
+    else:
+        qw = qw.view(torch.int32) if kind == I8 else qw.view(torch.uint8)
+    m = x2.shape[0]
+    y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    spi = max(1, cfg["BK"] // ks)
+    split = max(1, min(int(cfg.get("SPLIT_K", 1)), math.ceil(math.ceil(k / ks) / spi)))
+    bn = cfg["BN"]
+    gemv = cfg["kernel"] == "gemv" and m == 1
+    bm = 1 if gemv else cfg.get("BM", 16)
+    n_blocks, m_blocks = math.ceil(nt * tn / bn), math.ceil(m / bm)
+    ws, cnt = splitk_buffers(x2.device, m, n, n_blocks * m_blocks, split)
+    b = bias if bias is not None else y
+    common = dict(KIND=kind, TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1, ASYM=kind == W4 and not sym,
+                  TWO_STEP=kind == W4 and not sym and s.dtype == torch.float16, SCALAR_SCALE=kind != W4 and s.numel() == 1,
+                  HAS_BIAS=bias is not None, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
+    if gemv:
+        gemv_kernel[(n_blocks, split)](x2, qw, s, sz, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
+                                       ROUND=bool(cfg.get("ROUND", True)), **common)
+    else:
+        tc_kernel[(n_blocks, m_blocks, split)](x2, qw, s, sz, b, y, ws, cnt, m, n, nt * tn, k, kt, kgp,
+                                               x2.stride(0), y.stride(0), BM=bm, DOT_F32=interpreting(), **common)
+    return y

@@ -1,0 +1,269 @@
+"""Loading a checkpoint folder into the reference Transformer, tensors straight to the device.
+
+Three kinds of folder load:
+  * a plain Hugging Face folder (no turbopack.json): the bf16 reference model;
+  * an arch-neutral quantized folder (`turbopack quantize`): on a GPU it is packed at load for the
+    local arch by the packer's pure functions (`pack_module`), module by module; on the CPU it runs
+    with the reference backend (or, given ``arch``, packed for that arch on the emulator);
+  * a packed folder (`turbopack pack`): its tensors are the kernels' tensors; a GPU whose arch is
+    not the folder's is refused with the repack command, unless ``repack`` and the folder's
+    arch-neutral source is at hand (then that source is packed at load instead).
+
+The model is built on the meta device, quantized linears are swapped for QuantLinear, and every
+tensor is then read by safetensors directly onto the device and assigned in place: no CPU copy of
+the model is ever made (a module being packed at load is staged on the CPU alone, one at a time).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resolve_model
+from turbopack.errors import CheckpointError, TurbopackError
+from turbopack.formats import Format, format_from_params
+from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
+from turbopack.inference.qlinear import QuantLinear
+
+
+@dataclass
+class ModulePlan:
+    """How one quantized linear gets into memory."""
+
+    fmt: Format
+    shape: tuple[int, int]
+    backend: str
+    layout: Any = None
+    pack_for: str | None = None  # arch to pack the arch-neutral tensors for at load
+
+
+@dataclass
+class Loaded:
+    model: Transformer
+    config: ModelConfig
+    folder: Path
+    kind: str  # "hf" | "quantized" | "packed"
+    device: torch.device
+    dtype: torch.dtype
+    backend: str  # the quantized linears' backend ("none" for an unquantized model)
+    arch: str | None = None
+    format: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TurbopackError("--device cuda: no CUDA GPU is visible; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def local_arch(device: torch.device) -> str:
+    """The turbopack arch name ("sm90") of the GPU ``device``."""
+    from turbopack.layouts.archs import arch_for_capability
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return arch_for_capability(major, minor, torch.cuda.get_device_name(device)).name.value
+
+
+def layout_by_name(name):
+    from turbopack.layouts import get_layout
+
+    return get_layout(name)
+
+
+# --- planning: which backend and layout for each module --------------------------------------
+
+
+def _repack_hint(folder: Path, manifest: dict, arch: str) -> str:
+    src = manifest.get("source") or "ARCH_NEUTRAL_FOLDER"
+    return f"turbopack pack {src} --arch {arch} -o {folder.name}-{arch}"
+
+
+def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, repack: bool,
+                 arch: str | None, backend: str | None) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
+    """(folder to read, kind, {module: plan}, arch the tensors run as)."""
+    if manifest is None:
+        return folder, "hf", {}, None
+    kind = manifest["kind"]
+    if kind == "packed":
+        if int(manifest.get("tp", 1)) > 1:
+            raise CheckpointError(f"{folder}: tensor-parallel rank folder (tp={manifest['tp']}); this runtime runs tp=1 "
+                                  f"folders: {_repack_hint(folder, manifest, manifest.get('arch', 'smXX'))}")
+        packed_arch = manifest["arch"]
+        want = local_arch(device) if device.type == "cuda" else packed_arch
+        if want != packed_arch or backend == "reference":
+            src = Path(manifest.get("source", ""))
+            if not repack:
+                why = f"packed for {packed_arch} but this GPU is {want}" if want != packed_arch else "packed, but the reference backend runs arch-neutral tensors"
+                raise CheckpointError(f"{folder}: {why}; run `{_repack_hint(folder, manifest, want)}` "
+                                      f"(or pass --repack to pack the arch-neutral source at load)")
+            if not (src / MANIFEST_NAME).is_file():
+                raise CheckpointError(f"{folder}: --repack needs the arch-neutral source {src}, which is not there; "
+                                      f"point at a `turbopack quantize` output instead")
+            return plan_modules(src, read_manifest(src), device, repack=False, arch=arch, backend=backend)
+        be = backend or ("cuda" if device.type == "cuda" else "emulator")
+        plans = {m: ModulePlan(format_from_params(i["format"]), tuple(i["shape"]), be, layout_by_name(i["layout"]))
+                 for m, i in manifest["tensors"].items()}
+        return folder, kind, plans, packed_arch
+    if kind != "quantized":
+        raise CheckpointError(f"{folder}: a {kind!r} folder; load a quantized, packed or Hugging Face folder")
+    if backend is None:
+        backend = "cuda" if device.type == "cuda" else ("emulator" if arch else "reference")
+    pack_for = None
+    if backend != "reference":
+        pack_for = arch or (local_arch(device) if device.type == "cuda" else None)
+        if pack_for is None:
+            raise TurbopackError(f"{folder}: backend {backend!r} runs packed tensors; give the arch to pack for (e.g. sm90)")
+    plans = {}
+    for m, i in manifest["tensors"].items():
+        fmt, shape = format_from_params(i["format"]), tuple(i["shape"])
+        layout = _select(fmt, pack_for, shape, m) if pack_for else None
+        plans[m] = ModulePlan(fmt, shape, backend, layout, pack_for)
+    return folder, kind, plans, pack_for
+
+
+def _select(fmt: Format, arch: str, shape, name: str):
+    from turbopack.packer.pack import select_layout
+
+    return layout_by_name(select_layout(fmt, arch, shape, name).layout)
+
+
+# --- building and filling the model ----------------------------------------------------------
+
+
+def _set_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
+    parent, _, attr = name.rpartition(".")
+    try:
+        mod = model.get_submodule(parent)
+    except AttributeError:
+        raise CheckpointError(f"tensor {name!r} has no place in the model; is the config right?") from None
+    if attr in mod._parameters:
+        old = mod._parameters[attr]
+        if tuple(old.shape) != tuple(t.shape):
+            raise CheckpointError(f"tensor {name!r}: shape {list(t.shape)}, the model expects {list(old.shape)}")
+        mod._parameters[attr] = nn.Parameter(t, requires_grad=False)
+    elif attr in mod._buffers:
+        old = mod._buffers[attr]
+        if old is not None and (tuple(old.shape) != tuple(t.shape) or old.dtype != t.dtype):
+            raise CheckpointError(f"tensor {name!r}: {t.dtype} {list(t.shape)}, the model expects {old.dtype} {list(old.shape)}")
+        mod._buffers[attr] = t
+    else:
+        raise CheckpointError(f"tensor {name!r} has no place in the model; is the config right?")
+
+
+def _safe_device(device: torch.device) -> str:
+    return f"cuda:{device.index}" if device.type == "cuda" else str(device)
+
+
+def _build(config: ModelConfig, plans: dict[str, ModulePlan], dtype: torch.dtype, has_bias: set[str]) -> Transformer:
+    model = build_model(config, device="meta", dtype=dtype)
+
+    def factory(name: str, linear: nn.Linear):
+        p = plans.get(name)
+        if p is None:
+            return None
+        if (linear.out_features, linear.in_features) != p.shape:
+            raise CheckpointError(f"{name}: quantized shape {list(p.shape)} but the config makes it "
+                                  f"{[linear.out_features, linear.in_features]}")
+        return QuantLinear(p.fmt, p.shape, layout=p.layout, backend=p.backend, bias=name in has_bias,
+                           device="meta", dtype=dtype)
+
+    replace_linears(model, factory)
+    return model
+
+
+def _fill(model: Transformer, ckpt: Checkpoint, plans: dict[str, ModulePlan], device: torch.device,
+          dtype: torch.dtype) -> None:
+    owner = {}
+    for m, p in plans.items():
+        for s in (p.layout.packed_specs(p.fmt, p.shape) if p.layout is not None and p.pack_for is None else p.fmt.specs(p.shape)):
+            owner[f"{m}.{s.suffix}"] = m
+    to_pack = {m for m, p in plans.items() if p.pack_for is not None}
+    by_shard: dict[Path, list[str]] = {}
+    for name, shard in ckpt.location.items():
+        if owner.get(name) in to_pack or name.endswith("rotary_emb.inv_freq"):
+            continue
+        by_shard.setdefault(shard, []).append(name)
+    for shard, names in by_shard.items():
+        with safe_open(str(shard), framework="pt", device=_safe_device(device)) as f:
+            for name in names:
+                t = f.get_tensor(name)
+                if name not in owner and t.is_floating_point():
+                    t = t.to(dtype)
+                _set_tensor(model, name, t)
+    for m in sorted(to_pack):
+        _pack_at_load(model, ckpt, m, plans[m], device)
+
+
+def _pack_at_load(model: Transformer, ckpt: Checkpoint, name: str, p: ModulePlan, device: torch.device) -> None:
+    from turbopack.packer.pack import pack_module
+
+    q = {s.suffix: ckpt.read(f"{name}.{s.suffix}") for s in p.fmt.specs(p.shape)}
+    packed = pack_module(p.fmt, q, p.shape, p.pack_for, name=name)
+    for suffix, t in packed.tensors.items():
+        _set_tensor(model, f"{name}.{suffix}", t.to(device))
+
+
+def _finish(model: Transformer, config: ModelConfig, folder: Path) -> Transformer:
+    if config.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.setup_rope(min(config.max_position_embeddings, ROPE_TABLE_LEN))
+    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
+    if missing:
+        raise CheckpointError(f"{folder}: missing tensors {missing[:5]}; the folder is incomplete or not for this config")
+    return model.eval()
+
+
+def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype = torch.bfloat16, *,
+         repack: bool = False, arch: str | None = None, backend: str | None = None) -> Loaded:
+    """Load PATH (HF, quantized or packed folder) onto ``device``.
+
+    ``backend`` overrides the quantized linears' backend ("reference", "emulator", "cuda");
+    ``arch`` packs an arch-neutral folder for that arch (the CPU emulator's way to run a layout)."""
+    folder = resolve_model(path)
+    device = resolve_device(device)
+    manifest = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else None
+    read_from, kind, plans, run_arch = plan_modules(folder, manifest, device, repack=repack, arch=arch, backend=backend)
+    ckpt = Checkpoint.open(read_from)
+    hf = dict(ckpt.config)
+    config = ModelConfig.from_hf_config(hf)
+    if "lm_head.weight" not in ckpt.tensors and "lm_head" not in plans:
+        config = replace(config, tie_word_embeddings=True)  # HF's save_pretrained drops the tied copy
+    has_bias = {m for m in plans if f"{m}.bias" in ckpt.tensors}
+    model = _build(config, plans, dtype, has_bias)
+    if "lm_head" in plans:
+        config = replace(config, tie_word_embeddings=False)
+        model.config = config
+    _fill(model, ckpt, plans, device, dtype)
+    model = _finish(model, config, folder)
+    fmts = sorted({p.fmt.describe() for p in plans.values()})
+    backends = sorted({p.backend for p in plans.values()}) or ["none"]
+    info = {"modules": len(plans), "read_from": str(read_from),
+            "layouts": sorted({p.layout.name.value for p in plans.values() if p.layout is not None})}
+    return Loaded(model, config, folder, kind, device, dtype, ",".join(backends), run_arch, ",".join(fmts) or None, info)
+
+
+def tokenizer_files(folder: Path) -> dict[str, Any]:
+    """tokenizer.json path and the bos/eos ids from generation_config/tokenizer_config, if present."""
+    out: dict[str, Any] = {"tokenizer": folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None}
+    for side in ("generation_config.json", "config.json"):
+        if (folder / side).is_file():
+            data = json.loads((folder / side).read_text())
+            for key in ("bos_token_id", "eos_token_id"):
+                if out.get(key) is None and data.get(key) is not None:
+                    out[key] = data[key]
+    tc = folder / "tokenizer_config.json"
+    out["add_bos"] = bool(json.loads(tc.read_text()).get("add_bos_token", True)) if tc.is_file() else True
+    return out

@@ -1,0 +1,126 @@
+"""QuantLinear: a linear layer whose weight stays quantized, in memory as on disk.
+
+It holds either the arch-neutral tensors of a format (qweight/scales/zeros) or a layout's packed
+tensors, as buffers named by their on-disk suffix, so a checkpoint tensor ``<module>.<suffix>``
+loads straight into ``<module>``'s buffer. The backend is chosen once, at construction:
+
+  reference  arch-neutral tensors, ``fmt.linear`` (the format's own math; any device)
+  emulator   packed tensors on the CPU, ``turbopack.layouts.emulate.emulate_linear``
+  cuda       packed tensors on the GPU, ``turbopack.inference.kernels.dispatch.linear``
+
+No backend keeps a dense 16-bit copy of the weight. (The reference backend is the format's
+definition and so dequantizes transiently inside each call; it is the yardstick, not a fast path.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from turbopack.errors import ShapeError, TurbopackError
+from turbopack.formats import Format, TensorSpec
+from turbopack.registry import Registry
+
+
+def _reference(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
+    return m.fmt.linear(x, m.tensors(), m.bias)
+
+
+def _emulator(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
+    from turbopack.layouts.emulate import emulate_linear
+
+    return emulate_linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
+
+
+def _cuda(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
+    from turbopack.inference.kernels.dispatch import linear
+
+    return linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
+
+
+#: name -> (forward, needs a layout)
+BACKENDS: Registry[tuple] = Registry("linear backend")
+BACKENDS.register("reference", (_reference, False))
+BACKENDS.register("emulator", (_emulator, True))
+BACKENDS.register("cuda", (_cuda, True))
+
+
+class QuantLinear(nn.Module):
+    """y = x @ W.T + b with W held quantized (see the module docstring for the backends)."""
+
+    def __init__(self, fmt: Format, shape: tuple[int, int], *, layout=None, backend: str = "reference",
+                 bias: bool = False, device=None, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self._forward, needs_layout = BACKENDS.get(backend)
+        if needs_layout and layout is None:
+            raise TurbopackError(f"backend {backend!r} runs packed tensors; it needs a layout")
+        if not needs_layout and layout is not None:
+            raise TurbopackError(f"backend {backend!r} runs arch-neutral tensors; got layout {layout.name.value}")
+        self.fmt, self.layout, self.backend = fmt, layout, backend
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.out_features, self.in_features = self.shape
+        self.suffixes: list[str] = []
+        for spec in self.specs():
+            self.register_buffer(spec.suffix, torch.empty(spec.shape, dtype=spec.dtype, device=device))
+            self.suffixes.append(spec.suffix)
+        b = torch.empty(self.shape[0], dtype=dtype, device=device) if bias else None
+        self.register_buffer("bias", b)
+
+    def specs(self) -> list[TensorSpec]:
+        if self.layout is None:
+            return self.fmt.specs(self.shape)
+        return self.layout.packed_specs(self.fmt, self.shape)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {s: getattr(self, s) for s in self.suffixes}
+
+    @classmethod
+    def from_tensors(cls, fmt: Format, shape, tensors: dict[str, torch.Tensor], *, layout=None,
+                     backend: str = "reference", bias: torch.Tensor | None = None) -> "QuantLinear":
+        """Wrap tensors already in memory (checked against the specs; nothing is copied)."""
+        m = cls(fmt, shape, layout=layout, backend=backend, bias=bias is not None, device="meta",
+                dtype=bias.dtype if bias is not None else torch.bfloat16)
+        for spec in m.specs():
+            t = tensors.get(spec.suffix)
+            if t is None or t.dtype != spec.dtype or tuple(t.shape) != tuple(spec.shape):
+                got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
+                raise ShapeError(f"{spec.suffix}: got {got}, expected {spec.dtype} {list(spec.shape)}")
+            setattr(m, spec.suffix, t)
+        if bias is not None:
+            m.bias = bias
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self, x)
+
+    def extra_repr(self) -> str:
+        lay = f", layout={self.layout.name.value}" if self.layout is not None else ""
+        return f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend}, bias={self.bias is not None}"
+
+
+def concat(mods: list[QuantLinear]) -> QuantLinear | None:
+    """One QuantLinear computing the outputs of ``mods`` side by side (fused q/k/v or gate/up), or
+    None when they cannot be fused: every tensor's first dimension must be whole output rows (or
+    whole N tiles with no padding inside), and tensor-wide tensors (a per-tensor FP8 scale) equal."""
+    first = mods[0]
+    same = all(m.fmt == first.fmt and m.layout == first.layout and m.backend == first.backend
+               and m.shape[1] == first.shape[1] and (m.bias is None) == (first.bias is None) for m in mods)
+    if not same:
+        return None
+    if first.layout is not None and any(first.layout.padding(m.shape).n_pad != m.shape[0] for m in mods[:-1]):
+        return None  # padding rows in the middle would shift the later modules' outputs
+    shape = (sum(m.shape[0] for m in mods), first.shape[1])
+    tensors = {}
+    for spec in first.specs():
+        parts = [getattr(m, spec.suffix) for m in mods]
+        if spec.per_row:
+            tensors[spec.suffix] = torch.cat(parts, 0)
+        elif all(torch.equal(p, parts[0]) for p in parts[1:]):
+            tensors[spec.suffix] = parts[0]
+        else:
+            return None
+    bias = torch.cat([m.bias for m in mods]) if first.bias is not None else None
+    try:  # a layout whose packed tensors do not stack along dim 0 fails its own shape check here
+        return QuantLinear.from_tensors(first.fmt, shape, tensors, layout=first.layout, backend=first.backend, bias=bias)
+    except ShapeError:
+        return None

@@ -1,0 +1,111 @@
+"""GPU architectures we pack for: what each one's tensor cores can do and which layouts it offers.
+
+Data, not branches: a new arch is one ``Arch`` entry plus ``tables/<arch>.json``. ``l2_mb`` and
+``smem_per_sm_kb`` are those of the smallest listed part (conservative for tuning).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from turbopack.errors import TurbopackError
+from turbopack.layouts.base import LayoutName
+from turbopack.registry import Registry
+
+
+class ArchName(str, enum.Enum):
+    """Arch names; the values are written to disk (manifest ``arch``) and given to ``--arch``."""
+
+    SM75 = "sm75"
+    SM80 = "sm80"
+    SM86 = "sm86"
+    SM89 = "sm89"
+    SM90 = "sm90"
+    # SM100 = "sm100": Blackwell (tcgen05, TMEM) needs its own layouts; add it with its table.
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: ArchName
+    marketing: tuple[str, ...]
+    capability: tuple[int, int]
+    #: mma.sync shape per input type; "wgmma.<type>" entries on sm90 (N is 8..256 in steps of 8)
+    mma: Mapping[str, str] = field(hash=False)
+    fp8_native: bool
+    bf16: bool
+    wgmma: bool
+    tma: bool
+    smem_per_sm_kb: int
+    l2_mb: int
+    layouts: tuple[LayoutName, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name.value} ({', '.join(self.marketing)})"
+
+
+_MMA_AMPERE = {"f16": "m16n8k16", "bf16": "m16n8k16", "s8": "m16n8k32"}
+_L = LayoutName
+
+ARCHS: Registry[Arch] = Registry("arch")
+for _arch in (
+    Arch(ArchName.SM75, ("T4", "RTX 2080 Ti", "Quadro RTX 8000"), (7, 5),
+         MappingProxyType({"f16": "m16n8k8", "s8": "m8n8k16"}),
+         fp8_native=False, bf16=False, wgmma=False, tma=False, smem_per_sm_kb=64, l2_mb=4,
+         layouts=(_L.W4_T16X64, _L.I8_T16X64, _L.I8_ROWMAJOR)),
+    Arch(ArchName.SM80, ("A100", "A30"), (8, 0), MappingProxyType(dict(_MMA_AMPERE)),
+         fp8_native=False, bf16=True, wgmma=False, tma=False, smem_per_sm_kb=164, l2_mb=24,
+         layouts=(_L.W4_T16X64, _L.I8_T16X64, _L.I8_ROWMAJOR, _L.FP8_T16X64_UPCAST)),
+    Arch(ArchName.SM86, ("A10", "A40", "RTX 3090", "RTX A6000"), (8, 6), MappingProxyType(dict(_MMA_AMPERE)),
+         fp8_native=False, bf16=True, wgmma=False, tma=False, smem_per_sm_kb=100, l2_mb=6,
+         layouts=(_L.W4_T16X64, _L.I8_T16X64, _L.I8_ROWMAJOR, _L.FP8_T16X64_UPCAST)),
+    Arch(ArchName.SM89, ("L4", "L40S", "RTX 4090"), (8, 9), MappingProxyType({**_MMA_AMPERE, "e4m3": "m16n8k32"}),
+         fp8_native=True, bf16=True, wgmma=False, tma=False, smem_per_sm_kb=100, l2_mb=48,
+         layouts=(_L.W4_T16X64, _L.I8_T16X64, _L.I8_ROWMAJOR, _L.FP8_ROWMAJOR)),
+    Arch(ArchName.SM90, ("H100", "H200", "GH200"), (9, 0),
+         MappingProxyType({**_MMA_AMPERE, "e4m3": "m16n8k32", "wgmma.f16": "m64nNk16", "wgmma.bf16": "m64nNk16",
+                           "wgmma.s8": "m64nNk32", "wgmma.e4m3": "m64nNk32"}),
+         fp8_native=True, bf16=True, wgmma=True, tma=True, smem_per_sm_kb=228, l2_mb=50,
+         layouts=(_L.W4_T64X64, _L.I8_T64X64, _L.I8_ROWMAJOR, _L.FP8_ROWMAJOR)),
+):
+    ARCHS.register(_arch.name, _arch)
+
+
+def get_arch(name: str | ArchName | Arch) -> Arch:
+    """Look up an arch by name ("sm90"; "SM_90" and "sm_90" are accepted spellings)."""
+    if isinstance(name, Arch):
+        return name
+    key = str(getattr(name, "value", name)).lower().replace("_", "")
+    return ARCHS.get(key if key in ARCHS else name)
+
+
+def resolve_arch(name: str | ArchName | Arch) -> Arch:
+    """``--arch`` value: a name, or "auto" for the GPU in this machine."""
+    return detect_arch() if str(getattr(name, "value", name)).lower() == "auto" else get_arch(name)
+
+
+def arch_for_capability(major: int, minor: int, device: str = "GPU") -> Arch:
+    archs = [ARCHS.get(name) for name in ARCHS]
+    for arch in archs:
+        if arch.capability == (major, minor):
+            return arch
+    # Same major, lower minor: e.g. sm87 (Orin) runs sm86 code. Never across majors: sm90
+    # layouts use wgmma (sm90a only) and newer majors deserve their own entry.
+    same_major = [a for a in archs if a.capability[0] == major and a.capability[1] < minor]
+    if same_major:
+        return max(same_major, key=lambda a: a.capability)
+    known = ", ".join(ARCHS.names())
+    raise TurbopackError(f"{device} has compute capability {major}.{minor}, which has no turbopack layouts; pass --arch explicitly (one of {known}; sm89 layouts run on any later GPU)")
+
+
+def detect_arch() -> Arch:
+    """The arch of CUDA device 0, for ``--arch auto``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TurbopackError(f"--arch auto needs a visible CUDA GPU and none was found; pass --arch with the target GPU's arch (one of {', '.join(ARCHS.names())})")
+    major, minor = torch.cuda.get_device_capability(0)
+    return arch_for_capability(major, minor, torch.cuda.get_device_name(0))

@@ -1,0 +1,216 @@
+"""Block-by-block execution on the calibration batch, and taps that record linear inputs.
+
+Only one decoder block is ever materialised: :func:`load_block` reads its tensors lazily from the
+safetensors shards into the reference model's :class:`Block`; :class:`BlockRunner` runs it over the
+calibration batch (a few sequences at a time, so attention scratch stays small) and, while doing
+so, lets taps (forward pre-hooks on chosen linears) accumulate what a method needs: a Hessian
+(GPTQ), or per-channel statistics and a fixed token sample (AWQ, SmoothQuant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from turbopack.checkpoint import Checkpoint
+from turbopack.errors import UnsupportedModelError
+from turbopack.formats import Format
+from turbopack.inference.model import Block, ModelConfig, rope_tables
+from turbopack.packer.families import family_of
+
+EMBED = "model.embed_tokens.weight"
+Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
+GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
+#: linears of a block grouped by shared input, in forward order
+STAGES = ((Q, K, V), (O,), (GATE, UP), (DOWN,))
+
+
+def layer_prefix(i: int) -> str:
+    return f"model.layers.{i}."
+
+
+def block_param_names(cfg: ModelConfig) -> list[str]:
+    with torch.device("meta"):
+        return list(Block(cfg).state_dict())
+
+
+def block_config(ckpt: Checkpoint) -> ModelConfig:
+    """The block structure of a Llama-family checkpoint; anything else is unsupported."""
+    where = str(ckpt.folder / "config.json")
+    family_of(ckpt.config, where)
+    try:
+        cfg = ModelConfig.from_hf_config(ckpt.config)
+    except KeyError as e:
+        raise UnsupportedModelError(f"{where}: no {e.args[0]!r}; calibration needs a Llama-style config") from None
+    expected = block_param_names(cfg)
+    for i in range(cfg.n_layers):
+        missing = [n for n in expected if layer_prefix(i) + n not in ckpt.tensors]
+        if missing:
+            raise UnsupportedModelError(f"{ckpt.folder}: {layer_prefix(i)}{missing[0]} missing; calibrated methods need "
+                                        f"the Llama block structure (use --method rtn)")
+    if EMBED not in ckpt.tensors:
+        raise UnsupportedModelError(f"{ckpt.folder}: no {EMBED}; calibrated methods need the Llama structure (use --method rtn)")
+    return cfg
+
+
+@torch.no_grad()
+def load_block(ckpt: Checkpoint, cfg: ModelConfig, i: int, device: torch.device) -> Block:
+    """Layer ``i`` in float32 on ``device``; nothing else of the model is read."""
+    with torch.device("meta"):
+        block = Block(cfg)
+    state = {n: ckpt.read(layer_prefix(i) + n).to(device=device, dtype=torch.float32) for n in block.state_dict()}
+    block.load_state_dict(state, assign=True)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    return block.eval()
+
+
+@torch.no_grad()
+def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Embedding rows of ``ids`` [n, L] -> float32 [n, L, hidden], reading the table in row chunks."""
+    hidden = ckpt.tensors[EMBED].shape[1]
+    out = torch.empty(*ids.shape, hidden, dtype=torch.float32)
+    for start, rows in ckpt.iter_row_chunks(EMBED):
+        m = (ids >= start) & (ids < start + rows.shape[0])
+        out[m] = rows[ids[m] - start].float()
+    return out.to(device)
+
+
+class Tap:
+    """Receives the inputs of one linear, ``x`` [b, t, K], for sequences ``seq0 .. seq0 + b``."""
+
+    def add(self, x: torch.Tensor, seq0: int) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class HessianTap(Tap):
+    """H = 2/n * sum x x^T over all n calibration tokens (GPTQ's layer-wise Hessian)."""
+
+    h: torch.Tensor | None = None
+    n: int = 0
+
+    def add(self, x, seq0):
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        self.h = x2.T @ x2 if self.h is None else self.h.addmm_(x2.T, x2)
+        self.n += x2.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        return self.h * (2.0 / self.n)
+
+
+@dataclass
+class StatsTap(Tap):
+    """Per-channel max|x| and mean|x| over all tokens, plus the inputs at fixed sampled positions."""
+
+    positions: torch.Tensor | None = None  # [n_seqs, per_seq] positions sampled once, shared by all taps
+    absmax: torch.Tensor | None = None
+    abssum: torch.Tensor | None = None
+    n: int = 0
+    samples: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x, seq0):
+        xf = x.float()
+        a = xf.abs().reshape(-1, x.shape[-1])
+        self.absmax = a.amax(0) if self.absmax is None else torch.maximum(self.absmax, a.amax(0))
+        self.abssum = a.sum(0) if self.abssum is None else self.abssum + a.sum(0)
+        self.n += a.shape[0]
+        if self.positions is None:
+            return
+        pos = self.positions[seq0:seq0 + x.shape[0]].to(x.device)
+        self.samples.append(torch.gather(xf, 1, pos[..., None].expand(-1, -1, x.shape[-1])).reshape(-1, x.shape[-1]))
+
+    @property
+    def absmean(self) -> torch.Tensor:
+        return self.abssum / self.n
+
+    def sample(self) -> torch.Tensor:
+        return torch.cat(self.samples)
+
+
+@dataclass
+class BlockJob:
+    """One block being calibrated: what every method receives.
+
+    ``quantize``: local names of the linears to quantize (the rest stay float but are still folded);
+    ``modified``: local names of plain tensors a fold changed (written in place of the source's).
+    """
+
+    block: Block
+    x: torch.Tensor
+    runner: "BlockRunner"
+    fmt: Format
+    quantize: frozenset[str]
+    store_dtype: torch.dtype
+    modified: dict[str, str] = field(default_factory=dict)
+
+    def linear(self, name: str) -> nn.Linear:
+        return self.block.get_submodule(name)
+
+
+class _Stop(Exception):
+    """Raised by the last tap: nothing after it in the block is needed for this pass."""
+
+
+@dataclass
+class BlockRunner:
+    cfg: ModelConfig
+    seq_len: int
+    device: torch.device
+    batch_size: int = 8
+    positions: torch.Tensor | None = None  # token sample for StatsTap
+
+    def __post_init__(self) -> None:
+        self.cos, self.sin = rope_tables(self.cfg, self.seq_len, self.device)
+
+    def stats_tap(self) -> StatsTap:
+        return StatsTap(self.positions)
+
+    @torch.no_grad()
+    def forward(self, block: Block, x: torch.Tensor) -> torch.Tensor:
+        """The block's output for every calibration sequence (new tensor, same shape as x)."""
+        out = torch.empty_like(x)
+        for b0 in range(0, x.shape[0], self.batch_size):
+            out[b0:b0 + self.batch_size] = block(x[b0:b0 + self.batch_size], self.cos, self.sin)
+        return out
+
+    @torch.no_grad()
+    def capture(self, block: Block, x: torch.Tensor, taps: dict[str, Tap]) -> None:
+        """Run the block over ``x`` feeding each named linear's input to its tap; the pass stops
+        after the last tapped linear of the forward order (the rest would be thrown away)."""
+        order = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+        last = max(taps, key=order.index)
+        with _hooks(block, taps, last) as seq:
+            for b0 in range(0, x.shape[0], self.batch_size):
+                seq[0] = b0
+                with contextlib.suppress(_Stop):
+                    block(x[b0:b0 + self.batch_size], self.cos, self.sin)
+
+
+@contextlib.contextmanager
+def _hooks(block: Block, taps: dict[str, Tap], last: str) -> Iterator[list[int]]:
+    seq = [0]
+    handles = []
+    for name, tap in taps.items():
+        def hook(mod, args, tap=tap, stop=name == last):
+            tap.add(args[0], seq[0])
+            if stop:
+                raise _Stop
+        handles.append(block.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        yield seq
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def sample_positions(n_seqs: int, seq_len: int, max_tokens: int, seed: int) -> torch.Tensor:
+    """[n_seqs, per_seq] distinct positions per sequence, seeded, about max_tokens in all."""
+    per_seq = max(1, min(seq_len, -(-max_tokens // n_seqs)))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(seq_len, generator=gen)[:per_seq] for _ in range(n_seqs)])
+

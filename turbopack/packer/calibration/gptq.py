@@ -1,0 +1,111 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight one column at a time, pushing each column's
+rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's
+reconstruction loss ``||X W^T - X W'^T||^2`` (H = 2 X^T X over the calibration tokens).
+
+Details that matter for our files:
+  * the codes are made with the format's own grid (grid.py), so the output is exactly the tensors
+    RTN would write for those codes: same qweight/scales/zeros layout, nothing new at run time;
+  * without act-order a group's (scale, zero) is chosen when GPTQ reaches the group, from the
+    error-updated weights (the block size is a multiple of the group size, so it sees them all);
+  * with act-order (columns in decreasing Hessian diagonal) groups are *static*: every group's
+    parameters come from the original weights in the original column order, so the stored tensors
+    need no g_idx permutation at run time. Per-channel formats (int8) are static by nature.
+Block pipeline ("true sequential"): q/k/v, then o, then gate/up, then down, each stage's Hessian
+taken with the earlier stages already quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from turbopack.packer.calibration.capture import STAGES, BlockJob, HessianTap
+from turbopack.packer.calibration.grid import Grid, grid_for
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    percdamp: float = 0.01
+    blocksize: int = 128
+    act_order: bool = False
+
+    def params(self) -> dict:
+        return {**asdict(self), "static_groups": self.act_order, "true_sequential": True}
+
+
+def inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1, damping harder if H is numerically singular."""
+    diag = torch.arange(h.shape[0], device=h.device)
+    damp = percdamp * float(torch.mean(torch.diag(h)))
+    for _ in range(6):
+        hd = h.clone()
+        hd[diag, diag] += damp
+        chol, info = torch.linalg.cholesky_ex(hd)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(chol)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return upper
+        damp = max(damp, 1e-8) * 10
+    raise ArithmeticError("GPTQ: Hessian is not positive definite even with heavy damping")
+
+
+@torch.no_grad()
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig = GPTQConfig()
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Quantize ``w`` [N, K] given the Hessian ``h`` [K, K] -> (dequantized float32 W', format tensors)."""
+    w = w.detach().float().clone()
+    h = h.detach().float().clone()
+    n, k = w.shape
+    g = grid.group_of(k)
+    dead = torch.diag(h) == 0  # channels never active: any value works, zero is cheapest
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    static = cfg.act_order or grid.group_size is None
+    s_all = torch.ones(n, k // g, device=w.device)
+    z_all = torch.zeros(n, k // g, device=w.device)
+    if static:
+        s_all, z_all = grid.params(w.reshape(n, k // g, g))
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if cfg.act_order else torch.arange(k, device=w.device)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv = inverse_hessian_factor(h, cfg.percdamp)
+    codes = torch.zeros_like(w)
+    group_of_col = (perm // g).tolist()
+    bs = max(1, cfg.blocksize // g) * g if not static else cfg.blocksize
+    for i1 in range(0, k, bs):
+        i2 = min(i1 + bs, k)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            grp = group_of_col[i1 + i]
+            if not static and (i1 + i) % g == 0:
+                s_all[:, grp], z_all[:, grp] = grid.params(w1[:, i:i + g])
+            s, z = s_all[:, grp], z_all[:, grp]
+            c = grid.codes(w1[:, i:i + 1], s, z)
+            codes[:, i1 + i] = c[:, 0]
+            e = (w1[:, i] - grid.dequant(c, s, z)[:, 0]) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    codes = codes[:, torch.argsort(perm)]
+    deq = grid.dequant(codes.reshape(n, k // g, g), s_all, z_all).reshape(n, k)
+    return deq, grid.pack(codes, s_all, z_all)
+
+
+def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """GPTQ every quantized linear of the block, stage by stage; the block keeps W' afterwards."""
+    grid = grid_for(job.fmt, "gptq")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for stage in STAGES:
+        names = [n for n in stage if n in job.quantize]
+        if not names:
+            continue
+        tap = HessianTap()
+        job.runner.capture(job.block, job.x, {names[0]: tap})  # a stage's linears share one input
+        h = tap.hessian()
+        for name in names:
+            lin = job.linear(name)
+            deq, out[name] = gptq_quantize(lin.weight, h, grid, cfg)
+            lin.weight.copy_(deq)
+    return out

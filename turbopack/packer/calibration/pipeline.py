@@ -1,0 +1,277 @@
+"""Calibrated quantization, block by block, into the same folder format RTN writes.
+
+    embed(calibration batch) -> x
+    for each decoder block i:      (only this block's weights and activations are in memory)
+        read block i lazily from the shards (float32, on --device)
+        [--smooth] SmoothQuant: fold activation scales into the norms / up_proj
+        method: rtn | awq | gptq   -> the block's quantized tensors, the block now holds W'
+        write block i's tensors (quantized linears, folded norms in place of the originals)
+        x = block(x)               (with quantized weights: the next block calibrates on what it will see)
+
+Output: the same shards/manifest/config.json layout as :func:`turbopack.packer.quantize.quantize`
+(same tensor names, shapes and dtypes), so packing and the runtime need nothing new; the manifest
+and ``quantization_config`` record the method, its parameters, the calibration data and every
+plain tensor a fold changed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from turbopack.checkpoint import Checkpoint, ShardedWriter, ShardPlan, atomic_output, check_output, new_manifest, write_manifest
+from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
+from turbopack.errors import TurbopackError
+from turbopack.formats import Format, FormatName, get_format
+from turbopack.inference.model import ModelConfig
+from turbopack.packer import quantize as rtn
+from turbopack.packer.calibration.awq import AWQConfig, awq_block
+from turbopack.packer.calibration.capture import BlockJob, BlockRunner, block_config, embed, layer_prefix, load_block, sample_positions
+from turbopack.packer.calibration.data import CalibrationData, calibration_batch
+from turbopack.packer.calibration.gptq import GPTQConfig, gptq_block
+from turbopack.packer.calibration.smoothquant import SmoothConfig, smooth_block
+from turbopack.packer.families import Selection, family_of
+from turbopack.packer.progress import byte_progress
+from turbopack.registry import Registry
+
+FORWARD_TOKENS = 8192  # tokens per block forward: bounds activation scratch, not results
+
+
+class Method(str, enum.Enum):
+    RTN = "rtn"
+    AWQ = "awq"
+    GPTQ = "gptq"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    formats: tuple[FormatName, ...]
+    config: Callable[["CalibOptions"], Any]  # options -> the method's frozen config (has .params())
+    run: Callable[[BlockJob, Any], dict[str, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class _RTNConfig:
+    def params(self) -> dict:
+        return {}
+
+
+def rtn_block(job: BlockJob, cfg: _RTNConfig) -> dict[str, dict[str, torch.Tensor]]:
+    out = {}
+    for name in sorted(job.quantize):
+        lin = job.linear(name)
+        out[name] = job.fmt.quantize(lin.weight.cpu())
+        lin.weight.copy_(job.fmt.dequantize(out[name]).to(lin.weight.device))
+    return out
+
+
+METHODS: Registry[MethodSpec] = Registry("quantization method")
+METHODS.register(Method.RTN, MethodSpec(tuple(FormatName), lambda o: _RTNConfig(), rtn_block))
+METHODS.register(Method.AWQ, MethodSpec((FormatName.W4A16, FormatName.W8A16), lambda o: AWQConfig(), awq_block))
+METHODS.register(Method.GPTQ, MethodSpec((FormatName.W4A16, FormatName.W8A16, FormatName.W8A8),
+                                         lambda o: GPTQConfig(act_order=o.act_order), gptq_block))
+SMOOTH_FORMATS = (FormatName.W8A8, FormatName.FP8)
+
+
+@dataclass(frozen=True)
+class CalibOptions:
+    method: str = "rtn"
+    calib: str | Path | None = None
+    samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+    smooth: bool = False
+    alpha: float = 0.5
+    device: str | None = None
+    act_order: bool = False
+
+    def validate(self, fmt: Format) -> MethodSpec:
+        spec = METHODS.get(self.method)
+        if fmt.name not in spec.formats:
+            ok = ", ".join(f.value for f in spec.formats)
+            raise TurbopackError(f"--method {self.method} does not support --format {fmt.name.value}; use one of: {ok}")
+        if self.smooth and fmt.name not in SMOOTH_FORMATS:
+            raise TurbopackError(f"--smooth is for formats that quantize activations (w8a8, fp8), not {fmt.name.value}; drop --smooth")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise TurbopackError(f"--alpha {self.alpha}: must be in [0, 1] (0.5 is the usual choice)")
+        if self.act_order and self.method != Method.GPTQ:
+            raise TurbopackError("--act-order applies to --method gptq only; drop it")
+        return spec
+
+    def torch_device(self) -> torch.device:
+        name = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise TurbopackError(f"--device {name}: no CUDA device here; use --device cpu")
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            raise TurbopackError(f"--device {name!r}: not a torch device; use cpu or cuda") from None
+
+
+@dataclass
+class _Run:
+    """Everything one calibrated quantization needs, resolved and validated before any write."""
+
+    ckpt: Checkpoint
+    cfg: ModelConfig
+    fmt: Format
+    sel: Selection
+    opts: CalibOptions
+    spec: MethodSpec
+    method_cfg: Any
+    data: CalibrationData
+    device: torch.device
+    jobs: list[tuple[str, list]]
+    kept: dict[str, str]
+    modified: dict[str, str] = field(default_factory=dict)
+
+
+def quantize_calibrated(model: str | Path, out: str | Path, format: str, fmt_params: dict[str, Any], opts: CalibOptions, *,
+                        ignore: tuple[str, ...] = (), include_lm_head: bool = False, force: bool = False,
+                        max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> rtn.QuantizeResult:
+    """Quantize MODEL with a calibrated method (and/or SmoothQuant) into OUT; see the module doc."""
+    t0 = time.perf_counter()
+    run = _prepare(model, out, format, fmt_params, opts, ignore, include_lm_head, force)
+    name = f"{run.fmt.describe()} {opts.method}" + (f"+smooth(alpha={opts.alpha})" if opts.smooth else "")
+    result = rtn.QuantizeResult(out=Path(out), format=name, kept=run.kept)
+    result.input_bytes = sum(run.ckpt.tensors[n].nbytes for n, _ in run.jobs)
+    plan = ShardPlan.build([entries for _, entries in run.jobs], max_shard_bytes)
+    meta = {"format": run.fmt.name.value, "turbopack": json.dumps(run.fmt.params())}
+    with atomic_output(Path(out), force) as tmp, byte_progress(f"{opts.method} {run.fmt.name.value}", result.input_bytes, progress) as (bar, task):
+        writer = ShardedWriter(tmp, plan, meta)
+        advance = lambda n: bar.advance(task, n)  # noqa: E731
+        _write_outside_layers(run, writer, result, advance)
+        _calibrate_layers(run, writer, result, lambda d: bar.update(task, description=d), advance)
+        shards = writer.finish()
+        _write_side_files(run, tmp, result, shards, time.perf_counter() - t0)
+    result.output_bytes = sum(s["bytes"] for s in shards.values())
+    result.seconds = time.perf_counter() - t0
+    result.peak_rss_mb = rtn.peak_rss_mb()
+    return result
+
+
+def _prepare(model, out, format, fmt_params, opts, ignore, include_lm_head, force) -> _Run:
+    ckpt = Checkpoint.open(model)
+    check_output(Path(out), force, inputs=(ckpt.folder,))
+    fmt = get_format(format, **{k: v for k, v in fmt_params.items() if k in rtn._fields(format)})
+    sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
+    spec = opts.validate(fmt)
+    cfg = block_config(ckpt)
+    if cfg.sliding_window is not None and opts.seq_len > cfg.sliding_window:
+        raise TurbopackError(f"--calib-seqlen {opts.seq_len} exceeds the model's sliding_window {cfg.sliding_window}; lower it")
+    jobs, kept = rtn.plan_jobs(ckpt, fmt, sel)
+    device = opts.torch_device()
+    data = calibration_batch(ckpt.folder, opts.calib, opts.samples, opts.seq_len, opts.seed, vocab=cfg.vocab)
+    return _Run(ckpt, cfg, fmt, sel, opts, spec, spec.config(opts), data, device, _layer_order(jobs), kept)
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _layer_order(jobs: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """Tensors outside the layers first, then layer by layer: the order blocks are produced in, so
+    the shards fill one after another (the writer accepts shards in plan order only)."""
+    index = {name: i for i, (name, _) in enumerate(jobs)}
+    key = lambda job: (-1 if _layer_of(job[0]) is None else _layer_of(job[0]), index[job[0]])  # noqa: E731
+    return sorted(jobs, key=key)
+
+
+def _write_outside_layers(run: _Run, writer: ShardedWriter, result, advance) -> None:
+    for name, _ in run.jobs:
+        if _layer_of(name) is not None:
+            continue
+        if name in run.kept:
+            rtn._copy_one(run.ckpt, name, writer, advance)
+        else:  # lm_head with --include-lm-head: no block around it to calibrate on, so RTN
+            rtn._quantize_one(run.ckpt, name, run.fmt, writer, advance)
+            result.quantized.append(name)
+
+
+def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advance) -> None:
+    cfg = run.cfg
+    ids = run.data.ids
+    positions = sample_positions(ids.shape[0], ids.shape[1], getattr(run.method_cfg, "search_tokens", 8192), run.opts.seed)
+    runner = BlockRunner(cfg, ids.shape[1], run.device, max(1, FORWARD_TOKENS // ids.shape[1]), positions)
+    x = embed(run.ckpt, ids, run.device)
+    for i in range(cfg.n_layers):
+        describe(f"layer {i}/{cfg.n_layers}")
+        prefix = layer_prefix(i)
+        quantize = frozenset(n[len(prefix):-len(".weight")] for n, _ in run.jobs
+                             if n.startswith(prefix) and n not in run.kept)
+        block = load_block(run.ckpt, cfg, i, run.device)
+        store = run.ckpt.tensors[prefix + "input_layernorm.weight"].dtype
+        job = BlockJob(block, x, runner, run.fmt, quantize, store)
+        if run.opts.smooth:
+            smooth_block(job, SmoothConfig(alpha=run.opts.alpha))
+        qtensors = run.spec.run(job, run.method_cfg)
+        _write_block(run, writer, i, job, qtensors, advance)
+        result.quantized.extend(prefix + n + ".weight" for n in sorted(qtensors))
+        x = runner.forward(block, x)
+        del block, job
+
+
+def _write_block(run: _Run, writer: ShardedWriter, i: int, job: BlockJob, qtensors, advance) -> None:
+    prefix = layer_prefix(i)
+    state = job.block.state_dict()
+    for name, _ in run.jobs:
+        if not name.startswith(prefix):
+            continue
+        local = name[len(prefix):]
+        module = local.removesuffix(".weight")
+        if module in qtensors:
+            for suffix, t in qtensors[module].items():
+                writer.write(f"{prefix}{module}.{suffix}", t)
+        elif local in state:
+            writer.write(name, state[local].detach().to(device="cpu", dtype=run.ckpt.tensors[name].dtype).contiguous())
+        else:  # in the layer but not a block parameter (e.g. an old rotary inv_freq buffer)
+            rtn._copy_one(run.ckpt, name, writer, lambda n: None)
+        advance(run.ckpt.tensors[name].nbytes)
+    run.modified.update({prefix + k: v for k, v in job.modified.items()})
+
+
+def _method_params(run: _Run) -> dict[str, Any]:
+    out = {"method": run.opts.method, "method_params": run.method_cfg.params()}
+    if run.opts.smooth:
+        out["smooth"] = SmoothConfig(alpha=run.opts.alpha).params()
+    return out
+
+
+def _write_side_files(run: _Run, tmp: Path, result, shards, seconds: float) -> None:
+    config = dict(run.ckpt.config)
+    qcfg = rtn.quantization_config(run.fmt, result, run.sel)
+    qcfg.update(_method_params(run), calibration=run.data.describe())
+    config["quantization_config"] = qcfg
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for side in rtn.SIDE_FILES:
+        if (run.ckpt.folder / side).is_file():
+            shutil.copy2(run.ckpt.folder / side, tmp / side)
+    tensors = {}
+    for name, entries in run.jobs:
+        if name in run.kept:
+            continue
+        layer = _layer_of(name) is not None
+        tensors[name.removesuffix(".weight")] = {
+            "shape": list(run.ckpt.tensors[name].shape), "format": run.fmt.params(), "tensors": [e.name for e in entries],
+            **(_method_params(run) if layer else {"method": "rtn", "method_params": {}}),
+        }
+    kept = {n: f"{r}; {run.modified[n]}" if n in run.modified else r for n, r in run.kept.items()}
+    calibration = {**_method_params(run), "data": run.data.describe(), "device": str(run.device),
+                   "seconds": round(seconds, 3), "model_params": sum(math.prod(e.shape) for e in run.ckpt.tensors.values()),
+                   "modified": dict(sorted(run.modified.items()))}
+    manifest = new_manifest("quantized", str(run.ckpt.folder), format=run.fmt.params(), tensors=tensors,
+                            unquantized=kept, shards=shards, calibration=calibration)
+    write_manifest(tmp, manifest)

@@ -1,0 +1,415 @@
+"""`turbopack pack`: an arch-neutral quantized folder in, one packed folder per GPU arch (and TP rank) out.
+
+For each quantized module a layout is selected for (format, arch, shape), the arch-neutral tensors
+are split per TP rank (turbopack.packer.tp) and each slice is packed by the layout's pure
+functions into tensors named ``<module>.<suffix>``. Every output shape is known from the layouts'
+``packed_specs``, so everything (arch names, format support, TP divisibility, shapes) is planned
+and validated before a byte is written; then one pass reads the source module by module and writes
+every output folder's shards. Peak memory is one module, not the model. Output is atomic.
+
+The packed folder is a cache of pure functions of the arch-neutral checkpoint: the runtime calls
+:func:`pack_module` itself when no folder for its (arch, tp, layout versions) exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from turbopack.checkpoint import (MANIFEST_NAME, Checkpoint, ShardedWriter, ShardPlan, TensorEntry, atomic_output,
+                                  check_output, new_manifest, read_manifest, write_manifest)
+from turbopack.checkpoint.manifest import tool_version
+from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
+from turbopack.errors import CheckpointError, TurbopackError
+from turbopack.formats import Format, check_finite, dtype_name, format_from_params, get_format
+from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.packer import tp as tpmod
+from turbopack.packer.progress import byte_progress
+
+PACKED_KIND = "packed"
+CHUNK_BYTES = 64 << 20  # a module larger than this is read and packed in row chunks of whole N tiles
+
+
+# --- one module ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedModule:
+    """One linear packed for one arch: ``tensors`` by suffix, ``choice`` from layouts.selection."""
+
+    name: str
+    shape: tuple[int, int]
+    choice: Any
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def layout(self) -> Any:
+        return layout_of(self.choice)
+
+
+def layout_of(choice: Any) -> Any:
+    """The Layout object of a selection Choice (which names it)."""
+    from turbopack.layouts import get_layout
+
+    return get_layout(choice.layout)
+
+
+def select_layout(fmt: Format, arch: str, shape: tuple[int, int], name: str = "") -> Any:
+    """layouts.selection.select, with the module named in any error it raises."""
+    from turbopack.layouts.selection import select
+
+    try:
+        return select(fmt, arch, tuple(shape))
+    except TurbopackError as e:
+        if name and name not in str(e):
+            raise type(e)(f"{name}: {e}") from None
+        raise
+
+
+def pack_module(fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int], arch: str, *,
+                name: str = "", choice: Any = None) -> PackedModule:
+    """Pack one linear's arch-neutral tensors ``q`` (a whole weight or one TP slice) for ``arch``."""
+    choice = choice if choice is not None else select_layout(fmt, arch, shape, name)
+    packed = layout_of(choice).pack(fmt, q, tuple(shape))
+    for spec in layout_of(choice).packed_specs(fmt, tuple(shape)):
+        t = packed.get(spec.suffix)
+        if t is None or t.dtype != spec.dtype or tuple(t.shape) != tuple(spec.shape):
+            got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
+            raise RuntimeError(f"{name}.{spec.suffix}: layout {layout_of(choice).name.value} packed {got}, "
+                               f"its packed_specs say {spec.dtype} {list(spec.shape)}")
+    return PackedModule(name, tuple(shape), choice, packed)
+
+
+# --- the source: a quantized folder, or an HF folder quantized on the fly --------------------------
+
+
+@dataclass
+class Source:
+    """What packing reads: ``modules`` {module: (format, shape)}, ``plain`` tensors, in file order."""
+
+    folder: Path
+    ckpt: Checkpoint
+    config: dict
+    modules: dict[str, tuple[Format, tuple[int, int]]]
+    plain: list[str]
+    order: list[str]  # module and plain tensor names, in source file order
+    unquantized: dict[str, str]
+    quant_config: dict
+    manifest_sha256: str | None
+    format_params: dict
+    reader: Any = None  # QuantizedCheckpoint, or None when quantizing on the fly
+    _stats: dict = field(default_factory=dict, repr=False)
+
+    def module(self, name: str) -> dict[str, torch.Tensor]:
+        return self.module_rows(name, 0, self.modules[name][1][0])
+
+    def module_rows(self, name: str, r0: int, r1: int) -> dict[str, torch.Tensor]:
+        """Rows [r0, r1) of a module's arch-neutral tensors (tensor-wide ones whole)."""
+        fmt, shape = self.modules[name]
+        if self.reader is None:
+            return self._quantize_rows(name, r0, r1)
+        whole = (r0, r1) == (0, shape[0])
+        return {s.suffix: self.ckpt.read(f"{name}.{s.suffix}") if whole or not s.per_row
+                else self.ckpt.read_rows(f"{name}.{s.suffix}", r0, r1) for s in fmt.specs(shape)}
+
+    def _quantize_rows(self, name: str, r0: int, r1: int) -> dict[str, torch.Tensor]:
+        fmt, _ = self.modules[name]
+        weight = name + ".weight"
+        stats = self._stats.get(name)
+        if stats is None and fmt.needs_tensor_stats:  # tensor-wide (fp8 per-tensor): a pass over every row
+            stats = fmt.tensor_stats(c for _, c in self.ckpt.iter_row_chunks(weight, CHUNK_BYTES))
+            self._stats = {name: stats}  # one module at a time: chunks of it reuse its stats
+        w = self.ckpt.read_rows(weight, r0, r1)
+        check_finite(f"{self.ckpt.location[weight].name}:{weight}", w)
+        return fmt.quantize(w, stats)
+
+    def module_bytes(self, name: str) -> int:
+        fmt, shape = self.modules[name]
+        return sum(s.nbytes for s in fmt.specs(shape))
+
+
+def open_source(path: str | Path, format: str | None = None, **fmt_opts: Any) -> Source:
+    ckpt = Checkpoint.open(path)
+    manifest_path = ckpt.folder / MANIFEST_NAME
+    if not manifest_path.exists():
+        if format is None:
+            raise CheckpointError(f"{ckpt.folder}: not a quantized folder (no {MANIFEST_NAME}); pass --format w4a16 "
+                                  f"to quantize and pack in one go, or run `turbopack quantize` first")
+        return _on_the_fly(ckpt, format, **fmt_opts)
+    manifest = read_manifest(ckpt.folder)
+    if manifest["kind"] != "quantized":
+        raise CheckpointError(f"{ckpt.folder}: is a {manifest['kind']} folder; pack the quantized folder it came "
+                              f"from ({manifest.get('source')})")
+    if format is not None:
+        raise TurbopackError(f"{ckpt.folder}: already quantized ({manifest.get('format', {}).get('format')}); drop --format")
+    reader = QuantizedCheckpoint(ckpt.folder)
+    modules = {m: (format_from_params(i["format"]), tuple(i["shape"])) for m, i in reader.modules.items()}
+    owner = {t: m for m, i in reader.modules.items() for t in i["tensors"]}
+    order = list(dict.fromkeys(owner.get(n, n) for n in ckpt.tensors))
+    return Source(ckpt.folder, ckpt, ckpt.config, modules, reader.plain, order, manifest.get("unquantized", {}),
+                  dict(ckpt.config.get("quantization_config", {})),
+                  hashlib.sha256(manifest_path.read_bytes()).hexdigest(), manifest.get("format", {}), reader)
+
+
+def _on_the_fly(ckpt: Checkpoint, format: str, ignore: tuple[str, ...] = (), include_lm_head: bool = False,
+                **params: Any) -> Source:
+    from turbopack.packer.families import Selection, family_of
+    from turbopack.packer.quantize import QuantizeResult, _fields, plan_jobs, quantization_config
+
+    fmt = get_format(format, **{k: v for k, v in params.items() if k in _fields(format)})
+    sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
+    jobs, kept = plan_jobs(ckpt, fmt, sel)
+    modules = {n.removesuffix(".weight"): (fmt, tuple(ckpt.tensors[n].shape)) for n, _ in jobs if n not in kept}
+    order = [n if n in kept else n.removesuffix(".weight") for n, _ in jobs]
+    qc = quantization_config(fmt, QuantizeResult(out=ckpt.folder, format=fmt.describe(), kept=kept), sel)
+    return Source(ckpt.folder, ckpt, ckpt.config, modules, list(kept), order, kept, qc, None, fmt.params())
+
+
+# --- planning --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output folder: ``rel`` is its path under OUT ("." for a single arch and tp=1)."""
+
+    arch: str
+    rank: int
+    rel: str
+
+
+@dataclass
+class Plan:
+    targets: list[Target]
+    slices: dict[str, list[tpmod.Slice]]  # module -> per-rank slice
+    choices: dict[tuple[str, Target], Any]  # (module, target) -> Choice
+    plain_shapes: dict[str, list[tuple[int, ...]]]  # plain tensor -> per-rank shape
+    entries: dict[Target, list[list[TensorEntry]]] = field(default_factory=dict)  # jobs per target
+
+
+def targets_for(archs: list[str], tp: int) -> list[Target]:
+    out = []
+    for arch in archs:
+        for rank in range(tp):
+            parts = ([arch] if len(archs) > 1 else []) + ([tpmod.rank_dir(rank)] if tp > 1 else [])
+            out.append(Target(arch, rank, "/".join(parts) or "."))
+    return out
+
+
+def check_archs(arch: str | tuple[str, ...] | list[str]) -> list[str]:
+    """Canonical arch names ("auto": this machine's GPU); unknown names raise, listing the known."""
+    from turbopack.layouts.archs import resolve_arch
+
+    names = [arch] if isinstance(arch, str) else list(arch)
+    if not names:
+        raise TurbopackError("no --arch given; pass e.g. --arch sm90")
+    return list(dict.fromkeys(resolve_arch(n).name.value for n in names))
+
+
+def plan(src: Source, archs: list[str], tp: int) -> Plan:
+    """Select every layout and size every output tensor; raises on any bad input, writes nothing."""
+    if tp < 1:
+        raise TurbopackError(f"--tp {tp}: must be at least 1")
+    p = Plan(targets_for(archs, tp), {}, {}, {})
+    for t in p.targets:
+        p.entries[t] = []
+    for name in src.order:
+        if name in src.modules:
+            _plan_module(src, p, name, tp)
+        else:
+            entry = src.ckpt.tensors[name]
+            shapes = tpmod.plain_shapes(name, entry.shape, tp, src.config)
+            p.plain_shapes[name] = shapes
+            for t in p.targets:
+                p.entries[t].append([TensorEntry(name, entry.dtype, shapes[t.rank])])
+    return p
+
+
+def _plan_module(src: Source, p: Plan, name: str, tp: int) -> None:
+    fmt, full = src.modules[name]
+    slices = tpmod.plan_slices(name, full, tp, src.config)
+    for sl in slices:
+        tpmod.check_group(name, fmt, sl, full)
+    p.slices[name] = slices
+    for t in p.targets:
+        shape = slices[t.rank].shape(full)
+        choice = select_layout(fmt, t.arch, shape, name)
+        p.choices[(name, t)] = choice
+        specs = layout_of(choice).packed_specs(fmt, shape)
+        p.entries[t].append([TensorEntry(f"{name}.{s.suffix}", s.dtype, s.shape) for s in specs])
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackResult:
+    out: Path
+    archs: list[str]
+    tp: int
+    folders: list[Path] = field(default_factory=list)
+    modules: int = 0
+    plain: int = 0
+    explain: list[dict] = field(default_factory=list)
+    input_bytes: int = 0
+    output_bytes: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"out": str(self.out), "archs": self.archs, "tp": self.tp, "folders": [str(f) for f in self.folders],
+             "modules": self.modules, "plain": self.plain, "input_bytes": self.input_bytes,
+             "output_bytes": self.output_bytes, "seconds": round(self.seconds, 3)}
+        if self.explain:
+            d["explain"] = self.explain
+        return d
+
+
+def explain_rows(src: Source, p: Plan) -> list[dict]:
+    rows = []
+    for name in src.order:
+        if name not in src.modules:
+            continue
+        fmt = src.modules[name][0]
+        for t in p.targets:
+            c = p.choices[(name, t)]
+            rows.append({"module": name, "arch": t.arch, "rank": t.rank, "shape": list(p.slices[name][t.rank].shape(src.modules[name][1])),
+                         "format": fmt.describe(), "layout": layout_of(c).name.value, "padding": c.padding.as_dict(),
+                         "kernel": c.kernel, "why": str(c.why)})
+    return rows
+
+
+def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[str] = ("sm90",), tp: int = 1,
+         format: str | None = None, *, group_size: int | None = None, sym: bool | None = None,
+         scale_dtype: str | None = None, per_tensor: bool | None = None, ignore: tuple[str, ...] = (),
+         include_lm_head: bool = False, explain: bool = False, force: bool = False,
+         max_shard_bytes: int = DEFAULT_SHARD_BYTES, chunk_bytes: int = CHUNK_BYTES,
+         progress: bool = True) -> PackResult:
+    """Pack the quantized folder SRC (or an HF folder, quantized on the fly with ``format``) into OUT:
+    OUT itself for one arch, OUT/<arch> for several; OUT[/<arch>]/rank<r> per rank when tp > 1."""
+    t0, out = time.perf_counter(), Path(out)
+    archs = check_archs(arch)
+    source = open_source(src, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype,
+                         per_tensor=per_tensor, ignore=tuple(ignore), include_lm_head=include_lm_head)
+    check_output(out, force, inputs=(source.folder,))
+    p = plan(source, archs, tp)
+    result = PackResult(out, archs, tp, [out / t.rel if t.rel != "." else out for t in p.targets],
+                        len(source.modules), len(source.plain))
+    if explain:
+        result.explain = explain_rows(source, p)
+    result.input_bytes = sum(source.module_bytes(m) for m in source.modules) + sum(source.ckpt.tensors[n].nbytes for n in source.plain)
+    with atomic_output(out, force) as tmp, byte_progress(f"pack {','.join(archs)}", result.input_bytes, progress) as (bar, task):
+        writers = _open_writers(tmp, source, p, max_shard_bytes)
+        for name in source.order:
+            bar.update(task, description=name[-40:])
+            _write_job(source, p, name, writers, chunk_bytes)
+            bar.advance(task, source.module_bytes(name) if name in source.modules else source.ckpt.tensors[name].nbytes)
+        for t, w in writers.items():
+            shards = w.finish()
+            result.output_bytes += sum(s["bytes"] for s in shards.values())
+            _write_side_files(source, p, t, w.folder, shards)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _layout_versions(src: Source, p: Plan, t: Target) -> dict[str, int]:
+    return {layout_of(c).name.value: layout_of(c).version for (m, tt), c in p.choices.items() if tt == t}
+
+
+def _open_writers(tmp: Path, src: Source, p: Plan, max_shard_bytes: int) -> dict[Target, ShardedWriter]:
+    writers = {}
+    formats = sorted({f.name.value for f, _ in src.modules.values()})
+    for t in p.targets:
+        folder = tmp / t.rel
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format": ",".join(formats), "arch": t.arch, "layouts": json.dumps(_layout_versions(src, p, t), sort_keys=True),
+                "turbopack_version": tool_version(), "tp": str(_tp(p)), "rank": str(t.rank),
+                "turbopack": json.dumps(src.format_params)}
+        writers[t] = ShardedWriter(folder, ShardPlan.build(p.entries[t], max_shard_bytes), meta)
+    return writers
+
+
+def _write_job(src: Source, p: Plan, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int) -> None:
+    if name not in src.modules:
+        _copy_plain(src, name, writers, chunk_bytes)
+        return
+    fmt, full = src.modules[name]
+    if src.module_bytes(name) <= chunk_bytes:  # the usual case: read once, pack for every target
+        q = src.module(name)
+        for t, w in writers.items():
+            sl = p.slices[name][t.rank]
+            qs = tpmod.split_quantized(name, fmt, q, full, sl)
+            pm = pack_module(fmt, qs, sl.shape(full), t.arch, name=name, choice=p.choices[(name, t)])
+            for suffix, tensor in pm.tensors.items():
+                w.write(f"{name}.{suffix}", tensor)
+        return
+    for t, w in writers.items():  # a huge module: whole N tiles at a time, per target
+        _pack_chunked(src, name, p.slices[name][t.rank], layout_of(p.choices[(name, t)]), w, chunk_bytes)
+
+
+def _pack_chunked(src: Source, name: str, sl: tpmod.Slice, layout: Any, w: ShardedWriter, chunk_bytes: int) -> None:
+    fmt, full = src.modules[name]
+    shape = sl.shape(full)
+    row0 = sl.start if sl.parallel is tpmod.Parallel.COLUMN else 0
+    rows = max(1, chunk_bytes * full[0] // max(1, src.module_bytes(name)))
+    specs = {s.suffix: s for s in layout.packed_specs(fmt, shape)}
+    n_pad = layout.padding(shape).n_pad
+    for r0, r1 in layout.row_chunks(shape, rows):
+        q = src.module_rows(name, row0 + r0, row0 + r1)
+        if sl.parallel is tpmod.Parallel.ROW:
+            q = tpmod.split_quantized(name, fmt, q, (r1 - r0, full[1]), sl)
+        for suffix, tensor in layout.pack(fmt, q, shape).items():
+            if specs[suffix].per_row:  # dim 0 counts N tiles (or padded rows): r0 is a whole tile
+                w.write_rows(f"{name}.{suffix}", r0 * specs[suffix].shape[0] // n_pad, tensor)
+            elif r0 == 0:
+                w.write(f"{name}.{suffix}", tensor)
+
+
+def _copy_plain(src: Source, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int) -> None:
+    """Row chunks of an unquantized tensor to every target, split for TP like its linear."""
+    tp = len({t.rank for t in writers})
+    for start, chunk in src.ckpt.iter_row_chunks(name, chunk_bytes):
+        for rank, offset, part in tpmod.split_plain_rows(name, start, chunk, tp, src.config, src.ckpt.tensors[name].shape):
+            for t, w in writers.items():
+                if t.rank == rank:
+                    w.write_rows(name, offset, part) if part.dim() else w.write(name, part)
+
+
+def _tp(p: Plan) -> int:
+    return len({t.rank for t in p.targets})
+
+
+def _write_side_files(src: Source, p: Plan, t: Target, folder: Path, shards: dict[str, dict]) -> None:
+    from turbopack.packer.quantize import SIDE_FILES
+
+    tp = _tp(p)
+    modules = [m for m in src.order if m in src.modules]
+    layouts = {m: layout_of(p.choices[(m, t)]).name.value for m in modules}
+    config = dict(src.config)
+    config["quantization_config"] = {**src.quant_config, "packed": True, "arch": t.arch,
+                                     "layout_version": _layout_versions(src, p, t), "layouts": layouts,
+                                     "tp": tp, "tp_rank": t.rank}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for side in SIDE_FILES:
+        if (src.folder / side).is_file():
+            shutil.copy2(src.folder / side, folder / side)
+    tensors = {}
+    for m in modules:
+        fmt, full = src.modules[m]
+        sl, c = p.slices[m][t.rank], p.choices[(m, t)]
+        shape = sl.shape(full)
+        tensors[m] = {"shape": list(shape), "full_shape": list(full), "format": fmt.params(),
+                      "layout": layout_of(c).name.value, "layout_version": layout_of(c).version,
+                      "padding": c.padding.as_dict(), "kernel": c.kernel, "why": c.why,
+                      "tensors": [f"{m}.{s.suffix}" for s in layout_of(c).packed_specs(fmt, shape)], "tp": sl.as_dict()}
+    plain = {n: {"shape": list(p.plain_shapes[n][t.rank]), "dtype": dtype_name(src.ckpt.tensors[n].dtype),
+                 "full_shape": list(src.ckpt.tensors[n].shape)} for n in src.plain}
+    manifest = new_manifest(PACKED_KIND, str(src.folder), source_manifest_sha256=src.manifest_sha256,
+                            arch=t.arch, tp=tp, rank=t.rank, format=src.format_params, tensors=tensors,
+                            plain=plain, unquantized=src.unquantized, shards=shards)
+    write_manifest(folder, manifest)
