@@ -31,14 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from turbopack.inference import model as M  # noqa: E402
-from turbopack.inference.api import TurbopackModel, fuse_model, load  # noqa: E402
+from turbopack.inference.api import fuse_model, load  # noqa: E402
 from turbopack.inference.generate import Engine  # noqa: E402
-from turbopack.inference.loader import Loaded  # noqa: E402
 from turbopack.inference.qlinear import QuantLinear  # noqa: E402
 
 LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
                           head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192)
-PROMPTS = ["Once upon a time", "The little dog", "In the morning, the sun"]
+PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed any further,", "To be, or not to be"]
 
 
 def log(*a) -> None:
@@ -206,11 +205,11 @@ def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
     return out
 
 
-def long_context(model: M.Transformer, kv: str, ctx: int = 4096) -> dict:
+def long_context(model: M.Transformer, kv: str, ctx: int = 4096, batch: int = 1) -> dict:
     """Decode step time at position ctx with a cache full of random K/V (the attention's cost does
     not depend on the values; no 4k prefill needed)."""
     eng = Engine(model, kv=kv)
-    eng.reserve(1, ctx + 64)
+    eng.reserve(batch, ctx + 64)
     with torch.no_grad():
         for cache in model.kv_caches:
             for buf in cache.buffers():
@@ -218,17 +217,89 @@ def long_context(model: M.Transformer, kv: str, ctx: int = 4096) -> dict:
                     buf.copy_(torch.randint_like(buf, -100 if buf.dtype == torch.int8 else 0, 100))
                 elif buf.numel():
                     buf.copy_(torch.rand_like(buf) * 0.1)
-    tok = torch.zeros(1, dtype=torch.long, device="cuda")
+    tok = torch.zeros(batch, dtype=torch.long, device="cuda")
     eng.decode(tok, ctx)
     ms = time_graph(eng._graph.graph.replay, iters=50)
     del eng
     model.kv_caches = None
-    return {"step_ms": ms, "tok_s": 1e3 / ms}
+    torch.cuda.empty_cache()
+    return {"step_ms": ms, "tok_s": batch * 1e3 / ms}
+
+
+def attention_micro(contexts=(4096, 16384), configs=((32, 4, 2), (64, 4, 2), (128, 4, 2), (128, 8, 2))) -> dict:
+    """One layer's decode attention (Llama-3-8B heads: 32 q, 8 kv, d 128; batch 1) per KV precision,
+    kernel config (BLOCK_N x warps x stages) and code conversion (fast: bit patterns; conv:
+    int->float): us per call and K/V bytes read per second. Each variant is checked first."""
+    from turbopack.inference.kernels import attention as A
+    from turbopack.inference.kv_quant import cache_bytes, cache_factory
+
+    out = {}
+    for ctx in contexts:
+        for prec in ("bf16", "int8", "int4"):
+            cache = cache_factory(prec, "triton")(1, 8, ctx + 64, 128, torch.bfloat16, "cuda")
+            for buf in cache.buffers():
+                if buf.dtype in (torch.int8, torch.uint8):
+                    buf.copy_(torch.randint_like(buf, 0, 100))
+                elif buf.numel():
+                    buf.copy_(torch.rand_like(buf))
+            q = torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
+            pos = torch.tensor([ctx - 1], device="cuda")
+            mask = torch.arange(ctx + 64, device="cuda")[None, :] <= pos[:, None]
+            if prec == "bf16":
+                want = M.sdpa_gqa(q, cache.k, cache.v, mask)
+            else:
+                want = M.sdpa_gqa(q, *cache.dequantized(1, torch.bfloat16), mask)
+            nbytes = cache_bytes(prec, 1, 8, ctx, 128)
+            for bn, nw, ns in configs:
+                for fast in ((False,) if prec == "bf16" else (False, True)):
+                    def fn():
+                        return A.decode_attention(q, cache, pos, block_n=bn, num_warps=nw, num_stages=ns, fast_dequant=fast)
+                    err = ((fn().float() - want.float()).norm() / want.float().norm()).item()
+                    assert err < 2e-2, (ctx, prec, bn, nw, ns, fast, err)
+                    torch.cuda.synchronize()
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g):
+                        fn()
+                    us = time_graph(g.replay, iters=100) * 1e3
+                    key = f"{ctx}/{prec}/{bn}x{nw}x{ns}/{'fast' if fast else 'conv'}"
+                    out[key] = {"us": us, "gb_s": nbytes / us / 1e3, "rel_err": err}
+            del cache
+    return out
+
+
+def best_attention_config(micro: dict) -> tuple[int, int, int, bool]:
+    """The kernel config with the least total time over contexts and precisions (conversion as
+    measured best for each), then whether the fast code conversion wins at that config."""
+    per: dict[tuple[str, str, str], float] = {}
+    for key, r in micro.items():
+        ctx, prec, cfg, conv = key.split("/")
+        k = (ctx + prec, cfg, conv)
+        per[k] = r["us"]
+    cfgs = {c for _, c, _ in per}
+    def total(cfg: str, conv: str | None) -> float:
+        t = 0.0
+        for (cp, c, v), us in per.items():
+            if c == cfg and (conv is None or v == conv or cp.endswith("bf16")):
+                t += us if conv is not None else min(per.get((cp, c, "fast"), us), per.get((cp, c, "conv"), us))
+        return t
+    best = min(cfgs, key=lambda c: total(c, None))
+    fast = total(best, "fast") < total(best, "conv")
+    bn, nw, ns = (int(v) for v in best.split("x"))
+    return bn, nw, ns, fast
 
 
 def e2e(layers: int, prompt: int, new: int) -> dict:
     bw = copy_bandwidth()
     res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers}
+    from turbopack.inference.kernels import attention as A
+
+    res["attention_micro"] = attention_micro()
+    bn, nw, ns, fast = best_attention_config(res["attention_micro"])
+    res["attention_config"] = {"block_n": bn, "num_warps": nw, "num_stages": ns, "fast_dequant": fast}
+    A.BLOCK_N, A.FAST_DEQUANT = bn, fast
+    dflt = A.decode_attention.__kwdefaults__
+    dflt["num_warps"], dflt["num_stages"] = nw, ns
+    log("attention config", res["attention_config"])
     for name, fmt in (("bf16", None), ("w4a16", "w4a16")):
         t0 = time.perf_counter()
         model = build_8b(fmt, layers)
@@ -240,6 +311,7 @@ def e2e(layers: int, prompt: int, new: int) -> dict:
         r["graph_pct_of_bound"] = 100 * (1e3 / r["graph_step_ms"]) / r["bound_tok_s"]
         if fmt is not None:
             r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
+            r["kv_4k_b8"] = {kv: long_context(model, kv, batch=8) for kv in ("bf16", "int8", "int4")}
         res[name] = r
         log(name, json.dumps(r))
         del model
@@ -266,9 +338,20 @@ def markdown(res: dict, cmd: str) -> str:
                   "| KV cache (W4A16, position 4096) | step ms | tok/s |", "|---|---|---|"]
         for kv, r in e["w4a16"]["kv_4k"].items():
             lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
+        lines += ["", "| KV cache (W4A16, batch 8, position 4096) | step ms | tok/s (all sequences) |", "|---|---|---|"]
+        for kv, r in e["w4a16"]["kv_4k_b8"].items():
+            lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
+        cfg = e["attention_config"]
+        lines += ["", "Decode attention alone, one layer (32 q / 8 kv heads, d 128, batch 1, CUDA graph of the split + "
+                  "merge kernels); config BLOCK_N x warps x stages / codes->16-bit by bit patterns (fast) or conversion "
+                  f"(conv); chosen: {cfg['block_n']}x{cfg['num_warps']}x{cfg['num_stages']}, fast={cfg['fast_dequant']}", "",
+                  "| context / KV / config / codes | us | K+V GB/s |", "|---|---|---|"]
+        for key, r in e["attention_micro"].items():
+            lines.append(f"| {key} | {r['us']:.1f} | {r['gb_s']:.0f} |")
     if "bundled" in res:
         b = res["bundled"]
-        lines += ["", f"Bundled tiny-llama through the runtime (packed at load): bf16 ppl {b['bf16']['ppl']:.3f}; "
+        lines += ["", f"Tiny Llama ({b['asset']}) through the runtime on this GPU (arch-neutral folders packed at load): "
+                  f"bf16 ppl {b['bf16']['ppl']:.3f} (32 windows of 256 held-out tokens); "
                   f"KV int8 tokens same as bf16 KV: {b['kv_int8']['same_tokens']}, int4: {b['kv_int4']['same_tokens']}", "",
                   "| format | layouts | greedy 32 tok == bf16 | same tokens | ppl | ppl +% |", "|---|---|---|---|---|---|"]
         for fmt, r in b["formats"].items():
@@ -285,11 +368,13 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    ap.add_argument("--asset", type=Path, default=Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama",
+                    help="model folder for --bundled (default: the bundled tiny-llama)")
     args = ap.parse_args()
     res: dict = {}
     if args.bundled:
-        asset = Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama"
-        res["bundled"] = bundled(asset)
+        res["bundled"] = bundled(args.asset)
+        res["bundled"]["asset"] = str(args.asset)
     if args.e2e:
         res["e2e"] = e2e(args.layers, args.prompt, args.new_tokens)
     md = markdown(res, "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]))

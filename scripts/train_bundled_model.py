@@ -22,8 +22,8 @@ Steps:
 3. save the weights in bfloat16 (single ``model.safetensors``) plus config,
    generation config and tokenizer files;
 4. save the pre-tokenized ids of ``train.txt``/``heldout.txt`` as
-   ``train_ids.safetensors``/``heldout_ids.safetensors`` (one 1-D int16 tensor
-   named ``input_ids`` each), so evaluation needs no tokenizer;
+   ``heldout_ids.safetensors`` (one 1-D int16 tensor named ``input_ids``), so
+   evaluation needs no tokenizer;
 5. reload the saved bf16 weights and print the held-out perplexity (fp32
    compute, non-overlapping 256-token windows).
 """
@@ -71,16 +71,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=2.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=250,
                    help="quick held-out eval every N steps (0: only at the end)")
+    p.add_argument("--eval-windows", type=int, default=32,
+                   help="held-out windows used by the periodic eval (0: all)")
+    p.add_argument("--attention-dropout", type=float, default=0.1,
+                   help="dropout on attention probabilities (LlamaConfig.attention_dropout)")
+    p.add_argument("--dropout", type=float, default=0.2,
+                   help="training-only dropout on the embedding output and on each "
+                        "attention/MLP block output (residual dropout; not saved in the config)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for training (the shipped model was trained on cpu)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop training early after this many minutes (0: no limit; "
                         "makes the result depend on machine speed)")
@@ -116,6 +125,27 @@ def wrap_tokenizer(tok, model_max_length: int):
     )
 
 
+def add_residual_dropout(model, p: float):
+    """Dropout (active only in train mode) on embeddings and attention/MLP outputs.
+
+    Implemented with forward hooks so the saved model is a plain
+    ``LlamaForCausalLM``; returns the hook handles.
+    """
+    import torch.nn.functional as F
+
+    def hook(module, inputs, output):
+        if not module.training:
+            return output
+        if isinstance(output, tuple):
+            return (F.dropout(output[0], p, True),) + tuple(output[1:])
+        return F.dropout(output, p, True)
+
+    mods = [model.model.embed_tokens]
+    for layer in model.model.layers:
+        mods += [layer.self_attn, layer.mlp]
+    return [m.register_forward_hook(hook) for m in mods]
+
+
 def evaluate(model, ids, seq_len: int, max_windows: int | None = None) -> float:
     """Perplexity over non-overlapping ``seq_len`` windows (last partial one dropped)."""
     import torch
@@ -128,8 +158,9 @@ def evaluate(model, ids, seq_len: int, max_windows: int | None = None) -> float:
     was_training = model.training
     model.eval()
     with torch.no_grad():
+        device = next(model.parameters()).device
         for i in range(0, n_win, 16):
-            x = windows[i : i + 16]
+            x = windows[i : i + 16].to(device)
             logits = model(input_ids=x).logits.float()
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum"
@@ -149,6 +180,8 @@ def main(argv=None) -> int:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -182,11 +215,12 @@ def main(argv=None) -> int:
         **MODEL_DIMS,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
-        attention_dropout=0.0,
+        attention_dropout=args.attention_dropout,
         use_cache=True,
     )
-    model = LlamaForCausalLM(config).float()
+    model = LlamaForCausalLM(config).float().to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
+    hooks = add_residual_dropout(model, args.dropout) if args.dropout > 0 else []
     print(f"params: {n_params:,}", flush=True)
 
     decay, no_decay = [], []
@@ -217,7 +251,7 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         starts = torch.randint(0, n_start, (args.batch_size,), generator=gen)
-        batch = data[starts[:, None] + offs[None, :]]
+        batch = data[starts[:, None] + offs[None, :]].to(args.device)
         x, y = batch[:, :-1], batch[:, 1:]
         logits = model(input_ids=x).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
@@ -231,12 +265,16 @@ def main(argv=None) -> int:
             print(f"step {step:5d}/{args.steps} loss {loss.item():.4f} ema {loss_ema:.4f} "
                   f"lr {lr_at(step):.2e} {el:7.1f}s ({el / (step + 1):.2f}s/step)", flush=True)
         if args.eval_every and step > 0 and step % args.eval_every == 0:
-            ppl = evaluate(model, heldout_ids, args.seq_len, max_windows=32)
-            print(f"  eval step {step}: heldout ppl (fp32, first 32 windows) {ppl:.2f}", flush=True)
+            ppl = evaluate(model, heldout_ids, args.seq_len, max_windows=args.eval_windows or None)
+            print(f"  eval step {step}: heldout ppl (fp32, {args.eval_windows or 'all'} windows) {ppl:.2f}",
+                  flush=True)
         if args.max_minutes and (time.time() - t_train) > 60 * args.max_minutes:
             print(f"stopping early at step {step} (--max-minutes)", flush=True)
             break
     train_s = time.time() - t_train
+    for h in hooks:
+        h.remove()
+    model.config.attention_dropout = 0.0  # inference config: no dropout
     print(f"training time: {train_s:.1f}s", flush=True)
 
     # ---- save ------------------------------------------------------------
@@ -245,7 +283,7 @@ def main(argv=None) -> int:
             continue
         if stale.is_file():
             stale.unlink()
-    model = model.to(torch.bfloat16)
+    model = model.to("cpu", torch.bfloat16)
     model.config.use_cache = True
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
@@ -254,8 +292,6 @@ def main(argv=None) -> int:
     model.save_pretrained(out, safe_serialization=True)
     hf_tok.save_pretrained(out)
     meta = {"format": "pt", "source": "turbopack/assets/text", "tokenizer": "tokenizer.json"}
-    save_file({"input_ids": train_ids.contiguous()}, str(out / "train_ids.safetensors"),
-              metadata={**meta, "text": "train.txt"})
     save_file({"input_ids": heldout_ids.contiguous()}, str(out / "heldout_ids.safetensors"),
               metadata={**meta, "text": "heldout.txt"})
     # keep only what is needed

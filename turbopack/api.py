@@ -29,6 +29,9 @@ def __getattr__(name: str):
         target = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"turbopack has no attribute {name!r}") from None
+    from turbopack.packer.hub import enable_hub
+
+    enable_hub()
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -206,10 +206,10 @@ def test_run_cli_on_bundled_model(tmp_path, capsys):
     from turbopack.packer.quantize import quantize
 
     quantize(ASSET, tmp_path / "w8", "w8a16", progress=False)
-    rc = main(["run", str(tmp_path / "w8"), "--prompt", "Once upon a time", "-n", "12", "--device", "cpu", "--json"])
+    rc = main(["run", str(tmp_path / "w8"), "--prompt", "ROMEO:", "-n", "12", "--device", "cpu", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and 1 <= len(out["token_ids"]) <= 12 and out["stats"]["decode_tok_s"] > 0
-    rc = main(["run", str(ASSET), "--prompt", "Once upon a time", "-n", "8", "--device", "cpu"])
+    rc = main(["run", str(ASSET), "--prompt", "ROMEO:", "-n", "8", "--device", "cpu"])
     captured = capsys.readouterr()
     assert rc == 0 and captured.out.strip() and "decode:" in captured.err and "tok/s" in captured.err
 
@@ -238,7 +238,8 @@ def test_cuda_backend_matches_reference_on_gpu(folders, ids, fmt):
     gpu = load(folders[fmt], device="cuda")
     ref = load(folders[fmt], device="cpu")  # the format's own math, bf16, on the CPU
     assert gpu.loaded.backend == "cuda" and gpu.loaded.arch is not None
-    tol = 0.05 if fmt in ("w4a16", "fp8") else 0.03
+    # fp8/w8a8 quantize activations per token: the GPU's and the CPU's bf16 roundings of x differ
+    tol = {"w4a16": 0.05, "w8a16": 0.03, "w8a8": 0.05, "fp8": 0.08}[fmt]
     assert rel_err(gpu.model(ids.cuda()).cpu(), ref.model(ids)) < tol
     a, _ = gpu.generate_ids(ids, 8, stop=False)  # fast path + CUDA graph on the packed kernels
     b, _ = load(folders[fmt], device="cuda", use_graphs=False).generate_ids(ids, 8, stop=False)

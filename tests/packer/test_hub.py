@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -48,7 +47,7 @@ def resolve(specs: list[str], env: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_parse_hub_id(tmp_path):
+def test_parse_hub_id(tmp_path, monkeypatch):
     assert parse_hub_id("meta-llama/Llama-3.1-8B") == ("meta-llama/Llama-3.1-8B", None)
     assert parse_hub_id("org/name@v1.0") == ("org/name", "v1.0")
     assert parse_hub_id("org/name@refs/pr/3") == ("org/name", "refs/pr/3")
@@ -56,14 +55,8 @@ def test_parse_hub_id(tmp_path):
         assert parse_hub_id(local) is None, local
     (tmp_path / "org").mkdir()
     (tmp_path / "org" / "name").mkdir()
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert parse_hub_id("org/name") is None  # an existing local folder is never sent to the Hub
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    assert parse_hub_id("org/name") is None  # an existing local folder is never sent to the Hub
     assert hub_id_of_cache_path("/h/hub/models--org--my.model/snapshots/abc/") == "org/my.model"
     enable_hub()
     enable_hub()

@@ -36,11 +36,11 @@ def check(
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         table = Table(title=f"turbopack check — {report.model} ({report.tokens} held-out tokens, bf16 ppl {report.bf16_ppl:.3f})")
-        for col in ("format", "stage", "bits/weight", "size MB", "ppl", "vs bf16", "threshold", "result"):
-            table.add_column(col, justify="left" if col in ("format", "stage") else "right")
+        for col in ("format", "stage", "bits/weight", "size MB", "ppl", "measure", "value", "threshold", "result"):
+            table.add_column(col, justify="left" if col in ("format", "stage", "measure") else "right")
         for r in report.rows:
-            table.add_row(r.label, r.stage, f"{r.bits_per_weight:.3f}", f"{r.size_mb:.2f}", f"{r.ppl:.3f}",
-                          f"{r.increase_pct:+.2f}%", f"<= {r.threshold_pct:g}%",
+            table.add_row(r.label, r.stage, f"{r.bits_per_weight:.3f}", f"{r.size_mb:.2f}",
+                          "" if r.ppl is None else f"{r.ppl:.3f}", r.metric, f"{r.value:+.4f}", f"<= {r.threshold:g}",
                           "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
         Console().print(table)
         typer.echo("PASS" if report.passed else "FAIL")

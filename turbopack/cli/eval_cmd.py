@@ -1,8 +1,9 @@
 """`turbopack eval`: perplexity of a model folder or an arch-neutral quantized folder on held-out text.
 
 The quantized folder runs in the reference model with every quantized linear computing its
-format's reference math (turbopack.evaluation.reference: dequantized weights, plus per-token
-activation quantization for w8a8/fp8), in float32 on the CPU, so numbers compare across methods.
+format's reference math (the runtime loader's "reference" backend: ``Format.linear``, i.e.
+dequantized weights plus per-token activation quantization for w8a8/fp8), in float32 on the CPU,
+so numbers compare across methods.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def load_for_eval(folder: Path):
     if kind != "quantized":
         raise TurbopackError(f"{folder}: a {kind} folder; eval runs the reference model on the arch-neutral folder "
                              f"`turbopack quantize` wrote (before `turbopack pack`)")
-    from turbopack.evaluation.reference import load_reference_quantized
+    from turbopack.inference.loader import load
 
     q = read_json(folder / "config.json").get("quantization_config", {})
     extra = f" +smooth(alpha={q['smooth']['alpha']})" if q.get("smooth") else ""
-    return load_reference_quantized(folder), f"{q.get('format', '?')} {q.get('method', 'rtn')}{extra} (reference math)"
+    model = load(folder, device="cpu", dtype=torch.float32, backend="reference").model
+    return model, f"{q.get('format', '?')} {q.get('method', 'rtn')}{extra} (reference math)"
 
 
 def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, max_windows: int | None = None) -> dict:

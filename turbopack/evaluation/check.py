@@ -1,9 +1,11 @@
 """`turbopack check`: the whole path on a model, with numbers and pass/fail.
 
-For every format (RTN): quantize the model into a temp folder, run the reference model with the
-quantized weights (the format's own math, incl. W8A8/FP8 activation quantization) on held-out
-text, and compare perplexity with the unquantized model. Thresholds are stated per format as
-the allowed relative perplexity increase over bf16.
+For every format (RTN): quantize the model into a temp folder and run the reference model with
+the quantized weights (the format's own math, incl. W8A8/FP8 activation quantization) on
+held-out text; compare perplexity with the unquantized model (threshold: allowed relative
+increase). Then pack that folder for each architecture and run the packed bytes through the
+CPU emulator of the layout (or the GPU kernels when the GPU is that arch); those rows compare
+logits with the reference of the same quantized weights (threshold: relative error).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from turbopack.evaluation.reference import load_reference_quantized
-from turbopack.formats import get_format
-from turbopack.inference.model import load_model
+from turbopack.formats import format_from_params, get_format
+from turbopack.inference.loader import load
 from turbopack.inference.perplexity import perplexity
+from turbopack.packer.pack import pack
 from turbopack.packer.quantize import quantize
 
 
@@ -41,15 +43,22 @@ CASES = (
 )
 
 
+#: packed rows: arch -> how its kernels run here. The max relative logits error is float32
+#: accumulation-order noise, far below any quantization effect.
+PACK_ARCHS = ("sm80", "sm90")
+MAX_LOGITS_REL_ERR = 1e-3
+
+
 @dataclass
 class CheckRow:
     label: str
     stage: str
     bits_per_weight: float
     size_mb: float
-    ppl: float
-    increase_pct: float
-    threshold_pct: float
+    ppl: float | None
+    metric: str          # "ppl vs bf16 %" (reference rows) or "logits vs reference %" (packed rows)
+    value: float
+    threshold: float
     passed: bool
     seconds: float
 
@@ -94,28 +103,103 @@ def _size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e6
 
 
+def _logits(model, ids: torch.Tensor, seq_len: int, windows: int) -> torch.Tensor:
+    n = min(windows, len(ids) // seq_len)
+    with torch.inference_mode():
+        return torch.cat([model(ids[i * seq_len:(i + 1) * seq_len][None]).float() for i in range(n)])
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
 def run_check(model: str | Path | None = None, cases: tuple[CheckCase, ...] = CASES, seq_len: int = 256,
-              max_windows: int | None = 64, text: Path | None = None) -> CheckReport:
+              max_windows: int | None = 64, text: Path | None = None, archs: tuple[str, ...] = PACK_ARCHS,
+              logit_windows: int = 4) -> CheckReport:
     from turbopack.assets import bundled_model_dir
 
     model_dir = Path(model) if model is not None else bundled_model_dir()
     ids = heldout_ids(model_dir, text)
-    ref = load_model(model_dir, dtype=torch.float32)
+    ref = load(model_dir, device="cpu", dtype=torch.float32).model
     with torch.inference_mode():
         base = perplexity(ref, ids, seq_len=seq_len, max_windows=max_windows)
     tokens = min(len(ids) // seq_len, max_windows or 10**9) * seq_len
     report = CheckReport(str(model_dir), tokens, base)
     with tempfile.TemporaryDirectory(prefix="turbopack-check-") as tmp:
         for case in cases:
-            t0 = time.perf_counter()
-            out = Path(tmp) / case.label.replace(" ", "-")
-            quantize(model_dir, out, case.format, progress=False, **case.params)
-            qmodel = load_reference_quantized(out)
-            with torch.inference_mode():
-                ppl = perplexity(qmodel, ids, seq_len=seq_len, max_windows=max_windows)
-            inc = 100 * (ppl / base - 1)
-            fmt = get_format(case.format, **case.params)
-            report.rows.append(CheckRow(case.label, "rtn reference", fmt.bits_per_weight((4096, 4096)), _size_mb(out),
-                                        ppl, inc, case.max_ppl_increase_pct, inc <= case.max_ppl_increase_pct,
-                                        time.perf_counter() - t0))
+            report.rows += _check_case(model_dir, Path(tmp), case, ids, base, seq_len, max_windows, archs, logit_windows)
     return report
+
+
+def _check_case(model_dir: Path, tmp: Path, case: CheckCase, ids, base: float, seq_len: int,
+                max_windows: int | None, archs: tuple[str, ...], logit_windows: int) -> list[CheckRow]:
+    t0 = time.perf_counter()
+    out = tmp / case.label.replace(" ", "-")
+    quantize(model_dir, out, case.format, progress=False, **case.params)
+    qmodel = load(out, device="cpu", dtype=torch.float32, backend="reference").model
+    with torch.inference_mode():
+        ppl = perplexity(qmodel, ids, seq_len=seq_len, max_windows=max_windows)
+    inc = 100 * (ppl / base - 1)
+    bpw = _bits_per_weight(out)
+    rows = [CheckRow(case.label, "rtn, reference math", bpw, _size_mb(out), ppl, "ppl vs bf16 %", inc, case.max_ppl_increase_pct,
+                     inc <= case.max_ppl_increase_pct, time.perf_counter() - t0)]
+    ref_logits = _logits(qmodel, ids, seq_len, logit_windows)
+    for arch in archs:
+        t0 = time.perf_counter()
+        packed = tmp / f"{out.name}-{arch}"
+        pack(out, packed, arch=(arch,), progress=False)
+        loaded = load(packed, device=_device_for(arch), dtype=torch.float32)
+        logits = _logits(loaded.model, ids.to(loaded.device), seq_len, logit_windows).cpu()
+        weights_only = _weights_only_layouts(packed)
+        want = ref_logits
+        if weights_only and get_format(case.format, **case.params).act_bits < 16:
+            # e.g. fp8 on sm80: no FP8 tensor cores, so activations stay 16-bit (W8A16 semantics)
+            want = _logits(_dequantized_reference(out), ids, seq_len, logit_windows)
+        err = _rel(logits, want)
+        stage = f"packed {arch}, {loaded.backend}" + (", weights-only upcast" if weights_only else "")
+        rows.append(CheckRow(case.label, stage, bpw, _size_mb(packed), None,
+                             "logits vs reference %", 100 * err, 100 * MAX_LOGITS_REL_ERR, err <= MAX_LOGITS_REL_ERR, time.perf_counter() - t0))
+    return rows
+
+
+def _weights_only_layouts(packed: Path) -> bool:
+    import json
+
+    from turbopack.layouts import get_layout
+
+    tensors = json.loads((packed / "turbopack.json").read_text())["tensors"]
+    return any(get_layout(t["layout"]).weights_only for t in tensors.values())
+
+
+def _dequantized_reference(folder: Path):
+    """The quantized weights with 16-bit activations: x @ dequantize(W).T (no activation quantization)."""
+    from turbopack.inference.qlinear import QuantLinear
+
+    model = load(folder, device="cpu", dtype=torch.float32, backend="reference").model
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m._forward = lambda q, x: torch.nn.functional.linear(x, q.fmt.dequantize(q.tensors()).to(x.dtype), q.bias)
+    return model
+
+
+def _device_for(arch: str) -> str:
+    """The GPU when it is this arch (kernels), else the CPU (the layout's emulator)."""
+    if torch.cuda.is_available():
+        from turbopack.inference.loader import local_arch
+
+        if local_arch(torch.device("cuda")) == arch:
+            return "cuda"
+    return "cpu"
+
+
+def _bits_per_weight(folder: Path) -> float:
+    import json
+
+    manifest = json.loads((folder / "turbopack.json").read_text())
+    nbits = n = 0
+    for info in manifest["tensors"].values():
+        shape = tuple(info["shape"])
+        fmt = format_from_params(info["format"])
+        nbits += fmt.bits_per_weight(shape) * shape[0] * shape[1]
+        n += shape[0] * shape[1]
+    return nbits / max(n, 1)

@@ -17,8 +17,7 @@ import torch
 from turbopack.errors import TurbopackError
 from turbopack.inference.generate import Engine, GenerationStats
 from turbopack.inference.loader import Loaded, load as load_folder, tokenizer_files
-from turbopack.inference.model import concat_linears, fuse_projections
-from turbopack.inference.qlinear import QuantLinear, concat
+from turbopack.inference.qlinear import fuse_projections
 from turbopack.inference.sampling import SamplingParams
 
 
@@ -49,12 +48,7 @@ class Generation:
 
 def fuse_model(model: torch.nn.Module) -> int:
     """Fuse q/k/v and gate/up into one matmul each where the modules allow it."""
-    def cat(mods):
-        if all(isinstance(m, QuantLinear) for m in mods):
-            return concat(mods)
-        return concat_linears(mods)
-
-    return fuse_projections(model, cat)
+    return fuse_projections(model)
 
 
 class TurbopackModel:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from turbopack.inference.kernels.attention import interpreting, store_kv, tl, triton
+from turbopack.inference.kernels.attention import interpreting, rope_store, store_kv, supports_head_dim, tl, triton
 from turbopack.inference.model import Transformer
 
 if triton is not None:
@@ -63,6 +63,13 @@ if triton is not None:
             dst = K + ((b * n_kv + head - n_q) * T + t) * 2 * HALF
         tl.store(dst + i, (x1 * c - x2 * s).to(Q.dtype.element_ty))
         tl.store(dst + HALF + i, (x2 * c + x1 * s).to(Q.dtype.element_ty))
+
+
+def _kernel_cache(cache) -> bool:
+    """A cache whose K/V the Triton kernels write and read (kv_quant's triton backend)."""
+    if not hasattr(cache, "parts") or getattr(cache, "backend", "triton") != "triton":
+        return False
+    return supports_head_dim(cache.parts("k")[0].shape[-1] * (2 if cache.bits == 4 else 1))
 
 
 def supported(model: Transformer) -> bool:
@@ -120,8 +127,13 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     for layer, cache in zip(model.model.layers, model.kv_caches):
         h, residual = add_rmsnorm(x, residual, layer.input_layernorm)
         attn = layer.self_attn
-        q, k, v = rope(attn.qkv_proj(h), model, input_pos, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
-        y = cache.attend(q, k, v, input_pos, mask)
+        qkv = attn.qkv_proj(h)
+        if _kernel_cache(cache):  # rotary + K/V store in one launch
+            q = rope_store(qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+            y = cache.attention(q, input_pos, mask)
+        else:
+            q, k, v = rope(qkv, model, input_pos, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+            y = cache.attend(q, k, v, input_pos, mask)
         x = attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
         h, residual = add_rmsnorm(x, residual, layer.post_attention_layernorm)
         x = layer.mlp.down_proj(silu_mul(layer.mlp.gate_up_proj(h)))
@@ -129,4 +141,4 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     return model.lm_head(h).float()
 
 
-__all__ = ["add_rmsnorm", "forward", "rope", "silu_mul", "store_kv", "supported"]
+__all__ = ["add_rmsnorm", "forward", "rope", "rope_store", "silu_mul", "store_kv", "supported"]

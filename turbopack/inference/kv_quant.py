@@ -158,6 +158,10 @@ class QuantKVCache(nn.Module):
 
     def attend(self, q, k, v, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.update(input_pos, k, v)
+        return self.attention(q, input_pos, mask)
+
+    def attention(self, q, input_pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q [B, H, T, D] over what the cache holds (K/V of q's tokens already stored)."""
         b, t = q.shape[0], q.shape[2]
         if t == 1 and self._use_kernels(q):
             from turbopack.inference.kernels.attention import decode_attention
@@ -187,12 +191,17 @@ class KernelKVCache(KVCache):
         return self.k[:b], self.v[:b]
 
     def attend(self, q, k, v, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self.update(input_pos, k, v)
+        return self.attention(q, input_pos, mask)
+
+    def attention(self, q, input_pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q [B, H, T, D] over what the cache holds (K/V of q's tokens already stored)."""
+        b = q.shape[0]
         if q.shape[2] == 1 and _kernels_usable(q, q.shape[-1]):
             from turbopack.inference.kernels.attention import decode_attention
 
-            self.update(input_pos, k, v)
             return decode_attention(q, self, input_pos)
-        return super().attend(q, k, v, input_pos, mask)
+        return sdpa_gqa(q, self.k[:b], self.v[:b], mask)
 
 
 def cache_factory(precision: str | KVPrecision = "bf16", backend: str = "torch"):

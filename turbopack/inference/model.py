@@ -212,8 +212,13 @@ class KVCache(nn.Module):
 
         The one place attention meets the cache, so a cache that stores K/V differently (quantized,
         turbopack.inference.kv_quant) brings its own attention without this file knowing about it."""
-        k, v = self.update(input_pos, k, v)
-        return sdpa_gqa(q, k, v, mask)
+        self.update(input_pos, k, v)
+        return self.attention(q, input_pos, mask)
+
+    def attention(self, q, input_pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q over what the cache holds (q's own K/V already written)."""
+        b = q.shape[0]
+        return sdpa_gqa(q, self.k[:b], self.v[:b], mask)
 
 
 def sdpa_gqa(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
@@ -377,43 +382,6 @@ def replace_linears(model: nn.Module, factory: LinearFactory) -> list[str]:
         setattr(model.get_submodule(parent), child, new)
         replaced.append(name)
     return replaced
-
-
-def fuse_projections(model: nn.Module, concat: Callable[[list[nn.Module]], nn.Module | None]) -> int:
-    """Install attn.qkv_proj = concat([q, k, v]) and mlp.gate_up_proj = concat([gate, up]) where
-    concat returns a module (None: leave that block unfused); the fused-away modules are dropped.
-    Returns how many fused modules were installed."""
-    count = 0
-    for module in list(model.modules()):  # listed first: we add and remove submodules below
-        if isinstance(module, Attention) and module.qkv_proj is None:
-            names = ("q_proj", "k_proj", "v_proj")
-            fused = concat([getattr(module, n) for n in names])
-            if fused is not None:
-                module.qkv_proj = fused
-        elif isinstance(module, MLP) and module.gate_up_proj is None:
-            names = ("gate_proj", "up_proj")
-            fused = concat([getattr(module, n) for n in names])
-            if fused is not None:
-                module.gate_up_proj = fused
-        else:
-            continue
-        if fused is not None:
-            for n in names:
-                delattr(module, n)
-            count += 1
-    return count
-
-
-def concat_linears(mods: list[nn.Module]) -> nn.Linear | None:
-    """concat for plain nn.Linear modules (the unquantized model)."""
-    if not all(type(m) is nn.Linear for m in mods) or len({m.bias is None for m in mods}) > 1:
-        return None
-    w = torch.cat([m.weight for m in mods])
-    fused = nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device="meta", dtype=w.dtype)
-    fused.weight = nn.Parameter(w, requires_grad=False)
-    if mods[0].bias is not None:
-        fused.bias = nn.Parameter(torch.cat([m.bias for m in mods]), requires_grad=False)
-    return fused
 
 
 # --- building and loading ------------------------------------------------------------------------

@@ -14,11 +14,14 @@ definition and so dequantizes transiently inside each call; it is the yardstick,
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format, TensorSpec
+from turbopack.inference.model import MLP, Attention
 from turbopack.registry import Registry
 
 
@@ -124,3 +127,48 @@ def concat(mods: list[QuantLinear]) -> QuantLinear | None:
         return QuantLinear.from_tensors(first.fmt, shape, tensors, layout=first.layout, backend=first.backend, bias=bias)
     except ShapeError:
         return None
+
+
+def _concat_any(mods: list[nn.Module]) -> nn.Module | None:
+    if all(isinstance(m, QuantLinear) for m in mods):
+        return concat(mods)
+    return concat_linears(mods)
+
+
+def fuse_projections(model: nn.Module, concat: Callable[[list[nn.Module]], nn.Module | None] | None = None) -> int:
+    """Install attn.qkv_proj = concat([q, k, v]) and mlp.gate_up_proj = concat([gate, up]) where
+    concat returns a module (None: leave that block unfused); the fused-away modules are dropped.
+    Returns how many fused modules were installed. Default concat: QuantLinear modules through
+    :func:`concat`, plain nn.Linear through :func:`concat_linears`."""
+    concat = concat or _concat_any
+    count = 0
+    for module in list(model.modules()):  # listed first: we add and remove submodules below
+        if isinstance(module, Attention) and module.qkv_proj is None:
+            names = ("q_proj", "k_proj", "v_proj")
+            fused = concat([getattr(module, n) for n in names])
+            if fused is not None:
+                module.qkv_proj = fused
+        elif isinstance(module, MLP) and module.gate_up_proj is None:
+            names = ("gate_proj", "up_proj")
+            fused = concat([getattr(module, n) for n in names])
+            if fused is not None:
+                module.gate_up_proj = fused
+        else:
+            continue
+        if fused is not None:
+            for n in names:
+                delattr(module, n)
+            count += 1
+    return count
+
+
+def concat_linears(mods: list[nn.Module]) -> nn.Linear | None:
+    """concat for plain nn.Linear modules (the unquantized model)."""
+    if not all(type(m) is nn.Linear for m in mods) or len({m.bias is None for m in mods}) > 1:
+        return None
+    w = torch.cat([m.weight for m in mods])
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=mods[0].bias is not None, device="meta", dtype=w.dtype)
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    if mods[0].bias is not None:
+        fused.bias = nn.Parameter(torch.cat([m.bias for m in mods]), requires_grad=False)
+    return fused

@@ -62,9 +62,12 @@ W4_CASES = [  # (layout, N, K, M, group, sym, scale dtype, act dtype, config)
     ("w4_t64x64", 192, 576, 1, 64, True, "bfloat16", torch.bfloat16, GEMV),
     ("w4_t64x64", 192, 576, 1, 32, False, "bfloat16", torch.bfloat16, {**GEMV, "ROUND": False, "SPLIT_K": 1}),
     ("w4_t16x64", 17, 640, 1, 128, False, "float16", torch.float16, GEMV),
+    ("w4_t64x64", 192, 640, 1, 128, False, "bfloat16", torch.bfloat16, {**GEMV, "ROUND": False}),
     ("w4_t64x64", 192, 576, 3, 64, False, "bfloat16", torch.bfloat16, TC),
     ("w4_t16x64", 17, 576, 33, 32, True, "bfloat16", torch.float16, {**TC, "BM": 32, "SPLIT_K": 1}),
     ("w4_t64x64", 17, 640, 33, 128, False, "float16", torch.bfloat16, TC),
+    ("w4_t64x64", 192, 640, 3, 128, True, "bfloat16", torch.bfloat16, {**TC, "PLANES": True}),
+    ("w4_t16x64", 17, 576, 33, 64, False, "bfloat16", torch.bfloat16, {"kernel": "dq_mm"}),
 ]
 
 
@@ -80,6 +83,9 @@ def test_w4a16(layout_name, n, k, m, group, sym, sdt, act, cfg):
     ("w8a16", "i8_t16x64", 17, 576, 33, TC, {}),
     ("fp8", "fp8_t16x64_upcast", 192, 576, 1, GEMV, {"per_tensor": True}),
     ("fp8", "fp8_t16x64_upcast", 17, 576, 3, TC, {}),
+    ("w8a16", "i8_t64x64", 192, 576, 3, {**TC, "PLANES": True}, {}),
+    ("w8a16", "i8_t16x64", 17, 576, 33, {"kernel": "dq_mm"}, {}),
+    ("fp8", "fp8_t16x64_upcast", 17, 576, 3, {"kernel": "dq_mm"}, {"per_tensor": True}),
 ])
 def test_8bit_weight_only(fmt_name, layout_name, n, k, m, cfg, params):
     fmt, layout, _, packed, b, gen = _case(fmt_name, layout_name, n, k, m + n, **params)
@@ -157,8 +163,10 @@ def test_config_lookup_buckets_and_overrides(monkeypatch):
     fmt = get_format("w4a16")
     cfg = lambda n, k, m, over=None: dispatch.resolve_config("w4_t64x64", fmt, n, k, m, torch.device("cpu"), over)  # noqa: E731
     assert cfg(8, 128, 1)["BN"] == 16
-    assert cfg(8, 128, 2)["BM"] == 64 and cfg(8, 128, 5000)["BM"] == 64   # next bucket up; past the last: the last
+    assert cfg(8, 128, 2)["BM"] == 64                                   # the next bucket up
+    assert cfg(8, 128, 5000)["kernel"] == "dq_mm"                       # past the last: the family default
     assert cfg(4096, 4096, 3)["BM"] == 16 and "bogus" not in cfg(4096, 4096, 3)
+    assert cfg(4096, 4096, 40)["BM"] == 64                              # past the shape's buckets: the default's
     assert cfg(4096, 4096, 3, {"BM": 32, "BLOCK_N": 7})["BM"] == 32
     assert "BLOCK_N" not in cfg(4096, 4096, 3, {"BLOCK_N": 7})
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from turbopack.formats import get_format
-from turbopack.packer.calibration.awq import search_clip, search_scale
+from turbopack.packer.calibration.awq import linear_output, search_clip, search_scale
 from turbopack.packer.calibration.grid import grid_for
 from turbopack.packer.calibration.gptq import GPTQConfig, gptq_quantize
 from turbopack.packer.calibration.smoothquant import smooth_scales
@@ -75,7 +75,7 @@ def test_awq_beats_rtn(name, params):
     fmt = get_format(name, **params)
     grid = grid_for(fmt, "awq")
     x, w = layer()
-    s = search_scale(x.abs().mean(0), x, [w], grid)
+    s = search_scale(x.abs().mean(0), [w], grid, linear_output(x))
     assert s[list(OUTLIERS)].min() > s.median()  # the outlier channels are the ones protected
     scaled = fmt.dequantize(fmt.quantize(w * s)) / s  # the model computes (x / s) @ Q(w s)^T
     assert out_err(x, w, scaled) <= 0.7 * rtn_err(fmt, x, w)
@@ -88,7 +88,7 @@ def test_awq_grid_includes_plain_rtn():
     fmt = get_format("w4a16", group_size=64)
     g = torch.Generator().manual_seed(3)
     x, w = torch.randn(512, 128, generator=g), torch.randn(64, 128, generator=g)
-    s = search_scale(x.abs().mean(0), x, [w], grid_for(fmt, "awq"))
+    s = search_scale(x.abs().mean(0), [w], grid_for(fmt, "awq"), linear_output(x))
     assert out_err(x, w, fmt.dequantize(fmt.quantize(w * s)) / s) <= rtn_err(fmt, x, w) * 1.0001
 
 

@@ -30,6 +30,7 @@ def base(tiny: Path, out: Path, quant_config: dict) -> tuple[dict[str, torch.Ten
     cfg = json.loads((tiny / "config.json").read_text())
     cfg["quantization_config"] = quant_config
     (out / "config.json").write_text(json.dumps(cfg))
+    copy_side(tiny, out)
     sd = load_file(str(tiny / "model.safetensors"))
     plain = {k: v for k, v in sd.items() if not LINEAR.fullmatch(k)}
     linears = {k.removesuffix(".weight"): tuple(v.shape) for k, v in sd.items() if LINEAR.fullmatch(k)}

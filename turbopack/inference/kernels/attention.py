@@ -29,7 +29,10 @@ try:
 except ImportError:  # pragma: no cover - triton is a test/GPU extra
     triton = None
 
-BLOCK_N = 32
+BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 (docs/benchmarks.md)
+#: int codes -> 16-bit by bit patterns instead of int->float conversions (quarter rate); chosen by
+#: benchmarks/bench_e2e.py's attention sweep on the H100
+FAST_DEQUANT = False
 TARGET_PROGRAMS = 264  # ~2 waves of the H100's 132 SMs
 RNE_MAGIC = 12582912.0  # 1.5 * 2**23: (y + M) - M rounds |y| < 2**22 to nearest even in float32
 
@@ -57,6 +60,24 @@ if triton is not None:
         return tl.dot(a, tl.trans(b))
 
     @triton.jit
+    def _nibbles16(c, FAST: tl.constexpr, dt: tl.constexpr):
+        """uint8 nibble codes (0..15) -> 16-bit dot operand. FAST (bf16): the bit pattern 0x4300|c
+        reads as 128 + c, so integer ops replace the int->float conversion; the caller subtracts
+        128 * (sum of the other operand) afterwards."""
+        if FAST and dt == tl.float32:  # the same pattern in float32 (the interpreter's dot dtype)
+            return ((c.to(tl.int32) << 16) | 0x43000000).to(tl.float32, bitcast=True)
+        if FAST:
+            return (c.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
+        return c.to(dt)
+
+    @triton.jit
+    def _int8_16(c, FAST: tl.constexpr, dt: tl.constexpr):
+        """int8 codes -> 16-bit dot operand; FAST: via the float32 bit pattern 2^23 + 128 + c."""
+        if FAST:
+            return ((c.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0).to(dt)
+        return c.to(dt)
+
+    @triton.jit
     def _decode_split_kernel(
         Q, K, V, KS, KZ, VS, VZ, POS, OUT, LSE,
         stride_qb, stride_qh,
@@ -65,7 +86,7 @@ if triton is not None:
         stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         n_kv_heads, split_len, qk_scale,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-        BITS: tl.constexpr, DOT_F32: tl.constexpr,
+        BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
     ):
         pid, split = tl.program_id(0), tl.program_id(1)
         b, h = pid // n_kv_heads, pid % n_kv_heads
@@ -105,11 +126,13 @@ if triton is not None:
                 s = _dot_t(qa, k.to(dt))
             elif BITS == 8:
                 ks = tl.load(KS + s_off + n, mask=nmask, other=0.0)
-                s = _dot_t(qa, k.to(dt)) * ks[None, :]
+                s = _dot_t(qa, _int8_16(k, FAST, dt)) * ks[None, :]
             else:
                 ks = tl.load(KS + s_off + n, mask=nmask, other=0.0)
                 kz = tl.load(KZ + s_off + n, mask=nmask, other=0.0)
-                s = _dot_t(qa, (k & 15).to(dt)) + _dot_t(qb, (k >> 4).to(dt))
+                s = _dot_t(qa, _nibbles16(k & 15, FAST, dt)) + _dot_t(qb, _nibbles16(k >> 4, FAST, dt))
+                if FAST:
+                    s = s - 128.0 * q_sum[:, None]
                 s = s * ks[None, :] + q_sum[:, None] * kz[None, :]
             s = tl.where(nmask[None, :], s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -121,26 +144,35 @@ if triton is not None:
                 acc_a = acc_a * alpha[:, None] + tl.dot(p.to(dt), v.to(dt))
             elif BITS == 8:
                 vs = tl.load(VS + s_off + n, mask=nmask, other=0.0)
-                acc_a = acc_a * alpha[:, None] + tl.dot((p * vs[None, :]).to(dt), v.to(dt))
+                acc_a = acc_a * alpha[:, None] + tl.dot((p * vs[None, :]).to(dt), _int8_16(v, FAST, dt))
             else:
                 vs = tl.load(VS + s_off + n, mask=nmask, other=0.0)
                 vz = tl.load(VZ + s_off + n, mask=nmask, other=0.0)
                 pv = (p * vs[None, :]).to(dt)
-                acc_a = acc_a * alpha[:, None] + tl.dot(pv, (v & 15).to(dt))
-                acc_b = acc_b * alpha[:, None] + tl.dot(pv, (v >> 4).to(dt))
+                da = tl.dot(pv, _nibbles16(v & 15, FAST, dt))
+                db = tl.dot(pv, _nibbles16(v >> 4, FAST, dt))
+                if FAST:
+                    pv_sum = 128.0 * tl.sum(pv.to(tl.float32), 1)
+                    da = da - pv_sum[:, None]
+                    db = db - pv_sum[:, None]
+                acc_a = acc_a * alpha[:, None] + da
+                acc_b = acc_b * alpha[:, None] + db
                 z_acc = z_acc * alpha + tl.sum(p * vz[None, :], 1)
             m_i = m_new
         empty = l_i == 0.0  # a split past the sequence's end: weight 0 in the merge
         inv_l = 1.0 / tl.where(empty, 1.0, l_i)
         lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
         hq = h * GROUP + g
-        tl.store(LSE + b * stride_lb + hq * stride_lh + split, lse, mask=gmask)
+        if not DIRECT:  # DIRECT: one split, so this program's result is the answer (no merge)
+            tl.store(LSE + b * stride_lb + hq * stride_lh + split, lse, mask=gmask)
         o_rows = OUT + b * stride_ob + hq[:, None] * stride_oh + split * stride_os
         if BITS == 4:
-            tl.store(o_rows + 2 * dc[None, :], (acc_a + z_acc[:, None]) * inv_l[:, None], mask=gmask[:, None])
-            tl.store(o_rows + 2 * dc[None, :] + 1, (acc_b + z_acc[:, None]) * inv_l[:, None], mask=gmask[:, None])
+            oa = (acc_a + z_acc[:, None]) * inv_l[:, None]
+            ob = (acc_b + z_acc[:, None]) * inv_l[:, None]
+            tl.store(o_rows + 2 * dc[None, :], oa.to(OUT.dtype.element_ty), mask=gmask[:, None])
+            tl.store(o_rows + 2 * dc[None, :] + 1, ob.to(OUT.dtype.element_ty), mask=gmask[:, None])
         else:
-            tl.store(o_rows + dc[None, :], acc_a * inv_l[:, None], mask=gmask[:, None])
+            tl.store(o_rows + dc[None, :], (acc_a * inv_l[:, None]).to(OUT.dtype.element_ty), mask=gmask[:, None])
 
     @triton.jit
     def _merge_kernel(PART, LSE, OUT, n_splits, D: tl.constexpr, BLOCK_S: tl.constexpr):
@@ -162,6 +194,28 @@ if triton is not None:
         return (y + RNE_MAGIC_C) - RNE_MAGIC_C
 
     @triton.jit
+    def _quant_store(xa, xb, c_row, s_ptr, z_ptr, BITS: tl.constexpr):
+        """Write one K/V row (float32) as stored: BITS 16/8 take the row as xa; 4 takes its even
+        (xa) and odd (xb) elements. Scale/zero go to s_ptr/z_ptr (the kv_quant math)."""
+        if BITS == 16:
+            tl.store(c_row + tl.arange(0, xa.shape[0]), xa.to(c_row.dtype.element_ty))
+        elif BITS == 8:
+            s = tl.max(tl.abs(xa), 0) / 127.0
+            s = tl.where(s == 0.0, 1.0, s)
+            q = tl.minimum(tl.maximum(_rne(xa / s), -127.0), 127.0)
+            tl.store(c_row + tl.arange(0, xa.shape[0]), q.to(tl.int8))
+            tl.store(s_ptr, s)
+        else:
+            z = tl.minimum(tl.min(xa, 0), tl.min(xb, 0))
+            s = (tl.maximum(tl.max(xa, 0), tl.max(xb, 0)) - z) / 15.0
+            s = tl.where(s == 0.0, 1.0, s)
+            qa = tl.minimum(tl.maximum(_rne((xa - z) / s), 0.0), 15.0).to(tl.uint8)
+            qb = tl.minimum(tl.maximum(_rne((xb - z) / s), 0.0), 15.0).to(tl.uint8)
+            tl.store(c_row + tl.arange(0, xa.shape[0]), qa | (qb << 4))
+            tl.store(s_ptr, s)
+            tl.store(z_ptr, z)
+
+    @triton.jit
     def _store_kv_kernel(X, POS, CODES, SCALE, ZERO,
                          stride_xb, stride_xh, stride_xt,
                          stride_cb, stride_ch, stride_cn,
@@ -174,43 +228,81 @@ if triton is not None:
         pos = tl.load(POS + t)
         x_row = X + b * stride_xb + h * stride_xh + t * stride_xt
         c_row = CODES + b * stride_cb + h * stride_ch + pos * stride_cn
-        if BITS == 16:
-            d = tl.arange(0, D)
-            tl.store(c_row + d, tl.load(x_row + d))
-        elif BITS == 8:
-            d = tl.arange(0, D)
-            x = tl.load(x_row + d).to(tl.float32)
-            s = tl.max(tl.abs(x), 0) / 127.0
-            s = tl.where(s == 0.0, 1.0, s)
-            q = tl.minimum(tl.maximum(_rne(x / s), -127.0), 127.0)
-            tl.store(c_row + d, q.to(tl.int8))
-            tl.store(SCALE + b * stride_sb + h * stride_sh + pos, s)
-        else:
-            HALF: tl.constexpr = D // 2
-            j = tl.arange(0, HALF)
+        s_off = b * stride_sb + h * stride_sh + pos
+        if BITS == 4:
+            j = tl.arange(0, D // 2)
             xa = tl.load(x_row + 2 * j).to(tl.float32)
             xb = tl.load(x_row + 2 * j + 1).to(tl.float32)
-            z = tl.minimum(tl.min(xa, 0), tl.min(xb, 0))
-            s = (tl.maximum(tl.max(xa, 0), tl.max(xb, 0)) - z) / 15.0
-            s = tl.where(s == 0.0, 1.0, s)
-            qa = tl.minimum(tl.maximum(_rne((xa - z) / s), 0.0), 15.0).to(tl.uint8)
-            qb = tl.minimum(tl.maximum(_rne((xb - z) / s), 0.0), 15.0).to(tl.uint8)
-            tl.store(c_row + j, qa | (qb << 4))
-            tl.store(SCALE + b * stride_sb + h * stride_sh + pos, s)
-            tl.store(ZERO + b * stride_sb + h * stride_sh + pos, z)
+        else:
+            xa = tl.load(x_row + tl.arange(0, D)).to(tl.float32)
+            xb = xa
+        _quant_store(xa, xb, c_row, SCALE + s_off, ZERO + s_off, BITS)
+
+    @triton.jit
+    def _rotated(src, cs, sn, e, HALF: tl.constexpr):
+        """Elements e of the rotary-embedded row: pairs (i, i + D/2), HF's rotate_half order."""
+        lo = e < HALF
+        partner = tl.where(lo, e + HALF, e - HALF)
+        x = tl.load(src + e).to(tl.float32)
+        xp = tl.load(src + partner).to(tl.float32)
+        return x * tl.load(cs + e) + tl.where(lo, -xp, xp) * tl.load(sn + e)
+
+    @triton.jit
+    def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, KS, KZ, VC, VS, VZ,
+                           T, n_q, n_kv, stride_row,
+                           stride_cb, stride_ch, stride_cn, stride_sb, stride_sh,
+                           D: tl.constexpr, BITS: tl.constexpr):
+        """One (token, head) of the fused q|k|v row: q heads are rotated into Q [B, n_q, T, D];
+        k heads rotated and v heads as they are go straight into the cache at their position."""
+        row, head = tl.program_id(0), tl.program_id(1)  # row = b * T + t
+        b, t = row // T, row % T
+        HALF: tl.constexpr = D // 2
+        pos = tl.load(POS + t)
+        src = QKV + row * stride_row + head * D
+        cs, sn = COS + pos * D, SIN + pos * D
+        if head < n_q:
+            e = tl.arange(0, D)
+            out = _rotated(src, cs, sn, e, HALF)
+            tl.store(Q + ((b * n_q + head) * T + t) * D + e, out.to(Q.dtype.element_ty))
+        else:
+            is_k = head < n_q + n_kv
+            h = tl.where(is_k, head - n_q, head - n_q - n_kv)
+            c_off = b * stride_cb + h * stride_ch + pos * stride_cn
+            s_off = b * stride_sb + h * stride_sh + pos
+            if BITS == 4:
+                j = tl.arange(0, HALF)
+                if is_k:
+                    xa = _rotated(src, cs, sn, 2 * j, HALF)
+                    xb = _rotated(src, cs, sn, 2 * j + 1, HALF)
+                    _quant_store(xa, xb, KC + c_off, KS + s_off, KZ + s_off, BITS)
+                else:
+                    xa = tl.load(src + 2 * j).to(tl.float32)
+                    xb = tl.load(src + 2 * j + 1).to(tl.float32)
+                    _quant_store(xa, xb, VC + c_off, VS + s_off, VZ + s_off, BITS)
+            else:
+                e = tl.arange(0, D)
+                if is_k:
+                    xa = _rotated(src, cs, sn, e, HALF)
+                    _quant_store(xa, xa, KC + c_off, KS + s_off, KZ + s_off, BITS)
+                else:
+                    xa = tl.load(src + e).to(tl.float32)
+                    _quant_store(xa, xa, VC + c_off, VS + s_off, VZ + s_off, BITS)
 
 
-def n_splits_for(batch: int, n_kv_heads: int, max_seq: int) -> tuple[int, int]:
+def n_splits_for(batch: int, n_kv_heads: int, max_seq: int, block_n: int | None = None) -> tuple[int, int]:
     """(split_len, n_splits): enough programs to fill the GPU, fixed for a given cache shape so a
     captured graph stays valid at every position."""
+    block_n = block_n or BLOCK_N
     want = max(1, math.ceil(TARGET_PROGRAMS / (batch * n_kv_heads)))
-    blocks = math.ceil(max_seq / BLOCK_N)
+    blocks = math.ceil(max_seq / block_n)
     per_split = max(1, math.ceil(blocks / want))
-    split_len = per_split * BLOCK_N
+    split_len = per_split * block_n
     return split_len, math.ceil(max_seq / split_len)
 
 
-def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: float | None = None, *,
+                     block_n: int | None = None, num_warps: int = 8, num_stages: int = 2,
+                     fast_dequant: bool | None = None) -> torch.Tensor:
     """q [B, Hq, 1, D] at position input_pos[0] over cache slots 0..pos -> [B, Hq, 1, D].
 
     ``cache`` offers ``parts("k"|"v") -> (codes, scale, zero)`` and ``bits`` (16, 8 or 4); codes are
@@ -225,9 +317,14 @@ def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: 
     q3 = q.reshape(b, hq, d)
     if q3.stride(-1) != 1:
         q3 = q3.contiguous()
-    split_len, n_splits = n_splits_for(b, hkv, max_seq)
-    part = torch.empty(b, hq, n_splits, d, device=q.device, dtype=torch.float32)
-    lse = torch.empty(b, hq, n_splits, device=q.device, dtype=torch.float32)
+    block_n = block_n or BLOCK_N
+    fast = (FAST_DEQUANT if fast_dequant is None else fast_dequant) and bits != 16
+    fast = fast and (bits == 8 or q.dtype == torch.bfloat16 or interpreting())
+    split_len, n_splits = n_splits_for(b, hkv, max_seq, block_n)
+    out = torch.empty(b, hq, 1, d, device=q.device, dtype=q.dtype)
+    direct = n_splits == 1
+    part = out if direct else torch.empty(b, hq, n_splits, d, device=q.device, dtype=torch.float32)
+    lse = part if direct else torch.empty(b, hq, n_splits, device=q.device, dtype=torch.float32)
     dummy = ks if ks is not None else k
     ks, vs = (ks, vs) if ks is not None else (dummy, dummy)
     kz, vz = (kz, vz) if bits == 4 else (ks, vs)
@@ -239,12 +336,12 @@ def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: 
         ks.stride(0) if bits != 16 else 0, ks.stride(1) if bits != 16 else 0,
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         hkv, split_len, scale,
-        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N, D=d, BITS=bits,
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=d, BITS=bits,
         DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
-        num_warps=4, num_stages=2,
+        DIRECT=direct, FAST=fast, num_warps=num_warps, num_stages=num_stages,
     )
-    out = torch.empty(b, hq, 1, d, device=q.device, dtype=q.dtype)
-    _merge_kernel[(b * hq,)](part, lse, out, n_splits, D=d, BLOCK_S=max(2, triton.next_power_of_2(n_splits)))
+    if not direct:
+        _merge_kernel[(b * hq,)](part, lse, out, n_splits, D=d, BLOCK_S=max(2, triton.next_power_of_2(n_splits)))
     return out
 
 
@@ -262,3 +359,27 @@ def store_kv(x: torch.Tensor, input_pos: torch.Tensor, codes: torch.Tensor, scal
         scale.stride(0) if bits != 16 else 0, scale.stride(1) if bits != 16 else 0,
         h, t, D=d, BITS=bits,
     )
+
+
+def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, cache,
+               n_q: int, n_kv: int, d: int) -> torch.Tensor:
+    """qkv [B, T, (n_q + 2 n_kv) D] (the fused projection's output) -> rotated q [B, n_q, T, D];
+    rotated k and v are written into ``cache`` at input_pos (quantized as the cache stores them).
+    cos/sin: the model's float32 rotary tables [L, D]."""
+    b, t, _ = qkv.shape
+    flat = qkv.reshape(b * t, -1)
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    q = torch.empty(b, n_q, t, d, device=qkv.device, dtype=qkv.dtype)
+    bits = cache.bits
+    kc, ks, kz = cache.parts("k")
+    vc, vs, vz = cache.parts("v")
+    ks, vs = (ks, vs) if ks is not None else (kc, vc)
+    kz, vz = (kz, vz) if bits == 4 else (ks, vs)
+    _rope_store_kernel[(b * t, n_q + 2 * n_kv)](
+        flat, cos, sin, input_pos, q, kc, ks, kz, vc, vs, vz, t, n_q, n_kv, flat.stride(0),
+        kc.stride(0), kc.stride(1), kc.stride(2),
+        ks.stride(0) if bits != 16 else 0, ks.stride(1) if bits != 16 else 0,
+        D=d, BITS=bits, num_warps=1,
+    )
+    return q

@@ -3,7 +3,7 @@
 It picks the kernel family from the layout (a registry, not string branches) and the kernel
 config from the tuned table of the device's arch, ``configs/<arch>.json`` (versioned; loaded with
 importlib.resources), keyed by layout, then weight shape ``"NxK"`` (or ``default``), then M
-bucket: the entry of the smallest tuned bucket >= M (the largest one above that). A ``config``
+bucket: the entry of the smallest tuned bucket >= M (none past the largest). A ``config``
 argument overrides single keys of the looked-up entry; keys a family does not know are ignored.
 Without a table entry the family's own untuned default applies.
 
@@ -22,7 +22,7 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.inference.kernels import fp8, w8a8, weight_only
+from turbopack.inference.kernels import cuda_w4, fp8, w8a8, weight_only
 from turbopack.inference.kernels.epilogue import interpreting, triton
 from turbopack.layouts import get_layout
 from turbopack.layouts.base import Layout, LayoutName
@@ -30,7 +30,7 @@ from turbopack.registry import Registry
 
 CONFIG_VERSION = 1
 #: keys a config entry may set (anything else in a table or ``config`` is ignored)
-CONFIG_KEYS = ("kernel", "BN", "BM", "BK", "SPLIT_K", "GROUP_M", "ROUND", "num_warps", "num_stages")
+CONFIG_KEYS = ("kernel", "BN", "BM", "BK", "SPLIT_K", "GROUP_M", "ROUND", "PLANES", "num_warps", "num_stages")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class Family:
 
 def _wo(kind: int) -> Family:
     def run(x2, packed, shape, bias, cfg, out, fmt):
+        if cfg.get("kernel") == "cuda":  # the CUDA C++ decode kernel, where it applies
+            if cuda_w4.supports(x2, fmt, packed, shape):
+                return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 1), out=out)
+            cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], getattr(fmt, "group_size", 64))
         return weight_only.launch(x2, kind, packed, shape, bias, cfg, group=getattr(fmt, "group_size", 64),
                                   sym=getattr(fmt, "sym", True), out=out)
 
@@ -79,11 +83,10 @@ def load_table(arch: str) -> dict[str, Any]:
 
 
 def bucket_entry(by_bucket: dict[str, dict], m: int) -> dict | None:
-    if not by_bucket:
-        return None
-    buckets = sorted(int(b) for b in by_bucket)
-    b = next((b for b in buckets if b >= m), buckets[-1])
-    return by_bucket[str(b)]
+    """The entry of the smallest tuned bucket >= m; None past the largest (no extrapolation of a
+    small-M config to a large batch)."""
+    b = min((int(b) for b in by_bucket if int(b) >= m), default=None)
+    return None if b is None else by_bucket[str(b)]
 
 
 def lookup(arch: str, layout: str, n: int, k: int, m: int) -> dict | None:
@@ -144,6 +147,11 @@ def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, pack
     m = x2.shape[0]
     if m == 0:
         return x.new_empty(*x.shape[:-1], shape[0])
+    fam = FAMILIES.get(layout.name)
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], m, x.device, config)
-    y = FAMILIES.get(layout.name).run(x2, packed, shape, bias, cfg, None, fmt)
+    try:
+        y = fam.run(x2, packed, shape, bias, cfg, None, fmt)
+    except triton.runtime.errors.OutOfResources:
+        # a table entry tuned on a larger part (or another Triton) that does not fit here
+        y = fam.run(x2, packed, shape, bias, fam.default(m, shape[0], shape[1], fmt), None, fmt)
     return y.reshape(*x.shape[:-1], shape[0])

@@ -21,7 +21,7 @@ _GEMV = [(16, 256, 2, 1), (16, 512, 4, 1), (32, 256, 4, 1), (32, 512, 4, 2), (64
 #: (BN, BK, num_warps, num_stages) for tensor-core decode (BM = 16..64)
 _TC_SMALL = [(64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 2), (32, 128, 4, 3)]
 #: (BN, BM, BK, num_warps, num_stages) for prefill
-_TC_LARGE = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
+_TC_LARGE = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 2), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
              (64, 256, 128, 4, 3), (128, 64, 128, 4, 4)]
 #: int8 GEMM: (BM, BN, BK, num_warps, num_stages)
 _I8_SMALL = [(16, 32, 256, 4, 4), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4), (16, 64, 512, 4, 2),
@@ -57,12 +57,20 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
             for s in _splits(math.ceil(n / bn), math.ceil(k / max(bk, ks)), sms):
                 for r in rounding:
                     out.append({"kernel": "gemv", "BN": bn, "BK": bk, "SPLIT_K": s, "ROUND": r, "num_warps": w, "num_stages": st})
+    if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
+        for sk in _splits(math.ceil(n / 64), k // 128, sms) + [max(1, _splits(math.ceil(n / 64), k // 128, sms)[0] // 2)]:
+            out.append({"kernel": "cuda", "SPLIT_K": sk})
     if m <= 64:
         bm = max(16, 1 << (m - 1).bit_length())
         for bn, bk, w, st in _TC_SMALL:
             for s in _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms):
                 out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st})
+        if ks >= 64 and setup != "fp8_upcast":  # eight (four) plane dots instead of the re-interleave
+            bn, bk, w, st = _TC_SMALL[0]
+            s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
+            out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st, "PLANES": True})
     else:
+        out.append({"kernel": "dq_mm"})
         for bn, bm, bk, w, st in _TC_LARGE:
             blocks = math.ceil(n / bn) * math.ceil(m / bm)
             for s in ([1, 2] if blocks < sms else [1]):

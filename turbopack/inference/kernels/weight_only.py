@@ -27,6 +27,10 @@ Two program shapes:
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
 
 W4, I8, FP8 = 0, 1, 2
@@ -45,9 +49,10 @@ if triton is not None:
         return w
 
     @triton.jit
-    def _w4_step(QW, S, SZ, row_w, row_s, rok, t, TN: tl.constexpr, KS: tl.constexpr,
-                 BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
-        """Group t of BN rows -> fp32 [BN, KS] weights (the contract's value before rounding)."""
+    def _w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN: tl.constexpr, KS: tl.constexpr,
+                   ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+        """Group t of BN rows -> eight fp32 [BN, KS/8] planes, plane e = elements k = 8*word + e
+        (the contract's weight before the 16-bit rounding)."""
         WPG: tl.constexpr = KS // 8
         kw = tl.arange(0, WPG)
         col = (kw // 8) * (TN * 8) + (kw % 8)
@@ -69,44 +74,82 @@ if triton is not None:
             c16 = -136.0 * s
         lo = w << 8    # e0 -> bit 8, e2 -> 12
         hi = w >> 12   # e3 -> 8, e5 -> 12, e7 -> 16 (e4, e6, e1 already sit at 8, 12, 16)
-        v0 = _nib(lo, 8, s, c8, sz, TWO_STEP)
-        v1 = _nib(w, 16, s, c16, sz, TWO_STEP)
-        v2 = _nib(lo, 12, s, c12, sz, TWO_STEP)
-        v3 = _nib(hi, 8, s, c8, sz, TWO_STEP)
-        v4 = _nib(w, 8, s, c8, sz, TWO_STEP)
-        v5 = _nib(hi, 12, s, c12, sz, TWO_STEP)
-        v6 = _nib(w, 12, s, c12, sz, TWO_STEP)
-        v7 = _nib(hi, 16, s, c16, sz, TWO_STEP)
-        full = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
-        return tl.reshape(full, (BN, KS))
+        return (_nib(lo, 8, s, c8, sz, TWO_STEP), _nib(w, 16, s, c16, sz, TWO_STEP),
+                _nib(lo, 12, s, c12, sz, TWO_STEP), _nib(hi, 8, s, c8, sz, TWO_STEP),
+                _nib(w, 8, s, c8, sz, TWO_STEP), _nib(hi, 12, s, c12, sz, TWO_STEP),
+                _nib(w, 12, s, c12, sz, TWO_STEP), _nib(hi, 16, s, c16, sz, TWO_STEP))
 
     @triton.jit
-    def _b8_step(QW, row_w, rok, t, TN: tl.constexpr, BN: tl.constexpr, KIND: tl.constexpr):
-        """64-wide tile t of BN rows of int8 (read as int32 words) or e4m3 codes -> exact fp32."""
-        if KIND == 2:
-            c = tl.arange(0, 64)
-            b = tl.load(QW + row_w[:, None] + t * (TN * 64) + c[None, :], mask=rok[:, None], other=0)
-            v = b.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        else:
-            j = tl.arange(0, 16)
-            w = tl.load(QW + row_w[:, None] + t * (TN * 16) + j[None, :], mask=rok[:, None], other=0)
-            hi = w >> 16
-            # byte ^ 0x80 = b + 128 as an unsigned mantissa field; minus the float's offset = b
-            b0 = ((w & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-            b1 = ((w & 0xFF00) ^ 0x47008000).to(tl.float32, bitcast=True) - 32896.0
-            b2 = ((hi & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-            b3 = ((hi & 0xFF00) ^ 0x47008000).to(tl.float32, bitcast=True) - 32896.0
-            v = tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BN, 64))
-        return v
+    def _i8_planes(QW, row_w, rok, t, TN: tl.constexpr):
+        """64-wide tile t of BN int8 rows, read as int32 words -> four exact fp32 [BN, 16] planes."""
+        j = tl.arange(0, 16)
+        w = tl.load(QW + row_w[:, None] + t * (TN * 16) + j[None, :], mask=rok[:, None], other=0)
+        hi = w >> 16
+        # byte ^ 0x80 = b + 128 as an unsigned mantissa field; minus the float's offset = b
+        return (((w & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0,
+                ((w & 0xFF00) ^ 0x47008000).to(tl.float32, bitcast=True) - 32896.0,
+                ((hi & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0,
+                ((hi & 0xFF00) ^ 0x47008000).to(tl.float32, bitcast=True) - 32896.0)
 
     @triton.jit
-    def _step(QW, S, SZ, row_w, row_s, rok, t, KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr,
-              BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+    def _fp8_tile(QW, row_w, rok, t, TN: tl.constexpr):
+        c = tl.arange(0, 64)
+        b = tl.load(QW + row_w[:, None] + t * (TN * 64) + c[None, :], mask=rok[:, None], other=0)
+        return b.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _join8(p):
+        """Planes -> [BN, KS/8, 2, 2, 2] whose element (n, w, i, j, l) is k = 8w + 4i + 2j + l."""
+        return tl.join(tl.join(tl.join(p[0], p[4]), tl.join(p[2], p[6])),
+                       tl.join(tl.join(p[1], p[5]), tl.join(p[3], p[7])))
+
+    @triton.jit
+    def _join4(p):
+        """Planes -> [BN, 16, 2, 2] whose element (n, w, i, j) is k = 4w + 2i + j."""
+        return tl.join(tl.join(p[0], p[2]), tl.join(p[1], p[3]))
+
+    @triton.jit
+    def _round8(p, DT: tl.constexpr):
+        return (p[0].to(DT), p[1].to(DT), p[2].to(DT), p[3].to(DT), p[4].to(DT), p[5].to(DT), p[6].to(DT), p[7].to(DT))
+
+    @triton.jit
+    def _round4(p, DT: tl.constexpr):
+        return (p[0].to(DT), p[1].to(DT), p[2].to(DT), p[3].to(DT))
+
+    @triton.jit
+    def _x_like(X, k0, k_end, KIND: tl.constexpr, KS: tl.constexpr):
+        """Activations k0..k0+KS of one row, shaped like the joined weights (no data movement
+        between the two: the product is elementwise in the weights' own layout)."""
+        a = tl.arange(0, 2)
         if KIND == 0:
-            v = _w4_step(QW, S, SZ, row_w, row_s, rok, t, TN, KS, BN, ASYM, TWO_STEP)
+            kw = tl.arange(0, KS // 8)
+            o = kw[:, None, None, None] * 8 + a[None, :, None, None] * 4 + a[None, None, :, None] * 2 + a[None, None, None, :]
+        elif KIND == 1:
+            kw = tl.arange(0, 16)
+            o = kw[:, None, None] * 4 + a[None, :, None] * 2 + a[None, None, :]
         else:
-            v = _b8_step(QW, row_w, rok, t, TN, BN, KIND)
-        return v
+            o = tl.arange(0, 64)
+        return tl.load(X + k0 + o, mask=k0 + o < k_end, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _w16(QW, S, SZ, row_w, row_s, rok, t, DT: tl.constexpr, KIND: tl.constexpr, TN: tl.constexpr,
+             KS: tl.constexpr, BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+        """Step t as the contract's 16-bit weights [BN, KS] in natural k order."""
+        if KIND == 0:
+            w = tl.reshape(_join8(_round8(_w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN, KS, ASYM, TWO_STEP), DT)), (BN, KS))
+        elif KIND == 1:
+            w = tl.reshape(_join4(_round4(_i8_planes(QW, row_w, rok, t, TN), DT)), (BN, 64))
+        else:
+            w = _fp8_tile(QW, row_w, rok, t, TN).to(DT)
+        return w
+
+    @triton.jit
+    def _plane_dot(v, X, rm, M, stride_xm, k0, e: tl.constexpr, STRIDE: tl.constexpr, k_end, acc, DOT_F32: tl.constexpr):
+        """acc += v [BN, W] @ x[k0 + STRIDE*w + e, rm]^T: one plane of codes against the strided
+        activations it multiplies."""
+        k = k0 + tl.arange(0, v.shape[1]) * STRIDE + e
+        xt = tl.load(X + rm[None, :] * stride_xm + k[:, None], mask=(rm[None, :] < M) & (k[:, None] < k_end), other=0.0)
+        return mma(v.to(X.dtype.element_ty), xt, acc, DOT_F32)
 
     @triton.jit
     def _rows(pid_n, NP, KT, KGP, KIND: tl.constexpr, TN: tl.constexpr, BN: tl.constexpr):
@@ -146,7 +189,7 @@ if triton is not None:
     def tc_kernel(X, QW, S, SZ, BIAS, Y, WS, CNT, M, N, NP, K, KT, KGP, stride_xm, stride_ym,
                   KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
                   SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr,
-                  SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr):
+                  SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, PLANES: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
@@ -159,10 +202,19 @@ if triton is not None:
             for i in tl.static_range(SPI):
                 t = t0 + i
                 rok = rmask & ((rn * 0 + t) < t_hi)  # (a vector compare: the interpreter mis-types scalar masks)
-                w = _step(QW, S, SZ, row_w, row_s, rok, t, KIND, TN, KS, BN, ASYM, TWO_STEP)
-                k = t * KS + kk
-                xt = tl.load(X + rm[None, :] * stride_xm + k[:, None], mask=(rm[None, :] < M) & (k[:, None] < k_end), other=0.0)
-                acc = mma(w.to(X.dtype.element_ty), xt, acc, DOT_F32)
+                if PLANES and KIND == 0:  # eight dots against stride-8 activations: no re-interleave
+                    p = _w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN, KS, ASYM, TWO_STEP)
+                    for e in tl.static_range(8):
+                        acc = _plane_dot(p[e], X, rm, M, stride_xm, t * KS, e, 8, k_end, acc, DOT_F32)
+                elif PLANES and KIND == 1:
+                    p = _i8_planes(QW, row_w, rok, t, TN)
+                    for e in tl.static_range(4):
+                        acc = _plane_dot(p[e], X, rm, M, stride_xm, t * KS, e, 4, k_end, acc, DOT_F32)
+                else:
+                    w = _w16(QW, S, SZ, row_w, row_s, rok, t, X.dtype.element_ty, KIND, TN, KS, BN, ASYM, TWO_STEP)
+                    k = t * KS + kk
+                    xt = tl.load(X + rm[None, :] * stride_xm + k[:, None], mask=(rm[None, :] < M) & (k[:, None] < k_end), other=0.0)
+                    acc = mma(w, xt, acc, DOT_F32)
         _epilogue(acc, rn, rm, M, N, S, BIAS, Y, WS, CNT, stride_ym, pid_m * tl.num_programs(0) + pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
 
@@ -173,39 +225,65 @@ if triton is not None:
                     SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROUND: tl.constexpr):
         pid_n = tl.program_id(0)
         rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
-        kk = tl.arange(0, KS)
         t_lo, t_hi = _k_range(tl.program_id(1), tl.cdiv(K, KS), SPI, SPLIT_K)
         k_end = tl.minimum(K, t_hi * KS)
-        acc2 = tl.zeros((BN, KS), tl.float32)
+        if KIND == 0:
+            acc_nd = tl.zeros((BN, KS // 8, 2, 2, 2), tl.float32)
+        elif KIND == 1:
+            acc_nd = tl.zeros((BN, 16, 2, 2), tl.float32)
+        else:
+            acc_nd = tl.zeros((BN, 64), tl.float32)
         for t0 in range(t_lo, t_hi, SPI):
             for i in tl.static_range(SPI):
                 t = t0 + i
                 rok = rmask & ((rn * 0 + t) < t_hi)  # (a vector compare: the interpreter mis-types scalar masks)
-                w = _step(QW, S, SZ, row_w, row_s, rok, t, KIND, TN, KS, BN, ASYM, TWO_STEP)
-                if ROUND:
-                    w = w.to(X.dtype.element_ty).to(tl.float32)
-                k = t * KS + kk
-                x = tl.load(X + k, mask=k < k_end, other=0.0).to(tl.float32)
-                acc2 += w * x[None, :]
-        acc = tl.sum(acc2, axis=1)[:, None]
+                xv = _x_like(X, t * KS, k_end, KIND, KS)
+                if KIND == 0:
+                    p = _w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN, KS, ASYM, TWO_STEP)
+                    if ROUND:
+                        p = _round8(_round8(p, X.dtype.element_ty), tl.float32)
+                    w = _join8(p)
+                elif KIND == 1:
+                    w = _join4(_i8_planes(QW, row_w, rok, t, TN))
+                else:
+                    w = _fp8_tile(QW, row_w, rok, t, TN)
+                acc_nd += w * xv[None]
+        if KIND == 0:
+            acc = tl.sum(tl.sum(tl.sum(tl.sum(acc_nd, 4), 3), 2), 1)
+        elif KIND == 1:
+            acc = tl.sum(tl.sum(tl.sum(acc_nd, 3), 2), 1)
+        else:
+            acc = tl.sum(acc_nd, 1)
+        acc = acc[:, None]
         _epilogue(acc, rn, tl.arange(0, 1), 1, N, S, BIAS, Y, WS, CNT, 0, pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
 
+    @triton.jit
+    def dequant_kernel(QW, S, SZ, W16, N, NP, K, KT, KGP, KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr,
+                       BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+        """W16 [N, K] = the contract's 16-bit weights (8-bit kinds: the exact codes, unscaled)."""
+        rn, rmask, row_w, row_s = _rows(tl.program_id(0), NP, KT, KGP, KIND, TN, BN)
+        t = tl.program_id(1)
+        w = _w16(QW, S, SZ, row_w, row_s, rmask, t, W16.dtype.element_ty, KIND, TN, KS, BN, ASYM, TWO_STEP)
+        k = t * KS + tl.arange(0, KS)
+        tl.store(W16 + rn[:, None].to(tl.int64) * K + k[None, :], w, mask=(rn[:, None] < N) & (k[None, :] < K))
+
 
 # -- launching ------------------------------------------------------------------------------------
-import math  # noqa: E402
-
-import torch  # noqa: E402
 
 
 def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> dict:
-    """Untuned fallback: GEMV at M=1, tensor cores above; split K until ~4 programs per SM."""
+    """Untuned fallback (configs/<arch>.json overrides it per shape): GEMV at M=1, tensor cores
+    up to M=512, dequantize + cuBLAS from 1024 (run 1: the Triton mixed GEMM reached only ~380
+    TFLOP/s at M=2048); split K until ~4 programs per SM."""
     if m == 1:
-        cfg = {"kernel": "gemv", "BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2, "ROUND": True}
+        cfg = {"kernel": "gemv", "BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2, "ROUND": False}
     elif m <= 64:
         cfg = {"kernel": "tc", "BN": 64, "BM": max(16, triton.next_power_of_2(m)), "BK": 128, "num_warps": 4, "num_stages": 3}
-    else:
+    elif m < 1024:
         cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
+    else:
+        return {"kernel": "dq_mm"}
     if "SPLIT_K" not in cfg:
         blocks = math.ceil(n / cfg["BN"]) * math.ceil(m / cfg.get("BM", 1))
         iters = math.ceil(math.ceil(k / ks) / max(1, cfg["BK"] // ks))
@@ -240,10 +318,22 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     common = dict(KIND=kind, TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1, ASYM=kind == W4 and not sym,
                   TWO_STEP=kind == W4 and not sym and s.dtype == torch.float16, SCALAR_SCALE=kind != W4 and s.numel() == 1,
                   HAS_BIAS=bias is not None, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
+    if cfg["kernel"] == "dq_mm":  # prefill: one dequantizing pass, then cuBLAS
+        w16 = torch.empty(n, k, dtype=x2.dtype, device=x2.device)
+        dequant_kernel[(math.ceil(nt * tn / 64), math.ceil(k / ks))](
+            qw, s, sz, w16, n, nt * tn, k, kt, kgp, KIND=kind, TN=tn, KS=ks, BN=64, ASYM=common["ASYM"],
+            TWO_STEP=common["TWO_STEP"], num_warps=4)
+        if kind == W4:
+            res = torch.nn.functional.linear(x2, w16, bias)
+        else:
+            acc = torch.nn.functional.linear(x2, w16).float() * (s if s.numel() == 1 else s[:n])
+            res = (acc + bias.float() if bias is not None else acc).to(x2.dtype)
+        return y.copy_(res) if out is not None else res
     if gemv:
         gemv_kernel[(n_blocks, split)](x2, qw, s, sz, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
                                        ROUND=bool(cfg.get("ROUND", True)), **common)
     else:
         tc_kernel[(n_blocks, m_blocks, split)](x2, qw, s, sz, b, y, ws, cnt, m, n, nt * tn, k, kt, kgp,
-                                               x2.stride(0), y.stride(0), BM=bm, DOT_F32=interpreting(), **common)
+                                               x2.stride(0), y.stride(0), BM=bm, DOT_F32=interpreting(),
+                                               PLANES=bool(cfg.get("PLANES", False)) and (kind == I8 or (kind == W4 and ks >= 128)), **common)
     return y

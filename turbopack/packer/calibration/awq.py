@@ -4,7 +4,9 @@ before rounding, and fold the inverse scale into the op that produces the activa
 Per group of linears sharing an input (q/k/v after input_layernorm; o after v; gate/up after
 post_attention_layernorm; down after up) we try ``s = mean|x|^a`` for ``a`` on a grid in [0, 1)
 (``a = 0`` is plain RTN), normalised to geometric mean 1, and keep the one whose fake-quantized
-weights ``Q(W diag(s)) / s`` give the lowest output error on a fixed sample of calibration tokens.
+weights ``Q(W diag(s)) / s`` give the lowest error on a sample of whole calibration sequences,
+measured where it matters (as AutoAWQ does): q/k/v on the attention output (a q/k error passes
+through the softmax), gate/up on the MLP output (through the SiLU gate), o and down on their own.
 The scale is folded (fold.py) so the float model is unchanged; then, optionally, each weight's
 per-group clipping range is searched the same way (not for q/k, whose output error is not what
 attention sees). Finally the format's own RTN is applied to the scaled, clipped weights, so the
@@ -13,22 +15,25 @@ stored tensors are ordinary RTN tensors of a different weight.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
 from turbopack.packer.calibration.capture import DOWN, GATE, K, O, Q, UP, V, BlockJob
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm, gqa_expand, gqa_reduce
 from turbopack.packer.calibration.grid import Grid, grid_for
 
-#: (producer, consumers, the consumer tapped for the shared input)
+#: (producer, consumers, the consumer tapped for the shared input, the module judged)
 GROUPS = (
-    ("input_layernorm", (Q, K, V), Q),
-    (V, (O,), O),
-    ("post_attention_layernorm", (GATE, UP), GATE),
-    (UP, (DOWN,), DOWN),
+    ("input_layernorm", (Q, K, V), Q, "self_attn"),
+    (V, (O,), O, O),
+    ("post_attention_layernorm", (GATE, UP), GATE, "mlp"),
+    (UP, (DOWN,), DOWN, DOWN),
 )
+ORDER = [c for _, consumers, _, _ in GROUPS for c in consumers]
 NO_CLIP = (Q, K)
 CLIP_BYTES = 256 << 20
 
@@ -40,27 +45,72 @@ class AWQConfig:
     max_shrink: float = 0.5
     search_tokens: int = 8192
     clip_tokens: int = 512
+    duo_scaling: bool = False
 
     def params(self) -> dict:
         return asdict(self)
 
 
+Run = Callable[[list[torch.Tensor]], torch.Tensor]
+
+
 @torch.no_grad()
-def search_scale(x_mean: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor], grid: Grid, n_grid: int = 20,
-                 expand: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """The per-channel scale minimising ||X W^T - X (Q(W s) / s)^T|| over the consumers ``weights``.
-    ``expand`` maps a scale over the producer's channels to the consumers' input channels."""
-    w = torch.cat([t.float() for t in weights])
-    ref = x @ w.T
+def search_scale(x_mean: torch.Tensor, weights: list[torch.Tensor], grid: Grid, run: Run, n_grid: int = 20,
+                 expand: Callable[[torch.Tensor], torch.Tensor] | None = None, w_mean: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """The per-channel scale minimising ||run(W) - run(Q(W s) / s)||^2 over the consumers ``weights``;
+    ``run`` maps the consumers' weights to the judged output on the sample (e.g. ``x @ W.T``).
+    ``expand`` maps a scale over the producer's channels to the consumers' input channels;
+    ``w_mean`` (AutoAWQ's "duo scaling") also divides by a per-channel weight magnitude."""
+    ws = [t.float() for t in weights]
+    ref = run(ws)
     best, best_s = float("inf"), torch.ones_like(x_mean)
     for r in range(n_grid):
-        s = x_mean.clamp(min=1e-4).pow(r / n_grid)
+        a = r / n_grid
+        s = x_mean.clamp(min=1e-4).pow(a)
+        if w_mean is not None:
+            s = s / w_mean.clamp(min=1e-4).pow(1 - a)
         s = s / (s.max() * s.min()).sqrt()
         se = s if expand is None else expand(s)
-        loss = float((x @ (grid.fake(w * se) / se).T - ref).pow(2).mean())
+        loss = float((run([grid.fake(w * se) / se for w in ws]) - ref).pow(2).mean())
         if loss < best:
             best, best_s = loss, s
     return best_s
+
+
+def linear_output(x: torch.Tensor) -> Run:
+    return lambda ws: x @ torch.cat(ws).T
+
+
+@contextlib.contextmanager
+def _swapped(linears: list[nn.Linear], ws: list[torch.Tensor]) -> Iterator[None]:
+    saved = [lin.weight.data for lin in linears]
+    for lin, w in zip(linears, ws):
+        lin.weight.data = w
+    try:
+        yield
+    finally:
+        for lin, w in zip(linears, saved):
+            lin.weight.data = w
+
+
+def module_output(job: BlockJob, module: str, consumers: tuple[str, ...], x: torch.Tensor) -> Run:
+    """``module`` of the block on sample ``x`` [S, L, K] with the consumers' weights replaced."""
+    mod, linears, r = job.block.get_submodule(module), [job.linear(c) for c in consumers], job.runner
+
+    def run(ws):
+        with _swapped(linears, ws):
+            if module != "self_attn":
+                return mod(x)
+            return torch.cat([mod(x[b:b + r.batch_size], r.cos, r.sin) for b in range(0, x.shape[0], r.batch_size)])
+    return run
+
+
+def weight_mean(weights: list[torch.Tensor], grid: Grid) -> torch.Tensor:
+    """Mean over rows of |W| relative to its group's max, per input channel (for duo scaling)."""
+    w = torch.cat([t.float() for t in weights]).abs()
+    wg = w.reshape(w.shape[0], -1, grid.group_of(w.shape[1]))
+    return (wg / wg.amax(-1, keepdim=True).clamp(min=1e-8)).reshape(w.shape).mean(0)
 
 
 @torch.no_grad()
@@ -69,18 +119,18 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, grid: Grid, n_grid: int = 20, 
     group's output error on tokens ``x`` [T, K] (m = max|w_g| * (1 - i / n_grid))."""
     n, k = w.shape
     g = grid.group_of(k)
-    xg = x.float().reshape(1, x.shape[0], k // g, g)
+    xg = x.float().reshape(x.shape[0], k // g, g).transpose(0, 1)  # [groups, T, G]
     out = torch.empty_like(w, dtype=torch.float32)
-    rows = max(1, CLIP_BYTES // (4 * x.shape[0] * k))
+    rows = max(1, CLIP_BYTES // (4 * x.shape[0] * (k // g)))
     for r0 in range(0, n, rows):
-        wg = w[r0:r0 + rows].float().reshape(-1, 1, k // g, g)
-        ref = (xg * wg).sum(-1)
+        wg = w[r0:r0 + rows].float().reshape(-1, k // g, g)  # [rows, groups, G]
         org_max = wg.abs().amax(-1, keepdim=True)
-        best_max, min_err = org_max.clone(), torch.full_like(ref[:, :1], float("inf"))
+        best_max, min_err = org_max.clone(), torch.full(org_max.shape[:2], float("inf"), device=w.device)
         for i in range(int(max_shrink * n_grid)):
             m = org_max * (1 - i / n_grid)
             q = grid.fake(torch.clamp(wg, -m, m).reshape(-1, k)).reshape(wg.shape)
-            err = ((xg * q).sum(-1) - ref).pow(2).mean(1, keepdim=True)
+            # each group's share of the output error: x_g . (q_g - w_g), one batched matmul per group
+            err = torch.bmm(xg, (q - wg).permute(1, 2, 0)).pow(2).mean(1).T  # [rows, groups]
             better = err < min_err
             min_err = torch.where(better, err, min_err)
             best_max = torch.where(better[..., None], m, best_max)
@@ -106,30 +156,23 @@ def _fold_group(job: BlockJob, producer: str, consumers: tuple[str, ...], s: tor
 def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor]]:
     """Scale, fold, clip and quantize every quantized linear of the block (the block keeps W')."""
     grid = grid_for(job.fmt, "awq")
-    attn = job.block.self_attn
-    taps = {tap: job.runner.stats_tap() for _, consumers, tap in GROUPS if set(consumers) & job.quantize}
+    taps = {g[2]: job.runner.stats_tap() for g in GROUPS if set(g[1]) & job.quantize}
     if not taps:
         return {}
     job.runner.capture(job.block, job.x, taps)
     inputs: dict[str, torch.Tensor] = {}
-    for producer, consumers, tap_name in GROUPS:
+    for producer, consumers, tap_name, judged in GROUPS:
         if tap_name not in taps:
             continue
         tap = taps.pop(tap_name)
-        x, x_mean = tap.sample(), tap.absmean
-        weights = [job.linear(c).weight for c in consumers]
-        expand = None
-        if producer == V:
-            x_mean = gqa_reduce(x_mean, attn.n_kv_heads, attn.n_heads)
-            expand = lambda s: gqa_expand(s, attn.n_kv_heads, attn.n_heads)  # noqa: E731
-        s = search_scale(x_mean, x, weights, grid, cfg.n_grid, expand)
-        seen = _fold_group(job, producer, consumers, s)
+        seen = _search_and_fold(job, cfg, grid, producer, consumers, judged, tap.sample(), tap.absmean)
         for c in consumers:
-            inputs[c] = x / seen
+            inputs[c] = (tap.sample() / seen).reshape(-1, seen.numel())
             if c not in job.quantize:
                 job.modified[c + ".weight"] = "kept in float, scaled by AWQ (folded)"
+        del tap
     out = {}
-    for name in sorted(job.quantize, key=lambda n: [c for _, cs, _ in GROUPS for c in cs].index(n)):
+    for name in sorted(job.quantize, key=ORDER.index):
         lin = job.linear(name)
         w = lin.weight
         if cfg.clip and name not in NO_CLIP:
@@ -138,3 +181,16 @@ def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor
         out[name] = job.fmt.quantize(w.cpu())
         lin.weight.copy_(job.fmt.dequantize(out[name]).to(lin.weight.device))
     return out
+
+
+def _search_and_fold(job: BlockJob, cfg: AWQConfig, grid: Grid, producer: str, consumers: tuple[str, ...], judged: str,
+                     x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
+    weights = [job.linear(c).weight for c in consumers]
+    expand, w_mean = None, weight_mean(weights, grid) if cfg.duo_scaling else None
+    if producer == V:
+        heads = (job.block.self_attn.n_kv_heads, job.block.self_attn.n_heads)
+        x_mean = gqa_reduce(x_mean, *heads)
+        w_mean = None if w_mean is None else gqa_reduce(w_mean, *heads)
+        expand = lambda s: gqa_expand(s, *heads)  # noqa: E731
+    s = search_scale(x_mean, weights, grid, module_output(job, judged, consumers, x), cfg.n_grid, expand, w_mean)
+    return _fold_group(job, producer, consumers, s)

@@ -105,9 +105,11 @@ class HessianTap(Tap):
 
 @dataclass
 class StatsTap(Tap):
-    """Per-channel max|x| and mean|x| over all tokens, plus the inputs at fixed sampled positions."""
+    """Per-channel max|x| and mean|x| over all tokens, plus the whole inputs of the first
+    ``keep_seqs`` sequences (the batch is in seeded random order already): whole sequences, so a
+    method can re-run attention on them."""
 
-    positions: torch.Tensor | None = None  # [n_seqs, per_seq] positions sampled once, shared by all taps
+    keep_seqs: int = 0
     absmax: torch.Tensor | None = None
     abssum: torch.Tensor | None = None
     n: int = 0
@@ -119,16 +121,15 @@ class StatsTap(Tap):
         self.absmax = a.amax(0) if self.absmax is None else torch.maximum(self.absmax, a.amax(0))
         self.abssum = a.sum(0) if self.abssum is None else self.abssum + a.sum(0)
         self.n += a.shape[0]
-        if self.positions is None:
-            return
-        pos = self.positions[seq0:seq0 + x.shape[0]].to(x.device)
-        self.samples.append(torch.gather(xf, 1, pos[..., None].expand(-1, -1, x.shape[-1])).reshape(-1, x.shape[-1]))
+        if seq0 < self.keep_seqs:
+            self.samples.append(xf[: self.keep_seqs - seq0].clone())
 
     @property
     def absmean(self) -> torch.Tensor:
         return self.abssum / self.n
 
     def sample(self) -> torch.Tensor:
+        """[keep_seqs, seq_len, K]"""
         return torch.cat(self.samples)
 
 
@@ -162,13 +163,13 @@ class BlockRunner:
     seq_len: int
     device: torch.device
     batch_size: int = 8
-    positions: torch.Tensor | None = None  # token sample for StatsTap
+    sample_seqs: int = 0  # sequences a StatsTap keeps whole
 
     def __post_init__(self) -> None:
         self.cos, self.sin = rope_tables(self.cfg, self.seq_len, self.device)
 
-    def stats_tap(self) -> StatsTap:
-        return StatsTap(self.positions)
+    def stats_tap(self, keep: bool = True) -> StatsTap:
+        return StatsTap(self.sample_seqs if keep else 0)
 
     @torch.no_grad()
     def forward(self, block: Block, x: torch.Tensor) -> torch.Tensor:
@@ -206,11 +207,4 @@ def _hooks(block: Block, taps: dict[str, Tap], last: str) -> Iterator[list[int]]
     finally:
         for h in handles:
             h.remove()
-
-
-def sample_positions(n_seqs: int, seq_len: int, max_tokens: int, seed: int) -> torch.Tensor:
-    """[n_seqs, per_seq] distinct positions per sequence, seeded, about max_tokens in all."""
-    per_seq = max(1, min(seq_len, -(-max_tokens // n_seqs)))
-    gen = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(seq_len, generator=gen)[:per_seq] for _ in range(n_seqs)])
 

@@ -35,7 +35,7 @@ from turbopack.formats import Format, FormatName, get_format
 from turbopack.inference.model import ModelConfig
 from turbopack.packer import quantize as rtn
 from turbopack.packer.calibration.awq import AWQConfig, awq_block
-from turbopack.packer.calibration.capture import BlockJob, BlockRunner, block_config, embed, layer_prefix, load_block, sample_positions
+from turbopack.packer.calibration.capture import BlockJob, BlockRunner, block_config, embed, layer_prefix, load_block
 from turbopack.packer.calibration.data import CalibrationData, calibration_batch
 from turbopack.packer.calibration.gptq import GPTQConfig, gptq_block
 from turbopack.packer.calibration.smoothquant import SmoothConfig, smooth_block
@@ -204,8 +204,9 @@ def _write_outside_layers(run: _Run, writer: ShardedWriter, result, advance) -> 
 def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advance) -> None:
     cfg = run.cfg
     ids = run.data.ids
-    positions = sample_positions(ids.shape[0], ids.shape[1], getattr(run.method_cfg, "search_tokens", 8192), run.opts.seed)
-    runner = BlockRunner(cfg, ids.shape[1], run.device, max(1, FORWARD_TOKENS // ids.shape[1]), positions)
+    # AWQ searches on whole sequences (it re-runs attention): about search_tokens of them
+    keep = -(-getattr(run.method_cfg, "search_tokens", 0) // ids.shape[1])
+    runner = BlockRunner(cfg, ids.shape[1], run.device, max(1, FORWARD_TOKENS // ids.shape[1]), min(keep, ids.shape[0]))
     x = embed(run.ckpt, ids, run.device)
     for i in range(cfg.n_layers):
         describe(f"layer {i}/{cfg.n_layers}")

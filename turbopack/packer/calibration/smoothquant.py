@@ -47,7 +47,7 @@ def smooth_scales(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: fl
 def smooth_block(job: BlockJob, cfg: SmoothConfig) -> None:
     """Smooth the block in place (float weights and norms); quantization comes after."""
     mappings = [m for m in MAPPINGS if cfg.down_proj or m[0] != UP]
-    taps = {tap: job.runner.stats_tap() for _, _, tap in mappings}
+    taps = {tap: job.runner.stats_tap(keep=False) for _, _, tap in mappings}
     job.runner.capture(job.block, job.x, taps)
     for producer, consumers, tap in mappings:
         linears = [job.linear(c) for c in consumers]

@@ -20,7 +20,6 @@ per-channel/per-tensor int8 to w8a16 (weights only) or w8a8 (int8 activations), 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 

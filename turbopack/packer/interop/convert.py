@@ -81,7 +81,7 @@ def open_importer(ckpt: Checkpoint) -> Importer:
     return cls(ckpt, qcfg, where)
 
 
-def _plan(ckpt: Checkpoint, imp: Importer, fmt: Format, jobs: list[ModuleJob]):
+def _plan(ckpt: Checkpoint, fmt: Format, jobs: list[ModuleJob]):
     """[(name, entries, job or None)] in source order, and {kept tensor: reason}."""
     by_first = {job.sources[0]: job for job in jobs}
     consumed = {s for job in jobs for s in job.sources}
@@ -108,7 +108,7 @@ def convert(src: str | Path, out: str | Path, *, force: bool = False, max_shard_
     check_output(out, force, inputs=(ckpt.folder,))
     imp = open_importer(ckpt)
     fmt, jobs = imp.plan()
-    order, kept = _plan(ckpt, imp, fmt, jobs)
+    order, kept = _plan(ckpt, fmt, jobs)
     result = ConvertResult(out, imp.method, fmt.describe(), kept=kept, dropped=imp.dropped(jobs))
     plan = ShardPlan.build([entries for _, entries, _ in order], max_shard_bytes)
     total = sum(ckpt.tensors[s].nbytes for name, _, job in order for s in (job.sources if job else (name,)))

@@ -1,0 +1,1 @@
+"""Files in, files out: quantize, pack, verify, inspect, calibration, Hub and interop."""
