@@ -18,7 +18,10 @@ Steps:
 
 1. train a byte-level BPE tokenizer (vocab 2048) on ``assets/text/train.txt``;
 2. train the model in fp32 (AdamW, linear warmup + cosine decay) on random
-   256-token windows of the tokenized training text;
+   256-token windows of the tokenized training text; the text is small
+   (~245k tokens, ~20 epochs at the default 1200 steps), so training uses
+   strong regularization (weight decay 2.0, residual dropout 0.2, attention
+   dropout 0.1), chosen by a held-out-perplexity sweep;
 3. save the weights in bfloat16 (single ``model.safetensors``) plus config,
    generation config and tokenizer files;
 4. save the pre-tokenized ids of ``train.txt``/``heldout.txt`` as

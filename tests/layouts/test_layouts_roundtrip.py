@@ -83,7 +83,7 @@ def _as_rows(layout, suffix: str, t: torch.Tensor) -> torch.Tensor:
     """A packed tensor back as [N_pad, columns] using only the spec's shapes (not unpack)."""
     if t.dtype.itemsize == 1:
         t = t.view(torch.uint8)
-    if suffix in ("scales", "szeros") and t.dim() == 3:   # w4: [NT, K_pad/G, TN]
+    if suffix in ("scales", "zeros") and t.dim() == 3:    # w4: [NT, K_pad/G, TN]
         return t.transpose(1, 2).reshape(-1, t.shape[1])
     if t.dim() == 4:                                      # tiles [NT, KT, TN, TK]
         return t.transpose(1, 2).reshape(t.shape[0] * t.shape[2], -1)
@@ -94,14 +94,15 @@ def _as_rows(layout, suffix: str, t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
 def test_padding_is_zero(pair):
-    """Padded rows/columns hold code 0 and scale 0, so padded weights (and outputs) are exactly 0."""
+    """Padded rows/columns hold code 0, scale 0 (and zero point 0), so padded weights (and outputs)
+    are exactly 0."""
     layout, fmt = get_layout(pair[0]), FORMATS[pair[1]]
     # K padding exists for w4 only with g32 (K = 96 -> 128) and for the byte layouts (K = 40)
     n, k = layout.tile_n + 1, (96 if valid_k(fmt, 96) else 128) if hasattr(fmt, "group_size") else 40
     pad = layout.padding((n, k))
     assert pad.n_pad > n and (pad.k_pad > k or getattr(fmt, "group_size", 32) > 32)
     packed = layout.pack(fmt, random_neutral(fmt, n, k, seed=3), (n, k))
-    per_col = {"qweight": 8 if fmt.name.value == "w4a16" else 1, "scales": getattr(fmt, "group_size", None), "szeros": getattr(fmt, "group_size", None)}
+    per_col = {"qweight": 8 if fmt.name.value == "w4a16" else 1, "scales": getattr(fmt, "group_size", None), "zeros": getattr(fmt, "group_size", None)}
     for suffix, t in packed.items():
         if t.numel() == 1:
             continue  # per-tensor scale
@@ -113,22 +114,31 @@ def test_padding_is_zero(pair):
         assert rows[:n].float().any()
 
 
-def test_asym_zero_recovery_is_exact_over_the_whole_scale_range():
-    """round(-szeros / s) == z for every z in 0..15 and scales from subnormal to huge."""
+def test_asym_zero_points_are_stored_as_is():
+    """Every zero point 0..15 is stored unchanged (uint8, same tiling as the scales) and comes
+    back exactly, whatever the scales (subnormal to huge: nothing is folded on disk)."""
     layout = get_layout("w4_t16x64")
     for sd in ("bfloat16", "float16"):
         fmt = get_format("w4a16", group_size=32, sym=False, scale_dtype=sd)
         q = random_neutral(fmt, 16 * 40, 32, seed=11)
         q["zeros"] = (torch.arange(q["zeros"].numel()) % 16).to(torch.uint8).reshape(q["zeros"].shape)
-        assert_bit_equal(layout.unpack(fmt, layout.pack(fmt, q, (640, 32)), (640, 32)), q, sd)
+        packed = layout.pack(fmt, q, (640, 32))
+        assert packed["zeros"].dtype == torch.uint8
+        assert torch.equal(packed["zeros"].transpose(1, 2).reshape(640, -1)[:, :1], q["zeros"])  # (K_pad = 64: 2 groups)
+        assert_bit_equal(layout.unpack(fmt, packed, (640, 32)), q, sd)
 
 
-def test_fp16_szeros_overflow_is_a_clear_error():
+def test_fp16_scales_pack_at_any_magnitude_and_zeros_over_15_are_refused():
+    """v1 folded -z*s into an fp16 tensor and had to refuse s > 4366; codes have no such limit.
+    A zero point that is not a 4-bit code would break the kernels' exact fold: a clear error."""
     fmt = get_format("w4a16", group_size=32, sym=False, scale_dtype="float16")
     q = random_neutral(fmt, 16, 32, seed=1)
     q["scales"][0, 0], q["zeros"][0, 0] = 60000.0, 15
-    with pytest.raises(BadTensorError, match="scale-dtype bfloat16"):
-        get_layout("w4_t16x64").pack(fmt, q, (16, 32))
+    layout = get_layout("w4_t16x64")
+    assert_bit_equal(layout.unpack(fmt, layout.pack(fmt, q, (16, 32)), (16, 32)), q, "fp16 s=60000")
+    q["zeros"][3, 0] = 16
+    with pytest.raises(BadTensorError, match=r"zero points are 0\.\.15"):
+        layout.pack(fmt, q, (16, 32))
 
 
 def test_quantized_weights_roundtrip():

@@ -34,6 +34,12 @@ def test_docs_worked_example_w16x64():
     (tn, tk, r, j), bit = w4_location(19, 138, 16, 192)
     word_index = ((tn * kt + tk) * 16 + r) * 8 + j
     assert word_index * 4 + bit // 8 == 2660 and bit % 8 == 4
+    # with G = 64 (asym): scale scales[1, 2, 3], zero point zeros[1, 2, 3] = byte 83 of zeros
+    layout, fmt = get_layout("w4_t16x64"), FORMATS["w4-asym-g64-bflo"]
+    q = random_neutral(fmt, 40, 192, seed=19)
+    packed = layout.pack(fmt, q, (40, 192))
+    assert torch.equal(packed["scales"][1, 2, 3], q["scales"][19, 2])
+    assert packed["zeros"][1, 2, 3] == q["zeros"][19, 2] == packed["zeros"].numpy().tobytes()[83]
 
 
 @pytest.mark.parametrize("layout_name", ["w4_t16x64", "w4_t64x64"])
@@ -54,13 +60,19 @@ def test_w4_every_element_by_hand(layout_name):
             flat_word = ((idx[0] * kt + idx[1]) * layout.tile_n + idx[2]) * 8 + idx[3]
             byte = raw[flat_word * 4 + bit // 8]
             assert (byte >> (bit % 8)) & 0xF == int(codes[nn, kk])
-    # scales / szeros: [tn, k // G, r]; szeros = scale_dtype(-z * s)
-    s, sz = packed["scales"], packed["szeros"]
+    # scales / zeros: [tn, k // G, r]; zeros = the format's uint8 zero points, as they are
+    s, z = packed["scales"], packed["zeros"]
+    assert z.dtype == torch.uint8 and z.shape == s.shape
     for nn in range(n):
         for g in range(k // 32):
             tn, r = divmod(nn, layout.tile_n)
             assert torch.equal(s[tn, g, r], q["scales"][nn, g])
-            assert sz[tn, g, r] == (-(q["zeros"][nn, g].float() * q["scales"][nn, g].float())).to(torch.bfloat16)
+            assert int(z[tn, g, r]) == int(q["zeros"][nn, g])
+    # the zero points' bytes: offset (tn * (K_pad/G) + g) * TN + r of the tensor
+    raw_z = z.numpy().tobytes()
+    groups = layout.padding((n, k)).k_pad // 32
+    assert all(raw_z[((nn // layout.tile_n) * groups + g) * layout.tile_n + nn % layout.tile_n] == int(q["zeros"][nn, g])
+               for nn in range(n) for g in range(k // 32))
 
 
 def test_lop3_trick_on_a_packed_word():

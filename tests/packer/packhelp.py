@@ -154,9 +154,8 @@ def emulated_model(packed: Path) -> torch.nn.Module:
 
 def reference_model(quantized: Path, packed: Path | None) -> torch.nn.Module:
     """The model on the arch-neutral tensors, computed as each packed module's kernel promises
-    (layouts.emulate.reference_linear: the format's math, weights-only for fp8 upcast; asymmetric
-    int4 with the zero point folded as szeros = bf16(-z*s), docs/layouts.md), or with packed None
-    on plain dequantized weights."""
+    (layouts.emulate.reference_linear: the format's math, weights-only for fp8 upcast), or with
+    packed None on plain dequantized weights."""
     import torch.nn.functional as F
 
     from turbopack.formats.store import QuantizedCheckpoint
@@ -170,19 +169,9 @@ def reference_model(quantized: Path, packed: Path | None) -> torch.nn.Module:
         if name not in qc.modules:
             return None
         qm = qc.module(name)
-        if packed is None or "zeros" in qm.tensors:
-            w = qm.dequantize() if packed is None else folded_w4(qm)
+        if packed is None:
+            w = qm.dequantize()
             return _Linear(lambda x: F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype)))
         return _Linear(lambda x: reference_linear(x, qm.format, layouts[name], qm.tensors, bias))
 
     return _model(quantized, factory)
-
-
-def folded_w4(qm) -> torch.Tensor:
-    """Asymmetric int4 as the w4 kernels compute it: q*s + scale_dtype(-z*s)."""
-    fmt, q = qm.format, qm.tensors
-    n, k = qm.shape
-    codes = fmt.codes(q).float().reshape(n, -1, fmt.group_size)
-    s = q["scales"].float()
-    szeros = (-(q["zeros"].float() * s)).to(q["scales"].dtype).float()
-    return (codes * s[..., None] + szeros[..., None]).reshape(n, k)

@@ -7,6 +7,7 @@ exist or is complete. With ``force`` an existing OUT is replaced only after the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -42,13 +43,32 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def os_error_message(e: OSError, out: Path | None = None, tmp: Path | None = None) -> str:
+    """One line for an OS error (disk full, no permission): the file (as it will be named under
+    ``out``, not the temp dir) and the fix."""
+    name = next((f for f in (e.filename2, e.filename) if f and tmp and str(f).startswith(str(tmp))), None)
+    writing = name is not None or (tmp is not None and not e.filename)
+    shown = str(name or e.filename or out or "?")
+    if tmp is not None and out is not None and shown.startswith(str(tmp)):
+        shown = str(Path(out) / Path(shown).relative_to(tmp)) if shown != str(tmp) else str(out)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device writing {shown}; free space or choose another -o"
+    if writing and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {shown} ({e.strerror}); choose a writable -o"
+    return f"{shown}: {e.strerror or e}" + ("; choose another -o" if writing else "")
+
+
 @contextlib.contextmanager
 def atomic_output(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temp dir; on success it becomes ``out``, on any failure it is removed."""
+    """Yield a temp dir; on success it becomes ``out``, on any failure it is removed. OS errors
+    (disk full, permissions) become a one-line CheckpointError naming the file."""
     out = Path(out)
     check_output(out, force)
     tmp = out.resolve().parent / f"{TEMP_PREFIX}{out.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise CheckpointError(os_error_message(e, out, tmp)) from e
     try:
         yield tmp
         _fsync_dir(tmp)
@@ -60,6 +80,9 @@ def atomic_output(out: Path, force: bool = False) -> Iterator[Path]:
         else:
             tmp.rename(out)
         _fsync_dir(out.resolve().parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(os_error_message(e, out, tmp)) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

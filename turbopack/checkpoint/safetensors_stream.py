@@ -10,6 +10,7 @@ chunk, not one shard. Files written here are read back by the ``safetensors`` li
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -42,27 +43,55 @@ class TensorEntry:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+FIX = "re-download or re-export it"
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    # json.loads keeps the last of two equal keys; a header naming a tensor twice is corrupt.
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
-    """Parse and validate a safetensors header without loading data: (tensors, __metadata__)."""
+    """Parse and validate a safetensors header without loading data: (tensors, __metadata__).
+
+    As strict as the ``safetensors`` library (so a file accepted here also loads there), and
+    stricter where it is lenient: a tensor name given twice is an error, not "the last one wins"."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download or re-export it")
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); {FIX}")
             (n,) = struct.unpack("<Q", raw)
             if n > min(MAX_HEADER, size - 8):
-                raise CheckpointError(f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or not safetensors")
-            header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e.__class__.__name__}); the file is corrupt") from None
+                raise CheckpointError(f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or not safetensors, {FIX}")
+            header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise CheckpointError(f"{path}: the header names {e.args[0]!r} twice; the file is corrupt, {FIX}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e.__class__.__name__}); the file is corrupt, {FIX}") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object; the file is corrupt")
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object; the file is corrupt, {FIX}")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map names to strings; the file is corrupt, {FIX}")
     tensors = _validate_entries(path, header, size - 8 - n)
-    return tensors, {str(k): str(v) for k, v in meta.items()}
+    return tensors, dict(meta)
+
+
+def _is_count(v: object) -> bool:
+    return type(v) is int and v >= 0  # JSON true/1.0 are not sizes (safetensors rejects them too)
 
 
 def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, TensorEntry]:
@@ -71,22 +100,34 @@ def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, Ten
     for name, e in header.items():
         try:
             dtype = TORCH_DTYPES[e["dtype"]]
-            shape = tuple(int(d) for d in e["shape"])
-            begin, end = (int(v) for v in e["data_offsets"])
+            shape, offsets = tuple(e["shape"]), tuple(e["data_offsets"])
+            begin, end = offsets
+            if not all(map(_is_count, shape + offsets)):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry; the file is corrupt") from None
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry (dtype/shape/data_offsets); the file is corrupt, {FIX}") from None
         entry = TensorEntry(name, dtype, shape)
-        if min(shape, default=1) < 0 or not 0 <= begin <= end <= data_size:
-            raise CheckpointError(f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} bytes); the file is truncated or corrupt")
+        if not begin <= end <= data_size:
+            raise CheckpointError(f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} bytes); the file is truncated or corrupt, {FIX}")
         if end - begin != entry.nbytes:
-            raise CheckpointError(f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span {end - begin}; the file is corrupt")
+            raise CheckpointError(f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span {end - begin}; the file is corrupt, {FIX}")
         spans.append((begin, end, name))
         out[name] = entry
-    spans.sort()
-    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap; the file is corrupt")
+    _check_coverage(path, sorted(spans), data_size)
     return out
+
+
+def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """Tensors must tile the data section exactly: no overlap, no hole, nothing after the last."""
+    pos, prev = 0, None
+    for begin, end, name in spans:
+        if begin < pos:
+            raise CheckpointError(f"{path}: tensors {prev!r} and {name!r} overlap; the file is corrupt, {FIX}")
+        if begin > pos:
+            raise CheckpointError(f"{path}: {begin - pos} unused bytes before tensor {name!r}; the file is corrupt, {FIX}")
+        pos, prev = end, name
+    if pos != data_size:
+        raise CheckpointError(f"{path}: {data_size - pos} bytes after the last tensor; the file is corrupt, {FIX}")
 
 
 def sha256_file(path: Path, chunk: int = 16 << 20) -> str:
@@ -115,8 +156,12 @@ class StreamingWriter:
         self.data_start = 8 + len(blob)
         self.size = self.data_start + pos
         self._f = open(path, "wb")
-        self._f.write(struct.pack("<Q", len(blob)) + blob)
-        self._f.truncate(self.size)
+        try:
+            self._f.write(struct.pack("<Q", len(blob)) + blob)
+            self._f.truncate(self.size)
+        except OSError as e:
+            self._f.close()
+            raise self._named(e) from None
         self._written: dict[str, int] = {e.name: 0 for e in entries}
 
     def write_rows(self, name: str, row_start: int, chunk: torch.Tensor) -> None:
@@ -126,8 +171,11 @@ class StreamingWriter:
             raise ValueError(f"{name}: chunk {chunk.dtype} {list(chunk.shape)} does not fit {e.dtype} {list(e.shape)}")
         row_bytes = e.nbytes // e.shape[0] if e.shape and e.shape[0] else e.nbytes
         data = chunk.contiguous().view(torch.uint8).numpy().tobytes() if chunk.numel() else b""
-        self._f.seek(self.data_start + self.offsets[name] + row_start * row_bytes)
-        self._f.write(data)
+        try:
+            self._f.seek(self.data_start + self.offsets[name] + row_start * row_bytes)
+            self._f.write(data)
+        except OSError as e:
+            raise self._named(e) from None
         self._written[name] += len(data)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -136,11 +184,20 @@ class StreamingWriter:
     def close(self) -> None:
         """Flush and fsync; fails if any tensor was left unwritten (a hole would read as zeros)."""
         short = [n for n, e in self.entries.items() if self._written[n] < e.nbytes]
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):  # close() would flush (and fail) again
+                self._f.close()
+            raise self._named(e) from None
         self._f.close()
         if short:
             raise RuntimeError(f"{self.path}: tensors never fully written: {short[:5]}")
+
+    def _named(self, e: OSError) -> OSError:
+        """The OS error of a write (ENOSPC has no file name) with this file named."""
+        return e if e.filename else OSError(e.errno, e.strerror, str(self.path))
 
     def __enter__(self) -> "StreamingWriter":
         return self
@@ -149,4 +206,5 @@ class StreamingWriter:
         if exc_type is None:
             self.close()
         else:
-            self._f.close()
+            with contextlib.suppress(OSError):  # keep the error that got us here
+                self._f.close()

@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no output was left behind", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment (disk full, permissions) is input too: one line, exit 2
+        if os.environ.get("TURBOPACK_DEBUG"):
+            raise
+        from turbopack.checkpoint.output import os_error_message
+
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
 
 
 def run() -> None:

@@ -19,6 +19,7 @@ def pack(
     format: Optional[str] = typer.Option(None, "--format", "-f", help="SRC is unquantized: quantize it (RTN) in this format while packing: w4a16 | w8a16 | w8a8 | fp8."),
     group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="With --format w4a16: group size along K (32, 64, 128)."),
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="With --format w4a16: symmetric or asymmetric (default)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing it upcast."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (and the --explain table) as JSON."),
 ) -> None:
@@ -42,7 +43,9 @@ def pack(
     from turbopack.packer.pack import pack as run
 
     res = run(src, out, tuple(arch), tp, format, group_size=group_size, sym=sym, explain=explain or as_json,
-              force=force, progress=sys.stderr.isatty())
+              force=force, progress=sys.stderr.isatty(), strict=strict)
+    for note in res.notes:
+        typer.echo(f"note: {note}", err=True)
     if as_json:
         typer.echo(json.dumps(res.as_dict(), indent=2))
         return

@@ -4,8 +4,9 @@ For every format (RTN): quantize the model into a temp folder and run the refere
 the quantized weights (the format's own math, incl. W8A8/FP8 activation quantization) on
 held-out text; compare perplexity with the unquantized model (threshold: allowed relative
 increase). Then pack that folder for each architecture and run the packed bytes through the
-CPU emulator of the layout (or the GPU kernels when the GPU is that arch); those rows compare
+CPU emulator of the layout, which reads them as that arch's kernel does; those rows compare
 logits with the reference of the same quantized weights (threshold: relative error).
+(GPU-kernel rows are future work: issue 4.)
 """
 
 from __future__ import annotations
@@ -32,21 +33,25 @@ class CheckCase:
     max_ppl_increase_pct: float
 
 
-# Thresholds: int8 is near-lossless; e4m3 keeps 3 mantissa bits; int4 on a 5M-parameter model
-# costs a few percent (larger models lose less).
+# Thresholds (relative perplexity increase over bf16): int8 is near-lossless, e4m3 keeps 3
+# mantissa bits, int4 loses most. Measured on the bundled model (64 windows, 2026-11-25):
+# w4 asym +0.03%, w4 sym +0.33%, w8a16 -0.00%, w8a8 +0.03%, fp8 +0.07%.
 CASES = (
-    CheckCase("w4a16 g64 asym", "w4a16", {"group_size": 64}, 12.0),
-    CheckCase("w4a16 g64 sym", "w4a16", {"group_size": 64, "sym": True}, 15.0),
-    CheckCase("w8a16", "w8a16", {}, 1.0),
-    CheckCase("w8a8", "w8a8", {}, 2.0),
-    CheckCase("fp8", "fp8", {}, 3.0),
+    CheckCase("w4a16 g64 asym", "w4a16", {"group_size": 64}, 2.0),
+    CheckCase("w4a16 g64 sym", "w4a16", {"group_size": 64, "sym": True}, 3.0),
+    CheckCase("w8a16", "w8a16", {}, 0.5),
+    CheckCase("w8a8", "w8a8", {}, 0.5),
+    CheckCase("fp8", "fp8", {}, 1.0),
 )
 
 
-#: packed rows: arch -> how its kernels run here. The max relative logits error is float32
-#: accumulation-order noise, far below any quantization effect.
+#: Packed rows: the same quantized weights through each arch's layout (emulator or kernels) vs
+#: the format's reference math. With 16-bit activations the only difference is float32
+#: accumulation order (~1e-7); with 8-bit activations an order difference can move a
+#: per-token-quantized activation across a rounding boundary in the next layer, one e4m3/int8
+#: step, so the bound is looser (measured: fp8 on sm90 9.5e-4).
 PACK_ARCHS = ("sm80", "sm90")
-MAX_LOGITS_REL_ERR = 1e-3
+MAX_LOGITS_REL_ERR = {16: 1e-3, 8: 1e-2}
 
 
 @dataclass
@@ -127,7 +132,8 @@ def run_check(model: str | Path | None = None, cases: tuple[CheckCase, ...] = CA
     report = CheckReport(str(model_dir), tokens, base)
     with tempfile.TemporaryDirectory(prefix="turbopack-check-") as tmp:
         for case in cases:
-            report.rows += _check_case(model_dir, Path(tmp), case, ids, base, seq_len, max_windows, archs, logit_windows)
+            report.rows += _check_case(model_dir, Path(tmp), case, ids, base, seq_len, max_windows, archs,
+                                       min(logit_windows, max_windows or logit_windows))
     return report
 
 
@@ -148,8 +154,8 @@ def _check_case(model_dir: Path, tmp: Path, case: CheckCase, ids, base: float, s
         t0 = time.perf_counter()
         packed = tmp / f"{out.name}-{arch}"
         pack(out, packed, arch=(arch,), progress=False)
-        loaded = load(packed, device=_device_for(arch), dtype=torch.float32)
-        logits = _logits(loaded.model, ids.to(loaded.device), seq_len, logit_windows).cpu()
+        loaded = load(packed, device="cpu", dtype=torch.float32)  # the layout's CPU emulator
+        logits = _logits(loaded.model, ids, seq_len, logit_windows)
         weights_only = _weights_only_layouts(packed)
         want = ref_logits
         if weights_only and get_format(case.format, **case.params).act_bits < 16:
@@ -157,8 +163,10 @@ def _check_case(model_dir: Path, tmp: Path, case: CheckCase, ids, base: float, s
             want = _logits(_dequantized_reference(out), ids, seq_len, logit_windows)
         err = _rel(logits, want)
         stage = f"packed {arch}, {loaded.backend}" + (", weights-only upcast" if weights_only else "")
+        act_bits = 16 if weights_only else get_format(case.format, **case.params).act_bits
+        bound = MAX_LOGITS_REL_ERR[act_bits]
         rows.append(CheckRow(case.label, stage, bpw, _size_mb(packed), None,
-                             "logits vs reference %", 100 * err, 100 * MAX_LOGITS_REL_ERR, err <= MAX_LOGITS_REL_ERR, time.perf_counter() - t0))
+                             "logits vs reference %", 100 * err, 100 * bound, err <= bound, time.perf_counter() - t0))
     return rows
 
 
@@ -180,16 +188,6 @@ def _dequantized_reference(folder: Path):
         if isinstance(m, QuantLinear):
             m._forward = lambda q, x: torch.nn.functional.linear(x, q.fmt.dequantize(q.tensors()).to(x.dtype), q.bias)
     return model
-
-
-def _device_for(arch: str) -> str:
-    """The GPU when it is this arch (kernels), else the CPU (the layout's emulator)."""
-    if torch.cuda.is_available():
-        from turbopack.inference.loader import local_arch
-
-        if local_arch(torch.device("cuda")) == arch:
-            return "cuda"
-    return "cpu"
 
 
 def _bits_per_weight(folder: Path) -> float:

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resolve_model
-from turbopack.errors import CheckpointError, TurbopackError
+from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
 from turbopack.inference.qlinear import QuantLinear
@@ -83,6 +83,14 @@ def layout_by_name(name):
     return get_layout(name)
 
 
+def _manifest_layout(folder: Path, module: str, info: dict):
+    try:
+        return layout_by_name(info.get("layout"))
+    except UnknownNameError as e:
+        raise CheckpointError(f"{folder / MANIFEST_NAME}: {module}: {e}; this folder was packed by another turbopack: "
+                              f"use that version, or re-pack with this one") from None
+
+
 # --- planning: which backend and layout for each module --------------------------------------
 
 
@@ -114,7 +122,7 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
                                       f"point at a `turbopack quantize` output instead")
             return plan_modules(src, read_manifest(src), device, repack=False, arch=arch, backend=backend)
         be = backend or ("cuda" if device.type == "cuda" else "emulator")
-        plans = {m: ModulePlan(format_from_params(i["format"]), tuple(i["shape"]), be, layout_by_name(i["layout"]))
+        plans = {m: ModulePlan(format_from_params(i["format"]), tuple(i["shape"]), be, _manifest_layout(folder, m, i))
                  for m, i in manifest["tensors"].items()}
         return folder, kind, plans, packed_arch
     if kind != "quantized":

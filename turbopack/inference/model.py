@@ -63,7 +63,28 @@ class ModelConfig:
 
     @classmethod
     def from_hf_config(cls, hf: dict) -> ModelConfig:
-        arch = (hf.get("architectures") or [None])[0]
+        """The config of a HF config.json dict; a missing or mistyped value raises CheckpointError."""
+        try:
+            cfg = cls._from_hf(hf)
+        except KeyError as e:
+            raise CheckpointError(f"config.json: no {e.args[0]!r}; fix config.json or re-download the model") from None
+        except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+            raise CheckpointError(f"config.json: a value has the wrong type ({str(e)[:120]}); fix config.json or re-download the model") from None
+        ints = {"vocab_size": cfg.vocab, "hidden_size": cfg.hidden, "intermediate_size": cfg.intermediate,
+                "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+                "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+                "max_position_embeddings": cfg.max_position_embeddings}
+        for key, v in ints.items():
+            if type(v) is not int or v < 1:
+                raise CheckpointError(f"config.json: {key} is {v!r}, not a positive integer; fix config.json or re-download the model")
+        return cfg
+
+    @classmethod
+    def _from_hf(cls, hf: dict) -> ModelConfig:
+        archs = hf.get("architectures")
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise UnsupportedModelError(f"config.json: architectures is {archs!r}, expected a list such as [\"LlamaForCausalLM\"]")
+        arch = (archs or [None])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             supported = ", ".join(SUPPORTED_ARCHITECTURES)
             raise UnsupportedModelError(f"architecture {arch!r} is not supported ({supported})")
@@ -85,7 +106,7 @@ class ModelConfig:
             n_heads=n_heads,
             n_kv_heads=hf.get("num_key_value_heads") or n_heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
             max_position_embeddings=hf.get("max_position_embeddings", 2048),

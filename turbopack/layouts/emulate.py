@@ -4,7 +4,8 @@ It decodes tiles and nibble positions itself (never calls ``unpack``) and follow
 numeric contract (docs/layouts.md), so it is both the oracle the GPU kernels are tested against
 and the runtime's CPU fallback:
 
-  w4_*:            w16 = act(fp32(q*s + szeros)) (sym: act((q-8)*s)); y = fp32 sum_k x16*w16
+  w4_*:            zs = -(z*s) per group, w16 = act(fp32 fma(q, s, zs)) == act((q-z)*s) exactly
+                   (sym: z = 8); y = fp32 sum_k x16*w16
   i8_t*, fp8 upcast: y = fp32(sum_k x16 * q) * s_n
   i8_rowmajor:     the w8a8 format's math (per-token int8 x, int32 accumulation)
   fp8_rowmajor:    the fp8 format's math (per-token e4m3 x, fp32 accumulation)
@@ -67,10 +68,15 @@ def _dot(a, b):
 
 
 @njit(cache=True)
-def _decode_w4_row(qw, scales, szeros, nt, r, group, sym, w):
-    """Row r of N tile nt -> w[K_pad] (fp32, before the act rounding), straight from the words."""
+def _decode_w4_row(qw, scales, zeros, nt, r, group, sym, w, zs):
+    """Row r of N tile nt -> w[K_pad] (fp32, before the act rounding), straight from the words.
+    The zero point is folded once per group, zs = -(z*s), exact in fp32 (4 x <= 11 significant
+    bits); then q*s + zs is (q - z)*s exactly (q*s is exact too), i.e. the kernels' one fma."""
     kt_count, words = qw.shape[1], qw.shape[3]
     tk = words * 8
+    for g in range(zs.size):
+        z = np.float32(8.0) if sym else np.float32(zeros[nt, g, r])
+        zs[g] = -(z * scales[nt, g, r])
     for kt in range(kt_count):
         for j in range(words):
             word = np.int64(qw[nt, kt, r, j])
@@ -78,21 +84,19 @@ def _decode_w4_row(qw, scales, szeros, nt, r, group, sym, w):
             for e in range(8):
                 q = (word >> _NIBBLE_SHIFT[e]) & 15
                 g = (k0 + e) // group
-                if sym:
-                    w[k0 + e] = np.float32(q - 8) * scales[nt, g, r]
-                else:  # q*s is exact in fp32, so this equals the kernel's fma
-                    w[k0 + e] = np.float32(q) * scales[nt, g, r] + szeros[nt, g, r]
+                w[k0 + e] = np.float32(q) * scales[nt, g, r] + zs[g]
 
 
 @njit(cache=True, parallel=True)
-def _gemm_w4(x, qw, scales, szeros, group, sym, mode):
+def _gemm_w4(x, qw, scales, zeros, group, sym, mode):
     m_rows, k_pad = x.shape
     nt_count, tn = qw.shape[0], qw.shape[2]
     y = np.zeros((m_rows, nt_count * tn), np.float32)
     for nt in prange(nt_count):
         w = np.empty(k_pad, np.float32)
+        zs = np.empty(scales.shape[1], np.float32)
         for r in range(tn):
-            _decode_w4_row(qw, scales, szeros, nt, r, group, sym, w)
+            _decode_w4_row(qw, scales, zeros, nt, r, group, sym, w, zs)
             _round_act(w, mode)
             for m in range(m_rows):
                 y[m, nt * tn + r] = _dot(x[m], w)
@@ -176,8 +180,8 @@ def _w4(x: torch.Tensor, fmt: Format, layout: Layout, packed: dict[str, torch.Te
     pad = layout.padding(shape)
     qw = packed["qweight"].contiguous().numpy().view(np.uint32)
     s = packed["scales"].float().numpy()
-    sz = s if fmt.sym else packed["szeros"].float().numpy()  # type: ignore[attr-defined]
-    y = _gemm_w4(_x_padded(x, pad.k_pad), qw, s, sz, fmt.group_size, fmt.sym, _ROUND[act])  # type: ignore[attr-defined]
+    z = np.zeros((1, 1, 1), np.uint8) if fmt.sym else packed["zeros"].contiguous().numpy()  # type: ignore[attr-defined]
+    y = _gemm_w4(_x_padded(x, pad.k_pad), qw, s, z, fmt.group_size, fmt.sym, _ROUND[act])  # type: ignore[attr-defined]
     return torch.from_numpy(y[:, : shape[0]])
 
 

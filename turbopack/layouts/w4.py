@@ -4,8 +4,9 @@ One (TN x 64) tile of codes is one contiguous block of TN*32 bytes: TN rows of 8
 Word j of row r holds the 8 codes of k = 8j..8j+7 (within the tile) with element e in nibble
 ``NIBBLE_OF_ELEMENT[e]``, the FasterTransformer/TurboMind interleave: ``(w >> 4i) & 0x000F000F``
 puts elements 2i and 2i+1 in the two 16-bit halves, so ``| 0x64006400`` yields the fp16 pair
-(1024 + q) with one lop3. Scales (and asym ``szeros = -z*s``) are [NT, K_pad/G, TN]. The
-normative description, with a worked example, is docs/layouts.md.
+(1024 + q) with one lop3. Scales and (asym) the zero points ``zeros`` (uint8 codes 0..15, folded
+into ``-z*s`` in fp32 per group by the kernel, exactly) are [NT, K_pad/G, TN]. The normative
+description, with a worked example, is docs/layouts.md.
 """
 
 from __future__ import annotations
@@ -65,27 +66,19 @@ def deinterleave_words(words: np.ndarray) -> np.ndarray:
     return lo.view(np.uint8)
 
 
-def fold_zeros(zeros: torch.Tensor, scales: torch.Tensor, where: str) -> torch.Tensor:
-    """szeros = scale_dtype(-z * s): z*s is exact in float32 (4 x <=11 significant bits), so the
-    only rounding is the cast; ``+ 0.0`` turns -0.0 (z = 0) into +0.0."""
-    sz = (-(zeros.float() * scales.float()) + 0.0).to(scales.dtype)
-    if not bool(torch.isfinite(sz).all()):
-        raise BadTensorError(f"{where}: -zero*scale overflows {scales.dtype} (scale too large); quantize with --scale-dtype bfloat16")
-    return sz
-
-
-def recover_zeros(szeros: torch.Tensor, scales: torch.Tensor, where: str) -> torch.Tensor:
-    """z = round(-szeros / s): the cast's error is at most 15*s*2^-8 (bf16) < s/2, so exact."""
-    z = torch.round(-szeros.float() / scales.float())
-    if not bool(((z >= 0) & (z <= 15)).all()):
-        raise ShapeError(f"{where}: szeros/scales do not hold zero points in 0..15; the packed tensors are corrupt or not w4 asym")
-    return z.to(torch.uint8)
+def check_zeros(zeros: torch.Tensor, where: str) -> None:
+    """Zero points are 4-bit codes: the kernels' per-group fold ``-(z*s)`` is exact in fp32 only
+    because z has 4 bits (docs/layouts.md), so anything else is refused, not stored."""
+    if zeros.numel() and int(zeros.max()) > 15:
+        raise BadTensorError(f"{where}: zeros hold {int(zeros.max())}; int4 zero points are 0..15 (re-quantize the weight)")
 
 
 @dataclass(frozen=True)
 class W4Tiled(Layout):
     format: ClassVar[tuple[FormatName, ...]] = (FormatName.W4A16,)
     tile_k: ClassVar[int] = 64
+    #: v2: asym zero points stored as uint8 codes ``zeros`` (v1 stored ``szeros = sdt(-z*s)``, lossy in bf16)
+    version: ClassVar[int] = 2
 
     def _dims(self, fmt: Format, shape: tuple[int, int]) -> tuple[Padding, int, int]:
         self.check_format(fmt)
@@ -101,7 +94,7 @@ class W4Tiled(Layout):
             TensorSpec("scales", sdt, (nt, groups, self.tile_n)),
         ]
         if not fmt.sym:  # type: ignore[attr-defined]
-            specs.append(TensorSpec("szeros", sdt, (nt, groups, self.tile_n)))
+            specs.append(TensorSpec("zeros", torch.uint8, (nt, groups, self.tile_n)))
         return specs
 
     def _check_input(self, fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int]) -> int:
@@ -126,7 +119,8 @@ class W4Tiled(Layout):
         out = {"qweight": self._pack_codes(q["qweight"], rows_pad, pad.k_pad)}
         out["scales"] = self._tile_groups(q["scales"], rows_pad, groups)
         if not fmt.sym:  # type: ignore[attr-defined]
-            out["szeros"] = self._tile_groups(fold_zeros(q["zeros"], q["scales"], f"{self.name.value} pack"), rows_pad, groups)
+            check_zeros(q["zeros"], f"{self.name.value} pack")
+            out["zeros"] = self._tile_groups(q["zeros"], rows_pad, groups)
         return out
 
     def _pack_codes(self, qweight: torch.Tensor, rows_pad: int, k_pad: int) -> torch.Tensor:
@@ -164,7 +158,7 @@ class W4Tiled(Layout):
 
         out["scales"] = untile(packed["scales"])
         if not fmt.sym:  # type: ignore[attr-defined]
-            out["zeros"] = recover_zeros(untile(packed["szeros"]), out["scales"], where)
+            out["zeros"] = untile(packed["zeros"])
         return out
 
 

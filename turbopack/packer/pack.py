@@ -257,6 +257,7 @@ class PackResult:
     modules: int = 0
     plain: int = 0
     explain: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what runs differently than asked (e.g. fp8 upcast)
     input_bytes: int = 0
     output_bytes: int = 0
     seconds: float = 0.0
@@ -265,9 +266,35 @@ class PackResult:
         d = {"out": str(self.out), "archs": self.archs, "tp": self.tp, "folders": [str(f) for f in self.folders],
              "modules": self.modules, "plain": self.plain, "input_bytes": self.input_bytes,
              "output_bytes": self.output_bytes, "seconds": round(self.seconds, 3)}
+        if self.notes:
+            d["notes"] = self.notes
         if self.explain:
             d["explain"] = self.explain
         return d
+
+
+def not_native(src: Source, p: Plan) -> list[str]:
+    """One line per (format, arch) whose layout does not run the format natively: its weights
+    are upcast to 16-bit in the kernel and its activations stay 16-bit (``Layout.weights_only``)."""
+    from turbopack.layouts import ARCHS, get_arch
+    from turbopack.layouts.selection import select
+
+    notes: dict[tuple[str, str], str] = {}
+    for (name, t), c in p.choices.items():
+        fmt, shape = src.modules[name]
+        if not layout_of(c).weights_only or (fmt.describe(), t.arch) in notes:
+            continue
+        native = []
+        for a in ARCHS:
+            try:
+                native += [] if layout_of(select(fmt, a, shape)).weights_only else [a]
+            except TurbopackError:
+                pass
+        notes[(fmt.describe(), t.arch)] = (
+            f"{fmt.describe()} on {get_arch(t.arch).label}: no native {fmt.name.value} tensor cores, so its weights "
+            f"will be upcast to 16-bit in the kernel and activations stay 16-bit (layout {layout_of(c).name.value}); "
+            f"native on {', '.join(native) or 'no arch'}")
+    return list(notes.values())
 
 
 def explain_rows(src: Source, p: Plan) -> list[dict]:
@@ -289,9 +316,12 @@ def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[st
          scale_dtype: str | None = None, per_tensor: bool | None = None, ignore: tuple[str, ...] = (),
          include_lm_head: bool = False, explain: bool = False, force: bool = False,
          max_shard_bytes: int = DEFAULT_SHARD_BYTES, chunk_bytes: int = CHUNK_BYTES,
-         progress: bool = True) -> PackResult:
+         progress: bool = True, strict: bool = False) -> PackResult:
     """Pack the quantized folder SRC (or an HF folder, quantized on the fly with ``format``) into OUT:
-    OUT itself for one arch, OUT/<arch> for several; OUT[/<arch>]/rank<r> per rank when tp > 1."""
+    OUT itself for one arch, OUT/<arch> for several; OUT[/<arch>]/rank<r> per rank when tp > 1.
+
+    A format an arch cannot run natively (fp8 on sm80/86) is packed to run upcast, noted in
+    ``result.notes``; ``strict`` refuses it instead."""
     t0, out = time.perf_counter(), Path(out)
     archs = check_archs(arch)
     source = open_source(src, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype,
@@ -300,6 +330,9 @@ def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[st
     p = plan(source, archs, tp)
     result = PackResult(out, archs, tp, [out / t.rel if t.rel != "." else out for t in p.targets],
                         len(source.modules), len(source.plain))
+    result.notes = not_native(source, p)
+    if strict and result.notes:
+        raise TurbopackError(f"--strict: {result.notes[0]}; pack for a native arch or drop --strict")
     if explain:
         result.explain = explain_rows(source, p)
     result.input_bytes = sum(source.module_bytes(m) for m in source.modules) + sum(source.ckpt.tensors[n].nbytes for n in source.plain)

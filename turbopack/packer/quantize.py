@@ -21,7 +21,7 @@ from turbopack.checkpoint import (Checkpoint, ShardedWriter, ShardPlan, TensorEn
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
 from turbopack.formats import Format, check_finite, get_format
-from turbopack.packer.families import Selection, family_of
+from turbopack.packer.families import Selection, check_dims, family_of
 from turbopack.packer.progress import byte_progress
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -62,6 +62,8 @@ def quantized_names(weight_name: str, fmt: Format, shape: tuple[int, int]) -> li
 def plan_jobs(ckpt: Checkpoint, fmt: Format, sel: Selection) -> tuple[list[tuple[str, list[TensorEntry]]], dict[str, str]]:
     """[(source tensor, its output entries)] in file order, and {kept tensor: reason}. Validates
     every shape before anything is written, so a bad shape fails in seconds, not hours."""
+    check_dims(ckpt.config, {n: e.shape for n, e in ckpt.tensors.items()}, str(ckpt.folder / "config.json"),
+               {n: p.name for n, p in ckpt.location.items()})
     jobs, kept = [], {}
     for name, entry in ckpt.tensors.items():
         reason = sel.reason_skipped(name, len(entry.shape))

@@ -20,7 +20,7 @@ import torch
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, sha256_file
 from turbopack.checkpoint.safetensors_stream import ST_DTYPES
-from turbopack.errors import CheckpointError
+from turbopack.errors import CheckpointError, UnknownNameError
 from turbopack.formats import dtype_name, format_from_params
 from turbopack.packer import tp as tpmod
 from turbopack.packer.inspect import packed_folders
@@ -117,7 +117,11 @@ def check_packed_tensors(ckpt: Checkpoint, manifest: dict, report: FolderReport)
     from turbopack.layouts import get_layout
 
     for module, info in manifest["tensors"].items():
-        layout = get_layout(info["layout"])
+        try:
+            layout = get_layout(info.get("layout"))
+        except UnknownNameError as e:
+            raise CheckpointError(f"{ckpt.folder / MANIFEST_NAME}: {module}: {e}; this folder was packed by another "
+                                  f"turbopack: use that version, or re-pack with this one") from None
         if layout.version != info["layout_version"]:
             report.problems.append(f"{ckpt.folder}: {module} was packed with {info['layout']} v{info['layout_version']}, "
                                    f"this turbopack has v{layout.version}; re-pack")

@@ -2,7 +2,8 @@
 
 Without CUDA (CI) the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set before
 triton is imported) on small, awkward shapes: N=17 (padding inside a tile), N=192, K=576 (not a
-multiple of 128), M in 1, 3, 33, split-K on and off. With CUDA the same cases run compiled, and
+multiple of 128), M in 1, 3, 33 and 129 (the prefill default: tensor cores, BM = 128), split-K on
+and off. With CUDA the same cases run compiled, and
 the ``gpu`` tests add real layer shapes against a float64 reference on the GPU.
 Tolerance: relative Frobenius error < 1e-2 (outputs are 16-bit; two roundings of the same sum
 differ by ~4e-3); w8a8's integer path must match the emulator to output rounding.
@@ -67,7 +68,8 @@ W4_CASES = [  # (layout, N, K, M, group, sym, scale dtype, act dtype, config)
     ("w4_t16x64", 17, 576, 33, 32, True, "bfloat16", torch.float16, {**TC, "BM": 32, "SPLIT_K": 1}),
     ("w4_t64x64", 17, 640, 33, 128, False, "float16", torch.bfloat16, TC),
     ("w4_t64x64", 192, 640, 3, 128, True, "bfloat16", torch.bfloat16, {**TC, "PLANES": True}),
-    ("w4_t16x64", 17, 576, 33, 64, False, "bfloat16", torch.bfloat16, {"kernel": "dq_mm"}),
+    ("w4_t16x64", 17, 576, 129, 64, False, "bfloat16", torch.bfloat16, None),   # the large-M default
+    ("w4_t64x64", 80, 640, 129, 128, False, "float16", torch.float16, None),
 ]
 
 
@@ -78,16 +80,59 @@ def test_w4a16(layout_name, n, k, m, group, sym, sdt, act, cfg):
     _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).to(act), cfg)
 
 
+def test_large_m_default_is_the_tensor_core_kernel():
+    """Prefill reads the packed layout on tensor cores; there is no dequantize-then-cuBLAS path."""
+    from turbopack.inference.kernels import weight_only
+
+    for m in (65, 129, 1024, 2048, 8192):
+        assert weight_only.default_config(m, 28672, 4096, 128) == {
+            "kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
+    assert not hasattr(weight_only, "dequant_kernel")
+
+
+@pytest.mark.parametrize("layout_name", ["w4_t16x64", "w4_t64x64"])
+@pytest.mark.parametrize("sym,sdt,group", [(False, "bfloat16", 32), (False, "float16", 128), (True, "float16", 64)])
+@pytest.mark.parametrize("kernel", ["tc", "gemv"])
+def test_w4_kernel_decodes_bit_identically_to_the_format(layout_name, sym, sdt, group, kernel):
+    """One-hot activations read the kernel's weights out exactly (y[m, n] = w[n, k_m]): they equal
+    the format's (q - z) * s rounded to fp16, bit for bit, for both scale dtypes and every zero
+    point. (fp16 activations: the CPU interpreter's fp32 -> bf16 cast truncates instead of
+    rounding to nearest even, so bf16 outputs cannot be compared bit for bit there.)"""
+    n, k = 24, 256
+    fmt = get_format("w4a16", group_size=group, sym=sym, scale_dtype=sdt)
+    gen = torch.Generator().manual_seed(group + n)
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    expo = torch.randint(-12, 9, (n, k // group), generator=gen).float()
+    scales = (torch.rand(n, k // group, generator=gen) + 1) * torch.exp2(expo)   # all significand bits used
+    q = {"qweight": codes[:, 0::2] | (codes[:, 1::2] << 4), "scales": scales.to(getattr(torch, sdt))}
+    if not sym:
+        q["zeros"] = torch.randint(0, 16, (n, k // group), generator=gen, dtype=torch.uint8)
+    layout = get_layout(layout_name)
+    packed = layout.pack(fmt, q, (n, k))
+    want = fmt.dequantize(q).to(torch.float16)
+    eye = torch.eye(k, dtype=torch.float16)
+    if kernel == "tc":
+        cols = list(range(k))
+        y = _run(fmt, layout, packed, (n, k), None, eye, {**TC, "BM": 64, "SPLIT_K": 1}).T
+    else:  # M = 1: one column at a time; every element position e of a word, and group edges
+        cols = list(range(9)) + [group - 1, group, k - 1]
+        y = torch.stack([_run(fmt, layout, packed, (n, k), None, eye[c:c + 1], {**GEMV, "ROUND": False, "SPLIT_K": 1})[0]
+                         for c in cols], 1)
+    assert torch.equal(y, want[:, cols]), f"{int((y != want[:, cols]).sum())} weights differ"
+
+
 @pytest.mark.parametrize("fmt_name,layout_name,n,k,m,cfg,params", [
     ("w8a16", "i8_t64x64", 192, 576, 1, GEMV, {}),
     ("w8a16", "i8_t16x64", 17, 576, 33, TC, {}),
     ("fp8", "fp8_t16x64_upcast", 192, 576, 1, GEMV, {"per_tensor": True}),
     ("fp8", "fp8_t16x64_upcast", 17, 576, 3, TC, {}),
     ("w8a16", "i8_t64x64", 192, 576, 3, {**TC, "PLANES": True}, {}),
-    ("w8a16", "i8_t16x64", 17, 576, 33, {"kernel": "dq_mm"}, {}),
-    ("fp8", "fp8_t16x64_upcast", 17, 576, 3, {"kernel": "dq_mm"}, {"per_tensor": True}),
+    ("w8a16", "i8_t16x64", 17, 576, 129, None, {}),                       # the large-M default
+    ("fp8", "fp8_t16x64_upcast", 17, 576, 129, None, {"per_tensor": True}),
 ])
 def test_8bit_weight_only(fmt_name, layout_name, n, k, m, cfg, params):
+    if cfg is None:
+        assert dispatch.resolve_config(layout_name, get_format(fmt_name, **params), n, k, m, torch.device("cpu"))["kernel"] == "tc"
     fmt, layout, _, packed, b, gen = _case(fmt_name, layout_name, n, k, m + n, **params)
     _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).bfloat16(), cfg)
 
@@ -164,7 +209,7 @@ def test_config_lookup_buckets_and_overrides(monkeypatch):
     cfg = lambda n, k, m, over=None: dispatch.resolve_config("w4_t64x64", fmt, n, k, m, torch.device("cpu"), over)  # noqa: E731
     assert cfg(8, 128, 1)["BN"] == 16
     assert cfg(8, 128, 2)["BM"] == 64                                   # the next bucket up
-    assert cfg(8, 128, 5000)["kernel"] == "dq_mm"                       # past the last: the family default
+    assert cfg(8, 128, 5000)["kernel"] == "tc" and cfg(8, 128, 5000)["BM"] == 128  # past the last: the family default
     assert cfg(4096, 4096, 3)["BM"] == 16 and "bogus" not in cfg(4096, 4096, 3)
     assert cfg(4096, 4096, 40)["BM"] == 64                              # past the shape's buckets: the default's
     assert cfg(4096, 4096, 3, {"BM": 32, "BLOCK_N": 7})["BM"] == 32

@@ -91,10 +91,10 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     split = max(1, min(int(split_k), k // GROUP))
     n_blocks = -(-nt * tn // 64)
     ws, cnt = splitk_buffers(x2.device, m, n, n_blocks, split)
-    sz = packed.get("szeros")
+    zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     ptr = lambda t: ctypes.c_void_p(t.data_ptr()) if t is not None else ctypes.c_void_p(0)  # noqa: E731
     rc = library(x2.device).turbopack_w4_decode(
-        ptr(x2), ptr(qw), ptr(s), ptr(sz), ptr(bias), ptr(y), ptr(ws), ptr(cnt),
+        ptr(x2), ptr(qw), ptr(s), ptr(zeros), ptr(bias), ptr(y), ptr(ws), ptr(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, x2.stride(0), split,
         ctypes.c_void_p(torch.cuda.current_stream(x2.device).cuda_stream))
     if rc != 0:

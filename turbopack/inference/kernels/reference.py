@@ -52,9 +52,8 @@ def pack_w4(q: dict[str, torch.Tensor], tile_n: int) -> dict[str, torch.Tensor]:
         return p.view(n_pad // tile_n, tile_n, -1).transpose(1, 2).contiguous()
 
     out = {"qweight": words, "scales": tile_groups(s)}
-    if "zeros" in q:
-        sz = (-(q["zeros"].float() * s.float()) + 0.0).to(s.dtype)
-        out["szeros"] = tile_groups(sz)
+    if "zeros" in q:  # the uint8 zero points as they are, tiled like the scales (layout v2)
+        out["zeros"] = tile_groups(q["zeros"])
     return out
 
 
@@ -75,17 +74,14 @@ def pack_bytes(qweight: torch.Tensor, scales: torch.Tensor, tile_n: int, tile_k:
 # -- float64 references of the contracts, computed from the arch-neutral tensors -----------------
 
 def w4_weight16(q: dict[str, torch.Tensor], act: torch.dtype) -> torch.Tensor:
-    """w16 = act(fp32(q*s + szeros)) (sym: act((q-8)*s)) as [N, K] in ``act``."""
+    """w16 = act((q - z)*s) (sym: z = 8) as [N, K] in ``act``: the contract's fp32
+    fma(q, s, -(z*s)) is exactly (q - z)*s, so the reference computes it directly."""
     codes = w4_codes(q["qweight"]).float()
     n, k = codes.shape
     s = q["scales"].float()
     group = k // s.shape[1]
-    s_full = s.repeat_interleave(group, 1)
-    if "zeros" in q:
-        sz = (-(q["zeros"].float() * s) + 0.0).to(q["scales"].dtype).float().repeat_interleave(group, 1)
-        w = codes * s_full + sz          # codes*s is exact in fp32: one rounding, as the fma
-    else:
-        w = (codes - 8) * s_full
+    z = q["zeros"].float() if "zeros" in q else torch.full_like(s, 8.0)
+    w = (codes - z.repeat_interleave(group, 1)) * s.repeat_interleave(group, 1)
     return w.to(act)
 
 

@@ -20,9 +20,9 @@ _GEMV = [(16, 256, 2, 1), (16, 512, 4, 1), (32, 256, 4, 1), (32, 512, 4, 2), (64
          (32, 128, 4, 3), (64, 256, 8, 3)]
 #: (BN, BK, num_warps, num_stages) for tensor-core decode (BM = 16..64)
 _TC_SMALL = [(64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 2), (32, 128, 4, 3)]
-#: (BN, BM, BK, num_warps, num_stages) for prefill
-_TC_LARGE = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 2), (256, 128, 128, 8, 3), (128, 128, 64, 4, 4),
-             (64, 256, 128, 4, 3), (128, 64, 128, 4, 4)]
+#: (BN, BM, BK, num_warps, num_stages) for prefill (the first is weight_only.default_config's)
+_TC_LARGE = [(128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 128, 8, 2), (256, 128, 128, 8, 3),
+             (128, 128, 64, 4, 4), (64, 256, 128, 4, 3), (128, 64, 128, 4, 4)]
 #: int8 GEMM: (BM, BN, BK, num_warps, num_stages)
 _I8_SMALL = [(16, 32, 256, 4, 4), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4), (16, 64, 512, 4, 2),
              (16, 128, 256, 8, 3)]
@@ -69,8 +69,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
             bn, bk, w, st = _TC_SMALL[0]
             s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
             out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st, "PLANES": True})
-    else:
-        out.append({"kernel": "dq_mm"})
+    else:  # tensor cores on the packed layout only (no dequantize-then-cuBLAS candidate, by rule)
         for bn, bm, bk, w, st in _TC_LARGE:
             blocks = math.ceil(n / bn) * math.ceil(m / bm)
             for s in ([1, 2] if blocks < sms else [1]):

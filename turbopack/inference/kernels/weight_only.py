@@ -10,16 +10,19 @@ share a row block's K range (epilogue.finish reduces them without extra launches
 
 Decoding without int->float conversions (those run at quarter rate): a code at mantissa bit P of
 a float whose exponent is 2^(23-P) reads as ``2^(23-P) + q``. For w4 the nibbles are brought to
-bits 8, 12 or 16 (one shift of the word serves three nibbles), so one AND|OR gives the float and
-one fma gives the contract's weight: ``fma(2^(23-P) + q, s, c_P)`` with ``c_P = sz - 2^(23-P)*s``
-(asym) or ``-(2^(23-P) + 8)*s`` (sym) equals ``fma(q, s, sz)`` / ``(q-8)*s`` bit for bit, because
-c_P is exact in fp32 for bf16 scales (fp16 asym takes the two-op form, TWO_STEP). The eight
-per-element tensors are interleaved back to natural k order with tl.join + reshape, so the
+bits 11..19 (``w << 11``, ``w``, ``w >> 9``: two shifts per word), so one AND|OR gives the float
+and one fma gives the contract's weight: per group, in fp32, ``zs = -(z*s)`` (the uint8 zero
+point; sym z = 8) and ``c_P = zs - 2^(23-P)*s``; per element ``fma(2^(23-P) + q, s, c_P)``. That
+is ``(q - z)*s`` bit for bit for bf16 *and* fp16 scales: z*s and c_P = -(2^(23-P) + z)*s are exact
+(<= 13 x 11 significant bits for P >= 11), and the fma rounds an exactly representable value. The
+eight per-element tensors are interleaved back to natural k order with tl.join + reshape, so the
 activations are read contiguously.
 
-Two program shapes:
+Two program shapes (and nothing else: the kernels read the packed layouts directly, never a
+dequantized copy of the weights handed to cuBLAS):
   tc    Y^T[BN, BM] += W16[BN, KS] @ X^T[KS, BM] on tensor cores (W the A operand, as the sm90
-        layout intends); W16 = the contract's act-dtype weight. BM >= 16, tokens masked.
+        layout intends); W16 = the contract's act-dtype weight. BM >= 16, tokens masked; every M
+        from 2 up, prefill included.
   gemv  M == 1: fp32 FMAs, acc[BN, KS] += w * x, reduced once at the end. ROUND=False skips the
         contract's rounding of w to 16 bits (the sum then differs from the contract by that
         rounding only, ~1e-3 relative; it is more exact, not less).
@@ -40,19 +43,15 @@ CODES_PER_LOAD = {W4: 8, I8: 4, FP8: 1}
 if triton is not None:
 
     @triton.jit
-    def _nib(src, P: tl.constexpr, s, c, sz, TWO_STEP: tl.constexpr):
+    def _nib(src, P: tl.constexpr, s, zs):
+        """The nibble at bit P of src -> (q - z)*s: one lop3 and one fma (c folds per group)."""
         f = ((src & (15 << P)) | ((150 - P) << 23)).to(tl.float32, bitcast=True)  # 2^(23-P) + q
-        if TWO_STEP:
-            w = tl.fma(f - (1 << (23 - P)) * 1.0, s, sz)
-        else:
-            w = tl.fma(f, s, c)
-        return w
+        return tl.fma(f, s, zs - (1 << (23 - P)) * s)
 
     @triton.jit
-    def _w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN: tl.constexpr, KS: tl.constexpr,
-                   ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+    def _w4_planes(QW, S, Z, row_w, row_s, rok, t, TN: tl.constexpr, KS: tl.constexpr, ASYM: tl.constexpr):
         """Group t of BN rows -> eight fp32 [BN, KS/8] planes, plane e = elements k = 8*word + e
-        (the contract's weight before the 16-bit rounding)."""
+        (the contract's weight (q - z)*s, exact, before the 16-bit rounding)."""
         WPG: tl.constexpr = KS // 8
         kw = tl.arange(0, WPG)
         col = (kw // 8) * (TN * 8) + (kw % 8)
@@ -62,22 +61,20 @@ if triton is not None:
             base = (t // 2) * (TN * 8) + (t % 2) * 4
         w = tl.load(QW + row_w[:, None] + base + col[None, :], mask=rok[:, None], other=0)
         s = tl.load(S + row_s + t * TN, mask=rok, other=0.0).to(tl.float32)[:, None]
-        if ASYM:
-            sz = tl.load(SZ + row_s + t * TN, mask=rok, other=0.0).to(tl.float32)[:, None]
-            c8 = sz - 32768.0 * s
-            c12 = sz - 2048.0 * s
-            c16 = sz - 128.0 * s
+        if ASYM:  # the uint8 zero points, same tiling as the scales
+            z = tl.load(Z + row_s + t * TN, mask=rok, other=0).to(tl.float32)[:, None]
         else:
-            sz = s
-            c8 = -32776.0 * s
-            c12 = -2056.0 * s
-            c16 = -136.0 * s
-        lo = w << 8    # e0 -> bit 8, e2 -> 12
-        hi = w >> 12   # e3 -> 8, e5 -> 12, e7 -> 16 (e4, e6, e1 already sit at 8, 12, 16)
-        return (_nib(lo, 8, s, c8, sz, TWO_STEP), _nib(w, 16, s, c16, sz, TWO_STEP),
-                _nib(lo, 12, s, c12, sz, TWO_STEP), _nib(hi, 8, s, c8, sz, TWO_STEP),
-                _nib(w, 8, s, c8, sz, TWO_STEP), _nib(hi, 12, s, c12, sz, TWO_STEP),
-                _nib(w, 12, s, c12, sz, TWO_STEP), _nib(hi, 16, s, c16, sz, TWO_STEP))
+            z = 8.0
+        zs = -(z * s)  # once per group and row: exact in fp32 (4 x <= 11 significant bits)
+        # Nibble p sits at bit 4p. These two shifts put every nibble at bit P in 11..19, where
+        # 2^(23-P) + z has <= 13 significant bits, so c_P = -(2^(23-P) + z)*s stays exact in fp32
+        # for fp16 scales too (P = 8 would need 16 + 11 bits).
+        lo = w << 11   # e0 (nibble 0) -> bit 11, e2 (1) -> 15, e4 (2) -> 19
+        hi = w >> 9    # e3 (nibble 5) -> bit 11, e5 (6) -> 15, e7 (7) -> 19
+        return (_nib(lo, 11, s, zs), _nib(w, 16, s, zs),   # e6 (nibble 3) and e1 (4) already
+                _nib(lo, 15, s, zs), _nib(hi, 11, s, zs),  # sit at bits 12 and 16
+                _nib(lo, 19, s, zs), _nib(hi, 15, s, zs),
+                _nib(w, 12, s, zs), _nib(hi, 19, s, zs))
 
     @triton.jit
     def _i8_planes(QW, row_w, rok, t, TN: tl.constexpr):
@@ -132,11 +129,11 @@ if triton is not None:
         return tl.load(X + k0 + o, mask=k0 + o < k_end, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _w16(QW, S, SZ, row_w, row_s, rok, t, DT: tl.constexpr, KIND: tl.constexpr, TN: tl.constexpr,
-             KS: tl.constexpr, BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
+    def _w16(QW, S, Z, row_w, row_s, rok, t, DT: tl.constexpr, KIND: tl.constexpr, TN: tl.constexpr,
+             KS: tl.constexpr, BN: tl.constexpr, ASYM: tl.constexpr):
         """Step t as the contract's 16-bit weights [BN, KS] in natural k order."""
         if KIND == 0:
-            w = tl.reshape(_join8(_round8(_w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN, KS, ASYM, TWO_STEP), DT)), (BN, KS))
+            w = tl.reshape(_join8(_round8(_w4_planes(QW, S, Z, row_w, row_s, rok, t, TN, KS, ASYM), DT)), (BN, KS))
         elif KIND == 1:
             w = tl.reshape(_join4(_round4(_i8_planes(QW, row_w, rok, t, TN), DT)), (BN, 64))
         else:
@@ -186,9 +183,9 @@ if triton is not None:
         return lo, tl.minimum(lo + per, n_steps)
 
     @triton.jit
-    def tc_kernel(X, QW, S, SZ, BIAS, Y, WS, CNT, M, N, NP, K, KT, KGP, stride_xm, stride_ym,
+    def tc_kernel(X, QW, S, Z, BIAS, Y, WS, CNT, M, N, NP, K, KT, KGP, stride_xm, stride_ym,
                   KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                  SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr,
+                  SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr,
                   SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, PLANES: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -203,7 +200,7 @@ if triton is not None:
                 t = t0 + i
                 rok = rmask & ((rn * 0 + t) < t_hi)  # (a vector compare: the interpreter mis-types scalar masks)
                 if PLANES and KIND == 0:  # eight dots against stride-8 activations: no re-interleave
-                    p = _w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN, KS, ASYM, TWO_STEP)
+                    p = _w4_planes(QW, S, Z, row_w, row_s, rok, t, TN, KS, ASYM)
                     for e in tl.static_range(8):
                         acc = _plane_dot(p[e], X, rm, M, stride_xm, t * KS, e, 8, k_end, acc, DOT_F32)
                 elif PLANES and KIND == 1:
@@ -211,7 +208,7 @@ if triton is not None:
                     for e in tl.static_range(4):
                         acc = _plane_dot(p[e], X, rm, M, stride_xm, t * KS, e, 4, k_end, acc, DOT_F32)
                 else:
-                    w = _w16(QW, S, SZ, row_w, row_s, rok, t, X.dtype.element_ty, KIND, TN, KS, BN, ASYM, TWO_STEP)
+                    w = _w16(QW, S, Z, row_w, row_s, rok, t, X.dtype.element_ty, KIND, TN, KS, BN, ASYM)
                     k = t * KS + kk
                     xt = tl.load(X + rm[None, :] * stride_xm + k[:, None], mask=(rm[None, :] < M) & (k[:, None] < k_end), other=0.0)
                     acc = mma(w, xt, acc, DOT_F32)
@@ -219,9 +216,9 @@ if triton is not None:
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
 
     @triton.jit
-    def gemv_kernel(X, QW, S, SZ, BIAS, Y, WS, CNT, N, NP, K, KT, KGP,
+    def gemv_kernel(X, QW, S, Z, BIAS, Y, WS, CNT, N, NP, K, KT, KGP,
                     KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr,
-                    SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr,
+                    SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr,
                     SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROUND: tl.constexpr):
         pid_n = tl.program_id(0)
         rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
@@ -239,7 +236,7 @@ if triton is not None:
                 rok = rmask & ((rn * 0 + t) < t_hi)  # (a vector compare: the interpreter mis-types scalar masks)
                 xv = _x_like(X, t * KS, k_end, KIND, KS)
                 if KIND == 0:
-                    p = _w4_planes(QW, S, SZ, row_w, row_s, rok, t, TN, KS, ASYM, TWO_STEP)
+                    p = _w4_planes(QW, S, Z, row_w, row_s, rok, t, TN, KS, ASYM)
                     if ROUND:
                         p = _round8(_round8(p, X.dtype.element_ty), tl.float32)
                     w = _join8(p)
@@ -258,32 +255,20 @@ if triton is not None:
         _epilogue(acc, rn, tl.arange(0, 1), 1, N, S, BIAS, Y, WS, CNT, 0, pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
 
-    @triton.jit
-    def dequant_kernel(QW, S, SZ, W16, N, NP, K, KT, KGP, KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr,
-                       BN: tl.constexpr, ASYM: tl.constexpr, TWO_STEP: tl.constexpr):
-        """W16 [N, K] = the contract's 16-bit weights (8-bit kinds: the exact codes, unscaled)."""
-        rn, rmask, row_w, row_s = _rows(tl.program_id(0), NP, KT, KGP, KIND, TN, BN)
-        t = tl.program_id(1)
-        w = _w16(QW, S, SZ, row_w, row_s, rmask, t, W16.dtype.element_ty, KIND, TN, KS, BN, ASYM, TWO_STEP)
-        k = t * KS + tl.arange(0, KS)
-        tl.store(W16 + rn[:, None].to(tl.int64) * K + k[None, :], w, mask=(rn[:, None] < N) & (k[None, :] < K))
-
 
 # -- launching ------------------------------------------------------------------------------------
 
 
 def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> dict:
     """Untuned fallback (configs/<arch>.json overrides it per shape): GEMV at M=1, tensor cores
-    up to M=512, dequantize + cuBLAS from 1024 (run 1: the Triton mixed GEMM reached only ~380
-    TFLOP/s at M=2048); split K until ~4 programs per SM."""
+    from M=2 (prefill included: the packed weights are read directly, never dequantized for
+    cuBLAS); split K until ~4 programs per SM for small M."""
     if m == 1:
         cfg = {"kernel": "gemv", "BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2, "ROUND": False}
     elif m <= 64:
         cfg = {"kernel": "tc", "BN": 64, "BM": max(16, triton.next_power_of_2(m)), "BK": 128, "num_warps": 4, "num_stages": 3}
-    elif m < 1024:
-        cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
     else:
-        return {"kernel": "dq_mm"}
+        cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
     if "SPLIT_K" not in cfg:
         blocks = math.ceil(n / cfg["BN"]) * math.ceil(m / cfg.get("BM", 1))
         iters = math.ceil(math.ceil(k / ks) / max(1, cfg["BK"] // ks))
@@ -299,10 +284,10 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     n, k = shape
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     s = packed["scales"]
-    sz, kgp, ks = s, 1, 64
+    zp, kgp, ks = s, 1, 64   # (zp: a placeholder pointer where there are no zero points)
     if kind == W4:
         ks, kgp = group, s.shape[1]
-        sz = packed.get("szeros", s)
+        zp = packed.get("zeros", s)
     else:
         qw = qw.view(torch.int32) if kind == I8 else qw.view(torch.uint8)
     m = x2.shape[0]
@@ -316,24 +301,13 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     ws, cnt = splitk_buffers(x2.device, m, n, n_blocks * m_blocks, split)
     b = bias if bias is not None else y
     common = dict(KIND=kind, TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1, ASYM=kind == W4 and not sym,
-                  TWO_STEP=kind == W4 and not sym and s.dtype == torch.float16, SCALAR_SCALE=kind != W4 and s.numel() == 1,
+                  SCALAR_SCALE=kind != W4 and s.numel() == 1,
                   HAS_BIAS=bias is not None, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
-    if cfg["kernel"] == "dq_mm":  # prefill: one dequantizing pass, then cuBLAS
-        w16 = torch.empty(n, k, dtype=x2.dtype, device=x2.device)
-        dequant_kernel[(math.ceil(nt * tn / 64), math.ceil(k / ks))](
-            qw, s, sz, w16, n, nt * tn, k, kt, kgp, KIND=kind, TN=tn, KS=ks, BN=64, ASYM=common["ASYM"],
-            TWO_STEP=common["TWO_STEP"], num_warps=4)
-        if kind == W4:
-            res = torch.nn.functional.linear(x2, w16, bias)
-        else:
-            acc = torch.nn.functional.linear(x2, w16).float() * (s if s.numel() == 1 else s[:n])
-            res = (acc + bias.float() if bias is not None else acc).to(x2.dtype)
-        return y.copy_(res) if out is not None else res
     if gemv:
-        gemv_kernel[(n_blocks, split)](x2, qw, s, sz, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
+        gemv_kernel[(n_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
                                        ROUND=bool(cfg.get("ROUND", True)), **common)
     else:
-        tc_kernel[(n_blocks, m_blocks, split)](x2, qw, s, sz, b, y, ws, cnt, m, n, nt * tn, k, kt, kgp,
+        tc_kernel[(n_blocks, m_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, m, n, nt * tn, k, kt, kgp,
                                                x2.stride(0), y.stride(0), BM=bm, DOT_F32=interpreting(),
                                                PLANES=bool(cfg.get("PLANES", False)) and (kind == I8 or (kind == W4 and ks >= 128)), **common)
     return y

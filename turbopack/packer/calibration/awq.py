@@ -115,26 +115,35 @@ def weight_mean(weights: list[torch.Tensor], grid: Grid) -> torch.Tensor:
 
 @torch.no_grad()
 def search_clip(w: torch.Tensor, x: torch.Tensor, grid: Grid, n_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
-    """``w`` with each quantization group clamped to the shrunk range [-m, m] that minimises the
-    group's output error on tokens ``x`` [T, K] (m = max|w_g| * (1 - i / n_grid))."""
+    """``w`` with each quantization group clamped to the shrunk range that minimises the group's
+    output error on tokens ``x`` [T, K]: [-m, m] with m = max|w_g| * (1 - i / n_grid) for symmetric
+    grids (AWQ's search); for grids with a zero point, whose range need not be centred, both ends
+    are searched (hi * (1 - i / n_grid), lo * (1 - j / n_grid)) over all (i, j) pairs."""
     n, k = w.shape
     g = grid.group_of(k)
     xg = x.float().reshape(x.shape[0], k // g, g).transpose(0, 1)  # [groups, T, G]
     out = torch.empty_like(w, dtype=torch.float32)
     rows = max(1, CLIP_BYTES // (4 * x.shape[0] * (k // g)))
+    steps = range(int(max_shrink * n_grid))
+    pairs = [(i, j) for i in steps for j in steps] if grid.has_zero else [(i, i) for i in steps]
     for r0 in range(0, n, rows):
         wg = w[r0:r0 + rows].float().reshape(-1, k // g, g)  # [rows, groups, G]
-        org_max = wg.abs().amax(-1, keepdim=True)
-        best_max, min_err = org_max.clone(), torch.full(org_max.shape[:2], float("inf"), device=w.device)
-        for i in range(int(max_shrink * n_grid)):
-            m = org_max * (1 - i / n_grid)
-            q = grid.fake(torch.clamp(wg, -m, m).reshape(-1, k)).reshape(wg.shape)
+        if grid.has_zero:
+            hi0, lo0 = wg.amax(-1, keepdim=True).clamp(min=0), wg.amin(-1, keepdim=True).clamp(max=0)
+        else:
+            hi0 = wg.abs().amax(-1, keepdim=True)
+            lo0 = -hi0
+        best_hi, best_lo, min_err = hi0, lo0, torch.full(hi0.shape[:2], float("inf"), device=w.device)
+        for i, j in pairs:
+            hi, lo = hi0 * (1 - i / n_grid), lo0 * (1 - j / n_grid)
+            q = grid.fake(torch.minimum(torch.maximum(wg, lo), hi).reshape(-1, k)).reshape(wg.shape)
             # each group's share of the output error: x_g . (q_g - w_g), one batched matmul per group
             err = torch.bmm(xg, (q - wg).permute(1, 2, 0)).pow(2).mean(1).T  # [rows, groups]
             better = err < min_err
             min_err = torch.where(better, err, min_err)
-            best_max = torch.where(better[..., None], m, best_max)
-        out[r0:r0 + rows] = torch.clamp(wg, -best_max, best_max).reshape(-1, k)
+            best_hi = torch.where(better[..., None], hi, best_hi)
+            best_lo = torch.where(better[..., None], lo, best_lo)
+        out[r0:r0 + rows] = torch.minimum(torch.maximum(wg, best_lo), best_hi).reshape(-1, k)
     return out
 
 

@@ -32,6 +32,11 @@ class Grid:
     qmin: int
     qmax: int
 
+    @property
+    def has_zero(self) -> bool:
+        """Whether groups carry a zero point (their range need not be centred on 0)."""
+        return False
+
     def group_of(self, k: int) -> int:
         return self.group_size or k
 
@@ -61,6 +66,10 @@ class Grid:
 
 
 class Int4Grid(Grid):
+    @property
+    def has_zero(self) -> bool:
+        return not self.fmt.sym
+
     def params(self, w):
         sdt = DTYPES[self.fmt.scale_dtype]
         if self.fmt.sym:

@@ -11,7 +11,9 @@
 // each thread reads 16 contiguous bytes per row and 64 contiguous bytes of x.
 //
 // Numerics: exact (q - z) * s per weight in fp32 (no 16-bit rounding of w), fp32 accumulation;
-// it differs from the w4 contract's act(q*s + szeros) by that rounding only (~1e-3 relative).
+// it differs from the w4 contract's act(fma(q, s, -(z*s))) = act((q - z)*s) by that rounding only
+// (~1e-3 relative). The zero points z are read as stored (layout v2: uint8 codes, tiled like the
+// scales); symmetric weights pass no zeros and use z = 8.
 // Split-K: fp32 atomics into a zeroed workspace plus a per-tile counter; the last CTA of a tile
 // applies bias, stores bf16 and zeroes the workspace and counter again (no extra launch).
 #include <cuda_bf16.h>
@@ -45,7 +47,7 @@ __device__ __forceinline__ uint32_t pair_of(const uint4& w, int p) {
 template <int NTOK>  // 8-token MMA columns: 1 (M <= 8) or 2 (M <= 16)
 __global__ void __launch_bounds__(kWarps * 32)
 w4_decode_kernel(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ qw,
-                 const __nv_bfloat16* __restrict__ scales, const __nv_bfloat16* __restrict__ szeros,
+                 const __nv_bfloat16* __restrict__ scales, const uint8_t* __restrict__ zeros,
                  const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y,
                  float* __restrict__ ws, int* __restrict__ counters,
                  int M, int N, int NP, int K, int KT, int KGP, int TN, int stride_xm, int split_k) {
@@ -115,9 +117,9 @@ w4_decode_kernel(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ 
       const long long sidx = ((long long)tn * KGP + grp) * TN + r0;
       const float s_lo = __bfloat162float(scales[sidx]), s_hi = __bfloat162float(scales[sidx + 8]);
       float z_lo = 8.f, z_hi = 8.f;
-      if (szeros != nullptr) {  // z = round(-szeros / s): exact (see layouts.w4.recover_zeros)
-        z_lo = rintf(-__bfloat162float(szeros[sidx]) / s_lo);
-        z_hi = rintf(-__bfloat162float(szeros[sidx + 8]) / s_hi);
+      if (zeros != nullptr) {  // uint8 zero points, same index as the scales
+        z_lo = static_cast<float>(__ldg(zeros + sidx));
+        z_hi = static_cast<float>(__ldg(zeros + sidx + 8));
       }
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
@@ -180,7 +182,7 @@ w4_decode_kernel(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ 
 
 }  // namespace
 
-extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* szeros,
+extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int stride_xm, int split_k, void* stream) {
   if (M < 1 || M > 16 || K % kChunk != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0) return 1;
@@ -188,7 +190,7 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   auto args = [&](auto kern) {
     kern<<<grid, block, 0, s>>>(static_cast<const __nv_bfloat16*>(x), static_cast<const uint4*>(qw),
-                                static_cast<const __nv_bfloat16*>(scales), static_cast<const __nv_bfloat16*>(szeros),
+                                static_cast<const __nv_bfloat16*>(scales), static_cast<const uint8_t*>(zeros),
                                 static_cast<const __nv_bfloat16*>(bias), static_cast<__nv_bfloat16*>(y),
                                 static_cast<float*>(ws), static_cast<int*>(counters), M, N, NP, K, KT, KGP, TN,
                                 stride_xm, split_k);
