@@ -27,7 +27,8 @@ def test_check_bundled_model_passes(capsys):
     assert "packed sm80, emulator, weights-only upcast" in stages  # fp8 on an arch without FP8 MMA
 
 
-def test_check_table_output(capsys):
+def test_check_table_output(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells at 80 columns when not on a terminal
     rc = main(["check", "--max-windows", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "PASS" in out and "w4a16 g64 asym" in out and "fp8" in out

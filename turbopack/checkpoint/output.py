@@ -43,11 +43,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _newest_file(folder: Path) -> Path | None:
+    with contextlib.suppress(OSError):
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+    return None
+
+
 def os_error_message(e: OSError, out: Path | None = None, tmp: Path | None = None) -> str:
     """One line for an OS error (disk full, no permission): the file (as it will be named under
     ``out``, not the temp dir) and the fix."""
     name = next((f for f in (e.filename2, e.filename) if f and tmp and str(f).startswith(str(tmp))), None)
     writing = name is not None or (tmp is not None and not e.filename)
+    if writing and name is None:
+        name = _newest_file(tmp)  # a write error names no file: the one being written is the newest
     shown = str(name or e.filename or out or "?")
     if tmp is not None and out is not None and shown.startswith(str(tmp)):
         shown = str(Path(out) / Path(shown).relative_to(tmp)) if shown != str(tmp) else str(out)
@@ -81,8 +90,9 @@ def atomic_output(out: Path, force: bool = False) -> Iterator[Path]:
             tmp.rename(out)
         _fsync_dir(out.resolve().parent)
     except OSError as e:
+        message = os_error_message(e, out, tmp)  # before the cleanup: it may look into tmp
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(os_error_message(e, out, tmp)) from e
+        raise CheckpointError(message) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -83,7 +83,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object; the file is corrupt, {FIX}")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointError(f"{path}: __metadata__ must map names to strings; the file is corrupt, {FIX}")
     tensors = _validate_entries(path, header, size - 8 - n)
@@ -94,15 +95,28 @@ def _is_count(v: object) -> bool:
     return type(v) is int and v >= 0  # JSON true/1.0 are not sizes (safetensors rejects them too)
 
 
+def _fits(shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+    """Every partial product of the shape (times the item size) fits in int64, as torch and the
+    safetensors library (which multiplies left to right, checked) need."""
+    size = dtype.itemsize
+    for d in shape:
+        size *= d
+        if size >= 2**63:
+            return False
+    return True
+
+
 def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, TensorEntry]:
     out: dict[str, TensorEntry] = {}
     spans = []
     for name, e in header.items():
         try:
             dtype = TORCH_DTYPES[e["dtype"]]
+            if not isinstance(e["shape"], list) or not isinstance(e["data_offsets"], list):
+                raise TypeError
             shape, offsets = tuple(e["shape"]), tuple(e["data_offsets"])
             begin, end = offsets
-            if not all(map(_is_count, shape + offsets)):
+            if not all(map(_is_count, shape + offsets)) or not _fits(shape, dtype):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry (dtype/shape/data_offsets); the file is corrupt, {FIX}") from None
@@ -118,14 +132,16 @@ def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, Ten
 
 
 def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
-    """Tensors must tile the data section exactly: no overlap, no hole, nothing after the last."""
-    pos, prev = 0, None
+    """Tensors must tile the data section exactly: no overlap (aliases included), no hole, nothing
+    after the last."""
+    for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap; the file is corrupt, {FIX}")
+    pos = 0
     for begin, end, name in spans:
-        if begin < pos:
-            raise CheckpointError(f"{path}: tensors {prev!r} and {name!r} overlap; the file is corrupt, {FIX}")
-        if begin > pos:
+        if begin != pos:
             raise CheckpointError(f"{path}: {begin - pos} unused bytes before tensor {name!r}; the file is corrupt, {FIX}")
-        pos, prev = end, name
+        pos = end
     if pos != data_size:
         raise CheckpointError(f"{path}: {data_size - pos} bytes after the last tensor; the file is corrupt, {FIX}")
 

@@ -20,6 +20,8 @@ from turbopack.checkpoint.safetensors_stream import TensorEntry, read_header
 from turbopack.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_HINT = ("Convert them to safetensors first, where you trust the file (e.g. transformers: "
+               "model.save_pretrained(out, safe_serialization=True))")
 #: Resolvers tried in order for a model spec that is not an existing local folder; each returns a
 #: local folder or None. The Hub integration appends one.
 RESOLVERS: list[Callable[[str], Path | None]] = []
@@ -33,6 +35,8 @@ def resolve_model(spec: str | Path) -> Path:
         found = resolver(str(spec))
         if found is not None:
             return found
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{spec}: a pickle checkpoint; turbopack never unpickles (it can run code). {PICKLE_HINT}")
     if path.exists():
         raise CheckpointError(f"{spec}: expected a model folder (config.json + *.safetensors), got a file")
     raise CheckpointError(f"{spec}: no such model folder; pass a local Hugging Face folder (config.json + *.safetensors)")
@@ -70,10 +74,7 @@ def _shard_files(folder: Path) -> list[Path]:
         return files
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(
-            f"{folder}: only pickle weights ({pickles[0]}); turbopack never unpickles. Convert them to "
-            f"safetensors first (e.g. transformers: model.save_pretrained(out, safe_serialization=True))"
-        )
+        raise CheckpointError(f"{folder}: only pickle weights ({pickles[0]}); turbopack never unpickles (it can run code). {PICKLE_HINT}")
     raise CheckpointError(f"{folder}: no *.safetensors weights found")
 
 

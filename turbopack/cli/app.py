@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="turbopack", standalone_mode=True)
         return 0
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code == 130:  # typer turns Ctrl-C into Exit(130); atomic_output has removed the temp output
+            print("interrupted; no output was left behind", file=sys.stderr)
+        return code
     except TurbopackError as e:
         if os.environ.get("TURBOPACK_DEBUG"):
             raise

@@ -53,7 +53,10 @@ def load_for_eval(folder: Path):
     return model, f"{q.get('format', '?')} {q.get('method', 'rtn')}{extra} (reference math)"
 
 
-def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, max_windows: int | None = None) -> dict:
+def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, max_windows: int | None = None,
+             against: str | Path | None = None) -> dict:
+    """Perplexity of ``model``; with ``against`` (usually the float model it was quantized from) also
+    the mean per-token KL(against || model) and top-1 agreement on the same windows."""
     import torch
 
     from turbopack.checkpoint import resolve_model
@@ -68,12 +71,36 @@ def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, ma
     ids = heldout_ids(folder, text, net.config.vocab)
     if ids.numel() < 2:
         raise TurbopackError(f"{text or 'held-out text'}: fewer than 2 tokens; pass a longer --text")
-    with torch.inference_mode():
-        ppl = perplexity(net, ids, seq_len=seq_len, max_windows=max_windows)
-    windows = ids.numel() // min(seq_len, ids.numel())
+    seq_len = min(seq_len, ids.numel())
+    windows = ids.numel() // seq_len
     windows = min(windows, max_windows) if max_windows else windows
-    return {"model": str(folder), "weights": what, "perplexity": ppl, "seq_len": min(seq_len, ids.numel()),
-            "windows": windows, "tokens": windows * min(seq_len, ids.numel()), "seconds": round(time.perf_counter() - t0, 2)}
+    res = {"model": str(folder), "weights": what, "seq_len": seq_len, "windows": windows, "tokens": windows * seq_len}
+    with torch.inference_mode():
+        if against is None:
+            res["perplexity"] = perplexity(net, ids, seq_len=seq_len, max_windows=max_windows)
+        else:
+            ref, _ = load_for_eval(resolve_model(against))
+            res.update(_compare(net, ref, ids[: windows * seq_len].view(windows, seq_len)), against=str(against))
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
+def _compare(net, ref, windows) -> dict:
+    """Perplexity of both, mean KL(ref || net) per predicted token, and how often their argmax agree."""
+    import math
+
+    import torch
+
+    nll = ref_nll = kl = agree = 0.0
+    for w in windows:  # one at a time, as perplexity() does
+        lp = torch.log_softmax(net(w[None, :-1])[0].float(), -1)
+        lr = torch.log_softmax(ref(w[None, :-1])[0].float(), -1)
+        nll -= lp.gather(-1, w[1:, None]).sum().item()
+        ref_nll -= lr.gather(-1, w[1:, None]).sum().item()
+        kl += (lr.exp() * (lr - lp)).sum().item()
+        agree += (lp.argmax(-1) == lr.argmax(-1)).sum().item()
+    n = windows.shape[0] * (windows.shape[1] - 1)
+    return {"perplexity": math.exp(nll / n), "against_perplexity": math.exp(ref_nll / n), "kl": kl / n, "top1_agreement": agree / n}
 
 
 def eval_cmd(
@@ -81,6 +108,7 @@ def eval_cmd(
     text: Optional[Path] = typer.Option(None, "--text", help="Held-out text (UTF-8, or .jsonl with \"text\"); default: bundled heldout.txt."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window (windows do not overlap)."),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Score at most this many windows."),
+    against: Optional[str] = typer.Option(None, "--against", help="Also report KL divergence and top-1 agreement against this model (e.g. the float one)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Perplexity of MODEL (float or quantized) on held-out text, on the CPU.
@@ -92,13 +120,17 @@ def eval_cmd(
       turbopack eval tiny-w4-gptq --seq-len 256 --json
 
       turbopack eval ./Llama-3-8B-w4 --text wiki.test.txt --max-windows 40
+
+      turbopack eval tiny-w4-awq --against turbopack/assets/tiny-llama
     """
-    res = evaluate(model, text, seq_len, max_windows)
+    res = evaluate(model, text, seq_len, max_windows, against)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
     else:
+        vs = (f"; vs {res['against']}: perplexity {res['against_perplexity']:.4f}, KL {res['kl']:.3e}, "
+              f"top-1 agreement {100 * res['top1_agreement']:.2f}%") if against else ""
         typer.echo(f"{res['model']}: perplexity {res['perplexity']:.4f} ({res['weights']}; {res['windows']} x "
-                   f"{res['seq_len']} tokens, {res['seconds']} s)")
+                   f"{res['seq_len']} tokens, {res['seconds']} s){vs}")
 
 
 def register(app: typer.Typer) -> None:

@@ -85,10 +85,15 @@ def layout_by_name(name):
 
 def _manifest_layout(folder: Path, module: str, info: dict):
     try:
-        return layout_by_name(info.get("layout"))
+        layout = layout_by_name(info.get("layout"))
     except UnknownNameError as e:
         raise CheckpointError(f"{folder / MANIFEST_NAME}: {module}: {e}; this folder was packed by another turbopack: "
                               f"use that version, or re-pack with this one") from None
+    if info.get("layout_version", layout.version) != layout.version:
+        raise CheckpointError(f"{folder / MANIFEST_NAME}: {module} is packed as {layout.name.value} version "
+                              f"{info['layout_version']}, this turbopack reads version {layout.version}; re-pack the "
+                              f"arch-neutral folder with `turbopack pack`")
+    return layout
 
 
 # --- planning: which backend and layout for each module --------------------------------------

@@ -68,7 +68,7 @@ class ModelConfig:
             cfg = cls._from_hf(hf)
         except KeyError as e:
             raise CheckpointError(f"config.json: no {e.args[0]!r}; fix config.json or re-download the model") from None
-        except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        except (TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as e:
             raise CheckpointError(f"config.json: a value has the wrong type ({str(e)[:120]}); fix config.json or re-download the model") from None
         ints = {"vocab_size": cfg.vocab, "hidden_size": cfg.hidden, "intermediate_size": cfg.intermediate,
                 "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,

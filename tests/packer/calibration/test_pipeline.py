@@ -167,3 +167,13 @@ def test_cuda_calibration_matches_cpu(calib_model, calib_text, tmp_path, method)
     for name in a.modules:  # float32 math differs in summation order only: codes agree almost everywhere
         wa, wb = a.module(name).dequantize(), b.module(name).dequantize()
         assert (wa != wb).float().mean() < 0.02, name
+
+
+def test_eval_against_reports_kl(calib_model, calib_text, rtn_w4):
+    from turbopack.cli.eval_cmd import evaluate
+
+    same = evaluate(calib_model, calib_text, seq_len=32, max_windows=2, against=calib_model)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
+    assert same["perplexity"] == pytest.approx(evaluate(calib_model, calib_text, seq_len=32, max_windows=2)["perplexity"], rel=1e-5)
+    q = evaluate(rtn_w4, calib_text, seq_len=32, max_windows=2, against=calib_model)
+    assert q["kl"] > 1e-6 and q["against_perplexity"] == pytest.approx(same["perplexity"], rel=1e-5)

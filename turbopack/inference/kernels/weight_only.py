@@ -10,10 +10,10 @@ share a row block's K range (epilogue.finish reduces them without extra launches
 
 Decoding without int->float conversions (those run at quarter rate): a code at mantissa bit P of
 a float whose exponent is 2^(23-P) reads as ``2^(23-P) + q``. For w4 the nibbles are brought to
-bits 11..19 (``w << 11``, ``w``, ``w >> 9``: two shifts per word), so one AND|OR gives the float
-and one fma gives the contract's weight: per group, in fp32, ``zs = -(z*s)`` (the uint8 zero
-point; sym z = 8) and ``c_P = zs - 2^(23-P)*s``; per element ``fma(2^(23-P) + q, s, c_P)``. That
-is ``(q - z)*s`` bit for bit for bf16 *and* fp16 scales: z*s and c_P = -(2^(23-P) + z)*s are exact
+bits 11, 15 or 19 (``w << 11``, ``w >> 1``, ``w >> 13``), so one AND|OR gives the float and one
+fma gives the contract's weight: per group, in fp32, ``zs = -(z*s)`` (the uint8 zero point; sym
+z = 8) and ``c_P = zs - 2^(23-P)*s``; per element ``fma(2^(23-P) + q, s, c_P)``. That is
+``(q - z)*s`` bit for bit for bf16 *and* fp16 scales: z*s and c_P = -(2^(23-P) + z)*s are exact
 (<= 13 x 11 significant bits for P >= 11), and the fma rounds an exactly representable value. The
 eight per-element tensors are interleaved back to natural k order with tl.join + reshape, so the
 activations are read contiguously.
@@ -43,10 +43,10 @@ CODES_PER_LOAD = {W4: 8, I8: 4, FP8: 1}
 if triton is not None:
 
     @triton.jit
-    def _nib(src, P: tl.constexpr, s, zs):
-        """The nibble at bit P of src -> (q - z)*s: one lop3 and one fma (c folds per group)."""
+    def _nib(src, P: tl.constexpr, s, c):
+        """The nibble at bit P of src -> (q - z)*s: one lop3 and one fma (c = -(2^(23-P) + z)*s)."""
         f = ((src & (15 << P)) | ((150 - P) << 23)).to(tl.float32, bitcast=True)  # 2^(23-P) + q
-        return tl.fma(f, s, zs - (1 << (23 - P)) * s)
+        return tl.fma(f, s, c)
 
     @triton.jit
     def _w4_planes(QW, S, Z, row_w, row_s, rok, t, TN: tl.constexpr, KS: tl.constexpr, ASYM: tl.constexpr):
@@ -66,15 +66,19 @@ if triton is not None:
         else:
             z = 8.0
         zs = -(z * s)  # once per group and row: exact in fp32 (4 x <= 11 significant bits)
-        # Nibble p sits at bit 4p. These two shifts put every nibble at bit P in 11..19, where
-        # 2^(23-P) + z has <= 13 significant bits, so c_P = -(2^(23-P) + z)*s stays exact in fp32
-        # for fp16 scales too (P = 8 would need 16 + 11 bits).
-        lo = w << 11   # e0 (nibble 0) -> bit 11, e2 (1) -> 15, e4 (2) -> 19
-        hi = w >> 9    # e3 (nibble 5) -> bit 11, e5 (6) -> 15, e7 (7) -> 19
-        return (_nib(lo, 11, s, zs), _nib(w, 16, s, zs),   # e6 (nibble 3) and e1 (4) already
-                _nib(lo, 15, s, zs), _nib(hi, 11, s, zs),  # sit at bits 12 and 16
-                _nib(lo, 19, s, zs), _nib(hi, 15, s, zs),
-                _nib(w, 12, s, zs), _nib(hi, 19, s, zs))
+        # Nibble p sits at bit 4p; three shifts put every nibble at bit P = 11, 15 or 19, where
+        # 2^(23-P) + z has <= 13 significant bits, so c_P = zs - 2^(23-P)*s = -(2^(23-P) + z)*s
+        # is exact in fp32 for fp16 scales too (the old P = 8 needed 16 + 11 bits). Three P values
+        # = three c_P per group; two shifts would give five (sm_90 GEMV, BN=32 G=128 SPI=2: 744
+        # SASS instructions per loop against 728).
+        c11 = zs - 4096.0 * s
+        c15 = zs - 256.0 * s
+        c19 = zs - 16.0 * s
+        lo = w << 11   # nibbles 0, 1, 2 (e0, e2, e4) -> bits 11, 15, 19
+        mid = w >> 1   # nibbles 3, 4, 5 (e6, e1, e3) -> bits 11, 15, 19
+        hi = w >> 13   # nibbles 6, 7    (e5, e7)     -> bits 11, 15
+        return (_nib(lo, 11, s, c11), _nib(mid, 15, s, c15), _nib(lo, 15, s, c15), _nib(mid, 19, s, c19),
+                _nib(lo, 19, s, c19), _nib(hi, 11, s, c11), _nib(mid, 11, s, c11), _nib(hi, 15, s, c15))
 
     @triton.jit
     def _i8_planes(QW, row_w, rok, t, TN: tl.constexpr):
