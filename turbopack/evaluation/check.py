@@ -1,11 +1,13 @@
 """`turbopack check`: the whole path on a model, with numbers and pass/fail.
 
-For every format (RTN): quantize the model into a temp folder and run the reference model with
-the quantized weights (the format's own math, incl. W8A8/FP8 activation quantization) on
-held-out text; compare perplexity with the unquantized model (threshold: allowed relative
-increase). Then pack that folder for each architecture and run the packed bytes through the
-CPU emulator of the layout, which reads them as that arch's kernel does; those rows compare
-logits with the reference of the same quantized weights (threshold: relative error).
+For every format and method (RTN; AWQ, GPTQ and SmoothQuant on the bundled calibration text):
+quantize the model into a temp folder and run the reference model with the quantized weights
+(the format's own math, incl. W8A8/FP8 activation quantization) on held-out text; compare with
+the unquantized model: perplexity (threshold: allowed relative increase), and, reported beside
+it, the per-token KL divergence and top-1 agreement (turbopack.evaluation.metrics). Then pack
+that folder for each architecture and run the packed bytes through the CPU emulator of the
+layout, which reads them as that arch's kernel does; those rows compare logits with the
+reference of the same quantized weights (threshold: relative error).
 (GPU-kernel rows are future work: issue 4.)
 """
 
@@ -18,11 +20,16 @@ from pathlib import Path
 
 import torch
 
+from turbopack.evaluation.metrics import Reference, compare, heldout_ids, windows_of
 from turbopack.formats import format_from_params, get_format
 from turbopack.inference.loader import load
-from turbopack.inference.perplexity import perplexity
 from turbopack.packer.pack import pack
 from turbopack.packer.quantize import quantize
+
+
+#: Calibration for check's AWQ/GPTQ/SmoothQuant rows: 32 windows of 256 tokens of the bundled
+#: calibration text (a quarter of `quantize`'s default 128 x 512 tokens), to keep check short.
+CHECK_CALIB = {"calib_samples": 32, "calib_seqlen": 256, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -31,18 +38,46 @@ class CheckCase:
     format: str
     params: dict
     max_ppl_increase_pct: float
+    method: str = "rtn"
+    smooth: bool = False
 
+    @property
+    def stage(self) -> str:
+        return f"{self.method}{'+smooth' if self.smooth else ''}, reference math"
+
+    def quantize_kwargs(self) -> dict:
+        calibrated = self.method != "rtn" or self.smooth
+        return {**self.params, "method": self.method, "smooth": self.smooth, **(CHECK_CALIB if calibrated else {})}
+
+
+W4_ASYM, W4_SYM = {"group_size": 64}, {"group_size": 64, "sym": True}
 
 # Thresholds (relative perplexity increase over bf16): int8 is near-lossless, e4m3 keeps 3
-# mantissa bits, int4 loses most. Measured on the bundled model (64 windows, 2026-11-25):
-# w4 asym +0.03%, w4 sym +0.33%, w8a16 -0.00%, w8a8 +0.03%, fp8 +0.07%.
+# mantissa bits, int4 loses most. Measured on the bundled model (64 windows, 2026-12-03, 1200-step
+# model): w4 asym +0.08%, w4 sym -0.15%, w8a16 +0.00%, w8a8 +0.04%, fp8 -0.01%; the calibrated
+# rows are in docs/quality.md. A calibrated row has its format's threshold.
 CASES = (
-    CheckCase("w4a16 g64 asym", "w4a16", {"group_size": 64}, 2.0),
-    CheckCase("w4a16 g64 sym", "w4a16", {"group_size": 64, "sym": True}, 3.0),
+    CheckCase("w4a16 g64 asym", "w4a16", W4_ASYM, 2.0),
+    CheckCase("w4a16 g64 asym", "w4a16", W4_ASYM, 2.0, method="awq"),
+    CheckCase("w4a16 g64 asym", "w4a16", W4_ASYM, 2.0, method="gptq"),
+    CheckCase("w4a16 g64 sym", "w4a16", W4_SYM, 3.0),
+    CheckCase("w4a16 g64 sym", "w4a16", W4_SYM, 3.0, method="gptq"),
     CheckCase("w8a16", "w8a16", {}, 0.5),
     CheckCase("w8a8", "w8a8", {}, 0.5),
+    CheckCase("w8a8", "w8a8", {}, 0.5, smooth=True),
     CheckCase("fp8", "fp8", {}, 1.0),
 )
+METHODS = ("rtn", "awq", "gptq", "smooth")
+
+
+def select_cases(methods: tuple[str, ...] = METHODS) -> tuple[CheckCase, ...]:
+    """The cases whose method (``smooth`` for SmoothQuant) is in ``methods``."""
+    from turbopack.errors import TurbopackError
+
+    bad = sorted(set(methods) - set(METHODS))
+    if bad:
+        raise TurbopackError(f"--methods {','.join(bad)}: unknown; choose from {', '.join(METHODS)}")
+    return tuple(c for c in CASES if ("smooth" if c.smooth else c.method) in methods)
 
 
 #: Packed rows: the same quantized weights through each arch's layout (emulator or kernels) vs
@@ -61,6 +96,9 @@ class CheckRow:
     bits_per_weight: float
     size_mb: float
     ppl: float | None
+    kl: float | None     # reference rows: mean per-token KL(bf16 || quantized)
+    top1: float | None   # reference rows: top-1 agreement with bf16
+    stderr: float | None  # reference rows: standard error of the ppl change over windows, %
     metric: str          # "ppl vs bf16 %" (reference rows) or "logits vs reference %" (packed rows)
     value: float
     threshold: float
@@ -84,34 +122,13 @@ class CheckReport:
                 "rows": [asdict(r) for r in self.rows]}
 
 
-def heldout_ids(model_dir: Path, text: Path | None = None) -> torch.Tensor:
-    """Held-out token ids: the bundled pre-tokenized ids, or ``text`` tokenized with the model's tokenizer."""
-    from turbopack.assets import bundled_text
-
-    ids_file = model_dir / "heldout_ids.safetensors"
-    if text is None and ids_file.exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(ids_file))["input_ids"].long()
-    from tokenizers import Tokenizer
-
-    from turbopack.errors import CheckpointError
-
-    tok_file = model_dir / "tokenizer.json"
-    if not tok_file.exists():
-        raise CheckpointError(f"{model_dir}: no tokenizer.json to tokenize the evaluation text; pass a model with one")
-    src = text or bundled_text("heldout.txt")
-    return torch.tensor(Tokenizer.from_file(str(tok_file)).encode(Path(src).read_text()).ids, dtype=torch.long)
-
-
 def _size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e6
 
 
-def _logits(model, ids: torch.Tensor, seq_len: int, windows: int) -> torch.Tensor:
-    n = min(windows, len(ids) // seq_len)
+def _logits(model, windows: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.cat([model(ids[i * seq_len:(i + 1) * seq_len][None]).float() for i in range(n)])
+        return torch.cat([model(w[None]).float() for w in windows])
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -124,49 +141,46 @@ def run_check(model: str | Path | None = None, cases: tuple[CheckCase, ...] = CA
     from turbopack.assets import bundled_model_dir
 
     model_dir = Path(model) if model is not None else bundled_model_dir()
-    ids = heldout_ids(model_dir, text)
-    ref = load(model_dir, device="cpu", dtype=torch.float32).model
-    with torch.inference_mode():
-        base = perplexity(ref, ids, seq_len=seq_len, max_windows=max_windows)
-    tokens = min(len(ids) // seq_len, max_windows or 10**9) * seq_len
-    report = CheckReport(str(model_dir), tokens, base)
+    ref_model = load(model_dir, device="cpu", dtype=torch.float32).model
+    windows = windows_of(heldout_ids(model_dir, text, ref_model.config.vocab), seq_len, max_windows)
+    ref = Reference(ref_model, windows)
+    report = CheckReport(str(model_dir), windows.numel(), ref.perplexity)
     with tempfile.TemporaryDirectory(prefix="turbopack-check-") as tmp:
-        for case in cases:
-            report.rows += _check_case(model_dir, Path(tmp), case, ids, base, seq_len, max_windows, archs,
-                                       min(logit_windows, max_windows or logit_windows))
+        for i, case in enumerate(cases):
+            out = Path(tmp) / f"{i}-{case.label.replace(' ', '-')}-{case.method}"
+            report.rows += _check_case(model_dir, out, case, ref, archs, windows[:logit_windows])
     return report
 
 
-def _check_case(model_dir: Path, tmp: Path, case: CheckCase, ids, base: float, seq_len: int,
-                max_windows: int | None, archs: tuple[str, ...], logit_windows: int) -> list[CheckRow]:
+def _check_case(model_dir: Path, out: Path, case: CheckCase, ref: Reference, archs: tuple[str, ...],
+                logit_windows: torch.Tensor) -> list[CheckRow]:
     t0 = time.perf_counter()
-    out = tmp / case.label.replace(" ", "-")
-    quantize(model_dir, out, case.format, progress=False, **case.params)
+    quantize(model_dir, out, case.format, progress=False, **case.quantize_kwargs())
     qmodel = load(out, device="cpu", dtype=torch.float32, backend="reference").model
-    with torch.inference_mode():
-        ppl = perplexity(qmodel, ids, seq_len=seq_len, max_windows=max_windows)
-    inc = 100 * (ppl / base - 1)
+    cmp = compare(qmodel, ref)
     bpw = _bits_per_weight(out)
-    rows = [CheckRow(case.label, "rtn, reference math", bpw, _size_mb(out), ppl, "ppl vs bf16 %", inc, case.max_ppl_increase_pct,
-                     inc <= case.max_ppl_increase_pct, time.perf_counter() - t0)]
-    ref_logits = _logits(qmodel, ids, seq_len, logit_windows)
+    rows = [CheckRow(case.label, case.stage, bpw, _size_mb(out), cmp.perplexity, cmp.kl, cmp.top1_agreement,
+                     cmp.ppl_change_stderr_pct,                     "ppl vs bf16 %", cmp.ppl_change_pct, case.max_ppl_increase_pct,
+                     cmp.ppl_change_pct <= case.max_ppl_increase_pct, time.perf_counter() - t0)]
+    ref_logits = _logits(qmodel, logit_windows)
+    fmt = get_format(case.format, **case.params)
     for arch in archs:
         t0 = time.perf_counter()
-        packed = tmp / f"{out.name}-{arch}"
+        packed = out.with_name(f"{out.name}-{arch}")
         pack(out, packed, arch=(arch,), progress=False)
         loaded = load(packed, device="cpu", dtype=torch.float32)  # the layout's CPU emulator
-        logits = _logits(loaded.model, ids, seq_len, logit_windows)
+        logits = _logits(loaded.model, logit_windows)
         weights_only = _weights_only_layouts(packed)
         want = ref_logits
-        if weights_only and get_format(case.format, **case.params).act_bits < 16:
+        if weights_only and fmt.act_bits < 16:
             # e.g. fp8 on sm80: no FP8 tensor cores, so activations stay 16-bit (W8A16 semantics)
-            want = _logits(_dequantized_reference(out), ids, seq_len, logit_windows)
+            want = _logits(_dequantized_reference(out), logit_windows)
         err = _rel(logits, want)
         stage = f"packed {arch}, {loaded.backend}" + (", weights-only upcast" if weights_only else "")
-        act_bits = 16 if weights_only else get_format(case.format, **case.params).act_bits
-        bound = MAX_LOGITS_REL_ERR[act_bits]
-        rows.append(CheckRow(case.label, stage, bpw, _size_mb(packed), None,
-                             "logits vs reference %", 100 * err, 100 * bound, err <= bound, time.perf_counter() - t0))
+        bound = MAX_LOGITS_REL_ERR[16 if weights_only else fmt.act_bits]
+        rows.append(CheckRow(case.label, f"{case.method}{'+smooth' if case.smooth else ''} {stage}", bpw,
+                             _size_mb(packed), None, None, None, None, "logits vs reference %", 100 * err, 100 * bound,
+                             err <= bound, time.perf_counter() - t0))
     return rows
 
 

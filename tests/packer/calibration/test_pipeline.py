@@ -52,7 +52,7 @@ def test_calibrated_folder_has_rtn_layout(calib_model, calib_text, rtn_w4, tmp_p
         norm = "model.layers.0.input_layernorm.weight"
         assert norm in manifest["calibration"]["modified"] and "AWQ" in manifest["unquantized"][norm]
         assert not torch.equal(qc.plain_tensor(norm), QuantizedCheckpoint(rtn_w4).plain_tensor(norm))
-    from turbopack.cli.eval_cmd import evaluate
+    from turbopack.evaluation.metrics import evaluate
 
     assert math.isfinite(evaluate(out, calib_text, seq_len=32, max_windows=4)["perplexity"])
 
@@ -170,10 +170,27 @@ def test_cuda_calibration_matches_cpu(calib_model, calib_text, tmp_path, method)
 
 
 def test_eval_against_reports_kl(calib_model, calib_text, rtn_w4):
-    from turbopack.cli.eval_cmd import evaluate
+    from turbopack.evaluation.metrics import evaluate
 
     same = evaluate(calib_model, calib_text, seq_len=32, max_windows=2, against=calib_model)
     assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
     assert same["perplexity"] == pytest.approx(evaluate(calib_model, calib_text, seq_len=32, max_windows=2)["perplexity"], rel=1e-5)
     q = evaluate(rtn_w4, calib_text, seq_len=32, max_windows=2, against=calib_model)
     assert q["kl"] > 1e-6 and q["against_perplexity"] == pytest.approx(same["perplexity"], rel=1e-5)
+
+
+def test_nan_weight_is_one_line_error(calib_model, calib_text, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from turbopack.errors import BadTensorError
+
+    bad = tmp_path / "nan"
+    shutil.copytree(calib_model, bad)
+    state = load_file(str(bad / "model.safetensors"))
+    state["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(BadTensorError, match="layers.1.mlp.up_proj"):
+        quantize(bad, tmp_path / "o", "w4a16", group_size=32, method="gptq", calib=calib_text, **SMALL)
+    assert not (tmp_path / "o").exists()

@@ -2,15 +2,17 @@
 before rounding, and fold the inverse scale into the op that produces the activation.
 
 Per group of linears sharing an input (q/k/v after input_layernorm; o after v; gate/up after
-post_attention_layernorm; down after up) we try ``s = mean|x|^a`` for ``a`` on a grid in [0, 1)
-(``a = 0`` is plain RTN), normalised to geometric mean 1, and keep the one whose fake-quantized
+post_attention_layernorm; down after up) we try ``s = mean|x|^a / mean|w|^(1-a)`` for ``a`` on a
+grid in [0, 1) (AutoAWQ's "duo scaling"; ``mean|w|`` is each input channel's weight magnitude
+relative to its group max), normalised to geometric mean 1, and keep the one whose fake-quantized
 weights ``Q(W diag(s)) / s`` give the lowest error on a sample of whole calibration sequences,
 measured where it matters (as AutoAWQ does): q/k/v on the attention output (a q/k error passes
 through the softmax), gate/up on the MLP output (through the SiLU gate), o and down on their own.
-The scale is folded (fold.py) so the float model is unchanged; then, optionally, each weight's
-per-group clipping range is searched the same way (not for q/k, whose output error is not what
-attention sees). Finally the format's own RTN is applied to the scaled, clipped weights, so the
-stored tensors are ordinary RTN tensors of a different weight.
+The scale is folded (fold.py) so the float model is unchanged. Then each weight's per-group
+clipping range is searched on its output error (for grids with a zero point, both ends of the
+range independently; llm-awq skips q/k here, but on the bundled model clipping them too lowered
+the KL to the float model, see docs/quality.md). Finally the format's own RTN is applied to the
+scaled, clipped weights, so the stored tensors are ordinary RTN tensors of a different weight.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ GROUPS = (
     (UP, (DOWN,), DOWN, DOWN),
 )
 ORDER = [c for _, consumers, _, _ in GROUPS for c in consumers]
-NO_CLIP = (Q, K)
 CLIP_BYTES = 256 << 20
 
 
@@ -45,7 +46,7 @@ class AWQConfig:
     max_shrink: float = 0.5
     search_tokens: int = 8192
     clip_tokens: int = 512
-    duo_scaling: bool = False
+    duo_scaling: bool = True
 
     def params(self) -> dict:
         return asdict(self)
@@ -184,7 +185,7 @@ def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor
     for name in sorted(job.quantize, key=ORDER.index):
         lin = job.linear(name)
         w = lin.weight
-        if cfg.clip and name not in NO_CLIP:
+        if cfg.clip:
             x = inputs[name]
             w = search_clip(w, x[:: max(1, x.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens], grid, cfg.n_grid, cfg.max_shrink)
         out[name] = job.fmt.quantize(w.cpu())

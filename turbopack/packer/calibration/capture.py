@@ -18,7 +18,7 @@ from torch import nn
 
 from turbopack.checkpoint import Checkpoint
 from turbopack.errors import UnsupportedModelError
-from turbopack.formats import Format
+from turbopack.formats import Format, check_finite
 from turbopack.inference.model import Block, ModelConfig, rope_tables
 from turbopack.packer.families import family_of
 
@@ -62,7 +62,11 @@ def load_block(ckpt: Checkpoint, cfg: ModelConfig, i: int, device: torch.device)
     """Layer ``i`` in float32 on ``device``; nothing else of the model is read."""
     with torch.device("meta"):
         block = Block(cfg)
-    state = {n: ckpt.read(layer_prefix(i) + n).to(device=device, dtype=torch.float32) for n in block.state_dict()}
+    state = {}
+    for n in block.state_dict():
+        name = layer_prefix(i) + n
+        state[n] = ckpt.read(name).to(device=device, dtype=torch.float32)
+        check_finite(f"{ckpt.location[name].name}:{name}", state[n])
     block.load_state_dict(state, assign=True)
     for p in block.parameters():
         p.requires_grad_(False)

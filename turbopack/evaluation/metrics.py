@@ -1,0 +1,150 @@
+"""Quality of a (quantized) model against held-out text and against the float model it came from.
+
+Perplexity alone is a poor judge on a small model: a 4-bit model's perplexity can land a fraction
+of a percent *below* the float model's (on the bundled model, symmetric W4 RTN does), which says
+nothing about how close the two are. So every comparison also reports, on the same windows:
+- the mean per-token KL(float || quantized) of the next-token distributions (0 = identical),
+- how often the two argmax tokens agree,
+- the perplexity change with its standard error over windows (the per-window NLL differences are
+  paired, so the error is that of their mean): a change smaller than ~2 standard errors is noise.
+The quantized folder runs in the reference model with each quantized linear computing its format's
+reference math (dequantized weights plus per-token activation quantization for w8a8/fp8), in
+float32 on the CPU, so numbers compare across methods.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def heldout_ids(folder: Path, text: Path | None = None, vocab: int | None = None) -> torch.Tensor:
+    """``text`` tokenized with the folder's tokenizer.json; by default the bundled held-out text
+    (its pre-tokenized ids when the folder ships them, as the bundled model does)."""
+    from turbopack.packer.calibration.data import default_text, tokenize_file
+
+    if text is None and (folder / "heldout_ids.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "heldout_ids.safetensors"))["input_ids"].to(torch.int64)
+    return tokenize_file(folder, Path(text) if text is not None else default_text("heldout.txt"), vocab)
+
+
+def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """[n, seq_len] non-overlapping windows (tokens after the last full window are dropped)."""
+    from turbopack.errors import TurbopackError
+
+    if seq_len < 2 or ids.numel() < 2:
+        raise TurbopackError(f"need at least 2 tokens per window and of text (seq_len {seq_len}, {ids.numel()} tokens)")
+    seq_len = min(seq_len, ids.numel())
+    n = ids.numel() // seq_len
+    n = min(n, max_windows) if max_windows else n
+    return ids[: n * seq_len].view(n, seq_len)
+
+
+class Reference:
+    """The float model's log-probabilities per window, computed once and compared against many."""
+
+    def __init__(self, model: nn.Module, windows: torch.Tensor):
+        self.windows = windows
+        with torch.inference_mode():
+            self.logp = [torch.log_softmax(model(w[None, :-1])[0].float(), -1) for w in windows]
+        self.nll = torch.tensor([-_gather(lp, w) for lp, w in zip(self.logp, windows)], dtype=torch.float64)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(float(self.nll.sum()) / self.tokens)
+
+    @property
+    def tokens(self) -> int:
+        return self.windows.shape[0] * (self.windows.shape[1] - 1)
+
+
+def _gather(logp: torch.Tensor, w: torch.Tensor) -> float:
+    return float(logp.gather(-1, w[1:, None]).sum())
+
+
+@dataclass(frozen=True)
+class Comparison:
+    perplexity: float
+    against_perplexity: float
+    ppl_change_pct: float
+    ppl_change_stderr_pct: float
+    kl: float
+    top1_agreement: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(model: nn.Module, ref: Reference) -> Comparison:
+    """``model`` scored on ``ref``'s windows: perplexity, KL(ref || model), top-1 agreement and the
+    paired perplexity change vs ``ref`` with its standard error."""
+    nll, kl, agree = [], 0.0, 0
+    with torch.inference_mode():
+        for lr, w in zip(ref.logp, ref.windows):  # one window at a time: long batches exhaust memory
+            lp = torch.log_softmax(model(w[None, :-1])[0].float(), -1)
+            nll.append(-_gather(lp, w))
+            kl += float((lr.exp() * (lr - lp)).sum())
+            agree += int((lp.argmax(-1) == lr.argmax(-1)).sum())
+    n, per_window = ref.tokens, ref.windows.shape[1] - 1
+    delta = (torch.tensor(nll, dtype=torch.float64) - ref.nll) / per_window  # mean NLL change per window
+    stderr = float(delta.std() / math.sqrt(len(delta))) if len(delta) > 1 else float("nan")
+    ppl = math.exp(sum(nll) / n)
+    # d(ppl)/ppl = d(mean NLL) for small changes: the NLL error is the relative ppl error
+    return Comparison(ppl, ref.perplexity, 100 * (ppl / ref.perplexity - 1), 100 * stderr, kl / n, agree / n)
+
+
+def load_for_eval(folder: Path) -> tuple[nn.Module, str]:
+    """(model, description): the float model, or the reference model of a quantized folder."""
+    from turbopack.checkpoint import read_json, read_manifest
+    from turbopack.errors import TurbopackError
+
+    if not (folder / "turbopack.json").is_file():
+        from turbopack.inference.model import load_model
+
+        return load_model(folder, dtype=torch.float32), "float (source weights, fp32 compute)"
+    kind = read_manifest(folder).get("kind")
+    if kind != "quantized":
+        raise TurbopackError(f"{folder}: a {kind} folder; eval runs the reference model on the arch-neutral folder "
+                             f"`turbopack quantize` wrote (before `turbopack pack`)")
+    from turbopack.inference.loader import load
+
+    q = read_json(folder / "config.json").get("quantization_config", {})
+    extra = f" +smooth(alpha={q['smooth']['alpha']})" if q.get("smooth") else ""
+    model = load(folder, device="cpu", dtype=torch.float32, backend="reference").model
+    return model, f"{q.get('format', '?')} {q.get('method', 'rtn')}{extra} (reference math)"
+
+
+def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, max_windows: int | None = None,
+             against: str | Path | None = None) -> dict:
+    """Perplexity of ``model``; with ``against`` (usually the float model it was quantized from) also
+    the KL, top-1 agreement and paired perplexity change of :func:`compare` on the same windows."""
+    from turbopack.checkpoint import resolve_model
+    from turbopack.errors import TurbopackError
+    from turbopack.inference.perplexity import perplexity
+
+    if seq_len < 2:
+        raise TurbopackError(f"--seq-len {seq_len}: need at least 2 tokens per window")
+    t0 = time.perf_counter()
+    folder = resolve_model(model)
+    net, what = load_for_eval(folder)
+    ids = heldout_ids(folder, text, net.config.vocab)
+    if ids.numel() < 2:
+        raise TurbopackError(f"{text or 'held-out text'}: fewer than 2 tokens; pass a longer --text")
+    windows = windows_of(ids, seq_len, max_windows)
+    res = {"model": str(folder), "weights": what, "seq_len": windows.shape[1], "windows": windows.shape[0],
+           "tokens": windows.numel()}
+    if against is None:
+        with torch.inference_mode():
+            res["perplexity"] = perplexity(net, ids, seq_len=seq_len, max_windows=max_windows)
+    else:
+        ref = Reference(load_for_eval(resolve_model(against))[0], windows)
+        res.update(compare(net, ref).as_dict(), against=str(against))
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    return res
