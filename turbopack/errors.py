@@ -39,3 +39,14 @@ class CheckpointError(TurbopackError):
 
 class OutputExistsError(TurbopackError):
     """The output path exists and --force was not given."""
+
+
+class ResumeRefusedError(CheckpointError):
+    """A --resume partial output this run may not continue: written for another job, or in use."""
+
+
+class Interrupted(TurbopackError):
+    """Ctrl-C after which something was deliberately kept (a --resume partial output); the
+    message says what, so the CLI prints it instead of "no output was left behind"."""
+
+    exit_code = 130

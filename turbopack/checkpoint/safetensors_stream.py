@@ -197,6 +197,11 @@ class StreamingWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self.write_rows(name, 0, tensor.reshape(self.entries[name].shape) if tensor.dim() == 0 else tensor)
 
+    @property
+    def complete(self) -> bool:
+        """Every tensor has had all its bytes written (what :meth:`close` checks)."""
+        return all(self._written[n] >= e.nbytes for n, e in self.entries.items())
+
     def close(self) -> None:
         """Flush and fsync; fails if any tensor was left unwritten (a hole would read as zeros)."""
         short = [n for n, e in self.entries.items() if self._written[n] < e.nbytes]

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from turbopack.errors import TurbopackError
+from turbopack.errors import Interrupted, TurbopackError
 
 app = typer.Typer(
     name="turbopack",
@@ -59,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code == 130:  # typer turns Ctrl-C into Exit(130); atomic_output has removed the temp output
+            # (a --resume run that kept its partial output raises Interrupted instead, below)
             print("interrupted; no output was left behind", file=sys.stderr)
         return code
+    except Interrupted as e:  # Ctrl-C where a --resume partial output was kept: the line says where
+        print(e, file=sys.stderr)
+        return e.exit_code
     except TurbopackError as e:
         if os.environ.get("TURBOPACK_DEBUG"):
             raise

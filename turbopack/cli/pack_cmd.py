@@ -21,6 +21,7 @@ def pack(
     sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="With --format w4a16: symmetric or asymmetric (default)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing it upcast."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    resume: bool = typer.Option(False, "--resume", help="Write into .turbopack-partial-OUT (next to OUT), keep it if the run fails or is interrupted, and on a rerun with --resume skip the shards already written whose checksums match."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (and the --explain table) as JSON."),
 ) -> None:
     """Pack a quantized checkpoint for one or more GPU architectures (and TP ranks).
@@ -39,11 +40,15 @@ def pack(
       turbopack pack llama-w4 --arch sm80 --arch sm90 -o llama-w4-packed --tp 2
 
       turbopack pack ./Llama-3-8B --format w4a16 --group-size 128 --arch sm90 -o llama-sm90
+
+      turbopack pack llama70-w4 --arch sm90 -o llama70-sm90 --resume   # after a crash: the same line again
     """
+    from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.pack import pack as run
 
-    res = run(src, out, tuple(arch), tp, format, group_size=group_size, sym=sym, explain=explain or as_json,
-              force=force, progress=sys.stderr.isatty(), strict=strict)
+    with interrupt_keeps_partial(out, resume):
+        res = run(src, out, tuple(arch), tp, format, group_size=group_size, sym=sym, explain=explain or as_json,
+                  force=force, progress=sys.stderr.isatty(), strict=strict, resume=resume)
     for note in res.notes:
         typer.echo(f"note: {note}", err=True)
     if as_json:

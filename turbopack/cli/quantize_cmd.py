@@ -29,6 +29,7 @@ def quantize(
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing activation energy (static groups)."),
     device: Optional[str] = typer.Option(None, "--device", help="Calibration device: cuda (default when present) or cpu."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    resume: bool = typer.Option(False, "--resume", help="Write into .turbopack-partial-OUT (next to OUT), keep it if the run fails or is interrupted, and on a rerun with --resume skip the shards already written whose checksums match. RTN only."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Quantize every linear weight of MODEL (RTN, or AWQ/GPTQ/SmoothQuant on calibration text) into an arch-neutral checkpoint.
@@ -42,13 +43,17 @@ def quantize(
       turbopack quantize ./Llama-3-8B -o llama-w4-gptq -f w4a16 -g 128 --method gptq --calib my.jsonl
 
       turbopack quantize ./Llama-3-8B -o llama-w8a8-sq -f w8a8 --smooth --alpha 0.5
+
+      turbopack quantize ./Llama-3-70B -o llama70-w4 -f w4a16 --resume   # after a crash: the same line again
     """
+    from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.quantize import quantize as run
 
-    res = run(model, out, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype, per_tensor=per_tensor,
-              ignore=tuple(ignore), include_lm_head=include_lm_head, force=force, method=method, calib=calib,
-              calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed, smooth=smooth, alpha=alpha,
-              device=device, act_order=act_order)
+    with interrupt_keeps_partial(out, resume):
+        res = run(model, out, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype, per_tensor=per_tensor,
+                  ignore=tuple(ignore), include_lm_head=include_lm_head, force=force, method=method, calib=calib,
+                  calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed, smooth=smooth, alpha=alpha,
+                  device=device, act_order=act_order, resume=resume)
     d = res.as_dict()
     if as_json:
         typer.echo(json.dumps(d, indent=2))

@@ -5,7 +5,8 @@ are split per TP rank (turbopack.packer.tp) and each slice is packed by the layo
 functions into tensors named ``<module>.<suffix>``. Every output shape is known from the layouts'
 ``packed_specs``, so everything (arch names, format support, TP divisibility, shapes) is planned
 and validated before a byte is written; then one pass reads the source module by module and writes
-every output folder's shards. Peak memory is one module, not the model. Output is atomic.
+every output folder's shards. Peak memory is one module, not the model. Output is atomic; with
+``resume`` a failed run's partial output is kept and a rerun skips the shards it finished.
 
 The packed folder is a cache of pure functions of the arch-neutral checkpoint: the runtime calls
 :func:`pack_module` itself when no folder for its (arch, tp, layout versions) exists.
@@ -13,7 +14,6 @@ The packed folder is a cache of pure functions of the arch-neutral checkpoint: t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -23,18 +23,17 @@ from typing import Any
 
 import torch
 
-from turbopack.checkpoint import (MANIFEST_NAME, Checkpoint, ShardedWriter, ShardPlan, TensorEntry, atomic_output,
-                                  check_output, new_manifest, read_manifest, write_manifest)
+from turbopack.checkpoint import ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output, new_manifest, write_manifest
 from turbopack.checkpoint.manifest import tool_version
+from turbopack.checkpoint.resume import Journal
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
-from turbopack.errors import CheckpointError, TurbopackError
-from turbopack.formats import Format, check_finite, dtype_name, format_from_params, get_format
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.errors import TurbopackError
+from turbopack.formats import Format, dtype_name
 from turbopack.packer import tp as tpmod
+from turbopack.packer.pack_source import CHUNK_BYTES, Source, open_source
 from turbopack.packer.progress import byte_progress
 
 PACKED_KIND = "packed"
-CHUNK_BYTES = 64 << 20  # a module larger than this is read and packed in row chunks of whole N tiles
 
 
 # --- one module ------------------------------------------------------------------------------------
@@ -85,91 +84,6 @@ def pack_module(fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int],
             raise RuntimeError(f"{name}.{spec.suffix}: layout {layout_of(choice).name.value} packed {got}, "
                                f"its packed_specs say {spec.dtype} {list(spec.shape)}")
     return PackedModule(name, tuple(shape), choice, packed)
-
-
-# --- the source: a quantized folder, or an HF folder quantized on the fly --------------------------
-
-
-@dataclass
-class Source:
-    """What packing reads: ``modules`` {module: (format, shape)}, ``plain`` tensors, in file order."""
-
-    folder: Path
-    ckpt: Checkpoint
-    config: dict
-    modules: dict[str, tuple[Format, tuple[int, int]]]
-    plain: list[str]
-    order: list[str]  # module and plain tensor names, in source file order
-    unquantized: dict[str, str]
-    quant_config: dict
-    manifest_sha256: str | None
-    format_params: dict
-    reader: Any = None  # QuantizedCheckpoint, or None when quantizing on the fly
-    _stats: dict = field(default_factory=dict, repr=False)
-
-    def module(self, name: str) -> dict[str, torch.Tensor]:
-        return self.module_rows(name, 0, self.modules[name][1][0])
-
-    def module_rows(self, name: str, r0: int, r1: int) -> dict[str, torch.Tensor]:
-        """Rows [r0, r1) of a module's arch-neutral tensors (tensor-wide ones whole)."""
-        fmt, shape = self.modules[name]
-        if self.reader is None:
-            return self._quantize_rows(name, r0, r1)
-        whole = (r0, r1) == (0, shape[0])
-        return {s.suffix: self.ckpt.read(f"{name}.{s.suffix}") if whole or not s.per_row
-                else self.ckpt.read_rows(f"{name}.{s.suffix}", r0, r1) for s in fmt.specs(shape)}
-
-    def _quantize_rows(self, name: str, r0: int, r1: int) -> dict[str, torch.Tensor]:
-        fmt, _ = self.modules[name]
-        weight = name + ".weight"
-        stats = self._stats.get(name)
-        if stats is None and fmt.needs_tensor_stats:  # tensor-wide (fp8 per-tensor): a pass over every row
-            stats = fmt.tensor_stats(c for _, c in self.ckpt.iter_row_chunks(weight, CHUNK_BYTES))
-            self._stats = {name: stats}  # one module at a time: chunks of it reuse its stats
-        w = self.ckpt.read_rows(weight, r0, r1)
-        check_finite(f"{self.ckpt.location[weight].name}:{weight}", w)
-        return fmt.quantize(w, stats)
-
-    def module_bytes(self, name: str) -> int:
-        fmt, shape = self.modules[name]
-        return sum(s.nbytes for s in fmt.specs(shape))
-
-
-def open_source(path: str | Path, format: str | None = None, **fmt_opts: Any) -> Source:
-    ckpt = Checkpoint.open(path)
-    manifest_path = ckpt.folder / MANIFEST_NAME
-    if not manifest_path.exists():
-        if format is None:
-            raise CheckpointError(f"{ckpt.folder}: not a quantized folder (no {MANIFEST_NAME}); pass --format w4a16 "
-                                  f"to quantize and pack in one go, or run `turbopack quantize` first")
-        return _on_the_fly(ckpt, format, **fmt_opts)
-    manifest = read_manifest(ckpt.folder)
-    if manifest["kind"] != "quantized":
-        raise CheckpointError(f"{ckpt.folder}: is a {manifest['kind']} folder; pack the quantized folder it came "
-                              f"from ({manifest.get('source')})")
-    if format is not None:
-        raise TurbopackError(f"{ckpt.folder}: already quantized ({manifest.get('format', {}).get('format')}); drop --format")
-    reader = QuantizedCheckpoint(ckpt.folder)
-    modules = {m: (format_from_params(i["format"]), tuple(i["shape"])) for m, i in reader.modules.items()}
-    owner = {t: m for m, i in reader.modules.items() for t in i["tensors"]}
-    order = list(dict.fromkeys(owner.get(n, n) for n in ckpt.tensors))
-    return Source(ckpt.folder, ckpt, ckpt.config, modules, reader.plain, order, manifest.get("unquantized", {}),
-                  dict(ckpt.config.get("quantization_config", {})),
-                  hashlib.sha256(manifest_path.read_bytes()).hexdigest(), manifest.get("format", {}), reader)
-
-
-def _on_the_fly(ckpt: Checkpoint, format: str, ignore: tuple[str, ...] = (), include_lm_head: bool = False,
-                **params: Any) -> Source:
-    from turbopack.packer.families import Selection, family_of
-    from turbopack.packer.quantize import QuantizeResult, _fields, plan_jobs, quantization_config
-
-    fmt = get_format(format, **{k: v for k, v in params.items() if k in _fields(format)})
-    sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
-    jobs, kept = plan_jobs(ckpt, fmt, sel)
-    modules = {n.removesuffix(".weight"): (fmt, tuple(ckpt.tensors[n].shape)) for n, _ in jobs if n not in kept}
-    order = [n if n in kept else n.removesuffix(".weight") for n, _ in jobs]
-    qc = quantization_config(fmt, QuantizeResult(out=ckpt.folder, format=fmt.describe(), kept=kept), sel)
-    return Source(ckpt.folder, ckpt, ckpt.config, modules, list(kept), order, kept, qc, None, fmt.params())
 
 
 # --- planning --------------------------------------------------------------------------------------
@@ -316,12 +230,13 @@ def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[st
          scale_dtype: str | None = None, per_tensor: bool | None = None, ignore: tuple[str, ...] = (),
          include_lm_head: bool = False, explain: bool = False, force: bool = False,
          max_shard_bytes: int = DEFAULT_SHARD_BYTES, chunk_bytes: int = CHUNK_BYTES,
-         progress: bool = True, strict: bool = False) -> PackResult:
+         progress: bool = True, strict: bool = False, resume: bool = False) -> PackResult:
     """Pack the quantized folder SRC (or an HF folder, quantized on the fly with ``format``) into OUT:
     OUT itself for one arch, OUT/<arch> for several; OUT[/<arch>]/rank<r> per rank when tp > 1.
 
     A format an arch cannot run natively (fp8 on sm80/86) is packed to run upcast, noted in
-    ``result.notes``; ``strict`` refuses it instead."""
+    ``result.notes``; ``strict`` refuses it instead. ``resume`` keeps the partial output of a
+    failed run and continues it."""
     t0, out = time.perf_counter(), Path(out)
     archs = check_archs(arch)
     source = open_source(src, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype,
@@ -336,12 +251,13 @@ def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[st
     if explain:
         result.explain = explain_rows(source, p)
     result.input_bytes = sum(source.module_bytes(m) for m in source.modules) + sum(source.ckpt.tensors[n].nbytes for n in source.plain)
-    with atomic_output(out, force) as tmp, byte_progress(f"pack {','.join(archs)}", result.input_bytes, progress) as (bar, task):
-        writers = _open_writers(tmp, source, p, max_shard_bytes)
-        for name in source.order:
-            bar.update(task, description=name[-40:])
-            _write_job(source, p, name, writers, chunk_bytes)
-            bar.advance(task, source.module_bytes(name) if name in source.modules else source.ckpt.tensors[name].nbytes)
+    job = {"command": "pack", "source": source.fingerprint(), "archs": archs, "tp": tp,
+           "max_shard_bytes": max_shard_bytes, "turbopack": tool_version()}
+    with atomic_output(out, force, resume) as tmp:
+        journal = Journal.open(tmp, job) if resume else None  # another job's partial output: refused here
+        with byte_progress(f"pack {','.join(archs)}", result.input_bytes, progress) as (bar, task):
+            writers = _open_writers(tmp, source, p, max_shard_bytes, journal)
+            _write_all(source, p, writers, chunk_bytes, bar, task)
         for t, w in writers.items():
             shards = w.finish()
             result.output_bytes += sum(s["bytes"] for s in shards.values())
@@ -354,7 +270,7 @@ def _layout_versions(src: Source, p: Plan, t: Target) -> dict[str, int]:
     return {layout_of(c).name.value: layout_of(c).version for (m, tt), c in p.choices.items() if tt == t}
 
 
-def _open_writers(tmp: Path, src: Source, p: Plan, max_shard_bytes: int) -> dict[Target, ShardedWriter]:
+def _open_writers(tmp: Path, src: Source, p: Plan, max_shard_bytes: int, journal: Journal | None) -> dict[Target, ShardedWriter]:
     writers = {}
     formats = sorted({f.name.value for f, _ in src.modules.values()})
     for t in p.targets:
@@ -363,13 +279,26 @@ def _open_writers(tmp: Path, src: Source, p: Plan, max_shard_bytes: int) -> dict
         meta = {"format": ",".join(formats), "arch": t.arch, "layouts": json.dumps(_layout_versions(src, p, t), sort_keys=True),
                 "turbopack_version": tool_version(), "tp": str(_tp(p)), "rank": str(t.rank),
                 "turbopack": json.dumps(src.format_params)}
-        writers[t] = ShardedWriter(folder, ShardPlan.build(p.entries[t], max_shard_bytes), meta)
+        writers[t] = ShardedWriter(folder, ShardPlan.build(p.entries[t], max_shard_bytes), meta, journal)
     return writers
+
+
+def _write_all(src: Source, p: Plan, writers: dict[Target, ShardedWriter], chunk_bytes: int, bar, task) -> None:
+    """Every job in source order, to the targets whose shard of it is not finished yet (resume):
+    a job finished for every target is not read at all."""
+    for i, name in enumerate(src.order):
+        todo = {t: w for t, w in writers.items() if not w.skips(p.entries[t][i][0].name)}
+        if todo:
+            bar.update(task, description=name[-40:])
+            _write_job(src, p, name, todo, chunk_bytes)
+            for w in todo.values():
+                w.close_if_complete()
+        bar.advance(task, src.module_bytes(name) if name in src.modules else src.ckpt.tensors[name].nbytes)
 
 
 def _write_job(src: Source, p: Plan, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int) -> None:
     if name not in src.modules:
-        _copy_plain(src, name, writers, chunk_bytes)
+        _copy_plain(src, name, writers, chunk_bytes, _tp(p))
         return
     fmt, full = src.modules[name]
     if src.module_bytes(name) <= chunk_bytes:  # the usual case: read once, pack for every target
@@ -403,9 +332,8 @@ def _pack_chunked(src: Source, name: str, sl: tpmod.Slice, layout: Any, w: Shard
                 w.write(f"{name}.{suffix}", tensor)
 
 
-def _copy_plain(src: Source, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int) -> None:
+def _copy_plain(src: Source, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int, tp: int) -> None:
     """Row chunks of an unquantized tensor to every target, split for TP like its linear."""
-    tp = len({t.rank for t in writers})
     for start, chunk in src.ckpt.iter_row_chunks(name, chunk_bytes):
         for rank, offset, part in tpmod.split_plain_rows(name, start, chunk, tp, src.config, src.ckpt.tensors[name].shape):
             for t, w in writers.items():

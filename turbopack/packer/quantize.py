@@ -3,7 +3,9 @@
 Streaming: every output shape is known from the input header, so shards are planned and their
 headers written first; each weight is then read in row chunks (safetensors lazy slices),
 quantized chunk by chunk and written at its offset. Peak memory is a few chunks, not the model.
-Output goes to a temp dir renamed at the end (see turbopack.checkpoint.output).
+Output goes to a temp dir renamed at the end (see turbopack.checkpoint.output); with ``resume``
+that temp dir is kept when the run fails, and a rerun skips the shards it finished
+(turbopack.checkpoint.resume).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 from turbopack.checkpoint import (Checkpoint, ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output,
                                   new_manifest, write_manifest)
+from turbopack.checkpoint.manifest import tool_version
+from turbopack.checkpoint.resume import Journal, source_fingerprint
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
 from turbopack.formats import Format, check_finite, get_format
@@ -107,11 +111,15 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
              max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True, method: str = "rtn",
              calib: str | Path | None = None, calib_samples: int | None = None, calib_seqlen: int | None = None,
              seed: int | None = None, smooth: bool = False, alpha: float | None = None, device: str | None = None,
-             act_order: bool = False) -> QuantizeResult:
+             act_order: bool = False, resume: bool = False) -> QuantizeResult:
     """Quantize every linear weight of MODEL with RTN into an arch-neutral folder OUT.
 
     ``method`` awq/gptq (or ``smooth``) calibrate on text instead, block by block, into the same
-    folder format: see turbopack.packer.calibration."""
+    folder format: see turbopack.packer.calibration. ``resume`` keeps the partial output of a
+    failed run and continues it (RTN only)."""
+    if resume and (method != "rtn" or smooth):
+        raise TurbopackError("--resume works with RTN only; a calibrated quantize (--method awq/gptq, --smooth) "
+                             "starts over each run: drop --resume")
     params = {"group_size": group_size, "sym": sym, "scale_dtype": scale_dtype, "per_tensor": per_tensor}
     calib_opts = {"calib": calib, "samples": calib_samples, "seq_len": calib_seqlen, "seed": seed, "alpha": alpha,
                   "device": device, "act_order": act_order or None}
@@ -136,22 +144,36 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
     result.input_bytes = sum(ckpt.tensors[n].nbytes for n, _ in jobs)
     plan = ShardPlan.build([entries for _, entries in jobs], max_shard_bytes)
     meta = {"format": fmt.name.value, "turbopack": json.dumps(fmt.params())}
-    with atomic_output(out, force) as tmp, byte_progress(f"quantize {fmt.name.value}", result.input_bytes, progress) as (bar, task):
-        writer = ShardedWriter(tmp, plan, meta)
-        advance = lambda n: bar.advance(task, n)  # noqa: E731
-        for name, _ in jobs:
-            bar.update(task, description=name[-40:])
-            if name in kept:
-                _copy_one(ckpt, name, writer, advance)
-            else:
-                _quantize_one(ckpt, name, fmt, writer, advance)
-                result.quantized.append(name)
-        shards = writer.finish()
+    job = {"command": "quantize", "source": source_fingerprint(ckpt.folder, list(ckpt.location.values())),
+           "format": fmt.params(), "method": "rtn", "ignore": sorted(sel.ignore), "lm_head": include_lm_head,
+           "max_shard_bytes": max_shard_bytes, "turbopack": tool_version()}
+    with atomic_output(out, force, resume) as tmp:
+        journal = Journal.open(tmp, job) if resume else None  # another job's partial output: refused here
+        with byte_progress(f"quantize {fmt.name.value}", result.input_bytes, progress) as (bar, task):
+            writer = ShardedWriter(tmp, plan, meta, journal)
+            _write_jobs(ckpt, fmt, jobs, writer, result, bar, task)
+            shards = writer.finish()
         _write_side_files(ckpt, tmp, fmt, result, sel, shards, jobs)
     result.output_bytes = sum(s["bytes"] for s in shards.values())
     result.seconds = time.perf_counter() - t0
     result.peak_rss_mb = peak_rss_mb()
     return result
+
+
+def _write_jobs(ckpt: Checkpoint, fmt: Format, jobs, writer: ShardedWriter, result: QuantizeResult, bar, task) -> None:
+    advance = lambda n: bar.advance(task, n)  # noqa: E731
+    for name, entries in jobs:
+        if name not in result.kept:
+            result.quantized.append(name)
+        if writer.skips(entries[0].name):  # its shard was finished by an earlier (resumed) run
+            advance(ckpt.tensors[name].nbytes)
+            continue
+        bar.update(task, description=name[-40:])
+        if name in result.kept:
+            _copy_one(ckpt, name, writer, advance)
+        else:
+            _quantize_one(ckpt, name, fmt, writer, advance)
+        writer.close_if_complete()
 
 
 def _fields(format: str) -> set[str]:
