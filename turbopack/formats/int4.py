@@ -80,6 +80,14 @@ class W4A16(Format):
         return out
 
     def quantize(self, w: torch.Tensor, stats=None) -> dict[str, torch.Tensor]:
+        from turbopack.formats import int4_numba
+
+        if int4_numba.supports(w, self.scale_dtype):  # same bits, one pass (the streaming hot loop)
+            return int4_numba.quantize_w4(w, self.group_size, self.sym)
+        return self.reference_quantize(w)
+
+    def reference_quantize(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The definition (docs/formats.md), in plain torch ops."""
         rows, k = w.shape
         wg = w.float().reshape(rows, k // self.group_size, self.group_size)
         sdt = DTYPES[self.scale_dtype]
