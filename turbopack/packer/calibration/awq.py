@@ -123,8 +123,11 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, grid: Grid, n_grid: int = 20, 
     n, k = w.shape
     g = grid.group_of(k)
     xg = x.float().reshape(x.shape[0], k // g, g).transpose(0, 1)  # [groups, T, G]
+    # A group's output error mean_t (x_g . d_g)^2 is d_g^T H_g d_g with H_g = X_g^T X_g / T: with
+    # the G x G Gram matrices formed once, each candidate costs G^2 per group-row instead of T * G.
+    gram = torch.bmm(xg.transpose(1, 2), xg) / x.shape[0]  # [groups, G, G]
     out = torch.empty_like(w, dtype=torch.float32)
-    rows = max(1, CLIP_BYTES // (4 * x.shape[0] * (k // g)))
+    rows = max(1, CLIP_BYTES // (16 * k))  # ~4 float32 [rows, K] temporaries per candidate
     steps = range(int(max_shrink * n_grid))
     pairs = [(i, j) for i in steps for j in steps] if grid.has_zero else [(i, i) for i in steps]
     for r0 in range(0, n, rows):
@@ -138,8 +141,8 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, grid: Grid, n_grid: int = 20, 
         for i, j in pairs:
             hi, lo = hi0 * (1 - i / n_grid), lo0 * (1 - j / n_grid)
             q = grid.fake(torch.minimum(torch.maximum(wg, lo), hi).reshape(-1, k)).reshape(wg.shape)
-            # each group's share of the output error: x_g . (q_g - w_g), one batched matmul per group
-            err = torch.bmm(xg, (q - wg).permute(1, 2, 0)).pow(2).mean(1).T  # [rows, groups]
+            d = (q - wg).transpose(0, 1)  # [groups, rows, G]
+            err = (torch.bmm(d, gram) * d).sum(-1).T  # [rows, groups]: each group's share of the output error
             better = err < min_err
             min_err = torch.where(better, err, min_err)
             best_hi = torch.where(better[..., None], hi, best_hi)
