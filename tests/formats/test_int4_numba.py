@@ -43,3 +43,14 @@ def test_format_quantize_takes_the_fast_path_and_agrees():
     fast = fmt.quantize(w)
     ref = fmt.reference_quantize(w)
     assert all(torch.equal(fast[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("sym", [False, True])
+def test_numba_fake_quant_equals_dequantize_of_reference(dtype, sym):
+    from turbopack.formats.int4_numba import fake_w4
+
+    fmt = get_format("w4a16", group_size=64, sym=sym)
+    w = adversarial(40, 576, dtype, 5)
+    got = fake_w4(w, 64, sym)
+    assert got.dtype == torch.float32 and torch.equal(got, fmt.dequantize(fmt.reference_quantize(w)))

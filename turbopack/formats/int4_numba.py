@@ -33,42 +33,66 @@ def _from_bf16(bits: np.uint16, scratch: np.ndarray) -> np.float32:
     return scratch[0]
 
 
+@njit(cache=True, inline="always")
+def _load_row(w, r: int, is_bf16: bool, row: np.ndarray) -> None:
+    row_bits = row.view(np.uint32)
+    for j in range(row.shape[0]):
+        if is_bf16:  # w holds bf16 bit patterns (uint16): the float32 with the same top 16 bits
+            row_bits[j] = np.uint32(w[r, j]) << np.uint32(16)
+        else:
+            row[j] = np.float32(w[r, j])
+
+
+@njit(cache=True, inline="always")
+def _group_params(row: np.ndarray, base: int, group: int, sym: bool, scratch: np.ndarray):
+    """(scale, its bf16 bits, zero code) of one group, as the reference computes them."""
+    lo = np.float32(0.0)  # clamp(max=0) / clamp(min=0) of the reference, folded into the init
+    hi = np.float32(0.0)
+    for j in range(base, base + group):
+        v = abs(row[j]) if sym else row[j]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    span = hi if sym else np.float32(hi - lo)
+    bits = _bf16_bits(np.float32(span / np.float32(7.0 if sym else 15.0)), scratch)
+    s = _from_bf16(bits, scratch)
+    if s == 0:
+        s = np.float32(1.0)
+        bits = np.uint16(0x3F80)  # bf16(1.0): the reference stores the substituted scale
+    z = np.float32(8.0) if sym else min(max(np.rint(np.float32(-lo / s)), np.float32(0.0)), np.float32(15.0))
+    return s, bits, z
+
+
+@njit(cache=True, inline="always")
+def _code(v: np.float32, s: np.float32, z: np.float32) -> np.float32:
+    return min(max(np.rint(np.float32(v / s)) + z, np.float32(0.0)), np.float32(15.0))
+
+
 @njit(cache=True, parallel=True)
 def _quantize_rows(w, is_bf16: bool, group: int, sym: bool, qweight, scales, zeros):  # pragma: no cover - numba
     rows, k = w.shape
     for r in prange(rows):
         row = np.empty(k, np.float32)
-        row_bits = row.view(np.uint32)
         scratch = np.empty(1, np.float32)
-        for j in range(k):
-            if is_bf16:  # w holds bf16 bit patterns (uint16): the float32 with the same top 16 bits
-                row_bits[j] = np.uint32(w[r, j]) << np.uint32(16)
-            else:
-                row[j] = np.float32(w[r, j])
+        _load_row(w, r, is_bf16, row)
         for g in range(k // group):
-            base = g * group
-            lo = np.float32(0.0)  # clamp(max=0) / clamp(min=0) of the reference, folded into the init
-            hi = np.float32(0.0)
-            for j in range(base, base + group):
-                v = row[j]
-                if sym:
-                    v = abs(v)
-                lo = min(lo, v)
-                hi = max(hi, v)
-            span = hi if sym else np.float32(hi - lo)
-            bits = _bf16_bits(np.float32(span / np.float32(7.0 if sym else 15.0)), scratch)
-            s = _from_bf16(bits, scratch)
-            if s == 0:
-                s = np.float32(1.0)
-                bits = np.uint16(0x3F80)  # bf16(1.0): the reference stores the substituted scale
+            s, bits, z = _group_params(row, g * group, group, sym, scratch)
             scales[r, g] = bits
-            z = np.float32(8.0) if sym else min(max(np.rint(np.float32(-lo / s)), np.float32(0.0)), np.float32(15.0))
             zeros[r, g] = np.uint8(z)
-            qmax = np.float32(15.0)
-            for j in range(base, base + group, 2):
-                q0 = min(max(np.rint(np.float32(row[j] / s)) + z, np.float32(0.0)), qmax)
-                q1 = min(max(np.rint(np.float32(row[j + 1] / s)) + z, np.float32(0.0)), qmax)
-                qweight[r, j // 2] = np.uint8(q0) | (np.uint8(q1) << np.uint8(4))
+            for j in range(g * group, (g + 1) * group, 2):
+                qweight[r, j // 2] = np.uint8(_code(row[j], s, z)) | (np.uint8(_code(row[j + 1], s, z)) << np.uint8(4))
+
+
+@njit(cache=True, parallel=True)
+def _fake_rows(w, is_bf16: bool, group: int, sym: bool, out):  # pragma: no cover - numba
+    rows, k = w.shape
+    for r in prange(rows):
+        row = np.empty(k, np.float32)
+        scratch = np.empty(1, np.float32)
+        _load_row(w, r, is_bf16, row)
+        for g in range(k // group):
+            s, _, z = _group_params(row, g * group, group, sym, scratch)
+            for j in range(g * group, (g + 1) * group):
+                out[r, j] = np.float32((_code(row[j], s, z) - z) * s)
 
 
 def supports(w: torch.Tensor, scale_dtype: str) -> bool:
@@ -76,13 +100,26 @@ def supports(w: torch.Tensor, scale_dtype: str) -> bool:
             and w.dtype in (torch.bfloat16, torch.float16, torch.float32))
 
 
+def _source(w: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """``w`` as a numpy array the kernels read: bf16 as its bits (numba has no bf16; the kernels
+    widen by a 16-bit shift), float16 upcast first (numba has no float16 either)."""
+    src = w.detach().contiguous() if w.dtype != torch.float16 else w.detach().float()
+    is_bf16 = src.dtype == torch.bfloat16
+    return (src.view(torch.int16).numpy().view(np.uint16) if is_bf16 else src.numpy()), is_bf16
+
+
+def fake_w4(w: torch.Tensor, group: int, sym: bool) -> torch.Tensor:
+    """``dequantize(quantize(w))`` as float32 in one pass, bit for bit (AWQ's candidate weights)."""
+    arr, is_bf16 = _source(w)
+    out = np.empty(tuple(w.shape), np.float32)
+    _fake_rows(arr, is_bf16, group, sym, out)
+    return torch.from_numpy(out)
+
+
 def quantize_w4(w: torch.Tensor, group: int, sym: bool) -> dict[str, torch.Tensor]:
     """The tensors of :meth:`W4A16.quantize` for bf16 scales, bit for bit; ``w`` is not modified."""
     rows, k = w.shape
-    src = w.contiguous() if w.dtype != torch.float16 else w.float()  # numba has no float16 type
-    # bf16 is read as its bits (numba has no bf16): widen to float32 by a 16-bit shift in-kernel
-    is_bf16 = src.dtype == torch.bfloat16
-    arr = src.view(torch.int16).numpy().view(np.uint16) if is_bf16 else src.numpy()
+    arr, is_bf16 = _source(w)
     qweight = np.empty((rows, k // 2), np.uint8)
     scales = np.empty((rows, k // group), np.uint16)
     zeros = np.empty((rows, k // group), np.uint8)

@@ -70,6 +70,13 @@ class Int4Grid(Grid):
     def has_zero(self) -> bool:
         return not self.fmt.sym
 
+    def fake(self, w: torch.Tensor) -> torch.Tensor:
+        from turbopack.formats import int4_numba
+
+        if int4_numba.supports(w, self.fmt.scale_dtype):  # AWQ's many candidates: one pass, same bits
+            return int4_numba.fake_w4(w, self.fmt.group_size, self.fmt.sym)
+        return super().fake(w)
+
     def params(self, w):
         sdt = DTYPES[self.fmt.scale_dtype]
         if self.fmt.sym:
