@@ -45,3 +45,14 @@ def test_windows_of_drops_the_tail():
     ids = torch.arange(10)
     assert windows_of(ids, 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert windows_of(ids, 4, max_windows=1).shape == (1, 4)
+
+
+def test_reference_beyond_its_cache_recomputes_the_same(model_and_windows, monkeypatch):
+    from turbopack.evaluation import metrics
+
+    model, windows = model_and_windows
+    full = compare(model, Reference(model, windows))
+    monkeypatch.setattr(metrics, "CACHE_BYTES", 1)  # nothing cached: every window recomputed
+    bounded = Reference(model, windows)
+    assert not bounded._cache
+    assert compare(model, bounded) == full

@@ -42,8 +42,8 @@ class CheckCase:
     smooth: bool = False
 
     @property
-    def stage(self) -> str:
-        return f"{self.method}{'+smooth' if self.smooth else ''}, reference math"
+    def method_name(self) -> str:
+        return f"{self.method}{'+smooth' if self.smooth else ''}"
 
     def quantize_kwargs(self) -> dict:
         calibrated = self.method != "rtn" or self.smooth
@@ -159,9 +159,9 @@ def _check_case(model_dir: Path, out: Path, case: CheckCase, ref: Reference, arc
     qmodel = load(out, device="cpu", dtype=torch.float32, backend="reference").model
     cmp = compare(qmodel, ref)
     bpw = _bits_per_weight(out)
-    rows = [CheckRow(case.label, case.stage, bpw, _size_mb(out), cmp.perplexity, cmp.kl, cmp.top1_agreement,
-                     cmp.ppl_change_stderr_pct,                     "ppl vs bf16 %", cmp.ppl_change_pct, case.max_ppl_increase_pct,
-                     cmp.ppl_change_pct <= case.max_ppl_increase_pct, time.perf_counter() - t0)]
+    rows = [CheckRow(case.label, f"{case.method_name}, reference math", bpw, _size_mb(out), cmp.perplexity, cmp.kl,
+                     cmp.top1_agreement, cmp.ppl_change_stderr_pct, "ppl vs bf16 %", cmp.ppl_change_pct,
+                     case.max_ppl_increase_pct, cmp.ppl_change_pct <= case.max_ppl_increase_pct, time.perf_counter() - t0)]
     ref_logits = _logits(qmodel, logit_windows)
     fmt = get_format(case.format, **case.params)
     for arch in archs:
@@ -178,7 +178,7 @@ def _check_case(model_dir: Path, out: Path, case: CheckCase, ref: Reference, arc
         err = _rel(logits, want)
         stage = f"packed {arch}, {loaded.backend}" + (", weights-only upcast" if weights_only else "")
         bound = MAX_LOGITS_REL_ERR[16 if weights_only else fmt.act_bits]
-        rows.append(CheckRow(case.label, f"{case.method}{'+smooth' if case.smooth else ''} {stage}", bpw,
+        rows.append(CheckRow(case.label, f"{case.method_name} {stage}", bpw,
                              _size_mb(packed), None, None, None, None, "logits vs reference %", 100 * err, 100 * bound,
                              err <= bound, time.perf_counter() - t0))
     return rows
