@@ -16,9 +16,11 @@ def eval_cmd(
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window (windows do not overlap)."),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Score at most this many windows."),
     against: Optional[str] = typer.Option(None, "--against", help="Also report KL divergence and top-1 agreement against this model (e.g. the float one)."),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu (the fp32 reference math runs there)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Perplexity of MODEL (float or quantized) on held-out text, on the CPU.
+    """Perplexity of MODEL (float or quantized) on held-out text (fp32 reference math; on the GPU
+    when there is one).
 
     [bold]Examples[/bold]
 
@@ -32,7 +34,7 @@ def eval_cmd(
     """
     from turbopack.evaluation.metrics import evaluate
 
-    res = evaluate(model, text, seq_len, max_windows, against)
+    res = evaluate(model, text, seq_len, max_windows, against, device)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
     else:
@@ -40,7 +42,7 @@ def eval_cmd(
               f"({res['ppl_change_pct']:+.3f}% +- {res['ppl_change_stderr_pct']:.3f}%), KL {res['kl']:.3e}, "
               f"top-1 agreement {100 * res['top1_agreement']:.2f}%") if against else ""
         typer.echo(f"{res['model']}: perplexity {res['perplexity']:.4f} ({res['weights']}; {res['windows']} x "
-                   f"{res['seq_len']} tokens, {res['seconds']} s){vs}")
+                   f"{res['seq_len']} tokens, {res['device']}, {res['seconds']} s){vs}")
 
 
 def register(app: typer.Typer) -> None:

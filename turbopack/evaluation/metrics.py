@@ -119,15 +119,16 @@ def compare(model: nn.Module, ref: Reference) -> Comparison:
     return Comparison(ppl, ref.perplexity, 100 * (ppl / ref.perplexity - 1), 100 * stderr, kl / n, agree / n)
 
 
-def load_for_eval(folder: Path) -> tuple[nn.Module, str]:
-    """(model, description): the float model, or the reference model of a quantized folder."""
+def load_for_eval(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
+    """(model, description): the float model, or the reference model of a quantized folder, in fp32
+    on ``device`` (the reference math is the same on any device; a GPU only makes it faster)."""
     from turbopack.checkpoint import read_json, read_manifest
     from turbopack.errors import TurbopackError
 
     if not (folder / "turbopack.json").is_file():
         from turbopack.inference.model import load_model
 
-        return load_model(folder, dtype=torch.float32), "float (source weights, fp32 compute)"
+        return load_model(folder, dtype=torch.float32, device=device), "float (source weights, fp32 compute)"
     kind = read_manifest(folder).get("kind")
     if kind != "quantized":
         raise TurbopackError(f"{folder}: a {kind} folder; eval runs the reference model on the arch-neutral folder "
@@ -136,12 +137,12 @@ def load_for_eval(folder: Path) -> tuple[nn.Module, str]:
 
     q = read_json(folder / "config.json").get("quantization_config", {})
     extra = f" +smooth(alpha={q['smooth']['alpha']})" if q.get("smooth") else ""
-    model = load(folder, device="cpu", dtype=torch.float32, backend="reference").model
+    model = load(folder, device=device, dtype=torch.float32, backend="reference").model
     return model, f"{q.get('format', '?')} {q.get('method', 'rtn')}{extra} (reference math)"
 
 
 def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, max_windows: int | None = None,
-             against: str | Path | None = None) -> dict:
+             against: str | Path | None = None, device: str | torch.device = "auto") -> dict:
     """Perplexity of ``model``; with ``against`` (usually the float model it was quantized from) also
     the KL, top-1 agreement and paired perplexity change of :func:`compare` on the same windows."""
     from turbopack.checkpoint import resolve_model
@@ -151,19 +152,22 @@ def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, ma
     if seq_len < 2:
         raise TurbopackError(f"--seq-len {seq_len}: need at least 2 tokens per window")
     t0 = time.perf_counter()
+    from turbopack.device import resolve_device
+
     folder = resolve_model(model)
-    net, what = load_for_eval(folder)
+    dev = resolve_device(device)
+    net, what = load_for_eval(folder, dev)
     ids = heldout_ids(folder, text, net.config.vocab)
     if ids.numel() < 2:
         raise TurbopackError(f"{text or 'held-out text'}: fewer than 2 tokens; pass a longer --text")
-    windows = windows_of(ids, seq_len, max_windows)
-    res = {"model": str(folder), "weights": what, "seq_len": windows.shape[1], "windows": windows.shape[0],
+    windows = windows_of(ids, seq_len, max_windows).to(dev)
+    res = {"model": str(folder), "weights": what, "device": str(dev), "seq_len": windows.shape[1], "windows": windows.shape[0],
            "tokens": windows.numel()}
     if against is None:
         with torch.inference_mode():
             res["perplexity"] = perplexity(net, ids, seq_len=seq_len, max_windows=max_windows)
     else:
-        ref = Reference(load_for_eval(resolve_model(against))[0], windows)
+        ref = Reference(load_for_eval(resolve_model(against), dev)[0], windows)
         res.update(compare(net, ref).as_dict(), against=str(against))
     res["seconds"] = round(time.perf_counter() - t0, 2)
     return res

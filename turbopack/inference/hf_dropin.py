@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resolve_model
+from turbopack.device import resolve_device
 from turbopack.errors import CheckpointError, TurbopackError, UnsupportedModelError
 from turbopack.inference.model import replace_linears
 from turbopack.inference.qlinear import QuantLinear
@@ -88,7 +89,7 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu", dtype: torch.d
 
     enable_hub()
     folder = resolve_model(path)
-    device = loader.resolve_device(device)
+    device = resolve_device(device)
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
     if not (folder / MANIFEST_NAME).is_file():
         raise TurbopackError(f"{folder}: not a turbopack folder (no {MANIFEST_NAME}); plain models load with "

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from torch import nn
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resolve_model
+from turbopack.device import resolve_device, safetensors_device
 from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
@@ -55,18 +56,6 @@ class Loaded:
     arch: str | None = None
     format: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TurbopackError("--device cuda: no CUDA GPU is visible; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 def local_arch(device: torch.device) -> str:
@@ -176,10 +165,6 @@ def _set_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
         raise CheckpointError(f"tensor {name!r} has no place in the model; is the config right?")
 
 
-def _safe_device(device: torch.device) -> str:
-    return f"cuda:{device.index}" if device.type == "cuda" else str(device)
-
-
 def _build(config: ModelConfig, plans: dict[str, ModulePlan], dtype: torch.dtype, has_bias: set[str]) -> Transformer:
     model = build_model(config, device="meta", dtype=dtype)
 
@@ -210,7 +195,7 @@ def _fill(model: Transformer, ckpt: Checkpoint, plans: dict[str, ModulePlan], de
             continue
         by_shard.setdefault(shard, []).append(name)
     for shard, names in by_shard.items():
-        with safe_open(str(shard), framework="pt", device=_safe_device(device)) as f:
+        with safe_open(str(shard), framework="pt", device=safetensors_device(device)) as f:
             for name in names:
                 t = f.get_tensor(name)
                 if name not in owner and t.is_floating_point():

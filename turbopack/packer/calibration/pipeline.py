@@ -30,6 +30,7 @@ import torch
 
 from turbopack.checkpoint import Checkpoint, ShardedWriter, ShardPlan, atomic_output, check_output, new_manifest, write_manifest
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
+from turbopack.device import resolve_device
 from turbopack.errors import TurbopackError
 from turbopack.formats import Format, FormatName, get_format
 from turbopack.inference.model import ModelConfig
@@ -108,13 +109,7 @@ class CalibOptions:
         return spec
 
     def torch_device(self) -> torch.device:
-        name = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise TurbopackError(f"--device {name}: no CUDA device here; use --device cpu")
-        try:
-            return torch.device(name)
-        except RuntimeError:
-            raise TurbopackError(f"--device {name!r}: not a torch device; use cpu or cuda") from None
+        return resolve_device(self.device)
 
 
 @dataclass
