@@ -111,8 +111,9 @@ def config_table(rows: list[dict], props) -> dict:
             continue
         entry = layouts.setdefault(r["layout"], {"default": {}, "shapes": {}})
         entry["shapes"].setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[str(r["m"])] = r["cfg"]
-        if tuple(r["shape"]) == bench.SHAPES["o"]:
-            entry["default"][str(r["m"])] = {k: v for k, v in r["cfg"].items() if k != "SPLIT_K"}
+        if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
+            entry["default"][str(r["m"])] = {k: (0 if k == "SPLIT_K" and r["cfg"].get("kernel") == "cuda" else v)
+                                             for k, v in r["cfg"].items() if k != "SPLIT_K" or r["cfg"].get("kernel") == "cuda"}
     return {"version": CONFIG_VERSION, "arch": device_arch(torch.device("cuda")), "device": props.name,
             "measured": datetime.date.today().isoformat(), "source": "benchmarks/bench_linear.py --tune",
             "layouts": layouts}

@@ -30,7 +30,7 @@ from turbopack.registry import Registry
 
 CONFIG_VERSION = 1
 #: keys a config entry may set (anything else in a table or ``config`` is ignored)
-CONFIG_KEYS = ("kernel", "BN", "BM", "BK", "SPLIT_K", "GROUP_M", "ROUND", "PLANES", "num_warps", "num_stages")
+CONFIG_KEYS = ("kernel", "BN", "BM", "BK", "SPLIT_K", "STAGES", "GROUP_M", "ROUND", "PLANES", "num_warps", "num_stages")
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,16 @@ class Family:
 
 def _wo(kind: int) -> Family:
     def run(x2, packed, shape, bias, cfg, out, fmt):
-        if cfg.get("kernel") == "cuda":  # the CUDA C++ decode kernel, where it applies
-            if cuda_w4.supports(x2, fmt, packed, shape):
-                return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 1), out=out)
-            cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], getattr(fmt, "group_size", 64))
-        return weight_only.launch(x2, kind, packed, shape, bias, cfg, group=getattr(fmt, "group_size", 64),
-                                  sym=getattr(fmt, "sym", True), out=out)
+        group = getattr(fmt, "group_size", 64)
+        kernel = cfg.get("kernel")
+        if kind == weight_only.W4 and kernel == "cuda" and cuda_w4.supports(x2, fmt, packed, shape):
+            return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out, group=group,
+                                     stages=cfg.get("STAGES", cuda_w4.DEFAULT_STAGES))
+        if kind == weight_only.W4 and kernel == "dq_mm" and cuda_w4.supports_dequant(x2, fmt, packed):
+            return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
+        if kernel in ("cuda", "dq_mm"):  # the CUDA kernels do not take this call: Triton's default
+            cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
+        return weight_only.launch(x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out)
 
     def default(m, n, k, fmt):
         return weight_only.default_config(m, n, k, fmt.group_size if kind == weight_only.W4 else 64)

@@ -57,9 +57,13 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
             for s in _splits(math.ceil(n / bn), math.ceil(k / max(bk, ks)), sms):
                 for r in rounding:
                     out.append({"kernel": "gemv", "BN": bn, "BK": bk, "SPLIT_K": s, "ROUND": r, "num_warps": w, "num_stages": st})
-    if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
-        for sk in _splits(math.ceil(n / 64), k // 128, sms) + [max(1, _splits(math.ceil(n / 64), k // 128, sms)[0] // 2)]:
-            out.append({"kernel": "cuda", "SPLIT_K": sk})
+    if setup == "w4a16" and m <= 32:  # the CUDA C++ decode kernel (one CTA per 64 rows)
+        base = _splits(math.ceil(n / 64), k // 128, sms)
+        for sk in sorted(set(base + [max(1, base[0] // 2)])):
+            for stages in (3, 4, 6, 8):
+                out.append({"kernel": "cuda", "SPLIT_K": sk, "STAGES": stages})
+    if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
+        out.append({"kernel": "dq_mm"})
     if m <= 64:
         bm = max(16, 1 << (m - 1).bit_length())
         for bn, bk, w, st in _TC_SMALL:
@@ -69,7 +73,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
             bn, bk, w, st = _TC_SMALL[0]
             s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
             out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st, "PLANES": True})
-    else:  # tensor cores on the packed layout only (no dequantize-then-cuBLAS candidate, by rule)
+    else:  # tensor cores on the packed layout
         for bn, bm, bk, w, st in _TC_LARGE:
             blocks = math.ceil(n / bn) * math.ceil(m / bm)
             for s in ([1, 2] if blocks < sms else [1]):
