@@ -193,6 +193,22 @@ def linears_only_ms(model: M.Transformer) -> float:
     return time_graph(g.replay, iters=20)
 
 
+def kernel_profile(fn, n: int = 10, top: int = 14) -> list[list]:
+    """[kernel name, µs per call of fn, launches per call] for the top kernels of ``fn`` (a CUDA
+    graph replay: CUPTI reports the kernels inside it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        rows.append([e.key[:90], round(t / n, 2), e.count // n])
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
 def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
     eng = Engine(model, kv=kv)
     ids = torch.randint(0, 1000, (1, prompt))
@@ -200,6 +216,10 @@ def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
     _, st = eng.generate(ids, new)
     step_ms = time_graph(eng._graph.graph.replay, iters=50)
     out = {"decode_tok_s": st.decode_tok_s, "prefill_tok_s": st.prefill_tok_s, "graph_step_ms": step_ms, "fast": eng.fast}
+    try:
+        out["kernels"] = kernel_profile(eng._graph.graph.replay)
+    except Exception as e:  # the profile is a diagnosis, not a result
+        out["kernels"] = [[f"profile failed: {type(e).__name__}: {e}", 0, 0]]
     del eng
     model.kv_caches = None
     return out
@@ -322,7 +342,10 @@ def e2e(layers: int, prompt: int, new: int) -> dict:
 
 def markdown(res: dict, cmd: str) -> str:
     dev = torch.cuda.get_device_name(0)
-    lines = [f"## Runtime end to end (bench_e2e.py) — 2026-11-25, {dev}", "", f"Command: `{cmd}`", ""]
+    import datetime
+
+    lines = [f"## Runtime end to end (bench_e2e.py) — {datetime.date.today().isoformat()}, {dev}", "",
+             f"Command: `{cmd}`", ""]
     if "e2e" in res:
         e = res["e2e"]
         lines += [f"Llama-3-8B shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
@@ -334,7 +357,13 @@ def markdown(res: dict, cmd: str) -> str:
             lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {r['graph_step_ms']:.3f} | "
                          f"{r['linears_only_ms']:.3f} | {r['bound_tok_s']:.1f} | {r['pct_of_bound']:.1f} |")
         lines += ["", f"W4A16 / bf16 decode: **{e['w4_speedup']:.2f}x** (bar 2.8x); W4A16 at "
-                  f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", "",
+                  f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", ""]
+        for name in ("bf16", "w4a16"):
+            lines += [f"Kernels of one {name} decode step (graph replay, µs per step, launches per step):", "",
+                      "| kernel | µs | launches |", "|---|---|---|"]
+            lines += [f"| `{k}` | {us} | {c} |" for k, us, c in e[name].get("kernels", [])]
+            lines.append("")
+        lines += [
                   "| KV cache (W4A16, position 4096) | step ms | tok/s |", "|---|---|---|"]
         for kv, r in e["w4a16"]["kv_4k"].items():
             lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")

@@ -77,10 +77,11 @@ def _rebuild_meta_buffers(model: nn.Module, device: torch.device) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def load_hf(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, *,
+def load_hf(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None, *,
             repack: bool = False, backend: str | None = None):
     """A transformers ``*ForCausalLM`` running a turbopack folder (quantized or packed; a Hub id
-    works too). ``dtype`` defaults to float32 on the CPU and bfloat16 on a GPU; ``backend`` and
+    works too), on the GPU when there is one (``device="auto"``, as ``turbopack.load``).
+    ``dtype`` defaults to float32 on the CPU and bfloat16 on a GPU; ``backend`` and
     ``repack`` are the runtime loader's (turbopack.inference.loader.load)."""
     from transformers import AutoModelForCausalLM
 

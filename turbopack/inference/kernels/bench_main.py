@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from turbopack.inference.kernels import bench, tune
-from turbopack.inference.kernels.dispatch import CONFIG_VERSION, device_arch, resolve_config
+from turbopack.inference.kernels.dispatch import CONFIG_VERSION, device_arch, load_table, resolve_config
 
 
 def _log(msg: str) -> None:
@@ -114,9 +114,11 @@ def config_table(rows: list[dict], props) -> dict:
         if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
             entry["default"][str(r["m"])] = {k: (0 if k == "SPLIT_K" and r["cfg"].get("kernel") == "cuda" else v)
                                              for k, v in r["cfg"].items() if k != "SPLIT_K" or r["cfg"].get("kernel") == "cuda"}
-    return {"version": CONFIG_VERSION, "arch": device_arch(torch.device("cuda")), "device": props.name,
+    arch = device_arch(torch.device("cuda"))
+    shipped = load_table(arch).get("layouts", {})  # layouts this run did not measure keep their entries
+    return {"version": CONFIG_VERSION, "arch": arch, "device": props.name,
             "measured": datetime.date.today().isoformat(), "source": "benchmarks/bench_linear.py --tune",
-            "layouts": layouts}
+            "layouts": {**shipped, **layouts}}
 
 
 def main(argv: list[str] | None = None) -> int:
