@@ -1,7 +1,7 @@
 """The CUDA C++ W4 kernels (csrc/w4.cu) compile with this machine's nvcc for sm_80 and sm_90a
 (CI has no GPU, so that is a compile check), and on a GPU they match the reference of the layout's
-contract on fresh random inputs: the decode kernel within 1e-2 relative (its weights are exact
-fp32 (q - z)*s, the contract rounds them to 16 bits: ~1e-3), the dequantizer bit for bit."""
+contract on fresh random inputs: the decode kernel within 1e-3 relative (its weights are the
+contract's 16-bit weights; only the fp32 accumulation order differs), the dequantizer bit for bit."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _weight(n, k, group, sym, dtype, seed):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("m", [1, 3, 8, 9, 16, 17, 32])
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("group,sym,split,stages", [(128, False, 1, 4), (128, True, 4, 3), (64, False, 7, 6),
                                                     (64, True, 0, 8), (128, False, 0, 2)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -61,7 +61,7 @@ def test_decode_kernel_matches_reference(m, group, sym, split, stages, dtype):
         assert cuda_w4.supports(x, fmt, packed, (n, k))
         cuda_w4.w4_decode(x, packed, (n, k), b, split, out=out, group=group, stages=stages)
         err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
-        assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
+        assert err < 1e-3, f"tile_n={tile_n}: rel err {err:.2e}"
 
 
 @pytest.mark.gpu

@@ -5,7 +5,7 @@ No torch headers are involved (the .cu exports C functions taking raw pointers),
 one nvcc call of a few seconds instead of a torch extension's minute, and CI compiles the same
 file for sm_80 and sm_90a with its own nvcc. Two kernels:
 
-  decode   M <= 32 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES)
+  decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
            contract's weights bit for bit), then one cuBLAS GEMM; wins where the GEMM's time
            dwarfs the extra pass (prefill; the tuned table says from which M)
@@ -33,7 +33,7 @@ from turbopack.inference.kernels.epilogue import splitk_buffers
 SRC = Path(__file__).with_name("csrc") / "w4.cu"
 DECODE_GROUPS = (64, 128)
 DEQUANT_GROUPS = (32, 64, 128)
-M_MAX = 32
+M_MAX = 16
 STAGES = (2, 3, 4, 6, 8)
 DEFAULT_STAGES = 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
@@ -130,7 +130,7 @@ def _stream(device: torch.device) -> ctypes.c_void_p:
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES) -> torch.Tensor:
-    """y [M, N] for M <= 32 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
+    """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape

@@ -57,10 +57,10 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
             for s in _splits(math.ceil(n / bn), math.ceil(k / max(bk, ks)), sms):
                 for r in rounding:
                     out.append({"kernel": "gemv", "BN": bn, "BK": bk, "SPLIT_K": s, "ROUND": r, "num_warps": w, "num_stages": st})
-    if setup == "w4a16" and m <= 32:  # the CUDA C++ decode kernel (one CTA per 64 rows)
+    if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
         base = _splits(math.ceil(n / 64), k // 128, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
-            for stages in (3, 4, 6, 8):
+            for stages in (4, 6, 8):
                 out.append({"kernel": "cuda", "SPLIT_K": sk, "STAGES": stages})
     if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
         out.append({"kernel": "dq_mm"})

@@ -1,5 +1,5 @@
 // W4A16 kernels that read the w4_t{16,64}x64 layouts as packed (docs/layouts.md):
-//   turbopack_w4_decode   M <= 32 tokens, tensor-core GEMV (the decode step)
+//   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step)
 //   turbopack_w4_dequant  packed codes -> 16-bit W [NP, K_pad] (prefill: then one cuBLAS GEMM)
 //
 // Layout recap: one (TN x 64) tile of codes is TN rows x 32 bytes, contiguous; word j of a row
@@ -10,24 +10,28 @@
 // directly and the group epilogue removes M + z (z: the uint8 zero point; sym: 8).
 //
 // Decode: a CTA is 4 warps, one 16-row MMA fragment (mma.sync m16n8k16, W as A) each, over the
-// CTA's K range (split-K across blockIdx.y). What limited the first version (ncu, H200,
-// 2026-12-03: 39% of DRAM bandwidth, 27% occupancy, ~40% of stalls on global loads) was too
-// few bytes in flight: 32 B per thread, one group ahead. Here each warp streams its weights,
-// activations, scales and zeros through a STAGES-deep cp.async ring in shared memory (private
-// to the warp: every lane reads back what it copied, except the scales, behind a __syncwarp),
-// so STAGES x 1 KiB of weights per warp are in flight.
+// CTA's K range (split-K across blockIdx.y). Measured on the H200 (2026-12-03, ncu): the first
+// version (one group of 32 B per thread in flight) read DRAM at 39%; a second, with a cp.async
+// ring but an MMA against all-ones for sum(x) and a per-group fp32 epilogue, at 16%: ~385
+// instructions per 1 KiB stage and one long chain of dependent MMAs per warp (12.7 cycles per
+// issued instruction). This version: each warp streams its weights, scales and zeros through a
+// STAGES-deep cp.async ring in shared memory (private to the warp: every lane reads back what it
+// copied, except the scales, behind a __syncwarp); activations come from L1 (all warps of an SM
+// read the same x); the A registers are the contract's weights, so one MMA per 16 k and token
+// column and no per-group epilogue; two accumulators (one per 64-wide tile) halve the MMA chain.
 // K order inside the MMA: thread c of a quad takes bytes 8c..8c+7 of its two rows in each tile
 // (k = 16c..16c+15 of the tile), pair p of those 16 k is word p>>2 shifted by 4(p&3), and its
-// activations are the bf16 pair at the same k, 32-bit word p of the thread's 32 bytes of x. A
-// and B are permuted alike, so the MMA's sum over k is unchanged, and one MMA never mixes the
-// two 64-wide tiles of a 128-wide stage: group 64 gets its epilogue after each tile.
+// activations are the 16-bit pair at the same k, 32-bit word p of the thread's 32 bytes of x. A
+// and B are permuted alike, so the MMA's sum over k is unchanged, and one MMA never mixes the two
+// 64-wide tiles of a 128-wide stage (group 64 changes scale between them).
 //
-// Numerics: acc = sum (M + q) x and xs = sum x per group (fp32, an MMA against all-ones A);
-// y += s * acc - s * (M + z) * xs, i.e. exact (q - z) * s weights in fp32, which differs from
-// the contract's 16-bit-rounded weight by that rounding only (~1e-3 relative).
+// Numerics: per A register (M + q) - (M + z) = q - z exactly (HSUB2), then (q - z) * s rounded
+// once (HMUL2): the contract's act((q - z) * s) bit for bit; fp32 accumulation in the MMA.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 namespace {
 
@@ -87,13 +91,11 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// One stage of one warp: 128 k of its 16 rows. Weights as in global memory (two 512-byte tiles),
-// activations lane-major ([token col][tile][half][lane]: conflict-free 16-byte reads), then the
-// scales and zeros of the stage's one or two groups.
-template <typename T, int NTOK>
+// One stage of one warp: 128 k of its 16 rows, weights as in global memory (two 512-byte tiles),
+// then the scales and zero points of the stage's one or two groups.
+template <typename T>
 struct Stage {
   uint4 w[2][32];
-  uint4 x[NTOK][2][2][32];
   T s[2][16];
   uint8_t z[2][16];
 };
@@ -146,36 +148,35 @@ __device__ void store_tile(const Args& a, const float (&out)[NTOK][4], int n0, i
   if (a.split_k > 1 && threadIdx.x == 0) a.counters[blockIdx.x] = 0;
 }
 
-template <typename T, int NTOK>
-__device__ __forceinline__ void issue_stage(const Args& a, Stage<T, NTOK>& st, int grp, int tn, int r0, int lane) {
-  const int g = lane >> 2, c = lane & 3;
-  // weights: tiles 2*grp and 2*grp+1, the warp's 16 rows = 512 contiguous bytes per tile
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile) {
-    const long long base = (((long long)tn * a.KT + 2 * grp + tile) * a.TN + r0) * 2;  // in uint4
-    cp_async16(&st.w[tile][lane], a.qw + base + lane, true);
-  }
-  const T* x = static_cast<const T*>(a.x);
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t) {
-    const int tok = 8 * t + g;
-    const T* xp = x + (long long)(tok < a.M ? tok : 0) * a.stride_xm + grp * kStageK + 16 * c;
-#pragma unroll
-    for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) cp_async16(&st.x[t][tile][h][lane], xp + 64 * tile + 8 * h, tok < a.M);
-  }
-  // scales/zeros of the stage's groups (1 for G = 128, 2 for G = 64): 32 + 16 bytes per group
-  const int ngroups = kStageK / a.G;
+// cp.async of one stage: lane l copies 16-byte chunk l of each of the two tiles (the warp's 16 rows
+// are 512 contiguous bytes per tile); lanes 0..3 the scales (8 rows each), lanes 8..9 the zeros.
+template <typename T>
+__device__ __forceinline__ void issue_stage(const Args& a, Stage<T>& st, const uint4* wsrc, long long tile_step,
+                                            const T* ssrc, const uint8_t* zsrc, int grp, int ngroups, int lane) {
+  const long long t0 = 2LL * grp * tile_step;
+  cp_async16(&st.w[0][lane], wsrc + t0, true);
+  cp_async16(&st.w[1][lane], wsrc + t0 + tile_step, true);
   if (lane < 2 * ngroups) {
-    const int gi = lane >> 1, half = lane & 1;
-    const long long sidx = ((long long)tn * a.KGP + grp * ngroups + gi) * a.TN + r0 + 8 * half;
-    cp_async16(&st.s[gi][8 * half], static_cast<const T*>(a.scales) + sidx, true);
-  } else if (lane >= 8 && lane < 8 + ngroups && a.zeros != nullptr) {
-    const int gi = lane - 8;
-    const long long sidx = ((long long)tn * a.KGP + grp * ngroups + gi) * a.TN + r0;
-    cp_async16(&st.z[gi][0], a.zeros + sidx, true);
+    cp_async16(&st.s[lane >> 1][8 * (lane & 1)], ssrc + (long long)(grp * ngroups + (lane >> 1)) * a.TN, true);
+  } else if (lane >= 8 && lane < 8 + ngroups && zsrc != nullptr) {
+    cp_async16(&st.z[lane - 8][0], zsrc + (long long)(grp * ngroups + lane - 8) * a.TN, true);
   }
+}
+
+// The 16-bit weights of one A register: (M + q) - (M + z) = q - z exactly, then one rounding of
+// (q - z) * s: the contract's act((q - z) * s), bit for bit (docs/layouts.md).
+template <typename T>
+__device__ __forceinline__ uint32_t weight_pair(uint32_t word, uint32_t mz, uint32_t s2) {
+  using V = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  uint32_t r = lop3_magic<Half16<T>::kMagic>(word);
+  V v = __hmul2(__hsub2(*reinterpret_cast<V*>(&r), *reinterpret_cast<V*>(&mz)), *reinterpret_cast<V*>(&s2));
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t splat(T v) {
+  const uint16_t b = *reinterpret_cast<uint16_t*>(&v);
+  return (uint32_t(b) << 16) | b;
 }
 
 template <typename T, int NTOK, int STAGES>
@@ -184,83 +185,84 @@ __global__ void __launch_bounds__(kWarps * 32) w4_decode_kernel(const Args a) {
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  Stage<T, NTOK>* ring = reinterpret_cast<Stage<T, NTOK>*>(smem) + warp * STAGES;
+  Stage<T>* ring = reinterpret_cast<Stage<T>*>(smem) + warp * STAGES;
   const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;  // first row of this warp
   const bool active = n0 < a.NP;
   const int stages = a.K / kStageK;
   const int per = (stages + a.split_k - 1) / a.split_k;
   const int s_lo = blockIdx.y * per, s_hi = active ? min(stages, s_lo + per) : s_lo;
   const int tn = n0 / a.TN, r0 = n0 % a.TN;
-  const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
-  const int tiles_per_group = a.G / 64;
+  const int ngroups = kStageK / a.G;
+  // per-lane sources, hoisted: tile (tn, 0) of the warp's rows; scales/zeros of group 0
+  const long long tile_step = (long long)a.TN * 2;  // uint4 per 64-wide tile
+  const uint4* wsrc = a.qw + ((long long)tn * a.KT * a.TN + r0) * 2 + lane;
+  const T* ssrc = static_cast<const T*>(a.scales) + (long long)tn * a.KGP * a.TN + r0 + 8 * (lane & 1);
+  const uint8_t* zsrc = a.zeros != nullptr ? a.zeros + (long long)tn * a.KGP * a.TN + r0 : nullptr;
+  const T* x = static_cast<const T*>(a.x);
+  const uint4* xsrc[NTOK];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) {
+    const int tok = 8 * t + g;
+    xsrc[t] = tok < a.M ? reinterpret_cast<const uint4*>(x + (long long)tok * a.stride_xm + 16 * c) : nullptr;
+  }
 
-  float out[NTOK][4];
+  float acc[2][NTOK][4];  // one accumulator per tile: two independent MMA chains
 #pragma unroll
-  for (int t = 0; t < NTOK; ++t)
+  for (int j = 0; j < 2; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][t][i] = 0.f;
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s_lo + s < s_hi) issue_stage<T, NTOK>(a, ring[s], s_lo + s, tn, r0, lane);
+    if (s_lo + s < s_hi) issue_stage<T>(a, ring[s], wsrc, tile_step, ssrc, zsrc, s_lo + s, ngroups, lane);
     cp_async_commit();
   }
   for (int grp = s_lo, it = 0; grp < s_hi; ++grp, ++it) {
+    // activations: 32 bytes per tile of this thread's token, from L1 (every warp of the SM reads them)
+    uint4 xv[NTOK][2][2];
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        xv[t][j >> 1][j & 1] = xsrc[t] != nullptr ? __ldg(xsrc[t] + grp * (kStageK / 8) + 8 * (j >> 1) + (j & 1))
+                                                  : make_uint4(0, 0, 0, 0);
     cp_async_wait<STAGES - 2>();
     __syncwarp();  // the scales another lane copied are visible; every lane is done with slot it-1
     const int next = grp + STAGES - 1;
-    if (next < s_hi) issue_stage<T, NTOK>(a, ring[(it + STAGES - 1) % STAGES], next, tn, r0, lane);
+    if (next < s_hi) issue_stage<T>(a, ring[(it + STAGES - 1) % STAGES], wsrc, tile_step, ssrc, zsrc, next, ngroups, lane);
     cp_async_commit();
-    const Stage<T, NTOK>& st = ring[it % STAGES];
-    float acc[NTOK][4], xs[NTOK][4];
+    const Stage<T>& st = ring[it % STAGES];
 #pragma unroll
     for (int tile = 0; tile < 2; ++tile) {
-      if (tile == 0 || tiles_per_group == 1) {
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[t][i] = xs[t][i] = 0.f;
-      }
+      const int gi = ngroups == 2 ? tile : 0;
+      const uint32_t s_lo2 = splat<T>(st.s[gi][g]), s_hi2 = splat<T>(st.s[gi][g + 8]);
+      const uint32_t zl = a.zeros != nullptr ? st.z[gi][g] : 8u, zh = a.zeros != nullptr ? st.z[gi][g + 8] : 8u;
+      const uint32_t mz_lo = lop3_magic<H::kMagic>(zl | (zl << 16)), mz_hi = lop3_magic<H::kMagic>(zh | (zh << 16));
       const uint2 wl = reinterpret_cast<const uint2*>(&st.w[tile][0])[g * 4 + c];        // row g, bytes 8c..
       const uint2 wh = reinterpret_cast<const uint2*>(&st.w[tile][0])[(g + 8) * 4 + c];  // row g + 8
-      uint4 xv[NTOK][2];
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-        xv[t][0] = st.x[t][tile][0][lane];
-        xv[t][1] = st.x[t][tile][1][lane];
-      }
 #pragma unroll
       for (int step = 0; step < 4; ++step) {
-        // pairs 2*step and 2*step+1: word (2*step)>>2 = step>>1, shifts 8*(step&1) and +4
+        // pairs 2*step and 2*step+1: word step>>1, shifts 8*(step&1) and +4
         const uint32_t lo = (step >> 1) ? wl.y : wl.x, hi = (step >> 1) ? wh.y : wh.x;
         const int sh = 8 * (step & 1);
-        const uint32_t af[4] = {lop3_magic<H::kMagic>(lo >> sh), lop3_magic<H::kMagic>(hi >> sh),
-                                lop3_magic<H::kMagic>(lo >> (sh + 4)), lop3_magic<H::kMagic>(hi >> (sh + 4))};
+        const uint32_t af[4] = {weight_pair<T>(lo >> sh, mz_lo, s_lo2), weight_pair<T>(hi >> sh, mz_hi, s_hi2),
+                                weight_pair<T>(lo >> (sh + 4), mz_lo, s_lo2), weight_pair<T>(hi >> (sh + 4), mz_hi, s_hi2)};
 #pragma unroll
         for (int t = 0; t < NTOK; ++t) {
-          const uint4& q = xv[t][step >> 1];
-          const uint32_t b0 = (step & 1) ? q.z : q.x, b1 = (step & 1) ? q.w : q.y;
-          H::mma(acc[t], af, b0, b1);
-          H::mma(xs[t], ones, b0, b1);
-        }
-      }
-      if (tile == 1 || tiles_per_group == 1) {  // group epilogue: out += s (acc - (M + z) sum x)
-        const int gi = tiles_per_group == 1 ? tile : 0;
-        const float sl = H::to_f(st.s[gi][g]), sh_ = H::to_f(st.s[gi][g + 8]);
-        const float zl = a.zeros != nullptr ? static_cast<float>(st.z[gi][g]) : 8.f;
-        const float zh = a.zeros != nullptr ? static_cast<float>(st.z[gi][g + 8]) : 8.f;
-        const float ol = sl * (H::kBase + zl), oh = sh_ * (H::kBase + zh);
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t) {
-          out[t][0] = fmaf(sl, acc[t][0], fmaf(-ol, xs[t][0], out[t][0]));
-          out[t][1] = fmaf(sl, acc[t][1], fmaf(-ol, xs[t][1], out[t][1]));
-          out[t][2] = fmaf(sh_, acc[t][2], fmaf(-oh, xs[t][2], out[t][2]));
-          out[t][3] = fmaf(sh_, acc[t][3], fmaf(-oh, xs[t][3], out[t][3]));
+          const uint4& q = xv[t][tile][step >> 1];
+          H::mma(acc[tile][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
         }
       }
     }
   }
   cp_async_wait<0>();
+  float out[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[t][i] = acc[0][t][i] + acc[1][t][i];
   store_tile<T, NTOK>(a, out, n0, g, c, active);
 }
 
@@ -300,7 +302,7 @@ __global__ void w4_dequant_kernel(const uint4* __restrict__ qw, const T* __restr
 
 template <typename T, int NTOK, int STAGES>
 int launch_decode(const Args& a, cudaStream_t s) {
-  const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage<T, NTOK>));
+  const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage<T>));
   static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
   if (!raised) {
     cudaError_t e = cudaFuncSetAttribute(w4_decode_kernel<T, NTOK, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -326,9 +328,7 @@ int by_stages(const Args& a, int stages, cudaStream_t s) {
 
 template <typename T>
 int by_tokens(const Args& a, int stages, cudaStream_t s) {
-  if (a.M <= 8) return by_stages<T, 1>(a, stages, s);
-  if (a.M <= 16) return by_stages<T, 2>(a, stages, s);
-  return by_stages<T, 4>(a, stages, s);
+  return a.M <= 8 ? by_stages<T, 1>(a, stages, s) : by_stages<T, 2>(a, stages, s);
 }
 
 }  // namespace
@@ -339,7 +339,7 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
                                    int dtype, void* stream) {
-  if (M < 1 || M > 32 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
+  if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < 1 || (dtype != 0 && dtype != 1))
     return -1;
   const Args a{x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), bias, y,
