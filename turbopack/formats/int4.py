@@ -38,7 +38,7 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_nibbles`."""
-    out = torch.empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.uint8)
+    out = torch.empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.uint8, device=packed.device)
     out[:, 0::2] = packed & 0xF
     out[:, 1::2] = packed >> 4
     return out
