@@ -254,7 +254,8 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dty
 
 
 def tokenizer_files(folder: Path) -> dict[str, Any]:
-    """tokenizer.json path and the bos/eos ids from generation_config/tokenizer_config, if present."""
+    """tokenizer.json path and the bos/eos ids from generation_config/config, if present (which
+    special tokens frame a prompt is turbopack.textenc's business)."""
     out: dict[str, Any] = {"tokenizer": folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None}
     for side in ("generation_config.json", "config.json"):
         if (folder / side).is_file():
@@ -262,6 +263,4 @@ def tokenizer_files(folder: Path) -> dict[str, Any]:
             for key in ("bos_token_id", "eos_token_id"):
                 if out.get(key) is None and data.get(key) is not None:
                     out[key] = data[key]
-    tc = folder / "tokenizer_config.json"
-    out["add_bos"] = bool(json.loads(tc.read_text()).get("add_bos_token", True)) if tc.is_file() else True
     return out
