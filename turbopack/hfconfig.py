@@ -8,6 +8,9 @@ of ``model_type``. Shared by the packer (families) and the runtime (ModelConfig)
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from turbopack.errors import UnsupportedModelError
 
 #: model_type -> the class AutoModelForCausalLM builds for it (for the families we support)
@@ -33,3 +36,32 @@ def architectures_of(config: dict, where: str = "config.json") -> list[str]:
         raise UnsupportedModelError(f"{where}: neither architectures nor model_type is set; add \"model_type\": \"llama\" "
                                     f"(or mistral, qwen2) to config.json")
     return []
+
+
+#: quantization_config.quant_method values of checkpoints that `turbopack convert` reads
+CONVERTIBLE = ("compressed-tensors", "gptq", "awq")
+#: the side files AutoGPTQ and AutoAWQ write instead of a quantization_config
+SIDE_CONFIGS = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
+
+
+def foreign_quantization(folder: Path, manifest_kind: str | None = None) -> str | None:
+    """The quant method of a quantized checkpoint that is not ours to run directly (a
+    compressed-tensors export of ours, or another tool's GPTQ/AWQ/compressed-tensors folder)."""
+    if manifest_kind == "compressed-tensors":
+        return manifest_kind
+    if manifest_kind is not None:
+        return None
+    for name, method in SIDE_CONFIGS.items():
+        if (folder / name).is_file():
+            return method
+    try:
+        qc = json.loads((folder / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    return method if method in CONVERTIBLE else None
+
+
+def convert_hint(folder: Path, method: str, command: str) -> str:
+    return (f"{folder}: a {method} checkpoint, which {command} does not read directly; "
+            f"`turbopack convert {folder} -o OUT` turns it into the arch-neutral folder that {command} takes")

@@ -29,6 +29,7 @@ from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resol
 from turbopack.device import resolve_device, safetensors_device
 from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
+from turbopack.hfconfig import convert_hint, foreign_quantization
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
 from turbopack.inference.qlinear import QuantLinear
 
@@ -96,6 +97,9 @@ def _repack_hint(folder: Path, manifest: dict, arch: str) -> str:
 def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, repack: bool,
                  arch: str | None, backend: str | None) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
     """(folder to read, kind, {module: plan}, arch the tensors run as)."""
+    foreign = foreign_quantization(folder, manifest["kind"] if manifest else None)
+    if foreign is not None:
+        raise CheckpointError(convert_hint(folder, foreign, "turbopack run/load"))
     if manifest is None:
         return folder, "hf", {}, None
     kind = manifest["kind"]
