@@ -162,3 +162,31 @@ def test_params_roundtrip_and_errors():
 def test_bits_per_weight():
     assert get_format("w4a16", group_size=128, sym=True).bits_per_weight((4096, 4096)) == 4.125
     assert get_format("w4a16", group_size=128).bits_per_weight((4096, 4096)) == 4.1875
+
+
+def _vllm_style_int8_row(row: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """vLLM's dynamic_scaled_int8_quant for one token, element by element in float32
+    (csrc/quantization/compressed_tensors/int8_quant_kernels.cu): scale = amax / 127, codes =
+    round-half-even(x * (127 / amax)) saturated to int8."""
+    amax = np.float32(0)
+    for v in row:
+        amax = max(amax, np.float32(abs(v)))
+    inv = np.float32(np.float32(127) / amax)
+    codes = np.array([min(127, max(-128, int(np.rint(np.float32(v * inv))))) for v in row], np.int8)
+    return codes, np.float32(amax / np.float32(127))
+
+
+def test_w8a8_activation_codes_follow_vllm():
+    from turbopack.formats.int8 import quantize_rows_int8
+
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(64, 384, generator=gen) * 4).bfloat16()
+    q, s = quantize_rows_int8(x)
+    div = torch.clamp(torch.round(x.float() / s[:, None]), -127, 127).to(torch.int8)
+    assert not torch.equal(q, div), "the sample must hold rows where x*(127/a) and x/(a/127) round apart"
+    xs = x.float().numpy()
+    for m in range(x.shape[0]):
+        want_q, want_s = _vllm_style_int8_row(xs[m])
+        assert np.array_equal(q[m].numpy(), want_q) and s[m].item() == want_s
+    zq, zs = quantize_rows_int8(torch.zeros(2, 8))
+    assert not zq.any() and torch.equal(zs, torch.ones(2))

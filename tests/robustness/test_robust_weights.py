@@ -78,7 +78,7 @@ def test_no_group_size_divides_k(capsys, tmp_path):
     model = make_tiny_model(tmp_path / "k80", intermediate_size=80)
     capsys.readouterr()
     refused(capsys, ["quantize", model, "-o", tmp_path / "out", "-f", "w4a16", "-g", "32"], model, tmp_path / "out",
-            "model.layers.0.mlp.down_proj.weight: K=80 is not a multiple of group size 32", "add it to --ignore")
+            "model.layers.0.mlp.down_proj.weight: K=80 is not a multiple of group size 32", "no int4 group size divides it", "--k-fallback w8", "--ignore")
 
 
 def test_tile_does_not_divide_is_padded(capsys, tmp_path, tiny_llama):

@@ -29,15 +29,21 @@ def export(
     """
     from turbopack.packer.hub import enable_hub
     from turbopack.packer.interop.export import export as run
+    from turbopack.packer.interop.hf_load import recipe_for
 
     enable_hub()
     res = run(src, out, to, force=force, progress=sys.stderr.isatty())
     d = res.as_dict()
+    recipe = recipe_for(res.out)
     if as_json:
-        typer.echo(json.dumps(d, indent=2))
+        typer.echo(json.dumps({**d, "transformers_load": recipe.line(res.out), "plain_load_fails": recipe.plain_fails},
+                              indent=2))
         return
     typer.echo(f"{d['out']}: {res.format} as {to}, {d['quantized']} modules, ignore={d['ignore']}; "
                f"{d['output_bytes'] / 1e6:.1f} MB")
+    typer.echo(f"load in transformers: {recipe.line(res.out)}")
+    if recipe.plain_fails:
+        typer.echo(f"  (a plain from_pretrained fails here: {recipe.plain_fails})")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ def quantize(
     scale_dtype: Optional[str] = typer.Option(None, help="int4 scale dtype: bfloat16 (default) or float16."),
     per_tensor: Optional[bool] = typer.Option(None, "--per-tensor/--per-channel", help="fp8: one scale per tensor instead of per output channel."),
     ignore: list[str] = typer.Option([], "--ignore", help="Glob of module names to keep unquantized (repeatable)."),
+    k_fallback: Optional[str] = typer.Option(None, "--k-fallback", help="int4 layers whose K the group size does not divide: refuse (default) | group (the largest smaller group that divides K, those layers only) | w8 (those layers as w8a16). RTN only."),
     include_lm_head: bool = typer.Option(False, help="Also quantize lm_head."),
     method: str = typer.Option("rtn", "--method", "-m", help="rtn (no data) | awq (w4a16, w8a16) | gptq (w4a16, w8a16, w8a8)."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text file or .jsonl with a \"text\" field (default: bundled train.txt)."),
@@ -45,6 +46,8 @@ def quantize(
       turbopack quantize ./Llama-3-8B -o llama-w8a8-sq -f w8a8 --smooth --alpha 0.5
 
       turbopack quantize ./Llama-3-70B -o llama70-w4 -f w4a16 --resume   # after a crash: the same line again
+
+      turbopack quantize ./model -o w4 -f w4a16 -g 64 --k-fallback w8   # down_proj K=688: no int4 group divides it
     """
     from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.quantize import quantize as run
@@ -53,7 +56,7 @@ def quantize(
         res = run(model, out, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype, per_tensor=per_tensor,
                   ignore=tuple(ignore), include_lm_head=include_lm_head, force=force, method=method, calib=calib,
                   calib_samples=calib_samples, calib_seqlen=calib_seqlen, seed=seed, smooth=smooth, alpha=alpha,
-                  device=device, act_order=act_order, resume=resume)
+                  device=device, act_order=act_order, resume=resume, k_fallback=k_fallback)
     d = res.as_dict()
     if as_json:
         typer.echo(json.dumps(d, indent=2))

@@ -21,7 +21,7 @@ def run(
     backend: str = typer.Option(None, "--backend", help="Override the linears' backend: reference | emulator | cuda."),
     arch: str = typer.Option(None, "--arch", help="CPU only: run an arch-neutral folder packed for ARCH on the emulator."),
     no_graph: bool = typer.Option(False, "--no-cuda-graph", help="Decode eagerly (no CUDA graph)."),
-    as_json: bool = typer.Option(False, "--json", help="Print {text, token_ids, stats} as JSON instead of streaming."),
+    as_json: bool = typer.Option(False, "--json", help="Print {text, token_ids, prompt_ids, stats} as JSON instead of streaming."),
 ) -> None:
     """Generate text from a model: the continuation on stdout (streamed), then prefill and decode
     tokens/s on stderr.
@@ -45,7 +45,7 @@ def run(
     st = out.stats
     if as_json:
         lo = m.loaded
-        typer.echo(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": st.as_dict(),
+        typer.echo(json.dumps({"text": out.text, "token_ids": out.token_ids, "prompt_ids": m.encode(prompt), "stats": st.as_dict(),
                                "model": {"folder": str(lo.folder), "kind": lo.kind, "format": lo.format,
                                          "backend": lo.backend, "arch": lo.arch, "device": str(lo.device)}}, indent=2))
         return

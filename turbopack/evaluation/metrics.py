@@ -125,7 +125,13 @@ def load_for_eval(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.
     from turbopack.checkpoint import read_json, read_manifest
     from turbopack.errors import TurbopackError
 
-    if not (folder / "turbopack.json").is_file():
+    from turbopack.hfconfig import convert_hint, foreign_quantization
+
+    has_manifest = (folder / "turbopack.json").is_file()
+    foreign = foreign_quantization(folder, read_manifest(folder).get("kind") if has_manifest else None)
+    if foreign is not None:
+        raise TurbopackError(convert_hint(folder, foreign, "turbopack eval"))
+    if not has_manifest:
         from turbopack.inference.model import load_model
 
         return load_model(folder, dtype=torch.float32, device=device), "float (source weights, fp32 compute)"

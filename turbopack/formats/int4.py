@@ -65,7 +65,9 @@ class W4A16(Format):
         k = shape[1]
         if k % self.group_size:
             fits = [g for g in GROUP_SIZES if k % g == 0]
-            hint = f"group sizes that divide it: {fits}" if fits else "no int4 group size divides it; add it to --ignore"
+            hint = (f"group sizes that divide it: {fits}" if fits else "no int4 group size divides it") + \
+                "; or for such layers only: --k-fallback group (a smaller group that divides K), " \
+                "--k-fallback w8 (int8 per channel), or --ignore (keep bf16)"
             raise ShapeError(f"{name}: K={k} is not a multiple of group size {self.group_size}; {hint}")
 
     def specs(self, shape: tuple[int, int]) -> list[TensorSpec]:

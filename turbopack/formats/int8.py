@@ -2,7 +2,11 @@
 activations quantized per token at run time).
 
 Weights:      s_n = max|W[n, :]| / 127 (float32; 0 -> 1),  q = clamp(round(W / s_n), -127, 127)
-Activations:  s_m = max|X[m, :]| / 127 (float32; 0 -> 1),  qx = clamp(round(X / s_m), -127, 127)
+Activations:  a = max|X[m, :]|,  s_m = a / 127 (0 -> 1),  qx = clamp(round(X * (127 / a)), -127, 127)
+              -- vLLM's dynamic per-token int8 quantizer (dynamic_scaled_int8_quant), which serves our
+              compressed-tensors W8A8 exports: it multiplies by the float32 reciprocal 127/a rather
+              than dividing by s_m, and the two differ in the last bit (a code at a .5 tie) on ~0.05%
+              of bf16 activations.
 W8A8 output:  Y[m, n] = (sum_k qx[m, k] * q[n, k]) * s_m * s_n   (int32 accumulation)
 -128 is never produced, so the range is symmetric and negation is exact.
 On disk: qweight int8 [N, K], scales float32 [N].
@@ -18,12 +22,26 @@ import torch
 from turbopack.formats.base import Format, FormatName, TensorSpec
 
 
-def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: returns (int8 codes, float32 scales [rows])."""
-    xf = x.float()
-    s = xf.abs().amax(-1) / 127
+def quantize_weight_rows_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 weights: returns (int8 codes, float32 scales [rows])."""
+    wf = w.float()
+    s = wf.abs().amax(-1) / 127
     s = torch.where(s == 0, torch.ones_like(s), s)
-    q = torch.clamp(torch.round(xf / s[:, None]), -127, 127).to(torch.int8)
+    q = torch.clamp(torch.round(wf / s[:, None]), -127, 127).to(torch.int8)
+    return q, s
+
+
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 activations as vLLM quantizes them: (int8 codes, float32 scales [rows]).
+    |X * (127/a)| <= 127 * (1 + 2^-23), so codes stay in [-127, 127]; a zero row gets scale 1
+    and codes 0 (vLLM stores scale 0 there; the product is 0 either way)."""
+    xf = x.float()
+    a = xf.abs().amax(-1)
+    s = a / 127
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    # a true IEEE division: torch's `127 / a` is reciprocal(a) * 127, which rounds twice
+    inv = torch.where(a == 0, torch.ones_like(a), torch.full_like(a, 127.0) / a)
+    q = torch.clamp(torch.round(xf * inv[:, None]), -127, 127).to(torch.int8)
     return q, s
 
 
@@ -38,7 +56,7 @@ class W8A16(Format):
         return [TensorSpec("qweight", torch.int8, (n, k)), TensorSpec("scales", torch.float32, (n,))]
 
     def quantize(self, w: torch.Tensor, stats=None) -> dict[str, torch.Tensor]:
-        q, s = quantize_rows_int8(w)
+        q, s = quantize_weight_rows_int8(w)
         return {"qweight": q, "scales": s}
 
     def dequantize(self, q: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from turbopack.errors import TurbopackError
 from turbopack.inference.generate import Engine, GenerationStats
 from turbopack.inference.loader import Loaded, load as load_folder, tokenizer_files
+from turbopack.textenc import text_encoder
 from turbopack.inference.qlinear import fuse_projections
 from turbopack.inference.sampling import SamplingParams
 
@@ -62,8 +63,9 @@ class TurbopackModel:
             fuse_model(self.model)
         self.engine = Engine(self.model, kv=kv, use_graphs=use_graphs, fast=fast)
         side = tokenizer_files(loaded.folder)
-        self._tok_path, self.bos_id, self.eos_id, self.add_bos = side["tokenizer"], side.get("bos_token_id"), side.get("eos_token_id"), side["add_bos"]
+        self._tok_path, self.bos_id, self.eos_id = side["tokenizer"], side.get("bos_token_id"), side.get("eos_token_id")
         self._tokenizer = None
+        self._encoder = None
 
     @property
     def tokenizer(self):
@@ -76,10 +78,9 @@ class TurbopackModel:
         return self._tokenizer
 
     def encode(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt).ids
-        if self.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
-            ids = [self.bos_id, *ids]
-        return ids
+        if self._encoder is None:
+            self._encoder = text_encoder(self.loaded.folder, self.tokenizer)
+        return self._encoder.encode(prompt)
 
     def stop_ids(self) -> list[int]:
         eos = self.eos_id

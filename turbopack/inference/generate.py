@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from turbopack.errors import UnsupportedModelError
 from turbopack.inference.kv_quant import KV_FORMATS, cache_factory
 from turbopack.inference.model import Transformer
 from turbopack.inference.sampling import SamplingParams, sample
@@ -94,6 +95,12 @@ class Engine:
         if self._shape is not None and self._shape[0] == batch and self._shape[1] >= seq_len:
             return
         max_seq = math.ceil(seq_len / SEQ_ROUND) * SEQ_ROUND
+        window = self.model.config.sliding_window
+        if window is not None:  # attention never reaches past the window: no cache beyond it
+            if seq_len > window:
+                raise UnsupportedModelError(f"prompt + new tokens = {seq_len} tokens exceed the model's sliding_window "
+                                            f"{window}; shorten the prompt or lower --max-new-tokens")
+            max_seq = min(max_seq, window)
         self._graph = None  # it pointed into the old caches
         self.model.kv_caches = None
         if self.device.type == "cuda":

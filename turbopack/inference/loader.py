@@ -29,6 +29,7 @@ from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resol
 from turbopack.device import resolve_device, safetensors_device
 from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
+from turbopack.hfconfig import convert_hint, foreign_quantization
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
 from turbopack.inference.qlinear import QuantLinear
 
@@ -96,6 +97,9 @@ def _repack_hint(folder: Path, manifest: dict, arch: str) -> str:
 def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, repack: bool,
                  arch: str | None, backend: str | None) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
     """(folder to read, kind, {module: plan}, arch the tensors run as)."""
+    foreign = foreign_quantization(folder, manifest["kind"] if manifest else None)
+    if foreign is not None:
+        raise CheckpointError(convert_hint(folder, foreign, "turbopack run/load"))
     if manifest is None:
         return folder, "hf", {}, None
     kind = manifest["kind"]
@@ -254,7 +258,8 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dty
 
 
 def tokenizer_files(folder: Path) -> dict[str, Any]:
-    """tokenizer.json path and the bos/eos ids from generation_config/tokenizer_config, if present."""
+    """tokenizer.json path and the bos/eos ids from generation_config/config, if present (which
+    special tokens frame a prompt is turbopack.textenc's business)."""
     out: dict[str, Any] = {"tokenizer": folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None}
     for side in ("generation_config.json", "config.json"):
         if (folder / side).is_file():
@@ -262,6 +267,4 @@ def tokenizer_files(folder: Path) -> dict[str, Any]:
             for key in ("bos_token_id", "eos_token_id"):
                 if out.get(key) is None and data.get(key) is not None:
                     out[key] = data[key]
-    tc = folder / "tokenizer_config.json"
-    out["add_bos"] = bool(json.loads(tc.read_text()).get("add_bos_token", True)) if tc.is_file() else True
     return out

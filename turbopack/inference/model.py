@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbopack.errors import CheckpointError, UnsupportedModelError
+from turbopack.hfconfig import architectures_of
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -81,10 +82,7 @@ class ModelConfig:
 
     @classmethod
     def _from_hf(cls, hf: dict) -> ModelConfig:
-        archs = hf.get("architectures")
-        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-            raise UnsupportedModelError(f"config.json: architectures is {archs!r}, expected a list such as [\"LlamaForCausalLM\"]")
-        arch = (archs or [None])[0]
+        arch = (architectures_of(hf) or [None])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             supported = ", ".join(SUPPORTED_ARCHITECTURES)
             raise UnsupportedModelError(f"architecture {arch!r} is not supported ({supported})")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from turbopack.errors import CheckpointError, UnsupportedModelError
+from turbopack.hfconfig import architectures_of
 
 _LLAMA_LINEARS = r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight"
 
@@ -33,13 +34,11 @@ FAMILIES = {
 
 
 def family_of(config: dict, where: str = "config.json") -> Family:
-    archs = config.get("architectures") or []
-    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
-        raise UnsupportedModelError(f"{where}: architectures is {archs!r}, expected a list such as [\"LlamaForCausalLM\"]; fix config.json")
+    archs = architectures_of(config, where)
     for arch in archs:
         if arch in FAMILIES:
             return FAMILIES[arch]
-    got = ", ".join(archs) or "none"
+    got = ", ".join(archs) or f"none (model_type {config.get('model_type')!r})"
     raise UnsupportedModelError(f"{where}: architecture {got} is not supported; supported: {', '.join(FAMILIES)}")
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest
 from turbopack.errors import CheckpointError, TurbopackError
 from turbopack.formats import dtype_name, format_from_params
@@ -66,9 +68,12 @@ def packed_folders(path: str | Path) -> list[Path]:
 
 def inspect_folder(folder: Path) -> InspectReport:
     ckpt = Checkpoint.open(folder)
-    if not (ckpt.folder / MANIFEST_NAME).is_file():
+    manifest = read_manifest(ckpt.folder) if (ckpt.folder / MANIFEST_NAME).is_file() else None
+    qc = ckpt.config.get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors":
+        return _compressed_tensors(ckpt, qc)
+    if manifest is None:
         return _hf(ckpt)
-    manifest = read_manifest(ckpt.folder)
     rep = InspectReport(ckpt.folder, manifest["kind"], manifest.get("arch"), manifest.get("tp", 1), manifest.get("rank", 0))
     owned: set[str] = set()
     formats: dict[str, None] = {}
@@ -89,6 +94,51 @@ def inspect_folder(folder: Path) -> InspectReport:
                              "bytes": entry.nbytes})
             rep.bf16_bytes += _bf16_bytes(entry)
     rep.formats = list(formats)
+    rep.total_bytes = sum(e.nbytes for e in ckpt.tensors.values())
+    return rep
+
+
+#: compressed-tensors tensor suffixes that make up one quantized linear (the rest: plain tensors)
+_CT_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale")
+
+
+def _ct_scheme(qc: dict) -> tuple[str, int]:
+    """(a one-line description of the weight scheme, bits per weight code) of the first config group."""
+    group = next(iter((qc.get("config_groups") or {}).values()), {}) or {}
+    w = group.get("weights") or {}
+    bits = int(w.get("num_bits") or 8)
+    detail = f"group {w.get('group_size')}" if w.get("strategy") == "group" else str(w.get("strategy"))
+    acts = group.get("input_activations")
+    act = f", {acts.get('type')}{acts.get('num_bits')} activations per {acts.get('strategy')}" if acts else ""
+    sym = "" if w.get("symmetric", True) else " asym"
+    return f"compressed-tensors {qc.get('format')}: {w.get('type')}{bits} {detail}{sym}{act}", bits
+
+
+def _compressed_tensors(ckpt: Checkpoint, qc: dict) -> InspectReport:
+    """A compressed-tensors folder (our export or another tool's): modules from the header names,
+    each linear's [N, K] from its weight (int32-packed codes hold 32/bits of K each)."""
+    desc, bits = _ct_scheme(qc)
+    rep = InspectReport(ckpt.folder, "compressed-tensors", formats=[desc])
+    modules: dict[str, list[str]] = {}
+    for name, entry in ckpt.tensors.items():
+        prefix, _, part = name.rpartition(".")
+        quantized_weight = part == "weight" and entry.dtype in (torch.int8, torch.float8_e4m3fn)
+        if part in _CT_PARTS or quantized_weight:
+            modules.setdefault(prefix, []).append(name)
+    for module, names in modules.items():
+        weight = ckpt.tensors.get(f"{module}.weight_packed") or ckpt.tensors.get(f"{module}.weight")
+        if weight is None:  # only side tensors: count them as plain
+            continue
+        n, k = weight.shape[0], weight.shape[1] * (32 // bits if weight.dtype == torch.int32 else 1)
+        rep.rows.append({"name": module, "shape": [n, k], "dtype": desc.split(": ")[1], "layout": "-",
+                         "bytes": sum(ckpt.tensors[t].nbytes for t in names)})
+        rep.bf16_bytes += n * k * 2
+    owned = {t for module, names in modules.items() for t in names if module in {r["name"] for r in rep.rows}}
+    for name, entry in ckpt.tensors.items():
+        if name not in owned:
+            rep.rows.append({"name": name, "shape": list(entry.shape), "dtype": dtype_name(entry.dtype), "layout": "-",
+                             "bytes": entry.nbytes})
+            rep.bf16_bytes += _bf16_bytes(entry)
     rep.total_bytes = sum(e.nbytes for e in ckpt.tensors.values())
     return rep
 

@@ -44,6 +44,7 @@ class QuantizeResult:
     output_bytes: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    formats: dict[str, Format] = field(default_factory=dict)  # per-module format where --k-fallback chose another
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,17 +64,21 @@ def quantized_names(weight_name: str, fmt: Format, shape: tuple[int, int]) -> li
     return [TensorEntry(f"{prefix}.{s.suffix}", s.dtype, s.shape) for s in fmt.specs(shape)]
 
 
-def plan_jobs(ckpt: Checkpoint, fmt: Format, sel: Selection) -> tuple[list[tuple[str, list[TensorEntry]]], dict[str, str]]:
+def plan_jobs(ckpt: Checkpoint, fmt: Format, sel: Selection,
+              formats: dict[str, Format] | None = None) -> tuple[list[tuple[str, list[TensorEntry]]], dict[str, str]]:
     """[(source tensor, its output entries)] in file order, and {kept tensor: reason}. Validates
-    every shape before anything is written, so a bad shape fails in seconds, not hours."""
+    every shape before anything is written, so a bad shape fails in seconds, not hours.
+    ``formats``: per-tensor formats that replace ``fmt`` (from turbopack.packer.ragged_k)."""
+    formats = formats or {}
     check_dims(ckpt.config, {n: e.shape for n, e in ckpt.tensors.items()}, str(ckpt.folder / "config.json"),
                {n: p.name for n, p in ckpt.location.items()})
     jobs, kept = [], {}
     for name, entry in ckpt.tensors.items():
         reason = sel.reason_skipped(name, len(entry.shape))
         if reason is None:
-            fmt.check_shape(f"{ckpt.location[name].name}:{name}", entry.shape)
-            jobs.append((name, quantized_names(name, fmt, entry.shape)))
+            f = formats.get(name, fmt)
+            f.check_shape(f"{ckpt.location[name].name}:{name}", entry.shape)
+            jobs.append((name, quantized_names(name, f, entry.shape)))
         else:
             kept[name] = reason
             jobs.append((name, [entry]))
@@ -111,7 +116,7 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
              max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True, method: str = "rtn",
              calib: str | Path | None = None, calib_samples: int | None = None, calib_seqlen: int | None = None,
              seed: int | None = None, smooth: bool = False, alpha: float | None = None, device: str | None = None,
-             act_order: bool = False, resume: bool = False) -> QuantizeResult:
+             act_order: bool = False, resume: bool = False, k_fallback: str | None = None) -> QuantizeResult:
     """Quantize every linear weight of MODEL with RTN into an arch-neutral folder OUT.
 
     ``method`` awq/gptq (or ``smooth``) calibrate on text instead, block by block, into the same
@@ -129,6 +134,8 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
         opts = CalibOptions(method=method, smooth=smooth, **{k: v for k, v in calib_opts.items() if v is not None})
         return quantize_calibrated(model, out, format, params, opts, ignore=tuple(ignore), include_lm_head=include_lm_head,
                                    force=force, max_shard_bytes=max_shard_bytes, progress=progress)
+    if k_fallback not in (None, "refuse") and (method != "rtn" or smooth):
+        raise TurbopackError("--k-fallback works with RTN for now; drop --method/--smooth, or --ignore the layers instead")
     unused = [k for k, v in calib_opts.items() if v is not None]
     if unused:
         flag = "--" + {"samples": "calib-samples", "seq_len": "calib-seqlen"}.get(unused[0], unused[0]).replace("_", "-")
@@ -139,14 +146,16 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
     check_output(out, force, inputs=(ckpt.folder,))
     fmt = get_format(format, **{k: v for k, v in params.items() if k in _fields(format)})
     sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
-    jobs, kept = plan_jobs(ckpt, fmt, sel)
-    result = QuantizeResult(out=out, format=fmt.describe(), kept=kept)
+    formats = k_fallback_formats(ckpt, fmt, sel, k_fallback)
+    jobs, kept = plan_jobs(ckpt, fmt, sel, formats)
+    result = QuantizeResult(out=out, format=fmt.describe(), kept=kept, formats=formats)
     result.input_bytes = sum(ckpt.tensors[n].nbytes for n, _ in jobs)
     plan = ShardPlan.build([entries for _, entries in jobs], max_shard_bytes)
     meta = {"format": fmt.name.value, "turbopack": json.dumps(fmt.params())}
     job = {"command": "quantize", "source": source_fingerprint(ckpt.folder, list(ckpt.location.values())),
            "format": fmt.params(), "method": "rtn", "ignore": sorted(sel.ignore), "lm_head": include_lm_head,
-           "max_shard_bytes": max_shard_bytes, "turbopack": tool_version()}
+           "max_shard_bytes": max_shard_bytes, "turbopack": tool_version(),
+           **({"k_fallback": {n: f.params() for n, f in sorted(formats.items())}} if formats else {})}
     with atomic_output(out, force, resume) as tmp:
         journal = Journal.open(tmp, job) if resume else None  # another job's partial output: refused here
         with byte_progress(f"quantize {fmt.name.value}", result.input_bytes, progress) as (bar, task):
@@ -158,6 +167,22 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
     result.seconds = time.perf_counter() - t0
     result.peak_rss_mb = peak_rss_mb()
     return result
+
+
+def k_fallback_formats(ckpt: Checkpoint, fmt: Format, sel: Selection, k_fallback: str | None) -> dict[str, Format]:
+    """{weight: format} for the layers that --k-fallback moves off ``fmt`` (none by default)."""
+    from turbopack.packer import ragged_k
+
+    fallback = ragged_k.parse(k_fallback)
+    if fallback is ragged_k.KFallback.REFUSE:
+        return {}
+    out = {}
+    for name, entry in ckpt.tensors.items():
+        if sel.reason_skipped(name, len(entry.shape)) is None:
+            f = ragged_k.format_for(fmt, f"{ckpt.location[name].name}:{name}", entry.shape, fallback)
+            if f != fmt:
+                out[name] = f
+    return out
 
 
 def _write_jobs(ckpt: Checkpoint, fmt: Format, jobs, writer: ShardedWriter, result: QuantizeResult, bar, task) -> None:
@@ -172,7 +197,7 @@ def _write_jobs(ckpt: Checkpoint, fmt: Format, jobs, writer: ShardedWriter, resu
         if name in result.kept:
             _copy_one(ckpt, name, writer, advance)
         else:
-            _quantize_one(ckpt, name, fmt, writer, advance)
+            _quantize_one(ckpt, name, result.formats.get(name, fmt), writer, advance)
         writer.close_if_complete()
 
 
@@ -192,7 +217,8 @@ def _write_side_files(ckpt, tmp: Path, fmt: Format, result: QuantizeResult, sel:
         if (ckpt.folder / side).is_file():
             shutil.copy2(ckpt.folder / side, tmp / side)
     tensors = {
-        name.removesuffix(".weight"): {"shape": list(ckpt.tensors[name].shape), "format": fmt.params(),
+        name.removesuffix(".weight"): {"shape": list(ckpt.tensors[name].shape),
+                                       "format": result.formats.get(name, fmt).params(),
                                        "tensors": [e.name for e in entries], "method": "rtn"}
         for name, entries in jobs if name not in result.kept
     }

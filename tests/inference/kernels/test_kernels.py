@@ -165,6 +165,18 @@ def test_activation_quantizer_matches_the_format(fp8):
     assert not q.cpu()[:, 200:].view(torch.uint8).any()
 
 
+def test_int8_activation_quantizer_matches_the_format_at_rounding_ties():
+    """Enough bf16 rows that x * (127/amax) and x / (amax/127) round apart somewhere: the kernel
+    must take the reciprocal (vLLM's convention) exactly as the format does."""
+    gen = torch.Generator().manual_seed(11)
+    x = (torch.randn(96, 256, generator=gen) * 4).bfloat16()
+    q, s = w8a8.quantize_rows(x.to(DEV), 256, fp8=False)
+    ref_q, ref_s = reference.quantize_rows_int8(x)
+    by_div = torch.clamp(torch.round(x.float() / ref_s[:, None]), -127, 127).to(torch.int8)
+    assert not torch.equal(ref_q, by_div)
+    assert torch.equal(s.cpu()[:, 0], ref_s) and torch.equal(q.cpu(), ref_q)
+
+
 def test_split_k_leaves_workspace_zeroed_and_writes_every_output():
     fmt, layout, _, packed, b, gen = _case("w8a16", "i8_t64x64", 192, 576, 9)
     x = torch.randn(3, 576, generator=gen).bfloat16().to(DEV)

@@ -2,7 +2,8 @@
 
   quant_rows_kernel  one program per token row: absmax, scale, round, store the K_pad-wide codes
                      (zeros in the padding) and the float32 scale, in one launch. The math is the
-                     format's (turbopack.formats.int8 / fp8): IEEE division, round half to even
+                     format's (turbopack.formats.int8 / fp8): int8 multiplies by the IEEE reciprocal
+                     127/amax (vLLM's convention), e4m3 divides by the scale; round half to even
                      (the 1.5*2^23 trick), clamp to +-127 (int8) or +-448 then RNE cast (e4m3).
   i8_mm_kernel       int8 tl.dot (IMMA / wgmma s8) with int32 accumulation, the scale epilogue
                      y = acc * s_m * s_n + bias fused, split-K through epilogue.finish.
@@ -20,6 +21,7 @@ import torch
 from turbopack.inference.kernels.epilogue import finish, interpreting, splitk_buffers, tl, triton
 
 if triton is not None:
+    from triton.language.extra import libdevice
 
     @triton.jit
     def _e4m3_round(v):
@@ -32,14 +34,18 @@ if triton is not None:
         return tl.where(bits < 0, -((a + c) - c), (a + c) - c)  # the sign bit: -0.0 stays -0.0
 
     @triton.jit
-    def _quantize(x, s, FP8: tl.constexpr, SOFT_CAST: tl.constexpr):
-        v = tl.div_rn(x, s)
+    def _quantize(x, s, amax, FP8: tl.constexpr, SOFT_CAST: tl.constexpr):
         if FP8:
-            v = tl.clamp(v, -448.0, 448.0)
+            v = tl.clamp(tl.div_rn(x, s), -448.0, 448.0)
             if SOFT_CAST:
                 v = _e4m3_round(v)
             q = v.to(tl.float8e4nv)
         else:
+            inv = tl.where(amax == 0.0, 1.0, tl.div_rn(127.0, amax))
+            if SOFT_CAST:  # the interpreter multiplies in numpy float32 and has no libdevice
+                v = x * inv
+            else:  # mul_rn: the compiler may not contract it into an fma with the add below
+                v = libdevice.mul_rn(x, inv)
             q = tl.clamp((v + 12582912.0) - 12582912.0, -127.0, 127.0).to(tl.int8)  # RNE for |v| < 2^22
         return q
 
@@ -53,19 +59,21 @@ if triton is not None:
         qrow = Q + m.to(tl.int64) * stride_qm
         if ONE_PASS:  # the whole row lives in registers: read once
             x = tl.load(xrow + kk, mask=kk < K, other=0.0).to(tl.float32)
-            s = tl.div_rn(tl.max(tl.abs(x), axis=0), QMAX)
+            amax = tl.max(tl.abs(x), axis=0)
+            s = tl.div_rn(amax, QMAX)
             s = tl.where(s == 0.0, 1.0, s)
-            tl.store(qrow + kk, _quantize(x, s, FP8, SOFT_CAST), mask=kk < KP)
+            tl.store(qrow + kk, _quantize(x, s, amax, FP8, SOFT_CAST), mask=kk < KP)
         else:
             amax = tl.zeros([BK], tl.float32)
             for k0 in range(0, K, BK):
                 x = tl.load(xrow + k0 + kk, mask=k0 + kk < K, other=0.0).to(tl.float32)
                 amax = tl.maximum(amax, tl.abs(x))
-            s = tl.div_rn(tl.max(amax, axis=0), QMAX)
+            amax_row = tl.max(amax, axis=0)
+            s = tl.div_rn(amax_row, QMAX)
             s = tl.where(s == 0.0, 1.0, s)
             for k0 in range(0, KP, BK):
                 x = tl.load(xrow + k0 + kk, mask=k0 + kk < K, other=0.0).to(tl.float32)
-                tl.store(qrow + k0 + kk, _quantize(x, s, FP8, SOFT_CAST), mask=k0 + kk < KP)
+                tl.store(qrow + k0 + kk, _quantize(x, s, amax_row, FP8, SOFT_CAST), mask=k0 + kk < KP)
         tl.store(S + m, s)
 
     @triton.jit

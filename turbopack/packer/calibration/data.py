@@ -102,8 +102,12 @@ def load_tokenizer(model_folder: Path):
 
 
 def tokenize_file(model_folder: Path, path: Path, vocab: int | None = None) -> torch.Tensor:
-    """All tokens of ``path`` (1-D int64), tokenized with the model's tokenizer.json."""
-    ids = torch.tensor(load_tokenizer(model_folder).encode(read_text(path), add_special_tokens=False).ids, dtype=torch.int64)
+    """All tokens of ``path`` (1-D int64), tokenized with the model's tokenizer.json, with the
+    special tokens it adds around a text (e.g. a BOS first)."""
+    from turbopack.textenc import text_encoder
+
+    encoder = text_encoder(model_folder, load_tokenizer(model_folder))  # framed as the model's tokenizer frames it
+    ids = torch.tensor(encoder.encode(read_text(path)), dtype=torch.int64)
     if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
         raise CheckpointError(f"{model_folder}/tokenizer.json: produces token id {int(ids.max())} >= vocab_size {vocab}; "
                               f"the tokenizer does not belong to this model")
