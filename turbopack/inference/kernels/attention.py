@@ -19,15 +19,10 @@ math of ``turbopack.inference.kv_quant`` (round half to even, bit-identical code
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton is a test/GPU extra
-    triton = None
+from turbopack.inference.kernels.triton_env import interpreting, tl, triton
 
 BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 (docs/benchmarks.md)
 #: int codes -> 16-bit by bit patterns instead of int->float conversions (quarter rate); chosen by
@@ -35,10 +30,6 @@ BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 
 FAST_DEQUANT = False
 TARGET_PROGRAMS = 264  # ~2 waves of the H100's 132 SMs
 RNE_MAGIC = 12582912.0  # 1.5 * 2**23: (y + M) - M rounds |y| < 2**22 to nearest even in float32
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def available(device: torch.device) -> bool:

@@ -12,21 +12,9 @@ launches on several streams.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton is a GPU/test extra
-    triton = None
-    tl = None
-
-
-def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1 (the CPU interpreter CI runs the kernels with)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from turbopack.inference.kernels.triton_env import interpreting, tl, triton  # noqa: F401 (re-exported)
 
 
 _WS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
