@@ -48,8 +48,8 @@ def _weight(n, k, group, sym, dtype, seed):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
-@pytest.mark.parametrize("group,sym,split,stages", [(128, False, 1, 4), (128, True, 4, 3), (64, False, 7, 6),
-                                                    (64, True, 0, 8), (128, False, 0, 2)])
+@pytest.mark.parametrize("group,sym,split,stages", [(128, False, 1, 4), (128, True, 4, 6), (64, False, 7, 6),
+                                                    (64, True, 0, 4), (128, False, 0, 6)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_decode_kernel_matches_reference(m, group, sym, split, stages, dtype):
     n, k = 4096 + 16, 2048   # N not a multiple of 64: a partial tile
