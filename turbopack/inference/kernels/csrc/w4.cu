@@ -14,15 +14,17 @@
 // version (one group of 32 B per thread in flight) read DRAM at 39%; a second, with a cp.async
 // ring but an MMA against all-ones for sum(x) and a per-group fp32 epilogue, at 16%: ~385
 // instructions per 1 KiB stage and one long chain of dependent MMAs per warp (12.7 cycles per
-// issued instruction). This version: each warp streams its weights, scales and zeros through a
-// STAGES-deep cp.async ring in shared memory (private to the warp: every lane reads back what it
-// copied); scales and zeros go to registers one stage ahead; activations come from L1 (all warps
-// of an SM read the same x); pointers advance by constants (no 64-bit multiply per stage); and
-// the per-tile accumulators make four short independent MMA chains (177 SASS instructions per
-// stage for one token column, group 128, against 285 before these changes). A third version put the contract's 16-bit weights in the A
-// registers (HSUB2 + HMUL2 per register): exact, but two more instructions per two weights, and
-// at 48% of bandwidth ncu showed the SM issue-bound (50% compute throughput at 13 warps/SM); the
-// raw (M + q) operand plus one MMA against all-ones per step issues fewer instructions.
+// issued instruction). This version: each warp streams its weights through a STAGES-deep cp.async
+// ring in shared memory (private to the warp: lanes copy in memory order and read in fragment
+// order behind a __syncwarp, no CTA barrier); scales and zeros go to registers one stage ahead;
+// activations come from L1 (all warps of an SM read the same x); pointers advance by constants
+// (no 64-bit multiply per stage); the per-tile accumulators make four short independent MMA
+// chains (177 SASS instructions per stage for one token column and group 128, against 285 for
+// the same loop with run-time group size, asymmetry and ring modulo). A third version put the
+// contract's 16-bit weights in the A registers (HSUB2 + HMUL2 per register): exact, but two more
+// instructions per two weights, and at 48% of bandwidth ncu showed the SM issue-bound (50%
+// compute throughput at 13 warps/SM); the raw (M + q) operand plus one MMA against all-ones per
+// step issues fewer instructions.
 // K order inside the MMA: thread c of a quad takes bytes 8c..8c+7 of its two rows in each tile
 // (k = 16c..16c+15 of the tile), pair p of those 16 k is word p>>2 shifted by 4(p&3), and its
 // activations are the 16-bit pair at the same k, 32-bit word p of the thread's 32 bytes of x. A
@@ -246,7 +248,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
     ssrc += sz_step;
     if (ASYM) zsrc += sz_step;
     if (grp + 1 < s_hi) nxt.load(ssrc, zsrc, a.TN);
-    cp_async_wait<STAGES - 2>();  // each lane reads back only the bytes it copied: no barrier needed
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // lane l copied bytes 16l.. (row l/2), read by that row's quad; and slot wr is free
     const int next = grp + STAGES - 1;
     if (next < s_hi) issue_stage(ring[wr], wsrc, tile_step, lane);
     cp_async_commit();
