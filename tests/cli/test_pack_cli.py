@@ -32,7 +32,7 @@ def test_help_has_examples_and_says_where_archs_go(capsys):
 
 
 def test_pack_explain_verify_inspect(capsys, quantized, tmp_path):
-    from turbopack.formats.store import QuantizedCheckpoint
+    from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
     src = quantized("base", "w4a16", {"group_size": 32})
     out = tmp_path / "p"

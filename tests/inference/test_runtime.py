@@ -13,7 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from turbopack.errors import CheckpointError  # noqa: E402
-from turbopack.formats.store import QuantizedCheckpoint  # noqa: E402
+from turbopack.checkpoint.quantized import QuantizedCheckpoint  # noqa: E402
 from turbopack.inference import loader as L  # noqa: E402
 from turbopack.inference import model as M  # noqa: E402
 from turbopack.inference.api import TextStream, load  # noqa: E402

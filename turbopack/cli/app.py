@@ -50,7 +50,7 @@ _register_all()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (usage errors: click prints them and exits 2)."""
-    from turbopack.packer.hub import enable_hub
+    from turbopack.checkpoint.hub import enable_hub
 
     enable_hub()  # MODEL arguments may be Hub ids (org/name[@revision])
     try:

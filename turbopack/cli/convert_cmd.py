@@ -28,7 +28,7 @@ def convert(
 
       turbopack convert TheOrg/Qwen2-7B-GPTQ-Int4@main -o qwen-w4 && turbopack pack qwen-w4 --arch sm90 -o qwen-sm90
     """
-    from turbopack.packer.hub import enable_hub
+    from turbopack.checkpoint.hub import enable_hub
     from turbopack.packer.interop.convert import convert as run
 
     enable_hub()

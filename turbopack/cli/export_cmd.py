@@ -27,7 +27,7 @@ def export(
 
       vllm serve ./llama-w4-ct --tensor-parallel-size 4
     """
-    from turbopack.packer.hub import enable_hub
+    from turbopack.checkpoint.hub import enable_hub
     from turbopack.packer.interop.export import export as run
 
     enable_hub()

@@ -85,7 +85,7 @@ def load_hf(path: str | Path, device: str | torch.device = "cpu", dtype: torch.d
     from transformers import AutoModelForCausalLM
 
     from turbopack.inference import loader
-    from turbopack.packer.hub import enable_hub
+    from turbopack.checkpoint.hub import enable_hub
 
     enable_hub()
     folder = resolve_model(path)

@@ -3,7 +3,7 @@
 Three kinds of folder load:
   * a plain Hugging Face folder (no turbopack.json): the bf16 reference model;
   * an arch-neutral quantized folder (`turbopack quantize`): on a GPU it is packed at load for the
-    local arch by the packer's pure functions (`pack_module`), module by module; on the CPU it runs
+    local arch by the layouts' pure functions (`layouts.packing.pack_module`), module by module; on the CPU it runs
     with the reference backend (or, given ``arch``, packed for that arch on the emulator);
   * a packed folder (`turbopack pack`): its tensors are the kernels' tensors; a GPU whose arch is
     not the folder's is refused with the repack command, unless ``repack`` and the folder's
@@ -31,6 +31,9 @@ from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
 from turbopack.inference.qlinear import QuantLinear
+from turbopack.layouts import get_layout
+from turbopack.layouts.archs import arch_for_capability
+from turbopack.layouts.packing import pack_module, select_layout
 
 
 @dataclass
@@ -60,21 +63,13 @@ class Loaded:
 
 def local_arch(device: torch.device) -> str:
     """The turbopack arch name ("sm90") of the GPU ``device``."""
-    from turbopack.layouts.archs import arch_for_capability
-
     major, minor = torch.cuda.get_device_capability(device)
     return arch_for_capability(major, minor, torch.cuda.get_device_name(device)).name.value
 
 
-def layout_by_name(name):
-    from turbopack.layouts import get_layout
-
-    return get_layout(name)
-
-
 def _manifest_layout(folder: Path, module: str, info: dict):
     try:
-        layout = layout_by_name(info.get("layout"))
+        layout = get_layout(info.get("layout"))
     except UnknownNameError as e:
         raise CheckpointError(f"{folder / MANIFEST_NAME}: {module}: {e}; this folder was packed by another turbopack: "
                               f"use that version, or re-pack with this one") from None
@@ -137,9 +132,7 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
 
 
 def _select(fmt: Format, arch: str, shape, name: str):
-    from turbopack.packer.pack import select_layout
-
-    return layout_by_name(select_layout(fmt, arch, shape, name).layout)
+    return get_layout(select_layout(fmt, arch, shape, name).layout)
 
 
 # --- building and filling the model ----------------------------------------------------------
@@ -206,8 +199,6 @@ def _fill(model: Transformer, ckpt: Checkpoint, plans: dict[str, ModulePlan], de
 
 
 def _pack_at_load(model: Transformer, ckpt: Checkpoint, name: str, p: ModulePlan, device: torch.device) -> None:
-    from turbopack.packer.pack import pack_module
-
     q = {s.suffix: ckpt.read(f"{name}.{s.suffix}") for s in p.fmt.specs(p.shape)}
     packed = pack_module(p.fmt, q, p.shape, p.pack_for, name=name)
     for suffix, t in packed.tensors.items():

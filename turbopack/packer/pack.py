@@ -21,69 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from turbopack.checkpoint import ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output, new_manifest, write_manifest
 from turbopack.checkpoint.manifest import tool_version
 from turbopack.checkpoint.resume import Journal
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
-from turbopack.formats import Format, dtype_name
+from turbopack.formats import dtype_name
+from turbopack.layouts import ARCHS, get_arch
+from turbopack.layouts.archs import resolve_arch
+from turbopack.layouts.packing import layout_of, pack_module, select_layout
+from turbopack.layouts.selection import select
 from turbopack.packer import tp as tpmod
 from turbopack.packer.pack_source import CHUNK_BYTES, Source, open_source
 from turbopack.packer.progress import byte_progress
 
 PACKED_KIND = "packed"
-
-
-# --- one module ------------------------------------------------------------------------------------
-
-
-@dataclass
-class PackedModule:
-    """One linear packed for one arch: ``tensors`` by suffix, ``choice`` from layouts.selection."""
-
-    name: str
-    shape: tuple[int, int]
-    choice: Any
-    tensors: dict[str, torch.Tensor]
-
-    @property
-    def layout(self) -> Any:
-        return layout_of(self.choice)
-
-
-def layout_of(choice: Any) -> Any:
-    """The Layout object of a selection Choice (which names it)."""
-    from turbopack.layouts import get_layout
-
-    return get_layout(choice.layout)
-
-
-def select_layout(fmt: Format, arch: str, shape: tuple[int, int], name: str = "") -> Any:
-    """layouts.selection.select, with the module named in any error it raises."""
-    from turbopack.layouts.selection import select
-
-    try:
-        return select(fmt, arch, tuple(shape))
-    except TurbopackError as e:
-        if name and name not in str(e):
-            raise type(e)(f"{name}: {e}") from None
-        raise
-
-
-def pack_module(fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int], arch: str, *,
-                name: str = "", choice: Any = None) -> PackedModule:
-    """Pack one linear's arch-neutral tensors ``q`` (a whole weight or one TP slice) for ``arch``."""
-    choice = choice if choice is not None else select_layout(fmt, arch, shape, name)
-    packed = layout_of(choice).pack(fmt, q, tuple(shape))
-    for spec in layout_of(choice).packed_specs(fmt, tuple(shape)):
-        t = packed.get(spec.suffix)
-        if t is None or t.dtype != spec.dtype or tuple(t.shape) != tuple(spec.shape):
-            got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
-            raise RuntimeError(f"{name}.{spec.suffix}: layout {layout_of(choice).name.value} packed {got}, "
-                               f"its packed_specs say {spec.dtype} {list(spec.shape)}")
-    return PackedModule(name, tuple(shape), choice, packed)
 
 
 # --- planning --------------------------------------------------------------------------------------
@@ -118,8 +70,6 @@ def targets_for(archs: list[str], tp: int) -> list[Target]:
 
 def check_archs(arch: str | tuple[str, ...] | list[str]) -> list[str]:
     """Canonical arch names ("auto": this machine's GPU); unknown names raise, listing the known."""
-    from turbopack.layouts.archs import resolve_arch
-
     names = [arch] if isinstance(arch, str) else list(arch)
     if not names:
         raise TurbopackError("no --arch given; pass e.g. --arch sm90")
@@ -190,9 +140,6 @@ class PackResult:
 def not_native(src: Source, p: Plan) -> list[str]:
     """One line per (format, arch) whose layout does not run the format natively: its weights
     are upcast to 16-bit in the kernel and its activations stay 16-bit (``Layout.weights_only``)."""
-    from turbopack.layouts import ARCHS, get_arch
-    from turbopack.layouts.selection import select
-
     notes: dict[tuple[str, str], str] = {}
     for (name, t), c in p.choices.items():
         fmt, shape = src.modules[name]

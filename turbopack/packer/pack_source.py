@@ -15,7 +15,7 @@ from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest
 from turbopack.checkpoint.resume import source_fingerprint
 from turbopack.errors import CheckpointError, TurbopackError
 from turbopack.formats import Format, check_finite, format_from_params, get_format
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
 CHUNK_BYTES = 64 << 20  # a module larger than this is read and packed in row chunks of whole N tiles
 

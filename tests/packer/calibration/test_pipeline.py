@@ -12,7 +12,7 @@ import torch
 
 from turbopack.cli.app import main
 from turbopack.errors import TurbopackError, UnsupportedModelError
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer.calibration import CalibOptions, quantize_calibrated
 from turbopack.packer.calibration.data import CalibrationDataError, calibration_batch
 from turbopack.packer.quantize import quantize

@@ -30,7 +30,7 @@ from turbopack.checkpoint import (Checkpoint, ShardedWriter, ShardPlan, TensorEn
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
 from turbopack.formats import Format, FormatName
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer.interop.base import pack_lsb
 from turbopack.packer.progress import byte_progress
 
