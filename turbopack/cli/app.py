@@ -24,25 +24,19 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Quantize LLM weights, pack them for a GPU architecture, and run them."""
 
 
 # One module per command; each has register(app). Order = order in --help.
-COMMAND_MODULES = ("quantize", "pack", "verify", "inspect", "check", "run", "bench", "eval", "convert", "export", "upload")
+COMMAND_MODULES = ("quantize", "pack", "verify", "inspect", "check", "run", "bench", "eval", "convert", "export",
+                   "upload")
 
 
 def _register_all() -> None:
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"turbopack.cli.{mod}_cmd")
-        except ModuleNotFoundError as e:
-            if e.name == f"turbopack.cli.{mod}_cmd":
-                continue  # command not built yet
-            raise
-        module.register(app)
+        importlib.import_module(f"turbopack.cli.{mod}_cmd").register(app)
 
 
 _register_all()
