@@ -126,7 +126,7 @@ def load_for_eval(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.
     from turbopack.errors import TurbopackError
 
     if not (folder / "turbopack.json").is_file():
-        from turbopack.inference.model import load_model
+        from turbopack.inference.loader import load_model
 
         return load_model(folder, dtype=torch.float32, device=device), "float (source weights, fp32 compute)"
     kind = read_manifest(folder).get("kind")

@@ -24,7 +24,7 @@ import torch
 from numba import njit, prange
 
 from turbopack.errors import ShapeError
-from turbopack.formats import Format
+from turbopack.formats import W4A16, Format
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
 from turbopack.layouts.base import Layout, LayoutName, check_packed
@@ -180,8 +180,9 @@ def _w4(x: torch.Tensor, fmt: Format, layout: Layout, packed: dict[str, torch.Te
     pad = layout.padding(shape)
     qw = packed["qweight"].contiguous().numpy().view(np.uint32)
     s = packed["scales"].float().numpy()
-    z = np.zeros((1, 1, 1), np.uint8) if fmt.sym else packed["zeros"].contiguous().numpy()  # type: ignore[attr-defined]
-    y = _gemm_w4(_x_padded(x, pad.k_pad), qw, s, z, fmt.group_size, fmt.sym, _ROUND[act])  # type: ignore[attr-defined]
+    assert isinstance(fmt, W4A16)  # dispatched here by the format's name
+    z = np.zeros((1, 1, 1), np.uint8) if fmt.sym else packed["zeros"].contiguous().numpy()
+    y = _gemm_w4(_x_padded(x, pad.k_pad), qw, s, z, fmt.group_size, fmt.sym, _ROUND[act])
     return torch.from_numpy(y[:, : shape[0]])
 
 
