@@ -30,6 +30,7 @@ def convert(
 
       turbopack convert TheOrg/Qwen2-7B-GPTQ-Int4@main -o qwen-w4 && turbopack pack qwen-w4 --arch sm90 -o qwen-sm90
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.checkpoint.hub import enable_hub
     from turbopack.packer.interop.convert import convert as run
 

@@ -34,6 +34,7 @@ def eval_cmd(
 
       turbopack eval tiny-w4-awq --against turbopack/assets/tiny-llama
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.evaluation.metrics import evaluate
 
     res = evaluate(model, text, seq_len, max_windows, against, device)

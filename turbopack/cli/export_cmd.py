@@ -28,6 +28,7 @@ def export(
 
       vllm serve ./llama-w4-ct --tensor-parallel-size 4
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.checkpoint.hub import enable_hub
     from turbopack.packer.interop.export import export as run
 

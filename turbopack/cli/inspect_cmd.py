@@ -28,6 +28,7 @@ def inspect(
 
       turbopack inspect llama-w4-sm90 --layout-diagram tile.png
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.packer.inspect import diagram_subject
     from turbopack.packer.inspect import inspect as run
 
@@ -48,6 +49,7 @@ def inspect(
 
 
 def print_report(r) -> None:
+    # imported here, not at the top: only a table printed to a terminal needs rich's console
     from rich.console import Console
     from rich.table import Table
 

@@ -61,6 +61,7 @@ def pack(
     With --format, the format options (--group-size, --sym, --scale-dtype, --per-tensor, --ignore,
     --include-lm-head) are those of `turbopack quantize`.
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.pack import pack as run
 
@@ -82,6 +83,7 @@ def pack(
 
 
 def print_explain(rows: list[dict]) -> None:
+    # imported here, not at the top: only a table printed to a terminal needs rich's console
     from rich.console import Console
     from rich.table import Table
 

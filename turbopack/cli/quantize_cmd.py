@@ -61,6 +61,7 @@ def quantize(
 
     --resume is for RTN; a calibrated run (--method awq/gptq, --smooth) starts over.
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.quantize import quantize as run
 

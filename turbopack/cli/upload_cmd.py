@@ -31,6 +31,7 @@ def upload(
 
       turbopack upload llama-w4-ct --repo-id me/Llama-3-8B-w4-ct --private --base-model meta-llama/Meta-Llama-3-8B
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.packer.upload import upload as run
 
     plan = run(folder, repo_id, private=private, revision=revision, dry_run=dry_run, overwrite_card=overwrite_card,

@@ -25,6 +25,7 @@ def verify(
 
       turbopack verify llama-w4-packed --against llama-w4 --json
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.packer.verify import verify as run
 
     report = run(path, against)

@@ -15,8 +15,8 @@ definition and so dequantizes transiently inside each call; it is the yardstick,
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -27,18 +27,18 @@ from turbopack.inference.model import MLP, Attention
 from turbopack.registry import Registry
 
 
-def _reference(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
+def _reference(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     return m.fmt.linear(x, m.tensors(), m.bias)
 
 
-def _emulator(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-    from turbopack.layouts.emulate import emulate_linear
+def _emulator(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    from turbopack.layouts.emulate import emulate_linear  # numba (~0.5 s to import): the CPU emulator only
 
     return emulate_linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
 
 
-def _cuda(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-    from turbopack.inference.kernels.dispatch import linear
+def _cuda(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    from turbopack.inference.kernels.dispatch import linear  # triton/CUDA: a GPU only
 
     return linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
 
@@ -53,7 +53,7 @@ class Backend(str, enum.Enum):
 
 @dataclass(frozen=True)
 class BackendSpec:
-    forward: Callable[["QuantLinear", torch.Tensor], torch.Tensor]
+    forward: Callable[[QuantLinear, torch.Tensor], torch.Tensor]
     needs_layout: bool  # runs a layout's packed tensors (else the format's arch-neutral ones)
 
 

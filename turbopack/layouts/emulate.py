@@ -27,6 +27,7 @@ from turbopack.errors import ShapeError
 from turbopack.formats import W4A16, Format
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
+from turbopack.layouts import get_layout
 from turbopack.layouts.base import Layout, LayoutName, check_packed
 from turbopack.layouts.w4 import NIBBLE_OF_ELEMENT
 
@@ -225,8 +226,6 @@ EMULATORS: dict[LayoutName, Callable[..., torch.Tensor]] = {
 def emulate_linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
                    shape: tuple[int, int], bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` computed from the packed tensors as the GPU kernel would: [.., K] -> [.., N]."""
-    from turbopack.layouts import get_layout
-
     layout = get_layout(layout)
     layout.check_format(fmt)
     for spec in layout.packed_specs(fmt, shape):
@@ -245,8 +244,6 @@ def reference_linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName |
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """The format-level reference a layout's kernel should match: ``fmt.linear``, except for
     weights-only layouts (fp8 upcast), whose activations stay 16-bit."""
-    from turbopack.layouts import get_layout
-
     if get_layout(layout).weights_only:
         return Format.linear(fmt, x, q, bias)
     return fmt.linear(x, q, bias)
