@@ -9,9 +9,9 @@
         x = block(x)               (with quantized weights: the next block calibrates on what it will see)
 
 Output: the same shards/manifest/config.json layout as RTN (:func:`turbopack.packer.rtn.quantize_rtn`;
-same tensor names, shapes and dtypes, written by turbopack.packer.folder), so packing and the runtime need nothing new; the manifest
-and ``quantization_config`` record the method, its parameters, the calibration data and every
-plain tensor a fold changed.
+same tensor names, shapes and dtypes, finished by turbopack.packer.folder), so packing and the
+runtime need nothing new; the manifest and ``quantization_config`` record the method, its
+parameters, the calibration data and every plain tensor a fold changed.
 """
 
 from __future__ import annotations
@@ -148,18 +148,18 @@ def quantize_calibrated(model: str | Path, out: str | Path, spec: FormatSpec, op
         _write_outside_layers(run, writer, result, advance)
         _calibrate_layers(run, writer, result, lambda d: bar.update(task, description=d), advance)
         shards = writer.finish()
-        _write_side_files(run, tmp, result, shards, time.perf_counter() - t0)
+        _finish_folder(run, tmp, result, shards, time.perf_counter() - t0)
     result.output_bytes = sum(s["bytes"] for s in shards.values())
     result.seconds = time.perf_counter() - t0
     result.peak_rss_mb = peak_rss_mb()
     return result
 
 
-def _prepare(model, out, spec: FormatSpec, opts: CalibOptions, force: bool) -> _Run:
+def _prepare(model, out, target: FormatSpec, opts: CalibOptions, force: bool) -> _Run:
     ckpt = Checkpoint.open(model)
     check_output(Path(out), force, inputs=(ckpt.folder,))
-    fmt = spec.build()
-    sel = spec.selection(ckpt)
+    fmt = target.build()
+    sel = target.selection(ckpt)
     spec = opts.validate(fmt)
     cfg = block_config(ckpt)
     if cfg.sliding_window is not None and opts.seq_len > cfg.sliding_window:
@@ -247,7 +247,7 @@ def _method_params(run: _Run) -> dict[str, Any]:
     return out
 
 
-def _write_side_files(run: _Run, tmp: Path, result, shards, seconds: float) -> None:
+def _finish_folder(run: _Run, tmp: Path, result, shards, seconds: float) -> None:
     tensors = {}
     for name, entries in run.jobs:
         if name in run.kept:
