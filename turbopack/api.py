@@ -29,7 +29,7 @@ def __getattr__(name: str):
         target = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"turbopack has no attribute {name!r}") from None
-    from turbopack.packer.hub import enable_hub
+    from turbopack.checkpoint.hub import enable_hub  # imports torch: not at `import turbopack`
 
     enable_hub()
     module, _, attr = target.partition(":")

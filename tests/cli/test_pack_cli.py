@@ -32,7 +32,7 @@ def test_help_has_examples_and_says_where_archs_go(capsys):
 
 
 def test_pack_explain_verify_inspect(capsys, quantized, tmp_path):
-    from turbopack.formats.store import QuantizedCheckpoint
+    from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
     src = quantized("base", "w4a16", {"group_size": 32})
     out = tmp_path / "p"
@@ -101,3 +101,21 @@ def test_inspect_layout_diagram(capsys, quantized, tmp_path):
     png = tmp_path / "tile.png"
     rc, stdout, _ = run(capsys, "inspect", quantized("base", "w8a16", {}), "--layout-diagram", png, "--arch", "sm80")
     assert rc == 0 and png.read_bytes()[:4] == b"\x89PNG" and str(png) in stdout
+
+
+def test_pack_from_float_takes_the_library_format_options(capsys, model_dir, tmp_path):
+    """`pack --format` accepts what turbopack.pack accepts (--ignore, --scale-dtype, --include-lm-head)
+    and writes the same bytes as the library call."""
+    from turbopack.packer.pack import pack
+
+    src = model_dir("base")
+    flags = ["--ignore", "model.layers.0.*", "--scale-dtype", "float16", "--include-lm-head"]
+    rc, _, err = run(capsys, "pack", src, "-f", "w4a16", "-g", "32", *flags, "--arch", "sm90", "-o", tmp_path / "cli")
+    assert rc == 0, err
+    pack(src, tmp_path / "lib", ("sm90",), format="w4a16", group_size=32, ignore=("model.layers.0.*",),
+         scale_dtype="float16", include_lm_head=True, progress=False)
+    qc = json.loads((tmp_path / "cli" / "config.json").read_text())["quantization_config"]
+    assert qc["scale_dtype"] == "float16" and qc["lm_head"] is True
+    assert any(n.startswith("model.layers.0.") for n in qc["ignore"])
+    for f in (tmp_path / "lib").iterdir():
+        assert (tmp_path / "cli" / f.name).read_bytes() == f.read_bytes(), f.name

@@ -9,7 +9,7 @@ import torch
 
 from turbopack.assets import bundled_model_dir
 from turbopack.evaluation.metrics import Reference, compare, heldout_ids, windows_of
-from turbopack.inference.model import load_model
+from turbopack.inference.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from turbopack.errors import TurbopackError
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.inference.hf_dropin import check_arch_compat, load_hf
 from turbopack.inference.qlinear import QuantLinear
 from turbopack.packer.quantize import quantize

@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 from turbopack.errors import CheckpointError, TurbopackError, UnsupportedModelError  # noqa: E402
 from turbopack.inference import model as M  # noqa: E402
+from turbopack.inference.loader import load_model  # noqa: E402
 from turbopack.inference.perplexity import perplexity  # noqa: E402
 
 TINY = dict(
@@ -100,7 +101,7 @@ def test_logits_match_transformers_fp32_and_bf16(saved, name):
     folder, seq_len = saved(name), CASES[name][2]
     ids = token_ids(TINY["vocab_size"], seq_len)
     for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
-        ours = M.load_model(folder, dtype=dtype)
+        ours = load_model(folder, dtype=dtype)
         with torch.no_grad():
             err = rel_err(ours(ids), hf_logits(folder, ids, dtype))
         assert err < tol, f"{name} {dtype}: relative error {err:.2e}"
@@ -108,7 +109,7 @@ def test_logits_match_transformers_fp32_and_bf16(saved, name):
 
 def test_param_names_and_tying_follow_hf(saved):
     hf = transformers.AutoModelForCausalLM.from_pretrained(saved("tied"))
-    ours = M.load_model(saved("tied"))
+    ours = load_model(saved("tied"))
     assert set(ours.state_dict()) == set(hf.state_dict())
     cfg = ours.config
     assert cfg.tie_word_embeddings and cfg.attention_bias and not cfg.o_proj_bias
@@ -118,7 +119,7 @@ def test_param_names_and_tying_follow_hf(saved):
 def test_rope_scaling_is_not_vacuous(saved):
     """The llama3 case would catch a model that ignored the scaling: unscaled rope is far off."""
     folder, seq_len = saved("llama3_rope"), CASES["llama3_rope"][2]
-    ours = M.load_model(folder)
+    ours = load_model(folder)
     assert ours.config.rope_scaling.type == "llama3"
     unscaled = M.build_model(replace(ours.config, rope_scaling=None), device="cpu")
     unscaled.load_state_dict(ours.state_dict())
@@ -129,7 +130,7 @@ def test_rope_scaling_is_not_vacuous(saved):
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
 def test_kv_cache_prefill_then_decode_matches_full_forward(saved, name):
-    model = M.load_model(saved(name))
+    model = load_model(saved(name))
     ids = token_ids(TINY["vocab_size"], 8)
     model.setup_caches(max_batch_size=2, max_seq_len=32)
     with torch.no_grad():
@@ -141,7 +142,7 @@ def test_kv_cache_prefill_then_decode_matches_full_forward(saved, name):
 
 
 def test_input_pos_without_caches_is_an_error(saved):
-    model = M.load_model(saved("llama"))
+    model = load_model(saved("llama"))
     with pytest.raises(RuntimeError, match="setup_caches"):
         model(token_ids(TINY["vocab_size"], 4), torch.arange(4))
 
@@ -156,7 +157,7 @@ class AddConstant(nn.Module):
 
 
 def test_replace_linears_swaps_modules_used_in_forward(saved):
-    model = M.load_model(saved("llama"))
+    model = load_model(saved("llama"))
     ids = token_ids(TINY["vocab_size"], 8)
     with torch.no_grad():
         before = model(ids)
@@ -187,7 +188,7 @@ def test_unsupported_architecture_names_it_and_lists_supported(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["FalconForCausalLM"]}))
     with pytest.raises(UnsupportedModelError, match="FalconForCausalLM"):
-        M.load_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_unsupported_rope_and_legacy_rope_keys():
@@ -209,9 +210,9 @@ def test_perplexity_matches_hf_loss(saved):
     with torch.no_grad():  # 3 non-overlapping windows of 32; the last 4 tokens are dropped
         windows = ids[:96].view(3, 32)
         expected = torch.exp(hf(windows, labels=windows).loss).item()
-    ours = perplexity(M.load_model(folder), ids, seq_len=32)
+    ours = perplexity(load_model(folder), ids, seq_len=32)
     assert ours == pytest.approx(expected, rel=1e-4)
-    one_window = perplexity(M.load_model(folder), ids, seq_len=32, max_windows=1)
+    one_window = perplexity(load_model(folder), ids, seq_len=32, max_windows=1)
     assert one_window != pytest.approx(ours, rel=1e-6)
 
 
@@ -222,17 +223,17 @@ def test_sharded_checkpoint_loads_like_single_file(saved, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) > 1
     ids = token_ids(TINY["vocab_size"], 8)
     with torch.no_grad():
-        torch.testing.assert_close(M.load_model(tmp_path)(ids), M.load_model(saved("qwen2"))(ids))
+        torch.testing.assert_close(load_model(tmp_path)(ids), load_model(saved("qwen2"))(ids))
 
 
 def test_only_hf_weight_files_are_read(saved, tmp_path):
     (tmp_path / "config.json").write_text((saved("llama") / "config.json").read_text())
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        M.load_model(tmp_path)
+        load_model(tmp_path)
     # The bundled model ships token ids as extra safetensors next to its weights.
     shutil.copy(saved("llama") / "model.safetensors", tmp_path)
     save_file({"input_ids": torch.arange(10, dtype=torch.int16)}, tmp_path / "ids.safetensors")
-    assert M.load_model(tmp_path).config.vocab == TINY["vocab_size"]
+    assert load_model(tmp_path).config.vocab == TINY["vocab_size"]
 
 
 def test_sliding_window_longer_sequences_are_refused():
@@ -248,7 +249,7 @@ def test_sliding_window_longer_sequences_are_refused():
 
 @pytest.mark.skipif(not ASSET.is_dir(), reason="turbopack/assets/tiny-llama not present yet")
 def test_bundled_tiny_llama_matches_transformers_bf16():
-    ours = M.load_model(ASSET, dtype=torch.bfloat16)
+    ours = load_model(ASSET, dtype=torch.bfloat16)
     ids = token_ids(ours.config.vocab, min(32, ours.config.max_position_embeddings))
     with torch.no_grad():
         err = rel_err(ours(ids), hf_logits(ASSET, ids, torch.bfloat16))

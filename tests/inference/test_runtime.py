@@ -13,9 +13,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from turbopack.errors import CheckpointError  # noqa: E402
-from turbopack.formats.store import QuantizedCheckpoint  # noqa: E402
+from turbopack.checkpoint.quantized import QuantizedCheckpoint  # noqa: E402
 from turbopack.inference import loader as L  # noqa: E402
 from turbopack.inference import model as M  # noqa: E402
+from turbopack.inference.loader import load_model  # noqa: E402
 from turbopack.inference.api import TextStream, load  # noqa: E402
 from turbopack.inference.qlinear import QuantLinear, concat  # noqa: E402
 from turbopack.inference.sampling import SamplingParams, sample, top_p_filter  # noqa: E402
@@ -65,7 +66,7 @@ def ids():
 
 def dequantized_model(folders, fmt: str) -> M.Transformer:
     """The fp32 reference model with every quantized weight replaced by its dequantized value."""
-    model = M.load_model(folders["hf"], dtype=torch.float32)
+    model = load_model(folders["hf"], dtype=torch.float32)
     q = QuantizedCheckpoint(folders[fmt])
     with torch.no_grad():
         for name in q.modules:
@@ -76,7 +77,7 @@ def dequantized_model(folders, fmt: str) -> M.Transformer:
 def test_hf_folder_loads_like_load_model(folders, ids):
     ours = load(folders["hf"], device="cpu", dtype=torch.float32)
     assert ours.loaded.kind == "hf" and ours.loaded.backend == "none"
-    assert torch.equal(ours.model(ids), M.load_model(folders["hf"], dtype=torch.float32)(ids))
+    assert torch.equal(ours.model(ids), load_model(folders["hf"], dtype=torch.float32)(ids))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -158,7 +158,7 @@ def reference_model(quantized: Path, packed: Path | None) -> torch.nn.Module:
     packed None on plain dequantized weights."""
     import torch.nn.functional as F
 
-    from turbopack.formats.store import QuantizedCheckpoint
+    from turbopack.checkpoint.quantized import QuantizedCheckpoint
     from turbopack.layouts import get_layout
     from turbopack.layouts.emulate import reference_linear
 

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from hub_server import Blob, HubServer, hub_env, run
-from turbopack.packer.hub import enable_hub, hub_id_of_cache_path, parse_hub_id
+from turbopack.checkpoint.hub import enable_hub, hub_id_of_cache_path, parse_hub_id
 
 RESOLVE = """
 import json, sys
-from turbopack.packer.hub import enable_hub
+from turbopack.checkpoint.hub import enable_hub
 from turbopack.checkpoint import Checkpoint
 from turbopack.errors import TurbopackError
 enable_hub()
@@ -96,7 +96,7 @@ def test_hub_id_online_then_offline(tiny_llama, tmp_path):
 
 def test_cli_convert_from_hub_and_errors(tiny_llama, tmp_path):
     from packer.interop.foreign import write_awq
-    from turbopack.formats.store import QuantizedCheckpoint
+    from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
     expect = write_awq(tiny_llama, tmp_path / "awq")
     home = tmp_path / "hf"

@@ -9,7 +9,7 @@ import torch
 
 from turbopack.cli.app import main
 from turbopack.formats import format_from_params
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
 DOWN = "model.layers.0.mlp.down_proj"
 

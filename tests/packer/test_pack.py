@@ -13,7 +13,7 @@ from packhelp import (CASE_IDS, CASES, bits_equal, emulated_model, manifest, mod
 from safetensors import safe_open
 
 from turbopack.errors import CheckpointError, OutputExistsError, TurbopackError, UnknownNameError
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
 pytestmark = needs_layouts
 
@@ -147,7 +147,7 @@ def test_failure_mid_pack_leaves_nothing(quantized, tmp_path, monkeypatch):
 
 def test_pack_module_matches_the_folder(quantized, tmp_path):
     """The runtime packs at load time with pack_module: same bytes as the packed folder."""
-    from turbopack.packer.pack import pack_module
+    from turbopack.layouts.packing import pack_module
 
     src = quantized("base", "w4a16", {"group_size": 32})
     pack(src, tmp_path / "p", arch="sm80")

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from turbopack.errors import BadTensorError, CheckpointError, OutputExistsError, ShapeError, UnsupportedModelError
 from turbopack.formats import get_format
-from turbopack.formats.store import QuantizedCheckpoint
-from turbopack.packer import quantize as qmod
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.packer import folder as qmod
 from turbopack.packer.quantize import quantize
 
 CASES = [("w4a16", {"group_size": 32}), ("w4a16", {"group_size": 32, "sym": True}), ("w8a16", {}),

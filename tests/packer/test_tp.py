@@ -12,7 +12,7 @@ from packhelp import (bits_equal, manifest, model_dir, needs_layouts, quantized,
 
 from turbopack.errors import ShapeError
 from turbopack.formats import get_format
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer import tp as T
 
 CONFIG = {"num_attention_heads": 4, "num_key_value_heads": 2}

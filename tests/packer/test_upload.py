@@ -108,8 +108,8 @@ def test_upload_roundtrip(quantized, tmp_path):
         assert "refused the write (HTTP 401)" in out["denied"] and "\n" not in out["denied"]
 
         # and back down, as a Hub id (private: the token is needed)
-        got = run(["-c", "from turbopack.packer.hub import enable_hub; enable_hub();"
-                         "from turbopack.formats.store import QuantizedCheckpoint as Q;"
+        got = run(["-c", "from turbopack.checkpoint.hub import enable_hub; enable_hub();"
+                         "from turbopack.checkpoint.quantized import QuantizedCheckpoint as Q;"
                          "q = Q('org/tiny-w4'); print(len(q.modules), q.folder)"], env)
         assert got.returncode == 0, got.stderr
         n, folder = got.stdout.split()

@@ -148,11 +148,11 @@ def _interrupt_on_call(monkeypatch, module, name: str, n: int) -> list[int]:
 @pytest.mark.parametrize("cmd", ["quantize", "pack"])
 def test_ctrl_c_mid_run_cleans_up_and_rerun_works(capsys, src, quantized_w4, tmp_path, monkeypatch, cmd):
     import turbopack.packer.pack as packmod
-    import turbopack.packer.quantize as quantmod
+    import turbopack.packer.rtn as quantmod
 
     if cmd == "quantize":
         model, argv = src, _argv("quantize", src, tmp_path / "out")
-        calls = _interrupt_on_call(monkeypatch, quantmod, "_quantize_one", 3)
+        calls = _interrupt_on_call(monkeypatch, quantmod, "quantize_tensor", 3)
     else:
         model, argv = quantized_w4, ["pack", quantized_w4, "--arch", "sm90", "-o", tmp_path / "out"]
         calls = _interrupt_on_call(monkeypatch, packmod, "_write_job", 3)
@@ -171,12 +171,12 @@ def test_ctrl_c_mid_run_cleans_up_and_rerun_works(capsys, src, quantized_w4, tmp
 
 def test_ctrl_c_while_replacing_with_force_keeps_the_old_output(capsys, src, tmp_path, monkeypatch):
     """--force replaces OUT only once the new one is complete: Ctrl-C leaves the old OUT intact."""
-    import turbopack.packer.quantize as quantmod
+    import turbopack.packer.rtn as quantmod
 
     out = tmp_path / "out"
     assert run_cli(capsys, *_argv("quantize", src, out))[0] == 0
     old = tree_hash(out)
-    _interrupt_on_call(monkeypatch, quantmod, "_quantize_one", 2)
+    _interrupt_on_call(monkeypatch, quantmod, "quantize_tensor", 2)
     rc, _, err = run_cli(capsys, *_argv("quantize", src, out), "--force")
     assert rc == 130, err
     assert tree_hash(out) == old and temp_leftovers(tmp_path) == []

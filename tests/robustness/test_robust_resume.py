@@ -18,7 +18,8 @@ import pytest
 
 import turbopack.checkpoint.safetensors_stream as stream
 import turbopack.packer.pack as packmod
-import turbopack.packer.quantize as quantmod
+import turbopack.packer.folder as foldermod
+import turbopack.packer.rtn as quantmod
 from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 from turbopack.checkpoint import ShardPlan, read_header
 from turbopack.checkpoint.resume import JOURNAL_NAME, PARTIAL_PREFIX
@@ -88,7 +89,7 @@ def fresh_w4(capsys, src, tmp_path) -> Path:
 
 def _interrupt_quantize(capsys, monkeypatch, src: Path, out: Path, fresh: Path, at: int = 9) -> dict[str, set[str]]:
     """Ctrl-C a resumed quantize at its ``at``-th weight; returns the journaled shards' tensors."""
-    calls = _calls(monkeypatch, quantmod, "_quantize_one", interrupt_at=at)
+    calls = _calls(monkeypatch, quantmod, "quantize_tensor", interrupt_at=at)
     rc, _, err = run_cli(capsys, "quantize", src, "-o", out, *W4, "--resume")
     _unpatch(monkeypatch)
     assert rc == 130 and len(calls) == at - 1, err
@@ -107,7 +108,7 @@ def test_quantize_interrupted_then_resumed_is_identical(capsys, src, fresh_w4, t
     out = tmp_path / "out"
     finished = _interrupt_quantize(capsys, monkeypatch, src, out, fresh_w4)
     done = _modules(set().union(*finished.values()))
-    calls = _calls(monkeypatch, quantmod, "_quantize_one", key=lambda a, k: a[1])
+    calls = _calls(monkeypatch, quantmod, "quantize_tensor", key=lambda a, k: a[1])
     rc, _, err = run_cli(capsys, "quantize", src, "-o", out, *W4, "--resume")
     assert rc == 0, err
     assert done and not done & set(calls), "tensors of finished shards were quantized again"
@@ -120,15 +121,15 @@ def test_quantize_interrupted_then_resumed_is_identical(capsys, src, fresh_w4, t
 
 def test_quantize_fp8_per_tensor_in_row_chunks_resumed_is_identical(capsys, src, tmp_path, monkeypatch):
     """A tensor-wide scale is rewritten by every row chunk of its job: resuming still works."""
-    monkeypatch.setattr(quantmod, "CHUNK_BYTES", 2048)  # several row chunks per weight
+    monkeypatch.setattr(foldermod, "CHUNK_BYTES", 2048)  # several row chunks per weight
     fp8 = ["-f", "fp8", "--per-tensor"]
     fresh, out = tmp_path / "fresh", tmp_path / "out"
     assert run_cli(capsys, "quantize", src, "-o", fresh, *fp8)[0] == 0
-    _calls(monkeypatch, quantmod, "_quantize_one", interrupt_at=9)
+    _calls(monkeypatch, quantmod, "quantize_tensor", interrupt_at=9)
     assert run_cli(capsys, "quantize", src, "-o", out, *fp8, "--resume")[0] == 130
     assert _finished(_partial(out))
     _unpatch(monkeypatch)
-    monkeypatch.setattr(quantmod, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(foldermod, "CHUNK_BYTES", 2048)
     rc, _, err = run_cli(capsys, "quantize", src, "-o", out, *fp8, "--resume")
     assert rc == 0 and tree_hash(out) == tree_hash(fresh), err
 
@@ -141,7 +142,7 @@ def test_quantize_corrupted_partial_shard_is_rewritten(capsys, src, fresh_w4, tm
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # one bit, in the data: the header still parses
     shard.write_bytes(bytes(raw))
-    calls = _calls(monkeypatch, quantmod, "_quantize_one", key=lambda a, k: a[1])
+    calls = _calls(monkeypatch, quantmod, "quantize_tensor", key=lambda a, k: a[1])
     rc, _, err = run_cli(capsys, "quantize", src, "-o", out, *W4, "--resume")
     assert rc == 0, err
     assert _modules(finished[first]) <= set(calls), "the corrupted shard was not rewritten"
@@ -194,7 +195,7 @@ def test_disk_full_with_resume_keeps_the_partial_output(capsys, src, fresh_w4, t
 
 def test_without_resume_an_interrupted_run_leaves_nothing(capsys, src, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    _calls(monkeypatch, quantmod, "_quantize_one", interrupt_at=9)
+    _calls(monkeypatch, quantmod, "quantize_tensor", interrupt_at=9)
     rc, _, err = run_cli(capsys, "quantize", src, "-o", out, *W4)
     assert rc == 130 and err.strip().splitlines()[-1] == "interrupted; no output was left behind"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robusthelp import quantized_w4, refused, run_cli, temp_leftovers  # noqa: F401
+from robusthelp import quantized_w4, refused, run_cli  # noqa: F401  (quantized_w4: a fixture)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def test_non_finite_weight_ignored_is_fine(capsys, src, tmp_path):
 def test_all_zero_groups_are_exact_zeros(capsys, src, tmp_path, fmt, extra):
     """Zero groups, zero rows and a whole zero tensor are not an error: they dequantize to exact
     zeros with finite scales (no 0/0)."""
-    from turbopack.formats.store import QuantizedCheckpoint
+    from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
     def zero_parts(t):
         t[0, :32] = 0  # one group

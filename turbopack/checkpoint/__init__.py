@@ -1,6 +1,7 @@
 """Checkpoint files on disk: lazy reading, streaming sharded writing, atomic output, manifest.
 
-Shared by the packer (files in, files out) and the runtime (loading); it knows nothing of formats.
+Shared by the packer (files in, files out) and the runtime (loading). Only quantized.py (a quantized
+folder read back per module) knows formats; the rest is format-agnostic.
 """
 
 from turbopack.checkpoint.manifest import MANIFEST_NAME, new_manifest, read_manifest, write_manifest

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from turbopack import __version__
 from turbopack.checkpoint.source import read_json
 from turbopack.errors import CheckpointError
 
@@ -19,8 +20,6 @@ MANIFEST_VERSION = 1
 
 
 def tool_version() -> str:
-    from turbopack import __version__
-
     return __version__
 
 

@@ -24,25 +24,19 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Quantize LLM weights, pack them for a GPU architecture, and run them."""
 
 
 # One module per command; each has register(app). Order = order in --help.
-COMMAND_MODULES = ("quantize", "pack", "verify", "inspect", "check", "run", "bench", "eval", "convert", "export", "upload")
+COMMAND_MODULES = ("quantize", "pack", "verify", "inspect", "check", "run", "bench", "eval", "convert", "export",
+                   "upload")
 
 
 def _register_all() -> None:
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"turbopack.cli.{mod}_cmd")
-        except ModuleNotFoundError as e:
-            if e.name == f"turbopack.cli.{mod}_cmd":
-                continue  # command not built yet
-            raise
-        module.register(app)
+        importlib.import_module(f"turbopack.cli.{mod}_cmd").register(app)
 
 
 _register_all()
@@ -50,7 +44,7 @@ _register_all()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (usage errors: click prints them and exits 2)."""
-    from turbopack.packer.hub import enable_hub
+    from turbopack.checkpoint.hub import enable_hub
 
     enable_hub()  # MODEL arguments may be Hub ids (org/name[@revision])
     try:

@@ -25,6 +25,7 @@ def bench(
 
       turbopack bench --tune --out results/
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.inference.kernels.bench_main import main
 
     argv = ["--formats", formats, "--shapes", shapes, "--ms", ms]

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import typer
 
+from turbopack.cli.options import ForceOpt, JsonOpt
+
 
 def convert(
     src: str = typer.Argument(..., help="Quantized checkpoint folder or Hub id (org/name[@revision]): AutoAWQ gemm, GPTQ, or compressed-tensors."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: turbopack's arch-neutral quantized form (written atomically)."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Import an existing quantized checkpoint into turbopack's arch-neutral form, bit-exact.
 
@@ -28,7 +30,8 @@ def convert(
 
       turbopack convert TheOrg/Qwen2-7B-GPTQ-Int4@main -o qwen-w4 && turbopack pack qwen-w4 --arch sm90 -o qwen-sm90
     """
-    from turbopack.packer.hub import enable_hub
+    # imported here, not at the top: `turbopack --help` must not pay for torch
+    from turbopack.checkpoint.hub import enable_hub
     from turbopack.packer.interop.convert import convert as run
 
     enable_hub()

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from turbopack.cli.options import JsonOpt
+
 
 def eval_cmd(
     model: str = typer.Argument(..., help="Hugging Face model folder, or a folder written by `turbopack quantize`."),
@@ -17,7 +19,7 @@ def eval_cmd(
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Score at most this many windows."),
     against: Optional[str] = typer.Option(None, "--against", help="Also report KL divergence and top-1 agreement against this model (e.g. the float one)."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu (the fp32 reference math runs there)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Perplexity of MODEL (float or quantized) on held-out text (fp32 reference math; on the GPU
     when there is one).
@@ -32,6 +34,7 @@ def eval_cmd(
 
       turbopack eval tiny-w4-awq --against turbopack/assets/tiny-llama
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.evaluation.metrics import evaluate
 
     res = evaluate(model, text, seq_len, max_windows, against, device)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import typer
+
+from turbopack.cli.options import ForceOpt, JsonOpt, OutOpt
 
 
 def export(
     src: str = typer.Argument(..., help="Arch-neutral quantized folder (from `turbopack quantize` or `convert`) or Hub id."),
     to: str = typer.Option(..., "--to", help="Target format: compressed-tensors (what vLLM loads)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (written atomically)."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    out: OutOpt = ...,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Export a quantized checkpoint for another engine, with the same weights bit for bit.
 
@@ -27,7 +28,8 @@ def export(
 
       vllm serve ./llama-w4-ct --tensor-parallel-size 4
     """
-    from turbopack.packer.hub import enable_hub
+    # imported here, not at the top: `turbopack --help` must not pay for torch
+    from turbopack.checkpoint.hub import enable_hub
     from turbopack.packer.interop.export import export as run
     from turbopack.packer.interop.hf_load import recipe_for
 

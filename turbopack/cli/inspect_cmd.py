@@ -8,10 +8,12 @@ from typing import Optional
 
 import typer
 
+from turbopack.cli.options import ReportJsonOpt
+
 
 def inspect(
     path: Path = typer.Argument(..., help="An HF model, quantized or packed folder (or a multi-arch / TP pack output)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: ReportJsonOpt = False,
     layout_diagram: Optional[Path] = typer.Option(None, "--layout-diagram", help="Write a PNG of one tile of the folder's layout (needs turbopack[diagram])."),
     arch: str = typer.Option("sm90", "--arch", help="For --layout-diagram on a quantized (unpacked) folder: draw the layout this arch would get."),
 ) -> None:
@@ -26,6 +28,7 @@ def inspect(
 
       turbopack inspect llama-w4-sm90 --layout-diagram tile.png
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.packer.inspect import diagram_subject
     from turbopack.packer.inspect import inspect as run
 
@@ -46,6 +49,7 @@ def inspect(
 
 
 def print_report(r) -> None:
+    # imported here, not at the top: only a table printed to a terminal needs rich's console
     from rich.console import Console
     from rich.table import Table
 

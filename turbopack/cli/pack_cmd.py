@@ -9,6 +9,17 @@ from typing import Optional
 
 import typer
 
+from turbopack.cli.options import (
+    ForceOpt,
+    GroupSizeOpt,
+    IgnoreOpt,
+    IncludeLmHeadOpt,
+    PerTensorOpt,
+    ResumeOpt,
+    ScaleDtypeOpt,
+    SymOpt,
+)
+
 
 def pack(
     src: str = typer.Argument(..., help="Quantized folder (from `turbopack quantize`), or an HF model folder with --format."),
@@ -17,11 +28,15 @@ def pack(
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks: one subfolder rank0, rank1, ... per rank."),
     explain: bool = typer.Option(False, "--explain", help="Print, per tensor, the layout, padding, kernel config and why it was chosen."),
     format: Optional[str] = typer.Option(None, "--format", "-f", help="SRC is unquantized: quantize it (RTN) in this format while packing: w4a16 | w8a16 | w8a8 | fp8."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="With --format w4a16: group size along K (32, 64, 128)."),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="With --format w4a16: symmetric or asymmetric (default)."),
+    group_size: GroupSizeOpt = None,
+    sym: SymOpt = None,
+    scale_dtype: ScaleDtypeOpt = None,
+    per_tensor: PerTensorOpt = None,
+    ignore: IgnoreOpt = (),
+    include_lm_head: IncludeLmHeadOpt = False,
     strict: bool = typer.Option(False, "--strict", help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing it upcast."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    resume: bool = typer.Option(False, "--resume", help="Write into .turbopack-partial-OUT (next to OUT), keep it if the run fails or is interrupted, and on a rerun with --resume skip the shards already written whose checksums match."),
+    force: ForceOpt = False,
+    resume: ResumeOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the result (and the --explain table) as JSON."),
 ) -> None:
     """Pack a quantized checkpoint for one or more GPU architectures (and TP ranks).
@@ -42,13 +57,18 @@ def pack(
       turbopack pack ./Llama-3-8B --format w4a16 --group-size 128 --arch sm90 -o llama-sm90
 
       turbopack pack llama70-w4 --arch sm90 -o llama70-sm90 --resume   # after a crash: the same line again
+
+    With --format, the format options (--group-size, --sym, --scale-dtype, --per-tensor, --ignore,
+    --include-lm-head) are those of `turbopack quantize`.
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.pack import pack as run
 
     with interrupt_keeps_partial(out, resume):
-        res = run(src, out, tuple(arch), tp, format, group_size=group_size, sym=sym, explain=explain or as_json,
-                  force=force, progress=sys.stderr.isatty(), strict=strict, resume=resume)
+        res = run(src, out, tuple(arch), tp, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype,
+                  per_tensor=per_tensor, ignore=tuple(ignore), include_lm_head=include_lm_head,
+                  explain=explain or as_json, force=force, progress=sys.stderr.isatty(), strict=strict, resume=resume)
     for note in res.notes:
         typer.echo(f"note: {note}", err=True)
     if as_json:
@@ -63,6 +83,7 @@ def pack(
 
 
 def print_explain(rows: list[dict]) -> None:
+    # imported here, not at the top: only a table printed to a terminal needs rich's console
     from rich.console import Console
     from rich.table import Table
 

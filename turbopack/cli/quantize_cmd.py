@@ -8,18 +8,31 @@ from typing import Optional
 
 import typer
 
+from turbopack.cli.options import (
+    ForceOpt,
+    GroupSizeOpt,
+    IgnoreOpt,
+    IncludeLmHeadOpt,
+    JsonOpt,
+    OutOpt,
+    PerTensorOpt,
+    ResumeOpt,
+    ScaleDtypeOpt,
+    SymOpt,
+)
+
 
 def quantize(
     model: str = typer.Argument(..., help="Hugging Face model folder (config.json + *.safetensors)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (written atomically)."),
+    out: OutOpt = ...,
     format: str = typer.Option("w4a16", "--format", "-f", help="w4a16 | w8a16 | w8a8 | fp8"),
-    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="int4 group size along K: 32, 64, 128 (default 128)."),
-    sym: Optional[bool] = typer.Option(None, "--sym/--asym", help="int4: symmetric (no zero points) or asymmetric (default)."),
-    scale_dtype: Optional[str] = typer.Option(None, help="int4 scale dtype: bfloat16 (default) or float16."),
-    per_tensor: Optional[bool] = typer.Option(None, "--per-tensor/--per-channel", help="fp8: one scale per tensor instead of per output channel."),
-    ignore: list[str] = typer.Option([], "--ignore", help="Glob of module names to keep unquantized (repeatable)."),
+    group_size: GroupSizeOpt = None,
+    sym: SymOpt = None,
+    scale_dtype: ScaleDtypeOpt = None,
+    per_tensor: PerTensorOpt = None,
+    ignore: IgnoreOpt = (),
     k_fallback: Optional[str] = typer.Option(None, "--k-fallback", help="int4 layers whose K the group size does not divide: refuse (default) | group (the largest smaller group that divides K, those layers only) | w8 (those layers as w8a16). RTN only."),
-    include_lm_head: bool = typer.Option(False, help="Also quantize lm_head."),
+    include_lm_head: IncludeLmHeadOpt = False,
     method: str = typer.Option("rtn", "--method", "-m", help="rtn (no data) | awq (w4a16, w8a16) | gptq (w4a16, w8a16, w8a8)."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text file or .jsonl with a \"text\" field (default: bundled train.txt)."),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="Calibration windows (default 128)."),
@@ -29,9 +42,9 @@ def quantize(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="SmoothQuant migration strength in [0, 1] (default 0.5)."),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing activation energy (static groups)."),
     device: Optional[str] = typer.Option(None, "--device", help="Calibration device: cuda (default when present) or cpu."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    resume: bool = typer.Option(False, "--resume", help="Write into .turbopack-partial-OUT (next to OUT), keep it if the run fails or is interrupted, and on a rerun with --resume skip the shards already written whose checksums match. RTN only."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    force: ForceOpt = False,
+    resume: ResumeOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Quantize every linear weight of MODEL (RTN, or AWQ/GPTQ/SmoothQuant on calibration text) into an arch-neutral checkpoint.
 
@@ -48,7 +61,10 @@ def quantize(
       turbopack quantize ./Llama-3-70B -o llama70-w4 -f w4a16 --resume   # after a crash: the same line again
 
       turbopack quantize ./model -o w4 -f w4a16 -g 64 --k-fallback w8   # down_proj K=688: no int4 group divides it
+
+    --resume is for RTN; a calibrated run (--method awq/gptq, --smooth) starts over.
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.checkpoint.resume import interrupt_keeps_partial
     from turbopack.packer.quantize import quantize as run
 

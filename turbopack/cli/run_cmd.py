@@ -32,6 +32,7 @@ def run(
 
       turbopack run llama-w4 --prompt "Once upon a time" --kv int8 --temperature 0.8 --top-p 0.95 --json
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.inference.api import load
 
     m = load(path, device=device, kv=kv, repack=repack, arch=arch, backend=backend,

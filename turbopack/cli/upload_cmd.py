@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from turbopack.cli.options import JsonOpt
+
 
 def upload(
     folder: Path = typer.Argument(..., help="Folder to upload: quantized, packed or exported by turbopack."),
@@ -17,7 +19,7 @@ def upload(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the files, sizes and model card; upload nothing."),
     overwrite_card: bool = typer.Option(False, "--overwrite-card", help="Replace an existing README.md (local or on the Hub)."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Hub id of the original model, for the card's base_model."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Upload a turbopack folder to the Hugging Face Hub with a generated model card, in one commit.
 
@@ -29,6 +31,7 @@ def upload(
 
       turbopack upload llama-w4-ct --repo-id me/Llama-3-8B-w4-ct --private --base-model meta-llama/Meta-Llama-3-8B
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.packer.upload import upload as run
 
     plan = run(folder, repo_id, private=private, revision=revision, dry_run=dry_run, overwrite_card=overwrite_card,

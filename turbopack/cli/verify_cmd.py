@@ -8,11 +8,13 @@ from typing import Optional
 
 import typer
 
+from turbopack.cli.options import ReportJsonOpt
+
 
 def verify(
     path: Path = typer.Argument(..., help="A `turbopack pack` output (its <arch>/ and rank<r>/ subfolders are all checked), or a quantized folder."),
     against: Optional[Path] = typer.Option(None, "--against", help="The quantized folder it was packed from: unpack every module and compare bit for bit."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: ReportJsonOpt = False,
 ) -> None:
     """Check a packed folder: shard sha256 and sizes, every tensor's dtype and shape, and with
     --against that every module unpacks to exactly the quantized source. Exit 1 if a check fails.
@@ -23,6 +25,7 @@ def verify(
 
       turbopack verify llama-w4-packed --against llama-w4 --json
     """
+    # imported here, not at the top: `turbopack --help` must not pay for torch
     from turbopack.packer.verify import verify as run
 
     report = run(path, against)

@@ -20,25 +20,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from turbopack.checkpoint import read_json, read_manifest, resolve_model
+from turbopack.device import resolve_device
+from turbopack.errors import TurbopackError
+from turbopack.hfconfig import convert_hint, foreign_quantization
+from turbopack.inference.loader import load, load_model
+from turbopack.inference.perplexity import perplexity
+from turbopack.packer.calibration.data import default_text, tokenize_file
 
 
 def heldout_ids(folder: Path, text: Path | None = None, vocab: int | None = None) -> torch.Tensor:
     """``text`` tokenized with the folder's tokenizer.json; by default the bundled held-out text
     (its pre-tokenized ids when the folder ships them, as the bundled model does)."""
-    from turbopack.packer.calibration.data import default_text, tokenize_file
-
     if text is None and (folder / "heldout_ids.safetensors").is_file():
-        from safetensors.torch import load_file
-
         return load_file(str(folder / "heldout_ids.safetensors"))["input_ids"].to(torch.int64)
     return tokenize_file(folder, Path(text) if text is not None else default_text("heldout.txt"), vocab)
 
 
 def windows_of(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
     """[n, seq_len] non-overlapping windows (tokens after the last full window are dropped)."""
-    from turbopack.errors import TurbopackError
-
     if seq_len < 2 or ids.numel() < 2:
         raise TurbopackError(f"need at least 2 tokens per window and of text (seq_len {seq_len}, {ids.numel()} tokens)")
     seq_len = min(seq_len, ids.numel())
@@ -122,25 +125,16 @@ def compare(model: nn.Module, ref: Reference) -> Comparison:
 def load_for_eval(folder: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
     """(model, description): the float model, or the reference model of a quantized folder, in fp32
     on ``device`` (the reference math is the same on any device; a GPU only makes it faster)."""
-    from turbopack.checkpoint import read_json, read_manifest
-    from turbopack.errors import TurbopackError
-
-    from turbopack.hfconfig import convert_hint, foreign_quantization
-
     has_manifest = (folder / "turbopack.json").is_file()
     foreign = foreign_quantization(folder, read_manifest(folder).get("kind") if has_manifest else None)
     if foreign is not None:
         raise TurbopackError(convert_hint(folder, foreign, "turbopack eval"))
     if not has_manifest:
-        from turbopack.inference.model import load_model
-
         return load_model(folder, dtype=torch.float32, device=device), "float (source weights, fp32 compute)"
     kind = read_manifest(folder).get("kind")
     if kind != "quantized":
         raise TurbopackError(f"{folder}: a {kind} folder; eval runs the reference model on the arch-neutral folder "
                              f"`turbopack quantize` wrote (before `turbopack pack`)")
-    from turbopack.inference.loader import load
-
     q = read_json(folder / "config.json").get("quantization_config", {})
     extra = f" +smooth(alpha={q['smooth']['alpha']})" if q.get("smooth") else ""
     model = load(folder, device=device, dtype=torch.float32, backend="reference").model
@@ -151,15 +145,9 @@ def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, ma
              against: str | Path | None = None, device: str | torch.device = "auto") -> dict:
     """Perplexity of ``model``; with ``against`` (usually the float model it was quantized from) also
     the KL, top-1 agreement and paired perplexity change of :func:`compare` on the same windows."""
-    from turbopack.checkpoint import resolve_model
-    from turbopack.errors import TurbopackError
-    from turbopack.inference.perplexity import perplexity
-
     if seq_len < 2:
         raise TurbopackError(f"--seq-len {seq_len}: need at least 2 tokens per window")
     t0 = time.perf_counter()
-    from turbopack.device import resolve_device
-
     folder = resolve_model(model)
     dev = resolve_device(device)
     net, what = load_for_eval(folder, dev)

@@ -82,7 +82,7 @@ class W4A16(Format):
         return out
 
     def quantize(self, w: torch.Tensor, stats=None) -> dict[str, torch.Tensor]:
-        from turbopack.formats import int4_numba
+        from turbopack.formats import int4_numba  # numba compiles on first import (~0.5 s): only when used
 
         if int4_numba.supports(w, self.scale_dtype):  # same bits, one pass (the streaming hot loop)
             return int4_numba.quantize_w4(w, self.group_size, self.sym)

@@ -17,9 +17,9 @@ import torch
 from turbopack.errors import TurbopackError
 from turbopack.inference.generate import Engine, GenerationStats
 from turbopack.inference.loader import Loaded, load as load_folder, tokenizer_files
-from turbopack.textenc import text_encoder
-from turbopack.inference.qlinear import fuse_projections
+from turbopack.inference.qlinear import Backend, fuse_projections
 from turbopack.inference.sampling import SamplingParams
+from turbopack.textenc import text_encoder
 
 
 class TextStream:
@@ -117,7 +117,7 @@ class TurbopackModel:
 
 
 def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype = torch.bfloat16, kv: str = "bf16",
-         repack: bool = False, *, arch: str | None = None, backend: str | None = None, fuse: bool | None = None,
+         repack: bool = False, *, arch: str | None = None, backend: str | Backend | None = None, fuse: bool | None = None,
          use_graphs: bool | None = None, fast: bool | None = None) -> TurbopackModel:
     """Load a packed, arch-neutral quantized or Hugging Face folder for generation.
 

@@ -22,10 +22,13 @@ import torch
 from torch import nn
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resolve_model
+from turbopack.checkpoint.hub import enable_hub
 from turbopack.device import resolve_device
 from turbopack.errors import CheckpointError, TurbopackError, UnsupportedModelError
+from turbopack.inference import loader
 from turbopack.inference.model import replace_linears
-from turbopack.inference.qlinear import QuantLinear
+from turbopack.inference.qlinear import Backend, QuantLinear
+from turbopack.layouts import LAYOUTS
 
 
 def check_arch_compat(config: dict[str, Any], local_arch: str, known_layouts: dict[str, int] | None = None,
@@ -43,8 +46,6 @@ def check_arch_compat(config: dict[str, Any], local_arch: str, known_layouts: di
                               f"`turbopack pack ARCH_NEUTRAL_FOLDER --arch {local_arch} -o {Path(str(folder)).name}-{local_arch}` "
                               f"(ARCH_NEUTRAL_FOLDER: the `turbopack quantize`/`convert` output it was packed from)")
     if known_layouts is None:
-        from turbopack.layouts import LAYOUTS
-
         known_layouts = {name: LAYOUTS.get(name).version for name in LAYOUTS.names()}
     for layout, version in (qc.get("layout_version") or {}).items():
         if layout not in known_layouts:
@@ -55,7 +56,7 @@ def check_arch_compat(config: dict[str, Any], local_arch: str, known_layouts: di
 
 
 def _hf_config(config: dict[str, Any]):
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # optional (test extra), and slow to import
 
     d = {k: v for k, v in config.items() if k != "quantization_config"}
     model_type = d.pop("model_type", None)
@@ -78,15 +79,12 @@ def _rebuild_meta_buffers(model: nn.Module, device: torch.device) -> None:
 
 
 def load_hf(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None, *,
-            repack: bool = False, backend: str | None = None):
+            repack: bool = False, backend: str | Backend | None = None):
     """A transformers ``*ForCausalLM`` running a turbopack folder (quantized or packed; a Hub id
     works too), on the GPU when there is one (``device="auto"``, as ``turbopack.load``).
     ``dtype`` defaults to float32 on the CPU and bfloat16 on a GPU; ``backend`` and
     ``repack`` are the runtime loader's (turbopack.inference.loader.load)."""
-    from transformers import AutoModelForCausalLM
-
-    from turbopack.inference import loader
-    from turbopack.packer.hub import enable_hub
+    from transformers import AutoModelForCausalLM  # optional (test extra), and slow to import
 
     enable_hub()
     folder = resolve_model(path)
@@ -104,24 +102,12 @@ def load_hf(path: str | Path, device: str | torch.device = "auto", dtype: torch.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     has_bias = {m for m in plans if f"{m}.bias" in ckpt.tensors}
-
-    def factory(name: str, linear: nn.Linear):
-        p = plans.get(name)
-        if p is None:
-            return None
-        if (linear.out_features, linear.in_features) != p.shape:
-            raise CheckpointError(f"{name}: quantized shape {list(p.shape)} but config.json makes it "
-                                  f"{[linear.out_features, linear.in_features]}")
-        return QuantLinear(p.fmt, p.shape, layout=p.layout, backend=p.backend, bias=name in has_bias, device="meta", dtype=dtype)
-
-    replace_linears(model, factory)
-    loader._fill(model, ckpt, plans, device, dtype)
-    if "lm_head.weight" not in ckpt.tensors and "lm_head" not in plans:
-        model.get_output_embeddings().weight = model.get_input_embeddings().weight  # tied, as saved by HF
+    replace_linears(model, loader.quant_linear_factory(plans, has_bias, dtype, "config.json"))
+    loader.fill(model, ckpt, plans, device, dtype)
+    if loader.lm_head_is_tied(ckpt, plans):
+        loader.tie_lm_head(model)
     _rebuild_meta_buffers(model, device)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
-    if left:
-        raise CheckpointError(f"{folder}: tensors {left[:5]} are missing; the folder does not match its config.json")
+    loader.check_complete(model, folder)
     model.turbopack = {"folder": str(folder), "kind": kind, "modules": len(plans),
-                       "backends": sorted({p.backend for p in plans.values()})}
+                       "backends": sorted({p.backend.value for p in plans.values()})}
     return model.eval()

@@ -3,7 +3,7 @@
 Three kinds of folder load:
   * a plain Hugging Face folder (no turbopack.json): the bf16 reference model;
   * an arch-neutral quantized folder (`turbopack quantize`): on a GPU it is packed at load for the
-    local arch by the packer's pure functions (`pack_module`), module by module; on the CPU it runs
+    local arch by the layouts' pure functions (`layouts.packing.pack_module`), module by module; on the CPU it runs
     with the reference backend (or, given ``arch``, packed for that arch on the emulator);
   * a packed folder (`turbopack pack`): its tensors are the kernels' tensors; a GPU whose arch is
     not the folder's is refused with the repack command, unless ``repack`` and the folder's
@@ -17,6 +17,7 @@ the model is ever made (a module being packed at load is staged on the CPU alone
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,16 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, resolve_model
+from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_json, read_manifest, resolve_model
 from turbopack.device import resolve_device, safetensors_device
 from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
 from turbopack.hfconfig import convert_hint, foreign_quantization
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
-from turbopack.inference.qlinear import QuantLinear
+from turbopack.inference.qlinear import Backend, QuantLinear, backend_of
+from turbopack.layouts import get_layout
+from turbopack.layouts.archs import arch_for_capability
+from turbopack.layouts.packing import pack_module, select_layout
 
 
 @dataclass
@@ -40,7 +44,7 @@ class ModulePlan:
 
     fmt: Format
     shape: tuple[int, int]
-    backend: str
+    backend: Backend
     layout: Any = None
     pack_for: str | None = None  # arch to pack the arch-neutral tensors for at load
 
@@ -61,21 +65,13 @@ class Loaded:
 
 def local_arch(device: torch.device) -> str:
     """The turbopack arch name ("sm90") of the GPU ``device``."""
-    from turbopack.layouts.archs import arch_for_capability
-
     major, minor = torch.cuda.get_device_capability(device)
     return arch_for_capability(major, minor, torch.cuda.get_device_name(device)).name.value
 
 
-def layout_by_name(name):
-    from turbopack.layouts import get_layout
-
-    return get_layout(name)
-
-
 def _manifest_layout(folder: Path, module: str, info: dict):
     try:
-        layout = layout_by_name(info.get("layout"))
+        layout = get_layout(info.get("layout"))
     except UnknownNameError as e:
         raise CheckpointError(f"{folder / MANIFEST_NAME}: {module}: {e}; this folder was packed by another turbopack: "
                               f"use that version, or re-pack with this one") from None
@@ -95,13 +91,14 @@ def _repack_hint(folder: Path, manifest: dict, arch: str) -> str:
 
 
 def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, repack: bool,
-                 arch: str | None, backend: str | None) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
+                 arch: str | None, backend: str | Backend | None) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
     """(folder to read, kind, {module: plan}, arch the tensors run as)."""
     foreign = foreign_quantization(folder, manifest["kind"] if manifest else None)
     if foreign is not None:
         raise CheckpointError(convert_hint(folder, foreign, "turbopack run/load"))
     if manifest is None:
         return folder, "hf", {}, None
+    backend = None if backend is None else backend_of(backend)
     kind = manifest["kind"]
     if kind == "packed":
         if int(manifest.get("tp", 1)) > 1:
@@ -109,7 +106,7 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
                                   f"folders: {_repack_hint(folder, manifest, manifest.get('arch', 'smXX'))}")
         packed_arch = manifest["arch"]
         want = local_arch(device) if device.type == "cuda" else packed_arch
-        if want != packed_arch or backend == "reference":
+        if want != packed_arch or backend is Backend.REFERENCE:
             src = Path(manifest.get("source", ""))
             if not repack:
                 why = f"packed for {packed_arch} but this GPU is {want}" if want != packed_arch else "packed, but the reference backend runs arch-neutral tensors"
@@ -119,19 +116,19 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
                 raise CheckpointError(f"{folder}: --repack needs the arch-neutral source {src}, which is not there; "
                                       f"point at a `turbopack quantize` output instead")
             return plan_modules(src, read_manifest(src), device, repack=False, arch=arch, backend=backend)
-        be = backend or ("cuda" if device.type == "cuda" else "emulator")
+        be = backend or (Backend.CUDA if device.type == "cuda" else Backend.EMULATOR)
         plans = {m: ModulePlan(format_from_params(i["format"]), tuple(i["shape"]), be, _manifest_layout(folder, m, i))
                  for m, i in manifest["tensors"].items()}
         return folder, kind, plans, packed_arch
     if kind != "quantized":
         raise CheckpointError(f"{folder}: a {kind!r} folder; load a quantized, packed or Hugging Face folder")
     if backend is None:
-        backend = "cuda" if device.type == "cuda" else ("emulator" if arch else "reference")
+        backend = Backend.CUDA if device.type == "cuda" else (Backend.EMULATOR if arch else Backend.REFERENCE)
     pack_for = None
-    if backend != "reference":
+    if backend is not Backend.REFERENCE:
         pack_for = arch or (local_arch(device) if device.type == "cuda" else None)
         if pack_for is None:
-            raise TurbopackError(f"{folder}: backend {backend!r} runs packed tensors; give the arch to pack for (e.g. sm90)")
+            raise TurbopackError(f"{folder}: backend {backend.value!r} runs packed tensors; give the arch to pack for (e.g. sm90)")
     plans = {}
     for m, i in manifest["tensors"].items():
         fmt, shape = format_from_params(i["format"]), tuple(i["shape"])
@@ -141,9 +138,7 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
 
 
 def _select(fmt: Format, arch: str, shape, name: str):
-    from turbopack.packer.pack import select_layout
-
-    return layout_by_name(select_layout(fmt, arch, shape, name).layout)
+    return get_layout(select_layout(fmt, arch, shape, name).layout)
 
 
 # --- building and filling the model ----------------------------------------------------------
@@ -169,25 +164,46 @@ def _set_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
         raise CheckpointError(f"tensor {name!r} has no place in the model; is the config right?")
 
 
-def _build(config: ModelConfig, plans: dict[str, ModulePlan], dtype: torch.dtype, has_bias: set[str]) -> Transformer:
-    model = build_model(config, device="meta", dtype=dtype)
+def quant_linear_factory(plans: dict[str, ModulePlan], has_bias: set[str], dtype: torch.dtype,
+                         where: str = "the config") -> Callable[[str, nn.Linear], QuantLinear | None]:
+    """``replace_linears``' factory: a QuantLinear on the meta device for every planned module,
+    its shape checked against the linear the config (``where``) builds."""
 
-    def factory(name: str, linear: nn.Linear):
+    def factory(name: str, linear: nn.Linear) -> QuantLinear | None:
         p = plans.get(name)
         if p is None:
             return None
         if (linear.out_features, linear.in_features) != p.shape:
-            raise CheckpointError(f"{name}: quantized shape {list(p.shape)} but the config makes it "
+            raise CheckpointError(f"{name}: quantized shape {list(p.shape)} but {where} makes it "
                                   f"{[linear.out_features, linear.in_features]}")
         return QuantLinear(p.fmt, p.shape, layout=p.layout, backend=p.backend, bias=name in has_bias,
                            device="meta", dtype=dtype)
 
-    replace_linears(model, factory)
-    return model
+    return factory
 
 
-def _fill(model: Transformer, ckpt: Checkpoint, plans: dict[str, ModulePlan], device: torch.device,
-          dtype: torch.dtype) -> None:
+def lm_head_is_tied(ckpt: Checkpoint, plans: dict[str, ModulePlan]) -> bool:
+    """No lm_head tensor, quantized or not: tied to the embedding (HF's save_pretrained drops the copy)."""
+    return "lm_head.weight" not in ckpt.tensors and "lm_head" not in plans
+
+
+def tie_lm_head(model: nn.Module) -> None:
+    """Point lm_head at the embedding again: loading assigned a new embedding Parameter."""
+    model.get_output_embeddings().weight = model.get_input_embeddings().weight
+
+
+def check_complete(model: nn.Module, folder: Path) -> None:
+    """Every parameter and buffer was loaded: none is left on the meta device."""
+    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
+    if missing:
+        raise CheckpointError(f"{folder}: missing tensors {missing[:5]}; the folder is incomplete or not for "
+                              f"its config.json")
+
+
+def fill(model: nn.Module, ckpt: Checkpoint, plans: dict[str, ModulePlan], device: torch.device,
+         dtype: torch.dtype) -> None:
+    """Read every tensor of ``ckpt`` onto ``device`` into its place in ``model`` (plain floating
+    tensors cast to ``dtype``); a module planned ``pack_for`` an arch is packed at load."""
     owner = {}
     for m, p in plans.items():
         for s in (p.layout.packed_specs(p.fmt, p.shape) if p.layout is not None and p.pack_for is None else p.fmt.specs(p.shape)):
@@ -209,27 +225,35 @@ def _fill(model: Transformer, ckpt: Checkpoint, plans: dict[str, ModulePlan], de
         _pack_at_load(model, ckpt, m, plans[m], device)
 
 
-def _pack_at_load(model: Transformer, ckpt: Checkpoint, name: str, p: ModulePlan, device: torch.device) -> None:
-    from turbopack.packer.pack import pack_module
-
+def _pack_at_load(model: nn.Module, ckpt: Checkpoint, name: str, p: ModulePlan, device: torch.device) -> None:
     q = {s.suffix: ckpt.read(f"{name}.{s.suffix}") for s in p.fmt.specs(p.shape)}
     packed = pack_module(p.fmt, q, p.shape, p.pack_for, name=name)
     for suffix, t in packed.tensors.items():
         _set_tensor(model, f"{name}.{suffix}", t.to(device))
 
 
-def _finish(model: Transformer, config: ModelConfig, folder: Path) -> Transformer:
+def build(ckpt: Checkpoint, config: ModelConfig, plans: dict[str, ModulePlan], device: torch.device,
+          dtype: torch.dtype, folder: Path) -> tuple[Transformer, ModelConfig]:
+    """The reference Transformer of ``ckpt``, quantized linears per ``plans``, every tensor loaded
+    on ``device``; returns it with its config (tie_word_embeddings as the files have it)."""
+    if lm_head_is_tied(ckpt, plans):
+        config = replace(config, tie_word_embeddings=True)
+    has_bias = {m for m in plans if f"{m}.bias" in ckpt.tensors}
+    model = build_model(config, device="meta", dtype=dtype)
+    replace_linears(model, quant_linear_factory(plans, has_bias, dtype))
+    if "lm_head" in plans:
+        config = replace(config, tie_word_embeddings=False)
+        model.config = config
+    fill(model, ckpt, plans, device, dtype)
     if config.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
-        model.lm_head.weight = model.model.embed_tokens.weight
+        tie_lm_head(model)
     model.setup_rope(min(config.max_position_embeddings, ROPE_TABLE_LEN))
-    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
-    if missing:
-        raise CheckpointError(f"{folder}: missing tensors {missing[:5]}; the folder is incomplete or not for this config")
-    return model.eval()
+    check_complete(model, folder)
+    return model.eval(), config
 
 
 def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype = torch.bfloat16, *,
-         repack: bool = False, arch: str | None = None, backend: str | None = None) -> Loaded:
+         repack: bool = False, arch: str | None = None, backend: str | Backend | None = None) -> Loaded:
     """Load PATH (HF, quantized or packed folder) onto ``device``.
 
     ``backend`` overrides the quantized linears' backend ("reference", "emulator", "cuda");
@@ -239,22 +263,25 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dty
     manifest = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else None
     read_from, kind, plans, run_arch = plan_modules(folder, manifest, device, repack=repack, arch=arch, backend=backend)
     ckpt = Checkpoint.open(read_from)
-    hf = dict(ckpt.config)
-    config = ModelConfig.from_hf_config(hf)
-    if "lm_head.weight" not in ckpt.tensors and "lm_head" not in plans:
-        config = replace(config, tie_word_embeddings=True)  # HF's save_pretrained drops the tied copy
-    has_bias = {m for m in plans if f"{m}.bias" in ckpt.tensors}
-    model = _build(config, plans, dtype, has_bias)
-    if "lm_head" in plans:
-        config = replace(config, tie_word_embeddings=False)
-        model.config = config
-    _fill(model, ckpt, plans, device, dtype)
-    model = _finish(model, config, folder)
+    model, config = build(ckpt, ModelConfig.from_hf_config(dict(ckpt.config)), plans, device, dtype, folder)
     fmts = sorted({p.fmt.describe() for p in plans.values()})
-    backends = sorted({p.backend for p in plans.values()}) or ["none"]
+    backends = sorted({p.backend.value for p in plans.values()}) or ["none"]
     info = {"modules": len(plans), "read_from": str(read_from),
             "layouts": sorted({p.layout.name.value for p in plans.values() if p.layout is not None})}
     return Loaded(model, config, folder, kind, device, dtype, ",".join(backends), run_arch, ",".join(fmts) or None, info)
+
+
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
+    """A Hugging Face folder (config.json + model.safetensors, sharded or not) as the float
+    reference Transformer (what evaluation compares against)."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder}: no config.json; point at a Hugging Face model folder")
+    config = ModelConfig.from_hf_config(read_json(folder / "config.json"))
+    if not any((folder / f).exists() for f in ("model.safetensors.index.json", "model.safetensors")):
+        # HF's weight files only: other *.safetensors beside them (the bundled token ids) are not weights
+        raise CheckpointError(f"{folder}: no model.safetensors[.index.json]; pickle is not read")
+    return build(Checkpoint.open(folder), config, {}, resolve_device(device), dtype, folder)[0]
 
 
 def tokenizer_files(folder: Path) -> dict[str, Any]:

@@ -12,10 +12,8 @@ Two promises the rest of turbopack relies on:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -325,11 +323,17 @@ class Transformer(nn.Module):
         self.kv_caches: nn.ModuleList | None = None
         self.setup_rope(min(cfg.max_position_embeddings, ROPE_TABLE_LEN))
 
+    def get_input_embeddings(self) -> nn.Embedding:  # HF's name: the loader ties lm_head the same way for both
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
     def setup_rope(self, seq_len: int) -> None:
         """(Re)build the cos/sin tables for positions < seq_len on the embedding's device.
 
         Non-persistent buffers: they are derived from the config, so they stay out of the state dict
-        and must be rebuilt after loading onto the meta device (load_model does that).
+        and must be rebuilt after loading onto the meta device (turbopack.inference.loader does that).
         """
         cos, sin = rope_tables(self.config, seq_len, self.model.embed_tokens.weight.device)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -411,47 +415,3 @@ def build_model(config: ModelConfig, device="meta", dtype=torch.float32) -> Tran
     with torch.device(device):
         model = Transformer(config)
     return model.to(dtype=dtype).eval()
-
-
-def _read_safetensors(folder: Path, device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file  # safetensors only: no pickle, no torch.load
-
-    # HF's weight files only: a folder may hold other safetensors (the bundled model's token ids).
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors[.index.json]; pickle is not read")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(str(folder / name), device=str(device)))
-    return state
-
-
-def load_model(folder, dtype: torch.dtype = torch.float32, device="cpu") -> Transformer:
-    """Load a Hugging Face folder (config.json + *.safetensors, sharded or not) as a Transformer."""
-    folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder}: no config.json; point at a Hugging Face model folder")
-    config = ModelConfig.from_hf_config(json.loads((folder / "config.json").read_text()))
-    state = _read_safetensors(folder, device)
-    # Old checkpoints carry the rotary inv_freq buffer; we derive it from the config instead.
-    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
-    if "lm_head.weight" not in state:  # HF's save_pretrained drops the tied copy
-        config = replace(config, tie_word_embeddings=True)
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-
-    model = build_model(config, device="meta", dtype=dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise CheckpointError(f"{folder}: missing tensors {missing[:5]}, extra {unexpected[:5]}")
-    if config.tie_word_embeddings:
-        # assign=True swapped in a new embedding Parameter; point lm_head at it again.
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.setup_rope(min(config.max_position_embeddings, ROPE_TABLE_LEN))
-    return model.eval()

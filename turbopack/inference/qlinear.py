@@ -14,7 +14,9 @@ definition and so dequantizes transiently inside each call; it is the yardstick,
 
 from __future__ import annotations
 
-from typing import Callable
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,40 +27,61 @@ from turbopack.inference.model import MLP, Attention
 from turbopack.registry import Registry
 
 
-def _reference(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
+def _reference(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     return m.fmt.linear(x, m.tensors(), m.bias)
 
 
-def _emulator(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-    from turbopack.layouts.emulate import emulate_linear
+def _emulator(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    from turbopack.layouts.emulate import emulate_linear  # numba (~0.5 s to import): the CPU emulator only
 
     return emulate_linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
 
 
-def _cuda(m: "QuantLinear", x: torch.Tensor) -> torch.Tensor:
-    from turbopack.inference.kernels.dispatch import linear
+def _cuda(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    from turbopack.inference.kernels.dispatch import linear  # triton/CUDA: a GPU only
 
     return linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
 
 
-#: name -> (forward, needs a layout)
-BACKENDS: Registry[tuple] = Registry("linear backend")
-BACKENDS.register("reference", (_reference, False))
-BACKENDS.register("emulator", (_emulator, True))
-BACKENDS.register("cuda", (_cuda, True))
+class Backend(str, enum.Enum):
+    """What runs a QuantLinear (values: the names --backend takes)."""
+
+    REFERENCE = "reference"
+    EMULATOR = "emulator"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    forward: Callable[[QuantLinear, torch.Tensor], torch.Tensor]
+    needs_layout: bool  # runs a layout's packed tensors (else the format's arch-neutral ones)
+
+
+BACKENDS: Registry[BackendSpec] = Registry("linear backend")
+BACKENDS.register(Backend.REFERENCE, BackendSpec(_reference, needs_layout=False))
+BACKENDS.register(Backend.EMULATOR, BackendSpec(_emulator, needs_layout=True))
+BACKENDS.register(Backend.CUDA, BackendSpec(_cuda, needs_layout=True))
+
+
+def backend_of(name: str | Backend) -> Backend:
+    """The Backend named ``name`` (an unknown name raises, listing the registered ones)."""
+    BACKENDS.get(name)
+    return Backend(getattr(name, "value", name))
 
 
 class QuantLinear(nn.Module):
     """y = x @ W.T + b with W held quantized (see the module docstring for the backends)."""
 
-    def __init__(self, fmt: Format, shape: tuple[int, int], *, layout=None, backend: str = "reference",
+    def __init__(self, fmt: Format, shape: tuple[int, int], *, layout=None, backend: str | Backend = Backend.REFERENCE,
                  bias: bool = False, device=None, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self._forward, needs_layout = BACKENDS.get(backend)
-        if needs_layout and layout is None:
-            raise TurbopackError(f"backend {backend!r} runs packed tensors; it needs a layout")
-        if not needs_layout and layout is not None:
-            raise TurbopackError(f"backend {backend!r} runs arch-neutral tensors; got layout {layout.name.value}")
+        backend = backend_of(backend)
+        spec = BACKENDS.get(backend)
+        self._forward = spec.forward
+        if spec.needs_layout and layout is None:
+            raise TurbopackError(f"backend {backend.value!r} runs packed tensors; it needs a layout")
+        if not spec.needs_layout and layout is not None:
+            raise TurbopackError(f"backend {backend.value!r} runs arch-neutral tensors; got layout {layout.name.value}")
         self.fmt, self.layout, self.backend = fmt, layout, backend
         self.shape = (int(shape[0]), int(shape[1]))
         self.out_features, self.in_features = self.shape
@@ -79,7 +102,7 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_tensors(cls, fmt: Format, shape, tensors: dict[str, torch.Tensor], *, layout=None,
-                     backend: str = "reference", bias: torch.Tensor | None = None) -> "QuantLinear":
+                     backend: str | Backend = Backend.REFERENCE, bias: torch.Tensor | None = None) -> QuantLinear:
         """Wrap tensors already in memory (checked against the specs; nothing is copied)."""
         m = cls(fmt, shape, layout=layout, backend=backend, bias=bias is not None, device="meta",
                 dtype=bias.dtype if bias is not None else torch.bfloat16)
@@ -98,7 +121,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         lay = f", layout={self.layout.name.value}" if self.layout is not None else ""
-        return f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend}, bias={self.bias is not None}"
+        return f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend.value}, bias={self.bias is not None}"
 
 
 def concat(mods: list[QuantLinear]) -> QuantLinear | None:

@@ -24,9 +24,10 @@ import torch
 from numba import njit, prange
 
 from turbopack.errors import ShapeError
-from turbopack.formats import Format
+from turbopack.formats import W4A16, Format
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
+from turbopack.layouts import get_layout
 from turbopack.layouts.base import Layout, LayoutName, check_packed
 from turbopack.layouts.w4 import NIBBLE_OF_ELEMENT
 
@@ -180,8 +181,9 @@ def _w4(x: torch.Tensor, fmt: Format, layout: Layout, packed: dict[str, torch.Te
     pad = layout.padding(shape)
     qw = packed["qweight"].contiguous().numpy().view(np.uint32)
     s = packed["scales"].float().numpy()
-    z = np.zeros((1, 1, 1), np.uint8) if fmt.sym else packed["zeros"].contiguous().numpy()  # type: ignore[attr-defined]
-    y = _gemm_w4(_x_padded(x, pad.k_pad), qw, s, z, fmt.group_size, fmt.sym, _ROUND[act])  # type: ignore[attr-defined]
+    assert isinstance(fmt, W4A16)  # dispatched here by the format's name
+    z = np.zeros((1, 1, 1), np.uint8) if fmt.sym else packed["zeros"].contiguous().numpy()
+    y = _gemm_w4(_x_padded(x, pad.k_pad), qw, s, z, fmt.group_size, fmt.sym, _ROUND[act])
     return torch.from_numpy(y[:, : shape[0]])
 
 
@@ -224,8 +226,6 @@ EMULATORS: dict[LayoutName, Callable[..., torch.Tensor]] = {
 def emulate_linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
                    shape: tuple[int, int], bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` computed from the packed tensors as the GPU kernel would: [.., K] -> [.., N]."""
-    from turbopack.layouts import get_layout
-
     layout = get_layout(layout)
     layout.check_format(fmt)
     for spec in layout.packed_specs(fmt, shape):
@@ -244,8 +244,6 @@ def reference_linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName |
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """The format-level reference a layout's kernel should match: ``fmt.linear``, except for
     weights-only layouts (fp8 upcast), whose activations stay 16-bit."""
-    from turbopack.layouts import get_layout
-
     if get_layout(layout).weights_only:
         return Format.linear(fmt, x, q, bias)
     return fmt.linear(x, q, bias)

@@ -56,7 +56,7 @@ def _table_error(arch: str, what: str) -> ValueError:
 
 
 def _check_rule(arch: Arch, rule: dict[str, Any], i: int) -> None:
-    from turbopack.layouts import get_layout
+    from turbopack.layouts import get_layout  # circular: turbopack.layouts imports this module for select
 
     where = f"rule {i}"
     for key in ("format", "layout", "why", "kernel"):
@@ -107,7 +107,7 @@ def _kernel(table: dict[str, Any], rule: dict[str, Any], shape: tuple[int, int])
 
 def select(fmt: Format, arch: str | ArchName | Arch, shape: tuple[int, int]) -> Choice:
     """The layout, kernel config and padding for a weight of ``shape`` in ``fmt`` on ``arch``."""
-    from turbopack.layouts import get_layout
+    from turbopack.layouts import get_layout  # circular: turbopack.layouts imports this module for select
 
     a = get_arch(arch)
     table = load_table(a.name)

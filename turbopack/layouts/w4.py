@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from turbopack.errors import BadTensorError, ShapeError
-from turbopack.formats import DTYPES, Format, FormatName, TensorSpec
+from turbopack.formats import DTYPES, W4A16, Format, FormatName, TensorSpec
 from turbopack.layouts.base import Layout, LayoutName, Padding, check_packed, check_rows, pad2d
 
 #: nibble position (0 = bits 0-3) of element e of a word
@@ -80,29 +80,37 @@ class W4Tiled(Layout):
     #: v2: asym zero points stored as uint8 codes ``zeros`` (v1 stored ``szeros = sdt(-z*s)``, lossy in bf16)
     version: ClassVar[int] = 2
 
-    def _dims(self, fmt: Format, shape: tuple[int, int]) -> tuple[Padding, int, int]:
+    def _int4(self, fmt: Format) -> W4A16:
+        """``fmt`` narrowed, once, to the int4 format this layout holds (another format raises)."""
         self.check_format(fmt)
+        assert isinstance(fmt, W4A16)  # check_format passed: the name is w4a16, so is the class
+        return fmt
+
+    def _dims(self, fmt: Format, shape: tuple[int, int]) -> tuple[Padding, int, int]:
+        w4 = self._int4(fmt)
         fmt.check_shape(f"{self.name.value} weight", shape)
         pad = self.padding(shape)
-        return pad, pad.n_pad // self.tile_n, pad.k_pad // fmt.group_size  # type: ignore[attr-defined]
+        return pad, pad.n_pad // self.tile_n, pad.k_pad // w4.group_size
 
     def packed_specs(self, fmt: Format, shape: tuple[int, int]) -> list[TensorSpec]:
+        w4 = self._int4(fmt)
         pad, nt, groups = self._dims(fmt, shape)
-        sdt = DTYPES[fmt.scale_dtype]  # type: ignore[attr-defined]
+        sdt = DTYPES[w4.scale_dtype]
         specs = [
             TensorSpec("qweight", torch.int32, (nt, pad.k_pad // self.tile_k, self.tile_n, self.tile_k // 8)),
             TensorSpec("scales", sdt, (nt, groups, self.tile_n)),
         ]
-        if not fmt.sym:  # type: ignore[attr-defined]
+        if not w4.sym:
             specs.append(TensorSpec("zeros", torch.uint8, (nt, groups, self.tile_n)))
         return specs
 
     def _check_input(self, fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int]) -> int:
         """Validate the arch-neutral tensors (a chunk of whole rows); returns their row count."""
+        w4 = self._int4(fmt)
         where = f"{self.name.value} pack"
-        k, g = shape[1], fmt.group_size  # type: ignore[attr-defined]
-        want = {"qweight": (torch.uint8, k // 2), "scales": (DTYPES[fmt.scale_dtype], k // g)}  # type: ignore[attr-defined]
-        if not fmt.sym:  # type: ignore[attr-defined]
+        k, g = shape[1], w4.group_size
+        want = {"qweight": (torch.uint8, k // 2), "scales": (DTYPES[w4.scale_dtype], k // g)}
+        if not w4.sym:
             want["zeros"] = (torch.uint8, k // g)
         if set(q) != set(want):
             raise ShapeError(f"{where}: got tensors {sorted(q)}, expected {sorted(want)} for {fmt.describe()}")
@@ -113,12 +121,13 @@ class W4Tiled(Layout):
         return rows["qweight"]
 
     def pack(self, fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+        w4 = self._int4(fmt)
         pad, _, groups = self._dims(fmt, shape)
         rows = self._check_input(fmt, q, shape)
         rows_pad = -(-rows // self.tile_n) * self.tile_n
         out = {"qweight": self._pack_codes(q["qweight"], rows_pad, pad.k_pad)}
         out["scales"] = self._tile_groups(q["scales"], rows_pad, groups)
-        if not fmt.sym:  # type: ignore[attr-defined]
+        if not w4.sym:
             check_zeros(q["zeros"], f"{self.name.value} pack")
             out["zeros"] = self._tile_groups(q["zeros"], rows_pad, groups)
         return out
@@ -143,12 +152,13 @@ class W4Tiled(Layout):
         return p.reshape(rows_pad // self.tile_n, self.tile_n, groups).transpose(1, 2).contiguous()
 
     def unpack(self, fmt: Format, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+        w4 = self._int4(fmt)
         where = f"{self.name.value} unpack"
         for spec in self.packed_specs(fmt, shape):
             check_packed(f"{where}: {spec.suffix}", packed.get(spec.suffix), spec)
         pad, _, groups = self._dims(fmt, shape)
         n, k = shape
-        kg = k // fmt.group_size  # type: ignore[attr-defined]
+        kg = k // w4.group_size
         words = packed["qweight"].contiguous().numpy().view(np.uint32).transpose(0, 2, 1, 3).reshape(pad.n_pad, pad.k_pad // 8)
         codes = deinterleave_words(words)[:n, : k // 2]
         out = {"qweight": torch.from_numpy(np.ascontiguousarray(codes))}
@@ -157,7 +167,7 @@ class W4Tiled(Layout):
             return t.transpose(1, 2).reshape(pad.n_pad, groups)[:n, :kg].clone(memory_format=torch.contiguous_format)
 
         out["scales"] = untile(packed["scales"])
-        if not fmt.sym:  # type: ignore[attr-defined]
+        if not w4.sym:
             out["zeros"] = untile(packed["zeros"])
         return out
 

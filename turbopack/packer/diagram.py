@@ -17,7 +17,7 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.formats.int4 import pack_nibbles
+from turbopack.formats.int4 import GROUP_SIZES, pack_nibbles
 
 DIGITS = 16  # code values every format holds exactly (int4 0..15, int8, e4m3 integers)
 
@@ -44,8 +44,6 @@ def _tile_format(layout, fmt: Format) -> Format:
     land does not depend on the group size; only the scales' layout does)."""
     group = getattr(fmt, "group_size", None)
     if group and layout.tile_k % group:
-        from turbopack.formats.int4 import GROUP_SIZES
-
         return replace(fmt, group_size=max(g for g in GROUP_SIZES if layout.tile_k % g == 0))
     return fmt
 

@@ -170,7 +170,7 @@ def diagram_subject(folder: Path, arch: str = "sm90") -> tuple[Any, Any, str]:
     fmt = format_from_params(info["format"])
     if rep.kind == "packed":
         return get_layout(info["layout"]), fmt, f"{module} ({rep.arch})"
-    from turbopack.packer.pack import select_layout
+    from turbopack.layouts.packing import select_layout
 
     choice = select_layout(fmt, arch, tuple(info["shape"]), module)
     return get_layout(choice.layout), fmt, f"{module} ({arch})"

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from turbopack.checkpoint import MANIFEST_NAME
-from turbopack.packer.hub import hub_id_of_cache_path
+from turbopack.checkpoint.hub import hub_id_of_cache_path
 
 QUALITY_FILES = ("quality.json", "check.json", "eval.json")
 

@@ -15,75 +15,28 @@ The packed folder is a cache of pure functions of the arch-neutral checkpoint: t
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from turbopack.checkpoint import ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output, new_manifest, write_manifest
+from turbopack.checkpoint import ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output, new_manifest
 from turbopack.checkpoint.manifest import tool_version
 from turbopack.checkpoint.resume import Journal
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
-from turbopack.formats import Format, dtype_name
+from turbopack.formats import dtype_name
+from turbopack.layouts import ARCHS, get_arch
+from turbopack.layouts.archs import resolve_arch
+from turbopack.layouts.packing import layout_of, pack_module, select_layout
+from turbopack.layouts.selection import select
 from turbopack.packer import tp as tpmod
-from turbopack.packer.pack_source import CHUNK_BYTES, Source, open_source
+from turbopack.packer.folder import CHUNK_BYTES, write_folder
+from turbopack.packer.options import FormatSpec, OutputOptions
+from turbopack.packer.pack_source import Source, open_source
 from turbopack.packer.progress import byte_progress
 
 PACKED_KIND = "packed"
-
-
-# --- one module ------------------------------------------------------------------------------------
-
-
-@dataclass
-class PackedModule:
-    """One linear packed for one arch: ``tensors`` by suffix, ``choice`` from layouts.selection."""
-
-    name: str
-    shape: tuple[int, int]
-    choice: Any
-    tensors: dict[str, torch.Tensor]
-
-    @property
-    def layout(self) -> Any:
-        return layout_of(self.choice)
-
-
-def layout_of(choice: Any) -> Any:
-    """The Layout object of a selection Choice (which names it)."""
-    from turbopack.layouts import get_layout
-
-    return get_layout(choice.layout)
-
-
-def select_layout(fmt: Format, arch: str, shape: tuple[int, int], name: str = "") -> Any:
-    """layouts.selection.select, with the module named in any error it raises."""
-    from turbopack.layouts.selection import select
-
-    try:
-        return select(fmt, arch, tuple(shape))
-    except TurbopackError as e:
-        if name and name not in str(e):
-            raise type(e)(f"{name}: {e}") from None
-        raise
-
-
-def pack_module(fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int], arch: str, *,
-                name: str = "", choice: Any = None) -> PackedModule:
-    """Pack one linear's arch-neutral tensors ``q`` (a whole weight or one TP slice) for ``arch``."""
-    choice = choice if choice is not None else select_layout(fmt, arch, shape, name)
-    packed = layout_of(choice).pack(fmt, q, tuple(shape))
-    for spec in layout_of(choice).packed_specs(fmt, tuple(shape)):
-        t = packed.get(spec.suffix)
-        if t is None or t.dtype != spec.dtype or tuple(t.shape) != tuple(spec.shape):
-            got = "missing" if t is None else f"{t.dtype} {list(t.shape)}"
-            raise RuntimeError(f"{name}.{spec.suffix}: layout {layout_of(choice).name.value} packed {got}, "
-                               f"its packed_specs say {spec.dtype} {list(spec.shape)}")
-    return PackedModule(name, tuple(shape), choice, packed)
 
 
 # --- planning --------------------------------------------------------------------------------------
@@ -118,8 +71,6 @@ def targets_for(archs: list[str], tp: int) -> list[Target]:
 
 def check_archs(arch: str | tuple[str, ...] | list[str]) -> list[str]:
     """Canonical arch names ("auto": this machine's GPU); unknown names raise, listing the known."""
-    from turbopack.layouts.archs import resolve_arch
-
     names = [arch] if isinstance(arch, str) else list(arch)
     if not names:
         raise TurbopackError("no --arch given; pass e.g. --arch sm90")
@@ -190,9 +141,6 @@ class PackResult:
 def not_native(src: Source, p: Plan) -> list[str]:
     """One line per (format, arch) whose layout does not run the format natively: its weights
     are upcast to 16-bit in the kernel and its activations stay 16-bit (``Layout.weights_only``)."""
-    from turbopack.layouts import ARCHS, get_arch
-    from turbopack.layouts.selection import select
-
     notes: dict[tuple[str, str], str] = {}
     for (name, t), c in p.choices.items():
         fmt, shape = src.modules[name]
@@ -219,7 +167,8 @@ def explain_rows(src: Source, p: Plan) -> list[dict]:
         fmt = src.modules[name][0]
         for t in p.targets:
             c = p.choices[(name, t)]
-            rows.append({"module": name, "arch": t.arch, "rank": t.rank, "shape": list(p.slices[name][t.rank].shape(src.modules[name][1])),
+            shape = p.slices[name][t.rank].shape(src.modules[name][1])
+            rows.append({"module": name, "arch": t.arch, "rank": t.rank, "shape": list(shape),
                          "format": fmt.describe(), "layout": layout_of(c).name.value, "padding": c.padding.as_dict(),
                          "kernel": c.kernel, "why": str(c.why)})
     return rows
@@ -237,11 +186,19 @@ def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[st
     A format an arch cannot run natively (fp8 on sm80/86) is packed to run upcast, noted in
     ``result.notes``; ``strict`` refuses it instead. ``resume`` keeps the partial output of a
     failed run and continues it."""
+    spec = None if format is None else FormatSpec(format, group_size, sym, scale_dtype, per_tensor, tuple(ignore),
+                                                  include_lm_head)
+    return pack_folder(src, out, check_archs(arch), tp, spec, OutputOptions(force, max_shard_bytes, progress, resume),
+                       explain=explain, chunk_bytes=chunk_bytes, strict=strict)
+
+
+def pack_folder(src: str | Path, out: str | Path, archs: list[str], tp: int, spec: FormatSpec | None,
+                output: OutputOptions, *, explain: bool = False, chunk_bytes: int = CHUNK_BYTES,
+                strict: bool = False) -> PackResult:
+    """:func:`pack` with its options resolved: ``archs`` canonical, ``spec`` None for a quantized SRC."""
     t0, out = time.perf_counter(), Path(out)
-    archs = check_archs(arch)
-    source = open_source(src, format, group_size=group_size, sym=sym, scale_dtype=scale_dtype,
-                         per_tensor=per_tensor, ignore=tuple(ignore), include_lm_head=include_lm_head)
-    check_output(out, force, inputs=(source.folder,))
+    source = open_source(src, spec)
+    check_output(out, output.force, inputs=(source.folder,))
     p = plan(source, archs, tp)
     result = PackResult(out, archs, tp, [out / t.rel if t.rel != "." else out for t in p.targets],
                         len(source.modules), len(source.plain))
@@ -250,18 +207,19 @@ def pack(src: str | Path, out: str | Path, arch: str | tuple[str, ...] | list[st
         raise TurbopackError(f"--strict: {result.notes[0]}; pack for a native arch or drop --strict")
     if explain:
         result.explain = explain_rows(source, p)
-    result.input_bytes = sum(source.module_bytes(m) for m in source.modules) + sum(source.ckpt.tensors[n].nbytes for n in source.plain)
+    result.input_bytes = (sum(source.module_bytes(m) for m in source.modules)
+                          + sum(source.ckpt.tensors[n].nbytes for n in source.plain))
     job = {"command": "pack", "source": source.fingerprint(), "archs": archs, "tp": tp,
-           "max_shard_bytes": max_shard_bytes, "turbopack": tool_version()}
-    with atomic_output(out, force, resume) as tmp:
-        journal = Journal.open(tmp, job) if resume else None  # another job's partial output: refused here
-        with byte_progress(f"pack {','.join(archs)}", result.input_bytes, progress) as (bar, task):
-            writers = _open_writers(tmp, source, p, max_shard_bytes, journal)
+           "max_shard_bytes": output.max_shard_bytes, "turbopack": tool_version()}
+    with atomic_output(out, output.force, output.resume) as tmp:
+        journal = Journal.open(tmp, job) if output.resume else None  # another job's partial output: refused here
+        with byte_progress(f"pack {','.join(archs)}", result.input_bytes, output.progress) as (bar, task):
+            writers = _open_writers(tmp, source, p, output.max_shard_bytes, journal)
             _write_all(source, p, writers, chunk_bytes, bar, task)
         for t, w in writers.items():
             shards = w.finish()
             result.output_bytes += sum(s["bytes"] for s in shards.values())
-            _write_side_files(source, p, t, w.folder, shards)
+            _finish_folder(source, p, t, w.folder, shards)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -270,13 +228,15 @@ def _layout_versions(src: Source, p: Plan, t: Target) -> dict[str, int]:
     return {layout_of(c).name.value: layout_of(c).version for (m, tt), c in p.choices.items() if tt == t}
 
 
-def _open_writers(tmp: Path, src: Source, p: Plan, max_shard_bytes: int, journal: Journal | None) -> dict[Target, ShardedWriter]:
+def _open_writers(tmp: Path, src: Source, p: Plan, max_shard_bytes: int,
+                  journal: Journal | None) -> dict[Target, ShardedWriter]:
     writers = {}
     formats = sorted({f.name.value for f, _ in src.modules.values()})
     for t in p.targets:
         folder = tmp / t.rel
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format": ",".join(formats), "arch": t.arch, "layouts": json.dumps(_layout_versions(src, p, t), sort_keys=True),
+        layouts = json.dumps(_layout_versions(src, p, t), sort_keys=True)
+        meta = {"format": ",".join(formats), "arch": t.arch, "layouts": layouts,
                 "turbopack_version": tool_version(), "tp": str(_tp(p)), "rank": str(t.rank),
                 "turbopack": json.dumps(src.format_params)}
         writers[t] = ShardedWriter(folder, ShardPlan.build(p.entries[t], max_shard_bytes), meta, journal)
@@ -335,7 +295,8 @@ def _pack_chunked(src: Source, name: str, sl: tpmod.Slice, layout: Any, w: Shard
 def _copy_plain(src: Source, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int, tp: int) -> None:
     """Row chunks of an unquantized tensor to every target, split for TP like its linear."""
     for start, chunk in src.ckpt.iter_row_chunks(name, chunk_bytes):
-        for rank, offset, part in tpmod.split_plain_rows(name, start, chunk, tp, src.config, src.ckpt.tensors[name].shape):
+        full = src.ckpt.tensors[name].shape
+        for rank, offset, part in tpmod.split_plain_rows(name, start, chunk, tp, src.config, full):
             for t, w in writers.items():
                 if t.rank == rank:
                     w.write_rows(name, offset, part) if part.dim() else w.write(name, part)
@@ -345,20 +306,12 @@ def _tp(p: Plan) -> int:
     return len({t.rank for t in p.targets})
 
 
-def _write_side_files(src: Source, p: Plan, t: Target, folder: Path, shards: dict[str, dict]) -> None:
-    from turbopack.packer.quantize import SIDE_FILES
-
+def _finish_folder(src: Source, p: Plan, t: Target, folder: Path, shards: dict[str, dict]) -> None:
     tp = _tp(p)
     modules = [m for m in src.order if m in src.modules]
     layouts = {m: layout_of(p.choices[(m, t)]).name.value for m in modules}
-    config = dict(src.config)
-    config["quantization_config"] = {**src.quant_config, "packed": True, "arch": t.arch,
-                                     "layout_version": _layout_versions(src, p, t), "layouts": layouts,
-                                     "tp": tp, "tp_rank": t.rank}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for side in SIDE_FILES:
-        if (src.folder / side).is_file():
-            shutil.copy2(src.folder / side, folder / side)
+    qcfg = {**src.quant_config, "packed": True, "arch": t.arch, "layout_version": _layout_versions(src, p, t),
+            "layouts": layouts, "tp": tp, "tp_rank": t.rank}
     tensors = {}
     for m in modules:
         fmt, full = src.modules[m]
@@ -373,4 +326,4 @@ def _write_side_files(src: Source, p: Plan, t: Target, folder: Path, shards: dic
     manifest = new_manifest(PACKED_KIND, str(src.folder), source_manifest_sha256=src.manifest_sha256,
                             arch=t.arch, tp=tp, rank=t.rank, format=src.format_params, tensors=tensors,
                             plain=plain, unquantized=src.unquantized, shards=shards)
-    write_manifest(folder, manifest)
+    write_folder(folder, src.folder, src.config, qcfg, manifest)

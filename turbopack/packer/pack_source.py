@@ -12,12 +12,13 @@ from typing import Any
 import torch
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.checkpoint.resume import source_fingerprint
 from turbopack.errors import CheckpointError, TurbopackError
-from turbopack.formats import Format, check_finite, format_from_params, get_format
-from turbopack.formats.store import QuantizedCheckpoint
-
-CHUNK_BYTES = 64 << 20  # a module larger than this is read and packed in row chunks of whole N tiles
+from turbopack.formats import Format, check_finite, format_from_params
+from turbopack.packer.folder import CHUNK_BYTES, quant_config
+from turbopack.packer.jobs import plan_jobs
+from turbopack.packer.options import FormatSpec
 
 
 @dataclass
@@ -70,20 +71,22 @@ class Source:
                 "format": self.format_params, "unquantized": sorted(self.unquantized)}
 
 
-def open_source(path: str | Path, format: str | None = None, **fmt_opts: Any) -> Source:
+def open_source(path: str | Path, spec: FormatSpec | None = None) -> Source:
+    """The quantized folder PATH, or (with ``spec``) the HF folder PATH quantized on the fly."""
     ckpt = Checkpoint.open(path)
     manifest_path = ckpt.folder / MANIFEST_NAME
     if not manifest_path.exists():
-        if format is None:
+        if spec is None:
             raise CheckpointError(f"{ckpt.folder}: not a quantized folder (no {MANIFEST_NAME}); pass --format w4a16 "
                                   f"to quantize and pack in one go, or run `turbopack quantize` first")
-        return _on_the_fly(ckpt, format, **fmt_opts)
+        return _on_the_fly(ckpt, spec)
     manifest = read_manifest(ckpt.folder)
     if manifest["kind"] != "quantized":
         raise CheckpointError(f"{ckpt.folder}: is a {manifest['kind']} folder; pack the quantized folder it came "
                               f"from ({manifest.get('source')})")
-    if format is not None:
-        raise TurbopackError(f"{ckpt.folder}: already quantized ({manifest.get('format', {}).get('format')}); drop --format")
+    if spec is not None:
+        raise TurbopackError(f"{ckpt.folder}: already quantized ({manifest.get('format', {}).get('format')}); "
+                             f"drop --format")
     reader = QuantizedCheckpoint(ckpt.folder)
     modules = {m: (format_from_params(i["format"]), tuple(i["shape"])) for m, i in reader.modules.items()}
     owner = {t: m for m, i in reader.modules.items() for t in i["tensors"]}
@@ -93,15 +96,11 @@ def open_source(path: str | Path, format: str | None = None, **fmt_opts: Any) ->
                   hashlib.sha256(manifest_path.read_bytes()).hexdigest(), manifest.get("format", {}), reader)
 
 
-def _on_the_fly(ckpt: Checkpoint, format: str, ignore: tuple[str, ...] = (), include_lm_head: bool = False,
-                **params: Any) -> Source:
-    from turbopack.packer.families import Selection, family_of
-    from turbopack.packer.quantize import QuantizeResult, _fields, plan_jobs, quantization_config
-
-    fmt = get_format(format, **{k: v for k, v in params.items() if k in _fields(format)})
-    sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
+def _on_the_fly(ckpt: Checkpoint, spec: FormatSpec) -> Source:
+    fmt = spec.build()
+    sel = spec.selection(ckpt)
     jobs, kept = plan_jobs(ckpt, fmt, sel)
     modules = {n.removesuffix(".weight"): (fmt, tuple(ckpt.tensors[n].shape)) for n, _ in jobs if n not in kept}
     order = [n if n in kept else n.removesuffix(".weight") for n, _ in jobs]
-    qc = quantization_config(fmt, QuantizeResult(out=ckpt.folder, format=fmt.describe(), kept=kept), sel)
+    qc = quant_config(fmt, kept, sel.include_lm_head)
     return Source(ckpt.folder, ckpt, ckpt.config, modules, list(kept), order, kept, qc, None, fmt.params())

@@ -62,3 +62,18 @@ def format_for(fmt: Format, where: str, shape: tuple[int, ...], fallback: KFallb
                          f"use --k-fallback w8 or --ignore it")
     alt.check_shape(where, shape)
     return alt
+
+
+def fallback_formats(ckpt, fmt: Format, sel, k_fallback: str | None) -> dict[str, Format]:
+    """{weight: format} for the selected layers of ``ckpt`` that ``k_fallback`` moves off ``fmt``
+    (none by default: ``refuse`` lets ``fmt.check_shape`` stop the run with the choices)."""
+    fallback = parse(k_fallback)
+    if fallback is KFallback.REFUSE:
+        return {}
+    out = {}
+    for name, entry in ckpt.tensors.items():
+        if sel.reason_skipped(name, len(entry.shape)) is None:
+            f = format_for(fmt, f"{ckpt.location[name].name}:{name}", entry.shape, fallback)
+            if f != fmt:
+                out[name] = f
+    return out

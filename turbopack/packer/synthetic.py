@@ -14,8 +14,7 @@ import torch
 
 from turbopack.checkpoint import ShardedWriter, ShardPlan, TensorEntry, atomic_output
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
-
-CHUNK_BYTES = 64 << 20
+from turbopack.packer.folder import CHUNK_BYTES
 
 
 def llama_config(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int = 32000,

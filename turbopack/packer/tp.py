@@ -24,6 +24,7 @@ import torch
 
 from turbopack.errors import ShapeError
 from turbopack.formats import Format
+from turbopack.formats.int4 import GROUP_SIZES
 
 RANK_DIR = "rank{}"
 
@@ -119,8 +120,6 @@ def check_group(module: str, fmt: Format, sl: Slice, full: tuple[int, int]) -> N
         return
     k_slice = sl.stop - sl.start
     if k_slice % group:
-        from turbopack.formats.int4 import GROUP_SIZES
-
         fits = [g for g in GROUP_SIZES if k_slice % g == 0 and full[1] % g == 0]
         hint = f"group sizes that would work: {fits} (re-quantize with --group-size)" if fits else \
             f"no supported group size {list(GROUP_SIZES)} divides it; choose another --tp"

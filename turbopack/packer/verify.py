@@ -22,6 +22,7 @@ from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_manifest, sha25
 from turbopack.checkpoint.safetensors_stream import ST_DTYPES
 from turbopack.errors import CheckpointError, UnknownNameError
 from turbopack.formats import dtype_name, format_from_params
+from turbopack.layouts import get_layout
 from turbopack.packer import tp as tpmod
 from turbopack.packer.inspect import packed_folders
 from turbopack.packer.pack import PACKED_KIND, Source, open_source
@@ -114,8 +115,6 @@ def _check_entry(ckpt: Checkpoint, name: str, dtype: torch.dtype, shape: tuple[i
 
 
 def check_packed_tensors(ckpt: Checkpoint, manifest: dict, report: FolderReport) -> None:
-    from turbopack.layouts import get_layout
-
     for module, info in manifest["tensors"].items():
         try:
             layout = get_layout(info.get("layout"))
@@ -152,8 +151,6 @@ def _describe(t: torch.Tensor) -> str:
 
 def compare_with_source(ckpt: Checkpoint, manifest: dict, src: Source, report: FolderReport) -> None:
     """Stops at the first mismatch: it names the tensor; later ones would only repeat the cause."""
-    from turbopack.layouts import get_layout
-
     missing = sorted(set(src.modules) - set(manifest["tensors"]))
     if missing:
         report.problems.append(f"{ckpt.folder}: source module {missing[0]} is not in the packed manifest; re-pack from {src.folder}")

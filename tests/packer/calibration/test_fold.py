@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from turbopack.inference.model import Block, ModelConfig, load_model, rope_tables
+from turbopack.inference.loader import load_model
+from turbopack.inference.model import Block, ModelConfig, rope_tables
 from turbopack.packer.calibration.capture import DOWN, GATE, K, O, Q, UP, V, BlockRunner, embed, load_block
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm
 from turbopack.checkpoint import Checkpoint

@@ -12,8 +12,9 @@ import torch
 
 from turbopack.cli.app import main
 from turbopack.errors import TurbopackError, UnsupportedModelError
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer.calibration import CalibOptions, quantize_calibrated
+from turbopack.packer.options import FormatSpec, OutputOptions
 from turbopack.packer.calibration.data import CalibrationDataError, calibration_batch
 from turbopack.packer.quantize import quantize
 
@@ -69,8 +70,8 @@ def test_smoothquant_folder(calib_model, calib_text, tmp_path, fmt):
 def test_pipeline_rtn_equals_streaming_rtn(calib_model, calib_text, rtn_w4, tmp_path):
     """The block-by-block writer with no calibration effect writes exactly what RTN writes."""
     out = tmp_path / "via-pipeline"
-    quantize_calibrated(calib_model, out, "w4a16", {"group_size": 32}, CalibOptions(method="rtn", calib=calib_text,
-                        samples=4, seq_len=16), progress=False)
+    quantize_calibrated(calib_model, out, FormatSpec("w4a16", group_size=32),
+                        CalibOptions(method="rtn", calib=calib_text, samples=4, seq_len=16), OutputOptions(progress=False))
     a, b = QuantizedCheckpoint(out), QuantizedCheckpoint(rtn_w4)
     assert set(a.ckpt.tensors) == set(b.ckpt.tensors)
     for name in a.ckpt.tensors:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from foreign import base
 from turbopack.formats import format_from_params
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer.interop.convert import convert
 from turbopack.packer.interop.export import export
 from turbopack.packer.quantize import quantize

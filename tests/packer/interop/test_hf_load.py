@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from turbopack.cli.app import main
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 pytest.importorskip("compressed_tensors")

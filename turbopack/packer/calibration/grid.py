@@ -71,7 +71,7 @@ class Int4Grid(Grid):
         return not self.fmt.sym
 
     def fake(self, w: torch.Tensor) -> torch.Tensor:
-        from turbopack.formats import int4_numba
+        from turbopack.formats import int4_numba  # numba compiles on first import (~0.5 s): only when used
 
         if int4_numba.supports(w, self.fmt.scale_dtype):  # AWQ's many candidates: one pass, same bits
             return int4_numba.fake_w4(w, self.fmt.group_size, self.fmt.sym)

@@ -8,10 +8,10 @@
         write block i's tensors (quantized linears, folded norms in place of the originals)
         x = block(x)               (with quantized weights: the next block calibrates on what it will see)
 
-Output: the same shards/manifest/config.json layout as :func:`turbopack.packer.quantize.quantize`
-(same tensor names, shapes and dtypes), so packing and the runtime need nothing new; the manifest
-and ``quantization_config`` record the method, its parameters, the calibration data and every
-plain tensor a fold changed.
+Output: the same shards/manifest/config.json layout as RTN (:func:`turbopack.packer.rtn.quantize_rtn`;
+same tensor names, shapes and dtypes, finished by turbopack.packer.folder), so packing and the
+runtime need nothing new; the manifest and ``quantization_config`` record the method, its
+parameters, the calibration data and every plain tensor a fold changed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import enum
 import json
 import math
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +27,20 @@ from typing import Any, Callable
 
 import torch
 
-from turbopack.checkpoint import Checkpoint, ShardedWriter, ShardPlan, atomic_output, check_output, new_manifest, write_manifest
-from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
+from turbopack.checkpoint import Checkpoint, ShardedWriter, ShardPlan, atomic_output, check_output, new_manifest
 from turbopack.device import resolve_device
 from turbopack.errors import TurbopackError
-from turbopack.formats import Format, FormatName, get_format
+from turbopack.formats import Format, FormatName
 from turbopack.inference.model import ModelConfig
-from turbopack.packer import quantize as rtn
 from turbopack.packer.calibration.awq import AWQConfig, awq_block
 from turbopack.packer.calibration.capture import BlockJob, BlockRunner, block_config, embed, layer_prefix, load_block
 from turbopack.packer.calibration.data import CalibrationData, calibration_batch
 from turbopack.packer.calibration.gptq import GPTQConfig, gptq_block
 from turbopack.packer.calibration.smoothquant import SmoothConfig, smooth_block
-from turbopack.packer.families import Selection, family_of
+from turbopack.packer.families import Selection
+from turbopack.packer.folder import copy_tensor, quant_config, quantize_tensor, write_folder
+from turbopack.packer.jobs import QuantizeResult, peak_rss_mb, plan_jobs
+from turbopack.packer.options import FormatSpec, OutputOptions
 from turbopack.packer.progress import byte_progress
 from turbopack.registry import Registry
 
@@ -130,40 +130,41 @@ class _Run:
     modified: dict[str, str] = field(default_factory=dict)
 
 
-def quantize_calibrated(model: str | Path, out: str | Path, format: str, fmt_params: dict[str, Any], opts: CalibOptions, *,
-                        ignore: tuple[str, ...] = (), include_lm_head: bool = False, force: bool = False,
-                        max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True) -> rtn.QuantizeResult:
-    """Quantize MODEL with a calibrated method (and/or SmoothQuant) into OUT; see the module doc."""
+def quantize_calibrated(model: str | Path, out: str | Path, spec: FormatSpec, opts: CalibOptions,
+                        output: OutputOptions = OutputOptions()) -> QuantizeResult:
+    """Quantize MODEL with a calibrated method (and/or SmoothQuant) into OUT; see the module doc.
+    (``output.resume`` is not used: a calibrated run starts over.)"""
     t0 = time.perf_counter()
-    run = _prepare(model, out, format, fmt_params, opts, ignore, include_lm_head, force)
+    run = _prepare(model, out, spec, opts, output.force)
     name = f"{run.fmt.describe()} {opts.method}" + (f"+smooth(alpha={opts.alpha})" if opts.smooth else "")
-    result = rtn.QuantizeResult(out=Path(out), format=name, kept=run.kept)
+    result = QuantizeResult(out=Path(out), format=name, kept=run.kept)
     result.input_bytes = sum(run.ckpt.tensors[n].nbytes for n, _ in run.jobs)
-    plan = ShardPlan.build([entries for _, entries in run.jobs], max_shard_bytes)
+    plan = ShardPlan.build([entries for _, entries in run.jobs], output.max_shard_bytes)
     meta = {"format": run.fmt.name.value, "turbopack": json.dumps(run.fmt.params())}
-    with atomic_output(Path(out), force) as tmp, byte_progress(f"{opts.method} {run.fmt.name.value}", result.input_bytes, progress) as (bar, task):
+    label = f"{opts.method} {run.fmt.name.value}"
+    with atomic_output(Path(out), output.force) as tmp, byte_progress(label, result.input_bytes, output.progress) as (bar, task):
         writer = ShardedWriter(tmp, plan, meta)
         advance = lambda n: bar.advance(task, n)  # noqa: E731
         _write_outside_layers(run, writer, result, advance)
         _calibrate_layers(run, writer, result, lambda d: bar.update(task, description=d), advance)
         shards = writer.finish()
-        _write_side_files(run, tmp, result, shards, time.perf_counter() - t0)
+        _finish_folder(run, tmp, result, shards, time.perf_counter() - t0)
     result.output_bytes = sum(s["bytes"] for s in shards.values())
     result.seconds = time.perf_counter() - t0
-    result.peak_rss_mb = rtn.peak_rss_mb()
+    result.peak_rss_mb = peak_rss_mb()
     return result
 
 
-def _prepare(model, out, format, fmt_params, opts, ignore, include_lm_head, force) -> _Run:
+def _prepare(model, out, target: FormatSpec, opts: CalibOptions, force: bool) -> _Run:
     ckpt = Checkpoint.open(model)
     check_output(Path(out), force, inputs=(ckpt.folder,))
-    fmt = get_format(format, **{k: v for k, v in fmt_params.items() if k in rtn._fields(format)})
-    sel = Selection(family_of(ckpt.config, str(ckpt.folder / "config.json")), include_lm_head, tuple(ignore))
+    fmt = target.build()
+    sel = target.selection(ckpt)
     spec = opts.validate(fmt)
     cfg = block_config(ckpt)
     if cfg.sliding_window is not None and opts.seq_len > cfg.sliding_window:
         raise TurbopackError(f"--calib-seqlen {opts.seq_len} exceeds the model's sliding_window {cfg.sliding_window}; lower it")
-    jobs, kept = rtn.plan_jobs(ckpt, fmt, sel)
+    jobs, kept = plan_jobs(ckpt, fmt, sel)
     device = opts.torch_device()
     data = calibration_batch(ckpt.folder, opts.calib, opts.samples, opts.seq_len, opts.seed, vocab=cfg.vocab)
     return _Run(ckpt, cfg, fmt, sel, opts, spec, spec.config(opts), data, device, _layer_order(jobs), kept)
@@ -190,9 +191,9 @@ def _write_outside_layers(run: _Run, writer: ShardedWriter, result, advance) -> 
         if _layer_of(name) is not None:
             continue
         if name in run.kept:
-            rtn._copy_one(run.ckpt, name, writer, advance)
+            copy_tensor(run.ckpt, name, writer, advance)
         else:  # lm_head with --include-lm-head: no block around it to calibrate on, so RTN
-            rtn._quantize_one(run.ckpt, name, run.fmt, writer, advance)
+            quantize_tensor(run.ckpt, name, run.fmt, writer, advance)
             result.quantized.append(name)
 
 
@@ -234,7 +235,7 @@ def _write_block(run: _Run, writer: ShardedWriter, i: int, job: BlockJob, qtenso
         elif local in state:
             writer.write(name, state[local].detach().to(device="cpu", dtype=run.ckpt.tensors[name].dtype).contiguous())
         else:  # in the layer but not a block parameter (e.g. an old rotary inv_freq buffer)
-            rtn._copy_one(run.ckpt, name, writer, lambda n: None)
+            copy_tensor(run.ckpt, name, writer)
         advance(run.ckpt.tensors[name].nbytes)
     run.modified.update({prefix + k: v for k, v in job.modified.items()})
 
@@ -246,15 +247,7 @@ def _method_params(run: _Run) -> dict[str, Any]:
     return out
 
 
-def _write_side_files(run: _Run, tmp: Path, result, shards, seconds: float) -> None:
-    config = dict(run.ckpt.config)
-    qcfg = rtn.quantization_config(run.fmt, result, run.sel)
-    qcfg.update(_method_params(run), calibration=run.data.describe())
-    config["quantization_config"] = qcfg
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for side in rtn.SIDE_FILES:
-        if (run.ckpt.folder / side).is_file():
-            shutil.copy2(run.ckpt.folder / side, tmp / side)
+def _finish_folder(run: _Run, tmp: Path, result, shards, seconds: float) -> None:
     tensors = {}
     for name, entries in run.jobs:
         if name in run.kept:
@@ -270,4 +263,6 @@ def _write_side_files(run: _Run, tmp: Path, result, shards, seconds: float) -> N
                    "modified": dict(sorted(run.modified.items()))}
     manifest = new_manifest("quantized", str(run.ckpt.folder), format=run.fmt.params(), tensors=tensors,
                             unquantized=kept, shards=shards, calibration=calibration)
-    write_manifest(tmp, manifest)
+    qcfg = quant_config(run.fmt, result.kept, run.sel.include_lm_head, **_method_params(run),
+                        calibration=run.data.describe())
+    write_folder(tmp, run.ckpt.folder, run.ckpt.config, qcfg, manifest)

@@ -12,16 +12,24 @@ manifest), so `turbopack pack` takes it like our own. Output is atomic.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turbopack.checkpoint import (Checkpoint, ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output,
-                                  new_manifest, read_json, write_manifest)
+from turbopack.checkpoint import (
+    Checkpoint,
+    ShardedWriter,
+    ShardPlan,
+    TensorEntry,
+    atomic_output,
+    check_output,
+    new_manifest,
+    read_json,
+)
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.formats import Format
+from turbopack.packer.folder import copy_tensor, quant_config, write_folder
 from turbopack.packer.interop.awq import AWQImporter
 from turbopack.packer.interop.base import ConvertError, Importer, ModuleJob
 from turbopack.packer.interop.compressed_tensors import CompressedTensorsImporter
@@ -36,7 +44,6 @@ for _cls in (AWQImporter, GPTQImporter, CompressedTensorsImporter):
 
 #: where older tools put their quantization config, when config.json has none
 SIDE_CONFIGS = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
-CHUNK_BYTES = 64 << 20
 
 
 @dataclass
@@ -118,8 +125,7 @@ def convert(src: str | Path, out: str | Path, *, force: bool = False, max_shard_
         for name, entries, job in order:
             bar.update(task, description=name[-40:])
             if job is None:
-                for start, chunk in ckpt.iter_row_chunks(name, CHUNK_BYTES):
-                    writer.write_rows(name, start, chunk) if chunk.dim() else writer.write(name, chunk)
+                copy_tensor(ckpt, name, writer)
                 bar.advance(task, ckpt.tensors[name].nbytes)
                 continue
             tensors = imp.convert(job, fmt)
@@ -128,29 +134,19 @@ def convert(src: str | Path, out: str | Path, *, force: bool = False, max_shard_
             result.quantized.append(job.module)
             bar.advance(task, sum(ckpt.tensors[s].nbytes for s in job.sources))
         shards = writer.finish()
-        _write_side_files(ckpt, tmp, imp, fmt, result, jobs, shards)
+        _finish_folder(ckpt, tmp, imp, fmt, result, jobs, shards)
     result.output_bytes = sum(s["bytes"] for s in shards.values())
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _write_side_files(ckpt: Checkpoint, tmp: Path, imp: Importer, fmt: Format, result: ConvertResult,
-                      jobs: list[ModuleJob], shards: dict) -> None:
-    from turbopack.packer.quantize import QUANT_CONFIG_VERSION, SIDE_FILES
-
+def _finish_folder(ckpt: Checkpoint, tmp: Path, imp: Importer, fmt: Format, result: ConvertResult,
+                   jobs: list[ModuleJob], shards: dict) -> None:
     source_cfg = {k: v for k, v in imp.qcfg.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    config = dict(ckpt.config)
-    config["quantization_config"] = {
-        "quant_method": "turbopack", "version": QUANT_CONFIG_VERSION, **fmt.params(), "method": imp.method,
-        "packed": False, "ignore": sorted(result.kept), "lm_head": any(j.module == "lm_head" for j in jobs),
-        "imported_from": source_cfg,
-    }
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for side in SIDE_FILES:
-        if (ckpt.folder / side).is_file():
-            shutil.copy2(ckpt.folder / side, tmp / side)
+    qcfg = quant_config(fmt, result.kept, any(j.module == "lm_head" for j in jobs), imp.method,
+                        imported_from=source_cfg)
     tensors = {job.module: {"shape": list(job.shape), "format": fmt.params(), "method": imp.method,
                             "tensors": [f"{job.module}.{s.suffix}" for s in fmt.specs(job.shape)]} for job in jobs}
     manifest = new_manifest("quantized", str(ckpt.folder), format=fmt.params(), tensors=tensors,
                             unquantized=result.kept, shards=shards, imported_from=source_cfg, dropped=result.dropped)
-    write_manifest(tmp, manifest)
+    write_folder(tmp, ckpt.folder, ckpt.config, qcfg, manifest)

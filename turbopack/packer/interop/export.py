@@ -16,27 +16,34 @@ dequantizes in 16 bits rounds the same exact product once). Output is atomic.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from turbopack.checkpoint import (Checkpoint, ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output,
-                                  new_manifest, read_manifest, write_manifest)
+from turbopack.checkpoint import (
+    Checkpoint,
+    ShardedWriter,
+    ShardPlan,
+    TensorEntry,
+    atomic_output,
+    check_output,
+    new_manifest,
+    read_manifest,
+)
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
-from turbopack.formats import Format, FormatName
-from turbopack.formats.store import QuantizedCheckpoint
+from turbopack.formats import Format, FormatName, format_from_params
+from turbopack.packer.families import family_of
+from turbopack.packer.folder import copy_tensor, write_folder
 from turbopack.packer.interop.base import pack_lsb
 from turbopack.packer.progress import byte_progress
 
 TARGETS = ("compressed-tensors",)
 EXPORT_KIND = "compressed-tensors"
-CHUNK_BYTES = 64 << 20
 
 
 def scheme(fmt: Format) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
@@ -121,8 +128,6 @@ def _open_quantized(src: str | Path) -> QuantizedCheckpoint:
 
 def _ignore_list(qc: QuantizedCheckpoint) -> list[str]:
     """Linear modules kept unquantized: vLLM would otherwise expect them quantized."""
-    from turbopack.packer.families import family_of
-
     pattern = family_of(qc.config, str(qc.folder / "config.json")).linear_pattern
     names = [n for n in qc.plain if n.endswith(".weight") and len(qc.ckpt.tensors[n].shape) == 2
              and (n == "lm_head.weight" or re.fullmatch(pattern, n))]
@@ -167,17 +172,14 @@ def export(src: str | Path, out: str | Path, to: str = "compressed-tensors", *, 
                 for suffix, t in export_tensors(m.format, m.tensors, m.shape).items():
                     writer.write(f"{name}.{suffix}", t)
             else:
-                for start, chunk in qc.ckpt.iter_row_chunks(name, CHUNK_BYTES):
-                    writer.write_rows(name, start, chunk) if chunk.dim() else writer.write(name, chunk)
+                copy_tensor(qc.ckpt, name, writer)
             bar.advance(task, sum(e.nbytes for e in entries))
         shards = writer.finish()
-        _write_side_files(qc, tmp, fmt, ignore, shards)
+        _finish_folder(qc, tmp, fmt, ignore, shards)
     return ExportResult(out, to, fmt.describe(), len(fmts), ignore, sum(s["bytes"] for s in shards.values()))
 
 
 def _fmt(qc: QuantizedCheckpoint, module: str) -> Format:
-    from turbopack.formats import format_from_params
-
     return format_from_params(qc.modules[module]["format"])
 
 
@@ -194,17 +196,9 @@ def _order(qc: QuantizedCheckpoint, fmts: dict[str, Format]) -> list[tuple[str, 
     return order
 
 
-def _write_side_files(qc: QuantizedCheckpoint, tmp: Path, fmt: Format, ignore: list[str], shards: dict) -> None:
-    from turbopack.packer.quantize import SIDE_FILES
-
-    config = dict(qc.config)
-    config["quantization_config"] = quantization_config(fmt, ignore)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for side in SIDE_FILES:
-        if (qc.folder / side).is_file():
-            shutil.copy2(qc.folder / side, tmp / side)
+def _finish_folder(qc: QuantizedCheckpoint, tmp: Path, fmt: Format, ignore: list[str], shards: dict) -> None:
     # tensors stays empty: these are not our tensor names, so no turbopack reader may take this
     # folder for a quantized one; the manifest is here for `turbopack verify` (shard sha256).
     manifest = new_manifest(EXPORT_KIND, str(qc.folder), format=fmt.params(), tensors={}, shards=shards,
                             exported={"to": "compressed-tensors", "ignore": ignore, "modules": sorted(qc.modules)})
-    write_manifest(tmp, manifest)
+    write_folder(tmp, qc.folder, qc.config, quantization_config(fmt, ignore), manifest)
