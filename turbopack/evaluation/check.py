@@ -26,6 +26,7 @@ from turbopack.device import resolve_device
 from turbopack.evaluation.metrics import Reference, compare, heldout_ids, windows_of
 from turbopack.formats import format_from_params, get_format
 from turbopack.inference.loader import load, local_arch
+from turbopack.inference.qlinear import Backend
 from turbopack.packer.pack import pack
 from turbopack.packer.quantize import quantize
 
@@ -190,7 +191,7 @@ def _check_case(model_dir: Path, out: Path, case: CheckCase, ref: Reference, arc
                 logit_windows: torch.Tensor, gpu: _GpuContext | None) -> list[CheckRow]:
     t0 = time.perf_counter()
     quantize(model_dir, out, case.format, progress=False, **case.quantize_kwargs())
-    qmodel = load(out, device="cpu", dtype=torch.float32, backend="reference").model
+    qmodel = load(out, device="cpu", dtype=torch.float32, backend=Backend.REFERENCE).model
     cmp = compare(qmodel, ref)
     common = {"label": case.label, "method": case.method_name, "bits_per_weight": _bits_per_weight(out)}
     rows = [CheckRow(**common, stage=f"{case.method_name}, reference math", size_mb=_size_mb(out), ppl=cmp.perplexity,
@@ -268,13 +269,7 @@ def _weights_only_layouts(packed: Path) -> bool:
 
 def _dequantized_reference(folder: Path):
     """The quantized weights with 16-bit activations: x @ dequantize(W).T (no activation quantization)."""
-    from turbopack.inference.qlinear import QuantLinear
-
-    model = load(folder, device="cpu", dtype=torch.float32, backend="reference").model
-    for m in model.modules():
-        if isinstance(m, QuantLinear):
-            m._forward = lambda q, x: torch.nn.functional.linear(x, q.fmt.dequantize(q.tensors()).to(x.dtype), q.bias)
-    return model
+    return load(folder, device="cpu", dtype=torch.float32, backend=Backend.WEIGHTS_ONLY).model
 
 
 def _bits_per_weight(folder: Path) -> float:

@@ -32,7 +32,7 @@ from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
 from turbopack.hfconfig import convert_hint, foreign_quantization
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
-from turbopack.inference.qlinear import Backend, QuantLinear, backend_of
+from turbopack.inference.qlinear import BACKENDS, Backend, QuantLinear, backend_of
 from turbopack.layouts import get_layout
 from turbopack.layouts.archs import arch_for_capability
 from turbopack.layouts.packing import pack_module, select_layout
@@ -106,7 +106,7 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
                                   f"folders: {_repack_hint(folder, manifest, manifest.get('arch', 'smXX'))}")
         packed_arch = manifest["arch"]
         want = local_arch(device) if device.type == "cuda" else packed_arch
-        if want != packed_arch or backend is Backend.REFERENCE:
+        if want != packed_arch or (backend is not None and not BACKENDS.get(backend).needs_layout):
             src = Path(manifest.get("source", ""))
             if not repack:
                 why = f"packed for {packed_arch} but this GPU is {want}" if want != packed_arch else "packed, but the reference backend runs arch-neutral tensors"
@@ -125,7 +125,7 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
     if backend is None:
         backend = Backend.CUDA if device.type == "cuda" else (Backend.EMULATOR if arch else Backend.REFERENCE)
     pack_for = None
-    if backend is not Backend.REFERENCE:
+    if BACKENDS.get(backend).needs_layout:
         pack_for = arch or (local_arch(device) if device.type == "cuda" else None)
         if pack_for is None:
             raise TurbopackError(f"{folder}: backend {backend.value!r} runs packed tensors; give the arch to pack for (e.g. sm90)")

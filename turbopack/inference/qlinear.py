@@ -31,6 +31,12 @@ def _reference(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     return m.fmt.linear(x, m.tensors(), m.bias)
 
 
+def _weights_only(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    # x @ dequantize(W).T with x as given: what an 8-bit-activation format computes on an arch whose
+    # layout upcasts the weights instead (fp8 on sm80), so that arch's rows have a reference
+    return torch.nn.functional.linear(x, m.fmt.dequantize(m.tensors()).to(x.dtype), m.bias)
+
+
 def _emulator(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     from turbopack.layouts.emulate import emulate_linear  # numba (~0.5 s to import): the CPU emulator only
 
@@ -47,6 +53,7 @@ class Backend(str, enum.Enum):
     """What runs a QuantLinear (values: the names --backend takes)."""
 
     REFERENCE = "reference"
+    WEIGHTS_ONLY = "weights-only"  # the reference with the activations left in 16 bits
     EMULATOR = "emulator"
     CUDA = "cuda"
 
@@ -59,6 +66,7 @@ class BackendSpec:
 
 BACKENDS: Registry[BackendSpec] = Registry("linear backend")
 BACKENDS.register(Backend.REFERENCE, BackendSpec(_reference, needs_layout=False))
+BACKENDS.register(Backend.WEIGHTS_ONLY, BackendSpec(_weights_only, needs_layout=False))
 BACKENDS.register(Backend.EMULATOR, BackendSpec(_emulator, needs_layout=True))
 BACKENDS.register(Backend.CUDA, BackendSpec(_cuda, needs_layout=True))
 
