@@ -42,7 +42,7 @@ class Family:
     needs: str = ""   # a capability the device must have ("" = any CUDA device)
 
 
-def _wo(kind: int) -> Family:
+def _wo(kind: weight_only.Kind) -> Family:
     def run(x2, packed, shape, bias, cfg, out, fmt):
         group = getattr(fmt, "group_size", 64)
         kernel = cfg.get("kernel")

@@ -30,13 +30,23 @@ dequantized copy of the weights handed to cuBLAS):
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
 
 from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
 
-W4, I8, FP8 = 0, 1, 2
+class Kind(enum.IntEnum):
+    """The tile decoder a weight-only kernel compiles in (a Triton constexpr: ``KIND == 0`` in the
+    kernels is ``Kind.W4``)."""
+
+    W4 = 0
+    I8 = 1
+    FP8 = 2
+
+
+W4, I8, FP8 = Kind.W4, Kind.I8, Kind.FP8
 #: elements of one layout-tile row per loaded element (int32 words of w4 / int8, fp8 bytes)
 CODES_PER_LOAD = {W4: 8, I8: 4, FP8: 1}
 
@@ -304,7 +314,7 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     n_blocks, m_blocks = math.ceil(nt * tn / bn), math.ceil(m / bm)
     ws, cnt = splitk_buffers(x2.device, m, n, n_blocks * m_blocks, split)
     b = bias if bias is not None else y
-    common = dict(KIND=kind, TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1, ASYM=kind == W4 and not sym,
+    common = dict(KIND=int(kind), TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1, ASYM=kind == W4 and not sym,
                   SCALAR_SCALE=kind != W4 and s.numel() == 1,
                   HAS_BIAS=bias is not None, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
     if gemv:
