@@ -212,11 +212,12 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
   const int sz_step = NG * a.TN;
   const T* x = static_cast<const T*>(a.x);
   const uint4* xsrc[NTOK];
+  bool has_tok[NTOK];  // a flag, not a null test: the pointers advance every stage, null ones too
 #pragma unroll
   for (int t = 0; t < NTOK; ++t) {
     const int tok = 8 * t + g;
-    xsrc[t] = tok < a.M ? reinterpret_cast<const uint4*>(x + (long long)tok * a.stride_xm + s_lo * kStageK + 16 * c)
-                        : nullptr;
+    has_tok[t] = tok < a.M;
+    xsrc[t] = reinterpret_cast<const uint4*>(x + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + s_lo * kStageK + 16 * c);
   }
 
   const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
@@ -241,9 +242,9 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
     for (int t = 0; t < NTOK; ++t)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        xv[t][j >> 1][j & 1] = xsrc[t] != nullptr ? __ldg(xsrc[t] + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
+        xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int t = 0; t < NTOK; ++t) xsrc[t] += kStageK / 8;  // (null stays unused)
+    for (int t = 0; t < NTOK; ++t) xsrc[t] += kStageK / 8;
     GroupParams<T, NG, ASYM> nxt;
     ssrc += sz_step;
     if (ASYM) zsrc += sz_step;
