@@ -44,6 +44,7 @@ class QuantizeResult:
     output_bytes: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    calibration: str | None = None  # what a calibrated run was calibrated on (its summary line)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class QuantizeResult:
             "kept": len(self.kept), "input_bytes": self.input_bytes, "output_bytes": self.output_bytes,
             "seconds": round(self.seconds, 3), "mb_per_s": round(self.input_bytes / 1e6 / max(self.seconds, 1e-9), 1),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
 
@@ -111,7 +113,8 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
              max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True, method: str = "rtn",
              calib: str | Path | None = None, calib_samples: int | None = None, calib_seqlen: int | None = None,
              seed: int | None = None, smooth: bool = False, alpha: float | None = None, device: str | None = None,
-             act_order: bool = False, resume: bool = False) -> QuantizeResult:
+             act_order: bool | None = None, resume: bool = False, static_groups: bool | None = None,
+             damp: float | None = None, gptq_block_size: int | None = None) -> QuantizeResult:
     """Quantize every linear weight of MODEL with RTN into an arch-neutral folder OUT.
 
     ``method`` awq/gptq (or ``smooth``) calibrate on text instead, block by block, into the same
@@ -122,7 +125,8 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
                              "starts over each run: drop --resume")
     params = {"group_size": group_size, "sym": sym, "scale_dtype": scale_dtype, "per_tensor": per_tensor}
     calib_opts = {"calib": calib, "samples": calib_samples, "seq_len": calib_seqlen, "seed": seed, "alpha": alpha,
-                  "device": device, "act_order": act_order or None}
+                  "device": device, "act_order": act_order, "static_groups": static_groups, "damp": damp,
+                  "gptq_block_size": gptq_block_size}
     if method != "rtn" or smooth:
         from turbopack.packer.calibration import CalibOptions, quantize_calibrated
 
