@@ -220,7 +220,7 @@ def test_manifest_config_and_summary_name_the_source(calib_model, tmp_path, caps
                "--calib-seqlen", "16"])
     assert rc == 0
     stdout = capsys.readouterr().out
-    assert "calibrated on self-generated (4 x 16 tokens" in stdout and "default" in stdout
+    assert "calibrated on self-generated (sampled" in stdout and "default" in stdout
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     data = manifest["calibration"]["data"]
     assert data["kind"] == "self" and data["source"].startswith("self-generated") and data["chosen_by"].startswith("default")

@@ -28,7 +28,7 @@ from turbopack.packer.calibration.grid import Grid, grid_for
 class GPTQConfig:
     percdamp: float = 0.01
     blocksize: int = 128
-    act_order: bool = False
+    act_order: bool = True  # the default by measurement: docs/quality.md, "GPTQ settings"
     static_groups: bool = False  # act-order implies it (our files have no g_idx)
 
     def params(self) -> dict:

@@ -101,5 +101,5 @@ def self_generated(req):
     del model
     ids = torch.cat(parts).reshape(-1)
     sha = hashlib.sha256(ids.numpy().tobytes()).hexdigest()
-    label = f"self-generated ({req.samples} x {req.seq_len} tokens sampled from the model, {len(PROMPTS)} prompts, seed {req.seed})"
+    label = f"self-generated (sampled from the model after {len(PROMPTS)} short prompts, seed {req.seed})"
     return Stream(ids, label, sha, {"prompts": len(PROMPTS), "sampling": "temperature 1"})
