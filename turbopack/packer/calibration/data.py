@@ -1,8 +1,10 @@
 """Calibration data: text in, a deterministic batch of token windows out.
 
-Sources: a UTF-8 text file, or JSON lines with a string ``"text"`` field per line (``.jsonl``);
-by default the bundled public-domain ``train.txt``. The text is tokenized with the model's own
-``tokenizer.json`` (the ``tokenizers`` library, no special tokens added) and cut into
+Where the text comes from (a file, the model's own samples, a bundled text, a Hub dataset; and
+which is the default for a model) is sources.py. A file is UTF-8 text, or JSON lines with a
+string ``"text"`` (or a chat ``"messages"`` list, chat.py) per line (``.jsonl``). The text is
+tokenized with the model's own ``tokenizer.json`` (the ``tokenizers`` library, no special tokens
+added) and cut into
 ``samples`` windows of ``seq_len`` tokens: the token stream is split into non-overlapping slots
 after a seeded random offset, and a seeded random choice of slots is taken. So the same file,
 sizes and seed always give the same batch, and windows never overlap.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -134,6 +135,8 @@ def _load_file(source: Source, req: Request) -> Stream:
 
 
 def _load_bundled(source: Source, req: Request) -> Stream:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.txt)?", source.arg or "train"):  # a name, never a path
+        raise CalibrationDataError(f"bundled:{source.arg} ({source.chosen_by}): not a bundled text name; use bundled:train")
     path = default_text(source.arg or "train.txt")
     text = read_text(path)
     return Stream(encode_text(req.model_folder, text, req.vocab, str(path)), f"bundled:{path.stem} ({path.name})",
