@@ -34,6 +34,23 @@ PROMPTS = (
 CHUNK_TOKENS = 1 << 16  # sequences decoded together: bounds the KV cache and logits, not results
 
 
+def prefix_cache():
+    """The model's static KV cache, attending over the filled prefix only and with SDPA's own GQA:
+    decoding reads each cached K/V once instead of copying the whole cache per step (the default
+    cache expands it for every head, fixed shapes being what CUDA graphs need, not this loop)."""
+    import torch.nn.functional as F
+
+    from turbopack.inference.model import KVCache
+
+    class PrefixCache(KVCache):
+        def attention(self, q, input_pos, mask):
+            n, b = int(input_pos.max()) + 1, q.shape[0]
+            return F.scaled_dot_product_attention(q, self.k[:b, :, :n], self.v[:b, :, :n], attn_mask=mask[:, :n],
+                                                  enable_gqa=q.shape[1] != self.k.shape[1])
+
+    return PrefixCache
+
+
 def _bos(model_folder: Path) -> int | None:
     """The model's BOS id from config.json, put before each prompt as in its training documents."""
     try:
@@ -65,7 +82,7 @@ def generate(model, prompts: list[list[int]], seq_len: int, gen: torch.Generator
     forced = torch.full((b, seq_len), -1, dtype=torch.int64)
     for i, p in enumerate(prompts):
         forced[i, :min(len(p), seq_len)] = torch.tensor(p[:seq_len])
-    model.setup_caches(b, seq_len)
+    model.setup_caches(b, seq_len, cache_cls=prefix_cache())
     out = torch.empty(b, seq_len, dtype=torch.int64)
     token = forced[:, 0].clone()
     for pos in range(seq_len):
