@@ -37,8 +37,8 @@ W4 = {"group_size": 64}
 CASES = [
     ("w4a16 g64 asym", "w4a16", {**W4}),
     ("w4a16 g64 asym", "w4a16", {**W4, "method": "awq"}),
-    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq"}),
-    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq", "act_order": True}),
+    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq", "act_order": False}),
+    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq"}),  # act-order: GPTQ's default since issue 16
     ("w4a16 g64 sym", "w4a16", {**W4, "sym": True}),
     ("w4a16 g64 sym", "w4a16", {**W4, "sym": True, "method": "awq"}),
     ("w4a16 g64 sym", "w4a16", {**W4, "sym": True, "method": "gptq"}),
@@ -95,7 +95,8 @@ def plant_outliers(src: Path, dst: Path, factor: float, channels: int = 4, seed:
 
 
 def method_name(opts: dict) -> str:
-    name = opts.get("method", "rtn") + ("+act-order" if opts.get("act_order") else "")
+    gptq = opts.get("method") == "gptq"
+    name = opts.get("method", "rtn") + ("+act-order" if gptq and opts.get("act_order", True) else "")
     return name + ("+smooth" if opts.get("smooth") else "")
 
 
