@@ -3,6 +3,7 @@
     python benchmarks/quality.py --out /tmp/tp-quality            # the bundled model, all held-out windows
     python benchmarks/quality.py --model ./my-llama --calib my.jsonl --max-windows 40
     python benchmarks/quality.py --plant-outliers 32 --out /tmp/tp-quality-outliers
+    python benchmarks/quality.py --plant-outliers 32 --sources bundled,self,general.txt   # per calibration source
 
 For each case: `turbopack quantize` into --out (kept, so the folders can be packed and run after),
 then the evaluation of turbopack.evaluation.metrics against the float model on the same windows:
@@ -36,8 +37,8 @@ W4 = {"group_size": 64}
 CASES = [
     ("w4a16 g64 asym", "w4a16", {**W4}),
     ("w4a16 g64 asym", "w4a16", {**W4, "method": "awq"}),
-    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq"}),
-    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq", "act_order": True}),
+    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq", "act_order": False}),
+    ("w4a16 g64 asym", "w4a16", {**W4, "method": "gptq"}),  # act-order: GPTQ's default since issue 16
     ("w4a16 g64 sym", "w4a16", {**W4, "sym": True}),
     ("w4a16 g64 sym", "w4a16", {**W4, "sym": True, "method": "awq"}),
     ("w4a16 g64 sym", "w4a16", {**W4, "sym": True, "method": "gptq"}),
@@ -94,7 +95,8 @@ def plant_outliers(src: Path, dst: Path, factor: float, channels: int = 4, seed:
 
 
 def method_name(opts: dict) -> str:
-    name = opts.get("method", "rtn") + ("+act-order" if opts.get("act_order") else "")
+    gptq = opts.get("method") == "gptq"
+    name = opts.get("method", "rtn") + ("+act-order" if gptq and opts.get("act_order", True) else "")
     return name + ("+smooth" if opts.get("smooth") else "")
 
 
@@ -124,6 +126,36 @@ def run(model: Path, out: Path, calib: str | None, max_windows: int | None, only
     return rows
 
 
+def source_rows(model: Path, out: Path, calib_sources: list[str], max_windows: int | None, methods=("awq", "gptq")) -> list[dict]:
+    """W4A16 g64 asym, RTN and each method x calibration source (--calib values: bundled, self, FILE, hf:...)."""
+    ref_model, _ = load_for_eval(model)
+    ref = Reference(ref_model, windows_of(heldout_ids(model, None, ref_model.config.vocab), 256, max_windows))
+    rows, base = [], None
+    for method, source in [("rtn", "-")] + [(m, s) for m in methods for s in calib_sources]:
+        folder = out / f"src-{method}-{Path(source).stem if '/' in source else source.replace(':', '_')}"
+        t0 = time.perf_counter()
+        opts = {} if method == "rtn" else {"method": method, "calib": source}
+        quantize(model, folder, "w4a16", group_size=64, force=True, progress=False, **opts)
+        row = {"method": method, "source": source, "quantize_s": round(time.perf_counter() - t0, 1),
+               **compare(load_for_eval(folder)[0], ref).as_dict()}
+        base = base or row
+        row["kl_gap_closed"] = None if row is base else 1 - row["kl"] / base["kl"]
+        rows.append(row)
+        print(f"{method} {source}: kl {row['kl']:.3e} ({row['quantize_s']} s)", file=sys.stderr)
+    (out / "sources.json").write_text(json.dumps({"model": str(model), "float_ppl": ref.perplexity, "rows": rows}, indent=2))
+    return rows
+
+
+def source_markdown(rows: list[dict]) -> str:
+    lines = ["| method | calibration | ppl | ppl vs float % (± s.e.) | KL (nats/token) | top-1 agree % | RTN KL gap closed | quantize s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        closed = "–" if r["kl_gap_closed"] is None else f"{100 * r['kl_gap_closed']:.0f}%"
+        lines.append(f"| {r['method']} | {r['source']} | {r['perplexity']:.3f} | {r['ppl_change_pct']:+.3f} ± {r['ppl_change_stderr_pct']:.3f} | "
+                     f"{r['kl']:.2e} | {100 * r['top1_agreement']:.2f} | {closed} | {r['quantize_s']} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     def pct(v):
         return "–" if v is None else f"{100 * v:.0f}%"
@@ -142,7 +174,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("/tmp/tp-quality"))
-    ap.add_argument("--calib", default=None, help="calibration text (default: the bundled one)")
+    ap.add_argument("--calib", default=None, help="--calib of quantize (default: the model's default source)")
+    ap.add_argument("--sources", default=None, metavar="A,B,..",
+                    help="instead of the format table: W4A16 g64 RTN, AWQ and GPTQ per calibration source (e.g. bundled,self,FILE)")
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--only", default=None, help="only cases whose label contains this")
     ap.add_argument("--plant-outliers", type=float, default=None, metavar="F",
@@ -153,7 +187,10 @@ def main() -> None:
     model = a.model or bundled_model_dir()
     if a.plant_outliers:
         model = plant_outliers(model, a.out / "model-with-outliers", a.plant_outliers)
-    print(markdown(run(model, a.out, a.calib, a.max_windows, a.only)))
+    if a.sources:
+        print(source_markdown(source_rows(model, a.out, a.sources.split(","), a.max_windows)))
+    else:
+        print(markdown(run(model, a.out, a.calib, a.max_windows, a.only)))
 
 
 if __name__ == "__main__":

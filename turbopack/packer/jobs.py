@@ -27,6 +27,7 @@ class QuantizeResult:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     formats: dict[str, Format] = field(default_factory=dict)  # per-module format where --k-fallback chose another
+    calibration: str | None = None  # what a calibrated run was calibrated on (its summary line)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +35,7 @@ class QuantizeResult:
             "kept": len(self.kept), "input_bytes": self.input_bytes, "output_bytes": self.output_bytes,
             "seconds": round(self.seconds, 3), "mb_per_s": round(self.input_bytes / 1e6 / max(self.seconds, 1e-9), 1),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
 

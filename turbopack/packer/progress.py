@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -38,3 +39,30 @@ def byte_progress(label: str, total_bytes: int, enabled: bool = True) -> Iterato
     with Progress(*columns, console=stderr, transient=False) as progress:
         task = progress.add_task(label, total=total_bytes)
         yield progress, task
+
+
+class BlockLines:
+    """Progress a pipe or log can read: one stderr line per decoder block (block i/n, method,
+    seconds, estimated time left), since a rich bar draws nothing until the end off a terminal.
+    On a terminal the bar already shows it, so this prints nothing."""
+
+    def __init__(self, method: str, blocks: int, enabled: bool = True, console: Console | None = None) -> None:
+        self.console = console or stderr
+        self.enabled = enabled and not self.console.is_terminal
+        self.method, self.blocks = method, blocks
+        self.t0 = self.last = time.perf_counter()
+
+    def done(self, i: int) -> None:
+        """Block ``i`` (0-based) is finished."""
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        left = (now - self.t0) / (i + 1) * (self.blocks - i - 1)
+        if self.enabled:
+            self.console.print(f"block {i + 1}/{self.blocks} {self.method}: {took:.1f} s, about {left:.0f} s left",
+                               highlight=False, soft_wrap=True)
+
+
+def note(message: str, enabled: bool = True) -> None:
+    """A one-off progress message (e.g. while calibration data is being made)."""
+    if enabled:
+        stderr.print(message, highlight=False, soft_wrap=True)

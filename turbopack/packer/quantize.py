@@ -19,7 +19,8 @@ from turbopack.packer.rtn import quantize_rtn
 
 #: calibration option -> its CLI flag, for the error when RTN is given one
 _CALIB_FLAGS = {"calib": "--calib", "samples": "--calib-samples", "seq_len": "--calib-seqlen", "seed": "--seed",
-                "alpha": "--alpha", "device": "--device", "act_order": "--act-order"}
+                "alpha": "--alpha", "device": "--device", "act_order": "--act-order",
+                "static_groups": "--static-groups", "damp": "--damp", "gptq_block_size": "--gptq-block-size"}
 
 
 def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group_size: int | None = None,
@@ -28,7 +29,9 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
              max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: bool = True, method: str = "rtn",
              calib: str | Path | None = None, calib_samples: int | None = None, calib_seqlen: int | None = None,
              seed: int | None = None, smooth: bool = False, alpha: float | None = None, device: str | None = None,
-             act_order: bool = False, resume: bool = False, k_fallback: str | None = None) -> QuantizeResult:
+             act_order: bool | None = None, resume: bool = False, static_groups: bool | None = None,
+             damp: float | None = None, gptq_block_size: int | None = None,
+             k_fallback: str | None = None) -> QuantizeResult:
     """Quantize every linear weight of MODEL with RTN into an arch-neutral folder OUT.
 
     ``method`` awq/gptq (or ``smooth``) calibrate on text instead, block by block, into the same
@@ -37,7 +40,8 @@ def quantize(model: str | Path, out: str | Path, format: str = "w4a16", *, group
     spec = FormatSpec(format, group_size, sym, scale_dtype, per_tensor, tuple(ignore), include_lm_head, k_fallback)
     output = OutputOptions(force, max_shard_bytes, progress, resume)
     calib_opts = {"calib": calib, "samples": calib_samples, "seq_len": calib_seqlen, "seed": seed, "alpha": alpha,
-                  "device": device, "act_order": act_order or None}
+                  "device": device, "act_order": act_order, "static_groups": static_groups, "damp": damp,
+                  "gptq_block_size": gptq_block_size}
     given = {k: v for k, v in calib_opts.items() if v is not None}
     if method != "rtn" or smooth:
         if k_fallback not in (None, "refuse"):

@@ -146,3 +146,31 @@ def test_search_clip_equals_brute_force(name, params):
     same = (got == want).reshape(24, -1, grid.group_of(256)).all(-1).float().mean()
     assert same >= 0.98  # a near-tie may resolve the other way in float32
     assert out_err(x, w, grid.fake(got)) == pytest.approx(out_err(x, w, grid.fake(want)), rel=1e-3)
+
+
+@pytest.mark.parametrize("name,params", W4_CASES[:2])
+def test_gptq_static_groups_without_act_order(name, params):
+    """Static groups alone: each group's (scale, zero) from the original weights, columns in order."""
+    fmt = get_format(name, **params)
+    x, w = layer(seed=3)
+    h = 2 * x.T @ x / x.shape[0]
+    deq, tensors = gptq_quantize(w, h, grid_for(fmt, "gptq"), GPTQConfig(act_order=False, static_groups=True))
+    expect = fmt.quantize(w)  # RTN's scales are the original weights' scales
+    scale = next(k for k in expect if "scale" in k)
+    assert torch.equal(tensors[scale], expect[scale])
+    assert torch.equal(fmt.dequantize(tensors), deq) and out_err(x, w, deq) <= 0.7 * rtn_err(fmt, x, w)
+    assert GPTQConfig(static_groups=True).params()["static_groups"] is True
+    assert GPTQConfig(act_order=True, static_groups=False).params()["static_groups"] is True  # implied
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_block_size_is_speed_only(act_order):
+    """Lazy batch updates are exact algebra: the block size moves rounding noise, not the result."""
+    fmt = get_format("w4a16", group_size=32)
+    x, w = layer(seed=4)
+    h = 2 * x.T @ x / x.shape[0]
+    grid = grid_for(fmt, "gptq")
+    a, _ = gptq_quantize(w, h, grid, GPTQConfig(act_order=act_order, blocksize=128))
+    b, _ = gptq_quantize(w, h, grid, GPTQConfig(act_order=act_order, blocksize=32))
+    assert (a == b).float().mean() > 0.999
+    assert abs(out_err(x, w, a) - out_err(x, w, b)) <= 0.01 * out_err(x, w, a)

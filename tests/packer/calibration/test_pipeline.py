@@ -126,6 +126,10 @@ def test_bad_calibration_input_is_one_line_exit_2_nothing_written(calib_model, t
     ("fp8", {"method": "gptq"}, "does not support"),
     ("w4a16", {"method": "gptq", "smooth": True}, "--smooth"),
     ("w4a16", {"method": "awq", "act_order": True}, "--act-order"),
+    ("w4a16", {"method": "awq", "act_order": False}, "--act-order"),
+    ("w4a16", {"method": "awq", "damp": 0.1}, "--damp"),
+    ("w4a16", {"method": "gptq", "damp": 0.0}, "--damp"),
+    ("w4a16", {"method": "gptq", "gptq_block_size": 0}, "--gptq-block-size"),
     ("w8a8", {"smooth": True, "alpha": 1.5}, "--alpha"),
     ("w4a16", {"method": "spqr"}, "spqr"),
     ("w4a16", {"seed": 3}, "--seed"),
@@ -195,3 +199,30 @@ def test_nan_weight_is_one_line_error(calib_model, calib_text, tmp_path):
     with pytest.raises(BadTensorError, match="layers.1.mlp.up_proj"):
         quantize(bad, tmp_path / "o", "w4a16", group_size=32, method="gptq", calib=calib_text, **SMALL)
     assert not (tmp_path / "o").exists()
+
+
+def test_calibrated_quantize_into_a_pipe_prints_a_line_per_block(calib_model, calib_text, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "q"
+    proc = subprocess.run([sys.executable, "-m", "turbopack.cli.app", "quantize", str(calib_model), "-o", str(out), "-g", "32",
+                           "-m", "gptq", "--calib", str(calib_text), "--calib-samples", "4", "--calib-seqlen", "16"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    blocks = json.loads((calib_model / "config.json").read_text())["num_hidden_layers"]
+    found = [m.groups() for m in re.finditer(r"^block (\d+)/(\d+) gptq: [\d.]+ s, about \d+ s left$", proc.stderr, re.M)]
+    assert found == [(str(i), str(blocks)) for i in range(1, blocks + 1)]
+    assert "block" not in proc.stdout and "calibrated on" in proc.stdout  # results on stdout, progress on stderr
+
+
+@pytest.mark.parametrize("flags,act_order,static", [([], True, True), (["--no-act-order"], False, False),
+                                                    (["--no-act-order", "--static-groups"], False, True)])
+def test_gptq_defaults_and_flags_reach_the_manifest(calib_model, calib_text, tmp_path, flags, act_order, static):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(calib_model), "-o", str(out), "-g", "32", "-m", "gptq", "--calib", str(calib_text),
+               "--calib-samples", "4", "--calib-seqlen", "16", "--damp", "0.05", *flags])
+    assert rc == 0
+    params = json.loads((out / "turbopack.json").read_text())["calibration"]["method_params"]
+    assert (params["act_order"], params["static_groups"], params["percdamp"]) == (act_order, static, 0.05)

@@ -1,8 +1,10 @@
 """Calibration data: text in, a deterministic batch of token windows out.
 
-Sources: a UTF-8 text file, or JSON lines with a string ``"text"`` field per line (``.jsonl``);
-by default the bundled public-domain ``train.txt``. The text is tokenized with the model's own
-``tokenizer.json`` (the ``tokenizers`` library, no special tokens added) and cut into
+Where the text comes from (a file, the model's own samples, a bundled text, a Hub dataset; and
+which is the default for a model) is sources.py. A file is UTF-8 text, or JSON lines with a
+string ``"text"`` (or a chat ``"messages"`` list, chat.py) per line (``.jsonl``). The text is
+tokenized with the model's own ``tokenizer.json`` (the ``tokenizers`` library, no special tokens
+added) and cut into
 ``samples`` windows of ``seq_len`` tokens: the token stream is split into non-overlapping slots
 after a seeded random offset, and a seeded random choice of slots is taken. So the same file,
 sizes and seed always give the same batch, and windows never overlap.
@@ -12,12 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from turbopack.errors import CheckpointError, TurbopackError
+from turbopack.textenc import text_encoder
+from turbopack.packer.calibration.chat import check_messages
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -32,10 +37,19 @@ class CalibrationData:
     source: str
     tokens: int  # tokens in the whole source
     sha256: str
+    kind: str = "file"  # sources.SourceKind value
+    chosen_by: str = "--calib"
+    details: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         n, l = self.ids.shape
-        return {"source": self.source, "sha256": self.sha256, "source_tokens": self.tokens, "samples": n, "seq_len": l}
+        return {"source": self.source, "kind": self.kind, "chosen_by": self.chosen_by, "sha256": self.sha256,
+                "source_tokens": self.tokens, "samples": n, "seq_len": l, **self.details}
+
+    def summary(self) -> str:
+        """One line for the run's summary: what the model was calibrated on, and why that."""
+        n, l = self.ids.shape
+        return f"calibrated on {self.source}, {n} x {l} tokens ({self.chosen_by})"
 
 
 def default_text(name: str = "train.txt") -> Path:
@@ -51,8 +65,9 @@ def default_text(name: str = "train.txt") -> Path:
     return path
 
 
-def read_text(path: Path) -> str:
-    """The file's text (JSON lines: the "text" fields joined by blank lines), validated."""
+def read_text(path: Path, render: Callable[[list], str] | None = None) -> str:
+    """The file's text (JSON lines: each record's "text", or its "messages" rendered by ``render``,
+    joined by blank lines), validated."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -66,14 +81,15 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         raise CalibrationDataError(f"{path}: not UTF-8 text (byte {e.start}); pass UTF-8 text or .jsonl with a \"text\" field") from None
     if path.suffix.lower() in JSONL_SUFFIXES:
-        text = _jsonl_text(path, text)
+        text = "\n\n".join(render_records(jsonl_records(path, text), render))
     if not text.strip():
         raise CalibrationDataError(f"{path}: no text in it; pass a file with calibration text")
     return text
 
 
-def _jsonl_text(path: Path, text: str) -> str:
-    docs = []
+def jsonl_records(path: Path, text: str) -> list[str | list]:
+    """Each line's "text" (a string) or "messages" (a conversation: a list of turns)."""
+    records = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -81,10 +97,20 @@ def _jsonl_text(path: Path, text: str) -> str:
             obj = json.loads(line)
         except json.JSONDecodeError:
             raise CalibrationDataError(f"{path}:{lineno}: not valid JSON; each line must be an object with a \"text\" field") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise CalibrationDataError(f"{path}:{lineno}: no string \"text\" field; each line must be {{\"text\": \"...\"}}")
-        docs.append(obj["text"])
-    return "\n\n".join(docs)
+        if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+            records.append(obj["text"])
+        elif isinstance(obj, dict) and "messages" in obj:
+            records.append(check_messages(obj["messages"], f"{path}:{lineno}"))
+        else:
+            raise CalibrationDataError(f"{path}:{lineno}: no string \"text\" field (or \"messages\" list); "
+                                       f"each line must be {{\"text\": \"...\"}} or {{\"messages\": [...]}}")
+    return records
+
+
+def render_records(records: list[str | list], render: Callable[[list], str] | None) -> list[str]:
+    """Texts as they are; conversations through ``render`` (the chat template), or role: content lines."""
+    plain = lambda msgs: "\n".join(f"{m['role']}: {m['content']}" for m in msgs)  # noqa: E731
+    return [r if isinstance(r, str) else (render or plain)(r) for r in records]
 
 
 def load_tokenizer(model_folder: Path):
@@ -101,34 +127,42 @@ def load_tokenizer(model_folder: Path):
         raise CheckpointError(f"{path}: cannot be read by `tokenizers` ({str(e).splitlines()[0]}); re-export the tokenizer") from None
 
 
-def tokenize_file(model_folder: Path, path: Path, vocab: int | None = None) -> torch.Tensor:
-    """All tokens of ``path`` (1-D int64), tokenized with the model's tokenizer.json, with the
-    special tokens it adds around a text (e.g. a BOS first)."""
-    from turbopack.textenc import text_encoder
-
-    encoder = text_encoder(model_folder, load_tokenizer(model_folder))  # framed as the model's tokenizer frames it
-    ids = torch.tensor(encoder.encode(read_text(path)), dtype=torch.int64)
+def encode_text(model_folder: Path, text: str, vocab: int | None = None, where: str = "calibration text") -> torch.Tensor:
+    """All tokens of ``text`` (1-D int64), with the model's tokenizer.json and the special tokens it
+    adds around a text (e.g. a BOS first), as the model's own tokenizer frames it."""
+    encoder = text_encoder(model_folder, load_tokenizer(model_folder))
+    ids = torch.tensor(encoder.encode(text), dtype=torch.int64)
     if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
         raise CheckpointError(f"{model_folder}/tokenizer.json: produces token id {int(ids.max())} >= vocab_size {vocab}; "
                               f"the tokenizer does not belong to this model")
     return ids
 
 
+def tokenize_file(model_folder: Path, path: Path, vocab: int | None = None) -> torch.Tensor:
+    """All tokens of ``path`` (1-D int64), tokenized with the model's tokenizer.json."""
+    return encode_text(model_folder, read_text(path), vocab, str(path))
+
+
 def calibration_batch(model_folder: Path, calib: str | Path | None, samples: int, seq_len: int, seed: int,
-                      vocab: int | None = None) -> CalibrationData:
-    """``samples`` x ``seq_len`` token windows of the calibration text, chosen with ``seed``."""
+                      vocab: int | None = None, device: torch.device | None = None,
+                      log: Callable[[str], None] | None = None) -> CalibrationData:
+    """``samples`` x ``seq_len`` token windows of the calibration source (sources.py), chosen with ``seed``."""
+    from turbopack.packer.calibration import sources
+
     if samples < 1 or seq_len < 2:
         raise CalibrationDataError(f"--calib-samples {samples} / --calib-seqlen {seq_len}: need at least 1 sample of 2 tokens")
-    path = Path(calib) if calib is not None else default_text()
-    ids = tokenize_file(model_folder, path, vocab)
+    source = sources.parse(calib, Path(model_folder))
+    req = sources.Request(Path(model_folder), samples, seq_len, seed, vocab, device, log or (lambda msg: None))
+    stream = sources.load(source, req)
+    ids = stream.ids
     need = samples * seq_len
     if ids.numel() < need:
-        raise CalibrationDataError(f"{path}: {ids.numel()} tokens, too short for {samples} samples x {seq_len} tokens "
+        raise CalibrationDataError(f"{stream.label}: {ids.numel()} tokens, too short for {samples} samples x {seq_len} tokens "
                                    f"({need}); pass more text or lower --calib-samples/--calib-seqlen")
     gen = torch.Generator().manual_seed(seed)
     slots = ids.numel() // seq_len
     offset = int(torch.randint(0, ids.numel() - slots * seq_len + 1, (1,), generator=gen))
     chosen = torch.randperm(slots, generator=gen)[:samples]
     windows = ids[offset:offset + slots * seq_len].view(slots, seq_len)[chosen]
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return CalibrationData(windows.contiguous(), str(path), int(ids.numel()), sha)
+    return CalibrationData(windows.contiguous(), stream.label, int(ids.numel()), stream.sha256,
+                           kind=source.kind.value, chosen_by=source.chosen_by, details=stream.details)

@@ -28,10 +28,15 @@ from turbopack.packer.calibration.grid import Grid, grid_for
 class GPTQConfig:
     percdamp: float = 0.01
     blocksize: int = 128
-    act_order: bool = False
+    act_order: bool = True  # the default by measurement: docs/quality.md, "GPTQ settings"
+    static_groups: bool = False  # act-order implies it (our files have no g_idx)
 
     def params(self) -> dict:
-        return {**asdict(self), "static_groups": self.act_order, "true_sequential": True}
+        return {**asdict(self), "static_groups": self.static, "true_sequential": True}
+
+    @property
+    def static(self) -> bool:
+        return self.act_order or self.static_groups
 
 
 def inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -62,7 +67,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig 
     dead = torch.diag(h) == 0  # channels never active: any value works, zero is cheapest
     h[dead, dead] = 1
     w[:, dead] = 0
-    static = cfg.act_order or grid.group_size is None
+    static = cfg.static or grid.group_size is None
     s_all = torch.ones(n, k // g, device=w.device)
     z_all = torch.zeros(n, k // g, device=w.device)
     if static:

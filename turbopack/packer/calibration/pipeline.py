@@ -41,7 +41,7 @@ from turbopack.packer.families import Selection
 from turbopack.packer.folder import copy_tensor, quant_config, quantize_tensor, write_folder
 from turbopack.packer.jobs import QuantizeResult, peak_rss_mb, plan_jobs
 from turbopack.packer.options import FormatSpec, OutputOptions
-from turbopack.packer.progress import byte_progress
+from turbopack.packer.progress import BlockLines, byte_progress, note
 from turbopack.registry import Registry
 
 FORWARD_TOKENS = 8192  # tokens per block forward: bounds activation scratch, not results
@@ -75,11 +75,16 @@ def rtn_block(job: BlockJob, cfg: _RTNConfig) -> dict[str, dict[str, torch.Tenso
     return out
 
 
+def gptq_config(o: "CalibOptions") -> GPTQConfig:
+    """GPTQConfig's defaults (measured: docs/quality.md), overridden by the options given."""
+    given = {"act_order": o.act_order, "static_groups": o.static_groups, "percdamp": o.damp, "blocksize": o.gptq_block_size}
+    return GPTQConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 METHODS: Registry[MethodSpec] = Registry("quantization method")
 METHODS.register(Method.RTN, MethodSpec(tuple(FormatName), lambda o: _RTNConfig(), rtn_block))
 METHODS.register(Method.AWQ, MethodSpec((FormatName.W4A16, FormatName.W8A16), lambda o: AWQConfig(), awq_block))
-METHODS.register(Method.GPTQ, MethodSpec((FormatName.W4A16, FormatName.W8A16, FormatName.W8A8),
-                                         lambda o: GPTQConfig(act_order=o.act_order), gptq_block))
+METHODS.register(Method.GPTQ, MethodSpec((FormatName.W4A16, FormatName.W8A16, FormatName.W8A8), gptq_config, gptq_block))
 SMOOTH_FORMATS = (FormatName.W8A8, FormatName.FP8)
 
 
@@ -93,7 +98,10 @@ class CalibOptions:
     smooth: bool = False
     alpha: float = 0.5
     device: str | None = None
-    act_order: bool = False
+    act_order: bool | None = None  # None: the method's default
+    static_groups: bool | None = None
+    damp: float | None = None
+    gptq_block_size: int | None = None
 
     def validate(self, fmt: Format) -> MethodSpec:
         spec = METHODS.get(self.method)
@@ -104,8 +112,15 @@ class CalibOptions:
             raise TurbopackError(f"--smooth is for formats that quantize activations (w8a8, fp8), not {fmt.name.value}; drop --smooth")
         if not 0.0 <= self.alpha <= 1.0:
             raise TurbopackError(f"--alpha {self.alpha}: must be in [0, 1] (0.5 is the usual choice)")
-        if self.act_order and self.method != Method.GPTQ:
-            raise TurbopackError("--act-order applies to --method gptq only; drop it")
+        gptq_only = {"--act-order": self.act_order, "--static-groups": self.static_groups, "--damp": self.damp,
+                     "--gptq-block-size": self.gptq_block_size}
+        for flag, value in gptq_only.items():
+            if value is not None and self.method != Method.GPTQ:
+                raise TurbopackError(f"{flag} applies to --method gptq only; drop it")
+        if self.damp is not None and not 0.0 < self.damp <= 1.0:
+            raise TurbopackError(f"--damp {self.damp}: must be in (0, 1] (a fraction of the Hessian's mean diagonal)")
+        if self.gptq_block_size is not None and self.gptq_block_size < 1:
+            raise TurbopackError(f"--gptq-block-size {self.gptq_block_size}: must be >= 1")
         return spec
 
     def torch_device(self) -> torch.device:
@@ -135,7 +150,8 @@ def quantize_calibrated(model: str | Path, out: str | Path, spec: FormatSpec, op
     """Quantize MODEL with a calibrated method (and/or SmoothQuant) into OUT; see the module doc.
     (``output.resume`` is not used: a calibrated run starts over.)"""
     t0 = time.perf_counter()
-    run = _prepare(model, out, spec, opts, output.force)
+    run = _prepare(model, out, spec, opts, output.force, output.progress)
+    note(run.data.summary(), output.progress)
     name = f"{run.fmt.describe()} {opts.method}" + (f"+smooth(alpha={opts.alpha})" if opts.smooth else "")
     result = QuantizeResult(out=Path(out), format=name, kept=run.kept)
     result.input_bytes = sum(run.ckpt.tensors[n].nbytes for n, _ in run.jobs)
@@ -146,16 +162,18 @@ def quantize_calibrated(model: str | Path, out: str | Path, spec: FormatSpec, op
         writer = ShardedWriter(tmp, plan, meta)
         advance = lambda n: bar.advance(task, n)  # noqa: E731
         _write_outside_layers(run, writer, result, advance)
-        _calibrate_layers(run, writer, result, lambda d: bar.update(task, description=d), advance)
+        lines = BlockLines(opts.method + ("+smooth" if opts.smooth else ""), run.cfg.n_layers, output.progress)
+        _calibrate_layers(run, writer, result, lambda d: bar.update(task, description=d), advance, lines.done)
         shards = writer.finish()
         _finish_folder(run, tmp, result, shards, time.perf_counter() - t0)
     result.output_bytes = sum(s["bytes"] for s in shards.values())
     result.seconds = time.perf_counter() - t0
     result.peak_rss_mb = peak_rss_mb()
+    result.calibration = run.data.summary()
     return result
 
 
-def _prepare(model, out, target: FormatSpec, opts: CalibOptions, force: bool) -> _Run:
+def _prepare(model, out, target: FormatSpec, opts: CalibOptions, force: bool, progress: bool = False) -> _Run:
     ckpt = Checkpoint.open(model)
     check_output(Path(out), force, inputs=(ckpt.folder,))
     fmt = target.build()
@@ -166,7 +184,8 @@ def _prepare(model, out, target: FormatSpec, opts: CalibOptions, force: bool) ->
         raise TurbopackError(f"--calib-seqlen {opts.seq_len} exceeds the model's sliding_window {cfg.sliding_window}; lower it")
     jobs, kept = plan_jobs(ckpt, fmt, sel)
     device = opts.torch_device()
-    data = calibration_batch(ckpt.folder, opts.calib, opts.samples, opts.seq_len, opts.seed, vocab=cfg.vocab)
+    data = calibration_batch(ckpt.folder, opts.calib, opts.samples, opts.seq_len, opts.seed, vocab=cfg.vocab, device=device,
+                             log=lambda msg: note(msg, progress))
     return _Run(ckpt, cfg, fmt, sel, opts, spec, spec.config(opts), data, device, _layer_order(jobs), kept)
 
 
@@ -197,7 +216,7 @@ def _write_outside_layers(run: _Run, writer: ShardedWriter, result, advance) -> 
             result.quantized.append(name)
 
 
-def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advance) -> None:
+def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advance, done=lambda i: None) -> None:
     cfg = run.cfg
     ids = run.data.ids
     # AWQ searches on whole sequences (it re-runs attention): about search_tokens of them
@@ -219,6 +238,7 @@ def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advanc
         result.quantized.extend(prefix + n + ".weight" for n in sorted(qtensors))
         x = runner.forward(block, x)
         del block, job
+        done(i)
 
 
 def _write_block(run: _Run, writer: ShardedWriter, i: int, job: BlockJob, qtensors, advance) -> None:
