@@ -331,7 +331,7 @@ class HubServer:
         self._timer = threading.Timer(max_seconds, self.stop)  # stops by itself, whatever the test does
         self._timer.daemon = True
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._thread.start()
         self._timer.start()
         return self
@@ -341,7 +341,7 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -358,7 +358,7 @@ class HubServer:
 # interpreter with the environment a user would set.
 
 
-def hub_env(hub: "HubServer | None", home, offline: bool = False, token: str | None = None) -> dict:
+def hub_env(hub: HubServer | None, home, offline: bool = False, token: str | None = None) -> dict:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopack.errors import TurbopackError
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.errors import TurbopackError
 from turbopack.inference.hf_dropin import check_arch_compat, load_hf
 from turbopack.inference.qlinear import QuantLinear
 from turbopack.packer.quantize import quantize

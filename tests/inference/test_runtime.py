@@ -12,12 +12,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from turbopack.errors import CheckpointError  # noqa: E402
 from turbopack.checkpoint.quantized import QuantizedCheckpoint  # noqa: E402
+from turbopack.errors import CheckpointError  # noqa: E402
 from turbopack.inference import loader as L  # noqa: E402
 from turbopack.inference import model as M  # noqa: E402
-from turbopack.inference.loader import load_model  # noqa: E402
 from turbopack.inference.api import TextStream, load  # noqa: E402
+from turbopack.inference.loader import load_model  # noqa: E402
 from turbopack.inference.qlinear import QuantLinear, concat  # noqa: E402
 from turbopack.inference.sampling import SamplingParams, sample, top_p_filter  # noqa: E402
 

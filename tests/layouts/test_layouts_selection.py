@@ -8,9 +8,20 @@ from layout_cases import FORMATS
 
 from turbopack.errors import TurbopackError, UnknownNameError
 from turbopack.formats import FormatName
-from turbopack.layouts import (ARCHS, LAYOUTS, Choice, LayoutName, arch_for_capability, detect_arch, get_arch,
-                               get_layout, load_table, resolve_arch, select)
-from turbopack.layouts import selection
+from turbopack.layouts import (
+    ARCHS,
+    LAYOUTS,
+    Choice,
+    LayoutName,
+    arch_for_capability,
+    detect_arch,
+    get_arch,
+    get_layout,
+    load_table,
+    resolve_arch,
+    select,
+    selection,
+)
 
 # (format key, arch) -> expected layout, or the text its error must contain
 EXPECTED = {

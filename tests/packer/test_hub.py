@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import torch
+from hub_server import Blob, HubServer, hub_env, run
 from safetensors.torch import load_file
 
-from hub_server import Blob, HubServer, hub_env, run
 from turbopack.checkpoint.hub import enable_hub, hub_id_of_cache_path, parse_hub_id
 
 RESOLVE = """
@@ -96,6 +96,7 @@ def test_hub_id_online_then_offline(tiny_llama, tmp_path):
 
 def test_cli_convert_from_hub_and_errors(tiny_llama, tmp_path):
     from packer.interop.foreign import write_awq
+
     from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
     expect = write_awq(tiny_llama, tmp_path / "awq")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.cli.app import main
 from turbopack.formats import format_from_params
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
 DOWN = "model.layers.0.mlp.down_proj"
 

@@ -13,9 +13,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.errors import BadTensorError, CheckpointError, OutputExistsError, ShapeError, UnsupportedModelError
 from turbopack.formats import get_format
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer import folder as qmod
 from turbopack.packer.quantize import quantize
 

@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
-from packhelp import (bits_equal, manifest, model_dir, needs_layouts, quantized, read_all,  # noqa: F401
-                      temp_leftovers, unpack_folder)
+from packhelp import bits_equal, manifest, model_dir, needs_layouts, quantized, read_all, temp_leftovers, unpack_folder  # noqa: F401
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.errors import ShapeError
 from turbopack.formats import get_format
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer import tp as T
 
 CONFIG = {"num_attention_heads": 4, "num_key_value_heads": 2}

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from robusthelp import refused, src  # noqa: F401
 
 

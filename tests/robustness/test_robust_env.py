@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 
 import turbopack.checkpoint.safetensors_stream as stream
-from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 
 W8 = ["-f", "w8a16"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from robusthelp import copy_model, packed_sm90, quantized_w4, refused, run_cli, tree_hash  # noqa: F401
+
 from turbopack.errors import CheckpointError
 
 

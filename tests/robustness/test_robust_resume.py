@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 
 import pytest
+from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 
 import turbopack.checkpoint.safetensors_stream as stream
-import turbopack.packer.pack as packmod
 import turbopack.packer.folder as foldermod
+import turbopack.packer.pack as packmod
 import turbopack.packer.rtn as quantmod
-from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 from turbopack.checkpoint import ShardPlan, read_header
 from turbopack.checkpoint.resume import JOURNAL_NAME, PARTIAL_PREFIX
 

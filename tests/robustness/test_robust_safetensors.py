@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robusthelp import (load_state, refused, save_state, split_safetensors, src, tensors_by_offset,  # noqa: F401
-                        write_safetensors_raw)
+from robusthelp import load_state, refused, save_state, split_safetensors, src, tensors_by_offset, write_safetensors_raw  # noqa: F401
 
 FIX = "re-download or re-export it"
 

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from robusthelp import quantized_w4, refused, run_cli  # noqa: F401  (quantized_w4: a fixture)
 
 

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from robusthelp import load_state, refused, run_cli, save_state, split_safetensors, src, tree_hash  # noqa: F401
-from robusthelp import tensors_by_offset, write_safetensors_raw
+from robusthelp import (  # noqa: F401
+    load_state,
+    refused,
+    run_cli,
+    save_state,
+    split_safetensors,
+    src,
+    tensors_by_offset,
+    tree_hash,
+    write_safetensors_raw,
+)
 
 
 def _set(src: Path, name: str, fn) -> None:

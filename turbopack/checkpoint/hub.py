@@ -52,8 +52,12 @@ def resolve_hub(spec: str) -> Path | None:
     repo_id, revision = parsed
     import huggingface_hub as hf
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))

@@ -16,8 +16,9 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from turbopack.checkpoint.safetensors_stream import ST_DTYPES, TensorEntry, sha256_file
 from turbopack.errors import Interrupted, ResumeRefusedError
@@ -74,7 +75,7 @@ class Journal:
         self._started = False
 
     @classmethod
-    def open(cls, root: Path, job: dict[str, Any]) -> "Journal":
+    def open(cls, root: Path, job: dict[str, Any]) -> Journal:
         """The journal in ``root`` (empty when there is none, or it is unreadable: then every shard
         is rewritten); raises ResumeRefusedError, touching nothing, when it belongs to another job."""
         journal = cls(root, job)

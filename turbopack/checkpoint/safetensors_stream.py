@@ -220,7 +220,7 @@ class StreamingWriter:
         """The OS error of a write (ENOSPC has no file name) with this file named."""
         return e if e.filename else OSError(e.errno, e.strerror, str(self.path))
 
-    def __enter__(self) -> "StreamingWriter":
+    def __enter__(self) -> StreamingWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

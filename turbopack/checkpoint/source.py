@@ -9,9 +9,9 @@ are refused, never unpickled. Model specs that are not local folders (Hub ids) r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -89,7 +89,7 @@ class Checkpoint:
     metadata: dict[Path, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, spec: str | Path) -> "Checkpoint":
+    def open(cls, spec: str | Path) -> Checkpoint:
         folder = resolve_model(spec)
         config = read_json(folder / "config.json")
         ckpt = cls(folder, config)

@@ -10,8 +10,9 @@ On disk: qweight float8_e4m3fn [N, K], scales float32 [N] (per channel) or [1] (
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 import torch
 

@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from turbopack.errors import TurbopackError
 from turbopack.inference.generate import Engine, GenerationStats
-from turbopack.inference.loader import Loaded, load as load_folder, tokenizer_files
+from turbopack.inference.loader import Loaded, tokenizer_files
+from turbopack.inference.loader import load as load_folder
 from turbopack.inference.qlinear import Backend, fuse_projections
 from turbopack.inference.sampling import SamplingParams
 from turbopack.textenc import text_encoder

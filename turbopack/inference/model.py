@@ -13,8 +13,8 @@ Two promises the rest of turbopack relies on:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -7,9 +7,9 @@ Data, not branches: a new arch is one ``Arch`` entry plus ``tables/<arch>.json``
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from turbopack.errors import TurbopackError
 from turbopack.layouts.base import LayoutName

@@ -17,7 +17,7 @@ differ among themselves), so compare with a tolerance, not bit for bit (w8a8 is 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -15,7 +15,7 @@ import torch
 
 from turbopack.errors import ShapeError
 from turbopack.formats import Format, FormatName, TensorSpec
-from turbopack.layouts.base import Layout, LayoutName, Padding, check_packed, check_rows, pad2d, to_tiles, from_tiles
+from turbopack.layouts.base import Layout, LayoutName, Padding, check_packed, check_rows, from_tiles, pad2d, to_tiles
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from foreign import write_gptq
+
 from turbopack.cli.app import main
 
 

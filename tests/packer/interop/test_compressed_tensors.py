@@ -14,11 +14,11 @@ import json
 
 import pytest
 import torch
+from foreign import base
 from safetensors.torch import load_file, save_file
 
-from foreign import base
-from turbopack.formats import format_from_params
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.formats import format_from_params
 from turbopack.packer.interop.convert import convert
 from turbopack.packer.interop.export import export
 from turbopack.packer.quantize import quantize

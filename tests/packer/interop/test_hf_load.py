@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopack.cli.app import main
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[3]
 pytest.importorskip("compressed_tensors")

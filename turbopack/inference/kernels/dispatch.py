@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: f
                                                   lambda m, n, k, f: {"kernel": "scaled_mm"}, needs="fp8_mma"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_table(arch: str) -> dict[str, Any]:
     """configs/<arch>.json, or an empty table when none was tuned for this arch."""
     res = importlib.resources.files("turbopack.inference.kernels").joinpath("configs", f"{arch}.json")

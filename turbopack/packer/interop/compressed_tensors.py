@@ -25,8 +25,18 @@ import torch
 
 from turbopack.formats import Format, get_format
 from turbopack.formats.int4 import pack_nibbles
-from turbopack.packer.interop.base import (ConvertError, Importer, ModuleJob, block_groups, columns_group, expand_groups,
-                                           feasible_group_sizes, pick_group_size, unpack_lsb, w4_scale_dtype)
+from turbopack.packer.interop.base import (
+    ConvertError,
+    Importer,
+    ModuleJob,
+    block_groups,
+    columns_group,
+    expand_groups,
+    feasible_group_sizes,
+    pick_group_size,
+    unpack_lsb,
+    w4_scale_dtype,
+)
 
 PACKED_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
 #: activation scales of static schemes: consumed, not carried (our activations are quantized per token at run time)

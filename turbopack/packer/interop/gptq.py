@@ -20,8 +20,18 @@ import torch
 
 from turbopack.formats import Format, get_format
 from turbopack.formats.int4 import pack_nibbles
-from turbopack.packer.interop.base import (ConvertError, Importer, ModuleJob, block_groups, columns_group, expand_groups,
-                                           feasible_group_sizes, pick_group_size, unpack_lsb, w4_scale_dtype)
+from turbopack.packer.interop.base import (
+    ConvertError,
+    Importer,
+    ModuleJob,
+    block_groups,
+    columns_group,
+    expand_groups,
+    feasible_group_sizes,
+    pick_group_size,
+    unpack_lsb,
+    w4_scale_dtype,
+)
 
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 
