@@ -272,8 +272,10 @@ def attention_micro(contexts=(4096, 16384), configs=((32, 4, 2), (64, 4, 2), (12
             nbytes = cache_bytes(prec, 1, 8, ctx, 128)
             for bn, nw, ns in configs:
                 for fast in ((False,) if prec == "bf16" else (False, True)):
-                    def fn():
-                        return A.decode_attention(q, cache, pos, block_n=bn, num_warps=nw, num_stages=ns, fast_dequant=fast)
+                    # the loop's values bound now (fn is only called in this iteration, so the same values)
+                    def fn(q=q, cache=cache, pos=pos, bn=bn, nw=nw, ns=ns, fast=fast):
+                        return A.decode_attention(q, cache, pos, block_n=bn, num_warps=nw, num_stages=ns,
+                                                  fast_dequant=fast)
                     err = ((fn().float() - want.float()).norm() / want.float().norm()).item()
                     assert err < 3e-2, (ctx, prec, bn, nw, ns, fast, err)  # int8 K/V on random data: 2.1e-2 seen
                     torch.cuda.synchronize()
