@@ -72,7 +72,9 @@ def test_hub_id_online_then_offline(tiny_llama, tmp_path):
                                                     "README.md": Blob(b"# card\n", False)})
         changed = json.loads((tiny_llama / "config.json").read_text())
         changed["rms_norm_eps"] = 1e-3
-        publish(hub, "org/tiny", tiny_llama, branch="v1", extra={"config.json": Blob(json.dumps(changed).encode(), False)})
+        publish(
+            hub, "org/tiny", tiny_llama, branch="v1", extra={"config.json": Blob(json.dumps(changed).encode(), False)}
+        )
         got = resolve(["org/tiny", "org/tiny@v1", "org/missing", "org/tiny@nope"], hub_env(hub, home))
         served = list(hub.state.log)
         offline = resolve(["org/tiny", "org/tiny@v1", "org/other"], hub_env(hub, home, offline=True))
@@ -106,7 +108,9 @@ def test_cli_convert_from_hub_and_errors(tiny_llama, tmp_path):
         env = hub_env(hub, home)
         ok = run(["-m", "turbopack.cli.app", "convert", "org/tiny-awq", "-o", str(tmp_path / "out")], env)
         missing = run(["-m", "turbopack.cli.app", "convert", "org/missing", "-o", str(tmp_path / "x")], env)
-    down = run(["-m", "turbopack.cli.app", "convert", "org/unreachable", "-o", str(tmp_path / "y")], hub_env(None, home))
+    down = run(
+        ["-m", "turbopack.cli.app", "convert", "org/unreachable", "-o", str(tmp_path / "y")], hub_env(None, home)
+    )
     assert ok.returncode == 0, ok.stderr
     qc = QuantizedCheckpoint(tmp_path / "out")
     assert all(torch.equal(qc.module(m).dequantize(), w) for m, w in expect.items())

@@ -30,7 +30,9 @@ W4 = ["-f", "w4a16", "-g", "32"]
 
 def _small_shards(monkeypatch) -> None:
     real = ShardPlan.build.__func__
-    monkeypatch.setattr(ShardPlan, "build", classmethod(lambda cls, jobs, max_shard_bytes=0: real(cls, jobs, SHARD_BYTES)))
+    monkeypatch.setattr(
+        ShardPlan, "build", classmethod(lambda cls, jobs, max_shard_bytes=0: real(cls, jobs, SHARD_BYTES))
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -81,7 +81,11 @@ class Journal:
         journal = cls(root, job)
         with contextlib.suppress(OSError, ValueError):
             data = json.loads((journal.root / JOURNAL_NAME).read_text())
-            if isinstance(data, dict) and data.get("version") == JOURNAL_VERSION and isinstance(data.get("shards"), dict):
+            if (
+                isinstance(data, dict)
+                and data.get("version") == JOURNAL_VERSION
+                and isinstance(data.get("shards"), dict)
+            ):
                 journal._check_job(data.get("job"))
                 journal.entries = {k: v for k, v in data["shards"].items() if isinstance(v, dict)}
         return journal

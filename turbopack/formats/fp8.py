@@ -46,7 +46,11 @@ class FP8(Format):
 
     def specs(self, shape: tuple[int, int]) -> list[TensorSpec]:
         n, k = shape
-        scales = TensorSpec("scales", torch.float32, (1,), per_row=False) if self.per_tensor else TensorSpec("scales", torch.float32, (n,))
+        scales = (
+            TensorSpec("scales", torch.float32, (1,), per_row=False)
+            if self.per_tensor
+            else TensorSpec("scales", torch.float32, (n,))
+        )
         return [TensorSpec("qweight", torch.float8_e4m3fn, (n, k)), scales]
 
     def tensor_stats(self, chunks: Iterable[torch.Tensor]) -> dict[str, float]:

@@ -117,9 +117,19 @@ class TurbopackModel:
                 f"arch={lo.arch}, device={lo.device}, kv={self.engine.kv})")
 
 
-def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype = torch.bfloat16, kv: str = "bf16",
-         repack: bool = False, *, arch: str | None = None, backend: str | Backend | None = None, fuse: bool | None = None,
-         use_graphs: bool | None = None, fast: bool | None = None) -> TurbopackModel:
+def load(
+    path: str | Path,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.bfloat16,
+    kv: str = "bf16",
+    repack: bool = False,
+    *,
+    arch: str | None = None,
+    backend: str | Backend | None = None,
+    fuse: bool | None = None,
+    use_graphs: bool | None = None,
+    fast: bool | None = None,
+) -> TurbopackModel:
     """Load a packed, arch-neutral quantized or Hugging Face folder for generation.
 
     On a GPU the default is the fast decode path: fused q|k|v and gate|up matmuls, the fused glue

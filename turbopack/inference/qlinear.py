@@ -155,7 +155,9 @@ def concat(mods: list[QuantLinear]) -> QuantLinear | None:
             return None
     bias = torch.cat([m.bias for m in mods]) if first.bias is not None else None
     try:  # a layout whose packed tensors do not stack along dim 0 fails its own shape check here
-        return QuantLinear.from_tensors(first.fmt, shape, tensors, layout=first.layout, backend=first.backend, bias=bias)
+        return QuantLinear.from_tensors(
+            first.fmt, shape, tensors, layout=first.layout, backend=first.backend, bias=bias
+        )
     except ShapeError:
         return None
 
