@@ -23,7 +23,8 @@ out = {}
 for spec in sys.argv[1:]:
     try:
         ck = Checkpoint.open(spec)
-        out[spec] = {"folder": str(ck.folder), "files": sorted(p.name for p in ck.folder.iterdir()), "n": len(ck.tensors)}
+        out[spec] = {"folder": str(ck.folder), "files": sorted(p.name for p in ck.folder.iterdir()),
+                     "n": len(ck.tensors)}
     except TurbopackError as e:
         out[spec] = {"error": str(e)}
 print(json.dumps(out))

@@ -62,15 +62,18 @@ def test_architectures_not_a_list(capsys, src, tmp_path):
     [
         (
             {"hidden_size": 128},
-            "hidden_size=128, intermediate_size=96 make model.layers.0.mlp.down_proj.weight [128, 96], but it is [64, 96] in model.safetensors",
+            "hidden_size=128, intermediate_size=96 make model.layers.0.mlp.down_proj.weight [128, 96], "
+            "but it is [64, 96] in model.safetensors",
         ),
         (
             {"intermediate_size": 128},
-            "hidden_size=64, intermediate_size=128 make model.layers.0.mlp.down_proj.weight [64, 128], but it is [64, 96]",
+            "hidden_size=64, intermediate_size=128 make model.layers.0.mlp.down_proj.weight [64, 128], "
+            "but it is [64, 96]",
         ),
         (
             {"num_key_value_heads": 4},
-            "num_key_value_heads=4, head_dim=16, hidden_size=64 make model.layers.0.self_attn.k_proj.weight [64, 64], but it is [32, 64]",
+            "num_key_value_heads=4, head_dim=16, hidden_size=64 make model.layers.0.self_attn.k_proj.weight [64, 64], "
+            "but it is [32, 64]",
         ),
         ({"num_hidden_layers": 1}, "num_hidden_layers=1 but model.layers.1."),
     ],

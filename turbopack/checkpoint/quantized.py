@@ -41,7 +41,8 @@ class QuantizedCheckpoint:
             missing = [t for t in info["tensors"] if t not in self.ckpt.tensors]
             if missing:
                 raise CheckpointError(
-                    f"{self.folder}: manifest lists {missing[0]} for {module} but no shard holds it; the folder is incomplete"
+                    f"{self.folder}: manifest lists {missing[0]} for {module} but no shard holds it; the folder is "
+                    "incomplete"
                 )
         self.plain = [n for n in self.ckpt.tensors if n not in owned]
 

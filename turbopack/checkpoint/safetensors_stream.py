@@ -74,7 +74,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
             (n,) = struct.unpack("<Q", raw)
             if n > min(MAX_HEADER, size - 8):
                 raise CheckpointError(
-                    f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or not safetensors, {FIX}"
+                    f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or "
+                    f"not safetensors, {FIX}"
                 )
             header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
@@ -124,16 +125,19 @@ def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, Ten
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(
-                f"{path}: tensor {name!r} has a malformed header entry (dtype/shape/data_offsets); the file is corrupt, {FIX}"
+                f"{path}: tensor {name!r} has a malformed header entry (dtype/shape/data_offsets); the file is "
+                f"corrupt, {FIX}"
             ) from None
         entry = TensorEntry(name, dtype, shape)
         if not begin <= end <= data_size:
             raise CheckpointError(
-                f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} bytes); the file is truncated or corrupt, {FIX}"
+                f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} "
+                f"bytes); the file is truncated or corrupt, {FIX}"
             )
         if end - begin != entry.nbytes:
             raise CheckpointError(
-                f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span {end - begin}; the file is corrupt, {FIX}"
+                f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span "
+                f"{end - begin}; the file is corrupt, {FIX}"
             )
         spans.append((begin, end, name))
         out[name] = entry

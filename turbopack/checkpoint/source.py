@@ -113,7 +113,8 @@ class Checkpoint:
             for name, entry in entries.items():
                 if name in ckpt.tensors:
                     raise CheckpointError(
-                        f"{shard}: tensor {name!r} also appears in {ckpt.location[name].name}; the checkpoint is inconsistent"
+                        f"{shard}: tensor {name!r} also appears in {ckpt.location[name].name}; the checkpoint is "
+                        "inconsistent"
                     )
                 ckpt.tensors[name] = entry
                 ckpt.location[name] = shard

@@ -64,7 +64,8 @@ def check(
     methods: str = typer.Option(
         "rtn,awq,gptq,smooth",
         "--methods",
-        help="Comma-separated methods to check: rtn, awq, gptq, smooth (SmoothQuant); calibrated ones take ~1 min each on 2 cores.",
+        help="Comma-separated methods to check: rtn, awq, gptq, smooth (SmoothQuant); calibrated ones take ~1 min each "
+             "on 2 cores.",
     ),
     device: str = typer.Option("auto", "--device", help="auto (GPU rows when a CUDA GPU is visible) | cuda:N | cpu."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Every row: each stage, KL, top-1, sizes, times."),

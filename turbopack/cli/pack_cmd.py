@@ -53,7 +53,8 @@ def pack(
     strict: bool = typer.Option(
         False,
         "--strict",
-        help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing it upcast.",
+        help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing "
+             "it upcast.",
     ),
     force: ForceOpt = False,
     resume: ResumeOpt = False,

@@ -129,7 +129,10 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         lay = f", layout={self.layout.name.value}" if self.layout is not None else ""
-        return f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend.value}, bias={self.bias is not None}"
+        return (
+            f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend.value}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 def concat(mods: list[QuantLinear]) -> QuantLinear | None:

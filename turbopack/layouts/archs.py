@@ -99,7 +99,8 @@ def arch_for_capability(major: int, minor: int, device: str = "GPU") -> Arch:
         return max(same_major, key=lambda a: a.capability)
     known = ", ".join(ARCHS.names())
     raise TurbopackError(
-        f"{device} has compute capability {major}.{minor}, which has no turbopack layouts; pass --arch explicitly (one of {known}; sm89 layouts run on any later GPU)"
+        f"{device} has compute capability {major}.{minor}, which has no turbopack layouts; pass --arch explicitly (one "
+        f"of {known}; sm89 layouts run on any later GPU)"
     )
 
 
@@ -109,7 +110,8 @@ def detect_arch() -> Arch:
 
     if not torch.cuda.is_available():
         raise TurbopackError(
-            f"--arch auto needs a visible CUDA GPU and none was found; pass --arch with the target GPU's arch (one of {', '.join(ARCHS.names())})"
+            "--arch auto needs a visible CUDA GPU and none was found; pass --arch with the target GPU's arch (one of "
+            f"{', '.join(ARCHS.names())})"
         )
     major, minor = torch.cuda.get_device_capability(0)
     return arch_for_capability(major, minor, torch.cuda.get_device_name(0))

@@ -82,7 +82,8 @@ class Layout(ABC):
         if fmt.name not in self.format:
             held = ", ".join(f.value for f in self.format)
             raise TurbopackError(
-                f"layout {self.name.value} holds {held}, not {fmt.name.value}; pick a layout for {fmt.name.value} (turbopack.layouts.select)"
+                f"layout {self.name.value} holds {held}, not {fmt.name.value}; pick a layout for {fmt.name.value} "
+                "(turbopack.layouts.select)"
             )
 
     def row_chunks(self, shape: tuple[int, int], max_rows: int) -> list[tuple[int, int]]:
@@ -111,7 +112,8 @@ def check_packed(where: str, t: torch.Tensor | None, spec: TensorSpec) -> None:
         raise ShapeError(f"{where}: packed tensor missing; expected {spec.dtype} {list(spec.shape)}")
     if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
         raise ShapeError(
-            f"{where}: packed tensor is {t.dtype} {list(t.shape)}, expected {spec.dtype} {list(spec.shape)}; was it packed for another shape or layout?"
+            f"{where}: packed tensor is {t.dtype} {list(t.shape)}, expected {spec.dtype} {list(spec.shape)}; was it "
+            "packed for another shape or layout?"
         )
 
 

@@ -241,7 +241,8 @@ def emulate_linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | s
         check_packed(f"emulate {layout.name.value}: {spec.suffix}", packed.get(spec.suffix), spec)
     if x.dtype not in _ROUND or x.shape[-1] != shape[1]:
         raise ShapeError(
-            f"emulate {layout.name.value}: x is {x.dtype} {list(x.shape)}; expected bfloat16/float16/float32 [..., {shape[1]}]"
+            f"emulate {layout.name.value}: x is {x.dtype} {list(x.shape)}; expected bfloat16/float16/float32 [..., "
+            f"{shape[1]}]"
         )
     lead = x.shape[:-1]
     x2 = x.detach().reshape(-1, shape[1]).cpu()

@@ -120,7 +120,8 @@ class W4Tiled(Layout):
         for name, (dtype, _) in want.items():
             if q[name].dtype != dtype or rows[name] != rows["qweight"]:
                 raise ShapeError(
-                    f"{where}: {name} is {q[name].dtype} with {rows[name]} rows; expected {dtype} with {rows['qweight']} rows (as qweight)"
+                    f"{where}: {name} is {q[name].dtype} with {rows[name]} rows; expected {dtype} with "
+                    f"{rows['qweight']} rows (as qweight)"
                 )
         return rows["qweight"]
 

@@ -150,7 +150,8 @@ def build_card(folder: str | Path, repo_id: str, base_model: str | None = None) 
         lines += ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
     else:
         lines.append(
-            "No quality numbers were recorded (run `turbopack check` / `turbopack eval` and save the result as quality.json)."
+            "No quality numbers were recorded (run `turbopack check` / `turbopack eval` and save the result as "
+            "quality.json)."
         )
     lines += ["", "## Usage", ""] + _usage(facts, repo_id)
     return "\n".join(lines).rstrip() + "\n"

@@ -107,7 +107,8 @@ def check_shards(folder: Path, manifest: dict, report: FolderReport) -> None:
         actual = sha256_file(path)
         if actual != info["sha256"]:
             report.problems.append(
-                f"{path}: sha256 {actual} does not match the manifest's {info['sha256']}; the shard changed after packing, re-pack"
+                f"{path}: sha256 {actual} does not match the manifest's {info['sha256']}; the shard changed after "
+                "packing, re-pack"
             )
 
 

@@ -86,7 +86,8 @@ def load_table(arch: str) -> dict[str, Any]:
     if table.get("version") != CONFIG_VERSION:
         # a packaging bug, not user input
         raise ValueError(
-            f"turbopack/inference/kernels/configs/{arch}.json: version {table.get('version')}, expected {CONFIG_VERSION}"
+            f"turbopack/inference/kernels/configs/{arch}.json: version {table.get('version')}, expected "
+            f"{CONFIG_VERSION}"
         )
     return table
 
@@ -150,7 +151,8 @@ def _check(
         ):
             got = "missing" if t is None else f"{t.dtype} {list(t.shape)} on {t.device}"
             raise ShapeError(
-                f"{where}: packed {spec.suffix} is {got}; expected contiguous {spec.dtype} {list(spec.shape)} on {x.device}"
+                f"{where}: packed {spec.suffix} is {got}; expected contiguous {spec.dtype} {list(spec.shape)} on "
+                f"{x.device}"
             )
     if FAMILIES.get(layout.name).needs == "fp8_mma" and not (interpreting() or fp8.scaled_mm_supported(x.device)):
         raise TurbopackError(f"{where}: needs FP8 tensor cores (sm89+); pack for this GPU with fp8_t16x64_upcast")

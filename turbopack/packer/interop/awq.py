@@ -98,7 +98,8 @@ class AWQImporter(Importer):
             rows = self.header(job.sources[2]).shape[0]
             if k % g or rows != k // g:
                 raise ConvertError(
-                    f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is inconsistent"
+                    f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is "
+                    "inconsistent"
                 )
             sizes.append(feasible_group_sizes(columns_group(None, k, g, rows, job.module), k, job.module))
         return pick_group_size(sizes, self.where)

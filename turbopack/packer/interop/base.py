@@ -106,7 +106,8 @@ def feasible_group_sizes(col_group: torch.Tensor, k: int, where: str) -> set[int
             f"be permuted without permuting the previous layer too. Re-quantize with desc_act=False (or "
             f"static_groups=True), or run `turbopack quantize` on the original model")
     raise ShapeError(
-        f"{where}: K={k} is not a multiple of any int4 group size {GROUP_SIZES}; keep this layer unquantized at the source"
+        f"{where}: K={k} is not a multiple of any int4 group size {GROUP_SIZES}; keep this layer unquantized at the "
+        "source"
     )
 
 

@@ -81,7 +81,8 @@ class CompressedTensorsImporter(Importer):
             )
         if len(fmts) > 1:
             raise ConvertError(
-                f"{self.where}: modules map to different turbopack formats ({', '.join(f'{k[0]} e.g. {m}' for k, m in fmts.items())}); "
+                f"{self.where}: modules map to different turbopack formats "
+                f"({', '.join(f'{k[0]} e.g. {m}' for k, m in fmts.items())}); "
                 f"one folder holds one format"
             )
         (name, params), = fmts.keys()
@@ -170,7 +171,8 @@ class CompressedTensorsImporter(Importer):
         g = k if extra["strategy"] == "channel" else int(extra["group"] or 0)
         if g <= 0 or k % g or cols != k // g:
             raise ConvertError(
-                f"{self.where}: {prefix}.weight_scale has {cols} columns for K={k}, group size {g}; the checkpoint is inconsistent"
+                f"{self.where}: {prefix}.weight_scale has {cols} columns for K={k}, group size {g}; the checkpoint is "
+                "inconsistent"
             )
         gidx = self.read(f"{prefix}.weight_g_idx") if f"{prefix}.weight_g_idx" in self.ckpt.tensors else None
         return feasible_group_sizes(columns_group(gidx, k, g, cols, prefix), k, prefix)
@@ -186,7 +188,8 @@ class CompressedTensorsImporter(Importer):
             self.read(f"{job.module}.weight_zero_point").any()
         ):
             raise ConvertError(
-                f"{self.where}: {job.module}: non-zero weight_zero_point in a symmetric scheme; cannot map to a zero-free format"
+                f"{self.where}: {job.module}: non-zero weight_zero_point in a symmetric scheme; cannot map to a "
+                "zero-free format"
             )
         if fmt.name.value == "fp8":
             return {

@@ -95,7 +95,8 @@ class GPTQImporter(Importer):
         g = k if self.group == -1 else self.group
         if g_idx is None and (k % g or rows != k // g):
             raise ConvertError(
-                f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is inconsistent"
+                f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is "
+                "inconsistent"
             )
         return columns_group(g_idx, k, g, rows, job.module)
 
@@ -106,8 +107,9 @@ class GPTQImporter(Importer):
         top = (1 << self.bits) - 1
         if int(z.max()) > top:
             raise ConvertError(
-                f"{self.where}: {job.module}: a GPTQ v1 zero point reads as {top + 1} (stored nibble {top}: either a real zero of "
-                f"{top + 1} or a zero of 0 corrupted by v1's z-1 packing); {self.bits}-bit zeros stop at {top}, so no exact import exists"
+                f"{self.where}: {job.module}: a GPTQ v1 zero point reads as {top + 1} (stored nibble {top}: either a "
+                f"real zero of {top + 1} or a zero of 0 corrupted by v1's z-1 packing); {self.bits}-bit zeros stop "
+                f"at {top}, so no exact import exists"
             )
         return z
 
