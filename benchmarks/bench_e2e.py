@@ -215,7 +215,12 @@ def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
     eng.generate(ids, 8)  # compile, capture
     _, st = eng.generate(ids, new)
     step_ms = time_graph(eng._graph.graph.replay, iters=50)
-    out = {"decode_tok_s": st.decode_tok_s, "prefill_tok_s": st.prefill_tok_s, "graph_step_ms": step_ms, "fast": eng.fast}
+    out = {
+        "decode_tok_s": st.decode_tok_s,
+        "prefill_tok_s": st.prefill_tok_s,
+        "graph_step_ms": step_ms,
+        "fast": eng.fast,
+    }
     try:
         out["kernels"] = kernel_profile(eng._graph.graph.replay)
     except Exception as e:  # the profile is a diagnosis, not a result
@@ -272,8 +277,10 @@ def attention_micro(contexts=(4096, 16384), configs=((32, 4, 2), (64, 4, 2), (12
             nbytes = cache_bytes(prec, 1, 8, ctx, 128)
             for bn, nw, ns in configs:
                 for fast in ((False,) if prec == "bf16" else (False, True)):
-                    def fn():
-                        return A.decode_attention(q, cache, pos, block_n=bn, num_warps=nw, num_stages=ns, fast_dequant=fast)
+                    # the loop's values bound now (fn is only called in this iteration, so the same values)
+                    def fn(q=q, cache=cache, pos=pos, bn=bn, nw=nw, ns=ns, fast=fast):
+                        return A.decode_attention(q, cache, pos, block_n=bn, num_warps=nw, num_stages=ns,
+                                                  fast_dequant=fast)
                     err = ((fn().float() - want.float()).norm() / want.float().norm()).item()
                     assert err < 3e-2, (ctx, prec, bn, nw, ns, fast, err)  # int8 K/V on random data: 2.1e-2 seen
                     torch.cuda.synchronize()
@@ -348,10 +355,13 @@ def markdown(res: dict, cmd: str) -> str:
              f"Command: `{cmd}`", ""]
     if "e2e" in res:
         e = res["e2e"]
-        lines += [f"Llama-3-8B shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
-                  f"copy bandwidth {e['copy_bw_tb_s']:.2f} TB/s (read+write). Bound = copy bandwidth / weight bytes.", "",
-                  "| model | weight GB | decode tok/s | graph step ms | linears only ms | bound tok/s | % of bound |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Llama-3-8B shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
+            f"copy bandwidth {e['copy_bw_tb_s']:.2f} TB/s (read+write). Bound = copy bandwidth / weight bytes.",
+            "",
+            "| model | weight GB | decode tok/s | graph step ms | linears only ms | bound tok/s | % of bound |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name in ("bf16", "w4a16"):
             r = e[name]
             lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {r['graph_step_ms']:.3f} | "
@@ -371,18 +381,28 @@ def markdown(res: dict, cmd: str) -> str:
         for kv, r in e["w4a16"]["kv_4k_b8"].items():
             lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
         cfg = e["attention_config"]
-        lines += ["", "Decode attention alone, one layer (32 q / 8 kv heads, d 128, batch 1, CUDA graph of the split + "
-                  "merge kernels); config BLOCK_N x warps x stages / codes->16-bit by bit patterns (fast) or conversion "
-                  f"(conv); chosen: {cfg['block_n']}x{cfg['num_warps']}x{cfg['num_stages']}, fast={cfg['fast_dequant']}", "",
-                  "| context / KV / config / codes | us | K+V GB/s |", "|---|---|---|"]
+        lines += [
+            "",
+            "Decode attention alone, one layer (32 q / 8 kv heads, d 128, batch 1, CUDA graph of the split + "
+            "merge kernels); config BLOCK_N x warps x stages / codes->16-bit by bit patterns (fast) or conversion "
+            f"(conv); chosen: {cfg['block_n']}x{cfg['num_warps']}x{cfg['num_stages']}, fast={cfg['fast_dequant']}",
+            "",
+            "| context / KV / config / codes | us | K+V GB/s |",
+            "|---|---|---|",
+        ]
         for key, r in e["attention_micro"].items():
             lines.append(f"| {key} | {r['us']:.1f} | {r['gb_s']:.0f} |")
     if "bundled" in res:
         b = res["bundled"]
-        lines += ["", f"Tiny Llama ({b['asset']}) through the runtime on this GPU (arch-neutral folders packed at load): "
-                  f"bf16 ppl {b['bf16']['ppl']:.3f} (32 windows of 256 held-out tokens); "
-                  f"KV int8 tokens same as bf16 KV: {b['kv_int8']['same_tokens']}, int4: {b['kv_int4']['same_tokens']}", "",
-                  "| format | layouts | greedy 32 tok == bf16 | same tokens | ppl | ppl +% |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Tiny Llama ({b['asset']}) through the runtime on this GPU (arch-neutral folders packed at load): "
+            f"bf16 ppl {b['bf16']['ppl']:.3f} (32 windows of 256 held-out tokens); "
+            f"KV int8 tokens same as bf16 KV: {b['kv_int8']['same_tokens']}, int4: {b['kv_int4']['same_tokens']}",
+            "",
+            "| format | layouts | greedy 32 tok == bf16 | same tokens | ppl | ppl +% |",
+            "|---|---|---|---|---|---|",
+        ]
         for fmt, r in b["formats"].items():
             lines.append(f"| {fmt} | {','.join(r['layouts'])} | {r['identical_greedy']} | {r['same_tokens']} | "
                          f"{r['ppl']:.3f} | {r['ppl_increase_pct']:.2f} |")

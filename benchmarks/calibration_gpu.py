@@ -79,14 +79,21 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         shutil.rmtree(tmp / label, ignore_errors=True)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "calibration_gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(0), "samples": a.samples,
-                                                            "seqlen": a.seqlen, "rows": rows}, indent=1))
-    print(f"{torch.cuda.get_device_name(0)}: {a.samples} x {a.seqlen} tokens, {a.layers} of 32 Llama-3-8B-shaped layers")
+    (a.out / "calibration_gpu.json").write_text(
+        json.dumps(
+            {"device": torch.cuda.get_device_name(0), "samples": a.samples, "seqlen": a.seqlen, "rows": rows}, indent=1
+        )
+    )
+    print(
+        f"{torch.cuda.get_device_name(0)}: {a.samples} x {a.seqlen} tokens, {a.layers} of 32 Llama-3-8B-shaped layers"
+    )
     print("| method | s for the layers | min per B params | whole 8B, min | peak GPU GB | bar GB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['seconds']} | {r['min_per_b_params']} | {r['whole_8b_min']} | {r['peak_gpu_gb']} | "
-              f"{r['peak_bar_gb']} |")
+        print(
+            f"| {r['method']} | {r['seconds']} | {r['min_per_b_params']} | {r['whole_8b_min']} | {r['peak_gpu_gb']} | "
+            f"{r['peak_bar_gb']} |"
+        )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

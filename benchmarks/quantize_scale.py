@@ -56,21 +56,28 @@ def main() -> None:
     src = a.dir / f"synthetic-{a.shape}-{a.layers}"
     if not src.exists():
         t = time.perf_counter()
-        write_synthetic(src, llama_config(s["hidden"], s["intermediate"], a.layers, s["heads"], s["kv_heads"], vocab=s["vocab"]))
+        write_synthetic(
+            src, llama_config(s["hidden"], s["intermediate"], a.layers, s["heads"], s["kv_heads"], vocab=s["vocab"])
+        )
         print(f"wrote {src} ({size_of(src) / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     q, p, qp = a.dir / "q", a.dir / "p", a.dir / "qp"
     for d in (q, p, qp):
         shutil.rmtree(d, ignore_errors=True)
     n_in = size_of(src)
-    stages = [("quantize", ["quantize", str(src), "-o", str(q), "--format", a.format], n_in),
-              ("pack (quantized -> sm90)", ["pack", str(q), "-o", str(p), "--arch", "sm90"], None),
-              ("quantize+pack (one pass)", ["pack", str(src), "-o", str(qp), "--format", a.format, "--arch", "sm90"], n_in)]
+    stages = [
+        ("quantize", ["quantize", str(src), "-o", str(q), "--format", a.format], n_in),
+        ("pack (quantized -> sm90)", ["pack", str(q), "-o", str(p), "--arch", "sm90"], None),
+        ("quantize+pack (one pass)", ["pack", str(src), "-o", str(qp), "--format", a.format, "--arch", "sm90"], n_in),
+    ]
     print("| stage | input | wall s | MB/s of bf16 input | peak RSS GiB |\n|---|---:|---:|---:|---:|")
     for name, args, nbytes in stages:
         wall, rss = child(args)
         nbytes = nbytes or size_of(q)
         unit = "bf16" if nbytes == n_in else "quantized"
-        print(f"| {name} | {nbytes / 1e9:.2f} GB {unit} | {wall:.1f} | {nbytes / 1e6 / wall:.0f} | {rss:.2f} |", flush=True)
+        print(
+            f"| {name} | {nbytes / 1e9:.2f} GB {unit} | {wall:.1f} | {nbytes / 1e6 / wall:.0f} | {rss:.2f} |",
+            flush=True,
+        )
         if name.startswith("quantize+pack") and s["full_layers"]:
             # streaming cost is per byte (every tensor goes through the same chunked path), so the
             # whole model takes its bytes at the measured rate; memory does not grow with layers

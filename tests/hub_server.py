@@ -103,7 +103,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, ctype: str = "application/json"
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -168,7 +170,9 @@ class Handler(BaseHTTPRequestHandler):
         if repo_id in self.state.repos:
             return self._json(409, {"error": "You already created this model repo", "url": url})
         repo = self.state.repos[repo_id] = Repo(private=p.get("visibility") == "private" or bool(p.get("private")))
-        self.state.commit(repo, "main", {".gitattributes": Blob(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", False)})
+        self.state.commit(
+            repo, "main", {".gitattributes": Blob(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", False)}
+        )
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def validate_yaml(self, _: str) -> None:
@@ -206,7 +210,9 @@ class Handler(BaseHTTPRequestHandler):
             lfs = f["size"] >= self.state.lfs_threshold
             old = current.get(f["path"])
             oid = (old.sha256 if old.lfs else old.oid) if old is not None else None
-            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._json(200, {"files": files, "commitOid": repo.resolve(rev)})
 
     def lfs_batch(self, rest: str) -> None:
@@ -219,7 +225,9 @@ class Handler(BaseHTTPRequestHandler):
                 entry["actions"] = {"upload": {"href": f"{self.base}/_lfs/{o['oid']}", "header": {}},
                                     "verify": {"href": f"{self.base}/_lfs_verify/{o['oid']}", "header": {}}}
             objects.append(entry)
-        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(), ctype="application/vnd.git-lfs+json")
+        self._send(
+            200, json.dumps({"transfer": "basic", "objects": objects}).encode(), ctype="application/vnd.git-lfs+json"
+        )
 
     def lfs_put(self, oid: str) -> None:
         data = self._body()
@@ -331,7 +339,7 @@ class HubServer:
         self._timer = threading.Timer(max_seconds, self.stop)  # stops by itself, whatever the test does
         self._timer.daemon = True
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._thread.start()
         self._timer.start()
         return self
@@ -341,7 +349,7 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -358,7 +366,7 @@ class HubServer:
 # interpreter with the environment a user would set.
 
 
-def hub_env(hub: "HubServer | None", home, offline: bool = False, token: str | None = None) -> dict:
+def hub_env(hub: HubServer | None, home, offline: bool = False, token: str | None = None) -> dict:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}

@@ -26,15 +26,19 @@ def architectures_of(config: dict, where: str = "config.json") -> list[str]:
     empty) the one transformers derives from ``model_type``; [] when neither says anything."""
     archs = config.get("architectures")
     if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
-        raise UnsupportedModelError(f"{where}: architectures is {archs!r}, expected a list such as [\"LlamaForCausalLM\"]; fix config.json")
+        raise UnsupportedModelError(
+            f'{where}: architectures is {archs!r}, expected a list such as ["LlamaForCausalLM"]; fix config.json'
+        )
     if archs:
         return archs
     model_type = config.get("model_type")
     if isinstance(model_type, str) and model_type in CAUSAL_LM_OF_MODEL_TYPE:
         return [CAUSAL_LM_OF_MODEL_TYPE[model_type]]
     if model_type is None:
-        raise UnsupportedModelError(f"{where}: neither architectures nor model_type is set; add \"model_type\": \"llama\" "
-                                    f"(or mistral, qwen2) to config.json")
+        raise UnsupportedModelError(
+            f'{where}: neither architectures nor model_type is set; add "model_type": "llama" '
+            f"(or mistral, qwen2) to config.json"
+        )
     return []
 
 

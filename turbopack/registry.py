@@ -7,7 +7,8 @@ if-chain on strings.
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from turbopack.errors import UnknownNameError
 

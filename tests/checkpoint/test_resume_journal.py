@@ -34,7 +34,9 @@ def _value(i: int) -> torch.Tensor:
     return torch.full((256,), float(i))
 
 
-def _write(folder: Path, journal: Journal | None, crash_at: int | None = None, plan: ShardPlan | None = None) -> list[int]:
+def _write(
+    folder: Path, journal: Journal | None, crash_at: int | None = None, plan: ShardPlan | None = None
+) -> list[int]:
     """Write w0..w5 (skipping finished shards); raise Crash before tensor ``crash_at``. Returns the
     indices actually written."""
     writer = ShardedWriter(folder, plan or _plan(), {"format": "test"}, journal)
@@ -115,7 +117,9 @@ def test_a_shard_planned_differently_is_rewritten(tmp_path):
 def test_another_job_is_refused_untouched(tmp_path):
     folder = _crashed(tmp_path)
     before = _tree(folder)
-    with pytest.raises(ResumeRefusedError, match=r"partial output of another run \(different format\); delete that folder"):
+    with pytest.raises(
+        ResumeRefusedError, match=r"partial output of another run \(different format\); delete that folder"
+    ):
         Journal.open(folder, {**JOB, "format": {"bits": 8}})
     assert _tree(folder) == before
 

@@ -82,7 +82,10 @@ def _with_header(tmp_path, header: dict, data: bytes):
 
 
 def test_overlap_and_size_mismatch(tmp_path):
-    h = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
+    h = {
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+    }
     with pytest.raises(CheckpointError, match="overlap"):
         read_header(_with_header(tmp_path, h, bytes(16)))
     h = {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}

@@ -27,6 +27,7 @@ def _drop_architectures(folder: Path, value="absent") -> None:
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
 def test_quantize_and_load_without_architectures(arch, tmp_path, capsys):
     from tinymodels import make_tiny_model
+
     from turbopack.inference.api import load
 
     with_arch = make_tiny_model(tmp_path / "a", arch=arch)

@@ -25,7 +25,12 @@ def test_check_bundled_model_passes(capsys):
     stages = {r["stage"] for r in rows}
     assert {"rtn packed sm80, emulator", "rtn packed sm90, emulator", "awq packed sm90, emulator"} <= stages
     assert "rtn packed sm80, emulator, weights-only upcast" in stages  # fp8 on an arch without FP8 MMA
-    assert {"rtn, reference math", "awq, reference math", "gptq, reference math", "rtn+smooth, reference math"} <= stages
+    assert {
+        "rtn, reference math",
+        "awq, reference math",
+        "gptq, reference math",
+        "rtn+smooth, reference math",
+    } <= stages
     for row in rows:
         if row["metric"].startswith("ppl"):  # every reference row is also compared by KL / top-1
             assert 0 < row["kl"] < 0.1 and 0.8 < row["top1"] < 1
@@ -33,7 +38,9 @@ def test_check_bundled_model_passes(capsys):
 
 def test_check_table_output(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps cells at 80 columns when not on a terminal
-    rc = main(["check", "--max-windows", "2", "--methods", "rtn"])  # one 256-token window is too noisy for the ppl thresholds
+    rc = main(
+        ["check", "--max-windows", "2", "--methods", "rtn"]
+    )  # one 256-token window is too noisy for the ppl thresholds
     out = capsys.readouterr().out
     assert rc == 0 and "PASS" in out and "w4a16 g64 asym" in out and "fp8" in out
 

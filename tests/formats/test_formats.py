@@ -153,7 +153,9 @@ def test_params_roundtrip_and_errors():
         get_format("int3")
     with pytest.raises(ShapeError, match="group size 48"):
         get_format("w4a16", group_size=48)
-    with pytest.raises(ShapeError, match=r"K=96 is not a multiple of group size 64; group sizes that divide it: \[32\]"):
+    with pytest.raises(
+        ShapeError, match=r"K=96 is not a multiple of group size 64; group sizes that divide it: \[32\]"
+    ):
         get_format("w4a16", group_size=64).check_shape("x.weight", (8, 96))
     with pytest.raises(BadTensorError, match="x.weight: 1 NaN"):
         check_finite("x.weight", torch.tensor([1.0, math.nan]))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopack.errors import TurbopackError
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.errors import TurbopackError
 from turbopack.inference.hf_dropin import check_arch_compat, load_hf
 from turbopack.inference.qlinear import QuantLinear
 from turbopack.packer.quantize import quantize
@@ -45,7 +45,9 @@ def test_weight_only_matches_dequantized_reference_exactly(folders, tiny_llama, 
     model = load_hf(folders[fmt])
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(linears) == 14 and all(m.backend == "reference" for m in linears)
-    assert not any(type(m) is torch.nn.Linear and m.weight.shape[0] != 128 for m in model.modules())  # only lm_head dense
+    assert not any(
+        type(m) is torch.nn.Linear and m.weight.shape[0] != 128 for m in model.modules()
+    )  # only lm_head dense
     ref = dequantized_reference(folders[fmt], tiny_llama)
     with torch.no_grad():
         ours, theirs = model(IDS).logits, ref(IDS).logits
@@ -110,7 +112,9 @@ def test_check_arch_compat():
                                       "layout_version": {"w4_t16x64": 1}}}
     check_arch_compat(packed, "sm80", known_layouts={"w4_t16x64": 1})
     check_arch_compat({"quantization_config": {"quant_method": "turbopack", "packed": False}}, "sm90")
-    with pytest.raises(TurbopackError, match=r"packed for sm80 but this GPU is sm90; repack it: `turbopack pack .* --arch sm90"):
+    with pytest.raises(
+        TurbopackError, match=r"packed for sm80 but this GPU is sm90; repack it: `turbopack pack .* --arch sm90"
+    ):
         check_arch_compat(packed, "sm90", known_layouts={"w4_t16x64": 1})
     with pytest.raises(TurbopackError, match="version 1 is newer"):
         check_arch_compat(packed, "sm80", known_layouts={"w4_t16x64": 0})

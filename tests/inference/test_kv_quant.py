@@ -137,7 +137,9 @@ def test_store_kernel_writes_the_same_codes_as_torch(attn, precision):
         assert torch.equal(a, r)
 
 
-@pytest.mark.parametrize("precision,fast", [("bf16", False), ("int8", False), ("int4", False), ("int8", True), ("int4", True)])
+@pytest.mark.parametrize(
+    "precision,fast", [("bf16", False), ("int8", False), ("int4", False), ("int8", True), ("int4", True)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_kernel_matches_torch_reference(attn, precision, fast, dtype, monkeypatch):
     monkeypatch.setattr(attn, "FAST_DEQUANT", fast)  # codes -> 16-bit by bit patterns, or by conversion
@@ -189,7 +191,9 @@ def test_decode_kernel_single_split_writes_the_output_directly(attn, precision, 
 
 @gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("precision,fast", [("bf16", False), ("int8", False), ("int4", False), ("int8", True), ("int4", True)])
+@pytest.mark.parametrize(
+    "precision,fast", [("bf16", False), ("int8", False), ("int4", False), ("int8", True), ("int4", True)]
+)
 def test_decode_kernel_on_gpu_llama8b_shapes(precision, fast, monkeypatch):
     from turbopack.inference.kernels import attention as A
 

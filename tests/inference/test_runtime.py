@@ -12,12 +12,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from turbopack.errors import CheckpointError  # noqa: E402
 from turbopack.checkpoint.quantized import QuantizedCheckpoint  # noqa: E402
+from turbopack.errors import CheckpointError  # noqa: E402
 from turbopack.inference import loader as L  # noqa: E402
 from turbopack.inference import model as M  # noqa: E402
-from turbopack.inference.loader import load_model  # noqa: E402
 from turbopack.inference.api import TextStream, load  # noqa: E402
+from turbopack.inference.loader import load_model  # noqa: E402
 from turbopack.inference.qlinear import QuantLinear, concat  # noqa: E402
 from turbopack.inference.sampling import SamplingParams, sample, top_p_filter  # noqa: E402
 
@@ -50,7 +50,9 @@ def folders(tmp_path_factory):
     with torch.no_grad():
         for name, p in hf.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else (0.6 if name == "lm_head.weight" else 0.1) * noise)
+            p.copy_(
+                1 + 0.1 * noise if name.endswith("norm.weight") else (0.6 if name == "lm_head.weight" else 0.1) * noise
+            )
     hf.save_pretrained(root / "hf", safe_serialization=True)
     out = {"hf": root / "hf"}
     for fmt in FORMATS:
@@ -137,7 +139,9 @@ def test_packed_for_another_gpu_is_refused_with_the_repack_command(folders, tmp_
         L.plan_modules(tmp_path / "sm80", manifest, cuda, repack=False, arch=None, backend=None)
     msg = str(e.value)
     assert "\n" not in msg and "sm80" in msg and f"turbopack pack {folders['w8a16']} --arch sm90 -o" in msg
-    read_from, kind, plans, arch = L.plan_modules(tmp_path / "sm80", manifest, cuda, repack=True, arch=None, backend=None)
+    read_from, kind, plans, arch = L.plan_modules(
+        tmp_path / "sm80", manifest, cuda, repack=True, arch=None, backend=None
+    )
     assert read_from == folders["w8a16"] and kind == "quantized" and arch == "sm90"
     assert {p.pack_for for p in plans.values()} == {"sm90"} and {p.backend for p in plans.values()} == {"cuda"}
 

@@ -19,7 +19,9 @@ ASSET = Path(__file__).resolve().parents[2] / "turbopack" / "assets" / "tiny-lla
 def mistral32(tmp_path_factory) -> Path:
     from tinymodels import make_tiny_model
 
-    folder = make_tiny_model(tmp_path_factory.mktemp("m") / "mistral", arch="mistral", vocab_size=2048, sliding_window=32)
+    folder = make_tiny_model(
+        tmp_path_factory.mktemp("m") / "mistral", arch="mistral", vocab_size=2048, sliding_window=32
+    )
     for side in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(ASSET / side, folder / side)
     return folder

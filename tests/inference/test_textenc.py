@@ -66,7 +66,10 @@ def test_calibration_and_eval_text_framed_as_the_tokenizer_frames_it(tmp_path):
     assert plain == _hf_ids(ASSET, text.read_text())
     from tokenizers import Tokenizer  # the bundled model's calibration ids are what they were
 
-    assert plain == Tokenizer.from_file(str(ASSET / "tokenizer.json")).encode(text.read_text(), add_special_tokens=False).ids
+    assert (
+        plain
+        == Tokenizer.from_file(str(ASSET / "tokenizer.json")).encode(text.read_text(), add_special_tokens=False).ids
+    )
     framed = tokenize_file(_model(tmp_path, "bos", BOS_TEMPLATE), text).tolist()
     assert framed == [0, *plain]
 

@@ -32,7 +32,10 @@ def main(n: int = 4096, k: int = 14336) -> None:
                 packed = layout.pack(fmt, q, (n, k))
                 best = min(best, time.perf_counter() - t)
             out = sum(v.numel() * v.element_size() for v in packed.values())
-            print(f"{name} {'sym ' if sym else 'asym'} {n}x{k}: {best * 1e3:6.1f} ms  {out / best / 1e6:6.0f} MB/s packed output")
+            print(
+                f"{name} {'sym ' if sym else 'asym'} {n}x{k}: {best * 1e3:6.1f} ms  {out / best / 1e6:6.0f} MB/s "
+                "packed output"
+            )
 
 
 if __name__ == "__main__":

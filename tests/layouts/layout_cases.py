@@ -72,5 +72,7 @@ def assert_bit_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]
     assert set(got) == set(want), f"{what}: tensors {sorted(got)} != {sorted(want)}"
     for key in want:
         a, b = got[key], want[key]
-        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}.{key}: {a.dtype} {list(a.shape)} != {b.dtype} {list(b.shape)}"
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{what}.{key}: {a.dtype} {list(a.shape)} != {b.dtype} {list(b.shape)}"
+        )
         assert torch.equal(bits(a), bits(b)), f"{what}.{key}: bytes differ"

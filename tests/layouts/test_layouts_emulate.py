@@ -34,7 +34,9 @@ def test_every_layout_has_an_emulator():
     assert set(EMULATORS) == {get_layout(n).name for n in LAYOUTS}
 
 
-@pytest.mark.parametrize("pair,shape", CASES, ids=lambda c: f"{c[0]}-{c[1]}" if isinstance(c[0], str) else f"{c[0]}x{c[1]}")
+@pytest.mark.parametrize(
+    "pair,shape", CASES, ids=lambda c: f"{c[0]}-{c[1]}" if isinstance(c[0], str) else f"{c[0]}x{c[1]}"
+)
 @pytest.mark.parametrize("act", [torch.bfloat16, torch.float16, torch.float32], ids=lambda d: str(d)[6:])
 def test_emulator_matches_reference(pair, shape, act):
     layout, fmt = get_layout(pair[0]), FORMATS[pair[1]]

@@ -47,7 +47,11 @@ def digest(packed: dict[str, torch.Tensor]) -> str:
     for suffix in sorted(packed):
         t = packed[suffix].contiguous()
         h.update(f"{suffix}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype.itemsize == 1 else t.view(torch.uint8).reshape(-1).numpy().tobytes())
+        h.update(
+            t.view(torch.uint8).numpy().tobytes()
+            if t.dtype.itemsize == 1
+            else t.view(torch.uint8).reshape(-1).numpy().tobytes()
+        )
     return h.hexdigest()
 
 
@@ -74,6 +78,10 @@ def test_golden_bytes(case, layout_name, fmt_key, n, k):
     want = {key[4:]: t for key, t in stored.items() if key.startswith("out.")}
     assert digest(want) == sums[case], f"{path.name} does not match SHA256SUMS.json"
     packed = layout.pack(fmt, q, (n, k))
-    assert_bit_equal(packed, want, f"{case}: packed bytes changed; if intended, bump the layout version, update docs/layouts.md and regenerate")
+    assert_bit_equal(
+        packed,
+        want,
+        f"{case}: packed bytes changed; if intended, bump the layout version, update docs/layouts.md and regenerate",
+    )
     assert digest(packed) == sums[case]
     assert_bit_equal(layout.unpack(fmt, want, (n, k)), q, case)

@@ -42,7 +42,9 @@ REAL_SHAPES = [(192, 576), (448, 1408), (17, 96), (1, 64)]
 REAL_CASES = [(pair, shape) for pair in PAIRS for shape in REAL_SHAPES if valid_k(FORMATS[pair[1]], shape[1])]
 
 
-@pytest.mark.parametrize("pair,shape", REAL_CASES, ids=lambda c: f"{c[0]}-{c[1]}" if isinstance(c[0], str) else f"{c[0]}x{c[1]}")
+@pytest.mark.parametrize(
+    "pair,shape", REAL_CASES, ids=lambda c: f"{c[0]}-{c[1]}" if isinstance(c[0], str) else f"{c[0]}x{c[1]}"
+)
 def test_real_shapes(pair, shape):
     _roundtrip(*pair, *shape, seed=shape[0] * 7 + shape[1])
 
@@ -57,7 +59,9 @@ def test_chunked_pack_equals_whole(pair):
     for max_rows in (layout.tile_n, 2 * layout.tile_n, 3 * layout.tile_n + 5):
         chunks = layout.row_chunks((n, k), max_rows)
         assert chunks[0][0] == 0 and chunks[-1][1] == n and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
-        parts = [layout.pack(fmt, {s: t[r0:r1] if t.shape[0] == n else t for s, t in q.items()}, (n, k)) for r0, r1 in chunks]
+        parts = [
+            layout.pack(fmt, {s: t[r0:r1] if t.shape[0] == n else t for s, t in q.items()}, (n, k)) for r0, r1 in chunks
+        ]
         joined = {s: torch.cat([p[s] for p in parts]) if per_row[s] else parts[0][s] for s in whole}
         assert_bit_equal(joined, whole, f"chunks of {max_rows}")
 
@@ -102,7 +106,11 @@ def test_padding_is_zero(pair):
     pad = layout.padding((n, k))
     assert pad.n_pad > n and (pad.k_pad > k or getattr(fmt, "group_size", 32) > 32)
     packed = layout.pack(fmt, random_neutral(fmt, n, k, seed=3), (n, k))
-    per_col = {"qweight": 8 if fmt.name.value == "w4a16" else 1, "scales": getattr(fmt, "group_size", None), "zeros": getattr(fmt, "group_size", None)}
+    per_col = {
+        "qweight": 8 if fmt.name.value == "w4a16" else 1,
+        "scales": getattr(fmt, "group_size", None),
+        "zeros": getattr(fmt, "group_size", None),
+    }
     for suffix, t in packed.items():
         if t.numel() == 1:
             continue  # per-tensor scale
@@ -124,7 +132,9 @@ def test_asym_zero_points_are_stored_as_is():
         q["zeros"] = (torch.arange(q["zeros"].numel()) % 16).to(torch.uint8).reshape(q["zeros"].shape)
         packed = layout.pack(fmt, q, (640, 32))
         assert packed["zeros"].dtype == torch.uint8
-        assert torch.equal(packed["zeros"].transpose(1, 2).reshape(640, -1)[:, :1], q["zeros"])  # (K_pad = 64: 2 groups)
+        assert torch.equal(
+            packed["zeros"].transpose(1, 2).reshape(640, -1)[:, :1], q["zeros"]
+        )  # (K_pad = 64: 2 groups)
         assert_bit_equal(layout.unpack(fmt, packed, (640, 32)), q, sd)
 
 
@@ -165,4 +175,8 @@ def test_wrong_inputs_are_clear_errors():
     with pytest.raises(ShapeError, match="packed for another shape"):
         w4.unpack(fmt, packed, (32, 64))
     with pytest.raises(ShapeError, match="float32 scales"):
-        get_layout("i8_rowmajor").pack(FORMATS["w8a8"], {"qweight": torch.zeros(8, 16, dtype=torch.int8), "scales": torch.ones(8, dtype=torch.float16)}, (8, 16))
+        get_layout("i8_rowmajor").pack(
+            FORMATS["w8a8"],
+            {"qweight": torch.zeros(8, 16, dtype=torch.int8), "scales": torch.ones(8, dtype=torch.float16)},
+            (8, 16),
+        )

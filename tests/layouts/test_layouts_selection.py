@@ -8,22 +8,63 @@ from layout_cases import FORMATS
 
 from turbopack.errors import TurbopackError, UnknownNameError
 from turbopack.formats import FormatName
-from turbopack.layouts import (ARCHS, LAYOUTS, Choice, LayoutName, arch_for_capability, detect_arch, get_arch,
-                               get_layout, load_table, resolve_arch, select)
-from turbopack.layouts import selection
+from turbopack.layouts import (
+    ARCHS,
+    LAYOUTS,
+    Choice,
+    LayoutName,
+    arch_for_capability,
+    detect_arch,
+    get_arch,
+    get_layout,
+    load_table,
+    resolve_arch,
+    select,
+    selection,
+)
 
 # (format key, arch) -> expected layout, or the text its error must contain
 EXPECTED = {
-    "sm75": {"w4-sym-g32-floa": "w4_t16x64", "w4-asym-g128-bflo": "error:--scale-dtype float16", "w8a16": "i8_t16x64",
-             "w8a8": "i8_rowmajor", "fp8-channel": "error:use w8a16", "fp8-tensor": "error:use w8a16"},
-    "sm80": {"w4-sym-g32-floa": "w4_t16x64", "w4-asym-g128-bflo": "w4_t16x64", "w8a16": "i8_t16x64", "w8a8": "i8_rowmajor",
-             "fp8-channel": "fp8_t16x64_upcast", "fp8-tensor": "fp8_t16x64_upcast"},
-    "sm86": {"w4-sym-g32-floa": "w4_t16x64", "w4-asym-g128-bflo": "w4_t16x64", "w8a16": "i8_t16x64", "w8a8": "i8_rowmajor",
-             "fp8-channel": "fp8_t16x64_upcast", "fp8-tensor": "fp8_t16x64_upcast"},
-    "sm89": {"w4-sym-g32-floa": "w4_t16x64", "w4-asym-g128-bflo": "w4_t16x64", "w8a16": "i8_t16x64", "w8a8": "i8_rowmajor",
-             "fp8-channel": "fp8_rowmajor", "fp8-tensor": "fp8_rowmajor"},
-    "sm90": {"w4-sym-g32-floa": "w4_t64x64", "w4-asym-g128-bflo": "w4_t64x64", "w8a16": "i8_t64x64", "w8a8": "i8_rowmajor",
-             "fp8-channel": "fp8_rowmajor", "fp8-tensor": "fp8_rowmajor"},
+    "sm75": {
+        "w4-sym-g32-floa": "w4_t16x64",
+        "w4-asym-g128-bflo": "error:--scale-dtype float16",
+        "w8a16": "i8_t16x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "error:use w8a16",
+        "fp8-tensor": "error:use w8a16",
+    },
+    "sm80": {
+        "w4-sym-g32-floa": "w4_t16x64",
+        "w4-asym-g128-bflo": "w4_t16x64",
+        "w8a16": "i8_t16x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "fp8_t16x64_upcast",
+        "fp8-tensor": "fp8_t16x64_upcast",
+    },
+    "sm86": {
+        "w4-sym-g32-floa": "w4_t16x64",
+        "w4-asym-g128-bflo": "w4_t16x64",
+        "w8a16": "i8_t16x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "fp8_t16x64_upcast",
+        "fp8-tensor": "fp8_t16x64_upcast",
+    },
+    "sm89": {
+        "w4-sym-g32-floa": "w4_t16x64",
+        "w4-asym-g128-bflo": "w4_t16x64",
+        "w8a16": "i8_t16x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "fp8_rowmajor",
+        "fp8-tensor": "fp8_rowmajor",
+    },
+    "sm90": {
+        "w4-sym-g32-floa": "w4_t64x64",
+        "w4-asym-g128-bflo": "w4_t64x64",
+        "w8a16": "i8_t64x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "fp8_rowmajor",
+        "fp8-tensor": "fp8_rowmajor",
+    },
 }
 TRITON_KEYS = {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"}
 
@@ -94,7 +135,9 @@ def test_overrides_by_shape_and_batch():
     assert c.kernel_for(1) == {"BLOCK_N": 64, "SPLIT_K": 8}
     assert c.kernel_for(32) == {"BLOCK_N": 32, "SPLIT_K": 1}
     assert c.kernel_for(1000) == {"BLOCK_N": 128, "SPLIT_K": 1}
-    other = Choice(LayoutName.W4_T16X64, selection._kernel({}, rule, (4096, 11008)), "x", Padding(4096, 11008, 4096, 11008))
+    other = Choice(
+        LayoutName.W4_T16X64, selection._kernel({}, rule, (4096, 11008)), "x", Padding(4096, 11008, 4096, 11008)
+    )
     assert other.kernel_for(1) == {"BLOCK_N": 16, "SPLIT_K": 4} and other.kernel_for(5000)["BLOCK_N"] == 16
     kernel["decode"]["BLOCK_N"] = 0  # callers get copies: the cached table is untouched
     assert load_table("sm80")["rules"][0]["kernel"]["decode"]["BLOCK_N"] != 0
@@ -112,7 +155,13 @@ def test_unknown_names_list_the_registered_ones():
 def test_arch_spellings_and_data():
     assert get_arch("SM_90") is get_arch("sm90") is resolve_arch("sm90")
     sm90, sm75 = get_arch("sm90"), get_arch("sm75")
-    assert sm90.wgmma and sm90.tma and sm90.fp8_native and "H100" in sm90.marketing and sm90.mma["wgmma.e4m3"] == "m64nNk32"
+    assert (
+        sm90.wgmma
+        and sm90.tma
+        and sm90.fp8_native
+        and "H100" in sm90.marketing
+        and sm90.mma["wgmma.e4m3"] == "m64nNk32"
+    )
     assert not sm75.bf16 and "bf16" not in sm75.mma and get_arch("sm89").fp8_native and not get_arch("sm86").fp8_native
     assert [get_arch(a).capability for a in ARCHS] == sorted(get_arch(a).capability for a in ARCHS)
 

@@ -71,8 +71,11 @@ def test_w4_every_element_by_hand(layout_name):
     # the zero points' bytes: offset (tn * (K_pad/G) + g) * TN + r of the tensor
     raw_z = z.numpy().tobytes()
     groups = layout.padding((n, k)).k_pad // 32
-    assert all(raw_z[((nn // layout.tile_n) * groups + g) * layout.tile_n + nn % layout.tile_n] == int(q["zeros"][nn, g])
-               for nn in range(n) for g in range(k // 32))
+    assert all(
+        raw_z[((nn // layout.tile_n) * groups + g) * layout.tile_n + nn % layout.tile_n] == int(q["zeros"][nn, g])
+        for nn in range(n)
+        for g in range(k // 32)
+    )
 
 
 def test_lop3_trick_on_a_packed_word():
@@ -89,8 +92,16 @@ def test_lop3_trick_on_a_packed_word():
                 assert pair.tolist() == [1024 + int(codes[r, 8 * j + 2 * i]), 1024 + int(codes[r, 8 * j + 2 * i + 1])]
 
 
-@pytest.mark.parametrize("layout_name,fmt_key", [("i8_t16x64", "w8a16"), ("i8_t64x64", "w8a16"), ("fp8_t16x64_upcast", "fp8-channel"),
-                                                 ("i8_rowmajor", "w8a8"), ("fp8_rowmajor", "fp8-channel")])
+@pytest.mark.parametrize(
+    "layout_name,fmt_key",
+    [
+        ("i8_t16x64", "w8a16"),
+        ("i8_t64x64", "w8a16"),
+        ("fp8_t16x64_upcast", "fp8-channel"),
+        ("i8_rowmajor", "w8a8"),
+        ("fp8_rowmajor", "fp8-channel"),
+    ],
+)
 def test_byte_layouts_by_hand(layout_name, fmt_key):
     """Tiled: W[n, k] at qweight[n // TN, k // TK, n % TN, k % TK]; row-major: [n // TN, n % TN, k]."""
     layout, fmt = get_layout(layout_name), FORMATS[fmt_key]
@@ -122,5 +133,8 @@ def test_docs_e4m3_upcast_bit_trick():
     finite = (b & 0x7F) != 0x7F
     want = torch.from_numpy(b.astype(np.uint8)).view(torch.float8_e4m3fn).float().numpy()
     fp16 = (((b & 0x80) << 8) | ((b & 0x7F) << 7)).astype(np.uint16).view(np.float16).astype(np.float32) * 2.0**8
-    bf16 = torch.from_numpy((((b & 0x80) << 8) | ((b & 0x7F) << 4)).astype(np.int16)).view(torch.bfloat16).float().numpy() * 2.0**120
+    bf16 = (
+        torch.from_numpy((((b & 0x80) << 8) | ((b & 0x7F) << 4)).astype(np.int16)).view(torch.bfloat16).float().numpy()
+        * 2.0**120
+    )
     assert np.array_equal(fp16[finite], want[finite]) and np.array_equal(bf16[finite], want[finite])

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYOUTS_PRESENT = (ROOT / "turbopack" / "layouts" / "__init__.py").exists() or "turbopack.layouts.selection" in sys.modules
+LAYOUTS_PRESENT = (
+    ROOT / "turbopack" / "layouts" / "__init__.py"
+).exists() or "turbopack.layouts.selection" in sys.modules
 needs_layouts = pytest.mark.skipif(not LAYOUTS_PRESENT, reason="turbopack/layouts/__init__.py not written yet")
 
 #: (format, params) of every format the packer must handle; group 32 divides K = 64 and 96
@@ -88,12 +90,18 @@ def unpack_folder(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     out = {}
     for module, info in m["tensors"].items():
         packed = {t.removeprefix(module + "."): tensors[t] for t in info["tensors"]}
-        out[module] = get_layout(info["layout"]).unpack(format_from_params(info["format"]), packed, tuple(info["shape"]))
+        out[module] = get_layout(info["layout"]).unpack(
+            format_from_params(info["format"]), packed, tuple(info["shape"])
+        )
     return out
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    )
 
 
 def shard_hashes(folder: Path) -> dict[str, str]:

@@ -33,7 +33,9 @@ def _inspect(capsys, folder) -> dict:
 def test_inspect_reads_the_scheme_and_compression(folders, capsys, name):
     ours = _inspect(capsys, folders / "w4")
     rep = _inspect(capsys, folders / name)
-    assert rep["kind"] == "compressed-tensors" and rep["formats"] == ["compressed-tensors pack-quantized: int4 group 32 asym"]
+    assert rep["kind"] == "compressed-tensors" and rep["formats"] == [
+        "compressed-tensors pack-quantized: int4 group 32 asym"
+    ]
     shapes = {t["name"]: t["shape"] for t in ours["tensors"] if t["dtype"].startswith("w4a16")}
     assert {t["name"]: t["shape"] for t in rep["tensors"] if t["dtype"].startswith("int4")} == shapes
     assert rep["bf16_bytes"] == ours["bf16_bytes"]
@@ -42,7 +44,9 @@ def test_inspect_reads_the_scheme_and_compression(folders, capsys, name):
 
 
 @pytest.mark.parametrize("name", ["ct", "foreign"])
-@pytest.mark.parametrize("argv", [["run", "--prompt", "hi", "-n", "2", "--device", "cpu"], ["eval"]], ids=["run", "eval"])
+@pytest.mark.parametrize(
+    "argv", [["run", "--prompt", "hi", "-n", "2", "--device", "cpu"], ["eval"]], ids=["run", "eval"]
+)
 def test_run_and_eval_name_convert(folders, capsys, name, argv):
     capsys.readouterr()
     assert main([argv[0], str(folders / name), *argv[1:]]) == 2

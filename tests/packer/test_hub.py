@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import torch
+from hub_server import Blob, HubServer, hub_env, run
 from safetensors.torch import load_file
 
-from hub_server import Blob, HubServer, hub_env, run
 from turbopack.checkpoint.hub import enable_hub, hub_id_of_cache_path, parse_hub_id
 
 RESOLVE = """
@@ -23,7 +23,8 @@ out = {}
 for spec in sys.argv[1:]:
     try:
         ck = Checkpoint.open(spec)
-        out[spec] = {"folder": str(ck.folder), "files": sorted(p.name for p in ck.folder.iterdir()), "n": len(ck.tensors)}
+        out[spec] = {"folder": str(ck.folder), "files": sorted(p.name for p in ck.folder.iterdir()),
+                     "n": len(ck.tensors)}
     except TurbopackError as e:
         out[spec] = {"error": str(e)}
 print(json.dumps(out))
@@ -72,7 +73,9 @@ def test_hub_id_online_then_offline(tiny_llama, tmp_path):
                                                     "README.md": Blob(b"# card\n", False)})
         changed = json.loads((tiny_llama / "config.json").read_text())
         changed["rms_norm_eps"] = 1e-3
-        publish(hub, "org/tiny", tiny_llama, branch="v1", extra={"config.json": Blob(json.dumps(changed).encode(), False)})
+        publish(
+            hub, "org/tiny", tiny_llama, branch="v1", extra={"config.json": Blob(json.dumps(changed).encode(), False)}
+        )
         got = resolve(["org/tiny", "org/tiny@v1", "org/missing", "org/tiny@nope"], hub_env(hub, home))
         served = list(hub.state.log)
         offline = resolve(["org/tiny", "org/tiny@v1", "org/other"], hub_env(hub, home, offline=True))
@@ -96,6 +99,7 @@ def test_hub_id_online_then_offline(tiny_llama, tmp_path):
 
 def test_cli_convert_from_hub_and_errors(tiny_llama, tmp_path):
     from packer.interop.foreign import write_awq
+
     from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
     expect = write_awq(tiny_llama, tmp_path / "awq")
@@ -105,7 +109,9 @@ def test_cli_convert_from_hub_and_errors(tiny_llama, tmp_path):
         env = hub_env(hub, home)
         ok = run(["-m", "turbopack.cli.app", "convert", "org/tiny-awq", "-o", str(tmp_path / "out")], env)
         missing = run(["-m", "turbopack.cli.app", "convert", "org/missing", "-o", str(tmp_path / "x")], env)
-    down = run(["-m", "turbopack.cli.app", "convert", "org/unreachable", "-o", str(tmp_path / "y")], hub_env(None, home))
+    down = run(
+        ["-m", "turbopack.cli.app", "convert", "org/unreachable", "-o", str(tmp_path / "y")], hub_env(None, home)
+    )
     assert ok.returncode == 0, ok.stderr
     qc = QuantizedCheckpoint(tmp_path / "out")
     assert all(torch.equal(qc.module(m).dequantize(), w) for m, w in expect.items())

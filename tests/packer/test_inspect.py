@@ -18,7 +18,9 @@ def test_hf_and_quantized_folders(model_dir, quantized):
     (q,) = inspect(quantized("base", "w4a16", {"group_size": 32}))
     assert q.kind == "quantized" and q.formats == ["w4a16(group_size=32,sym=False,scale_dtype=bfloat16)"]
     down = next(r for r in q.rows if r["name"] == "model.layers.0.mlp.down_proj")
-    assert down["shape"] == [64, 96] and down["bytes"] == 64 * 48 + 64 * 3 * 2 + 64 * 3  # qweight, bf16 scales, uint8 zeros
+    assert (
+        down["shape"] == [64, 96] and down["bytes"] == 64 * 48 + 64 * 3 * 2 + 64 * 3
+    )  # qweight, bf16 scales, uint8 zeros
     assert q.total_bytes == sum(r["bytes"] for r in q.rows) and 1.5 < q.ratio < 4
     assert q.bf16_bytes == hf.bf16_bytes  # same parameters
 

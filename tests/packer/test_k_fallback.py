@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.cli.app import main
 from turbopack.formats import format_from_params
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 
 DOWN = "model.layers.0.mlp.down_proj"
 
@@ -55,5 +55,8 @@ def test_fallback_layers_only(tiny_llama, tmp_path, capsys, choice, want):
 
 
 def test_bad_choice_and_calibrated_are_refused(tiny_llama, tmp_path, capsys):
-    assert main(["quantize", str(tiny_llama), "-o", str(tmp_path / "q"), "-f", "w4a16", "-g", "64", "--k-fallback", "w3"]) == 2
+    assert (
+        main(["quantize", str(tiny_llama), "-o", str(tmp_path / "q"), "-f", "w4a16", "-g", "64", "--k-fallback", "w3"])
+        == 2
+    )
     assert "--k-fallback 'w3': use one of refuse, group, w8" in capsys.readouterr().err

@@ -8,12 +8,25 @@ import json
 
 import pytest
 import torch
-from packhelp import (CASE_IDS, CASES, bits_equal, emulated_model, manifest, model_dir, needs_layouts,  # noqa: F401
-                      quantized, read_all, reference_model, shard_hashes, temp_leftovers, unpack_folder)
+from packhelp import (  # noqa: F401
+    CASE_IDS,
+    CASES,
+    bits_equal,
+    emulated_model,
+    manifest,
+    model_dir,
+    needs_layouts,
+    quantized,
+    read_all,
+    reference_model,
+    shard_hashes,
+    temp_leftovers,
+    unpack_folder,
+)
 from safetensors import safe_open
 
-from turbopack.errors import CheckpointError, OutputExistsError, TurbopackError, UnknownNameError
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.errors import CheckpointError, OutputExistsError, TurbopackError, UnknownNameError
 
 pytestmark = needs_layouts
 

@@ -13,9 +13,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.errors import BadTensorError, CheckpointError, OutputExistsError, ShapeError, UnsupportedModelError
 from turbopack.formats import get_format
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer import folder as qmod
 from turbopack.packer.quantize import quantize
 
@@ -85,7 +85,9 @@ def test_sharded_output_and_qwen2_biases(tiny_qwen2, tmp_path):
 
 
 def test_ignore_and_lm_head(tiny_llama, tmp_path):
-    res = quantize(tiny_llama, tmp_path / "q", "w8a16", ignore=("model.layers.0.*",), include_lm_head=True, progress=False)
+    res = quantize(
+        tiny_llama, tmp_path / "q", "w8a16", ignore=("model.layers.0.*",), include_lm_head=True, progress=False
+    )
     assert "lm_head.weight" in res.quantized
     assert res.kept["model.layers.0.mlp.up_proj.weight"] == "--ignore model.layers.0.*"
     manifest = json.loads((tmp_path / "q/turbopack.json").read_text())

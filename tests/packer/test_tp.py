@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
-from packhelp import (bits_equal, manifest, model_dir, needs_layouts, quantized, read_all,  # noqa: F401
-                      temp_leftovers, unpack_folder)
+from packhelp import bits_equal, manifest, model_dir, needs_layouts, quantized, read_all, temp_leftovers, unpack_folder  # noqa: F401
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.errors import ShapeError
 from turbopack.formats import get_format
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer import tp as T
 
 CONFIG = {"num_attention_heads": 4, "num_key_value_heads": 2}
@@ -97,7 +96,9 @@ def _reassemble(rank_tensors: list[dict], module: str, fmt) -> torch.Tensor:
 
 
 @needs_layouts
-@pytest.mark.parametrize("fmt_name,params", [("w4a16", {"group_size": 32}), ("w8a8", {}), ("fp8", {"per_tensor": True})])
+@pytest.mark.parametrize(
+    "fmt_name,params", [("w4a16", {"group_size": 32}), ("w8a8", {}), ("fp8", {"per_tensor": True})]
+)
 def test_tp2_ranks_reassemble_to_the_source(quantized, tmp_path, fmt_name, params):
     from turbopack.packer.verify import verify
 
@@ -116,7 +117,9 @@ def test_tp2_ranks_reassemble_to_the_source(quantized, tmp_path, fmt_name, param
         assert q0["shape"] == [32, 64] and q0["full_shape"] == [64, 64] and q0["tp"]["parallel"] == "column"
         assert manifest(ranks[1])["tensors"]["model.layers.0.mlp.down_proj"]["shape"] == [64, 96]
         for name in qc.plain:  # embeddings, norms, lm_head: the same on every rank
-            assert bits_equal(plain[0][name], qc.plain_tensor(name)) and bits_equal(plain[1][name], qc.plain_tensor(name))
+            assert bits_equal(plain[0][name], qc.plain_tensor(name)) and bits_equal(
+                plain[1][name], qc.plain_tensor(name)
+            )
         cfg = json.loads((ranks[1] / "config.json").read_text())["quantization_config"]
         assert cfg["tp"] == 2 and cfg["tp_rank"] == 1 and cfg["arch"] == arch
     report = verify(tmp_path / "p", against=src)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from hub_server import HubServer, hub_env, run
+
 from turbopack.packer.modelcard import build_card
 from turbopack.packer.upload import plan_upload
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from robusthelp import refused, src  # noqa: F401
 
 
@@ -41,8 +40,15 @@ def test_config_not_an_object(capsys, src, tmp_path):
 
 def test_unknown_architecture(capsys, src, tmp_path):
     _edit_config(src, architectures=["GPT2LMHeadModel"])
-    refused(capsys, quantize_argv(src, tmp_path / "out"), src, tmp_path / "out",
-            "config.json", "GPT2LMHeadModel is not supported", "supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM")
+    refused(
+        capsys,
+        quantize_argv(src, tmp_path / "out"),
+        src,
+        tmp_path / "out",
+        "config.json",
+        "GPT2LMHeadModel is not supported",
+        "supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM",
+    )
 
 
 def test_architectures_not_a_list(capsys, src, tmp_path):
@@ -51,12 +57,28 @@ def test_architectures_not_a_list(capsys, src, tmp_path):
             "config.json", "expected a list such as", "fix config.json")
 
 
-@pytest.mark.parametrize("changes,expect", [
-    ({"hidden_size": 128}, "hidden_size=128, intermediate_size=96 make model.layers.0.mlp.down_proj.weight [128, 96], but it is [64, 96] in model.safetensors"),
-    ({"intermediate_size": 128}, "hidden_size=64, intermediate_size=128 make model.layers.0.mlp.down_proj.weight [64, 128], but it is [64, 96]"),
-    ({"num_key_value_heads": 4}, "num_key_value_heads=4, head_dim=16, hidden_size=64 make model.layers.0.self_attn.k_proj.weight [64, 64], but it is [32, 64]"),
-    ({"num_hidden_layers": 1}, "num_hidden_layers=1 but model.layers.1."),
-], ids=["hidden", "intermediate", "kv-heads", "layers"])
+@pytest.mark.parametrize(
+    "changes,expect",
+    [
+        (
+            {"hidden_size": 128},
+            "hidden_size=128, intermediate_size=96 make model.layers.0.mlp.down_proj.weight [128, 96], "
+            "but it is [64, 96] in model.safetensors",
+        ),
+        (
+            {"intermediate_size": 128},
+            "hidden_size=64, intermediate_size=128 make model.layers.0.mlp.down_proj.weight [64, 128], "
+            "but it is [64, 96]",
+        ),
+        (
+            {"num_key_value_heads": 4},
+            "num_key_value_heads=4, head_dim=16, hidden_size=64 make model.layers.0.self_attn.k_proj.weight [64, 64], "
+            "but it is [32, 64]",
+        ),
+        ({"num_hidden_layers": 1}, "num_hidden_layers=1 but model.layers.1."),
+    ],
+    ids=["hidden", "intermediate", "kv-heads", "layers"],
+)
 def test_dims_inconsistent_with_weights(capsys, src, tmp_path, changes, expect):
     _edit_config(src, **changes)
     refused(capsys, quantize_argv(src, tmp_path / "out"), src, tmp_path / "out",

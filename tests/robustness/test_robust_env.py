@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 
 import turbopack.checkpoint.safetensors_stream as stream
-from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 
 W8 = ["-f", "w8a16"]
 
@@ -36,7 +36,9 @@ def test_output_parent_not_writable_simulated(capsys, src, tmp_path, monkeypatch
     parent = tmp_path / "ro"
     parent.mkdir()
     real = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == parent and mode & os.W_OK else real(p, mode, **kw))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p) == parent and mode & os.W_OK else real(p, mode, **kw)
+    )
     refused(capsys, _argv("quantize", src, parent / "out"), src, parent / "out",
             f"{parent / 'out'}: cannot write to {parent}; choose a writable -o")
 

@@ -25,8 +25,11 @@ FUZZ = settings(max_examples=200, deadline=None, database=None,
 _DIR = Path(tempfile.mkdtemp(prefix="turbopack-fuzz-"))
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=12)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _clean(msg: str) -> None:
@@ -65,14 +68,27 @@ def safetensors_files(draw) -> bytes:
             for d in shape:
                 size *= max(d, 0)
         size = min(size, 2**20)
-        offsets = _sometimes(draw, [pos, pos + size], st.sampled_from([[pos + 1, pos + size + 1], [max(pos - 1, 0), pos + size],
-                                                                       [pos, pos + size + 1], [pos, max(pos + size - 1, 0)]]) | json_values)
+        offsets = _sometimes(
+            draw,
+            [pos, pos + size],
+            st.sampled_from(
+                [
+                    [pos + 1, pos + size + 1],
+                    [max(pos - 1, 0), pos + size],
+                    [pos, pos + size + 1],
+                    [pos, max(pos + size - 1, 0)],
+                ]
+            )
+            | json_values,
+        )
         entry = _sometimes(draw, {"dtype": dtype, "shape": shape, "data_offsets": offsets}, json_values)
         header[_sometimes(draw, f"t{i}", st.sampled_from(["t0", "", "__metadata__"]))] = entry
         if isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets):
             pos = max(pos, offsets[1])
     if draw(st.booleans()):
-        header["__metadata__"] = _sometimes(draw, draw(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)), json_values)
+        header["__metadata__"] = _sometimes(
+            draw, draw(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2)), json_values
+        )
     blob = _sometimes(draw, json.dumps(header).encode() + b" " * draw(st.integers(0, 7)), st.binary(max_size=40))
     length = _sometimes(draw, len(blob), st.sampled_from([len(blob) + 1, max(len(blob) - 1, 0), 2**64 - 1]))
     data = draw(st.binary(min_size=min(pos, 512), max_size=min(pos, 512))) + b"\0" * max(0, pos - 512)
@@ -112,7 +128,12 @@ def test_found_by_fuzzing(header):
     blob = json.dumps(header).encode()
     data = b"\0" * 4 if "a" in header and header["a"]["data_offsets"][1] else b""
     with pytest.raises(TurbopackError):
-        read_header(_file("found.safetensors", struct.pack("<Q", len(blob)) + blob + data[:header.get("a", {}).get("data_offsets", [0, 0])[1]]))
+        read_header(
+            _file(
+                "found.safetensors",
+                struct.pack("<Q", len(blob)) + blob + data[: header.get("a", {}).get("data_offsets", [0, 0])[1]],
+            )
+        )
 
 
 @pytest.mark.parametrize("shape", [[0, 2**40, 2**40], [0], [], [3, 0]])
@@ -140,7 +161,9 @@ def test_fuzz_safetensors_real_file_mutated(data):
     import torch
     from safetensors.torch import save as st_save
 
-    raw = bytearray(st_save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)}))
+    raw = bytearray(
+        st_save({"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.bfloat16)})
+    )
     for _ in range(data.draw(st.integers(1, 3))):
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
         i = data.draw(st.integers(0, max(len(raw) - 1, 0)))
@@ -158,12 +181,22 @@ def test_fuzz_safetensors_real_file_mutated(data):
 
 @st.composite
 def manifests(draw) -> bytes:
-    m = {"manifest_version": draw(st.sampled_from([1, 0, 2, -1, "1", True, None, 1.0])),
-         "kind": draw(st.sampled_from(["quantized", "packed", "exported"]) | json_scalars),
-         "tensors": draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3) | json_values),
-         "shards": draw(st.dictionaries(st.text(max_size=6), st.fixed_dictionaries(
-             {"bytes": st.integers(-1, 10**6) | json_scalars, "sha256": st.text(max_size=4) | json_scalars}) | json_values, max_size=2)
-             | json_values)}
+    m = {
+        "manifest_version": draw(st.sampled_from([1, 0, 2, -1, "1", True, None, 1.0])),
+        "kind": draw(st.sampled_from(["quantized", "packed", "exported"]) | json_scalars),
+        "tensors": draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3) | json_values),
+        "shards": draw(
+            st.dictionaries(
+                st.text(max_size=6),
+                st.fixed_dictionaries(
+                    {"bytes": st.integers(-1, 10**6) | json_scalars, "sha256": st.text(max_size=4) | json_scalars}
+                )
+                | json_values,
+                max_size=2,
+            )
+            | json_values
+        ),
+    }
     for key in list(m):
         if draw(st.integers(0, 7)) == 0:
             del m[key]
@@ -201,10 +234,17 @@ ARCHS = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHe
 DIM_KEYS = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window", "max_window_layers"]
 dims = st.integers(1, 64) | st.integers(-5, 0) | json_scalars
-rope = st.fixed_dictionaries({}, optional={"rope_type": st.sampled_from(["default", "linear", "dynamic", "llama3", "yarn"]) | json_scalars,
-                                           "type": json_scalars, "factor": st.floats(0.5, 8) | json_scalars,
-                                           "rope_theta": st.floats(1, 1e6) | json_scalars,
-                                           "low_freq_factor": json_scalars, "original_max_position_embeddings": dims})
+rope = st.fixed_dictionaries(
+    {},
+    optional={
+        "rope_type": st.sampled_from(["default", "linear", "dynamic", "llama3", "yarn"]) | json_scalars,
+        "type": json_scalars,
+        "factor": st.floats(0.5, 8) | json_scalars,
+        "rope_theta": st.floats(1, 1e6) | json_scalars,
+        "low_freq_factor": json_scalars,
+        "original_max_position_embeddings": dims,
+    },
+)
 
 
 @st.composite
@@ -213,11 +253,17 @@ def configs(draw) -> dict:
     for key in DIM_KEYS:
         if draw(st.integers(0, 5)):
             cfg[key] = draw(dims)
-    for key, strat in (("rope_parameters", rope | json_values), ("rope_scaling", rope | json_values),
-                       ("rope_theta", st.floats(1, 1e6) | json_scalars), ("rms_norm_eps", st.floats(0, 1) | json_scalars),
-                       ("hidden_act", st.sampled_from(["silu", "gelu"]) | json_scalars),
-                       ("tie_word_embeddings", json_scalars), ("attention_bias", json_scalars),
-                       ("use_sliding_window", json_scalars), ("mlp_bias", json_scalars)):
+    for key, strat in (
+        ("rope_parameters", rope | json_values),
+        ("rope_scaling", rope | json_values),
+        ("rope_theta", st.floats(1, 1e6) | json_scalars),
+        ("rms_norm_eps", st.floats(0, 1) | json_scalars),
+        ("hidden_act", st.sampled_from(["silu", "gelu"]) | json_scalars),
+        ("tie_word_embeddings", json_scalars),
+        ("attention_bias", json_scalars),
+        ("use_sliding_window", json_scalars),
+        ("mlp_bias", json_scalars),
+    ):
         if draw(st.booleans()):
             cfg[key] = draw(strat)
     return cfg
@@ -262,9 +308,17 @@ def test_deeply_nested_json_is_a_clean_error(raw):
         read_json(_file("deep.json", raw))
 
 
-@pytest.mark.parametrize("changes", [{"num_attention_heads": 0}, {"rope_parameters": {"rope_type": "linear", "factor": "two"}},
-                                     {"rope_scaling": [1]}, {"rms_norm_eps": "tiny"}, {"head_dim": -16}],
-                         ids=["zero-heads", "factor-str", "rope-list", "eps-str", "negative-dim"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"num_attention_heads": 0},
+        {"rope_parameters": {"rope_type": "linear", "factor": "two"}},
+        {"rope_scaling": [1]},
+        {"rms_norm_eps": "tiny"},
+        {"head_dim": -16},
+    ],
+    ids=["zero-heads", "factor-str", "rope-list", "eps-str", "negative-dim"],
+)
 def test_config_values_found_by_fuzzing(changes):
     """Configs that raised ZeroDivisionError/TypeError/AttributeError from parsing before."""
     from turbopack.inference.model import ModelConfig

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from robusthelp import copy_model, packed_sm90, quantized_w4, refused, run_cli, tree_hash  # noqa: F401
+
 from turbopack.errors import CheckpointError
 
 
@@ -49,8 +49,14 @@ def test_manifest_from_a_newer_version(capsys, qcopy, tmp_path, cmd):
     _edit_manifest(qcopy, lambda m: m.update(manifest_version=99))
     argv = {"pack": ["pack", qcopy, "--arch", "sm90", "-o", tmp_path / "out"], "verify": ["verify", qcopy],
             "inspect": ["inspect", qcopy]}[cmd]
-    refused(capsys, argv, qcopy, tmp_path / "out", "turbopack.json: manifest version 99 is newer than this turbopack understands (1)",
-            "upgrade turbopack")
+    refused(
+        capsys,
+        argv,
+        qcopy,
+        tmp_path / "out",
+        "turbopack.json: manifest version 99 is newer than this turbopack understands (1)",
+        "upgrade turbopack",
+    )
 
 
 def test_manifest_not_json(capsys, qcopy, tmp_path):
@@ -61,8 +67,14 @@ def test_manifest_not_json(capsys, qcopy, tmp_path):
 
 def test_manifest_corrupt_entry(capsys, pcopy):
     _edit_manifest(pcopy, lambda m: m["shards"].update({"model.safetensors": {"bytes": "many"}}))
-    refused(capsys, ["verify", pcopy], pcopy, None, "turbopack.json: shards['model.safetensors'] needs bytes and sha256",
-            "the manifest is corrupt")
+    refused(
+        capsys,
+        ["verify", pcopy],
+        pcopy,
+        None,
+        "turbopack.json: shards['model.safetensors'] needs bytes and sha256",
+        "the manifest is corrupt",
+    )
 
 
 def _flip_a_data_byte(shard: Path) -> None:
@@ -119,7 +131,9 @@ def test_layout_name_unknown_load(pcopy):
     from turbopack.inference.loader import load
 
     module = _unknown_layout(pcopy)
-    with pytest.raises(CheckpointError, match=f"turbopack.json: {module}: unknown layout 'w4_t128x128'; registered: .*re-pack"):
+    with pytest.raises(
+        CheckpointError, match=f"turbopack.json: {module}: unknown layout 'w4_t128x128'; registered: .*re-pack"
+    ):
         load(pcopy, device="cpu")
 
 
@@ -153,7 +167,9 @@ def test_packed_for_another_arch_repack_at_load(packed_sm90, quantized_w4, gpu_s
     from turbopack.checkpoint import read_manifest
     from turbopack.inference.loader import plan_modules
 
-    folder, kind, plans, arch = plan_modules(packed_sm90, read_manifest(packed_sm90), gpu_sm80, repack=True, arch=None, backend=None)
+    folder, kind, plans, arch = plan_modules(
+        packed_sm90, read_manifest(packed_sm90), gpu_sm80, repack=True, arch=None, backend=None
+    )
     assert folder == quantized_w4 and kind == "quantized" and arch == "sm80"
     assert {p.pack_for for p in plans.values()} == {"sm80"}
     assert {p.layout.name.value for p in plans.values()} == {"w4_t16x64"}

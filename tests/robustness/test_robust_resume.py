@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 
 import pytest
+from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 
 import turbopack.checkpoint.safetensors_stream as stream
-import turbopack.packer.pack as packmod
 import turbopack.packer.folder as foldermod
+import turbopack.packer.pack as packmod
 import turbopack.packer.rtn as quantmod
-from robusthelp import quantized_w4, refused, run_cli, src, temp_leftovers, tree_hash  # noqa: F401
 from turbopack.checkpoint import ShardPlan, read_header
 from turbopack.checkpoint.resume import JOURNAL_NAME, PARTIAL_PREFIX
 
@@ -30,7 +30,9 @@ W4 = ["-f", "w4a16", "-g", "32"]
 
 def _small_shards(monkeypatch) -> None:
     real = ShardPlan.build.__func__
-    monkeypatch.setattr(ShardPlan, "build", classmethod(lambda cls, jobs, max_shard_bytes=0: real(cls, jobs, SHARD_BYTES)))
+    monkeypatch.setattr(
+        ShardPlan, "build", classmethod(lambda cls, jobs, max_shard_bytes=0: real(cls, jobs, SHARD_BYTES))
+    )
 
 
 @pytest.fixture(autouse=True)

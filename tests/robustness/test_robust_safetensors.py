@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robusthelp import (load_state, refused, save_state, split_safetensors, src, tensors_by_offset,  # noqa: F401
-                        write_safetensors_raw)
+from robusthelp import load_state, refused, save_state, split_safetensors, src, tensors_by_offset, write_safetensors_raw  # noqa: F401
 
 FIX = "re-download or re-export it"
 
@@ -93,8 +92,15 @@ def test_offsets_leave_a_hole(capsys, src, tmp_path):
 
 def test_dtype_disagrees_with_byte_size(capsys, src, tmp_path):
     _edit_header(src, lambda h, order: h["model.layers.0.self_attn.q_proj.weight"].update(dtype="F32"))
-    refused(capsys, quantize_argv(src, tmp_path / "out"), src, tmp_path / "out",
-            "model.safetensors", "'model.layers.0.self_attn.q_proj.weight' is F32 [64, 64] = 16384 bytes but its offsets span 8192", FIX)
+    refused(
+        capsys,
+        quantize_argv(src, tmp_path / "out"),
+        src,
+        tmp_path / "out",
+        "model.safetensors",
+        "'model.layers.0.self_attn.q_proj.weight' is F32 [64, 64] = 16384 bytes but its offsets span 8192",
+        FIX,
+    )
 
 
 def test_shape_disagrees_with_byte_size(capsys, src, tmp_path):
@@ -163,6 +169,12 @@ def test_tensor_in_two_shards(capsys, src, tmp_path):
     a, b = load_state(first), load_state(second)
     b["model.embed_tokens.weight"] = a["model.embed_tokens.weight"]
     save_state(second, b)
-    refused(capsys, quantize_argv(src, tmp_path / "out"), src, tmp_path / "out",
-            "model-00002-of-00002.safetensors", "'model.embed_tokens.weight' also appears in model-00001-of-00002.safetensors",
-            "inconsistent")
+    refused(
+        capsys,
+        quantize_argv(src, tmp_path / "out"),
+        src,
+        tmp_path / "out",
+        "model-00002-of-00002.safetensors",
+        "'model.embed_tokens.weight' also appears in model-00001-of-00002.safetensors",
+        "inconsistent",
+    )

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from robusthelp import quantized_w4, refused, run_cli  # noqa: F401  (quantized_w4: a fixture)
 
 
@@ -69,9 +68,14 @@ def test_group_does_not_divide_a_tp_slice(capsys, tmp_path):
     model = make_tiny_model(tmp_path / "m", intermediate_size=192)
     quantize(model, tmp_path / "q", "w4a16", group_size=64, progress=False)
     capsys.readouterr()
-    refused(capsys, ["pack", tmp_path / "q", "--arch", "sm90", "--tp", "2", "-o", tmp_path / "out"], tmp_path / "q",
-            tmp_path / "out", "model.layers.0.mlp.down_proj: tp=2 splits K=192 into slices of 96, which group size 64 does not divide",
-            "group sizes that would work: [32] (re-quantize with --group-size)")
+    refused(
+        capsys,
+        ["pack", tmp_path / "q", "--arch", "sm90", "--tp", "2", "-o", tmp_path / "out"],
+        tmp_path / "q",
+        tmp_path / "out",
+        "model.layers.0.mlp.down_proj: tp=2 splits K=192 into slices of 96, which group size 64 does not divide",
+        "group sizes that would work: [32] (re-quantize with --group-size)",
+    )
 
 
 def test_group_fits_no_tp_slice(capsys, quantized_w4, tmp_path):
@@ -81,8 +85,14 @@ def test_group_fits_no_tp_slice(capsys, quantized_w4, tmp_path):
 
 
 def test_tp_splitting_heads(capsys, quantized_w4, tmp_path):
-    refused(capsys, ["pack", quantized_w4, "--arch", "sm90", "--tp", "3", "-o", tmp_path / "out"], quantized_w4,
-            tmp_path / "out", "k_proj: num_key_value_heads=2 does not split into tp=3 whole heads", "choose --tp among [1, 2]")
+    refused(
+        capsys,
+        ["pack", quantized_w4, "--arch", "sm90", "--tp", "3", "-o", tmp_path / "out"],
+        quantized_w4,
+        tmp_path / "out",
+        "k_proj: num_key_value_heads=2 does not split into tp=3 whole heads",
+        "choose --tp among [1, 2]",
+    )
 
 
 def test_tp_zero(capsys, quantized_w4, tmp_path):

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from robusthelp import load_state, refused, run_cli, save_state, split_safetensors, src, tree_hash  # noqa: F401
-from robusthelp import tensors_by_offset, write_safetensors_raw
+from robusthelp import (  # noqa: F401
+    load_state,
+    refused,
+    run_cli,
+    save_state,
+    split_safetensors,
+    src,
+    tensors_by_offset,
+    tree_hash,
+    write_safetensors_raw,
+)
 
 
 def _set(src: Path, name: str, fn) -> None:
@@ -36,7 +44,9 @@ def test_non_finite_weight(capsys, src, tmp_path, value):
 def test_non_finite_weight_ignored_is_fine(capsys, src, tmp_path):
     """The fix the message offers works: --ignore keeps that tensor as is."""
     _set(src, "model.layers.1.mlp.up_proj.weight", lambda t: t.__setitem__((0, 0), float("nan")))
-    rc, _, err = run_cli(capsys, "quantize", src, "-o", tmp_path / "out", "-f", "w8a16", "--ignore", "model.layers.1.mlp.up_proj")
+    rc, _, err = run_cli(
+        capsys, "quantize", src, "-o", tmp_path / "out", "-f", "w8a16", "--ignore", "model.layers.1.mlp.up_proj"
+    )
     assert rc == 0, err
 
 
@@ -77,8 +87,16 @@ def test_no_group_size_divides_k(capsys, tmp_path):
 
     model = make_tiny_model(tmp_path / "k80", intermediate_size=80)
     capsys.readouterr()
-    refused(capsys, ["quantize", model, "-o", tmp_path / "out", "-f", "w4a16", "-g", "32"], model, tmp_path / "out",
-            "model.layers.0.mlp.down_proj.weight: K=80 is not a multiple of group size 32", "no int4 group size divides it", "--k-fallback w8", "--ignore")
+    refused(
+        capsys,
+        ["quantize", model, "-o", tmp_path / "out", "-f", "w4a16", "-g", "32"],
+        model,
+        tmp_path / "out",
+        "model.layers.0.mlp.down_proj.weight: K=80 is not a multiple of group size 32",
+        "no int4 group size divides it",
+        "--k-fallback w8",
+        "--ignore",
+    )
 
 
 def test_tile_does_not_divide_is_padded(capsys, tmp_path, tiny_llama):

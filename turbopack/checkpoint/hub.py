@@ -52,22 +52,34 @@ def resolve_hub(spec: str) -> Path | None:
     repo_id, revision = parsed
     import huggingface_hub as hf
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
     except RevisionNotFoundError:
-        raise HubError(f"{spec}: the Hub repo {repo_id} has no revision {revision!r}; check the branch, tag or commit") from None
+        raise HubError(
+            f"{spec}: the Hub repo {repo_id} has no revision {revision!r}; check the branch, tag or commit"
+        ) from None
     except GatedRepoError:
-        raise HubError(f"{spec}: {repo_id} is gated; accept its terms on the Hub and log in (`hf auth login` or HF_TOKEN)") from None
+        raise HubError(
+            f"{spec}: {repo_id} is gated; accept its terms on the Hub and log in (`hf auth login` or HF_TOKEN)"
+        ) from None
     except RepositoryNotFoundError:
-        raise HubError(f"{spec}: not a local folder, and the Hub ({constants.ENDPOINT}) has no model repo {repo_id} "
-                       f"that your token can see; check the id, or log in (`hf auth login` or HF_TOKEN) for a private one") from None
+        raise HubError(
+            f"{spec}: not a local folder, and the Hub ({constants.ENDPOINT}) has no model repo {repo_id} "
+            f"that your token can see; check the id, or log in (`hf auth login` or HF_TOKEN) for a private one"
+        ) from None
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            raise HubError(f"{spec}: HF_HUB_OFFLINE is set and {repo_id}{'@' + revision if revision else ''} is not in the "
-                           f"cache ({constants.HF_HUB_CACHE}); download it once online or unset HF_HUB_OFFLINE") from None
+            raise HubError(
+                f"{spec}: HF_HUB_OFFLINE is set and {repo_id}{'@' + revision if revision else ''} is not in the "
+                f"cache ({constants.HF_HUB_CACHE}); download it once online or unset HF_HUB_OFFLINE"
+            ) from None
         raise HubError(f"{spec}: cannot reach the Hub at {constants.ENDPOINT} and {repo_id} is not in the cache "
                        f"({constants.HF_HUB_CACHE}); check the network (or HF_ENDPOINT) and retry") from None
     except hf.errors.HfHubHTTPError as e:

@@ -40,20 +40,37 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing; this folder was not written by turbopack (run `turbopack quantize` on the original model)")
+        raise CheckpointError(
+            f"{path}: missing; this folder was not written by turbopack (run `turbopack quantize` on the original "
+            "model)"
+        )
     manifest = read_json(path)
     version = manifest.get("manifest_version")
     if type(version) is not int:
-        raise CheckpointError(f"{path}: no manifest_version; the manifest is corrupt (re-run the command that wrote this folder)")
+        raise CheckpointError(
+            f"{path}: no manifest_version; the manifest is corrupt (re-run the command that wrote this folder)"
+        )
     if version > MANIFEST_VERSION:
-        raise CheckpointError(f"{path}: manifest version {version} is newer than this turbopack understands ({MANIFEST_VERSION}); upgrade turbopack")
+        raise CheckpointError(
+            f"{path}: manifest version {version} is newer than this turbopack understands ({MANIFEST_VERSION}); "
+            "upgrade turbopack"
+        )
     for key, kind in (("kind", str), ("tensors", dict), ("shards", dict)):
         if not isinstance(manifest.get(key), kind):
-            raise CheckpointError(f"{path}: no {key!r} {kind.__name__} entry; the manifest is corrupt (re-run the command that wrote this folder)")
+            raise CheckpointError(
+                f"{path}: no {key!r} {kind.__name__} entry; the manifest is corrupt (re-run the command that wrote "
+                "this folder)"
+            )
     for name, info in manifest["tensors"].items():
         if not isinstance(info, dict):
-            raise CheckpointError(f"{path}: tensors[{name!r}] is not an object; the manifest is corrupt (re-run the command that wrote this folder)")
+            raise CheckpointError(
+                f"{path}: tensors[{name!r}] is not an object; the manifest is corrupt (re-run the command that wrote "
+                "this folder)"
+            )
     for name, info in manifest["shards"].items():
         if not (isinstance(info, dict) and type(info.get("bytes")) is int and isinstance(info.get("sha256"), str)):
-            raise CheckpointError(f"{path}: shards[{name!r}] needs bytes and sha256; the manifest is corrupt (re-run the command that wrote this folder)")
+            raise CheckpointError(
+                f"{path}: shards[{name!r}] needs bytes and sha256; the manifest is corrupt (re-run the command that "
+                "wrote this folder)"
+            )
     return manifest

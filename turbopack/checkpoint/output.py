@@ -14,8 +14,8 @@ import fcntl
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from turbopack.checkpoint.resume import JOURNAL_NAME, fsync_dir, kept_note, partial_dir
 from turbopack.errors import CheckpointError, OutputExistsError, ResumeRefusedError, TurbopackError

@@ -40,7 +40,10 @@ class QuantizedCheckpoint:
         for module, info in self.modules.items():
             missing = [t for t in info["tensors"] if t not in self.ckpt.tensors]
             if missing:
-                raise CheckpointError(f"{self.folder}: manifest lists {missing[0]} for {module} but no shard holds it; the folder is incomplete")
+                raise CheckpointError(
+                    f"{self.folder}: manifest lists {missing[0]} for {module} but no shard holds it; the folder is "
+                    "incomplete"
+                )
         self.plain = [n for n in self.ckpt.tensors if n not in owned]
 
     def module(self, name: str) -> QuantizedModule:

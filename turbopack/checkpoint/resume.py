@@ -16,8 +16,9 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from turbopack.checkpoint.safetensors_stream import ST_DTYPES, TensorEntry, sha256_file
 from turbopack.errors import Interrupted, ResumeRefusedError
@@ -74,13 +75,17 @@ class Journal:
         self._started = False
 
     @classmethod
-    def open(cls, root: Path, job: dict[str, Any]) -> "Journal":
+    def open(cls, root: Path, job: dict[str, Any]) -> Journal:
         """The journal in ``root`` (empty when there is none, or it is unreadable: then every shard
         is rewritten); raises ResumeRefusedError, touching nothing, when it belongs to another job."""
         journal = cls(root, job)
         with contextlib.suppress(OSError, ValueError):
             data = json.loads((journal.root / JOURNAL_NAME).read_text())
-            if isinstance(data, dict) and data.get("version") == JOURNAL_VERSION and isinstance(data.get("shards"), dict):
+            if (
+                isinstance(data, dict)
+                and data.get("version") == JOURNAL_VERSION
+                and isinstance(data.get("shards"), dict)
+            ):
                 journal._check_job(data.get("job"))
                 journal.entries = {k: v for k, v in data["shards"].items() if isinstance(v, dict)}
         return journal

@@ -73,12 +73,17 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
                 raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); {FIX}")
             (n,) = struct.unpack("<Q", raw)
             if n > min(MAX_HEADER, size - 8):
-                raise CheckpointError(f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or not safetensors, {FIX}")
+                raise CheckpointError(
+                    f"{path}: header length {n} runs past the end of the file ({size} bytes); the file is truncated or "
+                    f"not safetensors, {FIX}"
+                )
             header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
         raise CheckpointError(f"{path}: the header names {e.args[0]!r} twice; the file is corrupt, {FIX}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e.__class__.__name__}); the file is corrupt, {FIX}") from None
+        raise CheckpointError(
+            f"{path}: safetensors header is not valid JSON ({e.__class__.__name__}); the file is corrupt, {FIX}"
+        ) from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(header, dict):
@@ -119,12 +124,21 @@ def _validate_entries(path: Path, header: dict, data_size: int) -> dict[str, Ten
             if not all(map(_is_count, shape + offsets)) or not _fits(shape, dtype):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry (dtype/shape/data_offsets); the file is corrupt, {FIX}") from None
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has a malformed header entry (dtype/shape/data_offsets); the file is "
+                f"corrupt, {FIX}"
+            ) from None
         entry = TensorEntry(name, dtype, shape)
         if not begin <= end <= data_size:
-            raise CheckpointError(f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} bytes); the file is truncated or corrupt, {FIX}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} data offsets [{begin}, {end}) are out of range (data section {data_size} "
+                f"bytes); the file is truncated or corrupt, {FIX}"
+            )
         if end - begin != entry.nbytes:
-            raise CheckpointError(f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span {end - begin}; the file is corrupt, {FIX}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is {e['dtype']} {list(shape)} = {entry.nbytes} bytes but its offsets span "
+                f"{end - begin}; the file is corrupt, {FIX}"
+            )
         spans.append((begin, end, name))
         out[name] = entry
     _check_coverage(path, sorted(spans), data_size)
@@ -140,7 +154,9 @@ def _check_coverage(path: Path, spans: list[tuple[int, int, str]], data_size: in
     pos = 0
     for begin, end, name in spans:
         if begin != pos:
-            raise CheckpointError(f"{path}: {begin - pos} unused bytes before tensor {name!r}; the file is corrupt, {FIX}")
+            raise CheckpointError(
+                f"{path}: {begin - pos} unused bytes before tensor {name!r}; the file is corrupt, {FIX}"
+            )
         pos = end
     if pos != data_size:
         raise CheckpointError(f"{path}: {data_size - pos} bytes after the last tensor; the file is corrupt, {FIX}")
@@ -164,7 +180,11 @@ class StreamingWriter:
         self.offsets: dict[str, int] = {}
         pos = 0
         for e in entries:
-            header[e.name] = {"dtype": ST_DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
+            header[e.name] = {
+                "dtype": ST_DTYPES[e.dtype],
+                "shape": list(e.shape),
+                "data_offsets": [pos, pos + e.nbytes],
+            }
             self.offsets[e.name] = pos
             pos += e.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
@@ -220,7 +240,7 @@ class StreamingWriter:
         """The OS error of a write (ENOSPC has no file name) with this file named."""
         return e if e.filename else OSError(e.errno, e.strerror, str(self.path))
 
-    def __enter__(self) -> "StreamingWriter":
+    def __enter__(self) -> StreamingWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -28,7 +28,7 @@ class ShardPlan:
     entries: list[list[TensorEntry]]
 
     @classmethod
-    def build(cls, jobs: list[list[TensorEntry]], max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> "ShardPlan":
+    def build(cls, jobs: list[list[TensorEntry]], max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> ShardPlan:
         shards: list[list[TensorEntry]] = [[]]
         size = 0
         for job in jobs:

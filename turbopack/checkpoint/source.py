@@ -9,9 +9,9 @@ are refused, never unpickled. Model specs that are not local folders (Hub ids) r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -36,19 +36,27 @@ def resolve_model(spec: str | Path) -> Path:
         if found is not None:
             return found
     if path.is_file() and path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{spec}: a pickle checkpoint; turbopack never unpickles (it can run code). {PICKLE_HINT}")
+        raise CheckpointError(
+            f"{spec}: a pickle checkpoint; turbopack never unpickles (it can run code). {PICKLE_HINT}"
+        )
     if path.exists():
         raise CheckpointError(f"{spec}: expected a model folder (config.json + *.safetensors), got a file")
-    raise CheckpointError(f"{spec}: no such model folder; pass a local Hugging Face folder (config.json + *.safetensors)")
+    raise CheckpointError(
+        f"{spec}: no such model folder; pass a local Hugging Face folder (config.json + *.safetensors)"
+    )
 
 
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; copy it from the original model (a model folder needs config.json + *.safetensors)") from None
+        raise CheckpointError(
+            f"{path}: missing; copy it from the original model (a model folder needs config.json + *.safetensors)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__}); fix or re-download it") from None
+        raise CheckpointError(
+            f"{path}: not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__}); fix or re-download it"
+        ) from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict):
@@ -60,7 +68,11 @@ def _shard_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(f, str) for f in weight_map.values()):
+        if (
+            not isinstance(weight_map, dict)
+            or not weight_map
+            or not all(isinstance(f, str) for f in weight_map.values())
+        ):
             raise CheckpointError(f"{index}: no weight_map of tensor name -> shard file; re-export the checkpoint")
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (folder / f).is_file()]
@@ -74,7 +86,9 @@ def _shard_files(folder: Path) -> list[Path]:
         return files
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(f"{folder}: only pickle weights ({pickles[0]}); turbopack never unpickles (it can run code). {PICKLE_HINT}")
+        raise CheckpointError(
+            f"{folder}: only pickle weights ({pickles[0]}); turbopack never unpickles (it can run code). {PICKLE_HINT}"
+        )
     raise CheckpointError(f"{folder}: no *.safetensors weights found")
 
 
@@ -89,7 +103,7 @@ class Checkpoint:
     metadata: dict[Path, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, spec: str | Path) -> "Checkpoint":
+    def open(cls, spec: str | Path) -> Checkpoint:
         folder = resolve_model(spec)
         config = read_json(folder / "config.json")
         ckpt = cls(folder, config)
@@ -98,7 +112,10 @@ class Checkpoint:
             ckpt.metadata[shard] = meta
             for name, entry in entries.items():
                 if name in ckpt.tensors:
-                    raise CheckpointError(f"{shard}: tensor {name!r} also appears in {ckpt.location[name].name}; the checkpoint is inconsistent")
+                    raise CheckpointError(
+                        f"{shard}: tensor {name!r} also appears in {ckpt.location[name].name}; the checkpoint is "
+                        "inconsistent"
+                    )
                 ckpt.tensors[name] = entry
                 ckpt.location[name] = shard
         return ckpt

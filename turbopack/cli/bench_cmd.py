@@ -8,12 +8,22 @@ import typer
 
 
 def bench(
-    formats: str = typer.Option("w4a16,w8a16,w8a8,fp8", "--formats", help="Comma list of w4a16, w8a16, w8a8, fp8, fp8_upcast."),
-    shapes: str = typer.Option("qkv,o,gate_up,down", "--shapes", help="Comma list of Llama-3-8B layers: qkv, o, gate_up, down."),
+    formats: str = typer.Option(
+        "w4a16,w8a16,w8a8,fp8", "--formats", help="Comma list of w4a16, w8a16, w8a8, fp8, fp8_upcast."
+    ),
+    shapes: str = typer.Option(
+        "qkv,o,gate_up,down", "--shapes", help="Comma list of Llama-3-8B layers: qkv, o, gate_up, down."
+    ),
     ms: str = typer.Option("1,4,16,64,256,2048", "--ms", help="Comma list of batch sizes (tokens)."),
-    tune: bool = typer.Option(False, "--tune", help="Sweep kernel configs and write the winners as <arch>.json to --out."),
-    no_peers: bool = typer.Option(False, "--no-peers", help="Skip the torch peers (bf16 cuBLAS, tinygemm, _int_mm, _scaled_mm)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for bench.json (and <arch>.json); default: $OUT or '.'."),
+    tune: bool = typer.Option(
+        False, "--tune", help="Sweep kernel configs and write the winners as <arch>.json to --out."
+    ),
+    no_peers: bool = typer.Option(
+        False, "--no-peers", help="Skip the torch peers (bf16 cuBLAS, tinygemm, _int_mm, _scaled_mm)."
+    ),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Folder for bench.json (and <arch>.json); default: $OUT or '.'."
+    ),
 ) -> None:
     """Check and time the linear kernels against torch's paths on this GPU; prints a table (µs,
     TB/s, % of measured copy bandwidth, speedups) and the pass/miss of each performance bar.

@@ -39,7 +39,9 @@ def _verbose_table(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"turbopack check — {report.model} ({report.tokens} held-out tokens, bf16 ppl {report.bf16_ppl:.3f})")
+    table = Table(
+        title=f"turbopack check — {report.model} ({report.tokens} held-out tokens, bf16 ppl {report.bf16_ppl:.3f})"
+    )
     for col in ("format", "stage", "bits/weight", "size MB", "ppl", "KL", "top-1 %", "measure", "value", "threshold",
                 "tok/s", "result"):
         table.add_column(col, justify="left" if col in ("format", "stage", "measure") else "right")
@@ -59,8 +61,12 @@ def check(
     text: Optional[Path] = typer.Option(None, "--text", help="Held-out text to evaluate on (default: bundled)."),
     seq_len: int = typer.Option(256, help="Evaluation window length in tokens."),
     max_windows: int = typer.Option(64, help="At most this many windows (0: all)."),
-    methods: str = typer.Option("rtn,awq,gptq,smooth", "--methods",
-                                help="Comma-separated methods to check: rtn, awq, gptq, smooth (SmoothQuant); calibrated ones take ~1 min each on 2 cores."),
+    methods: str = typer.Option(
+        "rtn,awq,gptq,smooth",
+        "--methods",
+        help="Comma-separated methods to check: rtn, awq, gptq, smooth (SmoothQuant); calibrated ones take ~1 min each "
+             "on 2 cores.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto (GPU rows when a CUDA GPU is visible) | cuda:N | cpu."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Every row: each stage, KL, top-1, sizes, times."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),

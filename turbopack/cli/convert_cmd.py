@@ -12,8 +12,13 @@ from turbopack.cli.options import ForceOpt, JsonOpt
 
 
 def convert(
-    src: str = typer.Argument(..., help="Quantized checkpoint folder or Hub id (org/name[@revision]): AutoAWQ gemm, GPTQ, or compressed-tensors."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder: turbopack's arch-neutral quantized form (written atomically)."),
+    src: str = typer.Argument(
+        ...,
+        help="Quantized checkpoint folder or Hub id (org/name[@revision]): AutoAWQ gemm, GPTQ, or compressed-tensors.",
+    ),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Output folder: turbopack's arch-neutral quantized form (written atomically)."
+    ),
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

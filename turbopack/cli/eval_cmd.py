@@ -14,11 +14,17 @@ from turbopack.cli.options import JsonOpt
 
 def eval_cmd(
     model: str = typer.Argument(..., help="Hugging Face model folder, or a folder written by `turbopack quantize`."),
-    text: Optional[Path] = typer.Option(None, "--text", help="Held-out text (UTF-8, or .jsonl with \"text\"); default: bundled heldout.txt."),
+    text: Optional[Path] = typer.Option(
+        None, "--text", help='Held-out text (UTF-8, or .jsonl with "text"); default: bundled heldout.txt.'
+    ),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window (windows do not overlap)."),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Score at most this many windows."),
-    against: Optional[str] = typer.Option(None, "--against", help="Also report KL divergence and top-1 agreement against this model (e.g. the float one)."),
-    device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu (the fp32 reference math runs there)."),
+    against: Optional[str] = typer.Option(
+        None, "--against", help="Also report KL divergence and top-1 agreement against this model (e.g. the float one)."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto | cuda | cuda:N | cpu (the fp32 reference math runs there)."
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """Perplexity of MODEL (float or quantized) on held-out text (fp32 reference math; on the GPU

@@ -11,7 +11,9 @@ from turbopack.cli.options import ForceOpt, JsonOpt, OutOpt
 
 
 def export(
-    src: str = typer.Argument(..., help="Arch-neutral quantized folder (from `turbopack quantize` or `convert`) or Hub id."),
+    src: str = typer.Argument(
+        ..., help="Arch-neutral quantized folder (from `turbopack quantize` or `convert`) or Hub id."
+    ),
     to: str = typer.Option(..., "--to", help="Target format: compressed-tensors (what vLLM loads)."),
     out: OutOpt = ...,
     force: ForceOpt = False,

@@ -12,10 +12,18 @@ from turbopack.cli.options import ReportJsonOpt
 
 
 def inspect(
-    path: Path = typer.Argument(..., help="An HF model, quantized or packed folder (or a multi-arch / TP pack output)."),
+    path: Path = typer.Argument(
+        ..., help="An HF model, quantized or packed folder (or a multi-arch / TP pack output)."
+    ),
     as_json: ReportJsonOpt = False,
-    layout_diagram: Optional[Path] = typer.Option(None, "--layout-diagram", help="Write a PNG of one tile of the folder's layout (needs turbopack[diagram])."),
-    arch: str = typer.Option("sm90", "--arch", help="For --layout-diagram on a quantized (unpacked) folder: draw the layout this arch would get."),
+    layout_diagram: Optional[Path] = typer.Option(
+        None, "--layout-diagram", help="Write a PNG of one tile of the folder's layout (needs turbopack[diagram])."
+    ),
+    arch: str = typer.Option(
+        "sm90",
+        "--arch",
+        help="For --layout-diagram on a quantized (unpacked) folder: draw the layout this arch would get.",
+    ),
 ) -> None:
     """Show what a folder holds: kind, arch, formats, every tensor (shape, dtype/format, layout,
     bytes), totals and the compression ratio against bf16.

@@ -22,19 +22,40 @@ from turbopack.cli.options import (
 
 
 def pack(
-    src: str = typer.Argument(..., help="Quantized folder (from `turbopack quantize`), or an HF model folder with --format."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (written atomically). With several --arch: one subfolder per arch, OUT/sm80, OUT/sm90."),
-    arch: list[str] = typer.Option(["sm90"], "--arch", "-a", help="GPU architecture to pack for (repeatable): sm80, sm86, sm89, sm90, ..."),
+    src: str = typer.Argument(
+        ..., help="Quantized folder (from `turbopack quantize`), or an HF model folder with --format."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "-o",
+        "--out",
+        help="Output folder (written atomically). With several --arch: one subfolder per arch, OUT/sm80, OUT/sm90.",
+    ),
+    arch: list[str] = typer.Option(
+        ["sm90"], "--arch", "-a", help="GPU architecture to pack for (repeatable): sm80, sm86, sm89, sm90, ..."
+    ),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks: one subfolder rank0, rank1, ... per rank."),
-    explain: bool = typer.Option(False, "--explain", help="Print, per tensor, the layout, padding, kernel config and why it was chosen."),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="SRC is unquantized: quantize it (RTN) in this format while packing: w4a16 | w8a16 | w8a8 | fp8."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Print, per tensor, the layout, padding, kernel config and why it was chosen."
+    ),
+    format: Optional[str] = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="SRC is unquantized: quantize it (RTN) in this format while packing: w4a16 | w8a16 | w8a8 | fp8.",
+    ),
     group_size: GroupSizeOpt = None,
     sym: SymOpt = None,
     scale_dtype: ScaleDtypeOpt = None,
     per_tensor: PerTensorOpt = None,
     ignore: IgnoreOpt = (),
     include_lm_head: IncludeLmHeadOpt = False,
-    strict: bool = typer.Option(False, "--strict", help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing it upcast."),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Refuse a format an arch cannot run natively (fp8 on sm80/sm86 runs upcast to 16-bit) instead of packing "
+             "it upcast.",
+    ),
     force: ForceOpt = False,
     resume: ResumeOpt = False,
     as_json: bool = typer.Option(False, "--json", help="Print the result (and the --explain table) as JSON."),
@@ -94,7 +115,11 @@ def print_explain(rows: list[dict]) -> None:
         table.add_column(col, overflow="fold", no_wrap=col == "module")
     for r in rows:
         pad = r["padding"]
-        pad_s = f"n {pad['n']}→{pad['n_pad']}, k {pad['k']}→{pad['k_pad']}" if isinstance(pad, dict) and "n_pad" in pad else str(pad)
+        pad_s = (
+            f"n {pad['n']}→{pad['n_pad']}, k {pad['k']}→{pad['k_pad']}"
+            if isinstance(pad, dict) and "n_pad" in pad
+            else str(pad)
+        )
         kernel = kernel_summary(r["kernel"])
         cells = (r["module"], *(str(r[c]) for c in extra), "x".join(map(str, r["shape"])), r["format"],
                  r["layout"], pad_s, kernel, r["why"])

@@ -14,14 +14,24 @@ def run(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1, help="Tokens to generate."),
     kv: str = typer.Option("bf16", "--kv", help="KV cache precision: bf16 | int8 | int4."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."),
+    top_p: float = typer.Option(
+        1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
-    repack: bool = typer.Option(False, "--repack", help="A folder packed for another GPU arch: pack its arch-neutral source for this GPU at load."),
+    repack: bool = typer.Option(
+        False,
+        "--repack",
+        help="A folder packed for another GPU arch: pack its arch-neutral source for this GPU at load.",
+    ),
     backend: str = typer.Option(None, "--backend", help="Override the linears' backend: reference | emulator | cuda."),
-    arch: str = typer.Option(None, "--arch", help="CPU only: run an arch-neutral folder packed for ARCH on the emulator."),
+    arch: str = typer.Option(
+        None, "--arch", help="CPU only: run an arch-neutral folder packed for ARCH on the emulator."
+    ),
     no_graph: bool = typer.Option(False, "--no-cuda-graph", help="Decode eagerly (no CUDA graph)."),
-    as_json: bool = typer.Option(False, "--json", help="Print {text, token_ids, prompt_ids, stats} as JSON instead of streaming."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print {text, token_ids, prompt_ids, stats} as JSON instead of streaming."
+    ),
 ) -> None:
     """Generate text from a model: the continuation on stdout (streamed), then prefill and decode
     tokens/s on stderr.
@@ -46,14 +56,33 @@ def run(
     st = out.stats
     if as_json:
         lo = m.loaded
-        typer.echo(json.dumps({"text": out.text, "token_ids": out.token_ids, "prompt_ids": m.encode(prompt), "stats": st.as_dict(),
-                               "model": {"folder": str(lo.folder), "kind": lo.kind, "format": lo.format,
-                                         "backend": lo.backend, "arch": lo.arch, "device": str(lo.device)}}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "text": out.text,
+                    "token_ids": out.token_ids,
+                    "prompt_ids": m.encode(prompt),
+                    "stats": st.as_dict(),
+                    "model": {
+                        "folder": str(lo.folder),
+                        "kind": lo.kind,
+                        "format": lo.format,
+                        "backend": lo.backend,
+                        "arch": lo.arch,
+                        "device": str(lo.device),
+                    },
+                },
+                indent=2,
+            )
+        )
         return
     sys.stdout.write("\n")
-    typer.echo(f"prefill: {st.prompt_tokens} tokens in {st.prefill_s * 1e3:.1f} ms ({st.prefill_tok_s:.1f} tok/s); "
-               f"decode: {max(st.new_tokens - 1, 0)} tokens in {st.decode_s * 1e3:.1f} ms ({st.decode_tok_s:.1f} tok/s); "
-               f"kv {st.kv}, {m.loaded.backend} on {m.loaded.device}{', CUDA graph' if st.cuda_graph else ''}", err=True)
+    typer.echo(
+        f"prefill: {st.prompt_tokens} tokens in {st.prefill_s * 1e3:.1f} ms ({st.prefill_tok_s:.1f} tok/s); "
+        f"decode: {max(st.new_tokens - 1, 0)} tokens in {st.decode_s * 1e3:.1f} ms ({st.decode_tok_s:.1f} tok/s); "
+        f"kv {st.kv}, {m.loaded.backend} on {m.loaded.device}{', CUDA graph' if st.cuda_graph else ''}",
+        err=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -15,10 +15,16 @@ def upload(
     folder: Path = typer.Argument(..., help="Folder to upload: quantized, packed or exported by turbopack."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub repo org/name; created if it does not exist."),
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created from main if missing)."),
+    revision: Optional[str] = typer.Option(
+        None, "--revision", help="Branch to commit to (created from main if missing)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the files, sizes and model card; upload nothing."),
-    overwrite_card: bool = typer.Option(False, "--overwrite-card", help="Replace an existing README.md (local or on the Hub)."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="Hub id of the original model, for the card's base_model."),
+    overwrite_card: bool = typer.Option(
+        False, "--overwrite-card", help="Replace an existing README.md (local or on the Hub)."
+    ),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="Hub id of the original model, for the card's base_model."
+    ),
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a turbopack folder to the Hugging Face Hub with a generated model card, in one commit.

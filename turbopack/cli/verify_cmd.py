@@ -12,8 +12,13 @@ from turbopack.cli.options import ReportJsonOpt
 
 
 def verify(
-    path: Path = typer.Argument(..., help="A `turbopack pack` output (its <arch>/ and rank<r>/ subfolders are all checked), or a quantized folder."),
-    against: Optional[Path] = typer.Option(None, "--against", help="The quantized folder it was packed from: unpack every module and compare bit for bit."),
+    path: Path = typer.Argument(
+        ...,
+        help="A `turbopack pack` output (its <arch>/ and rank<r>/ subfolders are all checked), or a quantized folder.",
+    ),
+    against: Optional[Path] = typer.Option(
+        None, "--against", help="The quantized folder it was packed from: unpack every module and compare bit for bit."
+    ),
     as_json: ReportJsonOpt = False,
 ) -> None:
     """Check a packed folder: shard sha256 and sizes, every tensor's dtype and shape, and with
@@ -38,7 +43,9 @@ def verify(
                     typer.echo(f"FAIL {problem}")
             else:
                 extra = f", {f.compared} modules/tensors bit-identical to {against}" if against else ""
-                typer.echo(f"ok   {f.folder}: {f.shards} shard(s) match their sha256, {f.tensors} tensors as listed{extra}")
+                typer.echo(
+                    f"ok   {f.folder}: {f.shards} shard(s) match their sha256, {f.tensors} tensors as listed{extra}"
+                )
     if not report.ok:
         raise typer.Exit(1)
 

@@ -30,7 +30,6 @@ from turbopack.inference.qlinear import Backend
 from turbopack.packer.pack import pack
 from turbopack.packer.quantize import quantize
 
-
 #: Calibration for check's AWQ/GPTQ/SmoothQuant rows: 32 windows of 256 tokens of the bundled
 #: calibration text (a quarter of `quantize`'s default 128 x 512 tokens), to keep check short.
 CHECK_CALIB = {"calib_samples": 32, "calib_seqlen": 256, "seed": 0}

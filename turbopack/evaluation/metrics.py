@@ -155,8 +155,14 @@ def evaluate(model: str | Path, text: Path | None = None, seq_len: int = 256, ma
     if ids.numel() < 2:
         raise TurbopackError(f"{text or 'held-out text'}: fewer than 2 tokens; pass a longer --text")
     windows = windows_of(ids, seq_len, max_windows).to(dev)
-    res = {"model": str(folder), "weights": what, "device": str(dev), "seq_len": windows.shape[1], "windows": windows.shape[0],
-           "tokens": windows.numel()}
+    res = {
+        "model": str(folder),
+        "weights": what,
+        "device": str(dev),
+        "seq_len": windows.shape[1],
+        "windows": windows.shape[0],
+        "tokens": windows.numel(),
+    }
     if against is None:
         with torch.inference_mode():
             res["perplexity"] = perplexity(net, ids, seq_len=seq_len, max_windows=max_windows)

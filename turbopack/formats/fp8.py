@@ -10,8 +10,9 @@ On disk: qweight float8_e4m3fn [N, K], scales float32 [N] (per channel) or [1] (
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 import torch
 
@@ -45,7 +46,11 @@ class FP8(Format):
 
     def specs(self, shape: tuple[int, int]) -> list[TensorSpec]:
         n, k = shape
-        scales = TensorSpec("scales", torch.float32, (1,), per_row=False) if self.per_tensor else TensorSpec("scales", torch.float32, (n,))
+        scales = (
+            TensorSpec("scales", torch.float32, (1,), per_row=False)
+            if self.per_tensor
+            else TensorSpec("scales", torch.float32, (n,))
+        )
         return [TensorSpec("qweight", torch.float8_e4m3fn, (n, k)), scales]
 
     def tensor_stats(self, chunks: Iterable[torch.Tensor]) -> dict[str, float]:

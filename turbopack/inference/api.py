@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from turbopack.errors import TurbopackError
 from turbopack.inference.generate import Engine, GenerationStats
-from turbopack.inference.loader import Loaded, load as load_folder, tokenizer_files
+from turbopack.inference.loader import Loaded, tokenizer_files
+from turbopack.inference.loader import load as load_folder
 from turbopack.inference.qlinear import Backend, fuse_projections
 from turbopack.inference.sampling import SamplingParams
 from turbopack.textenc import text_encoder
@@ -116,9 +117,19 @@ class TurbopackModel:
                 f"arch={lo.arch}, device={lo.device}, kv={self.engine.kv})")
 
 
-def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype = torch.bfloat16, kv: str = "bf16",
-         repack: bool = False, *, arch: str | None = None, backend: str | Backend | None = None, fuse: bool | None = None,
-         use_graphs: bool | None = None, fast: bool | None = None) -> TurbopackModel:
+def load(
+    path: str | Path,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.bfloat16,
+    kv: str = "bf16",
+    repack: bool = False,
+    *,
+    arch: str | None = None,
+    backend: str | Backend | None = None,
+    fuse: bool | None = None,
+    use_graphs: bool | None = None,
+    fast: bool | None = None,
+) -> TurbopackModel:
     """Load a packed, arch-neutral quantized or Hugging Face folder for generation.
 
     On a GPU the default is the fast decode path: fused q|k|v and gate|up matmuls, the fused glue

@@ -76,7 +76,9 @@ def supported(model: Transformer) -> bool:
     """Whether forward() can run this model where its weights are."""
     dev = model.model.embed_tokens.weight.device
     cfg = model.config
-    fused = all(layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in model.model.layers)
+    fused = all(
+        layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in model.model.layers
+    )
     return triton is not None and (dev.type == "cuda" or interpreting()) and fused and cfg.head_dim % 2 == 0
 
 
@@ -129,7 +131,9 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         attn = layer.self_attn
         qkv = attn.qkv_proj(h)
         if _kernel_cache(cache):  # rotary + K/V store in one launch
-            q = rope_store(qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+            q = rope_store(
+                qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+            )
             y = cache.attention(q, input_pos, mask)
         else:
             q, k, v = rope(qkv, model, input_pos, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)

@@ -42,9 +42,11 @@ def check_arch_compat(config: dict[str, Any], local_arch: str, known_layouts: di
         return
     packed_for = qc.get("arch")
     if packed_for != local_arch:
-        raise CheckpointError(f"{folder}: packed for {packed_for} but this GPU is {local_arch}; repack it: "
-                              f"`turbopack pack ARCH_NEUTRAL_FOLDER --arch {local_arch} -o {Path(str(folder)).name}-{local_arch}` "
-                              f"(ARCH_NEUTRAL_FOLDER: the `turbopack quantize`/`convert` output it was packed from)")
+        raise CheckpointError(
+            f"{folder}: packed for {packed_for} but this GPU is {local_arch}; repack it: "
+            f"`turbopack pack ARCH_NEUTRAL_FOLDER --arch {local_arch} -o {Path(str(folder)).name}-{local_arch}` "
+            f"(ARCH_NEUTRAL_FOLDER: the `turbopack quantize`/`convert` output it was packed from)"
+        )
     if known_layouts is None:
         known_layouts = {name: LAYOUTS.get(name).version for name in LAYOUTS.names()}
     for layout, version in (qc.get("layout_version") or {}).items():

@@ -113,7 +113,9 @@ class QuantKVCache(nn.Module):
         codes = (*shape, self.fmt.code_shape(head_dim))
         for name in ("k", "v"):
             self.register_buffer(f"{name}_codes", torch.zeros(codes, dtype=code_dtype, device=device), persistent=False)
-            self.register_buffer(f"{name}_scale", torch.ones(shape, dtype=torch.float32, device=device), persistent=False)
+            self.register_buffer(
+                f"{name}_scale", torch.ones(shape, dtype=torch.float32, device=device), persistent=False
+            )
             zero = torch.zeros(shape if self.fmt.bits == 4 else (0,), dtype=torch.float32, device=device)
             self.register_buffer(f"{name}_zero", zero, persistent=False)
 

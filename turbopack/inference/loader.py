@@ -90,8 +90,15 @@ def _repack_hint(folder: Path, manifest: dict, arch: str) -> str:
     return f"turbopack pack {src} --arch {arch} -o {folder.name}-{arch}"
 
 
-def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, repack: bool,
-                 arch: str | None, backend: str | Backend | None) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
+def plan_modules(
+    folder: Path,
+    manifest: dict | None,
+    device: torch.device,
+    *,
+    repack: bool,
+    arch: str | None,
+    backend: str | Backend | None,
+) -> tuple[Path, str, dict[str, ModulePlan], str | None]:
     """(folder to read, kind, {module: plan}, arch the tensors run as)."""
     foreign = foreign_quantization(folder, manifest["kind"] if manifest else None)
     if foreign is not None:
@@ -102,14 +109,20 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
     kind = manifest["kind"]
     if kind == "packed":
         if int(manifest.get("tp", 1)) > 1:
-            raise CheckpointError(f"{folder}: tensor-parallel rank folder (tp={manifest['tp']}); this runtime runs tp=1 "
-                                  f"folders: {_repack_hint(folder, manifest, manifest.get('arch', 'smXX'))}")
+            raise CheckpointError(
+                f"{folder}: tensor-parallel rank folder (tp={manifest['tp']}); this runtime runs tp=1 "
+                f"folders: {_repack_hint(folder, manifest, manifest.get('arch', 'smXX'))}"
+            )
         packed_arch = manifest["arch"]
         want = local_arch(device) if device.type == "cuda" else packed_arch
         if want != packed_arch or (backend is not None and not BACKENDS.get(backend).needs_layout):
             src = Path(manifest.get("source", ""))
             if not repack:
-                why = f"packed for {packed_arch} but this GPU is {want}" if want != packed_arch else "packed, but the reference backend runs arch-neutral tensors"
+                why = (
+                    f"packed for {packed_arch} but this GPU is {want}"
+                    if want != packed_arch
+                    else "packed, but the reference backend runs arch-neutral tensors"
+                )
                 raise CheckpointError(f"{folder}: {why}; run `{_repack_hint(folder, manifest, want)}` "
                                       f"(or pass --repack to pack the arch-neutral source at load)")
             if not (src / MANIFEST_NAME).is_file():
@@ -128,7 +141,9 @@ def plan_modules(folder: Path, manifest: dict | None, device: torch.device, *, r
     if BACKENDS.get(backend).needs_layout:
         pack_for = arch or (local_arch(device) if device.type == "cuda" else None)
         if pack_for is None:
-            raise TurbopackError(f"{folder}: backend {backend.value!r} runs packed tensors; give the arch to pack for (e.g. sm90)")
+            raise TurbopackError(
+                f"{folder}: backend {backend.value!r} runs packed tensors; give the arch to pack for (e.g. sm90)"
+            )
     plans = {}
     for m, i in manifest["tensors"].items():
         fmt, shape = format_from_params(i["format"]), tuple(i["shape"])
@@ -158,7 +173,9 @@ def _set_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
     elif attr in mod._buffers:
         old = mod._buffers[attr]
         if old is not None and (tuple(old.shape) != tuple(t.shape) or old.dtype != t.dtype):
-            raise CheckpointError(f"tensor {name!r}: {t.dtype} {list(t.shape)}, the model expects {old.dtype} {list(old.shape)}")
+            raise CheckpointError(
+                f"tensor {name!r}: {t.dtype} {list(t.shape)}, the model expects {old.dtype} {list(old.shape)}"
+            )
         mod._buffers[attr] = t
     else:
         raise CheckpointError(f"tensor {name!r} has no place in the model; is the config right?")
@@ -206,7 +223,11 @@ def fill(model: nn.Module, ckpt: Checkpoint, plans: dict[str, ModulePlan], devic
     tensors cast to ``dtype``); a module planned ``pack_for`` an arch is packed at load."""
     owner = {}
     for m, p in plans.items():
-        for s in (p.layout.packed_specs(p.fmt, p.shape) if p.layout is not None and p.pack_for is None else p.fmt.specs(p.shape)):
+        for s in (
+            p.layout.packed_specs(p.fmt, p.shape)
+            if p.layout is not None and p.pack_for is None
+            else p.fmt.specs(p.shape)
+        ):
             owner[f"{m}.{s.suffix}"] = m
     to_pack = {m for m, p in plans.items() if p.pack_for is not None}
     by_shard: dict[Path, list[str]] = {}
@@ -268,10 +289,14 @@ def load(path: str | Path, device: str | torch.device = "auto", dtype: torch.dty
     backends = sorted({p.backend.value for p in plans.values()}) or ["none"]
     info = {"modules": len(plans), "read_from": str(read_from),
             "layouts": sorted({p.layout.name.value for p in plans.values() if p.layout is not None})}
-    return Loaded(model, config, folder, kind, device, dtype, ",".join(backends), run_arch, ",".join(fmts) or None, info)
+    return Loaded(
+        model, config, folder, kind, device, dtype, ",".join(backends), run_arch, ",".join(fmts) or None, info
+    )
 
 
-def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
+def load_model(
+    folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Transformer:
     """A Hugging Face folder (config.json + model.safetensors, sharded or not) as the float
     reference Transformer (what evaluation compares against)."""
     folder = Path(folder)

@@ -13,8 +13,8 @@ Two promises the rest of turbopack relies on:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,14 +68,18 @@ class ModelConfig:
         except KeyError as e:
             raise CheckpointError(f"config.json: no {e.args[0]!r}; fix config.json or re-download the model") from None
         except (TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as e:
-            raise CheckpointError(f"config.json: a value has the wrong type ({str(e)[:120]}); fix config.json or re-download the model") from None
+            raise CheckpointError(
+                f"config.json: a value has the wrong type ({str(e)[:120]}); fix config.json or re-download the model"
+            ) from None
         ints = {"vocab_size": cfg.vocab, "hidden_size": cfg.hidden, "intermediate_size": cfg.intermediate,
                 "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
                 "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
                 "max_position_embeddings": cfg.max_position_embeddings}
         for key, v in ints.items():
             if type(v) is not int or v < 1:
-                raise CheckpointError(f"config.json: {key} is {v!r}, not a positive integer; fix config.json or re-download the model")
+                raise CheckpointError(
+                    f"config.json: {key} is {v!r}, not a positive integer; fix config.json or re-download the model"
+                )
         return cfg
 
     @classmethod

@@ -129,7 +129,10 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         lay = f", layout={self.layout.name.value}" if self.layout is not None else ""
-        return f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend.value}, bias={self.bias is not None}"
+        return (
+            f"{self.fmt.describe()}, shape={list(self.shape)}{lay}, backend={self.backend.value}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 def concat(mods: list[QuantLinear]) -> QuantLinear | None:
@@ -155,7 +158,9 @@ def concat(mods: list[QuantLinear]) -> QuantLinear | None:
             return None
     bias = torch.cat([m.bias for m in mods]) if first.bias is not None else None
     try:  # a layout whose packed tensors do not stack along dim 0 fails its own shape check here
-        return QuantLinear.from_tensors(first.fmt, shape, tensors, layout=first.layout, backend=first.backend, bias=bias)
+        return QuantLinear.from_tensors(
+            first.fmt, shape, tensors, layout=first.layout, backend=first.backend, bias=bias
+        )
     except ShapeError:
         return None
 

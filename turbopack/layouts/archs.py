@@ -7,9 +7,9 @@ Data, not branches: a new arch is one ``Arch`` entry plus ``tables/<arch>.json``
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from turbopack.errors import TurbopackError
 from turbopack.layouts.base import LayoutName
@@ -98,7 +98,10 @@ def arch_for_capability(major: int, minor: int, device: str = "GPU") -> Arch:
     if same_major:
         return max(same_major, key=lambda a: a.capability)
     known = ", ".join(ARCHS.names())
-    raise TurbopackError(f"{device} has compute capability {major}.{minor}, which has no turbopack layouts; pass --arch explicitly (one of {known}; sm89 layouts run on any later GPU)")
+    raise TurbopackError(
+        f"{device} has compute capability {major}.{minor}, which has no turbopack layouts; pass --arch explicitly (one "
+        f"of {known}; sm89 layouts run on any later GPU)"
+    )
 
 
 def detect_arch() -> Arch:
@@ -106,6 +109,9 @@ def detect_arch() -> Arch:
     import torch
 
     if not torch.cuda.is_available():
-        raise TurbopackError(f"--arch auto needs a visible CUDA GPU and none was found; pass --arch with the target GPU's arch (one of {', '.join(ARCHS.names())})")
+        raise TurbopackError(
+            "--arch auto needs a visible CUDA GPU and none was found; pass --arch with the target GPU's arch (one of "
+            f"{', '.join(ARCHS.names())})"
+        )
     major, minor = torch.cuda.get_device_capability(0)
     return arch_for_capability(major, minor, torch.cuda.get_device_name(0))

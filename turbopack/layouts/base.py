@@ -81,7 +81,10 @@ class Layout(ABC):
     def check_format(self, fmt: Format) -> None:
         if fmt.name not in self.format:
             held = ", ".join(f.value for f in self.format)
-            raise TurbopackError(f"layout {self.name.value} holds {held}, not {fmt.name.value}; pick a layout for {fmt.name.value} (turbopack.layouts.select)")
+            raise TurbopackError(
+                f"layout {self.name.value} holds {held}, not {fmt.name.value}; pick a layout for {fmt.name.value} "
+                "(turbopack.layouts.select)"
+            )
 
     def row_chunks(self, shape: tuple[int, int], max_rows: int) -> list[tuple[int, int]]:
         """Row ranges [r0, r1) of the weight to pack one at a time: whole N tiles (the last one
@@ -108,7 +111,10 @@ def check_packed(where: str, t: torch.Tensor | None, spec: TensorSpec) -> None:
     if t is None:
         raise ShapeError(f"{where}: packed tensor missing; expected {spec.dtype} {list(spec.shape)}")
     if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
-        raise ShapeError(f"{where}: packed tensor is {t.dtype} {list(t.shape)}, expected {spec.dtype} {list(spec.shape)}; was it packed for another shape or layout?")
+        raise ShapeError(
+            f"{where}: packed tensor is {t.dtype} {list(t.shape)}, expected {spec.dtype} {list(spec.shape)}; was it "
+            "packed for another shape or layout?"
+        )
 
 
 def pad2d(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ differ among themselves), so compare with a tolerance, not bit for bit (w8a8 is 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -177,7 +177,14 @@ def _scale_row(packed: dict[str, torch.Tensor], n: int) -> torch.Tensor:
     return s[:n] if s.numel() > 1 else s
 
 
-def _w4(x: torch.Tensor, fmt: Format, layout: Layout, packed: dict[str, torch.Tensor], shape: tuple[int, int], act: torch.dtype) -> torch.Tensor:
+def _w4(
+    x: torch.Tensor,
+    fmt: Format,
+    layout: Layout,
+    packed: dict[str, torch.Tensor],
+    shape: tuple[int, int],
+    act: torch.dtype,
+) -> torch.Tensor:
     pad = layout.padding(shape)
     qw = packed["qweight"].contiguous().numpy().view(np.uint32)
     s = packed["scales"].float().numpy()
@@ -187,7 +194,9 @@ def _w4(x: torch.Tensor, fmt: Format, layout: Layout, packed: dict[str, torch.Te
     return torch.from_numpy(y[:, : shape[0]])
 
 
-def _lut_acc(x: torch.Tensor, layout: Layout, packed: dict[str, torch.Tensor], shape: tuple[int, int], lut: np.ndarray) -> torch.Tensor:
+def _lut_acc(
+    x: torch.Tensor, layout: Layout, packed: dict[str, torch.Tensor], shape: tuple[int, int], lut: np.ndarray
+) -> torch.Tensor:
     y = _gemm_lut(_x_padded(x, layout.padding(shape).k_pad), _codes4d(packed["qweight"]), lut)
     return torch.from_numpy(y[:, : shape[0]])
 
@@ -231,7 +240,10 @@ def emulate_linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | s
     for spec in layout.packed_specs(fmt, shape):
         check_packed(f"emulate {layout.name.value}: {spec.suffix}", packed.get(spec.suffix), spec)
     if x.dtype not in _ROUND or x.shape[-1] != shape[1]:
-        raise ShapeError(f"emulate {layout.name.value}: x is {x.dtype} {list(x.shape)}; expected bfloat16/float16/float32 [..., {shape[1]}]")
+        raise ShapeError(
+            f"emulate {layout.name.value}: x is {x.dtype} {list(x.shape)}; expected bfloat16/float16/float32 [..., "
+            f"{shape[1]}]"
+        )
     lead = x.shape[:-1]
     x2 = x.detach().reshape(-1, shape[1]).cpu()
     y = EMULATORS[layout.name](x2, fmt, layout, packed, shape, x.dtype)

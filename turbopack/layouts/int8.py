@@ -15,7 +15,7 @@ import torch
 
 from turbopack.errors import ShapeError
 from turbopack.formats import Format, FormatName, TensorSpec
-from turbopack.layouts.base import Layout, LayoutName, Padding, check_packed, check_rows, pad2d, to_tiles, from_tiles
+from turbopack.layouts.base import Layout, LayoutName, Padding, check_packed, check_rows, from_tiles, pad2d, to_tiles
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,11 @@ class ByteLayout(Layout):
         fmt.check_shape(f"{self.name.value} weight", shape)
         pad = self.padding(shape)
         per_tensor = bool(getattr(fmt, "per_tensor", False))
-        scales = TensorSpec("scales", torch.float32, (1,), per_row=False) if per_tensor else TensorSpec("scales", torch.float32, (pad.n_pad,))
+        scales = (
+            TensorSpec("scales", torch.float32, (1,), per_row=False)
+            if per_tensor
+            else TensorSpec("scales", torch.float32, (pad.n_pad,))
+        )
         return [TensorSpec("qweight", self.code_dtype, self.qweight_shape(pad)), scales]
 
     def pack(self, fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -47,7 +51,9 @@ class ByteLayout(Layout):
         qweight, scales = q["qweight"], q["scales"]
         rows = check_rows(f"{where}: qweight", qweight, shape, shape[1])
         if qweight.dtype != self.code_dtype or scales.dtype != torch.float32:
-            raise ShapeError(f"{where}: expected {self.code_dtype} qweight and float32 scales, got {qweight.dtype} / {scales.dtype}")
+            raise ShapeError(
+                f"{where}: expected {self.code_dtype} qweight and float32 scales, got {qweight.dtype} / {scales.dtype}"
+            )
         rows_pad = -(-rows // self.tile_n) * self.tile_n
         codes = pad2d(qweight.view(torch.uint8), rows_pad, pad.k_pad)
         if self.rowmajor:

@@ -64,7 +64,9 @@ def _check_rule(arch: Arch, rule: dict[str, Any], i: int) -> None:
             raise _table_error(arch.name.value, f"{where} has no {key!r}")
     layout = get_layout(rule["layout"])
     if FormatName(rule["format"]) not in layout.format or layout.name not in arch.layouts:
-        raise _table_error(arch.name.value, f"{where}: layout {layout.name.value} cannot hold {rule['format']} on {arch.name.value}")
+        raise _table_error(
+            arch.name.value, f"{where}: layout {layout.name.value} cannot hold {rule['format']} on {arch.name.value}"
+        )
     if not all(isinstance(rule["kernel"].get(k), dict) for k in ("decode", "prefill")):
         raise _table_error(arch.name.value, f"{where}: kernel needs 'decode' and 'prefill' dicts")
     for o in rule.get("overrides", []):

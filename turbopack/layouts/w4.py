@@ -70,7 +70,9 @@ def check_zeros(zeros: torch.Tensor, where: str) -> None:
     """Zero points are 4-bit codes: the kernels' per-group fold ``-(z*s)`` is exact in fp32 only
     because z has 4 bits (docs/layouts.md), so anything else is refused, not stored."""
     if zeros.numel() and int(zeros.max()) > 15:
-        raise BadTensorError(f"{where}: zeros hold {int(zeros.max())}; int4 zero points are 0..15 (re-quantize the weight)")
+        raise BadTensorError(
+            f"{where}: zeros hold {int(zeros.max())}; int4 zero points are 0..15 (re-quantize the weight)"
+        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,10 @@ class W4Tiled(Layout):
         rows = {name: check_rows(f"{where}: {name}", q[name], shape, cols) for name, (_, cols) in want.items()}
         for name, (dtype, _) in want.items():
             if q[name].dtype != dtype or rows[name] != rows["qweight"]:
-                raise ShapeError(f"{where}: {name} is {q[name].dtype} with {rows[name]} rows; expected {dtype} with {rows['qweight']} rows (as qweight)")
+                raise ShapeError(
+                    f"{where}: {name} is {q[name].dtype} with {rows[name]} rows; expected {dtype} with "
+                    f"{rows['qweight']} rows (as qweight)"
+                )
         return rows["qweight"]
 
     def pack(self, fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -159,7 +164,14 @@ class W4Tiled(Layout):
         pad, _, groups = self._dims(fmt, shape)
         n, k = shape
         kg = k // w4.group_size
-        words = packed["qweight"].contiguous().numpy().view(np.uint32).transpose(0, 2, 1, 3).reshape(pad.n_pad, pad.k_pad // 8)
+        words = (
+            packed["qweight"]
+            .contiguous()
+            .numpy()
+            .view(np.uint32)
+            .transpose(0, 2, 1, 3)
+            .reshape(pad.n_pad, pad.k_pad // 8)
+        )
         codes = deinterleave_words(words)[:n, : k // 2]
         out = {"qweight": torch.from_numpy(np.ascontiguousarray(codes))}
 

@@ -117,7 +117,10 @@ def draw(path: str | Path, layout, fmt: Format, label: str = "") -> Path:
     n, k = tm.shape
     fig = Figure(figsize=(15, 5.6), layout="constrained")
     axes = fig.subplots(1, 3)
-    for ax, data, title in ((axes[0], tm.word, "32-bit word index"), (axes[1], tm.lane, f"slot in word ({tm.unit_bits}-bit)")):
+    for ax, data, title in (
+        (axes[0], tm.word, "32-bit word index"),
+        (axes[1], tm.lane, f"slot in word ({tm.unit_bits}-bit)"),
+    ):
         im = ax.imshow(data.numpy(), cmap="viridis", interpolation="nearest", aspect="auto")
         ax.set(title=title, xlabel="k (input channel)", ylabel="n (output channel)")
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -125,7 +128,9 @@ def draw(path: str | Path, layout, fmt: Format, label: str = "") -> Path:
     axes[2].imshow(tm.word[:z, :z].numpy(), cmap="viridis", interpolation="nearest")
     for i in range(z):
         for j in range(z):
-            axes[2].text(j, i, f"{int(tm.word[i, j])}.{int(tm.lane[i, j])}", ha="center", va="center", fontsize=7, color="w")
+            axes[2].text(
+                j, i, f"{int(tm.word[i, j])}.{int(tm.lane[i, j])}", ha="center", va="center", fontsize=7, color="w"
+            )
     axes[2].set(title=f"top-left {z}x{z}: word.slot", xlabel="k", ylabel="n")
     fig.suptitle(f"{tm.layout}: where weight code (n, k) of one {n}x{k} tile lands in the packed qweight"
                  + f" — {fmt.name.value}" + (f" — {label}" if label else ""))

@@ -59,12 +59,21 @@ _FIX = "config.json does not belong to these weights; fix it or re-download the 
 def config_dims(config: dict, where: str = "config.json") -> dict[str, int]:
     """The Llama-family dims of a config (positive ints), plus q/kv: the q and k/v projection widths."""
     dims = {}
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+    ):
         v = config.get(key)
         if v is None and key in ("num_key_value_heads", "head_dim"):
             continue  # optional: default to num_attention_heads and hidden_size / num_attention_heads
         if type(v) is not int or v < 1:
-            raise CheckpointError(f"{where}: {key} is {v!r}, not a positive integer; fix config.json or re-download the model")
+            raise CheckpointError(
+                f"{where}: {key} is {v!r}, not a positive integer; fix config.json or re-download the model"
+            )
         dims[key] = v
     dims.setdefault("num_key_value_heads", dims["num_attention_heads"])
     dims.setdefault("head_dim", dims["hidden_size"] // dims["num_attention_heads"])
@@ -83,7 +92,9 @@ def check_dims(config: dict, shapes: dict[str, tuple[int, ...]], where: str = "c
             continue
         file = f" in {files[name]}" if files and name in files else ""
         if int(m.group(1)) >= dims["num_hidden_layers"]:
-            raise CheckpointError(f"{where}: num_hidden_layers={dims['num_hidden_layers']} but {name}{file} exists; {_FIX}")
+            raise CheckpointError(
+                f"{where}: num_hidden_layers={dims['num_hidden_layers']} but {name}{file} exists; {_FIX}"
+            )
         keys, expect = _LINEAR_SHAPES[m.group(2)]
         want = expect(dims)
         if tuple(shape) != want:

@@ -62,7 +62,9 @@ def packed_folders(path: str | Path) -> list[Path]:
         found += [sub] if (sub / MANIFEST_NAME).is_file() else \
             [s for s in sorted(sub.iterdir()) if s.is_dir() and (s / MANIFEST_NAME).is_file()]
     if not found:
-        raise CheckpointError(f"{path}: no {MANIFEST_NAME} here or in its arch/rank subfolders; point at a `turbopack pack` output")
+        raise CheckpointError(
+            f"{path}: no {MANIFEST_NAME} here or in its arch/rank subfolders; point at a `turbopack pack` output"
+        )
     return found
 
 
@@ -74,7 +76,9 @@ def inspect_folder(folder: Path) -> InspectReport:
         return _compressed_tensors(ckpt, qc)
     if manifest is None:
         return _hf(ckpt)
-    rep = InspectReport(ckpt.folder, manifest["kind"], manifest.get("arch"), manifest.get("tp", 1), manifest.get("rank", 0))
+    rep = InspectReport(
+        ckpt.folder, manifest["kind"], manifest.get("arch"), manifest.get("tp", 1), manifest.get("rank", 0)
+    )
     owned: set[str] = set()
     formats: dict[str, None] = {}
     for module, info in manifest["tensors"].items():

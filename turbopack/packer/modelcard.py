@@ -33,21 +33,30 @@ def describe(folder: Path) -> dict[str, Any]:
     config = _read(folder / "config.json")
     manifest = _read(folder / MANIFEST_NAME)
     qc = config.get("quantization_config") or {}
-    fmt = manifest.get("format") or {k: qc.get(k) for k in ("format", "group_size", "sym", "scale_dtype", "per_tensor") if k in qc}
+    fmt = manifest.get("format") or {
+        k: qc.get(k) for k in ("format", "group_size", "sym", "scale_dtype", "per_tensor") if k in qc
+    }
     exported = qc.get("quant_method") == "compressed-tensors"
     if exported:
         fmt = manifest.get("format") or {}
     return {
         "architecture": (config.get("architectures") or ["unknown"])[0],
         "kind": manifest.get("kind") or ("compressed-tensors" if exported else "unknown"),
-        "format": fmt.get("format"), "group_size": fmt.get("group_size"), "sym": fmt.get("sym"),
-        "scale_dtype": fmt.get("scale_dtype"), "per_tensor": fmt.get("per_tensor"),
+        "format": fmt.get("format"),
+        "group_size": fmt.get("group_size"),
+        "sym": fmt.get("sym"),
+        "scale_dtype": fmt.get("scale_dtype"),
+        "per_tensor": fmt.get("per_tensor"),
         "method": qc.get("method") or _first_method(manifest) or ("compressed-tensors" if exported else None),
-        "arch": qc.get("arch") or manifest.get("arch"), "tp": qc.get("tp") or manifest.get("tp"),
-        "layouts": sorted(set((qc.get("layouts") or {}).values())), "layout_version": qc.get("layout_version"),
-        "exported": exported, "source": manifest.get("source"),
+        "arch": qc.get("arch") or manifest.get("arch"),
+        "tp": qc.get("tp") or manifest.get("tp"),
+        "layouts": sorted(set((qc.get("layouts") or {}).values())),
+        "layout_version": qc.get("layout_version"),
+        "exported": exported,
+        "source": manifest.get("source"),
         "quantized": len(manifest.get("tensors") or {}) or len((manifest.get("exported") or {}).get("modules", [])),
-        "kept": len(manifest.get("unquantized") or {}), "imported_from": (qc.get("imported_from") or {}).get("quant_method"),
+        "kept": len(manifest.get("unquantized") or {}),
+        "imported_from": (qc.get("imported_from") or {}).get("quant_method"),
     }
 
 
@@ -98,7 +107,9 @@ def front_matter(facts: dict[str, Any], base_model: str | None) -> dict[str, Any
                  "pipeline_tag": "text-generation"})
     q = {k: facts[k] for k in ("format", "group_size", "sym", "scale_dtype", "per_tensor", "method", "arch", "tp",
                                "layout_version") if facts.get(k) not in (None, [], {})}
-    q["layout"] = "packed" if facts["kind"] == "packed" else ("compressed-tensors" if facts["exported"] else "arch-neutral")
+    q["layout"] = (
+        "packed" if facts["kind"] == "packed" else ("compressed-tensors" if facts["exported"] else "arch-neutral")
+    )
     meta["turbopack"] = q
     return meta
 
@@ -109,14 +120,26 @@ def build_card(folder: str | Path, repo_id: str, base_model: str | None = None) 
     base_model = base_model or (hub_id_of_cache_path(facts["source"]) if facts["source"] else None)
     meta = front_matter(facts, base_model)
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {repo_id.split('/')[-1]}", ""]
-    what = {"packed": f"packed by turbopack for **{facts['arch']}** GPUs", "quantized": "an arch-neutral turbopack quantized checkpoint",
-            "compressed-tensors": "a compressed-tensors checkpoint exported by turbopack"}.get(facts["kind"], "a turbopack checkpoint")
+    what = {
+        "packed": f"packed by turbopack for **{facts['arch']}** GPUs",
+        "quantized": "an arch-neutral turbopack quantized checkpoint",
+        "compressed-tensors": "a compressed-tensors checkpoint exported by turbopack",
+    }.get(facts["kind"], "a turbopack checkpoint")
     src = f" of [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
     lines += [f"{facts['architecture']}{src}, quantized to **{facts['format'] or '?'}**: {what}.", ""]
     lines += ["| property | value |", "| --- | --- |"]
-    for label, key in (("format", "format"), ("group size", "group_size"), ("symmetric", "sym"), ("scale dtype", "scale_dtype"),
-                       ("method", "method"), ("imported from", "imported_from"), ("target arch", "arch"), ("tensor parallel", "tp"),
-                       ("quantized linears", "quantized"), ("kept unquantized", "kept")):
+    for label, key in (
+        ("format", "format"),
+        ("group size", "group_size"),
+        ("symmetric", "sym"),
+        ("scale dtype", "scale_dtype"),
+        ("method", "method"),
+        ("imported from", "imported_from"),
+        ("target arch", "arch"),
+        ("tensor parallel", "tp"),
+        ("quantized linears", "quantized"),
+        ("kept unquantized", "kept"),
+    ):
         if facts.get(key) not in (None, "", 0) or key in ("quantized",):
             lines.append(f"| {label} | {facts[key]} |")
     if facts["layouts"]:
@@ -126,22 +149,35 @@ def build_card(folder: str | Path, repo_id: str, base_model: str | None = None) 
     if rows:
         lines += ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
     else:
-        lines.append("No quality numbers were recorded (run `turbopack check` / `turbopack eval` and save the result as quality.json).")
+        lines.append(
+            "No quality numbers were recorded (run `turbopack check` / `turbopack eval` and save the result as "
+            "quality.json)."
+        )
     lines += ["", "## Usage", ""] + _usage(facts, repo_id)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _usage(facts: dict[str, Any], repo_id: str) -> list[str]:
     if facts["exported"]:
-        return ["With vLLM (tensor parallelism across GPUs works as for any compressed-tensors model):", "", "```bash",
-                f"vllm serve {repo_id} --tensor-parallel-size 2", "```", "", "With transformers (dequantizes on load):", "",
-                "```python", "from transformers import AutoModelForCausalLM",
-                f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")", "```"]
+        return [
+            "With vLLM (tensor parallelism across GPUs works as for any compressed-tensors model):",
+            "",
+            "```bash",
+            f"vllm serve {repo_id} --tensor-parallel-size 2",
+            "```",
+            "",
+            "With transformers (dequantizes on load):",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM",
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+            "```",
+        ]
     run = ["```bash", "pip install turbopack"]
     if facts["kind"] == "packed":
         run += [f"turbopack run {repo_id} --prompt \"Hello\"   # on a {facts['arch']} GPU"]
     else:
-        run += [f"turbopack pack {repo_id} --arch auto -o local-packed", "turbopack run local-packed --prompt \"Hello\""]
+        run += [f"turbopack pack {repo_id} --arch auto -o local-packed", 'turbopack run local-packed --prompt "Hello"']
     run += ["```", "", "From transformers code (generate, pipelines):", "", "```python", "import turbopack",
             f"model = turbopack.load_hf(\"{repo_id}\")", "```", "",
             "For vLLM, export it first: `turbopack export <this folder> --to compressed-tensors -o out`."]

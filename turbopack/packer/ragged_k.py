@@ -12,8 +12,8 @@ A folder with mixed formats cannot be exported to compressed-tensors (one scheme
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
-from typing import Callable
 
 from turbopack.errors import ShapeError
 from turbopack.formats import Format, FormatName, get_format

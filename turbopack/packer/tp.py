@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -82,7 +82,13 @@ class Slice:
         return {Parallel.COLUMN: (size, k), Parallel.ROW: (n, size)}.get(self.parallel, (n, k))
 
     def as_dict(self) -> dict:
-        return {"parallel": self.parallel.value, "rank": self.rank, "tp": self.tp, "start": self.start, "stop": self.stop}
+        return {
+            "parallel": self.parallel.value,
+            "rank": self.rank,
+            "tp": self.tp,
+            "start": self.start,
+            "stop": self.stop,
+        }
 
 
 def _units(config: dict, key: str) -> int:
@@ -104,7 +110,9 @@ def plan_slices(module: str, shape: tuple[int, ...], tp: int, config: dict) -> l
             raise ShapeError(f"{module}: {rule.unit}={units} does not split into tp={tp} whole heads "
                              f"({dim}={size}); choose --tp among {divisors(units)}")
     if size % tp:
-        raise ShapeError(f"{module}: {dim}={size} does not split into tp={tp} equal slices; choose --tp among {divisors(size)}")
+        raise ShapeError(
+            f"{module}: {dim}={size} does not split into tp={tp} equal slices; choose --tp among {divisors(size)}"
+        )
     step = size // tp
     return [Slice(rule.parallel, r, tp, r * step, (r + 1) * step) for r in range(tp)]
 

@@ -128,8 +128,12 @@ def _one_line(e: Exception, repo_id: str) -> UploadError:
         if status in (401, 403):
             return UploadError(f"{repo_id}: the Hub refused the write (HTTP {status}); log in with a write token "
                                f"(`hf auth login` or HF_TOKEN) that can write to {repo_id.split('/')[0]}")
-        return UploadError(f"{repo_id}: the Hub answered HTTP {status} ({str(e).splitlines()[0]}); retry or check the repo")
+        return UploadError(
+            f"{repo_id}: the Hub answered HTTP {status} ({str(e).splitlines()[0]}); retry or check the repo"
+        )
     name = type(e).__name__
     if "Connect" in name or "Timeout" in name or isinstance(e, OSError):
-        return UploadError(f"{repo_id}: cannot reach the Hub at {constants.ENDPOINT} ({name}); check the network or HF_ENDPOINT")
+        return UploadError(
+            f"{repo_id}: cannot reach the Hub at {constants.ENDPOINT} ({name}); check the network or HF_ENDPOINT"
+        )
     return UploadError(f"{repo_id}: upload failed: {name}: {str(e).splitlines()[0] if str(e) else ''}")

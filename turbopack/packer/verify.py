@@ -84,7 +84,9 @@ def verify_folder(folder: Path, src: Source | None = None) -> FolderReport:
         check_quantized_tensors(ckpt, manifest, report)
     if src is not None and not report.problems:
         if manifest["kind"] != PACKED_KIND:
-            raise CheckpointError(f"{folder}: is a {manifest['kind']} folder; --against compares a packed folder with its source")
+            raise CheckpointError(
+                f"{folder}: is a {manifest['kind']} folder; --against compares a packed folder with its source"
+            )
         compare_with_source(ckpt, manifest, src, report)
     return report
 
@@ -98,11 +100,16 @@ def check_shards(folder: Path, manifest: dict, report: FolderReport) -> None:
             continue
         size = path.stat().st_size
         if size != info["bytes"]:
-            report.problems.append(f"{path}: {size} bytes, the manifest says {info['bytes']}; the shard is truncated or changed, re-pack")
+            report.problems.append(
+                f"{path}: {size} bytes, the manifest says {info['bytes']}; the shard is truncated or changed, re-pack"
+            )
             continue
         actual = sha256_file(path)
         if actual != info["sha256"]:
-            report.problems.append(f"{path}: sha256 {actual} does not match the manifest's {info['sha256']}; the shard changed after packing, re-pack")
+            report.problems.append(
+                f"{path}: sha256 {actual} does not match the manifest's {info['sha256']}; the shard changed after "
+                "packing, re-pack"
+            )
 
 
 def _check_entry(ckpt: Checkpoint, name: str, dtype: torch.dtype, shape: tuple[int, ...], report: FolderReport) -> None:
@@ -111,7 +118,9 @@ def _check_entry(ckpt: Checkpoint, name: str, dtype: torch.dtype, shape: tuple[i
     if entry is None:
         report.problems.append(f"{ckpt.folder}: tensor {name} is in the manifest but in no shard; re-pack")
     elif entry.dtype != dtype or tuple(entry.shape) != tuple(shape):
-        report.problems.append(f"{ckpt.folder}: tensor {name} is {entry.dtype} {list(entry.shape)}, expected {dtype} {list(shape)}")
+        report.problems.append(
+            f"{ckpt.folder}: tensor {name} is {entry.dtype} {list(entry.shape)}, expected {dtype} {list(shape)}"
+        )
 
 
 def check_packed_tensors(ckpt: Checkpoint, manifest: dict, report: FolderReport) -> None:
@@ -122,8 +131,10 @@ def check_packed_tensors(ckpt: Checkpoint, manifest: dict, report: FolderReport)
             raise CheckpointError(f"{ckpt.folder / MANIFEST_NAME}: {module}: {e}; this folder was packed by another "
                                   f"turbopack: use that version, or re-pack with this one") from None
         if layout.version != info["layout_version"]:
-            report.problems.append(f"{ckpt.folder}: {module} was packed with {info['layout']} v{info['layout_version']}, "
-                                   f"this turbopack has v{layout.version}; re-pack")
+            report.problems.append(
+                f"{ckpt.folder}: {module} was packed with {info['layout']} v{info['layout_version']}, "
+                f"this turbopack has v{layout.version}; re-pack"
+            )
             continue
         fmt, shape = format_from_params(info["format"]), tuple(info["shape"])
         for spec in layout.packed_specs(fmt, shape):
@@ -153,11 +164,15 @@ def compare_with_source(ckpt: Checkpoint, manifest: dict, src: Source, report: F
     """Stops at the first mismatch: it names the tensor; later ones would only repeat the cause."""
     missing = sorted(set(src.modules) - set(manifest["tensors"]))
     if missing:
-        report.problems.append(f"{ckpt.folder}: source module {missing[0]} is not in the packed manifest; re-pack from {src.folder}")
+        report.problems.append(
+            f"{ckpt.folder}: source module {missing[0]} is not in the packed manifest; re-pack from {src.folder}"
+        )
         return
     for module, info in manifest["tensors"].items():
         if module not in src.modules:
-            report.problems.append(f"{ckpt.folder}: {module} is not a quantized module of {src.folder}; wrong --against?")
+            report.problems.append(
+                f"{ckpt.folder}: {module} is not a quantized module of {src.folder}; wrong --against?"
+            )
             return
         fmt, full = src.modules[module]
         sl = tpmod.Slice(tpmod.Parallel(info["tp"]["parallel"]), info["tp"]["rank"], info["tp"]["tp"],
@@ -170,8 +185,10 @@ def compare_with_source(ckpt: Checkpoint, manifest: dict, src: Source, report: F
             have = got.get(suffix)
             if have is None or not same_bits(have, want):
                 what = "missing" if have is None else _describe(have)
-                report.problems.append(f"{ckpt.folder}: {module}.{suffix} unpacks ({info['layout']}) to {what} that is not "
-                                       f"bit-identical to the source's {_describe(want)} in {src.folder}")
+                report.problems.append(
+                    f"{ckpt.folder}: {module}.{suffix} unpacks ({info['layout']}) to {what} that is not "
+                    f"bit-identical to the source's {_describe(want)} in {src.folder}"
+                )
                 return
         report.compared += 1
     tp, rank = manifest.get("tp", 1), manifest.get("rank", 0)

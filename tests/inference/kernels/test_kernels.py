@@ -116,8 +116,13 @@ def test_w4_kernel_decodes_bit_identically_to_the_format(layout_name, sym, sdt, 
         y = _run(fmt, layout, packed, (n, k), None, eye, {**TC, "BM": 64, "SPLIT_K": 1}).T
     else:  # M = 1: one column at a time; every element position e of a word, and group edges
         cols = list(range(9)) + [group - 1, group, k - 1]
-        y = torch.stack([_run(fmt, layout, packed, (n, k), None, eye[c:c + 1], {**GEMV, "ROUND": False, "SPLIT_K": 1})[0]
-                         for c in cols], 1)
+        y = torch.stack(
+            [
+                _run(fmt, layout, packed, (n, k), None, eye[c : c + 1], {**GEMV, "ROUND": False, "SPLIT_K": 1})[0]
+                for c in cols
+            ],
+            1,
+        )
     assert torch.equal(y, want[:, cols]), f"{int((y != want[:, cols]).sum())} weights differ"
 
 
@@ -132,7 +137,10 @@ def test_w4_kernel_decodes_bit_identically_to_the_format(layout_name, sym, sdt, 
 ])
 def test_8bit_weight_only(fmt_name, layout_name, n, k, m, cfg, params):
     if cfg is None:
-        assert dispatch.resolve_config(layout_name, get_format(fmt_name, **params), n, k, m, torch.device("cpu"))["kernel"] == "tc"
+        assert (
+            dispatch.resolve_config(layout_name, get_format(fmt_name, **params), n, k, m, torch.device("cpu"))["kernel"]
+            == "tc"
+        )
     fmt, layout, _, packed, b, gen = _case(fmt_name, layout_name, n, k, m + n, **params)
     _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).bfloat16(), cfg)
 
@@ -244,7 +252,9 @@ def test_bad_input_is_one_line_error():
     with pytest.raises(ShapeError, match="expected bfloat16/float16"):
         dispatch.linear(torch.randn(2, 64, device=DEV).bfloat16(), fmt, layout, p, (64, 128))
     with pytest.raises(ShapeError, match="packed qweight"):
-        dispatch.linear(torch.randn(2, 128, device=DEV).bfloat16(), fmt, layout, {**p, "qweight": p["qweight"][:, :1]}, (64, 128))
+        dispatch.linear(
+            torch.randn(2, 128, device=DEV).bfloat16(), fmt, layout, {**p, "qweight": p["qweight"][:, :1]}, (64, 128)
+        )
 
 
 # -- real shapes on the GPU --------------------------------------------------------------------------
@@ -267,7 +277,9 @@ def test_gpu_real_shapes(fmt_name, layout_name, m):
         if fmt_name == "w4a16":
             packed = reference.pack_w4(q, layout.tile_n)
         else:
-            packed = reference.pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64)
+            packed = reference.pack_bytes(
+                q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64
+            )
         x = torch.randn(m, k, device="cuda").bfloat16()
         b = torch.randn(n, device="cuda").bfloat16()
         y = dispatch.linear(x, fmt, layout, packed, (n, k), b)

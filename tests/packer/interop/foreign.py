@@ -96,8 +96,10 @@ def write_gptq(tiny: Path, out: Path, group: int = 32, bits: int = 4, sym: bool 
         qweight = [[_signed32(sum(int(q[nn, r * per + j]) << (bits * j) for j in range(per))) for nn in range(n)]
                    for r in range(k // per)]
         stored = z if v2 else z - 1
-        qzeros = [[_signed32(sum(int(stored[c * per + j, gg]) << (bits * j) for j in range(per))) for c in range(n // per)]
-                  for gg in range(k // g)]
+        qzeros = [
+            [_signed32(sum(int(stored[c * per + j, gg]) << (bits * j) for j in range(per))) for c in range(n // per)]
+            for gg in range(k // g)
+        ]
         tensors[f"{m}.qweight"] = torch.tensor(qweight, dtype=torch.int32)
         tensors[f"{m}.qzeros"] = torch.tensor(qzeros, dtype=torch.int32)
         tensors[f"{m}.scales"] = s.T.contiguous()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from foreign import write_gptq
+
 from turbopack.cli.app import main
 
 
@@ -23,4 +24,9 @@ def test_convert_export_cli(tiny_llama, tmp_path, capsys):
     assert main(["upload", str(tmp_path / "ct"), "--repo-id", "org/tiny-ct", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["card"] == "generated" and "vllm serve org/tiny-ct" in plan["card_text"]
-    assert {f["path"] for f in plan["files"]} == {"config.json", "model.safetensors", "turbopack.json", "generation_config.json"}
+    assert {f["path"] for f in plan["files"]} == {
+        "config.json",
+        "model.safetensors",
+        "turbopack.json",
+        "generation_config.json",
+    }

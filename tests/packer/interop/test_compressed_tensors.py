@@ -14,11 +14,11 @@ import json
 
 import pytest
 import torch
+from foreign import base
 from safetensors.torch import load_file, save_file
 
-from foreign import base
-from turbopack.formats import format_from_params
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.formats import format_from_params
 from turbopack.packer.interop.convert import convert
 from turbopack.packer.interop.export import export
 from turbopack.packer.quantize import quantize
@@ -63,7 +63,11 @@ IMPORTS = [
 ]
 
 
-@pytest.mark.parametrize("storage,w,ours", IMPORTS, ids=[f"{i[0]}-{i[1]['num_bits']}-{i[1]['strategy']}-{i[1]['symmetric']}" for i in IMPORTS])
+@pytest.mark.parametrize(
+    "storage,w,ours",
+    IMPORTS,
+    ids=[f"{i[0]}-{i[1]['num_bits']}-{i[1]['strategy']}-{i[1]['symmetric']}" for i in IMPORTS],
+)
 def test_import_library_written(tiny_llama, tmp_path, storage, w, ours):
     scheme = ct_scheme(storage, **w)
     qcfg = QuantizationConfig(config_groups={"group_0": scheme}, format=storage, ignore=["lm_head"],

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from tinymodels import make_tiny_model
 from foreign import write_awq, write_gptq
-from turbopack.errors import TurbopackError
+from safetensors.torch import load_file, save_file
+from tinymodels import make_tiny_model
+
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.errors import TurbopackError
 from turbopack.packer.interop.convert import convert
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from turbopack.cli.app import main
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
+from turbopack.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[3]
 pytest.importorskip("compressed_tensors")
@@ -67,7 +67,11 @@ def _check_weights(model, export_folder: Path) -> None:
     ours = QuantizedCheckpoint(src)
     for name in ours.modules:
         lin = model.get_submodule(name)
-        if getattr(lin, "weight", None) is not None and lin.weight.is_floating_point() and lin.weight.element_size() > 1:
+        if (
+            getattr(lin, "weight", None) is not None
+            and lin.weight.is_floating_point()
+            and lin.weight.element_size() > 1
+        ):
             mod = ours.module(name)
             want = mod.dequantize().to(mod.tensors["scales"].dtype).to(lin.weight.dtype)
             assert torch.equal(lin.weight, want), f"{export_folder.name}: {name}"

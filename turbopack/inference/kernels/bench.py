@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,9 @@ def make_weight(setup: str, shape: tuple[int, int], l2_bytes: int, gen: torch.Ge
     if fmt_name == "w4a16":
         packed = reference.pack_w4(q, layout.tile_n)
     else:
-        packed = reference.pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64)
+        packed = reference.pack_bytes(
+            q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64
+        )
     nbytes = sum(t.numel() * t.element_size() for t in packed.values())
     copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(n_copies(nbytes, l2_bytes) - 1)]
     return Weight(fmt_name, fmt, layout_name, shape, q, copies, nbytes)
@@ -172,7 +174,9 @@ def peers(wt: Weight, x: torch.Tensor, l2_bytes: int) -> dict[str, list[Callable
             sb = sw.view(1, -1)
             qx, sx = quantize_rows_fp8(x)
             sx = sx[:, None]
-            out["scaled_mm"] = [lambda w=w: torch._scaled_mm(qx, w.t(), scale_a=sx, scale_b=sb, out_dtype=torch.bfloat16) for w in ws]
+            out["scaled_mm"] = [
+                lambda w=w: torch._scaled_mm(qx, w.t(), scale_a=sx, scale_b=sb, out_dtype=torch.bfloat16) for w in ws
+            ]
 
             def torch_path(w):
                 q2, s2 = quantize_rows_fp8(x)

@@ -65,9 +65,11 @@ def fmt_row(r: dict, bw: float) -> str:
     peer_txt = " ".join(f"{k}={v:.1f}({v / r['us']:.2f}x)" for k, v in p.items())
     c = r["cfg"]
     cfg_txt = ",".join(f"{k}={v}" for k, v in c.items() if k not in ("num_stages",)) + f",st={c.get('num_stages', '-')}"
-    return (f"{r['setup']:<10} {r['shape'][0]:>5}x{r['shape'][1]:<5} M={r['m']:<5} {r['us']:8.1f}us "
-            f"{r['bytes'] / r['us'] / 1e6:5.2f}TB/s {100 * floor / r['us']:5.1f}%BW {r['flops'] / r['us'] / 1e6:6.1f}TF "
-            f"err={r['rel_err']:.1e} | {peer_txt} | {cfg_txt}")
+    return (
+        f"{r['setup']:<10} {r['shape'][0]:>5}x{r['shape'][1]:<5} M={r['m']:<5} {r['us']:8.1f}us "
+        f"{r['bytes'] / r['us'] / 1e6:5.2f}TB/s {100 * floor / r['us']:5.1f}%BW {r['flops'] / r['us'] / 1e6:6.1f}TF "
+        f"err={r['rel_err']:.1e} | {peer_txt} | {cfg_txt}"
+    )
 
 
 def bars(rows: list[dict], bw: float) -> list[str]:
@@ -96,7 +98,10 @@ def bars(rows: list[dict], bw: float) -> list[str]:
             line(p["bf16"] / t >= 1.8, f"w8a16 {layer} M=1: {p['bf16'] / t:.2f}x faster than bf16 (>= 1.8x)")
         elif setup in ("w8a8", "fp8"):
             if "torch_path" in p:
-                line(t <= 1.05 * p["torch_path"], f"{setup} {layer} M={m}: {t / p['torch_path']:.2f}x the torch path (<= 1.05x)")
+                line(
+                    t <= 1.05 * p["torch_path"],
+                    f"{setup} {layer} M={m}: {t / p['torch_path']:.2f}x the torch path (<= 1.05x)",
+                )
             if m >= 256 and "bf16" in p:
                 line(t < p["bf16"], f"{setup} {layer} M={m}: {p['bf16'] / t:.2f}x faster than bf16 (> 1x from M=256)")
     return out
@@ -112,8 +117,11 @@ def config_table(rows: list[dict], props) -> dict:
         entry = layouts.setdefault(r["layout"], {"default": {}, "shapes": {}})
         entry["shapes"].setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[str(r["m"])] = r["cfg"]
         if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
-            entry["default"][str(r["m"])] = {k: (0 if k == "SPLIT_K" and r["cfg"].get("kernel") == "cuda" else v)
-                                             for k, v in r["cfg"].items() if k != "SPLIT_K" or r["cfg"].get("kernel") == "cuda"}
+            entry["default"][str(r["m"])] = {
+                k: (0 if k == "SPLIT_K" and r["cfg"].get("kernel") == "cuda" else v)
+                for k, v in r["cfg"].items()
+                if k != "SPLIT_K" or r["cfg"].get("kernel") == "cuda"
+            }
     arch = device_arch(torch.device("cuda"))
     shipped = load_table(arch).get("layouts", {})  # layouts this run did not measure keep their entries
     return {"version": CONFIG_VERSION, "arch": arch, "device": props.name,
@@ -171,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:  # after every layer, so a run cut short still leaves its numbers
         (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         if args.tune:
-            (out / f"{device_arch(torch.device('cuda'))}.json").write_text(json.dumps(config_table(rows, props), indent=1))
+            (out / f"{device_arch(torch.device('cuda'))}.json").write_text(
+                json.dumps(config_table(rows, props), indent=1)
+            )
 
     for setup in setups:
         for name in shapes:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -53,7 +54,9 @@ def _wo(kind: weight_only.Kind) -> Family:
             return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
         if kernel in ("cuda", "dq_mm"):  # the CUDA kernels do not take this call: Triton's default
             cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
-        return weight_only.launch(x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out)
+        return weight_only.launch(
+            x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out
+        )
 
     def default(m, n, k, fmt):
         return weight_only.default_config(m, n, k, fmt.group_size if kind == weight_only.W4 else 64)
@@ -73,7 +76,7 @@ FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: f
                                                   lambda m, n, k, f: {"kernel": "scaled_mm"}, needs="fp8_mma"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_table(arch: str) -> dict[str, Any]:
     """configs/<arch>.json, or an empty table when none was tuned for this arch."""
     res = importlib.resources.files("turbopack.inference.kernels").joinpath("configs", f"{arch}.json")
@@ -82,7 +85,10 @@ def load_table(arch: str) -> dict[str, Any]:
     table = json.loads(res.read_text())
     if table.get("version") != CONFIG_VERSION:
         # a packaging bug, not user input
-        raise ValueError(f"turbopack/inference/kernels/configs/{arch}.json: version {table.get('version')}, expected {CONFIG_VERSION}")
+        raise ValueError(
+            f"turbopack/inference/kernels/configs/{arch}.json: version {table.get('version')}, expected "
+            f"{CONFIG_VERSION}"
+        )
     return table
 
 
@@ -121,10 +127,14 @@ def resolve_config(layout: str, fmt: Format, n: int, k: int, m: int, device: tor
     return cfg
 
 
-def _check(x: torch.Tensor, layout: Layout, fmt: Format, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> None:
+def _check(
+    x: torch.Tensor, layout: Layout, fmt: Format, packed: dict[str, torch.Tensor], shape: tuple[int, int]
+) -> None:
     where = f"linear {layout.name.value}"
     if triton is None:
-        raise TurbopackError(f"{where}: the GPU kernels need triton; install it (pip install triton) or use the emulator backend")
+        raise TurbopackError(
+            f"{where}: the GPU kernels need triton; install it (pip install triton) or use the emulator backend"
+        )
     layout.check_format(fmt)
     if x.shape[-1] != shape[1] or x.dtype not in (torch.bfloat16, torch.float16):
         raise ShapeError(f"{where}: x is {x.dtype} {list(x.shape)}; expected bfloat16/float16 [..., {shape[1]}]")
@@ -132,9 +142,18 @@ def _check(x: torch.Tensor, layout: Layout, fmt: Format, packed: dict[str, torch
         raise TurbopackError(f"{where}: x is on {x.device}; the kernels run on CUDA (or set TRITON_INTERPRET=1)")
     for spec in layout.packed_specs(fmt, shape):
         t = packed.get(spec.suffix)
-        if t is None or tuple(t.shape) != spec.shape or t.dtype != spec.dtype or t.device != x.device or not t.is_contiguous():
+        if (
+            t is None
+            or tuple(t.shape) != spec.shape
+            or t.dtype != spec.dtype
+            or t.device != x.device
+            or not t.is_contiguous()
+        ):
             got = "missing" if t is None else f"{t.dtype} {list(t.shape)} on {t.device}"
-            raise ShapeError(f"{where}: packed {spec.suffix} is {got}; expected contiguous {spec.dtype} {list(spec.shape)} on {x.device}")
+            raise ShapeError(
+                f"{where}: packed {spec.suffix} is {got}; expected contiguous {spec.dtype} {list(spec.shape)} on "
+                f"{x.device}"
+            )
     if FAMILIES.get(layout.name).needs == "fp8_mma" and not (interpreting() or fp8.scaled_mm_supported(x.device)):
         raise TurbopackError(f"{where}: needs FP8 tensor cores (sm89+); pack for this GPU with fp8_t16x64_upcast")
 

@@ -16,7 +16,6 @@ import torch
 
 from turbopack.inference.kernels.triton_env import interpreting, tl, triton  # noqa: F401 (re-exported)
 
-
 _WS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers stay alive: a captured graph may point at them
 

@@ -56,7 +56,17 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
         for bn, bk, w, st in _GEMV:
             for s in _splits(math.ceil(n / bn), math.ceil(k / max(bk, ks)), sms):
                 for r in rounding:
-                    out.append({"kernel": "gemv", "BN": bn, "BK": bk, "SPLIT_K": s, "ROUND": r, "num_warps": w, "num_stages": st})
+                    out.append(
+                        {
+                            "kernel": "gemv",
+                            "BN": bn,
+                            "BK": bk,
+                            "SPLIT_K": s,
+                            "ROUND": r,
+                            "num_warps": w,
+                            "num_stages": st,
+                        }
+                    )
     if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
         base = _splits(math.ceil(n / 64), k // 128, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
@@ -68,16 +78,31 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
         bm = max(16, 1 << (m - 1).bit_length())
         for bn, bk, w, st in _TC_SMALL:
             for s in _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms):
-                out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st})
+                out.append(
+                    {"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
+                )
         if ks >= 64 and setup != "fp8_upcast":  # eight (four) plane dots instead of the re-interleave
             bn, bk, w, st = _TC_SMALL[0]
             s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
-            out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st, "PLANES": True})
+            out.append(
+                {
+                    "kernel": "tc",
+                    "BN": bn,
+                    "BM": bm,
+                    "BK": bk,
+                    "SPLIT_K": s,
+                    "num_warps": w,
+                    "num_stages": st,
+                    "PLANES": True,
+                }
+            )
     else:  # tensor cores on the packed layout
         for bn, bm, bk, w, st in _TC_LARGE:
             blocks = math.ceil(n / bn) * math.ceil(m / bm)
             for s in ([1, 2] if blocks < sms else [1]):
-                out.append({"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st})
+                out.append(
+                    {"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
+                )
     return out
 
 

@@ -147,8 +147,20 @@ def quantize_rows(x2: torch.Tensor, k_pad: int, fp8: bool, min_rows: int = 0) ->
     one = k_pad <= ONE_PASS_MAX
     bk = triton.next_power_of_2(k_pad) if one else 4096
     warps = 1 if interpreting() else max(1, min(16, bk // 1024))
-    quant_rows_kernel[(m,)](x2, q, s, k, k_pad, x2.stride(0), q.stride(0), BK=bk, ONE_PASS=one, FP8=fp8, SOFT_CAST=interpreting(),
-                            num_warps=warps)
+    quant_rows_kernel[(m,)](
+        x2,
+        q,
+        s,
+        k,
+        k_pad,
+        x2.stride(0),
+        q.stride(0),
+        BK=bk,
+        ONE_PASS=one,
+        FP8=fp8,
+        SOFT_CAST=interpreting(),
+        num_warps=warps,
+    )
     return q, s
 
 

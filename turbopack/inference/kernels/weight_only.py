@@ -134,7 +134,12 @@ if triton is not None:
         a = tl.arange(0, 2)
         if KIND == 0:
             kw = tl.arange(0, KS // 8)
-            o = kw[:, None, None, None] * 8 + a[None, :, None, None] * 4 + a[None, None, :, None] * 2 + a[None, None, None, :]
+            o = (
+                kw[:, None, None, None] * 8
+                + a[None, :, None, None] * 4
+                + a[None, None, :, None] * 2
+                + a[None, None, None, :]
+            )
         elif KIND == 1:
             kw = tl.arange(0, 16)
             o = kw[:, None, None] * 4 + a[None, :, None] * 2 + a[None, None, :]
@@ -155,7 +160,9 @@ if triton is not None:
         return w
 
     @triton.jit
-    def _plane_dot(v, X, rm, M, stride_xm, k0, e: tl.constexpr, STRIDE: tl.constexpr, k_end, acc, DOT_F32: tl.constexpr):
+    def _plane_dot(
+        v, X, rm, M, stride_xm, k0, e: tl.constexpr, STRIDE: tl.constexpr, k_end, acc, DOT_F32: tl.constexpr
+    ):
         """acc += v [BN, W] @ x[k0 + STRIDE*w + e, rm]^T: one plane of codes against the strided
         activations it multiplies."""
         k = k0 + tl.arange(0, v.shape[1]) * STRIDE + e
@@ -224,7 +231,11 @@ if triton is not None:
                 else:
                     w = _w16(QW, S, Z, row_w, row_s, rok, t, X.dtype.element_ty, KIND, TN, KS, BN, ASYM)
                     k = t * KS + kk
-                    xt = tl.load(X + rm[None, :] * stride_xm + k[:, None], mask=(rm[None, :] < M) & (k[:, None] < k_end), other=0.0)
+                    xt = tl.load(
+                        X + rm[None, :] * stride_xm + k[:, None],
+                        mask=(rm[None, :] < M) & (k[:, None] < k_end),
+                        other=0.0,
+                    )
                     acc = mma(w, xt, acc, DOT_F32)
         _epilogue(acc, rn, rm, M, N, S, BIAS, Y, WS, CNT, stride_ym, pid_m * tl.num_programs(0) + pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
@@ -280,7 +291,14 @@ def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> dict:
     if m == 1:
         cfg = {"kernel": "gemv", "BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2, "ROUND": False}
     elif m <= 64:
-        cfg = {"kernel": "tc", "BN": 64, "BM": max(16, triton.next_power_of_2(m)), "BK": 128, "num_warps": 4, "num_stages": 3}
+        cfg = {
+            "kernel": "tc",
+            "BN": 64,
+            "BM": max(16, triton.next_power_of_2(m)),
+            "BK": 128,
+            "num_warps": 4,
+            "num_stages": 3,
+        }
     else:
         cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
     if "SPLIT_K" not in cfg:
@@ -321,7 +339,26 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
         gemv_kernel[(n_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
                                        ROUND=bool(cfg.get("ROUND", True)), **common)
     else:
-        tc_kernel[(n_blocks, m_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, m, n, nt * tn, k, kt, kgp,
-                                               x2.stride(0), y.stride(0), BM=bm, DOT_F32=interpreting(),
-                                               PLANES=bool(cfg.get("PLANES", False)) and (kind == I8 or (kind == W4 and ks >= 128)), **common)
+        tc_kernel[(n_blocks, m_blocks, split)](
+            x2,
+            qw,
+            s,
+            zp,
+            b,
+            y,
+            ws,
+            cnt,
+            m,
+            n,
+            nt * tn,
+            k,
+            kt,
+            kgp,
+            x2.stride(0),
+            y.stride(0),
+            BM=bm,
+            DOT_F32=interpreting(),
+            PLANES=bool(cfg.get("PLANES", False)) and (kind == I8 or (kind == W4 and ks >= 128)),
+            **common,
+        )
     return y

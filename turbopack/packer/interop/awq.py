@@ -16,8 +16,18 @@ import torch
 
 from turbopack.formats import Format, get_format
 from turbopack.formats.int4 import pack_nibbles
-from turbopack.packer.interop.base import (ConvertError, Importer, ModuleJob, block_groups, columns_group, expand_groups,
-                                           feasible_group_sizes, pick_group_size, unpack_lsb, w4_scale_dtype)
+from turbopack.packer.interop.base import (
+    ConvertError,
+    Importer,
+    ModuleJob,
+    block_groups,
+    columns_group,
+    expand_groups,
+    feasible_group_sizes,
+    pick_group_size,
+    unpack_lsb,
+    w4_scale_dtype,
+)
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
@@ -48,7 +58,9 @@ class AWQImporter(Importer):
             raise ConvertError(f"{self.where}: AWQ version {version!r}; only 'gemm' checkpoints are read "
                                f"(gemv/marlin/exllama pack differently; re-export as gemm)")
         if not self.qcfg.get("zero_point", True):
-            raise ConvertError(f"{self.where}: AWQ with zero_point=false is not a gemm format AutoAWQ writes; cannot import")
+            raise ConvertError(
+                f"{self.where}: AWQ with zero_point=false is not a gemm format AutoAWQ writes; cannot import"
+            )
         jobs = []
         for name, entry in self.ckpt.tensors.items():
             if not name.endswith(".qweight"):
@@ -57,15 +69,24 @@ class AWQImporter(Importer):
             qz, sc = self.header(f"{prefix}.qzeros"), self.header(f"{prefix}.scales")
             k, n8 = entry.shape
             n = sc.shape[1] if len(sc.shape) == 2 else -1
-            if entry.dtype != torch.int32 or qz.dtype != torch.int32 or n != n8 * 8 or tuple(qz.shape) != (sc.shape[0], n8):
+            if (
+                entry.dtype != torch.int32
+                or qz.dtype != torch.int32
+                or n != n8 * 8
+                or tuple(qz.shape) != (sc.shape[0], n8)
+            ):
                 raise ConvertError(f"{self.where}: {prefix}: qweight {list(entry.shape)}, qzeros {list(qz.shape)}, "
                                    f"scales {list(sc.shape)} are not AWQ gemm shapes [K, N/8], [K/G, N/8], [K/G, N]")
             jobs.append(ModuleJob(prefix, (n, k), (name, qz.name, sc.name)))
         if not jobs:
-            raise ConvertError(f"{self.where}: quant_method awq but no *.qweight tensors; the checkpoint is not AutoAWQ gemm")
+            raise ConvertError(
+                f"{self.where}: quant_method awq but no *.qweight tensors; the checkpoint is not AutoAWQ gemm"
+            )
         self._group = int(self.qcfg.get("group_size", self.qcfg.get("q_group_size", 128)))
         scale_names = [j.sources[2] for j in jobs]
-        sdt = w4_scale_dtype({self.header(s).dtype for s in scale_names}, lambda: map(self.read, scale_names), self.where)
+        sdt = w4_scale_dtype(
+            {self.header(s).dtype for s in scale_names}, lambda: map(self.read, scale_names), self.where
+        )
         gs = self._check_groups(jobs)
         return get_format("w4a16", group_size=gs, sym=False, scale_dtype=sdt), jobs
 
@@ -76,7 +97,10 @@ class AWQImporter(Importer):
             g = k if self._group == -1 else self._group
             rows = self.header(job.sources[2]).shape[0]
             if k % g or rows != k // g:
-                raise ConvertError(f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is inconsistent")
+                raise ConvertError(
+                    f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is "
+                    "inconsistent"
+                )
             sizes.append(feasible_group_sizes(columns_group(None, k, g, rows, job.module), k, job.module))
         return pick_group_size(sizes, self.where)
 

@@ -105,7 +105,10 @@ def feasible_group_sizes(col_group: torch.Tensor, k: int, where: str) -> set[int
             f"turbopack's int4 groups are contiguous runs of {'/'.join(map(str, GROUP_SIZES))} columns and K cannot "
             f"be permuted without permuting the previous layer too. Re-quantize with desc_act=False (or "
             f"static_groups=True), or run `turbopack quantize` on the original model")
-    raise ShapeError(f"{where}: K={k} is not a multiple of any int4 group size {GROUP_SIZES}; keep this layer unquantized at the source")
+    raise ShapeError(
+        f"{where}: K={k} is not a multiple of any int4 group size {GROUP_SIZES}; keep this layer unquantized at the "
+        "source"
+    )
 
 
 def pick_group_size(per_module: list[set[int]], where: str) -> int:

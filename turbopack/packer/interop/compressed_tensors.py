@@ -25,8 +25,18 @@ import torch
 
 from turbopack.formats import Format, get_format
 from turbopack.formats.int4 import pack_nibbles
-from turbopack.packer.interop.base import (ConvertError, Importer, ModuleJob, block_groups, columns_group, expand_groups,
-                                           feasible_group_sizes, pick_group_size, unpack_lsb, w4_scale_dtype)
+from turbopack.packer.interop.base import (
+    ConvertError,
+    Importer,
+    ModuleJob,
+    block_groups,
+    columns_group,
+    expand_groups,
+    feasible_group_sizes,
+    pick_group_size,
+    unpack_lsb,
+    w4_scale_dtype,
+)
 
 PACKED_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
 #: activation scales of static schemes: consumed, not carried (our activations are quantized per token at run time)
@@ -66,10 +76,15 @@ class CompressedTensorsImporter(Importer):
             jobs.append(job)
             fmts.setdefault(fmt_key, prefix)
         if not jobs:
-            raise ConvertError(f"{self.where}: compressed-tensors config but no quantized tensors (weight_packed / weight_scale)")
+            raise ConvertError(
+                f"{self.where}: compressed-tensors config but no quantized tensors (weight_packed / weight_scale)"
+            )
         if len(fmts) > 1:
-            raise ConvertError(f"{self.where}: modules map to different turbopack formats ({', '.join(f'{k[0]} e.g. {m}' for k, m in fmts.items())}); "
-                               f"one folder holds one format")
+            raise ConvertError(
+                f"{self.where}: modules map to different turbopack formats "
+                f"({', '.join(f'{k[0]} e.g. {m}' for k, m in fmts.items())}); "
+                f"one folder holds one format"
+            )
         (name, params), = fmts.keys()
         params = dict(params)
         if name == "w4a16":
@@ -92,7 +107,11 @@ class CompressedTensorsImporter(Importer):
         sym = bool(w.get("symmetric", True))
         acts = scheme.get("input_activations")
         where = f"{self.where}: {prefix}"
-        srcs = tuple(f"{prefix}.{s}" for s in PACKED_SUFFIXES + ACT_SUFFIXES + ("weight",) if f"{prefix}.{s}" in self.ckpt.tensors)
+        srcs = tuple(
+            f"{prefix}.{s}"
+            for s in PACKED_SUFFIXES + ACT_SUFFIXES + ("weight",)
+            if f"{prefix}.{s}" in self.ckpt.tensors
+        )
         extra = {"bits": bits, "sym": sym, "strategy": strategy, "group": w.get("group_size"), "storage": storage}
         if storage == "pack-quantized":
             shape = self._packed_shape(prefix, bits)
@@ -101,33 +120,49 @@ class CompressedTensorsImporter(Importer):
                 return ModuleJob(prefix, shape, srcs, extra), ("w4a16", (("sym", sym),))
             if bits == 8 and kind == "int" and sym and strategy in ("channel", "tensor"):
                 return ModuleJob(prefix, shape, srcs, extra), ("w8a16", ())
-            raise ConvertError(f"{where}: pack-quantized {bits}-bit {kind} {strategy} {'symmetric' if sym else 'asymmetric'} "
-                               f"has no exact turbopack format (int4 grouped/per-channel, or symmetric per-channel int8)")
+            raise ConvertError(
+                f"{where}: pack-quantized {bits}-bit {kind} {strategy} {'symmetric' if sym else 'asymmetric'} "
+                f"has no exact turbopack format (int4 grouped/per-channel, or symmetric per-channel int8)"
+            )
         if storage in ("naive-quantized", "int-quantized", "float-quantized"):
             entry = self.header(f"{prefix}.weight")
             shape = tuple(entry.shape)
             if strategy not in ("channel", "tensor"):
-                raise ConvertError(f"{where}: {bits}-bit {kind} with strategy {strategy!r}; turbopack's 8-bit formats have one "
-                                   f"scale per output channel (or per tensor), so a per-group/block source cannot map exactly")
+                raise ConvertError(
+                    f"{where}: {bits}-bit {kind} with strategy {strategy!r}; turbopack's 8-bit formats have one "
+                    f"scale per output channel (or per tensor), so a per-group/block source cannot map exactly"
+                )
             if kind == "float" and bits == 8 and entry.dtype == torch.float8_e4m3fn:
                 return ModuleJob(prefix, shape, srcs, extra), ("fp8", (("per_tensor", strategy == "tensor"),))
             if kind == "int" and bits == 8 and entry.dtype == torch.int8:
                 if not sym:
-                    raise ConvertError(f"{where}: asymmetric int8 weights; turbopack's int8 is symmetric (no zero point)")
-                int_acts = isinstance(acts, dict) and acts.get("type", "int") == "int" and int(acts.get("num_bits", 8)) == 8
+                    raise ConvertError(
+                        f"{where}: asymmetric int8 weights; turbopack's int8 is symmetric (no zero point)"
+                    )
+                int_acts = (
+                    isinstance(acts, dict) and acts.get("type", "int") == "int" and int(acts.get("num_bits", 8)) == 8
+                )
                 return ModuleJob(prefix, shape, srcs, extra), ("w8a8" if int_acts else "w8a16", ())
-            raise ConvertError(f"{where}: {storage} {bits}-bit {kind} weights of dtype {entry.dtype}; expected int8 or float8_e4m3fn")
-        raise ConvertError(f"{where}: compressed-tensors format {storage!r} is not read (pack-quantized, naive-quantized, "
-                           f"int-quantized, float-quantized are)")
+            raise ConvertError(
+                f"{where}: {storage} {bits}-bit {kind} weights of dtype {entry.dtype}; expected int8 or float8_e4m3fn"
+            )
+        raise ConvertError(
+            f"{where}: compressed-tensors format {storage!r} is not read (pack-quantized, naive-quantized, "
+            f"int-quantized, float-quantized are)"
+        )
 
     def _packed_shape(self, prefix: str, bits: int) -> tuple[int, int]:
         if f"{prefix}.weight_shape" not in self.ckpt.tensors:
-            raise ConvertError(f"{self.where}: {prefix}.weight_shape is missing; pack-quantized needs the original shape")
+            raise ConvertError(
+                f"{self.where}: {prefix}.weight_shape is missing; pack-quantized needs the original shape"
+            )
         n, k = (int(v) for v in self.read(f"{prefix}.weight_shape").reshape(-1).tolist())
         packed = self.header(f"{prefix}.weight_packed")
         if packed.dtype != torch.int32 or tuple(packed.shape) != (n, -(-k * bits // 32)):
-            raise ConvertError(f"{self.where}: {prefix}.weight_packed is {packed.dtype} {list(packed.shape)}; expected int32 "
-                               f"[{n}, {-(-k * bits // 32)}] for a {bits}-bit [{n}, {k}] weight")
+            raise ConvertError(
+                f"{self.where}: {prefix}.weight_packed is {packed.dtype} {list(packed.shape)}; expected int32 "
+                f"[{n}, {-(-k * bits // 32)}] for a {bits}-bit [{n}, {k}] weight"
+            )
         return n, k
 
     def _w4_groups(self, prefix: str, shape: tuple[int, int], extra: dict) -> set[int]:
@@ -135,7 +170,10 @@ class CompressedTensorsImporter(Importer):
         cols = self.header(f"{prefix}.weight_scale").shape[-1]
         g = k if extra["strategy"] == "channel" else int(extra["group"] or 0)
         if g <= 0 or k % g or cols != k // g:
-            raise ConvertError(f"{self.where}: {prefix}.weight_scale has {cols} columns for K={k}, group size {g}; the checkpoint is inconsistent")
+            raise ConvertError(
+                f"{self.where}: {prefix}.weight_scale has {cols} columns for K={k}, group size {g}; the checkpoint is "
+                "inconsistent"
+            )
         gidx = self.read(f"{prefix}.weight_g_idx") if f"{prefix}.weight_g_idx" in self.ckpt.tensors else None
         return feasible_group_sizes(columns_group(gidx, k, g, cols, prefix), k, prefix)
 
@@ -146,10 +184,18 @@ class CompressedTensorsImporter(Importer):
         scale = self.read(f"{job.module}.weight_scale").float().reshape(-1)
         w = self.read(f"{job.module}.weight")
         n = job.shape[0]
-        if f"{job.module}.weight_zero_point" in self.ckpt.tensors and bool(self.read(f"{job.module}.weight_zero_point").any()):
-            raise ConvertError(f"{self.where}: {job.module}: non-zero weight_zero_point in a symmetric scheme; cannot map to a zero-free format")
+        if f"{job.module}.weight_zero_point" in self.ckpt.tensors and bool(
+            self.read(f"{job.module}.weight_zero_point").any()
+        ):
+            raise ConvertError(
+                f"{self.where}: {job.module}: non-zero weight_zero_point in a symmetric scheme; cannot map to a "
+                "zero-free format"
+            )
         if fmt.name.value == "fp8":
-            return {"qweight": w.contiguous(), "scales": (scale[:1] if fmt.per_tensor else scale.expand(n)).contiguous()}
+            return {
+                "qweight": w.contiguous(),
+                "scales": (scale[:1] if fmt.per_tensor else scale.expand(n)).contiguous(),
+            }
         return {"qweight": w.contiguous(), "scales": scale.expand(n).contiguous()}
 
     def _convert_packed(self, job: ModuleJob, fmt: Format) -> dict[str, torch.Tensor]:
@@ -164,7 +210,10 @@ class CompressedTensorsImporter(Importer):
         gidx = self.read(f"{job.module}.weight_g_idx") if f"{job.module}.weight_g_idx" in self.ckpt.tensors else None
         src = block_groups(columns_group(gidx, k, g, cols, job.module), k, fmt.group_size)
         sdt = {"float16": torch.float16, "bfloat16": torch.bfloat16}[fmt.scale_dtype]
-        out = {"qweight": pack_nibbles(codes.to(torch.uint8)), "scales": expand_groups(scale.float().reshape(n, cols), src).to(sdt)}
+        out = {
+            "qweight": pack_nibbles(codes.to(torch.uint8)),
+            "scales": expand_groups(scale.float().reshape(n, cols), src).to(sdt),
+        }
         if not fmt.sym:
             zp = unpack_lsb(self.read(f"{job.module}.weight_zero_point"), 4, dim=0)[:n]  # [N, K/G], zp + 8
             out["zeros"] = expand_groups(zp, src).to(torch.uint8)

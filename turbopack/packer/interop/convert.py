@@ -58,9 +58,16 @@ class ConvertResult:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "from": self.source_method, "format": self.format, "quantized": len(self.quantized),
-                "kept": len(self.kept), "dropped": sorted(self.dropped), "output_bytes": self.output_bytes,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "out": str(self.out),
+            "from": self.source_method,
+            "format": self.format,
+            "quantized": len(self.quantized),
+            "kept": len(self.kept),
+            "dropped": sorted(self.dropped),
+            "output_bytes": self.output_bytes,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def source_quant_config(ckpt: Checkpoint) -> tuple[dict[str, Any], str]:

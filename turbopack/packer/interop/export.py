@@ -91,7 +91,11 @@ def export_tensors(fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, in
     name = fmt.name
     shape_t = torch.tensor([n, k], dtype=torch.int64)
     if name == FormatName.W4A16:
-        out = {"weight_packed": pack_lsb(fmt.codes(q), 4, dim=1), "weight_scale": q["scales"].contiguous(), "weight_shape": shape_t}
+        out = {
+            "weight_packed": pack_lsb(fmt.codes(q), 4, dim=1),
+            "weight_scale": q["scales"].contiguous(),
+            "weight_shape": shape_t,
+        }
         if not fmt.sym:
             out["weight_zero_point"] = pack_lsb(q["zeros"], 4, dim=0)
         return out
@@ -121,8 +125,10 @@ def _open_quantized(src: str | Path) -> QuantizedCheckpoint:
     folder = Checkpoint.open(src).folder
     manifest = read_manifest(folder)
     if manifest["kind"] != "quantized":
-        raise TurbopackError(f"{folder}: is a {manifest['kind']} folder; export the arch-neutral quantized folder it came "
-                             f"from ({manifest.get('source')}), the output of `turbopack quantize` or `turbopack convert`")
+        raise TurbopackError(
+            f"{folder}: is a {manifest['kind']} folder; export the arch-neutral quantized folder it came "
+            f"from ({manifest.get('source')}), the output of `turbopack quantize` or `turbopack convert`"
+        )
     return QuantizedCheckpoint(folder)
 
 
@@ -158,7 +164,9 @@ def export(src: str | Path, out: str | Path, to: str = "compressed-tensors", *, 
         raise TurbopackError(f"{qc.folder}: no quantized modules to export")
     fmt = next(iter(fmts.values()))
     if any(f != fmt for f in fmts.values()):
-        raise TurbopackError(f"{qc.folder}: modules use different formats; compressed-tensors export takes one format per folder")
+        raise TurbopackError(
+            f"{qc.folder}: modules use different formats; compressed-tensors export takes one format per folder"
+        )
     order = _order(qc, fmts)
     plan = ShardPlan.build([entries for _, entries in order], max_shard_bytes)
     ignore = _ignore_list(qc)

@@ -20,8 +20,18 @@ import torch
 
 from turbopack.formats import Format, get_format
 from turbopack.formats.int4 import pack_nibbles
-from turbopack.packer.interop.base import (ConvertError, Importer, ModuleJob, block_groups, columns_group, expand_groups,
-                                           feasible_group_sizes, pick_group_size, unpack_lsb, w4_scale_dtype)
+from turbopack.packer.interop.base import (
+    ConvertError,
+    Importer,
+    ModuleJob,
+    block_groups,
+    columns_group,
+    expand_groups,
+    feasible_group_sizes,
+    pick_group_size,
+    unpack_lsb,
+    w4_scale_dtype,
+)
 
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 
@@ -35,7 +45,9 @@ class GPTQImporter(Importer):
         self.bits = int(q.get("bits", 4))
         self.group = int(q.get("group_size", 128))
         self.sym = bool(q.get("sym", True))
-        fmt = q.get("checkpoint_format") or (q.get("format") if q.get("format") in CHECKPOINT_FORMATS else None) or "gptq"
+        fmt = (
+            q.get("checkpoint_format") or (q.get("format") if q.get("format") in CHECKPOINT_FORMATS else None) or "gptq"
+        )
         self.v2 = str(fmt).lower() == "gptq_v2"
         if str(fmt).lower() not in CHECKPOINT_FORMATS:
             raise ConvertError(f"{self.where}: GPTQ checkpoint_format {fmt!r}; only 'gptq' (v1) and 'gptq_v2' are read "
@@ -57,8 +69,10 @@ class GPTQImporter(Importer):
             n = sc.shape[1] if len(sc.shape) == 2 else -1
             k = entry.shape[0] * per
             if entry.dtype != torch.int32 or entry.shape[1] != n or tuple(qz.shape) != (sc.shape[0], -(-n // per)):
-                raise ConvertError(f"{self.where}: {prefix}: qweight {list(entry.shape)}, qzeros {list(qz.shape)}, scales "
-                                   f"{list(sc.shape)} are not {self.bits}-bit GPTQ shapes [K*b/32, N], [K/G, N*b/32], [K/G, N]")
+                raise ConvertError(
+                    f"{self.where}: {prefix}: qweight {list(entry.shape)}, qzeros {list(qz.shape)}, scales "
+                    f"{list(sc.shape)} are not {self.bits}-bit GPTQ shapes [K*b/32, N], [K/G, N*b/32], [K/G, N]"
+                )
             srcs = (name, qz.name, sc.name) + ((f"{prefix}.g_idx",) if f"{prefix}.g_idx" in self.ckpt.tensors else ())
             jobs.append(ModuleJob(prefix, (n, k), srcs))
         if not jobs:
@@ -66,8 +80,12 @@ class GPTQImporter(Importer):
         if self.bits == 8:
             return get_format("w8a16"), jobs
         scale_names = [j.sources[2] for j in jobs]
-        sdt = w4_scale_dtype({self.header(s).dtype for s in scale_names}, lambda: map(self.read, scale_names), self.where)
-        gs = pick_group_size([feasible_group_sizes(self._col_group(job), job.shape[1], job.module) for job in jobs], self.where)
+        sdt = w4_scale_dtype(
+            {self.header(s).dtype for s in scale_names}, lambda: map(self.read, scale_names), self.where
+        )
+        gs = pick_group_size(
+            [feasible_group_sizes(self._col_group(job), job.shape[1], job.module) for job in jobs], self.where
+        )
         return get_format("w4a16", group_size=gs, sym=self.sym, scale_dtype=sdt), jobs
 
     def _col_group(self, job: ModuleJob) -> torch.Tensor:
@@ -76,7 +94,10 @@ class GPTQImporter(Importer):
         g_idx = self.read(job.sources[3]) if len(job.sources) > 3 else None
         g = k if self.group == -1 else self.group
         if g_idx is None and (k % g or rows != k // g):
-            raise ConvertError(f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is inconsistent")
+            raise ConvertError(
+                f"{self.where}: {job.module}: {rows} scale rows for K={k} and group size {g}; the checkpoint is "
+                "inconsistent"
+            )
         return columns_group(g_idx, k, g, rows, job.module)
 
     def _zeros(self, job: ModuleJob, qzeros: torch.Tensor, n: int) -> torch.Tensor:
@@ -86,8 +107,10 @@ class GPTQImporter(Importer):
         top = (1 << self.bits) - 1
         if int(z.max()) > top:
             raise ConvertError(
-                f"{self.where}: {job.module}: a GPTQ v1 zero point reads as {top + 1} (stored nibble {top}: either a real zero of "
-                f"{top + 1} or a zero of 0 corrupted by v1's z-1 packing); {self.bits}-bit zeros stop at {top}, so no exact import exists")
+                f"{self.where}: {job.module}: a GPTQ v1 zero point reads as {top + 1} (stored nibble {top}: either a "
+                f"real zero of {top + 1} or a zero of 0 corrupted by v1's z-1 packing); {self.bits}-bit zeros stop "
+                f"at {top}, so no exact import exists"
+            )
         return z
 
     def convert(self, job: ModuleJob, fmt: Format) -> dict[str, torch.Tensor]:
@@ -99,15 +122,19 @@ class GPTQImporter(Importer):
             return self._int8(job, codes, zeros, scales)
         src = block_groups(self._col_group(job), k, fmt.group_size)
         if fmt.sym and not bool((zeros == 8).all()):
-            raise ConvertError(f"{self.where}: {job.module}: config says sym=true but zero points are not all 8; "
-                               f"the checkpoint is inconsistent (set sym=false in its quantize config to import it as asymmetric)")
+            raise ConvertError(
+                f"{self.where}: {job.module}: config says sym=true but zero points are not all 8; "
+                f"the checkpoint is inconsistent (set sym=false in its quantize config to import it as asymmetric)"
+            )
         sdt = {"float16": torch.float16, "bfloat16": torch.bfloat16}[fmt.scale_dtype]
         out = {"qweight": pack_nibbles(codes.to(torch.uint8)), "scales": expand_groups(scales.T.float(), src).to(sdt)}
         if not fmt.sym:
             out["zeros"] = expand_groups(zeros, src).to(torch.uint8)
         return out
 
-    def _int8(self, job: ModuleJob, codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _int8(
+        self, job: ModuleJob, codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         if scales.shape[0] != 1 or not bool((zeros == 128).all()):
             raise ConvertError(
                 f"{self.where}: {job.module}: 8-bit GPTQ with {scales.shape[0]} group(s) per row and zeros "
