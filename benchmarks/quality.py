@@ -111,22 +111,37 @@ def run(model: Path, out: Path, calib: str | None, max_windows: int | None, only
             continue
         folder = out / f"{label.replace(' ', '-')}-{method_name(opts)}"
         t0 = time.perf_counter()
-        quantize(model, folder, fmt, force=True, progress=False, calib=calib if opts.get("method") or opts.get("smooth") else None, **opts)
+        quantize(
+            model,
+            folder,
+            fmt,
+            force=True,
+            progress=False,
+            calib=calib if opts.get("method") or opts.get("smooth") else None,
+            **opts,
+        )
         seconds = time.perf_counter() - t0
         c = compare(load_for_eval(folder)[0], ref).as_dict()
         row = {"label": label, "method": method_name(opts), "quantize_s": round(seconds, 1), **c}
         base = baseline.setdefault(label, row)
         if base is not row:
-            row["ppl_gap_closed"] = 1 - row["ppl_change_pct"] / base["ppl_change_pct"] if base["ppl_change_pct"] else None
+            row["ppl_gap_closed"] = (
+                1 - row["ppl_change_pct"] / base["ppl_change_pct"] if base["ppl_change_pct"] else None
+            )
             row["kl_gap_closed"] = 1 - row["kl"] / base["kl"]
         rows.append(row)
-        print(f"{label} {row['method']}: {row['ppl_change_pct']:+.3f}% kl {row['kl']:.3e} ({seconds:.0f} s)", file=sys.stderr)
+        print(
+            f"{label} {row['method']}: {row['ppl_change_pct']:+.3f}% kl {row['kl']:.3e} ({seconds:.0f} s)",
+            file=sys.stderr,
+        )
     (out / "quality.json").write_text(json.dumps({"model": str(model), "float_ppl": ref.perplexity,
                                                   "tokens": windows.numel(), "rows": rows}, indent=2))
     return rows
 
 
-def source_rows(model: Path, out: Path, calib_sources: list[str], max_windows: int | None, methods=("awq", "gptq")) -> list[dict]:
+def source_rows(
+    model: Path, out: Path, calib_sources: list[str], max_windows: int | None, methods=("awq", "gptq")
+) -> list[dict]:
     """W4A16 g64 asym, RTN and each method x calibration source (--calib values: bundled, self, FILE, hf:...)."""
     ref_model, _ = load_for_eval(model)
     ref = Reference(ref_model, windows_of(heldout_ids(model, None, ref_model.config.vocab), 256, max_windows))
@@ -142,17 +157,25 @@ def source_rows(model: Path, out: Path, calib_sources: list[str], max_windows: i
         row["kl_gap_closed"] = None if row is base else 1 - row["kl"] / base["kl"]
         rows.append(row)
         print(f"{method} {source}: kl {row['kl']:.3e} ({row['quantize_s']} s)", file=sys.stderr)
-    (out / "sources.json").write_text(json.dumps({"model": str(model), "float_ppl": ref.perplexity, "rows": rows}, indent=2))
+    (out / "sources.json").write_text(
+        json.dumps({"model": str(model), "float_ppl": ref.perplexity, "rows": rows}, indent=2)
+    )
     return rows
 
 
 def source_markdown(rows: list[dict]) -> str:
-    lines = ["| method | calibration | ppl | ppl vs float % (± s.e.) | KL (nats/token) | top-1 agree % | RTN KL gap closed | quantize s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | calibration | ppl | ppl vs float % (± s.e.) | KL (nats/token) | top-1 agree % "
+        "| RTN KL gap closed | quantize s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         closed = "–" if r["kl_gap_closed"] is None else f"{100 * r['kl_gap_closed']:.0f}%"
-        lines.append(f"| {r['method']} | {r['source']} | {r['perplexity']:.3f} | {r['ppl_change_pct']:+.3f} ± {r['ppl_change_stderr_pct']:.3f} | "
-                     f"{r['kl']:.2e} | {100 * r['top1_agreement']:.2f} | {closed} | {r['quantize_s']} |")
+        lines.append(
+            f"| {r['method']} | {r['source']} | {r['perplexity']:.3f} | "
+            f"{r['ppl_change_pct']:+.3f} ± {r['ppl_change_stderr_pct']:.3f} | "
+            f"{r['kl']:.2e} | {100 * r['top1_agreement']:.2f} | {closed} | {r['quantize_s']} |"
+        )
     return "\n".join(lines)
 
 
@@ -160,11 +183,18 @@ def markdown(rows: list[dict]) -> str:
     def pct(v):
         return "–" if v is None else f"{100 * v:.0f}%"
 
-    lines = ["| format | method | ppl | ppl vs float % (± s.e.) | KL (nats/token) | top-1 agree % | RTN ppl gap closed | RTN KL gap closed | quantize s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| format | method | ppl | ppl vs float % (± s.e.) | KL (nats/token) | top-1 agree % "
+        "| RTN ppl gap closed | RTN KL gap closed | quantize s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['method']} | {r['perplexity']:.3f} | {r['ppl_change_pct']:+.3f} ± {r['ppl_change_stderr_pct']:.3f} | "
-                     f"{r['kl']:.2e} | {100 * r['top1_agreement']:.2f} | {pct(r.get('ppl_gap_closed'))} | {pct(r.get('kl_gap_closed'))} | {r['quantize_s']} |")
+        lines.append(
+            f"| {r['label']} | {r['method']} | {r['perplexity']:.3f} | "
+            f"{r['ppl_change_pct']:+.3f} ± {r['ppl_change_stderr_pct']:.3f} | "
+            f"{r['kl']:.2e} | {100 * r['top1_agreement']:.2f} | {pct(r.get('ppl_gap_closed'))} | "
+            f"{pct(r.get('kl_gap_closed'))} | {r['quantize_s']} |"
+        )
     return "\n".join(lines)
 
 
@@ -175,8 +205,12 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("/tmp/tp-quality"))
     ap.add_argument("--calib", default=None, help="--calib of quantize (default: the model's default source)")
-    ap.add_argument("--sources", default=None, metavar="A,B,..",
-                    help="instead of the format table: W4A16 g64 RTN, AWQ and GPTQ per calibration source (e.g. bundled,self,FILE)")
+    ap.add_argument(
+        "--sources",
+        default=None,
+        metavar="A,B,..",
+        help="instead of the format table: W4A16 g64 RTN, AWQ and GPTQ per calibration source (e.g. bundled,self,FILE)",
+    )
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--only", default=None, help="only cases whose label contains this")
     ap.add_argument("--plant-outliers", type=float, default=None, metavar="F",

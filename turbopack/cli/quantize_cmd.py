@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -31,28 +30,60 @@ def quantize(
     scale_dtype: ScaleDtypeOpt = None,
     per_tensor: PerTensorOpt = None,
     ignore: IgnoreOpt = (),
-    k_fallback: Optional[str] = typer.Option(None, "--k-fallback", help="int4 layers whose K the group size does not divide: refuse (default) | group (the largest smaller group that divides K, those layers only) | w8 (those layers as w8a16). RTN only."),
+    k_fallback: Optional[str] = typer.Option(
+        None,
+        "--k-fallback",
+        help="int4 layers whose K the group size does not divide: refuse (default) | group (the largest smaller "
+        "group that divides K, those layers only) | w8 (those layers as w8a16). RTN only.",
+    ),
     include_lm_head: IncludeLmHeadOpt = False,
-    method: str = typer.Option("rtn", "--method", "-m", help="rtn (no data) | awq (w4a16, w8a16) | gptq (w4a16, w8a16, w8a8)."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration data: FILE (text, or .jsonl with \"text\" or chat \"messages\" per line), "
-                                        "self (text the model generates itself, offline), bundled[:NAME], or hf[:DATASET[:SPLIT[:COLUMN]]] "
-                                        "(Hub, needs `datasets`; hf alone: pile-val, or ultrachat for chat models). Default: the source the "
-                                        "model's config.json declares (the bundled model: bundled:train, its training text), else self."),
+    method: str = typer.Option(
+        "rtn", "--method", "-m", help="rtn (no data) | awq (w4a16, w8a16) | gptq (w4a16, w8a16, w8a8)."
+    ),
+    calib: Optional[str] = typer.Option(
+        None,
+        "--calib",
+        help='Calibration data: FILE (text, or .jsonl with "text" or chat "messages" per line), '
+        "self (text the model generates itself, offline), bundled[:NAME], or hf[:DATASET[:SPLIT[:COLUMN]]] "
+        "(Hub, needs `datasets`; hf alone: pile-val, or ultrachat for chat models). Default: the source the "
+        "model's config.json declares (the bundled model: bundled:train, its training text), else self.",
+    ),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="Calibration windows (default 128)."),
-    calib_seqlen: Optional[int] = typer.Option(None, "--calib-seqlen", help="Tokens per calibration window (default 512)."),
+    calib_seqlen: Optional[int] = typer.Option(
+        None, "--calib-seqlen", help="Tokens per calibration window (default 512)."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for choosing calibration windows (default 0)."),
     smooth: bool = typer.Option(False, "--smooth", help="SmoothQuant before quantizing (w8a8, fp8)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="SmoothQuant migration strength in [0, 1] (default 0.5)."),
-    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="GPTQ: quantize columns by decreasing activation energy, with static groups (default: on, measured in docs/quality.md)."),
-    static_groups: Optional[bool] = typer.Option(None, "--static-groups/--no-static-groups", help="GPTQ without act-order: take each group's scale from the original weights (default: off; act-order implies it)."),
-    damp: Optional[float] = typer.Option(None, "--damp", help="GPTQ: Hessian damping as a fraction of its mean diagonal (default 0.01)."),
-    gptq_block_size: Optional[int] = typer.Option(None, "--gptq-block-size", help="GPTQ: columns per lazy-update block; speed only, same result (default 128)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Calibration device: cuda (default when present) or cpu."),
+    alpha: Optional[float] = typer.Option(
+        None, "--alpha", help="SmoothQuant migration strength in [0, 1] (default 0.5)."
+    ),
+    act_order: Optional[bool] = typer.Option(
+        None,
+        "--act-order/--no-act-order",
+        help="GPTQ: quantize columns by decreasing activation energy, with static groups "
+        "(default: on, measured in docs/quality.md).",
+    ),
+    static_groups: Optional[bool] = typer.Option(
+        None,
+        "--static-groups/--no-static-groups",
+        help="GPTQ without act-order: take each group's scale from the original weights "
+        "(default: off; act-order implies it).",
+    ),
+    damp: Optional[float] = typer.Option(
+        None, "--damp", help="GPTQ: Hessian damping as a fraction of its mean diagonal (default 0.01)."
+    ),
+    gptq_block_size: Optional[int] = typer.Option(
+        None, "--gptq-block-size", help="GPTQ: columns per lazy-update block; speed only, same result (default 128)."
+    ),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Calibration device: cuda (default when present) or cpu."
+    ),
     force: ForceOpt = False,
     resume: ResumeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quantize every linear weight of MODEL (RTN, or AWQ/GPTQ/SmoothQuant on calibration text) into an arch-neutral checkpoint.
+    """Quantize every linear weight of MODEL (RTN, or AWQ/GPTQ/SmoothQuant on calibration text) into an
+    arch-neutral checkpoint.
 
     [bold]Examples[/bold]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from turbopack.checkpoint import Checkpoint
 from turbopack.inference.loader import load_model
 from turbopack.inference.model import Block, ModelConfig, rope_tables
-from turbopack.packer.calibration.capture import DOWN, GATE, K, O, Q, UP, V, BlockRunner, embed, load_block
+from turbopack.packer.calibration.capture import DOWN, GATE, UP, BlockRunner, K, O, Q, V, embed, load_block
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm
-from turbopack.checkpoint import Checkpoint
 
 CFG = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16,
                   attention_bias=True, o_proj_bias=True, mlp_bias=True)
@@ -21,7 +21,11 @@ def random_block(seed: int = 0) -> Block:
     block = Block(CFG)
     with torch.no_grad():
         for name, p in block.named_parameters():
-            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g) if "norm" in name else 0.2 * torch.randn(p.shape, generator=g))
+            p.copy_(
+                1 + 0.3 * torch.randn(p.shape, generator=g)
+                if "norm" in name
+                else 0.2 * torch.randn(p.shape, generator=g)
+            )
     return block.eval()
 
 

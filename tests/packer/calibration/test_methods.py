@@ -10,8 +10,8 @@ import torch
 
 from turbopack.formats import get_format
 from turbopack.packer.calibration.awq import linear_output, search_clip, search_scale
-from turbopack.packer.calibration.grid import grid_for
 from turbopack.packer.calibration.gptq import GPTQConfig, gptq_quantize
+from turbopack.packer.calibration.grid import grid_for
 from turbopack.packer.calibration.smoothquant import smooth_scales
 
 OUTLIERS = (3, 70, 150, 200)
@@ -136,7 +136,9 @@ def brute_force_clip(w, x, grid, n_grid=20, max_shrink=0.5):
     return best.reshape(n, k)
 
 
-@pytest.mark.parametrize("name,params", [("w4a16", {"group_size": 64}), ("w4a16", {"group_size": 32, "sym": True}), ("w8a16", {})])
+@pytest.mark.parametrize(
+    "name,params", [("w4a16", {"group_size": 64}), ("w4a16", {"group_size": 32, "sym": True}), ("w8a16", {})]
+)
 def test_search_clip_equals_brute_force(name, params):
     """The Gram-matrix shortcut picks the same ranges as measuring every candidate on the tokens."""
     fmt = get_format(name, **params)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.cli.app import main
 from turbopack.errors import TurbopackError, UnsupportedModelError
-from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.packer.calibration import CalibOptions, quantize_calibrated
-from turbopack.packer.options import FormatSpec, OutputOptions
 from turbopack.packer.calibration.data import CalibrationDataError, calibration_batch
+from turbopack.packer.options import FormatSpec, OutputOptions
 from turbopack.packer.quantize import quantize
 
 SMALL = dict(calib_samples=8, calib_seqlen=32, progress=False)
@@ -70,8 +70,13 @@ def test_smoothquant_folder(calib_model, calib_text, tmp_path, fmt):
 def test_pipeline_rtn_equals_streaming_rtn(calib_model, calib_text, rtn_w4, tmp_path):
     """The block-by-block writer with no calibration effect writes exactly what RTN writes."""
     out = tmp_path / "via-pipeline"
-    quantize_calibrated(calib_model, out, FormatSpec("w4a16", group_size=32),
-                        CalibOptions(method="rtn", calib=calib_text, samples=4, seq_len=16), OutputOptions(progress=False))
+    quantize_calibrated(
+        calib_model,
+        out,
+        FormatSpec("w4a16", group_size=32),
+        CalibOptions(method="rtn", calib=calib_text, samples=4, seq_len=16),
+        OutputOptions(progress=False),
+    )
     a, b = QuantizedCheckpoint(out), QuantizedCheckpoint(rtn_w4)
     assert set(a.ckpt.tensors) == set(b.ckpt.tensors)
     for name in a.ckpt.tensors:
@@ -154,7 +159,10 @@ def test_unsupported_family(calib_model, calib_text, tmp_path):
 
 
 def test_eval_cli_json(calib_model, calib_text, capsys):
-    assert main(["eval", str(calib_model), "--text", str(calib_text), "--seq-len", "32", "--max-windows", "3", "--json"]) == 0
+    assert (
+        main(["eval", str(calib_model), "--text", str(calib_text), "--seq-len", "32", "--max-windows", "3", "--json"])
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["windows"] == 3 and res["tokens"] == 96 and res["perplexity"] > 1
 
@@ -166,7 +174,9 @@ def test_cuda_calibration_matches_cpu(calib_model, calib_text, tmp_path, method)
     outs = {}
     for device in ("cpu", "cuda"):
         outs[device] = tmp_path / device
-        quantize(calib_model, outs[device], "w4a16", group_size=32, method=method, calib=calib_text, device=device, **SMALL)
+        quantize(
+            calib_model, outs[device], "w4a16", group_size=32, method=method, calib=calib_text, device=device, **SMALL
+        )
     assert layout(outs["cpu"]) == layout(outs["cuda"])
     a, b = QuantizedCheckpoint(outs["cpu"]), QuantizedCheckpoint(outs["cuda"])
     for name in a.modules:  # float32 math differs in summation order only: codes agree almost everywhere
@@ -179,7 +189,9 @@ def test_eval_against_reports_kl(calib_model, calib_text, rtn_w4):
 
     same = evaluate(calib_model, calib_text, seq_len=32, max_windows=2, against=calib_model)
     assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
-    assert same["perplexity"] == pytest.approx(evaluate(calib_model, calib_text, seq_len=32, max_windows=2)["perplexity"], rel=1e-5)
+    assert same["perplexity"] == pytest.approx(
+        evaluate(calib_model, calib_text, seq_len=32, max_windows=2)["perplexity"], rel=1e-5
+    )
     q = evaluate(rtn_w4, calib_text, seq_len=32, max_windows=2, against=calib_model)
     assert q["kl"] > 1e-6 and q["against_perplexity"] == pytest.approx(same["perplexity"], rel=1e-5)
 
@@ -207,12 +219,34 @@ def test_calibrated_quantize_into_a_pipe_prints_a_line_per_block(calib_model, ca
     import sys
 
     out = tmp_path / "q"
-    proc = subprocess.run([sys.executable, "-m", "turbopack.cli.app", "quantize", str(calib_model), "-o", str(out), "-g", "32",
-                           "-m", "gptq", "--calib", str(calib_text), "--calib-samples", "4", "--calib-seqlen", "16"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "turbopack.cli.app",
+            "quantize",
+            str(calib_model),
+            "-o",
+            str(out),
+            "-g",
+            "32",
+            "-m",
+            "gptq",
+            "--calib",
+            str(calib_text),
+            "--calib-samples",
+            "4",
+            "--calib-seqlen",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     blocks = json.loads((calib_model / "config.json").read_text())["num_hidden_layers"]
-    found = [m.groups() for m in re.finditer(r"^block (\d+)/(\d+) gptq: [\d.]+ s, about \d+ s left$", proc.stderr, re.M)]
+    found = [
+        m.groups() for m in re.finditer(r"^block (\d+)/(\d+) gptq: [\d.]+ s, about \d+ s left$", proc.stderr, re.M)
+    ]
     assert found == [(str(i), str(blocks)) for i in range(1, blocks + 1)]
     assert "block" not in proc.stdout and "calibrated on" in proc.stdout  # results on stdout, progress on stderr
 

@@ -20,7 +20,6 @@ from turbopack.packer.calibration import hubdata, sources
 from turbopack.packer.calibration.data import CalibrationDataError, calibration_batch
 from turbopack.packer.calibration.selfgen import prompt_ids
 from turbopack.packer.calibration.sources import SourceKind
-from turbopack.packer.quantize import quantize
 
 WORDS = [f"w{i}" for i in range(120)]  # the calib_model fixture tokenizer's words (conftest.py)
 
@@ -33,7 +32,9 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['cont
 def chat_model(calib_model, tmp_path) -> Path:
     folder = tmp_path / "chat"
     shutil.copytree(calib_model, folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "w0", "eos_token": "w1", "chat_template": TEMPLATE}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "w0", "eos_token": "w1", "chat_template": TEMPLATE})
+    )
     return folder
 
 
@@ -41,11 +42,17 @@ def words(n: int, start: int = 0) -> str:
     return " ".join(WORDS[(start + 7 * i) % len(WORDS)] for i in range(n))
 
 
-@pytest.mark.parametrize("calib,kind,arg", [
-    ("self", SourceKind.SELF, ""), ("bundled", SourceKind.BUNDLED, ""), ("bundled:heldout", SourceKind.BUNDLED, "heldout"),
-    ("hf", SourceKind.HF, ""), ("hf:org/data:test:body", SourceKind.HF, "org/data:test:body"),
-    ("some/file.txt", SourceKind.FILE, "some/file.txt"),
-])
+@pytest.mark.parametrize(
+    "calib,kind,arg",
+    [
+        ("self", SourceKind.SELF, ""),
+        ("bundled", SourceKind.BUNDLED, ""),
+        ("bundled:heldout", SourceKind.BUNDLED, "heldout"),
+        ("hf", SourceKind.HF, ""),
+        ("hf:org/data:test:body", SourceKind.HF, "org/data:test:body"),
+        ("some/file.txt", SourceKind.FILE, "some/file.txt"),
+    ],
+)
 def test_parse_calib_values(calib_model, calib, kind, arg):
     src = sources.parse(calib, calib_model)
     assert (src.kind, src.arg, src.chosen_by) == (kind, arg, "--calib")
@@ -71,7 +78,9 @@ def test_default_is_self_generated_unless_the_model_declares_its_text(calib_mode
     assert sources.parse(None, copy).kind is SourceKind.SELF
 
 
-@pytest.mark.parametrize("value", ["/etc/passwd", "file:x.txt", "gopher", "bundled:../../../etc/hosts", "bundled:/etc/x.txt"])
+@pytest.mark.parametrize(
+    "value", ["/etc/passwd", "file:x.txt", "gopher", "bundled:../../../etc/hosts", "bundled:/etc/x.txt"]
+)
 def test_a_declared_source_may_not_be_a_path(calib_model, tmp_path, value):
     folder = tmp_path / "m"
     shutil.copytree(calib_model, folder)
@@ -121,7 +130,10 @@ def test_self_generated_follows_the_model(calib_model, tmp_path):
 
 def test_jsonl_conversations_use_the_chat_template(chat_model, tmp_path):
     path = tmp_path / "chat.jsonl"
-    convs = [[{"role": "user", "content": words(30, i)}, {"role": "assistant", "content": words(40, i + 1)}] for i in range(20)]
+    convs = [
+        [{"role": "user", "content": words(30, i)}, {"role": "assistant", "content": words(40, i + 1)}]
+        for i in range(20)
+    ]
     path.write_text("\n".join(json.dumps({"messages": c}) for c in convs) + "\n")
     data = calibration_batch(chat_model, path, 4, 64, seed=0)
     assert data.details == {"conversations": 20, "chat_template": True}
@@ -223,6 +235,10 @@ def test_manifest_config_and_summary_name_the_source(calib_model, tmp_path, caps
     assert "calibrated on self-generated (sampled" in stdout and "default" in stdout
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     data = manifest["calibration"]["data"]
-    assert data["kind"] == "self" and data["source"].startswith("self-generated") and data["chosen_by"].startswith("default")
+    assert (
+        data["kind"] == "self"
+        and data["source"].startswith("self-generated")
+        and data["chosen_by"].startswith("default")
+    )
     qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qcfg["calibration"]["kind"] == "self"

@@ -37,6 +37,7 @@ import torch
 
 from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
 
+
 class Kind(enum.IntEnum):
     """The tile decoder a weight-only kernel compiles in (a Triton constexpr: ``KIND == 0`` in the
     kernels is ``Kind.W4``)."""
@@ -332,9 +333,20 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     n_blocks, m_blocks = math.ceil(nt * tn / bn), math.ceil(m / bm)
     ws, cnt = splitk_buffers(x2.device, m, n, n_blocks * m_blocks, split)
     b = bias if bias is not None else y
-    common = dict(KIND=int(kind), TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1, ASYM=kind == W4 and not sym,
-                  SCALAR_SCALE=kind != W4 and s.numel() == 1,
-                  HAS_BIAS=bias is not None, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 2))
+    common = dict(
+        KIND=int(kind),
+        TN=tn,
+        KS=ks,
+        BN=bn,
+        SPI=spi,
+        SPLIT_K=split,
+        ATOMIC=split > 1,
+        ASYM=kind == W4 and not sym,
+        SCALAR_SCALE=kind != W4 and s.numel() == 1,
+        HAS_BIAS=bias is not None,
+        num_warps=cfg.get("num_warps", 4),
+        num_stages=cfg.get("num_stages", 2),
+    )
     if gemv:
         gemv_kernel[(n_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
                                        ROUND=bool(cfg.get("ROUND", True)), **common)

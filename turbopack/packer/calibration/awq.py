@@ -18,13 +18,13 @@ scaled, clipped weights, so the stored tensors are ordinary RTN tensors of a dif
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from turbopack.packer.calibration.capture import DOWN, GATE, K, O, Q, UP, V, BlockJob
+from turbopack.packer.calibration.capture import DOWN, GATE, UP, BlockJob, K, O, Q, V
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm, gqa_expand, gqa_reduce
 from turbopack.packer.calibration.grid import Grid, grid_for
 
@@ -115,7 +115,9 @@ def weight_mean(weights: list[torch.Tensor], grid: Grid) -> torch.Tensor:
 
 
 @torch.no_grad()
-def search_clip(w: torch.Tensor, x: torch.Tensor, grid: Grid, n_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
+def search_clip(
+    w: torch.Tensor, x: torch.Tensor, grid: Grid, n_grid: int = 20, max_shrink: float = 0.5
+) -> torch.Tensor:
     """``w`` with each quantization group clamped to the shrunk range that minimises the group's
     output error on tokens ``x`` [T, K]: [-m, m] with m = max|w_g| * (1 - i / n_grid) for symmetric
     grids (AWQ's search); for grids with a zero point, whose range need not be centred, both ends
@@ -190,7 +192,9 @@ def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor
         w = lin.weight
         if cfg.clip:
             x = inputs[name]
-            w = search_clip(w, x[:: max(1, x.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens], grid, cfg.n_grid, cfg.max_shrink)
+            w = search_clip(
+                w, x[:: max(1, x.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens], grid, cfg.n_grid, cfg.max_shrink
+            )
         out[name] = job.fmt.quantize(w.cpu())
         lin.weight.copy_(job.fmt.dequantize(out[name]).to(lin.weight.device))
     return out

@@ -10,8 +10,8 @@ so, lets taps (forward pre-hooks on chosen linears) accumulate what a method nee
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from turbopack.inference.model import Block, ModelConfig, rope_tables
 from turbopack.packer.families import family_of
 
 EMBED = "model.embed_tokens.weight"
-Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
+Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"  # noqa: E741 (q k v o)
 GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
 #: linears of a block grouped by shared input, in forward order
 STAGES = ((Q, K, V), (O,), (GATE, UP), (DOWN,))
@@ -50,10 +50,14 @@ def block_config(ckpt: Checkpoint) -> ModelConfig:
     for i in range(cfg.n_layers):
         missing = [n for n in expected if layer_prefix(i) + n not in ckpt.tensors]
         if missing:
-            raise UnsupportedModelError(f"{ckpt.folder}: {layer_prefix(i)}{missing[0]} missing; calibrated methods need "
-                                        f"the Llama block structure (use --method rtn)")
+            raise UnsupportedModelError(
+                f"{ckpt.folder}: {layer_prefix(i)}{missing[0]} missing; calibrated methods need "
+                f"the Llama block structure (use --method rtn)"
+            )
     if EMBED not in ckpt.tensors:
-        raise UnsupportedModelError(f"{ckpt.folder}: no {EMBED}; calibrated methods need the Llama structure (use --method rtn)")
+        raise UnsupportedModelError(
+            f"{ckpt.folder}: no {EMBED}; calibrated methods need the Llama structure (use --method rtn)"
+        )
     return cfg
 
 
@@ -147,7 +151,7 @@ class BlockJob:
 
     block: Block
     x: torch.Tensor
-    runner: "BlockRunner"
+    runner: BlockRunner
     fmt: Format
     quantize: frozenset[str]
     store_dtype: torch.dtype

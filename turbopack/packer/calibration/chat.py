@@ -11,8 +11,9 @@ text. Without a template the turns are joined as ``role: content`` lines, and th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from turbopack.errors import TurbopackError
 
@@ -72,14 +73,18 @@ def renderer(model_folder: Path) -> tuple[Callable[[Messages], str], bool]:
         raise TurbopackError("rendering the model's chat template needs jinja2; pip install jinja2") from None
 
     def raise_exception(message):  # templates call this to reject a conversation
-        raise ChatDataError(f"{model_folder}/tokenizer_config.json: the chat template rejects a conversation: {message}")
+        raise ChatDataError(
+            f"{model_folder}/tokenizer_config.json: the chat template rejects a conversation: {message}"
+        )
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
         compiled = env.from_string(tpl)
     except TemplateError as e:
-        raise ChatDataError(f"{model_folder}/tokenizer_config.json: chat_template does not parse ({e}); fix it") from None
+        raise ChatDataError(
+            f"{model_folder}/tokenizer_config.json: chat_template does not parse ({e}); fix it"
+        ) from None
     bos, eos = _special(model_folder, "bos_token"), _special(model_folder, "eos_token")
 
     def render(msgs: Messages) -> str:

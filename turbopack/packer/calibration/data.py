@@ -12,17 +12,16 @@ sizes and seed always give the same batch, and windows never overlap.
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from turbopack.errors import CheckpointError, TurbopackError
-from turbopack.textenc import text_encoder
 from turbopack.packer.calibration.chat import check_messages
+from turbopack.textenc import text_encoder
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -42,14 +41,14 @@ class CalibrationData:
     details: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        n, l = self.ids.shape
+        n, seq = self.ids.shape
         return {"source": self.source, "kind": self.kind, "chosen_by": self.chosen_by, "sha256": self.sha256,
-                "source_tokens": self.tokens, "samples": n, "seq_len": l, **self.details}
+                "source_tokens": self.tokens, "samples": n, "seq_len": seq, **self.details}
 
     def summary(self) -> str:
         """One line for the run's summary: what the model was calibrated on, and why that."""
-        n, l = self.ids.shape
-        return f"calibrated on {self.source}, {n} x {l} tokens ({self.chosen_by})"
+        n, seq = self.ids.shape
+        return f"calibrated on {self.source}, {n} x {seq} tokens ({self.chosen_by})"
 
 
 def default_text(name: str = "train.txt") -> Path:
@@ -61,7 +60,9 @@ def default_text(name: str = "train.txt") -> Path:
     except (ImportError, AttributeError, FileNotFoundError, TurbopackError):
         path = Path(__file__).resolve().parents[2] / "assets" / "text" / name
     if not path.is_file():
-        raise CalibrationDataError(f"{path}: bundled text {name} is missing from this install; pass --calib FILE (text or .jsonl)")
+        raise CalibrationDataError(
+            f"{path}: bundled text {name} is missing from this install; pass --calib FILE (text or .jsonl)"
+        )
     return path
 
 
@@ -79,7 +80,9 @@ def read_text(path: Path, render: Callable[[list], str] | None = None) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CalibrationDataError(f"{path}: not UTF-8 text (byte {e.start}); pass UTF-8 text or .jsonl with a \"text\" field") from None
+        raise CalibrationDataError(
+            f'{path}: not UTF-8 text (byte {e.start}); pass UTF-8 text or .jsonl with a "text" field'
+        ) from None
     if path.suffix.lower() in JSONL_SUFFIXES:
         text = "\n\n".join(render_records(jsonl_records(path, text), render))
     if not text.strip():
@@ -96,7 +99,9 @@ def jsonl_records(path: Path, text: str) -> list[str | list]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            raise CalibrationDataError(f"{path}:{lineno}: not valid JSON; each line must be an object with a \"text\" field") from None
+            raise CalibrationDataError(
+                f'{path}:{lineno}: not valid JSON; each line must be an object with a "text" field'
+            ) from None
         if isinstance(obj, dict) and isinstance(obj.get("text"), str):
             records.append(obj["text"])
         elif isinstance(obj, dict) and "messages" in obj:
@@ -116,7 +121,9 @@ def render_records(records: list[str | list], render: Callable[[list], str] | No
 def load_tokenizer(model_folder: Path):
     path = Path(model_folder) / "tokenizer.json"
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing; calibration and eval tokenize with the model's tokenizer.json (copy it into the folder)")
+        raise CheckpointError(
+            f"{path}: missing; calibration and eval tokenize with the model's tokenizer.json (copy it into the folder)"
+        )
     try:
         from tokenizers import Tokenizer
     except ImportError:
@@ -124,17 +131,23 @@ def load_tokenizer(model_folder: Path):
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # the library raises a bare Exception on a bad file
-        raise CheckpointError(f"{path}: cannot be read by `tokenizers` ({str(e).splitlines()[0]}); re-export the tokenizer") from None
+        raise CheckpointError(
+            f"{path}: cannot be read by `tokenizers` ({str(e).splitlines()[0]}); re-export the tokenizer"
+        ) from None
 
 
-def encode_text(model_folder: Path, text: str, vocab: int | None = None, where: str = "calibration text") -> torch.Tensor:
+def encode_text(
+    model_folder: Path, text: str, vocab: int | None = None, where: str = "calibration text"
+) -> torch.Tensor:
     """All tokens of ``text`` (1-D int64), with the model's tokenizer.json and the special tokens it
     adds around a text (e.g. a BOS first), as the model's own tokenizer frames it."""
     encoder = text_encoder(model_folder, load_tokenizer(model_folder))
     ids = torch.tensor(encoder.encode(text), dtype=torch.int64)
     if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
-        raise CheckpointError(f"{model_folder}/tokenizer.json: produces token id {int(ids.max())} >= vocab_size {vocab}; "
-                              f"the tokenizer does not belong to this model")
+        raise CheckpointError(
+            f"{model_folder}/tokenizer.json: produces token id {int(ids.max())} >= vocab_size {vocab}; "
+            f"the tokenizer does not belong to this model"
+        )
     return ids
 
 
@@ -150,15 +163,19 @@ def calibration_batch(model_folder: Path, calib: str | Path | None, samples: int
     from turbopack.packer.calibration import sources
 
     if samples < 1 or seq_len < 2:
-        raise CalibrationDataError(f"--calib-samples {samples} / --calib-seqlen {seq_len}: need at least 1 sample of 2 tokens")
+        raise CalibrationDataError(
+            f"--calib-samples {samples} / --calib-seqlen {seq_len}: need at least 1 sample of 2 tokens"
+        )
     source = sources.parse(calib, Path(model_folder))
     req = sources.Request(Path(model_folder), samples, seq_len, seed, vocab, device, log or (lambda msg: None))
     stream = sources.load(source, req)
     ids = stream.ids
     need = samples * seq_len
     if ids.numel() < need:
-        raise CalibrationDataError(f"{stream.label}: {ids.numel()} tokens, too short for {samples} samples x {seq_len} tokens "
-                                   f"({need}); pass more text or lower --calib-samples/--calib-seqlen")
+        raise CalibrationDataError(
+            f"{stream.label}: {ids.numel()} tokens, too short for {samples} samples x {seq_len} tokens "
+            f"({need}); pass more text or lower --calib-samples/--calib-seqlen"
+        )
     gen = torch.Generator().manual_seed(seed)
     slots = ids.numel() // seq_len
     offset = int(torch.randint(0, ids.numel() - slots * seq_len + 1, (1,), generator=gen))

@@ -18,7 +18,9 @@ from torch import nn
 
 
 @torch.no_grad()
-def fold_into_norm(norm: nn.Module, linears: list[nn.Linear], s: torch.Tensor, store_dtype: torch.dtype) -> torch.Tensor:
+def fold_into_norm(
+    norm: nn.Module, linears: list[nn.Linear], s: torch.Tensor, store_dtype: torch.dtype
+) -> torch.Tensor:
     """Divide ``norm.weight`` by ``s`` (as stored in ``store_dtype``), scale the linears' columns.
     Returns the effective scale applied (``s`` corrected for the norm's rounding)."""
     gamma = norm.weight.detach().float()

@@ -72,7 +72,11 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig 
     z_all = torch.zeros(n, k // g, device=w.device)
     if static:
         s_all, z_all = grid.params(w.reshape(n, k // g, g))
-    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if cfg.act_order else torch.arange(k, device=w.device)
+    perm = (
+        torch.argsort(torch.diag(h), descending=True, stable=True)
+        if cfg.act_order
+        else torch.arange(k, device=w.device)
+    )
     w, h = w[:, perm], h[perm][:, perm]
     hinv = inverse_hessian_factor(h, cfg.percdamp)
     codes = torch.zeros_like(w)

@@ -14,7 +14,8 @@ conversations (what llm-compressor's examples use for instruct models).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from turbopack.packer.calibration.chat import chat_template, check_messages, renderer
 from turbopack.packer.calibration.data import CalibrationDataError, encode_text, load_tokenizer
@@ -30,7 +31,11 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     parts = spec.split(":")
     if len(parts) > 3 or not parts[0]:
         raise CalibrationDataError(f"--calib hf:{spec}: expected hf:DATASET[:SPLIT[:COLUMN]], e.g. hf:{DEFAULT_TEXT}")
-    return parts[0], (parts[1] if len(parts) > 1 and parts[1] else "train"), (parts[2] if len(parts) > 2 and parts[2] else None)
+    return (
+        parts[0],
+        (parts[1] if len(parts) > 1 and parts[1] else "train"),
+        (parts[2] if len(parts) > 2 and parts[2] else None),
+    )
 
 
 def rows(dataset: str, split: str) -> Iterable[dict[str, Any]]:
@@ -44,14 +49,18 @@ def rows(dataset: str, split: str) -> Iterable[dict[str, Any]]:
         return iter(datasets.load_dataset(dataset, split=split, streaming=True))
     except Exception as e:  # network, unknown dataset or split: all mean the same to the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CalibrationDataError(f"--calib hf:{dataset}:{split}: cannot be loaded ({first}); check the name and split, "
-                                   f"the network, or pass --calib FILE / --calib self") from None
+        raise CalibrationDataError(
+            f"--calib hf:{dataset}:{split}: cannot be loaded ({first}); check the name and split, "
+            f"the network, or pass --calib FILE / --calib self"
+        ) from None
 
 
 def _column(row: dict, column: str | None, where: str) -> str:
     if column is not None:
         if column not in row:
-            raise CalibrationDataError(f"{where}: no column {column!r} (columns: {', '.join(row)}); pass hf:DATASET:SPLIT:COLUMN")
+            raise CalibrationDataError(
+                f"{where}: no column {column!r} (columns: {', '.join(row)}); pass hf:DATASET:SPLIT:COLUMN"
+            )
         return column
     for name in ("text", "messages"):
         if name in row:

@@ -21,9 +21,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ class Method(str, enum.Enum):
 @dataclass(frozen=True)
 class MethodSpec:
     formats: tuple[FormatName, ...]
-    config: Callable[["CalibOptions"], Any]  # options -> the method's frozen config (has .params())
+    config: Callable[[CalibOptions], Any]  # options -> the method's frozen config (has .params())
     run: Callable[[BlockJob, Any], dict[str, dict[str, torch.Tensor]]]
 
 
@@ -75,16 +76,23 @@ def rtn_block(job: BlockJob, cfg: _RTNConfig) -> dict[str, dict[str, torch.Tenso
     return out
 
 
-def gptq_config(o: "CalibOptions") -> GPTQConfig:
+def gptq_config(o: CalibOptions) -> GPTQConfig:
     """GPTQConfig's defaults (measured: docs/quality.md), overridden by the options given."""
-    given = {"act_order": o.act_order, "static_groups": o.static_groups, "percdamp": o.damp, "blocksize": o.gptq_block_size}
+    given = {
+        "act_order": o.act_order,
+        "static_groups": o.static_groups,
+        "percdamp": o.damp,
+        "blocksize": o.gptq_block_size,
+    }
     return GPTQConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 METHODS: Registry[MethodSpec] = Registry("quantization method")
 METHODS.register(Method.RTN, MethodSpec(tuple(FormatName), lambda o: _RTNConfig(), rtn_block))
 METHODS.register(Method.AWQ, MethodSpec((FormatName.W4A16, FormatName.W8A16), lambda o: AWQConfig(), awq_block))
-METHODS.register(Method.GPTQ, MethodSpec((FormatName.W4A16, FormatName.W8A16, FormatName.W8A8), gptq_config, gptq_block))
+METHODS.register(
+    Method.GPTQ, MethodSpec((FormatName.W4A16, FormatName.W8A16, FormatName.W8A8), gptq_config, gptq_block)
+)
 SMOOTH_FORMATS = (FormatName.W8A8, FormatName.FP8)
 
 
@@ -109,7 +117,9 @@ class CalibOptions:
             ok = ", ".join(f.value for f in spec.formats)
             raise TurbopackError(f"--method {self.method} does not support --format {fmt.name.value}; use one of: {ok}")
         if self.smooth and fmt.name not in SMOOTH_FORMATS:
-            raise TurbopackError(f"--smooth is for formats that quantize activations (w8a8, fp8), not {fmt.name.value}; drop --smooth")
+            raise TurbopackError(
+                f"--smooth is for formats that quantize activations (w8a8, fp8), not {fmt.name.value}; drop --smooth"
+            )
         if not 0.0 <= self.alpha <= 1.0:
             raise TurbopackError(f"--alpha {self.alpha}: must be in [0, 1] (0.5 is the usual choice)")
         gptq_only = {"--act-order": self.act_order, "--static-groups": self.static_groups, "--damp": self.damp,
@@ -158,7 +168,10 @@ def quantize_calibrated(model: str | Path, out: str | Path, spec: FormatSpec, op
     plan = ShardPlan.build([entries for _, entries in run.jobs], output.max_shard_bytes)
     meta = {"format": run.fmt.name.value, "turbopack": json.dumps(run.fmt.params())}
     label = f"{opts.method} {run.fmt.name.value}"
-    with atomic_output(Path(out), output.force) as tmp, byte_progress(label, result.input_bytes, output.progress) as (bar, task):
+    with (
+        atomic_output(Path(out), output.force) as tmp,
+        byte_progress(label, result.input_bytes, output.progress) as (bar, task),
+    ):
         writer = ShardedWriter(tmp, plan, meta)
         advance = lambda n: bar.advance(task, n)  # noqa: E731
         _write_outside_layers(run, writer, result, advance)
@@ -181,11 +194,21 @@ def _prepare(model, out, target: FormatSpec, opts: CalibOptions, force: bool, pr
     spec = opts.validate(fmt)
     cfg = block_config(ckpt)
     if cfg.sliding_window is not None and opts.seq_len > cfg.sliding_window:
-        raise TurbopackError(f"--calib-seqlen {opts.seq_len} exceeds the model's sliding_window {cfg.sliding_window}; lower it")
+        raise TurbopackError(
+            f"--calib-seqlen {opts.seq_len} exceeds the model's sliding_window {cfg.sliding_window}; lower it"
+        )
     jobs, kept = plan_jobs(ckpt, fmt, sel)
     device = opts.torch_device()
-    data = calibration_batch(ckpt.folder, opts.calib, opts.samples, opts.seq_len, opts.seed, vocab=cfg.vocab, device=device,
-                             log=lambda msg: note(msg, progress))
+    data = calibration_batch(
+        ckpt.folder,
+        opts.calib,
+        opts.samples,
+        opts.seq_len,
+        opts.seed,
+        vocab=cfg.vocab,
+        device=device,
+        log=lambda msg: note(msg, progress),
+    )
     return _Run(ckpt, cfg, fmt, sel, opts, spec, spec.config(opts), data, device, _layer_order(jobs), kept)
 
 
@@ -274,13 +297,20 @@ def _finish_folder(run: _Run, tmp: Path, result, shards, seconds: float) -> None
             continue
         layer = _layer_of(name) is not None
         tensors[name.removesuffix(".weight")] = {
-            "shape": list(run.ckpt.tensors[name].shape), "format": run.fmt.params(), "tensors": [e.name for e in entries],
+            "shape": list(run.ckpt.tensors[name].shape),
+            "format": run.fmt.params(),
+            "tensors": [e.name for e in entries],
             **(_method_params(run) if layer else {"method": "rtn", "method_params": {}}),
         }
     kept = {n: f"{r}; {run.modified[n]}" if n in run.modified else r for n, r in run.kept.items()}
-    calibration = {**_method_params(run), "data": run.data.describe(), "device": str(run.device),
-                   "seconds": round(seconds, 3), "model_params": sum(math.prod(e.shape) for e in run.ckpt.tensors.values()),
-                   "modified": dict(sorted(run.modified.items()))}
+    calibration = {
+        **_method_params(run),
+        "data": run.data.describe(),
+        "device": str(run.device),
+        "seconds": round(seconds, 3),
+        "model_params": sum(math.prod(e.shape) for e in run.ckpt.tensors.values()),
+        "modified": dict(sorted(run.modified.items())),
+    }
     manifest = new_manifest("quantized", str(run.ckpt.folder), format=run.fmt.params(), tensors=tensors,
                             unquantized=kept, shards=shards, calibration=calibration)
     qcfg = quant_config(run.fmt, result.kept, run.sel.include_lm_head, **_method_params(run),

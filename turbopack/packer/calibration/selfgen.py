@@ -114,7 +114,10 @@ def self_generated(req):
     parts = []
     for start in range(0, req.samples, chunk):
         parts.append(generate(model, [prompts[j] for j in order[start:start + chunk]], req.seq_len, gen))
-        req.log(f"calibration data: {min(start + chunk, req.samples)}/{req.samples} sequences generated, {time.perf_counter() - t0:.1f} s")
+        req.log(
+            f"calibration data: {min(start + chunk, req.samples)}/{req.samples} sequences generated, "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
     del model
     ids = torch.cat(parts).reshape(-1)
     sha = hashlib.sha256(ids.numpy().tobytes()).hexdigest()

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from turbopack.packer.calibration.capture import DOWN, GATE, K, Q, UP, V, BlockJob
+from turbopack.packer.calibration.capture import DOWN, GATE, UP, BlockJob, K, Q, V
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm
 
 #: (producer, consumers, the consumer tapped for the shared input)

@@ -24,9 +24,9 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -93,7 +93,9 @@ def parse(calib: str | Path | None, model_folder: Path) -> Source:
         return Source(SourceKind.SELF, "", "default (the model declares no calibration text)")
     text = str(calib)
     head, sep, rest = text.partition(":")
-    if head in (SourceKind.SELF.value, SourceKind.BUNDLED.value, SourceKind.HF.value) and (sep or not Path(text).is_file()):
+    if head in (SourceKind.SELF.value, SourceKind.BUNDLED.value, SourceKind.HF.value) and (
+        sep or not Path(text).is_file()
+    ):
         if head == SourceKind.SELF.value and rest:
             raise CalibrationDataError(f"--calib {text}: `self` takes no argument; use --calib self")
         return Source(SourceKind(head), rest, "--calib")
@@ -131,12 +133,16 @@ def _load_file(source: Source, req: Request) -> Stream:
     used = []
     text = read_text(path, lambda msgs: used.append(1) or render(msgs))
     details = {"conversations": len(used), "chat_template": bool(used) and has_template} if used else {}
-    return Stream(encode_text(req.model_folder, text, req.vocab, str(path)), str(path), _sha_of(path.read_bytes()), details)
+    return Stream(
+        encode_text(req.model_folder, text, req.vocab, str(path)), str(path), _sha_of(path.read_bytes()), details
+    )
 
 
 def _load_bundled(source: Source, req: Request) -> Stream:
     if not re.fullmatch(r"[A-Za-z0-9_-]+(\.txt)?", source.arg or "train"):  # a name, never a path
-        raise CalibrationDataError(f"bundled:{source.arg} ({source.chosen_by}): not a bundled text name; use bundled:train")
+        raise CalibrationDataError(
+            f"bundled:{source.arg} ({source.chosen_by}): not a bundled text name; use bundled:train"
+        )
     path = default_text(source.arg or "train.txt")
     text = read_text(path)
     return Stream(encode_text(req.model_folder, text, req.vocab, str(path)), f"bundled:{path.stem} ({path.name})",
@@ -155,7 +161,7 @@ def _load_hf(source: Source, req: Request) -> Stream:
     return hub_stream(source.arg, req)
 
 
-SOURCES.register(SourceKind.FILE, SourceSpec(_load_file, "a text file, or .jsonl with \"text\" or \"messages\" per line"))
+SOURCES.register(SourceKind.FILE, SourceSpec(_load_file, 'a text file, or .jsonl with "text" or "messages" per line'))
 SOURCES.register(SourceKind.SELF, SourceSpec(_load_self, "text the model generates itself from short varied prompts"))
 SOURCES.register(SourceKind.BUNDLED, SourceSpec(_load_bundled, "a bundled text (train: Shakespeare)"))
 SOURCES.register(SourceKind.HF, SourceSpec(_load_hf, "a Hugging Face Hub dataset via `datasets`"))
