@@ -12,7 +12,6 @@ from turbopack.layouts import (
     ARCHS,
     LAYOUTS,
     Choice,
-    LayoutName,
     arch_for_capability,
     detect_arch,
     get_arch,
@@ -20,7 +19,6 @@ from turbopack.layouts import (
     load_table,
     resolve_arch,
     select,
-    selection,
 )
 
 # (format key, arch) -> expected layout, or the text its error must contain
@@ -66,7 +64,6 @@ EXPECTED = {
         "fp8-tensor": "fp8_rowmajor",
     },
 }
-TRITON_KEYS = {"BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps", "num_stages"}
 
 
 def test_expectations_cover_every_arch():
@@ -91,9 +88,6 @@ def test_select_every_format_on_every_arch(arch, fmt_key):
     assert isinstance(choice, Choice) and choice.layout.value == want
     assert layout.name in get_arch(arch).layouts and fmt.name in layout.format
     assert choice.padding == layout.padding((192, 576)) and choice.why
-    for m in (1, 16, 17, 4096):
-        cfg = choice.kernel_for(m)
-        assert set(cfg) == TRITON_KEYS or set(cfg) == {"op"}
 
 
 @pytest.mark.parametrize("arch", ["sm80", "sm86"])
@@ -112,8 +106,8 @@ def test_tables_are_valid_and_cover_every_format():
         table = load_table(arch)
         named = {r["format"] for r in table["rules"]} | {u["format"] for u in table.get("unsupported", [])}
         assert named == {f.value for f in FormatName}, arch
-        for rule in table["rules"]:
-            assert set(rule["kernel"]) >= {"decode", "prefill"}
+        for rule in table["rules"]:  # kernel configs live in the tuned table only (one source)
+            assert not {"kernel", "overrides"} & set(rule), rule["layout"]
 
 
 def test_arch_layout_lists_match_tables():
@@ -123,24 +117,22 @@ def test_arch_layout_lists_match_tables():
     assert {n.value for a in ARCHS for n in get_arch(a).layouts} == set(LAYOUTS.names())
 
 
-def test_overrides_by_shape_and_batch():
-    rule = {"format": "w4a16", "layout": "w4_t16x64", "why": "x",
-            "kernel": {"decode": {"BLOCK_N": 64, "SPLIT_K": 4}, "prefill": {"BLOCK_N": 128, "SPLIT_K": 1}},
-            "overrides": [{"n": 28672, "k": 4096, "m_max": 16, "kernel": {"SPLIT_K": 8}},
-                          {"n": 28672, "k": 4096, "m_max": 64, "kernel": {"BLOCK_N": 32}},
-                          {"n": 4096, "kernel": {"BLOCK_N": 16}}]}
-    kernel = selection._kernel({"decode_m_max": 16}, rule, (28672, 4096))
-    from turbopack.layouts import Padding
-    c = Choice(LayoutName.W4_T16X64, kernel, "x", Padding(28672, 4096, 28672, 4096))
-    assert c.kernel_for(1) == {"BLOCK_N": 64, "SPLIT_K": 8}
-    assert c.kernel_for(32) == {"BLOCK_N": 32, "SPLIT_K": 1}
-    assert c.kernel_for(1000) == {"BLOCK_N": 128, "SPLIT_K": 1}
-    other = Choice(
-        LayoutName.W4_T16X64, selection._kernel({}, rule, (4096, 11008)), "x", Padding(4096, 11008, 4096, 11008)
-    )
-    assert other.kernel_for(1) == {"BLOCK_N": 16, "SPLIT_K": 4} and other.kernel_for(5000)["BLOCK_N"] == 16
-    kernel["decode"]["BLOCK_N"] = 0  # callers get copies: the cached table is untouched
-    assert load_table("sm80")["rules"][0]["kernel"]["decode"]["BLOCK_N"] != 0
+def test_the_kernel_plan_is_what_dispatch_looks_up():
+    """The packer reports per M bucket the tuned entry dispatch will use for that weight shape."""
+    from turbopack.inference.kernels import table
+
+    plan = table.plan("sm90", "w4_t64x64", 28672, 4096)
+    assert plan, "the shipped sm90 table tunes the 8B gate_up shape"
+    for bucket, cfg in plan.items():
+        assert table.lookup("sm90", "w4_t64x64", 28672, 4096, int(bucket)) == cfg
+    other = table.plan("sm90", "w4_t64x64", 1234 * 16, 640)  # untuned shape: the layout's defaults
+    default = table.load_table("sm90")["layouts"]["w4_t64x64"]["default"]
+    assert other == {b: default[b] for b in sorted(default, key=int)}
+    assert table.plan("sm80", "w4_t16x64", 4096, 4096) == {}  # no table tuned for sm80
+    assert "untuned" in table.describe({}) and "M<=1 " in table.describe(plan)
+    # the CUDA decode kernel needs K % 128 == 0: a K = 576 weight reports the Triton default instead
+    small = table.plan("sm90", "w4_t64x64", 384, 576, group=64)
+    assert all(cfg.get("kernel") != "cuda" for cfg in small.values()) and small["1"] == {"kernel": "default"}
 
 
 def test_unknown_names_list_the_registered_ones():

@@ -131,19 +131,10 @@ def print_explain(rows: list[dict]) -> None:
 
 
 def kernel_summary(kernel: dict) -> str:
-    """decode (M <= m_max) and prefill configs on one line each; other keys as k=v."""
-    def cfg(d: dict) -> str:
-        return " ".join(f"{k}={v}" for k, v in d.items())
+    """What dispatch runs per batch-size bucket (the tuned table's entries), one line each."""
+    from turbopack.inference.kernels.table import describe  # pure JSON reading; no torch at --help
 
-    lines = []
-    if isinstance(kernel.get("decode"), dict):
-        lines.append(f"decode (M≤{kernel.get('decode_m_max', '?')}): {cfg(kernel['decode'])}")
-    if isinstance(kernel.get("prefill"), dict):
-        lines.append(f"prefill: {cfg(kernel['prefill'])}")
-    if kernel.get("overrides"):
-        lines.append(f"+{len(kernel['overrides'])} shape override(s)")
-    rest = {k: v for k, v in kernel.items() if k not in ("decode", "prefill", "decode_m_max", "overrides")}
-    return "\n".join(lines + ([cfg(rest)] if rest else []))
+    return describe(kernel).replace("; ", "\n")
 
 
 def register(app: typer.Typer) -> None:

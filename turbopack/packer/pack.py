@@ -26,6 +26,7 @@ from turbopack.checkpoint.resume import Journal
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
 from turbopack.formats import dtype_name
+from turbopack.inference.kernels.table import plan as kernel_plan
 from turbopack.layouts import ARCHS, get_arch
 from turbopack.layouts.archs import resolve_arch
 from turbopack.layouts.packing import layout_of, pack_module, select_layout
@@ -168,9 +169,10 @@ def explain_rows(src: Source, p: Plan) -> list[dict]:
         for t in p.targets:
             c = p.choices[(name, t)]
             shape = p.slices[name][t.rank].shape(src.modules[name][1])
+            kernel = kernel_plan(t.arch, layout_of(c).name.value, *shape, getattr(fmt, "group_size", None))
             rows.append({"module": name, "arch": t.arch, "rank": t.rank, "shape": list(shape),
                          "format": fmt.describe(), "layout": layout_of(c).name.value, "padding": c.padding.as_dict(),
-                         "kernel": c.kernel, "why": str(c.why)})
+                         "kernel": kernel, "why": str(c.why)})
     return rows
 
 
@@ -319,7 +321,9 @@ def _finish_folder(src: Source, p: Plan, t: Target, folder: Path, shards: dict[s
         shape = sl.shape(full)
         tensors[m] = {"shape": list(shape), "full_shape": list(full), "format": fmt.params(),
                       "layout": layout_of(c).name.value, "layout_version": layout_of(c).version,
-                      "padding": c.padding.as_dict(), "kernel": c.kernel, "why": c.why,
+                      "padding": c.padding.as_dict(),
+                      "kernel": kernel_plan(t.arch, layout_of(c).name.value, *shape, getattr(fmt, "group_size", None)),
+                      "why": c.why,
                       "tensors": [f"{m}.{s.suffix}" for s in layout_of(c).packed_specs(fmt, shape)], "tp": sl.as_dict()}
     plain = {n: {"shape": list(p.plain_shapes[n][t.rank]), "dtype": dtype_name(src.ckpt.tensors[n].dtype),
                  "full_shape": list(src.ckpt.tensors[n].shape)} for n in src.plain}

@@ -12,12 +12,8 @@ Without a table entry the family's own untuned default applies.
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -25,11 +21,11 @@ from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
 from turbopack.inference.kernels import cuda_w4, fp8, w8a8, weight_only
 from turbopack.inference.kernels.epilogue import interpreting, triton
+from turbopack.inference.kernels.table import CONFIG_VERSION, bucket_entry, load_table, lookup  # noqa: F401
 from turbopack.layouts import get_layout
 from turbopack.layouts.base import Layout, LayoutName
 from turbopack.registry import Registry
 
-CONFIG_VERSION = 1
 #: keys a config entry may set (anything else in a table or ``config`` is ignored)
 CONFIG_KEYS = ("kernel", "BN", "BM", "BK", "SPLIT_K", "STAGES", "GROUP_M", "ROUND", "PLANES", "num_warps", "num_stages")
 
@@ -74,39 +70,6 @@ FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8
                                                  lambda m, n, k, f: w8a8.default_config(m, n, k)))
 FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: fp8.rowmajor_linear(x2, p, s, b, c, o),
                                                   lambda m, n, k, f: {"kernel": "scaled_mm"}, needs="fp8_mma"))
-
-
-@functools.cache
-def load_table(arch: str) -> dict[str, Any]:
-    """configs/<arch>.json, or an empty table when none was tuned for this arch."""
-    res = importlib.resources.files("turbopack.inference.kernels").joinpath("configs", f"{arch}.json")
-    if not res.is_file():
-        return {"version": CONFIG_VERSION, "arch": arch, "layouts": {}}
-    table = json.loads(res.read_text())
-    if table.get("version") != CONFIG_VERSION:
-        # a packaging bug, not user input
-        raise ValueError(
-            f"turbopack/inference/kernels/configs/{arch}.json: version {table.get('version')}, expected "
-            f"{CONFIG_VERSION}"
-        )
-    return table
-
-
-def bucket_entry(by_bucket: dict[str, dict], m: int) -> dict | None:
-    """The entry of the smallest tuned bucket >= m; None past the largest (no extrapolation of a
-    small-M config to a large batch)."""
-    b = min((int(b) for b in by_bucket if int(b) >= m), default=None)
-    return None if b is None else by_bucket[str(b)]
-
-
-def lookup(arch: str, layout: str, n: int, k: int, m: int) -> dict | None:
-    """The tuned entry for (layout, N x K, M), falling back to the layout's default shape."""
-    entry = load_table(arch).get("layouts", {}).get(layout, {})
-    for by_bucket in (entry.get("shapes", {}).get(f"{n}x{k}"), entry.get("default")):
-        hit = bucket_entry(by_bucket or {}, m)
-        if hit is not None:
-            return hit
-    return None
 
 
 def device_arch(device: torch.device) -> str:
