@@ -223,7 +223,9 @@ def test_config_lookup_buckets_and_overrides(monkeypatch):
     table = {"version": 1, "layouts": {"w4_t64x64": {
         "default": {"1": {"kernel": "gemv", "BN": 16}, "64": {"kernel": "tc", "BM": 64}},
         "shapes": {"4096x4096": {"16": {"kernel": "tc", "BM": 16, "bogus": 1}}}}}}
-    monkeypatch.setattr(dispatch, "load_table", lambda arch: table)
+    from turbopack.inference.kernels import table as kernel_table  # dispatch's lookup reads it there
+
+    monkeypatch.setattr(kernel_table, "load_table", lambda arch: table)
     monkeypatch.setattr(dispatch, "device_arch", lambda device: "sm90")
     fmt = get_format("w4a16")
     cfg = lambda n, k, m, over=None: dispatch.resolve_config("w4_t64x64", fmt, n, k, m, torch.device("cpu"), over)  # noqa: E731
