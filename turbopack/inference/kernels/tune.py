@@ -70,7 +70,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
     if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
         base = _splits(math.ceil(n / 64), k // 128, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
-            for stages in (4, 6):
+            for stages in (4, 6):  # of cuda_w4.STAGES, the ones that won on the H200
                 out.append({"kernel": "cuda", "SPLIT_K": sk, "STAGES": stages})
     if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
         out.append({"kernel": "dq_mm"})
