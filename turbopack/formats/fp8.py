@@ -65,7 +65,7 @@ class FP8(Format):
         absmax = (stats or {}).get("absmax")
         if absmax is None:
             absmax = float(w.float().abs().max())
-        s = torch.tensor([absmax / E4M3_MAX if absmax > 0 else 1.0], dtype=torch.float32)
+        s = torch.tensor([absmax / E4M3_MAX if absmax > 0 else 1.0], dtype=torch.float32, device=w.device)
         q, _ = quantize_rows_fp8(w, s)
         return {"qweight": q, "scales": s}
 

@@ -1,4 +1,4 @@
-"""The CUDA C++ W4 kernels (csrc/w4.cu) compile with this machine's nvcc for sm_80 and sm_90a
+"""The CUDA C++ kernels (csrc/w4.cu; w8.cu in test_cuda_w8.py) compile with this machine's nvcc for sm_80 and sm_90a
 (CI has no GPU, so that is a compile check), and on a GPU they match the reference of the layout's
 contract on fresh random inputs: the decode kernel within 1e-2 relative (its weights are exact
 fp32 (q - z)*s where the contract rounds them to 16 bits, ~1e-3, plus the 16-bit rounding of y:
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from turbopack.inference.kernels import cuda_w4
+from turbopack.inference.kernels import cuda_w4, cuda_w8
 
 NVCC = cuda_w4.nvcc()
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -19,8 +19,9 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 @pytest.mark.parametrize("cap", [(8, 0), (9, 0)])
-def test_w4_kernels_compile_without_spills(cap, tmp_path):
-    cmd = [NVCC, "-c", "-O3", "-std=c++17", "-Xptxas", "-v", cuda_w4.gencode(cap), str(cuda_w4.SRC), "-o",
+@pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w8.SRC], ids=lambda p: p.name)
+def test_kernels_compile_without_spills(cap, src, tmp_path):
+    cmd = [NVCC, "-c", "-O3", "-std=c++17", "-Xptxas", "-v", cuda_w4.gencode(cap), str(src), "-o",
            str(tmp_path / "k.o")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

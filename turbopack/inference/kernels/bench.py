@@ -116,16 +116,21 @@ def ours(wt: Weight, cfg: dict) -> Callable[[torch.Tensor, dict, torch.Tensor | 
     return lambda x, packed, out=None: run(x, packed, wt.shape, None, cfg, out, wt.fmt)
 
 
-def check(wt: Weight, cfg: dict, x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Relative error of our kernel on x (NaN-poisoned output) against ``ref``."""
+def check(wt: Weight, cfg: dict, x: torch.Tensor, ref: torch.Tensor | None = None) -> float:
+    """Relative error of our kernel on x (NaN-poisoned output) against ``ref`` (default: the
+    reference of the math that ``cfg``'s kernel computes)."""
+    ref = reference_out(wt, x, cfg) if ref is None else ref
     out = torch.full((x.shape[0], wt.shape[0]), float("nan"), dtype=x.dtype, device=x.device)
     ours(wt, cfg)(x, wt.copies[0], out)
     torch.cuda.synchronize()
     return reference.rel_err(out, ref)
 
 
-def reference_out(wt: Weight, x: torch.Tensor) -> torch.Tensor:
-    return reference.ref_linear(x, wt.fmt_name, wt.q, None, weights_only=get_layout(wt.layout_name).weights_only)
+def reference_out(wt: Weight, x: torch.Tensor, cfg: dict | None = None) -> torch.Tensor:
+    """The layout's contract; the CUDA 8-bit decode kernel keeps fp8 activations 16-bit (cuda_w8)."""
+    cuda8 = wt.fmt_name == "fp8" and (cfg or {}).get("kernel") == "cuda"
+    weights_only = get_layout(wt.layout_name).weights_only or cuda8
+    return reference.ref_linear(x, wt.fmt_name, wt.q, None, weights_only=weights_only)
 
 
 def time_ours(wt: Weight, cfg: dict, x: torch.Tensor) -> float:

@@ -1,9 +1,5 @@
-"""The CUDA C++ W4A16 kernels (csrc/w4.cu): built with nvcc on first use, cached on disk across
-processes, loaded with ctypes, launched on torch's current stream (CUDA-graph capturable).
-
-No torch headers are involved (the .cu exports C functions taking raw pointers), so the build is
-one nvcc call of a few seconds instead of a torch extension's minute, and CI compiles the same
-file for sm_80 and sm_90a with its own nvcc. Two kernels:
+"""The CUDA C++ W4A16 kernels (csrc/w4.cu; built by cuda_build at first use, cached on disk),
+launched on torch's current stream (CUDA-graph capturable). Two kernels:
 
   decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
@@ -17,82 +13,32 @@ dq_mm any group. Everything else stays on the Triton kernels (dispatch falls bac
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import shutil
-import subprocess
-import threading
-from pathlib import Path
 
 import torch
 
-from turbopack.errors import TurbopackError
+from turbopack.inference.kernels import cuda_build
+from turbopack.inference.kernels.cuda_build import gencode, nvcc  # noqa: F401 (the build test's names)
+from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_buffers
 
-SRC = Path(__file__).with_name("csrc") / "w4.cu"
+SRC = cuda_build.CSRC / "w4.cu"
 DECODE_GROUPS = (64, 128)
 DEQUANT_GROUPS = (32, 64, 128)
 M_MAX = 16
-STAGES = (2, 3, 4, 6, 8)  # ring depths the decode kernel is built for (csrc/w4.cu)
+STAGES = (4, 6)  # ring depths the decode kernel is built for (csrc/w4.cu)
 DEFAULT_STAGES = 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_LOCK = threading.Lock()
-_LIBS: dict[str, ctypes.CDLL] = {}
+_SIGNATURES = {
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 12 + [ctypes.c_void_p],
+    "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
+}
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured graph may point at it
 
 
-def nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    cand = Path(home) / "bin" / "nvcc" if home else None
-    return str(cand) if cand and cand.exists() else shutil.which("nvcc")
-
-
-def gencode(capability: tuple[int, int]) -> str:
-    arch = f"{capability[0]}{capability[1]}" + ("a" if capability == (9, 0) else "")
-    return f"-gencode=arch=compute_{arch},code=sm_{arch}"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TURBOPACK_CACHE", Path.home() / ".cache" / "turbopack")) / "kernels"
-
-
-def build(capability: tuple[int, int], out_dir: Path | None = None) -> Path:
-    """Compile the shared library for one arch (cached by source, target and compiler); its path."""
-    compiler = nvcc()
-    if compiler is None:
-        raise TurbopackError("CUDA W4 kernels: nvcc not found; set CUDA_HOME or use the Triton kernels")
-    tag = hashlib.sha256(SRC.read_bytes() + gencode(capability).encode() + compiler.encode()).hexdigest()[:16]
-    out_dir = out_dir or cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"w4_{tag}.so"
-    if not lib.exists():
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", gencode(capability), str(SRC),
-               "-o", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise TurbopackError(f"CUDA W4 kernels: nvcc failed ({res.stderr.strip().splitlines()[-1:]}); "
-                                 f"use the Triton kernels")
-        tmp.replace(lib)  # atomic: a concurrent builder never loads half a file
-    return lib
-
-
 def library(device: torch.device) -> ctypes.CDLL:
-    cap = torch.cuda.get_device_capability(device)
-    key = f"{cap[0]}{cap[1]}"
-    with _LOCK:
-        if key not in _LIBS:
-            lib = ctypes.CDLL(str(build(cap)))
-            dec = lib.turbopack_w4_decode
-            dec.restype = ctypes.c_int
-            dec.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 12 + [ctypes.c_void_p]
-            deq = lib.turbopack_w4_dequant
-            deq.restype = ctypes.c_int
-            deq.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p]
-            _LIBS[key] = lib
-    return _LIBS[key]
+    return cuda_build.library(SRC, device, _SIGNATURES)
 
 
 def _common_ok(x2: torch.Tensor, packed: dict[str, torch.Tensor]) -> bool:
@@ -119,14 +65,6 @@ def default_split(n_pad: int, k: int, device: torch.device) -> int:
     return max(1, min(math.ceil(3 * sms / blocks), max(1, k // 128 // 4)))
 
 
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
-
-
-def _stream(device: torch.device) -> ctypes.c_void_p:
-    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
-
-
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES) -> torch.Tensor:
@@ -141,9 +79,9 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), split)
     zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     rc = library(x2.device).turbopack_w4_decode(
-        _ptr(x2), _ptr(qw), _ptr(s), _ptr(zeros), _ptr(bias), _ptr(y), _ptr(ws), _ptr(cnt),
+        _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), _DTYPE_CODE[x2.dtype],
-        _stream(x2.device))
+        cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages})")
     return y
@@ -166,8 +104,8 @@ def dequantize(packed: dict[str, torch.Tensor], shape: tuple[int, int], group: i
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     w = _scratch(qw.device, dtype, nt * tn * kt * 64)[: nt * tn * kt * 64].view(nt * tn, kt * 64)
-    rc = library(qw.device).turbopack_w4_dequant(_ptr(qw), _ptr(s), _ptr(packed.get("zeros")), _ptr(w), nt, kt,
-                                                 s.shape[1], tn, group, _DTYPE_CODE[dtype], _stream(qw.device))
+    rc = library(qw.device).turbopack_w4_dequant(_p(qw), _p(s), _p(packed.get("zeros")), _p(w), nt, kt, s.shape[1],
+                                                 tn, group, _DTYPE_CODE[dtype], cuda_build.stream(qw.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_dequant failed (code {rc})")
     return w[: shape[0], : shape[1]]

@@ -19,7 +19,7 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.inference.kernels import cuda_w4, fp8, w8a8, weight_only
+from turbopack.inference.kernels import cuda_w4, cuda_w8, fp8, w8a8, weight_only
 from turbopack.inference.kernels.epilogue import interpreting, triton
 from turbopack.inference.kernels.table import CONFIG_VERSION, bucket_entry, load_table, lookup  # noqa: F401
 from turbopack.layouts import get_layout
@@ -46,6 +46,9 @@ def _wo(kind: weight_only.Kind) -> Family:
         if kind == weight_only.W4 and kernel == "cuda" and cuda_w4.supports(x2, fmt, packed, shape):
             return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out, group=group,
                                      stages=cfg.get("STAGES", cuda_w4.DEFAULT_STAGES))
+        if kind != weight_only.W4 and kernel == "cuda" and cuda_w8.supports(x2, packed, shape):
+            return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out,
+                                     stages=cfg.get("STAGES", cuda_w8.DEFAULT_STAGES))
         if kind == weight_only.W4 and kernel == "dq_mm" and cuda_w4.supports_dequant(x2, fmt, packed):
             return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
         if kernel in ("cuda", "dq_mm"):  # the CUDA kernels do not take this call: Triton's default
@@ -68,8 +71,18 @@ FAMILIES.register(LayoutName.I8_T64X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
 FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8a8.linear(x2, p, s, b, c, o),
                                                  lambda m, n, k, f: w8a8.default_config(m, n, k)))
-FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: fp8.rowmajor_linear(x2, p, s, b, c, o),
-                                                  lambda m, n, k, f: {"kernel": "scaled_mm"}, needs="fp8_mma"))
+
+
+def _fp8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
+    # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
+    if cfg.get("kernel") == "cuda" and cuda_w8.supports(x2, packed, shape):
+        return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out,
+                                 stages=cfg.get("STAGES", cuda_w8.DEFAULT_STAGES))
+    return fp8.rowmajor_linear(x2, packed, shape, bias, cfg, out)
+
+
+FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(_fp8_rowmajor, lambda m, n, k, f: {"kernel": "scaled_mm"},
+                                                  needs="fp8_mma"))
 
 
 def device_arch(device: torch.device) -> str:

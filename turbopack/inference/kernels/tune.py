@@ -37,9 +37,14 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
 
 def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
     layout, params = SETUPS[setup]
-    if layout == "fp8_rowmajor":
-        return [{"kernel": "scaled_mm"}]
     out: list[dict] = []
+    if setup != "w4a16" and layout != "i8_rowmajor" and m <= 16:  # the CUDA C++ 8-bit decode kernel
+        base = _splits(math.ceil(n / 64), k // 64, sms)
+        for sk in sorted(set(base + [max(1, base[0] // 2)])):
+            for stages in (4, 6, 8):  # cuda_w8.STAGES
+                out.append({"kernel": "cuda", "SPLIT_K": sk, "STAGES": stages})
+    if layout == "fp8_rowmajor":
+        return out + [{"kernel": "scaled_mm"}]
     if layout == "i8_rowmajor":
         out.append({"kernel": "int_mm"})
         grid = _I8_SMALL if m <= 16 else _I8_LARGE

@@ -14,14 +14,17 @@
 // version (one group of 32 B per thread in flight) read DRAM at 39%; a second, with a cp.async
 // ring but an MMA against all-ones for sum(x) and a per-group fp32 epilogue, at 16%: ~385
 // instructions per 1 KiB stage and one long chain of dependent MMAs per warp (12.7 cycles per
-// issued instruction). This version: each warp streams its weights, scales and zeros through a
-// STAGES-deep cp.async ring in shared memory (private to the warp: every lane reads back what it
-// copied, except the scales, behind a __syncwarp); activations come from L1 (all warps of an SM
-// read the same x); addressing is hoisted out of the loop; and the per-tile accumulators make four
-// short independent MMA chains. A third version put the contract's 16-bit weights in the A
-// registers (HSUB2 + HMUL2 per register): exact, but two more instructions per two weights, and
-// at 48% of bandwidth ncu showed the SM issue-bound (50% compute throughput at 13 warps/SM); the
-// raw (M + q) operand plus one MMA against all-ones per step issues fewer instructions.
+// issued instruction). This version: each warp streams its weights through a STAGES-deep cp.async
+// ring in shared memory (private to the warp: lanes copy in memory order and read in fragment
+// order behind a __syncwarp, no CTA barrier); scales and zeros go to registers one stage ahead;
+// activations come from L1 (all warps of an SM read the same x); pointers advance by constants
+// (no 64-bit multiply per stage); the per-tile accumulators make four short independent MMA
+// chains (177 SASS instructions per stage for one token column and group 128, against 285 for
+// the same loop with run-time group size, asymmetry and ring modulo). A third version put the
+// contract's 16-bit weights in the A registers (HSUB2 + HMUL2 per register): exact, but two more
+// instructions per two weights, and at 48% of bandwidth ncu showed the SM issue-bound (50%
+// compute throughput at 13 warps/SM); the raw (M + q) operand plus one MMA against all-ones per
+// step issues fewer instructions.
 // K order inside the MMA: thread c of a quad takes bytes 8c..8c+7 of its two rows in each tile
 // (k = 16c..16c+15 of the tile), pair p of those 16 k is word p>>2 shifted by 4(p&3), and its
 // activations are the 16-bit pair at the same k, 32-bit word p of the thread's 32 bytes of x. A
@@ -31,50 +34,12 @@
 // Numerics: acc = sum (M + q) x and xs = sum x per tile (fp32, exact products), then per group
 // y += s * acc - s * (M + z) * xs: exact (q - z) * s weights in fp32, which differs from the
 // contract's 16-bit-rounded weight by that rounding only (~1e-3 relative).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "common.cuh"
 
 namespace {
 
 constexpr int kWarps = 4;   // 4 x 16 rows = one 64-row sm90 tile per CTA
 constexpr int kStageK = 128;
-
-template <typename T> struct Half16;
-template <> struct Half16<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u, kOnes = 0x3F803F80u;
-  static constexpr float kBase = 128.f;
-  static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16(v); }
-  static __device__ __forceinline__ uint32_t pack(float a, float b) {
-    __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&p);
-  }
-  static __device__ __forceinline__ float2 unpack(uint32_t v) {
-    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&v));
-  }
-  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <> struct Half16<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u, kOnes = 0x3C003C00u;
-  static constexpr float kBase = 1024.f;
-  static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
-  static __device__ __forceinline__ uint32_t pack(float a, float b) {
-    __half2 p = __floats2half2_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&p);
-  }
-  static __device__ __forceinline__ float2 unpack(uint32_t v) { return __half22float2(*reinterpret_cast<__half2*>(&v)); }
-  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
 
 // (w & 0x000F000F) | magic in one lop3 (0xea = (a & b) | c)
 template <uint32_t kMagic>
@@ -84,112 +49,82 @@ __device__ __forceinline__ uint32_t lop3_magic(uint32_t w) {
   return r;
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool fill) {
-  // src-size 0 zero-fills the 16 bytes and reads nothing (tokens past M, rows past the packed N)
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(fill ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// One stage of one warp: 128 k of its 16 rows, weights as in global memory (two 512-byte tiles),
-// then the scales and zero points of the stage's one or two groups.
-template <typename T>
+// One stage of one warp: 128 k of its 16 rows, as in global memory (two 512-byte tiles).
 struct Stage {
   uint4 w[2][32];
-  T s[2][16];
-  uint8_t z[2][16];
 };
 
 struct Args {
-  const void* x; const uint4* qw; const void* scales; const uint8_t* zeros; const void* bias; void* y;
-  float* ws; int* counters;
-  int M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k;
+  Out o;
+  const void* x; const uint4* qw; const void* scales; const uint8_t* zeros;
+  int M, NP, K, KT, KGP, TN, G, stride_xm, split_k;
 };
 
-// Output element i of token column t of this thread: row n0 + g + 8*(i/2), token 8t + 2c + (i&1).
-// Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter;
-// the CTA that completes the count stores y (+ bias) and leaves workspace and counter zeroed.
-template <typename T, int NTOK>
-__device__ void store_tile(const Args& a, const float (&out)[NTOK][4], int n0, int g, int c, bool active) {
-  T* y = static_cast<T*>(a.y);
-  const T* bias = static_cast<const T*>(a.bias);
-  if (a.split_k > 1) {
-    if (active) {
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
-          if (row < a.N && tok < a.M) atomicAdd(a.ws + (long long)tok * a.N + row, out[t][i]);
-        }
-    }
-    __threadfence();
-    __syncthreads();
-    __shared__ int last;
-    if (threadIdx.x == 0) last = atomicAdd(a.counters + blockIdx.x, 1) == a.split_k - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-  }
-  if (active) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
-        if (row < a.N && tok < a.M) {
-          float v = out[t][i];
-          if (a.split_k > 1) v = atomicExch(a.ws + (long long)tok * a.N + row, 0.f);  // read and re-zero
-          if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
-          y[(long long)tok * a.N + row] = Half16<T>::from_f(v);
-        }
-      }
-  }
-  if (a.split_k > 1 && threadIdx.x == 0) a.counters[blockIdx.x] = 0;
-}
-
 // cp.async of one stage: lane l copies 16-byte chunk l of each of the two tiles (the warp's 16 rows
-// are 512 contiguous bytes per tile); lanes 0..3 the scales (8 rows each), lanes 8..9 the zeros.
-template <typename T>
-__device__ __forceinline__ void issue_stage(const Args& a, Stage<T>& st, const uint4* wsrc, long long tile_step,
-                                            const T* ssrc, const uint8_t* zsrc, int grp, int ngroups, int lane) {
-  const long long t0 = 2LL * grp * tile_step;
-  cp_async16(&st.w[0][lane], wsrc + t0, true);
-  cp_async16(&st.w[1][lane], wsrc + t0 + tile_step, true);
-  if (lane < 2 * ngroups) {
-    cp_async16(&st.s[lane >> 1][8 * (lane & 1)], ssrc + (long long)(grp * ngroups + (lane >> 1)) * a.TN, true);
-  } else if (lane >= 8 && lane < 8 + ngroups && zsrc != nullptr) {
-    cp_async16(&st.z[lane - 8][0], zsrc + (long long)(grp * ngroups + lane - 8) * a.TN, true);
-  }
+// are 512 contiguous bytes per tile), no predicate, no zero-fill.
+__device__ __forceinline__ void issue_stage(Stage& st, const uint4*& wsrc, long long tile_step, int lane) {
+  cp_async16(&st.w[0][lane], wsrc);
+  cp_async16(&st.w[1][lane], wsrc + tile_step);
+  wsrc += 2 * tile_step;  // pointers advance by a constant: no 64-bit multiply per stage
 }
 
-template <typename T, int NTOK, int STAGES>
-__global__ void __launch_bounds__(kWarps * 32) w4_decode_kernel(const Args a) {
+// The scales (and zero points) of rows g and g + 8 for the NG groups of stage grp, into registers
+// one stage ahead: 2-byte loads that the warp coalesces into one 32-byte sector per group.
+template <typename T, int NG, bool ASYM>
+struct GroupParams {
+  float s[NG][2], z[NG][2];
+  // ssrc/zsrc point at the stage's first group; the next group is TN elements on
+  __device__ __forceinline__ void load(const T* ssrc, const uint8_t* zsrc, int TN) {
+#pragma unroll
+    for (int gi = 0; gi < NG; ++gi) {
+      s[gi][0] = Half16<T>::to_f(__ldg(ssrc + gi * TN));
+      s[gi][1] = Half16<T>::to_f(__ldg(ssrc + gi * TN + 8));
+      z[gi][0] = ASYM ? static_cast<float>(__ldg(zsrc + gi * TN)) : 8.f;
+      z[gi][1] = ASYM ? static_cast<float>(__ldg(zsrc + gi * TN + 8)) : 8.f;
+    }
+  }
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define TP_MIN_BLOCKS(NTOK, G) 1  // sm_80's allocation spills under the caps below; no A100 to tune on
+#else
+#define TP_MIN_BLOCKS(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 6) : 1)
+#endif
+// Register cap (sm_90): 64 for one token column (8 CTAs = 32 warps per SM; ncu on 72 registers showed 13-23
+// of 28 possible warps active and the kernel latency-bound), 80 for group 64 (two groups of
+// scales per stage: 64 spilled), none for two token columns (a 128 cap spilled).
+// G (64 or 128: one or two groups per 128-wide stage) and ASYM are compile-time: a first build with
+// both at run time spent 285 SASS instructions per stage, ~40 of them on branches, ring-slot
+// modulos and per-tile epilogues that a group-128 stage does not need.
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+__global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode_kernel(const Args a) {
   using H = Half16<T>;
+  constexpr int NG = kStageK / G;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  Stage<T>* ring = reinterpret_cast<Stage<T>*>(smem) + warp * STAGES;
+  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
   const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;  // first row of this warp
   const bool active = n0 < a.NP;
   const int stages = a.K / kStageK;
   const int per = (stages + a.split_k - 1) / a.split_k;
   const int s_lo = blockIdx.y * per, s_hi = active ? min(stages, s_lo + per) : s_lo;
   const int tn = n0 / a.TN, r0 = n0 % a.TN;
-  const int ngroups = kStageK / a.G;
   // per-lane sources, hoisted: tile (tn, 0) of the warp's rows; scales/zeros of group 0
   const long long tile_step = (long long)a.TN * 2;  // uint4 per 64-wide tile
-  const uint4* wsrc = a.qw + ((long long)tn * a.KT * a.TN + r0) * 2 + lane;
-  const T* ssrc = static_cast<const T*>(a.scales) + (long long)tn * a.KGP * a.TN + r0 + 8 * (lane & 1);
-  const uint8_t* zsrc = a.zeros != nullptr ? a.zeros + (long long)tn * a.KGP * a.TN + r0 : nullptr;
+  const uint4* wsrc = a.qw + (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;  // next stage to issue
+  const long long sz0 = ((long long)tn * a.KGP + s_lo * NG) * a.TN + r0 + g;  // group params of stage s_lo
+  const T* ssrc = static_cast<const T*>(a.scales) + sz0;
+  const uint8_t* zsrc = ASYM ? a.zeros + sz0 : nullptr;
+  const int sz_step = NG * a.TN;
   const T* x = static_cast<const T*>(a.x);
   const uint4* xsrc[NTOK];
+  bool has_tok[NTOK];  // a flag, not a null test: the pointers advance every stage, null ones too
 #pragma unroll
   for (int t = 0; t < NTOK; ++t) {
     const int tok = 8 * t + g;
-    xsrc[t] = tok < a.M ? reinterpret_cast<const uint4*>(x + (long long)tok * a.stride_xm + 16 * c) : nullptr;
+    has_tok[t] = tok < a.M;
+    xsrc[t] = reinterpret_cast<const uint4*>(x + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + s_lo * kStageK + 16 * c);
   }
 
   const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
@@ -201,24 +136,34 @@ __global__ void __launch_bounds__(kWarps * 32) w4_decode_kernel(const Args a) {
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s_lo + s < s_hi) issue_stage<T>(a, ring[s], wsrc, tile_step, ssrc, zsrc, s_lo + s, ngroups, lane);
+    if (s_lo + s < s_hi) issue_stage(ring[s], wsrc, tile_step, lane);
     cp_async_commit();
   }
-  for (int grp = s_lo, it = 0; grp < s_hi; ++grp, ++it) {
+  GroupParams<T, NG, ASYM> cur;
+  if (s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
+  int rd = 0, wr = STAGES - 1;  // ring slots to read and to refill (no run-time modulo)
+  for (int grp = s_lo; grp < s_hi; ++grp) {
     // activations: 32 bytes per tile of this thread's token, from L1 (every warp of the SM reads them)
     uint4 xv[NTOK][2][2];
 #pragma unroll
     for (int t = 0; t < NTOK; ++t)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        xv[t][j >> 1][j & 1] = xsrc[t] != nullptr ? __ldg(xsrc[t] + grp * (kStageK / 8) + 8 * (j >> 1) + (j & 1))
-                                                  : make_uint4(0, 0, 0, 0);
+        xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) xsrc[t] += kStageK / 8;
+    GroupParams<T, NG, ASYM> nxt;
+    ssrc += sz_step;
+    if (ASYM) zsrc += sz_step;
+    if (grp + 1 < s_hi) nxt.load(ssrc, zsrc, a.TN);
     cp_async_wait<STAGES - 2>();
-    __syncwarp();  // the scales another lane copied are visible; every lane is done with slot it-1
+    __syncwarp();  // lane l copied bytes 16l.. (row l/2), read by that row's quad; and slot wr is free
     const int next = grp + STAGES - 1;
-    if (next < s_hi) issue_stage<T>(a, ring[(it + STAGES - 1) % STAGES], wsrc, tile_step, ssrc, zsrc, next, ngroups, lane);
+    if (next < s_hi) issue_stage(ring[wr], wsrc, tile_step, lane);
     cp_async_commit();
-    const Stage<T>& st = ring[it % STAGES];
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    const Stage& st = ring[rd];
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
     float acc[2][NTOK][4], xs[2][NTOK][4];  // per tile: sum (M + q) x and sum x, four independent MMA chains
 #pragma unroll
     for (int tile = 0; tile < 2; ++tile) {
@@ -245,23 +190,28 @@ __global__ void __launch_bounds__(kWarps * 32) w4_decode_kernel(const Args a) {
       }
     }
     // epilogue of the stage's group(s): out += s * (acc - (M + z) * sum x), rows g and g + 8
+    if (NG == 1) {
 #pragma unroll
-    for (int tile = 0; tile < 2; ++tile) {
-      const int gi = ngroups == 2 ? tile : 0;
-      const float sl = H::to_f(st.s[gi][g]), sh_ = H::to_f(st.s[gi][g + 8]);
-      const float ol = sl * (H::kBase + (a.zeros != nullptr ? static_cast<float>(st.z[gi][g]) : 8.f));
-      const float oh = sh_ * (H::kBase + (a.zeros != nullptr ? static_cast<float>(st.z[gi][g + 8]) : 8.f));
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i], xs[0][t][i] += xs[1][t][i];
+    }
+#pragma unroll
+    for (int gi = 0; gi < NG; ++gi) {
+      const float sl = cur.s[gi][0], sh_ = cur.s[gi][1];
+      const float ol = sl * (H::kBase + cur.z[gi][0]), oh = sh_ * (H::kBase + cur.z[gi][1]);
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
-        out[t][0] = fmaf(sl, acc[tile][t][0], fmaf(-ol, xs[tile][t][0], out[t][0]));
-        out[t][1] = fmaf(sl, acc[tile][t][1], fmaf(-ol, xs[tile][t][1], out[t][1]));
-        out[t][2] = fmaf(sh_, acc[tile][t][2], fmaf(-oh, xs[tile][t][2], out[t][2]));
-        out[t][3] = fmaf(sh_, acc[tile][t][3], fmaf(-oh, xs[tile][t][3], out[t][3]));
+        out[t][0] = fmaf(sl, acc[gi][t][0], fmaf(-ol, xs[gi][t][0], out[t][0]));
+        out[t][1] = fmaf(sl, acc[gi][t][1], fmaf(-ol, xs[gi][t][1], out[t][1]));
+        out[t][2] = fmaf(sh_, acc[gi][t][2], fmaf(-oh, xs[gi][t][2], out[t][2]));
+        out[t][3] = fmaf(sh_, acc[gi][t][3], fmaf(-oh, xs[gi][t][3], out[t][3]));
       }
     }
+    cur = nxt;
   }
   cp_async_wait<0>();
-  store_tile<T, NTOK>(a, out, n0, g, c, active);
+  store_tile<T, NTOK>(a.o, out, n0, g, c, active);
 }
 
 // Dequantize: one thread per 16-byte half row of a tile (32 codes), in memory order, so the reads
@@ -298,35 +248,40 @@ __global__ void w4_dequant_kernel(const uint4* __restrict__ qw, const T* __restr
   for (int v = 0; v < 4; ++v) dst[v] = make_uint4(o[4 * v], o[4 * v + 1], o[4 * v + 2], o[4 * v + 3]);
 }
 
-template <typename T, int NTOK, int STAGES>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 int launch_decode(const Args& a, cudaStream_t s) {
-  const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage<T>));
+  auto kern = w4_decode_kernel<T, NTOK, STAGES, G, ASYM>;
+  const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage));
   static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
   if (!raised) {
-    cudaError_t e = cudaFuncSetAttribute(w4_decode_kernel<T, NTOK, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.split_k), block(kWarps * 32);
-  w4_decode_kernel<T, NTOK, STAGES><<<grid, block, smem, s>>>(a);
+  kern<<<grid, block, smem, s>>>(a);
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename T, int NTOK>
+template <typename T, int NTOK, int G, bool ASYM>
 int by_stages(const Args& a, int stages, cudaStream_t s) {
   switch (stages) {
-    case 2: return launch_decode<T, NTOK, 2>(a, s);
-    case 3: return launch_decode<T, NTOK, 3>(a, s);
-    case 4: return launch_decode<T, NTOK, 4>(a, s);
-    case 6: return launch_decode<T, NTOK, 6>(a, s);
-    case 8: return launch_decode<T, NTOK, 8>(a, s);
+    case 4: return launch_decode<T, NTOK, 4, G, ASYM>(a, s);
+    case 6: return launch_decode<T, NTOK, 6, G, ASYM>(a, s);
     default: return -2;
   }
 }
 
+template <typename T, int NTOK>
+int by_group(const Args& a, int stages, cudaStream_t s) {
+  const bool asym = a.zeros != nullptr;
+  if (a.G == 128) return asym ? by_stages<T, NTOK, 128, true>(a, stages, s) : by_stages<T, NTOK, 128, false>(a, stages, s);
+  return asym ? by_stages<T, NTOK, 64, true>(a, stages, s) : by_stages<T, NTOK, 64, false>(a, stages, s);
+}
+
 template <typename T>
 int by_tokens(const Args& a, int stages, cudaStream_t s) {
-  return a.M <= 8 ? by_stages<T, 1>(a, stages, s) : by_stages<T, 2>(a, stages, s);
+  return a.M <= 8 ? by_group<T, 1>(a, stages, s) : by_group<T, 2>(a, stages, s);
 }
 
 }  // namespace
@@ -340,8 +295,9 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < 1 || (dtype != 0 && dtype != 1))
     return -1;
-  const Args a{x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), bias, y,
-               static_cast<float*>(ws), static_cast<int*>(counters), M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k};
+  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
+  const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
+               G, stride_xm, split_k};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, s) : by_tokens<__half>(a, stages, s);
 }

@@ -1,0 +1,129 @@
+// Shared by the decode kernels (w4.cu, w8.cu): the 16-bit activation types and their mma.sync,
+// cp.async, and the split-K store of one warp's 16-row MMA fragment. Everything here is in an
+// anonymous namespace: each .cu is its own shared library (no ODR across them).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace {
+
+template <typename T> struct Half16;
+template <> struct Half16<__nv_bfloat16> {
+  // w4: OR-ing 0x4300 (128.0) onto a nibble makes 128 + q exactly (q <= 15 fits the 7-bit mantissa)
+  static constexpr uint32_t kMagic = 0x43004300u, kOnes = 0x3F803F80u;
+  static constexpr float kBase = 128.f;
+  static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16(v); }
+  static __device__ __forceinline__ uint32_t pack(float a, float b) {
+    __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&p);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t v) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&v));
+  }
+  static __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
+    __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) {
+    __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct Half16<__half> {
+  // w4: 0x6400 is 1024.0, whose 10-bit mantissa holds any nibble (and any byte) exactly
+  static constexpr uint32_t kMagic = 0x64006400u, kOnes = 0x3C003C00u;
+  static constexpr float kBase = 1024.f;
+  static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ uint32_t pack(float a, float b) {
+    __half2 p = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&p);
+  }
+  static __device__ __forceinline__ float2 unpack(uint32_t v) { return __half22float2(*reinterpret_cast<__half2*>(&v)); }
+  static __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b) {
+    __half2 r = __hsub2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) {
+    __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Where a decode kernel's y goes: y [M, N] (+ bias [N]), times an optional fp32 per-row scale
+// (row_scale[row * scale_stride]; stride 0: one per-tensor scale), split-K through ws/counters.
+struct Out {
+  void* y; const void* bias; const float* row_scale; float* ws; int* counters;
+  int M, N, split_k, scale_stride;
+};
+
+// Output element i of token column t of this thread: row n0 + g + 8*(i/2), token 8t + 2c + (i&1).
+// Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter;
+// the CTA that completes the count stores y (+ bias) and leaves workspace and counter zeroed.
+template <typename T, int NTOK>
+__device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c, bool active) {
+  T* y = static_cast<T*>(o.y);
+  const T* bias = static_cast<const T*>(o.bias);
+  if (o.split_k > 1) {
+    if (active) {
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
+          if (row < o.N && tok < o.M) atomicAdd(o.ws + (long long)tok * o.N + row, out[t][i]);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) last = atomicAdd(o.counters + blockIdx.x, 1) == o.split_k - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+  }
+  if (active) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
+        if (row < o.N && tok < o.M) {
+          float v = out[t][i];
+          if (o.split_k > 1) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
+          if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
+          if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
+          y[(long long)tok * o.N + row] = Half16<T>::from_f(v);
+        }
+      }
+  }
+  if (o.split_k > 1 && threadIdx.x == 0) o.counters[blockIdx.x] = 0;
+}
+
+}  // namespace

@@ -1,0 +1,247 @@
+// Weight-only 8-bit decode: y [M, N] = s_n * sum_k x[m, k] * q[n, k] (+ bias) for M <= 16 tokens,
+// q int8 (w8a16: i8_t{16,64}x64) or float8 e4m3 (fp8: fp8_rowmajor on sm89+, fp8_t16x64_upcast),
+// s fp32 per channel or per tensor, x bf16 or fp16 (docs/layouts.md, docs/kernels.md).
+//   turbopack_w8_decode
+//
+// Layout-neutral addressing: byte (n, k) of every byte layout is
+//   (n / TN) * s_tile + (n % TN) * s_row + (k / 64) * s_stage + k % 64
+// (tiled [NT, K/64, TN, 64]: s_row 64, s_stage TN*64; row-major [NT, TN, K]: s_row K, s_stage 64),
+// so one warp's stage, 64 k of 16 rows, is 16 runs of 64 contiguous bytes (one 1 KiB block in the
+// tiled layouts): thread (g, c) of the MMA copies k = 16c..16c+15 of rows g and g + 8 into its own
+// ring slots with cp.async and reads back only what it copied (no barrier), a STAGES-deep ring per
+// warp, as in w4.cu.
+//
+// K order inside the MMA (m16n8k16, W as A, x as B): at step j (0..3) thread c holds codes
+// 4j..4j+3 of its 16; A's pair registers a0/a1 (the MMA's k = 2c, 2c+1) take codes 4j, 4j+1 of rows
+// g / g + 8 and a2/a3 (k = 2c+8, 2c+9) codes 4j+2, 4j+3; B's b0/b1 are x at the same k, words 2j and
+// 2j+1 of the thread's 32 bytes of x. A and B are permuted alike, so the sum over k is unchanged.
+//
+// Codes -> 16 bits, exact in registers (two codes per 32-bit register):
+//   int8, fp16 x: (q ^ 0x80) is an unsigned byte u; prmt places it under 0x64 (1024 + u), and one
+//     HSUB2 of 1152 leaves q (fp16's 10-bit mantissa holds a byte).
+//   int8, bf16 x: bf16 has 8 significant bits, so 128 + u does not fit; 0x43 over the low 7 bits is
+//     128 + (q & 0x7F) and 0x43 over the sign bit alone is 128 or 256 (q's bit 7 is the exponent's
+//     lowest bit there): one HSUB2 of the two is q.
+//   e4m3: the 7 magnitude bits shifted under a 16-bit sign (by 4 for bf16, by 7 for fp16) are the
+//     same number scaled by 2^-120 (bf16) or 2^-8 (fp16), subnormals included (e4m3's 4-bit
+//     exponent lands in the low bits of the wider one; an e4m3 subnormal is a bf16/fp16 subnormal
+//     with the same scale); the scale comes back exactly (below, at Codes).
+// Accumulation in fp32, the row scale once in the store: y = fp32(sum x * q) * s, the weights-only
+// contract of these layouts (docs/layouts.md), up to fp32 summation order.
+#include "common.cuh"
+
+namespace {
+
+constexpr int kWarps = 4;    // 4 x 16 rows per CTA
+constexpr int kStageK = 64;  // one stage: 64 codes of 16 rows = 1 KiB per warp
+enum : int { kInt8 = 0, kE4M3 = 1 };
+
+template <typename T, int CODE> struct Codes;
+// cvt: lo = codes (0, 1), hi = codes (2, 3) of the 32-bit word w, as 16-bit pairs. kXScale (16-bit
+// pair bits, 0 = none) multiplies x before the MMA and kPost the fp32 sum after it.
+template <typename T> struct Exact {
+  static constexpr uint32_t kXScale = 0;
+  static constexpr float kPost = 1.f;
+};
+template <> struct Codes<__half, kInt8> : Exact<__half> {
+  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) {
+    const uint32_t u = w ^ 0x80808080u;
+    lo = Half16<__half>::sub2(prmt(u, 0x64646464u, 0x4140), 0x64806480u);  // (1024 + u) - 1152
+    hi = Half16<__half>::sub2(prmt(u, 0x64646464u, 0x4342), 0x64806480u);
+  }
+};
+template <> struct Codes<__nv_bfloat16, kInt8> : Exact<__nv_bfloat16> {
+  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) {
+    const uint32_t m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
+    lo = Half16<__nv_bfloat16>::sub2(prmt(m, 0x43434343u, 0x4140), prmt(s, 0x43434343u, 0x4140));
+    hi = Half16<__nv_bfloat16>::sub2(prmt(m, 0x43434343u, 0x4342), prmt(s, 0x43434343u, 0x4342));
+  }
+};
+// e4m3 -> bf16 in three instructions per pair: prmt puts each code in the low byte of a 16-bit half
+// and, with the selector's sign-replicate bit, its sign across the high byte; << 4 and one mask
+// keep sign (bit 15) and the 7 magnitude bits (4..10): w * 2^-120 as bf16, subnormal codes too
+// (the tensor cores keep bf16 subnormals: benchmarks/device/probe_w8.py). x * 2^64 before the MMA
+// and 2^56 after it undo the scale with the products in fp32's normal range (x would overflow
+// bf16 only past 2^64).
+template <> struct Codes<__nv_bfloat16, kE4M3> {
+  static constexpr uint32_t kXScale = 0x5F805F80u;  // bf16 2^64
+  static constexpr float kPost = 72057594037927936.f;  // 2^56
+  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) {
+    lo = (prmt(w, 0u, 0x9180) << 4) & 0x87F087F0u;
+    hi = (prmt(w, 0u, 0xB3A2) << 4) & 0x87F087F0u;
+  }
+};
+// e4m3 -> fp16: sm89+ converts natively (cvt.rn.f16x2.e4m3x2, exact); sm80 shifts the code under
+// fp16's sign as above (<< 7: w * 2^-8, fp16 subnormals for the smallest codes) and multiplies by
+// 2^8 (fp16 x cannot take the scale: it overflows past 256).
+template <> struct Codes<__half, kE4M3> : Exact<__half> {
+  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm("{.reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n cvt.rn.f16x2.e4m3x2 %1, h;}\n"
+        : "=r"(lo), "=r"(hi) : "r"(w));
+#else
+    lo = Half16<__half>::mul2((prmt(w, 0u, 0x9180) << 7) & 0xBF80BF80u, 0x5C005C00u);
+    hi = Half16<__half>::mul2((prmt(w, 0u, 0xB3A2) << 7) & 0xBF80BF80u, 0x5C005C00u);
+#endif
+  }
+};
+
+struct Stage {
+  uint4 w[2][32];  // [row g | row g + 8][lane]: 16 codes each
+};
+
+struct Args {
+  Out o;
+  const void* x; const uint8_t* qw;
+  long long s_tile, s_row, s_stage;
+  int NP, K, TN, stride_xm;
+};
+
+__device__ __forceinline__ void issue_stage(Stage& st, const uint8_t*& src, long long row8, long long step, int lane) {
+  cp_async16(&st.w[0][lane], src);
+  cp_async16(&st.w[1][lane], src + row8);
+  src += step;  // pointers advance by a constant: no 64-bit multiply per stage
+}
+
+// Register cap: 64 for one token column lets 8 CTAs (32 warps) share an SM, the bytes in flight
+// that a memory-bound GEMV needs; two token columns keep their registers.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define TP_W8_MIN_BLOCKS(NTOK) 1
+#else
+#define TP_W8_MIN_BLOCKS(NTOK) ((NTOK) == 1 ? 8 : 1)
+#endif
+
+template <typename T, int CODE, int NTOK, int STAGES>
+__global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode_kernel(const Args a) {
+  using H = Half16<T>;
+  using C = Codes<T, CODE>;
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
+  const bool active = n0 < a.NP;
+  const int stages = a.K / kStageK;
+  const int per = (stages + a.o.split_k - 1) / a.o.split_k;
+  const int s_lo = blockIdx.y * per, s_hi = active ? min(stages, s_lo + per) : s_lo;
+  const int row = n0 + g;
+  const uint8_t* wsrc = a.qw + (row / a.TN) * a.s_tile + (row % a.TN) * a.s_row + s_lo * a.s_stage + 16 * c;
+  const long long row8 = 8 * a.s_row;  // rows g and g + 8 share a tile (TN is a multiple of 16)
+  const T* x = static_cast<const T*>(a.x);
+  const uint4* xsrc[NTOK];
+  bool has_tok[NTOK];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) {
+    const int tok = 8 * t + g;
+    has_tok[t] = tok < a.o.M;
+    xsrc[t] = reinterpret_cast<const uint4*>(x + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + s_lo * kStageK + 16 * c);
+  }
+  float acc[2][NTOK][4];  // two independent MMA chains per token column (even / odd steps)
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[h][t][i] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s_lo + s < s_hi) issue_stage(ring[s], wsrc, row8, a.s_stage, lane);
+    cp_async_commit();
+  }
+  int rd = 0, wr = STAGES - 1;
+  for (int st = s_lo; st < s_hi; ++st) {
+    uint4 xv[NTOK][2];
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) {
+      xv[t][0] = has_tok[t] ? __ldg(xsrc[t]) : make_uint4(0, 0, 0, 0);
+      xv[t][1] = has_tok[t] ? __ldg(xsrc[t] + 1) : make_uint4(0, 0, 0, 0);
+      xsrc[t] += kStageK / 8;
+      if (C::kXScale != 0) {
+        uint32_t* xw = reinterpret_cast<uint32_t*>(&xv[t][0]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) xw[i] = H::mul2(xw[i], C::kXScale);
+      }
+    }
+    cp_async_wait<STAGES - 2>();
+    if (st + STAGES - 1 < s_hi) issue_stage(ring[wr], wsrc, row8, a.s_stage, lane);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    const uint4 wl = ring[rd].w[0][lane], wh = ring[rd].w[1][lane];  // this thread's own copies
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+    const uint32_t lw[4] = {wl.x, wl.y, wl.z, wl.w}, hw[4] = {wh.x, wh.y, wh.z, wh.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t af[4];
+      C::cvt(lw[j], af[0], af[2]);
+      C::cvt(hw[j], af[1], af[3]);
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const uint4& q = xv[t][j >> 1];
+        const uint32_t b0 = (j & 1) ? q.z : q.x, b1 = (j & 1) ? q.w : q.y;
+        H::mma(acc[j & 1][t], af, b0, b1);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  float out[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[t][i] = (acc[0][t][i] + acc[1][t][i]) * C::kPost;
+  store_tile<T, NTOK>(a.o, out, n0, g, c, active);
+}
+
+template <typename T, int CODE, int NTOK, int STAGES>
+int launch(const Args& a, cudaStream_t s) {
+  auto kern = w8_decode_kernel<T, CODE, NTOK, STAGES>;
+  const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage));
+  static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
+  if (!raised) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = true;
+  }
+  const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.o.split_k), block(kWarps * 32);
+  kern<<<grid, block, smem, s>>>(a);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T, int CODE, int NTOK>
+int by_stages(const Args& a, int stages, cudaStream_t s) {
+  switch (stages) {
+    case 4: return launch<T, CODE, NTOK, 4>(a, s);
+    case 6: return launch<T, CODE, NTOK, 6>(a, s);
+    case 8: return launch<T, CODE, NTOK, 8>(a, s);
+    default: return -2;
+  }
+}
+
+template <typename T, int CODE>
+int by_tokens(const Args& a, int stages, cudaStream_t s) {
+  return a.o.M <= 8 ? by_stages<T, CODE, 1>(a, stages, s) : by_stages<T, CODE, 2>(a, stages, s);
+}
+
+template <typename T>
+int by_code(const Args& a, int code, int stages, cudaStream_t s) {
+  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, s) : by_tokens<T, kE4M3>(a, stages, s);
+}
+
+}  // namespace
+
+// code: 0 = int8, 1 = e4m3; dtype: 0 = bf16, 1 = fp16 (x, bias and y alike); scales fp32,
+// scale_stride 1 (per channel) or 0 (per tensor). Returns 0, -1 bad arguments, -2 unsupported
+// STAGES, else the CUDA error.
+extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
+                                   void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
+                                   long long s_row, long long s_stage, int scale_stride, int stride_xm, int split_k,
+                                   int stages, int code, int dtype, void* stream) {
+  if (M < 1 || M > 16 || K % kStageK != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 || split_k < 1 ||
+      (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0)
+    return -1;
+  const Out o{y, bias, static_cast<const float*>(scales), static_cast<float*>(ws), static_cast<int*>(counters),
+              M, N, split_k, scale_stride};
+  const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, s) : by_code<__half>(a, code, stages, s);
+}

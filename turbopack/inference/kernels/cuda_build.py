@@ -1,0 +1,94 @@
+"""nvcc at first use for the CUDA C++ kernels (csrc/*.cu): one shared library per source and arch,
+cached on disk across processes, loaded with ctypes.
+
+No torch headers are involved (each .cu exports C functions taking raw pointers), so a build is one
+nvcc call of a few seconds instead of a torch extension's minute, and CI compiles the same files
+for sm_80 and sm_90a with its own nvcc. The cache key covers the source, the shared header(s), the
+target and the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+from turbopack.errors import TurbopackError
+
+CSRC = Path(__file__).with_name("csrc")
+HEADERS = ("common.cuh",)
+_LOCK = threading.Lock()
+_LIBS: dict[tuple[str, str], ctypes.CDLL] = {}
+
+
+def nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    cand = Path(home) / "bin" / "nvcc" if home else None
+    return str(cand) if cand and cand.exists() else shutil.which("nvcc")
+
+
+def gencode(capability: tuple[int, int]) -> str:
+    arch = f"{capability[0]}{capability[1]}" + ("a" if capability == (9, 0) else "")
+    return f"-gencode=arch=compute_{arch},code=sm_{arch}"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TURBOPACK_CACHE", Path.home() / ".cache" / "turbopack")) / "kernels"
+
+
+def build(src: Path, capability: tuple[int, int], out_dir: Path | None = None) -> Path:
+    """Compile ``src`` into a shared library for one arch (cached); its path."""
+    compiler = nvcc()
+    if compiler is None:
+        raise TurbopackError(f"CUDA kernels ({src.name}): nvcc not found; set CUDA_HOME or use the Triton kernels")
+    text = src.read_bytes() + b"".join((CSRC / h).read_bytes() for h in HEADERS)
+    tag = hashlib.sha256(text + gencode(capability).encode() + compiler.encode()).hexdigest()[:16]
+    out_dir = out_dir or cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"{src.stem}_{tag}.so"
+    if not lib.exists():
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", gencode(capability), str(src),
+               "-o", str(tmp)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise TurbopackError(f"CUDA kernels ({src.name}): nvcc failed ({res.stderr.strip().splitlines()[-1:]}); "
+                                 f"use the Triton kernels")
+        tmp.replace(lib)  # atomic: a concurrent builder never loads half a file
+    return lib
+
+
+def library(src: Path, device: torch.device, signatures: dict[str, list]) -> ctypes.CDLL:
+    """The loaded library of ``src`` for ``device``'s arch, each function in ``signatures``
+    ({name: argtypes}) declared to return a C int."""
+    cap = torch.cuda.get_device_capability(device)
+    key = (src.name, f"{cap[0]}{cap[1]}")
+    with _LOCK:
+        if key not in _LIBS:
+            lib = ctypes.CDLL(str(build(src, cap)))
+            for name, argtypes in signatures.items():
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_int
+                fn.argtypes = argtypes
+            _LIBS[key] = lib
+    return _LIBS[key]
+
+
+def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+
+def stream(device: torch.device) -> ctypes.c_void_p:
+    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
+def usable(x2: torch.Tensor) -> bool:
+    """Can a CUDA C++ kernel take activations x2 at all (a CUDA sm80+ device, nvcc present)?"""
+    return (x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16)
+            and torch.cuda.get_device_capability(x2.device) >= (8, 0) and nvcc() is not None)

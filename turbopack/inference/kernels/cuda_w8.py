@@ -1,0 +1,86 @@
+"""The CUDA C++ weight-only 8-bit decode kernel (csrc/w8.cu; built by cuda_build at first use):
+int8 (w8a16) and float8 e4m3 (fp8) codes in any of the byte layouts (i8_t{16,64}x64,
+fp8_t16x64_upcast, fp8_rowmajor), bf16/fp16 activations, M <= 16 tokens, tensor-core GEMV with a
+cp.async ring (config keys SPLIT_K, STAGES).
+
+On sm89/sm90 the fp8 format's own math quantizes activations to e4m3 per token (fp8_rowmajor
+through _scaled_mm); for decode this kernel keeps them 16-bit instead, the weights-only math of
+fp8_t16x64_upcast: y = fp32(sum x16 * q) * s. That is more accurate than the W8A8 contract (no
+activation rounding) and reads the same packed bytes; dispatch uses it only where the tuned table
+says it is faster.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from turbopack.inference.kernels import cuda_build
+from turbopack.inference.kernels.cuda_build import ptr as _p
+from turbopack.inference.kernels.epilogue import splitk_buffers
+
+SRC = cuda_build.CSRC / "w8.cu"
+M_MAX = 16
+STAGE_K = 64
+STAGES = (4, 6, 8)  # ring depths the kernel is built for
+DEFAULT_STAGES = 6
+_CODE = {torch.int8: 0, torch.uint8: 0, torch.float8_e4m3fn: 1}
+_DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+_SIGNATURES = {
+    "turbopack_w8_decode": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_longlong] * 3
+    + [ctypes.c_int] * 6 + [ctypes.c_void_p],
+}
+
+
+def library(device: torch.device) -> ctypes.CDLL:
+    return cuda_build.library(SRC, device, _SIGNATURES)
+
+
+def strides(qweight: torch.Tensor) -> tuple[int, int, int, int]:
+    """(TN, s_tile, s_row, s_stage) in bytes of a byte layout's codes: tiled [NT, KT, TN, 64] or
+    row-major [NT, TN, K_pad]; byte (n, k) = (n//TN)*s_tile + (n%TN)*s_row + (k//64)*s_stage + k%64."""
+    if qweight.dim() == 4:
+        nt, kt, tn, tk = qweight.shape
+        return tn, kt * tn * tk, tk, tn * tk
+    nt, tn, kp = qweight.shape
+    return tn, tn * kp, kp, STAGE_K
+
+
+def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
+    """Can the kernel run this call? (K a multiple of 64, so x needs no padding; a 16-row tile)"""
+    qw = packed["qweight"]
+    tiled_ok = qw.dim() == 3 or qw.shape[3] == 64
+    return (cuda_build.usable(x2) and qw.dtype in _CODE and tiled_ok and packed["scales"].dtype == torch.float32
+            and 1 <= x2.shape[0] <= M_MAX and shape[1] % STAGE_K == 0 and strides(qw)[0] % 16 == 0
+            and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+
+
+def default_split(n_pad: int, k: int, device: torch.device) -> int:
+    """Split K until the grid covers the SMs about three times (one CTA per 64 rows), keeping at
+    least eight 64-wide stages per CTA so the cp.async ring fills."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(math.ceil(3 * sms / math.ceil(n_pad / 64)), max(1, k // STAGE_K // 8)))
+
+
+def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
+              split_k: int = 0, out: torch.Tensor | None = None, *, stages: int = DEFAULT_STAGES) -> torch.Tensor:
+    """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto."""
+    qw, s = packed["qweight"], packed["scales"]
+    tn, s_tile, s_row, s_stage = strides(qw)
+    n, k = shape
+    n_pad = qw.shape[0] * tn
+    m = x2.shape[0]
+    y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    split = int(split_k) if split_k and split_k > 0 else default_split(n_pad, k, x2.device)
+    split = max(1, min(split, k // STAGE_K))
+    ws, cnt = splitk_buffers(x2.device, m, n, -(-n_pad // 64), split)
+    b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias
+    rc = library(x2.device).turbopack_w8_decode(
+        _p(x2), _p(qw), _p(s), _p(b), _p(y), _p(ws), _p(cnt), m, n, n_pad, k, tn, s_tile, s_row, s_stage,
+        1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], _DTYPE_CODE[x2.dtype],
+        cuda_build.stream(x2.device))
+    if rc != 0:
+        raise RuntimeError(f"turbopack_w8_decode failed (code {rc}; M={m} N={n} K={k} stages={stages})")
+    return y
