@@ -24,6 +24,7 @@ from turbopack.formats import Format, get_format
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
 from turbopack.inference.kernels import reference
+from turbopack.inference.kernels.config import KernelConfig
 from turbopack.inference.kernels.dispatch import FAMILIES
 from turbopack.layouts import get_layout
 
@@ -111,12 +112,12 @@ def make_weight(setup: str, shape: tuple[int, int], l2_bytes: int, gen: torch.Ge
     return Weight(fmt_name, fmt, layout_name, shape, q, copies, nbytes)
 
 
-def ours(wt: Weight, cfg: dict) -> Callable[[torch.Tensor, dict, torch.Tensor | None], torch.Tensor]:
+def ours(wt: Weight, cfg: KernelConfig) -> Callable[[torch.Tensor, dict, torch.Tensor | None], torch.Tensor]:
     run = FAMILIES.get(wt.layout_name).run
     return lambda x, packed, out=None: run(x, packed, wt.shape, None, cfg, out, wt.fmt)
 
 
-def check(wt: Weight, cfg: dict, x: torch.Tensor, ref: torch.Tensor) -> float:
+def check(wt: Weight, cfg: KernelConfig, x: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative error of our kernel on x (NaN-poisoned output) against ``ref``."""
     out = torch.full((x.shape[0], wt.shape[0]), float("nan"), dtype=x.dtype, device=x.device)
     ours(wt, cfg)(x, wt.copies[0], out)
@@ -128,7 +129,7 @@ def reference_out(wt: Weight, x: torch.Tensor) -> torch.Tensor:
     return reference.ref_linear(x, wt.fmt_name, wt.q, None, weights_only=get_layout(wt.layout_name).weights_only)
 
 
-def time_ours(wt: Weight, cfg: dict, x: torch.Tensor) -> float:
+def time_ours(wt: Weight, cfg: KernelConfig, x: torch.Tensor) -> float:
     f = ours(wt, cfg)
     return time_us([lambda p=p: f(x, p) for p in wt.copies])
 
