@@ -202,14 +202,12 @@ def test_split_k_leaves_workspace_zeroed_and_writes_every_output():
     ("w8a16", "i8_t16x64", {}),
     ("w8a8", "i8_rowmajor", {}),
     ("fp8", "fp8_rowmajor", {"per_tensor": True}),
+    ("fp8", "fp8_t16x64_upcast", {}),
 ])
 def test_torch_packer_matches_layouts(fmt_name, layout_name, params):
     """The benchmark's GPU-side packer writes the same bytes as turbopack.layouts."""
     fmt, layout, q, packed, _, _ = _case(fmt_name, layout_name, 77, 384, 5, **params)
-    if fmt_name == "w4a16":
-        mine = reference.pack_w4(q, layout.tile_n)
-    else:
-        mine = reference.pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64)
+    mine = reference.pack(q, layout)
     assert mine.keys() == packed.keys()
     for key in packed:
         assert mine[key].dtype == packed[key].dtype and mine[key].shape == packed[key].shape, key
@@ -244,12 +242,7 @@ def test_gpu_real_shapes(fmt_name, layout_name, m):
         w = torch.randn(n, k, device="cuda")
         q = fmt.quantize(w)
         layout = get_layout(layout_name)
-        if fmt_name == "w4a16":
-            packed = reference.pack_w4(q, layout.tile_n)
-        else:
-            packed = reference.pack_bytes(
-                q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64
-            )
+        packed = reference.pack(q, layout)
         x = torch.randn(m, k, device="cuda").bfloat16()
         b = torch.randn(n, device="cuda").bfloat16()
         y = dispatch.linear(x, fmt, layout, packed, (n, k), b)

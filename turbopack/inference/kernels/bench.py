@@ -100,13 +100,7 @@ def make_weight(setup: str, shape: tuple[int, int], l2_bytes: int, gen: torch.Ge
     fmt = get_format(fmt_name, **params)
     w = torch.randn(shape, device="cuda", generator=gen) * 0.02
     q = fmt.quantize(w)
-    layout = get_layout(layout_name)
-    if fmt_name == "w4a16":
-        packed = reference.pack_w4(q, layout.tile_n)
-    else:
-        packed = reference.pack_bytes(
-            q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64
-        )
+    packed = reference.pack(q, get_layout(layout_name))
     nbytes = sum(t.numel() * t.element_size() for t in packed.values())
     copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(n_copies(nbytes, l2_bytes) - 1)]
     return Weight(fmt_name, fmt, layout_name, shape, q, copies, nbytes)
