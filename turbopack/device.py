@@ -40,3 +40,83 @@ def safetensors_device(device: torch.device) -> str:
     """The device string safetensors' ``safe_open`` takes ("cuda:0", "cpu")."""
     dev = resolve_device(device)
     return f"cuda:{dev.index}" if dev.type == "cuda" else "cpu"
+
+
+class PeakMemory:
+    """Peak bytes of torch memory on ``device`` inside a ``with`` block, above what was held at its
+    start (``.peak``; ``.now`` while inside). CUDA: the caching allocator's own counters. The CPU has
+    no such counter, so every storage an op creates there is counted until it is freed (a torch
+    dispatch mode: a few microseconds an op, for benchmarks and tests; tensors made outside torch's
+    ops, e.g. from numpy, are not seen).
+
+        with PeakMemory(torch.device("cpu")) as mem:
+            run()
+        print(mem.peak / 1e9, "GB")
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.peak = 0
+        self._base = 0
+        self._mode = None
+
+    @property
+    def now(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) - self._base
+        return self._mode.now if self._mode is not None else 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._mode = _storage_meter(self.device.type)
+            self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self._mode.__exit__(*exc)
+            self.peak = self._mode.peak
+
+
+def _storage_meter(device_type: str):
+    """A dispatch mode counting the bytes of the storages ops create on ``device_type`` until each
+    is freed (a storage's Python object lives exactly as long as the storage: its finalizer is the
+    free; views and parameters share their base's storage, so nothing is counted twice)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class StorageMeter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict[int, int] = {}
+            self.now = self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.device.type == device_type:
+                    self._see(t.untyped_storage())
+            return out
+
+        def _see(self, storage) -> None:
+            ptr = storage.data_ptr()
+            if ptr == 0 or ptr in self.live:
+                return
+            self.live[ptr] = storage.nbytes()
+            self.now += self.live[ptr]
+            self.peak = max(self.peak, self.now)
+            weakref.finalize(storage, self._free, ptr)
+
+        def _free(self, ptr: int) -> None:
+            self.now -= self.live.pop(ptr, 0)
+
+    return StorageMeter()

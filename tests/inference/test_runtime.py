@@ -219,6 +219,31 @@ def test_run_cli_on_bundled_model(tmp_path, capsys):
     assert rc == 0 and captured.out.strip() and "decode:" in captured.err and "tok/s" in captured.err
 
 
+@pytest.mark.skipif(not ASSET.is_dir(), reason="turbopack/assets/tiny-llama not present yet")
+def test_run_imports_only_what_it_runs(tmp_path):
+    """`turbopack run` of a W4A16 sm90 pack on the CPU (the emulator) imports none of the heavy
+    packages it does not run: building the model on the meta device once imported torch._dynamo
+    (and sympy) through a random init, ~5 s of every run; triton is for the GPU (and interpreter)
+    only; transformers, huggingface_hub, rich and the evaluation code are other commands' business."""
+    import os
+    import subprocess
+    import sys
+
+    from turbopack.packer.pack import pack
+    from turbopack.packer.quantize import quantize
+
+    quantize(ASSET, tmp_path / "w4", "w4a16", group_size=64, progress=False)
+    pack(tmp_path / "w4", tmp_path / "w4-sm90", "sm90")
+    heavy = ("torch._dynamo", "sympy", "triton", "transformers", "huggingface_hub", "rich", "turbopack.evaluation")
+    code = ("import sys; from turbopack.cli.app import main; rc = main(sys.argv[1:]); "
+            f"print('IMPORTED', [m for m in {heavy!r} if m in sys.modules]); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    args = ["run", str(tmp_path / "w4-sm90"), "--prompt", "ROMEO:", "-n", "2", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED []" in proc.stdout, proc.stdout
+
+
 # --- GPU ---------------------------------------------------------------------------------------
 
 

@@ -120,19 +120,22 @@ def test_arch_layout_lists_match_tables():
 def test_the_kernel_plan_is_what_dispatch_looks_up():
     """The packer reports per M bucket the tuned entry dispatch will use for that weight shape."""
     from turbopack.inference.kernels import table
+    from turbopack.inference.kernels.config import KernelConfig, KernelName
 
     plan = table.plan("sm90", "w4_t64x64", 28672, 4096)
     assert plan, "the shipped sm90 table tunes the 8B gate_up shape"
     for bucket, cfg in plan.items():
-        assert table.lookup("sm90", "w4_t64x64", 28672, 4096, int(bucket)) == cfg
+        assert table.lookup("sm90", "w4_t64x64", 28672, 4096, bucket) == cfg
     other = table.plan("sm90", "w4_t64x64", 1234 * 16, 640)  # untuned shape: the layout's defaults
-    default = table.load_table("sm90")["layouts"]["w4_t64x64"]["default"]
-    assert other == {b: default[b] for b in sorted(default, key=int)}
+    assert other == dict(table.load_table("sm90").layouts["w4_t64x64"].default)
     assert table.plan("sm80", "w4_t16x64", 4096, 4096) == {}  # no table tuned for sm80
-    assert "untuned" in table.describe({}) and "M<=1 " in table.describe(plan)
+    assert "untuned" in table.describe({}) and "M<=1 cuda(SPLIT_K=2,STAGES=4); M<=4 " in table.describe(plan)
     # the CUDA decode kernel needs K % 128 == 0: a K = 576 weight reports the Triton default instead
     small = table.plan("sm90", "w4_t64x64", 384, 576, group=64)
-    assert all(cfg.get("kernel") != "cuda" for cfg in small.values()) and small["1"] == {"kernel": "default"}
+    assert all(cfg.kernel is not KernelName.CUDA for cfg in small.values())
+    assert small[1] == KernelConfig(KernelName.DEFAULT)
+    # the manifest's form, read back (pack --explain's table does)
+    assert table.plan_from_json(table.buckets_to_json(plan), "manifest") == plan
 
 
 def test_unknown_names_list_the_registered_ones():

@@ -132,9 +132,9 @@ def print_explain(rows: list[dict]) -> None:
 
 def kernel_summary(kernel: dict) -> str:
     """What dispatch runs per batch-size bucket (the tuned table's entries), one line each."""
-    from turbopack.inference.kernels.table import describe  # pure JSON reading; no torch at --help
+    from turbopack.inference.kernels.table import describe, plan_from_json  # pure JSON reading; no torch at --help
 
-    return describe(kernel).replace("; ", "\n")
+    return describe(plan_from_json(kernel, "pack --explain")).replace("; ", "\n")
 
 
 def register(app: typer.Typer) -> None:

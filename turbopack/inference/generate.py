@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from turbopack.errors import UnsupportedModelError
+from turbopack.inference.kernels.interpret import interpreting
 from turbopack.inference.kv_quant import KV_FORMATS, cache_factory
 from turbopack.inference.model import Transformer
 from turbopack.inference.sampling import SamplingParams, sample
@@ -76,6 +77,8 @@ class Engine:
         self.use_graphs = cuda if self.use_graphs is None else (self.use_graphs and cuda)
         self._tok = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        if self.fast is None and not cuda and not interpreting():
+            self.fast = False  # fastpath's kernels are Triton's: importing them (and triton) would be wasted here
         if self.fast is None or self.fast:
             from turbopack.inference import fastpath
 

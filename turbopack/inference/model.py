@@ -315,9 +315,12 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+        # No random init on meta (the loader's build; it assigns the weights): normal_ on a meta tensor
+        # runs torch._refs, whose first call imports torch._dynamo, ~1.4 s of every `turbopack run`.
+        weight = torch.empty(cfg.vocab, cfg.hidden) if torch.get_default_device().type == "meta" else None
         # A ModuleDict named `model` reproduces HF's "model.*" parameter prefix without a class.
         self.model = nn.ModuleDict(dict(
-            embed_tokens=nn.Embedding(cfg.vocab, cfg.hidden),
+            embed_tokens=nn.Embedding(cfg.vocab, cfg.hidden, _weight=weight),
             layers=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
             norm=RMSNorm(cfg.hidden, cfg.rms_norm_eps),
         ))  # fmt: skip
@@ -339,7 +342,9 @@ class Transformer(nn.Module):
         Non-persistent buffers: they are derived from the config, so they stay out of the state dict
         and must be rebuilt after loading onto the meta device (turbopack.inference.loader does that).
         """
-        cos, sin = rope_tables(self.config, seq_len, self.model.embed_tokens.weight.device)
+        device = self.model.embed_tokens.weight.device
+        cos, sin = (rope_tables(self.config, seq_len, device) if device.type != "meta"  # (on meta: as above)
+                    else (torch.empty(seq_len, self.config.head_dim, device=device),) * 2)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

@@ -25,7 +25,8 @@ from turbopack.checkpoint.manifest import tool_version
 from turbopack.checkpoint.resume import Journal
 from turbopack.checkpoint.sharded import DEFAULT_SHARD_BYTES
 from turbopack.errors import TurbopackError
-from turbopack.formats import dtype_name
+from turbopack.formats import Format, dtype_name
+from turbopack.inference.kernels.table import buckets_to_json
 from turbopack.inference.kernels.table import plan as kernel_plan
 from turbopack.layouts import ARCHS, get_arch
 from turbopack.layouts.archs import resolve_arch
@@ -160,6 +161,11 @@ def not_native(src: Source, p: Plan) -> list[str]:
     return list(notes.values())
 
 
+def _kernel_json(arch: str, layout: str, shape: tuple[int, int], fmt: Format) -> dict[str, dict]:
+    """What dispatch will run per M bucket, as the manifest and --explain write it."""
+    return buckets_to_json(kernel_plan(arch, layout, *shape, getattr(fmt, "group_size", None)))
+
+
 def explain_rows(src: Source, p: Plan) -> list[dict]:
     rows = []
     for name in src.order:
@@ -169,7 +175,7 @@ def explain_rows(src: Source, p: Plan) -> list[dict]:
         for t in p.targets:
             c = p.choices[(name, t)]
             shape = p.slices[name][t.rank].shape(src.modules[name][1])
-            kernel = kernel_plan(t.arch, layout_of(c).name.value, *shape, getattr(fmt, "group_size", None))
+            kernel = _kernel_json(t.arch, layout_of(c).name.value, shape, fmt)
             rows.append({"module": name, "arch": t.arch, "rank": t.rank, "shape": list(shape),
                          "format": fmt.describe(), "layout": layout_of(c).name.value, "padding": c.padding.as_dict(),
                          "kernel": kernel, "why": str(c.why)})
@@ -322,7 +328,7 @@ def _finish_folder(src: Source, p: Plan, t: Target, folder: Path, shards: dict[s
         tensors[m] = {"shape": list(shape), "full_shape": list(full), "format": fmt.params(),
                       "layout": layout_of(c).name.value, "layout_version": layout_of(c).version,
                       "padding": c.padding.as_dict(),
-                      "kernel": kernel_plan(t.arch, layout_of(c).name.value, *shape, getattr(fmt, "group_size", None)),
+                      "kernel": _kernel_json(t.arch, layout_of(c).name.value, shape, fmt),
                       "why": c.why,
                       "tensors": [f"{m}.{s.suffix}" for s in layout_of(c).packed_specs(fmt, shape)], "tp": sl.as_dict()}
     plain = {n: {"shape": list(p.plain_shapes[n][t.rank]), "dtype": dtype_name(src.ckpt.tensors[n].dtype),

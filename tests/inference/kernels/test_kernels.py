@@ -12,6 +12,7 @@ differ by ~4e-3); w8a8's integer path must match the emulator to output rounding
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ triton = pytest.importorskip("triton")
 from turbopack.errors import ShapeError  # noqa: E402
 from turbopack.formats import get_format  # noqa: E402
 from turbopack.inference.kernels import dispatch, epilogue, reference, w8a8  # noqa: E402
+from turbopack.inference.kernels.config import KernelConfig, KernelName  # noqa: E402
 from turbopack.layouts import emulate_linear, get_layout  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,8 +33,8 @@ if DEV == "cpu" and not epilogue.interpreting():
     pytest.skip("TRITON_INTERPRET=1 was not in effect when the kernels were imported", allow_module_level=True)
 
 TOL = 1e-2
-GEMV = {"kernel": "gemv", "BN": 32, "BK": 128, "SPLIT_K": 3}
-TC = {"kernel": "tc", "BN": 64, "BM": 16, "BK": 128, "SPLIT_K": 2}
+GEMV = KernelConfig(KernelName.GEMV, block_n=32, block_k=128, split_k=3)
+TC = KernelConfig(KernelName.TC, block_n=64, block_m=16, block_k=128, split_k=2)
 
 
 def _case(fmt_name, layout_name, n, k, seed, bias=True, act=torch.bfloat16, **params):
@@ -61,13 +63,13 @@ def _check(fmt, layout, packed, shape, b, x, cfg, tol=TOL):
 
 W4_CASES = [  # (layout, N, K, M, group, sym, scale dtype, act dtype, config)
     ("w4_t64x64", 192, 576, 1, 64, True, "bfloat16", torch.bfloat16, GEMV),
-    ("w4_t64x64", 192, 576, 1, 32, False, "bfloat16", torch.bfloat16, {**GEMV, "ROUND": False, "SPLIT_K": 1}),
+    ("w4_t64x64", 192, 576, 1, 32, False, "bfloat16", torch.bfloat16, replace(GEMV, round_weights=False, split_k=1)),
     ("w4_t16x64", 17, 640, 1, 128, False, "float16", torch.float16, GEMV),
-    ("w4_t64x64", 192, 640, 1, 128, False, "bfloat16", torch.bfloat16, {**GEMV, "ROUND": False}),
+    ("w4_t64x64", 192, 640, 1, 128, False, "bfloat16", torch.bfloat16, replace(GEMV, round_weights=False)),
     ("w4_t64x64", 192, 576, 3, 64, False, "bfloat16", torch.bfloat16, TC),
-    ("w4_t16x64", 17, 576, 33, 32, True, "bfloat16", torch.float16, {**TC, "BM": 32, "SPLIT_K": 1}),
+    ("w4_t16x64", 17, 576, 33, 32, True, "bfloat16", torch.float16, replace(TC, block_m=32, split_k=1)),
     ("w4_t64x64", 17, 640, 33, 128, False, "float16", torch.bfloat16, TC),
-    ("w4_t64x64", 192, 640, 3, 128, True, "bfloat16", torch.bfloat16, {**TC, "PLANES": True}),
+    ("w4_t64x64", 192, 640, 3, 128, True, "bfloat16", torch.bfloat16, replace(TC, planes=True)),
     ("w4_t16x64", 17, 576, 129, 64, False, "bfloat16", torch.bfloat16, None),   # the large-M default
     ("w4_t64x64", 80, 640, 129, 128, False, "float16", torch.float16, None),
 ]
@@ -85,8 +87,8 @@ def test_large_m_default_is_the_tensor_core_kernel():
     from turbopack.inference.kernels import weight_only
 
     for m in (65, 129, 1024, 2048, 8192):
-        assert weight_only.default_config(m, 28672, 4096, 128) == {
-            "kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
+        assert weight_only.default_config(m, 28672, 4096, 128) == KernelConfig(
+            KernelName.TC, block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3, split_k=1)
     assert not hasattr(weight_only, "dequant_kernel")
 
 
@@ -113,16 +115,11 @@ def test_w4_kernel_decodes_bit_identically_to_the_format(layout_name, sym, sdt, 
     eye = torch.eye(k, dtype=torch.float16)
     if kernel == "tc":
         cols = list(range(k))
-        y = _run(fmt, layout, packed, (n, k), None, eye, {**TC, "BM": 64, "SPLIT_K": 1}).T
+        y = _run(fmt, layout, packed, (n, k), None, eye, replace(TC, block_m=64, split_k=1)).T
     else:  # M = 1: one column at a time; every element position e of a word, and group edges
         cols = list(range(9)) + [group - 1, group, k - 1]
-        y = torch.stack(
-            [
-                _run(fmt, layout, packed, (n, k), None, eye[c : c + 1], {**GEMV, "ROUND": False, "SPLIT_K": 1})[0]
-                for c in cols
-            ],
-            1,
-        )
+        one = replace(GEMV, round_weights=False, split_k=1)
+        y = torch.stack([_run(fmt, layout, packed, (n, k), None, eye[c : c + 1], one)[0] for c in cols], 1)
     assert torch.equal(y, want[:, cols]), f"{int((y != want[:, cols]).sum())} weights differ"
 
 
@@ -131,24 +128,24 @@ def test_w4_kernel_decodes_bit_identically_to_the_format(layout_name, sym, sdt, 
     ("w8a16", "i8_t16x64", 17, 576, 33, TC, {}),
     ("fp8", "fp8_t16x64_upcast", 192, 576, 1, GEMV, {"per_tensor": True}),
     ("fp8", "fp8_t16x64_upcast", 17, 576, 3, TC, {}),
-    ("w8a16", "i8_t64x64", 192, 576, 3, {**TC, "PLANES": True}, {}),
+    ("w8a16", "i8_t64x64", 192, 576, 3, replace(TC, planes=True), {}),
     ("w8a16", "i8_t16x64", 17, 576, 129, None, {}),                       # the large-M default
     ("fp8", "fp8_t16x64_upcast", 17, 576, 129, None, {"per_tensor": True}),
 ])
 def test_8bit_weight_only(fmt_name, layout_name, n, k, m, cfg, params):
     if cfg is None:
         assert (
-            dispatch.resolve_config(layout_name, get_format(fmt_name, **params), n, k, m, torch.device("cpu"))["kernel"]
-            == "tc"
+            dispatch.resolve_config(layout_name, get_format(fmt_name, **params), n, k, m, torch.device("cpu")).kernel
+            is KernelName.TC
         )
     fmt, layout, _, packed, b, gen = _case(fmt_name, layout_name, n, k, m + n, **params)
     _check(fmt, layout, packed, (n, k), b, torch.randn(m, k, generator=gen).bfloat16(), cfg)
 
 
 @pytest.mark.parametrize("n,k,m,cfg", [
-    (192, 576, 1, {"kernel": "triton", "BM": 16, "BN": 64, "BK": 128, "SPLIT_K": 2}),
-    (17, 576, 3, {"kernel": "triton", "BM": 16, "BN": 32, "BK": 64, "SPLIT_K": 1}),
-    (192, 576, 33, {"kernel": "triton", "BM": 32, "BN": 64, "BK": 256, "SPLIT_K": 3}),
+    (192, 576, 1, KernelConfig(KernelName.TRITON, block_m=16, block_n=64, block_k=128, split_k=2)),
+    (17, 576, 3, KernelConfig(KernelName.TRITON, block_m=16, block_n=32, block_k=64, split_k=1)),
+    (192, 576, 33, KernelConfig(KernelName.TRITON, block_m=32, block_n=64, block_k=256, split_k=3)),
 ])
 def test_w8a8(n, k, m, cfg):
     fmt, layout, _, packed, b, gen = _case("w8a8", "i8_rowmajor", n, k, m + n)
@@ -192,7 +189,7 @@ def test_split_k_leaves_workspace_zeroed_and_writes_every_output():
 
     out = torch.full((3, 192), float("nan"), dtype=torch.bfloat16, device=DEV)
     p = {key: t.to(DEV) for key, t in packed.items()}
-    weight_only.launch(x, weight_only.I8, p, (192, 576), None, {**TC, "SPLIT_K": 4}, out=out)
+    weight_only.launch(x, weight_only.I8, p, (192, 576), None, replace(TC, split_k=4), out=out)
     assert bool(torch.isfinite(out).all())
     assert reference.rel_err(out.cpu(), emulate_linear(x.cpu(), fmt, layout, packed, (192, 576))) < TOL
     for buf in epilogue._WS.values():
@@ -205,47 +202,16 @@ def test_split_k_leaves_workspace_zeroed_and_writes_every_output():
     ("w8a16", "i8_t16x64", {}),
     ("w8a8", "i8_rowmajor", {}),
     ("fp8", "fp8_rowmajor", {"per_tensor": True}),
+    ("fp8", "fp8_t16x64_upcast", {}),
 ])
 def test_torch_packer_matches_layouts(fmt_name, layout_name, params):
     """The benchmark's GPU-side packer writes the same bytes as turbopack.layouts."""
     fmt, layout, q, packed, _, _ = _case(fmt_name, layout_name, 77, 384, 5, **params)
-    if fmt_name == "w4a16":
-        mine = reference.pack_w4(q, layout.tile_n)
-    else:
-        mine = reference.pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64)
+    mine = reference.pack(q, layout)
     assert mine.keys() == packed.keys()
     for key in packed:
         assert mine[key].dtype == packed[key].dtype and mine[key].shape == packed[key].shape, key
         assert torch.equal(mine[key].view(torch.uint8), packed[key].view(torch.uint8)), key
-
-
-def test_config_lookup_buckets_and_overrides(monkeypatch):
-    table = {"version": 1, "layouts": {"w4_t64x64": {
-        "default": {"1": {"kernel": "gemv", "BN": 16}, "64": {"kernel": "tc", "BM": 64}},
-        "shapes": {"4096x4096": {"16": {"kernel": "tc", "BM": 16, "bogus": 1}}}}}}
-    from turbopack.inference.kernels import table as kernel_table  # dispatch's lookup reads it there
-
-    monkeypatch.setattr(kernel_table, "load_table", lambda arch: table)
-    monkeypatch.setattr(dispatch, "device_arch", lambda device: "sm90")
-    fmt = get_format("w4a16")
-    cfg = lambda n, k, m, over=None: dispatch.resolve_config("w4_t64x64", fmt, n, k, m, torch.device("cpu"), over)  # noqa: E731
-    assert cfg(8, 128, 1)["BN"] == 16
-    assert cfg(8, 128, 2)["BM"] == 64                                   # the next bucket up
-    assert cfg(8, 128, 5000)["kernel"] == "tc" and cfg(8, 128, 5000)["BM"] == 128  # past the last: the family default
-    assert cfg(4096, 4096, 3)["BM"] == 16 and "bogus" not in cfg(4096, 4096, 3)
-    assert cfg(4096, 4096, 40)["BM"] == 64                              # past the shape's buckets: the default's
-    assert cfg(4096, 4096, 3, {"BM": 32, "BLOCK_N": 7})["BM"] == 32
-    assert "BLOCK_N" not in cfg(4096, 4096, 3, {"BLOCK_N": 7})
-
-
-def test_shipped_table_loads():
-    dispatch.load_table.cache_clear()
-    table = dispatch.load_table("sm90")
-    assert table["version"] == dispatch.CONFIG_VERSION
-    for layout, entry in table["layouts"].items():
-        dispatch.FAMILIES.get(layout)
-        for by_bucket in [entry.get("default", {}), *entry.get("shapes", {}).values()]:
-            assert all(int(b) >= 1 and set(c) <= set(dispatch.CONFIG_KEYS) for b, c in by_bucket.items())
 
 
 def test_bad_input_is_one_line_error():
@@ -276,12 +242,7 @@ def test_gpu_real_shapes(fmt_name, layout_name, m):
         w = torch.randn(n, k, device="cuda")
         q = fmt.quantize(w)
         layout = get_layout(layout_name)
-        if fmt_name == "w4a16":
-            packed = reference.pack_w4(q, layout.tile_n)
-        else:
-            packed = reference.pack_bytes(
-                q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64
-            )
+        packed = reference.pack(q, layout)
         x = torch.randn(m, k, device="cuda").bfloat16()
         b = torch.randn(n, device="cuda").bfloat16()
         y = dispatch.linear(x, fmt, layout, packed, (n, k), b)

@@ -65,9 +65,9 @@ def test_block_by_block_equals_the_whole_model(calib_model):
     cfg = model.config
     ids = torch.randint(0, cfg.vocab, (3, 16), generator=torch.Generator().manual_seed(0))
     runner = BlockRunner(cfg, 16, torch.device("cpu"), batch_size=2)
-    x = embed(ckpt, ids, torch.device("cpu"))
+    x = embed(ckpt, ids, torch.device("cpu"))  # float32 storage: the whole model's own precision
     for i in range(cfg.n_layers):
-        x = runner.forward(load_block(ckpt, cfg, i, torch.device("cpu")), x)
+        runner.forward(load_block(ckpt, cfg, i, torch.device("cpu")), x)
     with torch.no_grad():
         ref = model.lm_head(model.model.norm(x))
         torch.testing.assert_close(ref, model(ids), rtol=1e-5, atol=1e-5)

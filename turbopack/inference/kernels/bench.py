@@ -24,6 +24,7 @@ from turbopack.formats import Format, get_format
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
 from turbopack.inference.kernels import reference
+from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import FAMILIES
 from turbopack.layouts import get_layout
 
@@ -99,24 +100,18 @@ def make_weight(setup: str, shape: tuple[int, int], l2_bytes: int, gen: torch.Ge
     fmt = get_format(fmt_name, **params)
     w = torch.randn(shape, device="cuda", generator=gen) * 0.02
     q = fmt.quantize(w)
-    layout = get_layout(layout_name)
-    if fmt_name == "w4a16":
-        packed = reference.pack_w4(q, layout.tile_n)
-    else:
-        packed = reference.pack_bytes(
-            q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64
-        )
+    packed = reference.pack(q, get_layout(layout_name))
     nbytes = sum(t.numel() * t.element_size() for t in packed.values())
     copies = [packed] + [{k: t.clone() for k, t in packed.items()} for _ in range(n_copies(nbytes, l2_bytes) - 1)]
     return Weight(fmt_name, fmt, layout_name, shape, q, copies, nbytes)
 
 
-def ours(wt: Weight, cfg: dict) -> Callable[[torch.Tensor, dict, torch.Tensor | None], torch.Tensor]:
+def ours(wt: Weight, cfg: KernelConfig) -> Callable[[torch.Tensor, dict, torch.Tensor | None], torch.Tensor]:
     run = FAMILIES.get(wt.layout_name).run
     return lambda x, packed, out=None: run(x, packed, wt.shape, None, cfg, out, wt.fmt)
 
 
-def check(wt: Weight, cfg: dict, x: torch.Tensor, ref: torch.Tensor | None = None) -> float:
+def check(wt: Weight, cfg: KernelConfig, x: torch.Tensor, ref: torch.Tensor | None = None) -> float:
     """Relative error of our kernel on x (NaN-poisoned output) against ``ref`` (default: the
     reference of the math that ``cfg``'s kernel computes)."""
     ref = reference_out(wt, x, cfg) if ref is None else ref
@@ -126,14 +121,14 @@ def check(wt: Weight, cfg: dict, x: torch.Tensor, ref: torch.Tensor | None = Non
     return reference.rel_err(out, ref)
 
 
-def reference_out(wt: Weight, x: torch.Tensor, cfg: dict | None = None) -> torch.Tensor:
+def reference_out(wt: Weight, x: torch.Tensor, cfg: KernelConfig | None = None) -> torch.Tensor:
     """The layout's contract; the CUDA 8-bit decode kernel keeps fp8 activations 16-bit (cuda_w8)."""
-    cuda8 = wt.fmt_name == "fp8" and (cfg or {}).get("kernel") == "cuda"
+    cuda8 = wt.fmt_name == "fp8" and cfg is not None and cfg.kernel is KernelName.CUDA
     weights_only = get_layout(wt.layout_name).weights_only or cuda8
     return reference.ref_linear(x, wt.fmt_name, wt.q, None, weights_only=weights_only)
 
 
-def time_ours(wt: Weight, cfg: dict, x: torch.Tensor) -> float:
+def time_ours(wt: Weight, cfg: KernelConfig, x: torch.Tensor) -> float:
     f = ours(wt, cfg)
     return time_us([lambda p=p: f(x, p) for p in wt.copies])
 

@@ -8,6 +8,7 @@ print the table and the issue's bars, write bench.json (and sm90.json with --tun
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -18,30 +19,32 @@ from pathlib import Path
 import torch
 
 from turbopack.inference.kernels import bench, tune
-from turbopack.inference.kernels.dispatch import CONFIG_VERSION, device_arch, load_table, resolve_config
+from turbopack.inference.kernels.config import KernelConfig, KernelName
+from turbopack.inference.kernels.dispatch import device_arch, resolve_config
+from turbopack.inference.kernels.table import KernelTable, LayoutTable, load_table
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def measure(setup: str, wt: bench.Weight, m: int, cands: list[dict], l2: int, peers: bool, gen) -> dict:
+def measure(setup: str, wt: bench.Weight, m: int, cands: list[KernelConfig], l2: int, peers: bool, gen) -> dict:
     n, k = wt.shape
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
     refs: dict[bool, torch.Tensor] = {}  # by "does the kernel keep fp8 activations 16-bit"
     tried = []
     for cfg in cands:
         try:
-            key = cfg.get("kernel") == "cuda"
+            key = cfg.kernel is KernelName.CUDA
             if key not in refs:
                 refs[key] = bench.reference_out(wt, x, cfg)
             err = bench.check(wt, cfg, x, refs[key])
             if not err < bench.TOL:
-                _log(f"  REJECTED {setup} {n}x{k} M={m} {cfg}: rel err {err:.2e}")
+                _log(f"  REJECTED {setup} {n}x{k} M={m} {cfg.describe()}: rel err {err:.2e}")
                 continue
             tried.append((bench.time_ours(wt, cfg, x), err, cfg))
         except Exception as e:  # a config that does not compile or launch is skipped, loudly
-            _log(f"  FAILED {setup} {n}x{k} M={m} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            _log(f"  FAILED {setup} {n}x{k} M={m} {cfg.describe()}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     if not tried:
         return {"setup": setup, "shape": [n, k], "m": m, "error": "no valid config"}
     tried.sort(key=lambda r: r[0])
@@ -50,7 +53,7 @@ def measure(setup: str, wt: bench.Weight, m: int, cands: list[dict], l2: int, pe
     err2 = bench.check(wt, cfg, x2)
     row = {"setup": setup, "layout": wt.layout_name, "shape": [n, k], "m": m, "us": t, "cfg": cfg, "rel_err": err2,
            "bytes": wt.nbytes + 2 * m * (n + k), "flops": 2 * m * n * k, "candidates": len(cands), "valid": len(tried),
-           "runner_up": [[round(r[0], 2), r[2]] for r in tried[1:4]], "peers": {}}
+           "runner_up": [[round(r[0], 2), r[2].to_json()] for r in tried[1:4]], "peers": {}}
     if peers:
         for name, fns in bench.peers(wt, x, l2).items():
             try:
@@ -66,7 +69,7 @@ def fmt_row(r: dict, bw: float) -> str:
     floor = r["bytes"] / bw * 1e6
     p = r["peers"]
     peer_txt = " ".join(f"{k}={v:.1f}({v / r['us']:.2f}x)" for k, v in p.items())
-    c = r["cfg"]
+    c = r["cfg"].to_json()
     cfg_txt = ",".join(f"{k}={v}" for k, v in c.items() if k not in ("num_stages",)) + f",st={c.get('num_stages', '-')}"
     return (
         f"{r['setup']:<10} {r['shape'][0]:>5}x{r['shape'][1]:<5} M={r['m']:<5} {r['us']:8.1f}us "
@@ -113,23 +116,30 @@ def bars(rows: list[dict], bw: float) -> list[str]:
 def config_table(rows: list[dict], props) -> dict:
     """Winners as configs/<arch>.json: per layout, per "NxK", per M bucket; the 4096x4096 winners
     (split-K left to the default heuristic) are the layout's default."""
-    layouts: dict[str, dict] = {}
+    shapes: dict[str, dict[str, dict[int, KernelConfig]]] = {}
+    defaults: dict[str, dict[int, KernelConfig]] = {}
     for r in rows:
         if "error" in r:
             continue
-        entry = layouts.setdefault(r["layout"], {"default": {}, "shapes": {}})
-        entry["shapes"].setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[str(r["m"])] = r["cfg"]
+        cfg: KernelConfig = r["cfg"]
+        shapes.setdefault(r["layout"], {}).setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[r["m"]] = cfg
+        default = defaults.setdefault(r["layout"], {})
         if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
-            entry["default"][str(r["m"])] = {
-                k: (0 if k == "SPLIT_K" and r["cfg"].get("kernel") == "cuda" else v)
-                for k, v in r["cfg"].items()
-                if k != "SPLIT_K" or r["cfg"].get("kernel") == "cuda"
-            }
+            cuda = cfg.kernel is KernelName.CUDA and cfg.split_k is not None
+            default[r["m"]] = dataclasses.replace(cfg, split_k=0 if cuda else None)
     arch = device_arch(torch.device("cuda"))
-    shipped = load_table(arch).get("layouts", {})  # layouts this run did not measure keep their entries
-    return {"version": CONFIG_VERSION, "arch": arch, "device": props.name,
-            "measured": datetime.date.today().isoformat(), "source": "benchmarks/bench_linear.py --tune",
-            "layouts": {**shipped, **layouts}}
+    measured = {name: LayoutTable(defaults[name], by_shape) for name, by_shape in shapes.items()}
+    meta = {"device": props.name, "measured": datetime.date.today().isoformat(),
+            "source": "benchmarks/bench_linear.py --tune"}
+    # layouts this run did not measure keep their shipped entries
+    return KernelTable(arch, {**load_table(arch).layouts, **measured}, meta).to_json()
+
+
+def _json(o: object) -> object:
+    """bench.json's rows hold KernelConfigs: written as the tuner's JSON objects."""
+    if isinstance(o, KernelConfig):
+        return o.to_json()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
 
     def save() -> None:  # after every layer, so a run cut short still leaves its numbers
-        (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=_json))
         if args.tune:
             (out / f"{device_arch(torch.device('cuda'))}.json").write_text(
                 json.dumps(config_table(rows, props), indent=1)

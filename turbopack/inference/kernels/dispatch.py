@@ -4,14 +4,15 @@ It picks the kernel family from the layout (a registry, not string branches) and
 config from the tuned table of the device's arch, ``configs/<arch>.json`` (versioned; loaded with
 importlib.resources), keyed by layout, then weight shape ``"NxK"`` (or ``default``), then M
 bucket: the entry of the smallest tuned bucket >= M (none past the largest). A ``config``
-argument overrides single keys of the looked-up entry; keys a family does not know are ignored.
-Without a table entry the family's own untuned default applies.
+argument (a config.KernelConfig) is laid over the looked-up entry: its kernel, and its keys where
+set. Without a table entry the family's own untuned default applies.
 
     >>> y = linear(x, fmt, "w4_t64x64", packed, (N, K), bias)        # x [..., K] bf16/fp16 on CUDA
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,14 +21,13 @@ import torch
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
 from turbopack.inference.kernels import cuda_w4, cuda_w8, fp8, w8a8, weight_only
+from turbopack.inference.kernels import table as kernel_table
+from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.epilogue import interpreting, triton
-from turbopack.inference.kernels.table import CONFIG_VERSION, bucket_entry, load_table, lookup  # noqa: F401
+from turbopack.inference.kernels.table import KernelTable
 from turbopack.layouts import get_layout
 from turbopack.layouts.base import Layout, LayoutName
 from turbopack.registry import Registry
-
-#: keys a config entry may set (anything else in a table or ``config`` is ignored)
-CONFIG_KEYS = ("kernel", "BN", "BM", "BK", "SPLIT_K", "STAGES", "GROUP_M", "ROUND", "PLANES", "num_warps", "num_stages")
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,22 @@ class Family:
     """How one layout is computed: run(x2, packed, shape, bias, cfg, out, fmt) and its default config."""
 
     run: Callable[..., torch.Tensor]
-    default: Callable[[int, int, int, Format], dict]
+    default: Callable[[int, int, int, Format], KernelConfig]
     needs: str = ""   # a capability the device must have ("" = any CUDA device)
 
 
 def _wo(kind: weight_only.Kind) -> Family:
     def run(x2, packed, shape, bias, cfg, out, fmt):
         group = getattr(fmt, "group_size", 64)
-        kernel = cfg.get("kernel")
-        if kind == weight_only.W4 and kernel == "cuda" and cuda_w4.supports(x2, fmt, packed, shape):
-            return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out, group=group,
-                                     stages=cfg.get("STAGES", cuda_w4.DEFAULT_STAGES))
-        if kind != weight_only.W4 and kernel == "cuda" and cuda_w8.supports(x2, packed, shape):
-            return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out,
-                                     stages=cfg.get("STAGES", cuda_w8.DEFAULT_STAGES))
-        if kind == weight_only.W4 and kernel == "dq_mm" and cuda_w4.supports_dequant(x2, fmt, packed):
+        kernel = cfg.kernel
+        if kind == weight_only.W4 and kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape):
+            stages = cuda_w4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
+            return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.split_k or 0, out, group=group, stages=stages)
+        if kind != weight_only.W4 and kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
+            return _w8(x2, packed, shape, bias, cfg, out)
+        if kind == weight_only.W4 and kernel is KernelName.DQ_MM and cuda_w4.supports_dequant(x2, fmt, packed):
             return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
-        if kernel in ("cuda", "dq_mm"):  # the CUDA kernels do not take this call: Triton's default
+        if kernel in (KernelName.CUDA, KernelName.DQ_MM):  # the CUDA kernels do not take this call: Triton's default
             cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
         return weight_only.launch(
             x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out
@@ -73,15 +72,19 @@ FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8
                                                  lambda m, n, k, f: w8a8.default_config(m, n, k)))
 
 
+def _w8(x2, packed, shape, bias, cfg, out):
+    stages = cuda_w8.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
+    return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.split_k or 0, out, stages=stages)
+
+
 def _fp8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
     # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
-    if cfg.get("kernel") == "cuda" and cuda_w8.supports(x2, packed, shape):
-        return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.get("SPLIT_K", 0), out,
-                                 stages=cfg.get("STAGES", cuda_w8.DEFAULT_STAGES))
+    if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
+        return _w8(x2, packed, shape, bias, cfg, out)
     return fp8.rowmajor_linear(x2, packed, shape, bias, cfg, out)
 
 
-FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(_fp8_rowmajor, lambda m, n, k, f: {"kernel": "scaled_mm"},
+FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(_fp8_rowmajor, lambda m, n, k, f: KernelConfig(KernelName.SCALED_MM),
                                                   needs="fp8_mma"))
 
 
@@ -93,14 +96,21 @@ def device_arch(device: torch.device) -> str:
 
 
 def resolve_config(layout: str, fmt: Format, n: int, k: int, m: int, device: torch.device,
-                   config: dict | None = None) -> dict:
-    fam = FAMILIES.get(layout)
-    cfg = fam.default(m, n, k, fmt)
-    hit = lookup(device_arch(device), layout, n, k, m)
-    for src in (hit, config):
-        if src:
-            cfg.update({key: v for key, v in src.items() if key in CONFIG_KEYS})
-    return cfg
+                   config: KernelConfig | None = None) -> KernelConfig:
+    """The family default, the tuned table's entry laid over it, then ``config`` over that."""
+    if config is not None and not isinstance(config, KernelConfig):  # the old dict form, say
+        raise TypeError(f"config is a KernelConfig (KernelConfig.from_json reads {config!r}), "
+                        f"not {type(config).__name__}")
+    return _resolve(str(getattr(layout, "value", layout)), fmt, n, k, m, kernel_table.load_table(device_arch(device)),
+                    config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(layout: str, fmt: Format, n: int, k: int, m: int, table: KernelTable,
+             config: KernelConfig | None) -> KernelConfig:
+    # memoized: it runs once per linear call, and building the configs costs ~20 us of Python
+    default = FAMILIES.get(layout).default(m, n, k, fmt)
+    return default.over(table.lookup(layout, n, k, m)).over(config)
 
 
 def _check(
@@ -135,7 +145,8 @@ def _check(
 
 
 def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
-           shape: tuple[int, int], bias: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+           shape: tuple[int, int], bias: torch.Tensor | None = None,
+           config: KernelConfig | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` from the packed tensors of ``layout``: [..., K] -> [..., N] in x's dtype."""
     layout = get_layout(layout)
     shape = (int(shape[0]), int(shape[1]))

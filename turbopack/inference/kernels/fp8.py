@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 
 from turbopack.inference.kernels import w8a8, weight_only
+from turbopack.inference.kernels.config import KernelConfig
 
 
 def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
-                    bias: torch.Tensor | None, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+                    bias: torch.Tensor | None, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     w = packed["qweight"]
     np_, kp = w.shape[0] * w.shape[1], w.shape[2]
     n = shape[0]
@@ -42,7 +43,7 @@ def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tu
 
 
 def upcast_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
-                  bias: torch.Tensor | None, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+                  bias: torch.Tensor | None, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     return weight_only.launch(x2, weight_only.FP8, packed, shape, bias, cfg, out=out)
 
 

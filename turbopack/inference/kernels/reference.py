@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
+from turbopack.layouts.base import Layout
+from turbopack.layouts.int8 import ByteLayout
 
 #: nibble position of element e in a w4 word (the FasterTransformer interleave)
 NIBBLE_OF_ELEMENT = (0, 4, 1, 5, 2, 6, 3, 7)
@@ -72,6 +74,13 @@ def pack_bytes(qweight: torch.Tensor, scales: torch.Tensor, tile_n: int, tile_k:
 
 
 # -- float64 references of the contracts, computed from the arch-neutral tensors -----------------
+
+def pack(q: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
+    """Arch-neutral tensors -> ``layout``'s packed tensors, on q's device (what layout.pack writes)."""
+    if isinstance(layout, ByteLayout):
+        return pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if layout.rowmajor else layout.tile_k)
+    return pack_w4(q, layout.tile_n)
+
 
 def w4_weight16(q: dict[str, torch.Tensor], act: torch.dtype) -> torch.Tensor:
     """w16 = act((q - z)*s) (sym: z = 8) as [N, K] in ``act``: the contract's fp32

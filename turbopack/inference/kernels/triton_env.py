@@ -7,7 +7,7 @@ copies of this check once disagreed: ``== "1"`` against ``not in ("", "0")``).
 
 from __future__ import annotations
 
-import os
+from turbopack.inference.kernels.interpret import interpreting  # noqa: F401 (re-exported)
 
 try:
     import triton
@@ -15,8 +15,3 @@ try:
 except ImportError:  # pragma: no cover - triton is a GPU/test extra
     triton = None
     tl = None
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET set, not 0)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")

@@ -5,6 +5,7 @@ against the reference before it is timed; the fastest valid one wins (configs/<a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -14,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from turbopack.inference.kernels.bench import SETUPS
+from turbopack.inference.kernels.config import KernelConfig, KernelName
 
 #: (BN, BK, num_warps, num_stages) for the one-token GEMV
 _GEMV = [(16, 256, 2, 1), (16, 512, 4, 1), (32, 256, 4, 1), (32, 512, 4, 2), (64, 256, 4, 1), (64, 512, 8, 1),
@@ -35,79 +37,70 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
     return sorted({s0, max(1, min(2 * s0, iters, 32))})
 
 
-def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
+def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     layout, params = SETUPS[setup]
-    out: list[dict] = []
+    w8: list[KernelConfig] = []
     if setup != "w4a16" and layout != "i8_rowmajor" and m <= 16:  # the CUDA C++ 8-bit decode kernel
         base = _splits(math.ceil(n / 64), k // 64, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
-            for stages in (4, 6, 8):  # cuda_w8.STAGES
-                out.append({"kernel": "cuda", "SPLIT_K": sk, "STAGES": stages})
+            w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (4, 6, 8)]  # cuda_w8.STAGES
     if layout == "fp8_rowmajor":
-        return out + [{"kernel": "scaled_mm"}]
+        return w8 + [KernelConfig(KernelName.SCALED_MM)]
     if layout == "i8_rowmajor":
-        out.append({"kernel": "int_mm"})
-        grid = _I8_SMALL if m <= 16 else _I8_LARGE
-        for bm, bn, bk, w, st in grid:
-            bm = min(bm, max(16, 1 << (m - 1).bit_length()))
-            blocks = math.ceil(n / bn) * math.ceil(m / bm)
-            for s in (_splits(blocks, math.ceil(k / bk), sms) if m <= 64 else [1]):
-                out.append({"kernel": "triton", "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "SPLIT_K": s,
-                            "num_warps": w, "num_stages": st})
-        return out
+        return _i8_candidates(n, k, m, sms)
     ks = params.get("group_size", 64)
-    rounding = [True, False] if setup == "w4a16" else [False]
+    out: list[KernelConfig] = w8
     if m == 1:
+        rounding = [True, False] if setup == "w4a16" else [False]
         for bn, bk, w, st in _GEMV:
             for s in _splits(math.ceil(n / bn), math.ceil(k / max(bk, ks)), sms):
-                for r in rounding:
-                    out.append(
-                        {
-                            "kernel": "gemv",
-                            "BN": bn,
-                            "BK": bk,
-                            "SPLIT_K": s,
-                            "ROUND": r,
-                            "num_warps": w,
-                            "num_stages": st,
-                        }
-                    )
+                out += [KernelConfig(KernelName.GEMV, block_n=bn, block_k=bk, split_k=s, round_weights=r,
+                                     num_warps=w, num_stages=st) for r in rounding]
     if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
         base = _splits(math.ceil(n / 64), k // 128, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
             for stages in (4, 6):  # of cuda_w4.STAGES, the ones that won on the H200
-                out.append({"kernel": "cuda", "SPLIT_K": sk, "STAGES": stages})
+                out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages))
     if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
-        out.append({"kernel": "dq_mm"})
-    if m <= 64:
-        bm = max(16, 1 << (m - 1).bit_length())
-        for bn, bk, w, st in _TC_SMALL:
-            for s in _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms):
-                out.append(
-                    {"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
-                )
-        if ks >= 64 and setup != "fp8_upcast":  # eight (four) plane dots instead of the re-interleave
-            bn, bk, w, st = _TC_SMALL[0]
-            s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
-            out.append(
-                {
-                    "kernel": "tc",
-                    "BN": bn,
-                    "BM": bm,
-                    "BK": bk,
-                    "SPLIT_K": s,
-                    "num_warps": w,
-                    "num_stages": st,
-                    "PLANES": True,
-                }
-            )
-    else:  # tensor cores on the packed layout
-        for bn, bm, bk, w, st in _TC_LARGE:
-            blocks = math.ceil(n / bn) * math.ceil(m / bm)
-            for s in ([1, 2] if blocks < sms else [1]):
-                out.append(
-                    {"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
-                )
+        out.append(KernelConfig(KernelName.DQ_MM))
+    return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))
+
+
+def _i8_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+    out = [KernelConfig(KernelName.INT_MM)]
+    for bm, bn, bk, w, st in (_I8_SMALL if m <= 16 else _I8_LARGE):
+        bm = min(bm, max(16, 1 << (m - 1).bit_length()))
+        blocks = math.ceil(n / bn) * math.ceil(m / bm)
+        for s in (_splits(blocks, math.ceil(k / bk), sms) if m <= 64 else [1]):
+            out.append(KernelConfig(KernelName.TRITON, block_m=bm, block_n=bn, block_k=bk, group_m=8, split_k=s,
+                                    num_warps=w, num_stages=st))
+    return out
+
+
+def _tc_small(setup: str, n: int, k: int, m: int, ks: int, sms: int) -> list[KernelConfig]:
+    """Tensor-core decode (M <= 64)."""
+    bm = max(16, 1 << (m - 1).bit_length())
+    out = []
+    for bn, bk, w, st in _TC_SMALL:
+        for s in _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms):
+            out.append(KernelConfig(KernelName.TC, block_n=bn, block_m=bm, block_k=bk, split_k=s, num_warps=w,
+                                    num_stages=st))
+    if ks >= 64 and setup != "fp8_upcast":  # eight (four) plane dots instead of the re-interleave
+        bn, bk, w, st = _TC_SMALL[0]
+        s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
+        out.append(KernelConfig(KernelName.TC, block_n=bn, block_m=bm, block_k=bk, split_k=s, num_warps=w,
+                                num_stages=st, planes=True))
+    return out
+
+
+def _tc_large(n: int, m: int, sms: int) -> list[KernelConfig]:
+    """Tensor cores on the packed layout (prefill)."""
+    out = []
+    for bn, bm, bk, w, st in _TC_LARGE:
+        blocks = math.ceil(n / bn) * math.ceil(m / bm)
+        for s in ([1, 2] if blocks < sms else [1]):
+            out.append(KernelConfig(KernelName.TC, block_n=bn, block_m=bm, block_k=bk, split_k=s, num_warps=w,
+                                    num_stages=st))
     return out
 
 
@@ -115,11 +108,11 @@ def _m_class(m: int) -> int:
     return 1 if m == 1 else (16 if m % 16 == 0 else 0)
 
 
-def compile_key(setup: str, m: int, cfg: dict) -> tuple:
-    c = dict(cfg)
-    if "SPLIT_K" in c:
-        c["SPLIT_K"] = min(c["SPLIT_K"], 2)
-    return setup, _m_class(m), tuple(sorted(c.items()))
+def compile_key(setup: str, m: int, cfg: KernelConfig) -> tuple:
+    """Configs that compile to the same binaries: SPLIT_K only matters as 1, or more (ATOMIC)."""
+    if cfg.split_k is not None:
+        cfg = dataclasses.replace(cfg, split_k=min(cfg.split_k, 2))
+    return setup, _m_class(m), cfg
 
 
 def _compile_task(task: tuple) -> str:

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import finish, interpreting, splitk_buffers, tl, triton
 
 if triton is not None:
@@ -164,17 +165,17 @@ def quantize_rows(x2: torch.Tensor, k_pad: int, fp8: bool, min_rows: int = 0) ->
     return q, s
 
 
-def default_config(m: int, n: int, k: int, sms: int = 132) -> dict:
+def default_config(m: int, n: int, k: int, sms: int = 132) -> KernelConfig:
     if m > 16 and not interpreting():
-        return {"kernel": "int_mm"}
-    cfg = {"kernel": "triton", "BM": 16, "BN": 64, "BK": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
-    blocks = math.ceil(n / cfg["BN"]) * math.ceil(m / cfg["BM"])
-    cfg["SPLIT_K"] = max(1, min(math.ceil(4 * sms / blocks), math.ceil(k / cfg["BK"]), 16))
-    return cfg
+        return KernelConfig(KernelName.INT_MM)
+    bm, bn, bk = 16, 64, 128
+    split = max(1, min(math.ceil(4 * sms / (math.ceil(n / bn) * math.ceil(m / bm))), math.ceil(k / bk), 16))
+    return KernelConfig(KernelName.TRITON, block_m=bm, block_n=bn, block_k=bk, group_m=8, split_k=split,
+                        num_warps=4, num_stages=4)
 
 
 def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
-           cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+           cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] for w8a8 on i8_rowmajor: per-token int8 activations, int32 accumulation."""
     w = packed["qweight"]
     np_, kp = w.shape[0] * w.shape[1], w.shape[2]
@@ -183,19 +184,19 @@ def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, 
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     sw = packed["scales"]
     b = bias if bias is not None else y
-    use_int_mm = cfg["kernel"] == "int_mm"
+    use_int_mm = cfg.kernel is KernelName.INT_MM
     q, sa = quantize_rows(x2, kp, fp8=False, min_rows=17 if use_int_mm else 0)
     if use_int_mm:
         acc = torch._int_mm(q, w.view(np_, kp).t())
         scale_kernel[(triton.cdiv(m, 32), triton.cdiv(n, 128))](acc, sa, sw, b, y, m, n, acc.stride(0), y.stride(0),
                                                                  BM=32, BN=128, HAS_BIAS=bias is not None, num_warps=4)
         return y
-    bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
-    split = max(1, min(int(cfg.get("SPLIT_K", 1)), triton.cdiv(kp, bk)))
+    bm, bn, bk = cfg.block_m, cfg.block_n, cfg.block_k
+    split = max(1, min(or_default(cfg.split_k, 1), triton.cdiv(kp, bk)))
     tiles = triton.cdiv(m, bm) * triton.cdiv(np_, bn)
     ws, cnt = splitk_buffers(x2.device, m, n, tiles, split)
     i8_mm_kernel[(tiles, split)](q, w, sa, sw, b, y, ws, cnt, m, n, np_, kp, q.stride(0), y.stride(0),
-                                 BM=bm, BN=bn, BK=bk, GROUP_M=cfg.get("GROUP_M", 8), SPLIT_K=split, ATOMIC=split > 1,
-                                 HAS_BIAS=bias is not None, DOT_F32=interpreting(),
-                                 num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+                                 BM=bm, BN=bn, BK=bk, GROUP_M=or_default(cfg.group_m, 8), SPLIT_K=split,
+                                 ATOMIC=split > 1, HAS_BIAS=bias is not None, DOT_F32=interpreting(),
+                                 num_warps=or_default(cfg.num_warps, 4), num_stages=or_default(cfg.num_stages, 3))
     return y

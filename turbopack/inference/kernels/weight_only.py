@@ -30,11 +30,13 @@ dequantized copy of the weights handed to cuBLAS):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 
 import torch
 
+from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
 
 
@@ -285,32 +287,24 @@ if triton is not None:
 # -- launching ------------------------------------------------------------------------------------
 
 
-def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> dict:
+def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> KernelConfig:
     """Untuned fallback (configs/<arch>.json overrides it per shape): GEMV at M=1, tensor cores
     from M=2 (prefill included: the packed weights are read directly, never dequantized for
     cuBLAS); split K until ~4 programs per SM for small M."""
     if m == 1:
-        cfg = {"kernel": "gemv", "BN": 32, "BK": 256, "num_warps": 4, "num_stages": 2, "ROUND": False}
+        cfg = KernelConfig(KernelName.GEMV, block_n=32, block_k=256, num_warps=4, num_stages=2, round_weights=False)
     elif m <= 64:
-        cfg = {
-            "kernel": "tc",
-            "BN": 64,
-            "BM": max(16, triton.next_power_of_2(m)),
-            "BK": 128,
-            "num_warps": 4,
-            "num_stages": 3,
-        }
+        cfg = KernelConfig(KernelName.TC, block_n=64, block_m=max(16, triton.next_power_of_2(m)), block_k=128,
+                           num_warps=4, num_stages=3)
     else:
-        cfg = {"kernel": "tc", "BN": 128, "BM": 128, "BK": 64, "num_warps": 8, "num_stages": 3, "SPLIT_K": 1}
-    if "SPLIT_K" not in cfg:
-        blocks = math.ceil(n / cfg["BN"]) * math.ceil(m / cfg.get("BM", 1))
-        iters = math.ceil(math.ceil(k / ks) / max(1, cfg["BK"] // ks))
-        cfg["SPLIT_K"] = max(1, min(math.ceil(4 * sms / blocks), iters, 16))
-    return cfg
+        return KernelConfig(KernelName.TC, block_n=128, block_m=128, block_k=64, num_warps=8, num_stages=3, split_k=1)
+    blocks = math.ceil(n / cfg.block_n) * math.ceil(m / (cfg.block_m or 1))
+    iters = math.ceil(math.ceil(k / ks) / max(1, cfg.block_k // ks))
+    return dataclasses.replace(cfg, split_k=max(1, min(math.ceil(4 * sms / blocks), iters, 16)))
 
 
 def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: tuple[int, int],
-           bias: torch.Tensor | None, cfg: dict, *, group: int = 64, sym: bool = True,
+           bias: torch.Tensor | None, cfg: KernelConfig, *, group: int = 64, sym: bool = True,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] = x2 [M, K] @ W^T (+ bias) for a 16-bit-activation layout; ``cfg`` as default_config."""
     qw = packed["qweight"]
@@ -325,11 +319,11 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
         qw = qw.view(torch.int32) if kind == I8 else qw.view(torch.uint8)
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    spi = max(1, cfg["BK"] // ks)
-    split = max(1, min(int(cfg.get("SPLIT_K", 1)), math.ceil(math.ceil(k / ks) / spi)))
-    bn = cfg["BN"]
-    gemv = cfg["kernel"] == "gemv" and m == 1
-    bm = 1 if gemv else cfg.get("BM", 16)
+    spi = max(1, cfg.block_k // ks)
+    split = max(1, min(or_default(cfg.split_k, 1), math.ceil(math.ceil(k / ks) / spi)))
+    bn = cfg.block_n
+    gemv = cfg.kernel is KernelName.GEMV and m == 1
+    bm = 1 if gemv else or_default(cfg.block_m, 16)  # (a GEMV config at M > 1 runs the tensor-core kernel)
     n_blocks, m_blocks = math.ceil(nt * tn / bn), math.ceil(m / bm)
     ws, cnt = splitk_buffers(x2.device, m, n, n_blocks * m_blocks, split)
     b = bias if bias is not None else y
@@ -344,12 +338,12 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
         ASYM=kind == W4 and not sym,
         SCALAR_SCALE=kind != W4 and s.numel() == 1,
         HAS_BIAS=bias is not None,
-        num_warps=cfg.get("num_warps", 4),
-        num_stages=cfg.get("num_stages", 2),
+        num_warps=or_default(cfg.num_warps, 4),
+        num_stages=or_default(cfg.num_stages, 2),
     )
     if gemv:
         gemv_kernel[(n_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
-                                       ROUND=bool(cfg.get("ROUND", True)), **common)
+                                       ROUND=or_default(cfg.round_weights, True), **common)
     else:
         tc_kernel[(n_blocks, m_blocks, split)](
             x2,
@@ -370,7 +364,7 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
             y.stride(0),
             BM=bm,
             DOT_F32=interpreting(),
-            PLANES=bool(cfg.get("PLANES", False)) and (kind == I8 or (kind == W4 and ks >= 128)),
+            PLANES=bool(cfg.planes) and (kind == I8 or (kind == W4 and ks >= 128)),
             **common,
         )
     return y

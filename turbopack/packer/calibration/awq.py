@@ -99,11 +99,11 @@ def module_output(job: BlockJob, module: str, consumers: tuple[str, ...], x: tor
     """``module`` of the block on sample ``x`` [S, L, K] with the consumers' weights replaced."""
     mod, linears, r = job.block.get_submodule(module), [job.linear(c) for c in consumers], job.runner
 
-    def run(ws):
+    args = (r.cos, r.sin) if module == "self_attn" else ()
+
+    def run(ws):  # the runner's sequences at a time: its float32 scratch bound holds here too
         with _swapped(linears, ws):
-            if module != "self_attn":
-                return mod(x)
-            return torch.cat([mod(x[b:b + r.batch_size], r.cos, r.sin) for b in range(0, x.shape[0], r.batch_size)])
+            return torch.cat([mod(x[b:b + r.batch_size], *args) for b in range(0, x.shape[0], r.batch_size)])
     return run
 
 
@@ -180,21 +180,21 @@ def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor
         if tap_name not in taps:
             continue
         tap = taps.pop(tap_name)
-        seen = _search_and_fold(job, cfg, grid, producer, consumers, judged, tap.sample(), tap.absmean)
+        sample = tap.sample()
+        seen = _search_and_fold(job, cfg, grid, producer, consumers, judged, sample, tap.absmean)
+        rows = sample.reshape(-1, seen.numel())
+        clip_rows = rows[:: max(1, rows.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens] / seen  # all clip reads
         for c in consumers:
-            inputs[c] = (tap.sample() / seen).reshape(-1, seen.numel())
+            inputs[c] = clip_rows
             if c not in job.quantize:
                 job.modified[c + ".weight"] = "kept in float, scaled by AWQ (folded)"
-        del tap
+        del tap, sample, rows
     out = {}
     for name in sorted(job.quantize, key=ORDER.index):
         lin = job.linear(name)
         w = lin.weight
         if cfg.clip:
-            x = inputs[name]
-            w = search_clip(
-                w, x[:: max(1, x.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens], grid, cfg.n_grid, cfg.max_shrink
-            )
+            w = search_clip(w, inputs[name], grid, cfg.n_grid, cfg.max_shrink)
         out[name] = job.fmt.quantize(w.cpu())
         lin.weight.copy_(job.fmt.dequantize(out[name]).to(lin.weight.device))
     return out

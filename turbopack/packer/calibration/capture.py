@@ -77,15 +77,27 @@ def load_block(ckpt: Checkpoint, cfg: ModelConfig, i: int, device: torch.device)
     return block.eval()
 
 
+def hidden_dtype(ckpt: Checkpoint) -> torch.dtype:
+    """The dtype the calibration hidden states are stored in between blocks: bfloat16 for a 16-bit
+    model (the precision the runtime's residual stream has; bf16 for an fp16 checkpoint too, whose
+    range float32's is, so no stored activation can overflow to inf), float32 for a float32 one.
+    At 128 x 2048 tokens of an 8B model float32 is 4.3 GB a copy; the blocks compute in float32."""
+    dtype = ckpt.tensors[EMBED].dtype
+    return torch.bfloat16 if dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 @torch.no_grad()
-def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Embedding rows of ``ids`` [n, L] -> float32 [n, L, hidden], reading the table in row chunks."""
+def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32
+          ) -> torch.Tensor:
+    """Embedding rows of ``ids`` [n, L] -> ``dtype`` [n, L, hidden] on ``device``, reading the table in
+    row chunks (the output is filled in place: no second copy of it on either side)."""
     hidden = ckpt.tensors[EMBED].shape[1]
-    out = torch.empty(*ids.shape, hidden, dtype=torch.float32)
+    ids = ids.cpu()
+    out = torch.empty(*ids.shape, hidden, dtype=dtype, device=device)
     for start, rows in ckpt.iter_row_chunks(EMBED):
         m = (ids >= start) & (ids < start + rows.shape[0])
-        out[m] = rows[ids[m] - start].float()
-    return out.to(device)
+        out[m.to(device)] = rows.to(device=device, dtype=dtype)[(ids[m] - start).to(device)]
+    return out
 
 
 class Tap:
@@ -108,7 +120,8 @@ class HessianTap(Tap):
         self.n += x2.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        return self.h * (2.0 / self.n)
+        """H, scaled in place (an 8B down_proj's is 0.82 GB: no second copy)."""
+        return self.h.mul_(2.0 / self.n)
 
 
 @dataclass
@@ -180,12 +193,13 @@ class BlockRunner:
         return StatsTap(self.sample_seqs if keep else 0)
 
     @torch.no_grad()
-    def forward(self, block: Block, x: torch.Tensor) -> torch.Tensor:
-        """The block's output for every calibration sequence (new tensor, same shape as x)."""
-        out = torch.empty_like(x)
+    def forward(self, block: Block, x: torch.Tensor) -> None:
+        """Replace ``x`` by the block's output, ``batch_size`` sequences at a time: a sequence's output
+        depends on that sequence only, so one buffer serves as input and output; the block computes
+        in float32 and each chunk is stored back in x's dtype."""
         for b0 in range(0, x.shape[0], self.batch_size):
-            out[b0:b0 + self.batch_size] = block(x[b0:b0 + self.batch_size], self.cos, self.sin)
-        return out
+            chunk = x[b0:b0 + self.batch_size]
+            chunk.copy_(block(chunk.float(), self.cos, self.sin))
 
     @torch.no_grad()
     def capture(self, block: Block, x: torch.Tensor, taps: dict[str, Tap]) -> None:
@@ -197,7 +211,7 @@ class BlockRunner:
             for b0 in range(0, x.shape[0], self.batch_size):
                 seq[0] = b0
                 with contextlib.suppress(_Stop):
-                    block(x[b0:b0 + self.batch_size], self.cos, self.sin)
+                    block(x[b0:b0 + self.batch_size].float(), self.cos, self.sin)
 
 
 @contextlib.contextmanager

@@ -40,15 +40,19 @@ class GPTQConfig:
 
 
 def inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1, damping harder if H is numerically singular."""
-    diag = torch.arange(h.shape[0], device=h.device)
-    damp = percdamp * float(torch.mean(torch.diag(h)))
+    """Upper Cholesky factor of (H + damp I)^-1, damping harder if H is numerically singular.
+    Damps ``h`` in place (its diagonal is restored from a copy before a harder try): at an 8B
+    down_proj's K = 14336 every K x K matrix is 0.82 GB, so no copy of H is made and each factor is
+    dropped once the next exists: three K x K at most (H, kept for a harder try, and two factors)."""
+    idx = torch.arange(h.shape[0], device=h.device)
+    d0 = torch.diag(h).clone()
+    damp = percdamp * float(torch.mean(d0))
     for _ in range(6):
-        hd = h.clone()
-        hd[diag, diag] += damp
-        chol, info = torch.linalg.cholesky_ex(hd)
+        h[idx, idx] = d0 + damp
+        chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
             hinv = torch.cholesky_inverse(chol)
+            del chol
             upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
             if int(info) == 0:
                 return upper
@@ -56,29 +60,43 @@ def inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise ArithmeticError("GPTQ: Hessian is not positive definite even with heavy damping")
 
 
+def _ordered_hessian(h: torch.Tensor, dead: torch.Tensor, act_order: bool, consume: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H with dead channels' diagonal 1, in the column order; that order): a tensor of our own,
+    without holding three K x K at once (one gather for the permutation; no copy when consumed)."""
+    diag = torch.where(dead, torch.ones_like(h[0]), torch.diag(h))
+    if act_order:
+        perm = torch.argsort(diag, descending=True, stable=True)
+        h = h[perm[:, None], perm[None, :]]
+    else:
+        perm = torch.arange(h.shape[0], device=h.device)
+        h = h if consume else h.clone()
+    idx = torch.arange(h.shape[0], device=h.device)
+    h[idx, idx] = diag[perm]
+    return h, perm
+
+
 @torch.no_grad()
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig = GPTQConfig()
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Quantize ``w`` [N, K] given the Hessian ``h`` [K, K] -> (dequantized float32 W', format tensors)."""
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig = GPTQConfig(), *,
+                  consume: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Quantize ``w`` [N, K] given the Hessian ``h`` [K, K] -> (dequantized float32 W', format tensors).
+    ``consume``: ``h`` (float32) may be changed in place and is freed here once the caller drops it
+    (an 8B down_proj's H is 0.82 GB; gptq_block hands each linear its own)."""
     w = w.detach().float().clone()
-    h = h.detach().float().clone()
     n, k = w.shape
     g = grid.group_of(k)
     dead = torch.diag(h) == 0  # channels never active: any value works, zero is cheapest
-    h[dead, dead] = 1
     w[:, dead] = 0
     static = cfg.static or grid.group_size is None
     s_all = torch.ones(n, k // g, device=w.device)
     z_all = torch.zeros(n, k // g, device=w.device)
     if static:
         s_all, z_all = grid.params(w.reshape(n, k // g, g))
-    perm = (
-        torch.argsort(torch.diag(h), descending=True, stable=True)
-        if cfg.act_order
-        else torch.arange(k, device=w.device)
-    )
-    w, h = w[:, perm], h[perm][:, perm]
+    h, perm = _ordered_hessian(h, dead, cfg.act_order, consume)
+    if cfg.act_order:
+        w = w[:, perm]
     hinv = inverse_hessian_factor(h, cfg.percdamp)
+    del h
     codes = torch.zeros_like(w)
     group_of_col = (perm // g).tolist()
     bs = max(1, cfg.blocksize // g) * g if not static else cfg.blocksize
@@ -112,9 +130,12 @@ def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tens
             continue
         tap = HessianTap()
         job.runner.capture(job.block, job.x, {names[0]: tap})  # a stage's linears share one input
-        h = tap.hessian()
+        # gptq_quantize consumes its Hessian: one copy per linear, the last gets the tap's own
+        hessians = [tap.hessian()]
+        del tap
+        hessians[:0] = [hessians[0].clone() for _ in names[1:]]
         for name in names:
             lin = job.linear(name)
-            deq, out[name] = gptq_quantize(lin.weight, h, grid, cfg)
+            deq, out[name] = gptq_quantize(lin.weight, hessians.pop(0), grid, cfg, consume=True)
             lin.weight.copy_(deq)
     return out

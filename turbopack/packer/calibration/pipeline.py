@@ -1,12 +1,13 @@
 """Calibrated quantization, block by block, into the same folder format RTN writes.
 
-    embed(calibration batch) -> x
+    embed(calibration batch) -> x  (bf16 for a 16-bit model: one buffer, overwritten block by block)
     for each decoder block i:      (only this block's weights and activations are in memory)
         read block i lazily from the shards (float32, on --device)
         [--smooth] SmoothQuant: fold activation scales into the norms / up_proj
         method: rtn | awq | gptq   -> the block's quantized tensors, the block now holds W'
         write block i's tensors (quantized linears, folded norms in place of the originals)
-        x = block(x)               (with quantized weights: the next block calibrates on what it will see)
+        x = block(x)               (in place, with quantized weights: the next block calibrates on
+                                    what it will see; computed in float32, stored in x's dtype)
 
 Output: the same shards/manifest/config.json layout as RTN (:func:`turbopack.packer.rtn.quantize_rtn`;
 same tensor names, shapes and dtypes, finished by turbopack.packer.folder), so packing and the
@@ -34,7 +35,15 @@ from turbopack.errors import TurbopackError
 from turbopack.formats import Format, FormatName
 from turbopack.inference.model import ModelConfig
 from turbopack.packer.calibration.awq import AWQConfig, awq_block
-from turbopack.packer.calibration.capture import BlockJob, BlockRunner, block_config, embed, layer_prefix, load_block
+from turbopack.packer.calibration.capture import (
+    BlockJob,
+    BlockRunner,
+    block_config,
+    embed,
+    hidden_dtype,
+    layer_prefix,
+    load_block,
+)
 from turbopack.packer.calibration.data import CalibrationData, calibration_batch
 from turbopack.packer.calibration.gptq import GPTQConfig, gptq_block
 from turbopack.packer.calibration.smoothquant import SmoothConfig, smooth_block
@@ -45,7 +54,9 @@ from turbopack.packer.options import FormatSpec, OutputOptions
 from turbopack.packer.progress import BlockLines, byte_progress, note
 from turbopack.registry import Registry
 
-FORWARD_TOKENS = 8192  # tokens per block forward: bounds activation scratch, not results
+#: tokens per block forward: bounds the float32 scratch inside a block (an 8B MLP holds ~4 x 14336
+#: floats a token: 0.47 GB at 2048 tokens), not the results; 2048 still fills a GPU's GEMMs
+FORWARD_TOKENS = 2048
 
 
 class Method(str, enum.Enum):
@@ -245,7 +256,7 @@ def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advanc
     # AWQ searches on whole sequences (it re-runs attention): about search_tokens of them
     keep = -(-getattr(run.method_cfg, "search_tokens", 0) // ids.shape[1])
     runner = BlockRunner(cfg, ids.shape[1], run.device, max(1, FORWARD_TOKENS // ids.shape[1]), min(keep, ids.shape[0]))
-    x = embed(run.ckpt, ids, run.device)
+    x = embed(run.ckpt, ids, run.device, hidden_dtype(run.ckpt))  # one buffer, block i's input, then its output
     for i in range(cfg.n_layers):
         describe(f"layer {i}/{cfg.n_layers}")
         prefix = layer_prefix(i)
@@ -259,7 +270,7 @@ def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advanc
         qtensors = run.spec.run(job, run.method_cfg)
         _write_block(run, writer, i, job, qtensors, advance)
         result.quantized.extend(prefix + n + ".weight" for n in sorted(qtensors))
-        x = runner.forward(block, x)
+        runner.forward(block, x)  # in place: x is now block i + 1's input
         del block, job
         done(i)
 

@@ -1,0 +1,111 @@
+"""Kernel configs (config.KernelConfig) and the tuned table (table.py): parsed once, bad entries a
+one-line error naming the file, dispatch's lookup, and the tuner's JSON written back byte for byte."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from turbopack.formats import get_format
+from turbopack.inference.kernels import bench_main, dispatch
+from turbopack.inference.kernels import table as kernel_table
+from turbopack.inference.kernels.config import ConfigError, KernelConfig, KernelName
+
+
+def test_config_lookup_buckets_and_overrides(monkeypatch):
+    table = kernel_table.KernelTable.from_json({"version": 1, "layouts": {"w4_t64x64": {
+        "default": {"1": {"kernel": "gemv", "BN": 16}, "64": {"kernel": "tc", "BM": 64}},
+        "shapes": {"4096x4096": {"16": {"kernel": "tc", "BM": 16}}}}}}, "test table")
+    monkeypatch.setattr(kernel_table, "load_table", lambda arch: table)  # where dispatch's lookup reads it
+    monkeypatch.setattr(dispatch, "device_arch", lambda device: "sm90")
+    fmt = get_format("w4a16")
+    cfg = lambda n, k, m, over=None: dispatch.resolve_config("w4_t64x64", fmt, n, k, m, torch.device("cpu"), over)  # noqa: E731
+    assert cfg(8, 128, 1).block_n == 16
+    assert cfg(8, 128, 1).num_warps == 4                                # unset by the entry: the default's
+    assert cfg(8, 128, 2).block_m == 64                                 # the next bucket up
+    assert cfg(8, 128, 5000).kernel is KernelName.TC and cfg(8, 128, 5000).block_m == 128  # past the last: default
+    assert cfg(4096, 4096, 3).block_m == 16
+    assert cfg(4096, 4096, 40).block_m == 64                            # past the shape's buckets: the default's
+    assert cfg(4096, 4096, 3, KernelConfig(KernelName.TC, block_m=32)).block_m == 32
+    over = cfg(4096, 4096, 3, KernelConfig(KernelName.CUDA, ring_stages=6))  # another kernel: its own keys only
+    assert over == KernelConfig(KernelName.CUDA, split_k=cfg(4096, 4096, 3).split_k, ring_stages=6)
+    assert cfg(4096, 4096, 3, KernelConfig(KernelName.DEFAULT)) == cfg(4096, 4096, 3)
+    with pytest.raises(TypeError, match="config is a KernelConfig"):
+        cfg(4096, 4096, 3, {"kernel": "tc", "BM": 32})
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"kernel": "tc", "BM": 16, "bogus": 1}, "'tc' does not read 'bogus'"),
+    ({"kernel": "cuda", "BN": 64}, "'cuda' does not read 'BN'"),
+    ({"kernel": "warp_speed"}, "kernel 'warp_speed' is not one of"),
+    ({"BN": 64}, "kernel None is not one of"),
+    ({"kernel": "gemv", "ROUND": 1}, "ROUND is 1; expected bool"),
+    ({"kernel": "gemv", "BN": 32.0}, "BN is 32.0; expected int"),
+])
+def test_bad_table_entry_is_one_line_error_naming_the_file(entry, match):
+    d = {"version": 1, "arch": "sm90", "layouts": {"w4_t64x64": {"default": {}, "shapes": {"64x64": {"16": entry}}}}}
+    with pytest.raises(ConfigError, match=match) as err:
+        kernel_table.KernelTable.from_json(d, "configs/sm90.json")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("configs/sm90.json: layouts.w4_t64x64.shapes.64x64.16: ")
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"version": 2, "layouts": {}}, "version 2, expected 1"),
+    ({"version": 1, "layouts": {}, "tuned_by": "me"}, "unknown keys \\['tuned_by'\\]"),
+    ({"version": 1, "layouts": {"w4_t64x64": {"default": {"0": {"kernel": "tc"}}}}}, "M bucket >= 1"),
+    ({"version": 1, "layouts": {"w4_t64x64": {"defaults": {}}}}, "layouts.w4_t64x64: expected"),
+])
+def test_bad_table_is_one_line_error_naming_the_file(d, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        kernel_table.KernelTable.from_json(d, "configs/sm90.json")
+    assert str(err.value).startswith("configs/sm90.json") and "\n" not in str(err.value)
+
+
+def test_shipped_table_loads_and_writes_back_the_same_bytes():
+    """The tuner writes KernelTable.to_json (bench_main.config_table): the shipped file read and
+    written back is the same file, so a re-tune that wins nothing changes nothing."""
+    kernel_table.load_table.cache_clear()
+    table = kernel_table.load_table("sm90")
+    raw = files("turbopack.inference.kernels").joinpath("configs", "sm90.json").read_text()
+    for layout in table.layouts:
+        dispatch.FAMILIES.get(layout)
+    assert json.dumps(table.to_json(), indent=1) == raw
+    gate_up = table.layouts["w4_t64x64"].shapes["28672x4096"]
+    assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=2, ring_stages=4)
+    assert gate_up[64].to_json() == {"kernel": "tc", "BN": 128, "BM": 64, "BK": 128, "SPLIT_K": 3, "num_warps": 8,
+                                     "num_stages": 3}
+
+
+def test_tuner_rewrites_the_shipped_w4_entries_unchanged(monkeypatch):
+    """bench_main.config_table over rows whose winners are the shipped w4 entries writes the shipped
+    w4 table again: per-shape entries as they are, the 4096x4096 winners as the layout's default
+    (the CUDA kernel's SPLIT_K -> 0, its own rule; other kernels' SPLIT_K dropped)."""
+    monkeypatch.setattr(bench_main, "device_arch", lambda device: "sm90")
+    shipped = kernel_table.load_table("sm90").to_json()
+    w4 = shipped["layouts"]["w4_t64x64"]
+    rows = [{"layout": "w4_t64x64", "shape": [int(v) for v in shape.split("x")], "m": int(b),
+             "cfg": KernelConfig.from_json(cfg, shape)}
+            for shape, by_bucket in w4["shapes"].items() for b, cfg in by_bucket.items()]
+    rows.append({"error": "no valid config", "layout": "w4_t64x64", "shape": [1, 1], "m": 1})
+    out = bench_main.config_table(rows, SimpleNamespace(name="NVIDIA H200"))
+    assert out["layouts"] == shipped["layouts"]
+    assert list(out) == list(shipped) and out["device"] == "NVIDIA H200"
+    o_m1 = next(r for r in rows if r["shape"] == [4096, 4096] and r["m"] == 1)
+    o_m1["cfg"] = KernelConfig(KernelName.TC, block_n=64, block_m=16, block_k=128, split_k=5)
+    new = bench_main.config_table(rows, SimpleNamespace(name="x"))["layouts"]["w4_t64x64"]
+    assert new["default"]["1"] == {"kernel": "tc", "BN": 64, "BM": 16, "BK": 128}
+    assert new["shapes"]["4096x4096"]["1"]["SPLIT_K"] == 5
+
+
+def test_resolved_configs_carry_only_their_kernels_keys():
+    """Every config dispatch resolves (family default, tuned entry, override) is a valid table entry."""
+    for layout, fmt in [("w4_t64x64", get_format("w4a16", group_size=128)), ("i8_t64x64", get_format("w8a16")),
+                        ("i8_rowmajor", get_format("w8a8")), ("fp8_rowmajor", get_format("fp8"))]:
+        for m in (1, 3, 16, 64, 65, 4096):
+            cfg = dispatch.resolve_config(layout, fmt, 4096, 4096, m, torch.device("cpu"))
+            assert KernelConfig.from_json(cfg.to_json(), layout) == cfg
