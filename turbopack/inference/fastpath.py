@@ -79,7 +79,8 @@ def supported(model: Transformer) -> bool:
     fused = all(
         layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in model.model.layers
     )
-    return triton is not None and (dev.type == "cuda" or interpreting()) and fused and cfg.head_dim % 2 == 0
+    return (triton is not None and (dev.type == "cuda" or interpreting()) and fused and cfg.head_dim % 2 == 0
+            and cfg.llama_math)  # Gemma/Qwen3 norms, GeLU, soft-caps, partial rotary: the reference forward
 
 
 def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
