@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
         return self.weight * self.normed(x).to(x.dtype)
 
     def gain(self) -> torch.Tensor:
-        return self.weight.detach().float()
+        return self.weight.detach().float().clone()  # a copy: set_gain must not change a gain already read
 
     def set_gain(self, gain: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Store ``gain`` as the weight would be stored in ``dtype``; returns the gain it now applies."""

@@ -20,13 +20,9 @@ from turbopack.checkpoint import Checkpoint
 from turbopack.errors import UnsupportedModelError
 from turbopack.formats import Format, check_finite
 from turbopack.inference.model import Block, ModelConfig, rope_tables
-from turbopack.packer.families import family_of
+from turbopack.packer.families import Family, family_of
 
 EMBED = "model.embed_tokens.weight"
-Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"  # noqa: E741 (q k v o)
-GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
-#: linears of a block grouped by shared input, in forward order
-STAGES = ((Q, K, V), (O,), (GATE, UP), (DOWN,))
 
 
 def layer_prefix(i: int) -> str:
@@ -38,8 +34,14 @@ def block_param_names(cfg: ModelConfig) -> list[str]:
         return list(Block(cfg).state_dict())
 
 
+def block_dims(cfg: ModelConfig) -> dict[str, int]:
+    """The widths a family's :class:`~turbopack.packer.families.Piece` s name, for this config."""
+    return {"q": cfg.n_heads * cfg.head_dim, "kv": cfg.n_kv_heads * cfg.head_dim, "hidden_size": cfg.hidden,
+            "intermediate_size": cfg.intermediate}
+
+
 def block_config(ckpt: Checkpoint) -> ModelConfig:
-    """The block structure of a Llama-family checkpoint; anything else is unsupported."""
+    """The block structure of a checkpoint of a supported family; anything else is unsupported."""
     where = str(ckpt.folder / "config.json")
     family_of(ckpt.config, where)
     try:
@@ -52,11 +54,11 @@ def block_config(ckpt: Checkpoint) -> ModelConfig:
         if missing:
             raise UnsupportedModelError(
                 f"{ckpt.folder}: {layer_prefix(i)}{missing[0]} missing; calibrated methods need "
-                f"the Llama block structure (use --method rtn)"
+                f"the family's block structure (use --method rtn)"
             )
     if EMBED not in ckpt.tensors:
         raise UnsupportedModelError(
-            f"{ckpt.folder}: no {EMBED}; calibrated methods need the Llama structure (use --method rtn)"
+            f"{ckpt.folder}: no {EMBED}; calibrated methods need the family's structure (use --method rtn)"
         )
     return cfg
 
@@ -65,7 +67,7 @@ def block_config(ckpt: Checkpoint) -> ModelConfig:
 def load_block(ckpt: Checkpoint, cfg: ModelConfig, i: int, device: torch.device) -> Block:
     """Layer ``i`` in float32 on ``device``; nothing else of the model is read."""
     with torch.device("meta"):
-        block = Block(cfg)
+        block = Block(cfg, i)
     state = {}
     for n in block.state_dict():
         name = layer_prefix(i) + n
@@ -78,13 +80,16 @@ def load_block(ckpt: Checkpoint, cfg: ModelConfig, i: int, device: torch.device)
 
 
 @torch.no_grad()
-def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Embedding rows of ``ids`` [n, L] -> float32 [n, L, hidden], reading the table in row chunks."""
-    hidden = ckpt.tensors[EMBED].shape[1]
-    out = torch.empty(*ids.shape, hidden, dtype=torch.float32)
+def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device, scale: float | None = None) -> torch.Tensor:
+    """Embedding rows of ``ids`` [n, L] -> float32 [n, L, hidden], reading the table in row chunks;
+    ``scale`` (Gemma's sqrt(hidden)) is applied as the model does, rounded to the table's dtype."""
+    entry = ckpt.tensors[EMBED]
+    out = torch.empty(*ids.shape, entry.shape[1], dtype=torch.float32)
     for start, rows in ckpt.iter_row_chunks(EMBED):
         m = (ids >= start) & (ids < start + rows.shape[0])
         out[m] = rows[ids[m] - start].float()
+    if scale is not None:
+        out *= torch.tensor(scale, dtype=entry.dtype).float()
     return out.to(device)
 
 
@@ -146,9 +151,11 @@ class BlockJob:
     """One block being calibrated: what every method receives.
 
     ``quantize``: local names of the linears to quantize (the rest stay float but are still folded);
-    ``modified``: local names of plain tensors a fold changed (written in place of the source's).
+    ``modified``: local names of plain tensors a fold changed (written in place of the source's);
+    ``family``: which linears share an input and what produces it (turbopack.packer.families).
     """
 
+    family: Family
     block: Block
     x: torch.Tensor
     runner: BlockRunner
@@ -175,6 +182,12 @@ class BlockRunner:
 
     def __post_init__(self) -> None:
         self.cos, self.sin = rope_tables(self.cfg, self.seq_len, self.device)
+        self.local = rope_tables(self.cfg, self.seq_len, self.device, local=True) \
+            if self.cfg.local_rope_theta is not None else (self.cos, self.sin)
+
+    def rope(self, block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cos/sin tables ``block`` rotates with (Gemma 3's sliding layers have their own)."""
+        return self.local if block.self_attn.local_rope else (self.cos, self.sin)
 
     def stats_tap(self, keep: bool = True) -> StatsTap:
         return StatsTap(self.sample_seqs if keep else 0)
@@ -184,7 +197,7 @@ class BlockRunner:
         """The block's output for every calibration sequence (new tensor, same shape as x)."""
         out = torch.empty_like(x)
         for b0 in range(0, x.shape[0], self.batch_size):
-            out[b0:b0 + self.batch_size] = block(x[b0:b0 + self.batch_size], self.cos, self.sin)
+            out[b0:b0 + self.batch_size] = block(x[b0:b0 + self.batch_size], *self.rope(block))
         return out
 
     @torch.no_grad()
@@ -197,7 +210,7 @@ class BlockRunner:
             for b0 in range(0, x.shape[0], self.batch_size):
                 seq[0] = b0
                 with contextlib.suppress(_Stop):
-                    block(x[b0:b0 + self.batch_size], self.cos, self.sin)
+                    block(x[b0:b0 + self.batch_size], *self.rope(block))
 
 
 @contextlib.contextmanager
