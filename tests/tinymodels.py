@@ -55,3 +55,13 @@ def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, **override
     _randomize(model, seed)
     model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def write_word_tokenizer(folder: Path, n_words: int = 120) -> None:
+    """A word-level tokenizer.json over "w0".."w{n-1}" (ids 1..n, 0 unknown): fits the vocab of 128."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(n_words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tokenizer
-from tinymodels import make_tiny_model
+from tinymodels import make_tiny_model, write_word_tokenizer
 
 from turbopack.checkpoint import Checkpoint
 from turbopack.checkpoint.quantized import QuantizedCheckpoint
@@ -31,7 +30,7 @@ def fam_model(tmp_path_factory):
     def get(name: str) -> Path:
         if name not in cache:
             folder = make_tiny_model(tmp_path_factory.mktemp(name) / name, arch=name)
-            write_tokenizer(folder)
+            write_word_tokenizer(folder)
             cache[name] = folder
         return cache[name]
 
