@@ -30,6 +30,12 @@ FAMILIES = {
                                             "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
                                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
     "phi3": ("Phi3Config", dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)),  # default ids exceed vocab 128
+    # 4 experts, 2 per token; Qwen2-MoE: a shared expert and a dense layer (mlp_only_layers)
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                                         shared_expert_intermediate_size=64, mlp_only_layers=[1])),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                                         norm_topk_prob=True, head_dim=32)),
 }
 
 

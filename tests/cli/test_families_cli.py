@@ -15,7 +15,7 @@ from turbopack.cli.app import main
 
 transformers = pytest.importorskip("transformers")
 
-NEW = ("qwen3", "gemma2", "gemma3", "phi3")
+NEW = ("qwen3", "gemma2", "gemma3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe")
 PROMPT = "w1 w5 w9 w2 w7 w3"  # 6 tokens + 8 new = 14 > the Gemma window of 8
 
 
@@ -25,7 +25,7 @@ def _json(capsys) -> dict:
 
 @pytest.mark.parametrize("name", NEW)
 def test_every_command(name, tmp_path, capsys):
-    hf = make_tiny_model(tmp_path / name, arch=name, intermediate_size=128)
+    hf = make_tiny_model(tmp_path / name, arch=name, intermediate_size=128, num_hidden_layers=3)
     write_word_tokenizer(hf)
     (tmp_path / "text.txt").write_text(" ".join(f"w{(7 * i) % 120}" for i in range(400)))
     q, tp2, p, ct = (str(tmp_path / n) for n in ("q", "tp2", "p", "ct"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from turbopack.errors import CheckpointError, UnsupportedModelError
 from turbopack.hfconfig import architectures_of
+from turbopack.inference.moe_config import MIXTRAL, QWEN2_MOE, QWEN3_MOE, MoEConfig, MoEStyle, moe_from_hf
 from turbopack.registry import Registry
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -41,6 +42,7 @@ class Sliding(str, enum.Enum):
     NONE = "none"
     ALL = "all"  # every layer (sliding_window): sequences are capped at the window
     QWEN = "qwen"  # use_sliding_window and layers >= max_window_layers: capped likewise
+    IF_USED = "if_used"  # use_sliding_window: capped likewise (Qwen MoE: which layers slide varies)
     LAYER_TYPES = "layer_types"  # per layer (layer_types or a pattern): a band mask on those layers
 
 
@@ -71,6 +73,7 @@ class ArchSpec:
     default_rope_theta: float = 10000.0
     fused: bool = False  # the files hold qkv_proj and gate_up_proj (Phi-3)
     partial_rotary: bool = False  # reads partial_rotary_factor (Phi-3)
+    moe: MoEStyle | None = None  # mixture of experts (turbopack.inference.moe_config)
 
 
 ARCHS: Registry[ArchSpec] = Registry("architecture")
@@ -87,6 +90,10 @@ for _spec in (
              query_pre_attn_scalar=True, softcapping=True, sliding=Sliding.LAYER_TYPES, sliding_pattern=6,
              local_rope=True, default_rope_theta=1_000_000.0),
     ArchSpec("Phi3ForCausalLM", "phi3", sliding=Sliding.ALL, fused=True, partial_rotary=True),
+    ArchSpec("MixtralForCausalLM", "mixtral", sliding=Sliding.ALL, moe=MIXTRAL),
+    ArchSpec("Qwen2MoeForCausalLM", "qwen2_moe", bias=BiasStyle.QKV, sliding=Sliding.IF_USED, moe=QWEN2_MOE),
+    ArchSpec("Qwen3MoeForCausalLM", "qwen3_moe", bias=BiasStyle.CONFIG, qk_norm=True, sliding=Sliding.IF_USED,
+             moe=QWEN3_MOE),
 ):
     ARCHS.register(_spec.architecture, _spec)
 
@@ -153,6 +160,7 @@ class ModelConfig:
     local_rope_theta: float | None = None  # rope base of the windowed layers (unscaled); None: the global one
     rotary_dim: int | None = None  # channels rotated per head (partial rotary); None: head_dim
     fused_projections: bool = False  # the files hold qkv_proj and gate_up_proj
+    moe: MoEConfig | None = None  # experts instead of the MLP (on its sparse layers)
 
     @property
     def rotary(self) -> int:
@@ -174,7 +182,7 @@ class ModelConfig:
         """Everything but the attention is Llama's too: what the fused GPU path (fastpath) computes."""
         return (self.plain_attention and self.norm is NormStyle.LLAMA and self.activation is Activation.SILU
                 and not (self.qk_norm or self.sandwich_norms) and self.embed_scale is None
-                and self.final_softcap is None and self.rotary == self.head_dim)
+                and self.final_softcap is None and self.rotary == self.head_dim and self.moe is None)
 
     @classmethod
     def from_hf_config(cls, hf: dict) -> ModelConfig:
@@ -243,6 +251,7 @@ class ModelConfig:
             local_rope_theta=local_theta if windows and any(windows) else None,
             rotary_dim=_rotary_dim(hf, spec, head_dim),
             fused_projections=spec.fused,
+            moe=moe_from_hf(hf, spec.moe, n_layers) if spec.moe else None,
         )
 
 
@@ -258,7 +267,11 @@ def _no_window(hf: dict, spec: ArchSpec, n_layers: int):
 
 
 def _all_layers(hf: dict, spec: ArchSpec, n_layers: int):
-    return hf.get("sliding_window"), None
+    return hf.get("sliding_window") or None, None
+
+
+def _if_used(hf: dict, spec: ArchSpec, n_layers: int):
+    return (hf.get("sliding_window") or None) if hf.get("use_sliding_window") else None, None
 
 
 def _qwen_layers(hf: dict, spec: ArchSpec, n_layers: int):
@@ -285,6 +298,7 @@ SLIDING_RULES: dict[Sliding, Callable] = {
     Sliding.NONE: _no_window,
     Sliding.ALL: _all_layers,
     Sliding.QWEN: _qwen_layers,
+    Sliding.IF_USED: _if_used,
     Sliding.LAYER_TYPES: _typed_layers,
 }
 

@@ -76,11 +76,12 @@ def supported(model: Transformer) -> bool:
     """Whether forward() can run this model where its weights are."""
     dev = model.model.embed_tokens.weight.device
     cfg = model.config
+    if not cfg.llama_math:  # Gemma/Qwen3 norms, GeLU, soft-caps, partial rotary, experts: the reference forward
+        return False
     fused = all(
         layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in model.model.layers
     )
-    return (triton is not None and (dev.type == "cuda" or interpreting()) and fused and cfg.head_dim % 2 == 0
-            and cfg.llama_math)  # Gemma/Qwen3 norms, GeLU, soft-caps, partial rotary: the reference forward
+    return triton is not None and (dev.type == "cuda" or interpreting()) and fused and cfg.head_dim % 2 == 0
 
 
 def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:

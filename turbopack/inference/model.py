@@ -22,6 +22,7 @@ from torch import nn
 
 from turbopack.errors import UnsupportedModelError
 from turbopack.inference.config import ARCHS, ModelConfig, RopeScaling  # noqa: F401 (RopeScaling: callers import it here)
+from turbopack.inference.moe import MoE
 from turbopack.inference.norms import ACTIVATIONS, RMSNorm, make_norm  # noqa: F401 (RMSNorm: callers import it here)
 
 # Rotary tables start this long (or max_position_embeddings if shorter) and grow on demand, so a
@@ -239,15 +240,22 @@ class Block(nn.Module):
         if self.sandwich:
             self.pre_feedforward_layernorm = make_norm(cfg, cfg.hidden)
             self.post_feedforward_layernorm = make_norm(cfg, cfg.hidden)
-        self.mlp = MLP(cfg)
+        # the feed-forward under its HF name: mlp, or the experts (Mixtral: block_sparse_moe)
+        sparse = cfg.moe is not None and cfg.moe.sparse_layers[layer]
+        self.ffn_name = cfg.moe.module if sparse else "mlp"
+        setattr(self, self.ffn_name, MoE(cfg) if sparse else MLP(cfg))
+
+    @property
+    def ffn(self) -> nn.Module:
+        return getattr(self, self.ffn_name)
 
     def forward(self, x, cos, sin, cache=None, input_pos=None, mask=None):
         h = self.self_attn(self.input_layernorm(x), cos, sin, cache, input_pos, mask)
         if not self.sandwich:
             x = x + h
-            return x + self.mlp(self.post_attention_layernorm(x))
+            return x + self.ffn(self.post_attention_layernorm(x))
         x = x + self.post_attention_layernorm(h)
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + self.post_feedforward_layernorm(self.ffn(self.pre_feedforward_layernorm(x)))
 
     @property
     def mlp_norm(self) -> str:

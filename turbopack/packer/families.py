@@ -4,8 +4,9 @@ config, how tensor parallelism splits them, and which ops feed which (for calibr
 A family names its HF architecture and its :class:`LinearSpec` s; a linear's output rows are a
 tuple of :class:`Piece` s, one for a plain linear and several for a fused one (Phi-3's
 ``qkv_proj`` is q|k|v, ``gate_up_proj`` is gate|up), so TP and AWQ cut a fused linear at its own
-boundaries. lm_head is quantized only on request; embeddings and norms (incl. Qwen3/Gemma 3's
-per-head q/k norms) never are. docs/families.md is the table of it all.
+boundaries. A ``*`` in a name is an expert index (MoE: every expert's linears are linears of
+their own). lm_head is quantized only on request; embeddings, norms (incl. Qwen3/Gemma 3's
+per-head q/k norms) and MoE routers never are. docs/families.md is the table of it all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from turbopack.errors import CheckpointError, UnsupportedModelError
 from turbopack.hfconfig import architectures_of
@@ -67,6 +68,20 @@ QKV = LinearSpec("self_attn.qkv_proj", Parallel.COLUMN, (Q_ROWS, KV_ROWS, KV_ROW
 GATE_UP = LinearSpec("mlp.gate_up_proj", Parallel.COLUMN, (INTER, INTER), HIDDEN)
 
 
+def expert_linears(prefix: str, names: tuple[str, str, str], width: Piece) -> tuple[LinearSpec, ...]:
+    """gate, up (column) and down (row) of the experts under ``prefix`` (TP splits each expert
+    like a dense MLP: every rank holds a slice of every expert)."""
+    gate, up, down = (f"{prefix}.{n}" for n in names)
+    return (LinearSpec(gate, Parallel.COLUMN, (width,), HIDDEN), LinearSpec(up, Parallel.COLUMN, (width,), HIDDEN),
+            LinearSpec(down, Parallel.ROW, (HIDDEN,), width))
+
+
+MIXTRAL_EXPERTS = expert_linears("block_sparse_moe.experts.*", ("w1", "w3", "w2"), INTER)
+QWEN_EXPERTS = expert_linears("mlp.experts.*", ("gate_proj", "up_proj", "down_proj"), Piece("moe_intermediate_size"))
+SHARED_EXPERT = expert_linears("mlp.shared_expert", ("gate_proj", "up_proj", "down_proj"),
+                               Piece("shared_expert_intermediate_size"))
+
+
 @dataclass(frozen=True)
 class ScaleGroup:
     """Linears reading one activation, and what produces it: a norm, or a linear whose output rows
@@ -92,8 +107,13 @@ class Family:
 
     @property
     def linear_pattern(self) -> str:
-        names = "|".join(re.escape(s.module) for s in self.linears)
+        names = "|".join(_regex(s.module) for s in self.linears)
         return rf"model\.layers\.\d+\.({names})\.weight"
+
+
+def _regex(module: str) -> str:
+    """A block-local name with ``*``/``#`` for the expert index, as a regex."""
+    return re.escape(module).replace(r"\*", r"\d+").replace("\\#", r"\d+").replace("#", r"\d+")
 
 
 _LLAMA = dict(
@@ -117,6 +137,30 @@ _PHI3 = dict(
             ScaleGroup(GATE_UP.module, (DOWN.module,), DOWN.module, piece=1)),
 )
 
+def _moe(experts: tuple[LinearSpec, ...], shared: tuple[LinearSpec, ...] = (), dense: dict | None = None) -> dict:
+    """A MoE family: attention as Llama's; all experts' gate/up share one input (calibration runs
+    every token through every expert, so one Hessian serves them all), each down its own. The
+    MLP's input norm also feeds the 16-bit router, so no scale is folded there; up -> down is,
+    expert by expert. ``dense``: the family's dense layers (Qwen2-MoE's mlp_only_layers); names a
+    block lacks are dropped when the stages and groups are expanded for it."""
+    gate, up, down = (s.module for s in experts)
+    each = lambda name: name.replace("*", "#")  # noqa: E731  (one stage / group per expert)
+    linears, first = [Q, K, V, O, *experts], [gate, up]
+    stages, groups = [(each(down),)], [ScaleGroup(each(up), (each(down),), each(down))]
+    if shared:
+        linears += shared
+        first += [shared[0].module, shared[1].module]
+        stages.append((shared[2].module,))
+        groups.append(ScaleGroup(shared[1].module, (shared[2].module,), shared[2].module))
+    if dense:
+        linears += dense["linears"][4:]
+        first += dense["stages"][2]
+        stages += dense["stages"][3:]
+        groups += dense["groups"][2:]
+    return dict(linears=tuple(linears), stages=(*_LLAMA["stages"][:2], tuple(first), *stages),
+                groups=(*_LLAMA["groups"][:2], *groups))
+
+
 FAMILIES = {
     f.architecture: f
     for f in (
@@ -127,10 +171,57 @@ FAMILIES = {
         Family("Gemma2ForCausalLM", **_GEMMA),
         Family("Gemma3ForCausalLM", **_GEMMA),
         Family("Phi3ForCausalLM", **_PHI3),
+        Family("MixtralForCausalLM", **_moe(MIXTRAL_EXPERTS)),
+        Family("Qwen2MoeForCausalLM", **_moe(QWEN_EXPERTS, SHARED_EXPERT, _LLAMA), has_qkv_bias=True),
+        Family("Qwen3MoeForCausalLM", **_moe(QWEN_EXPERTS)),
     )
 }
 #: every family's linears by block-local name (a name means the same linear in every family)
 LINEARS = {s.module: s for f in FAMILIES.values() for s in f.linears}
+_LINEAR_RES = [(re.compile(_regex(name)), s) for name, s in LINEARS.items()]
+
+
+def linear_spec(local: str) -> LinearSpec | None:
+    """The spec of the block-local linear ``local`` ("mlp.experts.3.up_proj"), None if not one."""
+    if local in LINEARS:
+        return LINEARS[local]
+    return next((s for rx, s in _LINEAR_RES if rx.fullmatch(local)), None)
+
+
+def _expert_ids(template: str, names: set[str]) -> list[str]:
+    rx = re.compile(_regex(template).replace(r"\d+", r"(\d+)", 1))
+    return sorted({m.group(1) for n in names if (m := rx.fullmatch(n))}, key=int)
+
+
+def block_stages(family: Family, names: set[str]) -> list[tuple[str, ...]]:
+    """The family's GPTQ stages for a block with modules ``names``: ``*`` expands in place (all
+    experts in one stage), ``#`` into one stage per expert; names the block lacks are dropped."""
+    out = []
+    for stage in family.stages:
+        if "#" in stage[0]:
+            out += [tuple(t.replace("#", e) for t in stage) for e in _expert_ids(stage[0], names)]
+            continue
+        star = [n for t in stage for n in (sorted((n for n in names if re.fullmatch(_regex(t), n)),
+                                                  key=_natural) if "*" in t else [t])]
+        out.append(tuple(star))
+    return [s for s in (tuple(n for n in st if n in names) for st in out) if s]
+
+
+def block_groups(family: Family, names: set[str]) -> list[ScaleGroup]:
+    """The family's scale groups for a block with modules ``names`` (``#``: one per expert)."""
+    out = []
+    for g in family.groups:
+        ids = _expert_ids(g.producer, names) if "#" in g.producer else [None]
+        for e in ids:
+            v = g if e is None else replace(g, producer=g.producer.replace("#", e), judged=g.judged.replace("#", e),
+                                            consumers=tuple(c.replace("#", e) for c in g.consumers))
+            if v.producer in names and all(c in names for c in v.consumers):
+                out.append(v)
+    return out
+
+
+def _natural(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def family_of(config: dict, where: str = "config.json") -> Family:
@@ -145,7 +236,7 @@ def family_of(config: dict, where: str = "config.json") -> Family:
     raise UnsupportedModelError(f"{where}: architecture {got} is not supported; supported: {', '.join(FAMILIES)}")
 
 
-_LAYER_LINEAR = re.compile(r"model\.layers\.(\d+)\.(\w+\.\w+)\.weight")
+_LAYER_LINEAR = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 _FIX = "config.json does not belong to these weights; fix it or re-download the model"
 #: a piece width -> the config keys it is made of (for messages)
 _SIZE_KEYS = {"q": (HEADS, "head_dim"), "kv": (KV_HEADS, "head_dim")}
@@ -163,6 +254,9 @@ def config_dims(config: dict, where: str = "config.json") -> dict[str, int]:
                 f"{where}: {key} is {v!r}, not a positive integer; fix config.json or re-download the model"
             )
         dims[key] = v
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):  # MoE widths, where they exist
+        if type(config.get(key)) is int and config[key] > 0:
+            dims[key] = config[key]
     dims.setdefault(KV_HEADS, dims[HEADS])
     dims.setdefault("head_dim", dims["hidden_size"] // dims[HEADS])
     dims["q"] = dims[HEADS] * dims["head_dim"]
@@ -195,14 +289,14 @@ def check_dims(config: dict, shapes: dict[str, tuple[int, ...]], where: str = "c
     dims = config_dims(config, where)
     for name, shape in shapes.items():
         m = _LAYER_LINEAR.fullmatch(name)
-        if m is None or m.group(2) not in LINEARS:
+        spec = linear_spec(m.group(2)) if m else None
+        if spec is None:
             continue
         file = f" in {files[name]}" if files and name in files else ""
         if int(m.group(1)) >= dims["num_hidden_layers"]:
             raise CheckpointError(
                 f"{where}: num_hidden_layers={dims['num_hidden_layers']} but {name}{file} exists; {_FIX}"
             )
-        spec = LINEARS[m.group(2)]
         want = spec_shape(spec, dims)
         if tuple(shape) != want:
             said = ", ".join(f"{k}={dims[k]}" for k in _keys(spec))

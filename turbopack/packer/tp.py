@@ -27,7 +27,7 @@ import torch
 from turbopack.errors import ShapeError
 from turbopack.formats import Format
 from turbopack.formats.int4 import GROUP_SIZES
-from turbopack.packer.families import LINEARS, LinearSpec, Parallel, Piece, config_dims, piece_bounds, spec_shape
+from turbopack.packer.families import LinearSpec, Parallel, Piece, config_dims, linear_spec, piece_bounds, spec_shape
 
 RANK_DIR = "rank{}"
 TPRule = LinearSpec  # the old name: a family linear carries its own split
@@ -35,10 +35,10 @@ TPRule = LinearSpec  # the old name: a family linear carries its own split
 
 def rule_for(module: str) -> LinearSpec | None:
     m = _BLOCK_LINEAR.fullmatch(module)
-    return LINEARS.get(m.group(2)) if m else None
+    return linear_spec(m.group(2)) if m else None
 
 
-_BLOCK_LINEAR = re.compile(r"(.+\.)?layers\.\d+\.(\w+\.\w+)")
+_BLOCK_LINEAR = re.compile(r"(.+\.)?layers\.\d+\.(.+)")
 
 
 @dataclass(frozen=True)

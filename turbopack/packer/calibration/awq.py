@@ -29,7 +29,7 @@ from turbopack.inference.norms import RMSNorm
 from turbopack.packer.calibration.capture import BlockJob, block_dims
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm, gqa_expand, gqa_reduce
 from turbopack.packer.calibration.grid import Grid, grid_for
-from turbopack.packer.families import LINEARS, ScaleGroup, piece_bounds
+from turbopack.packer.families import ScaleGroup, linear_spec, piece_bounds
 
 CLIP_BYTES = 256 << 20
 
@@ -153,7 +153,7 @@ def producer_rows(job: BlockJob, g: ScaleGroup) -> tuple[int, int] | None:
     """The rows of a fused producer that feed the group (None: all of them)."""
     if g.piece is None:
         return None
-    return piece_bounds(LINEARS[g.producer], block_dims(job.runner.cfg))[g.piece]
+    return piece_bounds(linear_spec(g.producer), block_dims(job.runner.cfg))[g.piece]
 
 
 def fold_group(job: BlockJob, g: ScaleGroup, s: torch.Tensor, method: str) -> torch.Tensor:
@@ -177,12 +177,21 @@ def fold_group(job: BlockJob, g: ScaleGroup, s: torch.Tensor, method: str) -> to
 def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor]]:
     """Scale, fold, clip and quantize every quantized linear of the block (the block keeps W')."""
     grid = grid_for(job.fmt, "awq")
-    groups = job.family.groups
+    groups = job.groups()
     taps = {g.consumers[0]: job.runner.stats_tap() for g in groups if set(g.consumers) & job.quantize}
+    # linears no scale is folded for (MoE experts' gate/up: their norm also feeds the router) are
+    # still clipped on their inputs: one tap per stage, its linears share the input
+    covered = {c for g in groups for c in g.consumers}
+    loose = [[n for n in st if n in job.quantize and n not in covered] for st in job.stages()]
+    loose = [(names[0], names) for names in loose if names]
+    taps.update({tap: job.runner.stats_tap() for tap, _ in loose})
     if not taps:
         return {}
     job.runner.capture(job.block, job.x, taps)
     inputs: dict[str, torch.Tensor] = {}
+    for tap, names in loose:
+        x = taps.pop(tap).sample()
+        inputs.update({n: x.reshape(-1, x.shape[-1]) for n in names})
     for g in groups:
         if g.consumers[0] not in taps:
             continue
@@ -193,7 +202,7 @@ def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor
             if c not in job.quantize:
                 job.modified[c + ".weight"] = "kept in float, scaled by AWQ (folded)"
         del tap
-    order = [c for g in groups for c in g.consumers]
+    order = [n for n, m in job.block.named_modules() if isinstance(m, nn.Linear)]
     out = {}
     for name in sorted(job.quantize, key=order.index):
         lin = job.linear(name)

@@ -20,7 +20,8 @@ from turbopack.checkpoint import Checkpoint
 from turbopack.errors import UnsupportedModelError
 from turbopack.formats import Format, check_finite
 from turbopack.inference.model import Block, ModelConfig, rope_tables
-from turbopack.packer.families import Family, family_of
+from turbopack.inference.moe import MoE
+from turbopack.packer.families import Family, ScaleGroup, block_groups, block_stages, family_of
 
 EMBED = "model.embed_tokens.weight"
 
@@ -29,9 +30,9 @@ def layer_prefix(i: int) -> str:
     return f"model.layers.{i}."
 
 
-def block_param_names(cfg: ModelConfig) -> list[str]:
+def block_param_names(cfg: ModelConfig, layer: int = 0) -> list[str]:
     with torch.device("meta"):
-        return list(Block(cfg).state_dict())
+        return list(Block(cfg, layer).state_dict())
 
 
 def block_dims(cfg: ModelConfig) -> dict[str, int]:
@@ -48,9 +49,8 @@ def block_config(ckpt: Checkpoint) -> ModelConfig:
         cfg = ModelConfig.from_hf_config(ckpt.config)
     except KeyError as e:
         raise UnsupportedModelError(f"{where}: no {e.args[0]!r}; calibration needs a Llama-style config") from None
-    expected = block_param_names(cfg)
     for i in range(cfg.n_layers):
-        missing = [n for n in expected if layer_prefix(i) + n not in ckpt.tensors]
+        missing = [n for n in block_param_names(cfg, i) if layer_prefix(i) + n not in ckpt.tensors]
         if missing:
             raise UnsupportedModelError(
                 f"{ckpt.folder}: {layer_prefix(i)}{missing[0]} missing; calibrated methods need "
@@ -167,6 +167,14 @@ class BlockJob:
     def linear(self, name: str) -> nn.Linear:
         return self.block.get_submodule(name)
 
+    def stages(self) -> list[tuple[str, ...]]:
+        """The family's GPTQ stages, expanded for this block (its experts, its dense MLP)."""
+        return block_stages(self.family, {n for n, _ in self.block.named_modules()})
+
+    def groups(self) -> list[ScaleGroup]:
+        """The family's scale groups, expanded for this block."""
+        return block_groups(self.family, {n for n, _ in self.block.named_modules()})
+
 
 class _Stop(Exception):
     """Raised by the last tap: nothing after it in the block is needed for this pass."""
@@ -206,11 +214,26 @@ class BlockRunner:
         after the last tapped linear of the forward order (the rest would be thrown away)."""
         order = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
         last = max(taps, key=order.index)
-        with _hooks(block, taps, last) as seq:
+        with _hooks(block, taps, last) as seq, _all_experts(block):
             for b0 in range(0, x.shape[0], self.batch_size):
                 seq[0] = b0
                 with contextlib.suppress(_Stop):
                     block(x[b0:b0 + self.batch_size], *self.rope(block))
+
+
+@contextlib.contextmanager
+def _all_experts(block: Block) -> Iterator[None]:
+    """Every calibration token through every expert while statistics are taken, so each expert's
+    linears are calibrated on the whole batch (routing would leave rare experts a handful of tokens,
+    or none); the block's output still mixes only the routed experts."""
+    moes = [m for m in block.modules() if isinstance(m, MoE)]
+    for m in moes:
+        m.all_experts = True
+    try:
+        yield
+    finally:
+        for m in moes:
+            m.all_experts = False
 
 
 @contextlib.contextmanager

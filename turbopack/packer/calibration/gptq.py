@@ -106,7 +106,7 @@ def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tens
     """GPTQ every quantized linear of the block, stage by stage; the block keeps W' afterwards."""
     grid = grid_for(job.fmt, "gptq")
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for stage in job.family.stages:
+    for stage in job.stages():
         names = [n for n in stage if n in job.quantize]
         if not names:
             continue

@@ -18,7 +18,7 @@ import torch
 
 from turbopack.packer.calibration.awq import fold_group
 from turbopack.packer.calibration.capture import BlockJob
-from turbopack.packer.families import LINEARS
+from turbopack.packer.families import linear_spec
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def smooth_scales(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: fl
 def smooth_block(job: BlockJob, cfg: SmoothConfig) -> None:
     """Smooth the block in place (float weights and norms); quantization comes after."""
     # the family's scale groups but v -> o; with down_proj=False, also not the MLP's inner one
-    groups = [g for g in job.family.groups if g.smooth and (cfg.down_proj or g.producer not in LINEARS)]
+    groups = [g for g in job.groups() if g.smooth and (cfg.down_proj or linear_spec(g.producer) is None)]
     taps = {g.consumers[0]: job.runner.stats_tap(keep=False) for g in groups}
     job.runner.capture(job.block, job.x, taps)
     for g in groups:
