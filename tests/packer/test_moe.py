@@ -130,3 +130,14 @@ def test_calibrated_moe_is_as_good_as_rtn(moe, tmp_path: Path, name, fmt, opts, 
     cal, src = QuantizedCheckpoint(tmp_path / "cal"), Checkpoint.open(folder)
     for n in (n for n in src.tensors if n.endswith(ROUTERS)):  # the routers: never scaled, never rounded
         assert torch.equal(cal.plain_tensor(n), src.read(n)), n
+
+
+def test_export_tells_engines_the_routers_stay_16bit(moe, tmp_path):
+    import json
+
+    from turbopack.packer.interop.export import export
+
+    export(moe("qwen2_moe", "w4a16", {"group_size": 32}), tmp_path / "ct", progress=False)
+    ignore = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["ignore"]
+    assert {"model.layers.0.mlp.gate", "model.layers.0.mlp.shared_expert_gate"} <= set(ignore)
+    assert not any(".experts." in n for n in ignore)

@@ -79,7 +79,12 @@ class Engine:
             raise ValueError("kv backend triton computes plain causal attention; this model needs 'torch' "
                              "(soft-capped, rescaled or per-layer sliding-window attention)")
         self.kv_backend = self.kv_backend or ("triton" if cuda and plain else "torch")
-        self.use_graphs = cuda if self.use_graphs is None else (self.use_graphs and cuda)
+        # MoE routing picks experts by the data (shapes vary step to step): no CUDA graph for it
+        static = self.model.config.moe is None
+        if self.use_graphs and cuda and not static:
+            raise ValueError("CUDA graphs need a step of fixed shapes; MoE routing is data-dependent: "
+                             "use_graphs=False")
+        self.use_graphs = (cuda and static) if self.use_graphs is None else (self.use_graphs and cuda)
         self._tok = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)
         if self.fast is None or self.fast:

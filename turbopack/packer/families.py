@@ -104,10 +104,16 @@ class Family:
     stages: tuple[tuple[str, ...], ...]  # linears grouped by shared input, in forward order (GPTQ)
     groups: tuple[ScaleGroup, ...]
     has_qkv_bias: bool = False
+    routers: tuple[str, ...] = ()  # linears never quantized (MoE routers): engines must be told so
 
     @property
     def linear_pattern(self) -> str:
         names = "|".join(_regex(s.module) for s in self.linears)
+        return rf"model\.layers\.\d+\.({names})\.weight"
+
+    @property
+    def router_pattern(self) -> str:
+        names = "|".join(_regex(r) for r in self.routers) or "(?!)"
         return rf"model\.layers\.\d+\.({names})\.weight"
 
 
@@ -171,9 +177,10 @@ FAMILIES = {
         Family("Gemma2ForCausalLM", **_GEMMA),
         Family("Gemma3ForCausalLM", **_GEMMA),
         Family("Phi3ForCausalLM", **_PHI3),
-        Family("MixtralForCausalLM", **_moe(MIXTRAL_EXPERTS)),
-        Family("Qwen2MoeForCausalLM", **_moe(QWEN_EXPERTS, SHARED_EXPERT, _LLAMA), has_qkv_bias=True),
-        Family("Qwen3MoeForCausalLM", **_moe(QWEN_EXPERTS)),
+        Family("MixtralForCausalLM", **_moe(MIXTRAL_EXPERTS), routers=("block_sparse_moe.gate",)),
+        Family("Qwen2MoeForCausalLM", **_moe(QWEN_EXPERTS, SHARED_EXPERT, _LLAMA), has_qkv_bias=True,
+               routers=("mlp.gate", "mlp.shared_expert_gate")),
+        Family("Qwen3MoeForCausalLM", **_moe(QWEN_EXPERTS), routers=("mlp.gate",)),
     )
 }
 #: every family's linears by block-local name (a name means the same linear in every family)
