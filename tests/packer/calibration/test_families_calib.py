@@ -103,3 +103,20 @@ def test_calibrated_methods_are_as_good_as_rtn(fam_model, calib_text, tmp_path, 
                for k in ("rtn", "cal")}
     print(name, opts, err)
     assert err["cal"] < 1.3 * err["rtn"]
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_self_generation_cache_attends_like_the_model(fam_model, name):
+    """Self-generated calibration decodes with its own prefix cache: Gemma's scale, soft-cap and
+    sliding bands must hold there too (12 positions > the window of 8)."""
+    from turbopack.packer.calibration.selfgen import prefix_cache
+
+    model = load_model(fam_model(name))
+    x = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(4))
+    outs = []
+    for cache in (None, prefix_cache()):
+        model.setup_caches(2, 16, cache_cls=cache)
+        with torch.no_grad():
+            steps = [model(x[:, :3], torch.arange(3))] + [model(x[:, p:p + 1], torch.tensor([p])) for p in range(3, 12)]
+        outs.append(torch.cat(steps, 1))
+    assert rel_err(outs[1], outs[0]) < 1e-5
