@@ -119,7 +119,7 @@ class Family:
 
 def _regex(module: str) -> str:
     """A block-local name with ``*``/``#`` for the expert index, as a regex."""
-    return re.escape(module).replace(r"\*", r"\d+").replace("\\#", r"\d+").replace("#", r"\d+")
+    return re.escape(module).replace(r"\*", r"\d+").replace(r"\#", r"\d+")
 
 
 _LLAMA = dict(
