@@ -222,14 +222,16 @@ def test_decode_kernel_on_gpu_llama8b_shapes(precision, fast, monkeypatch):
 # --- the fused forward pass (fastpath) under the interpreter ---------------------------------
 
 
-def test_fastpath_forward_matches_reference_forward(attn):
-    """Prefill then decode through fastpath.forward == Transformer.forward, for every KV precision."""
+@pytest.mark.parametrize("fused", [False, True], ids=["llama", "phi3"])
+def test_fastpath_forward_matches_reference_forward(attn, fused):
+    """Prefill then decode through fastpath.forward == Transformer.forward, for every KV precision
+    (Phi-3: projections fused in the files already)."""
     from turbopack.inference import fastpath
     from turbopack.inference.api import fuse_model
     from turbopack.inference.model import ModelConfig, build_model
 
     cfg = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
-                      attention_bias=True)
+                      attention_bias=not fused, fused_projections=fused)
     dev = _device()
     torch.manual_seed(6)
     model = build_model(cfg, device=dev, dtype=torch.float32)
@@ -248,3 +250,26 @@ def test_fastpath_forward_matches_reference_forward(attn):
                 steps.append(fwd(ids[:, i:i + 1], torch.tensor([i], device=dev))[:, -1])
             outs.append(torch.stack(steps, 1))
         assert rel_err(outs[1], outs[0]) < 1e-5, precision
+
+
+def test_fastpath_and_kernel_attention_only_for_llama_math(attn):
+    """Qwen3's q/k norms, Gemma's norms, scale, soft-caps and bands: the reference forward and the
+    torch caches' attention run them (the fused kernels would silently compute Llama's math)."""
+    from dataclasses import replace
+
+    from turbopack.inference import fastpath
+    from turbopack.inference.api import fuse_model
+    from turbopack.inference.config import NormStyle
+    from turbopack.inference.generate import Engine
+    from turbopack.inference.model import ModelConfig, build_model
+
+    base = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16)
+    for change in (dict(qk_norm=True), dict(norm=NormStyle.GEMMA), dict(attn_softcap=50.0),
+                   dict(layer_windows=(8, None)), dict(embed_scale=8.0), dict(rotary_dim=8)):
+        model = build_model(replace(base, **change), device=_device())
+        fuse_model(model)
+        assert not fastpath.supported(model), change
+    gemma = build_model(replace(base, attn_scale=0.2), device=_device())
+    with pytest.raises(ValueError, match="triton computes plain causal attention"):
+        Engine(gemma, kv_backend="triton")
+    assert Engine(gemma).kv_backend == "torch"

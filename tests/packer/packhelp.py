@@ -137,6 +137,8 @@ def _model(folder: Path, factory) -> torch.nn.Module:
     replaced = replace_linears(model, lambda name, lin: factory(name, plain.get(name + ".bias")))
     missing, unexpected = model.load_state_dict({k: v for k, v in plain.items() if not k.endswith(".bias")
                                                  or k.removesuffix(".bias") not in replaced}, strict=False)
+    if cfg.tie_word_embeddings:  # a tied lm_head (Gemma) is the embedding, loaded under its name
+        missing = [k for k in missing if k != "lm_head.weight"]
     assert not unexpected and all(k.rpartition(".")[0] in replaced for k in missing), (missing, unexpected)
     return model.eval()
 

@@ -76,6 +76,8 @@ def supported(model: Transformer) -> bool:
     """Whether forward() can run this model where its weights are."""
     dev = model.model.embed_tokens.weight.device
     cfg = model.config
+    if not cfg.llama_math:  # Gemma/Qwen3 norms, GeLU, soft-caps, partial rotary, experts: the reference forward
+        return False
     fused = all(
         layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in model.model.layers
     )

@@ -73,8 +73,19 @@ class Engine:
         KV_FORMATS.get(self.kv)  # unknown precisions fail here, listing the known ones
         self.device = self.model.model.embed_tokens.weight.device
         cuda = self.device.type == "cuda"
-        self.kv_backend = self.kv_backend or ("triton" if cuda else "torch")
-        self.use_graphs = cuda if self.use_graphs is None else (self.use_graphs and cuda)
+        # The Triton decode attention computes plain causal softmax attention: Gemma's soft-cap,
+        # scale and sliding bands run through the torch caches' reference attention instead.
+        plain = self.model.config.plain_attention
+        if self.kv_backend == "triton" and not plain:
+            raise ValueError("kv backend triton computes plain causal attention; this model needs 'torch' "
+                             "(soft-capped, rescaled or per-layer sliding-window attention)")
+        self.kv_backend = self.kv_backend or ("triton" if cuda and plain else "torch")
+        # MoE routing picks experts by the data (shapes vary step to step): no CUDA graph for it
+        static = self.model.config.moe is None
+        if self.use_graphs and cuda and not static:
+            raise ValueError("CUDA graphs need a step of fixed shapes; MoE routing is data-dependent: "
+                             "use_graphs=False")
+        self.use_graphs = (cuda and static) if self.use_graphs is None else (self.use_graphs and cuda)
         self._tok = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)
         if self.fast is None and not cuda and not interpreting():

@@ -99,6 +99,9 @@ class QuantKVCache(nn.Module):
     codes directly (GPU, or CPU under TRITON_INTERPRET=1).
     """
 
+    scale: float | None = None  # as model.KVCache: set by Transformer.setup_caches (Gemma)
+    softcap: float | None = None
+
     def __init__(self, max_batch, n_kv_heads, max_seq_len, head_dim, dtype, device=None, *,
                  precision: str | KVPrecision = KVPrecision.INT8, backend: str = "torch"):
         super().__init__()
@@ -170,7 +173,7 @@ class QuantKVCache(nn.Module):
 
             return decode_attention(q, self, input_pos)
         kd, vd = self.dequantized(b, q.dtype)
-        return sdpa_gqa(q, kd, vd, mask)
+        return sdpa_gqa(q, kd, vd, mask, self.scale, self.softcap)
 
 
 class KernelKVCache(KVCache):
@@ -203,7 +206,7 @@ class KernelKVCache(KVCache):
             from turbopack.inference.kernels.attention import decode_attention
 
             return decode_attention(q, self, input_pos)
-        return sdpa_gqa(q, self.k[:b], self.v[:b], mask)
+        return sdpa_gqa(q, self.k[:b], self.v[:b], mask, self.scale, self.softcap)
 
 
 def cache_factory(precision: str | KVPrecision = "bf16", backend: str = "torch"):

@@ -1,8 +1,9 @@
-"""Reference Llama-family decoder (Llama, Mistral, Qwen2) in plain PyTorch.
+"""Reference decoder (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3) in plain PyTorch.
 
 This is the model the runtime is checked against, so it favours being obviously right over being
-fast. Read it top to bottom: config -> rotary tables -> modules -> Transformer -> the seam where
-quantized kernels plug in (`replace_linears`) -> loading a Hugging Face folder.
+fast. Read it top to bottom: rotary tables -> modules -> Transformer -> the seam where quantized
+kernels plug in (`replace_linears`) -> building. The config (turbopack.inference.config) turns each
+family's differences into switches; this file reads only the switches (docs/families.md).
 
 Two promises the rest of turbopack relies on:
   * parameter names are Hugging Face's, so a HF state dict loads with no renaming;
@@ -14,138 +15,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbopack.errors import CheckpointError, UnsupportedModelError
-from turbopack.hfconfig import architectures_of
+from turbopack.errors import UnsupportedModelError
+from turbopack.inference.config import ARCHS, ModelConfig, RopeScaling  # noqa: F401 (RopeScaling: callers import it here)
+from turbopack.inference.moe import MoE
+from turbopack.inference.norms import ACTIVATIONS, RMSNorm, make_norm  # noqa: F401 (RMSNorm: callers import it here)
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 # Rotary tables start this long (or max_position_embeddings if shorter) and grow on demand, so a
 # 128k-context config does not allocate 128k rows just to be loaded.
 ROPE_TABLE_LEN = 4096
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    type: str  # "linear" | "dynamic" | "llama3"
-    factor: float
-    low_freq_factor: float = 1.0  # llama3 only
-    high_freq_factor: float = 4.0  # llama3 only
-    original_max_position_embeddings: int = 8192  # llama3 only
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab: int
-    hidden: int
-    intermediate: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    rope_scaling: RopeScaling | None = None
-    max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = False
-    attention_bias: bool = False  # bias on q/k/v
-    o_proj_bias: bool = False  # Llama's attention_bias covers o_proj too; Qwen2's biases do not
-    mlp_bias: bool = False
-    # Sliding-window attention equals full causal attention while the sequence fits in the window,
-    # so we only record the window and refuse longer sequences instead of building a band mask.
-    sliding_window: int | None = None
-
-    @classmethod
-    def from_hf_config(cls, hf: dict) -> ModelConfig:
-        """The config of a HF config.json dict; a missing or mistyped value raises CheckpointError."""
-        try:
-            cfg = cls._from_hf(hf)
-        except KeyError as e:
-            raise CheckpointError(f"config.json: no {e.args[0]!r}; fix config.json or re-download the model") from None
-        except (TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as e:
-            raise CheckpointError(
-                f"config.json: a value has the wrong type ({str(e)[:120]}); fix config.json or re-download the model"
-            ) from None
-        ints = {"vocab_size": cfg.vocab, "hidden_size": cfg.hidden, "intermediate_size": cfg.intermediate,
-                "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-                "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
-                "max_position_embeddings": cfg.max_position_embeddings}
-        for key, v in ints.items():
-            if type(v) is not int or v < 1:
-                raise CheckpointError(
-                    f"config.json: {key} is {v!r}, not a positive integer; fix config.json or re-download the model"
-                )
-        return cfg
-
-    @classmethod
-    def _from_hf(cls, hf: dict) -> ModelConfig:
-        arch = (architectures_of(hf) or [None])[0]
-        if arch not in SUPPORTED_ARCHITECTURES:
-            supported = ", ".join(SUPPORTED_ARCHITECTURES)
-            raise UnsupportedModelError(f"architecture {arch!r} is not supported ({supported})")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise UnsupportedModelError(f"{arch}: hidden_act {hf['hidden_act']!r} is not 'silu'")
-        n_heads = hf["num_attention_heads"]
-        is_qwen2 = arch == "Qwen2ForCausalLM"
-        llama_bias = bool(hf.get("attention_bias", False)) and arch == "LlamaForCausalLM"
-        # Qwen2 slides only on layers >= max_window_layers, and only when use_sliding_window is set.
-        n_layers = hf["num_hidden_layers"]
-        qwen2_slides = hf.get("use_sliding_window") and hf.get("max_window_layers", 0) < n_layers
-        slides = arch == "MistralForCausalLM" or (is_qwen2 and qwen2_slides)
-        theta, scaling = _rope_from_hf(hf)
-        return cls(
-            vocab=hf["vocab_size"],
-            hidden=hf["hidden_size"],
-            intermediate=hf["intermediate_size"],
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            rope_theta=theta,
-            rope_scaling=scaling,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=is_qwen2 or llama_bias,
-            o_proj_bias=llama_bias,
-            mlp_bias=bool(hf.get("mlp_bias", False)) and arch == "LlamaForCausalLM",
-            sliding_window=hf.get("sliding_window") if slides else None,
-        )
-
-
-def _rope_from_hf(hf: dict) -> tuple[float, RopeScaling | None]:
-    # transformers 5 writes `rope_parameters` with rope_theta inside; 4.x wrote `rope_scaling`
-    # (maybe null) beside a top-level `rope_theta`; older files say "type" for "rope_type".
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in SUPPORTED_ROPE_TYPES:
-        supported = ", ".join(SUPPORTED_ROPE_TYPES)
-        raise UnsupportedModelError(f"rope type {kind!r} is not supported ({supported})")
-    if kind == "default":
-        return theta, None
-    default_len = hf.get("max_position_embeddings", 2048)  # HF's fallback for llama3's old length
-    return theta, RopeScaling(
-        kind,
-        float(params["factor"]),
-        float(params.get("low_freq_factor", 1.0)),
-        float(params.get("high_freq_factor", 4.0)),
-        int(params.get("original_max_position_embeddings", default_len)),
-    )
+SUPPORTED_ARCHITECTURES = tuple(ARCHS)
 
 
 # --- rotary position embedding -------------------------------------------------------------------
 # The formulas are transformers' modeling_rope_utils op for op, so fp32 results agree bitwise.
 
 
-def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> torch.Tensor:
-    """Rotation speed of each of the head_dim/2 channel pairs, with the config's scaling applied."""
-    dim, base, s = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling
+def rope_inv_freq(cfg: ModelConfig, seq_len: int, local: bool = False) -> torch.Tensor:
+    """Rotation speed of each of the rotary/2 channel pairs, with the config's scaling applied
+    (``local``: the windowed layers' own unscaled base, Gemma 3)."""
+    dim, base, s = cfg.rotary, cfg.rope_theta, cfg.rope_scaling
+    if local:
+        base, s = cfg.local_rope_theta, None
     if s is not None and s.type == "dynamic":
         # NTK: raise the base once the sequence outgrows training length; below it nothing changes.
         # HF rescales on every call for that call's length; a table of seq_len rows is scaled for
@@ -169,9 +64,9 @@ def rope_inv_freq(cfg: ModelConfig, seq_len: int) -> torch.Tensor:
     return torch.where(is_medium, smoothed, inv_freq_llama)
 
 
-def rope_tables(cfg: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 cos/sin of shape [seq_len, head_dim] for positions 0..seq_len-1."""
-    inv_freq = rope_inv_freq(cfg, seq_len).to(device)
+def rope_tables(cfg: ModelConfig, seq_len: int, device=None, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos/sin of shape [seq_len, rotary] for positions 0..seq_len-1."""
+    inv_freq = rope_inv_freq(cfg, seq_len, local).to(device)
     freqs = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
@@ -185,23 +80,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + rotate_half(x) * sin
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    # partial rotary (Phi-3's partial_rotary_factor): the first `rot` channels turn, the rest pass
+    xr = x[..., :rot]
+    return torch.cat((xr * cos + rotate_half(xr) * sin, x[..., rot:]), dim=-1)
 
 
 # --- modules -------------------------------------------------------------------------------------
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 and round back before the weight multiply, as HF does, so bf16 agrees.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
 
 
 class KVCache(nn.Module):
@@ -210,6 +97,10 @@ class KVCache(nn.Module):
     Fixed shapes (no torch.cat growth) keep decode steps identical in shape, which is what lets the
     GPU runtime capture them in a CUDA graph.
     """
+
+    # attention scale and logit soft-cap of the layer (Gemma); set by Transformer.setup_caches
+    scale: float | None = None
+    softcap: float | None = None
 
     def __init__(self, max_batch, n_kv_heads, max_seq_len, head_dim, dtype, device=None):
         super().__init__()
@@ -239,30 +130,60 @@ class KVCache(nn.Module):
     def attention(self, q, input_pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of q over what the cache holds (q's own K/V already written)."""
         b = q.shape[0]
-        return sdpa_gqa(q, self.k[:b], self.v[:b], mask)
+        return sdpa_gqa(q, self.k[:b], self.v[:b], mask, self.scale, self.softcap)
 
 
-def sdpa_gqa(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention with grouped K/V heads; mask None means causal over q's own positions."""
+def sdpa_gqa(q, k, v, mask: torch.Tensor | None, scale: float | None = None,
+             softcap: float | None = None) -> torch.Tensor:
+    """Attention with grouped K/V heads; mask None means causal over q's own positions (a bool
+    mask: True where a query may look). ``softcap``: scores -> tanh(scores / c) * c (Gemma 2)."""
     # GQA: query head h reads kv head h // group, the order of HF's repeat_kv.
     group = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale)
+    # SDPA has no soft-cap: HF's eager attention, op for op (softmax in fp32, rounded back).
+    scores = (q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is None:
+        t, s = q.shape[2], k.shape[2]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def band(mask: torch.Tensor | None, input_pos: torch.Tensor | None, t: int, window: int, device):
+    """``mask`` narrowed to the last ``window`` positions (HF: kv > q - window); None stays causal
+    while the whole sequence fits in the window."""
+    if mask is None:
+        if t <= window:
+            return None
+        i = torch.arange(t, device=device)
+        return (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+    slots = torch.arange(mask.shape[-1], device=device)
+    return mask & (slots[None, :] > input_pos[:, None] - window)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden, q_dim, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(cfg.hidden, kv_dim, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(cfg.hidden, kv_dim, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(q_dim, cfg.hidden, bias=cfg.o_proj_bias)
         self.splits = (q_dim, kv_dim, kv_dim)
-        # Optional fused projection (fuse_projections): one matmul for q, k and v, the runtime's
-        # decode path. None keeps the three HF modules, and the state dict has no new names.
+        # Optional fused projection: one matmul for q, k and v. Phi-3's files hold it (then it is
+        # the only one); for the others fuse_projections installs it, the runtime's decode path.
         self.qkv_proj: nn.Module | None = None
+        if cfg.fused_projections:
+            self.qkv_proj = nn.Linear(cfg.hidden, q_dim + 2 * kv_dim, bias=cfg.attention_bias)
+        else:
+            self.q_proj = nn.Linear(cfg.hidden, q_dim, bias=cfg.attention_bias)
+            self.k_proj = nn.Linear(cfg.hidden, kv_dim, bias=cfg.attention_bias)
+            self.v_proj = nn.Linear(cfg.hidden, kv_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(q_dim, cfg.hidden, bias=cfg.o_proj_bias)
+        self.q_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = make_norm(cfg, cfg.head_dim) if cfg.qk_norm else None
+        self.scale, self.softcap = cfg.attn_scale, cfg.attn_softcap
+        self.window, self.local_rope = cfg.window_of(layer), cfg.local_rope_of(layer)
 
     def project(self, x):
         if self.qkv_proj is None:
@@ -273,42 +194,73 @@ class Attention(nn.Module):
         """Without a cache: causal attention over x. With one: append x's k/v at input_pos, then
         attend over the whole cache, `mask` [T, max_seq_len] hiding future and unwritten slots."""
         b, t, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, -1, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+        q, k, v = (p.view(b, t, -1, self.head_dim) for p in self.project(x))
+        if self.q_norm is not None:  # per head, before rotary (Qwen3, Gemma 3)
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = sdpa_gqa(q, k, v, None) if cache is None else cache.attend(q, k, v, input_pos, mask)
+        if self.window is not None:
+            mask = band(mask, input_pos, t, self.window, x.device)
+        if cache is None:
+            y = sdpa_gqa(q, k, v, mask, self.scale, self.softcap)
+        else:
+            y = cache.attend(q, k, v, input_pos, mask)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden, cfg.intermediate, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(cfg.hidden, cfg.intermediate, bias=cfg.mlp_bias)
+        self.gate_up_proj: nn.Module | None = None  # fused gate|up: Phi-3's files, or fuse_projections
+        if cfg.fused_projections:
+            self.gate_up_proj = nn.Linear(cfg.hidden, 2 * cfg.intermediate, bias=cfg.mlp_bias)
+        else:
+            self.gate_proj = nn.Linear(cfg.hidden, cfg.intermediate, bias=cfg.mlp_bias)
+            self.up_proj = nn.Linear(cfg.hidden, cfg.intermediate, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate, cfg.hidden, bias=cfg.mlp_bias)
-        self.gate_up_proj: nn.Module | None = None  # optional fused gate|up (fuse_projections)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is None:
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)  # SwiGLU
+        return self.down_proj(self.act(gate) * up)  # SwiGLU (GeGLU for Gemma)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.input_layernorm = make_norm(cfg, cfg.hidden)
+        self.self_attn = Attention(cfg, layer)
+        # Gemma's "sandwich": post_attention_layernorm normalises the attention *output*, and the
+        # MLP gets its own pre/post norms; elsewhere post_attention_layernorm is the MLP's input norm.
+        self.post_attention_layernorm = make_norm(cfg, cfg.hidden)
+        self.sandwich = cfg.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = make_norm(cfg, cfg.hidden)
+            self.post_feedforward_layernorm = make_norm(cfg, cfg.hidden)
+        # the feed-forward under its HF name: mlp, or the experts (Mixtral: block_sparse_moe)
+        sparse = cfg.moe is not None and cfg.moe.sparse_layers[layer]
+        self.ffn_name = cfg.moe.module if sparse else "mlp"
+        setattr(self, self.ffn_name, MoE(cfg) if sparse else MLP(cfg))
+
+    @property
+    def ffn(self) -> nn.Module:
+        return getattr(self, self.ffn_name)
 
     def forward(self, x, cos, sin, cache=None, input_pos=None, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, input_pos, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.self_attn(self.input_layernorm(x), cos, sin, cache, input_pos, mask)
+        if not self.sandwich:
+            x = x + h
+            return x + self.ffn(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(h)
+        return x + self.post_feedforward_layernorm(self.ffn(self.pre_feedforward_layernorm(x)))
+
+    @property
+    def mlp_norm(self) -> str:
+        """The norm whose output the MLP reads (calibration folds scales into it)."""
+        return "pre_feedforward_layernorm" if self.sandwich else "post_attention_layernorm"
 
 
 class Transformer(nn.Module):
@@ -321,8 +273,8 @@ class Transformer(nn.Module):
         # A ModuleDict named `model` reproduces HF's "model.*" parameter prefix without a class.
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(cfg.vocab, cfg.hidden, _weight=weight),
-            layers=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers)),
-            norm=RMSNorm(cfg.hidden, cfg.rms_norm_eps),
+            layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers)),
+            norm=make_norm(cfg, cfg.hidden),
         ))  # fmt: skip
         self.lm_head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         if cfg.tie_word_embeddings:
@@ -337,16 +289,25 @@ class Transformer(nn.Module):
         return self.lm_head
 
     def setup_rope(self, seq_len: int) -> None:
-        """(Re)build the cos/sin tables for positions < seq_len on the embedding's device.
+        """(Re)build the cos/sin tables for positions < seq_len on the embedding's device (and the
+        windowed layers' own tables when they have their own base, Gemma 3).
 
         Non-persistent buffers: they are derived from the config, so they stay out of the state dict
         and must be rebuilt after loading onto the meta device (turbopack.inference.loader does that).
         """
         device = self.model.embed_tokens.weight.device
-        cos, sin = (rope_tables(self.config, seq_len, device) if device.type != "meta"  # (on meta: as above)
-                    else (torch.empty(seq_len, self.config.head_dim, device=device),) * 2)
+        # on meta: built on the CPU and moved (rope maths on a meta tensor imports torch._dynamo, as above)
+        at = torch.device("cpu") if device.type == "meta" else device
+        with torch.device(at):
+            cos, sin = (t.to(device) for t in rope_tables(self.config, seq_len, at))
+            if self.config.local_rope_theta is not None:
+                cos_l, sin_l = (t.to(device) for t in rope_tables(self.config, seq_len, at, local=True))
+            else:
+                cos_l, sin_l = cos, sin
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos_local", cos_l, persistent=False)
+        self.register_buffer("rope_sin_local", sin_l, persistent=False)
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype=None, cache_cls=None) -> None:
         """Allocate one static KVCache per layer, enabling `forward(ids, input_pos)`.
@@ -361,8 +322,16 @@ class Transformer(nn.Module):
         self.kv_caches = nn.ModuleList(
             (cache_cls or KVCache)(*shape, dtype or weight.dtype, weight.device) for _ in range(cfg.n_layers)
         )
+        for cache in self.kv_caches:
+            cache.scale, cache.softcap = cfg.attn_scale, cfg.attn_softcap
         if self.rope_cos.shape[0] < max_seq_len:
             self.setup_rope(max_seq_len)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        if self.config.embed_scale is not None:  # Gemma: the scale rounded to the embedding's dtype, as HF
+            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype, device=x.device)
+        return x
 
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None):
         """input_ids [B, T] -> fp32 logits [B, T, vocab].
@@ -372,7 +341,7 @@ class Transformer(nn.Module):
         first), so a prefill of positions 0..P-1 followed by one-token decodes at P, P+1, ... works.
         """
         t = input_ids.shape[1]
-        x = self.model.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         caches, mask = [None] * self.config.n_layers, None
         if input_pos is None:
             window = self.config.sliding_window
@@ -388,10 +357,14 @@ class Transformer(nn.Module):
             slots = torch.arange(self.kv_caches[0].max_seq_len, device=x.device)
             mask = slots[None, :] <= input_pos[:, None]  # a query at position p sees slots 0..p
         # Tables are fp32 and rounded to the activation dtype here, matching HF's cos.to(x.dtype).
-        cos, sin = self.rope_cos[positions].to(x.dtype), self.rope_sin[positions].to(x.dtype)
+        ropes = {local: (cos[positions].to(x.dtype), sin[positions].to(x.dtype)) for local, (cos, sin) in
+                 ((False, (self.rope_cos, self.rope_sin)), (True, (self.rope_cos_local, self.rope_sin_local)))}
         for layer, cache in zip(self.model.layers, caches):
-            x = layer(x, cos, sin, cache, input_pos, mask)
-        return self.lm_head(self.model.norm(x)).float()
+            x = layer(x, *ropes[layer.self_attn.local_rope], cache, input_pos, mask)
+        logits = self.lm_head(self.model.norm(x))
+        if self.config.final_softcap is not None:  # Gemma 2, in the logits' dtype as HF
+            logits = torch.tanh(logits / self.config.final_softcap) * self.config.final_softcap
+        return logits.float()
 
 
 # --- the seam for quantized kernels --------------------------------------------------------------

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from turbopack.checkpoint import ShardedWriter, ShardPlan, TensorEntry, atomic_output, check_output, new_manifest
 from turbopack.checkpoint.manifest import tool_version
 from turbopack.checkpoint.resume import Journal
@@ -285,12 +287,11 @@ def _write_job(src: Source, p: Plan, name: str, writers: dict[Target, ShardedWri
 def _pack_chunked(src: Source, name: str, sl: tpmod.Slice, layout: Any, w: ShardedWriter, chunk_bytes: int) -> None:
     fmt, full = src.modules[name]
     shape = sl.shape(full)
-    row0 = sl.start if sl.parallel is tpmod.Parallel.COLUMN else 0
     rows = max(1, chunk_bytes * full[0] // max(1, src.module_bytes(name)))
     specs = {s.suffix: s for s in layout.packed_specs(fmt, shape)}
     n_pad = layout.padding(shape).n_pad
     for r0, r1 in layout.row_chunks(shape, rows):
-        q = src.module_rows(name, row0 + r0, row0 + r1)
+        q = _slice_rows(src, name, sl, r0, r1)
         if sl.parallel is tpmod.Parallel.ROW:
             q = tpmod.split_quantized(name, fmt, q, (r1 - r0, full[1]), sl)
         for suffix, tensor in layout.pack(fmt, q, shape).items():
@@ -298,6 +299,18 @@ def _pack_chunked(src: Source, name: str, sl: tpmod.Slice, layout: Any, w: Shard
                 w.write_rows(f"{name}.{suffix}", r0 * specs[suffix].shape[0] // n_pad, tensor)
             elif r0 == 0:
                 w.write(f"{name}.{suffix}", tensor)
+
+
+def _slice_rows(src: Source, name: str, sl: tpmod.Slice, r0: int, r1: int) -> dict[str, torch.Tensor]:
+    """Rows [r0, r1) of this rank's part of a module (a fused linear's chunk may span two pieces)."""
+    if sl.parallel is not tpmod.Parallel.COLUMN:
+        return src.module_rows(name, r0, r1)
+    fmt, full = src.modules[name]
+    parts = [src.module_rows(name, a, b) for a, b in sl.source_ranges(r0, r1)]
+    if len(parts) == 1:
+        return parts[0]
+    return {s.suffix: torch.cat([p[s.suffix] for p in parts]) if s.per_row else parts[0][s.suffix]
+            for s in fmt.specs(full)}
 
 
 def _copy_plain(src: Source, name: str, writers: dict[Target, ShardedWriter], chunk_bytes: int, tp: int) -> None:

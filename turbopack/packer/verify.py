@@ -175,8 +175,7 @@ def compare_with_source(ckpt: Checkpoint, manifest: dict, src: Source, report: F
             )
             return
         fmt, full = src.modules[module]
-        sl = tpmod.Slice(tpmod.Parallel(info["tp"]["parallel"]), info["tp"]["rank"], info["tp"]["tp"],
-                         info["tp"]["start"], info["tp"]["stop"])
+        sl = tpmod.Slice.from_dict(info["tp"])
         expected = tpmod.split_quantized(module, fmt, src.module(module), full, sl)
         layout = get_layout(info["layout"])
         packed = {t.removeprefix(module + "."): ckpt.read(t) for t in info["tensors"]}

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tinymodels import write_word_tokenizer
 
 WORDS = [f"w{i}" for i in range(120)]
 
@@ -24,12 +25,7 @@ def write_text(path: Path, n_words: int, seed: int = 0) -> Path:
 
 
 def write_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(folder / "tokenizer.json"))
+    write_word_tokenizer(folder, len(WORDS))
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,11 @@ import torch
 from turbopack.checkpoint import Checkpoint
 from turbopack.inference.loader import load_model
 from turbopack.inference.model import Block, ModelConfig, rope_tables
-from turbopack.packer.calibration.capture import DOWN, GATE, UP, BlockRunner, K, O, Q, V, embed, load_block
+from turbopack.packer import families as fam
+from turbopack.packer.calibration.capture import BlockRunner, embed, load_block
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm
+
+Q, K, V, O, GATE, UP, DOWN = (s.module for s in (fam.Q, fam.K, fam.V, fam.O, fam.GATE, fam.UP, fam.DOWN))  # noqa: E741
 
 CFG = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16,
                   attention_bias=True, o_proj_bias=True, mlp_bias=True)

@@ -1,8 +1,9 @@
 """AWQ (Lin et al., 2023): protect the weights that meet large activations by scaling them up
 before rounding, and fold the inverse scale into the op that produces the activation.
 
-Per group of linears sharing an input (q/k/v after input_layernorm; o after v; gate/up after
-post_attention_layernorm; down after up) we try ``s = mean|x|^a / mean|w|^(1-a)`` for ``a`` on a
+Per group of linears sharing an input (the family's ScaleGroups: q/k/v after input_layernorm; o
+after v; gate/up after the MLP's input norm; down after up; for Phi-3 the fused linears and the v
+and up pieces of qkv_proj and gate_up_proj) we try ``s = mean|x|^a / mean|w|^(1-a)`` for ``a`` on a
 grid in [0, 1) (AutoAWQ's "duo scaling"; ``mean|w|`` is each input channel's weight magnitude
 relative to its group max), normalised to geometric mean 1, and keep the one whose fake-quantized
 weights ``Q(W diag(s)) / s`` give the lowest error on a sample of whole calibration sequences,
@@ -24,18 +25,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from turbopack.packer.calibration.capture import DOWN, GATE, UP, BlockJob, K, O, Q, V
+from turbopack.inference.norms import RMSNorm
+from turbopack.packer.calibration.capture import BlockJob, block_dims
 from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm, gqa_expand, gqa_reduce
 from turbopack.packer.calibration.grid import Grid, grid_for
+from turbopack.packer.families import ScaleGroup, linear_spec, piece_bounds
 
-#: (producer, consumers, the consumer tapped for the shared input, the module judged)
-GROUPS = (
-    ("input_layernorm", (Q, K, V), Q, "self_attn"),
-    (V, (O,), O, O),
-    ("post_attention_layernorm", (GATE, UP), GATE, "mlp"),
-    (UP, (DOWN,), DOWN, DOWN),
-)
-ORDER = [c for _, consumers, _, _ in GROUPS for c in consumers]
 CLIP_BYTES = 256 << 20
 
 
@@ -99,10 +94,9 @@ def module_output(job: BlockJob, module: str, consumers: tuple[str, ...], x: tor
     """``module`` of the block on sample ``x`` [S, L, K] with the consumers' weights replaced."""
     mod, linears, r = job.block.get_submodule(module), [job.linear(c) for c in consumers], job.runner
 
-    args = (r.cos, r.sin) if module == "self_attn" else ()
-
     def run(ws):  # the runner's sequences at a time: its float32 scratch bound holds here too
         with _swapped(linears, ws):
+            args = r.rope(job.block) if module == "self_attn" else ()
             return torch.cat([mod(x[b:b + r.batch_size], *args) for b in range(0, x.shape[0], r.batch_size)])
     return run
 
@@ -153,44 +147,65 @@ def search_clip(
     return out
 
 
-def _fold_group(job: BlockJob, producer: str, consumers: tuple[str, ...], s: torch.Tensor) -> torch.Tensor:
-    """Fold ``s``; returns the scale as seen on the consumers' inputs (divide their inputs by it)."""
-    block, attn = job.block, job.block.self_attn
-    if producer.endswith("layernorm"):
-        norm = block.get_submodule(producer)
-        job.modified[producer + ".weight"] = "divided by AWQ input scales (folded)"
-        return fold_into_norm(norm, [job.linear(c) for c in consumers], s, job.store_dtype)
-    heads = (attn.n_kv_heads, attn.n_heads) if producer == V else (None, None)
-    prev = job.linear(producer)
-    fold_into_linear(prev, job.linear(consumers[0]), s, *heads)
-    if prev.bias is not None:
-        job.modified[producer + ".bias"] = "divided by AWQ scales of the next linear (folded)"
-    return s if producer != V else gqa_expand(s, *heads)
+def producer_rows(job: BlockJob, g: ScaleGroup) -> tuple[int, int] | None:
+    """The rows of a fused producer that feed the group (None: all of them)."""
+    if g.piece is None:
+        return None
+    return piece_bounds(linear_spec(g.producer), block_dims(job.runner.cfg))[g.piece]
+
+
+def fold_group(job: BlockJob, g: ScaleGroup, s: torch.Tensor, method: str) -> torch.Tensor:
+    """Fold ``s`` into the group's producer; returns the scale as seen on the consumers' inputs
+    (divide their inputs by it). ``method`` names the fold in the manifest."""
+    producer = job.block.get_submodule(g.producer)
+    consumers = [job.linear(c) for c in g.consumers]
+    if isinstance(producer, RMSNorm):
+        job.modified[g.producer + ".weight"] = f"divided by {method} input scales (folded)"
+        return fold_into_norm(producer, consumers, s, job.store_dtype)
+    attn = job.block.self_attn
+    heads = (attn.n_kv_heads, attn.n_heads) if g.gqa else (None, None)
+    fold_into_linear(producer, consumers[0], s, *heads, rows=producer_rows(job, g))
+    if producer.bias is not None:
+        job.modified[g.producer + ".bias"] = f"divided by {method} scales of the next linear (folded)"
+    if g.producer not in job.quantize:
+        job.modified[g.producer + ".weight"] = f"kept in float, divided by {method} scales (folded)"
+    return gqa_expand(s, *heads) if g.gqa else s
 
 
 def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor]]:
     """Scale, fold, clip and quantize every quantized linear of the block (the block keeps W')."""
     grid = grid_for(job.fmt, "awq")
-    taps = {g[2]: job.runner.stats_tap() for g in GROUPS if set(g[1]) & job.quantize}
+    groups = job.groups()
+    taps = {g.consumers[0]: job.runner.stats_tap() for g in groups if set(g.consumers) & job.quantize}
+    # linears no scale is folded for (MoE experts' gate/up: their norm also feeds the router) are
+    # still clipped on their inputs: one tap per stage, its linears share the input
+    covered = {c for g in groups for c in g.consumers}
+    loose = [[n for n in st if n in job.quantize and n not in covered] for st in job.stages()]
+    loose = [(names[0], names) for names in loose if names]
+    taps.update({tap: job.runner.stats_tap() for tap, _ in loose})
     if not taps:
         return {}
     job.runner.capture(job.block, job.x, taps)
     inputs: dict[str, torch.Tensor] = {}
-    for producer, consumers, tap_name, judged in GROUPS:
-        if tap_name not in taps:
+    for tap, names in loose:
+        x = taps.pop(tap).sample()
+        inputs.update({n: x.reshape(-1, x.shape[-1]) for n in names})
+    for g in groups:
+        if g.consumers[0] not in taps:
             continue
-        tap = taps.pop(tap_name)
+        tap = taps.pop(g.consumers[0])
         sample = tap.sample()
-        seen = _search_and_fold(job, cfg, grid, producer, consumers, judged, sample, tap.absmean)
+        seen = _search_and_fold(job, cfg, grid, g, sample, tap.absmean)
         rows = sample.reshape(-1, seen.numel())
         clip_rows = rows[:: max(1, rows.shape[0] // cfg.clip_tokens)][: cfg.clip_tokens] / seen  # all clip reads
-        for c in consumers:
+        for c in g.consumers:
             inputs[c] = clip_rows
             if c not in job.quantize:
                 job.modified[c + ".weight"] = "kept in float, scaled by AWQ (folded)"
         del tap, sample, rows
+    order = [n for n, m in job.block.named_modules() if isinstance(m, nn.Linear)]
     out = {}
-    for name in sorted(job.quantize, key=ORDER.index):
+    for name in sorted(job.quantize, key=order.index):
         lin = job.linear(name)
         w = lin.weight
         if cfg.clip:
@@ -200,14 +215,14 @@ def awq_block(job: BlockJob, cfg: AWQConfig) -> dict[str, dict[str, torch.Tensor
     return out
 
 
-def _search_and_fold(job: BlockJob, cfg: AWQConfig, grid: Grid, producer: str, consumers: tuple[str, ...], judged: str,
-                     x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
-    weights = [job.linear(c).weight for c in consumers]
+def _search_and_fold(job: BlockJob, cfg: AWQConfig, grid: Grid, g: ScaleGroup, x: torch.Tensor,
+                     x_mean: torch.Tensor) -> torch.Tensor:
+    weights = [job.linear(c).weight for c in g.consumers]
     expand, w_mean = None, weight_mean(weights, grid) if cfg.duo_scaling else None
-    if producer == V:
+    if g.gqa:
         heads = (job.block.self_attn.n_kv_heads, job.block.self_attn.n_heads)
         x_mean = gqa_reduce(x_mean, *heads)
         w_mean = None if w_mean is None else gqa_reduce(w_mean, *heads)
         expand = lambda s: gqa_expand(s, *heads)  # noqa: E731
-    s = search_scale(x_mean, weights, grid, module_output(job, judged, consumers, x), cfg.n_grid, expand, w_mean)
-    return _fold_group(job, producer, consumers, s)
+    s = search_scale(x_mean, weights, grid, module_output(job, g.judged, g.consumers, x), cfg.n_grid, expand, w_mean)
+    return fold_group(job, g, s, "AWQ")

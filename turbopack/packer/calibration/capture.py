@@ -20,43 +20,45 @@ from turbopack.checkpoint import Checkpoint
 from turbopack.errors import UnsupportedModelError
 from turbopack.formats import Format, check_finite
 from turbopack.inference.model import Block, ModelConfig, rope_tables
-from turbopack.packer.families import family_of
+from turbopack.inference.moe import MoE
+from turbopack.packer.families import Family, ScaleGroup, block_groups, block_stages, family_of
 
 EMBED = "model.embed_tokens.weight"
-Q, K, V, O = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"  # noqa: E741 (q k v o)
-GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
-#: linears of a block grouped by shared input, in forward order
-STAGES = ((Q, K, V), (O,), (GATE, UP), (DOWN,))
 
 
 def layer_prefix(i: int) -> str:
     return f"model.layers.{i}."
 
 
-def block_param_names(cfg: ModelConfig) -> list[str]:
+def block_param_names(cfg: ModelConfig, layer: int = 0) -> list[str]:
     with torch.device("meta"):
-        return list(Block(cfg).state_dict())
+        return list(Block(cfg, layer).state_dict())
+
+
+def block_dims(cfg: ModelConfig) -> dict[str, int]:
+    """The widths a family's :class:`~turbopack.packer.families.Piece` s name, for this config."""
+    return {"q": cfg.n_heads * cfg.head_dim, "kv": cfg.n_kv_heads * cfg.head_dim, "hidden_size": cfg.hidden,
+            "intermediate_size": cfg.intermediate}
 
 
 def block_config(ckpt: Checkpoint) -> ModelConfig:
-    """The block structure of a Llama-family checkpoint; anything else is unsupported."""
+    """The block structure of a checkpoint of a supported family; anything else is unsupported."""
     where = str(ckpt.folder / "config.json")
     family_of(ckpt.config, where)
     try:
         cfg = ModelConfig.from_hf_config(ckpt.config)
     except KeyError as e:
         raise UnsupportedModelError(f"{where}: no {e.args[0]!r}; calibration needs a Llama-style config") from None
-    expected = block_param_names(cfg)
     for i in range(cfg.n_layers):
-        missing = [n for n in expected if layer_prefix(i) + n not in ckpt.tensors]
+        missing = [n for n in block_param_names(cfg, i) if layer_prefix(i) + n not in ckpt.tensors]
         if missing:
             raise UnsupportedModelError(
                 f"{ckpt.folder}: {layer_prefix(i)}{missing[0]} missing; calibrated methods need "
-                f"the Llama block structure (use --method rtn)"
+                f"the family's block structure (use --method rtn)"
             )
     if EMBED not in ckpt.tensors:
         raise UnsupportedModelError(
-            f"{ckpt.folder}: no {EMBED}; calibrated methods need the Llama structure (use --method rtn)"
+            f"{ckpt.folder}: no {EMBED}; calibrated methods need the family's structure (use --method rtn)"
         )
     return cfg
 
@@ -65,7 +67,7 @@ def block_config(ckpt: Checkpoint) -> ModelConfig:
 def load_block(ckpt: Checkpoint, cfg: ModelConfig, i: int, device: torch.device) -> Block:
     """Layer ``i`` in float32 on ``device``; nothing else of the model is read."""
     with torch.device("meta"):
-        block = Block(cfg)
+        block = Block(cfg, i)
     state = {}
     for n in block.state_dict():
         name = layer_prefix(i) + n
@@ -87,16 +89,19 @@ def hidden_dtype(ckpt: Checkpoint) -> torch.dtype:
 
 
 @torch.no_grad()
-def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32
-          ) -> torch.Tensor:
+def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
+          scale: float | None = None) -> torch.Tensor:
     """Embedding rows of ``ids`` [n, L] -> ``dtype`` [n, L, hidden] on ``device``, reading the table in
-    row chunks (the output is filled in place: no second copy of it on either side)."""
-    hidden = ckpt.tensors[EMBED].shape[1]
+    row chunks (the output is filled in place: no second copy of it on either side); ``scale``
+    (Gemma's sqrt(hidden)) is applied as the model does, rounded to the table's dtype."""
+    entry = ckpt.tensors[EMBED]
+    mul = torch.tensor(scale, dtype=entry.dtype).float() if scale is not None else None
     ids = ids.cpu()
-    out = torch.empty(*ids.shape, hidden, dtype=dtype, device=device)
+    out = torch.empty(*ids.shape, entry.shape[1], dtype=dtype, device=device)
     for start, rows in ckpt.iter_row_chunks(EMBED):
         m = (ids >= start) & (ids < start + rows.shape[0])
-        out[m.to(device)] = rows.to(device=device, dtype=dtype)[(ids[m] - start).to(device)]
+        picked = rows.to(device)[(ids[m] - start).to(device)]
+        out[m.to(device)] = (picked.float() * mul).to(dtype) if mul is not None else picked.to(dtype)
     return out
 
 
@@ -159,9 +164,11 @@ class BlockJob:
     """One block being calibrated: what every method receives.
 
     ``quantize``: local names of the linears to quantize (the rest stay float but are still folded);
-    ``modified``: local names of plain tensors a fold changed (written in place of the source's).
+    ``modified``: local names of plain tensors a fold changed (written in place of the source's);
+    ``family``: which linears share an input and what produces it (turbopack.packer.families).
     """
 
+    family: Family
     block: Block
     x: torch.Tensor
     runner: BlockRunner
@@ -172,6 +179,14 @@ class BlockJob:
 
     def linear(self, name: str) -> nn.Linear:
         return self.block.get_submodule(name)
+
+    def stages(self) -> list[tuple[str, ...]]:
+        """The family's GPTQ stages, expanded for this block (its experts, its dense MLP)."""
+        return block_stages(self.family, {n for n, _ in self.block.named_modules()})
+
+    def groups(self) -> list[ScaleGroup]:
+        """The family's scale groups, expanded for this block."""
+        return block_groups(self.family, {n for n, _ in self.block.named_modules()})
 
 
 class _Stop(Exception):
@@ -188,6 +203,12 @@ class BlockRunner:
 
     def __post_init__(self) -> None:
         self.cos, self.sin = rope_tables(self.cfg, self.seq_len, self.device)
+        self.local = rope_tables(self.cfg, self.seq_len, self.device, local=True) \
+            if self.cfg.local_rope_theta is not None else (self.cos, self.sin)
+
+    def rope(self, block: Block) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cos/sin tables ``block`` rotates with (Gemma 3's sliding layers have their own)."""
+        return self.local if block.self_attn.local_rope else (self.cos, self.sin)
 
     def stats_tap(self, keep: bool = True) -> StatsTap:
         return StatsTap(self.sample_seqs if keep else 0)
@@ -199,7 +220,7 @@ class BlockRunner:
         in float32 and each chunk is stored back in x's dtype."""
         for b0 in range(0, x.shape[0], self.batch_size):
             chunk = x[b0:b0 + self.batch_size]
-            chunk.copy_(block(chunk.float(), self.cos, self.sin))
+            chunk.copy_(block(chunk.float(), *self.rope(block)))
 
     @torch.no_grad()
     def capture(self, block: Block, x: torch.Tensor, taps: dict[str, Tap]) -> None:
@@ -207,11 +228,26 @@ class BlockRunner:
         after the last tapped linear of the forward order (the rest would be thrown away)."""
         order = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
         last = max(taps, key=order.index)
-        with _hooks(block, taps, last) as seq:
+        with _hooks(block, taps, last) as seq, _all_experts(block):
             for b0 in range(0, x.shape[0], self.batch_size):
                 seq[0] = b0
                 with contextlib.suppress(_Stop):
-                    block(x[b0:b0 + self.batch_size].float(), self.cos, self.sin)
+                    block(x[b0:b0 + self.batch_size].float(), *self.rope(block))
+
+
+@contextlib.contextmanager
+def _all_experts(block: Block) -> Iterator[None]:
+    """Every calibration token through every expert while statistics are taken, so each expert's
+    linears are calibrated on the whole batch (routing would leave rare experts a handful of tokens,
+    or none); the block's output still mixes only the routed experts."""
+    moes = [m for m in block.modules() if isinstance(m, MoE)]
+    for m in moes:
+        m.all_experts = True
+    try:
+        yield
+    finally:
+        for m in moes:
+            m.all_experts = False
 
 
 @contextlib.contextmanager

@@ -1,12 +1,14 @@
 """Folding per-input-channel scales into the op before a linear, leaving the float model unchanged.
 
 ``y = W x`` equals ``(W diag(s)) (x / s)``: multiply the consumers' weight columns by ``s`` and
-divide whatever produces ``x`` by ``s``. Two producers occur in a Llama block:
+divide whatever produces ``x`` by ``s``. Two producers occur in a block:
 
-* an RMSNorm (``x = gamma * xhat``): divide ``gamma``. The norm is stored in the checkpoint's
+* an RMSNorm (``x = gamma * xhat``): divide its gain ``gamma`` (the weight, or Gemma's
+  ``1 + weight``: the norm's own ``gain``/``set_gain``). The norm is stored in the checkpoint's
   dtype (bf16), so we round ``gamma / s`` first and scale the weights by the ratio the *stored*
-  gamma really applies; the float function is then unchanged up to float32 rounding.
-* a linear (v_proj -> o_proj, up_proj -> down_proj): divide the producer's rows (and bias).
+  gain really applies; the float function is then unchanged up to float32 rounding.
+* a linear (v_proj -> o_proj, up_proj -> down_proj): divide the producer's rows (and bias); of a
+  fused producer (Phi-3's qkv_proj, gate_up_proj) only the rows of the piece feeding ``nxt``.
   For grouped-query attention, v's channel (kv head h, dim d) feeds o's columns of every query
   head in h's group, so ``s`` over v's outputs is repeated per group on o's inputs.
 """
@@ -21,12 +23,11 @@ from torch import nn
 def fold_into_norm(
     norm: nn.Module, linears: list[nn.Linear], s: torch.Tensor, store_dtype: torch.dtype
 ) -> torch.Tensor:
-    """Divide ``norm.weight`` by ``s`` (as stored in ``store_dtype``), scale the linears' columns.
+    """Divide the norm's gain by ``s`` (as stored in ``store_dtype``), scale the linears' columns.
     Returns the effective scale applied (``s`` corrected for the norm's rounding)."""
-    gamma = norm.weight.detach().float()
-    new = (gamma / s).to(store_dtype).float()
+    gamma = norm.gain()
+    new = norm.set_gain(gamma / s, store_dtype)
     eff = torch.where(new != 0, gamma / torch.where(new != 0, new, torch.ones_like(new)), s)
-    norm.weight.copy_(new)
     for lin in linears:
         lin.weight.mul_(eff[None, :])
     return eff
@@ -46,10 +47,12 @@ def gqa_reduce(x: torch.Tensor, n_kv_heads: int, n_heads: int) -> torch.Tensor:
 
 @torch.no_grad()
 def fold_into_linear(prev: nn.Linear, nxt: nn.Linear, s: torch.Tensor, n_kv_heads: int | None = None,
-                     n_heads: int | None = None) -> None:
-    """``prev`` outputs / s, ``nxt`` input columns * s (expanded over GQA groups if heads given)."""
-    prev.weight.div_(s[:, None])
+                     n_heads: int | None = None, rows: tuple[int, int] | None = None) -> None:
+    """``prev`` outputs (its ``rows`` [start, stop), default all) / s, ``nxt`` input columns * s
+    (expanded over GQA groups if heads given)."""
+    a, b = rows or (0, prev.weight.shape[0])
+    prev.weight[a:b].div_(s[:, None])
     if prev.bias is not None:
-        prev.bias.div_(s)
+        prev.bias[a:b].div_(s)
     cols = s if n_kv_heads is None else gqa_expand(s, n_kv_heads, n_heads)
     nxt.weight.mul_(cols[None, :])

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from turbopack.packer.calibration.capture import STAGES, BlockJob, HessianTap
+from turbopack.packer.calibration.capture import BlockJob, HessianTap
 from turbopack.packer.calibration.grid import Grid, grid_for
 
 
@@ -124,7 +124,7 @@ def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tens
     """GPTQ every quantized linear of the block, stage by stage; the block keeps W' afterwards."""
     grid = grid_for(job.fmt, "gptq")
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for stage in STAGES:
+    for stage in job.stages():
         names = [n for n in stage if n in job.quantize]
         if not names:
             continue

@@ -256,7 +256,7 @@ def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advanc
     # AWQ searches on whole sequences (it re-runs attention): about search_tokens of them
     keep = -(-getattr(run.method_cfg, "search_tokens", 0) // ids.shape[1])
     runner = BlockRunner(cfg, ids.shape[1], run.device, max(1, FORWARD_TOKENS // ids.shape[1]), min(keep, ids.shape[0]))
-    x = embed(run.ckpt, ids, run.device, hidden_dtype(run.ckpt))  # one buffer, block i's input, then its output
+    x = embed(run.ckpt, ids, run.device, hidden_dtype(run.ckpt), cfg.embed_scale)  # block i: input, then output
     for i in range(cfg.n_layers):
         describe(f"layer {i}/{cfg.n_layers}")
         prefix = layer_prefix(i)
@@ -264,7 +264,7 @@ def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advanc
                              if n.startswith(prefix) and n not in run.kept)
         block = load_block(run.ckpt, cfg, i, run.device)
         store = run.ckpt.tensors[prefix + "input_layernorm.weight"].dtype
-        job = BlockJob(block, x, runner, run.fmt, quantize, store)
+        job = BlockJob(run.sel.family, block, x, runner, run.fmt, quantize, store)
         if run.opts.smooth:
             smooth_block(job, SmoothConfig(alpha=run.opts.alpha))
         qtensors = run.spec.run(job, run.method_cfg)

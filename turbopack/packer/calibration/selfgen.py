@@ -40,12 +40,15 @@ def prefix_cache():
     cache expands it for every head, fixed shapes being what CUDA graphs need, not this loop)."""
     import torch.nn.functional as F
 
-    from turbopack.inference.model import KVCache
+    from turbopack.inference.model import KVCache, sdpa_gqa
 
     class PrefixCache(KVCache):
         def attention(self, q, input_pos, mask):
             n, b = int(input_pos.max()) + 1, q.shape[0]
-            return F.scaled_dot_product_attention(q, self.k[:b, :, :n], self.v[:b, :, :n], attn_mask=mask[:, :n],
+            k, v = self.k[:b, :, :n], self.v[:b, :, :n]
+            if self.softcap is not None:  # Gemma 2: SDPA has no soft-cap
+                return sdpa_gqa(q, k, v, mask[:, :n], self.scale, self.softcap)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :n], scale=self.scale,
                                                   enable_gqa=q.shape[1] != self.k.shape[1])
 
     return PrefixCache

@@ -5,8 +5,9 @@ spends its range on them and rounds every other channel coarsely. Dividing chann
 activation by ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (and multiplying the weight column by
 it) moves part of that range into the weights, which are quantized per output channel and take it
 well. The division is folded into the op producing the activation (fold.py), so the float model
-is unchanged: input_layernorm -> q/k/v, post_attention_layernorm -> gate/up, and up -> down
-(the down_proj input is where Llama's largest outliers live; up_proj's rows absorb it exactly).
+is unchanged, along the family's scale groups but v -> o: input_layernorm -> q/k/v, the MLP's
+input norm -> gate/up, and up -> down (the down_proj input is where Llama's largest outliers
+live; up_proj's rows absorb it exactly).
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from turbopack.packer.calibration.capture import DOWN, GATE, UP, BlockJob, K, Q, V
-from turbopack.packer.calibration.fold import fold_into_linear, fold_into_norm
-
-#: (producer, consumers, the consumer tapped for the shared input)
-MAPPINGS = (
-    ("input_layernorm", (Q, K, V), Q),
-    ("post_attention_layernorm", (GATE, UP), GATE),
-    (UP, (DOWN,), DOWN),
-)
+from turbopack.packer.calibration.awq import fold_group
+from turbopack.packer.calibration.capture import BlockJob
+from turbopack.packer.families import linear_spec
 
 
 @dataclass(frozen=True)
@@ -46,22 +41,14 @@ def smooth_scales(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: fl
 @torch.no_grad()
 def smooth_block(job: BlockJob, cfg: SmoothConfig) -> None:
     """Smooth the block in place (float weights and norms); quantization comes after."""
-    mappings = [m for m in MAPPINGS if cfg.down_proj or m[0] != UP]
-    taps = {tap: job.runner.stats_tap(keep=False) for _, _, tap in mappings}
+    # the family's scale groups but v -> o; with down_proj=False, also not the MLP's inner one
+    groups = [g for g in job.groups() if g.smooth and (cfg.down_proj or linear_spec(g.producer) is None)]
+    taps = {g.consumers[0]: job.runner.stats_tap(keep=False) for g in groups}
     job.runner.capture(job.block, job.x, taps)
-    for producer, consumers, tap in mappings:
-        linears = [job.linear(c) for c in consumers]
-        s = smooth_scales(taps[tap].absmax, [lin.weight for lin in linears], cfg.alpha)
-        if producer.endswith("layernorm"):
-            fold_into_norm(job.block.get_submodule(producer), linears, s, job.store_dtype)
-            job.modified[producer + ".weight"] = f"divided by SmoothQuant scales (alpha={cfg.alpha}, folded)"
-        else:
-            prev = job.linear(producer)
-            fold_into_linear(prev, linears[0], s)
-            if prev.bias is not None:
-                job.modified[producer + ".bias"] = "divided by SmoothQuant scales of the next linear (folded)"
-            if producer not in job.quantize:
-                job.modified[producer + ".weight"] = "kept in float, divided by SmoothQuant scales (folded)"
-        for c in consumers:
+    for g in groups:
+        linears = [job.linear(c) for c in g.consumers]
+        s = smooth_scales(taps[g.consumers[0]].absmax, [lin.weight for lin in linears], cfg.alpha)
+        fold_group(job, g, s, f"SmoothQuant (alpha={cfg.alpha})")
+        for c in g.consumers:
             if c not in job.quantize:
                 job.modified[c + ".weight"] = "kept in float, scaled by SmoothQuant (folded)"

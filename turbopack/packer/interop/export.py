@@ -134,9 +134,10 @@ def _open_quantized(src: str | Path) -> QuantizedCheckpoint:
 
 def _ignore_list(qc: QuantizedCheckpoint) -> list[str]:
     """Linear modules kept unquantized: vLLM would otherwise expect them quantized."""
-    pattern = family_of(qc.config, str(qc.folder / "config.json")).linear_pattern
+    family = family_of(qc.config, str(qc.folder / "config.json"))
     names = [n for n in qc.plain if n.endswith(".weight") and len(qc.ckpt.tensors[n].shape) == 2
-             and (n == "lm_head.weight" or re.fullmatch(pattern, n))]
+             and (n == "lm_head.weight" or re.fullmatch(family.linear_pattern, n)
+                  or re.fullmatch(family.router_pattern, n))]  # MoE routers: 16-bit Linears in vLLM
     if "lm_head.weight" not in qc.ckpt.tensors and "lm_head" not in qc.modules:
         names.append("lm_head.weight")  # tied to the embedding, still an unquantized Linear in vLLM
     return sorted(n.removesuffix(".weight") for n in names)
