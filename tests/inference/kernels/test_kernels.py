@@ -238,6 +238,23 @@ def test_config_lookup_buckets_and_overrides(monkeypatch):
     assert "BLOCK_N" not in cfg(4096, 4096, 3, {"BLOCK_N": 7})
 
 
+@pytest.mark.parametrize("cap,arch", [((10, 0), "sm100"), ((10, 3), "sm100"), ((12, 0), "sm120"),
+                                      ((12, 1), "sm120"), ((8, 7), "sm86"), ((11, 0), "sm110")])
+def test_untuned_arch_falls_back_to_the_family_default(monkeypatch, cap, arch):
+    """A device maps to the registered arch that runs its code; an arch without a tuned table
+    gets the family's own default, never another arch's entries (sm90's are for w4_t64x64 and
+    a 228 KB part)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    assert dispatch.device_arch(torch.device("cuda")) == arch
+    monkeypatch.setattr(dispatch, "device_arch", lambda device: arch)
+    fmt = get_format("w4a16")
+    for m in (1, 16, 300):
+        for layout in ("w4_t16x64", "w4_t64x64"):
+            assert dispatch.lookup(arch, layout, 4096, 4096, m) is None
+            got = dispatch.resolve_config(layout, fmt, 4096, 4096, m, torch.device("cpu"))
+            assert got == dispatch.FAMILIES.get(layout).default(m, 4096, 4096, fmt) and got["kernel"] != "cuda"
+
+
 def test_shipped_table_loads():
     dispatch.load_table.cache_clear()
     table = dispatch.load_table("sm90")

@@ -3,7 +3,9 @@ processes, loaded with ctypes, launched on torch's current stream (CUDA-graph ca
 
 No torch headers are involved (the .cu exports C functions taking raw pointers), so the build is
 one nvcc call of a few seconds instead of a torch extension's minute, and CI compiles the same
-file for sm_80 and sm_90a with its own nvcc. Two kernels:
+file for sm_80, sm_90a, sm_100a and sm_120a with its own nvcc (the kernels are mma.sync and
+cp.async code, which every arch from sm80 runs; on sm100/sm120 they are compiled, not yet run).
+Two kernels:
 
   decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
@@ -29,6 +31,7 @@ import torch
 
 from turbopack.errors import TurbopackError
 from turbopack.inference.kernels.epilogue import splitk_buffers
+from turbopack.layouts.archs import ARCHS
 
 SRC = Path(__file__).with_name("csrc") / "w4.cu"
 DECODE_GROUPS = (64, 128)
@@ -50,7 +53,10 @@ def nvcc() -> str | None:
 
 
 def gencode(capability: tuple[int, int]) -> str:
-    arch = f"{capability[0]}{capability[1]}" + ("a" if capability == (9, 0) else "")
+    """nvcc's target for a device: the registered arch's own ("90a", "100a", "120a"), else the
+    plain capability (an sm87 or sm103 part gets code for exactly itself)."""
+    exact = [ARCHS.get(a) for a in ARCHS if ARCHS.get(a).capability == tuple(capability)]
+    arch = exact[0].nvcc_target if exact and exact[0].nvcc_target else f"{capability[0]}{capability[1]}"
     return f"-gencode=arch=compute_{arch},code=sm_{arch}"
 
 

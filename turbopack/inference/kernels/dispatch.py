@@ -23,6 +23,7 @@ from turbopack.inference.kernels import cuda_w4, fp8, w8a8, weight_only
 from turbopack.inference.kernels.epilogue import interpreting, triton
 from turbopack.inference.kernels.table import CONFIG_VERSION, bucket_entry, load_table, lookup  # noqa: F401
 from turbopack.layouts import get_layout
+from turbopack.layouts.archs import arch_for_capability
 from turbopack.layouts.base import Layout, LayoutName
 from turbopack.registry import Registry
 
@@ -73,10 +74,15 @@ FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: f
 
 
 def device_arch(device: torch.device) -> str:
+    """The arch whose tuned table applies to ``device``: the registered arch that runs its code
+    (sm87 -> sm86, sm103 -> sm100, sm121 -> sm120), else "sm<cc>" (no table: family defaults)."""
     if device.type != "cuda":
         return "cpu"
     major, minor = torch.cuda.get_device_capability(device)
-    return f"sm{major}{minor}"
+    try:
+        return arch_for_capability(major, minor).name.value
+    except TurbopackError:
+        return f"sm{major}{minor}"
 
 
 def resolve_config(layout: str, fmt: Format, n: int, k: int, m: int, device: torch.device,
