@@ -29,6 +29,7 @@ class FormatName(str, enum.Enum):
     W8A16 = "w8a16"
     W8A8 = "w8a8"
     FP8 = "fp8"
+    NVFP4 = "nvfp4"
 
 
 @dataclass(frozen=True)
