@@ -29,6 +29,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "error:use w8a16",
+        "nvfp4": "error:use w4a16 --scale-dtype float16",
         "fp8-tensor": "error:use w8a16",
     },
     "sm80": {
@@ -37,6 +38,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_t16x64_upcast",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_t16x64_upcast",
     },
     "sm86": {
@@ -45,6 +47,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_t16x64_upcast",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_t16x64_upcast",
     },
     "sm89": {
@@ -53,6 +56,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_rowmajor",
     },
     "sm90": {
@@ -61,6 +65,7 @@ EXPECTED = {
         "w8a16": "i8_t64x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_rowmajor",
     },
     # Blackwell: the mma.sync-family tiles (no wgmma on either), native FP8 through cuBLASLt
@@ -70,6 +75,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_rowmajor",
     },
     "sm120": {
@@ -78,6 +84,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_rowmajor",
     },
 }
@@ -155,7 +162,7 @@ def test_the_kernel_plan_is_what_dispatch_looks_up():
 def test_unknown_names_list_the_registered_ones():
     with pytest.raises(UnknownNameError, match="sm100, sm120, sm75, sm80, sm86, sm89, sm90"):
         get_arch("sm70")
-    with pytest.raises(UnknownNameError, match="fp8_rowmajor.*w4_t16x64"):
+    with pytest.raises(UnknownNameError, match="fp8_rowmajor.*nvfp4_t16x64.*w4_t16x64"):
         get_layout("w4_t32x32")
     with pytest.raises(UnknownNameError, match="registered: "):
         select(FORMATS["w8a16"], "h100", (16, 16))
