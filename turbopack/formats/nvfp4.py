@@ -49,10 +49,10 @@ def e2m1_table(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.cat([mags, -mags])
 
 
-def global_scale(absmax: float) -> torch.Tensor:
+def global_scale(absmax: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """gs [1] float32 for a tensor whose max |w| is ``absmax``, computed as compressed-tensors
     computes it (a python scalar over a float32 tensor: one reciprocal, one multiply)."""
-    a = torch.tensor([absmax], dtype=torch.float32).clamp(min=torch.finfo(torch.float32).tiny)
+    a = torch.tensor([absmax], dtype=torch.float32, device=device).clamp(min=torch.finfo(torch.float32).tiny)
     gs = E4M3_MAX * E2M1_MAX / a
     return torch.nan_to_num(gs, nan=1.0, posinf=1.0, neginf=1.0)
 
@@ -68,7 +68,7 @@ def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
     """float32 values -> uint8 codes 0..15 by round-to-nearest-even onto the e2m1 grid (x is
     clamped to [-6, 6] first); the sign bit is set for x < 0 only."""
     a = torch.clamp(x, -E2M1_MAX, E2M1_MAX).abs()
-    idx = torch.zeros(x.shape, dtype=torch.uint8)
+    idx = torch.zeros_like(x, dtype=torch.uint8)
     for t, tie_up in zip(_THRESHOLDS, _TIE_UP):
         idx += (a >= t if tie_up else a > t).to(torch.uint8)
     return idx | ((x < 0).to(torch.uint8) << 3)
@@ -111,7 +111,7 @@ class NVFP4(Format):
         """Rows ``w``; ``stats["absmax"]`` is the whole tensor's max |w| (without it: these rows')."""
         wf = w.float()
         absmax = (stats or {}).get("absmax")
-        gs = global_scale(float(wf.abs().max()) if absmax is None else absmax)
+        gs = global_scale(float(wf.abs().max()) if absmax is None else absmax, wf.device)
         s = block_scales(wf, gs)
         x = wf.reshape(wf.shape[0], -1, BLOCK) / effective_scales(s, gs)[..., None]
         return {"qweight": pack_nibbles(e2m1_codes(x).reshape(wf.shape)), "scales": s, "global_scale": gs}
@@ -123,5 +123,5 @@ class NVFP4(Format):
     def dequantize(self, q: dict[str, torch.Tensor]) -> torch.Tensor:
         codes = self.codes(q)
         n, k = codes.shape
-        v = e2m1_table()[codes.long()].reshape(n, -1, BLOCK)
+        v = e2m1_table().to(codes.device)[codes.long()].reshape(n, -1, BLOCK)
         return (v * effective_scales(q["scales"], q["global_scale"])[..., None]).reshape(n, k)

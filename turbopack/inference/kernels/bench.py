@@ -32,6 +32,7 @@ MS = (1, 4, 16, 64, 256, 2048)
 #: format -> (layout on sm90, format params)
 SETUPS = {
     "w4a16": ("w4_t64x64", {"group_size": 128, "sym": False}),
+    "nvfp4": ("nvfp4_t16x64", {}),   # weight-only NVFP4 (Triton decode to bf16), beside W4A16
     "w8a16": ("i8_t64x64", {}),
     "w8a8": ("i8_rowmajor", {}),
     "fp8": ("fp8_rowmajor", {}),
@@ -102,6 +103,8 @@ def make_weight(setup: str, shape: tuple[int, int], l2_bytes: int, gen: torch.Ge
     layout = get_layout(layout_name)
     if fmt_name == "w4a16":
         packed = reference.pack_w4(q, layout.tile_n)
+    elif fmt_name == "nvfp4":
+        packed = reference.pack_nvfp4(q)
     else:
         packed = reference.pack_bytes(
             q["qweight"], q["scales"], layout.tile_n, None if "rowmajor" in layout_name else 64

@@ -67,6 +67,7 @@ FAMILIES.register(LayoutName.W4_T64X64, _wo(weight_only.W4))
 FAMILIES.register(LayoutName.I8_T16X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.I8_T64X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
+FAMILIES.register(LayoutName.NVFP4_T16X64, _wo(weight_only.NVFP4))
 FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8a8.linear(x2, p, s, b, c, o),
                                                  lambda m, n, k, f: w8a8.default_config(m, n, k)))
 FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: fp8.rowmajor_linear(x2, p, s, b, c, o),

@@ -81,7 +81,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[dict]:
                 out.append(
                     {"kernel": "tc", "BN": bn, "BM": bm, "BK": bk, "SPLIT_K": s, "num_warps": w, "num_stages": st}
                 )
-        if ks >= 64 and setup != "fp8_upcast":  # eight (four) plane dots instead of the re-interleave
+        if ks >= 64 and setup not in ("fp8_upcast", "nvfp4"):  # eight (four) plane dots, not the re-interleave
             bn, bk, w, st = _TC_SMALL[0]
             s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
             out.append(
