@@ -79,6 +79,10 @@ class Format(ABC):
     act_bits: ClassVar[int]
     #: true when quantize() needs tensor_stats() of the whole weight first (a second pass)
     needs_tensor_stats: ClassVar[bool] = False
+    #: true when those statistics are taken over the weights that serving engines fuse (q|k|v,
+    #: gate|up), so that the fused ones share them (NVFP4's global scale: vLLM needs one per fused
+    #: linear, and llm-compressor writes it so)
+    fused_tensor_stats: ClassVar[bool] = False
 
     # -- description -------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:

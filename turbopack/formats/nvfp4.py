@@ -6,7 +6,8 @@ use; NVIDIA ModelOpt stores ``weight_scale_2 = 1 / global``), op for op in float
 
   e2m1 code:  bit 3 = sign, bits 0-2 = magnitude index into (0, 0.5, 1, 1.5, 2, 3, 4, 6)
   global:     gs  = 2688 / max(amax(|W|), tiny)   (2688 = 448 * 6; torch's scalar / tensor, i.e.
-                    fp32(fp32(1 / amax) * 2688); not finite -> 1)
+                    fp32(fp32(1 / amax) * 2688); not finite -> 1); when quantizing a model, amax is
+                    taken over the linears that engines fuse (q|k|v, gate|up), which then share gs
   block b:    s_b = e4m3(clamp(gs * fp32(amax(|W_b|) / 6), -448, 448))   (RNE);  s_b == 0 -> 0.125
   codes:      x   = W / fp32(s_b / gs),  clamped to [-6, 6], rounded to the nearest e2m1 value,
                     ties to the even code (0.25 -> 0, 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2,
@@ -85,6 +86,7 @@ class NVFP4(Format):
     weight_bits: ClassVar[int] = 4
     act_bits: ClassVar[int] = 16
     needs_tensor_stats: ClassVar[bool] = True
+    fused_tensor_stats: ClassVar[bool] = True
     #: K columns per e4m3 scale (fixed by the format; also what TP and ragged-K checks read)
     group_size: ClassVar[int] = BLOCK
 
