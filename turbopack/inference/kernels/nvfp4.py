@@ -6,7 +6,8 @@ No lookup table and no int -> float conversion: a code's sign and magnitude bits
 an fp16's fields, ``((c & 8) << 12) | ((c & 7) << 9)``, which reads as e2m1(c) * 2^-14 exactly
 (codes 0 and 1 are fp16 subnormals; the fp16 -> fp32 conversion keeps them), and the 2^14 rides
 on the block scale, so each weight is e2m1(c) * s exactly (at most 6 significant bits: exact in
-bf16 and fp16 too). The global scale is not applied here: the kernels' epilogue multiplies the
+bf16 and fp16 too). The e4m3 scale is decoded the same way (docs/layouts.md, fp8 upcast), so the
+decoder uses no fp8 type and runs wherever Triton runs (sm80 has no e4m3 conversion instruction). The global scale is not applied here: the kernels' epilogue multiplies the
 fp32 sum by 1/gs once.
 """
 
@@ -33,7 +34,11 @@ if triton is not None:
         j = tl.arange(0, 8)
         w = tl.load(QW + row_w[:, None] + t * (TN * 8) + j[None, :], mask=rok[:, None], other=0)
         sw = tl.load(SB + row_s + t * TN, mask=rok, other=0)
-        sb = ((sw[:, None] >> ((j // 2) * 8)[None, :]) & 0xFF).to(tl.uint8)
-        s14 = sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 16384.0
+        b = sw[:, None] >> ((j // 2) * 8)[None, :]
+        # e4m3 byte -> fp16 bits ((b & 0x80) << 8) | ((b & 0x7F) << 7) = its value * 2^-8, exact for
+        # every finite e4m3 (subnormals too): integer ops only, no fp8 type (sm80 has no fp8 cvt);
+        # times 2^22 = 2^8 (this) * 2^14 (the e2m1 decode's)
+        h = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
+        s14 = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 4194304.0
         return (_e2m1(w, 0, s14), _e2m1(w, 4, s14), _e2m1(w, 8, s14), _e2m1(w, 12, s14),
                 _e2m1(w, 16, s14), _e2m1(w, 20, s14), _e2m1(w, 24, s14), _e2m1(w, 28, s14))
