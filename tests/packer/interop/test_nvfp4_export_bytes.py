@@ -41,3 +41,23 @@ def test_export_config_is_compressed_tensors_nvfp4a16():
     assert group["weights"] == {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group",
                                 "group_size": 16, "dynamic": False, "actorder": None, "observer": "minmax",
                                 "scale_dtype": "torch.float8_e4m3fn"}
+
+
+def test_inspect_reads_an_nvfp4_export(tiny_llama, tmp_path):
+    """`inspect` on the export: each linear's [N, K] (two codes per uint8) and all its bytes."""
+    from turbopack.packer.inspect import inspect
+    from turbopack.packer.interop.export import export
+    from turbopack.packer.quantize import quantize
+
+    quantize(tiny_llama, tmp_path / "q", "nvfp4", progress=False)
+    export(tmp_path / "q", tmp_path / "ct", progress=False)
+    (rep,) = inspect(tmp_path / "ct")
+    original = load_file(str(tiny_llama / "model.safetensors"))
+    rows = {r["name"]: r for r in rep.as_dict()["tensors"]}
+    assert sum(r["dtype"].startswith("float4") for r in rows.values()) == 14
+    assert rep.formats == ["compressed-tensors nvfp4-pack-quantized: float4 group 16 + global scale"]
+    for name, w in original.items():
+        module = name.removesuffix(".weight")
+        if module in rows and rows[module]["dtype"].startswith("float4"):
+            n, k = w.shape
+            assert rows[module]["shape"] == [n, k] and rows[module]["bytes"] == n * k // 2 + n * k // 16 + 4

@@ -7,8 +7,8 @@ an fp16's fields, ``((c & 8) << 12) | ((c & 7) << 9)``, which reads as e2m1(c) *
 (codes 0 and 1 are fp16 subnormals; the fp16 -> fp32 conversion keeps them), and the 2^14 rides
 on the block scale, so each weight is e2m1(c) * s exactly (at most 6 significant bits: exact in
 bf16 and fp16 too). The e4m3 scale is decoded the same way (docs/layouts.md, fp8 upcast), so the
-decoder uses no fp8 type and runs wherever Triton runs (sm80 has no e4m3 conversion instruction). The global scale is not applied here: the kernels' epilogue multiplies the
-fp32 sum by 1/gs once.
+decoder uses no fp8 type and runs wherever Triton runs (sm80 has no e4m3 conversion instruction).
+The global scale is not applied here: the kernels' epilogue multiplies the fp32 sum by 1/gs once.
 """
 
 from __future__ import annotations
