@@ -51,6 +51,11 @@ CASES = [
     ("w8a8", "w8a8", {"smooth": True, "method": "gptq"}),
     ("fp8", "fp8", {}),
     ("fp8", "fp8", {"smooth": True}),
+    # NVFP4 (e2m1, e4m3 scale per 16, global scale; weight-only, RTN) against int4 at group 128
+    # (the bundled model's down_proj has K = 576, which 128 does not divide: those take g64)
+    ("w4a16 g128 asym", "w4a16", {"group_size": 128, "k_fallback": "group"}),
+    ("w4a16 g128 sym", "w4a16", {"group_size": 128, "sym": True, "k_fallback": "group"}),
+    ("nvfp4", "nvfp4", {}),
 ]
 
 

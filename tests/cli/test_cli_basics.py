@@ -50,7 +50,7 @@ def test_console_script_exit_code(tiny_llama, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "turbopack.cli.app", "quantize", str(tiny_llama), "-o",
                            str(tmp_path / "q"), "--format", "w5"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown format 'w5'; registered: fp8, w4a16, w8a16, w8a8"
+    assert proc.stderr.strip() == "error: unknown format 'w5'; registered: fp8, nvfp4, w4a16, w8a16, w8a8"
     assert "Traceback" not in proc.stderr
 
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "turbopack" / "assets" / "tiny-llama"
-FORMATS = {"w4a16": ["--group-size", "64"], "w8a16": [], "w8a8": [], "fp8": []}
+FORMATS = {"w4a16": ["--group-size", "64"], "w8a16": [], "w8a8": [], "fp8": [], "nvfp4": []}
 
 
 def turbopack(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -25,6 +25,8 @@ def test_check_bundled_model_passes(capsys):
     stages = {r["stage"] for r in rows}
     assert {"rtn packed sm80, emulator", "rtn packed sm90, emulator", "awq packed sm90, emulator"} <= stages
     assert "rtn packed sm80, emulator, weights-only upcast" in stages  # fp8 on an arch without FP8 MMA
+    nvfp4 = [r for r in rows if r["label"] == "nvfp4"]
+    assert len(nvfp4) == 1 + len(PACK_ARCHS) and all(4.5 <= r["bits_per_weight"] < 4.6 for r in nvfp4)
     assert {
         "rtn, reference math",
         "awq, reference math",
@@ -42,7 +44,7 @@ def test_check_table_output(capsys, monkeypatch):
         ["check", "--max-windows", "2", "--methods", "rtn"]
     )  # one 256-token window is too noisy for the ppl thresholds
     out = capsys.readouterr().out
-    assert rc == 0 and "PASS" in out and "w4a16 g64 asym" in out and "fp8" in out
+    assert rc == 0 and "PASS" in out and "w4a16 g64 asym" in out and "fp8" in out and "nvfp4" in out
 
 
 def test_check_unknown_method_is_usage_error(capsys):

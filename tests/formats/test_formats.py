@@ -16,7 +16,7 @@ from turbopack.formats.int4 import pack_nibbles, unpack_nibbles
 
 ALL = [("w4a16", {"group_size": 32}), ("w4a16", {"group_size": 64, "sym": True}),
        ("w4a16", {"group_size": 128, "scale_dtype": "float16"}), ("w8a16", {}), ("w8a8", {}),
-       ("fp8", {}), ("fp8", {"per_tensor": True})]
+       ("fp8", {}), ("fp8", {"per_tensor": True}), ("nvfp4", {})]
 
 
 def _ref_int4(w: np.ndarray, g: int, sym: bool, sdt: torch.dtype):
@@ -81,6 +81,9 @@ def test_error_bound_and_specs(name, params):
         assert bool((err <= step * (0.5 + 15 * 2**-8) + 1e-6).all())
     elif name in ("w8a16", "w8a8"):
         assert bool((err <= q["scales"][:, None] * 0.5 + 1e-7).all())
+    elif name == "nvfp4":  # the widest e2m1 gap is 4 -> 6: half of it, in units of s/gs (tests/formats/test_nvfp4.py)
+        step = (q["scales"].float() / q["global_scale"]).repeat_interleave(16, dim=1)
+        assert bool((err <= step * 1.0 + 1e-7).all())
     else:  # e4m3 has 3 mantissa bits: relative error <= 2^-4 for normals
         wf = w.float()
         s = q["scales"]
@@ -98,7 +101,7 @@ def test_linear_reference(name, params):
     y = fmt.linear(x, q, bias=torch.ones(64))
     ref = x @ w.T + 1
     rel = float((y - ref).norm() / ref.norm())
-    assert rel < {"w4a16": 0.15, "w8a16": 0.01, "w8a8": 0.02, "fp8": 0.06}[name]
+    assert rel < {"w4a16": 0.15, "w8a16": 0.01, "w8a8": 0.02, "fp8": 0.06, "nvfp4": 0.15}[name]
     if fmt.act_bits == 16:
         assert torch.allclose(y, x @ fmt.dequantize(q).T + 1, atol=1e-5)
 
@@ -148,8 +151,8 @@ def test_params_roundtrip_and_errors():
     for name, params in ALL:
         fmt = get_format(name, **params)
         assert format_from_params(fmt.params()) == fmt
-    assert set(FORMATS.names()) == {"w4a16", "w8a16", "w8a8", "fp8"}
-    with pytest.raises(UnknownNameError, match="registered: fp8, w4a16, w8a16, w8a8"):
+    assert set(FORMATS.names()) == {"w4a16", "w8a16", "w8a8", "fp8", "nvfp4"}
+    with pytest.raises(UnknownNameError, match="registered: fp8, nvfp4, w4a16, w8a16, w8a8"):
         get_format("int3")
     with pytest.raises(ShapeError, match="group size 48"):
         get_format("w4a16", group_size=48)

@@ -19,6 +19,7 @@ FORMATS: dict[str, Format] = {
     "w8a8": get_format("w8a8"),
     "fp8-channel": get_format("fp8"),
     "fp8-tensor": get_format("fp8", per_tensor=True),
+    "nvfp4": get_format("nvfp4"),
 }
 
 #: every (layout name, format key) that can be packed
@@ -48,6 +49,11 @@ def random_neutral(fmt: Format, rows: int, k: int, seed: int) -> dict[str, torch
         if not fmt.sym:  # type: ignore[attr-defined]
             q["zeros"] = torch.from_numpy(rng.integers(0, 16, (rows, k // g), dtype=np.uint8))
         return q
+    if name == "nvfp4":  # every code; every positive finite e4m3 scale (bytes 0x00-0x7E)
+        return {"qweight": torch.from_numpy(rng.integers(0, 256, (rows, k // 2), dtype=np.uint8)),
+                "scales": torch.from_numpy(rng.integers(0, 0x7F, (rows, k // 16), dtype=np.uint8)).view(
+                    torch.float8_e4m3fn),
+                "global_scale": _positive_scales(rng, (1,), torch.float32)}
     codes = torch.from_numpy(rng.integers(0, 256, (rows, k), dtype=np.uint8))
     if name == "fp8":
         n_scales = 1 if fmt.per_tensor else rows  # type: ignore[attr-defined]

@@ -72,6 +72,16 @@ def test_w4_decodes_bit_identically_to_the_format(layout_name, fmt_key):
     assert torch.isfinite(want).all() and torch.equal(y, want)
 
 
+def test_nvfp4_decodes_to_the_exact_products():
+    """Identity activations read the emulator's weights out: with global scale 1 they are
+    e2m1 * e4m3 exactly, the format's dequantization bit for bit, for every code and scale."""
+    layout, fmt = get_layout("nvfp4_t16x64"), FORMATS["nvfp4"]
+    n, k = 19, 192
+    q = {**random_neutral(fmt, n, k, seed=3), "global_scale": torch.ones(1)}
+    y = emulate_linear(torch.eye(k), fmt, layout, layout.pack(fmt, q, (n, k)), (n, k))
+    assert torch.equal(y, fmt.dequantize(q).T)
+
+
 def test_fp8_upcast_differs_from_native_only_by_activation_quantization():
     """On sm80/86 fp8 keeps activations 16-bit; its reference is the weights-only linear."""
     fmt = FORMATS["fp8-channel"]

@@ -39,6 +39,7 @@ CASES = [
     ("fp8_t16x64_upcast-channel", "fp8_t16x64_upcast", "fp8-channel", 24, 96),
     ("fp8_rowmajor-tensor", "fp8_rowmajor", "fp8-tensor", 20, 40),
     ("fp8_rowmajor-channel", "fp8_rowmajor", "fp8-channel", 16, 32),
+    ("nvfp4_t16x64", "nvfp4_t16x64", "nvfp4", 24, 80),
 ]
 
 

@@ -29,6 +29,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "error:use w8a16",
+        "nvfp4": "error:use w4a16 --scale-dtype float16",
         "fp8-tensor": "error:use w8a16",
     },
     "sm80": {
@@ -37,6 +38,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_t16x64_upcast",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_t16x64_upcast",
     },
     "sm86": {
@@ -45,6 +47,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_t16x64_upcast",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_t16x64_upcast",
     },
     "sm89": {
@@ -53,6 +56,7 @@ EXPECTED = {
         "w8a16": "i8_t16x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_rowmajor",
     },
     "sm90": {
@@ -61,6 +65,26 @@ EXPECTED = {
         "w8a16": "i8_t64x64",
         "w8a8": "i8_rowmajor",
         "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
+        "fp8-tensor": "fp8_rowmajor",
+    },
+    # Blackwell: the mma.sync-family tiles (no wgmma on either), native FP8 through cuBLASLt
+    "sm100": {
+        "w4-sym-g32-floa": "w4_t16x64",
+        "w4-asym-g128-bflo": "w4_t16x64",
+        "w8a16": "i8_t16x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
+        "fp8-tensor": "fp8_rowmajor",
+    },
+    "sm120": {
+        "w4-sym-g32-floa": "w4_t16x64",
+        "w4-asym-g128-bflo": "w4_t16x64",
+        "w8a16": "i8_t16x64",
+        "w8a8": "i8_rowmajor",
+        "fp8-channel": "fp8_rowmajor",
+        "nvfp4": "nvfp4_t16x64",
         "fp8-tensor": "fp8_rowmajor",
     },
 }
@@ -96,8 +120,8 @@ def test_fp8_on_ampere_says_upcast_and_why(arch):
     assert "upcast" in why and "no FP8 tensor cores" in why and "16-bit" in why
 
 
-@pytest.mark.parametrize("arch", ["sm89", "sm90"])
-def test_fp8_on_ada_hopper_is_native(arch):
+@pytest.mark.parametrize("arch", ["sm89", "sm90", "sm100", "sm120"])
+def test_fp8_on_ada_hopper_blackwell_is_native(arch):
     assert "native FP8" in select(FORMATS["fp8-tensor"], arch, (64, 64)).why
 
 
@@ -139,9 +163,9 @@ def test_the_kernel_plan_is_what_dispatch_looks_up():
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(UnknownNameError, match="sm75, sm80, sm86, sm89, sm90"):
+    with pytest.raises(UnknownNameError, match="sm100, sm120, sm75, sm80, sm86, sm89, sm90"):
         get_arch("sm70")
-    with pytest.raises(UnknownNameError, match="fp8_rowmajor.*w4_t16x64"):
+    with pytest.raises(UnknownNameError, match="fp8_rowmajor.*nvfp4_t16x64.*w4_t16x64"):
         get_layout("w4_t32x32")
     with pytest.raises(UnknownNameError, match="registered: "):
         select(FORMATS["w8a16"], "h100", (16, 16))
@@ -161,11 +185,30 @@ def test_arch_spellings_and_data():
     assert [get_arch(a).capability for a in ARCHS] == sorted(get_arch(a).capability for a in ARCHS)
 
 
+def test_blackwell_entries_say_what_runs_natively():
+    sm100, sm120 = get_arch("sm100"), get_arch("sm120")
+    for a in (sm100, sm120):
+        assert a.fp8_native and a.fp4_native and a.bf16 and not a.wgmma
+        assert a.mma["bf16"] == "m16n8k16" and a.mma["e4m3"] == "m16n8k32"
+    assert sm100.tcgen05 and "tcgen05.e2m1.block_scale" in sm100.mma and "B200" in sm100.marketing
+    assert not sm120.tcgen05 and not any(k.startswith(("tcgen05", "wgmma")) for k in sm120.mma)
+    assert "RTX 5090" in sm120.marketing and sm120.smem_per_sm_kb < sm100.smem_per_sm_kb
+    assert (sm100.nvcc_target, sm120.nvcc_target, get_arch("sm90").nvcc_target) == ("100a", "120a", "90a")
+    # no wgmma-specific layout (the 64-row tiles) is offered where there is no wgmma
+    wgmma_only = {n for n in LAYOUTS if "t64x64" in n}
+    for a in ARCHS:
+        assert get_arch(a).wgmma or not wgmma_only & {n.value for n in get_arch(a).layouts}, a
+
+
 def test_capability_mapping():
     assert arch_for_capability(9, 0).name.value == "sm90"
     assert arch_for_capability(8, 7).name.value == "sm86"   # Orin runs sm86 code
+    assert arch_for_capability(10, 0).name.value == "sm100"
+    assert arch_for_capability(10, 3).name.value == "sm100"  # B300
+    assert arch_for_capability(12, 0).name.value == "sm120"
+    assert arch_for_capability(12, 1).name.value == "sm120"  # DGX Spark
     with pytest.raises(TurbopackError, match="pass --arch"):
-        arch_for_capability(10, 0)
+        arch_for_capability(11, 0)   # Thor: no entry, and never sm100's across majors
     with pytest.raises(TurbopackError, match="pass --arch"):
         arch_for_capability(7, 0)
 

@@ -138,3 +138,39 @@ def test_docs_e4m3_upcast_bit_trick():
         * 2.0**120
     )
     assert np.array_equal(fp16[finite], want[finite]) and np.array_equal(bf16[finite], want[finite])
+
+
+def test_nvfp4_by_hand_and_the_docs_example():
+    """docs: W[n, k] code at qweight[n // 16, k // 64, n % 16, (k % 64) // 2] (low nibble for even
+    k), byte ((tn * KT + tk) * 16 + r) * 32 + (k % 64) // 2; its scale at scales[n // 16, k // 64,
+    n % 16, (k % 64) // 16]. Example: W[19, 138] of a [40, 192] weight: byte 2661, low nibble;
+    its scale is byte 332 of scales."""
+    layout, fmt = get_layout("nvfp4_t16x64"), FORMATS["nvfp4"]
+    n, k = 40, 192
+    q = random_neutral(fmt, n, k, seed=8)
+    packed = layout.pack(fmt, q, (n, k))
+    codes, scales = fmt.codes(q), q["scales"].view(torch.uint8)
+    got_q, got_s = packed["qweight"], packed["scales"].view(torch.uint8)
+    kt = 3
+    raw_q, raw_s = got_q.numpy().tobytes(), got_s.numpy().tobytes()
+    for nn in range(n):
+        for kk in range(k):
+            tn, r, tk, c = nn // 16, nn % 16, kk // 64, kk % 64
+            byte = int(got_q[tn, tk, r, c // 2])
+            assert (byte >> (4 * (kk % 2))) & 15 == int(codes[nn, kk])
+            assert raw_q[((tn * kt + tk) * 16 + r) * 32 + c // 2] == byte
+            assert got_s[tn, tk, r, c // 16] == scales[nn, kk // 16]
+            assert raw_s[((tn * kt + tk) * 16 + r) * 4 + c // 16] == int(scales[nn, kk // 16])
+    assert ((1 * kt + 2) * 16 + 3) * 32 + 10 // 2 == 2661 and ((1 * kt + 2) * 16 + 3) * 4 + 10 // 16 == 332
+    assert raw_q[2661] & 15 == int(codes[19, 138]) and raw_s[332] == int(scales[19, 138 // 16])
+    assert torch.equal(packed["global_scale"], q["global_scale"])
+
+
+def test_docs_e2m1_fp16_bit_trick():
+    """docs: fp16 bits ((c & 8) << 12) | ((c & 7) << 9) are the e2m1 value of code c times 2^-14,
+    for all 16 codes (codes 0/1 land on fp16 subnormals, which a conversion keeps exactly)."""
+    c = np.arange(16, dtype=np.uint16)
+    h = (((c & 8) << 12) | ((c & 7) << 9)).astype(np.uint16).view(np.float16).astype(np.float32) * 2.0**14
+    from turbopack.formats.nvfp4 import e2m1_table
+
+    assert np.array_equal(h.view(np.uint32), e2m1_table().numpy().view(np.uint32))

@@ -133,3 +133,35 @@ def test_pickle_and_architecture_refused(tiny_llama, tmp_path):
     (gpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel is not supported; supported: LlamaForCausalLM"):
         quantize(gpt, tmp_path / "q", progress=False)
+
+
+def test_nvfp4_fused_linears_share_their_global_scale(tiny_llama, tmp_path, monkeypatch):
+    """q|k|v and gate|up get one global scale each (vLLM needs it for its fused linears; our runtime
+    fuses them only then), from the max |w| over the group; o and down their own."""
+    from turbopack.inference.loader import load
+    from turbopack.inference.qlinear import concat
+    from turbopack.packer.pack import pack
+
+    out = tmp_path / "q"
+    quantize(tiny_llama, out, "nvfp4", progress=False)
+    fmt, qc = get_format("nvfp4"), QuantizedCheckpoint(out)
+    original = load_file(str(tiny_llama / "model.safetensors"))
+    groups = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gu", "up_proj": "gu"}
+    for module in qc.modules:
+        layer, proj = module.rsplit(".", 1)[0].rsplit(".", 1)[0], module.rsplit(".", 1)[1]
+        members = [m for m in qc.modules if m.startswith(layer) and groups.get(m.rsplit(".", 1)[1], m) ==
+                   groups.get(proj, module)]
+        assert len(members) == {"qkv": 3, "gu": 2}.get(groups.get(proj), 1), module
+        stats = fmt.tensor_stats([original[m + ".weight"] for m in members])
+        for k, v in fmt.quantize(original[module + ".weight"], stats).items():
+            assert torch.equal(qc.module(module).tensors[k].view(torch.uint8), v.view(torch.uint8)), (module, k)
+    monkeypatch.setattr(qmod, "CHUNK_BYTES", 100)  # a few rows per chunk: the same bytes
+    quantize(tiny_llama, tmp_path / "b", "nvfp4", progress=False)
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    monkeypatch.undo()
+    pack(out, tmp_path / "p", arch=("sm90",), progress=False)
+    from turbopack.inference.model import Attention
+
+    net = load(tmp_path / "p", device="cpu", dtype=torch.float32).model
+    attn = next(m for m in net.modules() if isinstance(m, Attention))
+    assert concat([attn.q_proj, attn.k_proj, attn.v_proj]) is not None

@@ -22,7 +22,7 @@ def quantized_fp8(tiny_llama, tmp_path_factory) -> Path:
 
 def test_unknown_arch_lists_the_known(capsys, quantized_w4, tmp_path):
     refused(capsys, ["pack", quantized_w4, "--arch", "sm99", "-o", tmp_path / "out"], quantized_w4, tmp_path / "out",
-            "unknown arch 'sm99'", "registered: sm75, sm80, sm86, sm89, sm90")
+            "unknown arch 'sm99'", "registered: sm100, sm120, sm75, sm80, sm86, sm89, sm90")
 
 
 def test_fp8_on_sm80_says_it_upcasts(capsys, quantized_fp8, tmp_path):

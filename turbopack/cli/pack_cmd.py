@@ -32,7 +32,8 @@ def pack(
         help="Output folder (written atomically). With several --arch: one subfolder per arch, OUT/sm80, OUT/sm90.",
     ),
     arch: list[str] = typer.Option(
-        ["sm90"], "--arch", "-a", help="GPU architecture to pack for (repeatable): sm80, sm86, sm89, sm90, ..."
+        ["sm90"], "--arch", "-a",
+        help="GPU architecture to pack for (repeatable): sm80, sm86, sm89, sm90, sm100, sm120, ...",
     ),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel ranks: one subfolder rank0, rank1, ... per rank."),
     explain: bool = typer.Option(

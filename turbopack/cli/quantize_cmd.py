@@ -24,7 +24,7 @@ from turbopack.cli.options import (
 def quantize(
     model: str = typer.Argument(..., help="Hugging Face model folder (config.json + *.safetensors)."),
     out: OutOpt = ...,
-    format: str = typer.Option("w4a16", "--format", "-f", help="w4a16 | w8a16 | w8a8 | fp8"),
+    format: str = typer.Option("w4a16", "--format", "-f", help="w4a16 | w8a16 | w8a8 | fp8 | nvfp4"),
     group_size: GroupSizeOpt = None,
     sym: SymOpt = None,
     scale_dtype: ScaleDtypeOpt = None,

@@ -13,10 +13,11 @@ from turbopack.formats.base import DTYPES, Format, FormatName, TensorSpec, check
 from turbopack.formats.fp8 import FP8
 from turbopack.formats.int4 import W4A16
 from turbopack.formats.int8 import W8A8, W8A16
+from turbopack.formats.nvfp4 import NVFP4
 from turbopack.registry import Registry
 
 FORMATS: Registry[type[Format]] = Registry("format")
-for _cls in (W4A16, W8A16, W8A8, FP8):
+for _cls in (W4A16, W8A16, W8A8, FP8, NVFP4):
     FORMATS.register(_cls.name, _cls)
 
 
@@ -33,6 +34,6 @@ def format_from_params(params: dict[str, Any]) -> Format:
 
 
 __all__ = [
-    "DTYPES", "FORMATS", "FP8", "Format", "FormatName", "TensorSpec", "W4A16", "W8A16", "W8A8",
+    "DTYPES", "FORMATS", "FP8", "NVFP4", "Format", "FormatName", "TensorSpec", "W4A16", "W8A16", "W8A8",
     "check_finite", "dtype_name", "format_from_params", "get_format",
 ]

@@ -29,6 +29,7 @@ class FormatName(str, enum.Enum):
     W8A16 = "w8a16"
     W8A8 = "w8a8"
     FP8 = "fp8"
+    NVFP4 = "nvfp4"
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Format(ABC):
     act_bits: ClassVar[int]
     #: true when quantize() needs tensor_stats() of the whole weight first (a second pass)
     needs_tensor_stats: ClassVar[bool] = False
+    #: true when those statistics are taken over the weights that serving engines fuse (q|k|v,
+    #: gate|up), so that the fused ones share them (NVFP4's global scale: vLLM needs one per fused
+    #: linear, and llm-compressor writes it so)
+    fused_tensor_stats: ClassVar[bool] = False
 
     # -- description -------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:

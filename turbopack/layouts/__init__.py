@@ -17,11 +17,12 @@ from turbopack.layouts.archs import ARCHS, Arch, ArchName, arch_for_capability, 
 from turbopack.layouts.base import Layout, LayoutName, Padding
 from turbopack.layouts.fp8 import FP8RowMajor, FP8T16x64Upcast
 from turbopack.layouts.int8 import I8RowMajor, I8T16x64, I8T64x64
+from turbopack.layouts.nvfp4 import NVFP4T16x64
 from turbopack.layouts.w4 import W4T16x64, W4T64x64
 from turbopack.registry import Registry
 
 LAYOUTS: Registry[Layout] = Registry("layout")
-for _cls in (W4T16x64, W4T64x64, I8T16x64, I8T64x64, I8RowMajor, FP8T16x64Upcast, FP8RowMajor):
+for _cls in (W4T16x64, W4T64x64, I8T16x64, I8T64x64, I8RowMajor, FP8T16x64Upcast, FP8RowMajor, NVFP4T16x64):
     LAYOUTS.register(_cls.name, _cls())
 
 

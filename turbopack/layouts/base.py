@@ -31,6 +31,7 @@ class LayoutName(str, enum.Enum):
     I8_ROWMAJOR = "i8_rowmajor"      # int8 weights for W8A8 (cuBLASLt int8 via torch._int_mm)
     FP8_T16X64_UPCAST = "fp8_t16x64_upcast"  # e4m3 weights upcast to 16-bit (sm80/86: no FP8 MMA)
     FP8_ROWMAJOR = "fp8_rowmajor"    # e4m3 weights for native FP8 MMA (cuBLASLt via torch._scaled_mm)
+    NVFP4_T16X64 = "nvfp4_t16x64"    # NVFP4 (e2m1 + e4m3 per 16) decoded to 16-bit in registers (sm80+)
 
 
 @dataclass(frozen=True)

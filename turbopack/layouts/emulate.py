@@ -9,6 +9,7 @@ and the runtime's CPU fallback:
   i8_t*, fp8 upcast: y = fp32(sum_k x16 * q) * s_n
   i8_rowmajor:     the w8a8 format's math (per-token int8 x, int32 accumulation)
   fp8_rowmajor:    the fp8 format's math (per-token e4m3 x, fp32 accumulation)
+  nvfp4_t16x64:    w16 = e2m1(q) * s_b (exact in 16 bits); y = fp32(sum_k x16*w16) * fp32(1/gs)
 
 then ``+ bias`` (fp32) and one cast to x.dtype. The fp32 sum order is unspecified (GPU kernels
 differ among themselves), so compare with a tolerance, not bit for bit (w8a8 is bit-exact).
@@ -158,6 +159,28 @@ def e4m3_table():
 
 
 _INT8_LUT = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float32)
+_E2M1_LUT = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+
+
+@njit(cache=True, parallel=True)
+def _gemm_nvfp4(x, codes, scales, e2m1, e4m3):
+    """codes uint8 [NT, KT, TN, 32] (two nibbles, low = even k), scales uint8 [NT, KT, TN, 4]
+    (e4m3, one per 16 k): w = e2m1 * e4m3, exact in fp32 (and in bf16/fp16: <= 6 significant bits)."""
+    m_rows, k_pad = x.shape
+    nt_count, kt_count, tn = codes.shape[0], codes.shape[1], codes.shape[2]
+    y = np.zeros((m_rows, nt_count * tn), np.float32)
+    for nt in prange(nt_count):
+        w = np.empty(k_pad, np.float32)
+        for r in range(tn):
+            for kt in range(kt_count):
+                for b in range(32):
+                    byte = codes[nt, kt, r, b]
+                    s = e4m3[scales[nt, kt, r, b // 8]]
+                    w[kt * 64 + 2 * b] = e2m1[byte & 15] * s
+                    w[kt * 64 + 2 * b + 1] = e2m1[byte >> 4] * s
+            for m in range(m_rows):
+                y[m, nt * tn + r] = _dot(x[m], w)
+    return y
 
 
 def _x_padded(x: torch.Tensor, k_pad: int) -> np.ndarray:
@@ -221,6 +244,13 @@ def _fp8_native(x, fmt, layout, packed, shape, act):
     return acc * sx[:, None] * (s[None, :] if s.numel() > 1 else s)
 
 
+def _nvfp4(x, fmt, layout, packed, shape, act):
+    codes = packed["qweight"].contiguous().numpy()
+    scales = packed["scales"].contiguous().view(torch.uint8).numpy()
+    y = _gemm_nvfp4(_x_padded(x, layout.padding(shape).k_pad), codes, scales, _E2M1_LUT, e4m3_table())
+    return torch.from_numpy(y[:, : shape[0]]) * torch.reciprocal(packed["global_scale"].float())
+
+
 EMULATORS: dict[LayoutName, Callable[..., torch.Tensor]] = {
     LayoutName.W4_T16X64: _w4,
     LayoutName.W4_T64X64: _w4,
@@ -229,6 +259,7 @@ EMULATORS: dict[LayoutName, Callable[..., torch.Tensor]] = {
     LayoutName.FP8_T16X64_UPCAST: _weights_only,
     LayoutName.I8_ROWMAJOR: _w8a8,
     LayoutName.FP8_ROWMAJOR: _fp8_native,
+    LayoutName.NVFP4_T16X64: _nvfp4,
 }
 
 

@@ -231,6 +231,21 @@ def _natural(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+#: linears that serving engines (vLLM, our runtime) run as one matmul, by their last name part
+FUSED_LINEARS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+_LINEAR_NAME = re.compile(r"(?P<prefix>.*\.)(?P<proj>\w+)\.weight")
+
+
+def fused_group(name: str) -> tuple[str, ...]:
+    """The weights fused with linear weight ``name`` (itself included): model.layers.3.self_attn.
+    k_proj.weight -> its layer's q, k and v weights; a linear fused with nothing -> (name,)."""
+    m = _LINEAR_NAME.fullmatch(name)
+    for group in FUSED_LINEARS:
+        if m and m["proj"] in group:
+            return tuple(f"{m['prefix']}{proj}.weight" for proj in group)
+    return (name,)
+
+
 def family_of(config: dict, where: str = "config.json") -> Family:
     archs = architectures_of(config, where)
     for arch in archs:

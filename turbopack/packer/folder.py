@@ -16,6 +16,7 @@ from typing import Any
 
 from turbopack.checkpoint import Checkpoint, ShardedWriter, write_manifest
 from turbopack.formats import Format, check_finite
+from turbopack.packer.families import fused_group
 
 #: row chunk size for streaming a tensor (read, quantize/copy, write); a module larger than this is
 #: also packed in row chunks of whole N tiles
@@ -46,15 +47,23 @@ def quantize_tensor(ckpt: Checkpoint, name: str, fmt: Format, writer: ShardedWri
     tensor-wide format first takes its statistics in a pass over every row)."""
     prefix = name.removesuffix(".weight")
     where = f"{ckpt.location[name].name}:{name}"
-    stats = None
-    if fmt.needs_tensor_stats:
-        stats = fmt.tensor_stats(chunk for _, chunk in ckpt.iter_row_chunks(name, CHUNK_BYTES))
+    stats = weight_stats(ckpt, name, fmt)
     specs = {s.suffix: s for s in fmt.specs(ckpt.tensors[name].shape)}
     for start, chunk in ckpt.iter_row_chunks(name, CHUNK_BYTES):
         check_finite(where, chunk)
         for suffix, t in fmt.quantize(chunk, stats).items():
             writer.write_rows(f"{prefix}.{suffix}", start if specs[suffix].per_row else 0, t)
         advance(chunk.numel() * chunk.element_size())
+
+
+def weight_stats(ckpt: Checkpoint, name: str, fmt: Format) -> dict[str, float] | None:
+    """The tensor-wide statistics a format needs for weight ``name`` (None when it needs none): a
+    pass over every row of the weight, or of its fused group (q|k|v, gate|up) for formats whose
+    fused linears must share them (``Format.fused_tensor_stats``)."""
+    if not fmt.needs_tensor_stats:
+        return None
+    names = [n for n in fused_group(name) if n in ckpt.tensors] if fmt.fused_tensor_stats else [name]
+    return fmt.tensor_stats(chunk for n in names for _, chunk in ckpt.iter_row_chunks(n, CHUNK_BYTES))
 
 
 def write_folder(folder: Path, source: Path, config: dict, quantization_config: dict, manifest: dict) -> None:

@@ -103,7 +103,10 @@ def inspect_folder(folder: Path) -> InspectReport:
 
 
 #: compressed-tensors tensor suffixes that make up one quantized linear (the rest: plain tensors)
-_CT_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale")
+_CT_PARTS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx", "input_scale",
+             "weight_global_scale", "input_global_scale")
+#: how compressed-tensors names a weight strategy with a scale per group of K
+_CT_GROUPED = {"group": "group {g}", "tensor_group": "group {g} + global scale"}
 
 
 def _ct_scheme(qc: dict) -> tuple[str, int]:
@@ -111,7 +114,8 @@ def _ct_scheme(qc: dict) -> tuple[str, int]:
     group = next(iter((qc.get("config_groups") or {}).values()), {}) or {}
     w = group.get("weights") or {}
     bits = int(w.get("num_bits") or 8)
-    detail = f"group {w.get('group_size')}" if w.get("strategy") == "group" else str(w.get("strategy"))
+    grouped = _CT_GROUPED.get(w.get("strategy"))
+    detail = grouped.format(g=w.get("group_size")) if grouped else str(w.get("strategy"))
     acts = group.get("input_activations")
     act = f", {acts.get('type')}{acts.get('num_bits')} activations per {acts.get('strategy')}" if acts else ""
     sym = "" if w.get("symmetric", True) else " asym"
@@ -120,7 +124,8 @@ def _ct_scheme(qc: dict) -> tuple[str, int]:
 
 def _compressed_tensors(ckpt: Checkpoint, qc: dict) -> InspectReport:
     """A compressed-tensors folder (our export or another tool's): modules from the header names,
-    each linear's [N, K] from its weight (int32-packed codes hold 32/bits of K each)."""
+    each linear's [N, K] from its weight (a packed element holds its bit width / bits of K: 32/bits
+    for int32, 2 for NVFP4's uint8)."""
     desc, bits = _ct_scheme(qc)
     rep = InspectReport(ckpt.folder, "compressed-tensors", formats=[desc])
     modules: dict[str, list[str]] = {}
@@ -133,7 +138,7 @@ def _compressed_tensors(ckpt: Checkpoint, qc: dict) -> InspectReport:
         weight = ckpt.tensors.get(f"{module}.weight_packed") or ckpt.tensors.get(f"{module}.weight")
         if weight is None:  # only side tensors: count them as plain
             continue
-        n, k = weight.shape[0], weight.shape[1] * (32 // bits if weight.dtype == torch.int32 else 1)
+        n, k = weight.shape[0], weight.shape[1] * max(1, 8 * weight.dtype.itemsize // bits)
         rep.rows.append({"name": module, "shape": [n, k], "dtype": desc.split(": ")[1], "layout": "-",
                          "bytes": sum(ckpt.tensors[t].nbytes for t in names)})
         rep.bf16_bytes += n * k * 2

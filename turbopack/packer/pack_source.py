@@ -16,7 +16,7 @@ from turbopack.checkpoint.quantized import QuantizedCheckpoint
 from turbopack.checkpoint.resume import source_fingerprint
 from turbopack.errors import CheckpointError, TurbopackError
 from turbopack.formats import Format, check_finite, format_from_params
-from turbopack.packer.folder import CHUNK_BYTES, quant_config
+from turbopack.packer.folder import quant_config, weight_stats
 from turbopack.packer.jobs import plan_jobs
 from turbopack.packer.options import FormatSpec
 
@@ -54,8 +54,8 @@ class Source:
         fmt, _ = self.modules[name]
         weight = name + ".weight"
         stats = self._stats.get(name)
-        if stats is None and fmt.needs_tensor_stats:  # tensor-wide (fp8 per-tensor): a pass over every row
-            stats = fmt.tensor_stats(c for _, c in self.ckpt.iter_row_chunks(weight, CHUNK_BYTES))
+        if stats is None and fmt.needs_tensor_stats:  # tensor-wide (fp8 per-tensor, nvfp4): a pass over the rows
+            stats = weight_stats(self.ckpt, weight, fmt)
             self._stats = {name: stats}  # one module at a time: chunks of it reuse its stats
         w = self.ckpt.read_rows(weight, r0, r1)
         check_finite(f"{self.ckpt.location[weight].name}:{weight}", w)

@@ -1,8 +1,10 @@
-"""The CUDA C++ kernels (csrc/w4.cu; w8.cu in test_cuda_w8.py) compile with this machine's nvcc for sm_80 and sm_90a
-(CI has no GPU, so that is a compile check), and on a GPU they match the reference of the layout's
-contract on fresh random inputs: the decode kernel within 1e-2 relative (its weights are exact
-fp32 (q - z)*s where the contract rounds them to 16 bits, ~1e-3, plus the 16-bit rounding of y:
-measured 1.6e-3 in bf16 on the H200), the dequantizer bit for bit."""
+"""The CUDA C++ kernels (csrc/w4.cu; w8.cu in test_cuda_w8.py) compile with this machine's nvcc for
+sm_80, sm_90a and, where this nvcc knows them (CUDA 12.8+), the Blackwell targets sm_100a and sm_120a
+(CI has no GPU, so that is a compile check: on Blackwell the kernels are compiled, never run), and on
+a GPU they match the reference of the layout's contract on fresh random inputs: the decode kernel
+within 1e-2 relative (its weights are exact fp32 (q - z)*s where the contract rounds them to 16 bits,
+~1e-3, plus the 16-bit rounding of y: measured 1.6e-3 in bf16 on the H200), the dequantizer bit
+for bit."""
 
 from __future__ import annotations
 
@@ -17,10 +19,20 @@ NVCC = cuda_w4.nvcc()
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+def nvcc_targets() -> set[str]:
+    """The compute_XX targets this nvcc lists (empty without nvcc)."""
+    if NVCC is None:
+        return set()
+    res = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True)
+    return set(res.stdout.split()) if res.returncode == 0 else set()
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-@pytest.mark.parametrize("cap", [(8, 0), (9, 0)])
+@pytest.mark.parametrize("cap", [(8, 0), (9, 0), (10, 0), (12, 0)])
 @pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w8.SRC], ids=lambda p: p.name)
 def test_kernels_compile_without_spills(cap, src, tmp_path):
+    if f"compute_{cap[0]}{cap[1]}" not in nvcc_targets():
+        pytest.skip(f"this nvcc cannot target compute_{cap[0]}{cap[1]} (CUDA 12.8+ can)")
     cmd = [NVCC, "-c", "-O3", "-std=c++17", "-Xptxas", "-v", cuda_w4.gencode(cap), str(src), "-o",
            str(tmp_path / "k.o")]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -31,9 +43,14 @@ def test_kernels_compile_without_spills(cap, src, tmp_path):
     assert spills == [], spills[:3]
 
 
-def test_gencode_targets_hopper_arch_specific():
+def test_gencode_targets_arch_specific_where_registered():
     assert cuda_w4.gencode((9, 0)) == "-gencode=arch=compute_90a,code=sm_90a"
+    assert cuda_w4.gencode((10, 0)) == "-gencode=arch=compute_100a,code=sm_100a"
+    assert cuda_w4.gencode((12, 0)) == "-gencode=arch=compute_120a,code=sm_120a"
     assert cuda_w4.gencode((8, 6)) == "-gencode=arch=compute_86,code=sm_86"
+    # a part without its own entry gets code for exactly itself, not its arch's "a" target
+    # (an sm_100a cubin does not load on a B300, compute capability 10.3)
+    assert cuda_w4.gencode((10, 3)) == "-gencode=arch=compute_103,code=sm_103"
 
 
 def _weight(n, k, group, sym, dtype, seed):

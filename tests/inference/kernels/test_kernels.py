@@ -25,6 +25,7 @@ triton = pytest.importorskip("triton")
 from turbopack.errors import ShapeError  # noqa: E402
 from turbopack.formats import get_format  # noqa: E402
 from turbopack.inference.kernels import dispatch, epilogue, reference, w8a8  # noqa: E402
+from turbopack.inference.kernels import table as kernel_table  # noqa: E402
 from turbopack.inference.kernels.config import KernelConfig, KernelName  # noqa: E402
 from turbopack.layouts import emulate_linear, get_layout  # noqa: E402
 
@@ -196,7 +197,45 @@ def test_split_k_leaves_workspace_zeroed_and_writes_every_output():
         assert not buf.any(), "split-K must leave its workspace and counters at zero"
 
 
+NVFP4_CASES = [  # (N, K, M, act dtype, config): N=17 pads a tile, K=80/208 pad the last 64-wide tile
+    (17, 80, 1, torch.bfloat16, GEMV),
+    (48, 208, 1, torch.float16, replace(GEMV, split_k=1)),
+    (17, 208, 3, torch.bfloat16, TC),
+    (48, 80, 33, torch.float16, replace(TC, block_m=32, split_k=1)),
+    (17, 208, 129, torch.bfloat16, None),   # the large-M default
+]
+
+
+@pytest.mark.parametrize("n,k,m,act,cfg", NVFP4_CASES)
+def test_nvfp4(n, k, m, act, cfg):
+    """The NVFP4 weight-only kernel against the emulator (and so the float64 contract)."""
+    fmt, layout, q, packed, b, gen = _case("nvfp4", "nvfp4_t16x64", n, k, m + n, act=act)
+    x = torch.randn(m, k, generator=gen).to(act)
+    _check(fmt, layout, packed, (n, k), b, x, cfg)
+    err = reference.rel_err(_run(fmt, layout, packed, (n, k), b, x, cfg), reference.ref_linear(x, "nvfp4", q, b))
+    assert err < TOL, f"vs the float64 contract: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("kernel", [GEMV, TC])
+def test_nvfp4_kernel_decodes_the_exact_products(kernel):
+    """Identity activations in fp16 read the kernel's weights out: with global scale 1 and
+    scales / codes over their whole range (every code, every e4m3 byte from subnormal to 448)
+    each is e2m1 * e4m3 exactly (the 16-bit output holds it exactly: <= 6 significant bits)."""
+    n, k = 32, 128
+    gen = torch.Generator().manual_seed(9)
+    fmt = get_format("nvfp4")
+    q = {"qweight": torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.uint8),
+         "scales": torch.randint(0, 0x7F, (n, k // 16), generator=gen, dtype=torch.uint8).view(torch.float8_e4m3fn),
+         "global_scale": torch.ones(1)}
+    layout = get_layout("nvfp4_t16x64")
+    packed = layout.pack(fmt, q, (n, k))
+    eye = torch.eye(k, dtype=torch.float16)
+    y = torch.cat([_run(fmt, layout, packed, (n, k), None, eye[i:i + 16], kernel) for i in range(0, k, 16)])
+    assert torch.equal(y.float(), fmt.dequantize(q).T)
+
+
 @pytest.mark.parametrize("fmt_name,layout_name,params", [
+    ("nvfp4", "nvfp4_t16x64", {}),
     ("w4a16", "w4_t64x64", {"group_size": 32, "sym": False}),
     ("w4a16", "w4_t16x64", {"group_size": 128, "sym": True, "scale_dtype": "float16"}),
     ("w8a16", "i8_t16x64", {}),
@@ -212,6 +251,34 @@ def test_torch_packer_matches_layouts(fmt_name, layout_name, params):
     for key in packed:
         assert mine[key].dtype == packed[key].dtype and mine[key].shape == packed[key].shape, key
         assert torch.equal(mine[key].view(torch.uint8), packed[key].view(torch.uint8)), key
+
+
+@pytest.mark.parametrize("cap,arch", [((10, 0), "sm100"), ((10, 3), "sm100"), ((12, 0), "sm120"),
+                                      ((12, 1), "sm120"), ((8, 7), "sm86"), ((11, 0), "sm110")])
+def test_untuned_arch_falls_back_to_the_family_default(monkeypatch, cap, arch):
+    """A device maps to the registered arch that runs its code; an arch without a tuned table
+    gets the family's own default, never another arch's entries (sm90's are for w4_t64x64 and
+    a 228 KB part)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+    assert dispatch.device_arch(torch.device("cuda")) == arch
+    monkeypatch.setattr(dispatch, "device_arch", lambda device: arch)
+    fmt = get_format("w4a16")
+    for m in (1, 16, 300):
+        for layout in ("w4_t16x64", "w4_t64x64"):
+            assert kernel_table.lookup(arch, layout, 4096, 4096, m) is None
+            got = dispatch.resolve_config(layout, fmt, 4096, 4096, m, torch.device("cpu"))
+            assert got == dispatch.FAMILIES.get(layout).default(m, 4096, 4096, fmt)
+            assert got.kernel != KernelName.CUDA
+
+
+def test_bench_runs_nvfp4_beside_w4a16():
+    """benchmarks/bench_linear.py's setups: NVFP4 has its layout and Triton configs to sweep."""
+    from turbopack.inference.kernels import bench, tune
+
+    assert bench.SETUPS["nvfp4"][0] == "nvfp4_t16x64"
+    for m in (1, 16, 256):
+        cands = tune.candidates("nvfp4", 4096, 4096, m, 132)
+        assert cands and all(c.kernel in (KernelName.GEMV, KernelName.TC) for c in cands)
 
 
 def test_bad_input_is_one_line_error():
@@ -234,7 +301,7 @@ GPU_SHAPES = [(6144, 4096), (4096, 14336)]
 @pytest.mark.skipif(DEV != "cuda", reason="needs CUDA")
 @pytest.mark.parametrize("fmt_name,layout_name", [("w4a16", "w4_t64x64"), ("w8a16", "i8_t64x64"),
                                                   ("w8a8", "i8_rowmajor"), ("fp8", "fp8_rowmajor"),
-                                                  ("fp8", "fp8_t16x64_upcast")])
+                                                  ("fp8", "fp8_t16x64_upcast"), ("nvfp4", "nvfp4_t16x64")])
 @pytest.mark.parametrize("m", [1, 16, 256])
 def test_gpu_real_shapes(fmt_name, layout_name, m):
     for n, k in GPU_SHAPES:

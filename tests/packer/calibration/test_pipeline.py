@@ -129,6 +129,10 @@ def test_bad_calibration_input_is_one_line_exit_2_nothing_written(calib_model, t
 @pytest.mark.parametrize("fmt,kw,msg", [
     ("w8a8", {"method": "awq"}, "does not support"),
     ("fp8", {"method": "gptq"}, "does not support"),
+    # NVFP4 is RTN only: its grid is not uniform and its global scale spans the tensor (docs/formats.md)
+    ("nvfp4", {"method": "gptq"}, "--method gptq does not support --format nvfp4"),
+    ("nvfp4", {"method": "awq"}, "--method awq does not support --format nvfp4"),
+    ("nvfp4", {"smooth": True}, "--smooth"),
     ("w4a16", {"method": "gptq", "smooth": True}, "--smooth"),
     ("w4a16", {"method": "awq", "act_order": True}, "--act-order"),
     ("w4a16", {"method": "awq", "act_order": False}, "--act-order"),

@@ -95,7 +95,7 @@ def test_import_library_written(tiny_llama, tmp_path, storage, w, ours):
 
 
 EXPORTS = [("w4a16", {"group_size": 32}), ("w4a16", {"group_size": 32, "sym": True}), ("w8a16", {}), ("w8a8", {}),
-           ("fp8", {}), ("fp8", {"per_tensor": True})]
+           ("fp8", {}), ("fp8", {"per_tensor": True}), ("nvfp4", {})]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,10 @@ def test_export_decompresses_identically(quantized, tmp_path, name, params):
         sd = {k.removeprefix(m + "."): v for k, v in exported.items() if k.startswith(m + ".")}
         assert "weight" not in sd or sd["weight"].dtype in (torch.int8, torch.float8_e4m3fn)
         ref = mod.dequantize()
+        if mod.format.name.value == "nvfp4":  # the library decompresses NVFP4 into bf16, always
+            native = compressor.decompress(sd, scheme)["weight"]
+            assert native.dtype == torch.bfloat16 and torch.equal(native, ref.to(torch.bfloat16)), m
+            continue
         # in float32 the product (q - zp) * s is exact on both sides: identical bits
         up = dict(sd, weight_scale=sd["weight_scale"].float())
         assert torch.equal(compressor.decompress(up, scheme)["weight"].float(), ref), m
@@ -133,6 +137,45 @@ def test_export_decompresses_identically(quantized, tmp_path, name, params):
         assert torch.equal(native, ref.to(native.dtype)), m
     for name_ in ours.plain:
         assert torch.equal(exported[name_], ours.plain_tensor(name_))
+
+
+@pytest.mark.parametrize("w4a4", [False, True], ids=["nvfp4a16", "nvfp4-w4a4"])
+def test_import_library_written_nvfp4(tiny_llama, tmp_path, w4a4):
+    """NVFP4 compressed by the library (its observer math and compressor) imports as our nvfp4
+    byte for byte; a W4A4 checkpoint's static input_global_scale is dropped (weight-only), said so."""
+    from compressed_tensors.quantization.quant_scheme import NVFP4, NVFP4A16
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
+
+    from turbopack.formats import get_format
+
+    preset = NVFP4 if w4a4 else NVFP4A16
+    scheme = QuantizationScheme(targets=["Linear"], format="nvfp4-pack-quantized", **preset)
+    qcfg = QuantizationConfig(config_groups={"group_0": scheme}, format="nvfp4-pack-quantized", ignore=["lm_head"],
+                              quantization_status="compressed").model_dump(mode="json")
+    plain, linears = base(tiny_llama, tmp_path / "ct", {**qcfg, "quant_method": "compressed-tensors"})
+    compressor = BaseCompressor.get_value_from_registry("nvfp4-pack-quantized")
+    gen, fmt, tensors, expect = torch.Generator().manual_seed(4), get_format("nvfp4"), dict(plain), {}
+    for m, (n, k) in linears.items():
+        w = torch.randn(n, k, generator=gen) * 0.03
+        gs = generate_gparam(w.amin(), w.amax())
+        s, _ = calculate_qparams(w.reshape(n, -1, 16).amin(-1), w.reshape(n, -1, 16).amax(-1), scheme.weights,
+                                 global_scale=gs)
+        out = compressor.compress({"weight": w, "weight_scale": s, "weight_global_scale": gs}, scheme)
+        tensors.update({f"{m}.{suffix}": t.contiguous() for suffix, t in out.items()})
+        if w4a4:
+            tensors[f"{m}.input_global_scale"] = torch.tensor([1234.0])
+        expect[m] = fmt.quantize(w, fmt.tensor_stats([w]))
+    save_file(tensors, str(tmp_path / "ct" / "model.safetensors"))
+    result = convert(tmp_path / "ct", tmp_path / "out", progress=False)
+    qc = QuantizedCheckpoint(tmp_path / "out")
+    assert set(qc.modules) == set(expect) and result.format == "nvfp4()"
+    for m, q in expect.items():
+        got = qc.module(m).tensors
+        assert got.keys() == q.keys()
+        for key in q:
+            assert got[key].dtype == q[key].dtype and torch.equal(got[key].view(torch.uint8), q[key].view(torch.uint8))
+    dropped = json.loads((tmp_path / "out" / "turbopack.json").read_text())["dropped"]
+    assert bool(dropped) == w4a4 and all("weight-only" in why for why in dropped.values())
 
 
 @pytest.mark.parametrize("name,params", EXPORTS)

@@ -33,6 +33,7 @@ MS = (1, 4, 16, 64, 256, 2048)
 #: format -> (layout on sm90, format params)
 SETUPS = {
     "w4a16": ("w4_t64x64", {"group_size": 128, "sym": False}),
+    "nvfp4": ("nvfp4_t16x64", {}),   # weight-only NVFP4 (Triton decode to bf16), beside W4A16
     "w8a16": ("i8_t64x64", {}),
     "w8a8": ("i8_rowmajor", {}),
     "fp8": ("fp8_rowmajor", {}),

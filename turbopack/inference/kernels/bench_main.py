@@ -144,7 +144,7 @@ def _json(o: object) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--formats", default="w4a16,w8a16,w8a8,fp8", help=f"of {','.join(bench.SETUPS)}")
+    ap.add_argument("--formats", default="w4a16,nvfp4,w8a16,w8a8,fp8", help=f"of {','.join(bench.SETUPS)}")
     ap.add_argument("--shapes", default=",".join(bench.SHAPES), help="of qkv,o,gate_up,down")
     ap.add_argument("--ms", default=",".join(map(str, bench.MS)))
     ap.add_argument("--tune", action="store_true", help="sweep candidate configs (else: the shipped table)")

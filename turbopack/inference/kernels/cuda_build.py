@@ -3,7 +3,8 @@ cached on disk across processes, loaded with ctypes.
 
 No torch headers are involved (each .cu exports C functions taking raw pointers), so a build is one
 nvcc call of a few seconds instead of a torch extension's minute, and CI compiles the same files
-for sm_80 and sm_90a with its own nvcc. The cache key covers the source, the shared header(s), the
+for sm_80, sm_90a, sm_100a and sm_120a with its own nvcc (mma.sync and cp.async code, which every
+arch from sm80 runs; on sm100/sm120 compiled, not yet run). The cache key covers the source, the shared header(s), the
 target and the compiler.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from turbopack.errors import TurbopackError
+from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
 HEADERS = ("common.cuh",)
@@ -34,7 +36,10 @@ def nvcc() -> str | None:
 
 
 def gencode(capability: tuple[int, int]) -> str:
-    arch = f"{capability[0]}{capability[1]}" + ("a" if capability == (9, 0) else "")
+    """nvcc's target for a device: the registered arch's own ("90a", "100a", "120a"), else the
+    plain capability (an sm87 or sm103 part gets code for exactly itself)."""
+    exact = [ARCHS.get(a) for a in ARCHS if ARCHS.get(a).capability == tuple(capability)]
+    arch = exact[0].nvcc_target if exact and exact[0].nvcc_target else f"{capability[0]}{capability[1]}"
     return f"-gencode=arch=compute_{arch},code=sm_{arch}"
 
 

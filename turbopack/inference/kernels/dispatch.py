@@ -26,6 +26,7 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.epilogue import interpreting, triton
 from turbopack.inference.kernels.table import KernelTable
 from turbopack.layouts import get_layout
+from turbopack.layouts.archs import arch_for_capability
 from turbopack.layouts.base import Layout, LayoutName
 from turbopack.registry import Registry
 
@@ -68,6 +69,7 @@ FAMILIES.register(LayoutName.W4_T64X64, _wo(weight_only.W4))
 FAMILIES.register(LayoutName.I8_T16X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.I8_T64X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
+FAMILIES.register(LayoutName.NVFP4_T16X64, _wo(weight_only.NVFP4))
 FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8a8.linear(x2, p, s, b, c, o),
                                                  lambda m, n, k, f: w8a8.default_config(m, n, k)))
 
@@ -89,10 +91,15 @@ FAMILIES.register(LayoutName.FP8_ROWMAJOR, Family(_fp8_rowmajor, lambda m, n, k,
 
 
 def device_arch(device: torch.device) -> str:
+    """The arch whose tuned table applies to ``device``: the registered arch that runs its code
+    (sm87 -> sm86, sm103 -> sm100, sm121 -> sm120), else "sm<cc>" (no table: family defaults)."""
     if device.type != "cuda":
         return "cpu"
     major, minor = torch.cuda.get_device_capability(device)
-    return f"sm{major}{minor}"
+    try:
+        return arch_for_capability(major, minor).name.value
+    except TurbopackError:
+        return f"sm{major}{minor}"
 
 
 def resolve_config(layout: str, fmt: Format, n: int, k: int, m: int, device: torch.device,

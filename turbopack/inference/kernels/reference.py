@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 from turbopack.formats.fp8 import quantize_rows_fp8
 from turbopack.formats.int8 import quantize_rows_int8
+from turbopack.formats.nvfp4 import e2m1_table
 from turbopack.layouts.base import Layout
 from turbopack.layouts.int8 import ByteLayout
+from turbopack.layouts.nvfp4 import NVFP4T16x64
 
 #: nibble position of element e in a w4 word (the FasterTransformer interleave)
 NIBBLE_OF_ELEMENT = (0, 4, 1, 5, 2, 6, 3, 7)
@@ -73,10 +75,26 @@ def pack_bytes(qweight: torch.Tensor, scales: torch.Tensor, tile_n: int, tile_k:
     return {"qweight": packed.view(qweight.dtype), "scales": s.contiguous()}
 
 
+def pack_nvfp4(q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """nvfp4 arch-neutral tensors -> nvfp4_t16x64 packed tensors, on q's device: the bytes of
+    codes and scales tiled 16 rows x 64 columns (32 code bytes, 4 scale bytes per tile row)."""
+    n, k = q["qweight"].shape[0], q["qweight"].shape[1] * 2
+    n_pad, k_pad = _up(n, 16), _up(k, 64)
+
+    def tiles(t: torch.Tensor, cols: int) -> torch.Tensor:
+        p = _pad(t, n_pad, k_pad * cols // 64)
+        return p.view(n_pad // 16, 16, k_pad // 64, cols).transpose(1, 2).contiguous()
+
+    scales = tiles(q["scales"].view(torch.uint8), 4).view(torch.float8_e4m3fn)
+    return {"qweight": tiles(q["qweight"], 32), "scales": scales, "global_scale": q["global_scale"].float().clone()}
+
+
 # -- float64 references of the contracts, computed from the arch-neutral tensors -----------------
 
 def pack(q: dict[str, torch.Tensor], layout: Layout) -> dict[str, torch.Tensor]:
     """Arch-neutral tensors -> ``layout``'s packed tensors, on q's device (what layout.pack writes)."""
+    if isinstance(layout, NVFP4T16x64):
+        return pack_nvfp4(q)
     if isinstance(layout, ByteLayout):
         return pack_bytes(q["qweight"], q["scales"], layout.tile_n, None if layout.rowmajor else layout.tile_k)
     return pack_w4(q, layout.tile_n)
@@ -96,13 +114,17 @@ def w4_weight16(q: dict[str, torch.Tensor], act: torch.dtype) -> torch.Tensor:
 
 def ref_linear(x: torch.Tensor, fmt_name: str, q: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
                weights_only: bool = False) -> torch.Tensor:
-    """float64 reference of the kernel contract for ``fmt_name`` (w4a16, w8a16, w8a8, fp8), in float32."""
+    """float64 reference of the kernel contract for ``fmt_name`` (w4a16, w8a16, w8a8, fp8, nvfp4), in float32."""
     x2 = x.reshape(-1, x.shape[-1])
     if fmt_name == "w4a16":
         y = x2.double() @ w4_weight16(q, x.dtype).double().T
     elif fmt_name == "w8a16" or (fmt_name == "fp8" and weights_only):
         s = q["scales"].double()
         y = (x2.double() @ q["qweight"].double().T) * (s if s.numel() > 1 else s[0])
+    elif fmt_name == "nvfp4":  # e2m1 * e4m3 is exact; 1/gs once, after the sum
+        v = e2m1_table(torch.float64).to(x.device)[w4_codes(q["qweight"]).long()]
+        w = v * q["scales"].double().repeat_interleave(16, 1)
+        y = (x2.double() @ w.T) / q["global_scale"].double()
     elif fmt_name == "w8a8":
         qx, sx = quantize_rows_int8(x2)
         y = (qx.double() @ q["qweight"].double().T) * sx.double()[:, None] * q["scales"].double()[None, :]

@@ -11,6 +11,13 @@ The file is parsed once, into frozen dataclasses (every ``cfg`` a config.KernelC
 key, kernel or bucket is a one-line error naming the file). An entry applies to the smallest tuned
 bucket >= M; past the largest, none (the kernel family's untuned default runs): a small-batch
 config is never extrapolated to a large batch.
+
+An arch with no table (all but sm90 today: sm75-sm89, sm100, sm120) runs each family's untuned
+default, which is arch-neutral Triton (GEMV at M = 1, tensor cores above; the CUDA C++ kernels run
+only where a tuned entry names them). Another arch's table is never borrowed: its entries are
+tuned to one part's SM count and shared memory (sm90's 4-stage 128x128 tiles do not fit sm120's
+100 KB) and to its layouts (sm90 tunes w4_t64x64; sm100 and sm120 run w4_t16x64). A device maps to
+its registered arch first (dispatch.device_arch: sm103 -> sm100, sm121 -> sm120, sm87 -> sm86).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
 def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     layout, params = SETUPS[setup]
     w8: list[KernelConfig] = []
-    if setup != "w4a16" and layout != "i8_rowmajor" and m <= 16:  # the CUDA C++ 8-bit decode kernel
+    if setup in ("w8a16", "fp8", "fp8_upcast") and m <= 16:  # the CUDA C++ 8-bit decode kernel
         base = _splits(math.ceil(n / 64), k // 64, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
             w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (4, 6, 8)]  # cuda_w8.STAGES
@@ -85,7 +85,7 @@ def _tc_small(setup: str, n: int, k: int, m: int, ks: int, sms: int) -> list[Ker
         for s in _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms):
             out.append(KernelConfig(KernelName.TC, block_n=bn, block_m=bm, block_k=bk, split_k=s, num_warps=w,
                                     num_stages=st))
-    if ks >= 64 and setup != "fp8_upcast":  # eight (four) plane dots instead of the re-interleave
+    if ks >= 64 and setup not in ("fp8_upcast", "nvfp4"):  # eight (four) plane dots instead of the re-interleave
         bn, bk, w, st = _TC_SMALL[0]
         s = _splits(math.ceil(n / bn) * math.ceil(m / bm), math.ceil(k / max(bk, ks)), sms)[0]
         out.append(KernelConfig(KernelName.TC, block_n=bn, block_m=bm, block_k=bk, split_k=s, num_warps=w,

@@ -1,5 +1,6 @@
 """Triton kernels for the 16-bit-activation layouts: w4_t{16,64}x64 (w4a16), i8_t{16,64}x64
-(w8a16) and fp8_t16x64_upcast. They share one program structure; only the tile decoder differs.
+(w8a16), fp8_t16x64_upcast and nvfp4_t16x64. They share one program structure; only the tile
+decoder differs.
 
 Program tile vs layout tile: a program owns BN output rows (any multiple of 16; a sub-block of a
 64-row sm90 tile or several 16-row tiles) and walks K in *steps*: one quantization group (w4,
@@ -16,7 +17,10 @@ z = 8) and ``c_P = zs - 2^(23-P)*s``; per element ``fma(2^(23-P) + q, s, c_P)``.
 ``(q - z)*s`` bit for bit for bf16 *and* fp16 scales: z*s and c_P = -(2^(23-P) + z)*s are exact
 (<= 13 x 11 significant bits for P >= 11), and the fma rounds an exactly representable value. The
 eight per-element tensors are interleaved back to natural k order with tl.join + reshape, so the
-activations are read contiguously.
+activations are read contiguously. NVFP4 steps one 64-wide tile (eight int32 words of codes and
+one word of four e4m3 scales per row); a code's sign and magnitude bits go straight into an fp16
+(its e2m1 value times 2^-14, exact, subnormals included) and the 2^14 rides on the block scale,
+so each weight is e2m1 * e4m3 exactly; 1/gs is the epilogue's scalar scale.
 
 Two program shapes (and nothing else: the kernels read the packed layouts directly, never a
 dequantized copy of the weights handed to cuBLAS):
@@ -38,6 +42,7 @@ import torch
 
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
+from turbopack.inference.kernels.nvfp4 import nv4_planes
 
 
 class Kind(enum.IntEnum):
@@ -47,11 +52,12 @@ class Kind(enum.IntEnum):
     W4 = 0
     I8 = 1
     FP8 = 2
+    NVFP4 = 3
 
 
-W4, I8, FP8 = Kind.W4, Kind.I8, Kind.FP8
-#: elements of one layout-tile row per loaded element (int32 words of w4 / int8, fp8 bytes)
-CODES_PER_LOAD = {W4: 8, I8: 4, FP8: 1}
+W4, I8, FP8, NVFP4 = Kind.W4, Kind.I8, Kind.FP8, Kind.NVFP4
+#: elements of one layout-tile row per loaded element (int32 words of w4 / int8 / nvfp4, fp8 bytes)
+CODES_PER_LOAD = {W4: 8, I8: 4, FP8: 1, NVFP4: 8}
 
 if triton is not None:
 
@@ -135,7 +141,12 @@ if triton is not None:
         """Activations k0..k0+KS of one row, shaped like the joined weights (no data movement
         between the two: the product is elementwise in the weights' own layout)."""
         a = tl.arange(0, 2)
-        if KIND == 0:
+        if KIND == 1:
+            kw = tl.arange(0, 16)
+            o = kw[:, None, None] * 4 + a[None, :, None] * 2 + a[None, None, :]
+        elif KIND == 2:
+            o = tl.arange(0, 64)
+        else:  # w4 and nvfp4: eight codes per int32 word
             kw = tl.arange(0, KS // 8)
             o = (
                 kw[:, None, None, None] * 8
@@ -143,11 +154,6 @@ if triton is not None:
                 + a[None, None, :, None] * 2
                 + a[None, None, None, :]
             )
-        elif KIND == 1:
-            kw = tl.arange(0, 16)
-            o = kw[:, None, None] * 4 + a[None, :, None] * 2 + a[None, None, :]
-        else:
-            o = tl.arange(0, 64)
         return tl.load(X + k0 + o, mask=k0 + o < k_end, other=0.0).to(tl.float32)
 
     @triton.jit
@@ -158,6 +164,8 @@ if triton is not None:
             w = tl.reshape(_join8(_round8(_w4_planes(QW, S, Z, row_w, row_s, rok, t, TN, KS, ASYM), DT)), (BN, KS))
         elif KIND == 1:
             w = tl.reshape(_join4(_round4(_i8_planes(QW, row_w, rok, t, TN), DT)), (BN, 64))
+        elif KIND == 3:  # exact in bf16/fp16: the rounding only changes the type
+            w = tl.reshape(_join8(_round8(nv4_planes(QW, Z, row_w, row_s, rok, t, TN), DT)), (BN, 64))
         else:
             w = _fp8_tile(QW, row_w, rok, t, TN).to(DT)
         return w
@@ -175,7 +183,7 @@ if triton is not None:
     @triton.jit
     def _rows(pid_n, NP, KT, KGP, KIND: tl.constexpr, TN: tl.constexpr, BN: tl.constexpr):
         rn = pid_n * BN + tl.arange(0, BN)
-        CW: tl.constexpr = 8 if KIND == 0 else (16 if KIND == 1 else 64)
+        CW: tl.constexpr = 16 if KIND == 1 else (64 if KIND == 2 else 8)  # int32 words (fp8: bytes) per tile row
         row_w = (rn // TN) * (KT * TN * CW) + (rn % TN) * CW
         row_s = (rn // TN) * (KGP * TN) + (rn % TN)
         return rn, rn < NP, row_w, row_s
@@ -252,12 +260,12 @@ if triton is not None:
         rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
         t_lo, t_hi = _k_range(tl.program_id(1), tl.cdiv(K, KS), SPI, SPLIT_K)
         k_end = tl.minimum(K, t_hi * KS)
-        if KIND == 0:
-            acc_nd = tl.zeros((BN, KS // 8, 2, 2, 2), tl.float32)
-        elif KIND == 1:
+        if KIND == 1:
             acc_nd = tl.zeros((BN, 16, 2, 2), tl.float32)
-        else:
+        elif KIND == 2:
             acc_nd = tl.zeros((BN, 64), tl.float32)
+        else:
+            acc_nd = tl.zeros((BN, KS // 8, 2, 2, 2), tl.float32)
         for t0 in range(t_lo, t_hi, SPI):
             for i in tl.static_range(SPI):
                 t = t0 + i
@@ -270,15 +278,17 @@ if triton is not None:
                     w = _join8(p)
                 elif KIND == 1:
                     w = _join4(_i8_planes(QW, row_w, rok, t, TN))
+                elif KIND == 3:
+                    w = _join8(nv4_planes(QW, Z, row_w, row_s, rok, t, TN))
                 else:
                     w = _fp8_tile(QW, row_w, rok, t, TN)
                 acc_nd += w * xv[None]
-        if KIND == 0:
-            acc = tl.sum(tl.sum(tl.sum(tl.sum(acc_nd, 4), 3), 2), 1)
-        elif KIND == 1:
+        if KIND == 1:
             acc = tl.sum(tl.sum(tl.sum(acc_nd, 3), 2), 1)
-        else:
+        elif KIND == 2:
             acc = tl.sum(acc_nd, 1)
+        else:
+            acc = tl.sum(tl.sum(tl.sum(tl.sum(acc_nd, 4), 3), 2), 1)
         acc = acc[:, None]
         _epilogue(acc, rn, tl.arange(0, 1), 1, N, S, BIAS, Y, WS, CNT, 0, pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
@@ -315,6 +325,10 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     if kind == W4:
         ks, kgp = group, s.shape[1]
         zp = packed.get("zeros", s)
+    elif kind == NVFP4:  # Z carries the block-scale words, S the epilogue's scalar 1/gs
+        zp, kgp = s.view(torch.uint8).view(torch.int32), kt
+        s = torch.reciprocal(packed["global_scale"].float())
+        qw = qw.view(torch.int32)
     else:
         qw = qw.view(torch.int32) if kind == I8 else qw.view(torch.uint8)
     m = x2.shape[0]

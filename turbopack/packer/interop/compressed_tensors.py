@@ -11,6 +11,11 @@ tensor|channel|group, group_size; input_activations) and a storage ``format``:
                    the same way, zp + 2**(b-1); w = (q - zp) * s
   naive/int-quantized   weight int8 [N, K], weight_scale, (weight_zero_point if asymmetric)
   float-quantized       weight float8_e4m3fn [N, K], weight_scale [N, 1] or [1]
+  nvfp4-pack-quantized  weight_packed uint8 [N, K/2] (e2m1 codes, even column in the low nibble),
+                        weight_scale float8_e4m3fn [N, K/16], weight_global_scale float32 [1]:
+                        our nvfp4 byte for byte. A W4A4 scheme (NVFP4 activations, with its
+                        static input_global_scale) imports as the same weights; activations then
+                        stay 16-bit (weight-only), recorded in the manifest's ``dropped``.
 
 The offset makes the stored 4-bit values exactly our codes: symmetric q + 8 is our offset-binary
 code, and asymmetric (q + 8, zp + 8) give the same q - zp. So int4 maps to w4a16, symmetric
@@ -19,6 +24,7 @@ per-channel/per-tensor int8 to w8a16 (weights only) or w8a8 (int8 activations), 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -38,7 +44,8 @@ from turbopack.packer.interop.base import (
     w4_scale_dtype,
 )
 
-PACKED_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
+PACKED_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx",
+                   "weight_global_scale")
 #: activation scales of static schemes: consumed, not carried (our activations are quantized per token at run time)
 ACT_SUFFIXES = ("input_scale", "input_zero_point", "output_scale", "output_zero_point", "input_global_scale")
 
@@ -113,6 +120,8 @@ class CompressedTensorsImporter(Importer):
             if f"{prefix}.{s}" in self.ckpt.tensors
         )
         extra = {"bits": bits, "sym": sym, "strategy": strategy, "group": w.get("group_size"), "storage": storage}
+        if storage == "nvfp4-pack-quantized":
+            return ModuleJob(prefix, self._nvfp4_shape(prefix, w), srcs, extra), ("nvfp4", ())
         if storage == "pack-quantized":
             shape = self._packed_shape(prefix, bits)
             if bits == 4 and kind == "int" and strategy in ("group", "channel"):
@@ -148,7 +157,7 @@ class CompressedTensorsImporter(Importer):
             )
         raise ConvertError(
             f"{where}: compressed-tensors format {storage!r} is not read (pack-quantized, naive-quantized, "
-            f"int-quantized, float-quantized are)"
+            f"int-quantized, float-quantized, nvfp4-pack-quantized are)"
         )
 
     def _packed_shape(self, prefix: str, bits: int) -> tuple[int, int]:
@@ -162,6 +171,25 @@ class CompressedTensorsImporter(Importer):
             raise ConvertError(
                 f"{self.where}: {prefix}.weight_packed is {packed.dtype} {list(packed.shape)}; expected int32 "
                 f"[{n}, {-(-k * bits // 32)}] for a {bits}-bit [{n}, {k}] weight"
+            )
+        return n, k
+
+    def _nvfp4_shape(self, prefix: str, w: dict) -> tuple[int, int]:
+        """(N, K) of an NVFP4 module, its scheme and tensor headers checked against the format."""
+        where = f"{self.where}: {prefix}"
+        scheme = (int(w.get("num_bits", 0)), w.get("type"), w.get("group_size"), bool(w.get("symmetric", True)))
+        if scheme != (4, "float", 16, True):
+            raise ConvertError(f"{where}: nvfp4-pack-quantized with weights {scheme} (bits, type, group, symmetric); "
+                               f"only NVFP4's (4, 'float', 16, True) maps to turbopack's nvfp4")
+        packed, scale = self.header(f"{prefix}.weight_packed"), self.header(f"{prefix}.weight_scale")
+        gs = self.header(f"{prefix}.weight_global_scale")
+        n, k = packed.shape[0], 2 * packed.shape[-1]
+        if (packed.dtype != torch.uint8 or len(packed.shape) != 2 or scale.dtype != torch.float8_e4m3fn
+                or tuple(scale.shape) != (n, k // 16) or gs.dtype != torch.float32 or math.prod(gs.shape) != 1):
+            raise ConvertError(
+                f"{where}: NVFP4 tensors are weight_packed {packed.dtype} {list(packed.shape)}, weight_scale "
+                f"{scale.dtype} {list(scale.shape)}, weight_global_scale {gs.dtype} {list(gs.shape)}; expected uint8 "
+                f"[N, K/2], float8_e4m3fn [N, K/16], float32 [1]"
             )
         return n, k
 
@@ -179,6 +207,10 @@ class CompressedTensorsImporter(Importer):
 
     def convert(self, job: ModuleJob, fmt: Format) -> dict[str, torch.Tensor]:
         x = job.extra
+        if x["storage"] == "nvfp4-pack-quantized":  # the same bytes under our names
+            return {"qweight": self.read(f"{job.module}.weight_packed").contiguous(),
+                    "scales": self.read(f"{job.module}.weight_scale").contiguous(),
+                    "global_scale": self.read(f"{job.module}.weight_global_scale").reshape(1).contiguous()}
         if x["storage"] == "pack-quantized":
             return self._convert_packed(job, fmt)
         scale = self.read(f"{job.module}.weight_scale").float().reshape(-1)
@@ -220,8 +252,11 @@ class CompressedTensorsImporter(Importer):
         return out
 
     def dropped(self, jobs: list[ModuleJob]) -> dict[str, str]:
-        why = "static activation scale; turbopack quantizes activations per token at run time"
-        return {s: why for j in jobs for s in j.sources if s.rpartition(".")[2] in ACT_SUFFIXES}
+        why = {"nvfp4-pack-quantized": "NVFP4 activation scale (W4A4); turbopack's nvfp4 is weight-only: activations "
+                                       "stay 16-bit"}
+        default = "static activation scale; turbopack quantizes activations per token at run time"
+        return {s: why.get(j.extra.get("storage"), default) for j in jobs for s in j.sources
+                if s.rpartition(".")[2] in ACT_SUFFIXES}
 
 
 def _target_matches(target: str, module: str) -> bool:

@@ -9,6 +9,8 @@ schemes; see turbopack/packer/interop/compressed_tensors.py, the inverse):
   w8a16  pack-quantized 8-bit channel: m.weight_packed int32 [N, K/4] (q + 128), weight_scale fp32 [N, 1]
   w8a8   int-quantized: m.weight int8 [N, K], weight_scale fp32 [N, 1]; int8 activations dynamic per token
   fp8    float-quantized: m.weight e4m3 [N, K], weight_scale fp32 [N, 1] (or [1]); fp8 activations per token
+  nvfp4  nvfp4-pack-quantized (NVFP4A16, weight-only): m.weight_packed uint8 [N, K/2], m.weight_scale
+         e4m3 [N, K/16], m.weight_global_scale fp32 [1]: our qweight / scales / global_scale, byte for byte
 One config group targets every Linear; the linears we kept unquantized go in ``ignore``.
 Dequantized, every weight equals ours exactly in float32 ((q - z) * s is exact there; a loader that
 dequantizes in 16 bits rounds the same exact product once). Output is atomic.
@@ -44,6 +46,8 @@ from turbopack.packer.progress import byte_progress
 
 TARGETS = ("compressed-tensors",)
 EXPORT_KIND = "compressed-tensors"
+#: our nvfp4 tensors -> compressed-tensors' names (the bytes are the same)
+NVFP4_NAMES = {"qweight": "weight_packed", "scales": "weight_scale", "global_scale": "weight_global_scale"}
 
 
 def scheme(fmt: Format) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
@@ -53,6 +57,10 @@ def scheme(fmt: Format) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
         w = {"num_bits": 4, "type": "int", "symmetric": fmt.sym, "strategy": "group", "group_size": fmt.group_size,
              "dynamic": False, "actorder": None, "observer": "minmax"}
         return w, None, "pack-quantized"
+    if name == FormatName.NVFP4:  # compressed-tensors' NVFP4A16 preset
+        w = {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group", "group_size": 16,
+             "dynamic": False, "actorder": None, "observer": "minmax", "scale_dtype": "torch.float8_e4m3fn"}
+        return w, None, "nvfp4-pack-quantized"
     if name == FormatName.W8A16:
         w = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "group_size": None,
              "dynamic": False, "actorder": None, "observer": "minmax"}
@@ -68,6 +76,8 @@ def scheme(fmt: Format) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
 def export_specs(fmt: Format, module: str, shape: tuple[int, int]) -> list[TensorEntry]:
     n, k = shape
     name = fmt.name
+    if name == FormatName.NVFP4:
+        return [TensorEntry(f"{module}.{NVFP4_NAMES[s.suffix]}", s.dtype, s.shape) for s in fmt.specs(shape)]
     if name == FormatName.W4A16:
         out = [TensorEntry(f"{module}.weight_packed", torch.int32, (n, -(-k // 8))),
                TensorEntry(f"{module}.weight_scale", fmt.specs(shape)[1].dtype, (n, k // fmt.group_size)),
@@ -90,6 +100,8 @@ def export_tensors(fmt: Format, q: dict[str, torch.Tensor], shape: tuple[int, in
     n, k = shape
     name = fmt.name
     shape_t = torch.tensor([n, k], dtype=torch.int64)
+    if name == FormatName.NVFP4:
+        return {NVFP4_NAMES[suffix]: t.contiguous() for suffix, t in q.items()}
     if name == FormatName.W4A16:
         out = {
             "weight_packed": pack_lsb(fmt.codes(q), 4, dim=1),

@@ -85,8 +85,10 @@ struct GroupParams {
   }
 };
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define TP_MIN_BLOCKS(NTOK, G) 1  // sm_80's allocation spills under the caps below; no A100 to tune on
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+// sm_80's and Blackwell's (sm_100a/sm_120a) allocations spill under the caps below; none of those
+// parts is here to tune on, so they get the compiler's own allocation
+#define TP_MIN_BLOCKS(NTOK, G) 1
 #else
 #define TP_MIN_BLOCKS(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 6) : 1)
 #endif
