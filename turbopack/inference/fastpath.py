@@ -124,7 +124,10 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     b, t = input_ids.shape
     x = model.model.embed_tokens(input_ids)
     mask = None
-    if t > 1:  # the decode kernel reads the position itself; prefill's reference attention needs the mask
+    # the Triton decode kernel reads the position itself; prefill, and every step of a cache the
+    # kernels cannot read (a head_dim they do not support: SDPA's is_causal would align one query
+    # with key 0), need the mask
+    if t > 1 or not _kernel_cache(model.kv_caches[0]):
         slots = torch.arange(model.kv_caches[0].max_seq_len, device=x.device)
         mask = slots[None, :] <= input_pos[:, None]
     residual = None
