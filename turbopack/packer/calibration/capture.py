@@ -90,14 +90,15 @@ def hidden_dtype(ckpt: Checkpoint) -> torch.dtype:
 
 @torch.no_grad()
 def embed(ckpt: Checkpoint, ids: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
-          scale: float | None = None) -> torch.Tensor:
+          scale: float | None = None, pin: bool = False) -> torch.Tensor:
     """Embedding rows of ``ids`` [n, L] -> ``dtype`` [n, L, hidden] on ``device``, reading the table in
     row chunks (the output is filled in place: no second copy of it on either side); ``scale``
-    (Gemma's sqrt(hidden)) is applied as the model does, rounded to the table's dtype."""
+    (Gemma's sqrt(hidden)) is applied as the model does, rounded to the table's dtype; ``pin``: in
+    page-locked host memory (``device`` the CPU), which the GPU reads and writes asynchronously."""
     entry = ckpt.tensors[EMBED]
     mul = torch.tensor(scale, dtype=entry.dtype).float() if scale is not None else None
     ids = ids.cpu()
-    out = torch.empty(*ids.shape, entry.shape[1], dtype=dtype, device=device)
+    out = torch.empty(*ids.shape, entry.shape[1], dtype=dtype, device=device, pin_memory=pin)
     for start, rows in ckpt.iter_row_chunks(EMBED):
         m = (ids >= start) & (ids < start + rows.shape[0])
         picked = rows.to(device)[(ids[m] - start).to(device)]
@@ -213,14 +214,18 @@ class BlockRunner:
     def stats_tap(self, keep: bool = True) -> StatsTap:
         return StatsTap(self.sample_seqs if keep else 0)
 
+    def _chunk(self, x: torch.Tensor, b0: int) -> torch.Tensor:
+        """Sequences b0 .. b0 + batch_size of x as float32 on the runner's device (x may live in
+        pinned host memory: the hidden states of a GPU run, see pipeline.hidden_home)."""
+        return x[b0:b0 + self.batch_size].to(self.device, non_blocking=True).float()
+
     @torch.no_grad()
     def forward(self, block: Block, x: torch.Tensor) -> None:
         """Replace ``x`` by the block's output, ``batch_size`` sequences at a time: a sequence's output
         depends on that sequence only, so one buffer serves as input and output; the block computes
-        in float32 and each chunk is stored back in x's dtype."""
+        in float32 and each chunk is stored back in x's dtype (and place)."""
         for b0 in range(0, x.shape[0], self.batch_size):
-            chunk = x[b0:b0 + self.batch_size]
-            chunk.copy_(block(chunk.float(), *self.rope(block)))
+            x[b0:b0 + self.batch_size].copy_(block(self._chunk(x, b0), *self.rope(block)))
 
     @torch.no_grad()
     def capture(self, block: Block, x: torch.Tensor, taps: dict[str, Tap]) -> None:
@@ -232,7 +237,7 @@ class BlockRunner:
             for b0 in range(0, x.shape[0], self.batch_size):
                 seq[0] = b0
                 with contextlib.suppress(_Stop):
-                    block(x[b0:b0 + self.batch_size].float(), *self.rope(block))
+                    block(self._chunk(x, b0), *self.rope(block))
 
 
 @contextlib.contextmanager

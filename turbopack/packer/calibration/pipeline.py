@@ -250,13 +250,23 @@ def _write_outside_layers(run: _Run, writer: ShardedWriter, result, advance) -> 
             result.quantized.append(name)
 
 
+def hidden_home(device: torch.device) -> torch.device:
+    """Where the calibration hidden states live between blocks. On a GPU, pinned host memory: they
+    are the largest thing alive (128 x 2048 tokens x 4096 x bf16 = 2.15 GB at the 8B shape, more
+    than the block itself), and each block pass streams them through one chunk at a time (16 MB
+    each way per 2048-token sequence, ~1 ms at PCIe rates against ~100 ms of compute), so the GPU
+    holds one block, one chunk and a method's own state. On the CPU they stay where they are."""
+    return torch.device("cpu") if device.type == "cuda" else device
+
+
 def _calibrate_layers(run: _Run, writer: ShardedWriter, result, describe, advance, done=lambda i: None) -> None:
     cfg = run.cfg
     ids = run.data.ids
     # AWQ searches on whole sequences (it re-runs attention): about search_tokens of them
     keep = -(-getattr(run.method_cfg, "search_tokens", 0) // ids.shape[1])
     runner = BlockRunner(cfg, ids.shape[1], run.device, max(1, FORWARD_TOKENS // ids.shape[1]), min(keep, ids.shape[0]))
-    x = embed(run.ckpt, ids, run.device, hidden_dtype(run.ckpt), cfg.embed_scale)  # block i: input, then output
+    home = hidden_home(run.device)
+    x = embed(run.ckpt, ids, home, hidden_dtype(run.ckpt), cfg.embed_scale, pin=home != run.device)  # block i: in, out
     for i in range(cfg.n_layers):
         describe(f"layer {i}/{cfg.n_layers}")
         prefix = layer_prefix(i)
