@@ -35,8 +35,8 @@ def main() -> None:
     stats = pstats.Stats(prof, stream=buf).sort_stats("cumulative")
     stats.print_stats(r"turbopack|triton/runtime|triton/compiler|torch/cuda|ctypes", top)
     for line in buf.getvalue().splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[0][0].isdigit():
+        parts = line.split(None, 5)  # ncalls tottime percall cumtime percall where
+        if len(parts) == 6 and parts[3].replace(".", "", 1).isdigit():
             print(f"{float(parts[3]):7.3f}s  {parts[5][-110:]}", file=sys.stderr)
 
 
