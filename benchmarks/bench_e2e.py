@@ -37,6 +37,8 @@ from turbopack.inference.qlinear import QuantLinear  # noqa: E402
 
 LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
                           head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192)
+FORMATS = ("bf16", "w4a16", "w8a16", "fp8", "w8a8")  # --e2e's models, bf16 first (the speed-ups' base)
+BATCHES = (1, 8, 32)
 PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed any further,", "To be, or not to be"]
 
 
@@ -315,7 +317,7 @@ def best_attention_config(micro: dict) -> tuple[int, int, int, bool]:
     return bn, nw, ns, fast
 
 
-def e2e(layers: int, prompt: int, new: int) -> dict:
+def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) -> dict:
     bw = copy_bandwidth()
     res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers}
     from turbopack.inference.kernels import attention as A
@@ -327,24 +329,44 @@ def e2e(layers: int, prompt: int, new: int) -> dict:
     dflt = A.decode_attention.__kwdefaults__
     dflt["num_warps"], dflt["num_stages"] = nw, ns
     log("attention config", res["attention_config"])
-    for name, fmt in (("bf16", None), ("w4a16", "w4a16")):
+    for name in formats:
         t0 = time.perf_counter()
-        model = build_8b(fmt, layers)
+        model = build_8b(None if name == "bf16" else name, layers)
         log(f"built {name} in {time.perf_counter() - t0:.1f} s")
         wb = weight_bytes(model)
         r = {"weight_gb": wb / 1e9, "bound_tok_s": bw / wb, "linears_only_ms": linears_only_ms(model)}
         r.update(decode_bench(model, "bf16", prompt, new))
         r["pct_of_bound"] = 100 * r["decode_tok_s"] / r["bound_tok_s"]
         r["graph_pct_of_bound"] = 100 * (1e3 / r["graph_step_ms"]) / r["bound_tok_s"]
-        if fmt is not None:
+        r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
+        r["prefill_2048_ms"] = prefill_ms(model, 2048)
+        if name == "w4a16":
             r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
-            r["kv_4k_b8"] = {kv: long_context(model, kv, batch=8) for kv in ("bf16", "int8", "int4")}
+            r["kv_16k_b8"] = {kv: long_context(model, kv, ctx=16384, batch=8) for kv in ("bf16", "int8", "int4")}
         res[name] = r
         log(name, json.dumps(r))
         del model
         torch.cuda.empty_cache()
-    res["w4_speedup"] = res["w4a16"]["decode_tok_s"] / res["bf16"]["decode_tok_s"]
+    res["speedup"] = {n: res[n]["decode_tok_s"] / res["bf16"]["decode_tok_s"] for n in formats if "bf16" in res}
     return res
+
+
+def prefill_ms(model: M.Transformer, tokens: int) -> float:
+    """Median wall time of one prefill of ``tokens`` tokens (batch 1), caches reserved beforehand."""
+    eng = Engine(model, kv="bf16", use_graphs=False)
+    eng.reserve(1, tokens + 8)
+    ids = torch.randint(0, 1000, (1, tokens), device="cuda")
+    times = []
+    for _ in range(4):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        eng.prefill(ids)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    del eng
+    model.kv_caches = None
+    torch.cuda.empty_cache()
+    return 1e3 * statistics.median(times[1:])  # the first call compiles
 
 
 def markdown(res: dict, cmd: str) -> str:
@@ -359,27 +381,29 @@ def markdown(res: dict, cmd: str) -> str:
             f"Llama-3-8B shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
             f"copy bandwidth {e['copy_bw_tb_s']:.2f} TB/s (read+write). Bound = copy bandwidth / weight bytes.",
             "",
-            "| model | weight GB | decode tok/s | graph step ms | linears only ms | bound tok/s | % of bound |",
-            "|---|---|---|---|---|---|---|",
+            "| model | weight GB | decode tok/s | vs bf16 | graph step ms | linears only ms | bound tok/s | % of bound "
+            "| batch 8 tok/s | batch 32 tok/s | prefill 2048 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for name in ("bf16", "w4a16"):
+        for name in [n for n in FORMATS if n in e]:
             r = e[name]
-            lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {r['graph_step_ms']:.3f} | "
-                         f"{r['linears_only_ms']:.3f} | {r['bound_tok_s']:.1f} | {r['pct_of_bound']:.1f} |")
-        lines += ["", f"W4A16 / bf16 decode: **{e['w4_speedup']:.2f}x** (bar 2.8x); W4A16 at "
-                  f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", ""]
-        for name in ("bf16", "w4a16"):
+            bt = {int(k): v for k, v in r["batch_tok_s"].items()}
+            vs = e["speedup"].get(name, float("nan"))
+            lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {vs:.2f}x | "
+                         f"{r['graph_step_ms']:.3f} | {r['linears_only_ms']:.3f} | {r['bound_tok_s']:.1f} | "
+                         f"{r['pct_of_bound']:.1f} | {bt[8]:.0f} | {bt[32]:.0f} | {r['prefill_2048_ms']:.1f} |")
+        if "w4a16" in e and "w4a16" in e["speedup"]:
+            lines += ["", f"W4A16 / bf16 decode: **{e['speedup']['w4a16']:.2f}x** (bar 2.8x); W4A16 at "
+                      f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", ""]
+        for name in [n for n in ("bf16", "w4a16") if n in e]:
             lines += [f"Kernels of one {name} decode step (graph replay, µs per step, launches per step):", "",
                       "| kernel | µs | launches |", "|---|---|---|"]
             lines += [f"| `{k}` | {us} | {c} |" for k, us, c in e[name].get("kernels", [])]
             lines.append("")
-        lines += [
-                  "| KV cache (W4A16, position 4096) | step ms | tok/s |", "|---|---|---|"]
-        for kv, r in e["w4a16"]["kv_4k"].items():
-            lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
-        lines += ["", "| KV cache (W4A16, batch 8, position 4096) | step ms | tok/s (all sequences) |", "|---|---|---|"]
-        for kv, r in e["w4a16"]["kv_4k_b8"].items():
-            lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
+        for key, title in (("kv_4k", "W4A16, position 4096"), ("kv_16k_b8", "W4A16, batch 8, position 16384")):
+            lines += ["", f"| KV cache ({title}) | step ms | tok/s (all sequences) |", "|---|---|---|"]
+            for kv, r in e.get("w4a16", {}).get(key, {}).items():
+                lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
         cfg = e["attention_config"]
         lines += [
             "",
@@ -416,6 +440,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--formats", default=",".join(FORMATS), help="--e2e's models (bf16 is the base of the speed-ups)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--asset", type=Path, default=Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama",
                     help="model folder for --bundled (default: the bundled tiny-llama)")
@@ -425,7 +450,7 @@ def main() -> int:
         res["bundled"] = bundled(args.asset)
         res["bundled"]["asset"] = str(args.asset)
     if args.e2e:
-        res["e2e"] = e2e(args.layers, args.prompt, args.new_tokens)
+        res["e2e"] = e2e(args.layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")))
     md = markdown(res, "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(res, indent=2, default=str))
