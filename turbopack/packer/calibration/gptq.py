@@ -39,23 +39,34 @@ class GPTQConfig:
         return self.act_order or self.static_groups
 
 
-def inverse_hessian_factor(h: torch.Tensor, percdamp: float) -> torch.Tensor:
+def inverse_hessian_factor(box: list[torch.Tensor], percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1, damping harder if H is numerically singular.
-    Damps ``h`` in place (its diagonal is restored from a copy before a harder try): at an 8B
-    down_proj's K = 14336 every K x K matrix is 0.82 GB, so no copy of H is made and each factor is
-    dropped once the next exists: three K x K at most (H, kept for a harder try, and two factors)."""
+
+    ``box`` holds the only reference to H (float32, ours to overwrite; emptied here): at an 8B
+    down_proj's K = 14336 every K x K matrix is 0.82 GB, so both factorizations run in place
+    (``out=`` the input; torch makes one temporary) and H's factor is dropped once the inverse
+    exists: two K x K alive at most (four before). A harder try needs the undamped H back, so a
+    copy of it waits in host memory (on the CPU device: a second copy) until a try succeeds."""
+    h = box.pop()
+    backup = h.to("cpu", copy=True)
     idx = torch.arange(h.shape[0], device=h.device)
     d0 = torch.diag(h).clone()
     damp = percdamp * float(torch.mean(d0))
-    for _ in range(6):
+    info = torch.empty((), dtype=torch.int32, device=h.device)
+    for attempt in range(6):
+        if h is None:  # the first factor succeeded, the second did not
+            h = backup.to(d0.device, copy=True)
+        elif attempt:
+            h.copy_(backup)
         h[idx, idx] = d0 + damp
-        chol, info = torch.linalg.cholesky_ex(h)
+        torch.linalg.cholesky_ex(h, out=(h, info))  # h is now L, with L L^T = H + damp I
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(chol)
-            del chol
-            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            hinv = torch.cholesky_inverse(h)
+            h = None
+            torch.linalg.cholesky_ex(hinv, upper=True, out=(hinv, info))
             if int(info) == 0:
-                return upper
+                return hinv
+            del hinv
         damp = max(damp, 1e-8) * 10
     raise ArithmeticError("GPTQ: Hessian is not positive definite even with heavy damping")
 
@@ -77,11 +88,14 @@ def _ordered_hessian(h: torch.Tensor, dead: torch.Tensor, act_order: bool, consu
 
 
 @torch.no_grad()
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig = GPTQConfig(), *,
-                  consume: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor | list[torch.Tensor], grid: Grid,
+                  cfg: GPTQConfig = GPTQConfig()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Quantize ``w`` [N, K] given the Hessian ``h`` [K, K] -> (dequantized float32 W', format tensors).
-    ``consume``: ``h`` (float32) may be changed in place and is freed here once the caller drops it
-    (an 8B down_proj's H is 0.82 GB; gptq_block hands each linear its own)."""
+    ``h`` in a one-element list is handed over: float32, changed in place, the list emptied, and the
+    matrix freed as soon as it is not needed (an 8B down_proj's H is 0.82 GB; gptq_block hands each
+    linear its own); a bare tensor is left as it was."""
+    consume = isinstance(h, list)
+    h = h.pop() if consume else h
     w = w.detach().float().clone()
     n, k = w.shape
     g = grid.group_of(k)
@@ -95,8 +109,9 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, cfg: GPTQConfig 
     h, perm = _ordered_hessian(h, dead, cfg.act_order, consume)
     if cfg.act_order:
         w = w[:, perm]
-    hinv = inverse_hessian_factor(h, cfg.percdamp)
+    box = [h]
     del h
+    hinv = inverse_hessian_factor(box, cfg.percdamp)
     codes = torch.zeros_like(w)
     group_of_col = (perm // g).tolist()
     bs = max(1, cfg.blocksize // g) * g if not static else cfg.blocksize
@@ -136,6 +151,6 @@ def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tens
         hessians[:0] = [hessians[0].clone() for _ in names[1:]]
         for name in names:
             lin = job.linear(name)
-            deq, out[name] = gptq_quantize(lin.weight, hessians.pop(0), grid, cfg, consume=True)
+            deq, out[name] = gptq_quantize(lin.weight, [hessians.pop(0)], grid, cfg)
             lin.weight.copy_(deq)
     return out
