@@ -11,7 +11,7 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
 step build; python3 -c "
 import time, torch; from turbopack.inference.kernels import cuda_fp4
 t=time.time(); cuda_fp4.library(torch.device('cuda')); print(f'built in {time.time()-t:.1f}s')"
-step tests; timeout 45 python3 -m pytest -q -x -m gpu tests/inference/kernels/test_cuda_fp4.py -p no:cacheprovider 2>&1 | tail -15
+step tests; timeout 50 python3 -m pytest -q -x -m gpu tests/inference/kernels/test_cuda_fp4.py -p no:cacheprovider 2>&1 | tail -15
 step bench; timeout ${BENCH_S:-120} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats nvfp4,w4a16 --ms 1,16 \
   --out "$OUT" 2>"$OUT/bench.log" | tee "$OUT/bench_table.txt"
 # the per-row lines (what survives a timeout) and any CUDA config the check rejected
