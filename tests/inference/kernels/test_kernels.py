@@ -272,13 +272,15 @@ def test_untuned_arch_falls_back_to_the_family_default(monkeypatch, cap, arch):
 
 
 def test_bench_runs_nvfp4_beside_w4a16():
-    """benchmarks/bench_linear.py's setups: NVFP4 has its layout and Triton configs to sweep."""
+    """benchmarks/bench_linear.py's setups: NVFP4 has its layout, Triton configs to sweep and, for
+    decode (M <= 16), the CUDA kernel's (cuda_fp4)."""
     from turbopack.inference.kernels import bench, tune
 
     assert bench.SETUPS["nvfp4"][0] == "nvfp4_t16x64"
     for m in (1, 16, 256):
         cands = tune.candidates("nvfp4", 4096, 4096, m, 132)
-        assert cands and all(c.kernel in (KernelName.GEMV, KernelName.TC) for c in cands)
+        assert cands and all(c.kernel in (KernelName.GEMV, KernelName.TC, KernelName.CUDA) for c in cands)
+        assert any(c.kernel in (KernelName.GEMV, KernelName.TC) for c in cands)
 
 
 def test_bad_input_is_one_line_error():

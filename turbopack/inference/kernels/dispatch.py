@@ -20,7 +20,7 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.inference.kernels import cuda_w4, cuda_w8, fp8, w8a8, weight_only
+from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w8, fp8, w8a8, weight_only
 from turbopack.inference.kernels import table as kernel_table
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.epilogue import interpreting, triton
@@ -47,7 +47,10 @@ def _wo(kind: weight_only.Kind) -> Family:
         if kind == weight_only.W4 and kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape):
             stages = cuda_w4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
             return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.split_k or 0, out, group=group, stages=stages)
-        if kind != weight_only.W4 and kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
+        if kind == weight_only.NVFP4 and kernel is KernelName.CUDA and cuda_fp4.supports(x2, packed, shape):
+            return _fp4(x2, packed, shape, bias, cfg, out)
+        if kind not in (weight_only.W4, weight_only.NVFP4) and kernel is KernelName.CUDA \
+                and cuda_w8.supports(x2, packed, shape):
             return _w8(x2, packed, shape, bias, cfg, out)
         if kind == weight_only.W4 and kernel is KernelName.DQ_MM and cuda_w4.supports_dequant(x2, fmt, packed):
             return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
@@ -77,6 +80,11 @@ FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8
 def _w8(x2, packed, shape, bias, cfg, out):
     stages = cuda_w8.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
     return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.split_k or 0, out, stages=stages)
+
+
+def _fp4(x2, packed, shape, bias, cfg, out):
+    stages = cuda_fp4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
+    return cuda_fp4.fp4_decode(x2, packed, shape, bias, cfg.split_k or 0, out, stages=stages)
 
 
 def _fp8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
