@@ -59,8 +59,10 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
     if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
         base = _splits(math.ceil(n / 64), k // 128, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
-            for stages in (4, 6):  # of cuda_w4.STAGES, the ones that won on the H200
+            for stages in (4, 6):  # v5 (VARIANT unset): of cuda_w4.STAGES, the ones that won on the H200
                 out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages))
+            for stages in (4, 6, 8):  # v6: cuda_w4.VARIANTS[1]
+                out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages, variant=1))
     if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
         out.append(KernelConfig(KernelName.DQ_MM))
     return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))
