@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The CUDA W4A16 decode kernel's variants side by side (csrc/w4.cu: VARIANT unset = v5, 1 = v6) at
+"""The CUDA W4A16 decode kernel's variants side by side (csrc/w4.cu: VARIANT unset = v5, 1 = v6, 2 = v7) at
 the Llama-3-8B shapes, M = 1 and 16, against bf16 cuBLAS and tinygemm int4. Every config the tuner
 would try for the CUDA kernel (tune.candidates) plus the shipped table's entry is checked against
 the reference and timed with bench.py's machinery (CUDA graphs, weights rotated past L2, medians);
 the floor is bytes / measured copy bandwidth. A compact table on stdout, every timing in
-$OUT/w4_variants.json, and the best v6 config at gate_up M=1 as ncu_w4_decode.py arguments in
-$OUT/ncu_args.txt.
+$OUT/w4_variants.json, and the best new (v6/v7) config at gate_up M=1 as ncu_w4_decode.py arguments
+in $OUT/ncu_args.txt.
 
     python benchmarks/w4_variants.py --out $OUT
 """
@@ -57,8 +57,11 @@ def measure(wt: bench.Weight, m: int, sms: int, l2: int, gen: torch.Generator) -
             "shipped": shipped.to_json() if shipped is not None else None}
 
 
-def best(res: dict, variant: int) -> dict | None:
-    ok = [r for r in res["rows"] if r["variant"] == variant and r["us"] == r["us"]]
+NEW = (1, 2)
+
+
+def best(res: dict, *variants: int) -> dict | None:
+    ok = [r for r in res["rows"] if r["variant"] in variants and r["us"] == r["us"]]
     return min(ok, key=lambda r: r["us"]) if ok else None
 
 
@@ -70,26 +73,26 @@ def fmt_row(name: str, res: dict, bw: float) -> str:
     floor = res["bytes"] / bw * 1e6
     cell = lambda r: f"{r['us']:6.1f} {100 * floor / r['us']:5.1f}% {short(r['cfg']):<7}" if r else f"{'-':>21}"  # noqa: E731
     shipped = next((r for r in res["rows"] if res["shipped"] and r["cfg"] == res["shipped"]), None)
-    v5, v6 = best(res, 0), best(res, 1)
+    v5, new = best(res, 0), best(res, *NEW)
     p = res["peers"]
-    ratio = f"{v5['us'] / v6['us']:5.2f}x" if v5 and v6 else "    -"
-    tg = f"{p['tinygemm'] / v6['us']:5.2f}x" if v6 and "tinygemm" in p else "    -"
-    return (f"{name:<8} {res['m']:>2} | {cell(shipped)} | {cell(v5)} | {cell(v6)} | {ratio} | "
-            f"{p.get('bf16', math.nan):6.1f} {p.get('tinygemm', math.nan):6.1f} | {tg}")
+    ratio = f"{v5['us'] / new['us']:5.2f}x" if v5 and new else "    -"
+    tg = f"{p['tinygemm'] / new['us']:5.2f}x" if new and "tinygemm" in p else "    -"
+    return (f"{name:<8} {res['m']:>2} | {cell(shipped)} | {cell(v5)} | {cell(best(res, 1))} | {cell(best(res, 2))} | "
+            f"{ratio} | {p.get('bf16', math.nan):6.1f} {p.get('tinygemm', math.nan):6.1f} | {tg}")
 
 
 def bars(results: dict, bw: float) -> list[str]:
     out = []
     for name, by_m in results.items():
-        r1, r16 = best(by_m[1], 1), best(by_m[16], 1)
+        r1, r16 = best(by_m[1], *NEW), best(by_m[16], *NEW)
         if r1:
             pct = 100 * by_m[1]["bytes"] / bw * 1e6 / r1["us"]
             tg = by_m[1]["peers"].get("tinygemm", math.nan) / r1["us"]
-            out.append(f"{'PASS' if pct >= 85 else 'MISS'} {name} M=1 v6 {pct:.1f}% of bandwidth (>= 85)")
-            out.append(f"{'PASS' if tg >= 1.5 else 'MISS'} {name} M=1 v6 {tg:.2f}x tinygemm (>= 1.5)")
+            out.append(f"{'PASS' if pct >= 85 else 'MISS'} {name} M=1 best new {pct:.1f}% of bandwidth (>= 85)")
+            out.append(f"{'PASS' if tg >= 1.5 else 'MISS'} {name} M=1 best new {tg:.2f}x tinygemm (>= 1.5)")
         if r1 and r16:
             q = r16["us"] / r1["us"]
-            out.append(f"{'PASS' if q <= 1.25 else 'MISS'} {name} v6 M=16 / M=1 = {q:.2f} (<= 1.25)")
+            out.append(f"{'PASS' if q <= 1.25 else 'MISS'} {name} best new M=16 / M=1 = {q:.2f} (<= 1.25)")
     return out
 
 
@@ -109,8 +112,8 @@ def main() -> None:
         del wt
         torch.cuda.empty_cache()
     print(f"{props.name}: copy bandwidth {bw / 1e12:.3f} TB/s; us, % of bandwidth, config S<split>/R<ring>")
-    print(f"{'layer':<8} {'M':>2} | {'v5 shipped entry':<21} | {'v5 best':<21} | {'v6 best':<21} | v5/v6 | "
-          f"{'bf16':>6} {'tgemm':>6} | tg/v6")
+    print(f"{'layer':<8} {'M':>2} | {'v5 shipped entry':<21} | {'v5 best':<21} | {'v6 best':<21} | "
+          f"{'v7 best':<21} | v5/new | {'bf16':>6} {'tgemm':>6} | tg/new")
     for name, by_m in results.items():
         for m in (1, 16):
             print(fmt_row(name, by_m[m], bw))
@@ -121,10 +124,10 @@ def main() -> None:
         print(f"REJECTED/FAILED {name} M={m} {r['cfg']}: err={r['err']:.2e} {r.get('error', '')}")
     out = Path(a.out)
     (out / "w4_variants.json").write_text(json.dumps({"bw": bw, "results": results}, indent=1))
-    g = best(results.get("gate_up", {}).get(1, {"rows": []}), 1)
+    g = best(results.get("gate_up", {}).get(1, {"rows": []}), *NEW)
     if g:
         (out / "ncu_args.txt").write_text(f"--split {g['cfg'].get('SPLIT_K', 0)} --stages {g['cfg']['STAGES']} "
-                                          f"--variant 1\n")
+                                          f"--variant {g['variant']}\n")
 
 
 if __name__ == "__main__":

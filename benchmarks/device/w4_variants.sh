@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One device call for the W4 decode variants (#11, csrc/w4.cu: v5 = VARIANT unset, v6 = VARIANT 1):
+# One device call for the W4 decode variants (#11, csrc/w4.cu: v5 = VARIANT unset, v6 = 1, v7 = 2):
 # build + resource report, the W4 GPU kernel tests, the v5/v6/bf16/tinygemm sweep at the 8B shapes
-# (benchmarks/w4_variants.py), ncu of the best v6 config at gate_up M=1. Logs under $OUT; < 300 s.
+# (benchmarks/w4_variants.py), ncu of the best v6/v7 config at gate_up M=1. Logs under $OUT; < 300 s.
 # Usage (on the device, repo root): bash benchmarks/device/w4_variants.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -12,7 +12,14 @@ python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; nvcc --
 step build
 nvcc -O3 -std=c++17 -Xptxas -v -gencode=arch=compute_90a,code=sm_90a turbopack/inference/kernels/csrc/w4.cu -c \
   -o /tmp/w4.o > "$OUT/ptxas.txt" 2>&1; echo "nvcc rc=$?"
-grep -A2 "Compiling entry.*w4_decode.*bfloat16Li1ELi[48]ELi128ELb1" "$OUT/ptxas.txt" | grep -oE "decode[a-z0-9_]*I13__nv_bfloat16Li1ELi[0-9]+|Used [0-9]+ registers|[0-9]+ bytes spill stores" | paste - - - | sort -u
+python3 - "$OUT/ptxas.txt" <<'PY'
+import re, sys  # registers and spills of the bf16, asym, group-128 decode kernels (v5, v6 = v6 SZR 0, v7 = SZR 1)
+txt = open(sys.argv[1]).read()
+pat = r"entry function '\S*?(w4_decode_(?:v6_)?kernel)I13__nv_bfloat16Li(\d)ELi(\d)ELi128ELb1E(Lb\d)?\S*' for 'sm_90a'"
+for m in re.finditer(pat + r"(.*?)Used (\d+) registers", txt, re.S):
+    spill = re.search(r"(\d+) bytes spill stores", m.group(5)).group(1)
+    print(m.group(1), "SZR" + (m.group(4) or "-"), "NTOK", m.group(2), "STAGES", m.group(3), "regs", m.group(6), "spill", spill)
+PY
 python3 -c "
 import time, torch; from turbopack.inference.kernels import cuda_w4
 t=time.time(); cuda_w4.library(torch.device('cuda')); print(f'library built in {time.time()-t:.1f}s')"
@@ -24,7 +31,7 @@ step sweep
 timeout 100 python3 benchmarks/w4_variants.py --out "$OUT" 2>"$OUT/sweep.log" | tee "$OUT/w4_variants.txt"
 tail -3 "$OUT/sweep.log"
 step ncu
-ARGS=$(cat "$OUT/ncu_args.txt" 2>/dev/null || echo "--variant 1 --stages 8")
+ARGS=$(cat "$OUT/ncu_args.txt" 2>/dev/null || echo "--variant 2 --stages 8")
 echo "ncu: gate_up M=1 $ARGS"
 timeout 60 ncu --clock-control none --kernel-name regex:w4_decode --launch-skip 3 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \

@@ -63,12 +63,14 @@ def _weight(n, k, group, sym, dtype, seed):
     return fmt, q, reference
 
 
-#: (group, sym, split, stages, variant): v5 (0) and v6 (1) over both groups, sym/asym, every ring
+#: (group, sym, split, stages, variant): v5 (0), v6 (1) and v7 (2) over both groups, sym/asym, every ring
 #: depth each is built for, split 1, auto (0), uneven (3: the last CTA shorter; 7: a CTA with no
 #: stage at K=2048) and one stage per CTA (16)
 DECODE_CASES = [(128, False, 1, 4, 0), (128, True, 4, 6, 0), (64, False, 7, 6, 0), (64, True, 0, 4, 0),
                 (128, False, 0, 6, 0), (128, False, 1, 8, 1), (128, True, 4, 4, 1), (64, False, 7, 6, 1),
-                (64, True, 0, 8, 1), (128, False, 3, 6, 1), (64, False, 16, 4, 1), (128, True, 7, 8, 1)]
+                (64, True, 0, 8, 1), (128, False, 3, 6, 1), (64, False, 16, 4, 1), (128, True, 7, 8, 1),
+                (128, False, 1, 8, 2), (128, True, 4, 4, 2), (64, False, 7, 6, 2), (64, True, 0, 8, 2),
+                (128, False, 3, 6, 2), (64, False, 16, 4, 2)]
 
 
 @pytest.mark.gpu
@@ -95,14 +97,22 @@ def test_decode_kernel_matches_reference(m, group, sym, split, stages, variant, 
 @pytest.mark.parametrize("m", [1, 5, 16])
 @pytest.mark.parametrize("group,sym,split", [(128, False, 1), (64, True, 3), (128, True, 7)])
 def test_v6_is_v5_bit_for_bit(m, group, sym, split):
-    """v6 moves v5's all-ones MMAs into a per-CTA prologue in the same order and keeps every other
-    operation and its order: the same y to the bit (a wrong table index would not be)."""
+    """v6 moves v5's all-ones MMAs into a per-CTA prologue in the same order, v7 reads the same
+    scales from the ring, and both keep every other operation and its order: the same y to the bit
+    (a wrong table index or ring chunk would not be). v7 with scales and zeros that are not 16-byte
+    aligned (a view one element in) runs v6: the same y again."""
     n, k = 1024 + 48, 1536
     fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 7 * m + split)
     packed = reference.pack_w4(q, 64)
     x = torch.randn(m, k, device="cuda").bfloat16()
-    ys = [cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=6, variant=v) for v in (0, 1)]
-    assert torch.equal(ys[0], ys[1])
+    ys = [cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=6, variant=v) for v in (0, 1, 2)]
+    odd = dict(packed)
+    for key in ("scales", "zeros"):
+        if key in packed:
+            t = packed[key]
+            odd[key] = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
+    ys.append(cuda_w4.w4_decode(x, odd, (n, k), None, split, group=group, stages=8, variant=2))
+    assert all(torch.equal(ys[0], y) for y in ys[1:]), [torch.equal(ys[0], y) for y in ys[1:]]
 
 
 def test_v6_sum_table_fits_its_allocation():

@@ -2,7 +2,8 @@
 launched on torch's current stream (CUDA-graph capturable). Two kernels:
 
   decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES, VARIANT:
-           0 = v5, 1 = v6 with the sum of x per group once per CTA; csrc/w4.cu)
+           0 = v5, 1 = v6 with the sum of x per group once per CTA, 2 = v7: v6 with the scales in the
+           ring; csrc/w4.cu)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
            contract's weights bit for bit), then one cuBLAS GEMM; wins where the GEMM's time
            dwarfs the extra pass (prefill; the tuned table says from which M)
@@ -28,8 +29,9 @@ DECODE_GROUPS = (64, 128)
 DEQUANT_GROUPS = (32, 64, 128)
 M_MAX = 16
 STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
-#: variant -> ring depths it is built for: 0 = v5, 1 = v6 (sum of x per group once per CTA, in shared memory)
-VARIANTS = {0: STAGES, 1: (4, 6, 8)}
+#: variant -> ring depths it is built for: 0 = v5, 1 = v6 (sum of x per group once per CTA, in shared memory),
+#: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8)}
 DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}

@@ -61,8 +61,9 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
             for stages in (4, 6):  # v5 (VARIANT unset): of cuda_w4.STAGES, the ones that won on the H200
                 out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages))
-            for stages in (4, 6, 8):  # v6: cuda_w4.VARIANTS[1]
-                out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages, variant=1))
+            # v6 at its deeper rings, v7 (v6 + scales in the ring) at all of cuda_w4.VARIANTS[2]
+            out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=1) for st in (6, 8)]
+            out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=2) for st in (4, 6, 8)]
     if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
         out.append(KernelConfig(KernelName.DQ_MM))
     return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))

@@ -307,14 +307,47 @@ __device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage
 __host__ __device__ constexpr int xsum_bytes(int per, int ng, int ntok) { return per * ng * ntok * 4 * 8; }
 constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher runs v5
 
-template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+// v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
+// weights. v5/v6 load them with 2-byte __ldg one stage ahead: a DRAM round trip per stage with
+// only one stage (~170 instructions of one warp) to hide it, where the weights have STAGES-1. Per
+// warp and stage, 16-byte chunks 2gi and 2gi+1 hold the 16 scales of group gi (rows 0-7, 8-15) and
+// chunk 2NG+gi its 16 zero points; lane l < chunks copies chunk l in the stage's cp.async group, so
+// the wait + __syncwarp that publish the weights publish these too. Needs 16-byte aligned scales
+// and zeros (the rows of a warp start at a multiple of 16); otherwise the launcher runs v6.
+template <int NG, bool ASYM>
+struct SzSlot {
+  static constexpr int kChunks = (ASYM ? 3 : 2) * NG;
+  uint4 v[kChunks];
+};
+
+// the scale and zero point (as float) of rows g and g + 8 for group gi, from a v7 ring slot
+template <typename T, int NG, bool ASYM>
+__device__ __forceinline__ void slot_params(const SzSlot<NG, ASYM>& sl, int gi, int g, float (&s)[2], float (&z)[2]) {
+  const T* sc = reinterpret_cast<const T*>(&sl.v[2 * gi]);
+  s[0] = Half16<T>::to_f(sc[g]);
+  s[1] = Half16<T>::to_f(sc[g + 8]);
+  if constexpr (ASYM) {
+    const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
+    z[0] = static_cast<float>(zc[g]);
+    z[1] = static_cast<float>(zc[g + 8]);
+  } else {
+    z[0] = z[1] = 8.f;
+  }
+}
+
+// SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). Shared memory: the weight ring
+// [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR>
 __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode_v6_kernel(const Args a) {
   constexpr int NG = kStageK / G;
+  using Sz = SzSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
   Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
-  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES);
+  Sz* szring = reinterpret_cast<Sz*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) +
+                 (SZR ? kWarps * STAGES * sizeof(Sz) / sizeof(float2) : 0);
   const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
   const bool active = n0 < a.NP;
   const int stages = a.K / kStageK;
@@ -324,27 +357,36 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
   const int tn = n0 / a.TN, r0 = n0 % a.TN;
   const long long tile_step = (long long)a.TN * 2;
   const uint4* wsrc = a.qw + (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
-  const long long sz0 = ((long long)tn * a.KGP + s_lo * NG) * a.TN + r0 + g;
-  const T* ssrc = static_cast<const T*>(a.scales) + sz0;
-  const uint8_t* zsrc = ASYM ? a.zeros + sz0 : nullptr;
+  const long long grp0 = (long long)tn * a.KGP + s_lo * NG;  // (tile, group) row of the first stage's first group
+  const T* ssrc = static_cast<const T*>(a.scales) + grp0 * a.TN + r0 + g;  // v6: lane's own scale
+  const uint8_t* zsrc = ASYM ? a.zeros + grp0 * a.TN + r0 + g : nullptr;
   const int sz_step = NG * a.TN;
-  const T* x = static_cast<const T*>(a.x);
+  // v7: lane l < Sz::kChunks copies chunk l of every stage (scales: 2 bytes each, zeros: 1)
+  const bool sz_lane = SZR && lane < Sz::kChunks;
+  const char* szsrc = lane < 2 * NG
+      ? reinterpret_cast<const char*>(static_cast<const T*>(a.scales) + (grp0 + (lane >> 1)) * a.TN + r0 + 8 * (lane & 1))
+      : reinterpret_cast<const char*>(a.zeros + (grp0 + lane - 2 * NG) * a.TN + r0);  // read only where ASYM
+  const long long szstep = lane < 2 * NG ? (long long)sz_step * sizeof(T) : sz_step;
   const uint4* xsrc[NTOK];
   bool has_tok[NTOK];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t) {
     const int tok = 8 * t + g;
     has_tok[t] = tok < a.M;
-    xsrc[t] = reinterpret_cast<const uint4*>(x + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + s_lo * kStageK + 16 * c);
+    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm +
+                                             s_lo * kStageK + 16 * c);
   }
   const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) {  // one stage into ring slot `slot`; the caller commits
+    cp_async16_hint(&ring[slot].w[0][lane], wsrc, policy);
+    cp_async16_hint(&ring[slot].w[1][lane], wsrc + tile_step, policy);
+    wsrc += 2 * tile_step;
+    if (sz_lane) cp_async16(&szring[slot].v[lane], szsrc);
+    szsrc += szstep;
+  };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s_lo + s < s_hi) {
-      cp_async16_hint(&ring[s].w[0][lane], wsrc, policy);
-      cp_async16_hint(&ring[s].w[1][lane], wsrc + tile_step, policy);
-      wsrc += 2 * tile_step;
-    }
+    if (s_lo + s < s_hi) issue(s);
     cp_async_commit();
   }
   sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, s_cta - s_lo, warp, g, c);  // while the ring's first stages load
@@ -355,27 +397,24 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   GroupParams<T, NG, ASYM> cur;
-  if (s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
+  if (!SZR && s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
   int rd = 0, wr = STAGES - 1;
   for (int j = 0; s_lo + j < s_hi; ++j) {
     uint4 xv[NTOK][2][2];
     load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
     GroupParams<T, NG, ASYM> nxt;
-    ssrc += sz_step;
-    if (ASYM) zsrc += sz_step;
-    if (s_lo + j + 1 < s_hi) nxt.load(ssrc, zsrc, a.TN);
-    cp_async_wait<STAGES - 2>();
-    __syncwarp();  // as v5: lane l's chunk is read by row l/2's quad; slot wr is free
-    if (s_lo + j + STAGES - 1 < s_hi) {
-      cp_async16_hint(&ring[wr].w[0][lane], wsrc, policy);
-      cp_async16_hint(&ring[wr].w[1][lane], wsrc + tile_step, policy);
-      wsrc += 2 * tile_step;
+    if constexpr (!SZR) {
+      ssrc += sz_step;
+      if (ASYM) zsrc += sz_step;
+      if (s_lo + j + 1 < s_hi) nxt.load(ssrc, zsrc, a.TN);
     }
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // as v5: lane l's chunks are read by other lanes; slot wr is free
+    if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
     float acc[2][NTOK][4];
     weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
     if (NG == 1) {
 #pragma unroll
       for (int t = 0; t < NTOK; ++t)
@@ -384,18 +423,24 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
     }
 #pragma unroll
     for (int gi = 0; gi < NG; ++gi) {  // out += s * acc - s * (M + z) * sum x, as v5
-      const float sl = cur.s[gi][0], sh_ = cur.s[gi][1];
-      const float ol = sl * (Half16<T>::kBase + cur.z[gi][0]), oh = sh_ * (Half16<T>::kBase + cur.z[gi][1]);
+      float sc[2], z[2];
+      if constexpr (SZR) {
+        slot_params<T, NG, ASYM>(szring[rd], gi, g, sc, z);
+      } else {
+        sc[0] = cur.s[gi][0], sc[1] = cur.s[gi][1], z[0] = cur.z[gi][0], z[1] = cur.z[gi][1];
+      }
+      const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
         const float2 xs = xsum[((j * NG + gi) * NTOK + t) * 4 + c];
-        out[t][0] = fmaf(sl, acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
-        out[t][1] = fmaf(sl, acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
-        out[t][2] = fmaf(sh_, acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
-        out[t][3] = fmaf(sh_, acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
+        out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
+        out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
+        out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
+        out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
       }
     }
-    cur = nxt;
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+    if constexpr (!SZR) cur = nxt;
   }
   cp_async_wait<0>();
   store_tile<T, NTOK>(a.o, out, n0, g, c, active);
@@ -437,20 +482,23 @@ __global__ void w4_dequant_kernel(const uint4* __restrict__ qw, const T* __restr
 
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int VAR>
 int launch_decode(const Args& a, cudaStream_t s) {
-  constexpr int ring = kWarps * STAGES * static_cast<int>(sizeof(Stage));
+  constexpr int NG = kStageK / G;
+  constexpr int ring = kWarps * STAGES * static_cast<int>(sizeof(Stage) + (VAR == 2 ? sizeof(SzSlot<NG, ASYM>) : 0));
   const int per = (a.K / kStageK + a.split_k - 1) / a.split_k;
   int table = 0;
   void (*kern)(const Args);
-  if constexpr (VAR == 1) {
-    table = xsum_bytes(per, kStageK / G, NTOK);
+  if constexpr (VAR >= 1) {
+    table = xsum_bytes(per, NG, NTOK);
     if (table > kXsumMax) return launch_decode<T, NTOK, (STAGES > 6 ? 6 : STAGES), G, ASYM, 0>(a, s);
-    kern = w4_decode_v6_kernel<T, NTOK, STAGES, G, ASYM>;
+    if (VAR == 2 && (reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 || reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0))
+      return launch_decode<T, NTOK, STAGES, G, ASYM, 1>(a, s);  // v7's 16-byte scale copies need aligned rows
+    kern = w4_decode_v6_kernel<T, NTOK, STAGES, G, ASYM, VAR == 2>;
   } else {
     kern = w4_decode_kernel<T, NTOK, STAGES, G, ASYM>;
   }
   static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
   if (!raised) {
-    const int most = ring + (VAR == 1 ? kXsumMax : 0);  // a cap, not a reservation: occupancy follows the launch's
+    const int most = ring + (VAR >= 1 ? kXsumMax : 0);  // a cap, not a reservation: occupancy follows the launch's
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = true;
@@ -460,7 +508,7 @@ int launch_decode(const Args& a, cudaStream_t s) {
   return static_cast<int>(cudaGetLastError());
 }
 
-// ring depths: v5 4 and 6 (what it was tuned with), v6 also 8 (its 64-register cap holds at 8)
+// ring depths: v5 4 and 6 (what it was tuned with), v6 and v7 also 8 (their 64-register cap holds at 8)
 template <typename T, int NTOK, int G, bool ASYM>
 int by_stages(const Args& a, int stages, int variant, cudaStream_t s) {
   if (variant == 1) {
@@ -468,6 +516,14 @@ int by_stages(const Args& a, int stages, int variant, cudaStream_t s) {
       case 4: return launch_decode<T, NTOK, 4, G, ASYM, 1>(a, s);
       case 6: return launch_decode<T, NTOK, 6, G, ASYM, 1>(a, s);
       case 8: return launch_decode<T, NTOK, 8, G, ASYM, 1>(a, s);
+      default: return -2;
+    }
+  }
+  if (variant == 2) {
+    switch (stages) {
+      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 2>(a, s);
+      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 2>(a, s);
+      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 2>(a, s);
       default: return -2;
     }
   }
@@ -495,7 +551,7 @@ int by_tokens(const Args& a, int stages, int variant, cudaStream_t s) {
 }  // namespace
 
 // dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). Returns 0 or an error code:
-// -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6), else the CUDA error.
+// -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7), else the CUDA error.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
