@@ -96,6 +96,15 @@ def bars(results: dict, bw: float) -> list[str]:
     return out
 
 
+def save(out: Path, bw: float, results: dict) -> None:
+    """The JSON of every timing, and ncu_w4_decode.py's arguments for the best new config at gate_up M=1."""
+    (out / "w4_variants.json").write_text(json.dumps({"bw": bw, "results": results}, indent=1))
+    g = best(results.get("gate_up", {}).get(1, {"rows": []}), *NEW)
+    if g:
+        (out / "ncu_args.txt").write_text(f"--split {g['cfg'].get('SPLIT_K', 0)} --stages {g['cfg']['STAGES']} "
+                                          f"--variant {g['variant']}\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
@@ -105,29 +114,24 @@ def main() -> None:
     sms, l2 = props.multi_processor_count, props.L2_cache_size
     bw = max(bench.copy_bandwidth().values())
     gen = torch.Generator(device="cuda").manual_seed(0)
+    print(f"{props.name}: copy bandwidth {bw / 1e12:.3f} TB/s; us, % of bandwidth, config S<split>/R<ring>")
+    print(f"{'layer':<8} {'M':>2} | {'v5 shipped entry':<21} | {'v5 best':<21} | {'v6 best':<21} | "
+          f"{'v7 best':<21} | v5/new | {'bf16':>6} {'tgemm':>6} | tg/new", flush=True)
     results: dict[str, dict[int, dict]] = {}
-    for name in a.shapes.split(","):
+    for name in a.shapes.split(","):  # a row per shape as it is done: a run cut short keeps its rows
         wt = bench.make_weight("w4a16", bench.SHAPES[name], l2, gen)
         results[name] = {m: measure(wt, m, sms, l2, gen) for m in (1, 16)}
         del wt
         torch.cuda.empty_cache()
-    print(f"{props.name}: copy bandwidth {bw / 1e12:.3f} TB/s; us, % of bandwidth, config S<split>/R<ring>")
-    print(f"{'layer':<8} {'M':>2} | {'v5 shipped entry':<21} | {'v5 best':<21} | {'v6 best':<21} | "
-          f"{'v7 best':<21} | v5/new | {'bf16':>6} {'tgemm':>6} | tg/new")
-    for name, by_m in results.items():
         for m in (1, 16):
-            print(fmt_row(name, by_m[m], bw))
+            print(fmt_row(name, results[name][m], bw), flush=True)
+        save(Path(a.out), bw, results)
     print("\n".join(bars(results, bw)))
-    bad = [(name, m, r) for name, by_m in results.items() for m, res in by_m.items() for r in res["rows"]
-           if not r["us"] == r["us"]]
-    for name, m, r in bad:
-        print(f"REJECTED/FAILED {name} M={m} {r['cfg']}: err={r['err']:.2e} {r.get('error', '')}")
-    out = Path(a.out)
-    (out / "w4_variants.json").write_text(json.dumps({"bw": bw, "results": results}, indent=1))
-    g = best(results.get("gate_up", {}).get(1, {"rows": []}), *NEW)
-    if g:
-        (out / "ncu_args.txt").write_text(f"--split {g['cfg'].get('SPLIT_K', 0)} --stages {g['cfg']['STAGES']} "
-                                          f"--variant {g['variant']}\n")
+    for name, by_m in results.items():
+        for m, res in by_m.items():
+            for r in res["rows"]:
+                if not r["us"] == r["us"]:
+                    print(f"REJECTED/FAILED {name} M={m} {r['cfg']}: err={r['err']:.2e} {r.get('error', '')}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 // W4A16 kernels that read the w4_t{16,64}x64 layouts as packed (docs/layouts.md):
-//   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step)
+//   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step); variant 0 = v5
+//                         (w4_decode_kernel), 1 = v6 and 2 = v7 (w4_decode_v6_kernel, below it)
 //   turbopack_w4_dequant  packed codes -> 16-bit W [NP, K_pad] (prefill: then one cuBLAS GEMM)
 //
 // Layout recap: one (TN x 64) tile of codes is TN rows x 32 bytes, contiguous; word j of a row
