@@ -93,6 +93,15 @@ struct GroupParams {
 #else
 #define TP_MIN_BLOCKS(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 6) : 1)
 #endif
+// v7 (no sum-x accumulators, no scale registers) fits tighter sm_90 caps: 72 registers for group 64
+// (7 CTAs) and 80 for two token columns at group 128 (6 CTAs against v5's 4 at 116-132; the loop
+// grows from 203 to 226 instructions per stage under it); two token columns at group 64 spill under
+// 80 and keep the compiler's allocation. v6 keeps v5's caps, so the tuner weighs both.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+#define TP_MIN_BLOCKS_V7(NTOK, G) 1
+#else
+#define TP_MIN_BLOCKS_V7(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 7) : ((G) == 128 ? 6 : 1))
+#endif
 // Register cap (sm_90): 64 for one token column (8 CTAs = 32 warps per SM; ncu on 72 registers showed 13-23
 // of 28 possible warps active and the kernel latency-bound), 80 for group 64 (two groups of
 // scales per stage: 64 spilled), none for two token columns (a 128 cap spilled).
@@ -339,7 +348,8 @@ __device__ __forceinline__ void slot_params(const SzSlot<NG, ASYM>& sl, int gi, 
 // SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). Shared memory: the weight ring
 // [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR>
-__global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode_v6_kernel(const Args a) {
+__global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) : TP_MIN_BLOCKS(NTOK, G))
+    w4_decode_v6_kernel(const Args a) {
   constexpr int NG = kStageK / G;
   using Sz = SzSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
