@@ -109,3 +109,21 @@ def test_resolved_configs_carry_only_their_kernels_keys():
         for m in (1, 3, 16, 64, 65, 4096):
             cfg = dispatch.resolve_config(layout, fmt, 4096, 4096, m, torch.device("cpu"))
             assert KernelConfig.from_json(cfg.to_json(), layout) == cfg
+
+
+def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
+    """VARIANT (which CUDA W4 decode kernel) is a CUDA key like STAGES: written back as read, absent
+    from entries that predate it, an int; the tuner sweeps every variant at ring depths it is built for."""
+    from turbopack.inference.kernels import cuda_w4, tune
+
+    d = {"kernel": "cuda", "SPLIT_K": 2, "STAGES": 8, "VARIANT": 2}
+    assert KernelConfig.from_json(d, "t").variant == 2 and KernelConfig.from_json(d, "t").to_json() == d
+    assert KernelConfig.from_json({"kernel": "cuda", "SPLIT_K": 2, "STAGES": 4}, "t").variant is None
+    with pytest.raises(ConfigError, match="VARIANT is 1.0; expected int"):
+        KernelConfig.from_json({"kernel": "cuda", "VARIANT": 1.0}, "t")
+    for m in (1, 16):
+        cands = [c for c in tune.candidates("w4a16", 28672, 4096, m, 132) if c.kernel is KernelName.CUDA]
+        got = {(c.variant or 0, c.ring_stages) for c in cands}
+        assert {v for v, _ in got} == set(cuda_w4.VARIANTS)
+        assert all(st in cuda_w4.VARIANTS[v] for v, st in got)
+        assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)

@@ -63,13 +63,22 @@ def _weight(n, k, group, sym, dtype, seed):
     return fmt, q, reference
 
 
+#: (group, sym, split, stages, variant): v5 (0), v6 (1) and v7 (2) over both groups, sym/asym, every ring
+#: depth each is built for, split 1, auto (0), uneven (3: the last CTA shorter; 7: a CTA with no
+#: stage at K=2048) and one stage per CTA (16)
+DECODE_CASES = [(128, False, 1, 4, 0), (128, True, 4, 6, 0), (64, False, 7, 6, 0), (64, True, 0, 4, 0),
+                (128, False, 0, 6, 0), (128, False, 1, 8, 1), (128, True, 4, 4, 1), (64, False, 7, 6, 1),
+                (64, True, 0, 8, 1), (128, False, 3, 6, 1), (64, False, 16, 4, 1), (128, True, 7, 8, 1),
+                (128, False, 1, 8, 2), (128, True, 4, 4, 2), (64, False, 7, 6, 2), (64, True, 0, 8, 2),
+                (128, False, 3, 6, 2), (64, False, 16, 4, 2)]
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("m", [1, 3, 8, 9, 16])
-@pytest.mark.parametrize("group,sym,split,stages", [(128, False, 1, 4), (128, True, 4, 6), (64, False, 7, 6),
-                                                    (64, True, 0, 4), (128, False, 0, 6)])
+@pytest.mark.parametrize("group,sym,split,stages,variant", DECODE_CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_decode_kernel_matches_reference(m, group, sym, split, stages, dtype):
+def test_decode_kernel_matches_reference(m, group, sym, split, stages, variant, dtype):
     n, k = 4096 + 16, 2048   # N not a multiple of 64: a partial tile
     fmt, q, reference = _weight(n, k, group, sym, dtype, 1000 * m + split)
     for tile_n in (64, 16):
@@ -78,9 +87,53 @@ def test_decode_kernel_matches_reference(m, group, sym, split, stages, dtype):
         b = torch.randn(n, device="cuda").to(dtype)
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_w4.supports(x, fmt, packed, (n, k))
-        cuda_w4.w4_decode(x, packed, (n, k), b, split, out=out, group=group, stages=stages)
+        cuda_w4.w4_decode(x, packed, (n, k), b, split, out=out, group=group, stages=stages, variant=variant)
         err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
         assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("group,sym,split", [(128, False, 1), (64, True, 3), (128, True, 7)])
+def test_v6_is_v5_bit_for_bit(m, group, sym, split):
+    """v6 moves v5's all-ones MMAs into a per-CTA prologue in the same order, v7 reads the same
+    scales from the ring, and both keep every other operation and its order: the same y to the bit
+    (a wrong table index or ring chunk would not be). v7 with scales and zeros that are not 16-byte
+    aligned (a view one element in) runs v6: the same y again."""
+    n, k = 1024 + 48, 1536
+    fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 7 * m + split)
+    packed = reference.pack_w4(q, 64)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    ys = [cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=6, variant=v) for v in (0, 1, 2)]
+    odd = dict(packed)
+    for key in ("scales", "zeros"):
+        if key in packed:
+            t = packed[key]
+            odd[key] = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
+    ys.append(cuda_w4.w4_decode(x, odd, (n, k), None, split, group=group, stages=8, variant=2))
+    assert all(torch.equal(ys[0], y) for y in ys[1:]), [torch.equal(ys[0], y) for y in ys[1:]]
+
+
+def test_v6_sum_table_fits_its_allocation():
+    """A model of w4_decode_v6_kernel's stage split and sum-of-x table (csrc/w4.cu): the CTAs'
+    stage ranges cover every stage once, and the largest index sum_x writes or the loop reads is
+    inside the xsum_bytes the launcher allocates (past kXsumMax the launcher runs v5)."""
+    for k in (128, 256, 1920, 2048, 4096, 14336, 28672):
+        stages = k // 128
+        for split in range(1, min(stages, 40) + 1):
+            per = -(-stages // split)
+            covered = []
+            for by in range(split):
+                s_lo = by * per
+                s_cta = max(s_lo, min(stages, s_lo + per))
+                covered += range(s_lo, s_cta)
+                for group in (64, 128):
+                    ng = 128 // group
+                    for ntok in (1, 2):
+                        top = (((s_cta - s_lo - 1) * ng + ng - 1) * ntok + ntok - 1) * 4 + 3
+                        assert s_cta == s_lo or 8 * (top + 1) <= cuda_w4.xsum_bytes(per, group, ntok)
+            assert covered == list(range(stages)), (k, split)
 
 
 @pytest.mark.gpu

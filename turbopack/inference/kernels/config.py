@@ -38,7 +38,7 @@ class ConfigError(TurbopackError):
 
 #: JSON key -> field name
 JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "GROUP_M": "group_m", "SPLIT_K": "split_k",
-               "STAGES": "ring_stages", "ROUND": "round_weights", "PLANES": "planes",
+               "STAGES": "ring_stages", "VARIANT": "variant", "ROUND": "round_weights", "PLANES": "planes",
                "num_warps": "num_warps", "num_stages": "num_stages"}
 _BOOL_KEYS = frozenset({"ROUND", "PLANES"})
 
@@ -46,7 +46,7 @@ _BOOL_KEYS = frozenset({"ROUND", "PLANES"})
 KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.GEMV: ("BN", "BK", "SPLIT_K", "ROUND", "num_warps", "num_stages"),
     KernelName.TC: ("BN", "BM", "BK", "SPLIT_K", "num_warps", "num_stages", "PLANES"),
-    KernelName.CUDA: ("SPLIT_K", "STAGES"),
+    KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT"),
     KernelName.DQ_MM: (),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
@@ -64,6 +64,7 @@ class KernelConfig:
     group_m: int | None = None        # GROUP_M: row blocks sharing a weight block in L2 (w8a8)
     split_k: int | None = None        # SPLIT_K: programs sharing one K range (cuda: 0 = its own rule)
     ring_stages: int | None = None    # STAGES: depth of the CUDA decode kernel's cp.async ring
+    variant: int | None = None        # VARIANT: which CUDA W4 decode kernel (cuda_w4.VARIANTS; unset = v5)
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does
     planes: bool | None = None        # PLANES: eight (four) plane dots instead of the re-interleave
     num_warps: int | None = None

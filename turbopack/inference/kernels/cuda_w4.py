@@ -1,7 +1,9 @@
 """The CUDA C++ W4A16 kernels (csrc/w4.cu; built by cuda_build at first use, cached on disk),
 launched on torch's current stream (CUDA-graph capturable). Two kernels:
 
-  decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES)
+  decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES, VARIANT:
+           0 = v5, 1 = v6 with the sum of x per group once per CTA, 2 = v7: v6 with the scales in the
+           ring; csrc/w4.cu)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
            contract's weights bit for bit), then one cuBLAS GEMM; wins where the GEMM's time
            dwarfs the extra pass (prefill; the tuned table says from which M)
@@ -26,11 +28,15 @@ SRC = cuda_build.CSRC / "w4.cu"
 DECODE_GROUPS = (64, 128)
 DEQUANT_GROUPS = (32, 64, 128)
 M_MAX = 16
-STAGES = (4, 6)  # ring depths the decode kernel is built for (csrc/w4.cu)
+STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
+#: variant -> ring depths it is built for: 0 = v5, 1 = v6 (sum of x per group once per CTA, in shared memory),
+#: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8)}
 DEFAULT_STAGES = 4
+DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
-    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 12 + [ctypes.c_void_p],
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 13 + [ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
@@ -65,9 +71,15 @@ def default_split(n_pad: int, k: int, device: torch.device) -> int:
     return max(1, min(math.ceil(3 * sms / blocks), max(1, k // 128 // 4)))
 
 
+def xsum_bytes(per: int, group: int, ntok: int) -> int:
+    """Shared memory of v6's sum-of-x table for ``per`` stages per CTA (csrc/w4.cu xsum_bytes: a
+    float2 per stage, group, token column of 8 and quad lane)."""
+    return per * (128 // group) * ntok * 4 * 8
+
+
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
-              stages: int = DEFAULT_STAGES) -> torch.Tensor:
+              stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
@@ -80,10 +92,11 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
-        m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), _DTYPE_CODE[x2.dtype],
-        cuda_build.stream(x2.device))
+        m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant),
+        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
-        raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages})")
+        raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "
+                           f"variant={variant})")
     return y
 
 

@@ -59,8 +59,11 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
     if setup == "w4a16" and m <= 16:  # the CUDA C++ decode kernel (one CTA per 64 rows)
         base = _splits(math.ceil(n / 64), k // 128, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
-            for stages in (4, 6):  # of cuda_w4.STAGES, the ones that won on the H200
+            for stages in (4, 6):  # v5 (VARIANT unset): of cuda_w4.STAGES, the ones that won on the H200
                 out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages))
+            # v6 at its deeper rings, v7 (v6 + scales in the ring) at all of cuda_w4.VARIANTS[2]
+            out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=1) for st in (6, 8)]
+            out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=2) for st in (4, 6, 8)]
     if setup == "nvfp4" and m <= 16:  # the CUDA C++ NVFP4 decode kernel (one CTA per 64 rows, 128-k stages)
         base = _splits(math.ceil(n / 64), math.ceil(k / 128), sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):

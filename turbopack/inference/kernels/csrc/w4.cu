@@ -1,5 +1,6 @@
 // W4A16 kernels that read the w4_t{16,64}x64 layouts as packed (docs/layouts.md):
-//   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step)
+//   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step); variant 0 = v5
+//                         (w4_decode_kernel), 1 = v6 and 2 = v7 (w4_decode_v6_kernel, below it)
 //   turbopack_w4_dequant  packed codes -> 16-bit W [NP, K_pad] (prefill: then one cuBLAS GEMM)
 //
 // Layout recap: one (TN x 64) tile of codes is TN rows x 32 bytes, contiguous; word j of a row
@@ -91,6 +92,15 @@ struct GroupParams {
 #define TP_MIN_BLOCKS(NTOK, G) 1
 #else
 #define TP_MIN_BLOCKS(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 6) : 1)
+#endif
+// v7 (no sum-x accumulators, no scale registers) fits tighter sm_90 caps: 72 registers for group 64
+// (7 CTAs) and 80 for two token columns at group 128 (6 CTAs against v5's 4 at 116-132; the loop
+// grows from 203 to 226 instructions per stage under it); two token columns at group 64 spill under
+// 80 and keep the compiler's allocation. v6 keeps v5's caps, so the tuner weighs both.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+#define TP_MIN_BLOCKS_V7(NTOK, G) 1
+#else
+#define TP_MIN_BLOCKS_V7(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 7) : ((G) == 128 ? 6 : 1))
 #endif
 // Register cap (sm_90): 64 for one token column (8 CTAs = 32 warps per SM; ncu on 72 registers showed 13-23
 // of 28 possible warps active and the kernel latency-bound), 80 for group 64 (two groups of
@@ -216,6 +226,237 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
   store_tile<T, NTOK>(a.o, out, n0, g, c, active);
 }
 
+// ---- v6 (VARIANT 1): the sum of x per group once per CTA, not once per warp and stage ----
+// v5 spends half its MMAs (8 of 16 per stage for one token column) on sum x against all-ones, and
+// all four warps of a CTA compute the same sums. v6 computes them once per CTA in a prologue that
+// runs while the ring's first STAGES-1 stages are in flight (warp w takes stages w, w+4, ...; the
+// same MMAs in the same order as v5, so the sums are v5's bit for bit), keeps them in shared memory
+// behind the ring (one float2 per (stage, group, token column, quad lane c): tokens 2c, 2c+1), and
+// the main loop reads one broadcast LDS.64 per group and token column instead. The weight copies
+// carry an L2 evict-first hint (each weight byte is read once; x, scales and zeros are re-read by
+// every CTA). Fewer registers also make room for an 8-deep ring (7 KiB in flight per warp).
+
+// x fragments of one 128-wide stage, `off` uint4 past xsrc (thread c's 32 bytes of each tile)
+template <int NTOK>
+__device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK],
+                                       const bool (&has_tok)[NTOK], int off) {
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
+}
+
+// xsum[((j * NG + gi) * NTOK + t) * 4 + c] = (sum x of token 8t+2c, of 8t+2c+1) over group gi of
+// the CTA's stage j, for j < nst: v5's all-ones MMAs (D column = token, rows all equal: row g kept)
+template <typename T, int NTOK, int NG>
+__device__ __forceinline__ void sum_x(float2* xsum, const uint4* const (&xsrc)[NTOK], const bool (&has_tok)[NTOK],
+                                     int nst, int warp, int g, int c) {
+  using H = Half16<T>;
+  const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
+  for (int j = warp; j < nst; j += kWarps) {
+    uint4 xv[NTOK][2][2];
+    load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
+    float xs[2][NTOK][4];
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xs[tile][t][i] = 0.f;
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+          const uint4& q = xv[t][tile][step >> 1];
+          H::mma(xs[tile][t], ones, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
+        }
+      }
+    if (NG == 1) {
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xs[0][t][i] += xs[1][t][i];
+    }
+    if (g == 0) {
+#pragma unroll
+      for (int gi = 0; gi < NG; ++gi)
+#pragma unroll
+        for (int t = 0; t < NTOK; ++t) xsum[((j * NG + gi) * NTOK + t) * 4 + c] = make_float2(xs[gi][t][0], xs[gi][t][1]);
+    }
+  }
+}
+
+// acc[tile][t] = sum over the stage's 128 k of (M + q) x: v5's weight MMAs (fragment order above)
+template <typename T, int NTOK>
+__device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage& st, const uint4 (&xv)[NTOK][2][2],
+                                           int g, int c) {
+  using H = Half16<T>;
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[tile][t][i] = 0.f;
+    const uint2 wl = reinterpret_cast<const uint2*>(&st.w[tile][0])[g * 4 + c];        // row g, bytes 8c..
+    const uint2 wh = reinterpret_cast<const uint2*>(&st.w[tile][0])[(g + 8) * 4 + c];  // row g + 8
+#pragma unroll
+    for (int step = 0; step < 4; ++step) {
+      const uint32_t lo = (step >> 1) ? wl.y : wl.x, hi = (step >> 1) ? wh.y : wh.x;
+      const int sh = 8 * (step & 1);
+      const uint32_t af[4] = {lop3_magic<H::kMagic>(lo >> sh), lop3_magic<H::kMagic>(hi >> sh),
+                              lop3_magic<H::kMagic>(lo >> (sh + 4)), lop3_magic<H::kMagic>(hi >> (sh + 4))};
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const uint4& q = xv[t][tile][step >> 1];
+        H::mma(acc[tile][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
+      }
+    }
+  }
+}
+
+// bytes of v6's sum-of-x table behind the ring: per CTA stages x NG x NTOK x 4 lanes x float2
+__host__ __device__ constexpr int xsum_bytes(int per, int ng, int ntok) { return per * ng * ntok * 4 * 8; }
+constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher runs v5
+
+// v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
+// weights. v5/v6 load them with 2-byte __ldg one stage ahead: a DRAM round trip per stage with
+// only one stage (~170 instructions of one warp) to hide it, where the weights have STAGES-1. Per
+// warp and stage, 16-byte chunks 2gi and 2gi+1 hold the 16 scales of group gi (rows 0-7, 8-15) and
+// chunk 2NG+gi its 16 zero points; lane l < chunks copies chunk l in the stage's cp.async group, so
+// the wait + __syncwarp that publish the weights publish these too. Needs 16-byte aligned scales
+// and zeros (the rows of a warp start at a multiple of 16); otherwise the launcher runs v6.
+template <int NG, bool ASYM>
+struct SzSlot {
+  static constexpr int kChunks = (ASYM ? 3 : 2) * NG;
+  uint4 v[kChunks];
+};
+
+// the scale and zero point (as float) of rows g and g + 8 for group gi, from a v7 ring slot
+template <typename T, int NG, bool ASYM>
+__device__ __forceinline__ void slot_params(const SzSlot<NG, ASYM>& sl, int gi, int g, float (&s)[2], float (&z)[2]) {
+  const T* sc = reinterpret_cast<const T*>(&sl.v[2 * gi]);
+  s[0] = Half16<T>::to_f(sc[g]);
+  s[1] = Half16<T>::to_f(sc[g + 8]);
+  if constexpr (ASYM) {
+    const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
+    z[0] = static_cast<float>(zc[g]);
+    z[1] = static_cast<float>(zc[g + 8]);
+  } else {
+    z[0] = z[1] = 8.f;
+  }
+}
+
+// SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). Shared memory: the weight ring
+// [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR>
+__global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) : TP_MIN_BLOCKS(NTOK, G))
+    w4_decode_v6_kernel(const Args a) {
+  constexpr int NG = kStageK / G;
+  using Sz = SzSlot<NG, ASYM>;
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
+  Sz* szring = reinterpret_cast<Sz*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) +
+                 (SZR ? kWarps * STAGES * sizeof(Sz) / sizeof(float2) : 0);
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
+  const bool active = n0 < a.NP;
+  const int stages = a.K / kStageK;
+  const int per = (stages + a.split_k - 1) / a.split_k;
+  const int s_lo = blockIdx.y * per, s_cta = max(s_lo, min(stages, s_lo + per));  // the CTA's stages: all warps sum x
+  const int s_hi = active ? s_cta : s_lo;
+  const int tn = n0 / a.TN, r0 = n0 % a.TN;
+  const long long tile_step = (long long)a.TN * 2;
+  const uint4* wsrc = a.qw + (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
+  const long long grp0 = (long long)tn * a.KGP + s_lo * NG;  // (tile, group) row of the first stage's first group
+  const T* ssrc = static_cast<const T*>(a.scales) + grp0 * a.TN + r0 + g;  // v6: lane's own scale
+  const uint8_t* zsrc = ASYM ? a.zeros + grp0 * a.TN + r0 + g : nullptr;
+  const int sz_step = NG * a.TN;
+  // v7: lane l < Sz::kChunks copies chunk l of every stage (scales: 2 bytes each, zeros: 1)
+  const bool sz_lane = SZR && lane < Sz::kChunks;
+  const char* szsrc = lane < 2 * NG
+      ? reinterpret_cast<const char*>(static_cast<const T*>(a.scales) + (grp0 + (lane >> 1)) * a.TN + r0 + 8 * (lane & 1))
+      : reinterpret_cast<const char*>(a.zeros + (grp0 + lane - 2 * NG) * a.TN + r0);  // read only where ASYM
+  const long long szstep = lane < 2 * NG ? (long long)sz_step * sizeof(T) : sz_step;
+  const uint4* xsrc[NTOK];
+  bool has_tok[NTOK];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) {
+    const int tok = 8 * t + g;
+    has_tok[t] = tok < a.M;
+    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm +
+                                             s_lo * kStageK + 16 * c);
+  }
+  const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) {  // one stage into ring slot `slot`; the caller commits
+    cp_async16_hint(&ring[slot].w[0][lane], wsrc, policy);
+    cp_async16_hint(&ring[slot].w[1][lane], wsrc + tile_step, policy);
+    wsrc += 2 * tile_step;
+    if (sz_lane) cp_async16(&szring[slot].v[lane], szsrc);
+    szsrc += szstep;
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s_lo + s < s_hi) issue(s);
+    cp_async_commit();
+  }
+  sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, s_cta - s_lo, warp, g, c);  // while the ring's first stages load
+  __syncthreads();  // every warp reads every warp's sums
+  float out[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
+  GroupParams<T, NG, ASYM> cur;
+  if (!SZR && s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; s_lo + j < s_hi; ++j) {
+    uint4 xv[NTOK][2][2];
+    load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
+    GroupParams<T, NG, ASYM> nxt;
+    if constexpr (!SZR) {
+      ssrc += sz_step;
+      if (ASYM) zsrc += sz_step;
+      if (s_lo + j + 1 < s_hi) nxt.load(ssrc, zsrc, a.TN);
+    }
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // as v5: lane l's chunks are read by other lanes; slot wr is free
+    if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    float acc[2][NTOK][4];
+    weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
+    if (NG == 1) {
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
+    }
+#pragma unroll
+    for (int gi = 0; gi < NG; ++gi) {  // out += s * acc - s * (M + z) * sum x, as v5
+      float sc[2], z[2];
+      if constexpr (SZR) {
+        slot_params<T, NG, ASYM>(szring[rd], gi, g, sc, z);
+      } else {
+        sc[0] = cur.s[gi][0], sc[1] = cur.s[gi][1], z[0] = cur.z[gi][0], z[1] = cur.z[gi][1];
+      }
+      const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const float2 xs = xsum[((j * NG + gi) * NTOK + t) * 4 + c];
+        out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
+        out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
+        out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
+        out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
+      }
+    }
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+    if constexpr (!SZR) cur = nxt;
+  }
+  cp_async_wait<0>();
+  store_tile<T, NTOK>(a.o, out, n0, g, c, active);
+}
+
 // Dequantize: one thread per 16-byte half row of a tile (32 codes), in memory order, so the reads
 // are fully coalesced; it writes those 32 weights (64 bytes) of row n = tn*TN + r of W [NP, K_pad].
 // Each value is the contract's: round_T(fp32 (q - z) * s), exact before the one rounding.
@@ -250,50 +491,82 @@ __global__ void w4_dequant_kernel(const uint4* __restrict__ qw, const T* __restr
   for (int v = 0; v < 4; ++v) dst[v] = make_uint4(o[4 * v], o[4 * v + 1], o[4 * v + 2], o[4 * v + 3]);
 }
 
-template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, int VAR>
 int launch_decode(const Args& a, cudaStream_t s) {
-  auto kern = w4_decode_kernel<T, NTOK, STAGES, G, ASYM>;
-  const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage));
+  constexpr int NG = kStageK / G;
+  constexpr int ring = kWarps * STAGES * static_cast<int>(sizeof(Stage) + (VAR == 2 ? sizeof(SzSlot<NG, ASYM>) : 0));
+  const int per = (a.K / kStageK + a.split_k - 1) / a.split_k;
+  int table = 0;
+  void (*kern)(const Args);
+  if constexpr (VAR >= 1) {
+    table = xsum_bytes(per, NG, NTOK);
+    if (table > kXsumMax) return launch_decode<T, NTOK, (STAGES > 6 ? 6 : STAGES), G, ASYM, 0>(a, s);
+    if (VAR == 2 && (reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 || reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0))
+      return launch_decode<T, NTOK, STAGES, G, ASYM, 1>(a, s);  // v7's 16-byte scale copies need aligned rows
+    kern = w4_decode_v6_kernel<T, NTOK, STAGES, G, ASYM, VAR == 2>;
+  } else {
+    kern = w4_decode_kernel<T, NTOK, STAGES, G, ASYM>;
+  }
   static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
   if (!raised) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    const int most = ring + (VAR >= 1 ? kXsumMax : 0);  // a cap, not a reservation: occupancy follows the launch's
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.split_k), block(kWarps * 32);
-  kern<<<grid, block, smem, s>>>(a);
+  kern<<<grid, block, ring + table, s>>>(a);
   return static_cast<int>(cudaGetLastError());
 }
 
+// ring depths: v5 4 and 6 (what it was tuned with), v6 and v7 also 8 (their 64-register cap holds at 8)
 template <typename T, int NTOK, int G, bool ASYM>
-int by_stages(const Args& a, int stages, cudaStream_t s) {
+int by_stages(const Args& a, int stages, int variant, cudaStream_t s) {
+  if (variant == 1) {
+    switch (stages) {
+      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 1>(a, s);
+      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 1>(a, s);
+      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 1>(a, s);
+      default: return -2;
+    }
+  }
+  if (variant == 2) {
+    switch (stages) {
+      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 2>(a, s);
+      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 2>(a, s);
+      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 2>(a, s);
+      default: return -2;
+    }
+  }
+  if (variant != 0) return -3;
   switch (stages) {
-    case 4: return launch_decode<T, NTOK, 4, G, ASYM>(a, s);
-    case 6: return launch_decode<T, NTOK, 6, G, ASYM>(a, s);
+    case 4: return launch_decode<T, NTOK, 4, G, ASYM, 0>(a, s);
+    case 6: return launch_decode<T, NTOK, 6, G, ASYM, 0>(a, s);
     default: return -2;
   }
 }
 
 template <typename T, int NTOK>
-int by_group(const Args& a, int stages, cudaStream_t s) {
+int by_group(const Args& a, int stages, int variant, cudaStream_t s) {
   const bool asym = a.zeros != nullptr;
-  if (a.G == 128) return asym ? by_stages<T, NTOK, 128, true>(a, stages, s) : by_stages<T, NTOK, 128, false>(a, stages, s);
-  return asym ? by_stages<T, NTOK, 64, true>(a, stages, s) : by_stages<T, NTOK, 64, false>(a, stages, s);
+  if (a.G == 128)
+    return asym ? by_stages<T, NTOK, 128, true>(a, stages, variant, s) : by_stages<T, NTOK, 128, false>(a, stages, variant, s);
+  return asym ? by_stages<T, NTOK, 64, true>(a, stages, variant, s) : by_stages<T, NTOK, 64, false>(a, stages, variant, s);
 }
 
 template <typename T>
-int by_tokens(const Args& a, int stages, cudaStream_t s) {
-  return a.M <= 8 ? by_group<T, 1>(a, stages, s) : by_group<T, 2>(a, stages, s);
+int by_tokens(const Args& a, int stages, int variant, cudaStream_t s) {
+  return a.M <= 8 ? by_group<T, 1>(a, stages, variant, s) : by_group<T, 2>(a, stages, variant, s);
 }
 
 }  // namespace
 
 // dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). Returns 0 or an error code:
-// -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
+// -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7), else the CUDA error.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
-                                   int dtype, void* stream) {
+                                   int variant, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < 1 || (dtype != 0 && dtype != 1))
     return -1;
@@ -301,7 +574,7 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
                G, stride_xm, split_k};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, s) : by_tokens<__half>(a, stages, s);
+  return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, s) : by_tokens<__half>(a, stages, variant, s);
 }
 
 extern "C" int turbopack_w4_dequant(const void* qw, const void* scales, const void* zeros, void* w, int NT, int KT,
