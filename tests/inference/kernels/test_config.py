@@ -127,3 +127,19 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
         assert {v for v, _ in got} == set(cuda_w4.VARIANTS)
         assert all(st in cuda_w4.VARIANTS[v] for v, st in got)
         assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)
+
+
+def test_a_run_at_some_m_keeps_the_shipped_winners_of_the_others(monkeypatch):
+    """`bench_linear.py --tune --ms 1,16` rewrites the M=1 and M=16 buckets of the layouts it
+    measured; the shipped M=64..2048 winners (dq_mm, say) stay."""
+    monkeypatch.setattr(bench_main, "device_arch", lambda device: "sm90")
+    shipped = kernel_table.load_table("sm90").to_json()["layouts"]["w4_t64x64"]
+    new_cfg = KernelConfig(KernelName.CUDA, split_k=3, ring_stages=8, variant=2)
+    rows = [{"layout": "w4_t64x64", "shape": [int(v) for v in shape.split("x")], "m": 1, "cfg": new_cfg}
+            for shape in shipped["shapes"]]
+    out = bench_main.config_table(rows, SimpleNamespace(name="x"))["layouts"]["w4_t64x64"]
+    for shape, by_bucket in shipped["shapes"].items():
+        assert out["shapes"][shape]["1"] == new_cfg.to_json()
+        assert {b: c for b, c in out["shapes"][shape].items() if b != "1"} == \
+            {b: c for b, c in by_bucket.items() if b != "1"}
+    assert out["default"]["2048"] == shipped["default"]["2048"] and out["default"]["1"]["VARIANT"] == 2

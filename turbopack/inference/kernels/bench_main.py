@@ -128,11 +128,23 @@ def config_table(rows: list[dict], props) -> dict:
             cuda = cfg.kernel is KernelName.CUDA and cfg.split_k is not None
             default[r["m"]] = dataclasses.replace(cfg, split_k=0 if cuda else None)
     arch = device_arch(torch.device("cuda"))
-    measured = {name: LayoutTable(defaults[name], by_shape) for name, by_shape in shapes.items()}
+    shipped = load_table(arch).layouts
+    measured = {name: _over(shipped.get(name), LayoutTable(defaults[name], by_shape))
+                for name, by_shape in shapes.items()}
     meta = {"device": props.name, "measured": datetime.date.today().isoformat(),
             "source": "benchmarks/bench_linear.py --tune"}
     # layouts this run did not measure keep their shipped entries
-    return KernelTable(arch, {**load_table(arch).layouts, **measured}, meta).to_json()
+    return KernelTable(arch, {**shipped, **measured}, meta).to_json()
+
+
+def _over(old: LayoutTable | None, new: LayoutTable) -> LayoutTable:
+    """``new``'s buckets over ``old``'s, shape by shape: a run at some M (--ms 1,16) keeps the
+    shipped winners of the M it did not measure."""
+    if old is None:
+        return new
+    shapes = {s: dict(sorted({**old.shapes.get(s, {}), **new.shapes.get(s, {})}.items()))
+              for s in {*old.shapes, *new.shapes}}
+    return LayoutTable(dict(sorted({**old.default, **new.default}.items())), dict(sorted(shapes.items())))
 
 
 def _json(o: object) -> object:
