@@ -315,5 +315,8 @@ def test_gpu_real_shapes(fmt_name, layout_name, m):
         x = torch.randn(m, k, device="cuda").bfloat16()
         b = torch.randn(n, device="cuda").bfloat16()
         y = dispatch.linear(x, fmt, layout, packed, (n, k), b)
-        ref = reference.ref_linear(x, fmt_name, q, b, weights_only=layout.weights_only)
+        # the tuned table may run fp8_rowmajor's decode (M <= 16) on the weight-only CUDA kernel:
+        # 16-bit activations times the e4m3 weights, the more exact of the two contracts
+        cfg = dispatch.resolve_config(layout_name, fmt, n, k, m, x.device)
+        ref = reference.ref_linear(x, fmt_name, q, b, weights_only=layout.weights_only or cfg.kernel is KernelName.CUDA)
         assert reference.rel_err(y, ref) < TOL
