@@ -167,6 +167,13 @@ class StackedW4:
         z = self.zeros if self.zeros is not None else s  # (a placeholder pointer: sym reads no zeros)
         return q, s, z
 
+    def packed(self, e: int) -> dict[str, torch.Tensor]:
+        """Expert e's packed tensors (contiguous slices), as the dense linears take them."""
+        out = {"qweight": self.qweight[e], "scales": self.scales[e]}
+        if self.zeros is not None:
+            out["zeros"] = self.zeros[e]
+        return out
+
     @property
     def layout_dims(self) -> tuple[int, int, int, int]:
         """(rows incl. padding NP, KT, K_pad/G, TN)."""
