@@ -101,11 +101,16 @@ if triton is not None:
             rn, rmask, row_w, row_s = _rows(tl.program_id(0), NP, KT, KGP, 0, TN, BN)
             xrow = (pair // TOPK).to(tl.int64) * stride_xm
             qo, so = e * stride_qe, e * stride_se
-            acc = tl.zeros((BN, BM), tl.float32)
-            g = _expert_dot(QG + qo, SG + so, ZG + so, X, xrow, ok, row_w, row_s, rmask, K, acc,
-                            TN, KS, BN, ASYM, DOT_F32)
-            u = _expert_dot(QU + qo, SU + so, ZU + so, X, xrow, ok, row_w, row_s, rmask, K, acc,
-                            TN, KS, BN, ASYM, DOT_F32)
+            g = tl.zeros((BN, BM), tl.float32)
+            u = tl.zeros((BN, BM), tl.float32)
+            kk = tl.arange(0, KS)
+            for t in range(0, tl.cdiv(K, KS)):  # gate and up in one loop: one x tile, twice the bytes in flight
+                k = t * KS + kk
+                xt = tl.load(X + xrow[None, :] + k[:, None], mask=ok[None, :] & (k[:, None] < K), other=0.0)
+                wg = _w16(QG + qo, SG + so, ZG + so, row_w, row_s, rmask, t, X.dtype.element_ty, 0, TN, KS, BN, ASYM)
+                g = mma(wg, xt, g, DOT_F32)
+                wu = _w16(QU + qo, SU + so, ZU + so, row_w, row_s, rmask, t, X.dtype.element_ty, 0, TN, KS, BN, ASYM)
+                u = mma(wu, xt, u, DOT_F32)
             DT: tl.constexpr = X.dtype.element_ty
             g = g.to(DT).to(tl.float32)  # the dense linears' outputs are 16-bit: round as they do
             u = u.to(DT).to(tl.float32)
@@ -139,7 +144,7 @@ class MoEConfig:
     block_n_gate_up: int = 32
     block_n_down: int = 32
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 def default_config(n_pairs: int, n_experts: int) -> MoEConfig:
