@@ -104,7 +104,26 @@ def test_grouped_matches_the_emulated_loop(layout_name, n_exp, hidden, inter, t,
     assert err < tol(act), f"rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("t,k,n_exp,bm", [(1, 8, 128, 16), (64, 8, 128, 16), (33, 2, 6, 16), (5, 3, 4, 64)])
+def test_one_token_on_tensor_cores_and_the_gemv_form_agree():
+    """T = 1 runs the GEMV form (BM = 1) by default; the tensor-core form (BM = 16, 15 rows masked)
+    computes the same; BM = 1 for several tokens (an expert read per token) is refused."""
+    gen = torch.Generator().manual_seed(2)
+    fmt, layout, experts, stacks = make_experts(4, 128, 64, "w4_t16x64", gen, group_size=64, sym=False)
+    x = torch.randn(1, 128, generator=gen).bfloat16().to(DEV)
+    idx, weights = torch.tensor([[2, 0]], device=DEV), torch.tensor([[0.7, 0.3]], device=DEV)
+    assert moe_w4.default_config(2, 4, 1).block_m == 1
+    gemv = moe_w4.grouped_moe(x, weights, idx, *stacks)
+    tc = moe_w4.grouped_moe(x, weights, idx, *stacks, cfg=moe_w4.MoEConfig(block_m=16))
+    want = loop_reference(x.cpu(), weights.cpu(), idx.cpu(), emulated(fmt, layout, experts))
+    assert reference.rel_err(gemv.cpu(), want) < tol(torch.bfloat16)
+    assert reference.rel_err(tc.cpu(), want) < tol(torch.bfloat16)
+    with pytest.raises(ValueError, match="one token"):
+        moe_w4.grouped_moe(x.repeat(2, 1), weights.repeat(2, 1), idx.repeat(2, 1), *stacks,
+                           cfg=moe_w4.MoEConfig(block_m=1))
+
+
+@pytest.mark.parametrize("t,k,n_exp,bm", [(1, 8, 128, 16), (1, 8, 128, 1), (64, 8, 128, 16), (33, 2, 6, 16),
+                                          (5, 3, 4, 64)])
 def test_align_sorts_pairs_by_expert_and_cuts_blocks(t, k, n_exp, bm):
     gen = torch.Generator().manual_seed(t + k)
     idx = torch.stack([torch.randperm(n_exp, generator=gen)[:k] for _ in range(t)])

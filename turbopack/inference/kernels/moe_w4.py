@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from turbopack.inference.kernels.epilogue import interpreting, mma, tl, triton
-from turbopack.inference.kernels.weight_only import _rows, _w16
+from turbopack.inference.kernels.weight_only import _join8, _rows, _w4_planes, _w16, _x_like
 
 #: activations the gate_up epilogue computes (the model's Activation values)
 ACTIVATIONS = {"silu": 0}
@@ -81,6 +81,17 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _gemv_step(QW, S, Z, row_w, row_s, rmask, t, xv, acc, TN: tl.constexpr, KS: tl.constexpr,
+                   ASYM: tl.constexpr):
+        """acc[BN, KS/8, 2, 2, 2] += group t's weights * x, in the weights' joined register layout
+        (weight_only's GEMV with ROUND=False: the fp32 weights are not rounded to 16 bits first)."""
+        return acc + _join8(_w4_planes(QW, S, Z, row_w, row_s, rmask, t, TN, KS, ASYM)) * xv[None]
+
+    @triton.jit
+    def _gemv_sum(acc):
+        return tl.sum(tl.sum(tl.sum(tl.sum(acc, 4), 3), 2), 1)[:, None]
+
+    @triton.jit
     def _block(PAIRS, BLK_E, BLK_START, BLK_ROWS, BM: tl.constexpr):
         """(real rows, expert, sorted positions [BM], row mask, pair ids) of this program's block."""
         pid_m = tl.program_id(1)
@@ -101,17 +112,28 @@ if triton is not None:
             rn, rmask, row_w, row_s = _rows(tl.program_id(0), NP, KT, KGP, 0, TN, BN)
             xrow = (pair // TOPK).to(tl.int64) * stride_xm
             qo, so = e * stride_qe, e * stride_se
-            g = tl.zeros((BN, BM), tl.float32)
-            u = tl.zeros((BN, BM), tl.float32)
-            kk = tl.arange(0, KS)
-            for t in range(0, tl.cdiv(K, KS)):  # gate and up in one loop: one x tile, twice the bytes in flight
-                k = t * KS + kk
-                xt = tl.load(X + xrow[None, :] + k[:, None], mask=ok[None, :] & (k[:, None] < K), other=0.0)
-                wg = _w16(QG + qo, SG + so, ZG + so, row_w, row_s, rmask, t, X.dtype.element_ty, 0, TN, KS, BN, ASYM)
-                g = mma(wg, xt, g, DOT_F32)
-                wu = _w16(QU + qo, SU + so, ZU + so, row_w, row_s, rmask, t, X.dtype.element_ty, 0, TN, KS, BN, ASYM)
-                u = mma(wu, xt, u, DOT_F32)
             DT: tl.constexpr = X.dtype.element_ty
+            if BM == 1:  # one token (T = 1): fp32 FMAs, no tensor-core tile of 15 empty columns
+                xs = X + tl.sum(xrow, 0)
+                ga = tl.zeros((BN, KS // 8, 2, 2, 2), tl.float32)
+                ua = tl.zeros((BN, KS // 8, 2, 2, 2), tl.float32)
+                for t in range(0, tl.cdiv(K, KS)):
+                    xv = _x_like(xs, t * KS, K, 0, KS)
+                    ga = _gemv_step(QG + qo, SG + so, ZG + so, row_w, row_s, rmask, t, xv, ga, TN, KS, ASYM)
+                    ua = _gemv_step(QU + qo, SU + so, ZU + so, row_w, row_s, rmask, t, xv, ua, TN, KS, ASYM)
+                g = _gemv_sum(ga)
+                u = _gemv_sum(ua)
+            else:
+                g = tl.zeros((BN, BM), tl.float32)
+                u = tl.zeros((BN, BM), tl.float32)
+                kk = tl.arange(0, KS)
+                for t in range(0, tl.cdiv(K, KS)):  # gate and up in one loop: one x tile, twice the bytes in flight
+                    k = t * KS + kk
+                    xt = tl.load(X + xrow[None, :] + k[:, None], mask=ok[None, :] & (k[:, None] < K), other=0.0)
+                    wg = _w16(QG + qo, SG + so, ZG + so, row_w, row_s, rmask, t, DT, 0, TN, KS, BN, ASYM)
+                    g = mma(wg, xt, g, DOT_F32)
+                    wu = _w16(QU + qo, SU + so, ZU + so, row_w, row_s, rmask, t, DT, 0, TN, KS, BN, ASYM)
+                    u = mma(wu, xt, u, DOT_F32)
             g = g.to(DT).to(tl.float32)  # the dense linears' outputs are 16-bit: round as they do
             u = u.to(DT).to(tl.float32)
             if ACT == 0:  # silu
@@ -128,9 +150,17 @@ if triton is not None:
         if rows > 0:
             rn, rmask, row_w, row_s = _rows(tl.program_id(0), NP, KT, KGP, 0, TN, BN)
             qo, so = e * stride_qe, e * stride_se
-            acc = tl.zeros((BN, BM), tl.float32)
-            acc = _expert_dot(QW + qo, S + so, Z + so, H, pos.to(tl.int64) * K, ok, row_w, row_s, rmask, K, acc,
-                              TN, KS, BN, ASYM, DOT_F32)
+            if BM == 1:
+                hs = H + tl.sum(pos, 0).to(tl.int64) * K
+                acc_nd = tl.zeros((BN, KS // 8, 2, 2, 2), tl.float32)
+                for t in range(0, tl.cdiv(K, KS)):
+                    acc_nd = _gemv_step(QW + qo, S + so, Z + so, row_w, row_s, rmask, t, _x_like(hs, t * KS, K, 0, KS),
+                                        acc_nd, TN, KS, ASYM)
+                acc = _gemv_sum(acc_nd)
+            else:
+                acc = tl.zeros((BN, BM), tl.float32)
+                acc = _expert_dot(QW + qo, S + so, Z + so, H, pos.to(tl.int64) * K, ok, row_w, row_s, rmask, K, acc,
+                                  TN, KS, BN, ASYM, DOT_F32)
             wt = tl.load(WTS + pair, mask=ok, other=0.0).to(tl.float32)
             y = acc.to(H.dtype.element_ty).to(tl.float32) * wt[None, :]
             tl.store(OUT + pair[None, :].to(tl.int64) * N + rn[:, None], y, mask=(rn[:, None] < N) & ok[None, :])
@@ -147,11 +177,12 @@ class MoEConfig:
     num_stages: int = 3
 
 
-def default_config(n_pairs: int, n_experts: int) -> MoEConfig:
-    """BM follows the tokens an expert gets on average; few pairs (decode) take narrow BN so that
-    the few experts' rows still spread over every SM."""
+def default_config(n_pairs: int, n_experts: int, tokens: int) -> MoEConfig:
+    """BM follows the tokens an expert gets on average (one token: BM = 1, the GEMV form, every
+    block one distinct expert); few pairs (decode) take narrow BN so that the few experts' rows
+    still spread over every SM."""
     per_expert = n_pairs / max(1, min(n_experts, n_pairs))
-    bm = min(64, max(16, triton.next_power_of_2(int(per_expert))))
+    bm = 1 if tokens == 1 else min(64, max(16, triton.next_power_of_2(int(per_expert))))
     bn = 16 if n_pairs <= 16 else (32 if n_pairs <= 256 else 64)
     return MoEConfig(block_m=bm, block_n_gate_up=bn, block_n_down=2 * bn if n_pairs <= 16 else bn,
                      num_warps=4 if bm * bn <= 4096 else 8)
@@ -188,8 +219,8 @@ class StackedW4:
 
 def max_blocks(n_pairs: int, n_experts: int, bm: int) -> int:
     """Blocks of BM rows any routing of ``n_pairs`` pairs over ``n_experts`` needs, at most:
-    one partial block per expert hit plus the whole ones."""
-    return min(n_experts, n_pairs) + n_pairs // bm
+    one partial block per expert hit plus the whole ones, and no more blocks than pairs."""
+    return min(n_pairs, min(n_experts, n_pairs) + n_pairs // bm)
 
 
 def align(idx: torch.Tensor, n_experts: int, bm: int) -> tuple[torch.Tensor, ...]:
@@ -211,12 +242,14 @@ def grouped_moe(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate
     t, top_k = idx.shape
     n_exp = gate.qweight.shape[0]
     inter, hidden = gate.shape
-    cfg = cfg or default_config(t * top_k, n_exp)
+    cfg = cfg or default_config(t * top_k, n_exp, t)
     x2 = x2.contiguous()
     pairs, blk_e, blk_start, blk_rows = align(idx, n_exp, cfg.block_m)
     nb = blk_e.numel()
     h = torch.empty(t * top_k, inter, dtype=x2.dtype, device=x2.device)
     y = torch.empty(t * top_k, hidden, dtype=torch.float32, device=x2.device)
+    if cfg.block_m == 1 and t > 1:  # BM = 1 gives each pair its own block: an expert read per token
+        raise ValueError("block_m = 1 (the GEMV form) is for one token")
     common = dict(BM=cfg.block_m, ASYM=gate.zeros is not None, DOT_F32=interpreting(),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     np_, kt, kgp, tn = gate.layout_dims
