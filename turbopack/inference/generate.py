@@ -20,6 +20,7 @@ from turbopack.errors import UnsupportedModelError
 from turbopack.inference.kernels.interpret import interpreting
 from turbopack.inference.kv_quant import KV_FORMATS, cache_factory
 from turbopack.inference.model import Transformer
+from turbopack.inference.moe import MoE
 from turbopack.inference.sampling import SamplingParams, sample
 
 SEQ_ROUND = 256  # caches are sized in these steps, so a slightly longer prompt reuses the graph
@@ -80,8 +81,10 @@ class Engine:
             raise ValueError("kv backend triton computes plain causal attention; this model needs 'torch' "
                              "(soft-capped, rescaled or per-layer sliding-window attention)")
         self.kv_backend = self.kv_backend or ("triton" if cuda and plain else "torch")
-        # MoE routing picks experts by the data (shapes vary step to step): no CUDA graph for it
-        static = self.model.config.moe is None
+        # MoE routing picks experts by the data: the per-expert loop's shapes vary step to step (no
+        # CUDA graph for it); the grouped kernels' grids and buffers do not (moe_grouped)
+        static = self.model.config.moe is None or all(
+            m.grouped is not None for m in self.model.modules() if isinstance(m, MoE))
         if self.use_graphs and cuda and not static:
             raise ValueError("CUDA graphs need a step of fixed shapes; MoE routing is data-dependent: "
                              "use_graphs=False")

@@ -32,6 +32,7 @@ from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
 from turbopack.hfconfig import convert_hint, foreign_quantization
 from turbopack.inference.model import ROPE_TABLE_LEN, ModelConfig, Transformer, build_model, replace_linears
+from turbopack.inference.moe_grouped import group_moe_experts
 from turbopack.inference.qlinear import BACKENDS, Backend, QuantLinear, backend_of
 from turbopack.layouts import get_layout
 from turbopack.layouts.archs import arch_for_capability
@@ -270,6 +271,8 @@ def build(ckpt: Checkpoint, config: ModelConfig, plans: dict[str, ModulePlan], d
         tie_lm_head(model)
     model.setup_rope(min(config.max_position_embeddings, ROPE_TABLE_LEN))
     check_complete(model, folder)
+    if config.moe is not None:  # W4 experts on the GPU kernels: stacked for the grouped path
+        group_moe_experts(model)
     return model.eval(), config
 
 

@@ -5,6 +5,10 @@ linears plug in per expert (``replace_linears``) and the router, an ``nn.Linear`
 quantize, stays 16-bit. ``all_experts`` (set by calibration while it collects statistics) runs
 every expert on every token so each expert's linears see the whole calibration batch; the output
 still mixes only the routed experts, so it is the same either way.
+
+``grouped`` (installed at load by moe_grouped.group_moe_experts where the experts are W4 packed
+for the GPU kernels) runs every selected expert of a step in one grouped launch per matmul
+instead of the loop; it computes the same sum.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class MoE(nn.Module):
             self.shared_expert_gate = nn.Linear(cfg.hidden, 1, bias=False)
         self.has_shared = bool(m.shared_intermediate)
         self.all_experts = False
+        self.activation = cfg.activation.value
+        self.grouped = None  # moe_grouped.GroupedExperts, or None: the loop below
 
     def route(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(top-k weights, top-k expert ids) of tokens x2 [T, hidden]."""
@@ -60,16 +66,23 @@ class MoE(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         weights, idx = self.route(x2)
+        if self.grouped is not None and not self.all_experts:
+            out = self.grouped(x2, weights, idx)
+        else:
+            out = self.loop(x, x2, weights, idx)
+        if self.has_shared:
+            out = out + F.sigmoid(self.shared_expert_gate(x2)) * self.shared_expert(x2)
+        return out.reshape(shape)
+
+    def loop(self, x: torch.Tensor, x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x2)
         for e, expert in enumerate(self.experts):  # expert by expert, summed in HF's order
             tok, pos = torch.where(idx == e)
             if self.all_experts:  # every token through the expert (statistics), only the routed kept
-                y = expert(x).reshape(-1, shape[-1])[tok]
+                y = expert(x).reshape(-1, x2.shape[-1])[tok]
             elif len(tok):
                 y = expert(x2[tok])
             else:
                 continue
             out[tok] += (y * weights[tok, pos, None]).to(out.dtype)  # HF's index_add_: a token once per expert
-        if self.has_shared:
-            out = out + F.sigmoid(self.shared_expert_gate(x2)) * self.shared_expert(x2)
-        return out.reshape(shape)
+        return out
