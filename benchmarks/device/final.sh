@@ -14,7 +14,7 @@ if [[ -n "${SKIP_KERNEL_TESTS:-}" ]]; then
 fi
 step gpu-tests; timeout ${TESTS_S:-270} python3 -m pytest -q -m gpu tests -p no:cacheprovider "${skip[@]}" \
   ${RECHECK:+$RECHECK} > "$OUT/gpu_tests.txt" 2>&1; echo "rc=$?"; grep -E "FAILED|passed|failed" "$OUT/gpu_tests.txt" | tail -8
-[[ -f benchmarks/bench_moe.py ]] && { step moe; timeout ${MOE_S:-90} python3 benchmarks/bench_moe.py --out "$OUT" 2>"$OUT/moe.log" | tail -20; tail -3 "$OUT/moe.log"; }
+[[ -f benchmarks/bench_moe.py ]] && { step moe; timeout ${MOE_S:-90} python3 benchmarks/bench_moe.py 2>"$OUT/moe.log" | tee "$OUT/moe.md" | tail -8; tail -3 "$OUT/moe.log"; }
 step calibration; timeout ${CALIB_S:-80} python3 benchmarks/calibration_gpu.py --layers 1 --methods ${CALIB_METHODS:-gptq,awq} \
   --out "$OUT" 2>"$OUT/calib.log" | tail -4
 step startup; M=turbopack/assets/tiny-llama; W=$(mktemp -d)
