@@ -526,6 +526,7 @@ template <typename T, int NG, bool ASYM>
 struct V8Feed {
   const uint4* wsrc;
   const char* szsrc;
+  int szstep;  // bytes from one stage's scale (zero) chunk to the next: NG * TN elements
   int tile, stage;
   bool act;  // the warp's rows of `tile` exist (the last tile may be partial)
   __device__ __forceinline__ void seek(const Args& a, int warp, int lane) {
@@ -548,7 +549,7 @@ struct V8Feed {
       if (lane < SzSlot<NG, ASYM>::kChunks) cp_async16(&sz.v[lane], szsrc);
     }
     wsrc += 2 * tile_step;
-    szsrc += lane < 2 * NG ? (long long)NG * a.TN * sizeof(T) : (long long)NG * a.TN;
+    szsrc += szstep;
     if (++stage == S) {
       stage = 0;
       ++tile;
@@ -590,6 +591,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
   const uint64_t policy = l2_evict_first();
   V8Feed<T, NG, ASYM> feed;
   feed.tile = lo / S, feed.stage = lo % S;
+  feed.szstep = lane < 2 * NG ? NG * a.TN * static_cast<int>(sizeof(T)) : NG * a.TN;
   feed.seek(a, warp, lane);
   int issued = lo;  // next item to copy
 #pragma unroll
