@@ -66,8 +66,8 @@ def _weight(n, k, group, sym, dtype, seed):
 #: (group, sym, split, stages, variant): v5 (0), v6 (1) and v7 (2) over both groups, sym/asym, every ring
 #: depth each is built for, split 1, auto (0), uneven (3: the last CTA shorter; 7: a CTA with no
 #: stage at K=2048) and one stage per CTA (16); v8 (3), whose split is CTAs per SM: 0 (all that fit:
-#: at N=4112, K=2048, 65 tiles x 16 stages = 1040 items, a stripe of one item, 16 arrivals per tile),
-#: 1 (132 stripes of 7-8 items on the H200, a tile over 3-4) and 2
+#: at N=4112, K=2048, 65 tiles x 16 stages = 1040 items; M = 1: stripes of 1-2 items, up to 16 arrivals per tile),
+#: 1 (132 stripes of 7-8 items on the H200, a tile over 2-3) and 2 (264 of 3-4, a tile over 4-5)
 DECODE_CASES = [(128, False, 1, 4, 0), (128, True, 4, 6, 0), (64, False, 7, 6, 0), (64, True, 0, 4, 0),
                 (128, False, 0, 6, 0), (128, False, 1, 8, 1), (128, True, 4, 4, 1), (64, False, 7, 6, 1),
                 (64, True, 0, 8, 1), (128, False, 3, 6, 1), (64, False, 16, 4, 1), (128, True, 7, 8, 1),
@@ -132,8 +132,9 @@ def test_v6_v7_and_v8_match_v5(m, group, sym, split):
 @pytest.mark.parametrize("m", [1, 16])
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 def test_v8_long_stripes_match_v7(m, group, sym):
-    """One CTA per SM over 257 tiles x 8 stages: stripes of ~15 items (on 132 SMs) hold whole tiles
-    (one arrival: y stored directly), and their sum-of-x tables wrap (15 items, 8 entries)."""
+    """One CTA per SM over 257 tiles x 8 stages: stripes of 15-16 items (on 132 SMs) hold whole tiles
+    (one arrival: y stored directly), and their sum-of-x tables wrap (8 entries)."""
+
     n, k = 16384 + 48, 1024
     fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 11 * m + group)
     packed = reference.pack_w4(q, 64)

@@ -476,15 +476,15 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
 // counter, expecting owner(last item) - owner(first item) + 1 arrivals (owner(w) = ((w+1)*grid-1)/W,
 // the stripe holding item w; stripes are never empty since grid <= W), or y directly when one stripe
 // holds the whole tile. H200 (132 SMs x 8 CTAs = 1056), Llama-3-8B, M = 1: gate_up 448 tiles x 32 =
-// 14336 items, 13-14 per CTA, a tile over 3-4 stripes; down 64 x 112 = 7168, 6-7 per CTA, 17-18 per
-// tile; qkv 96 x 32 = 3072, 2-3 per CTA, 11-12 per tile; o 64 x 32 = 2048, 1-2 per CTA, 17-18 per tile.
+// 14336 items, 13-14 per CTA, a tile over 3-4 stripes; down 64 x 112 = 7168, 6-7 per CTA, 17 per
+// tile; qkv 96 x 32 = 3072, 2-3 per CTA, 11 per tile; o 64 x 32 = 2048, 1-2 per CTA, 16-17 per tile.
 // Sum of x: the stages a stripe touches are the cyclic range lo mod S, lo+1, ... (min(L, S) of them
 // for L items), so the table holds entry e = stage (lo + e) mod S for e < min(L, S) and item lo + j
 // reads entry j mod S: computed once per CTA in the prologue (v6's sum_x, while the ring's first
 // stages load), min(ceil(W/grid), S) x NG x NTOK x 32 bytes: 7 KiB at most for the 8B shapes
 // (gate_up M=16 g64: 14 x 2 x 2 x 32 = 1.8 KiB at 8 CTAs per SM; 1 CTA per SM, down: 55 entries,
 // 6.9 KiB). A warp whose 16 rows are past NP in the last tile runs the loop (the flushes are CTA
-// barriers) without copies or MMAs.
+// barriers) without copies; its MMAs run on whatever its ring slots hold and are never stored.
 
 __host__ __device__ __forceinline__ int stripe_lo(long long cta, long long items, long long grid) {
   return static_cast<int>(cta * items / grid);
@@ -539,14 +539,21 @@ struct V8Feed {
         ? reinterpret_cast<const char*>(static_cast<const T*>(a.scales) + (grp0 + (lane >> 1)) * a.TN + r0 + 8 * (lane & 1))
         : reinterpret_cast<const char*>(a.zeros + (grp0 + lane - 2 * NG) * a.TN + r0);  // read only where ASYM
   }
-  // stage (tile, stage) into ring slots w / sz (the caller commits), then step to the next item
-  __device__ __forceinline__ void issue(const Args& a, Stage& w, SzSlot<NG, ASYM>& sz, uint64_t policy, int S,
+  // stage (tile, stage) into ring slot `slot` (the caller commits), then step to the next item. The
+  // shared addresses are 32-bit offsets from the lane's chunk of slot 0 (wdst, szdst: set once), which
+  // under the 64-register cap the compiler otherwise rebuilds from the thread id at every copy
+  __device__ __forceinline__ void issue(const Args& a, uint32_t wdst, uint32_t szdst, int slot, uint64_t policy, int S,
                                         int warp, int lane) {
     const long long tile_step = (long long)a.TN * 2;
     if (act) {
-      cp_async16_hint(&w.w[0][lane], wsrc, policy);
-      cp_async16_hint(&w.w[1][lane], wsrc + tile_step, policy);
-      if (lane < SzSlot<NG, ASYM>::kChunks) cp_async16(&sz.v[lane], szsrc);
+      const uint32_t d = wdst + slot * static_cast<uint32_t>(sizeof(Stage));
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(d), "l"(wsrc), "l"(policy));
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(d + 512), "l"(wsrc + tile_step),
+                   "l"(policy));
+      if (lane < SzSlot<NG, ASYM>::kChunks) {
+        const uint32_t z = szdst + slot * static_cast<uint32_t>(sizeof(SzSlot<NG, ASYM>));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(z), "l"(szsrc));
+      }
     }
     wsrc += 2 * tile_step;
     szsrc += szstep;
@@ -589,6 +596,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
     xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + 16 * c);
   }
   const uint64_t policy = l2_evict_first();
+  const uint32_t wdst = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].w[0][lane]));  // + slot, + 512: tile 1
+  const uint32_t szdst = static_cast<uint32_t>(__cvta_generic_to_shared(&szring[0].v[lane]));
   V8Feed<T, NG, ASYM> feed;
   feed.tile = lo / S, feed.stage = lo % S;
   feed.szstep = lane < 2 * NG ? NG * a.TN * static_cast<int>(sizeof(T)) : NG * a.TN;
@@ -597,7 +606,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (issued < hi) {
-      feed.issue(a, ring[s], szring[s], policy, S, warp, lane);
+      feed.issue(a, wdst, szdst, s, policy, S, warp, lane);
       ++issued;
     }
     cp_async_commit();
@@ -617,16 +626,16 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
     cp_async_wait<STAGES - 2>();
     __syncwarp();  // as v5: lane l's chunks are read by other lanes; slot wr is free
     if (issued < hi) {
-      feed.issue(a, ring[wr], szring[wr], policy, S, warp, lane);
+      feed.issue(a, wdst, szdst, wr, policy, S, warp, lane);
       ++issued;
     }
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
-    if (act) {
-      float acc[2][NTOK][4];
-      weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
-      stage_epilogue<T, NTOK, NG, ASYM>(out, acc, szring[rd], xsum, e, g, c);
-    }
+    // no `act` branch: a warp past NP multiplies whatever its slot holds into `out`, which
+    // store_tile_at never stores for it (a branch here cost 4 instructions a stage)
+    float acc[2][NTOK][4];
+    weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
+    stage_epilogue<T, NTOK, NG, ASYM>(out, acc, szring[rd], xsum, e, g, c);
     rd = rd + 1 == STAGES ? 0 : rd + 1;
     e = e + 1 == S ? 0 : e + 1;
     if (++stage == S || w + 1 == hi) {  // leaving the tile: its partial sums go out, the ring runs on
