@@ -482,8 +482,8 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
 // for L items), so the table holds entry e = stage (lo + e) mod S for e < min(L, S) and item lo + j
 // reads entry j mod S: computed once per CTA in the prologue (v6's sum_x, while the ring's first
 // stages load), min(ceil(W/grid), S) x NG x NTOK x 32 bytes: 7 KiB at most for the 8B shapes
-// (gate_up M=16 g64: 14 x 2 x 2 x 32 = 1.8 KiB at 8 CTAs per SM; 1 CTA per SM, down: 55 entries,
-// 6.9 KiB). A warp whose 16 rows are past NP in the last tile runs the loop (the flushes are CTA
+// (gate_up M=16 g64 at 4 CTAs per SM, ~112 registers: 28 x 2 x 2 x 32 = 3.5 KiB; down at 1 CTA per
+// SM: 55 entries, 6.9 KiB), against v7's whole K range per CTA at split 1 (down: 112 entries). A warp whose 16 rows are past NP in the last tile runs the loop (the flushes are CTA
 // barriers) without copies; its MMAs run on whatever its ring slots hold and are never stored.
 
 __host__ __device__ __forceinline__ int stripe_lo(long long cta, long long items, long long grid) {
