@@ -483,7 +483,8 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
 // reads entry j mod S: computed once per CTA in the prologue (v6's sum_x, while the ring's first
 // stages load), min(ceil(W/grid), S) x NG x NTOK x 32 bytes: 7 KiB at most for the 8B shapes
 // (gate_up M=16 g64 at 4 CTAs per SM, ~112 registers: 28 x 2 x 2 x 32 = 3.5 KiB; down at 1 CTA per
-// SM: 55 entries, 6.9 KiB), against v7's whole K range per CTA at split 1 (down: 112 entries). A warp whose 16 rows are past NP in the last tile runs the loop (the flushes are CTA
+// SM: 55 entries, 6.9 KiB), against v7's whole K range per CTA at split 1 (down: 112 entries). A
+// warp whose 16 rows are past NP in the last tile runs the loop (the flushes are CTA
 // barriers) without copies; its MMAs run on whatever its ring slots hold and are never stored.
 
 __host__ __device__ __forceinline__ int stripe_lo(long long cta, long long items, long long grid) {
@@ -593,7 +594,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
   for (int t = 0; t < NTOK; ++t) {
     const int tok = 8 * t + g;
     has_tok[t] = tok < a.M;
-    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + 16 * c);
+    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm +
+                                             16 * c);
   }
   const uint64_t policy = l2_evict_first();
   const uint32_t wdst = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].w[0][lane]));  // + slot, + 512: tile 1
