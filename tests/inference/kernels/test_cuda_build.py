@@ -65,12 +65,16 @@ def _weight(n, k, group, sym, dtype, seed):
 
 #: (group, sym, split, stages, variant): v5 (0), v6 (1) and v7 (2) over both groups, sym/asym, every ring
 #: depth each is built for, split 1, auto (0), uneven (3: the last CTA shorter; 7: a CTA with no
-#: stage at K=2048) and one stage per CTA (16)
+#: stage at K=2048) and one stage per CTA (16); v8 (3), whose split is CTAs per SM: 0 (all that fit:
+#: at N=4112, K=2048, 65 tiles x 16 stages = 1040 items; M = 1: stripes of 1-2 items, up to 16 arrivals per tile),
+#: 1 (132 stripes of 7-8 items on the H200, a tile over 2-3) and 2 (264 of 3-4, a tile over 4-5)
 DECODE_CASES = [(128, False, 1, 4, 0), (128, True, 4, 6, 0), (64, False, 7, 6, 0), (64, True, 0, 4, 0),
                 (128, False, 0, 6, 0), (128, False, 1, 8, 1), (128, True, 4, 4, 1), (64, False, 7, 6, 1),
                 (64, True, 0, 8, 1), (128, False, 3, 6, 1), (64, False, 16, 4, 1), (128, True, 7, 8, 1),
                 (128, False, 1, 8, 2), (128, True, 4, 4, 2), (64, False, 7, 6, 2), (64, True, 0, 8, 2),
-                (128, False, 3, 6, 2), (64, False, 16, 4, 2)]
+                (128, False, 3, 6, 2), (64, False, 16, 4, 2),
+                (128, False, 0, 4, 3), (128, True, 1, 6, 3), (64, False, 2, 6, 3), (64, True, 0, 4, 3),
+                (128, True, 2, 4, 3), (64, False, 1, 4, 3)]
 
 
 @pytest.mark.gpu
@@ -96,10 +100,11 @@ def test_decode_kernel_matches_reference(m, group, sym, split, stages, variant, 
 @gpu
 @pytest.mark.parametrize("m", [1, 5, 16])
 @pytest.mark.parametrize("group,sym,split", [(128, False, 1), (64, True, 3), (128, True, 7)])
-def test_v6_and_v7_match_v5(m, group, sym, split):
+def test_v6_v7_and_v8_match_v5(m, group, sym, split):
     """v6 moves v5's all-ones MMAs into a per-CTA prologue, v7 reads the same scales from the ring,
-    and both keep every other operation: the same y (a wrong table index or ring chunk would not
-    be). v7 with scales and zeros that are not 16-byte aligned (a view one element in) runs v6."""
+    v8 runs v7's stages on stripes (here at all CTAs per SM and one), and all keep every other
+    operation: the same y (a wrong table index, ring chunk or stripe would not be). v7 with scales
+    and zeros that are not 16-byte aligned (a view one element in) runs v6, v8 runs v7."""
     n, k = 1024 + 48, 1536
     fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 7 * m + split)
     packed = reference.pack_w4(q, 64)
@@ -110,13 +115,89 @@ def test_v6_and_v7_match_v5(m, group, sym, split):
         if key in packed:
             t = packed[key]
             odd[key] = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
+    ys += [cuda_w4.w4_decode(x, packed, (n, k), None, per_sm, group=group, stages=st, variant=3)
+           for per_sm, st in ((0, 4), (1, 6))]
     ys.append(cuda_w4.w4_decode(x, odd, (n, k), None, split, group=group, stages=8, variant=2))
+    ys.append(cuda_w4.w4_decode(x, odd, (n, k), None, 1, group=group, stages=4, variant=3))
     # Bit for bit nearly everywhere: v6's per-CTA sums of x enter the fp32 accumulation in another
     # order, which can flip a 16-bit rounding (the H200 showed it for v6 at group 64, sym, split 3,
     # M = 16; exact in the other 8 cases). A wrong index or ring chunk would be wrong everywhere.
     for y in ys[1:]:
         differ = (y != ys[0]).float().mean().item()
         assert differ < 0.01 and reference.rel_err(y, ys[0].float()) < 1e-3, (differ, reference.rel_err(y, ys[0]))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
+def test_v8_long_stripes_match_v7(m, group, sym):
+    """One CTA per SM over 257 tiles x 8 stages: stripes of 15-16 items (on 132 SMs) hold whole tiles
+    (one arrival: y stored directly), and their sum-of-x tables wrap (8 entries)."""
+
+    n, k = 16384 + 48, 1024
+    fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 11 * m + group)
+    packed = reference.pack_w4(q, 64)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    b = torch.randn(n, device="cuda").bfloat16()
+    y7 = cuda_w4.w4_decode(x, packed, (n, k), b, 2, group=group, stages=4, variant=2)
+    for per_sm in (1, 2):
+        y8 = cuda_w4.w4_decode(x, packed, (n, k), b, per_sm, group=group, stages=6, variant=3)
+        differ = (y8 != y7).float().mean().item()
+        assert differ < 0.01 and reference.rel_err(y8, y7.float()) < 1e-3, (per_sm, differ)
+        assert reference.rel_err(y8, reference.ref_linear(x, "w4a16", q, b)) < 1e-2
+
+
+def _v8_walk(lo: int, hi: int, stages: int) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """w4_decode_v8_kernel's main loop as the CTA runs it: the (tile, stage) of each item, the tiles
+    it flushes (store_tile_at) in order, and the sum-of-x table entry each item reads."""
+    tile, stage, e = lo // stages, lo % stages, 0
+    seen, flushed, entries = [], [], []
+    for w in range(lo, hi):
+        seen.append((tile, stage))
+        entries.append(e)
+        e = 0 if e + 1 == stages else e + 1
+        stage += 1
+        if stage == stages or w + 1 == hi:
+            flushed.append(tile)
+            stage, tile = 0, tile + 1
+    return seen, flushed, entries
+
+
+def test_v8_stripe_schedule():
+    """A model of v8's schedule (csrc/w4.cu, cuda_w4.v8_*): the stripes cover every (tile, stage)
+    item exactly once, in order, each CTA streaming floor or ceil(W / grid) of them; each tile gets
+    exactly v8_arrivals flushes (the count its last CTA completes: one too many or too few would leave
+    y unwritten or read a half-summed workspace); every item's sum-of-x entry exists in the table the
+    launch allocates and holds its stage."""
+    combos = 0
+    for tiles in (1, 2, 3, 17, 64, 65, 96, 257, 448):
+        for stages in (1, 2, 8, 16, 32, 112):
+            items = tiles * stages
+            for sms, per_sm in ((1, 1), (7, 3), (132, 1), (132, 2), (132, 8), (114, 6)):
+                grid = cuda_w4.v8_grid(tiles, stages, sms, per_sm)
+                bound = min(stages, -(-items // min(items, sms)))  # the launcher's occupancy bound
+                table = min(stages, -(-items // grid))              # the launch's table entries
+                assert table <= bound
+                flushes = [0] * tiles
+                covered = []
+                for cta in range(grid):
+                    lo, hi = cuda_w4.v8_stripe(cta, items, grid)
+                    assert items // grid <= hi - lo <= -(-items // grid)
+                    seen, flushed, entries = _v8_walk(lo, hi, stages)
+                    assert seen[0] == divmod(lo, stages) and seen[-1] == divmod(hi - 1, stages)
+                    assert [t * stages + s for t, s in seen] == list(range(lo, hi))
+                    assert flushed == sorted(set(t for t, _ in seen))
+                    for j, ent in enumerate(entries):  # entry ent holds stage (lo + ent) mod S (sum_x)
+                        assert ent < min(hi - lo, stages) <= table and (lo + ent) % stages == (lo + j) % stages
+                    assert all(cuda_w4.v8_owner(w, items, grid) == cta for w in (lo, hi - 1))
+                    covered += range(lo, hi)
+                    for t in flushed:
+                        flushes[t] += 1
+                assert covered == list(range(items)), (tiles, stages, grid)
+                assert flushes == [cuda_w4.v8_arrivals(t, stages, items, grid) for t in range(tiles)]
+                combos += 1
+    assert combos == 9 * 6 * 6
 
 
 def test_v6_sum_table_fits_its_allocation():

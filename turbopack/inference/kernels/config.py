@@ -62,7 +62,8 @@ class KernelConfig:
     block_m: int | None = None        # BM: tokens per program (tensor-core kernels)
     block_k: int | None = None        # BK: K per loop iteration
     group_m: int | None = None        # GROUP_M: row blocks sharing a weight block in L2 (w8a8)
-    split_k: int | None = None        # SPLIT_K: programs sharing one K range (cuda: 0 = its own rule)
+    split_k: int | None = None        # SPLIT_K: programs sharing one K range (cuda: 0 = its own rule; W4
+    #                                   VARIANT 3 = v8 has no split: SPLIT_K is its CTAs per SM, 0 = all that fit)
     ring_stages: int | None = None    # STAGES: depth of the CUDA decode kernel's cp.async ring
     variant: int | None = None        # VARIANT: which CUDA W4 decode kernel (cuda_w4.VARIANTS; unset = v5)
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does

@@ -3,7 +3,7 @@ launched on torch's current stream (CUDA-graph capturable). Two kernels:
 
   decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES, VARIANT:
            0 = v5, 1 = v6 with the sum of x per group once per CTA, 2 = v7: v6 with the scales in the
-           ring; csrc/w4.cu)
+           ring, 3 = v8: v7 on a persistent stripe schedule, SPLIT_K read as CTAs per SM; csrc/w4.cu)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
            contract's weights bit for bit), then one cuBLAS GEMM; wins where the GEMM's time
            dwarfs the extra pass (prefill; the tuned table says from which M)
@@ -30,8 +30,10 @@ DEQUANT_GROUPS = (32, 64, 128)
 M_MAX = 16
 STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: variant -> ring depths it is built for: 0 = v5, 1 = v6 (sum of x per group once per CTA, in shared memory),
-#: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights)
-VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8)}
+#: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights),
+#: 3 = v8 (v7's stage loop on persistent stripes of (row tile, stage) items; SPLIT_K = CTAs per SM, 0 = all that fit)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6)}
+V8 = 3
 DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
@@ -77,18 +79,45 @@ def xsum_bytes(per: int, group: int, ntok: int) -> int:
     return per * (128 // group) * ntok * 4 * 8
 
 
+def v8_stripe(cta: int, items: int, grid: int) -> tuple[int, int]:
+    """The items [lo, hi) of v8's CTA ``cta`` (csrc/w4.cu stripe_lo): ``items`` = row tiles x stages,
+    tile-major, cut into ``grid`` <= items contiguous stripes of floor or ceil(items / grid)."""
+    return cta * items // grid, (cta + 1) * items // grid
+
+
+def v8_owner(item: int, items: int, grid: int) -> int:
+    """The CTA whose stripe holds ``item`` (csrc/w4.cu stripe_owner)."""
+    return ((item + 1) * grid - 1) // items
+
+
+def v8_arrivals(tile: int, stages: int, items: int, grid: int) -> int:
+    """How many CTAs store partial sums of row tile ``tile``: the owners of its first and last
+    items and every one between (the count the kernel's last CTA waits for, without waiting)."""
+    return v8_owner(tile * stages + stages - 1, items, grid) - v8_owner(tile * stages, items, grid) + 1
+
+
+def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
+    """v8's CTAs: one per SM slot (``per_sm`` of them per SM, the occupancy's), never more than items."""
+    return min(tiles * stages, sms * max(1, per_sm))
+
+
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT) -> torch.Tensor:
-    """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
+    """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
+    (v8: CTAs per SM, 0 = as many as fit)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, x2.device)
-    split = max(1, min(split, k // 128))
-    ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), split)
+    if variant == V8:  # SPLIT_K is CTAs per SM; any tile may be shared by several stripes: split-K buffers
+        split = max(0, int(split_k or 0))
+        ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), 2)
+    else:
+        split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, x2.device)
+        split = max(1, min(split, k // 128))
+        ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), split)
     zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),

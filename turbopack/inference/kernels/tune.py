@@ -64,6 +64,9 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
             # v6 at its deeper rings, v7 (v6 + scales in the ring) at all of cuda_w4.VARIANTS[2]
             out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=1) for st in (6, 8)]
             out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=2) for st in (4, 6, 8)]
+        # v8 (persistent stripes): no split; SPLIT_K = CTAs per SM, 0 = all that fit (8 at M = 1, group 128)
+        out += [KernelConfig(KernelName.CUDA, split_k=per_sm, ring_stages=st, variant=3)
+                for per_sm in (0, 4) for st in (4, 6)]
     if setup == "nvfp4" and m <= 16:  # the CUDA C++ NVFP4 decode kernel (one CTA per 64 rows, 128-k stages)
         base = _splits(math.ceil(n / 64), math.ceil(k / 128), sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):

@@ -95,13 +95,18 @@ struct Out {
 };
 
 // Output element i of token column t of this thread: row n0 + g + 8*(i/2), token 8t + 2c + (i&1).
-// Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter;
-// the CTA that completes the count stores y (+ bias) and leaves workspace and counter zeroed.
+// Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter
+// (counters[tile]); the CTA that completes the count (`arrivals`, the CTAs that contribute to the
+// tile) stores y (+ bias) and leaves workspace and counter zeroed. No CTA waits for another, so a
+// wrong count cannot hang: it leaves y unwritten. arrivals == 1: y directly, no workspace.
+// Every thread of the CTA calls it (two __syncthreads when arrivals > 1).
 template <typename T, int NTOK>
-__device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c, bool active) {
+__device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c,
+                                              bool active, int tile, int arrivals) {
   T* y = static_cast<T*>(o.y);
   const T* bias = static_cast<const T*>(o.bias);
-  if (o.split_k > 1) {
+  const bool split = arrivals > 1;
+  if (split) {
     if (active) {
 #pragma unroll
       for (int t = 0; t < NTOK; ++t)
@@ -114,7 +119,7 @@ __device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, in
     __threadfence();
     __syncthreads();
     __shared__ int last;
-    if (threadIdx.x == 0) last = atomicAdd(o.counters + blockIdx.x, 1) == o.split_k - 1;
+    if (threadIdx.x == 0) last = atomicAdd(o.counters + tile, 1) == arrivals - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
@@ -127,14 +132,20 @@ __device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, in
         const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
         if (row < o.N && tok < o.M) {
           float v = out[t][i];
-          if (o.split_k > 1) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
+          if (split) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
           if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
           if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
           y[(long long)tok * o.N + row] = Half16<T>::from_f(v);
         }
       }
   }
-  if (o.split_k > 1 && threadIdx.x == 0) o.counters[blockIdx.x] = 0;
+  if (split && threadIdx.x == 0) o.counters[tile] = 0;
+}
+
+// split-K over blockIdx.y: tile blockIdx.x, one arrival per K slice
+template <typename T, int NTOK>
+__device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c, bool active) {
+  store_tile_at<T, NTOK>(o, out, n0, g, c, active, blockIdx.x, o.split_k);
 }
 
 }  // namespace
