@@ -17,7 +17,7 @@ print(f'built in {time.time() - t:.1f}s')"
 step tests; timeout ${TESTS_S:-170} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   tests/inference/kernels/test_cuda_build.py tests/inference/kernels/test_cuda_fp4.py tests/inference/kernels/test_kernels.py \
   > "$OUT/tests.txt" 2>&1; echo "pytest rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/tests.txt" | tail -12
-step bench; timeout ${BENCH_S:-200} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats w4a16,nvfp4 \
+step bench; timeout ${BENCH_S:-200} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats ${FORMATS:-w4a16,nvfp4} \
   --ms ${MS:-1,4,16} --out "$OUT" 2>"$OUT/bench.log" | tee "$OUT/bench_table.txt" | grep -E "M=(1|16) |PASS|MISS"
 tail -2 "$OUT/bench.log"
 step ncu; ARGS=$(python3 -c "
