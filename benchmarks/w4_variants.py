@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The CUDA W4A16 decode kernel's variants side by side (csrc/w4.cu: VARIANT unset = v5, 1 = v6, 2 = v7) at
-the Llama-3-8B shapes, M = 1 and 16, against bf16 cuBLAS and tinygemm int4. Every config the tuner
+"""The CUDA W4A16 decode kernel's variants side by side (csrc/w4.cu: VARIANT unset = v5, 1 = v6, 2 = v7,
+3 = v8) at the Llama-3-8B shapes, M = 1 and 16, against bf16 cuBLAS and tinygemm int4. Every config the tuner
 would try for the CUDA kernel (tune.candidates) plus the shipped table's entry is checked against
 the reference and timed with bench.py's machinery (CUDA graphs, weights rotated past L2, medians);
 the floor is bytes / measured copy bandwidth. A compact table on stdout, every timing in
-$OUT/w4_variants.json, and the best new (v6/v7) config at gate_up M=1 as ncu_w4_decode.py arguments
-in $OUT/ncu_args.txt.
+$OUT/w4_variants.json, and the best v8 config at gate_up M=1 as ncu_w4_decode.py arguments in
+$OUT/ncu_args.txt.
 
     python benchmarks/w4_variants.py --out $OUT
 """
@@ -57,7 +57,7 @@ def measure(wt: bench.Weight, m: int, sms: int, l2: int, gen: torch.Generator) -
             "shipped": shipped.to_json() if shipped is not None else None}
 
 
-NEW = (1, 2)
+NEW = (1, 2, 3)
 
 
 def best(res: dict, *variants: int) -> dict | None:
@@ -77,7 +77,7 @@ def fmt_row(name: str, res: dict, bw: float) -> str:
     p = res["peers"]
     ratio = f"{v5['us'] / new['us']:5.2f}x" if v5 and new else "    -"
     tg = f"{p['tinygemm'] / new['us']:5.2f}x" if new and "tinygemm" in p else "    -"
-    return (f"{name:<8} {res['m']:>2} | {cell(shipped)} | {cell(v5)} | {cell(best(res, 1))} | {cell(best(res, 2))} | "
+    return (f"{name:<8} {res['m']:>2} | {cell(shipped)} | {cell(v5)} | {cell(best(res, 2))} | {cell(best(res, 3))} | "
             f"{ratio} | {p.get('bf16', math.nan):6.1f} {p.get('tinygemm', math.nan):6.1f} | {tg}")
 
 
@@ -97,9 +97,9 @@ def bars(results: dict, bw: float) -> list[str]:
 
 
 def save(out: Path, bw: float, results: dict) -> None:
-    """The JSON of every timing, and ncu_w4_decode.py's arguments for the best new config at gate_up M=1."""
+    """The JSON of every timing, and ncu_w4_decode.py's arguments for the best v8 config at gate_up M=1."""
     (out / "w4_variants.json").write_text(json.dumps({"bw": bw, "results": results}, indent=1))
-    g = best(results.get("gate_up", {}).get(1, {"rows": []}), *NEW)
+    g = best(results.get("gate_up", {}).get(1, {"rows": []}), 3)  # v8, the newest
     if g:
         (out / "ncu_args.txt").write_text(f"--split {g['cfg'].get('SPLIT_K', 0)} --stages {g['cfg']['STAGES']} "
                                           f"--variant {g['variant']}\n")
@@ -115,8 +115,8 @@ def main() -> None:
     bw = max(bench.copy_bandwidth().values())
     gen = torch.Generator(device="cuda").manual_seed(0)
     print(f"{props.name}: copy bandwidth {bw / 1e12:.3f} TB/s; us, % of bandwidth, config S<split>/R<ring>")
-    print(f"{'layer':<8} {'M':>2} | {'v5 shipped entry':<21} | {'v5 best':<21} | {'v6 best':<21} | "
-          f"{'v7 best':<21} | v5/new | {'bf16':>6} {'tgemm':>6} | tg/new", flush=True)
+    print(f"{'layer':<8} {'M':>2} | {'v5 shipped entry':<21} | {'v5 best':<21} | {'v7 best':<21} | "
+          f"{'v8 best':<21} | v5/new | {'bf16':>6} {'tgemm':>6} | tg/new", flush=True)
     results: dict[str, dict[int, dict]] = {}
     for name in a.shapes.split(","):  # a row per shape as it is done: a run cut short keeps its rows
         wt = bench.make_weight("w4a16", bench.SHAPES[name], l2, gen)
