@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from turbopack.inference import model as M  # noqa: E402
 from turbopack.inference.api import fuse_model, load  # noqa: E402
 from turbopack.inference.generate import Engine  # noqa: E402
+from turbopack.inference.kernels import pdl  # noqa: E402
 from turbopack.inference.qlinear import QuantLinear  # noqa: E402
 
 LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
@@ -232,6 +233,32 @@ def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
     return out
 
 
+def pdl_ab(model: M.Transformer, prompt: int) -> dict:
+    """The batch-1 graph step (ms) with programmatic dependent launch on and off, captured anew
+    each way (kernels/pdl.py; a graph keeps the launch attributes it was captured with)."""
+    from turbopack.inference.kernels import cuda_build
+
+    out, before = {}, os.environ.get(pdl.ENV)
+    ids = torch.randint(0, 1000, (1, prompt))
+    try:
+        for name, flag in (("off", "0"), ("on", "1")):
+            os.environ[pdl.ENV] = flag
+            cuda_build.refresh_pdl()
+            eng = Engine(model, kv="bf16")
+            eng.generate(ids, 8)
+            out[name] = time_graph(eng._graph.graph.replay, iters=50)
+            del eng
+            model.kv_caches = None
+    finally:
+        if before is None:
+            os.environ.pop(pdl.ENV, None)
+        else:
+            os.environ[pdl.ENV] = before
+        cuda_build.refresh_pdl()
+    out["on_supported"] = pdl.enabled(torch.device("cuda")) and pdl.triton_ok()
+    return out
+
+
 def long_context(model: M.Transformer, kv: str, ctx: int = 4096, batch: int = 1) -> dict:
     """Decode step time at position ctx with a cache full of random K/V (the attention's cost does
     not depend on the values; no 4k prefill needed)."""
@@ -336,6 +363,7 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) 
         wb = weight_bytes(model)
         r = {"weight_gb": wb / 1e9, "bound_tok_s": bw / wb, "linears_only_ms": linears_only_ms(model)}
         r.update(decode_bench(model, "bf16", prompt, new))
+        r["pdl_step_ms"] = pdl_ab(model, prompt)
         r["pct_of_bound"] = 100 * r["decode_tok_s"] / r["bound_tok_s"]
         r["graph_pct_of_bound"] = 100 * (1e3 / r["graph_step_ms"]) / r["bound_tok_s"]
         r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
@@ -395,6 +423,12 @@ def markdown(res: dict, cmd: str) -> str:
         if "w4a16" in e and "w4a16" in e["speedup"]:
             lines += ["", f"W4A16 / bf16 decode: **{e['speedup']['w4a16']:.2f}x** (bar 2.8x); W4A16 at "
                       f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", ""]
+        pdl_rows = [(n, e[n]["pdl_step_ms"]) for n in FORMATS if n in e and "pdl_step_ms" in e[n]]
+        if pdl_rows:
+            lines += ["Programmatic dependent launch (kernels/pdl.py), batch-1 graph step captured each way:", "",
+                      "| model | step ms, off | step ms, on | off / on |", "|---|---|---|---|"]
+            lines += [f"| {n} | {r['off']:.3f} | {r['on']:.3f} | {r['off'] / r['on']:.3f}x |" for n, r in pdl_rows]
+            lines.append("")
         for name in [n for n in ("bf16", "w4a16") if n in e]:
             lines += [f"Kernels of one {name} decode step (graph replay, µs per step, launches per step):", "",
                       "| kernel | µs | launches |", "|---|---|---|"]

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import torch
 
-from turbopack.inference.kernels.attention import interpreting, rope_store, store_kv, supports_head_dim, tl, triton
+from turbopack.inference.kernels import pdl
+from turbopack.inference.kernels.attention import (
+    interpreting,
+    pdl_enter,
+    rope_store,
+    store_kv,
+    supports_head_dim,
+    tl,
+    triton,
+)
 from turbopack.inference.model import Transformer
 
 if triton is not None:
 
     @triton.jit
-    def _add_rmsnorm_kernel(X, R, W, OUT, R_OUT, n, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    def _add_rmsnorm_kernel(X, R, W, OUT, R_OUT, n, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+                            PDL: tl.constexpr):
+        pdl_enter(PDL)
         row = tl.program_id(0)
         c = tl.arange(0, BLOCK)
         m = c < n
@@ -35,7 +46,8 @@ if triton is not None:
         tl.store(OUT + row * n + c, y.to(OUT.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _silu_mul_kernel(GU, OUT, n, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(GU, OUT, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        pdl_enter(PDL)
         row, blk = tl.program_id(0), tl.program_id(1)
         c = blk * BLOCK + tl.arange(0, BLOCK)
         m = c < n
@@ -92,7 +104,8 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[t
     r_out = torch.empty_like(x2) if residual is not None else x2
     r = residual.reshape(-1, n) if residual is not None else x2
     _add_rmsnorm_kernel[(x2.shape[0],)](x2, r, norm.weight, out, r_out, n, norm.eps, HAS_RES=residual is not None,
-                                        BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 4096 else 4)
+                                        BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 4096 else 4,
+                                        **pdl.triton_args(x.device))
     return out.view(x.shape), r_out.view(x.shape)
 
 
@@ -101,7 +114,8 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     g2 = gu.reshape(-1, 2 * n)
     out = torch.empty(g2.shape[0], n, device=gu.device, dtype=gu.dtype)
     block = min(2048, triton.next_power_of_2(n))
-    _silu_mul_kernel[(g2.shape[0], triton.cdiv(n, block))](g2, out, n, BLOCK=block, num_warps=4)
+    _silu_mul_kernel[(g2.shape[0], triton.cdiv(n, block))](g2, out, n, BLOCK=block, num_warps=4,
+                                                           **pdl.triton_args(gu.device))
     return out.view(*gu.shape[:-1], n)
 
 

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from turbopack.inference.kernels import pdl
 from turbopack.inference.kernels.triton_env import interpreting, tl, triton
 
 BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 (docs/benchmarks.md)
@@ -69,6 +70,14 @@ if triton is not None:
         return c.to(dt)
 
     @triton.jit
+    def pdl_enter(PDL: tl.constexpr):
+        """A glue kernel's first statement (kernels/pdl.py): wait for the previous grid, then let the
+        next one be scheduled; nothing when the launch is not a PDL one."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
     def _decode_split_kernel(
         Q, K, V, KS, KZ, VS, VZ, POS, OUT, LSE,
         stride_qb, stride_qh,
@@ -77,8 +86,9 @@ if triton is not None:
         stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         n_kv_heads, split_len, qk_scale,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-        BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
+        BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr, PDL: tl.constexpr,
     ):
+        pdl_enter(PDL)
         pid, split = tl.program_id(0), tl.program_id(1)
         b, h = pid // n_kv_heads, pid % n_kv_heads
         seq_len = tl.load(POS).to(tl.int32) + 1
@@ -166,7 +176,8 @@ if triton is not None:
             tl.store(o_rows + dc[None, :], (acc_a * inv_l[:, None]).to(OUT.dtype.element_ty), mask=gmask[:, None])
 
     @triton.jit
-    def _merge_kernel(PART, LSE, OUT, n_splits, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    def _merge_kernel(PART, LSE, OUT, n_splits, D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+        pdl_enter(PDL)
         row = tl.program_id(0)  # one (batch, query head)
         s = tl.arange(0, BLOCK_S)
         smask = s < n_splits
@@ -211,7 +222,8 @@ if triton is not None:
                          stride_xb, stride_xh, stride_xt,
                          stride_cb, stride_ch, stride_cn,
                          stride_sb, stride_sh,
-                         n_heads, T, D: tl.constexpr, BITS: tl.constexpr):
+                         n_heads, T, D: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr):
+        pdl_enter(PDL)
         pid = tl.program_id(0)  # one (batch, head, token)
         t = pid % T
         h = (pid // T) % n_heads
@@ -242,9 +254,10 @@ if triton is not None:
     def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, KS, KZ, VC, VS, VZ,
                            T, n_q, n_kv, stride_row,
                            stride_cb, stride_ch, stride_cn, stride_sb, stride_sh,
-                           D: tl.constexpr, BITS: tl.constexpr):
+                           D: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr):
         """One (token, head) of the fused q|k|v row: q heads are rotated into Q [B, n_q, T, D];
         k heads rotated and v heads as they are go straight into the cache at their position."""
+        pdl_enter(PDL)
         row, head = tl.program_id(0), tl.program_id(1)  # row = b * T + t
         b, t = row // T, row % T
         HALF: tl.constexpr = D // 2
@@ -329,10 +342,11 @@ def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: 
         hkv, split_len, scale,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=d, BITS=bits,
         DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
-        DIRECT=direct, FAST=fast, num_warps=num_warps, num_stages=num_stages,
+        DIRECT=direct, FAST=fast, num_warps=num_warps, num_stages=num_stages, **pdl.triton_args(q.device),
     )
     if not direct:
-        _merge_kernel[(b * hq,)](part, lse, out, n_splits, D=d, BLOCK_S=max(2, triton.next_power_of_2(n_splits)))
+        _merge_kernel[(b * hq,)](part, lse, out, n_splits, D=d, BLOCK_S=max(2, triton.next_power_of_2(n_splits)),
+                                 **pdl.triton_args(q.device))
     return out
 
 
@@ -348,7 +362,7 @@ def store_kv(x: torch.Tensor, input_pos: torch.Tensor, codes: torch.Tensor, scal
         x.stride(0), x.stride(1), x.stride(2),
         codes.stride(0), codes.stride(1), codes.stride(2),
         scale.stride(0) if bits != 16 else 0, scale.stride(1) if bits != 16 else 0,
-        h, t, D=d, BITS=bits,
+        h, t, D=d, BITS=bits, **pdl.triton_args(x.device),
     )
 
 
@@ -371,6 +385,6 @@ def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_po
         flat, cos, sin, input_pos, q, kc, ks, kz, vc, vs, vz, t, n_q, n_kv, flat.stride(0),
         kc.stride(0), kc.stride(1), kc.stride(2),
         ks.stride(0) if bits != 16 else 0, ks.stride(1) if bits != 16 else 0,
-        D=d, BITS=bits, num_warps=1,
+        D=d, BITS=bits, num_warps=1, **pdl.triton_args(qkv.device),
     )
     return q

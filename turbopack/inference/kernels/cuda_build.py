@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 
 from turbopack.errors import TurbopackError
+from turbopack.inference.kernels import pdl
 from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
 HEADERS = ("common.cuh",)
 _LOCK = threading.Lock()
-_LIBS: dict[tuple[str, str], ctypes.CDLL] = {}
+_LIBS: dict[tuple[str, str], tuple[ctypes.CDLL, torch.device]] = {}
 
 
 def nvcc() -> str | None:
@@ -81,8 +82,18 @@ def library(src: Path, device: torch.device, signatures: dict[str, list]) -> cty
                 fn = getattr(lib, name)
                 fn.restype = ctypes.c_int
                 fn.argtypes = argtypes
-            _LIBS[key] = lib
-    return _LIBS[key]
+            lib.turbopack_set_pdl.argtypes, lib.turbopack_set_pdl.restype = [ctypes.c_int], None
+            lib.turbopack_set_pdl(int(pdl.enabled(device)))
+            _LIBS[key] = (lib, device)
+    return _LIBS[key][0]
+
+
+def refresh_pdl() -> None:
+    """Re-read pdl.enabled (``TURBOPACK_PDL``) into every loaded library: launches (and graphs
+    captured) from now on follow it."""
+    with _LOCK:
+        for lib, device in _LIBS.values():
+            lib.turbopack_set_pdl(int(pdl.enabled(device)))
 
 
 def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:

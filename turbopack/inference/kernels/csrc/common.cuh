@@ -4,7 +4,10 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <utility>
 
 namespace {
 
@@ -87,6 +90,37 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Programmatic dependent launch (sm_90+; pdl.py has the rule). A kernel launched by launch_kernel() with
+// g_pdl set may be scheduled while the previous kernel of the stream runs: before pdl_wait() it may
+// read only what no kernel writes (packed weights, scales, zeros); pdl_wait() returns once the
+// previous grid has completed with its writes visible (griddepcontrol.wait). Every CTA calls it
+// before any other global access and before it exits, so completion stays ordered along a chain.
+// pdl_trigger() lets the next kernel's CTAs be scheduled early (they block in their own wait).
+// Below sm_90 both are empty (and the attribute has no effect).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+int g_pdl = 0;  // per library (each .cu is one); set by turbopack_set_pdl, read at every launch
+
+template <typename... P, typename... A>
+cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = g_pdl;
+  cfg.attrs = attr, cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
+}
+
 // Where a decode kernel's y goes: y [M, N] (+ bias [N]), times an optional fp32 per-row scale
 // (row_scale[row * scale_stride]; stride 0: one per-tensor scale), split-K through ws/counters.
 struct Out {
@@ -149,3 +183,6 @@ __device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, in
 }
 
 }  // namespace
+
+// The library's PDL switch (pdl.enabled decides; cuda_build sets it when loading and on refresh_pdl)
+extern "C" void turbopack_set_pdl(int on) { g_pdl = on != 0; }

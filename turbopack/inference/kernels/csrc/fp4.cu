@@ -190,6 +190,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_FP4_MIN_BLOCKS(NTOK)) fp4_deco
     if (s_lo + s < s_iss) issue_stage(ring[s], wsrc, ssrc, lane);
     cp_async_commit();
   }
+  pdl_wait();  // only weights and scales are read before it (common.cuh)
+  pdl_trigger();
   int rd = 0, wr = STAGES - 1;
   auto step = [&](int st, auto tail) {
     uint4 xv[NTOK][4];
@@ -229,8 +231,7 @@ int launch(const Args& a, cudaStream_t s) {
     raised = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.o.split_k), block(kWarps * 32);
-  kern<<<grid, block, smem, s>>>(a);
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(launch_kernel(kern, grid, block, smem, s, a));
 }
 
 template <typename T, int NTOK>

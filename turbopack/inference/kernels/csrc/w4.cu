@@ -154,6 +154,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
     if (s_lo + s < s_hi) issue_stage(ring[s], wsrc, tile_step, lane);
     cp_async_commit();
   }
+  pdl_wait();  // the ring's first weights are on their way; x and y belong to the kernels around us
+  pdl_trigger();
   GroupParams<T, NG, ASYM> cur;
   if (s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
   int rd = 0, wr = STAGES - 1;  // ring slots to read and to refill (no run-time modulo)
@@ -406,6 +408,8 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     if (s_lo + s < s_hi) issue(s);
     cp_async_commit();
   }
+  pdl_wait();  // as v5: only weights, scales and zeros are read before it
+  pdl_trigger();
   // while the ring's first stages load
   sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
   __syncthreads();  // every warp reads every warp's sums
@@ -613,6 +617,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
     }
     cp_async_commit();
   }
+  pdl_wait();  // as v5: only weights, scales and zeros are read before it
+  pdl_trigger();
   sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, min(hi - lo, S), lo % S, S, warp, g, c);
   __syncthreads();  // every warp reads every warp's sums
   float out[NTOK][4];
@@ -714,8 +720,7 @@ int launch_decode(const Args& a, cudaStream_t s) {
     raised = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.split_k), block(kWarps * 32);
-  kern<<<grid, block, ring + table, s>>>(a);
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(launch_kernel(kern, grid, block, ring + table, s, a));
 }
 
 // The SMs of the current device (cached per device: a launch must not query the driver each time)
@@ -766,8 +771,8 @@ int launch_v8(const Args& a, cudaStream_t s) {
   const int per_sm = std::max(1, a.split_k > 0 ? std::min(a.split_k, occ) : occ);
   const long long grid = std::min<long long>(items, (long long)sms * per_sm);
   const int entries = static_cast<int>(std::min<long long>(S, (items + grid - 1) / grid));
-  kern<<<static_cast<unsigned>(grid), kWarps * 32, ring + xsum_bytes(entries, NG, NTOK), s>>>(a);
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(launch_kernel(kern, dim3(static_cast<unsigned>(grid)), dim3(kWarps * 32),
+                                 ring + xsum_bytes(entries, NG, NTOK), s, a));
 }
 
 // ring depths: v5 4 and 6 (what it was tuned with), v6 and v7 also 8 (their 64-register cap holds at 8)

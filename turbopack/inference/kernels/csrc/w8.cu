@@ -149,6 +149,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
     if (s_lo + s < s_hi) issue_stage(ring[s], wsrc, row8, a.s_stage, lane);
     cp_async_commit();
   }
+  pdl_wait();  // only weights and scales are read before it (common.cuh)
+  pdl_trigger();
   int rd = 0, wr = STAGES - 1;
   for (int st = s_lo; st < s_hi; ++st) {
     uint4 xv[NTOK][2];
@@ -203,8 +205,7 @@ int launch(const Args& a, cudaStream_t s) {
     raised = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.o.split_k), block(kWarps * 32);
-  kern<<<grid, block, smem, s>>>(a);
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(launch_kernel(kern, grid, block, smem, s, a));
 }
 
 template <typename T, int CODE, int NTOK>

@@ -1,0 +1,53 @@
+"""Programmatic dependent launch (kernels/pdl.py): off wherever it cannot run, and every CUDA decode
+kernel that may be launched with it waits for the previous grid (griddepcontrol.wait) and lets the
+next one start (griddepcontrol.launch_dependents). The GPU check that decoding with it on gives the
+tokens of decoding with it off is tests/inference/test_runtime.py::test_pdl_on_and_off_decode_the_same."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import torch
+
+from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w8, pdl
+
+NVCC = cuda_w4.nvcc()
+
+
+def test_off_on_the_cpu_under_the_interpreter_and_by_the_switch(monkeypatch):
+    monkeypatch.delenv(pdl.ENV, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not pdl.enabled(torch.device("cpu"))
+    assert pdl.triton_args(torch.device("cpu")) == {"PDL": False}
+    monkeypatch.setattr(pdl, "_capable", lambda index: True)  # an sm_90 GPU, as far as pdl can tell
+    assert pdl.enabled(torch.device("cuda", 0))
+    monkeypatch.setenv(pdl.ENV, "0")
+    assert not pdl.enabled(torch.device("cuda", 0))
+    monkeypatch.setenv(pdl.ENV, "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not pdl.enabled(torch.device("cuda", 0))
+
+
+def entries(ptx: str) -> dict[str, str]:
+    """{kernel name: body} of every .entry in a PTX file."""
+    heads = list(re.finditer(r"\.entry\s+(\S+)\(", ptx))
+    return {m.group(1): ptx[m.end(): heads[i + 1].start() if i + 1 < len(heads) else len(ptx)]
+            for i, m in enumerate(heads)}
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+@pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w8.SRC, cuda_fp4.SRC], ids=lambda p: p.name)
+def test_every_decode_kernel_waits_for_the_previous_grid(src, tmp_path):
+    """A decode kernel launched with PDL that skipped the wait could read x before the kernel that
+    writes it finished. Every decode entry has the wait, and the trigger after it."""
+    out = tmp_path / "k.ptx"
+    res = subprocess.run([NVCC, "-ptx", "-O3", "-std=c++17", cuda_w4.gencode((9, 0)), str(src), "-o", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    decode = {name: body for name, body in entries(out.read_text()).items() if "decode" in name}
+    assert decode, "no decode kernel found in the PTX"
+    for name, body in decode.items():
+        wait, trigger = body.find("griddepcontrol.wait"), body.find("griddepcontrol.launch_dependents")
+        assert 0 <= wait < trigger, name

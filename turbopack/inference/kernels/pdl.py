@@ -1,0 +1,58 @@
+"""Programmatic dependent launch (PDL, sm_90+): whether the runtime's kernels use it.
+
+A kernel launched with PDL may be scheduled while the kernel before it in the stream is still
+running. Batch-1 decode is a chain of ~10 short kernels per layer (2-25 µs each), so the gap
+between two of them (launch, the first DRAM round trip) is a visible share of a step. Every kernel
+that opts in follows one rule, in every CTA: before its wait (``griddepcontrol.wait`` in CUDA,
+``gdc_wait`` in Triton, attention.pdl_enter) it reads only what no kernel writes (packed weights, scales, zeros);
+after it, the previous grid has completed and its writes are visible. The W4 decode kernel uses
+the time before the wait to start its weight ring (CUTLASS's "weight prefetch" idea), the glue
+kernels wait first. Each kernel then lets the next one be scheduled (``launch_dependents``).
+Because every kernel waits before it can complete, completion stays ordered along the chain, and
+a kernel launched without PDL (cuBLAS, torch ops) simply waits for the whole previous grid.
+
+Off on the CPU interpreter, below sm_90, where Triton lacks the intrinsics, or with
+``TURBOPACK_PDL=0`` (an A/B switch for benchmarks; the CUDA libraries read it when loaded and
+again on ``cuda_build.refresh_pdl()``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from turbopack.inference.kernels.interpret import interpreting
+
+ENV = "TURBOPACK_PDL"
+
+
+@functools.cache
+def _capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+def enabled(device: torch.device) -> bool:
+    """Do launches on ``device`` use PDL now (the CUDA libraries and the Triton glue alike)?"""
+    if device.type != "cuda" or interpreting() or os.environ.get(ENV, "1").strip() == "0":
+        return False
+    return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def triton_ok() -> bool:
+    """Does this Triton have the grid-dependency intrinsics (``tl.extra.cuda.gdc_wait``)?"""
+    from turbopack.inference.kernels.triton_env import tl  # here: the CPU runtime never imports triton
+
+    cuda = getattr(getattr(tl, "extra", None), "cuda", None) if tl is not None else None
+    return hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")
+
+
+def triton_args(device: torch.device) -> dict:
+    """The extra arguments of a glue kernel's launch: its ``PDL`` constexpr and, when on,
+    Triton's ``launch_pdl`` option."""
+    on = enabled(device) and triton_ok()
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
+__all__ = ["ENV", "enabled", "triton_args", "triton_ok"]
