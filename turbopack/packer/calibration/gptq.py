@@ -39,10 +39,10 @@ class GPTQConfig:
         return self.act_order or self.static_groups
 
 
-#: Hessian columns gathered per step when the ordered copy is made: two K x ORDER_COLUMNS float32
-#: temporaries (15 MB each at K = 14336) instead of the K x K int64 index tensors a 2-D gather
-#: makes on a GPU (torch makes both broadcast indices contiguous there: 3.3 GB at K = 14336)
-ORDER_COLUMNS = 256
+#: the ordered Hessian is gathered in this many column slices: two K x K/64 float32 temporaries
+#: (13 MB each at K = 14336) instead of the K x K int64 index tensors a 2-D gather makes on a GPU
+#: (torch makes both broadcast indices contiguous there: 3.3 GB at K = 14336)
+ORDER_STEPS = 64
 
 
 def inverse_hessian_factor(box: list[torch.Tensor], percdamp: float) -> torch.Tensor:
@@ -77,15 +77,16 @@ def inverse_hessian_factor(box: list[torch.Tensor], percdamp: float) -> torch.Te
 def ordered_hessian(h: torch.Tensor, dead: torch.Tensor, act_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, perm): A = H[perm][:, perm] with dead channels' diagonal 1, a new column-major float32
     matrix (``h`` is only read: linears that share an input share one H), and the column order
-    ``perm``. Gathered ORDER_COLUMNS columns at a time, so H, A and two thin slices are all that
+    ``perm``. Gathered in ORDER_STEPS column slices, so H, A and two thin slices are all that
     is alive."""
     diag = torch.where(dead, torch.ones_like(h[0]), torch.diag(h))
     k = h.shape[0]
     perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k, device=h.device)
     rows = torch.empty(k, k, dtype=torch.float32, device=h.device)  # rows[j] is A's column j
-    for j0 in range(0, k, ORDER_COLUMNS):
-        cols = h.index_select(1, perm[j0:j0 + ORDER_COLUMNS])  # H[:, perm[j0:j1]]
-        rows[j0:j0 + ORDER_COLUMNS] = cols.index_select(0, perm).T
+    step = -(-k // ORDER_STEPS)
+    for j0 in range(0, k, step):
+        cols = h.index_select(1, perm[j0:j0 + step])  # H[:, perm[j0:j1]]
+        rows[j0:j0 + step] = cols.index_select(0, perm).T
     a = rows.T
     torch.diagonal(a).copy_(diag[perm])
     return a, perm
