@@ -141,7 +141,7 @@ class PeakBreakdown:
     stack capture per allocation: a diagnostic, not for timing runs. ``max_entries`` bounds the
     history kept (the newest events); blocks made before it show as "?"."""
 
-    def __init__(self, device: torch.device, max_entries: int = 3_000_000, root: str = "turbopack") -> None:
+    def __init__(self, device: torch.device, max_entries: int = 1_500_000, root: str = "turbopack") -> None:
         self.device = resolve_device(device)
         self.max_entries, self.root = max_entries, root
         self.peak, self.blocks = 0, []

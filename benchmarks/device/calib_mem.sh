@@ -11,15 +11,15 @@ step() { echo "=== $1 [$(date +%T)]"; }
 step env; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)"
 step tests
-timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/packer/calibration/test_gptq_memory.py \
+timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/packer/calibration/test_gptq_memory.py \
   tests/packer/calibration/test_pipeline.py -W ignore > "$OUT/tests.txt" 2>&1
 echo "pytest rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/tests.txt" | tail -12
 step "calibration_gpu --layers 1"
-timeout 200 python3 benchmarks/calibration_gpu.py --layers 1 --methods gptq,gptq-no-act-order,awq,smoothquant \
+timeout 160 python3 benchmarks/calibration_gpu.py --layers 1 --methods gptq,gptq-no-act-order,awq,smoothquant \
   --out "$OUT" 2> "$OUT/calibration_gpu.log" | tee "$OUT/calibration_gpu.txt"
 echo "rc=${PIPESTATUS[0]}"; grep -E "^\{\"hidden|Error|error" "$OUT/calibration_gpu.log" | tail -4
 step "breakdown at GPTQ's peak (act-order; 32 samples: the peak does not depend on them, the time does)"
-timeout 100 python3 benchmarks/calibration_gpu.py --layers 1 --methods gptq --samples 32 --breakdown \
+timeout 75 python3 benchmarks/calibration_gpu.py --layers 1 --methods gptq --samples 32 --breakdown \
   --out "$OUT/breakdown" 2> "$OUT/breakdown.log" | tee "$OUT/breakdown.txt"
 echo "rc=${PIPESTATUS[0]}"; grep -E "Error|error" "$OUT/breakdown.log" | tail -4
 step done
