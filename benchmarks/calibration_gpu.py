@@ -12,16 +12,20 @@ at a time, so time and memory per block carry over to all 32 layers.
     python3 benchmarks/calibration_gpu.py --layers 2 --out $OUT                 # on the GPU
     python3 benchmarks/calibration_gpu.py --device cpu --hidden 512 --intermediate 1792 --heads 8 \
         --kv-heads 2 --samples 32 --seqlen 256 --forward-tokens 256 --layers 1   # the CPU check
+    python3 benchmarks/calibration_gpu.py --layers 1 --methods gptq --breakdown  # what is alive at the peak
 
 Peak memory: the CUDA allocator's peak, or on the CPU turbopack.device.PeakMemory (every storage
 torch creates, until freed). ``expected`` is the pipeline's formula (see expected_peak): what must
 be alive at the forward pass (hidden states, the float32 block, one chunk's float32 scratch) and at
-GPTQ's down_proj (its Hessian and factors); methods add to it (AWQ's search samples, for one).
+GPTQ's down_proj (its Hessian while it is taken, then its factorization); methods add to it (AWQ's
+search samples, for one). ``--breakdown`` (CUDA) lists the allocations alive at each method's peak,
+grouped by the innermost turbopack frame that made them (turbopack.device.PeakBreakdown).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turbopack.device import PeakMemory, resolve_device  # noqa: E402
+from turbopack.device import PeakBreakdown, PeakMemory, resolve_device  # noqa: E402
 from turbopack.packer.calibration import pipeline  # noqa: E402
 from turbopack.packer.calibration.data import default_text  # noqa: E402
 from turbopack.packer.quantize import quantize  # noqa: E402
@@ -45,8 +49,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "turbopack" / "assets" / "tiny-l
 #: (label, format, quantize keyword arguments)
 METHODS = {
     "awq": ("w4a16", {"method": "awq", "group_size": 128}),
-    "gptq": ("w4a16", {"method": "gptq", "group_size": 128}),
-    "gptq-act-order": ("w4a16", {"method": "gptq", "group_size": 128, "act_order": True}),
+    "gptq": ("w4a16", {"method": "gptq", "group_size": 128}),  # act-order: GPTQ's default
+    "gptq-no-act-order": ("w4a16", {"method": "gptq", "group_size": 128, "act_order": False}),
     "smoothquant": ("w8a8", {"smooth": True}),
 }
 F32 = 4
@@ -65,29 +69,27 @@ class Shape:
         return self.hidden * (2 * self.hidden + 2 * kv) + 3 * self.hidden * self.intermediate
 
 
-def expected_peak(s: Shape, tokens: int, seqlen: int, forward_tokens: int, hidden_bytes: int, out_buffer: bool,
-                  gptq_kk: int) -> dict[str, float]:
-    """Bytes alive at the two peaks. Always: the hidden states (``hidden_bytes`` a value) and the
-    float32 block. At the forward pass: a separate output buffer if ``out_buffer``, and one chunk's
-    float32 scratch (per token: the MLP's gate, up, silu(gate) and product, 4 x intermediate, and
-    ~3 x hidden of residual stream). At GPTQ's down_proj: ``gptq_kk`` float32 K x K matrices alive
-    at once, plus 3 copies of its W (the float32 clone, the codes, the dequantized W')."""
+def expected_peak(s: Shape, tokens: int, seqlen: int, forward_tokens: int, hidden_bytes: int, parked: bool
+                  ) -> dict[str, float]:
+    """Bytes alive on the device at each of the pipeline's peaks, from the shapes (B = 4 bytes).
+
+    * hidden_and_block: the hidden states (``hidden_bytes`` a value; 0 when they live in host
+      memory, pipeline.hidden_home) and the float32 block (4P);
+    * forward: + one chunk's float32 scratch (per token: the MLP's gate, up, act(gate) and
+      product, 4I, and ~3H of residual stream);
+    * gptq_capture: the forward up to down_proj's input with its Hessian I x I accumulating;
+    * gptq_factor: down_proj's factorization: its ordered Hessian and cuSOLVER's clone of it
+      (2 I x I; on the CPU the clone is the retry backup instead) and its working weight H x I,
+      beside the block unless it is ``parked`` in host memory (gptq_block on a GPU).
+    """
     chunk = min(tokens, max(1, forward_tokens // seqlen) * seqlen)
-    hidden = tokens * s.hidden * hidden_bytes
-    base = hidden + F32 * s.layer_params
-    forward = hidden * out_buffer + chunk * (4 * s.intermediate + 3 * s.hidden) * F32
-    gptq = (gptq_kk * s.intermediate**2 + 3 * s.hidden * s.intermediate) * F32
-    return {"hidden_and_block": base, "forward": base + forward, "gptq": base + gptq}
-
-
-def expected_rows(s: Shape, samples: int, seqlen: int, forward_tokens: int, offload: bool
-                  ) -> dict[str, dict[str, float]]:
-    """Before issue 10's change (float32 input and output buffers, 8192-token chunks, up to 7 K x K
-    alive in GPTQ) and after (one bf16 buffer updated in place, --forward-tokens chunks, 3 K x K;
-    ``offload``: that buffer in host memory, pipeline.hidden_home, so none of it on the device)."""
-    t = samples * seqlen
-    return {"before": expected_peak(s, t, seqlen, 8192, F32, True, 7),
-            "after": expected_peak(s, t, seqlen, forward_tokens, 0 if offload else 2, False, 3)}
+    base = tokens * s.hidden * hidden_bytes + F32 * s.layer_params
+    scratch = chunk * (4 * s.intermediate + 3 * s.hidden) * F32
+    factor = (2 * s.intermediate**2 + s.hidden * s.intermediate) * F32
+    capture = base + s.intermediate**2 * F32 + scratch
+    factor += tokens * s.hidden * hidden_bytes if parked else base
+    return {"hidden_and_block": base, "forward": base + scratch, "gptq_capture": capture, "gptq_factor": factor,
+            "gptq": max(capture, factor)}
 
 
 def main() -> int:
@@ -104,6 +106,10 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=32000, help="small on the CPU: the embedding is host memory on a GPU")
     ap.add_argument("--forward-tokens", type=int, default=pipeline.FORWARD_TOKENS,
                     help="tokens per block forward (the pipeline's FORWARD_TOKENS); scale it with the shape")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="CUDA: also record the allocator's history and print the blocks alive at each method's "
+                         "peak (slower: the times are then not the bar's)")
+    ap.add_argument("--top", type=int, default=12, help="--breakdown: rows per method")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     a = ap.parse_args()
     device = resolve_device(a.device)
@@ -121,10 +127,10 @@ def main() -> int:
     block_gb = shape.layer_params * 2 / 1e9
     act_gb = a.samples * a.seqlen * a.hidden * 2 / 1e9  # one block's input hidden states, bf16
     offload = pipeline.hidden_home(device) != device
-    expected = expected_rows(shape, a.samples, a.seqlen, a.forward_tokens, offload)
-    print(json.dumps({k: {n: round(v / 1e9, 3) for n, v in e.items()} for k, e in expected.items()}),
-          file=sys.stderr, flush=True)
-    rows = [_run(label, src, tmp, text, device, a, shape, block_gb, act_gb, expected["after"])
+    expected = expected_peak(shape, a.samples * a.seqlen, a.seqlen, a.forward_tokens, 0 if offload else 2,
+                             device.type == "cuda")
+    print(json.dumps({n: round(v / 1e9, 3) for n, v in expected.items()}), file=sys.stderr, flush=True)
+    rows = [_run(label, src, tmp, text, device, a, shape, block_gb, act_gb, expected)
             for label in a.methods.split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     a.out.mkdir(parents=True, exist_ok=True)
@@ -146,10 +152,13 @@ def _run(label: str, src: Path, tmp: Path, text: Path, device: torch.device, a, 
          act_gb: float, expected: dict[str, float]) -> dict:
     fmt, kw = METHODS[label]
     t0 = time.perf_counter()
-    with PeakMemory(device) as mem:
+    trace = PeakBreakdown(device) if a.breakdown and device.type == "cuda" else contextlib.nullcontext()
+    with PeakMemory(device) as mem, trace:
         quantize(src, tmp / label, fmt, calib=text, calib_samples=a.samples, calib_seqlen=a.seqlen,
                  device=str(device), progress=False, force=True, **kw)
     dt = time.perf_counter() - t0
+    if isinstance(trace, PeakBreakdown):
+        _print_breakdown(label, trace, a.top)
     min_per_b = dt / 60 / (a.layers * shape.layer_params / 1e9)
     kind = "gptq" if label.startswith("gptq") else "forward"
     whole_8b = min_per_b * 32 * Shape().layer_params / 1e9
@@ -160,6 +169,17 @@ def _run(label: str, src: Path, tmp: Path, text: Path, device: torch.device, a, 
     print(json.dumps(row), file=sys.stderr, flush=True)
     shutil.rmtree(tmp / label, ignore_errors=True)
     return row
+
+
+def _print_breakdown(label: str, trace: PeakBreakdown, top: int) -> None:
+    """The blocks alive at the peak, grouped by where they were made, largest groups first."""
+    groups: dict[str, list[int]] = {}
+    for b in trace.blocks:
+        groups.setdefault(b.where, []).append(b.bytes)
+    print(f"\n{label}: {trace.peak / 1e9:.3f} GB alive at the peak (replayed history), {len(trace.blocks)} blocks")
+    print("| GB | blocks | largest MB | made at |\n|---:|---:|---:|---|")
+    for where, sizes in sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"| {sum(sizes) / 1e9:.3f} | {len(sizes)} | {max(sizes) / 1e6:.1f} | {where} |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ as "cuda:None".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from turbopack.errors import TurbopackError
@@ -120,3 +122,78 @@ def _storage_meter(device_type: str):
             self.now -= self.live.pop(ptr, 0)
 
     return StorageMeter()
+
+
+@dataclass(frozen=True)
+class LiveBlock:
+    """One CUDA allocation alive at the peak: its bytes and where it was made (``file:line
+    function`` of the innermost frame under ``root``, or the innermost frame; "?" when it was
+    made before the recorded window)."""
+
+    bytes: int
+    where: str
+
+
+class PeakBreakdown:
+    """What is alive on a CUDA ``device`` at the peak inside a ``with`` block (``.peak`` bytes,
+    ``.blocks`` largest first), from the allocator's recorded history
+    (``torch.cuda.memory._record_memory_history``, Python stacks of allocations only). Costs a
+    stack capture per allocation: a diagnostic, not for timing runs. ``max_entries`` bounds the
+    history kept (the newest events); blocks made before it show as "?"."""
+
+    def __init__(self, device: torch.device, max_entries: int = 1_500_000, root: str = "turbopack") -> None:
+        self.device = resolve_device(device)
+        self.max_entries, self.root = max_entries, root
+        self.peak, self.blocks = 0, []
+
+    def __enter__(self) -> PeakBreakdown:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.memory._record_memory_history(max_entries=self.max_entries, context="alloc", stacks="python",
+                                                 device=self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize(self.device)
+        snapshot = torch.cuda.memory._snapshot(self.device)
+        torch.cuda.memory._record_memory_history(enabled=None, device=self.device)
+        self.peak, self.blocks = peak_live_blocks(snapshot, self.device.index, self.root)
+
+
+def peak_live_blocks(snapshot: dict, device_index: int, root: str = "turbopack") -> tuple[int, list[LiveBlock]]:
+    """(peak bytes, the blocks alive then, largest first) from a ``torch.cuda.memory._snapshot()``.
+    Replayed backwards from the blocks alive at the end, so a history that lost its oldest events
+    still places the peak correctly if the peak lies inside it. Bytes as requested (the allocator
+    rounds each block up to 512 B)."""
+    events = snapshot["device_traces"][device_index]
+    live = {b["address"]: (b.get("requested_size", b["size"]), b.get("frames", []))
+            for seg in snapshot["segments"] if seg["device"] == device_index
+            for b in seg["blocks"] if b["state"] == "active_allocated"}
+    sign = {"alloc": -1, "free_requested": 1}  # undoing an event
+    total = best = sum(size for size, _ in live.values())
+    at = len(events)
+    for i in range(len(events) - 1, -1, -1):
+        total += sign.get(events[i]["action"], 0) * events[i]["size"]
+        if total > best:
+            best, at = total, i
+    for e in reversed(events[at:]):  # back to the peak: events at..end undone
+        if e["action"] == "alloc":
+            live.pop(e["addr"], None)
+        elif e["action"] == "free_requested":
+            live[e["addr"]] = (e["size"], None)
+    missing = {addr for addr, (_, frames) in live.items() if frames is None}
+    for e in reversed(events[:at]):  # where the blocks freed after the peak were made
+        if not missing:
+            break
+        if e["action"] == "alloc" and e["addr"] in missing:
+            live[e["addr"]] = (live[e["addr"]][0], e.get("frames", []))
+            missing.discard(e["addr"])
+    blocks = [LiveBlock(size, _where(frames, root)) for size, frames in live.values()]
+    return best, sorted(blocks, key=lambda b: -b.bytes)
+
+
+def _where(frames: list[dict] | None, root: str) -> str:
+    if not frames:
+        return "?"
+    mine = [f for f in frames if f"/{root}/" in f["filename"]] or frames
+    f = mine[0]
+    return f"{f['filename'].split(f'/{root}/')[-1]}:{f['line']} {f['name']}"

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from turbopack.packer.calibration.capture import BlockJob, HessianTap
+from turbopack.packer.calibration.capture import BlockJob, HessianTap, parked
 from turbopack.packer.calibration.grid import Grid, grid_for
 
 
@@ -39,64 +39,69 @@ class GPTQConfig:
         return self.act_order or self.static_groups
 
 
+#: the ordered Hessian is gathered in this many column slices: two K x K/64 float32 temporaries
+#: (13 MB each at K = 14336) instead of the K x K int64 index tensors a 2-D gather makes on a GPU
+#: (torch makes both broadcast indices contiguous there: 3.3 GB at K = 14336)
+ORDER_STEPS = 64
+
+
 def inverse_hessian_factor(box: list[torch.Tensor], percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1, damping harder if H is numerically singular.
 
-    ``box`` holds the only reference to H (float32, ours to overwrite; emptied here): at an 8B
-    down_proj's K = 14336 every K x K matrix is 0.82 GB, so both factorizations run in place
-    (``out=`` the input; torch makes one temporary) and H's factor is dropped once the inverse
-    exists: two K x K alive at most (four before). A harder try needs the undamped H back, so a
-    copy of it waits in host memory (on the CPU device: a second copy) until a try succeeds."""
-    h = box.pop()
-    backup = h.to("cpu", copy=True)
-    idx = torch.arange(h.shape[0], device=h.device)
-    d0 = torch.diag(h).clone()
+    ``box`` holds the only reference to H (float32, column-major as :func:`ordered_hessian` makes
+    it, ours to overwrite; emptied here). All three steps run in that one buffer: column-major is
+    the layout LAPACK and cuSOLVER factor in, so ``out=`` the input needs no proxy copy (a
+    row-major H made torch copy it once per factorization). cuSOLVER's inverse still clones its
+    input (the solve's right-hand side is the output): two K x K on a GPU, one on the CPU. A
+    harder try needs the undamped H back, so a copy of it waits in host memory (on the CPU
+    device: a second copy) until a try succeeds."""
+    a = box.pop()
+    backup = a.to("cpu", copy=True)
+    d0 = torch.diagonal(a).clone()
     damp = percdamp * float(torch.mean(d0))
-    info = torch.empty((), dtype=torch.int32, device=h.device)
+    info = torch.empty((), dtype=torch.int32, device=a.device)
     for attempt in range(6):
-        if h is None:  # the first factor succeeded, the second did not
-            h = backup.to(d0.device, copy=True)
-        elif attempt:
-            h.copy_(backup)
-        h[idx, idx] = d0 + damp
-        torch.linalg.cholesky_ex(h, out=(h, info))  # h is now L, with L L^T = H + damp I
+        if attempt:
+            a.copy_(backup)
+        torch.diagonal(a).copy_(d0 + damp)
+        torch.linalg.cholesky_ex(a, out=(a, info))  # a is now L, with L L^T = H + damp I
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(h)
-            h = None
-            torch.linalg.cholesky_ex(hinv, upper=True, out=(hinv, info))
+            torch.cholesky_inverse(a, out=a)
+            torch.linalg.cholesky_ex(a, upper=True, out=(a, info))
             if int(info) == 0:
-                return hinv
-            del hinv
+                return a
         damp = max(damp, 1e-8) * 10
     raise ArithmeticError("GPTQ: Hessian is not positive definite even with heavy damping")
 
 
-def _ordered_hessian(h: torch.Tensor, dead: torch.Tensor, act_order: bool, consume: bool
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H with dead channels' diagonal 1, in the column order; that order): a tensor of our own,
-    without holding three K x K at once (one gather for the permutation; no copy when consumed)."""
+def ordered_hessian(h: torch.Tensor, dead: torch.Tensor, act_order: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, perm): A = H[perm][:, perm] with dead channels' diagonal 1, a new column-major float32
+    matrix (``h`` is only read: linears that share an input share one H), and the column order
+    ``perm``. Gathered in ORDER_STEPS column slices, so H, A and two thin slices are all that
+    is alive."""
     diag = torch.where(dead, torch.ones_like(h[0]), torch.diag(h))
-    if act_order:
-        perm = torch.argsort(diag, descending=True, stable=True)
-        h = h[perm[:, None], perm[None, :]]
-    else:
-        perm = torch.arange(h.shape[0], device=h.device)
-        h = h if consume else h.clone()
-    idx = torch.arange(h.shape[0], device=h.device)
-    h[idx, idx] = diag[perm]
-    return h, perm
+    k = h.shape[0]
+    perm = torch.argsort(diag, descending=True, stable=True) if act_order else torch.arange(k, device=h.device)
+    rows = torch.empty(k, k, dtype=torch.float32, device=h.device)  # rows[j] is A's column j
+    step = -(-k // ORDER_STEPS)
+    for j0 in range(0, k, step):
+        cols = h.index_select(1, perm[j0:j0 + step])  # H[:, perm[j0:j1]]
+        rows[j0:j0 + step] = cols.index_select(0, perm).T
+    a = rows.T
+    torch.diagonal(a).copy_(diag[perm])
+    return a, perm
 
 
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor | list[torch.Tensor], grid: Grid,
                   cfg: GPTQConfig = GPTQConfig()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Quantize ``w`` [N, K] given the Hessian ``h`` [K, K] -> (dequantized float32 W', format tensors).
-    ``h`` in a one-element list is handed over: float32, changed in place, the list emptied, and the
-    matrix freed as soon as it is not needed (an 8B down_proj's H is 0.82 GB; gptq_block hands each
-    linear its own); a bare tensor is left as it was."""
-    consume = isinstance(h, list)
-    h = h.pop() if consume else h
-    w = w.detach().float().clone()
+    The work runs on ``h``'s device (``w`` may be elsewhere: gptq_block parks the block in host
+    memory). ``h`` in a one-element list is handed over (the list emptied, the matrix freed once
+    its ordered copy exists: an 8B down_proj's H is 0.82 GB); a bare tensor is only read."""
+    if isinstance(h, list):
+        h = h.pop()
+    w = w.detach().to(device=h.device, dtype=torch.float32, copy=True)
     n, k = w.shape
     g = grid.group_of(k)
     dead = torch.diag(h) == 0  # channels never active: any value works, zero is cheapest
@@ -106,11 +111,12 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor | list[torch.Tensor], grid: G
     z_all = torch.zeros(n, k // g, device=w.device)
     if static:
         s_all, z_all = grid.params(w.reshape(n, k // g, g))
-    h, perm = _ordered_hessian(h, dead, cfg.act_order, consume)
+    a, perm = ordered_hessian(h, dead, cfg.act_order)
+    del h  # a handed-over H is freed here: A replaces it
     if cfg.act_order:
         w = w[:, perm]
-    box = [h]
-    del h
+    box = [a]
+    del a
     hinv = inverse_hessian_factor(box, cfg.percdamp)
     codes = torch.zeros_like(w)
     group_of_col = (perm // g).tolist()
@@ -130,13 +136,17 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor | list[torch.Tensor], grid: G
             w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    del hinv, w, w1, hinv1, err1
     codes = codes[:, torch.argsort(perm)]
     deq = grid.dequant(codes.reshape(n, k // g, g), s_all, z_all).reshape(n, k)
     return deq, grid.pack(codes, s_all, z_all)
 
 
 def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tensor]]:
-    """GPTQ every quantized linear of the block, stage by stage; the block keeps W' afterwards."""
+    """GPTQ every quantized linear of the block, stage by stage; the block keeps W' afterwards.
+    A stage's linears share one input and so one Hessian: each reads it, the last hands it over.
+    While a stage is quantized the block's float32 weights wait in host memory (parked): only the
+    linear at hand, its Hessian and their working copies are on the device."""
     grid = grid_for(job.fmt, "gptq")
     out: dict[str, dict[str, torch.Tensor]] = {}
     for stage in job.stages():
@@ -144,13 +154,13 @@ def gptq_block(job: BlockJob, cfg: GPTQConfig) -> dict[str, dict[str, torch.Tens
         if not names:
             continue
         tap = HessianTap()
-        job.runner.capture(job.block, job.x, {names[0]: tap})  # a stage's linears share one input
-        # gptq_quantize consumes its Hessian: one copy per linear, the last gets the tap's own
-        hessians = [tap.hessian()]
+        job.runner.capture(job.block, job.x, {names[0]: tap})
+        box = [tap.hessian()]  # the only reference: the last linear's gptq_quantize frees it
         del tap
-        hessians[:0] = [hessians[0].clone() for _ in names[1:]]
-        for name in names:
-            lin = job.linear(name)
-            deq, out[name] = gptq_quantize(lin.weight, [hessians.pop(0)], grid, cfg)
-            lin.weight.copy_(deq)
+        with parked(job.block):
+            for name in names:
+                lin = job.linear(name)
+                deq, out[name] = gptq_quantize(lin.weight, box if name == names[-1] else box[0], grid, cfg)
+                lin.weight.copy_(deq)
+                del deq
     return out
