@@ -234,14 +234,16 @@ def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
 
 
 def pdl_ab(model: M.Transformer, prompt: int) -> dict:
-    """The batch-1 graph step (ms) with programmatic dependent launch on and off, captured anew
-    each way (kernels/pdl.py; a graph keeps the launch attributes it was captured with)."""
+    """The batch-1 graph step (ms) with programmatic dependent launch off, on, and on for one side
+    only (the CUDA decode kernels or the Triton glue), captured anew each way (kernels/pdl.py: a
+    graph keeps the launch attributes it was captured with); and the linears alone, back to back,
+    off and on."""
     from turbopack.inference.kernels import cuda_build
 
     out, before = {}, os.environ.get(pdl.ENV)
     ids = torch.randint(0, 1000, (1, prompt))
     try:
-        for name, flag in (("off", "0"), ("on", "1")):
+        for name, flag in (("off", "0"), ("on", "1"), ("cuda_only", "cuda"), ("triton_only", "triton")):
             os.environ[pdl.ENV] = flag
             cuda_build.refresh_pdl()
             eng = Engine(model, kv="bf16")
@@ -249,6 +251,8 @@ def pdl_ab(model: M.Transformer, prompt: int) -> dict:
             out[name] = time_graph(eng._graph.graph.replay, iters=50)
             del eng
             model.kv_caches = None
+            if flag in ("0", "1"):
+                out[f"linears_{name}"] = linears_only_ms(model)
     finally:
         if before is None:
             os.environ.pop(pdl.ENV, None)
@@ -425,9 +429,11 @@ def markdown(res: dict, cmd: str) -> str:
                       f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", ""]
         pdl_rows = [(n, e[n]["pdl_step_ms"]) for n in FORMATS if n in e and "pdl_step_ms" in e[n]]
         if pdl_rows:
-            lines += ["Programmatic dependent launch (kernels/pdl.py), batch-1 graph step captured each way:", "",
-                      "| model | step ms, off | step ms, on | off / on |", "|---|---|---|---|"]
-            lines += [f"| {n} | {r['off']:.3f} | {r['on']:.3f} | {r['off'] / r['on']:.3f}x |" for n, r in pdl_rows]
+            lines += ["Programmatic dependent launch (kernels/pdl.py), batch-1 graph step captured each way (ms):",
+                      "", "| model | off | on | off / on | CUDA kernels only | glue only | linears alone, off | on |",
+                      "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {n} | {r['off']:.3f} | {r['on']:.3f} | {r['off'] / r['on']:.3f}x | {r['cuda_only']:.3f} | "
+                      f"{r['triton_only']:.3f} | {r['linears_off']:.3f} | {r['linears_on']:.3f} |" for n, r in pdl_rows]
             lines.append("")
         for name in [n for n in ("bf16", "w4a16") if n in e]:
             lines += [f"Kernels of one {name} decode step (graph replay, µs per step, launches per step):", "",

@@ -23,8 +23,15 @@ def test_off_on_the_cpu_under_the_interpreter_and_by_the_switch(monkeypatch):
     assert pdl.triton_args(torch.device("cpu")) == {"PDL": False}
     monkeypatch.setattr(pdl, "_capable", lambda index: True)  # an sm_90 GPU, as far as pdl can tell
     assert pdl.enabled(torch.device("cuda", 0))
+    assert pdl.triton_args(torch.device("cuda", 0))["PDL"] == pdl.triton_ok()
     monkeypatch.setenv(pdl.ENV, "0")
     assert not pdl.enabled(torch.device("cuda", 0))
+    assert not pdl.enabled(torch.device("cuda", 0), "triton")
+    monkeypatch.setenv(pdl.ENV, "cuda")  # one side only: the benchmark's A/B
+    assert pdl.enabled(torch.device("cuda", 0), "cuda") and not pdl.enabled(torch.device("cuda", 0), "triton")
+    assert pdl.triton_args(torch.device("cuda", 0)) == {"PDL": False}
+    monkeypatch.setenv(pdl.ENV, "triton")
+    assert not pdl.enabled(torch.device("cuda", 0), "cuda") and pdl.enabled(torch.device("cuda", 0), "triton")
     monkeypatch.setenv(pdl.ENV, "1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not pdl.enabled(torch.device("cuda", 0))

@@ -33,9 +33,16 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-def enabled(device: torch.device) -> bool:
-    """Do launches on ``device`` use PDL now (the CUDA libraries and the Triton glue alike)?"""
-    if device.type != "cuda" or interpreting() or os.environ.get(ENV, "1").strip() == "0":
+#: TURBOPACK_PDL values: who launches with PDL (unset = "1")
+MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",)}
+
+
+def enabled(device: torch.device, who: str = "cuda") -> bool:
+    """Do launches on ``device`` by ``who`` ("cuda": the CUDA C++ libraries, "triton": the glue
+    kernels) use PDL now? ``TURBOPACK_PDL``: 1 (default) both, 0 neither, cuda or triton alone
+    (the benchmark's A/B of each side)."""
+    mode = os.environ.get(ENV, "1").strip().lower()
+    if device.type != "cuda" or interpreting() or who not in MODES.get(mode, MODES["1"]):
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
@@ -51,8 +58,8 @@ def triton_ok() -> bool:
 def triton_args(device: torch.device) -> dict:
     """The extra arguments of a glue kernel's launch: its ``PDL`` constexpr and, when on,
     Triton's ``launch_pdl`` option."""
-    on = enabled(device) and triton_ok()
+    on = enabled(device, "triton") and triton_ok()
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
-__all__ = ["ENV", "enabled", "triton_args", "triton_ok"]
+__all__ = ["ENV", "MODES", "enabled", "triton_args", "triton_ok"]
