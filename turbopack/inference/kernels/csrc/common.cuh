@@ -81,6 +81,11 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
 }
+// The same copy to a 32-bit shared address (a ring's slot base plus constant offsets: no generic ->
+// shared conversion per copy)
+__device__ __forceinline__ void cp_async16_s(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
 // The same copy with an L2 eviction-priority hint (cp.async's .L2::cache_hint, sm_80+): a policy from
 // l2_evict_first() marks streamed-once weights first to go, so x, scales and zeros stay in L2.
 __device__ __forceinline__ void cp_async16_hint(void* dst, const void* src, uint64_t policy) {

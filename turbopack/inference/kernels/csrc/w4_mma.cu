@@ -52,14 +52,20 @@ __device__ __forceinline__ uint32_t dq(uint32_t v, uint32_t mz, uint32_t s) {
 }
 
 // The copies of one stage: every thread its x chunks; each warp its 16 rows' weights (lane l: chunk l
-// of both 64-k tiles) and, on lanes 0-5, the scale/zero chunks (slot j = scales of tile j's group)
+// of both 64-k tiles) and, on lanes 0-5, the scale/zero chunks (slot j = scales of tile j's group).
+// Shared destinations are 32-bit offsets from the thread's chunks in slot 0, fixed for the kernel.
 template <typename T, int WARPS, int BM>
 struct Feed {
+  static constexpr int kXRows = WARPS * 32 / 16;  // x rows one pass of the CTA's threads copies
+  static constexpr int kXPasses = BM / kXRows;
   const uint4* wsrc;   // this lane's weight chunk at the next stage
   const char* szsrc;   // lanes < kSzChunks: this lane's scale or zero chunk at the next stage
   int szstep;          // bytes per stage of szsrc
   bool szlane;
-  __device__ __forceinline__ void init(const MmaArgs& a, int n0, int s_lo, int lane, bool active) {
+  uint32_t wdst, szdst, xdst;  // slot 0's shared addresses of this thread's chunks (x: pass 0)
+  int xrow, xcol;              // token row (pass 0) and element column of this thread's x chunks
+  __device__ __forceinline__ void init(const MmaArgs& a, uint32_t base, int n0, int s_lo, int warp, int lane,
+                                       bool active) {
     const int tn = n0 / a.TN, r0 = n0 % a.TN;
     wsrc = a.qw + (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
     // group of tile j of stage s: 2s + j at G = 64, s at G = 128 (both tiles read the same chunk)
@@ -74,23 +80,25 @@ struct Feed {
       szstep = per * a.TN;
     }
     szlane = active && (lane < 4 || (lane < kSzChunks && a.zeros != nullptr));
+    wdst = base + (warp * 64 + lane) * 16;
+    szdst = base + (Slot<WARPS, BM>::kW + warp * kSzChunks + lane) * 16;
+    xrow = threadIdx.x >> 4, xcol = 8 * (threadIdx.x & 15);
+    xdst = base + (Slot<WARPS, BM>::kW + Slot<WARPS, BM>::kSz + xrow * kXRow + (threadIdx.x & 15)) * 16;
   }
-  __device__ __forceinline__ void issue(const MmaArgs& a, uint4* slot, int s, int warp, int lane, bool active) {
+  __device__ __forceinline__ void issue(const MmaArgs& a, uint32_t slot_off, int s, bool active) {
     if (active) {
-      cp_async16(slot + warp * 64 + lane, wsrc);
-      cp_async16(slot + warp * 64 + 32 + lane, wsrc + (long long)a.TN * 2);
+      cp_async16_s(wdst + slot_off, wsrc);
+      cp_async16_s(wdst + slot_off + 512, wsrc + (long long)a.TN * 2);
       wsrc += (long long)a.TN * 4;
     }
-    if (szlane) cp_async16(slot + Slot<WARPS, BM>::kW + warp * kSzChunks + lane, szsrc);
+    if (szlane) cp_async16_s(szdst + slot_off, szsrc);
     szsrc += szstep;
-    const T* x = static_cast<const T*>(a.x) + s * kStageK;
-    uint4* xdst = slot + Slot<WARPS, BM>::kW + Slot<WARPS, BM>::kSz;
-    const int tok0 = blockIdx.x * BM;
+    const T* x = static_cast<const T*>(a.x) + s * kStageK + xcol;
+    const int tok0 = blockIdx.x * BM + xrow;
 #pragma unroll
-    for (int r = 0; r < BM * 16 / (WARPS * 32); ++r) {
-      const int i = threadIdx.x + r * WARPS * 32, row = i >> 4, ch = i & 15;
-      const int tok = min(tok0 + row, a.M - 1);  // past M: a copy of the last token, never stored
-      cp_async16(xdst + row * kXRow + ch, x + (long long)tok * a.stride_xm + 8 * ch);
+    for (int p = 0; p < kXPasses; ++p) {
+      const int tok = min(tok0 + p * kXRows, a.M - 1);  // past M: a copy of the last token, never stored
+      cp_async16_s(xdst + slot_off + p * kXRows * kXRow * 16, x + (long long)tok * a.stride_xm);
     }
   }
 };
@@ -159,10 +167,11 @@ __global__ void __launch_bounds__(WARPS * 32) w4_mma_kernel(const MmaArgs a) {
   const int s_lo = min(S, static_cast<int>(blockIdx.z) * per), n_st = min(S, s_lo + per) - s_lo;
   const bool asym = a.zeros != nullptr;
   Feed<T, WARPS, BM> feed;
-  feed.init(a, active ? n0 : 0, s_lo, lane, active);
+  feed.init(a, static_cast<uint32_t>(__cvta_generic_to_shared(smem)), active ? n0 : 0, s_lo, warp, lane, active);
   constexpr int kSlot = Slot<WARPS, BM>::kSize;
+  constexpr uint32_t kSlotBytes = kSlot * 16;
   for (int s = 0; s < a.stages - 1; ++s) {
-    if (s < n_st) feed.issue(a, smem + s * kSlot, s_lo + s, warp, lane, active);
+    if (s < n_st) feed.issue(a, s * kSlotBytes, s_lo + s, active);
     cp_async_commit();
   }
   float acc[NB][4];
@@ -174,7 +183,7 @@ __global__ void __launch_bounds__(WARPS * 32) w4_mma_kernel(const MmaArgs a) {
   for (int i = 0; i < n_st; ++i) {
     wait_ring(a.stages);
     __syncthreads();  // slot rd is complete for every thread, and every warp is done with slot wr
-    if (i + a.stages - 1 < n_st) feed.issue(a, smem + wr * kSlot, s_lo + i + a.stages - 1, warp, lane, active);
+    if (i + a.stages - 1 < n_st) feed.issue(a, wr * kSlotBytes, s_lo + i + a.stages - 1, active);
     cp_async_commit();
     slot_mma<T, WARPS, BM>(acc, smem + rd * kSlot, asym, warp, g, c);
     rd = rd + 1 == a.stages ? 0 : rd + 1;
