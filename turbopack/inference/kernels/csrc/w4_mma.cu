@@ -154,8 +154,17 @@ __device__ __forceinline__ void slot_mma(float (&acc)[BM / 8][4], const uint4* s
   }
 }
 
+// Register caps: on sm_90a 128 for BM <= 64 (2 CTAs of 8 warps or 4 of 4 per SM, as shared memory
+// allows at 3-4 stages; the kernel needs 68-111); the 128-token tile is one CTA per SM by its shared
+// memory, so it takes what it needs (146-148). sm_80 and Blackwell, not here to tune on, get the
+// compiler's allocation at one CTA (without a bound ptxas spilled 4-8 bytes at BM = 32 on sm_80/sm_100a).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+#define TP_MMA_MIN_BLOCKS(WARPS, BM) 1
+#else
+#define TP_MMA_MIN_BLOCKS(WARPS, BM) ((BM) <= 64 ? 16 / (WARPS) : 1)
+#endif
 template <typename T, int WARPS, int BM>
-__global__ void __launch_bounds__(WARPS * 32) w4_mma_kernel(const MmaArgs a) {
+__global__ void __launch_bounds__(WARPS * 32, TP_MMA_MIN_BLOCKS(WARPS, BM)) w4_mma_kernel(const MmaArgs a) {
   constexpr int NB = BM / 8;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
