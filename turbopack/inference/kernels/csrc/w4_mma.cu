@@ -155,9 +155,10 @@ __device__ __forceinline__ void slot_mma(float (&acc)[BM / 8][4], const uint4* s
 }
 
 // Register caps: on sm_90a 128 for BM <= 64 (2 CTAs of 8 warps or 4 of 4 per SM, as shared memory
-// allows at 3-4 stages; the kernel needs 68-111); the 128-token tile is one CTA per SM by its shared
-// memory, so it takes what it needs (146-148). sm_80 and Blackwell, not here to tune on, get the
-// compiler's allocation at one CTA (without a bound ptxas spilled 4-8 bytes at BM = 32 on sm_80/sm_100a).
+// allows at 3-4 stages; unbounded it took 68-111 and spilled nothing); the 128-token tile is one CTA
+// per SM by its shared memory, so it takes what it wants (184-192). sm_80 and Blackwell, not here to
+// tune on, get the compiler's allocation at one CTA (with no bound ptxas spilled 4-8 bytes at BM = 32
+// on sm_80 and sm_100a).
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
 #define TP_MMA_MIN_BLOCKS(WARPS, BM) 1
 #else
