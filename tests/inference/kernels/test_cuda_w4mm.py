@@ -4,11 +4,13 @@ float64 reference of the w4a16 contract on fresh random inputs. Its A operand is
 16-bit rounding of y: tolerance 4e-3 relative (Frobenius) for bf16 y (its rounding alone is ~1.1e-3),
 1e-3 for fp16 (~1.4e-4). One-hot activations make y a copy of single weights, which must equal the
 contract's 16-bit weights exactly (any fragment, permutation or scale-slot error shows). The CPU
-tests cover the config keys, the tuner's candidates and the host's token-tile rule; the compile
+tests cover a model of the kernel's copies and fragment reads (below), the config keys, the tuner's
+candidates and the host's token-tile rule; the compile
 check for sm_80/sm_90a/Blackwell is test_cuda_build.test_kernels_compile_without_spills."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +126,122 @@ def test_token_tile_is_the_smallest_cover_capped_by_bm():
     want = {(17, 128): 32, (32, 64): 32, (33, 128): 64, (64, 128): 64, (65, 128): 128, (100, 64): 64,
             (256, 32): 32, (256, 128): 128, (1, 64): 32}
     assert {key: cuda_w4mm.token_tile(*key) for key in want} == want
+
+
+# -- a CPU model of the kernel's data movement ------------------------------------------------------
+
+def _u4(buf: np.ndarray, i: int) -> np.ndarray:
+    return buf[16 * i: 16 * i + 16]
+
+
+def _model_slot(a: dict, bx: int, by: int, s: int) -> np.ndarray:
+    """The bytes of one ring slot after stage s's copies, every thread's cp.async by csrc/w4_mma.cu's
+    formulas (Feed::init/issue; the pointer increments there are these closed forms per stage)."""
+    warps, bmt, tn_, kt, kgp, g_ = a["warps"], a["bmt"], a["TN"], a["KT"], a["KGP"], a["G"]
+    kw, ksz = warps * 64, warps * 6
+    slot = np.zeros((kw + ksz + bmt * 17) * 16, np.uint8)
+    for tid in range(warps * 32):
+        warp, lane = tid >> 5, tid & 31
+        n0 = by * warps * 16 + warp * 16
+        active = n0 < a["NP"]
+        tn, r0 = (n0 // tn_, n0 % tn_) if active else (0, 0)
+        if active:
+            src = ((tn * kt + 2 * s) * tn_ + r0) * 2 + lane
+            _u4(slot, warp * 64 + lane)[:] = _u4(a["qb"], src)
+            _u4(slot, warp * 64 + 32 + lane)[:] = _u4(a["qb"], src + tn_ * 2)
+            j = lane >> 1 if lane < 4 else lane - 4
+            grp = tn * kgp + (2 * s + j if g_ == 64 else s)
+            dst = (kw + warp * 6 + lane) * 16
+            if lane < 4:
+                e = grp * tn_ + r0 + 8 * (lane & 1)
+                slot[dst: dst + 16] = a["sb"][2 * e: 2 * e + 16]
+            elif lane < 6 and a["zb"] is not None:
+                e = grp * tn_ + r0
+                slot[dst: dst + 16] = a["zb"][e: e + 16]
+        xrow, xch = tid >> 4, tid & 15
+        for p in range(bmt // (warps * 2)):
+            row = xrow + p * warps * 2
+            tok = min(bx * bmt + row, a["M"] - 1)
+            e = tok * a["K"] + s * 128 + 8 * xch
+            _u4(slot, kw + ksz + row * 17 + xch)[:] = a["xb"][2 * e: 2 * e + 16]
+    return slot
+
+
+def _bf16(b: np.ndarray) -> np.ndarray:  # little-endian bf16 bytes -> float64
+    return (b.view(np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def _model_mma(acc: np.ndarray, slot: np.ndarray, a: dict, warp: int) -> None:
+    """slot_mma for one warp: each lane's fragment reads, assembled into mma.m16n8k16's A (16 x 16) and
+    B (16 x 8) by the PTX ISA's fragment layout (a0: A[g][2c, 2c+1], a1: row g+8, a2: A[g][2c+8, 2c+9],
+    a3: row g+8; b0: B[2c, 2c+1][g], b1: B[2c+8, 2c+9][g]); acc [BM/8, 16, 8] in float64."""
+    kw, ksz = a["warps"] * 64, a["warps"] * 6
+    lanes = np.arange(32)
+    g, c = lanes >> 2, lanes & 3
+    for j in range(2):
+        sz = (kw + warp * 6) * 16
+        s = [_bf16(slot[sz + 32 * j: sz + 32 * j + 32])[rows] for rows in (g, g + 8)]
+        z = [slot[sz + 64 + 16 * j + rows].astype(np.float64) if a["zb"] is not None else 8.0 for rows in (g, g + 8)]
+        w = slot[(warp * 64 + 32 * j) * 16:][:512].view(np.uint32).reshape(16, 8)  # row, word
+        for h in range(2):
+            words = [w[g, 2 * c + h], w[g + 8, 2 * c + h]]
+            for u in range(2):
+                a_mat = np.zeros((16, 16))
+                for reg, (r, sh) in enumerate(((0, 8 * u), (1, 8 * u), (0, 8 * u + 4), (1, 8 * u + 4))):
+                    q = np.stack([(words[r] >> sh) & 15, (words[r] >> (sh + 16)) & 15], 1).astype(np.float64)
+                    v = torch.from_numpy((q - np.asarray(z[r])[..., None] * np.ones(2)) * s[r][:, None])
+                    v = v.to(torch.bfloat16).double().numpy()  # the HMUL2's one rounding
+                    rows, col = g + 8 * (reg & 1), 2 * c + 8 * (reg >> 1)
+                    a_mat[rows, col], a_mat[rows, col + 1] = v[:, 0], v[:, 1]
+                for nb in range(acc.shape[0]):
+                    xb = kw + ksz + (nb * 8 + g) * 17 + 8 * j + 2 * c + h
+                    xv = np.stack([_bf16(_u4(slot, i)) for i in xb])  # [lane, 8]
+                    b_mat = np.zeros((16, 8))
+                    for reg in range(2):
+                        pair = xv[:, 4 * u + 2 * reg: 4 * u + 2 * reg + 2]
+                        b_mat[2 * c + 8 * reg, g], b_mat[2 * c + 8 * reg + 1, g] = pair[:, 0], pair[:, 1]
+                    acc[nb] += a_mat @ b_mat
+
+
+@pytest.mark.parametrize("group,sym,tile_n,bn,bm,split", [(64, False, 16, 64, 32, 2), (128, True, 64, 128, 64, 1)])
+def test_model_of_the_copies_and_fragments_matches_the_reference(group, sym, tile_n, bn, bm, split):
+    """The kernel's index math on the CPU: slots filled by its copy formulas, fragments read by its
+    formulas and multiplied in mma's layout give x W16^T to fp64 rounding; a wrong offset, pairing
+    or permutation gives O(1) errors. (The kernel itself: the GPU tests above.)"""
+    from turbopack.formats import get_format
+    from turbopack.inference.kernels import reference
+
+    torch.manual_seed(group + tile_n)
+    n, k, m = 80, 256, 40   # partial row tiles, two token tiles (one partial), two stages
+    fmt = get_format("w4a16", group_size=group, sym=sym, scale_dtype="bfloat16")
+    q = fmt.quantize(torch.randn(n, k))
+    packed = reference.pack_w4(q, tile_n)
+    x = torch.randn(m, k).bfloat16()
+    qw = packed["qweight"]
+    warps, bmt = bn // 16, cuda_w4mm.token_tile(m, bm)
+    a = {"warps": warps, "bmt": bmt, "TN": qw.shape[2], "KT": qw.shape[1], "KGP": packed["scales"].shape[1],
+         "G": group, "NP": qw.shape[0] * qw.shape[2], "M": m, "K": k,
+         "qb": qw.contiguous().view(torch.uint8).flatten().numpy(),
+         "sb": packed["scales"].contiguous().view(torch.uint8).flatten().numpy(),
+         "zb": packed["zeros"].flatten().numpy() if "zeros" in packed else None,
+         "xb": x.contiguous().view(torch.uint8).flatten().numpy()}
+    y = np.zeros((m, n))
+    stages, per = k // 128, -(-(k // 128) // split)
+    for bx in range(-(-m // bmt)):
+        for by in range(-(-a["NP"] // bn)):
+            for zi in range(split):
+                acc = np.zeros((warps, bmt // 8, 16, 8))
+                for s in range(min(stages, zi * per), min(stages, zi * per + per)):
+                    slot = _model_slot(a, bx, by, s)
+                    for warp in range(warps):
+                        _model_mma(acc[warp], slot, a, warp)
+                for warp in range(warps):
+                    for nb in range(bmt // 8):
+                        for r in range(16):
+                            row = by * bn + warp * 16 + r
+                            toks = bx * bmt + nb * 8 + np.arange(8)
+                            ok = toks < m
+                            if row < n:
+                                y[toks[ok], row] += acc[warp, nb, r, ok]
+    ref = reference.ref_linear(x, "w4a16", q).double()
+    assert reference.rel_err(torch.from_numpy(y), ref) < 1e-6
