@@ -19,9 +19,11 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
-#: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every instance (BN x token tile), every ring depth,
-#: split 1, auto (0), uneven (4 over K = 1152: 9 stages, the last CTA one stage) and one stage per CTA (9)
-CONFIGS = [(64, 32, 3, 1), (128, 64, 4, 0), (64, 128, 5, 4), (128, 128, 3, 9), (128, 32, 4, 2), (64, 64, 4, 0)]
+#: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every instance (BN x token tile; BN = 256 caps BM at
+#: 64), every ring depth, split 1, auto (0), uneven (4 over K = 1152: 9 stages, the last CTA one stage)
+#: and one stage per CTA (9)
+CONFIGS = [(64, 32, 3, 1), (128, 64, 4, 0), (64, 128, 5, 4), (128, 128, 3, 9), (128, 32, 4, 2), (64, 64, 4, 0),
+           (256, 64, 4, 2), (256, 128, 3, 1), (256, 32, 5, 0)]
 
 
 def _weight(n, k, group, sym, dtype, seed):
@@ -59,7 +61,7 @@ def test_matches_reference(m, group, sym, dtype):
 @gpu
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("bn,bm,split", [(64, 128, 1), (128, 64, 3)])
+@pytest.mark.parametrize("bn,bm,split", [(64, 128, 1), (128, 64, 3), (256, 64, 2)])
 def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split):
     """Token t is the unit vector at k_t, so y[t] = W16[:, k_t] with one nonzero product per sum:
     exact in fp32 and in the 16-bit store. 128 tokens at k spread over every tile, quad lane,
@@ -114,6 +116,7 @@ def test_tuner_offers_it_for_the_64_and_256_buckets_only():
         assert cands, m
         assert {c.block_n for c in cands} <= set(cuda_w4mm.BNS)
         assert {c.block_m for c in cands} <= set(cuda_w4mm.BMS)
+        assert all(c.block_m <= cuda_w4mm.MAX_BM[c.block_n] for c in cands)
         assert {c.ring_stages for c in cands} <= set(cuda_w4mm.STAGES)
         assert all(1 <= c.split_k <= k // 128 for c in cands)
     for m in (1, 16, 2048):
@@ -203,7 +206,8 @@ def _model_mma(acc: np.ndarray, slot: np.ndarray, a: dict, warp: int) -> None:
                     acc[nb] += a_mat @ b_mat
 
 
-@pytest.mark.parametrize("group,sym,tile_n,bn,bm,split", [(64, False, 16, 64, 32, 2), (128, True, 64, 128, 64, 1)])
+@pytest.mark.parametrize("group,sym,tile_n,bn,bm,split", [(64, False, 16, 64, 32, 2), (128, True, 64, 128, 64, 1),
+                                                         (128, False, 64, 256, 64, 3)])
 def test_model_of_the_copies_and_fragments_matches_the_reference(group, sym, tile_n, bn, bm, split):
     """The kernel's index math on the CPU: slots filled by its copy formulas, fragments read by its
     formulas and multiplied in mma's layout give x W16^T to fp64 rounding; a wrong offset, pairing

@@ -1,12 +1,13 @@
 """The CUDA C++ W4A16 kernel for batched decode and short prefill, 16 < M <= 128 (csrc/w4_mma.cu;
 built by cuda_build at first use), launched on torch's current stream (CUDA-graph capturable).
 
-A CTA owns BN = 64 or 128 weight rows (4 or 8 warps of 16) x BM = 32, 64 or 128 tokens: per 128-k
-stage the weights, their scales and zero points and the BM x 128 activation tile go through one
-cp.async ring in shared memory, and each warp decodes its weight fragment once per 16 k for BM / 8
-MMAs. Config keys (kernel ``cuda_mm``): BN, BM (the token tile; a call with fewer tokens runs the
-smallest of 32/64/128 that covers them), STAGES (3-5), SPLIT_K (0: ``default_split``). Reads bf16 or
-fp16 activations with scales of the same dtype, group 64 or 128, K a multiple of 128.
+A CTA owns BN = 64, 128 or 256 weight rows (4, 8 or 16 warps of 16) x BM = 32, 64 or 128 tokens
+(BN = 256: at most 64): per 128-k stage the weights, their scales and zero points and the BM x 128
+activation tile go through one cp.async ring in shared memory, and each warp decodes its weight
+fragment once per 16 k for BM / 8 MMAs. Config keys (kernel ``cuda_mm``): BN, BM (the token tile; a
+call with fewer tokens runs the smallest of 32/64/128 that covers them), STAGES (3-5), SPLIT_K (0:
+``default_split``). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or 128, K a
+multiple of 128.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from turbopack.inference.kernels.epilogue import splitk_buffers
 
 SRC = cuda_build.CSRC / "w4_mma.cu"
 GROUPS = (64, 128)
-BNS = (64, 128)
+BNS = (64, 128, 256)
 BMS = (32, 64, 128)
+#: the largest token tile per BN (16 warps x 128 tokens would need ~190 registers of 128)
+MAX_BM = {64: 128, 128: 128, 256: 64}
 STAGES = (3, 4, 5)
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 64, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
@@ -64,6 +67,7 @@ def w4_mma(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, 
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
+    bm = min(bm, MAX_BM.get(bn, bm))  # an unknown BN: the library's -1 below
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, m, bn, bm, x2.device)
     split = max(1, min(split, k // 128))

@@ -228,20 +228,23 @@ int by_bm(const MmaArgs& a, int bm, cudaStream_t s) {
 
 template <typename T>
 int by_bn(const MmaArgs& a, int bn, int bm, cudaStream_t s) {
+  if (bn == 256) return a.M <= 32 || bm == 32 ? launch<T, 16, 32>(a, s) : launch<T, 16, 64>(a, s);
   return bn == 64 ? by_bm<T, 4>(a, bm, s) : by_bm<T, 8>(a, bm, s);
 }
 
 }  // namespace
 
 // y [M, N] = x [M, K] W^T (+ bias) for any M >= 1; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). bn: weight
-// rows per CTA (64: 4 warps, 128: 8), bm: token tile (32, 64, 128; capped by M), stages: ring depth (3-5).
+// rows per CTA (64: 4 warps, 128: 8, 256: 16), bm: token tile (32, 64, 128; capped by M; 16 warps take at
+// most 64: 128 tokens would need ~190 registers, over the 128 of 512 threads), stages: ring depth (3-5).
 // Returns 0, -1 for bad arguments, else the CUDA error. split_k > 1 needs ws (fp32 [M*N], zeroed) and
 // counters (int32, one per row tile x token tile, zeroed); both are left zeroed.
 extern "C" int turbopack_w4_mma(const void* x, const void* qw, const void* scales, const void* zeros, const void* bias,
                                 void* y, void* ws, void* counters, int M, int N, int NP, int K, int KT, int KGP, int TN,
                                 int G, int stride_xm, int split_k, int bn, int bm, int stages, int dtype, void* stream) {
   if (M < 1 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 ||
-      split_k < 1 || (bn != 64 && bn != 128) || (bm != 32 && bm != 64 && bm != 128) || stages < 3 || stages > 5 ||
+      split_k < 1 || (bn != 64 && bn != 128 && bn != 256) || (bm != 32 && bm != 64 && bm != 128) ||
+      (bn == 256 && bm == 128) || stages < 3 || stages > 5 ||
       (dtype != 0 && dtype != 1))
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
