@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from turbopack.inference.kernels import cuda_w4mm
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -83,8 +84,8 @@ def _mma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     tiles (BN = 256: up to 64 tokens), ring depths 3 and 4, no split and the splits that bring the
     grid to one and two waves."""
     out = []
-    for bn in (64, 128, 256):  # cuda_w4mm.BNS, cuda_w4mm.MAX_BM
-        for bm in [t for t in ((32, 64) if m <= 64 else (64, 128)) if t <= (64 if bn == 256 else 128)]:
+    for bn in cuda_w4mm.BNS:
+        for bm in [t for t in ((32, 64) if m <= 64 else (64, 128)) if t <= cuda_w4mm.MAX_BM[bn]]:
             ctas = math.ceil(n / bn) * math.ceil(m / bm)
             for sk in sorted({1, *_splits(ctas, k // 128, sms // 2)}):
                 out += [KernelConfig(KernelName.CUDA_MM, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
