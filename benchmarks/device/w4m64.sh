@@ -22,8 +22,12 @@ t=time.time(); mod.library(torch.device('cuda')); print(f'{mod.SRC.name} built i
 done
 wait
 wait $PTXAS; echo "nvcc (resource report) rc=$?"
-grep -oE "w4_mma_kernelI\w+ELi[0-9]+ELi[0-9]+E|Used [0-9]+ registers|[0-9]+ bytes spill stores" "$OUT/ptxas.txt" \
-  | paste - - - | sed -E 's/w4_mma_kernelI(6__half|13__nv_bfloat16)Li([0-9]+)ELi([0-9]+)E/\1 warps=\2 BM=\3/' | sort -u
+python3 - "$OUT/ptxas.txt" <<'PY'
+import re, sys  # registers and spills per instance (dtype, warps = BN / 16, token tile)
+pat = r"entry function '\S*?w4_mma_kernelI(\w+?)Li(\d+)ELi(\d+)E\S*' for 'sm_90a'(.*?)(\d+) bytes spill stores.*?Used (\d+) registers"
+for m in re.finditer(pat, open(sys.argv[1]).read(), re.S):
+    print(m.group(1).lstrip("0123456789_"), "warps", m.group(2), "BM", m.group(3), "regs", m.group(6), "spill", m.group(5))
+PY
 step tests
 timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/inference/kernels/test_cuda_w4mm.py -W ignore \
   > "$OUT/tests_w4mm.txt" 2>&1
