@@ -53,7 +53,8 @@ def measure(setup: str, wt: bench.Weight, m: int, cands: list[KernelConfig], l2:
     err2 = bench.check(wt, cfg, x2)
     row = {"setup": setup, "layout": wt.layout_name, "shape": [n, k], "m": m, "us": t, "cfg": cfg, "rel_err": err2,
            "bytes": wt.nbytes + 2 * m * (n + k), "flops": 2 * m * n * k, "candidates": len(cands), "valid": len(tried),
-           "runner_up": [[round(r[0], 2), r[2].to_json()] for r in tried[1:4]], "peers": {}}
+           "runner_up": [[round(r[0], 2), r[2].to_json()] for r in tried[1:4]], "peers": {},
+           "best_by_kernel": {r[2].kernel.value: [round(r[0], 2), r[2].to_json()] for r in reversed(tried)}}
     if peers:
         for name, fns in bench.peers(wt, x, l2).items():
             try:
@@ -125,7 +126,7 @@ def config_table(rows: list[dict], props) -> dict:
         shapes.setdefault(r["layout"], {}).setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[r["m"]] = cfg
         default = defaults.setdefault(r["layout"], {})
         if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
-            cuda = cfg.kernel is KernelName.CUDA and cfg.split_k is not None
+            cuda = cfg.kernel in (KernelName.CUDA, KernelName.CUDA_MM) and cfg.split_k is not None
             default[r["m"]] = dataclasses.replace(cfg, split_k=0 if cuda else None)
     arch = device_arch(torch.device("cuda"))
     shipped = load_table(arch).layouts
@@ -181,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
          f"copy kernel {bws['kernel'] / 1e12:.3f} TB/s; the floor uses {bw / 1e12:.3f}")
     if "w4a16" in setups:  # build the CUDA decode kernel once, before the timing starts
         try:
-            from turbopack.inference.kernels import cuda_w4
+            from turbopack.inference.kernels import cuda_w4, cuda_w4mm
 
-            t0 = time.time()
-            cuda_w4.library(torch.device("cuda"))
-            _log(f"built {cuda_w4.SRC.name} in {time.time() - t0:.1f}s")
+            for mod in (cuda_w4, cuda_w4mm):
+                t0 = time.time()
+                mod.library(torch.device("cuda"))
+                _log(f"built {mod.SRC.name} in {time.time() - t0:.1f}s")
         except Exception as e:
             _log(f"CUDA decode kernel unavailable: {type(e).__name__}: {e}")
     if args.tune:

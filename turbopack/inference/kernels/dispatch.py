@@ -20,9 +20,9 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w8, fp8, w8a8, weight_only
+from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w8, fp8, w8a8, weight_only
 from turbopack.inference.kernels import table as kernel_table
-from turbopack.inference.kernels.config import KernelConfig, KernelName
+from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import interpreting, triton
 from turbopack.inference.kernels.table import KernelTable
 from turbopack.layouts import get_layout
@@ -56,7 +56,9 @@ def _wo(kind: weight_only.Kind) -> Family:
             return _w8(x2, packed, shape, bias, cfg, out)
         if kind == weight_only.W4 and kernel is KernelName.DQ_MM and cuda_w4.supports_dequant(x2, fmt, packed):
             return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
-        if kernel in (KernelName.CUDA, KernelName.DQ_MM):  # the CUDA kernels do not take this call: Triton's default
+        if kind == weight_only.W4 and kernel is KernelName.CUDA_MM and cuda_w4mm.supports(x2, fmt, packed, shape):
+            return _w4mm(x2, packed, shape, bias, cfg, out, group)
+        if kernel in (KernelName.CUDA, KernelName.DQ_MM, KernelName.CUDA_MM):  # not taken by CUDA: Triton's default
             cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
         return weight_only.launch(
             x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out
@@ -77,6 +79,12 @@ FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
 FAMILIES.register(LayoutName.NVFP4_T16X64, _wo(weight_only.NVFP4))
 FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8a8.linear(x2, p, s, b, c, o),
                                                  lambda m, n, k, f: w8a8.default_config(m, n, k)))
+
+
+def _w4mm(x2, packed, shape, bias, cfg, out, group):
+    return cuda_w4mm.w4_mma(x2, packed, shape, bias, out, group=group, bn=or_default(cfg.block_n, cuda_w4mm.DEFAULT_BN),
+                            bm=or_default(cfg.block_m, cuda_w4mm.DEFAULT_BM),
+                            stages=or_default(cfg.ring_stages, cuda_w4mm.DEFAULT_STAGES), split_k=cfg.split_k or 0)
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

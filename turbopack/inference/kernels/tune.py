@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from turbopack.inference.kernels import cuda_w4mm
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -73,7 +74,23 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
             out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (3, 4, 6)]  # cuda_fp4.STAGES
     if setup == "w4a16" and m >= 16:  # the packed weight dequantized once, then cuBLAS
         out.append(KernelConfig(KernelName.DQ_MM))
+    if setup == "w4a16" and 16 < m <= 256:
+        out += _mma_candidates(n, k, m, sms)
     return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))
+
+
+def _mma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+    """The CUDA C++ multi-column kernel (cuda_w4mm): 64, 128 or 256 weight rows per CTA, two token
+    tiles (BN = 256: up to 64 tokens), ring depths 3 and 4, no split and the splits that bring the
+    grid to one and two waves."""
+    out = []
+    for bn in cuda_w4mm.BNS:
+        for bm in [t for t in ((32, 64) if m <= 64 else (64, 128)) if t <= cuda_w4mm.MAX_BM[bn]]:
+            ctas = math.ceil(n / bn) * math.ceil(m / bm)
+            for sk in sorted({1, *_splits(ctas, k // 128, sms // 2)}):
+                out += [KernelConfig(KernelName.CUDA_MM, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
+                        for st in (3, 4)]
+    return out
 
 
 def _i8_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:

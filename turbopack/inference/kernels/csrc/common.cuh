@@ -71,9 +71,23 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return r;
 }
 
+// w4: (w & 0x000F000F) | magic in one lop3 (0xea = (a & b) | c): nibbles 0 and 4 of w as the 16-bit
+// pair (M + q, M + q') (w4.cu's header: the layout's interleave makes them adjacent k)
+template <uint32_t kMagic>
+__device__ __forceinline__ uint32_t lop3_magic(uint32_t w) {
+  uint32_t r;
+  asm volatile("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(w), "n"(0x000F000F), "n"(kMagic));
+  return r;
+}
+
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+// The same copy to a 32-bit shared address (a ring's slot base plus constant offsets: no generic ->
+// shared conversion per copy)
+__device__ __forceinline__ void cp_async16_s(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
 // The same copy with an L2 eviction-priority hint (cp.async's .L2::cache_hint, sm_80+): a policy from
 // l2_evict_first() marks streamed-once weights first to go, so x, scales and zeros stay in L2.
@@ -128,7 +142,7 @@ struct Out {
   int M, N, split_k, scale_stride;
 };
 
-// Output element i of token column t of this thread: row n0 + g + 8*(i/2), token 8t + 2c + (i&1).
+// Output element i of token column t of this thread: row n0 + g + 8*(i/2), token tok0 + 8t + 2c + (i&1).
 // Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter
 // (counters[tile]); the CTA that completes the count (`arrivals`, the CTAs that contribute to the
 // tile) stores y (+ bias) and leaves workspace and counter zeroed. No CTA waits for another, so a
@@ -136,7 +150,7 @@ struct Out {
 // Every thread of the CTA calls it (two __syncthreads when arrivals > 1).
 template <typename T, int NTOK>
 __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c,
-                                              bool active, int tile, int arrivals) {
+                                              bool active, int tile, int arrivals, int tok0 = 0) {
   T* y = static_cast<T*>(o.y);
   const T* bias = static_cast<const T*>(o.bias);
   const bool split = arrivals > 1;
@@ -146,7 +160,7 @@ __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[N
       for (int t = 0; t < NTOK; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
+          const int row = n0 + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
           if (row < o.N && tok < o.M) atomicAdd(o.ws + (long long)tok * o.N + row, out[t][i]);
         }
     }
@@ -163,7 +177,7 @@ __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[N
     for (int t = 0; t < NTOK; ++t)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int row = n0 + g + 8 * (i >> 1), tok = 8 * t + 2 * c + (i & 1);
+        const int row = n0 + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
         if (row < o.N && tok < o.M) {
           float v = out[t][i];
           if (split) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero

@@ -45,14 +45,6 @@ namespace {
 constexpr int kWarps = 4;   // 4 x 16 rows = one 64-row sm90 tile per CTA
 constexpr int kStageK = 128;
 
-// (w & 0x000F000F) | magic in one lop3 (0xea = (a & b) | c)
-template <uint32_t kMagic>
-__device__ __forceinline__ uint32_t lop3_magic(uint32_t w) {
-  uint32_t r;
-  asm volatile("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(w), "n"(0x000F000F), "n"(kMagic));
-  return r;
-}
-
 // One stage of one warp: 128 k of its 16 rows, as in global memory (two 512-byte tiles).
 struct Stage {
   uint4 w[2][32];
