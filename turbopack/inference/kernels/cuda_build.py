@@ -24,7 +24,7 @@ from turbopack.errors import TurbopackError
 from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
-HEADERS = ("common.cuh",)
+HEADERS = ("common.cuh", "w4_stage.cuh")
 _LOCK = threading.Lock()
 _LIBS: dict[tuple[str, str], ctypes.CDLL] = {}
 
