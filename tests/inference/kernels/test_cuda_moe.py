@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 import torch
-
 from test_moe_w4 import ROUTINGS, emulated, loop_reference, make_experts
+
 from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4, moe_w4, reference
 from turbopack.inference.kernels.epilogue import workspace
 

@@ -35,7 +35,7 @@ STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp e
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 13 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 12 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def _split(ctas: int, stages: int, sms: int, min_per: int) -> int:
     return math.ceil(stages / per)
 
 
-def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: int, device: torch.device) -> MoECudaConfig:
+def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: int,
+                   device: torch.device) -> MoECudaConfig:
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
     about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
     (a ring that never holds two stages has nothing in flight while it computes)."""
