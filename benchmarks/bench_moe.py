@@ -25,6 +25,7 @@ is a failure (not timed; the script exits 1), and the loop peer must pass it too
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -119,13 +120,16 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def cuda_candidates(t: int, shape: dict) -> list:
-    """The registered default first, then K splits x ring depths (deduplicated)."""
+    """The registered default first, then it without the programmatic dependent launch of down, then K
+    splits x ring depths (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
 
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
                                       torch.device("cuda"))
-    cands = [default] + [cuda_moe.MoECudaConfig(sg, sd, stg, std) for sg in (1, 2, 4, 8) for sd in (1, 2, 3)
-                         for stg, std in ((4, 8), (6, 4), (4, 4))]
+    rows = (8, 16) if t > 8 else (8,)
+    cands = [default, dataclasses.replace(default, pdl=False)] + [
+        cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in (1, 2, 4, 8) for sd in (1, 2, 3)
+        for stg, std in ((4, 8), (6, 4), (4, 4))]
     return list(dict.fromkeys(cands))
 
 

@@ -7,7 +7,8 @@ emulator rounds them to 16 bits, ~1e-3), over awkward routings (an expert with n
 token on the same experts: runs longer than a 16-row block, T = 1, T = 64), both layouts, groups
 64/128, sym/asym, bf16/fp16, int32/int64 ids, 16-bit/fp32 routing weights, split K in both
 kernels and both ring depths; it is deterministic where its splits are (a re-run is bit-identical),
-replays from a CUDA graph and leaves the shared workspace zeroed.
+with or without down as a programmatic dependent launch of gate_up, replays from a CUDA graph
+and leaves the shared workspace zeroed.
 """
 
 from __future__ import annotations
@@ -57,17 +58,25 @@ def test_cpu_and_interpreter_stay_on_triton():
     assert not cuda_moe.supports(x, w, idx, *stacks)
 
 
+def test_block_rows_rule():
+    assert cuda_moe.block_rows(1, 8, 128) == 8 and cuda_moe.block_rows(64, 8, 128) == 8  # Qwen3-30B decode
+    assert cuda_moe.block_rows(64, 2, 8) == 16 and cuda_moe.block_rows(33, 2, 5) == 16
+
+
 # -- on the GPU ------------------------------------------------------------------------------------
 
-CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, (split_gu, split_d, st_gu, st_d))
+CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaConfig fields)
     ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", (1, 1, 4, 8)),
     ("w4_t64x64", 6, 256, 256, 1, 4, 64, True, torch.float16, "random", (2, 2, 6, 4)),
     ("w4_t16x64", 6, 256, 128, 7, 3, 128, True, torch.bfloat16, "skip_expert_2", (1, 1, 4, 4)),
     ("w4_t64x64", 5, 384, 256, 33, 2, 128, False, torch.bfloat16, "one_expert", (3, 2, 4, 8)),
     ("w4_t16x64", 6, 256, 128, 19, 2, 64, False, torch.float16, "random", (1, 1, 6, 8)),
+    ("w4_t64x64", 6, 256, 128, 19, 2, 64, False, torch.bfloat16, "one_expert", (2, 2, 4, 8, True, 8)),  # 3 blocks of 8
+    ("w4_t64x64", 16, 256, 128, 5, 4, 128, True, torch.float16, "random", (1, 1, 4, 4, True, 16)),
     ("w4_t64x64", 16, 512, 384, 64, 4, 128, False, torch.bfloat16, "random", (1, 1, 4, 8)),
     ("w4_t64x64", 16, 256, 256, 64, 4, 64, True, torch.bfloat16, "one_expert", (2, 1, 4, 4)),
     ("w4_t64x64", 8, 256, 128, 16, 2, 128, False, torch.float16, "skip_expert_2", (1, 1, 4, 8)),
+    ("w4_t64x64", 6, 256, 256, 2, 2, 128, True, torch.bfloat16, "random", (2, 1, 4, 4, False)),  # no PDL
 ]
 
 
@@ -127,6 +136,8 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
     cfg = cuda_moe.MoECudaConfig(1, 2, 4, 8)  # split 2: the two partials' fp32 sum is order-free
     first = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cfg)
     assert all(torch.equal(first, cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cfg)) for _ in range(3))
+    no_pdl = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cuda_moe.MoECudaConfig(1, 2, 4, 8, pdl=False))
+    assert torch.equal(no_pdl, first)  # the dependent launch changes when down starts, not what it computes
     split = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cuda_moe.MoECudaConfig(4, 3, 6, 4))
     assert reference.rel_err(split, first.float()) < 1e-2
     assert not workspace(x.device, 1, torch.float32).any() and not workspace(x.device, 1, torch.int32).any()

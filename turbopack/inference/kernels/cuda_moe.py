@@ -35,7 +35,7 @@ STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp e
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 12 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class MoECudaConfig:
     split_down: int = 1
     stages_gate_up: int = 4
     stages_down: int = 8
+    pdl: bool = True  # down as a programmatic dependent launch of gate_up (sm_90+; ignored below)
+    block_m: int = 0  # token rows per block, 8 or 16; 0: block_rows' rule
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -79,6 +81,15 @@ def _split(ctas: int, stages: int, sms: int, min_per: int) -> int:
     return math.ceil(stages / per)
 
 
+def block_rows(tokens: int, top_k: int, n_experts: int) -> int:
+    """8 token rows per block (one MMA token column: fewer registers and instructions per stage)
+    unless the experts hit get more than 6 tokens each on average: then 16, so that an expert's
+    weights are not read once per 8 of its tokens. (T = 64 at top-8 of 128: 4 on average, a few
+    experts over 8 take a second block.)"""
+    n = tokens * top_k
+    return 16 if n / min(n_experts, n) > 6 else 8
+
+
 def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: int,
                    device: torch.device) -> MoECudaConfig:
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
@@ -87,7 +98,8 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     hit = min(n_experts, tokens * top_k)
     return MoECudaConfig(split_gate_up=_split(hit * math.ceil(inter / 64), hidden // 128, sms, 2),
-                         split_down=_split(hit * math.ceil(hidden / 64), inter // 128, sms, 2))
+                         split_down=_split(hit * math.ceil(hidden / 64), inter // 128, sms, 2),
+                         block_m=block_rows(tokens, top_k, n_experts))
 
 
 def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate, up, down,
@@ -107,7 +119,9 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     if ids.dtype not in (torch.int32, torch.int64):
         ids = ids.to(torch.int32)
     wts = weights.reshape(-1).contiguous()
-    bm = 8 if t <= 8 else 16
+    bm = cfg.block_m or block_rows(t, top_k, n_exp)
+    if bm not in (8, 16):
+        raise ValueError(f"block_m {bm}: 8 or 16 token rows")
     blocks = min(n, min(n_exp, n) + n // bm)
     ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
@@ -121,8 +135,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(x2), _p(ids), _p(wts), _p(gate.qweight), _p(gate.scales), _p(gate.zeros), _p(up.qweight), _p(up.scales),
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
-        int(wts.dtype == torch.float32), cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
+        int(cfg.pdl and torch.cuda.get_device_capability(dev) >= (9, 0)), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

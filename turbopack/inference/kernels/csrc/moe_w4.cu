@@ -32,6 +32,21 @@
 namespace {
 
 constexpr int kMaxExperts = 1024;
+
+// Programmatic dependent launch (sm_90): gate_up lets the down grid launch once all its CTAs run;
+// down streams its first ring stages (weights and scales only) and then waits for gate_up's h.
+// Both are no-ops below sm_90, and griddepcontrol.wait returns at once in a grid launched without
+// the attribute.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 constexpr int kMaxPairs = 2048;
 
 struct Lin {  // one linear of every expert, stacked [E, ...]
@@ -222,6 +237,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ Route r;
+  pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
   if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + warp * STAGES;
@@ -351,6 +367,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) moe_down_kernel(const MoeArgs 
     if (s_lo + s < s_hi) f.issue(ring[s].w, &ring[s].sz.v[lane], sz_lane, tile_step, lane, policy);
     cp_async_commit();
   }
+  pdl_wait();  // h (and the workspace gate_up leaves zeroed) from here on
   float out[NTOK][4];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -420,54 +437,60 @@ constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>
 // raises the kernel's dynamic shared memory cap once it needs more than the default 48 KiB (a
 // static per kernel: not a per-launch driver call)
 template <void (*Kern)(const MoeArgs)>
-int launch(dim3 grid, int smem, const MoeArgs& a, cudaStream_t s) {
+int launch(dim3 grid, int smem, const MoeArgs& a, bool pdl, cudaStream_t s) {
   static int raised = 48 * 1024;
   if (smem > raised) {
     cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  Kern<<<grid, kWarps * 32, smem, s>>>(a);
-  return static_cast<int>(cudaGetLastError());
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = dim3(kWarps * 32), cfg.dynamicSmemBytes = smem, cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr, cfg.numAttrs = pdl ? 1 : 0;
+  return static_cast<int>(cudaLaunchKernelEx(&cfg, Kern, a));
 }
 
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
-int run(MoeArgs a, int split_gu, int split_d, int stages_d, cudaStream_t s) {
+int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, cudaStream_t s) {
   constexpr int NG = kStageK / G, BM = 8 * NTOK;
   const int n = a.T * a.topk, hit = min(a.E, n), blocks = min(n, hit + n / BM);
   const int scratch = (a.E + n) * 4;
   a.split = split_gu;
   const dim3 g1((a.gate.NP + 63) / 64, split_gu, blocks);
-  int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES)), a, s);
+  int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES)), a, false, s);
   if (rc != 0) return rc;
   a.split = split_d;
   const dim3 g2((a.down.NP + 63) / 64, split_d, blocks);
   if (stages_d == 8)
-    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8)), a, s);
-  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4)), a, s);
+    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8)), a, pdl, s);
+  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4)), a, pdl, s);
 }
 
 template <typename T, int NTOK, int G, bool ASYM>
-int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, cudaStream_t s) {
-  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, s);
-  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, s);
+int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl, cudaStream_t s) {
+  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
+  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
 }
 
 template <typename T>
-int by_shape(const MoeArgs& a, int G, int split_gu, int split_d, int stages_gu, int stages_d, cudaStream_t s) {
+int by_shape(const MoeArgs& a, int G, int bm, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl,
+             cudaStream_t s) {
   const bool asym = a.gate.z != nullptr;
-  if (a.T <= 8) {
+  if (bm == 8) {
     if (G == 128)
-      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, s)
-                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, s);
-    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, s)
-                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, s);
+      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
   }
   if (G == 128)
-    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, s)
-                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, s);
-  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, s)
-              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, s);
+    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
 }
 
 }  // namespace
@@ -477,17 +500,20 @@ int by_shape(const MoeArgs& a, int G, int split_gu, int split_d, int stages_gu, 
 // wts32 else the activations' dtype), q*/s*/z* the stacked packed tensors (z* null: sym), h [T*k,
 // inter] scratch, y [T, hidden], ws/counters zeroed (left zeroed) of at least T*k*max(2*inter,
 // hidden) floats and max(blocks * ceil(inter/64), T * ceil(hidden/64)) ints. dims: {N, NP, K, KT,
-// KGP, TN} of gate/up and of down. Ring slots: stages_gu 4 or 6 (gate|up, 2 KiB a warp each),
-// stages_d 4 or 8 (1 KiB). Returns 0, -1 bad arguments, or the CUDA error.
+// KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
+// columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots: stages_gu 4 or 6 (gate|up, 2 KiB a warp each),
+// stages_d 4 or 8 (1 KiB); pdl: down launched as a programmatic dependent of gate_up (sm_90+).
+// Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
-                                int ids64, int wts32, int split_gu, int split_d, int stages_gu, int stages_d,
-                                int dtype, void* stream) {
+                                int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
+                                int stages_d, int pdl, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
-      split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) || (stages_d != 4 && stages_d != 8) ||
+      (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
+      (stages_d != 4 && stages_d != 8) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -499,6 +525,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, split_gu, split_d, stages_gu, stages_d, s)
-                    : by_shape<__half>(a, G, split_gu, split_d, stages_gu, stages_d, s);
+  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s)
+                    : by_shape<__half>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s);
 }
