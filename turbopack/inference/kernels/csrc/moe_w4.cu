@@ -339,8 +339,16 @@ struct DnSlot {
   SzSlot<NG, ASYM> sz;
 };
 
+// down's cap on sm_90: 4 CTAs (128 registers); without it ptxas spilled the feed pointers in the
+// loop at 55 registers (one token column, group 64, sym). Other arches keep their own allocation
+// (sm_80 spills under this cap), as w4.cu's caps do.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+#define TP_MOE_DOWN_MIN_BLOCKS 1
+#else
+#define TP_MOE_DOWN_MIN_BLOCKS 4
+#endif
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
-__global__ void __launch_bounds__(kWarps * 32, 4) moe_down_kernel(const MoeArgs a) {
+__global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
