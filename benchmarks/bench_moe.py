@@ -126,9 +126,9 @@ def cuda_candidates(t: int, shape: dict) -> list:
 
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
                                       torch.device("cuda"))
-    rows = (8, 16) if t > 8 else (8,)
+    rows, splits = ((8, 16), (1, 2, 4)) if t > 8 else ((8,), (1, 2, 4, 8))
     cands = [default, dataclasses.replace(default, pdl=False)] + [
-        cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in (1, 2, 4, 8) for sd in (1, 2, 3)
+        cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]
     return list(dict.fromkeys(cands))
 
