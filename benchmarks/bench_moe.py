@@ -152,7 +152,12 @@ def sweep(label: str, fn, cands: list, want: torch.Tensor, copies: list, timed: 
 
     rows = []
     for cfg in cands:
-        err = reference.rel_err(fn(copies[0], cfg), want)
+        try:
+            err = reference.rel_err(fn(copies[0], cfg), want)
+        except RuntimeError as exc:  # a launch the device refused: recorded as a failure, the sweep goes on
+            print(f"  {label} {cfg}: {exc}  FAILED", file=log, flush=True)
+            rows.append(dict(cfg=cfg, err=float("nan"), ok=False))
+            continue
         row = dict(cfg=cfg, err=err, ok=bool(err < (TOL if want.is_cuda else SMOKE_TOL)))
         if row["ok"] and timed:
             row["us"] = bench.time_us([lambda s=s, c=cfg: fn(s, c) for s in copies], min_calls=max(24, len(copies)))
