@@ -58,6 +58,13 @@ def test_cpu_and_interpreter_stay_on_triton():
     assert not cuda_moe.supports(x, w, idx, *stacks)
 
 
+def test_ring_rule():
+    """Qwen3-30B-A3B at T = 1: gate_up 4 slots per CTA -> 6 (all in flight), down 3 -> 4; T = 64:
+    16 and 6 stages -> 4 (the dense depth) and 8."""
+    assert cuda_moe.ring(4, cuda_moe.STAGES_GATE_UP) == 6 and cuda_moe.ring(3, cuda_moe.STAGES_DOWN) == 4
+    assert cuda_moe.ring(16, cuda_moe.STAGES_GATE_UP) == 4 and cuda_moe.ring(6, cuda_moe.STAGES_DOWN) == 8
+
+
 def test_block_rows_rule():
     assert cuda_moe.block_rows(1, 8, 128) == 8 and cuda_moe.block_rows(64, 8, 128) == 8  # Qwen3-30B decode
     assert cuda_moe.block_rows(64, 2, 8) == 16 and cuda_moe.block_rows(33, 2, 5) == 16

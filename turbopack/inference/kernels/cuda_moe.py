@@ -90,15 +90,26 @@ def block_rows(tokens: int, top_k: int, n_experts: int) -> int:
     return 16 if n / min(n_experts, n) > 6 else 8
 
 
+def ring(per: int, depths: tuple[int, ...]) -> int:
+    """The shallowest ring that has a CTA's whole K slice (``per`` stages) in flight from its first
+    copies (depth - 1 >= per: a short slice then costs one DRAM round trip, in less shared memory
+    than a deeper ring); 4, the dense decode's tuned depth, where none does."""
+    return next((d for d in depths if d - 1 >= per), 4)
+
+
 def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: int,
                    device: torch.device) -> MoECudaConfig:
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
     about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
-    (a ring that never holds two stages has nothing in flight while it computes)."""
+    (a ring that never holds two stages has nothing in flight while it computes); rings by ``ring``."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     hit = min(n_experts, tokens * top_k)
-    return MoECudaConfig(split_gate_up=_split(hit * math.ceil(inter / 64), hidden // 128, sms, 2),
-                         split_down=_split(hit * math.ceil(hidden / 64), inter // 128, sms, 2),
+    s_gu, s_d = hidden // 128, inter // 128
+    split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
+    split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
+    return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
+                         stages_gate_up=ring(math.ceil(s_gu / split_gu), STAGES_GATE_UP),
+                         stages_down=ring(math.ceil(s_d / split_d), STAGES_DOWN),
                          block_m=block_rows(tokens, top_k, n_experts))
 
 
