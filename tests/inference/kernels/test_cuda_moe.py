@@ -4,7 +4,7 @@ the Triton kernels where it cannot run; on a GPU it matches the per-expert loop 
 CPU emulator on fresh random inputs within 1e-2 relative (the loop's roundings: each linear's
 output, silu and the product to 16 bits; the kernel's weights are exact fp32 (q - z) * s where the
 emulator rounds them to 16 bits, ~1e-3), over awkward routings (an expert with no token, every
-token on the same experts: runs longer than a 16-row block, T = 1, T = 64), both layouts, groups
+token on the same expert(s): runs of 33 or 64 pairs, several 8- or 16-row blocks, T = 1, T = 64), both layouts, groups
 64/128, sym/asym, bf16/fp16, int32/int64 ids, 16-bit/fp32 routing weights, split K in both
 kernels and both ring depths; it is deterministic where its splits are (a re-run is bit-identical),
 with or without down as a programmatic dependent launch of gate_up, replays from a CUDA graph
@@ -84,6 +84,8 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     ("w4_t64x64", 16, 256, 256, 64, 4, 64, True, torch.bfloat16, "one_expert", (2, 1, 4, 4)),
     ("w4_t64x64", 8, 256, 128, 16, 2, 128, False, torch.float16, "skip_expert_2", (1, 1, 4, 8)),
     ("w4_t64x64", 6, 256, 256, 2, 2, 128, True, torch.bfloat16, "random", (2, 1, 4, 4, False)),  # no PDL
+    ("w4_t64x64", 4, 256, 128, 33, 1, 128, False, torch.bfloat16, "one_expert", (1, 2, 4, 8, True, 8)),  # 5 blocks
+    ("w4_t16x64", 4, 256, 256, 64, 1, 64, True, torch.float16, "one_expert", (2, 1, 6, 4)),  # 4 blocks of 16
 ]
 
 
