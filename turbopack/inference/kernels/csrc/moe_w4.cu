@@ -24,8 +24,11 @@
 // order, rounds each to 16 bits, multiplies by its routing weight, sums in fp32 in that fixed order
 // (deterministic), writes y [T, hidden] and re-zeroes the workspace rows and the counter. No CTA
 // waits for another.
-// The sum of x per group comes from all-ones MMAs in the loop (v5's way): a CTA's rows are not
-// shared with other warps' x, so v6's per-CTA prologue table would save little here.
+// The sums of x per group: v6's per-CTA table (sum_x; the 4 warps of a CTA share its tokens and K
+// range), computed while the ring's first stages load: 16 MMAs per gate|up slot instead of 24, 8
+// per down stage instead of 16. The first build summed x with all-ones MMAs in the loop (v5's way):
+// 290 SASS instructions per gate|up slot at one token column, group 128, asym; the table: 262 (down:
+// 176 -> 157 per stage).
 #include "common.cuh"
 #include "w4_stage.cuh"
 
@@ -147,28 +150,11 @@ struct Feed {
   }
 };
 
-// xs[tile][t] = sum of x over each 64-wide tile of the stage (all-ones MMAs; rows all equal)
-template <typename T, int NTOK>
-__device__ __forceinline__ void sum_x_mma(float (&xs)[2][NTOK][4], const uint4 (&xv)[NTOK][2][2]) {
-  const uint32_t ones[4] = {Half16<T>::kOnes, Half16<T>::kOnes, Half16<T>::kOnes, Half16<T>::kOnes};
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) xs[tile][t][i] = 0.f;
-#pragma unroll
-      for (int step = 0; step < 4; ++step) {
-        const uint4& q = xv[t][tile][step >> 1];
-        Half16<T>::mma(xs[tile][t], ones, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
-      }
-    }
-}
-
-// out += s * acc - s * (M + z) * sum x for the NG groups of one stage (xs folded over tiles when NG = 1)
+// out += s * acc - s * (M + z) * sum x for the NG groups of one stage, the sums of x from the CTA's
+// table entry of the stage (sum_x, w4_stage.cuh), as v6 / v7 do
 template <typename T, int NTOK, int NG, bool ASYM>
-__device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2][NTOK][4], const float (&xs)[2][NTOK][4],
-                                          const SzSlot<NG, ASYM>& sl, int g) {
+__device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2][NTOK][4], const float2* xrow,
+                                          const SzSlot<NG, ASYM>& sl, int g, int c) {
   if (NG == 1) {
 #pragma unroll
     for (int t = 0; t < NTOK; ++t)
@@ -181,22 +167,13 @@ __device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2]
     slot_params<T, NG, ASYM>(sl, gi, g, sc, z);
     const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
 #pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float s = i < 2 ? sc[0] : sc[1], o = i < 2 ? ol : oh;
-        out[t][i] = fmaf(s, acc[gi][t][i], fmaf(-o, xs[gi][t][i], out[t][i]));
-      }
-  }
-}
-
-template <int NTOK, int NG>
-__device__ __forceinline__ void fold_tiles(float (&xs)[2][NTOK][4]) {
-  if (NG == 1) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) xs[0][t][i] += xs[1][t][i];
+    for (int t = 0; t < NTOK; ++t) {
+      const float2 xs = xrow[(gi * NTOK + t) * 4 + c];
+      out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
+      out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
+      out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
+      out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
+    }
   }
 }
 
@@ -241,11 +218,13 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + kWarps * STAGES);
   const Lin& L = a.gate;
   const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
   const bool active = n0 < L.NP;
   const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
-  const int s_lo = min(stages, (int)blockIdx.y * per), s_hi = active ? min(stages, s_lo + per) : s_lo;
+  const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);  // every warp sums x over it
+  const int s_hi = active ? s_cta : s_lo;
   // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
   const bool sz_lane = lane < 2 * kChunks;
   const int which = lane < kChunks ? 0 : 1, chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
@@ -266,6 +245,8 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
     if (s_lo + s < s_hi) issue(s);
     cp_async_commit();
   }
+  sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);  // while the ring loads
+  __syncthreads();  // every warp reads every warp's sums
   float og[NTOK][4], ou[NTOK][4];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -280,13 +261,12 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
     if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
-    float xs[2][NTOK][4], acc[2][NTOK][4];
-    sum_x_mma<T, NTOK>(xs, xv);
-    fold_tiles<NTOK, NG>(xs);
+    float acc[2][NTOK][4];
+    const float2* xrow = xsum + j * NG * NTOK * 4;
     weight_mma<T, NTOK>(acc, ring[rd].w[0], xv, g, c);
-    group_fma<T, NTOK, NG, ASYM>(og, acc, xs, ring[rd].sz[0], g);
+    group_fma<T, NTOK, NG, ASYM>(og, acc, xrow, ring[rd].sz[0], g, c);
     weight_mma<T, NTOK>(acc, ring[rd].w[1], xv, g, c);
-    group_fma<T, NTOK, NG, ASYM>(ou, acc, xs, ring[rd].sz[1], g);
+    group_fma<T, NTOK, NG, ASYM>(ou, acc, xrow, ring[rd].sz[1], g, c);
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
@@ -357,11 +337,13 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + kWarps * STAGES);
   const Lin& L = a.down;
   const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
   const bool active = n0 < L.NP;
   const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
-  const int s_lo = min(stages, (int)blockIdx.y * per), s_hi = active ? min(stages, s_lo + per) : s_lo;
+  const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);
+  const int s_hi = active ? s_cta : s_lo;
   const bool sz_lane = lane < kChunks;
   Feed<T, NG> f;
   f.init(L, r.e, n0, s_lo, lane, sz_lane ? lane : 0);
@@ -376,6 +358,8 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
     cp_async_commit();
   }
   pdl_wait();  // h (and the workspace gate_up leaves zeroed) from here on
+  sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
+  __syncthreads();
   float out[NTOK][4];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -390,11 +374,9 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
     if (s_lo + j + STAGES - 1 < s_hi) f.issue(ring[wr].w, &ring[wr].sz.v[lane], sz_lane, tile_step, lane, policy);
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
-    float xs[2][NTOK][4], acc[2][NTOK][4];
-    sum_x_mma<T, NTOK>(xs, xv);
-    fold_tiles<NTOK, NG>(xs);
+    float acc[2][NTOK][4];
     weight_mma<T, NTOK>(acc, ring[rd].w, xv, g, c);
-    group_fma<T, NTOK, NG, ASYM>(out, acc, xs, ring[rd].sz, g);
+    group_fma<T, NTOK, NG, ASYM>(out, acc, xsum + j * NG * NTOK * 4, ring[rd].sz, g, c);
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
@@ -466,15 +448,19 @@ int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, cudaStream
   constexpr int NG = kStageK / G, BM = 8 * NTOK;
   const int n = a.T * a.topk, hit = min(a.E, n), blocks = min(n, hit + n / BM);
   const int scratch = (a.E + n) * 4;
+  // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
+  auto table = [&](const Lin& L, int split) { return ((L.K / kStageK + split - 1) / split) * NG * NTOK * 4 * 8; };
   a.split = split_gu;
   const dim3 g1((a.gate.NP + 63) / 64, split_gu, blocks);
-  int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES)), a, false, s);
+  int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(
+      g1, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table(a.gate, split_gu)), a, false, s);
   if (rc != 0) return rc;
   a.split = split_d;
   const dim3 g2((a.down.NP + 63) / 64, split_d, blocks);
+  const int t2 = table(a.down, split_d);
   if (stages_d == 8)
-    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8)), a, pdl, s);
-  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4)), a, pdl, s);
+    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8) + t2), a, pdl, s);
+  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4) + t2), a, pdl, s);
 }
 
 template <typename T, int NTOK, int G, bool ASYM>

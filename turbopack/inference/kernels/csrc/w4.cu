@@ -39,7 +39,7 @@
 #include <algorithm>
 
 #include "common.cuh"
-#include "w4_stage.cuh"  // kWarps, kStageK, Stage, SzSlot, load_x, weight_mma
+#include "w4_stage.cuh"  // kWarps, kStageK, Stage, SzSlot, load_x, sum_x, weight_mma
 
 namespace {
 
@@ -223,47 +223,6 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
 // the main loop reads one broadcast LDS.64 per group and token column instead. The weight copies
 // carry an L2 evict-first hint (each weight byte is read once; x, scales and zeros are re-read by
 // every CTA). Fewer registers also make room for an 8-deep ring (7 KiB in flight per warp).
-
-// xsum[((j * NG + gi) * NTOK + t) * 4 + c] = (sum x of token 8t+2c, of 8t+2c+1) over group gi of
-// stage first + j (less wrap once it reaches wrap; stages counted from xsrc), for j < nst: v5's
-// all-ones MMAs (D column = token, rows all equal: row g kept). v6: first 0, wrap nst (no wrap);
-// v8: a stripe's cyclic stage range (below).
-template <typename T, int NTOK, int NG>
-__device__ __forceinline__ void sum_x(float2* xsum, const uint4* const (&xsrc)[NTOK], const bool (&has_tok)[NTOK],
-                                     int nst, int first, int wrap, int warp, int g, int c) {
-  using H = Half16<T>;
-  const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
-  for (int j = warp; j < nst; j += kWarps) {
-    uint4 xv[NTOK][2][2];
-    const int stage = first + j < wrap ? first + j : first + j - wrap;
-    load_x<NTOK>(xv, xsrc, has_tok, stage * (kStageK / 8));
-    float xs[2][NTOK][4];
-#pragma unroll
-    for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xs[tile][t][i] = 0.f;
-#pragma unroll
-        for (int step = 0; step < 4; ++step) {
-          const uint4& q = xv[t][tile][step >> 1];
-          H::mma(xs[tile][t], ones, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
-        }
-      }
-    if (NG == 1) {
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xs[0][t][i] += xs[1][t][i];
-    }
-    if (g == 0) {
-#pragma unroll
-      for (int gi = 0; gi < NG; ++gi)
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t) xsum[((j * NG + gi) * NTOK + t) * 4 + c] = make_float2(xs[gi][t][0], xs[gi][t][1]);
-    }
-  }
-}
 
 // bytes of v6's sum-of-x table behind the ring: per CTA stages x NG x NTOK x 4 lanes x float2
 __host__ __device__ constexpr int xsum_bytes(int per, int ng, int ntok) { return per * ng * ntok * 4 * 8; }

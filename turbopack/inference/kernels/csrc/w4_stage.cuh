@@ -1,7 +1,7 @@
 // The w4 decode stage shared by w4.cu (the dense decode) and moe_w4.cu (the grouped MoE decode):
-// the 128-k ring stage of one warp, its v7 scale/zero slot, the activation fragments and the
-// weight MMAs in the permuted K order described at the top of w4.cu. Anonymous namespace, as
-// common.cuh: each .cu is its own shared library.
+// the 128-k ring stage of one warp, its v7 scale/zero slot, the activation fragments, v6's per-CTA
+// sums of x and the weight MMAs in the permuted K order described at the top of w4.cu. Anonymous
+// namespace, as common.cuh: each .cu is its own shared library.
 #pragma once
 #include "common.cuh"
 
@@ -32,6 +32,47 @@ __device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* con
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
+}
+
+// xsum[((j * NG + gi) * NTOK + t) * 4 + c] = (sum x of token 8t+2c, of 8t+2c+1) over group gi of
+// stage first + j (less wrap once it reaches wrap; stages counted from xsrc), for j < nst: v5's
+// all-ones MMAs (D column = token, rows all equal: row g kept). v6: first 0, wrap nst (no wrap);
+// v8: a stripe's cyclic stage range (w4.cu); the grouped MoE decode: first 0, wrap nst.
+template <typename T, int NTOK, int NG>
+__device__ __forceinline__ void sum_x(float2* xsum, const uint4* const (&xsrc)[NTOK], const bool (&has_tok)[NTOK],
+                                     int nst, int first, int wrap, int warp, int g, int c) {
+  using H = Half16<T>;
+  const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
+  for (int j = warp; j < nst; j += kWarps) {
+    uint4 xv[NTOK][2][2];
+    const int stage = first + j < wrap ? first + j : first + j - wrap;
+    load_x<NTOK>(xv, xsrc, has_tok, stage * (kStageK / 8));
+    float xs[2][NTOK][4];
+#pragma unroll
+    for (int tile = 0; tile < 2; ++tile)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xs[tile][t][i] = 0.f;
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+          const uint4& q = xv[t][tile][step >> 1];
+          H::mma(xs[tile][t], ones, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
+        }
+      }
+    if (NG == 1) {
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xs[0][t][i] += xs[1][t][i];
+    }
+    if (g == 0) {
+#pragma unroll
+      for (int gi = 0; gi < NG; ++gi)
+#pragma unroll
+        for (int t = 0; t < NTOK; ++t) xsum[((j * NG + gi) * NTOK + t) * 4 + c] = make_float2(xs[gi][t][0], xs[gi][t][1]);
+    }
+  }
 }
 
 // acc[tile][t] = sum over the stage's 128 k of (M + q) x: v5's weight MMAs (fragment order above)
