@@ -8,7 +8,7 @@ the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed,
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
 
-Config: the K split of each kernel and the ring depths (``MoECudaConfig``). ``default_config`` is
+Config: the K split and ring depth of each kernel, token rows per block, PDL (``MoECudaConfig``). ``default_config`` is
 a registered rule, not a tuned table entry: the grouped grid depends on the routing (experts hit x
 row tiles), which the dense table's (N x K, M bucket) key cannot express; bench_moe.py sweeps the
 candidates and reports the winner beside it.
@@ -40,6 +40,8 @@ _SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ct
 
 @dataclass(frozen=True)
 class MoECudaConfig:
+    """Knobs of one grouped step; default_config picks them per shape and token count."""
+
     split_gate_up: int = 1
     split_down: int = 1
     stages_gate_up: int = 4
@@ -154,4 +156,4 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     return y
 
 
-__all__ = ["MoECudaConfig", "default_config", "grouped_moe_cuda", "supports"]
+__all__ = ["MoECudaConfig", "block_rows", "default_config", "grouped_moe_cuda", "ring", "supports"]
