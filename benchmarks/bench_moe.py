@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Grouped W4A16 MoE layer benchmark on one GPU at Qwen3-30B-A3B's shapes (128 experts, hidden
-2048, expert intermediate 768, top-8, group 128, asym, w4_t64x64): the grouped kernels
-(turbopack.inference.kernels.moe_w4) against the runtime's loop of dense W4 linears
-(dispatch.linear per selected expert: gate, up, SiLU*mul, down, weighted index_add).
+2048, expert intermediate 768, top-8, group 128, asym, w4_t64x64): both grouped paths, the CUDA
+decode (cuda_moe, csrc/moe_w4.cu) and the Triton kernels (moe_w4), each at its default config and
+over a sweep of configs (CUDA: K splits x ring depths; Triton: BN / num_warps / num_stages), against
+the runtime's loop of dense W4 linears (dispatch.linear per selected expert: gate, up, SiLU*mul,
+down, weighted index_add).
 
 Method (as bench.py's linear benchmark): every timed call is replayed from a CUDA graph, median
 of the replays; successive calls read different copies of the expert stacks, enough copies that
@@ -11,16 +13,19 @@ routing is fixed per token count (random top-8 of 128, seeded); the peer's per-e
 are computed before capture (the runtime's loop computes them on the host each step: the peer is
 timed without that sync). Bytes = the packed bytes (codes, scales, zero points) of the unique
 experts the routing selects; % = of the measured SM copy bandwidth (bench.copy_bandwidth).
-Before timing, both paths are checked on the device against the float64 contract (each expert's
-linears from the arch-neutral tensors, reference.ref_linear): a relative error >= 1e-2 aborts.
+Before timing, every candidate config is run on the device and compared with the float64 contract
+(each expert's linears from the arch-neutral tensors, reference.ref_linear): relative error >= 1e-2
+is a failure (not timed; the script exits 1), and the loop peer must pass it too.
 
-    python3 benchmarks/bench_moe.py                  # T = 1 and 64 on the GPU
-    python3 benchmarks/bench_moe.py --cpu-smoke      # correctness only, Triton interpreter, tiny shapes
+    python3 benchmarks/bench_moe.py --tokens 1,16,64 --log sweep.txt   # both paths, swept
+    python3 benchmarks/bench_moe.py --no-sweep                         # default configs only
+    python3 benchmarks/bench_moe.py --cpu-smoke                        # Triton interpreter, tiny shapes
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -114,59 +119,136 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
     return err
 
 
-def run(args, shape: dict, dev: str) -> list[dict]:
-    from turbopack.inference.kernels import moe_w4
-    from turbopack.inference.kernels.dispatch import linear
+def cuda_candidates(t: int, shape: dict) -> list:
+    """The registered default first, then it without the programmatic dependent launch of down, then K
+    splits x ring depths (deduplicated)."""
+    from turbopack.inference.kernels import cuda_moe
 
-    gen = torch.Generator(device=dev).manual_seed(0)
-    fmt, qs, stacks = build(shape, dev, gen)
-    per_expert = expert_bytes(stacks)
+    default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
+                                      torch.device("cuda"))
+    rows, splits = ((8, 16), (1, 2, 4)) if t > 8 else ((8,), (1, 2, 4, 8))
+    cands = [default, dataclasses.replace(default, pdl=False)] + [
+        cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
+        for stg, std in ((4, 8), (6, 4), (4, 4))]
+    return list(dict.fromkeys(cands))
+
+
+def triton_candidates(t: int, shape: dict) -> list:
+    """Triton MoEConfig tiles: default_config's first, then BN / num_warps / num_stages variants."""
+    from turbopack.inference.kernels import moe_w4
+
+    default = moe_w4.default_config(t * shape["top_k"], shape["n_exp"], t)
+    bm = default.block_m
+    tiles = ((16, 32, 2, 3), (32, 64, 4, 3), (32, 32, 4, 4), (64, 64, 4, 3)) if bm == 1 else \
+        ((32, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3), (64, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4))
+    cands = [default] + [moe_w4.MoEConfig(bm, bg, bd, w, st) for bg, bd, w, st in tiles]
+    return list(dict.fromkeys(cands))
+
+
+def sweep(label: str, fn, cands: list, want: torch.Tensor, copies: list, timed: bool, log) -> list[dict]:
+    """Each candidate checked against the float64 contract (a failure is recorded, not timed), then
+    timed over the rotating copies; rows in candidate order, the first is the default."""
+    from turbopack.inference.kernels import bench, reference
+
     rows = []
-    for t in args.tokens:
-        x2 = torch.randn(t, shape["hidden"], device=dev, generator=gen).bfloat16()
-        weights, idx = routing(t, shape, dev, gen)
-        plan = loop_plan(idx)
-        want = contract(x2, weights, plan, qs)
-        errs = (check(f"grouped T={t}", moe_w4.grouped_moe(x2, weights, idx, *stacks), want),
-                check(f"loop T={t}", loop_moe(x2, weights, plan, stacks, fmt, linear), want))
-        nbytes = len(plan) * per_expert
-        row = dict(t=t, experts=len(plan), bytes=nbytes, err_grouped=errs[0], err_loop=errs[1])
-        if dev == "cuda":
-            row.update(time_both(args, x2, weights, idx, plan, stacks, fmt, linear, nbytes))
+    for cfg in cands:
+        try:
+            err = reference.rel_err(fn(copies[0], cfg), want)
+        except RuntimeError as exc:  # a launch the device refused: recorded as a failure, the sweep goes on
+            print(f"  {label} {cfg}: {exc}  FAILED", file=log, flush=True)
+            rows.append(dict(cfg=cfg, err=float("nan"), ok=False))
+            continue
+        row = dict(cfg=cfg, err=err, ok=bool(err < (TOL if want.is_cuda else SMOKE_TOL)))
+        if row["ok"] and timed:
+            row["us"] = bench.time_us([lambda s=s, c=cfg: fn(s, c) for s in copies], min_calls=max(24, len(copies)))
+        print(f"  {label} {cfg}: rel err {err:.1e}" + (f", {row['us']:.1f} us" if "us" in row else "")
+              + ("" if row["ok"] else "  FAILED the contract"), file=log, flush=True)
         rows.append(row)
     return rows
 
 
-def time_both(args, x2, weights, idx, plan, stacks, fmt, linear, nbytes: int) -> dict:
-    from turbopack.inference.kernels import bench, moe_w4
+def run(args, shape: dict, dev: str, log) -> tuple[list[dict], bool]:
+    gen = torch.Generator(device=dev).manual_seed(0)
+    fmt, qs, stacks = build(shape, dev, gen)
+    rows = [run_tokens(args, t, shape, dev, (fmt, qs, stacks), gen, log) for t in args.tokens]
+    return rows, all(r["ok"] for row in rows for r in row["triton"] + row.get("cuda", []))
 
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    copies = [stacks] + [clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
-    grouped = [lambda s=s: moe_w4.grouped_moe(x2, weights, idx, *s) for s in copies]
-    looped = [lambda s=s: loop_moe(x2, weights, plan, s, fmt, linear) for s in copies]
-    us = bench.time_us(grouped, min_calls=max(24, len(copies)))
-    us_loop = bench.time_us(looped, min_calls=len(copies), reps=5)
-    del copies
-    return dict(us=us, us_loop=us_loop, gbs=nbytes / us * 1e-3)
+
+def run_tokens(args, t: int, shape: dict, dev: str, built, gen: torch.Generator, log) -> dict:
+    """One token count: the contract, both grouped paths swept, the loop peer."""
+    from turbopack.inference.kernels import cuda_moe, moe_w4
+    from turbopack.inference.kernels.dispatch import linear
+
+    fmt, qs, stacks = built
+    x2 = torch.randn(t, shape["hidden"], device=dev, generator=gen).bfloat16()
+    weights, idx = routing(t, shape, dev, gen)
+    plan = loop_plan(idx)
+    want = contract(x2, weights, plan, qs)
+    nbytes = len(plan) * expert_bytes(stacks)
+    copies = [stacks]
+    if dev == "cuda":
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        copies += [clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
+    row = dict(t=t, experts=len(plan), bytes=nbytes)
+    print(f"T={t}: {len(plan)} experts, {nbytes / 1e6:.2f} MB", file=log, flush=True)
+    tri = triton_candidates(t, shape)
+    row["triton"] = sweep("triton", lambda s, c: moe_w4.grouped_moe(x2, weights, idx, *s, cfg=c,
+                                                                   path=moe_w4.MoEPath.TRITON),
+                          tri if args.sweep else tri[:1], want, copies, dev == "cuda", log)
+    if dev == "cuda" and cuda_moe.supports(x2, weights, idx, *stacks):
+        cud = cuda_candidates(t, shape)
+        row["cuda"] = sweep("cuda", lambda s, c: cuda_moe.grouped_moe_cuda(x2, weights, idx, *s, cfg=c),
+                            cud if args.sweep else cud[:1], want, copies, True, log)
+    row["err_loop"] = check(f"loop T={t}", loop_moe(x2, weights, plan, stacks, fmt, linear), want)
+    if dev == "cuda":
+        row["us_loop"] = bench_loop(x2, weights, plan, copies, fmt, linear)
+    return row
+
+
+def bench_loop(x2, weights, plan, copies, fmt, linear) -> float:
+    from turbopack.inference.kernels import bench
+
+    return bench.time_us([lambda s=s: loop_moe(x2, weights, plan, s, fmt, linear) for s in copies],
+                         min_calls=len(copies), reps=5)
+
+
+def _best(cands: list[dict]) -> dict | None:
+    timed = [r for r in cands if "us" in r]
+    return min(timed, key=lambda r: r["us"]) if timed else None
+
+
+def _cell(r: dict | None, nbytes: int, bw: float | None) -> str:
+    if r is None or "us" not in r:
+        return "– | –"
+    return f"{r['us']:.1f} | {100 * nbytes / (r['us'] * 1e-6) / bw:.0f}"
 
 
 def table(rows: list[dict], bw: float | None) -> str:
-    head = "| T | experts hit | selected bytes (MB) | grouped µs | GB/s | % of copy BW | loop µs | speed-up | rel err |"
-    out = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| T | experts hit | selected MB | CUDA default µs | % BW | CUDA best µs | % BW | Triton default µs | % BW "
+            "| Triton best µs | % BW | loop µs | best vs loop | rel err (CUDA, Triton) |")
+    out = [head, "|" + "---:|" * 14]
     for r in rows:
-        if "us" in r:
-            timed = (f"{r['us']:.1f} | {r['gbs']:.0f} | {100 * r['gbs'] * 1e9 / bw:.0f} | {r['us_loop']:.1f} | "
-                     f"{r['us_loop'] / r['us']:.2f}x")
-        else:
-            timed = "– | – | – | – | –"
-        out.append(f"| {r['t']} | {r['experts']} | {r['bytes'] / 1e6:.2f} | {timed} | {r['err_grouped']:.1e} |")
-    return "\n".join(out)
+        cuda, tri = r.get("cuda", []), r["triton"]
+        best = [b for b in (_best(cuda), _best(tri)) if b is not None]
+        fastest = min((b["us"] for b in best), default=None)
+        vs = f"{r['us_loop'] / fastest:.2f}x" if fastest and "us_loop" in r else "–"
+        errs = f"{cuda[0]['err']:.1e}, " if cuda else "–, "
+        out.append(f"| {r['t']} | {r['experts']} | {r['bytes'] / 1e6:.2f} "
+                   f"| {_cell(cuda[0] if cuda else None, r['bytes'], bw)} "
+                   f"| {_cell(_best(cuda), r['bytes'], bw)} | {_cell(tri[0], r['bytes'], bw)} "
+                   f"| {_cell(_best(tri), r['bytes'], bw)} | {r.get('us_loop', float('nan')):.1f} | {vs} "
+                   f"| {errs}{tri[0]['err']:.1e} |")
+    winners = [f"T={r['t']}: CUDA {_best(r.get('cuda', [])) and _best(r['cuda'])['cfg']}, "
+               f"Triton {_best(r['triton']) and _best(r['triton'])['cfg']}" for r in rows]
+    return "\n".join(out + ["", "best configs:"] + winners)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", default="1,64", help="token counts T (comma-separated)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes in the Triton interpreter, no timing")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false", help="time only the default configs")
+    p.add_argument("--log", default=None, help="per-candidate lines to this file (default: stderr)")
     args = p.parse_args(argv)
     args.tokens = [int(v) for v in args.tokens.split(",")]
     if args.cpu_smoke:
@@ -182,11 +264,13 @@ def main(argv=None) -> int:
         bw = bench.copy_bandwidth()["kernel"]
         print(f"{torch.cuda.get_device_name(0)}: SM copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
     shape = SMOKE if args.cpu_smoke else QWEN3_30B
-    rows = run(args, shape, dev)
-    print(f"W4A16 MoE layer, {shape}, asym, w4_t64x64, bf16 activations; checked against the float64 contract")
+    log = open(args.log, "w") if args.log else sys.stderr
+    rows, ok = run(args, shape, dev, log)
+    print(f"W4A16 MoE layer, {shape}, asym, w4_t64x64, bf16 activations; every timed config checked against "
+          f"the float64 contract first; % BW = selected experts' bytes / time, of the copy bandwidth")
     print(table(rows, bw))
-    print(f"({time.time() - t0:.0f} s)")
-    return 0
+    print(f"({time.time() - t0:.0f} s)" + ("" if ok else "  FAILED: a config missed the contract (see the log)"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

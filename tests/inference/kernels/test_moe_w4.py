@@ -112,7 +112,7 @@ def test_one_token_on_tensor_cores_and_the_gemv_form_agree():
     x = torch.randn(1, 128, generator=gen).bfloat16().to(DEV)
     idx, weights = torch.tensor([[2, 0]], device=DEV), torch.tensor([[0.7, 0.3]], device=DEV)
     assert moe_w4.default_config(2, 4, 1).block_m == 1
-    gemv = moe_w4.grouped_moe(x, weights, idx, *stacks)
+    gemv = moe_w4.grouped_moe(x, weights, idx, *stacks, path=moe_w4.MoEPath.TRITON)
     tc = moe_w4.grouped_moe(x, weights, idx, *stacks, cfg=moe_w4.MoEConfig(block_m=16))
     want = loop_reference(x.cpu(), weights.cpu(), idx.cpu(), emulated(fmt, layout, experts))
     assert reference.rel_err(gemv.cpu(), want) < tol(torch.bfloat16)
@@ -153,8 +153,10 @@ QWEN3_30B = dict(n_exp=128, hidden=2048, inter=768, k=8, group=128)
 @pytest.mark.skipif(DEV != "cuda", reason="needs CUDA")
 @pytest.mark.parametrize("t", [1, 64])
 @pytest.mark.parametrize("sym", [True, False])
-def test_gpu_qwen3_30b_shapes(t, sym):
-    """Qwen3-30B-A3B's expert shapes, the device packer's bytes, against the float64 contract."""
+@pytest.mark.parametrize("path", list(moe_w4.MoEPath))
+def test_gpu_qwen3_30b_shapes(t, sym, path):
+    """Qwen3-30B-A3B's expert shapes, the device packer's bytes, against the float64 contract, on
+    both grouped paths (the CUDA decode and the Triton kernels)."""
     c = QWEN3_30B
     gen = torch.Generator(device="cuda").manual_seed(t)
     fmt, _, experts, (gate, up, down) = make_experts(
@@ -168,7 +170,7 @@ def test_gpu_qwen3_30b_shapes(t, sym):
         qs, _, _ = experts[which]
         return reference.ref_linear(xe, "w4a16", qs[e]).to(xe.dtype)
 
-    y = moe_w4.grouped_moe(x, weights, idx, gate, up, down)
+    y = moe_w4.grouped_moe(x, weights, idx, gate, up, down, path=path)
     err = reference.rel_err(y, loop_reference(x, weights, idx, contract))
     assert err < TOL, f"rel err {err:.2e}"
 

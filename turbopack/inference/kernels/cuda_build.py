@@ -25,7 +25,7 @@ from turbopack.inference.kernels import pdl
 from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
-HEADERS = ("common.cuh",)
+HEADERS = ("common.cuh", "w4_stage.cuh")
 _LOCK = threading.Lock()
 _LIBS: dict[tuple[str, str], tuple[ctypes.CDLL, torch.device]] = {}
 

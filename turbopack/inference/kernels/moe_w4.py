@@ -25,14 +25,23 @@ on tensor cores with the tokens as the N side of ``W @ X^T`` (BM >= 16, rows mas
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
+from turbopack.inference.kernels import cuda_moe
 from turbopack.inference.kernels.epilogue import interpreting, mma, tl, triton
 from turbopack.inference.kernels.weight_only import _join8, _rows, _w4_planes, _w16, _x_like
 
 #: activations the gate_up epilogue computes (the model's Activation values)
 ACTIVATIONS = {"silu": 0}
+
+
+class MoEPath(StrEnum):
+    """Which grouped kernels run a step."""
+
+    CUDA = "cuda"  # csrc/moe_w4.cu (cuda_moe): the dense decode's stage loop, two launches, where it applies
+    TRITON = "triton"  # the kernels below: every other call, the CPU interpreter included
 
 if triton is not None:
 
@@ -236,9 +245,21 @@ def align(idx: torch.Tensor, n_experts: int, bm: int) -> tuple[torch.Tensor, ...
 
 
 def grouped_moe(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate: StackedW4, up: StackedW4,
-                down: StackedW4, act: str = "silu", cfg: MoEConfig | None = None) -> torch.Tensor:
+                down: StackedW4, act: str = "silu", cfg: MoEConfig | None = None,
+                path: MoEPath | None = None) -> torch.Tensor:
     """sum_k weights[t, k] * down_e(act(gate_e(x_t)) * up_e(x_t)), e = idx[t, k]: x2 [T, hidden]
-    -> [T, hidden] in x2's dtype."""
+    -> [T, hidden] in x2's dtype. ``path`` None: the CUDA grouped decode where it applies (no
+    Triton ``cfg`` given), else the Triton kernels."""
+    if path is None:
+        path = MoEPath.CUDA if cfg is None and act == "silu" and cuda_moe.supports(x2, weights, idx, gate, up, down) \
+            else MoEPath.TRITON
+    if path is MoEPath.CUDA:
+        return cuda_moe.grouped_moe_cuda(x2, weights, idx, gate, up, down)
+    return _grouped_triton(x2, weights, idx, gate, up, down, act, cfg)
+
+
+def _grouped_triton(x2, weights, idx, gate: StackedW4, up: StackedW4, down: StackedW4, act: str,
+                    cfg: MoEConfig | None) -> torch.Tensor:
     t, top_k = idx.shape
     n_exp = gate.qweight.shape[0]
     inter, hidden = gate.shape
@@ -265,4 +286,4 @@ def grouped_moe(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate
     return y.view(t, top_k, hidden).sum(1).to(x2.dtype)
 
 
-__all__ = ["ACTIVATIONS", "MoEConfig", "StackedW4", "align", "default_config", "grouped_moe", "max_blocks"]
+__all__ = ["ACTIVATIONS", "MoEConfig", "MoEPath", "StackedW4", "align", "default_config", "grouped_moe", "max_blocks"]

@@ -39,16 +39,9 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "w4_stage.cuh"  // kWarps, kStageK, Stage, SzSlot, load_x, sum_x, weight_mma
 
 namespace {
-
-constexpr int kWarps = 4;   // 4 x 16 rows = one 64-row sm90 tile per CTA
-constexpr int kStageK = 128;
-
-// One stage of one warp: 128 k of its 16 rows, as in global memory (two 512-byte tiles).
-struct Stage {
-  uint4 w[2][32];
-};
 
 struct Args {
   Out o;
@@ -233,118 +226,12 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
 // carry an L2 evict-first hint (each weight byte is read once; x, scales and zeros are re-read by
 // every CTA). Fewer registers also make room for an 8-deep ring (7 KiB in flight per warp).
 
-// x fragments of one 128-wide stage, `off` uint4 past xsrc (thread c's 32 bytes of each tile)
-template <int NTOK>
-__device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK],
-                                       const bool (&has_tok)[NTOK], int off) {
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
-}
-
-// xsum[((j * NG + gi) * NTOK + t) * 4 + c] = (sum x of token 8t+2c, of 8t+2c+1) over group gi of
-// stage first + j (less wrap once it reaches wrap; stages counted from xsrc), for j < nst: v5's
-// all-ones MMAs (D column = token, rows all equal: row g kept). v6: first 0, wrap nst (no wrap);
-// v8: a stripe's cyclic stage range (below).
-template <typename T, int NTOK, int NG>
-__device__ __forceinline__ void sum_x(float2* xsum, const uint4* const (&xsrc)[NTOK], const bool (&has_tok)[NTOK],
-                                     int nst, int first, int wrap, int warp, int g, int c) {
-  using H = Half16<T>;
-  const uint32_t ones[4] = {H::kOnes, H::kOnes, H::kOnes, H::kOnes};
-  for (int j = warp; j < nst; j += kWarps) {
-    uint4 xv[NTOK][2][2];
-    const int stage = first + j < wrap ? first + j : first + j - wrap;
-    load_x<NTOK>(xv, xsrc, has_tok, stage * (kStageK / 8));
-    float xs[2][NTOK][4];
-#pragma unroll
-    for (int tile = 0; tile < 2; ++tile)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xs[tile][t][i] = 0.f;
-#pragma unroll
-        for (int step = 0; step < 4; ++step) {
-          const uint4& q = xv[t][tile][step >> 1];
-          H::mma(xs[tile][t], ones, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
-        }
-      }
-    if (NG == 1) {
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xs[0][t][i] += xs[1][t][i];
-    }
-    if (g == 0) {
-#pragma unroll
-      for (int gi = 0; gi < NG; ++gi)
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t) xsum[((j * NG + gi) * NTOK + t) * 4 + c] = make_float2(xs[gi][t][0], xs[gi][t][1]);
-    }
-  }
-}
-
-// acc[tile][t] = sum over the stage's 128 k of (M + q) x: v5's weight MMAs (fragment order above)
-template <typename T, int NTOK>
-__device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage& st, const uint4 (&xv)[NTOK][2][2],
-                                           int g, int c) {
-  using H = Half16<T>;
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[tile][t][i] = 0.f;
-    const uint2 wl = reinterpret_cast<const uint2*>(&st.w[tile][0])[g * 4 + c];        // row g, bytes 8c..
-    const uint2 wh = reinterpret_cast<const uint2*>(&st.w[tile][0])[(g + 8) * 4 + c];  // row g + 8
-#pragma unroll
-    for (int step = 0; step < 4; ++step) {
-      const uint32_t lo = (step >> 1) ? wl.y : wl.x, hi = (step >> 1) ? wh.y : wh.x;
-      const int sh = 8 * (step & 1);
-      const uint32_t af[4] = {lop3_magic<H::kMagic>(lo >> sh), lop3_magic<H::kMagic>(hi >> sh),
-                              lop3_magic<H::kMagic>(lo >> (sh + 4)), lop3_magic<H::kMagic>(hi >> (sh + 4))};
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-        const uint4& q = xv[t][tile][step >> 1];
-        H::mma(acc[tile][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
-      }
-    }
-  }
-}
-
 // bytes of v6's sum-of-x table behind the ring: per CTA stages x NG x NTOK x 4 lanes x float2
 __host__ __device__ constexpr int xsum_bytes(int per, int ng, int ntok) { return per * ng * ntok * 4 * 8; }
 constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher runs v5
 
 // v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
-// weights. v5/v6 load them with 2-byte __ldg one stage ahead: a DRAM round trip per stage with
-// only one stage (~170 instructions of one warp) to hide it, where the weights have STAGES-1. Per
-// warp and stage, 16-byte chunks 2gi and 2gi+1 hold the 16 scales of group gi (rows 0-7, 8-15) and
-// chunk 2NG+gi its 16 zero points; lane l < chunks copies chunk l in the stage's cp.async group, so
-// the wait + __syncwarp that publish the weights publish these too. Needs 16-byte aligned scales
-// and zeros (the rows of a warp start at a multiple of 16); otherwise the launcher runs v6.
-template <int NG, bool ASYM>
-struct SzSlot {
-  static constexpr int kChunks = (ASYM ? 3 : 2) * NG;
-  uint4 v[kChunks];
-};
-
-// the scale and zero point (as float) of rows g and g + 8 for group gi, from a v7 ring slot
-template <typename T, int NG, bool ASYM>
-__device__ __forceinline__ void slot_params(const SzSlot<NG, ASYM>& sl, int gi, int g, float (&s)[2], float (&z)[2]) {
-  const T* sc = reinterpret_cast<const T*>(&sl.v[2 * gi]);
-  s[0] = Half16<T>::to_f(sc[g]);
-  s[1] = Half16<T>::to_f(sc[g + 8]);
-  if constexpr (ASYM) {
-    const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
-    z[0] = static_cast<float>(zc[g]);
-    z[1] = static_cast<float>(zc[g + 8]);
-  } else {
-    z[0] = z[1] = 8.f;
-  }
-}
-
+// weights (SzSlot, w4_stage.cuh, says why and how).
 // SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). Shared memory: the weight ring
 // [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR>

@@ -1,0 +1,161 @@
+"""The CUDA C++ grouped MoE decode (csrc/moe_w4.cu, cuda_moe): it compiles for sm_90a without
+spills (CPU, this machine's nvcc), its K-split rule leaves no CTA without work, the dispatch keeps
+the Triton kernels where it cannot run; on a GPU it matches the per-expert loop of the layouts'
+CPU emulator on fresh random inputs within 1e-2 relative (the loop's roundings: each linear's
+output, silu and the product to 16 bits; the kernel's weights are exact fp32 (q - z) * s where the
+emulator rounds them to 16 bits, ~1e-3), over awkward routings (an expert with no token, every
+token on the same expert(s): runs of 33 or 64 pairs, several 8- or 16-row blocks, T = 1, T = 64), both layouts, groups
+64/128, sym/asym, bf16/fp16, int32/int64 ids, 16-bit/fp32 routing weights, split K in both
+kernels and both ring depths; it is deterministic where its splits are (a re-run is bit-identical),
+with or without down as a programmatic dependent launch of gate_up, replays from a CUDA graph
+and leaves the shared workspace zeroed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from test_moe_w4 import ROUTINGS, emulated, loop_reference, make_experts
+
+from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4, moe_w4, reference
+from turbopack.inference.kernels.epilogue import workspace
+
+NVCC = cuda_build.nvcc()
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+TOL = 1e-2
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
+    cmd = [NVCC, "-c", "-O3", "-std=c++17", "-Xptxas", "-v", cuda_w4.gencode((9, 0)), str(cuda_moe.SRC), "-o",
+           str(tmp_path / "k.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
+    assert len(entries) == 2 * 2 * 2 * 2 * 2 * 2  # {gate_up, down} x dtype x NTOK x G x ASYM x 2 ring depths
+    spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
+    assert spills == [], spills[:3]
+
+
+@pytest.mark.parametrize("stages", [1, 2, 6, 16, 112])
+def test_split_rule_leaves_no_cta_without_stages(stages):
+    for ctas in (1, 8, 96, 256, 1536, 4096):
+        for sms in (1, 78, 132):
+            split = cuda_moe._split(ctas, stages, sms, 2)
+            per = -(-stages // split)
+            assert 1 <= split <= max(1, stages // 2) and (split - 1) * per < stages, (ctas, sms, split)
+    assert cuda_moe._split(96, 16, 132, 2) == 4  # Qwen3-30B-A3B gate_up at T = 1: 8 experts x 12 tiles
+
+
+def test_cpu_and_interpreter_stay_on_triton():
+    """Off the GPU (here: the interpreter) the CUDA path never claims a step."""
+    gen = torch.Generator().manual_seed(0)
+    _, _, _, stacks = make_experts(4, 128, 128, "w4_t64x64", gen, group_size=64, sym=False)
+    x = torch.randn(1, 128, generator=gen).bfloat16()
+    idx, w = torch.tensor([[0, 1]]), torch.tensor([[0.5, 0.5]])
+    assert not cuda_moe.supports(x, w, idx, *stacks)
+
+
+def test_ring_rule():
+    """Qwen3-30B-A3B at T = 1: gate_up 4 slots per CTA -> 6 (all in flight), down 3 -> 4; T = 64:
+    16 and 6 stages -> 4 (the dense depth) and 8."""
+    assert cuda_moe.ring(4, cuda_moe.STAGES_GATE_UP) == 6 and cuda_moe.ring(3, cuda_moe.STAGES_DOWN) == 4
+    assert cuda_moe.ring(16, cuda_moe.STAGES_GATE_UP) == 4 and cuda_moe.ring(6, cuda_moe.STAGES_DOWN) == 8
+
+
+def test_block_rows_rule():
+    assert cuda_moe.block_rows(1, 8, 128) == 8 and cuda_moe.block_rows(64, 8, 128) == 8  # Qwen3-30B decode
+    assert cuda_moe.block_rows(64, 2, 8) == 16 and cuda_moe.block_rows(33, 2, 5) == 16
+
+
+# -- on the GPU ------------------------------------------------------------------------------------
+
+CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaConfig fields)
+    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", (1, 1, 4, 8)),
+    ("w4_t64x64", 6, 256, 256, 1, 4, 64, True, torch.float16, "random", (2, 2, 6, 4)),
+    ("w4_t16x64", 6, 256, 128, 7, 3, 128, True, torch.bfloat16, "skip_expert_2", (1, 1, 4, 4)),
+    ("w4_t64x64", 5, 384, 256, 33, 2, 128, False, torch.bfloat16, "one_expert", (3, 2, 4, 8)),
+    ("w4_t16x64", 6, 256, 128, 19, 2, 64, False, torch.float16, "random", (1, 1, 6, 8)),
+    ("w4_t64x64", 6, 256, 128, 19, 2, 64, False, torch.bfloat16, "one_expert", (2, 2, 4, 8, True, 8)),  # 3 blocks of 8
+    ("w4_t64x64", 16, 256, 128, 5, 4, 128, True, torch.float16, "random", (1, 1, 4, 4, True, 16)),
+    ("w4_t64x64", 16, 512, 384, 64, 4, 128, False, torch.bfloat16, "random", (1, 1, 4, 8)),
+    ("w4_t64x64", 16, 256, 256, 64, 4, 64, True, torch.bfloat16, "one_expert", (2, 1, 4, 4)),
+    ("w4_t64x64", 8, 256, 128, 16, 2, 128, False, torch.float16, "skip_expert_2", (1, 1, 4, 8)),
+    ("w4_t64x64", 6, 256, 256, 2, 2, 128, True, torch.bfloat16, "random", (2, 1, 4, 4, False)),  # no PDL
+    ("w4_t64x64", 4, 256, 128, 33, 1, 128, False, torch.bfloat16, "one_expert", (1, 2, 4, 8, True, 8)),  # 5 blocks
+    ("w4_t16x64", 4, 256, 256, 64, 1, 64, True, torch.float16, "one_expert", (2, 1, 6, 4)),  # 4 blocks of 16
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("layout_name,n_exp,hidden,inter,t,k,group,sym,act,routing,cfg", CASES)
+def test_cuda_grouped_matches_the_emulated_loop(layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing, cfg):
+    gen = torch.Generator().manual_seed(t * 7 + hidden + group)
+    fmt, layout, experts, stacks = make_experts(n_exp, hidden, inter, layout_name, gen, group_size=group, sym=sym,
+                                                scale_dtype=str(act).removeprefix("torch."))
+    x = torch.randn(t, hidden, generator=gen).to(act)
+    idx = ROUTINGS[routing](t, k, n_exp, gen)
+    weights = torch.softmax(torch.randn(t, k, generator=gen), -1)
+    want = loop_reference(x, weights, idx, emulated(fmt, layout, experts))
+    xd = x.cuda()
+    for ids, wts in ((idx, weights), (idx.int(), weights.to(act))):  # int64 / int32 ids, fp32 / 16-bit weights
+        assert cuda_moe.supports(xd, wts.cuda(), ids.cuda(), *stacks)
+        y = cuda_moe.grouped_moe_cuda(xd, wts.cuda(), ids.cuda(), *stacks, cfg=cuda_moe.MoECudaConfig(*cfg)).cpu()
+        assert y.dtype == act and y.shape == x.shape
+        w_ref = want if wts.dtype == torch.float32 else loop_reference(x, wts, idx, emulated(fmt, layout, experts))
+        err = reference.rel_err(y, w_ref)
+        assert err < TOL, f"{ids.dtype} ids, {wts.dtype} weights: rel err {err:.2e}"
+    assert moe_w4.grouped_moe(xd, weights.cuda(), idx.cuda(), *stacks).shape == x.shape  # the dispatch takes it
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("t", [1, 16, 64])
+def test_cuda_grouped_qwen3_30b_shapes_against_the_contract(t):
+    """Qwen3-30B-A3B's expert shapes (128 experts, 2048 / 768, top-8, g128 asym), the device
+    packer's bytes, the default config, against the float64 contract; and both paths agree."""
+    gen = torch.Generator(device="cuda").manual_seed(100 + t)
+    fmt, _, experts, stacks = make_experts(128, 2048, 768, "w4_t64x64", gen,
+                                           pack=lambda q, s: reference.pack_w4(q, 64), group_size=128, sym=False)
+    x = torch.randn(t, 2048, device="cuda", generator=gen).bfloat16()
+    idx = torch.stack([torch.randperm(128, device="cuda", generator=gen)[:8] for _ in range(t)])
+    weights = torch.softmax(torch.randn(t, 8, device="cuda", generator=gen), -1).bfloat16()
+
+    def contract(xe, which, e):
+        return reference.ref_linear(xe, "w4a16", experts[which][0][e]).to(xe.dtype)
+
+    want = loop_reference(x, weights, idx, contract)
+    y = moe_w4.grouped_moe(x, weights, idx, *stacks, path=moe_w4.MoEPath.CUDA)
+    assert reference.rel_err(y, want) < TOL
+    y_tr = moe_w4.grouped_moe(x, weights, idx, *stacks, path=moe_w4.MoEPath.TRITON)
+    assert reference.rel_err(y, y_tr.float()) < TOL
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed():
+    gen = torch.Generator().manual_seed(5)
+    _, _, _, stacks = make_experts(16, 512, 256, "w4_t64x64", gen, group_size=128, sym=False)
+    x = torch.randn(12, 512, generator=gen).bfloat16().cuda()
+    idx = ROUTINGS["random"](12, 4, 16, gen).cuda()
+    weights = torch.softmax(torch.randn(12, 4, generator=gen), -1).cuda()
+    cfg = cuda_moe.MoECudaConfig(1, 2, 4, 8)  # split 2: the two partials' fp32 sum is order-free
+    first = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cfg)
+    assert all(torch.equal(first, cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cfg)) for _ in range(3))
+    no_pdl = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cuda_moe.MoECudaConfig(1, 2, 4, 8, pdl=False))
+    assert torch.equal(no_pdl, first)  # the dependent launch changes when down starts, not what it computes
+    split = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cuda_moe.MoECudaConfig(4, 3, 6, 4))
+    assert reference.rel_err(split, first.float()) < 1e-2
+    assert not workspace(x.device, 1, torch.float32).any() and not workspace(x.device, 1, torch.int32).any()
+    graph = torch.cuda.CUDAGraph()
+    out = None
+    with torch.cuda.graph(graph):
+        out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cfg)
+    for _ in range(2):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, first)

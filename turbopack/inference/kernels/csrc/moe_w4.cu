@@ -1,0 +1,514 @@
+// Grouped W4A16 mixture-of-experts decode: every selected expert of a step in one launch per
+// matmul, on the dense decode's stage loop (w4_stage.cuh; docs/kernels.md "Grouped MoE decode").
+//   turbopack_moe_w4   gate|up (h = silu(g) * u) then down (routing weight, sum over top-k)
+//
+// Experts are stacked [E, ...] in the w4_t{16,64}x64 layouts (expert e = slice e, the layout's own
+// bytes). Grid of each kernel: (64-row tile, K split, block slot). A block is up to BM = 8 * NTOK
+// token rows of one expert; slot b is the b-th block of the routing (experts in id order, an
+// expert's pairs in pair order, cut into runs of BM), computed by every CTA from the top-k ids
+// (route_block: a shared histogram, a warp scan, a ballot pass; ~2 KiB of ids from L2 at T = 64)
+// instead of a separate align launch: at T = 1 a launch is a third of the layer's time. Slots past
+// the routing's block count exit at once; the grid is the bound for any routing,
+// min(T*k, min(E, T*k) + T*k / BM) slots.
+//
+// gate_up: each warp streams 16 rows of gate AND the same 16 rows of up through one cp.async ring
+// (a ring slot = 128 k of both, 2 KiB, plus their scale/zero chunks as v7 copies them), so the
+// activation fragments and the sum-of-x MMAs serve both matrices, and h = silu(g) * u is formed in
+// the registers of the warp that owns both rows (no exchange). Roundings as the loop of dense
+// linears: g and u to 16 bits, silu(g) to 16 bits, the product to 16 bits. h is written by pair
+// [T*k, I]. Split-K (blockIdx.y) goes through the shared fp32 workspace and a counter per (slot,
+// tile) as store_tile_at does; the last CTA forms h.
+// down: v7's loop for one matrix (h rows gathered by pair). Each CTA writes its fp32 sums (split-K
+// partials added) to the workspace at [pair, hidden] and counts one arrival per token of its block
+// on (token, tile); the CTA that completes a token's k * split arrivals reads the k rows in top-k
+// order, rounds each to 16 bits, multiplies by its routing weight, sums in fp32 in that fixed order
+// (deterministic), writes y [T, hidden] and re-zeroes the workspace rows and the counter. No CTA
+// waits for another.
+// The sums of x per group: v6's per-CTA table (sum_x; the 4 warps of a CTA share its tokens and K
+// range), computed while the ring's first stages load: 16 MMAs per gate|up slot instead of 24, 8
+// per down stage instead of 16. The first build summed x with all-ones MMAs in the loop (v5's way):
+// 290 SASS instructions per gate|up slot at one token column, group 128, asym; the table: 262 (down:
+// 176 -> 157 per stage).
+#include "common.cuh"
+#include "w4_stage.cuh"
+
+namespace {
+
+constexpr int kMaxExperts = 1024;
+
+// Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
+// grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
+// and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
+// be on.
+constexpr int kMaxPairs = 2048;
+
+struct Lin {  // one linear of every expert, stacked [E, ...]
+  const uint4* q; const void* s; const uint8_t* z;
+  int N, NP, K, KT, KGP, TN;
+  __device__ __forceinline__ long long q_per_expert() const { return (long long)NP * KT * 2; }  // uint4
+  __device__ __forceinline__ long long s_per_expert() const { return (long long)NP * KGP; }     // elements
+};
+
+struct MoeArgs {
+  const void* x; const void* ids; const void* wts;
+  Lin gate, up, down;
+  void* h; void* y; float* ws; int* counters;
+  int T, topk, E, stride_xm, ids64, wts32, split;
+};
+
+struct Route {
+  int e, rows;
+  int pair[16];
+};
+
+// Block slot b of the routing -> r (expert, its rows' pair ids); false (for the whole CTA) when the
+// routing has fewer blocks. scratch: E + T*k ints of shared memory (the ring's, before it fills).
+template <int BM>
+__device__ bool route_block(const MoeArgs& a, int b, Route& r, int* scratch) {
+  int* cnt = scratch;
+  int* ids = scratch + a.E;
+  const int n = a.T * a.topk, tid = threadIdx.x, lane = tid & 31;
+  for (int i = tid; i < a.E; i += blockDim.x) cnt[i] = 0;
+  __syncthreads();
+  for (int i = tid; i < n; i += blockDim.x) {
+    const int e = a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[i]) : static_cast<const int*>(a.ids)[i];
+    ids[i] = e;
+    if (e >= 0 && e < a.E) atomicAdd(cnt + e, 1);
+  }
+  __syncthreads();
+  if (tid < 32) {
+    int run = 0, found = -1, j = 0;
+    for (int base = 0; base < a.E && found < 0; base += 32) {  // blocks per expert, scanned in id order
+      const int e = base + lane, nb = e < a.E ? (cnt[e] + BM - 1) / BM : 0;
+      int incl = nb;
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += v;
+      }
+      const int start = run + incl - nb;
+      const unsigned hit = __ballot_sync(0xffffffffu, b >= start && b < start + nb);
+      if (hit) {
+        const int src = __ffs(hit) - 1;
+        found = base + src;
+        j = b - __shfl_sync(0xffffffffu, start, src);
+      }
+      run += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (found >= 0) {  // its pairs ranked lo .. lo + rows - 1 among the expert's, in pair order
+      const int lo = j * BM, rows = min(cnt[found] - lo, BM);
+      int seen = 0;
+      for (int base = 0; base < n && seen < lo + rows; base += 32) {
+        const int i = base + lane;
+        const bool mine = i < n && ids[i] == found;
+        const unsigned bal = __ballot_sync(0xffffffffu, mine);
+        const int rank = seen + __popc(bal & ((1u << lane) - 1));
+        if (mine && rank >= lo && rank < lo + rows) r.pair[rank - lo] = i;
+        seen += __popc(bal);
+      }
+      if (lane == 0) r.rows = rows;
+    }
+    if (lane == 0) r.e = found;
+  }
+  __syncthreads();  // r is published; the scratch may be overwritten by the ring
+  return r.e >= 0;
+}
+
+// The warp's sources for linear L of expert e: weights at stage s_lo of rows n0.., and (lane <
+// kChunks) the lane's scale or zero chunk, as v7 copies them (SzSlot, w4_stage.cuh)
+template <typename T, int NG>
+struct Feed {
+  const uint4* w;
+  const char* sz;
+  long long sz_step;  // bytes to the next stage's chunk
+  __device__ __forceinline__ void init(const Lin& L, int e, int n0, int s_lo, int lane, int chunk) {
+    const int tn = n0 / L.TN, r0 = n0 % L.TN;
+    w = L.q + e * L.q_per_expert() + (((long long)tn * L.KT + 2 * s_lo) * L.TN + r0) * 2 + lane;
+    const long long grp0 = e * L.s_per_expert() + (long long)tn * L.KGP * L.TN + (long long)s_lo * NG * L.TN;
+    const bool is_scale = chunk < 2 * NG;
+    sz = is_scale ? reinterpret_cast<const char*>(static_cast<const T*>(L.s) + grp0 + (chunk >> 1) * L.TN + r0 + 8 * (chunk & 1))
+                  : reinterpret_cast<const char*>(L.z + grp0 + (chunk - 2 * NG) * L.TN + r0);  // only where ASYM
+    sz_step = (long long)NG * L.TN * (is_scale ? sizeof(T) : 1);
+  }
+  __device__ __forceinline__ void issue(Stage& st, uint4* szdst, bool sz_lane, long long tile_step, int lane,
+                                        uint64_t policy) {
+    cp_async16_hint(&st.w[0][lane], w, policy);
+    cp_async16_hint(&st.w[1][lane], w + tile_step, policy);
+    w += 2 * tile_step;
+    if (sz_lane) cp_async16(szdst, sz);
+    sz += sz_step;
+  }
+};
+
+// out += s * acc - s * (M + z) * sum x for the NG groups of one stage, the sums of x from the CTA's
+// table entry of the stage (sum_x, w4_stage.cuh), as v6 / v7 do
+template <typename T, int NTOK, int NG, bool ASYM>
+__device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2][NTOK][4], const float2* xrow,
+                                          const SzSlot<NG, ASYM>& sl, int g, int c) {
+  if (NG == 1) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
+  }
+#pragma unroll
+  for (int gi = 0; gi < NG; ++gi) {
+    float sc[2], z[2];
+    slot_params<T, NG, ASYM>(sl, gi, g, sc, z);
+    const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) {
+      const float2 xs = xrow[(gi * NTOK + t) * 4 + c];
+      out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
+      out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
+      out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
+      out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
+    }
+  }
+}
+
+// Activation rows of this thread's token columns (slot 8t + g of the block), stage s_lo; x is
+// [*, stride] with the row of slot s at row_of(pair of s)
+template <typename T, int NTOK>
+__device__ __forceinline__ void x_sources(const uint4* (&xsrc)[NTOK], bool (&has)[NTOK], const void* x, long long stride,
+                                          const Route& r, int div, int s_lo, int g, int c) {
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) {
+    const int slot = 8 * t + g;
+    has[t] = slot < r.rows;
+    const long long row = has[t] ? r.pair[slot] / div : 0;
+    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(x) + row * stride + s_lo * kStageK + 16 * c);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float round16(float v) { return Half16<T>::to_f(Half16<T>::from_f(v)); }
+
+// h = round(round(silu(round g)) * round u), the loop's roundings (torch's silu: x / (1 + exp(-x)) in fp32)
+template <typename T>
+__device__ __forceinline__ T silu_mul(float g, float u) {
+  const float gq = round16<T>(g), a = round16<T>(gq / (1.f + expf(-gq)));
+  return Half16<T>::from_f(a * round16<T>(u));
+}
+
+// A CTA's ring: per warp STAGES slots of (gate Stage, up Stage) and their (gate, up) scale slots
+template <int NG, bool ASYM>
+struct GuSlot {
+  Stage w[2];
+  SzSlot<NG, ASYM> sz[2];
+};
+
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+__global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs a) {
+  constexpr int NG = kStageK / G;
+  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
+  extern __shared__ uint4 smem[];
+  __shared__ Route r;
+  pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
+  if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + kWarps * STAGES);
+  const Lin& L = a.gate;
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
+  const bool active = n0 < L.NP;
+  const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
+  const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);  // every warp sums x over it
+  const int s_hi = active ? s_cta : s_lo;
+  // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
+  const bool sz_lane = lane < 2 * kChunks;
+  const int which = lane < kChunks ? 0 : 1, chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
+  Feed<T, NG> fg, fu;
+  fg.init(a.gate, r.e, n0, s_lo, lane, chunk);
+  fu.init(a.up, r.e, n0, s_lo, lane, chunk);
+  const long long tile_step = (long long)L.TN * 2;
+  const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) {
+    fg.issue(ring[slot].w[0], &ring[slot].sz[0].v[chunk], sz_lane && which == 0, tile_step, lane, policy);
+    fu.issue(ring[slot].w[1], &ring[slot].sz[1].v[chunk], sz_lane && which == 1, tile_step, lane, policy);
+  };
+  const uint4* xsrc[NTOK];
+  bool has[NTOK];
+  x_sources<T, NTOK>(xsrc, has, a.x, a.stride_xm, r, a.topk, s_lo, g, c);
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s_lo + s < s_hi) issue(s);
+    cp_async_commit();
+  }
+  sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);  // while the ring loads
+  __syncthreads();  // every warp reads every warp's sums
+  float og[NTOK][4], ou[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) og[t][i] = ou[t][i] = 0.f;
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; s_lo + j < s_hi; ++j) {
+    uint4 xv[NTOK][2][2];
+    load_x<NTOK>(xv, xsrc, has, j * (kStageK / 8));
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // lane l's chunks are read by other lanes; slot wr is free
+    if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    float acc[2][NTOK][4];
+    const float2* xrow = xsum + j * NG * NTOK * 4;
+    weight_mma<T, NTOK>(acc, ring[rd].w[0], xv, g, c);
+    group_fma<T, NTOK, NG, ASYM>(og, acc, xrow, ring[rd].sz[0], g, c);
+    weight_mma<T, NTOK>(acc, ring[rd].w[1], xv, g, c);
+    group_fma<T, NTOK, NG, ASYM>(ou, acc, xrow, ring[rd].sz[1], g, c);
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+  }
+  cp_async_wait<0>();
+  // out element i of column t: row n0 + g + 8 (i / 2), block row 8t + 2c + (i & 1)
+  T* h = static_cast<T*>(a.h);
+  const int N = L.N;
+  const bool split = a.split > 1;
+  if (split) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
+        if (active && row < N && slot < r.rows) {
+          float* w = a.ws + (long long)r.pair[slot] * 2 * N + row;
+          atomicAdd(w, og[t][i]);
+          atomicAdd(w + N, ou[t][i]);
+        }
+      }
+    __threadfence();
+    __syncthreads();
+    __shared__ int last;
+    const int tile = blockIdx.z * gridDim.x + blockIdx.x;
+    if (threadIdx.x == 0) last = atomicAdd(a.counters + tile, 1) == a.split - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) a.counters[tile] = 0;
+  }
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
+      if (active && row < N && slot < r.rows) {
+        const long long p = r.pair[slot];
+        float gv = og[t][i], uv = ou[t][i];
+        if (split) {  // read the sums at L2 and leave the workspace zeroed
+          gv = atomicExch(a.ws + p * 2 * N + row, 0.f);
+          uv = atomicExch(a.ws + p * 2 * N + N + row, 0.f);
+        }
+        h[p * N + row] = silu_mul<T>(gv, uv);
+      }
+    }
+}
+
+template <int NG, bool ASYM>
+struct DnSlot {
+  Stage w;
+  SzSlot<NG, ASYM> sz;
+};
+
+// down's cap on sm_90: 4 CTAs (128 registers); without it ptxas spilled the feed pointers in the
+// loop at 55 registers (one token column, group 64, sym). Other arches keep their own allocation
+// (sm_80 spills under this cap), as w4.cu's caps do.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+#define TP_MOE_DOWN_MIN_BLOCKS 1
+#else
+#define TP_MOE_DOWN_MIN_BLOCKS 4
+#endif
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+__global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_kernel(const MoeArgs a) {
+  constexpr int NG = kStageK / G;
+  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
+  extern __shared__ uint4 smem[];
+  __shared__ Route r;
+  __shared__ int last[16];
+  if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + kWarps * STAGES);
+  const Lin& L = a.down;
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
+  const bool active = n0 < L.NP;
+  const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
+  const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);
+  const int s_hi = active ? s_cta : s_lo;
+  const bool sz_lane = lane < kChunks;
+  Feed<T, NG> f;
+  f.init(L, r.e, n0, s_lo, lane, sz_lane ? lane : 0);
+  const long long tile_step = (long long)L.TN * 2;
+  const uint64_t policy = l2_evict_first();
+  const uint4* xsrc[NTOK];
+  bool has[NTOK];
+  x_sources<T, NTOK>(xsrc, has, a.h, L.K, r, 1, s_lo, g, c);  // h rows by pair
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s_lo + s < s_hi) f.issue(ring[s].w, &ring[s].sz.v[lane], sz_lane, tile_step, lane, policy);
+    cp_async_commit();
+  }
+  pdl_wait();  // h (and the workspace gate_up leaves zeroed) from here on
+  sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
+  __syncthreads();
+  float out[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; s_lo + j < s_hi; ++j) {
+    uint4 xv[NTOK][2][2];
+    load_x<NTOK>(xv, xsrc, has, j * (kStageK / 8));
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();
+    if (s_lo + j + STAGES - 1 < s_hi) f.issue(ring[wr].w, &ring[wr].sz.v[lane], sz_lane, tile_step, lane, policy);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    float acc[2][NTOK][4];
+    weight_mma<T, NTOK>(acc, ring[rd].w, xv, g, c);
+    group_fma<T, NTOK, NG, ASYM>(out, acc, xsum + j * NG * NTOK * 4, ring[rd].sz, g, c);
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+  }
+  cp_async_wait<0>();
+  const int N = L.N;
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
+      if (active && row < N && slot < r.rows) {
+        float* w = a.ws + (long long)r.pair[slot] * N + row;
+        if (a.split > 1) atomicAdd(w, out[t][i]);
+        else *w = out[t][i];
+      }
+    }
+  __threadfence();
+  __syncthreads();
+  const int tiles = gridDim.x, arrivals = a.topk * a.split;
+  if (threadIdx.x < r.rows) {
+    const int tok = r.pair[threadIdx.x] / a.topk;
+    last[threadIdx.x] = atomicAdd(a.counters + tok * tiles + blockIdx.x, 1) == arrivals - 1;
+  }
+  __syncthreads();
+  const int row = blockIdx.x * (kWarps * 16) + threadIdx.x;
+  T* y = static_cast<T*>(a.y);
+  for (int s = 0; s < r.rows; ++s) {  // tokens whose k * split sums are all in: y, in top-k order
+    if (!last[s]) continue;
+    __threadfence();
+    const int tok = r.pair[s] / a.topk;
+    if (threadIdx.x < kWarps * 16 && row < N) {
+      float acc = 0.f;
+      for (int j = 0; j < a.topk; ++j) {
+        const long long p = (long long)tok * a.topk + j;
+        const float v = round16<T>(__ldcg(a.ws + p * N + row));
+        a.ws[p * N + row] = 0.f;
+        const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
+        acc = fmaf(v, wt, acc);
+      }
+      y[(long long)tok * N + row] = Half16<T>::from_f(acc);
+    }
+    if (threadIdx.x == 0) a.counters[tok * tiles + blockIdx.x] = 0;
+  }
+}
+
+template <typename Slot>
+constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>(sizeof(Slot)); }
+
+// raises the kernel's dynamic shared memory cap once it needs more than the default 48 KiB (a
+// static per kernel: not a per-launch driver call)
+template <void (*Kern)(const MoeArgs)>
+int launch(dim3 grid, int smem, const MoeArgs& a, bool pdl, cudaStream_t s) {
+  static int raised = 48 * 1024;
+  if (smem > raised) {
+    cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = smem;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = dim3(kWarps * 32), cfg.dynamicSmemBytes = smem, cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr, cfg.numAttrs = pdl && g_pdl ? 1 : 0;
+  return static_cast<int>(cudaLaunchKernelEx(&cfg, Kern, a));
+}
+
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, cudaStream_t s) {
+  constexpr int NG = kStageK / G, BM = 8 * NTOK;
+  const int n = a.T * a.topk, hit = min(a.E, n), blocks = min(n, hit + n / BM);
+  const int scratch = (a.E + n) * 4;
+  // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
+  auto table = [&](const Lin& L, int split) { return ((L.K / kStageK + split - 1) / split) * NG * NTOK * 4 * 8; };
+  a.split = split_gu;
+  const dim3 g1((a.gate.NP + 63) / 64, split_gu, blocks);
+  int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(
+      g1, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table(a.gate, split_gu)), a, false, s);
+  if (rc != 0) return rc;
+  a.split = split_d;
+  const dim3 g2((a.down.NP + 63) / 64, split_d, blocks);
+  const int t2 = table(a.down, split_d);
+  if (stages_d == 8)
+    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8) + t2), a, pdl, s);
+  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4) + t2), a, pdl, s);
+}
+
+template <typename T, int NTOK, int G, bool ASYM>
+int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl, cudaStream_t s) {
+  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
+  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
+}
+
+template <typename T>
+int by_shape(const MoeArgs& a, int G, int bm, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl,
+             cudaStream_t s) {
+  const bool asym = a.gate.z != nullptr;
+  if (bm == 8) {
+    if (G == 128)
+      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+  }
+  if (G == 128)
+    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+}
+
+}  // namespace
+
+// One MoE step: h = silu(gate(x)) * up(x) per selected pair, then y = sum_k w * down(h).
+// x [T, hidden] (row stride stride_xm), ids [T*k] (int64 if ids64 else int32), wts [T*k] (fp32 if
+// wts32 else the activations' dtype), q*/s*/z* the stacked packed tensors (z* null: sym), h [T*k,
+// inter] scratch, y [T, hidden], ws/counters zeroed (left zeroed) of at least T*k*max(2*inter,
+// hidden) floats and max(blocks * ceil(inter/64), T * ceil(hidden/64)) ints. dims: {N, NP, K, KT,
+// KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
+// columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots: stages_gu 4 or 6 (gate|up, 2 KiB a warp each),
+// stages_d 4 or 8 (1 KiB); pdl: down launched as a programmatic dependent of gate_up (sm_90+).
+// Returns 0, -1 bad arguments, or the CUDA error.
+extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
+                                const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
+                                const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
+                                const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
+                                int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
+                                int stages_d, int pdl, int dtype, void* stream) {
+  const int n = T * topk;
+  if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
+      (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
+      (stages_d != 4 && stages_d != 8) ||
+      (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
+    return -1;
+  auto lin = [](const void* q, const void* s, const void* z, const int* d) {
+    return Lin{static_cast<const uint4*>(q), s, static_cast<const uint8_t*>(z), d[0], d[1], d[2], d[3], d[4], d[5]};
+  };
+  MoeArgs a{x, ids, wts, lin(qg, sg, zg, gu_dims), lin(qu, su, zu, gu_dims), lin(qd, sd, zd, d_dims),
+            h, y, static_cast<float*>(ws), static_cast<int*>(counters), T, topk, E, stride_xm, ids64, wts32, 1};
+  if (a.gate.K % kStageK != 0 || a.down.K % kStageK != 0 || a.gate.TN % 16 != 0 || a.down.TN % 16 != 0 ||
+      a.down.K != a.gate.N)
+    return -1;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s)
+                    : by_shape<__half>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s);
+}

@@ -1,0 +1,159 @@
+"""The CUDA C++ grouped W4A16 MoE decode (csrc/moe_w4.cu; built by cuda_build at first use),
+launched on torch's current stream (CUDA-graph capturable, no host sync).
+
+One call is two launches: gate|up for every selected (token, expert) pair with h = silu(g) * u
+in the epilogue, then down with the routing weight and the deterministic fp32 sum over top-k,
+each CTA finding its expert and token rows from the top-k ids itself (no align launch). It reads
+the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed, group 64 or
+128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
+``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
+
+Config: the K split and ring depth of each kernel, token rows per block, PDL (``MoECudaConfig``). ``default_config`` is
+a registered rule, not a tuned table entry: the grouped grid depends on the routing (experts hit x
+row tiles), which the dense table's (N x K, M bucket) key cannot express; bench_moe.py sweeps the
+candidates and reports the winner beside it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from dataclasses import dataclass
+
+import torch
+
+from turbopack.inference.kernels import cuda_build
+from turbopack.inference.kernels.cuda_build import ptr as _p
+from turbopack.inference.kernels.epilogue import workspace
+from turbopack.inference.kernels.interpret import interpreting
+
+SRC = cuda_build.CSRC / "moe_w4.cu"
+GROUPS = (64, 128)
+MAX_PAIRS = 2048  # T * top_k (csrc kMaxPairs)
+MAX_EXPERTS = 1024
+STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp each
+STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
+_DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+_DIMS = ctypes.c_int * 6
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
+
+
+@dataclass(frozen=True)
+class MoECudaConfig:
+    """Knobs of one grouped step; default_config picks them per shape and token count."""
+
+    split_gate_up: int = 1
+    split_down: int = 1
+    stages_gate_up: int = 4
+    stages_down: int = 8
+    pdl: bool = True  # down as a programmatic dependent launch of gate_up (sm_90+; ignored below)
+    block_m: int = 0  # token rows per block, 8 or 16; 0: block_rows' rule
+
+
+def library(device: torch.device) -> ctypes.CDLL:
+    return cuda_build.library(SRC, device, _SIGNATURES)
+
+
+def _aligned(*ts: torch.Tensor | None) -> bool:
+    return all(t is None or (t.is_contiguous() and t.data_ptr() % 16 == 0) for t in ts)
+
+
+def supports(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate, up, down) -> bool:
+    """Can the CUDA grouped decode run this step (stacks: moe_w4.StackedW4)?"""
+    if interpreting() or not x2.is_cuda or x2.dtype not in _DTYPE_CODE or cuda_build.nvcc() is None:
+        return False
+    inter, hidden = gate.shape
+    lins = (gate, up, down)
+    return (torch.cuda.get_device_capability(x2.device) >= (8, 0)
+            and gate.group in GROUPS and all(s.group == gate.group for s in lins)
+            and up.shape == gate.shape and down.shape == (hidden, inter) and hidden % 128 == 0 and inter % 128 == 0
+            and all(s.scales.dtype == x2.dtype for s in lins)
+            and len({s.zeros is None for s in lins}) == 1
+            and all(_aligned(s.qweight, s.scales, s.zeros) for s in lins)
+            and 1 <= idx.numel() <= MAX_PAIRS and gate.qweight.shape[0] <= MAX_EXPERTS
+            and weights.dtype in (x2.dtype, torch.float32)
+            and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+
+
+def _split(ctas: int, stages: int, sms: int, min_per: int) -> int:
+    """K split that brings ``ctas`` CTAs to about three per SM, keeping >= ``min_per`` stages per
+    CTA, evened out so that no CTA's K range is empty."""
+    split = max(1, min(math.ceil(3 * sms / max(1, ctas)), stages // min_per))
+    per = math.ceil(stages / split)
+    return math.ceil(stages / per)
+
+
+def block_rows(tokens: int, top_k: int, n_experts: int) -> int:
+    """8 token rows per block (one MMA token column: fewer registers and instructions per stage)
+    unless the experts hit get more than 6 tokens each on average: then 16, so that an expert's
+    weights are not read once per 8 of its tokens. (T = 64 at top-8 of 128: 4 on average, a few
+    experts over 8 take a second block.)"""
+    n = tokens * top_k
+    return 16 if n / min(n_experts, n) > 6 else 8
+
+
+def ring(per: int, depths: tuple[int, ...]) -> int:
+    """The shallowest ring that has a CTA's whole K slice (``per`` stages) in flight from its first
+    copies (depth - 1 >= per: a short slice then costs one DRAM round trip, in less shared memory
+    than a deeper ring); 4, the dense decode's tuned depth, where none does."""
+    return next((d for d in depths if d - 1 >= per), 4)
+
+
+def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: int,
+                   device: torch.device) -> MoECudaConfig:
+    """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
+    about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
+    (a ring that never holds two stages has nothing in flight while it computes); rings by ``ring``."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    hit = min(n_experts, tokens * top_k)
+    s_gu, s_d = hidden // 128, inter // 128
+    split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
+    split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
+    return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
+                         stages_gate_up=ring(math.ceil(s_gu / split_gu), STAGES_GATE_UP),
+                         stages_down=ring(math.ceil(s_d / split_d), STAGES_DOWN),
+                         block_m=block_rows(tokens, top_k, n_experts))
+
+
+def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate, up, down,
+                     cfg: MoECudaConfig | None = None) -> torch.Tensor:
+    """sum_k weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t)), e = idx[t, k], on the CUDA
+    grouped decode: x2 [T, hidden] -> [T, hidden] in x2's dtype."""
+    t, top_k = idx.shape
+    n_exp = gate.qweight.shape[0]
+    inter, hidden = gate.shape
+    dev = x2.device
+    cfg = cfg or default_config(t, top_k, n_exp, hidden, inter, dev)
+    if cfg.stages_gate_up not in STAGES_GATE_UP or cfg.stages_down not in STAGES_DOWN:
+        raise ValueError(f"ring stages {cfg.stages_gate_up}/{cfg.stages_down}: gate_up takes {STAGES_GATE_UP}, "
+                         f"down {STAGES_DOWN}")
+    n = t * top_k
+    ids = idx.reshape(-1).contiguous()
+    if ids.dtype not in (torch.int32, torch.int64):
+        ids = ids.to(torch.int32)
+    wts = weights.reshape(-1).contiguous()
+    bm = cfg.block_m or block_rows(t, top_k, n_exp)
+    if bm not in (8, 16):
+        raise ValueError(f"block_m {bm}: 8 or 16 token rows")
+    blocks = min(n, min(n_exp, n) + n // bm)
+    ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
+    cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
+    h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
+    y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
+    np_, kt, kgp, tn = gate.layout_dims
+    gu_dims = _DIMS(inter, np_, hidden, kt, kgp, tn)
+    np_, kt, kgp, tn = down.layout_dims
+    d_dims = _DIMS(hidden, np_, inter, kt, kgp, tn)
+    rc = library(dev).turbopack_moe_w4(
+        _p(x2), _p(ids), _p(wts), _p(gate.qweight), _p(gate.scales), _p(gate.zeros), _p(up.qweight), _p(up.scales),
+        _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
+        gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
+        int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
+        int(cfg.pdl and torch.cuda.get_device_capability(dev) >= (9, 0)), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+    if rc != 0:
+        raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
+                           f"inter={inter} G={gate.group} {cfg})")
+    return y
+
+
+__all__ = ["MoECudaConfig", "block_rows", "default_config", "grouped_moe_cuda", "ring", "supports"]
