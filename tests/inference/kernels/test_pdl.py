@@ -30,8 +30,13 @@ def test_off_on_the_cpu_under_the_interpreter_and_by_the_switch(monkeypatch):
     monkeypatch.setenv(pdl.ENV, "cuda")  # one side only: the benchmark's A/B
     assert pdl.enabled(torch.device("cuda", 0), "cuda") and not pdl.enabled(torch.device("cuda", 0), "triton")
     assert pdl.triton_args(torch.device("cuda", 0)) == {"PDL": False}
+    assert pdl.cuda_mode(torch.device("cuda", 0)) == 1
+    monkeypatch.setenv(pdl.ENV, "late")
+    assert pdl.cuda_mode(torch.device("cuda", 0)) == 2
+    assert pdl.triton_args(torch.device("cuda", 0))["PDL"] == pdl.triton_ok()
     monkeypatch.setenv(pdl.ENV, "triton")
     assert not pdl.enabled(torch.device("cuda", 0), "cuda") and pdl.enabled(torch.device("cuda", 0), "triton")
+    assert pdl.cuda_mode(torch.device("cuda", 0)) == 0
     monkeypatch.setenv(pdl.ENV, "1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not pdl.enabled(torch.device("cuda", 0))

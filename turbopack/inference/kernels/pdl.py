@@ -33,8 +33,9 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-#: TURBOPACK_PDL values: who launches with PDL (unset = "1")
-MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",)}
+#: TURBOPACK_PDL values: who launches with PDL (unset = "1"). "late": both, the CUDA decode kernels
+#: letting the next grid be scheduled at their store instead of right after their wait.
+MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",), "late": ("cuda", "triton")}
 
 
 def enabled(device: torch.device, who: str = "cuda") -> bool:
@@ -45,6 +46,13 @@ def enabled(device: torch.device, who: str = "cuda") -> bool:
     if device.type != "cuda" or interpreting() or who not in MODES.get(mode, MODES["1"]):
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def cuda_mode(device: torch.device) -> int:
+    """The CUDA libraries' switch (common.cuh's g_pdl): 0 off, 1 on, 2 on with the late trigger."""
+    if not enabled(device, "cuda"):
+        return 0
+    return 2 if os.environ.get(ENV, "1").strip().lower() == "late" else 1
 
 
 def triton_ok() -> bool:
@@ -62,4 +70,4 @@ def triton_args(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
-__all__ = ["ENV", "MODES", "enabled", "triton_args", "triton_ok"]
+__all__ = ["ENV", "MODES", "cuda_mode", "enabled", "triton_args", "triton_ok"]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device call on PDL's trigger placement (kernels/pdl.py, TURBOPACK_PDL=late): the decode tokens
+# with PDL off / on / late must agree (GPU test), the 8B end to end for bf16 and W4A16 with every
+# PDL mode (and the linears alone, back to back), and bench_linear's W4A16 M=1 table under each
+# mode (its graph runs the same linear back to back). Logs under $OUT; under 300 s.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
+step() { echo "=== $1 [$(date +%T)]"; }
+step build; timeout 100 python3 -c "
+import time, torch
+from concurrent.futures import ThreadPoolExecutor
+from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w8
+t = time.time()
+with ThreadPoolExecutor(3) as ex:
+    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_w4, cuda_w4mm, cuda_w8)))
+print(f'built in {time.time() - t:.1f}s')"
+step tests; timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
+  "tests/inference/test_runtime.py::test_pdl_on_and_off_decode_the_same" > "$OUT/tests.txt" 2>&1
+echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -5
+step e2e; timeout 90 python3 benchmarks/bench_e2e.py --e2e --formats bf16,w4a16 --out "$OUT" 2>"$OUT/e2e.log" \
+  | grep -E "^\| (bf16|w4a16) \||late trigger" -A3 | head -12; tail -1 "$OUT/e2e.log"
+for mode in 0 1 late; do
+  step "bench_linear w4a16 M=1, TURBOPACK_PDL=$mode"
+  TURBOPACK_PDL=$mode timeout 40 python3 benchmarks/bench_linear.py --formats w4a16 --ms 1 --out "$OUT/lin_$mode" \
+    2>"$OUT/lin_$mode.log" | grep -E "M=1 " | head -4
+done
+step done
