@@ -287,7 +287,7 @@ def test_pdl_on_and_off_decode_the_same(folders, ids, fmt, monkeypatch):
 
     tokens = {}
     try:
-        for flag in ("0", "1", "late"):
+        for flag in ("0", "1", "early"):
             monkeypatch.setenv(pdl.ENV, flag)
             cuda_build.refresh_pdl()
             tokens[flag], st = load(folders[fmt], device="cuda").generate_ids(ids, 24, stop=False)
@@ -297,4 +297,4 @@ def test_pdl_on_and_off_decode_the_same(folders, ids, fmt, monkeypatch):
         cuda_build.refresh_pdl()
     if torch.cuda.get_device_capability() >= (9, 0):
         assert pdl.enabled(torch.device("cuda")) and pdl.triton_ok()
-    assert torch.equal(tokens["0"], tokens["1"]) and torch.equal(tokens["0"], tokens["late"])
+    assert torch.equal(tokens["0"], tokens["1"]) and torch.equal(tokens["0"], tokens["early"])

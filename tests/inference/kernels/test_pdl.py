@@ -22,7 +22,7 @@ def test_off_on_the_cpu_under_the_interpreter_and_by_the_switch(monkeypatch):
     assert not pdl.enabled(torch.device("cpu"))
     assert pdl.triton_args(torch.device("cpu")) == {"PDL": False}
     monkeypatch.setattr(pdl, "_capable", lambda index: True)  # an sm_90 GPU, as far as pdl can tell
-    assert pdl.enabled(torch.device("cuda", 0))
+    assert pdl.enabled(torch.device("cuda", 0)) and pdl.cuda_mode(torch.device("cuda", 0)) == 2  # trigger at the store
     assert pdl.triton_args(torch.device("cuda", 0))["PDL"] == pdl.triton_ok()
     monkeypatch.setenv(pdl.ENV, "0")
     assert not pdl.enabled(torch.device("cuda", 0))
@@ -30,9 +30,9 @@ def test_off_on_the_cpu_under_the_interpreter_and_by_the_switch(monkeypatch):
     monkeypatch.setenv(pdl.ENV, "cuda")  # one side only: the benchmark's A/B
     assert pdl.enabled(torch.device("cuda", 0), "cuda") and not pdl.enabled(torch.device("cuda", 0), "triton")
     assert pdl.triton_args(torch.device("cuda", 0)) == {"PDL": False}
+    assert pdl.cuda_mode(torch.device("cuda", 0)) == 2  # one side, the default trigger (at the store)
+    monkeypatch.setenv(pdl.ENV, "early")
     assert pdl.cuda_mode(torch.device("cuda", 0)) == 1
-    monkeypatch.setenv(pdl.ENV, "late")
-    assert pdl.cuda_mode(torch.device("cuda", 0)) == 2
     assert pdl.triton_args(torch.device("cuda", 0))["PDL"] == pdl.triton_ok()
     monkeypatch.setenv(pdl.ENV, "triton")
     assert not pdl.enabled(torch.device("cuda", 0), "cuda") and pdl.enabled(torch.device("cuda", 0), "triton")

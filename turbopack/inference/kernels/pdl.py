@@ -7,13 +7,14 @@ that opts in follows one rule, in every CTA: before its wait (``griddepcontrol.w
 ``gdc_wait`` in Triton, attention.pdl_enter) it reads only what no kernel writes (packed weights, scales, zeros);
 after it, the previous grid has completed and its writes are visible. The W4 decode kernel uses
 the time before the wait to start its weight ring (CUTLASS's "weight prefetch" idea), the glue
-kernels wait first. Each kernel then lets the next one be scheduled (``launch_dependents``).
+kernels wait first. Each kernel then lets the next one be scheduled (``launch_dependents``): the
+glue right after its wait, the decode kernels when they store.
 Because every kernel waits before it can complete, completion stays ordered along the chain, and
 a kernel launched without PDL (cuBLAS, torch ops) simply waits for the whole previous grid.
 
 Off on the CPU interpreter, below sm_90, where Triton lacks the intrinsics, or with
-``TURBOPACK_PDL=0`` (an A/B switch for benchmarks; the CUDA libraries read it when loaded and
-again on ``cuda_build.refresh_pdl()``).
+``TURBOPACK_PDL=0`` (an A/B switch for benchmarks, with ``early``, ``cuda`` and ``triton``: see
+MODES; the CUDA libraries read it when loaded and again on ``cuda_build.refresh_pdl()``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-#: TURBOPACK_PDL values: who launches with PDL (unset = "1"). "late": both, the CUDA decode kernels
-#: letting the next grid be scheduled at their store instead of right after their wait.
-MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",), "late": ("cuda", "triton")}
+#: TURBOPACK_PDL values: who launches with PDL (unset = "1": both). The CUDA decode kernels let the
+#: next grid be scheduled at their store, or with "early" right after their wait: on the H200 early
+#: won the 8B step by ~1.5% (within run-to-run noise) but made W4 linears launched back to back 32%
+#: slower (the next grid's CTAs pile onto the first SMs to free a slot); at the store costs nothing
+#: there (docs/benchmarks.md, run 7).
+MODES = {"1": ("cuda", "triton"), "0": (), "early": ("cuda", "triton"), "cuda": ("cuda",), "triton": ("triton",)}
 
 
 def enabled(device: torch.device, who: str = "cuda") -> bool:
@@ -49,10 +53,11 @@ def enabled(device: torch.device, who: str = "cuda") -> bool:
 
 
 def cuda_mode(device: torch.device) -> int:
-    """The CUDA libraries' switch (common.cuh's g_pdl): 0 off, 1 on, 2 on with the late trigger."""
+    """The CUDA libraries' switch (common.cuh's g_pdl): 0 off, 1 on with the early trigger, 2 on with
+    the trigger at the store (the default)."""
     if not enabled(device, "cuda"):
         return 0
-    return 2 if os.environ.get(ENV, "1").strip().lower() == "late" else 1
+    return 1 if os.environ.get(ENV, "1").strip().lower() == "early" else 2
 
 
 def triton_ok() -> bool:

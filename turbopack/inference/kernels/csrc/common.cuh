@@ -122,7 +122,7 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-int g_pdl = 0;  // per library (each .cu is one): 0 off, 1 on, 2 on with the trigger at the store (Out)
+int g_pdl = 0;  // per library (each .cu is one): 0 off, 1 on (early trigger), 2 on (trigger at the store)
 
 template <typename... P, typename... A>
 cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
@@ -140,7 +140,7 @@ cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem
 struct Out {
   void* y; const void* bias; const float* row_scale; float* ws; int* counters;
   int M, N, split_k, scale_stride;
-  int pdl_late;  // g_pdl == 2: trigger the next grid at the store, not right after the wait
+  int pdl_late;  // g_pdl == 2 (the default): trigger the next grid at the store, not right after the wait
 };
 
 // Output element i of token column t of this thread: row n0 + g + 8*(i/2), token tok0 + 8t + 2c + (i&1).
