@@ -4,10 +4,8 @@
 # without act-order, AWQ and SmoothQuant (time and peak GPU memory against the 3.02 GB bar), then
 # GPTQ once more with --breakdown: the allocations alive at its peak. Logs under $OUT; < 300 s.
 # Usage (on the device, repo root): bash benchmarks/device/calib_mem.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache TURBOPACK_CACHE=/tmp/turbopack-cache
-step() { echo "=== $1 [$(date +%T)]"; }
+source benchmarks/device/lib.sh
+export TURBOPACK_CACHE=/tmp/turbopack-cache
 step env; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)"
 step tests

@@ -2,18 +2,8 @@
 # One device call for the decode kernels (#11, #15): both CUDA libraries built, the W4 / NVFP4 GPU
 # kernel tests, the tuned W4A16 + NVFP4 sweep at M <= 16 (its winners merged into sm90.json), ncu
 # of the winning W4 config at gate_up M=1. Logs under $OUT (bench_table.txt, sm90.json, ncu.txt).
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
-step build; python3 -c "
-import time, torch
-from concurrent.futures import ThreadPoolExecutor
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w8
-t = time.time()
-with ThreadPoolExecutor(3) as ex:
-    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_w4, cuda_fp4, cuda_w8)))
-print(f'built in {time.time() - t:.1f}s')"
+source benchmarks/device/lib.sh
+step build; build_libs cuda_w4 cuda_fp4 cuda_w8
 step tests; timeout ${TESTS_S:-170} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   tests/inference/kernels/test_cuda_build.py tests/inference/kernels/test_cuda_fp4.py tests/inference/kernels/test_kernels.py \
   > "$OUT/tests.txt" 2>&1; echo "pytest rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/tests.txt" | tail -12

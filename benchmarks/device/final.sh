@@ -3,10 +3,7 @@
 # decode.sh call of the same tree ran may be skipped with SKIP_KERNEL_TESTS=1, all but the named
 # re-checks), the MoE grouped kernel benchmark, GPTQ/AWQ calibration memory, the warm start and
 # the 8B end-to-end decode. Logs under $OUT.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
+source benchmarks/device/lib.sh
 skip=()
 if [[ -n "${SKIP_KERNEL_TESTS:-}" ]]; then
   skip=(--deselect tests/inference/kernels/test_cuda_build.py --deselect tests/inference/kernels/test_cuda_fp4.py

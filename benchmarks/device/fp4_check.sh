@@ -2,10 +2,7 @@
 # One device call for the NVFP4 CUDA decode kernel (issue 15, csrc/fp4.cu), < 200 s on an H200:
 # build + resource report, its GPU tests, then the tuned NVFP4 / W4A16 linear benchmark at M = 1, 16.
 # Usage (on the device, repo root): bash benchmarks/device/fp4_check.sh ; logs and bench.json under $OUT.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
+source benchmarks/device/lib.sh
 step env; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"
 step build; python3 -c "

@@ -2,20 +2,9 @@
 # One device call for issue 14's MoE bar: the CUDA grouped decode (csrc/moe_w4.cu) and the dense W4
 # library (the loop peer) built, the GPU tests of both grouped paths, then bench_moe.py at T = 1, 16
 # and 64: both paths at their defaults and swept, against the loop of dense W4 calls. Logs under
-# $OUT (build.txt, tests.txt, sweep.txt: every candidate's error and time, bench_moe.txt: the
-# table). Under 400 s: build <= 90 s (~40), tests <= 110 s, bench <= 195 s.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
-step build; timeout 90 python3 -c "
-import time, torch
-from concurrent.futures import ThreadPoolExecutor
-from turbopack.inference.kernels import cuda_moe, cuda_w4
-t = time.time()
-with ThreadPoolExecutor(2) as ex:
-    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_moe, cuda_w4)))
-print(f'built in {time.time() - t:.1f}s')" 2>&1 | tee "$OUT/build.txt" | tail -3
+# $OUT (tests.txt, sweep.txt: every candidate's error and time, bench_moe.txt: the table). Under 400 s: build <= 90 s (~40), tests <= 110 s, bench <= 195 s.
+source benchmarks/device/lib.sh
+step build; build_libs cuda_moe cuda_w4
 step tests; timeout ${TESTS_S:-110} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   tests/inference/kernels/test_cuda_moe.py tests/inference/kernels/test_moe_w4.py \
   > "$OUT/tests.txt" 2>&1; echo "pytest rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/tests.txt" | tail -15

@@ -5,18 +5,8 @@
 # against the loop of dense W4 calls); the tuner at M = 64 and 256 for W4A16 (cuda_mm among the
 # candidates; winners in $OUT/sm90.json); the 8B end to end for bf16 and W4A16 with PDL's one-sided
 # A/B. Logs under $OUT; under 560 s.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
-step build; timeout 100 python3 -c "
-import time, torch
-from concurrent.futures import ThreadPoolExecutor
-from turbopack.inference.kernels import cuda_fp4, cuda_moe, cuda_w4, cuda_w4mm, cuda_w8
-t = time.time()
-with ThreadPoolExecutor(5) as ex:
-    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_w4, cuda_moe, cuda_w4mm, cuda_fp4, cuda_w8)))
-print(f'built in {time.time() - t:.1f}s')"
+source benchmarks/device/lib.sh
+step build; build_libs cuda_w4 cuda_moe cuda_w4mm cuda_fp4 cuda_w8
 step tests; timeout ${TESTS_S:-120} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   tests/inference/kernels/test_cuda_w4mm.py tests/inference/kernels/test_cuda_moe.py tests/inference/kernels/test_moe_w4.py \
   tests/packer/calibration/test_gptq_memory.py tests/inference/kernels/test_cuda_build.py \

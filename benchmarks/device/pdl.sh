@@ -3,19 +3,12 @@
 # built, the GPU tests of every kernel PDL touches (W4/W8/FP4 decode, attention and the fused glue,
 # on vs off in a captured decode), then the 8B end to end with the batch-1 step captured with PDL
 # off and on (bench_e2e.py --e2e). Logs under $OUT; under 500 s.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
-step build; python3 -c "
-import time, torch, triton
-from concurrent.futures import ThreadPoolExecutor
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w8, pdl
-t = time.time()
-with ThreadPoolExecutor(3) as ex:
-    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_w4, cuda_fp4, cuda_w8)))
-print(f'built in {time.time() - t:.1f}s; triton {triton.__version__}; pdl on: {pdl.enabled(torch.device(\"cuda\"))},',
-      f'triton intrinsics: {pdl.triton_ok()}')"
+source benchmarks/device/lib.sh
+step build; build_libs cuda_w4 cuda_fp4 cuda_w8
+python3 -c "
+import torch, triton
+from turbopack.inference.kernels import pdl
+print(f'triton {triton.__version__}; pdl on: {pdl.enabled(torch.device(\"cuda\"))}, triton intrinsics: {pdl.triton_ok()}')"
 step tests; timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   tests/inference/test_runtime.py tests/inference/test_kv_quant.py tests/inference/kernels/test_cuda_build.py \
   tests/inference/kernels/test_cuda_w8.py tests/inference/kernels/test_cuda_fp4.py \

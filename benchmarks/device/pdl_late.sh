@@ -3,18 +3,8 @@
 # with PDL off / on / late must agree (GPU test), the 8B end to end for bf16 and W4A16 with every
 # PDL mode (and the linears alone, back to back), and bench_linear's W4A16 M=1 table under each
 # mode (its graph runs the same linear back to back). Logs under $OUT; under 300 s.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
-step build; timeout 100 python3 -c "
-import time, torch
-from concurrent.futures import ThreadPoolExecutor
-from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w8
-t = time.time()
-with ThreadPoolExecutor(3) as ex:
-    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_w4, cuda_w4mm, cuda_w8)))
-print(f'built in {time.time() - t:.1f}s')"
+source benchmarks/device/lib.sh
+step build; build_libs cuda_w4 cuda_w4mm cuda_w8
 step tests; timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   "tests/inference/test_runtime.py::test_pdl_on_and_off_decode_the_same" > "$OUT/tests.txt" 2>&1
 echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -5

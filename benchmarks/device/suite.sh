@@ -3,18 +3,8 @@
 # README CLI tests, each a dozen ~4.5 s CLI processes, are CPU-bound; the rest is GPU-bound), then
 # the calibration table (calibration_gpu.py --layers 1: time and peak GPU memory per method against
 # the 3.02 GB bar) on a quiet GPU. Logs under $OUT; under 560 s.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
-step() { echo "=== $1 [$(date +%T)]"; }
-step build; python3 -c "
-import time, torch
-from concurrent.futures import ThreadPoolExecutor
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w8
-t = time.time()
-with ThreadPoolExecutor(3) as ex:
-    list(ex.map(lambda m: m.library(torch.device('cuda')), (cuda_w4, cuda_fp4, cuda_w8)))
-print(f'built in {time.time() - t:.1f}s')"
+source benchmarks/device/lib.sh
+step build; build_libs cuda_w4 cuda_fp4 cuda_w8
 step gpu-tests
 timeout ${TESTS_S:-330} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/cli > "$OUT/gpu_tests_cli.txt" 2>&1 &
 A=$!

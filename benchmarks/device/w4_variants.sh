@@ -3,10 +3,8 @@
 # build + resource report, the W4 GPU kernel tests, the v5/v6/bf16/tinygemm sweep at the 8B shapes
 # (benchmarks/w4_variants.py), ncu of the best v6/v7 config at gate_up M=1. Logs under $OUT; < 300 s.
 # Usage (on the device, repo root): bash benchmarks/device/w4_variants.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache TURBOPACK_CACHE=/tmp/turbopack-cache
-step() { echo "=== $1 [$(date +%T)]"; }
+source benchmarks/device/lib.sh
+export TURBOPACK_CACHE=/tmp/turbopack-cache
 step env; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; nvcc --version | tail -1
 step build

@@ -5,10 +5,8 @@
 # cuda_mm config against the winner, bf16 cuBLAS and tinygemm; then M = 32 on the new table. Logs under
 # $OUT; < 480 s (the sum of the step timeouts).
 # Usage (on the device, repo root): bash benchmarks/device/w4m64.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache TURBOPACK_CACHE=/tmp/turbopack-cache
-step() { echo "=== $1 [$(date +%T)]"; }
+source benchmarks/device/lib.sh
+export TURBOPACK_CACHE=/tmp/turbopack-cache
 step env; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; nvcc --version | tail -1
 step build
