@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from turbopack.inference.kernels import bench, tune
+from turbopack.inference.kernels import bench, cuda_build, pdl, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import device_arch, resolve_config
 from turbopack.inference.kernels.table import KernelTable, LayoutTable, load_table
@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("error: the benchmark needs a CUDA device", file=sys.stderr)
         return 2
+    # PDL off unless asked: a graph of one linear back to back is not how the runtime chains its
+    # kernels (pdl.py), and the shipped table was tuned without it
+    os.environ.setdefault(pdl.ENV, "0")
+    cuda_build.refresh_pdl()
     import triton
 
     props = torch.cuda.get_device_properties(0)
