@@ -43,6 +43,14 @@ def test_kernels_compile_without_spills(cap, src, tmp_path):
     assert spills == [], spills[:3]
 
 
+def test_build_key_hashes_every_header():
+    # a header missing from HEADERS would leave a stale library in the cache after an edit to it
+    from turbopack.inference.kernels import cuda_build
+
+    on_disk = {p.name for p in cuda_build.CSRC.glob("*.cuh")}
+    assert on_disk and set(cuda_build.HEADERS) == on_disk
+
+
 def test_gencode_targets_arch_specific_where_registered():
     assert cuda_w4.gencode((9, 0)) == "-gencode=arch=compute_90a,code=sm_90a"
     assert cuda_w4.gencode((10, 0)) == "-gencode=arch=compute_100a,code=sm_100a"

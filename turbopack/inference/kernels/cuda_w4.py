@@ -74,19 +74,19 @@ def default_split(n_pad: int, k: int, device: torch.device) -> int:
 
 
 def xsum_bytes(per: int, group: int, ntok: int) -> int:
-    """Shared memory of v6's sum-of-x table for ``per`` stages per CTA (csrc/w4.cu xsum_bytes: a
+    """Shared memory of v6's sum-of-x table for ``per`` stages per CTA (csrc/w4_v67.cuh xsum_bytes: a
     float2 per stage, group, token column of 8 and quad lane)."""
     return per * (128 // group) * ntok * 4 * 8
 
 
 def v8_stripe(cta: int, items: int, grid: int) -> tuple[int, int]:
-    """The items [lo, hi) of v8's CTA ``cta`` (csrc/w4.cu stripe_lo): ``items`` = row tiles x stages,
+    """The items [lo, hi) of v8's CTA ``cta`` (csrc/w4_v8.cuh stripe_lo): ``items`` = row tiles x stages,
     tile-major, cut into ``grid`` <= items contiguous stripes of floor or ceil(items / grid)."""
     return cta * items // grid, (cta + 1) * items // grid
 
 
 def v8_owner(item: int, items: int, grid: int) -> int:
-    """The CTA whose stripe holds ``item`` (csrc/w4.cu stripe_owner)."""
+    """The CTA whose stripe holds ``item`` (csrc/w4_v8.cuh stripe_owner)."""
     return ((item + 1) * grid - 1) // items
 
 

@@ -6,7 +6,7 @@
 // bytes). Grid of each kernel: (64-row tile, K split, block slot). A block is up to BM = 8 * NTOK
 // token rows of one expert; slot b is the b-th block of the routing (experts in id order, an
 // expert's pairs in pair order, cut into runs of BM), computed by every CTA from the top-k ids
-// (route_block: a shared histogram, a warp scan, a ballot pass; ~2 KiB of ids from L2 at T = 64)
+// (route_block, moe_route.cuh: a shared histogram, a warp scan, a ballot pass; ~2 KiB of ids from L2 at T = 64)
 // instead of a separate align launch: at T = 1 a launch is a third of the layer's time. Slots past
 // the routing's block count exit at once; the grid is the bound for any routing,
 // min(T*k, min(E, T*k) + T*k / BM) slots.
@@ -30,166 +30,11 @@
 // 290 SASS instructions per gate|up slot at one token column, group 128, asym; the table: 262 (down:
 // 176 -> 157 per stage).
 #include "common.cuh"
+#include "moe_route.cuh"  // Lin, MoeArgs, Route, route_block
+#include "moe_stage.cuh"  // Feed, group_fma, x_sources, round16, silu_mul
 #include "w4_stage.cuh"
 
 namespace {
-
-constexpr int kMaxExperts = 1024;
-
-// Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
-// grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
-// and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
-// be on.
-constexpr int kMaxPairs = 2048;
-
-struct Lin {  // one linear of every expert, stacked [E, ...]
-  const uint4* q; const void* s; const uint8_t* z;
-  int N, NP, K, KT, KGP, TN;
-  __device__ __forceinline__ long long q_per_expert() const { return (long long)NP * KT * 2; }  // uint4
-  __device__ __forceinline__ long long s_per_expert() const { return (long long)NP * KGP; }     // elements
-};
-
-struct MoeArgs {
-  const void* x; const void* ids; const void* wts;
-  Lin gate, up, down;
-  void* h; void* y; float* ws; int* counters;
-  int T, topk, E, stride_xm, ids64, wts32, split;
-};
-
-struct Route {
-  int e, rows;
-  int pair[16];
-};
-
-// Block slot b of the routing -> r (expert, its rows' pair ids); false (for the whole CTA) when the
-// routing has fewer blocks. scratch: E + T*k ints of shared memory (the ring's, before it fills).
-template <int BM>
-__device__ bool route_block(const MoeArgs& a, int b, Route& r, int* scratch) {
-  int* cnt = scratch;
-  int* ids = scratch + a.E;
-  const int n = a.T * a.topk, tid = threadIdx.x, lane = tid & 31;
-  for (int i = tid; i < a.E; i += blockDim.x) cnt[i] = 0;
-  __syncthreads();
-  for (int i = tid; i < n; i += blockDim.x) {
-    const int e = a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[i]) : static_cast<const int*>(a.ids)[i];
-    ids[i] = e;
-    if (e >= 0 && e < a.E) atomicAdd(cnt + e, 1);
-  }
-  __syncthreads();
-  if (tid < 32) {
-    int run = 0, found = -1, j = 0;
-    for (int base = 0; base < a.E && found < 0; base += 32) {  // blocks per expert, scanned in id order
-      const int e = base + lane, nb = e < a.E ? (cnt[e] + BM - 1) / BM : 0;
-      int incl = nb;
-#pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const int v = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += v;
-      }
-      const int start = run + incl - nb;
-      const unsigned hit = __ballot_sync(0xffffffffu, b >= start && b < start + nb);
-      if (hit) {
-        const int src = __ffs(hit) - 1;
-        found = base + src;
-        j = b - __shfl_sync(0xffffffffu, start, src);
-      }
-      run += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    if (found >= 0) {  // its pairs ranked lo .. lo + rows - 1 among the expert's, in pair order
-      const int lo = j * BM, rows = min(cnt[found] - lo, BM);
-      int seen = 0;
-      for (int base = 0; base < n && seen < lo + rows; base += 32) {
-        const int i = base + lane;
-        const bool mine = i < n && ids[i] == found;
-        const unsigned bal = __ballot_sync(0xffffffffu, mine);
-        const int rank = seen + __popc(bal & ((1u << lane) - 1));
-        if (mine && rank >= lo && rank < lo + rows) r.pair[rank - lo] = i;
-        seen += __popc(bal);
-      }
-      if (lane == 0) r.rows = rows;
-    }
-    if (lane == 0) r.e = found;
-  }
-  __syncthreads();  // r is published; the scratch may be overwritten by the ring
-  return r.e >= 0;
-}
-
-// The warp's sources for linear L of expert e: weights at stage s_lo of rows n0.., and (lane <
-// kChunks) the lane's scale or zero chunk, as v7 copies them (SzSlot, w4_stage.cuh)
-template <typename T, int NG>
-struct Feed {
-  const uint4* w;
-  const char* sz;
-  long long sz_step;  // bytes to the next stage's chunk
-  __device__ __forceinline__ void init(const Lin& L, int e, int n0, int s_lo, int lane, int chunk) {
-    const int tn = n0 / L.TN, r0 = n0 % L.TN;
-    w = L.q + e * L.q_per_expert() + (((long long)tn * L.KT + 2 * s_lo) * L.TN + r0) * 2 + lane;
-    const long long grp0 = e * L.s_per_expert() + (long long)tn * L.KGP * L.TN + (long long)s_lo * NG * L.TN;
-    const bool is_scale = chunk < 2 * NG;
-    sz = is_scale ? reinterpret_cast<const char*>(static_cast<const T*>(L.s) + grp0 + (chunk >> 1) * L.TN + r0 + 8 * (chunk & 1))
-                  : reinterpret_cast<const char*>(L.z + grp0 + (chunk - 2 * NG) * L.TN + r0);  // only where ASYM
-    sz_step = (long long)NG * L.TN * (is_scale ? sizeof(T) : 1);
-  }
-  __device__ __forceinline__ void issue(Stage& st, uint4* szdst, bool sz_lane, long long tile_step, int lane,
-                                        uint64_t policy) {
-    cp_async16_hint(&st.w[0][lane], w, policy);
-    cp_async16_hint(&st.w[1][lane], w + tile_step, policy);
-    w += 2 * tile_step;
-    if (sz_lane) cp_async16(szdst, sz);
-    sz += sz_step;
-  }
-};
-
-// out += s * acc - s * (M + z) * sum x for the NG groups of one stage, the sums of x from the CTA's
-// table entry of the stage (sum_x, w4_stage.cuh), as v6 / v7 do
-template <typename T, int NTOK, int NG, bool ASYM>
-__device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2][NTOK][4], const float2* xrow,
-                                          const SzSlot<NG, ASYM>& sl, int g, int c) {
-  if (NG == 1) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
-  }
-#pragma unroll
-  for (int gi = 0; gi < NG; ++gi) {
-    float sc[2], z[2];
-    slot_params<T, NG, ASYM>(sl, gi, g, sc, z);
-    const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t) {
-      const float2 xs = xrow[(gi * NTOK + t) * 4 + c];
-      out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
-      out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
-      out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
-      out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
-    }
-  }
-}
-
-// Activation rows of this thread's token columns (slot 8t + g of the block), stage s_lo; x is
-// [*, stride] with the row of slot s at row_of(pair of s)
-template <typename T, int NTOK>
-__device__ __forceinline__ void x_sources(const uint4* (&xsrc)[NTOK], bool (&has)[NTOK], const void* x, long long stride,
-                                          const Route& r, int div, int s_lo, int g, int c) {
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t) {
-    const int slot = 8 * t + g;
-    has[t] = slot < r.rows;
-    const long long row = has[t] ? r.pair[slot] / div : 0;
-    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(x) + row * stride + s_lo * kStageK + 16 * c);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ float round16(float v) { return Half16<T>::to_f(Half16<T>::from_f(v)); }
-
-// h = round(round(silu(round g)) * round u), the loop's roundings (torch's silu: x / (1 + exp(-x)) in fp32)
-template <typename T>
-__device__ __forceinline__ T silu_mul(float g, float u) {
-  const float gq = round16<T>(g), a = round16<T>(gq / (1.f + expf(-gq)));
-  return Half16<T>::from_f(a * round16<T>(u));
-}
 
 // A CTA's ring: per warp STAGES slots of (gate Stage, up Stage) and their (gate, up) scale slots
 template <int NG, bool ASYM>
@@ -414,6 +259,10 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
 template <typename Slot>
 constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>(sizeof(Slot)); }
 
+// Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
+// grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
+// and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
+// be on.
 // raises the kernel's dynamic shared memory cap once it needs more than the default 48 KiB (a
 // static per kernel: not a per-launch driver call)
 template <void (*Kern)(const MoeArgs)>

@@ -1,0 +1,152 @@
+// Part of w4.cu: the v6 and v7 decode kernels (VARIANT 1 and 2, one template: w4_decode_v6_kernel)
+// and the size of their per-CTA sum-of-x table, which the launchers in w4.cu check. Not standalone:
+// w4.cu includes it after v5, whose Args, GroupParams and register caps (TP_MIN_BLOCKS) it uses; a
+// header of its own to keep w4.cu under the module size. Anonymous namespace, as common.cuh.
+#pragma once
+#include "common.cuh"
+#include "w4_stage.cuh"
+
+namespace {
+
+// ---- v6 (VARIANT 1): the sum of x per group once per CTA, not once per warp and stage ----
+// v5 spends half its MMAs (8 of 16 per stage for one token column) on sum x against all-ones, and
+// all four warps of a CTA compute the same sums. v6 computes them once per CTA in a prologue that
+// runs while the ring's first STAGES-1 stages are in flight (warp w takes stages w, w+4, ...; the
+// same MMAs in the same order as v5, so the sums are v5's bit for bit), keeps them in shared memory
+// behind the ring (one float2 per (stage, group, token column, quad lane c): tokens 2c, 2c+1), and
+// the main loop reads one broadcast LDS.64 per group and token column instead. The weight copies
+// carry an L2 evict-first hint (each weight byte is read once; x, scales and zeros are re-read by
+// every CTA). Fewer registers also make room for an 8-deep ring (7 KiB in flight per warp).
+
+// bytes of v6's sum-of-x table behind the ring: per CTA stages x NG x NTOK x 4 lanes x float2
+__host__ __device__ constexpr int xsum_bytes(int per, int ng, int ntok) { return per * ng * ntok * 4 * 8; }
+constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher runs v5
+
+// v7 (no sum-x accumulators, no scale registers) fits tighter sm_90 caps: 72 registers for group 64
+// (7 CTAs) and 80 for two token columns at group 128 (6 CTAs against v5's 4 at 116-132; the loop
+// grows from 203 to 226 instructions per stage under it); two token columns at group 64 spill under
+// 80 and keep the compiler's allocation. v6 keeps v5's caps, so the tuner weighs both.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
+#define TP_MIN_BLOCKS_V7(NTOK, G) 1
+#else
+#define TP_MIN_BLOCKS_V7(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 7) : ((G) == 128 ? 6 : 1))
+#endif
+
+// v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
+// weights (SzSlot, w4_stage.cuh, says why and how).
+// SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). Shared memory: the weight ring
+// [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR>
+__global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) : TP_MIN_BLOCKS(NTOK, G))
+    w4_decode_v6_kernel(const Args a) {
+  constexpr int NG = kStageK / G;
+  using Sz = SzSlot<NG, ASYM>;
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
+  Sz* szring = reinterpret_cast<Sz*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) +
+                 (SZR ? kWarps * STAGES * sizeof(Sz) / sizeof(float2) : 0);
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
+  const bool active = n0 < a.NP;
+  const int stages = a.K / kStageK;
+  const int per = (stages + a.split_k - 1) / a.split_k;
+  const int s_lo = blockIdx.y * per, s_cta = max(s_lo, min(stages, s_lo + per));  // the CTA's stages: all warps sum x
+  const int s_hi = active ? s_cta : s_lo;
+  const int tn = n0 / a.TN, r0 = n0 % a.TN;
+  const long long tile_step = (long long)a.TN * 2;
+  const uint4* wsrc = a.qw + (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
+  const long long grp0 = (long long)tn * a.KGP + s_lo * NG;  // (tile, group) row of the first stage's first group
+  const T* ssrc = static_cast<const T*>(a.scales) + grp0 * a.TN + r0 + g;  // v6: lane's own scale
+  const uint8_t* zsrc = ASYM ? a.zeros + grp0 * a.TN + r0 + g : nullptr;
+  const int sz_step = NG * a.TN;
+  // v7: lane l < Sz::kChunks copies chunk l of every stage (scales: 2 bytes each, zeros: 1)
+  const bool sz_lane = SZR && lane < Sz::kChunks;
+  const char* szsrc = lane < 2 * NG
+      ? reinterpret_cast<const char*>(static_cast<const T*>(a.scales) + (grp0 + (lane >> 1)) * a.TN + r0 + 8 * (lane & 1))
+      : reinterpret_cast<const char*>(a.zeros + (grp0 + lane - 2 * NG) * a.TN + r0);  // read only where ASYM
+  const long long szstep = lane < 2 * NG ? (long long)sz_step * sizeof(T) : sz_step;
+  const uint4* xsrc[NTOK];
+  bool has_tok[NTOK];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) {
+    const int tok = 8 * t + g;
+    has_tok[t] = tok < a.M;
+    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm +
+                                             s_lo * kStageK + 16 * c);
+  }
+  const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) {  // one stage into ring slot `slot`; the caller commits
+    cp_async16_hint(&ring[slot].w[0][lane], wsrc, policy);
+    cp_async16_hint(&ring[slot].w[1][lane], wsrc + tile_step, policy);
+    wsrc += 2 * tile_step;
+    if (sz_lane) cp_async16(&szring[slot].v[lane], szsrc);
+    szsrc += szstep;
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s_lo + s < s_hi) issue(s);
+    cp_async_commit();
+  }
+  pdl_wait();  // as v5: only weights, scales and zeros are read before it
+  if (!a.o.pdl_late) pdl_trigger();  // else at the store (common.cuh)
+  // while the ring's first stages load
+  sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
+  __syncthreads();  // every warp reads every warp's sums
+  float out[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
+  GroupParams<T, NG, ASYM> cur;
+  if (!SZR && s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; s_lo + j < s_hi; ++j) {
+    uint4 xv[NTOK][2][2];
+    load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
+    GroupParams<T, NG, ASYM> nxt;
+    if constexpr (!SZR) {
+      ssrc += sz_step;
+      if (ASYM) zsrc += sz_step;
+      if (s_lo + j + 1 < s_hi) nxt.load(ssrc, zsrc, a.TN);
+    }
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // as v5: lane l's chunks are read by other lanes; slot wr is free
+    if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    float acc[2][NTOK][4];
+    weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
+    if (NG == 1) {
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
+    }
+#pragma unroll
+    for (int gi = 0; gi < NG; ++gi) {  // out += s * acc - s * (M + z) * sum x, as v5
+      float sc[2], z[2];
+      if constexpr (SZR) {
+        slot_params<T, NG, ASYM>(szring[rd], gi, g, sc, z);
+      } else {
+        sc[0] = cur.s[gi][0], sc[1] = cur.s[gi][1], z[0] = cur.z[gi][0], z[1] = cur.z[gi][1];
+      }
+      const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const float2 xs = xsum[((j * NG + gi) * NTOK + t) * 4 + c];
+        out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
+        out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
+        out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
+        out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
+      }
+    }
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+    if constexpr (!SZR) cur = nxt;
+  }
+  cp_async_wait<0>();
+  store_tile<T, NTOK>(a.o, out, n0, g, c, active);
+}
+
+}  // namespace
