@@ -84,7 +84,7 @@ def library(src: Path, device: torch.device, signatures: dict[str, list]) -> cty
                 fn.restype = ctypes.c_int
                 fn.argtypes = argtypes
             lib.turbopack_set_pdl.argtypes, lib.turbopack_set_pdl.restype = [ctypes.c_int], None
-            lib.turbopack_set_pdl(pdl.cuda_mode(device))
+            lib.turbopack_set_pdl(int(pdl.enabled(device)))
             _LIBS[key] = (lib, device)
     return _LIBS[key][0]
 
@@ -94,7 +94,7 @@ def refresh_pdl() -> None:
     captured) from now on follow it."""
     with _LOCK:
         for lib, device in _LIBS.values():
-            lib.turbopack_set_pdl(pdl.cuda_mode(device))
+            lib.turbopack_set_pdl(int(pdl.enabled(device)))
 
 
 def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:

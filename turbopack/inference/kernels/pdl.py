@@ -8,12 +8,14 @@ that opts in follows one rule, in every CTA: before its wait (``griddepcontrol.w
 after it, the previous grid has completed and its writes are visible. The W4 decode kernel uses
 the time before the wait to start its weight ring (CUTLASS's "weight prefetch" idea), the glue
 kernels wait first. Each kernel then lets the next one be scheduled (``launch_dependents``): the
-glue right after its wait, the decode kernels when they store.
+glue right after its wait, the decode kernels when they store. Right after the wait was measured
+too (H200, run 7): as fast in the 8B step, but W4 linears launched back to back ran 32% slower,
+the next grid's CTAs piling onto the first SMs to free a slot; at the store it costs them 2%.
 Because every kernel waits before it can complete, completion stays ordered along the chain, and
 a kernel launched without PDL (cuBLAS, torch ops) simply waits for the whole previous grid.
 
 Off on the CPU interpreter, below sm_90, where Triton lacks the intrinsics, or with
-``TURBOPACK_PDL=0`` (an A/B switch for benchmarks, with ``early``, ``cuda`` and ``triton``: see
+``TURBOPACK_PDL=0`` (an A/B switch for benchmarks, with ``cuda`` and ``triton`` for one side: see
 MODES; the CUDA libraries read it when loaded and again on ``cuda_build.refresh_pdl()``).
 """
 
@@ -34,12 +36,8 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-#: TURBOPACK_PDL values: who launches with PDL (unset = "1": both). The CUDA decode kernels let the
-#: next grid be scheduled at their store, or with "early" right after their wait: on the H200 early
-#: won the 8B step by ~1.5% (within run-to-run noise) but made W4 linears launched back to back 32%
-#: slower (the next grid's CTAs pile onto the first SMs to free a slot); at the store costs nothing
-#: there (docs/benchmarks.md, run 7).
-MODES = {"1": ("cuda", "triton"), "0": (), "early": ("cuda", "triton"), "cuda": ("cuda",), "triton": ("triton",)}
+#: TURBOPACK_PDL values: who launches with PDL (unset = "1": both)
+MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",)}
 
 
 def enabled(device: torch.device, who: str = "cuda") -> bool:
@@ -50,14 +48,6 @@ def enabled(device: torch.device, who: str = "cuda") -> bool:
     if device.type != "cuda" or interpreting() or who not in MODES.get(mode, MODES["1"]):
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def cuda_mode(device: torch.device) -> int:
-    """The CUDA libraries' switch (common.cuh's g_pdl): 0 off, 1 on with the early trigger, 2 on with
-    the trigger at the store (the default)."""
-    if not enabled(device, "cuda"):
-        return 0
-    return 1 if os.environ.get(ENV, "1").strip().lower() == "early" else 2
 
 
 def triton_ok() -> bool:
@@ -75,4 +65,4 @@ def triton_args(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
-__all__ = ["ENV", "MODES", "cuda_mode", "enabled", "triton_args", "triton_ok"]
+__all__ = ["ENV", "MODES", "enabled", "triton_args", "triton_ok"]

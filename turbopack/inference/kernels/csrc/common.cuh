@@ -122,7 +122,7 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-int g_pdl = 0;  // per library (each .cu is one): 0 off, 1 on (early trigger), 2 on (trigger at the store)
+int g_pdl = 0;  // per library (each .cu is one): launch with PDL; set by turbopack_set_pdl
 
 template <typename... P, typename... A>
 cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
@@ -130,7 +130,7 @@ cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem
   cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = g_pdl != 0;
+  attr[0].val.programmaticStreamSerializationAllowed = g_pdl;
   cfg.attrs = attr, cfg.numAttrs = 1;
   return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
 }
@@ -140,7 +140,6 @@ cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem
 struct Out {
   void* y; const void* bias; const float* row_scale; float* ws; int* counters;
   int M, N, split_k, scale_stride;
-  int pdl_late;  // g_pdl == 2 (the default): trigger the next grid at the store, not right after the wait
 };
 
 // Output element i of token column t of this thread: row n0 + g + 8*(i/2), token tok0 + 8t + 2c + (i&1).
@@ -152,7 +151,7 @@ struct Out {
 template <typename T, int NTOK>
 __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c,
                                               bool active, int tile, int arrivals, int tok0 = 0) {
-  if (o.pdl_late) pdl_trigger();
+  pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store, not after the wait)
   T* y = static_cast<T*>(o.y);
   const T* bias = static_cast<const T*>(o.bias);
   const bool split = arrivals > 1;
@@ -201,4 +200,4 @@ __device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, in
 }  // namespace
 
 // The library's PDL switch (pdl.enabled decides; cuda_build sets it when loading and on refresh_pdl)
-extern "C" void turbopack_set_pdl(int mode) { g_pdl = mode; }
+extern "C" void turbopack_set_pdl(int on) { g_pdl = on != 0; }

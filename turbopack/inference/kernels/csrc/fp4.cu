@@ -191,7 +191,6 @@ __global__ void __launch_bounds__(kWarps * 32, TP_FP4_MIN_BLOCKS(NTOK)) fp4_deco
     cp_async_commit();
   }
   pdl_wait();  // only weights and scales are read before it (common.cuh)
-  if (!a.o.pdl_late) pdl_trigger();  // else at the store (common.cuh)
   int rd = 0, wr = STAGES - 1;
   auto step = [&](int st, auto tail) {
     uint4 xv[NTOK][4];
@@ -260,7 +259,7 @@ extern "C" int turbopack_fp4_decode(const void* x, const void* qw, const void* s
   if (M < 1 || M > 16 || K < 16 || K % 16 != 0 || KT * 64 < K || KT * 64 >= K + 64 || NP % 16 != 0 || N > NP ||
       stride_xm % 8 != 0 || split_k < 1 || (dtype != 0 && dtype != 1))
     return -1;
-  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0, g_pdl == 2};
+  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   const Args a{o, x, static_cast<const uint8_t*>(qw), static_cast<const uint8_t*>(scales),
                static_cast<const float*>(gs), NP, K, KT, stride_xm};
   cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
     cp_async_commit();
   }
   pdl_wait();  // the ring's first weights are on their way; x and y belong to the kernels around us
-  if (!a.o.pdl_late) pdl_trigger();  // else at the store (common.cuh)
   GroupParams<T, NG, ASYM> cur;
   if (s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
   int rd = 0, wr = STAGES - 1;  // ring slots to read and to refill (no run-time modulo)
@@ -355,7 +354,7 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1))
     return -1;
-  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0, g_pdl == 2};
+  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
                G, stride_xm, split_k};
   cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -90,7 +90,6 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     cp_async_commit();
   }
   pdl_wait();  // as v5: only weights, scales and zeros are read before it
-  if (!a.o.pdl_late) pdl_trigger();  // else at the store (common.cuh)
   // while the ring's first stages load
   sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
   __syncthreads();  // every warp reads every warp's sums

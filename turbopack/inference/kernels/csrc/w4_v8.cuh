@@ -158,7 +158,6 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
     cp_async_commit();
   }
   pdl_wait();  // as v5: only weights, scales and zeros are read before it
-  if (!a.o.pdl_late) pdl_trigger();  // else at the store (common.cuh)
   sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, min(hi - lo, S), lo % S, S, warp, g, c);
   __syncthreads();  // every warp reads every warp's sums
   float out[NTOK][4];

@@ -150,7 +150,6 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
     cp_async_commit();
   }
   pdl_wait();  // only weights and scales are read before it (common.cuh)
-  if (!a.o.pdl_late) pdl_trigger();  // else at the store (common.cuh)
   int rd = 0, wr = STAGES - 1;
   for (int st = s_lo; st < s_hi; ++st) {
     uint4 xv[NTOK][2];
@@ -241,7 +240,7 @@ extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* sc
       (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0)
     return -1;
   const Out o{y, bias, static_cast<const float*>(scales), static_cast<float*>(ws), static_cast<int*>(counters),
-              M, N, split_k, scale_stride, g_pdl == 2};
+              M, N, split_k, scale_stride};
   const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, s) : by_code<__half>(a, code, stages, s);
