@@ -13,13 +13,8 @@ step bench; timeout ${BENCH_S:-195} python3 benchmarks/bench_moe.py --tokens ${T
 tail -3 "$OUT/bench.log"; grep -c "us$" "$OUT/sweep.txt" | sed 's/^/timed configs: /'; grep FAILED "$OUT/sweep.txt" | head -5
 if [ "${NCU:-0}" = 1 ]; then  # optional (~40 s more): ncu of both kernels at T = ${NCU_T:-1}, default config
   step ncu; timeout 90 ncu --clock-control none --kernel-name regex:moe_ --launch-skip 2 --launch-count 2 \
-    --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats python3 -c "
-import sys, torch; sys.path.insert(0, 'benchmarks'); import bench_moe as b
-from turbopack.inference.kernels import cuda_moe
-g = torch.Generator(device='cuda').manual_seed(0); _, _, st = b.build(b.QWEN3_30B, 'cuda', g); t = ${NCU_T:-1}
-x = torch.randn(t, 2048, device='cuda', generator=g).bfloat16(); w, idx = b.routing(t, b.QWEN3_30B, 'cuda', g)
-for _ in range(3): cuda_moe.grouped_moe_cuda(x, w, idx, *st)
-torch.cuda.synchronize()" > "$OUT/ncu.txt" 2>&1
+    --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+    python3 benchmarks/ncu_moe.py --tokens ${NCU_T:-1} > "$OUT/ncu.txt" 2>&1
   grep -E "moe_|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -16
 fi
 step done
