@@ -18,7 +18,6 @@ import torch
 from turbopack.inference.kernels import pdl
 from turbopack.inference.kernels.attention import (
     interpreting,
-    pdl_enter,
     rope_store,
     store_kv,
     supports_head_dim,
@@ -28,6 +27,8 @@ from turbopack.inference.kernels.attention import (
 from turbopack.inference.model import Transformer
 
 if triton is not None:
+    from turbopack.inference.kernels.epilogue import pdl_enter
+
 
     @triton.jit
     def _add_rmsnorm_kernel(X, R, W, OUT, R_OUT, n, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,

@@ -32,7 +32,12 @@ def test_off_on_the_cpu_under_the_interpreter_and_by_the_switch(monkeypatch):
     assert pdl.triton_args(torch.device("cuda", 0)) == {"PDL": False}
     monkeypatch.setenv(pdl.ENV, "triton")
     assert not pdl.enabled(torch.device("cuda", 0), "cuda") and pdl.enabled(torch.device("cuda", 0), "triton")
+    assert not pdl.enabled(torch.device("cuda", 0), "linears")
+    monkeypatch.setenv(pdl.ENV, "all")  # the Triton linears too: opt-in until measured
+    assert all(pdl.enabled(torch.device("cuda", 0), who) for who in ("cuda", "triton", "linears"))
     monkeypatch.setenv(pdl.ENV, "1")
+    assert not pdl.enabled(torch.device("cuda", 0), "linears")
+    assert pdl.triton_args(torch.device("cuda", 0), "linears") == {"PDL": False}
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not pdl.enabled(torch.device("cuda", 0))
 

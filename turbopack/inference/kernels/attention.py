@@ -46,6 +46,8 @@ def supports_head_dim(d: int) -> bool:
 
 
 if triton is not None:
+    from turbopack.inference.kernels.epilogue import pdl_enter
+
 
     @triton.jit
     def _dot_t(a, b):
@@ -68,14 +70,6 @@ if triton is not None:
         if FAST:
             return ((c.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0).to(dt)
         return c.to(dt)
-
-    @triton.jit
-    def pdl_enter(PDL: tl.constexpr):
-        """A glue kernel's first statement (kernels/pdl.py): wait for the previous grid, then let the
-        next one be scheduled; nothing when the launch is not a PDL one."""
-        if PDL:
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
     def _decode_split_kernel(

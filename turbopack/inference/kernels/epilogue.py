@@ -20,6 +20,27 @@ _WS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers stay alive: a captured graph may point at them
 
 
+if triton is not None:
+
+    @triton.jit
+    def pdl_wait(PDL: tl.constexpr):
+        """Before anything a previous kernel may write (kernels/pdl.py): wait for its grid."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def pdl_trigger(PDL: tl.constexpr):
+        """Let the next grid be scheduled (kernels/pdl.py): large kernels call it at their store."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+
+    @triton.jit
+    def pdl_enter(PDL: tl.constexpr):
+        """A small (glue) kernel's first statement: wait, then let the next grid be scheduled."""
+        pdl_wait(PDL)
+        pdl_trigger(PDL)
+
+
 def workspace(device: torch.device, numel: int, dtype: torch.dtype) -> torch.Tensor:
     """A zeroed buffer of at least ``numel`` elements that the kernels leave zeroed."""
     key = (str(device), dtype)

@@ -36,14 +36,17 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-#: TURBOPACK_PDL values: who launches with PDL (unset = "1": both)
-MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",)}
+#: TURBOPACK_PDL values: who launches with PDL (unset = "1": the CUDA kernels and the Triton glue).
+#: "all" adds the Triton linears (W8A16's GEMV, the tensor-core and int8 kernels, the activation
+#: quantizer), waiting first and triggering at their store: not yet measured on a GPU, so opt-in.
+MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",),
+         "all": ("cuda", "triton", "linears")}
 
 
 def enabled(device: torch.device, who: str = "cuda") -> bool:
     """Do launches on ``device`` by ``who`` ("cuda": the CUDA C++ libraries, "triton": the glue
-    kernels) use PDL now? ``TURBOPACK_PDL``: 1 (default) both, 0 neither, cuda or triton alone
-    (the benchmark's A/B of each side)."""
+    kernels, "linears": the Triton linears) use PDL now? ``TURBOPACK_PDL``: 1 (default) the first
+    two, 0 none, cuda or triton alone (the benchmark's A/B of each side), all of them."""
     mode = os.environ.get(ENV, "1").strip().lower()
     if device.type != "cuda" or interpreting() or who not in MODES.get(mode, MODES["1"]):
         return False
@@ -58,10 +61,10 @@ def triton_ok() -> bool:
     return hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")
 
 
-def triton_args(device: torch.device) -> dict:
-    """The extra arguments of a glue kernel's launch: its ``PDL`` constexpr and, when on,
+def triton_args(device: torch.device, who: str = "triton") -> dict:
+    """The extra arguments of a Triton kernel's launch: its ``PDL`` constexpr and, when on,
     Triton's ``launch_pdl`` option."""
-    on = enabled(device, "triton") and triton_ok()
+    on = enabled(device, who) and triton_ok()
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 

@@ -18,8 +18,18 @@ import math
 
 import torch
 
+from turbopack.inference.kernels import pdl
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
-from turbopack.inference.kernels.epilogue import finish, interpreting, splitk_buffers, tl, triton
+from turbopack.inference.kernels.epilogue import (
+    finish,
+    interpreting,
+    pdl_enter,
+    pdl_trigger,
+    pdl_wait,
+    splitk_buffers,
+    tl,
+    triton,
+)
 
 if triton is not None:
     from triton.language.extra import libdevice
@@ -52,7 +62,8 @@ if triton is not None:
 
     @triton.jit
     def quant_rows_kernel(X, Q, S, K, KP, stride_xm, stride_qm, BK: tl.constexpr, ONE_PASS: tl.constexpr,
-                          FP8: tl.constexpr, SOFT_CAST: tl.constexpr):
+                          FP8: tl.constexpr, SOFT_CAST: tl.constexpr, PDL: tl.constexpr):
+        pdl_enter(PDL)
         m = tl.program_id(0)
         QMAX: tl.constexpr = 448.0 if FP8 else 127.0
         kk = tl.arange(0, BK)
@@ -80,7 +91,9 @@ if triton is not None:
     @triton.jit
     def i8_mm_kernel(A, W, SA, SW, BIAS, Y, WS, CNT, M, N, NP, KP, stride_am, stride_ym,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                     SPLIT_K, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr):
+                     SPLIT_K, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+                     PDL: tl.constexpr):
+        pdl_wait(PDL)
         pid = tl.program_id(0)
         num_m = tl.cdiv(M, BM)
         num_n = tl.cdiv(NP, BN)
@@ -115,6 +128,7 @@ if triton is not None:
         mask = (rm[:, None] < M) & nmask[None, :]
         y_ptrs = Y + rm[:, None] * stride_ym + rn[None, :]
         ws_ptrs = WS + rm[:, None] * N + rn[None, :]
+        pdl_trigger(PDL)
         finish(acc.to(tl.float32), scale, bias, y_ptrs, ws_ptrs, mask, CNT, pid, SPLIT_K, ATOMIC)
 
     @triton.jit
@@ -161,6 +175,7 @@ def quantize_rows(x2: torch.Tensor, k_pad: int, fp8: bool, min_rows: int = 0) ->
         FP8=fp8,
         SOFT_CAST=interpreting(),
         num_warps=warps,
+        **pdl.triton_args(x2.device, "linears"),
     )
     return q, s
 
@@ -198,5 +213,6 @@ def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, 
     i8_mm_kernel[(tiles, split)](q, w, sa, sw, b, y, ws, cnt, m, n, np_, kp, q.stride(0), y.stride(0),
                                  BM=bm, BN=bn, BK=bk, GROUP_M=or_default(cfg.group_m, 8), SPLIT_K=split,
                                  ATOMIC=split > 1, HAS_BIAS=bias is not None, DOT_F32=interpreting(),
-                                 num_warps=or_default(cfg.num_warps, 4), num_stages=or_default(cfg.num_stages, 3))
+                                 num_warps=or_default(cfg.num_warps, 4), num_stages=or_default(cfg.num_stages, 3),
+                                 **pdl.triton_args(x2.device, "linears"))
     return y

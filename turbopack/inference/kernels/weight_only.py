@@ -40,8 +40,18 @@ import math
 
 import torch
 
+from turbopack.inference.kernels import pdl
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
-from turbopack.inference.kernels.epilogue import finish, interpreting, mma, splitk_buffers, tl, triton
+from turbopack.inference.kernels.epilogue import (
+    finish,
+    interpreting,
+    mma,
+    pdl_trigger,
+    pdl_wait,
+    splitk_buffers,
+    tl,
+    triton,
+)
 from turbopack.inference.kernels.nvfp4 import nv4_planes
 
 
@@ -218,7 +228,9 @@ if triton is not None:
     def tc_kernel(X, QW, S, Z, BIAS, Y, WS, CNT, M, N, NP, K, KT, KGP, stride_xm, stride_ym,
                   KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
                   SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr,
-                  SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, PLANES: tl.constexpr):
+                  SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, PLANES: tl.constexpr,
+                  PDL: tl.constexpr):
+        pdl_wait(PDL)
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
@@ -248,6 +260,7 @@ if triton is not None:
                         other=0.0,
                     )
                     acc = mma(w, xt, acc, DOT_F32)
+        pdl_trigger(PDL)
         _epilogue(acc, rn, rm, M, N, S, BIAS, Y, WS, CNT, stride_ym, pid_m * tl.num_programs(0) + pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
 
@@ -255,7 +268,8 @@ if triton is not None:
     def gemv_kernel(X, QW, S, Z, BIAS, Y, WS, CNT, N, NP, K, KT, KGP,
                     KIND: tl.constexpr, TN: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr,
                     SPI: tl.constexpr, SPLIT_K, ATOMIC: tl.constexpr, ASYM: tl.constexpr,
-                    SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROUND: tl.constexpr):
+                    SCALAR_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROUND: tl.constexpr, PDL: tl.constexpr):
+        pdl_wait(PDL)
         pid_n = tl.program_id(0)
         rn, rmask, row_w, row_s = _rows(pid_n, NP, KT, KGP, KIND, TN, BN)
         t_lo, t_hi = _k_range(tl.program_id(1), tl.cdiv(K, KS), SPI, SPLIT_K)
@@ -290,6 +304,7 @@ if triton is not None:
         else:
             acc = tl.sum(tl.sum(tl.sum(tl.sum(acc_nd, 4), 3), 2), 1)
         acc = acc[:, None]
+        pdl_trigger(PDL)
         _epilogue(acc, rn, tl.arange(0, 1), 1, N, S, BIAS, Y, WS, CNT, 0, pid_n,
                   KIND, SCALAR_SCALE, HAS_BIAS, SPLIT_K, ATOMIC)
 
@@ -354,6 +369,7 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
         HAS_BIAS=bias is not None,
         num_warps=or_default(cfg.num_warps, 4),
         num_stages=or_default(cfg.num_stages, 2),
+        **pdl.triton_args(x2.device, "linears"),
     )
     if gemv:
         gemv_kernel[(n_blocks, split)](x2, qw, s, zp, b, y, ws, cnt, n, nt * tn, k, kt, kgp,
