@@ -1,7 +1,6 @@
 // The per-warp pieces both grouped MoE decode kernels of moe_w4.cu share: a linear's weight and
-// scale feed for one expert, the group epilogue on the per-CTA sum-of-x table, the activation
-// sources of a routed block and the 16-bit roundings of h = silu(g) * u. Anonymous namespace, as
-// common.cuh: each .cu is its own shared library.
+// scale feed for one expert, the activation sources of a routed block and the 16-bit roundings of
+// h = silu(g) * u. Anonymous namespace, as common.cuh: each .cu is its own shared library.
 #pragma once
 #include "common.cuh"
 #include "moe_route.cuh"
@@ -34,33 +33,6 @@ struct Feed {
     sz += sz_step;
   }
 };
-
-// out += s * acc - s * (M + z) * sum x for the NG groups of one stage, the sums of x from the CTA's
-// table entry of the stage (sum_x, w4_stage.cuh), as v6 / v7 do
-template <typename T, int NTOK, int NG, bool ASYM>
-__device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2][NTOK][4], const float2* xrow,
-                                          const SzSlot<NG, ASYM>& sl, int g, int c) {
-  if (NG == 1) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
-  }
-#pragma unroll
-  for (int gi = 0; gi < NG; ++gi) {
-    float sc[2], z[2];
-    slot_params<T, NG, ASYM>(sl, gi, g, sc, z);
-    const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t) {
-      const float2 xs = xrow[(gi * NTOK + t) * 4 + c];
-      out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
-      out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
-      out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
-      out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
-    }
-  }
-}
 
 // Activation rows of this thread's token columns (slot 8t + g of the block), stage s_lo; x is
 // [*, stride] with the row of slot s at row_of(pair of s)

@@ -31,8 +31,8 @@
 // 176 -> 157 per stage).
 #include "common.cuh"
 #include "moe_route.cuh"  // Lin, MoeArgs, Route, route_block
-#include "moe_stage.cuh"  // Feed, group_fma, x_sources, round16, silu_mul
-#include "w4_stage.cuh"
+#include "moe_stage.cuh"  // Feed, x_sources, round16, silu_mul
+#include "w4_stage.cuh"  // the stage, weight_mma, sum_x, group_fma
 
 namespace {
 

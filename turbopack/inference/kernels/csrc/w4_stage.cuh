@@ -123,4 +123,32 @@ __device__ __forceinline__ void slot_params(const SzSlot<NG, ASYM>& sl, int gi, 
   }
 }
 
+// out += s * acc - s * (M + z) * sum x for the NG groups of one stage: scales and zero points from
+// the stage's ring slot (v7's), the sums of x from the stage's row of sum_x's table (xrow). v8 and
+// the grouped MoE decode; v6/v7 keep their own loop (v6 reads its scales from registers)
+template <typename T, int NTOK, int NG, bool ASYM>
+__device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2][NTOK][4], const float2* xrow,
+                                          const SzSlot<NG, ASYM>& sl, int g, int c) {
+  if (NG == 1) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
+  }
+#pragma unroll
+  for (int gi = 0; gi < NG; ++gi) {
+    float sc[2], z[2];
+    slot_params<T, NG, ASYM>(sl, gi, g, sc, z);
+    const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) {
+      const float2 xs = xrow[(gi * NTOK + t) * 4 + c];
+      out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
+      out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
+      out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
+      out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
+    }
+  }
+}
+
 }  // namespace

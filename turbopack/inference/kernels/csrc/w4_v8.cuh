@@ -1,7 +1,7 @@
 // Part of w4.cu: the v8 decode kernel (VARIANT 3: v7's stage loop on persistent stripes), its stripe
-// arithmetic, its ring feed and its stage epilogue. Not standalone: w4.cu includes it after v5's Args,
-// which it reads; a header of its own to keep w4.cu under the module size. Anonymous namespace, as
-// common.cuh.
+// arithmetic and its ring feed (the stage epilogue is w4_stage.cuh's group_fma). Not standalone:
+// w4.cu includes it after v5's Args, which it reads; a header of its own to keep w4.cu under the
+// module size. Anonymous namespace, as common.cuh.
 #pragma once
 #include "common.cuh"
 #include "w4_stage.cuh"
@@ -36,33 +36,6 @@ __host__ __device__ __forceinline__ int stripe_lo(long long cta, long long items
 }
 __host__ __device__ __forceinline__ int stripe_owner(long long item, long long items, long long grid) {
   return static_cast<int>(((item + 1) * grid - 1) / items);
-}
-
-// out += s * acc - s * (M + z) * sum x for the NG groups of one stage (v7's epilogue), scales and
-// zero points from the stage's ring slot, sums of x from table entry e
-template <typename T, int NTOK, int NG, bool ASYM>
-__device__ __forceinline__ void stage_epilogue(float (&out)[NTOK][4], float (&acc)[2][NTOK][4],
-                                               const SzSlot<NG, ASYM>& sl, const float2* xsum, int e, int g, int c) {
-  if (NG == 1) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
-  }
-#pragma unroll
-  for (int gi = 0; gi < NG; ++gi) {
-    float sc[2], z[2];
-    slot_params<T, NG, ASYM>(sl, gi, g, sc, z);
-    const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t) {
-      const float2 xs = xsum[((e * NG + gi) * NTOK + t) * 4 + c];
-      out[t][0] = fmaf(sc[0], acc[gi][t][0], fmaf(-ol, xs.x, out[t][0]));
-      out[t][1] = fmaf(sc[0], acc[gi][t][1], fmaf(-ol, xs.y, out[t][1]));
-      out[t][2] = fmaf(sc[1], acc[gi][t][2], fmaf(-oh, xs.x, out[t][2]));
-      out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
-    }
-  }
 }
 
 // The copy side of one warp's ring in v8: item (tile, stage) -> this warp's weight and scale sources.
@@ -182,7 +155,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
     // store_tile_at never stores for it (a branch here cost 4 instructions a stage)
     float acc[2][NTOK][4];
     weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
-    stage_epilogue<T, NTOK, NG, ASYM>(out, acc, szring[rd], xsum, e, g, c);
+    group_fma<T, NTOK, NG, ASYM>(out, acc, xsum + e * NG * NTOK * 4, szring[rd], g, c);
     rd = rd + 1 == STAGES ? 0 : rd + 1;
     e = e + 1 == S ? 0 : e + 1;
     if (++stage == S || w + 1 == hi) {  // leaving the tile: its partial sums go out, the ring runs on
