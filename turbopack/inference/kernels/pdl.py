@@ -53,8 +53,10 @@ def enabled(device: torch.device, who: str = "cuda") -> bool:
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.cache
 def triton_ok() -> bool:
-    """Does this Triton have the grid-dependency intrinsics (``tl.extra.cuda.gdc_wait``)?"""
+    """Does this Triton have the grid-dependency intrinsics (``tl.extra.cuda.gdc_wait``)? Asked at
+    every glue launch, answered once."""
     from turbopack.inference.kernels.triton_env import tl  # here: the CPU runtime never imports triton
 
     cuda = getattr(getattr(tl, "extra", None), "cuda", None) if tl is not None else None
