@@ -4,7 +4,8 @@ A kernel launched with PDL may be scheduled while the kernel before it in the st
 running. Batch-1 decode is a chain of ~10 short kernels per layer (2-25 µs each), so the gap
 between two of them (launch, the first DRAM round trip) is a visible share of a step. Every kernel
 that opts in follows one rule, in every CTA: before its wait (``griddepcontrol.wait`` in CUDA,
-``gdc_wait`` in Triton, attention.pdl_enter) it reads only what no kernel writes (packed weights, scales, zeros);
+``gdc_wait`` in Triton, epilogue.pdl_wait) it reads only what no kernel writes (packed weights,
+scales, zeros);
 after it, the previous grid has completed and its writes are visible. The W4 decode kernel uses
 the time before the wait to start its weight ring (CUTLASS's "weight prefetch" idea), the glue
 kernels wait first. Each kernel then lets the next one be scheduled (``launch_dependents``): the

@@ -273,13 +273,9 @@ int launch(dim3 grid, int smem, const MoeArgs& a, bool pdl, cudaStream_t s) {
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid, cfg.blockDim = dim3(kWarps * 32), cfg.dynamicSmemBytes = smem, cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr, cfg.numAttrs = pdl && g_pdl ? 1 : 0;
-  return static_cast<int>(cudaLaunchKernelEx(&cfg, Kern, a));
+  if (pdl) return static_cast<int>(launch_kernel(Kern, grid, dim3(kWarps * 32), smem, s, a));  // PDL if g_pdl
+  Kern<<<grid, kWarps * 32, smem, s>>>(a);  // gate_up has no pdl_wait: never a dependent launch
+  return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
