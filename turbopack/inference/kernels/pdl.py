@@ -5,9 +5,8 @@ running. Batch-1 decode is a chain of ~10 short kernels per layer (2-25 µs each
 between two of them (launch, the first DRAM round trip) is a visible share of a step. Every kernel
 that opts in follows one rule, in every CTA: before its wait (``griddepcontrol.wait`` in CUDA,
 ``gdc_wait`` in Triton, epilogue.pdl_wait) it reads only what no kernel writes (packed weights,
-scales, zeros);
-after it, the previous grid has completed and its writes are visible. The W4 decode kernel uses
-the time before the wait to start its weight ring (CUTLASS's "weight prefetch" idea), the glue
+scales, zeros); after it, the previous grid has completed and its writes are visible. The W4
+decode kernel uses the time before the wait to start its weight ring (CUTLASS's "weight prefetch" idea), the glue
 kernels wait first. Each kernel then lets the next one be scheduled (``launch_dependents``): the
 glue right after its wait, the decode kernels when they store. Right after the wait was measured
 too (H200, run 7): as fast in the 8B step, but W4 linears launched back to back ran 32% slower,
