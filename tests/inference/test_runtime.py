@@ -281,14 +281,14 @@ def test_cuda_backend_matches_reference_on_gpu(folders, ids, fmt):
 @pytest.mark.parametrize("fmt", ["hf", "w4a16", "w8a16", "w8a8"])
 def test_pdl_on_and_off_decode_the_same(folders, ids, fmt, monkeypatch):
     """Programmatic dependent launch (kernels/pdl.py) only lets a kernel start early, never read
-    early: the captured decode with it on (and with the Triton linears too, "all") gives the tokens
-    of the one with it off. On sm_90+ it must really be on (the glue's Triton intrinsics included),
-    or the comparison proves nothing."""
+    early: the captured decode with it on (the default, the Triton linears included) and with the
+    linears out of it ("glue") gives the tokens of the one with it off. On sm_90+ it must really be
+    on (the glue's Triton intrinsics included), or the comparison proves nothing."""
     from turbopack.inference.kernels import cuda_build, pdl
 
     tokens = {}
     try:
-        for flag in ("0", "1", "all"):
+        for flag in ("0", "1", "glue"):
             monkeypatch.setenv(pdl.ENV, flag)
             cuda_build.refresh_pdl()
             tokens[flag], st = load(folders[fmt], device="cuda").generate_ids(ids, 24, stop=False)
@@ -298,4 +298,4 @@ def test_pdl_on_and_off_decode_the_same(folders, ids, fmt, monkeypatch):
         cuda_build.refresh_pdl()
     if torch.cuda.get_device_capability() >= (9, 0):
         assert pdl.enabled(torch.device("cuda")) and pdl.triton_ok()
-    assert torch.equal(tokens["0"], tokens["1"]) and torch.equal(tokens["0"], tokens["all"])
+    assert torch.equal(tokens["0"], tokens["1"]) and torch.equal(tokens["0"], tokens["glue"])

@@ -17,6 +17,7 @@ a kernel launched without PDL (cuBLAS, torch ops) simply waits for the whole pre
 Off on the CPU interpreter, below sm_90, where Triton lacks the intrinsics, or with
 ``TURBOPACK_PDL=0`` (an A/B switch for benchmarks, with ``cuda`` and ``triton`` for one side: see
 MODES; the CUDA libraries read it when loaded and again on ``cuda_build.refresh_pdl()``).
+The Triton linears take part by default since run 8 measured them (MODES).
 """
 
 from __future__ import annotations
@@ -36,17 +37,20 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
-#: TURBOPACK_PDL values: who launches with PDL (unset = "1": the CUDA kernels and the Triton glue).
-#: "all" adds the Triton linears (W8A16's GEMV, the tensor-core and int8 kernels, the activation
-#: quantizer), waiting first and triggering at their store: not yet measured on a GPU, so opt-in.
-MODES = {"1": ("cuda", "triton"), "0": (), "cuda": ("cuda",), "triton": ("triton",),
-         "all": ("cuda", "triton", "linears")}
+#: TURBOPACK_PDL values: who launches with PDL. Unset = "1": the CUDA kernels, the Triton glue and
+#: the Triton linears (W8A16's GEMV, the tensor-core and int8 kernels, the activation quantizer),
+#: the linears waiting first and triggering at their store. With them in, the 8B batch-1 step
+#: measured 3.23 ms against 3.30 without them (W8A16) and 3.20 against 3.65 (W8A8, whose linears
+#: are all Triton; H200, run 8). "glue" is the mode without the linears (the default before run 8),
+#: "all" the same as "1"; "cuda" and "triton" keep one side, for the benchmark's A/B.
+MODES = {"1": ("cuda", "triton", "linears"), "all": ("cuda", "triton", "linears"), "0": (),
+         "glue": ("cuda", "triton"), "cuda": ("cuda",), "triton": ("triton",)}
 
 
 def enabled(device: torch.device, who: str = "cuda") -> bool:
     """Do launches on ``device`` by ``who`` ("cuda": the CUDA C++ libraries, "triton": the glue
-    kernels, "linears": the Triton linears) use PDL now? ``TURBOPACK_PDL``: 1 (default) the first
-    two, 0 none, cuda or triton alone (the benchmark's A/B of each side), all of them."""
+    kernels, "linears": the Triton linears) use PDL now? ``TURBOPACK_PDL``: 1 (default) or all:
+    all three; 0 none; glue: the first two; cuda or triton alone (the benchmark's A/B)."""
     mode = os.environ.get(ENV, "1").strip().lower()
     if device.type != "cuda" or interpreting() or who not in MODES.get(mode, MODES["1"]):
         return False
