@@ -36,6 +36,7 @@ from turbopack.inference import model as M  # noqa: E402
 from turbopack.inference.api import fuse_model, load  # noqa: E402
 from turbopack.inference.generate import Engine  # noqa: E402
 from turbopack.inference.kernels import pdl  # noqa: E402
+from turbopack.inference.kernels.graph_capture import capture  # noqa: E402
 from turbopack.inference.qlinear import QuantLinear  # noqa: E402
 
 LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
@@ -177,7 +178,7 @@ def linears_only_ms(model: M.Transformer) -> float:
     run()
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with capture(g):
         run()
     return time_graph(g.replay, iters=20)
 

@@ -11,6 +11,7 @@ import torch
 
 from turbopack.inference import model as M
 from turbopack.inference.generate import Engine
+from turbopack.inference.kernels.graph_capture import capture
 
 
 def time_graph(fn, iters: int = 50, warmup: int = 5) -> float:
@@ -84,7 +85,7 @@ def attention_micro(contexts=(4096, 16384), configs=((32, 4, 2), (64, 4, 2), (12
                     assert err < 3e-2, (ctx, prec, bn, nw, ns, fast, err)  # int8 K/V on random data: 2.1e-2 seen
                     torch.cuda.synchronize()
                     g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g):
+                    with capture(g):
                         fn()
                     us = time_graph(g.replay, iters=100) * 1e3
                     key = f"{ctx}/{prec}/{bn}x{nw}x{ns}/{'fast' if fast else 'conv'}"

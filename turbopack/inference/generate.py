@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from turbopack.errors import UnsupportedModelError
+from turbopack.inference.kernels.graph_capture import capture
 from turbopack.inference.kernels.interpret import interpreting
 from turbopack.inference.kv_quant import KV_FORMATS, cache_factory
 from turbopack.inference.model import Transformer
@@ -145,7 +146,7 @@ class Engine:
                 self._step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with capture(graph):
             logits = self._step()
         return _Graph(graph, logits)
 

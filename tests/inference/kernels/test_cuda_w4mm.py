@@ -19,11 +19,13 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
-#: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every instance (BN x token tile; BN = 256 caps BM at
-#: 64), every ring depth, split 1, auto (0), uneven (4 over K = 1152: 9 stages, the last CTA one stage)
-#: and one stage per CTA (9)
-CONFIGS = [(64, 32, 3, 1), (128, 64, 4, 0), (64, 128, 5, 4), (128, 128, 3, 9), (128, 32, 4, 2), (64, 64, 4, 0),
-           (256, 64, 4, 2), (256, 128, 3, 1), (256, 32, 5, 0)]
+#: (BN, BM, WARP_N, STAGES, SPLIT_K) cycled over the cases: every instance (BN x token tile x warp
+#: rows; BN = 256 and WARP_N = 32 cap BM at 64; WARP_N = 32 is built for BN = 128 only), every ring
+#: depth, split 1, auto (0), uneven (4 over K = 1152: 9 stages, the last CTA one stage) and one stage
+#: per CTA (9)
+CONFIGS = [(64, 32, 16, 3, 1), (128, 64, 16, 4, 0), (64, 128, 16, 5, 4), (128, 128, 16, 3, 9), (128, 32, 16, 4, 2),
+           (64, 64, 16, 4, 0), (256, 64, 16, 4, 2), (256, 128, 16, 3, 1), (256, 32, 16, 5, 0),
+           (128, 32, 32, 4, 2), (128, 64, 32, 3, 1), (128, 32, 32, 5, 9), (128, 64, 32, 4, 4), (128, 64, 32, 5, 0)]
 
 
 def _weight(n, k, group, sym, dtype, seed):
@@ -46,23 +48,48 @@ def test_matches_reference(m, group, sym, dtype):
     fmt, q, reference = _weight(n, k, group, sym, dtype, 100 * m + group + sym)
     case = m + group + sym
     for i, tile_n in enumerate((64, 16)):
-        bn, bm, stages, split = CONFIGS[(case + 3 * i) % len(CONFIGS)]
+        bn, bm, wn, stages, split = CONFIGS[(case + 3 * i) % len(CONFIGS)]
         packed = reference.pack_w4(q, tile_n)
         x = torch.randn(m, k, device="cuda").to(dtype)
         b = torch.randn(n, device="cuda").to(dtype) if tile_n == 64 else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_w4mm.supports(x, fmt, packed, (n, k))
-        cuda_w4mm.w4_mma(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split)
+        cuda_w4mm.w4_mma(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, warp_n=wn, stages=stages,
+                         split_k=split)
         err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
-        assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} stages={stages} split={split}: rel err {err:.2e}"
+        assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} WARP_N={wn} stages={stages} split={split}: {err:.2e}"
+
+
+@pytest.mark.gpu
+@gpu
+def test_every_config_case_runs():
+    """CONFIGS as test_matches_reference cycles them covers a subset per (m, group, sym); here each
+    entry runs at M = 100 and 33 (two token tiles of 64, one of 64 over 33 tokens), bf16, twice:
+    the second call must give the same bits (split-K by slices is deterministic)."""
+    n, k = 1024 + 48, 1152
+    fmt, q, reference = _weight(n, k, 128, False, torch.bfloat16, 7)
+    packed = reference.pack_w4(q, 64)
+    for m in (100, 33):
+        x = torch.randn(m, k, device="cuda").bfloat16()
+        ref = reference.ref_linear(x, "w4a16", q)
+        for bn, bm, wn, stages, split in CONFIGS:
+            y = cuda_w4mm.w4_mma(x, packed, (n, k), None, group=128, bn=bn, bm=bm, warp_n=wn, stages=stages,
+                                 split_k=split)
+            err = reference.rel_err(y, ref)
+            assert err < TOL[torch.bfloat16], f"M={m} BN={bn} BM={bm} WARP_N={wn} stages={stages} split={split}"
+            # split-K sums its slices in slice order, whichever CTA arrives last: the same bits every call
+            again = cuda_w4mm.w4_mma(x, packed, (n, k), None, group=128, bn=bn, bm=bm, warp_n=wn, stages=stages,
+                                     split_k=split)
+            assert torch.equal(y, again), f"M={m} BN={bn} BM={bm} WARP_N={wn} split={split}: not deterministic"
 
 
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("bn,bm,split", [(64, 128, 1), (128, 64, 3), (256, 64, 2)])
-def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split):
+@pytest.mark.parametrize("bn,bm,wn,split", [(64, 128, 16, 1), (128, 64, 16, 3), (256, 64, 16, 2), (128, 32, 32, 1),
+                                           (128, 64, 32, 3)])
+def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, wn, split):
     """Token t is the unit vector at k_t, so y[t] = W16[:, k_t] with one nonzero product per sum:
     exact in fp32 and in the 16-bit store. 128 tokens at k spread over every tile, quad lane,
     step and group."""
@@ -74,7 +101,8 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
     x[torch.arange(128, device="cuda"), ks] = 1
     for tile_n in (64, 16):
         packed = reference.pack_w4(q, tile_n)
-        y = cuda_w4mm.w4_mma(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split)
+        y = cuda_w4mm.w4_mma(x, packed, (n, k), None, group=group, bn=bn, bm=bm, warp_n=wn, stages=4,
+                             split_k=split)
         assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n}"
 
 
@@ -90,7 +118,8 @@ def test_through_dispatch_and_token_tiles(m):
     fmt, q, reference = _weight(n, k, 128, False, torch.bfloat16, m)
     packed = reference.pack_w4(q, 64)
     x = torch.randn(m, k, device="cuda").bfloat16()
-    cfg = KernelConfig(KernelName.CUDA_MM, block_n=128, block_m=64, split_k=2, ring_stages=4)
+    cfg = KernelConfig(KernelName.CUDA_MM, block_n=128, block_m=64, warp_n=32 if m == 24 else 16, split_k=2,
+                       ring_stages=4)
     y = linear(x, fmt, "w4_t64x64", packed, (n, k), None, cfg)
     ref = reference.ref_linear(x, "w4a16", q)
     assert reference.rel_err(y, ref) < TOL[torch.bfloat16]
@@ -104,10 +133,12 @@ def test_through_dispatch_and_token_tiles(m):
 
 
 def test_config_keys_round_trip():
-    d = {"kernel": "cuda_mm", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 4}
+    d = {"kernel": "cuda_mm", "BN": 128, "BM": 64, "WARP_N": 32, "SPLIT_K": 2, "STAGES": 4}
     cfg = KernelConfig.from_json(d, "test")
-    assert cfg == KernelConfig(KernelName.CUDA_MM, block_n=128, block_m=64, split_k=2, ring_stages=4)
+    assert cfg == KernelConfig(KernelName.CUDA_MM, block_n=128, block_m=64, warp_n=32, split_k=2, ring_stages=4)
     assert cfg.to_json() == d
+    old = {"kernel": "cuda_mm", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 4}  # before run 8: 16-row warps
+    assert KernelConfig.from_json(old, "test").to_json() == old
 
 
 def test_tuner_offers_it_for_the_64_and_256_buckets_only():
@@ -116,7 +147,9 @@ def test_tuner_offers_it_for_the_64_and_256_buckets_only():
         assert cands, m
         assert {c.block_n for c in cands} <= set(cuda_w4mm.BNS)
         assert {c.block_m for c in cands} <= set(cuda_w4mm.BMS)
-        assert all(c.block_m <= cuda_w4mm.MAX_BM[c.block_n] for c in cands)
+        assert {c.warp_n for c in cands} == set(cuda_w4mm.WARP_NS)
+        assert all(c.warp_n == 16 or c.block_n in cuda_w4mm.BN_WARP32 for c in cands)
+        assert all(c.block_m <= cuda_w4mm.max_bm(c.block_n, c.warp_n) for c in cands)
         assert {c.ring_stages for c in cands} <= set(cuda_w4mm.STAGES)
         assert all(1 <= c.split_k <= k // 128 for c in cands)
     for m in (1, 16, 2048):
@@ -139,11 +172,13 @@ def _u4(buf: np.ndarray, i: int) -> np.ndarray:
 
 def _model_slot(a: dict, bx: int, by: int, s: int) -> np.ndarray:
     """The bytes of one ring slot after stage s's copies, every thread's cp.async by csrc/w4_mma.cu's
-    formulas (Feed::init/issue; the pointer increments there are these closed forms per stage)."""
+    formulas (Feed::init/issue; the pointer increments there are these closed forms per stage). "warps"
+    counts 16-row fragments (WARP_N = 32: two per warp, fragment r of warp w at 2w + r, its sources
+    fragment 0's plus a fixed offset); the x copies are spread over the CTA's real threads."""
     warps, bmt, tn_, kt, kgp, g_ = a["warps"], a["bmt"], a["TN"], a["KT"], a["KGP"], a["G"]
     kw, ksz = warps * 64, warps * 6
     slot = np.zeros((kw + ksz + bmt * 17) * 16, np.uint8)
-    for tid in range(warps * 32):
+    for tid in range(warps * 32):  # one (fragment, lane) at a time: the weight and scale copies
         warp, lane = tid >> 5, tid & 31
         n0 = by * warps * 16 + warp * 16
         active = n0 < a["NP"]
@@ -161,9 +196,11 @@ def _model_slot(a: dict, bx: int, by: int, s: int) -> np.ndarray:
             elif lane < 6 and a["zb"] is not None:
                 e = grp * tn_ + r0
                 slot[dst: dst + 16] = a["zb"][e: e + 16]
+    threads = warps * 32 // a["frags_per_warp"]
+    for tid in range(threads):
         xrow, xch = tid >> 4, tid & 15
-        for p in range(bmt // (warps * 2)):
-            row = xrow + p * warps * 2
+        for p in range(bmt // (threads // 16)):
+            row = xrow + p * (threads // 16)
             tok = min(bx * bmt + row, a["M"] - 1)
             e = tok * a["K"] + s * 128 + 8 * xch
             _u4(slot, kw + ksz + row * 17 + xch)[:] = a["xb"][2 * e: 2 * e + 16]
@@ -206,9 +243,10 @@ def _model_mma(acc: np.ndarray, slot: np.ndarray, a: dict, warp: int) -> None:
                     acc[nb] += a_mat @ b_mat
 
 
-@pytest.mark.parametrize("group,sym,tile_n,bn,bm,split", [(64, False, 16, 64, 32, 2), (128, True, 64, 128, 64, 1),
-                                                         (128, False, 64, 256, 64, 3)])
-def test_model_of_the_copies_and_fragments_matches_the_reference(group, sym, tile_n, bn, bm, split):
+@pytest.mark.parametrize("group,sym,tile_n,bn,bm,wn,split", [
+    (64, False, 16, 64, 32, 16, 2), (128, True, 64, 128, 64, 16, 1), (128, False, 64, 256, 64, 16, 3),
+    (64, True, 16, 128, 32, 32, 1), (128, False, 64, 128, 64, 32, 2)])
+def test_model_of_the_copies_and_fragments_matches_the_reference(group, sym, tile_n, bn, bm, wn, split):
     """The kernel's index math on the CPU: slots filled by its copy formulas, fragments read by its
     formulas and multiplied in mma's layout give x W16^T to fp64 rounding; a wrong offset, pairing
     or permutation gives O(1) errors. (The kernel itself: the GPU tests above.)"""
@@ -223,7 +261,8 @@ def test_model_of_the_copies_and_fragments_matches_the_reference(group, sym, til
     x = torch.randn(m, k).bfloat16()
     qw = packed["qweight"]
     warps, bmt = bn // 16, cuda_w4mm.token_tile(m, bm)
-    a = {"warps": warps, "bmt": bmt, "TN": qw.shape[2], "KT": qw.shape[1], "KGP": packed["scales"].shape[1],
+    a = {"warps": warps, "frags_per_warp": wn // 16, "bmt": bmt, "TN": qw.shape[2], "KT": qw.shape[1],
+         "KGP": packed["scales"].shape[1],
          "G": group, "NP": qw.shape[0] * qw.shape[2], "M": m, "K": k,
          "qb": qw.contiguous().view(torch.uint8).flatten().numpy(),
          "sb": packed["scales"].contiguous().view(torch.uint8).flatten().numpy(),

@@ -26,6 +26,7 @@ from turbopack.formats.int8 import quantize_rows_int8
 from turbopack.inference.kernels import reference
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import FAMILIES
+from turbopack.inference.kernels.graph_capture import capture
 from turbopack.layouts import get_layout
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
@@ -59,7 +60,7 @@ def time_us(fns: list[Callable[[], object]], min_calls: int = 24, reps: int = 11
     torch.cuda.synchronize()
     inner = max(1, math.ceil(min_calls / len(fns)))
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with capture(g):
         for _ in range(inner):
             for f in fns:
                 f()

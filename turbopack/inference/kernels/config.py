@@ -38,7 +38,8 @@ class ConfigError(TurbopackError):
 
 
 #: JSON key -> field name
-JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "GROUP_M": "group_m", "SPLIT_K": "split_k",
+JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "WARP_N": "warp_n", "GROUP_M": "group_m",
+               "SPLIT_K": "split_k",
                "STAGES": "ring_stages", "VARIANT": "variant", "ROUND": "round_weights", "PLANES": "planes",
                "num_warps": "num_warps", "num_stages": "num_stages"}
 _BOOL_KEYS = frozenset({"ROUND", "PLANES"})
@@ -49,7 +50,7 @@ KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.TC: ("BN", "BM", "BK", "SPLIT_K", "num_warps", "num_stages", "PLANES"),
     KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT"),
     KernelName.DQ_MM: (),
-    KernelName.CUDA_MM: ("BN", "BM", "SPLIT_K", "STAGES"),
+    KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
     KernelName.SCALED_MM: (),
@@ -63,6 +64,7 @@ class KernelConfig:
     block_n: int | None = None        # BN: output rows per program
     block_m: int | None = None        # BM: tokens per program (tensor-core kernels)
     block_k: int | None = None        # BK: K per loop iteration
+    warp_n: int | None = None         # WARP_N: output rows per warp (cuda_mm: 16 or 32; unset = 16)
     group_m: int | None = None        # GROUP_M: row blocks sharing a weight block in L2 (w8a8)
     split_k: int | None = None        # SPLIT_K: programs sharing one K range (cuda: 0 = its own rule; W4
     #                                   VARIANT 3 = v8 has no split: SPLIT_K is its CTAs per SM, 0 = all that fit)

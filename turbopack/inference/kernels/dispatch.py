@@ -84,6 +84,7 @@ FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8
 def _w4mm(x2, packed, shape, bias, cfg, out, group):
     return cuda_w4mm.w4_mma(x2, packed, shape, bias, out, group=group, bn=or_default(cfg.block_n, cuda_w4mm.DEFAULT_BN),
                             bm=or_default(cfg.block_m, cuda_w4mm.DEFAULT_BM),
+                            warp_n=or_default(cfg.warp_n, cuda_w4mm.DEFAULT_WARP_N),
                             stages=or_default(cfg.ring_stages, cuda_w4mm.DEFAULT_STAGES), split_k=cfg.split_k or 0)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from turbopack.inference.kernels.triton_env import interpreting, tl, triton  # noqa: F401 (re-exported)
 
-_WS: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+_WS: dict[tuple[str, torch.dtype | str], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers stay alive: a captured graph may point at them
 
 
@@ -58,6 +58,24 @@ def splitk_buffers(device: torch.device, m: int, n: int, tiles: int, split_k: in
     if split_k == 1:
         return workspace(device, 1, torch.float32), workspace(device, 1, torch.int32)
     return workspace(device, m * n, torch.float32), workspace(device, tiles, torch.int32)
+
+
+def splitk_slices(device: torch.device, m: int, n: int, tiles: int, split_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 [split_k, m, n] partial tiles, int32 [tiles] counters) for the kernels that reduce split-K
+    by slices (csrc/w4_mma.cu): each K slice stores its partial tile with plain stores and the last one
+    to arrive sums the slices in order, where atomics into one zeroed buffer cost an L2 atomic per
+    element and slice. The slices are scratch, fully written before they are read: one buffer per
+    device, not zeroed, grown as ``workspace`` grows; the counters are the shared zeroed ones."""
+    if split_k == 1:
+        return workspace(device, 1, torch.float32), workspace(device, 1, torch.int32)
+    key = (str(device), "slices")
+    buf = _WS.get(key)
+    if buf is None or buf.numel() < split_k * m * n:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = torch.empty(max(split_k * m * n, 1 << 16), dtype=torch.float32, device=device)
+        _WS[key] = buf
+    return buf, workspace(device, tiles, torch.int32)
 
 
 if triton is not None:

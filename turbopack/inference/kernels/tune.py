@@ -80,16 +80,20 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
 
 
 def _mma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
-    """The CUDA C++ multi-column kernel (cuda_w4mm): 64, 128 or 256 weight rows per CTA, two token
-    tiles (BN = 256: up to 64 tokens), ring depths 3 and 4, no split and the splits that bring the
-    grid to one and two waves."""
+    """The CUDA C++ multi-column kernel (cuda_w4mm): 64, 128 or 256 weight rows per CTA in warps of
+    16 rows (or 32 at 128), two token tiles (BN = 256 or warps of 32: up to 64 tokens), ring depths 3 and 4,
+    no split, 2, 4 and the splits that bring the grid to one and two waves."""
     out = []
     for bn in cuda_w4mm.BNS:
-        for bm in [t for t in ((32, 64) if m <= 64 else (64, 128)) if t <= cuda_w4mm.MAX_BM[bn]]:
-            ctas = math.ceil(n / bn) * math.ceil(m / bm)
-            for sk in sorted({1, *_splits(ctas, k // 128, sms // 2)}):
-                out += [KernelConfig(KernelName.CUDA_MM, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
-                        for st in (3, 4)]
+        for wn in [w for w in cuda_w4mm.WARP_NS if w == 16 or bn in cuda_w4mm.BN_WARP32]:
+            for bm in [t for t in ((32, 64) if m <= 64 else (64, 128)) if t <= cuda_w4mm.max_bm(bn, wn)]:
+                ctas = math.ceil(n / bn) * math.ceil(m / bm)
+                # split-K by slices (csrc/w4_mma.cu store_sliced) is cheap: 2 and 4 always, at least
+                # two stages per slice
+                splits = {sk for sk in (1, 2, 4, *_splits(ctas, k // 128, sms // 2)) if sk == 1 or sk <= k // 256}
+                for sk in sorted(splits):
+                    out += [KernelConfig(KernelName.CUDA_MM, block_n=bn, block_m=bm, warp_n=wn,
+                                         split_k=sk, ring_stages=st) for st in (3, 4)]
     return out
 
 

@@ -95,6 +95,10 @@ __device__ __forceinline__ void cp_async16_hint(void* dst, const void* src, uint
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "l"(policy));
 }
+// ... to a 32-bit shared address (a ring slot's fixed base plus an offset)
+__device__ __forceinline__ void cp_async16_hint_s(uint32_t dst, const void* src, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "l"(policy));
+}
 __device__ __forceinline__ uint64_t l2_evict_first() {
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
@@ -142,15 +146,16 @@ struct Out {
   int M, N, split_k, scale_stride;
 };
 
-// Output element i of token column t of this thread: row n0 + g + 8*(i/2), token tok0 + 8t + 2c + (i&1).
+// Output element i of token column t of fragment r of this thread: row n0 + 16r + g + 8*(i/2), token
+// tok0 + 8t + 2c + (i&1) (R fragments of 16 rows: w4_mma.cu's warps of 32 rows have two).
 // Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter
 // (counters[tile]); the CTA that completes the count (`arrivals`, the CTAs that contribute to the
 // tile) stores y (+ bias) and leaves workspace and counter zeroed. No CTA waits for another, so a
 // wrong count cannot hang: it leaves y unwritten. arrivals == 1: y directly, no workspace.
 // Every thread of the CTA calls it (two __syncthreads when arrivals > 1).
-template <typename T, int NTOK>
-__device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c,
-                                              bool active, int tile, int arrivals, int tok0 = 0) {
+template <typename T, int R, int NTOK>
+__device__ __forceinline__ void store_frags_at(const Out& o, const float (&out)[R][NTOK][4], int n0, int g, int c,
+                                               bool active, int tile, int arrivals, int tok0 = 0) {
   pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store, not after the wait)
   T* y = static_cast<T*>(o.y);
   const T* bias = static_cast<const T*>(o.bias);
@@ -158,12 +163,14 @@ __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[N
   if (split) {
     if (active) {
 #pragma unroll
-      for (int t = 0; t < NTOK; ++t)
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = n0 + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
-          if (row < o.N && tok < o.M) atomicAdd(o.ws + (long long)tok * o.N + row, out[t][i]);
-        }
+        for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
+            if (row < o.N && tok < o.M) atomicAdd(o.ws + (long long)tok * o.N + row, out[r][t][i]);
+          }
     }
     __threadfence();
     __syncthreads();
@@ -175,20 +182,30 @@ __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[N
   }
   if (active) {
 #pragma unroll
-    for (int t = 0; t < NTOK; ++t)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = n0 + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
-        if (row < o.N && tok < o.M) {
-          float v = out[t][i];
-          if (split) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
-          if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
-          if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
-          y[(long long)tok * o.N + row] = Half16<T>::from_f(v);
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
+          if (row < o.N && tok < o.M) {
+            float v = out[r][t][i];
+            if (split) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
+            if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
+            if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
+            y[(long long)tok * o.N + row] = Half16<T>::from_f(v);
+          }
         }
-      }
   }
   if (split && threadIdx.x == 0) o.counters[tile] = 0;
+}
+
+// One warp's 16-row fragment
+template <typename T, int NTOK>
+__device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c,
+                                              bool active, int tile, int arrivals, int tok0 = 0) {
+  store_frags_at<T, 1, NTOK>(o, reinterpret_cast<const float(&)[1][NTOK][4]>(out), n0, g, c, active, tile, arrivals,
+                             tok0);
 }
 
 // split-K over blockIdx.y: tile blockIdx.x, one arrival per K slice

@@ -1,12 +1,19 @@
 // W4A16 for 16 < M <= 128 tokens (batched decode, short prefill) from the packed w4_t{16,64}x64
 // layouts: turbopack_w4_mma. The decode kernel (w4.cu) reads x from L1 per warp and decodes each
 // weight fragment for one or two n8 token columns; at M = 64 that is eight decodes of every weight
-// and eight times the activation traffic. Here a CTA owns BN = 16 * WARPS weight rows x BM (32, 64,
-// 128) tokens: each stage (128 k) the CTA copies its weights, their scales and zero points and the
-// BM x 128 activation tile into one slot of a STAGES-deep cp.async ring in shared memory (one
-// __syncthreads per stage), and each warp decodes the A fragments of its 16 rows once per 16 k and
-// issues BM / 8 mma.sync.m16n8k16 with them (Marlin's reuse of one dequantized fragment over several
-// n8 columns), fp32 accumulators for all BM tokens in registers (BM / 2 per thread).
+// and eight times the activation traffic. Here a CTA owns BN = 16 * R * WARPS weight rows x BM (32,
+// 64, 128) tokens: each stage (128 k) the CTA copies its weights, their scales and zero points and
+// the BM x 128 activation tile into one slot of a STAGES-deep cp.async ring in shared memory (one
+// __syncthreads per stage), and each warp decodes the A fragments of its R x 16 rows once per 16 k
+// and issues R * BM / 8 mma.sync.m16n8k16 with them (Marlin's reuse of one dequantized fragment over
+// several n8 columns), fp32 accumulators for all BM tokens in registers (R * BM / 2 per thread).
+//
+// R (rows per warp / 16, the config's WARP_N / 16): each B fragment of x read from shared memory
+// feeds R MMAs. With R = 1 every MMA reads its 256 bytes of x from shared memory, and ncu on the H200
+// (run 8, M = 64) found the kernel bound there: 9 cycles per issued instruction, mostly short
+// scoreboard, MIO throttle and wait stalls, at 31% tensor-pipe use and 18% of DRAM bandwidth. R = 2
+// halves the shared-memory bytes per MMA and doubles the independent MMAs per load; it costs twice
+// the accumulators, so it stops at BM = 64 (128 registers).
 //
 // Weights in A are the contract's 16-bit weights, not w4.cu's raw (M + q): lop3 gives (M + q) pairs,
 // HSUB2 of the (M + z) pair gives q - z exactly, HMUL2 by the scale pair rounds (q - z) * s once, i.e.
@@ -20,8 +27,10 @@
 // are 272 bytes (128 k + 8 pad): the eight lanes of an LDS.128 phase (tokens g, g+1, c = 0..3) then
 // cover all 32 banks.
 //
-// Split-K over blockIdx.z (store_tile_at: workspace + counter per (row tile, token tile)); token tiles
-// are blockIdx.x, the fastest-varying, so the CTAs that read the same weights run together (L2).
+// Split-K over blockIdx.z by slices (store_sliced: each K slice stores its fp32 tile to its own plane
+// of the workspace, the last of a (row tile, token tile) counter to arrive sums the planes in order);
+// token tiles are blockIdx.x, the fastest-varying, so the CTAs that read the same weights run together
+// (L2).
 #include "common.cuh"
 
 namespace {
@@ -36,10 +45,12 @@ struct MmaArgs {
   int M, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages;
 };
 
-// One ring slot, in uint4: [WARPS][2 tiles][32] weights, [WARPS][kSzChunks] scales/zeros, [BM][kXRow] x
-template <int WARPS, int BM>
+// One ring slot, in uint4, for F = WARPS * R fragments of 16 rows (fragment r of warp w is F-index
+// w * R + r, rows 16 * (w * R + r) of the CTA's): [F][2 tiles][32] weights, [F][kSzChunks]
+// scales/zeros, [BM][kXRow] x
+template <int F, int BM>
 struct Slot {
-  static constexpr int kW = WARPS * 64, kSz = WARPS * kSzChunks, kX = BM * kXRow;
+  static constexpr int kW = F * 64, kSz = F * kSzChunks, kX = BM * kXRow;
   static constexpr int kSize = kW + kSz + kX;
 };
 
@@ -51,47 +62,58 @@ __device__ __forceinline__ uint32_t dq(uint32_t v, uint32_t mz, uint32_t s) {
   return H::mul2(H::sub2(lop3_magic<H::kMagic>(v), mz), s);
 }
 
-// The copies of one stage: every thread its x chunks; each warp its 16 rows' weights (lane l: chunk l
-// of both 64-k tiles) and, on lanes 0-5, the scale/zero chunks (slot j = scales of tile j's group).
-// Shared destinations are 32-bit offsets from the thread's chunks in slot 0, fixed for the kernel.
-template <typename T, int WARPS, int BM>
+// The copies of one stage: every thread its x chunks; each warp, per fragment, its 16 rows' weights
+// (lane l: chunk l of both 64-k tiles) and, on lanes 0-5, the scale/zero chunks (slot j = scales of
+// tile j's group). Shared destinations are 32-bit offsets from the thread's chunks in slot 0, fixed
+// for the kernel; fragment r's sit r fragments further.
+template <typename T, int WARPS, int R, int BM>
 struct Feed {
+  using S = Slot<WARPS * R, BM>;
   static constexpr int kXRows = WARPS * 32 / 16;  // x rows one pass of the CTA's threads copies
   static constexpr int kXPasses = BM / kXRows;
-  const uint4* wsrc;   // this lane's weight chunk at the next stage
-  const char* szsrc;   // lanes < kSzChunks: this lane's scale or zero chunk at the next stage
+  const uint4* wsrc;   // this lane's weight chunk of fragment 0 at the next stage
+  const char* szsrc;   // lanes < kSzChunks: this lane's scale or zero chunk of fragment 0 at the next stage
+  int wnext, sznext;   // fragment r + 1's sources sit this far (uint4, bytes) from fragment r's (R = 2)
   int szstep;          // bytes per stage of szsrc
-  bool szlane;
-  uint32_t wdst, szdst, xdst;  // slot 0's shared addresses of this thread's chunks (x: pass 0)
+  bool wlive[R], szlive[R];
+  uint32_t wdst, szdst, xdst;  // slot 0's shared addresses of this thread's chunks (fragment 0; x: pass 0)
   int xrow, xcol;              // token row (pass 0) and element column of this thread's x chunks
-  __device__ __forceinline__ void init(const MmaArgs& a, uint32_t base, int n0, int s_lo, int warp, int lane,
-                                       bool active) {
-    const int tn = n0 / a.TN, r0 = n0 % a.TN;
-    wsrc = a.qw + (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
+  __device__ __forceinline__ void init(const MmaArgs& a, uint32_t base, int n0, int s_lo, int warp, int lane) {
     // group of tile j of stage s: 2s + j at G = 64, s at G = 128 (both tiles read the same chunk)
     const int j = lane < 4 ? lane >> 1 : lane - 4;
-    const long long grp = (long long)tn * a.KGP + (a.G == 64 ? 2 * s_lo + j : s_lo);
     const int per = a.G == 64 ? 2 : 1;
-    if (lane < 4) {
-      szsrc = reinterpret_cast<const char*>(static_cast<const T*>(a.scales) + grp * a.TN + r0 + 8 * (lane & 1));
-      szstep = per * a.TN * static_cast<int>(sizeof(T));
-    } else {
-      szsrc = reinterpret_cast<const char*>(a.zeros + grp * a.TN + r0);
-      szstep = per * a.TN;
+    const bool scale_lane = lane < 4;
+    long long wsrc_at[R], sz_at[R];  // in uint4 of qw, in bytes from scales / zeros
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      wlive[r] = n0 + 16 * r < a.NP;
+      const int nr = wlive[r] ? n0 + 16 * r : n0 < a.NP ? n0 : 0;
+      const int tn = nr / a.TN, r0 = nr % a.TN;
+      wsrc_at[r] = (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
+      const long long grp = (long long)tn * a.KGP + (a.G == 64 ? 2 * s_lo + j : s_lo);
+      sz_at[r] = scale_lane ? (grp * a.TN + r0 + 8 * (lane & 1)) * static_cast<long long>(sizeof(T)) : grp * a.TN + r0;
+      szlive[r] = wlive[r] && (scale_lane || (lane < kSzChunks && a.zeros != nullptr));
     }
-    szlane = active && (lane < 4 || (lane < kSzChunks && a.zeros != nullptr));
-    wdst = base + (warp * 64 + lane) * 16;
-    szdst = base + (Slot<WARPS, BM>::kW + warp * kSzChunks + lane) * 16;
+    wsrc = a.qw + wsrc_at[0];
+    szsrc = (scale_lane ? static_cast<const char*>(a.scales) : reinterpret_cast<const char*>(a.zeros)) + sz_at[0];
+    wnext = R > 1 ? static_cast<int>(wsrc_at[R - 1] - wsrc_at[0]) : 0;
+    sznext = R > 1 ? static_cast<int>(sz_at[R - 1] - sz_at[0]) : 0;
+    szstep = scale_lane ? per * a.TN * static_cast<int>(sizeof(T)) : per * a.TN;
+    wdst = base + ((warp * R) * 64 + lane) * 16;
+    szdst = base + (S::kW + (warp * R) * kSzChunks + lane) * 16;
     xrow = threadIdx.x >> 4, xcol = 8 * (threadIdx.x & 15);
-    xdst = base + (Slot<WARPS, BM>::kW + Slot<WARPS, BM>::kSz + xrow * kXRow + (threadIdx.x & 15)) * 16;
+    xdst = base + (S::kW + S::kSz + xrow * kXRow + (threadIdx.x & 15)) * 16;
   }
-  __device__ __forceinline__ void issue(const MmaArgs& a, uint32_t slot_off, int s, bool active) {
-    if (active) {
-      cp_async16_s(wdst + slot_off, wsrc);
-      cp_async16_s(wdst + slot_off + 512, wsrc + (long long)a.TN * 2);
-      wsrc += (long long)a.TN * 4;
+  __device__ __forceinline__ void issue(const MmaArgs& a, uint32_t slot_off, int s) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (wlive[r]) {
+        cp_async16_s(wdst + slot_off + r * 1024, wsrc + r * wnext);
+        cp_async16_s(wdst + slot_off + r * 1024 + 512, wsrc + r * wnext + (long long)a.TN * 2);
+      }
+      if (szlive[r]) cp_async16_s(szdst + slot_off + r * kSzChunks * 16, szsrc + r * sznext);
     }
-    if (szlane) cp_async16_s(szdst + slot_off, szsrc);
+    wsrc += (long long)a.TN * 4;
     szsrc += szstep;
     const T* x = static_cast<const T*>(a.x) + s * kStageK + xcol;
     const int tok0 = blockIdx.x * BM + xrow;
@@ -109,147 +131,229 @@ __device__ __forceinline__ void wait_ring(int stages) {  // cp.async.wait_group 
   else cp_async_wait<3>();
 }
 
-// acc[nb] += W (16 rows) x X^T (token block nb) over one 128-k slot
-template <typename T, int WARPS, int BM>
-__device__ __forceinline__ void slot_mma(float (&acc)[BM / 8][4], const uint4* slot, bool asym, int warp, int g,
+// The A fragments of steps 2h, 2h + 1 (word h of each row, shifts 0/4 and 8/12) of one 16-row
+// fragment: wt its weight chunks, 64-k tile j; s/mz its scale and (M + z) pairs, rows g and g + 8
+template <typename T>
+__device__ __forceinline__ void decode_af(uint32_t (&af)[2][4], const uint4* wt, int j, int h, int g, int c,
+                                          const uint32_t (&s)[2], const uint32_t (&mz)[2]) {
+  const uint32_t lo = reinterpret_cast<const uint32_t*>(wt + 32 * j)[(g * 4 + c) * 2 + h];
+  const uint32_t hi = reinterpret_cast<const uint32_t*>(wt + 32 * j)[((g + 8) * 4 + c) * 2 + h];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    af[u][0] = dq<T>(lo >> (8 * u), mz[0], s[0]);
+    af[u][1] = dq<T>(hi >> (8 * u), mz[1], s[1]);
+    af[u][2] = dq<T>(lo >> (8 * u + 4), mz[0], s[0]);
+    af[u][3] = dq<T>(hi >> (8 * u + 4), mz[1], s[1]);
+  }
+}
+
+// acc[r][nb] += W (fragment r's 16 rows) x X^T (token block nb) over one 128-k slot. R = 1 decodes a
+// fragment once per step pair and streams the token blocks past it; R = 2 loads CH token blocks' B
+// registers once for both fragments and decodes each fragment per chunk (twice at BM = 64): the
+// decode is 3 ALU ops per A register, and holding both fragments' A registers across the chunks
+// would spill at 128 registers (ptxas, sm_90a).
+template <typename T, int WARPS, int R, int BM>
+__device__ __forceinline__ void slot_mma(float (&acc)[R][BM / 8][4], const uint4* slot, bool asym, int warp, int g,
                                          int c) {
   using H = Half16<T>;
-  constexpr int NB = BM / 8, CH = NB < 8 ? NB : 8;  // token blocks whose B registers are live at once
-  const uint4* wt = slot + warp * 64;
-  const uint4* sz = slot + Slot<WARPS, BM>::kW + warp * kSzChunks;
-  const uint4* xs = slot + Slot<WARPS, BM>::kW + Slot<WARPS, BM>::kSz;
+  using S = Slot<WARPS * R, BM>;
+  constexpr int NB = BM / 8, CH = NB < 8 / R ? NB : 8 / R;  // token blocks whose B registers are live at once
+  const uint4* wt = slot + warp * R * 64;
+  const uint4* sz = slot + S::kW + warp * R * kSzChunks;
+  const uint4* xs = slot + S::kW + S::kSz;
   constexpr uint32_t kM16 = H::kMagic & 0xFFFFu;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
-    const uint16_t* sc = reinterpret_cast<const uint16_t*>(sz + 2 * j);
-    const uint32_t s_lo = sc[g] * 0x10001u, s_hi = sc[g + 8] * 0x10001u;
-    const uint8_t* zc = reinterpret_cast<const uint8_t*>(sz + 4 + j);
-    const uint32_t z_lo = asym ? zc[g] : 8u, z_hi = asym ? zc[g + 8] : 8u;
-    const uint32_t mz_lo = (kM16 + z_lo) * 0x10001u, mz_hi = (kM16 + z_hi) * 0x10001u;
-    const uint2 wl = reinterpret_cast<const uint2*>(wt + 32 * j)[g * 4 + c];
-    const uint2 wh = reinterpret_cast<const uint2*>(wt + 32 * j)[(g + 8) * 4 + c];
+    uint32_t sc[R][2], mz[R][2];  // [fragment][rows g, g + 8]
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // steps 2h, 2h + 1: word h of each row, shifts 0/4 and 8/12
-      const uint32_t lo = h ? wl.y : wl.x, hi = h ? wh.y : wh.x;
-      uint32_t af[2][4];
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* sp = reinterpret_cast<const uint16_t*>(sz + r * kSzChunks + 2 * j);
+      const uint8_t* zp = reinterpret_cast<const uint8_t*>(sz + r * kSzChunks + 4 + j);
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        af[u][0] = dq<T>(lo >> (8 * u), mz_lo, s_lo);
-        af[u][1] = dq<T>(hi >> (8 * u), mz_hi, s_hi);
-        af[u][2] = dq<T>(lo >> (8 * u + 4), mz_lo, s_lo);
-        af[u][3] = dq<T>(hi >> (8 * u + 4), mz_hi, s_hi);
+      for (int e = 0; e < 2; ++e) {
+        sc[r][e] = sp[g + 8 * e] * 0x10001u;
+        mz[r][e] = (kM16 + (asym ? zp[g + 8 * e] : 8u)) * 0x10001u;
       }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t af[R][2][4];
+      if (R == 1) decode_af<T>(af[0], wt, j, h, g, c, sc[0], mz[0]);
 #pragma unroll
       for (int nb0 = 0; nb0 < NB; nb0 += CH) {
         uint4 b[CH];  // k = 64j + 16c + 8h .. +7 of token nb*8 + g: steps 2h (x, y) and 2h + 1 (z, w)
 #pragma unroll
         for (int i = 0; i < CH; ++i) b[i] = xs[((nb0 + i) * 8 + g) * kXRow + 8 * j + 2 * c + h];
-        // the two steps of one accumulator CH MMAs apart (mma.sync is asm volatile: issued in this order)
 #pragma unroll
-        for (int i = 0; i < CH; ++i) H::mma(acc[nb0 + i], af[0], b[i].x, b[i].y);
+        for (int r = 0; r < R; ++r) {
+          if (R > 1) decode_af<T>(af[r], wt + r * 64, j, h, g, c, sc[r], mz[r]);
+          // the two steps of one accumulator CH MMAs apart (mma.sync is asm volatile: issued in this order)
 #pragma unroll
-        for (int i = 0; i < CH; ++i) H::mma(acc[nb0 + i], af[1], b[i].z, b[i].w);
+          for (int i = 0; i < CH; ++i) H::mma(acc[r][nb0 + i], af[r][0], b[i].x, b[i].y);
+#pragma unroll
+          for (int i = 0; i < CH; ++i) H::mma(acc[r][nb0 + i], af[r][1], b[i].z, b[i].w);
+        }
       }
     }
   }
 }
 
-// Register caps: on sm_90a 128 for BM <= 64 (2 CTAs of 8 warps or 4 of 4 per SM, as shared memory
-// allows at 3-4 stages; unbounded it took 68-111 and spilled nothing); the 128-token tile is one CTA
-// per SM by its shared memory, so it takes what it wants (184-192). sm_80 and Blackwell, not here to
-// tune on, get the compiler's allocation at one CTA (with no bound ptxas spilled 4-8 bytes at BM = 32
-// on sm_80 and sm_100a).
+// Register caps: on sm_90a 128 for R * BM <= 64 (2 CTAs of 8 warps or 4 of 4 per SM, as shared memory
+// allows at 3-4 stages; unbounded R = 1 took 68-111 and spilled nothing); the 128-token tile is one CTA
+// per SM by its shared memory, so it takes what it wants (184-192); R = 2 at BM = 64 spilled 72-184
+// bytes under 128 (64 accumulators), and its x tile holds it to 2 CTAs of 4 warps per SM anyway, so
+// it is unbounded too (164-168). sm_80 and Blackwell, not here to tune on, get the compiler's allocation at
+// one CTA (with no bound ptxas spilled 4-8 bytes at BM = 32 on sm_80 and sm_100a).
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
-#define TP_MMA_MIN_BLOCKS(WARPS, BM) 1
+#define TP_MMA_MIN_BLOCKS(WARPS, R, BM) 1
 #else
-#define TP_MMA_MIN_BLOCKS(WARPS, BM) ((BM) <= 64 ? 16 / (WARPS) : 1)
+#define TP_MMA_MIN_BLOCKS(WARPS, R, BM) ((R) * (BM) <= 64 ? 16 / (WARPS) : 1)
 #endif
-template <typename T, int WARPS, int BM>
-__global__ void __launch_bounds__(WARPS * 32, TP_MMA_MIN_BLOCKS(WARPS, BM)) w4_mma_kernel(const MmaArgs a) {
+// Split-K by slices. store_frags_at (common.cuh) adds every partial into one zeroed fp32 buffer with
+// atomics: at M = 64 that is an L2 atomic per output element and slice (qkv, split 4: 1.6 M), which
+// made every split lose in run 8's tuner. Here slice z stores its tile to plane z of o.ws ([split, M,
+// N], scratch: fully written before it is read) with plain stores; the CTA that completes the tile's
+// counter sums the planes in slice order (its own from registers), so y is also the same whichever
+// CTA comes last. No CTA waits for another: a wrong count leaves y unwritten, never hangs.
+template <typename T, int R, int NTOK>
+__device__ __forceinline__ void store_sliced(const Out& o, const float (&acc)[R][NTOK][4], int n0, int g, int c,
+                                             bool active, int tile, int tok0) {
+  if (o.split_k == 1) return store_frags_at<T, R, NTOK>(o, acc, n0, g, c, active, tile, 1, tok0);
+  pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store)
+  const long long plane = (long long)o.M * o.N;
+  if (active) {
+    float* mine = o.ws + blockIdx.z * plane;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
+          if (row < o.N && tok < o.M) mine[(long long)tok * o.N + row] = acc[r][t][i];
+        }
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) last = atomicAdd(o.counters + tile, 1) == o.split_k - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (active) {
+    T* y = static_cast<T*>(o.y);
+    const T* bias = static_cast<const T*>(o.bias);
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
+          if (row < o.N && tok < o.M) {
+            const long long e = (long long)tok * o.N + row;
+            float v = 0.f;
+            for (int z = 0; z < o.split_k; ++z) v += z == static_cast<int>(blockIdx.z) ? acc[r][t][i]
+                                                                                      : __ldcg(o.ws + z * plane + e);
+            if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
+            y[e] = Half16<T>::from_f(v);
+          }
+        }
+  }
+  if (threadIdx.x == 0) o.counters[tile] = 0;
+}
+
+template <typename T, int WARPS, int R, int BM>
+__global__ void __launch_bounds__(WARPS * 32, TP_MMA_MIN_BLOCKS(WARPS, R, BM)) w4_mma_kernel(const MmaArgs a) {
   constexpr int NB = BM / 8;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  const int n0 = blockIdx.y * (WARPS * 16) + warp * 16;
-  const bool active = n0 < a.NP;
+  const int n0 = (blockIdx.y * WARPS + warp) * (16 * R);
   const int S = a.K / kStageK;
   const int per = (S + a.split_k - 1) / a.split_k;
   const int s_lo = min(S, static_cast<int>(blockIdx.z) * per), n_st = min(S, s_lo + per) - s_lo;
   const bool asym = a.zeros != nullptr;
-  Feed<T, WARPS, BM> feed;
-  feed.init(a, static_cast<uint32_t>(__cvta_generic_to_shared(smem)), active ? n0 : 0, s_lo, warp, lane, active);
-  constexpr int kSlot = Slot<WARPS, BM>::kSize;
+  Feed<T, WARPS, R, BM> feed;
+  feed.init(a, static_cast<uint32_t>(__cvta_generic_to_shared(smem)), n0, s_lo, warp, lane);
+  constexpr int kSlot = Slot<WARPS * R, BM>::kSize;
   constexpr uint32_t kSlotBytes = kSlot * 16;
   for (int s = 0; s < a.stages - 1; ++s) {
-    if (s < n_st) feed.issue(a, s * kSlotBytes, s_lo + s, active);
+    if (s < n_st) feed.issue(a, s * kSlotBytes, s_lo + s);
     cp_async_commit();
   }
-  float acc[NB][4];
+  float acc[R][NB][4];
 #pragma unroll
-  for (int t = 0; t < NB; ++t)
+  for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[t][i] = 0.f;
+    for (int t = 0; t < NB; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[r][t][i] = 0.f;
   int rd = 0, wr = a.stages - 1;
   for (int i = 0; i < n_st; ++i) {
     wait_ring(a.stages);
     __syncthreads();  // slot rd is complete for every thread, and every warp is done with slot wr
-    if (i + a.stages - 1 < n_st) feed.issue(a, wr * kSlotBytes, s_lo + i + a.stages - 1, active);
+    if (i + a.stages - 1 < n_st) feed.issue(a, wr * kSlotBytes, s_lo + i + a.stages - 1);
     cp_async_commit();
-    slot_mma<T, WARPS, BM>(acc, smem + rd * kSlot, asym, warp, g, c);
+    slot_mma<T, WARPS, R, BM>(acc, smem + rd * kSlot, asym, warp, g, c);
     rd = rd + 1 == a.stages ? 0 : rd + 1;
     wr = wr + 1 == a.stages ? 0 : wr + 1;
   }
   cp_async_wait<0>();
-  store_tile_at<T, NB>(a.o, acc, n0, g, c, active, blockIdx.y * gridDim.x + blockIdx.x, a.split_k, blockIdx.x * BM);
+  store_sliced<T, R, NB>(a.o, acc, n0, g, c, n0 < a.NP, blockIdx.y * gridDim.x + blockIdx.x, blockIdx.x * BM);
 }
 
-template <typename T, int WARPS, int BM>
+template <typename T, int WARPS, int R, int BM>
 int launch(const MmaArgs& a, cudaStream_t s) {
-  const int smem = a.stages * Slot<WARPS, BM>::kSize * static_cast<int>(sizeof(uint4));
+  const int smem = a.stages * Slot<WARPS * R, BM>::kSize * static_cast<int>(sizeof(uint4));
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
-    const cudaError_t e = cudaFuncSetAttribute(w4_mma_kernel<T, WARPS, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               smem);
+    const cudaError_t e = cudaFuncSetAttribute(w4_mma_kernel<T, WARPS, R, BM>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  const dim3 grid((a.M + BM - 1) / BM, (a.NP + WARPS * 16 - 1) / (WARPS * 16), a.split_k);
-  w4_mma_kernel<T, WARPS, BM><<<grid, WARPS * 32, smem, s>>>(a);
+  const dim3 grid((a.M + BM - 1) / BM, (a.NP + WARPS * R * 16 - 1) / (WARPS * R * 16), a.split_k);
+  w4_mma_kernel<T, WARPS, R, BM><<<grid, WARPS * 32, smem, s>>>(a);
   return static_cast<int>(cudaGetLastError());
 }
 
-// BM caps the token tile: a call with fewer tokens runs the smallest tile that covers them
-template <typename T, int WARPS>
+// BM caps the token tile: a call with fewer tokens runs the smallest tile that covers them (R = 2:
+// at most 64)
+template <typename T, int WARPS, int R>
 int by_bm(const MmaArgs& a, int bm, cudaStream_t s) {
-  if (bm <= 32 || a.M <= 32) return launch<T, WARPS, 32>(a, s);
-  if (bm <= 64 || a.M <= 64) return launch<T, WARPS, 64>(a, s);
-  return launch<T, WARPS, 128>(a, s);
+  if (bm <= 32 || a.M <= 32) return launch<T, WARPS, R, 32>(a, s);
+  if (R == 2 || bm <= 64 || a.M <= 64) return launch<T, WARPS, R, 64>(a, s);
+  return launch<T, WARPS, R, R == 1 ? 128 : 64>(a, s);
 }
 
 template <typename T>
-int by_bn(const MmaArgs& a, int bn, int bm, cudaStream_t s) {
-  if (bn == 256) return a.M <= 32 || bm == 32 ? launch<T, 16, 32>(a, s) : launch<T, 16, 64>(a, s);
-  return bn == 64 ? by_bm<T, 4>(a, bm, s) : by_bm<T, 8>(a, bm, s);
+int by_bn(const MmaArgs& a, int bn, int wn, int bm, cudaStream_t s) {
+  if (wn == 32) return by_bm<T, 4, 2>(a, bm, s);  // BN = 128 only (the host checks)
+  if (bn == 256) return a.M <= 32 || bm == 32 ? launch<T, 16, 1, 32>(a, s) : launch<T, 16, 1, 64>(a, s);
+  return bn == 64 ? by_bm<T, 4, 1>(a, bm, s) : by_bm<T, 8, 1>(a, bm, s);
 }
 
 }  // namespace
 
 // y [M, N] = x [M, K] W^T (+ bias) for any M >= 1; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). bn: weight
-// rows per CTA (64: 4 warps, 128: 8, 256: 16), bm: token tile (32, 64, 128; capped by M; 16 warps take at
-// most 64: 128 tokens would need ~190 registers, over the 128 of 512 threads), stages: ring depth (3-5).
-// Returns 0, -1 for bad arguments, else the CUDA error. split_k > 1 needs ws (fp32 [M*N], zeroed) and
-// counters (int32, one per row tile x token tile, zeroed); both are left zeroed.
+// rows per CTA (64, 128, 256), wn: weight rows per warp (16: bn / 16 warps; 32: 4 warps, bn = 128 only), bm: token
+// tile (32, 64, 128; capped by M; 16 warps and wn = 32 take at most 64: 128 tokens would need ~190
+// registers, over the 128 of 512 threads), stages: ring depth (3-5).
+// Returns 0, -1 for bad arguments, else the CUDA error. split_k > 1 needs ws (fp32 [split_k * M * N],
+// scratch) and counters (int32, one per row tile x token tile, zeroed, left zeroed).
 extern "C" int turbopack_w4_mma(const void* x, const void* qw, const void* scales, const void* zeros, const void* bias,
                                 void* y, void* ws, void* counters, int M, int N, int NP, int K, int KT, int KGP, int TN,
-                                int G, int stride_xm, int split_k, int bn, int bm, int stages, int dtype, void* stream) {
+                                int G, int stride_xm, int split_k, int bn, int wn, int bm, int stages, int dtype,
+                                void* stream) {
   if (M < 1 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 ||
-      split_k < 1 || (bn != 64 && bn != 128 && bn != 256) || (bm != 32 && bm != 64 && bm != 128) ||
-      (bn == 256 && bm == 128) || stages < 3 || stages > 5 ||
+      split_k < 1 || (bn != 64 && bn != 128 && bn != 256) || (wn != 16 && (wn != 32 || bn != 128)) ||
+      (bm != 32 && bm != 64 && bm != 128) || ((bn == 256 || wn == 32) && bm == 128) || stages < 3 || stages > 5 ||
       (dtype != 0 && dtype != 1))
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   const MmaArgs a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP,
                   TN, G, stride_xm, split_k, stages};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_bn<__nv_bfloat16>(a, bn, bm, s) : by_bn<__half>(a, bn, bm, s);
+  return dtype == 0 ? by_bn<__nv_bfloat16>(a, bn, wn, bm, s) : by_bn<__half>(a, bn, wn, bm, s);
 }

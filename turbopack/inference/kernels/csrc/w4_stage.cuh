@@ -26,6 +26,18 @@ __device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* con
       xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
 }
 
+// The same fragments read unpredicated: every lane reads its token row whether or not the token
+// exists (xsrc points a missing token at token 0). A missing token's column of B then holds another
+// token's x; MMA columns are independent, and store_tile never stores a column past M, so only
+// the existing tokens' sums are used. Saves the per-stage zeroing and predication (v7).
+template <int NTOK>
+__device__ __forceinline__ void load_x_all(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK], int off) {
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) xv[t][j >> 1][j & 1] = __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1));
+}
+
 // xsum[((j * NG + gi) * NTOK + t) * 4 + c] = (sum x of token 8t+2c, of 8t+2c+1) over group gi of
 // stage first + j (less wrap once it reaches wrap; stages counted from xsrc), for j < nst: v5's
 // all-ones MMAs (D column = token, rows all equal: row g kept). v6: first 0, wrap nst (no wrap);
@@ -67,17 +79,22 @@ __device__ __forceinline__ void sum_x(float2* xsum, const uint4* const (&xsrc)[N
   }
 }
 
-// acc[tile][t] = sum over the stage's 128 k of (M + q) x: v5's weight MMAs (fragment order above)
-template <typename T, int NTOK>
+// acc[tile][t] = sum over the stage's 128 k of (M + q) x: v5's weight MMAs (fragment order above).
+// ONE (one group per stage): both tiles accumulate into acc[0], saving the zeroing of acc[1] and
+// the four FADDs that would join them (v7).
+template <typename T, int NTOK, bool ONE = false>
 __device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage& st, const uint4 (&xv)[NTOK][2][2],
                                            int g, int c) {
   using H = Half16<T>;
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile) {
+    if (!ONE || tile == 0) {
 #pragma unroll
-    for (int t = 0; t < NTOK; ++t)
+      for (int t = 0; t < NTOK; ++t)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[tile][t][i] = 0.f;
+        for (int i = 0; i < 4; ++i) acc[tile][t][i] = 0.f;
+    }
+    const int at = ONE ? 0 : tile;
     const uint2 wl = reinterpret_cast<const uint2*>(&st.w[tile][0])[g * 4 + c];        // row g, bytes 8c..
     const uint2 wh = reinterpret_cast<const uint2*>(&st.w[tile][0])[(g + 8) * 4 + c];  // row g + 8
 #pragma unroll
@@ -89,7 +106,7 @@ __device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
         const uint4& q = xv[t][tile][step >> 1];
-        H::mma(acc[tile][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
+        H::mma(acc[at][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
       }
     }
   }
@@ -120,6 +137,24 @@ __device__ __forceinline__ void slot_params(const SzSlot<NG, ASYM>& sl, int gi, 
     z[1] = static_cast<float>(zc[g + 8]);
   } else {
     z[0] = z[1] = 8.f;
+  }
+}
+
+// The scale s and the offset s * (M + z) of rows g and g + 8 for group gi, from a v7 ring slot:
+// M + z is built from z's bits: M = 2^e is 128 (bf16) or 1024 (fp16) and z <= 15 < M, so M + z has
+// M's exponent and its mantissa is z in units of 2^(e - 23): M's bits plus z << (23 - e), one
+// integer add where the float conversion and add take two.
+template <typename T, int NG, bool ASYM>
+__device__ __forceinline__ void slot_scale_offset(const SzSlot<NG, ASYM>& sl, int gi, int g, float (&s)[2],
+                                                  float (&off)[2]) {
+  constexpr int kUlpShift = Half16<T>::kBase == 128.f ? 16 : 13;  // 23 - log2(M): M = 128 (bf16), 1024 (fp16)
+  const T* sc = reinterpret_cast<const T*>(&sl.v[2 * gi]);
+  const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    s[e] = Half16<T>::to_f(sc[g + 8 * e]);
+    const uint32_t z = ASYM ? zc[g + 8 * e] : 8u;
+    off[e] = s[e] * __int_as_float(__float_as_int(Half16<T>::kBase) + static_cast<int>(z << kUlpShift));
   }
 }
 

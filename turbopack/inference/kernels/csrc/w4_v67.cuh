@@ -77,11 +77,16 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
                                              s_lo * kStageK + 16 * c);
   }
   const uint64_t policy = l2_evict_first();
+  // this lane's chunks in ring slot 0 as 32-bit shared addresses: slot s is s * sizeof(Stage) /
+  // sizeof(Sz) further (no generic -> shared conversion per copy)
+  const uint32_t wdst = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].w[0][lane]));
+  const uint32_t szdst = static_cast<uint32_t>(__cvta_generic_to_shared(&szring[0].v[lane]));
   auto issue = [&](int slot) {  // one stage into ring slot `slot`; the caller commits
-    cp_async16_hint(&ring[slot].w[0][lane], wsrc, policy);
-    cp_async16_hint(&ring[slot].w[1][lane], wsrc + tile_step, policy);
+    const uint32_t w = wdst + slot * static_cast<uint32_t>(sizeof(Stage));
+    cp_async16_hint_s(w, wsrc, policy);
+    cp_async16_hint_s(w + 512, wsrc + tile_step, policy);
     wsrc += 2 * tile_step;
-    if (sz_lane) cp_async16(&szring[slot].v[lane], szsrc);
+    if (sz_lane) cp_async16_s(szdst + slot * static_cast<uint32_t>(sizeof(Sz)), szsrc);
     szsrc += szstep;
   };
 #pragma unroll
@@ -101,9 +106,18 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
   GroupParams<T, NG, ASYM> cur;
   if (!SZR && s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
   int rd = 0, wr = STAGES - 1;
+  const uint4* xcur[NTOK];  // v7: this stage's x fragments, one pointer step per stage
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) xcur[t] = xsrc[t];
   for (int j = 0; s_lo + j < s_hi; ++j) {
     uint4 xv[NTOK][2][2];
-    load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
+    if constexpr (SZR) {  // unpredicated (w4_stage.cuh)
+      load_x_all<NTOK>(xv, xcur, 0);
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) xcur[t] += kStageK / 8;
+    } else {
+      load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
+    }
     GroupParams<T, NG, ASYM> nxt;
     if constexpr (!SZR) {
       ssrc += sz_step;
@@ -116,8 +130,8 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
     float acc[2][NTOK][4];
-    weight_mma<T, NTOK>(acc, ring[rd], xv, g, c);
-    if (NG == 1) {
+    weight_mma<T, NTOK, SZR && NG == 1>(acc, ring[rd], xv, g, c);  // v7: one accumulator per group
+    if (!SZR && NG == 1) {
 #pragma unroll
       for (int t = 0; t < NTOK; ++t)
 #pragma unroll
@@ -125,13 +139,15 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     }
 #pragma unroll
     for (int gi = 0; gi < NG; ++gi) {  // out += s * acc - s * (M + z) * sum x, as v5
-      float sc[2], z[2];
+      float sc[2], ol, oh;
       if constexpr (SZR) {
-        slot_params<T, NG, ASYM>(szring[rd], gi, g, sc, z);
+        float off[2];
+        slot_scale_offset<T, NG, ASYM>(szring[rd], gi, g, sc, off);
+        ol = off[0], oh = off[1];
       } else {
-        sc[0] = cur.s[gi][0], sc[1] = cur.s[gi][1], z[0] = cur.z[gi][0], z[1] = cur.z[gi][1];
+        sc[0] = cur.s[gi][0], sc[1] = cur.s[gi][1];
+        ol = sc[0] * (Half16<T>::kBase + cur.z[gi][0]), oh = sc[1] * (Half16<T>::kBase + cur.z[gi][1]);
       }
-      const float ol = sc[0] * (Half16<T>::kBase + z[0]), oh = sc[1] * (Half16<T>::kBase + z[1]);
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
         const float2 xs = xsum[((j * NG + gi) * NTOK + t) * 4 + c];
