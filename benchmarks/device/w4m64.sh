@@ -2,8 +2,9 @@
 # One device call for the W4A16 multi-column kernel (csrc/w4_mma.cu, kernel "cuda_mm", 16 < M <= 128):
 # build + resource report, its GPU tests (and w4.cu's, whose shared header changed), then the tuner at
 # M = 64 and 256 over the 8B shapes (merges winners into $OUT/sm90.json) and a table of the best
-# cuda_mm config against the winner, bf16 cuBLAS and tinygemm; then M = 32 on the new table. Logs under
-# $OUT; < 480 s (the sum of the step timeouts).
+# cuda_mm config against the winner, bf16 cuBLAS and tinygemm; then M = 32 on the new table, and ncu
+# of the new M = 64 winners on gate_up and qkv. Run 8 (warps of 32 rows, WARP_N). Logs under $OUT;
+# < 560 s (the sum of the step timeouts).
 # Usage (on the device, repo root): bash benchmarks/device/w4m64.sh
 source benchmarks/device/lib.sh
 export TURBOPACK_CACHE=/tmp/turbopack-cache
@@ -21,13 +22,15 @@ done
 wait
 wait $PTXAS; echo "nvcc (resource report) rc=$?"
 python3 - "$OUT/ptxas.txt" <<'PY'
-import re, sys  # registers and spills per instance (dtype, warps = BN / 16, token tile)
-pat = r"entry function '\S*?w4_mma_kernelI(\w+?)Li(\d+)ELi(\d+)E\S*' for 'sm_90a'(.*?)(\d+) bytes spill stores.*?Used (\d+) registers"
+import re, sys  # registers and spills per instance (dtype, warps, fragments per warp, token tile)
+pat = (r"entry function '\S*?w4_mma_kernelI(\w+?)Li(\d+)ELi(\d+)ELi(\d+)E\S*' for 'sm_90a'(.*?)(\d+) bytes spill "
+       r"stores.*?Used (\d+) registers")
 for m in re.finditer(pat, open(sys.argv[1]).read(), re.S):
-    print(m.group(1).lstrip("0123456789_"), "warps", m.group(2), "BM", m.group(3), "regs", m.group(6), "spill", m.group(5))
+    print(m.group(1).lstrip("0123456789_"), "warps", m.group(2), "R", m.group(3), "BM", m.group(4), "regs", m.group(7),
+          "spill", m.group(6))
 PY
 step tests
-timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/inference/kernels/test_cuda_w4mm.py -W ignore \
+timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/inference/kernels/test_cuda_w4mm.py -W ignore \
   > "$OUT/tests_w4mm.txt" 2>&1
 echo "pytest w4mm rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/tests_w4mm.txt" | tail -12
 timeout 50 python3 -m pytest -q -m gpu -p no:cacheprovider tests/inference/kernels/test_cuda_build.py -W ignore \
@@ -62,4 +65,13 @@ for r in rows:
     if "cuda_mm" in best:
         print(f"{'':>17} best cuda_mm: {best['cuda_mm'][1]}")
 PY
+step ncu
+SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats"
+for shape in gate_up qkv; do  # what dispatch now runs at M = 64 (the table installed above)
+  timeout 60 ncu --clock-control none --kernel-name regex:w4_mma --launch-skip 3 --launch-count 1 $SECTIONS \
+    python3 benchmarks/ncu_linear.py --format w4a16 --shape $shape --m 64 > "$OUT/ncu_$shape.txt" 2>&1
+  echo "ncu $shape rc=$?"
+  grep -E "rel err|w4_mma_kernel|Duration|DRAM Through|Compute \(SM\)|Registers Per|Achieved Occ|Warp Cycles Per Issued|No Eligible" \
+    "$OUT/ncu_$shape.txt" | head -10
+done
 step done

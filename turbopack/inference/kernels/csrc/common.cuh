@@ -146,57 +146,65 @@ struct Out {
   int M, N, split_k, scale_stride;
 };
 
-// Output element i of token column t of fragment r of this thread: row n0 + 16r + g + 8*(i/2), token
-// tok0 + 8t + 2c + (i&1) (R fragments of 16 rows: w4_mma.cu's warps of 32 rows have two).
-// Split-K: every CTA adds its partial sums into the fp32 workspace and bumps its tile's counter
-// (counters[tile]); the CTA that completes the count (`arrivals`, the CTAs that contribute to the
-// tile) stores y (+ bias) and leaves workspace and counter zeroed. No CTA waits for another, so a
-// wrong count cannot hang: it leaves y unwritten. arrivals == 1: y directly, no workspace.
-// Every thread of the CTA calls it (two __syncthreads when arrivals > 1).
+// f(row, tok, v) for each output element this thread holds inside y (row < N, tok < M): element i of
+// token column t of fragment r is row n0 + 16r + g + 8*(i/2), token tok0 + 8t + 2c + (i&1) (R
+// fragments of 16 rows: w4_mma.cu's warps of 32 rows have two).
+template <int R, int NTOK, typename F>
+__device__ __forceinline__ void each_out(const Out& o, const float (&out)[R][NTOK][4], int n0, int g, int c, int tok0,
+                                         F&& f) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
+        if (row < o.N && tok < o.M) f(row, tok, out[r][t][i]);
+      }
+}
+
+// y[tok, row] = v (x the row's scale) (+ bias), rounded to y's dtype
+template <typename T>
+__device__ __forceinline__ void store_y(const Out& o, int row, int tok, float v) {
+  if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
+  if (o.bias != nullptr) v += Half16<T>::to_f(static_cast<const T*>(o.bias)[row]);
+  static_cast<T*>(o.y)[(long long)tok * o.N + row] = Half16<T>::from_f(v);
+}
+
+// A CTA's split-K arrival at its tile's counter, after its partials are written: true for the one
+// that completes the count (`arrivals`), which then sees every other CTA's partials. No CTA waits
+// for another, so a wrong count cannot hang: it leaves y unwritten. Every thread calls it (two
+// __syncthreads).
+__device__ __forceinline__ bool arrive_last(const Out& o, int tile, int arrivals) {
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) last = atomicAdd(o.counters + tile, 1) == arrivals - 1;
+  __syncthreads();
+  if (!last) return false;
+  __threadfence();
+  return true;
+}
+
+// The store of R 16-row fragments (each_out's elements). Split-K: every CTA adds its partial sums into
+// the fp32 workspace and arrives at its tile's counter (counters[tile]); the last stores y (+ bias) and
+// leaves workspace and counter zeroed. arrivals == 1: y directly, no workspace.
 template <typename T, int R, int NTOK>
 __device__ __forceinline__ void store_frags_at(const Out& o, const float (&out)[R][NTOK][4], int n0, int g, int c,
                                                bool active, int tile, int arrivals, int tok0 = 0) {
   pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store, not after the wait)
-  T* y = static_cast<T*>(o.y);
-  const T* bias = static_cast<const T*>(o.bias);
   const bool split = arrivals > 1;
   if (split) {
-    if (active) {
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
-            if (row < o.N && tok < o.M) atomicAdd(o.ws + (long long)tok * o.N + row, out[r][t][i]);
-          }
-    }
-    __threadfence();
-    __syncthreads();
-    __shared__ int last;
-    if (threadIdx.x == 0) last = atomicAdd(o.counters + tile, 1) == arrivals - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (active)
+      each_out<R, NTOK>(o, out, n0, g, c, tok0,
+                        [&](int row, int tok, float v) { atomicAdd(o.ws + (long long)tok * o.N + row, v); });
+    if (!arrive_last(o, tile, arrivals)) return;
   }
-  if (active) {
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
-          if (row < o.N && tok < o.M) {
-            float v = out[r][t][i];
-            if (split) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
-            if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
-            if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
-            y[(long long)tok * o.N + row] = Half16<T>::from_f(v);
-          }
-        }
-  }
+  if (active)
+    each_out<R, NTOK>(o, out, n0, g, c, tok0, [&](int row, int tok, float v) {
+      if (split) v = atomicExch(o.ws + (long long)tok * o.N + row, 0.f);  // read and re-zero
+      store_y<T>(o, row, tok, v);
+    });
   if (split && threadIdx.x == 0) o.counters[tile] = 0;
 }
 

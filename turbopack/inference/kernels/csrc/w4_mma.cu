@@ -221,45 +221,20 @@ __device__ __forceinline__ void store_sliced(const Out& o, const float (&acc)[R]
   if (o.split_k == 1) return store_frags_at<T, R, NTOK>(o, acc, n0, g, c, active, tile, 1, tok0);
   pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store)
   const long long plane = (long long)o.M * o.N;
+  const int z_mine = static_cast<int>(blockIdx.z);
   if (active) {
     float* mine = o.ws + blockIdx.z * plane;
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
-          if (row < o.N && tok < o.M) mine[(long long)tok * o.N + row] = acc[r][t][i];
-        }
+    each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float v) { mine[(long long)tok * o.N + row] = v; });
   }
-  __threadfence();
-  __syncthreads();
-  __shared__ int last;
-  if (threadIdx.x == 0) last = atomicAdd(o.counters + tile, 1) == o.split_k - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  if (active) {
-    T* y = static_cast<T*>(o.y);
-    const T* bias = static_cast<const T*>(o.bias);
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int row = n0 + 16 * r + g + 8 * (i >> 1), tok = tok0 + 8 * t + 2 * c + (i & 1);
-          if (row < o.N && tok < o.M) {
-            const long long e = (long long)tok * o.N + row;
-            float v = 0.f;
-            for (int z = 0; z < o.split_k; ++z) v += z == static_cast<int>(blockIdx.z) ? acc[r][t][i]
-                                                                                      : __ldcg(o.ws + z * plane + e);
-            if (bias != nullptr) v += Half16<T>::to_f(bias[row]);
-            y[e] = Half16<T>::from_f(v);
-          }
-        }
-  }
+  if (!arrive_last(o, tile, o.split_k)) return;
+  if (active)
+    each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float mine) {
+      const long long e = (long long)tok * o.N + row;
+      float v = 0.f;
+      for (int z = 0; z < o.split_k; ++z) v += z == z_mine ? mine : __ldcg(o.ws + z * plane + e);
+      if (o.bias != nullptr) v += Half16<T>::to_f(static_cast<const T*>(o.bias)[row]);  // no row scale here
+      static_cast<T*>(o.y)[e] = Half16<T>::from_f(v);
+    });
   if (threadIdx.x == 0) o.counters[tile] = 0;
 }
 
