@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import torch
 
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w8
+from turbopack.inference.kernels import cuda_build, cuda_fp4, cuda_w4, cuda_w4mm, cuda_w8
 
 NVCC = cuda_w4.nvcc()
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -245,3 +245,17 @@ def test_dequantize_is_the_contract_bit_for_bit(group, sym, dtype):
         b = torch.randn(n, device="cuda").to(dtype)
         y = cuda_w4.dq_mm(x, packed, (n, k), b, group=group)
         assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q, b)) < 1e-2
+
+
+@pytest.mark.parametrize("base,shift", [(128.0, 16), (1024.0, 13)])
+def test_magic_plus_zero_point_from_its_bits(base, shift):
+    """w4_stage.cuh slot_scale_offset builds the float M + z as M's bits + (z << (23 - log2 M)) (M =
+    128 for bf16, 1024 for fp16; the kernel's kUlpShift): exact for every 4-bit zero point."""
+    import numpy as np
+
+    src = (cuda_build.CSRC / "w4_stage.cuh").read_text()
+    assert "kUlpShift = Half16<T>::kBase == 128.f ? 16 : 13" in src  # the shifts tested here
+    z = np.arange(16, dtype=np.int32)
+    bits = np.array([base], dtype=np.float32).view(np.int32) + (z << shift)
+    assert np.array_equal(bits.view(np.float32), base + z.astype(np.float32))
+    assert 23 - shift == int(np.log2(base))
