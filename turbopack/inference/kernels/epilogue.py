@@ -41,16 +41,20 @@ if triton is not None:
         pdl_trigger(PDL)
 
 
-def workspace(device: torch.device, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed buffer of at least ``numel`` elements that the kernels leave zeroed."""
-    key = (str(device), dtype)
+def _grown(key: tuple, numel: int, make) -> torch.Tensor:
+    """The per-device buffer under ``key``, replaced by ``make(n)`` when it holds fewer than ``numel``
+    elements; the outgrown one is kept alive (a captured graph may point at it)."""
     buf = _WS.get(key)
     if buf is None or buf.numel() < numel:
         if buf is not None:
             _RETIRED.append(buf)
-        buf = torch.zeros(max(numel, 1 << 16), dtype=dtype, device=device)
-        _WS[key] = buf
+        buf = _WS[key] = make(max(numel, 1 << 16))
     return buf
+
+
+def workspace(device: torch.device, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed buffer of at least ``numel`` elements that the kernels leave zeroed."""
+    return _grown((str(device), dtype), numel, lambda n: torch.zeros(n, dtype=dtype, device=device))
 
 
 def splitk_buffers(device: torch.device, m: int, n: int, tiles: int, split_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,14 +72,9 @@ def splitk_slices(device: torch.device, m: int, n: int, tiles: int, split_k: int
     device, not zeroed, grown as ``workspace`` grows; the counters are the shared zeroed ones."""
     if split_k == 1:
         return workspace(device, 1, torch.float32), workspace(device, 1, torch.int32)
-    key = (str(device), "slices")
-    buf = _WS.get(key)
-    if buf is None or buf.numel() < split_k * m * n:
-        if buf is not None:
-            _RETIRED.append(buf)
-        buf = torch.empty(max(split_k * m * n, 1 << 16), dtype=torch.float32, device=device)
-        _WS[key] = buf
-    return buf, workspace(device, tiles, torch.int32)
+    slices = _grown((str(device), "slices"), split_k * m * n,
+                    lambda n_: torch.empty(n_, dtype=torch.float32, device=device))
+    return slices, workspace(device, tiles, torch.int32)
 
 
 if triton is not None:
