@@ -15,6 +15,23 @@ struct Stage {
   uint4 w[2][32];
 };
 
+// A warp's share of the v6/v7/v8 decode CTA's dynamic shared memory: the weight ring
+// [kWarps][STAGES], the scale/zero ring [kWarps][STAGES] (SZR: v7, v8; v6 has none), then the
+// per-CTA sum-of-x table (w4.cu's launchers size the allocation in this order).
+template <int STAGES, typename Sz, bool SZR>
+struct RingSmem {
+  Stage* ring;
+  Sz* szring;
+  float2* xsum;
+  __device__ __forceinline__ RingSmem(uint4* smem, int warp) {
+    Stage* rings = reinterpret_cast<Stage*>(smem);
+    ring = rings + warp * STAGES;
+    szring = reinterpret_cast<Sz*>(rings + kWarps * STAGES) + warp * STAGES;
+    xsum = reinterpret_cast<float2*>(rings + kWarps * STAGES) +
+           (SZR ? kWarps * STAGES * sizeof(Sz) / sizeof(float2) : 0);
+  }
+};
+
 // x fragments of one 128-wide stage, `off` uint4 past xsrc (thread c's 32 bytes of each tile)
 template <int NTOK>
 __device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK],

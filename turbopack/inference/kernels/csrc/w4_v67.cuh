@@ -44,10 +44,10 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
-  Sz* szring = reinterpret_cast<Sz*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) + warp * STAGES;
-  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) +
-                 (SZR ? kWarps * STAGES * sizeof(Sz) / sizeof(float2) : 0);
+  const RingSmem<STAGES, Sz, SZR> sm(smem, warp);
+  Stage* ring = sm.ring;
+  Sz* szring = sm.szring;
+  float2* xsum = sm.xsum;
   const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
   const bool active = n0 < a.NP;
   const int stages = a.K / kStageK;

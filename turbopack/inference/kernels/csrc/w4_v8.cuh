@@ -98,10 +98,10 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS_V8(NTOK, G)) w4_dec
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
-  Sz* szring = reinterpret_cast<Sz*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) + warp * STAGES;
-  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Stage*>(smem) + kWarps * STAGES) +
-                 kWarps * STAGES * sizeof(Sz) / sizeof(float2);
+  const RingSmem<STAGES, Sz, true> sm(smem, warp);
+  Stage* ring = sm.ring;
+  Sz* szring = sm.szring;
+  float2* xsum = sm.xsum;
   const int S = a.K / kStageK;
   const long long items = (long long)((a.NP + kWarps * 16 - 1) / (kWarps * 16)) * S;
   const int lo = stripe_lo(blockIdx.x, items, gridDim.x), hi = stripe_lo(blockIdx.x + 1, items, gridDim.x);
