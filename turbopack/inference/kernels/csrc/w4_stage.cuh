@@ -32,27 +32,19 @@ struct RingSmem {
   }
 };
 
-// x fragments of one 128-wide stage, `off` uint4 past xsrc (thread c's 32 bytes of each tile)
-template <int NTOK>
+// x fragments of one 128-wide stage, `off` uint4 past xsrc (thread c's 32 bytes of each tile); a missing
+// token's lanes get zeros. ALL (v7): read unpredicated, every lane its token row whether or not the
+// token exists (xsrc points a missing token at token 0). A missing token's column of B then holds
+// another token's x; MMA columns are independent, and store_tile never stores a column past M, so
+// only the existing tokens' sums are used. Saves the per-stage zeroing and predication.
+template <int NTOK, bool ALL = false>
 __device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK],
                                        const bool (&has_tok)[NTOK], int off) {
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      xv[t][j >> 1][j & 1] = has_tok[t] ? __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
-}
-
-// The same fragments read unpredicated: every lane reads its token row whether or not the token
-// exists (xsrc points a missing token at token 0). A missing token's column of B then holds another
-// token's x; MMA columns are independent, and store_tile never stores a column past M, so only
-// the existing tokens' sums are used. Saves the per-stage zeroing and predication (v7).
-template <int NTOK>
-__device__ __forceinline__ void load_x_all(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK], int off) {
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) xv[t][j >> 1][j & 1] = __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1));
+      xv[t][j >> 1][j & 1] = ALL || has_tok[t] ? __ldg(xsrc[t] + off + 8 * (j >> 1) + (j & 1)) : make_uint4(0, 0, 0, 0);
 }
 
 // xsum[((j * NG + gi) * NTOK + t) * 4 + c] = (sum x of token 8t+2c, of 8t+2c+1) over group gi of

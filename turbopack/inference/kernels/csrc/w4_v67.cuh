@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
   for (int j = 0; s_lo + j < s_hi; ++j) {
     uint4 xv[NTOK][2][2];
     if constexpr (SZR) {  // unpredicated (w4_stage.cuh)
-      load_x_all<NTOK>(xv, xcur, 0);
+      load_x<NTOK, true>(xv, xcur, has_tok, 0);
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) xcur[t] += kStageK / 8;
     } else {
