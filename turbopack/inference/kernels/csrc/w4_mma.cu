@@ -31,19 +31,11 @@
 // of the workspace, the last of a (row tile, token tile) counter to arrive sums the planes in order);
 // token tiles are blockIdx.x, the fastest-varying, so the CTAs that read the same weights run together
 // (L2).
-#include "common.cuh"
+#include "w4_mma.cuh"
 
 namespace {
 
-constexpr int kStageK = 128;
 constexpr int kXRow = kStageK / 8 + 1;  // uint4 per token row of a stage's x tile (272 bytes)
-constexpr int kSzChunks = 6;           // per warp and stage: scales of two 64-k tiles (2 x 2), zero points (2)
-
-struct MmaArgs {
-  Out o;
-  const void* x; const uint4* qw; const void* scales; const uint8_t* zeros;
-  int M, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages;
-};
 
 // One ring slot, in uint4, for F = WARPS * R fragments of 16 rows (fragment r of warp w is F-index
 // w * R + r, rows 16 * (w * R + r) of the CTA's): [F][2 tiles][32] weights, [F][kSzChunks]
@@ -54,67 +46,23 @@ struct Slot {
   static constexpr int kSize = kW + kSz + kX;
 };
 
-// The contract's 16-bit weight pair from nibbles (0, 4) of v: ((M + q) - (M + z)) * s, each step exact
-// but the last, which rounds as the contract does
-template <typename T>
-__device__ __forceinline__ uint32_t dq(uint32_t v, uint32_t mz, uint32_t s) {
-  using H = Half16<T>;
-  return H::mul2(H::sub2(lop3_magic<H::kMagic>(v), mz), s);
-}
-
-// The copies of one stage: every thread its x chunks; each warp, per fragment, its 16 rows' weights
-// (lane l: chunk l of both 64-k tiles) and, on lanes 0-5, the scale/zero chunks (slot j = scales of
-// tile j's group). Shared destinations are 32-bit offsets from the thread's chunks in slot 0, fixed
-// for the kernel; fragment r's sit r fragments further.
+// The copies of one stage: the weights, scales and zero points of the warp's R fragments
+// (WeightFeed), and every thread its x chunks (16 bytes of one token row per pass).
 template <typename T, int WARPS, int R, int BM>
 struct Feed {
   using S = Slot<WARPS * R, BM>;
   static constexpr int kXRows = WARPS * 32 / 16;  // x rows one pass of the CTA's threads copies
   static constexpr int kXPasses = BM / kXRows;
-  const uint4* wsrc;   // this lane's weight chunk of fragment 0 at the next stage
-  const char* szsrc;   // lanes < kSzChunks: this lane's scale or zero chunk of fragment 0 at the next stage
-  int wnext, sznext;   // fragment r + 1's sources sit this far (uint4, bytes) from fragment r's (R = 2)
-  int szstep;          // bytes per stage of szsrc
-  bool wlive[R], szlive[R];
-  uint32_t wdst, szdst, xdst;  // slot 0's shared addresses of this thread's chunks (fragment 0; x: pass 0)
-  int xrow, xcol;              // token row (pass 0) and element column of this thread's x chunks
+  WeightFeed<T, R> w;
+  uint32_t xdst;  // slot 0's shared address of this thread's x chunk (pass 0)
+  int xrow, xcol;  // token row (pass 0) and element column of this thread's x chunks
   __device__ __forceinline__ void init(const MmaArgs& a, uint32_t base, int n0, int s_lo, int warp, int lane) {
-    // group of tile j of stage s: 2s + j at G = 64, s at G = 128 (both tiles read the same chunk)
-    const int j = lane < 4 ? lane >> 1 : lane - 4;
-    const int per = a.G == 64 ? 2 : 1;
-    const bool scale_lane = lane < 4;
-    long long wsrc_at[R], sz_at[R];  // in uint4 of qw, in bytes from scales / zeros
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      wlive[r] = n0 + 16 * r < a.NP;
-      const int nr = wlive[r] ? n0 + 16 * r : n0 < a.NP ? n0 : 0;
-      const int tn = nr / a.TN, r0 = nr % a.TN;
-      wsrc_at[r] = (((long long)tn * a.KT + 2 * s_lo) * a.TN + r0) * 2 + lane;
-      const long long grp = (long long)tn * a.KGP + (a.G == 64 ? 2 * s_lo + j : s_lo);
-      sz_at[r] = scale_lane ? (grp * a.TN + r0 + 8 * (lane & 1)) * static_cast<long long>(sizeof(T)) : grp * a.TN + r0;
-      szlive[r] = wlive[r] && (scale_lane || (lane < kSzChunks && a.zeros != nullptr));
-    }
-    wsrc = a.qw + wsrc_at[0];
-    szsrc = (scale_lane ? static_cast<const char*>(a.scales) : reinterpret_cast<const char*>(a.zeros)) + sz_at[0];
-    wnext = R > 1 ? static_cast<int>(wsrc_at[R - 1] - wsrc_at[0]) : 0;
-    sznext = R > 1 ? static_cast<int>(sz_at[R - 1] - sz_at[0]) : 0;
-    szstep = scale_lane ? per * a.TN * static_cast<int>(sizeof(T)) : per * a.TN;
-    wdst = base + ((warp * R) * 64 + lane) * 16;
-    szdst = base + (S::kW + (warp * R) * kSzChunks + lane) * 16;
+    w.init(a, base, S::kW, n0, s_lo, warp, lane);
     xrow = threadIdx.x >> 4, xcol = 8 * (threadIdx.x & 15);
     xdst = base + (S::kW + S::kSz + xrow * kXRow + (threadIdx.x & 15)) * 16;
   }
   __device__ __forceinline__ void issue(const MmaArgs& a, uint32_t slot_off, int s) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (wlive[r]) {
-        cp_async16_s(wdst + slot_off + r * 1024, wsrc + r * wnext);
-        cp_async16_s(wdst + slot_off + r * 1024 + 512, wsrc + r * wnext + (long long)a.TN * 2);
-      }
-      if (szlive[r]) cp_async16_s(szdst + slot_off + r * kSzChunks * 16, szsrc + r * sznext);
-    }
-    wsrc += (long long)a.TN * 4;
-    szsrc += szstep;
+    w.issue(a, slot_off);
     const T* x = static_cast<const T*>(a.x) + s * kStageK + xcol;
     const int tok0 = blockIdx.x * BM + xrow;
 #pragma unroll
@@ -124,28 +72,6 @@ struct Feed {
     }
   }
 };
-
-__device__ __forceinline__ void wait_ring(int stages) {  // cp.async.wait_group STAGES - 2
-  if (stages == 3) cp_async_wait<1>();
-  else if (stages == 4) cp_async_wait<2>();
-  else cp_async_wait<3>();
-}
-
-// The A fragments of steps 2h, 2h + 1 (word h of each row, shifts 0/4 and 8/12) of one 16-row
-// fragment: wt its weight chunks, 64-k tile j; s/mz its scale and (M + z) pairs, rows g and g + 8
-template <typename T>
-__device__ __forceinline__ void decode_af(uint32_t (&af)[2][4], const uint4* wt, int j, int h, int g, int c,
-                                          const uint32_t (&s)[2], const uint32_t (&mz)[2]) {
-  const uint32_t lo = reinterpret_cast<const uint32_t*>(wt + 32 * j)[(g * 4 + c) * 2 + h];
-  const uint32_t hi = reinterpret_cast<const uint32_t*>(wt + 32 * j)[((g + 8) * 4 + c) * 2 + h];
-#pragma unroll
-  for (int u = 0; u < 2; ++u) {
-    af[u][0] = dq<T>(lo >> (8 * u), mz[0], s[0]);
-    af[u][1] = dq<T>(hi >> (8 * u), mz[1], s[1]);
-    af[u][2] = dq<T>(lo >> (8 * u + 4), mz[0], s[0]);
-    af[u][3] = dq<T>(hi >> (8 * u + 4), mz[1], s[1]);
-  }
-}
 
 // acc[r][nb] += W (fragment r's 16 rows) x X^T (token block nb) over one 128-k slot. R = 1 decodes a
 // fragment once per step pair and streams the token blocks past it; R = 2 loads CH token blocks' B
@@ -161,20 +87,10 @@ __device__ __forceinline__ void slot_mma(float (&acc)[R][BM / 8][4], const uint4
   const uint4* wt = slot + warp * R * 64;
   const uint4* sz = slot + S::kW + warp * R * kSzChunks;
   const uint4* xs = slot + S::kW + S::kSz;
-  constexpr uint32_t kM16 = H::kMagic & 0xFFFFu;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     uint32_t sc[R][2], mz[R][2];  // [fragment][rows g, g + 8]
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const uint16_t* sp = reinterpret_cast<const uint16_t*>(sz + r * kSzChunks + 2 * j);
-      const uint8_t* zp = reinterpret_cast<const uint8_t*>(sz + r * kSzChunks + 4 + j);
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        sc[r][e] = sp[g + 8 * e] * 0x10001u;
-        mz[r][e] = (kM16 + (asym ? zp[g + 8 * e] : 8u)) * 0x10001u;
-      }
-    }
+    frag_sz<T, R>(sc, mz, sz, j, g, asym);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       uint32_t af[R][2][4];
@@ -209,35 +125,6 @@ __device__ __forceinline__ void slot_mma(float (&acc)[R][BM / 8][4], const uint4
 #else
 #define TP_MMA_MIN_BLOCKS(WARPS, R, BM) ((R) * (BM) <= 64 ? 16 / (WARPS) : 1)
 #endif
-// Split-K by slices. store_frags_at (common.cuh) adds every partial into one zeroed fp32 buffer with
-// atomics: at M = 64 that is an L2 atomic per output element and slice (qkv, split 4: 1.6 M), which
-// made every split lose in run 8's tuner. Here slice z stores its tile to plane z of o.ws ([split, M,
-// N], scratch: fully written before it is read) with plain stores; the CTA that completes the tile's
-// counter sums the planes in slice order (its own from registers), so y is also the same whichever
-// CTA comes last. No CTA waits for another: a wrong count leaves y unwritten, never hangs.
-template <typename T, int R, int NTOK>
-__device__ __forceinline__ void store_sliced(const Out& o, const float (&acc)[R][NTOK][4], int n0, int g, int c,
-                                             bool active, int tile, int tok0) {
-  if (o.split_k == 1) return store_frags_at<T, R, NTOK>(o, acc, n0, g, c, active, tile, 1, tok0);
-  pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store)
-  const long long plane = (long long)o.M * o.N;
-  const int z_mine = static_cast<int>(blockIdx.z);
-  if (active) {
-    float* mine = o.ws + blockIdx.z * plane;
-    each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float v) { mine[(long long)tok * o.N + row] = v; });
-  }
-  if (!arrive_last(o, tile, o.split_k)) return;
-  if (active)
-    each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float mine) {
-      const long long e = (long long)tok * o.N + row;
-      float v = 0.f;
-      for (int z = 0; z < o.split_k; ++z) v += z == z_mine ? mine : __ldcg(o.ws + z * plane + e);
-      if (o.bias != nullptr) v += Half16<T>::to_f(static_cast<const T*>(o.bias)[row]);  // no row scale here
-      static_cast<T*>(o.y)[e] = Half16<T>::from_f(v);
-    });
-  if (threadIdx.x == 0) o.counters[tile] = 0;
-}
-
 template <typename T, int WARPS, int R, int BM>
 __global__ void __launch_bounds__(WARPS * 32, TP_MMA_MIN_BLOCKS(WARPS, R, BM)) w4_mma_kernel(const MmaArgs a) {
   constexpr int NB = BM / 8;
