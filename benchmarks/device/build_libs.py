@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 #: the kernel modules with a library(device) of their own
-ALL = ("cuda_w4", "cuda_w4mm", "cuda_moe", "cuda_fp4", "cuda_w8")
+ALL = ("cuda_w4", "cuda_w4mm", "cuda_w4wg", "cuda_moe", "cuda_fp4", "cuda_w8")
 
 
 def main(names: list[str]) -> int:

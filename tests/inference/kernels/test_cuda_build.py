@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import torch
 
-from turbopack.inference.kernels import cuda_build, cuda_fp4, cuda_w4, cuda_w4mm, cuda_w8
+from turbopack.inference.kernels import cuda_build, cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
 
 NVCC = cuda_w4.nvcc()
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -29,7 +29,8 @@ def nvcc_targets() -> set[str]:
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 @pytest.mark.parametrize("cap", [(8, 0), (9, 0), (10, 0), (12, 0)])
-@pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w4mm.SRC, cuda_w8.SRC, cuda_fp4.SRC], ids=lambda p: p.name)
+@pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w4mm.SRC, cuda_w4wg.SRC, cuda_w8.SRC, cuda_fp4.SRC],
+                         ids=lambda p: p.name)
 def test_kernels_compile_without_spills(cap, src, tmp_path):
     if f"compute_{cap[0]}{cap[1]}" not in nvcc_targets():
         pytest.skip(f"this nvcc cannot target compute_{cap[0]}{cap[1]} (CUDA 12.8+ can)")

@@ -126,7 +126,7 @@ def config_table(rows: list[dict], props) -> dict:
         shapes.setdefault(r["layout"], {}).setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[r["m"]] = cfg
         default = defaults.setdefault(r["layout"], {})
         if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
-            cuda = cfg.kernel in (KernelName.CUDA, KernelName.CUDA_MM) and cfg.split_k is not None
+            cuda = cfg.kernel in (KernelName.CUDA, KernelName.CUDA_MM, KernelName.CUDA_WG) and cfg.split_k is not None
             default[r["m"]] = dataclasses.replace(cfg, split_k=0 if cuda else None)
     arch = device_arch(torch.device("cuda"))
     shipped = load_table(arch).layouts
@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
          f"copy kernel {bws['kernel'] / 1e12:.3f} TB/s; the floor uses {bw / 1e12:.3f}")
     if "w4a16" in setups:  # build the CUDA decode kernel once, before the timing starts
         try:
-            from turbopack.inference.kernels import cuda_w4, cuda_w4mm
+            from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg
 
-            for mod in (cuda_w4, cuda_w4mm):
+            hopper = torch.cuda.get_device_capability() == cuda_w4wg.CAPABILITY
+            for mod in (cuda_w4, cuda_w4mm, *([cuda_w4wg] if hopper else [])):
                 t0 = time.time()
                 mod.library(torch.device("cuda"))
                 _log(f"built {mod.SRC.name} in {time.time() - t0:.1f}s")

@@ -26,6 +26,7 @@ class KernelName(str, enum.Enum):
     CUDA = "cuda"            # the CUDA C++ decode kernels (cuda_w4.w4_decode, cuda_w8.w8_decode)
     DQ_MM = "dq_mm"          # W4 dequantized once, then cuBLAS (cuda_w4.dq_mm)
     CUDA_MM = "cuda_mm"      # the CUDA C++ W4 kernel for 16 < M <= 128 (cuda_w4mm.w4_mma)
+    CUDA_WG = "cuda_wg"      # the CUDA C++ W4 kernel on Hopper's warpgroup MMA, M >= 32 (cuda_w4wg.w4_wgmma)
     TRITON = "triton"        # w8a8's int8 Triton GEMM
     INT_MM = "int_mm"        # w8a8 through torch._int_mm
     SCALED_MM = "scaled_mm"  # fp8 through torch._scaled_mm
@@ -51,6 +52,7 @@ KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT"),
     KernelName.DQ_MM: (),
     KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
+    KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES"),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
     KernelName.SCALED_MM: (),

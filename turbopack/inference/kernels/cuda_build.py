@@ -26,7 +26,8 @@ from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
 #: every header under csrc (the cache key hashes them all: a header edit rebuilds its libraries)
-HEADERS = ("common.cuh", "w4_mma.cuh", "w4_stage.cuh", "w4_v67.cuh", "w4_v8.cuh", "w4_dequant.cuh", "moe_route.cuh", "moe_stage.cuh")
+HEADERS = ("common.cuh", "w4_mma.cuh", "wgmma.cuh", "w4_stage.cuh", "w4_v67.cuh", "w4_v8.cuh", "w4_dequant.cuh",
+           "moe_route.cuh", "moe_stage.cuh")
 _LOCK = threading.Lock()
 _LIBS: dict[tuple[str, str], tuple[ctypes.CDLL, torch.device]] = {}
 

@@ -20,7 +20,7 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w8, fp8, w8a8, weight_only
+from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8, fp8, w8a8, weight_only
 from turbopack.inference.kernels import table as kernel_table
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import interpreting, triton
@@ -58,7 +58,9 @@ def _wo(kind: weight_only.Kind) -> Family:
             return cuda_w4.dq_mm(x2, packed, shape, bias, out, group=group)
         if kind == weight_only.W4 and kernel is KernelName.CUDA_MM and cuda_w4mm.supports(x2, fmt, packed, shape):
             return _w4mm(x2, packed, shape, bias, cfg, out, group)
-        if kernel in (KernelName.CUDA, KernelName.DQ_MM, KernelName.CUDA_MM):  # not taken by CUDA: Triton's default
+        if kind == weight_only.W4 and kernel is KernelName.CUDA_WG and cuda_w4wg.supports(x2, fmt, packed, shape):
+            return _w4wg(x2, packed, shape, bias, cfg, out, group)
+        if kernel in (KernelName.CUDA, KernelName.DQ_MM, KernelName.CUDA_MM, KernelName.CUDA_WG):  # not taken: Triton's
             cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
         return weight_only.launch(
             x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out
@@ -86,6 +88,13 @@ def _w4mm(x2, packed, shape, bias, cfg, out, group):
                             bm=or_default(cfg.block_m, cuda_w4mm.DEFAULT_BM),
                             warp_n=or_default(cfg.warp_n, cuda_w4mm.DEFAULT_WARP_N),
                             stages=or_default(cfg.ring_stages, cuda_w4mm.DEFAULT_STAGES), split_k=cfg.split_k or 0)
+
+
+def _w4wg(x2, packed, shape, bias, cfg, out, group):
+    return cuda_w4wg.w4_wgmma(x2, packed, shape, bias, out, group=group,
+                              bn=or_default(cfg.block_n, cuda_w4wg.DEFAULT_BN),
+                              bm=or_default(cfg.block_m, cuda_w4wg.DEFAULT_BM),
+                              stages=or_default(cfg.ring_stages, cuda_w4wg.DEFAULT_STAGES), split_k=cfg.split_k or 0)
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from turbopack.inference.kernels import cuda_w4mm
+from turbopack.inference.kernels import cuda_w4mm, cuda_w4wg
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -38,7 +38,11 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
     return sorted({s0, max(1, min(2 * s0, iters, 32))})
 
 
-def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None = None) -> list[KernelConfig]:
+    """Every config the tuner times for one (setup, N x K, M); ``hopper`` (None: the current CUDA
+    device is sm90) adds the warpgroup-MMA kernel."""
+    if hopper is None:
+        hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() == cuda_w4wg.CAPABILITY
     layout, params = SETUPS[setup]
     w8: list[KernelConfig] = []
     if setup in ("w8a16", "fp8", "fp8_upcast") and m <= 16:  # the CUDA C++ 8-bit decode kernel
@@ -76,6 +80,8 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int) -> list[KernelConfi
         out.append(KernelConfig(KernelName.DQ_MM))
     if setup == "w4a16" and 16 < m <= 256:
         out += _mma_candidates(n, k, m, sms)
+    if setup == "w4a16" and m > 16 and hopper:
+        out += _wgmma_candidates(n, k, m, sms)
     return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))
 
 
@@ -94,6 +100,21 @@ def _mma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
                 for sk in sorted(splits):
                     out += [KernelConfig(KernelName.CUDA_MM, block_n=bn, block_m=bm, warp_n=wn,
                                          split_k=sk, ring_stages=st) for st in (3, 4)]
+    return out
+
+
+def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+    """The warpgroup-MMA kernel (cuda_w4wg): one or two warpgroups (BN 64, 128), the token tiles that
+    cover M without a mostly empty one, ring depths 3 and 4, split-K as _mma_candidates."""
+    out = []
+    for bn in cuda_w4wg.BNS:
+        tiles = {cuda_w4wg.token_tile(m, bn, bm) for bm in cuda_w4wg.BMS}
+        for bm in sorted(t for t in tiles if t <= max(m, cuda_w4wg.MIN_BM[bn]) or t == min(tiles)):
+            ctas = math.ceil(n / bn) * math.ceil(m / bm)
+            splits = {sk for sk in (1, 2, 4, *_splits(ctas, k // 128, sms // 2)) if sk == 1 or sk <= k // 256}
+            for sk in sorted(splits):
+                out += [KernelConfig(KernelName.CUDA_WG, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
+                        for st in (3, 4)]
     return out
 
 
