@@ -11,12 +11,14 @@ timeout ${TESTS_S:-170} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignor
 echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/gpu_tests_cli.txt" | tail -8; tail -2 "$OUT/gpu_tests_cli.txt"
 step e2e; timeout ${E2E_S:-170} python3 benchmarks/bench_e2e.py --e2e --formats bf16,w4a16 --out "$OUT" \
   2>"$OUT/e2e.log" | tee "$OUT/e2e.txt" | head -24; tail -1 "$OUT/e2e.log"
-SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section ComputeWorkloadAnalysis"
+SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats
+  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
+STALLS=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard short_scoreboard \
+  barrier mio_throttle lg_throttle wait math_pipe_throttle not_selected dispatch_stall no_instruction membar)
+KEYS="stalled|Issue Slots|Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible"
 step "ncu gate_up M=256"
 timeout 70 ncu --clock-control none --kernel-name regex:w4_wgmma --launch-skip 3 --launch-count 1 $SECTIONS \
-  --metrics smsp__pcsamp_warps_issue_stalled_barrier,smsp__pcsamp_warps_issue_stalled_long_scoreboard,smsp__pcsamp_warps_issue_stalled_wait,smsp__pcsamp_warps_issue_stalled_math_pipe_throttle,smsp__pcsamp_warps_issue_stalled_membar \
-  python3 benchmarks/ncu_linear.py --format w4a16 --shape gate_up --m 256 > "$OUT/ncu_wg256.txt" 2>&1
-echo "rc=$?"; grep -E "rel err|Duration|DRAM Throughput|Compute \(SM\)|Issue Slots|Registers Per|Achieved Occ|Warp Cycles Per Issued|stalled" \
-  "$OUT/ncu_wg256.txt" | head -16
+  --metrics ${STALLS%,} python3 benchmarks/ncu_linear.py --format w4a16 --shape gate_up --m 256 > "$OUT/ncu_wg256.txt" 2>&1
+echo "rc=$?"; grep -E "$KEYS" "$OUT/ncu_wg256.txt" | head -24
 tar czf /tmp/all.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/all.tgz "$OUT/"
 step done
