@@ -43,6 +43,7 @@ def test_config_lookup_buckets_and_overrides(monkeypatch):
     ({"kernel": "cuda", "BN": 64}, "'cuda' does not read 'BN'"),
     ({"kernel": "warp_speed"}, "kernel 'warp_speed' is not one of"),
     ({"BN": 64}, "kernel None is not one of"),
+    ({"kernel": "cuda", "PREFETCH": 1}, "PREFETCH is 1; expected bool"),
     ({"kernel": "gemv", "ROUND": 1}, "ROUND is 1; expected bool"),
     ({"kernel": "gemv", "BN": 32.0}, "BN is 32.0; expected int"),
 ])

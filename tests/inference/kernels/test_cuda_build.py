@@ -138,6 +138,36 @@ def test_v6_v7_and_v8_match_v5(m, group, sym, split):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("m", [1, 9])
+@pytest.mark.parametrize("group,sym,split,stages", [(128, False, 1, 4), (64, True, 3, 8), (128, True, 13, 6)])
+def test_v7_prefetch_gives_the_same_bits(m, group, sym, split, stages):
+    """PREFETCH only moves bytes toward L2 (csrc/w4_v67.cuh): y is v7's bit for bit, in both tile
+    layouts (one contiguous range per CTA at 64 rows, four at 16), with slices shorter than the ring
+    (split 13 over 12 stages: empty and one-stage CTAs), and chained with PDL in a CUDA graph."""
+    from turbopack.inference.kernels import cuda_build
+
+    n, k = 1024 + 48, 1536
+    fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 3 * m + split)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        y7 = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2)
+        pf = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2, prefetch=True)
+        assert torch.equal(pf, y7), tile_n
+        assert reference.rel_err(pf, reference.ref_linear(x, "w4a16", q)) < 1e-2
+    cuda_build.refresh_pdl()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        h = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2, prefetch=True)
+        h2 = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2, prefetch=True)
+    g.replay()
+    torch.cuda.synchronize()
+    y16 = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2)
+    assert torch.equal(h, y16) and torch.equal(h2, y16)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("m", [1, 16])
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 def test_v8_long_stripes_match_v7(m, group, sym):
@@ -260,3 +290,36 @@ def test_magic_plus_zero_point_from_its_bits(base, shift):
     bits = np.array([base], dtype=np.float32).view(np.int32) + (z << shift)
     assert np.array_equal(bits.view(np.float32), base + z.astype(np.float32))
     assert 23 - shift == int(np.log2(base))
+
+
+@pytest.mark.parametrize("tn", [16, 64])
+@pytest.mark.parametrize("np_rows,kt,split,stages", [(128, 24, 1, 4), (1024 + 48, 24, 5, 8), (80, 4, 2, 6)])
+def test_v7_prefetch_ranges_are_the_bytes_the_ring_reads_later(tn, np_rows, kt, split, stages):
+    """csrc/w4_v67.cuh's PREFETCH ranges (thread t of a CTA: layout tile t of its 64 rows, stages
+    [s_lo + STAGES - 1, s_cta)) against the weight bytes its warps' ring copies read from that stage
+    on (w4_v67.cuh: wsrc = ((tn KT + 2 s) TN + r0) 2 + lane in uint4, the second tile TN * 2 further):
+    the same set of bytes, nothing before the ring's start, nothing outside the CTA's rows."""
+    n_stages = kt // 2
+    per = -(-n_stages // split)
+    for bx in range(-(-np_rows // 64)):
+        for by in range(split):
+            s_lo = by * per
+            s_cta = max(s_lo, min(n_stages, s_lo + per))
+            start = s_lo + stages - 1
+            read, fetched = set(), set()
+            for warp in range(4):
+                n0 = bx * 64 + warp * 16
+                if n0 >= np_rows:
+                    continue
+                t, r0 = n0 // tn, n0 % tn
+                for s in range(start, s_cta):
+                    for lane in range(32):
+                        for tile in range(2):
+                            u4 = ((t * kt + 2 * s) * tn + r0) * 2 + lane + tile * tn * 2
+                            read.update(range(16 * u4, 16 * u4 + 16))
+            for thread in range(64 // tn):
+                rows0 = bx * 64 + thread * tn
+                if rows0 < np_rows and start < s_cta:
+                    at = ((rows0 // tn) * kt + 2 * start) * tn * 2 * 16
+                    fetched.update(range(at, at + 2 * (s_cta - start) * tn * 32))
+            assert fetched == read, (bx, by)

@@ -38,7 +38,7 @@ DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
-    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 13 + [ctypes.c_void_p],
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 14 + [ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
@@ -103,9 +103,10 @@ def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
 
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
-              stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT) -> torch.Tensor:
+              stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
-    (v8: CTAs per SM, 0 = as many as fit)."""
+    (v8: CTAs per SM, 0 = as many as fit). ``prefetch`` (v7; layout tiles of <= 64 rows): each CTA
+    sends its weight slice past the ring's first stages to L2 first (csrc/w4_v67.cuh)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
@@ -121,7 +122,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
-        m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant),
+        m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
         _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "

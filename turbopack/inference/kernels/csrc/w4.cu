@@ -48,6 +48,7 @@ struct Args {
   Out o;
   const void* x; const uint4* qw; const void* scales; const uint8_t* zeros;
   int M, NP, K, KT, KGP, TN, G, stride_xm, split_k;
+  int prefetch;  // v7: 1 = the CTA's weight slice past the ring's first stages goes to L2 before pdl_wait
 };
 
 // cp.async of one stage: lane l copies 16-byte chunk l of each of the two tiles (the warp's 16 rows
@@ -350,13 +351,13 @@ int by_tokens(const Args& a, int stages, int variant, cudaStream_t s) {
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
-                                   int variant, int dtype, void* stream) {
+                                   int variant, int prefetch, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1))
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
-               G, stride_xm, split_k};
+               G, stride_xm, split_k, prefetch != 0};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, s) : by_tokens<__half>(a, stages, variant, s);
 }

@@ -94,6 +94,18 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     if (s_lo + s < s_hi) issue(s);
     cp_async_commit();
   }
+  // v7, PREFETCH: the rest of the CTA's slice toward L2 now, so the stages past the ring's first
+  // ones find their weights there. Run by the TMA unit while this kernel waits for the one before it
+  // (PDL: the decode of a layer otherwise starts its DRAM stream only when the glue kernel before it
+  // ends), and without PDL it puts the whole slice in flight at once where the ring alone holds
+  // STAGES - 1 stages per warp. The CTA's 64 rows are 64 / TN layout tiles, each contiguous over K:
+  // thread t prefetches tile t's stages [s_lo + STAGES - 1, s_cta).
+  if constexpr (SZR) {
+    const int from = s_lo + STAGES - 1, rows0 = blockIdx.x * (kWarps * 16) + threadIdx.x * a.TN;
+    if (a.prefetch && a.TN <= kWarps * 16 && threadIdx.x < kWarps * 16 / a.TN && rows0 < a.NP && from < s_cta)
+      prefetch_l2(a.qw + ((long long)(rows0 / a.TN) * a.KT + 2 * from) * a.TN * 2,
+                  static_cast<uint32_t>(2 * (s_cta - from)) * a.TN * 32);
+  }
   pdl_wait();  // as v5: only weights, scales and zeros are read before it
   // while the ring's first stages load
   sum_x<T, NTOK, NG>(xsum, xsrc, has_tok, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
