@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # v7's L2 prefetch (PREFETCH, csrc/w4_v67.cuh), first device run: build, the decode kernel's GPU
 # tests (the prefetch's identical bits with and without PDL, v6/v7/v8 against v5), the W4A16 tuner
-# at M = 1, 8 (v7 with and without PREFETCH beside the rest; PDL off there: the prefetch alone puts a
+# at M = 1, 8, 16 (16: v7's two-column loop was re-scheduled by ptxas when PREFETCH went in; v7 with and without PREFETCH beside the rest; PDL off there: the prefetch alone puts a
 # CTA's slice in flight), then the 8B W4A16 end to end twice: with the tuned table, and with
 # PREFETCH forced on every v7 entry (the case PDL adds: the slice streams while the glue kernel
 # before runs). Tables and logs in one tarball; < 560 s.
@@ -14,7 +14,7 @@ timeout ${TESTS_S:-100} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignor
 RC=$?; echo "pytest rc=$RC"; grep -E "FAILED|Error|passed|failed" "$OUT/tests.txt" | head -8
 step tune
 [ "$RC" = 0 ] && timeout ${BENCH_S:-150} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats w4a16 \
-  --ms ${MS:-1,8} --out "$OUT" 2>"$OUT/tune.log" | tee "$OUT/tune.txt" | grep -E "M=|PASS|MISS"; tail -1 "$OUT/tune.log"
+  --ms ${MS:-1,8,16} --out "$OUT" 2>"$OUT/tune.log" | tee "$OUT/tune.txt" | grep -E "M=|PASS|MISS"; tail -1 "$OUT/tune.log"
 [ -s "$OUT/sm90.json" ] && cp "$OUT/sm90.json" turbopack/inference/kernels/configs/sm90.json
 [ -s "$OUT/bench.json" ] && python3 - "$OUT/bench.json" <<'PY' | tee "$OUT/prefetch_ab.txt"
 import json, sys
