@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# v7's L2 prefetch (PREFETCH, csrc/w4_v67.cuh), first device run: build, the decode kernel's GPU
-# tests (the prefetch's identical bits with and without PDL, v6/v7/v8 against v5), the W4A16 tuner
-# at M = 1, 8, 16 (16: v7's two-column loop was re-scheduled by ptxas when PREFETCH went in; v7 with and without PREFETCH beside the rest; PDL off there: the prefetch alone puts a
-# CTA's slice in flight), then the 8B W4A16 end to end twice: with the tuned table, and with
-# PREFETCH forced on every v7 entry (the case PDL adds: the slice streams while the glue kernel
-# before runs). Tables and logs in one tarball; < 560 s.
+# v7's L2 prefetch (PREFETCH, csrc/w4_v67.cuh), first device run:
+# - build, and the decode kernel's GPU tests (the prefetch's identical bits with and without PDL;
+#   v6/v7/v8 against v5);
+# - the W4A16 tuner at M = 1, 8, 16, v7 with and without PREFETCH beside the rest. PDL is off there,
+#   so the prefetch only puts a CTA's slice in flight. M = 16 because ptxas re-scheduled v7's
+#   two-column loop when PREFETCH went in;
+# - the 8B W4A16 end to end twice: with the tuned table, and with PREFETCH forced on every v7 entry
+#   (what PDL adds: the slice streams while the glue kernel before runs).
+# Tables and logs in one tarball; < 560 s.
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 step build; build_libs cuda_w4 cuda_w4mm cuda_w4wg
