@@ -139,6 +139,8 @@ def test_tuner_offers_it_on_hopper_only_from_m_17():
         assert {c.ring_stages for c in cands} <= set(cuda_w4wg.STAGES)
         assert all(1 <= c.split_k <= k // 128 for c in cands)
         assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WG]
+        if m >= 512:  # prefill: the largest tile, no split
+            assert {(c.block_m, c.split_k) for c in cands} == {(128, 1)}
     assert not [c for c in tune.candidates("w4a16", 4096, 4096, 16, 132, hopper=True)
                 if c.kernel is KernelName.CUDA_WG]
 
