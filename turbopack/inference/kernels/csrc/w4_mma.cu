@@ -208,14 +208,12 @@ extern "C" int turbopack_w4_mma(const void* x, const void* qw, const void* scale
                                 void* y, void* ws, void* counters, int M, int N, int NP, int K, int KT, int KGP, int TN,
                                 int G, int stride_xm, int split_k, int bn, int wn, int bm, int stages, int dtype,
                                 void* stream) {
-  if (M < 1 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 ||
-      split_k < 1 || (bn != 64 && bn != 128 && bn != 256) || (wn != 16 && (wn != 32 || bn != 128)) ||
-      (bm != 32 && bm != 64 && bm != 128) || ((bn == 256 || wn == 32) && bm == 128) || stages < 3 || stages > 5 ||
-      (dtype != 0 && dtype != 1))
+  MmaArgs a;
+  if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
+                dtype) ||
+      (bn != 64 && bn != 128 && bn != 256) || (wn != 16 && (wn != 32 || bn != 128)) ||
+      (bm != 32 && bm != 64 && bm != 128) || ((bn == 256 || wn == 32) && bm == 128))
     return -1;
-  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
-  const MmaArgs a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP,
-                  TN, G, stride_xm, split_k, stages};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_bn<__nv_bfloat16>(a, bn, wn, bm, s) : by_bn<__half>(a, bn, wn, bm, s);
 }

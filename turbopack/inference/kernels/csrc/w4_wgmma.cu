@@ -197,13 +197,11 @@ extern "C" int turbopack_w4_wgmma(const void* x, const void* qw, const void* sca
                                   const void* bias, void* y, void* ws, void* counters, int M, int N, int NP, int K,
                                   int KT, int KGP, int TN, int G, int stride_xm, int split_k, int bn, int bm,
                                   int stages, int dtype, void* stream) {
-  if (M < 1 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 ||
-      split_k < 1 || (bn != 64 && bn != 128) || (bm != 32 && bm != 64 && bm != 128) || stages < 3 || stages > 5 ||
-      (dtype != 0 && dtype != 1))
+  MmaArgs a;
+  if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
+                dtype) ||
+      (bn != 64 && bn != 128) || (bm != 32 && bm != 64 && bm != 128))
     return -1;
-  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
-  const MmaArgs a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP,
-                  TN, G, stride_xm, split_k, stages};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (dtype == 0) return bn == 64 ? by_bm<__nv_bfloat16, 1>(a, bm, s) : by_bm<__nv_bfloat16, 2>(a, bm, s);
   return bn == 64 ? by_bm<__half, 1>(a, bm, s) : by_bm<__half, 2>(a, bm, s);
