@@ -30,7 +30,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # the script's folder is on sys.path (python benchmarks/bench_e2e.py)
-from e2e_context import attention_micro, best_attention_config, long_context, prefill_ms, time_graph  # noqa: E402
+from e2e_context import (  # noqa: E402
+    FUSIONS,
+    attention_micro,
+    best_attention_config,
+    fusion_ab,
+    kernel_profile,
+    long_context,
+    prefill_ms,
+    time_graph,
+)
 
 from turbopack.inference import model as M  # noqa: E402
 from turbopack.inference.api import fuse_model, load  # noqa: E402
@@ -183,22 +192,6 @@ def linears_only_ms(model: M.Transformer) -> float:
     return time_graph(g.replay, iters=20)
 
 
-def kernel_profile(fn, n: int = 10, top: int = 14) -> list[list]:
-    """[kernel name, µs per call of fn, launches per call] for the top kernels of ``fn`` (a CUDA
-    graph replay: CUPTI reports the kernels inside it)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        rows.append([e.key[:90], round(t / n, 2), e.count // n])
-    return sorted(rows, key=lambda r: -r[1])[:top]
-
-
 def decode_bench(model: M.Transformer, kv: str, prompt: int, new: int) -> dict:
     eng = Engine(model, kv=kv)
     ids = torch.randint(0, 1000, (1, prompt))
@@ -259,9 +252,7 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) 
     res["attention_micro"] = attention_micro()
     bn, nw, ns, fast = best_attention_config(res["attention_micro"])
     res["attention_config"] = {"block_n": bn, "num_warps": nw, "num_stages": ns, "fast_dequant": fast}
-    A.BLOCK_N, A.FAST_DEQUANT = bn, fast
-    dflt = A.decode_attention.__kwdefaults__
-    dflt["num_warps"], dflt["num_stages"] = nw, ns
+    A.BLOCK_N, A.FAST_DEQUANT, A.NUM_WARPS, A.NUM_STAGES = bn, fast, nw, ns
     log("attention config", res["attention_config"])
     for name in formats:
         t0 = time.perf_counter()
@@ -276,6 +267,7 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) 
         r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
         r["prefill_2048_ms"] = prefill_ms(model, 2048)
         if name == "w4a16":
+            r["fusion_ab"] = fusion_ab(model, prompt)
             r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
             r["kv_16k_b8"] = {kv: long_context(model, kv, ctx=16384, batch=8) for kv in ("bf16", "int8", "int4")}
         res[name] = r
@@ -322,6 +314,12 @@ def markdown(res: dict, cmd: str) -> str:
                       f"{r['linears_on']:.3f} |"
                       for n, r in pdl_rows]
             lines.append("")
+        if "fusion_ab" in e.get("w4a16", {}):
+            ab = e["w4a16"]["fusion_ab"]
+            lines += ["W4A16 decode step (ms) with the launch-saving fusions (fastpath) off and on:", "",
+                      "| batch | " + " | ".join(FUSIONS) + " |", "|---" * (len(FUSIONS) + 1) + "|"]
+            lines += [f"| {b} | " + " | ".join(f"{ab[f'{n}/{b}']:.3f}" for n in FUSIONS) + " |" for b in (1, 8)]
+            lines.append("")
         for name in [n for n in ("bf16", "w4a16") if n in e]:
             lines += [f"Kernels of one {name} decode step (graph replay, µs per step, launches per step; with PDL "
                       "on, a kernel's time includes its wait for the one before it, so the rows overlap):", "",
@@ -335,8 +333,9 @@ def markdown(res: dict, cmd: str) -> str:
         cfg = e["attention_config"]
         lines += [
             "",
-            "Decode attention alone, one layer (32 q / 8 kv heads, d 128, batch 1, CUDA graph of the split + "
-            "merge kernels); config BLOCK_N x warps x stages / codes->16-bit by bit patterns (fast) or conversion "
+            "Decode attention alone, one layer (32 q / 8 kv heads, d 128, batch 1, CUDA graph of the kernel, "
+            "its splits merged in the same launch); config BLOCK_N x warps x stages / codes->16-bit by bit "
+            "patterns (fast) or conversion "
             f"(conv); chosen: {cfg['block_n']}x{cfg['num_warps']}x{cfg['num_stages']}, fast={cfg['fast_dequant']}",
             "",
             "| context / KV / config / codes | us | K+V GB/s |",

@@ -1,6 +1,7 @@
-"""bench_e2e.py's CUDA-graph timer and its context-length measurements: decode at a long context
-per KV precision, one layer's decode attention alone (the config sweep that picks the attention
-kernel's defaults) and prefill time. Imported by bench_e2e.py (run on the device, not a test)."""
+"""bench_e2e.py's CUDA-graph timer, kernel profile and measurements beside the main table: decode
+at a long context per KV precision, one layer's decode attention alone (the config sweep that
+picks the attention kernel's defaults), prefill time, and the runtime's fusions off and on.
+Imported by bench_e2e.py (run on the device, not a test)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def time_graph(fn, iters: int = 50, warmup: int = 5) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def kernel_profile(fn, n: int = 10, top: int = 14) -> list[list]:
+    """[kernel name, µs per call of fn, launches per call] for the top kernels of ``fn`` (a CUDA
+    graph replay: CUPTI reports the kernels inside it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        rows.append([e.key[:90], round(t / n, 2), e.count // n])
+    return sorted(rows, key=lambda r: -r[1])[:top]
 
 
 def long_context(model: M.Transformer, kv: str, ctx: int = 4096, batch: int = 1) -> dict:
@@ -131,3 +148,29 @@ def prefill_ms(model: M.Transformer, tokens: int) -> float:
     model.kv_caches = None
     torch.cuda.empty_cache()
     return 1e3 * statistics.median(times[1:])  # the first call compiles
+
+
+FUSIONS = {  # name -> (fastpath.FUSED_DECODE_ATTENTION, fastpath.GROUPED_MLP_MAX_TOKENS)
+    "neither": (False, 0), "attention": (True, 0), "grouped_mlp": (False, 16), "both": (True, 16)}
+
+
+def fusion_ab(model: M.Transformer, prompt: int, batches: tuple[int, ...] = (1, 8)) -> dict:
+    """The decode step (ms, graph replay) with each of the runtime's launch-saving fusions off and
+    on, captured anew each way: rotary + K/V store + attention + split merge as one launch, and the
+    dense W4 MLP as the grouped MoE decode's one expert (gate|up with SiLU * up, then down)."""
+    from turbopack.inference import fastpath as F
+
+    before = F.FUSED_DECODE_ATTENTION, F.GROUPED_MLP_MAX_TOKENS
+    out = {}
+    try:
+        for name, (attn, mlp) in FUSIONS.items():
+            F.FUSED_DECODE_ATTENTION, F.GROUPED_MLP_MAX_TOKENS = attn, mlp
+            for b in batches:
+                eng = Engine(model, kv="bf16")
+                eng.generate(torch.randint(0, 1000, (b, prompt)), 8)  # compile, capture
+                out[f"{name}/{b}"] = time_graph(eng._graph.graph.replay, iters=50)
+                del eng
+                model.kv_caches = None
+    finally:
+        F.FUSED_DECODE_ATTENTION, F.GROUPED_MLP_MAX_TOKENS = before
+    return out

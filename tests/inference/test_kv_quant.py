@@ -112,7 +112,7 @@ def attn():
     pytest.importorskip("triton")
     import turbopack.inference.kernels.attention as A
 
-    if not HAS_CUDA and type(A._store_kv_kernel).__name__ != "InterpretedFunction":
+    if not HAS_CUDA and type(A._decode_kernel).__name__ != "InterpretedFunction":
         pytest.skip("kernels.attention was imported before TRITON_INTERPRET=1 was set")
     return A
 
@@ -187,6 +187,113 @@ def test_decode_kernel_single_split_writes_the_output_directly(attn, precision, 
     ip = torch.tensor([p - 1], device=dev)
     mask = torch.arange(s, device=dev)[None, :] <= ip[:, None]
     assert rel_err(kern.attention(q, ip, mask), ref.attention(q, ip, mask)) < 1e-5
+
+
+def _qkv_step(attn, precision, b, hkv, group, d, s, p, dtype, dev, seed):
+    """Two caches holding the same p random tokens, a fused q|k|v row for the next token and the
+    model's rotary tables: what both decode paths start from."""
+    from turbopack.inference.model import ModelConfig, rope_tables
+
+    g = torch.Generator().manual_seed(seed)
+    caches = [KQ.cache_factory(precision, "triton")(b, hkv, s, d, dtype, dev) for _ in range(2)]
+    ref = KQ.cache_factory(precision, "torch")(b, hkv, s, d, dtype, dev)
+    kv = (torch.randn(2, b, hkv, p, d, generator=g) * 2).to(dtype).to(dev)
+    ref.update(torch.arange(p, device=dev), kv[0], kv[1])  # (the store kernel's codes: tested above)
+    for c in caches:
+        for x, y in zip(c.buffers(), ref.buffers()):
+            x.copy_(y)
+    qkv = torch.randn(b, 1, (group + 2) * hkv * d, generator=g).to(dtype).to(dev)
+    cfg = ModelConfig(vocab=8, hidden=hkv * group * d, intermediate=8, n_layers=1, n_heads=hkv * group,
+                      n_kv_heads=hkv, head_dim=d)
+    cos, sin = rope_tables(cfg, s, device=dev)
+    return caches, qkv, cos.float().contiguous(), sin.float().contiguous()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+def test_decode_attention_qkv_is_rope_store_then_attention(attn, precision):
+    """The one-launch decode step (rotary, the new K/V's store, attention and the split merge) gives
+    the bits of the two-launch path, rope_store then decode_attention: the same output and the same
+    cache bytes, with the new slot at a split's first and last position, in the first and last
+    split, and several programs per (batch, kv head) to merge."""
+    from turbopack.inference.kernels.kv_store import rope_store
+
+    dev = _device()
+    b, hkv, group, d = 2, 2, 3, 32
+    s = 4 * attn.BLOCK_N
+    split_len, n_splits = attn.n_splits_for(b, hkv, s)
+    assert n_splits == 4
+    for i, pos in enumerate((0, split_len - 1, split_len, s - 1)):
+        (two, one), qkv, cos, sin = _qkv_step(attn, precision, b, hkv, group, d, s, pos, torch.float32, dev, 20 + i)
+        ip = torch.tensor([pos], device=dev)
+        q = rope_store(qkv, cos, sin, ip, two, hkv * group, hkv, d)
+        want = attn.decode_attention(q, two, ip)
+        got = attn.decode_attention_qkv(qkv, cos, sin, ip, one, hkv * group)
+        assert got.shape == (b, hkv * group, 1, d)
+        assert torch.equal(got, want), (precision, pos)
+        for x, y in zip(one.buffers(), two.buffers()):
+            assert torch.equal(x, y), (precision, pos)
+        mask = torch.arange(s, device=dev)[None, :] <= ip[:, None]
+        kd, vd = (two.k, two.v) if precision == "bf16" else two.dequantized(b, q.dtype)
+        assert rel_err(got, sdpa_gqa(q, kd[:b], vd[:b], mask)) < 1e-5
+
+
+_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from turbopack.inference.kernels import attention as A
+codes = {16: "bf16", 8: "i8", 4: "u8"}
+for arch, bits in ((90, 4), (90, 16), (80, 8)):
+    ptrs = dict(Q="bf16", COS="fp32", SIN="fp32", K=codes[bits], V=codes[bits], KS="fp32", KZ="fp32", VS="fp32",
+                VZ="fp32", POS="i64", OUT="bf16", PART="fp32", LSE="fp32", CNT="i32")
+    sig = {n: "*" + ptrs[n] if n in ptrs else "fp32" if n == "qk_scale" else "constexpr" if n.isupper() else "i32"
+           for n in A._decode_kernel.arg_names}
+    const = dict(GROUP=4, BLOCK_H=16, BLOCK_N=128, D=128, BITS=bits, DOT_F32=False, DIRECT=False, FAST=False,
+                 ROPE=True, PDL=arch >= 90)
+    ptx = triton.compile(ASTSource(fn=A._decode_kernel, signature=sig, constexprs=const),
+                         target=GPUTarget("cuda", arch, 32), options=dict(num_warps=8, num_stages=2)).asm["ptx"]
+    assert all(op in ptx for op in ("ld.global.cg", "atom.global", "bar.sync")), (arch, bits)
+    assert ("griddepcontrol.wait" in ptx) == (arch >= 90), (arch, bits)
+print("compiled")
+"""
+
+
+def test_decode_attention_compiles_for_sm90_and_sm80():
+    """The one-launch decode attention through Triton's real compiler (the tests above interpret it):
+    sm_90 and sm_80 PTX with the merge's L2 reads and counter atomics, the store-then-read barrier
+    and, on sm_90, the PDL wait."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _COMPILE], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+@gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+def test_decode_attention_qkv_on_gpu_llama8b_shapes(precision):
+    """On the GPU: the one-launch step against rope_store + decode_attention at the 8B model's heads,
+    twice per position in a CUDA graph (the counters are left zeroed for the next replay)."""
+    from turbopack.inference.kernels import attention as A
+    from turbopack.inference.kernels.kv_store import rope_store
+
+    b, hkv, group, d, s = 1, 8, 4, 128, 4352
+    for i, pos in enumerate((5, 1023, 4096)):
+        (two, one), qkv, cos, sin = _qkv_step(A, precision, b, hkv, group, d, s, pos, torch.bfloat16, "cuda", 30 + i)
+        ip = torch.tensor([pos], device="cuda")
+        want = A.decode_attention(rope_store(qkv, cos, sin, ip, two, hkv * group, hkv, d), two, ip)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = A.decode_attention_qkv(qkv, cos, sin, ip, one, hkv * group)
+        for _ in range(2):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert rel_err(got, want) < 1e-3, (precision, pos)
+        for x, y in zip(one.buffers(), two.buffers()):
+            assert (x.float() - y.float()).abs().max() <= (1 if precision != "bf16" else 0.02), (precision, pos)
 
 
 @gpu

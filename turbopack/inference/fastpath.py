@@ -3,8 +3,9 @@
 Batch-1 decode of an 8B model reads ~4 GB of int4 weights per token (~1.5 ms at H100 bandwidth),
 so the dozens of tiny elementwise kernels per layer that the reference model launches (RMSNorm's
 seven ops, rotary's ten, the residual adds, SwiGLU) would cost as much as the weights. Here each
-layer is: add+RMSNorm, q|k|v matmul, rotary (q and k, one launch), K/V store, attention,
-o matmul, add+RMSNorm, gate|up matmul, SwiGLU, down matmul; the residual add that ends a layer is
+layer is: add+RMSNorm, q|k|v matmul, attention (with rotary and the K/V store in the same
+launch at decode; one launch before it at prefill), o matmul, add+RMSNorm, gate|up matmul,
+SwiGLU, down matmul; the residual add that ends a layer is
 folded into the next layer's norm. Same parameters, same caches, same outputs as
 ``Transformer.forward`` up to bf16 rounding (each kernel rounds once instead of per op).
 
@@ -16,14 +17,9 @@ from __future__ import annotations
 import torch
 
 from turbopack.inference.kernels import pdl
-from turbopack.inference.kernels.attention import (
-    interpreting,
-    rope_store,
-    store_kv,
-    supports_head_dim,
-    tl,
-    triton,
-)
+from turbopack.inference.kernels.attention import decode_attention_qkv, supports_head_dim
+from turbopack.inference.kernels.kv_store import rope_store, store_kv
+from turbopack.inference.kernels.triton_env import interpreting, tl, triton
 from turbopack.inference.model import Transformer
 
 if triton is not None:
@@ -76,6 +72,16 @@ if triton is not None:
             dst = K + ((b * n_kv + head - n_q) * T + t) * 2 * HALF
         tl.store(dst + i, (x1 * c - x2 * s).to(Q.dtype.element_ty))
         tl.store(dst + HALF + i, (x2 * c + x1 * s).to(Q.dtype.element_ty))
+
+
+#: Decode steps run rotary, the new token's K/V store and attention as one launch
+#: (``attention.decode_attention_qkv``); False: rotary + store, then attention (bench_e2e's A/B).
+FUSED_DECODE_ATTENTION = True
+#: Decode steps of up to this many tokens run a W4A16 MLP as the grouped MoE decode's one expert
+#: (``moe_grouped.dense_as_one_expert``: SiLU * up in gate|up's epilogue, two launches where three);
+#: 0 = never. Off until a device run measures it against the dense kernels (bench_e2e's A/B).
+GROUPED_MLP_MAX_TOKENS = 0
+_ROUTE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _kernel_cache(cache) -> bool:
@@ -132,6 +138,25 @@ def rope(qkv: torch.Tensor, model: Transformer, input_pos: torch.Tensor, n_q: in
     return q, k, v
 
 
+def mlp(block, h: torch.Tensor) -> torch.Tensor:
+    """down(SiLU(gate(h)) * up(h)) of a fused MLP ``block``: three launches, or two through the
+    grouped decode (GROUPED_MLP_MAX_TOKENS)."""
+    x2 = h.reshape(-1, h.shape[-1])
+    if x2.shape[0] <= GROUPED_MLP_MAX_TOKENS:
+        from turbopack.inference.kernels import cuda_moe
+        from turbopack.inference.moe_grouped import dense_as_one_expert
+
+        one = dense_as_one_expert(block.gate_up_proj, block.down_proj)  # views of the current buffers
+        key = (str(x2.device), x2.shape[0])
+        if key not in _ROUTE:  # every token to expert 0 with weight 1 (kept: a captured graph reads them)
+            _ROUTE[key] = (torch.ones(x2.shape[0], 1, device=x2.device), torch.zeros(x2.shape[0], 1, dtype=torch.int32,
+                                                                                      device=x2.device))
+        weights, idx = _ROUTE[key]
+        if one is not None and cuda_moe.supports(x2, weights, idx, one.gate, one.up, one.down):
+            return cuda_moe.grouped_moe_cuda(x2, weights, idx, one.gate, one.up, one.down).view(h.shape)
+    return block.down_proj(silu_mul(block.gate_up_proj(h)))
+
+
 @torch.no_grad()
 def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     """Transformer.forward(input_ids, input_pos) (caches set up, projections fused)."""
@@ -150,7 +175,9 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         h, residual = add_rmsnorm(x, residual, layer.input_layernorm)
         attn = layer.self_attn
         qkv = attn.qkv_proj(h)
-        if _kernel_cache(cache):  # rotary + K/V store in one launch
+        if t == 1 and FUSED_DECODE_ATTENTION and _kernel_cache(cache):  # rotary, K/V store, attention: one launch
+            y = decode_attention_qkv(qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads)
+        elif _kernel_cache(cache):  # rotary + K/V store in one launch
             q = rope_store(
                 qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
             )
@@ -160,9 +187,10 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
             y = cache.attend(q, k, v, input_pos, mask)
         x = attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
         h, residual = add_rmsnorm(x, residual, layer.post_attention_layernorm)
-        x = layer.mlp.down_proj(silu_mul(layer.mlp.gate_up_proj(h)))
+        x = mlp(layer.mlp, h)
     h, _ = add_rmsnorm(x, residual, model.model.norm)
     return model.lm_head(h).float()
 
 
-__all__ = ["add_rmsnorm", "forward", "rope", "rope_store", "silu_mul", "store_kv", "supported"]
+__all__ = ["add_rmsnorm", "decode_attention_qkv", "forward", "mlp", "rope", "rope_store", "silu_mul", "store_kv",
+           "supported"]

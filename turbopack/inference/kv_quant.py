@@ -139,7 +139,7 @@ class QuantKVCache(nn.Module):
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Quantize k/v [B, n_kv, T, D] and store them at positions input_pos [T]."""
         if self._use_kernels(k):
-            from turbopack.inference.kernels.attention import store_kv
+            from turbopack.inference.kernels.kv_store import store_kv
 
             store_kv(k, input_pos, *self.parts("k"), self.bits)
             store_kv(v, input_pos, *self.parts("v"), self.bits)
@@ -188,7 +188,7 @@ class KernelKVCache(KVCache):
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if not _kernels_usable(k, k.shape[-1]):
             return super().update(input_pos, k, v)
-        from turbopack.inference.kernels.attention import store_kv
+        from turbopack.inference.kernels.kv_store import store_kv
 
         store_kv(k, input_pos, self.k, None, None, 16)
         store_kv(v, input_pos, self.v, None, None, 16)

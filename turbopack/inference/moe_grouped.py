@@ -78,6 +78,31 @@ def stack_experts(moe: nn.Module) -> GroupedExperts | None:
     return GroupedExperts(gate, up, down, act)
 
 
+def dense_as_one_expert(gate_up: nn.Module, down: nn.Module) -> GroupedExperts | None:
+    """A dense SwiGLU MLP (fused gate|up, then down) as the grouped decode's one expert: E = 1,
+    top-1, routing weight 1, so gate|up with SiLU(g) * u in its epilogue and down are two launches
+    where the dense path takes three. gate and up are the two halves of gate|up's packed rows
+    (views, no copy: every packed tensor is tile rows along dim 0, and gate's rows end on a tile
+    boundary). None where the grouped kernels do not apply."""
+    from turbopack.inference.kernels.moe_w4 import StackedW4
+
+    if not (_eligible([gate_up]) and _eligible([down]) and gate_up.fmt == down.fmt):
+        return None
+    rows, hidden = gate_up.shape
+    inter = rows // 2
+    if rows % 2 or down.shape != (hidden, inter) or gate_up.layout.padding((inter, hidden)).n_pad != inter:
+        return None
+
+    def one(lin: QuantLinear, part: slice | None, shape: tuple[int, int]) -> StackedW4:
+        ts = [getattr(lin, s, None) for s in ("qweight", "scales", "zeros")]
+        ts = [None if t is None else (t if part is None else t[part]).unsqueeze(0) for t in ts]
+        return StackedW4(ts[0], ts[1], ts[2], shape, lin.fmt.group_size)
+
+    half = gate_up.qweight.shape[0] // 2
+    return GroupedExperts(one(gate_up, slice(0, half), (inter, hidden)),
+                          one(gate_up, slice(half, None), (inter, hidden)), one(down, None, down.shape), "silu")
+
+
 def group_moe_experts(model: nn.Module, stack: Callable[[nn.Module], GroupedExperts | None] = stack_experts) -> int:
     """Install ``moe.grouped`` on every MoE block whose experts qualify; returns how many."""
     count = 0

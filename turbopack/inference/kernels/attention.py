@@ -3,7 +3,16 @@
 One new query token per sequence attends over cache slots 0..pos (pos read from the device, so a
 CUDA graph captured once replays at every position). Flash-decoding: the sequence is cut into
 splits, one program per (batch, kv head, split) handles all GROUP query heads that share the kv
-head (so each K/V byte is read once), and a second kernel merges the splits by their log-sum-exp.
+head (so each K/V byte is read once). The splits are merged by their log-sum-exp in the same
+launch: each program stores its partial result and counts itself in on a per-(batch, kv head)
+counter, and the program that completes the count merges all splits in split order (the same
+bits whichever program arrives last) and resets the counter (``epilogue.finish``'s scheme).
+
+``decode_attention_qkv`` also takes the place of the rotary + K/V store launch: it reads q from
+the fused q|k|v projection's output and rotates it, and the program whose split holds the new
+position rotates and stores that token's K and V (``kv_store.store_row``) before its loop reads
+them back. A decode layer's attention is one launch where it was three (rotary + store, split,
+merge).
 
 K/V are never dequantized to memory. Scales and zeros are applied around the dot products:
   scores[g, n] = s_n * (q_g . code_n) + z_n * sum(q_g)           (the code matrix goes to the MMA)
@@ -11,9 +20,6 @@ K/V are never dequantized to memory. Scales and zeros are applied around the dot
 and int4 codes are used as two half-width matrices (even and odd d), the query and output split
 the same way, so no nibble interleave is ever materialised. The query stays in its own 16-bit
 dtype; the code matrices are converted to it in registers (exact: |code| <= 127).
-
-``store_kv`` quantizes new K/V rows and writes codes, scales and zeros in one launch, with the
-math of ``turbopack.inference.kv_quant`` (round half to even, bit-identical codes).
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ import math
 import torch
 
 from turbopack.inference.kernels import pdl
+from turbopack.inference.kernels.epilogue import counters
+from turbopack.inference.kernels.kv_store import cache_args
 from turbopack.inference.kernels.triton_env import interpreting, tl, triton
 
 BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 (docs/benchmarks.md)
 #: int codes -> 16-bit by bit patterns instead of int->float conversions (quarter rate); chosen by
 #: benchmarks/bench_e2e.py's attention sweep on the H100
 FAST_DEQUANT = False
+NUM_WARPS, NUM_STAGES = 8, 2
 TARGET_PROGRAMS = 264  # ~2 waves of the H100's 132 SMs
-RNE_MAGIC = 12582912.0  # 1.5 * 2**23: (y + M) - M rounds |y| < 2**22 to nearest even in float32
 
 
 def available(device: torch.device) -> bool:
@@ -47,6 +55,7 @@ def supports_head_dim(d: int) -> bool:
 
 if triton is not None:
     from turbopack.inference.kernels.epilogue import pdl_enter
+    from turbopack.inference.kernels.kv_store import rotated, store_row
 
 
     @triton.jit
@@ -71,40 +80,80 @@ if triton is not None:
             return ((c.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0).to(dt)
         return c.to(dt)
 
+
     @triton.jit
-    def _decode_split_kernel(
-        Q, K, V, KS, KZ, VS, VZ, POS, OUT, LSE,
+    def _q_part(rows, e, cs, sn, mask, ROPE: tl.constexpr, HALF: tl.constexpr):
+        """Query elements e of rows (pointers [BLOCK_H, 1]) in the 16-bit dtype; ROPE: rotated
+        first, as ``kv_store.rope_store`` does (fp32, rounded once)."""
+        if ROPE:
+            x = rotated(rows, cs, sn, e, mask, HALF).to(rows.dtype.element_ty)
+        else:
+            x = tl.load(rows + e, mask=mask, other=0.0)
+        return x
+
+    @triton.jit
+    def _merge(PART, LSE, OUT, row, gmask, n_splits, BLOCK_H: tl.constexpr, D: tl.constexpr):
+        """OUT rows = the splits' partial outputs weighted by exp2(lse - max), summed in split order
+        (run by the last program of a (batch, kv head); ``.cg``: read at L2, where the others' stores
+        landed)."""
+        m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        for s in range(0, n_splits):
+            m = tl.maximum(m, tl.load(LSE + row * n_splits + s, mask=gmask, other=float("-inf"), cache_modifier=".cg"))
+        m = tl.where(gmask, m, 0.0)
+        d = tl.arange(0, D)
+        acc = tl.zeros([BLOCK_H, D], dtype=tl.float32)
+        w_sum = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for s in range(0, n_splits):
+            w = tl.exp2(tl.load(LSE + row * n_splits + s, mask=gmask, other=float("-inf"), cache_modifier=".cg") - m)
+            part = tl.load(PART + (row * n_splits + s)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0,
+                           cache_modifier=".cg")
+            acc += w[:, None] * part
+            w_sum += w
+        out = acc / tl.where(gmask, w_sum, 1.0)[:, None]
+        tl.store(OUT + row[:, None] * D + d[None, :], out.to(OUT.dtype.element_ty), mask=gmask[:, None])
+
+    @triton.jit
+    def _decode_kernel(
+        Q, COS, SIN, K, V, KS, KZ, VS, VZ, POS, OUT, PART, LSE, CNT,
         stride_qb, stride_qh,
         stride_kb, stride_kh, stride_kn,
         stride_sb, stride_sh,
-        stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
-        n_kv_heads, split_len, qk_scale,
+        n_kv_heads, n_splits, split_len, qk_scale,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-        BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr, PDL: tl.constexpr,
+        BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
+        ROPE: tl.constexpr, PDL: tl.constexpr,
     ):
         pdl_enter(PDL)
         pid, split = tl.program_id(0), tl.program_id(1)
         b, h = pid // n_kv_heads, pid % n_kv_heads
-        seq_len = tl.load(POS).to(tl.int32) + 1
+        pos = tl.load(POS).to(tl.int32)
         start = split * split_len
-        end = tl.minimum(start + split_len, seq_len)
-        g = tl.arange(0, BLOCK_H)
-        gmask = g < GROUP
-        q_rows = Q + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh
+        end = tl.minimum(start + split_len, pos + 1)
         k_base = K + b * stride_kb + h * stride_kh
         v_base = V + b * stride_kb + h * stride_kh
         s_off = b * stride_sb + h * stride_sh
         HALF: tl.constexpr = D // 2
+        cs, sn = COS + pos * D, SIN + pos * D
+        if ROPE:
+            if pos // split_len == split:  # the new token's slot is in this split: rotate and store its K, V
+                kv_row = Q + b * stride_qb + (n_kv_heads * GROUP + h) * stride_qh
+                store_row(kv_row, cs, sn, k_base + pos * stride_kn, KS + s_off + pos, KZ + s_off + pos, True, BITS, D)
+                kv_row += n_kv_heads * stride_qh
+                store_row(kv_row, cs, sn, v_base + pos * stride_kn, VS + s_off + pos, VZ + s_off + pos, False, BITS, D)
+            tl.debug_barrier()  # the whole program sees those stores before its loop reads the slot
+        g = tl.arange(0, BLOCK_H)
+        gmask = g < GROUP
+        q_rows = Q + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh
         DC: tl.constexpr = HALF if BITS == 4 else D  # code columns per row
         dc = tl.arange(0, DC)
         if BITS == 4:
-            qa = tl.load(q_rows + 2 * dc[None, :], mask=gmask[:, None], other=0.0)
-            qb = tl.load(q_rows + 2 * dc[None, :] + 1, mask=gmask[:, None], other=0.0)
+            qa = _q_part(q_rows, 2 * dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
+            qb = _q_part(q_rows, 2 * dc[None, :] + 1, cs, sn, gmask[:, None], ROPE, HALF)
             q_sum = tl.sum(qa.to(tl.float32), 1) + tl.sum(qb.to(tl.float32), 1)
             acc_b = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
             z_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
         else:
-            qa = tl.load(q_rows + dc[None, :], mask=gmask[:, None], other=0.0)
+            qa = _q_part(q_rows, dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
         dt = tl.float32 if DOT_F32 else qa.dtype
         qa = qa.to(dt)
         if BITS == 4:
@@ -156,135 +205,25 @@ if triton is not None:
             m_i = m_new
         empty = l_i == 0.0  # a split past the sequence's end: weight 0 in the merge
         inv_l = 1.0 / tl.where(empty, 1.0, l_i)
-        lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-        hq = h * GROUP + g
-        if not DIRECT:  # DIRECT: one split, so this program's result is the answer (no merge)
-            tl.store(LSE + b * stride_lb + hq * stride_lh + split, lse, mask=gmask)
-        o_rows = OUT + b * stride_ob + hq[:, None] * stride_oh + split * stride_os
+        row = (b * n_kv_heads + h) * GROUP + g  # rows (batch, query head) of [B * Hq, ...]
+        if DIRECT:  # one split: this program's result is the answer
+            dst = OUT + row[:, None] * D
+        else:
+            dst = PART + (row * n_splits + split)[:, None] * D
+            lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+            tl.store(LSE + row * n_splits + split, lse, mask=gmask)
         if BITS == 4:
             oa = (acc_a + z_acc[:, None]) * inv_l[:, None]
             ob = (acc_b + z_acc[:, None]) * inv_l[:, None]
-            tl.store(o_rows + 2 * dc[None, :], oa.to(OUT.dtype.element_ty), mask=gmask[:, None])
-            tl.store(o_rows + 2 * dc[None, :] + 1, ob.to(OUT.dtype.element_ty), mask=gmask[:, None])
+            tl.store(dst + 2 * dc[None, :], oa.to(dst.dtype.element_ty), mask=gmask[:, None])
+            tl.store(dst + 2 * dc[None, :] + 1, ob.to(dst.dtype.element_ty), mask=gmask[:, None])
         else:
-            tl.store(o_rows + dc[None, :], (acc_a * inv_l[:, None]).to(OUT.dtype.element_ty), mask=gmask[:, None])
-
-    @triton.jit
-    def _merge_kernel(PART, LSE, OUT, n_splits, D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
-        pdl_enter(PDL)
-        row = tl.program_id(0)  # one (batch, query head)
-        s = tl.arange(0, BLOCK_S)
-        smask = s < n_splits
-        lse = tl.load(LSE + row * n_splits + s, mask=smask, other=float("-inf"))
-        m = tl.max(lse, 0)
-        w = tl.where(smask, tl.exp2(lse - m), 0.0)
-        d = tl.arange(0, D)
-        part = tl.load(PART + (row * n_splits + s)[:, None] * D + d[None, :], mask=smask[:, None], other=0.0)
-        out = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
-        tl.store(OUT + row * D + d, out.to(OUT.dtype.element_ty))
-
-    RNE_MAGIC_C = tl.constexpr(RNE_MAGIC)
-
-    @triton.jit
-    def _rne(y):
-        return (y + RNE_MAGIC_C) - RNE_MAGIC_C
-
-    @triton.jit
-    def _quant_store(xa, xb, c_row, s_ptr, z_ptr, BITS: tl.constexpr):
-        """Write one K/V row (float32) as stored: BITS 16/8 take the row as xa; 4 takes its even
-        (xa) and odd (xb) elements. Scale/zero go to s_ptr/z_ptr (the kv_quant math)."""
-        if BITS == 16:
-            tl.store(c_row + tl.arange(0, xa.shape[0]), xa.to(c_row.dtype.element_ty))
-        elif BITS == 8:
-            s = tl.max(tl.abs(xa), 0) / 127.0
-            s = tl.where(s == 0.0, 1.0, s)
-            q = tl.minimum(tl.maximum(_rne(xa / s), -127.0), 127.0)
-            tl.store(c_row + tl.arange(0, xa.shape[0]), q.to(tl.int8))
-            tl.store(s_ptr, s)
-        else:
-            z = tl.minimum(tl.min(xa, 0), tl.min(xb, 0))
-            s = (tl.maximum(tl.max(xa, 0), tl.max(xb, 0)) - z) / 15.0
-            s = tl.where(s == 0.0, 1.0, s)
-            qa = tl.minimum(tl.maximum(_rne((xa - z) / s), 0.0), 15.0).to(tl.uint8)
-            qb = tl.minimum(tl.maximum(_rne((xb - z) / s), 0.0), 15.0).to(tl.uint8)
-            tl.store(c_row + tl.arange(0, xa.shape[0]), qa | (qb << 4))
-            tl.store(s_ptr, s)
-            tl.store(z_ptr, z)
-
-    @triton.jit
-    def _store_kv_kernel(X, POS, CODES, SCALE, ZERO,
-                         stride_xb, stride_xh, stride_xt,
-                         stride_cb, stride_ch, stride_cn,
-                         stride_sb, stride_sh,
-                         n_heads, T, D: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr):
-        pdl_enter(PDL)
-        pid = tl.program_id(0)  # one (batch, head, token)
-        t = pid % T
-        h = (pid // T) % n_heads
-        b = pid // (T * n_heads)
-        pos = tl.load(POS + t)
-        x_row = X + b * stride_xb + h * stride_xh + t * stride_xt
-        c_row = CODES + b * stride_cb + h * stride_ch + pos * stride_cn
-        s_off = b * stride_sb + h * stride_sh + pos
-        if BITS == 4:
-            j = tl.arange(0, D // 2)
-            xa = tl.load(x_row + 2 * j).to(tl.float32)
-            xb = tl.load(x_row + 2 * j + 1).to(tl.float32)
-        else:
-            xa = tl.load(x_row + tl.arange(0, D)).to(tl.float32)
-            xb = xa
-        _quant_store(xa, xb, c_row, SCALE + s_off, ZERO + s_off, BITS)
-
-    @triton.jit
-    def _rotated(src, cs, sn, e, HALF: tl.constexpr):
-        """Elements e of the rotary-embedded row: pairs (i, i + D/2), HF's rotate_half order."""
-        lo = e < HALF
-        partner = tl.where(lo, e + HALF, e - HALF)
-        x = tl.load(src + e).to(tl.float32)
-        xp = tl.load(src + partner).to(tl.float32)
-        return x * tl.load(cs + e) + tl.where(lo, -xp, xp) * tl.load(sn + e)
-
-    @triton.jit
-    def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, KS, KZ, VC, VS, VZ,
-                           T, n_q, n_kv, stride_row,
-                           stride_cb, stride_ch, stride_cn, stride_sb, stride_sh,
-                           D: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr):
-        """One (token, head) of the fused q|k|v row: q heads are rotated into Q [B, n_q, T, D];
-        k heads rotated and v heads as they are go straight into the cache at their position."""
-        pdl_enter(PDL)
-        row, head = tl.program_id(0), tl.program_id(1)  # row = b * T + t
-        b, t = row // T, row % T
-        HALF: tl.constexpr = D // 2
-        pos = tl.load(POS + t)
-        src = QKV + row * stride_row + head * D
-        cs, sn = COS + pos * D, SIN + pos * D
-        if head < n_q:
-            e = tl.arange(0, D)
-            out = _rotated(src, cs, sn, e, HALF)
-            tl.store(Q + ((b * n_q + head) * T + t) * D + e, out.to(Q.dtype.element_ty))
-        else:
-            is_k = head < n_q + n_kv
-            h = tl.where(is_k, head - n_q, head - n_q - n_kv)
-            c_off = b * stride_cb + h * stride_ch + pos * stride_cn
-            s_off = b * stride_sb + h * stride_sh + pos
-            if BITS == 4:
-                j = tl.arange(0, HALF)
-                if is_k:
-                    xa = _rotated(src, cs, sn, 2 * j, HALF)
-                    xb = _rotated(src, cs, sn, 2 * j + 1, HALF)
-                    _quant_store(xa, xb, KC + c_off, KS + s_off, KZ + s_off, BITS)
-                else:
-                    xa = tl.load(src + 2 * j).to(tl.float32)
-                    xb = tl.load(src + 2 * j + 1).to(tl.float32)
-                    _quant_store(xa, xb, VC + c_off, VS + s_off, VZ + s_off, BITS)
-            else:
-                e = tl.arange(0, D)
-                if is_k:
-                    xa = _rotated(src, cs, sn, e, HALF)
-                    _quant_store(xa, xa, KC + c_off, KS + s_off, KZ + s_off, BITS)
-                else:
-                    xa = tl.load(src + e).to(tl.float32)
-                    _quant_store(xa, xa, VC + c_off, VS + s_off, VZ + s_off, BITS)
+            tl.store(dst + dc[None, :], (acc_a * inv_l[:, None]).to(dst.dtype.element_ty), mask=gmask[:, None])
+        if not DIRECT:
+            tl.debug_barrier()  # every thread's partial is stored before this split counts as done
+            if tl.atomic_add(CNT + pid, 1) == n_splits - 1:
+                _merge(PART, LSE, OUT, row, gmask, n_splits, BLOCK_H, D)
+                tl.atomic_xchg(CNT + pid, 0)
 
 
 def n_splits_for(batch: int, n_kv_heads: int, max_seq: int, block_n: int | None = None) -> tuple[int, int]:
@@ -298,87 +237,62 @@ def n_splits_for(batch: int, n_kv_heads: int, max_seq: int, block_n: int | None 
     return split_len, math.ceil(max_seq / split_len)
 
 
-def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: float | None = None, *,
-                     block_n: int | None = None, num_warps: int = 8, num_stages: int = 2,
-                     fast_dequant: bool | None = None) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: float | None = None,
+                     **knobs) -> torch.Tensor:
     """q [B, Hq, 1, D] at position input_pos[0] over cache slots 0..pos -> [B, Hq, 1, D].
 
     ``cache`` offers ``parts("k"|"v") -> (codes, scale, zero)`` and ``bits`` (16, 8 or 4); codes are
-    [B_max, H_kv, S, D or D/2] with the last dimension contiguous."""
+    [B_max, H_kv, S, D or D/2] with the last dimension contiguous. ``knobs``: ``block_n``,
+    ``num_warps``, ``num_stages``, ``fast_dequant`` (benchmark sweeps)."""
     b, hq, t, d = q.shape
     assert t == 1, "decode_attention takes one query token per sequence"
-    k, ks, kz = cache.parts("k")
-    v, vs, vz = cache.parts("v")
-    hkv, max_seq = k.shape[1], k.shape[2]
-    group = hq // hkv
-    bits = cache.bits
     q3 = q.reshape(b, hq, d)
     if q3.stride(-1) != 1:
         q3 = q3.contiguous()
-    block_n = block_n or BLOCK_N
-    fast = (FAST_DEQUANT if fast_dequant is None else fast_dequant) and bits != 16
-    fast = fast and (bits == 8 or q.dtype == torch.bfloat16 or interpreting())
-    split_len, n_splits = n_splits_for(b, hkv, max_seq, block_n)
-    out = torch.empty(b, hq, 1, d, device=q.device, dtype=q.dtype)
-    direct = n_splits == 1
-    part = out if direct else torch.empty(b, hq, n_splits, d, device=q.device, dtype=torch.float32)
-    lse = part if direct else torch.empty(b, hq, n_splits, device=q.device, dtype=torch.float32)
-    dummy = ks if ks is not None else k
-    ks, vs = (ks, vs) if ks is not None else (dummy, dummy)
-    kz, vz = (kz, vz) if bits == 4 else (ks, vs)
-    scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e)
-    _decode_split_kernel[(b * hkv, n_splits)](
-        q3, k, v, ks, kz, vs, vz, input_pos, part, lse,
-        q3.stride(0), q3.stride(1),
-        k.stride(0), k.stride(1), k.stride(2),
-        ks.stride(0) if bits != 16 else 0, ks.stride(1) if bits != 16 else 0,
-        part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        hkv, split_len, scale,
-        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, D=d, BITS=bits,
-        DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
-        DIRECT=direct, FAST=fast, num_warps=num_warps, num_stages=num_stages, **pdl.triton_args(q.device),
-    )
-    if not direct:
-        _merge_kernel[(b * hq,)](part, lse, out, n_splits, D=d, BLOCK_S=max(2, triton.next_power_of_2(n_splits)),
-                                 **pdl.triton_args(q.device))
-    return out
+    return _attend(q3, (q3.stride(0), q3.stride(1)), None, cache, input_pos, hq, sm_scale, **knobs)
 
 
-def store_kv(x: torch.Tensor, input_pos: torch.Tensor, codes: torch.Tensor, scale, zero, bits: int) -> None:
-    """Quantize x [B, H, T, D] (rows along D) and write it at slots input_pos [T] of the cache."""
-    b, h, t, d = x.shape
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    scale = scale if scale is not None else codes
-    zero = zero if bits == 4 else scale
-    _store_kv_kernel[(b * h * t,)](
-        x, input_pos, codes, scale, zero,
-        x.stride(0), x.stride(1), x.stride(2),
-        codes.stride(0), codes.stride(1), codes.stride(2),
-        scale.stride(0) if bits != 16 else 0, scale.stride(1) if bits != 16 else 0,
-        h, t, D=d, BITS=bits, **pdl.triton_args(x.device),
-    )
-
-
-def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, cache,
-               n_q: int, n_kv: int, d: int) -> torch.Tensor:
-    """qkv [B, T, (n_q + 2 n_kv) D] (the fused projection's output) -> rotated q [B, n_q, T, D];
-    rotated k and v are written into ``cache`` at input_pos (quantized as the cache stores them).
-    cos/sin: the model's float32 rotary tables [L, D]."""
-    b, t, _ = qkv.shape
-    flat = qkv.reshape(b * t, -1)
+def decode_attention_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, cache,
+                         n_q: int, sm_scale: float | None = None, **knobs) -> torch.Tensor:
+    """One decode step's attention from the fused projection's output qkv [B, 1, (n_q + 2 n_kv) D]
+    -> [B, n_q, 1, D]: q rotated, the new token's K (rotated) and V stored into ``cache`` at
+    input_pos[0] (as ``kv_store.rope_store`` stores them), and attention over slots 0..pos, in one
+    launch. cos/sin: the model's float32 rotary tables [L, D]."""
+    b, t, width = qkv.shape
+    assert t == 1, "decode_attention_qkv takes one token per sequence"
+    flat = qkv.reshape(b, width)
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
-    q = torch.empty(b, n_q, t, d, device=qkv.device, dtype=qkv.dtype)
+    d = cos.shape[-1]
+    return _attend(flat, (flat.stride(0), d), (cos, sin), cache, input_pos, n_q, sm_scale, **knobs)
+
+
+def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_pos: torch.Tensor, hq: int,
+            sm_scale: float | None, *, block_n: int | None = None, num_warps: int | None = None,
+            num_stages: int | None = None, fast_dequant: bool | None = None) -> torch.Tensor:
+    kc, ks, kz, vc, vs, vz, s_strides = cache_args(cache)
     bits = cache.bits
-    kc, ks, kz = cache.parts("k")
-    vc, vs, vz = cache.parts("v")
-    ks, vs = (ks, vs) if ks is not None else (kc, vc)
-    kz, vz = (kz, vz) if bits == 4 else (ks, vs)
-    _rope_store_kernel[(b * t, n_q + 2 * n_kv)](
-        flat, cos, sin, input_pos, q, kc, ks, kz, vc, vs, vz, t, n_q, n_kv, flat.stride(0),
-        kc.stride(0), kc.stride(1), kc.stride(2),
-        ks.stride(0) if bits != 16 else 0, ks.stride(1) if bits != 16 else 0,
-        D=d, BITS=bits, num_warps=1, **pdl.triton_args(qkv.device),
+    b, dev = src.shape[0], src.device
+    hkv, max_seq, d = kc.shape[1], kc.shape[2], kc.shape[3] * (2 if bits == 4 else 1)
+    block_n = block_n or BLOCK_N
+    fast = (FAST_DEQUANT if fast_dequant is None else fast_dequant) and bits != 16
+    fast = fast and (bits == 8 or src.dtype == torch.bfloat16 or interpreting())
+    split_len, n_splits = n_splits_for(b, hkv, max_seq, block_n)
+    out = torch.empty(b, hq, 1, d, device=dev, dtype=src.dtype)
+    direct = n_splits == 1
+    part = out if direct else torch.empty(b * hq * n_splits * d, device=dev, dtype=torch.float32)
+    lse = part if direct else torch.empty(b * hq * n_splits, device=dev, dtype=torch.float32)
+    cnt = lse if direct else counters(dev, b * hkv, "attention")
+    cos, sin = rope if rope is not None else (src, src)
+    scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e)
+    _decode_kernel[(b * hkv, n_splits)](
+        src, cos, sin, kc, vc, ks, kz, vs, vz, input_pos, out, part, lse, cnt,
+        *q_strides, kc.stride(0), kc.stride(1), kc.stride(2), *s_strides,
+        hkv, n_splits, split_len, scale,
+        GROUP=hq // hkv, BLOCK_H=max(16, triton.next_power_of_2(hq // hkv)), BLOCK_N=block_n, D=d, BITS=bits,
+        DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
+        DIRECT=direct, FAST=fast, ROPE=rope is not None, num_warps=num_warps or NUM_WARPS,
+        num_stages=num_stages or NUM_STAGES,
+        **pdl.triton_args(dev),
     )
-    return q
+    return out

@@ -57,6 +57,12 @@ def workspace(device: torch.device, numel: int, dtype: torch.dtype) -> torch.Ten
     return _grown((str(device), dtype), numel, lambda n: torch.zeros(n, dtype=dtype, device=device))
 
 
+def counters(device: torch.device, numel: int, owner: str) -> torch.Tensor:
+    """Zeroed int32 counters that ``owner``'s kernels leave zeroed (a buffer of its own, so no two
+    kernel families that PDL may overlap share one)."""
+    return _grown((str(device), f"counters:{owner}"), numel, lambda n: torch.zeros(n, dtype=torch.int32, device=device))
+
+
 def splitk_buffers(device: torch.device, m: int, n: int, tiles: int, split_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp32 [m*n] partial sums, int32 [tiles] counters); dummies when split_k == 1."""
     if split_k == 1:

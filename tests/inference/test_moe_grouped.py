@@ -1,0 +1,103 @@
+"""moe_grouped.dense_as_one_expert: a dense SwiGLU MLP run by the grouped MoE decode as its one
+expert. Without CUDA the grouped Triton kernels run in the interpreter against the layouts' CPU
+emulator of the dense linears; the ``gpu`` test runs fastpath.mlp on the device at the 8B shape,
+grouped against dense."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from turbopack.formats import get_format  # noqa: E402
+from turbopack.inference.kernels import epilogue  # noqa: E402
+from turbopack.inference.moe_grouped import dense_as_one_expert  # noqa: E402
+from turbopack.inference.qlinear import Backend, QuantLinear, concat  # noqa: E402
+from turbopack.layouts import emulate_linear, get_layout  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+if DEV == "cpu" and not epilogue.interpreting():
+    pytest.skip("TRITON_INTERPRET=1 was not in effect when the kernels were imported", allow_module_level=True)
+
+
+def _linear(fmt, layout, shape, gen, bias=False):
+    q = fmt.quantize(torch.randn(shape, generator=gen) * 0.05)
+    packed = {k: v.to(DEV) for k, v in layout.pack(fmt, q, shape).items()}
+    b = torch.randn(shape[0], generator=gen).to(DEV) if bias else None
+    return QuantLinear.from_tensors(fmt, shape, packed, layout=layout, backend=Backend.CUDA, bias=b)
+
+
+def _mlp(hidden, inter, layout_name="w4_t64x64", seed=0, **params):
+    gen = torch.Generator().manual_seed(seed)
+    fmt, layout = get_format("w4a16", **params), get_layout(layout_name)
+    gate, up, down = (_linear(fmt, layout, s, gen) for s in ((inter, hidden), (inter, hidden), (hidden, inter)))
+    return fmt, layout, gate, up, down
+
+
+@pytest.mark.parametrize("layout_name,params", [("w4_t64x64", {}), ("w4_t16x64", {"sym": True, "group_size": 64})])
+def test_gate_and_up_are_the_halves_of_gate_up_and_compute_the_mlp(layout_name, params):
+    hidden, inter = 128, 128
+    fmt, layout, gate, up, down = _mlp(hidden, inter, layout_name, **params)
+    gate_up = concat([gate, up])
+    one = dense_as_one_expert(gate_up, down)
+    assert one is not None and one.act == "silu"
+    for stack, lin in ((one.gate, gate), (one.up, up), (one.down, down)):
+        assert stack.shape == lin.shape and stack.group == fmt.group_size
+        assert torch.equal(stack.qweight[0], lin.qweight) and torch.equal(stack.scales[0], lin.scales)
+        assert (stack.zeros is None) == params.get("sym", False)
+        assert stack.zeros is None or torch.equal(stack.zeros[0], lin.zeros)
+    assert one.gate.qweight.data_ptr() == gate_up.qweight.data_ptr()  # views, not copies
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, hidden, generator=gen).to(torch.float16)
+    y = one(x.to(DEV), torch.ones(3, 1, device=DEV), torch.zeros(3, 1, dtype=torch.int32, device=DEV)).cpu()
+
+    def emu(v, lin):
+        return emulate_linear(v, fmt, layout, {k: t.cpu() for k, t in lin.tensors().items()}, lin.shape)
+
+    h = (F.silu(emu(x, gate).float()).to(x.dtype).float() * emu(x, up).float()).to(x.dtype)
+    want = emu(h, down)
+    assert y.dtype == x.dtype
+    assert ((y.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
+
+
+def test_refused_where_the_grouped_kernels_do_not_apply():
+    fmt, layout, gate, up, down = _mlp(128, 96, group_size=32)  # 96 rows: gate's rows end inside a 64-row tile
+    assert dense_as_one_expert(concat([gate, up]), down) is None
+    fmt, layout, gate, up, down = _mlp(128, 128)
+    gen = torch.Generator().manual_seed(2)
+    assert dense_as_one_expert(concat([gate, up]), _linear(fmt, layout, (128, 128), gen, bias=True)) is None
+    assert dense_as_one_expert(concat([gate, up]), concat([gate, up])) is None  # down's shape is not (hidden, inter)
+    assert dense_as_one_expert(concat([gate, up]), torch.nn.Linear(128, 128)) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("tokens", [1, 8])
+def test_fastpath_mlp_grouped_matches_dense_on_gpu(tokens, monkeypatch):
+    """The 8B MLP (hidden 4096, intermediate 14336) through the grouped decode against the dense
+    kernels (gate|up, SiLU-mul, down), eager and replayed from a CUDA graph."""
+    from types import SimpleNamespace
+
+    from turbopack.inference import fastpath
+
+    _, _, gate, up, down = _mlp(4096, 14336)
+    block = SimpleNamespace(gate_up_proj=concat([gate, up]), down_proj=down)
+    h = torch.randn(tokens, 1, 4096, device="cuda", dtype=torch.bfloat16)
+    dense = fastpath.mlp(block, h)
+    monkeypatch.setattr(fastpath, "GROUPED_MLP_MAX_TOKENS", 16)
+    grouped = fastpath.mlp(block, h)
+    assert grouped.shape == dense.shape and grouped.dtype == dense.dtype
+    assert ((grouped.float() - dense.float()).norm() / dense.float().norm()).item() < 1e-2
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = fastpath.mlp(block, h)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, grouped)
