@@ -2,12 +2,16 @@
 matches the float64 reference of the w4a16 contract on fresh random inputs, with w4_mma.cu's
 tolerances (the same A operand, the contract's 16-bit weight bit for bit, fp32 sums: 4e-3 relative
 for bf16 y, 1e-3 for fp16), and one-hot tokens read the contract's weights exactly (any error in
-x's permutation into the weights' K order, in the swizzle or in a descriptor shows). The CPU tests
-model x's stores and wgmma's B reads (the 128-byte swizzle as the PTX ISA defines it) against the
-A fragment's K order, and cover the config keys, the tuner's candidates and the token-tile rule; the
+x's permutation into the weights' K order, in the swizzle or in a descriptor shows), with the
+weights through the shared-memory ring and (WREG) straight to registers. The CPU tests model x's
+stores and wgmma's B reads (the 128-byte swizzle as the PTX ISA defines it) against the A fragment's
+K order and WREG's weight loads against the ring's, and cover the config keys, the tuner's
+candidates and the token-tile rule; the
 compile check for sm_80/sm_90a/Blackwell is test_cuda_build.test_kernels_compile_without_spills."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -51,9 +55,13 @@ def test_matches_reference(m, group, sym, dtype):
         b = torch.randn(n, device="cuda").to(dtype) if tile_n == 64 else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_w4wg.supports(x, fmt, packed, (n, k))
-        cuda_w4wg.w4_wgmma(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split)
-        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
-        assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} stages={stages} split={split}: {err:.2e}"
+        want = reference.ref_linear(x, "w4a16", q, b)
+        for wreg in (False, True):
+            cuda_w4wg.w4_wgmma(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split,
+                               wreg=wreg)
+            err = reference.rel_err(out, want)
+            assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} {stages=} {split=} {wreg=}: {err:.2e}"
+            out.fill_(float("nan"))
 
 
 @pytest.mark.gpu
@@ -68,12 +76,11 @@ def test_every_config_runs_deterministically():
     for m in (100, 33):
         x = torch.randn(m, k, device="cuda").bfloat16()
         ref = reference.ref_linear(x, "w4a16", q)
-        for bn, bm, stages, split in CONFIGS:
-            y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, group=128, bn=bn, bm=bm, stages=stages, split_k=split)
-            assert reference.rel_err(y, ref) < TOL[torch.bfloat16], f"M={m} BN={bn} BM={bm} split={split}"
-            again = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, group=128, bn=bn, bm=bm, stages=stages,
-                                       split_k=split)
-            assert torch.equal(y, again), f"M={m} BN={bn} BM={bm} split={split}: not deterministic"
+        for (bn, bm, stages, split), wreg in itertools.product(CONFIGS, (False, True)):
+            kw = dict(group=128, bn=bn, bm=bm, stages=stages, split_k=split, wreg=wreg)
+            y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, **kw)
+            assert reference.rel_err(y, ref) < TOL[torch.bfloat16], f"M={m} {kw}"
+            assert torch.equal(y, cuda_w4wg.w4_wgmma(x, packed, (n, k), None, **kw)), f"M={m} {kw}: not deterministic"
 
 
 @pytest.mark.gpu
@@ -93,17 +100,17 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
     ks = torch.randperm(k, device="cuda")[:128]
     x = torch.zeros(128, k, device="cuda", dtype=dtype)
     x[torch.arange(128, device="cuda"), ks] = 1
-    for tile_n in (64, 16):
+    for tile_n, wreg in itertools.product((64, 16), (False, True)):
         packed = reference.pack_w4(q, tile_n)
-        y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split)
-        assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n}"
+        y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split, wreg=wreg)
+        assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n} wreg={wreg}"
 
 
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("m", [48, 256])
 def test_through_dispatch_and_a_graph(m):
-    """dispatch.linear runs the kernel from a cuda_wg config; a CUDA graph replays it."""
+    """dispatch.linear runs the kernel from a cuda_wg config (M = 256 with WREG); a CUDA graph replays it."""
     from turbopack.inference.kernels import reference
     from turbopack.inference.kernels.dispatch import linear
 
@@ -111,7 +118,8 @@ def test_through_dispatch_and_a_graph(m):
     fmt, q = _weight(n, k, 128, False, torch.bfloat16, m)
     packed = reference.pack_w4(q, 64)
     x = torch.randn(m, k, device="cuda").bfloat16()
-    cfg = KernelConfig(KernelName.CUDA_WG, block_n=128, block_m=64, split_k=2, ring_stages=4)
+    cfg = KernelConfig(KernelName.CUDA_WG, block_n=128, block_m=64, split_k=2, ring_stages=4,
+                       weight_registers=m == 256 or None)
     y = linear(x, fmt, "w4_t64x64", packed, (n, k), None, cfg)
     assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
     g = torch.cuda.CUDAGraph()
@@ -124,9 +132,10 @@ def test_through_dispatch_and_a_graph(m):
 
 
 def test_config_keys_round_trip():
-    d = {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 4}
+    d = {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 4, "WREG": True}
     cfg = KernelConfig.from_json(d, "test")
-    assert cfg == KernelConfig(KernelName.CUDA_WG, block_n=128, block_m=64, split_k=2, ring_stages=4)
+    assert cfg == KernelConfig(KernelName.CUDA_WG, block_n=128, block_m=64, split_k=2, ring_stages=4,
+                               weight_registers=True)
     assert cfg.to_json() == d
 
 
@@ -138,6 +147,7 @@ def test_tuner_offers_it_on_hopper_only_from_m_17():
         assert all(c.block_m == cuda_w4wg.token_tile(m, c.block_n, c.block_m) for c in cands)
         assert {c.ring_stages for c in cands} <= set(cuda_w4wg.STAGES)
         assert all(1 <= c.split_k <= k // 128 for c in cands)
+        assert {c.weight_registers for c in cands} == {None, True}
         assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WG]
         if m >= 512:  # prefill: the largest tile, no split
             assert {(c.block_m, c.split_k) for c in cands} == {(128, 1)}
@@ -214,3 +224,40 @@ def test_model_x_stores_are_conflict_free():
                     p, t = tid & 1, (tid >> 1) & (bm - 1)
                     groups.add(((4 * p + m) ^ (t & 7)) % 8)
                 assert len(groups) == 8, (bm, wg, m, phase)
+
+
+# -- a CPU model of WREG's weight loads against the ring's copies and decode_af's reads ---------------
+
+def _ring_bytes(tn_rows: int, kt: int, n0: int, s: int, j: int, g: int, c: int, e: int) -> int:
+    """Byte offset in qweight of the 8 bytes decode_af reads for row g + 8e, tile j of stage s, thread
+    (g, c): WeightFeed::init/issue copy lane l's 16-byte chunk l of the fragment's 512 bytes of tile j
+    (uint4 ((tn KT + 2 s) TN + r0) 2 + j TN 2 + l) to chunk l of the slot; decode_af reads 32-bit word
+    (row 4 + c) 2 + h of it, h = 0, 1 (row = g + 8e)."""
+    tn, r0 = n0 // tn_rows, n0 % tn_rows
+    chunk0 = ((tn * kt + 2 * s) * tn_rows + r0) * 2 + j * tn_rows * 2
+    word = ((g + 8 * e) * 4 + c) * 2
+    return chunk0 * 16 + word * 4
+
+
+def _wreg_bytes(tn_rows: int, kt: int, n0: int, s: int, j: int, g: int, c: int, e: int) -> int:
+    """The same from WeightRegs (w4_wgmma.cu): src = uint2 ((tn KT + 2 s_lo) TN + r0 + g) 4 + c, + 2 tile_step
+    per stage, + j tile_step (TN x 4) for the tile, + 32 e for row g + 8e."""
+    tn, r0 = n0 // tn_rows, n0 % tn_rows
+    src = ((tn * kt + 2 * 0) * tn_rows + r0 + g) * 4 + c
+    step = tn_rows * 4
+    return (src + s * 2 * step + j * step + 32 * e) * 8
+
+
+@pytest.mark.parametrize("tn_rows", [16, 64])
+def test_model_wreg_loads_the_words_the_ring_path_decodes(tn_rows):
+    """For every fragment of a weight (N = 4 x 64 + 48 rows), stage, tile, thread and row half, WREG's
+    LDG.64 reads the bytes that the ring's copy puts where decode_af reads them; a warp's loads of one
+    row half are 256 contiguous bytes (coalesced)."""
+    n_pad, k = 4 * 64 + 48, 512
+    kt = k // 64
+    for n0 in range(0, n_pad, 16):
+        for s in range(kt // 2):
+            for j, e in itertools.product((0, 1), (0, 1)):
+                warp = [_wreg_bytes(tn_rows, kt, n0, s, j, g, c, e) for g in range(8) for c in range(4)]
+                assert warp == [_ring_bytes(tn_rows, kt, n0, s, j, g, c, e) for g in range(8) for c in range(4)]
+                assert warp == list(range(warp[0], warp[0] + 256, 8)) and warp[0] % 256 == 0

@@ -42,9 +42,9 @@ class ConfigError(TurbopackError):
 JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "WARP_N": "warp_n", "GROUP_M": "group_m",
                "SPLIT_K": "split_k",
                "STAGES": "ring_stages", "VARIANT": "variant", "ROUND": "round_weights", "PLANES": "planes",
-               "PREFETCH": "prefetch",
+               "PREFETCH": "prefetch", "WREG": "weight_registers",
                "num_warps": "num_warps", "num_stages": "num_stages"}
-_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH"})
+_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "WREG"})
 
 #: the keys each kernel reads, in the order the tuner writes them (tune.candidates)
 KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
@@ -53,7 +53,7 @@ KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT", "PREFETCH"),
     KernelName.DQ_MM: (),
     KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
-    KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES"),
+    KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES", "WREG"),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
     KernelName.SCALED_MM: (),
@@ -76,6 +76,7 @@ class KernelConfig:
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does
     planes: bool | None = None        # PLANES: eight (four) plane dots instead of the re-interleave
     prefetch: bool | None = None      # PREFETCH: W4 decode v7 sends each CTA's weight slice to L2 first (unset = no)
+    weight_registers: bool | None = None  # WREG: cuda_wg loads the weights straight to registers (unset = no)
     num_warps: int | None = None
     num_stages: int | None = None     # Triton's software pipelining depth
 

@@ -6,7 +6,9 @@ are wgmma's A operand, decoded into registers from the packed tile (the fragment
 x is the B operand, read by the tensor core from shared memory, stored there permuted into the
 weights' K order and in the 128-byte swizzle. Config keys (kernel ``cuda_wg``): BN, BM (the token
 tile; a call with fewer tokens runs the smallest that covers them, at least 64 at BN = 128), STAGES
-(3-5), SPLIT_K (0: cuda_w4mm.default_split; split-K by slices, epilogue.splitk_slices). Reads bf16 or
+(3-5), SPLIT_K (0: cuda_w4mm.default_split; split-K by slices, epilogue.splitk_slices), WREG (the
+weights straight from global memory to registers, two stages ahead, instead of through the
+shared-memory ring: the ring's shared traffic is what limits the kernel; unset = through the ring). Reads bf16 or
 fp16 activations with scales of the same dtype, group 64 or 128, K a multiple of 128.
 """
 
@@ -32,7 +34,7 @@ DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 64, 4
 #: wgmma exists on sm_90a only (Blackwell's tensor-core MMA is tcgen05)
 CAPABILITY = (9, 0)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_SIGNATURES = {"turbopack_w4_wgmma": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_w4_wgmma": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -52,7 +54,7 @@ def token_tile(m: int, bn: int, bm: int) -> int:
 
 def w4_wgmma(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
              out: torch.Tensor | None = None, *, group: int = 128, bn: int = DEFAULT_BN, bm: int = DEFAULT_BM,
-             stages: int = DEFAULT_STAGES, split_k: int = 0) -> torch.Tensor:
+             stages: int = DEFAULT_STAGES, split_k: int = 0, wreg: bool = False) -> torch.Tensor:
     """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
@@ -66,8 +68,8 @@ def w4_wgmma(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int
     rc = library(x2.device).turbopack_w4_wgmma(
         _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(bn), int(bm), int(stages),
-        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(wreg), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_wgmma failed (code {rc}; M={m} N={n} K={k} G={group} BN={bn} BM={bm} "
-                           f"stages={stages} split={split})")
+                           f"stages={stages} split={split} wreg={wreg})")
     return y

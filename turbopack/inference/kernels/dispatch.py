@@ -94,7 +94,8 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
     return cuda_w4wg.w4_wgmma(x2, packed, shape, bias, out, group=group,
                               bn=or_default(cfg.block_n, cuda_w4wg.DEFAULT_BN),
                               bm=or_default(cfg.block_m, cuda_w4wg.DEFAULT_BM),
-                              stages=or_default(cfg.ring_stages, cuda_w4wg.DEFAULT_STAGES), split_k=cfg.split_k or 0)
+                              stages=or_default(cfg.ring_stages, cuda_w4wg.DEFAULT_STAGES), split_k=cfg.split_k or 0,
+                              wreg=bool(cfg.weight_registers))
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

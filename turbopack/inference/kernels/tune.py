@@ -107,7 +107,8 @@ def _mma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
 
 def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     """The warpgroup-MMA kernel (cuda_w4wg): one or two warpgroups (BN 64, 128), the token tiles that
-    cover M without a mostly empty one, ring depths 3 and 4, split-K as _mma_candidates. From M = 512
+    cover M without a mostly empty one, ring depths 3 and 4, split-K as _mma_candidates, the weights
+    through the ring or (WREG) straight to registers. From M = 512
     (prefill) only the largest tile without split: run 9's M = 2048 sweep of every tile and split
     spent ~20 s of device time per shape, and the smaller tiles and splits lost on all three shapes."""
     out = []
@@ -121,8 +122,8 @@ def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
             splits = {sk for sk in (1, 2, 4, *_splits(ctas, k // 128, sms // 2))
                       if sk == 1 or (sk <= k // 256 and not prefill)}
             for sk in sorted(splits):
-                out += [KernelConfig(KernelName.CUDA_WG, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
-                        for st in (3, 4)]
+                out += [KernelConfig(KernelName.CUDA_WG, block_n=bn, block_m=bm, split_k=sk, ring_stages=st,
+                                     weight_registers=wreg or None) for st in (3, 4) for wreg in (False, True)]
     return out
 
 

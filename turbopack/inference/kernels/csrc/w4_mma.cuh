@@ -43,7 +43,8 @@ __device__ __forceinline__ uint32_t dq(uint32_t v, uint32_t mz, uint32_t s) {
 // destinations are 32-bit offsets from the thread's chunks in slot 0, fixed for the kernel: the
 // slot's weights are [F][2 tiles][32] uint4 from base, its scales/zeros [F][kSzChunks] from uint4 sz_at
 // of the slot (fragment r of warp w is F-index w * R + r); fragment r's sit r fragments further.
-template <typename T, int R>
+// W = false: the scale/zero chunks only (w4_wgmma.cu's WREG kernels load the weights to registers).
+template <typename T, int R, bool W = true>
 struct WeightFeed {
   const uint4* wsrc;   // this lane's weight chunk of fragment 0 at the next stage
   const char* szsrc;   // lanes < kSzChunks: this lane's scale or zero chunk of fragment 0 at the next stage
@@ -79,7 +80,7 @@ struct WeightFeed {
   __device__ __forceinline__ void issue(const MmaArgs& a, uint32_t slot_off) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      if (wlive[r]) {
+      if (W && wlive[r]) {
         cp_async16_s(wdst + slot_off + r * 1024, wsrc + r * wnext);
         cp_async16_s(wdst + slot_off + r * 1024 + 512, wsrc + r * wnext + (long long)a.TN * 2);
       }
@@ -117,11 +118,10 @@ __device__ __forceinline__ void frag_sz(uint32_t (&sc)[R][2], uint32_t (&mz)[R][
 // The A fragments of steps 2h, 2h + 1 (word h of each row, shifts 0/4 and 8/12) of one 16-row
 // fragment: wt its weight chunks, 64-k tile j; s/mz its scale and (M + z) pairs, rows g and g + 8.
 // Step u of a tile takes k = 16c + 4u .. 16c + 4u + 3 for thread c of a quad (w4.cu's K order).
+// decode_words: the same from the two words themselves (lo: row g, hi: row g + 8).
 template <typename T>
-__device__ __forceinline__ void decode_af(uint32_t (&af)[2][4], const uint4* wt, int j, int h, int g, int c,
-                                          const uint32_t (&s)[2], const uint32_t (&mz)[2]) {
-  const uint32_t lo = reinterpret_cast<const uint32_t*>(wt + 32 * j)[(g * 4 + c) * 2 + h];
-  const uint32_t hi = reinterpret_cast<const uint32_t*>(wt + 32 * j)[((g + 8) * 4 + c) * 2 + h];
+__device__ __forceinline__ void decode_words(uint32_t (&af)[2][4], uint32_t lo, uint32_t hi, const uint32_t (&s)[2],
+                                             const uint32_t (&mz)[2]) {
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
     af[u][0] = dq<T>(lo >> (8 * u), mz[0], s[0]);
@@ -129,6 +129,12 @@ __device__ __forceinline__ void decode_af(uint32_t (&af)[2][4], const uint4* wt,
     af[u][2] = dq<T>(lo >> (8 * u + 4), mz[0], s[0]);
     af[u][3] = dq<T>(hi >> (8 * u + 4), mz[1], s[1]);
   }
+}
+template <typename T>
+__device__ __forceinline__ void decode_af(uint32_t (&af)[2][4], const uint4* wt, int j, int h, int g, int c,
+                                          const uint32_t (&s)[2], const uint32_t (&mz)[2]) {
+  decode_words<T>(af, reinterpret_cast<const uint32_t*>(wt + 32 * j)[(g * 4 + c) * 2 + h],
+                  reinterpret_cast<const uint32_t*>(wt + 32 * j)[((g + 8) * 4 + c) * 2 + h], s, mz);
 }
 
 // Split-K by slices. store_frags_at (common.cuh) adds every partial into one zeroed fp32 buffer with
