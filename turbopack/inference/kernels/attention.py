@@ -113,6 +113,70 @@ if triton is not None:
         tl.store(OUT + row[:, None] * D + d[None, :], out.to(OUT.dtype.element_ty), mask=gmask[:, None])
 
     @triton.jit
+    def _scores(qa, qb, q_sum, k, ks, kz, BITS: tl.constexpr, FAST: tl.constexpr, dt: tl.constexpr):
+        """q . k for a block of keys (codes k; ks/kz their scales and zeros: 8 and 4 bits)."""
+        if BITS == 16:
+            s = _dot_t(qa, k.to(dt))
+        elif BITS == 8:
+            s = _dot_t(qa, _int8_16(k, FAST, dt)) * ks[None, :]
+        else:
+            s = _dot_t(qa, _nibbles16(k & 15, FAST, dt)) + _dot_t(qb, _nibbles16(k >> 4, FAST, dt))
+            if FAST:
+                s = s - 128.0 * q_sum[:, None]
+            s = s * ks[None, :] + q_sum[:, None] * kz[None, :]
+        return s
+
+    @triton.jit
+    def _add_pv(acc_a, acc_b, z_acc, alpha, p, v, vs, vz, BITS: tl.constexpr, FAST: tl.constexpr,
+                dt: tl.constexpr):
+        """The running output rescaled by alpha plus p . v for a block of values (int4: the even
+        and odd d in acc_a / acc_b, the zeros' share in z_acc)."""
+        if BITS == 16:
+            acc_a = acc_a * alpha[:, None] + tl.dot(p.to(dt), v.to(dt))
+        elif BITS == 8:
+            acc_a = acc_a * alpha[:, None] + tl.dot((p * vs[None, :]).to(dt), _int8_16(v, FAST, dt))
+        else:
+            pv = (p * vs[None, :]).to(dt)
+            da = tl.dot(pv, _nibbles16(v & 15, FAST, dt))
+            db = tl.dot(pv, _nibbles16(v >> 4, FAST, dt))
+            if FAST:
+                pv_sum = 128.0 * tl.sum(pv.to(tl.float32), 1)
+                da = da - pv_sum[:, None]
+                db = db - pv_sum[:, None]
+            acc_a = acc_a * alpha[:, None] + da
+            acc_b = acc_b * alpha[:, None] + db
+            z_acc = z_acc * alpha + tl.sum(p * vz[None, :], 1)
+        return acc_a, acc_b, z_acc
+
+    @triton.jit
+    def _store_result(acc_a, acc_b, z_acc, m_i, l_i, OUT, PART, LSE, CNT, pid, split, n_splits, row, gmask,
+                      BLOCK_H: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DIRECT: tl.constexpr):
+        """The split's normalized output and log-sum-exp (DIRECT, one split: the answer itself), then
+        its arrival at the (batch, kv head) counter; the last arrival merges and re-zeroes it."""
+        DC: tl.constexpr = D // 2 if BITS == 4 else D
+        dc = tl.arange(0, DC)
+        empty = l_i == 0.0  # a split past the sequence's end: weight 0 in the merge
+        inv_l = 1.0 / tl.where(empty, 1.0, l_i)
+        if DIRECT:
+            dst = OUT + row[:, None] * D
+        else:
+            dst = PART + (row * n_splits + split)[:, None] * D
+            lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+            tl.store(LSE + row * n_splits + split, lse, mask=gmask)
+        if BITS == 4:
+            oa = (acc_a + z_acc[:, None]) * inv_l[:, None]
+            ob = (acc_b + z_acc[:, None]) * inv_l[:, None]
+            tl.store(dst + 2 * dc[None, :], oa.to(dst.dtype.element_ty), mask=gmask[:, None])
+            tl.store(dst + 2 * dc[None, :] + 1, ob.to(dst.dtype.element_ty), mask=gmask[:, None])
+        else:
+            tl.store(dst + dc[None, :], (acc_a * inv_l[:, None]).to(dst.dtype.element_ty), mask=gmask[:, None])
+        if not DIRECT:
+            tl.debug_barrier()  # every thread's partial is stored before this split counts as done
+            if tl.atomic_add(CNT + pid, 1) == n_splits - 1:
+                _merge(PART, LSE, OUT, row, gmask, n_splits, BLOCK_H, D)
+                tl.atomic_xchg(CNT + pid, 0)
+
+    @triton.jit
     def _decode_kernel(
         Q, COS, SIN, K, V, KS, KZ, VS, VZ, POS, OUT, PART, LSE, CNT,
         stride_qb, stride_qh,
@@ -150,15 +214,14 @@ if triton is not None:
             qa = _q_part(q_rows, 2 * dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
             qb = _q_part(q_rows, 2 * dc[None, :] + 1, cs, sn, gmask[:, None], ROPE, HALF)
             q_sum = tl.sum(qa.to(tl.float32), 1) + tl.sum(qb.to(tl.float32), 1)
-            acc_b = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
-            z_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
         else:
             qa = _q_part(q_rows, dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
+            qb, q_sum = qa, tl.zeros([BLOCK_H], dtype=tl.float32)  # (read by the int4 form only)
         dt = tl.float32 if DOT_F32 else qa.dtype
-        qa = qa.to(dt)
-        if BITS == 4:
-            qb = qb.to(dt)
+        qa, qb = qa.to(dt), qb.to(dt)
         acc_a = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
+        z_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
         for n0 in range(start, end, BLOCK_N):
@@ -166,64 +229,22 @@ if triton is not None:
             nmask = n < end
             kv_off = n[:, None] * stride_kn + dc[None, :]
             k = tl.load(k_base + kv_off, mask=nmask[:, None], other=0)
-            if BITS == 16:
-                s = _dot_t(qa, k.to(dt))
-            elif BITS == 8:
-                ks = tl.load(KS + s_off + n, mask=nmask, other=0.0)
-                s = _dot_t(qa, _int8_16(k, FAST, dt)) * ks[None, :]
-            else:
-                ks = tl.load(KS + s_off + n, mask=nmask, other=0.0)
-                kz = tl.load(KZ + s_off + n, mask=nmask, other=0.0)
-                s = _dot_t(qa, _nibbles16(k & 15, FAST, dt)) + _dot_t(qb, _nibbles16(k >> 4, FAST, dt))
-                if FAST:
-                    s = s - 128.0 * q_sum[:, None]
-                s = s * ks[None, :] + q_sum[:, None] * kz[None, :]
+            ks = tl.load(KS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
+            kz = tl.load(KZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
+            s = _scores(qa, qb, q_sum, k, ks, kz, BITS, FAST, dt)
             s = tl.where(nmask[None, :], s * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_base + kv_off, mask=nmask[:, None], other=0)
-            if BITS == 16:
-                acc_a = acc_a * alpha[:, None] + tl.dot(p.to(dt), v.to(dt))
-            elif BITS == 8:
-                vs = tl.load(VS + s_off + n, mask=nmask, other=0.0)
-                acc_a = acc_a * alpha[:, None] + tl.dot((p * vs[None, :]).to(dt), _int8_16(v, FAST, dt))
-            else:
-                vs = tl.load(VS + s_off + n, mask=nmask, other=0.0)
-                vz = tl.load(VZ + s_off + n, mask=nmask, other=0.0)
-                pv = (p * vs[None, :]).to(dt)
-                da = tl.dot(pv, _nibbles16(v & 15, FAST, dt))
-                db = tl.dot(pv, _nibbles16(v >> 4, FAST, dt))
-                if FAST:
-                    pv_sum = 128.0 * tl.sum(pv.to(tl.float32), 1)
-                    da = da - pv_sum[:, None]
-                    db = db - pv_sum[:, None]
-                acc_a = acc_a * alpha[:, None] + da
-                acc_b = acc_b * alpha[:, None] + db
-                z_acc = z_acc * alpha + tl.sum(p * vz[None, :], 1)
+            vs = tl.load(VS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
+            vz = tl.load(VZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
+            acc_a, acc_b, z_acc = _add_pv(acc_a, acc_b, z_acc, alpha, p, v, vs, vz, BITS, FAST, dt)
             m_i = m_new
-        empty = l_i == 0.0  # a split past the sequence's end: weight 0 in the merge
-        inv_l = 1.0 / tl.where(empty, 1.0, l_i)
         row = (b * n_kv_heads + h) * GROUP + g  # rows (batch, query head) of [B * Hq, ...]
-        if DIRECT:  # one split: this program's result is the answer
-            dst = OUT + row[:, None] * D
-        else:
-            dst = PART + (row * n_splits + split)[:, None] * D
-            lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-            tl.store(LSE + row * n_splits + split, lse, mask=gmask)
-        if BITS == 4:
-            oa = (acc_a + z_acc[:, None]) * inv_l[:, None]
-            ob = (acc_b + z_acc[:, None]) * inv_l[:, None]
-            tl.store(dst + 2 * dc[None, :], oa.to(dst.dtype.element_ty), mask=gmask[:, None])
-            tl.store(dst + 2 * dc[None, :] + 1, ob.to(dst.dtype.element_ty), mask=gmask[:, None])
-        else:
-            tl.store(dst + dc[None, :], (acc_a * inv_l[:, None]).to(dst.dtype.element_ty), mask=gmask[:, None])
-        if not DIRECT:
-            tl.debug_barrier()  # every thread's partial is stored before this split counts as done
-            if tl.atomic_add(CNT + pid, 1) == n_splits - 1:
-                _merge(PART, LSE, OUT, row, gmask, n_splits, BLOCK_H, D)
-                tl.atomic_xchg(CNT + pid, 0)
+        _store_result(acc_a, acc_b, z_acc, m_i, l_i, OUT, PART, LSE, CNT, pid, split, n_splits, row, gmask,
+                      BLOCK_H, D, BITS, DIRECT)
 
 
 def n_splits_for(batch: int, n_kv_heads: int, max_seq: int, block_n: int | None = None) -> tuple[int, int]:
