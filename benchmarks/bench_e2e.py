@@ -35,6 +35,7 @@ from e2e_context import (  # noqa: E402
     attention_micro,
     best_attention_config,
     fusion_ab,
+    graph_step_ms,
     kernel_profile,
     long_context,
     prefill_ms,
@@ -221,17 +222,12 @@ def pdl_ab(model: M.Transformer, prompt: int) -> dict:
     from turbopack.inference.kernels import cuda_build
 
     out, before = {}, os.environ.get(pdl.ENV)
-    ids = torch.randint(0, 1000, (1, prompt))
     try:
         for name, flag in (("off", "0"), ("on", "1"), ("cuda_only", "cuda"), ("triton_only", "triton"),
                            ("no_linears", "glue")):
             os.environ[pdl.ENV] = flag
             cuda_build.refresh_pdl()
-            eng = Engine(model, kv="bf16")
-            eng.generate(ids, 8)
-            out[name] = time_graph(eng._graph.graph.replay, iters=50)
-            del eng
-            model.kv_caches = None
+            out[name] = graph_step_ms(model, prompt)
             if flag in ("0", "1"):
                 out[f"linears_{name}"] = linears_only_ms(model)
     finally:

@@ -31,6 +31,17 @@ def time_graph(fn, iters: int = 50, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
+def graph_step_ms(model: M.Transformer, prompt: int, batch: int = 1) -> float:
+    """The decode step (ms, graph replay) of a fresh bf16-KV engine, captured now: the runtime's
+    switches (PDL, fusions) as they are set at this call."""
+    eng = Engine(model, kv="bf16")
+    eng.generate(torch.randint(0, 1000, (batch, prompt)), 8)  # compile, capture
+    ms = time_graph(eng._graph.graph.replay, iters=50)
+    del eng
+    model.kv_caches = None
+    return ms
+
+
 def kernel_profile(fn, n: int = 10, top: int = 14) -> list[list]:
     """[kernel name, µs per call of fn, launches per call] for the top kernels of ``fn`` (a CUDA
     graph replay: CUPTI reports the kernels inside it)."""
@@ -166,11 +177,7 @@ def fusion_ab(model: M.Transformer, prompt: int, batches: tuple[int, ...] = (1, 
         for name, (attn, mlp) in FUSIONS.items():
             F.FUSED_DECODE_ATTENTION, F.GROUPED_MLP_MAX_TOKENS = attn, mlp
             for b in batches:
-                eng = Engine(model, kv="bf16")
-                eng.generate(torch.randint(0, 1000, (b, prompt)), 8)  # compile, capture
-                out[f"{name}/{b}"] = time_graph(eng._graph.graph.replay, iters=50)
-                del eng
-                model.kv_caches = None
+                out[f"{name}/{b}"] = graph_step_ms(model, prompt, b)
     finally:
         F.FUSED_DECODE_ATTENTION, F.GROUPED_MLP_MAX_TOKENS = before
     return out

@@ -175,9 +175,10 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         h, residual = add_rmsnorm(x, residual, layer.input_layernorm)
         attn = layer.self_attn
         qkv = attn.qkv_proj(h)
-        if t == 1 and FUSED_DECODE_ATTENTION and _kernel_cache(cache):  # rotary, K/V store, attention: one launch
+        kernels = _kernel_cache(cache)
+        if kernels and t == 1 and FUSED_DECODE_ATTENTION:  # rotary, K/V store, attention: one launch
             y = decode_attention_qkv(qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads)
-        elif _kernel_cache(cache):  # rotary + K/V store in one launch
+        elif kernels:  # rotary + K/V store in one launch
             q = rope_store(
                 qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
             )
