@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Build the CUDA C++ kernel libraries in parallel (each is one nvcc process, ~25-60 s on the device),
+"""Build the CUDA C++ kernel libraries in parallel (each is one nvcc process, ~25-200 s on the device),
 so a device script's later steps find them in the cache.
 
     python3 benchmarks/device/build_libs.py                    # all of them
     python3 benchmarks/device/build_libs.py cuda_w4 cuda_w4mm  # some
+    python3 benchmarks/device/build_libs.py --offline .scratch/prebuilt 9.0   # here, no GPU: for sm_90a
+    python3 benchmarks/device/build_libs.py --seed .scratch/prebuilt          # there, before building
+
+Device time is scarce and nvcc is the same 13.0 on both machines, so the libraries can be compiled
+on the CPU machine (--offline, named by source and target but not compiler path), carried to the
+device, and copied into its cache under the device compiler's key (--seed): a call saves the build.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,16 +27,64 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from turbopack.inference.kernels import cuda_build  # noqa: E402
+
+#: the "compiler" in the key of an offline build's file name
+OFFLINE = "offline"
+
 #: the kernel modules with a library(device) of their own
 ALL = ("cuda_w4", "cuda_w4mm", "cuda_w4wg", "cuda_moe", "cuda_fp4", "cuda_w8")
 
 
+def modules(names: list[str]):
+    return [importlib.import_module(f"turbopack.inference.kernels.{n}") for n in names or ALL]
+
+
+def offline(out: Path, capability: tuple[int, int], names: list[str]) -> int:
+    """Compile here (no GPU needed) into ``out``, keyed without the compiler's path."""
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(m):
+        dest = cuda_build.lib_path(m.SRC, capability, OFFLINE, out)
+        if not dest.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.move(cuda_build.build(m.SRC, capability, Path(tmp)), dest)
+        print(f"{dest.name}: {dest.stat().st_size / 2**20:.1f} MiB", flush=True)
+
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(one, modules(names)))
+    return 0
+
+
+def seed(src_dir: Path, names: list[str]) -> None:
+    """Copy libraries built offline for this device's arch into the cache where ``library`` looks."""
+    cap = torch.cuda.get_device_capability()
+    for m in modules(names):
+        have = cuda_build.lib_path(m.SRC, cap, OFFLINE, src_dir)
+        dest = cuda_build.lib_path(m.SRC, cap, cuda_build.nvcc() or "", None)
+        if have.exists() and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(have, dest)
+            try:  # this machine's libc/libstdc++ must take it; else it is built here as before
+                ctypes.CDLL(str(dest))
+                print(f"seeded {dest.name} from {have}", flush=True)
+            except OSError as e:
+                dest.unlink()
+                print(f"not seeded from {have}: {e}", flush=True)
+
+
 def main(names: list[str]) -> int:
+    if names[:1] == ["--offline"]:
+        major, minor = names[2].split(".")
+        return offline(Path(names[1]), (int(major), int(minor)), names[3:])
+    if names[:1] == ["--seed"]:
+        seed(Path(names[1]), names[2:])
+        names = names[2:]
     unknown = [n for n in names if n not in ALL]
     if unknown:
         print(f"unknown library module(s) {unknown}; known: {', '.join(ALL)}", file=sys.stderr)
         return 2
-    mods = [importlib.import_module(f"turbopack.inference.kernels.{n}") for n in names or ALL]
+    mods = modules(names)
     dev = torch.device("cuda")
     t = time.time()
     with ThreadPoolExecutor(len(mods)) as ex:

@@ -18,7 +18,7 @@ timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignor
   > "$OUT/tests.txt" 2>&1
 RC=$?; echo "pytest rc=$RC"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -8
 step e2e
-[ "$RC" = 0 ] && timeout ${E2E_S:-300} python3 benchmarks/bench_e2e.py --e2e --formats bf16,w4a16 --out "$OUT" \
+[ "$RC" = 0 ] && timeout ${E2E_S:-340} python3 benchmarks/bench_e2e.py --e2e --formats bf16,w4a16 --out "$OUT" \
   2>"$OUT/e2e.log" | tee "$OUT/e2e.txt" | grep -E "^\| (bf16|w4a16|1|8) |bar" | head -8; tail -1 "$OUT/e2e.log"
 tar czf /tmp/all.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/all.tgz "$OUT/"
 step done

@@ -1,7 +1,13 @@
 # Sourced by the device scripts: strict mode, $OUT (what comes back), the environment the
-# benchmarks expect, step() headers, build_libs (benchmarks/device/build_libs.py).
+# benchmarks expect, step() headers, build_libs (benchmarks/device/build_libs.py, seeded from
+# $PREBUILT when the call carried it).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
 step() { echo "=== $1 [$(date +%T)]"; }
-build_libs() { timeout ${BUILD_S:-100} python3 benchmarks/device/build_libs.py "$@"; }
+# libraries compiled on the CPU machine (build_libs.py --offline) and carried: seeded, not rebuilt
+PREBUILT=${PREBUILT:-.scratch/prebuilt}
+build_libs() {
+  if [ -d "$PREBUILT" ]; then timeout ${BUILD_S:-100} python3 benchmarks/device/build_libs.py --seed "$PREBUILT" "$@"
+  else timeout ${BUILD_S:-100} python3 benchmarks/device/build_libs.py "$@"; fi
+}

@@ -293,7 +293,9 @@ def test_decode_attention_qkv_on_gpu_llama8b_shapes(precision):
             torch.cuda.synchronize()
             assert rel_err(got, want) < 1e-3, (precision, pos)
         for x, y in zip(one.buffers(), two.buffers()):
-            assert (x.float() - y.float()).abs().max() <= (1 if precision != "bf16" else 0.02), (precision, pos)
+            assert x.shape == y.shape, (precision, pos)
+            if x.numel():  # int8 K/V has no zero-point buffer's contents (an empty tensor)
+                assert (x.float() - y.float()).abs().max() <= (1 if precision != "bf16" else 0.02), (precision, pos)
 
 
 @gpu

@@ -100,4 +100,5 @@ def test_fastpath_mlp_grouped_matches_dense_on_gpu(tokens, monkeypatch):
         replayed = fastpath.mlp(block, h)
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(replayed, grouped)
+    # split-K sums in fp32 atomics where the config splits K (8 tokens here): same values, not same bits
+    assert ((replayed.float() - grouped.float()).norm() / grouped.float().norm()).item() < 1e-3

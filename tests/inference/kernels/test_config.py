@@ -79,8 +79,10 @@ def test_shipped_table_loads_and_writes_back_the_same_bytes():
     gate_up = table.layouts["w4_t64x64"].shapes["28672x4096"]
     assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=1, ring_stages=4, variant=2)  # run 8
     # run 7: the multi-column CUDA kernel (w4_mma.cu) wins M = 64 on every 8B shape; run 9: the
-    # warpgroup-MMA kernel (w4_wgmma.cu) takes gate_up at M = 64 and M = 256
-    assert gate_up[64].to_json() == {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 1, "STAGES": 3}
+    # warpgroup-MMA kernel (w4_wgmma.cu) takes gate_up at M = 64 and M = 256; run 10: with its weights
+    # straight to registers
+    assert gate_up[64].to_json() == {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 1, "STAGES": 3,
+                                     "WREG": True}
     assert gate_up[256].kernel is KernelName.CUDA_WG
 
 

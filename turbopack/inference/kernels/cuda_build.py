@@ -50,16 +50,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TURBOPACK_CACHE", Path.home() / ".cache" / "turbopack")) / "kernels"
 
 
+def lib_path(src: Path, capability: tuple[int, int], compiler: str, out_dir: Path | None = None) -> Path:
+    """Where ``build`` keeps ``src``'s library for one arch and compiler."""
+    text = src.read_bytes() + b"".join((CSRC / h).read_bytes() for h in HEADERS)
+    tag = hashlib.sha256(text + gencode(capability).encode() + compiler.encode()).hexdigest()[:16]
+    return (out_dir or cache_dir()) / f"{src.stem}_{tag}.so"
+
+
 def build(src: Path, capability: tuple[int, int], out_dir: Path | None = None) -> Path:
     """Compile ``src`` into a shared library for one arch (cached); its path."""
     compiler = nvcc()
     if compiler is None:
         raise TurbopackError(f"CUDA kernels ({src.name}): nvcc not found; set CUDA_HOME or use the Triton kernels")
-    text = src.read_bytes() + b"".join((CSRC / h).read_bytes() for h in HEADERS)
-    tag = hashlib.sha256(text + gencode(capability).encode() + compiler.encode()).hexdigest()[:16]
-    out_dir = out_dir or cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"{src.stem}_{tag}.so"
+    lib = lib_path(src, capability, compiler, out_dir)
+    lib.parent.mkdir(parents=True, exist_ok=True)
     if not lib.exists():
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         cmd = [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", gencode(capability), str(src),
