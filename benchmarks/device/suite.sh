@@ -4,6 +4,7 @@
 # found them starved when they shared the GPU and the CPU with it (7 of 12 in 270 s).
 #   bash benchmarks/device/suite.sh              # all but tests/cli, then the calibration table
 #   PART=cli bash benchmarks/device/suite.sh     # tests/cli alone (check's GPU rows, the Python API)
+#   PART=cli K="w4a16 or check_with" bash benchmarks/device/suite.sh   # some of them (pytest -k)
 # The calibration table (calibration_gpu.py --layers 1: time and peak GPU memory per method against
 # the 3.02 GB bar) runs on a quiet GPU after the tests. Logs under $OUT; under 560 s.
 source benchmarks/device/lib.sh
@@ -11,7 +12,7 @@ export BUILD_S=${BUILD_S:-170}
 step build; build_libs
 if [ "${PART:-rest}" = cli ]; then
   step tests/cli
-  timeout ${TESTS_S:-380} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore -rA tests/cli \
+  timeout ${TESTS_S:-380} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore -rA tests/cli ${K:+-k "$K"} \
     > "$OUT/gpu_tests_cli.txt" 2>&1
   echo "tests/cli rc=$?"; grep -E "^PASSED|^FAILED|^ERROR|passed|failed" "$OUT/gpu_tests_cli.txt" | tail -14
   step done; exit 0

@@ -147,7 +147,7 @@ def test_v6_v7_and_v8_match_v5(m, group, sym, split):
 @pytest.mark.parametrize("m", [1, 9])
 @pytest.mark.parametrize("group,sym,split,stages", [(128, False, 1, 4), (64, True, 3, 8), (128, True, 13, 6)])
 def test_v7_prefetch_gives_the_same_bits(m, group, sym, split, stages):
-    """PREFETCH only moves bytes toward L2 (csrc/w4_v67.cuh): y is v7's bit for bit, in both tile
+    """PREFETCH only moves bytes toward L2 (csrc/w4_v67.cuh): y is v7's (bit for bit at one K slice), in both tile
     layouts (one contiguous range per CTA at 64 rows, four at 16), with slices shorter than the ring
     (split 13 over 12 stages: empty and one-stage CTAs), and chained with PDL in a CUDA graph."""
     from turbopack.inference.kernels import cuda_build
@@ -159,7 +159,7 @@ def test_v7_prefetch_gives_the_same_bits(m, group, sym, split, stages):
         packed = reference.pack_w4(q, tile_n)
         y7 = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2)
         pf = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2, prefetch=True)
-        assert torch.equal(pf, y7), tile_n
+        same(pf, y7, split)
         assert reference.rel_err(pf, reference.ref_linear(x, "w4a16", q)) < 1e-2
     cuda_build.refresh_pdl()
     g = torch.cuda.CUDAGraph()
@@ -169,7 +169,21 @@ def test_v7_prefetch_gives_the_same_bits(m, group, sym, split, stages):
     g.replay()
     torch.cuda.synchronize()
     y16 = cuda_w4.w4_decode(x, packed, (n, k), None, split, group=group, stages=stages, variant=2)
-    assert torch.equal(h, y16) and torch.equal(h2, y16)
+    same(h, y16, split)
+    same(h2, y16, split)
+
+
+def same(y, want, split):
+    """One K slice: the same bits. Split K: the slices' fp32 sums meet in atomics, whose order varies
+    from run to run, so y may differ from ``want`` in the last place of a few elements."""
+    if split == 1:
+        assert torch.equal(y, want)
+    else:
+        assert (y != want).float().mean().item() < 0.01 and cuda_w4_rel_err(y, want) < 1e-3
+
+
+def cuda_w4_rel_err(y, want):
+    return ((y.float() - want.float()).norm() / want.float().norm()).item()
 
 
 @pytest.mark.gpu
