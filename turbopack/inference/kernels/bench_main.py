@@ -155,7 +155,7 @@ def _json(o: object) -> object:
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default="w4a16,nvfp4,w8a16,w8a8,fp8", help=f"of {','.join(bench.SETUPS)}")
     ap.add_argument("--shapes", default=",".join(bench.SHAPES), help="of qkv,o,gate_up,down")
@@ -164,7 +164,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--jobs", type=int, default=12, help="processes compiling ahead (--tune)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json / sm90.json")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _build_cuda_libraries() -> None:
+    """Build the CUDA W4 kernels once, before the timing starts (nvcc at first use)."""
+    try:
+        from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg
+
+        hopper = torch.cuda.get_device_capability() == cuda_w4wg.CAPABILITY
+        for mod in (cuda_w4, cuda_w4mm, *([cuda_w4wg] if hopper else [])):
+            t0 = time.time()
+            mod.library(torch.device("cuda"))
+            _log(f"built {mod.SRC.name} in {time.time() - t0:.1f}s")
+    except Exception as e:
+        _log(f"CUDA decode kernel unavailable: {type(e).__name__}: {e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     if not torch.cuda.is_available():
         print("error: the benchmark needs a CUDA device", file=sys.stderr)
         return 2
@@ -184,17 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"{props.name} sm{props.major}{props.minor} SMs={sms} L2={l2 >> 20}MB torch {torch.__version__} "
          f"triton {triton.__version__}; copy bandwidth (read+write) memcpy {bws['memcpy'] / 1e12:.3f} TB/s, "
          f"copy kernel {bws['kernel'] / 1e12:.3f} TB/s; the floor uses {bw / 1e12:.3f}")
-    if "w4a16" in setups:  # build the CUDA decode kernel once, before the timing starts
-        try:
-            from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg
-
-            hopper = torch.cuda.get_device_capability() == cuda_w4wg.CAPABILITY
-            for mod in (cuda_w4, cuda_w4mm, *([cuda_w4wg] if hopper else [])):
-                t0 = time.time()
-                mod.library(torch.device("cuda"))
-                _log(f"built {mod.SRC.name} in {time.time() - t0:.1f}s")
-        except Exception as e:
-            _log(f"CUDA decode kernel unavailable: {type(e).__name__}: {e}")
+    if "w4a16" in setups:
+        _build_cuda_libraries()
     if args.tune:
         tasks = [(s, bench.SHAPES[n], m, c) for s in setups for n in shapes for m in ms
                  for c in tune.candidates(s, *bench.SHAPES[n], m, sms)]
@@ -227,14 +236,19 @@ def main(argv: list[str] | None = None) -> int:
             del wt
             torch.cuda.empty_cache()
             save()
-    print(f"\n{props.name}, copy bandwidth {bw / 1e12:.3f} TB/s, µs per call (CUDA graph, weights rotated past L2)")
+    _report(rows, props.name, bw)
+    print(f"total {time.time() - t_start:.0f}s")
+    return 0
+
+
+def _report(rows: list[dict], device: str, bw: float) -> None:
+    """The table on stdout (the log on stderr had each row as it came), then the bars."""
+    print(f"\n{device}, copy bandwidth {bw / 1e12:.3f} TB/s, µs per call (CUDA graph, weights rotated past L2)")
     for r in rows:
         print(fmt_row(r, bw))
     print()
     for b in bars(rows, bw):
         print(b)
-    print(f"total {time.time() - t_start:.0f}s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -328,24 +328,26 @@ def default_config(m: int, n: int, k: int, ks: int, sms: int = 132) -> KernelCon
     return dataclasses.replace(cfg, split_k=max(1, min(math.ceil(4 * sms / blocks), iters, 16)))
 
 
+def _operands(kind: int, packed: dict[str, torch.Tensor], group: int):
+    """(qweight words, S, Z, groups per tile row, K per scale) as the kernels take them: W4's scales
+    and zero points (zero points absent: S again, never read), NVFP4's block-scale words as Z and
+    1/global scale as S, the 8-bit layouts' bytes as int32 (int8) or uint8 (e4m3) words."""
+    qw, s = packed["qweight"], packed["scales"]
+    if kind == W4:
+        return qw, s, packed.get("zeros", s), s.shape[1], group
+    if kind == NVFP4:
+        return qw.view(torch.int32), torch.reciprocal(packed["global_scale"].float()), \
+            s.view(torch.uint8).view(torch.int32), qw.shape[1], 64
+    return qw.view(torch.int32) if kind == I8 else qw.view(torch.uint8), s, s, 1, 64
+
+
 def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: tuple[int, int],
            bias: torch.Tensor | None, cfg: KernelConfig, *, group: int = 64, sym: bool = True,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] = x2 [M, K] @ W^T (+ bias) for a 16-bit-activation layout; ``cfg`` as default_config."""
-    qw = packed["qweight"]
     n, k = shape
-    nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
-    s = packed["scales"]
-    zp, kgp, ks = s, 1, 64   # (zp: a placeholder pointer where there are no zero points)
-    if kind == W4:
-        ks, kgp = group, s.shape[1]
-        zp = packed.get("zeros", s)
-    elif kind == NVFP4:  # Z carries the block-scale words, S the epilogue's scalar 1/gs
-        zp, kgp = s.view(torch.uint8).view(torch.int32), kt
-        s = torch.reciprocal(packed["global_scale"].float())
-        qw = qw.view(torch.int32)
-    else:
-        qw = qw.view(torch.int32) if kind == I8 else qw.view(torch.uint8)
+    nt, kt, tn = packed["qweight"].shape[:3]
+    qw, s, zp, kgp, ks = _operands(kind, packed, group)
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     spi = max(1, cfg.block_k // ks)
@@ -357,18 +359,9 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
     ws, cnt = splitk_buffers(x2.device, m, n, n_blocks * m_blocks, split)
     b = bias if bias is not None else y
     common = dict(
-        KIND=int(kind),
-        TN=tn,
-        KS=ks,
-        BN=bn,
-        SPI=spi,
-        SPLIT_K=split,
-        ATOMIC=split > 1,
-        ASYM=kind == W4 and not sym,
-        SCALAR_SCALE=kind != W4 and s.numel() == 1,
-        HAS_BIAS=bias is not None,
-        num_warps=or_default(cfg.num_warps, 4),
-        num_stages=or_default(cfg.num_stages, 2),
+        KIND=int(kind), TN=tn, KS=ks, BN=bn, SPI=spi, SPLIT_K=split, ATOMIC=split > 1,
+        ASYM=kind == W4 and not sym, SCALAR_SCALE=kind != W4 and s.numel() == 1, HAS_BIAS=bias is not None,
+        num_warps=or_default(cfg.num_warps, 4), num_stages=or_default(cfg.num_stages, 2),
         **pdl.triton_args(x2.device, "linears"),
     )
     if gemv:
@@ -376,25 +369,8 @@ def launch(x2: torch.Tensor, kind: int, packed: dict[str, torch.Tensor], shape: 
                                        ROUND=or_default(cfg.round_weights, True), **common)
     else:
         tc_kernel[(n_blocks, m_blocks, split)](
-            x2,
-            qw,
-            s,
-            zp,
-            b,
-            y,
-            ws,
-            cnt,
-            m,
-            n,
-            nt * tn,
-            k,
-            kt,
-            kgp,
-            x2.stride(0),
-            y.stride(0),
-            BM=bm,
-            DOT_F32=interpreting(),
-            PLANES=bool(cfg.planes) and (kind == I8 or (kind == W4 and ks >= 128)),
-            **common,
+            x2, qw, s, zp, b, y, ws, cnt, m, n, nt * tn, k, kt, kgp, x2.stride(0), y.stride(0),
+            BM=bm, DOT_F32=interpreting(),
+            PLANES=bool(cfg.planes) and (kind == I8 or (kind == W4 and ks >= 128)), **common,
         )
     return y
