@@ -11,20 +11,30 @@
 # Run 10 passed b's GPU tests. Here: b, c, d's v7 tests; one warm-up step (the glue kernels' Triton
 # compiles; run 10 lost its timings to them), then the 8B W4A16 step (batch 1 and 8, shipped table)
 # for a b c d twice in turn, each in its own process. Then, with TUNE=1, the tuner at M = 1, 8 per
-# side. Build every side's library offline first (build_libs.py --offline .scratch/prebuilt 9.0 with
-# each side's header in place) and carry .scratch: a library built there takes 90 s. Output goes
-# to files as it comes (a timeout keeps what ran). < 560 s.
+# side. First, on the CPU machine, build every side's library (and the others) offline:
+#   PREBUILD=1 PYTHON=.venv/bin/python bash benchmarks/device/xahead.sh   # ~12 min on two cores
+# then run it on the device carrying .scratch (a library built there takes 90 s). Output goes to
+# files as it comes (a timeout keeps what ran). < 560 s.
 source benchmarks/device/lib.sh
 H=turbopack/inference/kernels/csrc/w4_v67.cuh
 P=benchmarks/device/patches
 cp $H /tmp/a.cuh
-side() {  # put side $1's header in place and seed its library
+patched() {  # put side $1's header in place
   cp /tmp/a.cuh $H
   [ "$1" != a ] && patch -s -p1 < $P/v7_x_ahead.patch
   [ "$1" = c ] && patch -s -p1 < $P/v7_two_chains.patch
   [ "$1" = d ] && patch -s -p1 < $P/v7_constant_slots.patch
-  build_libs >> "$OUT/build.log" 2>&1
+  return 0
 }
+side() { patched $1; build_libs >> "$OUT/build.log" 2>&1; }  # and seed its library
+if [ "${PREBUILD:-0}" = 1 ]; then
+  for s in a b c d; do
+    patched $s
+    ${PYTHON:-python3} benchmarks/device/build_libs.py --offline "$PREBUILT" 9.0 $([ $s = a ] || echo cuda_w4)
+  done
+  cp /tmp/a.cuh $H
+  exit 0
+fi
 stepms() {  # the 8B W4A16 step of side $1, one line into step.txt
   timeout ${2:-90} python3 - $1 <<'PY' >> "$OUT/step.txt" 2>> "$OUT/step.log"
 import sys

@@ -79,7 +79,8 @@ if triton is not None:
 FUSED_DECODE_ATTENTION = True
 #: Decode steps of up to this many tokens run a W4A16 MLP as the grouped MoE decode's one expert
 #: (``moe_grouped.dense_as_one_expert``: SiLU * up in gate|up's epilogue, two launches where three);
-#: 0 = never. Off until a device run measures it against the dense kernels (bench_e2e's A/B).
+#: 0 = never. Off: run 10 measured it 8% slower than the dense kernels at batch 1, 18% at batch 8
+#: (bench_e2e's A/B; the grouped kernels are built for many small experts, not one large one).
 GROUPED_MLP_MAX_TOKENS = 0
 _ROUTE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
