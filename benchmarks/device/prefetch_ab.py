@@ -4,6 +4,7 @@ table, then with PREFETCH set on every v7 entry (what PDL lets it do: a CTA's we
 into L2 while the kernel before it runs), batch 1 and 8, one model, captured anew each way.
 
     python3 benchmarks/device/prefetch_ab.py [--layers 32]
+    python3 benchmarks/device/prefetch_ab.py --tables table   # the shipped table's step alone
 
 A device diagnosis beside bench_e2e.py (whose full run takes minutes), not a test.
 """
@@ -40,9 +41,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--tables", default="table,prefetch", help="of table (as shipped), prefetch")
     args = ap.parse_args()
     load, shipped = kernel_table.load_table, kernel_table.load_table("sm90")
-    tables = {"table": shipped, "prefetch": with_prefetch(shipped)}
+    every = {"table": shipped, "prefetch": with_prefetch(shipped)}
+    tables = {name: every[name] for name in args.tables.split(",")}
     model = build_8b("w4a16", args.layers)
     out = {}
     try:

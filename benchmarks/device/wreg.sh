@@ -6,8 +6,7 @@
 # - the W4A16 tuner at M = 64, 256 (cuda_wg offered with and without WREG beside the rest), and
 #   per (shape, M) the best cuda_wg of each kind;
 # - v7's L2 prefetch (PREFETCH, csrc/w4_v67.cuh): its GPU tests, and the 8B W4A16 decode step with
-#   the shipped table and with PREFETCH on every v7 entry (prefetch_ab.py; prefetch.sh is the
-#   longer form with the M <= 16 tuner);
+#   the shipped table and with PREFETCH on every v7 entry (prefetch_ab.py);
 # - ncu of the WREG kernel at gate_up M = 256 (run 9's ncu of the ring version: shared memory 77%).
 # Tables and logs in one tarball; < 570 s.
 source benchmarks/device/lib.sh
