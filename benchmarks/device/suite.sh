@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole -m gpu suite (#10's bar) in two device calls: the README CLI tests (tests/cli: ~55 s of
-# child processes per test, ~8 minutes in all) do not fit in one call beside the rest, and run 9
-# found them starved when they shared the GPU and the CPU with it (7 of 12 in 270 s).
+# child processes per test, ~8 minutes in one process, so JOBS=3 processes) do not fit in one call
+# beside the rest, and run 9 found them starved when they shared the GPU and the CPU with it.
 #   bash benchmarks/device/suite.sh              # all but tests/cli, then the calibration table
 #   PART=cli bash benchmarks/device/suite.sh     # tests/cli alone (check's GPU rows, the Python API)
 #   PART=cli K="w4a16 or check_with" bash benchmarks/device/suite.sh   # some of them (pytest -k)
@@ -11,10 +11,18 @@ source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 step build; build_libs
 if [ "${PART:-rest}" = cli ]; then
-  step tests/cli
-  timeout ${TESTS_S:-380} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore -rA tests/cli ${K:+-k "$K"} \
-    > "$OUT/gpu_tests_cli.txt" 2>&1
-  echo "tests/cli rc=$?"; grep -E "^PASSED|^FAILED|^ERROR|passed|failed" "$OUT/gpu_tests_cli.txt" | tail -14
+  # JOBS pytest processes, tests dealt round-robin: each test is a chain of child processes
+  # (import, CUDA context, a tiny model) that leaves most of the GPU and the 16 cores idle
+  step "tests/cli in ${JOBS:=3} processes"
+  python3 -m pytest -m gpu -p no:cacheprovider --collect-only tests/cli ${K:+-k "$K"} 2>/dev/null \
+    | grep "::" > "$OUT/cli_ids.txt"
+  for j in $(seq 0 $((JOBS - 1))); do
+    mapfile -t ids < <(awk -v j=$j -v n=$JOBS 'NR % n == j' "$OUT/cli_ids.txt")
+    [ ${#ids[@]} -gt 0 ] && timeout ${TESTS_S:-420} python3 -m pytest -m gpu -p no:cacheprovider -W ignore -rA "${ids[@]}" \
+      > "$OUT/gpu_tests_cli_$j.txt" 2>&1 &
+  done
+  wait
+  grep -hE "^PASSED|^FAILED|^ERROR|passed|failed" "$OUT"/gpu_tests_cli_*.txt | tail -16
   step done; exit 0
 fi
 step gpu-tests

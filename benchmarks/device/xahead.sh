@@ -14,7 +14,8 @@
 # side. First, on the CPU machine, build every side's library (and the others) offline:
 #   PREBUILD=1 PYTHON=.venv/bin/python bash benchmarks/device/xahead.sh   # ~12 min on two cores
 # then run it on the device carrying .scratch (a library built there takes 90 s). Output goes to
-# files as it comes (a timeout keeps what ran). < 560 s.
+# files as it comes (a timeout keeps what ran). < 560 s. Then, with SHIP=<the winning side>, the
+# next call tunes that side's kernel and times it end to end (decode_v7.sh).
 source benchmarks/device/lib.sh
 H=turbopack/inference/kernels/csrc/w4_v67.cuh
 P=benchmarks/device/patches
@@ -26,7 +27,8 @@ patched() {  # put side $1's header in place
   [ "$1" = d ] && patch -s -p1 < $P/v7_constant_slots.patch
   return 0
 }
-side() { patched $1; build_libs >> "$OUT/build.log" 2>&1; }  # and seed its library
+# and seed its library: only w4.cu includes w4_v67.cuh, so the other libraries keep a's keys
+side() { patched $1; build_libs cuda_w4 >> "$OUT/build.log" 2>&1; }
 if [ "${PREBUILD:-0}" = 1 ]; then
   for s in a b c d; do
     patched $s
@@ -35,15 +37,21 @@ if [ "${PREBUILD:-0}" = 1 ]; then
   cp /tmp/a.cuh $H
   exit 0
 fi
+if [ -n "${SHIP:-}" ]; then  # SHIP=b|c|d: that side as the tree's v7, through decode_v7.sh (its tests,
+  patched a; build_libs >> "$OUT/build.log" 2>&1  # the tuner at M <= 16, ncu, the 8B end to end)
+  patched "$SHIP"; MS=${MS:-1,8,16} exec bash benchmarks/device/decode_v7.sh
+fi
 stepms() {  # the 8B W4A16 step of side $1 (prefetch_ab.py, shipped table), lines into step.txt
   timeout ${2:-90} python3 benchmarks/device/prefetch_ab.py --tables table 2>> "$OUT/step.log" \
     | grep batch | sed "s/^table */$1 /" >> "$OUT/step.txt"
   tail -2 "$OUT/step.txt"
 }
+step "libraries"
+patched a; build_libs >> "$OUT/build.log" 2>&1; tail -1 "$OUT/build.log"
 step "tests (b, c, d)"
 for s in b c d; do
   side $s
-  timeout ${TESTS_S:-60} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
+  timeout ${TESTS_S:-45} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
     -k "decode_kernel_matches or v6_v7" > "$OUT/tests_$s.txt" 2>&1
   echo "$s pytest rc=$?"; grep -E "FAILED" "$OUT/tests_$s.txt" | head -4
 done

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 import torch
 
+from turbopack.errors import TurbopackError
 from turbopack.inference.kernels import cuda_build, cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
 
 NVCC = cuda_w4.nvcc()
@@ -50,12 +51,27 @@ def test_kernels_compile_without_spills(src, tmp_path):
     assert spills == [], spills[:3]
 
 
-def test_build_key_hashes_every_header():
-    # a header missing from HEADERS would leave a stale library in the cache after an edit to it
-    from turbopack.inference.kernels import cuda_build
+def test_build_key_follows_each_sources_includes(tmp_path, monkeypatch):
+    # an edit to a header must rebuild every library that includes it, directly or through another
+    # header, and leave the others' cached libraries valid
+    import shutil
 
-    on_disk = {p.name for p in cuda_build.CSRC.glob("*.cuh")}
-    assert on_disk and set(cuda_build.HEADERS) == on_disk
+    csrc = tmp_path / "csrc"
+    shutil.copytree(cuda_build.CSRC, csrc)
+    monkeypatch.setattr(cuda_build, "CSRC", csrc)
+    sources = sorted(csrc.glob("*.cu"))
+    included = {h for src in sources for h in cuda_build.headers(src)}
+    assert included == {p.name for p in csrc.glob("*.cuh")}  # no header outside every key
+    assert {"w4_v67.cuh", "w4_stage.cuh", "common.cuh"} <= set(cuda_build.headers(csrc / "w4.cu"))
+    before = {src.name: cuda_build.lib_path(src, (9, 0), "nvcc") for src in sources}
+    with open(csrc / "w4_stage.cuh", "a") as f:  # w4.cu, moe_w4.cu and, through them, their headers
+        f.write("// edited\n")
+    changed = {src.name for src in sources if cuda_build.lib_path(src, (9, 0), "nvcc") != before[src.name]}
+    assert changed == {src.name for src in sources if "w4_stage.cuh" in cuda_build.headers(src)}
+    assert "w4.cu" in changed and "w4_mma.cu" not in changed
+    (csrc / "w4_mma.cuh").write_text('#include "missing.cuh"\n')
+    with pytest.raises(TurbopackError, match="missing.cuh"):
+        cuda_build.lib_path(csrc / "w4_mma.cu", (9, 0), "nvcc")
 
 
 def test_gencode_targets_arch_specific_where_registered():

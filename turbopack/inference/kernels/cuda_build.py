@@ -4,8 +4,9 @@ cached on disk across processes, loaded with ctypes.
 No torch headers are involved (each .cu exports C functions taking raw pointers), so a build is one
 nvcc call of a few seconds instead of a torch extension's minute, and CI compiles the same files
 for sm_80, sm_90a, sm_100a and sm_120a with its own nvcc (mma.sync and cp.async code, which every
-arch from sm80 runs; on sm100/sm120 compiled, not yet run). The cache key covers the source, the shared header(s), the
-target and the compiler.
+arch from sm80 runs; on sm100/sm120 compiled, not yet run). The cache key covers the source, the
+csrc headers it includes (transitively), the target and the compiler: an edit to one kernel's header
+rebuilds the libraries that include it and no others.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -25,9 +27,8 @@ from turbopack.inference.kernels import pdl
 from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
-#: every header under csrc (the cache key hashes them all: a header edit rebuilds its libraries)
-HEADERS = ("common.cuh", "w4_mma.cuh", "wgmma.cuh", "w4_stage.cuh", "w4_v67.cuh", "w4_v8.cuh", "w4_dequant.cuh",
-           "moe_route.cuh", "moe_stage.cuh")
+#: a local include: ``#include "name.cuh"`` (system headers use <>, and are the compiler's)
+_INCLUDE = re.compile(rb'^\s*#\s*include\s+"([^"]+)"', re.M)
 _LOCK = threading.Lock()
 _LIBS: dict[tuple[str, str], tuple[ctypes.CDLL, torch.device]] = {}
 
@@ -50,9 +51,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TURBOPACK_CACHE", Path.home() / ".cache" / "turbopack")) / "kernels"
 
 
+def headers(src: Path) -> list[str]:
+    """The csrc headers ``src`` includes, directly or through another, in first-seen order."""
+    seen: list[str] = []
+    todo = [src]
+    while todo:
+        for name in _INCLUDE.findall(todo.pop(0).read_bytes()):
+            name = name.decode()
+            if name not in seen:
+                if not (CSRC / name).is_file():
+                    raise TurbopackError(f"CUDA kernels ({src.name}): includes {name!r}, which is not in {CSRC}")
+                seen.append(name)
+                todo.append(CSRC / name)
+    return seen
+
+
 def lib_path(src: Path, capability: tuple[int, int], compiler: str, out_dir: Path | None = None) -> Path:
     """Where ``build`` keeps ``src``'s library for one arch and compiler."""
-    text = src.read_bytes() + b"".join((CSRC / h).read_bytes() for h in HEADERS)
+    text = src.read_bytes() + b"".join((CSRC / h).read_bytes() for h in headers(src))
     tag = hashlib.sha256(text + gencode(capability).encode() + compiler.encode()).hexdigest()[:16]
     return (out_dir or cache_dir()) / f"{src.stem}_{tag}.so"
 
