@@ -331,16 +331,23 @@ def test_decode_kernel_on_gpu_llama8b_shapes(precision, fast, monkeypatch):
 # --- the fused forward pass (fastpath) under the interpreter ---------------------------------
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["llama", "phi3"])
-def test_fastpath_forward_matches_reference_forward(attn, fused):
+@pytest.mark.parametrize("fused,longrope", [(False, False), (True, False), (True, True)],
+                         ids=["llama", "phi3", "phi3_longrope"])
+def test_fastpath_forward_matches_reference_forward(attn, fused, longrope):
     """Prefill then decode through fastpath.forward == Transformer.forward, for every KV precision
-    (Phi-3: projections fused in the files already)."""
+    (Phi-3: projections fused in the files already; with LongRoPE past a training length of 5: a
+    prefill within it decoded across it, and a prefill past it, which turns with the long factors)."""
     from turbopack.inference import fastpath
     from turbopack.inference.api import fuse_model
     from turbopack.inference.model import ModelConfig, build_model
+    from turbopack.inference.rope import RopeScaling, RopeType
 
+    scaling = RopeScaling(RopeType.LONGROPE, 12.8, original_max_position_embeddings=5, attention_factor=1.2,
+                          short_factor=tuple(1 + i / 4 for i in range(16)),
+                          long_factor=tuple(1.0 + 2 * i for i in range(16)))
     cfg = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
-                      attention_bias=not fused, fused_projections=fused)
+                      attention_bias=not fused, fused_projections=fused, max_position_embeddings=64,
+                      rope_scaling=scaling if longrope else None)
     dev = _device()
     torch.manual_seed(6)
     model = build_model(cfg, device=dev, dtype=torch.float32)
@@ -352,15 +359,17 @@ def test_fastpath_forward_matches_reference_forward(attn, fused):
     ids = torch.randint(0, 64, (2, 7), device=dev)
     # "torch": the plain KVCache, as for a head_dim the Triton attention cannot read (its decode steps
     # need the mask: SDPA's is_causal alone would let the one query see only key 0)
-    for precision, backend in (("bf16", "triton"), ("int8", "triton"), ("int4", "triton"), ("bf16", "torch")):
+    kinds = (("bf16", "triton"), ("int8", "triton"), ("int4", "triton"), ("bf16", "torch"))
+    runs = [(k, 5) for k in kinds] if not longrope else [(k, pre) for k in (kinds[0], kinds[3]) for pre in (5, 6)]
+    for (precision, backend), pre in runs:
         outs = []
         for fwd in (model, lambda i, p: fastpath.forward(model, i, p)):
             model.setup_caches(2, 64, cache_cls=KQ.cache_factory(precision, backend))
-            steps = [fwd(ids[:, :5], torch.arange(5, device=dev))[:, -1]]
-            for i in range(5, 7):
+            steps = [fwd(ids[:, :pre], torch.arange(pre, device=dev))[:, -1]]
+            for i in range(pre, 7):
                 steps.append(fwd(ids[:, i:i + 1], torch.tensor([i], device=dev))[:, -1])
             outs.append(torch.stack(steps, 1))
-        assert rel_err(outs[1], outs[0]) < 1e-5, (precision, backend)
+        assert rel_err(outs[1], outs[0]) < 1e-5, (precision, backend, pre)
 
 
 def test_fastpath_and_kernel_attention_only_for_llama_math(attn):

@@ -39,6 +39,9 @@ LLAMA3_ROPE = dict(
 )  # fmt: skip
 LINEAR_ROPE = dict(rope_type="linear", rope_theta=10000.0, factor=4.0)
 DYNAMIC_ROPE = dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)
+YARN_ROPE = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64)
+# DeepSeek's attention factor from mscale / mscale_all_dim, an untruncated ramp, other betas
+YARN_MSCALE = dict(YARN_ROPE, mscale=1.0, mscale_all_dim=0.5, truncate=False, beta_fast=16, beta_slow=2)
 # name -> (HF architecture, config overrides, sequence length)
 CASES = {
     "llama": ("Llama", {}, 16),
@@ -49,6 +52,8 @@ CASES = {
     "linear_rope": ("Llama", dict(rope_parameters=LINEAR_ROPE), 16),
     # 24 tokens > max_position_embeddings=16, so HF rescales the base for seq_len 24; so must we.
     "dynamic_rope": ("Llama", dict(max_position_embeddings=16, rope_parameters=DYNAMIC_ROPE), 24),
+    "yarn_rope": ("Llama", dict(rope_parameters=YARN_ROPE), 48),
+    "yarn_mscale": ("Qwen2", dict(rope_parameters=YARN_MSCALE), 48),
     "tied": ("Qwen2", dict(tie_word_embeddings=True), 16),
     "head_dim": ("Mistral", dict(head_dim=32), 16),  # head_dim != hidden / heads
 }
@@ -116,16 +121,23 @@ def test_param_names_and_tying_follow_hf(saved):
     assert ours.lm_head.weight is ours.model.embed_tokens.weight
 
 
-def test_rope_scaling_is_not_vacuous(saved):
-    """The llama3 case would catch a model that ignored the scaling: unscaled rope is far off."""
-    folder, seq_len = saved("llama3_rope"), CASES["llama3_rope"][2]
+@pytest.mark.parametrize("name,kind", [("llama3_rope", "llama3"), ("yarn_rope", "yarn"), ("yarn_mscale", "yarn")])
+def test_rope_scaling_is_not_vacuous(saved, name, kind):
+    """Each scaled case would catch a model that ignored its scaling (unscaled rope is far off),
+    and YaRN's one that ignored its attention factor (which multiplies cos and sin)."""
+    folder, seq_len = saved(name), CASES[name][2]
     ours = load_model(folder)
-    assert ours.config.rope_scaling.type == "llama3"
-    unscaled = M.build_model(replace(ours.config, rope_scaling=None), device="cpu")
-    unscaled.load_state_dict(ours.state_dict())
+    s = ours.config.rope_scaling
+    assert s.type == kind
     ids = token_ids(TINY["vocab_size"], seq_len)
-    with torch.no_grad():
-        assert rel_err(unscaled(ids), hf_logits(folder, ids, torch.float32)) > 1e-3
+    wrong = [None] + ([replace(s, attention_factor=1.0)] if s.attention_factor != 1.0 else [])
+    # YaRN's factor: 0.1 ln 4 + 1 = 1.14; DeepSeek's mscale ratio (0.1 ln 4 + 1) / (0.05 ln 4 + 1) = 1.06
+    assert len(wrong) == (2 if kind == "yarn" else 1)
+    for scaling in wrong:
+        other = M.build_model(replace(ours.config, rope_scaling=scaling), device="cpu")
+        other.load_state_dict(ours.state_dict())
+        with torch.no_grad():
+            assert rel_err(other(ids), hf_logits(folder, ids, torch.float32)) > 1e-3, scaling
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
@@ -193,8 +205,8 @@ def test_unsupported_architecture_names_it_and_lists_supported(tmp_path):
 
 def test_unsupported_rope_and_legacy_rope_keys():
     base = {"architectures": ["LlamaForCausalLM"], **TINY}
-    with pytest.raises(UnsupportedModelError, match="yarn"):
-        M.ModelConfig.from_hf_config({**base, "rope_parameters": {"rope_type": "yarn"}})
+    with pytest.raises(UnsupportedModelError, match="'mrope' is not supported; supported: default, linear"):
+        M.ModelConfig.from_hf_config({**base, "rope_parameters": {"rope_type": "mrope"}})
     # transformers 4.x layout: `rope_scaling` with "type", rope_theta at top level.
     legacy = {**base, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}}
     old = M.ModelConfig.from_hf_config(legacy)

@@ -1,9 +1,12 @@
-"""The reference model reproduces transformers' logits for Qwen3, Gemma 2/3 and Phi-3, and each of
-the switches that tell these families apart changes the logits (so the match is not vacuous)."""
+"""The reference model reproduces transformers' logits for Qwen3, Gemma 2/3 and Phi-3 (with LongRoPE:
+Phi-3.5-mini, Phi-4-mini), and each of the switches that tell these families apart changes the
+logits (so the match is not vacuous)."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,9 +22,24 @@ from turbopack.inference import model as M  # noqa: E402
 from turbopack.inference.config import NormStyle  # noqa: E402
 from turbopack.inference.loader import load_model  # noqa: E402
 
-FAMILIES = ("qwen3", "gemma2", "gemma3", "phi3", "phi3_partial")
-OVERRIDES = {"phi3_partial": ("phi3", dict(partial_rotary_factor=0.5))}
-SEQ = 20  # > the Gemma window of 8: the band masks of the sliding layers take part
+
+def longrope(pairs: int) -> dict:
+    """LongRoPE over ``pairs`` rotary channel pairs: distinct short and long factors per pair."""
+    return {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0 + 0.25 * i for i in range(pairs)],
+            "long_factor": [1.0 + 2.0 * i for i in range(pairs)]}
+
+
+FAMILIES = ("qwen3", "gemma2", "gemma3", "phi3", "phi3_partial", "phi3_longrope", "phi4_mini")
+LONG_FROM = 16  # the LongRoPE models' original_max_position_embeddings: passes past it take the long factors
+OVERRIDES = {
+    "phi3_partial": ("phi3", dict(partial_rotary_factor=0.5)),
+    # Phi-3.5-mini's rope (Phi-3's top-level original_max_position_embeddings); Phi-4-mini's adds a
+    # partial rotary (12 of 16 channels: 6 pairs)
+    "phi3_longrope": ("phi3", dict(original_max_position_embeddings=LONG_FROM, rope_parameters=longrope(8))),
+    "phi4_mini": ("phi3", dict(partial_rotary_factor=0.75, original_max_position_embeddings=LONG_FROM,
+                               rope_parameters=longrope(6))),
+}
+SEQ = 20  # > the Gemma window of 8: the band masks of the sliding layers take part; > LONG_FROM
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +86,8 @@ SWITCHES = {
                    layer_windows=None, norm=NormStyle.LLAMA),
     "gemma3": dict(local_rope_theta=None, layer_windows=None, rope_scaling=None, qk_norm=False),
     "phi3_partial": dict(rotary_dim=None),
+    "phi3_longrope": dict(rope_scaling=None),
+    "phi4_mini": dict(rope_scaling=None),
 }
 
 
@@ -99,6 +119,43 @@ def test_kv_cache_decode_matches_full_forward(family_dir, name):
     assert rel_err(torch.cat(steps, dim=1), full) < 1e-5
 
 
+def hf_cached_logits(folder: Path, x: torch.Tensor, prefill: int) -> torch.Tensor:
+    """transformers' logits for a prefill of ``prefill`` tokens, then one token per step on its cache."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    # the cache is filled in place; transformers 5.25 renamed the argument from past_key_values
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    cache = {name: transformers.DynamicCache(config=hf.config)}
+    with torch.no_grad():
+        logits = [hf(x[:, :prefill], use_cache=True, **cache).logits]
+        logits += [hf(x[:, p:p + 1], use_cache=True, **cache).logits for p in range(prefill, x.shape[1])]
+    return torch.cat(logits, dim=1).float()
+
+
+@pytest.mark.parametrize("name", ["phi3_longrope", "phi4_mini"])
+def test_longrope_short_and_long_factors_as_transformers(family_dir, name):
+    """transformers turns a pass with the long factors once its last position reaches past the
+    training length, else with the short ones: a pass within it, one past it (test above), a
+    cache filled within it and decoded across it, and a prefill that crosses it (long for all)."""
+    folder = family_dir(name)
+    model = load_model(folder)
+    s = model.config.rope_scaling
+    assert s.type == "longrope" and s.original_max_position_embeddings == LONG_FROM
+    assert abs(s.attention_factor - (1 + math.log(128 / 16) / math.log(16)) ** 0.5) < 1e-12
+    short = ids(12)
+    with torch.no_grad():
+        assert rel_err(model(short), hf_logits(folder, short)) < 1e-4
+        same = M.build_model(replace(model.config, rope_scaling=replace(s, long_factor=s.short_factor)), device="cpu")
+        same.load_state_dict(model.state_dict())
+        assert rel_err(same(ids()), hf_logits(folder, ids())) > 1e-3  # the long factors matter past 16
+    x = ids(24)
+    for prefill in (5, 18):
+        model.setup_caches(max_batch_size=2, max_seq_len=32)
+        with torch.no_grad():
+            steps = [model(x[:, :prefill], torch.arange(prefill))]
+            steps += [model(x[:, p:p + 1], torch.tensor([p])) for p in range(prefill, x.shape[1])]
+        assert rel_err(torch.cat(steps, dim=1), hf_cached_logits(folder, x, prefill)) < 1e-4, prefill
+
+
 def test_phi3_holds_fused_projections_under_hf_names(family_dir):
     ours = load_model(family_dir("phi3"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(family_dir("phi3"))
@@ -112,14 +169,12 @@ def _config(folder: Path) -> dict:
 
 def test_refusals_are_one_line_and_name_the_way_out(family_dir, tmp_path):
     base = _config(family_dir("phi3"))
-    longrope = {**base, "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8,
-                                            "long_factor": [2.0] * 8, "original_max_position_embeddings": 64}}
-    with pytest.raises(UnsupportedModelError, match=r"rope_parameters.rope_type 'longrope'") as err:
-        M.ModelConfig.from_hf_config(longrope)
-    assert "\n" not in str(err.value) and "docs/families.md" in str(err.value)
     legacy = {k: v for k, v in base.items() if k != "rope_parameters"}  # a transformers 4.x config
-    legacy["rope_scaling"] = {"type": "su", "short_factor": [1.0], "long_factor": [1.0]}
-    with pytest.raises(UnsupportedModelError, match=r"rope_scaling.rope_type 'su'"):
+    for old_name in ("su", "yarn"):  # Phi-3's first 128k configs: both mean LongRoPE there
+        legacy["rope_scaling"] = {"type": old_name, **{k: v for k, v in longrope(8).items() if k != "rope_type"}}
+        assert M.ModelConfig.from_hf_config(legacy).rope_scaling.type == "longrope"
+    legacy["rope_scaling"] = {"type": "su", "short_factor": [1.0] * 7, "long_factor": [1.0] * 8}
+    with pytest.raises(CheckpointError, match="short_factor has 7 values, but the 16 rotary channels need 8"):
         M.ModelConfig.from_hf_config(legacy)
     vlm = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3"}
     with pytest.raises(UnsupportedModelError, match="Gemma3ForCausalLM") as err:

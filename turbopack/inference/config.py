@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from turbopack.errors import CheckpointError, UnsupportedModelError
 from turbopack.hfconfig import architectures_of
 from turbopack.inference.moe_config import MIXTRAL, QWEN2_MOE, QWEN3_MOE, MoEConfig, MoEStyle, moe_from_hf
+from turbopack.inference.rope import RopeScaling, check_rotary, rope_from_hf
 from turbopack.registry import Registry
-
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
-#: rope types named so that the refusal can say what they are (Phi-3 128k, Phi-3.5, Phi-4-mini)
-_LONGROPE = ("longrope", "su", "yarn")
 
 
 class NormStyle(str, enum.Enum):
@@ -73,6 +70,7 @@ class ArchSpec:
     default_rope_theta: float = 10000.0
     fused: bool = False  # the files hold qkv_proj and gate_up_proj (Phi-3)
     partial_rotary: bool = False  # reads partial_rotary_factor (Phi-3)
+    phi3_rope: bool = False  # Phi-3's rope keys: "yarn" means LongRoPE (rope.rope_from_hf)
     moe: MoEStyle | None = None  # mixture of experts (turbopack.inference.moe_config)
 
 
@@ -89,7 +87,7 @@ for _spec in (
              norm=NormStyle.GEMMA, qk_norm=True, sandwich_norms=True, scaled_embeddings=True,
              query_pre_attn_scalar=True, softcapping=True, sliding=Sliding.LAYER_TYPES, sliding_pattern=6,
              local_rope=True, default_rope_theta=1_000_000.0),
-    ArchSpec("Phi3ForCausalLM", "phi3", sliding=Sliding.ALL, fused=True, partial_rotary=True),
+    ArchSpec("Phi3ForCausalLM", "phi3", sliding=Sliding.ALL, fused=True, partial_rotary=True, phi3_rope=True),
     ArchSpec("MixtralForCausalLM", "mixtral", sliding=Sliding.ALL, moe=MIXTRAL),
     ArchSpec("Qwen2MoeForCausalLM", "qwen2_moe", bias=BiasStyle.QKV, sliding=Sliding.IF_USED, moe=QWEN2_MOE),
     ArchSpec("Qwen3MoeForCausalLM", "qwen3_moe", bias=BiasStyle.CONFIG, qk_norm=True, sliding=Sliding.IF_USED,
@@ -116,15 +114,6 @@ def arch_spec(hf: dict, where: str = "config.json") -> ArchSpec:
             raise UnsupportedModelError(f"{where}: {arch} is not supported: {REFUSED[arch]}")
     got = ", ".join(archs) or f"none (model_type {hf.get('model_type')!r})"
     raise UnsupportedModelError(f"{where}: architecture {got} is not supported; supported: {', '.join(ARCHS)}")
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    type: str  # "linear" | "dynamic" | "llama3"
-    factor: float
-    low_freq_factor: float = 1.0  # llama3 only
-    high_freq_factor: float = 4.0  # llama3 only
-    original_max_position_embeddings: int = 8192  # llama3 only
 
 
 @dataclass(frozen=True)
@@ -218,7 +207,9 @@ class ModelConfig:
                                         f"supported; turbopack runs causal language models")
         n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
-        theta, scaling, local_theta = _rope_from_hf(hf, spec)
+        theta, scaling, local_theta = rope_from_hf(hf, spec.local_rope, spec.default_rope_theta, spec.phi3_rope)
+        rotary_dim = _rotary_dim(hf, spec, head_dim)
+        check_rotary(scaling, rotary_dim or head_dim)
         cap, windows = SLIDING_RULES[spec.sliding](hf, spec, n_layers)
         bias = spec.bias is BiasStyle.QKV or (spec.bias is BiasStyle.CONFIG and bool(hf.get("attention_bias")))
         softcap = (lambda key: _positive_or_none(hf.get(key))) if spec.softcapping else (lambda key: None)
@@ -249,7 +240,7 @@ class ModelConfig:
             final_softcap=softcap("final_logit_softcapping"),
             layer_windows=windows,
             local_rope_theta=local_theta if windows and any(windows) else None,
-            rotary_dim=_rotary_dim(hf, spec, head_dim),
+            rotary_dim=rotary_dim,
             fused_projections=spec.fused,
             moe=moe_from_hf(hf, spec.moe, n_layers) if spec.moe else None,
         )
@@ -304,42 +295,6 @@ SLIDING_RULES: dict[Sliding, Callable] = {
 
 
 # --- rotary --------------------------------------------------------------------------------------
-
-
-def _rope_from_hf(hf: dict, spec: ArchSpec) -> tuple[float, RopeScaling | None, float | None]:
-    """(global rope base, its scaling, the windowed layers' base or None)."""
-    # transformers 5 writes `rope_parameters` with rope_theta inside (Gemma 3: one dict per layer
-    # type); 4.x wrote `rope_scaling` (maybe null) beside a top-level `rope_theta` (Gemma 3:
-    # `rope_local_base_freq` for the sliding layers); older files say "type" for "rope_type".
-    key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
-    params = hf.get(key) or {}
-    local = None
-    if spec.local_rope:
-        if "full_attention" in params:
-            local = float((params.get("sliding_attention") or {}).get("rope_theta", 10000.0))
-            params = params["full_attention"] or {}
-        else:
-            local = float(hf.get("rope_local_base_freq", 10000.0))
-    theta = float(params.get("rope_theta", hf.get("rope_theta", spec.default_rope_theta)))
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind in _LONGROPE:
-        raise UnsupportedModelError(
-            f"config.json: {key}.rope_type {kind!r} (LongRoPE: Phi-3 128k, Phi-3.5, Phi-4-mini) is not supported; "
-            f"use a variant without it (e.g. Phi-3-mini-4k, Phi-4) or see docs/families.md"
-        )
-    if kind not in SUPPORTED_ROPE_TYPES:
-        supported = ", ".join(SUPPORTED_ROPE_TYPES)
-        raise UnsupportedModelError(f"rope type {kind!r} is not supported ({supported})")
-    if kind == "default":
-        return theta, None, local
-    default_len = hf.get("max_position_embeddings", 2048)  # HF's fallback for llama3's old length
-    return theta, RopeScaling(
-        kind,
-        float(params["factor"]),
-        float(params.get("low_freq_factor", 1.0)),
-        float(params.get("high_freq_factor", 4.0)),
-        int(params.get("original_max_position_embeddings", default_len)),
-    ), local
 
 
 def _rotary_dim(hf: dict, spec: ArchSpec, head_dim: int) -> int | None:

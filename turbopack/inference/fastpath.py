@@ -127,13 +127,15 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     return out.view(*gu.shape[:-1], n)
 
 
-def rope(qkv: torch.Tensor, model: Transformer, input_pos: torch.Tensor, n_q: int, n_kv: int, d: int):
-    """qkv [B, T, (n_q + 2 n_kv) D] -> q [B, n_q, T, D], k [B, n_kv, T, D] rotated, v (a view)."""
+def rope(qkv: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor], input_pos: torch.Tensor, n_q: int, n_kv: int,
+         d: int):
+    """qkv [B, T, (n_q + 2 n_kv) D] -> q [B, n_q, T, D], k [B, n_kv, T, D] rotated by the cos/sin
+    ``tables`` (rows by position), v (a view)."""
     b, t, _ = qkv.shape
     q = torch.empty(b, n_q, t, d, device=qkv.device, dtype=qkv.dtype)
     k = torch.empty(b, n_kv, t, d, device=qkv.device, dtype=qkv.dtype)
     flat = qkv.reshape(b * t, -1)
-    _rope_kernel[(b * t, n_q + n_kv)](flat, model.rope_cos, model.rope_sin, input_pos, q, k, t, n_q, n_kv,
+    _rope_kernel[(b * t, n_q + n_kv)](flat, *tables, input_pos, q, k, t, n_q, n_kv,
                                       flat.stride(0), HALF=d // 2, num_warps=1)
     v = qkv[..., (n_q + n_kv) * d:].view(b, t, n_kv, d).transpose(1, 2)
     return q, k, v
@@ -172,20 +174,19 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         slots = torch.arange(model.kv_caches[0].max_seq_len, device=x.device)
         mask = slots[None, :] <= input_pos[:, None]
     residual = None
+    tables = model.pass_rope(t, input_pos)  # the stored ones but for a LongRoPE prefill past its training length
     for layer, cache in zip(model.model.layers, model.kv_caches):
         h, residual = add_rmsnorm(x, residual, layer.input_layernorm)
         attn = layer.self_attn
         qkv = attn.qkv_proj(h)
         kernels = _kernel_cache(cache)
         if kernels and t == 1 and FUSED_DECODE_ATTENTION:  # rotary, K/V store, attention: one launch
-            y = decode_attention_qkv(qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads)
+            y = decode_attention_qkv(qkv, *tables, input_pos, cache, cfg.n_heads)
         elif kernels:  # rotary + K/V store in one launch
-            q = rope_store(
-                qkv, model.rope_cos, model.rope_sin, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-            )
+            q = rope_store(qkv, *tables, input_pos, cache, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
             y = cache.attention(q, input_pos, mask)
         else:
-            q, k, v = rope(qkv, model, input_pos, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+            q, k, v = rope(qkv, tables, input_pos, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
             y = cache.attend(q, k, v, input_pos, mask)
         x = attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
         h, residual = add_rmsnorm(x, residual, layer.post_attention_layernorm)

@@ -13,7 +13,6 @@ Two promises the rest of turbopack relies on:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -21,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbopack.errors import UnsupportedModelError
-from turbopack.inference.config import ARCHS, ModelConfig, RopeScaling  # noqa: F401 (RopeScaling: callers import it here)
+from turbopack.inference import rope
+from turbopack.inference.config import ARCHS, ModelConfig
 from turbopack.inference.moe import MoE
 from turbopack.inference.norms import ACTIVATIONS, RMSNorm, make_norm  # noqa: F401 (RMSNorm: callers import it here)
+from turbopack.inference.rope import RopeScaling  # noqa: F401 (callers import it here)
 
 # Rotary tables start this long (or max_position_embeddings if shorter) and grow on demand, so a
 # 128k-context config does not allocate 128k rows just to be loaded.
@@ -32,44 +33,19 @@ SUPPORTED_ARCHITECTURES = tuple(ARCHS)
 
 
 # --- rotary position embedding -------------------------------------------------------------------
-# The formulas are transformers' modeling_rope_utils op for op, so fp32 results agree bitwise.
+# The formulas are transformers' modeling_rope_utils op for op (turbopack.inference.rope), so fp32
+# results agree bitwise.
 
 
-def rope_inv_freq(cfg: ModelConfig, seq_len: int, local: bool = False) -> torch.Tensor:
-    """Rotation speed of each of the rotary/2 channel pairs, with the config's scaling applied
-    (``local``: the windowed layers' own unscaled base, Gemma 3)."""
-    dim, base, s = cfg.rotary, cfg.rope_theta, cfg.rope_scaling
-    if local:
-        base, s = cfg.local_rope_theta, None
-    if s is not None and s.type == "dynamic":
-        # NTK: raise the base once the sequence outgrows training length; below it nothing changes.
-        # HF rescales on every call for that call's length; a table of seq_len rows is scaled for
-        # seq_len, so beyond max_position_embeddings we match HF only for a pass of exactly seq_len.
-        seq_len = max(seq_len, cfg.max_position_embeddings)
-        stretch = s.factor * seq_len / cfg.max_position_embeddings - (s.factor - 1)
-        base = base * stretch ** (dim / (dim - 2))
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    if s is None or s.type == "dynamic":
-        return inv_freq
-    if s.type == "linear":
-        return inv_freq / s.factor  # same as dividing positions by factor
-    # llama3: keep fast (short-wavelength) pairs, slow the slow ones by `factor`, blend in between.
-    old_len = s.original_max_position_embeddings
-    low_freq_wavelen, high_freq_wavelen = old_len / s.low_freq_factor, old_len / s.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
-    smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
-    smoothed = (1 - smooth) * inv_freq_llama / s.factor + smooth * inv_freq_llama
-    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
-    return torch.where(is_medium, smoothed, inv_freq_llama)
+def _rope_args(cfg: ModelConfig, local: bool) -> tuple[int, float, rope.RopeScaling | None]:
+    # the windowed layers' own base is unscaled (Gemma 3)
+    return (cfg.rotary, cfg.local_rope_theta, None) if local else (cfg.rotary, cfg.rope_theta, cfg.rope_scaling)
 
 
 def rope_tables(cfg: ModelConfig, seq_len: int, device=None, local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 cos/sin of shape [seq_len, rotary] for positions 0..seq_len-1."""
-    inv_freq = rope_inv_freq(cfg, seq_len, local).to(device)
-    freqs = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    """fp32 cos/sin [seq_len, rotary] of one pass over positions 0..seq_len-1 (``local``: the
+    windowed layers' tables, Gemma 3)."""
+    return rope.rope_tables(*_rope_args(cfg, local), seq_len, cfg.max_position_embeddings, device)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +266,8 @@ class Transformer(nn.Module):
 
     def setup_rope(self, seq_len: int) -> None:
         """(Re)build the cos/sin tables for positions < seq_len on the embedding's device (and the
-        windowed layers' own tables when they have their own base, Gemma 3).
+        windowed layers' own tables when they have their own base, Gemma 3): row p as a decode step
+        at p turns (rope.position_tables; see ``pass_rope`` for passes of several tokens).
 
         Non-persistent buffers: they are derived from the config, so they stay out of the state dict
         and must be rebuilt after loading onto the meta device (turbopack.inference.loader does that).
@@ -299,8 +276,10 @@ class Transformer(nn.Module):
         # on meta: built on the CPU and moved (rope maths on a meta tensor imports torch._dynamo, as above)
         at = torch.device("cpu") if device.type == "meta" else device
         with torch.device(at):
-            cos, sin = (t.to(device) for t in rope_tables(self.config, seq_len, at))
-            if self.config.local_rope_theta is not None:
+            cfg = self.config
+            cos, sin = (t.to(device) for t in rope.position_tables(*_rope_args(cfg, False), seq_len,
+                                                                    cfg.max_position_embeddings, at))
+            if cfg.local_rope_theta is not None:
                 cos_l, sin_l = (t.to(device) for t in rope_tables(self.config, seq_len, at, local=True))
             else:
                 cos_l, sin_l = cos, sin
@@ -308,6 +287,18 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("rope_cos_local", cos_l, persistent=False)
         self.register_buffer("rope_sin_local", sin_l, persistent=False)
+
+    def pass_rope(self, t: int, input_pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global cos/sin tables (rows by position) a pass of ``t`` tokens at ``input_pos``
+        (None: 0..t-1) reads: the stored ones, except under LongRoPE for a pass of several tokens
+        reaching past the training length, which transformers turns wholly with the long factors."""
+        end = rope.pass_end(self.config.rope_scaling)
+        if end is None or t == 1:
+            return self.rope_cos, self.rope_sin
+        last = t if input_pos is None else int(input_pos.max()) + 1  # a host sync, in a prefill only
+        if last <= end:
+            return self.rope_cos, self.rope_sin
+        return rope_tables(self.config, last, self.rope_cos.device)
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype=None, cache_cls=None) -> None:
         """Allocate one static KVCache per layer, enabling `forward(ids, input_pos)`.
@@ -358,7 +349,7 @@ class Transformer(nn.Module):
             mask = slots[None, :] <= input_pos[:, None]  # a query at position p sees slots 0..p
         # Tables are fp32 and rounded to the activation dtype here, matching HF's cos.to(x.dtype).
         ropes = {local: (cos[positions].to(x.dtype), sin[positions].to(x.dtype)) for local, (cos, sin) in
-                 ((False, (self.rope_cos, self.rope_sin)), (True, (self.rope_cos_local, self.rope_sin_local)))}
+                 ((False, self.pass_rope(t, input_pos)), (True, (self.rope_cos_local, self.rope_sin_local)))}
         for layer, cache in zip(self.model.layers, caches):
             x = layer(x, *ropes[layer.self_attn.local_rope], cache, input_pos, mask)
         logits = self.lm_head(self.model.norm(x))
