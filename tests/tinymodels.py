@@ -39,12 +39,26 @@ FAMILIES = {
 }
 
 
+#: multimodal checkpoints read as their text model: (config class, the family of its text_config,
+#: the rest); Gemma 3's vision tower is a one-layer SigLIP on a 28-pixel image (2x2 patches, 4 tokens)
+MULTIMODAL = {
+    "gemma3_mm": ("Gemma3Config", "gemma3", dict(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=127, boi_token_index=125, eoi_token_index=126)),
+}
+
+
 def tiny_config(arch: str = "llama", **overrides):
     """transformers' own config object of a tiny model of family ``arch``."""
     import copy
 
     import transformers
 
+    if arch in MULTIMODAL:
+        name, text_family, rest = MULTIMODAL[arch]
+        return getattr(transformers, name)(text_config=tiny_config(text_family, **overrides),
+                                           **copy.deepcopy(rest))
     name, family = FAMILIES[arch]
     dims = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
@@ -57,7 +71,7 @@ def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, **override
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides))  # gemma3: ForConditionalGeneration
     _randomize(model, seed)
     model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
     return folder

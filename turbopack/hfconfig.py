@@ -21,7 +21,7 @@ CAUSAL_LM_OF_MODEL_TYPE = {
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
-    "gemma3": "Gemma3ForConditionalGeneration",  # recognised in order to be refused with the way out
+    "gemma3": "Gemma3ForConditionalGeneration",  # read as its text model (checkpoint.text_view)
     "phi3": "Phi3ForCausalLM",
     "mixtral": "MixtralForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM",

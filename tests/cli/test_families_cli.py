@@ -1,4 +1,5 @@
-"""Every command on a tiny Qwen3, Gemma 2, Gemma 3 and Phi-3: quantize, pack (per arch, --tp 2),
+"""Every command on a tiny Qwen3, Gemma 2, Gemma 3 (text, and the multimodal checkpoint read as its
+text model), Phi-3 and the MoE families: quantize, pack (per arch, --tp 2),
 verify, inspect, eval, export to compressed-tensors (and back), and run, the float model's run
 giving transformers' own greedy tokens past Gemma's sliding window (the KV-cache path)."""
 
@@ -15,7 +16,7 @@ from turbopack.cli.app import main
 
 transformers = pytest.importorskip("transformers")
 
-NEW = ("qwen3", "gemma2", "gemma3", "phi3", "mixtral", "qwen2_moe", "qwen3_moe")
+NEW = ("qwen3", "gemma2", "gemma3", "gemma3_mm", "phi3", "mixtral", "qwen2_moe", "qwen3_moe")
 PROMPT = "w1 w5 w9 w2 w7 w3"  # 6 tokens + 8 new = 14 > the Gemma window of 8
 
 
@@ -30,6 +31,9 @@ def test_every_command(name, tmp_path, capsys):
     (tmp_path / "text.txt").write_text(" ".join(f"w{(7 * i) % 120}" for i in range(400)))
     q, tp2, p, ct = (str(tmp_path / n) for n in ("q", "tp2", "p", "ct"))
     assert main(["quantize", str(hf), "-o", q, "-f", "w4a16", "-g", "32"]) == 0
+    if name == "gemma3_mm":  # the output is the text model, and says what it left out
+        assert "(the vision tower and projector) are left out" in capsys.readouterr().out
+        assert json.loads((tmp_path / "q" / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
     assert main(["pack", q, "--arch", "sm90", "--tp", "2", "-o", tp2]) == 0
     assert main(["verify", tp2, "--against", q]) == 0
     assert main(["pack", q, "--arch", "sm80", "-o", p]) == 0

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from turbopack.checkpoint.safetensors_stream import TensorEntry, read_header
+from turbopack.checkpoint.text_view import text_view
 from turbopack.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -94,13 +95,17 @@ def _shard_files(folder: Path) -> list[Path]:
 
 @dataclass
 class Checkpoint:
-    """A local checkpoint folder with its config and a lazy tensor index."""
+    """A local checkpoint folder with its config and a lazy tensor index. A multimodal folder
+    (turbopack.checkpoint.text_view) is its language model: its config and names, ``stored``
+    mapping a name to the one in the files, and ``note`` saying what was left out."""
 
     folder: Path
     config: dict
     tensors: dict[str, TensorEntry] = field(default_factory=dict)
     location: dict[str, Path] = field(default_factory=dict)
     metadata: dict[Path, dict[str, str]] = field(default_factory=dict)
+    stored: dict[str, str] = field(default_factory=dict)  # name -> name in the files, where they differ
+    note: str | None = None
 
     @classmethod
     def open(cls, spec: str | Path) -> Checkpoint:
@@ -118,18 +123,28 @@ class Checkpoint:
                     )
                 ckpt.tensors[name] = entry
                 ckpt.location[name] = shard
+        view = text_view(config, list(ckpt.tensors), str(folder / "config.json"))
+        if view is not None:
+            ckpt.config, ckpt.note = view.config, view.note
+            ckpt.stored = {n: s for n, s in view.stored.items() if n != s}
+            ckpt.tensors = {n: replace(ckpt.tensors[s], name=n) for n, s in view.stored.items()}
+            ckpt.location = {n: ckpt.location[s] for n, s in view.stored.items()}
         return ckpt
 
     def names(self) -> list[str]:
         return list(self.tensors)
 
+    def file_name(self, name: str) -> str:
+        """``name``'s name in the safetensors files."""
+        return self.stored.get(name, name)
+
     def read(self, name: str) -> torch.Tensor:
         with safe_open(str(self.location[name]), framework="pt") as f:
-            return f.get_tensor(name)
+            return f.get_tensor(self.file_name(name))
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         with safe_open(str(self.location[name]), framework="pt") as f:
-            return f.get_slice(name)[start:stop]
+            return f.get_slice(self.file_name(name))[start:stop]
 
     def iter_row_chunks(self, name: str, max_bytes: int = 64 << 20) -> Iterator[tuple[int, torch.Tensor]]:
         """(row_start, rows) chunks of at most ~max_bytes each."""
@@ -141,6 +156,6 @@ class Checkpoint:
         row_bytes = max(1, entry.nbytes // max(n, 1))
         step = max(1, max_bytes // row_bytes)
         with safe_open(str(self.location[name]), framework="pt") as f:
-            sl = f.get_slice(name)
+            sl = f.get_slice(self.file_name(name))
             for start in range(0, n, step):
                 yield start, sl[start:min(n, start + step)]

@@ -118,8 +118,9 @@ def quantize(
         typer.echo(f"{d['out']}: {res.format}, {d['quantized']} tensors quantized, {d['kept']} kept; "
                    f"{d['input_bytes'] / 1e6:.1f} MB -> {d['output_bytes'] / 1e6:.1f} MB in {d['seconds']} s "
                    f"({d['mb_per_s']} MB/s, peak RSS {d['peak_rss_mb']} MB)")
-        if res.calibration:
-            typer.echo(f"  {res.calibration}")
+        for line in (res.calibration, res.note):
+            if line:
+                typer.echo(f"  {line}")
 
 
 def register(app: typer.Typer) -> None:

@@ -95,23 +95,12 @@ for _spec in (
 ):
     ARCHS.register(_spec.architecture, _spec)
 
-#: architectures we recognise but refuse, with the reason and the way out
-REFUSED = {
-    "Gemma3ForConditionalGeneration": "a multimodal checkpoint (text weights under model.language_model.*, plus a "
-    "vision tower); save its text model as Gemma3ForCausalLM (transformers' Gemma3ForCausalLM with the text_config) "
-    "and point turbopack at that folder",
-}
-
-
 def arch_spec(hf: dict, where: str = "config.json") -> ArchSpec:
     """The spec of the first supported architecture of ``hf``; else one line naming the supported ones."""
     archs = architectures_of(hf, where)
     for arch in archs:
         if arch in ARCHS:
             return ARCHS.get(arch)
-    for arch in archs:
-        if arch in REFUSED:
-            raise UnsupportedModelError(f"{where}: {arch} is not supported: {REFUSED[arch]}")
     got = ", ".join(archs) or f"none (model_type {hf.get('model_type')!r})"
     raise UnsupportedModelError(f"{where}: architecture {got} is not supported; supported: {', '.join(ARCHS)}")
 

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from torch import nn
 
 from turbopack.checkpoint import MANIFEST_NAME, Checkpoint, read_json, read_manifest, resolve_model
+from turbopack.checkpoint.text_view import text_config
 from turbopack.device import resolve_device, safetensors_device
 from turbopack.errors import CheckpointError, TurbopackError, UnknownNameError
 from turbopack.formats import Format, format_from_params
@@ -239,7 +240,7 @@ def fill(model: nn.Module, ckpt: Checkpoint, plans: dict[str, ModulePlan], devic
     for shard, names in by_shard.items():
         with safe_open(str(shard), framework="pt", device=safetensors_device(device)) as f:
             for name in names:
-                t = f.get_tensor(name)
+                t = f.get_tensor(ckpt.file_name(name))
                 if name not in owner and t.is_floating_point():
                     t = t.to(dtype)
                 _set_tensor(model, name, t)
@@ -305,7 +306,9 @@ def load_model(
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder}: no config.json; point at a Hugging Face model folder")
-    config = ModelConfig.from_hf_config(read_json(folder / "config.json"))
+    raw = read_json(folder / "config.json")
+    text = text_config(raw, str(folder / "config.json"))  # a multimodal folder: its text model's
+    config = ModelConfig.from_hf_config(text[1] if text else raw)
     if not any((folder / f).exists() for f in ("model.safetensors.index.json", "model.safetensors")):
         # HF's weight files only: other *.safetensors beside them (the bundled token ids) are not weights
         raise CheckpointError(f"{folder}: no model.safetensors[.index.json]; pickle is not read")

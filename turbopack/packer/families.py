@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 from turbopack.errors import CheckpointError, UnsupportedModelError
 from turbopack.hfconfig import architectures_of
-from turbopack.inference.config import REFUSED
 
 
 class Parallel(str, enum.Enum):
@@ -251,9 +250,6 @@ def family_of(config: dict, where: str = "config.json") -> Family:
     for arch in archs:
         if arch in FAMILIES:
             return FAMILIES[arch]
-    for arch in archs:
-        if arch in REFUSED:
-            raise UnsupportedModelError(f"{where}: {arch} is not supported: {REFUSED[arch]}")
     got = ", ".join(archs) or f"none (model_type {config.get('model_type')!r})"
     raise UnsupportedModelError(f"{where}: architecture {got} is not supported; supported: {', '.join(FAMILIES)}")
 

@@ -23,7 +23,8 @@ from turbopack.packer.families import fused_group
 CHUNK_BYTES = 64 << 20
 #: files beside the weights that a model needs and that turbopack copies unchanged
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-              "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "added_tokens.json")
+              "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "chat_template.json",
+              "added_tokens.json")
 QUANT_CONFIG_VERSION = 1
 
 Advance = Callable[[int], Any]

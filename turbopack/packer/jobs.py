@@ -28,6 +28,7 @@ class QuantizeResult:
     peak_rss_mb: float = 0.0
     formats: dict[str, Format] = field(default_factory=dict)  # per-module format where --k-fallback chose another
     calibration: str | None = None  # what a calibrated run was calibrated on (its summary line)
+    note: str | None = None  # what the source's view left out (a multimodal model's vision tower)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class QuantizeResult:
             "seconds": round(self.seconds, 3), "mb_per_s": round(self.input_bytes / 1e6 / max(self.seconds, 1e-9), 1),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             **({"calibration": self.calibration} if self.calibration else {}),
+            **({"note": self.note} if self.note else {}),
         }
 
 

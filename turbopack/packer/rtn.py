@@ -35,7 +35,7 @@ def quantize_rtn(model: str | Path, out: str | Path, spec: FormatSpec, output: O
     sel = spec.selection(ckpt)
     formats = fallback_formats(ckpt, fmt, sel, spec.k_fallback)
     jobs, kept = plan_jobs(ckpt, fmt, sel, formats)
-    result = QuantizeResult(out=out, format=fmt.describe(), kept=kept, formats=formats)
+    result = QuantizeResult(out=out, format=fmt.describe(), kept=kept, formats=formats, note=ckpt.note)
     result.input_bytes = sum(ckpt.tensors[n].nbytes for n, _ in jobs)
     plan = ShardPlan.build([entries for _, entries in jobs], output.max_shard_bytes)
     meta = {"format": fmt.name.value, "turbopack": json.dumps(fmt.params())}

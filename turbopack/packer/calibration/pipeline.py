@@ -174,7 +174,7 @@ def quantize_calibrated(model: str | Path, out: str | Path, spec: FormatSpec, op
     run = _prepare(model, out, spec, opts, output.force, output.progress)
     note(run.data.summary(), output.progress)
     name = f"{run.fmt.describe()} {opts.method}" + (f"+smooth(alpha={opts.alpha})" if opts.smooth else "")
-    result = QuantizeResult(out=Path(out), format=name, kept=run.kept)
+    result = QuantizeResult(out=Path(out), format=name, kept=run.kept, note=run.ckpt.note)
     result.input_bytes = sum(run.ckpt.tensors[n].nbytes for n, _ in run.jobs)
     plan = ShardPlan.build([entries for _, entries in run.jobs], output.max_shard_bytes)
     meta = {"format": run.fmt.name.value, "turbopack": json.dumps(run.fmt.params())}
