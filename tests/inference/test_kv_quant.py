@@ -331,12 +331,14 @@ def test_decode_kernel_on_gpu_llama8b_shapes(precision, fast, monkeypatch):
 # --- the fused forward pass (fastpath) under the interpreter ---------------------------------
 
 
-@pytest.mark.parametrize("fused,longrope", [(False, False), (True, False), (True, True)],
-                         ids=["llama", "phi3", "phi3_longrope"])
-def test_fastpath_forward_matches_reference_forward(attn, fused, longrope):
+@pytest.mark.parametrize("fused,longrope,qk_norm", [(False, False, False), (True, False, False), (True, True, False),
+                                                    (False, False, True)],
+                         ids=["llama", "phi3", "phi3_longrope", "qwen3"])
+def test_fastpath_forward_matches_reference_forward(attn, fused, longrope, qk_norm):
     """Prefill then decode through fastpath.forward == Transformer.forward, for every KV precision
     (Phi-3: projections fused in the files already; with LongRoPE past a training length of 5: a
-    prefill within it decoded across it, and a prefill past it, which turns with the long factors)."""
+    prefill within it decoded across it, and a prefill past it, which turns with the long factors;
+    Qwen3: per-head q/k RMSNorm before rotary)."""
     from turbopack.inference import fastpath
     from turbopack.inference.api import fuse_model
     from turbopack.inference.model import ModelConfig, build_model
@@ -346,8 +348,8 @@ def test_fastpath_forward_matches_reference_forward(attn, fused, longrope):
                           short_factor=tuple(1 + i / 4 for i in range(16)),
                           long_factor=tuple(1.0 + 2 * i for i in range(16)))
     cfg = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
-                      attention_bias=not fused, fused_projections=fused, max_position_embeddings=64,
-                      rope_scaling=scaling if longrope else None)
+                      attention_bias=not (fused or qk_norm), fused_projections=fused, max_position_embeddings=64,
+                      rope_scaling=scaling if longrope else None, qk_norm=qk_norm)
     dev = _device()
     torch.manual_seed(6)
     model = build_model(cfg, device=dev, dtype=torch.float32)
@@ -360,7 +362,8 @@ def test_fastpath_forward_matches_reference_forward(attn, fused, longrope):
     # "torch": the plain KVCache, as for a head_dim the Triton attention cannot read (its decode steps
     # need the mask: SDPA's is_causal alone would let the one query see only key 0)
     kinds = (("bf16", "triton"), ("int8", "triton"), ("int4", "triton"), ("bf16", "torch"))
-    runs = [(k, 5) for k in kinds] if not longrope else [(k, pre) for k in (kinds[0], kinds[3]) for pre in (5, 6)]
+    runs = [(k, pre) for k in (kinds[0], kinds[3]) for pre in (5, 6)] if longrope else \
+        [(k, 5) for k in (kinds[:1] + kinds[3:] if qk_norm else kinds)]
     for (precision, backend), pre in runs:
         outs = []
         for fwd in (model, lambda i, p: fastpath.forward(model, i, p)):
@@ -373,8 +376,9 @@ def test_fastpath_forward_matches_reference_forward(attn, fused, longrope):
 
 
 def test_fastpath_and_kernel_attention_only_for_llama_math(attn):
-    """Qwen3's q/k norms, Gemma's norms, scale, soft-caps and bands: the reference forward and the
-    torch caches' attention run them (the fused kernels would silently compute Llama's math)."""
+    """Gemma's norms, scale, soft-caps and bands, partial rotary: the reference forward and the
+    torch caches' attention run them (the fused kernels would silently compute Llama's math).
+    Qwen3's Llama-style q/k norms are the fast path's (fastpath.qk_norm)."""
     from dataclasses import replace
 
     from turbopack.inference import fastpath
@@ -384,11 +388,14 @@ def test_fastpath_and_kernel_attention_only_for_llama_math(attn):
     from turbopack.inference.model import ModelConfig, build_model
 
     base = ModelConfig(vocab=64, hidden=64, intermediate=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16)
-    for change in (dict(qk_norm=True), dict(norm=NormStyle.GEMMA), dict(attn_softcap=50.0),
+    for change in (dict(norm=NormStyle.GEMMA), dict(norm=NormStyle.GEMMA, qk_norm=True), dict(attn_softcap=50.0),
                    dict(layer_windows=(8, None)), dict(embed_scale=8.0), dict(rotary_dim=8)):
         model = build_model(replace(base, **change), device=_device())
         fuse_model(model)
         assert not fastpath.supported(model), change
+    qwen3 = build_model(replace(base, qk_norm=True), device=_device())
+    fuse_model(qwen3)
+    assert fastpath.supported(qwen3)
     gemma = build_model(replace(base, attn_scale=0.2), device=_device())
     with pytest.raises(ValueError, match="triton computes plain causal attention"):
         Engine(gemma, kv_backend="triton")

@@ -157,9 +157,10 @@ class ModelConfig:
 
     @property
     def llama_math(self) -> bool:
-        """Everything but the attention is Llama's too: what the fused GPU path (fastpath) computes."""
+        """Everything but the attention is Llama's too, per-head q/k RMSNorms of Llama's style
+        allowed (Qwen3): what the fused GPU path (fastpath) computes."""
         return (self.plain_attention and self.norm is NormStyle.LLAMA and self.activation is Activation.SILU
-                and not (self.qk_norm or self.sandwich_norms) and self.embed_scale is None
+                and not self.sandwich_norms and self.embed_scale is None
                 and self.final_softcap is None and self.rotary == self.head_dim and self.moe is None)
 
     @classmethod

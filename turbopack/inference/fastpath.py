@@ -43,6 +43,24 @@ if triton is not None:
         tl.store(OUT + row * n + c, y.to(OUT.dtype.element_ty), mask=m)
 
     @triton.jit
+    def _qk_norm_kernel(QKV, QW, KW, stride_row, n_q, eps, D, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        """One (token, head) of q or k in place: RMSNorm over the head's D channels (Qwen3's
+        q_norm / k_norm, Llama-style: weight * round(x_hat)), before rotary reads it."""
+        pdl_enter(PDL)
+        row, head = tl.program_id(0), tl.program_id(1)
+        c = tl.arange(0, BLOCK)
+        m = c < D
+        ptr = QKV + row * stride_row + head * D + c
+        xf = tl.load(ptr, mask=m, other=0.0).to(tl.float32)
+        if head < n_q:
+            w = tl.load(QW + c, mask=m, other=0.0).to(tl.float32)
+        else:
+            w = tl.load(KW + c, mask=m, other=0.0).to(tl.float32)
+        inv = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / D + eps)
+        y = (xf * inv).to(QKV.dtype.element_ty).to(tl.float32) * w
+        tl.store(ptr, y.to(QKV.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _silu_mul_kernel(GU, OUT, n, BLOCK: tl.constexpr, PDL: tl.constexpr):
         pdl_enter(PDL)
         row, blk = tl.program_id(0), tl.program_id(1)
@@ -96,7 +114,7 @@ def supported(model: Transformer) -> bool:
     """Whether forward() can run this model where its weights are."""
     dev = model.model.embed_tokens.weight.device
     cfg = model.config
-    if not cfg.llama_math:  # Gemma/Qwen3 norms, GeLU, soft-caps, partial rotary, experts: the reference forward
+    if not cfg.llama_math:  # Gemma norms, GeLU, soft-caps, partial rotary, experts: the reference forward
         return False
     fused = all(
         layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None for layer in model.model.layers
@@ -115,6 +133,15 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[t
                                         BLOCK=triton.next_power_of_2(n), num_warps=8 if n >= 4096 else 4,
                                         **pdl.triton_args(x.device))
     return out.view(x.shape), r_out.view(x.shape)
+
+
+def qk_norm(qkv: torch.Tensor, q_norm, k_norm, n_q: int, n_kv: int, d: int) -> torch.Tensor:
+    """q_norm / k_norm on each head of q and k inside qkv [B, T, (n_q + 2 n_kv) D], in place."""
+    flat = qkv.reshape(-1, qkv.shape[-1])
+    _qk_norm_kernel[(flat.shape[0], n_q + n_kv)](flat, q_norm.weight, k_norm.weight, flat.stride(0), n_q, q_norm.eps,
+                                                d, BLOCK=triton.next_power_of_2(d), num_warps=1,
+                                                **pdl.triton_args(qkv.device))
+    return qkv
 
 
 def silu_mul(gu: torch.Tensor) -> torch.Tensor:
@@ -179,6 +206,8 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         h, residual = add_rmsnorm(x, residual, layer.input_layernorm)
         attn = layer.self_attn
         qkv = attn.qkv_proj(h)
+        if attn.q_norm is not None:  # Qwen3: per head, before rotary
+            qkv = qk_norm(qkv, attn.q_norm, attn.k_norm, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
         kernels = _kernel_cache(cache)
         if kernels and t == 1 and FUSED_DECODE_ATTENTION:  # rotary, K/V store, attention: one launch
             y = decode_attention_qkv(qkv, *tables, input_pos, cache, cfg.n_heads)
@@ -195,5 +224,5 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     return model.lm_head(h).float()
 
 
-__all__ = ["add_rmsnorm", "decode_attention_qkv", "forward", "mlp", "rope", "rope_store", "silu_mul", "store_kv",
-           "supported"]
+__all__ = ["add_rmsnorm", "decode_attention_qkv", "forward", "mlp", "qk_norm", "rope", "rope_store", "silu_mul",
+           "store_kv", "supported"]
