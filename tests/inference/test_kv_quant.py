@@ -331,6 +331,7 @@ def test_decode_kernel_on_gpu_llama8b_shapes(precision, fast, monkeypatch):
 # --- the fused forward pass (fastpath) under the interpreter ---------------------------------
 
 
+@pytest.mark.gpu  # also in the device's -m gpu suite: there on the compiled kernels, here interpreted
 @pytest.mark.parametrize("fused,longrope,qk_norm", [(False, False, False), (True, False, False), (True, True, False),
                                                     (False, False, True)],
                          ids=["llama", "phi3", "phi3_longrope", "qwen3"])
