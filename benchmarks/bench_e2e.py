@@ -7,11 +7,13 @@
   --e2e      a Llama-3-8B-shaped model with random weights built on the GPU (packed tensors filled
              with random codes; no 8B files): batch-1 decode tokens/s, bf16 vs W4A16, against the
              weight-bandwidth bound (weight bytes / measured copy bandwidth); and decode at 4k
-             context with bf16 / int8 / int4 KV.
+             context with bf16 / int8 / int4 KV. --shape qwen3-8b: Qwen3-8B's shape instead (q/k
+             norms), with its reference-forward step beside the fast path's.
 
 Prints a table and writes JSON + a markdown section to --out (default $OUT or .).
 
     python benchmarks/bench_e2e.py --bundled --e2e
+    python benchmarks/bench_e2e.py --e2e --shape qwen3-8b --formats bf16,w4a16
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ from turbopack.inference.qlinear import QuantLinear  # noqa: E402
 
 LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
                           head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192)
+#: --shape: the 8B configs measured (Qwen3-8B: per-head q/k norms, the fast path's qk_norm kernel)
+SHAPES = {"llama3-8b": LLAMA3_8B,
+          "qwen3-8b": M.ModelConfig(vocab=151936, hidden=4096, intermediate=12288, n_layers=36, n_heads=32,
+                                    n_kv_heads=8, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+                                    max_position_embeddings=40960, qk_norm=True)}
 FORMATS = ("bf16", "w4a16", "w8a16", "fp8", "w8a8")  # --e2e's models, bf16 first (the speed-ups' base)
 BATCHES = (1, 8, 32)
 PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed any further,", "To be, or not to be"]
@@ -128,9 +135,9 @@ def random_packed(layout, fmt, shape, g: torch.Generator) -> dict[str, torch.Ten
     return out
 
 
-def build_8b(fmt_name: str | None, layers: int) -> M.Transformer:
-    """The Llama-3-8B shape with random weights, built on the GPU; fused q|k|v and gate|up."""
-    cfg = replace(LLAMA3_8B, n_layers=layers)
+def build_8b(fmt_name: str | None, layers: int, shape: str = "llama3-8b") -> M.Transformer:
+    """An 8B shape (SHAPES) with random weights, built on the GPU; fused q|k|v and gate|up."""
+    cfg = replace(SHAPES[shape], n_layers=layers)
     g = torch.Generator(device="cuda").manual_seed(0)
     if fmt_name is None:
         model = M.build_model(cfg, device="cuda", dtype=torch.bfloat16)
@@ -240,9 +247,19 @@ def pdl_ab(model: M.Transformer, prompt: int) -> dict:
     return out
 
 
-def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) -> dict:
+def reference_step_ms(model: M.Transformer, prompt: int) -> float:
+    """The batch-1 graph step through the reference forward (Transformer.forward), not the fast path."""
+    eng = Engine(model, kv="bf16", fast=False)
+    eng.generate(torch.randint(0, 1000, (1, prompt)), 8)
+    ms = time_graph(eng._graph.graph.replay, iters=50)
+    del eng
+    model.kv_caches = None
+    return ms
+
+
+def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS, shape: str = "llama3-8b") -> dict:
     bw = copy_bandwidth()
-    res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers}
+    res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers, "shape": shape}
     from turbopack.inference.kernels import attention as A
 
     res["attention_micro"] = attention_micro()
@@ -252,7 +269,7 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) 
     log("attention config", res["attention_config"])
     for name in formats:
         t0 = time.perf_counter()
-        model = build_8b(None if name == "bf16" else name, layers)
+        model = build_8b(None if name == "bf16" else name, layers, shape)
         log(f"built {name} in {time.perf_counter() - t0:.1f} s")
         wb = weight_bytes(model)
         r = {"weight_gb": wb / 1e9, "bound_tok_s": bw / wb, "linears_only_ms": linears_only_ms(model)}
@@ -262,6 +279,8 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS) 
         r["graph_pct_of_bound"] = 100 * (1e3 / r["graph_step_ms"]) / r["bound_tok_s"]
         r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
         r["prefill_2048_ms"] = prefill_ms(model, 2048)
+        if shape != "llama3-8b":  # what the fast path gains over the reference forward on this family
+            r["reference_step_ms"] = reference_step_ms(model, prompt)
         if name == "w4a16":
             r["fusion_ab"] = fusion_ab(model, prompt)
             r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
@@ -283,7 +302,7 @@ def markdown(res: dict, cmd: str) -> str:
     if "e2e" in res:
         e = res["e2e"]
         lines += [
-            f"Llama-3-8B shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
+            f"{e.get('shape', 'llama3-8b')} shape ({e['layers']} layers), random weights built on the GPU, batch 1, "
             f"copy bandwidth {e['copy_bw_tb_s']:.2f} TB/s (read+write). Bound = copy bandwidth / weight bytes.",
             "",
             "| model | weight GB | decode tok/s | vs bf16 | graph step ms | linears only ms | bound tok/s | % of bound "
@@ -297,6 +316,10 @@ def markdown(res: dict, cmd: str) -> str:
             lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {vs:.2f}x | "
                          f"{r['graph_step_ms']:.3f} | {r['linears_only_ms']:.3f} | {r['bound_tok_s']:.1f} | "
                          f"{r['pct_of_bound']:.1f} | {bt[8]:.0f} | {bt[32]:.0f} | {r['prefill_2048_ms']:.1f} |")
+        for name in [n for n in FORMATS if "reference_step_ms" in e.get(n, {})]:
+            r = e[name]
+            lines.append(f"- {name}: graph step {r['graph_step_ms']:.3f} ms on the fast path, "
+                         f"{r['reference_step_ms']:.3f} ms through the reference forward")
         if "w4a16" in e and "w4a16" in e["speedup"]:
             lines += ["", f"W4A16 / bf16 decode: **{e['speedup']['w4a16']:.2f}x** (bar 2.8x); W4A16 at "
                       f"**{e['w4a16']['pct_of_bound']:.1f}%** of its bound (bar 70%).", ""]
@@ -360,7 +383,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundled", action="store_true")
     ap.add_argument("--e2e", action="store_true")
-    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=None, help="default: the shape's")
+    ap.add_argument("--shape", default="llama3-8b", choices=list(SHAPES), help="--e2e's model shape")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--formats", default=",".join(FORMATS), help="--e2e's models (bf16 is the base of the speed-ups)")
@@ -373,7 +397,8 @@ def main() -> int:
         res["bundled"] = bundled(args.asset)
         res["bundled"]["asset"] = str(args.asset)
     if args.e2e:
-        res["e2e"] = e2e(args.layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")))
+        layers = args.layers or SHAPES[args.shape].n_layers
+        res["e2e"] = e2e(layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")), args.shape)
     md = markdown(res, "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(res, indent=2, default=str))
