@@ -103,3 +103,14 @@ def test_broken_multimodal_folders_say_what_and_how(gemma3_mm, tmp_path):
     _rewrite(gemma3_mm, only_vision, lambda k: k.replace("language_model.", "other.", 1))
     with pytest.raises(CheckpointError, match="whose files hold no text decoder layers under language_model.model., "):
         Checkpoint.open(only_vision)
+
+
+def test_inspect_says_what_the_view_left_out(gemma3_mm, capsys):
+    from turbopack.cli.app import main
+
+    assert main(["inspect", str(gemma3_mm), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["kind"] == "hf" and "(the vision tower and projector) are left out" in rep["note"]
+    assert all(t["name"].startswith("model.") for t in rep["tensors"])
+    assert main(["inspect", str(gemma3_mm)]) == 0
+    assert "Gemma3ForConditionalGeneration: its text model is read as Gemma3ForCausalLM" in capsys.readouterr().out

@@ -73,6 +73,8 @@ def print_report(r) -> None:
         console = Console(width=max(console.width, 160))
     console.print(table)
     console.print(f"total {r.total_bytes:,} bytes; as bf16 {r.bf16_bytes:,} bytes; compression {r.ratio:.2f}x vs bf16")
+    if r.note:
+        console.print(r.note)
 
 
 def register(app: typer.Typer) -> None:

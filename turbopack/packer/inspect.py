@@ -29,6 +29,7 @@ class InspectReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     total_bytes: int = 0
     bf16_bytes: int = 0
+    note: str | None = None  # what the folder's view leaves out (a multimodal model's vision tower)
 
     @property
     def ratio(self) -> float:
@@ -37,7 +38,8 @@ class InspectReport:
     def as_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "kind": self.kind, "arch": self.arch, "tp": self.tp, "rank": self.rank,
                 "formats": self.formats, "total_bytes": self.total_bytes, "bf16_bytes": self.bf16_bytes,
-                "compression_vs_bf16": round(self.ratio, 3), "tensors": self.rows}
+                "compression_vs_bf16": round(self.ratio, 3), "tensors": self.rows,
+                **({"note": self.note} if self.note else {})}
 
 
 def _bf16_bytes(entry) -> int:
@@ -153,7 +155,7 @@ def _compressed_tensors(ckpt: Checkpoint, qc: dict) -> InspectReport:
 
 
 def _hf(ckpt: Checkpoint) -> InspectReport:
-    rep = InspectReport(ckpt.folder, "hf")
+    rep = InspectReport(ckpt.folder, "hf", note=ckpt.note)
     for name, entry in ckpt.tensors.items():
         rep.rows.append({"name": name, "shape": list(entry.shape), "dtype": dtype_name(entry.dtype), "layout": "-",
                          "bytes": entry.nbytes})
