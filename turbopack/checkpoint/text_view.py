@@ -58,7 +58,6 @@ _SHARED_KEYS = ("torch_dtype", "dtype", "transformers_version", "tie_word_embedd
 class TextView:
     config: dict  # the causal LM's config.json
     stored: dict[str, str]  # causal-LM tensor name -> its name in the files
-    left_out: int  # tensors outside the view
     note: str  # one line for the command's summary
 
 
@@ -103,4 +102,4 @@ def text_view(config: dict, names: list[str], where: str) -> TextView | None:
     left = len(names) - len(stored)
     note = (f"{spec.wrapper}: its text model is read as {spec.text_architecture}; {left} tensors "
             f"({spec.left_out}) are left out")
-    return TextView(view, stored, left, note)
+    return TextView(view, stored, note)

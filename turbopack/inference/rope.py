@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -89,9 +90,14 @@ def _original_len(params: dict, hf: dict, phi3: bool) -> int:
     return int(params.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))
 
 
-def _plain(params: dict, hf: dict, phi3: bool) -> RopeScaling:
-    return RopeScaling(RopeType(params.get("rope_type", params.get("type"))), float(params["factor"]),
-                       original_max_position_embeddings=_original_len(params, hf, phi3))
+def _lengths(params: dict, hf: dict, phi3: bool) -> tuple[int, float]:
+    """(training length, factor): YaRN's and LongRoPE's factor defaults to the length ratio."""
+    old = _original_len(params, hf, phi3)
+    return old, float(params.get("factor") or hf.get("max_position_embeddings", old) / old)
+
+
+def _plain(kind: RopeType, params: dict, hf: dict, phi3: bool) -> RopeScaling:
+    return RopeScaling(kind, float(params["factor"]), original_max_position_embeddings=_original_len(params, hf, phi3))
 
 
 def _llama3(params: dict, hf: dict, phi3: bool) -> RopeScaling:
@@ -104,8 +110,7 @@ def _mscale(factor: float, mscale: float = 1.0) -> float:
 
 
 def _yarn(params: dict, hf: dict, phi3: bool) -> RopeScaling:
-    old = _original_len(params, hf, phi3)
-    factor = float(params.get("factor") or hf.get("max_position_embeddings", old) / old)
+    old, factor = _lengths(params, hf, phi3)
     attention = params.get("attention_factor")
     if attention is None:  # DeepSeek's mscale / mscale_all_dim, else the paper's 0.1 ln(s) + 1
         m, m_all = params.get("mscale"), params.get("mscale_all_dim")
@@ -116,8 +121,7 @@ def _yarn(params: dict, hf: dict, phi3: bool) -> RopeScaling:
 
 
 def _longrope(params: dict, hf: dict, phi3: bool) -> RopeScaling:
-    old = _original_len(params, hf, phi3)
-    factor = float(params.get("factor") or hf.get("max_position_embeddings", old) / old)
+    old, factor = _lengths(params, hf, phi3)
     attention = params.get("attention_factor")
     if attention is None:
         attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(old))
@@ -126,8 +130,8 @@ def _longrope(params: dict, hf: dict, phi3: bool) -> RopeScaling:
                        attention_factor=float(attention), short_factor=short, long_factor=long)
 
 
-_SCALINGS = {RopeType.LINEAR: _plain, RopeType.DYNAMIC: _plain, RopeType.LLAMA3: _llama3, RopeType.YARN: _yarn,
-             RopeType.LONGROPE: _longrope}
+_SCALINGS = {RopeType.LINEAR: partial(_plain, RopeType.LINEAR), RopeType.DYNAMIC: partial(_plain, RopeType.DYNAMIC),
+             RopeType.LLAMA3: _llama3, RopeType.YARN: _yarn, RopeType.LONGROPE: _longrope}
 
 
 def check_rotary(s: RopeScaling | None, rotary: int) -> None:
