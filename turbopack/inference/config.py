@@ -150,19 +150,6 @@ class ModelConfig:
     def local_rope_of(self, layer: int) -> bool:
         return self.local_rope_theta is not None and self.window_of(layer) is not None
 
-    @property
-    def plain_attention(self) -> bool:
-        """Attention is softmax(q k^T / sqrt(d)) with a causal mask: what the Triton kernels compute."""
-        return self.attn_scale is None and self.attn_softcap is None and not any(self.layer_windows or ())
-
-    @property
-    def llama_math(self) -> bool:
-        """Everything but the attention is Llama's too, per-head q/k RMSNorms of Llama's style
-        allowed (Qwen3): what the fused GPU path (fastpath) computes."""
-        return (self.plain_attention and self.norm is NormStyle.LLAMA and self.activation is Activation.SILU
-                and not self.sandwich_norms and self.embed_scale is None
-                and self.final_softcap is None and self.rotary == self.head_dim and self.moe is None)
-
     @classmethod
     def from_hf_config(cls, hf: dict) -> ModelConfig:
         """The config of a HF config.json dict; a missing or mistyped value raises CheckpointError."""

@@ -75,13 +75,7 @@ class Engine:
         KV_FORMATS.get(self.kv)  # unknown precisions fail here, listing the known ones
         self.device = self.model.model.embed_tokens.weight.device
         cuda = self.device.type == "cuda"
-        # The Triton decode attention computes plain causal softmax attention: Gemma's soft-cap,
-        # scale and sliding bands run through the torch caches' reference attention instead.
-        plain = self.model.config.plain_attention
-        if self.kv_backend == "triton" and not plain:
-            raise ValueError("kv backend triton computes plain causal attention; this model needs 'torch' "
-                             "(soft-capped, rescaled or per-layer sliding-window attention)")
-        self.kv_backend = self.kv_backend or ("triton" if cuda and plain else "torch")
+        self.kv_backend = self.kv_backend or ("triton" if cuda else "torch")
         # MoE routing picks experts by the data: the per-expert loop's shapes vary step to step (no
         # CUDA graph for it); the grouped kernels' grids and buffers do not (moe_grouped)
         static = self.model.config.moe is None or all(

@@ -101,6 +101,7 @@ class QuantKVCache(nn.Module):
 
     scale: float | None = None  # as model.KVCache: set by Transformer.setup_caches (Gemma)
     softcap: float | None = None
+    window: int | None = None
 
     def __init__(self, max_batch, n_kv_heads, max_seq_len, head_dim, dtype, device=None, *,
                  precision: str | KVPrecision = KVPrecision.INT8, backend: str = "torch"):

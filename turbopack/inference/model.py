@@ -74,9 +74,12 @@ class KVCache(nn.Module):
     GPU runtime capture them in a CUDA graph.
     """
 
-    # attention scale and logit soft-cap of the layer (Gemma); set by Transformer.setup_caches
+    # the layer's attention scale, logit soft-cap (Gemma) and sliding window (None: all slots),
+    # set by Transformer.setup_caches: the decode kernels read them here (the torch path gets the
+    # window as a band in its mask)
     scale: float | None = None
     softcap: float | None = None
+    window: int | None = None
 
     def __init__(self, max_batch, n_kv_heads, max_seq_len, head_dim, dtype, device=None):
         super().__init__()
@@ -313,8 +316,8 @@ class Transformer(nn.Module):
         self.kv_caches = nn.ModuleList(
             (cache_cls or KVCache)(*shape, dtype or weight.dtype, weight.device) for _ in range(cfg.n_layers)
         )
-        for cache in self.kv_caches:
-            cache.scale, cache.softcap = cfg.attn_scale, cfg.attn_softcap
+        for i, cache in enumerate(self.kv_caches):
+            cache.scale, cache.softcap, cache.window = cfg.attn_scale, cfg.attn_softcap, cfg.window_of(i)
         if self.rope_cos.shape[0] < max_seq_len:
             self.setup_rope(max_seq_len)
 

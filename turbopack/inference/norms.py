@@ -19,6 +19,8 @@ class RMSNorm(nn.Module):
     """Llama's RMSNorm: weight * round(x_hat). ``gain``/``set_gain`` are the effective per-channel
     multiplier, so folding scales into a norm (calibration) need not know its style."""
 
+    style = NormStyle.LLAMA
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -45,6 +47,8 @@ class GemmaRMSNorm(RMSNorm):
     """Gemma's RMSNorm: round(x_hat * (1 + weight)) with the product in fp32 (weights are stored
     centred on 0: HF initialises them to zeros)."""
 
+    style = NormStyle.GEMMA
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.normed(x) * (1.0 + self.weight.float())).to(x.dtype)
 
@@ -56,7 +60,7 @@ class GemmaRMSNorm(RMSNorm):
         return self.gain()
 
 
-NORMS: dict[NormStyle, type[RMSNorm]] = {NormStyle.LLAMA: RMSNorm, NormStyle.GEMMA: GemmaRMSNorm}
+NORMS: dict[NormStyle, type[RMSNorm]] = {cls.style: cls for cls in (RMSNorm, GemmaRMSNorm)}
 ACTIVATIONS: dict[Activation, Callable[[torch.Tensor], torch.Tensor]] = {
     Activation.SILU: F.silu,
     Activation.GELU_TANH: lambda x: F.gelu(x, approximate="tanh"),

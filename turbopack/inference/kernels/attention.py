@@ -12,7 +12,11 @@ bits whichever program arrives last) and resets the counter (``epilogue.finish``
 the fused q|k|v projection's output and rotates it, and the program whose split holds the new
 position rotates and stores that token's K and V (``kv_store.store_row``) before its loop reads
 them back. A decode layer's attention is one launch where it was three (rotary + store, split,
-merge).
+merge). Under partial rotary (the tables narrower than D) only the first channels turn.
+
+Every family's attention is this one kernel: the cache carries the layer's scale (Gemma's
+query_pre_attn_scalar), soft-cap (Gemma 2: cap * tanh(s / cap) before the softmax) and sliding
+window (the loop starts at slot pos - window + 1), as ``Transformer.setup_caches`` recorded them.
 
 K/V are never dequantized to memory. Scales and zeros are applied around the dot products:
   scores[g, n] = s_n * (q_g . code_n) + z_n * sum(q_g)           (the code matrix goes to the MMA)
@@ -39,6 +43,7 @@ BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 
 FAST_DEQUANT = False
 NUM_WARPS, NUM_STAGES = 8, 2
 TARGET_PROGRAMS = 264  # ~2 waves of the H100's 132 SMs
+LOG2E = 1.4426950408889634  # the kernel's softmax runs on exp2
 
 
 def available(device: torch.device) -> bool:
@@ -182,10 +187,10 @@ if triton is not None:
         stride_qb, stride_qh,
         stride_kb, stride_kh, stride_kn,
         stride_sb, stride_sh,
-        n_kv_heads, n_splits, split_len, qk_scale,
+        n_kv_heads, n_splits, split_len, window, qk_scale, cap_out,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
         BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
-        ROPE: tl.constexpr, PDL: tl.constexpr,
+        ROPE: tl.constexpr, ROT: tl.constexpr, CAP: tl.constexpr, PDL: tl.constexpr,
     ):
         pdl_enter(PDL)
         pid, split = tl.program_id(0), tl.program_id(1)
@@ -196,19 +201,21 @@ if triton is not None:
         k_base = K + b * stride_kb + h * stride_kh
         v_base = V + b * stride_kb + h * stride_kh
         s_off = b * stride_sb + h * stride_sh
-        HALF: tl.constexpr = D // 2
-        cs, sn = COS + pos * D, SIN + pos * D
+        HALF: tl.constexpr = ROT // 2
+        cs, sn = COS + pos * ROT, SIN + pos * ROT
         if ROPE:
             if pos // split_len == split:  # the new token's slot is in this split: rotate and store its K, V
                 kv_row = Q + b * stride_qb + (n_kv_heads * GROUP + h) * stride_qh
-                store_row(kv_row, cs, sn, k_base + pos * stride_kn, KS + s_off + pos, KZ + s_off + pos, True, BITS, D)
+                store_row(kv_row, cs, sn, k_base + pos * stride_kn, KS + s_off + pos, KZ + s_off + pos, True, BITS, D,
+                          ROT)
                 kv_row += n_kv_heads * stride_qh
-                store_row(kv_row, cs, sn, v_base + pos * stride_kn, VS + s_off + pos, VZ + s_off + pos, False, BITS, D)
+                store_row(kv_row, cs, sn, v_base + pos * stride_kn, VS + s_off + pos, VZ + s_off + pos, False, BITS, D,
+                          ROT)
             tl.debug_barrier()  # the whole program sees those stores before its loop reads the slot
         g = tl.arange(0, BLOCK_H)
         gmask = g < GROUP
         q_rows = Q + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh
-        DC: tl.constexpr = HALF if BITS == 4 else D  # code columns per row
+        DC: tl.constexpr = D // 2 if BITS == 4 else D  # code columns per row
         dc = tl.arange(0, DC)
         if BITS == 4:
             qa = _q_part(q_rows, 2 * dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
@@ -224,7 +231,9 @@ if triton is not None:
         z_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for n0 in range(start, end, BLOCK_N):
+        # a sliding-window layer sees slots pos - window + 1 .. pos (HF: kv > q - window); a split
+        # wholly before them runs no iteration and merges with weight 0
+        for n0 in range(tl.maximum(start, pos + 1 - window), end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             nmask = n < end
             kv_off = n[:, None] * stride_kn + dc[None, :]
@@ -232,7 +241,11 @@ if triton is not None:
             ks = tl.load(KS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
             kz = tl.load(KZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
             s = _scores(qa, qb, q_sum, k, ks, kz, BITS, FAST, dt)
-            s = tl.where(nmask[None, :], s * qk_scale, float("-inf"))
+            if CAP:  # Gemma 2: cap * tanh(scores / cap), in log2 units (qk_scale = scale / cap)
+                s = (2.0 / (1.0 + tl.exp(-2.0 * s * qk_scale)) - 1.0) * cap_out
+            else:
+                s = s * qk_scale
+            s = tl.where(nmask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
@@ -258,44 +271,57 @@ def n_splits_for(batch: int, n_kv_heads: int, max_seq: int, block_n: int | None 
     return split_len, math.ceil(max_seq / split_len)
 
 
-def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, sm_scale: float | None = None,
-                     **knobs) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, cache, input_pos: torch.Tensor, **knobs) -> torch.Tensor:
     """q [B, Hq, 1, D] at position input_pos[0] over cache slots 0..pos -> [B, Hq, 1, D].
 
     ``cache`` offers ``parts("k"|"v") -> (codes, scale, zero)`` and ``bits`` (16, 8 or 4); codes are
-    [B_max, H_kv, S, D or D/2] with the last dimension contiguous. ``knobs``: ``block_n``,
+    [B_max, H_kv, S, D or D/2] with the last dimension contiguous. The attention is the layer's, as
+    ``Transformer.setup_caches`` records it on the cache: ``scale`` (None: 1/sqrt(D)), ``softcap``
+    (Gemma 2) and ``window`` (a sliding-window layer; None: every slot). ``knobs``: ``block_n``,
     ``num_warps``, ``num_stages``, ``fast_dequant`` (benchmark sweeps)."""
     b, hq, t, d = q.shape
     assert t == 1, "decode_attention takes one query token per sequence"
     q3 = q.reshape(b, hq, d)
     if q3.stride(-1) != 1:
         q3 = q3.contiguous()
-    return _attend(q3, (q3.stride(0), q3.stride(1)), None, cache, input_pos, hq, sm_scale, **knobs)
+    return _attend(q3, (q3.stride(0), q3.stride(1)), None, cache, input_pos, hq, **knobs)
 
 
 def decode_attention_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor, cache,
-                         n_q: int, sm_scale: float | None = None, **knobs) -> torch.Tensor:
+                         n_q: int, **knobs) -> torch.Tensor:
     """One decode step's attention from the fused projection's output qkv [B, 1, (n_q + 2 n_kv) D]
     -> [B, n_q, 1, D]: q rotated, the new token's K (rotated) and V stored into ``cache`` at
-    input_pos[0] (as ``kv_store.rope_store`` stores them), and attention over slots 0..pos, in one
-    launch. cos/sin: the model's float32 rotary tables [L, D]."""
+    input_pos[0] (as ``kv_store.rope_store`` stores them), and attention over slots 0..pos (as
+    :func:`decode_attention`), in one launch. cos/sin: the layer's float32 rotary tables
+    [L, rotary channels] (fewer than D: partial rotary, the rest of each head unrotated)."""
     b, t, width = qkv.shape
     assert t == 1, "decode_attention_qkv takes one token per sequence"
     flat = qkv.reshape(b, width)
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
-    d = cos.shape[-1]
-    return _attend(flat, (flat.stride(0), d), (cos, sin), cache, input_pos, n_q, sm_scale, **knobs)
+    d = width // (n_q + 2 * cache.parts("k")[0].shape[1])
+    return _attend(flat, (flat.stride(0), d), (cos, sin), cache, input_pos, n_q, **knobs)
 
 
-def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_pos: torch.Tensor, hq: int,
-            sm_scale: float | None, *, block_n: int | None = None, num_warps: int | None = None,
-            num_stages: int | None = None, fast_dequant: bool | None = None) -> torch.Tensor:
+def _score_args(cache, d: int) -> tuple[float, float, bool]:
+    """(qk_scale, cap_out, CAP) of the kernel: scores in log2 units, optionally soft-capped."""
+    scale = cache.scale if getattr(cache, "scale", None) is not None else 1.0 / math.sqrt(d)
+    cap = getattr(cache, "softcap", None)
+    if cap is None:
+        return scale * LOG2E, 0.0, False
+    return scale / cap, cap * LOG2E, True
+
+
+def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_pos: torch.Tensor, hq: int, *,
+            block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+            fast_dequant: bool | None = None) -> torch.Tensor:
     kc, ks, kz, vc, vs, vz, s_strides = cache_args(cache)
     bits = cache.bits
     b, dev = src.shape[0], src.device
     hkv, max_seq, d = kc.shape[1], kc.shape[2], kc.shape[3] * (2 if bits == 4 else 1)
-    block_n = block_n or BLOCK_N
+    # the K and V tiles of every pipeline stage sit in shared memory: 2 stages x 2 x BLOCK_N x D x
+    # 2 bytes is 128 KiB at D = 128; heads of 256 (Gemma) halve BLOCK_N to stay there
+    block_n = block_n or BLOCK_N * 128 // max(d, 128)
     fast = (FAST_DEQUANT if fast_dequant is None else fast_dequant) and bits != 16
     fast = fast and (bits == 8 or src.dtype == torch.bfloat16 or interpreting())
     split_len, n_splits = n_splits_for(b, hkv, max_seq, block_n)
@@ -305,15 +331,16 @@ def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_po
     lse = part if direct else torch.empty(b * hq * n_splits, device=dev, dtype=torch.float32)
     cnt = lse if direct else counters(dev, b * hkv, "attention")
     cos, sin = rope if rope is not None else (src, src)
-    scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e)
+    window = getattr(cache, "window", None) or max_seq + 1
+    qk_scale, cap_out, cap = _score_args(cache, d)
     _decode_kernel[(b * hkv, n_splits)](
         src, cos, sin, kc, vc, ks, kz, vs, vz, input_pos, out, part, lse, cnt,
         *q_strides, kc.stride(0), kc.stride(1), kc.stride(2), *s_strides,
-        hkv, n_splits, split_len, scale,
+        hkv, n_splits, split_len, window, qk_scale, cap_out,
         GROUP=hq // hkv, BLOCK_H=max(16, triton.next_power_of_2(hq // hkv)), BLOCK_N=block_n, D=d, BITS=bits,
         DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
-        DIRECT=direct, FAST=fast, ROPE=rope is not None, num_warps=num_warps or NUM_WARPS,
-        num_stages=num_stages or NUM_STAGES,
+        DIRECT=direct, FAST=fast, ROPE=rope is not None, ROT=cos.shape[-1] if rope is not None else d, CAP=cap,
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
         **pdl.triton_args(dev),
     )
     return out

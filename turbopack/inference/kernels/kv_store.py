@@ -1,6 +1,8 @@
 """Writing K/V rows into the cache as it stores them: bf16, or int8 / int4 codes with their
 scales (and int4 zeros), quantized with the math of ``turbopack.inference.kv_quant`` (round half
-to even, bit-identical codes). Rotary embedding (HF's rotate_half order) is applied on the way.
+to even, bit-identical codes). Rotary embedding (HF's rotate_half order) is applied on the way,
+to the first ROT channels of each head (all of them but under partial rotary, as Phi-4-mini: ROT
+is the tables' width); the channels past ROT pass unrotated.
 
 ``store_kv`` writes given K or V rows; ``rope_store`` takes the fused q|k|v projection's output,
 rotates q into a tensor and k into the cache, and stores v, in one launch (prefill). Decode steps
@@ -51,19 +53,26 @@ if triton is not None:
 
     @triton.jit
     def rotated(src, cs, sn, e, mask, HALF: tl.constexpr):
-        """Elements e of the rotary-embedded row(s) at src, float32: pairs (i, i + D/2), HF's
-        rotate_half order. ``src`` may be a column of row pointers and ``e`` a row of offsets."""
+        """Elements e of the rotary-embedded row(s) at src, float32: pairs (i, i + HALF) for
+        i < HALF (HF's rotate_half order over the 2 HALF rotated channels); elements from 2 HALF on
+        come back as they are (cos 1, sin 0: exact). ``src`` may be a column of row pointers and
+        ``e`` a row of offsets; cs/sn point at the position's table row (2 HALF wide)."""
+        turns = e < 2 * HALF
         lo = e < HALF
         x = tl.load(src + e, mask=mask, other=0.0).to(tl.float32)
-        xp = tl.load(src + tl.where(lo, e + HALF, e - HALF), mask=mask, other=0.0).to(tl.float32)
-        return x * tl.load(cs + e) + tl.where(lo, -xp, xp) * tl.load(sn + e)
+        xp = tl.load(src + tl.where(lo, e + HALF, e - HALF), mask=mask & turns, other=0.0).to(tl.float32)
+        c = tl.load(cs + e, mask=turns, other=1.0)
+        s = tl.load(sn + e, mask=turns, other=0.0)
+        return x * c + tl.where(lo, -xp, xp) * s
 
     @triton.jit
-    def store_row(src, cs, sn, c_row, s_ptr, z_ptr, ROTATE: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr):
-        """One K (ROTATE) or V row of D elements at src -> the cache row c_row (+ scale, zero)."""
-        HALF: tl.constexpr = D // 2
+    def store_row(src, cs, sn, c_row, s_ptr, z_ptr, ROTATE: tl.constexpr, BITS: tl.constexpr, D: tl.constexpr,
+                  ROT: tl.constexpr):
+        """One K (ROTATE: its first ROT channels) or V row of D elements at src -> the cache row
+        c_row (+ scale, zero)."""
+        HALF: tl.constexpr = ROT // 2  # rotary pairs (i, i + HALF)
         if BITS == 4:  # codes hold (even, odd) element pairs: quantize the two halves together
-            j = tl.arange(0, HALF)
+            j = tl.arange(0, D // 2)
             if ROTATE:
                 xa = rotated(src, cs, sn, 2 * j, j >= 0, HALF)
                 xb = rotated(src, cs, sn, 2 * j + 1, j >= 0, HALF)
@@ -94,13 +103,13 @@ if triton is not None:
         x_row = X + b * stride_xb + h * stride_xh + t * stride_xt
         s_off = b * stride_sb + h * stride_sh + pos
         store_row(x_row, X, X, CODES + b * stride_cb + h * stride_ch + pos * stride_cn, SCALE + s_off, ZERO + s_off,
-                  False, BITS, D)
+                  False, BITS, D, D)
 
     @triton.jit
     def _rope_store_kernel(QKV, COS, SIN, POS, Q, KC, KS, KZ, VC, VS, VZ,
                            T, n_q, n_kv, stride_row,
                            stride_cb, stride_ch, stride_cn, stride_sb, stride_sh,
-                           D: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr):
+                           D: tl.constexpr, ROT: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr):
         """One (token, head) of the fused q|k|v row: q heads are rotated into Q [B, n_q, T, D];
         k heads rotated and v heads as they are go straight into the cache at their position."""
         pdl_enter(PDL)
@@ -108,21 +117,21 @@ if triton is not None:
         b, t = row // T, row % T
         pos = tl.load(POS + t)
         src = QKV + row * stride_row + head * D
-        cs, sn = COS + pos * D, SIN + pos * D
+        cs, sn = COS + pos * ROT, SIN + pos * ROT
         if head < n_q:
             e = tl.arange(0, D)
-            out = rotated(src, cs, sn, e, e >= 0, D // 2)
+            out = rotated(src, cs, sn, e, e >= 0, ROT // 2)
             tl.store(Q + ((b * n_q + head) * T + t) * D + e, out.to(Q.dtype.element_ty))
         elif head < n_q + n_kv:
             h = head - n_q
             s_off = b * stride_sb + h * stride_sh + pos
             store_row(src, cs, sn, KC + b * stride_cb + h * stride_ch + pos * stride_cn, KS + s_off, KZ + s_off,
-                      True, BITS, D)
+                      True, BITS, D, ROT)
         else:
             h = head - n_q - n_kv
             s_off = b * stride_sb + h * stride_sh + pos
             store_row(src, cs, sn, VC + b * stride_cb + h * stride_ch + pos * stride_cn, VS + s_off, VZ + s_off,
-                      False, BITS, D)
+                      False, BITS, D, ROT)
 
 
 def cache_args(cache) -> tuple:
@@ -157,7 +166,7 @@ def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_po
                n_q: int, n_kv: int, d: int) -> torch.Tensor:
     """qkv [B, T, (n_q + 2 n_kv) D] (the fused projection's output) -> rotated q [B, n_q, T, D];
     rotated k and v are written into ``cache`` at input_pos (quantized as the cache stores them).
-    cos/sin: the model's float32 rotary tables [L, D]."""
+    cos/sin: the model's float32 rotary tables [L, rotary channels]."""
     b, t, _ = qkv.shape
     flat = qkv.reshape(b * t, -1)
     if flat.stride(-1) != 1:
@@ -167,6 +176,6 @@ def rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_po
     _rope_store_kernel[(b * t, n_q + 2 * n_kv)](
         flat, cos, sin, input_pos, q, kc, ks, kz, vc, vs, vz, t, n_q, n_kv, flat.stride(0),
         kc.stride(0), kc.stride(1), kc.stride(2), *s_strides,
-        D=d, BITS=cache.bits, num_warps=1, **pdl.triton_args(qkv.device),
+        D=d, ROT=cos.shape[-1], BITS=cache.bits, num_warps=1, **pdl.triton_args(qkv.device),
     )
     return q
