@@ -7,8 +7,8 @@
   --e2e      a Llama-3-8B-shaped model with random weights built on the GPU (packed tensors filled
              with random codes; no 8B files): batch-1 decode tokens/s, bf16 vs W4A16, against the
              weight-bandwidth bound (weight bytes / measured copy bandwidth); and decode at 4k
-             context with bf16 / int8 / int4 KV. --shape qwen3-8b: Qwen3-8B's shape instead (q/k
-             norms), with its reference-forward step beside the fast path's.
+             context with bf16 / int8 / int4 KV. --shape qwen3-8b | gemma2-9b | phi4-mini: that
+             family's shape instead (SHAPES), with its reference-forward step beside the fast path's.
 
 Prints a table and writes JSON + a markdown section to --out (default $OUT or .).
 
@@ -46,6 +46,7 @@ from e2e_context import (  # noqa: E402
 
 from turbopack.inference import model as M  # noqa: E402
 from turbopack.inference.api import fuse_model, load  # noqa: E402
+from turbopack.inference.config import Activation, NormStyle  # noqa: E402
 from turbopack.inference.generate import Engine  # noqa: E402
 from turbopack.inference.kernels import pdl  # noqa: E402
 from turbopack.inference.kernels.graph_capture import capture  # noqa: E402
@@ -53,11 +54,22 @@ from turbopack.inference.qlinear import QuantLinear  # noqa: E402
 
 LLAMA3_8B = M.ModelConfig(vocab=128256, hidden=4096, intermediate=14336, n_layers=32, n_heads=32, n_kv_heads=8,
                           head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192)
-#: --shape: the 8B configs measured (Qwen3-8B: per-head q/k norms, the fast path's qk_norm kernel)
+#: --shape: the configs measured, each a family's differences on the fast path (Qwen3-8B: per-head
+#: q/k norms; Gemma-2-9B: Gemma and sandwich norms, GeGLU, heads of 256, soft-caps, every other
+#: layer windowed; Phi-4-mini: fused projections in the files, 96 of 128 channels rotated)
 SHAPES = {"llama3-8b": LLAMA3_8B,
           "qwen3-8b": M.ModelConfig(vocab=151936, hidden=4096, intermediate=12288, n_layers=36, n_heads=32,
                                     n_kv_heads=8, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
-                                    max_position_embeddings=40960, qk_norm=True)}
+                                    max_position_embeddings=40960, qk_norm=True),
+          "gemma2-9b": M.ModelConfig(vocab=256000, hidden=3584, intermediate=14336, n_layers=42, n_heads=16,
+                                     n_kv_heads=8, head_dim=256, rms_norm_eps=1e-6, max_position_embeddings=8192,
+                                     tie_word_embeddings=True, norm=NormStyle.GEMMA,
+                                     activation=Activation.GELU_TANH, sandwich_norms=True,
+                                     embed_scale=3584 ** 0.5, attn_scale=256 ** -0.5, attn_softcap=50.0,
+                                     final_softcap=30.0, layer_windows=(4096, None) * 21),
+          "phi4-mini": M.ModelConfig(vocab=200064, hidden=3072, intermediate=8192, n_layers=32, n_heads=24,
+                                     n_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                                     tie_word_embeddings=True, rotary_dim=96, fused_projections=True)}
 FORMATS = ("bf16", "w4a16", "w8a16", "fp8", "w8a8")  # --e2e's models, bf16 first (the speed-ups' base)
 BATCHES = (1, 8, 32)
 PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed any further,", "To be, or not to be"]
@@ -162,12 +174,15 @@ def build_8b(fmt_name: str | None, layers: int, shape: str = "llama3-8b") -> M.T
             setattr(parent, attr, QuantLinear.from_tensors(fmt, shape, random_packed(layout, fmt, shape, g),
                                                            layout=layout, backend="cuda"))
             for d in drop:
-                delattr(parent, d)
+                if hasattr(parent, d):  # absent where the files hold the fused one (Phi)
+                    delattr(parent, d)
     for name, p in list(model.named_parameters()):
         t = torch.empty(p.shape, device="cuda", dtype=torch.bfloat16)
         t.normal_(0, 0.02, generator=g) if p.dim() > 1 else t.fill_(1.0)
         parent, _, attr = name.rpartition(".")
         model.get_submodule(parent)._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
+    if cfg.tie_word_embeddings:  # named_parameters() listed the shared weight once, as the embedding
+        model.lm_head.weight = model.model.embed_tokens.weight
     model.setup_rope(min(cfg.max_position_embeddings, M.ROPE_TABLE_LEN))
     return model.eval()
 
