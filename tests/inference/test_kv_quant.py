@@ -291,21 +291,30 @@ for arch, bits in ((90, 4), (90, 16), (80, 8)):
                          target=GPUTarget("cuda", arch, 32), options=dict(num_warps=8, num_stages=2)).asm["ptx"]
     assert all(op in ptx for op in ("ld.global.cg", "atom.global", "bar.sync")), (arch, bits)
     assert ("griddepcontrol.wait" in ptx) == (arch >= 90), (arch, bits)
-# Gemma 2's heads: D 256, soft-capped, at the BLOCK_N _attend picks for them, within an sm_90 CTA's
-# 227 KiB of shared memory (a launch past it fails only on the device)
-const.update(D=256, ROT=256, BITS=16, CAP=True, BLOCK_N=A.BLOCK_N * 128 // 256, PDL=True)
-sig.update(K="*bf16", V="*bf16")
-k = triton.compile(ASTSource(fn=A._decode_kernel, signature=sig, constexprs=const),
-                   target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
-assert 0 < k.metadata.shared <= 227 * 1024, k.metadata.shared
-print("compiled", k.metadata.shared)
+# every cache's heads of 128 and Gemma's of 256 (soft-capped) at the BLOCK_N _attend picks for them:
+# within an sm_90 CTA's shared memory, and no register spills (ptxas's stack frame, read from the
+# cubin by the cuobjdump that Triton's wheel ships)
+import os, subprocess, tempfile
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+for d, bits in ((128, 16), (128, 8), (128, 4), (256, 16), (256, 8), (256, 4)):
+    const.update(D=d, ROT=d, BITS=bits, CAP=d == 256, BLOCK_N=A.default_block_n(d, bits), PDL=True)
+    sig.update(K="*" + codes[bits], V="*" + codes[bits])
+    k = triton.compile(ASTSource(fn=A._decode_kernel, signature=sig, constexprs=const),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
+    assert 0 < k.metadata.shared <= 227 * 1024, (d, bits, k.metadata.shared)
+    if os.path.exists(tool):
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"]); f.flush()
+            use = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        assert " STACK:0 " in use, (d, bits, use)
+print("compiled")
 """
 
 
 def test_decode_attention_compiles_for_sm90_and_sm80():
     """The one-launch decode attention through Triton's real compiler (the tests above interpret it):
     sm_90 and sm_80 PTX with the merge's L2 reads and counter atomics, the store-then-read barrier
-    and, on sm_90, the PDL wait."""
+    and, on sm_90, the PDL wait; every cache precision at heads of 128 and 256 without spills."""
     import subprocess
     import sys
 

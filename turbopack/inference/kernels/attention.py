@@ -260,6 +260,14 @@ if triton is not None:
                       BLOCK_H, D, BITS, DIRECT)
 
 
+def default_block_n(d: int, bits: int) -> int:
+    """BLOCK_N for heads of D: the K/V tiles live in registers, and ptxas (sm_90, 8 warps) spills
+    past BLOCK_N x D = 128 x 128 (at D = 256: 255 registers + 40 bytes of stack at 128, none at
+    64); int8 at D = 256 spills at 64 too (216 bytes), not at 32. CI compiles these and checks."""
+    block_n = BLOCK_N * 128 // max(d, 128)
+    return block_n // 2 if bits == 8 and d > 128 else block_n
+
+
 def n_splits_for(batch: int, n_kv_heads: int, max_seq: int, block_n: int | None = None) -> tuple[int, int]:
     """(split_len, n_splits): enough programs to fill the GPU, fixed for a given cache shape so a
     captured graph stays valid at every position."""
@@ -319,9 +327,7 @@ def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_po
     bits = cache.bits
     b, dev = src.shape[0], src.device
     hkv, max_seq, d = kc.shape[1], kc.shape[2], kc.shape[3] * (2 if bits == 4 else 1)
-    # the K and V tiles of every pipeline stage sit in shared memory: 2 stages x 2 x BLOCK_N x D x
-    # 2 bytes is 128 KiB at D = 128; heads of 256 (Gemma) halve BLOCK_N to stay there
-    block_n = block_n or BLOCK_N * 128 // max(d, 128)
+    block_n = block_n or default_block_n(d, bits)
     fast = (FAST_DEQUANT if fast_dequant is None else fast_dequant) and bits != 16
     fast = fast and (bits == 8 or src.dtype == torch.bfloat16 or interpreting())
     split_len, n_splits = n_splits_for(b, hkv, max_seq, block_n)
