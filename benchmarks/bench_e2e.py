@@ -272,16 +272,20 @@ def reference_step_ms(model: M.Transformer, prompt: int) -> float:
     return ms
 
 
-def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS, shape: str = "llama3-8b") -> dict:
+def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS, shape: str = "llama3-8b",
+        quick: bool = False) -> dict:
+    """The models' decode (quick: batch-1 decode and, off Llama, the reference forward's step only;
+    no attention sweep, PDL A/B, batches, prefill, fusion A/B or long-context KV)."""
     bw = copy_bandwidth()
     res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers, "shape": shape}
     from turbopack.inference.kernels import attention as A
 
-    res["attention_micro"] = attention_micro()
-    bn, nw, ns, fast = best_attention_config(res["attention_micro"])
-    res["attention_config"] = {"block_n": bn, "num_warps": nw, "num_stages": ns, "fast_dequant": fast}
-    A.BLOCK_N, A.FAST_DEQUANT, A.NUM_WARPS, A.NUM_STAGES = bn, fast, nw, ns
-    log("attention config", res["attention_config"])
+    if not quick:
+        res["attention_micro"] = attention_micro()
+        bn, nw, ns, fast = best_attention_config(res["attention_micro"])
+        res["attention_config"] = {"block_n": bn, "num_warps": nw, "num_stages": ns, "fast_dequant": fast}
+        A.BLOCK_N, A.FAST_DEQUANT, A.NUM_WARPS, A.NUM_STAGES = bn, fast, nw, ns
+        log("attention config", res["attention_config"])
     for name in formats:
         t0 = time.perf_counter()
         model = build_8b(None if name == "bf16" else name, layers, shape)
@@ -289,14 +293,15 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS, 
         wb = weight_bytes(model)
         r = {"weight_gb": wb / 1e9, "bound_tok_s": bw / wb, "linears_only_ms": linears_only_ms(model)}
         r.update(decode_bench(model, "bf16", prompt, new))
-        r["pdl_step_ms"] = pdl_ab(model, prompt)
         r["pct_of_bound"] = 100 * r["decode_tok_s"] / r["bound_tok_s"]
         r["graph_pct_of_bound"] = 100 * (1e3 / r["graph_step_ms"]) / r["bound_tok_s"]
-        r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
-        r["prefill_2048_ms"] = prefill_ms(model, 2048)
         if shape != "llama3-8b":  # what the fast path gains over the reference forward on this family
             r["reference_step_ms"] = reference_step_ms(model, prompt)
-        if name == "w4a16":
+        if not quick:
+            r["pdl_step_ms"] = pdl_ab(model, prompt)
+            r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
+            r["prefill_2048_ms"] = prefill_ms(model, 2048)
+        if name == "w4a16" and not quick:
             r["fusion_ab"] = fusion_ab(model, prompt)
             r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
             r["kv_16k_b8"] = {kv: long_context(model, kv, ctx=16384, batch=8) for kv in ("bf16", "int8", "int4")}
@@ -326,11 +331,12 @@ def markdown(res: dict, cmd: str) -> str:
         ]
         for name in [n for n in FORMATS if n in e]:
             r = e[name]
-            bt = {int(k): v for k, v in r["batch_tok_s"].items()}
+            bt = {int(k): f"{v:.0f}" for k, v in r.get("batch_tok_s", {}).items()}
             vs = e["speedup"].get(name, float("nan"))
+            pre = f"{r['prefill_2048_ms']:.1f}" if "prefill_2048_ms" in r else "-"
             lines.append(f"| {name} | {r['weight_gb']:.2f} | {r['decode_tok_s']:.1f} | {vs:.2f}x | "
                          f"{r['graph_step_ms']:.3f} | {r['linears_only_ms']:.3f} | {r['bound_tok_s']:.1f} | "
-                         f"{r['pct_of_bound']:.1f} | {bt[8]:.0f} | {bt[32]:.0f} | {r['prefill_2048_ms']:.1f} |")
+                         f"{r['pct_of_bound']:.1f} | {bt.get(8, '-')} | {bt.get(32, '-')} | {pre} |")
         for name in [n for n in FORMATS if "reference_step_ms" in e.get(n, {})]:
             r = e[name]
             lines.append(f"- {name}: graph step {r['graph_step_ms']:.3f} ms on the fast path, "
@@ -364,8 +370,8 @@ def markdown(res: dict, cmd: str) -> str:
             lines += ["", f"| KV cache ({title}) | step ms | tok/s (all sequences) |", "|---|---|---|"]
             for kv, r in e.get("w4a16", {}).get(key, {}).items():
                 lines.append(f"| {kv} | {r['step_ms']:.3f} | {r['tok_s']:.1f} |")
-        cfg = e["attention_config"]
-        lines += [
+        cfg = e.get("attention_config")
+        lines += [] if cfg is None else [
             "",
             "Decode attention alone, one layer (32 q / 8 kv heads, d 128, batch 1, CUDA graph of the kernel, "
             "its splits merged in the same launch); config BLOCK_N x warps x stages / codes->16-bit by bit "
@@ -375,7 +381,7 @@ def markdown(res: dict, cmd: str) -> str:
             "| context / KV / config / codes | us | K+V GB/s |",
             "|---|---|---|",
         ]
-        for key, r in e["attention_micro"].items():
+        for key, r in e.get("attention_micro", {}).items():
             lines.append(f"| {key} | {r['us']:.1f} | {r['gb_s']:.0f} |")
     if "bundled" in res:
         b = res["bundled"]
@@ -403,6 +409,7 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--formats", default=",".join(FORMATS), help="--e2e's models (bf16 is the base of the speed-ups)")
+    ap.add_argument("--quick", action="store_true", help="--e2e: batch-1 decode (and the reference step) only")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--asset", type=Path, default=Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama",
                     help="model folder for --bundled (default: the bundled tiny-llama)")
@@ -413,7 +420,7 @@ def main() -> int:
         res["bundled"]["asset"] = str(args.asset)
     if args.e2e:
         layers = args.layers or SHAPES[args.shape].n_layers
-        res["e2e"] = e2e(layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")), args.shape)
+        res["e2e"] = e2e(layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")), args.shape, args.quick)
     md = markdown(res, "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(res, indent=2, default=str))
