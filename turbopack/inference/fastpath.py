@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from turbopack.inference.config import Activation
+from turbopack.inference.kernels import router
 from turbopack.inference.kernels.attention import decode_attention_qkv, supports_head_dim
 from turbopack.inference.kernels.glue import act_mul, add_rmsnorm, qk_norm, rope
 from turbopack.inference.kernels.kv_store import rope_store, store_kv
@@ -74,6 +75,16 @@ def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> tor
     return block.down_proj(act_mul(block.gate_up_proj(h), activation))
 
 
+def moe(block: MoE, h: torch.Tensor) -> torch.Tensor:
+    """An MoE block on h: the router's linear, then its softmax/top-k/renormalisation as one launch
+    (``kernels.router``), then the experts (grouped where stacked) and any shared expert."""
+    h2 = h.reshape(-1, h.shape[-1])
+    logits = block.gate(h2)
+    if not router.supported(logits, block.top_k):
+        return block(h)
+    return block.combine(h, *router.top_k_route(logits, block.top_k, block.normalise, block.round_weights))
+
+
 def attention(model: Transformer, i: int, h: torch.Tensor, tables, input_pos: torch.Tensor,
               mask: torch.Tensor | None) -> torch.Tensor:
     """Layer i's attention sublayer on its normed input h [B, T, hidden], o_proj included.
@@ -123,7 +134,7 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         else:
             h, residual = add_rmsnorm(x, residual, layer.post_attention_layernorm)
         ffn = layer.ffn
-        x = ffn(h) if isinstance(ffn, MoE) else mlp(ffn, h, cfg.activation)
+        x = moe(ffn, h) if isinstance(ffn, MoE) else mlp(ffn, h, cfg.activation)
     h, _ = add_rmsnorm(x, residual, model.model.norm, post)
     logits = model.lm_head(h)
     if cfg.final_softcap is not None:  # Gemma 2, in the logits' dtype as the reference
@@ -131,5 +142,5 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     return logits.float()
 
 
-__all__ = ["act_mul", "add_rmsnorm", "attention", "decode_attention_qkv", "forward", "mlp", "qk_norm", "rope",
+__all__ = ["act_mul", "add_rmsnorm", "attention", "decode_attention_qkv", "forward", "mlp", "moe", "qk_norm", "rope",
            "rope_store", "store_kv", "supported"]

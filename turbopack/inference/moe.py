@@ -63,9 +63,13 @@ class MoE(nn.Module):
         return (top.to(logits.dtype) if self.round_weights else top), idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(x, *self.route(x.reshape(-1, x.shape[-1])))
+
+    def combine(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The routed experts' weighted sum for tokens x (and the shared expert's share), given the
+        routing (``route``'s result; the fast path computes it with one kernel after the linear)."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        weights, idx = self.route(x2)
         if self.grouped is not None and not self.all_experts:
             out = self.grouped(x2, weights, idx)
         else:
