@@ -78,10 +78,9 @@ def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> tor
 def moe(block: MoE, h: torch.Tensor) -> torch.Tensor:
     """An MoE block on h: the router's linear, then its softmax/top-k/renormalisation as one launch
     (``kernels.router``), then the experts (grouped where stacked) and any shared expert."""
-    h2 = h.reshape(-1, h.shape[-1])
-    logits = block.gate(h2)
+    logits = block.gate(h.reshape(-1, h.shape[-1]))
     if not router.supported(logits, block.top_k):
-        return block(h)
+        return block.combine(h, *block.pick(logits))
     return block.combine(h, *router.top_k_route(logits, block.top_k, block.normalise, block.round_weights))
 
 
@@ -136,10 +135,7 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
         ffn = layer.ffn
         x = moe(ffn, h) if isinstance(ffn, MoE) else mlp(ffn, h, cfg.activation)
     h, _ = add_rmsnorm(x, residual, model.model.norm, post)
-    logits = model.lm_head(h)
-    if cfg.final_softcap is not None:  # Gemma 2, in the logits' dtype as the reference
-        logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
-    return logits.float()
+    return model.logits(h)
 
 
 __all__ = ["act_mul", "add_rmsnorm", "attention", "decode_attention_qkv", "forward", "mlp", "moe", "qk_norm", "rope",

@@ -355,8 +355,12 @@ class Transformer(nn.Module):
                  ((False, self.pass_rope(t, input_pos)), (True, (self.rope_cos_local, self.rope_sin_local)))}
         for layer, cache in zip(self.model.layers, caches):
             x = layer(x, *ropes[layer.self_attn.local_rope], cache, input_pos, mask)
-        logits = self.lm_head(self.model.norm(x))
-        if self.config.final_softcap is not None:  # Gemma 2, in the logits' dtype as HF
+        return self.logits(self.model.norm(x))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of the final norm's output h (Gemma 2's soft-cap in the logits' dtype, as HF)."""
+        logits = self.lm_head(h)
+        if self.config.final_softcap is not None:
             logits = torch.tanh(logits / self.config.final_softcap) * self.config.final_softcap
         return logits.float()
 

@@ -21,6 +21,17 @@ from turbopack.inference.config import ModelConfig
 from turbopack.inference.norms import ACTIVATIONS
 
 
+def top_k_weights(logits: torch.Tensor, top_k: int, normalise: bool, round_weights: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routing after the router's linear, transformers' ops: softmax in fp32, top-k, optional
+    renormalisation, optional rounding to the logits' dtype."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+    top, idx = torch.topk(probs, top_k, dim=-1)
+    if normalise:
+        top = top / top.sum(dim=-1, keepdim=True)
+    return (top.to(logits.dtype) if round_weights else top), idx
+
+
 class Expert(nn.Module):
     """down(act(gate(x)) * up(x)) with the family's linear names (Mixtral: w1, w3, w2)."""
 
@@ -55,12 +66,11 @@ class MoE(nn.Module):
 
     def route(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(top-k weights, top-k expert ids) of tokens x2 [T, hidden]."""
-        logits = self.gate(x2)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float)
-        top, idx = torch.topk(probs, self.top_k, dim=-1)
-        if self.normalise:
-            top = top / top.sum(dim=-1, keepdim=True)
-        return (top.to(logits.dtype) if self.round_weights else top), idx
+        return self.pick(self.gate(x2))
+
+    def pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(top-k weights, top-k expert ids) of the router's logits [T, E] (kernels.router: one launch)."""
+        return top_k_weights(logits, self.top_k, self.normalise, self.round_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine(x, *self.route(x.reshape(-1, x.shape[-1])))

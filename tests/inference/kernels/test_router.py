@@ -1,5 +1,5 @@
 """kernels.router (the MoE router's softmax + top-k + renormalisation in one launch) against the
-reference MoE.route's torch ops, under the Triton interpreter (compiled in the device's -m gpu
+reference MoE.route's torch ops (moe.top_k_weights), under the Triton interpreter (compiled in the device's -m gpu
 suite): the same expert ids in the same order, the same weights in the same dtype."""
 
 from __future__ import annotations
@@ -10,19 +10,11 @@ import torch
 pytest.importorskip("triton")
 
 from turbopack.inference.kernels import router  # noqa: E402
+from turbopack.inference.moe import top_k_weights  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 if DEV == "cpu" and type(router._topk_kernel).__name__ != "InterpretedFunction":
     pytest.skip("TRITON_INTERPRET=1 was not in effect when the kernels were imported", allow_module_level=True)
-
-
-def reference(logits: torch.Tensor, top_k: int, normalise: bool, round_weights: bool):
-    """MoE.route after its linear, op for op."""
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float)
-    top, idx = torch.topk(probs, top_k, dim=-1)
-    if normalise:
-        top = top / top.sum(dim=-1, keepdim=True)
-    return (top.to(logits.dtype) if round_weights else top), idx
 
 
 def distinct_logits(t: int, n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -41,7 +33,7 @@ def test_top_k_route_is_the_reference_routing(n, top_k, dtype, normalise, round_
     logits = distinct_logits(5, n, dtype, seed=n + top_k)
     assert router.supported(logits, top_k)
     weights, idx = router.top_k_route(logits, top_k, normalise, round_weights)
-    want_w, want_idx = reference(logits, top_k, normalise, round_weights)
+    want_w, want_idx = top_k_weights(logits, top_k, normalise, round_weights)  # MoE.route after its linear
     assert idx.dtype == want_idx.dtype and torch.equal(idx, want_idx)
     assert weights.dtype == want_w.dtype
     # fp32: exp's last bits. bf16: one step (2^-7 relative at most), as Triton's CPU interpreter

@@ -313,8 +313,8 @@ def decode_attention_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 
 def _score_args(cache, d: int) -> tuple[float, float, bool]:
     """(qk_scale, cap_out, CAP) of the kernel: scores in log2 units, optionally soft-capped."""
-    scale = cache.scale if getattr(cache, "scale", None) is not None else 1.0 / math.sqrt(d)
-    cap = getattr(cache, "softcap", None)
+    scale = cache.scale if cache.scale is not None else 1.0 / math.sqrt(d)
+    cap = cache.softcap
     if cap is None:
         return scale * LOG2E, 0.0, False
     return scale / cap, cap * LOG2E, True
@@ -337,7 +337,7 @@ def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_po
     lse = part if direct else torch.empty(b * hq * n_splits, device=dev, dtype=torch.float32)
     cnt = lse if direct else counters(dev, b * hkv, "attention")
     cos, sin = rope if rope is not None else (src, src)
-    window = getattr(cache, "window", None) or max_seq + 1
+    window = cache.window or max_seq + 1
     qk_scale, cap_out, cap = _score_args(cache, d)
     _decode_kernel[(b * hkv, n_splits)](
         src, cos, sin, kc, vc, ks, kz, vs, vz, input_pos, out, part, lse, cnt,
