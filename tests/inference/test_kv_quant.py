@@ -370,7 +370,9 @@ def test_decode_kernel_on_gpu_model_shapes(precision, fast, shape, monkeypatch):
     (hkv, group, d), p = {"llama8b": (8, 4, 128), "gemma2_9b": (8, 2, 256)}[shape], 4352
     b, s = 1, p + 256
     kern = KQ.cache_factory(precision, "triton")(b, hkv, s, d, torch.bfloat16, "cuda")
-    ref = KQ.cache_factory(precision, "torch")(b, hkv, s, d, torch.bfloat16, "cuda")
+    # the reference attends in fp32 over the same stored values: in bf16, the soft-capped path
+    # (HF's eager math) rounds scores and probabilities to 16 bits, ~0.8% of this output at 1000 keys
+    ref = KQ.cache_factory(precision, "torch")(b, hkv, s, d, torch.float32, "cuda")
     if shape == "gemma2_9b":
         for c in (kern, ref):
             c.scale, c.softcap, c.window = 256 ** -0.5, 50.0, 4096
@@ -384,7 +386,8 @@ def test_decode_kernel_on_gpu_model_shapes(precision, fast, shape, monkeypatch):
         ip = torch.tensor([pos], device="cuda")
         mask = torch.arange(s, device="cuda")[None, :] <= ip[:, None]
         out = kern.attend(q, one, one, ip, mask)
-        want = ref.attend(q, one, one, ip, mask if ref.window is None else band(mask, ip, 1, ref.window, "cuda"))
+        want = ref.attend(q.float(), one.float(), one.float(), ip,
+                          mask if ref.window is None else band(mask, ip, 1, ref.window, "cuda"))
         assert torch.isfinite(out).all()
-        assert rel_err(out, want) < 1e-2, (precision, pos)
+        assert rel_err(out, want) < 5e-3, (precision, pos)
     assert A.available(torch.device("cuda"))

@@ -323,8 +323,9 @@ class Transformer(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
-        if self.config.embed_scale is not None:  # Gemma: the scale rounded to the embedding's dtype, as HF
-            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype, device=x.device)
+        if self.config.embed_scale is not None:  # Gemma: the scale rounded to the embedding's dtype, as HF;
+            # rounded on the host, so a CUDA graph's capture holds no host-to-device copy
+            x = x * torch.tensor(self.config.embed_scale, dtype=x.dtype).item()
         return x
 
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None):

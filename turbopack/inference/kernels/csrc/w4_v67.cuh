@@ -22,14 +22,15 @@ namespace {
 __host__ __device__ constexpr int xsum_bytes(int per, int ng, int ntok) { return per * ng * ntok * 4 * 8; }
 constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher runs v5
 
-// v7 (no sum-x accumulators, no scale registers) fits tighter sm_90 caps: 72 registers for group 64
-// (7 CTAs) and 80 for two token columns at group 128 (6 CTAs against v5's 4 at 116-132; the loop
-// grows from 203 to 226 instructions per stage under it); two token columns at group 64 spill under
-// 80 and keep the compiler's allocation. v6 keeps v5's caps, so the tuner weighs both.
+// v7 (no sum-x accumulators, no scale registers) fits tighter sm_90 caps at one token column: 72
+// registers for group 64 (7 CTAs), 80 for group 128 (6 CTAs; 64 before x was loaded a stage ahead,
+// which spills under 64). The M = 1 grids of the 8B shapes put at most ~4.4 CTAs on an SM, so the
+// cap is not what bounds their occupancy. Two token columns keep the compiler's allocation (~128;
+// the second x set spills under 80). v6 keeps v5's caps, so the tuner weighs both.
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 900 || __CUDA_ARCH__ >= 1000)
 #define TP_MIN_BLOCKS_V7(NTOK, G) 1
 #else
-#define TP_MIN_BLOCKS_V7(NTOK, G) ((NTOK) == 1 ? ((G) == 128 ? 8 : 7) : ((G) == 128 ? 6 : 1))
+#define TP_MIN_BLOCKS_V7(NTOK, G) ((NTOK) == 1 ? 6 : 1)
 #endif
 
 // v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
@@ -117,19 +118,11 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   GroupParams<T, NG, ASYM> cur;
   if (!SZR && s_lo < s_hi) cur.load(ssrc, zsrc, a.TN);
-  int rd = 0, wr = STAGES - 1;
-  const uint4* xcur[NTOK];  // v7: this stage's x fragments, one pointer step per stage
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t) xcur[t] = xsrc[t];
-  for (int j = 0; s_lo + j < s_hi; ++j) {
-    uint4 xv[NTOK][2][2];
-    if constexpr (SZR) {  // unpredicated (w4_stage.cuh)
-      load_x<NTOK, true>(xv, xcur, has_tok, 0);
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) xcur[t] += kStageK / 8;
-    } else {
-      load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
-    }
+  // one stage j with its x fragments: wait for its ring slot, refill the slot the last stage freed,
+  // the weight MMAs, out += s * acc - s * (M + z) * sum x (as v5)
+  // rd: the stage's ring slot (a constant where the caller's loop is unrolled by STAGES)
+  auto step = [&](int j, const uint4 (&xv)[NTOK][2][2], int rd) {
+    const int wr = rd == 0 ? STAGES - 1 : rd - 1;  // the slot the last stage freed
     GroupParams<T, NG, ASYM> nxt;
     if constexpr (!SZR) {
       ssrc += sz_step;
@@ -140,7 +133,6 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     __syncwarp();  // as v5: lane l's chunks are read by other lanes; slot wr is free
     if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
     cp_async_commit();
-    wr = wr + 1 == STAGES ? 0 : wr + 1;
     float acc[2][NTOK][4];
     weight_mma<T, NTOK, SZR && NG == 1>(acc, ring[rd], xv, g, c);  // v7: one accumulator per group
     if (!SZR && NG == 1) {
@@ -150,7 +142,7 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
         for (int i = 0; i < 4; ++i) acc[0][t][i] += acc[1][t][i];
     }
 #pragma unroll
-    for (int gi = 0; gi < NG; ++gi) {  // out += s * acc - s * (M + z) * sum x, as v5
+    for (int gi = 0; gi < NG; ++gi) {
       float sc[2], ol, oh;
       if constexpr (SZR) {
         float off[2];
@@ -169,8 +161,43 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
         out[t][3] = fmaf(sc[1], acc[gi][t][3], fmaf(-oh, xs.y, out[t][3]));
       }
     }
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
     if constexpr (!SZR) cur = nxt;
+  };
+  if constexpr (SZR) {
+    // v7: x one stage ahead, in two register sets taken in turn (the loop unrolled by two, so each
+    // set keeps its registers; no copies). x is an L2 hit (every CTA reads it) and was waited on
+    // ~40 instructions after its loads: a long-scoreboard stall per stage and warp. Unpredicated
+    // loads (w4_stage.cuh); the stage past the CTA's last is not loaded (past K at the last split).
+    const int n = s_hi - s_lo;
+    const uint4* xcur[NTOK];
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) xcur[t] = xsrc[t];
+    auto ahead = [&](uint4 (&xv)[NTOK][2][2], int j) {
+      if (j < n) {
+        load_x<NTOK, true>(xv, xcur, has_tok, 0);
+#pragma unroll
+        for (int t = 0; t < NTOK; ++t) xcur[t] += kStageK / 8;
+      }
+    };
+    uint4 xa[NTOK][2][2], xb[NTOK][2][2];
+    ahead(xa, 0);
+    for (int j0 = 0; j0 < n; j0 += STAGES) {  // STAGES is even: the x sets alternate within
+#pragma unroll
+      for (int u = 0; u < STAGES; u += 2) {
+        ahead(xb, j0 + u + 1);
+        step(j0 + u, xa, u);
+        if (j0 + u + 1 >= n) break;
+        ahead(xa, j0 + u + 2);
+        step(j0 + u + 1, xb, u + 1);
+        if (j0 + u + 2 >= n) break;
+      }
+    }
+  } else {
+    for (int j = 0, rd = 0; s_lo + j < s_hi; ++j, rd = rd + 1 == STAGES ? 0 : rd + 1) {
+      uint4 xv[NTOK][2][2];
+      load_x<NTOK>(xv, xsrc, has_tok, j * (kStageK / 8));
+      step(j, xv, rd);
+    }
   }
   cp_async_wait<0>();
   store_tile<T, NTOK>(a.o, out, n0, g, c, active);
