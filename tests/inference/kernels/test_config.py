@@ -148,3 +148,20 @@ def test_a_run_at_some_m_keeps_the_shipped_winners_of_the_others(monkeypatch):
         assert {b: c for b, c in out["shapes"][shape].items() if b != "1"} == \
             {b: c for b, c in by_bucket.items() if b != "1"}
     assert out["default"]["2048"] == shipped["default"]["2048"] and out["default"]["1"]["VARIANT"] == 2
+
+
+def test_tuner_models_are_the_end_to_end_presets_shapes(monkeypatch):
+    """`bench_linear.py --model X` tunes the layer shapes that `bench_e2e.py --shape X` decodes."""
+    import importlib
+    from pathlib import Path
+
+    from turbopack.inference.kernels import bench
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    e2e = importlib.import_module("bench_e2e")
+    assert set(bench.MODELS) == set(e2e.SHAPES)
+    for name, c in e2e.SHAPES.items():
+        h, d = c.hidden, c.head_dim
+        want = {"qkv": ((c.n_heads + 2 * c.n_kv_heads) * d, h), "o": (h, c.n_heads * d),
+                "gate_up": (2 * c.intermediate, h), "down": (h, c.intermediate)}
+        assert bench.MODELS[name] == want, name

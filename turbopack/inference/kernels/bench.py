@@ -30,6 +30,16 @@ from turbopack.inference.kernels.graph_capture import capture
 from turbopack.layouts import get_layout
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+#: --model: each family's decoder-layer linears as N x K, from its config (hidden H, intermediate I,
+#: heads h of size d, KV heads kv): qkv (h + 2 kv) d x H, o H x h d, gate_up 2 I x H, down H x I.
+#: The shapes of benchmarks/bench_e2e.py's --shape presets (a test keeps the two in step), so the
+#: tuned table holds an entry for each shape the end-to-end run decodes.
+MODELS = {
+    "llama3-8b": SHAPES,
+    "qwen3-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (24576, 4096), "down": (4096, 12288)},
+    "gemma2-9b": {"qkv": (8192, 3584), "o": (3584, 4096), "gate_up": (28672, 3584), "down": (3584, 14336)},
+    "phi4-mini": {"qkv": (5120, 3072), "o": (3072, 3072), "gate_up": (16384, 3072), "down": (3072, 8192)},
+}
 MS = (1, 4, 16, 64, 256, 2048)
 #: format -> (layout on sm90, format params)
 SETUPS = {

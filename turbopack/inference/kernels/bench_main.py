@@ -83,7 +83,7 @@ def bars(rows: list[dict], bw: float) -> list[str]:
     """The issue's bars, each a line PASS/MISS with the numbers."""
     by = {(r["setup"], tuple(r["shape"]), r["m"]): r for r in rows if "error" not in r}
     out = []
-    names = {tuple(v): k for k, v in bench.SHAPES.items()}
+    names = {tuple(v): k for shapes in bench.MODELS.values() for k, v in shapes.items()}
 
     def line(ok: bool, what: str) -> None:
         out.append(f"{'PASS' if ok else 'MISS'}  {what}")
@@ -158,6 +158,7 @@ def _json(o: object) -> object:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default="w4a16,nvfp4,w8a16,w8a8,fp8", help=f"of {','.join(bench.SETUPS)}")
+    ap.add_argument("--model", default="llama3-8b", choices=list(bench.MODELS), help="whose layer shapes")
     ap.add_argument("--shapes", default=",".join(bench.SHAPES), help="of qkv,o,gate_up,down")
     ap.add_argument("--ms", default=",".join(map(str, bench.MS)))
     ap.add_argument("--tune", action="store_true", help="sweep candidate configs (else: the shipped table)")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     props = torch.cuda.get_device_properties(0)
     sms, l2 = props.multi_processor_count, props.L2_cache_size
-    setups, shapes = args.formats.split(","), args.shapes.split(",")
+    setups, shapes, dims = args.formats.split(","), args.shapes.split(","), bench.MODELS[args.model]
     ms = [int(m) for m in args.ms.split(",")]
     t_start = time.time()
     bws = bench.copy_bandwidth()
@@ -205,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if "w4a16" in setups:
         _build_cuda_libraries()
     if args.tune:
-        tasks = [(s, bench.SHAPES[n], m, c) for s in setups for n in shapes for m in ms
-                 for c in tune.candidates(s, *bench.SHAPES[n], m, sms)]
+        tasks = [(s, dims[n], m, c) for s in setups for n in shapes for m in ms
+                 for c in tune.candidates(s, *dims[n], m, sms)]
         for e in tune.precompile(tasks, args.jobs):
             _log(f"  compile: {e}")
         _log(f"precompiled in {time.time() - t_start:.0f}s")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for setup in setups:
         for name in shapes:
-            n, k = bench.SHAPES[name]
+            n, k = dims[name]
             wt = bench.make_weight(setup, (n, k), l2, gen)
             for m in ms:
                 cands = tune.candidates(setup, n, k, m, sms) if args.tune else \
