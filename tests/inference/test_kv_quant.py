@@ -371,15 +371,17 @@ def test_decode_kernel_on_gpu_model_shapes(precision, fast, shape, monkeypatch):
     b, s = 1, p + 256
     kern = KQ.cache_factory(precision, "triton")(b, hkv, s, d, torch.bfloat16, "cuda")
     # the reference attends in fp32 over the same stored values: in bf16, the soft-capped path
-    # (HF's eager math) rounds scores and probabilities to 16 bits, ~0.8% of this output at 1000 keys
+    # (HF's eager math) rounds scores and probabilities to 16 bits, ~0.8% of this output at 1000 keys.
+    # The kernel's tensor-core operands are 16-bit (dequantized K/V, probabilities): 0.63% at 6 keys
+    # on the H200 (run 11), so 1e-2.
     ref = KQ.cache_factory(precision, "torch")(b, hkv, s, d, torch.float32, "cuda")
     if shape == "gemma2_9b":
         for c in (kern, ref):
             c.scale, c.softcap, c.window = 256 ** -0.5, 50.0, 4096
     k = torch.randn(b, hkv, p, d, generator=g, device="cuda").bfloat16()
     v = torch.randn(b, hkv, p, d, generator=g, device="cuda").bfloat16()
-    for c in (kern, ref):
-        c.update(torch.arange(p, device="cuda"), k, v)
+    kern.update(torch.arange(p, device="cuda"), k, v)
+    ref.update(torch.arange(p, device="cuda"), k.float(), v.float())
     for pos in (5, 1000, p):
         q = torch.randn(b, hkv * group, 1, d, generator=g, device="cuda").bfloat16()
         one = torch.randn(b, hkv, 1, d, generator=g, device="cuda").bfloat16()
@@ -389,5 +391,5 @@ def test_decode_kernel_on_gpu_model_shapes(precision, fast, shape, monkeypatch):
         want = ref.attend(q.float(), one.float(), one.float(), ip,
                           mask if ref.window is None else band(mask, ip, 1, ref.window, "cuda"))
         assert torch.isfinite(out).all()
-        assert rel_err(out, want) < 5e-3, (precision, pos)
+        assert rel_err(out, want) < 1e-2, (precision, pos)
     assert A.available(torch.device("cuda"))
