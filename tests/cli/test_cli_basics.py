@@ -46,6 +46,19 @@ def test_unknown_option_exit_2(capsys):
     assert main(["no-such-command"]) == 2
 
 
+@pytest.mark.parametrize("args,err", [
+    (["--shapes", "qkv,mlp"], "error: unknown shape 'mlp'; registered: qkv, o, gate_up, down"),
+    (["--model", "llama2"], "error: unknown model 'llama2'; registered: llama3-8b, qwen3-8b, gemma2-9b, phi4-mini"),
+    (["--formats", "w4a16,int3"],
+     "error: unknown format 'int3'; registered: w4a16, nvfp4, w8a16, w8a8, fp8, fp8_upcast"),
+    (["--ms", "1,0"], "error: --ms takes positive integers, got '1,0'"),
+])
+def test_bench_bad_names_are_one_line_exit_2(args, err, capsys):
+    """Checked before the benchmark looks for a GPU: the same answer on any machine."""
+    assert main(["bench", *args]) == 2
+    assert capsys.readouterr().err.strip() == err
+
+
 def test_console_script_exit_code(tiny_llama, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "turbopack.cli.app", "quantize", str(tiny_llama), "-o",
                            str(tmp_path / "q"), "--format", "w5"], capture_output=True, text=True)

@@ -158,7 +158,7 @@ def _json(o: object) -> object:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default="w4a16,nvfp4,w8a16,w8a8,fp8", help=f"of {','.join(bench.SETUPS)}")
-    ap.add_argument("--model", default="llama3-8b", choices=list(bench.MODELS), help="whose layer shapes")
+    ap.add_argument("--model", default="llama3-8b", help=f"whose layer shapes: {', '.join(bench.MODELS)}")
     ap.add_argument("--shapes", default=",".join(bench.SHAPES), help="of qkv,o,gate_up,down")
     ap.add_argument("--ms", default=",".join(map(str, bench.MS)))
     ap.add_argument("--tune", action="store_true", help="sweep candidate configs (else: the shipped table)")
@@ -184,6 +184,15 @@ def _build_cuda_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    for what, given, known in (("format", args.formats, bench.SETUPS), ("shape", args.shapes, bench.SHAPES),
+                               ("model", args.model, bench.MODELS)):
+        unknown = [g for g in given.split(",") if g not in known]
+        if unknown:
+            print(f"error: unknown {what} {unknown[0]!r}; registered: {', '.join(known)}", file=sys.stderr)
+            return 2
+    if not all(m.isdigit() and int(m) > 0 for m in args.ms.split(",")):
+        print(f"error: --ms takes positive integers, got {args.ms!r}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: the benchmark needs a CUDA device", file=sys.stderr)
         return 2
