@@ -31,41 +31,34 @@ def nvcc_targets() -> set[str]:
 CAPS = [(8, 0), (9, 0), (10, 0), (12, 0)]
 
 
-#: the targets the runtime is tuned and measured on: ptxas at full optimization, spills checked
-TUNED = [(8, 0), (9, 0)]
-#: sources whose build one target holds: w4_wgmma.cu's kernels exist for sm_90a alone, so its
-#: ptxas runs on one core while the other idles; --split-compile spreads it over the kernels
-#: (148 -> 83 s on two cores). Where the targets balance, it only adds overhead (w4.cu 153 -> 185 s).
-SPLIT = {cuda_w4wg.SRC}
-
-
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 @pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w4mm.SRC, cuda_w4wg.SRC, cuda_w8.SRC, cuda_fp4.SRC],
                          ids=lambda p: p.name)
-def test_kernels_compile_without_spills(src, tmp_path):
-    """Every target of CAPS this nvcc knows (sm_80 and sm_90a always), each group in one nvcc call
-    whose --threads compiles its targets side by side. sm_80 and sm_90a go through ptxas at full
-    optimization and must not spill; the Blackwell targets, which no machine here runs, through
-    ptxas at -O0: every instruction and inline PTX statement is still checked for them (what
-    would fail a Blackwell user's first build), at a quarter of ptxas's time (w4_mma.cu: 24 s a
-    target where 86 s; ptxas is ~75% of these builds, and CI has two cores)."""
-    caps = [cap for cap in CAPS if f"compute_{cap[0]}{cap[1]}" in nvcc_targets()]
-    assert set(TUNED) <= set(caps), "nvcc cannot target sm_80 and sm_90a"
-    for group, ptxas in ((TUNED, "-O3"), ([c for c in caps if c not in TUNED], "-O0")):
-        if not group:
-            continue
-        split = ["--split-compile", "0"] if src in SPLIT else []
-        cmd = [NVCC, "-c", "-O3", "-std=c++17", "--threads", "0", *split, "-Xptxas", f"-v,{ptxas}",
-               *[cuda_w4.gencode(cap) for cap in group], str(src), "-o", str(tmp_path / "k.o")]
+def test_kernels_compile_without_spills(src, tmp_path, tuned_build):
+    """Every target of CAPS this nvcc knows (sm_80 and sm_90a always). sm_80 and sm_90a (the
+    session's tuned_build) go through ptxas at full optimization and must not spill; the Blackwell
+    targets, which no machine here runs, in one nvcc call whose --threads compiles them side by
+    side, through ptxas at -O0: every instruction and inline PTX statement is still checked for
+    them (what would fail a Blackwell user's first build), at a quarter of ptxas's time (w4_mma.cu:
+    24 s a target where 86 s; ptxas is ~75% of these builds, and CI has two cores)."""
+    caps, tuned = [cap for cap in CAPS if f"compute_{cap[0]}{cap[1]}" in nvcc_targets()], tuned_build.targets
+    assert set(tuned) <= set(caps), "nvcc cannot target sm_80 and sm_90a"
+    res, _ = tuned_build(src)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for cap in tuned:  # ptxas reports every target's kernels
+        assert f"sm_{cap[0]}{cap[1]}" in res.stderr, cap
+    # a register array indexed at run time would land in local memory
+    spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
+    assert spills == [], spills[:3]
+    blackwell = [c for c in caps if c not in tuned]
+    if blackwell:
+        cmd = [NVCC, "-c", "-O3", "-std=c++17", "--threads", "0", "-Xptxas", "-v,-O0",
+               *[cuda_w4.gencode(cap) for cap in blackwell], str(src), "-o", str(tmp_path / "k.o")]
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-2000:]
         assert (tmp_path / "k.o").stat().st_size > 0
-        for cap in group:  # ptxas reports every target's kernels
+        for cap in blackwell:
             assert f"sm_{cap[0]}{cap[1]}" in res.stderr, cap
-        if group is TUNED:  # a register array indexed at run time would land in local memory
-            spills = [ln for ln in res.stderr.splitlines()
-                      if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
-            assert spills == [], spills[:3]
 
 
 def test_build_key_follows_each_sources_includes(tmp_path, monkeypatch):
