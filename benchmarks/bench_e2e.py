@@ -161,27 +161,30 @@ def build_8b(fmt_name: str | None, layers: int, shape: str = "llama3-8b") -> M.T
     from turbopack.formats import get_format
     from turbopack.layouts import get_layout, select
 
+    fmt_name, _, head = fmt_name.partition("+")  # "w4a16+head": lm_head too, as quantize --include-lm-head
     fmt = get_format(fmt_name)
     model = M.build_model(cfg, device="meta", dtype=torch.bfloat16)
     h, i = cfg.hidden, cfg.intermediate
     qkv = ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, h)
+    linears = [(model, "lm_head", (cfg.vocab, h), ())] if head else []
     for layer in model.model.layers:
-        for parent, attr, shape, drop in ((layer.self_attn, "qkv_proj", qkv, ("q_proj", "k_proj", "v_proj")),
-                                          (layer.self_attn, "o_proj", (h, cfg.n_heads * cfg.head_dim), ()),
-                                          (layer.mlp, "gate_up_proj", (2 * i, h), ("gate_proj", "up_proj")),
-                                          (layer.mlp, "down_proj", (h, i), ())):
-            layout = get_layout(select(fmt, "sm90", shape).layout)
-            setattr(parent, attr, QuantLinear.from_tensors(fmt, shape, random_packed(layout, fmt, shape, g),
-                                                           layout=layout, backend="cuda"))
-            for d in drop:
-                if hasattr(parent, d):  # absent where the files hold the fused one (Phi)
-                    delattr(parent, d)
+        linears += [(layer.self_attn, "qkv_proj", qkv, ("q_proj", "k_proj", "v_proj")),
+                    (layer.self_attn, "o_proj", (h, cfg.n_heads * cfg.head_dim), ()),
+                    (layer.mlp, "gate_up_proj", (2 * i, h), ("gate_proj", "up_proj")),
+                    (layer.mlp, "down_proj", (h, i), ())]
+    for parent, attr, shape, drop in linears:
+        layout = get_layout(select(fmt, "sm90", shape).layout)
+        setattr(parent, attr, QuantLinear.from_tensors(fmt, shape, random_packed(layout, fmt, shape, g),
+                                                       layout=layout, backend="cuda"))
+        for d in drop:
+            if hasattr(parent, d):  # absent where the files hold the fused one (Phi)
+                delattr(parent, d)
     for name, p in list(model.named_parameters()):
         t = torch.empty(p.shape, device="cuda", dtype=torch.bfloat16)
         t.normal_(0, 0.02, generator=g) if p.dim() > 1 else t.fill_(1.0)
         parent, _, attr = name.rpartition(".")
         model.get_submodule(parent)._parameters[attr] = torch.nn.Parameter(t, requires_grad=False)
-    if cfg.tie_word_embeddings:  # named_parameters() listed the shared weight once, as the embedding
+    if cfg.tie_word_embeddings and not head:  # named_parameters() listed the shared weight once, as the embedding
         model.lm_head.weight = model.model.embed_tokens.weight
     model.setup_rope(min(cfg.max_position_embeddings, M.ROPE_TABLE_LEN))
     return model.eval()
@@ -408,7 +411,8 @@ def main() -> int:
     ap.add_argument("--shape", default="llama3-8b", choices=list(SHAPES), help="--e2e's model shape")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--formats", default=",".join(FORMATS), help="--e2e's models (bf16 is the base of the speed-ups)")
+    ap.add_argument("--formats", default=",".join(FORMATS),
+                    help="--e2e's models (bf16 is the base of the speed-ups; F+head: lm_head quantized too)")
     ap.add_argument("--quick", action="store_true", help="--e2e: batch-1 decode (and the reference step) only")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--asset", type=Path, default=Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama",
