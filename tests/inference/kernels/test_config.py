@@ -134,6 +134,23 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
         assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)
 
 
+def test_cluster_is_a_v7_key_the_tuner_offers_on_hopper_where_built():
+    """CLUSTER (v7's split-K in a thread-block cluster): a bool CUDA key, written back as read; the
+    tuner offers it on Hopper at M <= 8 (one token column: csrc/w4.cu kClusterBuilt) for splits of
+    2..16 at rings 4 and 6, and nowhere else."""
+    from turbopack.inference.kernels import cuda_w4, tune
+
+    d = {"kernel": "cuda", "SPLIT_K": 4, "STAGES": 4, "VARIANT": 2, "CLUSTER": True}
+    assert KernelConfig.from_json(d, "t").cluster is True and KernelConfig.from_json(d, "t").to_json() == d
+    with pytest.raises(ConfigError, match="CLUSTER is 1; expected bool"):
+        KernelConfig.from_json({**d, "CLUSTER": 1}, "t")
+    for m, hopper in ((1, True), (8, True), (9, True), (16, True), (1, False)):
+        cands = [c for c in tune.candidates("w4a16", 4096, 4096, m, 132, hopper=hopper) if c.cluster]
+        assert bool(cands) == (hopper and m <= cuda_w4.CLUSTER_M_MAX), (m, hopper)
+        assert all(c.variant == 2 and 1 < c.split_k <= cuda_w4.CLUSTER_MAX and c.ring_stages in cuda_w4.CLUSTER_STAGES
+                   for c in cands)
+
+
 def test_a_run_at_some_m_keeps_the_shipped_winners_of_the_others(monkeypatch):
     """`bench_linear.py --tune --ms 1,16` rewrites the M=1 and M=16 buckets of the layouts it
     measured; the shipped M=64..2048 winners (dq_mm, say) stay."""

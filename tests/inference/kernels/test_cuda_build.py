@@ -199,6 +199,36 @@ def test_v7_prefetch_gives_the_same_bits(m, group, sym, split, stages):
     same(h2, y16, split)
 
 
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m", [1, 8, 9])
+@pytest.mark.parametrize("group,sym,split,stages", [(128, False, 2, 4), (64, True, 4, 6), (128, True, 9, 4),
+                                                    (128, False, 16, 6), (64, False, 3, 8)])
+def test_v7_cluster_split_k_matches_the_global_path(m, group, sym, split, stages):
+    """CLUSTER: a row tile's split-K CTAs sum their partials in their thread-block cluster's shared
+    memory (csrc/common.cuh store_frags_cluster) instead of the fp32 workspace. y against the
+    contract and the global path's (whose atomics may order the sums differently: ``same``), the
+    same bits run after run and from a CUDA graph (the cluster sums in rank order), in both tile
+    layouts; splits past 8 (a non-portable cluster), uneven slices (9, 3 over 12 stages), and where
+    no cluster kernel is built (two token columns at M = 9, ring 8) the global path."""
+    n, k = 1024 + 48, 1536
+    fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 11 * m + split)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    kw = dict(group=group, stages=stages, variant=2)
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        y = cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True)
+        assert torch.equal(cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True), y)
+        same(y, cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw), split)
+        assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < 1e-2
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        h = cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(h, y)
+
+
 def same(y, want, split):
     """One K slice: the same bits. Split K: the slices' fp32 sums meet in atomics, whose order varies
     from run to run, so y may differ from ``want`` in the last place of a few elements."""

@@ -42,15 +42,15 @@ class ConfigError(TurbopackError):
 JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "WARP_N": "warp_n", "GROUP_M": "group_m",
                "SPLIT_K": "split_k",
                "STAGES": "ring_stages", "VARIANT": "variant", "ROUND": "round_weights", "PLANES": "planes",
-               "PREFETCH": "prefetch", "WREG": "weight_registers",
+               "PREFETCH": "prefetch", "CLUSTER": "cluster", "WREG": "weight_registers",
                "num_warps": "num_warps", "num_stages": "num_stages"}
-_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "WREG"})
+_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "CLUSTER", "WREG"})
 
 #: the keys each kernel reads, in the order the tuner writes them (tune.candidates)
 KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.GEMV: ("BN", "BK", "SPLIT_K", "ROUND", "num_warps", "num_stages"),
     KernelName.TC: ("BN", "BM", "BK", "SPLIT_K", "num_warps", "num_stages", "PLANES"),
-    KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT", "PREFETCH"),
+    KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT", "PREFETCH", "CLUSTER"),
     KernelName.DQ_MM: (),
     KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
     KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES", "WREG"),
@@ -76,6 +76,7 @@ class KernelConfig:
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does
     planes: bool | None = None        # PLANES: eight (four) plane dots instead of the re-interleave
     prefetch: bool | None = None      # PREFETCH: W4 decode v7 sends each CTA's weight slice to L2 first (unset = no)
+    cluster: bool | None = None       # CLUSTER: W4 decode v7 sums split-K partials in a CTA cluster (unset = no)
     weight_registers: bool | None = None  # WREG: cuda_wg loads the weights straight to registers (unset = no)
     num_warps: int | None = None
     num_stages: int | None = None     # Triton's software pipelining depth

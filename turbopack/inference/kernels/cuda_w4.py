@@ -33,12 +33,16 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights),
 #: 3 = v8 (v7's stage loop on persistent stripes of (row tile, stage) items; SPLIT_K = CTAs per SM, 0 = all that fit)
 VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6)}
-V8 = 3
+V7, V8 = 2, 3
+#: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
+#: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
+#: M <= 8, at rings 4 and 6); elsewhere v7 takes the global split-K path
+CLUSTER_MAX, CLUSTER_M_MAX, CLUSTER_STAGES = 16, 8, (4, 6)
 DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
-    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 14 + [ctypes.c_void_p],
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
@@ -47,6 +51,11 @@ _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured gr
 
 def library(device: torch.device) -> ctypes.CDLL:
     return cuda_build.library(SRC, device, _SIGNATURES)
+
+
+def clusters(device: torch.device) -> bool:
+    """Thread-block clusters (and distributed shared memory): sm_90 and later."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def _common_ok(x2: torch.Tensor, packed: dict[str, torch.Tensor]) -> bool:
@@ -103,10 +112,13 @@ def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
 
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
-              stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False) -> torch.Tensor:
+              stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False,
+              cluster: bool = False) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
     (v8: CTAs per SM, 0 = as many as fit). ``prefetch`` (v7; layout tiles of <= 64 rows): each CTA
-    sends its weight slice past the ring's first stages to L2 first (csrc/w4_v67.cuh)."""
+    sends its weight slice past the ring's first stages to L2 first (csrc/w4_v67.cuh). ``cluster``
+    (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's split-K CTAs sum their partials in
+    a thread-block cluster's shared memory, not through the global workspace (csrc/common.cuh)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
@@ -119,11 +131,12 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
         split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, x2.device)
         split = max(1, min(split, k // 128))
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), split)
+    cluster = cluster and variant == V7 and 1 < split <= CLUSTER_MAX and clusters(x2.device)
     zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
-        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(cluster), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "
                            f"variant={variant})")

@@ -48,7 +48,7 @@ def _wo(kind: weight_only.Kind) -> Family:
             stages = cuda_w4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
             variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
             return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.split_k or 0, out, group=group, stages=stages,
-                                     variant=variant, prefetch=bool(cfg.prefetch))
+                                     variant=variant, prefetch=bool(cfg.prefetch), cluster=bool(cfg.cluster))
         if kind == weight_only.NVFP4 and kernel is KernelName.CUDA and cuda_fp4.supports(x2, packed, shape):
             return _fp4(x2, packed, shape, bias, cfg, out)
         if kind not in (weight_only.W4, weight_only.NVFP4) and kernel is KernelName.CUDA \

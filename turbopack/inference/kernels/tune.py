@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from turbopack.inference.kernels import cuda_w4mm, cuda_w4wg
+from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -67,10 +67,14 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
             for stages in (4, 6):  # v5 (VARIANT unset): of cuda_w4.STAGES, the ones that won on the H200
                 out.append(KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=stages))
             # v6 at its deeper rings, v7 (v6 + scales in the ring) at all of cuda_w4.VARIANTS[2], with and
-            # without its L2 prefetch of the CTA's slice (PREFETCH)
+            # without its L2 prefetch of the CTA's slice (PREFETCH), and on Hopper split-K through a
+            # CTA cluster (CLUSTER) where its kernels are built
             out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=1) for st in (6, 8)]
             out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=2, prefetch=pf)
                     for st in (4, 6, 8) for pf in (None, True)]
+            if hopper and m <= cuda_w4.CLUSTER_M_MAX and 1 < sk <= cuda_w4.CLUSTER_MAX:
+                out += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, variant=2, cluster=True)
+                        for st in cuda_w4.CLUSTER_STAGES]
         # v8 (persistent stripes): no split; SPLIT_K = CTAs per SM, 0 = all that fit (8 at M = 1, group 128)
         out += [KernelConfig(KernelName.CUDA, split_k=per_sm, ring_stages=st, variant=3)
                 for per_sm in (0, 4) for st in (4, 6)]

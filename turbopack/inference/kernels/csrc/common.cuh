@@ -9,6 +9,10 @@
 
 #include <utility>
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#include <cooperative_groups.h>
+#endif
+
 namespace {
 
 template <typename T> struct Half16;
@@ -135,15 +139,24 @@ __device__ __forceinline__ void pdl_trigger() {
 
 int g_pdl = 0;  // per library (each .cu is one): launch with PDL; set by turbopack_set_pdl
 
+// cluster_y > 1: thread-block clusters of 1 x cluster_y x 1 CTAs (sm_90+; the split-K CTAs of one
+// row tile, store_frags_at's cluster path)
 template <typename... P, typename... A>
-cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, int cluster_y,
+                          A&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = g_pdl;
-  cfg.attrs = attr, cfg.numAttrs = 1;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = cluster_y, attr[1].val.clusterDim.z = 1;
+  cfg.attrs = attr, cfg.numAttrs = cluster_y > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
+}
+template <typename... P, typename... A>
+cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+  return launch_kernel(kern, grid, block, smem, s, 1, std::forward<A>(args)...);
 }
 
 // Where a decode kernel's y goes: y [M, N] (+ bias [N]), times an optional fp32 per-row scale
@@ -193,13 +206,61 @@ __device__ __forceinline__ bool arrive_last(const Out& o, int tile, int arrivals
   return true;
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Split-K inside a thread-block cluster (Hopper's distributed shared memory): the S = arrivals CTAs
+// of a row tile are one cluster along y (rank = K slice; the launcher made it so). Each warp leaves its fp32 partials in its
+// own `scratch` (lane-major float4s: [R][NTOK][32], 512 B a fragment at one token column), the
+// cluster barrier (release/acquire) makes them visible, and warp w of rank w % S (4 warps, so ranks
+// past 3 only contribute) sums warp w's partials of every rank in rank order through DSMEM loads and
+// stores y: no global workspace, atomics or counter, and the same sums whatever the timing. A
+// second barrier keeps every CTA's shared memory alive until its partials have been read.
+template <typename T, int R, int NTOK>
+__device__ __forceinline__ void store_frags_cluster(const Out& o, const float (&out)[R][NTOK][4], int n0, int g,
+                                                    int c, bool active, int S, int tok0, float4* scratch) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncwarp();  // the warp's last ring reads are done before its slots turn into scratch
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+      scratch[(r * NTOK + t) * 32 + lane] = make_float4(out[r][t][0], out[r][t][1], out[r][t][2], out[r][t][3]);
+  cluster.sync();
+  if (active && warp % S == static_cast<int>(cluster.block_rank())) {
+    float sum[R][NTOK][4] = {};
+    for (int q = 0; q < S; ++q) {
+      const float4* peer = cluster.map_shared_rank(scratch, q);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < NTOK; ++t) {
+          const float4 v = peer[(r * NTOK + t) * 32 + lane];
+          sum[r][t][0] += v.x, sum[r][t][1] += v.y, sum[r][t][2] += v.z, sum[r][t][3] += v.w;
+        }
+    }
+    each_out<R, NTOK>(o, sum, n0, g, c, tok0, [&](int row, int tok, float v) { store_y<T>(o, row, tok, v); });
+  }
+  cluster.sync();
+}
+#endif
+
 // The store of R 16-row fragments (each_out's elements). Split-K: every CTA adds its partial sums into
 // the fp32 workspace and arrives at its tile's counter (counters[tile]); the last stores y (+ bias) and
 // leaves workspace and counter zeroed. arrivals == 1: y directly, no workspace.
 template <typename T, int R, int NTOK>
 __device__ __forceinline__ void store_frags_at(const Out& o, const float (&out)[R][NTOK][4], int n0, int g, int c,
-                                               bool active, int tile, int arrivals, int tok0 = 0) {
+                                               bool active, int tile, int arrivals, int tok0 = 0,
+                                               float4* scratch = nullptr) {
   pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store, not after the wait)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // scratch: a kernel built for the cluster store (v7's CL), launched in clusters of the tile's
+  // `arrivals` CTAs; the check keeps a launch without them (an implicit cluster of one) correct
+  if (scratch != nullptr && arrivals > 1 && cooperative_groups::this_cluster().num_blocks() == arrivals) {
+    store_frags_cluster<T, R, NTOK>(o, out, n0, g, c, active, arrivals, tok0, scratch);
+    return;
+  }
+#endif
   const bool split = arrivals > 1;
   if (split) {
     if (active)
@@ -218,15 +279,18 @@ __device__ __forceinline__ void store_frags_at(const Out& o, const float (&out)[
 // One warp's 16-row fragment
 template <typename T, int NTOK>
 __device__ __forceinline__ void store_tile_at(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c,
-                                              bool active, int tile, int arrivals, int tok0 = 0) {
+                                              bool active, int tile, int arrivals, int tok0 = 0,
+                                              float4* scratch = nullptr) {
   store_frags_at<T, 1, NTOK>(o, reinterpret_cast<const float(&)[1][NTOK][4]>(out), n0, g, c, active, tile, arrivals,
-                             tok0);
+                             tok0, scratch);
 }
 
-// split-K over blockIdx.y: tile blockIdx.x, one arrival per K slice
+// split-K over blockIdx.y: tile blockIdx.x, one arrival per K slice (scratch: the warp's shared
+// memory for the cluster path, where the launch made clusters)
 template <typename T, int NTOK>
-__device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c, bool active) {
-  store_tile_at<T, NTOK>(o, out, n0, g, c, active, blockIdx.x, o.split_k);
+__device__ void store_tile(const Out& o, const float (&out)[NTOK][4], int n0, int g, int c, bool active,
+                           float4* scratch = nullptr) {
+  store_tile_at<T, NTOK>(o, out, n0, g, c, active, blockIdx.x, o.split_k, 0, scratch);
 }
 
 }  // namespace

@@ -216,31 +216,48 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MIN_BLOCKS(NTOK, G)) w4_decode
 
 namespace {
 
+// The kernels with a thread-block cluster store (v7's CL): one token column, rings 4 and 6 (what the
+// tuner offers it at), so the other instantiations compile as before
+template <int NTOK, int STAGES>
+constexpr bool kClusterBuilt = NTOK == 1 && STAGES <= 6;
+
+// cluster (v7): the split-K CTAs of a row tile as one thread-block cluster (common.cuh
+// store_frags_cluster), where kClusterBuilt; else, and in every fallback, the global split-K path
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int VAR>
-int launch_decode(const Args& a, cudaStream_t s) {
+int launch_decode(const Args& a, cudaStream_t s, bool cluster_req) {
   constexpr int NG = kStageK / G;
   constexpr int ring = kWarps * STAGES * static_cast<int>(sizeof(Stage) + (VAR == 2 ? sizeof(SzSlot<NG, ASYM>) : 0));
   const int per = (a.K / kStageK + a.split_k - 1) / a.split_k;
   int table = 0;
+  bool cluster = false;
   void (*kern)(const Args);
   if constexpr (VAR >= 1) {
     table = xsum_bytes(per, NG, NTOK);
-    if (table > kXsumMax) return launch_decode<T, NTOK, (STAGES > 6 ? 6 : STAGES), G, ASYM, 0>(a, s);
+    if (table > kXsumMax) return launch_decode<T, NTOK, (STAGES > 6 ? 6 : STAGES), G, ASYM, 0>(a, s, false);
     if (VAR == 2 && (reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 || reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0))
-      return launch_decode<T, NTOK, STAGES, G, ASYM, 1>(a, s);  // v7's 16-byte scale copies need aligned rows
-    kern = w4_decode_v6_kernel<T, NTOK, STAGES, G, ASYM, VAR == 2>;
+      return launch_decode<T, NTOK, STAGES, G, ASYM, 1>(a, s, false);  // v7's 16-byte scale copies need aligned rows
+    kern = w4_decode_v6_kernel<T, NTOK, STAGES, G, ASYM, VAR == 2, false>;
+    if constexpr (VAR == 2 && kClusterBuilt<NTOK, STAGES>) {
+      cluster = cluster_req && a.split_k > 1;
+      if (cluster) kern = w4_decode_v6_kernel<T, NTOK, STAGES, G, ASYM, true, true>;
+    }
   } else {
     kern = w4_decode_kernel<T, NTOK, STAGES, G, ASYM>;
   }
-  static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
-  if (!raised) {
+  static bool raised[2] = {false, false}, wide = false;  // one attribute call per kernel (not a per-launch cost)
+  if (!raised[cluster]) {
     const int most = ring + (VAR >= 1 ? kXsumMax : 0);  // a cap, not a reservation: occupancy follows the launch's
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
     if (e != cudaSuccess) return static_cast<int>(e);
-    raised = true;
+    raised[cluster] = true;
+  }
+  if (cluster && a.split_k > 8 && !wide) {  // clusters past 8 CTAs (up to 16 on H100/H200) are non-portable
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    wide = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.split_k), block(kWarps * 32);
-  return static_cast<int>(launch_kernel(kern, grid, block, ring + table, s, a));
+  return static_cast<int>(launch_kernel(kern, grid, block, ring + table, s, cluster ? a.split_k : 1, a));
 }
 
 // The SMs of the current device (cached per device: a launch must not query the driver each time)
@@ -270,7 +287,7 @@ int launch_v8(const Args& a, cudaStream_t s) {
     Args b = a;
     b.split_k = std::max(1, std::min((3 * sms + tiles - 1) / tiles, std::max(1, S / 4)));
     b.o.split_k = b.split_k;
-    return launch_decode<T, NTOK, STAGES, G, ASYM, 2>(b, s);
+    return launch_decode<T, NTOK, STAGES, G, ASYM, 2>(b, s, false);
   }
   void (*kern)(const Args) = w4_decode_v8_kernel<T, NTOK, STAGES, G, ASYM>;
   static bool raised = false;
@@ -297,20 +314,20 @@ int launch_v8(const Args& a, cudaStream_t s) {
 
 // ring depths: v5 4 and 6 (what it was tuned with), v6 and v7 also 8 (their 64-register cap holds at 8)
 template <typename T, int NTOK, int G, bool ASYM>
-int by_stages(const Args& a, int stages, int variant, cudaStream_t s) {
+int by_stages(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
   if (variant == 1) {
     switch (stages) {
-      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 1>(a, s);
-      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 1>(a, s);
-      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 1>(a, s);
+      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 1>(a, s, cluster);
+      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 1>(a, s, cluster);
+      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 1>(a, s, cluster);
       default: return -2;
     }
   }
   if (variant == 2) {
     switch (stages) {
-      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 2>(a, s);
-      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 2>(a, s);
-      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 2>(a, s);
+      case 4: return launch_decode<T, NTOK, 4, G, ASYM, 2>(a, s, cluster);
+      case 6: return launch_decode<T, NTOK, 6, G, ASYM, 2>(a, s, cluster);
+      case 8: return launch_decode<T, NTOK, 8, G, ASYM, 2>(a, s, cluster);
       default: return -2;
     }
   }
@@ -323,43 +340,48 @@ int by_stages(const Args& a, int stages, int variant, cudaStream_t s) {
   }
   if (variant != 0) return -3;
   switch (stages) {
-    case 4: return launch_decode<T, NTOK, 4, G, ASYM, 0>(a, s);
-    case 6: return launch_decode<T, NTOK, 6, G, ASYM, 0>(a, s);
+    case 4: return launch_decode<T, NTOK, 4, G, ASYM, 0>(a, s, cluster);
+    case 6: return launch_decode<T, NTOK, 6, G, ASYM, 0>(a, s, cluster);
     default: return -2;
   }
 }
 
 template <typename T, int NTOK>
-int by_group(const Args& a, int stages, int variant, cudaStream_t s) {
+int by_group(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
   const bool asym = a.zeros != nullptr;
   if (a.G == 128)
-    return asym ? by_stages<T, NTOK, 128, true>(a, stages, variant, s) : by_stages<T, NTOK, 128, false>(a, stages, variant, s);
-  return asym ? by_stages<T, NTOK, 64, true>(a, stages, variant, s) : by_stages<T, NTOK, 64, false>(a, stages, variant, s);
+    return asym ? by_stages<T, NTOK, 128, true>(a, stages, variant, cluster, s)
+                : by_stages<T, NTOK, 128, false>(a, stages, variant, cluster, s);
+  return asym ? by_stages<T, NTOK, 64, true>(a, stages, variant, cluster, s)
+              : by_stages<T, NTOK, 64, false>(a, stages, variant, cluster, s);
 }
 
 template <typename T>
-int by_tokens(const Args& a, int stages, int variant, cudaStream_t s) {
-  return a.M <= 8 ? by_group<T, 1>(a, stages, variant, s) : by_group<T, 2>(a, stages, variant, s);
+int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
+  return a.M <= 8 ? by_group<T, 1>(a, stages, variant, cluster, s) : by_group<T, 2>(a, stages, variant, cluster, s);
 }
 
 }  // namespace
 
-// dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). Returns 0 or an error code:
-// -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8), -4 no SM count,
+// dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). cluster (v7, split_k <= 16, sm_90+):
+// the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh store_frags_cluster), not
+// through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8), -4 no SM count,
 // else the CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for
 // split-K (any tile may be shared by several stripes).
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
-                                   int variant, int prefetch, int dtype, void* stream) {
+                                   int variant, int prefetch, int cluster, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
-      stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1))
+      stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1) ||
+      (cluster && (variant != 2 || split_k > 16)))
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
                G, stride_xm, split_k, prefetch != 0};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, s) : by_tokens<__half>(a, stages, variant, s);
+  return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, cluster != 0, s)
+                    : by_tokens<__half>(a, stages, variant, cluster != 0, s);
 }
 
 extern "C" int turbopack_w4_dequant(const void* qw, const void* scales, const void* zeros, void* w, int NT, int KT,

@@ -35,9 +35,10 @@ constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher
 
 // v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
 // weights (SzSlot, w4_stage.cuh, says why and how).
-// SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). Shared memory: the weight ring
-// [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR>
+// SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). CL (v7, CLUSTER): launched in clusters of its
+// split-K CTAs, which sum their partials there (common.cuh store_frags_cluster). Shared memory: the
+// weight ring [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR, bool CL = false>
 __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) : TP_MIN_BLOCKS(NTOK, G))
     w4_decode_v6_kernel(const Args a) {
   constexpr int NG = kStageK / G;
@@ -200,7 +201,8 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     }
   }
   cp_async_wait<0>();
-  store_tile<T, NTOK>(a.o, out, n0, g, c, active);
+  // CL: the warp's drained ring is the cluster store's scratch
+  store_tile<T, NTOK>(a.o, out, n0, g, c, active, CL ? reinterpret_cast<float4*>(ring) : nullptr);
 }
 
 }  // namespace
