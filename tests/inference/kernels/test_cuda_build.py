@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from turbopack.errors import TurbopackError
-from turbopack.inference.kernels import cuda_build, cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
+from turbopack.inference.kernels import cuda_build, cuda_fp4, cuda_moe, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
 
 NVCC = cuda_w4.nvcc()
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -82,6 +82,28 @@ def test_build_key_follows_each_sources_includes(tmp_path, monkeypatch):
     (csrc / "w4_mma.cuh").write_text('#include "missing.cuh"\n')
     with pytest.raises(TurbopackError, match="missing.cuh"):
         cuda_build.lib_path(csrc / "w4_mma.cu", (9, 0), "nvcc")
+
+
+@pytest.mark.parametrize("mod", [cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8, cuda_fp4, cuda_moe], ids=lambda m: m.SRC.name)
+def test_ctypes_signatures_match_the_c_declarations(mod):
+    """Each library's ctypes argtypes are its extern "C" function's parameters, one for one: a
+    pointer (``T*``) for a pointer type, a C int for ``int``. ctypes casts whatever it is given, so
+    a parameter added on one side only (a new switch, say) would shift every later argument on the
+    GPU and nothing on the CPU would notice."""
+    import ctypes
+    import re
+
+    text = mod.SRC.read_text()
+    ints = {"int": ctypes.c_int, "long long": ctypes.c_longlong}
+    for name, argtypes in mod._SIGNATURES.items():
+        decl = re.search(r'extern "C" int ' + name + r"\(([^)]*)\)", text)
+        assert decl, f"{name} not declared in {mod.SRC.name}"
+        params = [" ".join(p.split()) for p in decl.group(1).split(",")]
+        assert len(params) == len(argtypes), (name, len(params), len(argtypes))
+        for param, ct in zip(params, argtypes, strict=True):
+            pointer = "*" in param
+            assert pointer == (ct is ctypes.c_void_p or issubclass(ct, ctypes.Array)), (name, param, ct)
+            assert pointer or ints[param.rsplit(" ", 1)[0]] is ct, (name, param, ct)
 
 
 def test_gencode_targets_arch_specific_where_registered():

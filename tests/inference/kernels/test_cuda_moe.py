@@ -13,6 +13,7 @@ and leaves the shared workspace zeroed.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 
 import pytest
@@ -35,7 +36,9 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    assert len(entries) == 2 * 2 * 2 * 2 * 2 * 2  # {gate_up, down} x dtype x NTOK x G x ASYM x 2 ring depths
+    # {gate_up, down} x dtype x NTOK x G x ASYM x 2 ring depths, + gate_up with the cluster store at
+    # one token column (kClusterBuilt): dtype x G x ASYM x 2 ring depths
+    assert len(entries) == 2 * 2 * 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -160,3 +163,39 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, first)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("t,k,split,stages,group,sym,act", [
+    (1, 4, 2, 4, 128, False, torch.bfloat16), (1, 8, 4, 6, 64, True, torch.float16),
+    (3, 2, 3, 4, 128, True, torch.bfloat16), (5, 4, 8, 6, 128, False, torch.bfloat16),
+])
+def test_cuda_grouped_cluster_gate_up_matches_the_workspace_path(t, k, split, stages, group, sym, act):
+    """cluster=True: gate_up's K slices of a (tile, block) sum in their thread-block cluster's shared
+    memory (common.cuh cluster_sum) instead of the fp32 workspace. Against the emulated loop, the
+    same bits run after run and from a CUDA graph (the sum is in rank order), within the
+    workspace path's last-place differences of it, and the workspace left zeroed; splits of 2..8,
+    uneven (3 over 16 stages), both groups, sym and asym, bf16 and fp16."""
+    gen = torch.Generator().manual_seed(31 * t + split)
+    fmt, layout, experts, stacks = make_experts(16, 2048, 256, "w4_t64x64", gen, group_size=group, sym=sym,
+                                                scale_dtype=str(act).removeprefix("torch."))
+    x = torch.randn(t, 2048, generator=gen).to(act)
+    idx = ROUTINGS["random"](t, k, 16, gen)
+    weights = torch.softmax(torch.randn(t, k, generator=gen), -1)
+    want = loop_reference(x, weights, idx, emulated(fmt, layout, experts))
+    xd, wd, idd = x.cuda(), weights.cuda(), idx.cuda()
+    cfg = cuda_moe.MoECudaConfig(split, 1, stages, 8, block_m=8, cluster=True)
+    y = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)
+    assert reference.rel_err(y.cpu(), want) < TOL
+    assert all(torch.equal(y, cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)) for _ in range(3))
+    plain = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=dataclasses.replace(cfg, cluster=False))
+    assert reference.rel_err(y, plain.float()) < 1e-2
+    assert not workspace(xd.device, 1, torch.float32).any() and not workspace(xd.device, 1, torch.int32).any()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)

@@ -8,7 +8,8 @@ the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed,
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
 
-Config: the K split and ring depth of each kernel, token rows per block, PDL (``MoECudaConfig``). ``default_config`` is
+Config: the K split and ring depth of each kernel, token rows per block, PDL, gate_up's cluster
+reduction (``MoECudaConfig``). ``default_config`` is
 a registered rule, not a tuned table entry: the grouped grid depends on the routing (experts hit x
 row tiles), which the dense table's (N x K, M bucket) key cannot express; bench_moe.py sweeps the
 candidates and reports the winner beside it.
@@ -35,7 +36,8 @@ STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp e
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
+CLUSTER_MAX = 8  # gate_up's K split in one portable thread-block cluster (csrc run: cluster)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class MoECudaConfig:
     stages_down: int = 8
     pdl: bool = True  # down as a programmatic dependent launch of gate_up (sm_90+; ignored below)
     block_m: int = 0  # token rows per block, 8 or 16; 0: block_rows' rule
+    # gate_up's K slices of a tile sum in a thread-block cluster's shared memory (sm_90+, split 2..8,
+    # 8-row blocks; common.cuh cluster_sum), not in the fp32 workspace; elsewhere ignored
+    cluster: bool = False
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -140,6 +145,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
+    hopper = torch.cuda.get_device_capability(dev) >= (9, 0)
+    cluster = cfg.cluster and hopper and bm == 8 and 1 < cfg.split_gate_up <= CLUSTER_MAX
     np_, kt, kgp, tn = gate.layout_dims
     gu_dims = _DIMS(inter, np_, hidden, kt, kgp, tn)
     np_, kt, kgp, tn = down.layout_dims
@@ -149,7 +156,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        int(cfg.pdl and torch.cuda.get_device_capability(dev) >= (9, 0)), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(cfg.pdl and hopper), int(cluster), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

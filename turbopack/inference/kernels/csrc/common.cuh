@@ -139,24 +139,30 @@ __device__ __forceinline__ void pdl_trigger() {
 
 int g_pdl = 0;  // per library (each .cu is one): launch with PDL; set by turbopack_set_pdl
 
-// cluster_y > 1: thread-block clusters of 1 x cluster_y x 1 CTAs (sm_90+; the split-K CTAs of one
-// row tile, store_frags_at's cluster path)
+// How a kernel is launched: PDL (the library's switch, g_pdl, for kernels that pdl_wait before
+// reading what the previous grid wrote) and cluster_y > 1: thread-block clusters of 1 x cluster_y x
+// 1 CTAs (sm_90+; the split-K CTAs of one row tile, cluster_sum's callers)
+struct Launch {
+  bool pdl;
+  int cluster_y;
+};
 template <typename... P, typename... A>
-cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, int cluster_y,
-                          A&&... args) {
+cudaError_t launch_with(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Launch how,
+                        A&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = g_pdl;
+  attr[0].val.programmaticStreamSerializationAllowed = how.pdl;
   attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = cluster_y, attr[1].val.clusterDim.z = 1;
-  cfg.attrs = attr, cfg.numAttrs = cluster_y > 1 ? 2 : 1;
+  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = how.cluster_y, attr[1].val.clusterDim.z = 1;
+  cfg.attrs = attr, cfg.numAttrs = how.cluster_y > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
 }
+// PDL if the library's switch is on, no cluster
 template <typename... P, typename... A>
 cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
-  return launch_kernel(kern, grid, block, smem, s, 1, std::forward<A>(args)...);
+  return launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, 1}, std::forward<A>(args)...);
 }
 
 // Where a decode kernel's y goes: y [M, N] (+ bias [N]), times an optional fp32 per-row scale
@@ -207,16 +213,16 @@ __device__ __forceinline__ bool arrive_last(const Out& o, int tile, int arrivals
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// Split-K inside a thread-block cluster (Hopper's distributed shared memory): the S = arrivals CTAs
-// of a row tile are one cluster along y (rank = K slice; the launcher made it so). Each warp leaves its fp32 partials in its
-// own `scratch` (lane-major float4s: [R][NTOK][32], 512 B a fragment at one token column), the
-// cluster barrier (release/acquire) makes them visible, and warp w of rank w % S (4 warps, so ranks
-// past 3 only contribute) sums warp w's partials of every rank in rank order through DSMEM loads and
-// stores y: no global workspace, atomics or counter, and the same sums whatever the timing. A
-// second barrier keeps every CTA's shared memory alive until its partials have been read.
-template <typename T, int R, int NTOK>
-__device__ __forceinline__ void store_frags_cluster(const Out& o, const float (&out)[R][NTOK][4], int n0, int g,
-                                                    int c, bool active, int S, int tok0, float4* scratch) {
+// Split-K inside a thread-block cluster (Hopper's distributed shared memory): the S CTAs that share
+// a row tile are one cluster along y (rank = K slice; the launcher made it so), S <= 16. Each warp
+// leaves its fp32 partials in its own `scratch` (lane-major float4s: [R][NTOK][32], 512 B a
+// fragment at one token column), the cluster barrier (release/acquire) makes them visible, and
+// warp w of rank w % S (4 warps, so ranks past 3 only contribute) sums warp w's partials of every
+// rank in rank order through DSMEM loads and hands them to store(sum): no global workspace, atomics
+// or counter, and the same sums whatever the timing. A second barrier keeps every CTA's shared
+// memory alive until its partials have been read. Every thread of the cluster calls it.
+template <int R, int NTOK, typename F>
+__device__ __forceinline__ void cluster_sum(const float (&out)[R][NTOK][4], int S, float4* scratch, F&& store) {
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -227,7 +233,7 @@ __device__ __forceinline__ void store_frags_cluster(const Out& o, const float (&
     for (int t = 0; t < NTOK; ++t)
       scratch[(r * NTOK + t) * 32 + lane] = make_float4(out[r][t][0], out[r][t][1], out[r][t][2], out[r][t][3]);
   cluster.sync();
-  if (active && warp % S == static_cast<int>(cluster.block_rank())) {
+  if (warp % S == static_cast<int>(cluster.block_rank())) {
     float sum[R][NTOK][4] = {};
     for (int q = 0; q < S; ++q) {
       const float4* peer = cluster.map_shared_rank(scratch, q);
@@ -239,9 +245,15 @@ __device__ __forceinline__ void store_frags_cluster(const Out& o, const float (&
           sum[r][t][0] += v.x, sum[r][t][1] += v.y, sum[r][t][2] += v.z, sum[r][t][3] += v.w;
         }
     }
-    each_out<R, NTOK>(o, sum, n0, g, c, tok0, [&](int row, int tok, float v) { store_y<T>(o, row, tok, v); });
+    store(sum);
   }
   cluster.sync();
+}
+
+// Is this CTA one of a launched cluster of exactly S (a kernel built for the cluster store, launched
+// without the attribute, is an implicit cluster of one and takes the global path)?
+__device__ __forceinline__ bool in_cluster_of(int S) {
+  return S > 1 && cooperative_groups::this_cluster().num_blocks() == static_cast<unsigned>(S);
 }
 #endif
 
@@ -256,8 +268,10 @@ __device__ __forceinline__ void store_frags_at(const Out& o, const float (&out)[
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // scratch: a kernel built for the cluster store (v7's CL), launched in clusters of the tile's
   // `arrivals` CTAs; the check keeps a launch without them (an implicit cluster of one) correct
-  if (scratch != nullptr && arrivals > 1 && cooperative_groups::this_cluster().num_blocks() == arrivals) {
-    store_frags_cluster<T, R, NTOK>(o, out, n0, g, c, active, arrivals, tok0, scratch);
+  if (scratch != nullptr && in_cluster_of(arrivals)) {
+    cluster_sum<R, NTOK>(out, arrivals, scratch, [&](const float (&sum)[R][NTOK][4]) {
+      if (active) each_out<R, NTOK>(o, sum, n0, g, c, tok0, [&](int row, int tok, float v) { store_y<T>(o, row, tok, v); });
+    });
     return;
   }
 #endif

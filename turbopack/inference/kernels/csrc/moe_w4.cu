@@ -43,7 +43,9 @@ struct GuSlot {
   SzSlot<NG, ASYM> sz[2];
 };
 
-template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+// CL: launched in clusters of its `split` K-slice CTAs, which sum their partials there (common.cuh
+// cluster_sum) instead of through the workspace
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool CL = false>
 __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
@@ -108,6 +110,27 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   // out element i of column t: row n0 + g + 8 (i / 2), block row 8t + 2c + (i & 1)
   T* h = static_cast<T*>(a.h);
   const int N = L.N;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (CL) {
+    if (in_cluster_of(a.split)) {  // the warp's drained ring is its scratch (NTOK KiB of a >= 8 KiB ring)
+      float both[2][NTOK][4];
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) both[0][t][i] = og[t][i], both[1][t][i] = ou[t][i];
+      cluster_sum<2, NTOK>(both, a.split, reinterpret_cast<float4*>(ring), [&](const float (&sum)[2][NTOK][4]) {
+#pragma unroll
+        for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
+            if (active && row < N && slot < r.rows) h[(long long)r.pair[slot] * N + row] = silu_mul<T>(sum[0][t][i], sum[1][t][i]);
+          }
+      });
+      return;
+    }
+  }
+#endif
   const bool split = a.split > 1;
   if (split) {
 #pragma unroll
@@ -259,27 +282,30 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
 template <typename Slot>
 constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>(sizeof(Slot)); }
 
-// Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
-// grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
-// and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
-// be on.
-// raises the kernel's dynamic shared memory cap once it needs more than the default 48 KiB (a
-// static per kernel: not a per-launch driver call)
+// One launch (common.cuh launch_with); raises the kernel's dynamic shared memory cap once it needs
+// more than the default 48 KiB (a static per kernel: not a per-launch driver call)
 template <void (*Kern)(const MoeArgs)>
-int launch(dim3 grid, int smem, const MoeArgs& a, bool pdl, cudaStream_t s) {
+int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s) {
   static int raised = 48 * 1024;
   if (smem > raised) {
     cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  if (pdl) return static_cast<int>(launch_kernel(Kern, grid, dim3(kWarps * 32), smem, s, a));  // PDL if g_pdl
-  Kern<<<grid, kWarps * 32, smem, s>>>(a);  // gate_up has no pdl_wait: never a dependent launch
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(launch_with(Kern, grid, dim3(kWarps * 32), smem, s, how, a));
 }
 
+// gate_up with the cluster store (CL): one token column (bm 8, the decode's blocks) only, so the
+// other instantiations compile as before
+template <int NTOK>
+constexpr bool kClusterBuilt = NTOK == 1;
+
+// Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
+// grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
+// and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
+// be on. cluster: gate_up's split-K CTAs of a (tile, block) as one thread-block cluster.
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
-int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, cudaStream_t s) {
+int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, bool cluster, cudaStream_t s) {
   constexpr int NG = kStageK / G, BM = 8 * NTOK;
   const int n = a.T * a.topk, hit = min(a.E, n), blocks = min(n, hit + n / BM);
   const int scratch = (a.E + n) * 4;
@@ -287,39 +313,50 @@ int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, cudaStream
   auto table = [&](const Lin& L, int split) { return ((L.K / kStageK + split - 1) / split) * NG * NTOK * 4 * 8; };
   a.split = split_gu;
   const dim3 g1((a.gate.NP + 63) / 64, split_gu, blocks);
-  int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(
-      g1, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table(a.gate, split_gu)), a, false, s);
+  const int smem1 = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table(a.gate, split_gu));
+  int rc;
+  // gate_up has no pdl_wait: never a dependent launch (the router's ids are read at once)
+  if constexpr (kClusterBuilt<NTOK>) {
+    if (cluster && split_gu > 1)
+      rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, true>>(g1, smem1, a, Launch{false, split_gu}, s);
+    else
+      rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, smem1, a, Launch{false, 1}, s);
+  } else {
+    rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, smem1, a, Launch{false, 1}, s);
+  }
   if (rc != 0) return rc;
   a.split = split_d;
   const dim3 g2((a.down.NP + 63) / 64, split_d, blocks);
   const int t2 = table(a.down, split_d);
+  const Launch dep{pdl && g_pdl != 0, 1};
   if (stages_d == 8)
-    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8) + t2), a, pdl, s);
-  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4) + t2), a, pdl, s);
+    return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8) + t2), a, dep, s);
+  return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4) + t2), a, dep, s);
 }
 
 template <typename T, int NTOK, int G, bool ASYM>
-int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl, cudaStream_t s) {
-  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
-  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
+int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl, bool cluster,
+              cudaStream_t s) {
+  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, pdl, cluster, s);
+  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, pdl, cluster, s);
 }
 
 template <typename T>
 int by_shape(const MoeArgs& a, int G, int bm, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl,
-             cudaStream_t s) {
+             bool cluster, cudaStream_t s) {
   const bool asym = a.gate.z != nullptr;
   if (bm == 8) {
     if (G == 128)
-      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
-                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
-    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
-                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
+                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
+    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
+                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
   }
   if (G == 128)
-    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
-                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
-  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
-              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
+                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
+  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
+              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
 }
 
 }  // namespace
@@ -331,18 +368,19 @@ int by_shape(const MoeArgs& a, int G, int bm, int split_gu, int split_d, int sta
 // hidden) floats and max(blocks * ceil(inter/64), T * ceil(hidden/64)) ints. dims: {N, NP, K, KT,
 // KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
 // columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots: stages_gu 4 or 6 (gate|up, 2 KiB a warp each),
-// stages_d 4 or 8 (1 KiB); pdl: down launched as a programmatic dependent of gate_up (sm_90+).
-// Returns 0, -1 bad arguments, or the CUDA error.
+// stages_d 4 or 8 (1 KiB); pdl: down launched as a programmatic dependent of gate_up (sm_90+);
+// cluster (sm_90+, split_gu <= 8, bm 8): gate_up's K slices sum in a thread-block cluster, not in
+// ws/counters. Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int pdl, int dtype, void* stream) {
+                                int stages_d, int pdl, int cluster, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
-      (stages_d != 4 && stages_d != 8) ||
+      (stages_d != 4 && stages_d != 8) || (cluster && split_gu > 8) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -354,6 +392,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s)
-                    : by_shape<__half>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s);
+  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, cluster != 0, s)
+                    : by_shape<__half>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, cluster != 0, s);
 }

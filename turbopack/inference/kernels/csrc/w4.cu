@@ -257,7 +257,7 @@ int launch_decode(const Args& a, cudaStream_t s, bool cluster_req) {
     wide = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.split_k), block(kWarps * 32);
-  return static_cast<int>(launch_kernel(kern, grid, block, ring + table, s, cluster ? a.split_k : 1, a));
+  return static_cast<int>(launch_with(kern, grid, block, ring + table, s, Launch{g_pdl != 0, cluster ? a.split_k : 1}, a));
 }
 
 // The SMs of the current device (cached per device: a launch must not query the driver each time)
