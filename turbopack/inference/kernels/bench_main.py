@@ -54,7 +54,8 @@ def measure(setup: str, wt: bench.Weight, m: int, cands: list[KernelConfig], l2:
     row = {"setup": setup, "layout": wt.layout_name, "shape": [n, k], "m": m, "us": t, "cfg": cfg, "rel_err": err2,
            "bytes": wt.nbytes + 2 * m * (n + k), "flops": 2 * m * n * k, "candidates": len(cands), "valid": len(tried),
            "runner_up": [[round(r[0], 2), r[2].to_json()] for r in tried[1:4]], "peers": {},
-           "best_by_kernel": {r[2].kernel.value: [round(r[0], 2), r[2].to_json()] for r in reversed(tried)}}
+           "best_by_kernel": {r[2].kernel.value: [round(r[0], 2), r[2].to_json()] for r in reversed(tried)},
+           "tried": [[round(r[0], 2), r[2].to_json()] for r in tried]}  # every valid candidate: A/Bs after the run
     if peers:
         for name, fns in bench.peers(wt, x, l2).items():
             try:
