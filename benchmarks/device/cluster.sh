@@ -8,17 +8,19 @@
 # best with and without a cluster per shape, then the 8B W4A16 step on the shipped table and on
 # the tuned one (each in its own process). Logs under $OUT (one tarball); < 560 s.
 #   bash benchmarks/device/cluster.sh          # carry .scratch/prebuilt (build_libs.py --offline)
+#   FORMATS=w8a16,fp8 MOE=0 bash benchmarks/device/cluster.sh   # the 8-bit decode's CLUSTER instead
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
-step build; build_libs cuda_w4 cuda_moe > "$OUT/build.log" 2>&1; tail -1 "$OUT/build.log"
+FORMATS=${FORMATS:-w4a16}
+step build; build_libs cuda_w4 cuda_moe cuda_w8 > "$OUT/build.log" 2>&1; tail -1 "$OUT/build.log"
 step tests; timeout ${TESTS_S:-110} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
   tests/inference/kernels/test_cuda_build.py tests/inference/kernels/test_cuda_moe.py \
-  -k "cluster or decode_kernel_matches or v6_v7 or grouped" > "$OUT/tests.txt" 2>&1
+  tests/inference/kernels/test_cuda_w8.py \
+  -k "cluster or decode_kernel_matches or v6_v7 or grouped or decode_matches" > "$OUT/tests.txt" 2>&1
 echo "pytest rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/tests.txt" | tail -8
-step "bench_moe --tokens 1,64"
-timeout ${MOE_S:-120} python3 benchmarks/bench_moe.py --tokens 1,64 --log "$OUT/moe_sweep.txt" \
+[ "${MOE:-1}" = 1 ] && step "bench_moe --tokens 1,64" && timeout ${MOE_S:-120} python3 benchmarks/bench_moe.py --tokens 1,64 --log "$OUT/moe_sweep.txt" \
   2> "$OUT/moe.log" | tee "$OUT/moe.txt" | head -12
-python3 - "$OUT/moe_sweep.txt" <<'EOF'
+[ -s "$OUT/moe_sweep.txt" ] && python3 - "$OUT/moe_sweep.txt" <<'EOF'
 import re, sys
 best = {}
 t = None
@@ -35,9 +37,9 @@ for t in sorted({k[0] for k in best}):
     print(f"MoE T={t}: best without {off[0] if off else '-'} us, with cluster {on[0] if on else '-'} us"
           + (f" ({off[0] / on[0]:.3f}x)" if off and on else "") + (f"  {on[1]}" if on else ""))
 EOF
-step "tune w4a16 M=1,8"
+step "tune $FORMATS M=1,8"
 mkdir -p "$OUT/tune"
-timeout ${BENCH_S:-170} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats w4a16 --ms 1,8 \
+timeout ${BENCH_S:-170} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats $FORMATS --ms 1,8 \
   --out "$OUT/tune" 2> "$OUT/tune.log" | tee "$OUT/tune.txt" | grep -E "M=|PASS|MISS"; tail -1 "$OUT/tune.log"
 python3 - "$OUT/tune/bench.json" <<'EOF'
 import json, sys
@@ -46,16 +48,16 @@ for r in json.load(open(sys.argv[1]))["rows"]:
     on = min((t for t, c in tried if c.get("CLUSTER")), default=None)
     off = min((t for t, c in tried if not c.get("CLUSTER")), default=None)
     ratio = f"{off / on:.3f}x" if on and off else "-"
-    print(f"{r['shape'][0]}x{r['shape'][1]} M={r['m']}: best without {off} us, with CLUSTER {on} us ({ratio}); "
+    print(f"{r['setup']} {r['shape'][0]}x{r['shape'][1]} M={r['m']}: best without {off} us, with CLUSTER {on} us ({ratio}); "
           f"winner {r.get('cfg')}")
 EOF
 step "e2e: shipped table, then the tuned one"
-timeout ${E2E_S:-60} python3 benchmarks/bench_e2e.py --e2e --quick --formats w4a16 --out "$OUT/e2e_shipped" \
-  2> "$OUT/e2e_shipped.log" | grep -E "^\| w4a16" | tee "$OUT/e2e_shipped.txt"
+timeout ${E2E_S:-60} python3 benchmarks/bench_e2e.py --e2e --quick --formats $FORMATS --out "$OUT/e2e_shipped" \
+  2> "$OUT/e2e_shipped.log" | grep -E "^\| (w4a16|w8a16|fp8)" | tee "$OUT/e2e_shipped.txt"
 if [ -s "$OUT/tune/sm90.json" ]; then
   cp "$OUT/tune/sm90.json" turbopack/inference/kernels/configs/sm90.json
-  timeout ${E2E_S:-60} python3 benchmarks/bench_e2e.py --e2e --quick --formats w4a16 --out "$OUT/e2e_tuned" \
-    2> "$OUT/e2e_tuned.log" | grep -E "^\| w4a16" | tee "$OUT/e2e_tuned.txt"
+  timeout ${E2E_S:-60} python3 benchmarks/bench_e2e.py --e2e --quick --formats $FORMATS --out "$OUT/e2e_tuned" \
+    2> "$OUT/e2e_tuned.log" | grep -E "^\| (w4a16|w8a16|fp8)" | tee "$OUT/e2e_tuned.txt"
 fi
 tar czf /tmp/all.tgz -C "$OUT" . && find "$OUT" -mindepth 1 -delete && mv /tmp/all.tgz "$OUT/"
 step done

@@ -135,10 +135,10 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
 
 
 def test_cluster_is_a_v7_key_the_tuner_offers_on_hopper_where_built():
-    """CLUSTER (v7's split-K in a thread-block cluster): a bool CUDA key, written back as read; the
-    tuner offers it on Hopper at M <= 8 (one token column: csrc/w4.cu kClusterBuilt) for splits of
-    2..16 at rings 4 and 6, and nowhere else."""
-    from turbopack.inference.kernels import cuda_w4, tune
+    """CLUSTER (split-K in a thread-block cluster): a bool CUDA key, written back as read; the
+    tuner offers it on Hopper at M <= 8 (one token column: kClusterBuilt in csrc/w4.cu and w8.cu)
+    for splits of 2..16, W4 at v7's rings 4 and 6, and nowhere else."""
+    from turbopack.inference.kernels import cuda_w4, cuda_w8, tune
 
     d = {"kernel": "cuda", "SPLIT_K": 4, "STAGES": 4, "VARIANT": 2, "CLUSTER": True}
     assert KernelConfig.from_json(d, "t").cluster is True and KernelConfig.from_json(d, "t").to_json() == d
@@ -149,6 +149,10 @@ def test_cluster_is_a_v7_key_the_tuner_offers_on_hopper_where_built():
         assert bool(cands) == (hopper and m <= cuda_w4.CLUSTER_M_MAX), (m, hopper)
         assert all(c.variant == 2 and 1 < c.split_k <= cuda_w4.CLUSTER_MAX and c.ring_stages in cuda_w4.CLUSTER_STAGES
                    for c in cands)
+        for setup in ("w8a16", "fp8"):  # the 8-bit decode kernel (csrc/w8.cu): one token column, every ring
+            cands = [c for c in tune.candidates(setup, 4096, 4096, m, 132, hopper=hopper) if c.cluster]
+            assert bool(cands) == (hopper and m <= cuda_w8.CLUSTER_M_MAX), (setup, m, hopper)
+            assert all(c.kernel is KernelName.CUDA and 1 < c.split_k <= cuda_w8.CLUSTER_MAX for c in cands)
 
 
 def test_a_run_at_some_m_keeps_the_shipped_winners_of_the_others(monkeypatch):

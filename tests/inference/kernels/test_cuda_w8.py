@@ -44,6 +44,36 @@ def test_decode_matches_the_weights_only_reference(fmt_name, per_tensor, tile_n,
     assert err < TOL[dtype], f"rel err {err:.2e}"
 
 
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fmt_name,per_tensor,tile_n,tile_k", CASES[:3])
+@pytest.mark.parametrize("m", [1, 8, 9])
+@pytest.mark.parametrize("split,stages", [(2, 4), (3, 8), (9, 6), (16, 4)])
+def test_cluster_split_k_matches_the_global_path(fmt_name, per_tensor, tile_n, tile_k, m, split, stages):
+    """cluster=True: a row tile's split-K CTAs sum their partials in their thread-block cluster's
+    shared memory (csrc/common.cuh cluster_sum), the row scale and bias in the owner's store. y
+    against the reference and the global path's (which may differ in the last place: its atomics
+    order the sums by timing), the same bits run after run and from a CUDA graph; uneven slices (3
+    and 9 over 24 stages), a non-portable cluster of 16, and at M = 9 (two token columns, not built
+    with the cluster store) the global path."""
+    n, k = 2048 + 16, 1536
+    q = _quantized(fmt_name, per_tensor, n, k, 7 * m + split)
+    packed = reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    b = torch.randn(n, device="cuda").bfloat16()
+    y = cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True)
+    assert torch.equal(cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True), y)
+    plain = cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages)
+    assert (y.float() - plain.float()).abs().max() <= 2 * torch.finfo(torch.bfloat16).eps * plain.float().abs().max()
+    assert reference.rel_err(y, reference.ref_linear(x, fmt_name, q, b, weights_only=True)) < TOL[torch.bfloat16]
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        h = cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(h, y)
+
+
 def _every_code(fmt_name: str, n: int, k: int) -> torch.Tensor:
     """[n, k] codes holding every finite byte value of the format (e4m3: no NaN 0x7F/0xFF)."""
     vals = torch.arange(256, dtype=torch.int32)

@@ -76,7 +76,7 @@ class KernelConfig:
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does
     planes: bool | None = None        # PLANES: eight (four) plane dots instead of the re-interleave
     prefetch: bool | None = None      # PREFETCH: W4 decode v7 sends each CTA's weight slice to L2 first (unset = no)
-    cluster: bool | None = None       # CLUSTER: W4 decode v7 sums split-K partials in a CTA cluster (unset = no)
+    cluster: bool | None = None       # CLUSTER: W4 v7 / W8 decode sum split-K partials in a CTA cluster (unset = no)
     weight_registers: bool | None = None  # WREG: cuda_wg loads the weights straight to registers (unset = no)
     num_warps: int | None = None
     num_stages: int | None = None     # Triton's software pipelining depth

@@ -30,8 +30,11 @@ _CODE = {torch.int8: 0, torch.uint8: 0, torch.float8_e4m3fn: 1}
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
     "turbopack_w8_decode": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_longlong] * 3
-    + [ctypes.c_int] * 6 + [ctypes.c_void_p],
+    + [ctypes.c_int] * 7 + [ctypes.c_void_p],
 }
+#: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
+#: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
+CLUSTER_MAX, CLUSTER_M_MAX = 16, 8
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -65,8 +68,11 @@ def default_split(n_pad: int, k: int, device: torch.device) -> int:
 
 
 def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
-              split_k: int = 0, out: torch.Tensor | None = None, *, stages: int = DEFAULT_STAGES) -> torch.Tensor:
-    """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto."""
+              split_k: int = 0, out: torch.Tensor | None = None, *, stages: int = DEFAULT_STAGES,
+              cluster: bool = False) -> torch.Tensor:
+    """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto. ``cluster``
+    (sm_90+, split <= 16, M <= 8; elsewhere ignored): a row tile's split-K CTAs sum their partials
+    in a thread-block cluster's shared memory, not through the global workspace (csrc/common.cuh)."""
     qw, s = packed["qweight"], packed["scales"]
     tn, s_tile, s_row, s_stage = strides(qw)
     n, k = shape
@@ -77,10 +83,12 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     split = max(1, min(split, k // STAGE_K))
     ws, cnt = splitk_buffers(x2.device, m, n, -(-n_pad // 64), split)
     b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias
+    cluster = (cluster and 1 < split <= CLUSTER_MAX and m <= CLUSTER_M_MAX
+               and torch.cuda.get_device_capability(x2.device) >= (9, 0))
     rc = library(x2.device).turbopack_w8_decode(
         _p(x2), _p(qw), _p(s), _p(b), _p(y), _p(ws), _p(cnt), m, n, n_pad, k, tn, s_tile, s_row, s_stage,
-        1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], _DTYPE_CODE[x2.dtype],
-        cuda_build.stream(x2.device))
+        1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], int(cluster),
+        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w8_decode failed (code {rc}; M={m} N={n} K={k} stages={stages})")
     return y

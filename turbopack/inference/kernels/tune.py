@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg
+from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -40,7 +40,7 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
 
 def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None = None) -> list[KernelConfig]:
     """Every config the tuner times for one (setup, N x K, M); ``hopper`` (None: the current CUDA
-    device is sm90) adds the warpgroup-MMA kernel."""
+    device is sm90) adds the warpgroup-MMA kernel and the decode kernels' split-K in a CTA cluster."""
     if hopper is None:
         hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() == cuda_w4wg.CAPABILITY
     layout, params = SETUPS[setup]
@@ -49,6 +49,8 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
         base = _splits(math.ceil(n / 64), k // 64, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
             w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (4, 6, 8)]  # cuda_w8.STAGES
+            if hopper and m <= cuda_w8.CLUSTER_M_MAX and 1 < sk <= cuda_w8.CLUSTER_MAX:  # split-K in a CTA cluster
+                w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, cluster=True) for st in (4, 6, 8)]
     if layout == "fp8_rowmajor":
         return w8 + [KernelConfig(KernelName.SCALED_MM)]
     if layout == "i8_rowmajor":

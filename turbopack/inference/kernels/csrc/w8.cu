@@ -111,7 +111,9 @@ __device__ __forceinline__ void issue_stage(Stage& st, const uint8_t*& src, long
 #define TP_W8_MIN_BLOCKS(NTOK) ((NTOK) == 1 ? 8 : 1)
 #endif
 
-template <typename T, int CODE, int NTOK, int STAGES>
+// CL: launched in clusters of its split-K CTAs, which sum their partials there (common.cuh
+// cluster_sum through store_tile's scratch: the warp's drained ring)
+template <typename T, int CODE, int NTOK, int STAGES, bool CL = false>
 __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode_kernel(const Args a) {
   using H = Half16<T>;
   using C = Codes<T, CODE>;
@@ -190,58 +192,74 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = (acc[0][t][i] + acc[1][t][i]) * C::kPost;
-  store_tile<T, NTOK>(a.o, out, n0, g, c, active);
+  store_tile<T, NTOK>(a.o, out, n0, g, c, active, CL ? reinterpret_cast<float4*>(ring) : nullptr);
 }
 
+// The kernels with the cluster store: one token column (M <= 8), every ring depth
+template <int NTOK>
+constexpr bool kClusterBuilt = NTOK == 1;
+
+// cluster (sm_90+, split_k <= 16): the split-K CTAs of a row tile as one thread-block cluster, where
+// kClusterBuilt; else the global split-K path
 template <typename T, int CODE, int NTOK, int STAGES>
-int launch(const Args& a, cudaStream_t s) {
-  auto kern = w8_decode_kernel<T, CODE, NTOK, STAGES>;
+int launch(const Args& a, bool cluster_req, cudaStream_t s) {
+  const bool cluster = kClusterBuilt<NTOK> && cluster_req && a.o.split_k > 1;
+  auto kern = cluster ? w8_decode_kernel<T, CODE, NTOK, STAGES, kClusterBuilt<NTOK>>
+                      : w8_decode_kernel<T, CODE, NTOK, STAGES>;
   const int smem = kWarps * STAGES * static_cast<int>(sizeof(Stage));
-  static bool raised = false;  // one attribute call per instantiation (not a per-launch cost)
-  if (!raised) {
+  static bool raised[2] = {false, false}, wide = false;  // one attribute call per kernel (not a per-launch cost)
+  if (!raised[cluster]) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
-    raised = true;
+    raised[cluster] = true;
+  }
+  if (cluster && a.o.split_k > 8 && !wide) {  // clusters past 8 CTAs (up to 16 on H100/H200) are non-portable
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    wide = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.o.split_k), block(kWarps * 32);
-  return static_cast<int>(launch_kernel(kern, grid, block, smem, s, a));
+  return static_cast<int>(launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, cluster ? a.o.split_k : 1}, a));
 }
 
 template <typename T, int CODE, int NTOK>
-int by_stages(const Args& a, int stages, cudaStream_t s) {
+int by_stages(const Args& a, int stages, bool cluster, cudaStream_t s) {
   switch (stages) {
-    case 4: return launch<T, CODE, NTOK, 4>(a, s);
-    case 6: return launch<T, CODE, NTOK, 6>(a, s);
-    case 8: return launch<T, CODE, NTOK, 8>(a, s);
+    case 4: return launch<T, CODE, NTOK, 4>(a, cluster, s);
+    case 6: return launch<T, CODE, NTOK, 6>(a, cluster, s);
+    case 8: return launch<T, CODE, NTOK, 8>(a, cluster, s);
     default: return -2;
   }
 }
 
 template <typename T, int CODE>
-int by_tokens(const Args& a, int stages, cudaStream_t s) {
-  return a.o.M <= 8 ? by_stages<T, CODE, 1>(a, stages, s) : by_stages<T, CODE, 2>(a, stages, s);
+int by_tokens(const Args& a, int stages, bool cluster, cudaStream_t s) {
+  return a.o.M <= 8 ? by_stages<T, CODE, 1>(a, stages, cluster, s) : by_stages<T, CODE, 2>(a, stages, cluster, s);
 }
 
 template <typename T>
-int by_code(const Args& a, int code, int stages, cudaStream_t s) {
-  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, s) : by_tokens<T, kE4M3>(a, stages, s);
+int by_code(const Args& a, int code, int stages, bool cluster, cudaStream_t s) {
+  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, cluster, s) : by_tokens<T, kE4M3>(a, stages, cluster, s);
 }
 
 }  // namespace
 
 // code: 0 = int8, 1 = e4m3; dtype: 0 = bf16, 1 = fp16 (x, bias and y alike); scales fp32,
-// scale_stride 1 (per channel) or 0 (per tensor). Returns 0, -1 bad arguments, -2 unsupported
-// STAGES, else the CUDA error.
+// scale_stride 1 (per channel) or 0 (per tensor); cluster (sm_90+, split_k <= 16): the split-K CTAs
+// of a row tile reduce in a thread-block cluster, not through ws/counters. Returns 0, -1 bad
+// arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
                                    long long s_row, long long s_stage, int scale_stride, int stride_xm, int split_k,
-                                   int stages, int code, int dtype, void* stream) {
+                                   int stages, int code, int cluster, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 || split_k < 1 ||
-      (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0)
+      (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0 ||
+      (cluster && split_k > 16))
     return -1;
   const Out o{y, bias, static_cast<const float*>(scales), static_cast<float*>(ws), static_cast<int*>(counters),
               M, N, split_k, scale_stride};
   const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, s) : by_code<__half>(a, code, stages, s);
+  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, s)
+                    : by_code<__half>(a, code, stages, cluster != 0, s);
 }
