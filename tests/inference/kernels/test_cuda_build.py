@@ -419,3 +419,24 @@ def test_v7_prefetch_ranges_are_the_bytes_the_ring_reads_later(tn, np_rows, kt, 
                     at = ((rows0 // tn) * kt + 2 * start) * tn * 2 * 16
                     fetched.update(range(at, at + 2 * (s_cta - start) * tn * 32))
             assert fetched == read, (bx, by)
+
+
+def test_knockout_masks_are_the_headers_and_off_in_real_builds():
+    """benchmarks/device/knockout.py names csrc/common.cuh's knockout bits (diagnostic builds that
+    leave a part of a kernel out); the runtime's nvcc command defines none of them, so every real
+    library is built with TP_KNOCKOUT 0."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "device" / "knockout.py"
+    spec = importlib.util.spec_from_file_location("knockout", path)
+    ko = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ko)
+    header = (cuda_build.CSRC / "common.cuh").read_text()
+    bits = {name: int(v) for name, v in re.findall(r"kKo(\w+) = (\d+),", header)}
+    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD, "Route": ko.ROUTE}
+    assert re.search(r"#ifndef TP_KNOCKOUT\n#define TP_KNOCKOUT 0\n#endif", header)
+    cmd = cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"))
+    assert not any(a.startswith("-D") for a in cmd)
+    assert "-DTP_KNOCKOUT=6" in cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"), ("TP_KNOCKOUT=6",))

@@ -73,6 +73,14 @@ def lib_path(src: Path, capability: tuple[int, int], compiler: str, out_dir: Pat
     return (out_dir or cache_dir()) / f"{src.stem}_{tag}.so"
 
 
+def nvcc_command(compiler: str, src: Path, capability: tuple[int, int], out: Path,
+                 defines: tuple[str, ...] = ()) -> list[str]:
+    """nvcc's command line for ``src``'s shared library for one arch (``defines``: -D NAME=VALUE,
+    for diagnostic builds such as benchmarks/device/knockout.py's; the runtime's have none)."""
+    return [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *(f"-D{d}" for d in defines),
+            gencode(capability), str(src), "-o", str(out)]
+
+
 def build(src: Path, capability: tuple[int, int], out_dir: Path | None = None) -> Path:
     """Compile ``src`` into a shared library for one arch (cached); its path."""
     compiler = nvcc()
@@ -82,9 +90,7 @@ def build(src: Path, capability: tuple[int, int], out_dir: Path | None = None) -
     lib.parent.mkdir(parents=True, exist_ok=True)
     if not lib.exists():
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", gencode(capability), str(src),
-               "-o", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(nvcc_command(compiler, src, capability, tmp), capture_output=True, text=True)
         if res.returncode != 0:
             raise TurbopackError(f"CUDA kernels ({src.name}): nvcc failed ({res.stderr.strip().splitlines()[-1:]}); "
                                  f"use the Triton kernels")
@@ -92,21 +98,26 @@ def build(src: Path, capability: tuple[int, int], out_dir: Path | None = None) -
     return lib
 
 
+def open_library(path: Path, device: torch.device, signatures: dict[str, list]) -> ctypes.CDLL:
+    """A built library loaded, each function in ``signatures`` ({name: argtypes}) declared to
+    return a C int, its PDL switch set for ``device`` (uncached: ``library`` is the runtime's way in)."""
+    lib = ctypes.CDLL(str(path))
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = argtypes
+    lib.turbopack_set_pdl.argtypes, lib.turbopack_set_pdl.restype = [ctypes.c_int], None
+    lib.turbopack_set_pdl(int(pdl.enabled(device)))
+    return lib
+
+
 def library(src: Path, device: torch.device, signatures: dict[str, list]) -> ctypes.CDLL:
-    """The loaded library of ``src`` for ``device``'s arch, each function in ``signatures``
-    ({name: argtypes}) declared to return a C int."""
+    """The loaded library of ``src`` for ``device``'s arch (built at first use, cached)."""
     cap = torch.cuda.get_device_capability(device)
     key = (src.name, f"{cap[0]}{cap[1]}")
     with _LOCK:
         if key not in _LIBS:
-            lib = ctypes.CDLL(str(build(src, cap)))
-            for name, argtypes in signatures.items():
-                fn = getattr(lib, name)
-                fn.restype = ctypes.c_int
-                fn.argtypes = argtypes
-            lib.turbopack_set_pdl.argtypes, lib.turbopack_set_pdl.restype = [ctypes.c_int], None
-            lib.turbopack_set_pdl(int(pdl.enabled(device)))
-            _LIBS[key] = (lib, device)
+            _LIBS[key] = (open_library(build(src, cap), device, signatures), device)
     return _LIBS[key][0]
 
 

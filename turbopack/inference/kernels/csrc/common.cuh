@@ -15,6 +15,21 @@
 
 namespace {
 
+// Knockouts, for diagnosis only: benchmarks/device/knockout.py builds a library with
+// -DTP_KNOCKOUT=<mask> and times it beside the real one, to see what each part of a kernel costs
+// (H200.md's method: time variants that leave one part out). Their results are wrong by design. 0
+// in every real build, where each `if constexpr` on it is discarded: the same SASS.
+#ifndef TP_KNOCKOUT
+#define TP_KNOCKOUT 0
+#endif
+enum : int {
+  kKoStore = 1,  // the split-K reduction: each CTA stores its partial sums as y
+  kKoMath = 2,   // the weight MMAs and the group scaling (the ring still streams)
+  kKoLoad = 4,   // the weight copies (the ring's scales still come; the math reads stale slots)
+  kKoRoute = 8,  // the grouped MoE's in-kernel routing: block slot b is expert b, pair b
+};
+constexpr int kKnockout = TP_KNOCKOUT;
+
 template <typename T> struct Half16;
 template <> struct Half16<__nv_bfloat16> {
   // w4: OR-ing 0x4300 (128.0) onto a nibble makes 128 + q exactly (q <= 15 fits the 7-bit mantissa)
@@ -265,6 +280,10 @@ __device__ __forceinline__ void store_frags_at(const Out& o, const float (&out)[
                                                bool active, int tile, int arrivals, int tok0 = 0,
                                                float4* scratch = nullptr) {
   pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store, not after the wait)
+  if constexpr ((kKnockout & kKoStore) != 0) {
+    if (active) each_out<R, NTOK>(o, out, n0, g, c, tok0, [&](int row, int tok, float v) { store_y<T>(o, row, tok, v); });
+    return;
+  }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // scratch: a kernel built for the cluster store (v7's CL), launched in clusters of the tile's
   // `arrivals` CTAs; the check keeps a launch without them (an implicit cluster of one) correct

@@ -26,8 +26,10 @@ struct Feed {
   }
   __device__ __forceinline__ void issue(Stage& st, uint4* szdst, bool sz_lane, long long tile_step, int lane,
                                         uint64_t policy) {
-    cp_async16_hint(&st.w[0][lane], w, policy);
-    cp_async16_hint(&st.w[1][lane], w + tile_step, policy);
+    if constexpr ((kKnockout & kKoLoad) == 0) {
+      cp_async16_hint(&st.w[0][lane], w, policy);
+      cp_async16_hint(&st.w[1][lane], w + tile_step, policy);
+    }
     w += 2 * tile_step;
     if (sz_lane) cp_async16(szdst, sz);
     sz += sz_step;

@@ -98,6 +98,10 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
     if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
+    if constexpr ((kKnockout & kKoMath) != 0) {
+      rd = rd + 1 == STAGES ? 0 : rd + 1;
+      continue;
+    }
     float acc[2][NTOK][4];
     const float2* xrow = xsum + j * NG * NTOK * 4;
     weight_mma<T, NTOK>(acc, ring[rd].w[0], xv, g, c);
@@ -131,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
     }
   }
 #endif
-  const bool split = a.split > 1;
+  const bool split = a.split > 1 && (kKnockout & kKoStore) == 0;
   if (split) {
 #pragma unroll
     for (int t = 0; t < NTOK; ++t)
@@ -232,6 +236,10 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
     if (s_lo + j + STAGES - 1 < s_hi) f.issue(ring[wr].w, &ring[wr].sz.v[lane], sz_lane, tile_step, lane, policy);
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
+    if constexpr ((kKnockout & kKoMath) != 0) {
+      rd = rd + 1 == STAGES ? 0 : rd + 1;
+      continue;
+    }
     float acc[2][NTOK][4];
     weight_mma<T, NTOK>(acc, ring[rd].w, xv, g, c);
     group_fma<T, NTOK, NG, ASYM>(out, acc, xsum + j * NG * NTOK * 4, ring[rd].sz, g, c);
@@ -239,6 +247,17 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   }
   cp_async_wait<0>();
   const int N = L.N;
+  if constexpr ((kKnockout & kKoStore) != 0) {  // each CTA's partial as its token's y: no sum over k
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
+        if (active && row < N && slot < r.rows)
+          static_cast<T*>(a.y)[(long long)(r.pair[slot] / a.topk) * N + row] = Half16<T>::from_f(out[t][i]);
+      }
+    return;
+  }
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll

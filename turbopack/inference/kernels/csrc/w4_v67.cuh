@@ -85,8 +85,10 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
   const uint32_t szdst = static_cast<uint32_t>(__cvta_generic_to_shared(&szring[0].v[lane]));
   auto issue = [&](int slot) {  // one stage into ring slot `slot`; the caller commits
     const uint32_t w = wdst + slot * static_cast<uint32_t>(sizeof(Stage));
-    cp_async16_hint_s(w, wsrc, policy);
-    cp_async16_hint_s(w + 512, wsrc + tile_step, policy);
+    if constexpr ((kKnockout & kKoLoad) == 0) {
+      cp_async16_hint_s(w, wsrc, policy);
+      cp_async16_hint_s(w + 512, wsrc + tile_step, policy);
+    }
     wsrc += 2 * tile_step;
     if (sz_lane) cp_async16_s(szdst + slot * static_cast<uint32_t>(sizeof(Sz)), szsrc);
     szsrc += szstep;
@@ -134,6 +136,7 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
     __syncwarp();  // as v5: lane l's chunks are read by other lanes; slot wr is free
     if (s_lo + j + STAGES - 1 < s_hi) issue(wr);
     cp_async_commit();
+    if constexpr ((kKnockout & kKoMath) != 0) return;
     float acc[2][NTOK][4];
     weight_mma<T, NTOK, SZR && NG == 1>(acc, ring[rd], xv, g, c);  // v7: one accumulator per group
     if (!SZR && NG == 1) {

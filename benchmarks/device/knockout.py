@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""What each part of the batch-1 W4 decode and the grouped MoE costs on the device (issue 11's
+small layers at 18-37% of copy bandwidth, issue 14's MoE layer at T = 1 at 26%). H200.md's method
+where counters cannot say it: build the kernels again with parts left out (-DTP_KNOCKOUT=<mask>,
+csrc/common.cuh: the split-K store, the math, the weight copies, the MoE's in-kernel routing), time
+each build beside the real one on the same inputs, and read the differences.
+
+The knocked-out builds compute wrong results by design. The real build (mask 0, the same source)
+is checked against the reference of its contract before anything is timed.
+
+    python3 benchmarks/device/knockout.py --offline .scratch/knockout   # CPU machine: build (sm_90a)
+    python3 benchmarks/device/knockout.py --libs .scratch/knockout      # device: time (carry the folder)
+    python3 benchmarks/device/knockout.py                               # device: build there, then time
+
+Dense: the 8B shapes at M = 1 on the shipped table's configs (bench_linear's method: CUDA graphs,
+weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config and on the
+cluster config (bench_moe's method). Prints one table per kernel family: µs per variant, and the
+difference from the real build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4  # noqa: E402
+
+#: csrc/common.cuh's knockout bits
+STORE, MATH, LOAD, ROUTE = 1, 2, 4, 8
+VARIANTS = {  # name: mask
+    "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
+    "no math, no loads": MATH | LOAD, "no routing": ROUTE, "no routing, no store": ROUTE | STORE,
+}
+#: which variants each library is built in (routing exists only in the MoE kernels)
+LIBS = {cuda_w4: [m for m in VARIANTS.values() if not m & ROUTE], cuda_moe: list(VARIANTS.values())}
+CAP = (9, 0)
+
+
+def lib_file(folder: Path, mod, mask: int) -> Path:
+    return folder / f"{mod.SRC.stem}_ko{mask}.so"
+
+
+def build_all(folder: Path, jobs: int) -> None:
+    """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~25 s each)."""
+    import subprocess
+
+    compiler = cuda_build.nvcc()
+    if compiler is None:
+        raise SystemExit("error: nvcc not found")
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [(mod, mask) for mod, masks in LIBS.items() for mask in masks if not lib_file(folder, mod, mask).exists()]
+
+    def one(item):
+        mod, mask = item
+        cmd = cuda_build.nvcc_command(compiler, mod.SRC, CAP, lib_file(folder, mod, mask), (f"TP_KNOCKOUT={mask}",))
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        print(f"built {lib_file(folder, mod, mask).name}: rc {res.returncode}", file=sys.stderr, flush=True)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-2000:])
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, todo))
+
+
+def use(mod, folder: Path, mask: int, dev: torch.device) -> None:
+    """Point ``mod``'s wrappers at the (mask) build: their calls look ``library`` up at call time."""
+    lib = cuda_build.open_library(lib_file(folder, mod, mask), dev, mod._SIGNATURES)
+    mod.library = lambda device, lib=lib: lib
+
+
+def dense(folder: Path, dev: torch.device) -> list[dict]:
+    from turbopack.inference.kernels import bench
+    from turbopack.inference.kernels.dispatch import resolve_config
+
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    for name, (n, k) in bench.SHAPES.items():
+        wt = bench.make_weight("w4a16", (n, k), l2, gen)
+        cfg = resolve_config(wt.layout_name, wt.fmt, n, k, 1, dev)
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+        row = {"layer": name, "shape": [n, k], "cfg": cfg.describe(), "bytes": wt.nbytes}
+        for label, mask in VARIANTS.items():
+            if mask not in LIBS[cuda_w4]:
+                continue
+            use(cuda_w4, folder, mask, dev)
+            if mask == 0:
+                row["rel_err"] = bench.check(wt, cfg, x)
+                if not row["rel_err"] < bench.TOL:
+                    raise SystemExit(f"FAILED: {name}: the real build is {row['rel_err']:.2e} from the reference")
+            row[label] = bench.time_ours(wt, cfg, x)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        del wt
+        torch.cuda.empty_cache()
+    return rows
+
+
+def moe(folder: Path, dev: torch.device) -> list[dict]:
+    import bench_moe
+
+    from turbopack.inference.kernels import bench
+
+    shape, t = bench_moe.QWEN3_30B, 1
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    fmt, qs, stacks = bench_moe.build(shape, "cuda", gen)
+    x2 = torch.randn(t, shape["hidden"], device="cuda", generator=gen).bfloat16()
+    weights, idx = bench_moe.routing(t, shape, "cuda", gen)
+    plan = bench_moe.loop_plan(idx)
+    nbytes = len(plan) * bench_moe.expert_bytes(stacks)
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    copies = [stacks] + [bench_moe.clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
+    want = bench_moe.contract(x2, weights, plan, qs)
+    default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
+    rows = []
+    for cfg in (default, dataclasses.replace(default, cluster=True)):
+        row = {"layer": f"MoE T={t}" + (" cluster" if cfg.cluster else ""), "cfg": str(cfg), "bytes": nbytes}
+        for label, mask in VARIANTS.items():
+            use(cuda_moe, folder, mask, dev)
+            if mask == 0:
+                row["rel_err"] = bench_moe.check("real build", cuda_moe.grouped_moe_cuda(x2, weights, idx, *stacks,
+                                                                                        cfg=cfg), want)
+            row[label] = bench.time_us([lambda s=s, c=cfg: cuda_moe.grouped_moe_cuda(x2, weights, idx, *s, cfg=c)
+                                        for s in copies], min_calls=max(24, len(copies)))
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict], bw: float) -> str:
+    labels = [v for v in VARIANTS if any(v in r for r in rows)]
+    out = ["| layer | bytes MB | floor µs | " + " | ".join(labels) + " |", "|---|---:|---:|" + "---:|" * len(labels)]
+    for r in rows:
+        real = r["real"]
+        cells = [f"{r['real']:.1f}"] + [f"{r[v]:.1f} ({r[v] - real:+.1f})" if v in r else "-" for v in labels[1:]]
+        head = f"| {r['layer']} | {r['bytes'] / 1e6:.2f} | {r['bytes'] / bw * 1e6:.1f} | "
+        out.append(head + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--offline", type=Path, help="build every variant into this folder and stop (no GPU needed)")
+    p.add_argument("--libs", type=Path, help="the folder an --offline run filled (else: build here first)")
+    p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    if args.offline:
+        build_all(args.offline, args.jobs)
+        return 0
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != CAP:
+        raise SystemExit("error: the knockout builds are sm_90a: this needs an H100/H200")
+    folder = args.libs or Path("/tmp/knockout")
+    build_all(folder, args.jobs)  # only what the folder lacks
+    from turbopack.inference.kernels import bench
+
+    dev = torch.device("cuda")
+    bw = max(bench.copy_bandwidth().values())
+    rows = dense(folder, dev) + moe(folder, dev)
+    print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.3f} TB/s; µs (difference from the real build)")
+    print(table(rows, bw))
+    if args.out:
+        args.out.write_text(json.dumps({"copy_bw": bw, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
