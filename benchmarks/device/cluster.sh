@@ -3,7 +3,7 @@
 # untimed until this script): v7's CLUSTER (a dense row tile's split-K CTAs as one thread-block
 # cluster) and the grouped MoE's gate_up cluster (MoECudaConfig.cluster). Builds, the GPU tests of
 # both (emulator/contract first), bench_moe's sweep at T = 1 and 64 (every 8-row candidate with
-# a gate_up split of 2..8 with and without the cluster), the W4A16 tuner at M = 1 and 8 (CLUSTER
+# a gate_up split of 2..8 with and without the cluster; at T = 1 also down's top-k cluster), the W4A16 tuner at M = 1 and 8 (CLUSTER
 # candidates compete; every valid candidate's time in bench.json's "tried"), an A/B table of the
 # best with and without a cluster per shape, then the 8B W4A16 step on the shipped table and on
 # the tuned one (each in its own process). Logs under $OUT (one tarball); < 560 s.
@@ -30,7 +30,7 @@ for ln in open(sys.argv[1]):
         t = int(m.group(1))
     m = re.search(r"cuda (MoECudaConfig\(.*\)): rel err [^,]+, ([\d.]+) us", ln)
     if m and t is not None:
-        key = (t, "cluster=True" in m.group(1))
+        key = (t, "cluster=True" in m.group(1) or "cluster_down=True" in m.group(1))
         best[key] = min(best.get(key, (1e9, "")), (float(m.group(2)), m.group(1)))
 for t in sorted({k[0] for k in best}):
     off, on = best.get((t, False)), best.get((t, True))

@@ -13,9 +13,9 @@ is checked against the reference of its contract before anything is timed.
     python3 benchmarks/device/knockout.py                               # device: build there, then time
 
 Dense: the 8B shapes at M = 1 on the shipped table's configs (bench_linear's method: CUDA graphs,
-weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config and on the
-cluster config (bench_moe's method). Prints one table per kernel family: µs per variant, and the
-difference from the real build.
+weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config, with
+gate_up's cluster, and with both clusters (bench_moe's method). Prints one table: µs per variant,
+and the difference from the real build.
 """
 
 from __future__ import annotations
@@ -124,8 +124,10 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
     want = bench_moe.contract(x2, weights, plan, qs)
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
     rows = []
-    for cfg in (default, dataclasses.replace(default, cluster=True)):
-        row = {"layer": f"MoE T={t}" + (" cluster" if cfg.cluster else ""), "cfg": str(cfg), "bytes": nbytes}
+    both = dataclasses.replace(default, cluster=True, cluster_down=True)
+    for cfg in (default, dataclasses.replace(default, cluster=True), both):
+        tag = " clusters" if cfg.cluster_down else " cluster" if cfg.cluster else ""
+        row = {"layer": f"MoE T={t}{tag}", "cfg": str(cfg), "bytes": nbytes}
         for label, mask in VARIANTS.items():
             use(cuda_moe, folder, mask, dev)
             if mask == 0:

@@ -8,8 +8,8 @@ the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed,
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
 
-Config: the K split and ring depth of each kernel, token rows per block, PDL, gate_up's cluster
-reduction (``MoECudaConfig``). ``default_config`` is
+Config: the K split and ring depth of each kernel, token rows per block, PDL, the cluster
+reductions of gate_up's split and (T = 1) of down's split and top-k sum (``MoECudaConfig``). ``default_config`` is
 a registered rule, not a tuned table entry: the grouped grid depends on the routing (experts hit x
 row tiles), which the dense table's (N x K, M bucket) key cannot express; bench_moe.py sweeps the
 candidates and reports the winner beside it.
@@ -38,6 +38,7 @@ _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
 _SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
 CLUSTER_MAX = 8  # gate_up's K split in one portable thread-block cluster (csrc run: cluster)
+CLUSTER_DOWN_MAX = 16  # down's split x top-k CTAs in one cluster at T = 1 (past 8: non-portable)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class MoECudaConfig:
     # gate_up's K slices of a tile sum in a thread-block cluster's shared memory (sm_90+, split 2..8,
     # 8-row blocks; common.cuh cluster_sum), not in the fp32 workspace; elsewhere ignored
     cluster: bool = False
+    # T = 1 (decode at batch 1): down's K slices and its top-k blocks of one 64-row tile as one
+    # cluster (sm_90+, split x top-k <= 16), summed there in fixed order; elsewhere ignored
+    cluster_down: bool = False
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -146,7 +150,9 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
     hopper = torch.cuda.get_device_capability(dev) >= (9, 0)
-    cluster = cfg.cluster and hopper and bm == 8 and 1 < cfg.split_gate_up <= CLUSTER_MAX
+    cluster = int(cfg.cluster and hopper and bm == 8 and 1 < cfg.split_gate_up <= CLUSTER_MAX)
+    if cfg.cluster_down and hopper and bm == 8 and t == 1 and 1 < cfg.split_down * top_k <= CLUSTER_DOWN_MAX:
+        cluster |= 2
     np_, kt, kgp, tn = gate.layout_dims
     gu_dims = _DIMS(inter, np_, hidden, kt, kgp, tn)
     np_, kt, kgp, tn = down.layout_dims
@@ -156,7 +162,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        int(cfg.pdl and hopper), int(cluster), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(cfg.pdl and hopper), cluster, _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")
