@@ -19,6 +19,7 @@ is a failure (not timed; the script exits 1), and the loop peer must pass it too
 
     python3 benchmarks/bench_moe.py --tokens 1,16,64 --log sweep.txt   # both paths, swept
     python3 benchmarks/bench_moe.py --no-sweep                         # default configs only
+    python3 benchmarks/bench_moe.py --tokens 1 --no-triton-sweep       # the CUDA configs only
     python3 benchmarks/bench_moe.py --cpu-smoke                        # Triton interpreter, tiny shapes
 """
 
@@ -203,7 +204,7 @@ def run_tokens(args, t: int, shape: dict, dev: str, built, gen: torch.Generator,
     tri = triton_candidates(t, shape)
     row["triton"] = sweep("triton", lambda s, c: moe_w4.grouped_moe(x2, weights, idx, *s, cfg=c,
                                                                    path=moe_w4.MoEPath.TRITON),
-                          tri if args.sweep else tri[:1], want, copies, dev == "cuda", log)
+                          tri if args.sweep and args.triton_sweep else tri[:1], want, copies, dev == "cuda", log)
     if dev == "cuda" and cuda_moe.supports(x2, weights, idx, *stacks):
         cud = cuda_candidates(t, shape)
         row["cuda"] = sweep("cuda", lambda s, c: cuda_moe.grouped_moe_cuda(x2, weights, idx, *s, cfg=c),
@@ -257,6 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", default="1,64", help="token counts T (comma-separated)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes in the Triton interpreter, no timing")
     p.add_argument("--no-sweep", dest="sweep", action="store_false", help="time only the default configs")
+    p.add_argument("--no-triton-sweep", dest="triton_sweep", action="store_false",
+                   help="sweep the CUDA path only (Triton at its default config: no compiles of its candidates)")
     p.add_argument("--log", default=None, help="per-candidate lines to this file (default: stderr)")
     args = p.parse_args(argv)
     args.tokens = [int(v) for v in args.tokens.split(",")]
