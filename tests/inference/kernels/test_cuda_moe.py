@@ -165,6 +165,24 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
         assert torch.equal(out, first)
 
 
+def _cluster_run_checks(run, cfg, plain_cfg, want) -> None:
+    """A cluster config: against the emulated loop, the same bits run after run and from a CUDA
+    graph (its sums are in a fixed order), within the workspace path's (``plain_cfg``) last-place
+    differences of it, and the shared workspace left zeroed."""
+    y = run(cfg)
+    assert reference.rel_err(y.cpu(), want) < TOL
+    assert all(torch.equal(y, run(cfg)) for _ in range(3))
+    assert reference.rel_err(y, run(plain_cfg).float()) < 1e-2
+    assert not workspace(y.device, 1, torch.float32).any() and not workspace(y.device, 1, torch.int32).any()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run(cfg)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("t,k,split,stages,group,sym,act", [
@@ -186,19 +204,8 @@ def test_cuda_grouped_cluster_gate_up_matches_the_workspace_path(t, k, split, st
     want = loop_reference(x, weights, idx, emulated(fmt, layout, experts))
     xd, wd, idd = x.cuda(), weights.cuda(), idx.cuda()
     cfg = cuda_moe.MoECudaConfig(split, 1, stages, 8, block_m=8, cluster=True)
-    y = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)
-    assert reference.rel_err(y.cpu(), want) < TOL
-    assert all(torch.equal(y, cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)) for _ in range(3))
-    plain = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=dataclasses.replace(cfg, cluster=False))
-    assert reference.rel_err(y, plain.float()) < 1e-2
-    assert not workspace(xd.device, 1, torch.float32).any() and not workspace(xd.device, 1, torch.int32).any()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)
-    out.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, y)
+    _cluster_run_checks(lambda c: cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=c), cfg,
+                        dataclasses.replace(cfg, cluster=False), want)
 
 
 @pytest.mark.gpu
@@ -227,16 +234,5 @@ def test_cuda_grouped_cluster_down_at_one_token(k, split_gu, split_d, stages_d, 
     wd = weights.cuda() if wts32 else weights.cuda().bfloat16()
     cfg = cuda_moe.MoECudaConfig(split_gu, split_d, 4, stages_d, block_m=8, cluster_down=True)
     for c in (cfg, dataclasses.replace(cfg, cluster=True)):
-        y = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=c)
-        assert reference.rel_err(y.cpu(), want) < TOL
-        assert all(torch.equal(y, cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=c)) for _ in range(3))
-        plain = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=dataclasses.replace(c, cluster_down=False))
-        assert reference.rel_err(y, plain.float()) < 1e-2
-    assert not workspace(xd.device, 1, torch.float32).any() and not workspace(xd.device, 1, torch.int32).any()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg)
-    out.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=cfg))
+        _cluster_run_checks(lambda c: cuda_moe.grouped_moe_cuda(xd, wd, idd, *stacks, cfg=c), c,
+                            dataclasses.replace(c, cluster_down=False), want)
