@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   extern __shared__ uint4 smem[];
   __shared__ Route r;
   __shared__ int last[16];
-  bool cl = false;
+  [[maybe_unused]] bool cl = false;  // the cluster store runs (CL, sm_90+)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (CL) cl = one_pair_per_block(a) && in_cluster_of(a.split * a.topk);
 #endif
