@@ -23,7 +23,7 @@ namespace {
 #define TP_KNOCKOUT 0
 #endif
 enum : int {
-  kKoStore = 1,  // the split-K reduction: each CTA stores its partial sums as y
+  kKoStore = 1,  // the split-K reduction (workspace or cluster): each CTA stores its partial sums as y
   kKoMath = 2,   // the weight MMAs and the group scaling (the ring still streams)
   kKoLoad = 4,   // the weight copies (the ring's scales still come; the math reads stale slots)
   kKoRoute = 8,  // the grouped MoE's in-kernel routing: block slot b is expert b, pair b

@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   T* h = static_cast<T*>(a.h);
   const int N = L.N;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (CL) {
+  if constexpr (CL && (kKnockout & kKoStore) == 0) {  // a store knockout leaves out this store too
     if (in_cluster_of(a.split)) {  // the warp's drained ring is its scratch (NTOK KiB of a >= 8 KiB ring)
       float both[2][NTOK][4];
 #pragma unroll
@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   cp_async_wait<0>();
   const int N = L.N;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (CL && NTOK == 1) {
+  if constexpr (CL && NTOK == 1 && (kKnockout & kKoStore) == 0) {
     if (cl) {
       topk_cluster_store<T>(a, out, r, reinterpret_cast<float*>(ring), n0, g, c, active);
       return;
