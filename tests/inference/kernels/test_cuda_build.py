@@ -228,7 +228,7 @@ def test_v7_prefetch_gives_the_same_bits(m, group, sym, split, stages):
                                                     (128, False, 16, 6), (64, False, 3, 8)])
 def test_v7_cluster_split_k_matches_the_global_path(m, group, sym, split, stages):
     """CLUSTER: a row tile's split-K CTAs sum their partials in their thread-block cluster's shared
-    memory (csrc/common.cuh store_frags_cluster) instead of the fp32 workspace. y against the
+    memory (csrc/common.cuh cluster_sum) instead of the fp32 workspace. y against the
     contract and the global path's (whose atomics may order the sums differently: ``same``), the
     same bits run after run and from a CUDA graph (the cluster sums in rank order), in both tile
     layouts; splits past 8 (a non-portable cluster), uneven slices (9, 3 over 12 stages), and where

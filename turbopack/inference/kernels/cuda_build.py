@@ -33,6 +33,16 @@ _LOCK = threading.Lock()
 _LIBS: dict[tuple[str, str], tuple[ctypes.CDLL, torch.device]] = {}
 
 
+#: the most CTAs in one thread-block cluster (H100/H200: 16; past 8 non-portable, which the
+#: launchers allow per kernel: csrc/common.cuh allow_cluster)
+CLUSTER_MAX = 16
+
+
+def clusters(device: torch.device) -> bool:
+    """Thread-block clusters (and distributed shared memory): sm_90 and later."""
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def nvcc() -> str | None:
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     cand = Path(home) / "bin" / "nvcc" if home else None

@@ -38,7 +38,7 @@ _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
 _SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
 CLUSTER_MAX = 8  # gate_up's K split in one portable thread-block cluster (csrc run: cluster)
-CLUSTER_DOWN_MAX = 16  # down's split x top-k CTAs in one cluster at T = 1 (past 8: non-portable)
+CLUSTER_DOWN_MAX = cuda_build.CLUSTER_MAX  # down's split x top-k CTAs in one cluster at T = 1
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
-    hopper = torch.cuda.get_device_capability(dev) >= (9, 0)
+    hopper = cuda_build.clusters(dev)  # clusters and PDL: sm_90+
     cluster = int(cfg.cluster and hopper and bm == 8 and 1 < cfg.split_gate_up <= CLUSTER_MAX)
     if cfg.cluster_down and hopper and bm == 8 and t == 1 and 1 < cfg.split_down * top_k <= CLUSTER_DOWN_MAX:
         cluster |= 2

@@ -37,7 +37,7 @@ V7, V8 = 2, 3
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
 #: M <= 8, at rings 4 and 6); elsewhere v7 takes the global split-K path
-CLUSTER_MAX, CLUSTER_M_MAX, CLUSTER_STAGES = 16, 8, (4, 6)
+CLUSTER_MAX, CLUSTER_M_MAX, CLUSTER_STAGES = cuda_build.CLUSTER_MAX, 8, (4, 6)
 DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
@@ -51,11 +51,6 @@ _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured gr
 
 def library(device: torch.device) -> ctypes.CDLL:
     return cuda_build.library(SRC, device, _SIGNATURES)
-
-
-def clusters(device: torch.device) -> bool:
-    """Thread-block clusters (and distributed shared memory): sm_90 and later."""
-    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def _common_ok(x2: torch.Tensor, packed: dict[str, torch.Tensor]) -> bool:
@@ -131,7 +126,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
         split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, x2.device)
         split = max(1, min(split, k // 128))
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), split)
-    cluster = cluster and variant == V7 and 1 < split <= CLUSTER_MAX and clusters(x2.device)
+    cluster = cluster and variant == V7 and 1 < split <= CLUSTER_MAX and cuda_build.clusters(x2.device)
     zeros = packed.get("zeros")  # uint8 [NT, K/G, TN] (asym); None: sym, z = 8
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),

@@ -34,7 +34,7 @@ _SIGNATURES = {
 }
 #: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
-CLUSTER_MAX, CLUSTER_M_MAX = 16, 8
+CLUSTER_MAX, CLUSTER_M_MAX = cuda_build.CLUSTER_MAX, 8
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -83,8 +83,7 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     split = max(1, min(split, k // STAGE_K))
     ws, cnt = splitk_buffers(x2.device, m, n, -(-n_pad // 64), split)
     b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias
-    cluster = (cluster and 1 < split <= CLUSTER_MAX and m <= CLUSTER_M_MAX
-               and torch.cuda.get_device_capability(x2.device) >= (9, 0))
+    cluster = cluster and 1 < split <= CLUSTER_MAX and m <= CLUSTER_M_MAX and cuda_build.clusters(x2.device)
     rc = library(x2.device).turbopack_w8_decode(
         _p(x2), _p(qw), _p(s), _p(b), _p(y), _p(ws), _p(cnt), m, n, n_pad, k, tn, s_tile, s_row, s_stage,
         1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], int(cluster),

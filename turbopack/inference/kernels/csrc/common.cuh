@@ -176,6 +176,15 @@ cudaError_t launch_with(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, 
   cfg.attrs = attr, cfg.numAttrs = how.cluster_y * how.cluster_z > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
 }
+// Clusters past 8 CTAs (up to 16 on H100/H200) are non-portable: the kernel must allow them, once
+// (`allowed`: the caller's static per kernel, so it is not a per-launch driver call)
+template <typename K>
+cudaError_t allow_cluster(K kern, int size, bool& allowed) {
+  if (size <= 8 || allowed) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  allowed = e == cudaSuccess;
+  return e;
+}
 // PDL if the library's switch is on, no cluster
 template <typename... P, typename... A>
 cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {

@@ -379,11 +379,8 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s) {
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  if (how.cluster_y * how.cluster_z > 8 && !wide) {  // past 8 CTAs (up to 16 on H100/H200): non-portable
-    cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    wide = true;
-  }
+  const cudaError_t e = allow_cluster(Kern, how.cluster_y * how.cluster_z, wide);
+  if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(launch_with(Kern, grid, dim3(kWarps * 32), smem, s, how, a));
 }
 

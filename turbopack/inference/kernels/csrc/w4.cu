@@ -222,7 +222,7 @@ template <int NTOK, int STAGES>
 constexpr bool kClusterBuilt = NTOK == 1 && STAGES <= 6;
 
 // cluster (v7): the split-K CTAs of a row tile as one thread-block cluster (common.cuh
-// store_frags_cluster), where kClusterBuilt; else, and in every fallback, the global split-K path
+// cluster_sum), where kClusterBuilt; else, and in every fallback, the global split-K path
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int VAR>
 int launch_decode(const Args& a, cudaStream_t s, bool cluster_req) {
   constexpr int NG = kStageK / G;
@@ -251,10 +251,9 @@ int launch_decode(const Args& a, cudaStream_t s, bool cluster_req) {
     if (e != cudaSuccess) return static_cast<int>(e);
     raised[cluster] = true;
   }
-  if (cluster && a.split_k > 8 && !wide) {  // clusters past 8 CTAs (up to 16 on H100/H200) are non-portable
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (cluster) {
+    const cudaError_t e = allow_cluster(kern, a.split_k, wide);
     if (e != cudaSuccess) return static_cast<int>(e);
-    wide = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.split_k), block(kWarps * 32);
   return static_cast<int>(launch_with(kern, grid, block, ring + table, s, Launch{g_pdl != 0, cluster ? a.split_k : 1}, a));
@@ -364,7 +363,7 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 }  // namespace
 
 // dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). cluster (v7, split_k <= 16, sm_90+):
-// the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh store_frags_cluster), not
+// the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
 // through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8), -4 no SM count,
 // else the CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for
 // split-K (any tile may be shared by several stripes).

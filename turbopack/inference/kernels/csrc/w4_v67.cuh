@@ -36,7 +36,7 @@ constexpr int kXsumMax = 64 * 1024;  // beyond (K > 64K at split 1) the launcher
 // v7 (VARIANT 2) = v6 with each stage's scales and zero points copied into the ring with its
 // weights (SzSlot, w4_stage.cuh, says why and how).
 // SZR: false = v6 (VARIANT 1), true = v7 (VARIANT 2). CL (v7, CLUSTER): launched in clusters of its
-// split-K CTAs, which sum their partials there (common.cuh store_frags_cluster). Shared memory: the
+// split-K CTAs, which sum their partials there (common.cuh cluster_sum). Shared memory: the
 // weight ring [kWarps][STAGES], (v7) the scale ring [kWarps][STAGES], the sum-of-x table.
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool SZR, bool CL = false>
 __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) : TP_MIN_BLOCKS(NTOK, G))

@@ -213,10 +213,9 @@ int launch(const Args& a, bool cluster_req, cudaStream_t s) {
     if (e != cudaSuccess) return static_cast<int>(e);
     raised[cluster] = true;
   }
-  if (cluster && a.o.split_k > 8 && !wide) {  // clusters past 8 CTAs (up to 16 on H100/H200) are non-portable
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (cluster) {
+    const cudaError_t e = allow_cluster(kern, a.o.split_k, wide);
     if (e != cudaSuccess) return static_cast<int>(e);
-    wide = true;
   }
   const dim3 grid((a.NP + kWarps * 16 - 1) / (kWarps * 16), a.o.split_k), block(kWarps * 32);
   return static_cast<int>(launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, cluster ? a.o.split_k : 1}, a));
