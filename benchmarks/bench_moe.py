@@ -122,9 +122,7 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 def cuda_candidates(t: int, shape: dict) -> list:
     """The registered default first, then it without the programmatic dependent launch of down, then K
-    splits x ring depths, then (Hopper) every 8-row candidate with a gate_up split of 2..8 once more
-    with gate_up's cluster reduction and, at T = 1, the default and those with down's cluster store
-    too (deduplicated)."""
+    splits x ring depths (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
 
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
@@ -133,13 +131,6 @@ def cuda_candidates(t: int, shape: dict) -> list:
     cands = [default, dataclasses.replace(default, pdl=False)] + [
         cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]
-    if torch.cuda.get_device_capability() >= (9, 0):
-        cands += [dataclasses.replace(c, cluster=True) for c in cands
-                  if 1 < c.split_gate_up <= cuda_moe.CLUSTER_MAX
-                  and (c.block_m or cuda_moe.block_rows(t, shape["top_k"], shape["n_exp"])) == 8]
-        if t == 1:  # and down's top-k sum in a cluster, beside each of those and the default
-            cands += [dataclasses.replace(c, cluster_down=True) for c in [default] + [c for c in cands if c.cluster]
-                      if c.split_down * shape["top_k"] <= cuda_moe.CLUSTER_DOWN_MAX]
     return list(dict.fromkeys(cands))
 
 

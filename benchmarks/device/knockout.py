@@ -13,8 +13,8 @@ is checked against the reference of its contract before anything is timed.
     python3 benchmarks/device/knockout.py                               # device: build there, then time
 
 Dense: the 8B shapes at M = 1 on the shipped table's configs (bench_linear's method: CUDA graphs,
-weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config, with
-gate_up's cluster, and with both clusters (bench_moe's method). Prints one table: µs per variant,
+weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config, with and
+without PDL (bench_moe's method). Prints one table: µs per variant,
 and the difference from the real build.
 """
 
@@ -37,13 +37,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4  # noqa: E402
 
 #: csrc/common.cuh's knockout bits
-STORE, MATH, LOAD, ROUTE = 1, 2, 4, 8
+STORE, MATH, LOAD = 1, 2, 4
 VARIANTS = {  # name: mask
-    "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
-    "no math, no loads": MATH | LOAD, "no routing": ROUTE, "no routing, no store": ROUTE | STORE,
+    "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD, "no math, no loads": MATH | LOAD,
 }
-#: which variants each library is built in (routing exists only in the MoE kernels)
-LIBS = {cuda_w4: [m for m in VARIANTS.values() if not m & ROUTE], cuda_moe: list(VARIANTS.values())}
+#: which variants each library is built in
+LIBS = {cuda_w4: list(VARIANTS.values()), cuda_moe: list(VARIANTS.values())}
 CAP = (9, 0)
 
 
@@ -79,6 +78,22 @@ def use(mod, folder: Path, mask: int, dev: torch.device) -> None:
     mod.library = lambda device, lib=lib: lib
 
 
+def time_variants(mod, folder: Path, dev: torch.device, time_fn, check_fn) -> dict:
+    """Each variant's time (the ones ``folder`` holds), the real build checked first; the real build
+    is timed again last, and its two times are reported as "real" (the mean) and "drift" (last -
+    first): a difference that the drift does not dwarf is the part's cost, not clocks warming up."""
+    out = {}
+    masks = [(label, m) for label, m in VARIANTS.items() if m in LIBS[mod] and lib_file(folder, mod, m).exists()]
+    for label, mask in masks + [("real again", 0)]:
+        use(mod, folder, mask, dev)
+        if label == "real":
+            out["rel_err"] = check_fn()
+        out[label] = time_fn()
+    first, last = out["real"], out.pop("real again")
+    out["real"], out["drift"] = (first + last) / 2, last - first
+    return out
+
+
 def dense(folder: Path, dev: torch.device) -> list[dict]:
     from turbopack.inference.kernels import bench
     from turbopack.inference.kernels.dispatch import resolve_config
@@ -91,15 +106,14 @@ def dense(folder: Path, dev: torch.device) -> list[dict]:
         cfg = resolve_config(wt.layout_name, wt.fmt, n, k, 1, dev)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16, generator=gen)
         row = {"layer": name, "shape": [n, k], "cfg": cfg.describe(), "bytes": wt.nbytes}
-        for label, mask in VARIANTS.items():
-            if mask not in LIBS[cuda_w4]:
-                continue
-            use(cuda_w4, folder, mask, dev)
-            if mask == 0:
-                row["rel_err"] = bench.check(wt, cfg, x)
-                if not row["rel_err"] < bench.TOL:
-                    raise SystemExit(f"FAILED: {name}: the real build is {row['rel_err']:.2e} from the reference")
-            row[label] = bench.time_ours(wt, cfg, x)
+
+        def check(name=name, wt=wt, cfg=cfg, x=x):
+            err = bench.check(wt, cfg, x)
+            if not err < bench.TOL:
+                raise SystemExit(f"FAILED: {name}: the real build is {err:.2e} from the reference")
+            return err
+
+        row.update(time_variants(cuda_w4, folder, dev, lambda wt=wt, cfg=cfg, x=x: bench.time_ours(wt, cfg, x), check))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         del wt
@@ -124,17 +138,15 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
     want = bench_moe.contract(x2, weights, plan, qs)
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
     rows = []
-    both = dataclasses.replace(default, cluster=True, cluster_down=True)
-    for cfg in (default, dataclasses.replace(default, cluster=True), both):
-        tag = " clusters" if cfg.cluster_down else " cluster" if cfg.cluster else ""
+    for cfg in (default, dataclasses.replace(default, pdl=False)):
+        tag = "" if cfg.pdl else " no PDL"
         row = {"layer": f"MoE T={t}{tag}", "cfg": str(cfg), "bytes": nbytes}
-        for label, mask in VARIANTS.items():
-            use(cuda_moe, folder, mask, dev)
-            if mask == 0:
-                row["rel_err"] = bench_moe.check("real build", cuda_moe.grouped_moe_cuda(x2, weights, idx, *stacks,
-                                                                                        cfg=cfg), want)
-            row[label] = bench.time_us([lambda s=s, c=cfg: cuda_moe.grouped_moe_cuda(x2, weights, idx, *s, cfg=c)
-                                        for s in copies], min_calls=max(24, len(copies)))
+        row.update(time_variants(
+            cuda_moe, folder, dev,
+            lambda c=cfg: bench.time_us([lambda s=s, c=c: cuda_moe.grouped_moe_cuda(x2, weights, idx, *s, cfg=c)
+                                         for s in copies], min_calls=max(24, len(copies))),
+            lambda c=cfg: bench_moe.check("real build", cuda_moe.grouped_moe_cuda(x2, weights, idx, *stacks, cfg=c),
+                                          want)))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -142,11 +154,12 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
 
 def table(rows: list[dict], bw: float) -> str:
     labels = [v for v in VARIANTS if any(v in r for r in rows)]
-    out = ["| layer | bytes MB | floor µs | " + " | ".join(labels) + " |", "|---|---:|---:|" + "---:|" * len(labels)]
+    out = ["| layer | bytes MB | floor µs | drift µs | " + " | ".join(labels) + " |",
+           "|---|---:|---:|---:|" + "---:|" * len(labels)]
     for r in rows:
         real = r["real"]
-        cells = [f"{r['real']:.1f}"] + [f"{r[v]:.1f} ({r[v] - real:+.1f})" if v in r else "-" for v in labels[1:]]
-        head = f"| {r['layer']} | {r['bytes'] / 1e6:.2f} | {r['bytes'] / bw * 1e6:.1f} | "
+        cells = [f"{real:.1f}"] + [f"{r[v]:.1f} ({r[v] - real:+.1f})" if v in r else "-" for v in labels[1:]]
+        head = f"| {r['layer']} | {r['bytes'] / 1e6:.2f} | {r['bytes'] / bw * 1e6:.1f} | {r['drift']:+.1f} | "
         out.append(head + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -164,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != CAP:
         raise SystemExit("error: the knockout builds are sm_90a: this needs an H100/H200")
     folder = args.libs or Path("/tmp/knockout")
-    build_all(folder, args.jobs)  # only what the folder lacks
+    if not args.libs:  # a carried folder is used as it is: the variants it holds
+        build_all(folder, args.jobs)
     from turbopack.inference.kernels import bench
 
     dev = torch.device("cuda")

@@ -237,10 +237,16 @@ def test_v7_cluster_split_k_matches_the_global_path(m, group, sym, split, stages
     fmt, q, reference = _weight(n, k, group, sym, torch.bfloat16, 11 * m + split)
     x = torch.randn(m, k, device="cuda").bfloat16()
     kw = dict(group=group, stages=stages, variant=2)
+    # the global path's atomics sum in timing order: run 12 saw its bits differ at split 16, M = 9
+    built = m <= cuda_w4.CLUSTER_M_MAX and stages in cuda_w4.CLUSTER_STAGES
+
+    def again(got, want):  # the cluster's rank-order sum: the same bits; else the global path's
+        same(got, want, 1 if built else split)
+
     for tile_n in (64, 16):
         packed = reference.pack_w4(q, tile_n)
         y = cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True)
-        assert torch.equal(cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True), y)
+        again(cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True), y)
         same(y, cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw), split)
         assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < 1e-2
     g = torch.cuda.CUDAGraph()
@@ -248,7 +254,7 @@ def test_v7_cluster_split_k_matches_the_global_path(m, group, sym, split, stages
         h = cuda_w4.w4_decode(x, packed, (n, k), None, split, **kw, cluster=True)
     g.replay()
     torch.cuda.synchronize()
-    assert torch.equal(h, y)
+    again(h, y)
 
 
 def same(y, want, split):
@@ -435,7 +441,7 @@ def test_knockout_masks_are_the_headers_and_off_in_real_builds():
     spec.loader.exec_module(ko)
     header = (cuda_build.CSRC / "common.cuh").read_text()
     bits = {name: int(v) for name, v in re.findall(r"kKo(\w+) = (\d+),", header)}
-    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD, "Route": ko.ROUTE}
+    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD}
     assert re.search(r"#ifndef TP_KNOCKOUT\n#define TP_KNOCKOUT 0\n#endif", header)
     cmd = cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"))
     assert not any(a.startswith("-D") for a in cmd)

@@ -61,17 +61,23 @@ def test_cluster_split_k_matches_the_global_path(fmt_name, per_tensor, tile_n, t
     packed = reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k)
     x = torch.randn(m, k, device="cuda").bfloat16()
     b = torch.randn(n, device="cuda").bfloat16()
+    limit = 2 * torch.finfo(torch.bfloat16).eps
+
+    def close(got, want) -> bool:  # the global path's atomics sum in timing order: last-place differences
+        return bool((got.float() - want.float()).abs().max() <= limit * want.float().abs().max())
+
+    # M <= 8: the cluster sums in rank order, the same bits run after run; M = 9 takes the global path
+    again = torch.equal if m <= cuda_w8.CLUSTER_M_MAX else close
     y = cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True)
-    assert torch.equal(cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True), y)
-    plain = cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages)
-    assert (y.float() - plain.float()).abs().max() <= 2 * torch.finfo(torch.bfloat16).eps * plain.float().abs().max()
+    assert again(cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True), y)
+    assert close(y, cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages))
     assert reference.rel_err(y, reference.ref_linear(x, fmt_name, q, b, weights_only=True)) < TOL[torch.bfloat16]
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         h = cuda_w8.w8_decode(x, packed, (n, k), b, split, stages=stages, cluster=True)
     g.replay()
     torch.cuda.synchronize()
-    assert torch.equal(h, y)
+    assert again(h, y)
 
 
 def _every_code(fmt_name: str, n: int, k: int) -> torch.Tensor:

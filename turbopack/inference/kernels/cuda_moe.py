@@ -8,11 +8,10 @@ the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed,
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
 
-Config: the K split and ring depth of each kernel, token rows per block, PDL, the cluster
-reductions of gate_up's split and (T = 1) of down's split and top-k sum (``MoECudaConfig``). ``default_config`` is
-a registered rule, not a tuned table entry: the grouped grid depends on the routing (experts hit x
-row tiles), which the dense table's (N x K, M bucket) key cannot express; bench_moe.py sweeps the
-candidates and reports the winner beside it.
+Config: the K split and ring depth of each kernel, token rows per block and PDL
+(``MoECudaConfig``). ``default_config`` is a registered rule, not a tuned table entry: the grouped
+grid depends on the routing (experts hit x row tiles), which the dense table's (N x K, M bucket)
+key cannot express; bench_moe.py sweeps the candidates and reports the winner beside it.
 """
 
 from __future__ import annotations
@@ -36,9 +35,7 @@ STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp e
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
-CLUSTER_MAX = 8  # gate_up's K split in one portable thread-block cluster (csrc run: cluster)
-CLUSTER_DOWN_MAX = cuda_build.CLUSTER_MAX  # down's split x top-k CTAs in one cluster at T = 1
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -51,12 +48,6 @@ class MoECudaConfig:
     stages_down: int = 8
     pdl: bool = True  # down as a programmatic dependent launch of gate_up (sm_90+; ignored below)
     block_m: int = 0  # token rows per block, 8 or 16; 0: block_rows' rule
-    # gate_up's K slices of a tile sum in a thread-block cluster's shared memory (sm_90+, split 2..8,
-    # 8-row blocks; common.cuh cluster_sum), not in the fp32 workspace; elsewhere ignored
-    cluster: bool = False
-    # T = 1 (decode at batch 1): down's K slices and its top-k blocks of one 64-row tile as one
-    # cluster (sm_90+, split x top-k <= 16), summed there in fixed order; elsewhere ignored
-    cluster_down: bool = False
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -149,10 +140,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
-    hopper = cuda_build.clusters(dev)  # clusters and PDL: sm_90+
-    cluster = int(cfg.cluster and hopper and bm == 8 and 1 < cfg.split_gate_up <= CLUSTER_MAX)
-    if cfg.cluster_down and hopper and bm == 8 and t == 1 and 1 < cfg.split_down * top_k <= CLUSTER_DOWN_MAX:
-        cluster |= 2
+    pdl = cfg.pdl and torch.cuda.get_device_capability(dev) >= (9, 0)
     np_, kt, kgp, tn = gate.layout_dims
     gu_dims = _DIMS(inter, np_, hidden, kt, kgp, tn)
     np_, kt, kgp, tn = down.layout_dims
@@ -162,7 +150,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        int(cfg.pdl and hopper), cluster, _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(pdl), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

@@ -26,7 +26,6 @@ enum : int {
   kKoStore = 1,  // the split-K reduction (workspace or cluster): each CTA stores its partial sums as y
   kKoMath = 2,   // the weight MMAs and the group scaling (the ring still streams)
   kKoLoad = 4,   // the weight copies (the ring's scales still come; the math reads stale slots)
-  kKoRoute = 8,  // the grouped MoE's in-kernel routing: block slot b is expert b, pair b
 };
 constexpr int kKnockout = TP_KNOCKOUT;
 

@@ -33,12 +33,6 @@ struct Route {
 // routing has fewer blocks. scratch: E + T*k ints of shared memory (the ring's, before it fills).
 template <int BM>
 __device__ bool route_block(const MoeArgs& a, int b, Route& r, int* scratch) {
-  if constexpr ((kKnockout & kKoRoute) != 0) {  // timing only (T = 1): slot b is pair b of expert b
-    if (b >= a.T * a.topk) return false;
-    if (threadIdx.x == 0) r.e = b % a.E, r.rows = 1, r.pair[0] = b;
-    __syncthreads();
-    return true;
-  }
   int* cnt = scratch;
   int* ids = scratch + a.E;
   const int n = a.T * a.topk, tid = threadIdx.x, lane = tid & 31;

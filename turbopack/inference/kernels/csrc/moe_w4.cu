@@ -43,9 +43,7 @@ struct GuSlot {
   SzSlot<NG, ASYM> sz[2];
 };
 
-// CL: launched in clusters of its `split` K-slice CTAs, which sum their partials there (common.cuh
-// cluster_sum) instead of through the workspace
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool CL = false>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
@@ -114,27 +112,6 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   // out element i of column t: row n0 + g + 8 (i / 2), block row 8t + 2c + (i & 1)
   T* h = static_cast<T*>(a.h);
   const int N = L.N;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (CL && (kKnockout & kKoStore) == 0) {  // a store knockout leaves out this store too
-    if (in_cluster_of(a.split)) {  // the warp's drained ring is its scratch (NTOK KiB of a >= 8 KiB ring)
-      float both[2][NTOK][4];
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) both[0][t][i] = og[t][i], both[1][t][i] = ou[t][i];
-      cluster_sum<2, NTOK>(both, a.split, reinterpret_cast<float4*>(ring), [&](const float (&sum)[2][NTOK][4]) {
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
-            if (active && row < N && slot < r.rows) h[(long long)r.pair[slot] * N + row] = silu_mul<T>(sum[0][t][i], sum[1][t][i]);
-          }
-      });
-      return;
-    }
-  }
-#endif
   const bool split = a.split > 1 && (kKnockout & kKoStore) == 0;
   if (split) {
 #pragma unroll
@@ -189,72 +166,13 @@ struct DnSlot {
 #else
 #define TP_MOE_DOWN_MIN_BLOCKS 4
 #endif
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// One token (T = 1) with top-k distinct experts in range: then the routing has exactly top-k blocks
-// of one pair each (gridDim.z of them), so no CTA leaves before the cluster store's barriers. Every
-// CTA reads the same ids, so every CTA of the launch gets the same answer; it is computed before any
-// CTA can exit.
-__device__ __forceinline__ bool one_pair_per_block(const MoeArgs& a) {
-  __shared__ int ok;
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    const bool mine = lane < a.topk;
-    int e = -1;
-    if (mine) e = a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[lane]) : static_cast<const int*>(a.ids)[lane];
-    const unsigned in_range = __ballot_sync(0xffffffffu, mine && e >= 0 && e < a.E);
-    const unsigned dup = __ballot_sync(0xffffffffu, mine && __popc(__match_any_sync(0xffffffffu, e)) > 1);
-    if (lane == 0)
-      ok = a.T == 1 && a.topk <= 16 && static_cast<int>(gridDim.z) == a.topk && dup == 0 &&
-           in_range == (a.topk == 32 ? 0xffffffffu : (1u << a.topk) - 1);
-  }
-  __syncthreads();
-  return ok != 0;
-}
-
-// down's store at T = 1 in a cluster of its split x top-k CTAs (1 x split x top-k: rank s + split *
-// b is K slice s of block b, the b-th selected expert in id order): each warp leaves its 16 rows'
-// partial sums (token column 0, slot 0: lanes with c == 0 hold rows g and g + 8) in its drained
-// ring; warp w of rank w % (split * top-k) reads every rank's, sums each block's K slices in order,
-// rounds the block's row to 16 bits, multiplies it by its pair's routing weight and sums the blocks
-// in expert-id order in fp32 (deterministic; the workspace path sums in top-k order). No
-// workspace, counters or atomics.
-template <typename T>
-__device__ __forceinline__ void topk_cluster_store(const MoeArgs& a, const float (&out)[1][4], const Route& r,
-                                                   float* scratch, int n0, int g, int c, bool active) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, S = a.split, CS = a.split * a.topk;
-  __syncwarp();  // the warp's last ring reads are done before its slots turn into scratch
-  if (c == 0) scratch[g] = out[0][0], scratch[g + 8] = out[0][2];
-  cluster.sync();
-  if (warp % CS == static_cast<int>(cluster.block_rank()) && active && lane < 16 && n0 + lane < a.down.N) {
-    float acc = 0.f;
-    for (int b = 0; b < a.topk; ++b) {
-      float v = 0.f;
-      for (int s = 0; s < S; ++s) v += cluster.map_shared_rank(scratch, s + S * b)[lane];
-      const int p = cluster.map_shared_rank(&r, S * b)->pair[0];
-      const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
-      acc = fmaf(round16<T>(v), wt, acc);
-    }
-    static_cast<T*>(a.y)[n0 + lane] = Half16<T>::from_f(acc);  // token 0
-  }
-  cluster.sync();
-}
-#endif
-
-// CL: launched at T = 1 in clusters of its split x top-k CTAs where one_pair_per_block holds
-// (topk_cluster_store); else, and in any launch without the cluster, the workspace path
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool CL = false>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ Route r;
   __shared__ int last[16];
-  [[maybe_unused]] bool cl = false;  // the cluster store runs (CL, sm_90+)
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (CL) cl = one_pair_per_block(a) && in_cluster_of(a.split * a.topk);
-#endif
   if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
@@ -306,14 +224,6 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   }
   cp_async_wait<0>();
   const int N = L.N;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (CL && NTOK == 1 && (kKnockout & kKoStore) == 0) {
-    if (cl) {
-      topk_cluster_store<T>(a, out, r, reinterpret_cast<float*>(ring), n0, g, c, active);
-      return;
-    }
-  }
-#endif
   if constexpr ((kKnockout & kKoStore) != 0) {  // each CTA's partial as its token's y: no sum over k
 #pragma unroll
     for (int t = 0; t < NTOK; ++t)
@@ -373,29 +283,20 @@ constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>
 template <void (*Kern)(const MoeArgs)>
 int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s) {
   static int raised = 48 * 1024;
-  static bool wide = false;
   if (smem > raised) {
     cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  const cudaError_t e = allow_cluster(Kern, how.cluster_y * how.cluster_z, wide);
-  if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(launch_with(Kern, grid, dim3(kWarps * 32), smem, s, how, a));
 }
-
-// gate_up and down with their cluster stores (CL): one token column (bm 8, the decode's blocks)
-// only, so the other instantiations compile as before
-template <int NTOK>
-constexpr bool kClusterBuilt = NTOK == 1;
 
 // Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
 // grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
 // and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
-// be on. cluster bit 0: gate_up's split-K CTAs of a (tile, block) as one thread-block cluster;
-// bit 1 (T = 1, one block per pair, split_d x top-k <= 16): down's split x top-k CTAs of a tile.
+// be on.
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
-int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, int cluster, cudaStream_t s) {
+int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, cudaStream_t s) {
   constexpr int NG = kStageK / G, BM = 8 * NTOK;
   const int n = a.T * a.topk, hit = min(a.E, n), blocks = min(n, hit + n / BM);
   const int scratch = (a.E + n) * 4;
@@ -404,56 +305,40 @@ int run(MoeArgs a, int split_gu, int split_d, int stages_d, bool pdl, int cluste
   a.split = split_gu;
   const dim3 g1((a.gate.NP + 63) / 64, split_gu, blocks);
   const int smem1 = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table(a.gate, split_gu));
-  int rc;
   // gate_up has no pdl_wait: never a dependent launch (the router's ids are read at once)
-  if constexpr (kClusterBuilt<NTOK>) {
-    if ((cluster & 1) && split_gu > 1)
-      rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, true>>(g1, smem1, a, Launch{false, split_gu}, s);
-    else
-      rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, smem1, a, Launch{false, 1}, s);
-  } else {
-    rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, smem1, a, Launch{false, 1}, s);
-  }
+  const int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(g1, smem1, a, Launch{false, 1}, s);
   if (rc != 0) return rc;
   a.split = split_d;
   const dim3 g2((a.down.NP + 63) / 64, split_d, blocks);
   const int t2 = table(a.down, split_d);
   const int smem8 = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(8) + t2), smem4 = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(4) + t2);
-  if constexpr (kClusterBuilt<NTOK>) {
-    if ((cluster & 2) && a.T == 1 && blocks == a.topk && split_d * a.topk > 1 && split_d * a.topk <= 16) {
-      const Launch dep{pdl && g_pdl != 0, split_d, a.topk};
-      if (stages_d == 8) return launch<moe_down_kernel<T, NTOK, 8, G, ASYM, true>>(g2, smem8, a, dep, s);
-      return launch<moe_down_kernel<T, NTOK, 4, G, ASYM, true>>(g2, smem4, a, dep, s);
-    }
-  }
   const Launch dep{pdl && g_pdl != 0, 1};
   if (stages_d == 8) return launch<moe_down_kernel<T, NTOK, 8, G, ASYM>>(g2, smem8, a, dep, s);
   return launch<moe_down_kernel<T, NTOK, 4, G, ASYM>>(g2, smem4, a, dep, s);
 }
 
 template <typename T, int NTOK, int G, bool ASYM>
-int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl, int cluster,
-              cudaStream_t s) {
-  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, pdl, cluster, s);
-  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, pdl, cluster, s);
+int by_stages(const MoeArgs& a, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl, cudaStream_t s) {
+  if (stages_gu == 6) return run<T, NTOK, 6, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
+  return run<T, NTOK, 4, G, ASYM>(a, split_gu, split_d, stages_d, pdl, s);
 }
 
 template <typename T>
 int by_shape(const MoeArgs& a, int G, int bm, int split_gu, int split_d, int stages_gu, int stages_d, bool pdl,
-             int cluster, cudaStream_t s) {
+             cudaStream_t s) {
   const bool asym = a.gate.z != nullptr;
   if (bm == 8) {
     if (G == 128)
-      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
-                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
-    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
-                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
+      return asym ? by_stages<T, 1, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                  : by_stages<T, 1, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+    return asym ? by_stages<T, 1, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                : by_stages<T, 1, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
   }
   if (G == 128)
-    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
-                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
-  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s)
-              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, cluster, s);
+    return asym ? by_stages<T, 2, 128, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+                : by_stages<T, 2, 128, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
+  return asym ? by_stages<T, 2, 64, true>(a, split_gu, split_d, stages_gu, stages_d, pdl, s)
+              : by_stages<T, 2, 64, false>(a, split_gu, split_d, stages_gu, stages_d, pdl, s);
 }
 
 }  // namespace
@@ -465,21 +350,18 @@ int by_shape(const MoeArgs& a, int G, int bm, int split_gu, int split_d, int sta
 // hidden) floats and max(blocks * ceil(inter/64), T * ceil(hidden/64)) ints. dims: {N, NP, K, KT,
 // KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
 // columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots: stages_gu 4 or 6 (gate|up, 2 KiB a warp each),
-// stages_d 4 or 8 (1 KiB); pdl: down launched as a programmatic dependent of gate_up (sm_90+);
-// cluster (sm_90+, bm 8; bits): 1 gate_up's K slices (split_gu <= 8) sum in a thread-block
-// cluster, 2 (T = 1, split_d x top-k <= 16) down's K slices and top-k blocks do, not in
-// ws/counters. Returns 0, -1 bad arguments, or the CUDA error.
+// stages_d 4 or 8 (1 KiB); pdl: down launched as a programmatic dependent of gate_up (sm_90+).
+// Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int pdl, int cluster, int dtype, void* stream) {
+                                int stages_d, int pdl, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
-      (stages_d != 4 && stages_d != 8) || cluster < 0 || cluster > 3 || ((cluster & 1) && split_gu > 8) ||
-      ((cluster & 2) && (T != 1 || split_d * topk > 16)) ||
+      (stages_d != 4 && stages_d != 8) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -491,6 +373,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, cluster, s)
-                    : by_shape<__half>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, cluster, s);
+  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s)
+                    : by_shape<__half>(a, G, bm, split_gu, split_d, stages_gu, stages_d, pdl != 0, s);
 }
