@@ -5,11 +5,14 @@ so a device script's later steps find them in the cache.
     python3 benchmarks/device/build_libs.py                    # all of them
     python3 benchmarks/device/build_libs.py cuda_w4 cuda_w4mm  # some
     python3 benchmarks/device/build_libs.py --offline .scratch/prebuilt 9.0   # here, no GPU: for sm_90a
-    python3 benchmarks/device/build_libs.py --seed .scratch/prebuilt          # there, before building
+    python3 benchmarks/device/build_libs.py --seed .scratch/prebuilt.tar.xz   # there, before building
 
 Device time is scarce and nvcc is the same 13.0 on both machines, so the libraries can be compiled
 on the CPU machine (--offline, named by source and target but not compiler path), carried to the
 device, and copied into its cache under the device compiler's key (--seed): a call saves the build.
+--offline also writes the folder as one xz archive beside it (<folder>.tar.xz, ~12x smaller: the
+libraries are mostly machine code), and --seed takes either: a call carries 64 MiB with the tree,
+which the folder itself overran once its knockout builds were added (run 12).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ctypes
 import importlib
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +44,28 @@ def modules(names: list[str]):
     return [importlib.import_module(f"turbopack.inference.kernels.{n}") for n in names or ALL]
 
 
+def archive(folder: Path) -> Path:
+    """``folder``'s files as ``<folder>.tar.xz`` beside it (replaced); its path."""
+    dest = folder.with_name(folder.name + ".tar.xz")
+    tmp = dest.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:xz") as tar:
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f.name)
+    tmp.replace(dest)
+    print(f"{dest}: {dest.stat().st_size / 2**20:.1f} MiB", flush=True)
+    return dest
+
+
+def unpacked(path: Path) -> Path:
+    """A folder of libraries: ``path`` itself, or an archive() of one extracted to a new temporary folder."""
+    if path.is_dir() or not path.name.endswith(".tar.xz"):
+        return path
+    out = Path(tempfile.mkdtemp(prefix=path.name.removesuffix(".tar.xz") + "-"))
+    with tarfile.open(path, "r:xz") as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
 def offline(out: Path, capability: tuple[int, int], names: list[str]) -> int:
     """Compile here (no GPU needed) into ``out``, keyed without the compiler's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -53,11 +79,14 @@ def offline(out: Path, capability: tuple[int, int], names: list[str]) -> int:
 
     with ThreadPoolExecutor(2) as ex:
         list(ex.map(one, modules(names)))
+    archive(out)
     return 0
 
 
 def seed(src_dir: Path, names: list[str]) -> None:
-    """Copy libraries built offline for this device's arch into the cache where ``library`` looks."""
+    """Copy libraries built offline for this device's arch (a folder or its archive) into the cache
+    where ``library`` looks."""
+    src_dir = unpacked(src_dir)
     cap = torch.cuda.get_device_capability()
     for m in modules(names):
         have = cuda_build.lib_path(m.SRC, cap, OFFLINE, src_dir)

@@ -2,26 +2,27 @@
 """What each part of the batch-1 W4 decode and the grouped MoE costs on the device (issue 11's
 small layers at 18-37% of copy bandwidth, issue 14's MoE layer at T = 1 at 26%). H200.md's method
 where counters cannot say it: build the kernels again with parts left out (-DTP_KNOCKOUT=<mask>,
-csrc/common.cuh: the split-K store, the math, the weight copies, the MoE's in-kernel routing), time
-each build beside the real one on the same inputs, and read the differences.
+csrc/common.cuh: the split-K store, the math, the weight copies, the scale copies), time each
+build beside the real one on the same inputs, and read the differences.
 
 The knocked-out builds compute wrong results by design. The real build (mask 0, the same source)
 is checked against the reference of its contract before anything is timed.
 
     python3 benchmarks/device/knockout.py --offline .scratch/knockout   # CPU machine: build (sm_90a)
-    python3 benchmarks/device/knockout.py --libs .scratch/knockout      # device: time (carry the folder)
+    python3 benchmarks/device/knockout.py --libs .scratch/knockout.tar.xz   # device: time (carry it)
     python3 benchmarks/device/knockout.py                               # device: build there, then time
 
 Dense: the 8B shapes at M = 1 on the shipped table's configs (bench_linear's method: CUDA graphs,
 weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config, with and
-without PDL (bench_moe's method). Prints one table: µs per variant,
-and the difference from the real build.
+without PDL (bench_moe's method). Prints one table: µs per variant, and the difference from the
+real build.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import sys
@@ -36,10 +37,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4  # noqa: E402
 
+_spec = importlib.util.spec_from_file_location("build_libs", Path(__file__).with_name("build_libs.py"))
+build_libs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build_libs)
+
 #: csrc/common.cuh's knockout bits
-STORE, MATH, LOAD = 1, 2, 4
+STORE, MATH, LOAD, SCALES = 1, 2, 4, 8
 VARIANTS = {  # name: mask
-    "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD, "no math, no loads": MATH | LOAD,
+    "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
+    # run 12's "no weight loads" still waited on each stage's scale copies: this one waits on nothing
+    "no copies": LOAD | SCALES,
+    "skeleton": LOAD | SCALES | MATH,  # launch, routing, x, the sums of x, the store
 }
 #: which variants each library is built in
 LIBS = {cuda_w4: list(VARIANTS.values()), cuda_moe: list(VARIANTS.values())}
@@ -70,6 +78,7 @@ def build_all(folder: Path, jobs: int) -> None:
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(one, todo))
+    build_libs.archive(folder)  # what a call carries: the folder is over its 64 MiB
 
 
 def use(mod, folder: Path, mask: int, dev: torch.device) -> None:
@@ -167,7 +176,7 @@ def table(rows: list[dict], bw: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--offline", type=Path, help="build every variant into this folder and stop (no GPU needed)")
-    p.add_argument("--libs", type=Path, help="the folder an --offline run filled (else: build here first)")
+    p.add_argument("--libs", type=Path, help="the folder an --offline run filled, or its .tar.xz (else: build here)")
     p.add_argument("--jobs", type=int, default=8)
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = p.parse_args(argv)
@@ -176,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != CAP:
         raise SystemExit("error: the knockout builds are sm_90a: this needs an H100/H200")
-    folder = args.libs or Path("/tmp/knockout")
-    if not args.libs:  # a carried folder is used as it is: the variants it holds
+    folder = build_libs.unpacked(args.libs) if args.libs else Path("/tmp/knockout")
+    if not args.libs:  # a carried folder (or its archive) is used as it is: the variants it holds
         build_all(folder, args.jobs)
     from turbopack.inference.kernels import bench
 

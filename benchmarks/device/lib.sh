@@ -6,8 +6,11 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TRITON_CACHE_DIR=/tmp/triton-cache
 step() { echo "=== $1 [$(date +%T)]"; }
 # libraries compiled on the CPU machine (build_libs.py --offline) and carried: seeded, not rebuilt
-PREBUILT=${PREBUILT:-.scratch/prebuilt}
+# (the folder, or its archive: carry .scratch/prebuilt.tar.xz, a twelfth of the folder's size)
+if [ -z "${PREBUILT:-}" ]; then
+  PREBUILT=.scratch/prebuilt; [ -f .scratch/prebuilt.tar.xz ] && PREBUILT=.scratch/prebuilt.tar.xz
+fi
 build_libs() {
-  if [ -d "$PREBUILT" ]; then timeout ${BUILD_S:-100} python3 benchmarks/device/build_libs.py --seed "$PREBUILT" "$@"
+  if [ -e "$PREBUILT" ]; then timeout ${BUILD_S:-100} python3 benchmarks/device/build_libs.py --seed "$PREBUILT" "$@"
   else timeout ${BUILD_S:-100} python3 benchmarks/device/build_libs.py "$@"; fi
 }

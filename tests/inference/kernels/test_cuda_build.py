@@ -441,8 +441,24 @@ def test_knockout_masks_are_the_headers_and_off_in_real_builds():
     spec.loader.exec_module(ko)
     header = (cuda_build.CSRC / "common.cuh").read_text()
     bits = {name: int(v) for name, v in re.findall(r"kKo(\w+) = (\d+),", header)}
-    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD}
+    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD, "Scales": ko.SCALES}
     assert re.search(r"#ifndef TP_KNOCKOUT\n#define TP_KNOCKOUT 0\n#endif", header)
     cmd = cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"))
     assert not any(a.startswith("-D") for a in cmd)
     assert "-DTP_KNOCKOUT=6" in cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"), ("TP_KNOCKOUT=6",))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_speed_of_light_reader_compiles_for_sm80_and_sm90a(tmp_path):
+    """benchmarks/device/sol.py's reader (one launch streaming B bytes: the floor per layer size)
+    builds for the two arches CI compiles, without spills; on the device it checks its own sums
+    against torch before it times anything."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "benchmarks" / "device" / "sol_read.cu"
+    cmd = [NVCC, "-c", "-O3", "-std=c++17", "-Xptxas", "-v", cuda_w4.gencode((8, 0)), cuda_w4.gencode((9, 0)),
+           str(src), "-o", str(tmp_path / "sol.o")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "sm_80" in res.stderr and "sm_90a" in res.stderr
+    assert [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")] == []

@@ -26,6 +26,7 @@ enum : int {
   kKoStore = 1,  // the split-K reduction (workspace or cluster): each CTA stores its partial sums as y
   kKoMath = 2,   // the weight MMAs and the group scaling (the ring still streams)
   kKoLoad = 4,   // the weight copies (the ring's scales still come; the math reads stale slots)
+  kKoScales = 8, // the scale/zero copies: with 4, no copy at all, so the ring's waits return at once
 };
 constexpr int kKnockout = TP_KNOCKOUT;
 

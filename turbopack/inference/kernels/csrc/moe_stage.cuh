@@ -31,7 +31,7 @@ struct Feed {
       cp_async16_hint(&st.w[1][lane], w + tile_step, policy);
     }
     w += 2 * tile_step;
-    if (sz_lane) cp_async16(szdst, sz);
+    if ((kKnockout & kKoScales) == 0 && sz_lane) cp_async16(szdst, sz);
     sz += sz_step;
   }
 };

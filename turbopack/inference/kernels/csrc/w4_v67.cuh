@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kWarps * 32, SZR ? TP_MIN_BLOCKS_V7(NTOK, G) :
       cp_async16_hint_s(w + 512, wsrc + tile_step, policy);
     }
     wsrc += 2 * tile_step;
-    if (sz_lane) cp_async16_s(szdst + slot * static_cast<uint32_t>(sizeof(Sz)), szsrc);
+    if ((kKnockout & kKoScales) == 0 && sz_lane) cp_async16_s(szdst + slot * static_cast<uint32_t>(sizeof(Sz)), szsrc);
     szsrc += szstep;
   };
 #pragma unroll
