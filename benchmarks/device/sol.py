@@ -10,7 +10,9 @@ bytes before anything is timed. Two readers, the fastest grid of each kept: 16-b
 flight a thread (the decode kernels' way) and cp.async.bulk into a 4 x 32 KiB shared-memory ring
 (sm_90+). Sizes: the 8B layers' W4A16 bytes (group 128: 0.5 + 3/128 bytes a weight), the grouped
 MoE's two launches (Qwen3-30B-A3B at T = 1), and powers of two; then the MoE's two launches back
-to back, with and without PDL.
+to back, with and without PDL, and the routed floor: one launch whose CTAs first read the 8
+selected ids, then stream those experts' bytes out of all 128 (the address depends on the ids,
+as in every routed kernel).
 
     python3 benchmarks/device/sol.py                     # on the device: the table
     python3 benchmarks/device/sol.py --json $OUT/sol.json
@@ -52,9 +54,11 @@ def sizes() -> dict[str, int]:
 
 def library(dev: torch.device) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(cuda_build.build(SRC, torch.cuda.get_device_capability(dev))))
-    lib.sol_read.restype = ctypes.c_int
+    lib.sol_read.restype = lib.sol_read_routed.restype = ctypes.c_int
     lib.sol_read.argtypes = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_void_p] + [ctypes.c_int] * 3 + [
         ctypes.c_void_p]
+    lib.sol_read_routed.argtypes = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int,
+                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
@@ -62,6 +66,37 @@ def read(lib, buf: torch.Tensor, acc: torch.Tensor, ctas: int, mode: int, pdl: b
     rc = lib.sol_read(ptr(buf), buf.numel() // 16, ptr(acc), ctas, mode, int(pdl), cuda_build.stream(buf.device))
     if rc != 0:
         raise RuntimeError(f"sol_read failed (code {rc}; {buf.numel()} bytes, {ctas} CTAs, mode {mode})")
+
+
+def read_routed(lib, experts: torch.Tensor, ids: torch.Tensor, acc: torch.Tensor, ctas: int, pdl: bool) -> None:
+    per16 = experts.shape[1] // 16
+    rc = lib.sol_read_routed(ptr(experts), per16, ptr(ids), ids.numel(), ptr(acc), ctas, int(pdl),
+                             cuda_build.stream(experts.device))
+    if rc != 0:
+        raise RuntimeError(f"sol_read_routed failed (code {rc}; {ctas} CTAs)")
+
+
+def routed(lib, grids: list[int], dev: torch.device, n_exp: int = 128, top_k: int = 8) -> dict:
+    """The routed floor (Qwen3-30B-A3B's expert bytes at T = 1): checked, then timed over id sets
+    that together touch every expert (so the selected bytes come from HBM), with and without PDL."""
+    per = 2 * w4_bytes(768, 2048) + w4_bytes(2048, 768)
+    experts = torch.randint(0, 255, (n_exp, per), dtype=torch.uint8, device=dev)
+    sets = [torch.arange(i, i + top_k, dtype=torch.int32, device=dev) for i in range(0, n_exp, top_k)]
+    acc = torch.zeros(1, dtype=torch.int32, device=dev)
+    ids = torch.randperm(n_exp, device=dev)[:top_k].int()
+    want = int(experts[ids.long()].view(torch.int32).to(torch.int64).sum().item()) % 2**32
+    grids = sorted({top_k * -(-g // top_k) for g in grids})
+    for ctas in grids:
+        acc.zero_()
+        read_routed(lib, experts, ids, acc, ctas, False)
+        if int(acc.item()) % 2**32 != want:
+            raise SystemExit(f"FAILED: routed read, {ctas} CTAs: sum {int(acc.item()) % 2**32:#x}, torch {want:#x}")
+    out = {"bytes": top_k * per}
+    for pdl in (False, True):
+        out[f"us_pdl{int(pdl)}"] = min(
+            bench.time_us([lambda i=i, c=ctas, p=pdl: read_routed(lib, experts, i, acc, c, p) for i in sets])
+            for ctas in grids)
+    return out
 
 
 def check(lib, modes: list[int], grids: list[int], dev: torch.device) -> None:
@@ -129,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     moe = sizes()
     pairs = {pdl: chain(lib, moe["MoE gate_up"], moe["MoE down"], best, dev, pdl) for pdl in (False, True)}
+    route = routed(lib, grids, dev)
     print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.3f} TB/s; one launch reading B bytes")
     print("| size | MB | floor µs | one launch µs | reader, CTAs | % of copy bandwidth |")
     print("|---|---:|---:|---:|---|---:|")
@@ -137,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['size']} | {r['bytes'] / 1e6:.2f} | {r['floor_us']:.1f} | {r['us']:.1f} | {r['mode']}, "
               f"{r['ctas']} | {pct:.1f} |")
     floor = (moe["MoE gate_up"] + moe["MoE down"]) / bw * 1e6
-    print(f"MoE T=1 as two dependent launches: {pairs[False]:.1f} µs, with PDL {pairs[True]:.1f} µs "
-          f"(floor {floor:.1f} µs)")
+    print(f"MoE T=1 (floor {floor:.1f} µs): two dependent launches {pairs[False]:.1f} µs, with PDL "
+          f"{pairs[True]:.1f}; routed, one launch {route['us_pdl0']:.1f}, with PDL {route['us_pdl1']:.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"copy_bw": bw, "rows": rows, "moe_pair_us": pairs}, indent=1))
+        args.json.write_text(json.dumps({"copy_bw": bw, "rows": rows, "moe_pair_us": pairs, "routed": route},
+                                        indent=1))
     return 0
 
 

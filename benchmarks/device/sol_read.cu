@@ -9,6 +9,10 @@
 //           (shared memory holds them: 128 KiB a CTA, without a register per byte).
 // Each CTA streams one contiguous slice. pdl: trigger the next launch at once and wait for the
 // previous one only before the sum's atomic (weights are read-only, as in the decode kernels).
+// sol_read_routed: the grouped MoE's floor at T = 1. src is E experts' bytes back to back; each
+// CTA first reads the k selected ids from global memory (as route_block does: the expert decides
+// the address, so no weight byte can be asked for before the ids arrive), then streams its slice
+// of expert ids[b % k] with the mode-0 reader.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -55,10 +59,8 @@ __device__ __forceinline__ void slice(long long n16, long long& lo, long long& h
   hi = min(n16, lo + per);
 }
 
-__global__ void __launch_bounds__(kThreads) read_ldg(const uint4* src, long long n16, unsigned* sum, int pdl) {
-  pdl_trigger(pdl);
-  long long lo, hi;
-  slice(n16, lo, hi);
+// this thread's sum of the words of [lo, hi), kUnroll 16-byte loads in flight
+__device__ __forceinline__ unsigned sum_range(const uint4* src, long long lo, long long hi) {
   unsigned acc = 0;
   long long i = lo + threadIdx.x;
   for (; i + (kUnroll - 1) * kThreads < hi; i += kUnroll * kThreads) {
@@ -72,7 +74,25 @@ __global__ void __launch_bounds__(kThreads) read_ldg(const uint4* src, long long
     const uint4 v = load_stream(src + i);
     acc += v.x + v.y + v.z + v.w;
   }
-  add_sum(acc, sum, pdl);
+  return acc;
+}
+
+__global__ void __launch_bounds__(kThreads) read_ldg(const uint4* src, long long n16, unsigned* sum, int pdl) {
+  pdl_trigger(pdl);
+  long long lo, hi;
+  slice(n16, lo, hi);
+  add_sum(sum_range(src, lo, hi), sum, pdl);
+}
+
+// gridDim.x / k CTAs per selected expert (the caller makes it a multiple of k)
+__global__ void __launch_bounds__(kThreads) read_routed(const uint4* src, long long per16, const int* ids, int k,
+                                                        unsigned* sum, int pdl) {
+  pdl_trigger(pdl);
+  const int per_expert = gridDim.x / k, b = blockIdx.x / per_expert, part = blockIdx.x % per_expert;
+  const long long e = __ldg(ids + b);  // the dependent read every routed kernel starts with
+  const long long chunk = (per16 + per_expert - 1) / per_expert;
+  const long long lo = min(per16, part * chunk), hi = min(per16, lo + chunk);
+  add_sum(sum_range(src + e * per16, lo, hi), sum, pdl);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -162,4 +182,19 @@ extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int
   }
   cfg.dynamicSmemBytes = smem;
   return static_cast<int>(cudaLaunchKernelEx(&cfg, read_bulk, s, n16, out, pdl));
+}
+
+// *sum += the sum of the words of the k experts ids[0..k) (each per16 16-byte units of src), by
+// `ctas` CTAs (a multiple of k). Returns 0, -1 bad arguments, or the CUDA error.
+extern "C" int sol_read_routed(const void* src, long long per16, const int* ids, int k, void* sum, int ctas, int pdl,
+                               void* stream) {
+  if (per16 < 1 || k < 1 || ctas < k || ctas % k != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) return -1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ctas), cfg.blockDim = dim3(kThreads), cfg.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl != 0;
+  cfg.attrs = attr, cfg.numAttrs = 1;
+  return static_cast<int>(cudaLaunchKernelEx(&cfg, read_routed, static_cast<const uint4*>(src), per16, ids, k,
+                                             static_cast<unsigned*>(sum), pdl));
 }
