@@ -157,6 +157,19 @@ __global__ void __launch_bounds__(kThreads) read_bulk(const uint4* src, long lon
 #endif
 }
 
+// One launch of `ctas` CTAs on `stream`, a programmatic dependent one if pdl
+template <typename... P, typename... A>
+cudaError_t launch(void (*kern)(P...), int ctas, int smem, int pdl, void* stream, A... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ctas), cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = smem;
+  cfg.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl != 0;
+  cfg.attrs = attr, cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
 }  // namespace
 
 // *sum += the sum of src's 32-bit words (mod 2^32) over n16 16-byte units, read by `ctas` CTAs in
@@ -164,15 +177,9 @@ __global__ void __launch_bounds__(kThreads) read_bulk(const uint4* src, long lon
 // arguments, or the CUDA error.
 extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int mode, int pdl, void* stream) {
   if (n16 < 1 || ctas < 1 || (mode != 0 && mode != 1) || reinterpret_cast<uintptr_t>(src) % 16 != 0) return -1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(ctas), cfg.blockDim = dim3(kThreads), cfg.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl != 0;
-  cfg.attrs = attr, cfg.numAttrs = 1;
   const uint4* s = static_cast<const uint4*>(src);
   unsigned* out = static_cast<unsigned*>(sum);
-  if (mode == 0) return static_cast<int>(cudaLaunchKernelEx(&cfg, read_ldg, s, n16, out, pdl));
+  if (mode == 0) return static_cast<int>(launch(read_ldg, ctas, 0, pdl, stream, s, n16, out, pdl));
   static bool raised = false;
   constexpr int smem = kStages * kChunk;
   if (!raised) {
@@ -180,8 +187,7 @@ extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = true;
   }
-  cfg.dynamicSmemBytes = smem;
-  return static_cast<int>(cudaLaunchKernelEx(&cfg, read_bulk, s, n16, out, pdl));
+  return static_cast<int>(launch(read_bulk, ctas, smem, pdl, stream, s, n16, out, pdl));
 }
 
 // *sum += the sum of the words of the k experts ids[0..k) (each per16 16-byte units of src), by
@@ -189,12 +195,6 @@ extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int
 extern "C" int sol_read_routed(const void* src, long long per16, const int* ids, int k, void* sum, int ctas, int pdl,
                                void* stream) {
   if (per16 < 1 || k < 1 || ctas < k || ctas % k != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) return -1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(ctas), cfg.blockDim = dim3(kThreads), cfg.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl != 0;
-  cfg.attrs = attr, cfg.numAttrs = 1;
-  return static_cast<int>(cudaLaunchKernelEx(&cfg, read_routed, static_cast<const uint4*>(src), per16, ids, k,
-                                             static_cast<unsigned*>(sum), pdl));
+  return static_cast<int>(launch(read_routed, ctas, 0, pdl, stream, static_cast<const uint4*>(src), per16, ids, k,
+                                 static_cast<unsigned*>(sum), pdl));
 }
