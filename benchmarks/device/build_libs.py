@@ -10,9 +10,9 @@ so a device script's later steps find them in the cache.
 Device time is scarce and nvcc is the same 13.0 on both machines, so the libraries can be compiled
 on the CPU machine (--offline, named by source and target but not compiler path), carried to the
 device, and copied into its cache under the device compiler's key (--seed): a call saves the build.
---offline also writes the folder as one xz archive beside it (<folder>.tar.xz, ~12x smaller: the
-libraries are mostly machine code), and --seed takes either: a call carries 64 MiB with the tree,
-which the folder itself overran once its knockout builds were added (run 12).
+--offline also writes the folder as one xz archive beside it (<folder>.tar.xz, ~17x smaller: the
+libraries are mostly machine code), and --seed takes either. A call carries 64 MiB with the tree,
+which run 12's 55 MB of knockout builds (knockout.py, which writes its archive the same way) overran.
 """
 
 from __future__ import annotations
