@@ -13,9 +13,7 @@
 // CTA first reads the k selected ids from global memory (as route_block does: the expert decides
 // the address, so no weight byte can be asked for before the ids arrive), then streams its slice
 // of expert ids[b % k] with the mode-0 reader.
-#include <cuda_runtime.h>
-
-#include <cstdint>
+#include "common.cuh"  // pdl_wait / pdl_trigger, launch_with (headers from the runtime's csrc)
 
 namespace {
 
@@ -32,23 +30,11 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   return v;
 }
 
-__device__ __forceinline__ void pdl_trigger(bool pdl) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (pdl) asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void pdl_wait(bool pdl) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (pdl) asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
 // the CTA's words summed into *sum: a warp shuffle, then one atomic a warp
 __device__ __forceinline__ void add_sum(unsigned v, unsigned* sum, bool pdl) {
 #pragma unroll
   for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
-  pdl_wait(pdl);
+  if (pdl) pdl_wait();
   if ((threadIdx.x & 31) == 0) atomicAdd(sum, v);
 }
 
@@ -78,7 +64,7 @@ __device__ __forceinline__ unsigned sum_range(const uint4* src, long long lo, lo
 }
 
 __global__ void __launch_bounds__(kThreads) read_ldg(const uint4* src, long long n16, unsigned* sum, int pdl) {
-  pdl_trigger(pdl);
+  if (pdl) pdl_trigger();
   long long lo, hi;
   slice(n16, lo, hi);
   add_sum(sum_range(src, lo, hi), sum, pdl);
@@ -87,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) read_ldg(const uint4* src, long long
 // gridDim.x / k CTAs per selected expert (the caller makes it a multiple of k)
 __global__ void __launch_bounds__(kThreads) read_routed(const uint4* src, long long per16, const int* ids, int k,
                                                         unsigned* sum, int pdl) {
-  pdl_trigger(pdl);
+  if (pdl) pdl_trigger();
   const int per_expert = gridDim.x / k, b = blockIdx.x / per_expert, part = blockIdx.x % per_expert;
   const long long e = __ldg(ids + b);  // the dependent read every routed kernel starts with
   const long long chunk = (per16 + per_expert - 1) / per_expert;
@@ -108,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) read_bulk(const uint4* src, long lon
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ uint4 ring[];
   __shared__ __align__(8) unsigned long long full[kStages];
-  pdl_trigger(pdl);
+  if (pdl) pdl_trigger();
   long long lo, hi;
   slice(n16, lo, hi);
   constexpr int kChunk16 = kChunk / 16;
@@ -157,19 +143,6 @@ __global__ void __launch_bounds__(kThreads) read_bulk(const uint4* src, long lon
 #endif
 }
 
-// One launch of `ctas` CTAs on `stream`, a programmatic dependent one if pdl
-template <typename... P, typename... A>
-cudaError_t launch(void (*kern)(P...), int ctas, int smem, int pdl, void* stream, A... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(ctas), cfg.blockDim = dim3(kThreads), cfg.dynamicSmemBytes = smem;
-  cfg.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl != 0;
-  cfg.attrs = attr, cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kern, args...);
-}
-
 }  // namespace
 
 // *sum += the sum of src's 32-bit words (mod 2^32) over n16 16-byte units, read by `ctas` CTAs in
@@ -179,7 +152,10 @@ extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int
   if (n16 < 1 || ctas < 1 || (mode != 0 && mode != 1) || reinterpret_cast<uintptr_t>(src) % 16 != 0) return -1;
   const uint4* s = static_cast<const uint4*>(src);
   unsigned* out = static_cast<unsigned*>(sum);
-  if (mode == 0) return static_cast<int>(launch(read_ldg, ctas, 0, pdl, stream, s, n16, out, pdl));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const Launch how{pdl != 0, 1};
+  if (mode == 0)
+    return static_cast<int>(launch_with(read_ldg, dim3(ctas), dim3(kThreads), 0, st, how, s, n16, out, pdl));
   static bool raised = false;
   constexpr int smem = kStages * kChunk;
   if (!raised) {
@@ -187,7 +163,7 @@ extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = true;
   }
-  return static_cast<int>(launch(read_bulk, ctas, smem, pdl, stream, s, n16, out, pdl));
+  return static_cast<int>(launch_with(read_bulk, dim3(ctas), dim3(kThreads), smem, st, how, s, n16, out, pdl));
 }
 
 // *sum += the sum of the words of the k experts ids[0..k) (each per16 16-byte units of src), by
@@ -195,6 +171,7 @@ extern "C" int sol_read(const void* src, long long n16, void* sum, int ctas, int
 extern "C" int sol_read_routed(const void* src, long long per16, const int* ids, int k, void* sum, int ctas, int pdl,
                                void* stream) {
   if (per16 < 1 || k < 1 || ctas < k || ctas % k != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) return -1;
-  return static_cast<int>(launch(read_routed, ctas, 0, pdl, stream, static_cast<const uint4*>(src), per16, ids, k,
-                                 static_cast<unsigned*>(sum), pdl));
+  return static_cast<int>(launch_with(read_routed, dim3(ctas), dim3(kThreads), 0, static_cast<cudaStream_t>(stream),
+                                      Launch{pdl != 0, 1}, static_cast<const uint4*>(src), per16, ids, k,
+                                      static_cast<unsigned*>(sum), pdl));
 }

@@ -456,8 +456,8 @@ def test_speed_of_light_reader_compiles_for_sm80_and_sm90a(tmp_path):
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[3] / "benchmarks" / "device" / "sol_read.cu"
-    cmd = [NVCC, "-c", "-O3", "-std=c++17", "-Xptxas", "-v", cuda_w4.gencode((8, 0)), cuda_w4.gencode((9, 0)),
-           str(src), "-o", str(tmp_path / "sol.o")]
+    cmd = [NVCC, "-c", "-O3", "-std=c++17", "-I", str(cuda_build.CSRC), "-Xptxas", "-v", cuda_w4.gencode((8, 0)),
+           cuda_w4.gencode((9, 0)), str(src), "-o", str(tmp_path / "sol.o")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "sm_80" in res.stderr and "sm_90a" in res.stderr

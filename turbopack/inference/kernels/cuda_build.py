@@ -86,9 +86,10 @@ def lib_path(src: Path, capability: tuple[int, int], compiler: str, out_dir: Pat
 def nvcc_command(compiler: str, src: Path, capability: tuple[int, int], out: Path,
                  defines: tuple[str, ...] = ()) -> list[str]:
     """nvcc's command line for ``src``'s shared library for one arch (``defines``: -D NAME=VALUE,
-    for diagnostic builds such as benchmarks/device/knockout.py's; the runtime's have none)."""
-    return [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *(f"-D{d}" for d in defines),
-            gencode(capability), str(src), "-o", str(out)]
+    for diagnostic builds such as benchmarks/device/knockout.py's; the runtime's have none). Headers
+    come from CSRC, as ``headers`` resolves them, also for a source outside it (benchmarks/device)."""
+    return [compiler, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-I", str(CSRC),
+            *(f"-D{d}" for d in defines), gencode(capability), str(src), "-o", str(out)]
 
 
 def build(src: Path, capability: tuple[int, int], out_dir: Path | None = None) -> Path:

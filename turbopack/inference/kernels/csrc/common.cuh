@@ -155,13 +155,11 @@ __device__ __forceinline__ void pdl_trigger() {
 int g_pdl = 0;  // per library (each .cu is one): launch with PDL; set by turbopack_set_pdl
 
 // How a kernel is launched: PDL (the library's switch, g_pdl, for kernels that pdl_wait before
-// reading what the previous grid wrote) and, where cluster_y * cluster_z > 1, thread-block clusters
-// of 1 x cluster_y x cluster_z CTAs (sm_90+; the split-K CTAs of one row tile, cluster_sum's
-// callers; the grouped MoE's down: K slices x top-k blocks)
+// reading what the previous grid wrote) and cluster_y > 1: thread-block clusters of 1 x cluster_y x
+// 1 CTAs (sm_90+; the split-K CTAs of one row tile, cluster_sum's callers)
 struct Launch {
   bool pdl;
   int cluster_y;
-  int cluster_z = 1;
 };
 template <typename... P, typename... A>
 cudaError_t launch_with(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Launch how,
@@ -172,8 +170,8 @@ cudaError_t launch_with(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, 
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = how.pdl;
   attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = how.cluster_y, attr[1].val.clusterDim.z = how.cluster_z;
-  cfg.attrs = attr, cfg.numAttrs = how.cluster_y * how.cluster_z > 1 ? 2 : 1;
+  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = how.cluster_y, attr[1].val.clusterDim.z = 1;
+  cfg.attrs = attr, cfg.numAttrs = how.cluster_y > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
 }
 // Clusters past 8 CTAs (up to 16 on H100/H200) are non-portable: the kernel must allow them, once
