@@ -122,7 +122,7 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 def cuda_candidates(t: int, shape: dict) -> list:
     """The registered default first, then it without the programmatic dependent launch of down, then K
-    splits x ring depths, and at few tokens the k_warps / down_by_token variants (deduplicated)."""
+    splits x ring depths, and at few tokens the few-token kernels' variants (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
 
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
@@ -131,9 +131,9 @@ def cuda_candidates(t: int, shape: dict) -> list:
     cands = [default, dataclasses.replace(default, pdl=False)] + [
         cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]
-    if cuda_moe.few_tokens(t, shape["top_k"]):  # gate_up's 4 warps a row group x down by token, each alone
-        cands += [cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=8, k_warps=kw, down_by_token=bt)
-                  for kw, bt in ((4, True), (4, False), (1, True)) for sg in ((1, 2) if kw > 1 else (1, 2, 4))
+    if cuda_moe.few_tokens(t, shape["top_k"]):  # the few-token kernels, together and each with a routed one
+        cands += [cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=8, gate_up_by_pair=bp, down_by_token=bt)
+                  for bp, bt in ((True, True), (True, False), (False, True)) for sg in ((1,) if bp else (1, 2, 4))
                   for stg in (4, 6) for sd, std in (((1, 8), (1, 4)) if bt else ((1, 8), (2, 4)))]
     return list(dict.fromkeys(cands))
 

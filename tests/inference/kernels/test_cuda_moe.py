@@ -6,8 +6,8 @@ output, silu and the product to 16 bits; the kernel's weights are exact fp32 (q 
 emulator rounds them to 16 bits, ~1e-3), over awkward routings (an expert with no token, every
 token on the same expert(s): runs of 33 or 64 pairs, several 8- or 16-row blocks, T = 1, T = 64), both layouts, groups
 64/128, sym/asym, bf16/fp16, int32/int64 ids, 16-bit/fp32 routing weights, split K in both
-kernels and both ring depths, the few-token path (gate_up's 4 warps a 16-row group, down by token,
-with idle warps where the K range is short, top-1/2/4/8); it is deterministic where its splits are
+kernels and both ring depths, the few-token kernels (gate_up by pair, down by token, alone and
+together, with idle warps where the K range is short, top-1/2/4/8); it is deterministic where its splits are
 (a re-run is bit-identical),
 with or without down as a programmatic dependent launch of gate_up, replays from a CUDA graph
 and leaves the shared workspace zeroed.
@@ -38,7 +38,7 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + 4 warps a row group at NTOK 1; down: 2 NTOK + by token)
+    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token)
     assert len(entries) == 2 * 2 * 2 * 2 * (3 + 3)
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
@@ -71,17 +71,16 @@ def test_ring_rule():
 
 
 def test_few_token_rule():
-    """Qwen3-30B-A3B at T = 1 and 2: gate_up in 16-row groups of 4 warps (384 / 768 CTAs: no K
-    split), 4 stages a warp -> ring 6; down by token, 6 stages a warp (k = 8) -> ring 8. T = 3 or
-    top-3 (not dividing 8): the routed-block path."""
+    """Qwen3-30B-A3B at T = 1 and 2: gate_up by pair, 2 stages a warp -> ring 4; down by token,
+    6 stages a warp (k = 8) -> ring 8. T = 3 or top-3 (not dividing 8): the routed kernels."""
     dev = torch.device("cuda")
     with mock.patch.object(torch.cuda, "get_device_properties", return_value=mock.Mock(multi_processor_count=132)):
         for t in (1, 2):
             cfg = cuda_moe.default_config(t, 8, 128, 2048, 768, dev)
-            assert (cfg.k_warps, cfg.down_by_token, cfg.split_gate_up, cfg.stages_gate_up, cfg.stages_down,
-                    cfg.block_m) == (4, True, 1, 6, 8, 8), cfg
+            assert (cfg.gate_up_by_pair, cfg.down_by_token, cfg.stages_gate_up, cfg.stages_down,
+                    cfg.block_m) == (True, True, 4, 8, 8), cfg
         assert not cuda_moe.default_config(3, 8, 128, 2048, 768, dev).down_by_token
-        assert cuda_moe.default_config(1, 3, 128, 2048, 768, dev).k_warps == 1
+        assert not cuda_moe.default_config(1, 3, 128, 2048, 768, dev).gate_up_by_pair
         assert cuda_moe.default_config(1, 2, 8, 4096, 14336, dev).down_by_token  # Mixtral: 4 warps a pair
 
 
@@ -93,10 +92,8 @@ def test_config_checks_name_the_fix():
     idx3, w3 = torch.tensor([[0, 1, 2]]), torch.full((1, 3), 1 / 3)
     with pytest.raises(ValueError, match="top-k must divide 8"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(down_by_token=True))
-    with pytest.raises(ValueError, match="k_warps 4: .* only at block_m 8"):
-        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=16, k_warps=4))
-    with pytest.raises(ValueError, match="k_warps 2"):
-        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(k_warps=2))
+    with pytest.raises(ValueError, match="block_m 12"):
+        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=12))
 
 
 def test_block_rows_rule():
@@ -120,13 +117,14 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     ("w4_t64x64", 6, 256, 256, 2, 2, 128, True, torch.bfloat16, "random", (2, 1, 4, 4, False)),  # no PDL
     ("w4_t64x64", 4, 256, 128, 33, 1, 128, False, torch.bfloat16, "one_expert", (1, 2, 4, 8, True, 8)),  # 5 blocks
     ("w4_t16x64", 4, 256, 256, 64, 1, 64, True, torch.float16, "one_expert", (2, 1, 6, 4)),  # 4 blocks of 16
-    # few tokens: gate_up's 4 warps a 16-row group (k_warps), down by token
-    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", (1, 1, 4, 8, True, 8, 4, True)),  # 3 idle
-    ("w4_t16x64", 6, 256, 256, 2, 4, 64, True, torch.float16, "one_expert", (2, 1, 6, 4, True, 8, 4, True)),
-    ("w4_t64x64", 16, 512, 384, 3, 8, 128, False, torch.bfloat16, "random", (1, 1, 6, 8, False, 8, 4, True)),
-    ("w4_t64x64", 8, 384, 384, 2, 1, 64, True, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, 1, True)),  # k = 1
-    ("w4_t64x64", 6, 384, 256, 7, 3, 64, True, torch.bfloat16, "skip_expert_2", (1, 2, 4, 8, True, 8, 4, False)),
-    ("w4_t16x64", 16, 256, 128, 1, 8, 128, True, torch.float16, "random", (3, 1, 4, 8, True, 8, 4, True)),
+    # the few-token kernels (gate_up by pair, down by token), alone and together; warps with no
+    # stages where K is short (256: 2 stages over 8 warps; down at k = 2: 1 stage over 4)
+    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", (1, 1, 4, 8, True, 8, True, True)),
+    ("w4_t16x64", 6, 256, 256, 2, 4, 64, True, torch.float16, "one_expert", (2, 1, 6, 4, True, 8, True, True)),
+    ("w4_t64x64", 16, 512, 384, 3, 8, 128, False, torch.bfloat16, "random", (1, 1, 6, 8, False, 8, True, True)),
+    ("w4_t64x64", 8, 384, 384, 2, 1, 64, True, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, False, True)),  # k=1
+    ("w4_t64x64", 6, 384, 256, 7, 3, 64, True, torch.bfloat16, "skip_expert_2", (1, 2, 4, 8, True, 8, True, False)),
+    ("w4_t16x64", 16, 2048, 128, 1, 8, 128, True, torch.float16, "random", (3, 1, 4, 8, True, 16, True, True)),
 ]
 
 
@@ -190,7 +188,7 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
     assert torch.equal(no_pdl, first)  # the dependent launch changes when down starts, not what it computes
     split = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cuda_moe.MoECudaConfig(4, 3, 6, 4))
     assert reference.rel_err(split, first.float()) < 1e-2
-    few = cuda_moe.MoECudaConfig(1, 1, 6, 8, True, 8, 4, True)  # no atomics at all: bit-identical re-runs
+    few = cuda_moe.MoECudaConfig(1, 1, 4, 8, True, 8, True, True)  # no atomics at all: bit-identical re-runs
     by_token = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=few)
     assert torch.equal(by_token, cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=few))
     assert reference.rel_err(by_token, first.float()) < 1e-2

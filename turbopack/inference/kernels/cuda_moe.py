@@ -8,11 +8,11 @@ the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed,
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
 
-Config: the K split and ring depth of each kernel, token rows per block, PDL, gate_up's warps
-per row group and down by token (``MoECudaConfig``). ``default_config`` is a registered rule, not
-a tuned table entry: the grouped grid depends on the routing (experts hit x row tiles), which the
-dense table's (N x K, M bucket) key cannot express; bench_moe.py sweeps the candidates and reports
-the winner beside it.
+Config: the K split and ring depth of each kernel, token rows per block, PDL, and the few-token
+kernels (gate_up by pair, down by token) in place of the routed ones (``MoECudaConfig``).
+``default_config`` is a registered rule, not a tuned table entry: the grouped grid depends on the
+routing (experts hit x row tiles), which the dense table's (N x K, M bucket) key cannot express;
+bench_moe.py sweeps the candidates and reports the winner beside it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ MAX_PAIRS = 2048  # T * top_k (csrc kMaxPairs)
 MAX_EXPERTS = 1024
 STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp each
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
-K_WARPS = (1, 4)  # gate_up's warps per 16-row group (4: block_m 8 only)
-TOKEN_WARPS = 8  # down by token: a CTA's warps, top-k of them or 8 / k per pair (csrc kTokWarps)
+TOKEN_WARPS = 8  # a few-token CTA's warps; down by token: k of them or 8 / k per pair (csrc kTokWarps)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
 _SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 16 + [ctypes.c_void_p]}
@@ -51,9 +50,9 @@ class MoECudaConfig:
     stages_down: int = 8
     pdl: bool = True  # down as a programmatic dependent launch of gate_up (sm_90+; ignored below)
     block_m: int = 0  # token rows per block, 8 or 16; 0: block_rows' rule
-    #: gate_up's warps per 16-row group: 1 (4 warps x 16 rows of one K range) or 4 (16 rows, the
-    #: range in quarters summed in shared memory: 4x the CTAs without a global reduction)
-    k_warps: int = 1
+    #: gate_up as a CTA per (16 rows, pair), K in eighths summed in shared memory (split_gate_up
+    #: unused): no routing pass, x copied before the id is read, no workspace
+    gate_up_by_pair: bool = False
     #: down as a CTA per (16 rows, token) over its top-k pairs, summed in shared memory (split_down
     #: unused; top-k must divide 8): no workspace, counter or last CTA
     down_by_token: bool = False
@@ -84,10 +83,10 @@ def supports(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate, u
             and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
 
 
-def _split(ctas: int, stages: int, sms: int, min_per: int, per_sm: int = 3) -> int:
-    """K split that brings ``ctas`` CTAs to about ``per_sm`` per SM, keeping >= ``min_per`` stages
-    per CTA, evened out so that no CTA's K range is empty."""
-    split = max(1, min(math.ceil(per_sm * sms / max(1, ctas)), stages // min_per))
+def _split(ctas: int, stages: int, sms: int, min_per: int) -> int:
+    """K split that brings ``ctas`` CTAs to about three per SM, keeping >= ``min_per`` stages per
+    CTA, evened out so that no CTA's K range is empty."""
+    split = max(1, min(math.ceil(3 * sms / max(1, ctas)), stages // min_per))
     per = math.ceil(stages / split)
     return math.ceil(stages / per)
 
@@ -108,14 +107,14 @@ def ring(per: int, depths: tuple[int, ...]) -> int:
     return next((d for d in depths if d - 1 >= per), 4)
 
 
-#: at most this many tokens, top-k dividing 8: gate_up in 16-row groups of 4 warps and down by token
+#: at most this many tokens, top-k dividing 8: the few-token kernels (gate_up by pair, down by token)
 FEW_TOKENS = 2
 
 
 def few_tokens(tokens: int, top_k: int) -> bool:
-    """The few-token shape (batch-1 and -2 decode): every pair's weights are streamed by CTAs that
-    sum their parts in shared memory, where the split-K store cost 4.5 of the layer's 20.4 µs
-    (Qwen3-30B-A3B at T = 1, H100, run 13)."""
+    """The few-token shape (batch-1 and -2 decode), where the few-token kernels (csrc/moe_token.cuh)
+    replace the routed ones: their CTAs sum their parts in shared memory, where the routed
+    kernels' split-K store cost 4.5 of the layer's 20.4 µs (Qwen3-30B-A3B at T = 1, H100, run 13)."""
     return tokens <= FEW_TOKENS and top_k <= TOKEN_WARPS and TOKEN_WARPS % top_k == 0
 
 
@@ -124,18 +123,16 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
     about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
     (a ring that never holds two stages has nothing in flight while it computes); rings by ``ring``.
-    Few tokens (``few_tokens``): gate_up's 16-row groups split over K only below two CTAs per SM
-    (>= 2 stages a warp), down by token, each warp's whole range in its ring where it fits."""
+    Few tokens (``few_tokens``): gate_up by pair and down by token, each warp's whole K range in
+    its ring where it fits."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     hit = min(n_experts, tokens * top_k)
     s_gu, s_d = hidden // 128, inter // 128
     if few_tokens(tokens, top_k):
-        kw = K_WARPS[-1]
-        split_gu = _split(hit * math.ceil(inter / 16), s_gu, sms, 2 * kw, per_sm=2)
-        per_w = math.ceil(s_d / (TOKEN_WARPS // top_k))
-        return MoECudaConfig(split_gate_up=split_gu, stages_gate_up=ring(math.ceil(s_gu / split_gu / kw),
-                                                                         STAGES_GATE_UP),
-                             stages_down=ring(per_w, STAGES_DOWN), block_m=8, k_warps=kw, down_by_token=True)
+        per_gu = math.ceil(s_gu / TOKEN_WARPS)
+        per_d = math.ceil(s_d / (TOKEN_WARPS // top_k))
+        return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_GATE_UP), stages_down=ring(per_d, STAGES_DOWN),
+                             block_m=8, gate_up_by_pair=True, down_by_token=True)
     split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
     split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
     return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
@@ -164,13 +161,11 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     bm = cfg.block_m or block_rows(t, top_k, n_exp)
     if bm not in (8, 16):
         raise ValueError(f"block_m {bm}: 8 or 16 token rows")
-    if cfg.k_warps not in K_WARPS or (cfg.k_warps > 1 and bm != 8):
-        raise ValueError(f"k_warps {cfg.k_warps}: one of {K_WARPS}, more than 1 only at block_m 8")
     if cfg.down_by_token and (top_k > TOKEN_WARPS or TOKEN_WARPS % top_k):
         raise ValueError(f"down_by_token at top-{top_k}: top-k must divide {TOKEN_WARPS}")
     blocks = min(n, min(n_exp, n) + n // bm)
     ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
-    cnt = workspace(dev, max(blocks * math.ceil(inter * cfg.k_warps / 64), t * math.ceil(hidden / 64)), torch.int32)
+    cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
     pdl = cfg.pdl and torch.cuda.get_device_capability(dev) >= (9, 0)
@@ -183,7 +178,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        cfg.k_warps, int(cfg.down_by_token), int(pdl), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(cfg.gate_up_by_pair), int(cfg.down_by_token), int(pdl), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

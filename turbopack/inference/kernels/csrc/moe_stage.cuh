@@ -8,6 +8,18 @@
 
 namespace {
 
+// A warp's ring slot: gate_up's (gate Stage, up Stage) and their scale slots; down's one Stage
+template <int NG, bool ASYM>
+struct GuSlot {
+  Stage w[2];
+  SzSlot<NG, ASYM> sz[2];
+};
+template <int NG, bool ASYM>
+struct DnSlot {
+  Stage w;
+  SzSlot<NG, ASYM> sz;
+};
+
 // The warp's sources for linear L of expert e: weights at stage s_lo of rows n0.., and (lane <
 // kChunks) the lane's scale or zero chunk, as v7 copies them (SzSlot, w4_stage.cuh)
 template <typename T, int NG>

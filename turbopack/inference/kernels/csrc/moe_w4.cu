@@ -30,49 +30,36 @@
 // 290 SASS instructions per gate|up slot at one token column, group 128, asym; the table: 262 (down:
 // 176 -> 157 per stage).
 #include "common.cuh"
-#include "moe_down_token.cuh"  // DnSlot, moe_down_token_kernel
+#include "moe_token.cuh"  // the few-token kernels: moe_gate_up_pair_kernel, moe_down_token_kernel
 #include "moe_route.cuh"  // Lin, MoeArgs, Route, route_block
-#include "moe_stage.cuh"  // Feed, x_sources, round16, silu_mul
+#include "moe_stage.cuh"  // GuSlot, DnSlot, Feed, x_sources, round16, silu_mul
 #include "w4_stage.cuh"  // the stage, weight_mma, sum_x, group_fma
 
 namespace {
 
-// A CTA's ring: per warp STAGES slots of (gate Stage, up Stage) and their (gate, up) scale slots
-template <int NG, bool ASYM>
-struct GuSlot {
-  Stage w[2];
-  SzSlot<NG, ASYM> sz[2];
-};
-
-// KW: warps of a CTA that split each of its rows' K range (1: the 4 warps take 4 x 16 rows; 4: one
-// 16-row group, a quarter of the range each, summed in shared memory in warp order, so that the
-// grid covers the SMs without a global split-K reduction, whose atomics, fence and counter the
-// knockouts measured at 4.5 us of the MoE's 20.4 at T = 1 on the H100)
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, int KW>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs a) {
-  constexpr int NG = kStageK / G, RW = kWarps / KW;
+  constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ Route r;
   pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
   if (!route_block<8 * NTOK>(a, blockIdx.z, r, reinterpret_cast<int*>(smem))) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int kw = warp % KW;
   GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + warp * STAGES;
   float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem) + kWarps * STAGES);
   const Lin& L = a.gate;
-  const int n0 = blockIdx.x * (RW * 16) + warp / KW * 16;
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
   const bool active = n0 < L.NP;
   const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
   const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);  // every warp sums x over it
-  const int per_w = (s_cta - s_lo + KW - 1) / KW;  // the warp's own stages: [w_lo, s_hi)
-  const int w_lo = min(s_cta, s_lo + kw * per_w), s_hi = active ? min(s_cta, w_lo + per_w) : w_lo;
+  const int s_hi = active ? s_cta : s_lo;
   // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
   const bool sz_lane = lane < 2 * kChunks;
   const int which = lane < kChunks ? 0 : 1, chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
   Feed<T, NG> fg, fu;
-  fg.init(a.gate, r.e, n0, w_lo, lane, chunk);
-  fu.init(a.up, r.e, n0, w_lo, lane, chunk);
+  fg.init(a.gate, r.e, n0, s_lo, lane, chunk);
+  fu.init(a.up, r.e, n0, s_lo, lane, chunk);
   const long long tile_step = (long long)L.TN * 2;
   const uint64_t policy = l2_evict_first();
   auto issue = [&](int slot) {
@@ -84,7 +71,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   x_sources<T, NTOK>(xsrc, has, a.x, a.stride_xm, r, a.topk, s_lo, g, c);
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (w_lo + s < s_hi) issue(s);
+    if (s_lo + s < s_hi) issue(s);
     cp_async_commit();
   }
   sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);  // while the ring loads
@@ -95,7 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
 #pragma unroll
     for (int i = 0; i < 4; ++i) og[t][i] = ou[t][i] = 0.f;
   int rd = 0, wr = STAGES - 1;
-  for (int j = w_lo - s_lo; s_lo + j < s_hi; ++j) {  // j: the stage's index in the CTA's range and table
+  for (int j = 0; s_lo + j < s_hi; ++j) {
     uint4 xv[NTOK][2][2];
     load_x<NTOK>(xv, xsrc, has, j * (kStageK / 8));
     cp_async_wait<STAGES - 2>();
@@ -116,32 +103,6 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
-  // the K quarters' sums into warp kw = 0 of each row group (the ring's memory, once every warp is done
-  // with it); the other warps hold no rows from here on
-  const bool owner = active && kw == 0;
-  if constexpr (KW > 1) {
-    float* red = reinterpret_cast<float*>(smem) + warp * (2 * NTOK * 4 * 32) + lane;
-    __syncthreads();
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        red[(t * 4 + i) * 32] = og[t][i];
-        red[(NTOK * 4 + t * 4 + i) * 32] = ou[t][i];
-      }
-    __syncthreads();
-    if (kw == 0) {
-#pragma unroll
-      for (int w = 1; w < KW; ++w)
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            og[t][i] += red[(w * 2 * NTOK * 4 + t * 4 + i) * 32];
-            ou[t][i] += red[(w * 2 * NTOK * 4 + NTOK * 4 + t * 4 + i) * 32];
-          }
-    }
-  }
   // out element i of column t: row n0 + g + 8 (i / 2), block row 8t + 2c + (i & 1)
   T* h = static_cast<T*>(a.h);
   const int N = L.N;
@@ -152,7 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
-        if (owner && row < N && slot < r.rows) {
+        if (active && row < N && slot < r.rows) {
           float* w = a.ws + (long long)r.pair[slot] * 2 * N + row;
           atomicAdd(w, og[t][i]);
           atomicAdd(w + N, ou[t][i]);
@@ -173,7 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
-      if (owner && row < N && slot < r.rows) {
+      if (active && row < N && slot < r.rows) {
         const long long p = r.pair[slot];
         float gv = og[t][i], uv = ou[t][i];
         if (split) {  // read the sums at L2 and leave the workspace zeroed
@@ -318,21 +279,21 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
   return static_cast<int>(launch_with(Kern, grid, dim3(warps * 32), smem, s, how, a));
 }
 
-// The step's knobs past the template arguments (the config of cuda_moe.MoECudaConfig)
+// The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
-  int split_gu, split_d, stages_d;
-  bool down_by_token, pdl;
+  int split_gu, split_d, stages_gu, stages_d;
+  bool gate_up_by_pair, down_by_token, pdl;
 };
 
-// down after gate_up: by token (moe_down_token.cuh) or by routed block with split K
+// down after gate_up: by token (moe_token.cuh) or by routed block with split K
 template <typename T, int NTOK, int G, bool ASYM, int STAGES_D>
 int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   constexpr int NG = kStageK / G;
   const Launch dep{k.pdl && g_pdl != 0, 1};
   if (k.down_by_token) {
     const int ks = kTokWarps / a.topk, per_w = (a.down.K / kStageK + ks - 1) / ks;
-    return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM>>(dim3((a.down.NP + 15) / 16, a.T),
-                                                               down_token_smem<NG, ASYM>(STAGES_D, per_w), a, dep, s,
+    const int smem = token_smem<DnSlot<NG, ASYM>>(STAGES_D, kTokWarps * per_w * kStageK * 2, per_w, NG);
+    return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM>>(dim3((a.down.NP + 15) / 16, a.T), smem, a, dep, s,
                                                                kTokWarps);
   }
   a.split = k.split_d;
@@ -343,47 +304,47 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
                                                              dep, s);
 }
 
+// gate_up by pair (moe_token.cuh) or by routed block with split K
+template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
+  constexpr int NG = kStageK / G;
+  const Launch now{false, 1};  // never a dependent launch: no pdl_wait (the router's ids are read at once)
+  if (k.gate_up_by_pair) {
+    const int per_w = (a.gate.K / kStageK + kTokWarps - 1) / kTokWarps;
+    const int smem = token_smem<GuSlot<NG, ASYM>>(STAGES, a.gate.K * 2, per_w, NG);
+    return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(dim3((a.gate.NP + 15) / 16, 1, a.T * a.topk), smem, a,
+                                                                now, s, kTokWarps);
+  }
+  a.split = k.split_gu;
+  const int scratch = (a.E + a.T * a.topk) * 4;
+  // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
+  const int table = ((a.gate.K / kStageK + k.split_gu - 1) / k.split_gu) * NG * NTOK * 4 * 8;
+  const int smem = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table);
+  return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(dim3((a.gate.NP + 63) / 64, k.split_gu, blocks), smem,
+                                                              a, now, s);
+}
+
 // Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
 // grid launch once all its CTAs run; down streams its first ring stages (weights and scales only)
 // and then waits for gate_up's h. The config's switch and the library's (TURBOPACK_PDL) must both
 // be on.
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, int KW>
-int run(MoeArgs a, const Knobs& k, cudaStream_t s) {
-  constexpr int NG = kStageK / G, BM = 8 * NTOK;
-  const int n = a.T * a.topk, hit = min(a.E, n), blocks = min(n, hit + n / BM);
-  const int scratch = (a.E + n) * 4;
-  // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
-  const int table = ((a.gate.K / kStageK + k.split_gu - 1) / k.split_gu) * NG * NTOK * 4 * 8;
-  a.split = k.split_gu;
-  const dim3 g1((a.gate.NP + 16 * (kWarps / KW) - 1) / (16 * (kWarps / KW)), k.split_gu, blocks);
-  const int smem1 = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table);
-  // gate_up has no pdl_wait: never a dependent launch (the router's ids are read at once)
-  const int rc = launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, KW>>(g1, smem1, a, Launch{false, 1}, s);
+template <typename T, int NTOK, int G, bool ASYM>
+int run(const MoeArgs& a, const Knobs& k, cudaStream_t s) {
+  const int n = a.T * a.topk, blocks = min(n, min(a.E, n) + n / (8 * NTOK));
+  const int rc = k.stages_gu == 6 ? gate_up<T, NTOK, 6, G, ASYM>(a, blocks, k, s) : gate_up<T, NTOK, 4, G, ASYM>(a, blocks, k, s);
   if (rc != 0) return rc;
   return k.stages_d == 8 ? down<T, NTOK, G, ASYM, 8>(a, blocks, k, s) : down<T, NTOK, G, ASYM, 4>(a, blocks, k, s);
 }
 
-template <typename T, int NTOK, int G, bool ASYM>
-int by_stages(const MoeArgs& a, int stages_gu, int kw, const Knobs& k, cudaStream_t s) {
-  if (kw == 4) {  // one token column only (block_m 8: the few-token shapes that want it)
-    if constexpr (NTOK == 1)
-      return stages_gu == 6 ? run<T, NTOK, 6, G, ASYM, 4>(a, k, s) : run<T, NTOK, 4, G, ASYM, 4>(a, k, s);
-    return -1;
-  }
-  return stages_gu == 6 ? run<T, NTOK, 6, G, ASYM, 1>(a, k, s) : run<T, NTOK, 4, G, ASYM, 1>(a, k, s);
-}
-
 template <typename T>
-int by_shape(const MoeArgs& a, int G, int bm, int stages_gu, int kw, const Knobs& k, cudaStream_t s) {
+int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
   const bool asym = a.gate.z != nullptr;
   if (bm == 8) {
-    if (G == 128)
-      return asym ? by_stages<T, 1, 128, true>(a, stages_gu, kw, k, s) : by_stages<T, 1, 128, false>(a, stages_gu, kw, k, s);
-    return asym ? by_stages<T, 1, 64, true>(a, stages_gu, kw, k, s) : by_stages<T, 1, 64, false>(a, stages_gu, kw, k, s);
+    if (G == 128) return asym ? run<T, 1, 128, true>(a, k, s) : run<T, 1, 128, false>(a, k, s);
+    return asym ? run<T, 1, 64, true>(a, k, s) : run<T, 1, 64, false>(a, k, s);
   }
-  if (G == 128)
-    return asym ? by_stages<T, 2, 128, true>(a, stages_gu, kw, k, s) : by_stages<T, 2, 128, false>(a, stages_gu, kw, k, s);
-  return asym ? by_stages<T, 2, 64, true>(a, stages_gu, kw, k, s) : by_stages<T, 2, 64, false>(a, stages_gu, kw, k, s);
+  if (G == 128) return asym ? run<T, 2, 128, true>(a, k, s) : run<T, 2, 128, false>(a, k, s);
+  return asym ? run<T, 2, 64, true>(a, k, s) : run<T, 2, 64, false>(a, k, s);
 }
 
 }  // namespace
@@ -392,23 +353,23 @@ int by_shape(const MoeArgs& a, int G, int bm, int stages_gu, int kw, const Knobs
 // x [T, hidden] (row stride stride_xm), ids [T*k] (int64 if ids64 else int32), wts [T*k] (fp32 if
 // wts32 else the activations' dtype), q*/s*/z* the stacked packed tensors (z* null: sym), h [T*k,
 // inter] scratch, y [T, hidden], ws/counters zeroed (left zeroed) of at least T*k*max(2*inter,
-// hidden) floats and max(blocks * ceil(inter / (64 / kw_gu)), T * ceil(hidden/64)) ints. dims: {N,
-// NP, K, KT, KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA
-// token columns; an expert with more tokens takes several blocks, each reading its weights). Ring
-// slots: stages_gu 4 or 6 (gate|up, 2 KiB a warp each), stages_d 4 or 8 (1 KiB). kw_gu: gate_up's
-// warps per 16-row group, 1 or 4 (4: bm 8 only). down_by_token: down per (16 rows, token), k
-// dividing 8 (split_d unused). pdl: down launched as a programmatic dependent of gate_up (sm_90+).
-// Returns 0, -1 bad arguments, or the CUDA error.
+// hidden) floats and max(blocks * ceil(inter/64), T * ceil(hidden/64)) ints. dims: {N, NP, K, KT,
+// KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
+// columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots:
+// stages_gu 4 or 6 (gate|up, 2 KiB a warp each), stages_d 4 or 8 (1 KiB). gu_by_pair: gate_up as a
+// CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token), k dividing 8
+// (split_d unused); both need no ws or counters. pdl: down launched as a programmatic dependent of
+// gate_up (sm_90+). Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int kw_gu, int down_by_token, int pdl, int dtype, void* stream) {
+                                int stages_d, int gu_by_pair, int down_by_token, int pdl, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
-      (stages_d != 4 && stages_d != 8) || (kw_gu != 1 && !(kw_gu == 4 && bm == 8)) ||
+      (stages_d != 4 && stages_d != 8) ||
       (down_by_token && (topk > kTokWarps || kTokWarps % topk != 0)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
@@ -421,7 +382,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const Knobs k{split_gu, split_d, stages_d, down_by_token != 0, pdl != 0};
-  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, stages_gu, kw_gu, k, s)
-                    : by_shape<__half>(a, G, bm, stages_gu, kw_gu, k, s);
+  const Knobs k{split_gu, split_d, stages_gu, stages_d, gu_by_pair != 0, down_by_token != 0, pdl != 0};
+  return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }

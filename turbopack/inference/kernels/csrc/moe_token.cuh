@@ -1,0 +1,222 @@
+// The grouped MoE decode's few-token kernels (moe_w4.cu; MoECudaConfig.gate_up_by_pair and
+// down_by_token). At T = 1 the routed kernels' CTAs spend their time in chains of dependent loads,
+// not in streaming: the top-k ids and a routing pass before the first weight copy, x or h read
+// stage by stage for the sums of x, and the split-K store's atomics, fence, counter and last CTA
+// (4.5 us of the layer's 20.4 on the H100, knockouts, run 13). Here a CTA is 8 warps on 16 rows:
+//   gate_up by pair   CTA (16 rows of gate|up, pair): the pair is blockIdx.z, so x's row is copied
+//                     (cp.async, one chunk a thread) before the id is even read; each warp takes an
+//                     eighth of K; h = silu(g) * u after a shared-memory sum in warp order
+//   down by token     CTA (16 rows of y, token): its 8 warps take the token's top-k pairs (k divides
+//                     8), 8 / k warps splitting each pair's K range; h's slices are copied once
+//                     after pdl_wait; y = sum_k w * round16(down) in top-k order in shared memory
+// No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
+// down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
+// Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
+// the staged row in shared memory: lanes add 8 values each and shuffle within the group.
+// Anonymous namespace, as common.cuh: each .cu is its own shared library.
+#pragma once
+#include "common.cuh"
+#include "moe_route.cuh"
+#include "moe_stage.cuh"
+#include "w4_stage.cuh"
+
+namespace {
+
+constexpr int kTokWarps = 8;  // = the largest top-k down by token takes; k must divide it (the launcher checks)
+
+// Shared memory of a few-token CTA: its ring [kTokWarps][stages] of Slot, the staged x (16-bit, x_bytes)
+// and each warp's table of sums (per_w stages of NG groups: a float2 per quad lane)
+template <typename Slot>
+constexpr int token_smem(int stages, int x_bytes, int per_w, int ng) {
+  return kTokWarps * (stages * static_cast<int>(sizeof(Slot)) + per_w * ng * 4 * 8) + x_bytes;
+}
+
+// The warp's table of sums of x (sum_x's layout at one token column: entry (j, gi, c) of stage j,
+// group gi; column 0, the token, is .x) for nst stages of the 16-bit row xs (uint4 per 8 values):
+// lanes 0-15 add a chunk each, a group is 16 / NG lanes, shuffled to its first lane
+template <typename T, int NG>
+__device__ __forceinline__ void row_sums(float2* xsum, const uint4* xs, int nst, int lane) {
+  constexpr int kLanes = 16 / NG;
+  for (int j = 0; j < nst; ++j) {
+    float s = 0.f;
+    if (lane < 16) {
+      const uint4 v = xs[j * 16 + lane];
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = Half16<T>::unpack(w[i]);
+        s += f.x + f.y;
+      }
+    }
+#pragma unroll
+    for (int d = kLanes / 2; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+    if (lane < 16 && lane % kLanes == 0)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) xsum[(j * NG + lane / kLanes) * 4 + c] = make_float2(s, s);
+  }
+}
+
+// x fragments of stage j at one token column from the staged row (load_x's order, thread c's 32 bytes a tile)
+__device__ __forceinline__ void staged_x(uint4 (&xv)[1][2][2], const uint4* xs, int j, int c) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) xv[0][i >> 1][i & 1] = xs[j * 16 + 2 * c + 8 * (i >> 1) + (i & 1)];
+}
+
+__device__ __forceinline__ int expert_of(const MoeArgs& a, long long pair) {
+  return a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[pair]) : static_cast<const int*>(a.ids)[pair];
+}
+
+template <typename T, int STAGES, int G, bool ASYM>
+__global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
+  constexpr int NG = kStageK / G;
+  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
+  extern __shared__ uint4 smem[];
+  __shared__ float part[kTokWarps][2][16];
+  pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const Lin& L = a.gate;
+  const long long pair = blockIdx.z;
+  uint4* xs = smem;  // x's row, all K
+  const uint4* xrow = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + pair / a.topk * a.stride_xm);
+  for (int i = threadIdx.x; i < L.K / 8; i += blockDim.x) cp_async16(xs + i, xrow + i);
+  cp_async_commit();
+  const int e = expert_of(a, pair);
+  const bool valid = e >= 0 && e < a.E;
+  const int stages = L.K / kStageK, per_w = (stages + kTokWarps - 1) / kTokWarps;
+  const int w_lo = min(stages, warp * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
+  GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + kTokWarps * STAGES) +
+                 warp * per_w * NG * 4;
+  const int n0 = blockIdx.x * 16;
+  // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
+  const bool sz_lane = lane < 2 * kChunks;
+  const int which = lane < kChunks ? 0 : 1, chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
+  Feed<T, NG> fg, fu;
+  fg.init(a.gate, valid ? e : 0, n0, w_lo, lane, chunk);
+  fu.init(a.up, valid ? e : 0, n0, w_lo, lane, chunk);
+  const long long tile_step = (long long)L.TN * 2;
+  const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) {
+    fg.issue(ring[slot].w[0], &ring[slot].sz[0].v[chunk], sz_lane && which == 0, tile_step, lane, policy);
+    fu.issue(ring[slot].w[1], &ring[slot].sz[1].v[chunk], sz_lane && which == 1, tile_step, lane, policy);
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nst) issue(s);
+    cp_async_commit();
+  }
+  cp_async_wait<STAGES - 1>();  // x's group, the oldest
+  __syncthreads();              // every thread's chunk of x
+  row_sums<T, NG>(xsum, xs + w_lo * 16, nst, lane);
+  __syncwarp();
+  float og[1][4] = {{0.f, 0.f, 0.f, 0.f}}, ou[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; j < nst; ++j) {
+    uint4 xv[1][2][2];
+    staged_x(xv, xs, w_lo + j, c);
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // lane l's chunks are read by other lanes; slot wr is free
+    if (j + STAGES - 1 < nst) issue(wr);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    if constexpr ((kKnockout & kKoMath) != 0) {
+      rd = rd + 1 == STAGES ? 0 : rd + 1;
+      continue;
+    }
+    float acc[2][1][4];
+    weight_mma<T, 1>(acc, ring[rd].w[0], xv, g, c);
+    group_fma<T, 1, NG, ASYM>(og, acc, xsum + j * NG * 4, ring[rd].sz[0], g, c);
+    weight_mma<T, 1>(acc, ring[rd].w[1], xv, g, c);
+    group_fma<T, 1, NG, ASYM>(ou, acc, xsum + j * NG * 4, ring[rd].sz[1], g, c);
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+  }
+  cp_async_wait<0>();
+  if (c == 0) {  // token column 0 is thread c = 0's elements 0 (row g) and 2 (row g + 8)
+    part[warp][0][g] = og[0][0], part[warp][0][g + 8] = og[0][2];
+    part[warp][1][g] = ou[0][0], part[warp][1][g + 8] = ou[0][2];
+  }
+  __syncthreads();
+  const int row = n0 + threadIdx.x;
+  if (valid && threadIdx.x < 16 && row < L.N) {
+    float gv = 0.f, uv = 0.f;
+    for (int w = 0; w < kTokWarps; ++w) gv += part[w][0][threadIdx.x], uv += part[w][1][threadIdx.x];
+    static_cast<T*>(a.h)[pair * L.N + row] = silu_mul<T>(gv, uv);
+  }
+}
+
+template <typename T, int STAGES, int G, bool ASYM>
+__global__ void __launch_bounds__(kTokWarps * 32) moe_down_token_kernel(const MoeArgs a) {
+  constexpr int NG = kStageK / G;
+  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
+  extern __shared__ uint4 smem[];
+  __shared__ float part[kTokWarps][16];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int ks = kTokWarps / a.topk, kw = warp % ks;
+  const long long pair = (long long)blockIdx.y * a.topk + warp / ks;
+  const int e = expert_of(a, pair);
+  const bool valid = e >= 0 && e < a.E;  // as route_block: an id out of range adds nothing
+  const Lin& L = a.down;
+  const int n0 = blockIdx.x * 16;
+  const int stages = L.K / kStageK, per_w = (stages + ks - 1) / ks;
+  const int w_lo = min(stages, kw * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
+  DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + kTokWarps * STAGES) +
+                 warp * per_w * NG * 4;
+  uint4* xs = reinterpret_cast<uint4*>(reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) +
+                                                                 kTokWarps * STAGES) + kTokWarps * per_w * NG * 4) +
+              warp * per_w * 16;  // the warp's slice of h
+  const bool sz_lane = lane < kChunks;
+  Feed<T, NG> f;
+  f.init(L, valid ? e : 0, n0, w_lo, lane, sz_lane ? lane : 0);
+  const long long tile_step = (long long)L.TN * 2;
+  const uint64_t policy = l2_evict_first();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nst) f.issue(ring[s].w, &ring[s].sz.v[lane], sz_lane, tile_step, lane, policy);
+    cp_async_commit();
+  }
+  pdl_wait();  // h from here on
+  const uint4* hrow = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + pair * L.K + w_lo * kStageK);
+  for (int i = lane; i < nst * 16; i += 32) cp_async16(xs + i, hrow + i);
+  cp_async_commit();
+  cp_async_wait<0>();  // h's slice (and the ring's first stages, long since in: they were copied before the wait)
+  __syncwarp();
+  row_sums<T, NG>(xsum, xs, nst, lane);
+  __syncwarp();
+  float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; j < nst; ++j) {
+    uint4 xv[1][2][2];
+    staged_x(xv, xs, j, c);
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();
+    if (j + STAGES - 1 < nst) f.issue(ring[wr].w, &ring[wr].sz.v[lane], sz_lane, tile_step, lane, policy);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    if constexpr ((kKnockout & kKoMath) != 0) {
+      rd = rd + 1 == STAGES ? 0 : rd + 1;
+      continue;
+    }
+    float acc[2][1][4];
+    weight_mma<T, 1>(acc, ring[rd].w, xv, g, c);
+    group_fma<T, 1, NG, ASYM>(out, acc, xsum + j * NG * 4, ring[rd].sz, g, c);
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+  }
+  cp_async_wait<0>();
+  if (c == 0) part[warp][g] = out[0][0], part[warp][g + 8] = out[0][2];
+  __syncthreads();
+  const int row = n0 + threadIdx.x;
+  if (threadIdx.x < 16 && row < L.N) {
+    float acc = 0.f;
+    for (int j = 0; j < a.topk; ++j) {
+      float v = 0.f;
+      for (int w = 0; w < ks; ++w) v += part[j * ks + w][threadIdx.x];
+      const long long p = (long long)blockIdx.y * a.topk + j;
+      const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
+      acc = fmaf(round16<T>(v), wt, acc);
+    }
+    static_cast<T*>(a.y)[(long long)blockIdx.y * L.N + row] = Half16<T>::from_f(acc);
+  }
+}
+
+}  // namespace
