@@ -38,8 +38,8 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token)
-    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 3)
+    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token in 8 or 16 warps)
+    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 4)
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -90,8 +90,11 @@ def test_config_checks_name_the_fix():
     _, _, _, stacks = make_experts(4, 128, 128, "w4_t64x64", gen, group_size=64, sym=False)
     x = torch.randn(1, 128, generator=gen).bfloat16()
     idx3, w3 = torch.tensor([[0, 1, 2]]), torch.full((1, 3), 1 / 3)
-    with pytest.raises(ValueError, match="top-k must divide 8"):
+    with pytest.raises(ValueError, match="top-k must divide it"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(down_by_token=True))
+    with pytest.raises(ValueError, match="down_warps is one of"):
+        cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks,
+                                  cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=12))
     with pytest.raises(ValueError, match="block_m 12"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=12))
 
@@ -121,10 +124,11 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     # stages where K is short (256: 2 stages over 8 warps; down at k = 2: 1 stage over 4)
     ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", (1, 1, 4, 8, True, 8, True, True)),
     ("w4_t16x64", 6, 256, 256, 2, 4, 64, True, torch.float16, "one_expert", (2, 1, 6, 4, True, 8, True, True)),
-    ("w4_t64x64", 16, 512, 384, 3, 8, 128, False, torch.bfloat16, "random", (1, 1, 6, 8, False, 8, True, True)),
+    ("w4_t64x64", 16, 512, 384, 3, 8, 128, False, torch.bfloat16, "random", (1, 1, 6, 8, False, 8, True, True, 16)),
     ("w4_t64x64", 8, 384, 384, 2, 1, 64, True, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, False, True)),  # k=1
     ("w4_t64x64", 6, 384, 256, 7, 3, 64, True, torch.bfloat16, "skip_expert_2", (1, 2, 4, 8, True, 8, True, False)),
     ("w4_t16x64", 16, 2048, 128, 1, 8, 128, True, torch.float16, "random", (3, 1, 4, 8, True, 16, True, True)),
+    ("w4_t64x64", 16, 256, 768, 2, 4, 64, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 16)),
 ]
 
 

@@ -34,10 +34,11 @@ MAX_PAIRS = 2048  # T * top_k (csrc kMaxPairs)
 MAX_EXPERTS = 1024
 STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp each
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
-TOKEN_WARPS = 8  # a few-token CTA's warps; down by token: k of them or 8 / k per pair (csrc kTokWarps)
+TOKEN_WARPS = 8  # gate_up by pair's warps (csrc kTokWarps); top-k must divide down by token's
+DOWN_WARPS = (8, 16)  # down by token's warps: k of them, or W / k per pair
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 16 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 17 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class MoECudaConfig:
     #: unused): no routing pass, x copied before the id is read, no workspace
     gate_up_by_pair: bool = False
     #: down as a CTA per (16 rows, token) over its top-k pairs, summed in shared memory (split_down
-    #: unused; top-k must divide 8): no workspace, counter or last CTA
+    #: unused; top-k must divide down_warps): no workspace, counter or last CTA
     down_by_token: bool = False
+    down_warps: int = 8  # down by token's warps per CTA, 8 or 16 (more warps: fewer stages each)
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -161,8 +163,9 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     bm = cfg.block_m or block_rows(t, top_k, n_exp)
     if bm not in (8, 16):
         raise ValueError(f"block_m {bm}: 8 or 16 token rows")
-    if cfg.down_by_token and (top_k > TOKEN_WARPS or TOKEN_WARPS % top_k):
-        raise ValueError(f"down_by_token at top-{top_k}: top-k must divide {TOKEN_WARPS}")
+    if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
+        raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
+                         "and top-k must divide it")
     blocks = min(n, min(n_exp, n) + n // bm)
     ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
@@ -178,7 +181,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        int(cfg.gate_up_by_pair), int(cfg.down_by_token), int(pdl), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), _DTYPE_CODE[x2.dtype],
+        cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

@@ -6,9 +6,12 @@
 //   gate_up by pair   CTA (16 rows of gate|up, pair): the pair is blockIdx.z, so x's row is copied
 //                     (cp.async, one chunk a thread) before the id is even read; each warp takes an
 //                     eighth of K; h = silu(g) * u after a shared-memory sum in warp order
-//   down by token     CTA (16 rows of y, token): its 8 warps take the token's top-k pairs (k divides
-//                     8), 8 / k warps splitting each pair's K range; h's slices are copied once
-//                     after pdl_wait; y = sum_k w * round16(down) in top-k order in shared memory
+//   down by token     CTA (16 rows of y, token): its W = 8 or 16 warps take the token's top-k pairs
+//                     (k divides W), W / k warps splitting each pair's K range; h's slices are
+//                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
+//                     shared memory. Once gate_up is done, what is left is this CTA's MMAs: at one
+//                     CTA per SM (T = 1) and 8 warps a warp issues every ~7 cycles (ncu, H200),
+//                     so 16 warps halve each warp's stages
 // No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
 // down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
 // Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
@@ -22,13 +25,13 @@
 
 namespace {
 
-constexpr int kTokWarps = 8;  // = the largest top-k down by token takes; k must divide it (the launcher checks)
+constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8 or 16, which top-k must divide
 
-// Shared memory of a few-token CTA: its ring [kTokWarps][stages] of Slot, the staged x (16-bit, x_bytes)
+// Shared memory of a few-token CTA: its ring [warps][stages] of Slot, the staged x (16-bit, x_bytes)
 // and each warp's table of sums (per_w stages of NG groups: a float2 per quad lane)
 template <typename Slot>
-constexpr int token_smem(int stages, int x_bytes, int per_w, int ng) {
-  return kTokWarps * (stages * static_cast<int>(sizeof(Slot)) + per_w * ng * 4 * 8) + x_bytes;
+constexpr int token_smem(int warps, int stages, int x_bytes, int per_w, int ng) {
+  return warps * (stages * static_cast<int>(sizeof(Slot)) + per_w * ng * 4 * 8) + x_bytes;
 }
 
 // The warp's table of sums of x (sum_x's layout at one token column: entry (j, gi, c) of stage j,
@@ -144,14 +147,14 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   }
 }
 
-template <typename T, int STAGES, int G, bool ASYM>
-__global__ void __launch_bounds__(kTokWarps * 32) moe_down_token_kernel(const MoeArgs a) {
+template <typename T, int STAGES, int G, bool ASYM, int W>
+__global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
-  __shared__ float part[kTokWarps][16];
+  __shared__ float part[W][16];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int ks = kTokWarps / a.topk, kw = warp % ks;
+  const int ks = W / a.topk, kw = warp % ks;
   const long long pair = (long long)blockIdx.y * a.topk + warp / ks;
   const int e = expert_of(a, pair);
   const bool valid = e >= 0 && e < a.E;  // as route_block: an id out of range adds nothing
@@ -160,11 +163,9 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_down_token_kernel(const Mo
   const int stages = L.K / kStageK, per_w = (stages + ks - 1) / ks;
   const int w_lo = min(stages, kw * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
   DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
-  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + kTokWarps * STAGES) +
-                 warp * per_w * NG * 4;
-  uint4* xs = reinterpret_cast<uint4*>(reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) +
-                                                                 kTokWarps * STAGES) + kTokWarps * per_w * NG * 4) +
-              warp * per_w * 16;  // the warp's slice of h
+  float2* tables = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + W * STAGES);
+  float2* xsum = tables + warp * per_w * NG * 4;
+  uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * per_w * 16;  // the warp's slice of h
   const bool sz_lane = lane < kChunks;
   Feed<T, NG> f;
   f.init(L, valid ? e : 0, n0, w_lo, lane, sz_lane ? lane : 0);

@@ -281,7 +281,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
-  int split_gu, split_d, stages_gu, stages_d;
+  int split_gu, split_d, stages_gu, stages_d, down_warps;
   bool gate_up_by_pair, down_by_token, pdl;
 };
 
@@ -291,10 +291,11 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   constexpr int NG = kStageK / G;
   const Launch dep{k.pdl && g_pdl != 0, 1};
   if (k.down_by_token) {
-    const int ks = kTokWarps / a.topk, per_w = (a.down.K / kStageK + ks - 1) / ks;
-    const int smem = token_smem<DnSlot<NG, ASYM>>(STAGES_D, kTokWarps * per_w * kStageK * 2, per_w, NG);
-    return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM>>(dim3((a.down.NP + 15) / 16, a.T), smem, a, dep, s,
-                                                               kTokWarps);
+    const int w = k.down_warps, ks = w / a.topk, per_w = (a.down.K / kStageK + ks - 1) / ks;
+    const int smem = token_smem<DnSlot<NG, ASYM>>(w, STAGES_D, w * per_w * kStageK * 2, per_w, NG);
+    const dim3 grid((a.down.NP + 15) / 16, a.T);
+    return w == 16 ? launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16>>(grid, smem, a, dep, s, 16)
+                   : launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 8>>(grid, smem, a, dep, s, 8);
   }
   a.split = k.split_d;
   const int scratch = (a.E + a.T * a.topk) * 4;
@@ -311,7 +312,7 @@ int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   const Launch now{false, 1};  // never a dependent launch: no pdl_wait (the router's ids are read at once)
   if (k.gate_up_by_pair) {
     const int per_w = (a.gate.K / kStageK + kTokWarps - 1) / kTokWarps;
-    const int smem = token_smem<GuSlot<NG, ASYM>>(STAGES, a.gate.K * 2, per_w, NG);
+    const int smem = token_smem<GuSlot<NG, ASYM>>(kTokWarps, STAGES, a.gate.K * 2, per_w, NG);
     return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(dim3((a.gate.NP + 15) / 16, 1, a.T * a.topk), smem, a,
                                                                 now, s, kTokWarps);
   }
@@ -357,20 +358,21 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
 // columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots:
 // stages_gu 4 or 6 (gate|up, 2 KiB a warp each), stages_d 4 or 8 (1 KiB). gu_by_pair: gate_up as a
-// CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token), k dividing 8
-// (split_d unused); both need no ws or counters. pdl: down launched as a programmatic dependent of
+// CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token) in down_warps
+// = 8 or 16 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched as a programmatic dependent of
 // gate_up (sm_90+). Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int gu_by_pair, int down_by_token, int pdl, int dtype, void* stream) {
+                                int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int dtype,
+                                void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
-      (down_by_token && (topk > kTokWarps || kTokWarps % topk != 0)) ||
+      (down_by_token && ((down_warps != 8 && down_warps != 16) || topk > down_warps || down_warps % topk != 0)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -382,6 +384,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const Knobs k{split_gu, split_d, stages_gu, stages_d, gu_by_pair != 0, down_by_token != 0, pdl != 0};
+  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
