@@ -132,15 +132,11 @@ def cuda_candidates(t: int, shape: dict) -> list:
         cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]
     if cuda_moe.few_tokens(t, shape["top_k"]):  # the few-token kernels, together and each with a routed one
-        pair = ((8, 4), (8, 6), (16, 2), (16, 4))  # gate_up by pair: (warps, ring)
-        routed = [(1, 4), (1, 6), (2, 4), (2, 6)]  # routed gate_up: (split, ring)
-        token = [(8, 4), (8, 8), (16, 4), (16, 8)]  # down by token: (warps, ring)
-        cands += [cuda_moe.MoECudaConfig(1, 1, stg, std, block_m=8, gate_up_by_pair=True, gate_up_warps=gw,
-                                         down_by_token=True, down_warps=dw) for gw, stg in pair for dw, std in token]
-        cands += [cuda_moe.MoECudaConfig(1, sd, stg, std, block_m=8, gate_up_by_pair=True, gate_up_warps=gw)
-                  for gw, stg in pair for sd, std in ((1, 8), (2, 4))]
-        cands += [cuda_moe.MoECudaConfig(sg, 1, stg, std, block_m=8, down_by_token=True, down_warps=dw)
-                  for sg, stg in routed for dw, std in token]
+        cands += [cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=8, gate_up_by_pair=bp, down_by_token=bt,
+                                         down_warps=dw)
+                  for bp, bt in ((True, True), (True, False), (False, True)) for sg in ((1,) if bp else (1, 2))
+                  for stg in (4, 6) for sd, std in (((1, 8), (1, 4)) if bt else ((1, 8), (2, 4)))
+                  for dw in (cuda_moe.DOWN_WARPS if bt else (8,))]
     return list(dict.fromkeys(cands))
 
 

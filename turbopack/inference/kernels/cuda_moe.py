@@ -33,12 +33,12 @@ GROUPS = (64, 128)
 MAX_PAIRS = 2048  # T * top_k (csrc kMaxPairs)
 MAX_EXPERTS = 1024
 STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp each
-STAGES_BY_PAIR = (2, 4, 6)  # gate_up by pair's (16 warps of one stage each need no more than 2)
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
-TOKEN_WARPS = (8, 16)  # a few-token CTA's warps; down by token's: k of them, or W / k per pair
+TOKEN_WARPS = 8  # gate_up by pair's warps (csrc kTokWarps); top-k must divide down by token's
+DOWN_WARPS = (8, 16)  # down by token's warps: k of them, or W / k per pair
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 18 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 17 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,13 @@ class MoECudaConfig:
     stages_down: int = 8
     pdl: bool = True  # down as a programmatic dependent launch of gate_up (sm_90+; ignored below)
     block_m: int = 0  # token rows per block, 8 or 16; 0: block_rows' rule
-    #: gate_up as a CTA per (16 rows, pair), K in gate_up_warps parts summed in shared memory
-    #: (split_gate_up unused): no routing pass, x copied before the id is read, no workspace
+    #: gate_up as a CTA per (16 rows, pair), K in eighths summed in shared memory (split_gate_up
+    #: unused): no routing pass, x copied before the id is read, no workspace
     gate_up_by_pair: bool = False
-    gate_up_warps: int = 8  # gate_up by pair's warps per CTA, 8 or 16
     #: down as a CTA per (16 rows, token) over its top-k pairs, summed in shared memory (split_down
     #: unused; top-k must divide down_warps): no workspace, counter or last CTA
     down_by_token: bool = False
-    down_warps: int = 8  # down by token's warps per CTA, 8 or 16
+    down_warps: int = 8  # down by token's warps per CTA, 8 or 16 (more warps: fewer stages each)
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -118,7 +117,7 @@ def few_tokens(tokens: int, top_k: int) -> bool:
     """The few-token shape (batch-1 and -2 decode), where the few-token kernels (csrc/moe_token.cuh)
     replace the routed ones: their CTAs sum their parts in shared memory, where the routed
     kernels' split-K store cost 4.5 of the layer's 20.4 µs (Qwen3-30B-A3B at T = 1, H100, run 13)."""
-    return tokens <= FEW_TOKENS and top_k <= TOKEN_WARPS[0] and TOKEN_WARPS[0] % top_k == 0
+    return tokens <= FEW_TOKENS and top_k <= TOKEN_WARPS and TOKEN_WARPS % top_k == 0
 
 
 def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: int,
@@ -126,16 +125,18 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
     about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
     (a ring that never holds two stages has nothing in flight while it computes); rings by ``ring``.
-    Few tokens (``few_tokens``): gate_up by pair and down by token, 16 warps each, each warp's
-    whole K range in its ring where it fits."""
+    Few tokens (``few_tokens``): gate_up by pair and down by token in 16 warps, each warp's whole
+    K range in its ring where it fits (bench_moe, Qwen3-30B-A3B on the H100, run 13: 14.5 µs at T = 1
+    and the best of 57 configs at T = 2, 20.7 µs; the best at T = 1, 13.5 µs, differs in down's
+    ring only, 8 slots where 3 stages need 4)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     hit = min(n_experts, tokens * top_k)
     s_gu, s_d = hidden // 128, inter // 128
     if few_tokens(tokens, top_k):
-        w = TOKEN_WARPS[-1]
-        per_gu, per_d = math.ceil(s_gu / w), math.ceil(s_d / (w // top_k))
-        return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_BY_PAIR), stages_down=ring(per_d, STAGES_DOWN),
-                             block_m=8, gate_up_by_pair=True, gate_up_warps=w, down_by_token=True, down_warps=w)
+        dw = DOWN_WARPS[-1]
+        per_gu, per_d = math.ceil(s_gu / TOKEN_WARPS), math.ceil(s_d / (dw // top_k))
+        return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_GATE_UP), stages_down=ring(per_d, STAGES_DOWN),
+                             block_m=8, gate_up_by_pair=True, down_by_token=True, down_warps=dw)
     split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
     split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
     return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
@@ -153,12 +154,9 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     inter, hidden = gate.shape
     dev = x2.device
     cfg = cfg or default_config(t, top_k, n_exp, hidden, inter, dev)
-    gu_stages = STAGES_BY_PAIR if cfg.gate_up_by_pair else STAGES_GATE_UP
-    if cfg.stages_gate_up not in gu_stages or cfg.stages_down not in STAGES_DOWN:
-        raise ValueError(f"ring stages {cfg.stages_gate_up}/{cfg.stages_down}: gate_up takes {STAGES_GATE_UP} "
-                         f"({STAGES_BY_PAIR} by pair), down {STAGES_DOWN}")
-    if cfg.gate_up_by_pair and cfg.gate_up_warps not in TOKEN_WARPS:
-        raise ValueError(f"gate_up_warps {cfg.gate_up_warps}: one of {TOKEN_WARPS}")
+    if cfg.stages_gate_up not in STAGES_GATE_UP or cfg.stages_down not in STAGES_DOWN:
+        raise ValueError(f"ring stages {cfg.stages_gate_up}/{cfg.stages_down}: gate_up takes {STAGES_GATE_UP}, "
+                         f"down {STAGES_DOWN}")
     n = t * top_k
     ids = idx.reshape(-1).contiguous()
     if ids.dtype not in (torch.int32, torch.int64):
@@ -167,9 +165,9 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     bm = cfg.block_m or block_rows(t, top_k, n_exp)
     if bm not in (8, 16):
         raise ValueError(f"block_m {bm}: 8 or 16 token rows")
-    if cfg.down_by_token and (cfg.down_warps not in TOKEN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
-        raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of "
-                         f"{TOKEN_WARPS} and top-k must divide it")
+    if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
+        raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
+                         "and top-k must divide it")
     blocks = min(n, min(n_exp, n) + n // bm)
     ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
@@ -185,8 +183,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        int(cfg.gate_up_by_pair), cfg.gate_up_warps, int(cfg.down_by_token), cfg.down_warps, int(pdl),
-        _DTYPE_CODE[x2.dtype],
+        int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), _DTYPE_CODE[x2.dtype],
         cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "

@@ -2,16 +2,16 @@
 // down_by_token). At T = 1 the routed kernels' CTAs spend their time in chains of dependent loads,
 // not in streaming: the top-k ids and a routing pass before the first weight copy, x or h read
 // stage by stage for the sums of x, and the split-K store's atomics, fence, counter and last CTA
-// (4.5 us of the layer's 20.4 on the H100, knockouts, run 13). Here a CTA is W = 8 or 16 warps on
-// 16 rows; once a warp's weights are in, its MMAs are a latency-bound chain (ncu, H200: a warp
-// issues every ~7-10 cycles), so more warps with fewer stages each shorten the tail:
+// (4.5 us of the layer's 20.4 on the H100, knockouts, run 13). Here a CTA is 8 warps on 16 rows:
 //   gate_up by pair   CTA (16 rows of gate|up, pair): the pair is blockIdx.z, so x's row is copied
-//                     (cp.async, one chunk a thread) before the id is even read; each warp takes
-//                     1 / W of K; h = silu(g) * u after a shared-memory sum in warp order
+//                     (cp.async, one chunk a thread) before the id is even read; each warp takes an
+//                     eighth of K; h = silu(g) * u after a shared-memory sum in warp order
 //   down by token     CTA (16 rows of y, token): its W = 8 or 16 warps take the token's top-k pairs
 //                     (k divides W), W / k warps splitting each pair's K range; h's slices are
 //                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
-//                     shared memory
+//                     shared memory. Once gate_up is done, what is left is this CTA's MMAs: at one
+//                     CTA per SM (T = 1) and 8 warps a warp issues every ~7 cycles (ncu, H200),
+//                     so 16 warps halve each warp's stages
 // No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
 // down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
 // Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
@@ -25,6 +25,7 @@
 
 namespace {
 
+constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8 or 16, which top-k must divide
 
 // Shared memory of a few-token CTA: its ring [warps][stages] of Slot, the staged x (16-bit, x_bytes)
 // and each warp's table of sums (per_w stages of NG groups: a float2 per quad lane)
@@ -68,12 +69,12 @@ __device__ __forceinline__ int expert_of(const MoeArgs& a, long long pair) {
   return a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[pair]) : static_cast<const int*>(a.ids)[pair];
 }
 
-template <typename T, int STAGES, int G, bool ASYM, int W>
-__global__ void __launch_bounds__(W * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
+template <typename T, int STAGES, int G, bool ASYM>
+__global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
-  __shared__ float part[W][2][16];
+  __shared__ float part[kTokWarps][2][16];
   pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const Lin& L = a.gate;
@@ -84,10 +85,10 @@ __global__ void __launch_bounds__(W * 32) moe_gate_up_pair_kernel(const MoeArgs 
   cp_async_commit();
   const int e = expert_of(a, pair);
   const bool valid = e >= 0 && e < a.E;
-  const int stages = L.K / kStageK, per_w = (stages + W - 1) / W;
+  const int stages = L.K / kStageK, per_w = (stages + kTokWarps - 1) / kTokWarps;
   const int w_lo = min(stages, warp * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
   GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + warp * STAGES;
-  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + W * STAGES) +
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + kTokWarps * STAGES) +
                  warp * per_w * NG * 4;
   const int n0 = blockIdx.x * 16;
   // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
@@ -141,7 +142,7 @@ __global__ void __launch_bounds__(W * 32) moe_gate_up_pair_kernel(const MoeArgs 
   const int row = n0 + threadIdx.x;
   if (valid && threadIdx.x < 16 && row < L.N) {
     float gv = 0.f, uv = 0.f;
-    for (int w = 0; w < W; ++w) gv += part[w][0][threadIdx.x], uv += part[w][1][threadIdx.x];
+    for (int w = 0; w < kTokWarps; ++w) gv += part[w][0][threadIdx.x], uv += part[w][1][threadIdx.x];
     static_cast<T*>(a.h)[pair * L.N + row] = silu_mul<T>(gv, uv);
   }
 }

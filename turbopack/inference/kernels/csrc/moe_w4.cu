@@ -281,7 +281,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
-  int split_gu, split_d, stages_gu, stages_d, gate_up_warps, down_warps;
+  int split_gu, split_d, stages_gu, stages_d, down_warps;
   bool gate_up_by_pair, down_by_token, pdl;
 };
 
@@ -305,31 +305,24 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
                                                              dep, s);
 }
 
-// gate_up by pair (moe_token.cuh): W warps, a ring of STAGES
-template <typename T, int G, bool ASYM, int W>
-int gate_up_pair(const MoeArgs& a, const Knobs& k, cudaStream_t s) {
-  constexpr int NG = kStageK / G;
-  const int per_w = (a.gate.K / kStageK + W - 1) / W;
-  const int smem = token_smem<GuSlot<NG, ASYM>>(W, k.stages_gu, a.gate.K * 2, per_w, NG);
-  const dim3 grid((a.gate.NP + 15) / 16, 1, a.T * a.topk);
-  const Launch now{false, 1};  // never a dependent launch: no pdl_wait (the router's ids are read at once)
-  if (k.stages_gu == 2) return launch<moe_gate_up_pair_kernel<T, 2, G, ASYM, W>>(grid, smem, a, now, s, W);
-  if (k.stages_gu == 6) return launch<moe_gate_up_pair_kernel<T, 6, G, ASYM, W>>(grid, smem, a, now, s, W);
-  return launch<moe_gate_up_pair_kernel<T, 4, G, ASYM, W>>(grid, smem, a, now, s, W);
-}
-
-// gate_up by routed block with split K
+// gate_up by pair (moe_token.cuh) or by routed block with split K
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   constexpr int NG = kStageK / G;
+  const Launch now{false, 1};  // never a dependent launch: no pdl_wait (the router's ids are read at once)
+  if (k.gate_up_by_pair) {
+    const int per_w = (a.gate.K / kStageK + kTokWarps - 1) / kTokWarps;
+    const int smem = token_smem<GuSlot<NG, ASYM>>(kTokWarps, STAGES, a.gate.K * 2, per_w, NG);
+    return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(dim3((a.gate.NP + 15) / 16, 1, a.T * a.topk), smem, a,
+                                                                now, s, kTokWarps);
+  }
   a.split = k.split_gu;
   const int scratch = (a.E + a.T * a.topk) * 4;
   // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
   const int table = ((a.gate.K / kStageK + k.split_gu - 1) / k.split_gu) * NG * NTOK * 4 * 8;
   const int smem = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table);
-  // never a dependent launch: no pdl_wait (the router's ids are read at once)
   return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(dim3((a.gate.NP + 63) / 64, k.split_gu, blocks), smem,
-                                                              a, Launch{false, 1}, s);
+                                                              a, now, s);
 }
 
 // Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
@@ -339,11 +332,7 @@ int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
 template <typename T, int NTOK, int G, bool ASYM>
 int run(const MoeArgs& a, const Knobs& k, cudaStream_t s) {
   const int n = a.T * a.topk, blocks = min(n, min(a.E, n) + n / (8 * NTOK));
-  int rc;
-  if (k.gate_up_by_pair)
-    rc = k.gate_up_warps == 16 ? gate_up_pair<T, G, ASYM, 16>(a, k, s) : gate_up_pair<T, G, ASYM, 8>(a, k, s);
-  else
-    rc = k.stages_gu == 6 ? gate_up<T, NTOK, 6, G, ASYM>(a, blocks, k, s) : gate_up<T, NTOK, 4, G, ASYM>(a, blocks, k, s);
+  const int rc = k.stages_gu == 6 ? gate_up<T, NTOK, 6, G, ASYM>(a, blocks, k, s) : gate_up<T, NTOK, 4, G, ASYM>(a, blocks, k, s);
   if (rc != 0) return rc;
   return k.stages_d == 8 ? down<T, NTOK, G, ASYM, 8>(a, blocks, k, s) : down<T, NTOK, G, ASYM, 4>(a, blocks, k, s);
 }
@@ -368,23 +357,20 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // hidden) floats and max(blocks * ceil(inter/64), T * ceil(hidden/64)) ints. dims: {N, NP, K, KT,
 // KGP, TN} of gate/up and of down. bm: token rows per block, 8 or 16 (one or two MMA token
 // columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots:
-// stages_gu 4 or 6 (gate|up, 2 KiB a warp each; 2 too by pair), stages_d 4 or 8 (1 KiB). gu_by_pair:
-// gate_up as a CTA per (16 rows, pair) in gu_warps = 8 or 16 warps (split_gu unused); down_by_token:
-// down per (16 rows, token) in down_warps = 8 or 16 warps, which k divides (split_d unused); both
-// need no ws or counters. pdl: down launched as a programmatic dependent of
+// stages_gu 4 or 6 (gate|up, 2 KiB a warp each), stages_d 4 or 8 (1 KiB). gu_by_pair: gate_up as a
+// CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token) in down_warps
+// = 8 or 16 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched as a programmatic dependent of
 // gate_up (sm_90+). Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int gu_by_pair, int gu_warps, int down_by_token, int down_warps, int pdl, int dtype,
+                                int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int dtype,
                                 void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
-      (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 ||
-      (stages_gu != 4 && stages_gu != 6 && !(stages_gu == 2 && gu_by_pair)) ||
-      (gu_by_pair && gu_warps != 8 && gu_warps != 16) ||
+      (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
       (down_by_token && ((down_warps != 8 && down_warps != 16) || topk > down_warps || down_warps % topk != 0)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
@@ -398,7 +384,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const Knobs k{split_gu, split_d, stages_gu, stages_d, gu_warps, down_warps, gu_by_pair != 0, down_by_token != 0,
-                pdl != 0};
+  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
