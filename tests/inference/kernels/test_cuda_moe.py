@@ -72,14 +72,14 @@ def test_ring_rule():
 
 def test_few_token_rule():
     """Qwen3-30B-A3B at T = 1 and 2: gate_up by pair, 2 stages a warp -> ring 4; down by token in
-    16 warps, 3 stages a warp (k = 8: two warps a pair) -> ring 4. T = 3 or top-3 (not dividing 8):
-    the routed kernels."""
+    16 warps, 3 stages a warp (k = 8: two warps a pair) -> ring 4, but 8 at T = 1 (128 CTAs: one
+    per SM). T = 3 or top-3 (not dividing 8): the routed kernels."""
     dev = torch.device("cuda")
     with mock.patch.object(torch.cuda, "get_device_properties", return_value=mock.Mock(multi_processor_count=132)):
-        for t in (1, 2):
+        for t, ring_d in ((1, 8), (2, 4)):
             cfg = cuda_moe.default_config(t, 8, 128, 2048, 768, dev)
             assert (cfg.gate_up_by_pair, cfg.down_by_token, cfg.down_warps, cfg.stages_gate_up, cfg.stages_down,
-                    cfg.block_m) == (True, True, 16, 4, 4, 8), cfg
+                    cfg.block_m) == (True, True, 16, 4, ring_d, 8), cfg
         assert not cuda_moe.default_config(3, 8, 128, 2048, 768, dev).down_by_token
         assert not cuda_moe.default_config(1, 3, 128, 2048, 768, dev).gate_up_by_pair
         assert cuda_moe.default_config(1, 2, 8, 4096, 14336, dev).down_by_token  # Mixtral: 4 warps a pair

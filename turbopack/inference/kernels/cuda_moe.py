@@ -125,17 +125,21 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
     about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
     (a ring that never holds two stages has nothing in flight while it computes); rings by ``ring``.
-    Few tokens (``few_tokens``): gate_up by pair and down by token in 16 warps, each warp's whole
-    K range in its ring where it fits (bench_moe, Qwen3-30B-A3B on the H100, run 13: 14.5 µs at T = 1
-    and the best of 57 configs at T = 2, 20.7 µs; the best at T = 1, 13.5 µs, differs in down's
-    ring only, 8 slots where 3 stages need 4)."""
+    Few tokens (``few_tokens``): gate_up by pair (8 warps) and down by token (16 warps), each warp's
+    whole K range in its ring where it fits; down's ring is 8 slots where its grid is one CTA per SM
+    or less. Measured twice on the H100 (bench_moe, Qwen3-30B-A3B, run 13), 3 stages a warp: at T = 1
+    (128 CTAs) ring 8 took 13.4-13.5 µs, ring 4 14.4-14.5; at T = 2 (256) ring 4 took 20.7, ring 8
+    24.3-24.4 (one CTA per SM in the larger ring: two waves). The slots past 3 hold nothing; the
+    larger allocation keeps down's CTAs off the SMs that gate_up still fills."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     hit = min(n_experts, tokens * top_k)
     s_gu, s_d = hidden // 128, inter // 128
     if few_tokens(tokens, top_k):
         dw = DOWN_WARPS[-1]
         per_gu, per_d = math.ceil(s_gu / TOKEN_WARPS), math.ceil(s_d / (dw // top_k))
-        return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_GATE_UP), stages_down=ring(per_d, STAGES_DOWN),
+        one_wave = tokens * math.ceil(hidden / 16) <= sms  # down's grid: one CTA per SM at most
+        return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_GATE_UP),
+                             stages_down=STAGES_DOWN[-1] if one_wave else ring(per_d, STAGES_DOWN),
                              block_m=8, gate_up_by_pair=True, down_by_token=True, down_warps=dw)
     split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
     split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
