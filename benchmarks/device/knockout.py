@@ -14,8 +14,9 @@ is checked against the reference of its contract before anything is timed.
 
 Dense: the 8B shapes at M = 1 on the shipped table's configs (bench_linear's method: CUDA graphs,
 weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config, with and
-without PDL (bench_moe's method). Prints one table: µs per variant, and the difference from the
-real build.
+without PDL (bench_moe's method); since run 13 that is the few-token kernels (csrc/moe_token.cuh),
+which have no split-K store: their "no split-K store" build is the real one. Prints one table: µs
+per variant, and the difference from the real build.
 """
 
 from __future__ import annotations
