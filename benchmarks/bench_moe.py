@@ -21,6 +21,7 @@ is a failure (not timed; the script exits 1), and the loop peer must pass it too
     python3 benchmarks/bench_moe.py --no-sweep                         # default configs only
     python3 benchmarks/bench_moe.py --tokens 1 --no-triton-sweep       # the CUDA configs only
     python3 benchmarks/bench_moe.py --cpu-smoke                        # Triton interpreter, tiny shapes
+    python3 benchmarks/bench_moe.py --shape llama3-8b-mlp --tokens 1,2 --no-triton-sweep   # 8B MLP, one expert
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 QWEN3_30B = dict(n_exp=128, hidden=2048, inter=768, top_k=8, group=128)
+#: --shape: the layers it can time. llama3-8b-mlp is a dense SwiGLU MLP as the grouped decode's one
+#: expert (fastpath.GROUPED_MLP_MAX_TOKENS, moe_grouped.dense_as_one_expert) against the loop of
+#: dense W4 calls, which is then the dense path with gate and up as two linears
+SHAPES = {"qwen3-30b-a3b": QWEN3_30B, "llama3-8b-mlp": dict(n_exp=1, hidden=4096, inter=14336, top_k=1, group=128)}
 SMOKE = dict(n_exp=8, hidden=128, inter=64, top_k=2, group=64)
 TOL = 1e-2
 #: the Triton interpreter's fp32 -> bf16 cast truncates: the five chained roundings drift ~2e-2
@@ -258,6 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-triton-sweep", dest="triton_sweep", action="store_false",
                    help="sweep the CUDA path only (Triton at its default config: no compiles of its candidates)")
     p.add_argument("--log", default=None, help="per-candidate lines to this file (default: stderr)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-30b-a3b", help="the layer's shapes")
     args = p.parse_args(argv)
     args.tokens = [int(v) for v in args.tokens.split(",")]
     if args.cpu_smoke:
@@ -272,7 +278,7 @@ def main(argv=None) -> int:
 
         bw = bench.copy_bandwidth()["kernel"]
         print(f"{torch.cuda.get_device_name(0)}: SM copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-    shape = SMOKE if args.cpu_smoke else QWEN3_30B
+    shape = SMOKE if args.cpu_smoke else SHAPES[args.shape]
     log = open(args.log, "w") if args.log else sys.stderr
     rows, ok = run(args, shape, dev, log)
     print(f"W4A16 MoE layer, {shape}, asym, w4_t64x64, bf16 activations; every timed config checked against "
