@@ -59,10 +59,35 @@ __device__ __forceinline__ void row_sums(float2* xsum, const uint4* xs, int nst,
   }
 }
 
-// x fragments of stage j at one token column from the staged row (load_x's order, thread c's 32 bytes a tile)
-__device__ __forceinline__ void staged_x(uint4 (&xv)[1][2][2], const uint4* xs, int j, int c) {
+// x fragments of one stage at one token column (load_x's order: thread c's 32 bytes of each tile)
+struct Xv {
+  uint4 v[1][2][2];
+};
+// ... of stage j of the staged row xs
+__device__ __forceinline__ Xv staged_x(const uint4* xs, int j, int c) {
+  Xv x;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) xv[0][i >> 1][i & 1] = xs[j * 16 + 2 * c + 8 * (i >> 1) + (i & 1)];
+  for (int i = 0; i < 4; ++i) x.v[0][i >> 1][i & 1] = xs[j * 16 + 2 * c + 8 * (i >> 1) + (i & 1)];
+  return x;
+}
+
+// A warp's pass over its nst stages through its ring of STAGES slots (the first STAGES - 1 already
+// issued): per stage, x's fragments (read before the wait, so the load overlaps it), the wait and
+// __syncwarp that publish slot rd (lane l's chunks are read by other lanes) and free slot wr, the
+// refill of wr, then math(j, rd, x) unless the knockout leaves the math out
+template <int STAGES, typename Issue, typename Math>
+__device__ __forceinline__ void ring_pass(int nst, const uint4* xs, int c, Issue issue, Math math) {
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; j < nst; ++j) {
+    const Xv x = staged_x(xs, j, c);
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();
+    if (j + STAGES - 1 < nst) issue(wr);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    if constexpr ((kKnockout & kKoMath) == 0) math(j, rd, x);
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+  }
 }
 
 __device__ __forceinline__ int expert_of(const MoeArgs& a, long long pair) {
@@ -113,26 +138,13 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   row_sums<T, NG>(xsum, xs + w_lo * 16, nst, lane);
   __syncwarp();
   float og[1][4] = {{0.f, 0.f, 0.f, 0.f}}, ou[1][4] = {{0.f, 0.f, 0.f, 0.f}};
-  int rd = 0, wr = STAGES - 1;
-  for (int j = 0; j < nst; ++j) {
-    uint4 xv[1][2][2];
-    staged_x(xv, xs, w_lo + j, c);
-    cp_async_wait<STAGES - 2>();
-    __syncwarp();  // lane l's chunks are read by other lanes; slot wr is free
-    if (j + STAGES - 1 < nst) issue(wr);
-    cp_async_commit();
-    wr = wr + 1 == STAGES ? 0 : wr + 1;
-    if constexpr ((kKnockout & kKoMath) != 0) {
-      rd = rd + 1 == STAGES ? 0 : rd + 1;
-      continue;
-    }
+  ring_pass<STAGES>(nst, xs + w_lo * 16, c, issue, [&](int j, int rd, const Xv& x) {
     float acc[2][1][4];
-    weight_mma<T, 1>(acc, ring[rd].w[0], xv, g, c);
+    weight_mma<T, 1>(acc, ring[rd].w[0], x.v, g, c);
     group_fma<T, 1, NG, ASYM>(og, acc, xsum + j * NG * 4, ring[rd].sz[0], g, c);
-    weight_mma<T, 1>(acc, ring[rd].w[1], xv, g, c);
+    weight_mma<T, 1>(acc, ring[rd].w[1], x.v, g, c);
     group_fma<T, 1, NG, ASYM>(ou, acc, xsum + j * NG * 4, ring[rd].sz[1], g, c);
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
-  }
+  });
   cp_async_wait<0>();
   if (c == 0) {  // token column 0 is thread c = 0's elements 0 (row g) and 2 (row g + 8)
     part[warp][0][g] = og[0][0], part[warp][0][g + 8] = og[0][2];
@@ -171,9 +183,10 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   f.init(L, valid ? e : 0, n0, w_lo, lane, sz_lane ? lane : 0);
   const long long tile_step = (long long)L.TN * 2;
   const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) { f.issue(ring[slot].w, &ring[slot].sz.v[lane], sz_lane, tile_step, lane, policy); };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nst) f.issue(ring[s].w, &ring[s].sz.v[lane], sz_lane, tile_step, lane, policy);
+    if (s < nst) issue(s);
     cp_async_commit();
   }
   pdl_wait();  // h from here on
@@ -185,24 +198,11 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   row_sums<T, NG>(xsum, xs, nst, lane);
   __syncwarp();
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
-  int rd = 0, wr = STAGES - 1;
-  for (int j = 0; j < nst; ++j) {
-    uint4 xv[1][2][2];
-    staged_x(xv, xs, j, c);
-    cp_async_wait<STAGES - 2>();
-    __syncwarp();
-    if (j + STAGES - 1 < nst) f.issue(ring[wr].w, &ring[wr].sz.v[lane], sz_lane, tile_step, lane, policy);
-    cp_async_commit();
-    wr = wr + 1 == STAGES ? 0 : wr + 1;
-    if constexpr ((kKnockout & kKoMath) != 0) {
-      rd = rd + 1 == STAGES ? 0 : rd + 1;
-      continue;
-    }
+  ring_pass<STAGES>(nst, xs, c, issue, [&](int j, int rd, const Xv& x) {
     float acc[2][1][4];
-    weight_mma<T, 1>(acc, ring[rd].w, xv, g, c);
+    weight_mma<T, 1>(acc, ring[rd].w, x.v, g, c);
     group_fma<T, 1, NG, ASYM>(out, acc, xsum + j * NG * 4, ring[rd].sz, g, c);
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
-  }
+  });
   cp_async_wait<0>();
   if (c == 0) part[warp][g] = out[0][0], part[warp][g + 8] = out[0][2];
   __syncthreads();
