@@ -276,9 +276,10 @@ def reference_step_ms(model: M.Transformer, prompt: int) -> float:
 
 
 def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS, shape: str = "llama3-8b",
-        quick: bool = False) -> dict:
+        quick: bool = False, ab: bool = False) -> dict:
     """The models' decode (quick: batch-1 decode and, off Llama, the reference forward's step only;
-    no attention sweep, PDL A/B, batches, prefill, fusion A/B or long-context KV)."""
+    no attention sweep, PDL A/B, batches, prefill, fusion A/B or long-context KV; ab: the W4A16
+    fusion A/B all the same)."""
     bw = copy_bandwidth()
     res: dict = {"copy_bw_tb_s": bw / 1e12, "layers": layers, "shape": shape}
     from turbopack.inference.kernels import attention as A
@@ -304,8 +305,9 @@ def e2e(layers: int, prompt: int, new: int, formats: tuple[str, ...] = FORMATS, 
             r["pdl_step_ms"] = pdl_ab(model, prompt)
             r["batch_tok_s"] = {b: long_context(model, "bf16", ctx=prompt, batch=b)["tok_s"] for b in BATCHES}
             r["prefill_2048_ms"] = prefill_ms(model, 2048)
-        if name == "w4a16" and not quick:
+        if name == "w4a16" and (ab or not quick):
             r["fusion_ab"] = fusion_ab(model, prompt)
+        if name == "w4a16" and not quick:
             r["kv_4k"] = {kv: long_context(model, kv) for kv in ("bf16", "int8", "int4")}
             r["kv_16k_b8"] = {kv: long_context(model, kv, ctx=16384, batch=8) for kv in ("bf16", "int8", "int4")}
         res[name] = r
@@ -414,6 +416,8 @@ def main() -> int:
     ap.add_argument("--formats", default=",".join(FORMATS),
                     help="--e2e's models (bf16 is the base of the speed-ups; F+head: lm_head quantized too)")
     ap.add_argument("--quick", action="store_true", help="--e2e: batch-1 decode (and the reference step) only")
+    ap.add_argument("--fusion-ab", action="store_true",
+                    help="--e2e --quick: the W4A16 step with each launch-saving fusion off and on all the same")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     ap.add_argument("--asset", type=Path, default=Path(M.__file__).resolve().parents[1] / "assets" / "tiny-llama",
                     help="model folder for --bundled (default: the bundled tiny-llama)")
@@ -424,7 +428,8 @@ def main() -> int:
         res["bundled"]["asset"] = str(args.asset)
     if args.e2e:
         layers = args.layers or SHAPES[args.shape].n_layers
-        res["e2e"] = e2e(layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")), args.shape, args.quick)
+        res["e2e"] = e2e(layers, args.prompt, args.new_tokens, tuple(args.formats.split(",")), args.shape, args.quick,
+                         args.fusion_ab)
     md = markdown(res, "python benchmarks/bench_e2e.py " + " ".join(sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_e2e.json").write_text(json.dumps(res, indent=2, default=str))
