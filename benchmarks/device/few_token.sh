@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The MoE's few-token kernels (csrc/moe_token.cuh), next to what they may also serve, in one call:
-# their GPU tests (with test_moe_grouped's dense-MLP-as-one-expert test), bench_moe at T = 1 and 2 on
-# Qwen3-30B-A3B (swept), the same on the 8B MLP as one expert (--shape llama3-8b-mlp: at T <= 2 the
-# few-token kernels run it, against the dense loop), then the 8B step with the fusion A/B
-# (bench_e2e --quick --fusion-ab: fastpath.GROUPED_MLP_MAX_TOKENS off and on, batch 1 and 8). If
-# grouped_mlp wins at batch 1, set GROUPED_MLP_MAX_TOKENS to 2 (few_tokens' bound). Carry
-# .scratch/prebuilt.tar.xz (build_libs.py --offline .scratch/prebuilt 9.0). Logs under $OUT; < 480 s.
+# - their GPU tests, with test_moe_grouped's dense-MLP-as-one-expert test;
+# - bench_moe at T = 1 and 2 on Qwen3-30B-A3B, swept: pdl_gate_up off and on (gate_up by pair as a
+#   PDL secondary of the call before it; the default only if it wins);
+# - the same on the 8B MLP as one expert (--shape llama3-8b-mlp: at T <= 2 the few-token kernels
+#   run it), against the dense loop;
+# - the 8B step with the fusion A/B (bench_e2e --quick --fusion-ab: GROUPED_MLP_MAX_TOKENS off and
+#   on, batch 1 and 8). If grouped_mlp wins at batch 1, set fastpath.GROUPED_MLP_MAX_TOKENS to 2.
+# Carry .scratch/prebuilt.tar.xz (build_libs.py --offline .scratch/prebuilt 9.0). Logs under $OUT;
+# < 480 s.
 #   bash benchmarks/device/few_token.sh
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}

@@ -15,6 +15,7 @@ and leaves the shared workspace zeroed.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import unittest.mock as mock
 
@@ -96,6 +97,8 @@ def test_config_checks_name_the_fix():
     with pytest.raises(ValueError, match="down_warps is one of"):
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks,
                                   cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=12))
+    with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair"):
+        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(pdl_gate_up=True))
     with pytest.raises(ValueError, match="block_m 12"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=12))
 
@@ -130,6 +133,7 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     ("w4_t64x64", 6, 384, 256, 7, 3, 64, True, torch.bfloat16, "skip_expert_2", (1, 2, 4, 8, True, 8, True, False)),
     ("w4_t16x64", 16, 2048, 128, 1, 8, 128, True, torch.float16, "random", (3, 1, 4, 8, True, 16, True, True)),
     ("w4_t64x64", 16, 256, 768, 2, 4, 64, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 16)),
+    ("w4_t64x64", 16, 512, 384, 1, 8, 128, True, torch.float16, "random", (1, 1, 4, 8, True, 8, True, True, 16, True)),
 ]
 
 
@@ -207,3 +211,31 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, first)
+
+
+@pytest.mark.gpu
+@gpu
+def test_few_token_steps_chained_by_pdl_match_the_plain_launches():
+    """gate_up by pair as a PDL secondary of the kernel before it (pdl_gate_up) and down by token
+    triggering at its store: two steps captured back to back in one graph, so that the second
+    step's gate_up is placed while the first's down still reads h (which the second overwrites,
+    the graph pool reusing its memory), give the bits of the plain launches, replay after replay."""
+    gen = torch.Generator().manual_seed(11)
+    _, _, _, stacks = make_experts(16, 512, 384, "w4_t64x64", gen, group_size=128, sym=False)
+    xs = [torch.randn(1, 512, generator=gen).bfloat16().cuda() for _ in range(2)]
+    ids = [ROUTINGS["random"](1, 8, 16, gen).cuda() for _ in range(2)]
+    wts = [torch.softmax(torch.randn(1, 8, generator=gen), -1).cuda() for _ in range(2)]
+    plain = cuda_moe.MoECudaConfig(1, 1, 4, 8, False, 8, True, True, 16)
+    chained = dataclasses.replace(plain, pdl=True, pdl_gate_up=True)
+    want = [cuda_moe.grouped_moe_cuda(xs[i], wts[i], ids[i], *stacks, cfg=plain) for i in range(2)]
+    assert all(torch.equal(cuda_moe.grouped_moe_cuda(xs[i], wts[i], ids[i], *stacks, cfg=chained), want[i])
+               for i in range(2))  # eager, and the library's attributes set before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [cuda_moe.grouped_moe_cuda(xs[i], wts[i], ids[i], *stacks, cfg=chained) for i in range(2)]
+    for _ in range(3):
+        for out in outs:
+            out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(out, w) for out, w in zip(outs, want))

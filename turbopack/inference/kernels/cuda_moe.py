@@ -38,7 +38,7 @@ TOKEN_WARPS = 8  # gate_up by pair's warps (csrc kTokWarps); top-k must divide d
 DOWN_WARPS = (8, 16)  # down by token's warps: k of them, or W / k per pair
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 17 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 18 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class MoECudaConfig:
     #: unused; top-k must divide down_warps): no workspace, counter or last CTA
     down_by_token: bool = False
     down_warps: int = 8  # down by token's warps per CTA, 8 or 16 (more warps: fewer stages each)
+    #: gate_up by pair as a programmatic dependent launch of the kernel before it (sm_90+): its CTAs
+    #: are placed while that kernel finishes and wait before reading x and the ids
+    pdl_gate_up: bool = False
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -169,6 +172,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     bm = cfg.block_m or block_rows(t, top_k, n_exp)
     if bm not in (8, 16):
         raise ValueError(f"block_m {bm}: 8 or 16 token rows")
+    if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
+        raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
         raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
                          "and top-k must divide it")
@@ -177,7 +182,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
-    pdl = cfg.pdl and torch.cuda.get_device_capability(dev) >= (9, 0)
+    sm90 = torch.cuda.get_device_capability(dev) >= (9, 0)
+    pdl, pdl_gu = cfg.pdl and sm90, cfg.pdl_gate_up and sm90
     np_, kt, kgp, tn = gate.layout_dims
     gu_dims = _DIMS(inter, np_, hidden, kt, kgp, tn)
     np_, kt, kgp, tn = down.layout_dims
@@ -187,8 +193,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         _p(up.zeros), _p(down.qweight), _p(down.scales), _p(down.zeros), _p(h), _p(y), _p(ws), _p(cnt),
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
-        int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), _DTYPE_CODE[x2.dtype],
-        cuda_build.stream(dev))
+        int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), int(pdl_gu),
+        _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

@@ -101,6 +101,9 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   extern __shared__ uint4 smem[];
   __shared__ float part[kTokWarps][2][16];
   pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
+  // x and the ids from here on: a no-op unless launched as a PDL secondary (pdl_gu), whose CTAs are
+  // then placed while the kernel before it (the router, the previous layer's down) finishes
+  pdl_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const Lin& L = a.gate;
   const long long pair = blockIdx.z;
@@ -206,6 +209,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   cp_async_wait<0>();
   if (c == 0) part[warp][g] = out[0][0], part[warp][g + 8] = out[0][2];
   __syncthreads();
+  pdl_trigger();  // at the store, as the dense decode kernels (pdl.py): the next grid may be placed
   const int row = n0 + threadIdx.x;
   if (threadIdx.x < 16 && row < L.N) {
     float acc = 0.f;

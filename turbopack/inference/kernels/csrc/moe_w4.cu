@@ -282,7 +282,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
   int split_gu, split_d, stages_gu, stages_d, down_warps;
-  bool gate_up_by_pair, down_by_token, pdl;
+  bool gate_up_by_pair, down_by_token, pdl, pdl_gu;
 };
 
 // down after gate_up: by token (moe_token.cuh) or by routed block with split K
@@ -309,20 +309,20 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   constexpr int NG = kStageK / G;
-  const Launch now{false, 1};  // never a dependent launch: no pdl_wait (the router's ids are read at once)
-  if (k.gate_up_by_pair) {
+  if (k.gate_up_by_pair) {  // a PDL secondary where pdl_gu: it waits before reading x and the ids
     const int per_w = (a.gate.K / kStageK + kTokWarps - 1) / kTokWarps;
     const int smem = token_smem<GuSlot<NG, ASYM>>(kTokWarps, STAGES, a.gate.K * 2, per_w, NG);
     return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(dim3((a.gate.NP + 15) / 16, 1, a.T * a.topk), smem, a,
-                                                                now, s, kTokWarps);
+                                                                Launch{k.pdl_gu && g_pdl != 0, 1}, s, kTokWarps);
   }
   a.split = k.split_gu;
   const int scratch = (a.E + a.T * a.topk) * 4;
   // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
   const int table = ((a.gate.K / kStageK + k.split_gu - 1) / k.split_gu) * NG * NTOK * 4 * 8;
   const int smem = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table);
+  // the routed gate_up has no pdl_wait: never a dependent launch (it reads the router's ids at once)
   return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(dim3((a.gate.NP + 63) / 64, k.split_gu, blocks), smem,
-                                                              a, now, s);
+                                                              a, Launch{false, 1}, s);
 }
 
 // Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
@@ -359,14 +359,15 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots:
 // stages_gu 4 or 6 (gate|up, 2 KiB a warp each), stages_d 4 or 8 (1 KiB). gu_by_pair: gate_up as a
 // CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token) in down_warps
-// = 8 or 16 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched as a programmatic dependent of
-// gate_up (sm_90+). Returns 0, -1 bad arguments, or the CUDA error.
+// = 8 or 16 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched
+// as a programmatic dependent of gate_up (sm_90+); pdl_gu: gate_up by pair as one of the kernel
+// before it. Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int dtype,
+                                int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu, int dtype,
                                 void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
@@ -384,6 +385,7 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0};
+  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0,
+                pdl_gu != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
