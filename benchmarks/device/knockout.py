@@ -56,7 +56,9 @@ CAP = (9, 0)
 
 
 def lib_file(folder: Path, mod, mask: int) -> Path:
-    return folder / f"{mod.SRC.stem}_ko{mask}.so"
+    """The (mask) build of ``mod``'s source in ``folder``, named by the source's text and headers
+    (cuda_build.lib_path's key): a build of an older source is never taken for the current one."""
+    return cuda_build.lib_path(mod.SRC, CAP, f"knockout-{mask}", folder)
 
 
 def build_all(folder: Path, jobs: int) -> None:
@@ -92,6 +94,9 @@ def time_variants(mod, folder: Path, dev: torch.device, time_fn, check_fn) -> di
     """Each variant's time (the ones ``folder`` holds), the real build checked first; the real build
     is timed again last, and its two times are reported as "real" (the mean) and "drift" (last -
     first): a difference that the drift does not dwarf is the part's cost, not clocks warming up."""
+    if not lib_file(folder, mod, 0).exists():
+        raise SystemExit(f"error: {folder} has no build of this {mod.SRC.name} (another source's archive?): "
+                         "rebuild it with --offline")
     masks = [(label, m) for label, m in VARIANTS.items() if lib_file(folder, mod, m).exists()]
     use(mod, folder, 0, dev)
     out = {"rel_err": check_fn()}
