@@ -39,8 +39,8 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token in 8 or 16 warps)
-    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 4)
+    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token in 8, 16 or 32 warps)
+    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 5)
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -134,6 +134,8 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     ("w4_t16x64", 16, 2048, 128, 1, 8, 128, True, torch.float16, "random", (3, 1, 4, 8, True, 16, True, True)),
     ("w4_t64x64", 16, 256, 768, 2, 4, 64, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 16)),
     ("w4_t64x64", 16, 512, 384, 1, 8, 128, True, torch.float16, "random", (1, 1, 4, 8, True, 8, True, True, 16, True)),
+    ("w4_t64x64", 16, 256, 768, 1, 8, 128, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 32)),
+    ("w4_t16x64", 8, 256, 384, 2, 2, 64, True, torch.float16, "random", (1, 1, 4, 8, True, 8, False, True, 32)),
 ]
 
 

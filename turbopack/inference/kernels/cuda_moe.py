@@ -35,7 +35,7 @@ MAX_EXPERTS = 1024
 STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp each
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
 TOKEN_WARPS = 8  # gate_up by pair's warps (csrc kTokWarps); top-k must divide down by token's
-DOWN_WARPS = (8, 16)  # down by token's warps: k of them, or W / k per pair
+DOWN_WARPS = (8, 16, 32)  # down by token's warps: k of them, or W / k per pair
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
 _SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 18 + [ctypes.c_void_p]}
@@ -57,7 +57,7 @@ class MoECudaConfig:
     #: down as a CTA per (16 rows, token) over its top-k pairs, summed in shared memory (split_down
     #: unused; top-k must divide down_warps): no workspace, counter or last CTA
     down_by_token: bool = False
-    down_warps: int = 8  # down by token's warps per CTA, 8 or 16 (more warps: fewer stages each)
+    down_warps: int = 8  # down by token's warps per CTA, 8, 16 or 32 (more warps: fewer stages each)
     #: gate_up by pair as a programmatic dependent launch of the kernel before it (sm_90+): its CTAs
     #: are placed while that kernel finishes and wait before reading x and the ids
     pdl_gate_up: bool = False
@@ -138,7 +138,7 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     hit = min(n_experts, tokens * top_k)
     s_gu, s_d = hidden // 128, inter // 128
     if few_tokens(tokens, top_k):
-        dw = DOWN_WARPS[-1]
+        dw = 16  # measured (run 13); 32, one CTA per SM at 1024 threads, is a candidate not yet timed
         per_gu, per_d = math.ceil(s_gu / TOKEN_WARPS), math.ceil(s_d / (dw // top_k))
         one_wave = tokens * math.ceil(hidden / 16) <= sms  # down's grid: one CTA per SM at most
         return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_GATE_UP),

@@ -2,12 +2,12 @@
 // down_by_token). At T = 1 the routed kernels' CTAs spend their time in chains of dependent loads,
 // not in streaming: the top-k ids and a routing pass before the first weight copy, x or h read
 // stage by stage for the sums of x, and the split-K store's atomics, fence, counter and last CTA
-// (4.5 us of the layer's 20.4 on the H100, knockouts, run 13). Here a CTA is 8 or 16 warps on 16
+// (4.5 us of the layer's 20.4 on the H100, knockouts, run 13). Here a CTA is 8 to 32 warps on 16
 // rows:
 //   gate_up by pair   CTA (16 rows of gate|up, pair), 8 warps: the pair is blockIdx.z, so x's row
 //                     is copied (cp.async, one chunk a thread) before the id is even read; each warp
 //                     takes an eighth of K; h = silu(g) * u after a shared-memory sum in warp order
-//   down by token     CTA (16 rows of y, token): its W = 8 or 16 warps take the token's top-k pairs
+//   down by token     CTA (16 rows of y, token): its W = 8, 16 or 32 warps take the token's top-k pairs
 //                     (k divides W), W / k warps splitting each pair's K range; h's slices are
 //                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
 //                     shared memory. Once gate_up is done, what is left is this CTA's MMAs: at one
@@ -26,7 +26,7 @@
 
 namespace {
 
-constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8 or 16, which top-k must divide
+constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8, 16 or 32, which top-k must divide
 
 // Shared memory of a few-token CTA: its ring [warps][stages] of Slot, the staged x (16-bit, x_bytes)
 // and each warp's table of sums (per_w stages of NG groups: a float2 per quad lane)

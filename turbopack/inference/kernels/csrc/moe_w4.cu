@@ -296,8 +296,9 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
     const int w = k.down_warps, ks = w / a.topk, per_w = (a.down.K / kStageK + ks - 1) / ks;
     const int smem = token_smem<DnSlot<NG, ASYM>>(w, STAGES_D, w * per_w * kStageK * 2, per_w, NG);
     const dim3 grid((a.down.NP + 15) / 16, a.T);
-    return w == 16 ? launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16>>(grid, smem, a, dep, s, 16)
-                   : launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 8>>(grid, smem, a, dep, s, 8);
+    if (w == 32) return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 32>>(grid, smem, a, dep, s, 32);
+    if (w == 16) return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16>>(grid, smem, a, dep, s, 16);
+    return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 8>>(grid, smem, a, dep, s, 8);
   }
   a.split = k.split_d;
   const int scratch = (a.E + a.T * a.topk) * 4;
@@ -361,7 +362,7 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // columns; an expert with more tokens takes several blocks, each reading its weights). Ring slots:
 // stages_gu 4 or 6 (gate|up, 2 KiB a warp each), stages_d 4 or 8 (1 KiB). gu_by_pair: gate_up as a
 // CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token) in down_warps
-// = 8 or 16 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched
+// = 8, 16 or 32 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched
 // as a programmatic dependent of gate_up (sm_90+); pdl_gu: gate_up by pair as one of the kernel
 // before it. Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
@@ -375,7 +376,8 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
-      (down_by_token && ((down_warps != 8 && down_warps != 16) || topk > down_warps || down_warps % topk != 0)) ||
+      (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
+                         down_warps % topk != 0)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
