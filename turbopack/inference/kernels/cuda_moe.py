@@ -152,6 +152,20 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
                          block_m=block_rows(tokens, top_k, n_experts))
 
 
+def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
+    """ValueError naming the knob, for combinations the library does not build."""
+    if cfg.stages_gate_up not in STAGES_GATE_UP or cfg.stages_down not in STAGES_DOWN:
+        raise ValueError(f"ring stages {cfg.stages_gate_up}/{cfg.stages_down}: gate_up takes {STAGES_GATE_UP}, "
+                         f"down {STAGES_DOWN}")
+    if bm not in (8, 16):
+        raise ValueError(f"block_m {bm}: 8 or 16 token rows")
+    if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
+        raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
+    if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
+        raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
+                         "and top-k must divide it")
+
+
 def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate, up, down,
                      cfg: MoECudaConfig | None = None) -> torch.Tensor:
     """sum_k weights[t, k] * down_e(silu(gate_e(x_t)) * up_e(x_t)), e = idx[t, k], on the CUDA
@@ -161,22 +175,13 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     inter, hidden = gate.shape
     dev = x2.device
     cfg = cfg or default_config(t, top_k, n_exp, hidden, inter, dev)
-    if cfg.stages_gate_up not in STAGES_GATE_UP or cfg.stages_down not in STAGES_DOWN:
-        raise ValueError(f"ring stages {cfg.stages_gate_up}/{cfg.stages_down}: gate_up takes {STAGES_GATE_UP}, "
-                         f"down {STAGES_DOWN}")
+    bm = cfg.block_m or block_rows(t, top_k, n_exp)
+    _check(cfg, bm, top_k)
     n = t * top_k
     ids = idx.reshape(-1).contiguous()
     if ids.dtype not in (torch.int32, torch.int64):
         ids = ids.to(torch.int32)
     wts = weights.reshape(-1).contiguous()
-    bm = cfg.block_m or block_rows(t, top_k, n_exp)
-    if bm not in (8, 16):
-        raise ValueError(f"block_m {bm}: 8 or 16 token rows")
-    if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
-        raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
-    if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
-        raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
-                         "and top-k must divide it")
     blocks = min(n, min(n_exp, n) + n // bm)
     ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
