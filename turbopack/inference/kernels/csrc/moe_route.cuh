@@ -24,6 +24,11 @@ struct MoeArgs {
   int T, topk, E, stride_xm, ids64, wts32, split;
 };
 
+// the top-k id of pair p
+__device__ __forceinline__ int expert_of(const MoeArgs& a, long long p) {
+  return a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[p]) : static_cast<const int*>(a.ids)[p];
+}
+
 struct Route {
   int e, rows;
   int pair[16];
@@ -39,7 +44,7 @@ __device__ bool route_block(const MoeArgs& a, int b, Route& r, int* scratch) {
   for (int i = tid; i < a.E; i += blockDim.x) cnt[i] = 0;
   __syncthreads();
   for (int i = tid; i < n; i += blockDim.x) {
-    const int e = a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[i]) : static_cast<const int*>(a.ids)[i];
+    const int e = expert_of(a, i);
     ids[i] = e;
     if (e >= 0 && e < a.E) atomicAdd(cnt + e, 1);
   }

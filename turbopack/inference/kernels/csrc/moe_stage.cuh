@@ -48,6 +48,31 @@ struct Feed {
   }
 };
 
+// One warp's gate and up feeds of expert e into its ring's GuSlots (both kernels' gate_up): lanes <
+// kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
+template <typename T, int NG, bool ASYM>
+struct GateUpFeed {
+  static constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
+  Feed<T, NG> gate, up;
+  long long tile_step;
+  uint64_t policy;
+  int chunk;
+  bool gate_lane, up_lane;
+  __device__ __forceinline__ GateUpFeed(const MoeArgs& a, int e, int n0, int s_lo, int lane) {
+    const bool sz_lane = lane < 2 * kChunks;
+    chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
+    gate_lane = lane < kChunks, up_lane = sz_lane && lane >= kChunks;
+    gate.init(a.gate, e, n0, s_lo, lane, chunk);
+    up.init(a.up, e, n0, s_lo, lane, chunk);
+    tile_step = (long long)a.gate.TN * 2;
+    policy = l2_evict_first();
+  }
+  __device__ __forceinline__ void issue(GuSlot<NG, ASYM>& slot, int lane) {
+    gate.issue(slot.w[0], &slot.sz[0].v[chunk], gate_lane, tile_step, lane, policy);
+    up.issue(slot.w[1], &slot.sz[1].v[chunk], up_lane, tile_step, lane, policy);
+  }
+};
+
 // Activation rows of this thread's token columns (slot 8t + g of the block), stage s_lo; x is
 // [*, stride] with the row of slot s at row_of(pair of s)
 template <typename T, int NTOK>

@@ -91,14 +91,9 @@ __device__ __forceinline__ void ring_pass(int nst, const uint4* xs, int c, Issue
   }
 }
 
-__device__ __forceinline__ int expert_of(const MoeArgs& a, long long pair) {
-  return a.ids64 ? static_cast<int>(static_cast<const long long*>(a.ids)[pair]) : static_cast<const int*>(a.ids)[pair];
-}
-
 template <typename T, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
-  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ float part[kTokWarps][2][16];
   pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
@@ -120,18 +115,8 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + kTokWarps * STAGES) +
                  warp * per_w * NG * 4;
   const int n0 = blockIdx.x * 16;
-  // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
-  const bool sz_lane = lane < 2 * kChunks;
-  const int which = lane < kChunks ? 0 : 1, chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
-  Feed<T, NG> fg, fu;
-  fg.init(a.gate, valid ? e : 0, n0, w_lo, lane, chunk);
-  fu.init(a.up, valid ? e : 0, n0, w_lo, lane, chunk);
-  const long long tile_step = (long long)L.TN * 2;
-  const uint64_t policy = l2_evict_first();
-  auto issue = [&](int slot) {
-    fg.issue(ring[slot].w[0], &ring[slot].sz[0].v[chunk], sz_lane && which == 0, tile_step, lane, policy);
-    fu.issue(ring[slot].w[1], &ring[slot].sz[1].v[chunk], sz_lane && which == 1, tile_step, lane, policy);
-  };
+  GateUpFeed<T, NG, ASYM> feed(a, valid ? e : 0, n0, w_lo, lane);
+  auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < nst) issue(s);

@@ -42,7 +42,6 @@ namespace {
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
-  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ Route r;
   pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
@@ -56,18 +55,8 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
   const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);  // every warp sums x over it
   const int s_hi = active ? s_cta : s_lo;
-  // lanes < kChunks copy gate's scale chunk `lane`, the next kChunks lanes up's
-  const bool sz_lane = lane < 2 * kChunks;
-  const int which = lane < kChunks ? 0 : 1, chunk = lane < kChunks ? lane : (sz_lane ? lane - kChunks : 0);
-  Feed<T, NG> fg, fu;
-  fg.init(a.gate, r.e, n0, s_lo, lane, chunk);
-  fu.init(a.up, r.e, n0, s_lo, lane, chunk);
-  const long long tile_step = (long long)L.TN * 2;
-  const uint64_t policy = l2_evict_first();
-  auto issue = [&](int slot) {
-    fg.issue(ring[slot].w[0], &ring[slot].sz[0].v[chunk], sz_lane && which == 0, tile_step, lane, policy);
-    fu.issue(ring[slot].w[1], &ring[slot].sz[1].v[chunk], sz_lane && which == 1, tile_step, lane, policy);
-  };
+  GateUpFeed<T, NG, ASYM> feed(a, r.e, n0, s_lo, lane);
+  auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
   const uint4* xsrc[NTOK];
   bool has[NTOK];
   x_sources<T, NTOK>(xsrc, has, a.x, a.stride_xm, r, a.topk, s_lo, g, c);
