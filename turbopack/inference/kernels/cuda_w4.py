@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from turbopack.inference.kernels import cuda_build
+from turbopack.inference.kernels import cuda_build, cuda_moe
 from turbopack.inference.kernels.cuda_build import gencode, nvcc  # noqa: F401 (the build test's names)
 from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_buffers
@@ -32,8 +32,10 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: variant -> ring depths it is built for: 0 = v5, 1 = v6 (sum of x per group once per CTA, in shared memory),
 #: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights),
 #: 3 = v8 (v7's stage loop on persistent stripes of (row tile, stage) items; SPLIT_K = CTAs per SM, 0 = all that fit)
-VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6)}
-V7, V8 = 2, 3
+#: 4 = rows (M <= cuda_moe.ROWS_M_MAX, no bias: a CTA per (16 rows, token), SPLIT_K read as its warps over K,
+#: 8, 16 or 32, summed in shared memory; the MoE's few-token down kernel, cuda_moe.rows_decode; else v7)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: cuda_moe.STAGES_DOWN}
+V7, V8, ROWS = 2, 3, 4
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
 #: M <= 8, at rings 4 and 6); elsewhere v7 takes the global split-K path
@@ -110,10 +112,15 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
               stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False,
               cluster: bool = False) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
-    (v8: CTAs per SM, 0 = as many as fit). ``prefetch`` (v7; layout tiles of <= 64 rows): each CTA
-    sends its weight slice past the ring's first stages to L2 first (csrc/w4_v67.cuh). ``cluster``
+    (v8: CTAs per SM, 0 = as many as fit; rows: warps per CTA, 0 = 16). ``prefetch`` (v7; layout
+    tiles of <= 64 rows): each CTA sends its weight slice past the ring's first stages to L2 first
+    (csrc/w4_v67.cuh). ``cluster``
     (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's split-K CTAs sum their partials in
     a thread-block cluster's shared memory, not through the global workspace (csrc/common.cuh)."""
+    if variant == ROWS:  # a dense linear on the MoE's few-token down kernel, where it applies
+        if cuda_moe.supports_rows(x2, packed, shape, group, bias):
+            return cuda_moe.rows_decode(x2, packed, shape, out, group=group, warps=split_k or 16, stages=stages)
+        variant, split_k, stages = V7, 0, DEFAULT_STAGES
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape

@@ -12,7 +12,8 @@
 //                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
 //                     shared memory. Once gate_up is done, what is left is this CTA's MMAs: at one
 //                     CTA per SM (T = 1) and 8 warps a warp issues every ~7 cycles (ncu, H200),
-//                     so 16 warps halve each warp's stages
+//                     so 16 warps halve each warp's stages. Without ids and weights (one expert,
+//                     top-1, weight 1) it is a dense linear's decode by rows: turbopack_w4_rows
 // No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
 // down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
 // Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
@@ -157,7 +158,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int ks = W / a.topk, kw = warp % ks;
   const long long pair = (long long)blockIdx.y * a.topk + warp / ks;
-  const int e = expert_of(a, pair);
+  const int e = a.ids != nullptr ? expert_of(a, pair) : 0;  // no ids: a dense linear (turbopack_w4_rows)
   const bool valid = e >= 0 && e < a.E;  // as route_block: an id out of range adds nothing
   const Lin& L = a.down;
   const int n0 = blockIdx.x * 16;
@@ -203,7 +204,8 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
       float v = 0.f;
       for (int w = 0; w < ks; ++w) v += part[j * ks + w][threadIdx.x];
       const long long p = (long long)blockIdx.y * a.topk + j;
-      const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
+      const float wt = a.wts == nullptr ? 1.f
+                       : a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
       acc = fmaf(round16<T>(v), wt, acc);
     }
     static_cast<T*>(a.y)[(long long)blockIdx.y * L.N + row] = Half16<T>::from_f(acc);

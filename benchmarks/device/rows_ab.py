@@ -1,0 +1,92 @@
+"""The dense W4A16 decode by rows (cuda_w4 VARIANT 4: the MoE's few-token down kernel on one expert,
+cuda_moe.rows_decode) against the shipped table's config, per layer and token count, on one GPU.
+
+Each candidate is checked against the float64 contract on fresh inputs (bench.TOL) and timed as
+bench_linear times (CUDA graph, weights rotated past L2, median; PDL off). Prints one row per
+(layer, M): the table's config, the best rows config, every rows config's time, the floor share;
+with --write-table it also writes $OUT/sm90.json: the shipped table with VARIANT 4 at M = 1 and 2
+wherever rows won, so bench_e2e can A/B the step (copy it over configs/sm90.json on the device).
+
+    python3 benchmarks/device/rows_ab.py --model llama3-8b --ms 1,2 --write-table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import torch  # noqa: E402
+
+from turbopack.inference.kernels import bench, cuda_build, cuda_moe, cuda_w4, pdl  # noqa: E402
+from turbopack.inference.kernels.bench_main import measure  # noqa: E402
+from turbopack.inference.kernels.config import KernelConfig, KernelName  # noqa: E402
+from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
+
+CANDIDATES = [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=cuda_w4.ROWS)
+              for w in cuda_moe.DOWN_WARPS for st in cuda_moe.STAGES_DOWN]
+
+
+def table_with_rows(wins: dict[str, KernelConfig], dims: dict[str, tuple[int, int]]) -> dict:
+    """The shipped sm90.json with the shape's M = 1 and 2 buckets set to its winning rows config."""
+    src = Path(cuda_w4.__file__).parent / "configs" / "sm90.json"
+    d = json.loads(src.read_text())
+    shapes = d["layouts"]["w4_t64x64"]["shapes"]
+    for name, cfg in wins.items():
+        n, k = dims[name]
+        entry = shapes.setdefault(f"{n}x{k}", {})
+        for m in ("1", "2"):
+            entry[m] = cfg.to_json()
+        shapes[f"{n}x{k}"] = dict(sorted(entry.items(), key=lambda kv: int(kv[0])))
+    return d
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama3-8b", choices=list(bench.MODELS))
+    ap.add_argument("--ms", default="1,2")
+    ap.add_argument("--write-table", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    os.environ.setdefault(pdl.ENV, "0")
+    cuda_build.refresh_pdl()
+    props = torch.cuda.get_device_properties(0)
+    l2 = props.L2_cache_size
+    bw = max(bench.copy_bandwidth().values())
+    print(f"{props.name}; copy bandwidth {bw / 1e12:.2f} TB/s")
+    gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
+    dims = bench.MODELS[args.model]
+    wins: dict[str, KernelConfig] = {}
+    print("| layer | M | table cfg | table µs | best rows | rows µs | speedup | rows % floor | every rows (w/st: µs) |")
+    print("|---|---:|---|---:|---|---:|---:|---:|---|")
+    for name, (n, k) in dims.items():
+        wt = bench.make_weight("w4a16", (n, k), l2, gen)
+        for m in map(int, args.ms.split(",")):
+            base = resolve_config(wt.layout_name, wt.fmt, n, k, m, torch.device("cuda"))
+            r_base = measure("w4a16", wt, m, [base], l2, False, gen)
+            r_rows = measure("w4a16", wt, m, CANDIDATES, l2, False, gen)
+            if "error" in r_base or "error" in r_rows:
+                print(f"| {name} | {m} | {r_base.get('error', '')} | | {r_rows.get('error', '')} | | | | |")
+                continue
+            floor = (wt.nbytes + 2 * m * (n + k)) / bw * 1e6
+            every = " ".join(f"{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}" for t, c in r_rows["tried"])
+            print(f"| {name} | {m} | {base.describe()} | {r_base['us']:.2f} | {r_rows['cfg'].describe()} | "
+                  f"{r_rows['us']:.2f} | {r_base['us'] / r_rows['us']:.2f}x | {100 * floor / r_rows['us']:.0f}% | "
+                  f"{every} |", flush=True)
+            if m == 1 and r_rows["us"] < r_base["us"]:
+                wins[name] = r_rows["cfg"]
+        del wt
+        torch.cuda.empty_cache()
+    if args.write_table:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "sm90.json").write_text(json.dumps(table_with_rows(wins, dims), indent=1))
+        print(f"rows won at M = 1 on: {', '.join(wins) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
