@@ -1,13 +1,14 @@
-"""The dense W4A16 decode by rows (cuda_w4 VARIANT 4: the MoE's few-token down kernel on one expert,
-cuda_moe.rows_decode) against the shipped table's config, per layer and token count, on one GPU.
+"""The dense W4A16 decode by rows (cuda_w4 VARIANT 4, csrc/w4_rows.cuh) against the shipped table's
+config, per layer and token count, on one GPU.
 
 Each candidate is checked against the float64 contract on fresh inputs (bench.TOL) and timed as
 bench_linear times (CUDA graph, weights rotated past L2, median; PDL off). Prints one row per
 (layer, M): the table's config, the best rows config, every rows config's time, the floor share;
-with --write-table it also writes $OUT/sm90.json: the shipped table with VARIANT 4 at M = 1 and 2
-wherever rows won, so bench_e2e can A/B the step (copy it over configs/sm90.json on the device).
+with --write-table it also writes $OUT/sm90.json: the shipped table (or --table) with the rows
+config at bucket M wherever rows won, so bench_e2e can A/B the step (copy it over
+configs/sm90.json on the device).
 
-    python3 benchmarks/device/rows_ab.py --model llama3-8b --ms 1,2 --write-table
+    python3 benchmarks/device/rows_ab.py --model llama3-8b --ms 1,2,4,8 --write-table
 """
 
 from __future__ import annotations
@@ -22,25 +23,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from turbopack.inference.kernels import bench, cuda_build, cuda_moe, cuda_w4, pdl  # noqa: E402
+from turbopack.inference.kernels import bench, cuda_build, cuda_w4, pdl  # noqa: E402
 from turbopack.inference.kernels.bench_main import measure  # noqa: E402
 from turbopack.inference.kernels.config import KernelConfig, KernelName  # noqa: E402
 from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
 CANDIDATES = [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=cuda_w4.ROWS)
-              for w in cuda_moe.DOWN_WARPS for st in cuda_moe.STAGES_DOWN]
+              for w in cuda_w4.ROWS_WARPS for st in cuda_w4.VARIANTS[cuda_w4.ROWS]]
 
 
-def table_with_rows(wins: dict[str, KernelConfig], dims: dict[str, tuple[int, int]]) -> dict:
-    """The shipped sm90.json with the shape's M = 1 and 2 buckets set to its winning rows config."""
+def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, tuple[int, int]]) -> dict:
+    """The shipped sm90.json with bucket M of each (layer, M) that rows won set to its rows config."""
     src = Path(cuda_w4.__file__).parent / "configs" / "sm90.json"
     d = json.loads(src.read_text())
     shapes = d["layouts"]["w4_t64x64"]["shapes"]
-    for name, cfg in wins.items():
+    for (name, m), cfg in wins.items():
         n, k = dims[name]
         entry = shapes.setdefault(f"{n}x{k}", {})
-        for m in ("1", "2"):
-            entry[m] = cfg.to_json()
+        entry[str(m)] = cfg.to_json()
         shapes[f"{n}x{k}"] = dict(sorted(entry.items(), key=lambda kv: int(kv[0])))
     return d
 
@@ -48,7 +48,7 @@ def table_with_rows(wins: dict[str, KernelConfig], dims: dict[str, tuple[int, in
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama3-8b", choices=list(bench.MODELS))
-    ap.add_argument("--ms", default="1,2")
+    ap.add_argument("--ms", default="1,2,4,8")
     ap.add_argument("--write-table", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
@@ -60,7 +60,7 @@ def main() -> int:
     print(f"{props.name}; copy bandwidth {bw / 1e12:.2f} TB/s")
     gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
     dims = bench.MODELS[args.model]
-    wins: dict[str, KernelConfig] = {}
+    wins: dict[tuple[str, int], KernelConfig] = {}
     print("| layer | M | table cfg | table µs | best rows | rows µs | speedup | rows % floor | every rows (w/st: µs) |")
     print("|---|---:|---|---:|---|---:|---:|---:|---|")
     for name, (n, k) in dims.items():
@@ -77,14 +77,14 @@ def main() -> int:
             print(f"| {name} | {m} | {base.describe()} | {r_base['us']:.2f} | {r_rows['cfg'].describe()} | "
                   f"{r_rows['us']:.2f} | {r_base['us'] / r_rows['us']:.2f}x | {100 * floor / r_rows['us']:.0f}% | "
                   f"{every} |", flush=True)
-            if m == 1 and r_rows["us"] < r_base["us"]:
-                wins[name] = r_rows["cfg"]
+            if r_rows["us"] < r_base["us"]:
+                wins[(name, m)] = r_rows["cfg"]
         del wt
         torch.cuda.empty_cache()
     if args.write_table:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "sm90.json").write_text(json.dumps(table_with_rows(wins, dims), indent=1))
-        print(f"rows won at M = 1 on: {', '.join(wins) or 'none'}")
+        print(f"rows won: {', '.join(f'{n} M={m}' for n, m in wins) or 'none'}")
     return 0
 
 

@@ -77,7 +77,8 @@ def test_shipped_table_loads_and_writes_back_the_same_bytes():
         dispatch.FAMILIES.get(layout)
     assert json.dumps(table.to_json(), indent=1) == raw
     gate_up = table.layouts["w4_t64x64"].shapes["28672x4096"]
-    assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=1, ring_stages=4, variant=2)  # run 8
+    # run 8: v7 unsplit; run 14: the decode by rows in 8 warps (1.11x v7 on the H100)
+    assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=8, ring_stages=4, variant=4)
     # run 7: the multi-column CUDA kernel (w4_mma.cu) wins M = 64 on every 8B shape; run 9: the
     # warpgroup-MMA kernel (w4_wgmma.cu) takes gate_up at M = 64 and M = 256; run 10: with its weights
     # straight to registers
@@ -129,7 +130,7 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
     for m in (1, 16):
         cands = [c for c in tune.candidates("w4a16", 28672, 4096, m, 132) if c.kernel is KernelName.CUDA]
         got = {(c.variant or 0, c.ring_stages) for c in cands}
-        assert {v for v, _ in got} == set(cuda_w4.VARIANTS)
+        assert {v for v, _ in got} == set(cuda_w4.VARIANTS) - ({cuda_w4.ROWS} if m > 8 else set())  # rows: M <= 8
         assert all(st in cuda_w4.VARIANTS[v] for v, st in got)
         assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)
 

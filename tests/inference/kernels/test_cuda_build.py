@@ -159,38 +159,54 @@ def test_decode_kernel_matches_reference(m, group, sym, split, stages, variant, 
         assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
 
 
-#: (group, sym, warps, stages, K): the decode by rows over both groups, sym/asym, every warp count and ring
-#: depth; K = 13 stages (uneven over the warps, idle warps at 16 and 32) and 112 (the 8B down's 14336)
-ROWS_CASES = [(128, False, 16, 4, 1664), (64, True, 8, 8, 1664), (128, True, 32, 8, 1664), (64, False, 16, 8, 14336),
-              (128, False, 8, 4, 14336), (128, True, 32, 4, 2048)]
+#: (group, sym, warps, K, bias): the decode by rows (VARIANT 4) over both groups, sym/asym, both warp
+#: counts; K = 13 stages (uneven over the warps, idle warps at 16) and 112 (the 8B down's 14336: x's 8 rows
+#: then fill 229 KiB at 16 warps, past the H100's 227, so M = 8 there runs v7)
+ROWS_CASES = [(128, False, 16, 1664, True), (64, True, 8, 1664, False), (128, True, 16, 2048, False),
+              (64, False, 16, 14336, False), (128, False, 8, 14336, True)]
 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("m", [1, 2])
-@pytest.mark.parametrize("group,sym,warps,stages,k", ROWS_CASES)
+@pytest.mark.parametrize("m", [1, 2, 3, 8])
+@pytest.mark.parametrize("group,sym,warps,k,with_bias", ROWS_CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_decode_by_rows_matches_reference(m, group, sym, warps, stages, k, dtype):
-    """VARIANT 4 (the MoE's few-token down kernel on one expert) against the contract, in both tile
-    layouts with a partial tile; bias or M > 2 leave it for v7 (the same y as v7's call)."""
+def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dtype):
+    """The decode by rows against the contract in both tile layouts with a partial tile (N = 1072),
+    bit-identical run to run (no split-K sums: the warps meet in shared memory in a fixed order)."""
     n = 1024 + 48
     fmt, q, reference = _weight(n, k, group, sym, dtype, 31 * m + warps + k)
     for tile_n in (64, 16):
         packed = reference.pack_w4(q, tile_n)
         x = torch.randn(m, k, device="cuda").to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        assert cuda_moe.supports_rows(x, packed, (n, k), group, None)
-        cuda_w4.w4_decode(x, packed, (n, k), None, warps, out=out, group=group, stages=stages, variant=cuda_w4.ROWS)
-        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, None))
+        cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=out, group=group, stages=4, variant=cuda_w4.ROWS)
+        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
         assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
-        direct = cuda_moe.rows_decode(x, packed, (n, k), group=group, warps=warps, stages=stages)
-        assert torch.equal(direct, out)
-    b = torch.randn(n, device="cuda").to(dtype)
-    for xb, bias in ((x, b), (torch.randn(3, k, device="cuda").to(dtype), None)):
-        assert not cuda_moe.supports_rows(xb, packed, (n, k), group, bias)
-        y = cuda_w4.w4_decode(xb, packed, (n, k), bias, warps, group=group, stages=stages, variant=cuda_w4.ROWS)
-        v7 = cuda_w4.w4_decode(xb, packed, (n, k), bias, 0, group=group, variant=cuda_w4.V7)
-        assert torch.equal(y, v7)
+        again = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=cuda_w4.ROWS)
+        assert torch.equal(again, out)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m", [1, 9, 16])
+def test_decode_by_rows_falls_back_to_v7(m):
+    """Where rows cannot run, v7 at the default split does: M > 8 (one token column) and scales not
+    16-byte aligned (a view one element in); a row stride past K reads the right rows."""
+    n, k, group = 1024 + 48, 2048, 64
+    fmt, q, reference = _weight(n, k, group, False, torch.bfloat16, 5 + m)
+    packed = reference.pack_w4(q, 64)
+    wide = torch.randn(m, k + 64, device="cuda").bfloat16()
+    x = wide[:, :k]
+    want = reference.ref_linear(x, "w4a16", q, None)
+    odd = dict(packed)
+    for key in ("scales", "zeros"):
+        t = packed[key]
+        odd[key] = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
+    for p in (packed, odd):
+        y = cuda_w4.w4_decode(x, p, (n, k), None, 8, group=group, stages=4, variant=cuda_w4.ROWS)
+        assert reference.rel_err(y, want) < 1e-2
 
 
 @pytest.mark.gpu

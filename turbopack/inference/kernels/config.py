@@ -70,7 +70,8 @@ class KernelConfig:
     warp_n: int | None = None         # WARP_N: output rows per warp (cuda_mm: 16 or 32; unset = 16)
     group_m: int | None = None        # GROUP_M: row blocks sharing a weight block in L2 (w8a8)
     split_k: int | None = None        # SPLIT_K: programs sharing one K range (cuda: 0 = its own rule; W4
-    #                                   VARIANT 3 = v8 has no split: SPLIT_K is its CTAs per SM, 0 = all that fit)
+    #                                   VARIANT 3 = v8 has no split: SPLIT_K is its CTAs per SM, 0 = all that fit;
+    #                                   VARIANT 4 = rows: SPLIT_K is its warps per CTA, 8 or 16, 0 = 16)
     ring_stages: int | None = None    # STAGES: depth of the CUDA decode kernel's cp.async ring
     variant: int | None = None        # VARIANT: which CUDA W4 decode kernel (cuda_w4.VARIANTS; unset = v5)
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does

@@ -36,10 +36,10 @@ STAGES_GATE_UP = (4, 6)  # ring slots of (gate, up) 128-k stages: 2 KiB a warp e
 STAGES_DOWN = (4, 8)  # ring slots of one 128-k stage: 1 KiB a warp
 TOKEN_WARPS = 8  # gate_up by pair's warps (csrc kTokWarps); top-k must divide down by token's
 DOWN_WARPS = (8, 16, 32)  # down by token's warps: k of them, or W / k per pair
+MAX_DOWN_SLOTS = 128  # down by token's warps x ring slots (csrc kMaxDownSlots: 32 x 8 is 282 KiB of shared memory)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 18 + [ctypes.c_void_p],
-               "turbopack_w4_rows": [ctypes.c_void_p] * 5 + [_DIMS] + [ctypes.c_int] * 6 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 18 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,9 @@ def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
         raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
                          "and top-k must divide it")
+    if cfg.down_by_token and cfg.down_warps * cfg.stages_down > MAX_DOWN_SLOTS:
+        raise ValueError(f"down_by_token in {cfg.down_warps} warps of {cfg.stages_down} ring slots: at most "
+                         f"{MAX_DOWN_SLOTS} slots a CTA (1.1 KiB each: shared memory), so stages_down 4 at 32 warps")
 
 
 def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate, up, down,
@@ -207,43 +210,4 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     return y
 
 
-#: the dense decode by rows: at most this many tokens (a CTA per (16 rows, token): each token reads the
-#: weights again, from L2 while the CTAs of the other tokens run beside it)
-ROWS_M_MAX = 2
-
-
-def supports_rows(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], group: int,
-                  bias: torch.Tensor | None) -> bool:
-    """Can the decode by rows (``rows_decode``) run this dense call?"""
-    return (not interpreting() and x2.is_cuda and x2.dtype in _DTYPE_CODE and bias is None
-            and packed["scales"].dtype == x2.dtype and group in GROUPS and cuda_build.nvcc() is not None
-            and torch.cuda.get_device_capability(x2.device) >= (8, 0) and 1 <= x2.shape[0] <= ROWS_M_MAX
-            and shape[1] % 128 == 0 and x2.is_contiguous() and x2.shape[1] == shape[1] and x2.data_ptr() % 16 == 0
-            and _aligned(packed["qweight"], packed["scales"], packed.get("zeros")))
-
-
-def rows_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
-                out: torch.Tensor | None = None, *, group: int = 128, warps: int = 16, stages: int = 4,
-                pdl: bool = True) -> torch.Tensor:
-    """y [M, N] = x2 W^T for a dense w4_t{16,64}x64 linear (``supports_rows``) on the few-token down kernel:
-    one expert, top-1, weight 1; a CTA per (16 rows, token), ``warps`` (8, 16, 32) splitting K and
-    summing in shared memory (csrc/moe_w4.cu turbopack_w4_rows). ``pdl``: a programmatic dependent
-    launch on sm_90+ (it streams its first weight stages before waiting for the kernel before it)."""
-    if warps not in DOWN_WARPS or stages not in STAGES_DOWN:
-        raise ValueError(f"rows_decode: warps {warps} of {DOWN_WARPS}, stages {stages} of {STAGES_DOWN}")
-    qw, s = packed["qweight"], packed["scales"]
-    nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
-    m, dev = x2.shape[0], x2.device
-    y = out if out is not None else torch.empty(m, shape[0], dtype=x2.dtype, device=dev)
-    dims = _DIMS(shape[0], nt * tn, shape[1], kt, s.shape[1], tn)
-    pdl = pdl and torch.cuda.get_device_capability(dev) >= (9, 0)
-    rc = library(dev).turbopack_w4_rows(_p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(y), dims, m, group,
-                                        stages, warps, int(pdl), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
-    if rc != 0:
-        raise RuntimeError(f"turbopack_w4_rows failed (code {rc}; M={m} N={shape[0]} K={shape[1]} G={group} "
-                           f"warps={warps} stages={stages})")
-    return y
-
-
-__all__ = ["MoECudaConfig", "ROWS_M_MAX", "block_rows", "default_config", "few_tokens", "grouped_moe_cuda", "ring",
-           "rows_decode", "supports", "supports_rows"]
+__all__ = ["MoECudaConfig", "block_rows", "default_config", "few_tokens", "grouped_moe_cuda", "ring", "supports"]

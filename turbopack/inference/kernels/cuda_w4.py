@@ -3,7 +3,8 @@ launched on torch's current stream (CUDA-graph capturable). Two kernels:
 
   decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES, VARIANT:
            0 = v5, 1 = v6 with the sum of x per group once per CTA, 2 = v7: v6 with the scales in the
-           ring, 3 = v8: v7 on a persistent stripe schedule, SPLIT_K read as CTAs per SM; csrc/w4.cu)
+           ring, 3 = v8: v7 on a persistent stripe schedule, SPLIT_K read as CTAs per SM; 4 = rows: a
+           CTA per 16 rows whose warps split K, M <= 8, SPLIT_K read as its warps; csrc/w4.cu)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
            contract's weights bit for bit), then one cuBLAS GEMM; wins where the GEMM's time
            dwarfs the extra pass (prefill; the tuned table says from which M)
@@ -19,7 +20,7 @@ import math
 
 import torch
 
-from turbopack.inference.kernels import cuda_build, cuda_moe
+from turbopack.inference.kernels import cuda_build
 from turbopack.inference.kernels.cuda_build import gencode, nvcc  # noqa: F401 (the build test's names)
 from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_buffers
@@ -32,10 +33,11 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: variant -> ring depths it is built for: 0 = v5, 1 = v6 (sum of x per group once per CTA, in shared memory),
 #: 2 = v7 (v6 with the scales and zero points copied through the cp.async ring with the weights),
 #: 3 = v8 (v7's stage loop on persistent stripes of (row tile, stage) items; SPLIT_K = CTAs per SM, 0 = all that fit)
-#: 4 = rows (M <= cuda_moe.ROWS_M_MAX, no bias: a CTA per (16 rows, token), SPLIT_K read as its warps over K,
-#: 8, 16 or 32, summed in shared memory; the MoE's few-token down kernel, cuda_moe.rows_decode; else v7)
-VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: cuda_moe.STAGES_DOWN}
+#: 4 = rows (a CTA per 16 rows, K split among its warps and summed in shared memory, no split-K workspace;
+#: SPLIT_K = its warps, ROWS_WARPS, 0 = 16; M <= 8, else v7 at the default split; csrc/w4_rows.cuh)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,)}
 V7, V8, ROWS = 2, 3, 4
+ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
 #: M <= 8, at rings 4 and 6); elsewhere v7 takes the global split-K path
@@ -114,19 +116,18 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
     (v8: CTAs per SM, 0 = as many as fit; rows: warps per CTA, 0 = 16). ``prefetch`` (v7; layout
     tiles of <= 64 rows): each CTA sends its weight slice past the ring's first stages to L2 first
-    (csrc/w4_v67.cuh). ``cluster``
-    (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's split-K CTAs sum their partials in
-    a thread-block cluster's shared memory, not through the global workspace (csrc/common.cuh)."""
-    if variant == ROWS:  # a dense linear on the MoE's few-token down kernel, where it applies
-        if cuda_moe.supports_rows(x2, packed, shape, group, bias):
-            return cuda_moe.rows_decode(x2, packed, shape, out, group=group, warps=split_k or 16, stages=stages)
-        variant, split_k, stages = V7, 0, DEFAULT_STAGES
+    (csrc/w4_v67.cuh). ``cluster`` (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's
+    split-K CTAs sum their partials in a thread-block cluster's shared memory, not through the
+    global workspace (csrc/common.cuh)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    if variant == V8:  # SPLIT_K is CTAs per SM; any tile may be shared by several stripes: split-K buffers
+    if variant == ROWS:  # SPLIT_K is its warps; split-K buffers for v7, its fallback (csrc/w4_rows.cuh by_rows)
+        split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
+        ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), default_split(nt * tn, k, x2.device))
+    elif variant == V8:  # SPLIT_K is CTAs per SM; any tile may be shared by several stripes: split-K buffers
         split = max(0, int(split_k or 0))
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), 2)
     else:

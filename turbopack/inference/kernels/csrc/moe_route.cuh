@@ -4,18 +4,12 @@
 // kernels. Anonymous namespace, as common.cuh: each .cu is its own shared library.
 #pragma once
 #include "common.cuh"
+#include "w4_feed.cuh"  // Lin
 
 namespace {
 
 constexpr int kMaxExperts = 1024;
 constexpr int kMaxPairs = 2048;
-
-struct Lin {  // one linear of every expert, stacked [E, ...]
-  const uint4* q; const void* s; const uint8_t* z;
-  int N, NP, K, KT, KGP, TN;
-  __device__ __forceinline__ long long q_per_expert() const { return (long long)NP * KT * 2; }  // uint4
-  __device__ __forceinline__ long long s_per_expert() const { return (long long)NP * KGP; }     // elements
-};
 
 struct MoeArgs {
   const void* x; const void* ids; const void* wts;

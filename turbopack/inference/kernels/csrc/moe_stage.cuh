@@ -4,48 +4,16 @@
 #pragma once
 #include "common.cuh"
 #include "moe_route.cuh"
+#include "w4_feed.cuh"  // Lin, DnSlot, Feed
 #include "w4_stage.cuh"
 
 namespace {
 
-// A warp's ring slot: gate_up's (gate Stage, up Stage) and their scale slots; down's one Stage
+// A warp's ring slot of gate_up: the (gate, up) Stages and their scale slots (down's: DnSlot, w4_feed.cuh)
 template <int NG, bool ASYM>
 struct GuSlot {
   Stage w[2];
   SzSlot<NG, ASYM> sz[2];
-};
-template <int NG, bool ASYM>
-struct DnSlot {
-  Stage w;
-  SzSlot<NG, ASYM> sz;
-};
-
-// The warp's sources for linear L of expert e: weights at stage s_lo of rows n0.., and (lane <
-// kChunks) the lane's scale or zero chunk, as v7 copies them (SzSlot, w4_stage.cuh)
-template <typename T, int NG>
-struct Feed {
-  const uint4* w;
-  const char* sz;
-  long long sz_step;  // bytes to the next stage's chunk
-  __device__ __forceinline__ void init(const Lin& L, int e, int n0, int s_lo, int lane, int chunk) {
-    const int tn = n0 / L.TN, r0 = n0 % L.TN;
-    w = L.q + e * L.q_per_expert() + (((long long)tn * L.KT + 2 * s_lo) * L.TN + r0) * 2 + lane;
-    const long long grp0 = e * L.s_per_expert() + (long long)tn * L.KGP * L.TN + (long long)s_lo * NG * L.TN;
-    const bool is_scale = chunk < 2 * NG;
-    sz = is_scale ? reinterpret_cast<const char*>(static_cast<const T*>(L.s) + grp0 + (chunk >> 1) * L.TN + r0 + 8 * (chunk & 1))
-                  : reinterpret_cast<const char*>(L.z + grp0 + (chunk - 2 * NG) * L.TN + r0);  // only where ASYM
-    sz_step = (long long)NG * L.TN * (is_scale ? sizeof(T) : 1);
-  }
-  __device__ __forceinline__ void issue(Stage& st, uint4* szdst, bool sz_lane, long long tile_step, int lane,
-                                        uint64_t policy) {
-    if constexpr ((kKnockout & kKoLoad) == 0) {
-      cp_async16_hint(&st.w[0][lane], w, policy);
-      cp_async16_hint(&st.w[1][lane], w + tile_step, policy);
-    }
-    w += 2 * tile_step;
-    if ((kKnockout & kKoScales) == 0 && sz_lane) cp_async16(szdst, sz);
-    sz += sz_step;
-  }
 };
 
 // One warp's gate and up feeds of expert e into its ring's GuSlots (both kernels' gate_up): lanes <

@@ -12,8 +12,7 @@
 //                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
 //                     shared memory. Once gate_up is done, what is left is this CTA's MMAs: at one
 //                     CTA per SM (T = 1) and 8 warps a warp issues every ~7 cycles (ncu, H200),
-//                     so 16 warps halve each warp's stages. Without ids and weights (one expert,
-//                     top-1, weight 1) it is a dense linear's decode by rows: turbopack_w4_rows
+//                     so 16 warps halve each warp's stages
 // No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
 // down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
 // Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
@@ -23,74 +22,13 @@
 #include "common.cuh"
 #include "moe_route.cuh"
 #include "moe_stage.cuh"
+#include "w4_feed.cuh"  // token_smem, row_sums, staged_x, ring_pass (shared with the dense decode by rows)
 #include "w4_stage.cuh"
 
 namespace {
 
 constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8, 16 or 32, which top-k must divide
-
-// Shared memory of a few-token CTA: its ring [warps][stages] of Slot, the staged x (16-bit, x_bytes)
-// and each warp's table of sums (per_w stages of NG groups: a float2 per quad lane)
-template <typename Slot>
-constexpr int token_smem(int warps, int stages, int x_bytes, int per_w, int ng) {
-  return warps * (stages * static_cast<int>(sizeof(Slot)) + per_w * ng * 4 * 8) + x_bytes;
-}
-
-// The warp's table of sums of x (sum_x's layout at one token column: entry (j, gi, c) of stage j,
-// group gi; column 0, the token, is .x) for nst stages of the 16-bit row xs (uint4 per 8 values):
-// lanes 0-15 add a chunk each, a group is 16 / NG lanes, shuffled to its first lane
-template <typename T, int NG>
-__device__ __forceinline__ void row_sums(float2* xsum, const uint4* xs, int nst, int lane) {
-  constexpr int kLanes = 16 / NG;
-  for (int j = 0; j < nst; ++j) {
-    float s = 0.f;
-    if (lane < 16) {
-      const uint4 v = xs[j * 16 + lane];
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = Half16<T>::unpack(w[i]);
-        s += f.x + f.y;
-      }
-    }
-#pragma unroll
-    for (int d = kLanes / 2; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
-    if (lane < 16 && lane % kLanes == 0)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) xsum[(j * NG + lane / kLanes) * 4 + c] = make_float2(s, s);
-  }
-}
-
-// x fragments of one stage at one token column (load_x's order: thread c's 32 bytes of each tile)
-struct Xv {
-  uint4 v[1][2][2];
-};
-// ... of stage j of the staged row xs
-__device__ __forceinline__ Xv staged_x(const uint4* xs, int j, int c) {
-  Xv x;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) x.v[0][i >> 1][i & 1] = xs[j * 16 + 2 * c + 8 * (i >> 1) + (i & 1)];
-  return x;
-}
-
-// A warp's pass over its nst stages through its ring of STAGES slots (the first STAGES - 1 already
-// issued): per stage, x's fragments (read before the wait, so the load overlaps it), the wait and
-// __syncwarp that publish slot rd (lane l's chunks are read by other lanes) and free slot wr, the
-// refill of wr, then math(j, rd, x) unless the knockout leaves the math out
-template <int STAGES, typename Issue, typename Math>
-__device__ __forceinline__ void ring_pass(int nst, const uint4* xs, int c, Issue issue, Math math) {
-  int rd = 0, wr = STAGES - 1;
-  for (int j = 0; j < nst; ++j) {
-    const Xv x = staged_x(xs, j, c);
-    cp_async_wait<STAGES - 2>();
-    __syncwarp();
-    if (j + STAGES - 1 < nst) issue(wr);
-    cp_async_commit();
-    wr = wr + 1 == STAGES ? 0 : wr + 1;
-    if constexpr ((kKnockout & kKoMath) == 0) math(j, rd, x);
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
-  }
-}
+constexpr int kMaxDownSlots = 128;  // down by token's warps x ring slots: 32 x 8 slots (282 KiB) pass the SM's 227
 
 template <typename T, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
@@ -125,7 +63,7 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   }
   cp_async_wait<STAGES - 1>();  // x's group, the oldest
   __syncthreads();              // every thread's chunk of x
-  row_sums<T, NG>(xsum, xs + w_lo * 16, nst, lane);
+  row_sums<T, NG>(xsum, xs + w_lo * 16, nst, 1, 0, lane);
   __syncwarp();
   float og[1][4] = {{0.f, 0.f, 0.f, 0.f}}, ou[1][4] = {{0.f, 0.f, 0.f, 0.f}};
   ring_pass<STAGES>(nst, xs + w_lo * 16, c, issue, [&](int j, int rd, const Xv& x) {
@@ -158,7 +96,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int ks = W / a.topk, kw = warp % ks;
   const long long pair = (long long)blockIdx.y * a.topk + warp / ks;
-  const int e = a.ids != nullptr ? expert_of(a, pair) : 0;  // no ids: a dense linear (turbopack_w4_rows)
+  const int e = expert_of(a, pair);
   const bool valid = e >= 0 && e < a.E;  // as route_block: an id out of range adds nothing
   const Lin& L = a.down;
   const int n0 = blockIdx.x * 16;
@@ -185,7 +123,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   cp_async_commit();
   cp_async_wait<0>();  // h's slice (and the ring's first stages, long since in: they were copied before the wait)
   __syncwarp();
-  row_sums<T, NG>(xsum, xs, nst, lane);
+  row_sums<T, NG>(xsum, xs, nst, 1, 0, lane);
   __syncwarp();
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
   ring_pass<STAGES>(nst, xs, c, issue, [&](int j, int rd, const Xv& x) {
@@ -204,8 +142,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
       float v = 0.f;
       for (int w = 0; w < ks; ++w) v += part[j * ks + w][threadIdx.x];
       const long long p = (long long)blockIdx.y * a.topk + j;
-      const float wt = a.wts == nullptr ? 1.f
-                       : a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
+      const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
       acc = fmaf(round16<T>(v), wt, acc);
     }
     static_cast<T*>(a.y)[(long long)blockIdx.y * L.N + row] = Half16<T>::from_f(acc);

@@ -1,7 +1,6 @@
 // Grouped W4A16 mixture-of-experts decode: every selected expert of a step in one launch per
 // matmul, on the dense decode's stage loop (w4_stage.cuh; docs/kernels.md "Grouped MoE decode").
 //   turbopack_moe_w4   gate|up (h = silu(g) * u) then down (routing weight, sum over top-k)
-//   turbopack_w4_rows  a dense linear's decode by rows: down by token on one expert (cuda_moe.rows_decode)
 //
 // At a few tokens (T <= 2) the default is moe_token.cuh's pair instead: gate_up by pair and down by
 // token, without the routing, the workspace or the counters below. The routed kernels:
@@ -341,18 +340,6 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
   return asym ? run<T, 2, 64, true>(a, k, s) : run<T, 2, 64, false>(a, k, s);
 }
 
-// the dense decode by rows: down by token alone (turbopack_w4_rows)
-template <typename T>
-int rows(const MoeArgs& a, int G, const Knobs& k, cudaStream_t s) {
-  const bool asym = a.down.z != nullptr;
-  if (G == 128) {
-    if (k.stages_d == 8) return asym ? down<T, 1, 128, true, 8>(a, 0, k, s) : down<T, 1, 128, false, 8>(a, 0, k, s);
-    return asym ? down<T, 1, 128, true, 4>(a, 0, k, s) : down<T, 1, 128, false, 4>(a, 0, k, s);
-  }
-  if (k.stages_d == 8) return asym ? down<T, 1, 64, true, 8>(a, 0, k, s) : down<T, 1, 64, false, 8>(a, 0, k, s);
-  return asym ? down<T, 1, 64, true, 4>(a, 0, k, s) : down<T, 1, 64, false, 4>(a, 0, k, s);
-}
-
 }  // namespace
 
 // One MoE step: h = silu(gate(x)) * up(x) per selected pair, then y = sum_k w * down(h).
@@ -379,7 +366,7 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
-                         down_warps % topk != 0)) ||
+                         down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -396,23 +383,3 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
 
-// A dense linear's decode by rows (cuda_moe.rows_decode): down by token on one expert at top-1
-// with weight 1 (no ids, no weights: moe_token.cuh), so y [M, N] = x W^T in 16 bits, rounded once.
-// A CTA per (16 rows, token) in `warps` = 8, 16 or 32 warps over K, summed in shared memory: no
-// split-K workspace, counter or last CTA. x [M, K] contiguous; q/s/z the linear's w4_t{16,64}x64
-// tensors (z null: sym); dims {N, NP, K, KT, KGP, TN}; stages 4 or 8. pdl: launched as a
-// programmatic dependent of the kernel before it (weights and scales stream before the wait for
-// x). Returns 0, -1 bad arguments, or the CUDA error.
-extern "C" int turbopack_w4_rows(const void* x, const void* q, const void* s, const void* z, void* y, const int* dims,
-                                 int M, int G, int stages, int warps, int pdl, int dtype, void* stream) {
-  if (M < 1 || (G != 64 && G != 128) || (stages != 4 && stages != 8) || (warps != 8 && warps != 16 && warps != 32) ||
-      (dtype != 0 && dtype != 1))
-    return -1;
-  const Lin lin{static_cast<const uint4*>(q), s, static_cast<const uint8_t*>(z), dims[0], dims[1], dims[2], dims[3],
-                dims[4], dims[5]};
-  if (lin.K % kStageK != 0 || lin.TN % 16 != 0) return -1;
-  MoeArgs a{x, nullptr, nullptr, lin, lin, lin, const_cast<void*>(x), y, nullptr, nullptr, M, 1, 1, lin.K, 0, 1, 1};
-  const Knobs k{1, 1, 4, stages, warps, true, true, pdl != 0, false};
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? rows<__nv_bfloat16>(a, G, k, st) : rows<__half>(a, G, k, st);
-}

@@ -1,7 +1,8 @@
 // W4A16 kernels that read the w4_t{16,64}x64 layouts as packed (docs/layouts.md):
 //   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step); variant 0 = v5
 //                         (w4_decode_kernel), 1 = v6 and 2 = v7 (w4_decode_v6_kernel, w4_v67.cuh), 3 = v8
-//                         (w4_decode_v8_kernel, w4_v8.cuh: v7 on persistent stripes)
+//                         (w4_decode_v8_kernel, w4_v8.cuh: v7 on persistent stripes), 4 = rows (w4_rows_kernel,
+//                         w4_rows.cuh: a CTA per 16 rows, K split among its warps, M <= 8)
 //   turbopack_w4_dequant  packed codes -> 16-bit W [NP, K_pad] (prefill: then one cuBLAS GEMM; w4_dequant.cuh)
 //
 // Layout recap: one (TN x 64) tile of codes is TN rows x 32 bytes, contiguous; word j of a row
@@ -269,6 +270,16 @@ int sm_count() {
   return cached[dev];
 }
 
+// a with cuda_w4.default_split's K split (about three CTAs of 64 rows per SM, >= 4 stages each): v7's
+// arguments where v8 or rows fall back to it
+Args at_default_split(const Args& a, int sms) {
+  const int S = a.K / kStageK, tiles = (a.NP + kWarps * 16 - 1) / (kWarps * 16);
+  Args b = a;
+  b.split_k = std::max(1, std::min((3 * sms + tiles - 1) / tiles, std::max(1, S / 4)));
+  b.o.split_k = b.split_k;
+  return b;
+}
+
 // v8: a.split_k is CTAs per SM (0: as many as fit, cudaOccupancyMaxActiveBlocksPerMultiprocessor).
 // The table is sized for the launch's stripes (min(ceil(W/grid), S) entries); occupancy is asked with
 // the bound for any grid >= min(W, SMs) (a launch with less shared memory only fits more CTAs).
@@ -283,10 +294,7 @@ int launch_v8(const Args& a, cudaStream_t s) {
   const long long bound = std::min<long long>(S, (items + std::min<long long>(items, sms) - 1) / std::min<long long>(items, sms));
   if (xsum_bytes(static_cast<int>(bound), NG, NTOK) > kXsumMax || reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0) {  // v7 at the split rule of cuda_w4.default_split
-    Args b = a;
-    b.split_k = std::max(1, std::min((3 * sms + tiles - 1) / tiles, std::max(1, S / 4)));
-    b.o.split_k = b.split_k;
-    return launch_decode<T, NTOK, STAGES, G, ASYM, 2>(b, s, false);
+    return launch_decode<T, NTOK, STAGES, G, ASYM, 2>(at_default_split(a, sms), s, false);
   }
   void (*kern)(const Args) = w4_decode_v8_kernel<T, NTOK, STAGES, G, ASYM>;
   static bool raised = false;
@@ -355,8 +363,16 @@ int by_group(const Args& a, int stages, int variant, bool cluster, cudaStream_t 
               : by_stages<T, NTOK, 64, false>(a, stages, variant, cluster, s);
 }
 
+}  // namespace
+
+// the decode by rows, on v5's Args and v7 (by_group) as its fallback
+#include "w4_rows.cuh"  // by_rows: w4_rows_kernel (VARIANT 4)
+
+namespace {
+
 template <typename T>
 int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
+  if (variant == 4) return by_rows<T>(a, stages, s);
   return a.M <= 8 ? by_group<T, 1>(a, stages, variant, cluster, s) : by_group<T, 2>(a, stages, variant, cluster, s);
 }
 
@@ -364,9 +380,10 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 
 // dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). cluster (v7, split_k <= 16, sm_90+):
 // the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
-// through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2 unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8), -4 no SM count,
-// else the CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for
-// split-K (any tile may be shared by several stripes).
+// through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2
+// unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows), -4 no SM count, else the
+// CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
+// tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,

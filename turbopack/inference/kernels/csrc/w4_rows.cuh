@@ -1,0 +1,148 @@
+// The dense W4A16 decode by rows (turbopack_w4_decode VARIANT 4; w4.cu includes it after v5's Args,
+// sm_count, at_default_split and by_group, v7's launcher: its fallback).
+// v5-v8 give a CTA 64 rows (4 warps of 16) and split K across CTAs: at decode shapes that split is
+// what fills the SMs, and its partial sums go through the fp32 workspace, a counter and a last CTA
+// (2.2-3.6 us of the 8B layers' 7.6-25 on the H100, knockouts, run 13). Here a CTA is 16 rows and its
+// W = 8 or 16 warps split K among themselves, the MoE's few-token down kernel (moe_token.cuh) on one
+// linear and all M <= 8 tokens:
+//   - each warp streams its K slice's weights and v7 scale/zero chunks through its own cp.async ring
+//     (w4_feed.cuh Feed, DnSlot), its first STAGES - 1 stages issued before pdl_wait;
+//   - x's rows of the warp's slice are copied once into shared memory after the wait, and the sums of
+//     x per group come from them (row_sums), not from all-ones MMAs;
+//   - thread g of a quad row reads token g's fragments (the MMA's B column g; tokens past M read token
+//     M - 1, a column never stored), so one MMA serves all M tokens: the weights are read once;
+//   - the warps' sums meet in shared memory in warp order and the first 16 * M threads store y: no
+//     workspace, counter or last CTA, and y is the same bits run to run.
+// Measured as the MoE's down kernel on one expert at M = 1 (run 14, H100): 8-13% under the tuned v7 on
+// all four 8B layers, the batch-1 step 2.589 -> 2.461 ms.
+#pragma once
+#include "common.cuh"
+#include "w4_feed.cuh"  // Lin, DnSlot, Feed, token_smem, row_sums, ring_pass
+#include "w4_stage.cuh"
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kRowsTokens = 8;  // one MMA token column
+
+// register cap: 64 (1024 threads per SM at W * 32 a CTA: two 16-warp or four 8-warp CTAs per SM)
+template <typename T, int STAGES, int G, bool ASYM, int W>
+__global__ void __launch_bounds__(W * 32, 1024 / (W * 32)) w4_rows_kernel(const Args a) {
+  constexpr int NG = kStageK / G;
+  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
+  extern __shared__ uint4 smem[];
+  __shared__ float part[W][kRowsTokens][16];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int n0 = blockIdx.x * 16;
+  const int stages = a.K / kStageK, per_w = (stages + W - 1) / W;
+  const int w_lo = min(stages, warp * per_w), nst = min(stages, w_lo + per_w) - w_lo;
+  DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  float2* tables = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + W * STAGES);
+  float2* xsum = tables + warp * per_w * NG * 4;
+  const int tok_stride = per_w * 16;  // uint4 of one token's slice
+  uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * a.M * tok_stride;
+  const bool sz_lane = lane < kChunks;
+  const Lin L{a.qw, a.scales, a.zeros, a.o.N, a.NP, a.K, a.KT, a.KGP, a.TN};
+  Feed<T, NG> f;
+  f.init(L, 0, n0, w_lo, lane, sz_lane ? lane : 0);
+  const long long tile_step = (long long)a.TN * 2;
+  const uint64_t policy = l2_evict_first();
+  auto issue = [&](int slot) { f.issue(ring[slot].w, &ring[slot].sz.v[lane], sz_lane, tile_step, lane, policy); };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nst) issue(s);
+    cp_async_commit();
+  }
+  pdl_wait();  // x from here on
+  for (int t = 0; t < a.M; ++t) {
+    const uint4* xrow = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)t * a.stride_xm +
+                                                       w_lo * kStageK);
+    for (int i = lane; i < nst * 16; i += 32) cp_async16(xs + t * tok_stride + i, xrow + i);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();  // x's slice (and the ring's first stages, copied before the wait)
+  __syncwarp();
+  row_sums<T, NG>(xsum, xs, nst, a.M, tok_stride, lane);
+  __syncwarp();
+  float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+  ring_pass<STAGES>(nst, xs + min(g, a.M - 1) * tok_stride, c, issue, [&](int j, int rd, const Xv& x) {
+    float acc[2][1][4];
+    weight_mma<T, 1>(acc, ring[rd].w, x.v, g, c);
+    group_fma<T, 1, NG, ASYM>(out, acc, xsum + j * NG * 4, ring[rd].sz, g, c);
+  });
+  cp_async_wait<0>();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 2c, 2c + 1
+    const int tok = 2 * c + (i & 1);
+    if (tok < a.M) part[warp][tok][g + 8 * (i >> 1)] = out[0][i];
+  }
+  __syncthreads();
+  pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
+  for (int idx = threadIdx.x; idx < 16 * a.M; idx += W * 32) {
+    const int r = idx & 15, tok = idx >> 4, row = n0 + r;
+    if (row >= a.o.N) continue;
+    float v = 0.f;
+    for (int w = 0; w < W; ++w) v += part[w][tok][r];
+    store_y<T>(a.o, row, tok, v);
+  }
+}
+
+// Shared memory of a launch: W warps' rings of STAGES slots (a 1 KiB Stage and its (3 asym, else 2) x
+// NG scale/zero chunks), their sum tables and x's M rows of K
+int rows_smem(int W, int stages, int M, int K, int G, bool asym) {
+  static_assert(sizeof(DnSlot<2, true>) == sizeof(Stage) + 6 * 16 && sizeof(DnSlot<1, false>) == sizeof(Stage) + 2 * 16,
+                "DnSlot is a Stage and its chunks");
+  const int ng = kStageK / G, per_w = (K / kStageK + W - 1) / W;
+  return W * (stages * (static_cast<int>(sizeof(Stage)) + 16 * (asym ? 3 : 2) * ng) + per_w * ng * 4 * 8 +
+              per_w * kStageK * 2 * M);
+}
+
+// VARIANT 4, the decode by rows (w4_rows.cuh): W warps a CTA, ring 4
+template <typename T, int G, bool ASYM, int W>
+int launch_rows(const Args& a, cudaStream_t s) {  // smem within smem_optin() (w4.cu by_rows)
+  void (*kern)(const Args) = w4_rows_kernel<T, 4, G, ASYM, W>;
+  const int smem = rows_smem(W, 4, a.M, a.K, G, ASYM);
+  static int raised = 48 * 1024;  // the cap follows the largest launch yet (one attribute call each time it grows)
+  if (smem > raised) {
+    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = smem;
+  }
+  return static_cast<int>(launch_kernel(kern, dim3((a.NP + 15) / 16), dim3(W * 32), smem, s, a));
+}
+
+// The current device's shared memory per block with opt-in (cached per device, as sm_count)
+int smem_optin() {
+  static int cached[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (cached[dev] == 0 && cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    cached[dev] = 0;
+  return cached[dev];
+}
+
+// VARIANT 4, the decode by rows: split_k is its warps per CTA (8 or 16), ring 4. Where it cannot run
+// (M > 8: one token column; scales or zeros not 16-byte aligned: v7's chunk copies; x's rows past the
+// device's shared memory), v7 at the default split, as v8's fallback.
+template <typename T>
+int by_rows(const Args& a, int stages, cudaStream_t s) {
+  if (stages != 4) return -2;
+  if (a.split_k != 8 && a.split_k != 16) return -1;
+  const bool asym = a.zeros != nullptr, w16 = a.split_k == 16;
+  if (a.M > kRowsTokens || reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 || reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0 ||
+      rows_smem(a.split_k, 4, a.M, a.K, a.G, asym) > smem_optin()) {
+    const int sms = sm_count();
+    if (sms <= 0) return -4;
+    const Args b = at_default_split(a, sms);
+    return a.M <= 8 ? by_group<T, 1>(b, 4, 2, false, s) : by_group<T, 2>(b, 4, 2, false, s);
+  }
+  if (a.G == 128) {
+    if (asym) return w16 ? launch_rows<T, 128, true, 16>(a, s) : launch_rows<T, 128, true, 8>(a, s);
+    return w16 ? launch_rows<T, 128, false, 16>(a, s) : launch_rows<T, 128, false, 8>(a, s);
+  }
+  if (asym) return w16 ? launch_rows<T, 64, true, 16>(a, s) : launch_rows<T, 64, true, 8>(a, s);
+  return w16 ? launch_rows<T, 64, false, 16>(a, s) : launch_rows<T, 64, false, 8>(a, s);
+}
+
+}  // namespace
