@@ -141,7 +141,7 @@ def cuda_candidates(t: int, shape: dict) -> list:
                                          down_warps=dw)
                   for bp, bt in ((True, True), (True, False), (False, True)) for sg in ((1,) if bp else (1, 2))
                   for stg in (4, 6) for sd, std in (((1, 8), (1, 4)) if bt else ((1, 8), (2, 4)))
-                  for dw in (cuda_moe.DOWN_WARPS if bt else (8,))]
+                  for dw in (cuda_moe.DOWN_WARPS if bt else (8,)) if not bt or dw * std <= cuda_moe.MAX_DOWN_SLOTS]
         # gate_up by pair as a PDL secondary of the previous call's down (which triggers at its store)
         cands += [dataclasses.replace(c, pdl_gate_up=True) for c in list(cands) if c.gate_up_by_pair]
     return list(dict.fromkeys(cands))

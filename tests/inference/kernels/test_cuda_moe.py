@@ -97,6 +97,9 @@ def test_config_checks_name_the_fix():
     with pytest.raises(ValueError, match="down_warps is one of"):
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks,
                                   cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=12))
+    with pytest.raises(ValueError, match="stages_down 4 at 32 warps"):  # 282 KiB of shared memory
+        cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks,
+                                  cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=32, stages_down=8))
     with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(pdl_gate_up=True))
     with pytest.raises(ValueError, match="block_m 12"):
@@ -135,7 +138,7 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     ("w4_t64x64", 16, 256, 768, 2, 4, 64, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 16)),
     ("w4_t64x64", 16, 512, 384, 1, 8, 128, True, torch.float16, "random", (1, 1, 4, 8, True, 8, True, True, 16, True)),
     ("w4_t64x64", 16, 256, 768, 1, 8, 128, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 32)),
-    ("w4_t16x64", 8, 256, 384, 2, 2, 64, True, torch.float16, "random", (1, 1, 4, 8, True, 8, False, True, 32)),
+    ("w4_t16x64", 8, 256, 384, 2, 2, 64, True, torch.float16, "random", (1, 1, 4, 4, True, 8, False, True, 32)),
 ]
 
 
