@@ -160,8 +160,9 @@ def test_decode_kernel_matches_reference(m, group, sym, split, stages, variant, 
 
 
 #: (group, sym, warps, K, bias): the decode by rows (VARIANT 4) over both groups, sym/asym, both warp
-#: counts; K = 13 stages (uneven over the warps, idle warps at 16) and 112 (the 8B down's 14336: x's 8 rows
-#: then fill 229 KiB at 16 warps, past the H100's 227, so M = 8 there runs v7)
+#: counts; K = 13 stages (uneven over the warps, idle warps at 16; at 8 warps and M = 3, 46 KiB of
+#: dynamic shared memory: run 14's launch error, the default cap less the static part sums) and 112
+#: (the 8B down's 14336: x's 8 rows then fill 229 KiB, past the H100's 227, so M = 8 there runs v7)
 ROWS_CASES = [(128, False, 16, 1664, True), (64, True, 8, 1664, False), (128, True, 16, 2048, False),
               (64, False, 16, 14336, False), (128, False, 8, 14336, True)]
 
@@ -185,7 +186,7 @@ def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dt
         err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
         assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
         again = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=cuda_w4.ROWS)
-        assert torch.equal(again, out)
+        assert torch.equal(again, out) or (m, k) == (8, 14336)  # there v7 runs: its split-K sums are not
 
 
 @pytest.mark.gpu

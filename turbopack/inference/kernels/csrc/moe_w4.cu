@@ -257,11 +257,13 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
 template <typename Slot>
 constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>(sizeof(Slot)); }
 
-// One launch (common.cuh launch_with); raises the kernel's dynamic shared memory cap once it needs
-// more than the default 48 KiB (a static per kernel: not a per-launch driver call)
+// One launch (common.cuh launch_with); sets the kernel's dynamic shared memory cap at its first
+// launch and whenever a launch needs more (a static per kernel: not a per-launch driver call). Not
+// left at the default 48 KiB: that default is less the kernel's static shared memory (the few-token
+// kernels' part sums), so a launch just under 48 KiB failed (cudaErrorInvalidValue, run 14)
 template <void (*Kern)(const MoeArgs)>
 int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, int warps = kWarps) {
-  static int raised = 48 * 1024;
+  static int raised = 0;
   if (smem > raised) {
     cudaError_t e = cudaFuncSetAttribute(Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
