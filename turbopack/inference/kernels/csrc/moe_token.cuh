@@ -56,11 +56,7 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   const int n0 = blockIdx.x * 16;
   GateUpFeed<T, NG, ASYM> feed(a, valid ? e : 0, n0, w_lo, lane);
   auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nst) issue(s);
-    cp_async_commit();
-  }
+  ring_prologue<STAGES>(nst, issue);
   cp_async_wait<STAGES - 1>();  // x's group, the oldest
   __syncthreads();              // every thread's chunk of x
   row_sums<T, NG>(xsum, xs + w_lo * 16, nst, 1, 0, lane);
@@ -90,7 +86,6 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
 template <typename T, int STAGES, int G, bool ASYM, int W>
 __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
-  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ float part[W][16];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
@@ -106,17 +101,9 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   float2* tables = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + W * STAGES);
   float2* xsum = tables + warp * per_w * NG * 4;
   uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * per_w * 16;  // the warp's slice of h
-  const bool sz_lane = lane < kChunks;
-  Feed<T, NG> f;
-  f.init(L, valid ? e : 0, n0, w_lo, lane, sz_lane ? lane : 0);
-  const long long tile_step = (long long)L.TN * 2;
-  const uint64_t policy = l2_evict_first();
-  auto issue = [&](int slot) { f.issue(ring[slot].w, &ring[slot].sz.v[lane], sz_lane, tile_step, lane, policy); };
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nst) issue(s);
-    cp_async_commit();
-  }
+  DnFeed<T, NG, ASYM> feed(L, valid ? e : 0, n0, w_lo, lane);
+  auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
+  ring_prologue<STAGES>(nst, issue);
   pdl_wait();  // h from here on
   const uint4* hrow = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + pair * L.K + w_lo * kStageK);
   for (int i = lane; i < nst * 16; i += 32) cp_async16(xs + i, hrow + i);

@@ -60,11 +60,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   const uint4* xsrc[NTOK];
   bool has[NTOK];
   x_sources<T, NTOK>(xsrc, has, a.x, a.stride_xm, r, a.topk, s_lo, g, c);
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s_lo + s < s_hi) issue(s);
-    cp_async_commit();
-  }
+  ring_prologue<STAGES>(s_hi - s_lo, issue);
   sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);  // while the ring loads
   __syncthreads();  // every warp reads every warp's sums
   float og[NTOK][4], ou[NTOK][4];
@@ -148,7 +144,6 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
 template <typename T, int NTOK, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
-  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ Route r;
   __shared__ int last[16];
@@ -162,19 +157,11 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   const int stages = L.K / kStageK, per = (stages + a.split - 1) / a.split;
   const int s_lo = min(stages, (int)blockIdx.y * per), s_cta = min(stages, s_lo + per);
   const int s_hi = active ? s_cta : s_lo;
-  const bool sz_lane = lane < kChunks;
-  Feed<T, NG> f;
-  f.init(L, r.e, n0, s_lo, lane, sz_lane ? lane : 0);
-  const long long tile_step = (long long)L.TN * 2;
-  const uint64_t policy = l2_evict_first();
+  DnFeed<T, NG, ASYM> feed(L, r.e, n0, s_lo, lane);
   const uint4* xsrc[NTOK];
   bool has[NTOK];
   x_sources<T, NTOK>(xsrc, has, a.h, L.K, r, 1, s_lo, g, c);  // h rows by pair
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s_lo + s < s_hi) f.issue(ring[s].w, &ring[s].sz.v[lane], sz_lane, tile_step, lane, policy);
-    cp_async_commit();
-  }
+  ring_prologue<STAGES>(s_hi - s_lo, [&](int slot) { feed.issue(ring[slot], lane); });
   pdl_wait();  // h (and the workspace gate_up leaves zeroed) from here on
   sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
   __syncthreads();
@@ -189,7 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
     load_x<NTOK>(xv, xsrc, has, j * (kStageK / 8));
     cp_async_wait<STAGES - 2>();
     __syncwarp();
-    if (s_lo + j + STAGES - 1 < s_hi) f.issue(ring[wr].w, &ring[wr].sz.v[lane], sz_lane, tile_step, lane, policy);
+    if (s_lo + j + STAGES - 1 < s_hi) feed.issue(ring[wr], lane);
     cp_async_commit();
     wr = wr + 1 == STAGES ? 0 : wr + 1;
     if constexpr ((kKnockout & kKoMath) != 0) {

@@ -52,6 +52,36 @@ struct Feed {
 };
 
 
+// One warp's feed of linear L (expert e) into its ring of DnSlots, as v7 copies (the MoE's down by
+// token, the decode by rows): lanes < kChunks also copy scale/zero chunk `lane` of each stage
+template <typename T, int NG, bool ASYM>
+struct DnFeed {
+  Feed<T, NG> f;
+  long long tile_step;
+  uint64_t policy;
+  bool sz_lane;
+  __device__ __forceinline__ DnFeed(const Lin& L, int e, int n0, int s_lo, int lane) {
+    sz_lane = lane < SzSlot<NG, ASYM>::kChunks;
+    f.init(L, e, n0, s_lo, lane, sz_lane ? lane : 0);
+    tile_step = (long long)L.TN * 2;
+    policy = l2_evict_first();
+  }
+  __device__ __forceinline__ void issue(DnSlot<NG, ASYM>& slot, int lane) {
+    f.issue(slot.w, &slot.sz.v[lane], sz_lane, tile_step, lane, policy);
+  }
+};
+
+// A warp ring's first STAGES - 1 stages of its nst, one commit group each (empty past nst, so that
+// cp_async_wait's group counts hold)
+template <int STAGES, typename Issue>
+__device__ __forceinline__ void ring_prologue(int nst, Issue issue) {
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nst) issue(s);
+    cp_async_commit();
+  }
+}
+
 // Shared memory of a CTA of by-rows warps (the MoE's few-token kernels, the dense decode by rows): its
 // ring [warps][stages] of Slot, each warp's table of sums (per_w stages of NG groups: a float2 per quad
 // lane) and the staged x (16-bit, x_bytes)

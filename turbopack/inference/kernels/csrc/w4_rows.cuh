@@ -17,7 +17,7 @@
 // all four 8B layers, the batch-1 step 2.589 -> 2.461 ms.
 #pragma once
 #include "common.cuh"
-#include "w4_feed.cuh"  // Lin, DnSlot, Feed, token_smem, row_sums, ring_pass
+#include "w4_feed.cuh"  // Lin, DnSlot, DnFeed, ring_prologue, row_sums, ring_pass
 #include "w4_stage.cuh"
 
 #include <cstdint>
@@ -30,7 +30,6 @@ constexpr int kRowsTokens = 8;  // one MMA token column
 template <typename T, int STAGES, int G, bool ASYM, int W>
 __global__ void __launch_bounds__(W * 32, 1024 / (W * 32)) w4_rows_kernel(const Args a) {
   constexpr int NG = kStageK / G;
-  constexpr int kChunks = SzSlot<NG, ASYM>::kChunks;
   extern __shared__ uint4 smem[];
   __shared__ float part[W][kRowsTokens][16];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
@@ -42,18 +41,10 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32)) w4_rows_kernel(const 
   float2* xsum = tables + warp * per_w * NG * 4;
   const int tok_stride = per_w * 16;  // uint4 of one token's slice
   uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * a.M * tok_stride;
-  const bool sz_lane = lane < kChunks;
   const Lin L{a.qw, a.scales, a.zeros, a.o.N, a.NP, a.K, a.KT, a.KGP, a.TN};
-  Feed<T, NG> f;
-  f.init(L, 0, n0, w_lo, lane, sz_lane ? lane : 0);
-  const long long tile_step = (long long)a.TN * 2;
-  const uint64_t policy = l2_evict_first();
-  auto issue = [&](int slot) { f.issue(ring[slot].w, &ring[slot].sz.v[lane], sz_lane, tile_step, lane, policy); };
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nst) issue(s);
-    cp_async_commit();
-  }
+  DnFeed<T, NG, ASYM> feed(L, 0, n0, w_lo, lane);
+  auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
+  ring_prologue<STAGES>(nst, issue);
   pdl_wait();  // x from here on
   for (int t = 0; t < a.M; ++t) {
     const uint4* xrow = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)t * a.stride_xm +
