@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The dense W4A16 decode by rows (cuda_w4 VARIANT 4, csrc/w4_rows.cuh) in one call:
 # - its GPU tests, the other decode variants' and the MoE kernels' (they share w4_feed.cuh now);
-# - the 8B W4A16 step at batch 1 and 8 (bench_e2e --e2e --quick --fusion-ab: "neither" is the
-#   shipped path) on the table before rows ($V7_TABLE, carried) and on the shipped one;
+# - the 8B W4A16 step at batch 1 and 8 (bench_e2e --e2e --quick --fusion-ab; the shipped path is its
+#   "attention" column) on the table before rows ($V7_TABLE, carried) and on the shipped one;
 # - rows_ab.py: per layer of each bench.MODELS family at M = 1, 2, 4, 8, the shipped table's config
 #   against both rows configs; the table with every rows win goes to $OUT/sm90.json;
 # - the 8B step again on that table.

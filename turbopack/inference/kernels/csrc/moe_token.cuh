@@ -22,7 +22,7 @@
 #include "common.cuh"
 #include "moe_route.cuh"
 #include "moe_stage.cuh"
-#include "w4_feed.cuh"  // token_smem, row_sums, staged_x, ring_pass (shared with the dense decode by rows)
+#include "w4_feed.cuh"  // DnFeed, ring_prologue, token_smem, row_sums, ring_pass (shared with the decode by rows)
 #include "w4_stage.cuh"
 
 namespace {

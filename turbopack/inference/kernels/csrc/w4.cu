@@ -260,15 +260,18 @@ int launch_decode(const Args& a, cudaStream_t s, bool cluster_req) {
   return static_cast<int>(launch_with(kern, grid, block, ring + table, s, Launch{g_pdl != 0, cluster ? a.split_k : 1}, a));
 }
 
-// The SMs of the current device (cached per device: a launch must not query the driver each time)
-int sm_count() {
+// Attribute A of the current device, 0 where it cannot be read (cached per device: a launch must not
+// query the driver each time)
+template <cudaDeviceAttr A>
+int device_attr() {
   static int cached[64] = {};
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (cached[dev] == 0 && cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    cached[dev] = 0;
+  if (cached[dev] == 0 && cudaDeviceGetAttribute(&cached[dev], A, dev) != cudaSuccess) cached[dev] = 0;
   return cached[dev];
 }
+
+int sm_count() { return device_attr<cudaDevAttrMultiProcessorCount>(); }
 
 // a with cuda_w4.default_split's K split (about three CTAs of 64 rows per SM, >= 4 stages each): v7's
 // arguments where v8 or rows fall back to it

@@ -1,12 +1,12 @@
 // The dense W4A16 decode by rows (turbopack_w4_decode VARIANT 4; w4.cu includes it after v5's Args,
-// sm_count, at_default_split and by_group, v7's launcher: its fallback).
+// device_attr, at_default_split and by_group, v7's launcher: its fallback).
 // v5-v8 give a CTA 64 rows (4 warps of 16) and split K across CTAs: at decode shapes that split is
 // what fills the SMs, and its partial sums go through the fp32 workspace, a counter and a last CTA
 // (2.2-3.6 us of the 8B layers' 7.6-25 on the H100, knockouts, run 13). Here a CTA is 16 rows and its
 // W = 8 or 16 warps split K among themselves, the MoE's few-token down kernel (moe_token.cuh) on one
 // linear and all M <= 8 tokens:
 //   - each warp streams its K slice's weights and v7 scale/zero chunks through its own cp.async ring
-//     (w4_feed.cuh Feed, DnSlot), its first STAGES - 1 stages issued before pdl_wait;
+//     (w4_feed.cuh DnFeed, DnSlot, ring_prologue), its first STAGES - 1 stages issued before pdl_wait;
 //   - x's rows of the warp's slice are copied once into shared memory after the wait, and the sums of
 //     x per group come from them (row_sums), not from all-ones MMAs;
 //   - thread g of a quad row reads token g's fragments (the MMA's B column g; tokens past M read token
@@ -91,7 +91,7 @@ int rows_smem(int W, int stages, int M, int K, int G, bool asym) {
 
 // VARIANT 4, the decode by rows (w4_rows.cuh): W warps a CTA, ring 4
 template <typename T, int G, bool ASYM, int W>
-int launch_rows(const Args& a, cudaStream_t s) {  // smem within smem_optin() (w4.cu by_rows)
+int launch_rows(const Args& a, cudaStream_t s) {  // smem within the device's opt-in (by_rows checks)
   void (*kern)(const Args) = w4_rows_kernel<T, 4, G, ASYM, W>;
   const int smem = rows_smem(W, 4, a.M, a.K, G, ASYM);
   // the cap follows the largest launch yet (one attribute call each time it grows), from the first launch
@@ -105,16 +105,6 @@ int launch_rows(const Args& a, cudaStream_t s) {  // smem within smem_optin() (w
   return static_cast<int>(launch_kernel(kern, dim3((a.NP + 15) / 16), dim3(W * 32), smem, s, a));
 }
 
-// The current device's shared memory per block with opt-in (cached per device, as sm_count)
-int smem_optin() {
-  static int cached[64] = {};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (cached[dev] == 0 && cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    cached[dev] = 0;
-  return cached[dev];
-}
-
 // VARIANT 4, the decode by rows: split_k is its warps per CTA (8 or 16), ring 4. Where it cannot run
 // (M > 8: one token column; scales or zeros not 16-byte aligned: v7's chunk copies; x's rows past the
 // device's shared memory), v7 at the default split, as v8's fallback.
@@ -124,7 +114,7 @@ int by_rows(const Args& a, int stages, cudaStream_t s) {
   if (a.split_k != 8 && a.split_k != 16) return -1;
   const bool asym = a.zeros != nullptr, w16 = a.split_k == 16;
   if (a.M > kRowsTokens || reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 || reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0 ||
-      rows_smem(a.split_k, 4, a.M, a.K, a.G, asym) > smem_optin()) {
+      rows_smem(a.split_k, 4, a.M, a.K, a.G, asym) > device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>()) {
     const int sms = sm_count();
     if (sms <= 0) return -4;
     const Args b = at_default_split(a, sms);
