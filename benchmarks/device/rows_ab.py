@@ -1,5 +1,5 @@
-"""The dense W4A16 decode by rows (cuda_w4 VARIANT 4, csrc/w4_rows.cuh) against the shipped table's
-config, per layer and token count, on one GPU.
+"""The decode by rows (VARIANT 4: W4A16's csrc/w4_rows.cuh, W8A16's and FP8's w8_rows_kernel in
+csrc/w8.cu) against the shipped table's config, per layer and token count, on one GPU.
 
 Each candidate is checked against the float64 contract on fresh inputs (bench.TOL) and timed as
 bench_linear times (CUDA graph, weights rotated past L2, median; PDL off). Prints one row per
@@ -9,6 +9,7 @@ config at bucket M wherever rows won, so bench_e2e can A/B the step (copy it ove
 configs/sm90.json on the device).
 
     python3 benchmarks/device/rows_ab.py --model llama3-8b --ms 1,2,4,8 --write-table
+    python3 benchmarks/device/rows_ab.py --format w8a16 --ms 1,4,8 --write-table
 """
 
 from __future__ import annotations
@@ -23,20 +24,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from turbopack.inference.kernels import bench, cuda_build, cuda_w4, pdl  # noqa: E402
+from turbopack.inference.kernels import bench, cuda_build, cuda_w4, cuda_w8, pdl  # noqa: E402
 from turbopack.inference.kernels.bench_main import measure  # noqa: E402
 from turbopack.inference.kernels.config import KernelConfig, KernelName  # noqa: E402
 from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
-CANDIDATES = [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=cuda_w4.ROWS)
-              for w in cuda_w4.ROWS_WARPS for st in cuda_w4.VARIANTS[cuda_w4.ROWS]]
+#: bench.SETUPS name -> the rows configs of its kernel module
+CANDIDATES = {
+    fmt: [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=mod.ROWS)
+          for w in mod.ROWS_WARPS for st in mod.VARIANTS[mod.ROWS]]
+    for fmt, mod in (("w4a16", cuda_w4), ("w8a16", cuda_w8), ("fp8", cuda_w8))
+}
 
 
-def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, tuple[int, int]]) -> dict:
+def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, tuple[int, int]], layout: str) -> dict:
     """The shipped sm90.json with bucket M of each (layer, M) that rows won set to its rows config."""
     src = Path(cuda_w4.__file__).parent / "configs" / "sm90.json"
     d = json.loads(src.read_text())
-    shapes = d["layouts"]["w4_t64x64"]["shapes"]
+    shapes = d["layouts"][layout].setdefault("shapes", {})
     for (name, m), cfg in wins.items():
         n, k = dims[name]
         entry = shapes.setdefault(f"{n}x{k}", {})
@@ -48,6 +53,7 @@ def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, t
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama3-8b", choices=list(bench.MODELS))
+    ap.add_argument("--format", default="w4a16", choices=list(CANDIDATES))
     ap.add_argument("--ms", default="1,2,4,8")
     ap.add_argument("--write-table", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -64,11 +70,11 @@ def main() -> int:
     print("| layer | M | table cfg | table µs | best rows | rows µs | speedup | rows % floor | every rows (w/st: µs) |")
     print("|---|---:|---|---:|---|---:|---:|---:|---|")
     for name, (n, k) in dims.items():
-        wt = bench.make_weight("w4a16", (n, k), l2, gen)
+        wt = bench.make_weight(args.format, (n, k), l2, gen)
         for m in map(int, args.ms.split(",")):
             base = resolve_config(wt.layout_name, wt.fmt, n, k, m, torch.device("cuda"))
-            r_base = measure("w4a16", wt, m, [base], l2, False, gen)
-            r_rows = measure("w4a16", wt, m, CANDIDATES, l2, False, gen)
+            r_base = measure(args.format, wt, m, [base], l2, False, gen)
+            r_rows = measure(args.format, wt, m, CANDIDATES[args.format], l2, False, gen)
             if "error" in r_base or "error" in r_rows:
                 print(f"| {name} | {m} | {r_base.get('error', '')} | | {r_rows.get('error', '')} | | | | |")
                 continue
@@ -83,7 +89,8 @@ def main() -> int:
         torch.cuda.empty_cache()
     if args.write_table:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "sm90.json").write_text(json.dumps(table_with_rows(wins, dims), indent=1))
+        table = table_with_rows(wins, dims, bench.SETUPS[args.format][0])
+        (Path(args.out) / "sm90.json").write_text(json.dumps(table, indent=1))
         print(f"rows won: {', '.join(f'{n} M={m}' for n, m in wins) or 'none'}")
     return 0
 

@@ -1,7 +1,8 @@
 """The CUDA C++ weight-only 8-bit decode kernel (csrc/w8.cu; built by cuda_build at first use):
 int8 (w8a16) and float8 e4m3 (fp8) codes in any of the byte layouts (i8_t{16,64}x64,
 fp8_t16x64_upcast, fp8_rowmajor), bf16/fp16 activations, M <= 16 tokens, tensor-core GEMV with a
-cp.async ring (config keys SPLIT_K, STAGES).
+cp.async ring (config keys SPLIT_K, STAGES, VARIANT, CLUSTER): split-K over CTAs, or (VARIANT 4, the
+decode by rows) a CTA per 16 rows whose warps split K and sum in shared memory.
 
 On sm89/sm90 the fp8 format's own math quantizes activations to e4m3 per token (fp8_rowmajor
 through _scaled_mm); for decode this kernel keeps them 16-bit instead, the weights-only math of
@@ -30,8 +31,14 @@ _CODE = {torch.int8: 0, torch.uint8: 0, torch.float8_e4m3fn: 1}
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
     "turbopack_w8_decode": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_longlong] * 3
-    + [ctypes.c_int] * 7 + [ctypes.c_void_p],
+    + [ctypes.c_int] * 8 + [ctypes.c_void_p],
 }
+#: VARIANT: 0 (unset) = split-K over CTAs; ROWS = the decode by rows (the number cuda_w4.ROWS has):
+#: SPLIT_K is its warps per CTA (ROWS_WARPS, 0 = ROWS_DEFAULT_WARPS), M <= 8, else the split-K
+#: kernel at the default split; value: the ring depths each is built for
+SPLIT, ROWS = 0, 4
+VARIANTS = {SPLIT: STAGES, ROWS: (4, 6)}
+ROWS_WARPS, ROWS_DEFAULT_WARPS, ROWS_M_MAX = (8, 16), 16, 8
 #: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
 CLUSTER_MAX, CLUSTER_M_MAX = cuda_build.CLUSTER_MAX, 8
@@ -69,25 +76,35 @@ def default_split(n_pad: int, k: int, device: torch.device) -> int:
 
 def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, stages: int = DEFAULT_STAGES,
-              cluster: bool = False) -> torch.Tensor:
-    """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto. ``cluster``
-    (sm_90+, split <= 16, M <= 8; elsewhere ignored): a row tile's split-K CTAs sum their partials
-    in a thread-block cluster's shared memory, not through the global workspace (csrc/common.cuh)."""
+              cluster: bool = False, variant: int = SPLIT) -> torch.Tensor:
+    """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto (rows: its warps,
+    0 = 16). ``cluster`` (sm_90+, split <= 16, M <= 8; elsewhere ignored): a row tile's split-K
+    CTAs sum their partials in a thread-block cluster's shared memory, not through the global
+    workspace (csrc/common.cuh). ``variant`` ROWS: the decode by rows where M <= 8, else the
+    split-K kernel at the default split and ring."""
     qw, s = packed["qweight"], packed["scales"]
     tn, s_tile, s_row, s_stage = strides(qw)
     n, k = shape
     n_pad = qw.shape[0] * tn
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    split = int(split_k) if split_k and split_k > 0 else default_split(n_pad, k, x2.device)
-    split = max(1, min(split, k // STAGE_K))
-    ws, cnt = splitk_buffers(x2.device, m, n, -(-n_pad // 64), split)
+    if variant == ROWS and m > ROWS_M_MAX:
+        variant, split_k, stages = SPLIT, 0, DEFAULT_STAGES
     b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias
-    cluster = cluster and 1 < split <= CLUSTER_MAX and m <= CLUSTER_M_MAX and cuda_build.clusters(x2.device)
+    if variant == ROWS:  # no workspace: the warps of a CTA sum in its shared memory
+        split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
+        ws = cnt = None
+        cluster = False
+    else:
+        split = int(split_k) if split_k and split_k > 0 else default_split(n_pad, k, x2.device)
+        split = max(1, min(split, k // STAGE_K))
+        ws, cnt = splitk_buffers(x2.device, m, n, -(-n_pad // 64), split)
+        cluster = cluster and 1 < split <= CLUSTER_MAX and m <= CLUSTER_M_MAX and cuda_build.clusters(x2.device)
     rc = library(x2.device).turbopack_w8_decode(
         _p(x2), _p(qw), _p(s), _p(b), _p(y), _p(ws), _p(cnt), m, n, n_pad, k, tn, s_tile, s_row, s_stage,
-        1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], int(cluster),
+        1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], int(cluster), int(variant),
         _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
-        raise RuntimeError(f"turbopack_w8_decode failed (code {rc}; M={m} N={n} K={k} stages={stages})")
+        raise RuntimeError(f"turbopack_w8_decode failed (code {rc}; M={m} N={n} K={k} stages={stages} "
+                           f"variant={variant})")
     return y

@@ -100,7 +100,8 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
 
 def _w8(x2, packed, shape, bias, cfg, out):
     stages = cuda_w8.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
-    return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.split_k or 0, out, stages=stages, cluster=bool(cfg.cluster))
+    return cuda_w8.w8_decode(x2, packed, shape, bias, cfg.split_k or 0, out, stages=stages, cluster=bool(cfg.cluster),
+                             variant=cfg.variant or cuda_w8.SPLIT)
 
 
 def _fp4(x2, packed, shape, bias, cfg, out):

@@ -35,6 +35,7 @@ namespace {
 constexpr int kWarps = 4;    // 4 x 16 rows per CTA
 constexpr int kStageK = 64;  // one stage: 64 codes of 16 rows = 1 KiB per warp
 enum : int { kInt8 = 0, kE4M3 = 1 };
+constexpr int kRows = 4;     // VARIANT of the decode by rows (the number W4's has, cuda_w4.ROWS)
 
 template <typename T, int CODE> struct Codes;
 // cvt: lo = codes (0, 1), hi = codes (2, 3) of the 32-bit word w, as 16-bit pairs. kXScale (16-bit
@@ -111,22 +112,15 @@ __device__ __forceinline__ void issue_stage(Stage& st, const uint8_t*& src, long
 #define TP_W8_MIN_BLOCKS(NTOK) ((NTOK) == 1 ? 8 : 1)
 #endif
 
-// CL: launched in clusters of its split-K CTAs, which sum their partials there (common.cuh
-// cluster_sum through store_tile's scratch: the warp's drained ring)
-template <typename T, int CODE, int NTOK, int STAGES, bool CL = false>
-__global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode_kernel(const Args a) {
+// One warp's pass over stages [s_lo, s_hi) of its 16 rows (row = n0 + g): the first STAGES - 1
+// stages are issued before pdl_wait (weights only), x is read per stage from L1 after it; out is
+// the warp's fp32 sums, the MMA's C fragment (rows g, g + 8 of token columns 2c, 2c + 1 + 8t).
+template <typename T, int CODE, int NTOK, int STAGES>
+__device__ __forceinline__ void w8_pass(const Args& a, Stage* ring, int row, int s_lo, int s_hi, int lane,
+                                        float (&out)[NTOK][4]) {
   using H = Half16<T>;
   using C = Codes<T, CODE>;
-  extern __shared__ uint4 smem[];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
-  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
-  const bool active = n0 < a.NP;
-  const int stages = a.K / kStageK;
-  const int per = (stages + a.o.split_k - 1) / a.o.split_k;
-  const int s_lo = blockIdx.y * per, s_hi = active ? min(stages, s_lo + per) : s_lo;
-  const int row = n0 + g;
   const uint8_t* wsrc = a.qw + (row / a.TN) * a.s_tile + (row % a.TN) * a.s_row + s_lo * a.s_stage + 16 * c;
   const long long row8 = 8 * a.s_row;  // rows g and g + 8 share a tile (TN is a multiple of 16)
   const T* x = static_cast<const T*>(a.x);
@@ -187,12 +181,61 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
     }
   }
   cp_async_wait<0>();
-  float out[NTOK][4];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = (acc[0][t][i] + acc[1][t][i]) * C::kPost;
+}
+
+// CL: launched in clusters of its split-K CTAs, which sum their partials there (common.cuh
+// cluster_sum through store_tile's scratch: the warp's drained ring)
+template <typename T, int CODE, int NTOK, int STAGES, bool CL = false>
+__global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode_kernel(const Args a) {
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  Stage* ring = reinterpret_cast<Stage*>(smem) + warp * STAGES;
+  const int n0 = blockIdx.x * (kWarps * 16) + warp * 16;
+  const bool active = n0 < a.NP;
+  const int stages = a.K / kStageK;
+  const int per = (stages + a.o.split_k - 1) / a.o.split_k;
+  const int s_lo = blockIdx.y * per, s_hi = active ? min(stages, s_lo + per) : s_lo;
+  float out[NTOK][4];
+  w8_pass<T, CODE, NTOK, STAGES>(a, ring, n0 + g, s_lo, s_hi, lane, out);
   store_tile<T, NTOK>(a.o, out, n0, g, c, active, CL ? reinterpret_cast<float4*>(ring) : nullptr);
+}
+
+// The decode by rows (VARIANT 4, as w4_rows.cuh for W4): a CTA per 16 rows whose W warps split K
+// among themselves; their sums meet in shared memory (each warp's drained ring) in warp order, so no
+// split-K workspace, counter or last CTA, and y is the same bits run to run. M <= 8 (one token
+// column). Register cap 64: 1024 threads per SM.
+template <typename T, int CODE, int STAGES, int W>
+__global__ void __launch_bounds__(W * 32, 1024 / (W * 32)) w8_rows_kernel(const Args a) {
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  auto ring = [&](int w) { return reinterpret_cast<Stage*>(smem) + w * STAGES; };
+  auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(ring(w)); };  // [token][row], once drained
+  const int n0 = blockIdx.x * 16;
+  const int stages = a.K / kStageK, per_w = (stages + W - 1) / W;
+  const int s_lo = min(stages, warp * per_w), s_hi = min(stages, s_lo + per_w);
+  float out[1][4];
+  w8_pass<T, CODE, 1, STAGES>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
+  __syncwarp();  // every lane's last reads of its ring slots are done
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 2c, 2c + 1
+    const int tok = 2 * c + (i & 1);
+    if (tok < a.o.M) part(warp)[tok][g + 8 * (i >> 1)] = out[0][i];
+  }
+  __syncthreads();
+  pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
+  for (int idx = threadIdx.x; idx < 16 * a.o.M; idx += W * 32) {
+    const int r = idx & 15, tok = idx >> 4, row = n0 + r;
+    if (row >= a.o.N) continue;
+    float v = 0.f;
+    for (int w = 0; w < W; ++w) v += part(w)[tok][r];
+    store_y<T>(a.o, row, tok, v);
+  }
 }
 
 // The kernels with the cluster store: one token column (M <= 8), every ring depth
@@ -221,6 +264,32 @@ int launch(const Args& a, bool cluster_req, cudaStream_t s) {
   return static_cast<int>(launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, cluster ? a.o.split_k : 1}, a));
 }
 
+// VARIANT 4, the decode by rows: split_k is its warps (8 or 16), M <= 8 (cuda_w8.py runs the split-K
+// kernel past that)
+template <typename T, int CODE, int STAGES, int W>
+int launch_rows(const Args& a, cudaStream_t s) {
+  void (*kern)(const Args) = w8_rows_kernel<T, CODE, STAGES, W>;
+  const int smem = W * STAGES * static_cast<int>(sizeof(Stage));
+  static bool raised = false;
+  if (!raised) {
+    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = true;
+  }
+  return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
+}
+
+template <typename T, int CODE>
+int by_rows(const Args& a, int stages, cudaStream_t s) {
+  if (a.o.M > 8 || (a.o.split_k != 8 && a.o.split_k != 16)) return -1;
+  const bool w16 = a.o.split_k == 16;
+  switch (stages) {
+    case 4: return w16 ? launch_rows<T, CODE, 4, 16>(a, s) : launch_rows<T, CODE, 4, 8>(a, s);
+    case 6: return w16 ? launch_rows<T, CODE, 6, 16>(a, s) : launch_rows<T, CODE, 6, 8>(a, s);
+    default: return -2;
+  }
+}
+
 template <typename T, int CODE, int NTOK>
 int by_stages(const Args& a, int stages, bool cluster, cudaStream_t s) {
   switch (stages) {
@@ -232,25 +301,28 @@ int by_stages(const Args& a, int stages, bool cluster, cudaStream_t s) {
 }
 
 template <typename T, int CODE>
-int by_tokens(const Args& a, int stages, bool cluster, cudaStream_t s) {
+int by_tokens(const Args& a, int stages, bool cluster, bool rows, cudaStream_t s) {
+  if (rows) return by_rows<T, CODE>(a, stages, s);
   return a.o.M <= 8 ? by_stages<T, CODE, 1>(a, stages, cluster, s) : by_stages<T, CODE, 2>(a, stages, cluster, s);
 }
 
 template <typename T>
-int by_code(const Args& a, int code, int stages, bool cluster, cudaStream_t s) {
-  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, cluster, s) : by_tokens<T, kE4M3>(a, stages, cluster, s);
+int by_code(const Args& a, int code, int stages, bool cluster, bool rows, cudaStream_t s) {
+  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, cluster, rows, s)
+                       : by_tokens<T, kE4M3>(a, stages, cluster, rows, s);
 }
 
 }  // namespace
 
 // code: 0 = int8, 1 = e4m3; dtype: 0 = bf16, 1 = fp16 (x, bias and y alike); scales fp32,
 // scale_stride 1 (per channel) or 0 (per tensor); cluster (sm_90+, split_k <= 16): the split-K CTAs
-// of a row tile reduce in a thread-block cluster, not through ws/counters. Returns 0, -1 bad
-// arguments, -2 unsupported STAGES, else the CUDA error.
+// of a row tile reduce in a thread-block cluster, not through ws/counters; variant 4: the decode by
+// rows (split_k = its warps, 8 or 16; M <= 8; stages 4 or 6; ws/counters unused), else split-K.
+// Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
                                    long long s_row, long long s_stage, int scale_stride, int stride_xm, int split_k,
-                                   int stages, int code, int cluster, int dtype, void* stream) {
+                                   int stages, int code, int cluster, int variant, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 || split_k < 1 ||
       (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0 ||
       (cluster && split_k > 16))
@@ -259,6 +331,7 @@ extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* sc
               M, N, split_k, scale_stride};
   const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, s)
-                    : by_code<__half>(a, code, stages, cluster != 0, s);
+  const bool rows = variant == kRows;
+  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, rows, s)
+                    : by_code<__half>(a, code, stages, cluster != 0, rows, s);
 }
