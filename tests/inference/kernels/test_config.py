@@ -137,15 +137,15 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
 
 @pytest.mark.parametrize("setup", ["w8a16", "fp8"])
 def test_the_tuner_offers_the_8bit_decode_by_rows_at_few_tokens(setup):
-    """W8A16 and FP8 decode (csrc/w8.cu): split-K at every M <= 16, and the decode by rows (VARIANT 4,
-    SPLIT_K its warps) at M <= 8 in each warp count and ring depth it is built for."""
+    """W8A16 and FP8 decode (csrc/w8.cu): split-K and the decode by rows (VARIANT 4, SPLIT_K its
+    warps) at every M <= 16, rows in each warp count and ring depth it is built for; neither past 16."""
     from turbopack.inference.kernels import cuda_w8, tune
 
-    for m in (1, 8, 9, 16):
+    for m in (1, 8, 9, 16, 17):
         cands = [c for c in tune.candidates(setup, 4096, 14336, m, 132, hopper=True) if c.kernel is KernelName.CUDA]
         rows = {(c.split_k, c.ring_stages) for c in cands if c.variant == cuda_w8.ROWS}
         want = {(w, st) for w in cuda_w8.ROWS_WARPS for st in cuda_w8.VARIANTS[cuda_w8.ROWS]}
-        assert rows == (want if m <= cuda_w8.ROWS_M_MAX else set()), m
+        assert rows == (want if m <= cuda_w8.M_MAX else set()), m
         assert {c.variant for c in cands} <= {None, cuda_w8.ROWS}
         assert all(c.ring_stages in cuda_w8.VARIANTS[c.variant or cuda_w8.SPLIT] for c in cands)
 

@@ -34,11 +34,11 @@ _SIGNATURES = {
     + [ctypes.c_int] * 8 + [ctypes.c_void_p],
 }
 #: VARIANT: 0 (unset) = split-K over CTAs; ROWS = the decode by rows (the number cuda_w4.ROWS has):
-#: SPLIT_K is its warps per CTA (ROWS_WARPS, 0 = ROWS_DEFAULT_WARPS), M <= 8, else the split-K
-#: kernel at the default split; value: the ring depths each is built for
+#: SPLIT_K is its warps per CTA (ROWS_WARPS, 0 = ROWS_DEFAULT_WARPS); value: the ring depths each
+#: is built for
 SPLIT, ROWS = 0, 4
 VARIANTS = {SPLIT: STAGES, ROWS: (4, 6)}
-ROWS_WARPS, ROWS_DEFAULT_WARPS, ROWS_M_MAX = (8, 16), 16, 8
+ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
 #: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
 CLUSTER_MAX, CLUSTER_M_MAX = cuda_build.CLUSTER_MAX, 8
@@ -80,16 +80,14 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto (rows: its warps,
     0 = 16). ``cluster`` (sm_90+, split <= 16, M <= 8; elsewhere ignored): a row tile's split-K
     CTAs sum their partials in a thread-block cluster's shared memory, not through the global
-    workspace (csrc/common.cuh). ``variant`` ROWS: the decode by rows where M <= 8, else the
-    split-K kernel at the default split and ring."""
+    workspace (csrc/common.cuh). ``variant`` ROWS: the decode by rows (a CTA per 16 rows, its
+    warps split K)."""
     qw, s = packed["qweight"], packed["scales"]
     tn, s_tile, s_row, s_stage = strides(qw)
     n, k = shape
     n_pad = qw.shape[0] * tn
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    if variant == ROWS and m > ROWS_M_MAX:
-        variant, split_k, stages = SPLIT, 0, DEFAULT_STAGES
     b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias
     if variant == ROWS:  # no workspace: the warps of a CTA sum in its shared memory
         split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS

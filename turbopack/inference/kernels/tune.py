@@ -51,9 +51,9 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
             w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (4, 6, 8)]  # cuda_w8.STAGES
             if hopper and m <= cuda_w8.CLUSTER_M_MAX and 1 < sk <= cuda_w8.CLUSTER_MAX:  # split-K in a CTA cluster
                 w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, cluster=True) for st in (4, 6, 8)]
-        if m <= cuda_w8.ROWS_M_MAX:  # rows: a CTA per 16 rows, SPLIT_K = its warps over K
-            w8 += [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=cuda_w8.ROWS)
-                   for w in cuda_w8.ROWS_WARPS for st in cuda_w8.VARIANTS[cuda_w8.ROWS]]
+        # rows: a CTA per 16 rows, SPLIT_K = its warps over K
+        w8 += [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=cuda_w8.ROWS)
+               for w in cuda_w8.ROWS_WARPS for st in cuda_w8.VARIANTS[cuda_w8.ROWS]]
     if layout == "fp8_rowmajor":
         return w8 + [KernelConfig(KernelName.SCALED_MM)]
     if layout == "i8_rowmajor":

@@ -206,11 +206,12 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
 }
 
 // The decode by rows (VARIANT 4, as w4_rows.cuh for W4): a CTA per 16 rows whose W warps split K
-// among themselves; their sums meet in shared memory (each warp's drained ring) in warp order, so no
-// split-K workspace, counter or last CTA, and y is the same bits run to run. M <= 8 (one token
-// column). Register cap 64: 1024 threads per SM.
-template <typename T, int CODE, int STAGES, int W>
-__global__ void __launch_bounds__(W * 32, 1024 / (W * 32)) w8_rows_kernel(const Args a) {
+// among themselves; their sums meet in shared memory (each warp's drained ring: [16 tokens][16 rows]
+// fp32, 1 KiB of its >= 4) in warp order, so no split-K workspace, counter or last CTA, and y is the
+// same bits run to run. NTOK token columns of 8 (M <= 8 or 16). Register cap 64 at one column (1024
+// threads per SM), 128 at two (512).
+template <typename T, int CODE, int NTOK, int STAGES, int W>
+__global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w8_rows_kernel(const Args a) {
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
@@ -219,14 +220,16 @@ __global__ void __launch_bounds__(W * 32, 1024 / (W * 32)) w8_rows_kernel(const 
   const int n0 = blockIdx.x * 16;
   const int stages = a.K / kStageK, per_w = (stages + W - 1) / W;
   const int s_lo = min(stages, warp * per_w), s_hi = min(stages, s_lo + per_w);
-  float out[1][4];
-  w8_pass<T, CODE, 1, STAGES>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
+  float out[NTOK][4];
+  w8_pass<T, CODE, NTOK, STAGES>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
   __syncwarp();  // every lane's last reads of its ring slots are done
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 2c, 2c + 1
-    const int tok = 2 * c + (i & 1);
-    if (tok < a.o.M) part(warp)[tok][g + 8 * (i >> 1)] = out[0][i];
-  }
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1
+      const int tok = 8 * t + 2 * c + (i & 1);
+      if (tok < a.o.M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
+    }
   __syncthreads();
   pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
   for (int idx = threadIdx.x; idx < 16 * a.o.M; idx += W * 32) {
@@ -264,11 +267,10 @@ int launch(const Args& a, bool cluster_req, cudaStream_t s) {
   return static_cast<int>(launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, cluster ? a.o.split_k : 1}, a));
 }
 
-// VARIANT 4, the decode by rows: split_k is its warps (8 or 16), M <= 8 (cuda_w8.py runs the split-K
-// kernel past that)
-template <typename T, int CODE, int STAGES, int W>
+// VARIANT 4, the decode by rows: split_k is its warps (8 or 16)
+template <typename T, int CODE, int NTOK, int STAGES, int W>
 int launch_rows(const Args& a, cudaStream_t s) {
-  void (*kern)(const Args) = w8_rows_kernel<T, CODE, STAGES, W>;
+  void (*kern)(const Args) = w8_rows_kernel<T, CODE, NTOK, STAGES, W>;
   const int smem = W * STAGES * static_cast<int>(sizeof(Stage));
   static bool raised = false;
   if (!raised) {
@@ -279,15 +281,20 @@ int launch_rows(const Args& a, cudaStream_t s) {
   return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
 }
 
-template <typename T, int CODE>
-int by_rows(const Args& a, int stages, cudaStream_t s) {
-  if (a.o.M > 8 || (a.o.split_k != 8 && a.o.split_k != 16)) return -1;
+template <typename T, int CODE, int NTOK>
+int rows_by_stages(const Args& a, int stages, cudaStream_t s) {
   const bool w16 = a.o.split_k == 16;
   switch (stages) {
-    case 4: return w16 ? launch_rows<T, CODE, 4, 16>(a, s) : launch_rows<T, CODE, 4, 8>(a, s);
-    case 6: return w16 ? launch_rows<T, CODE, 6, 16>(a, s) : launch_rows<T, CODE, 6, 8>(a, s);
+    case 4: return w16 ? launch_rows<T, CODE, NTOK, 4, 16>(a, s) : launch_rows<T, CODE, NTOK, 4, 8>(a, s);
+    case 6: return w16 ? launch_rows<T, CODE, NTOK, 6, 16>(a, s) : launch_rows<T, CODE, NTOK, 6, 8>(a, s);
     default: return -2;
   }
+}
+
+template <typename T, int CODE>
+int by_rows(const Args& a, int stages, cudaStream_t s) {
+  if (a.o.split_k != 8 && a.o.split_k != 16) return -1;
+  return a.o.M <= 8 ? rows_by_stages<T, CODE, 1>(a, stages, s) : rows_by_stages<T, CODE, 2>(a, stages, s);
 }
 
 template <typename T, int CODE, int NTOK>
@@ -317,7 +324,7 @@ int by_code(const Args& a, int code, int stages, bool cluster, bool rows, cudaSt
 // code: 0 = int8, 1 = e4m3; dtype: 0 = bf16, 1 = fp16 (x, bias and y alike); scales fp32,
 // scale_stride 1 (per channel) or 0 (per tensor); cluster (sm_90+, split_k <= 16): the split-K CTAs
 // of a row tile reduce in a thread-block cluster, not through ws/counters; variant 4: the decode by
-// rows (split_k = its warps, 8 or 16; M <= 8; stages 4 or 6; ws/counters unused), else split-K.
+// rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused), else split-K.
 // Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
