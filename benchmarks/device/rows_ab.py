@@ -31,9 +31,10 @@ from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
 #: bench.SETUPS name -> the rows configs of its kernel module
 CANDIDATES = {
-    fmt: [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=mod.ROWS)
-          for w in mod.ROWS_WARPS for st in mod.VARIANTS[mod.ROWS]]
-    for fmt, mod in (("w4a16", cuda_w4), ("w8a16", cuda_w8), ("fp8", cuda_w8))
+    fmt: [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=v)
+          for v in variants for w in mod.ROWS_WARPS for st in mod.VARIANTS[v]]
+    for fmt, mod, variants in (("w4a16", cuda_w4, (cuda_w4.ROWS, cuda_w4.ROWS64)), ("w8a16", cuda_w8, (cuda_w8.ROWS,)),
+                               ("fp8", cuda_w8, (cuda_w8.ROWS,)))
 }
 
 
@@ -79,7 +80,8 @@ def main() -> int:
                 print(f"| {name} | {m} | {r_base.get('error', '')} | | {r_rows.get('error', '')} | | | | |")
                 continue
             floor = (wt.nbytes + 2 * m * (n + k)) / bw * 1e6
-            every = " ".join(f"{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}" for t, c in r_rows["tried"])
+            every = " ".join(f"{'r64 ' if c.get('VARIANT') == 5 else ''}{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}"
+                             for t, c in r_rows["tried"])
             print(f"| {name} | {m} | {base.describe()} | {r_base['us']:.2f} | {r_rows['cfg'].describe()} | "
                   f"{r_rows['us']:.2f} | {r_base['us'] / r_rows['us']:.2f}x | {100 * floor / r_rows['us']:.0f}% | "
                   f"{every} |", flush=True)

@@ -172,9 +172,11 @@ ROWS_CASES = [(128, False, 16, 1664, True), (64, True, 8, 1664, False), (128, Tr
 @pytest.mark.parametrize("m", [1, 2, 3, 8])
 @pytest.mark.parametrize("group,sym,warps,k,with_bias", ROWS_CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dtype):
-    """The decode by rows against the contract in both tile layouts with a partial tile (N = 1072),
-    bit-identical run to run (no split-K sums: the warps meet in shared memory in a fixed order)."""
+@pytest.mark.parametrize("variant", [4, 5])  # cuda_w4.ROWS (16 rows a CTA), ROWS64 (4 row tiles)
+def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dtype, variant):
+    """The decode by rows against the contract in both tile layouts with a partial tile (N = 1072;
+    at tile_n 16 and 64 rows a CTA, the last CTA's fourth row tile is past the padded rows), bit-identical
+    run to run (no split-K sums: the warps meet in shared memory in a fixed order)."""
     n = 1024 + 48
     fmt, q, reference = _weight(n, k, group, sym, dtype, 31 * m + warps + k)
     for tile_n in (64, 16):
@@ -182,10 +184,10 @@ def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dt
         x = torch.randn(m, k, device="cuda").to(dtype)
         b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=out, group=group, stages=4, variant=cuda_w4.ROWS)
+        cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=out, group=group, stages=4, variant=variant)
         err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
         assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
-        again = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=cuda_w4.ROWS)
+        again = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=variant)
         assert torch.equal(again, out) or (m, k) == (8, 14336)  # there v7 runs: its split-K sums are not
 
 

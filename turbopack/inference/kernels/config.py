@@ -71,7 +71,8 @@ class KernelConfig:
     group_m: int | None = None        # GROUP_M: row blocks sharing a weight block in L2 (w8a8)
     split_k: int | None = None        # SPLIT_K: programs sharing one K range (cuda: 0 = its own rule; W4
     #                                   VARIANT 3 = v8 has no split: SPLIT_K is its CTAs per SM, 0 = all that fit;
-    #                                   VARIANT 4 = rows (W4 and W8): SPLIT_K is its warps per CTA, 8 or 16, 0 = 16)
+    #                                   VARIANT 4 = rows (W4 and W8), 5 = W4's rows of 64: SPLIT_K is its warps per
+    #                                   CTA, 8 or 16, 0 = 16)
     ring_stages: int | None = None    # STAGES: depth of the CUDA decode kernel's cp.async ring
     variant: int | None = None        # VARIANT: which CUDA decode kernel (cuda_w4.VARIANTS: unset = v5;
     #                                   cuda_w8.VARIANTS: unset = split-K)

@@ -35,8 +35,9 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: 3 = v8 (v7's stage loop on persistent stripes of (row tile, stage) items; SPLIT_K = CTAs per SM, 0 = all that fit)
 #: 4 = rows (a CTA per 16 rows, K split among its warps and summed in shared memory, no split-K workspace;
 #: SPLIT_K = its warps, ROWS_WARPS, 0 = 16; M <= 8, else v7 at the default split; csrc/w4_rows.cuh)
-VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,)}
-V7, V8, ROWS = 2, 3, 4
+#: 5 = rows of 64 (rows with 4 row tiles a CTA: its warps are 4 x SPLIT_K / 4 K slices, which share x)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,)}
+V7, V8, ROWS, ROWS64 = 2, 3, 4, 5
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
@@ -124,7 +125,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    if variant == ROWS:  # SPLIT_K is its warps; split-K buffers for v7, its fallback (csrc/w4_rows.cuh by_rows)
+    if variant in (ROWS, ROWS64):  # SPLIT_K is its warps; split-K buffers for v7, its fallback (csrc/w4_rows.cuh)
         split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), default_split(nt * tn, k, x2.device))
     elif variant == V8:  # SPLIT_K is CTAs per SM; any tile may be shared by several stripes: split-K buffers

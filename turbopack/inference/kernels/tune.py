@@ -83,9 +83,9 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
         # v8 (persistent stripes): no split; SPLIT_K = CTAs per SM, 0 = all that fit (8 at M = 1, group 128)
         out += [KernelConfig(KernelName.CUDA, split_k=per_sm, ring_stages=st, variant=3)
                 for per_sm in (0, 4) for st in (4, 6)]
-        if m <= 8:  # rows: a CTA per 16 rows, SPLIT_K = its warps over K (run 14: ring 4 won every 8B layer)
-            out += [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=4, variant=cuda_w4.ROWS)
-                    for w in cuda_w4.ROWS_WARPS]
+        if m <= 8:  # rows: a CTA per 16 (or 64) rows, SPLIT_K = its warps (run 14: ring 4 won every 8B layer)
+            out += [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=4, variant=v)
+                    for v in (cuda_w4.ROWS, cuda_w4.ROWS64) for w in cuda_w4.ROWS_WARPS]
     if setup == "nvfp4" and m <= 16:  # the CUDA C++ NVFP4 decode kernel (one CTA per 64 rows, 128-k stages)
         base = _splits(math.ceil(n / 64), math.ceil(k / 128), sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):

@@ -369,13 +369,13 @@ int by_group(const Args& a, int stages, int variant, bool cluster, cudaStream_t 
 }  // namespace
 
 // the decode by rows, on v5's Args and v7 (by_group) as its fallback
-#include "w4_rows.cuh"  // by_rows: w4_rows_kernel (VARIANT 4)
+#include "w4_rows.cuh"  // by_rows: w4_rows_kernel (VARIANT 4 and 5)
 
 namespace {
 
 template <typename T>
 int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
-  if (variant == 4) return by_rows<T>(a, stages, s);
+  if (variant == 4 || variant == 5) return by_rows<T>(a, stages, variant, s);
   return a.M <= 8 ? by_group<T, 1>(a, stages, variant, cluster, s) : by_group<T, 2>(a, stages, variant, cluster, s);
 }
 
@@ -384,7 +384,7 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 // dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). cluster (v7, split_k <= 16, sm_90+):
 // the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
 // through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2
-// unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows), -4 no SM count, else the
+// unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows, 5 = rows of 64), -4 no SM count, else the
 // CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
