@@ -130,7 +130,8 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
     for m in (1, 16):
         cands = [c for c in tune.candidates("w4a16", 28672, 4096, m, 132) if c.kernel is KernelName.CUDA]
         got = {(c.variant or 0, c.ring_stages) for c in cands}
-        assert {v for v, _ in got} == set(cuda_w4.VARIANTS) - ({cuda_w4.ROWS, cuda_w4.ROWS64} if m > 8 else set())  # rows: M <= 8
+        rows = {cuda_w4.ROWS, cuda_w4.ROWS64}  # at M <= 8
+        assert {v for v, _ in got} == set(cuda_w4.VARIANTS) - (rows if m > 8 else set())
         assert all(st in cuda_w4.VARIANTS[v] for v, st in got)
         assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)
 
