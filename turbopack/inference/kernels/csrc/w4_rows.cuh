@@ -1,17 +1,17 @@
-// The dense W4A16 decode by rows (turbopack_w4_decode VARIANT 4; w4.cu includes it after v5's Args,
+// The dense W4A16 decode by rows (turbopack_w4_decode VARIANT 4 and 5; w4.cu includes it after v5's Args,
 // device_attr, at_default_split and by_group, v7's launcher: its fallback).
 // v5-v8 give a CTA 64 rows (4 warps of 16) and split K across CTAs: at decode shapes that split is
 // what fills the SMs, and its partial sums go through the fp32 workspace, a counter and a last CTA
-// (2.2-3.6 us of the 8B layers' 7.6-25 on the H100, knockouts, run 13). Here a CTA is 16 rows and its
-// W = 8 or 16 warps split K among themselves, the MoE's few-token down kernel (moe_token.cuh) on one
-// linear and all M <= 8 tokens:
+// (2.2-3.6 us of the 8B layers' 7.6-25 on the H100, knockouts, run 13). Here a CTA is 16 rows (VARIANT
+// 4; 64 in 4 row tiles, VARIANT 5, below) and its W = 8 or 16 warps split K among themselves, the MoE's
+// few-token down kernel (moe_token.cuh) on one linear and all M <= 8 tokens:
 //   - each warp streams its K slice's weights and v7 scale/zero chunks through its own cp.async ring
 //     (w4_feed.cuh DnFeed, DnSlot, ring_prologue), its first STAGES - 1 stages issued before pdl_wait;
 //   - x's rows of the warp's slice are copied once into shared memory after the wait, and the sums of
 //     x per group come from them (row_sums), not from all-ones MMAs;
 //   - thread g of a quad row reads token g's fragments (the MMA's B column g; tokens past M read token
 //     M - 1, a column never stored), so one MMA serves all M tokens: the weights are read once;
-//   - the warps' sums meet in shared memory in warp order and the first 16 * M threads store y: no
+//   - the warps' sums meet in shared memory in warp order and the first R * 16 * M threads store y: no
 //     workspace, counter or last CTA, and y is the same bits run to run.
 // Measured as the MoE's down kernel on one expert at M = 1 (run 14, H100): 8-13% under the tuned v7 on
 // all four 8B layers, the batch-1 step 2.589 -> 2.461 ms.
