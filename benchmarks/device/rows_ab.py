@@ -24,18 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from turbopack.inference.kernels import bench, cuda_build, cuda_w4, cuda_w8, pdl  # noqa: E402
+from turbopack.inference.kernels import bench, cuda_build, cuda_w4, pdl, tune  # noqa: E402
 from turbopack.inference.kernels.bench_main import measure  # noqa: E402
-from turbopack.inference.kernels.config import KernelConfig, KernelName  # noqa: E402
+from turbopack.inference.kernels.config import KernelConfig  # noqa: E402
 from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
-#: bench.SETUPS name -> the rows configs of its kernel module
-CANDIDATES = {
-    fmt: [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=v)
-          for v in variants for w in mod.ROWS_WARPS for st in mod.VARIANTS[v]]
-    for fmt, mod, variants in (("w4a16", cuda_w4, (cuda_w4.ROWS, cuda_w4.ROWS64)), ("w8a16", cuda_w8, (cuda_w8.ROWS,)),
-                               ("fp8", cuda_w8, (cuda_w8.ROWS,)))
-}
+#: the bench.SETUPS names with a decode by rows (tune.rows_candidates: its configs per M)
+FORMATS = ("w4a16", "w8a16", "fp8")
 
 
 def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, tuple[int, int]], layout: str) -> dict:
@@ -54,7 +49,7 @@ def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, t
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama3-8b", choices=list(bench.MODELS))
-    ap.add_argument("--format", default="w4a16", choices=list(CANDIDATES))
+    ap.add_argument("--format", default="w4a16", choices=FORMATS)
     ap.add_argument("--ms", default="1,2,4,8")
     ap.add_argument("--write-table", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -75,7 +70,7 @@ def main() -> int:
         for m in map(int, args.ms.split(",")):
             base = resolve_config(wt.layout_name, wt.fmt, n, k, m, torch.device("cuda"))
             r_base = measure(args.format, wt, m, [base], l2, False, gen)
-            r_rows = measure(args.format, wt, m, CANDIDATES[args.format], l2, False, gen)
+            r_rows = measure(args.format, wt, m, tune.rows_candidates(args.format, m), l2, False, gen)
             if "error" in r_base or "error" in r_rows:
                 print(f"| {name} | {m} | {r_base.get('error', '')} | | {r_rows.get('error', '')} | | | | |")
                 continue

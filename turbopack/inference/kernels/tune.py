@@ -38,6 +38,20 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
     return sorted({s0, max(1, min(2 * s0, iters, 32))})
 
 
+def rows_candidates(setup: str, m: int) -> list[KernelConfig]:
+    """The decode by rows' configs for (setup, M), SPLIT_K its warps per CTA, at each ring depth it is
+    built for: the 8-bit kernel's at M <= 16 (cuda_w8), W4A16's 16- and 64-row CTAs at M <= 8 (cuda_w4:
+    one token column; ring 4 only, which won every 8B layer in run 14); none elsewhere."""
+    if setup in ("w8a16", "fp8", "fp8_upcast") and m <= cuda_w8.M_MAX:
+        mod, variants = cuda_w8, (cuda_w8.ROWS,)
+    elif setup == "w4a16" and m <= 8:
+        mod, variants = cuda_w4, (cuda_w4.ROWS, cuda_w4.ROWS64)
+    else:
+        return []
+    return [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=v)
+            for v in variants for w in mod.ROWS_WARPS for st in mod.VARIANTS[v]]
+
+
 def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None = None) -> list[KernelConfig]:
     """Every config the tuner times for one (setup, N x K, M); ``hopper`` (None: the current CUDA
     device is sm90) adds the warpgroup-MMA kernel and the decode kernels' split-K in a CTA cluster."""
@@ -51,9 +65,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
             w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (4, 6, 8)]  # cuda_w8.STAGES
             if hopper and m <= cuda_w8.CLUSTER_M_MAX and 1 < sk <= cuda_w8.CLUSTER_MAX:  # split-K in a CTA cluster
                 w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, cluster=True) for st in (4, 6, 8)]
-        # rows: a CTA per 16 rows, SPLIT_K = its warps over K
-        w8 += [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=cuda_w8.ROWS)
-               for w in cuda_w8.ROWS_WARPS for st in cuda_w8.VARIANTS[cuda_w8.ROWS]]
+        w8 += rows_candidates(setup, m)
     if layout == "fp8_rowmajor":
         return w8 + [KernelConfig(KernelName.SCALED_MM)]
     if layout == "i8_rowmajor":
@@ -83,9 +95,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
         # v8 (persistent stripes): no split; SPLIT_K = CTAs per SM, 0 = all that fit (8 at M = 1, group 128)
         out += [KernelConfig(KernelName.CUDA, split_k=per_sm, ring_stages=st, variant=3)
                 for per_sm in (0, 4) for st in (4, 6)]
-        if m <= 8:  # rows: a CTA per 16 (or 64) rows, SPLIT_K = its warps (run 14: ring 4 won every 8B layer)
-            out += [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=4, variant=v)
-                    for v in (cuda_w4.ROWS, cuda_w4.ROWS64) for w in cuda_w4.ROWS_WARPS]
+        out += rows_candidates(setup, m)
     if setup == "nvfp4" and m <= 16:  # the CUDA C++ NVFP4 decode kernel (one CTA per 64 rows, 128-k stages)
         base = _splits(math.ceil(n / 64), math.ceil(k / 128), sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
