@@ -6,13 +6,15 @@
 # - rows_ab.py: per layer of each bench.MODELS family at M = 1, 2, 4, 8, the shipped table's config
 #   against both rows configs; the table with every rows win goes to $OUT/sm90.json;
 # - the 8B step again on that table.
-# Carry .scratch/prebuilt.tar.xz and .scratch/sm90_v7.json. Logs under $OUT; < 480 s.
+# Carry .scratch/prebuilt.tar.xz and .scratch/sm90_v7.json; < 480 s. stdout holds the summaries, the
+# A/B tables go to $OUT/ab.md (a call returns few files: the logs stay in /tmp/rows).
 #   bash benchmarks/device/rows.sh
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 T=turbopack/inference/kernels/configs/sm90.json
-cp $T "$OUT/sm90_shipped.json"
-step build; build_libs > "$OUT/build.log" 2>&1; tail -1 "$OUT/build.log"
+LOG=/tmp/rows; mkdir -p $LOG
+cp $T $LOG/sm90_shipped.json
+step build; build_libs > $LOG/build.log 2>&1; tail -1 $LOG/build.log
 step tests
 timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
   tests/inference/kernels/test_cuda_moe.py tests/inference/test_moe_grouped.py -k "rows or v6_v7 or moe or grouped" \
@@ -20,19 +22,21 @@ timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignor
 echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -8
 e2e() {
   step "8B W4A16 step, batch 1 and 8, $1 table"
-  timeout ${E2E_S:-80} python3 benchmarks/bench_e2e.py --e2e --quick --fusion-ab --formats w4a16 --out "$OUT/e2e_$1" \
-    2> "$OUT/e2e_$1.log" | grep -E "^\| (w4a16|1|8) "; tail -1 "$OUT/e2e_$1.log" | cut -c1-300
+  timeout ${E2E_S:-80} python3 benchmarks/bench_e2e.py --e2e --quick --fusion-ab --formats w4a16 --out $LOG/e2e_$1 \
+    2> $LOG/e2e_$1.log | grep -E "^\| (w4a16|1|8) "; grep -iE "error|Traceback" $LOG/e2e_$1.log | head -3
 }
 cp ${V7_TABLE:-.scratch/sm90_v7.json} $T; e2e v7
-cp "$OUT/sm90_shipped.json" $T; e2e shipped
+cp $LOG/sm90_shipped.json $T; e2e shipped
 for m in llama3-8b qwen3-8b gemma2-9b phi4-mini; do
   step "rows A/B, $m"
-  timeout ${AB_S:-60} python3 benchmarks/device/rows_ab.py --model $m --write-table --out "$OUT/ab_$m" \
-    2> "$OUT/ab_$m.log" | grep -v "^|---"
-  grep -E "FAILED|REJECTED" "$OUT/ab_$m.log" | head -3
-  [ -f "$OUT/ab_$m/sm90.json" ] && cp "$OUT/ab_$m/sm90.json" $T
+  echo "### $m" >> "$OUT/ab.md"
+  timeout ${AB_S:-60} python3 benchmarks/device/rows_ab.py --model $m --write-table --out $LOG/ab_$m \
+    2> $LOG/ab_$m.log | grep -v "^|---" >> "$OUT/ab.md"
+  tail -2 "$OUT/ab.md"
+  grep -E "FAILED|REJECTED" $LOG/ab_$m.log | head -3
+  [ -f $LOG/ab_$m/sm90.json ] && cp $LOG/ab_$m/sm90.json $T
 done
-cp $T "$OUT/sm90.json"; rm -rf "$OUT"/ab_*/
+cp $T "$OUT/sm90.json"
 e2e rows_all
-cp "$OUT/sm90_shipped.json" $T
+cp $LOG/sm90_shipped.json $T
 step done
