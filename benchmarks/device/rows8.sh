@@ -32,7 +32,7 @@ e2e() {
 BASE=${BASE_TABLE:-.scratch/sm90_pre_w8rows.json}
 if [ -f "$BASE" ]; then cp "$BASE" $T; e2e base; cp $LOG/sm90_shipped.json $T; fi
 e2e shipped
-for f in w8a16 fp8; do
+for f in ${AB_FORMATS:-w8a16 fp8}; do
   for m in ${MODELS:-llama3-8b qwen3-8b gemma2-9b phi4-mini}; do
     step "rows A/B, $f, $m"
     echo "### $f, $m" >> "$OUT/ab.md"

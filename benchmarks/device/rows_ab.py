@@ -24,13 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from turbopack.inference.kernels import bench, cuda_build, cuda_w4, pdl, tune  # noqa: E402
+from turbopack.inference.kernels import bench, cuda_build, cuda_w4, cuda_w8, pdl, tune  # noqa: E402
 from turbopack.inference.kernels.bench_main import measure  # noqa: E402
 from turbopack.inference.kernels.config import KernelConfig  # noqa: E402
 from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
 #: the bench.SETUPS names with a decode by rows (tune.rows_candidates: its configs per M)
 FORMATS = ("w4a16", "w8a16", "fp8")
+#: the rows variants beside the plain one, as the table's last column names them (W4's rows of 64,
+#: the 8-bit kernel's 128-k slots)
+TAGS = {cuda_w4.ROWS64: "r64 ", cuda_w8.ROWS_WIDE: "wide "}
 
 
 def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, tuple[int, int]], layout: str) -> dict:
@@ -70,12 +73,12 @@ def main() -> int:
         for m in map(int, args.ms.split(",")):
             base = resolve_config(wt.layout_name, wt.fmt, n, k, m, torch.device("cuda"))
             r_base = measure(args.format, wt, m, [base], l2, False, gen)
-            r_rows = measure(args.format, wt, m, tune.rows_candidates(args.format, m), l2, False, gen)
+            r_rows = measure(args.format, wt, m, tune.rows_candidates(args.format, m, k), l2, False, gen)
             if "error" in r_base or "error" in r_rows:
                 print(f"| {name} | {m} | {r_base.get('error', '')} | | {r_rows.get('error', '')} | | | | |")
                 continue
             floor = (wt.nbytes + 2 * m * (n + k)) / bw * 1e6
-            every = " ".join(f"{'r64 ' if c.get('VARIANT') == 5 else ''}{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}"
+            every = " ".join(f"{TAGS.get(c.get('VARIANT'), '')}{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}"
                              for t, c in r_rows["tried"])
             print(f"| {name} | {m} | {base.describe()} | {r_base['us']:.2f} | {r_rows['cfg'].describe()} | "
                   f"{r_rows['us']:.2f} | {r_base['us'] / r_rows['us']:.2f}x | {100 * floor / r_rows['us']:.0f}% | "

@@ -139,16 +139,21 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
 @pytest.mark.parametrize("setup", ["w8a16", "fp8"])
 def test_the_tuner_offers_the_8bit_decode_by_rows_at_few_tokens(setup):
     """W8A16 and FP8 decode (csrc/w8.cu): split-K and the decode by rows (VARIANT 4, SPLIT_K its
-    warps) at every M <= 16, rows in each warp count and ring depth it is built for; neither past 16."""
+    warps) at every M <= 16, rows in each warp count and ring depth it is built for; neither past 16.
+    FP8 (row-major) also on 128-k slots (VARIANT 6), where K is a multiple of 128."""
     from turbopack.inference.kernels import cuda_w8, tune
 
-    for m in (1, 8, 9, 16, 17):
-        cands = [c for c in tune.candidates(setup, 4096, 14336, m, 132, hopper=True) if c.kernel is KernelName.CUDA]
-        rows = {(c.split_k, c.ring_stages) for c in cands if c.variant == cuda_w8.ROWS}
-        want = {(w, st) for w in cuda_w8.ROWS_WARPS for st in cuda_w8.VARIANTS[cuda_w8.ROWS]}
-        assert rows == (want if m <= cuda_w8.M_MAX else set()), m
-        assert {c.variant for c in cands} <= {None, cuda_w8.ROWS}
-        assert all(c.ring_stages in cuda_w8.VARIANTS[c.variant or cuda_w8.SPLIT] for c in cands)
+    for k in (14336, 4160):
+        wide = setup == "fp8" and k % 128 == 0
+        for m in (1, 8, 9, 16, 17):
+            cands = [c for c in tune.candidates(setup, 4096, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA]
+            for v in (cuda_w8.ROWS, cuda_w8.ROWS_WIDE):
+                rows = {(c.split_k, c.ring_stages) for c in cands if c.variant == v}
+                want = {(w, st) for w in cuda_w8.ROWS_WARPS for st in cuda_w8.VARIANTS[v]}
+                offered = m <= cuda_w8.M_MAX and (v == cuda_w8.ROWS or wide)
+                assert rows == (want if offered else set()), (k, m, v)
+            assert {c.variant for c in cands} <= {None, cuda_w8.ROWS, cuda_w8.ROWS_WIDE}
+            assert all(c.ring_stages in cuda_w8.VARIANTS[c.variant or cuda_w8.SPLIT] for c in cands)
 
 
 def test_cluster_is_a_v7_key_the_tuner_offers_on_hopper_where_built():

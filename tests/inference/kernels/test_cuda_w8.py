@@ -110,6 +110,51 @@ def test_decode_by_rows_matches_the_reference(fmt_name, per_tensor, tile_n, tile
         assert torch.equal(h, y)
 
 
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("per_tensor,tile_k", [(False, None), (True, None), (False, 64)])
+@pytest.mark.parametrize("m", [1, 8, 9, 16])
+@pytest.mark.parametrize("warps,stages", [(8, 2), (16, 3), (0, 2)])
+@pytest.mark.parametrize("k", [1536, 384])
+def test_decode_by_rows_on_wide_slots_matches_the_reference(per_tensor, tile_k, m, warps, stages, k):
+    """VARIANT 6, the decode by rows on 128-k ring slots (e4m3): 12 slots over 8 warps and unevenly
+    over 16; K = 384: 3 slots, so most warps have none. y matches the reference, bit-identical on
+    re-runs and from a CUDA graph, on the row-major layout it is for and on the tiled one (the kernel
+    is layout-neutral). N = 2056: the last 16-row tile is half padding."""
+    n = 2048 + 8
+    q = _quantized("fp8", per_tensor, n, k, 13 * m + warps + k)
+    packed = reference.pack_bytes(q["qweight"], q["scales"], 16, tile_k)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype)
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        y = cuda_w8.w8_decode(x, packed, (n, k), b, warps, out, stages=stages, variant=cuda_w8.ROWS_WIDE)
+        err = reference.rel_err(y, reference.ref_linear(x, "fp8", q, b, weights_only=True))
+        assert err < TOL[dtype], f"{dtype}: rel err {err:.2e}"
+        assert torch.equal(cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=cuda_w8.ROWS_WIDE), y)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            h = cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=cuda_w8.ROWS_WIDE)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(h, y)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fmt_name,k", [("fp8", 1600), ("w8a16", 1536)])
+def test_wide_slots_fall_back_to_the_decode_by_rows(fmt_name, k):
+    """Where the 128-k slots cannot run (K % 128 = 64; int8 codes, for which they are not built),
+    VARIANT 6 runs VARIANT 4 at the same ring bytes: the same bits as asking for it."""
+    n, m = 1024, 3
+    q = _quantized(fmt_name, False, n, k, k)
+    packed = reference.pack_bytes(q["qweight"], q["scales"], 16, None if fmt_name == "fp8" else 64)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    y = cuda_w8.w8_decode(x, packed, (n, k), None, 16, stages=3, variant=cuda_w8.ROWS_WIDE)
+    assert torch.equal(y, cuda_w8.w8_decode(x, packed, (n, k), None, 16, stages=6, variant=cuda_w8.ROWS))
+    assert reference.rel_err(y, reference.ref_linear(x, fmt_name, q, None, weights_only=True)) < TOL[torch.bfloat16]
+
+
 def _every_code(fmt_name: str, n: int, k: int) -> torch.Tensor:
     """[n, k] codes holding every finite byte value of the format (e4m3: no NaN 0x7F/0xFF)."""
     vals = torch.arange(256, dtype=torch.int32)

@@ -36,6 +36,7 @@ constexpr int kWarps = 4;    // 4 x 16 rows per CTA
 constexpr int kStageK = 64;  // one stage: 64 codes of 16 rows = 1 KiB per warp
 enum : int { kInt8 = 0, kE4M3 = 1 };
 constexpr int kRows = 4;     // VARIANT of the decode by rows (the number W4's has, cuda_w4.ROWS)
+constexpr int kRowsWide = 6;  // the decode by rows on 128-k ring slots (e4m3 only; below at w8_pass)
 
 template <typename T, int CODE> struct Codes;
 // cvt: lo = codes (0, 1), hi = codes (2, 3) of the 32-bit word w, as 16-bit pairs. kXScale (16-bit
@@ -87,9 +88,15 @@ template <> struct Codes<__half, kE4M3> : Exact<__half> {
   }
 };
 
-struct Stage {
-  uint4 w[2][32];  // [row g | row g + 8][lane]: 16 codes each
+// A ring slot: SUB consecutive stages of the warp's 16 rows, sub-stage h = [row g | row g + 8][lane],
+// 16 codes each. SUB = 2 (kRowsWide) for fp8_rowmajor, whose stage is 16 runs of 64 bytes K bytes
+// apart (the int8 layouts' is one contiguous KiB): one slot copies each row's whole 128-byte line at
+// once, where two 64-byte stages a ring apart left the DRAM page of each row to be opened twice
+// (run 16: FP8 down 28.6 us against the same bytes in i8_t64x64's order, 23.2).
+template <int SUB> struct Slot {
+  uint4 w[SUB][2][32];
 };
+using Stage = Slot<1>;
 
 struct Args {
   Out o;
@@ -98,10 +105,14 @@ struct Args {
   int NP, K, TN, stride_xm;
 };
 
-__device__ __forceinline__ void issue_stage(Stage& st, const uint8_t*& src, long long row8, long long step, int lane) {
-  cp_async16(&st.w[0][lane], src);
-  cp_async16(&st.w[1][lane], src + row8);
-  src += step;  // pointers advance by a constant: no 64-bit multiply per stage
+template <int SUB>
+__device__ __forceinline__ void issue_slot(Slot<SUB>& st, const uint8_t*& src, long long row8, long long step, int lane) {
+#pragma unroll
+  for (int h = 0; h < SUB; ++h) {
+    cp_async16(&st.w[h][0][lane], src + h * step);
+    cp_async16(&st.w[h][1][lane], src + h * step + row8);
+  }
+  src += SUB * step;  // pointers advance by a constant: no 64-bit multiply per slot
 }
 
 // Register cap: 64 for one token column lets 8 CTAs (32 warps) share an SM, the bytes in flight
@@ -112,16 +123,17 @@ __device__ __forceinline__ void issue_stage(Stage& st, const uint8_t*& src, long
 #define TP_W8_MIN_BLOCKS(NTOK) ((NTOK) == 1 ? 8 : 1)
 #endif
 
-// One warp's pass over stages [s_lo, s_hi) of its 16 rows (row = n0 + g): the first STAGES - 1
-// stages are issued before pdl_wait (weights only), x is read per stage from L1 after it; out is
-// the warp's fp32 sums, the MMA's C fragment (rows g, g + 8 of token columns 2c, 2c + 1 + 8t).
-template <typename T, int CODE, int NTOK, int STAGES>
-__device__ __forceinline__ void w8_pass(const Args& a, Stage* ring, int row, int s_lo, int s_hi, int lane,
+// One warp's pass over ring slots [s_lo, s_hi) of its 16 rows (row = n0 + g; a slot is SUB stages):
+// the first STAGES - 1 slots are issued before pdl_wait (weights only), x is read per slot from L1
+// after it; out is the warp's fp32 sums, the MMA's C fragment (rows g, g + 8 of token columns 2c,
+// 2c + 1 + 8t).
+template <typename T, int CODE, int NTOK, int STAGES, int SUB = 1>
+__device__ __forceinline__ void w8_pass(const Args& a, Slot<SUB>* ring, int row, int s_lo, int s_hi, int lane,
                                         float (&out)[NTOK][4]) {
   using H = Half16<T>;
   using C = Codes<T, CODE>;
   const int g = lane >> 2, c = lane & 3;
-  const uint8_t* wsrc = a.qw + (row / a.TN) * a.s_tile + (row % a.TN) * a.s_row + s_lo * a.s_stage + 16 * c;
+  const uint8_t* wsrc = a.qw + (row / a.TN) * a.s_tile + (row % a.TN) * a.s_row + SUB * s_lo * a.s_stage + 16 * c;
   const long long row8 = 8 * a.s_row;  // rows g and g + 8 share a tile (TN is a multiple of 16)
   const T* x = static_cast<const T*>(a.x);
   const uint4* xsrc[NTOK];
@@ -130,7 +142,8 @@ __device__ __forceinline__ void w8_pass(const Args& a, Stage* ring, int row, int
   for (int t = 0; t < NTOK; ++t) {
     const int tok = 8 * t + g;
     has_tok[t] = tok < a.o.M;
-    xsrc[t] = reinterpret_cast<const uint4*>(x + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + s_lo * kStageK + 16 * c);
+    xsrc[t] = reinterpret_cast<const uint4*>(x + (long long)(has_tok[t] ? tok : 0) * a.stride_xm + SUB * s_lo * kStageK +
+                                             16 * c);
   }
   float acc[2][NTOK][4];  // two independent MMA chains per token column (even / odd steps)
 #pragma unroll
@@ -142,43 +155,48 @@ __device__ __forceinline__ void w8_pass(const Args& a, Stage* ring, int row, int
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s_lo + s < s_hi) issue_stage(ring[s], wsrc, row8, a.s_stage, lane);
+    if (s_lo + s < s_hi) issue_slot(ring[s], wsrc, row8, a.s_stage, lane);
     cp_async_commit();
   }
   pdl_wait();  // only weights and scales are read before it (common.cuh)
   int rd = 0, wr = STAGES - 1;
   for (int st = s_lo; st < s_hi; ++st) {
-    uint4 xv[NTOK][2];
+    uint4 xv[SUB][NTOK][2];
 #pragma unroll
-    for (int t = 0; t < NTOK; ++t) {
-      xv[t][0] = has_tok[t] ? __ldg(xsrc[t]) : make_uint4(0, 0, 0, 0);
-      xv[t][1] = has_tok[t] ? __ldg(xsrc[t] + 1) : make_uint4(0, 0, 0, 0);
-      xsrc[t] += kStageK / 8;
-      if (C::kXScale != 0) {
-        uint32_t* xw = reinterpret_cast<uint32_t*>(&xv[t][0]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) xw[i] = H::mul2(xw[i], C::kXScale);
-      }
-    }
-    cp_async_wait<STAGES - 2>();
-    if (st + STAGES - 1 < s_hi) issue_stage(ring[wr], wsrc, row8, a.s_stage, lane);
-    cp_async_commit();
-    wr = wr + 1 == STAGES ? 0 : wr + 1;
-    const uint4 wl = ring[rd].w[0][lane], wh = ring[rd].w[1][lane];  // this thread's own copies
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
-    const uint32_t lw[4] = {wl.x, wl.y, wl.z, wl.w}, hw[4] = {wh.x, wh.y, wh.z, wh.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t af[4];
-      C::cvt(lw[j], af[0], af[2]);
-      C::cvt(hw[j], af[1], af[3]);
+    for (int h = 0; h < SUB; ++h)
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
-        const uint4& q = xv[t][j >> 1];
-        const uint32_t b0 = (j & 1) ? q.z : q.x, b1 = (j & 1) ? q.w : q.y;
-        H::mma(acc[j & 1][t], af, b0, b1);
+        xv[h][t][0] = has_tok[t] ? __ldg(xsrc[t]) : make_uint4(0, 0, 0, 0);
+        xv[h][t][1] = has_tok[t] ? __ldg(xsrc[t] + 1) : make_uint4(0, 0, 0, 0);
+        xsrc[t] += kStageK / 8;
+        if (C::kXScale != 0) {
+          uint32_t* xw = reinterpret_cast<uint32_t*>(&xv[h][t][0]);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) xw[i] = H::mul2(xw[i], C::kXScale);
+        }
+      }
+    cp_async_wait<STAGES - 2>();
+    if (st + STAGES - 1 < s_hi) issue_slot(ring[wr], wsrc, row8, a.s_stage, lane);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+#pragma unroll
+    for (int h = 0; h < SUB; ++h) {
+      const uint4 wl = ring[rd].w[h][0][lane], wh = ring[rd].w[h][1][lane];  // this thread's own copies
+      const uint32_t lw[4] = {wl.x, wl.y, wl.z, wl.w}, hw[4] = {wh.x, wh.y, wh.z, wh.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t af[4];
+        C::cvt(lw[j], af[0], af[2]);
+        C::cvt(hw[j], af[1], af[3]);
+#pragma unroll
+        for (int t = 0; t < NTOK; ++t) {
+          const uint4& q = xv[h][t][j >> 1];
+          const uint32_t b0 = (j & 1) ? q.z : q.x, b1 = (j & 1) ? q.w : q.y;
+          H::mma(acc[j & 1][t], af, b0, b1);
+        }
       }
     }
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
 #pragma unroll
@@ -207,21 +225,21 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
 
 // The decode by rows (VARIANT 4, as w4_rows.cuh for W4): a CTA per 16 rows whose W warps split K
 // among themselves; their sums meet in shared memory (each warp's drained ring: [16 tokens][16 rows]
-// fp32, 1 KiB of its >= 4) in warp order, so no split-K workspace, counter or last CTA, and y is the
-// same bits run to run. NTOK token columns of 8 (M <= 8 or 16). Register cap 64 at one column (1024
-// threads per SM), 128 at two (512).
-template <typename T, int CODE, int NTOK, int STAGES, int W>
+// fp32, 1 KiB of its >= 4 KiB) in warp order, so no split-K workspace, counter or last CTA, and y is
+// the same bits run to run. NTOK token columns of 8 (M <= 8 or 16). Register cap 64 at one column
+// (1024 threads per SM), 128 at two (512). SUB = 2: VARIANT 6, 128-k slots (Slot).
+template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB = 1>
 __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w8_rows_kernel(const Args a) {
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  auto ring = [&](int w) { return reinterpret_cast<Stage*>(smem) + w * STAGES; };
+  auto ring = [&](int w) { return reinterpret_cast<Slot<SUB>*>(smem) + w * STAGES; };
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(ring(w)); };  // [token][row], once drained
   const int n0 = blockIdx.x * 16;
-  const int stages = a.K / kStageK, per_w = (stages + W - 1) / W;
-  const int s_lo = min(stages, warp * per_w), s_hi = min(stages, s_lo + per_w);
+  const int slots = a.K / (SUB * kStageK), per_w = (slots + W - 1) / W;
+  const int s_lo = min(slots, warp * per_w), s_hi = min(slots, s_lo + per_w);
   float out[NTOK][4];
-  w8_pass<T, CODE, NTOK, STAGES>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
+  w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
   __syncwarp();  // every lane's last reads of its ring slots are done
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -267,11 +285,11 @@ int launch(const Args& a, bool cluster_req, cudaStream_t s) {
   return static_cast<int>(launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, cluster ? a.o.split_k : 1}, a));
 }
 
-// VARIANT 4, the decode by rows: split_k is its warps (8 or 16)
-template <typename T, int CODE, int NTOK, int STAGES, int W>
+// VARIANT 4 and 6, the decode by rows: split_k is its warps (8 or 16)
+template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB>
 int launch_rows(const Args& a, cudaStream_t s) {
-  void (*kern)(const Args) = w8_rows_kernel<T, CODE, NTOK, STAGES, W>;
-  const int smem = W * STAGES * static_cast<int>(sizeof(Stage));
+  void (*kern)(const Args) = w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB>;
+  const int smem = W * STAGES * static_cast<int>(sizeof(Slot<SUB>));
   static bool raised = false;
   if (!raised) {
     const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -281,20 +299,34 @@ int launch_rows(const Args& a, cudaStream_t s) {
   return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
 }
 
+// Ring depths: 4 and 6 stages of 1 KiB a warp; wide (e4m3 only, the one row-major layout's code),
+// 2 and 3 slots of 2 KiB (the bytes of 4 and 6 stages: 16 warps x 3 slots = 96 KiB, two CTAs an SM)
 template <typename T, int CODE, int NTOK>
-int rows_by_stages(const Args& a, int stages, cudaStream_t s) {
+int rows_by_stages(const Args& a, int stages, bool wide, cudaStream_t s) {
   const bool w16 = a.o.split_k == 16;
+  if (wide) {
+    if constexpr (CODE == kE4M3) {
+      if (a.K % (2 * kStageK) != 0) return -1;
+      switch (stages) {
+        case 2: return w16 ? launch_rows<T, CODE, NTOK, 2, 16, 2>(a, s) : launch_rows<T, CODE, NTOK, 2, 8, 2>(a, s);
+        case 3: return w16 ? launch_rows<T, CODE, NTOK, 3, 16, 2>(a, s) : launch_rows<T, CODE, NTOK, 3, 8, 2>(a, s);
+        default: return -2;
+      }
+    }
+    return -1;
+  }
   switch (stages) {
-    case 4: return w16 ? launch_rows<T, CODE, NTOK, 4, 16>(a, s) : launch_rows<T, CODE, NTOK, 4, 8>(a, s);
-    case 6: return w16 ? launch_rows<T, CODE, NTOK, 6, 16>(a, s) : launch_rows<T, CODE, NTOK, 6, 8>(a, s);
+    case 4: return w16 ? launch_rows<T, CODE, NTOK, 4, 16, 1>(a, s) : launch_rows<T, CODE, NTOK, 4, 8, 1>(a, s);
+    case 6: return w16 ? launch_rows<T, CODE, NTOK, 6, 16, 1>(a, s) : launch_rows<T, CODE, NTOK, 6, 8, 1>(a, s);
     default: return -2;
   }
 }
 
 template <typename T, int CODE>
-int by_rows(const Args& a, int stages, cudaStream_t s) {
+int by_rows(const Args& a, int stages, bool wide, cudaStream_t s) {
   if (a.o.split_k != 8 && a.o.split_k != 16) return -1;
-  return a.o.M <= 8 ? rows_by_stages<T, CODE, 1>(a, stages, s) : rows_by_stages<T, CODE, 2>(a, stages, s);
+  return a.o.M <= 8 ? rows_by_stages<T, CODE, 1>(a, stages, wide, s)
+                    : rows_by_stages<T, CODE, 2>(a, stages, wide, s);
 }
 
 template <typename T, int CODE, int NTOK>
@@ -308,15 +340,15 @@ int by_stages(const Args& a, int stages, bool cluster, cudaStream_t s) {
 }
 
 template <typename T, int CODE>
-int by_tokens(const Args& a, int stages, bool cluster, bool rows, cudaStream_t s) {
-  if (rows) return by_rows<T, CODE>(a, stages, s);
+int by_tokens(const Args& a, int stages, bool cluster, int variant, cudaStream_t s) {
+  if (variant == kRows || variant == kRowsWide) return by_rows<T, CODE>(a, stages, variant == kRowsWide, s);
   return a.o.M <= 8 ? by_stages<T, CODE, 1>(a, stages, cluster, s) : by_stages<T, CODE, 2>(a, stages, cluster, s);
 }
 
 template <typename T>
-int by_code(const Args& a, int code, int stages, bool cluster, bool rows, cudaStream_t s) {
-  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, cluster, rows, s)
-                       : by_tokens<T, kE4M3>(a, stages, cluster, rows, s);
+int by_code(const Args& a, int code, int stages, bool cluster, int variant, cudaStream_t s) {
+  return code == kInt8 ? by_tokens<T, kInt8>(a, stages, cluster, variant, s)
+                       : by_tokens<T, kE4M3>(a, stages, cluster, variant, s);
 }
 
 }  // namespace
@@ -324,7 +356,8 @@ int by_code(const Args& a, int code, int stages, bool cluster, bool rows, cudaSt
 // code: 0 = int8, 1 = e4m3; dtype: 0 = bf16, 1 = fp16 (x, bias and y alike); scales fp32,
 // scale_stride 1 (per channel) or 0 (per tensor); cluster (sm_90+, split_k <= 16): the split-K CTAs
 // of a row tile reduce in a thread-block cluster, not through ws/counters; variant 4: the decode by
-// rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused), else split-K.
+// rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused); variant 6: the same on
+// 128-k slots (e4m3, K % 128 == 0; stages 2 or 3); else split-K.
 // Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
@@ -338,7 +371,6 @@ extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* sc
               M, N, split_k, scale_stride};
   const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool rows = variant == kRows;
-  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, rows, s)
-                    : by_code<__half>(a, code, stages, cluster != 0, rows, s);
+  return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, variant, s)
+                    : by_code<__half>(a, code, stages, cluster != 0, variant, s);
 }
