@@ -93,18 +93,25 @@ def test_decode_by_rows_matches_the_reference(fmt_name, per_tensor, tile_n, tile
     atomics), at one token column (M <= 8) and two. N = 2056: the last 16-row tile is half padding."""
     n = 2048 + 8
     q = _quantized(fmt_name, per_tensor, n, k, 11 * m + warps + k)
-    packed = reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k)
+    _check_rows(fmt_name, q, reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k), m, warps, stages,
+                cuda_w8.ROWS)
+
+
+def _check_rows(fmt_name, q, packed, m, warps, stages, variant):
+    """A rows variant on [m, K] activations in both dtypes: y within the contract's tolerance into a
+    NaN-poisoned output, the same bits run again and replayed from a CUDA graph (no atomics)."""
+    n, k = q["qweight"].shape
     for dtype in (torch.bfloat16, torch.float16):
         x = torch.randn(m, k, device="cuda").to(dtype)
         b = torch.randn(n, device="cuda").to(dtype)
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        y = cuda_w8.w8_decode(x, packed, (n, k), b, warps, out, stages=stages, variant=cuda_w8.ROWS)
+        y = cuda_w8.w8_decode(x, packed, (n, k), b, warps, out, stages=stages, variant=variant)
         err = reference.rel_err(y, reference.ref_linear(x, fmt_name, q, b, weights_only=True))
         assert err < TOL[dtype], f"{dtype}: rel err {err:.2e}"
-        assert torch.equal(cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=cuda_w8.ROWS), y)
+        assert torch.equal(cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=variant), y)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            h = cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=cuda_w8.ROWS)
+            h = cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=variant)
         g.replay()
         torch.cuda.synchronize()
         assert torch.equal(h, y)
@@ -123,21 +130,8 @@ def test_decode_by_rows_on_wide_slots_matches_the_reference(per_tensor, tile_k, 
     is layout-neutral). N = 2056: the last 16-row tile is half padding."""
     n = 2048 + 8
     q = _quantized("fp8", per_tensor, n, k, 13 * m + warps + k)
-    packed = reference.pack_bytes(q["qweight"], q["scales"], 16, tile_k)
-    for dtype in (torch.bfloat16, torch.float16):
-        x = torch.randn(m, k, device="cuda").to(dtype)
-        b = torch.randn(n, device="cuda").to(dtype)
-        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        y = cuda_w8.w8_decode(x, packed, (n, k), b, warps, out, stages=stages, variant=cuda_w8.ROWS_WIDE)
-        err = reference.rel_err(y, reference.ref_linear(x, "fp8", q, b, weights_only=True))
-        assert err < TOL[dtype], f"{dtype}: rel err {err:.2e}"
-        assert torch.equal(cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=cuda_w8.ROWS_WIDE), y)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            h = cuda_w8.w8_decode(x, packed, (n, k), b, warps, stages=stages, variant=cuda_w8.ROWS_WIDE)
-        g.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(h, y)
+    _check_rows("fp8", q, reference.pack_bytes(q["qweight"], q["scales"], 16, tile_k), m, warps, stages,
+                cuda_w8.ROWS_WIDE)
 
 
 @pytest.mark.gpu
