@@ -140,11 +140,11 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
 def test_the_tuner_offers_the_8bit_decode_by_rows_at_few_tokens(setup):
     """W8A16 and FP8 decode (csrc/w8.cu): split-K and the decode by rows (VARIANT 4, SPLIT_K its
     warps) at every M <= 16, rows in each warp count and ring depth it is built for; neither past 16.
-    FP8 (row-major) also on 128-k slots (VARIANT 6), where K is a multiple of 128."""
+    Also on 128-k slots (VARIANT 6), where K is a multiple of 128."""
     from turbopack.inference.kernels import cuda_w8, tune
 
     for k in (14336, 4160):
-        wide = setup == "fp8" and k % 128 == 0
+        wide = k % 128 == 0
         for m in (1, 8, 9, 16, 17):
             cands = [c for c in tune.candidates(setup, 4096, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA]
             for v in (cuda_w8.ROWS, cuda_w8.ROWS_WIDE):

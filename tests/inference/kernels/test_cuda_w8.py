@@ -119,27 +119,28 @@ def _check_rows(fmt_name, q, packed, m, warps, stages, variant):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("per_tensor,tile_k", [(False, None), (True, None), (False, 64)])
+@pytest.mark.parametrize("fmt_name,per_tensor,tile_n,tile_k", CASES)
 @pytest.mark.parametrize("m", [1, 8, 9, 16])
 @pytest.mark.parametrize("warps,stages", [(8, 2), (16, 3), (0, 2)])
 @pytest.mark.parametrize("k", [1536, 384])
-def test_decode_by_rows_on_wide_slots_matches_the_reference(per_tensor, tile_k, m, warps, stages, k):
-    """VARIANT 6, the decode by rows on 128-k ring slots (e4m3): 12 slots over 8 warps and unevenly
-    over 16; K = 384: 3 slots, so most warps have none. y matches the reference, bit-identical on
-    re-runs and from a CUDA graph, on the row-major layout it is for and on the tiled one (the kernel
-    is layout-neutral). N = 2056: the last 16-row tile is half padding."""
+def test_decode_by_rows_on_wide_slots_matches_the_reference(fmt_name, per_tensor, tile_n, tile_k, m, warps, stages,
+                                                             k):
+    """VARIANT 6, the decode by rows on 128-k ring slots: 12 slots over 8 warps and unevenly over 16;
+    K = 384: 3 slots, so most warps have none. y matches the reference, bit-identical on re-runs and
+    from a CUDA graph, on every byte layout (the row-major one it was made for, the tiled ones).
+    N = 2056: the last 16-row tile is half padding."""
     n = 2048 + 8
-    q = _quantized("fp8", per_tensor, n, k, 13 * m + warps + k)
-    _check_rows("fp8", q, reference.pack_bytes(q["qweight"], q["scales"], 16, tile_k), m, warps, stages,
+    q = _quantized(fmt_name, per_tensor, n, k, 13 * m + warps + k)
+    _check_rows(fmt_name, q, reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k), m, warps, stages,
                 cuda_w8.ROWS_WIDE)
 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("fmt_name,k", [("fp8", 1600), ("w8a16", 1536)])
+@pytest.mark.parametrize("fmt_name,k", [("fp8", 1600), ("w8a16", 1600)])
 def test_wide_slots_fall_back_to_the_decode_by_rows(fmt_name, k):
-    """Where the 128-k slots cannot run (K % 128 = 64; int8 codes, for which they are not built),
-    VARIANT 6 runs VARIANT 4 at the same ring bytes: the same bits as asking for it."""
+    """Where the 128-k slots cannot run (K % 128 = 64), VARIANT 6 runs VARIANT 4 at the same ring
+    bytes: the same bits as asking for it."""
     n, m = 1024, 3
     q = _quantized(fmt_name, False, n, k, k)
     packed = reference.pack_bytes(q["qweight"], q["scales"], 16, None if fmt_name == "fp8" else 64)

@@ -3,7 +3,7 @@ int8 (w8a16) and float8 e4m3 (fp8) codes in any of the byte layouts (i8_t{16,64}
 fp8_t16x64_upcast, fp8_rowmajor), bf16/fp16 activations, M <= 16 tokens, tensor-core GEMV with a
 cp.async ring (config keys SPLIT_K, STAGES, VARIANT, CLUSTER): split-K over CTAs, or (VARIANT 4, the
 decode by rows) a CTA per 16 rows whose warps split K and sum in shared memory; VARIANT 6 is the
-decode by rows on 128-k ring slots, for fp8_rowmajor (a row's whole 128-byte line per copy).
+decode by rows on 128-k ring slots (a row's whole 128-byte line per copy: made for fp8_rowmajor).
 
 On sm89/sm90 the fp8 format's own math quantizes activations to e4m3 per token (fp8_rowmajor
 through _scaled_mm); for decode this kernel keeps them 16-bit instead, the weights-only math of
@@ -36,7 +36,7 @@ _SIGNATURES = {
 }
 #: VARIANT: 0 (unset) = split-K over CTAs; ROWS = the decode by rows (the number cuda_w4.ROWS has):
 #: SPLIT_K is its warps per CTA (ROWS_WARPS, 0 = ROWS_DEFAULT_WARPS); ROWS_WIDE = the same on ring
-#: slots of two stages (128 k: e4m3 codes, K % 128 == 0; elsewhere ROWS at the same ring bytes);
+#: slots of two stages (128 k: K % 128 == 0; elsewhere ROWS at the same ring bytes);
 #: value: the ring depths each is built for (ROWS_WIDE's 2 and 3 slots are ROWS' 4 and 6 stages' bytes)
 SPLIT, ROWS, ROWS_WIDE = 0, 4, 6
 VARIANTS = {SPLIT: STAGES, ROWS: (4, 6), ROWS_WIDE: (2, 3)}
@@ -88,7 +88,7 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     qw, s = packed["qweight"], packed["scales"]
     tn, s_tile, s_row, s_stage = strides(qw)
     n, k = shape
-    if variant == ROWS_WIDE and (k % WIDE_K or qw.dtype != torch.float8_e4m3fn):  # built for e4m3 only
+    if variant == ROWS_WIDE and k % WIDE_K:
         variant, stages = ROWS, 2 * stages
     n_pad = qw.shape[0] * tn
     m = x2.shape[0]

@@ -36,7 +36,7 @@ constexpr int kWarps = 4;    // 4 x 16 rows per CTA
 constexpr int kStageK = 64;  // one stage: 64 codes of 16 rows = 1 KiB per warp
 enum : int { kInt8 = 0, kE4M3 = 1 };
 constexpr int kRows = 4;     // VARIANT of the decode by rows (the number W4's has, cuda_w4.ROWS)
-constexpr int kRowsWide = 6;  // the decode by rows on 128-k ring slots (e4m3 only; below at w8_pass)
+constexpr int kRowsWide = 6;  // the decode by rows on 128-k ring slots (Slot, below)
 
 template <typename T, int CODE> struct Codes;
 // cvt: lo = codes (0, 1), hi = codes (2, 3) of the 32-bit word w, as 16-bit pairs. kXScale (16-bit
@@ -89,10 +89,11 @@ template <> struct Codes<__half, kE4M3> : Exact<__half> {
 };
 
 // A ring slot: SUB consecutive stages of the warp's 16 rows, sub-stage h = [row g | row g + 8][lane],
-// 16 codes each. SUB = 2 (kRowsWide) for fp8_rowmajor, whose stage is 16 runs of 64 bytes K bytes
-// apart (the int8 layouts' is one contiguous KiB): one slot copies each row's whole 128-byte line at
-// once, where two 64-byte stages a ring apart left the DRAM page of each row to be opened twice
-// (run 16: FP8 down 28.6 us against the same bytes in i8_t64x64's order, 23.2).
+// 16 codes each. SUB = 2 (kRowsWide) was made for fp8_rowmajor, whose stage is 16 runs of 64 bytes K
+// bytes apart (the tiled layouts' is one contiguous KiB): one slot copies each row's whole 128-byte
+// line at once, where two 64-byte stages a ring apart left each row's DRAM page to be opened twice
+// (run 16, 4096 x 14336: row-major 28.9 us plain, 23.4 wide; tiled 22.9 plain, 22.0 wide, so it is
+// built for the tiled int8 layouts too).
 template <int SUB> struct Slot {
   uint4 w[SUB][2][32];
 };
@@ -299,21 +300,18 @@ int launch_rows(const Args& a, cudaStream_t s) {
   return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
 }
 
-// Ring depths: 4 and 6 stages of 1 KiB a warp; wide (e4m3 only, the one row-major layout's code),
-// 2 and 3 slots of 2 KiB (the bytes of 4 and 6 stages: 16 warps x 3 slots = 96 KiB, two CTAs an SM)
+// Ring depths: 4 and 6 stages of 1 KiB a warp; wide, 2 and 3 slots of 2 KiB (the bytes of 4 and 6
+// stages: 16 warps x 3 slots = 96 KiB, two CTAs an SM)
 template <typename T, int CODE, int NTOK>
 int rows_by_stages(const Args& a, int stages, bool wide, cudaStream_t s) {
   const bool w16 = a.o.split_k == 16;
   if (wide) {
-    if constexpr (CODE == kE4M3) {
-      if (a.K % (2 * kStageK) != 0) return -1;
-      switch (stages) {
-        case 2: return w16 ? launch_rows<T, CODE, NTOK, 2, 16, 2>(a, s) : launch_rows<T, CODE, NTOK, 2, 8, 2>(a, s);
-        case 3: return w16 ? launch_rows<T, CODE, NTOK, 3, 16, 2>(a, s) : launch_rows<T, CODE, NTOK, 3, 8, 2>(a, s);
-        default: return -2;
-      }
+    if (a.K % (2 * kStageK) != 0) return -1;
+    switch (stages) {
+      case 2: return w16 ? launch_rows<T, CODE, NTOK, 2, 16, 2>(a, s) : launch_rows<T, CODE, NTOK, 2, 8, 2>(a, s);
+      case 3: return w16 ? launch_rows<T, CODE, NTOK, 3, 16, 2>(a, s) : launch_rows<T, CODE, NTOK, 3, 8, 2>(a, s);
+      default: return -2;
     }
-    return -1;
   }
   switch (stages) {
     case 4: return w16 ? launch_rows<T, CODE, NTOK, 4, 16, 1>(a, s) : launch_rows<T, CODE, NTOK, 4, 8, 1>(a, s);
@@ -357,7 +355,7 @@ int by_code(const Args& a, int code, int stages, bool cluster, int variant, cuda
 // scale_stride 1 (per channel) or 0 (per tensor); cluster (sm_90+, split_k <= 16): the split-K CTAs
 // of a row tile reduce in a thread-block cluster, not through ws/counters; variant 4: the decode by
 // rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused); variant 6: the same on
-// 128-k slots (e4m3, K % 128 == 0; stages 2 or 3); else split-K.
+// 128-k slots (K % 128 == 0; stages 2 or 3); else split-K.
 // Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
