@@ -1,5 +1,5 @@
-"""The decode by rows (VARIANT 4: W4A16's csrc/w4_rows.cuh, W8A16's and FP8's w8_rows_kernel in
-csrc/w8.cu) against the shipped table's config, per layer and token count, on one GPU.
+"""The decode by rows (VARIANT 4: W4A16's csrc/w4_rows.cuh; W8A16's, FP8's and W8A8's w8_rows_kernel
+in csrc/w8.cu) against the shipped table's config, per layer and token count, on one GPU.
 
 Each candidate is checked against the float64 contract on fresh inputs (bench.TOL) and timed as
 bench_linear times (CUDA graph, weights rotated past L2, median; PDL off). Prints one row per
@@ -10,6 +10,7 @@ configs/sm90.json on the device).
 
     python3 benchmarks/device/rows_ab.py --model llama3-8b --ms 1,2,4,8 --write-table
     python3 benchmarks/device/rows_ab.py --format w8a16 --ms 1,4,8 --write-table
+    python3 benchmarks/device/rows_ab.py --format w8a8 --ms 1,8,16    # i8_rowmajor, x kept 16-bit
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from turbopack.inference.kernels.config import KernelConfig  # noqa: E402
 from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
 #: the bench.SETUPS names with a decode by rows (tune.rows_candidates: its configs per M)
-FORMATS = ("w4a16", "w8a16", "fp8")
+FORMATS = ("w4a16", "w8a16", "fp8", "w8a8")
 #: the rows variants beside the plain one, as the table's last column names them (W4's rows of 64,
 #: the 8-bit kernel's 128-k slots)
 TAGS = {cuda_w4.ROWS64: "r64 ", cuda_w8.ROWS_WIDE: "wide "}

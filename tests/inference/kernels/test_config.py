@@ -136,7 +136,7 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
         assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)
 
 
-@pytest.mark.parametrize("setup", ["w8a16", "fp8"])
+@pytest.mark.parametrize("setup", ["w8a16", "fp8", "w8a8"])
 def test_the_tuner_offers_the_8bit_decode_by_rows_at_few_tokens(setup):
     """W8A16 and FP8 decode (csrc/w8.cu): split-K and the decode by rows (VARIANT 4, SPLIT_K its
     warps) at every M <= 16, rows in each warp count and ring depth it is built for; neither past 16.

@@ -150,6 +150,33 @@ def test_wide_slots_fall_back_to_the_decode_by_rows(fmt_name, k):
     assert reference.rel_err(y, reference.ref_linear(x, fmt_name, q, None, weights_only=True)) < TOL[torch.bfloat16]
 
 
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m", [1, 9])
+@pytest.mark.parametrize("variant,warps,stages",
+                         [(cuda_w8.ROWS, 8, 4), (cuda_w8.ROWS_WIDE, 16, 2), (cuda_w8.SPLIT, 3, 4)])
+def test_w8a8_rowmajor_decodes_with_16bit_activations(m, variant, warps, stages):
+    """i8_rowmajor (w8a8's layout, 8-row tiles read as 16): the kernel gives the weights-only math
+    (x kept 16-bit, more accurate than the W8A8 contract), also through dispatch's CUDA config, the
+    same bits."""
+    from turbopack.inference.kernels.config import KernelConfig, KernelName
+    from turbopack.inference.kernels.dispatch import FAMILIES
+    from turbopack.layouts.base import LayoutName
+
+    n, k = 2048 + 16, 1536
+    q = _quantized("w8a8", False, n, k, 17 * m + variant)
+    packed = reference.pack_bytes(q["qweight"], q["scales"], 8, None)
+    if variant != cuda_w8.SPLIT:
+        _check_rows("w8a8", q, packed, m, warps, stages, variant)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    assert cuda_w8.supports(x, packed, (n, k))
+    y = cuda_w8.w8_decode(x, packed, (n, k), None, warps, stages=stages, variant=variant)
+    assert reference.rel_err(y, reference.ref_linear(x, "w8a8", q, None, weights_only=True)) < TOL[torch.bfloat16]
+    cfg = KernelConfig(KernelName.CUDA, split_k=warps, ring_stages=stages, variant=variant or None)
+    got = FAMILIES.get(LayoutName.I8_ROWMAJOR).run(x, packed, (n, k), None, cfg, None, None)
+    assert torch.equal(got, y) if variant != cuda_w8.SPLIT else reference.rel_err(got, y) < 1e-3
+
+
 def _every_code(fmt_name: str, n: int, k: int) -> torch.Tensor:
     """[n, k] codes holding every finite byte value of the format (e4m3: no NaN 0x7F/0xFF)."""
     vals = torch.arange(256, dtype=torch.int32)
@@ -175,10 +202,10 @@ def test_every_code_converts_exactly(fmt_name, tile_k, dtype):
         assert torch.equal(y, want[:, k0:k0 + 16].T), f"codes k={k0}..{k0 + 15}"
 
 
-@pytest.mark.parametrize("tile_n,tile_k", [(64, 64), (16, 64), (16, None)])
+@pytest.mark.parametrize("tile_n,tile_k", [(64, 64), (16, 64), (16, None), (8, None)])
 def test_kernel_addressing_reads_every_code_of_the_layout(tile_n, tile_k):
     """The kernel's byte address of (n, k), from cuda_w8.strides, finds code (n, k) in the packed
-    tensor (CPU: the same formula w8.cu evaluates)."""
+    tensor (CPU: the same formula w8.cu evaluates; i8_rowmajor's 8-row tiles read as 16)."""
     n, k = 80, 192
     codes = (torch.arange(n * k) * 7 % 251).to(torch.uint8).view(n, k)
     packed = reference.pack_bytes(codes.view(torch.int8), torch.ones(n), tile_n, tile_k)["qweight"]
@@ -186,3 +213,14 @@ def test_kernel_addressing_reads_every_code_of_the_layout(tile_n, tile_k):
     nn, kk = torch.meshgrid(torch.arange(n), torch.arange(k), indexing="ij")
     addr = (nn // tn) * s_tile + (nn % tn) * s_row + (kk // 64) * s_stage + kk % 64
     assert torch.equal(packed.view(torch.uint8).flatten()[addr], codes)
+
+
+def test_w8a8_weights_only_reference_keeps_x_16bit():
+    """ref_linear's weights-only w8a8 (the CUDA decode's contract on i8_rowmajor) is w8a16's math on
+    the same codes and scales; the W8A8 contract rounds x to int8 per token, so it differs."""
+    torch.manual_seed(3)
+    x = torch.randn(3, 256).bfloat16()
+    q = get_format("w8a8").quantize(torch.randn(64, 256) * 0.02)
+    got = reference.ref_linear(x, "w8a8", q, weights_only=True)
+    assert torch.equal(got, reference.ref_linear(x, "w8a16", q))
+    assert not torch.equal(got, reference.ref_linear(x, "w8a8", q))

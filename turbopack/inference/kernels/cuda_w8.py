@@ -1,15 +1,16 @@
 """The CUDA C++ weight-only 8-bit decode kernel (csrc/w8.cu; built by cuda_build at first use):
-int8 (w8a16) and float8 e4m3 (fp8) codes in any of the byte layouts (i8_t{16,64}x64,
-fp8_t16x64_upcast, fp8_rowmajor), bf16/fp16 activations, M <= 16 tokens, tensor-core GEMV with a
+int8 (w8a16, w8a8) and float8 e4m3 (fp8) codes in any of the byte layouts (i8_t{16,64}x64,
+i8_rowmajor, fp8_t16x64_upcast, fp8_rowmajor), bf16/fp16 activations, M <= 16 tokens, tensor-core GEMV with a
 cp.async ring (config keys SPLIT_K, STAGES, VARIANT, CLUSTER): split-K over CTAs, or (VARIANT 4, the
 decode by rows) a CTA per 16 rows whose warps split K and sum in shared memory; VARIANT 6 is the
 decode by rows on 128-k ring slots (a row's whole 128-byte line per copy: made for fp8_rowmajor).
 
 On sm89/sm90 the fp8 format's own math quantizes activations to e4m3 per token (fp8_rowmajor
-through _scaled_mm); for decode this kernel keeps them 16-bit instead, the weights-only math of
-fp8_t16x64_upcast: y = fp32(sum x16 * q) * s. That is more accurate than the W8A8 contract (no
-activation rounding) and reads the same packed bytes; dispatch uses it only where the tuned table
-says it is faster.
+through _scaled_mm), and the w8a8 format's to int8 (i8_rowmajor through the Triton int8 GEMM or
+_int_mm); for decode this kernel keeps them 16-bit instead, the weights-only math of
+fp8_t16x64_upcast and w8a16: y = fp32(sum x16 * q) * s. That is more accurate than the W8A8
+contracts (no activation rounding) and reads the same packed bytes; dispatch uses it only where the
+tuned table says it is faster.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def library(device: torch.device) -> ctypes.CDLL:
 
 def strides(qweight: torch.Tensor) -> tuple[int, int, int, int]:
     """(TN, s_tile, s_row, s_stage) in bytes of a byte layout's codes: tiled [NT, KT, TN, 64] or
-    row-major [NT, TN, K_pad]; byte (n, k) = (n//TN)*s_tile + (n%TN)*s_row + (k//64)*s_stage + k%64."""
+    row-major [NT, TN, K_pad]; byte (n, k) = (n//TN)*s_tile + (n%TN)*s_row + (k//64)*s_stage + k%64.
+    Row-major addressing is the same for any tile height, so i8_rowmajor's TN = 8 is read as 16 (the
+    kernel's rows g and g + 8 share a tile; supports() wants 16 | N_pad)."""
     if qweight.dim() == 4:
         nt, kt, tn, tk = qweight.shape
         return tn, kt * tn * tk, tk, tn * tk
     nt, tn, kp = qweight.shape
+    tn = tn if tn % 16 == 0 else 16
     return tn, tn * kp, kp, STAGE_K
 
 
@@ -67,7 +71,12 @@ def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int
     tiled_ok = qw.dim() == 3 or qw.shape[3] == 64
     return (cuda_build.usable(x2) and qw.dtype in _CODE and tiled_ok and packed["scales"].dtype == torch.float32
             and 1 <= x2.shape[0] <= M_MAX and shape[1] % STAGE_K == 0 and strides(qw)[0] % 16 == 0
-            and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+            and n_padded(qw) % 16 == 0 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+
+
+def n_padded(qweight: torch.Tensor) -> int:
+    """The rows the packed codes hold (N rounded up to the layout's tile height)."""
+    return qweight.shape[0] * qweight.shape[-2]
 
 
 def default_split(n_pad: int, k: int, device: torch.device) -> int:
@@ -90,7 +99,7 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     n, k = shape
     if variant == ROWS_WIDE and k % WIDE_K:
         variant, stages = ROWS, 2 * stages
-    n_pad = qw.shape[0] * tn
+    n_pad = n_padded(qw)
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias

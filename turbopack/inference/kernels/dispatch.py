@@ -79,8 +79,14 @@ FAMILIES.register(LayoutName.I8_T16X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.I8_T64X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
 FAMILIES.register(LayoutName.NVFP4_T16X64, _wo(weight_only.NVFP4))
-FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(lambda x2, p, s, b, c, o, f: w8a8.linear(x2, p, s, b, c, o),
-                                                 lambda m, n, k, f: w8a8.default_config(m, n, k)))
+def _i8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
+    # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
+    if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
+        return _w8(x2, packed, shape, bias, cfg, out)
+    return w8a8.linear(x2, packed, shape, bias, cfg, out)
+
+
+FAMILIES.register(LayoutName.I8_ROWMAJOR, Family(_i8_rowmajor, lambda m, n, k, f: w8a8.default_config(m, n, k)))
 
 
 def _w4mm(x2, packed, shape, bias, cfg, out, group):

@@ -118,7 +118,7 @@ def ref_linear(x: torch.Tensor, fmt_name: str, q: dict[str, torch.Tensor], bias:
     x2 = x.reshape(-1, x.shape[-1])
     if fmt_name == "w4a16":
         y = x2.double() @ w4_weight16(q, x.dtype).double().T
-    elif fmt_name == "w8a16" or (fmt_name == "fp8" and weights_only):
+    elif fmt_name == "w8a16" or (fmt_name in ("fp8", "w8a8") and weights_only):
         s = q["scales"].double()
         y = (x2.double() @ q["qweight"].double().T) * (s if s.numel() > 1 else s[0])
     elif fmt_name == "nvfp4":  # e2m1 * e4m3 is exact; 1/gs once, after the sum

@@ -18,6 +18,8 @@ from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
+#: the bench.SETUPS whose codes the CUDA 8-bit decode reads (cuda_w8; w8a8's and fp8's with 16-bit x)
+W8_SETUPS = ("w8a16", "fp8", "fp8_upcast", "w8a8")
 #: (BN, BK, num_warps, num_stages) for the one-token GEMV
 _GEMV = [(16, 256, 2, 1), (16, 512, 4, 1), (32, 256, 4, 1), (32, 512, 4, 2), (64, 256, 4, 1), (64, 512, 8, 1),
          (32, 128, 4, 3), (64, 256, 8, 3)]
@@ -43,7 +45,7 @@ def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
     is built for: the 8-bit kernel's at M <= 16 (cuda_w8; also on 128-k slots where K allows),
     W4A16's 16- and 64-row CTAs at M <= 8 (cuda_w4: one token column; ring 4 only, which won every
     8B layer in run 14); none elsewhere. k = 0: any K."""
-    if setup in ("w8a16", "fp8", "fp8_upcast") and m <= cuda_w8.M_MAX:
+    if setup in W8_SETUPS and m <= cuda_w8.M_MAX:
         wide = k % cuda_w8.WIDE_K == 0  # csrc/w8.cu Slot
         mod, variants = cuda_w8, (cuda_w8.ROWS, cuda_w8.ROWS_WIDE) if wide else (cuda_w8.ROWS,)
     elif setup == "w4a16" and m <= 8:
@@ -61,7 +63,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
         hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() == cuda_w4wg.CAPABILITY
     layout, params = SETUPS[setup]
     w8: list[KernelConfig] = []
-    if setup in ("w8a16", "fp8", "fp8_upcast") and m <= 16:  # the CUDA C++ 8-bit decode kernel
+    if setup in W8_SETUPS and m <= 16:  # the CUDA C++ 8-bit decode kernel
         base = _splits(math.ceil(n / 64), k // 64, sms)
         for sk in sorted(set(base + [max(1, base[0] // 2)])):
             w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st) for st in (4, 6, 8)]  # cuda_w8.STAGES
@@ -71,7 +73,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
     if layout == "fp8_rowmajor":
         return w8 + [KernelConfig(KernelName.SCALED_MM)]
     if layout == "i8_rowmajor":
-        return _i8_candidates(n, k, m, sms)
+        return w8 + _i8_candidates(n, k, m, sms)
     ks = params.get("group_size", 64)
     out: list[KernelConfig] = w8
     if m == 1:
