@@ -12,6 +12,7 @@
 # .scratch/sm90_pre_w8rows.json; < 360 s.
 #   bash benchmarks/device/rows8.sh
 #   MODELS="llama3-8b" MS=1 bash benchmarks/device/rows8.sh
+#   AB_FORMATS="w8a16 w8a8" FORMATS=bf16,w8a16,w8a8 BASE_TABLE=none bash benchmarks/device/rows8.sh
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 T=turbopack/inference/kernels/configs/sm90.json
