@@ -31,7 +31,7 @@ from turbopack.inference.kernels.config import KernelConfig  # noqa: E402
 from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
 #: the bench.SETUPS names with a decode by rows (tune.rows_candidates: its configs per M)
-FORMATS = ("w4a16", "w8a16", "fp8", "w8a8")
+FORMATS = ("w4a16", *tune.W8_SETUPS)
 #: the rows variants beside the plain one, as the table's last column names them (W4's rows of 64,
 #: the 8-bit kernel's 128-k slots)
 TAGS = {cuda_w4.ROWS64: "r64 ", cuda_w8.ROWS_WIDE: "wide "}

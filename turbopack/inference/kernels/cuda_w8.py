@@ -55,14 +55,13 @@ def library(device: torch.device) -> ctypes.CDLL:
 def strides(qweight: torch.Tensor) -> tuple[int, int, int, int]:
     """(TN, s_tile, s_row, s_stage) in bytes of a byte layout's codes: tiled [NT, KT, TN, 64] or
     row-major [NT, TN, K_pad]; byte (n, k) = (n//TN)*s_tile + (n%TN)*s_row + (k//64)*s_stage + k%64.
-    Row-major addressing is the same for any tile height, so i8_rowmajor's TN = 8 is read as 16 (the
-    kernel's rows g and g + 8 share a tile; supports() wants 16 | N_pad)."""
+    Row-major addressing is the same for any tile height, so a row-major layout is read in tiles of
+    16 (the kernel's rows g and g + 8 share a tile; i8_rowmajor's own are 8: supports() wants 16 | N_pad)."""
     if qweight.dim() == 4:
         nt, kt, tn, tk = qweight.shape
         return tn, kt * tn * tk, tk, tn * tk
-    nt, tn, kp = qweight.shape
-    tn = tn if tn % 16 == 0 else 16
-    return tn, tn * kp, kp, STAGE_K
+    kp = qweight.shape[2]
+    return 16, 16 * kp, kp, STAGE_K
 
 
 def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
