@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The dense W4A16 decode by rows (cuda_w4 VARIANT 4, csrc/w4_rows.cuh) in one call:
+# The dense W4A16 decode by rows (cuda_w4 VARIANT 4-6, csrc/w4_rows.cuh, w4_rowsx.cuh) in one call:
 # - its GPU tests, the other decode variants' and the MoE kernels' (they share w4_feed.cuh now);
 # - the 8B W4A16 step at batch 1 and 8 (bench_e2e --e2e --quick --fusion-ab; the shipped path is its
-#   "attention" column) on the table before rows ($V7_TABLE, carried) and on the shipped one;
-# - rows_ab.py: per layer of each bench.MODELS family at M = 1, 2, 4, 8, the shipped table's config
-#   against both rows configs; the table with every rows win goes to $OUT/sm90.json;
+#   "attention" column) on the table before rows ($V7_TABLE, carried; none: skipped) and on the shipped one;
+# - rows_ab.py: per layer of each bench.MODELS family at M = $MS (1,2,4,8), the shipped table's config
+#   against every rows config (tune.rows_candidates); the table with every rows win goes to $OUT/sm90.json;
 # - the 8B step again on that table.
 # Carry .scratch/prebuilt.tar.xz and .scratch/sm90_v7.json; < 480 s. stdout holds the summaries, the
 # A/B tables go to $OUT/ab.md (a call returns few files: the logs stay in /tmp/rows).
 #   bash benchmarks/device/rows.sh
+#   V7_TABLE=none MS=1,2,4,8,16 bash benchmarks/device/rows.sh   # the rows with x per stage up to M = 16
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 T=turbopack/inference/kernels/configs/sm90.json
@@ -25,12 +26,13 @@ e2e() {
   timeout ${E2E_S:-80} python3 benchmarks/bench_e2e.py --e2e --quick --fusion-ab --formats w4a16 --out $LOG/e2e_$1 \
     2> $LOG/e2e_$1.log | grep -E "^\| (w4a16|1|8) "; grep -iE "error|Traceback" $LOG/e2e_$1.log | head -3
 }
-cp ${V7_TABLE:-.scratch/sm90_v7.json} $T; e2e v7
+V7_TABLE=${V7_TABLE:-.scratch/sm90_v7.json}
+[ "$V7_TABLE" != none ] && { cp $V7_TABLE $T; e2e v7; }
 cp $LOG/sm90_shipped.json $T; e2e shipped
 for m in llama3-8b qwen3-8b gemma2-9b phi4-mini; do
   step "rows A/B, $m"
   echo "### $m" >> "$OUT/ab.md"
-  timeout ${AB_S:-60} python3 benchmarks/device/rows_ab.py --model $m --write-table --out $LOG/ab_$m \
+  timeout ${AB_S:-60} python3 benchmarks/device/rows_ab.py --model $m --ms ${MS:-1,2,4,8} --write-table --out $LOG/ab_$m \
     2> $LOG/ab_$m.log | grep -v "^|---" >> "$OUT/ab.md"
   tail -2 "$OUT/ab.md"
   grep -E "FAILED|REJECTED" $LOG/ab_$m.log | head -3

@@ -32,9 +32,9 @@ from turbopack.inference.kernels.dispatch import resolve_config  # noqa: E402
 
 #: the bench.SETUPS names with a decode by rows (tune.rows_candidates: its configs per M)
 FORMATS = ("w4a16", *tune.W8_SETUPS)
-#: the rows variants beside the plain one, as the table's last column names them (W4's rows of 64,
-#: the 8-bit kernel's 128-k slots)
-TAGS = {cuda_w4.ROWS64: "r64 ", cuda_w8.ROWS_WIDE: "wide "}
+#: the rows variants beside the plain one, as the table's last column names them, per kernel family
+#: (W4's rows of 64 and rows with x per stage, the 8-bit kernel's 128-k slots)
+TAGS = {"w4": {cuda_w4.ROWS64: "r64 ", cuda_w4.ROWS_X: "rx "}, "w8": {cuda_w8.ROWS_WIDE: "wide "}}
 
 
 def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, tuple[int, int]], layout: str) -> dict:
@@ -79,7 +79,8 @@ def main() -> int:
                 print(f"| {name} | {m} | {r_base.get('error', '')} | | {r_rows.get('error', '')} | | | | |")
                 continue
             floor = (wt.nbytes + 2 * m * (n + k)) / bw * 1e6
-            every = " ".join(f"{TAGS.get(c.get('VARIANT'), '')}{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}"
+            tags = TAGS["w4" if args.format == "w4a16" else "w8"]
+            every = " ".join(f"{tags.get(c.get('VARIANT'), '')}{c['SPLIT_K']}/{c['STAGES']}: {t:.1f}"
                              for t, c in r_rows["tried"])
             print(f"| {name} | {m} | {base.describe()} | {r_base['us']:.2f} | {r_rows['cfg'].describe()} | "
                   f"{r_rows['us']:.2f} | {r_base['us'] / r_rows['us']:.2f}x | {100 * floor / r_rows['us']:.0f}% | "

@@ -193,10 +193,43 @@ def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dt
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 13, 16])
+@pytest.mark.parametrize("group,sym,warps,k,with_bias", ROWS_CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_by_rows_with_x_per_stage_matches_reference(m, group, sym, warps, k, with_bias, dtype):
+    """VARIANT 6 (csrc/w4_rowsx.cuh: x from L1 per stage, q - z in the A registers) against the contract
+    at one and two token columns (M = 9, 13: a partly empty second column), both tile layouts, a
+    partial tile, uneven and empty K slices; bit-identical run to run and through a CUDA graph; and
+    within fp32 summation order of the staged-x rows kernel (VARIANT 4) where that one runs."""
+    n = 1024 + 48
+    fmt, q, reference = _weight(n, k, group, sym, dtype, 17 * m + warps + k)
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=out, group=group, stages=4, variant=cuda_w4.ROWS_X)
+        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
+        assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
+        graph_out = torch.empty_like(out)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=graph_out, group=group, stages=4,
+                              variant=cuda_w4.ROWS_X)
+        g.replay()
+        assert torch.equal(graph_out, out)
+        if m <= 8:  # VARIANT 4 (or, where x's staged rows do not fit, its v7 fallback): the same sums in another order
+            staged = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=cuda_w4.ROWS)
+            assert reference.rel_err(out, staged.float()) < 2e-3
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("m", [1, 9, 16])
 def test_decode_by_rows_falls_back_to_v7(m):
-    """Where rows cannot run, v7 at the default split does: M > 8 (one token column) and scales not
-    16-byte aligned (a view one element in); a row stride past K reads the right rows."""
+    """Where rows cannot run, v7 at the default split does: M > 8 (VARIANT 4: one token column) and
+    scales not 16-byte aligned (a view one element in; VARIANT 6 too); a row stride past K reads the
+    right rows (VARIANT 6 at M = 9, 16 runs itself with it)."""
     n, k, group = 1024 + 48, 2048, 64
     fmt, q, reference = _weight(n, k, group, False, torch.bfloat16, 5 + m)
     packed = reference.pack_w4(q, 64)
@@ -208,8 +241,9 @@ def test_decode_by_rows_falls_back_to_v7(m):
         t = packed[key]
         odd[key] = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
     for p in (packed, odd):
-        y = cuda_w4.w4_decode(x, p, (n, k), None, 8, group=group, stages=4, variant=cuda_w4.ROWS)
-        assert reference.rel_err(y, want) < 1e-2
+        for variant in (cuda_w4.ROWS, cuda_w4.ROWS_X):  # ROWS_X falls back on the unaligned view only
+            y = cuda_w4.w4_decode(x, p, (n, k), None, 8, group=group, stages=4, variant=variant)
+            assert reference.rel_err(y, want) < 1e-2
 
 
 @pytest.mark.gpu

@@ -4,7 +4,8 @@ launched on torch's current stream (CUDA-graph capturable). Two kernels:
   decode   M <= 16 tokens: tensor-core GEMV with a cp.async ring (config keys SPLIT_K, STAGES, VARIANT:
            0 = v5, 1 = v6 with the sum of x per group once per CTA, 2 = v7: v6 with the scales in the
            ring, 3 = v8: v7 on a persistent stripe schedule, SPLIT_K read as CTAs per SM; 4 = rows: a
-           CTA per 16 rows whose warps split K, M <= 8, SPLIT_K read as its warps; csrc/w4.cu)
+           CTA per 16 rows whose warps split K, M <= 8, SPLIT_K read as its warps; 6 = rows with x per
+           stage and the zero points out in the A registers, M <= 16; csrc/w4.cu)
   dq_mm    any M: the packed codes dequantized into a scratch 16-bit W (one coalesced pass, the
            contract's weights bit for bit), then one cuBLAS GEMM; wins where the GEMM's time
            dwarfs the extra pass (prefill; the tuned table says from which M)
@@ -36,8 +37,10 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: 4 = rows (a CTA per 16 rows, K split among its warps and summed in shared memory, no split-K workspace;
 #: SPLIT_K = its warps, ROWS_WARPS, 0 = 16; M <= 8, else v7 at the default split; csrc/w4_rows.cuh)
 #: 5 = rows of 64 (rows with 4 row tiles a CTA: its warps are 4 x SPLIT_K / 4 K slices, which share x)
-VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,)}
-V7, V8, ROWS, ROWS64 = 2, 3, 4, 5
+#: 6 = rows with x per stage (rows' CTA; x from L1 stage by stage, q - z made in the A registers, so no
+#: staged x or sums of x: M <= 16 in two token columns; csrc/w4_rowsx.cuh)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,), 6: (4,)}
+V7, V8, ROWS, ROWS64, ROWS_X = 2, 3, 4, 5, 6
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
@@ -125,7 +128,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    if variant in (ROWS, ROWS64):  # SPLIT_K is its warps; split-K buffers for v7, its fallback (csrc/w4_rows.cuh)
+    if variant in (ROWS, ROWS64, ROWS_X):  # SPLIT_K is its warps; split-K buffers for v7, its fallback
         split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), default_split(nt * tn, k, x2.device))
     elif variant == V8:  # SPLIT_K is CTAs per SM; any tile may be shared by several stripes: split-K buffers

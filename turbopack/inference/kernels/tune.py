@@ -44,12 +44,12 @@ def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
     """The decode by rows' configs for (setup, M, K), SPLIT_K its warps per CTA, at each ring depth it
     is built for: the 8-bit kernel's at M <= 16 (cuda_w8; also on 128-k slots where K allows),
     W4A16's 16- and 64-row CTAs at M <= 8 (cuda_w4: one token column; ring 4 only, which won every
-    8B layer in run 14); none elsewhere. k = 0: any K."""
+    8B layer in run 14) and its rows with x per stage at M <= 16; none elsewhere. k = 0: any K."""
     if setup in W8_SETUPS and m <= cuda_w8.M_MAX:
         wide = k % cuda_w8.WIDE_K == 0  # csrc/w8.cu Slot
         mod, variants = cuda_w8, (cuda_w8.ROWS, cuda_w8.ROWS_WIDE) if wide else (cuda_w8.ROWS,)
-    elif setup == "w4a16" and m <= 8:
-        mod, variants = cuda_w4, (cuda_w4.ROWS, cuda_w4.ROWS64)
+    elif setup == "w4a16" and m <= cuda_w4.M_MAX:
+        mod, variants = cuda_w4, (cuda_w4.ROWS, cuda_w4.ROWS64, cuda_w4.ROWS_X) if m <= 8 else (cuda_w4.ROWS_X,)
     else:
         return []
     return [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=v)

@@ -2,7 +2,8 @@
 //   turbopack_w4_decode   M <= 16 tokens, tensor-core GEMV (the decode step); variant 0 = v5
 //                         (w4_decode_kernel), 1 = v6 and 2 = v7 (w4_decode_v6_kernel, w4_v67.cuh), 3 = v8
 //                         (w4_decode_v8_kernel, w4_v8.cuh: v7 on persistent stripes), 4 = rows (w4_rows_kernel,
-//                         w4_rows.cuh: a CTA per 16 rows, K split among its warps, M <= 8)
+//                         w4_rows.cuh: a CTA per 16 rows, K split among its warps, M <= 8), 6 = rows with x
+//                         per stage (w4_rowsx_kernel, w4_rowsx.cuh: zeros out in the A registers, M <= 16)
 //   turbopack_w4_dequant  packed codes -> 16-bit W [NP, K_pad] (prefill: then one cuBLAS GEMM; w4_dequant.cuh)
 //
 // Layout recap: one (TN x 64) tile of codes is TN rows x 32 bytes, contiguous; word j of a row
@@ -370,12 +371,14 @@ int by_group(const Args& a, int stages, int variant, bool cluster, cudaStream_t 
 
 // the decode by rows, on v5's Args and v7 (by_group) as its fallback
 #include "w4_rows.cuh"  // by_rows: w4_rows_kernel (VARIANT 4 and 5)
+#include "w4_rowsx.cuh"  // by_rows_x: w4_rowsx_kernel (VARIANT 6)
 
 namespace {
 
 template <typename T>
 int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
   if (variant == 4 || variant == 5) return by_rows<T>(a, stages, variant, s);
+  if (variant == kRowsX) return by_rows_x<T>(a, stages, s);
   return a.M <= 8 ? by_group<T, 1>(a, stages, variant, cluster, s) : by_group<T, 2>(a, stages, variant, cluster, s);
 }
 
@@ -384,8 +387,8 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 // dtype: 0 = bf16, 1 = fp16 (activations, scales, bias and y alike). cluster (v7, split_k <= 16, sm_90+):
 // the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
 // through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2
-// unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows, 5 = rows of 64), -4 no SM count, else the
-// CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
+// unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows, 5 = rows of 64, 6 = rows with x
+// per stage), -4 no SM count, else the CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,

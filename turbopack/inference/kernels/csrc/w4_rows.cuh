@@ -128,18 +128,28 @@ int rows_by_group(const Args& a, cudaStream_t s) {
 // CTA (8 or 16), ring 4. Where it cannot run (M > 8: one token column; scales or zeros not 16-byte
 // aligned: v7's chunk copies; x's rows past the device's shared memory), v7 at the default split, as
 // v8's fallback.
+// The rows kernels copy 16-byte scale and zero chunks into their rings (DnFeed, as v7)
+bool chunks_aligned(const Args& a) {
+  return reinterpret_cast<uintptr_t>(a.scales) % 16 == 0 && reinterpret_cast<uintptr_t>(a.zeros) % 16 == 0;
+}
+
+// Where a rows kernel cannot run: v7 at the default split, ring 4
+template <typename T>
+int v7_fallback(const Args& a, cudaStream_t s) {
+  const int sms = sm_count();
+  if (sms <= 0) return -4;
+  const Args b = at_default_split(a, sms);
+  return a.M <= 8 ? by_group<T, 1>(b, 4, 2, false, s) : by_group<T, 2>(b, 4, 2, false, s);
+}
+
 template <typename T>
 int by_rows(const Args& a, int stages, int variant, cudaStream_t s) {
   if (stages != 4) return -2;
   if (a.split_k != 8 && a.split_k != 16) return -1;
   const int R = variant == 5 ? 4 : 1;
-  if (a.M > kRowsTokens || reinterpret_cast<uintptr_t>(a.scales) % 16 != 0 || reinterpret_cast<uintptr_t>(a.zeros) % 16 != 0 ||
-      rows_smem(a.split_k, R, 4, a.M, a.K, a.G, a.zeros != nullptr) > device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>()) {
-    const int sms = sm_count();
-    if (sms <= 0) return -4;
-    const Args b = at_default_split(a, sms);
-    return a.M <= 8 ? by_group<T, 1>(b, 4, 2, false, s) : by_group<T, 2>(b, 4, 2, false, s);
-  }
+  if (a.M > kRowsTokens || !chunks_aligned(a) ||
+      rows_smem(a.split_k, R, 4, a.M, a.K, a.G, a.zeros != nullptr) > device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>())
+    return v7_fallback<T>(a, s);
   return R == 4 ? rows_by_group<T, 4>(a, s) : rows_by_group<T, 1>(a, s);
 }
 

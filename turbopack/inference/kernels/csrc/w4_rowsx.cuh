@@ -1,0 +1,236 @@
+// The dense W4A16 decode by rows with x read per stage (turbopack_w4_decode VARIANT 6; w4.cu includes it
+// after w4_rows.cuh, whose v7 fallback it shares). M <= 16 tokens in one or two MMA token columns.
+// Why a second rows kernel: the first (w4_rows.cuh) multiplies the raw (M + q) codes and removes
+// (M + z) * sum x per group afterwards, so every warp stages x's rows of its K slice and sums them per
+// token before its loop. That prologue grows with M: at M = 8 gate_up took 78.8 us against v7's 28.2
+// (run 16), and v7's M = 16 costs 1.6x its M = 1 (run 11). The 8-bit rows kernel (w8.cu), which stages
+// nothing and reads x from L1 stage by stage, keeps its M = 16 within 10% of its M = 1 (run 16). This
+// kernel is that structure for W4 codes:
+//   - the ring, its scale/zero chunks and the weight copies before pdl_wait are w4_rows.cuh's (DnFeed's
+//     sources, to fixed shared addresses: SharedFeed);
+//   - x's fragments come from L1 per stage (load_x, read before the ring's wait so the load overlaps it);
+//   - the zero point leaves in the A registers: lop3 makes the pair (M + q) and one HSUB2 of (M + z)
+//     leaves q - z, exact (|q - z| <= 15 in a 16-bit float), so the MMA sums (q - z) x and a group's
+//     epilogue is out += s * acc (fp32): no sums of x, no staged x, no tables. One instruction more
+//     per register pair than the raw codes (run 3's "HSUB2 + HMUL2" form was two, and applied the
+//     scale in 16 bits); the scale stays in fp32, so y is the contract's up to fp32 summation order;
+//   - the warps' sums meet in their drained rings in warp order and the first 16 * M threads store y
+//     (w8.cu's w8_rows_kernel): no workspace, counter or last CTA, the same bits run to run.
+#pragma once
+#include "common.cuh"
+#include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue
+#include "w4_stage.cuh"  // Stage, SzSlot, load_x
+
+namespace {
+
+constexpr int kRowsX = 6;          // the VARIANT
+constexpr int kRowsXTokens = 16;   // two MMA token columns
+
+// (M + z) of rows g and g + 8 of group gi as 16-bit pairs: z <= 15 lands in the mantissa of M = 128
+// (bf16, unit 1) or 1024 (fp16, unit 1), so the bits are M's plus z in each half (sym: z = 8)
+template <typename T, int NG, bool ASYM>
+__device__ __forceinline__ void zero_pairs(const SzSlot<NG, ASYM>& sl, int gi, int g, uint32_t (&zp)[2]) {
+  constexpr uint32_t kM = Half16<T>::kMagic, kBoth = 0x00010001u;
+  if constexpr (ASYM) {
+    const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
+    zp[0] = kM + zc[g] * kBoth;
+    zp[1] = kM + zc[g + 8] * kBoth;
+  } else {
+    zp[0] = zp[1] = kM + 8u * kBoth;
+  }
+}
+
+// acc[tile][t] = sum over the tile's 64 k of (q - z) x, weight_mma's fragments (w4.cu's K order) with
+// (M + z) subtracted in the A registers: a0/a2 are row g's pairs, a1/a3 row g + 8's. Per tile, so
+// that each token column has two independent MMA chains of four.
+template <typename T, int NTOK, int NG>
+__device__ __forceinline__ void weight_mma_z(float (&acc)[2][NTOK][4], const Stage& st, const uint4 (&xv)[NTOK][2][2],
+                                             const uint32_t (&zp)[NG][2], int g, int c) {
+  using H = Half16<T>;
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[tile][t][i] = 0.f;
+    const uint32_t zl = zp[NG == 1 ? 0 : tile][0], zh = zp[NG == 1 ? 0 : tile][1];
+    const uint2 wl = reinterpret_cast<const uint2*>(&st.w[tile][0])[g * 4 + c];        // row g, bytes 8c..
+    const uint2 wh = reinterpret_cast<const uint2*>(&st.w[tile][0])[(g + 8) * 4 + c];  // row g + 8
+#pragma unroll
+    for (int step = 0; step < 4; ++step) {
+      const uint32_t lo = (step >> 1) ? wl.y : wl.x, hi = (step >> 1) ? wh.y : wh.x;
+      const int sh = 8 * (step & 1);
+      const uint32_t af[4] = {H::sub2(lop3_magic<H::kMagic>(lo >> sh), zl), H::sub2(lop3_magic<H::kMagic>(hi >> sh), zh),
+                              H::sub2(lop3_magic<H::kMagic>(lo >> (sh + 4)), zl),
+                              H::sub2(lop3_magic<H::kMagic>(hi >> (sh + 4)), zh)};
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const uint4& q = xv[t][tile][step >> 1];
+        H::mma(acc[tile][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
+      }
+    }
+  }
+}
+
+// out += s * acc for the stage's groups (tile i is group i at G = 64; both tiles group 0 at G = 128)
+template <typename T, int NTOK, int NG, bool ASYM>
+__device__ __forceinline__ void scale_acc(float (&out)[NTOK][4], const float (&acc)[2][NTOK][4],
+                                          const SzSlot<NG, ASYM>& sl, int g) {
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile) {
+    const T* sc = reinterpret_cast<const T*>(&sl.v[2 * (NG == 1 ? 0 : tile)]);
+    const float s0 = Half16<T>::to_f(sc[g]), s1 = Half16<T>::to_f(sc[g + 8]);
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) {
+      out[t][0] = fmaf(s0, acc[tile][t][0], out[t][0]);
+      out[t][1] = fmaf(s0, acc[tile][t][1], out[t][1]);
+      out[t][2] = fmaf(s1, acc[tile][t][2], out[t][2]);
+      out[t][3] = fmaf(s1, acc[tile][t][3], out[t][3]);
+    }
+  }
+}
+
+// The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
+// fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue): under the 64-register cap
+// the compiler redid DnFeed's generic -> shared conversion and slot arithmetic at every copy (~40 of the
+// stage's ~190 SASS instructions, S2R and LDC included)
+template <typename T, int NG, bool ASYM>
+struct SharedFeed {
+  static constexpr uint32_t kSlot = sizeof(DnSlot<NG, ASYM>);
+  Feed<T, NG> f;
+  long long tile_step;
+  uint64_t policy;
+  uint32_t w0, sz0;
+  bool sz_lane;
+  __device__ __forceinline__ SharedFeed(const Lin& L, int n0, int s_lo, int lane, DnSlot<NG, ASYM>* ring) {
+    sz_lane = lane < SzSlot<NG, ASYM>::kChunks;
+    f.init(L, 0, n0, s_lo, lane, sz_lane ? lane : 0);
+    tile_step = (long long)L.TN * 2;
+    policy = l2_evict_first();
+    w0 = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].w.w[0][lane]));
+    sz0 = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].sz.v[sz_lane ? lane : 0]));
+  }
+  __device__ __forceinline__ void issue(int slot) {
+    const uint32_t w = w0 + slot * kSlot;
+    if constexpr ((kKnockout & kKoLoad) == 0) {
+      cp_async16_hint_s(w, f.w, policy);
+      cp_async16_hint_s(w + static_cast<uint32_t>(sizeof(Stage::w[0])), f.w + tile_step, policy);
+    }
+    f.w += 2 * tile_step;
+    if ((kKnockout & kKoScales) == 0 && sz_lane) cp_async16_s(sz0 + slot * kSlot, f.sz);
+    f.sz += f.sz_step;
+  }
+};
+
+// A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages. Register cap as w8.cu's rows:
+// 64 at one token column (1024 threads per SM), 128 at two (512).
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W>
+__global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w4_rowsx_kernel(const Args a) {
+  constexpr int NG = kStageK / G;
+  using Slot = DnSlot<NG, ASYM>;
+  extern __shared__ uint4 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int n0 = blockIdx.x * 16;
+  const int stages = a.K / kStageK, per_w = (stages + W - 1) / W;
+  const int w_lo = min(stages, warp * per_w), nst = min(stages, w_lo + per_w) - w_lo;
+  Slot* ring = reinterpret_cast<Slot*>(smem) + warp * STAGES;
+  const Lin L{a.qw, a.scales, a.zeros, a.o.N, a.NP, a.K, a.KT, a.KGP, a.TN};
+  SharedFeed<T, NG, ASYM> feed(L, n0, w_lo, lane, ring);
+  auto issue = [&](int slot) { feed.issue(slot); };
+  ring_prologue<STAGES>(nst, issue);
+  const uint4* xsrc[NTOK];
+  bool has_tok[NTOK];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t) {  // a missing token reads token 0 (load_x's ALL): its column is never stored
+    const int tok = 8 * t + g;
+    has_tok[t] = tok < a.M;
+    xsrc[t] = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)(has_tok[t] ? tok : 0) * a.stride_xm +
+                                             w_lo * kStageK + 16 * c);
+  }
+  float out[NTOK][4];
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
+  pdl_wait();  // x from here on
+  int rd = 0, wr = STAGES - 1;
+  for (int j = 0; j < nst; ++j) {
+    uint4 xv[NTOK][2][2];
+    load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8));
+    cp_async_wait<STAGES - 2>();
+    __syncwarp();  // slot rd's bytes and chunks (copied by other lanes) are visible; slot wr is free
+    if (j + STAGES - 1 < nst) issue(wr);
+    cp_async_commit();
+    wr = wr + 1 == STAGES ? 0 : wr + 1;
+    if constexpr ((kKnockout & kKoMath) == 0) {
+      uint32_t zp[NG][2];
+#pragma unroll
+      for (int gi = 0; gi < NG; ++gi) zero_pairs<T, NG, ASYM>(ring[rd].sz, gi, g, zp[gi]);
+      float acc[2][NTOK][4];
+      weight_mma_z<T, NTOK, NG>(acc, ring[rd].w, xv, zp, g, c);
+      scale_acc<T, NTOK, NG, ASYM>(out, acc, ring[rd].sz, g);
+    }
+    rd = rd + 1 == STAGES ? 0 : rd + 1;
+  }
+  cp_async_wait<0>();
+  __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
+  float(*part)[16] = reinterpret_cast<float(*)[16]>(ring);
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1
+      const int tok = 8 * t + 2 * c + (i & 1);
+      if (tok < a.M) part[tok][g + 8 * (i >> 1)] = out[t][i];
+    }
+  __syncthreads();
+  pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
+  for (int idx = threadIdx.x; idx < 16 * a.M; idx += W * 32) {
+    const int r = idx & 15, tok = idx >> 4, row = n0 + r;
+    if (row >= a.o.N) continue;
+    float v = 0.f;
+    for (int w = 0; w < W; ++w) v += reinterpret_cast<const float(*)[16]>(reinterpret_cast<const Slot*>(smem) + w * STAGES)[tok][r];
+    store_y<T>(a.o, row, tok, v);
+  }
+}
+
+// Shared memory of a launch: W warps' rings of STAGES slots (>= the 1 KiB of a warp's [16][16] sums)
+constexpr int rowsx_smem(int W, int stages, int G, bool asym) {
+  return W * stages * static_cast<int>(sizeof(Stage) + 16 * (asym ? 3 : 2) * (kStageK / G));
+}
+
+template <typename T, int NTOK, int G, bool ASYM, int W>
+int launch_rowsx(const Args& a, cudaStream_t s) {
+  static_assert(sizeof(DnSlot<kStageK / G, ASYM>) * 4 == rowsx_smem(1, 4, G, ASYM), "a ring slot is a Stage and its chunks");
+  void (*kern)(const Args) = w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W>;
+  constexpr int smem = rowsx_smem(W, 4, G, ASYM);  // 16 warps: 67-71 KiB, past the default 48
+  static bool raised = false;
+  if (!raised) {
+    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = true;
+  }
+  return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
+}
+
+template <typename T, int NTOK>
+int rowsx_by_group(const Args& a, cudaStream_t s) {
+  const bool asym = a.zeros != nullptr, w16 = a.split_k == 16;
+  if (a.G == 128) {
+    if (asym) return w16 ? launch_rowsx<T, NTOK, 128, true, 16>(a, s) : launch_rowsx<T, NTOK, 128, true, 8>(a, s);
+    return w16 ? launch_rowsx<T, NTOK, 128, false, 16>(a, s) : launch_rowsx<T, NTOK, 128, false, 8>(a, s);
+  }
+  if (asym) return w16 ? launch_rowsx<T, NTOK, 64, true, 16>(a, s) : launch_rowsx<T, NTOK, 64, true, 8>(a, s);
+  return w16 ? launch_rowsx<T, NTOK, 64, false, 16>(a, s) : launch_rowsx<T, NTOK, 64, false, 8>(a, s);
+}
+
+// VARIANT 6: split_k is its warps (8 or 16), ring 4. Scales or zeros not 16-byte aligned (the ring's
+// chunk copies): v7 at the default split, as by_rows.
+template <typename T>
+int by_rows_x(const Args& a, int stages, cudaStream_t s) {
+  if (stages != 4) return -2;
+  if (a.split_k != 8 && a.split_k != 16) return -1;
+  if (!chunks_aligned(a)) return v7_fallback<T>(a, s);
+  return a.M <= 8 ? rowsx_by_group<T, 1>(a, s) : rowsx_by_group<T, 2>(a, s);
+}
+
+}  // namespace
