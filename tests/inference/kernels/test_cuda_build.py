@@ -8,6 +8,7 @@ for bit."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 
 import pytest
@@ -167,6 +168,24 @@ ROWS_CASES = [(128, False, 16, 1664, True), (64, True, 8, 1664, False), (128, Tr
               (64, False, 16, 14336, False), (128, False, 8, 14336, True)]
 
 
+def _rows_runs(m, group, sym, warps, k, with_bias, dtype, variant, seed):
+    """Per tile layout (64, then 16 rows) of a W4 weight with a partial tile (N = 1072): a decode by
+    rows of fresh x into a NaN-poisoned y, checked against the contract; yields the call (x, weight,
+    bias, warps bound; pass variant and out) and that y."""
+    n = 1024 + 48
+    fmt, q, reference = _weight(n, k, group, sym, dtype, seed)
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        run = functools.partial(cuda_w4.w4_decode, x, packed, (n, k), b, warps, group=group, stages=4)
+        run(out=out, variant=variant)
+        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
+        assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
+        yield run, out
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("m", [1, 2, 3, 8])
@@ -177,17 +196,8 @@ def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dt
     """The decode by rows against the contract in both tile layouts with a partial tile (N = 1072;
     at tile_n 16 and 64 rows a CTA, the last CTA's fourth row tile is past the padded rows), bit-identical
     run to run (no split-K sums: the warps meet in shared memory in a fixed order)."""
-    n = 1024 + 48
-    fmt, q, reference = _weight(n, k, group, sym, dtype, 31 * m + warps + k)
-    for tile_n in (64, 16):
-        packed = reference.pack_w4(q, tile_n)
-        x = torch.randn(m, k, device="cuda").to(dtype)
-        b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
-        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=out, group=group, stages=4, variant=variant)
-        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
-        assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
-        again = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=variant)
+    for run, out in _rows_runs(m, group, sym, warps, k, with_bias, dtype, variant, 31 * m + warps + k):
+        again = run(variant=variant)
         assert torch.equal(again, out) or (m, k) == (8, 14336)  # there v7 runs: its split-K sums are not
 
 
@@ -199,28 +209,18 @@ def test_decode_by_rows_matches_reference(m, group, sym, warps, k, with_bias, dt
 def test_decode_by_rows_with_x_per_stage_matches_reference(m, group, sym, warps, k, with_bias, dtype):
     """VARIANT 6 (csrc/w4_rowsx.cuh: x from L1 per stage, q - z in the A registers) against the contract
     at one and two token columns (M = 9, 13: a partly empty second column), both tile layouts, a
-    partial tile, uneven and empty K slices; bit-identical run to run and through a CUDA graph; and
-    within fp32 summation order of the staged-x rows kernel (VARIANT 4) where that one runs."""
-    n = 1024 + 48
-    fmt, q, reference = _weight(n, k, group, sym, dtype, 17 * m + warps + k)
-    for tile_n in (64, 16):
-        packed = reference.pack_w4(q, tile_n)
-        x = torch.randn(m, k, device="cuda").to(dtype)
-        b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
-        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=out, group=group, stages=4, variant=cuda_w4.ROWS_X)
-        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
-        assert err < 1e-2, f"tile_n={tile_n}: rel err {err:.2e}"
+    partial tile, uneven and empty K slices; bit-identical through a CUDA graph; and within fp32
+    summation order of the staged-x rows kernel (VARIANT 4, or its v7 fallback) at M <= 8."""
+    for run, out in _rows_runs(m, group, sym, warps, k, with_bias, dtype, cuda_w4.ROWS_X, 17 * m + warps + k):
         graph_out = torch.empty_like(out)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            cuda_w4.w4_decode(x, packed, (n, k), b, warps, out=graph_out, group=group, stages=4,
-                              variant=cuda_w4.ROWS_X)
+            run(out=graph_out, variant=cuda_w4.ROWS_X)
         g.replay()
         assert torch.equal(graph_out, out)
-        if m <= 8:  # VARIANT 4 (or, where x's staged rows do not fit, its v7 fallback): the same sums in another order
-            staged = cuda_w4.w4_decode(x, packed, (n, k), b, warps, group=group, stages=4, variant=cuda_w4.ROWS)
-            assert reference.rel_err(out, staged.float()) < 2e-3
+        if m <= 8:
+            staged = run(variant=cuda_w4.ROWS)
+            assert (out.float() - staged.float()).norm() / staged.float().norm() < 2e-3
 
 
 @pytest.mark.gpu

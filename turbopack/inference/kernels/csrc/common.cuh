@@ -189,6 +189,16 @@ cudaError_t launch_kernel(void (*kern)(P...), dim3 grid, dim3 block, size_t smem
   return launch_with(kern, grid, block, smem, s, Launch{g_pdl != 0, 1}, std::forward<A>(args)...);
 }
 
+// A kernel's dynamic shared memory cap raised to smem once (past the default 48 KiB; one attribute call,
+// `raised` the caller's static for that kernel)
+template <typename... P>
+cudaError_t raise_smem_once(void (*kern)(P...), bool& raised, int smem) {
+  if (raised) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  raised = e == cudaSuccess;
+  return e;
+}
+
 // Where a decode kernel's y goes: y [M, N] (+ bias [N]), times an optional fp32 per-row scale
 // (row_scale[row * scale_stride]; stride 0: one per-tensor scale), split-K through ws/counters.
 struct Out {
@@ -219,6 +229,20 @@ __device__ __forceinline__ void store_y(const Out& o, int row, int tok, float v)
   if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
   if (o.bias != nullptr) v += Half16<T>::to_f(static_cast<const T*>(o.bias)[row]);
   static_cast<T*>(o.y)[(long long)tok * o.N + row] = Half16<T>::from_f(v);
+}
+
+// The decode by rows' store (w8.cu, w4_rowsx.cuh): the warps' fp32 sums of the CTA's 16 rows n0..
+// meet in shared memory, part(w)[tok][row] for warp w < W; the first 16 M threads add them in warp
+// order (the same bits run to run) and store y. Rows past N are padding.
+template <typename T, int W, typename Part>
+__device__ __forceinline__ void rows_store(const Out& o, int n0, Part part) {
+  for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
+    const int r = idx & 15, tok = idx >> 4, row = n0 + r;
+    if (row >= o.N) continue;
+    float v = 0.f;
+    for (int w = 0; w < W; ++w) v += part(w)[tok][r];
+    store_y<T>(o, row, tok, v);
+  }
 }
 
 // A CTA's split-K arrival at its tile's counter, after its partials are written: true for the one

@@ -40,38 +40,6 @@ __device__ __forceinline__ void zero_pairs(const SzSlot<NG, ASYM>& sl, int gi, i
   }
 }
 
-// acc[tile][t] = sum over the tile's 64 k of (q - z) x, weight_mma's fragments (w4.cu's K order) with
-// (M + z) subtracted in the A registers: a0/a2 are row g's pairs, a1/a3 row g + 8's. Per tile, so
-// that each token column has two independent MMA chains of four.
-template <typename T, int NTOK, int NG>
-__device__ __forceinline__ void weight_mma_z(float (&acc)[2][NTOK][4], const Stage& st, const uint4 (&xv)[NTOK][2][2],
-                                             const uint32_t (&zp)[NG][2], int g, int c) {
-  using H = Half16<T>;
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile) {
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[tile][t][i] = 0.f;
-    const uint32_t zl = zp[NG == 1 ? 0 : tile][0], zh = zp[NG == 1 ? 0 : tile][1];
-    const uint2 wl = reinterpret_cast<const uint2*>(&st.w[tile][0])[g * 4 + c];        // row g, bytes 8c..
-    const uint2 wh = reinterpret_cast<const uint2*>(&st.w[tile][0])[(g + 8) * 4 + c];  // row g + 8
-#pragma unroll
-    for (int step = 0; step < 4; ++step) {
-      const uint32_t lo = (step >> 1) ? wl.y : wl.x, hi = (step >> 1) ? wh.y : wh.x;
-      const int sh = 8 * (step & 1);
-      const uint32_t af[4] = {H::sub2(lop3_magic<H::kMagic>(lo >> sh), zl), H::sub2(lop3_magic<H::kMagic>(hi >> sh), zh),
-                              H::sub2(lop3_magic<H::kMagic>(lo >> (sh + 4)), zl),
-                              H::sub2(lop3_magic<H::kMagic>(hi >> (sh + 4)), zh)};
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-        const uint4& q = xv[t][tile][step >> 1];
-        H::mma(acc[tile][t], af, (step & 1) ? q.z : q.x, (step & 1) ? q.w : q.y);
-      }
-    }
-  }
-}
-
 // out += s * acc for the stage's groups (tile i is group i at G = 64; both tiles group 0 at G = 128)
 template <typename T, int NTOK, int NG, bool ASYM>
 __device__ __forceinline__ void scale_acc(float (&out)[NTOK][4], const float (&acc)[2][NTOK][4],
@@ -167,30 +135,24 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
 #pragma unroll
       for (int gi = 0; gi < NG; ++gi) zero_pairs<T, NG, ASYM>(ring[rd].sz, gi, g, zp[gi]);
       float acc[2][NTOK][4];
-      weight_mma_z<T, NTOK, NG>(acc, ring[rd].w, xv, zp, g, c);
+      weight_mma<T, NTOK, false, NG>(acc, ring[rd].w, xv, g, c, zp);
       scale_acc<T, NTOK, NG, ASYM>(out, acc, ring[rd].sz, g);
     }
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
-  float(*part)[16] = reinterpret_cast<float(*)[16]>(ring);
+  auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1
       const int tok = 8 * t + 2 * c + (i & 1);
-      if (tok < a.M) part[tok][g + 8 * (i >> 1)] = out[t][i];
+      if (tok < a.M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
     }
   __syncthreads();
   pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
-  for (int idx = threadIdx.x; idx < 16 * a.M; idx += W * 32) {
-    const int r = idx & 15, tok = idx >> 4, row = n0 + r;
-    if (row >= a.o.N) continue;
-    float v = 0.f;
-    for (int w = 0; w < W; ++w) v += reinterpret_cast<const float(*)[16]>(reinterpret_cast<const Slot*>(smem) + w * STAGES)[tok][r];
-    store_y<T>(a.o, row, tok, v);
-  }
+  rows_store<T, W>(a.o, n0, part);
 }
 
 // Shared memory of a launch: W warps' rings of STAGES slots (>= the 1 KiB of a warp's [16][16] sums)
@@ -204,12 +166,8 @@ int launch_rowsx(const Args& a, cudaStream_t s) {
   void (*kern)(const Args) = w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W>;
   constexpr int smem = rowsx_smem(W, 4, G, ASYM);  // 16 warps: 67-71 KiB, past the default 48
   static bool raised = false;
-  if (!raised) {
-    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    raised = true;
-  }
-  return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
+  const cudaError_t e = raise_smem_once(kern, raised, smem);
+  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
 }
 
 template <typename T, int NTOK>

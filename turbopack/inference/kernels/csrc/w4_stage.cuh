@@ -90,11 +90,18 @@ __device__ __forceinline__ void sum_x(float2* xsum, const uint4* const (&xsrc)[N
 
 // acc[tile][t] = sum over the stage's 128 k of (M + q) x: v5's weight MMAs (fragment order above).
 // ONE (one group per stage): both tiles accumulate into acc[0], saving the zeroing of acc[1] and
-// the four FADDs that would join them (v7).
-template <typename T, int NTOK, bool ONE = false>
+// the four FADDs that would join them (v7). NGZ > 0 (the rows with x per stage, w4_rowsx.cuh): one
+// HSUB2 a register removes zp[group][0 / 1], the 16-bit pair M + z of row g / g + 8 (a0/a2 hold row
+// g's pairs, a1/a3 row g + 8's), so the MMAs sum (q - z) x; tile i is group i at NGZ = 2.
+template <typename T, int NTOK, bool ONE = false, int NGZ = 0>
 __device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage& st, const uint4 (&xv)[NTOK][2][2],
-                                           int g, int c) {
+                                           int g, int c, const uint32_t (*zp)[2] = nullptr) {
   using H = Half16<T>;
+  auto code = [&](uint32_t v, int tile, int row8) {
+    const uint32_t r = lop3_magic<H::kMagic>(v);
+    if constexpr (NGZ > 0) return H::sub2(r, zp[NGZ == 1 ? 0 : tile][row8]);
+    return r;
+  };
 #pragma unroll
   for (int tile = 0; tile < 2; ++tile) {
     if (!ONE || tile == 0) {
@@ -110,8 +117,8 @@ __device__ __forceinline__ void weight_mma(float (&acc)[2][NTOK][4], const Stage
     for (int step = 0; step < 4; ++step) {
       const uint32_t lo = (step >> 1) ? wl.y : wl.x, hi = (step >> 1) ? wh.y : wh.x;
       const int sh = 8 * (step & 1);
-      const uint32_t af[4] = {lop3_magic<H::kMagic>(lo >> sh), lop3_magic<H::kMagic>(hi >> sh),
-                              lop3_magic<H::kMagic>(lo >> (sh + 4)), lop3_magic<H::kMagic>(hi >> (sh + 4))};
+      const uint32_t af[4] = {code(lo >> sh, tile, 0), code(hi >> sh, tile, 1), code(lo >> (sh + 4), tile, 0),
+                              code(hi >> (sh + 4), tile, 1)};
 #pragma unroll
       for (int t = 0; t < NTOK; ++t) {
         const uint4& q = xv[t][tile][step >> 1];

@@ -251,13 +251,7 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
     }
   __syncthreads();
   pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
-  for (int idx = threadIdx.x; idx < 16 * a.o.M; idx += W * 32) {
-    const int r = idx & 15, tok = idx >> 4, row = n0 + r;
-    if (row >= a.o.N) continue;
-    float v = 0.f;
-    for (int w = 0; w < W; ++w) v += part(w)[tok][r];
-    store_y<T>(a.o, row, tok, v);
-  }
+  rows_store<T, W>(a.o, n0, part);
 }
 
 // The kernels with the cluster store: one token column (M <= 8), every ring depth
@@ -292,12 +286,8 @@ int launch_rows(const Args& a, cudaStream_t s) {
   void (*kern)(const Args) = w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB>;
   const int smem = W * STAGES * static_cast<int>(sizeof(Slot<SUB>));
   static bool raised = false;
-  if (!raised) {
-    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    raised = true;
-  }
-  return static_cast<int>(launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
+  const cudaError_t e = raise_smem_once(kern, raised, smem);
+  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
 }
 
 // Ring depths: 4 and 6 stages of 1 KiB a warp; wide, 2 and 3 slots of 2 KiB (the bytes of 4 and 6
