@@ -9,7 +9,7 @@
 # Carry .scratch/prebuilt.tar.xz and .scratch/sm90_v7.json; < 480 s. stdout holds the summaries, the
 # A/B tables go to $OUT/ab.md (a call returns few files: the logs stay in /tmp/rows).
 #   bash benchmarks/device/rows.sh
-#   V7_TABLE=none MS=1,2,4,8,16 bash benchmarks/device/rows.sh   # the rows with x per stage up to M = 16
+#   V7_TABLE=none MS=1,2,4,8,16 NCU=1 bash benchmarks/device/rows.sh   # rows with x per stage up to M = 16
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 T=turbopack/inference/kernels/configs/sm90.json
@@ -41,4 +41,21 @@ done
 cp $T "$OUT/sm90.json"
 e2e rows_all
 cp $LOG/sm90_shipped.json $T
+# NCU=1 (~80 s): why W4's rows read gate_up at ~73% of copy bandwidth where the 8-bit rows on wide
+# slots read the same 59 MB (int8 down, 4096 x 14336) at 83-88% (run 16): DRAM throughput, issue,
+# occupancy and stalls of each at M = 1, and of rows with x per stage at M = 16
+SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats"
+ncu_one() {  # name kernel-regex format shape m cfg-json
+  timeout 60 ncu --clock-control none --kernel-name regex:$2 --launch-skip 3 --launch-count 1 $SECTIONS \
+    python3 benchmarks/ncu_linear.py --format $3 --shape $4 --m $5 --cfg "$6" > $LOG/ncu_$1.txt 2>&1
+  echo "$1 rc=$?"; grep -E "rel err|Duration|DRAM Throughput|Issue Slots Busy|Registers Per|Achieved Occ|Warp Cycles Per Issued|No Eligible" \
+    $LOG/ncu_$1.txt | head -9
+}
+if [ "${NCU:-0}" = 1 ]; then
+  step ncu
+  ncu_one w4_rows w4_rows w4a16 gate_up 1 '{"kernel": "cuda", "SPLIT_K": 8, "STAGES": 4, "VARIANT": 4}'
+  ncu_one w4_rowsx w4_rowsx w4a16 gate_up 1 '{"kernel": "cuda", "SPLIT_K": 8, "STAGES": 4, "VARIANT": 6}'
+  ncu_one w4_rowsx16 w4_rowsx w4a16 gate_up 16 '{"kernel": "cuda", "SPLIT_K": 8, "STAGES": 4, "VARIANT": 6}'
+  ncu_one w8_wide w8_rows w8a16 down 1 '{"kernel": "cuda", "SPLIT_K": 8, "STAGES": 2, "VARIANT": 6}'
+fi
 step done
