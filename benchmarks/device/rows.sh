@@ -3,24 +3,29 @@
 # - its GPU tests, the other decode variants' and the MoE kernels' (they share w4_feed.cuh now);
 # - the 8B W4A16 step at batch 1 and 8 (bench_e2e --e2e --quick --fusion-ab; the shipped path is its
 #   "attention" column) on the table before rows ($V7_TABLE, carried; none: skipped) and on the shipped one;
-# - rows_ab.py: per layer of each bench.MODELS family at M = $MS (1,2,4,8), the shipped table's config
-#   against every rows config (tune.rows_candidates); the table with every rows win goes to $OUT/sm90.json;
+# - rows_ab.py: per layer of each family in $MODELS (the four bench.MODELS) at M = $MS (1,2,4,8), the
+#   table's config against every rows config (tune.rows_candidates), chained from $START_TABLE (carried;
+#   default the shipped one); the table with every rows win goes to $OUT/sm90.json;
 # - the 8B step again on that table.
 # Carry .scratch/prebuilt.tar.xz and .scratch/sm90_v7.json; < 480 s. stdout holds the summaries, the
 # A/B tables go to $OUT/ab.md (a call returns few files: the logs stay in /tmp/rows).
 #   bash benchmarks/device/rows.sh
-#   V7_TABLE=none MS=1,2,4,8,16 NCU=1 bash benchmarks/device/rows.sh   # rows with x per stage up to M = 16
+#   V7_TABLE=none MS=1,2,4,8,16 MODELS=llama3-8b TESTS_K=rows NCU=1 bash benchmarks/device/rows.sh
+#   V7_TABLE=none MS=1,2,4,8,16 MODELS="qwen3-8b gemma2-9b phi4-mini" TESTS_K=none \
+#     START_TABLE=.scratch/sm90_call1.json bash benchmarks/device/rows.sh   # (each < 600 s)
 source benchmarks/device/lib.sh
 export BUILD_S=${BUILD_S:-170}
 T=turbopack/inference/kernels/configs/sm90.json
 LOG=/tmp/rows; mkdir -p $LOG
 cp $T $LOG/sm90_shipped.json
 step build; build_libs > $LOG/build.log 2>&1; tail -1 $LOG/build.log
-step tests
-timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
-  tests/inference/kernels/test_cuda_moe.py tests/inference/test_moe_grouped.py -k "rows or v6_v7 or moe or grouped" \
-  > "$OUT/tests.txt" 2>&1
-echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -8
+TESTS_K=${TESTS_K:-rows or v6_v7 or moe or grouped}
+if [ "$TESTS_K" != none ]; then
+  step tests
+  timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
+    tests/inference/kernels/test_cuda_moe.py tests/inference/test_moe_grouped.py -k "$TESTS_K" > "$OUT/tests.txt" 2>&1
+  echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -8
+fi
 e2e() {
   step "8B W4A16 step, batch 1 and 8, $1 table"
   timeout ${E2E_S:-80} python3 benchmarks/bench_e2e.py --e2e --quick --fusion-ab --formats w4a16 --out $LOG/e2e_$1 \
@@ -28,8 +33,8 @@ e2e() {
 }
 V7_TABLE=${V7_TABLE:-.scratch/sm90_v7.json}
 [ "$V7_TABLE" != none ] && { cp $V7_TABLE $T; e2e v7; }
-cp $LOG/sm90_shipped.json $T; e2e shipped
-for m in llama3-8b qwen3-8b gemma2-9b phi4-mini; do
+cp ${START_TABLE:-$LOG/sm90_shipped.json} $T; e2e start
+for m in ${MODELS:-llama3-8b qwen3-8b gemma2-9b phi4-mini}; do
   step "rows A/B, $m"
   echo "### $m" >> "$OUT/ab.md"
   timeout ${AB_S:-60} python3 benchmarks/device/rows_ab.py --model $m --ms ${MS:-1,2,4,8} --write-table --out $LOG/ab_$m \
