@@ -19,12 +19,11 @@
 #pragma once
 #include "common.cuh"
 #include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue
-#include "w4_stage.cuh"  // Stage, SzSlot, load_x
+#include "w4_stage.cuh"  // Stage, SzSlot, load_x, weight_mma
 
 namespace {
 
-constexpr int kRowsX = 6;          // the VARIANT
-constexpr int kRowsXTokens = 16;   // two MMA token columns
+constexpr int kRowsX = 6;  // the VARIANT
 
 // (M + z) of rows g and g + 8 of group gi as 16-bit pairs: z <= 15 lands in the mantissa of M = 128
 // (bf16, unit 1) or 1024 (fp16, unit 1), so the bits are M's plus z in each half (sym: z = 8)
@@ -59,9 +58,9 @@ __device__ __forceinline__ void scale_acc(float (&out)[NTOK][4], const float (&a
 }
 
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
-// fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue): under the 64-register cap
-// the compiler redid DnFeed's generic -> shared conversion and slot arithmetic at every copy (~40 of the
-// stage's ~190 SASS instructions, S2R and LDC included)
+// fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared
+// conversion per copy. Under the 64-register cap the compiler still recomputes the lane's offsets
+// when it refills a slot (S2R, LDC): the stage loop is 188 SASS instructions, 191 with DnFeed.
 template <typename T, int NG, bool ASYM>
 struct SharedFeed {
   static constexpr uint32_t kSlot = sizeof(DnSlot<NG, ASYM>);
