@@ -38,8 +38,8 @@ for m in ${MODELS:-llama3-8b qwen3-8b gemma2-9b phi4-mini}; do
   step "rows A/B, $m"
   echo "### $m" >> "$OUT/ab.md"
   timeout ${AB_S:-60} python3 benchmarks/device/rows_ab.py --model $m --ms ${MS:-1,2,4,8} --write-table --out $LOG/ab_$m \
-    2> $LOG/ab_$m.log | grep -v "^|---" >> "$OUT/ab.md"
-  tail -2 "$OUT/ab.md"
+    2> $LOG/ab_$m.log | grep -v "^|---" | tee $LOG/ab_$m.md >> "$OUT/ab.md"
+  grep -E " / M=1 = |rows won" $LOG/ab_$m.md
   grep -E "FAILED|REJECTED" $LOG/ab_$m.log | head -3
   [ -f $LOG/ab_$m/sm90.json ] && cp $LOG/ab_$m/sm90.json $T
 done
