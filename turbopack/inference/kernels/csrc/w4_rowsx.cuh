@@ -60,7 +60,8 @@ __device__ __forceinline__ void scale_acc(float (&out)[NTOK][4], const float (&a
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
 // fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared
 // conversion per copy. Under the 64-register cap the compiler still recomputes the lane's offsets
-// when it refills a slot (S2R, LDC): the stage loop is 188 SASS instructions, 191 with DnFeed.
+// when it refills a slot (S2R, LDC): the stage loop, not unrolled, was 188 SASS instructions, 191 with
+// DnFeed (sm_90a, bf16, group 128, asym, one token column); unrolled by the ring (below), 168.
 template <typename T, int NG, bool ASYM>
 struct SharedFeed {
   static constexpr uint32_t kSlot = sizeof(DnSlot<NG, ASYM>);
@@ -120,24 +121,29 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   pdl_wait();  // x from here on
-  int rd = 0, wr = STAGES - 1;
-  for (int j = 0; j < nst; ++j) {
+  // one stage j in ring slot rd, a constant: the loop below is unrolled by STAGES (v7's form, which
+  // also reads x a stage ahead in two register sets: that spilled 12-116 bytes under the 64 cap)
+  auto step = [&](int j, int rd) {
     uint4 xv[NTOK][2][2];
     load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8));
     cp_async_wait<STAGES - 2>();
-    __syncwarp();  // slot rd's bytes and chunks (copied by other lanes) are visible; slot wr is free
-    if (j + STAGES - 1 < nst) issue(wr);
+    __syncwarp();  // slot rd's bytes and chunks (copied by other lanes) are visible; the slot before it is free
+    if (j + STAGES - 1 < nst) issue(rd == 0 ? STAGES - 1 : rd - 1);
     cp_async_commit();
-    wr = wr + 1 == STAGES ? 0 : wr + 1;
-    if constexpr ((kKnockout & kKoMath) == 0) {
-      uint32_t zp[NG][2];
+    if constexpr ((kKnockout & kKoMath) != 0) return;
+    uint32_t zp[NG][2];
 #pragma unroll
-      for (int gi = 0; gi < NG; ++gi) zero_pairs<T, NG, ASYM>(ring[rd].sz, gi, g, zp[gi]);
-      float acc[2][NTOK][4];
-      weight_mma<T, NTOK, false, NG>(acc, ring[rd].w, xv, g, c, zp);
-      scale_acc<T, NTOK, NG, ASYM>(out, acc, ring[rd].sz, g);
+    for (int gi = 0; gi < NG; ++gi) zero_pairs<T, NG, ASYM>(ring[rd].sz, gi, g, zp[gi]);
+    float acc[2][NTOK][4];
+    weight_mma<T, NTOK, false, NG>(acc, ring[rd].w, xv, g, c, zp);
+    scale_acc<T, NTOK, NG, ASYM>(out, acc, ring[rd].sz, g);
+  };
+  for (int j0 = 0; j0 < nst; j0 += STAGES) {
+#pragma unroll
+    for (int u = 0; u < STAGES; ++u) {
+      if (j0 + u >= nst) break;
+      step(j0 + u, u);
     }
-    rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
