@@ -231,11 +231,22 @@ __device__ __forceinline__ void store_y(const Out& o, int row, int tok, float v)
   static_cast<T*>(o.y)[(long long)tok * o.N + row] = Half16<T>::from_f(v);
 }
 
-// The decode by rows' store (w8.cu, w4_rowsx.cuh): the warps' fp32 sums of the CTA's 16 rows n0..
-// meet in shared memory, part(w)[tok][row] for warp w < W; the first 16 M threads add them in warp
-// order (the same bits run to run) and store y. Rows past N are padding.
-template <typename T, int W, typename Part>
-__device__ __forceinline__ void rows_store(const Out& o, int n0, Part part) {
+// The decode by rows' store (w8.cu, w4_rowsx.cuh): each warp's fp32 sums of the CTA's 16 rows n0..
+// (the MMA's C fragment: thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1) go to its
+// part(warp)[tok][row] in shared memory (its drained ring); after one barrier the first 16 M threads
+// add the W warps' parts in warp order (the same bits run to run) and store y. Rows past N are padding.
+template <typename T, int NTOK, int W, typename Part>
+__device__ __forceinline__ void rows_store(const Out& o, const float (&out)[NTOK][4], int n0, int warp, int g, int c,
+                                           Part part) {
+#pragma unroll
+  for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int tok = 8 * t + 2 * c + (i & 1);
+      if (tok < o.M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
+    }
+  __syncthreads();
+  pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
   for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
     const int r = idx & 15, tok = idx >> 4, row = n0 + r;
     if (row >= o.N) continue;

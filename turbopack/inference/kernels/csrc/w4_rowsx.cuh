@@ -148,16 +148,7 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1
-      const int tok = 8 * t + 2 * c + (i & 1);
-      if (tok < a.M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
-    }
-  __syncthreads();
-  pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
-  rows_store<T, W>(a.o, n0, part);
+  rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
 }
 
 // Shared memory of a launch: W warps' rings of STAGES slots (>= the 1 KiB of a warp's [16][16] sums)

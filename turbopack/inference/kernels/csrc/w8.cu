@@ -242,16 +242,7 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
   float out[NTOK][4];
   w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
   __syncwarp();  // every lane's last reads of its ring slots are done
-#pragma unroll
-  for (int t = 0; t < NTOK; ++t)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {  // thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1
-      const int tok = 8 * t + 2 * c + (i & 1);
-      if (tok < a.o.M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
-    }
-  __syncthreads();
-  pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
-  rows_store<T, W>(a.o, n0, part);
+  rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
 }
 
 // The kernels with the cluster store: one token column (M <= 8), every ring depth
