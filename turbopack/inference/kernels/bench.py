@@ -136,7 +136,7 @@ def check(wt: Weight, cfg: KernelConfig, x: torch.Tensor, ref: torch.Tensor | No
 def reference_out(wt: Weight, x: torch.Tensor, cfg: KernelConfig | None = None) -> torch.Tensor:
     """The layout's contract; the CUDA 8-bit decode kernel keeps fp8 and w8a8 activations 16-bit
     (cuda_w8)."""
-    cuda8 = wt.fmt_name in ("fp8", "w8a8") and cfg is not None and cfg.kernel is KernelName.CUDA
+    cuda8 = wt.fmt_name in reference.QUANTIZED_X and cfg is not None and cfg.kernel is KernelName.CUDA
     weights_only = get_layout(wt.layout_name).weights_only or cuda8
     return reference.ref_linear(x, wt.fmt_name, wt.q, None, weights_only=weights_only)
 

@@ -112,13 +112,18 @@ def w4_weight16(q: dict[str, torch.Tensor], act: torch.dtype) -> torch.Tensor:
     return w.to(act)
 
 
+#: the 8-bit formats whose contract also rounds x to 8 bits; ``weights_only`` keeps x 16-bit (the CUDA
+#: 8-bit decode's math, cuda_w8)
+QUANTIZED_X = ("fp8", "w8a8")
+
+
 def ref_linear(x: torch.Tensor, fmt_name: str, q: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
                weights_only: bool = False) -> torch.Tensor:
     """float64 reference of the kernel contract for ``fmt_name`` (w4a16, w8a16, w8a8, fp8, nvfp4), in float32."""
     x2 = x.reshape(-1, x.shape[-1])
     if fmt_name == "w4a16":
         y = x2.double() @ w4_weight16(q, x.dtype).double().T
-    elif fmt_name == "w8a16" or (fmt_name in ("fp8", "w8a8") and weights_only):
+    elif fmt_name == "w8a16" or (fmt_name in QUANTIZED_X and weights_only):
         s = q["scales"].double()
         y = (x2.double() @ q["qweight"].double().T) * (s if s.numel() > 1 else s[0])
     elif fmt_name == "nvfp4":  # e2m1 * e4m3 is exact; 1/gs once, after the sum
