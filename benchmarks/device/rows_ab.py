@@ -41,7 +41,7 @@ def table_with_rows(wins: dict[tuple[str, int], KernelConfig], dims: dict[str, t
     """The shipped sm90.json with bucket M of each (layer, M) that rows won set to its rows config."""
     src = Path(cuda_w4.__file__).parent / "configs" / "sm90.json"
     d = json.loads(src.read_text())
-    shapes = d["layouts"][layout].setdefault("shapes", {})
+    shapes = d["layouts"].setdefault(layout, {}).setdefault("shapes", {})  # i8_rowmajor: no entry yet
     for (name, m), cfg in wins.items():
         n, k = dims[name]
         entry = shapes.setdefault(f"{n}x{k}", {})

@@ -225,6 +225,28 @@ def test_decode_by_rows_with_x_per_stage_matches_reference(m, group, sym, warps,
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("m", [9, 16])
+@pytest.mark.parametrize("group,sym,k,with_bias", [(128, False, 1664, True), (64, True, 14336, False),
+                                                   (128, True, 2048, True), (64, False, 1536, False)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rows_with_x_per_stage_in_4_warps_at_two_token_columns(m, group, sym, k, with_bias, dtype):
+    """VARIANT 6's two-column build in 4 warps a CTA (5 CTAs an SM: rowsx_ctas) against the contract,
+    with uneven K slices (1664 = 13 stages; 1536 = 12, 3 a warp), and within fp32 summation order of
+    the same kernel in 8 warps; 4 warps at one column is refused (not built)."""
+    warps = 4
+    for run, out in _rows_runs(m, group, sym, warps, k, with_bias, dtype, cuda_w4.ROWS_X, 23 * m + warps + k):
+        eight = run.func(*run.args[:4], 8, **run.keywords, variant=cuda_w4.ROWS_X)
+        assert (out.float() - eight.float()).norm() / eight.float().norm() < 2e-3
+        assert torch.equal(run(variant=cuda_w4.ROWS_X), out)
+    x1 = torch.randn(1, 128, device="cuda").bfloat16()
+    fmt, q, reference = _weight(64, 128, 64, True, torch.bfloat16, 3)
+    with pytest.raises(RuntimeError, match="code -1"):
+        cuda_w4.w4_decode(x1, reference.pack_w4(q, 64), (64, 128), None, warps, group=64, stages=4,
+                          variant=cuda_w4.ROWS_X)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("m", [1, 9, 16])
 def test_decode_by_rows_falls_back_to_v7(m):
     """Where rows cannot run, v7 at the default split does: M > 8 (VARIANT 4: one token column) and

@@ -42,6 +42,14 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,), 6: (4,)}
 V7, V8, ROWS, ROWS64, ROWS_X = 2, 3, 4, 5, 6
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
+#: VARIANT 6 at two token columns (M > 8) is also built in 4 warps a CTA: 5 CTAs an SM under a
+#: 96-register cap, where 8 and 16 warps hold 2 and 1 (csrc/w4_rowsx.cuh rowsx_ctas)
+ROWS_X_WARPS_TWO_COLUMNS = (4, 8, 16)
+
+
+def rows_warps(variant: int, m: int) -> tuple[int, ...]:
+    """The warps per CTA (SPLIT_K) that decode-by-rows ``variant`` is built in at M tokens."""
+    return ROWS_X_WARPS_TWO_COLUMNS if variant == ROWS_X and m > 8 else ROWS_WARPS
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
 #: M <= 8, at rings 4 and 6); elsewhere v7 takes the global split-K path

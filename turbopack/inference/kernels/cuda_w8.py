@@ -43,6 +43,12 @@ SPLIT, ROWS, ROWS_WIDE = 0, 4, 6
 VARIANTS = {SPLIT: STAGES, ROWS: (4, 6), ROWS_WIDE: (2, 3)}
 WIDE_K = 2 * STAGE_K
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
+
+
+def rows_warps(variant: int, m: int) -> tuple[int, ...]:
+    """The warps per CTA (SPLIT_K) the rows kernels are built in: the same at every variant and M
+    (cuda_w4.rows_warps' signature)."""
+    return ROWS_WARPS
 #: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
 CLUSTER_MAX, CLUSTER_M_MAX = cuda_build.CLUSTER_MAX, 8

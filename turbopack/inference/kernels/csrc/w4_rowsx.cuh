@@ -90,10 +90,16 @@ struct SharedFeed {
   }
 };
 
-// A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages. Register cap as w8.cu's rows:
-// 64 at one token column (1024 threads per SM), 128 at two (512).
+// CTAs per SM the register cap is set for. One token column: 64 registers (1024 threads an SM), as
+// w8.cu's rows. Two: the column doubles x's fragments (32 registers) and the sums; uncapped they take
+// 94-101 registers, so 8 or 16 warps a CTA hold 16 warps an SM (ncu, run 18: 25% occupancy, DRAM 44%
+// at M = 16 against 64% at M = 1). 4 warps x 5 CTAs hold 20 under a 96 cap, without spills (6 x 4
+// under 80 spilled 16-36 bytes).
+constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) : w == 4 ? 5 : 512 / (w * 32); }
+
+// A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages.
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W>
-__global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w4_rowsx_kernel(const Args a) {
+__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a) {
   constexpr int NG = kStageK / G;
   using Slot = DnSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
@@ -166,25 +172,24 @@ int launch_rowsx(const Args& a, cudaStream_t s) {
   return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
 }
 
-template <typename T, int NTOK>
+template <typename T, int NTOK, int W>
 int rowsx_by_group(const Args& a, cudaStream_t s) {
-  const bool asym = a.zeros != nullptr, w16 = a.split_k == 16;
-  if (a.G == 128) {
-    if (asym) return w16 ? launch_rowsx<T, NTOK, 128, true, 16>(a, s) : launch_rowsx<T, NTOK, 128, true, 8>(a, s);
-    return w16 ? launch_rowsx<T, NTOK, 128, false, 16>(a, s) : launch_rowsx<T, NTOK, 128, false, 8>(a, s);
-  }
-  if (asym) return w16 ? launch_rowsx<T, NTOK, 64, true, 16>(a, s) : launch_rowsx<T, NTOK, 64, true, 8>(a, s);
-  return w16 ? launch_rowsx<T, NTOK, 64, false, 16>(a, s) : launch_rowsx<T, NTOK, 64, false, 8>(a, s);
+  const bool asym = a.zeros != nullptr;
+  if (a.G == 128) return asym ? launch_rowsx<T, NTOK, 128, true, W>(a, s) : launch_rowsx<T, NTOK, 128, false, W>(a, s);
+  return asym ? launch_rowsx<T, NTOK, 64, true, W>(a, s) : launch_rowsx<T, NTOK, 64, false, W>(a, s);
 }
 
-// VARIANT 6: split_k is its warps (8 or 16), ring 4. Scales or zeros not 16-byte aligned (the ring's
-// chunk copies): v7 at the default split, as by_rows.
+// VARIANT 6: split_k is its warps (8 or 16; at two token columns also 4: rowsx_ctas), ring 4.
+// Scales or zeros not 16-byte aligned (the ring's chunk copies): v7 at the default split, as by_rows.
 template <typename T>
 int by_rows_x(const Args& a, int stages, cudaStream_t s) {
   if (stages != 4) return -2;
-  if (a.split_k != 8 && a.split_k != 16) return -1;
+  const int w = a.split_k;
+  if (w != 8 && w != 16 && (a.M <= 8 || w != 4)) return -1;
   if (!chunks_aligned(a)) return v7_fallback<T>(a, s);
-  return a.M <= 8 ? rowsx_by_group<T, 1>(a, s) : rowsx_by_group<T, 2>(a, s);
+  if (a.M <= 8) return w == 8 ? rowsx_by_group<T, 1, 8>(a, s) : rowsx_by_group<T, 1, 16>(a, s);
+  if (w == 4) return rowsx_by_group<T, 2, 4>(a, s);
+  return w == 8 ? rowsx_by_group<T, 2, 8>(a, s) : rowsx_by_group<T, 2, 16>(a, s);
 }
 
 }  // namespace
