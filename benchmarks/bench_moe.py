@@ -144,6 +144,9 @@ def cuda_candidates(t: int, shape: dict) -> list:
                   for dw in (cuda_moe.DOWN_WARPS if bt else (8,)) if not bt or dw * std <= cuda_moe.MAX_DOWN_SLOTS]
         # gate_up by pair as a PDL secondary of the previous call's down (which triggers at its store)
         cands += [dataclasses.replace(c, pdl_gate_up=True) for c in list(cands) if c.gate_up_by_pair]
+        # down by token reading h per stage (moe_token.cuh)
+        cands += [dataclasses.replace(c, x_per_stage=True) for c in list(cands)
+                  if c.down_by_token and c.down_warps == 16]
     return list(dict.fromkeys(cands))
 
 

@@ -39,8 +39,9 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token in 8, 16 or 32 warps)
-    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 5)
+    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token in 8, 16 or 32
+    # warps, and in 16 reading h per stage)
+    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 6)
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -73,15 +74,16 @@ def test_ring_rule():
 
 def test_few_token_rule():
     """Qwen3-30B-A3B at T = 1 and 2: gate_up by pair, 2 stages a warp -> ring 4; down by token in
-    16 warps, 3 stages a warp (k = 8: two warps a pair) -> ring 4, but 8 at T = 1 (128 CTAs: one
-    per SM). T = 3 or top-3 (not dividing 8): the routed kernels."""
+    16 warps reading h per stage, 3 stages a warp (k = 8: two warps a pair) -> ring 4, but 8 at T = 1
+    (128 CTAs: one per SM). T = 3 or top-3 (not dividing 8): the routed kernels."""
     dev = torch.device("cuda")
     with mock.patch.object(torch.cuda, "get_device_properties", return_value=mock.Mock(multi_processor_count=132)):
         for t, ring_d in ((1, 8), (2, 4)):
             cfg = cuda_moe.default_config(t, 8, 128, 2048, 768, dev)
             assert (cfg.gate_up_by_pair, cfg.down_by_token, cfg.down_warps, cfg.stages_gate_up, cfg.stages_down,
-                    cfg.block_m) == (True, True, 16, 4, ring_d, 8), cfg
-        assert not cuda_moe.default_config(3, 8, 128, 2048, 768, dev).down_by_token
+                    cfg.block_m, cfg.x_per_stage) == (True, True, 16, 4, ring_d, 8, True), cfg
+        routed = cuda_moe.default_config(3, 8, 128, 2048, 768, dev)
+        assert not routed.down_by_token and not routed.x_per_stage
         assert not cuda_moe.default_config(1, 3, 128, 2048, 768, dev).gate_up_by_pair
         assert cuda_moe.default_config(1, 2, 8, 4096, 14336, dev).down_by_token  # Mixtral: 4 warps a pair
 
@@ -102,6 +104,9 @@ def test_config_checks_name_the_fix():
                                   cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=32, stages_down=8))
     with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(pdl_gate_up=True))
+    with pytest.raises(ValueError, match="down_by_token in 16 warps only"):
+        cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks, cfg=cuda_moe.MoECudaConfig(
+            down_by_token=True, down_warps=8, x_per_stage=True))
     with pytest.raises(ValueError, match="block_m 12"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=12))
 
@@ -139,6 +144,18 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     ("w4_t64x64", 16, 512, 384, 1, 8, 128, True, torch.float16, "random", (1, 1, 4, 8, True, 8, True, True, 16, True)),
     ("w4_t64x64", 16, 256, 768, 1, 8, 128, False, torch.bfloat16, "random", (1, 1, 4, 4, True, 8, True, True, 32)),
     ("w4_t16x64", 8, 256, 384, 2, 2, 64, True, torch.float16, "random", (1, 1, 4, 4, True, 8, False, True, 32)),
+    # down by token reading h per stage (x_per_stage, 16 warps), after gate_up by pair and routed: each
+    # group, symmetry and ring, top-k 1, 2 and 8, a routing that skips an expert
+    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random",
+     (1, 1, 4, 8, True, 8, True, True, 16, False, True)),
+    ("w4_t16x64", 6, 256, 256, 2, 4, 64, True, torch.float16, "one_expert",
+     (2, 1, 6, 4, True, 8, True, True, 16, False, True)),
+    ("w4_t64x64", 16, 512, 384, 1, 8, 128, True, torch.float16, "random",
+     (1, 1, 4, 8, True, 8, True, True, 16, True, True)),
+    ("w4_t64x64", 16, 256, 768, 2, 8, 64, False, torch.bfloat16, "random",
+     (1, 1, 6, 4, True, 8, False, True, 16, False, True)),
+    ("w4_t64x64", 8, 384, 384, 2, 1, 64, True, torch.bfloat16, "skip_expert_2",
+     (1, 1, 4, 4, True, 8, False, True, 16, False, True)),
 ]
 
 
@@ -244,3 +261,37 @@ def test_few_token_steps_chained_by_pdl_match_the_plain_launches():
         graph.replay()
         torch.cuda.synchronize()
         assert all(torch.equal(out, w) for out, w in zip(outs, want))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("t", [1, 2])
+def test_down_by_token_with_h_per_stage_matches_the_staged_one(t):
+    """x_per_stage (moe_token.cuh: down by token reads h from L1 per stage, q - z in the MMA's
+    operands) at Qwen3-30B-A3B's expert shapes against the float64 contract, within fp32 summation
+    order of the staged kernel, and bit-identical re-runs and graph replays."""
+    gen = torch.Generator(device="cuda").manual_seed(200 + t)
+    fmt, _, experts, stacks = make_experts(128, 2048, 768, "w4_t64x64", gen,
+                                           pack=lambda q, s: reference.pack_w4(q, 64), group_size=128, sym=False)
+    x = torch.randn(t, 2048, device="cuda", generator=gen).bfloat16()
+    idx = torch.stack([torch.randperm(128, device="cuda", generator=gen)[:8] for _ in range(t)])
+    weights = torch.softmax(torch.randn(t, 8, device="cuda", generator=gen), -1).bfloat16()
+
+    def contract(xe, which, e):
+        return reference.ref_linear(xe, "w4a16", experts[which][0][e]).to(xe.dtype)
+
+    xs = cuda_moe.default_config(t, 8, 128, 2048, 768, x.device)
+    assert xs.gate_up_by_pair and xs.down_by_token and xs.x_per_stage
+    staged = dataclasses.replace(xs, x_per_stage=False)
+    y = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
+    assert reference.rel_err(y, loop_reference(x, weights, idx, contract)) < TOL
+    y_staged = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=staged)
+    assert reference.rel_err(y, y_staged.float()) < 2e-3
+    assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs), y)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)

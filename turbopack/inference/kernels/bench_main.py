@@ -126,9 +126,8 @@ def config_table(rows: list[dict], props) -> dict:
         cfg: KernelConfig = r["cfg"]
         shapes.setdefault(r["layout"], {}).setdefault(f"{r['shape'][0]}x{r['shape'][1]}", {})[r["m"]] = cfg
         default = defaults.setdefault(r["layout"], {})
-        if tuple(r["shape"]) == bench.SHAPES["o"]:  # split-K is shape-specific: 0 = the kernel's own rule
-            cuda = cfg.kernel in (KernelName.CUDA, KernelName.CUDA_MM, KernelName.CUDA_WG) and cfg.split_k is not None
-            default[r["m"]] = dataclasses.replace(cfg, split_k=0 if cuda else None)
+        if tuple(r["shape"]) == bench.SHAPES["o"]:
+            default[r["m"]] = dataclasses.replace(cfg, split_k=_default_split(cfg))
     arch = device_arch(torch.device("cuda"))
     shipped = load_table(arch).layouts
     measured = {name: _over(shipped.get(name), LayoutTable(defaults[name], by_shape))
@@ -137,6 +136,15 @@ def config_table(rows: list[dict], props) -> dict:
             "source": "benchmarks/bench_linear.py --tune"}
     # layouts this run did not measure keep their shipped entries
     return KernelTable(arch, {**shipped, **measured}, meta).to_json()
+
+
+def _default_split(cfg: KernelConfig) -> int | None:
+    """A winner's SPLIT_K in the layout's default: split-K is shape-specific, so 0 (the CUDA kernels'
+    own rule) or none (Triton's); the decode by rows' SPLIT_K is its warps a CTA, not a split, and
+    stays (tune.ROWS_VARIANTS)."""
+    if cfg.kernel not in (KernelName.CUDA, KernelName.CUDA_MM, KernelName.CUDA_WG) or cfg.split_k is None:
+        return None
+    return cfg.split_k if cfg.kernel is KernelName.CUDA and cfg.variant in tune.ROWS_VARIANTS else 0
 
 
 def _over(old: LayoutTable | None, new: LayoutTable) -> LayoutTable:

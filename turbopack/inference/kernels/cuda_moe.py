@@ -39,7 +39,7 @@ DOWN_WARPS = (8, 16, 32)  # down by token's warps: k of them, or W / k per pair
 MAX_DOWN_SLOTS = 128  # down by token's warps x ring slots (csrc kMaxDownSlots: 32 x 8 is 282 KiB of shared memory)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 18 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 19 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ class MoECudaConfig:
     #: gate_up by pair as a programmatic dependent launch of the kernel before it (sm_90+): its CTAs
     #: are placed while that kernel finishes and wait before reading x and the ids
     pdl_gate_up: bool = False
+    #: down by token (in 16 warps) reads h stage by stage from L1 and removes the zero points in the
+    #: MMA's operands, as the dense rows with x per stage (cuda_w4.ROWS_X): no staged slice, no sums of h
+    x_per_stage: bool = False
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -129,9 +132,10 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     """Split each matmul over K until (experts hit, at most) x row tiles x split covers the SMs
     about three times (the dense decode's rule, cuda_w4.default_split), keeping >= 2 stages per CTA
     (a ring that never holds two stages has nothing in flight while it computes); rings by ``ring``.
-    Few tokens (``few_tokens``): gate_up by pair (8 warps) and down by token (16 warps), each warp's
-    whole K range in its ring where it fits; down's ring is 8 slots where its grid is one CTA per SM
-    or less. Measured twice on the H100 (bench_moe, Qwen3-30B-A3B, run 13), 3 stages a warp: at T = 1
+    Few tokens (``few_tokens``): gate_up by pair (8 warps) and down by token (16 warps, reading h per
+    stage: x_per_stage, 0.7 and 1.1 µs faster than the staged slice at T = 1 and 2, run 18), each
+    warp's whole K range in its ring where it fits; down's ring is 8 slots where its grid is one CTA
+    per SM or less. Measured twice on the H100 (bench_moe, Qwen3-30B-A3B, run 13), 3 stages a warp: at T = 1
     (128 CTAs) ring 8 took 13.4-13.5 µs, ring 4 14.4-14.5; at T = 2 (256) ring 4 took 20.7, ring 8
     24.3-24.4 (one CTA per SM in the larger ring: two waves). The slots past 3 hold nothing; the
     larger allocation keeps down's CTAs off the SMs that gate_up still fills."""
@@ -144,7 +148,7 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
         one_wave = tokens * math.ceil(hidden / 16) <= sms  # down's grid: one CTA per SM at most
         return MoECudaConfig(stages_gate_up=ring(per_gu, STAGES_GATE_UP),
                              stages_down=STAGES_DOWN[-1] if one_wave else ring(per_d, STAGES_DOWN),
-                             block_m=8, gate_up_by_pair=True, down_by_token=True, down_warps=dw)
+                             block_m=8, gate_up_by_pair=True, down_by_token=True, down_warps=dw, x_per_stage=True)
     split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
     split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
     return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
@@ -160,6 +164,8 @@ def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
                          f"down {STAGES_DOWN}")
     if bm not in (8, 16):
         raise ValueError(f"block_m {bm}: 8 or 16 token rows")
+    if cfg.x_per_stage and (not cfg.down_by_token or cfg.down_warps != 16):
+        raise ValueError("x_per_stage is built for down_by_token in 16 warps only (down_by_token=True, down_warps=16)")
     if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
         raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
@@ -203,7 +209,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
         int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), int(pdl_gu),
-        _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(cfg.x_per_stage), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

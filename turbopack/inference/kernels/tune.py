@@ -40,6 +40,11 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
     return sorted({s0, max(1, min(2 * s0, iters, 32))})
 
 
+#: the CUDA decode variants whose SPLIT_K is their warps a CTA (W4: rows, rows of 64, rows with x per
+#: stage; 8-bit: rows, rows on wide slots), not a K split
+ROWS_VARIANTS = frozenset({cuda_w4.ROWS, cuda_w4.ROWS64, cuda_w4.ROWS_X, cuda_w8.ROWS, cuda_w8.ROWS_WIDE})
+
+
 def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
     """The decode by rows' configs for (setup, M, K), SPLIT_K its warps per CTA, at each ring depth it
     is built for: the 8-bit kernel's at M <= 16 (cuda_w8; also on 128-k slots where K allows),

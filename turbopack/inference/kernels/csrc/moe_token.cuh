@@ -12,7 +12,9 @@
 //                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
 //                     shared memory. Once gate_up is done, what is left is this CTA's MMAs: at one
 //                     CTA per SM (T = 1) and 8 warps a warp issues every ~7 cycles (ncu, H200),
-//                     so 16 warps halve each warp's stages
+//                     so 16 warps halve each warp's stages. x_per_stage (16 warps): h's fragments
+//                     from L1 stage by stage and q - z in the MMA's operands (stage_qz, the dense
+//                     rows with x per stage's), no staged slice or sums of h
 // No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
 // down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
 // Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
@@ -83,7 +85,7 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   }
 }
 
-template <typename T, int STAGES, int G, bool ASYM, int W>
+template <typename T, int STAGES, int G, bool ASYM, int W, bool XS = false>
 __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   extern __shared__ uint4 smem[];
@@ -98,26 +100,36 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   const int stages = L.K / kStageK, per_w = (stages + ks - 1) / ks;
   const int w_lo = min(stages, kw * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
   DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
-  float2* tables = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + W * STAGES);
-  float2* xsum = tables + warp * per_w * NG * 4;
-  uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * per_w * 16;  // the warp's slice of h
   DnFeed<T, NG, ASYM> feed(L, valid ? e : 0, n0, w_lo, lane);
   auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
   ring_prologue<STAGES>(nst, issue);
   pdl_wait();  // h from here on
   const uint4* hrow = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + pair * L.K + w_lo * kStageK);
-  for (int i = lane; i < nst * 16; i += 32) cp_async16(xs + i, hrow + i);
-  cp_async_commit();
-  cp_async_wait<0>();  // h's slice (and the ring's first stages, long since in: they were copied before the wait)
-  __syncwarp();
-  row_sums<T, NG>(xsum, xs, nst, 1, 0, lane);
-  __syncwarp();
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
-  ring_pass<STAGES>(nst, xs, c, issue, [&](int j, int rd, const Xv& x) {
-    float acc[2][1][4];
-    weight_mma<T, 1>(acc, ring[rd].w, x.v, g, c);
-    group_fma<T, 1, NG, ASYM>(out, acc, xsum + j * NG * 4, ring[rd].sz, g, c);
-  });
+  if constexpr (XS) {  // h's fragments from L1 stage by stage; every lane reads the pair's row (all 8 columns)
+    const uint4* xsrc[1] = {hrow + 2 * c};
+    const bool has[1] = {true};
+    ring_pass_x<STAGES, 1>(
+        nst, [&](int j, uint4(&xv)[1][2][2]) { load_x<1, true>(xv, xsrc, has, j * (kStageK / 8)); }, issue,
+        [&](int, int rd, const uint4(&xv)[1][2][2]) {
+          stage_qz<T, 1, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c);
+        });
+  } else {
+    float2* tables = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + W * STAGES);
+    float2* xsum = tables + warp * per_w * NG * 4;
+    uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * per_w * 16;  // the warp's slice of h
+    for (int i = lane; i < nst * 16; i += 32) cp_async16(xs + i, hrow + i);
+    cp_async_commit();
+    cp_async_wait<0>();  // h's slice (and the ring's first stages, long since in: they were copied before the wait)
+    __syncwarp();
+    row_sums<T, NG>(xsum, xs, nst, 1, 0, lane);
+    __syncwarp();
+    ring_pass<STAGES>(nst, xs, c, issue, [&](int j, int rd, const Xv& x) {
+      float acc[2][1][4];
+      weight_mma<T, 1>(acc, ring[rd].w, x.v, g, c);
+      group_fma<T, 1, NG, ASYM>(out, acc, xsum + j * NG * 4, ring[rd].sz, g, c);
+    });
+  }
   cp_async_wait<0>();
   if (c == 0) part[warp][g] = out[0][0], part[warp][g + 8] = out[0][2];
   __syncthreads();

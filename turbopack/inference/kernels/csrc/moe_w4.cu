@@ -262,7 +262,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
   int split_gu, split_d, stages_gu, stages_d, down_warps;
-  bool gate_up_by_pair, down_by_token, pdl, pdl_gu;
+  bool gate_up_by_pair, down_by_token, pdl, pdl_gu, x_per_stage;
 };
 
 // down after gate_up: by token (moe_token.cuh) or by routed block with split K
@@ -272,8 +272,11 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   const Launch dep{k.pdl && g_pdl != 0, 1};
   if (k.down_by_token) {
     const int w = k.down_warps, ks = w / a.topk, per_w = (a.down.K / kStageK + ks - 1) / ks;
-    const int smem = token_smem<DnSlot<NG, ASYM>>(w, STAGES_D, w * per_w * kStageK * 2, per_w, NG);
     const dim3 grid((a.down.NP + 15) / 16, a.T);
+    if (k.x_per_stage)  // the ring alone; built in 16 warps (the default's)
+      return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16, true>>(
+          grid, token_smem<DnSlot<NG, ASYM>>(16, STAGES_D, 0, 0, NG), a, dep, s, 16);
+    const int smem = token_smem<DnSlot<NG, ASYM>>(w, STAGES_D, w * per_w * kStageK * 2, per_w, NG);
     if (w == 32) return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 32>>(grid, smem, a, dep, s, 32);
     if (w == 16) return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16>>(grid, smem, a, dep, s, 16);
     return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 8>>(grid, smem, a, dep, s, 8);
@@ -342,20 +345,23 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token) in down_warps
 // = 8, 16 or 32 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched
 // as a programmatic dependent of gate_up (sm_90+); pdl_gu: gate_up by pair as one of the kernel
-// before it. Returns 0, -1 bad arguments, or the CUDA error.
+// before it. x_per_stage: down by token (in 16 warps) reads h per stage and removes the zero points
+// in the MMA's operands (moe_token.cuh), staging nothing. Returns 0, -1 bad arguments, or the CUDA
+// error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
-                                int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu, int dtype,
-                                void* stream) {
+                                int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu,
+                                int x_per_stage, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
+      (x_per_stage && (!down_by_token || down_warps != 16)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -368,7 +374,7 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0,
-                pdl_gu != 0};
+                pdl_gu != 0, x_per_stage != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
 

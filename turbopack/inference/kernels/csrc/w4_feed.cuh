@@ -148,4 +148,26 @@ __device__ __forceinline__ void ring_pass(int nst, const uint4* xs, int c, Issue
   }
 }
 
+// ring_pass for the kernels that read x per stage (w4_rowsx.cuh, moe_token.cuh's x-per-stage builds):
+// load(j, xv) reads stage j's x fragments from L1 before the wait, so the load overlaps it, and the
+// loop is unrolled by the ring, so slot rd is a constant (v7's form: the stage is ~20 SASS
+// instructions shorter than with a slot index in a register)
+template <int STAGES, int NTOK, typename Load, typename Issue, typename Math>
+__device__ __forceinline__ void ring_pass_x(int nst, Load load, Issue issue, Math math) {
+  for (int j0 = 0; j0 < nst; j0 += STAGES) {
+#pragma unroll
+    for (int rd = 0; rd < STAGES; ++rd) {
+      const int j = j0 + rd;
+      if (j >= nst) break;
+      uint4 xv[NTOK][2][2];
+      load(j, xv);
+      cp_async_wait<STAGES - 2>();
+      __syncwarp();  // slot rd's bytes and chunks (copied by other lanes) are visible; the slot before it is free
+      if (j + STAGES - 1 < nst) issue(rd == 0 ? STAGES - 1 : rd - 1);
+      cp_async_commit();
+      if constexpr ((kKnockout & kKoMath) == 0) math(j, rd, xv);
+    }
+  }
+}
+
 }  // namespace

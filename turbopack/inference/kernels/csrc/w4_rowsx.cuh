@@ -25,38 +25,6 @@ namespace {
 
 constexpr int kRowsX = 6;  // the VARIANT
 
-// (M + z) of rows g and g + 8 of group gi as 16-bit pairs: z <= 15 lands in the mantissa of M = 128
-// (bf16, unit 1) or 1024 (fp16, unit 1), so the bits are M's plus z in each half (sym: z = 8)
-template <typename T, int NG, bool ASYM>
-__device__ __forceinline__ void zero_pairs(const SzSlot<NG, ASYM>& sl, int gi, int g, uint32_t (&zp)[2]) {
-  constexpr uint32_t kM = Half16<T>::kMagic, kBoth = 0x00010001u;
-  if constexpr (ASYM) {
-    const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
-    zp[0] = kM + zc[g] * kBoth;
-    zp[1] = kM + zc[g + 8] * kBoth;
-  } else {
-    zp[0] = zp[1] = kM + 8u * kBoth;
-  }
-}
-
-// out += s * acc for the stage's groups (tile i is group i at G = 64; both tiles group 0 at G = 128)
-template <typename T, int NTOK, int NG, bool ASYM>
-__device__ __forceinline__ void scale_acc(float (&out)[NTOK][4], const float (&acc)[2][NTOK][4],
-                                          const SzSlot<NG, ASYM>& sl, int g) {
-#pragma unroll
-  for (int tile = 0; tile < 2; ++tile) {
-    const T* sc = reinterpret_cast<const T*>(&sl.v[2 * (NG == 1 ? 0 : tile)]);
-    const float s0 = Half16<T>::to_f(sc[g]), s1 = Half16<T>::to_f(sc[g + 8]);
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t) {
-      out[t][0] = fmaf(s0, acc[tile][t][0], out[t][0]);
-      out[t][1] = fmaf(s0, acc[tile][t][1], out[t][1]);
-      out[t][2] = fmaf(s1, acc[tile][t][2], out[t][2]);
-      out[t][3] = fmaf(s1, acc[tile][t][3], out[t][3]);
-    }
-  }
-}
-
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
 // fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared
 // conversion per copy. Under the 64-register cap the compiler still recomputes the lane's offsets
@@ -127,30 +95,9 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   pdl_wait();  // x from here on
-  // one stage j in ring slot rd, a constant: the loop below is unrolled by STAGES (v7's form, which
-  // also reads x a stage ahead in two register sets: that spilled 12-116 bytes under the 64 cap)
-  auto step = [&](int j, int rd) {
-    uint4 xv[NTOK][2][2];
-    load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8));
-    cp_async_wait<STAGES - 2>();
-    __syncwarp();  // slot rd's bytes and chunks (copied by other lanes) are visible; the slot before it is free
-    if (j + STAGES - 1 < nst) issue(rd == 0 ? STAGES - 1 : rd - 1);
-    cp_async_commit();
-    if constexpr ((kKnockout & kKoMath) != 0) return;
-    uint32_t zp[NG][2];
-#pragma unroll
-    for (int gi = 0; gi < NG; ++gi) zero_pairs<T, NG, ASYM>(ring[rd].sz, gi, g, zp[gi]);
-    float acc[2][NTOK][4];
-    weight_mma<T, NTOK, false, NG>(acc, ring[rd].w, xv, g, c, zp);
-    scale_acc<T, NTOK, NG, ASYM>(out, acc, ring[rd].sz, g);
-  };
-  for (int j0 = 0; j0 < nst; j0 += STAGES) {
-#pragma unroll
-    for (int u = 0; u < STAGES; ++u) {
-      if (j0 + u >= nst) break;
-      step(j0 + u, u);
-    }
-  }
+  ring_pass_x<STAGES, NTOK>(
+      nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
+      [&](int, int rd, const uint4(&xv)[NTOK][2][2]) { stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c); });
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };

@@ -202,4 +202,49 @@ __device__ __forceinline__ void group_fma(float (&out)[NTOK][4], float (&acc)[2]
   }
 }
 
+// (M + z) of rows g and g + 8 of group gi as 16-bit pairs: z <= 15 lands in the mantissa of M = 128
+// (bf16, unit 1) or 1024 (fp16, unit 1), so the bits are M's plus z in each half (sym: z = 8)
+template <typename T, int NG, bool ASYM>
+__device__ __forceinline__ void zero_pairs(const SzSlot<NG, ASYM>& sl, int gi, int g, uint32_t (&zp)[2]) {
+  constexpr uint32_t kM = Half16<T>::kMagic, kBoth = 0x00010001u;
+  if constexpr (ASYM) {
+    const uint8_t* zc = reinterpret_cast<const uint8_t*>(&sl.v[2 * NG + gi]);
+    zp[0] = kM + zc[g] * kBoth;
+    zp[1] = kM + zc[g + 8] * kBoth;
+  } else {
+    zp[0] = zp[1] = kM + 8u * kBoth;
+  }
+}
+
+// out += s * acc for the stage's groups (tile i is group i at G = 64; both tiles group 0 at G = 128)
+template <typename T, int NTOK, int NG, bool ASYM>
+__device__ __forceinline__ void scale_acc(float (&out)[NTOK][4], const float (&acc)[2][NTOK][4],
+                                          const SzSlot<NG, ASYM>& sl, int g) {
+#pragma unroll
+  for (int tile = 0; tile < 2; ++tile) {
+    const T* sc = reinterpret_cast<const T*>(&sl.v[2 * (NG == 1 ? 0 : tile)]);
+    const float s0 = Half16<T>::to_f(sc[g]), s1 = Half16<T>::to_f(sc[g + 8]);
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t) {
+      out[t][0] = fmaf(s0, acc[tile][t][0], out[t][0]);
+      out[t][1] = fmaf(s0, acc[tile][t][1], out[t][1]);
+      out[t][2] = fmaf(s1, acc[tile][t][2], out[t][2]);
+      out[t][3] = fmaf(s1, acc[tile][t][3], out[t][3]);
+    }
+  }
+}
+
+// One stage of the rows with x per stage (w4_rowsx.cuh; moe_token.cuh's x-per-stage builds): the
+// MMAs sum (q - z) x from the ring slot's codes and zero points, then out += s * acc
+template <typename T, int NTOK, int NG, bool ASYM>
+__device__ __forceinline__ void stage_qz(float (&out)[NTOK][4], const Stage& w, const SzSlot<NG, ASYM>& sz,
+                                         const uint4 (&xv)[NTOK][2][2], int g, int c) {
+  uint32_t zp[NG][2];
+#pragma unroll
+  for (int gi = 0; gi < NG; ++gi) zero_pairs<T, NG, ASYM>(sz, gi, g, zp[gi]);
+  float acc[2][NTOK][4];
+  weight_mma<T, NTOK, false, NG>(acc, w, xv, g, c, zp);
+  scale_acc<T, NTOK, NG, ASYM>(out, acc, sz, g);
+}
+
 }  // namespace
