@@ -181,14 +181,11 @@ def test_cuda_grouped_matches_the_emulated_loop(layout_name, n_exp, hidden, inte
     assert moe_w4.grouped_moe(xd, weights.cuda(), idx.cuda(), *stacks).shape == x.shape  # the dispatch takes it
 
 
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("t", [1, 16, 64])
-def test_cuda_grouped_qwen3_30b_shapes_against_the_contract(t):
-    """Qwen3-30B-A3B's expert shapes (128 experts, 2048 / 768, top-8, g128 asym), the device
-    packer's bytes, the default config, against the float64 contract; and both paths agree."""
-    gen = torch.Generator(device="cuda").manual_seed(100 + t)
-    fmt, _, experts, stacks = make_experts(128, 2048, 768, "w4_t64x64", gen,
+def _qwen3_30b_step(t, seed):
+    """A step at Qwen3-30B-A3B's expert shapes (128 experts, 2048 / 768, top-8, g128 asym) packed by
+    the device packer: x, ids, routing weights, the stacks and the float64 contract's y."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    _, _, experts, stacks = make_experts(128, 2048, 768, "w4_t64x64", gen,
                                            pack=lambda q, s: reference.pack_w4(q, 64), group_size=128, sym=False)
     x = torch.randn(t, 2048, device="cuda", generator=gen).bfloat16()
     idx = torch.stack([torch.randperm(128, device="cuda", generator=gen)[:8] for _ in range(t)])
@@ -197,7 +194,16 @@ def test_cuda_grouped_qwen3_30b_shapes_against_the_contract(t):
     def contract(xe, which, e):
         return reference.ref_linear(xe, "w4a16", experts[which][0][e]).to(xe.dtype)
 
-    want = loop_reference(x, weights, idx, contract)
+    return x, idx, weights, stacks, loop_reference(x, weights, idx, contract)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("t", [1, 16, 64])
+def test_cuda_grouped_qwen3_30b_shapes_against_the_contract(t):
+    """Qwen3-30B-A3B's expert shapes (128 experts, 2048 / 768, top-8, g128 asym), the device
+    packer's bytes, the default config, against the float64 contract; and both paths agree."""
+    x, idx, weights, stacks, want = _qwen3_30b_step(t, 100 + t)
     y = moe_w4.grouped_moe(x, weights, idx, *stacks, path=moe_w4.MoEPath.CUDA)
     assert reference.rel_err(y, want) < TOL
     y_tr = moe_w4.grouped_moe(x, weights, idx, *stacks, path=moe_w4.MoEPath.TRITON)
@@ -270,21 +276,12 @@ def test_down_by_token_with_h_per_stage_matches_the_staged_one(t):
     """x_per_stage (moe_token.cuh: down by token reads h from L1 per stage, q - z in the MMA's
     operands) at Qwen3-30B-A3B's expert shapes against the float64 contract, within fp32 summation
     order of the staged kernel, and bit-identical re-runs and graph replays."""
-    gen = torch.Generator(device="cuda").manual_seed(200 + t)
-    fmt, _, experts, stacks = make_experts(128, 2048, 768, "w4_t64x64", gen,
-                                           pack=lambda q, s: reference.pack_w4(q, 64), group_size=128, sym=False)
-    x = torch.randn(t, 2048, device="cuda", generator=gen).bfloat16()
-    idx = torch.stack([torch.randperm(128, device="cuda", generator=gen)[:8] for _ in range(t)])
-    weights = torch.softmax(torch.randn(t, 8, device="cuda", generator=gen), -1).bfloat16()
-
-    def contract(xe, which, e):
-        return reference.ref_linear(xe, "w4a16", experts[which][0][e]).to(xe.dtype)
-
+    x, idx, weights, stacks, want = _qwen3_30b_step(t, 200 + t)
     xs = cuda_moe.default_config(t, 8, 128, 2048, 768, x.device)
     assert xs.gate_up_by_pair and xs.down_by_token and xs.x_per_stage
     staged = dataclasses.replace(xs, x_per_stage=False)
     y = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
-    assert reference.rel_err(y, loop_reference(x, weights, idx, contract)) < TOL
+    assert reference.rel_err(y, want) < TOL
     y_staged = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=staged)
     assert reference.rel_err(y, y_staged.float()) < 2e-3
     assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs), y)
