@@ -41,15 +41,12 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: staged x or sums of x: M <= 16 in two token columns; csrc/w4_rowsx.cuh)
 VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,), 6: (4,)}
 V7, V8, ROWS, ROWS64, ROWS_X = 2, 3, 4, 5, 6
+ROWS_VARIANTS = (ROWS, ROWS64, ROWS_X)  # SPLIT_K is their warps a CTA, not a K split
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
 #: VARIANT 6 at two token columns (M > 8) is also built in 4 warps a CTA: 5 CTAs an SM under a
 #: 96-register cap, where 8 and 16 warps hold 2 and 1 (csrc/w4_rowsx.cuh rowsx_ctas)
 ROWS_X_WARPS_TWO_COLUMNS = (4, 8, 16)
 
-
-def rows_warps(variant: int, m: int) -> tuple[int, ...]:
-    """The warps per CTA (SPLIT_K) that decode-by-rows ``variant`` is built in at M tokens."""
-    return ROWS_X_WARPS_TWO_COLUMNS if variant == ROWS_X and m > 8 else ROWS_WARPS
 #: v7's cluster store (CLUSTER): the most split-K CTAs in one cluster (H100/H200: 16, past 8
 #: non-portable), and the kernels built with it (csrc/w4.cu kClusterBuilt: one token column, so
 #: M <= 8, at rings 4 and 6); elsewhere v7 takes the global split-K path
@@ -63,6 +60,11 @@ _SIGNATURES = {
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured graph may point at it
+
+
+def rows_warps(variant: int, m: int) -> tuple[int, ...]:
+    """The warps per CTA (SPLIT_K) that decode-by-rows ``variant`` is built in at M tokens."""
+    return ROWS_X_WARPS_TWO_COLUMNS if variant == ROWS_X and m > 8 else ROWS_WARPS
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -136,7 +138,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    if variant in (ROWS, ROWS64, ROWS_X):  # SPLIT_K is its warps; split-K buffers for v7, its fallback
+    if variant in ROWS_VARIANTS:  # SPLIT_K is its warps; split-K buffers for v7, its fallback
         split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), default_split(nt * tn, k, x2.device))
     elif variant == V8:  # SPLIT_K is CTAs per SM; any tile may be shared by several stripes: split-K buffers

@@ -40,18 +40,20 @@ _SIGNATURES = {
 #: slots of two stages (128 k: K % 128 == 0; elsewhere ROWS at the same ring bytes);
 #: value: the ring depths each is built for (ROWS_WIDE's 2 and 3 slots are ROWS' 4 and 6 stages' bytes)
 SPLIT, ROWS, ROWS_WIDE = 0, 4, 6
+ROWS_VARIANTS = (ROWS, ROWS_WIDE)  # SPLIT_K is their warps a CTA, not a K split
 VARIANTS = {SPLIT: STAGES, ROWS: (4, 6), ROWS_WIDE: (2, 3)}
 WIDE_K = 2 * STAGE_K
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
+
+#: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
+#: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
+CLUSTER_MAX, CLUSTER_M_MAX = cuda_build.CLUSTER_MAX, 8
 
 
 def rows_warps(variant: int, m: int) -> tuple[int, ...]:
     """The warps per CTA (SPLIT_K) the rows kernels are built in: the same at every variant and M
     (cuda_w4.rows_warps' signature)."""
     return ROWS_WARPS
-#: the cluster store (CLUSTER, sm_90+): the most split-K CTAs in one cluster (H100/H200: 16, past 8
-#: non-portable) and the tokens its kernels take (csrc/w8.cu kClusterBuilt: one token column)
-CLUSTER_MAX, CLUSTER_M_MAX = cuda_build.CLUSTER_MAX, 8
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -108,7 +110,7 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     b = bias.to(x2.dtype) if bias is not None and bias.dtype != x2.dtype else bias
-    if variant in (ROWS, ROWS_WIDE):  # no workspace: the warps of a CTA sum in its shared memory
+    if variant in ROWS_VARIANTS:  # no workspace: the warps of a CTA sum in its shared memory
         split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
         ws = cnt = None
         cluster = False

@@ -42,7 +42,7 @@ def _splits(blocks: int, iters: int, sms: int) -> list[int]:
 
 #: the CUDA decode variants whose SPLIT_K is their warps a CTA (W4: rows, rows of 64, rows with x per
 #: stage; 8-bit: rows, rows on wide slots), not a K split
-ROWS_VARIANTS = frozenset({cuda_w4.ROWS, cuda_w4.ROWS64, cuda_w4.ROWS_X, cuda_w8.ROWS, cuda_w8.ROWS_WIDE})
+ROWS_VARIANTS = frozenset(cuda_w4.ROWS_VARIANTS + cuda_w8.ROWS_VARIANTS)
 
 
 def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
@@ -53,9 +53,9 @@ def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
     cuda_w4.rows_warps); none elsewhere. k = 0: any K."""
     if setup in W8_SETUPS and m <= cuda_w8.M_MAX:
         wide = k % cuda_w8.WIDE_K == 0  # csrc/w8.cu Slot
-        mod, variants = cuda_w8, (cuda_w8.ROWS, cuda_w8.ROWS_WIDE) if wide else (cuda_w8.ROWS,)
+        mod, variants = cuda_w8, cuda_w8.ROWS_VARIANTS if wide else (cuda_w8.ROWS,)
     elif setup == "w4a16" and m <= cuda_w4.M_MAX:
-        mod, variants = cuda_w4, (cuda_w4.ROWS, cuda_w4.ROWS64, cuda_w4.ROWS_X) if m <= 8 else (cuda_w4.ROWS_X,)
+        mod, variants = cuda_w4, cuda_w4.ROWS_VARIANTS if m <= 8 else (cuda_w4.ROWS_X,)
     else:
         return []
     return [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=v)

@@ -124,10 +124,6 @@ int rows_by_group(const Args& a, cudaStream_t s) {
   return w16 ? launch_rows<T, 64, false, 16, R>(a, s) : launch_rows<T, 64, false, 8, R>(a, s);
 }
 
-// VARIANT 4 (16 rows a CTA) and 5 (64 rows: 4 row tiles), the decode by rows: split_k is its warps per
-// CTA (8 or 16), ring 4. Where it cannot run (M > 8: one token column; scales or zeros not 16-byte
-// aligned: v7's chunk copies; x's rows past the device's shared memory), v7 at the default split, as
-// v8's fallback.
 // The rows kernels copy 16-byte scale and zero chunks into their rings (DnFeed, as v7)
 bool chunks_aligned(const Args& a) {
   return reinterpret_cast<uintptr_t>(a.scales) % 16 == 0 && reinterpret_cast<uintptr_t>(a.zeros) % 16 == 0;
@@ -142,6 +138,10 @@ int v7_fallback(const Args& a, cudaStream_t s) {
   return a.M <= 8 ? by_group<T, 1>(b, 4, 2, false, s) : by_group<T, 2>(b, 4, 2, false, s);
 }
 
+// VARIANT 4 (16 rows a CTA) and 5 (64 rows: 4 row tiles), the decode by rows: split_k is its warps per
+// CTA (8 or 16), ring 4. Where it cannot run (M > 8: one token column; scales or zeros not 16-byte
+// aligned: v7's chunk copies; x's rows past the device's shared memory), v7 at the default split, as
+// v8's fallback.
 template <typename T>
 int by_rows(const Args& a, int stages, int variant, cudaStream_t s) {
   if (stages != 4) return -2;

@@ -18,8 +18,8 @@
 //     (w8.cu's w8_rows_kernel): no workspace, counter or last CTA, the same bits run to run.
 #pragma once
 #include "common.cuh"
-#include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue
-#include "w4_stage.cuh"  // Stage, SzSlot, load_x, weight_mma
+#include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue, ring_pass_x
+#include "w4_stage.cuh"  // Stage, SzSlot, load_x, stage_qz
 
 namespace {
 
@@ -104,16 +104,12 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
   rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
 }
 
-// Shared memory of a launch: W warps' rings of STAGES slots (>= the 1 KiB of a warp's [16][16] sums)
-constexpr int rowsx_smem(int W, int stages, int G, bool asym) {
-  return W * stages * static_cast<int>(sizeof(Stage) + 16 * (asym ? 3 : 2) * (kStageK / G));
-}
-
 template <typename T, int NTOK, int G, bool ASYM, int W>
 int launch_rowsx(const Args& a, cudaStream_t s) {
-  static_assert(sizeof(DnSlot<kStageK / G, ASYM>) * 4 == rowsx_smem(1, 4, G, ASYM), "a ring slot is a Stage and its chunks");
+  constexpr int ring = 4 * static_cast<int>(sizeof(DnSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
+  static_assert(ring >= 16 * 16 * sizeof(float), "a drained ring holds its warp's [token][row] sums (rows_store)");
   void (*kern)(const Args) = w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W>;
-  constexpr int smem = rowsx_smem(W, 4, G, ASYM);  // 16 warps: 67-71 KiB, past the default 48
+  constexpr int smem = W * ring;  // 16 warps: 67-71 KiB, past the default 48
   static bool raised = false;
   const cudaError_t e = raise_smem_once(kern, raised, smem);
   return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
