@@ -241,15 +241,18 @@ def _qkv_step(attn, precision, b, hkv, group, d, s, p, dtype, dev, seed, rotary=
     return caches, qkv, cos.float().contiguous(), sin.float().contiguous()
 
 
-@pytest.mark.parametrize("precision,rotary", [("bf16", None), ("int8", None), ("int4", None), ("bf16", 16),
-                                              ("int4", 16)])
-def test_decode_attention_qkv_is_rope_store_then_attention(attn, precision, rotary):
+@pytest.mark.parametrize("precision,rotary,live", [("bf16", None, True), ("int8", None, True), ("int4", None, True),
+                                                   ("bf16", 16, True), ("int4", 16, True), ("int4", None, False)])
+def test_decode_attention_qkv_is_rope_store_then_attention(attn, precision, rotary, live, monkeypatch):
     """The one-launch decode step (rotary, the new K/V's store, attention and the split merge) gives
     the bits of the two-launch path, rope_store then decode_attention: the same output and the same
     cache bytes, with the new slot at a split's first and last position, in the first and last
     split, and several programs per (batch, kv head) to merge; under partial rotary too (16 of 32
-    channels turned, Phi-4-mini's kind)."""
+    channels turned, Phi-4-mini's kind). live: the splits past the position leave at once (and one
+    live split stores the answer itself); off (LIVE_SPLITS, the A/B's old form), every split merges."""
     from turbopack.inference.kernels.kv_store import rope_store
+
+    monkeypatch.setattr(attn, "LIVE_SPLITS", live)
 
     dev = _device()
     b, hkv, group, d = 2, 2, 3, 32
@@ -286,7 +289,7 @@ for arch, bits in ((90, 4), (90, 16), (80, 8)):
     sig = {n: "*" + ptrs[n] if n in ptrs else "fp32" if n in ("qk_scale", "cap_out") else
            "constexpr" if n.isupper() else "i32" for n in A._decode_kernel.arg_names}
     const = dict(GROUP=4, BLOCK_H=16, BLOCK_N=128, D=128, BITS=bits, DOT_F32=False, DIRECT=False, FAST=False,
-                 ROPE=True, ROT=128, CAP=False, PDL=arch >= 90)
+                 ROPE=True, ROT=128, CAP=False, LIVE=True, PDL=arch >= 90)
     ptx = triton.compile(ASTSource(fn=A._decode_kernel, signature=sig, constexprs=const),
                          target=GPUTarget("cuda", arch, 32), options=dict(num_warps=8, num_stages=2)).asm["ptx"]
     assert all(op in ptx for op in ("ld.global.cg", "atom.global", "bar.sync")), (arch, bits)

@@ -6,7 +6,11 @@ splits, one program per (batch, kv head, split) handles all GROUP query heads th
 head (so each K/V byte is read once). The splits are merged by their log-sum-exp in the same
 launch: each program stores its partial result and counts itself in on a per-(batch, kv head)
 counter, and the program that completes the count merges all splits in split order (the same
-bits whichever program arrives last) and resets the counter (``epilogue.finish``'s scheme).
+bits whichever program arrives last) and resets the counter (``epilogue.finish``'s scheme). The
+split count is fixed by the cache's length (a graph is captured once), so most splits of a short
+sequence are past its position: those programs leave at once, the count is of the live splits
+(pos // split_len + 1), and while there is one live split it stores the answer itself (no partial,
+counter or merge: the short-context decode step's attention is one program per kv head).
 
 ``decode_attention_qkv`` also takes the place of the rotary + K/V store launch: it reads q from
 the fused q|k|v projection's output and rotates it, and the program whose split holds the new
@@ -43,6 +47,9 @@ BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 
 FAST_DEQUANT = False
 NUM_WARPS, NUM_STAGES = 8, 2
 TARGET_PROGRAMS = 264  # ~2 waves of the H100's 132 SMs
+#: splits past the position leave at once and one live split stores its answer itself; False: every
+#: split runs and merges, as before run 19 (bench_e2e's A/B)
+LIVE_SPLITS = True
 LOG2E = 1.4426950408889634  # the kernel's softmax runs on exp2
 
 
@@ -97,18 +104,18 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _merge(PART, LSE, OUT, row, gmask, n_splits, BLOCK_H: tl.constexpr, D: tl.constexpr):
-        """OUT rows = the splits' partial outputs weighted by exp2(lse - max), summed in split order
-        (run by the last program of a (batch, kv head); ``.cg``: read at L2, where the others' stores
-        landed)."""
+    def _merge(PART, LSE, OUT, row, gmask, n_splits, live, BLOCK_H: tl.constexpr, D: tl.constexpr):
+        """OUT rows = the live splits' partial outputs weighted by exp2(lse - max), summed in split
+        order (run by the last program of a (batch, kv head); ``.cg``: read at L2, where the others'
+        stores landed). ``n_splits``: the partials' row stride."""
         m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-        for s in range(0, n_splits):
+        for s in range(0, live):
             m = tl.maximum(m, tl.load(LSE + row * n_splits + s, mask=gmask, other=float("-inf"), cache_modifier=".cg"))
         m = tl.where(gmask, m, 0.0)
         d = tl.arange(0, D)
         acc = tl.zeros([BLOCK_H, D], dtype=tl.float32)
         w_sum = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for s in range(0, n_splits):
+        for s in range(0, live):
             w = tl.exp2(tl.load(LSE + row * n_splits + s, mask=gmask, other=float("-inf"), cache_modifier=".cg") - m)
             part = tl.load(PART + (row * n_splits + s)[:, None] * D + d[None, :], mask=gmask[:, None], other=0.0,
                            cache_modifier=".cg")
@@ -154,20 +161,8 @@ if triton is not None:
         return acc_a, acc_b, z_acc
 
     @triton.jit
-    def _store_result(acc_a, acc_b, z_acc, m_i, l_i, OUT, PART, LSE, CNT, pid, split, n_splits, row, gmask,
-                      BLOCK_H: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DIRECT: tl.constexpr):
-        """The split's normalized output and log-sum-exp (DIRECT, one split: the answer itself), then
-        its arrival at the (batch, kv head) counter; the last arrival merges and re-zeroes it."""
-        DC: tl.constexpr = D // 2 if BITS == 4 else D
-        dc = tl.arange(0, DC)
-        empty = l_i == 0.0  # a split past the sequence's end: weight 0 in the merge
-        inv_l = 1.0 / tl.where(empty, 1.0, l_i)
-        if DIRECT:
-            dst = OUT + row[:, None] * D
-        else:
-            dst = PART + (row * n_splits + split)[:, None] * D
-            lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-            tl.store(LSE + row * n_splits + split, lse, mask=gmask)
+    def _store_rows(dst, acc_a, acc_b, z_acc, inv_l, dc, gmask, BITS: tl.constexpr):
+        """Rows dst [BLOCK_H, 1] (pointers) = the normalized output (int4: even and odd d interleaved)."""
         if BITS == 4:
             oa = (acc_a + z_acc[:, None]) * inv_l[:, None]
             ob = (acc_b + z_acc[:, None]) * inv_l[:, None]
@@ -175,11 +170,31 @@ if triton is not None:
             tl.store(dst + 2 * dc[None, :] + 1, ob.to(dst.dtype.element_ty), mask=gmask[:, None])
         else:
             tl.store(dst + dc[None, :], (acc_a * inv_l[:, None]).to(dst.dtype.element_ty), mask=gmask[:, None])
+
+    @triton.jit
+    def _store_result(acc_a, acc_b, z_acc, m_i, l_i, OUT, PART, LSE, CNT, pid, split, n_splits, live, row, gmask,
+                      BLOCK_H: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DIRECT: tl.constexpr):
+        """The split's normalized output and log-sum-exp, then its arrival at the (batch, kv head)
+        counter; the last of the ``live`` splits merges and re-zeroes it. One live split (DIRECT, or
+        a position in the first split): the answer itself, no partial, counter or merge."""
+        DC: tl.constexpr = D // 2 if BITS == 4 else D
+        dc = tl.arange(0, DC)
+        empty = l_i == 0.0  # a split wholly before a sliding window: weight 0 in the merge
+        inv_l = 1.0 / tl.where(empty, 1.0, l_i)
+        if DIRECT:
+            _store_rows(OUT + row[:, None] * D, acc_a, acc_b, z_acc, inv_l, dc, gmask, BITS)
+        elif live == 1:
+            _store_rows(OUT + row[:, None] * D, acc_a, acc_b, z_acc, inv_l, dc, gmask, BITS)
+        else:
+            _store_rows(PART + (row * n_splits + split)[:, None] * D, acc_a, acc_b, z_acc, inv_l, dc, gmask, BITS)
+            lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+            tl.store(LSE + row * n_splits + split, lse, mask=gmask)
         if not DIRECT:
-            tl.debug_barrier()  # every thread's partial is stored before this split counts as done
-            if tl.atomic_add(CNT + pid, 1) == n_splits - 1:
-                _merge(PART, LSE, OUT, row, gmask, n_splits, BLOCK_H, D)
-                tl.atomic_xchg(CNT + pid, 0)
+            if live > 1:
+                tl.debug_barrier()  # every thread's partial is stored before this split counts as done
+                if tl.atomic_add(CNT + pid, 1) == live - 1:
+                    _merge(PART, LSE, OUT, row, gmask, n_splits, live, BLOCK_H, D)
+                    tl.atomic_xchg(CNT + pid, 0)
 
     @triton.jit
     def _decode_kernel(
@@ -190,74 +205,78 @@ if triton is not None:
         n_kv_heads, n_splits, split_len, window, qk_scale, cap_out,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
         BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
-        ROPE: tl.constexpr, ROT: tl.constexpr, CAP: tl.constexpr, PDL: tl.constexpr,
+        ROPE: tl.constexpr, ROT: tl.constexpr, CAP: tl.constexpr, LIVE: tl.constexpr, PDL: tl.constexpr,
     ):
         pdl_enter(PDL)
         pid, split = tl.program_id(0), tl.program_id(1)
         b, h = pid // n_kv_heads, pid % n_kv_heads
         pos = tl.load(POS).to(tl.int32)
-        start = split * split_len
-        end = tl.minimum(start + split_len, pos + 1)
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_kb + h * stride_kh
-        s_off = b * stride_sb + h * stride_sh
-        HALF: tl.constexpr = ROT // 2
-        cs, sn = COS + pos * ROT, SIN + pos * ROT
-        if ROPE:
-            if pos // split_len == split:  # the new token's slot is in this split: rotate and store its K, V
-                kv_row = Q + b * stride_qb + (n_kv_heads * GROUP + h) * stride_qh
-                store_row(kv_row, cs, sn, k_base + pos * stride_kn, KS + s_off + pos, KZ + s_off + pos, True, BITS, D,
-                          ROT)
-                kv_row += n_kv_heads * stride_qh
-                store_row(kv_row, cs, sn, v_base + pos * stride_kn, VS + s_off + pos, VZ + s_off + pos, False, BITS, D,
-                          ROT)
-            tl.debug_barrier()  # the whole program sees those stores before its loop reads the slot
-        g = tl.arange(0, BLOCK_H)
-        gmask = g < GROUP
-        q_rows = Q + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh
-        DC: tl.constexpr = D // 2 if BITS == 4 else D  # code columns per row
-        dc = tl.arange(0, DC)
-        if BITS == 4:
-            qa = _q_part(q_rows, 2 * dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
-            qb = _q_part(q_rows, 2 * dc[None, :] + 1, cs, sn, gmask[:, None], ROPE, HALF)
-            q_sum = tl.sum(qa.to(tl.float32), 1) + tl.sum(qb.to(tl.float32), 1)
-        else:
-            qa = _q_part(q_rows, dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
-            qb, q_sum = qa, tl.zeros([BLOCK_H], dtype=tl.float32)  # (read by the int4 form only)
-        dt = tl.float32 if DOT_F32 else qa.dtype
-        qa, qb = qa.to(dt), qb.to(dt)
-        acc_a = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
-        acc_b = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
-        z_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-        m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-        # a sliding-window layer sees slots pos - window + 1 .. pos (HF: kv > q - window); a split
-        # wholly before them runs no iteration and merges with weight 0
-        for n0 in range(tl.maximum(start, pos + 1 - window), end, BLOCK_N):
-            n = n0 + tl.arange(0, BLOCK_N)
-            nmask = n < end
-            kv_off = n[:, None] * stride_kn + dc[None, :]
-            k = tl.load(k_base + kv_off, mask=nmask[:, None], other=0)
-            ks = tl.load(KS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
-            kz = tl.load(KZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
-            s = _scores(qa, qb, q_sum, k, ks, kz, BITS, FAST, dt)
-            if CAP:  # Gemma 2: cap * tanh(scores / cap), in log2 units (qk_scale = scale / cap)
-                s = (2.0 / (1.0 + tl.exp(-2.0 * s * qk_scale)) - 1.0) * cap_out
+        # the splits past pos's hold nothing yet: they leave at once, and the merge counts the live ones
+        # (a graph captured for max_seq runs at every position: few live splits early on)
+        live = pos // split_len + 1 if LIVE else n_splits
+        if split < live:
+            start = split * split_len
+            end = tl.minimum(start + split_len, pos + 1)
+            k_base = K + b * stride_kb + h * stride_kh
+            v_base = V + b * stride_kb + h * stride_kh
+            s_off = b * stride_sb + h * stride_sh
+            HALF: tl.constexpr = ROT // 2
+            cs, sn = COS + pos * ROT, SIN + pos * ROT
+            if ROPE:
+                if pos // split_len == split:  # the new token's slot is in this split: rotate and store its K, V
+                    kv_row = Q + b * stride_qb + (n_kv_heads * GROUP + h) * stride_qh
+                    store_row(kv_row, cs, sn, k_base + pos * stride_kn, KS + s_off + pos, KZ + s_off + pos, True,
+                              BITS, D, ROT)
+                    kv_row += n_kv_heads * stride_qh
+                    store_row(kv_row, cs, sn, v_base + pos * stride_kn, VS + s_off + pos, VZ + s_off + pos, False,
+                              BITS, D, ROT)
+                tl.debug_barrier()  # the whole program sees those stores before its loop reads the slot
+            g = tl.arange(0, BLOCK_H)
+            gmask = g < GROUP
+            q_rows = Q + b * stride_qb + (h * GROUP + g)[:, None] * stride_qh
+            DC: tl.constexpr = D // 2 if BITS == 4 else D  # code columns per row
+            dc = tl.arange(0, DC)
+            if BITS == 4:
+                qa = _q_part(q_rows, 2 * dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
+                qb = _q_part(q_rows, 2 * dc[None, :] + 1, cs, sn, gmask[:, None], ROPE, HALF)
+                q_sum = tl.sum(qa.to(tl.float32), 1) + tl.sum(qb.to(tl.float32), 1)
             else:
-                s = s * qk_scale
-            s = tl.where(nmask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + kv_off, mask=nmask[:, None], other=0)
-            vs = tl.load(VS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
-            vz = tl.load(VZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
-            acc_a, acc_b, z_acc = _add_pv(acc_a, acc_b, z_acc, alpha, p, v, vs, vz, BITS, FAST, dt)
-            m_i = m_new
-        row = (b * n_kv_heads + h) * GROUP + g  # rows (batch, query head) of [B * Hq, ...]
-        _store_result(acc_a, acc_b, z_acc, m_i, l_i, OUT, PART, LSE, CNT, pid, split, n_splits, row, gmask,
-                      BLOCK_H, D, BITS, DIRECT)
+                qa = _q_part(q_rows, dc[None, :], cs, sn, gmask[:, None], ROPE, HALF)
+                qb, q_sum = qa, tl.zeros([BLOCK_H], dtype=tl.float32)  # (read by the int4 form only)
+            dt = tl.float32 if DOT_F32 else qa.dtype
+            qa, qb = qa.to(dt), qb.to(dt)
+            acc_a = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
+            acc_b = tl.zeros([BLOCK_H, DC], dtype=tl.float32)
+            z_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+            m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+            # a sliding-window layer sees slots pos - window + 1 .. pos (HF: kv > q - window); a split
+            # wholly before them runs no iteration and merges with weight 0
+            for n0 in range(tl.maximum(start, pos + 1 - window), end, BLOCK_N):
+                n = n0 + tl.arange(0, BLOCK_N)
+                nmask = n < end
+                kv_off = n[:, None] * stride_kn + dc[None, :]
+                k = tl.load(k_base + kv_off, mask=nmask[:, None], other=0)
+                ks = tl.load(KS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
+                kz = tl.load(KZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
+                s = _scores(qa, qb, q_sum, k, ks, kz, BITS, FAST, dt)
+                if CAP:  # Gemma 2: cap * tanh(scores / cap), in log2 units (qk_scale = scale / cap)
+                    s = (2.0 / (1.0 + tl.exp(-2.0 * s * qk_scale)) - 1.0) * cap_out
+                else:
+                    s = s * qk_scale
+                s = tl.where(nmask[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                v = tl.load(v_base + kv_off, mask=nmask[:, None], other=0)
+                vs = tl.load(VS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
+                vz = tl.load(VZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
+                acc_a, acc_b, z_acc = _add_pv(acc_a, acc_b, z_acc, alpha, p, v, vs, vz, BITS, FAST, dt)
+                m_i = m_new
+            row = (b * n_kv_heads + h) * GROUP + g  # rows (batch, query head) of [B * Hq, ...]
+            _store_result(acc_a, acc_b, z_acc, m_i, l_i, OUT, PART, LSE, CNT, pid, split, n_splits, live, row, gmask,
+                          BLOCK_H, D, BITS, DIRECT)
 
 
 def default_block_n(d: int, bits: int) -> int:
@@ -346,6 +365,7 @@ def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_po
         GROUP=hq // hkv, BLOCK_H=max(16, triton.next_power_of_2(hq // hkv)), BLOCK_N=block_n, D=d, BITS=bits,
         DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
         DIRECT=direct, FAST=fast, ROPE=rope is not None, ROT=cos.shape[-1] if rope is not None else d, CAP=cap,
+        LIVE=LIVE_SPLITS,
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
         **pdl.triton_args(dev),
     )
