@@ -147,8 +147,6 @@ def cuda_candidates(t: int, shape: dict) -> list:
         # down by token reading h per stage (moe_token.cuh)
         cands += [dataclasses.replace(c, x_per_stage=True) for c in list(cands)
                   if c.down_by_token and c.down_warps == 16]
-        # gate_up by pair sending down's weights to L2 (moe_token.cuh l2_down)
-        cands += [dataclasses.replace(c, l2_down=True) for c in list(cands) if c.gate_up_by_pair]
     return list(dict.fromkeys(cands))
 
 

@@ -156,37 +156,3 @@ def test_captured_decode_matches_eager(family):
     eager, _ = Engine(model, use_graphs=False).generate(ids, 8)
     graph, stats = Engine(model).generate(ids, 8)
     assert stats.cuda_graph and torch.equal(graph, eager), family
-
-
-def test_link_next_points_each_gpu_linear_at_the_one_after_it():
-    """fastpath.link_next: q|k|v -> o -> gate|up -> down -> the next layer's q|k|v, through
-    QuantLinear.then (the packed tensors themselves); an MoE block ends a chain, and float or
-    emulated linears are never linked (the hint is the GPU decode kernel's)."""
-    from turbopack.formats import get_format
-    from turbopack.inference.qlinear import QuantLinear
-    from turbopack.layouts import get_layout
-
-    fmt, layout = get_format("w4a16", group_size=32), get_layout("w4_t64x64")
-
-    def quantized(model, backend="cuda"):
-        for layer in model.model.layers:
-            blocks = [(layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj")]
-            if hasattr(layer.ffn, "gate_up_proj"):
-                blocks += [(layer.ffn, "gate_up_proj"), (layer.ffn, "down_proj")]
-            for parent, name in blocks:
-                lin = getattr(parent, name)
-                setattr(parent, name, QuantLinear(fmt, (lin.out_features, lin.in_features), layout=layout,
-                                                  backend=backend, device="cpu"))
-        return model
-
-    model = quantized(_model("llama", n_layers=3))
-    assert fastpath.link_next(model) == 11
-    order = [m for layer in model.model.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
-                                                          layer.ffn.gate_up_proj, layer.ffn.down_proj)]
-    for a, b in zip(order, order[1:]):
-        assert a.then.keys() == b.tensors().keys() and all(a.then[k] is getattr(b, k) for k in a.then)
-    assert order[-1].then is None
-    moe = quantized(_model("qwen3_moe"))  # layer 0 MoE: its o ends a chain; layer 1 dense
-    assert fastpath.link_next(moe) == 4 and moe.model.layers[0].self_attn.o_proj.then is None
-    assert fastpath.link_next(quantized(_model("llama"), backend="emulator")) == 0
-    assert fastpath.link_next(_model("llama")) == 0

@@ -28,7 +28,6 @@ from turbopack.inference.kernels.kv_store import rope_store, store_kv
 from turbopack.inference.kernels.triton_env import interpreting, triton
 from turbopack.inference.model import Transformer, band
 from turbopack.inference.moe import MoE
-from turbopack.inference.qlinear import Backend, QuantLinear
 
 #: Decode steps run rotary, the new token's K/V store and attention as one launch
 #: (``attention.decode_attention_qkv``); False: rotary + store, then attention (bench_e2e's A/B).
@@ -55,23 +54,6 @@ def supported(model: Transformer) -> bool:
     fused = all(layer.self_attn.qkv_proj is not None and (isinstance(layer.ffn, MoE) or layer.ffn.gate_up_proj
                                                           is not None) for layer in model.model.layers)
     return triton is not None and (dev.type == "cuda" or interpreting()) and fused and model.config.rotary % 2 == 0
-
-
-def link_next(model: Transformer) -> int:
-    """Point each GPU QuantLinear at the one ``forward`` runs after it (q|k|v -> o -> gate|up -> down
-    -> the next layer's q|k|v; an MoE block ends a chain) through ``QuantLinear.then``: the decode
-    kernel sends the next linear's leading bytes to L2 as it finishes, so that DRAM streams through
-    its tail, the glue kernels and the next launch (cuda_w4.l2_next). Returns how many links."""
-    order: list[object] = []
-    for layer in model.model.layers:
-        order += [layer.self_attn.qkv_proj, layer.self_attn.o_proj]
-        ffn = layer.ffn
-        order += [None] if isinstance(ffn, MoE) else [ffn.gate_up_proj, ffn.down_proj]
-    links = 0
-    for a, b in zip(order, order[1:]):
-        if all(isinstance(m, QuantLinear) and m.backend is Backend.CUDA for m in (a, b)):
-            a.then, links = b.tensors(), links + 1
-    return links
 
 
 def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> torch.Tensor:
@@ -156,5 +138,5 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     return model.logits(h)
 
 
-__all__ = ["act_mul", "add_rmsnorm", "attention", "decode_attention_qkv", "forward", "link_next", "mlp", "moe",
-           "qk_norm", "rope", "rope_store", "store_kv", "supported"]
+__all__ = ["act_mul", "add_rmsnorm", "attention", "decode_attention_qkv", "forward", "mlp", "moe", "qk_norm", "rope",
+           "rope_store", "store_kv", "supported"]

@@ -24,8 +24,6 @@ from turbopack.inference.model import Transformer
 from turbopack.inference.moe import MoE
 from turbopack.inference.sampling import SamplingParams, sample
 
-#: fast-path engines link each linear to the next for the decode kernel's L2 hint (fastpath.link_next)
-LINK_NEXT = True
 SEQ_ROUND = 256  # caches are sized in these steps, so a slightly longer prompt reuses the graph
 
 
@@ -97,8 +95,6 @@ class Engine:
             if self.fast and not ok:
                 raise ValueError("fastpath needs fused projections and a GPU (or TRITON_INTERPRET=1)")
             self.fast = ok
-            if ok and LINK_NEXT:
-                fastpath.link_next(self.model)
         self._forward = self._fast_forward if self.fast else self.model
 
     def _fast_forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

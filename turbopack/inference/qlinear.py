@@ -46,7 +46,7 @@ def _emulator(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
 def _cuda(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     from turbopack.inference.kernels.dispatch import linear  # triton/CUDA: a GPU only
 
-    return linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias, then=m.then)
+    return linear(x, m.fmt, m.layout, m.tensors(), m.shape, bias=m.bias)
 
 
 class Backend(str, enum.Enum):
@@ -99,9 +99,6 @@ class QuantLinear(nn.Module):
             self.suffixes.append(spec.suffix)
         b = torch.empty(self.shape[0], dtype=dtype, device=device) if bias else None
         self.register_buffer("bias", b)
-        #: the packed tensors of the linear that runs after this one (set by the runtime,
-        #: fastpath.link_next): a hint whose leading bytes the decode kernel sends to L2 as it ends
-        self.then: dict[str, torch.Tensor] | None = None
 
     def specs(self) -> list[TensorSpec]:
         if self.layout is None:

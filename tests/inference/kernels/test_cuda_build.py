@@ -225,35 +225,6 @@ def test_decode_by_rows_with_x_per_stage_matches_reference(m, group, sym, warps,
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("m,group,sym,warps,k", [(1, 128, False, 8, 2048), (5, 64, True, 16, 4096),
-                                                 (16, 128, False, 4, 1664), (12, 64, False, 8, 14336)])
-@pytest.mark.parametrize("mib,ctas", [(1, 0), (64, 0), (16, 20), (1, 100000)])
-def test_rows_with_x_per_stage_sends_the_next_linear_to_l2_with_the_same_bits(m, group, sym, warps, k, mib, ctas,
-                                                                                monkeypatch):
-    """VARIANT 6 with ``then`` (csrc/common.cuh L2Next: each CTA's share of the next linear's leading
-    bytes, to L2, at its end): the same y bit for bit as without, eagerly and replayed in a CUDA graph
-    behind another decode with PDL on; a part of the next weight (1 MiB), all of it (64 MiB: more
-    than it has), the last 20 CTAs only, and more CTAs named than the grid has (every CTA)."""
-    monkeypatch.setattr(cuda_w4, "NEXT_L2_BYTES", mib << 20)
-    monkeypatch.setattr(cuda_w4, "NEXT_L2_CTAS", ctas)
-    nxt_fmt, nxt_q, reference = _weight(4096 + 64, 2048, 64, False, torch.bfloat16, 41)
-    then = reference.pack_w4(nxt_q, 64)
-    args = cuda_w4.l2_next(then, 200)
-    assert args[3] == min(then["qweight"].nbytes, mib << 20) // 16 * 16 and args[5] > 0
-    assert args[6] == max(0, 200 - ctas)  # the first CTA that takes a chunk
-    for run, out in _rows_runs(m, group, sym, warps, k, False, torch.bfloat16, cuda_w4.ROWS_X, 7 * m + k):
-        assert torch.equal(run(variant=cuda_w4.ROWS_X, then=then), out)
-        graph_out = torch.empty_like(out)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            run(variant=cuda_w4.ROWS_X, then=then)
-            run(out=graph_out, variant=cuda_w4.ROWS_X, then=then)
-        g.replay()
-        assert torch.equal(graph_out, out)
-
-
-@pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize("m", [9, 16])
 @pytest.mark.parametrize("group,sym,k,with_bias", [(128, False, 1664, True), (64, True, 14336, False),
                                                    (128, True, 2048, True), (64, False, 1536, False)])

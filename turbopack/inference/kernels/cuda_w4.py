@@ -55,17 +55,9 @@ DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
-    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 14 + [ctypes.c_void_p] * 3
-    + [ctypes.c_longlong] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p],
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
 }
-#: The next linear's bytes (``w4_decode``'s ``then``) that VARIANT 6 sends to L2 as its CTAs finish
-#: (csrc/common.cuh L2Next): this many of its qweight at most, its scales and zeros in proportion
-#: (the same leading rows: the layouts are row-tile major); 0 = none
-NEXT_L2_BYTES = 16 << 20
-#: which CTAs take a chunk: the grid's last NEXT_L2_CTAS (0 = every CTA)
-NEXT_L2_CTAS = 0
-_NEXT_PARTS = ("qweight", "scales", "zeros")
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured graph may point at it
 
@@ -134,14 +126,13 @@ def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False,
-              cluster: bool = False, then: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+              cluster: bool = False) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
     (v8: CTAs per SM, 0 = as many as fit; rows: warps per CTA, 0 = 16). ``prefetch`` (v7; layout
     tiles of <= 64 rows): each CTA sends its weight slice past the ring's first stages to L2 first
     (csrc/w4_v67.cuh). ``cluster`` (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's
     split-K CTAs sum their partials in a thread-block cluster's shared memory, not through the
-    global workspace (csrc/common.cuh). ``then``: the packed tensors of the linear that runs next,
-    whose leading bytes VARIANT 6 sends to L2 as its CTAs finish (``l2_next``)."""
+    global workspace (csrc/common.cuh)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
@@ -162,26 +153,11 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
-        int(cluster), *l2_next(then if variant == ROWS_X else None, nt * tn // 16), _DTYPE_CODE[x2.dtype],
-        cuda_build.stream(x2.device))
+        int(cluster), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "
                            f"variant={variant})")
     return y
-
-
-def l2_next(then: dict[str, torch.Tensor] | None, grid: int) -> tuple:
-    """turbopack_w4_decode's next_* arguments: pointers to ``then``'s qweight, scales and zeros, the
-    leading bytes of each to send to L2 (multiples of 16), and the first CTA of ``grid`` to take a
-    chunk. No ``then`` (or NEXT_L2_BYTES = 0): nothing."""
-    parts = [then.get(k) if then else None for k in _NEXT_PARTS]
-    q = parts[0]
-    if q is None or NEXT_L2_BYTES <= 0 or q.device.type != "cuda":
-        return (None, None, None, 0, 0, 0, 0)
-    lead = min(q.nbytes, NEXT_L2_BYTES)  # of qweight; the other parts in proportion
-    counts = [t.nbytes * lead // q.nbytes // 16 * 16 if t is not None and t.data_ptr() % 16 == 0 else 0 for t in parts]
-    first = max(0, grid - NEXT_L2_CTAS) if NEXT_L2_CTAS > 0 else 0
-    return (*(_p(t) for t in parts), *counts, first)
 
 
 def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:

@@ -33,8 +33,7 @@ from turbopack.registry import Registry
 
 @dataclass(frozen=True)
 class Family:
-    """How one layout is computed: run(x2, packed, shape, bias, cfg, out, fmt, then=None) and its default
-    config (``then``: the packed tensors of the linear that runs next, a hint the kernels may use)."""
+    """How one layout is computed: run(x2, packed, shape, bias, cfg, out, fmt) and its default config."""
 
     run: Callable[..., torch.Tensor]
     default: Callable[[int, int, int, Format], KernelConfig]
@@ -42,15 +41,14 @@ class Family:
 
 
 def _wo(kind: weight_only.Kind) -> Family:
-    def run(x2, packed, shape, bias, cfg, out, fmt, then=None):
+    def run(x2, packed, shape, bias, cfg, out, fmt):
         group = getattr(fmt, "group_size", 64)
         kernel = cfg.kernel
         if kind == weight_only.W4 and kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape):
             stages = cuda_w4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
             variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
             return cuda_w4.w4_decode(x2, packed, shape, bias, cfg.split_k or 0, out, group=group, stages=stages,
-                                     variant=variant, prefetch=bool(cfg.prefetch), cluster=bool(cfg.cluster),
-                                     then=then)
+                                     variant=variant, prefetch=bool(cfg.prefetch), cluster=bool(cfg.cluster))
         if kind == weight_only.NVFP4 and kernel is KernelName.CUDA and cuda_fp4.supports(x2, packed, shape):
             return _fp4(x2, packed, shape, bias, cfg, out)
         if kind not in (weight_only.W4, weight_only.NVFP4) and kernel is KernelName.CUDA \
@@ -81,7 +79,7 @@ FAMILIES.register(LayoutName.I8_T16X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.I8_T64X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
 FAMILIES.register(LayoutName.NVFP4_T16X64, _wo(weight_only.NVFP4))
-def _i8_rowmajor(x2, packed, shape, bias, cfg, out, fmt, then=None):
+def _i8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
     # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
     if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
         return _w8(x2, packed, shape, bias, cfg, out)
@@ -117,7 +115,7 @@ def _fp4(x2, packed, shape, bias, cfg, out):
     return cuda_fp4.fp4_decode(x2, packed, shape, bias, cfg.split_k or 0, out, stages=stages)
 
 
-def _fp8_rowmajor(x2, packed, shape, bias, cfg, out, fmt, then=None):
+def _fp8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
     # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
     if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
         return _w8(x2, packed, shape, bias, cfg, out)
@@ -191,10 +189,8 @@ def _check(
 
 def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
            shape: tuple[int, int], bias: torch.Tensor | None = None,
-           config: KernelConfig | None = None, then: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` from the packed tensors of ``layout``: [..., K] -> [..., N] in x's dtype.
-    ``then``: the packed tensors of the linear that runs next; the W4 decode by rows with x per stage
-    sends their leading bytes to L2 as it finishes (cuda_w4.l2_next), others ignore it."""
+           config: KernelConfig | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` from the packed tensors of ``layout``: [..., K] -> [..., N] in x's dtype."""
     layout = get_layout(layout)
     shape = (int(shape[0]), int(shape[1]))
     _check(x, layout, fmt, packed, shape)
@@ -207,7 +203,7 @@ def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, pack
     fam = FAMILIES.get(layout.name)
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], m, x.device, config)
     try:
-        y = fam.run(x2, packed, shape, bias, cfg, None, fmt, then)
+        y = fam.run(x2, packed, shape, bias, cfg, None, fmt)
     except triton.runtime.errors.OutOfResources:
         # a table entry tuned on a larger part (or another Triton) that does not fit here
         y = fam.run(x2, packed, shape, bias, fam.default(m, shape[0], shape[1], fmt), None, fmt)

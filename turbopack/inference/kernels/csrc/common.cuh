@@ -130,27 +130,6 @@ __device__ __forceinline__ void prefetch_l2(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
 #endif
 }
-// The next kernel's leading bytes, sent to L2 as this grid's CTAs finish their own copies: up to
-// three ranges (a packed linear's qweight, scales, zeros), each cut into one contiguous chunk per
-// CTA from `first` on. Why: a decode linear leaves DRAM idle in its tail, in the glue kernels after
-// it and in the next linear's launch and ramp; the next linear's first waves then read L2. (A
-// kernel's own slice, prefetched before its ring, lost: v7's PREFETCH, docs/kernels.md.)
-struct L2Next {
-  const char* p[3];
-  long long n[3];  // bytes (rounded down to 16 here); 0: none
-  int first;       // the first blockIdx.x that takes a chunk
-};
-__device__ __forceinline__ void l2_next(const L2Next& nx) {
-  const int ctas = static_cast<int>(gridDim.x) - nx.first, me = static_cast<int>(blockIdx.x) - nx.first;
-  if (me < 0 || threadIdx.x >= 3) return;
-#pragma unroll
-  for (int i = 0; i < 3; ++i) {  // thread i takes range i: three TMA requests in parallel, no loop
-    const long long n = nx.n[i] & ~15LL;
-    if (threadIdx.x != i || n == 0) continue;
-    const long long chunk = ((n + ctas - 1) / ctas + 15) & ~15LL, lo = me * chunk;
-    if (lo < n) prefetch_l2(nx.p[i] + lo, static_cast<uint32_t>(min(chunk, n - lo)));
-  }
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }

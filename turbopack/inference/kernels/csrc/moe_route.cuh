@@ -16,7 +16,6 @@ struct MoeArgs {
   Lin gate, up, down;
   void* h; void* y; float* ws; int* counters;
   int T, topk, E, stride_xm, ids64, wts32, split;
-  int l2_down;  // gate_up by pair sends its expert's down weights to L2 (moe_token.cuh)
 };
 
 // the top-k id of pair p

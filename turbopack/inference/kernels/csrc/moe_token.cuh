@@ -6,8 +6,7 @@
 // rows:
 //   gate_up by pair   CTA (16 rows of gate|up, pair), 8 warps: the pair is blockIdx.z, so x's row
 //                     is copied (cp.async, one chunk a thread) before the id is even read; each warp
-//                     takes an eighth of K; h = silu(g) * u after a shared-memory sum in warp order;
-//                     l2_down: the CTA also sends its share of the expert's down weights to L2
+//                     takes an eighth of K; h = silu(g) * u after a shared-memory sum in warp order
 //   down by token     CTA (16 rows of y, token): its W = 8, 16 or 32 warps take the token's top-k pairs
 //                     (k divides W), W / k warps splitting each pair's K range; h's slices are
 //                     copied once after pdl_wait; y = sum_k w * round16(down) in top-k order in
@@ -32,21 +31,6 @@ namespace {
 
 constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8, 16 or 32, which top-k must divide
 constexpr int kMaxDownSlots = 128;  // down by token's warps x ring slots: 32 x 8 slots (282 KiB) pass the SM's 227
-
-// A gate_up-by-pair CTA's share of its expert's down weights (qweight, scales, zeros), to L2, once its
-// own copies are issued (l2_down): down's CTAs are placed only as gate_up's leave the SMs, so their
-// ring's first copies went to DRAM after gate_up's stream had ended; now they read L2, and gate_up's
-// CTAs, latency-bound (34% of DRAM peak, ncu run 13), share DRAM with down's bytes.
-template <typename T>
-__device__ __forceinline__ void l2_down(const Lin& D, int e) {
-  const long long groups = D.s_per_expert();
-  const L2Next nx{{reinterpret_cast<const char*>(D.q + e * D.q_per_expert()),
-                   reinterpret_cast<const char*>(static_cast<const T*>(D.s) + e * groups),
-                   D.z != nullptr ? reinterpret_cast<const char*>(D.z + e * groups) : nullptr},
-                  {D.q_per_expert() * 16, groups * static_cast<long long>(sizeof(T)), D.z != nullptr ? groups : 0},
-                  0};
-  l2_next(nx);
-}
 
 template <typename T, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
@@ -75,7 +59,6 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   GateUpFeed<T, NG, ASYM> feed(a, valid ? e : 0, n0, w_lo, lane);
   auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
   ring_prologue<STAGES>(nst, issue);
-  if (a.l2_down && valid) l2_down<T>(a.down, e);
   cp_async_wait<STAGES - 1>();  // x's group, the oldest
   __syncthreads();              // every thread's chunk of x
   row_sums<T, NG>(xsum, xs + w_lo * 16, nst, 1, 0, lane);

@@ -346,8 +346,7 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // = 8, 16 or 32 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched
 // as a programmatic dependent of gate_up (sm_90+); pdl_gu: gate_up by pair as one of the kernel
 // before it. x_per_stage: down by token (in 16 warps) reads h per stage and removes the zero points
-// in the MMA's operands (moe_token.cuh), staging nothing. l2_down: gate_up by pair sends each pair's down
-// weights to L2 as it starts (moe_token.cuh l2_down). Returns 0, -1 bad arguments, or the CUDA
+// in the MMA's operands (moe_token.cuh), staging nothing. Returns 0, -1 bad arguments, or the CUDA
 // error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
@@ -355,22 +354,21 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
                                 int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu,
-                                int x_per_stage, int l2_down, int dtype, void* stream) {
+                                int x_per_stage, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
-      (x_per_stage && (!down_by_token || down_warps != 16)) || (l2_down && !gu_by_pair) ||
+      (x_per_stage && (!down_by_token || down_warps != 16)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
     return Lin{static_cast<const uint4*>(q), s, static_cast<const uint8_t*>(z), d[0], d[1], d[2], d[3], d[4], d[5]};
   };
   MoeArgs a{x, ids, wts, lin(qg, sg, zg, gu_dims), lin(qu, su, zu, gu_dims), lin(qd, sd, zd, d_dims),
-            h, y, static_cast<float*>(ws), static_cast<int*>(counters), T, topk, E, stride_xm, ids64, wts32, 1,
-            l2_down};
+            h, y, static_cast<float*>(ws), static_cast<int*>(counters), T, topk, E, stride_xm, ids64, wts32, 1};
   if (a.gate.K % kStageK != 0 || a.down.K % kStageK != 0 || a.gate.TN % 16 != 0 || a.down.TN % 16 != 0 ||
       a.down.K != a.gate.N)
     return -1;

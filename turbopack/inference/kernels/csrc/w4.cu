@@ -51,7 +51,6 @@ struct Args {
   const void* x; const uint4* qw; const void* scales; const uint8_t* zeros;
   int M, NP, K, KT, KGP, TN, G, stride_xm, split_k;
   int prefetch;  // v7: 1 = the CTA's weight slice past the ring's first stages goes to L2 before pdl_wait
-  L2Next next;   // rows with x per stage: the next linear's leading bytes to L2 at each CTA's end (common.cuh)
 };
 
 // cp.async of one stage: lane l copies 16-byte chunk l of each of the two tiles (the warp's 16 rows
@@ -389,25 +388,19 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 // the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
 // through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2
 // unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows, 5 = rows of 64, 6 = rows with x
-// per stage), -4 no SM count, else the CUDA error. next_*: the linear that runs next (its qweight, scales and zeros, the
-// leading bytes of each), which VARIANT 6's CTAs from next_first on send to L2 at their end (common.cuh
-// L2Next); other variants ignore them. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
+// per stage), -4 no SM count, else the CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
-                                   int variant, int prefetch, int cluster, const void* next_q,
-                                   const void* next_s, const void* next_z, long long next_nq, long long next_ns,
-                                   long long next_nz, int next_first, int dtype, void* stream) {
+                                   int variant, int prefetch, int cluster, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1) ||
       (cluster && (variant != 2 || split_k > 16)))
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
-               G, stride_xm, split_k, prefetch != 0,
-               L2Next{{static_cast<const char*>(next_q), static_cast<const char*>(next_s), static_cast<const char*>(next_z)},
-                      {next_nq, next_ns, next_nz}, next_first}};
+               G, stride_xm, split_k, prefetch != 0};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, cluster != 0, s)
                     : by_tokens<__half>(a, stages, variant, cluster != 0, s);

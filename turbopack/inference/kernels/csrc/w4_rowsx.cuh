@@ -15,9 +15,7 @@
 //     per register pair than the raw codes (run 3's "HSUB2 + HMUL2" form was two, and applied the
 //     scale in 16 bits); the scale stays in fp32, so y is the contract's up to fp32 summation order;
 //   - the warps' sums meet in their drained rings in warp order and the first 16 * M threads store y
-//     (w8.cu's w8_rows_kernel): no workspace, counter or last CTA, the same bits run to run;
-//   - once its own copies are in, a CTA sends its share of the next linear's leading bytes to L2
-//     (Args::next, common.cuh L2Next; none unless the caller names the next linear).
+//     (w8.cu's w8_rows_kernel): no workspace, counter or last CTA, the same bits run to run.
 #pragma once
 #include "common.cuh"
 #include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue, ring_pass_x
@@ -100,7 +98,6 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
   ring_pass_x<STAGES, NTOK>(
       nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
       [&](int, int rd, const uint4(&xv)[NTOK][2][2]) { stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c); });
-  l2_next(a.next);  // the CTA's own copies are all in: its share of the next linear goes to L2
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
