@@ -241,18 +241,22 @@ def _qkv_step(attn, precision, b, hkv, group, d, s, p, dtype, dev, seed, rotary=
     return caches, qkv, cos.float().contiguous(), sin.float().contiguous()
 
 
-@pytest.mark.parametrize("precision,rotary,live", [("bf16", None, True), ("int8", None, True), ("int4", None, True),
-                                                   ("bf16", 16, True), ("int4", 16, True), ("int4", None, False)])
-def test_decode_attention_qkv_is_rope_store_then_attention(attn, precision, rotary, live, monkeypatch):
+@pytest.mark.parametrize("precision,rotary,live,min_len", [
+    ("bf16", None, True, 128), ("int8", None, True, 128), ("int4", None, True, 128), ("bf16", 16, True, 128),
+    ("int4", 16, True, 128), ("int4", None, False, 128), ("bf16", None, True, 256), ("int8", None, True, 512)])
+def test_decode_attention_qkv_is_rope_store_then_attention(attn, precision, rotary, live, min_len, monkeypatch):
     """The one-launch decode step (rotary, the new K/V's store, attention and the split merge) gives
     the bits of the two-launch path, rope_store then decode_attention: the same output and the same
     cache bytes, with the new slot at a split's first and last position, in the first and last
     split, and several programs per (batch, kv head) to merge; under partial rotary too (16 of 32
-    channels turned, Phi-4-mini's kind). live: the splits past the position leave at once (and one
-    live split stores the answer itself); off (LIVE_SPLITS, the A/B's old form), every split merges."""
+    channels turned, Phi-4-mini's kind). live: the splits follow the position (at least min_len keys:
+    128, one block, splits as long as the static ones at the last position; 256 and 512, fewer, and
+    one for the whole cache at 512), those past it leave at once, and one live split stores the
+    answer itself; off (LIVE_SPLITS, the A/B's old form), every split runs and merges."""
     from turbopack.inference.kernels.kv_store import rope_store
 
     monkeypatch.setattr(attn, "LIVE_SPLITS", live)
+    monkeypatch.setattr(attn, "MIN_SPLIT_LEN", min_len)
 
     dev = _device()
     b, hkv, group, d = 2, 2, 3, 32

@@ -102,3 +102,39 @@ def test_fastpath_mlp_grouped_matches_dense_on_gpu(tokens, monkeypatch):
     torch.cuda.synchronize()
     # split-K sums in fp32 atomics where the config splits K (8 tokens here): same values, not same bits
     assert ((replayed.float() - grouped.float()).norm() / grouped.float().norm()).item() < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("tokens,activation", [(1, "silu"), (8, "silu"), (16, "silu"), (1, "gelu_pytorch_tanh")])
+def test_fastpath_mlp_glu_matches_three_launches_on_gpu(tokens, activation, monkeypatch):
+    """The 8B MLP (hidden 4096, intermediate 14336) as fastpath runs it by default, gate|up's decode
+    applying the activation in its store (QuantLinear.glu), against gate|up, act_mul, down
+    (GLU_DECODE off), eager and replayed from a CUDA graph; past 16 tokens or with a bias, glu
+    gives None (the caller's three launches)."""
+    from types import SimpleNamespace
+
+    from turbopack.inference import fastpath
+    from turbopack.inference.config import Activation
+
+    act = Activation(activation)
+    _, _, gate, up, down = _mlp(4096, 14336)
+    fused = concat([gate, up])
+    block = SimpleNamespace(gate_up_proj=fused, down_proj=down)
+    h = torch.randn(tokens, 1, 4096, device="cuda", dtype=torch.bfloat16)
+    glu = fastpath.mlp(block, h, act)
+    monkeypatch.setattr(fastpath, "GLU_DECODE", False)
+    three = fastpath.mlp(block, h, act)
+    assert glu.shape == three.shape and glu.dtype == three.dtype
+    assert ((glu.float() - three.float()).norm() / three.float().norm()).item() < 5e-3
+    monkeypatch.setattr(fastpath, "GLU_DECODE", True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = fastpath.mlp(block, h, act)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, glu)
+    assert fused.glu(torch.randn(17, 4096, device="cuda", dtype=torch.bfloat16), act) is None  # past M = 16
+    biased = _linear(get_format("w4a16"), get_layout("w4_t64x64"), (2 * 1024, 4096), torch.Generator().manual_seed(3),
+                     bias=True)
+    assert biased.glu(h, act) is None

@@ -4,14 +4,14 @@ Batch-1 decode of an 8B model reads ~4 GB of int4 weights per token (~1.5 ms at 
 so the dozens of tiny elementwise kernels per layer that the reference model launches (RMSNorm's
 seven ops, rotary's ten, the residual adds, SwiGLU) would cost as much as the weights. Here each
 layer is: add+RMSNorm, q|k|v matmul, attention (with rotary and the K/V store in the same
-launch at decode; one launch before it at prefill), o matmul, add+RMSNorm, gate|up matmul,
-SwiGLU, down matmul; the residual add that ends a layer is folded into the next layer's norm
-(``kernels.glue``). Every family's differences ride along: per-head q/k norms (Qwen3, Gemma 3)
-as one more launch, Gemma's norm style, sandwich norms (folded into the same add+norm launches),
-GeLU, scale, soft-caps and sliding windows (the decode kernel reads them from the cache), partial
-rotary (Phi-4-mini), local rotary tables (Gemma 3), and MoE layers (their router and grouped
-experts, ``inference.moe``). Same parameters, same caches, same outputs as
-``Transformer.forward`` up to bf16 rounding (each kernel rounds once instead of per op).
+launch at decode; one launch before it at prefill), o matmul, add+RMSNorm, gate|up matmul, SwiGLU,
+down matmul (a W4 decode applies SwiGLU in gate|up's store); the residual add that ends a layer is
+folded into the next layer's norm (``kernels.glue``). Every family's differences ride along:
+per-head q/k norms (Qwen3, Gemma 3) as one more launch, Gemma's norm style, sandwich norms (folded
+into the same add+norm launches), GeLU, scale, soft-caps and sliding windows (the decode kernel
+reads them from the cache), partial rotary (Phi-4-mini), local rotary tables (Gemma 3), and MoE
+layers (their router and grouped experts, ``inference.moe``). Same parameters, same caches, same
+outputs as ``Transformer.forward`` up to bf16 rounding (each kernel rounds once instead of per op).
 
 The kernels run on the GPU or, for tests, Triton's CPU interpreter; ``supported`` says when.
 """
@@ -28,6 +28,7 @@ from turbopack.inference.kernels.kv_store import rope_store, store_kv
 from turbopack.inference.kernels.triton_env import interpreting, triton
 from turbopack.inference.model import Transformer, band
 from turbopack.inference.moe import MoE
+from turbopack.inference.qlinear import QuantLinear
 
 #: Decode steps run rotary, the new token's K/V store and attention as one launch
 #: (``attention.decode_attention_qkv``); False: rotary + store, then attention (bench_e2e's A/B).
@@ -37,6 +38,9 @@ FUSED_DECODE_ATTENTION = True
 #: 0 = never. Off: run 10 measured it 8% slower than the dense kernels at batch 1, 18% at batch 8
 #: (bench_e2e's A/B; the grouped kernels are built for many small experts, not one large one).
 GROUPED_MLP_MAX_TOKENS = 0
+#: gate|up's decode kernel applies the MLP's activation in its store where it can (QuantLinear.glu:
+#: the W4 rows with x per stage), so the MLP is two launches; False: gate|up, act_mul, down (the A/B)
+GLU_DECODE = True
 _ROUTE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -57,8 +61,9 @@ def supported(model: Transformer) -> bool:
 
 
 def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> torch.Tensor:
-    """down(act(gate(h)) * up(h)) of a fused MLP ``block``: three launches, or (SiLU) two through
-    the grouped decode (GROUPED_MLP_MAX_TOKENS)."""
+    """down(act(gate(h)) * up(h)) of a fused MLP ``block``: two launches where gate|up's decode kernel
+    applies the activation in its store (QuantLinear.glu, GLU_DECODE), or (SiLU) through the grouped
+    decode (GROUPED_MLP_MAX_TOKENS), else three (gate|up, act_mul, down)."""
     x2 = h.reshape(-1, h.shape[-1])
     if x2.shape[0] <= GROUPED_MLP_MAX_TOKENS and activation is Activation.SILU:
         from turbopack.inference.kernels import cuda_moe
@@ -72,6 +77,10 @@ def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> tor
         weights, idx = _ROUTE[key]
         if one is not None and cuda_moe.supports(x2, weights, idx, one.gate, one.up, one.down):
             return cuda_moe.grouped_moe_cuda(x2, weights, idx, one.gate, one.up, one.down).view(h.shape)
+    if GLU_DECODE and isinstance(block.gate_up_proj, QuantLinear):
+        g = block.gate_up_proj.glu(h, activation)
+        if g is not None:
+            return block.down_proj(g)
     return block.down_proj(act_mul(block.gate_up_proj(h), activation))
 
 

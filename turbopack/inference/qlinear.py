@@ -127,6 +127,15 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(self, x)
 
+    def glu(self, x: torch.Tensor, activation) -> torch.Tensor | None:
+        """act(gate(x)) * up(x) of this fused [gate; up] in one kernel where the GPU backend has one
+        for it (``kernels.dispatch.glu``), else None: the caller runs forward, then the activation."""
+        if self.backend is not Backend.CUDA or x.device.type != "cuda":
+            return None
+        from turbopack.inference.kernels.dispatch import glu  # triton/CUDA: a GPU only
+
+        return glu(x, self.fmt, self.layout, self.tensors(), self.shape, activation, bias=self.bias)
+
     def extra_repr(self) -> str:
         lay = f", layout={self.layout.name.value}" if self.layout is not None else ""
         return (

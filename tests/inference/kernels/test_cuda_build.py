@@ -225,6 +225,52 @@ def test_decode_by_rows_with_x_per_stage_matches_reference(m, group, sym, warps,
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("m,warps", [(1, 8), (3, 16), (8, 8), (9, 4), (13, 8), (16, 16)])
+@pytest.mark.parametrize("group,sym,k", [(128, False, 2048), (64, True, 1664), (128, True, 4096)])
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rows_with_x_per_stage_glu_is_linear_then_act_mul(m, warps, group, sym, k, act, dtype):
+    """VARIANT 6's GLU (w4_rowsx.cuh: half the warps on gate's rows, half on up's, act(gate) * up in the
+    store) on a fused [gate; up] of 2 x 1072 rows, both tile layouts (at 64 rows the padding is past
+    up's last row): within fp32 summation order of the same kernel's gate|up followed by
+    glue.act_mul, which rounds the same way; near the float64 contract; bit-identical re-runs and
+    graph replays. The builds it lacks are refused (-1): a bias, another variant, N % 32 != 0."""
+    from turbopack.inference.config import Activation
+    from turbopack.inference.kernels import glue
+
+    activation, inter = Activation(act), 1072
+    fmt, q, reference = _weight(2 * inter, k, group, sym, dtype, 97 * m + k + warps)
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        run = functools.partial(cuda_w4.w4_decode, x, packed, (2 * inter, k), None, warps, group=group, stages=4,
+                                variant=cuda_w4.ROWS_X)
+        h = run(glu=activation)
+        assert h.shape == (m, inter) and h.dtype == dtype
+        two = glue.act_mul(run(), activation)
+        assert reference.rel_err(h, two.float()) < 2e-3, tile_n
+        gu = reference.ref_linear(x, "w4a16", q, None).double()
+        g, u = gu[:, :inter], gu[:, inter:]
+        act_g = g * torch.sigmoid(g if activation is Activation.SILU else
+                                  1.5957691216057308 * (g + 0.044715 * g ** 3))
+        assert reference.rel_err(h, act_g * u) < 1e-2, tile_n
+        assert torch.equal(run(glu=activation), h)
+        out = torch.empty_like(h)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run(out=out, glu=activation)
+        graph.replay()
+        assert torch.equal(out, h)
+    b = torch.randn(2 * inter, device="cuda").to(dtype)
+    for bad in (dict(bias=b), dict(variant=cuda_w4.ROWS), dict(shape=(2 * inter - 16, k))):
+        args = dict(bias=None, variant=cuda_w4.ROWS_X, shape=(2 * inter, k)) | bad
+        with pytest.raises(RuntimeError, match="code -1"):
+            cuda_w4.w4_decode(x, packed, args["shape"], args["bias"], warps, group=group, stages=4,
+                              variant=args["variant"], glu=activation)
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("m", [9, 16])
 @pytest.mark.parametrize("group,sym,k,with_bias", [(128, False, 1664, True), (64, True, 14336, False),
                                                    (128, True, 2048, True), (64, False, 1536, False)])

@@ -7,10 +7,11 @@ head (so each K/V byte is read once). The splits are merged by their log-sum-exp
 launch: each program stores its partial result and counts itself in on a per-(batch, kv head)
 counter, and the program that completes the count merges all splits in split order (the same
 bits whichever program arrives last) and resets the counter (``epilogue.finish``'s scheme). The
-split count is fixed by the cache's length (a graph is captured once), so most splits of a short
-sequence are past its position: those programs leave at once, the count is of the live splits
-(pos // split_len + 1), and while there is one live split it stores the answer itself (no partial,
-counter or merge: the short-context decode step's attention is one program per kv head).
+grid is fixed by the cache's length (a graph is captured once for every position), the splits'
+length is not: at position pos each split takes (pos + 1) / n_splits keys in whole blocks, at
+least MIN_SPLIT_LEN, the programs past the last live split leave at once, the count is of the
+live ones, and while one split is live it stores the answer itself (no partial, counter or merge:
+a short sequence's attention is one program per kv head).
 
 ``decode_attention_qkv`` also takes the place of the rotary + K/V store launch: it reads q from
 the fused q|k|v projection's output and rotates it, and the program whose split holds the new
@@ -47,9 +48,13 @@ BLOCK_N = 128  # with num_warps=8: the best of the configs measured on the H100 
 FAST_DEQUANT = False
 NUM_WARPS, NUM_STAGES = 8, 2
 TARGET_PROGRAMS = 264  # ~2 waves of the H100's 132 SMs
-#: splits past the position leave at once and one live split stores its answer itself; False: every
-#: split runs and merges, as before run 19 (bench_e2e's A/B)
+#: the splits follow the position (below), those past it leave at once and one live split stores its
+#: answer itself; False: splits of a fixed length, every one runs and merges, as before run 19 (the A/B)
 LIVE_SPLITS = True
+#: the shortest split (keys; rounded up to BLOCK_N) at a position: a sequence shorter than this is one
+#: program per kv head, with no partials, counter or merge (what the merge's chain costs, ~4 µs a
+#: layer at 2 splits on the H100, run 19, is more than one program reading a few more blocks)
+MIN_SPLIT_LEN = 256
 LOG2E = 1.4426950408889634  # the kernel's softmax runs on exp2
 
 
@@ -202,7 +207,7 @@ if triton is not None:
         stride_qb, stride_qh,
         stride_kb, stride_kh, stride_kn,
         stride_sb, stride_sh,
-        n_kv_heads, n_splits, split_len, window, qk_scale, cap_out,
+        n_kv_heads, n_splits, split_len, split_min, window, qk_scale, cap_out,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
         BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
         ROPE: tl.constexpr, ROT: tl.constexpr, CAP: tl.constexpr, LIVE: tl.constexpr, PDL: tl.constexpr,
@@ -213,7 +218,11 @@ if triton is not None:
         pos = tl.load(POS).to(tl.int32)
         # the splits past pos's hold nothing yet: they leave at once, and the merge counts the live ones
         # (a graph captured for max_seq runs at every position: few live splits early on)
-        live = pos // split_len + 1 if LIVE else n_splits
+        if LIVE:  # (pos + 1) / n_splits keys a split, whole blocks, at least split_min
+            split_len = tl.maximum(tl.cdiv(tl.cdiv(pos + 1, n_splits), BLOCK_N) * BLOCK_N, split_min)
+            live = pos // split_len + 1
+        else:
+            live = n_splits
         if split < live:
             start = split * split_len
             end = tl.minimum(start + split_len, pos + 1)
@@ -361,7 +370,7 @@ def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_po
     _decode_kernel[(b * hkv, n_splits)](
         src, cos, sin, kc, vc, ks, kz, vs, vz, input_pos, out, part, lse, cnt,
         *q_strides, kc.stride(0), kc.stride(1), kc.stride(2), *s_strides,
-        hkv, n_splits, split_len, window, qk_scale, cap_out,
+        hkv, n_splits, split_len, -(-MIN_SPLIT_LEN // block_n) * block_n, window, qk_scale, cap_out,
         GROUP=hq // hkv, BLOCK_H=max(16, triton.next_power_of_2(hq // hkv)), BLOCK_N=block_n, D=d, BITS=bits,
         DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
         DIRECT=direct, FAST=fast, ROPE=rope is not None, ROT=cos.shape[-1] if rope is not None else d, CAP=cap,

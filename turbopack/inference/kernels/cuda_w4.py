@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from turbopack.inference.config import Activation
 from turbopack.inference.kernels import cuda_build
 from turbopack.inference.kernels.cuda_build import gencode, nvcc  # noqa: F401 (the build test's names)
 from turbopack.inference.kernels.cuda_build import ptr as _p
@@ -54,8 +55,10 @@ CLUSTER_MAX, CLUSTER_M_MAX, CLUSTER_STAGES = cuda_build.CLUSTER_MAX, 8, (4, 6)
 DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+#: the GLU's activation (csrc/common.cuh act_mul) by the model's Activation
+_ACT_CODE = {Activation.SILU: 1, Activation.GELU_TANH: 2}
 _SIGNATURES = {
-    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p],
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 16 + [ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
@@ -81,6 +84,16 @@ def supports(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor], shape: tupl
     return (_common_ok(x2, packed) and getattr(fmt, "group_size", 0) in DECODE_GROUPS
             and 1 <= x2.shape[0] <= M_MAX and shape[1] % 128 == 0 and x2.stride(1) == 1
             and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+
+
+def glu_ok(packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None, variant: int,
+           act: Activation) -> bool:
+    """Can ``w4_decode(..., glu=act)`` run this fused [gate; up] (``supports`` being true)? VARIANT 6,
+    an activation it builds, no bias, gate's rows a whole number of the kernel's 16-row CTAs, and
+    16-byte aligned scales and zeros (the ring's chunk copies; elsewhere the rows kernels fall back
+    to v7, which has no GLU)."""
+    return (variant == ROWS_X and act in _ACT_CODE and bias is None and shape[0] % 32 == 0
+            and all(t.data_ptr() % 16 == 0 for t in (packed["scales"], packed.get("zeros")) if t is not None))
 
 
 def supports_dequant(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor]) -> bool:
@@ -126,18 +139,20 @@ def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False,
-              cluster: bool = False) -> torch.Tensor:
+              cluster: bool = False, glu: Activation | None = None) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
     (v8: CTAs per SM, 0 = as many as fit; rows: warps per CTA, 0 = 16). ``prefetch`` (v7; layout
     tiles of <= 64 rows): each CTA sends its weight slice past the ring's first stages to L2 first
     (csrc/w4_v67.cuh). ``cluster`` (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's
     split-K CTAs sum their partials in a thread-block cluster's shared memory, not through the
-    global workspace (csrc/common.cuh)."""
+    global workspace (csrc/common.cuh). ``glu`` (VARIANT 6, no bias, N % 32 == 0; see ``glu_ok``): the
+    weight is a fused [gate; up] and y [M, N / 2] = glu(x @ gate.T) * (x @ up.T), the MLP's activation
+    in the same launch (csrc/w4_rowsx.cuh)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
-    y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    y = out if out is not None else torch.empty(m, n // 2 if glu else n, dtype=x2.dtype, device=x2.device)
     if variant in ROWS_VARIANTS:  # SPLIT_K is its warps; split-K buffers for v7, its fallback
         split = int(split_k) if split_k and split_k > 0 else ROWS_DEFAULT_WARPS
         ws, cnt = splitk_buffers(x2.device, m, n, -(-nt * tn // 64), default_split(nt * tn, k, x2.device))
@@ -153,10 +168,10 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
-        int(cluster), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(cluster), _ACT_CODE[glu] if glu else 0, _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "
-                           f"variant={variant})")
+                           f"variant={variant}{f' glu={glu.value}' if glu else ''})")
     return y
 
 

@@ -8,6 +8,7 @@ argument (a config.KernelConfig) is laid over the looked-up entry: its kernel, a
 set. Without a table entry the family's own untuned default applies.
 
     >>> y = linear(x, fmt, "w4_t64x64", packed, (N, K), bias)        # x [..., K] bf16/fp16 on CUDA
+    >>> h = glu(x, fmt, "w4_t64x64", packed, (2 * I, K), Activation.SILU)   # [..., I], or None
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
+from turbopack.inference.config import Activation
 from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8, fp8, w8a8, weight_only
 from turbopack.inference.kernels import table as kernel_table
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
@@ -185,6 +187,33 @@ def _check(
             )
     if FAMILIES.get(layout.name).needs == "fp8_mma" and not (interpreting() or fp8.scaled_mm_supported(x.device)):
         raise TurbopackError(f"{where}: needs FP8 tensor cores (sm89+); pack for this GPU with fp8_t16x64_upcast")
+
+
+#: the layouts whose decode kernel folds a fused gate|up's activation into its store (``glu``)
+GLU_LAYOUTS = frozenset({LayoutName.W4_T16X64, LayoutName.W4_T64X64})
+
+
+def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
+        shape: tuple[int, int], activation: Activation, bias: torch.Tensor | None = None,
+        config: KernelConfig | None = None) -> torch.Tensor | None:
+    """act(x @ gate.T) * (x @ up.T) of a fused [gate; up] weight of ``shape`` (2I, K): [..., K] -> [..., I],
+    in one launch where the tuned config runs the W4 decode by rows with x per stage
+    (``cuda_w4.glu_ok``); None where it does not (the caller runs ``linear``, then the activation)."""
+    layout = get_layout(layout)
+    if layout.name not in GLU_LAYOUTS or x.device.type != "cuda":
+        return None
+    shape = (int(shape[0]), int(shape[1]))
+    _check(x, layout, fmt, packed, shape)
+    x2 = x.reshape(-1, shape[1])
+    cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], x2.shape[0], x.device, config)
+    variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
+    if not (cfg.kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape)
+            and cuda_w4.glu_ok(packed, shape, bias, variant, activation)):
+        return None
+    stages = cuda_w4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
+    y = cuda_w4.w4_decode(x2, packed, shape, None, cfg.split_k or 0, group=fmt.group_size, stages=stages,
+                          variant=variant, glu=activation)
+    return y.reshape(*x.shape[:-1], shape[0] // 2)
 
 
 def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],

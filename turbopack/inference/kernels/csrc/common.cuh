@@ -223,6 +223,20 @@ __device__ __forceinline__ void each_out(const Out& o, const float (&out)[R][NTO
       }
 }
 
+template <typename T>
+__device__ __forceinline__ float round16(float v) { return Half16<T>::to_f(Half16<T>::from_f(v)); }
+
+// A gated MLP's activation of a fused gate|up with the roundings of storing gate|up in 16 bits and then
+// running kernels.glue.act_mul: h = round(round(act(round g)) * round u), act in fp32, SiLU as torch's
+// x / (1 + exp(-x)), GeLU-tanh as x * sigmoid(2 y), y = sqrt(2 / pi) (x + 0.044715 x^3)
+enum : int { kActSilu = 1, kActGeluTanh = 2 };
+template <typename T>
+__device__ __forceinline__ T act_mul(int act, float g, float u) {
+  const float gq = round16<T>(g);
+  const float e = act == kActGeluTanh ? -1.5957691216057308f * (gq + 0.044715f * gq * gq * gq) : -gq;
+  return Half16<T>::from_f(round16<T>(gq / (1.f + expf(e))) * round16<T>(u));
+}
+
 // y[tok, row] = v (x the row's scale) (+ bias), rounded to y's dtype
 template <typename T>
 __device__ __forceinline__ void store_y(const Out& o, int row, int tok, float v) {
@@ -235,18 +249,22 @@ __device__ __forceinline__ void store_y(const Out& o, int row, int tok, float v)
 // (the MMA's C fragment: thread (g, c) holds rows g, g + 8 of tokens 8t + 2c, 8t + 2c + 1) go to its
 // part(warp)[tok][row] in shared memory (its drained ring); after one barrier the first 16 M threads
 // add the W warps' parts in warp order (the same bits run to run) and store y. Rows past N are padding.
-template <typename T, int NTOK, int W, typename Part>
-__device__ __forceinline__ void rows_store(const Out& o, const float (&out)[NTOK][4], int n0, int warp, int g, int c,
-                                           Part part) {
+template <int NTOK, typename Part>
+__device__ __forceinline__ void stash_parts(int M, const float (&out)[NTOK][4], int warp, int g, int c, Part part) {
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int tok = 8 * t + 2 * c + (i & 1);
-      if (tok < o.M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
+      if (tok < M) part(warp)[tok][g + 8 * (i >> 1)] = out[t][i];
     }
   __syncthreads();
   pdl_trigger();  // at the store, as the other decode kernels (pdl.py)
+}
+template <typename T, int NTOK, int W, typename Part>
+__device__ __forceinline__ void rows_store(const Out& o, const float (&out)[NTOK][4], int n0, int warp, int g, int c,
+                                           Part part) {
+  stash_parts<NTOK>(o.M, out, warp, g, c, part);
   for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
     const int r = idx & 15, tok = idx >> 4, row = n0 + r;
     if (row >= o.N) continue;

@@ -55,14 +55,8 @@ __device__ __forceinline__ void x_sources(const uint4* (&xsrc)[NTOK], bool (&has
   }
 }
 
+// h = round(round(silu(round g)) * round u), the loop's roundings (common.cuh act_mul)
 template <typename T>
-__device__ __forceinline__ float round16(float v) { return Half16<T>::to_f(Half16<T>::from_f(v)); }
-
-// h = round(round(silu(round g)) * round u), the loop's roundings (torch's silu: x / (1 + exp(-x)) in fp32)
-template <typename T>
-__device__ __forceinline__ T silu_mul(float g, float u) {
-  const float gq = round16<T>(g), a = round16<T>(gq / (1.f + expf(-gq)));
-  return Half16<T>::from_f(a * round16<T>(u));
-}
+__device__ __forceinline__ T silu_mul(float g, float u) { return act_mul<T>(kActSilu, g, u); }
 
 }  // namespace

@@ -50,7 +50,9 @@ struct Args {
   Out o;
   const void* x; const uint4* qw; const void* scales; const uint8_t* zeros;
   int M, NP, K, KT, KGP, TN, G, stride_xm, split_k;
-  int prefetch;  // v7: 1 = the CTA's weight slice past the ring's first stages goes to L2 before pdl_wait
+  // 16 bits each: Args stays 128 bytes (a 132-byte Args made ptxas spill v5 under its 64-register cap)
+  int16_t prefetch;  // v7: 1 = the CTA's weight slice past the ring's first stages goes to L2 before pdl_wait
+  int16_t act;       // rows with x per stage: 0, or kActSilu / kActGeluTanh: y = act(gate) * up of a fused gate|up
 };
 
 // cp.async of one stage: lane l copies 16-byte chunk l of each of the two tiles (the warp's 16 rows
@@ -388,19 +390,22 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 // the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
 // through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2
 // unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows, 5 = rows of 64, 6 = rows with x
-// per stage), -4 no SM count, else the CUDA error. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
+// per stage), -4 no SM count, else the CUDA error. act (VARIANT 6, no bias, N % 32 == 0): the fused gate|up's GLU, y [M, N / 2] =
+// act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh (w4_rowsx.cuh), in one launch. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
-                                   int variant, int prefetch, int cluster, int dtype, void* stream) {
+                                   int variant, int prefetch, int cluster, int act, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1) ||
-      (cluster && (variant != 2 || split_k > 16)))
+      (cluster && (variant != 2 || split_k > 16)) || act < 0 || act > kActGeluTanh ||
+      (act && (variant != kRowsX || bias != nullptr || N % 32 != 0)))
     return -1;
-  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
+  // GLU (act): y [M, N / 2] = act(rows 0..N/2) * (rows N/2..N) of the fused gate|up
+  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, act ? N / 2 : N, split_k, 0};
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
-               G, stride_xm, split_k, prefetch != 0};
+               G, stride_xm, split_k, static_cast<int16_t>(prefetch != 0), static_cast<int16_t>(act)};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, cluster != 0, s)
                     : by_tokens<__half>(a, stages, variant, cluster != 0, s);

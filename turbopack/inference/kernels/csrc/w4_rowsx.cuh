@@ -15,7 +15,10 @@
 //     per register pair than the raw codes (run 3's "HSUB2 + HMUL2" form was two, and applied the
 //     scale in 16 bits); the scale stays in fp32, so y is the contract's up to fp32 summation order;
 //   - the warps' sums meet in their drained rings in warp order and the first 16 * M threads store y
-//     (w8.cu's w8_rows_kernel): no workspace, counter or last CTA, the same bits run to run.
+//     (w8.cu's w8_rows_kernel): no workspace, counter or last CTA, the same bits run to run;
+//   - GLU (Args::act, a fused gate|up of 2I rows): a CTA takes rows n0.. of gate and of up (n0 + I),
+//     half its warps each, and stores act(gate) * up for its 16 rows of h [M, I]: the MLP's SiLU-mul
+//     launch (kernels.glue.act_mul) folds into this store, and gate|up's output never reaches memory.
 #pragma once
 #include "common.cuh"
 #include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue, ring_pass_x
@@ -65,19 +68,37 @@ struct SharedFeed {
 // under 80 spilled 16-36 bytes).
 constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) : w == 4 ? 5 : 512 / (w * 32); }
 
-// A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages.
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W>
+// GLU's store: the first W / 2 warps summed gate's 16 rows, the others up's; each sum in warp order,
+// then h[tok, n0 + r] = act(gate) * up with a stored gate|up's and act_mul's roundings (common.cuh)
+template <typename T, int NTOK, int W, typename Part>
+__device__ __forceinline__ void glu_store(const Out& o, int act, const float (&out)[NTOK][4], int n0, int warp, int g,
+                                          int c, Part part) {
+  stash_parts<NTOK>(o.M, out, warp, g, c, part);
+  for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
+    const int r = idx & 15, tok = idx >> 4;
+    float gv = 0.f, uv = 0.f;
+    for (int w = 0; w < W / 2; ++w) gv += part(w)[tok][r];
+    for (int w = W / 2; w < W; ++w) uv += part(w)[tok][r];
+    static_cast<T*>(o.y)[(long long)tok * o.N + n0 + r] = act_mul<T>(act, gv, uv);
+  }
+}
+
+// A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
+// matrix, gate's rows n0.. and up's n0 + N; N = o.N, the output's width).
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU>
 __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a) {
   constexpr int NG = kStageK / G;
   using Slot = DnSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int n0 = blockIdx.x * 16;
-  const int stages = a.K / kStageK, per_w = (stages + W - 1) / W;
-  const int w_lo = min(stages, warp * per_w), nst = min(stages, w_lo + per_w) - w_lo;
+  constexpr int WS = GLU ? W / 2 : W;  // warps per K split
+  const int up = GLU && warp >= WS;     // GLU: this warp reads up's rows
+  const int stages = a.K / kStageK, per_w = (stages + WS - 1) / WS;
+  const int w_lo = min(stages, (warp - up * WS) * per_w), nst = min(stages, w_lo + per_w) - w_lo;
   Slot* ring = reinterpret_cast<Slot*>(smem) + warp * STAGES;
   const Lin L{a.qw, a.scales, a.zeros, a.o.N, a.NP, a.K, a.KT, a.KGP, a.TN};
-  SharedFeed<T, NG, ASYM> feed(L, n0, w_lo, lane, ring);
+  SharedFeed<T, NG, ASYM> feed(L, n0 + up * a.o.N, w_lo, lane, ring);
   auto issue = [&](int slot) { feed.issue(slot); };
   ring_prologue<STAGES>(nst, issue);
   const uint4* xsrc[NTOK];
@@ -101,18 +122,23 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
-  rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
+  if constexpr (GLU)
+    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part);
+  else
+    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
 }
 
 template <typename T, int NTOK, int G, bool ASYM, int W>
 int launch_rowsx(const Args& a, cudaStream_t s) {
   constexpr int ring = 4 * static_cast<int>(sizeof(DnSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
   static_assert(ring >= 16 * 16 * sizeof(float), "a drained ring holds its warp's [token][row] sums (rows_store)");
-  void (*kern)(const Args) = w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W>;
+  void (*kern)(const Args) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
+                                    : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false>;
   constexpr int smem = W * ring;  // 16 warps: 67-71 KiB, past the default 48
-  static bool raised = false;
-  const cudaError_t e = raise_smem_once(kern, raised, smem);
-  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
+  static bool raised[2] = {false, false};
+  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], smem);
+  const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h
+  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a));
 }
 
 template <typename T, int NTOK, int W>
@@ -123,13 +149,14 @@ int rowsx_by_group(const Args& a, cudaStream_t s) {
 }
 
 // VARIANT 6: split_k is its warps (8 or 16; at two token columns also 4: rowsx_ctas), ring 4.
-// Scales or zeros not 16-byte aligned (the ring's chunk copies): v7 at the default split, as by_rows.
+// Scales or zeros not 16-byte aligned (the ring's chunk copies): v7 at the default split, as by_rows
+// (GLU: refused, -1).
 template <typename T>
 int by_rows_x(const Args& a, int stages, cudaStream_t s) {
   if (stages != 4) return -2;
   const int w = a.split_k;
   if (w != 8 && w != 16 && (a.M <= 8 || w != 4)) return -1;
-  if (!chunks_aligned(a)) return v7_fallback<T>(a, s);
+  if (!chunks_aligned(a)) return a.act ? -1 : v7_fallback<T>(a, s);  // v7 has no GLU
   if (a.M <= 8) return w == 8 ? rowsx_by_group<T, 1, 8>(a, s) : rowsx_by_group<T, 1, 16>(a, s);
   if (w == 4) return rowsx_by_group<T, 2, 4>(a, s);
   return w == 8 ? rowsx_by_group<T, 2, 8>(a, s) : rowsx_by_group<T, 2, 16>(a, s);
