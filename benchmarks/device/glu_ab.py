@@ -6,6 +6,7 @@ the first four), the default first and last (the drift), one model, captured ane
 the kernel profile of one replay (default, batch 1, the first prompt).
 
     python3 benchmarks/device/glu_ab.py [--layers 32] [--prompts 32,152] [--mins 128,512]
+    python3 benchmarks/device/glu_ab.py --shape gemma2-9b --only "default,no GLU" --prompts 32
 
 A device diagnosis beside bench_e2e.py, not a test.
 """
@@ -41,14 +42,18 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--shape", default="llama3-8b", help="bench_e2e's --shape presets")
+    ap.add_argument("--only", default="", help="comma-separated setting labels (default: all)")
     ap.add_argument("--prompts", default="32,152")
     ap.add_argument("--mins", default="128,512", help="MIN_SPLIT_LEN settings beside the default 256")
     args = ap.parse_args()
-    model = build_8b("w4a16", args.layers)
+    model = build_8b("w4a16", args.layers, args.shape)
     prompts = [int(p) for p in args.prompts.split(",")]
     settings = [(*s, (1, 8)) for s in SETTINGS] + [(f"shortest split {m}", True, True, m, (1,))
                                                    for m in map(int, args.mins.split(","))]
     settings.append(("default again", True, True, 256, (1, 8)))
+    if args.only:
+        settings = [s for s in settings if s[0] in args.only.split(",")]
     out: dict[str, float] = {}
     try:
         for label, glu, live, min_len, batches in settings:
