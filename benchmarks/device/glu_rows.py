@@ -4,9 +4,11 @@ act_mul (the table's config, two launches), per family and token count, and the 
 CTA (half on gate's rows, half on up's). Timed as bench_linear times (CUDA graphs of each call,
 weights rotated past L2, median; PDL off); each GLU build is checked against the two launches
 first (rel err < 2e-3). Prints one row per (family, M) and each family's best GLU at its largest M
-over M = 1 (issue 11's W4 bar: <= 1.25x).
+over M = 1 (issue 11's W4 bar: <= 1.25x). --write-table: the shipped sm90.json with GLU_WARPS set
+at each measured M that is a bucket of the gate_up shape's entry (the best warps, or 0 where the
+two launches won), to $OUT/sm90.json.
 
-    python3 benchmarks/device/glu_rows.py [--models llama3-8b,gemma2-9b] [--ms 1,4,8,12,16]
+    python3 benchmarks/device/glu_rows.py [--models llama3-8b,gemma2-9b] [--ms 1,2,4,8,12,16] [--write-table]
 
 A device diagnosis beside rows_ab.py, not a test.
 """
@@ -14,6 +16,7 @@ A device diagnosis beside rows_ab.py, not a test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from functools import partial
@@ -46,8 +49,12 @@ def glu(x, packed, shape, warps, group, act):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(bench.MODELS))
-    ap.add_argument("--ms", default="1,4,8,12,16")
+    ap.add_argument("--ms", default="1,2,4,8,12,16")
+    ap.add_argument("--write-table", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
+    src = Path(cuda_w4.__file__).parent / "configs" / "sm90.json"
+    table = json.loads(src.read_text())
     os.environ.setdefault(pdl.ENV, "0")
     cuda_build.refresh_pdl()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
@@ -76,6 +83,9 @@ def main() -> int:
                 by_warps[w] = bench.time_us([partial(glu, x, p, (n, k), w, group, act) for p in wt.copies])
             w_best = min(by_warps, key=by_warps.get)
             best[m] = by_warps[w_best]
+            entry = table["layouts"][wt.layout_name]["shapes"].get(f"{n}x{k}", {}).get(str(m))
+            if entry is not None:
+                entry["GLU_WARPS"] = w_best if best[m] < t_two else 0
             floor = (wt.nbytes + 2 * m * (n // 2 + k)) / bw * 1e6
             by_w = " ".join(f"{w}: {t:.1f}" for w, t in by_warps.items())
             print(f"| {model} | {m} | {cfg.describe()} | {t_two:.2f} | {by_w} | {best[m]:.2f} ({w_best}) | "
@@ -85,6 +95,9 @@ def main() -> int:
             print(f"{model} gate_up GLU: M={ms[-1]} / M=1 = {best[ms[-1]] / best[1]:.2f}x")
         del wt
         torch.cuda.empty_cache()
+    if args.write_table:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "sm90.json").write_text(json.dumps(table, indent=1))
     return 0
 
 

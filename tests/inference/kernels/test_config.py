@@ -78,8 +78,9 @@ def test_shipped_table_loads_and_writes_back_the_same_bytes():
     assert json.dumps(table.to_json(), indent=1) == raw
     gate_up = table.layouts["w4_t64x64"].shapes["28672x4096"]
     # run 8: v7 unsplit; run 14: the decode by rows in 8 warps (1.11x v7 on the H100); run 18: rows
-    # with x per stage (1.14x rows)
-    assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=8, ring_stages=4, variant=6)
+    # with x per stage (1.14x rows); run 19: with the MLP's activation in its store (GLU) in 16 warps
+    assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=8, ring_stages=4, variant=6, glu_warps=16)
+    assert gate_up[16].glu_warps == 0  # there gate|up then act_mul measured faster
     # run 7: the multi-column CUDA kernel (w4_mma.cu) wins M = 64 on every 8B shape; run 9: the
     # warpgroup-MMA kernel (w4_wgmma.cu) takes gate_up at M = 64 and M = 256; run 10: with its weights
     # straight to registers

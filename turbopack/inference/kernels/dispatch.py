@@ -197,8 +197,10 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
         shape: tuple[int, int], activation: Activation, bias: torch.Tensor | None = None,
         config: KernelConfig | None = None) -> torch.Tensor | None:
     """act(x @ gate.T) * (x @ up.T) of a fused [gate; up] weight of ``shape`` (2I, K): [..., K] -> [..., I],
-    in one launch where the tuned config runs the W4 decode by rows with x per stage
-    (``cuda_w4.glu_ok``); None where it does not (the caller runs ``linear``, then the activation)."""
+    in one launch of the W4 decode by rows with x per stage (``cuda_w4.glu_ok``) where the tuned
+    config says so: its GLU_WARPS, else its SPLIT_K where it runs VARIANT 6 anyway. None where not
+    (GLU_WARPS 0: the two launches measured faster; past M = 16; a bias): the caller runs
+    ``linear``, then the activation."""
     layout = get_layout(layout)
     if layout.name not in GLU_LAYOUTS or x.device.type != "cuda":
         return None
@@ -207,12 +209,14 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     x2 = x.reshape(-1, shape[1])
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], x2.shape[0], x.device, config)
     variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
-    if not (cfg.kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape)
-            and cuda_w4.glu_ok(packed, shape, bias, variant, activation)):
+    warps = cfg.glu_warps
+    if warps is None:  # the rows kernel's own warps, where the table runs it
+        warps = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
+    if not (warps and cfg.kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape)
+            and cuda_w4.glu_ok(packed, shape, bias, cuda_w4.ROWS_X, activation)):
         return None
-    stages = cuda_w4.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
-    y = cuda_w4.w4_decode(x2, packed, shape, None, cfg.split_k or 0, group=fmt.group_size, stages=stages,
-                          variant=variant, glu=activation)
+    y = cuda_w4.w4_decode(x2, packed, shape, None, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
+                          glu=activation)
     return y.reshape(*x.shape[:-1], shape[0] // 2)
 
 
