@@ -109,22 +109,30 @@ def test_fastpath_mlp_grouped_matches_dense_on_gpu(tokens, monkeypatch):
 @pytest.mark.parametrize("tokens,activation", [(1, "silu"), (8, "silu"), (16, "silu"), (1, "gelu_pytorch_tanh")])
 def test_fastpath_mlp_glu_matches_three_launches_on_gpu(tokens, activation, monkeypatch):
     """The 8B MLP (hidden 4096, intermediate 14336) as fastpath runs it by default, gate|up's decode
-    applying the activation in its store (QuantLinear.glu), against gate|up, act_mul, down
-    (GLU_DECODE off), eager and replayed from a CUDA graph; past 16 tokens, with a bias or where the
-    config's GLU_WARPS is 0, glu gives None (the caller's three launches); GLU_WARPS set, it runs
-    whatever variant the entry names for the plain linear."""
+    applying the activation in its store (QuantLinear.glu) where the shipped table's GLU_WARPS says
+    so (not at M = 16: 0 there, the two launches won), against gate|up, act_mul, down (GLU_DECODE
+    off), eager and replayed from a CUDA graph. Through dispatch.glu's config: GLU_WARPS 0 gives
+    None (the caller's three launches), GLU_WARPS set runs the GLU whatever variant the entry names
+    for the plain linear (v7 here); past 16 tokens or with a bias, None."""
     from types import SimpleNamespace
 
     from turbopack.inference import fastpath
     from turbopack.inference.config import Activation
+    from turbopack.inference.kernels import dispatch
+    from turbopack.inference.kernels.config import KernelConfig, KernelName
 
     act = Activation(activation)
     _, _, gate, up, down = _mlp(4096, 14336)
     fused = concat([gate, up])
     block = SimpleNamespace(gate_up_proj=fused, down_proj=down)
     h = torch.randn(tokens, 1, 4096, device="cuda", dtype=torch.bfloat16)
+
+    def with_config(**knobs):
+        cfg = KernelConfig(KernelName.CUDA, **knobs)
+        return dispatch.glu(h, fused.fmt, fused.layout, fused.tensors(), fused.shape, act, config=cfg)
+
+    assert (fused.glu(h, act) is None) == (tokens == 16)
     glu = fastpath.mlp(block, h, act)
-    glu_h = fused.glu(h, act)
     monkeypatch.setattr(fastpath, "GLU_DECODE", False)
     three = fastpath.mlp(block, h, act)
     assert glu.shape == three.shape and glu.dtype == three.dtype
@@ -136,18 +144,16 @@ def test_fastpath_mlp_glu_matches_three_launches_on_gpu(tokens, activation, monk
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(replayed, glu)
-    assert fused.glu(torch.randn(17, 4096, device="cuda", dtype=torch.bfloat16), act) is None  # past M = 16
-    # the table's GLU_WARPS: 0 = the two launches; set, the GLU runs where the entry's own variant is v7
-    from turbopack.inference.kernels import dispatch
-    from turbopack.inference.kernels.config import KernelConfig, KernelName
-
-    def with_config(**knobs):
-        cfg = KernelConfig(KernelName.CUDA, **knobs)
-        return dispatch.glu(h, fused.fmt, fused.layout, fused.tensors(), fused.shape, act, config=cfg)
-
     assert with_config(glu_warps=0) is None
-    v7 = with_config(split_k=1, variant=2, glu_warps=16)
-    assert v7 is not None and ((v7.float() - glu_h.float()).norm() / glu_h.float().norm()).item() < 2e-3
+    by_rows = with_config(split_k=8, variant=6, glu_warps=16 if tokens <= 8 else 8)
+    two = dispatch.linear(h, fused.fmt, fused.layout, fused.tensors(), fused.shape)
+    from turbopack.inference.kernels.glue import act_mul
+
+    want = act_mul(two, act).float()
+    assert ((by_rows.float() - want).norm() / want.norm()).item() < 2e-3
+    v7 = with_config(split_k=1, variant=2, glu_warps=16 if tokens <= 8 else 8)
+    assert torch.equal(v7, by_rows)
+    assert fused.glu(torch.randn(17, 4096, device="cuda", dtype=torch.bfloat16), act) is None  # past M = 16
     biased = _linear(get_format("w4a16"), get_layout("w4_t64x64"), (2 * 1024, 4096), torch.Generator().manual_seed(3),
                      bias=True)
     assert biased.glu(h, act) is None
