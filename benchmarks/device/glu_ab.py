@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
-"""The W4 MLP's activation in gate|up's store (fastpath.GLU_DECODE), the attention's splits by
-position (attention.LIVE_SPLITS, MIN_SPLIT_LEN) and its V tiles loaded beside K (EARLY_V) in the 8B
-W4A16 decode step: the graph step (ms) at each prompt length (the step's position is the prompt +
-8) for each setting, at batch 1 (and 8 for the first five), the default first and last (the
-drift), one model, captured anew for each; then the kernel profile of one replay (default, batch
-1, the first prompt).
+"""The W4 MLP's activation in gate|up's store (fastpath.GLU_DECODE) and the attention's splits by
+position (attention.LIVE_SPLITS, MIN_SPLIT_LEN) in the 8B W4A16 decode step: the graph step (ms) at
+each prompt length (the step's position is the prompt + 8) for each setting, at batch 1 (and 8 for
+the first four), the default first and last (the drift), one model, captured anew for each; then
+the kernel profile of one replay (default, batch 1, the first prompt).
 
     python3 benchmarks/device/glu_ab.py [--layers 32] [--prompts 32,152] [--mins 128,512]
     python3 benchmarks/device/glu_ab.py --shape gemma2-9b --only "default,no GLU" --prompts 32
@@ -29,15 +28,13 @@ from turbopack.inference import fastpath  # noqa: E402
 from turbopack.inference.generate import Engine  # noqa: E402
 from turbopack.inference.kernels import attention  # noqa: E402
 
-#: (label, GLU_DECODE, LIVE_SPLITS, MIN_SPLIT_LEN, EARLY_V): the default first (and last, in main)
-SETTINGS = [("default", True, True, 256, True), ("no GLU", False, True, 256, True),
-            ("fixed splits", True, False, 256, True), ("V after the softmax", True, True, 256, False),
-            ("none (run 18)", False, False, 256, False)]
+#: (label, GLU_DECODE, LIVE_SPLITS, MIN_SPLIT_LEN): the default first (and last, in main)
+SETTINGS = [("default", True, True, 256), ("no GLU", False, True, 256), ("fixed splits", True, False, 256),
+            ("neither (run 18)", False, False, 256)]
 
 
-def apply(glu: bool, live: bool, min_len: int, early_v: bool) -> None:
+def apply(glu: bool, live: bool, min_len: int) -> None:
     fastpath.GLU_DECODE, attention.LIVE_SPLITS, attention.MIN_SPLIT_LEN = glu, live, min_len
-    attention.EARLY_V = early_v
 
 
 def main() -> int:
@@ -52,28 +49,28 @@ def main() -> int:
     args = ap.parse_args()
     model = build_8b("w4a16", args.layers, args.shape)
     prompts = [int(p) for p in args.prompts.split(",")]
-    settings = [(*s, (1, 8)) for s in SETTINGS] + [(f"shortest split {m}", True, True, m, True, (1,))
+    settings = [(*s, (1, 8)) for s in SETTINGS] + [(f"shortest split {m}", True, True, m, (1,))
                                                    for m in map(int, args.mins.split(","))]
-    settings.append(("default again", True, True, 256, True, (1, 8)))
+    settings.append(("default again", True, True, 256, (1, 8)))
     if args.only:
         settings = [s for s in settings if s[0] in args.only.split(",")]
     out: dict[str, float] = {}
     try:
-        for label, glu, live, min_len, early_v, batches in settings:
-            apply(glu, live, min_len, early_v)
+        for label, glu, live, min_len, batches in settings:
+            apply(glu, live, min_len)
             for prompt in prompts:
                 for b in batches:
                     key = f"{label} / pos {prompt + 8} / batch {b}"
                     out[key] = ms = graph_step_ms(model, prompt, b)
                     print(f"{key:44s} {ms:.4f} ms", flush=True)
-        apply(True, True, 256, True)
+        apply(True, True, 256)
         eng = Engine(model, kv="bf16")
         eng.generate(torch.randint(0, 1000, (1, prompts[0])), 8)
         print("--- kernel profile, batch 1, default (µs per step, launches)")
         for row in kernel_profile(eng._graph.graph.replay, top=10):
             print(f"  {row[1]:9.1f} {row[2]:5d}  {row[0]}")
     finally:
-        apply(True, True, 256, True)
+        apply(True, True, 256)
     print(json.dumps(out))
     return 0
 

@@ -293,7 +293,7 @@ for arch, bits in ((90, 4), (90, 16), (80, 8)):
     sig = {n: "*" + ptrs[n] if n in ptrs else "fp32" if n in ("qk_scale", "cap_out") else
            "constexpr" if n.isupper() else "i32" for n in A._decode_kernel.arg_names}
     const = dict(GROUP=4, BLOCK_H=16, BLOCK_N=128, D=128, BITS=bits, DOT_F32=False, DIRECT=False, FAST=False,
-                 ROPE=True, ROT=128, CAP=False, LIVE=True, EARLY_V=True, PDL=arch >= 90)
+                 ROPE=True, ROT=128, CAP=False, LIVE=True, PDL=arch >= 90)
     ptx = triton.compile(ASTSource(fn=A._decode_kernel, signature=sig, constexprs=const),
                          target=GPUTarget("cuda", arch, 32), options=dict(num_warps=8, num_stages=2)).asm["ptx"]
     assert all(op in ptx for op in ("ld.global.cg", "atom.global", "bar.sync")), (arch, bits)

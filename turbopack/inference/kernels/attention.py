@@ -55,9 +55,6 @@ LIVE_SPLITS = True
 #: program per kv head, with no partials, counter or merge (what the merge's chain costs, ~4 µs a
 #: layer at 2 splits on the H100, run 19, is more than one program reading a few more blocks)
 MIN_SPLIT_LEN = 256
-#: a block's V tile is loaded beside its K tile, before the scores (both DRAM round trips at once);
-#: False: after the softmax, as before run 19 (the A/B)
-EARLY_V = True
 LOG2E = 1.4426950408889634  # the kernel's softmax runs on exp2
 
 
@@ -213,8 +210,7 @@ if triton is not None:
         n_kv_heads, n_splits, split_len, split_min, window, qk_scale, cap_out,
         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
         BITS: tl.constexpr, DOT_F32: tl.constexpr, DIRECT: tl.constexpr, FAST: tl.constexpr,
-        ROPE: tl.constexpr, ROT: tl.constexpr, CAP: tl.constexpr, LIVE: tl.constexpr, EARLY_V: tl.constexpr,
-        PDL: tl.constexpr,
+        ROPE: tl.constexpr, ROT: tl.constexpr, CAP: tl.constexpr, LIVE: tl.constexpr, PDL: tl.constexpr,
     ):
         pdl_enter(PDL)
         pid, split = tl.program_id(0), tl.program_id(1)
@@ -272,10 +268,6 @@ if triton is not None:
                 k = tl.load(k_base + kv_off, mask=nmask[:, None], other=0)
                 ks = tl.load(KS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
                 kz = tl.load(KZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
-                if EARLY_V:
-                    v = tl.load(v_base + kv_off, mask=nmask[:, None], other=0)
-                    vs = tl.load(VS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
-                    vz = tl.load(VZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
                 s = _scores(qa, qb, q_sum, k, ks, kz, BITS, FAST, dt)
                 if CAP:  # Gemma 2: cap * tanh(scores / cap), in log2 units (qk_scale = scale / cap)
                     s = (2.0 / (1.0 + tl.exp(-2.0 * s * qk_scale)) - 1.0) * cap_out
@@ -286,10 +278,9 @@ if triton is not None:
                 alpha = tl.exp2(m_i - m_new)
                 p = tl.exp2(s - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)
-                if not EARLY_V:
-                    v = tl.load(v_base + kv_off, mask=nmask[:, None], other=0)
-                    vs = tl.load(VS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
-                    vz = tl.load(VZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
+                v = tl.load(v_base + kv_off, mask=nmask[:, None], other=0)
+                vs = tl.load(VS + s_off + n, mask=nmask & (BITS != 16), other=0.0)
+                vz = tl.load(VZ + s_off + n, mask=nmask & (BITS == 4), other=0.0)
                 acc_a, acc_b, z_acc = _add_pv(acc_a, acc_b, z_acc, alpha, p, v, vs, vz, BITS, FAST, dt)
                 m_i = m_new
             row = (b * n_kv_heads + h) * GROUP + g  # rows (batch, query head) of [B * Hq, ...]
@@ -383,7 +374,7 @@ def _attend(src: torch.Tensor, q_strides: tuple[int, int], rope, cache, input_po
         GROUP=hq // hkv, BLOCK_H=max(16, triton.next_power_of_2(hq // hkv)), BLOCK_N=block_n, D=d, BITS=bits,
         DOT_F32=interpreting(),  # the CPU interpreter's tl.dot mis-reads bf16 operands
         DIRECT=direct, FAST=fast, ROPE=rope is not None, ROT=cos.shape[-1] if rope is not None else d, CAP=cap,
-        LIVE=LIVE_SPLITS, EARLY_V=EARLY_V,
+        LIVE=LIVE_SPLITS,
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
         **pdl.triton_args(dev),
     )
