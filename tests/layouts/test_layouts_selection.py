@@ -153,10 +153,11 @@ def test_the_kernel_plan_is_what_dispatch_looks_up():
     other = table.plan("sm90", "w4_t64x64", 1234 * 16, 640)  # untuned shape: the layout's defaults
     assert other == dict(table.load_table("sm90").layouts["w4_t64x64"].default)
     assert table.plan("sm80", "w4_t16x64", 4096, 4096) == {}  # no table tuned for sm80
-    # run 18: rows with x per stage, 8 warps (4 warps at two token columns)
-    assert plan[1] == KernelConfig(KernelName.CUDA, split_k=8, ring_stages=4, variant=6)
-    assert plan[16] == KernelConfig(KernelName.CUDA, split_k=4, ring_stages=4, variant=6)
-    assert "untuned" in table.describe({}) and "M<=1 cuda(SPLIT_K=8,STAGES=4,VARIANT=6); M<=2 " in table.describe(plan)
+    # run 18: rows with x per stage, 8 warps (4 warps at two token columns); run 19: the GLU's warps
+    assert plan[1] == KernelConfig(KernelName.CUDA, split_k=8, ring_stages=4, variant=6, glu_warps=16)
+    assert plan[16] == KernelConfig(KernelName.CUDA, split_k=4, ring_stages=4, variant=6, glu_warps=0)
+    assert "untuned" in table.describe({})
+    assert "M<=1 cuda(SPLIT_K=8,STAGES=4,VARIANT=6,GLU_WARPS=16); M<=2 " in table.describe(plan)
     # the CUDA decode kernel needs K % 128 == 0: a K = 576 weight reports the Triton default instead
     small = table.plan("sm90", "w4_t64x64", 384, 576, group=64)
     assert all(cfg.kernel is not KernelName.CUDA for cfg in small.values())
