@@ -23,6 +23,7 @@ from torch import nn
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format, TensorSpec
+from turbopack.inference.config import Activation
 from turbopack.inference.model import MLP, Attention
 from turbopack.registry import Registry
 
@@ -127,7 +128,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(self, x)
 
-    def glu(self, x: torch.Tensor, activation) -> torch.Tensor | None:
+    def glu(self, x: torch.Tensor, activation: Activation) -> torch.Tensor | None:
         """act(gate(x)) * up(x) of this fused [gate; up] in one kernel where the GPU backend has one
         for it (``kernels.dispatch.glu``), else None: the caller runs forward, then the activation."""
         if self.backend is not Backend.CUDA or x.device.type != "cuda":
