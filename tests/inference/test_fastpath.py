@@ -156,3 +156,31 @@ def test_captured_decode_matches_eager(family):
     eager, _ = Engine(model, use_graphs=False).generate(ids, 8)
     graph, stats = Engine(model).generate(ids, 8)
     assert stats.cuda_graph and torch.equal(graph, eager), family
+
+
+def test_mlp_without_a_glu_kernel_is_gate_up_act_mul_down():
+    """Off the GPU (and for any backend but the CUDA one) QuantLinear.glu and dispatch.glu give None,
+    so fastpath.mlp runs gate|up, act_mul, down: here on the layouts' CPU emulator, the same
+    numbers as those three calls made by hand, for both activations."""
+    from types import SimpleNamespace
+
+    from turbopack.formats import get_format
+    from turbopack.inference.kernels import dispatch
+    from turbopack.inference.qlinear import QuantLinear, concat
+    from turbopack.layouts import get_layout
+
+    fmt, layout = get_format("w4a16", group_size=64), get_layout("w4_t64x64")
+    gen = torch.Generator().manual_seed(2)
+
+    def linear(shape):
+        q = fmt.quantize(torch.randn(shape, generator=gen) * 0.05)
+        return QuantLinear.from_tensors(fmt, shape, layout.pack(fmt, q, shape), layout=layout, backend="emulator")
+
+    gate_up = concat([linear((128, 64)), linear((128, 64))])
+    block = SimpleNamespace(gate_up_proj=gate_up, down_proj=linear((64, 128)))
+    h = torch.randn(3, 1, 64, generator=gen, dtype=torch.bfloat16)
+    assert gate_up.glu(h, Activation.SILU) is None
+    assert dispatch.glu(h, fmt, layout, gate_up.tensors(), gate_up.shape, Activation.SILU) is None
+    for act in Activation:
+        want = block.down_proj(glue.act_mul(gate_up(h), act))
+        assert torch.equal(fastpath.mlp(block, h, act), want), act
