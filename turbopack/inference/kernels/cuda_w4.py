@@ -86,13 +86,13 @@ def supports(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor], shape: tupl
             and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
 
 
-def glu_ok(packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None, variant: int,
+def glu_ok(packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
            act: Activation) -> bool:
-    """Can ``w4_decode(..., glu=act)`` run this fused [gate; up] (``supports`` being true)? VARIANT 6,
-    an activation it builds, no bias, gate's rows a whole number of the kernel's 16-row CTAs, and
-    16-byte aligned scales and zeros (the ring's chunk copies; elsewhere the rows kernels fall back
-    to v7, which has no GLU)."""
-    return (variant == ROWS_X and act in _ACT_CODE and bias is None and shape[0] % 32 == 0
+    """Can ``w4_decode(..., variant=ROWS_X, glu=act)`` run this fused [gate; up] (``supports`` being
+    true)? An activation it builds, no bias, gate's rows a whole number of the kernel's 16-row CTAs,
+    and 16-byte aligned scales and zeros (the ring's chunk copies; elsewhere the rows kernels fall
+    back to v7, which has no GLU)."""
+    return (act in _ACT_CODE and bias is None and shape[0] % 32 == 0
             and all(t.data_ptr() % 16 == 0 for t in (packed["scales"], packed.get("zeros")) if t is not None))
 
 

@@ -213,7 +213,7 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     if warps is None:  # the rows kernel's own warps, where the table runs it
         warps = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
     if not (warps and cfg.kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape)
-            and cuda_w4.glu_ok(packed, shape, bias, cuda_w4.ROWS_X, activation)):
+            and cuda_w4.glu_ok(packed, shape, bias, activation)):
         return None
     y = cuda_w4.w4_decode(x2, packed, shape, None, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
                           glu=activation)
