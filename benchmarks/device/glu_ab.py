@@ -7,6 +7,7 @@ the kernel profile of one replay (default, batch 1, the first prompt).
 
     python3 benchmarks/device/glu_ab.py [--layers 32] [--prompts 32,152] [--mins 128,512]
     python3 benchmarks/device/glu_ab.py --shape gemma2-9b --only "default,no GLU" --prompts 32
+    python3 benchmarks/device/glu_ab.py --format w8a16 --only "default,no GLU" --prompts 32
 
 A device diagnosis beside bench_e2e.py, not a test.
 """
@@ -43,11 +44,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--shape", default="llama3-8b", help="bench_e2e's --shape presets")
+    ap.add_argument("--format", default="w4a16", help="bench_e2e's --formats, one")
     ap.add_argument("--only", default="", help="comma-separated setting labels (default: all)")
     ap.add_argument("--prompts", default="32,152")
     ap.add_argument("--mins", default="128,512", help="MIN_SPLIT_LEN settings beside the default 256")
     args = ap.parse_args()
-    model = build_8b("w4a16", args.layers, args.shape)
+    model = build_8b(args.format, args.layers, args.shape)
     prompts = [int(p) for p in args.prompts.split(",")]
     settings = [(*s, (1, 8)) for s in SETTINGS] + [(f"shortest split {m}", True, True, m, (1,))
                                                    for m in map(int, args.mins.split(","))]

@@ -5,7 +5,7 @@ so the dozens of tiny elementwise kernels per layer that the reference model lau
 seven ops, rotary's ten, the residual adds, SwiGLU) would cost as much as the weights. Here each
 layer is: add+RMSNorm, q|k|v matmul, attention (with rotary and the K/V store in the same
 launch at decode; one launch before it at prefill), o matmul, add+RMSNorm, gate|up matmul, SwiGLU,
-down matmul (a W4 decode applies SwiGLU in gate|up's store); the residual add that ends a layer is
+down matmul (a W4 or 8-bit decode applies SwiGLU in gate|up's store); the residual add that ends a layer is
 folded into the next layer's norm (``kernels.glue``). Every family's differences ride along:
 per-head q/k norms (Qwen3, Gemma 3) as one more launch, Gemma's norm style, sandwich norms (folded
 into the same add+norm launches), GeLU, scale, soft-caps and sliding windows (the decode kernel
@@ -39,7 +39,7 @@ FUSED_DECODE_ATTENTION = True
 #: (bench_e2e's A/B; the grouped kernels are built for many small experts, not one large one).
 GROUPED_MLP_MAX_TOKENS = 0
 #: gate|up's decode kernel applies the MLP's activation in its store where it can (QuantLinear.glu:
-#: the W4 rows with x per stage), so the MLP is two launches; False: gate|up, act_mul, down (the A/B)
+#: the decode by rows, W4 and 8-bit), so the MLP is two launches; False: gate|up, act_mul, down (the A/B)
 GLU_DECODE = True
 _ROUTE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -6,6 +6,8 @@ code conversion is exact for every byte value (one-hot activations read single c
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -224,3 +226,54 @@ def test_w8a8_weights_only_reference_keeps_x_16bit():
     got = reference.ref_linear(x, "w8a8", q, weights_only=True)
     assert torch.equal(got, reference.ref_linear(x, "w8a16", q))
     assert not torch.equal(got, reference.ref_linear(x, "w8a8", q))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fmt_name,per_tensor,tile_n,tile_k", CASES)
+@pytest.mark.parametrize("m,warps,variant,stages", [(1, 8, cuda_w8.ROWS, 4), (5, 16, cuda_w8.ROWS_WIDE, 2),
+                                                    (9, 8, cuda_w8.ROWS_WIDE, 3), (16, 16, cuda_w8.ROWS, 6)])
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh"])
+def test_decode_by_rows_glu_is_linear_then_act_mul(fmt_name, per_tensor, tile_n, tile_k, m, warps, variant, stages,
+                                                    act):
+    """The rows variants' GLU (common.cuh glu_store: half the warps on gate's rows, half on up's, each
+    half's sum scaled by its row's scale, act(gate) * up in the store) on a fused [gate; up] of 2 x
+    1056 rows (up starts inside a 64-row tile): within fp32 summation order of the same kernel's
+    gate|up then glue.act_mul, both dtypes, bit-identical re-runs and graph replays; dispatch.glu
+    runs it from a rows config; a bias, the split-K variant or N % 32 != 0 are refused (-1)."""
+    from turbopack.formats import get_format
+    from turbopack.inference.config import Activation
+    from turbopack.inference.kernels import dispatch
+    from turbopack.inference.kernels.config import KernelConfig, KernelName
+    from turbopack.inference.kernels.glue import act_mul
+    from turbopack.layouts import get_layout
+
+    activation, n, k = Activation(act), 2 * 1056, 1536
+    q = _quantized(fmt_name, per_tensor, n, k, 17 * m + warps)
+    packed = reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        run = functools.partial(cuda_w8.w8_decode, x, packed, (n, k), None, warps, stages=stages, variant=variant)
+        h = run(glu=activation)
+        assert h.shape == (m, n // 2) and h.dtype == dtype
+        assert reference.rel_err(h, act_mul(run(), activation).float()) < 2e-3, dtype
+        assert torch.equal(run(glu=activation), h)
+        out = torch.empty_like(h)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            cuda_w8.w8_decode(x, packed, (n, k), None, warps, out, stages=stages, variant=variant, glu=activation)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, h)
+    if tile_k is not None:  # a tiled layout dispatch knows by name
+        fmt = get_format(fmt_name, **({"per_tensor": True} if per_tensor else {}))
+        name = {"w8a16": f"i8_t{tile_n}x64", "fp8": "fp8_t16x64_upcast"}[fmt_name]
+        cfg = KernelConfig(KernelName.CUDA, split_k=warps, ring_stages=stages, variant=variant)
+        got = dispatch.glu(x, fmt, get_layout(name), packed, (n, k), activation, config=cfg)
+        assert got is not None and torch.equal(got, h)
+    b = torch.randn(n, device="cuda").to(x.dtype)
+    for bad in (dict(bias=b), dict(variant=cuda_w8.SPLIT), dict(shape=(n - 16, k))):
+        args = dict(bias=None, variant=variant, shape=(n, k)) | bad
+        with pytest.raises(RuntimeError, match="code -1"):
+            cuda_w8.w8_decode(x, packed, args["shape"], args["bias"], warps, stages=stages, variant=args["variant"],
+                              glu=activation)

@@ -23,10 +23,13 @@ from pathlib import Path
 import torch
 
 from turbopack.errors import TurbopackError
+from turbopack.inference.config import Activation
 from turbopack.inference.kernels import pdl
 from turbopack.layouts.archs import ARCHS
 
 CSRC = Path(__file__).with_name("csrc")
+#: the decode kernels' GLU activations by the model's (csrc/common.cuh act_mul: kActSilu, kActGeluTanh)
+ACT_CODE = {Activation.SILU: 1, Activation.GELU_TANH: 2}
 #: a local include: ``#include "name.cuh"`` (system headers use <>, and are the compiler's)
 _INCLUDE = re.compile(rb'^\s*#\s*include\s+"([^"]+)"', re.M)
 _LOCK = threading.Lock()

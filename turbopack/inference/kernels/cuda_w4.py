@@ -55,8 +55,6 @@ CLUSTER_MAX, CLUSTER_M_MAX, CLUSTER_STAGES = cuda_build.CLUSTER_MAX, 8, (4, 6)
 DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-#: the GLU's activation (csrc/common.cuh act_mul) by the model's Activation
-_ACT_CODE = {Activation.SILU: 1, Activation.GELU_TANH: 2}
 _SIGNATURES = {
     "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 16 + [ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
@@ -92,7 +90,7 @@ def glu_ok(packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.
     true)? An activation it builds, no bias, gate's rows a whole number of the kernel's 16-row CTAs,
     and 16-byte aligned scales and zeros (the ring's chunk copies; elsewhere the rows kernels fall
     back to v7, which has no GLU)."""
-    return (act in _ACT_CODE and bias is None and shape[0] % 32 == 0
+    return (act in cuda_build.ACT_CODE and bias is None and shape[0] % 32 == 0
             and all(t.data_ptr() % 16 == 0 for t in (packed["scales"], packed.get("zeros")) if t is not None))
 
 
@@ -168,7 +166,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
-        int(cluster), _ACT_CODE[glu] if glu else 0, _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(cluster), cuda_build.ACT_CODE[glu] if glu else 0, _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "
                            f"variant={variant}{f' glu={glu.value}' if glu else ''})")

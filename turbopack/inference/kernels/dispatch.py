@@ -189,35 +189,57 @@ def _check(
         raise TurbopackError(f"{where}: needs FP8 tensor cores (sm89+); pack for this GPU with fp8_t16x64_upcast")
 
 
-#: the layouts whose decode kernel folds a fused gate|up's activation into its store (``glu``)
-GLU_LAYOUTS = frozenset({LayoutName.W4_T16X64, LayoutName.W4_T64X64})
+def _glu_w4(x2, fmt, packed, shape, cfg, activation, bias):
+    variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
+    warps = cfg.glu_warps
+    if warps is None:  # the rows kernel's own warps, where the table runs it
+        warps = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
+    if not (warps and cuda_w4.supports(x2, fmt, packed, shape)
+            and cuda_w4.glu_ok(packed, shape, bias, activation)):
+        return None
+    return cuda_w4.w4_decode(x2, packed, shape, None, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
+                             glu=activation)
+
+
+def _glu_w8(x2, fmt, packed, shape, cfg, activation, bias):
+    variant = cfg.variant or cuda_w8.SPLIT
+    if not (variant in cuda_w8.ROWS_VARIANTS and cfg.glu_warps != 0 and cuda_w8.supports(x2, packed, shape)
+            and cuda_w8.glu_ok(shape, bias, activation)):
+        return None
+    warps = cfg.glu_warps or cfg.split_k or cuda_w8.ROWS_DEFAULT_WARPS
+    stages = cuda_w8.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
+    return cuda_w8.w8_decode(x2, packed, shape, None, warps, stages=stages, variant=variant, glu=activation)
+
+
+#: the layouts whose decode by rows folds a fused gate|up's activation into its store (``glu``): the
+#: runner for each, x2 [M, K] -> y [M, N / 2] or None where its kernel cannot
+GLU_RUNNERS: Registry[Callable[..., torch.Tensor | None]] = Registry("GLU decode")
+for _name in (LayoutName.W4_T16X64, LayoutName.W4_T64X64):
+    GLU_RUNNERS.register(_name, _glu_w4)
+for _name in (LayoutName.I8_T16X64, LayoutName.I8_T64X64, LayoutName.FP8_T16X64_UPCAST, LayoutName.I8_ROWMAJOR,
+              LayoutName.FP8_ROWMAJOR):
+    GLU_RUNNERS.register(_name, _glu_w8)
 
 
 def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
         shape: tuple[int, int], activation: Activation, bias: torch.Tensor | None = None,
         config: KernelConfig | None = None) -> torch.Tensor | None:
     """act(x @ gate.T) * (x @ up.T) of a fused [gate; up] weight of ``shape`` (2I, K): [..., K] -> [..., I],
-    in one launch of the W4 decode by rows with x per stage (``cuda_w4.glu_ok``) where the tuned
-    config says so: its GLU_WARPS, else its SPLIT_K where it runs VARIANT 6 anyway. None where not
-    (GLU_WARPS 0: the two launches measured faster; past M = 16; a bias): the caller runs
-    ``linear``, then the activation."""
+    in one launch of the decode by rows (W4: with x per stage, ``cuda_w4.glu_ok``; the 8-bit
+    formats: ``cuda_w8.glu_ok``) where the tuned config says so: its GLU_WARPS, else its SPLIT_K
+    where it runs that kernel anyway. None where not (GLU_WARPS 0: the two launches measured
+    faster; past M = 16; a bias; another layout): the caller runs ``linear``, then the activation."""
     layout = get_layout(layout)
-    if layout.name not in GLU_LAYOUTS or x.device.type != "cuda":
+    if layout.name not in GLU_RUNNERS or x.device.type != "cuda":
         return None
     shape = (int(shape[0]), int(shape[1]))
     _check(x, layout, fmt, packed, shape)
     x2 = x.reshape(-1, shape[1])
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], x2.shape[0], x.device, config)
-    variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
-    warps = cfg.glu_warps
-    if warps is None:  # the rows kernel's own warps, where the table runs it
-        warps = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
-    if not (warps and cfg.kernel is KernelName.CUDA and cuda_w4.supports(x2, fmt, packed, shape)
-            and cuda_w4.glu_ok(packed, shape, bias, activation)):
+    if cfg.kernel is not KernelName.CUDA:
         return None
-    y = cuda_w4.w4_decode(x2, packed, shape, None, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
-                          glu=activation)
-    return y.reshape(*x.shape[:-1], shape[0] // 2)
+    y = GLU_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, activation, bias)
+    return None if y is None else y.reshape(*x.shape[:-1], shape[0] // 2)
 
 
 def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],

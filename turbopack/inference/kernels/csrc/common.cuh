@@ -274,6 +274,27 @@ __device__ __forceinline__ void rows_store(const Out& o, const float (&out)[NTOK
   }
 }
 
+// The decode by rows' GLU store (a fused [gate; up] of 2 N rows, y [M, N]): the first W / 2 warps
+// summed gate's 16 rows n0.., the others up's (n0 + N); each sum in warp order, scaled by its row's
+// scale where the format has them (w8.cu), then h[tok, n0 + r] = act(gate) * up with a stored
+// gate|up's roundings and act_mul's. No bias.
+template <typename T, int NTOK, int W, typename Part>
+__device__ __forceinline__ void glu_store(const Out& o, int act, const float (&out)[NTOK][4], int n0, int warp, int g,
+                                          int c, Part part) {
+  stash_parts<NTOK>(o.M, out, warp, g, c, part);
+  for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
+    const int r = idx & 15, tok = idx >> 4;
+    float gv = 0.f, uv = 0.f;
+    for (int w = 0; w < W / 2; ++w) gv += part(w)[tok][r];
+    for (int w = W / 2; w < W; ++w) uv += part(w)[tok][r];
+    if (o.row_scale != nullptr) {
+      gv *= o.row_scale[(long long)(n0 + r) * o.scale_stride];
+      uv *= o.row_scale[(long long)(o.N + n0 + r) * o.scale_stride];
+    }
+    static_cast<T*>(o.y)[(long long)tok * o.N + n0 + r] = act_mul<T>(act, gv, uv);
+  }
+}
+
 // A CTA's split-K arrival at its tile's counter, after its partials are written: true for the one
 // that completes the count (`arrivals`), which then sees every other CTA's partials. No CTA waits
 // for another, so a wrong count cannot hang: it leaves y unwritten. Every thread calls it (two

@@ -68,21 +68,6 @@ struct SharedFeed {
 // under 80 spilled 16-36 bytes).
 constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) : w == 4 ? 5 : 512 / (w * 32); }
 
-// GLU's store: the first W / 2 warps summed gate's 16 rows, the others up's; each sum in warp order,
-// then h[tok, n0 + r] = act(gate) * up with a stored gate|up's and act_mul's roundings (common.cuh)
-template <typename T, int NTOK, int W, typename Part>
-__device__ __forceinline__ void glu_store(const Out& o, int act, const float (&out)[NTOK][4], int n0, int warp, int g,
-                                          int c, Part part) {
-  stash_parts<NTOK>(o.M, out, warp, g, c, part);
-  for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
-    const int r = idx & 15, tok = idx >> 4;
-    float gv = 0.f, uv = 0.f;
-    for (int w = 0; w < W / 2; ++w) gv += part(w)[tok][r];
-    for (int w = W / 2; w < W; ++w) uv += part(w)[tok][r];
-    static_cast<T*>(o.y)[(long long)tok * o.N + n0 + r] = act_mul<T>(act, gv, uv);
-  }
-}
-
 // A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
 // matrix, gate's rows n0.. and up's n0 + N; N = o.N, the output's width).
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU>

@@ -104,6 +104,7 @@ struct Args {
   const void* x; const uint8_t* qw;
   long long s_tile, s_row, s_stage;
   int NP, K, TN, stride_xm;
+  int act;  // the decode by rows: 0, or kActSilu / kActGeluTanh: y = act(gate) * up of a fused gate|up
 };
 
 template <int SUB>
@@ -228,8 +229,10 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
 // among themselves; their sums meet in shared memory (each warp's drained ring: [16 tokens][16 rows]
 // fp32, 1 KiB of its >= 4 KiB) in warp order, so no split-K workspace, counter or last CTA, and y is
 // the same bits run to run. NTOK token columns of 8 (M <= 8 or 16). Register cap 64 at one column
-// (1024 threads per SM), 128 at two (512). SUB = 2: VARIANT 6, 128-k slots (Slot).
-template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB = 1>
+// (1024 threads per SM), 128 at two (512). SUB = 2: VARIANT 6, 128-k slots (Slot). GLU (Args::act,
+// a fused gate|up of 2 N rows): half the warps on gate's rows n0.., half on up's (n0 + N), and the
+// store writes act(gate) * up (common.cuh glu_store), as W4's rows with x per stage do.
+template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB = 1, bool GLU = false>
 __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w8_rows_kernel(const Args a) {
   extern __shared__ uint4 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -237,12 +240,17 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
   auto ring = [&](int w) { return reinterpret_cast<Slot<SUB>*>(smem) + w * STAGES; };
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(ring(w)); };  // [token][row], once drained
   const int n0 = blockIdx.x * 16;
-  const int slots = a.K / (SUB * kStageK), per_w = (slots + W - 1) / W;
-  const int s_lo = min(slots, warp * per_w), s_hi = min(slots, s_lo + per_w);
+  constexpr int WS = GLU ? W / 2 : W;  // warps per K split
+  const int up = GLU && warp >= WS;     // GLU: this warp reads up's rows
+  const int slots = a.K / (SUB * kStageK), per_w = (slots + WS - 1) / WS;
+  const int s_lo = min(slots, (warp - up * WS) * per_w), s_hi = min(slots, s_lo + per_w);
   float out[NTOK][4];
-  w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + g, s_lo, s_hi, lane, out);
+  w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + up * a.o.N + g, s_lo, s_hi, lane, out);
   __syncwarp();  // every lane's last reads of its ring slots are done
-  rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
+  if constexpr (GLU)
+    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part);
+  else
+    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
 }
 
 // The kernels with the cluster store: one token column (M <= 8), every ring depth
@@ -274,11 +282,13 @@ int launch(const Args& a, bool cluster_req, cudaStream_t s) {
 // VARIANT 4 and 6, the decode by rows: split_k is its warps (8 or 16)
 template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB>
 int launch_rows(const Args& a, cudaStream_t s) {
-  void (*kern)(const Args) = w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB>;
+  void (*kern)(const Args) = a.act ? w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB, true>
+                                    : w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB, false>;
   const int smem = W * STAGES * static_cast<int>(sizeof(Slot<SUB>));
-  static bool raised = false;
-  const cudaError_t e = raise_smem_once(kern, raised, smem);
-  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(a.NP / 16), dim3(W * 32), smem, s, a));
+  static bool raised[2] = {false, false};
+  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], smem);
+  const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h
+  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a));
 }
 
 // Ring depths: 4 and 6 stages of 1 KiB a warp; wide, 2 and 3 slots of 2 KiB (the bytes of 4 and 6
@@ -336,19 +346,21 @@ int by_code(const Args& a, int code, int stages, bool cluster, int variant, cuda
 // scale_stride 1 (per channel) or 0 (per tensor); cluster (sm_90+, split_k <= 16): the split-K CTAs
 // of a row tile reduce in a thread-block cluster, not through ws/counters; variant 4: the decode by
 // rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused); variant 6: the same on
-// 128-k slots (K % 128 == 0; stages 2 or 3); else split-K.
+// 128-k slots (K % 128 == 0; stages 2 or 3); else split-K. act (the rows variants, no bias, N % 32
+// == 0): the fused gate|up's GLU, y [M, N / 2] = act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh.
 // Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
                                    long long s_row, long long s_stage, int scale_stride, int stride_xm, int split_k,
-                                   int stages, int code, int cluster, int variant, int dtype, void* stream) {
+                                   int stages, int code, int cluster, int variant, int act, int dtype, void* stream) {
   if (M < 1 || M > 16 || K % kStageK != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 || split_k < 1 ||
       (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0 ||
-      (cluster && split_k > 16))
+      (cluster && split_k > 16) || act < 0 || act > kActGeluTanh ||
+      (act && ((variant != kRows && variant != kRowsWide) || bias != nullptr || N % 32 != 0)))
     return -1;
   const Out o{y, bias, static_cast<const float*>(scales), static_cast<float*>(ws), static_cast<int*>(counters),
-              M, N, split_k, scale_stride};
-  const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm};
+              M, act ? N / 2 : N, split_k, scale_stride};
+  const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm, act};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, variant, s)
                     : by_code<__half>(a, code, stages, cluster != 0, variant, s);
