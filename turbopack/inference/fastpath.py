@@ -23,6 +23,7 @@ import torch
 from turbopack.inference.config import Activation
 from turbopack.inference.kernels import router
 from turbopack.inference.kernels.attention import decode_attention_qkv, supports_head_dim
+from turbopack.inference.kernels.fold import Folded
 from turbopack.inference.kernels.glue import act_mul, add_rmsnorm, qk_norm, rope
 from turbopack.inference.kernels.kv_store import rope_store, store_kv
 from turbopack.inference.kernels.triton_env import interpreting, triton
@@ -41,6 +42,11 @@ GROUPED_MLP_MAX_TOKENS = 0
 #: gate|up's decode kernel applies the MLP's activation in its store where it can (QuantLinear.glu:
 #: the decode by rows, W4 and 8-bit), so the MLP is two launches; False: gate|up, act_mul, down (the A/B)
 GLU_DECODE = True
+#: o_proj's and down's decode add the residual and write the next RMSNorm's input in their stores, and
+#: q|k|v and gate|up read it (``kernels.fold``, the W4 decode by rows): no add_rmsnorm launch inside
+#: the decode step but the first layer's and the final one, where the norms are Llama's (no sandwich);
+#: False: add_rmsnorm between them (the A/B)
+FOLD_NORMS = True
 _ROUTE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -60,10 +66,43 @@ def supported(model: Transformer) -> bool:
     return triton is not None and (dev.type == "cuda" or interpreting()) and fused and model.config.rotary % 2 == 0
 
 
-def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> torch.Tensor:
+def _fold(lin, x, act: Activation | None = None, then=None):
+    """lin's decode with a norm folded in (QuantLinear.fold; FOLD_NORMS), or None."""
+    return lin.fold(x, act, then) if FOLD_NORMS and isinstance(lin, QuantLinear) else None
+
+
+def _read(lin, h):
+    """lin(h), h a tensor or a Folded: lin reads its z where its decode can, else the norm runs first."""
+    if isinstance(h, Folded):
+        y = _fold(lin, h)
+        return y if y is not None else lin(h.plain())
+    return lin(h)
+
+
+def _write(lin, x: torch.Tensor, then):
+    """lin(x), or with ``then`` = (residual, norm) the add and norm in lin's store: a Folded, where it can."""
+    f = _fold(lin, x, then=then) if then is not None else None
+    return f if f is not None else lin(x)
+
+
+def _then(residual: torch.Tensor, norm, post=None):
+    """The (residual, norm) that a producer's store may fold: not a sandwich's (``post``) nor at prefill."""
+    return (residual, norm) if FOLD_NORMS and post is None and residual.shape[-2] == 1 else None
+
+
+def mlp(block, h: torch.Tensor | Folded, activation: Activation = Activation.SILU, then=None):
     """down(act(gate(h)) * up(h)) of a fused MLP ``block``: two launches where gate|up's decode kernel
     applies the activation in its store (QuantLinear.glu, GLU_DECODE), or (SiLU) through the grouped
-    decode (GROUPED_MLP_MAX_TOKENS), else three (gate|up, act_mul, down)."""
+    decode (GROUPED_MLP_MAX_TOKENS), else three (gate|up, act_mul, down). h may be a Folded (gate|up
+    reads it), and ``then`` asks down's store for the next norm (a Folded back, where it can)."""
+    if isinstance(h, Folded):
+        g = _fold(block.gate_up_proj, h, activation) if GLU_DECODE else None
+        if g is None:
+            gu = _fold(block.gate_up_proj, h)
+            g = act_mul(gu, activation) if gu is not None else None
+        if g is not None:
+            return _write(block.down_proj, g, then)
+        h = h.plain()
     x2 = h.reshape(-1, h.shape[-1])
     if x2.shape[0] <= GROUPED_MLP_MAX_TOKENS and activation is Activation.SILU:
         from turbopack.inference.kernels import cuda_moe
@@ -80,8 +119,8 @@ def mlp(block, h: torch.Tensor, activation: Activation = Activation.SILU) -> tor
     if GLU_DECODE and isinstance(block.gate_up_proj, QuantLinear):
         g = block.gate_up_proj.glu(h, activation)
         if g is not None:
-            return block.down_proj(g)
-    return block.down_proj(act_mul(block.gate_up_proj(h), activation))
+            return _write(block.down_proj, g, then)
+    return _write(block.down_proj, act_mul(block.gate_up_proj(h), activation), then)
 
 
 def moe(block: MoE, h: torch.Tensor) -> torch.Tensor:
@@ -93,13 +132,14 @@ def moe(block: MoE, h: torch.Tensor) -> torch.Tensor:
     return block.combine(h, *router.top_k_route(logits, block.top_k, block.normalise, block.round_weights))
 
 
-def attention(model: Transformer, i: int, h: torch.Tensor, tables, input_pos: torch.Tensor,
-              mask: torch.Tensor | None) -> torch.Tensor:
-    """Layer i's attention sublayer on its normed input h [B, T, hidden], o_proj included.
-    ``tables``: (global, local) cos/sin; ``mask``: None where the decode kernel reads the position."""
+def attention(model: Transformer, i: int, h: torch.Tensor | Folded, tables, input_pos: torch.Tensor,
+              mask: torch.Tensor | None, then=None):
+    """Layer i's attention sublayer on its normed input h [B, T, hidden] (or a Folded), o_proj included.
+    ``tables``: (global, local) cos/sin; ``mask``: None where the decode kernel reads the position;
+    ``then``: the next norm for o_proj's store (a Folded back, where it can)."""
     cfg, attn, cache = model.config, model.model.layers[i].self_attn, model.kv_caches[i]
     b, t, _ = h.shape
-    qkv = attn.qkv_proj(h)
+    qkv = _read(attn.qkv_proj, h)
     if attn.q_norm is not None:  # Qwen3, Gemma 3: per head, before rotary
         qkv = qk_norm(qkv, attn.q_norm, attn.k_norm, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
     cos_sin = tables[attn.local_rope]
@@ -114,7 +154,7 @@ def attention(model: Transformer, i: int, h: torch.Tensor, tables, input_pos: to
     else:
         q, k, v = rope(qkv, cos_sin, input_pos, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
         y = cache.attend(q, k, v, input_pos, mask)
-    return attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+    return _write(attn.o_proj, y.transpose(1, 2).reshape(b, t, -1), then)
 
 
 @torch.no_grad()
@@ -133,16 +173,26 @@ def forward(model: Transformer, input_ids: torch.Tensor, input_pos: torch.Tensor
     # global: the stored ones but for a LongRoPE prefill past its training length; local: Gemma 3's
     tables = {False: model.pass_rope(t, input_pos), True: (model.rope_cos_local, model.rope_sin_local)}
     residual, post = None, None  # post: the last sublayer's own output norm (Gemma), applied with the add
-    for i, layer in enumerate(model.model.layers):
-        h, residual = add_rmsnorm(x, residual, layer.input_layernorm, post)
-        x = attention(model, i, h, tables, input_pos, mask)
-        if layer.sandwich:
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
+        # x: the last sublayer's output, or a Folded (its store added the residual and wrote this norm's input)
+        if isinstance(x, Folded):
+            h, residual = x, x.residual
+        else:
+            h, residual = add_rmsnorm(x, residual, layer.input_layernorm, post)
+        ffn = layer.ffn
+        dense = not isinstance(ffn, MoE)
+        then = _then(residual, layer.post_attention_layernorm) if dense and not layer.sandwich else None
+        x = attention(model, i, h, tables, input_pos, mask, then)
+        if isinstance(x, Folded):
+            h, residual = x, x.residual
+        elif layer.sandwich:
             h, residual = add_rmsnorm(x, residual, layer.pre_feedforward_layernorm, layer.post_attention_layernorm)
             post = layer.post_feedforward_layernorm
         else:
             h, residual = add_rmsnorm(x, residual, layer.post_attention_layernorm)
-        ffn = layer.ffn
-        x = moe(ffn, h) if isinstance(ffn, MoE) else mlp(ffn, h, cfg.activation)
+        nxt = _then(residual, layers[i + 1].input_layernorm, post) if i + 1 < len(layers) else None
+        x = moe(ffn, h) if not dense else mlp(ffn, h, cfg.activation, nxt)
     h, _ = add_rmsnorm(x, residual, model.model.norm, post)
     return model.logits(h)
 

@@ -137,6 +137,18 @@ class QuantLinear(nn.Module):
 
         return glu(x, self.fmt, self.layout, self.tensors(), self.shape, activation, bias=self.bias)
 
+    def fold(self, x, activation: Activation | None = None, then: tuple | None = None):
+        """This linear's decode with an RMSNorm folded in (``kernels.fold``) where the GPU backend
+        has one for it (``kernels.dispatch.fold``), else None: x a Folded (read as the norm's output;
+        ``activation``: the GLU, as ``glu``), or ``then`` = (residual, norm), whose add and norm this
+        store performs: a Folded comes back."""
+        z = getattr(x, "z", x)
+        if self.backend is not Backend.CUDA or z.device.type != "cuda":
+            return None
+        from turbopack.inference.kernels.dispatch import fold  # triton/CUDA: a GPU only
+
+        return fold(x, self.fmt, self.layout, self.tensors(), self.shape, self.bias, act=activation, then=then)
+
     def extra_repr(self) -> str:
         lay = f", layout={self.layout.name.value}" if self.layout is not None else ""
         return (

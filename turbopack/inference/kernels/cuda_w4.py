@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -56,7 +57,8 @@ DEFAULT_STAGES = 4
 DEFAULT_VARIANT = 0
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
-    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 16 + [ctypes.c_void_p],
+    "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p] * 5
+                           + [ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
@@ -90,8 +92,13 @@ def glu_ok(packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.
     true)? An activation it builds, no bias, gate's rows a whole number of the kernel's 16-row CTAs,
     and 16-byte aligned scales and zeros (the ring's chunk copies; elsewhere the rows kernels fall
     back to v7, which has no GLU)."""
-    return (act in cuda_build.ACT_CODE and bias is None and shape[0] % 32 == 0
-            and all(t.data_ptr() % 16 == 0 for t in (packed["scales"], packed.get("zeros")) if t is not None))
+    return act in cuda_build.ACT_CODE and bias is None and shape[0] % 32 == 0 and chunks_aligned(packed)
+
+
+def chunks_aligned(packed: dict[str, torch.Tensor]) -> bool:
+    """Scales and zeros 16-byte aligned: the rows kernels' ring copies them in chunks (elsewhere
+    they fall back to v7, which has neither the GLU nor the fold)."""
+    return all(t.data_ptr() % 16 == 0 for t in (packed["scales"], packed.get("zeros")) if t is not None)
 
 
 def supports_dequant(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor]) -> bool:
@@ -134,10 +141,33 @@ def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
     return min(tiles * stages, sms * max(1, per_sm))
 
 
+@dataclass(frozen=True)
+class FoldArgs:
+    """csrc/common.cuh ``Fold``: a producer's residual, norm weight and outputs (r_out [M, N], ss
+    [M, NP / 16] fp32; y becomes the norm's z), or a consumer's partials ss_in [M, parts] and eps
+    (x being a producer's z). ``kernels.fold`` has the math."""
+
+    res: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    r_out: torch.Tensor | None = None
+    ss: torch.Tensor | None = None
+    ss_in: torch.Tensor | None = None
+    eps: float = 0.0
+
+    def c_args(self) -> tuple:
+        parts = 0 if self.ss_in is None else self.ss_in.shape[1]
+        return (*map(_p, (self.res, self.weight, self.r_out, self.ss, self.ss_in)), float(self.eps), parts)
+
+
+_NO_FOLD = FoldArgs()
+#: a consumer's partials per token at most (csrc/w4_rowsx.cuh kFoldSmem: 32 KiB for 16 tokens)
+FOLD_PARTS_MAX = 512
+
+
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False,
-              cluster: bool = False, glu: Activation | None = None) -> torch.Tensor:
+              cluster: bool = False, glu: Activation | None = None, fold: FoldArgs | None = None) -> torch.Tensor:
     """y [M, N] for M <= 16 tokens from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto
     (v8: CTAs per SM, 0 = as many as fit; rows: warps per CTA, 0 = 16). ``prefetch`` (v7; layout
     tiles of <= 64 rows): each CTA sends its weight slice past the ring's first stages to L2 first
@@ -145,7 +175,8 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     split-K CTAs sum their partials in a thread-block cluster's shared memory, not through the
     global workspace (csrc/common.cuh). ``glu`` (VARIANT 6, no bias, N % 32 == 0; see ``glu_ok``): the
     weight is a fused [gate; up] and y [M, N / 2] = glu(x @ gate.T) * (x @ up.T), the MLP's activation
-    in the same launch (csrc/w4_rowsx.cuh)."""
+    in the same launch (csrc/w4_rowsx.cuh). ``fold`` (VARIANT 6): the residual add and the next RMSNorm
+    in its store, or a folded norm's x (``kernels.fold``; see ``FoldArgs``)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
@@ -166,10 +197,11 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
-        int(cluster), cuda_build.ACT_CODE[glu] if glu else 0, _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(cluster), cuda_build.ACT_CODE[glu] if glu else 0, *(fold or _NO_FOLD).c_args(),
+        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "
-                           f"variant={variant}{f' glu={glu.value}' if glu else ''})")
+                           f"variant={variant}{f' glu={glu.value}' if glu else ''}{' fold' if fold else ''})")
     return y
 
 

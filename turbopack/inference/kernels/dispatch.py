@@ -21,11 +21,12 @@ import torch
 
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
-from turbopack.inference.config import Activation
+from turbopack.inference.config import Activation, NormStyle
 from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8, fp8, w8a8, weight_only
 from turbopack.inference.kernels import table as kernel_table
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import interpreting, triton
+from turbopack.inference.kernels.fold import Folded
 from turbopack.inference.kernels.table import KernelTable
 from turbopack.layouts import get_layout
 from turbopack.layouts.archs import arch_for_capability
@@ -189,11 +190,16 @@ def _check(
         raise TurbopackError(f"{where}: needs FP8 tensor cores (sm89+); pack for this GPU with fp8_t16x64_upcast")
 
 
-def _glu_w4(x2, fmt, packed, shape, cfg, activation, bias):
+def _w4_rows_warps(cfg: KernelConfig, glu: bool) -> int:
+    """The warps of the W4 rows with x per stage for this call (glu: GLU_WARPS first), 0 where the
+    table runs another kernel (or, GLU_WARPS 0, the two launches)."""
     variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
-    warps = cfg.glu_warps
-    if warps is None:  # the rows kernel's own warps, where the table runs it
-        warps = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
+    rows = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
+    return rows if not glu or cfg.glu_warps is None else cfg.glu_warps
+
+
+def _glu_w4(x2, fmt, packed, shape, cfg, activation, bias):
+    warps = _w4_rows_warps(cfg, True)
     if not (warps and cuda_w4.supports(x2, fmt, packed, shape)
             and cuda_w4.glu_ok(packed, shape, bias, activation)):
         return None
@@ -263,3 +269,68 @@ def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, pack
         # a table entry tuned on a larger part (or another Triton) that does not fit here
         y = fam.run(x2, packed, shape, bias, fam.default(m, shape[0], shape[1], fmt), None, fmt)
     return y.reshape(*x.shape[:-1], shape[0])
+
+
+def _fold_w4(x2, fmt, packed, shape, cfg, act, bias, fold_args):
+    warps = _w4_rows_warps(cfg, act is not None)
+    if not (warps and cuda_w4.supports(x2, fmt, packed, shape) and cuda_w4.chunks_aligned(packed)
+            and (act is None or cuda_w4.glu_ok(packed, shape, bias, act))):
+        return None
+    return cuda_w4.w4_decode(x2, packed, shape, bias, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
+                             glu=act, fold=fold_args)
+
+
+#: the layouts whose decode by rows takes an RMSNorm folded in (``fold``): the runner for each,
+#: (x2, fmt, packed, shape, cfg, act, bias, cuda_w4.FoldArgs) -> y [M, N or N / 2] or None
+FOLD_RUNNERS: Registry[Callable[..., torch.Tensor | None]] = Registry("norm fold")
+for _name in (LayoutName.W4_T16X64, LayoutName.W4_T64X64):
+    FOLD_RUNNERS.register(_name, _fold_w4)
+
+
+def _foldable(norm) -> bool:
+    return getattr(norm, "style", None) is NormStyle.LLAMA
+
+
+def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
+         shape: tuple[int, int], bias: torch.Tensor | None = None, *, act: Activation | None = None,
+         then: tuple[torch.Tensor, object] | None = None,
+         config: KernelConfig | None = None) -> torch.Tensor | Folded | None:
+    """The decode by rows with an RMSNorm folded in (``kernels.fold``): x a Folded (the previous
+    linear's store wrote the norm's input) -> y, or with ``act`` the GLU's h as ``glu``; ``then`` =
+    (residual, norm): this store adds the residual and writes the next norm's input, returned as a
+    Folded. One of the two (a linear is a producer or a consumer). None where not (another
+    layout or kernel, past M = 16, a norm not in Llama's style): the caller runs the plain path."""
+    layout = get_layout(layout)
+    src = x.z if isinstance(x, Folded) else x
+    if layout.name not in FOLD_RUNNERS or src.device.type != "cuda" or isinstance(x, Folded) == (then is not None):
+        return None
+    shape = (int(shape[0]), int(shape[1]))
+    _check(src, layout, fmt, packed, shape)
+    x2 = src.reshape(-1, shape[1])
+    m = x2.shape[0]
+    cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], m, src.device, config)
+    if cfg.kernel is not KernelName.CUDA:
+        return None
+    if isinstance(x, Folded):
+        parts = x.ss.shape[1]
+        if not _foldable(x.norm) or x.ss.shape[0] != m or parts % 4 or parts > cuda_w4.FOLD_PARTS_MAX:
+            return None
+        y = FOLD_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, act, bias,
+                                          cuda_w4.FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
+        return None if y is None else y.reshape(*src.shape[:-1], y.shape[-1])
+    residual, norm = then
+    res2 = residual.reshape(-1, shape[0])
+    w = norm.weight
+    if (act is not None or not _foldable(norm) or res2.shape[0] != m or residual.dtype != x.dtype
+            or not res2.is_contiguous() or w.dtype != x.dtype or tuple(w.shape) != (shape[0],)
+            or not w.is_contiguous()):
+        return None
+    r_out = torch.empty_like(res2)
+    ss = torch.empty(m, packed["qweight"].shape[0] * packed["qweight"].shape[2] // 16, dtype=torch.float32,
+                     device=x.device)
+    fa = cuda_w4.FoldArgs(res=res2, weight=w, r_out=r_out, ss=ss)
+    z = FOLD_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, None, bias, fa)
+    if z is None:
+        return None
+    return Folded(z.view(*x.shape[:-1], shape[0]), r_out.view(residual.shape), ss, norm)
+

@@ -378,9 +378,9 @@ int by_group(const Args& a, int stages, int variant, bool cluster, cudaStream_t 
 namespace {
 
 template <typename T>
-int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t s) {
+int by_tokens(const Args& a, const Fold& f, int stages, int variant, bool cluster, cudaStream_t s) {
   if (variant == 4 || variant == 5) return by_rows<T>(a, stages, variant, s);
-  if (variant == kRowsX) return by_rows_x<T>(a, stages, s);
+  if (variant == kRowsX) return by_rows_x<T>(a, f, stages, s);
   return a.M <= 8 ? by_group<T, 1>(a, stages, variant, cluster, s) : by_group<T, 2>(a, stages, variant, cluster, s);
 }
 
@@ -393,10 +393,23 @@ int by_tokens(const Args& a, int stages, int variant, bool cluster, cudaStream_t
 // per stage), -4 no SM count, else the CUDA error. act (VARIANT 6, no bias, N % 32 == 0): the fused gate|up's GLU, y [M, N / 2] =
 // act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh (w4_rowsx.cuh), in one launch. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
+// fold_* (VARIANT 6; common.cuh Fold): a producer's residual res, norm weight w, new residual r_out and
+// partial sums ss [M, NP / 16] (y is then the norm's z); or a consumer's partials ss_in [M, parts]
+// (parts % 4 == 0, <= 512) and eps (x is a producer's z). All null: no fold.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,
                                    const void* bias, void* y, void* ws, void* counters, int M, int N, int NP,
                                    int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int stages,
-                                   int variant, int prefetch, int cluster, int act, int dtype, void* stream) {
+                                   int variant, int prefetch, int cluster, int act, const void* fold_res,
+                                   const void* fold_w, void* fold_r_out, void* fold_ss, const void* fold_ss_in,
+                                   float fold_eps, int fold_parts, int dtype, void* stream) {
+  const Fold f{fold_res, fold_w, fold_r_out, static_cast<float*>(fold_ss), static_cast<const float*>(fold_ss_in),
+               fold_eps, fold_parts};
+  const bool produce = fold_res != nullptr, consume = fold_ss_in != nullptr;
+  const bool out_args = fold_w != nullptr && fold_r_out != nullptr && fold_ss != nullptr;
+  const bool any_out = fold_w != nullptr || fold_r_out != nullptr || fold_ss != nullptr;
+  if (((produce || consume) && variant != kRowsX) || produce != any_out || (produce && (!out_args || act || consume)) ||
+      (consume && (fold_parts < 4 || fold_parts % 4 != 0 || fold_parts * M * 4 > kFoldSmem)))
+    return -1;
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1) ||
       (cluster && (variant != 2 || split_k > 16)) || act < 0 || act > kActGeluTanh ||
@@ -407,8 +420,8 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
   const Args a{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP, TN,
                G, stride_xm, split_k, static_cast<int16_t>(prefetch != 0), static_cast<int16_t>(act)};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tokens<__nv_bfloat16>(a, stages, variant, cluster != 0, s)
-                    : by_tokens<__half>(a, stages, variant, cluster != 0, s);
+  return dtype == 0 ? by_tokens<__nv_bfloat16>(a, f, stages, variant, cluster != 0, s)
+                    : by_tokens<__half>(a, f, stages, variant, cluster != 0, s);
 }
 
 extern "C" int turbopack_w4_dequant(const void* qw, const void* scales, const void* zeros, void* w, int NT, int KT,

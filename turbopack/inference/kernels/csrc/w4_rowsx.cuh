@@ -19,6 +19,9 @@
 //   - GLU (Args::act, a fused gate|up of 2I rows): a CTA takes rows n0.. of gate and of up (n0 + I),
 //     half its warps each, and stores act(gate) * up for its 16 rows of h [M, I]: the MLP's SiLU-mul
 //     launch (kernels.glue.act_mul) folds into this store, and gate|up's output never reaches memory.
+//   - a fold (common.cuh Fold): as o_proj or down, the store adds the residual and writes the next
+//     RMSNorm's input (z, the new residual, each CTA's sum of squares); as q|k|v or gate|up, x is that
+//     z and the store scales by the token's 1 / rms. The add_rmsnorm launch between them is gone.
 #pragma once
 #include "common.cuh"
 #include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue, ring_pass_x
@@ -27,6 +30,7 @@
 namespace {
 
 constexpr int kRowsX = 6;  // the VARIANT
+constexpr int kFoldSmem = 32 << 10;  // a fold consumer's partials at most: 512 parts (hidden 8192) x 16 tokens
 
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
 // fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared
@@ -71,7 +75,7 @@ constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) :
 // A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
 // matrix, gate's rows n0.. and up's n0 + N; N = o.N, the output's width).
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU>
-__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a) {
+__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
   constexpr int NG = kStageK / G;
   using Slot = DnSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
@@ -101,6 +105,8 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   pdl_wait();  // x from here on
+  float* ss = reinterpret_cast<float*>(reinterpret_cast<Slot*>(smem) + W * STAGES);  // a fold's partials
+  fold_fetch(f, a.M, ss, W * 32);
   ring_pass_x<STAGES, NTOK>(
       nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
       [&](int, int rd, const uint4(&xv)[NTOK][2][2]) { stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c); });
@@ -108,43 +114,45 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
   if constexpr (GLU)
-    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part);
+    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, f, a.K, ss);
   else
-    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
+    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, f, a.K, ss);
 }
 
 template <typename T, int NTOK, int G, bool ASYM, int W>
-int launch_rowsx(const Args& a, cudaStream_t s) {
+int launch_rowsx(const Args& a, const Fold& f, cudaStream_t s) {
   constexpr int ring = 4 * static_cast<int>(sizeof(DnSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
   static_assert(ring >= 16 * 16 * sizeof(float), "a drained ring holds its warp's [token][row] sums (rows_store)");
-  void (*kern)(const Args) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
+  void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
                                     : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false>;
-  constexpr int smem = W * ring;  // 16 warps: 67-71 KiB, past the default 48
+  // 16 warps: 67-71 KiB, past the default 48; a fold's consumer adds its partials (<= 32 KiB)
+  const int smem = W * ring + (f.ss_in != nullptr ? f.parts * a.M * 4 : 0);
   static bool raised[2] = {false, false};
-  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], smem);
+  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], W * ring + kFoldSmem);
   const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h
-  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a));
+  return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a, f));
 }
 
 template <typename T, int NTOK, int W>
-int rowsx_by_group(const Args& a, cudaStream_t s) {
+int rowsx_by_group(const Args& a, const Fold& f, cudaStream_t s) {
   const bool asym = a.zeros != nullptr;
-  if (a.G == 128) return asym ? launch_rowsx<T, NTOK, 128, true, W>(a, s) : launch_rowsx<T, NTOK, 128, false, W>(a, s);
-  return asym ? launch_rowsx<T, NTOK, 64, true, W>(a, s) : launch_rowsx<T, NTOK, 64, false, W>(a, s);
+  if (a.G == 128)
+    return asym ? launch_rowsx<T, NTOK, 128, true, W>(a, f, s) : launch_rowsx<T, NTOK, 128, false, W>(a, f, s);
+  return asym ? launch_rowsx<T, NTOK, 64, true, W>(a, f, s) : launch_rowsx<T, NTOK, 64, false, W>(a, f, s);
 }
 
 // VARIANT 6: split_k is its warps (8 or 16; at two token columns also 4: rowsx_ctas), ring 4.
 // Scales or zeros not 16-byte aligned (the ring's chunk copies): v7 at the default split, as by_rows
 // (GLU: refused, -1).
 template <typename T>
-int by_rows_x(const Args& a, int stages, cudaStream_t s) {
+int by_rows_x(const Args& a, const Fold& f, int stages, cudaStream_t s) {
   if (stages != 4) return -2;
   const int w = a.split_k;
   if (w != 8 && w != 16 && (a.M <= 8 || w != 4)) return -1;
-  if (!chunks_aligned(a)) return a.act ? -1 : v7_fallback<T>(a, s);  // v7 has no GLU
-  if (a.M <= 8) return w == 8 ? rowsx_by_group<T, 1, 8>(a, s) : rowsx_by_group<T, 1, 16>(a, s);
-  if (w == 4) return rowsx_by_group<T, 2, 4>(a, s);
-  return w == 8 ? rowsx_by_group<T, 2, 8>(a, s) : rowsx_by_group<T, 2, 16>(a, s);
+  if (!chunks_aligned(a)) return a.act || f.res || f.ss_in ? -1 : v7_fallback<T>(a, s);  // v7: no GLU, no fold
+  if (a.M <= 8) return w == 8 ? rowsx_by_group<T, 1, 8>(a, f, s) : rowsx_by_group<T, 1, 16>(a, f, s);
+  if (w == 4) return rowsx_by_group<T, 2, 4>(a, f, s);
+  return w == 8 ? rowsx_by_group<T, 2, 8>(a, f, s) : rowsx_by_group<T, 2, 16>(a, f, s);
 }
 
 }  // namespace
