@@ -276,13 +276,15 @@ struct Fold {
   const float* ss_in; float eps; int parts;                 // consumer: parts % 4 == 0
 };
 
-// The consumer's partials, [M][parts] fp32, into shared memory (one cp.async group of its own;
-// completed by the caller's final cp_async_wait<0>, seen by all after stash_parts' barrier)
+// The consumer's partials, [M][parts] fp32, into shared memory. No cp.async group of their own: one
+// more group would make every wait of the ring's loop (wait_group<STAGES - 2>) a stage stricter,
+// shortening its lookahead for the whole loop. They join the loop's next group; the caller commits
+// once more before its final cp_async_wait<0> (a warp with no stage commits nothing in its loop),
+// and stash_parts' barrier shows them to every thread.
 __device__ __forceinline__ void fold_fetch(const Fold& f, int M, float* ss, int threads) {
   if (f.ss_in == nullptr) return;
   for (int i = threadIdx.x; i < f.parts * M / 4; i += threads)
     cp_async16(reinterpret_cast<float4*>(ss) + i, reinterpret_cast<const float4*>(f.ss_in) + i);
-  cp_async_commit();
 }
 
 // inv[tok] of each token (fold_fetch's partials), or nullptr without a fold; after stash_parts

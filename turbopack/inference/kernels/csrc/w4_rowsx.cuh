@@ -110,6 +110,7 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
   ring_pass_x<STAGES, NTOK>(
       nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
       [&](int, int rd, const uint4(&xv)[NTOK][2][2]) { stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c); });
+  cp_async_commit();  // fold_fetch's copies, where this warp's loop committed no group after them
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
