@@ -12,7 +12,7 @@ step build; build_libs > "$OUT/build.log" 2>&1; tail -1 "$OUT/build.log"
 TESTS_K=${TESTS_K:-glu or fold or few or captured}
 if [ "$TESTS_K" != none ]; then
   step tests
-  timeout ${TESTS_S:-200} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_fold.py \
+  timeout ${TESTS_S:-200} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_norm_fold.py \
     tests/inference/kernels/test_cuda_w8.py tests/inference/kernels/test_cuda_build.py tests/inference/test_moe_grouped.py \
     tests/inference/test_fastpath.py -k "$TESTS_K" > "$OUT/tests.txt" 2>&1
   echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -8

@@ -6,7 +6,7 @@ seven ops, rotary's ten, the residual adds, SwiGLU) would cost as much as the we
 layer is: add+RMSNorm, q|k|v matmul, attention (with rotary and the K/V store in the same
 launch at decode; one launch before it at prefill), o matmul, add+RMSNorm, gate|up matmul, SwiGLU,
 down matmul (a W4 or 8-bit decode applies SwiGLU in gate|up's store); the residual add that ends a layer is
-folded into the next layer's norm (``kernels.glue``), and at a W4 decode step that add+norm rides
+folded into the next layer's norm (``kernels.glue``), and at a W4 or 8-bit decode step that add+norm rides
 in o_proj's and down's stores (``kernels.fold``). Every family's differences ride along:
 per-head q/k norms (Qwen3, Gemma 3) as one more launch, Gemma's norm style, sandwich norms (folded
 into the same add+norm launches), GeLU, scale, soft-caps and sliding windows (the decode kernel
@@ -44,7 +44,7 @@ GROUPED_MLP_MAX_TOKENS = 0
 #: the decode by rows, W4 and 8-bit), so the MLP is two launches; False: gate|up, act_mul, down (the A/B)
 GLU_DECODE = True
 #: o_proj's and down's decode add the residual and write the next RMSNorm's input in their stores, and
-#: q|k|v and gate|up read it (``kernels.fold``, the W4 decode by rows): no add_rmsnorm launch inside
+#: q|k|v and gate|up read it (``kernels.fold``, the decodes by rows): no add_rmsnorm launch inside
 #: the decode step but the first layer's and the final one, where the norms are Llama's (no sandwich);
 #: False: add_rmsnorm between them (the A/B)
 FOLD_NORMS = True

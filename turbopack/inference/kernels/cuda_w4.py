@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +26,7 @@ from turbopack.inference.kernels import cuda_build
 from turbopack.inference.kernels.cuda_build import gencode, nvcc  # noqa: F401 (the build test's names)
 from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_buffers
+from turbopack.inference.kernels.fold import NO_FOLD, FoldArgs
 
 SRC = cuda_build.CSRC / "w4.cu"
 DECODE_GROUPS = (64, 128)
@@ -141,29 +141,6 @@ def v8_grid(tiles: int, stages: int, sms: int, per_sm: int) -> int:
     return min(tiles * stages, sms * max(1, per_sm))
 
 
-@dataclass(frozen=True)
-class FoldArgs:
-    """csrc/common.cuh ``Fold``: a producer's residual, norm weight and outputs (r_out [M, N], ss
-    [M, NP / 16] fp32; y becomes the norm's z), or a consumer's partials ss_in [M, parts] and eps
-    (x being a producer's z). ``kernels.fold`` has the math."""
-
-    res: torch.Tensor | None = None
-    weight: torch.Tensor | None = None
-    r_out: torch.Tensor | None = None
-    ss: torch.Tensor | None = None
-    ss_in: torch.Tensor | None = None
-    eps: float = 0.0
-
-    def c_args(self) -> tuple:
-        parts = 0 if self.ss_in is None else self.ss_in.shape[1]
-        return (*map(_p, (self.res, self.weight, self.r_out, self.ss, self.ss_in)), float(self.eps), parts)
-
-
-_NO_FOLD = FoldArgs()
-#: a consumer's partials per token at most (csrc/w4_rowsx.cuh kFoldSmem: 32 KiB for 16 tokens)
-FOLD_PARTS_MAX = 512
-
-
 def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, group: int = 128,
               stages: int = DEFAULT_STAGES, variant: int = DEFAULT_VARIANT, prefetch: bool = False,
@@ -176,7 +153,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     global workspace (csrc/common.cuh). ``glu`` (VARIANT 6, no bias, N % 32 == 0; see ``glu_ok``): the
     weight is a fused [gate; up] and y [M, N / 2] = glu(x @ gate.T) * (x @ up.T), the MLP's activation
     in the same launch (csrc/w4_rowsx.cuh). ``fold`` (VARIANT 6): the residual add and the next RMSNorm
-    in its store, or a folded norm's x (``kernels.fold``; see ``FoldArgs``)."""
+    in its store, or a folded norm's x (``kernels.fold.FoldArgs``)."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
@@ -197,7 +174,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     rc = library(x2.device).turbopack_w4_decode(
         _p(x2), _p(qw), _p(s), _p(zeros), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(stages), int(variant), int(prefetch),
-        int(cluster), cuda_build.ACT_CODE[glu] if glu else 0, *(fold or _NO_FOLD).c_args(),
+        int(cluster), cuda_build.ACT_CODE[glu] if glu else 0, *(fold or NO_FOLD).c_args(),
         _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_decode failed (code {rc}; M={m} N={n} K={k} G={group} stages={stages} "

@@ -24,6 +24,7 @@ from turbopack.inference.config import Activation
 from turbopack.inference.kernels import cuda_build
 from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_buffers
+from turbopack.inference.kernels.fold import NO_FOLD, FoldArgs
 
 SRC = cuda_build.CSRC / "w8.cu"
 M_MAX = 16
@@ -34,7 +35,7 @@ _CODE = {torch.int8: 0, torch.uint8: 0, torch.float8_e4m3fn: 1}
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {
     "turbopack_w8_decode": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [ctypes.c_longlong] * 3
-    + [ctypes.c_int] * 9 + [ctypes.c_void_p],
+    + [ctypes.c_int] * 8 + [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
 }
 #: VARIANT: 0 (unset) = split-K over CTAs; ROWS = the decode by rows (the number cuda_w4.ROWS has):
 #: SPLIT_K is its warps per CTA (ROWS_WARPS, 0 = ROWS_DEFAULT_WARPS); ROWS_WIDE = the same on ring
@@ -102,14 +103,16 @@ def glu_ok(shape: tuple[int, int], bias: torch.Tensor | None, act: Activation) -
 
 def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
               split_k: int = 0, out: torch.Tensor | None = None, *, stages: int = DEFAULT_STAGES,
-              cluster: bool = False, variant: int = SPLIT, glu: Activation | None = None) -> torch.Tensor:
+              cluster: bool = False, variant: int = SPLIT, glu: Activation | None = None,
+              fold: FoldArgs | None = None) -> torch.Tensor:
     """y [M, N] = fp32(x2 @ q^T) * s (+ bias) for M <= 16 tokens; split_k 0 = auto (rows: its warps,
     0 = 16). ``cluster`` (sm_90+, split <= 16, M <= 8; elsewhere ignored): a row tile's split-K
     CTAs sum their partials in a thread-block cluster's shared memory, not through the global
     workspace (csrc/common.cuh). ``variant`` ROWS: the decode by rows (a CTA per 16 rows, its
     warps split K); ROWS_WIDE: the same on 128-k slots. ``glu`` (the rows variants, no bias, N % 32 ==
     0; ``cuda_w4.glu_ok``'s rules): the weight is a fused [gate; up] and y [M, N / 2] =
-    glu(x @ gate.T) * (x @ up.T), the MLP's activation in the same launch (csrc/common.cuh glu_store)."""
+    glu(x @ gate.T) * (x @ up.T), the MLP's activation in the same launch (csrc/common.cuh glu_store).
+    ``fold`` (the rows variants): the norm fold, as ``cuda_w4.w4_decode``'s (``kernels.fold``)."""
     qw, s = packed["qweight"], packed["scales"]
     tn, s_tile, s_row, s_stage = strides(qw)
     n, k = shape
@@ -131,8 +134,9 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     rc = library(x2.device).turbopack_w8_decode(
         _p(x2), _p(qw), _p(s), _p(b), _p(y), _p(ws), _p(cnt), m, n, n_pad, k, tn, s_tile, s_row, s_stage,
         1 if s.numel() > 1 else 0, x2.stride(0), split, int(stages), _CODE[qw.dtype], int(cluster), int(variant),
-        cuda_build.ACT_CODE[glu] if glu else 0, _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        cuda_build.ACT_CODE[glu] if glu else 0, *(fold or NO_FOLD).c_args(), _DTYPE_CODE[x2.dtype],
+        cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w8_decode failed (code {rc}; M={m} N={n} K={k} stages={stages} "
-                           f"variant={variant}{f' glu={glu.value}' if glu else ''})")
+                           f"variant={variant}{f' glu={glu.value}' if glu else ''}{' fold' if fold else ''})")
     return y

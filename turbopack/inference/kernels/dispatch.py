@@ -26,7 +26,7 @@ from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg,
 from turbopack.inference.kernels import table as kernel_table
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import interpreting, triton
-from turbopack.inference.kernels.fold import Folded
+from turbopack.inference.kernels.fold import FOLD_PARTS_MAX, FoldArgs, Folded
 from turbopack.inference.kernels.table import KernelTable
 from turbopack.layouts import get_layout
 from turbopack.layouts.archs import arch_for_capability
@@ -198,33 +198,34 @@ def _w4_rows_warps(cfg: KernelConfig, glu: bool) -> int:
     return rows if not glu or cfg.glu_warps is None else cfg.glu_warps
 
 
-def _glu_w4(x2, fmt, packed, shape, cfg, activation, bias):
-    warps = _w4_rows_warps(cfg, True)
-    if not (warps and cuda_w4.supports(x2, fmt, packed, shape)
-            and cuda_w4.glu_ok(packed, shape, bias, activation)):
+def _rows_w4(x2, fmt, packed, shape, cfg, act, bias, fold_args):
+    warps = _w4_rows_warps(cfg, act is not None)
+    if not (warps and cuda_w4.supports(x2, fmt, packed, shape) and cuda_w4.chunks_aligned(packed)
+            and (act is None or cuda_w4.glu_ok(packed, shape, bias, act))):
         return None
-    return cuda_w4.w4_decode(x2, packed, shape, None, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
-                             glu=activation)
+    return cuda_w4.w4_decode(x2, packed, shape, bias, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
+                             glu=act, fold=fold_args)
 
 
-def _glu_w8(x2, fmt, packed, shape, cfg, activation, bias):
+def _rows_w8(x2, fmt, packed, shape, cfg, act, bias, fold_args):
     variant = cfg.variant or cuda_w8.SPLIT
-    if not (variant in cuda_w8.ROWS_VARIANTS and cfg.glu_warps != 0 and cuda_w8.supports(x2, packed, shape)
-            and cuda_w8.glu_ok(shape, bias, activation)):
+    if not (variant in cuda_w8.ROWS_VARIANTS and cuda_w8.supports(x2, packed, shape)
+            and (act is None or (cfg.glu_warps != 0 and cuda_w8.glu_ok(shape, bias, act)))):
         return None
-    warps = cfg.glu_warps or cfg.split_k or cuda_w8.ROWS_DEFAULT_WARPS
+    warps = (cfg.glu_warps if act is not None else None) or cfg.split_k or cuda_w8.ROWS_DEFAULT_WARPS
     stages = cuda_w8.DEFAULT_STAGES if cfg.ring_stages is None else cfg.ring_stages
-    return cuda_w8.w8_decode(x2, packed, shape, None, warps, stages=stages, variant=variant, glu=activation)
+    return cuda_w8.w8_decode(x2, packed, shape, bias, warps, stages=stages, variant=variant, glu=act, fold=fold_args)
 
 
-#: the layouts whose decode by rows folds a fused gate|up's activation into its store (``glu``): the
-#: runner for each, x2 [M, K] -> y [M, N / 2] or None where its kernel cannot
-GLU_RUNNERS: Registry[Callable[..., torch.Tensor | None]] = Registry("GLU decode")
+#: the layouts whose decode by rows takes a fused gate|up's activation into its store (``glu``) and
+#: an RMSNorm folded in (``fold``): the runner for each, (x2, fmt, packed, shape, cfg, act, bias,
+#: fold.FoldArgs or None) -> y [M, N or N / 2], or None where the table runs another kernel
+ROWS_RUNNERS: Registry[Callable[..., torch.Tensor | None]] = Registry("decode by rows")
 for _name in (LayoutName.W4_T16X64, LayoutName.W4_T64X64):
-    GLU_RUNNERS.register(_name, _glu_w4)
+    ROWS_RUNNERS.register(_name, _rows_w4)
 for _name in (LayoutName.I8_T16X64, LayoutName.I8_T64X64, LayoutName.FP8_T16X64_UPCAST, LayoutName.I8_ROWMAJOR,
               LayoutName.FP8_ROWMAJOR):
-    GLU_RUNNERS.register(_name, _glu_w8)
+    ROWS_RUNNERS.register(_name, _rows_w8)
 
 
 def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
@@ -236,7 +237,7 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     where it runs that kernel anyway. None where not (GLU_WARPS 0: the two launches measured
     faster; past M = 16; a bias; another layout): the caller runs ``linear``, then the activation."""
     layout = get_layout(layout)
-    if layout.name not in GLU_RUNNERS or x.device.type != "cuda":
+    if layout.name not in ROWS_RUNNERS or x.device.type != "cuda":
         return None
     shape = (int(shape[0]), int(shape[1]))
     _check(x, layout, fmt, packed, shape)
@@ -244,7 +245,7 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], x2.shape[0], x.device, config)
     if cfg.kernel is not KernelName.CUDA:
         return None
-    y = GLU_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, activation, bias)
+    y = ROWS_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, activation, bias, None)
     return None if y is None else y.reshape(*x.shape[:-1], shape[0] // 2)
 
 
@@ -271,22 +272,6 @@ def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, pack
     return y.reshape(*x.shape[:-1], shape[0])
 
 
-def _fold_w4(x2, fmt, packed, shape, cfg, act, bias, fold_args):
-    warps = _w4_rows_warps(cfg, act is not None)
-    if not (warps and cuda_w4.supports(x2, fmt, packed, shape) and cuda_w4.chunks_aligned(packed)
-            and (act is None or cuda_w4.glu_ok(packed, shape, bias, act))):
-        return None
-    return cuda_w4.w4_decode(x2, packed, shape, bias, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
-                             glu=act, fold=fold_args)
-
-
-#: the layouts whose decode by rows takes an RMSNorm folded in (``fold``): the runner for each,
-#: (x2, fmt, packed, shape, cfg, act, bias, cuda_w4.FoldArgs) -> y [M, N or N / 2] or None
-FOLD_RUNNERS: Registry[Callable[..., torch.Tensor | None]] = Registry("norm fold")
-for _name in (LayoutName.W4_T16X64, LayoutName.W4_T64X64):
-    FOLD_RUNNERS.register(_name, _fold_w4)
-
-
 def _foldable(norm) -> bool:
     return getattr(norm, "style", None) is NormStyle.LLAMA
 
@@ -298,11 +283,12 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
     """The decode by rows with an RMSNorm folded in (``kernels.fold``): x a Folded (the previous
     linear's store wrote the norm's input) -> y, or with ``act`` the GLU's h as ``glu``; ``then`` =
     (residual, norm): this store adds the residual and writes the next norm's input, returned as a
-    Folded. One of the two (a linear is a producer or a consumer). None where not (another
-    layout or kernel, past M = 16, a norm not in Llama's style): the caller runs the plain path."""
+    Folded. One of the two (a linear is a producer or a consumer). W4 and the 8-bit formats
+    (``ROWS_RUNNERS``). None where not (the table runs another kernel, past M = 16, a norm not in
+    Llama's style): the caller runs the plain path."""
     layout = get_layout(layout)
     src = x.z if isinstance(x, Folded) else x
-    if layout.name not in FOLD_RUNNERS or src.device.type != "cuda" or isinstance(x, Folded) == (then is not None):
+    if layout.name not in ROWS_RUNNERS or src.device.type != "cuda" or isinstance(x, Folded) == (then is not None):
         return None
     shape = (int(shape[0]), int(shape[1]))
     _check(src, layout, fmt, packed, shape)
@@ -313,10 +299,10 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
         return None
     if isinstance(x, Folded):
         parts = x.ss.shape[1]
-        if not _foldable(x.norm) or x.ss.shape[0] != m or parts % 4 or parts > cuda_w4.FOLD_PARTS_MAX:
+        if not _foldable(x.norm) or x.ss.shape[0] != m or parts % 4 or parts > FOLD_PARTS_MAX:
             return None
-        y = FOLD_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, act, bias,
-                                          cuda_w4.FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
+        y = ROWS_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, act, bias,
+                                          FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
         return None if y is None else y.reshape(*src.shape[:-1], y.shape[-1])
     residual, norm = then
     res2 = residual.reshape(-1, shape[0])
@@ -328,8 +314,8 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
     r_out = torch.empty_like(res2)
     ss = torch.empty(m, packed["qweight"].shape[0] * packed["qweight"].shape[2] // 16, dtype=torch.float32,
                      device=x.device)
-    fa = cuda_w4.FoldArgs(res=res2, weight=w, r_out=r_out, ss=ss)
-    z = FOLD_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, None, bias, fa)
+    fa = FoldArgs(res=res2, weight=w, r_out=r_out, ss=ss)
+    z = ROWS_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, None, bias, fa)
     if z is None:
         return None
     return Folded(z.view(*x.shape[:-1], shape[0]), r_out.view(residual.shape), ss, norm)

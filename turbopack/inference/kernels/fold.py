@@ -18,6 +18,32 @@ from dataclasses import dataclass
 
 import torch
 
+from turbopack.inference.kernels.cuda_build import ptr
+
+#: a consumer's partials per token at most (csrc/common.cuh kFoldSmem: 32 KiB for 16 tokens)
+FOLD_PARTS_MAX = 512
+
+
+@dataclass(frozen=True)
+class FoldArgs:
+    """csrc/common.cuh ``Fold``, as the decode entry points take it (cuda_w4, cuda_w8): a producer's
+    residual, norm weight and outputs (r_out [M, N], ss [M, NP / 16] fp32; y becomes the norm's z),
+    or a consumer's partials ss_in [M, parts] and eps (x being a producer's z)."""
+
+    res: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    r_out: torch.Tensor | None = None
+    ss: torch.Tensor | None = None
+    ss_in: torch.Tensor | None = None
+    eps: float = 0.0
+
+    def c_args(self) -> tuple:
+        parts = 0 if self.ss_in is None else self.ss_in.shape[1]
+        return (*map(ptr, (self.res, self.weight, self.r_out, self.ss, self.ss_in)), float(self.eps), parts)
+
+
+NO_FOLD = FoldArgs()
+
 
 @dataclass(frozen=True)
 class Folded:

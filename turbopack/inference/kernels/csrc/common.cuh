@@ -275,6 +275,18 @@ struct Fold {
   const void* res; const void* w; void* r_out; float* ss;  // producer
   const float* ss_in; float eps; int parts;                 // consumer: parts % 4 == 0
 };
+constexpr int kFoldSmem = 32 << 10;  // a consumer's partials at most: 512 parts (hidden 8192) x 16 tokens
+
+// A fold the entry points accept: none; or a producer (every output, no GLU, not also a consumer);
+// or a consumer (its partials in 4s, within kFoldSmem); only for a kernel with the fold (`built`)
+inline bool fold_ok(const Fold& f, int M, int act, bool built) {
+  const bool produce = f.res != nullptr, consume = f.ss_in != nullptr;
+  const bool outs = f.w != nullptr && f.r_out != nullptr && f.ss != nullptr;
+  const bool any_out = f.w != nullptr || f.r_out != nullptr || f.ss != nullptr;
+  if (!produce && !consume) return !any_out;
+  return built && produce == any_out && (!produce || (outs && act == 0 && !consume)) &&
+         (!consume || (f.parts >= 4 && f.parts % 4 == 0 && f.parts * M * 4 <= kFoldSmem));
+}
 
 // The consumer's partials, [M][parts] fp32, into shared memory. No cp.async group of their own: one
 // more group would make every wait of the ring's loop (wait_group<STAGES - 2>) a stage stricter,

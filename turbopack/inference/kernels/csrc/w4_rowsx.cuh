@@ -30,7 +30,6 @@
 namespace {
 
 constexpr int kRowsX = 6;  // the VARIANT
-constexpr int kFoldSmem = 32 << 10;  // a fold consumer's partials at most: 512 parts (hidden 8192) x 16 tokens
 
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
 // fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared

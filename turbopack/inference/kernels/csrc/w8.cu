@@ -105,6 +105,7 @@ struct Args {
   long long s_tile, s_row, s_stage;
   int NP, K, TN, stride_xm;
   int act;  // the decode by rows: 0, or kActSilu / kActGeluTanh: y = act(gate) * up of a fused gate|up
+  Fold fold;  // the decode by rows: the norm fold (common.cuh), as W4's rows with x per stage
 };
 
 template <int SUB>
@@ -129,9 +130,9 @@ __device__ __forceinline__ void issue_slot(Slot<SUB>& st, const uint8_t*& src, l
 // the first STAGES - 1 slots are issued before pdl_wait (weights only), x is read per slot from L1
 // after it; out is the warp's fp32 sums, the MMA's C fragment (rows g, g + 8 of token columns 2c,
 // 2c + 1 + 8t).
-template <typename T, int CODE, int NTOK, int STAGES, int SUB = 1>
+template <typename T, int CODE, int NTOK, int STAGES, int SUB = 1, typename AfterWait>
 __device__ __forceinline__ void w8_pass(const Args& a, Slot<SUB>* ring, int row, int s_lo, int s_hi, int lane,
-                                        float (&out)[NTOK][4]) {
+                                        float (&out)[NTOK][4], AfterWait after_wait) {
   using H = Half16<T>;
   using C = Codes<T, CODE>;
   const int g = lane >> 2, c = lane & 3;
@@ -161,6 +162,7 @@ __device__ __forceinline__ void w8_pass(const Args& a, Slot<SUB>* ring, int row,
     cp_async_commit();
   }
   pdl_wait();  // only weights and scales are read before it (common.cuh)
+  after_wait();  // the rows kernel's fold_fetch: its copies join the loop's next cp.async group
   int rd = 0, wr = STAGES - 1;
   for (int st = s_lo; st < s_hi; ++st) {
     uint4 xv[SUB][NTOK][2];
@@ -200,6 +202,7 @@ __device__ __forceinline__ void w8_pass(const Args& a, Slot<SUB>* ring, int row,
     }
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
+  cp_async_commit();  // after_wait's copies, where the loop committed no group after them
   cp_async_wait<0>();
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -221,7 +224,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
   const int per = (stages + a.o.split_k - 1) / a.o.split_k;
   const int s_lo = blockIdx.y * per, s_hi = active ? min(stages, s_lo + per) : s_lo;
   float out[NTOK][4];
-  w8_pass<T, CODE, NTOK, STAGES>(a, ring, n0 + g, s_lo, s_hi, lane, out);
+  w8_pass<T, CODE, NTOK, STAGES>(a, ring, n0 + g, s_lo, s_hi, lane, out, [] {});
   store_tile<T, NTOK>(a.o, out, n0, g, c, active, CL ? reinterpret_cast<float4*>(ring) : nullptr);
 }
 
@@ -245,12 +248,14 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
   const int slots = a.K / (SUB * kStageK), per_w = (slots + WS - 1) / WS;
   const int s_lo = min(slots, (warp - up * WS) * per_w), s_hi = min(slots, s_lo + per_w);
   float out[NTOK][4];
-  w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + up * a.o.N + g, s_lo, s_hi, lane, out);
+  float* ss = reinterpret_cast<float*>(ring(W));  // a fold consumer's partials, past the rings
+  w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + up * a.o.N + g, s_lo, s_hi, lane, out,
+                                      [&] { fold_fetch(a.fold, a.o.M, ss, W * 32); });
   __syncwarp();  // every lane's last reads of its ring slots are done
   if constexpr (GLU)
-    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part);
+    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, a.fold, a.K, ss);
   else
-    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part);
+    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, a.fold, a.K, ss);
 }
 
 // The kernels with the cluster store: one token column (M <= 8), every ring depth
@@ -284,9 +289,10 @@ template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB>
 int launch_rows(const Args& a, cudaStream_t s) {
   void (*kern)(const Args) = a.act ? w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB, true>
                                     : w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB, false>;
-  const int smem = W * STAGES * static_cast<int>(sizeof(Slot<SUB>));
+  const int rings = W * STAGES * static_cast<int>(sizeof(Slot<SUB>));
+  const int smem = rings + (a.fold.ss_in != nullptr ? a.fold.parts * a.o.M * 4 : 0);  // a fold consumer's partials
   static bool raised[2] = {false, false};
-  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], smem);
+  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], rings + kFoldSmem);
   const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h
   return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a));
 }
@@ -348,11 +354,17 @@ int by_code(const Args& a, int code, int stages, bool cluster, int variant, cuda
 // rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused); variant 6: the same on
 // 128-k slots (K % 128 == 0; stages 2 or 3); else split-K. act (the rows variants, no bias, N % 32
 // == 0): the fused gate|up's GLU, y [M, N / 2] = act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh.
+// fold_* (the rows variants): the norm fold, as turbopack_w4_decode's (common.cuh Fold).
 // Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
                                    long long s_row, long long s_stage, int scale_stride, int stride_xm, int split_k,
-                                   int stages, int code, int cluster, int variant, int act, int dtype, void* stream) {
+                                   int stages, int code, int cluster, int variant, int act, const void* fold_res,
+                                   const void* fold_w, void* fold_r_out, void* fold_ss, const void* fold_ss_in,
+                                   float fold_eps, int fold_parts, int dtype, void* stream) {
+  const Fold f{fold_res, fold_w, fold_r_out, static_cast<float*>(fold_ss), static_cast<const float*>(fold_ss_in),
+               fold_eps, fold_parts};
+  if (!fold_ok(f, M, act, variant == kRows || variant == kRowsWide)) return -1;
   if (M < 1 || M > 16 || K % kStageK != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 || split_k < 1 ||
       (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0 ||
       (cluster && split_k > 16) || act < 0 || act > kActGeluTanh ||
@@ -360,7 +372,7 @@ extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* sc
     return -1;
   const Out o{y, bias, static_cast<const float*>(scales), static_cast<float*>(ws), static_cast<int*>(counters),
               M, act ? N / 2 : N, split_k, scale_stride};
-  const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm, act};
+  const Args a{o, x, static_cast<const uint8_t*>(qw), s_tile, s_row, s_stage, NP, K, TN, stride_xm, act, f};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_code<__nv_bfloat16>(a, code, stages, cluster != 0, variant, s)
                     : by_code<__half>(a, code, stages, cluster != 0, variant, s);

@@ -1,6 +1,6 @@
 """kernels.fold: the residual add and the next RMSNorm folded into two decode linears' stores. On
 the CPU, the fold's math against add_rmsnorm's (one rounding fewer: within bf16's); on a GPU, the
-W4 decode by rows as producer (z, the new residual, the partial sums of squares) bit for bit
+W4 and 8-bit decodes by rows as producer (z, the new residual, the partial sums of squares) bit for bit
 against its own plain output passed through the contract (``fold.reference``), as consumer
 (plain GEMV and GLU) near the float64 contract and within fp32 order of its plain output scaled
 by 1 / rms, bit-identical re-runs and graph replays; and the fast path's decode step with the
@@ -88,7 +88,7 @@ def test_producer_store_is_its_output_through_the_contract(m, warps, n, k, group
                             variant=cuda_w4.ROWS_X)
     np16 = packed["qweight"].shape[0] * packed["qweight"].shape[2] // 16
     r_out, ss = torch.empty_like(res), torch.full((m, np16), float("nan"), device="cuda")
-    args = cuda_w4.FoldArgs(res=res, weight=weight, r_out=r_out, ss=ss)
+    args = fold.FoldArgs(res=res, weight=weight, r_out=r_out, ss=ss)
     z = run(fold=args)
     z_ref, r_ref, ss_ref = fold.reference(run(), res, weight)
     assert torch.equal(z, z_ref) and torch.equal(r_out, r_ref)
@@ -119,7 +119,7 @@ def test_consumer_scales_its_sums_by_inv_rms(m, warps, n, k, group, sym, tile_n,
     inv = fold.inv_rms(ss, k, eps)
     run = functools.partial(cuda_w4.w4_decode, z, packed, (n, k), None, warps, group=group, stages=4,
                             variant=cuda_w4.ROWS_X)
-    args = cuda_w4.FoldArgs(ss_in=ss, eps=eps)
+    args = fold.FoldArgs(ss_in=ss, eps=eps)
     y = run(fold=args, glu=activation)
     plain = run().float() * inv[:, None]
     full = reference.ref_linear(z, "w4a16", q, None).double() * inv.double()[:, None]
@@ -137,6 +137,47 @@ def test_consumer_scales_its_sums_by_inv_rms(m, warps, n, k, group, sym, tile_n,
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("fmt_name,per_tensor,tile_n,tile_k", [("w8a16", False, 64, 64), ("fp8", True, 16, None),
+                                                               ("fp8", False, 16, 64)])
+@pytest.mark.parametrize("m,warps,variant,stages", [(1, 8, 4, 4), (5, 16, 6, 2), (16, 16, 4, 6)])
+@pytest.mark.parametrize("act", [None, "silu"])
+def test_8bit_rows_fold(fmt_name, per_tensor, tile_n, tile_k, m, warps, variant, stages, act):
+    """The 8-bit decode by rows (w8.cu, VARIANT 4 and its wide slots 6) as producer (z and the new
+    residual bit for bit against fold.reference of its plain output) and consumer (plain and GLU:
+    within fp32 order of its plain output scaled by 1 / rms), both dtypes, bit-identical re-runs."""
+    from turbopack.formats import get_format
+    from turbopack.inference.config import Activation
+    from turbopack.inference.kernels import cuda_w8, glue, reference
+
+    activation, n, k = Activation(act) if act else None, 2 * 1056, 1536
+    torch.manual_seed(13 * m + warps)
+    q = get_format(fmt_name, **({"per_tensor": True} if per_tensor else {})).quantize(
+        torch.randn(n, k, device="cuda") * 0.02)
+    packed = reference.pack_bytes(q["qweight"], q["scales"], tile_n, tile_k)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        run = functools.partial(cuda_w8.w8_decode, x, packed, (n, k), None, warps, stages=stages, variant=variant)
+        if activation is None:
+            res, weight = torch.randn(m, n, device="cuda").to(dtype), (torch.rand(n, device="cuda") + 0.5).to(dtype)
+            r_out = torch.empty_like(res)
+            ss = torch.full((m, cuda_w8.n_padded(packed["qweight"]) // 16), float("nan"), device="cuda")
+            z = run(fold=fold.FoldArgs(res=res, weight=weight, r_out=r_out, ss=ss))
+            z_ref, r_ref, ss_ref = fold.reference(run(), res, weight)
+            assert torch.equal(z, z_ref) and torch.equal(r_out, r_ref), dtype
+            assert torch.allclose(ss[:, : n // 16], ss_ref, rtol=1e-5) and torch.all(ss[:, n // 16:] == 0)
+        ss_in = torch.rand(m, k // 16, device="cuda") + 0.1
+        inv = fold.inv_rms(ss_in, k, 1e-6)
+        args = fold.FoldArgs(ss_in=ss_in, eps=1e-6)
+        y = run(fold=args, glu=activation)
+        plain = run().float() * inv[:, None]
+        if activation is not None:
+            plain = glue.act_mul(plain.to(dtype), activation).float()
+        assert reference.rel_err(y, plain) < 3e-3, dtype
+        assert torch.equal(run(fold=args, glu=activation), y)
+
+
+@pytest.mark.gpu
+@gpu
 def test_fold_builds_it_lacks_are_refused():
     """-1 for a fold outside VARIANT 6, a producer with the GLU or also a consumer, partials not in 4s."""
     from turbopack.inference.config import Activation
@@ -146,14 +187,14 @@ def test_fold_builds_it_lacks_are_refused():
     _, _, _, packed = _case(m, n, k, 128, False, torch.bfloat16, 3)
     x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
     res, weight = torch.randn(m, n, device="cuda").to(torch.bfloat16), torch.ones(n, device="cuda").to(torch.bfloat16)
-    producer = cuda_w4.FoldArgs(res=res, weight=weight, r_out=torch.empty_like(res),
+    producer = fold.FoldArgs(res=res, weight=weight, r_out=torch.empty_like(res),
                                 ss=torch.empty(m, n // 16, device="cuda"))
-    consumer = cuda_w4.FoldArgs(ss_in=torch.ones(m, 64, device="cuda"), eps=1e-5)
+    consumer = fold.FoldArgs(ss_in=torch.ones(m, 64, device="cuda"), eps=1e-5)
     cases = [dict(fold=producer, variant=cuda_w4.ROWS), dict(fold=consumer, variant=cuda_w4.V7),
              dict(fold=producer, glu=Activation.SILU),
-             dict(fold=cuda_w4.FoldArgs(res=res, weight=weight, r_out=res, ss=producer.ss, ss_in=consumer.ss_in)),
-             dict(fold=cuda_w4.FoldArgs(ss_in=torch.ones(m, 62, device="cuda"), eps=1e-5)),
-             dict(fold=cuda_w4.FoldArgs(res=res, weight=weight))]
+             dict(fold=fold.FoldArgs(res=res, weight=weight, r_out=res, ss=producer.ss, ss_in=consumer.ss_in)),
+             dict(fold=fold.FoldArgs(ss_in=torch.ones(m, 62, device="cuda"), eps=1e-5)),
+             dict(fold=fold.FoldArgs(res=res, weight=weight))]
     for case in cases:
         kw = dict(variant=cuda_w4.ROWS_X) | case
         with pytest.raises(RuntimeError, match="code -1"):
