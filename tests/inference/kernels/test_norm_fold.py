@@ -271,3 +271,28 @@ def test_fastpath_step_with_folds_matches_the_step_without(batch, monkeypatch):
     eager, _ = Engine(model, use_graphs=False).generate(ids, 6)
     graph, stats = Engine(model).generate(ids, 6)
     assert stats.cuda_graph and torch.equal(graph, eager)
+
+
+def test_rows_kernels_count_each_layouts_padded_rows():
+    """A producer's partial sums are one per 16 rows of what its packed codes hold: each layout of
+    dispatch.ROWS_RUNNERS reports N rounded up to its tile height (not, say, a row-major layout's K)."""
+    from turbopack.errors import TurbopackError
+    from turbopack.formats import get_format
+    from turbopack.inference.kernels import dispatch
+    from turbopack.layouts import get_layout
+
+    n, k = 1072, 384
+    for name in dispatch.ROWS_RUNNERS.names():
+        layout = get_layout(name)
+        for fmt_name in ("w4a16", "w8a16", "w8a8", "fp8"):
+            fmt = get_format(fmt_name)
+            try:
+                layout.check_format(fmt)
+            except TurbopackError:
+                continue
+            spec = next(s for s in layout.packed_specs(fmt, (n, k)) if s.suffix == "qweight")
+            rows = dispatch.ROWS_RUNNERS.get(name).n_padded(torch.empty(spec.shape, dtype=spec.dtype))
+            assert n <= rows < n + layout.tile_n and rows % 16 == 0, (name, fmt_name, rows)
+            break
+        else:
+            raise AssertionError(f"no format packs into {name}")

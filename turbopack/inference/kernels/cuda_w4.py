@@ -101,6 +101,11 @@ def chunks_aligned(packed: dict[str, torch.Tensor]) -> bool:
     return all(t.data_ptr() % 16 == 0 for t in (packed["scales"], packed.get("zeros")) if t is not None)
 
 
+def n_padded(qweight: torch.Tensor) -> int:
+    """The rows a w4_t{16,64}x64 qweight [NT, KT, TN] holds (N rounded up to the tile height)."""
+    return qweight.shape[0] * qweight.shape[2]
+
+
 def supports_dequant(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor]) -> bool:
     return _common_ok(x2, packed) and getattr(fmt, "group_size", 0) in DEQUANT_GROUPS
 

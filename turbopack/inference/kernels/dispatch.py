@@ -217,15 +217,23 @@ def _rows_w8(x2, fmt, packed, shape, cfg, act, bias, fold_args):
     return cuda_w8.w8_decode(x2, packed, shape, bias, warps, stages=stages, variant=variant, glu=act, fold=fold_args)
 
 
-#: the layouts whose decode by rows takes a fused gate|up's activation into its store (``glu``) and
-#: an RMSNorm folded in (``fold``): the runner for each, (x2, fmt, packed, shape, cfg, act, bias,
-#: fold.FoldArgs or None) -> y [M, N or N / 2], or None where the table runs another kernel
-ROWS_RUNNERS: Registry[Callable[..., torch.Tensor | None]] = Registry("decode by rows")
+@dataclass(frozen=True)
+class RowsKernel:
+    """A layout's decode by rows with a fused gate|up's activation in its store (``glu``) and an
+    RMSNorm folded in (``fold``): run(x2, fmt, packed, shape, cfg, act, bias, fold.FoldArgs or None)
+    -> y [M, N or N / 2], or None where the table runs another kernel; n_padded(qweight): the rows
+    the packed codes hold (a producer's CTAs, and its partial sums, are n_padded / 16)."""
+
+    run: Callable[..., torch.Tensor | None]
+    n_padded: Callable[[torch.Tensor], int]
+
+
+ROWS_RUNNERS: Registry[RowsKernel] = Registry("decode by rows")
 for _name in (LayoutName.W4_T16X64, LayoutName.W4_T64X64):
-    ROWS_RUNNERS.register(_name, _rows_w4)
+    ROWS_RUNNERS.register(_name, RowsKernel(_rows_w4, cuda_w4.n_padded))
 for _name in (LayoutName.I8_T16X64, LayoutName.I8_T64X64, LayoutName.FP8_T16X64_UPCAST, LayoutName.I8_ROWMAJOR,
               LayoutName.FP8_ROWMAJOR):
-    ROWS_RUNNERS.register(_name, _rows_w8)
+    ROWS_RUNNERS.register(_name, RowsKernel(_rows_w8, cuda_w8.n_padded))
 
 
 def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
@@ -245,7 +253,7 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], x2.shape[0], x.device, config)
     if cfg.kernel is not KernelName.CUDA:
         return None
-    y = ROWS_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, activation, bias, None)
+    y = ROWS_RUNNERS.get(layout.name).run(x2, fmt, packed, shape, cfg, activation, bias, None)
     return None if y is None else y.reshape(*x.shape[:-1], shape[0] // 2)
 
 
@@ -301,8 +309,8 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
         parts = x.ss.shape[1]
         if not _foldable(x.norm) or x.ss.shape[0] != m or parts % 4 or parts > FOLD_PARTS_MAX:
             return None
-        y = ROWS_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, act, bias,
-                                          FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
+        y = ROWS_RUNNERS.get(layout.name).run(x2, fmt, packed, shape, cfg, act, bias,
+                                              FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
         return None if y is None else y.reshape(*src.shape[:-1], y.shape[-1])
     residual, norm = then
     res2 = residual.reshape(-1, shape[0])
@@ -312,10 +320,9 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
             or not w.is_contiguous()):
         return None
     r_out = torch.empty_like(res2)
-    ss = torch.empty(m, packed["qweight"].shape[0] * packed["qweight"].shape[2] // 16, dtype=torch.float32,
-                     device=x.device)
-    fa = FoldArgs(res=res2, weight=w, r_out=r_out, ss=ss)
-    z = ROWS_RUNNERS.get(layout.name)(x2, fmt, packed, shape, cfg, None, bias, fa)
+    kernel = ROWS_RUNNERS.get(layout.name)
+    ss = torch.empty(m, kernel.n_padded(packed["qweight"]) // 16, dtype=torch.float32, device=x.device)
+    z = kernel.run(x2, fmt, packed, shape, cfg, None, bias, FoldArgs(res=res2, weight=w, r_out=r_out, ss=ss))
     if z is None:
         return None
     return Folded(z.view(*x.shape[:-1], shape[0]), r_out.view(residual.shape), ss, norm)
