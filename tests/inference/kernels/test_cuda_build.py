@@ -88,14 +88,14 @@ def test_build_key_follows_each_sources_includes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("mod", [cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8, cuda_fp4, cuda_moe], ids=lambda m: m.SRC.name)
 def test_ctypes_signatures_match_the_c_declarations(mod):
     """Each library's ctypes argtypes are its extern "C" function's parameters, one for one: a
-    pointer (``T*``) for a pointer type, a C int for ``int``. ctypes casts whatever it is given, so
+    pointer (``T*``) for a pointer type, a C int for ``int`` (and so on). ctypes casts whatever it is given, so
     a parameter added on one side only (a new switch, say) would shift every later argument on the
     GPU and nothing on the CPU would notice."""
     import ctypes
     import re
 
     text = mod.SRC.read_text()
-    ints = {"int": ctypes.c_int, "long long": ctypes.c_longlong}
+    ints = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "float": ctypes.c_float}
     for name, argtypes in mod._SIGNATURES.items():
         decl = re.search(r'extern "C" int ' + name + r"\(([^)]*)\)", text)
         assert decl, f"{name} not declared in {mod.SRC.name}"
