@@ -95,12 +95,12 @@ def settings(model, buf):
     return {
         "default": lambda: swapped(fastpath, "GLU_DECODE", True),
         "no fold": lambda: swapped(fastpath, "FOLD_NORMS", False),
-        "no fold, no add_rmsnorm": off(lambda: swapped(fastpath, "add_rmsnorm", lambda x, r, norm, pre=None: (x, x))),
-        "no fold, no attention kernel": off(lambda: swapped(fastpath, "decode_attention_qkv", no_attention)),
-        "no fold, no qkv": off(const("self_attn.qkv_proj")),
-        "no fold, no o_proj": off(lambda: layers_swapped(model, "self_attn.o_proj", lambda m: torch.nn.Identity())),
-        "no fold, no down": off(const("mlp.down_proj")),
-        "no fold, no gate_up": off(const("mlp.gate_up_proj")),
+        "no fold; no add_rmsnorm": off(lambda: swapped(fastpath, "add_rmsnorm", lambda x, r, norm, pre=None: (x, x))),
+        "no fold; no attention kernel": off(lambda: swapped(fastpath, "decode_attention_qkv", no_attention)),
+        "no fold; no qkv": off(const("self_attn.qkv_proj")),
+        "no fold; no o_proj": off(lambda: layers_swapped(model, "self_attn.o_proj", lambda m: torch.nn.Identity())),
+        "no fold; no down": off(const("mlp.down_proj")),
+        "no fold; no gate_up": off(const("mlp.gate_up_proj")),
         "default again": lambda: swapped(fastpath, "GLU_DECODE", True),
     }
 
@@ -125,7 +125,7 @@ def main() -> int:
                 ms = graph_step_ms(model, args.prompt, b)
             key = f"{label} / batch {b}"
             out[key] = ms
-            base = out.get(f"{'no fold' if label.startswith('no fold,') else 'default'} / batch {b}", ms)
+            base = out.get(f"{'no fold' if label.startswith('no fold;') else 'default'} / batch {b}", ms)
             print(f"{key:40s} {ms:.4f} ms  {1e3 * (base - ms):+8.1f} µs", flush=True)
     print(json.dumps(out))
     return 0
