@@ -11,7 +11,7 @@
 #   TESTS_K=none E2E_FORMATS=none FORMATS=w8a16 bash benchmarks/device/fold.sh
 source benchmarks/device/lib.sh
 step build; build_libs > "$OUT/build.log" 2>&1; tail -1 "$OUT/build.log"
-TESTS_K=${TESTS_K:-glu or fold or producer or consumer or rows or few or captured}
+TESTS_K=${TESTS_K:-glu or fold or producer or consumer or captured or rows_with_x_per_stage_matches}
 if [ "$TESTS_K" != none ]; then
   step tests
   timeout ${TESTS_S:-180} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_norm_fold.py \
