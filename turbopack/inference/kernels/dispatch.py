@@ -317,7 +317,7 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
     w = norm.weight
     if (act is not None or not _foldable(norm) or res2.shape[0] != m or residual.dtype != x.dtype
             or not res2.is_contiguous() or w.dtype != x.dtype or tuple(w.shape) != (shape[0],)
-            or not w.is_contiguous()):
+            or not w.is_contiguous() or shape[0] % 16 or res2.data_ptr() % 16 or w.data_ptr() % 16):
         return None
     r_out = torch.empty_like(res2)
     kernel = ROWS_RUNNERS.get(layout.name)

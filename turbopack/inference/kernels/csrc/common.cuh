@@ -277,14 +277,15 @@ struct Fold {
 };
 constexpr int kFoldSmem = 32 << 10;  // a consumer's partials at most: 512 parts (hidden 8192) x 16 tokens
 
-// A fold the entry points accept: none; or a producer (every output, no GLU, not also a consumer);
-// or a consumer (its partials in 4s, within kFoldSmem); only for a kernel with the fold (`built`)
-inline bool fold_ok(const Fold& f, int M, int act, bool built) {
+// A fold the entry points accept: none; or a producer (every output, no GLU, not also a consumer,
+// N % 16 == 0: fold_fetch copies whole 16-row chunks); or a consumer (its partials in 4s, within
+// kFoldSmem); only for a kernel with the fold (`built`)
+inline bool fold_ok(const Fold& f, int M, int N, int act, bool built) {
   const bool produce = f.res != nullptr, consume = f.ss_in != nullptr;
   const bool outs = f.w != nullptr && f.r_out != nullptr && f.ss != nullptr;
   const bool any_out = f.w != nullptr || f.r_out != nullptr || f.ss != nullptr;
   if (!produce && !consume) return !any_out;
-  return built && produce == any_out && (!produce || (outs && act == 0 && !consume)) &&
+  return built && produce == any_out && (!produce || (outs && act == 0 && !consume && N % 16 == 0)) &&
          (!consume || (f.parts >= 4 && f.parts % 4 == 0 && f.parts * M * 4 <= kFoldSmem));
 }
 
@@ -293,10 +294,24 @@ inline bool fold_ok(const Fold& f, int M, int act, bool built) {
 // shortening its lookahead for the whole loop. They join the loop's next group; the caller commits
 // once more before its final cp_async_wait<0> (a warp with no stage commits nothing in its loop),
 // and stash_parts' barrier shows them to every thread.
-__device__ __forceinline__ void fold_fetch(const Fold& f, int M, float* ss, int threads) {
-  if (f.ss_in == nullptr) return;
-  for (int i = threadIdx.x; i < f.parts * M / 4; i += threads)
-    cp_async16(reinterpret_cast<float4*>(ss) + i, reinterpret_cast<const float4*>(f.ss_in) + i);
+// A producer's residual rows (16 a token) and norm weights, [2 M + 2] 16-byte chunks, likewise:
+// loaded in the store, they put a memory round trip at every CTA's end (run 20: the fold lost 35 us
+// a step that way). Rows past N (a padding CTA) are not copied; the store reads none of them.
+__device__ __forceinline__ void fold_fetch(const Fold& f, int M, int N, int n0, void* smem, int threads) {
+  if (f.ss_in != nullptr) {
+    for (int i = threadIdx.x; i < f.parts * M / 4; i += threads)
+      cp_async16(static_cast<float4*>(smem) + i, reinterpret_cast<const float4*>(f.ss_in) + i);
+  } else if (f.res != nullptr && n0 < N) {
+    const char* res = static_cast<const char*>(f.res);
+    const char* w = static_cast<const char*>(f.w);
+    for (int i = threadIdx.x; i < 2 * M + 2; i += threads)
+      cp_async16(static_cast<uint4*>(smem) + i, i < 2 * M ? res + ((long long)(i >> 1) * N + n0) * 2 + 16 * (i & 1)
+                                                          : w + n0 * 2 + 16 * (i - 2 * M));
+  }
+}
+// The shared memory a fold takes past the rings (fold_fetch's)
+__device__ __host__ __forceinline__ int fold_smem(const Fold& f, int M) {
+  return f.ss_in != nullptr ? f.parts * M * 4 : f.res != nullptr ? (2 * M + 2) * 16 : 0;
 }
 
 // inv[tok] of each token (fold_fetch's partials), or nullptr without a fold; after stash_parts
@@ -316,9 +331,10 @@ __device__ __forceinline__ const float* fold_inv(const Fold& f, int M, int K, co
   return inv;
 }
 
-// The producer's store (f.res set): sum(tok, r) is the CTA's fp32 sum for row n0 + r of token tok
+// The producer's store (f.res set): sum(tok, r) is the CTA's fp32 sum for row n0 + r of token tok;
+// staged: fold_fetch's residual rows and weights
 template <typename T, int W, typename Sum>
-__device__ __forceinline__ void fold_store(const Out& o, const Fold& f, int n0, int warp, Sum sum) {
+__device__ __forceinline__ void fold_store(const Out& o, const Fold& f, int n0, int warp, const T* staged, Sum sum) {
   using H = Half16<T>;
   const int lane = threadIdx.x & 31;
   for (int base = warp * 32; base < 16 * o.M; base += W * 32) {  // whole warps: the shuffles below
@@ -329,9 +345,9 @@ __device__ __forceinline__ void fold_store(const Out& o, const Fold& f, int n0, 
       if (o.row_scale != nullptr) v *= o.row_scale[(long long)row * o.scale_stride];
       if (o.bias != nullptr) v += H::to_f(static_cast<const T*>(o.bias)[row]);
       const long long at = (long long)tok * o.N + row;
-      const float rn = round16<T>(round16<T>(v) + H::to_f(static_cast<const T*>(f.res)[at]));
+      const float rn = round16<T>(round16<T>(v) + H::to_f(staged[tok * 16 + r]));
       static_cast<T*>(f.r_out)[at] = H::from_f(rn);
-      static_cast<T*>(o.y)[at] = H::from_f(rn * H::to_f(static_cast<const T*>(f.w)[row]));
+      static_cast<T*>(o.y)[at] = H::from_f(rn * H::to_f(staged[o.M * 16 + r]));
       q = rn * rn;
     }
 #pragma unroll
@@ -342,15 +358,15 @@ __device__ __forceinline__ void fold_store(const Out& o, const Fold& f, int n0, 
 
 template <typename T, int NTOK, int W, typename Part>
 __device__ __forceinline__ void rows_store(const Out& o, const float (&out)[NTOK][4], int n0, int warp, int g, int c,
-                                           Part part, const Fold& f = Fold{}, int K = 0, const float* ss = nullptr) {
+                                           Part part, const Fold& f = Fold{}, int K = 0, const void* staged = nullptr) {
   stash_parts<NTOK>(o.M, out, warp, g, c, part);
   auto sum = [&](int tok, int r) {
     float v = 0.f;
     for (int w = 0; w < W; ++w) v += part(w)[tok][r];
     return v;
   };
-  if (f.res != nullptr) return fold_store<T, W>(o, f, n0, warp, sum);
-  const float* inv = fold_inv<W>(f, o.M, K, ss, warp);
+  if (f.res != nullptr) return fold_store<T, W>(o, f, n0, warp, static_cast<const T*>(staged), sum);
+  const float* inv = fold_inv<W>(f, o.M, K, static_cast<const float*>(staged), warp);
   for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
     const int r = idx & 15, tok = idx >> 4, row = n0 + r;
     if (row >= o.N) continue;
@@ -366,9 +382,9 @@ __device__ __forceinline__ void rows_store(const Out& o, const float (&out)[NTOK
 template <typename T, int NTOK, int W, typename Part>
 __device__ __forceinline__ void glu_store(const Out& o, int act, const float (&out)[NTOK][4], int n0, int warp, int g,
                                           int c, Part part, const Fold& f = Fold{}, int K = 0,
-                                          const float* ss = nullptr) {
+                                          const void* staged = nullptr) {
   stash_parts<NTOK>(o.M, out, warp, g, c, part);
-  const float* inv = fold_inv<W>(f, o.M, K, ss, warp);
+  const float* inv = fold_inv<W>(f, o.M, K, static_cast<const float*>(staged), warp);
   for (int idx = threadIdx.x; idx < 16 * o.M; idx += W * 32) {
     const int r = idx & 15, tok = idx >> 4;
     float gv = 0.f, uv = 0.f;

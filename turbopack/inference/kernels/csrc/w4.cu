@@ -404,7 +404,7 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
                                    float fold_eps, int fold_parts, int dtype, void* stream) {
   const Fold f{fold_res, fold_w, fold_r_out, static_cast<float*>(fold_ss), static_cast<const float*>(fold_ss_in),
                fold_eps, fold_parts};
-  if (!fold_ok(f, M, act, variant == kRowsX)) return -1;
+  if (!fold_ok(f, M, N, act, variant == kRowsX)) return -1;
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1) ||
       (cluster && (variant != 2 || split_k > 16)) || act < 0 || act > kActGeluTanh ||

@@ -104,8 +104,8 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   pdl_wait();  // x from here on
-  float* ss = reinterpret_cast<float*>(reinterpret_cast<Slot*>(smem) + W * STAGES);  // a fold's partials
-  fold_fetch(f, a.M, ss, W * 32);
+  uint4* staged = reinterpret_cast<uint4*>(reinterpret_cast<Slot*>(smem) + W * STAGES);  // a fold's (fold_smem)
+  fold_fetch(f, a.M, a.o.N, n0, staged, W * 32);
   ring_pass_x<STAGES, NTOK>(
       nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
       [&](int, int rd, const uint4(&xv)[NTOK][2][2]) { stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c); });
@@ -114,9 +114,9 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
   auto part = [&](int w) { return reinterpret_cast<float(*)[16]>(reinterpret_cast<Slot*>(smem) + w * STAGES); };
   if constexpr (GLU)
-    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, f, a.K, ss);
+    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, f, a.K, staged);
   else
-    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, f, a.K, ss);
+    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, f, a.K, staged);
 }
 
 template <typename T, int NTOK, int G, bool ASYM, int W>
@@ -126,7 +126,7 @@ int launch_rowsx(const Args& a, const Fold& f, cudaStream_t s) {
   void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
                                     : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false>;
   // 16 warps: 67-71 KiB, past the default 48; a fold's consumer adds its partials (<= 32 KiB)
-  const int smem = W * ring + (f.ss_in != nullptr ? f.parts * a.M * 4 : 0);
+  const int smem = W * ring + fold_smem(f, a.M);
   static bool raised[2] = {false, false};
   const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], W * ring + kFoldSmem);
   const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h

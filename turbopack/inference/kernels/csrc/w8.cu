@@ -248,14 +248,14 @@ __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w
   const int slots = a.K / (SUB * kStageK), per_w = (slots + WS - 1) / WS;
   const int s_lo = min(slots, (warp - up * WS) * per_w), s_hi = min(slots, s_lo + per_w);
   float out[NTOK][4];
-  float* ss = reinterpret_cast<float*>(ring(W));  // a fold consumer's partials, past the rings
+  void* staged = ring(W);  // a fold's, past the rings (fold_smem)
   w8_pass<T, CODE, NTOK, STAGES, SUB>(a, ring(warp), n0 + up * a.o.N + g, s_lo, s_hi, lane, out,
-                                      [&] { fold_fetch(a.fold, a.o.M, ss, W * 32); });
+                                      [&] { fold_fetch(a.fold, a.o.M, a.o.N, n0, staged, W * 32); });
   __syncwarp();  // every lane's last reads of its ring slots are done
   if constexpr (GLU)
-    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, a.fold, a.K, ss);
+    glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, a.fold, a.K, staged);
   else
-    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, a.fold, a.K, ss);
+    rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, a.fold, a.K, staged);
 }
 
 // The kernels with the cluster store: one token column (M <= 8), every ring depth
@@ -290,7 +290,7 @@ int launch_rows(const Args& a, cudaStream_t s) {
   void (*kern)(const Args) = a.act ? w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB, true>
                                     : w8_rows_kernel<T, CODE, NTOK, STAGES, W, SUB, false>;
   const int rings = W * STAGES * static_cast<int>(sizeof(Slot<SUB>));
-  const int smem = rings + (a.fold.ss_in != nullptr ? a.fold.parts * a.o.M * 4 : 0);  // a fold consumer's partials
+  const int smem = rings + fold_smem(a.fold, a.o.M);
   static bool raised[2] = {false, false};
   const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], rings + kFoldSmem);
   const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h
@@ -364,7 +364,7 @@ extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* sc
                                    float fold_eps, int fold_parts, int dtype, void* stream) {
   const Fold f{fold_res, fold_w, fold_r_out, static_cast<float*>(fold_ss), static_cast<const float*>(fold_ss_in),
                fold_eps, fold_parts};
-  if (!fold_ok(f, M, act, variant == kRows || variant == kRowsWide)) return -1;
+  if (!fold_ok(f, M, N, act, variant == kRows || variant == kRowsWide)) return -1;
   if (M < 1 || M > 16 || K % kStageK != 0 || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 || split_k < 1 ||
       (code != kInt8 && code != kE4M3) || (dtype != 0 && dtype != 1) || s_row % 16 != 0 || s_stage % 16 != 0 ||
       (cluster && split_k > 16) || act < 0 || act > kActGeluTanh ||
