@@ -45,9 +45,11 @@ GROUPED_MLP_MAX_TOKENS = 0
 GLU_DECODE = True
 #: o_proj's and down's decode add the residual and write the next RMSNorm's input in their stores, and
 #: q|k|v and gate|up read it (``kernels.fold``, the decodes by rows): no add_rmsnorm launch inside
-#: the decode step but the first layer's and the final one, where the norms are Llama's (no sandwich);
-#: False: add_rmsnorm between them (the A/B)
-FOLD_NORMS = True
+#: the decode step but the first layer's and the final one, where the norms are Llama's (no sandwich).
+#: Off: run 20 measured the 8B W4A16 step 20-25 us slower with it at batch 1 and 8 (the 63 launches
+#: it removes cost 62-75 us of the step, the stores' extra work more), W8A16 29 us faster at batch 1
+#: but 194 us slower at batch 8 (docs/kernels.md)
+FOLD_NORMS = False
 _ROUTE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
