@@ -6,8 +6,8 @@ seven ops, rotary's ten, the residual adds, SwiGLU) would cost as much as the we
 layer is: add+RMSNorm, q|k|v matmul, attention (with rotary and the K/V store in the same
 launch at decode; one launch before it at prefill), o matmul, add+RMSNorm, gate|up matmul, SwiGLU,
 down matmul (a W4 or 8-bit decode applies SwiGLU in gate|up's store); the residual add that ends a layer is
-folded into the next layer's norm (``kernels.glue``), and at a W4 or 8-bit decode step that add+norm rides
-in o_proj's and down's stores (``kernels.fold``). Every family's differences ride along:
+folded into the next layer's norm (``kernels.glue``; ``FOLD_NORMS``, off, puts that add+norm in
+o_proj's and down's decode stores: ``kernels.fold``). Every family's differences ride along:
 per-head q/k norms (Qwen3, Gemma 3) as one more launch, Gemma's norm style, sandwich norms (folded
 into the same add+norm launches), GeLU, scale, soft-caps and sliding windows (the decode kernel
 reads them from the cache), partial rotary (Phi-4-mini), local rotary tables (Gemma 3), and MoE
