@@ -236,7 +236,7 @@ def test_w8a8_weights_only_reference_keeps_x_16bit():
 @pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh"])
 def test_decode_by_rows_glu_is_linear_then_act_mul(fmt_name, per_tensor, tile_n, tile_k, m, warps, variant, stages,
                                                     act):
-    """The rows variants' GLU (common.cuh glu_store: half the warps on gate's rows, half on up's, each
+    """The rows variants' GLU (rows_store.cuh glu_store: half the warps on gate's rows, half on up's, each
     half's sum scaled by its row's scale, act(gate) * up in the store) on a fused [gate; up] of 2 x
     1056 rows (up starts inside a 64-row tile): within fp32 summation order of the same kernel's
     gate|up then glue.act_mul, both dtypes, bit-identical re-runs and graph replays; dispatch.glu

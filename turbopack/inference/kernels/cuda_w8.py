@@ -111,7 +111,7 @@ def w8_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     workspace (csrc/common.cuh). ``variant`` ROWS: the decode by rows (a CTA per 16 rows, its
     warps split K); ROWS_WIDE: the same on 128-k slots. ``glu`` (the rows variants, no bias, N % 32 ==
     0; ``cuda_w4.glu_ok``'s rules): the weight is a fused [gate; up] and y [M, N / 2] =
-    glu(x @ gate.T) * (x @ up.T), the MLP's activation in the same launch (csrc/common.cuh glu_store).
+    glu(x @ gate.T) * (x @ up.T), the MLP's activation in the same launch (csrc/rows_store.cuh glu_store).
     ``fold`` (the rows variants): the norm fold, as ``cuda_w4.w4_decode``'s (``kernels.fold``)."""
     qw, s = packed["qweight"], packed["scales"]
     tn, s_tile, s_row, s_stage = strides(qw)

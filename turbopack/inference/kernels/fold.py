@@ -20,7 +20,7 @@ import torch
 
 from turbopack.inference.kernels.cuda_build import ptr
 
-#: a consumer's partials per token at most (csrc/common.cuh kFoldSmem: 32 KiB for 16 tokens)
+#: a consumer's partials per token at most (csrc/rows_store.cuh kFoldSmem: 32 KiB for 16 tokens)
 FOLD_PARTS_MAX = 512
 
 

@@ -393,7 +393,7 @@ int by_tokens(const Args& a, const Fold& f, int stages, int variant, bool cluste
 // per stage), -4 no SM count, else the CUDA error. act (VARIANT 6, no bias, N % 32 == 0): the fused gate|up's GLU, y [M, N / 2] =
 // act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh (w4_rowsx.cuh), in one launch. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
-// fold_* (VARIANT 6; common.cuh Fold): a producer's residual res, norm weight w, new residual r_out and
+// fold_* (VARIANT 6; rows_store.cuh Fold): a producer's residual res, norm weight w, new residual r_out and
 // partial sums ss [M, NP / 16] (y is then the norm's z); or a consumer's partials ss_in [M, parts]
 // (parts % 4 == 0, <= 512) and eps (x is a producer's z). All null: no fold.
 extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* scales, const void* zeros,

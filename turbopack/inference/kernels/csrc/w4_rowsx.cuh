@@ -19,11 +19,12 @@
 //   - GLU (Args::act, a fused gate|up of 2I rows): a CTA takes rows n0.. of gate and of up (n0 + I),
 //     half its warps each, and stores act(gate) * up for its 16 rows of h [M, I]: the MLP's SiLU-mul
 //     launch (kernels.glue.act_mul) folds into this store, and gate|up's output never reaches memory.
-//   - a fold (common.cuh Fold): as o_proj or down, the store adds the residual and writes the next
+//   - a fold (rows_store.cuh Fold): as o_proj or down, the store adds the residual and writes the next
 //     RMSNorm's input (z, the new residual, each CTA's sum of squares); as q|k|v or gate|up, x is that
 //     z and the store scales by the token's 1 / rms. The add_rmsnorm launch between them is gone.
 #pragma once
 #include "common.cuh"
+#include "rows_store.cuh"  // rows_store, glu_store, the norm fold
 #include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue, ring_pass_x
 #include "w4_stage.cuh"  // Stage, SzSlot, load_x, stage_qz
 

@@ -29,6 +29,7 @@
 // Accumulation in fp32, the row scale once in the store: y = fp32(sum x * q) * s, the weights-only
 // contract of these layouts (docs/layouts.md), up to fp32 summation order.
 #include "common.cuh"
+#include "rows_store.cuh"  // rows_store, glu_store, the norm fold
 
 namespace {
 
@@ -105,7 +106,7 @@ struct Args {
   long long s_tile, s_row, s_stage;
   int NP, K, TN, stride_xm;
   int act;  // the decode by rows: 0, or kActSilu / kActGeluTanh: y = act(gate) * up of a fused gate|up
-  Fold fold;  // the decode by rows: the norm fold (common.cuh), as W4's rows with x per stage
+  Fold fold;  // the decode by rows: the norm fold (rows_store.cuh), as W4's rows with x per stage
 };
 
 template <int SUB>
@@ -234,7 +235,7 @@ __global__ void __launch_bounds__(kWarps * 32, TP_W8_MIN_BLOCKS(NTOK)) w8_decode
 // the same bits run to run. NTOK token columns of 8 (M <= 8 or 16). Register cap 64 at one column
 // (1024 threads per SM), 128 at two (512). SUB = 2: VARIANT 6, 128-k slots (Slot). GLU (Args::act,
 // a fused gate|up of 2 N rows): half the warps on gate's rows n0.., half on up's (n0 + N), and the
-// store writes act(gate) * up (common.cuh glu_store), as W4's rows with x per stage do.
+// store writes act(gate) * up (rows_store.cuh glu_store), as W4's rows with x per stage do.
 template <typename T, int CODE, int NTOK, int STAGES, int W, int SUB = 1, bool GLU = false>
 __global__ void __launch_bounds__(W * 32, (NTOK == 1 ? 1024 : 512) / (W * 32)) w8_rows_kernel(const Args a) {
   extern __shared__ uint4 smem[];
@@ -354,7 +355,7 @@ int by_code(const Args& a, int code, int stages, bool cluster, int variant, cuda
 // rows (split_k = its warps, 8 or 16; stages 4 or 6; ws/counters unused); variant 6: the same on
 // 128-k slots (K % 128 == 0; stages 2 or 3); else split-K. act (the rows variants, no bias, N % 32
 // == 0): the fused gate|up's GLU, y [M, N / 2] = act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh.
-// fold_* (the rows variants): the norm fold, as turbopack_w4_decode's (common.cuh Fold).
+// fold_* (the rows variants): the norm fold, as turbopack_w4_decode's (rows_store.cuh Fold).
 // Returns 0, -1 bad arguments, -2 unsupported STAGES, else the CUDA error.
 extern "C" int turbopack_w8_decode(const void* x, const void* qw, const void* scales, const void* bias, void* y,
                                    void* ws, void* counters, int M, int N, int NP, int K, int TN, long long s_tile,
