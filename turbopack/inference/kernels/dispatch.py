@@ -200,8 +200,8 @@ def _w4_rows_warps(cfg: KernelConfig, glu: bool) -> int:
 
 def _rows_w4(x2, fmt, packed, shape, cfg, act, bias, fold_args):
     warps = _w4_rows_warps(cfg, act is not None)
-    if not (warps and cuda_w4.supports(x2, fmt, packed, shape) and cuda_w4.chunks_aligned(packed)
-            and (act is None or cuda_w4.glu_ok(packed, shape, bias, act))):
+    if not (warps and cuda_w4.supports(x2, fmt, packed, shape)
+            and (cuda_w4.chunks_aligned(packed) if act is None else cuda_w4.glu_ok(packed, shape, bias, act))):
         return None
     return cuda_w4.w4_decode(x2, packed, shape, bias, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
                              glu=act, fold=fold_args)
@@ -244,6 +244,19 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     formats: ``cuda_w8.glu_ok``) where the tuned config says so: its GLU_WARPS, else its SPLIT_K
     where it runs that kernel anyway. None where not (GLU_WARPS 0: the two launches measured
     faster; past M = 16; a bias; another layout): the caller runs ``linear``, then the activation."""
+    call = _rows_call(x, fmt, layout, packed, shape, config)
+    if call is None:
+        return None
+    kernel, x2, shape, cfg = call
+    y = kernel.run(x2, fmt, packed, shape, cfg, activation, bias, None)
+    return None if y is None else y.reshape(*x.shape[:-1], shape[0] // 2)
+
+
+def _rows_call(x: torch.Tensor, fmt: Format, layout, packed: dict[str, torch.Tensor], shape: tuple[int, int],
+               config: KernelConfig | None) -> tuple[RowsKernel, torch.Tensor, tuple[int, int], KernelConfig] | None:
+    """(the layout's RowsKernel, x as [M, K], shape, the resolved config) for ``glu`` and ``fold``, or
+    None where no decode by rows serves the call (another layout, not on the GPU, a table entry
+    for another kernel)."""
     layout = get_layout(layout)
     if layout.name not in ROWS_RUNNERS or x.device.type != "cuda":
         return None
@@ -251,10 +264,7 @@ def glu(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed:
     _check(x, layout, fmt, packed, shape)
     x2 = x.reshape(-1, shape[1])
     cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], x2.shape[0], x.device, config)
-    if cfg.kernel is not KernelName.CUDA:
-        return None
-    y = ROWS_RUNNERS.get(layout.name).run(x2, fmt, packed, shape, cfg, activation, bias, None)
-    return None if y is None else y.reshape(*x.shape[:-1], shape[0] // 2)
+    return None if cfg.kernel is not KernelName.CUDA else (ROWS_RUNNERS.get(layout.name), x2, shape, cfg)
 
 
 def linear(x: torch.Tensor, fmt: Format, layout: Layout | LayoutName | str, packed: dict[str, torch.Tensor],
@@ -294,23 +304,17 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
     Folded. One of the two (a linear is a producer or a consumer). W4 and the 8-bit formats
     (``ROWS_RUNNERS``). None where not (the table runs another kernel, past M = 16, a norm not in
     Llama's style): the caller runs the plain path."""
-    layout = get_layout(layout)
     src = x.z if isinstance(x, Folded) else x
-    if layout.name not in ROWS_RUNNERS or src.device.type != "cuda" or isinstance(x, Folded) == (then is not None):
+    call = None if isinstance(x, Folded) == (then is not None) else _rows_call(src, fmt, layout, packed, shape, config)
+    if call is None:
         return None
-    shape = (int(shape[0]), int(shape[1]))
-    _check(src, layout, fmt, packed, shape)
-    x2 = src.reshape(-1, shape[1])
+    kernel, x2, shape, cfg = call
     m = x2.shape[0]
-    cfg = resolve_config(layout.name.value, fmt, shape[0], shape[1], m, src.device, config)
-    if cfg.kernel is not KernelName.CUDA:
-        return None
     if isinstance(x, Folded):
         parts = x.ss.shape[1]
         if not _foldable(x.norm) or x.ss.shape[0] != m or parts % 4 or parts > FOLD_PARTS_MAX:
             return None
-        y = ROWS_RUNNERS.get(layout.name).run(x2, fmt, packed, shape, cfg, act, bias,
-                                              FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
+        y = kernel.run(x2, fmt, packed, shape, cfg, act, bias, FoldArgs(ss_in=x.ss, eps=float(x.norm.eps)))
         return None if y is None else y.reshape(*src.shape[:-1], y.shape[-1])
     residual, norm = then
     res2 = residual.reshape(-1, shape[0])
@@ -320,10 +324,8 @@ def fold(x: torch.Tensor | Folded, fmt: Format, layout: Layout | LayoutName | st
             or not w.is_contiguous() or shape[0] % 16 or res2.data_ptr() % 16 or w.data_ptr() % 16):
         return None
     r_out = torch.empty_like(res2)
-    kernel = ROWS_RUNNERS.get(layout.name)
     ss = torch.empty(m, kernel.n_padded(packed["qweight"]) // 16, dtype=torch.float32, device=x.device)
     z = kernel.run(x2, fmt, packed, shape, cfg, None, bias, FoldArgs(res=res2, weight=w, r_out=r_out, ss=ss))
     if z is None:
         return None
     return Folded(z.view(*x.shape[:-1], shape[0]), r_out.view(residual.shape), ss, norm)
-

@@ -1,4 +1,4 @@
-"""The residual add and the next RMSNorm folded into two decode linears' stores (csrc/common.cuh
+"""The residual add and the next RMSNorm folded into two decode linears' stores (csrc/rows_store.cuh
 ``Fold``), so a decode layer needs no add_rmsnorm launch between o_proj and gate|up, nor between
 down and the next layer's q|k|v.
 
@@ -26,7 +26,7 @@ FOLD_PARTS_MAX = 512
 
 @dataclass(frozen=True)
 class FoldArgs:
-    """csrc/common.cuh ``Fold``, as the decode entry points take it (cuda_w4, cuda_w8): a producer's
+    """csrc/rows_store.cuh ``Fold``, as the decode entry points take it (cuda_w4, cuda_w8): a producer's
     residual, norm weight and outputs (r_out [M, N], ss [M, NP / 16] fp32; y becomes the norm's z),
     or a consumer's partials ss_in [M, parts] and eps (x being a producer's z)."""
 
