@@ -6,26 +6,12 @@
 # the key metrics on stdout); under 400 s.
 source benchmarks/device/lib.sh
 step build; build_libs cuda_w4 cuda_w4mm cuda_moe
-SECTIONS="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis
-  --section ComputeWorkloadAnalysis --section SchedulerStats --section SourceCounters"
-# Stall reasons per issued instruction (WarpStateStats' breakdown), one metric each.
-STALLS=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard short_scoreboard \
-  barrier mio_throttle lg_throttle wait math_pipe_throttle not_selected dispatch_stall no_instruction membar)
-SECTIONS="$SECTIONS --metrics ${STALLS%,}"
-KEYS="stalled|Issue Slots|Duration|DRAM Throughput|L2 Cache Throughput|L1/TEX Cache Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Waves Per SM"
-prof() {  # name, kernel regex, then the python command
-  local name=$1 regex=$2; shift 2
-  step "ncu $name"
-  timeout 70 ncu --clock-control none --kernel-name "regex:$regex" --launch-skip 3 --launch-count 1 $SECTIONS \
-    "$@" > "$OUT/ncu_$name.txt" 2>&1
-  echo "rc=$?"; grep -E "$KEYS" "$OUT/ncu_$name.txt" | head -30
-}
 for shape in qkv o gate_up down; do
-  prof "cuda_mm_${shape}_m64" w4_mma python3 benchmarks/ncu_linear.py --format w4a16 --shape $shape --m 64
+  ncu_prof "cuda_mm_${shape}_m64" w4_mma python3 benchmarks/ncu_linear.py --format w4a16 --shape $shape --m 64
 done
-prof v7_gate_up_m1 w4_decode python3 benchmarks/ncu_linear.py --format w4a16 --shape gate_up --m 1
-prof v7_qkv_m1 w4_decode python3 benchmarks/ncu_linear.py --format w4a16 --shape qkv --m 1
+ncu_prof v7_gate_up_m1 w4_decode python3 benchmarks/ncu_linear.py --format w4a16 --shape gate_up --m 1
+ncu_prof v7_qkv_m1 w4_decode python3 benchmarks/ncu_linear.py --format w4a16 --shape qkv --m 1
 step "ncu moe T=1"; timeout 70 ncu --clock-control none --kernel-name regex:moe_ --launch-skip 2 --launch-count 2 \
-  $SECTIONS python3 benchmarks/ncu_moe.py --tokens 1 > "$OUT/ncu_moe_t1.txt" 2>&1
-echo "rc=$?"; grep -E "moe_|$KEYS" "$OUT/ncu_moe_t1.txt" | head -28
+  $NCU_SECTIONS python3 benchmarks/ncu_moe.py --tokens 1 > "$OUT/ncu_moe_t1.txt" 2>&1
+echo "rc=$?"; grep -E "moe_|$NCU_KEYS" "$OUT/ncu_moe_t1.txt" | head -28
 step done

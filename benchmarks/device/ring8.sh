@@ -4,7 +4,8 @@
 # (bit for bit VARIANT 6 at ring 4, plain and GLU; refused where not built), then the 8B W4A16 step
 # (timeline.py) with ring 8 on each layer, all together, gate|up's GLU in 8 warps at ring 8, and
 # gate|up persistent in 16 and 8 warps, the list twice (the drift), and the timeline of TL's entry.
-# Logs under $OUT.
+# Then the glue kernels' trigger before their wait against after it (TURBOPACK_GLUE_TRIGGER), in
+# alternating processes. Logs under $OUT.
 source benchmarks/device/lib.sh
 step build; build_libs cuda_w4
 step tests
@@ -17,4 +18,9 @@ step "step variants"
 timeout ${TL_S:-300} python3 benchmarks/device/timeline.py --out "$OUT" --variants "${VARIANTS:-shipped,$A,shipped,$A}" \
   --timeline "${TL:-gate_up:VARIANT=7}" 2> "$OUT/timeline.log" | tee "$OUT/timeline.txt" | grep -v "^ "
 echo "rc=${PIPESTATUS[0]}"; tail -2 "$OUT/timeline.log"
+step "glue trigger: wait / first, alternating processes"
+for i in 1 2; do for g in wait first; do
+  TURBOPACK_GLUE_TRIGGER=$g timeout 60 python3 benchmarks/device/timeline.py --variants shipped --timeline none \
+    --label "glue-$g" 2>> "$OUT/glue.log" | grep "ms$"
+done; done
 step done
