@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,9 @@ from turbopack.inference.kernels.config import KernelConfig  # noqa: E402
 #: the 8B layers a variant names, as the W4 table's "NxK"
 LAYERS = {"qkv": "6144x4096", "o": "4096x4096", "gate_up": "28672x4096", "down": "4096x14336"}
 REPLAYS = 5
+ATTN = "_decode_kernel"  # the decode attention's Triton kernel (kernels/attention.py)
+#: the other roles, by a part of their kernels' names
+NAMED = {"attention": ATTN, "add_rmsnorm": "_add_rmsnorm", "lm_head": "nvjet", "act_mul": "act_mul"}
 
 
 def variant_table(t: kernel_table.KernelTable, variant: str) -> kernel_table.KernelTable:
@@ -79,24 +83,35 @@ def replay_kernels(replay) -> list[dict]:
     return [{"name": e["name"], "start": e["ts"], "end": e["ts"] + e["dur"]} for e in ks[-per:]]
 
 
-def short(name: str) -> str:
-    """A kernel's kind: the template's name, or the Triton function's."""
-    return name.split("<")[0].split("(")[0].removeprefix("void ").strip()[:40]
+def roles(ks: list[dict]) -> list[str]:
+    """Each kernel's role in a Llama-style step: the rows kernels by their place (before the
+    attention: q|k|v; after it: o; a GLU build: gate|up; else down), the glue and lm_head by name."""
+    out = []
+    for i, k in enumerate(ks):
+        name, nxt, prv = k["name"], ks[i + 1]["name"] if i + 1 < len(ks) else "", ks[i - 1]["name"] if i else ""
+        targs = re.search(r"kernel<([^>]*)>", name)
+        if "_rows" in name and targs:
+            glu = targs.group(1).split(",")[-1].strip() == "true"
+            out.append("gate_up" if glu else "qkv" if ATTN in nxt else "o" if ATTN in prv else "down")
+        else:
+            out.append(next((role for role, key in NAMED.items() if key in name), name.split("<")[0][-40:]))
+    return out
 
 
 def summarize(ks: list[dict]) -> tuple[dict, list[dict]]:
     """(per kind: launches, sum of increments, median duration and lead; the kernels with theirs)."""
     rows = []
-    for i, k in enumerate(ks):
+    for i, (k, role) in enumerate(zip(ks, roles(ks))):
         prev_end = ks[i - 1]["end"] if i else k["start"]
-        rows.append({**k, "kind": short(k["name"]), "dur": k["end"] - k["start"],
+        rows.append({**k, "kind": role, "dur": k["end"] - k["start"],
                      "lead": k["start"] - prev_end, "inc": k["end"] - prev_end})
     kinds: dict[str, dict] = {}
     for r in rows:
-        kinds.setdefault(r["kind"], {"n": 0, "inc": 0.0, "durs": [], "leads": []})
+        kinds.setdefault(r["kind"], {"n": 0, "inc": 0.0, "incs": [], "durs": [], "leads": []})
         d = kinds[r["kind"]]
         d["n"] += 1
         d["inc"] += r["inc"]
+        d["incs"].append(r["inc"])
         d["durs"].append(r["dur"])
         d["leads"].append(r["lead"])
     return kinds, rows
@@ -106,10 +121,10 @@ def report(label: str, ks: list[dict]) -> None:
     kinds, rows = summarize(ks)
     total = ks[-1]["end"] - ks[0]["start"]
     print(f"--- {label}: {len(ks)} kernels, first start to last end {total:.1f} µs")
-    print(f"  {'kind':40s} {'n':>4s} {'sum inc':>9s} {'med dur':>8s} {'med lead':>9s}")
+    print(f"  {'kind':40s} {'n':>4s} {'sum inc':>9s} {'med inc':>8s} {'med dur':>8s} {'med lead':>9s}")
     for kind, d in sorted(kinds.items(), key=lambda kv: -kv[1]["inc"]):
-        print(f"  {kind:40s} {d['n']:4d} {d['inc']:9.1f} {statistics.median(d['durs']):8.2f} "
-              f"{statistics.median(d['leads']):9.2f}")
+        print(f"  {kind:40s} {d['n']:4d} {d['inc']:9.1f} {statistics.median(d['incs']):8.2f} "
+              f"{statistics.median(d['durs']):8.2f} {statistics.median(d['leads']):9.2f}")
     mid = len(rows) // 2
     print("  a middle stretch, in order (dur, lead, inc µs):")
     for r in rows[mid:mid + 10]:
