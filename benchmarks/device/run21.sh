@@ -7,7 +7,7 @@ export BUILD_S=${BUILD_S:-170}
 step build; build_libs
 step "tests: ring 8, VARIANT 7, rows with x per stage, GLU"
 timeout ${TESTS_S:-120} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
-  -k "ring_8 or glu_is_linear or x_per_stage_matches or persistent_rows" > "$OUT/tests.txt" 2>&1
+  -k "${TESTS_K:-ring_8 or glu_is_linear or x_per_stage_matches or persistent_rows}" > "$OUT/tests.txt" 2>&1
 echo "pytest rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/tests.txt" | tail -6
 V="gate_up:VARIANT=7,qkv:STAGES=8+o:STAGES=8+down:STAGES=8,gate_up:VARIANT=7/GLU_WARPS=8,gate_up:GLU_WARPS=8/STAGES=8"
 step "step variants"
