@@ -15,5 +15,5 @@ timeout ${TL_S:-150} python3 benchmarks/device/timeline.py --out "$OUT" --varian
   --timeline "${TL:-gate_up:VARIANT=7}" 2> "$OUT/timeline.log" | tee "$OUT/timeline.txt" | grep -v "^ "
 echo "rc=${PIPESTATUS[0]}"; tail -2 "$OUT/timeline.log"
 step "README CLI tests"
-PART=cli TESTS_S=${CLI_S:-200} bash benchmarks/device/suite.sh | grep -v "^=== build\|^seeded\|^built"
+PART=cli JOBS=${JOBS:-9} TESTS_S=${CLI_S:-200} bash benchmarks/device/suite.sh | grep -v "^=== build\|^seeded\|^built"
 step done
