@@ -10,7 +10,7 @@ wrong kernel.
     python3 benchmarks/ncu_linear.py --format w4a16 --shape gate_up --m 64 \\
         --cfg '{"kernel": "cuda_mm", "BN": 128, "BM": 64, "SPLIT_K": 1, "STAGES": 3}'
     python3 benchmarks/ncu_linear.py --shape gate_up --m 1 --glu \\
-        --cfg '{"kernel": "cuda", "SPLIT_K": 8, "STAGES": 4, "VARIANT": 7, "GLU_WARPS": 16}'
+        --cfg '{"kernel": "cuda", "SPLIT_K": 16, "STAGES": 4, "VARIANT": 6, "GLU_WARPS": 16}'
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ kernels in order; the linears' increments stand beside their floors (bytes / --b
 
 Variants (--variants, comma-separated) lay table keys over the shipped table's W4 entries of some
 layers at every bucket <= 8 (variant_table): "qkv:SPLIT_K=16" puts q|k|v in 16 warps, whose 2
-stages a warp all go out before pdl_wait (a ring of 4 issues 3); "down:STAGES=8" gives down's 8
-warps a ring of 8 (7 of their 14 stages in flight before the wait).
+stages a warp all go out before pdl_wait (a ring of 4 issues 3); "gate_up:GLU_WARPS=8" runs
+gate|up's GLU in 8 warps. A list may repeat itself (A,B,A,B): the step drifts within a process.
 
-    python3 benchmarks/device/timeline.py --out $OUT [--variants shipped,qkv:STAGES=8,down:STAGES=8]
-    TURBOPACK_GLUE_TRIGGER=first python3 benchmarks/device/timeline.py --out $OUT --label glue-first
+    python3 benchmarks/device/timeline.py --out $OUT [--variants shipped,qkv:SPLIT_K=16,shipped,qkv:SPLIT_K=16]
+    SOME_ENV=1 python3 benchmarks/device/timeline.py --out $OUT --label some-env   # an A/B across processes
 
 Writes $OUT/timeline_<label>_<variant>_b<batch>.json (the replay's kernels). A device diagnosis
 beside bench_e2e.py, not a test.
@@ -53,7 +53,7 @@ NAMED = {"attention": ATTN, "add_rmsnorm": "_add_rmsnorm", "lm_head": "nvjet", "
 def variant_table(t: kernel_table.KernelTable, variant: str) -> kernel_table.KernelTable:
     """``t`` with table keys laid over the W4 entries (buckets <= 8: one token column) of the layers ``variant`` names:
     "shipped" (none), or parts joined by "+", each "<layer>:<KEY>=<int>[/<KEY>=<int>]", e.g.
-    "qkv:STAGES=8+down:SPLIT_K=16" or "gate_up:GLU_WARPS=8/STAGES=8"."""
+    "qkv:SPLIT_K=16+o:SPLIT_K=16" or "gate_up:GLU_WARPS=8/SPLIT_K=16"."""
     if variant == "shipped":
         return t
     keys: dict[str, dict[str, int]] = {}

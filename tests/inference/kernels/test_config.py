@@ -132,7 +132,7 @@ def test_cuda_variant_key_round_trips_and_the_tuner_sweeps_it():
     for m in (1, 16):
         cands = [c for c in tune.candidates("w4a16", 28672, 4096, m, 132) if c.kernel is KernelName.CUDA]
         got = {(c.variant or 0, c.ring_stages) for c in cands}
-        rows = {cuda_w4.ROWS, cuda_w4.ROWS64, cuda_w4.ROWS_P}  # at M <= 8
+        rows = {cuda_w4.ROWS, cuda_w4.ROWS64}  # at M <= 8
         assert {v for v, _ in got} == set(cuda_w4.VARIANTS) - (rows if m > 8 else set())
         assert all(st in cuda_w4.VARIANTS[v] for v, st in got)
         assert all(KernelConfig.from_json(c.to_json(), "t") == c for c in cands)
@@ -160,17 +160,15 @@ def test_the_tuner_offers_the_8bit_decode_by_rows_at_few_tokens(setup):
 
 def test_the_tuner_offers_the_w4_rows_with_x_per_stage_up_to_16_tokens():
     """W4A16's decode by rows (csrc/w4.cu): the 16- and 64-row CTAs at M <= 8 (one token column of
-    staged x), the rows with x per stage (VARIANT 6) at every M <= 16 and on a persistent grid
-    (VARIANT 7) at M <= 8, each in 8 and 16 warps at ring 4, VARIANT 6 past 8 tokens also in 4, and
-    at M <= 8 in 8 warps also at ring 8; none past 16."""
+    staged x), the rows with x per stage (VARIANT 6) at every M <= 16, each in 8 and 16 warps at
+    ring 4, VARIANT 6 past 8 tokens also in 4; none past 16."""
     from turbopack.inference.kernels import cuda_w4, tune
 
     for m in (1, 8, 9, 16, 17):
         got = {(c.variant, c.split_k, c.ring_stages) for c in tune.rows_candidates("w4a16", m)}
-        variants = cuda_w4.ROWS_VARIANTS if m <= 8 else (cuda_w4.ROWS_X,) if m <= 16 else ()
+        variants = (cuda_w4.ROWS, cuda_w4.ROWS64, cuda_w4.ROWS_X) if m <= 8 else (cuda_w4.ROWS_X,) if m <= 16 else ()
         warps = {v: cuda_w4.ROWS_X_WARPS_TWO_COLUMNS if v == cuda_w4.ROWS_X and m > 8 else (8, 16) for v in variants}
-        deep = {(cuda_w4.ROWS_X, 8, 8)} if m <= 8 else set()
-        assert got == {(v, w, 4) for v in variants for w in warps[v]} | deep, m
+        assert got == {(v, w, 4) for v in variants for w in warps[v]}, m
         cands = tune.candidates("w4a16", 28672, 4096, m, 132, hopper=True)
         assert (cuda_w4.ROWS_X in {c.variant for c in cands}) == (m <= 16), m
 

@@ -255,8 +255,6 @@ def test_rows_with_x_per_stage_glu_is_linear_then_act_mul(m, warps, group, sym, 
                                   1.5957691216057308 * (g + 0.044715 * g ** 3))
         assert reference.rel_err(h, act_g * u) < 1e-2, tile_n
         assert torch.equal(run(glu=activation), h)
-        if warps == 8 and m <= 8:  # ring 8 (cuda_w4.rows_stages): the same order of sums, the same bits
-            assert torch.equal(run(glu=activation, stages=8), h)
         out = torch.empty_like(h)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -269,70 +267,6 @@ def test_rows_with_x_per_stage_glu_is_linear_then_act_mul(m, warps, group, sym, 
         with pytest.raises(RuntimeError, match="code -1"):
             cuda_w4.w4_decode(x, packed, args["shape"], args["bias"], warps, group=group, stages=4,
                               variant=args["variant"], glu=activation)
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("m", [1, 3, 8])
-@pytest.mark.parametrize("group,sym,warps,k,with_bias", [c for c in ROWS_CASES if c[2] == 8])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_rows_with_x_per_stage_ring_8_is_ring_4(m, group, sym, warps, k, with_bias, dtype):
-    """VARIANT 6 at ring 8 (one token column, 8 warps: cuda_w4.rows_stages) against the contract, and
-    bit for bit ring 4's y (the GLU's: test_rows_with_x_per_stage_glu_is_linear_then_act_mul): the
-    ring only changes how many stages a warp has in flight, not the order it adds them in. Where it
-    is not built (16 warps, M > 8) it is refused (-2)."""
-    for run, out in _rows_runs(m, group, sym, warps, k, with_bias, dtype, cuda_w4.ROWS_X, 41 * m + k):
-        assert torch.equal(run(variant=cuda_w4.ROWS_X, stages=8), out)
-    x = torch.randn(9, 2048, device="cuda").to(dtype)
-    fmt, q, reference = _weight(64, 2048, 128, False, dtype, 5)
-    for rows_m, w in ((1, 16), (9, 8)):
-        with pytest.raises(RuntimeError, match="code -2"):
-            cuda_w4.w4_decode(x[:rows_m], reference.pack_w4(q, 64), (64, 2048), None, w, group=128, stages=8,
-                              variant=cuda_w4.ROWS_X)
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("m", [1, 3, 8])
-@pytest.mark.parametrize("group,sym,warps,k", [(128, False, 8, 1664), (64, True, 16, 2048), (128, True, 16, 1664),
-                                               (64, False, 8, 4096)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_persistent_rows_are_the_rows_with_x_per_stage(m, group, sym, warps, k, dtype):
-    """VARIANT 7 (csrc/w4_rowsp.cuh: VARIANT 6's warps on a grid of SM slots, each CTA taking every
-    gridDim-th 16 rows, its rings running on across them) on N = 24008 rows (1501 row tiles: several a
-    CTA at the H100's and H200's 132 SMs, a partial last one) with a bias, and as a GLU over a fused
-    gate|up of 2 x 12000 rows, K even and uneven over the warps (1664 = 13 stages: idle warps at 16):
-    against the contract, and bit for bit VARIANT 6 (the same stages in the same order per warp, the
-    same sums in warp order), also through a CUDA graph. Refused: M > 8, ring 8, a fold (-1/-2)."""
-    from turbopack.inference.config import Activation
-    from turbopack.inference.kernels.fold import FoldArgs
-
-    n, inter = 24008, 12000
-    for shape, act in (((n, k), None), ((2 * inter, k), Activation.SILU)):
-        fmt, q, reference = _weight(*shape, group, sym, dtype, 7 * m + k + warps)
-        packed = reference.pack_w4(q, 64)
-        x = torch.randn(m, k, device="cuda").to(dtype)
-        b = torch.randn(shape[0], device="cuda").to(dtype) if act is None else None
-        run = functools.partial(cuda_w4.w4_decode, x, packed, shape, b, warps, group=group, glu=act)
-        y = run(variant=cuda_w4.ROWS_P)
-        assert torch.equal(y, run(variant=cuda_w4.ROWS_X)), act
-        want = reference.ref_linear(x, "w4a16", q, b).double()
-        if act is not None:
-            want = torch.nn.functional.silu(want[:, :inter]) * want[:, inter:]
-        assert reference.rel_err(y, want) < 1e-2, act
-        out = torch.empty_like(y)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run(out=out, variant=cuda_w4.ROWS_P)
-        graph.replay()
-        assert torch.equal(out, y), act
-    x9 = torch.randn(9, k, device="cuda").to(dtype)
-    fold = FoldArgs(ss_in=torch.zeros(m, 4, device="cuda"), eps=1e-5)
-    for bad, code in ((dict(x=x9), "-1"), (dict(stages=8), "-2"), (dict(fold=fold), "-1")):
-        args = dict(x=x, stages=4, fold=None) | bad
-        with pytest.raises(RuntimeError, match=f"code {code}"):
-            cuda_w4.w4_decode(args["x"], packed, shape, None, warps, group=group, stages=args["stages"],
-                              variant=cuda_w4.ROWS_P, glu=act, fold=args["fold"])
 
 
 @pytest.mark.gpu

@@ -40,15 +40,10 @@ STAGES = (4, 6)  # ring depths the v5 decode kernel is built for (csrc/w4.cu)
 #: SPLIT_K = its warps, ROWS_WARPS, 0 = 16; M <= 8, else v7 at the default split; csrc/w4_rows.cuh)
 #: 5 = rows of 64 (rows with 4 row tiles a CTA: its warps are 4 x SPLIT_K / 4 K slices, which share x)
 #: 6 = rows with x per stage (rows' CTA; x from L1 stage by stage, q - z made in the A registers, so no
-#: staged x or sums of x: M <= 16 in two token columns; csrc/w4_rowsx.cuh; ring 8 only at one token
-#: column in 8 warps: rows_stages)
-#: 7 = rows with x per stage on a persistent grid (a CTA per SM slot takes every gridDim-th 16 rows, its
-#: warps' rings running on from one to the next; M <= 8, no fold; csrc/w4_rowsp.cuh)
-VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,), 6: (4, 8), 7: (4,)}
-V7, V8, ROWS, ROWS64, ROWS_X, ROWS_P = 2, 3, 4, 5, 6, 7
-ROWS_VARIANTS = (ROWS, ROWS64, ROWS_X, ROWS_P)  # SPLIT_K is their warps a CTA, not a K split
-#: the rows kernels with a GLU in their store (dispatch.glu); the fold is VARIANT 6's alone
-GLU_VARIANTS = (ROWS_X, ROWS_P)
+#: staged x or sums of x: M <= 16 in two token columns; csrc/w4_rowsx.cuh)
+VARIANTS = {0: STAGES, 1: (4, 6, 8), 2: (4, 6, 8), 3: (4, 6), 4: (4,), 5: (4,), 6: (4,)}
+V7, V8, ROWS, ROWS64, ROWS_X = 2, 3, 4, 5, 6
+ROWS_VARIANTS = (ROWS, ROWS64, ROWS_X)  # SPLIT_K is their warps a CTA, not a K split
 ROWS_WARPS, ROWS_DEFAULT_WARPS = (8, 16), 16
 #: VARIANT 6 at two token columns (M > 8) is also built in 4 warps a CTA: 5 CTAs an SM under a
 #: 96-register cap, where 8 and 16 warps hold 2 and 1 (csrc/w4_rowsx.cuh rowsx_ctas)
@@ -73,14 +68,6 @@ _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured gr
 def rows_warps(variant: int, m: int) -> tuple[int, ...]:
     """The warps per CTA (SPLIT_K) that decode-by-rows ``variant`` is built in at M tokens."""
     return ROWS_X_WARPS_TWO_COLUMNS if variant == ROWS_X and m > 8 else ROWS_WARPS
-
-
-def rows_stages(variant: int, m: int, warps: int) -> tuple[int, ...]:
-    """The ring depths decode-by-rows ``variant`` is built for at M tokens in ``warps`` warps a CTA:
-    ring 4, and VARIANT 6 at one token column (M <= 8) in 8 warps also ring 8 (csrc/w4_rowsx.cuh
-    by_rows_x: 7 stages a warp in flight before pdl_wait, 3 CTAs an SM by shared memory)."""
-    deep = variant == ROWS_X and m <= 8 and warps == 8
-    return VARIANTS[variant] if deep else tuple(st for st in VARIANTS[variant] if st == DEFAULT_STAGES)
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -168,7 +155,7 @@ def w4_decode(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[in
     tiles of <= 64 rows): each CTA sends its weight slice past the ring's first stages to L2 first
     (csrc/w4_v67.cuh). ``cluster`` (v7 on sm_90+, split <= 16; elsewhere ignored): a row tile's
     split-K CTAs sum their partials in a thread-block cluster's shared memory, not through the
-    global workspace (csrc/common.cuh). ``glu`` (VARIANT 6, and 7 at M <= 8; no bias, N % 32 == 0; see ``glu_ok``): the
+    global workspace (csrc/common.cuh). ``glu`` (VARIANT 6, no bias, N % 32 == 0; see ``glu_ok``): the
     weight is a fused [gate; up] and y [M, N / 2] = glu(x @ gate.T) * (x @ up.T), the MLP's activation
     in the same launch (csrc/w4_rowsx.cuh). ``fold`` (VARIANT 6): the residual add and the next RMSNorm
     in its store, or a folded norm's x (``kernels.fold.FoldArgs``)."""

@@ -58,12 +58,6 @@ def rows_warps(variant: int, m: int) -> tuple[int, ...]:
     return ROWS_WARPS
 
 
-def rows_stages(variant: int, m: int, warps: int) -> tuple[int, ...]:
-    """The ring depths the rows kernels are built for: the same at every M and warp count
-    (cuda_w4.rows_stages' signature)."""
-    return VARIANTS[variant]
-
-
 def library(device: torch.device) -> ctypes.CDLL:
     return cuda_build.library(SRC, device, _SIGNATURES)
 

@@ -194,7 +194,7 @@ def _w4_rows_warps(cfg: KernelConfig, glu: bool) -> int:
     """The warps of the W4 rows with x per stage for this call (glu: GLU_WARPS first), 0 where the
     table runs another kernel (or, GLU_WARPS 0, the two launches)."""
     variant = cuda_w4.DEFAULT_VARIANT if cfg.variant is None else cfg.variant
-    rows = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant in cuda_w4.GLU_VARIANTS else 0
+    rows = (cfg.split_k or cuda_w4.ROWS_DEFAULT_WARPS) if variant == cuda_w4.ROWS_X else 0
     return rows if not glu or cfg.glu_warps is None else cfg.glu_warps
 
 
@@ -203,12 +203,7 @@ def _rows_w4(x2, fmt, packed, shape, cfg, act, bias, fold_args):
     if not (warps and cuda_w4.supports(x2, fmt, packed, shape)
             and (cuda_w4.chunks_aligned(packed) if act is None else cuda_w4.glu_ok(packed, shape, bias, act))):
         return None
-    # the entry's kernel (VARIANT 7 at M <= 8 without a fold, else 6) and ring where it is built for it (a
-    # GLU in GLU_WARPS other than SPLIT_K may not be)
-    m = x2.shape[0]
-    variant = cuda_w4.ROWS_P if cfg.variant == cuda_w4.ROWS_P and m <= 8 and fold_args is None else cuda_w4.ROWS_X
-    stages = cfg.ring_stages if cfg.ring_stages in cuda_w4.rows_stages(variant, m, warps) else cuda_w4.DEFAULT_STAGES
-    return cuda_w4.w4_decode(x2, packed, shape, bias, warps, group=fmt.group_size, stages=stages, variant=variant,
+    return cuda_w4.w4_decode(x2, packed, shape, bias, warps, group=fmt.group_size, stages=4, variant=cuda_w4.ROWS_X,
                              glu=act, fold=fold_args)
 
 

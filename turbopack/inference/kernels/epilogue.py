@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from turbopack.inference.kernels.pdl import glue_trigger_first
 from turbopack.inference.kernels.triton_env import interpreting, tl, triton  # noqa: F401 (re-exported)
 
 _WS: dict[tuple[str, torch.dtype | str], torch.Tensor] = {}
@@ -22,7 +21,6 @@ _RETIRED: list[torch.Tensor] = []  # outgrown buffers stay alive: a captured gra
 
 
 if triton is not None:
-    _GLUE_FIRST = tl.constexpr(glue_trigger_first())  # read once, at import (pdl.GLUE_TRIGGER)
 
     @triton.jit
     def pdl_wait(PDL: tl.constexpr):
@@ -38,14 +36,9 @@ if triton is not None:
 
     @triton.jit
     def pdl_enter(PDL: tl.constexpr):
-        """A small (glue) kernel's first statement: wait, then let the next grid be scheduled (or
-        the other way round: pdl.GLUE_TRIGGER)."""
-        if _GLUE_FIRST:
-            pdl_trigger(PDL)
-            pdl_wait(PDL)
-        else:
-            pdl_wait(PDL)
-            pdl_trigger(PDL)
+        """A small (glue) kernel's first statement: wait, then let the next grid be scheduled."""
+        pdl_wait(PDL)
+        pdl_trigger(PDL)
 
 
 def _grown(key: tuple, numel: int, make) -> torch.Tensor:

@@ -30,10 +30,6 @@ import torch
 from turbopack.inference.kernels.interpret import interpreting
 
 ENV = "TURBOPACK_PDL"
-#: where the glue kernels let the next grid be scheduled: "wait" (default) after their wait, "first"
-#: before it, so the next linear's CTAs are placed (and start their weights) while the linear
-#: before the glue drains; read once, when the Triton kernels are defined (an A/B switch)
-GLUE_TRIGGER = "TURBOPACK_GLUE_TRIGGER"
 
 
 @functools.cache
@@ -61,11 +57,6 @@ def enabled(device: torch.device, who: str = "cuda") -> bool:
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def glue_trigger_first() -> bool:
-    """Do the glue kernels trigger the next grid before their wait (``TURBOPACK_GLUE_TRIGGER=first``)?"""
-    return os.environ.get(GLUE_TRIGGER, "wait").strip().lower() == "first"
-
-
 @functools.cache
 def triton_ok() -> bool:
     """Does this Triton have the grid-dependency intrinsics (``tl.extra.cuda.gdc_wait``)? Asked at
@@ -83,4 +74,4 @@ def triton_args(device: torch.device, who: str = "triton") -> dict:
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
-__all__ = ["ENV", "GLUE_TRIGGER", "MODES", "enabled", "glue_trigger_first", "triton_args", "triton_ok"]
+__all__ = ["ENV", "MODES", "enabled", "triton_args", "triton_ok"]

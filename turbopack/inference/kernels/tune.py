@@ -50,7 +50,7 @@ def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
     is built for: the 8-bit kernel's at M <= 16 (cuda_w8; also on 128-k slots where K allows),
     W4A16's 16- and 64-row CTAs at M <= 8 (cuda_w4: one token column; ring 4 only, which won every
     8B layer in run 14) and its rows with x per stage at M <= 16 (past 8 in 4 warps too:
-    cuda_w4.rows_warps; ring 8 at M <= 8 in 8 warps: cuda_w4.rows_stages); none elsewhere. k = 0: any K."""
+    cuda_w4.rows_warps); none elsewhere. k = 0: any K."""
     if setup in W8_SETUPS and m <= cuda_w8.M_MAX:
         wide = k % cuda_w8.WIDE_K == 0  # csrc/w8.cu Slot
         mod, variants = cuda_w8, cuda_w8.ROWS_VARIANTS if wide else (cuda_w8.ROWS,)
@@ -59,7 +59,7 @@ def rows_candidates(setup: str, m: int, k: int = 0) -> list[KernelConfig]:
     else:
         return []
     return [KernelConfig(KernelName.CUDA, split_k=w, ring_stages=st, variant=v)
-            for v in variants for w in mod.rows_warps(v, m) for st in mod.rows_stages(v, m, w)]
+            for v in variants for w in mod.rows_warps(v, m) for st in mod.VARIANTS[v]]
 
 
 def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None = None) -> list[KernelConfig]:

@@ -374,7 +374,6 @@ int by_group(const Args& a, int stages, int variant, bool cluster, cudaStream_t 
 // the decode by rows, on v5's Args and v7 (by_group) as its fallback
 #include "w4_rows.cuh"  // by_rows: w4_rows_kernel (VARIANT 4 and 5)
 #include "w4_rowsx.cuh"  // by_rows_x: w4_rowsx_kernel (VARIANT 6)
-#include "w4_rowsp.cuh"  // by_rows_p: w4_rowsp_kernel (VARIANT 7)
 
 namespace {
 
@@ -382,7 +381,6 @@ template <typename T>
 int by_tokens(const Args& a, const Fold& f, int stages, int variant, bool cluster, cudaStream_t s) {
   if (variant == 4 || variant == 5) return by_rows<T>(a, stages, variant, s);
   if (variant == kRowsX) return by_rows_x<T>(a, f, stages, s);
-  if (variant == kRowsP) return by_rows_p<T>(a, f, stages, s);
   return a.M <= 8 ? by_group<T, 1>(a, stages, variant, cluster, s) : by_group<T, 2>(a, stages, variant, cluster, s);
 }
 
@@ -392,9 +390,8 @@ int by_tokens(const Args& a, const Fold& f, int stages, int variant, bool cluste
 // the split-K CTAs of a row tile reduce in a thread-block cluster (common.cuh cluster_sum), not
 // through ws/counters (which a fallback to v5/v6 still uses). Returns 0 or an error code: -1 bad arguments, -2
 // unsupported STAGES, -3 unknown variant (0 = v5, 1 = v6, 2 = v7, 3 = v8, 4 = rows, 5 = rows of 64, 6 = rows with x
-// per stage, 7 = 6 on a persistent grid), -4 no SM count, else the CUDA error. act (VARIANT 6 and 7, no bias,
-// N % 32 == 0): the fused gate|up's GLU, y [M, N / 2] = act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh
-// (w4_rowsx.cuh), in one launch. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
+// per stage), -4 no SM count, else the CUDA error. act (VARIANT 6, no bias, N % 32 == 0): the fused gate|up's GLU, y [M, N / 2] =
+// act(gate) * up with act 1 = SiLU, 2 = GeLU-tanh (w4_rowsx.cuh), in one launch. v8 reads split_k as CTAs per SM (0: as many as fit) and needs ws/counters sized for split-K (any
 // tile may be shared by several stripes); rows reads it as warps per CTA (8 or 16) and needs no ws/counters.
 // fold_* (VARIANT 6; rows_store.cuh Fold): a producer's residual res, norm weight w, new residual r_out and
 // partial sums ss [M, NP / 16] (y is then the norm's z); or a consumer's partials ss_in [M, parts]
@@ -411,7 +408,7 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
   if (M < 1 || M > 16 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 ||
       stride_xm % 8 != 0 || split_k < (variant == 3 ? 0 : 1) || (dtype != 0 && dtype != 1) ||
       (cluster && (variant != 2 || split_k > 16)) || act < 0 || act > kActGeluTanh ||
-      (act && ((variant != kRowsX && variant != kRowsP) || bias != nullptr || N % 32 != 0)))
+      (act && (variant != kRowsX || bias != nullptr || N % 32 != 0)))
     return -1;
   // GLU (act): y [M, N / 2] = act(rows 0..N/2) * (rows N/2..N) of the fused gate|up
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, act ? N / 2 : N, split_k, 0};

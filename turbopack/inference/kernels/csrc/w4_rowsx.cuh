@@ -53,10 +53,6 @@ struct SharedFeed {
     w0 = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].w.w[0][lane]));
     sz0 = static_cast<uint32_t>(__cvta_generic_to_shared(&ring[0].sz.v[sz_lane ? lane : 0]));
   }
-  // the same warp's K slice on another 16 rows (the persistent rows kernel's next tile, w4_rowsp.cuh)
-  __device__ __forceinline__ void seat(const Lin& L, int n0, int s_lo, int lane) {
-    f.init(L, 0, n0, s_lo, lane, sz_lane ? lane : 0);
-  }
   __device__ __forceinline__ void issue(int slot) {
     const uint32_t w = w0 + slot * kSlot;
     if constexpr ((kKnockout & kKoLoad) == 0) {
@@ -124,12 +120,12 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
     rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, f, a.K, staged);
 }
 
-template <typename T, int NTOK, int G, bool ASYM, int W, int STAGES>
+template <typename T, int NTOK, int G, bool ASYM, int W>
 int launch_rowsx(const Args& a, const Fold& f, cudaStream_t s) {
-  constexpr int ring = STAGES * static_cast<int>(sizeof(DnSlot<kStageK / G, ASYM>));  // a warp's ring
+  constexpr int ring = 4 * static_cast<int>(sizeof(DnSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
   static_assert(ring >= 16 * 16 * sizeof(float), "a drained ring holds its warp's [token][row] sums (rows_store)");
-  void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, STAGES, G, ASYM, W, true>
-                                    : w4_rowsx_kernel<T, NTOK, STAGES, G, ASYM, W, false>;
+  void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
+                                    : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false>;
   // 16 warps: 67-71 KiB, past the default 48; a fold's consumer adds its partials (<= 32 KiB)
   const int smem = W * ring + fold_smem(f, a.M);
   static bool raised[2] = {false, false};
@@ -138,28 +134,24 @@ int launch_rowsx(const Args& a, const Fold& f, cudaStream_t s) {
   return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a, f));
 }
 
-template <typename T, int NTOK, int W, int STAGES = 4>
+template <typename T, int NTOK, int W>
 int rowsx_by_group(const Args& a, const Fold& f, cudaStream_t s) {
   const bool asym = a.zeros != nullptr;
   if (a.G == 128)
-    return asym ? launch_rowsx<T, NTOK, 128, true, W, STAGES>(a, f, s) : launch_rowsx<T, NTOK, 128, false, W, STAGES>(a, f, s);
-  return asym ? launch_rowsx<T, NTOK, 64, true, W, STAGES>(a, f, s) : launch_rowsx<T, NTOK, 64, false, W, STAGES>(a, f, s);
+    return asym ? launch_rowsx<T, NTOK, 128, true, W>(a, f, s) : launch_rowsx<T, NTOK, 128, false, W>(a, f, s);
+  return asym ? launch_rowsx<T, NTOK, 64, true, W>(a, f, s) : launch_rowsx<T, NTOK, 64, false, W>(a, f, s);
 }
 
-// VARIANT 6: split_k is its warps (8 or 16; at two token columns also 4: rowsx_ctas), ring 4; at one
-// token column (M <= 8) in 8 warps also ring 8, whose 7 stages a warp issued before pdl_wait hold a
-// small layer's whole slice (q|k|v, o: 4 stages a warp) and half of down's (14). Scales or zeros not
-// 16-byte aligned (the ring's chunk copies): v7 at the default split, as by_rows (GLU: refused, -1).
+// VARIANT 6: split_k is its warps (8 or 16; at two token columns also 4: rowsx_ctas), ring 4.
+// Scales or zeros not 16-byte aligned (the ring's chunk copies): v7 at the default split, as by_rows
+// (GLU: refused, -1).
 template <typename T>
 int by_rows_x(const Args& a, const Fold& f, int stages, cudaStream_t s) {
+  if (stages != 4) return -2;
   const int w = a.split_k;
-  if (stages != 4 && !(stages == 8 && a.M <= 8 && w == 8)) return -2;
   if (w != 8 && w != 16 && (a.M <= 8 || w != 4)) return -1;
   if (!chunks_aligned(a)) return a.act || f.res || f.ss_in ? -1 : v7_fallback<T>(a, s);  // v7: no GLU, no fold
-  if (a.M <= 8) {
-    if (stages == 8) return rowsx_by_group<T, 1, 8, 8>(a, f, s);
-    return w == 8 ? rowsx_by_group<T, 1, 8>(a, f, s) : rowsx_by_group<T, 1, 16>(a, f, s);
-  }
+  if (a.M <= 8) return w == 8 ? rowsx_by_group<T, 1, 8>(a, f, s) : rowsx_by_group<T, 1, 16>(a, f, s);
   if (w == 4) return rowsx_by_group<T, 2, 4>(a, f, s);
   return w == 8 ? rowsx_by_group<T, 2, 8>(a, f, s) : rowsx_by_group<T, 2, 16>(a, f, s);
 }
