@@ -32,6 +32,16 @@ namespace {
 
 constexpr int kRowsX = 6;  // the VARIANT
 
+// A ring slot's alignment: a diagnostic build's knob (-DTP_ROWSX_SLOT_ALIGN=128, benchmarks/device/
+// slot_align.py). At 16 a slot is DnSlot's bytes (1072 at group 128, asym), so most slots start off a
+// 128-byte row and each 256-byte LDS.64 of a stage's weights takes three wavefronts where two would do
+// (ncu, run 21: 40% more shared wavefronts than ideal); at 128 a slot is 1152 bytes, 7.5% more.
+#ifndef TP_ROWSX_SLOT_ALIGN
+#define TP_ROWSX_SLOT_ALIGN 16
+#endif
+template <int NG, bool ASYM>
+struct alignas(TP_ROWSX_SLOT_ALIGN) RowsXSlot : DnSlot<NG, ASYM> {};
+
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
 // fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared
 // conversion per copy. Under the 64-register cap the compiler still recomputes the lane's offsets
@@ -39,13 +49,13 @@ constexpr int kRowsX = 6;  // the VARIANT
 // DnFeed (sm_90a, bf16, group 128, asym, one token column); unrolled by the ring (below), 168.
 template <typename T, int NG, bool ASYM>
 struct SharedFeed {
-  static constexpr uint32_t kSlot = sizeof(DnSlot<NG, ASYM>);
+  static constexpr uint32_t kSlot = sizeof(RowsXSlot<NG, ASYM>);
   Feed<T, NG> f;
   long long tile_step;
   uint64_t policy;
   uint32_t w0, sz0;
   bool sz_lane;
-  __device__ __forceinline__ SharedFeed(const Lin& L, int n0, int s_lo, int lane, DnSlot<NG, ASYM>* ring) {
+  __device__ __forceinline__ SharedFeed(const Lin& L, int n0, int s_lo, int lane, RowsXSlot<NG, ASYM>* ring) {
     sz_lane = lane < SzSlot<NG, ASYM>::kChunks;
     f.init(L, 0, n0, s_lo, lane, sz_lane ? lane : 0);
     tile_step = (long long)L.TN * 2;
@@ -77,8 +87,9 @@ constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) :
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU>
 __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
   constexpr int NG = kStageK / G;
-  using Slot = DnSlot<NG, ASYM>;
-  extern __shared__ uint4 smem[];
+  using Slot = RowsXSlot<NG, ASYM>;
+  extern __shared__ __align__(TP_ROWSX_SLOT_ALIGN) uint4 smem_x[];
+  uint4* smem = smem_x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int n0 = blockIdx.x * 16;
   constexpr int WS = GLU ? W / 2 : W;  // warps per K split
@@ -122,7 +133,7 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
 
 template <typename T, int NTOK, int G, bool ASYM, int W>
 int launch_rowsx(const Args& a, const Fold& f, cudaStream_t s) {
-  constexpr int ring = 4 * static_cast<int>(sizeof(DnSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
+  constexpr int ring = 4 * static_cast<int>(sizeof(RowsXSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
   static_assert(ring >= 16 * 16 * sizeof(float), "a drained ring holds its warp's [token][row] sums (rows_store)");
   void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
                                     : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false>;
