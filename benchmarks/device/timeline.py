@@ -4,9 +4,9 @@
 
 Under PDL a kernel starts before the one before it ends, and its own duration counts the time it
 waits; what it costs the step is its increment: its end minus the previous kernel's end. For each
-kind of kernel the script prints launches, the sum of increments, the median duration and the
-median lead (its start minus the previous end: negative = launched early), and one middle layer's
-kernels in order; the linears' increments stand beside their floors (bytes / --bw).
+kernel's role (roles) the script prints launches, the sum and median of the increments, the median
+duration and the median lead (its start minus the previous end: negative = launched early), and
+one middle layer's kernels in order.
 
 Variants (--variants, comma-separated) lay table keys over the shipped table's W4 entries of some
 layers at every bucket <= 8 (variant_table): "qkv:SPLIT_K=16" puts q|k|v in 16 warps, whose 2
@@ -146,6 +146,7 @@ def main() -> int:
     model = build_8b(args.format, args.layers, args.shape)
     load, shipped = kernel_table.load_table, kernel_table.load_table("sm90")
     out: dict[str, float] = {}
+    traced: set[tuple[str, int]] = set()  # (variant, batch) whose timeline is taken
     variants = args.variants.split(",")
     try:
         for v in variants + [variants[0]]:  # the first again: the drift (a list may repeat itself: A,B,A,B)
@@ -156,8 +157,8 @@ def main() -> int:
                 key += f" #{sum(k.startswith(key) for k in out) + 1}" if key in out else ""  # a variant timed again
                 out[key] = ms = graph_step_ms(model, args.prompt, b)
                 print(f"{key:50s} {ms:.4f} ms", flush=True)
-                if (args.timeline == "all" or v in args.timeline.split(",")) and f"tl {v} {b}" not in out:
-                    out[f"tl {v} {b}"] = 1.0
+                if (args.timeline == "all" or v in args.timeline.split(",")) and (v, b) not in traced:
+                    traced.add((v, b))
                     eng = Engine(model, kv="bf16")
                     eng.generate(torch.randint(0, 1000, (b, args.prompt)), 8)
                     ks = replay_kernels(eng._graph.graph.replay)
@@ -168,7 +169,7 @@ def main() -> int:
                     Path(args.out, f"timeline_{args.label}_{name}_b{b}.json").write_text(json.dumps(ks))
     finally:
         kernel_table.load_table = load
-    print(json.dumps({k: v for k, v in out.items() if not k.startswith("tl ")}))
+    print(json.dumps(out))
     return 0
 
 

@@ -88,6 +88,7 @@ template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU>
 __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
   constexpr int NG = kStageK / G;
   using Slot = RowsXSlot<NG, ASYM>;
+  // a name of its own: the other kernels of w4.cu declare `smem` at uint4's alignment
   extern __shared__ __align__(TP_ROWSX_SLOT_ALIGN) uint4 smem_x[];
   uint4* smem = smem_x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
