@@ -43,12 +43,13 @@ build_libs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build_libs)
 
 #: csrc/common.cuh's knockout bits
-STORE, MATH, LOAD, SCALES = 1, 2, 4, 8
+STORE, MATH, LOAD, SCALES, X = 1, 2, 4, 8, 16
 VARIANTS = {  # name: mask
     "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
     # run 12's "no weight loads" still waited on each stage's scale copies: this one waits on nothing
     "no copies": LOAD | SCALES,
     "skeleton": LOAD | SCALES | MATH,  # launch, routing, x, the sums of x, the store
+    "no x loads": X,  # load_x's per-stage reads (constant fragments; the rows then read x per stage)
 }
 #: the libraries built in every variant
 MODULES = (cuda_w4, cuda_moe)

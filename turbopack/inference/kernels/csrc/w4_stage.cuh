@@ -40,6 +40,13 @@ struct RingSmem {
 template <int NTOK, bool ALL = false>
 __device__ __forceinline__ void load_x(uint4 (&xv)[NTOK][2][2], const uint4* const (&xsrc)[NTOK],
                                        const bool (&has_tok)[NTOK], int off) {
+  if constexpr ((kKnockout & kKoX) != 0) {
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) xv[t][j >> 1][j & 1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
+    return;
+  }
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
 #pragma unroll
