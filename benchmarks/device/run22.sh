@@ -30,6 +30,6 @@ src() {  # name, then ncu_linear.py's arguments: $OUT/src_<name>.ncu-rep and its
   python3 benchmarks/device/ncu_source.py "$OUT/src_$name.ncu-rep" --top 40 > "$OUT/src_$name.txt" 2>&1
   head -30 "$OUT/src_$name.txt" | cut -c1-160
 }
-src glu --shape gate_up --m 1 --glu --cfg "$(cfg 16)"
-src o --shape o --m 1 --cfg "$(cfg 8)"
+[ "${NCU:-1}" = 1 ] && src glu --shape gate_up --m 1 --glu --cfg "$(cfg 16)"
+[ "${NCU:-1}" = 1 ] && src o --shape o --m 1 --cfg "$(cfg 8)"
 step done

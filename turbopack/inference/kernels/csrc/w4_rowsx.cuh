@@ -109,14 +109,15 @@ inline int rowsx_x_smem(const Args& a, const Fold& f, int ntok, int w, int elem)
   const int bytes = w * (a.M * rowsx_x_row(per_w, elem) + 8);
   const bool aligned = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.stride_xm % 8 == 0;
   const bool fold = f.res != nullptr || f.ss_in != nullptr;  // its partials would sit where x goes
-  const bool on = stage_x_on() && (kKnockout & kKoX) == 0;  // the knockout of x's loads is of load_x's
+  const bool on = stage_x_on() && (kKnockout & kKoX) == 0 &&  // the knockout of x's loads is of load_x's
+                  device_attr<cudaDevAttrComputeCapabilityMajor>() >= 9;  // bulk copies: sm_90+
   return on && ntok == 1 && !fold && aligned && bytes <= kStageXMax ? bytes : 0;
 }
 
 // A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
 // matrix, gate's rows n0.. and up's n0 + N; N = o.N, the output's width).
 template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU, bool XS>
-__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
+__device__ __forceinline__ void rowsx_body(const Args& a, const Fold& f) {
   constexpr int NG = kStageK / G;
   using Slot = RowsXSlot<NG, ASYM>;
   // a name of its own: the other kernels of w4.cu declare `smem` at uint4's alignment
@@ -202,6 +203,14 @@ __global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(c
     glu_store<T, NTOK, W>(a.o, a.act, out, n0, warp, g, c, part, f, a.K, staged);
   else
     rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, f, a.K, staged);
+}
+
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU, bool XS>
+__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
+  if constexpr (XS && !kHasBulk)  // never launched below sm_90 (rowsx_x_smem): no body to build there
+    return;
+  else
+    rowsx_body<T, NTOK, STAGES, G, ASYM, W, GLU, XS>(a, f);
 }
 
 template <typename T, int NTOK, int G, bool ASYM, int W>
