@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,22 +51,8 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 def build(folder: Path, variants: list[tuple[str, tuple[str, ...]]], jobs: int) -> None:
-    compiler = cuda_build.nvcc()
-    if compiler is None:
-        raise SystemExit("error: nvcc not found")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def one(variant):
-        name, defines = variant
-        cmd = cuda_build.nvcc_command(compiler, cuda_w4.SRC, CAP, lib_file(folder, name), defines)
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise SystemExit(f"error: {name}: " + res.stderr[-2000:])
-        print(f"built {name} ({' '.join(defines)}): {lib_file(folder, name).name}", file=sys.stderr, flush=True)
-
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(one, variants))
-    build_libs.archive(folder)
+    build_libs.diagnostic(folder, CAP, [(cuda_w4.SRC, lib_file(folder, name), defines) for name, defines in variants],
+                          jobs)
 
 
 def use(label: str, lib, dev: torch.device) -> None:

@@ -83,6 +83,30 @@ def offline(out: Path, capability: tuple[int, int], names: list[str]) -> int:
     return 0
 
 
+def diagnostic(folder: Path, capability: tuple[int, int], builds: list[tuple[Path, Path, tuple[str, ...]]],
+               jobs: int) -> None:
+    """Diagnostic builds (knockout.py, build_ab.py) here, in parallel: each (source, library file,
+    nvcc -D defines) not yet in ``folder``; then the folder's archive, which a call carries."""
+    import subprocess
+
+    compiler = cuda_build.nvcc()
+    if compiler is None:
+        raise SystemExit("error: nvcc not found")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def one(build):
+        src, lib, defines = build
+        cmd = cuda_build.nvcc_command(compiler, src, capability, lib, defines)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        print(f"built {lib.name} ({src.name} {' '.join(defines)}): rc {res.returncode}", file=sys.stderr, flush=True)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-2000:])
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, [b for b in builds if not b[1].exists()]))
+    archive(folder)
+
+
 def seed(src_dir: Path, names: list[str]) -> None:
     """Copy libraries built offline for this device's arch (a folder or its archive) into the cache
     where ``library`` looks."""

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import math
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -64,25 +63,8 @@ def lib_file(folder: Path, mod, mask: int) -> Path:
 
 def build_all(folder: Path, jobs: int) -> None:
     """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~25 s each)."""
-    import subprocess
-
-    compiler = cuda_build.nvcc()
-    if compiler is None:
-        raise SystemExit("error: nvcc not found")
-    folder.mkdir(parents=True, exist_ok=True)
-    todo = [(mod, mask) for mod in MODULES for mask in VARIANTS.values() if not lib_file(folder, mod, mask).exists()]
-
-    def one(item):
-        mod, mask = item
-        cmd = cuda_build.nvcc_command(compiler, mod.SRC, CAP, lib_file(folder, mod, mask), (f"TP_KNOCKOUT={mask}",))
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        print(f"built {lib_file(folder, mod, mask).name}: rc {res.returncode}", file=sys.stderr, flush=True)
-        if res.returncode != 0:
-            raise SystemExit(res.stderr[-2000:])
-
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(one, todo))
-    build_libs.archive(folder)  # what a call carries: the folder is over its 64 MiB
+    build_libs.diagnostic(folder, CAP, [(mod.SRC, lib_file(folder, mod, mask), (f"TP_KNOCKOUT={mask}",))
+                                        for mod in MODULES for mask in VARIANTS.values()], jobs)
 
 
 def use(mod, folder: Path, mask: int, dev: torch.device) -> None:

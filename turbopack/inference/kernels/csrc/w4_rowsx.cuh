@@ -109,9 +109,9 @@ inline int rowsx_x_smem(const Args& a, const Fold& f, int ntok, int w, int elem)
   const int bytes = w * (a.M * rowsx_x_row(per_w, elem) + 8);
   const bool aligned = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.stride_xm % 8 == 0;
   const bool fold = f.res != nullptr || f.ss_in != nullptr;  // its partials would sit where x goes
-  const bool on = stage_x_on() && (kKnockout & kKoX) == 0 &&  // the knockout of x's loads is of load_x's
-                  device_attr<cudaDevAttrComputeCapabilityMajor>() >= 9;  // bulk copies: sm_90+
-  return on && ntok == 1 && !fold && aligned && bytes <= kStageXMax ? bytes : 0;
+  // the knockout of x's loads is of load_x's; bulk copies need sm_90+ (asked last: a driver query)
+  const bool fits = ntok == 1 && !fold && aligned && bytes <= kStageXMax && (kKnockout & kKoX) == 0;
+  return fits && stage_x_on() && device_attr<cudaDevAttrComputeCapabilityMajor>() >= 9 ? bytes : 0;
 }
 
 // A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
