@@ -5,15 +5,16 @@ Each variant is NAME=DEFINE[,DEFINE...] (-D flags of nvcc, csrc's knobs): a knob
 math (TP_ROWSX_SLOT_ALIGN=128: the rows' ring slots on 128-byte rows) is first checked against the
 shipped build on the 8B layers (plain and gate|up's GLU, M = 1 and 8, bit for bit: --same-bits);
 a knockout (TP_KNOCKOUT=<mask>, csrc/common.cuh: wrong answers by design) is a timing only, the
-upper bound of what fixing that part could save. XPS (the name "x-per-stage") is no build but the
-shipped library with its rows reading x per stage (cuda_w4.stage_x off), the same bits as staged.
+upper bound of what fixing that part could save. XST (the name "x-staged") is no build but the
+shipped library with its rows staging x in shared memory (cuda_w4.stage_x on; every other label
+reads x per stage, the shipped default), the same bits as per stage.
 Then the step (the graph timer of bench_e2e's
 8B model) alternating the shipped build and every variant in one process, --reps times, batch 1
 and 8, since the step drifts 2-3% within a process and the first of a list runs fastest.
 
     python3 benchmarks/device/build_ab.py --offline .scratch/ab slot128=TP_ROWSX_SLOT_ALIGN=128 nox=TP_KNOCKOUT=16
-    python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names x-per-stage,slot128,nox \
-        --same-bits x-per-stage,slot128    # device (carry the archive)
+    python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names x-staged,slot128,nox \
+        --same-bits x-staged,slot128    # device (carry the archive)
 
 A device diagnosis beside bench_e2e.py, not a test.
 """
@@ -35,7 +36,7 @@ from turbopack.inference.kernels import cuda_build, cuda_w4  # noqa: E402
 
 CAP = (9, 0)
 SHIPPED = "shipped"
-XPS = "x-per-stage"  # the shipped library, x read per stage (no build)
+XST = "x-staged"  # the shipped library, its rows staging x in shared memory (no build)
 
 
 def lib_file(folder: Path, name: str) -> Path:
@@ -45,7 +46,7 @@ def lib_file(folder: Path, name: str) -> Path:
 
 def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     name, sep, defines = text.partition("=")
-    if not sep or not name or not defines or name in (SHIPPED, XPS):
+    if not sep or not name or not defines or name in (SHIPPED, XST):
         raise SystemExit(f"error: variant {text!r}: write NAME=DEFINE[,DEFINE...], e.g. nox=TP_KNOCKOUT=16")
     return name, tuple(defines.split(","))
 
@@ -56,9 +57,9 @@ def build(folder: Path, variants: list[tuple[str, tuple[str, ...]]], jobs: int) 
 
 
 def use(label: str, lib, dev: torch.device) -> None:
-    """Route cuda_w4's calls to ``lib``, its rows staging x unless ``label`` is XPS."""
+    """Route cuda_w4's calls to ``lib``, its rows reading x per stage (the default) unless ``label`` is XST."""
     cuda_w4.library = lambda device, lib=lib: lib
-    lib.turbopack_w4_set_stage_x(int(label != XPS))
+    lib.turbopack_w4_set_stage_x(int(label == XST))
 
 
 def same_bits(libs: dict, dev: torch.device) -> None:
@@ -123,14 +124,14 @@ def main() -> int:
         raise SystemExit("error: name the variants to time (--names a,b)")
     libs = {SHIPPED: cuda_w4.library(dev)}
     for name in names:
-        if name == XPS:
+        if name == XST:
             libs[name] = libs[SHIPPED]
             continue
         path = lib_file(folder, name)
         if path.stem not in found:
             raise SystemExit(f"error: {args.libs} holds no build {name} of this w4.cu: rebuild it with --offline")
         libs[name] = cuda_build.open_library(path, dev, cuda_w4._SIGNATURES)
-    shipped, stage_default = cuda_w4.library, cuda_w4.stage_x(dev, True)
+    shipped, stage_default = cuda_w4.library, cuda_w4.stage_x(dev, False)
     try:
         checked = [n for n in args.same_bits.split(",") if n]
         if checked:

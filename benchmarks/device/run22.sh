@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Run 22's call: VARIANT 6 with x staged in shared memory (w4_rowsx.cuh, the new default) checked
+# Run 22's call: VARIANT 6 with x staged in shared memory (w4_rowsx.cuh, off by default) checked
 # against x per stage and the contract (test_cuda_build.py's rows-with-x tests), then the 8B W4A16
-# step alternating the shipped library (x staged), the same with x per stage, and diagnostic builds
+# step alternating the shipped library (x per stage), the same with x staged, and diagnostic builds
 # (build_ab.py: x's per-stage loads knocked out, 128-byte ring slots; carry
 # .scratch/ab.tar.xz, built here with --offline), then the 8B step against bf16 (bench_e2e --quick), then ncu's
-# per-SASS-line stall sampling of the shipped kernels at M = 1 (ncu_source.py). Logs under $OUT.
+# per-SASS-line stall sampling of the kernels with x staged at M = 1 (ncu_source.py). Logs under $OUT.
 source benchmarks/device/lib.sh
 step build; build_libs cuda_w4
 step "gpu tests: rows with x"
 timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_build.py \
   -k "x_staged or x_per_stage" > "$OUT/gpu_tests_rowsx.txt" 2>&1
 echo "rc=$?"; tail -3 "$OUT/gpu_tests_rowsx.txt"
-step "build_ab ${AB_NAMES:=x-per-stage,nox,slot128}"
+step "build_ab ${AB_NAMES:=x-staged,nox,slot128}"
 timeout ${AB_S:-260} python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names "$AB_NAMES" \
-  --same-bits "${AB_SAME:-x-per-stage,slot128}" --reps ${AB_REPS:-2} 2> "$OUT/ab.log" | tee "$OUT/ab.txt"
+  --same-bits "${AB_SAME:-x-staged,slot128}" --reps ${AB_REPS:-2} 2> "$OUT/ab.log" | tee "$OUT/ab.txt"
 echo "rc=${PIPESTATUS[0]}"; tail -3 "$OUT/ab.log"
 step "bench_e2e --e2e --quick (bf16, w4a16; x staged)"
 TURBOPACK_W4_STAGE_X=1 timeout ${E2E_S:-120} python3 benchmarks/bench_e2e.py --e2e --quick --formats bf16,w4a16 --out "$OUT" \
@@ -23,7 +23,7 @@ cfg() { echo "{\"kernel\": \"cuda\", \"SPLIT_K\": $1, \"STAGES\": 4, \"VARIANT\"
 src() {  # name, then ncu_linear.py's arguments: $OUT/src_<name>.ncu-rep and its summary
   local name=$1; shift
   step "ncu source $name"
-  timeout ${NCU_S:-70} ncu --clock-control none --kernel-name regex:rows --launch-skip 3 --launch-count 1 \
+  TURBOPACK_W4_STAGE_X=1 timeout ${NCU_S:-70} ncu --clock-control none --kernel-name regex:rows --launch-skip 3 --launch-count 1 \
     --section SourceCounters --section WarpStateStats --section SpeedOfLight -o "$OUT/src_$name" \
     python3 benchmarks/ncu_linear.py "$@" > "$OUT/src_$name.log" 2>&1
   echo "rc=$?"; tail -2 "$OUT/src_$name.log"
