@@ -2,19 +2,17 @@
 """Builds of w4.cu with diagnostic defines against the shipped one, in the 8B W4A16 step.
 
 Each variant is NAME=DEFINE[,DEFINE...] (-D flags of nvcc, csrc's knobs): a knob that keeps the
-math (TP_ROWSX_SLOT_ALIGN=128: the rows' ring slots on 128-byte rows) is first checked against the
+math (TP_ROWSX_SLOT_ALIGN=16: the rows' ring slots unaligned, as before run 23) is first checked against the
 shipped build on the 8B layers (plain and gate|up's GLU, M = 1 and 8, bit for bit: --same-bits);
 a knockout (TP_KNOCKOUT=<mask>, csrc/common.cuh: wrong answers by design) is a timing only, the
-upper bound of what fixing that part could save. XST (the name "x-staged") is no build but the
-shipped library with its rows staging x in shared memory (cuda_w4.stage_x on; every other label
-reads x per stage, the shipped default), the same bits as per stage.
+upper bound of what fixing that part could save.
 Then the step (the graph timer of bench_e2e's
 8B model) alternating the shipped build and every variant in one process, --reps times, batch 1
 and 8, since the step drifts 2-3% within a process and the first of a list runs fastest.
 
-    python3 benchmarks/device/build_ab.py --offline .scratch/ab slot128=TP_ROWSX_SLOT_ALIGN=128 nox=TP_KNOCKOUT=16
-    python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names x-staged,slot128,nox \
-        --same-bits x-staged,slot128    # device (carry the archive)
+    python3 benchmarks/device/build_ab.py --offline .scratch/ab slot16=TP_ROWSX_SLOT_ALIGN=16 nox=TP_KNOCKOUT=16
+    python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names slot16,nox \
+        --same-bits slot16    # device (carry the archive)
 
 A device diagnosis beside bench_e2e.py, not a test.
 """
@@ -36,7 +34,6 @@ from turbopack.inference.kernels import cuda_build, cuda_w4  # noqa: E402
 
 CAP = (9, 0)
 SHIPPED = "shipped"
-XST = "x-staged"  # the shipped library, its rows staging x in shared memory (no build)
 
 
 def lib_file(folder: Path, name: str) -> Path:
@@ -46,7 +43,7 @@ def lib_file(folder: Path, name: str) -> Path:
 
 def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     name, sep, defines = text.partition("=")
-    if not sep or not name or not defines or name in (SHIPPED, XST):
+    if not sep or not name or not defines or name == SHIPPED:
         raise SystemExit(f"error: variant {text!r}: write NAME=DEFINE[,DEFINE...], e.g. nox=TP_KNOCKOUT=16")
     return name, tuple(defines.split(","))
 
@@ -56,10 +53,9 @@ def build(folder: Path, variants: list[tuple[str, tuple[str, ...]]], jobs: int) 
                           jobs)
 
 
-def use(label: str, lib, dev: torch.device) -> None:
-    """Route cuda_w4's calls to ``lib``, its rows reading x per stage (the default) unless ``label`` is XST."""
+def use(lib) -> None:
+    """Route cuda_w4's calls to ``lib``."""
     cuda_w4.library = lambda device, lib=lib: lib
-    lib.turbopack_w4_set_stage_x(int(label == XST))
 
 
 def same_bits(libs: dict, dev: torch.device) -> None:
@@ -76,7 +72,7 @@ def same_bits(libs: dict, dev: torch.device) -> None:
             x = torch.randn(m, k, device=dev).bfloat16()
             ys = {}
             for label, lib in libs.items():
-                use(label, lib, dev)
+                use(lib)
                 ys[label] = cuda_w4.w4_decode(x, packed, (n, k), None, 16 if glu else 8, group=128,
                                               variant=cuda_w4.ROWS_X, glu=glu)
             first = next(iter(ys.values()))
@@ -94,7 +90,7 @@ def time_steps(libs: dict, reps: int, prompt: int, dev: torch.device) -> dict[st
     runs: dict[str, list[float]] = {}
     for _ in range(reps):
         for label, lib in libs.items():
-            use(label, lib, dev)
+            use(lib)
             for b in (1, 8):
                 ms = graph_step_ms(model, prompt, b)
                 runs.setdefault(f"{label} / batch {b}", []).append(ms)
@@ -124,14 +120,11 @@ def main() -> int:
         raise SystemExit("error: name the variants to time (--names a,b)")
     libs = {SHIPPED: cuda_w4.library(dev)}
     for name in names:
-        if name == XST:
-            libs[name] = libs[SHIPPED]
-            continue
         path = lib_file(folder, name)
         if path.stem not in found:
             raise SystemExit(f"error: {args.libs} holds no build {name} of this w4.cu: rebuild it with --offline")
         libs[name] = cuda_build.open_library(path, dev, cuda_w4._SIGNATURES)
-    shipped, stage_default = cuda_w4.library, cuda_w4.stage_x(dev, False)
+    shipped = cuda_w4.library
     try:
         checked = [n for n in args.same_bits.split(",") if n]
         if checked:
@@ -139,7 +132,6 @@ def main() -> int:
         runs = time_steps(libs, args.reps, args.prompt, dev)
     finally:
         cuda_w4.library = shipped
-        cuda_w4.stage_x(dev, stage_default)
     base = {b: statistics.mean(runs[f"{SHIPPED} / batch {b}"]) for b in (1, 8)}
     for key, v in runs.items():
         b = int(key.rsplit(" ", 1)[1])

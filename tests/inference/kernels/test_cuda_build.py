@@ -271,48 +271,6 @@ def test_rows_with_x_per_stage_glu_is_linear_then_act_mul(m, warps, group, sym, 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("warps,k", [(8, 14336), (16, 14336), (8, 4096), (16, 1664), (8, 384)])
-@pytest.mark.parametrize("glu", [False, True])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_rows_with_x_staged_give_the_bits_of_x_per_stage(m, warps, k, glu, dtype):
-    """VARIANT 6 at one token column with x staged in shared memory (bulk copies on the warp's
-    mbarrier, the default where M x K fits) and read per stage (cuda_w4.stage_x off): the same bits,
-    plain and GLU, both tile layouts, from a row-strided view of x (stride past K), uneven slices
-    (1664: 13 stages over 16 warps; 384: 3 stages over 8 warps, idle warps), through a CUDA graph.
-    Where x does not fit (M x K past 40 KiB: 14336 at M >= 2) both run per stage."""
-    from turbopack.inference.config import Activation
-
-    n = 2 * 1072 if glu else 1072
-    act = Activation.SILU if glu else None
-    fmt, q, reference = _weight(n, k, 128, False, dtype, 7 * m + k + warps)
-    dev = torch.device("cuda")
-    for tile_n in (64, 16):
-        packed = reference.pack_w4(q, tile_n)
-        x = torch.randn(m, k + 64, device="cuda").to(dtype)[:, 32:32 + k]  # rows k + 64 apart, 64 bytes in
-        ys = []
-        for on in (True, False):
-            was = cuda_w4.stage_x(dev, on)
-            try:
-                run = functools.partial(cuda_w4.w4_decode, x, packed, (n, k), None, warps, group=128, stages=4,
-                                        variant=cuda_w4.ROWS_X, glu=act)
-                y = run()
-                out = torch.full_like(y, float("nan"))
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    run(out=out)
-                graph.replay()
-                assert torch.equal(out, y), (tile_n, on)
-                ys.append(y)
-            finally:
-                cuda_w4.stage_x(dev, was)
-        assert torch.equal(*ys), tile_n
-        if not glu:
-            assert reference.rel_err(ys[0], reference.ref_linear(x, "w4a16", q, None)) < 1e-2, tile_n
-
-
-@pytest.mark.gpu
-@gpu
 @pytest.mark.parametrize("m", [9, 16])
 @pytest.mark.parametrize("group,sym,k,with_bias", [(128, False, 1664, True), (64, True, 14336, False),
                                                    (128, True, 2048, True), (64, False, 1536, False)])

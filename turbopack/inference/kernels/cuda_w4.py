@@ -60,7 +60,6 @@ _SIGNATURES = {
     "turbopack_w4_decode": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p] * 5
                            + [ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p],
     "turbopack_w4_dequant": [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p],
-    "turbopack_w4_set_stage_x": [ctypes.c_int],
 }
 _SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown scratch stays alive: a captured graph may point at it
@@ -73,14 +72,6 @@ def rows_warps(variant: int, m: int) -> tuple[int, ...]:
 
 def library(device: torch.device) -> ctypes.CDLL:
     return cuda_build.library(SRC, device, _SIGNATURES)
-
-
-def stage_x(device: torch.device, on: bool) -> bool:
-    """VARIANT 6 at one token column stages x in shared memory where it fits (on) or reads it per
-    stage (off; the default until measured, TURBOPACK_W4_STAGE_X=1 sets it on at the library's first
-    launch): the same bits, a library-wide switch for the A/B of tests and benchmarks. Returns the
-    setting it replaced."""
-    return bool(library(device).turbopack_w4_set_stage_x(int(on)))
 
 
 def _common_ok(x2: torch.Tensor, packed: dict[str, torch.Tensor]) -> bool:

@@ -131,50 +131,6 @@ __device__ __forceinline__ void prefetch_l2(const void* src, uint32_t bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
 #endif
 }
-// A warp's x rows into shared memory by the TMA unit (sm_90+): one bulk copy per row, completing on
-// the warp's mbarrier, which counts the bytes (expect_tx) apart from the cp.async groups of its ring
-// (a cp.async group for x, committed after the ring's prologue, would make the first stage wait for
-// every stage issued before it). Below sm_90 none of these is called (kHasBulk).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr bool kHasBulk = true;
-#else
-constexpr bool kHasBulk = false;
-#endif
-__device__ __forceinline__ void mbar_init(uint32_t bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // seen by the async proxy
-#endif
-}
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#endif
-}
-// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared, counted on `bar`
-__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-#endif
-}
-// v as the compiler cannot see it (asm volatile): what is made from it is made again at each use,
-// not hoisted into a register held across a loop (arguments and the thread index cost nothing to reread)
-__device__ __forceinline__ uint32_t opaque(uint32_t v) {
-  asm volatile("mov.u32 %0, %0;\n" : "+r"(v));
-  return v;
-}
-__device__ __forceinline__ uint4 lds128(uint32_t addr) {  // a 32-bit shared address: no 64-bit pointer held
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("{\n .reg .pred done;\n wait:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-               " @!done bra wait;\n}\n" ::"r"(bar), "r"(parity) : "memory");
-#endif
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }

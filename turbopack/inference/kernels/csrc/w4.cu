@@ -419,15 +419,6 @@ extern "C" int turbopack_w4_decode(const void* x, const void* qw, const void* sc
                     : by_tokens<__half>(a, f, stages, variant, cluster != 0, s);
 }
 
-// VARIANT 6's x staged in shared memory where it fits (w4_rowsx.cuh, stage_x_on): 1 on, 0 x per
-// stage, the same bits (the A/B of tests and benchmarks); read at each launch. Returns the setting
-// it replaces.
-extern "C" int turbopack_w4_set_stage_x(int on) {
-  const int was = stage_x_on();
-  g_stage_x = on != 0;
-  return was;
-}
-
 extern "C" int turbopack_w4_dequant(const void* qw, const void* scales, const void* zeros, void* w, int NT, int KT,
                                     int KGP, int TN, int G, int dtype, void* stream) {
   if ((G != 32 && G != 64 && G != 128) || TN % 16 != 0 || (dtype != 0 && dtype != 1)) return -1;

@@ -23,8 +23,6 @@
 //     RMSNorm's input (z, the new residual, each CTA's sum of squares); as q|k|v or gate|up, x is that
 //     z and the store scales by the token's 1 / rms. The add_rmsnorm launch between them is gone.
 #pragma once
-#include <cstdlib>  // getenv, atoi
-
 #include "common.cuh"
 #include "rows_store.cuh"  // rows_store, glu_store, the norm fold
 #include "w4_feed.cuh"  // Lin, Feed, DnSlot, ring_prologue, ring_pass_x
@@ -34,12 +32,13 @@ namespace {
 
 constexpr int kRowsX = 6;  // the VARIANT
 
-// A ring slot's alignment: a diagnostic build's knob (-DTP_ROWSX_SLOT_ALIGN=128, benchmarks/device/
-// build_ab.py). At 16 a slot is DnSlot's bytes (1072 at group 128, asym), so most slots start off a
-// 128-byte row and each 256-byte LDS.64 of a stage's weights takes three wavefronts where two would do
-// (ncu, run 21: 40% more shared wavefronts than ideal); at 128 a slot is 1152 bytes, 7.5% more.
+// A ring slot starts on a 128-byte row of shared memory. Unaligned (DnSlot's bytes, 1072 at group 128,
+// asym) most slots start off a row, and each 256-byte LDS.64 of a stage's weights takes three
+// wavefronts where two do (ncu, run 21: 40% more shared wavefronts than ideal). At 128 a slot is 1152
+// bytes, 7.5% more shared memory, and the 8B W4 step ran 3.0% / 2.4% faster at batch 1 / 8 (H200,
+// run 23, benchmarks/device/build_ab.py). -DTP_ROWSX_SLOT_ALIGN=16 builds the old slots (the A/B).
 #ifndef TP_ROWSX_SLOT_ALIGN
-#define TP_ROWSX_SLOT_ALIGN 16
+#define TP_ROWSX_SLOT_ALIGN 128
 #endif
 template <int NG, bool ASYM>
 struct alignas(TP_ROWSX_SLOT_ALIGN) RowsXSlot : DnSlot<NG, ASYM> {};
@@ -84,40 +83,10 @@ struct SharedFeed {
 // under 80 spilled 16-36 bytes).
 constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) : w == 4 ? 5 : 512 / (w * 32); }
 
-// x staged (XS, one token column): after pdl_wait each warp's lane 0 copies the warp's K slice of x's
-// M rows into shared memory (bulk copies on the warp's mbarrier), and the stages read x's fragments
-// there. Read per stage from global (load_x), each stage's x was a round trip of its own, issued
-// only at its stage; where the ring's bytes were already in (o and q|k|v: every stage issued before
-// the wait) the loop ran at one L2 latency a stage. A row is padded by 16 bytes so the M rows' 16-byte
-// fragments fall in different banks. Off until measured on the device (kStageXDefault); the
-// environment's TURBOPACK_W4_STAGE_X (0 or 1, read at the first launch) or turbopack_w4_set_stage_x
-// sets it for the library: the same bits either way, the A/B of tests and benchmarks.
-constexpr int kStageXDefault = 0;
-int g_stage_x = -1;  // -1: not read yet
-inline bool stage_x_on() {
-  if (g_stage_x < 0) {
-    const char* env = std::getenv("TURBOPACK_W4_STAGE_X");
-    g_stage_x = env != nullptr && env[0] != '\0' ? std::atoi(env) != 0 : kStageXDefault;
-  }
-  return g_stage_x != 0;
-}
-constexpr int kStageXMax = 40 << 10;  // past it (M x K large: down at M >= 2), x per stage
-__host__ __device__ constexpr int rowsx_x_row(int per_w, int elem) { return per_w * kStageK * elem + 16; }
-// The staged x's bytes (rows, then one mbarrier a warp), or 0 where x is read per stage
-inline int rowsx_x_smem(const Args& a, const Fold& f, int ntok, int w, int elem) {
-  const int ws = a.act ? w / 2 : w, per_w = (a.K / kStageK + ws - 1) / ws;
-  const int bytes = w * (a.M * rowsx_x_row(per_w, elem) + 8);
-  const bool aligned = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && a.stride_xm % 8 == 0;
-  const bool fold = f.res != nullptr || f.ss_in != nullptr;  // its partials would sit where x goes
-  // the knockout of x's loads is of load_x's; bulk copies need sm_90+ (asked last: a driver query)
-  const bool fits = ntok == 1 && !fold && aligned && bytes <= kStageXMax && (kKnockout & kKoX) == 0;
-  return fits && stage_x_on() && device_attr<cudaDevAttrComputeCapabilityMajor>() >= 9 ? bytes : 0;
-}
-
 // A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
 // matrix, gate's rows n0.. and up's n0 + N; N = o.N, the output's width).
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU, bool XS>
-__device__ __forceinline__ void rowsx_body(const Args& a, const Fold& f) {
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU>
+__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
   constexpr int NG = kStageK / G;
   using Slot = RowsXSlot<NG, ASYM>;
   // a name of its own: the other kernels of w4.cu declare `smem` at uint4's alignment
@@ -130,22 +99,6 @@ __device__ __forceinline__ void rowsx_body(const Args& a, const Fold& f) {
   const int stages = a.K / kStageK, per_w = (stages + WS - 1) / WS;
   const int w_lo = min(stages, (warp - up * WS) * per_w), nst = min(stages, w_lo + per_w) - w_lo;
   Slot* ring = reinterpret_cast<Slot*>(smem) + warp * STAGES;
-  constexpr bool kXs = XS && NTOK == 1 && kHasBulk;
-  // The staged x past the rings (no fold with it): each warp's M rows, then one mbarrier a warp. Its
-  // shared addresses are made again where used, from the thread index and the arguments read anew
-  // (opaque: not hoisted out of the loop). Held across the ring's prologue and loop, they took
-  // registers past the 64-register cap (ptxas spilled 4-8 bytes); remade, ~10 instructions each time.
-  auto x_smem = [&](bool bar) {
-    const uint32_t tid = opaque(threadIdx.x), M = opaque(a.M), tok = (tid >> 2) & 7;
-    const uint32_t row = rowsx_x_row((opaque(a.K) / kStageK + WS - 1) / WS, sizeof(T));
-    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) + W * STAGES * sizeof(Slot);
-    return bar ? base + W * M * row + 8 * (tid >> 5)  // the warp's mbarrier
-               : base + ((tid >> 5) * M + (tok < M ? tok : 0)) * row + 32 * (tid & 3);  // the lane's x, stage 0
-  };
-  if constexpr (kXs) {
-    if (lane == 0) mbar_init(x_smem(true));
-    __syncwarp();
-  }
   const Lin L{a.qw, a.scales, a.zeros, a.o.N, a.NP, a.K, a.KT, a.KGP, a.TN};
   SharedFeed<T, NG, ASYM> feed(L, n0 + up * a.o.N, w_lo, lane, ring);
   auto issue = [&](int slot) { feed.issue(slot); };
@@ -165,36 +118,11 @@ __device__ __forceinline__ void rowsx_body(const Args& a, const Fold& f) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[t][i] = 0.f;
   pdl_wait();  // x from here on
-  if constexpr (kXs) {
-    if (lane == 0 && nst > 0) {  // lane 0's x_smem is its warp's row 0
-      const uint32_t bytes = nst * kStageK * sizeof(T), bar = x_smem(true), dst = x_smem(false);
-      mbar_expect(bar, bytes * a.M);
-      for (int t = 0; t < a.M; ++t)
-        bulk_copy(dst + t * rowsx_x_row(per_w, sizeof(T)),
-                  static_cast<const T*>(a.x) + (long long)t * a.stride_xm + w_lo * kStageK, bytes, bar);
-    }
-  }
   uint4* staged = reinterpret_cast<uint4*>(reinterpret_cast<Slot*>(smem) + W * STAGES);  // a fold's (fold_smem)
   fold_fetch(f, a.M, a.o.N, n0, staged, W * 32);
-  auto math = [&](int, int rd, const uint4(&xv)[NTOK][2][2]) {
-    stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c);
-  };
-  if constexpr (kXs) {
-    if (nst > 0) mbar_wait(x_smem(true), 0);
-    // the lane's staged x: its token's row (a missing token reads token 0, as load_x's ALL), its
-    // 32-byte piece of each tile; remade at each pass over the ring
-    uint32_t xs = 0;
-    ring_pass_x<STAGES, NTOK>(
-        nst, [&](int j, uint4(&xv)[NTOK][2][2]) {
-          if (j % STAGES == 0) xs = x_smem(false) + j * 256;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) xv[0][i >> 1][i & 1] = lds128(xs + (j % STAGES) * 256 + 128 * (i >> 1) + 16 * (i & 1));
-        }, issue, math);
-  } else {
-    ring_pass_x<STAGES, NTOK>(
-        nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
-        math);
-  }
+  ring_pass_x<STAGES, NTOK>(
+      nst, [&](int j, uint4(&xv)[NTOK][2][2]) { load_x<NTOK, true>(xv, xsrc, has_tok, j * (kStageK / 8)); }, issue,
+      [&](int, int rd, const uint4(&xv)[NTOK][2][2]) { stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c); });
   cp_async_commit();  // fold_fetch's copies, where this warp's loop committed no group after them
   cp_async_wait<0>();
   __syncwarp();  // every lane's reads of the ring are done: it becomes the warp's [token][row] sums
@@ -205,29 +133,16 @@ __device__ __forceinline__ void rowsx_body(const Args& a, const Fold& f) {
     rows_store<T, NTOK, W>(a.o, out, n0, warp, g, c, part, f, a.K, staged);
 }
 
-template <typename T, int NTOK, int STAGES, int G, bool ASYM, int W, bool GLU, bool XS>
-__global__ void __launch_bounds__(W * 32, rowsx_ctas(NTOK, W)) w4_rowsx_kernel(const Args a, const Fold f) {
-  if constexpr (XS && !kHasBulk)  // never launched below sm_90 (rowsx_x_smem): no body to build there
-    return;
-  else
-    rowsx_body<T, NTOK, STAGES, G, ASYM, W, GLU, XS>(a, f);
-}
-
 template <typename T, int NTOK, int G, bool ASYM, int W>
 int launch_rowsx(const Args& a, const Fold& f, cudaStream_t s) {
   constexpr int ring = 4 * static_cast<int>(sizeof(RowsXSlot<kStageK / G, ASYM>));  // a warp's ring of 4 slots
   static_assert(ring >= 16 * 16 * sizeof(float), "a drained ring holds its warp's [token][row] sums (rows_store)");
-  const int x_smem = rowsx_x_smem(a, f, NTOK, W, sizeof(T));
-  void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true, false>
-                                               : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false, false>;
-  if constexpr (NTOK == 1)  // x staged: one token column only
-    if (x_smem > 0)
-      kern = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true, true>
-                   : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false, true>;
-  // 16 warps: 67-71 KiB, past the default 48; a fold's consumer adds its partials (<= 32 KiB), x staged <= 40
-  const int smem = W * ring + fold_smem(f, a.M) + x_smem;
-  static bool raised[2][2] = {{false, false}, {false, false}};
-  const cudaError_t e = raise_smem_once(kern, raised[x_smem > 0][a.act != 0], W * ring + kFoldSmem + (x_smem > 0 ? kStageXMax : 0));
+  void (*kern)(const Args, const Fold) = a.act ? w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, true>
+                                    : w4_rowsx_kernel<T, NTOK, 4, G, ASYM, W, false>;
+  // 16 warps: 72 KiB (1152-byte slots), past the default 48; a fold's consumer adds its partials (<= 32 KiB)
+  const int smem = W * ring + fold_smem(f, a.M);
+  static bool raised[2] = {false, false};
+  const cudaError_t e = raise_smem_once(kern, raised[a.act != 0], W * ring + kFoldSmem);
   const unsigned ctas = a.act ? a.o.N / 16 : a.NP / 16;  // GLU: a CTA per 16 rows of h
   return static_cast<int>(e != cudaSuccess ? e : launch_kernel(kern, dim3(ctas), dim3(W * 32), smem, s, a, f));
 }
