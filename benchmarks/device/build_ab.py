@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Builds of w4.cu with diagnostic defines against the shipped one, in the 8B W4A16 step.
+"""Builds of w4.cu (or moe_w4.cu) with diagnostic defines against the shipped one, in the 8B W4A16
+step (or the MoE layer).
 
 Each variant is NAME=DEFINE[,DEFINE...] (-D flags of nvcc, csrc's knobs): a knob that keeps the
 math (TP_ROWSX_SLOT_ALIGN=16: the rows' ring slots unaligned, as before run 23) is first checked against the
@@ -14,14 +15,24 @@ and 8, since the step drifts 2-3% within a process and the first of a list runs 
     python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names slot16,nox \
         --same-bits slot16    # device (carry the archive)
 
+--src moe_w4.cu: the grouped MoE decode at Qwen3-30B-A3B's shapes instead (bench_moe's inputs and
+timer: graphs, expert stacks rotated past L2, medians; its default config), the same bits at T = 1
+and 64 (the shipped build also against the float64 contract), then each T's layer alternating the
+builds, µs:
+
+    python3 benchmarks/device/build_ab.py --src moe_w4.cu --offline .scratch/ab moe128=TP_MOE_SLOT_ALIGN=128
+    python3 benchmarks/device/build_ab.py --src moe_w4.cu --libs .scratch/ab.tar.xz --names moe128 --same-bits moe128
+
 A device diagnosis beside bench_e2e.py, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,15 +41,17 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "
 import build_libs  # noqa: E402
 import torch  # noqa: E402
 
-from turbopack.inference.kernels import cuda_build, cuda_w4  # noqa: E402
+from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4  # noqa: E402
 
 CAP = (9, 0)
 SHIPPED = "shipped"
+SOURCES = {"w4.cu": cuda_w4, "moe_w4.cu": cuda_moe}  # --src: the wrapper module that loads each
+MOE_TOKENS = (1, 64)
 
 
-def lib_file(folder: Path, name: str) -> Path:
-    """Variant ``name``'s build of w4.cu in ``folder``, keyed by the source's text."""
-    return cuda_build.lib_path(cuda_w4.SRC, CAP, f"ab-{name}", folder)
+def lib_file(folder: Path, mod, name: str) -> Path:
+    """Variant ``name``'s build of ``mod``'s source in ``folder``, keyed by the source's text."""
+    return cuda_build.lib_path(mod.SRC, CAP, f"ab-{name}", folder)
 
 
 def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
@@ -48,14 +61,14 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     return name, tuple(defines.split(","))
 
 
-def build(folder: Path, variants: list[tuple[str, tuple[str, ...]]], jobs: int) -> None:
-    build_libs.diagnostic(folder, CAP, [(cuda_w4.SRC, lib_file(folder, name), defines) for name, defines in variants],
+def build(folder: Path, mod, variants: list[tuple[str, tuple[str, ...]]], jobs: int) -> None:
+    build_libs.diagnostic(folder, CAP, [(mod.SRC, lib_file(folder, mod, name), defines) for name, defines in variants],
                           jobs)
 
 
-def use(lib) -> None:
-    """Route cuda_w4's calls to ``lib``."""
-    cuda_w4.library = lambda device, lib=lib: lib
+def use(lib, mod=cuda_w4) -> None:
+    """Route ``mod``'s calls to ``lib`` (its wrappers look ``library`` up at call time)."""
+    mod.library = lambda device, lib=lib: lib
 
 
 def same_bits(libs: dict, dev: torch.device) -> None:
@@ -98,9 +111,89 @@ def time_steps(libs: dict, reps: int, prompt: int, dev: torch.device) -> dict[st
     return runs
 
 
+def moe_layers(dev: torch.device) -> dict[int, tuple]:
+    """Per T (MOE_TOKENS): bench_moe's Qwen3-30B-A3B inputs, its default config, the expert stacks'
+    copies that rotate past L2, and the float64 contract's y."""
+    import bench_moe
+
+    shape = bench_moe.QWEN3_30B
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    fmt, qs, stacks = bench_moe.build(shape, "cuda", gen)
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    layers = {}
+    for t in MOE_TOKENS:
+        x2 = torch.randn(t, shape["hidden"], device="cuda", generator=gen).bfloat16()
+        weights, idx = bench_moe.routing(t, shape, "cuda", gen)
+        plan = bench_moe.loop_plan(idx)
+        nbytes = len(plan) * bench_moe.expert_bytes(stacks)
+        copies = [stacks] + [bench_moe.clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
+        cfg = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
+        layers[t] = (x2, weights, idx, cfg, copies, bench_moe.contract(x2, weights, plan, qs))
+    return layers
+
+
+def moe_same_bits(libs: dict, layers: dict) -> None:
+    """The MoE layer's y from every build in ``libs`` at each T: identical, the shipped build's within
+    bench_moe's tolerance of the contract, or exit 1."""
+    import bench_moe
+
+    for t, (x2, weights, idx, cfg, copies, want) in layers.items():
+        ys = {}
+        for label, lib in libs.items():
+            use(lib, cuda_moe)
+            ys[label] = cuda_moe.grouped_moe_cuda(x2, weights, idx, *copies[0], cfg=cfg)
+        bench_moe.check(f"{SHIPPED} build, T = {t}", ys[SHIPPED], want)
+        for label, y in ys.items():
+            if not torch.equal(ys[SHIPPED], y):
+                raise SystemExit(f"error: MoE T = {t}: {label}'s y differs from the shipped build's")
+    print(f"same bits as the shipped build in the MoE layer at T = {MOE_TOKENS}: {', '.join(list(libs)[1:])}",
+          flush=True)
+
+
+def moe_times(libs: dict, reps: int, layers: dict) -> dict[str, list[float]]:
+    from turbopack.inference.kernels import bench
+
+    runs: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for label, lib in libs.items():
+            use(lib, cuda_moe)
+            for t, (x2, weights, idx, cfg, copies, _) in layers.items():
+                us = bench.time_us([partial(cuda_moe.grouped_moe_cuda, x2, weights, idx, *s, cfg=cfg) for s in copies],
+                                   min_calls=max(24, len(copies)))
+                runs.setdefault(f"{label} / T {t}", []).append(us)
+                print(f"{label:16s} T {t}: {us:.2f} us", flush=True)
+    return runs
+
+
+def open_libs(folder: Path, libs_arg: Path, mod, names: list[str], dev: torch.device) -> dict:
+    found = {p.stem for p in folder.glob("*.so")}
+    libs = {SHIPPED: mod.library(dev)}
+    for name in names:
+        path = lib_file(folder, mod, name)
+        if path.stem not in found:
+            raise SystemExit(f"error: {libs_arg} holds no build {name} of this {mod.SRC.name}: "
+                             "rebuild it with --offline")
+        libs[name] = cuda_build.open_library(path, dev, mod._SIGNATURES)
+    return libs
+
+
+def measure(args, mod, libs: dict, dev: torch.device) -> dict[str, list[float]]:
+    """The same-bits check of --same-bits' builds, then the alternating timings."""
+    checked = {k: libs[k] for k in [SHIPPED, *[n for n in args.same_bits.split(",") if n]]}
+    if mod is cuda_moe:
+        layers = moe_layers(dev)
+        if len(checked) > 1:
+            moe_same_bits(checked, layers)
+        return moe_times(libs, args.reps, layers)
+    if len(checked) > 1:
+        same_bits(checked, dev)
+    return time_steps(libs, args.reps, args.prompt, dev)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="*", help="NAME=DEFINE[,DEFINE...] (--offline: build them)")
+    ap.add_argument("--src", choices=sorted(SOURCES), default="w4.cu", help="the source the variants build")
     ap.add_argument("--offline", type=Path, help="build the variants into this folder (its .tar.xz beside it) and stop")
     ap.add_argument("--libs", type=Path, help="the folder an --offline run filled, or its .tar.xz")
     ap.add_argument("--names", default="", help="the variants to time, comma-separated (device)")
@@ -109,34 +202,24 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=32)
     args = ap.parse_args()
+    mod = SOURCES[args.src]
     if args.offline:
-        build(args.offline, [parse_variant(v) for v in args.variants], args.jobs)
+        build(args.offline, mod, [parse_variant(v) for v in args.variants], args.jobs)
         return 0
     dev = torch.device("cuda")
-    folder = build_libs.unpacked(args.libs)
-    found = {p.stem for p in folder.glob("*.so")}
     names = [n for n in args.names.split(",") if n]
     if not names:
         raise SystemExit("error: name the variants to time (--names a,b)")
-    libs = {SHIPPED: cuda_w4.library(dev)}
-    for name in names:
-        path = lib_file(folder, name)
-        if path.stem not in found:
-            raise SystemExit(f"error: {args.libs} holds no build {name} of this w4.cu: rebuild it with --offline")
-        libs[name] = cuda_build.open_library(path, dev, cuda_w4._SIGNATURES)
-    shipped = cuda_w4.library
+    libs = open_libs(build_libs.unpacked(args.libs), args.libs, mod, names, dev)
+    shipped = mod.library
     try:
-        checked = [n for n in args.same_bits.split(",") if n]
-        if checked:
-            same_bits({k: libs[k] for k in [SHIPPED, *checked]}, dev)
-        runs = time_steps(libs, args.reps, args.prompt, dev)
+        runs = measure(args, mod, libs, dev)
     finally:
-        cuda_w4.library = shipped
-    base = {b: statistics.mean(runs[f"{SHIPPED} / batch {b}"]) for b in (1, 8)}
+        mod.library = shipped
+    unit = "us" if mod is cuda_moe else "ms"
     for key, v in runs.items():
-        b = int(key.rsplit(" ", 1)[1])
-        mean = statistics.mean(v)
-        print(f"{key:28s} mean {mean:.4f} ms ({(mean / base[b] - 1) * 100:+.1f}%)  "
+        base, mean = statistics.mean(runs[f"{SHIPPED} / {key.split(' / ')[1]}"]), statistics.mean(v)
+        print(f"{key:28s} mean {mean:.4f} {unit} ({(mean / base - 1) * 100:+.1f}%)  "
               f"({', '.join(f'{t:.4f}' for t in v)})")
     return 0
 

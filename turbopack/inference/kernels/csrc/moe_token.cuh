@@ -32,10 +32,23 @@ namespace {
 constexpr int kTokWarps = 8;  // gate_up by pair's warps; down by token's: 8, 16 or 32, which top-k must divide
 constexpr int kMaxDownSlots = 128;  // down by token's warps x ring slots: 32 x 8 slots (282 KiB) pass the SM's 227
 
+// The ring slots' alignment in these kernels: a diagnostic build's knob (-DTP_MOE_SLOT_ALIGN=128,
+// benchmarks/device/build_ab.py --src moe_w4.cu). At 16 a slot is its bytes (DnSlot 1072, GuSlot
+// 2144 at group 128, asym), so most slots start off a 128-byte row of shared memory; the dense rows
+// (w4_rowsx.cuh) ran 3.0% faster with theirs on 128-byte rows (run 23). Unmeasured here.
+#ifndef TP_MOE_SLOT_ALIGN
+#define TP_MOE_SLOT_ALIGN 16
+#endif
+template <class Slot>
+struct alignas(TP_MOE_SLOT_ALIGN) TokSlot : Slot {};
+
 template <typename T, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
-  extern __shared__ uint4 smem[];
+  using Slot = TokSlot<GuSlot<NG, ASYM>>;
+  // a name of its own: moe_w4.cu's other kernels declare `smem` at uint4's alignment
+  extern __shared__ __align__(TP_MOE_SLOT_ALIGN) uint4 smem_t[];
+  uint4* smem = smem_t;
   __shared__ float part[kTokWarps][2][16];
   pdl_trigger();  // the down grid may start streaming its weights once every gate_up CTA runs
   // x and the ids from here on: a no-op unless launched as a PDL secondary (pdl_gu), whose CTAs are
@@ -52,8 +65,8 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   const bool valid = e >= 0 && e < a.E;
   const int stages = L.K / kStageK, per_w = (stages + kTokWarps - 1) / kTokWarps;
   const int w_lo = min(stages, warp * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
-  GuSlot<NG, ASYM>* ring = reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + warp * STAGES;
-  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<GuSlot<NG, ASYM>*>(smem + L.K / 8) + kTokWarps * STAGES) +
+  Slot* ring = reinterpret_cast<Slot*>(smem + L.K / 8) + warp * STAGES;  // K * 2 bytes in: 128-byte aligned
+  float2* xsum = reinterpret_cast<float2*>(reinterpret_cast<Slot*>(smem + L.K / 8) + kTokWarps * STAGES) +
                  warp * per_w * NG * 4;
   const int n0 = blockIdx.x * 16;
   GateUpFeed<T, NG, ASYM> feed(a, valid ? e : 0, n0, w_lo, lane);
@@ -88,7 +101,9 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
 template <typename T, int STAGES, int G, bool ASYM, int W, bool XS = false>
 __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
-  extern __shared__ uint4 smem[];
+  using Slot = TokSlot<DnSlot<NG, ASYM>>;
+  extern __shared__ __align__(TP_MOE_SLOT_ALIGN) uint4 smem_t[];
+  uint4* smem = smem_t;
   __shared__ float part[W][16];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int ks = W / a.topk, kw = warp % ks;
@@ -99,7 +114,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
   const int n0 = blockIdx.x * 16;
   const int stages = L.K / kStageK, per_w = (stages + ks - 1) / ks;
   const int w_lo = min(stages, kw * per_w), nst = valid ? min(stages, w_lo + per_w) - w_lo : 0;
-  DnSlot<NG, ASYM>* ring = reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + warp * STAGES;
+  Slot* ring = reinterpret_cast<Slot*>(smem) + warp * STAGES;
   DnFeed<T, NG, ASYM> feed(L, valid ? e : 0, n0, w_lo, lane);
   auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
   ring_prologue<STAGES>(nst, issue);
@@ -115,7 +130,7 @@ __global__ void __launch_bounds__(W * 32) moe_down_token_kernel(const MoeArgs a)
           stage_qz<T, 1, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c);
         });
   } else {
-    float2* tables = reinterpret_cast<float2*>(reinterpret_cast<DnSlot<NG, ASYM>*>(smem) + W * STAGES);
+    float2* tables = reinterpret_cast<float2*>(reinterpret_cast<Slot*>(smem) + W * STAGES);
     float2* xsum = tables + warp * per_w * NG * 4;
     uint4* xs = reinterpret_cast<uint4*>(tables + W * per_w * NG * 4) + warp * per_w * 16;  // the warp's slice of h
     for (int i = lane; i < nst * 16; i += 32) cp_async16(xs + i, hrow + i);

@@ -275,8 +275,8 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
     const dim3 grid((a.down.NP + 15) / 16, a.T);
     if (k.x_per_stage)  // the ring alone; built in 16 warps (the default's)
       return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16, true>>(
-          grid, token_smem<DnSlot<NG, ASYM>>(16, STAGES_D, 0, 0, NG), a, dep, s, 16);
-    const int smem = token_smem<DnSlot<NG, ASYM>>(w, STAGES_D, w * per_w * kStageK * 2, per_w, NG);
+          grid, token_smem<TokSlot<DnSlot<NG, ASYM>>>(16, STAGES_D, 0, 0, NG), a, dep, s, 16);
+    const int smem = token_smem<TokSlot<DnSlot<NG, ASYM>>>(w, STAGES_D, w * per_w * kStageK * 2, per_w, NG);
     if (w == 32) return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 32>>(grid, smem, a, dep, s, 32);
     if (w == 16) return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 16>>(grid, smem, a, dep, s, 16);
     return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 8>>(grid, smem, a, dep, s, 8);
@@ -295,7 +295,7 @@ int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   constexpr int NG = kStageK / G;
   if (k.gate_up_by_pair) {  // a PDL secondary where pdl_gu: it waits before reading x and the ids
     const int per_w = (a.gate.K / kStageK + kTokWarps - 1) / kTokWarps;
-    const int smem = token_smem<GuSlot<NG, ASYM>>(kTokWarps, STAGES, a.gate.K * 2, per_w, NG);
+    const int smem = token_smem<TokSlot<GuSlot<NG, ASYM>>>(kTokWarps, STAGES, a.gate.K * 2, per_w, NG);
     return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(dim3((a.gate.NP + 15) / 16, 1, a.T * a.topk), smem, a,
                                                                 Launch{k.pdl_gu && g_pdl != 0, 1}, s, kTokWarps);
   }
