@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Builds of w4.cu (or moe_w4.cu) with diagnostic defines against the shipped one, in the 8B W4A16
-step (or the MoE layer).
+"""Diagnostic builds of w4.cu or moe_w4.cu against the shipped one, in the 8B step or the MoE layer.
+
+w4.cu's are timed in the 8B W4A16 step, moe_w4.cu's (--src) in the grouped MoE layer.
 
 Each variant is NAME=DEFINE[,DEFINE...] (-D flags of nvcc, csrc's knobs): a knob that keeps the
 math (TP_ROWSX_SLOT_ALIGN=16: the rows' ring slots unaligned, as before run 23) is first checked against the
