@@ -191,11 +191,21 @@ def run(args, shape: dict, dev: str, log) -> tuple[list[dict], bool]:
     return rows, all(r["ok"] for row in rows for r in row["triton"] + row.get("cuda", []))
 
 
-def run_tokens(args, t: int, shape: dict, dev: str, built, gen: torch.Generator, log) -> dict:
-    """One token count: the contract, both grouped paths swept, the loop peer."""
-    from turbopack.inference.kernels import cuda_moe, moe_w4
-    from turbopack.inference.kernels.dispatch import linear
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One token count's inputs: x, a seeded routing, the loop's plan (loop_plan), the float64
+    contract's y, the selected experts' packed bytes, and the expert stacks with (on CUDA) enough
+    copies that successive calls read past L2."""
+    x2: torch.Tensor
+    weights: torch.Tensor
+    idx: torch.Tensor
+    plan: list
+    want: torch.Tensor
+    nbytes: int
+    copies: list
 
+
+def layer(t: int, shape: dict, dev: str, built, gen: torch.Generator) -> Layer:
     fmt, qs, stacks = built
     x2 = torch.randn(t, shape["hidden"], device=dev, generator=gen).bfloat16()
     weights, idx = routing(t, shape, dev, gen)
@@ -206,6 +216,18 @@ def run_tokens(args, t: int, shape: dict, dev: str, built, gen: torch.Generator,
     if dev == "cuda":
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
         copies += [clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
+    return Layer(x2, weights, idx, plan, want, nbytes, copies)
+
+
+def run_tokens(args, t: int, shape: dict, dev: str, built, gen: torch.Generator, log) -> dict:
+    """One token count: the contract, both grouped paths swept, the loop peer."""
+    from turbopack.inference.kernels import cuda_moe, moe_w4
+    from turbopack.inference.kernels.dispatch import linear
+
+    fmt, _, stacks = built
+    lay = layer(t, shape, dev, built, gen)
+    x2, weights, idx, plan, want, nbytes, copies = (lay.x2, lay.weights, lay.idx, lay.plan, lay.want, lay.nbytes,
+                                                    lay.copies)
     row = dict(t=t, experts=len(plan), bytes=nbytes)
     print(f"T={t}: {len(plan)} experts, {nbytes / 1e6:.2f} MB", file=log, flush=True)
     tri = triton_candidates(t, shape)

@@ -30,7 +30,6 @@ A device diagnosis beside bench_e2e.py, not a test.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from functools import partial
@@ -113,23 +112,17 @@ def time_steps(libs: dict, reps: int, prompt: int, dev: torch.device) -> dict[st
 
 
 def moe_layers(dev: torch.device) -> dict[int, tuple]:
-    """Per T (MOE_TOKENS): bench_moe's Qwen3-30B-A3B inputs, its default config, the expert stacks'
-    copies that rotate past L2, and the float64 contract's y."""
+    """Per T (MOE_TOKENS): bench_moe's Qwen3-30B-A3B layer (bench_moe.layer) and its default config."""
     import bench_moe
 
     shape = bench_moe.QWEN3_30B
     gen = torch.Generator(device="cuda").manual_seed(0)
-    fmt, qs, stacks = bench_moe.build(shape, "cuda", gen)
-    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    built = bench_moe.build(shape, "cuda", gen)
     layers = {}
     for t in MOE_TOKENS:
-        x2 = torch.randn(t, shape["hidden"], device="cuda", generator=gen).bfloat16()
-        weights, idx = bench_moe.routing(t, shape, "cuda", gen)
-        plan = bench_moe.loop_plan(idx)
-        nbytes = len(plan) * bench_moe.expert_bytes(stacks)
-        copies = [stacks] + [bench_moe.clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
+        lay = bench_moe.layer(t, shape, "cuda", built, gen)
         cfg = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
-        layers[t] = (x2, weights, idx, cfg, copies, bench_moe.contract(x2, weights, plan, qs))
+        layers[t] = (lay.x2, lay.weights, lay.idx, cfg, lay.copies, lay.want)
     return layers
 
 

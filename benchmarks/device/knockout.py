@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -126,14 +125,9 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
 
     shape, t = bench_moe.QWEN3_30B, 1
     gen = torch.Generator(device="cuda").manual_seed(0)
-    fmt, qs, stacks = bench_moe.build(shape, "cuda", gen)
-    x2 = torch.randn(t, shape["hidden"], device="cuda", generator=gen).bfloat16()
-    weights, idx = bench_moe.routing(t, shape, "cuda", gen)
-    plan = bench_moe.loop_plan(idx)
-    nbytes = len(plan) * bench_moe.expert_bytes(stacks)
-    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
-    copies = [stacks] + [bench_moe.clone_stacks(stacks) for _ in range(max(2, math.ceil(2.5 * l2 / nbytes)) - 1)]
-    want = bench_moe.contract(x2, weights, plan, qs)
+    lay = bench_moe.layer(t, shape, "cuda", bench_moe.build(shape, "cuda", gen), gen)
+    x2, weights, idx, nbytes, copies, want = lay.x2, lay.weights, lay.idx, lay.nbytes, lay.copies, lay.want
+    stacks = copies[0]
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
     rows = []
     for cfg in (default, dataclasses.replace(default, pdl=False)):
