@@ -40,7 +40,7 @@ constexpr int kMaxDownSlots = 128;  // down by token's warps x ring slots: 32 x 
 #define TP_MOE_SLOT_ALIGN 16
 #endif
 template <class Slot>
-struct alignas(TP_MOE_SLOT_ALIGN) TokSlot : Slot {};
+using TokSlot = AlignedSlot<Slot, TP_MOE_SLOT_ALIGN>;
 
 template <typename T, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {

@@ -23,6 +23,11 @@ struct DnSlot {
   SzSlot<NG, ASYM> sz;
 };
 
+// A ring slot on A-byte rows of shared memory (alignas rounds its size up to A): a slot that starts
+// off a 128-byte row makes each 256-byte LDS.64 of its stage three wavefronts where two do
+template <class Slot, int A>
+struct alignas(A) AlignedSlot : Slot {};
+
 // The warp's sources for linear L of expert e: weights at stage s_lo of rows n0.., and (lane <
 // kChunks) the lane's scale or zero chunk, as v7 copies them (SzSlot, w4_stage.cuh)
 template <typename T, int NG>

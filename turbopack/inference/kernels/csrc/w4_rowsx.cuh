@@ -41,7 +41,7 @@ constexpr int kRowsX = 6;  // the VARIANT
 #define TP_ROWSX_SLOT_ALIGN 128
 #endif
 template <int NG, bool ASYM>
-struct alignas(TP_ROWSX_SLOT_ALIGN) RowsXSlot : DnSlot<NG, ASYM> {};
+using RowsXSlot = AlignedSlot<DnSlot<NG, ASYM>, TP_ROWSX_SLOT_ALIGN>;
 
 // The warp's feed into its ring: DnFeed's sources, L2 hint and chunk lanes, to 32-bit shared addresses
 // fixed at the start (slot s is s * sizeof(Slot) past slot 0, as v7's issue), not a generic -> shared
