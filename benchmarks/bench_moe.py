@@ -127,7 +127,8 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 def cuda_candidates(t: int, shape: dict) -> list:
     """The registered default first, then it without the programmatic dependent launch of down, then K
-    splits x ring depths, and at few tokens the few-token kernels' variants (deduplicated)."""
+    splits x ring depths, and at few tokens the few-token kernels' variants, then the routed ones
+    with x per stage (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
 
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
@@ -147,6 +148,9 @@ def cuda_candidates(t: int, shape: dict) -> list:
         # down by token reading h per stage (moe_token.cuh)
         cands += [dataclasses.replace(c, x_per_stage=True) for c in list(cands)
                   if c.down_by_token and c.down_warps == 16]
+    # the routed gate_up and down reading x / h per stage (no table of the sums of x)
+    cands += [dataclasses.replace(c, x_per_stage=True) for c in list(cands)
+              if not c.x_per_stage and not c.gate_up_by_pair and not c.down_by_token]
     return list(dict.fromkeys(cands))
 
 

@@ -24,12 +24,20 @@ builds, µs:
     python3 benchmarks/device/build_ab.py --src moe_w4.cu --offline .scratch/ab moe128=TP_MOE_SLOT_ALIGN=128
     python3 benchmarks/device/build_ab.py --src moe_w4.cu --libs .scratch/ab.tar.xz --names moe128 --same-bits moe128
 
+--table NAME=LIB:FILE adds an arm to the 8B step's timing: LIB's build (shipped or a variant) with
+dispatch reading FILE instead of configs/sm90.json (table_variant.py writes such files), e.g. the
+rows' warps per layer:
+
+    python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names t1280 \
+        --table glu8=shipped:.scratch/tables/glu8.json --table t1280glu8=t1280:.scratch/tables/glu8.json
+
 A device diagnosis beside bench_e2e.py, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from functools import partial
@@ -95,15 +103,39 @@ def same_bits(libs: dict, dev: torch.device) -> None:
     print(f"same bits as the shipped build on the 8B layers at M = 1, 2, 4, 8: {', '.join(list(libs)[1:])}", flush=True)
 
 
-def time_steps(libs: dict, reps: int, prompt: int, dev: torch.device) -> dict[str, list[float]]:
+def table_arms(specs: list[str], libs: dict) -> dict[str, tuple]:
+    """--table NAME=LIB:FILE: NAME times LIB's build (shipped, or a variant of --names) with dispatch
+    reading FILE (a configs/<arch>.json) instead of the shipped table."""
+    from turbopack.inference.kernels.table import KernelTable
+
+    arms = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        lib, _, file = rest.partition(":")
+        if not name or lib not in libs or not file or name in libs:
+            raise SystemExit(f"error: --table {spec!r}: write NAME=LIB:FILE, LIB one of {', '.join(libs)}")
+        arms[name] = (libs[lib], KernelTable.from_json(json.loads(Path(file).read_text()), file))
+    return arms
+
+
+def use_table(tbl) -> None:
+    """dispatch resolves every call's config from ``tbl`` (None: the shipped table)."""
+    from turbopack.inference.kernels import dispatch, table
+
+    dispatch.kernel_table.load_table = table.load_table if tbl is None else (lambda arch, tbl=tbl: tbl)
+
+
+def time_steps(libs: dict, reps: int, prompt: int, dev: torch.device, tables: dict) -> dict[str, list[float]]:
     from bench_e2e import build_8b
     from e2e_context import graph_step_ms
 
     model = build_8b("w4a16", 32)
     runs: dict[str, list[float]] = {}
+    arms = {label: (lib, None) for label, lib in libs.items()} | tables
     for _ in range(reps):
-        for label, lib in libs.items():
+        for label, (lib, tbl) in arms.items():
             use(lib)
+            use_table(tbl)
             for b in (1, 8):
                 ms = graph_step_ms(model, prompt, b)
                 runs.setdefault(f"{label} / batch {b}", []).append(ms)
@@ -181,7 +213,7 @@ def measure(args, mod, libs: dict, dev: torch.device) -> dict[str, list[float]]:
         return moe_times(libs, args.reps, layers)
     if len(checked) > 1:
         same_bits(checked, dev)
-    return time_steps(libs, args.reps, args.prompt, dev)
+    return time_steps(libs, args.reps, args.prompt, dev, table_arms(args.table, libs))
 
 
 def main() -> int:
@@ -192,6 +224,8 @@ def main() -> int:
     ap.add_argument("--libs", type=Path, help="the folder an --offline run filled, or its .tar.xz")
     ap.add_argument("--names", default="", help="the variants to time, comma-separated (device)")
     ap.add_argument("--same-bits", default="", help="variants checked bit for bit against the shipped build first")
+    ap.add_argument("--table", action="append", default=[], metavar="NAME=LIB:FILE",
+                    help="also time LIB's build (shipped or a --names variant) under the kernel table FILE")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=32)
@@ -202,14 +236,15 @@ def main() -> int:
         return 0
     dev = torch.device("cuda")
     names = [n for n in args.names.split(",") if n]
-    if not names:
-        raise SystemExit("error: name the variants to time (--names a,b)")
+    if not names and not args.table:
+        raise SystemExit("error: name the variants to time (--names a,b) or the tables (--table)")
     libs = open_libs(build_libs.unpacked(args.libs), args.libs, mod, names, dev)
     shipped = mod.library
     try:
         runs = measure(args, mod, libs, dev)
     finally:
         mod.library = shipped
+        use_table(None)
     unit = "us" if mod is cuda_moe else "ms"
     for key, v in runs.items():
         base, mean = statistics.mean(runs[f"{SHIPPED} / {key.split(' / ')[1]}"]), statistics.mean(v)

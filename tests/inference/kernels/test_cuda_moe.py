@@ -39,9 +39,9 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK + by pair; down: 2 NTOK + by token in 8, 16 or 32
-    # warps, and in 16 reading h per stage)
-    assert len(entries) == 2 * 2 * 2 * 2 * (3 + 6)
+    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK x (sums of x, x per stage) + by pair; down: the
+    # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage)
+    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8)
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -104,7 +104,7 @@ def test_config_checks_name_the_fix():
                                   cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=32, stages_down=8))
     with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(pdl_gate_up=True))
-    with pytest.raises(ValueError, match="down_by_token in 16 warps only"):
+    with pytest.raises(ValueError, match="down_by_token in 16 warps only"):  # the routed kernels: any
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks, cfg=cuda_moe.MoECudaConfig(
             down_by_token=True, down_warps=8, x_per_stage=True))
     with pytest.raises(ValueError, match="block_m 12"):
@@ -156,6 +156,16 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
      (1, 1, 6, 4, True, 8, False, True, 16, False, True)),
     ("w4_t64x64", 8, 384, 384, 2, 1, 64, True, torch.bfloat16, "skip_expert_2",
      (1, 1, 4, 4, True, 8, False, True, 16, False, True)),
+    # the routed gate_up and down reading x / h per stage (x_per_stage): one and two token columns,
+    # K splits, each group, symmetry and ring, several blocks of one expert, a skipped expert
+    ("w4_t64x64", 16, 512, 384, 64, 4, 128, False, torch.bfloat16, "random",
+     (1, 1, 4, 8, True, 8, False, False, 8, False, True)),
+    ("w4_t16x64", 6, 256, 128, 7, 3, 64, True, torch.float16, "skip_expert_2",
+     (2, 2, 6, 4, True, 16, False, False, 8, False, True)),
+    ("w4_t64x64", 5, 384, 256, 33, 2, 64, True, torch.bfloat16, "one_expert",
+     (3, 2, 4, 8, False, 16, False, False, 8, False, True)),
+    ("w4_t64x64", 8, 256, 256, 19, 2, 128, False, torch.float16, "one_expert",
+     (1, 1, 6, 4, True, 8, False, False, 8, False, True)),
 ]
 
 
@@ -292,3 +302,29 @@ def test_down_by_token_with_h_per_stage_matches_the_staged_one(t):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, y)
+
+
+@pytest.mark.gpu
+@gpu
+def test_routed_kernels_with_x_per_stage_match_the_sums_of_x():
+    """The routed gate_up and down reading x / h per stage (x_per_stage; the zero points in the MMA's
+    operands) at Qwen3-30B-A3B's expert shapes, T = 64: against the float64 contract, within fp32
+    summation order of the routed kernels with the table of the sums of x, bit-identical re-runs
+    (split 1: no atomic sums) and graph replays."""
+    x, idx, weights, stacks, want = _qwen3_30b_step(64, 300)
+    table = cuda_moe.default_config(64, 8, 128, 2048, 768, x.device)
+    assert not table.gate_up_by_pair and not table.down_by_token
+    xs = dataclasses.replace(table, split_gate_up=1, split_down=1, x_per_stage=True)
+    y = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
+    assert reference.rel_err(y, want) < TOL
+    y_table = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=dataclasses.replace(xs, x_per_stage=False))
+    assert reference.rel_err(y, y_table.float()) < 2e-3
+    assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs), y)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)
+    assert not workspace(x.device, 1, torch.float32).any() and not workspace(x.device, 1, torch.int32).any()

@@ -62,8 +62,9 @@ class MoECudaConfig:
     #: gate_up by pair as a programmatic dependent launch of the kernel before it (sm_90+): its CTAs
     #: are placed while that kernel finishes and wait before reading x and the ids
     pdl_gate_up: bool = False
-    #: down by token (in 16 warps) reads h stage by stage from L1 and removes the zero points in the
-    #: MMA's operands, as the dense rows with x per stage (cuda_w4.ROWS_X): no staged slice, no sums of h
+    #: x (h) stage by stage from L1, the zero points removed in the MMA's operands, as the dense rows
+    #: with x per stage (cuda_w4.ROWS_X): no staged slice and no table of the sums of x. Down by token
+    #: (in 16 warps only) and the routed gate_up and down; gate_up by pair keeps its staged x row
     x_per_stage: bool = False
 
 
@@ -164,8 +165,8 @@ def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
                          f"down {STAGES_DOWN}")
     if bm not in (8, 16):
         raise ValueError(f"block_m {bm}: 8 or 16 token rows")
-    if cfg.x_per_stage and (not cfg.down_by_token or cfg.down_warps != 16):
-        raise ValueError("x_per_stage is built for down_by_token in 16 warps only (down_by_token=True, down_warps=16)")
+    if cfg.x_per_stage and cfg.down_by_token and cfg.down_warps != 16:
+        raise ValueError("x_per_stage builds down_by_token in 16 warps only (down_warps=16, or x_per_stage=False)")
     if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
         raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):

@@ -30,7 +30,10 @@
 // range), computed while the ring's first stages load: 16 MMAs per gate|up slot instead of 24, 8
 // per down stage instead of 16. The first build summed x with all-ones MMAs in the loop (v5's way):
 // 290 SASS instructions per gate|up slot at one token column, group 128, asym; the table: 262 (down:
-// 176 -> 157 per stage).
+// 176 -> 157 per stage). XQ (MoECudaConfig.x_per_stage) needs no sums: the zero points leave in
+// the MMA's operands (stage_qz, the dense rows with x per stage's), so no CTA reads its block's x
+// (h) twice, once for the table before its loop and again per stage (ncu at T = 64, H100, run 25:
+// the routed gate_up's warps stall 6.6 cycles per issued instruction on long scoreboard).
 #include "common.cuh"
 #include "moe_token.cuh"  // the few-token kernels: moe_gate_up_pair_kernel, moe_down_token_kernel
 #include "moe_route.cuh"  // Lin, MoeArgs, Route, route_block
@@ -39,7 +42,7 @@
 
 namespace {
 
-template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool XQ>
 __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   extern __shared__ uint4 smem[];
@@ -61,8 +64,10 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
   bool has[NTOK];
   x_sources<T, NTOK>(xsrc, has, a.x, a.stride_xm, r, a.topk, s_lo, g, c);
   ring_prologue<STAGES>(s_hi - s_lo, issue);
-  sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);  // while the ring loads
-  __syncthreads();  // every warp reads every warp's sums
+  if constexpr (!XQ) {
+    sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);  // while the ring loads
+    __syncthreads();  // every warp reads every warp's sums
+  }
   float og[NTOK][4], ou[NTOK][4];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -81,12 +86,17 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
       rd = rd + 1 == STAGES ? 0 : rd + 1;
       continue;
     }
-    float acc[2][NTOK][4];
-    const float2* xrow = xsum + j * NG * NTOK * 4;
-    weight_mma<T, NTOK>(acc, ring[rd].w[0], xv, g, c);
-    group_fma<T, NTOK, NG, ASYM>(og, acc, xrow, ring[rd].sz[0], g, c);
-    weight_mma<T, NTOK>(acc, ring[rd].w[1], xv, g, c);
-    group_fma<T, NTOK, NG, ASYM>(ou, acc, xrow, ring[rd].sz[1], g, c);
+    if constexpr (XQ) {
+      stage_qz<T, NTOK, NG, ASYM>(og, ring[rd].w[0], ring[rd].sz[0], xv, g, c);
+      stage_qz<T, NTOK, NG, ASYM>(ou, ring[rd].w[1], ring[rd].sz[1], xv, g, c);
+    } else {
+      float acc[2][NTOK][4];
+      const float2* xrow = xsum + j * NG * NTOK * 4;
+      weight_mma<T, NTOK>(acc, ring[rd].w[0], xv, g, c);
+      group_fma<T, NTOK, NG, ASYM>(og, acc, xrow, ring[rd].sz[0], g, c);
+      weight_mma<T, NTOK>(acc, ring[rd].w[1], xv, g, c);
+      group_fma<T, NTOK, NG, ASYM>(ou, acc, xrow, ring[rd].sz[1], g, c);
+    }
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
@@ -141,7 +151,7 @@ __global__ void __launch_bounds__(kWarps * 32) moe_gate_up_kernel(const MoeArgs 
 #else
 #define TP_MOE_DOWN_MIN_BLOCKS 4
 #endif
-template <typename T, int NTOK, int STAGES, int G, bool ASYM>
+template <typename T, int NTOK, int STAGES, int G, bool ASYM, bool XQ>
 __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   extern __shared__ uint4 smem[];
@@ -163,8 +173,10 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   x_sources<T, NTOK>(xsrc, has, a.h, L.K, r, 1, s_lo, g, c);  // h rows by pair
   ring_prologue<STAGES>(s_hi - s_lo, [&](int slot) { feed.issue(ring[slot], lane); });
   pdl_wait();  // h (and the workspace gate_up leaves zeroed) from here on
-  sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
-  __syncthreads();
+  if constexpr (!XQ) {
+    sum_x<T, NTOK, NG>(xsum, xsrc, has, s_cta - s_lo, 0, s_cta - s_lo, warp, g, c);
+    __syncthreads();
+  }
   float out[NTOK][4];
 #pragma unroll
   for (int t = 0; t < NTOK; ++t)
@@ -183,9 +195,13 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
       rd = rd + 1 == STAGES ? 0 : rd + 1;
       continue;
     }
-    float acc[2][NTOK][4];
-    weight_mma<T, NTOK>(acc, ring[rd].w, xv, g, c);
-    group_fma<T, NTOK, NG, ASYM>(out, acc, xsum + j * NG * NTOK * 4, ring[rd].sz, g, c);
+    if constexpr (XQ) {
+      stage_qz<T, NTOK, NG, ASYM>(out, ring[rd].w, ring[rd].sz, xv, g, c);
+    } else {
+      float acc[2][NTOK][4];
+      weight_mma<T, NTOK>(acc, ring[rd].w, xv, g, c);
+      group_fma<T, NTOK, NG, ASYM>(out, acc, xsum + j * NG * NTOK * 4, ring[rd].sz, g, c);
+    }
     rd = rd + 1 == STAGES ? 0 : rd + 1;
   }
   cp_async_wait<0>();
@@ -283,10 +299,13 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   }
   a.split = k.split_d;
   const int scratch = (a.E + a.T * a.topk) * 4;
+  const dim3 grid((a.down.NP + 63) / 64, k.split_d, blocks);
+  if (k.x_per_stage)  // h per stage: no table of its sums
+    return launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, true>>(
+        grid, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D)), a, dep, s);
   const int table = ((a.down.K / kStageK + k.split_d - 1) / k.split_d) * NG * NTOK * 4 * 8;
   const int smem = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D) + table);
-  return launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM>>(dim3((a.down.NP + 63) / 64, k.split_d, blocks), smem, a,
-                                                             dep, s);
+  return launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, false>>(grid, smem, a, dep, s);
 }
 
 // gate_up by pair (moe_token.cuh) or by routed block with split K
@@ -301,12 +320,15 @@ int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   }
   a.split = k.split_gu;
   const int scratch = (a.E + a.T * a.topk) * 4;
+  const dim3 grid((a.gate.NP + 63) / 64, k.split_gu, blocks);
+  // the routed gate_up has no pdl_wait: never a dependent launch (it reads the router's ids at once)
+  if (k.x_per_stage)  // x per stage: no table of its sums
+    return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, true>>(
+        grid, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES)), a, Launch{false, 1}, s);
   // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
   const int table = ((a.gate.K / kStageK + k.split_gu - 1) / k.split_gu) * NG * NTOK * 4 * 8;
   const int smem = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table);
-  // the routed gate_up has no pdl_wait: never a dependent launch (it reads the router's ids at once)
-  return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM>>(dim3((a.gate.NP + 63) / 64, k.split_gu, blocks), smem,
-                                                              a, Launch{false, 1}, s);
+  return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, false>>(grid, smem, a, Launch{false, 1}, s);
 }
 
 // Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
@@ -345,9 +367,9 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // CTA per (16 rows, pair) (split_gu unused); down_by_token: down per (16 rows, token) in down_warps
 // = 8, 16 or 32 warps, which k divides (split_d unused); both need no ws or counters. pdl: down launched
 // as a programmatic dependent of gate_up (sm_90+); pdl_gu: gate_up by pair as one of the kernel
-// before it. x_per_stage: down by token (in 16 warps) reads h per stage and removes the zero points
-// in the MMA's operands (moe_token.cuh), staging nothing. Returns 0, -1 bad arguments, or the CUDA
-// error.
+// before it. x_per_stage: down by token (in 16 warps) and the routed gate_up and down read x (h) per
+// stage and remove the zero points in the MMA's operands (stage_qz), staging and summing nothing;
+// gate_up by pair ignores it. Returns 0, -1 bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
@@ -361,7 +383,7 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       (stages_d != 4 && stages_d != 8) ||
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
-      (x_per_stage && (!down_by_token || down_warps != 16)) ||
+      (x_per_stage && down_by_token && down_warps != 16) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {

@@ -81,7 +81,12 @@ struct SharedFeed {
 // 94-101 registers, so 8 or 16 warps a CTA hold 16 warps an SM (ncu, run 18: 25% occupancy, DRAM 44%
 // at M = 16 against 64% at M = 1). 4 warps x 5 CTAs hold 20 under a 96 cap, without spills (6 x 4
 // under 80 spilled 16-36 bytes).
-constexpr int rowsx_ctas(int ntok, int w) { return ntok == 1 ? 1024 / (w * 32) : w == 4 ? 5 : 512 / (w * 32); }
+#ifndef TP_ROWSX_THREADS1
+#define TP_ROWSX_THREADS1 1024
+#endif
+constexpr int rowsx_ctas(int ntok, int w) {
+  return ntok == 1 ? TP_ROWSX_THREADS1 / (w * 32) : w == 4 ? 5 : 512 / (w * 32);
+}
 
 // A CTA per 16 rows, W warps splitting K into equal runs of 128-k stages (GLU: W / 2 warps per
 // matrix, gate's rows n0.. and up's n0 + N; N = o.N, the output's width).
