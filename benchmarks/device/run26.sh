@@ -4,7 +4,8 @@
 # 64 (the routed candidates with and without x per stage beside the default), then the 8B W4 step
 # alternating the shipped build, t1280 (the rows' 8-warp CTAs at one token column under a 48-register
 # cap: 5 CTAs an SM, -DTP_ROWSX_THREADS1=1280) and two tables (glu8: gate|up's GLU in 8 warps; d16:
-# down in 16). Carry .scratch/prebuilt.tar.xz, .scratch/ab.tar.xz and .scratch/tables. Under 560 s.
+# down in 16); last the rest of the -m gpu suite (all but tests/cli). Carry .scratch/prebuilt.tar.xz,
+# .scratch/ab.tar.xz and .scratch/tables. Under 580 s.
 source benchmarks/device/lib.sh
 step build; build_libs
 step "MoE GPU tests"
@@ -13,8 +14,8 @@ timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignor
 echo "rc=$?"; grep -E "FAILED|Error|passed|failed" "$OUT/moe_tests.txt" | tail -12
 step "bench_moe --tokens 1,64 --no-triton-sweep"
 timeout ${SWEEP_S:-170} python3 benchmarks/bench_moe.py --tokens 1,64 --no-triton-sweep --log "$OUT/sweep.txt" \
-  > "$OUT/moe_sweep.txt" 2> "$OUT/moe_sweep.log"
-echo "rc=$?"; grep -E "^\| (1|64) |^T=" "$OUT/moe_sweep.txt"; tail -2 "$OUT/moe_sweep.log"
+  > "$OUT/moe_sweep.txt" 2>> "$OUT/sweep.txt"
+echo "rc=$?"; grep -E "^\| (1|64) |^T=" "$OUT/moe_sweep.txt"; tail -2 "$OUT/sweep.txt"
 python3 - "$OUT/sweep.txt" <<'PY'  # per T: the best routed config with and without x per stage
 import re, sys
 best, t = {}, None
@@ -34,4 +35,9 @@ timeout ${AB_S:-170} python3 benchmarks/device/build_ab.py --libs .scratch/ab.ta
   --table glu8=shipped:.scratch/tables/glu8.json --table d16=shipped:.scratch/tables/d16.json --reps ${AB_REPS:-2} \
   2> "$OUT/ab_w4.log" | tee "$OUT/ab_w4.txt" | grep -E "same bits|mean"
 echo "rc=${PIPESTATUS[0]}"; tail -3 "$OUT/ab_w4.log"
+step "the rest of the -m gpu suite (not tests/cli)"
+timeout ${REST_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests --ignore=tests/cli \
+  --ignore=tests/inference/kernels/test_cuda_moe.py --ignore=tests/inference/kernels/test_moe_w4.py \
+  > "$OUT/gpu_rest.txt" 2>&1
+echo "rc=$?"; grep -E "FAILED|^ERROR|passed|failed" "$OUT/gpu_rest.txt" | tail -8
 step done
