@@ -128,7 +128,7 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 def cuda_candidates(t: int, shape: dict) -> list:
     """The registered default first, then it without the programmatic dependent launch of down, then K
     splits x ring depths, and at few tokens the few-token kernels' variants, then the routed ones
-    with x per stage (deduplicated)."""
+    with x per stage, and with down's sum over top-k in a launch of its own (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
 
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
@@ -151,6 +151,8 @@ def cuda_candidates(t: int, shape: dict) -> list:
     # the routed gate_up and down reading x / h per stage (no table of the sums of x)
     cands += [dataclasses.replace(c, x_per_stage=True) for c in list(cands)
               if not c.x_per_stage and not c.gate_up_by_pair and not c.down_by_token]
+    # and down's sum over top-k in a launch of its own (split_down 1)
+    cands += [dataclasses.replace(c, combine=True) for c in list(cands) if not c.down_by_token and c.split_down == 1]
     return list(dict.fromkeys(cands))
 
 

@@ -40,8 +40,8 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
     # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK x (sums of x, x per stage) + by pair; down: the
-    # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage)
-    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8)
+    # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage), + the combine kernel per dtype
+    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8) + 2
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -107,6 +107,8 @@ def test_config_checks_name_the_fix():
     with pytest.raises(ValueError, match="down_by_token in 16 warps only"):  # the routed kernels: any
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks, cfg=cuda_moe.MoECudaConfig(
             down_by_token=True, down_warps=8, x_per_stage=True))
+    with pytest.raises(ValueError, match="combine is built for the routed down at split_down 1"):
+        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(split_down=2, combine=True))
     with pytest.raises(ValueError, match="block_m 12"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=12))
 
@@ -160,6 +162,13 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
     # K splits, each group, symmetry and ring, several blocks of one expert, a skipped expert
     ("w4_t64x64", 16, 512, 384, 64, 4, 128, False, torch.bfloat16, "random",
      (1, 1, 4, 8, True, 8, False, False, 8, False, True)),
+    # down's sum over top-k in a launch of its own (combine; split_down 1), with and without x per stage
+    ("w4_t64x64", 16, 512, 384, 64, 4, 128, False, torch.bfloat16, "random",
+     (1, 1, 4, 8, True, 8, False, False, 8, False, True, True)),
+    ("w4_t16x64", 6, 256, 256, 19, 2, 64, True, torch.float16, "skip_expert_2",
+     (2, 1, 6, 4, False, 16, False, False, 8, False, False, True)),
+    ("w4_t64x64", 8, 384, 256, 33, 2, 128, True, torch.bfloat16, "one_expert",
+     (1, 1, 4, 8, True, 8, False, False, 8, False, True, True)),
     ("w4_t16x64", 6, 256, 128, 7, 3, 64, True, torch.float16, "skip_expert_2",
      (2, 2, 6, 4, True, 16, False, False, 8, False, True)),
     ("w4_t64x64", 5, 384, 256, 33, 2, 64, True, torch.bfloat16, "one_expert",
@@ -310,7 +319,8 @@ def test_routed_kernels_with_x_per_stage_match_the_sums_of_x():
     """The routed gate_up and down reading x / h per stage (x_per_stage; the zero points in the MMA's
     operands) at Qwen3-30B-A3B's expert shapes, T = 64: against the float64 contract, within fp32
     summation order of the routed kernels with the table of the sums of x, bit-identical re-runs
-    (split 1: no atomic sums) and graph replays."""
+    (split 1: no atomic sums), the same bits with down's sum in a launch of its own (combine), and
+    graph replays."""
     x, idx, weights, stacks, want = _qwen3_30b_step(64, 300)
     table = cuda_moe.default_config(64, 8, 128, 2048, 768, x.device)
     assert not table.gate_up_by_pair and not table.down_by_token
@@ -320,6 +330,9 @@ def test_routed_kernels_with_x_per_stage_match_the_sums_of_x():
     y_table = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=dataclasses.replace(xs, x_per_stage=False))
     assert reference.rel_err(y, y_table.float()) < 2e-3
     assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs), y)
+    # down's sum over top-k in a launch of its own: the same roundings in the same order, so the same bits
+    assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=dataclasses.replace(xs, combine=True)),
+                       y)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)

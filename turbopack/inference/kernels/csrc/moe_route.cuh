@@ -16,6 +16,7 @@ struct MoeArgs {
   Lin gate, up, down;
   void* h; void* y; float* ws; int* counters;
   int T, topk, E, stride_xm, ids64, wts32, split;
+  int combine;  // routed down at split 1: 16-bit results by pair into ws, summed by moe_combine_kernel
 };
 
 // the top-k id of pair p

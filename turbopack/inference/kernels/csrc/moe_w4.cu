@@ -206,6 +206,17 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   }
   cp_async_wait<0>();
   const int N = L.N;
+  if (a.combine) {  // round16(down) by pair: moe_combine_kernel sums them after this grid (no fence or counter)
+    T* v = reinterpret_cast<T*>(a.ws);
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = n0 + g + 8 * (i >> 1), slot = 8 * t + 2 * c + (i & 1);
+        if (active && row < N && slot < r.rows) v[(long long)r.pair[slot] * N + row] = Half16<T>::from_f(out[t][i]);
+      }
+    return;
+  }
   if constexpr ((kKnockout & kKoStore) != 0) {  // each CTA's partial as its token's y: no sum over k
 #pragma unroll
     for (int t = 0; t < NTOK; ++t)
@@ -257,6 +268,28 @@ __global__ void __launch_bounds__(kWarps * 32, TP_MOE_DOWN_MIN_BLOCKS) moe_down_
   }
 }
 
+// y = sum_k w * v in top-k order, v the routed down's 16-bit results by pair (a.combine: ws as T
+// [T*k, hidden]), which it reads once and re-zeroes: the routed down's sums without its per-CTA
+// fence, counters and last CTA, for one more (dependent) launch. The same bits as that store (its
+// round16 is this v). A pair whose id is out of range adds nothing. Grid (hidden / 256, T).
+template <typename T>
+__global__ void __launch_bounds__(256) moe_combine_kernel(const MoeArgs a) {
+  pdl_wait();  // down's v from here on
+  const int N = a.down.N, row = blockIdx.x * 256 + threadIdx.x, tok = blockIdx.y;
+  if (row >= N) return;
+  T* v = reinterpret_cast<T*>(a.ws);
+  float acc = 0.f;
+  for (int j = 0; j < a.topk; ++j) {
+    const long long p = (long long)tok * a.topk + j;
+    const int e = expert_of(a, p);
+    if (e < 0 || e >= a.E) continue;
+    const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
+    acc = fmaf(Half16<T>::to_f(v[p * N + row]), wt, acc);
+    v[p * N + row] = Half16<T>::from_f(0.f);
+  }
+  static_cast<T*>(a.y)[(long long)tok * N + row] = Half16<T>::from_f(acc);
+}
+
 template <typename Slot>
 constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>(sizeof(Slot)); }
 
@@ -278,7 +311,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
   int split_gu, split_d, stages_gu, stages_d, down_warps;
-  bool gate_up_by_pair, down_by_token, pdl, pdl_gu, x_per_stage;
+  bool gate_up_by_pair, down_by_token, pdl, pdl_gu, x_per_stage, combine;
 };
 
 // down after gate_up: by token (moe_token.cuh) or by routed block with split K
@@ -298,14 +331,20 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
     return launch<moe_down_token_kernel<T, STAGES_D, G, ASYM, 8>>(grid, smem, a, dep, s, 8);
   }
   a.split = k.split_d;
+  a.combine = k.combine;
   const int scratch = (a.E + a.T * a.topk) * 4;
   const dim3 grid((a.down.NP + 63) / 64, k.split_d, blocks);
-  if (k.x_per_stage)  // h per stage: no table of its sums
-    return launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, true>>(
+  int rc;
+  if (k.x_per_stage) {  // h per stage: no table of its sums
+    rc = launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, true>>(
         grid, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D)), a, dep, s);
-  const int table = ((a.down.K / kStageK + k.split_d - 1) / k.split_d) * NG * NTOK * 4 * 8;
-  const int smem = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D) + table);
-  return launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, false>>(grid, smem, a, dep, s);
+  } else {
+    const int table = ((a.down.K / kStageK + k.split_d - 1) / k.split_d) * NG * NTOK * 4 * 8;
+    const int smem = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D) + table);
+    rc = launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, false>>(grid, smem, a, dep, s);
+  }
+  if (rc != 0 || !k.combine) return rc;
+  return launch<moe_combine_kernel<T>>(dim3((a.down.N + 255) / 256, a.T), 0, a, dep, s, 8);
 }
 
 // gate_up by pair (moe_token.cuh) or by routed block with split K
@@ -369,34 +408,36 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // as a programmatic dependent of gate_up (sm_90+); pdl_gu: gate_up by pair as one of the kernel
 // before it. x_per_stage: down by token (in 16 warps) and the routed gate_up and down read x (h) per
 // stage and remove the zero points in the MMA's operands (stage_qz), staging and summing nothing;
-// gate_up by pair ignores it. Returns 0, -1 bad arguments, or the CUDA error.
+// gate_up by pair ignores it. combine: the routed down (split_d 1) stores its 16-bit results by pair
+// and moe_combine_kernel, a third launch (dependent where pdl), sums them over top-k. Returns 0, -1
+// bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
                                 int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu,
-                                int x_per_stage, int dtype, void* stream) {
+                                int x_per_stage, int combine, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
       (stages_d != 4 && stages_d != 8) ||
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
-      (x_per_stage && down_by_token && down_warps != 16) ||
+      (x_per_stage && down_by_token && down_warps != 16) || (combine && (down_by_token || split_d != 1)) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
     return Lin{static_cast<const uint4*>(q), s, static_cast<const uint8_t*>(z), d[0], d[1], d[2], d[3], d[4], d[5]};
   };
   MoeArgs a{x, ids, wts, lin(qg, sg, zg, gu_dims), lin(qu, su, zu, gu_dims), lin(qd, sd, zd, d_dims),
-            h, y, static_cast<float*>(ws), static_cast<int*>(counters), T, topk, E, stride_xm, ids64, wts32, 1};
+            h, y, static_cast<float*>(ws), static_cast<int*>(counters), T, topk, E, stride_xm, ids64, wts32, 1, 0};
   if (a.gate.K % kStageK != 0 || a.down.K % kStageK != 0 || a.gate.TN % 16 != 0 || a.down.TN % 16 != 0 ||
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0,
-                pdl_gu != 0, x_per_stage != 0};
+                pdl_gu != 0, x_per_stage != 0, combine != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
 
