@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run 26's MoE and rows call: the routed MoE kernels with x per stage (MoECudaConfig.x_per_stage on
-# the routed gate_up and down) through the MoE's GPU tests, then bench_moe's CUDA sweep at T = 1 and
+# the routed gate_up and down) and down's sum in a launch of its own (combine) through the MoE's GPU tests, then bench_moe's CUDA sweep at T = 1 and
 # 64 (the routed candidates with and without x per stage beside the default), then the 8B W4 step
 # alternating the shipped build, t1280 (the rows' 8-warp CTAs at one token column under a 48-register
 # cap: 5 CTAs an SM, -DTP_ROWSX_THREADS1=1280) and two tables (glu8: gate|up's GLU in 8 warps; d16:
@@ -24,11 +24,11 @@ for line in open(sys.argv[1]):
         t = line.split(":")[0]
     m = re.search(r"(?i)cuda (MoECudaConfig\(.*\)): rel err .*, ([0-9.]+) us$", line)
     if m and "gate_up_by_pair=False" in m[1] and "down_by_token=False" in m[1]:
-        key = (t, "x_per_stage=True" in m[1])
+        key = (t, "x_per_stage=True" in m[1], "combine=True" in m[1])
         if key not in best or float(m[2]) < best[key][0]:
             best[key] = (float(m[2]), m[1])
-for (t, xq), (us, cfg) in sorted(best.items()):
-    print(f"{t} routed, x per stage {xq}: {us:.1f} us  {cfg}")
+for (t, xq, comb), (us, cfg) in sorted(best.items()):
+    print(f"{t} routed, x per stage {xq}, combine {comb}: {us:.1f} us  {cfg}")
 PY
 step "build_ab t1280, glu8, d16"
 timeout ${AB_S:-170} python3 benchmarks/device/build_ab.py --libs .scratch/ab.tar.xz --names t1280 --same-bits t1280 \
