@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run 26's MoE and rows call: the routed MoE kernels with x per stage (MoECudaConfig.x_per_stage on
-# the routed gate_up and down) and down's sum in a launch of its own (combine) through the MoE's GPU tests, then bench_moe's CUDA sweep at T = 1 and
-# 64 (the routed candidates with and without x per stage beside the default), then the 8B W4 step
-# alternating the shipped build, t1280 (the rows' 8-warp CTAs at one token column under a 48-register
-# cap: 5 CTAs an SM, -DTP_ROWSX_THREADS1=1280) and two tables (glu8: gate|up's GLU in 8 warps; d16:
-# down in 16); last the rest of the -m gpu suite (all but tests/cli). Carry .scratch/prebuilt.tar.xz,
+# the routed gate_up and down) and with down's sum over top-k in a launch of its own (combine)
+# through the MoE's GPU tests, then bench_moe's CUDA sweep at T = 1 and 64 (the routed candidates
+# with and without each beside the default), then the 8B W4 step alternating the shipped build,
+# t1280 (the rows' 8-warp CTAs at one token column under a 48-register cap: 5 CTAs an SM,
+# -DTP_ROWSX_THREADS1=1280) and two tables (glu8: gate|up's GLU in 8 warps; d16: down in 16); last
+# the rest of the -m gpu suite (all but tests/cli). Carry .scratch/prebuilt.tar.xz,
 # .scratch/ab.tar.xz and .scratch/tables. Under 580 s.
 source benchmarks/device/lib.sh
 step build; build_libs
