@@ -83,7 +83,9 @@ def test_few_token_rule():
             assert (cfg.gate_up_by_pair, cfg.down_by_token, cfg.down_warps, cfg.stages_gate_up, cfg.stages_down,
                     cfg.block_m, cfg.x_per_stage) == (True, True, 16, 4, ring_d, 8, True), cfg
         routed = cuda_moe.default_config(3, 8, 128, 2048, 768, dev)
-        assert not routed.down_by_token and not routed.x_per_stage
+        assert not routed.down_by_token and routed.x_per_stage and not routed.combine  # 24 x 32 down CTAs
+        t64 = cuda_moe.default_config(64, 8, 128, 2048, 768, dev)  # 192 block slots x 32 tiles: many waves
+        assert (t64.split_down, t64.stages_down, t64.x_per_stage, t64.combine) == (1, 4, True, True), t64
         assert not cuda_moe.default_config(1, 3, 128, 2048, 768, dev).gate_up_by_pair
         assert cuda_moe.default_config(1, 2, 8, 4096, 14336, dev).down_by_token  # Mixtral: 4 warps a pair
 
@@ -324,7 +326,7 @@ def test_routed_kernels_with_x_per_stage_match_the_sums_of_x():
     x, idx, weights, stacks, want = _qwen3_30b_step(64, 300)
     table = cuda_moe.default_config(64, 8, 128, 2048, 768, x.device)
     assert not table.gate_up_by_pair and not table.down_by_token
-    xs = dataclasses.replace(table, split_gate_up=1, split_down=1, x_per_stage=True)
+    xs = dataclasses.replace(table, split_gate_up=1, split_down=1, x_per_stage=True, combine=False)
     y = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
     assert reference.rel_err(y, want) < TOL
     y_table = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=dataclasses.replace(xs, x_per_stage=False))

@@ -122,6 +122,9 @@ def ring(per: int, depths: tuple[int, ...]) -> int:
 
 #: at most this many tokens, top-k dividing 8: the few-token kernels (gate_up by pair, down by token)
 FEW_TOKENS = 2
+#: the routed down's sum over top-k in a launch of its own (combine) past this many of its CTAs an
+#: SM: it won at 31 (T = 64, 4160 CTAs on 132 SMs) and lost at 2 (T = 1, 256), run 24; 8 lies between
+COMBINE_CTAS_PER_SM = 8
 
 
 def few_tokens(tokens: int, top_k: int) -> bool:
@@ -142,7 +145,14 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     per SM or less. Measured twice on the H100 (bench_moe, Qwen3-30B-A3B, run 13), 3 stages a warp: at T = 1
     (128 CTAs) ring 8 took 13.4-13.5 µs, ring 4 14.4-14.5; at T = 2 (256) ring 4 took 20.7, ring 8
     24.3-24.4 (one CTA per SM in the larger ring: two waves). The slots past 3 hold nothing; the
-    larger allocation keeps down's CTAs off the SMs that gate_up still fills."""
+    larger allocation keeps down's CTAs off the SMs that gate_up still fills.
+    Routed (more tokens): x per stage in both kernels, down's ring 4 and, where down's grid is many
+    waves, its sum over top-k in a launch of its own (combine). bench_moe on the H100 (run 24, T = 64,
+    split 1, ring 4 / 4): 176.3 µs as before, 171.7 with x per stage, 166.5 with combine, 161.4 with
+    both (-8.5%; the old default, down's ring 8: 177.5). Down's ring 4 beat 8 in each of those four
+    (by 2.6-4.4%: a CTA's 6 stages need not all be in flight where 32 CTAs an SM queue behind it).
+    At T = 1 on the routed kernels x per stage also won (18.6 -> 18.0 µs) and combine lost (18.6 ->
+    19.9: its launch costs more than 256 CTAs' fences and counters)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     hit = min(n_experts, tokens * top_k)
     s_gu, s_d = hidden // 128, inter // 128
@@ -155,10 +165,12 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
                              block_m=8, gate_up_by_pair=True, down_by_token=True, down_warps=dw, x_per_stage=True)
     split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
     split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
+    bm = block_rows(tokens, top_k, n_experts)
+    blocks = min(tokens * top_k, hit + tokens * top_k // bm)
     return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
                          stages_gate_up=ring(math.ceil(s_gu / split_gu), STAGES_GATE_UP),
-                         stages_down=ring(math.ceil(s_d / split_d), STAGES_DOWN),
-                         block_m=block_rows(tokens, top_k, n_experts))
+                         stages_down=STAGES_DOWN[0], block_m=bm, x_per_stage=True,
+                         combine=split_d == 1 and blocks * math.ceil(hidden / 64) > COMBINE_CTAS_PER_SM * sms)
 
 
 def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:

@@ -32,7 +32,7 @@
 // 290 SASS instructions per gate|up slot at one token column, group 128, asym; the table: 262 (down:
 // 176 -> 157 per stage). XQ (MoECudaConfig.x_per_stage) needs no sums: the zero points leave in
 // the MMA's operands (stage_qz, the dense rows with x per stage's), so no CTA reads its block's x
-// (h) twice, once for the table before its loop and again per stage (ncu at T = 64, H100, run 25:
+// (h) twice, once for the table before its loop and again per stage (ncu at T = 64, H100, run 24:
 // the routed gate_up's warps stall 6.6 cycles per issued instruction on long scoreboard).
 #include "common.cuh"
 #include "moe_token.cuh"  // the few-token kernels: moe_gate_up_pair_kernel, moe_down_token_kernel

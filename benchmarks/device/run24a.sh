@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run 25's first call (H200): run24.sh's steps (the MoE's 128-byte slots against the shipped build,
+# Run 24's first call: run24.sh's steps (the MoE's 128-byte slots against the shipped build,
 # bench_e2e --quick with the dense rows' aligned slots, the MoE's defaults), then the MoE's CUDA
 # sweep at T = 1 and 64 (bench_moe --no-triton-sweep) and ncu of both MoE kernels at T = 64 and 1
 # (each kernel's share of the layer, its DRAM throughput and stalls). Logs under $OUT; carry

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run 26's MoE and rows call: the routed MoE kernels with x per stage (MoECudaConfig.x_per_stage on
+# Run 24's second call: the routed MoE kernels with x per stage (MoECudaConfig.x_per_stage on
 # the routed gate_up and down) and with down's sum over top-k in a launch of its own (combine)
 # through the MoE's GPU tests, then bench_moe's CUDA sweep at T = 1 and 64 (the routed candidates
 # with and without each beside the default), then the 8B W4 step alternating the shipped build,
