@@ -81,6 +81,9 @@ struct SharedFeed {
 // 94-101 registers, so 8 or 16 warps a CTA hold 16 warps an SM (ncu, run 18: 25% occupancy, DRAM 44%
 // at M = 16 against 64% at M = 1). 4 warps x 5 CTAs hold 20 under a 96 cap, without spills (6 x 4
 // under 80 spilled 16-36 bytes).
+// TP_ROWSX_THREADS1: the threads an SM that one token column's cap is set for, a diagnostic knob.
+// At 1280 the 8-warp CTAs take 5 an SM under a 48-register cap (8-96 bytes of spills): the 8B W4
+// step ran 3.1% / 4.7% slower at batch 1 / 8 (H100, run 24, build_ab.py, the same bits).
 #ifndef TP_ROWSX_THREADS1
 #define TP_ROWSX_THREADS1 1024
 #endif
