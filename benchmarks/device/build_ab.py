@@ -238,7 +238,9 @@ def main() -> int:
     names = [n for n in args.names.split(",") if n]
     if not names and not args.table:
         raise SystemExit("error: name the variants to time (--names a,b) or the tables (--table)")
-    libs = open_libs(build_libs.unpacked(args.libs), args.libs, mod, names, dev)
+    libs = {SHIPPED: mod.library(dev)}  # --table alone: the shipped build under each table
+    if names:
+        libs = open_libs(build_libs.unpacked(args.libs), args.libs, mod, names, dev)
     shipped = mod.library
     try:
         runs = measure(args, mod, libs, dev)
