@@ -225,3 +225,35 @@ def test_tuner_models_are_the_end_to_end_presets_shapes(monkeypatch):
         want = {"qkv": ((c.n_heads + 2 * c.n_kv_heads) * d, h), "o": (h, c.n_heads * d),
                 "gate_up": (2 * c.intermediate, h), "down": (h, c.intermediate)}
         assert bench.MODELS[name] == want, name
+
+
+def test_table_variant_edits_the_shipped_table_and_refuses_what_dispatch_would(tmp_path):
+    """benchmarks/device/table_variant.py (tables for build_ab.py --table): the edited entry changes,
+    the rest is the shipped table's, the file parses as dispatch parses it; an unknown key or a
+    missing entry stops it before anything is written."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[3] / "benchmarks" / "device" / "table_variant.py"
+    spec = importlib.util.spec_from_file_location("table_variant", tool)
+    tv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tv)
+    shipped = json.loads(tv.SHIPPED.read_text())
+    out = tmp_path / "glu8.json"
+    res = subprocess.run([sys.executable, str(tool), str(out), "28672x4096@1,8:GLU_WARPS=8/STAGES=4"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(out.read_text())
+    entries = got["layouts"]["w4_t64x64"]["shapes"]["28672x4096"]
+    assert entries["1"]["GLU_WARPS"] == entries["8"]["GLU_WARPS"] == 8
+    for m in ("1", "8"):
+        shipped["layouts"]["w4_t64x64"]["shapes"]["28672x4096"][m]["GLU_WARPS"] = 8
+    assert got == shipped
+    kernel_table.KernelTable.from_json(got, str(out))
+    for edit, why in (("28672x4096@1:FOO=3", "does not read 'FOO'"), ("1x1@1:SPLIT_K=8", "no entry 1x1 at M = 1"),
+                      ("28672x4096@1", "write [LAYOUT/]NxK@M")):
+        bad = tmp_path / "bad.json"
+        res = subprocess.run([sys.executable, str(tool), str(bad), edit], capture_output=True, text=True)
+        assert res.returncode != 0 and why in res.stderr and not bad.exists(), (edit, res.stderr)
