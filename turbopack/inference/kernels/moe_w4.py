@@ -40,7 +40,7 @@ ACTIVATIONS = {"silu": 0}
 class MoEPath(StrEnum):
     """Which grouped kernels run a step."""
 
-    CUDA = "cuda"  # csrc/moe_w4.cu (cuda_moe): the dense decode's stage loop, two launches, where it applies
+    CUDA = "cuda"  # csrc/moe_w4.cu (cuda_moe): the dense decode's stage loop, 2-3 launches, where it applies
     TRITON = "triton"  # the kernels below: every other call, the CPU interpreter included
 
 if triton is not None:
