@@ -114,6 +114,12 @@ def block_rows(tokens: int, top_k: int, n_experts: int) -> int:
     return 16 if n / min(n_experts, n) > 6 else 8
 
 
+def block_slots(pairs: int, n_experts: int, bm: int) -> int:
+    """The block slots of each routed grid: the most blocks of ``bm`` rows any routing of ``pairs``
+    (token, expert) pairs makes (csrc/moe_w4.cu run's ``blocks``); slots past a routing's exit."""
+    return min(pairs, min(n_experts, pairs) + pairs // bm)
+
+
 def ring(per: int, depths: tuple[int, ...]) -> int:
     """The shallowest ring that has a CTA's whole K slice (``per`` stages) in flight from its first
     copies (depth - 1 >= per: a short slice then costs one DRAM round trip, in less shared memory
@@ -167,7 +173,7 @@ def default_config(tokens: int, top_k: int, n_experts: int, hidden: int, inter: 
     split_gu = _split(hit * math.ceil(inter / 64), s_gu, sms, 2)
     split_d = _split(hit * math.ceil(hidden / 64), s_d, sms, 2)
     bm = block_rows(tokens, top_k, n_experts)
-    blocks = min(tokens * top_k, hit + tokens * top_k // bm)
+    blocks = block_slots(tokens * top_k, n_experts, bm)
     return MoECudaConfig(split_gate_up=split_gu, split_down=split_d,
                          stages_gate_up=ring(math.ceil(s_gu / split_gu), STAGES_GATE_UP),
                          stages_down=STAGES_DOWN[0], block_m=bm, x_per_stage=True,
@@ -211,7 +217,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     if ids.dtype not in (torch.int32, torch.int64):
         ids = ids.to(torch.int32)
     wts = weights.reshape(-1).contiguous()
-    blocks = min(n, min(n_exp, n) + n // bm)
+    blocks = block_slots(n, n_exp, bm)
     ws = workspace(dev, n * max(2 * inter, hidden), torch.float32)
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
@@ -235,4 +241,5 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     return y
 
 
-__all__ = ["MoECudaConfig", "block_rows", "default_config", "few_tokens", "grouped_moe_cuda", "ring", "supports"]
+__all__ = ["MoECudaConfig", "block_rows", "block_slots", "default_config", "few_tokens", "grouped_moe_cuda", "ring",
+           "supports"]

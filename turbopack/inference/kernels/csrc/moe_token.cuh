@@ -35,7 +35,8 @@ constexpr int kMaxDownSlots = 128;  // down by token's warps x ring slots: 32 x 
 // The ring slots' alignment in these kernels: a diagnostic build's knob (-DTP_MOE_SLOT_ALIGN=128,
 // benchmarks/device/build_ab.py --src moe_w4.cu). At 16 a slot is its bytes (DnSlot 1072, GuSlot
 // 2144 at group 128, asym), so most slots start off a 128-byte row of shared memory; the dense rows
-// (w4_rowsx.cuh) ran 3.0% faster with theirs on 128-byte rows (run 23). Unmeasured here.
+// (w4_rowsx.cuh) ran 3.0% faster with theirs on 128-byte rows (run 23). Here T = 1 measured -2.0%,
+// within the A/B's spread (the routed kernels, which it leaves untouched, moved -1.5%; run 24).
 #ifndef TP_MOE_SLOT_ALIGN
 #define TP_MOE_SLOT_ALIGN 16
 #endif

@@ -293,6 +293,11 @@ __global__ void __launch_bounds__(256) moe_combine_kernel(const MoeArgs a) {
 template <typename Slot>
 constexpr int ring_bytes(int stages) { return kWarps * stages * static_cast<int>(sizeof(Slot)); }
 
+// the sum-of-x table behind a routed kernel's ring (none with x per stage): a float2 per (stage of
+// the CTA's K slice, group, token column, quad lane)
+template <int NG, int NTOK>
+int xsum_table_bytes(int K, int split) { return ((K / kStageK + split - 1) / split) * NG * NTOK * 4 * 8; }
+
 // One launch (common.cuh launch_with); sets the kernel's dynamic shared memory cap at its first
 // launch and whenever a launch needs more (a static per kernel: not a per-launch driver call). Not
 // left at the default 48 KiB: that default is less the kernel's static shared memory (the few-token
@@ -334,15 +339,10 @@ int down(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   a.combine = k.combine;
   const int scratch = (a.E + a.T * a.topk) * 4;
   const dim3 grid((a.down.NP + 63) / 64, k.split_d, blocks);
-  int rc;
-  if (k.x_per_stage) {  // h per stage: no table of its sums
-    rc = launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, true>>(
-        grid, max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D)), a, dep, s);
-  } else {
-    const int table = ((a.down.K / kStageK + k.split_d - 1) / k.split_d) * NG * NTOK * 4 * 8;
-    const int smem = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D) + table);
-    rc = launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, false>>(grid, smem, a, dep, s);
-  }
+  const int smem = max(scratch, ring_bytes<DnSlot<NG, ASYM>>(STAGES_D) +
+                                    (k.x_per_stage ? 0 : xsum_table_bytes<NG, NTOK>(a.down.K, k.split_d)));
+  const int rc = k.x_per_stage ? launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, true>>(grid, smem, a, dep, s)
+                               : launch<moe_down_kernel<T, NTOK, STAGES_D, G, ASYM, false>>(grid, smem, a, dep, s);
   if (rc != 0 || !k.combine) return rc;
   return launch<moe_combine_kernel<T>>(dim3((a.down.N + 255) / 256, a.T), 0, a, dep, s, 8);
 }
@@ -360,14 +360,12 @@ int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   a.split = k.split_gu;
   const int scratch = (a.E + a.T * a.topk) * 4;
   const dim3 grid((a.gate.NP + 63) / 64, k.split_gu, blocks);
+  const int smem = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) +
+                                    (k.x_per_stage ? 0 : xsum_table_bytes<NG, NTOK>(a.gate.K, k.split_gu)));
   // the routed gate_up has no pdl_wait: never a dependent launch (it reads the router's ids at once)
-  if (k.x_per_stage)  // x per stage: no table of its sums
-    return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, true>>(
-        grid, max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES)), a, Launch{false, 1}, s);
-  // the sum-of-x table behind the ring: a float2 per (stage of the CTA, group, token column, quad lane)
-  const int table = ((a.gate.K / kStageK + k.split_gu - 1) / k.split_gu) * NG * NTOK * 4 * 8;
-  const int smem = max(scratch, ring_bytes<GuSlot<NG, ASYM>>(STAGES) + table);
-  return launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, false>>(grid, smem, a, Launch{false, 1}, s);
+  const Launch plain{false, 1};
+  return k.x_per_stage ? launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, true>>(grid, smem, a, plain, s)
+                       : launch<moe_gate_up_kernel<T, NTOK, STAGES, G, ASYM, false>>(grid, smem, a, plain, s);
 }
 
 // Programmatic dependent launch (sm_90; common.cuh's pdl_wait / pdl_trigger): gate_up lets the down
