@@ -143,6 +143,49 @@ def test_fused_plan():
         assert p.ctas <= sms and -(-n_gu // p.ctas) <= p.units_gu and -(-n_d // p.ctas) <= p.units_down
 
 
+def _fused_kernel_cover(t, k, hidden, inter, ctas, warps=cuda_moe.FUSED_WARPS):
+    """moe_fused_kernel's indexing, as written there, for every CTA and warp: {(pair, tile, stage):
+    gate|up slot} and {(token, tile, pair j, stage): down slot}; asserts each slot is one warp's."""
+    s_gu, s_d, tiles_gu, tiles_d = hidden // 128, inter // 128, -(-inter // 16), -(-hidden // 16)
+    n_gu, n_d = t * k * tiles_gu, t * tiles_d
+    u_cta, ud = -(-n_gu // ctas), -(-n_d // ctas)
+    kw, kwd = warps // u_cta, warps // (ud * k)
+    per, per_d = -(-s_gu // kw), -(-s_d // kwd)
+    gu, dn = {}, {}
+    for b in range(ctas):
+        taken_gu, taken_d = set(), set()
+        for warp in range(warps):
+            ui, u = warp // kw, b + warp // kw * ctas
+            if ui < u_cta and u < n_gu:
+                lo = min(s_gu, warp % kw * per)
+                for s in range(lo, min(s_gu, lo + per)):
+                    slot = ui * s_gu + s
+                    assert slot < u_cta * s_gu and slot not in taken_gu
+                    taken_gu.add(slot)
+                    gu[(u // tiles_gu, u % tiles_gu, s)] = (b, slot)
+            di, j, v = warp // (k * kwd), warp // kwd % k, b + warp // (k * kwd) * ctas
+            if di < ud and v < n_d:
+                lo = min(s_d, warp % kwd * per_d)
+                for s in range(lo, min(s_d, lo + per_d)):
+                    slot = (di * k + j) * s_d + s
+                    assert slot < ud * k * s_d and slot not in taken_d
+                    taken_d.add(slot)
+                    dn[(v // tiles_d, v % tiles_d, j, s)] = (b, slot)
+    return gu, dn
+
+
+@pytest.mark.parametrize("t,k,hidden,inter,sms", [(1, 8, 2048, 768, 132), (1, 2, 256, 128, 4), (2, 4, 256, 256, 132),
+                                                  (1, 1, 384, 384, 3), (1, 8, 1024, 256, 40), (1, 6, 2048, 1408, 132)])
+def test_fused_kernel_covers_every_stage_once(t, k, hidden, inter, sms):
+    """The plan's grid through the kernel's unit / warp / slot indexing (a model of moe_fused_kernel's
+    arithmetic): every (pair, 16 rows, stage) of gate|up and (token, 16 rows, pair, stage) of down in
+    exactly one warp's own slot of its CTA's allocation."""
+    plan = cuda_moe.fused_plan(t, k, hidden, inter, 128, True, sms, 227 * 1024)
+    gu, dn = _fused_kernel_cover(t, k, hidden, inter, plan.ctas)
+    assert len(gu) == t * k * -(-inter // 16) * (hidden // 128)
+    assert len(dn) == t * -(-hidden // 16) * k * (inter // 128)
+
+
 def test_block_rows_rule():
     assert cuda_moe.block_rows(1, 8, 128) == 8 and cuda_moe.block_rows(64, 8, 128) == 8  # Qwen3-30B decode
     assert cuda_moe.block_rows(64, 2, 8) == 16 and cuda_moe.block_rows(33, 2, 5) == 16
