@@ -251,16 +251,22 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
 ]
 
 
+def _random_step(seed, layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing):
+    """A case's experts (format, layout, arch-neutral q, stacks), x, top-k ids and softmax weights."""
+    gen = torch.Generator().manual_seed(seed)
+    built = make_experts(n_exp, hidden, inter, layout_name, gen, group_size=group, sym=sym,
+                         scale_dtype=str(act).removeprefix("torch."))
+    x = torch.randn(t, hidden, generator=gen).to(act)
+    idx = ROUTINGS[routing](t, k, n_exp, gen)
+    return (*built, x, idx, torch.softmax(torch.randn(t, k, generator=gen), -1))
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("layout_name,n_exp,hidden,inter,t,k,group,sym,act,routing,cfg", CASES)
 def test_cuda_grouped_matches_the_emulated_loop(layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing, cfg):
-    gen = torch.Generator().manual_seed(t * 7 + hidden + group)
-    fmt, layout, experts, stacks = make_experts(n_exp, hidden, inter, layout_name, gen, group_size=group, sym=sym,
-                                                scale_dtype=str(act).removeprefix("torch."))
-    x = torch.randn(t, hidden, generator=gen).to(act)
-    idx = ROUTINGS[routing](t, k, n_exp, gen)
-    weights = torch.softmax(torch.randn(t, k, generator=gen), -1)
+    fmt, layout, experts, stacks, x, idx, weights = _random_step(t * 7 + hidden + group, layout_name, n_exp, hidden,
+                                                                 inter, t, k, group, sym, act, routing)
     want = loop_reference(x, weights, idx, emulated(fmt, layout, experts))
     xd = x.cuda()
     for ids, wts in ((idx, weights), (idx.int(), weights.to(act))):  # int64 / int32 ids, fp32 / 16-bit weights
@@ -395,12 +401,8 @@ def test_fused_layer_matches_the_emulated_loop(layout_name, n_exp, hidden, inter
     emulator: several gate|up and down units a CTA (fused_sms spreads small layers over few SMs), idle
     warps, both layouts, groups, symmetries and dtypes, int32 / int64 ids, fp32 / 16-bit weights, an
     expert with no token; bit-identical re-runs (no atomic sums) and the barrier's counters left zeroed."""
-    gen = torch.Generator().manual_seed(t * 11 + hidden + group)
-    fmt, layout, experts, stacks = make_experts(n_exp, hidden, inter, layout_name, gen, group_size=group, sym=sym,
-                                                scale_dtype=str(act).removeprefix("torch."))
-    x = torch.randn(t, hidden, generator=gen).to(act)
-    idx = ROUTINGS[routing](t, k, n_exp, gen)
-    weights = torch.softmax(torch.randn(t, k, generator=gen), -1)
+    fmt, layout, experts, stacks, x, idx, weights = _random_step(t * 11 + hidden + group, layout_name, n_exp, hidden,
+                                                                 inter, t, k, group, sym, act, routing)
     cfg = cuda_moe.MoECudaConfig(fused=True, fused_sms=sms)
     xd = x.cuda()
     for ids, wts in ((idx, weights), (idx.int(), weights.to(act))):

@@ -4,7 +4,8 @@ launched on torch's current stream (CUDA-graph capturable, no host sync).
 One call is two launches: gate|up for every selected (token, expert) pair with h = silu(g) * u
 in the epilogue, then down with the routing weight and the deterministic fp32 sum over top-k,
 each CTA finding its expert and token rows from the top-k ids itself (no align launch). Past a
-few tokens the sum over top-k is a third launch (``combine``). It reads
+few tokens the sum over top-k is a third launch (``combine``); opt-in (``fused``), where
+``fused_plan`` fits, the whole layer is one launch with a grid barrier on h. It reads
 the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed, group 64 or
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).

@@ -85,117 +85,143 @@ __device__ __forceinline__ void load_h(uint4 (&xv)[1][2][2], const uint4* src) {
   for (int j = 0; j < 4; ++j) xv[0][j >> 1][j & 1] = __ldcg(src + 8 * (j >> 1) + (j & 1));
 }
 
+// The layer's units over the grid (cuda_moe.fused_plan sized it): U gate|up and Ud down units a
+// CTA, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs
+struct FusedGrid {
+  int nb, k, s_gu, s_d, tiles_gu, tiles_d, n_gu, n_d, U, Ud, kw, kwd;
+  __device__ __forceinline__ explicit FusedGrid(const MoeArgs& a) {
+    nb = gridDim.x, k = a.topk, s_gu = a.gate.K / kStageK, s_d = a.down.K / kStageK;
+    tiles_gu = (a.gate.N + 15) / 16, tiles_d = (a.down.N + 15) / 16;
+    n_gu = a.T * k * tiles_gu, n_d = a.T * tiles_d;
+    U = (n_gu + nb - 1) / nb, Ud = (n_d + nb - 1) / nb;
+    kw = kFusedWarps / U, kwd = kFusedWarps / (Ud * k);
+  }
+};
+
+// A warp's share of one matmul: the pair it reads x (h) for, its first row, the expert (0 where
+// it has none: nst = 0), stages [lo, lo + nst) of K and the first of its slots
+struct Share {
+  long long pair;
+  int row0, e, lo, nst, slot;
+};
+
+// Part `part` of `parts` contiguous stage ranges of a K of `stages`, for pair `pair` (its expert
+// read where the warp has a unit), rows from row0; the unit's slots start at `first`
+__device__ __forceinline__ Share share(const MoeArgs& a, bool unit, long long pair, int row0, int stages, int parts,
+                                       int part, int first) {
+  const int per = (stages + parts - 1) / parts, lo = min(stages, part * per);
+  const int e = unit ? expert_of(a, pair) : -1;
+  const bool ok = e >= 0 && e < a.E;  // as route_block: an id out of range adds nothing
+  return Share{pair, row0, ok ? e : 0, lo, ok ? min(stages, lo + per) - lo : 0, first + lo};
+}
+// gate|up: unit i = warp / kw (pair, 16 rows), the warp's part warp % kw of its K
+__device__ __forceinline__ Share gate_up_share(const MoeArgs& a, const FusedGrid& f, int warp) {
+  const int i = warp / f.kw, u = blockIdx.x + i * f.nb;
+  const bool unit = i < f.U && u < f.n_gu;
+  return share(a, unit, unit ? u / f.tiles_gu : 0, unit ? u % f.tiles_gu * 16 : 0, f.s_gu, f.kw, warp % f.kw,
+               i * f.s_gu);
+}
+// down: unit i = warp / (k kwd) (token, 16 rows), its top-k pair j = warp / kwd % k, part warp % kwd
+__device__ __forceinline__ Share down_share(const MoeArgs& a, const FusedGrid& f, int warp) {
+  const int i = warp / (f.k * f.kwd), j = warp / f.kwd % f.k, v = blockIdx.x + i * f.nb;
+  const bool unit = i < f.Ud && v < f.n_d;
+  const long long tok = unit ? v / f.tiles_d : 0;
+  return share(a, unit, tok * f.k + j, unit ? v % f.tiles_d * 16 : 0, f.s_d, f.kwd, warp % f.kwd,
+               (i * f.k + j) * f.s_d);
+}
+
+// h = silu(g) * u of the CTA's gate|up units from the warps' parts (in warp order), one thread a row
+template <typename T>
+__device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid& f, const float (&part)[kFusedWarps][2][16]) {
+  if (threadIdx.x >= f.U * 16) return;
+  const int i = threadIdx.x / 16, r = threadIdx.x % 16, u = blockIdx.x + i * f.nb;
+  const int row = u % f.tiles_gu * 16 + r;
+  if (u >= f.n_gu || row >= a.gate.N) return;
+  const long long p = u / f.tiles_gu;
+  const int e = expert_of(a, p);
+  float gv = 0.f, uv = 0.f;
+  for (int w = i * f.kw; w < (i + 1) * f.kw; ++w) gv += part[w][0][r], uv += part[w][1][r];
+  if (e >= 0 && e < a.E) static_cast<T*>(a.h)[p * a.gate.N + row] = silu_mul<T>(gv, uv);
+}
+
+// y = sum_k w * round16(pair's down) in top-k order for the CTA's down units, one thread a row
+template <typename T>
+__device__ __forceinline__ void store_y(const MoeArgs& a, const FusedGrid& f, const float (&part)[kFusedWarps][16]) {
+  if (threadIdx.x >= f.Ud * 16) return;
+  const int i = threadIdx.x / 16, r = threadIdx.x % 16, v = blockIdx.x + i * f.nb;
+  const int row = v % f.tiles_d * 16 + r;
+  if (v >= f.n_d || row >= a.down.N) return;
+  const long long t = v / f.tiles_d;
+  float acc = 0.f;
+  for (int j = 0; j < f.k; ++j) {
+    const int w0 = (i * f.k + j) * f.kwd;
+    float sum = 0.f;
+    for (int w = w0; w < w0 + f.kwd; ++w) sum += part[w][r];
+    const long long p = t * f.k + j;
+    const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
+    acc = fmaf(round16<T>(sum), wt, acc);
+  }
+  static_cast<T*>(a.y)[t * a.down.N + row] = Half16<T>::from_f(acc);
+}
+
 template <typename T, int G, bool ASYM>
 __global__ void __launch_bounds__(kFusedWarps * 32, 1) moe_fused_kernel(const MoeArgs a) {
-  constexpr int NG = kStageK / G, W = kFusedWarps;
+  constexpr int NG = kStageK / G;
   using GSlot = GuSlot<NG, ASYM>;
   using DSlot = DnSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
-  __shared__ float part_gu[W][2][16];
-  __shared__ float part_d[W][16];
+  __shared__ float part_gu[kFusedWarps][2][16];
+  __shared__ float part_d[kFusedWarps][16];
   pdl_trigger();
   pdl_wait();  // x and the ids from here on
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int nb = gridDim.x, k = a.topk;
-  const int s_gu = a.gate.K / kStageK, s_d = a.down.K / kStageK;
-  const int tiles_gu = (a.gate.N + 15) / 16, tiles_d = (a.down.N + 15) / 16;
-  const int n_gu = a.T * k * tiles_gu, n_d = a.T * tiles_d;
-  const int U = (n_gu + nb - 1) / nb, Ud = (n_d + nb - 1) / nb;
-  GSlot* gslots = reinterpret_cast<GSlot*>(smem);
-  DSlot* dslots = reinterpret_cast<DSlot*>(gslots + U * s_gu);
-
-  // this warp's gate_up share: unit i = warp / kw, stages [lo, lo + nst) of its K
-  const int kw = W / U, per = (s_gu + kw - 1) / kw, ui = warp / kw;
-  const int u = blockIdx.x + ui * nb;
-  const bool gu_unit = ui < U && u < n_gu;
-  const long long pair = gu_unit ? u / tiles_gu : 0;
-  const int n0 = gu_unit ? (u % tiles_gu) * 16 : 0;
-  const int e = gu_unit ? expert_of(a, pair) : -1;
-  const bool gu_ok = e >= 0 && e < a.E;
-  const int lo = min(s_gu, (warp % kw) * per), nst = gu_ok ? min(s_gu, lo + per) - lo : 0;
-  {
-    GateUpFeed<T, NG, ASYM> feed(a, gu_ok ? e : 0, n0, lo, lane);
-    for (int s = 0; s < nst; ++s) {
-      feed.issue(gslots[ui * s_gu + lo + s], lane);
+  const FusedGrid f(a);
+  const Share gu = gate_up_share(a, f, warp), dn = down_share(a, f, warp);
+  GSlot* gslots = reinterpret_cast<GSlot*>(smem) + gu.slot;
+  DSlot* dslots = reinterpret_cast<DSlot*>(reinterpret_cast<GSlot*>(smem) + f.U * f.s_gu) + dn.slot;
+  {  // every copy at once: gate|up's stages first, one group each (its MMAs follow them in), then down's
+    GateUpFeed<T, NG, ASYM> feed(a, gu.e, gu.row0, gu.lo, lane);
+    for (int s = 0; s < gu.nst; ++s) {
+      feed.issue(gslots[s], lane);
       cp_async_commit();
     }
+    DnFeed<T, NG, ASYM> dfeed(a.down, dn.e, dn.row0, dn.lo, lane);
+    for (int s = 0; s < dn.nst; ++s) dfeed.issue(dslots[s], lane);
+    cp_async_commit();  // one group (maybe empty): the gate|up waits below count it
   }
-  // its down share: unit di = warp / (k * kwd), top-k pair j, stages [dlo, dlo + dnst) of its K
-  const int kwd = W / (Ud * k), per_d = (s_d + kwd - 1) / kwd;
-  const int di = warp / (k * kwd), j = warp / kwd % k;
-  const int v = blockIdx.x + di * nb;
-  const bool d_unit = di < Ud && v < n_d;
-  const int tok = d_unit ? v / tiles_d : 0, m0 = d_unit ? (v % tiles_d) * 16 : 0;
-  const long long dpair = (long long)tok * k + j;
-  const int de = d_unit ? expert_of(a, dpair) : -1;
-  const bool d_ok = de >= 0 && de < a.E;
-  const int dlo = min(s_d, (warp % kwd) * per_d), dnst = d_ok ? min(s_d, dlo + per_d) - dlo : 0;
-  DSlot* dmine = dslots + (di * k + j) * s_d + dlo;
-  {
-    DnFeed<T, NG, ASYM> feed(a.down, d_ok ? de : 0, m0, dlo, lane);
-    for (int s = 0; s < dnst; ++s) feed.issue(dmine[s], lane);
-    cp_async_commit();  // one group (maybe empty): the gate_up waits below count it
-  }
-
   float og[1][4] = {{0.f, 0.f, 0.f, 0.f}}, ou[1][4] = {{0.f, 0.f, 0.f, 0.f}};
-  const uint4* xsrc[1] = {reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + pair / k * a.stride_xm) +
-                          lo * (kStageK / 8) + 2 * c};
+  const uint4* xsrc[1] = {reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + gu.pair / f.k * a.stride_xm) +
+                          gu.lo * (kStageK / 8) + 2 * c};
   const bool has[1] = {true};
-  for (int s = 0; s < nst; ++s) {
+  for (int s = 0; s < gu.nst; ++s) {
     uint4 xv[1][2][2];
     load_x<1, true>(xv, xsrc, has, s * (kStageK / 8));
-    cp_async_wait_upto(nst - s);  // this stage's group in; later stages' and down's may still fly
-    __syncwarp();                  // lane l's chunks are read by the other lanes
-    const GSlot& sl = gslots[ui * s_gu + lo + s];
-    stage_qz<T, 1, NG, ASYM>(og, sl.w[0], sl.sz[0], xv, g, c);
-    stage_qz<T, 1, NG, ASYM>(ou, sl.w[1], sl.sz[1], xv, g, c);
+    cp_async_wait_upto(gu.nst - s);  // this stage's group in; later stages' and down's may still fly
+    __syncwarp();                     // lane l's chunks are read by the other lanes
+    stage_qz<T, 1, NG, ASYM>(og, gslots[s].w[0], gslots[s].sz[0], xv, g, c);
+    stage_qz<T, 1, NG, ASYM>(ou, gslots[s].w[1], gslots[s].sz[1], xv, g, c);
   }
   if (c == 0) {  // token column 0 is thread c = 0's elements 0 (row g) and 2 (row g + 8)
     part_gu[warp][0][g] = og[0][0], part_gu[warp][0][g + 8] = og[0][2];
     part_gu[warp][1][g] = ou[0][0], part_gu[warp][1][g + 8] = ou[0][2];
   }
   __syncthreads();
-  if (threadIdx.x < U * 16) {  // unit threadIdx.x / 16, row threadIdx.x % 16: its kw warps' parts in order
-    const int i = threadIdx.x / 16, r = threadIdx.x % 16, uu = blockIdx.x + i * nb;
-    const int row = (uu % tiles_gu) * 16 + r;
-    if (uu < n_gu && row < a.gate.N) {
-      const long long p = uu / tiles_gu;
-      const int pe = expert_of(a, p);
-      float gv = 0.f, uv = 0.f;
-      for (int w = i * kw; w < (i + 1) * kw; ++w) gv += part_gu[w][0][r], uv += part_gu[w][1][r];
-      if (pe >= 0 && pe < a.E) static_cast<T*>(a.h)[p * a.gate.N + row] = silu_mul<T>(gv, uv);
-    }
-  }
+  store_h<T>(a, f, part_gu);
   grid_barrier(a.counters);
 
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
   cp_async_wait<0>();
   __syncwarp();
-  const uint4* hsrc = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + dpair * a.down.K) +
-                      dlo * (kStageK / 8) + 2 * c;
-  for (int s = 0; s < dnst; ++s) {
+  const uint4* hsrc = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + dn.pair * a.down.K) +
+                      dn.lo * (kStageK / 8) + 2 * c;
+  for (int s = 0; s < dn.nst; ++s) {
     uint4 hv[1][2][2];
     load_h(hv, hsrc + s * (kStageK / 8));
-    stage_qz<T, 1, NG, ASYM>(out, dmine[s].w, dmine[s].sz, hv, g, c);
+    stage_qz<T, 1, NG, ASYM>(out, dslots[s].w, dslots[s].sz, hv, g, c);
   }
   if (c == 0) part_d[warp][g] = out[0][0], part_d[warp][g + 8] = out[0][2];
   __syncthreads();
-  if (threadIdx.x < Ud * 16) {  // unit threadIdx.x / 16: y = sum_k w * round16(pair's down), top-k order
-    const int i = threadIdx.x / 16, r = threadIdx.x % 16, vv = blockIdx.x + i * nb;
-    const int row = (vv % tiles_d) * 16 + r;
-    if (vv < n_d && row < a.down.N) {
-      const long long t = vv / tiles_d;
-      float acc = 0.f;
-      for (int jj = 0; jj < k; ++jj) {
-        float sum = 0.f;
-        for (int w = (i * k + jj) * kwd; w < (i * k + jj + 1) * kwd; ++w) sum += part_d[w][r];
-        const long long p = t * k + jj;
-        const float wt = a.wts32 ? static_cast<const float*>(a.wts)[p] : Half16<T>::to_f(static_cast<const T*>(a.wts)[p]);
-        acc = fmaf(round16<T>(sum), wt, acc);
-      }
-      static_cast<T*>(a.y)[t * a.down.N + row] = Half16<T>::from_f(acc);
-    }
-  }
+  store_y<T>(a, f, part_d);
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 //   turbopack_moe_w4   gate|up (h = silu(g) * u) then down (routing weight, sum over top-k)
 //
 // At a few tokens (T <= 2) the default is moe_token.cuh's pair instead: gate_up by pair and down by
-// token, without the routing, the workspace or the counters below. The routed kernels:
+// token, without the routing, the workspace or the counters below. Opt-in where a CTA per SM holds
+// its share of both matmuls' weights (T = 1): moe_fused.cuh's layer in one launch. The routed kernels:
 // experts are stacked [E, ...] in the w4_t{16,64}x64 layouts (expert e = slice e, the layout's own
 // bytes). Grid of each kernel: (64-row tile, K split, block slot). A block is up to BM = 8 * NTOK
 // token rows of one expert; slot b is the b-th block of the routing (experts in id order, an
