@@ -133,15 +133,13 @@ def cuda_candidates(t: int, shape: dict) -> list:
     with x per stage, and with down's sum over top-k in a launch of its own (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
 
-    default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"],
-                                      torch.device("cuda"))
+    dev = torch.device("cuda")
+    default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
     rows, splits = ((8, 16), (1, 2, 4)) if t > 8 else ((8,), (1, 2, 4, 8))
     cands = [default, dataclasses.replace(default, pdl=False)]
-    dev = torch.device("cuda")
     if cuda_moe.device_fused_plan(t, shape["top_k"], shape["hidden"], shape["inter"], shape["group"], True, 0, dev):
         # the layer in one launch, plain and as a PDL secondary of the previous call's
-        few = cuda_moe.MoECudaConfig(block_m=8)
-        cands += [dataclasses.replace(few, fused=True), dataclasses.replace(few, fused=True, pdl_gate_up=True)]
+        cands += [cuda_moe.MoECudaConfig(block_m=8, fused=True, pdl_gate_up=pg) for pg in (False, True)]
     cands += [
         cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]

@@ -77,7 +77,7 @@ class MoECudaConfig:
     #: and down weights into shared memory at once, a grid-wide barrier between h and down; where
     #: ``fused_plan`` fits (the other knobs but pdl_gate_up unused)
     fused: bool = False
-    fused_sms: int = 0  # the SMs fused_plan may spread the layer over (0: the device's)
+    fused_sms: int = 0  # the SMs fused_plan may spread the layer over (0 or past the device's: all)
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -172,9 +172,11 @@ def fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asy
 
 def device_fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asym: bool, sms: int,
                       device: torch.device) -> FusedPlan | None:
-    """fused_plan on ``device``: its SMs (or ``sms`` of them) and its opt-in shared memory per CTA."""
+    """fused_plan on ``device``: its SMs (or ``sms`` of them, at most all) and its opt-in shared
+    memory per CTA."""
     props = torch.cuda.get_device_properties(device)
-    return fused_plan(tokens, top_k, hidden, inter, group, asym, sms or props.multi_processor_count,
+    sms = min(sms, props.multi_processor_count) if sms else props.multi_processor_count
+    return fused_plan(tokens, top_k, hidden, inter, group, asym, sms,
                       props.shared_memory_per_block_optin - FUSED_STATIC_SMEM)
 
 

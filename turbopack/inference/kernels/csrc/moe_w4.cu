@@ -383,17 +383,15 @@ int run(const MoeArgs& a, const Knobs& k, cudaStream_t s) {
 }
 
 // The layer in one launch (moe_fused.cuh) on `ctas` CTAs: U gate|up and Ud down units each, all
-// their weights in shared memory at once. -1 where a CTA's units outnumber its warps or the grid
-// passes the SMs (its barrier needs every CTA resident: cuda_moe.fused_plan sizes it)
+// their weights in shared memory at once. -1 where a CTA's units outnumber its warps. The grid is
+// at most the SMs (its barrier needs every CTA resident): cuda_moe.fused_plan sizes it, and the
+// barrier's 2 s trap catches a grid that is not
 template <typename T, int G, bool ASYM>
 int fused(const MoeArgs& a, int ctas, bool pdl, cudaStream_t s) {
   constexpr int NG = kStageK / G;
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return -1;
   const int n_gu = a.T * a.topk * ((a.gate.N + 15) / 16), n_d = a.T * ((a.down.N + 15) / 16);
   const int U = (n_gu + ctas - 1) / ctas, Ud = (n_d + ctas - 1) / ctas;
-  if (ctas > sms || U > kFusedWarps || Ud * a.topk > kFusedWarps) return -1;
+  if (U > kFusedWarps || Ud * a.topk > kFusedWarps) return -1;
   const int smem = U * (a.gate.K / kStageK) * static_cast<int>(sizeof(GuSlot<NG, ASYM>)) +
                    Ud * a.topk * (a.down.K / kStageK) * static_cast<int>(sizeof(DnSlot<NG, ASYM>));
   return launch<moe_fused_kernel<T, G, ASYM>>(dim3(ctas), smem, a, Launch{pdl && g_pdl != 0, 1}, s, kFusedWarps);
