@@ -42,12 +42,14 @@ _spec.loader.exec_module(build_libs)
 
 #: csrc/common.cuh's knockout bits
 STORE, MATH, LOAD, SCALES, X = 1, 2, 4, 8, 16
+SYNC = 32  # csrc/moe_fused.cuh's own: the one-launch layer's grid barrier
 VARIANTS = {  # name: mask
     "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
     # run 12's "no weight loads" still waited on each stage's scale copies: this one waits on nothing
     "no copies": LOAD | SCALES,
     "skeleton": LOAD | SCALES | MATH,  # launch, routing, x, the sums of x, the store
     "no x loads": X,  # load_x's per-stage reads (constant fragments; the rows then read x per stage)
+    "no grid barrier": SYNC,  # the one-launch layer's (MoECudaConfig.fused): built for moe_w4.cu only
 }
 #: the libraries built in every variant
 MODULES = (cuda_w4, cuda_moe)
@@ -60,10 +62,12 @@ def lib_file(folder: Path, mod, mask: int) -> Path:
     return cuda_build.lib_path(mod.SRC, CAP, f"knockout-{mask}", folder)
 
 
-def build_all(folder: Path, jobs: int) -> None:
-    """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~25 s each)."""
+def build_all(folder: Path, jobs: int, modules=MODULES) -> None:
+    """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~45 s each); the
+    grid-barrier bit only where a kernel has one (moe_w4.cu's fused layer)."""
     build_libs.diagnostic(folder, CAP, [(mod.SRC, lib_file(folder, mod, mask), (f"TP_KNOCKOUT={mask}",))
-                                        for mod in MODULES for mask in VARIANTS.values()], jobs)
+                                        for mod in modules for mask in VARIANTS.values()
+                                        if mod is cuda_moe or not mask & SYNC], jobs)
 
 
 def use(mod, folder: Path, mask: int, dev: torch.device) -> None:
@@ -129,9 +133,10 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
     x2, weights, idx, nbytes, copies, want = lay.x2, lay.weights, lay.idx, lay.nbytes, lay.copies, lay.want
     stacks = copies[0]
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
+    fused = cuda_moe.MoECudaConfig(fused=True)
     rows = []
-    for cfg in (default, dataclasses.replace(default, pdl=False)):
-        tag = "" if cfg.pdl else " no PDL"
+    for cfg, tag in ((default, ""), (dataclasses.replace(default, pdl=False), " no PDL"), (fused, " fused"),
+                     (dataclasses.replace(fused, pdl_gate_up=True), " fused PDL")):
         row = {"layer": f"MoE T={t}{tag}", "cfg": str(cfg), "bytes": nbytes}
         row.update(time_variants(
             cuda_moe, folder, dev,
@@ -162,20 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libs", type=Path, help="the folder an --offline run filled, or its .tar.xz (else: build here)")
     p.add_argument("--jobs", type=int, default=8)
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    p.add_argument("--only", choices=("dense", "moe"), help="build and time one library's variants")
     args = p.parse_args(argv)
+    modules = {"dense": (cuda_w4,), "moe": (cuda_moe,)}.get(args.only, MODULES)
     if args.offline:
-        build_all(args.offline, args.jobs)
+        build_all(args.offline, args.jobs, modules)
         return 0
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != CAP:
         raise SystemExit("error: the knockout builds are sm_90a: this needs an H100/H200")
     folder = build_libs.unpacked(args.libs) if args.libs else Path("/tmp/knockout")
     if not args.libs:  # a carried folder (or its archive) is used as it is: the variants it holds
-        build_all(folder, args.jobs)
+        build_all(folder, args.jobs, modules)
     from turbopack.inference.kernels import bench
 
     dev = torch.device("cuda")
     bw = max(bench.copy_bandwidth().values())
-    rows = dense(folder, dev) + moe(folder, dev)
+    rows = (dense(folder, dev) if cuda_w4 in modules else []) + (moe(folder, dev) if cuda_moe in modules else [])
     print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.3f} TB/s; µs (difference from the real build)")
     print(table(rows, bw))
     if args.out:

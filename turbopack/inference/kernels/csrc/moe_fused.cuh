@@ -30,6 +30,9 @@
 namespace {
 
 constexpr int kFusedWarps = 16;
+// knockout bit of this kernel alone (common.cuh's list): the grid barrier (h then read before all
+// of it is stored)
+constexpr int kKoSync = 32;
 
 // cp.async.wait_group with a run-time count: at most n of this thread's groups still pending (n >
 // 7 waits for 7, which is only stricter)
@@ -198,8 +201,10 @@ __global__ void __launch_bounds__(kFusedWarps * 32, 1) moe_fused_kernel(const Mo
     load_x<1, true>(xv, xsrc, has, s * (kStageK / 8));
     cp_async_wait_upto(gu.nst - s);  // this stage's group in; later stages' and down's may still fly
     __syncwarp();                     // lane l's chunks are read by the other lanes
-    stage_qz<T, 1, NG, ASYM>(og, gslots[s].w[0], gslots[s].sz[0], xv, g, c);
-    stage_qz<T, 1, NG, ASYM>(ou, gslots[s].w[1], gslots[s].sz[1], xv, g, c);
+    if constexpr ((kKnockout & kKoMath) == 0) {
+      stage_qz<T, 1, NG, ASYM>(og, gslots[s].w[0], gslots[s].sz[0], xv, g, c);
+      stage_qz<T, 1, NG, ASYM>(ou, gslots[s].w[1], gslots[s].sz[1], xv, g, c);
+    }
   }
   if (c == 0) {  // token column 0 is thread c = 0's elements 0 (row g) and 2 (row g + 8)
     part_gu[warp][0][g] = og[0][0], part_gu[warp][0][g + 8] = og[0][2];
@@ -207,7 +212,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32, 1) moe_fused_kernel(const Mo
   }
   __syncthreads();
   store_h<T>(a, f, part_gu);
-  grid_barrier(a.counters);
+  if constexpr ((kKnockout & kKoSync) == 0) grid_barrier(a.counters);
 
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
   cp_async_wait<0>();
@@ -217,7 +222,7 @@ __global__ void __launch_bounds__(kFusedWarps * 32, 1) moe_fused_kernel(const Mo
   for (int s = 0; s < dn.nst; ++s) {
     uint4 hv[1][2][2];
     load_h(hv, hsrc + s * (kStageK / 8));
-    stage_qz<T, 1, NG, ASYM>(out, dslots[s].w, dslots[s].sz, hv, g, c);
+    if constexpr ((kKnockout & kKoMath) == 0) stage_qz<T, 1, NG, ASYM>(out, dslots[s].w, dslots[s].sz, hv, g, c);
   }
   if (c == 0) part_d[warp][g] = out[0][0], part_d[warp][g + 8] = out[0][2];
   __syncthreads();
