@@ -136,7 +136,8 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
     fused = cuda_moe.MoECudaConfig(fused=True)
     rows = []
     for cfg, tag in ((default, ""), (dataclasses.replace(default, pdl=False), " no PDL"), (fused, " fused"),
-                     (dataclasses.replace(fused, pdl_gate_up=True), " fused PDL")):
+                     (dataclasses.replace(fused, pdl_gate_up=True), " fused PDL"),
+                     (dataclasses.replace(fused, fused_warps=24), " fused 24 warps")):
         row = {"layer": f"MoE T={t}{tag}", "cfg": str(cfg), "bytes": nbytes}
         row.update(time_variants(
             cuda_moe, folder, dev,

@@ -41,8 +41,8 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
     # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK x (sums of x, x per stage) + by pair; down: the
     # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage), + the combine kernel per dtype,
-    # + the layer in one launch per dtype x G x ASYM
-    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8) + 2 + 2 * 2 * 2
+    # + the layer in one launch per dtype x G x ASYM x 16 or 24 warps
+    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8) + 2 + 2 * 2 * 2 * 2
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -133,6 +133,10 @@ def test_fused_plan():
     assert cuda_moe.fused_plan(2, 8, 2048, 768, 128, True, 132, cap) is None
     assert cuda_moe.fused_plan(1, 2, 4096, 14336, 128, True, 132, cap) is None
     assert cuda_moe.fused_plan(1, 8, 512, 128, 128, True, 1, 10**9) is None  # 64 units on one CTA's 16 warps
+    # 24 gate|up units and 8 x 3 down pairs on one CTA: past 16 warps, within 24
+    assert cuda_moe.fused_plan(1, 3, 128, 128, 128, True, 1, cap) is None
+    assert cuda_moe.fused_plan(1, 3, 128, 128, 128, True, 1, cap, 24) == cuda_moe.FusedPlan(1, 24, 8, 24 * 2 * 1072
+                                                                                              + 8 * 3 * 1072)
     small = cuda_moe.fused_plan(1, 2, 256, 128, 128, True, 4, cap)  # 16 units each: 4 a CTA on 4 CTAs
     assert small == cuda_moe.FusedPlan(4, 4, 4, 4 * 2 * 2 * 1072 + 4 * 2 * 1 * 1072)
     for t, k, h, i, sms in ((1, 8, 2048, 768, 132), (1, 1, 384, 384, 3), (2, 4, 256, 256, 132),
@@ -143,7 +147,7 @@ def test_fused_plan():
         assert p.ctas <= sms and -(-n_gu // p.ctas) <= p.units_gu and -(-n_d // p.ctas) <= p.units_down
 
 
-def _fused_kernel_cover(t, k, hidden, inter, ctas, warps=cuda_moe.FUSED_WARPS):
+def _fused_kernel_cover(t, k, hidden, inter, ctas, warps):
     """moe_fused_kernel's indexing, as written there, for every CTA and warp: {(pair, tile, stage):
     gate|up slot} and {(token, tile, pair j, stage): down slot}; asserts each slot is one warp's."""
     s_gu, s_d, tiles_gu, tiles_d = hidden // 128, inter // 128, -(-inter // 16), -(-hidden // 16)
@@ -174,14 +178,15 @@ def _fused_kernel_cover(t, k, hidden, inter, ctas, warps=cuda_moe.FUSED_WARPS):
     return gu, dn
 
 
+@pytest.mark.parametrize("warps", cuda_moe.FUSED_WARPS)
 @pytest.mark.parametrize("t,k,hidden,inter,sms", [(1, 8, 2048, 768, 132), (1, 2, 256, 128, 4), (2, 4, 256, 256, 132),
                                                   (1, 1, 384, 384, 3), (1, 8, 1024, 256, 40), (1, 6, 2048, 1408, 132)])
-def test_fused_kernel_covers_every_stage_once(t, k, hidden, inter, sms):
+def test_fused_kernel_covers_every_stage_once(t, k, hidden, inter, sms, warps):
     """The plan's grid through the kernel's unit / warp / slot indexing (a model of moe_fused_kernel's
     arithmetic): every (pair, 16 rows, stage) of gate|up and (token, 16 rows, pair, stage) of down in
-    exactly one warp's own slot of its CTA's allocation."""
-    plan = cuda_moe.fused_plan(t, k, hidden, inter, 128, True, sms, 227 * 1024)
-    gu, dn = _fused_kernel_cover(t, k, hidden, inter, plan.ctas)
+    exactly one warp's own slot of its CTA's allocation, in 16 warps and in 24."""
+    plan = cuda_moe.fused_plan(t, k, hidden, inter, 128, True, sms, 227 * 1024, warps)
+    gu, dn = _fused_kernel_cover(t, k, hidden, inter, plan.ctas, warps)
     assert len(gu) == t * k * -(-inter // 16) * (hidden // 128)
     assert len(dn) == t * -(-hidden // 16) * k * (inter // 128)
 
@@ -342,7 +347,9 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("plain", [cuda_moe.MoECudaConfig(1, 1, 4, 8, False, 8, True, True, 16),
-                                   cuda_moe.MoECudaConfig(fused=True)], ids=["by_token", "fused"])
+                                   cuda_moe.MoECudaConfig(fused=True),
+                                   cuda_moe.MoECudaConfig(fused=True, fused_warps=24)],
+                         ids=["by_token", "fused", "fused24"])
 def test_few_token_steps_chained_by_pdl_match_the_plain_launches(plain):
     """gate_up by pair as a PDL secondary of the kernel before it (pdl_gate_up) and down by token
     triggering at its store: two steps captured back to back in one graph, so that the second
@@ -383,27 +390,30 @@ def test_down_by_token_with_h_per_stage_matches_the_staged_one(t):
     _x_per_stage_against(step, xs, dataclasses.replace(xs, x_per_stage=False))
 
 
-FUSED_CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, fused_sms): units a CTA
-    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", 4),  # 4 + 4 on 4 CTAs
-    ("w4_t16x64", 16, 512, 384, 1, 8, 64, True, torch.float16, "random", 0),  # 2 + 1 on 96
-    ("w4_t64x64", 8, 256, 256, 2, 4, 64, True, torch.bfloat16, "one_expert", 0),  # T = 2: 1 + 1 on 128
-    ("w4_t64x64", 8, 384, 384, 1, 1, 128, False, torch.bfloat16, "skip_expert_2", 3),  # top-1: 8 + 8, 2 warps each
-    ("w4_t16x64", 16, 1024, 256, 1, 8, 128, False, torch.float16, "random", 40),  # 4 + 2: a warp per down pair
+FUSED_CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, fused_sms, warps): units a CTA
+    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", 4, 16),  # 4 + 4 on 4 CTAs
+    ("w4_t16x64", 16, 512, 384, 1, 8, 64, True, torch.float16, "random", 0, 16),  # 2 + 1 on 96
+    ("w4_t16x64", 16, 512, 384, 1, 8, 64, True, torch.float16, "random", 0, 24),  # 2 + 1 on 96: 12 and 3 warps each
+    ("w4_t64x64", 8, 256, 256, 2, 4, 64, True, torch.bfloat16, "one_expert", 0, 16),  # T = 2: 1 + 1 on 128
+    ("w4_t64x64", 8, 384, 384, 1, 1, 128, False, torch.bfloat16, "skip_expert_2", 3, 16),  # top-1: 8 + 8, 2 warps each
+    ("w4_t16x64", 16, 1024, 256, 1, 8, 128, False, torch.float16, "random", 40, 16),  # 4 + 2: a warp per down pair
+    ("w4_t64x64", 6, 128, 128, 1, 3, 128, True, torch.bfloat16, "random", 1, 24),  # 24 + 8 on one CTA: a warp each
 ]
 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("layout_name,n_exp,hidden,inter,t,k,group,sym,act,routing,sms", FUSED_CASES)
+@pytest.mark.parametrize("layout_name,n_exp,hidden,inter,t,k,group,sym,act,routing,sms,warps", FUSED_CASES)
 def test_fused_layer_matches_the_emulated_loop(layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing,
-                                               sms):
+                                               sms, warps):
     """The layer in one launch (csrc/moe_fused.cuh) against the per-expert loop of the layouts' CPU
     emulator: several gate|up and down units a CTA (fused_sms spreads small layers over few SMs), idle
     warps, both layouts, groups, symmetries and dtypes, int32 / int64 ids, fp32 / 16-bit weights, an
-    expert with no token; bit-identical re-runs (no atomic sums) and the barrier's counters left zeroed."""
+    expert with no token, 16 and 24 warps; bit-identical re-runs (no atomic sums) and the barrier's
+    counters left zeroed."""
     fmt, layout, experts, stacks, x, idx, weights = _random_step(t * 11 + hidden + group, layout_name, n_exp, hidden,
                                                                  inter, t, k, group, sym, act, routing)
-    cfg = cuda_moe.MoECudaConfig(fused=True, fused_sms=sms)
+    cfg = cuda_moe.MoECudaConfig(fused=True, fused_sms=sms, fused_warps=warps)
     xd = x.cuda()
     for ids, wts in ((idx, weights), (idx.int(), weights.to(act))):
         want = loop_reference(x, wts, idx, emulated(fmt, layout, experts))
@@ -415,13 +425,15 @@ def test_fused_layer_matches_the_emulated_loop(layout_name, n_exp, hidden, inter
 
 @pytest.mark.gpu
 @gpu
-def test_fused_layer_at_qwen3_30b_shapes():
+@pytest.mark.parametrize("warps", cuda_moe.FUSED_WARPS)
+def test_fused_layer_at_qwen3_30b_shapes(warps):
     """The layer in one launch at Qwen3-30B-A3B's expert shapes, T = 1 (128 CTAs of 3 + 1 units on
     an H100 or H200) against the float64 contract, within fp32 summation order of the two few-token
     kernels, bit-identical re-runs and a graph replay."""
     step = _qwen3_30b_step(1, 400)
     two = cuda_moe.default_config(1, 8, 128, 2048, 768, step[0].device)
-    _x_per_stage_against(step, dataclasses.replace(two, fused=True), dataclasses.replace(two, fused=False))
+    fused = dataclasses.replace(two, fused=True, fused_warps=warps)
+    _x_per_stage_against(step, fused, dataclasses.replace(two, fused=False))
 
 
 def _x_per_stage_against(step, xs, other):

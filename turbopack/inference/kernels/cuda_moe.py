@@ -41,9 +41,9 @@ DOWN_WARPS = (8, 16, 32)  # down by token's warps: k of them, or W / k per pair
 MAX_DOWN_SLOTS = 128  # down by token's warps x ring slots (csrc kMaxDownSlots: 32 x 8 is 282 KiB of shared memory)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 21 + [ctypes.c_void_p]}
-FUSED_WARPS = 16  # the one-launch layer's warps a CTA (csrc kFusedWarps): its units' K ranges share them
-FUSED_STATIC_SMEM = 4096  # its static shared memory (3 KiB of part sums) with room: off the opt-in cap
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 22 + [ctypes.c_void_p]}
+FUSED_WARPS = (16, 24)  # the one-launch layer's warps a CTA (csrc moe_fused_kernel's W): its units share them
+FUSED_STATIC_SMEM = 8192  # its static shared memory (part sums: 3.4 KiB at 16 warps, 5.1 at 24) with room
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class MoECudaConfig:
     #: ``fused_plan`` fits (the other knobs but pdl_gate_up unused)
     fused: bool = False
     fused_sms: int = 0  # the SMs fused_plan may spread the layer over (0 or past the device's: all)
+    fused_warps: int = 16  # its CTA's warps, 16 or 24 (80 registers: 1.5x the warps, fewer stages each)
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -154,14 +155,14 @@ class FusedPlan:
 
 
 def fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asym: bool, sms: int,
-               smem_cap: int) -> FusedPlan | None:
+               smem_cap: int, warps: int = FUSED_WARPS[0]) -> FusedPlan | None:
     """The fewest CTAs, at most one per SM (the grid barrier needs every CTA resident), that give no
     CTA more units than spreading them over all ``sms`` does; None where a CTA's weights pass
-    ``smem_cap`` or its units outnumber its warps. Slot bytes as csrc's GuSlot / DnSlot: a 128-k stage
+    ``smem_cap`` or its units outnumber its ``warps``. Slot bytes as csrc's GuSlot / DnSlot: a 128-k stage
     of 16 rows is 1 KiB of codes plus per group 32 bytes of scales and, asym, 16 of zero points."""
     n_gu, n_d = tokens * top_k * math.ceil(inter / 16), tokens * math.ceil(hidden / 16)
     u, ud = math.ceil(n_gu / sms), math.ceil(n_d / sms)
-    if u > FUSED_WARPS or ud * top_k > FUSED_WARPS:
+    if u > warps or ud * top_k > warps:
         return None
     stage = 1024 + (128 // group) * (48 if asym else 32)
     smem = u * (hidden // 128) * 2 * stage + ud * top_k * (inter // 128) * stage
@@ -171,13 +172,13 @@ def fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asy
 
 
 def device_fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asym: bool, sms: int,
-                      device: torch.device) -> FusedPlan | None:
+                      device: torch.device, warps: int = FUSED_WARPS[0]) -> FusedPlan | None:
     """fused_plan on ``device``: its SMs (or ``sms`` of them, at most all) and its opt-in shared
     memory per CTA."""
     props = torch.cuda.get_device_properties(device)
     sms = min(sms, props.multi_processor_count) if sms else props.multi_processor_count
     return fused_plan(tokens, top_k, hidden, inter, group, asym, sms,
-                      props.shared_memory_per_block_optin - FUSED_STATIC_SMEM)
+                      props.shared_memory_per_block_optin - FUSED_STATIC_SMEM, warps)
 
 
 def few_tokens(tokens: int, top_k: int) -> bool:
@@ -237,6 +238,8 @@ def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
         raise ValueError("x_per_stage builds down_by_token in 16 warps only (down_warps=16, or x_per_stage=False)")
     if cfg.combine and (cfg.down_by_token or cfg.split_down != 1):
         raise ValueError("combine is built for the routed down at split_down 1 (down_by_token=False, split_down=1)")
+    if cfg.fused and cfg.fused_warps not in FUSED_WARPS:
+        raise ValueError(f"fused_warps {cfg.fused_warps}: the one-launch layer is built in {FUSED_WARPS} warps")
     if cfg.pdl_gate_up and not (cfg.gate_up_by_pair or cfg.fused):
         raise ValueError("pdl_gate_up needs gate_up_by_pair or fused: the routed gate_up reads the ids before any wait")
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
@@ -270,7 +273,8 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
     plan = None
     if cfg.fused:
-        plan = device_fused_plan(t, top_k, hidden, inter, gate.group, gate.zeros is not None, cfg.fused_sms, dev)
+        plan = device_fused_plan(t, top_k, hidden, inter, gate.group, gate.zeros is not None, cfg.fused_sms, dev,
+                                 cfg.fused_warps)
         if plan is None:
             raise ValueError(f"fused: T={t} top-{top_k} at {hidden} / {inter} does not fit a CTA per SM "
                              "(shared memory or warps); fused=False")
@@ -286,7 +290,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
         int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), int(pdl_gu),
-        int(cfg.x_per_stage), int(cfg.combine), plan.ctas if plan else 0, _DTYPE_CODE[x2.dtype],
+        int(cfg.x_per_stage), int(cfg.combine), plan.ctas if plan else 0, cfg.fused_warps, _DTYPE_CODE[x2.dtype],
         cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "

@@ -29,7 +29,6 @@
 
 namespace {
 
-constexpr int kFusedWarps = 16;
 // knockout bit of this kernel alone (common.cuh's list): the grid barrier (h then read before all
 // of it is stored)
 constexpr int kKoSync = 32;
@@ -89,7 +88,8 @@ __device__ __forceinline__ void load_h(uint4 (&xv)[1][2][2], const uint4* src) {
 }
 
 // The layer's units over the grid (cuda_moe.fused_plan sized it): U gate|up and Ud down units a
-// CTA, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs
+// CTA of W warps, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs
+template <int W>
 struct FusedGrid {
   int nb, k, s_gu, s_d, tiles_gu, tiles_d, n_gu, n_d, U, Ud, kw, kwd;
   __device__ __forceinline__ explicit FusedGrid(const MoeArgs& a) {
@@ -97,20 +97,20 @@ struct FusedGrid {
     tiles_gu = (a.gate.N + 15) / 16, tiles_d = (a.down.N + 15) / 16;
     n_gu = a.T * k * tiles_gu, n_d = a.T * tiles_d;
     U = (n_gu + nb - 1) / nb, Ud = (n_d + nb - 1) / nb;
-    kw = kFusedWarps / U, kwd = kFusedWarps / (Ud * k);
+    kw = W / U, kwd = W / (Ud * k);
   }
 };
 
 // A warp's share of one matmul: the pair it reads x (h) for, its first row, the expert (0 where
 // it has none: nst = 0), stages [lo, lo + nst) of K and the first of its slots
 struct Share {
-  long long pair;
+  int pair;  // T * k <= kMaxPairs
   int row0, e, lo, nst, slot;
 };
 
 // Part `part` of `parts` contiguous stage ranges of a K of `stages`, for pair `pair` (its expert
 // read where the warp has a unit), rows from row0; the unit's slots start at `first`
-__device__ __forceinline__ Share share(const MoeArgs& a, bool unit, long long pair, int row0, int stages, int parts,
+__device__ __forceinline__ Share share(const MoeArgs& a, bool unit, int pair, int row0, int stages, int parts,
                                        int part, int first) {
   const int per = (stages + parts - 1) / parts, lo = min(stages, part * per);
   const int e = unit ? expert_of(a, pair) : -1;
@@ -118,24 +118,26 @@ __device__ __forceinline__ Share share(const MoeArgs& a, bool unit, long long pa
   return Share{pair, row0, ok ? e : 0, lo, ok ? min(stages, lo + per) - lo : 0, first + lo};
 }
 // gate|up: unit i = warp / kw (pair, 16 rows), the warp's part warp % kw of its K
-__device__ __forceinline__ Share gate_up_share(const MoeArgs& a, const FusedGrid& f, int warp) {
+template <int W>
+__device__ __forceinline__ Share gate_up_share(const MoeArgs& a, const FusedGrid<W>& f, int warp) {
   const int i = warp / f.kw, u = blockIdx.x + i * f.nb;
   const bool unit = i < f.U && u < f.n_gu;
   return share(a, unit, unit ? u / f.tiles_gu : 0, unit ? u % f.tiles_gu * 16 : 0, f.s_gu, f.kw, warp % f.kw,
                i * f.s_gu);
 }
 // down: unit i = warp / (k kwd) (token, 16 rows), its top-k pair j = warp / kwd % k, part warp % kwd
-__device__ __forceinline__ Share down_share(const MoeArgs& a, const FusedGrid& f, int warp) {
+template <int W>
+__device__ __forceinline__ Share down_share(const MoeArgs& a, const FusedGrid<W>& f, int warp) {
   const int i = warp / (f.k * f.kwd), j = warp / f.kwd % f.k, v = blockIdx.x + i * f.nb;
   const bool unit = i < f.Ud && v < f.n_d;
-  const long long tok = unit ? v / f.tiles_d : 0;
+  const int tok = unit ? v / f.tiles_d : 0;
   return share(a, unit, tok * f.k + j, unit ? v % f.tiles_d * 16 : 0, f.s_d, f.kwd, warp % f.kwd,
                (i * f.k + j) * f.s_d);
 }
 
 // h = silu(g) * u of the CTA's gate|up units from the warps' parts (in warp order), one thread a row
-template <typename T>
-__device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid& f, const float (&part)[kFusedWarps][2][16]) {
+template <typename T, int W>
+__device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid<W>& f, const float (&part)[W][2][16]) {
   if (threadIdx.x >= f.U * 16) return;
   const int i = threadIdx.x / 16, r = threadIdx.x % 16, u = blockIdx.x + i * f.nb;
   const int row = u % f.tiles_gu * 16 + r;
@@ -148,8 +150,8 @@ __device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid& f, co
 }
 
 // y = sum_k w * round16(pair's down) in top-k order for the CTA's down units, one thread a row
-template <typename T>
-__device__ __forceinline__ void store_y(const MoeArgs& a, const FusedGrid& f, const float (&part)[kFusedWarps][16]) {
+template <typename T, int W>
+__device__ __forceinline__ void store_y(const MoeArgs& a, const FusedGrid<W>& f, const float (&part)[W][16]) {
   if (threadIdx.x >= f.Ud * 16) return;
   const int i = threadIdx.x / 16, r = threadIdx.x % 16, v = blockIdx.x + i * f.nb;
   const int row = v % f.tiles_d * 16 + r;
@@ -167,30 +169,37 @@ __device__ __forceinline__ void store_y(const MoeArgs& a, const FusedGrid& f, co
   static_cast<T*>(a.y)[t * a.down.N + row] = Half16<T>::from_f(acc);
 }
 
-template <typename T, int G, bool ASYM>
-__global__ void __launch_bounds__(kFusedWarps * 32, 1) moe_fused_kernel(const MoeArgs a) {
+// W warps: 16 or 24 (at most 80 registers, 85 being 64 Ki / 768 threads: 1.5x the warps to hide
+// the MMAs' and loads' latency; Qwen3-30B-A3B at T = 1 then gives every warp 2 stages of gate|up
+// and 2 of down where 16 warps take 4 and 3, with 4 and 0 warps idle; at 32 warps, 64 registers,
+// ptxas spills)
+template <typename T, int G, bool ASYM, int W>
+__global__ void __launch_bounds__(W * 32, 1) moe_fused_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   using GSlot = GuSlot<NG, ASYM>;
   using DSlot = DnSlot<NG, ASYM>;
   extern __shared__ uint4 smem[];
-  __shared__ float part_gu[kFusedWarps][2][16];
-  __shared__ float part_d[kFusedWarps][16];
+  __shared__ float part_gu[W][2][16];
+  __shared__ float part_d[W][16];
+  __shared__ Share down_of[W];  // each warp's down share, kept here across gate_up (registers)
   pdl_trigger();
   pdl_wait();  // x and the ids from here on
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const FusedGrid f(a);
-  const Share gu = gate_up_share(a, f, warp), dn = down_share(a, f, warp);
+  const FusedGrid<W> f(a);
+  const Share gu = gate_up_share(a, f, warp);
   GSlot* gslots = reinterpret_cast<GSlot*>(smem) + gu.slot;
-  DSlot* dslots = reinterpret_cast<DSlot*>(reinterpret_cast<GSlot*>(smem) + f.U * f.s_gu) + dn.slot;
+  DSlot* dslots0 = reinterpret_cast<DSlot*>(reinterpret_cast<GSlot*>(smem) + f.U * f.s_gu);
   {  // every copy at once: gate|up's stages first, one group each (its MMAs follow them in), then down's
     GateUpFeed<T, NG, ASYM> feed(a, gu.e, gu.row0, gu.lo, lane);
     for (int s = 0; s < gu.nst; ++s) {
       feed.issue(gslots[s], lane);
       cp_async_commit();
     }
+    const Share dn = down_share(a, f, warp);
     DnFeed<T, NG, ASYM> dfeed(a.down, dn.e, dn.row0, dn.lo, lane);
-    for (int s = 0; s < dn.nst; ++s) dfeed.issue(dslots[s], lane);
+    for (int s = 0; s < dn.nst; ++s) dfeed.issue(dslots0[dn.slot + s], lane);
     cp_async_commit();  // one group (maybe empty): the gate|up waits below count it
+    if (lane == 0) down_of[warp] = dn;  // read after the __syncthreads below
   }
   float og[1][4] = {{0.f, 0.f, 0.f, 0.f}}, ou[1][4] = {{0.f, 0.f, 0.f, 0.f}};
   const uint4* xsrc[1] = {reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + gu.pair / f.k * a.stride_xm) +
@@ -215,6 +224,8 @@ __global__ void __launch_bounds__(kFusedWarps * 32, 1) moe_fused_kernel(const Mo
   if constexpr ((kKnockout & kKoSync) == 0) grid_barrier(a.counters);
 
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+  const Share dn = down_of[warp];
+  const DSlot* dslots = dslots0 + dn.slot;
   cp_async_wait<0>();
   __syncwarp();
   const uint4* hsrc = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + dn.pair * a.down.K) +
