@@ -48,6 +48,13 @@ __device__ __forceinline__ void cp_async_wait_upto(int n) {
   }
 }
 
+// arrival: a release at gpu scope (fence.acq_rel, SASS MEMBAR.ALL.GPU, before the add), cumulative
+// over the CTA's h stores that the __syncthreads before it ordered; not __threadfence's fence.sc
+// (MEMBAR.SC.GPU), whose single global order the barrier does not need
+__device__ __forceinline__ void red_release_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
 __device__ __forceinline__ int ld_acquire(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
@@ -61,16 +68,16 @@ __device__ __forceinline__ unsigned long long global_ns() {
 }
 
 // Every CTA of the grid past this point only once all have reached it (their global stores before
-// it visible to all after it). ctr[0] counts arrivals, ctr[1] departures; the last to depart
-// re-zeroes both (the workspace's contract), after which no CTA reads them again this launch. A CTA
-// that waits 2 s traps: a grid that cannot be resident at once (not one the launcher sizes) fails
-// the launch (a CUDA error the caller raises) instead of hanging the process.
+// it visible to all after it: a release add, an acquire spin). ctr[0] counts arrivals, ctr[1]
+// departures; the last to depart re-zeroes both (the workspace's contract), after which no CTA
+// reads them again this launch. A CTA that waits 2 s traps: a grid that cannot be resident at once
+// (not one the launcher sizes) fails the launch (a CUDA error the caller raises) instead of
+// hanging the process.
 __device__ __forceinline__ void grid_barrier(int* ctr) {
   __syncthreads();
   if (threadIdx.x == 0) {
     const int n = gridDim.x;
-    __threadfence();
-    atomicAdd(ctr, 1);
+    red_release_add(ctr, 1);
     const unsigned long long t0 = global_ns();
     while (ld_acquire(ctr) < n) {
       __nanosleep(20);
@@ -88,7 +95,9 @@ __device__ __forceinline__ void load_h(uint4 (&xv)[1][2][2], const uint4* src) {
 }
 
 // The layer's units over the grid (cuda_moe.fused_plan sized it): U gate|up and Ud down units a
-// CTA of W warps, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs
+// CTA of W warps, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs. U, Ud,
+// kw and kwd come from the launcher (MoeArgs.fused_*): four fewer run-time divisions in the chain
+// of them that every warp runs before its first copy (which needs its expert's id)
 template <int W>
 struct FusedGrid {
   int nb, k, s_gu, s_d, tiles_gu, tiles_d, n_gu, n_d, U, Ud, kw, kwd;
@@ -96,8 +105,7 @@ struct FusedGrid {
     nb = gridDim.x, k = a.topk, s_gu = a.gate.K / kStageK, s_d = a.down.K / kStageK;
     tiles_gu = (a.gate.N + 15) / 16, tiles_d = (a.down.N + 15) / 16;
     n_gu = a.T * k * tiles_gu, n_d = a.T * tiles_d;
-    U = (n_gu + nb - 1) / nb, Ud = (n_d + nb - 1) / nb;
-    kw = W / U, kwd = W / (Ud * k);
+    U = a.fused_u, Ud = a.fused_ud, kw = a.fused_kw, kwd = a.fused_kwd;
   }
 };
 
@@ -226,14 +234,24 @@ __global__ void __launch_bounds__(W * 32, 1) moe_fused_kernel(const MoeArgs a) {
   float out[1][4] = {{0.f, 0.f, 0.f, 0.f}};
   const Share dn = down_of[warp];
   const DSlot* dslots = dslots0 + dn.slot;
+  constexpr int kStep = kStageK / 8;  // uint4 of h a stage
+  const uint4* hsrc = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + dn.pair * a.down.K) +
+                      dn.lo * kStep + 2 * c;
+  // h one stage ahead of the MMAs (two register sets, unrolled by two: an index by s would put them
+  // in local memory), so each L2 round trip after the barrier overlaps the stage before it; the
+  // first two are both in flight before any MMA (Qwen3-30B-A3B: 2 or 3 stages a warp)
+  uint4 ha[1][2][2], hb[1][2][2];
+  if (dn.nst > 0) load_h(ha, hsrc);
   cp_async_wait<0>();
   __syncwarp();
-  const uint4* hsrc = reinterpret_cast<const uint4*>(static_cast<const T*>(a.h) + dn.pair * a.down.K) +
-                      dn.lo * (kStageK / 8) + 2 * c;
-  for (int s = 0; s < dn.nst; ++s) {
-    uint4 hv[1][2][2];
-    load_h(hv, hsrc + s * (kStageK / 8));
-    if constexpr ((kKnockout & kKoMath) == 0) stage_qz<T, 1, NG, ASYM>(out, dslots[s].w, dslots[s].sz, hv, g, c);
+  for (int s = 0; s < dn.nst; s += 2) {
+    if (s + 1 < dn.nst) load_h(hb, hsrc + (s + 1) * kStep);
+    if constexpr ((kKnockout & kKoMath) == 0) stage_qz<T, 1, NG, ASYM>(out, dslots[s].w, dslots[s].sz, ha, g, c);
+    if (s + 1 < dn.nst) {
+      if (s + 2 < dn.nst) load_h(ha, hsrc + (s + 2) * kStep);
+      if constexpr ((kKnockout & kKoMath) == 0)
+        stage_qz<T, 1, NG, ASYM>(out, dslots[s + 1].w, dslots[s + 1].sz, hb, g, c);
+    }
   }
   if (c == 0) part_d[warp][g] = out[0][0], part_d[warp][g + 8] = out[0][2];
   __syncthreads();

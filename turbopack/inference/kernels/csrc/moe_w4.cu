@@ -387,11 +387,12 @@ int run(const MoeArgs& a, const Knobs& k, cudaStream_t s) {
 // grid is at most the SMs (its barrier needs every CTA resident): cuda_moe.fused_plan sizes it, and
 // the barrier's 2 s trap catches a grid that is not
 template <typename T, int G, bool ASYM, int W>
-int fused(const MoeArgs& a, int ctas, bool pdl, cudaStream_t s) {
+int fused(MoeArgs a, int ctas, bool pdl, cudaStream_t s) {
   constexpr int NG = kStageK / G;
   const int n_gu = a.T * a.topk * ((a.gate.N + 15) / 16), n_d = a.T * ((a.down.N + 15) / 16);
   const int U = (n_gu + ctas - 1) / ctas, Ud = (n_d + ctas - 1) / ctas;
   if (U > W || Ud * a.topk > W) return -1;
+  a.fused_u = U, a.fused_ud = Ud, a.fused_kw = W / U, a.fused_kwd = W / (Ud * a.topk);
   const int smem = U * (a.gate.K / kStageK) * static_cast<int>(sizeof(GuSlot<NG, ASYM>)) +
                    Ud * a.topk * (a.down.K / kStageK) * static_cast<int>(sizeof(DnSlot<NG, ASYM>));
   return launch<moe_fused_kernel<T, G, ASYM, W>>(dim3(ctas), smem, a, Launch{pdl && g_pdl != 0, 1}, s, W);
