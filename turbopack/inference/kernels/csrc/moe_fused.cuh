@@ -95,10 +95,9 @@ __device__ __forceinline__ void load_h(uint4 (&xv)[1][2][2], const uint4* src) {
 }
 
 // The layer's units over the grid (cuda_moe.fused_plan sized it): U gate|up and Ud down units a
-// CTA of W warps, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs. U, Ud,
-// kw and kwd come from the launcher (MoeArgs.fused_*): four fewer run-time divisions in the chain
-// of them that every warp runs before its first copy (which needs its expert's id)
-template <int W>
+// CTA, kw warps to a gate|up unit and kwd to each of a down unit's top-k pairs. U, Ud, kw and kwd
+// come from the launcher (MoeArgs.fused_*): four fewer run-time divisions in the chain of them that
+// every warp runs before its first copy (which needs its expert's id)
 struct FusedGrid {
   int nb, k, s_gu, s_d, tiles_gu, tiles_d, n_gu, n_d, U, Ud, kw, kwd;
   __device__ __forceinline__ explicit FusedGrid(const MoeArgs& a) {
@@ -126,16 +125,14 @@ __device__ __forceinline__ Share share(const MoeArgs& a, bool unit, int pair, in
   return Share{pair, row0, ok ? e : 0, lo, ok ? min(stages, lo + per) - lo : 0, first + lo};
 }
 // gate|up: unit i = warp / kw (pair, 16 rows), the warp's part warp % kw of its K
-template <int W>
-__device__ __forceinline__ Share gate_up_share(const MoeArgs& a, const FusedGrid<W>& f, int warp) {
+__device__ __forceinline__ Share gate_up_share(const MoeArgs& a, const FusedGrid& f, int warp) {
   const int i = warp / f.kw, u = blockIdx.x + i * f.nb;
   const bool unit = i < f.U && u < f.n_gu;
   return share(a, unit, unit ? u / f.tiles_gu : 0, unit ? u % f.tiles_gu * 16 : 0, f.s_gu, f.kw, warp % f.kw,
                i * f.s_gu);
 }
 // down: unit i = warp / (k kwd) (token, 16 rows), its top-k pair j = warp / kwd % k, part warp % kwd
-template <int W>
-__device__ __forceinline__ Share down_share(const MoeArgs& a, const FusedGrid<W>& f, int warp) {
+__device__ __forceinline__ Share down_share(const MoeArgs& a, const FusedGrid& f, int warp) {
   const int i = warp / (f.k * f.kwd), j = warp / f.kwd % f.k, v = blockIdx.x + i * f.nb;
   const bool unit = i < f.Ud && v < f.n_d;
   const int tok = unit ? v / f.tiles_d : 0;
@@ -145,7 +142,7 @@ __device__ __forceinline__ Share down_share(const MoeArgs& a, const FusedGrid<W>
 
 // h = silu(g) * u of the CTA's gate|up units from the warps' parts (in warp order), one thread a row
 template <typename T, int W>
-__device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid<W>& f, const float (&part)[W][2][16]) {
+__device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid& f, const float (&part)[W][2][16]) {
   if (threadIdx.x >= f.U * 16) return;
   const int i = threadIdx.x / 16, r = threadIdx.x % 16, u = blockIdx.x + i * f.nb;
   const int row = u % f.tiles_gu * 16 + r;
@@ -159,7 +156,7 @@ __device__ __forceinline__ void store_h(const MoeArgs& a, const FusedGrid<W>& f,
 
 // y = sum_k w * round16(pair's down) in top-k order for the CTA's down units, one thread a row
 template <typename T, int W>
-__device__ __forceinline__ void store_y(const MoeArgs& a, const FusedGrid<W>& f, const float (&part)[W][16]) {
+__device__ __forceinline__ void store_y(const MoeArgs& a, const FusedGrid& f, const float (&part)[W][16]) {
   if (threadIdx.x >= f.Ud * 16) return;
   const int i = threadIdx.x / 16, r = threadIdx.x % 16, v = blockIdx.x + i * f.nb;
   const int row = v % f.tiles_d * 16 + r;
@@ -193,7 +190,7 @@ __global__ void __launch_bounds__(W * 32, 1) moe_fused_kernel(const MoeArgs a) {
   pdl_trigger();
   pdl_wait();  // x and the ids from here on
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const FusedGrid<W> f(a);
+  const FusedGrid f(a);
   const Share gu = gate_up_share(a, f, warp);
   GSlot* gslots = reinterpret_cast<GSlot*>(smem) + gu.slot;
   DSlot* dslots0 = reinterpret_cast<DSlot*>(reinterpret_cast<GSlot*>(smem) + f.U * f.s_gu);

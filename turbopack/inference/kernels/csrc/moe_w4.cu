@@ -452,7 +452,8 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
       (x_per_stage && down_by_token && down_warps != 16) || (combine && (down_by_token || split_d != 1)) ||
-      fused_ctas < 0 || (fused_ctas > 0 && fused_warps != 16 && fused_warps != 24) || (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
+      fused_ctas < 0 || (fused_ctas > 0 && fused_warps != 16 && fused_warps != 24) || (dtype != 0 && dtype != 1) ||
+      (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
     return Lin{static_cast<const uint4*>(q), s, static_cast<const uint8_t*>(z), d[0], d[1], d[2], d[3], d[4], d[5]};
@@ -463,9 +464,8 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const Knobs k{split_gu,           split_d,        stages_gu,           stages_d,        down_warps,
-                fused_ctas,         fused_warps,    gu_by_pair != 0,     down_by_token != 0, pdl != 0,
-                pdl_gu != 0,        x_per_stage != 0, combine != 0};
+  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, fused_ctas, fused_warps, gu_by_pair != 0,
+                down_by_token != 0, pdl != 0, pdl_gu != 0, x_per_stage != 0, combine != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
 
