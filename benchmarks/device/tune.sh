@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 11's done-condition runs on an H200, each under one call's 600 s: the tuner by formats
+# (W4A16 alone has ~1700 candidates over the four shapes and eight M; the 8-bit and NVFP4 formats
+# together about as many), then the 8B end to end on the tree with the merged table.
+#   FORMATS=w4a16 bash benchmarks/device/tune.sh                 # $OUT/sm90.json, bench.json
+#   FORMATS=nvfp4,w8a16,w8a8,fp8 bash benchmarks/device/tune.sh
+#   PART=e2e bash benchmarks/device/tune.sh                      # bench_e2e --e2e (all formats)
+# The tuner writes its winners over the tree's configs/sm90.json (bench_main._over): copy each
+# call's $OUT/sm90.json into turbopack/inference/kernels/configs/ before the next call, so the
+# last one holds every format's and PART=e2e runs on it. Carry .scratch/prebuilt.tar.xz.
+source benchmarks/device/lib.sh
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+step build; build_libs
+if [ "${PART:-tune}" = e2e ]; then
+  step "bench_e2e --e2e"
+  timeout ${E2E_S:-480} python3 benchmarks/bench_e2e.py --e2e --out "$OUT" > "$OUT/e2e.txt" 2> "$OUT/e2e.log"
+  echo "rc=$?"; grep -E "copy bandwidth|^\| |bar" "$OUT/e2e.txt" | head -60; tail -3 "$OUT/e2e.log"
+  step done; exit 0
+fi
+step "bench_linear --tune --formats ${FORMATS:=w4a16}"
+timeout ${TUNE_S:-520} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$FORMATS" ${MS:+--ms $MS} \
+  --out "$OUT" > "$OUT/tune.txt" 2> "$OUT/tune.log"
+echo "rc=$?"; tail -4 "$OUT/tune.log"; grep -vE "^\s*$" "$OUT/tune.txt" | head -80
+step done
