@@ -19,7 +19,7 @@ is a failure (not timed; the script exits 1), and the loop peer must pass it too
 
     python3 benchmarks/bench_moe.py --tokens 1,16,64 --log sweep.txt   # both paths, swept
     python3 benchmarks/bench_moe.py --no-sweep                         # default configs only
-    python3 benchmarks/bench_moe.py --tokens 1 --no-sweep --cuda-head 6  # and no PDL, one launch (fused) x2
+    python3 benchmarks/bench_moe.py --tokens 1 --no-sweep --cuda-head 2  # the default, then it without PDL
     python3 benchmarks/bench_moe.py --tokens 1 --no-triton-sweep       # the CUDA configs only
     python3 benchmarks/bench_moe.py --cpu-smoke                        # Triton interpreter, tiny shapes
     python3 benchmarks/bench_moe.py --shape llama3-8b-mlp --tokens 1,2 --no-triton-sweep   # 8B MLP, one expert
@@ -127,8 +127,7 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def cuda_candidates(t: int, shape: dict) -> list:
-    """The registered default first, then it without the programmatic dependent launch of down, the
-    layer in one launch where it fits (with and without PDL, in 16 and 24 warps), then K
+    """The registered default first, then it without the programmatic dependent launch of down, then K
     splits x ring depths, and at few tokens the few-token kernels' variants, then the routed ones
     with x per stage, and with down's sum over top-k in a launch of its own (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
@@ -136,12 +135,7 @@ def cuda_candidates(t: int, shape: dict) -> list:
     dev = torch.device("cuda")
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
     rows, splits = ((8, 16), (1, 2, 4)) if t > 8 else ((8,), (1, 2, 4, 8))
-    cands = [default, dataclasses.replace(default, pdl=False)]
-    if cuda_moe.device_fused_plan(t, shape["top_k"], shape["hidden"], shape["inter"], shape["group"], True, 0, dev):
-        # the layer in one launch, plain and as a PDL secondary of the previous call's, in 16 warps, then 24
-        cands += [cuda_moe.MoECudaConfig(block_m=8, fused=True, pdl_gate_up=pg, fused_warps=w)
-                  for w in cuda_moe.FUSED_WARPS for pg in (False, True)]
-    cands += [
+    cands = [default, dataclasses.replace(default, pdl=False)] + [
         cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]
     if cuda_moe.few_tokens(t, shape["top_k"]):  # the few-token kernels, together and each with a routed one
@@ -303,7 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-triton-sweep", dest="triton_sweep", action="store_false",
                    help="sweep the CUDA path only (Triton at its default config: no compiles of its candidates)")
     p.add_argument("--cuda-head", type=int, default=1,
-                   help="with --no-sweep: time the first N CUDA candidates (2: the default without PDL; 3-6: fused)")
+                   help="with --no-sweep: time the first N CUDA candidates (2: also the default without PDL)")
     p.add_argument("--log", default=None, help="per-candidate lines to this file (default: stderr)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-30b-a3b", help="the layer's shapes")
     args = p.parse_args(argv)

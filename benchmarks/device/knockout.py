@@ -42,14 +42,12 @@ _spec.loader.exec_module(build_libs)
 
 #: csrc/common.cuh's knockout bits
 STORE, MATH, LOAD, SCALES, X = 1, 2, 4, 8, 16
-SYNC = 32  # csrc/moe_fused.cuh's own: the one-launch layer's grid barrier
 VARIANTS = {  # name: mask
     "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
     # run 12's "no weight loads" still waited on each stage's scale copies: this one waits on nothing
     "no copies": LOAD | SCALES,
     "skeleton": LOAD | SCALES | MATH,  # launch, routing, x, the sums of x, the store
     "no x loads": X,  # load_x's per-stage reads (constant fragments; the rows then read x per stage)
-    "no grid barrier": SYNC,  # the one-launch layer's (MoECudaConfig.fused): built for moe_w4.cu only
 }
 #: the libraries built in every variant
 MODULES = (cuda_w4, cuda_moe)
@@ -63,11 +61,9 @@ def lib_file(folder: Path, mod, mask: int) -> Path:
 
 
 def build_all(folder: Path, jobs: int, modules=MODULES) -> None:
-    """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~45 s each); the
-    grid-barrier bit only where a kernel has one (moe_w4.cu's fused layer)."""
+    """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~25 s each)."""
     build_libs.diagnostic(folder, CAP, [(mod.SRC, lib_file(folder, mod, mask), (f"TP_KNOCKOUT={mask}",))
-                                        for mod in modules for mask in VARIANTS.values()
-                                        if mod is cuda_moe or not mask & SYNC], jobs)
+                                        for mod in modules for mask in VARIANTS.values()], jobs)
 
 
 def use(mod, folder: Path, mask: int, dev: torch.device) -> None:
@@ -133,11 +129,8 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
     x2, weights, idx, nbytes, copies, want = lay.x2, lay.weights, lay.idx, lay.nbytes, lay.copies, lay.want
     stacks = copies[0]
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
-    fused = cuda_moe.MoECudaConfig(fused=True)
     rows = []
-    for cfg, tag in ((default, ""), (dataclasses.replace(default, pdl=False), " no PDL"), (fused, " fused"),
-                     (dataclasses.replace(fused, pdl_gate_up=True), " fused PDL"),
-                     (dataclasses.replace(fused, fused_warps=24), " fused 24 warps")):
+    for cfg, tag in ((default, ""), (dataclasses.replace(default, pdl=False), " no PDL")):
         row = {"layer": f"MoE T={t}{tag}", "cfg": str(cfg), "bytes": nbytes}
         row.update(time_variants(
             cuda_moe, folder, dev,

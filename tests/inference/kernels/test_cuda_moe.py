@@ -40,9 +40,8 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
     # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK x (sums of x, x per stage) + by pair; down: the
-    # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage), + the combine kernel per dtype,
-    # + the layer in one launch per dtype x G x ASYM x 16 or 24 warps
-    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8) + 2 + 2 * 2 * 2 * 2
+    # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage), + the combine kernel per dtype
+    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8) + 2
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -105,90 +104,15 @@ def test_config_checks_name_the_fix():
     with pytest.raises(ValueError, match="stages_down 4 at 32 warps"):  # 282 KiB of shared memory
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks,
                                   cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=32, stages_down=8))
-    with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair or fused"):
+    with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(pdl_gate_up=True))
     with pytest.raises(ValueError, match="down_by_token in 16 warps only"):  # the routed kernels: any
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks, cfg=cuda_moe.MoECudaConfig(
             down_by_token=True, down_warps=8, x_per_stage=True))
     with pytest.raises(ValueError, match="combine is built for the routed down at split_down 1"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(split_down=2, combine=True))
-    props = mock.Mock(multi_processor_count=132, shared_memory_per_block_optin=227 * 1024)
-    with mock.patch.object(torch.cuda, "get_device_properties", return_value=props), \
-            pytest.raises(ValueError, match="does not fit a CTA per SM"):  # 24 gate|up units on 1 SM's 16 warps
-        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(fused=True, fused_sms=1))
     with pytest.raises(ValueError, match="block_m 12"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(block_m=12))
-
-
-def test_fused_plan():
-    """Qwen3-30B-A3B at T = 1 on 132 SMs: 384 gate|up and 128 down units, 3 + 1 a CTA on 128 CTAs,
-    151 KiB of weights each (3 x 16 stages x 2144 bytes + 8 pairs x 6 x 1072); on 114 SMs (4 + 2) and
-    at T = 2 (6 + 2) they pass the shared memory, Mixtral's (hidden 4096, 14336) by far; more units
-    than warps: none."""
-    cap = 227 * 1024 - cuda_moe.FUSED_STATIC_SMEM
-    assert cuda_moe.fused_plan(1, 8, 2048, 768, 128, True, 132, cap) == cuda_moe.FusedPlan(128, 3, 1, 154368)
-    assert cuda_moe.fused_plan(1, 8, 2048, 768, 128, False, 132, cap).smem == 3 * 16 * 2112 + 8 * 6 * 1056
-    assert cuda_moe.fused_plan(1, 8, 2048, 768, 64, True, 132, cap).smem == 3 * 16 * 2240 + 8 * 6 * 1120
-    assert cuda_moe.fused_plan(1, 8, 2048, 768, 128, True, 114, cap) is None
-    assert cuda_moe.fused_plan(2, 8, 2048, 768, 128, True, 132, cap) is None
-    assert cuda_moe.fused_plan(1, 2, 4096, 14336, 128, True, 132, cap) is None
-    assert cuda_moe.fused_plan(1, 8, 512, 128, 128, True, 1, 10**9) is None  # 64 units on one CTA's 16 warps
-    # 24 gate|up units and 8 x 3 down pairs on one CTA: past 16 warps, within 24
-    assert cuda_moe.fused_plan(1, 3, 128, 128, 128, True, 1, cap) is None
-    assert cuda_moe.fused_plan(1, 3, 128, 128, 128, True, 1, cap, 24) == cuda_moe.FusedPlan(1, 24, 8, 24 * 2 * 1072
-                                                                                              + 8 * 3 * 1072)
-    small = cuda_moe.fused_plan(1, 2, 256, 128, 128, True, 4, cap)  # 16 units each: 4 a CTA on 4 CTAs
-    assert small == cuda_moe.FusedPlan(4, 4, 4, 4 * 2 * 2 * 1072 + 4 * 2 * 1 * 1072)
-    for t, k, h, i, sms in ((1, 8, 2048, 768, 132), (1, 1, 384, 384, 3), (2, 4, 256, 256, 132),
-                            (1, 6, 2048, 1408, 132)):
-        p = cuda_moe.fused_plan(t, k, h, i, 128, True, sms, cap)
-        n_gu, n_d = t * k * -(-i // 16), t * -(-h // 16)
-        # csrc recomputes the units from the grid: no more than planned, every unit placed, a CTA per SM
-        assert p.ctas <= sms and -(-n_gu // p.ctas) <= p.units_gu and -(-n_d // p.ctas) <= p.units_down
-
-
-def _fused_kernel_cover(t, k, hidden, inter, ctas, warps):
-    """moe_fused_kernel's indexing, as written there, for every CTA and warp: {(pair, tile, stage):
-    gate|up slot} and {(token, tile, pair j, stage): down slot}; asserts each slot is one warp's."""
-    s_gu, s_d, tiles_gu, tiles_d = hidden // 128, inter // 128, -(-inter // 16), -(-hidden // 16)
-    n_gu, n_d = t * k * tiles_gu, t * tiles_d
-    u_cta, ud = -(-n_gu // ctas), -(-n_d // ctas)
-    kw, kwd = warps // u_cta, warps // (ud * k)
-    per, per_d = -(-s_gu // kw), -(-s_d // kwd)
-    gu, dn = {}, {}
-    for b in range(ctas):
-        taken_gu, taken_d = set(), set()
-        for warp in range(warps):
-            ui, u = warp // kw, b + warp // kw * ctas
-            if ui < u_cta and u < n_gu:
-                lo = min(s_gu, warp % kw * per)
-                for s in range(lo, min(s_gu, lo + per)):
-                    slot = ui * s_gu + s
-                    assert slot < u_cta * s_gu and slot not in taken_gu
-                    taken_gu.add(slot)
-                    gu[(u // tiles_gu, u % tiles_gu, s)] = (b, slot)
-            di, j, v = warp // (k * kwd), warp // kwd % k, b + warp // (k * kwd) * ctas
-            if di < ud and v < n_d:
-                lo = min(s_d, warp % kwd * per_d)
-                for s in range(lo, min(s_d, lo + per_d)):
-                    slot = (di * k + j) * s_d + s
-                    assert slot < ud * k * s_d and slot not in taken_d
-                    taken_d.add(slot)
-                    dn[(v // tiles_d, v % tiles_d, j, s)] = (b, slot)
-    return gu, dn
-
-
-@pytest.mark.parametrize("warps", cuda_moe.FUSED_WARPS)
-@pytest.mark.parametrize("t,k,hidden,inter,sms", [(1, 8, 2048, 768, 132), (1, 2, 256, 128, 4), (2, 4, 256, 256, 132),
-                                                  (1, 1, 384, 384, 3), (1, 8, 1024, 256, 40), (1, 6, 2048, 1408, 132)])
-def test_fused_kernel_covers_every_stage_once(t, k, hidden, inter, sms, warps):
-    """The plan's grid through the kernel's unit / warp / slot indexing (a model of moe_fused_kernel's
-    arithmetic): every (pair, 16 rows, stage) of gate|up and (token, 16 rows, pair, stage) of down in
-    exactly one warp's own slot of its CTA's allocation, in 16 warps and in 24."""
-    plan = cuda_moe.fused_plan(t, k, hidden, inter, 128, True, sms, 227 * 1024, warps)
-    gu, dn = _fused_kernel_cover(t, k, hidden, inter, plan.ctas, warps)
-    assert len(gu) == t * k * -(-inter // 16) * (hidden // 128)
-    assert len(dn) == t * -(-hidden // 16) * k * (inter // 128)
 
 
 def test_block_rows_rule():
@@ -256,22 +180,16 @@ CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, MoECudaC
 ]
 
 
-def _random_step(seed, layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing):
-    """A case's experts (format, layout, arch-neutral q, stacks), x, top-k ids and softmax weights."""
-    gen = torch.Generator().manual_seed(seed)
-    built = make_experts(n_exp, hidden, inter, layout_name, gen, group_size=group, sym=sym,
-                         scale_dtype=str(act).removeprefix("torch."))
-    x = torch.randn(t, hidden, generator=gen).to(act)
-    idx = ROUTINGS[routing](t, k, n_exp, gen)
-    return (*built, x, idx, torch.softmax(torch.randn(t, k, generator=gen), -1))
-
-
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("layout_name,n_exp,hidden,inter,t,k,group,sym,act,routing,cfg", CASES)
 def test_cuda_grouped_matches_the_emulated_loop(layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing, cfg):
-    fmt, layout, experts, stacks, x, idx, weights = _random_step(t * 7 + hidden + group, layout_name, n_exp, hidden,
-                                                                 inter, t, k, group, sym, act, routing)
+    gen = torch.Generator().manual_seed(t * 7 + hidden + group)
+    fmt, layout, experts, stacks = make_experts(n_exp, hidden, inter, layout_name, gen, group_size=group, sym=sym,
+                                                scale_dtype=str(act).removeprefix("torch."))
+    x = torch.randn(t, hidden, generator=gen).to(act)
+    idx = ROUTINGS[routing](t, k, n_exp, gen)
+    weights = torch.softmax(torch.randn(t, k, generator=gen), -1)
     want = loop_reference(x, weights, idx, emulated(fmt, layout, experts))
     xd = x.cuda()
     for ids, wts in ((idx, weights), (idx.int(), weights.to(act))):  # int64 / int32 ids, fp32 / 16-bit weights
@@ -346,22 +264,17 @@ def test_cuda_grouped_is_deterministic_replays_and_leaves_the_workspace_zeroed()
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("plain", [cuda_moe.MoECudaConfig(1, 1, 4, 8, False, 8, True, True, 16),
-                                   cuda_moe.MoECudaConfig(fused=True),
-                                   cuda_moe.MoECudaConfig(fused=True, fused_warps=24)],
-                         ids=["by_token", "fused", "fused24"])
-def test_few_token_steps_chained_by_pdl_match_the_plain_launches(plain):
+def test_few_token_steps_chained_by_pdl_match_the_plain_launches():
     """gate_up by pair as a PDL secondary of the kernel before it (pdl_gate_up) and down by token
     triggering at its store: two steps captured back to back in one graph, so that the second
     step's gate_up is placed while the first's down still reads h (which the second overwrites,
-    the graph pool reusing its memory), give the bits of the plain launches, replay after replay.
-    The same for the layer in one launch: the second's grid barrier reuses the counters the first
-    re-zeroed."""
+    the graph pool reusing its memory), give the bits of the plain launches, replay after replay."""
     gen = torch.Generator().manual_seed(11)
     _, _, _, stacks = make_experts(16, 512, 384, "w4_t64x64", gen, group_size=128, sym=False)
     xs = [torch.randn(1, 512, generator=gen).bfloat16().cuda() for _ in range(2)]
     ids = [ROUTINGS["random"](1, 8, 16, gen).cuda() for _ in range(2)]
     wts = [torch.softmax(torch.randn(1, 8, generator=gen), -1).cuda() for _ in range(2)]
+    plain = cuda_moe.MoECudaConfig(1, 1, 4, 8, False, 8, True, True, 16)
     chained = dataclasses.replace(plain, pdl=True, pdl_gate_up=True)
     want = [cuda_moe.grouped_moe_cuda(xs[i], wts[i], ids[i], *stacks, cfg=plain) for i in range(2)]
     assert all(torch.equal(cuda_moe.grouped_moe_cuda(xs[i], wts[i], ids[i], *stacks, cfg=chained), want[i])
@@ -388,52 +301,6 @@ def test_down_by_token_with_h_per_stage_matches_the_staged_one(t):
     xs = cuda_moe.default_config(t, 8, 128, 2048, 768, step[0].device)
     assert xs.gate_up_by_pair and xs.down_by_token and xs.x_per_stage
     _x_per_stage_against(step, xs, dataclasses.replace(xs, x_per_stage=False))
-
-
-FUSED_CASES = [  # (layout, E, hidden, inter, T, k, group, sym, act, routing, fused_sms, warps): units a CTA
-    ("w4_t64x64", 6, 256, 128, 1, 2, 128, False, torch.bfloat16, "random", 4, 16),  # 4 + 4 on 4 CTAs
-    ("w4_t16x64", 16, 512, 384, 1, 8, 64, True, torch.float16, "random", 0, 16),  # 2 + 1 on 96
-    ("w4_t16x64", 16, 512, 384, 1, 8, 64, True, torch.float16, "random", 0, 24),  # 2 + 1 on 96: 12 and 3 warps each
-    ("w4_t64x64", 8, 256, 256, 2, 4, 64, True, torch.bfloat16, "one_expert", 0, 16),  # T = 2: 1 + 1 on 128
-    ("w4_t64x64", 8, 384, 384, 1, 1, 128, False, torch.bfloat16, "skip_expert_2", 3, 16),  # top-1: 8 + 8, 2 warps each
-    ("w4_t16x64", 16, 1024, 256, 1, 8, 128, False, torch.float16, "random", 40, 16),  # 4 + 2: a warp per down pair
-    ("w4_t64x64", 6, 128, 128, 1, 3, 128, True, torch.bfloat16, "random", 1, 24),  # 24 + 8 on one CTA: a warp each
-]
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("layout_name,n_exp,hidden,inter,t,k,group,sym,act,routing,sms,warps", FUSED_CASES)
-def test_fused_layer_matches_the_emulated_loop(layout_name, n_exp, hidden, inter, t, k, group, sym, act, routing,
-                                               sms, warps):
-    """The layer in one launch (csrc/moe_fused.cuh) against the per-expert loop of the layouts' CPU
-    emulator: several gate|up and down units a CTA (fused_sms spreads small layers over few SMs), idle
-    warps, both layouts, groups, symmetries and dtypes, int32 / int64 ids, fp32 / 16-bit weights, an
-    expert with no token, 16 and 24 warps; bit-identical re-runs (no atomic sums) and the barrier's
-    counters left zeroed."""
-    fmt, layout, experts, stacks, x, idx, weights = _random_step(t * 11 + hidden + group, layout_name, n_exp, hidden,
-                                                                 inter, t, k, group, sym, act, routing)
-    cfg = cuda_moe.MoECudaConfig(fused=True, fused_sms=sms, fused_warps=warps)
-    xd = x.cuda()
-    for ids, wts in ((idx, weights), (idx.int(), weights.to(act))):
-        want = loop_reference(x, wts, idx, emulated(fmt, layout, experts))
-        y = cuda_moe.grouped_moe_cuda(xd, wts.cuda(), ids.cuda(), *stacks, cfg=cfg)
-        assert y.dtype == act and reference.rel_err(y.cpu(), want) < TOL, f"{ids.dtype} ids, {wts.dtype} weights"
-        assert torch.equal(cuda_moe.grouped_moe_cuda(xd, wts.cuda(), ids.cuda(), *stacks, cfg=cfg), y)
-        assert not workspace(xd.device, 1, torch.int32).any()
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("warps", cuda_moe.FUSED_WARPS)
-def test_fused_layer_at_qwen3_30b_shapes(warps):
-    """The layer in one launch at Qwen3-30B-A3B's expert shapes, T = 1 (128 CTAs of 3 + 1 units on
-    an H100 or H200) against the float64 contract, within fp32 summation order of the two few-token
-    kernels, bit-identical re-runs and a graph replay."""
-    step = _qwen3_30b_step(1, 400)
-    two = cuda_moe.default_config(1, 8, 128, 2048, 768, step[0].device)
-    fused = dataclasses.replace(two, fused=True, fused_warps=warps)
-    _x_per_stage_against(step, fused, dataclasses.replace(two, fused=False))
 
 
 def _x_per_stage_against(step, xs, other):

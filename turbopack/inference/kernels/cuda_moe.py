@@ -4,8 +4,7 @@ launched on torch's current stream (CUDA-graph capturable, no host sync).
 One call is two launches: gate|up for every selected (token, expert) pair with h = silu(g) * u
 in the epilogue, then down with the routing weight and the deterministic fp32 sum over top-k,
 each CTA finding its expert and token rows from the top-k ids itself (no align launch). Past a
-few tokens the sum over top-k is a third launch (``combine``); opt-in (``fused``), where
-``fused_plan`` fits, the whole layer is one launch with a grid barrier on h. It reads
+few tokens the sum over top-k is a third launch (``combine``). It reads
 the experts' stacked w4_t16x64 / w4_t64x64 tensors (moe_w4.StackedW4) as packed, group 64 or
 128, bf16 or fp16 activations with scales of the same dtype. moe_w4.grouped_moe runs it where
 ``supports`` holds and the Triton grouped kernels everywhere else (the CPU interpreter included).
@@ -41,9 +40,7 @@ DOWN_WARPS = (8, 16, 32)  # down by token's warps: k of them, or W / k per pair
 MAX_DOWN_SLOTS = 128  # down by token's warps x ring slots (csrc kMaxDownSlots: 32 x 8 is 282 KiB of shared memory)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 22 + [ctypes.c_void_p]}
-FUSED_WARPS = (16, 24)  # the one-launch layer's warps a CTA (csrc moe_fused_kernel's W): its units share them
-FUSED_STATIC_SMEM = 8192  # its static shared memory (part sums: 3.4 KiB at 16 warps, 5.1 at 24) with room
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 20 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -73,12 +70,6 @@ class MoECudaConfig:
     #: the routed down (split_down 1) stores its 16-bit results by pair and a third launch sums them
     #: over top-k (a dependent launch where pdl): no fence, counters or last CTA in down's CTAs
     combine: bool = False
-    #: the layer in one launch (csrc/moe_fused.cuh): a CTA per SM at most copies all of its gate|up
-    #: and down weights into shared memory at once, a grid-wide barrier between h and down; where
-    #: ``fused_plan`` fits (the other knobs but pdl_gate_up unused)
-    fused: bool = False
-    fused_sms: int = 0  # the SMs fused_plan may spread the layer over (0 or past the device's: all)
-    fused_warps: int = 16  # its CTA's warps, 16 or 24 (80 registers: 1.5x the warps, fewer stages each)
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -143,44 +134,6 @@ FEW_TOKENS = 2
 COMBINE_CTAS_PER_SM = 8
 
 
-@dataclass(frozen=True)
-class FusedPlan:
-    """The one-launch layer's grid (csrc/moe_fused.cuh): ``ctas`` CTAs, each ``units_gu`` (pair, 16
-    rows) units of gate|up and ``units_down`` (token, 16 rows) of down, ``smem`` bytes of their weights."""
-
-    ctas: int
-    units_gu: int
-    units_down: int
-    smem: int
-
-
-def fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asym: bool, sms: int,
-               smem_cap: int, warps: int = FUSED_WARPS[0]) -> FusedPlan | None:
-    """The fewest CTAs, at most one per SM (the grid barrier needs every CTA resident), that give no
-    CTA more units than spreading them over all ``sms`` does; None where a CTA's weights pass
-    ``smem_cap`` or its units outnumber its ``warps``. Slot bytes as csrc's GuSlot / DnSlot: a 128-k stage
-    of 16 rows is 1 KiB of codes plus per group 32 bytes of scales and, asym, 16 of zero points."""
-    n_gu, n_d = tokens * top_k * math.ceil(inter / 16), tokens * math.ceil(hidden / 16)
-    u, ud = math.ceil(n_gu / sms), math.ceil(n_d / sms)
-    if u > warps or ud * top_k > warps:
-        return None
-    stage = 1024 + (128 // group) * (48 if asym else 32)
-    smem = u * (hidden // 128) * 2 * stage + ud * top_k * (inter // 128) * stage
-    if smem > smem_cap:
-        return None
-    return FusedPlan(max(math.ceil(n_gu / u), math.ceil(n_d / ud)), u, ud, smem)
-
-
-def device_fused_plan(tokens: int, top_k: int, hidden: int, inter: int, group: int, asym: bool, sms: int,
-                      device: torch.device, warps: int = FUSED_WARPS[0]) -> FusedPlan | None:
-    """fused_plan on ``device``: its SMs (or ``sms`` of them, at most all) and its opt-in shared
-    memory per CTA."""
-    props = torch.cuda.get_device_properties(device)
-    sms = min(sms, props.multi_processor_count) if sms else props.multi_processor_count
-    return fused_plan(tokens, top_k, hidden, inter, group, asym, sms,
-                      props.shared_memory_per_block_optin - FUSED_STATIC_SMEM, warps)
-
-
 def few_tokens(tokens: int, top_k: int) -> bool:
     """The few-token shape (batch-1 and -2 decode), where the few-token kernels (csrc/moe_token.cuh)
     replace the routed ones: their CTAs sum their parts in shared memory, where the routed
@@ -238,10 +191,8 @@ def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
         raise ValueError("x_per_stage builds down_by_token in 16 warps only (down_warps=16, or x_per_stage=False)")
     if cfg.combine and (cfg.down_by_token or cfg.split_down != 1):
         raise ValueError("combine is built for the routed down at split_down 1 (down_by_token=False, split_down=1)")
-    if cfg.fused and cfg.fused_warps not in FUSED_WARPS:
-        raise ValueError(f"fused_warps {cfg.fused_warps}: the one-launch layer is built in {FUSED_WARPS} warps")
-    if cfg.pdl_gate_up and not (cfg.gate_up_by_pair or cfg.fused):
-        raise ValueError("pdl_gate_up needs gate_up_by_pair or fused: the routed gate_up reads the ids before any wait")
+    if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
+        raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
         raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
                          "and top-k must divide it")
@@ -271,13 +222,6 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
     cnt = workspace(dev, max(blocks * math.ceil(inter / 64), t * math.ceil(hidden / 64)), torch.int32)
     h = torch.empty(n, inter, dtype=x2.dtype, device=dev)
     y = torch.empty(t, hidden, dtype=x2.dtype, device=dev)
-    plan = None
-    if cfg.fused:
-        plan = device_fused_plan(t, top_k, hidden, inter, gate.group, gate.zeros is not None, cfg.fused_sms, dev,
-                                 cfg.fused_warps)
-        if plan is None:
-            raise ValueError(f"fused: T={t} top-{top_k} at {hidden} / {inter} does not fit a CTA per SM "
-                             "(shared memory or warps); fused=False")
     sm90 = torch.cuda.get_device_capability(dev) >= (9, 0)
     pdl, pdl_gu = cfg.pdl and sm90, cfg.pdl_gate_up and sm90
     np_, kt, kgp, tn = gate.layout_dims
@@ -290,13 +234,12 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
         int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), int(pdl_gu),
-        int(cfg.x_per_stage), int(cfg.combine), plan.ctas if plan else 0, cfg.fused_warps, _DTYPE_CODE[x2.dtype],
-        cuda_build.stream(dev))
+        int(cfg.x_per_stage), int(cfg.combine), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")
     return y
 
 
-__all__ = ["FusedPlan", "MoECudaConfig", "block_rows", "block_slots", "default_config", "device_fused_plan",
-           "few_tokens", "fused_plan", "grouped_moe_cuda", "ring", "supports"]
+__all__ = ["MoECudaConfig", "block_rows", "block_slots", "default_config", "few_tokens", "grouped_moe_cuda", "ring",
+           "supports"]

@@ -17,9 +17,6 @@ struct MoeArgs {
   void* h; void* y; float* ws; int* counters;
   int T, topk, E, stride_xm, ids64, wts32, split;
   int combine;  // routed down at split 1: 16-bit results by pair into ws, summed by moe_combine_kernel
-  // the one-launch layer's grid (moe_fused.cuh FusedGrid), from its launcher: U gate|up and Ud down
-  // units a CTA, kw and kwd warps to each; 0 in the other kernels' launches
-  int fused_u, fused_ud, fused_kw, fused_kwd;
 };
 
 // the top-k id of pair p

@@ -3,8 +3,7 @@
 //   turbopack_moe_w4   gate|up (h = silu(g) * u) then down (routing weight, sum over top-k)
 //
 // At a few tokens (T <= 2) the default is moe_token.cuh's pair instead: gate_up by pair and down by
-// token, without the routing, the workspace or the counters below. Opt-in where a CTA per SM holds
-// its share of both matmuls' weights (T = 1): moe_fused.cuh's layer in one launch. The routed kernels:
+// token, without the routing, the workspace or the counters below. The routed kernels:
 // experts are stacked [E, ...] in the w4_t{16,64}x64 layouts (expert e = slice e, the layout's own
 // bytes). Grid of each kernel: (64-row tile, K split, block slot). A block is up to BM = 8 * NTOK
 // token rows of one expert; slot b is the b-th block of the routing (experts in id order, an
@@ -36,7 +35,6 @@
 // (h) twice, once for the table before its loop and again per stage (ncu at T = 64, H100, run 24:
 // the routed gate_up's warps stall 6.6 cycles per issued instruction on long scoreboard).
 #include "common.cuh"
-#include "moe_fused.cuh"  // the layer in one launch at one token: moe_fused_kernel
 #include "moe_token.cuh"  // the few-token kernels: moe_gate_up_pair_kernel, moe_down_token_kernel
 #include "moe_route.cuh"  // Lin, MoeArgs, Route, route_block
 #include "moe_stage.cuh"  // GuSlot, DnSlot, Feed, x_sources, round16, silu_mul
@@ -317,7 +315,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
-  int split_gu, split_d, stages_gu, stages_d, down_warps, fused_ctas, fused_warps;
+  int split_gu, split_d, stages_gu, stages_d, down_warps;
   bool gate_up_by_pair, down_by_token, pdl, pdl_gu, x_per_stage, combine;
 };
 
@@ -382,33 +380,9 @@ int run(const MoeArgs& a, const Knobs& k, cudaStream_t s) {
   return k.stages_d == 8 ? down<T, NTOK, G, ASYM, 8>(a, blocks, k, s) : down<T, NTOK, G, ASYM, 4>(a, blocks, k, s);
 }
 
-// The layer in one launch (moe_fused.cuh) on `ctas` CTAs of W warps: U gate|up and Ud down units
-// each, all their weights in shared memory at once. -1 where a CTA's units outnumber its warps. The
-// grid is at most the SMs (its barrier needs every CTA resident): cuda_moe.fused_plan sizes it, and
-// the barrier's 2 s trap catches a grid that is not
-template <typename T, int G, bool ASYM, int W>
-int fused(MoeArgs a, int ctas, bool pdl, cudaStream_t s) {
-  constexpr int NG = kStageK / G;
-  const int n_gu = a.T * a.topk * ((a.gate.N + 15) / 16), n_d = a.T * ((a.down.N + 15) / 16);
-  const int U = (n_gu + ctas - 1) / ctas, Ud = (n_d + ctas - 1) / ctas;
-  if (U > W || Ud * a.topk > W) return -1;
-  a.fused_u = U, a.fused_ud = Ud, a.fused_kw = W / U, a.fused_kwd = W / (Ud * a.topk);
-  const int smem = U * (a.gate.K / kStageK) * static_cast<int>(sizeof(GuSlot<NG, ASYM>)) +
-                   Ud * a.topk * (a.down.K / kStageK) * static_cast<int>(sizeof(DnSlot<NG, ASYM>));
-  return launch<moe_fused_kernel<T, G, ASYM, W>>(dim3(ctas), smem, a, Launch{pdl && g_pdl != 0, 1}, s, W);
-}
-
-template <typename T, int W>
-int fused_by_shape(const MoeArgs& a, int G, const Knobs& k, cudaStream_t s) {
-  const bool asym = a.gate.z != nullptr;
-  if (G == 128) return asym ? fused<T, 128, true, W>(a, k.fused_ctas, k.pdl_gu, s) : fused<T, 128, false, W>(a, k.fused_ctas, k.pdl_gu, s);
-  return asym ? fused<T, 64, true, W>(a, k.fused_ctas, k.pdl_gu, s) : fused<T, 64, false, W>(a, k.fused_ctas, k.pdl_gu, s);
-}
-
 template <typename T>
 int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
   const bool asym = a.gate.z != nullptr;
-  if (k.fused_ctas > 0) return k.fused_warps == 24 ? fused_by_shape<T, 24>(a, G, k, s) : fused_by_shape<T, 16>(a, G, k, s);
   if (bm == 8) {
     if (G == 128) return asym ? run<T, 1, 128, true>(a, k, s) : run<T, 1, 128, false>(a, k, s);
     return asym ? run<T, 1, 64, true>(a, k, s) : run<T, 1, 64, false>(a, k, s);
@@ -433,18 +407,15 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // before it. x_per_stage: down by token (in 16 warps) and the routed gate_up and down read x (h) per
 // stage and remove the zero points in the MMA's operands (stage_qz), staging and summing nothing;
 // gate_up by pair ignores it. combine: the routed down (split_d 1) stores its 16-bit results by pair
-// and moe_combine_kernel, a third launch (dependent where pdl), sums them over top-k. fused_ctas > 0:
-// the layer in one launch on that many CTAs of fused_warps (16 or 24) warps, at most the SMs
-// (moe_fused.cuh; a PDL secondary of the kernel before it where pdl_gu; the other knobs unused).
-// Returns 0, -1 bad arguments, or the CUDA error.
+// and moe_combine_kernel, a third launch (dependent where pdl), sums them over top-k. Returns 0, -1
+// bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
                                 int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu,
-                                int x_per_stage, int combine, int fused_ctas, int fused_warps, int dtype,
-                                void* stream) {
+                                int x_per_stage, int combine, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
@@ -452,8 +423,7 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
       (x_per_stage && down_by_token && down_warps != 16) || (combine && (down_by_token || split_d != 1)) ||
-      fused_ctas < 0 || (fused_ctas > 0 && fused_warps != 16 && fused_warps != 24) || (dtype != 0 && dtype != 1) ||
-      (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
+      (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
     return Lin{static_cast<const uint4*>(q), s, static_cast<const uint8_t*>(z), d[0], d[1], d[2], d[3], d[4], d[5]};
@@ -464,8 +434,8 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       a.down.K != a.gate.N)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, fused_ctas, fused_warps, gu_by_pair != 0,
-                down_by_token != 0, pdl != 0, pdl_gu != 0, x_per_stage != 0, combine != 0};
+  const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0,
+                pdl_gu != 0, x_per_stage != 0, combine != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
 
