@@ -4,7 +4,7 @@
 # the two M = 256 misses of issue 11, instruction by instruction (ncu's source page, ncu_source.py:
 # stalls and executed instructions by opcode and by how often a line ran): W4A16 gate_up through
 # the shipped `cuda_wg` (1.66-2.14x bf16 at M = 256 on the H100, run 28) and W8A8 qkv through the
-# Triton int8 GEMM (0.94-1.33x bf16, bar 1.3x). Carry .scratch/prebuilt.tar.xz. Under 400 s.
+# Triton int8 GEMM (0.94-1.33x bf16, bar 1.3x), and cuBLAS bf16 at gate_up's shape beside them. Carry .scratch/prebuilt.tar.xz. Under 400 s.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
@@ -26,5 +26,15 @@ prof() {  # name, kernel regex, ncu_linear.py's arguments: ncu's limits and its 
   rm -f "$OUT/$name.source.csv"
 }
 prof wg_gate_up_256 w4_wgmma --format w4a16 --shape gate_up --m 256
+# the peer at the same shape (cuBLAS bf16, 1.8x faster): its shared-memory, L2 and tensor-pipe figures
+# beside ours say which of them the mixed-input kernel runs out of first
+step "ncu cuBLAS bf16 gate_up M=256"
+timeout ${NCU_S:-100} ncu --clock-control none --launch-skip 3 --launch-count 1 $NCU_SECTIONS python3 -c "
+import torch
+x = torch.randn(256, 4096, device='cuda', dtype=torch.bfloat16)
+w = torch.randn(28672, 4096, device='cuda', dtype=torch.bfloat16)
+for _ in range(5): torch.nn.functional.linear(x, w)
+torch.cuda.synchronize()" > "$OUT/ncu_bf16_gate_up_256.txt" 2>&1
+echo "rc=$?"; grep -E "^  [a-z_]|$NCU_KEYS" "$OUT/ncu_bf16_gate_up_256.txt" | head -28
 prof i8_qkv_256 i8_mm_kernel --format w8a8 --shape qkv --m 256
 step done
