@@ -311,13 +311,18 @@ def test_prefetching_down_changes_no_bit(t, layout_name, group, sym):
     want = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=base)
     pf = dataclasses.replace(base, prefetch_down=True)
     assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=pf), want)
+    assert torch.equal(_graph_replay(x, weights, idx, stacks, pf), want)
+
+
+def _graph_replay(x, weights, idx, stacks, cfg):
+    """The step's y from one replay of a CUDA graph that captured it (its output zeroed first)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=pf)
+        out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=cfg)
     out.zero_()
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, want)
+    return out
 
 
 @pytest.mark.gpu
@@ -342,13 +347,7 @@ def _x_per_stage_against(step, xs, other):
     assert reference.rel_err(y, want) < TOL
     assert reference.rel_err(y, cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=other).float()) < 2e-3
     assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs), y)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=xs)
-    out.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, y)
+    assert torch.equal(_graph_replay(x, weights, idx, stacks, xs), y)
     return y
 
 
