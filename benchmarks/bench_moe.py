@@ -19,7 +19,7 @@ is a failure (not timed; the script exits 1), and the loop peer must pass it too
 
     python3 benchmarks/bench_moe.py --tokens 1,16,64 --log sweep.txt   # both paths, swept
     python3 benchmarks/bench_moe.py --no-sweep                         # default configs only
-    python3 benchmarks/bench_moe.py --tokens 1 --no-sweep --cuda-head 3  # the default, without PDL, prefetching down
+    python3 benchmarks/bench_moe.py --tokens 1 --no-sweep --cuda-head 2  # the default, then it without PDL
     python3 benchmarks/bench_moe.py --tokens 1 --no-triton-sweep       # the CUDA configs only
     python3 benchmarks/bench_moe.py --cpu-smoke                        # Triton interpreter, tiny shapes
     python3 benchmarks/bench_moe.py --shape llama3-8b-mlp --tokens 1,2 --no-triton-sweep   # 8B MLP, one expert
@@ -127,8 +127,7 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def cuda_candidates(t: int, shape: dict) -> list:
-    """The registered default first, then it without the programmatic dependent launch of down, then
-    (gate_up by pair) with down's weights sent to L2 by gate_up's CTAs (prefetch_down), then K
+    """The registered default first, then it without the programmatic dependent launch of down, then K
     splits x ring depths, and at few tokens the few-token kernels' variants, then the routed ones
     with x per stage, and with down's sum over top-k in a launch of its own (deduplicated)."""
     from turbopack.inference.kernels import cuda_moe
@@ -136,10 +135,7 @@ def cuda_candidates(t: int, shape: dict) -> list:
     dev = torch.device("cuda")
     default = cuda_moe.default_config(t, shape["top_k"], shape["n_exp"], shape["hidden"], shape["inter"], dev)
     rows, splits = ((8, 16), (1, 2, 4)) if t > 8 else ((8,), (1, 2, 4, 8))
-    cands = [default, dataclasses.replace(default, pdl=False)]
-    if default.gate_up_by_pair:
-        cands.append(dataclasses.replace(default, prefetch_down=True))
-    cands += [
+    cands = [default, dataclasses.replace(default, pdl=False)] + [
         cuda_moe.MoECudaConfig(sg, sd, stg, std, block_m=bm) for bm in rows for sg in splits for sd in (1, 2, 3)
         for stg, std in ((4, 8), (6, 4), (4, 4))]
     if cuda_moe.few_tokens(t, shape["top_k"]):  # the few-token kernels, together and each with a routed one
@@ -301,8 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-triton-sweep", dest="triton_sweep", action="store_false",
                    help="sweep the CUDA path only (Triton at its default config: no compiles of its candidates)")
     p.add_argument("--cuda-head", type=int, default=1,
-                   help="with --no-sweep: time the first N CUDA candidates (2: also the default without PDL; 3: "
-                        "at few tokens also the default prefetching down)")
+                   help="with --no-sweep: time the first N CUDA candidates (2: also the default without PDL)")
     p.add_argument("--log", default=None, help="per-candidate lines to this file (default: stderr)")
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-30b-a3b", help="the layer's shapes")
     args = p.parse_args(argv)

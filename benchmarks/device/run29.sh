@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Run 29's first call: the MoE after the one-launch layer's removal (moe_w4.cu back to 50f5ff5's
-# kernels: its GPU tests, bench_moe's default, it without PDL and, at T = 1, gate_up prefetching
-# down's weights into L2 (prefetch_down), at T = 1 and 64) and cuda_wg's
+# kernels: its GPU tests, bench_moe's default and it without PDL at T = 1 and 64) and cuda_wg's
 # XPRE (x in the kernel's K order, copied by cp.async: its GPU tests, then the tuner at M = 64 and
 # 256 against the shipped WREG build, gate_up and down), then what limits
 # the two M = 256 misses of issue 11, instruction by instruction (ncu's source page, ncu_source.py:
@@ -16,8 +15,8 @@ step "MoE and cuda_wg GPU tests"
 timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_moe.py \
   tests/inference/test_moe_grouped.py tests/inference/kernels/test_cuda_w4wg.py > "$OUT/moe_tests.txt" 2>&1
 echo "rc=$?"; grep -E "^FAILED|^ERROR|passed|failed" "$OUT/moe_tests.txt" | tail -6
-step "bench_moe T=1,64: the default, it without PDL and (T = 1) prefetching down"
-timeout ${MOE_S:-120} python3 benchmarks/bench_moe.py --tokens 1,64 --no-sweep --cuda-head 3 --log "$OUT/moe_cands.txt" \
+step "bench_moe T=1,64: the default and it without PDL"
+timeout ${MOE_S:-120} python3 benchmarks/bench_moe.py --tokens 1,64 --no-sweep --cuda-head 2 --log "$OUT/moe_cands.txt" \
   > "$OUT/moe.txt" 2> "$OUT/moe.log"; echo "rc=$?"; grep -E " us$" "$OUT/moe_cands.txt" | cut -c1-40,300-; tail -8 "$OUT/moe.txt"
 step "tuner, W4A16 gate_up and down at M = 64, 256 (XPRE among the candidates)"
 timeout ${TUNE_S:-120} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats w4a16 --shapes gate_up,down \

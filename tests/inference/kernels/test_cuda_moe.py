@@ -39,10 +39,9 @@ def test_grouped_decode_compiles_for_sm90a_without_spills(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     entries = [ln for ln in res.stderr.splitlines() if "Compiling entry" in ln]
-    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK x (sums of x, x per stage) + by pair, plain and
-    # prefetching down; down: the same + by token in 8, 16 or 32 warps, and in 16 reading h per stage),
-    # + the combine kernel per dtype
-    assert len(entries) == 2 * 2 * 2 * 2 * (6 + 8) + 2
+    # dtype x G x ASYM x 2 ring depths x (gate_up: 2 NTOK x (sums of x, x per stage) + by pair; down: the
+    # same + by token in 8, 16 or 32 warps, and in 16 reading h per stage), + the combine kernel per dtype
+    assert len(entries) == 2 * 2 * 2 * 2 * (5 + 8) + 2
     spills = [ln for ln in res.stderr.splitlines() if "spill" in ln and not ln.strip().startswith("0 bytes stack")]
     assert spills == [], spills[:3]
 
@@ -107,8 +106,6 @@ def test_config_checks_name_the_fix():
                                   cfg=cuda_moe.MoECudaConfig(down_by_token=True, down_warps=32, stages_down=8))
     with pytest.raises(ValueError, match="pdl_gate_up needs gate_up_by_pair"):
         cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(pdl_gate_up=True))
-    with pytest.raises(ValueError, match="prefetch_down is built into gate_up by pair only"):
-        cuda_moe.grouped_moe_cuda(x, w3, idx3, *stacks, cfg=cuda_moe.MoECudaConfig(prefetch_down=True))
     with pytest.raises(ValueError, match="down_by_token in 16 warps only"):  # the routed kernels: any
         cuda_moe.grouped_moe_cuda(x, w3[:, :2], idx3[:, :2], *stacks, cfg=cuda_moe.MoECudaConfig(
             down_by_token=True, down_warps=8, x_per_stage=True))
@@ -291,27 +288,6 @@ def test_few_token_steps_chained_by_pdl_match_the_plain_launches():
         graph.replay()
         torch.cuda.synchronize()
         assert all(torch.equal(out, w) for out, w in zip(outs, want))
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("t", [1, 2])
-@pytest.mark.parametrize("layout_name,group,sym", [("w4_t64x64", 128, False), ("w4_t16x64", 64, True)])
-def test_prefetching_down_changes_no_bit(t, layout_name, group, sym):
-    """prefetch_down (gate_up by pair sends its expert's down tensors to L2) is a hint: the default
-    few-token config with it gives the bits of the one without, eagerly and in a graph, in both
-    layouts, groups and symmetries (asym: the zeros' range too)."""
-    gen = torch.Generator().manual_seed(31 + t)
-    _, _, _, stacks = make_experts(16, 512, 384, layout_name, gen, group_size=group, sym=sym)
-    x = torch.randn(t, 512, generator=gen).bfloat16().cuda()
-    idx = ROUTINGS["random"](t, 8, 16, gen).cuda()
-    weights = torch.softmax(torch.randn(t, 8, generator=gen), -1).cuda()
-    base = cuda_moe.default_config(t, 8, 16, 512, 384, x.device)
-    assert base.gate_up_by_pair
-    want = cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=base)
-    pf = dataclasses.replace(base, prefetch_down=True)
-    assert torch.equal(cuda_moe.grouped_moe_cuda(x, weights, idx, *stacks, cfg=pf), want)
-    assert torch.equal(_graph_replay(x, weights, idx, stacks, pf), want)
 
 
 def _graph_replay(x, weights, idx, stacks, cfg):

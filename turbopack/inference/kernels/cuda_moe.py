@@ -40,7 +40,7 @@ DOWN_WARPS = (8, 16, 32)  # down by token's warps: k of them, or W / k per pair
 MAX_DOWN_SLOTS = 128  # down by token's warps x ring slots (csrc kMaxDownSlots: 32 x 8 is 282 KiB of shared memory)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _DIMS = ctypes.c_int * 6
-_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 21 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_moe_w4": [ctypes.c_void_p] * 16 + [_DIMS, _DIMS] + [ctypes.c_int] * 20 + [ctypes.c_void_p]}
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,6 @@ class MoECudaConfig:
     #: the routed down (split_down 1) stores its 16-bit results by pair and a third launch sums them
     #: over top-k (a dependent launch where pdl): no fence, counters or last CTA in down's CTAs
     combine: bool = False
-    #: gate_up by pair's CTAs also send a slice each of their expert's down weights, scales and zeros
-    #: to L2 (the TMA unit's bulk prefetch, sm_90+): down's DRAM time under gate_up's, where down's
-    #: CTAs cannot sit beside gate_up's to stream it themselves (csrc/moe_token.cuh; not yet timed)
-    prefetch_down: bool = False
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -197,8 +193,6 @@ def _check(cfg: MoECudaConfig, bm: int, top_k: int) -> None:
         raise ValueError("combine is built for the routed down at split_down 1 (down_by_token=False, split_down=1)")
     if cfg.pdl_gate_up and not cfg.gate_up_by_pair:
         raise ValueError("pdl_gate_up needs gate_up_by_pair: the routed gate_up reads the ids before any wait")
-    if cfg.prefetch_down and not cfg.gate_up_by_pair:
-        raise ValueError("prefetch_down is built into gate_up by pair only: set gate_up_by_pair")
     if cfg.down_by_token and (cfg.down_warps not in DOWN_WARPS or top_k > cfg.down_warps or cfg.down_warps % top_k):
         raise ValueError(f"down_by_token in {cfg.down_warps} warps at top-{top_k}: down_warps is one of {DOWN_WARPS} "
                          "and top-k must divide it")
@@ -240,7 +234,7 @@ def grouped_moe_cuda(x2: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
         gu_dims, d_dims, t, top_k, n_exp, gate.group, x2.stride(0), int(ids.dtype == torch.int64),
         int(wts.dtype == torch.float32), bm, cfg.split_gate_up, cfg.split_down, cfg.stages_gate_up, cfg.stages_down,
         int(cfg.gate_up_by_pair), int(cfg.down_by_token), cfg.down_warps, int(pdl), int(pdl_gu),
-        int(cfg.x_per_stage), int(cfg.combine), int(cfg.prefetch_down), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
+        int(cfg.x_per_stage), int(cfg.combine), _DTYPE_CODE[x2.dtype], cuda_build.stream(dev))
     if rc != 0:
         raise RuntimeError(f"turbopack_moe_w4 failed (code {rc}; T={t} k={top_k} E={n_exp} hidden={hidden} "
                            f"inter={inter} G={gate.group} {cfg})")

@@ -15,12 +15,6 @@
 //                     so 16 warps halve each warp's stages. x_per_stage (16 warps): h's fragments
 //                     from L1 stage by stage and q - z in the MMA's operands (stage_qz, the dense
 //                     rows with x per stage's), no staged slice or sums of h
-// prefetch_down (PF; built in run 28, not yet timed): at T = 1 down's CTAs (one an SM, 16 warps)
-// cannot sit beside gate_up's (three an SM: 2 x 18 K + 33 K registers pass the SM's 64 K), so down
-// streams its 6.6 MB (Qwen3-30B-A3B) only after gate_up, not under PDL beside it. With PF each
-// gate_up CTA, once its own copies are issued, asks the TMA unit to bring its slice (1 / tiles) of its
-// expert's down weights, scales and zeros into L2 (prefetch_l2, one instruction a range): down's
-// DRAM time moves under gate_up's, and down's copies hit L2. The math and its bits are unchanged.
 // No workspace, counter or routing pass. Each pair's weights are read per pair (per token for
 // down): tokens that share an expert read it again, so the rule keeps these to a few tokens.
 // Roundings as the routed kernels' (the loop of dense linears). The sums of x per group come from
@@ -49,20 +43,7 @@ constexpr int kMaxDownSlots = 128;  // down by token's warps x ring slots: 32 x 
 template <class Slot>
 using TokSlot = AlignedSlot<Slot, TP_MOE_SLOT_ALIGN>;
 
-// PF: this CTA's slice (blockIdx.x of gridDim.x, in 16-byte units) of each of expert e's down tensors
-// into L2, one thread a tensor
-__device__ __forceinline__ void prefetch_down_slice(const MoeArgs& a, int e, size_t elem) {
-  const Lin& D = a.down;
-  if (threadIdx.x > 2 || (threadIdx.x == 2 && D.z == nullptr)) return;
-  const char* base = threadIdx.x == 0 ? reinterpret_cast<const char*>(D.q + e * D.q_per_expert())
-                   : threadIdx.x == 1 ? static_cast<const char*>(D.s) + e * D.s_per_expert() * elem
-                                      : reinterpret_cast<const char*>(D.z + e * D.s_per_expert());
-  const long long units = threadIdx.x == 0 ? D.q_per_expert() : D.s_per_expert() * (threadIdx.x == 1 ? elem : 1) / 16;
-  const long long per = (units + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
-  if (lo < units) prefetch_l2(base + lo * 16, static_cast<uint32_t>(min(per, units - lo) * 16));
-}
-
-template <typename T, int STAGES, int G, bool ASYM, bool PF = false>
+template <typename T, int STAGES, int G, bool ASYM>
 __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const MoeArgs a) {
   constexpr int NG = kStageK / G;
   using Slot = TokSlot<GuSlot<NG, ASYM>>;
@@ -92,8 +73,6 @@ __global__ void __launch_bounds__(kTokWarps * 32) moe_gate_up_pair_kernel(const 
   GateUpFeed<T, NG, ASYM> feed(a, valid ? e : 0, n0, w_lo, lane);
   auto issue = [&](int slot) { feed.issue(ring[slot], lane); };
   ring_prologue<STAGES>(nst, issue);
-  if constexpr (PF)
-    if (valid) prefetch_down_slice(a, e, sizeof(T));
   cp_async_wait<STAGES - 1>();  // x's group, the oldest
   __syncthreads();              // every thread's chunk of x
   row_sums<T, NG>(xsum, xs + w_lo * 16, nst, 1, 0, lane);

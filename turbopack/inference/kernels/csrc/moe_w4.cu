@@ -316,7 +316,7 @@ int launch(dim3 grid, int smem, const MoeArgs& a, Launch how, cudaStream_t s, in
 // The step's knobs past the template arguments (cuda_moe.MoECudaConfig's)
 struct Knobs {
   int split_gu, split_d, stages_gu, stages_d, down_warps;
-  bool gate_up_by_pair, down_by_token, pdl, pdl_gu, x_per_stage, combine, prefetch_down;
+  bool gate_up_by_pair, down_by_token, pdl, pdl_gu, x_per_stage, combine;
 };
 
 // down after gate_up: by token (moe_token.cuh) or by routed block with split K
@@ -354,11 +354,8 @@ int gate_up(MoeArgs a, int blocks, const Knobs& k, cudaStream_t s) {
   if (k.gate_up_by_pair) {  // a PDL secondary where pdl_gu: it waits before reading x and the ids
     const int per_w = (a.gate.K / kStageK + kTokWarps - 1) / kTokWarps;
     const int smem = token_smem<TokSlot<GuSlot<NG, ASYM>>>(kTokWarps, STAGES, a.gate.K * 2, per_w, NG);
-    const dim3 grid((a.gate.NP + 15) / 16, 1, a.T * a.topk);
-    const Launch how{k.pdl_gu && g_pdl != 0, 1};
-    if (k.prefetch_down)  // each CTA also sends a slice of its expert's down weights to L2
-      return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM, true>>(grid, smem, a, how, s, kTokWarps);
-    return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(grid, smem, a, how, s, kTokWarps);
+    return launch<moe_gate_up_pair_kernel<T, STAGES, G, ASYM>>(dim3((a.gate.NP + 15) / 16, 1, a.T * a.topk), smem, a,
+                                                                Launch{k.pdl_gu && g_pdl != 0, 1}, s, kTokWarps);
   }
   a.split = k.split_gu;
   const int scratch = (a.E + a.T * a.topk) * 4;
@@ -410,16 +407,15 @@ int by_shape(const MoeArgs& a, int G, int bm, const Knobs& k, cudaStream_t s) {
 // before it. x_per_stage: down by token (in 16 warps) and the routed gate_up and down read x (h) per
 // stage and remove the zero points in the MMA's operands (stage_qz), staging and summing nothing;
 // gate_up by pair ignores it. combine: the routed down (split_d 1) stores its 16-bit results by pair
-// and moe_combine_kernel, a third launch (dependent where pdl), sums them over top-k. prefetch_down
-// (gu_by_pair only): gate_up's CTAs also send their expert's down tensors to L2, a slice each
-// (moe_token.cuh). Returns 0, -1 bad arguments, or the CUDA error.
+// and moe_combine_kernel, a third launch (dependent where pdl), sums them over top-k. Returns 0, -1
+// bad arguments, or the CUDA error.
 extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts, const void* qg, const void* sg,
                                 const void* zg, const void* qu, const void* su, const void* zu, const void* qd,
                                 const void* sd, const void* zd, void* h, void* y, void* ws, void* counters,
                                 const int* gu_dims, const int* d_dims, int T, int topk, int E, int G, int stride_xm,
                                 int ids64, int wts32, int bm, int split_gu, int split_d, int stages_gu,
                                 int stages_d, int gu_by_pair, int down_by_token, int down_warps, int pdl, int pdl_gu,
-                                int x_per_stage, int combine, int prefetch_down, int dtype, void* stream) {
+                                int x_per_stage, int combine, int dtype, void* stream) {
   const int n = T * topk;
   if (T < 1 || topk < 1 || n > kMaxPairs || E < 1 || E > kMaxExperts || (G != 64 && G != 128) || stride_xm % 8 != 0 ||
       (bm != 8 && bm != 16) || split_gu < 1 || split_d < 1 || (stages_gu != 4 && stages_gu != 6) ||
@@ -427,7 +423,6 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
       (down_by_token && ((down_warps != 8 && down_warps != 16 && down_warps != 32) || topk > down_warps ||
                          down_warps % topk != 0 || down_warps * stages_d > kMaxDownSlots)) ||
       (x_per_stage && down_by_token && down_warps != 16) || (combine && (down_by_token || split_d != 1)) ||
-      (prefetch_down && !gu_by_pair) ||
       (dtype != 0 && dtype != 1) || (zg == nullptr) != (zd == nullptr) || (zg == nullptr) != (zu == nullptr))
     return -1;
   auto lin = [](const void* q, const void* s, const void* z, const int* d) {
@@ -440,7 +435,7 @@ extern "C" int turbopack_moe_w4(const void* x, const void* ids, const void* wts,
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Knobs k{split_gu, split_d, stages_gu, stages_d, down_warps, gu_by_pair != 0, down_by_token != 0, pdl != 0,
-                pdl_gu != 0, x_per_stage != 0, combine != 0, prefetch_down != 0};
+                pdl_gu != 0, x_per_stage != 0, combine != 0};
   return dtype == 0 ? by_shape<__nv_bfloat16>(a, G, bm, k, s) : by_shape<__half>(a, G, bm, k, s);
 }
 
