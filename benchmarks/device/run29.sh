@@ -1,37 +1,21 @@
 #!/usr/bin/env bash
 # Run 29's first call: the MoE after the one-launch layer's removal (moe_w4.cu back to 50f5ff5's
-# kernels: its GPU tests, bench_moe's default and it without PDL at T = 1 and 64) and cuda_wg's
-# XPRE (x in the kernel's K order, copied by cp.async: its GPU tests, then the tuner at M = 64 and
-# 256 against the shipped WREG build, gate_up and down), then what limits
+# kernels: its GPU tests, bench_moe's default and it without PDL at T = 1 and 64), then what limits
 # the two M = 256 misses of issue 11, instruction by instruction (ncu's source page, ncu_source.py:
 # stalls and executed instructions by opcode and by how often a line ran): W4A16 gate_up through
 # the shipped `cuda_wg` (1.66-2.14x bf16 at M = 256 on the H100, run 28) and W8A8 qkv through the
-# Triton int8 GEMM (0.94-1.33x bf16, bar 1.3x), cuda_wg with XPRE, and cuBLAS bf16 at gate_up's shape
-# beside them. Carry .scratch/prebuilt.tar.xz (rebuilt for this tree). Under 560 s.
+# Triton int8 GEMM (0.94-1.33x bf16, bar 1.3x), and cuBLAS bf16 at gate_up's shape
+# beside them. Carry .scratch/prebuilt.tar.xz (rebuilt for this tree). Under 400 s.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
-step "MoE and cuda_wg GPU tests"
-timeout ${TESTS_S:-150} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_moe.py \
-  tests/inference/test_moe_grouped.py tests/inference/kernels/test_cuda_w4wg.py > "$OUT/moe_tests.txt" 2>&1
+step "MoE GPU tests"
+timeout ${TESTS_S:-120} python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore \
+  tests/inference/kernels/test_cuda_moe.py tests/inference/test_moe_grouped.py > "$OUT/moe_tests.txt" 2>&1
 echo "rc=$?"; grep -E "^FAILED|^ERROR|passed|failed" "$OUT/moe_tests.txt" | tail -6
 step "bench_moe T=1,64: the default and it without PDL"
 timeout ${MOE_S:-120} python3 benchmarks/bench_moe.py --tokens 1,64 --no-sweep --cuda-head 2 --log "$OUT/moe_cands.txt" \
   > "$OUT/moe.txt" 2> "$OUT/moe.log"; echo "rc=$?"; grep -E " us$" "$OUT/moe_cands.txt" | cut -c1-40,300-; tail -8 "$OUT/moe.txt"
-step "tuner, W4A16 gate_up and down at M = 64, 256 (XPRE among the candidates)"
-timeout ${TUNE_S:-120} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats w4a16 --shapes gate_up,down \
-  --ms 64,256 --out "$OUT/tune" > "$OUT/tune.txt" 2> "$OUT/tune.log"
-echo "rc=$?"; grep -E "^w4a16" "$OUT/tune.txt" | cut -c1-220
-python3 - "$OUT/tune/bench.json" <<'PY'
-import json, sys
-for r in json.load(open(sys.argv[1]))["rows"]:  # the best cuda_wg through the ring, with WREG, with XPRE
-    best = {}
-    for us, cfg in r["tried"]:
-        if cfg.get("kernel") == "cuda_wg":
-            key = "XPRE" if cfg.get("XPRE") else "WREG" if cfg.get("WREG") else "ring"
-            best[key] = min(best.get(key, 1e9), us)
-    print(r["shape"], r["m"], {k: round(v, 1) for k, v in best.items()}, "bf16", round(r["peers"]["bf16"], 1))
-PY
 prof() {  # name, kernel regex, ncu_linear.py's arguments: ncu's limits and its source page, summed
   local name=$1 regex=$2; shift 2
   step "ncu $name"
@@ -43,8 +27,6 @@ prof() {  # name, kernel regex, ncu_linear.py's arguments: ncu's limits and its 
   rm -f "$OUT/$name.source.csv"
 }
 prof wg_gate_up_256 w4_wgmma --format w4a16 --shape gate_up --m 256
-prof xpre_gate_up_256 w4_wgmma --format w4a16 --shape gate_up --m 256 \
-  --cfg '{"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 1, "STAGES": 4, "WREG": true, "XPRE": true}'
 # the peer at the same shape (cuBLAS bf16, 1.8x faster): its shared-memory, L2 and tensor-pipe figures
 # beside ours say which of them the mixed-input kernel runs out of first
 step "ncu cuBLAS bf16 gate_up M=256"

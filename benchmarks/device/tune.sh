@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11's done-condition runs on an H200, each under one call's 600 s: the tuner by formats
-# (W4A16 alone has ~2200 candidates on Hopper over the four shapes and six M: 291 s on an H100 in
-# run 28, before XPRE; the 8-bit and NVFP4 formats together 215 s), then the 8B end to end on the
+# (W4A16 alone has 1926 candidates on Hopper's 132 SMs over the four shapes and six M: 291 s on an
+# H100 in run 28; the 8-bit and NVFP4 formats together 215 s), then the 8B end to end on the
 # tree with the merged table (69 s).
 #   FORMATS=w4a16 bash benchmarks/device/tune.sh                 # $OUT/sm90.json, bench.json
 #   FORMATS=nvfp4,w8a16,w8a8,fp8 bash benchmarks/device/tune.sh

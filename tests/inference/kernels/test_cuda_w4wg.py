@@ -3,11 +3,10 @@ matches the float64 reference of the w4a16 contract on fresh random inputs, with
 tolerances (the same A operand, the contract's 16-bit weight bit for bit, fp32 sums: 4e-3 relative
 for bf16 y, 1e-3 for fp16), and one-hot tokens read the contract's weights exactly (any error in
 x's permutation into the weights' K order, in the swizzle or in a descriptor shows), with the
-weights through the shared-memory ring, (WREG) straight to registers, and (XPRE) with x put in the
-kernel's K order first and copied into the slots by cp.async. The CPU tests model x's stores and
-wgmma's B reads (the 128-byte swizzle as the PTX ISA defines it) against the A fragment's K order,
-XPRE's copies against those stores, and WREG's weight loads against the ring's, and cover the config
-keys, the tuner's candidates and the token-tile rule; the
+weights through the shared-memory ring and (WREG) straight to registers. The CPU tests model x's
+stores and wgmma's B reads (the 128-byte swizzle as the PTX ISA defines it) against the A fragment's
+K order and WREG's weight loads against the ring's, and cover the config keys, the tuner's
+candidates and the token-tile rule; the
 compile check for sm_80/sm_90a/Blackwell is test_cuda_build.test_kernels_compile_without_spills."""
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
 #: tile), every ring depth, split 1, auto (0), uneven (4 over K = 1152: 9 stages) and one stage per CTA (9)
 CONFIGS = [(64, 32, 3, 1), (128, 64, 4, 0), (64, 128, 5, 4), (128, 128, 3, 9), (64, 64, 4, 2), (128, 64, 5, 1),
            (64, 32, 4, 9), (128, 128, 4, 0)]
-#: (WREG, XPRE): the ring, the weights to registers, and with them x pre-ordered (built with WREG only)
-WAYS = ((False, False), (True, False), (True, True))
 
 
 def _weight(n, k, group, sym, dtype, seed):
@@ -59,11 +56,11 @@ def test_matches_reference(m, group, sym, dtype):
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_w4wg.supports(x, fmt, packed, (n, k))
         want = reference.ref_linear(x, "w4a16", q, b)
-        for wreg, xpre in WAYS:
+        for wreg in (False, True):
             cuda_w4wg.w4_wgmma(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split,
-                               wreg=wreg, xpre=xpre)
+                               wreg=wreg)
             err = reference.rel_err(out, want)
-            assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} {stages=} {split=} {wreg=} {xpre=}: {err:.2e}"
+            assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} {stages=} {split=} {wreg=}: {err:.2e}"
             out.fill_(float("nan"))
 
 
@@ -79,8 +76,8 @@ def test_every_config_runs_deterministically():
     for m in (100, 33):
         x = torch.randn(m, k, device="cuda").bfloat16()
         ref = reference.ref_linear(x, "w4a16", q)
-        for (bn, bm, stages, split), (wreg, xpre) in itertools.product(CONFIGS, WAYS):
-            kw = dict(group=128, bn=bn, bm=bm, stages=stages, split_k=split, wreg=wreg, xpre=xpre)
+        for (bn, bm, stages, split), wreg in itertools.product(CONFIGS, (False, True)):
+            kw = dict(group=128, bn=bn, bm=bm, stages=stages, split_k=split, wreg=wreg)
             y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, **kw)
             assert reference.rel_err(y, ref) < TOL[torch.bfloat16], f"M={m} {kw}"
             assert torch.equal(y, cuda_w4wg.w4_wgmma(x, packed, (n, k), None, **kw)), f"M={m} {kw}: not deterministic"
@@ -103,19 +100,17 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
     ks = torch.randperm(k, device="cuda")[:128]
     x = torch.zeros(128, k, device="cuda", dtype=dtype)
     x[torch.arange(128, device="cuda"), ks] = 1
-    for tile_n, (wreg, xpre) in itertools.product((64, 16), WAYS):
+    for tile_n, wreg in itertools.product((64, 16), (False, True)):
         packed = reference.pack_w4(q, tile_n)
-        y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split, wreg=wreg,
-                               xpre=xpre)
-        assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n} wreg={wreg} xpre={xpre}"
+        y = cuda_w4wg.w4_wgmma(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split, wreg=wreg)
+        assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n} wreg={wreg}"
 
 
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("m", [48, 256])
 def test_through_dispatch_and_a_graph(m):
-    """dispatch.linear runs the kernel from a cuda_wg config (M = 256 with WREG and XPRE: x's ordered
-    copy is made inside the graph too); a CUDA graph replays it."""
+    """dispatch.linear runs the kernel from a cuda_wg config (M = 256 with WREG); a CUDA graph replays it."""
     from turbopack.inference.kernels import reference
     from turbopack.inference.kernels.dispatch import linear
 
@@ -124,7 +119,7 @@ def test_through_dispatch_and_a_graph(m):
     packed = reference.pack_w4(q, 64)
     x = torch.randn(m, k, device="cuda").bfloat16()
     cfg = KernelConfig(KernelName.CUDA_WG, block_n=128, block_m=64, split_k=2, ring_stages=4,
-                       weight_registers=m == 256 or None, x_preordered=m == 256 or None)
+                       weight_registers=m == 256 or None)
     y = linear(x, fmt, "w4_t64x64", packed, (n, k), None, cfg)
     assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
     g = torch.cuda.CUDAGraph()
@@ -137,18 +132,11 @@ def test_through_dispatch_and_a_graph(m):
 
 
 def test_config_keys_round_trip():
-    d = {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 4, "WREG": True, "XPRE": True}
+    d = {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 4, "WREG": True}
     cfg = KernelConfig.from_json(d, "test")
     assert cfg == KernelConfig(KernelName.CUDA_WG, block_n=128, block_m=64, split_k=2, ring_stages=4,
-                               weight_registers=True, x_preordered=True)
+                               weight_registers=True)
     assert cfg.to_json() == d
-
-
-def test_xpre_without_wreg_is_refused():
-    x = torch.zeros(64, 128, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="XPRE is built with WREG only"):
-        cuda_w4wg.w4_wgmma(x, {"qweight": torch.zeros(1, 2, 64, 8), "scales": torch.zeros(1, 1)}, (64, 128), None,
-                           xpre=True)
 
 
 def test_tuner_offers_it_on_hopper_only_from_m_17():
@@ -159,7 +147,7 @@ def test_tuner_offers_it_on_hopper_only_from_m_17():
         assert all(c.block_m == cuda_w4wg.token_tile(m, c.block_n, c.block_m) for c in cands)
         assert {c.ring_stages for c in cands} <= set(cuda_w4wg.STAGES)
         assert all(1 <= c.split_k <= k // 128 for c in cands)
-        assert {(c.weight_registers, c.x_preordered) for c in cands} == {(None, None), (True, None), (True, True)}
+        assert {c.weight_registers for c in cands} == {None, True}
         assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WG]
         if m >= 512:  # prefill: the largest tile, no split
             assert {(c.block_m, c.split_k) for c in cands} == {(128, 1)}
@@ -223,24 +211,6 @@ def test_model_x_reaches_the_tensor_core_in_the_weights_k_order(bm, wg):
             c, e, hi = (kk % 8) // 2, kk % 2, kk // 8
             want = x[:, 64 * j + 16 * c + 4 * u + 2 * hi + e].T
             assert np.array_equal(b, want), (j, u)
-
-
-@pytest.mark.parametrize("bm,wg", [(32, 1), (64, 1), (64, 2), (128, 1), (128, 2)])
-def test_model_xpre_copies_fill_the_slot_as_the_stores_do(bm, wg):
-    """XPRE: cuda_w4wg.wgmma_x_order's copy, read by XCopy (unit (p, t, j) copies the ordered row's
-    16-byte chunks 4p + m, m = 0..3, to chunk (4p + m) ^ (t & 7) of slot row j * BM + t), leaves the
-    slot byte for byte as XFeed's register path does (so the test above covers its B reads too)."""
-    rng = np.random.default_rng(7 * bm + wg)
-    x = rng.integers(0, 1 << 16, size=(bm, 128), dtype=np.uint16)
-    ordered = cuda_w4wg.wgmma_x_order(torch.from_numpy(x.view(np.int16))).numpy().view(np.uint16)
-    chunks = ordered.reshape(bm, 2, 8, 8)  # token, 64-k chunk, 16-byte chunk, element
-    smem = np.zeros(2 * bm * 64, np.uint16)
-    for uid in range(bm * 4):  # every thread's units: 128 WG threads x BM / (32 WG) units
-        p, t, j = uid & 1, (uid >> 1) & (bm - 1), uid // (2 * bm)
-        for m in range(4):
-            at = (j * bm + t) * 128 + (((4 * p + m) ^ (t & 7)) << 4)
-            smem[at // 2: at // 2 + 8] = chunks[t, j, 4 * p + m]
-    assert np.array_equal(smem, _store_model(x, bm, wg))
 
 
 def test_model_x_stores_are_conflict_free():

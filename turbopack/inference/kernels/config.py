@@ -42,10 +42,9 @@ class ConfigError(TurbopackError):
 JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "WARP_N": "warp_n", "GROUP_M": "group_m",
                "SPLIT_K": "split_k",
                "STAGES": "ring_stages", "VARIANT": "variant", "ROUND": "round_weights", "PLANES": "planes",
-               "PREFETCH": "prefetch", "CLUSTER": "cluster", "WREG": "weight_registers", "XPRE": "x_preordered",
-               "GLU_WARPS": "glu_warps",
+               "PREFETCH": "prefetch", "CLUSTER": "cluster", "WREG": "weight_registers", "GLU_WARPS": "glu_warps",
                "num_warps": "num_warps", "num_stages": "num_stages"}
-_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "CLUSTER", "WREG", "XPRE"})
+_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "CLUSTER", "WREG"})
 
 #: the keys each kernel reads, in the order the tuner writes them (tune.candidates)
 KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
@@ -54,7 +53,7 @@ KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.CUDA: ("SPLIT_K", "STAGES", "VARIANT", "PREFETCH", "CLUSTER", "GLU_WARPS"),
     KernelName.DQ_MM: (),
     KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
-    KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES", "WREG", "XPRE"),
+    KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES", "WREG"),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
     KernelName.SCALED_MM: (),
@@ -82,7 +81,6 @@ class KernelConfig:
     prefetch: bool | None = None      # PREFETCH: W4 decode v7 sends each CTA's weight slice to L2 first (unset = no)
     cluster: bool | None = None       # CLUSTER: W4 v7 / W8 decode sum split-K partials in a CTA cluster (unset = no)
     weight_registers: bool | None = None  # WREG: cuda_wg loads the weights straight to registers (unset = no)
-    x_preordered: bool | None = None  # XPRE (with WREG): cuda_wg copies x, put in its K order first, by cp.async
     glu_warps: int | None = None      # GLU_WARPS: a fused gate|up with the MLP's activation in its store
     #                                   (dispatch.glu) runs W4 VARIANT 6 in this many warps a CTA; 0 = not
     #                                   (gate|up, then act_mul); unset = SPLIT_K where VARIANT is 6

@@ -8,9 +8,7 @@ weights' K order and in the 128-byte swizzle. Config keys (kernel ``cuda_wg``): 
 tile; a call with fewer tokens runs the smallest that covers them, at least 64 at BN = 128), STAGES
 (3-5), SPLIT_K (0: cuda_w4mm.default_split; split-K by slices, epilogue.splitk_slices), WREG (the
 weights straight from global memory to registers, two stages ahead, instead of through the
-shared-memory ring: the ring's shared traffic is what limits the kernel; unset = through the ring), XPRE (with
-WREG: x put in the kernel's K order first, ``wgmma_x_order``, one copy of M x K a call, then copied into
-the slots by cp.async instead of through registers; unset = no). Reads bf16 or
+shared-memory ring: the ring's shared traffic is what limits the kernel; unset = through the ring). Reads bf16 or
 fp16 activations with scales of the same dtype, group 64 or 128, K a multiple of 128.
 """
 
@@ -36,7 +34,7 @@ DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 64, 4
 #: wgmma exists on sm_90a only (Blackwell's tensor-core MMA is tcgen05)
 CAPABILITY = (9, 0)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_SIGNATURES = {"turbopack_w4_wgmma": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 16 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_w4_wgmma": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -54,21 +52,10 @@ def token_tile(m: int, bn: int, bm: int) -> int:
     return next(t for t in BMS if t >= MIN_BM.get(bn, BMS[-1]) and (t >= min(bm, m) or t == BMS[-1]))
 
 
-def wgmma_x_order(x2: torch.Tensor) -> torch.Tensor:
-    """x [M, K] as the kernel's slots hold each 64-k row (csrc/w4_wgmma.cu XFeed): 32-bit word i of
-    16-byte chunk 4p + m is word m of chunk 2i + p. Viewed as [M, K / 64, i, p, m, 2 elements], the
-    copy is the permutation (p, m, i); a new contiguous tensor (K a multiple of 64)."""
-    m, k = x2.shape
-    return x2.reshape(m, k // 64, 4, 2, 4, 2).permute(0, 1, 3, 4, 2, 5).reshape(m, k)
-
-
 def w4_wgmma(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
              out: torch.Tensor | None = None, *, group: int = 128, bn: int = DEFAULT_BN, bm: int = DEFAULT_BM,
-             stages: int = DEFAULT_STAGES, split_k: int = 0, wreg: bool = False, xpre: bool = False) -> torch.Tensor:
-    """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto;
-    xpre needs wreg (the only build with it)."""
-    if xpre and not wreg:
-        raise ValueError("cuda_wg's XPRE is built with WREG only: set both")
+             stages: int = DEFAULT_STAGES, split_k: int = 0, wreg: bool = False) -> torch.Tensor:
+    """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
@@ -78,12 +65,11 @@ def w4_wgmma(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int
     split = int(split_k) if split_k and split_k > 0 else cuda_w4mm.default_split(nt * tn, k, m, bn, tile, x2.device)
     split = max(1, min(split, k // 128))
     ws, cnt = splitk_slices(x2.device, m, n, math.ceil(nt * tn / bn) * math.ceil(m / tile), split)
-    xk = wgmma_x_order(x2) if xpre else x2
     rc = library(x2.device).turbopack_w4_wgmma(
-        _p(xk), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt),
-        m, n, nt * tn, k, kt, s.shape[1], tn, group, xk.stride(0), split, int(bn), int(bm), int(stages),
-        int(wreg), int(xpre), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt),
+        m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, int(bn), int(bm), int(stages),
+        int(wreg), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_wgmma failed (code {rc}; M={m} N={n} K={k} G={group} BN={bn} BM={bm} "
-                           f"stages={stages} split={split} wreg={wreg} xpre={xpre})")
+                           f"stages={stages} split={split} wreg={wreg})")
     return y

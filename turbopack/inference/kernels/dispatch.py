@@ -104,7 +104,7 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
                               bn=or_default(cfg.block_n, cuda_w4wg.DEFAULT_BN),
                               bm=or_default(cfg.block_m, cuda_w4wg.DEFAULT_BM),
                               stages=or_default(cfg.ring_stages, cuda_w4wg.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                              wreg=bool(cfg.weight_registers), xpre=bool(cfg.x_preordered))
+                              wreg=bool(cfg.weight_registers))
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

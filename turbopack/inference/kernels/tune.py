@@ -140,8 +140,7 @@ def _mma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
 def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     """The warpgroup-MMA kernel (cuda_w4wg): one or two warpgroups (BN 64, 128), the token tiles that
     cover M without a mostly empty one, ring depths 3 and 4, split-K as _mma_candidates, the weights
-    through the ring or (WREG) straight to registers, then with x put in the kernel's K order first
-    (XPRE: copied into the slots by cp.async, not through registers). From M = 512
+    through the ring or (WREG) straight to registers. From M = 512
     (prefill) only the largest tile without split: run 9's M = 2048 sweep of every tile and split
     spent ~20 s of device time per shape, and the smaller tiles and splits lost on all three shapes."""
     out = []
@@ -156,8 +155,7 @@ def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
                       if sk == 1 or (sk <= k // 256 and not prefill)}
             for sk in sorted(splits):
                 out += [KernelConfig(KernelName.CUDA_WG, block_n=bn, block_m=bm, split_k=sk, ring_stages=st,
-                                     weight_registers=wreg or None, x_preordered=xpre or None)
-                        for st in (3, 4) for wreg, xpre in ((False, False), (True, False), (True, True))]
+                                     weight_registers=wreg or None) for st in (3, 4) for wreg in (False, True)]
     return out
 
 

@@ -32,16 +32,6 @@
 // 32 contiguous bytes, so two LDG.64 per tile, each warp reading 2 x 256 contiguous bytes. They are
 // issued kAhead stages before their decode into a register ring (8 registers a stage), indexed by
 // constants: the main loop is unrolled kAhead times. Scales and zero points stay in the cp.async ring.
-//
-// XPRE (with WREG; built in run 28, not yet measured): run 10's ncu still found L1/shared memory 78%
-// busy with the weights in registers, and x's LDG.128s pass through L1 into registers before their
-// STS.128s into the slot. With x handed over already in the slot's chunk order (cuda_w4wg.
-// wgmma_x_order: the 4 x 4 word transpose above, done once per call as one copy of M x K), each
-// thread cp.asyncs its four chunks straight into the swizzled slot (.cg: not through L1, no
-// registers, in the stage's cp.async group). A slot's x may be overwritten only once no wgmma group
-// reads it, two stages on (wg_wait<1> leaves the last stage's second group in flight), so x is
-// copied STAGES - 2 ahead, in the group of the weights STAGES - 1 ahead, and each stage waits for
-// one group more.
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
 
@@ -103,33 +93,6 @@ struct XFeed {
   }
 };
 
-// XPRE: x of one stage from the pre-ordered copy (physical chunk 4p + m of a 64-k row at 16 (4p + m)
-// bytes), each thread XFeed's units, four cp.async of 16 bytes into the swizzled slot
-template <typename T, int WG, int BM>
-struct XCopy {
-  __device__ __forceinline__ void issue(const MmaArgs& a, int s, uint32_t slot) const {
-#pragma unroll
-    for (int u = 0; u < XFeed<T, WG, BM>::kUnits; ++u) {
-      int p, t, j;
-      XFeed<T, WG, BM>::unit(u, p, t, j);
-      const int tok = min(static_cast<int>(blockIdx.x) * BM + t, a.M - 1);  // past M: the last token, never stored
-      const uint4* src = reinterpret_cast<const uint4*>(static_cast<const T*>(a.x) + (long long)tok * a.stride_xm +
-                                                        s * kStageK + 64 * j) + 4 * p;
-      const uint32_t row = slot + (j * BM + t) * 128;
-#pragma unroll
-      for (int m = 0; m < 4; ++m) cp_async16_s(row + (((4 * p + m) ^ (t & 7)) << 4), src + m);
-    }
-  }
-};
-
-// XPRE's wait: slot i's x is in the group after its weights', so one group fewer may be pending than
-// wait_ring's STAGES - 2
-__device__ __forceinline__ void wait_ring_x(int stages) {
-  if (stages == 3) cp_async_wait<0>();
-  else if (stages == 4) cp_async_wait<1>();
-  else cp_async_wait<2>();
-}
-
 // WREG: a warp's weights of one stage straight to registers, w[j][e] = bytes 8c..8c+7 of row g + 8e of
 // 64-k tile j (a row's 64 k are 32 bytes; tile j + 1 sits TN rows on). Rows past NP read row 0 of the
 // weight (a valid address) and are never stored.
@@ -182,7 +145,7 @@ __device__ __forceinline__ void slot_wgmma(float (&acc)[BM / 8][4], const uint4*
 
 constexpr int kAhead = 2;  // WREG: stages between a weight load and its decode
 
-template <typename T, int WG, int BM, bool WREG, bool XP>
+template <typename T, int WG, int BM, bool WREG>
 __global__ void __launch_bounds__(WG * 128, 1) w4_wgmma_kernel(const MmaArgs a) {
 #ifdef TP_WGMMA
   using S = WgSlot<WG, BM, WREG>;
@@ -208,28 +171,18 @@ __global__ void __launch_bounds__(WG * 128, 1) w4_wgmma_kernel(const MmaArgs a) 
   WeightFeed<T, 1, !WREG> wf;
   wf.init(a, base + S::kX, S::kW / 16, n0, s_lo, warp, lane);
   XFeed<T, WG, BM> xf;
-  const XCopy<T, WG, BM> xc;
-  for (int s = 0; s < a.stages - 1; ++s) {  // XPRE: group s also holds stage s - 1's x (slot s - 1)
+  for (int s = 0; s < a.stages - 1; ++s) {
     if (s < n_st) wf.issue(a, s * S::kSize);
-    if (XP && s >= 1 && s - 1 < n_st) xc.issue(a, s_lo + s - 1, base + (s - 1) * S::kSize);
     cp_async_commit();
   }
-  if (!XP && n_st > 0) xf.load(a, s_lo), xf.store(base);
-  if (!XP && n_st > 1) xf.load(a, s_lo + 1);
+  if (n_st > 0) xf.load(a, s_lo), xf.store(base);
+  if (n_st > 1) xf.load(a, s_lo + 1);
   float acc[BM / 8][4];  // the first wgmma writes them (scale-d 0): a zeroing here would serialize every wgmma
   int rd = 0, wr = a.stages - 1;
   auto stage = [&](int i, uint2(&w)[2][2]) {
-    if constexpr (XP) {
-      wait_ring_x(a.stages);
-      fence_async_shared();  // this thread's copies of x, now complete, for the tensor core (async proxy)
-    } else {
-      wait_ring(a.stages);
-    }
+    wait_ring(a.stages);
     __syncthreads();  // slot rd is complete for every thread (x: stored and fenced); every warp is done with slot wr
     if (i + a.stages - 1 < n_st) wf.issue(a, wr * S::kSize);
-    // XPRE: stage i + STAGES - 2's x into its slot (the one before wr), last read by stage i - 2, done
-    if (XP && i + a.stages - 2 < n_st)
-      xc.issue(a, s_lo + i + a.stages - 2, base + (wr == 0 ? a.stages - 1 : wr - 1) * S::kSize);
     cp_async_commit();
     const char* slot = smem + rd * S::kSize;
     slot_wgmma<T, WG, BM, WREG>(acc, reinterpret_cast<const uint4*>(slot + S::kX) + warp * 64, w,
@@ -239,10 +192,8 @@ __global__ void __launch_bounds__(WG * 128, 1) w4_wgmma_kernel(const MmaArgs a) 
       if (i + kAhead < n_st) wregs.load(w);  // stage i + kAhead into the registers just decoded
     rd = rd + 1 == a.stages ? 0 : rd + 1;
     wr = wr + 1 == a.stages ? 0 : wr + 1;
-    if constexpr (!XP) {
-      if (i + 1 < n_st) xf.store(base + rd * S::kSize);  // stage i + 1's slot: its last reader finished 2 stages ago
-      if (i + 2 < n_st) xf.load(a, s_lo + i + 2);
-    }
+    if (i + 1 < n_st) xf.store(base + rd * S::kSize);  // stage i + 1's slot: its last reader finished 2 stages ago
+    if (i + 2 < n_st) xf.load(a, s_lo + i + 2);
   };
   if constexpr (WREG) {
     for (int i0 = 0; i0 < n_st; i0 += kAhead)
@@ -266,58 +217,53 @@ __global__ void __launch_bounds__(WG * 128, 1) w4_wgmma_kernel(const MmaArgs a) 
 #endif
 }
 
-template <typename T, int WG, int BM, bool WREG, bool XP>
+template <typename T, int WG, int BM, bool WREG>
 int launch(const MmaArgs& a, cudaStream_t s) {
   const int smem = a.stages * WgSlot<WG, BM, WREG>::kSize + 1024;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
-        cudaFuncSetAttribute(w4_wgmma_kernel<T, WG, BM, WREG, XP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(w4_wgmma_kernel<T, WG, BM, WREG>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
   const dim3 grid((a.M + BM - 1) / BM, (a.NP + WG * 64 - 1) / (WG * 64), a.split_k);
-  w4_wgmma_kernel<T, WG, BM, WREG, XP><<<grid, WG * 128, smem, s>>>(a);
+  w4_wgmma_kernel<T, WG, BM, WREG><<<grid, WG * 128, smem, s>>>(a);
   return static_cast<int>(cudaGetLastError());
 }
 
 // BM caps the token tile: a call with fewer tokens runs the smallest tile that covers them (two
 // warpgroups: at least 64, each thread a whole unit of x)
-template <typename T, int WG, bool WREG, bool XP>
+template <typename T, int WG, bool WREG>
 int by_bm(const MmaArgs& a, int bm, cudaStream_t s) {
-  if (WG == 1 && (bm <= 32 || a.M <= 32)) return launch<T, 1, 32, WREG, XP>(a, s);
-  if (bm <= 64 || a.M <= 64) return launch<T, WG, 64, WREG, XP>(a, s);
-  return launch<T, WG, 128, WREG, XP>(a, s);
+  if (WG == 1 && (bm <= 32 || a.M <= 32)) return launch<T, 1, 32, WREG>(a, s);
+  if (bm <= 64 || a.M <= 64) return launch<T, WG, 64, WREG>(a, s);
+  return launch<T, WG, 128, WREG>(a, s);
 }
 
-// XPRE is built with WREG only (the ring's build lost to WREG on every shape at M >= 64, run 10)
 template <typename T>
-int by_bn(const MmaArgs& a, int bn, int bm, bool wreg, bool xpre, cudaStream_t s) {
-  if (xpre) return bn == 64 ? by_bm<T, 1, true, true>(a, bm, s) : by_bm<T, 2, true, true>(a, bm, s);
-  if (wreg) return bn == 64 ? by_bm<T, 1, true, false>(a, bm, s) : by_bm<T, 2, true, false>(a, bm, s);
-  return bn == 64 ? by_bm<T, 1, false, false>(a, bm, s) : by_bm<T, 2, false, false>(a, bm, s);
+int by_bn(const MmaArgs& a, int bn, int bm, bool wreg, cudaStream_t s) {
+  if (wreg) return bn == 64 ? by_bm<T, 1, true>(a, bm, s) : by_bm<T, 2, true>(a, bm, s);
+  return bn == 64 ? by_bm<T, 1, false>(a, bm, s) : by_bm<T, 2, false>(a, bm, s);
 }
 
 }  // namespace
 
 // y [M, N] = x [M, K] W^T (+ bias) for any M >= 1 on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y).
 // bn: weight rows per CTA (64: one warpgroup, 128: two), bm: token tile (32 (bn 64 only), 64, 128; capped
-// by M), stages: ring depth (3-5), wreg: the weights straight to registers (WREG above) or through the
-// ring, xpre (with wreg): x in the slot's chunk order (XPRE above, cuda_w4wg.wgmma_x_order). Returns 0,
-// -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a: the host
-// calls this on compute capability 9.0 only). split_k > 1 needs ws (fp32 [split_k * M * N], scratch)
-// and counters (int32, one per row tile x token tile, zeroed, left zeroed).
+// by M), stages: ring depth (3-5), wreg: the weights straight to registers (WREG above) or through the ring. Returns 0, -1 for bad arguments, else the CUDA error (the kernels
+// are empty unless built for sm_90a: the host calls this on compute capability 9.0 only). split_k > 1 needs ws (fp32 [split_k * M * N], scratch) and counters
+// (int32, one per row tile x token tile, zeroed, left zeroed).
 extern "C" int turbopack_w4_wgmma(const void* x, const void* qw, const void* scales, const void* zeros,
                                   const void* bias, void* y, void* ws, void* counters, int M, int N, int NP, int K,
                                   int KT, int KGP, int TN, int G, int stride_xm, int split_k, int bn, int bm,
-                                  int stages, int wreg, int xpre, int dtype, void* stream) {
+                                  int stages, int wreg, int dtype, void* stream) {
   MmaArgs a;
   if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
                 dtype) ||
-      (bn != 64 && bn != 128) || (bm != 32 && bm != 64 && bm != 128) || (xpre && !wreg))
+      (bn != 64 && bn != 128) || (bm != 32 && bm != 64 && bm != 128))
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_bn<__nv_bfloat16>(a, bn, bm, wreg != 0, xpre != 0, s)
-                     : by_bn<__half>(a, bn, bm, wreg != 0, xpre != 0, s);
+  return dtype == 0 ? by_bn<__nv_bfloat16>(a, bn, bm, wreg != 0, s) : by_bn<__half>(a, bn, bm, wreg != 0, s);
 }
 
