@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from wgmma_model import a_fragment_k, wgmma_b
 
 from turbopack.inference.kernels import cuda_w4wg, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
@@ -183,19 +184,6 @@ def _store_model(x: np.ndarray, bm: int, wg: int) -> np.ndarray:
     return smem.view(np.uint16)
 
 
-def _wgmma_b(smem16: np.ndarray, start: int, n: int) -> np.ndarray:
-    """B (16 x n, uint16) as wgmma reads it from a K-major operand in the 128-byte swizzle: row n of
-    the operand at start + (n // 8) * 1024 (SBO) + (n % 8) * 128, k element e at 2e bytes; then
-    address bits [4:6] XOR bits [7:9] (PTX ISA, shared memory matrix layout, 128B swizzling)."""
-    b = np.zeros((16, n), np.uint16)
-    for t in range(n):
-        for e in range(16):
-            addr = start + (t // 8) * 1024 + (t % 8) * 128 + 2 * e
-            addr ^= ((addr >> 7) & 7) << 4
-            b[e, t] = smem16[addr // 2]
-    return b
-
-
 @pytest.mark.parametrize("bm,wg", [(32, 1), (64, 1), (64, 2), (128, 1), (128, 2)])
 def test_model_x_reaches_the_tensor_core_in_the_weights_k_order(bm, wg):
     """wgmma step u of 64-k chunk j (descriptor start 32u bytes into the chunk) must see, at virtual k
@@ -206,10 +194,8 @@ def test_model_x_reaches_the_tensor_core_in_the_weights_k_order(bm, wg):
     smem = _store_model(x, bm, wg)
     for j in range(2):
         for u in range(4):
-            b = _wgmma_b(smem, j * bm * 128 + 32 * u, bm)
-            kk = np.arange(16)
-            c, e, hi = (kk % 8) // 2, kk % 2, kk // 8
-            want = x[:, 64 * j + 16 * c + 4 * u + 2 * hi + e].T
+            b = wgmma_b(smem, j * bm * 128 + 32 * u, bm)
+            want = x[:, 64 * j + a_fragment_k(u)].T
             assert np.array_equal(b, want), (j, u)
 
 

@@ -142,7 +142,8 @@ def _default_split(cfg: KernelConfig) -> int | None:
     """A winner's SPLIT_K in the layout's default: split-K is shape-specific, so 0 (the CUDA kernels'
     own rule) or none (Triton's); the decode by rows' SPLIT_K is its warps a CTA, not a split, and
     stays (tune.ROWS_VARIANTS)."""
-    if cfg.kernel not in (KernelName.CUDA, KernelName.CUDA_MM, KernelName.CUDA_WG) or cfg.split_k is None:
+    if cfg.kernel not in (KernelName.CUDA, KernelName.CUDA_MM, KernelName.CUDA_WG, KernelName.CUDA_WS) \
+            or cfg.split_k is None:
         return None
     return cfg.split_k if cfg.kernel is KernelName.CUDA and cfg.variant in tune.ROWS_VARIANTS else 0
 

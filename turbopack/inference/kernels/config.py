@@ -27,6 +27,7 @@ class KernelName(str, enum.Enum):
     DQ_MM = "dq_mm"          # W4 dequantized once, then cuBLAS (cuda_w4.dq_mm)
     CUDA_MM = "cuda_mm"      # the CUDA C++ W4 kernel for 16 < M <= 128 (cuda_w4mm.w4_mma)
     CUDA_WG = "cuda_wg"      # the CUDA C++ W4 kernel on Hopper's warpgroup MMA, M >= 32 (cuda_w4wg.w4_wgmma)
+    CUDA_WS = "cuda_ws"      # the same operands, warp-specialized, M >= 128 (cuda_w4ws.w4_wgws)
     TRITON = "triton"        # w8a8's int8 Triton GEMM
     INT_MM = "int_mm"        # w8a8 through torch._int_mm
     SCALED_MM = "scaled_mm"  # fp8 through torch._scaled_mm
@@ -54,6 +55,7 @@ KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.DQ_MM: (),
     KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
     KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES", "WREG"),
+    KernelName.CUDA_WS: ("BN", "BM", "SPLIT_K", "STAGES"),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
     KernelName.SCALED_MM: (),

@@ -22,7 +22,17 @@ import torch
 from turbopack.errors import ShapeError, TurbopackError
 from turbopack.formats import Format
 from turbopack.inference.config import Activation, NormStyle
-from turbopack.inference.kernels import cuda_fp4, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8, fp8, w8a8, weight_only
+from turbopack.inference.kernels import (
+    cuda_fp4,
+    cuda_w4,
+    cuda_w4mm,
+    cuda_w4wg,
+    cuda_w4ws,
+    cuda_w8,
+    fp8,
+    w8a8,
+    weight_only,
+)
 from turbopack.inference.kernels import table as kernel_table
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import interpreting, triton
@@ -41,6 +51,11 @@ class Family:
     run: Callable[..., torch.Tensor]
     default: Callable[[int, int, int, Format], KernelConfig]
     needs: str = ""   # a capability the device must have ("" = any CUDA device)
+
+
+#: the CUDA C++ kernels of the weight-only families: a config naming one that cannot take the call
+#: (dtype, alignment, arch) runs Triton's default instead
+_CUDA_KERNELS = (KernelName.CUDA, KernelName.DQ_MM, KernelName.CUDA_MM, KernelName.CUDA_WG, KernelName.CUDA_WS)
 
 
 def _wo(kind: weight_only.Kind) -> Family:
@@ -63,7 +78,9 @@ def _wo(kind: weight_only.Kind) -> Family:
             return _w4mm(x2, packed, shape, bias, cfg, out, group)
         if kind == weight_only.W4 and kernel is KernelName.CUDA_WG and cuda_w4wg.supports(x2, fmt, packed, shape):
             return _w4wg(x2, packed, shape, bias, cfg, out, group)
-        if kernel in (KernelName.CUDA, KernelName.DQ_MM, KernelName.CUDA_MM, KernelName.CUDA_WG):  # not taken: Triton's
+        if kind == weight_only.W4 and kernel is KernelName.CUDA_WS and cuda_w4ws.supports(x2, fmt, packed, shape):
+            return _w4ws(x2, packed, shape, bias, cfg, out, group)
+        if kernel in _CUDA_KERNELS:  # not taken: Triton's
             cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
         return weight_only.launch(
             x2, kind, packed, shape, bias, cfg, group=group, sym=getattr(fmt, "sym", True), out=out
@@ -105,6 +122,13 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
                               bm=or_default(cfg.block_m, cuda_w4wg.DEFAULT_BM),
                               stages=or_default(cfg.ring_stages, cuda_w4wg.DEFAULT_STAGES), split_k=cfg.split_k or 0,
                               wreg=bool(cfg.weight_registers))
+
+
+def _w4ws(x2, packed, shape, bias, cfg, out, group):
+    return cuda_w4ws.w4_wgws(x2, packed, shape, bias, out, group=group,
+                             bn=or_default(cfg.block_n, cuda_w4ws.DEFAULT_BN),
+                             bm=or_default(cfg.block_m, cuda_w4ws.DEFAULT_BM),
+                             stages=or_default(cfg.ring_stages, cuda_w4ws.DEFAULT_STAGES), split_k=cfg.split_k or 0)
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

@@ -136,6 +136,7 @@ STATIC_SUPPORT: dict[KernelName, Callable[[int, int], bool]] = {
     KernelName.DQ_MM: lambda k, group: group in (32, 64, 128),
     KernelName.CUDA_MM: lambda k, group: k % 128 == 0 and group in (64, 128),
     KernelName.CUDA_WG: lambda k, group: k % 128 == 0 and group in (64, 128),
+    KernelName.CUDA_WS: lambda k, group: k % 128 == 0 and group in (64, 128),
 }
 _DEFAULT = KernelConfig(KernelName.DEFAULT)
 

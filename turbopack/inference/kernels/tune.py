@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w8
+from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -116,6 +116,8 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
         out += _mma_candidates(n, k, m, sms)
     if setup == "w4a16" and m > 16 and hopper:
         out += _wgmma_candidates(n, k, m, sms)
+    if setup == "w4a16" and m >= WS_MIN_M and hopper:
+        out += _ws_candidates(n, k, m, sms)
     return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))
 
 
@@ -156,6 +158,26 @@ def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
             for sk in sorted(splits):
                 out += [KernelConfig(KernelName.CUDA_WG, block_n=bn, block_m=bm, split_k=sk, ring_stages=st,
                                      weight_registers=wreg or None) for st in (3, 4) for wreg in (False, True)]
+    return out
+
+
+#: the warp-specialized kernel's smallest M: its token tiles are 128 and 256
+WS_MIN_M = 128
+
+
+def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+    """The warp-specialized kernel (cuda_w4ws): each tile whose last token tile is at least half full
+    (or the smallest), ring depths 4 and 5, split-K of 1, the kernel's default (a wave of one CTA an
+    SM) and twice it, at least eight 64-k stages a slice; prefill (M >= 512) without split."""
+    out = []
+    smallest = min(bm for _, bm in cuda_w4ws.TILES)
+    for bn, bm in cuda_w4ws.TILES:
+        if (-m) % bm >= bm // 2 and bm != smallest:
+            continue
+        s0 = max(1, min(math.ceil(sms / (math.ceil(n / bn) * math.ceil(m / bm))), k // 64 // 8))
+        splits = {1} if m >= 512 else {1, s0, max(1, min(2 * s0, k // 64 // 8))}
+        out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
+                for sk in sorted(splits) for st in (4, 5)]
     return out
 
 

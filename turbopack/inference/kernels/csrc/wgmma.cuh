@@ -55,7 +55,7 @@ __device__ __forceinline__ void pin(float& v) { asm volatile("" : "+f"(v)::"memo
 #define TP_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                  "+f"(d[i + 6]), "+f"(d[i + 7])
 
-// m64nNk16 for the three token tiles: the operand numbers spelled out (asm text is a literal)
+// m64nNk16 for the token tiles: the operand numbers spelled out (asm text is a literal)
 #define TP_WGMMA_N32(TY)                                                                 \
   TP_WGMMA_ASM("m64n32k16", TY,                                                          \
                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", \
@@ -78,17 +78,34 @@ __device__ __forceinline__ void pin(float& v) { asm volatile("" : "+f"(v)::"memo
                "{%64, %65, %66, %67}", "%68", "%69",                                                 \
                TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56))
 
+#define TP_WGMMA_N256(TY)                                                                             \
+  TP_WGMMA_ASM("m64n256k16", TY,                                                                      \
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"                \
+               ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"     \
+               ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"     \
+               ", %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"     \
+               ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"     \
+               ", %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"     \
+               ", %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109"     \
+               ", %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123" \
+               ", %124, %125, %126, %127}",                                                           \
+               "{%128, %129, %130, %131}", "%132", "%133",                                            \
+               TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56),  \
+               TP_D8(64), TP_D8(72), TP_D8(80), TP_D8(88), TP_D8(96), TP_D8(104), TP_D8(112), TP_D8(120))
+
 template <typename T, int N>
 struct Wgmma {
-  static_assert(N == 32 || N == 64 || N == 128, "the token tiles of w4_wgmma.cu");
+  static_assert(N == 32 || N == 64 || N == 128 || N == 256, "the token tiles of w4_wgmma.cu and w4_wgws.cu");
   static __device__ __forceinline__ void run(int acc, float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
     constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
     if constexpr (N == 32) {
       if constexpr (kBf16) TP_WGMMA_N32("bf16"); else TP_WGMMA_N32("f16");
     } else if constexpr (N == 64) {
       if constexpr (kBf16) TP_WGMMA_N64("bf16"); else TP_WGMMA_N64("f16");
-    } else {
+    } else if constexpr (N == 128) {
       if constexpr (kBf16) TP_WGMMA_N128("bf16"); else TP_WGMMA_N128("f16");
+    } else {
+      if constexpr (kBf16) TP_WGMMA_N256("bf16"); else TP_WGMMA_N256("f16");
     }
   }
 };

@@ -1,0 +1,231 @@
+"""The warp-specialized CUDA C++ W4A16 kernel on Hopper (csrc/w4_wgws.cu, cuda_w4ws): on an sm90 GPU it
+matches the float64 reference of the w4a16 contract on fresh random inputs with w4_wgmma.cu's
+tolerances (the same A operand and decode, fp32 sums: 4e-3 relative for bf16 y, 1e-3 for fp16), one-hot
+tokens read the contract's weights exactly (an error in the x image's transpose or swizzle, in a
+bulk copy's offset or in the stage ring shows), split-K sums are deterministic, and a CUDA graph
+replays it. On the CPU: a model of the x image read back through wgmma's B addressing, the tile and
+split rules."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from wgmma_model import a_fragment_k, wgmma_b
+
+from turbopack.inference.kernels import cuda_w4ws, tune
+from turbopack.inference.kernels.config import KernelConfig, KernelName
+
+hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                            reason="needs an sm90 GPU")
+TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
+#: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every tile, every ring depth, split 1, auto (0),
+#: uneven (4 over K = 1152: 18 stages) and more slices than a CTA's share of stages (18: one each)
+CONFIGS = [(128, 256, 4, 1), (128, 128, 3, 0), (256, 128, 5, 4), (128, 256, 5, 18), (256, 128, 4, 1),
+           (128, 128, 4, 3), (128, 256, 3, 0), (256, 128, 3, 2)]
+
+
+def _weight(n, k, group, sym, dtype, seed):
+    from turbopack.formats import get_format
+
+    torch.manual_seed(seed)
+    fmt = get_format("w4a16", group_size=group, sym=sym, scale_dtype=str(dtype).removeprefix("torch."))
+    return fmt, fmt.quantize(torch.randn(n, k, device="cuda"))
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("m", [17, 128, 200, 256, 300])
+@pytest.mark.parametrize("group,sym", [(128, False), (128, True), (64, False), (64, True)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matches_reference(m, group, sym, dtype):
+    from turbopack.inference.kernels import reference
+
+    n, k = 1024 + 48, 1152   # N: a partial 128- and 256-row CTA, a partial 64-row tile; K: 18 stages
+    fmt, q = _weight(n, k, group, sym, dtype, 100 * m + group + sym)
+    case = m + group + sym
+    for i, tile_n in enumerate((64, 16)):
+        bn, bm, stages, split = CONFIGS[(case + 3 * i) % len(CONFIGS)]
+        packed = reference.pack_w4(q, tile_n)
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype) if tile_n == 64 else None
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        assert cuda_w4ws.supports(x, fmt, packed, (n, k))
+        cuda_w4ws.w4_wgws(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split)
+        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
+        assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} {stages=} {split=}: {err:.2e}"
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bn,bm,split", [(128, 256, 1), (256, 128, 3), (128, 128, 2)])
+def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split):
+    """Token t is the unit vector at k_t, so y[t] = W16[:, k_t] with one nonzero product per sum:
+    exact in fp32 and in the 16-bit store. 256 tokens at k spread over every tile, quad lane, step,
+    swizzle row and group."""
+    from turbopack.inference.kernels import reference
+
+    n, k = 512 + 16, 1024
+    fmt, q = _weight(n, k, group, sym, dtype, 5 + group)
+    w16 = reference.w4_weight16(q, dtype)
+    ks = torch.cat([torch.randperm(k, device="cuda"), torch.randperm(k, device="cuda")])[:256]
+    x = torch.zeros(256, k, device="cuda", dtype=dtype)
+    x[torch.arange(256, device="cuda"), ks] = 1
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        y = cuda_w4ws.w4_wgws(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split)
+        assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n}"
+
+
+@pytest.mark.gpu
+@hopper
+def test_deterministic_and_in_a_graph():
+    """Every CONFIGS entry at M = 300, bf16, twice: the same bits (split-K by slices sums in slice
+    order); then one captured in a CUDA graph and replayed on new x."""
+    from turbopack.inference.kernels import reference
+
+    n, k = 1024 + 48, 1152
+    fmt, q = _weight(n, k, 128, False, torch.bfloat16, 7)
+    packed = reference.pack_w4(q, 64)
+    x = torch.randn(300, k, device="cuda").bfloat16()
+    ref = reference.ref_linear(x, "w4a16", q)
+    for bn, bm, stages, split in CONFIGS:
+        kw = dict(group=128, bn=bn, bm=bm, stages=stages, split_k=split)
+        y = cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)
+        assert reference.rel_err(y, ref) < TOL[torch.bfloat16], kw
+        assert torch.equal(y, cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)), f"{kw}: not deterministic"
+    kw = dict(group=128, bn=128, bm=256, stages=4, split_k=3)
+    cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)  # built and loaded outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y2 = cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    assert reference.rel_err(y2, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
+
+
+# -- a CPU model of the x image: x_image_kernel's writes, the tensor core's reads of a slot ---------------
+
+def _image_model(x: np.ndarray, bm: int) -> np.ndarray:
+    """x_image_kernel (csrc/w4_wgws.cu) chunk by chunk: image chunk id = ((mt KT + kt) BM + t) 8 + q' holds
+    words 8i + 4p + m (i = 0..3) of token mt BM + t's 64-k row kt, q = q' ^ (t & 7) = 4p + m; zero past M."""
+    m, k = x.shape
+    words = x.view(np.uint32).reshape(m, k // 64, 32)
+    mtiles, kts = -(-m // bm), k // 64
+    img = np.zeros((mtiles * kts * bm * 8, 4), np.uint32)
+    for chunk in range(img.shape[0]):
+        t, qq, rest = (chunk >> 3) % bm, chunk & 7, chunk // (8 * bm)
+        kt, tok = rest % kts, (rest // kts) * bm + (chunk >> 3) % bm
+        q = qq ^ (t & 7)
+        if tok < m:
+            img[chunk] = [words[tok, kt, 8 * i + 4 * (q >> 2) + (q & 3)] for i in range(4)]
+    return img.reshape(-1).view(np.uint16)
+
+
+@pytest.mark.parametrize("bm", [128, 256])
+def test_model_x_image_reaches_the_tensor_core_in_the_weights_k_order(bm):
+    """A stage's slot is the image's (token tile, 64-k tile) run of BM x 128 bytes, copied byte for
+    byte; wgmma step u (descriptor start 32u bytes in) must see, at virtual k kk of token t, x[t,
+    64 kt + a_fragment_k(u)[kk]], and zero for tokens past M."""
+    rng = np.random.default_rng(bm)
+    m, k = bm + 40, 192
+    x = rng.integers(0, 1 << 16, size=(m, k), dtype=np.uint16)
+    img = _image_model(x, bm)
+    run = bm * 128 // 2  # 16-bit elements of one stage's x
+    for mt, kt in itertools.product(range(2), range(k // 64)):
+        slot = img[((mt * (k // 64)) + kt) * run:][:run]
+        for u in range(4):
+            b = wgmma_b(slot, 32 * u, bm)
+            toks = np.arange(mt * bm, (mt + 1) * bm)
+            want = np.zeros((16, bm), np.uint16)
+            live = toks < m
+            want[:, live] = x[toks[live]][:, 64 * kt + a_fragment_k(u)].T
+            assert np.array_equal(b, want), (mt, kt, u)
+
+
+@pytest.mark.gpu
+@hopper
+def test_through_dispatch():
+    """dispatch.linear runs the kernel from a cuda_ws config."""
+    from turbopack.inference.kernels import reference
+    from turbopack.inference.kernels.dispatch import linear
+
+    n, k = 2048, 2048
+    fmt, q = _weight(n, k, 128, False, torch.bfloat16, 3)
+    packed = reference.pack_w4(q, 64)
+    x = torch.randn(256, k, device="cuda").bfloat16()
+    cfg = KernelConfig(KernelName.CUDA_WS, block_n=256, block_m=128, split_k=2, ring_stages=5)
+    y = linear(x, fmt, "w4_t64x64", packed, (n, k), None, cfg)
+    assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
+
+
+def test_config_keys_round_trip():
+    d = {"kernel": "cuda_ws", "BN": 128, "BM": 256, "SPLIT_K": 2, "STAGES": 5}
+    cfg = KernelConfig.from_json(d, "test")
+    assert cfg == KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=256, split_k=2, ring_stages=5)
+    assert cfg.to_json() == d
+
+
+def test_tuner_offers_it_on_hopper_from_m_128():
+    for m, n, k in ((256, 28672, 4096), (256, 4096, 14336), (200, 6144, 4096), (2048, 6144, 4096)):
+        cands = [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
+        assert {(c.block_n, c.block_m) for c in cands} == set(cuda_w4ws.TILES)
+        assert {c.ring_stages for c in cands} <= set(cuda_w4ws.STAGES)
+        assert all(1 <= c.split_k <= k // 64 // 8 for c in cands)
+        if m >= 512:
+            assert {c.split_k for c in cands} == {1}
+        assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]
+    # M = 128: the 256-token tile would be half empty
+    cands = [c for c in tune.candidates("w4a16", 4096, 4096, 128, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
+    assert {(c.block_n, c.block_m) for c in cands} == {(128, 128), (256, 128)}
+    assert not [c for c in tune.candidates("w4a16", 4096, 4096, 64, 132, hopper=True)
+                if c.kernel is KernelName.CUDA_WS]
+
+
+def test_tiles_and_split():
+    assert cuda_w4ws.x_image_elements(300, 1024, 256) == 512 * 1024
+    assert cuda_w4ws.x_image_elements(256, 1024, 128) == 256 * 1024
+    assert all(bn * bm <= 128 * 256 and bn % 128 == 0 for bn, bm in cuda_w4ws.TILES)
+    with pytest.raises(ValueError, match="128 x 256"):
+        cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, bn=256, bm=256)
+
+
+# -- a CPU model of a stage's weight, scale and zero copies against the consumers' reads ---------------
+
+def _slot_source(tn_rows: int, kt_all: int, kgp: int, row0: int, kt: int, group: int, off: int, part: str) -> int:
+    """ws_fill: the byte of qweight / scales / zeros that lands at byte `off` of a slot's weights [BN][32],
+    scales [BN] (2 bytes) or zeros [BN] (1 byte): run t = off // (TN x size) of the CTA's row tile
+    (row0 + t TN) / TN, 64-k tile kt, group kt 64 // G."""
+    size = {"w": 32, "s": 2, "z": 1}[part]
+    t, rem = divmod(off, tn_rows * size)
+    tn = (row0 + t * tn_rows) // tn_rows
+    if part == "w":
+        return (tn * kt_all + kt) * tn_rows * 32 + rem
+    return ((tn * kgp + kt * 64 // group) * tn_rows) * size + rem
+
+
+@pytest.mark.parametrize("tn_rows,bn", [(16, 128), (64, 128), (16, 256), (64, 256)])
+@pytest.mark.parametrize("group", [64, 128])
+def test_model_consumers_decode_their_rows_from_the_copies(tn_rows, bn, group):
+    """For every consumer thread (warp w of the 8, lane (g, c)), fragment r and row half e of a CTA, and
+    every 64-k tile: the 8 weight bytes ws_mma reads from the slot (row rr + 16 r + 8 e, rr = 16 MT w + g,
+    bytes 8c..) are bytes 8c.. of that row's 64 k in the packed layout (((R / TN) KT + kt) TN + R % TN)
+    x 32, and its scale and zero are the row's for group kt 64 / G ([NT][KGP][TN])."""
+    mt = bn // 128
+    k = 512
+    kt_all, kgp = k // 64, k // group
+    for row0 in (0, bn, 3 * bn):
+        for kt in range(kt_all):
+            for w, g, c, r, e in itertools.product(range(8), range(8), range(4), range(mt), range(2)):
+                row = 16 * mt * w + g + 16 * r + 8 * e
+                R = row0 + row
+                want_w = ((R // tn_rows * kt_all + kt) * tn_rows + R % tn_rows) * 32 + 8 * c
+                assert _slot_source(tn_rows, kt_all, kgp, row0, kt, group, row * 32 + 8 * c, "w") == want_w
+                want_s = (R // tn_rows * kgp + kt * 64 // group) * tn_rows + R % tn_rows
+                assert _slot_source(tn_rows, kt_all, kgp, row0, kt, group, row * 2, "s") == 2 * want_s
+                assert _slot_source(tn_rows, kt_all, kgp, row0, kt, group, row, "z") == want_s

@@ -1,0 +1,272 @@
+// W4A16 prefill on Hopper (sm_90a), warp-specialized: turbopack_w4_wgws. Same operands as w4_wgmma.cu
+// (the weights wgmma's A, decoded into registers; x its B, read from shared memory by the tensor core),
+// a different schedule. Run 29's ncu of w4_wgmma.cu (gate_up, M = 256, H100) found 79% of its
+// instructions in the weight decode and the issue slots 45% busy with 2-4 warps a scheduler: each
+// 64 x 16 A fragment costs a warp ~16 instructions (SHF, LOP3, HADD2, HMUL2: w4_mma.cuh dq) and there
+// it serves BM = 64 tokens, so two warpgroups need ~32 issue slots per scheduler per 32 tensor cycles,
+// every cycle, while they also wait on __syncthreads and their own copies. Here:
+//   - one producer warpgroup: a single thread issues every copy of a stage as bulk copies
+//     (cp.async.bulk, the TMA unit) that complete on the stage's `full` mbarrier; no consumer thread
+//     copies, waits on a copy it issued, or meets a CTA barrier in the main loop;
+//   - two consumer warpgroups, each MT 64-row A tiles x BM tokens (BM = 256 at MT = 1: one decoded
+//     fragment serves 256 tokens, a quarter of w4_wgmma.cu's decode per MAC), which release a stage
+//     on its `empty` mbarrier once the wgmmas reading it have completed (wgmma.wait_group 1 after the
+//     next stage's commit: one group in flight while the next stage decodes).
+//
+// A stage is one 64-k tile. Its slot: x [BM rows][128 B], then the CTA's BN = 128 MT weight rows
+// [BN][32 B] (the packed w4_t{16,64}x64 tile rows, k in w4.cu's order), scales [BN] (16-bit) and zero
+// points [BN] (uint8, asym only) of the tile's group, each copied as BN / TN contiguous runs of the
+// layout (a row tile's 64 k are TN x 32 contiguous bytes, its group's scales TN x 2, zeros TN).
+// x is copied as one run too: the caller first writes the x image (x_image_kernel below), every
+// stage's B operand byte for byte as the slot holds it: the 4 x 4 word transpose of w4_wgmma.cu's
+// XFeed (the tensor core reads B in its own k order, the A fragments take w4.cu's) and the 128-byte
+// swizzle (wgmma.cuh desc_k128), tokens past M zero.
+//
+// Rows: warp w (0-3) of consumer warpgroup h owns rows 32 (4 h + w) .. + 31 at MT = 2 (fragment r =
+// A tile r: rows + 16 r), 16 (4 h + w) .. + 15 at MT = 1, so the accumulators are store_sliced's R = MT
+// fragments of 16 rows (w4_mma.cuh), split-K included.
+#include "w4_mma.cuh"
+#include "wgmma.cuh"
+
+namespace {
+
+constexpr int kWsTileK = 64;    // k per stage
+constexpr int kWsThreads = 384;  // consumer warpgroups 0, 1; producer warpgroup 2
+
+template <int MT, int BM>
+struct WsSlot {
+  static constexpr int kBN = 128 * MT;
+  static constexpr int kX = BM * 128, kW = kBN * 32, kS = kBN * 2, kZ = kBN;
+  static constexpr int kSize = (kX + kW + kS + kZ + 1023) / 1024 * 1024;  // x of every slot 1024-aligned
+};
+
+#ifdef TP_WGMMA
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+// bytes (a multiple of 16, 16-byte aligned both sides) global -> shared by the TMA unit, counted on bar
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+// the same, streamed-once weights marked first to leave L2 (x, scales and zeros stay)
+__device__ __forceinline__ void bulk_copy_hint(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar,
+                                               uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
+          dst),
+      "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ uint2 lds64(uint32_t at) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(at));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds16(uint32_t at) {
+  uint16_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(at));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds8(uint32_t at) {
+  uint32_t v;
+  asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(v) : "r"(at));
+  return v;
+}
+
+// The producer's stage: every copy of 64-k tile kt into slot `slot`, counted on its full barrier
+template <int MT, int BM>
+__device__ __forceinline__ void ws_fill(const MmaArgs& a, int kt, int row0, uint32_t slot, uint32_t full,
+                                        uint64_t policy) {
+  using S = WsSlot<MT, BM>;
+  const int tiles = S::kBN / a.TN, grp = kt * kWsTileK / a.G;
+  int live = 0;
+  for (int t = 0; t < tiles; ++t) live += row0 + t * a.TN < a.NP;
+  const bool asym = a.zeros != nullptr;
+  mbar_expect_tx(full, S::kX + live * a.TN * (32 + 2 + (asym ? 1 : 0)));
+  const char* x = static_cast<const char*>(a.x) + ((long long)blockIdx.x * (a.K / kWsTileK) + kt) * S::kX;
+  bulk_copy(slot, x, S::kX, full);
+  for (int t = 0; t < tiles; ++t) {
+    const int r = row0 + t * a.TN;
+    if (r >= a.NP) break;
+    const long long tn = r / a.TN, g = tn * a.KGP + grp;
+    bulk_copy_hint(slot + S::kX + t * a.TN * 32, reinterpret_cast<const char*>(a.qw) + (tn * a.KT + kt) * a.TN * 32,
+                   a.TN * 32, full, policy);
+    bulk_copy(slot + S::kX + S::kW + t * a.TN * 2, static_cast<const char*>(a.scales) + g * a.TN * 2, a.TN * 2, full);
+    if (asym) bulk_copy(slot + S::kX + S::kW + S::kS + t * a.TN, a.zeros + g * a.TN, a.TN, full);
+  }
+}
+
+// A consumer's stage: its MT fragments' A registers decoded from the slot (rows rr + 16 r, + 8), then
+// four k16 steps of MT wgmmas each on the slot's x, one commit group
+template <typename T, int MT, int BM>
+__device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t slot, int rr, int c, bool asym,
+                                       bool first) {
+  using S = WsSlot<MT, BM>;
+  constexpr uint32_t kM16 = Half16<T>::kMagic & 0xFFFFu;
+  uint32_t af[MT][2][2][4];  // [fragment][word h][step 2h + u]
+#pragma unroll
+  for (int r = 0; r < MT; ++r) {
+    const int row = rr + 16 * r;
+    const uint2 lo = lds64(slot + S::kX + row * 32 + 8 * c), hi = lds64(slot + S::kX + (row + 8) * 32 + 8 * c);
+    const uint32_t sc[2] = {lds16(slot + S::kX + S::kW + row * 2) * 0x10001u,
+                            lds16(slot + S::kX + S::kW + (row + 8) * 2) * 0x10001u};
+    const uint32_t zl = asym ? lds8(slot + S::kX + S::kW + S::kS + row) : 8u;
+    const uint32_t zh = asym ? lds8(slot + S::kX + S::kW + S::kS + row + 8) : 8u;
+    const uint32_t mz[2] = {(kM16 + zl) * 0x10001u, (kM16 + zh) * 0x10001u};
+    decode_words<T>(af[r][0], lo.x, hi.x, sc, mz);
+    decode_words<T>(af[r][1], lo.y, hi.y, sc, mz);
+  }
+  float(&d)[MT][BM / 2] = reinterpret_cast<float(&)[MT][BM / 2]>(acc);
+  wg_fence();
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+#pragma unroll
+    for (int r = 0; r < MT; ++r) Wgmma<T, BM>::run(!first || u > 0, d[r], af[r][u >> 1][u & 1], desc_k128(slot + 32 * u));
+  wg_commit();
+}
+#endif  // TP_WGMMA
+
+template <typename T, int MT, int BM>
+__global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a) {
+#ifdef TP_WGMMA
+  using S = WsSlot<MT, BM>;
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
+  const int row0 = blockIdx.y * S::kBN, tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int S_all = a.K / kWsTileK, per = (S_all + a.split_k - 1) / a.split_k;
+  const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);  // 8 consumer warps
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
+  // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
+  if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x == 256) {
+      const uint64_t policy = l2_evict_first();
+      for (int i = 0; i < n_st; ++i) {
+        const int s = i % a.stages;
+        if (i >= a.stages) mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
+        ws_fill<MT, BM>(a, s_lo + i, row0, base + s * S::kSize, full + 8 * s, policy);
+      }
+    }
+    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced's two CTA barriers
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int rr = 16 * MT * warp + g;  // this thread's row g of fragment 0, in the CTA's rows
+  const bool asym = a.zeros != nullptr;
+  float acc[MT][BM / 8][4];  // the first wgmma writes them (scale-d 0)
+  for (int i = 0; i < n_st; ++i) {
+    const int s = i % a.stages;
+    mbar_wait(full + 8 * s, (i / a.stages) & 1);
+    ws_mma<T, MT, BM>(acc, base + s * S::kSize, rr, c, asym, i == 0);
+    wg_wait<1>();  // stage i - 1's group has completed: its slot is free
+    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
+  }
+  wg_wait<0>();
+#pragma unroll
+  for (int r = 0; r < MT; ++r)
+#pragma unroll
+    for (int t = 0; t < BM / 8; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        pin(acc[r][t][e]);
+        if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
+      }
+  const int n0 = row0 + 16 * MT * warp;
+  store_sliced<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, blockIdx.x * BM);
+#endif
+}
+
+// The x image: 16-byte chunk q' of image row (token tile mt, 64-k tile kt, token t) holds physical
+// chunk q = q' ^ (t & 7) of the token's 64-k row (the 128-byte swizzle), whose 32-bit word i is word
+// m of logical chunk 2 i + p for q = 4 p + m (XFeed's transpose): words 8 i + 4 p + m of the row
+template <typename T, int BM>
+__global__ void x_image_kernel(const T* x, uint4* img, int M, int K, int stride_xm, long long chunks) {
+  const long long id = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= chunks) return;
+  const int t = static_cast<int>((id >> 3) % BM), q = static_cast<int>(id & 7) ^ (t & 7);
+  const long long rest = id / (8 * BM);
+  const int kt = static_cast<int>(rest % (K / kWsTileK)), tok = static_cast<int>(rest / (K / kWsTileK)) * BM + t;
+  uint4 v = make_uint4(0, 0, 0, 0);
+  if (tok < M) {
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(x + (long long)tok * stride_xm + kt * kWsTileK);
+    const int w = 4 * (q >> 2) + (q & 3);
+    v = make_uint4(__ldg(row + w), __ldg(row + w + 8), __ldg(row + w + 16), __ldg(row + w + 24));
+  }
+  img[id] = v;
+}
+
+template <typename T, int MT, int BM>
+int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, cudaStream_t s) {
+  using S = WsSlot<MT, BM>;
+  const int mtiles = (a.M + BM - 1) / BM;
+  const long long chunks = static_cast<long long>(mtiles) * (a.K / kWsTileK) * BM * 8;
+  x_image_kernel<T, BM><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, s>>>(
+      static_cast<const T*>(x), static_cast<uint4*>(img), a.M, a.K, stride_xm, chunks);
+  const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
+  static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
+  if (smem > raised) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(w4_wgws_kernel<T, MT, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = smem;
+  }
+  MmaArgs b = a;
+  b.x = img;
+  const dim3 grid(mtiles, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
+  w4_wgws_kernel<T, MT, BM><<<grid, kWsThreads, smem, s>>>(b);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stride_xm, cudaStream_t s) {
+  if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, x, img, stride_xm, s);
+  if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, x, img, stride_xm, s);
+  if (mt == 2 && bm == 128) return launch<T, 2, 128>(a, x, img, stride_xm, s);
+  return -1;
+}
+
+}  // namespace
+
+// y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
+// A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
+// (1, 128), (2, 128). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
+// aligned; qweight, scales and zeros 16-byte aligned. stages: 3-5. split_k > 1 needs ws (fp32
+// [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
+// -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
+extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scales, const void* zeros,
+                                 const void* bias, void* y, void* ws, void* counters, void* img, int M, int N, int NP,
+                                 int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int mt, int bm,
+                                 int stages, int dtype, void* stream) {
+  MmaArgs a;
+  if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
+                dtype) ||
+      img == nullptr || (128 * mt) % TN != 0)
+    return -1;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, x, img, stride_xm, s)
+                     : by_tile<__half>(a, mt, bm, x, img, stride_xm, s);
+}

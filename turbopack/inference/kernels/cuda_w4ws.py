@@ -1,0 +1,84 @@
+"""The warp-specialized CUDA C++ W4A16 prefill kernel on Hopper (csrc/w4_wgws.cu; sm_90a only, built by
+cuda_build at first use), launched on torch's current stream (CUDA-graph capturable).
+
+The operands of cuda_w4wg (weights decoded into wgmma's A registers, x its B in shared memory), a
+producer warpgroup that copies every stage by bulk copies (the TMA unit) onto mbarriers, and two
+consumer warpgroups that only decode and issue wgmma. A CTA owns BN = 128 or 256 weight rows x BM =
+128 or 256 tokens (BN x BM <= 128 x 256: the accumulators are 128 fp32 a thread at most). x goes
+first through one copy into the x image (csrc x_image_kernel: the slots' bytes in stage order), whose
+scratch this module allocates. Config keys (kernel ``cuda_ws``): BN, BM, STAGES (3-5), SPLIT_K (0:
+default_split). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or
+128, K a multiple of 128.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from turbopack.inference.kernels import cuda_build, cuda_w4mm
+from turbopack.inference.kernels.cuda_build import ptr as _p
+from turbopack.inference.kernels.epilogue import splitk_slices
+
+SRC = cuda_build.CSRC / "w4_wgws.cu"
+#: (BN, BM) built: 128 rows (one 64-row A tile a consumer warpgroup) x 256 or 128 tokens, 256 rows
+#: (two) x 128 tokens
+TILES = ((128, 256), (128, 128), (256, 128))
+STAGES = (3, 4, 5)
+DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
+#: wgmma and setmaxnreg exist on sm_90a only
+CAPABILITY = (9, 0)
+_DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 9 + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
+
+
+def library(device: torch.device) -> ctypes.CDLL:
+    return cuda_build.library(SRC, device, _SIGNATURES)
+
+
+def supports(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
+    """Can the kernel run this call? cuda_w4mm's conditions on an sm90 device, with the packed tensors
+    16-byte aligned (bulk copies)."""
+    return (cuda_w4mm.supports(x2, fmt, packed, shape)
+            and torch.cuda.get_device_capability(x2.device) == CAPABILITY
+            and all(t.data_ptr() % 16 == 0 for t in packed.values() if t is not None))
+
+
+def x_image_elements(m: int, k: int, bm: int) -> int:
+    """The x image's size in 16-bit elements: every token tile whole (tokens past M zero)."""
+    return math.ceil(m / bm) * bm * k
+
+
+def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.device) -> int:
+    """Split K until the CTAs (one an SM: 384 threads, 150-190 KB of ring) fill a wave, keeping at
+    least eight 64-k stages per CTA."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    ctas = math.ceil(n_pad / bn) * math.ceil(m / bm)
+    return max(1, min(math.ceil(sms / ctas), k // 64 // 8))
+
+
+def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
+            out: torch.Tensor | None = None, *, group: int = 128, bn: int = DEFAULT_BN, bm: int = DEFAULT_BM,
+            stages: int = DEFAULT_STAGES, split_k: int = 0) -> torch.Tensor:
+    """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
+    if (bn, bm) not in TILES:
+        raise ValueError(f"cuda_ws has no {bn} x {bm} tile; built: {', '.join(f'{a} x {b}' for a, b in TILES)}")
+    qw, s = packed["qweight"], packed["scales"]
+    nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
+    n, k = shape
+    m = x2.shape[0]
+    y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, m, bn, bm, x2.device)
+    split = max(1, min(split, k // 64))
+    ws, cnt = splitk_slices(x2.device, m, n, math.ceil(nt * tn / bn) * math.ceil(m / bm), split)
+    img = torch.empty(x_image_elements(m, k, bm), dtype=x2.dtype, device=x2.device)
+    rc = library(x2.device).turbopack_w4_wgws(
+        _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt), _p(img),
+        m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, bn // 128, int(bm), int(stages),
+        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+    if rc != 0:
+        raise RuntimeError(f"turbopack_w4_wgws failed (code {rc}; M={m} N={n} K={k} G={group} BN={bn} BM={bm} "
+                           f"stages={stages} split={split})")
+    return y
