@@ -13,26 +13,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from wgmma_model import a_fragment_k, wgmma_b
+from wgmma_cases import TOL, a_fragment_k, hopper, reference_cases, w4_weight, wgmma_b
 
 from turbopack.inference.kernels import cuda_w4ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
-hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
-                            reason="needs an sm90 GPU")
-TOL = {torch.bfloat16: 4e-3, torch.float16: 1e-3}
 #: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every tile, every ring depth, split 1, auto (0),
 #: uneven (4 over K = 1152: 18 stages) and more slices than a CTA's share of stages (18: one each)
 CONFIGS = [(128, 256, 4, 1), (128, 128, 3, 0), (256, 128, 5, 4), (128, 256, 5, 18), (256, 128, 4, 1),
            (128, 128, 4, 3), (128, 256, 3, 0), (256, 128, 3, 2)]
-
-
-def _weight(n, k, group, sym, dtype, seed):
-    from turbopack.formats import get_format
-
-    torch.manual_seed(seed)
-    fmt = get_format("w4a16", group_size=group, sym=sym, scale_dtype=str(dtype).removeprefix("torch."))
-    return fmt, fmt.quantize(torch.randn(n, k, device="cuda"))
 
 
 @pytest.mark.gpu
@@ -43,19 +32,13 @@ def _weight(n, k, group, sym, dtype, seed):
 def test_matches_reference(m, group, sym, dtype):
     from turbopack.inference.kernels import reference
 
-    n, k = 1024 + 48, 1152   # N: a partial 128- and 256-row CTA, a partial 64-row tile; K: 18 stages
-    fmt, q = _weight(n, k, group, sym, dtype, 100 * m + group + sym)
-    case = m + group + sym
-    for i, tile_n in enumerate((64, 16)):
-        bn, bm, stages, split = CONFIGS[(case + 3 * i) % len(CONFIGS)]
-        packed = reference.pack_w4(q, tile_n)
-        x = torch.randn(m, k, device="cuda").to(dtype)
-        b = torch.randn(n, device="cuda").to(dtype) if tile_n == 64 else None
-        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+    # N = 1072: a partial 128- and 256-row CTA; K = 1152: 18 stages
+    for fmt, (bn, bm, stages, split), packed, x, b, out, want in reference_cases(m, group, sym, dtype, CONFIGS):
+        n, k = out.shape[1], x.shape[1]
         assert cuda_w4ws.supports(x, fmt, packed, (n, k))
         cuda_w4ws.w4_wgws(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split)
-        err = reference.rel_err(out, reference.ref_linear(x, "w4a16", q, b))
-        assert err < TOL[dtype], f"tile_n={tile_n} BN={bn} BM={bm} {stages=} {split=}: {err:.2e}"
+        err = reference.rel_err(out, want)
+        assert err < TOL[dtype], f"tiles {packed['qweight'].shape} BN={bn} BM={bm} {stages=} {split=}: {err:.2e}"
 
 
 @pytest.mark.gpu
@@ -70,7 +53,7 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
     from turbopack.inference.kernels import reference
 
     n, k = 512 + 16, 1024
-    fmt, q = _weight(n, k, group, sym, dtype, 5 + group)
+    fmt, q = w4_weight(n, k, group, sym, dtype, 5 + group)
     w16 = reference.w4_weight16(q, dtype)
     ks = torch.cat([torch.randperm(k, device="cuda"), torch.randperm(k, device="cuda")])[:256]
     x = torch.zeros(256, k, device="cuda", dtype=dtype)
@@ -89,7 +72,7 @@ def test_deterministic_and_in_a_graph():
     from turbopack.inference.kernels import reference
 
     n, k = 1024 + 48, 1152
-    fmt, q = _weight(n, k, 128, False, torch.bfloat16, 7)
+    fmt, q = w4_weight(n, k, 128, False, torch.bfloat16, 7)
     packed = reference.pack_w4(q, 64)
     x = torch.randn(300, k, device="cuda").bfloat16()
     ref = reference.ref_linear(x, "w4a16", q)
@@ -156,7 +139,7 @@ def test_through_dispatch():
     from turbopack.inference.kernels.dispatch import linear
 
     n, k = 2048, 2048
-    fmt, q = _weight(n, k, 128, False, torch.bfloat16, 3)
+    fmt, q = w4_weight(n, k, 128, False, torch.bfloat16, 3)
     packed = reference.pack_w4(q, 64)
     x = torch.randn(256, k, device="cuda").bfloat16()
     cfg = KernelConfig(KernelName.CUDA_WS, block_n=256, block_m=128, split_k=2, ring_stages=5)
