@@ -1,5 +1,5 @@
 """Run 30's probe of the warp-specialized W4A16 kernel (cuda_w4ws) before it joins the tuner: each
-built tile at the 8B shapes, M = 256 and 2048, checked against the contract first, then timed beside
+built tile at the 8B shapes, M = 64, 256 and 2048, checked against the contract first, then timed beside
 cuBLAS bf16 (bench.time_us: CUDA graphs, weights rotated past L2, medians). Run 29's tuner timed
 cuda_wg at M = 256 in the same way (docs/benchmarks.md): only this kernel's library is built.
     python benchmarks/device/ws_probe.py"""
@@ -20,7 +20,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(), "| µs, median of graph replays | ws: BN x BM / stages")
     for name, shape in bench.SHAPES.items():
         wt = bench.make_weight("w4a16", shape, l2, gen)
-        for m in (256, 2048):
+        for m in (64, 256, 2048):
             x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
             ref = reference.ref_linear(x, "w4a16", wt.q)
             row = {"bf16": bench.time_us([partial(F.linear, x, w) for w in bench.bf16_weights(wt, l2)])}

@@ -20,13 +20,13 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 
 #: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every tile, every ring depth, split 1, auto (0),
 #: uneven (4 over K = 1152: 18 stages) and more slices than a CTA's share of stages (18: one each)
-CONFIGS = [(128, 256, 4, 1), (128, 128, 3, 0), (256, 128, 5, 4), (128, 256, 5, 18), (256, 128, 4, 1),
-           (128, 128, 4, 3), (128, 256, 3, 0), (256, 128, 3, 2)]
+CONFIGS = [(128, 256, 4, 1), (128, 128, 3, 0), (256, 128, 5, 4), (128, 256, 5, 18), (256, 64, 4, 1),
+           (128, 128, 4, 3), (256, 64, 3, 0), (256, 128, 3, 2), (256, 64, 5, 7)]
 
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("m", [17, 128, 200, 256, 300])
+@pytest.mark.parametrize("m", [17, 64, 128, 200, 256, 300])
 @pytest.mark.parametrize("group,sym", [(128, False), (128, True), (64, False), (64, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_matches_reference(m, group, sym, dtype):
@@ -45,7 +45,7 @@ def test_matches_reference(m, group, sym, dtype):
 @hopper
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("bn,bm,split", [(128, 256, 1), (256, 128, 3), (128, 128, 2)])
+@pytest.mark.parametrize("bn,bm,split", [(128, 256, 1), (256, 128, 3), (128, 128, 2), (256, 64, 1)])
 def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split):
     """Token t is the unit vector at k_t, so y[t] = W16[:, k_t] with one nonzero product per sum:
     exact in fp32 and in the 16-bit store. 256 tokens at k spread over every tile, quad lane, step,
@@ -154,7 +154,7 @@ def test_config_keys_round_trip():
     assert cfg.to_json() == d
 
 
-def test_tuner_offers_it_on_hopper_from_m_128():
+def test_tuner_offers_it_on_hopper_from_m_64():
     for m, n, k in ((256, 28672, 4096), (256, 4096, 14336), (200, 6144, 4096), (2048, 6144, 4096)):
         cands = [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
         assert {(c.block_n, c.block_m) for c in cands} == set(cuda_w4ws.TILES)
@@ -163,10 +163,13 @@ def test_tuner_offers_it_on_hopper_from_m_128():
         if m >= 512:
             assert {c.split_k for c in cands} == {1}
         assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]
-    # M = 128: the 256-token tile would be half empty
-    cands = [c for c in tune.candidates("w4a16", 4096, 4096, 128, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
-    assert {(c.block_n, c.block_m) for c in cands} == {(128, 128), (256, 128)}
-    assert not [c for c in tune.candidates("w4a16", 4096, 4096, 64, 132, hopper=True)
+    # the tiles whose last token tile is at least half full, else the smallest
+    half_full = {128: {(128, 128), (256, 128), (256, 64)}, 64: {(256, 64)}, 100: {(256, 64), (128, 128), (256, 128)}}
+    for m, tiles in half_full.items():
+        cands = [c for c in tune.candidates("w4a16", 4096, 4096, m, 132, hopper=True)
+                 if c.kernel is KernelName.CUDA_WS]
+        assert {(c.block_n, c.block_m) for c in cands} == tiles, m
+    assert not [c for c in tune.candidates("w4a16", 4096, 4096, 32, 132, hopper=True)
                 if c.kernel is KernelName.CUDA_WS]
 
 

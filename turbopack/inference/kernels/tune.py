@@ -161,8 +161,8 @@ def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     return out
 
 
-#: the warp-specialized kernel's smallest M: its token tiles are 128 and 256
-WS_MIN_M = 128
+#: the warp-specialized kernel's smallest M: its token tiles are 64, 128 and 256
+WS_MIN_M = 64
 
 
 def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:

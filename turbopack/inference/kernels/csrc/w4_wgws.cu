@@ -246,6 +246,7 @@ int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stri
   if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, x, img, stride_xm, s);
   if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, x, img, stride_xm, s);
   if (mt == 2 && bm == 128) return launch<T, 2, 128>(a, x, img, stride_xm, s);
+  if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, x, img, stride_xm, s);
   return -1;
 }
 
@@ -253,7 +254,7 @@ int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stri
 
 // y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
 // A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
-// (1, 128), (2, 128). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
+// (1, 128), (2, 128), (2, 64). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
 // aligned; qweight, scales and zeros 16-byte aligned. stages: 3-5. split_k > 1 needs ws (fp32
 // [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
