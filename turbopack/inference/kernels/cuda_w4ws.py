@@ -3,8 +3,8 @@ cuda_build at first use), launched on torch's current stream (CUDA-graph captura
 
 The operands of cuda_w4wg (weights decoded into wgmma's A registers, x its B in shared memory), a
 producer warpgroup that copies every stage by bulk copies (the TMA unit) onto mbarriers, and two
-consumer warpgroups that only decode and issue wgmma. A CTA owns BN = 128 or 256 weight rows x BM =
-64, 128 or 256 tokens (BN x BM <= 128 x 256: the accumulators are 128 fp32 a thread at most). x goes
+consumer warpgroups that only decode and issue wgmma. A CTA owns 128 weight rows x 256 or 128 tokens,
+or 256 rows x 64 tokens (TILES). x goes
 first through one copy into the x image (csrc x_image_kernel: the slots' bytes in stage order), whose
 scratch this module allocates. Config keys (kernel ``cuda_ws``): BN, BM, STAGES (3-5), SPLIT_K (0:
 default_split). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or
@@ -24,8 +24,9 @@ from turbopack.inference.kernels.epilogue import splitk_slices
 
 SRC = cuda_build.CSRC / "w4_wgws.cu"
 #: (BN, BM) built: 128 rows (one 64-row A tile a consumer warpgroup) x 256 or 128 tokens, 256 rows
-#: (two) x 128 or 64 tokens (M = 64: the weights' bytes, not the MMAs, bound it there)
-TILES = ((128, 256), (128, 128), (256, 128), (256, 64))
+#: (two) x 64 tokens (M = 64: the weights' bytes, not the MMAs, bound it there). 256 x 128 spilled:
+#: 128 accumulators and two sets of 32 A registers a thread
+TILES = ((128, 256), (128, 128), (256, 64))
 STAGES = (3, 4, 5)
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 #: wgmma and setmaxnreg exist on sm_90a only

@@ -11,7 +11,10 @@
 //   - two consumer warpgroups, each MT 64-row A tiles x BM tokens (BM = 256 at MT = 1: one decoded
 //     fragment serves 256 tokens, a quarter of w4_wgmma.cu's decode per MAC), which release a stage
 //     on its `empty` mbarrier once the wgmmas reading it have completed (wgmma.wait_group 1 after the
-//     next stage's commit: one group in flight while the next stage decodes).
+//     next stage's commit: one group in flight while the next stage decodes). The in-flight group
+//     still reads its A registers (PTX: writing them before its wait is undefined, and ptxas does
+//     not check it across a loop's iterations), so stages alternate between two sets, the loop
+//     unrolled twice to name them by constants.
 //
 // A stage is one 64-k tile. Its slot: x [BM rows][128 B], then the CTA's BN = 128 MT weight rows
 // [BN][32 B] (the packed w4_t{16,64}x64 tile rows, k in w4.cu's order), scales [BN] (16-bit) and zero
@@ -113,14 +116,15 @@ __device__ __forceinline__ void ws_fill(const MmaArgs& a, int kt, int row0, uint
   }
 }
 
-// A consumer's stage: its MT fragments' A registers decoded from the slot (rows rr + 16 r, + 8), then
-// four k16 steps of MT wgmmas each on the slot's x, one commit group
+// A consumer's stage: its MT fragments' A registers af ([fragment][word h][step 2h + u]) decoded from
+// the slot (rows rr + 16 r, + 8), then four k16 steps of MT wgmmas each on the slot's x, one commit
+// group. The wgmmas read af after this returns: the caller may write these registers again only once
+// the group has completed (PTX: accessing an in-flight wgmma's A registers is undefined)
 template <typename T, int MT, int BM>
-__device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t slot, int rr, int c, bool asym,
-                                       bool first) {
+__device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&af)[MT][2][2][4], uint32_t slot,
+                                       int rr, int c, bool asym, bool first) {
   using S = WsSlot<MT, BM>;
   constexpr uint32_t kM16 = Half16<T>::kMagic & 0xFFFFu;
-  uint32_t af[MT][2][2][4];  // [fragment][word h][step 2h + u]
 #pragma unroll
   for (int r = 0; r < MT; ++r) {
     const int row = rr + 16 * r;
@@ -178,13 +182,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
   const int rr = 16 * MT * warp + g;  // this thread's row g of fragment 0, in the CTA's rows
   const bool asym = a.zeros != nullptr;
   float acc[MT][BM / 8][4];  // the first wgmma writes them (scale-d 0)
-  for (int i = 0; i < n_st; ++i) {
-    const int s = i % a.stages;
-    mbar_wait(full + 8 * s, (i / a.stages) & 1);
-    ws_mma<T, MT, BM>(acc, base + s * S::kSize, rr, c, asym, i == 0);
-    wg_wait<1>();  // stage i - 1's group has completed: its slot is free
-    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
-  }
+  // two sets of A registers, by stage parity, named by constants (the loop unrolled twice): stage i
+  // decodes into set i & 1 while stage i - 1's group, which reads the other set, may still run; set
+  // i & 1 was last read by stage i - 2, whose group stage i - 1's wait retired
+  uint32_t af[2][MT][2][2][4];
+  for (int i0 = 0; i0 < n_st; i0 += 2)
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const int i = i0 + b, s = i % a.stages;
+      if (i < n_st) {
+        mbar_wait(full + 8 * s, (i / a.stages) & 1);
+        ws_mma<T, MT, BM>(acc, af[b], base + s * S::kSize, rr, c, asym, i == 0);
+        wg_wait<1>();  // stage i - 1's group has completed: its slot and its A registers are free
+        if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
+      }
+    }
   wg_wait<0>();
 #pragma unroll
   for (int r = 0; r < MT; ++r)
@@ -245,7 +257,6 @@ template <typename T>
 int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stride_xm, cudaStream_t s) {
   if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, x, img, stride_xm, s);
   if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, x, img, stride_xm, s);
-  if (mt == 2 && bm == 128) return launch<T, 2, 128>(a, x, img, stride_xm, s);
   if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, x, img, stride_xm, s);
   return -1;
 }
@@ -254,7 +265,7 @@ int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stri
 
 // y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
 // A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
-// (1, 128), (2, 128), (2, 64). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
+// (1, 128), (2, 64). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
 // aligned; qweight, scales and zeros 16-byte aligned. stages: 3-5. split_k > 1 needs ws (fp32
 // [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
