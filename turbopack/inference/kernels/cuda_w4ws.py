@@ -52,12 +52,19 @@ def x_image_elements(m: int, k: int, bm: int) -> int:
     return math.ceil(m / bm) * bm * k
 
 
+def max_split(k: int) -> int:
+    """The most K slices: at least eight 64-k stages each."""
+    return max(1, k // 64 // 8)
+
+
+def wave_split(n_pad: int, k: int, m: int, bn: int, bm: int, sms: int) -> int:
+    """Split K until the CTAs (one an SM: 384 threads, 150-190 KB of ring) fill a wave of ``sms``,
+    at most max_split(k) slices (the default, and the tuner's middle candidate)."""
+    return max(1, min(math.ceil(sms / (math.ceil(n_pad / bn) * math.ceil(m / bm))), max_split(k)))
+
+
 def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.device) -> int:
-    """Split K until the CTAs (one an SM: 384 threads, 150-190 KB of ring) fill a wave, keeping at
-    least eight 64-k stages per CTA."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    ctas = math.ceil(n_pad / bn) * math.ceil(m / bm)
-    return max(1, min(math.ceil(sms / ctas), k // 64 // 8))
+    return wave_split(n_pad, k, m, bn, bm, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,

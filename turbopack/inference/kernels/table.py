@@ -131,12 +131,16 @@ def lookup(arch: str, layout: str, n: int, k: int, m: int) -> KernelConfig | Non
 
 #: what the CUDA C++ W4 kernels need of a weight, known at pack time (cuda_w4.supports checks the
 #: call's dtypes and strides at run time); an entry a weight cannot take runs the family default
+def _whole_stages(k: int, group: int) -> bool:  # the 128-k stage kernels: K in whole stages, group 64 or 128
+    return k % 128 == 0 and group in (64, 128)
+
+
 STATIC_SUPPORT: dict[KernelName, Callable[[int, int], bool]] = {
-    KernelName.CUDA: lambda k, group: k % 128 == 0 and group in (64, 128),
+    KernelName.CUDA: _whole_stages,
     KernelName.DQ_MM: lambda k, group: group in (32, 64, 128),
-    KernelName.CUDA_MM: lambda k, group: k % 128 == 0 and group in (64, 128),
-    KernelName.CUDA_WG: lambda k, group: k % 128 == 0 and group in (64, 128),
-    KernelName.CUDA_WS: lambda k, group: k % 128 == 0 and group in (64, 128),
+    KernelName.CUDA_MM: _whole_stages,
+    KernelName.CUDA_WG: _whole_stages,
+    KernelName.CUDA_WS: _whole_stages,
 }
 _DEFAULT = KernelConfig(KernelName.DEFAULT)
 

@@ -174,8 +174,8 @@ def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     for bn, bm in cuda_w4ws.TILES:
         if (-m) % bm >= bm // 2 and bm != smallest:
             continue
-        s0 = max(1, min(math.ceil(sms / (math.ceil(n / bn) * math.ceil(m / bm))), k // 64 // 8))
-        splits = {1} if m >= 512 else {1, s0, max(1, min(2 * s0, k // 64 // 8))}
+        s0 = cuda_w4ws.wave_split(n, k, m, bn, bm, sms)
+        splits = {1} if m >= 512 else {1, s0, min(2 * s0, cuda_w4ws.max_split(k))}
         out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
                 for sk in sorted(splits) for st in (4, 5)]
     return out
