@@ -9,7 +9,9 @@ step build; build_libs cuda_w4ws
 step "cuda_ws GPU tests"
 timeout ${TESTS_S:-90} python3 -m pytest -m gpu -p no:cacheprovider -W ignore -x tests/inference/kernels/test_cuda_w4ws.py \
   > "$OUT/ws_tests.txt" 2>&1
-echo "rc=$?"; grep -E "^FAILED|^ERROR|^E  |passed|failed" "$OUT/ws_tests.txt" | head -12
+rc=$?; echo "rc=$rc"; grep -E "^FAILED|^ERROR|^E  |passed|failed" "$OUT/ws_tests.txt" | head -12
+# a failed or hung kernel stops the call here: timing or profiling it would only spend device time
+if [ $rc -ne 0 ]; then tail -40 "$OUT/ws_tests.txt" | cut -c1-200; step done; exit 1; fi
 step ws_probe
 timeout ${PROBE_S:-120} python3 benchmarks/device/ws_probe.py 2>&1 | tee "$OUT/ws_probe.txt" | cut -c1-250
 # where the new kernel's time goes at gate_up M = 256 (run 29 profiled cuda_wg and cuBLAS there)
