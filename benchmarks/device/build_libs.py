@@ -37,7 +37,7 @@ from turbopack.inference.kernels import cuda_build  # noqa: E402
 OFFLINE = "offline"
 
 #: the kernel modules with a library(device) of their own
-ALL = ("cuda_w4", "cuda_w4mm", "cuda_w4wg", "cuda_w4ws", "cuda_moe", "cuda_fp4", "cuda_w8")
+ALL = ("cuda_w4", "cuda_w4mm", "cuda_w4wg", "cuda_w4ws", "cuda_i8ws", "cuda_moe", "cuda_fp4", "cuda_w8")
 
 
 def modules(names: list[str]):

@@ -22,12 +22,12 @@ def tuned_build(tmp_path_factory):
     (build.targets: sm_80 and sm_90a), ptxas at -O3 with its report (-v) on stderr, the intermediates kept in the
     folder (<stem>.compute_90a.ptx, ...). The spill check and the PDL check read the same build:
     w4.cu's front end alone is ~45 s on CI's two cores."""
-    from turbopack.inference.kernels import cuda_w4, cuda_w4wg, cuda_w4ws
+    from turbopack.inference.kernels import cuda_i8ws, cuda_w4, cuda_w4wg, cuda_w4ws
 
-    # w4_wgmma.cu's and w4_wgws.cu's kernels exist for sm_90a alone, so its ptxas runs on one core while the other
-    # idles; --split-compile spreads it over the kernels (148 -> 83 s on two cores). Where the
-    # targets balance, it only adds overhead (w4.cu 153 -> 185 s).
-    split = {cuda_w4wg.SRC, cuda_w4ws.SRC}
+    # w4_wgmma.cu's, w4_wgws.cu's and i8_wgws.cu's kernels exist for sm_90a alone, so their ptxas runs
+    # on one core while the other idles; --split-compile spreads it over the kernels (148 -> 83 s on
+    # two cores). Where the targets balance, it only adds overhead (w4.cu 153 -> 185 s).
+    split = {cuda_w4wg.SRC, cuda_w4ws.SRC, cuda_i8ws.SRC}
     done: dict = {}
 
     def build(src):

@@ -18,6 +18,7 @@ from turbopack.errors import TurbopackError
 from turbopack.inference.kernels import (
     cuda_build,
     cuda_fp4,
+    cuda_i8ws,
     cuda_moe,
     cuda_w4,
     cuda_w4mm,
@@ -42,8 +43,8 @@ CAPS = [(8, 0), (9, 0), (10, 0), (12, 0)]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
-@pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w4mm.SRC, cuda_w4wg.SRC, cuda_w4ws.SRC, cuda_w8.SRC,
-                                 cuda_fp4.SRC], ids=lambda p: p.name)
+@pytest.mark.parametrize("src", [cuda_w4.SRC, cuda_w4mm.SRC, cuda_w4wg.SRC, cuda_w4ws.SRC, cuda_i8ws.SRC,
+                                 cuda_w8.SRC, cuda_fp4.SRC], ids=lambda p: p.name)
 def test_kernels_compile_without_spills(src, tmp_path, tuned_build):
     """Every target of CAPS this nvcc knows (sm_80 and sm_90a always). sm_80 and sm_90a (the
     session's tuned_build) go through ptxas at full optimization and must not spill; the Blackwell
@@ -94,7 +95,7 @@ def test_build_key_follows_each_sources_includes(tmp_path, monkeypatch):
         cuda_build.lib_path(csrc / "w4_mma.cu", (9, 0), "nvcc")
 
 
-@pytest.mark.parametrize("mod", [cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8, cuda_fp4, cuda_moe],
+@pytest.mark.parametrize("mod", [cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_i8ws, cuda_w8, cuda_fp4, cuda_moe],
                          ids=lambda m: m.SRC.name)
 def test_ctypes_signatures_match_the_c_declarations(mod):
     """Each library's ctypes argtypes are its extern "C" function's parameters, one for one: a

@@ -24,6 +24,7 @@ from turbopack.formats import Format
 from turbopack.inference.config import Activation, NormStyle
 from turbopack.inference.kernels import (
     cuda_fp4,
+    cuda_i8ws,
     cuda_w4,
     cuda_w4mm,
     cuda_w4wg,
@@ -100,9 +101,14 @@ FAMILIES.register(LayoutName.I8_T64X64, _wo(weight_only.I8))
 FAMILIES.register(LayoutName.FP8_T16X64_UPCAST, _wo(weight_only.FP8))
 FAMILIES.register(LayoutName.NVFP4_T16X64, _wo(weight_only.NVFP4))
 def _i8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
-    # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
+    # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it;
+    # prefill: the warp-specialized int8 GEMM (cuda_i8ws) where it picks that
     if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
         return _w8(x2, packed, shape, bias, cfg, out)
+    if cfg.kernel is KernelName.CUDA_WS and cuda_i8ws.supports(x2, packed, shape):
+        return w8a8.linear(x2, packed, shape, bias, cfg, out)
+    if cfg.kernel in _CUDA_KERNELS:  # not taken (no nvcc, another arch): the family default
+        cfg = w8a8.default_config(x2.shape[0], shape[0], shape[1])
     return w8a8.linear(x2, packed, shape, bias, cfg, out)
 
 

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from turbopack.inference.kernels import cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8
+from turbopack.inference.kernels import cuda_i8ws, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -79,7 +79,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
     if layout == "fp8_rowmajor":
         return w8 + [KernelConfig(KernelName.SCALED_MM)]
     if layout == "i8_rowmajor":
-        return w8 + _i8_candidates(n, k, m, sms)
+        return w8 + _i8_candidates(n, k, m, sms, hopper)
     ks = params.get("group_size", 64)
     out: list[KernelConfig] = w8
     if m == 1:
@@ -181,8 +181,27 @@ def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     return out
 
 
-def _i8_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+    """The warp-specialized int8 GEMM (cuda_i8ws): each token tile whose last tile is at least half full
+    (or the smallest), its two deepest rings, split-K of 1, wave_split and twice it (prefill, M >= 512:
+    1)."""
+    out = []
+    kp = math.ceil(k / 16) * 16
+    for bm in cuda_i8ws.TOKEN_TILES:
+        if (-m) % bm >= bm // 2 and bm != min(cuda_i8ws.TOKEN_TILES):
+            continue
+        s0 = cuda_i8ws.wave_split(n, kp, m, bm, sms)
+        splits = {1} if m >= 512 else {1, s0, min(2 * s0, cuda_i8ws.max_split(kp))}
+        top = cuda_i8ws.max_stages(bm)
+        out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, split_k=sk, ring_stages=st)
+                for sk in sorted(splits) for st in (top - 1, top)]
+    return out
+
+
+def _i8_candidates(n: int, k: int, m: int, sms: int, hopper: bool) -> list[KernelConfig]:
     out = [KernelConfig(KernelName.INT_MM)]
+    if hopper and m >= WS_MIN_M:
+        out += _i8_ws_candidates(n, k, m, sms)
     for bm, bn, bk, w, st in (_I8_SMALL if m <= 16 else _I8_LARGE):
         bm = min(bm, max(16, 1 << (m - 1).bit_length()))
         blocks = math.ceil(n / bn) * math.ceil(m / bm)

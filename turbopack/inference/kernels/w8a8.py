@@ -7,9 +7,11 @@
                      (the 1.5*2^23 trick), clamp to +-127 (int8) or +-448 then RNE cast (e4m3).
   i8_mm_kernel       int8 tl.dot (IMMA / wgmma s8) with int32 accumulation, the scale epilogue
                      y = acc * s_m * s_n + bias fused, split-K through epilogue.finish.
+  cuda_i8ws          the warp-specialized CUDA C++ int8 GEMM on Hopper (csrc/i8_wgws.cu): TMA copies,
+                     wgmma s8, the same scale epilogue; prefill, where the tuned table picks it.
   int_mm             torch._int_mm (cuBLASLt) + scale_kernel (the same epilogue as one pass over
                      the int32 result). _int_mm needs M > 16, so smaller batches are zero-padded.
-dispatch picks between the two by measurement (configs/sm90.json).
+dispatch picks among them by measurement (configs/sm90.json).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 
 import torch
 
-from turbopack.inference.kernels import pdl
+from turbopack.inference.kernels import cuda_i8ws, pdl
 from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 from turbopack.inference.kernels.epilogue import (
     finish,
@@ -199,6 +201,10 @@ def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, 
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     sw = packed["scales"]
     b = bias if bias is not None else y
+    if cfg.kernel is KernelName.CUDA_WS:  # dispatch checked cuda_i8ws.supports
+        q, sa = quantize_rows(x2, kp, fp8=False)
+        return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
+                                 stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0)
     use_int_mm = cfg.kernel is KernelName.INT_MM
     q, sa = quantize_rows(x2, kp, fp8=False, min_rows=17 if use_int_mm else 0)
     if use_int_mm:

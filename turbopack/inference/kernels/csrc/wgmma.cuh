@@ -55,43 +55,32 @@ __device__ __forceinline__ void pin(float& v) { asm volatile("" : "+f"(v)::"memo
 #define TP_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                  "+f"(d[i + 6]), "+f"(d[i + 7])
 
-// m64nNk16 for the token tiles: the operand numbers spelled out (asm text is a literal)
-#define TP_WGMMA_N32(TY)                                                                 \
-  TP_WGMMA_ASM("m64n32k16", TY,                                                          \
-               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", \
-               "{%16, %17, %18, %19}", "%20", "%21",                                     \
-               TP_D8(0), TP_D8(8))
+// The accumulators' operand numbers (asm text is a literal): %0 .. %(n - 1) for the n registers of
+// an m64nNk16 (16-bit) or m64nNk32 (8-bit) wgmma with N = 2n; A's, the descriptors and acc follow
+#define TP_D16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define TP_D32 TP_D16 \
+  ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define TP_D64 TP_D32 \
+  ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
+  ", %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define TP_D128 TP_D64 \
+  ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79" \
+  ", %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95" \
+  ", %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111" \
+  ", %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
 
-#define TP_WGMMA_N64(TY)                                                                            \
-  TP_WGMMA_ASM("m64n64k16", TY,                                                                     \
-               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"              \
-               ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}", \
-               "{%32, %33, %34, %35}", "%36", "%37",                                                \
-               TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24))
-
-#define TP_WGMMA_N128(TY)                                                                            \
-  TP_WGMMA_ASM("m64n128k16", TY,                                                                     \
-               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"               \
-               ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"    \
-               ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"    \
-               ", %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}",  \
-               "{%64, %65, %66, %67}", "%68", "%69",                                                 \
-               TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56))
-
-#define TP_WGMMA_N256(TY)                                                                             \
-  TP_WGMMA_ASM("m64n256k16", TY,                                                                      \
-               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"                \
-               ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"     \
-               ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"     \
-               ", %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"     \
-               ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"     \
-               ", %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"     \
-               ", %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109"     \
-               ", %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123" \
-               ", %124, %125, %126, %127}",                                                           \
-               "{%128, %129, %130, %131}", "%132", "%133",                                            \
-               TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56),  \
-               TP_D8(64), TP_D8(72), TP_D8(80), TP_D8(88), TP_D8(96), TP_D8(104), TP_D8(112), TP_D8(120))
+#define TP_WGMMA_N32(TY) \
+  TP_WGMMA_ASM("m64n32k16", TY, "{" TP_D16 "}", "{%16, %17, %18, %19}", "%20", "%21", TP_D8(0), TP_D8(8))
+#define TP_WGMMA_N64(TY)                                                                                 \
+  TP_WGMMA_ASM("m64n64k16", TY, "{" TP_D32 "}", "{%32, %33, %34, %35}", "%36", "%37", TP_D8(0), TP_D8(8), \
+               TP_D8(16), TP_D8(24))
+#define TP_WGMMA_N128(TY)                                                                                  \
+  TP_WGMMA_ASM("m64n128k16", TY, "{" TP_D64 "}", "{%64, %65, %66, %67}", "%68", "%69", TP_D8(0), TP_D8(8), \
+               TP_D8(16), TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56))
+#define TP_WGMMA_N256(TY)                                                                                       \
+  TP_WGMMA_ASM("m64n256k16", TY, "{" TP_D128 "}", "{%128, %129, %130, %131}", "%132", "%133", TP_D8(0), TP_D8(8), \
+               TP_D8(16), TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56), TP_D8(64), TP_D8(72),         \
+               TP_D8(80), TP_D8(88), TP_D8(96), TP_D8(104), TP_D8(112), TP_D8(120))
 
 template <typename T, int N>
 struct Wgmma {
@@ -106,6 +95,35 @@ struct Wgmma {
       if constexpr (kBf16) TP_WGMMA_N128("bf16"); else TP_WGMMA_N128("f16");
     } else {
       if constexpr (kBf16) TP_WGMMA_N256("bf16"); else TP_WGMMA_N256("f16");
+    }
+  }
+};
+
+// D (s32, N / 2 per thread) = A (64 x 32 s8) x B (32 x N s8) (+ D where acc != 0), both operands K-major
+// in shared memory through descriptors (8-bit wgmma reads A from shared memory here, and has no
+// transpose or negation); the accumulator layout is the 16-bit one's. A k32 step is 32 bytes, as a
+// 16-bit k16 step: desc_k128's geometry serves both (128 int8 k a swizzled row)
+#define TP_WGMMA_S8_ASM(SHAPE, DREGS, DA, DB, ACC, ...)                                                          \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".s32.s8.s8 " \
+               DREGS ", " DA ", " DB ", p;\n}\n"                                                              \
+               : __VA_ARGS__                                                                                  \
+               : "l"(da), "l"(db), "r"(acc))
+#define TP_D8I(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), \
+                  "+r"(d[i + 6]), "+r"(d[i + 7])
+
+template <int N>
+struct WgmmaS8 {
+  static_assert(N == 64 || N == 128 || N == 256, "the token tiles of i8_wgws.cu");
+  static __device__ __forceinline__ void run(int acc, int32_t (&d)[N / 2], uint64_t da, uint64_t db) {
+    if constexpr (N == 64) {
+      TP_WGMMA_S8_ASM("m64n64k32", "{" TP_D32 "}", "%32", "%33", "%34", TP_D8I(0), TP_D8I(8), TP_D8I(16), TP_D8I(24));
+    } else if constexpr (N == 128) {
+      TP_WGMMA_S8_ASM("m64n128k32", "{" TP_D64 "}", "%64", "%65", "%66", TP_D8I(0), TP_D8I(8), TP_D8I(16), TP_D8I(24),
+                      TP_D8I(32), TP_D8I(40), TP_D8I(48), TP_D8I(56));
+    } else {
+      TP_WGMMA_S8_ASM("m64n256k32", "{" TP_D128 "}", "%128", "%129", "%130", TP_D8I(0), TP_D8I(8), TP_D8I(16),
+                      TP_D8I(24), TP_D8I(32), TP_D8I(40), TP_D8I(48), TP_D8I(56), TP_D8I(64), TP_D8I(72), TP_D8I(80),
+                      TP_D8I(88), TP_D8I(96), TP_D8I(104), TP_D8I(112), TP_D8I(120));
     }
   }
 };

@@ -1,0 +1,180 @@
+"""The warp-specialized CUDA C++ W8A8 GEMM on Hopper (csrc/i8_wgws.cu, cuda_i8ws): on an sm90 GPU it
+matches the float64 reference of the w8a8 contract (per-token int8 activations, int32 sums, then
+the two scales) on fresh random inputs within 4e-3 relative for bf16 y and 1e-3 for fp16 (the sums are
+exact; only fp32 scaling and the 16-bit store round), integer operands with unit scales come out bit
+for bit (an error in a tensor-map box, the swizzle, the ring or the epilogue's token order shows),
+split-K is deterministic, and a CUDA graph replays it. On the CPU: the swizzle the copies write is
+the one wgmma reads, the ring's size, the tuner's candidates, and dispatch's fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from wgmma_cases import TOL, hopper, wgmma_b
+
+from turbopack.formats import get_format
+from turbopack.inference.kernels import cuda_i8ws, tune
+from turbopack.inference.kernels.config import KernelConfig, KernelName
+from turbopack.layouts import get_layout
+
+#: (BM, STAGES, SPLIT_K) cycled over the cases: every token tile, ring depths 3-6, split 1, auto (0),
+#: uneven (4 over 9 stages) and one stage a slice (9)
+CONFIGS = [(256, 4, 1), (128, 3, 0), (64, 6, 4), (128, 6, 9), (64, 5, 1), (256, 3, 0), (128, 4, 2), (64, 3, 9)]
+
+
+def _weight(n: int, k: int, seed: int, device: str = "cuda"):
+    torch.manual_seed(seed)
+    fmt = get_format("w8a8")
+    q = fmt.quantize(torch.randn(n, k, device=device) * 0.02)
+    return fmt, q, _pack(q)
+
+
+def _pack(q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from turbopack.inference.kernels import reference
+
+    return reference.pack(q, get_layout("i8_rowmajor"))
+
+
+def _run(x, packed, shape, bias, out, bm, stages, split):
+    from turbopack.inference.kernels.w8a8 import quantize_rows
+
+    q, sx = quantize_rows(x, packed["qweight"].shape[2], fp8=False)
+    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split)
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("m", [1, 17, 64, 130, 256, 300])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_reference(m, dtype, with_bias):
+    from turbopack.inference.kernels import reference
+
+    # N = 1000: a partial 128-row CTA (and 8-row layout padding); K = 1040: 8 whole 128-k stages and a
+    # 16-k ninth, which the boxes zero-fill past K
+    n, k = 1000, 1040
+    fmt, q, packed = _weight(n, k, 31 * m + with_bias)
+    for i in range(2):
+        bm, stages, split = CONFIGS[(m + 2 * with_bias + 3 * i) % len(CONFIGS)]
+        x = torch.randn(m, k, device="cuda").to(dtype)
+        b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        assert cuda_i8ws.supports(x, packed, (n, k))
+        _run(x, packed, (n, k), b, out, bm, stages, split)
+        err = reference.rel_err(out, reference.ref_linear(x, "w8a8", q, b))
+        assert err < TOL[dtype], f"BM={bm} {stages=} {split=}: {err:.2e}"
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("bm,split", [(256, 1), (128, 3), (64, 1), (64, 2)])
+def test_integer_operands_come_out_exactly(bm, split):
+    """Codes in [-15, 15], weight scales 2^-7 and tokens whose largest |x| is 127 (per-token scale 1,
+    so x's codes are x): every sum is an exact integer under 2^24 and y is exactly the contract's,
+    rounded once to bf16. 300 tokens, N = 1000, K = 1040 cover every box edge."""
+    n, k, m = 1000, 1040, 300
+    g = torch.Generator(device="cuda").manual_seed(bm + split)
+    codes = torch.randint(-15, 16, (n, k), device="cuda", generator=g, dtype=torch.int8)
+    q = {"qweight": codes, "scales": torch.full((n,), 2.0 ** -7, device="cuda")}
+    x = torch.randint(-15, 16, (m, k), device="cuda", generator=g).float()
+    x[torch.arange(m), torch.randint(0, k, (m,), device="cuda", generator=g)] = 127.0
+    x = x.bfloat16()
+    want = ((x.double() @ codes.double().T) * 2.0 ** -7).bfloat16()
+    y = _run(x, _pack(q), (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4, split)
+    assert torch.equal(y, want)
+
+
+@pytest.mark.gpu
+@hopper
+def test_deterministic_in_a_graph_and_through_dispatch():
+    """Every CONFIGS entry at M = 300 twice: the same bits (split-K by slices sums in slice order); one
+    captured in a CUDA graph and replayed on new x; dispatch.linear runs it from a cuda_ws config."""
+    from turbopack.inference.kernels import reference
+    from turbopack.inference.kernels.dispatch import linear
+
+    n, k = 1000, 1040
+    fmt, q, packed = _weight(n, k, 7)
+    x = torch.randn(300, k, device="cuda").bfloat16()
+    ref = reference.ref_linear(x, "w8a8", q)
+    for bm, stages, split in CONFIGS:
+        y = _run(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages, split)
+        assert reference.rel_err(y, ref) < TOL[torch.bfloat16], (bm, stages, split)
+        again = _run(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split)
+        assert torch.equal(y, again), f"BM={bm} {stages=} {split=}: not deterministic"
+    cfg = KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=128, split_k=3, ring_stages=5)
+    linear(x, fmt, "i8_rowmajor", packed, (n, k), None, cfg)  # built and loaded outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y2 = linear(x, fmt, "i8_rowmajor", packed, (n, k), None, cfg)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    assert reference.rel_err(y2, reference.ref_linear(x, "w8a8", q)) < TOL[torch.bfloat16]
+
+
+def _tma_swizzle_128b(box: np.ndarray) -> np.ndarray:
+    """A tiled copy's box (rows x 128 bytes) as CU_TENSOR_MAP_SWIZZLE_128B leaves it in shared memory
+    (1024-byte aligned): 16-byte chunk j of row r at chunk j ^ (r % 8) of the row (CUDA's tensor-map
+    swizzle pattern)."""
+    out = np.empty_like(box)
+    for r in range(box.shape[0]):
+        for j in range(8):
+            out[r, 16 * (j ^ (r % 8)):][:16] = box[r, 16 * j:][:16]
+    return out
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+def test_model_the_boxes_swizzle_is_the_one_wgmma_reads(rows):
+    """desc_k128 (wgmma.cuh) over a box the TMA unit wrote: k32 step u (descriptor start 32u bytes in)
+    must see row r's int8 k 32u .. 32u + 31 (as 16-bit pairs, which is how wgmma_b reads bytes)."""
+    rng = np.random.default_rng(rows)
+    box = rng.integers(0, 256, size=(rows, 128), dtype=np.uint8)
+    smem = _tma_swizzle_128b(box).reshape(-1).view(np.uint16)
+    for u in range(4):
+        got = wgmma_b(smem, 32 * u, rows)  # [16 pairs, rows]
+        want = box[:, 32 * u:32 * u + 32].copy().view(np.uint16).T
+        assert np.array_equal(got, want), u
+
+
+def test_ring_fits_shared_memory():
+    for bm in cuda_i8ws.TOKEN_TILES:
+        top = cuda_i8ws.max_stages(bm)
+        assert top * (cuda_i8ws.ROWS + bm) * cuda_i8ws.STAGE_K + 1024 + 16 * top + 4 * bm <= cuda_i8ws.SMEM_MAX
+        assert top == 6 or (top + 1) * (cuda_i8ws.ROWS + bm) * cuda_i8ws.STAGE_K > cuda_i8ws.SMEM_MAX - 1024
+    assert cuda_i8ws.max_stages(256) == 4 and cuda_i8ws.max_stages(128) == 6
+    with pytest.raises(ValueError, match="3-4 stages"):
+        cuda_i8ws.i8_wgws(None, None, {}, (8, 16), None, None, bm=256, stages=5)
+    with pytest.raises(ValueError, match="no 32-token tile"):
+        cuda_i8ws.i8_wgws(None, None, {}, (8, 16), None, None, bm=32)
+
+
+def test_tuner_offers_it_on_hopper_from_m_64():
+    for m, n, k in ((256, 6144, 4096), (256, 4096, 14336), (2048, 28672, 4096), (100, 4096, 4096)):
+        cands = [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
+        assert cands, (m, n, k)
+        assert all(c.block_n == 128 and 3 <= c.ring_stages <= cuda_i8ws.max_stages(c.block_m) for c in cands)
+        assert all(1 <= c.split_k <= cuda_i8ws.max_split(k) for c in cands)
+        if m >= 512:
+            assert {c.split_k for c in cands} == {1}
+        assert not [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]
+    tiles = {c.block_m for c in tune.candidates("w8a8", 4096, 4096, 100, 132, hopper=True)
+             if c.kernel is KernelName.CUDA_WS}
+    assert tiles == {64, 128}  # 100 tokens: a 128 tile is 78% full, a 256 tile 39%
+    assert not [c for c in tune.candidates("w8a8", 4096, 4096, 32, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
+
+
+def test_dispatch_falls_back_where_it_cannot_run():
+    """A cuda_ws entry for i8_rowmajor on a machine without the kernel (here: the CPU) runs the family
+    default and still meets the contract."""
+    from turbopack.inference.kernels import reference
+    from turbopack.inference.kernels.dispatch import linear
+
+    if torch.cuda.is_available():
+        pytest.skip("the fallback is for machines without an sm90 GPU")
+    n, k = 64, 256
+    fmt, q, packed = _weight(n, k, 3, device="cpu")
+    x = torch.randn(5, k).bfloat16()
+    cfg = KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=64, split_k=2, ring_stages=5)
+    y = linear(x, fmt, "i8_rowmajor", packed, (n, k), None, cfg)
+    assert reference.rel_err(y, reference.ref_linear(x, "w8a8", q)) < TOL[torch.bfloat16]

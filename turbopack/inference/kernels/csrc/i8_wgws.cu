@@ -1,0 +1,200 @@
+// W8A8 on Hopper (sm_90a), warp-specialized: turbopack_i8_wgws. y [M, N] = (xq . W^T) * sx[token] *
+// sw[row] (+ bias) from the i8_rowmajor codes (W [NP, KP] int8, row-major, K padded to 16) and per-token
+// int8 activations (xq [M, KP], w8a8.py's quant_rows_kernel), int32 accumulation on the tensor core:
+// wgmma m64nNk32 s8, twice the 16-bit rate. Run 29's ncu of the Triton int8 GEMM (qkv, M = 256) found
+// one CTA an SM, 0.73 waves and the issue slots 17% busy, barrier stalls first: every warp both
+// copied and multiplied. Here, as in w4_wgws.cu:
+//   - one thread of the producer warpgroup issues a stage as two tiled tensor-map copies (TMA,
+//     cp.async.bulk.tensor.2d): the CTA's 128 weight rows x 128 k and its BM tokens x 128 k. The
+//     TMA unit writes each box in the 128-byte swizzle that desc_k128 describes (a row of 128 int8 k,
+//     16-byte chunks XORed with the row mod 8), so the row-major layout needs no offline permutation,
+//     and it zero-fills what lies past N, M or K: no padding buffers, no masks;
+//   - two consumer warpgroups (weight rows 64 h .. 64 h + 63: wgmma's A, 64 x 32 a step; the tokens
+//     B, N = BM) only wait on a stage's `full` barrier, issue its four k32 steps as one commit group
+//     and release the previous stage on its `empty` barrier once wgmma.wait_group 1 says its group has
+//     completed. Both operands come from shared memory, so nothing is decoded and no register is
+//     shared with an in-flight group (unlike w4_wgws.cu's A fragments).
+// The epilogue turns the int32 sums into fp32 times the two scales and stores them through
+// store_sliced (w4_mma.cuh), split-K by planes included: warp w of the CTA holds rows 16 w + g (+ 8),
+// tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
+#include "tma.cuh"
+#include "w4_mma.cuh"
+#include "wgmma.cuh"
+
+namespace {
+
+constexpr int kI8StageK = 128;   // int8 k per stage: one 128-byte swizzled row
+constexpr int kI8Rows = 128;     // weight rows a CTA: two consumer warpgroups of 64
+constexpr int kI8Threads = 384;  // consumer warpgroups 0, 1; producer warpgroup 2
+constexpr int kMaxSmem = 227 * 1024;
+
+template <int BM>
+struct I8Slot {
+  static constexpr int kW = kI8Rows * kI8StageK, kX = BM * kI8StageK;
+  static constexpr int kSize = kW + kX;  // a multiple of 1024 (the swizzle's 8-row period), so every box is aligned
+};
+
+struct I8Args {
+  Out o;
+  const float* sx;  // [M] per-token scales
+  const float* sw;  // [N] per-row scales
+  int M, N, KP, split_k, stages;
+};
+
+#ifdef TP_WGMMA
+__device__ __forceinline__ void pin_i(int32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+#endif
+
+template <typename T, int BM>
+__global__ void __launch_bounds__(kI8Threads, 1)
+    i8_wgws_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, const I8Args a) {
+#ifdef TP_WGMMA
+  using S = I8Slot<BM>;
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
+  const uint32_t xs = empty + 8 * a.stages;  // the CTA's BM token scales (zero past M), for the epilogue
+  const int row0 = blockIdx.y * kI8Rows, tok0 = blockIdx.x * BM, tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int S_all = (a.KP + kI8StageK - 1) / kI8StageK, per = (S_all + a.split_k - 1) / a.split_k;
+  const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);  // 8 consumer warps
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  if (threadIdx.x < BM) {
+    const int tok = tok0 + threadIdx.x;
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
+  }
+  __syncthreads();
+  if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x == 256) {
+      const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
+      for (int i = 0; i < n_st; ++i) {
+        const int s = i % a.stages, k = (s_lo + i) * kI8StageK;
+        const uint32_t slot = base + s * S::kSize, bar = full + 8 * s;
+        if (i >= a.stages) mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
+        mbar_expect_tx(bar, S::kSize);  // zero-filled bytes past the edges count too
+        tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
+        tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
+      }
+    }
+    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced's two CTA barriers
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const uint32_t a_off = (warp >> 2) * 64 * kI8StageK;  // this warpgroup's 64 weight rows in a slot
+  int32_t acc[BM / 2];  // the first wgmma writes them (scale-d 0)
+  for (int i = 0; i < n_st; ++i) {
+    const int s = i % a.stages;
+    const uint32_t slot = base + s * S::kSize;
+    mbar_wait(full + 8 * s, (i / a.stages) & 1);
+    wg_fence();
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
+    wg_commit();
+    wg_wait<1>();  // stage i - 1's group has completed: its slot is free
+    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
+  }
+  wg_wait<0>();
+  const int n0 = row0 + 16 * warp;
+  const float sw_lo = n0 + g < a.N ? a.sw[n0 + g] : 0.f, sw_hi = n0 + g + 8 < a.N ? a.sw[n0 + g + 8] : 0.f;
+  float out[1][BM / 8][4];
+#pragma unroll
+  for (int t = 0; t < BM / 8; ++t) {
+    // tokens 8 t + 2 c and + 1 from shared memory, one LDS.64 a column (global loads here were all
+    // hoisted above the wait by ptxas and spilled at BM = 256)
+    float2 sx;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(sx.x), "=f"(sx.y) : "r"(xs + 4 * (8 * t + 2 * c)));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      pin_i(acc[4 * t + e]);
+      // an empty K slice (split-K past the stages) holds no sums
+      out[0][t][e] = n_st == 0 ? 0.f
+                               : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
+    }
+  }
+  store_sliced<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, tok0);
+#endif
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link), looked up once
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encoder() {
+  static EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(p) : nullptr;
+  }();
+  return fn;
+}
+
+// rows x cols int8, row-major with `stride` bytes a row, as boxes of box_rows x 128 bytes in the 128-byte
+// swizzle; reads past the edges return zeros (OOB fill NONE)
+bool int8_map(CUtensorMap* m, const void* p, int rows, int cols, long long stride, int box_rows) {
+  const EncodeTiled fn = encoder();
+  if (fn == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
+  const cuuint32_t box[2] = {kI8StageK, static_cast<cuuint32_t>(box_rows)}, elem[2] = {1, 1};
+  return fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(p), dims, strides, box, elem,
+            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <int BM>
+constexpr int smem_bytes(int stages) {
+  return stages * I8Slot<BM>::kSize + 1024 + 16 * stages + 4 * BM;  // + the alignment, the barriers, the token scales
+}
+
+template <typename T, int BM>
+int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, cudaStream_t s) {
+  const int smem = smem_bytes<BM>(a.stages);
+  if (smem > kMaxSmem) return -1;
+  CUtensorMap wmap, xmap;
+  if (!int8_map(&wmap, w, NP, a.KP, a.KP, kI8Rows) || !int8_map(&xmap, xq, a.M, a.KP, stride_xq, BM)) return -1;
+  static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
+  if (smem > raised) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(i8_wgws_kernel<T, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    raised = smem;
+  }
+  const dim3 grid((a.M + BM - 1) / BM, (NP + kI8Rows - 1) / kI8Rows, a.split_k);
+  i8_wgws_kernel<T, BM><<<grid, kI8Threads, smem, s>>>(wmap, xmap, a);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int stride_xq, cudaStream_t s) {
+  if (bm == 256) return launch<T, 256>(a, xq, w, NP, stride_xq, s);
+  if (bm == 128) return launch<T, 128>(a, xq, w, NP, stride_xq, s);
+  if (bm == 64) return launch<T, 64>(a, xq, w, NP, stride_xq, s);
+  return -1;
+}
+
+}  // namespace
+
+// y [M, N] = (xq W^T) * sx * sw (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (bias, y). xq: int8 [M, KP]
+// with stride_xq bytes a row; w: int8 [NP, KP]; sx [M], sw [N] float32; KP and stride_xq multiples of 16,
+// xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages 3-6 within 227 KB of shared memory
+// (bm = 256: at most 4). split_k > 1 needs ws (fp32 [split_k * M * N]) and counters (int32, one per row
+// tile x token tile, zeroed, left zeroed). Returns 0, -1 for bad arguments, else the CUDA error (the
+// kernel is empty unless built for sm_90a).
+extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,
+                                 void* y, void* ws, void* counters, int M, int N, int NP, int KP, int stride_xq,
+                                 int split_k, int bm, int stages, int dtype, void* stream) {
+  if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 || stages > 6 ||
+      (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0)
+    return -1;
+  const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
+  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dtype == 0 ? by_tile<__nv_bfloat16>(a, bm, xq, w, NP, stride_xq, s)
+                    : by_tile<__half>(a, bm, xq, w, NP, stride_xq, s);
+}

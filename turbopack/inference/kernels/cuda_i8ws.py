@@ -1,0 +1,85 @@
+"""The warp-specialized CUDA C++ W8A8 GEMM on Hopper (csrc/i8_wgws.cu; sm_90a only, built by cuda_build
+at first use), launched on torch's current stream (CUDA-graph capturable).
+
+It reads ``i8_rowmajor`` as packed (int8 [NP, KP]) and the per-token int8 activations of
+w8a8.quantize_rows: a producer warpgroup copies each 128-k stage as two tensor-map boxes (TMA, in the
+128-byte swizzle wgmma reads), two consumer warpgroups issue int8 wgmma (s32 accumulators) on them, and
+the epilogue applies the token and row scales (+ bias). A CTA owns 128 weight rows x BM tokens (64,
+128 or 256). Config keys (kernel ``cuda_ws`` of the i8_rowmajor family): BM, STAGES, SPLIT_K (0:
+wave_split); BN is always 128.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from turbopack.inference.kernels import cuda_build
+from turbopack.inference.kernels.cuda_build import ptr as _p
+from turbopack.inference.kernels.epilogue import splitk_slices
+
+SRC = cuda_build.CSRC / "i8_wgws.cu"
+ROWS = 128  # weight rows a CTA (BN)
+STAGE_K = 128
+TOKEN_TILES = (256, 128, 64)
+#: shared memory a CTA may take on sm90 (227 KB): the slots, their two mbarriers each, the token scales
+SMEM_MAX = 227 * 1024
+DEFAULT_BM, DEFAULT_STAGES = 128, 4
+CAPABILITY = (9, 0)
+_DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+_SIGNATURES = {"turbopack_i8_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 9 + [ctypes.c_void_p]}
+
+
+def library(device: torch.device) -> ctypes.CDLL:
+    return cuda_build.library(SRC, device, _SIGNATURES)
+
+
+def max_stages(bm: int) -> int:
+    """The deepest ring (3-6 stages) whose slots fit shared memory: 4 at BM = 256, 6 below."""
+    return min(6, (SMEM_MAX - 1024 - 4 * bm) // ((ROWS + bm) * STAGE_K + 16))
+
+
+def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
+    """Can the kernel run this call? 16-bit activations on an sm90 device, the codes 16-byte aligned
+    (a tensor map's base) with rows a multiple of 16 bytes (i8_rowmajor pads K to 16), a scale per row."""
+    w = packed["qweight"]
+    return (cuda_build.usable(x2) and torch.cuda.get_device_capability(x2.device) == CAPABILITY
+            and w.data_ptr() % 16 == 0 and w.shape[-1] % 16 == 0 and packed["scales"].numel() >= shape[0])
+
+
+def max_split(kp: int) -> int:
+    """The most K slices: at least four 128-k stages each."""
+    return max(1, math.ceil(kp / STAGE_K) // 4)
+
+
+def wave_split(n_pad: int, kp: int, m: int, bm: int, sms: int) -> int:
+    """Split K until the CTAs (one an SM: 384 threads) fill a wave of ``sms``, at most max_split."""
+    return max(1, min(math.ceil(sms / (math.ceil(n_pad / ROWS) * math.ceil(m / bm))), max_split(kp)))
+
+
+def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
+            bias: torch.Tensor | None, y: torch.Tensor, *, bm: int = DEFAULT_BM, stages: int = DEFAULT_STAGES,
+            split_k: int = 0) -> torch.Tensor:
+    """y [M, N] = (q @ W^T) * sx * scales (+ bias): q int8 [>= M, KP] and sx float32 [M] from
+    w8a8.quantize_rows, W the i8_rowmajor codes; split_k 0 = wave_split."""
+    if bm not in TOKEN_TILES:
+        raise ValueError(f"cuda_ws (w8a8) has no {bm}-token tile; built: {', '.join(map(str, TOKEN_TILES))}")
+    if not 3 <= stages <= max_stages(bm):
+        raise ValueError(f"cuda_ws (w8a8) at BM = {bm} takes 3-{max_stages(bm)} stages, not {stages}")
+    w = packed["qweight"]
+    np_, kp = w.shape[0] * w.shape[1], w.shape[2]
+    n = shape[0]
+    m = y.shape[0]
+    sms = torch.cuda.get_device_properties(y.device).multi_processor_count
+    split = int(split_k) if split_k and split_k > 0 else wave_split(np_, kp, m, bm, sms)
+    split = max(1, min(split, math.ceil(kp / STAGE_K)))
+    ws, cnt = splitk_slices(y.device, m, n, math.ceil(np_ / ROWS) * math.ceil(m / bm), split)
+    rc = library(y.device).turbopack_i8_wgws(
+        _p(q), _p(sx), _p(w), _p(packed["scales"]), _p(bias), _p(y), _p(ws), _p(cnt),
+        m, n, np_, kp, q.stride(0), split, int(bm), int(stages), _DTYPE_CODE[y.dtype], cuda_build.stream(y.device))
+    if rc != 0:
+        raise RuntimeError(f"turbopack_i8_wgws failed (code {rc}; M={m} N={n} KP={kp} BM={bm} stages={stages} "
+                           f"split={split})")
+    return y
