@@ -4,7 +4,7 @@
 # exact one-hot / integer cases, determinism, a graph, dispatch) first; a failure stops the call.
 # Then ws_probe.py (each tile beside cuBLAS bf16, and for W8A8 beside the Triton int8 GEMM and
 # torch._int_mm), then ncu of both at M = 256. Carry .scratch/prebuilt.tar.xz
-# (build_libs.py --offline .scratch/prebuilt 9.0).
+# (build_libs.py --offline .scratch/prebuilt 9.0). Shorter: PROBE_ONLY=w8a8 (or w4a16), NCU=0.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs cuda_w4ws cuda_i8ws
@@ -15,7 +15,8 @@ rc=$?; echo "rc=$rc"; grep -E "^FAILED|^ERROR|^E  |passed|failed" "$OUT/ws_tests
 # a failed or hung kernel stops the call here: timing or profiling it would only spend device time
 if [ $rc -ne 0 ]; then tail -40 "$OUT/ws_tests.txt" | cut -c1-200; step done; exit 1; fi
 step ws_probe
-timeout ${PROBE_S:-200} python3 benchmarks/device/ws_probe.py 2>&1 | tee "$OUT/ws_probe.txt" | cut -c1-250
+timeout ${PROBE_S:-200} python3 benchmarks/device/ws_probe.py ${PROBE_ONLY:+--only $PROBE_ONLY} 2>&1 | tee "$OUT/ws_probe.txt" | cut -c1-250
+[ "${NCU:-1}" = 0 ] && { step done; exit 0; }
 # where the new kernels' time goes at M = 256 (run 29 profiled cuda_wg, cuBLAS and the Triton int8 GEMM there)
 step "ncu cuda_ws gate_up M=256"
 timeout ${NCU_S:-80} ncu --clock-control none --kernel-name regex:w4_wgws_kernel --launch-skip 3 --launch-count 1 \

@@ -15,7 +15,7 @@
 //     completed. Both operands come from shared memory, so nothing is decoded and no register is
 //     shared with an in-flight group (unlike w4_wgws.cu's A fragments).
 // The epilogue turns the int32 sums into fp32 times the two scales and stores them through
-// store_sliced (w4_mma.cuh), split-K by planes included: warp w of the CTA holds rows 16 w + g (+ 8),
+// store_planes (w4_mma.cuh), split-K by planes included: warp w of the CTA holds rows 16 w + g (+ 8),
 // tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
 #include "tma.cuh"
 #include "w4_mma.cuh"
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
         tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
       }
     }
-    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced's two CTA barriers
+    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
                                : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
     }
   }
-  store_sliced<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, tok0);
+  store_planes<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, row0, kI8Rows, tok0, BM, 256);
 #endif
 }
 

@@ -166,4 +166,39 @@ __device__ __forceinline__ void store_sliced(const Out& o, const float (&acc)[R]
   if (threadIdx.x == 0) o.counters[tile] = 0;
 }
 
+// The same split-K by planes for the warp-specialized kernels' large tiles (w4_wgws.cu, i8_wgws.cu:
+// 128 rows x up to 256 tokens, 128 sums a thread): store_sliced's sum, unrolled per register and
+// per slice, made their epilogue ~75 K instructions, which missed the instruction cache (run 30, ncu:
+// "no instruction" the first stall; split 3 took 3.4x split 1's time). Here the CTA that completes
+// the tile's count reads every plane back, its own included, and sums them in slice order with one
+// loop over the tile's elements (rows [row0, row0 + rows) x tokens [tok0, tok0 + toks), clipped to N
+// and M) shared by its `threads` first threads: y is the same whichever CTA comes last, and the
+// code does not grow with the tile. Every thread of the CTA calls arrive_last (the others of the
+// `threads` through this function).
+template <typename T, int R, int NTOK>
+__device__ __forceinline__ void store_planes(const Out& o, const float (&acc)[R][NTOK][4], int n0, int g, int c,
+                                             bool active, int tile, int row0, int rows, int tok0, int toks,
+                                             int threads) {
+  if (o.split_k == 1) return store_frags_at<T, R, NTOK>(o, acc, n0, g, c, active, tile, 1, tok0);
+  pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store)
+  const long long plane = (long long)o.M * o.N;
+  if (active) {
+    float* mine = o.ws + blockIdx.z * plane;
+    each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float v) { mine[(long long)tok * o.N + row] = v; });
+  }
+  if (!arrive_last(o, tile, o.split_k)) return;
+  const int nr = min(rows, o.N - row0), nt = min(toks, o.M - tok0);
+#pragma unroll 1
+  for (int i = threadIdx.x; i < nr * nt; i += threads) {
+    const int row = row0 + i % nr;
+    const long long e = (long long)(tok0 + i / nr) * o.N + row;
+    float v = 0.f;
+#pragma unroll 1
+    for (int z = 0; z < o.split_k; ++z) v += __ldcg(o.ws + z * plane + e);
+    if (o.bias != nullptr) v += Half16<T>::to_f(static_cast<const T*>(o.bias)[row]);
+    static_cast<T*>(o.y)[e] = Half16<T>::from_f(v);
+  }
+  if (threadIdx.x == 0) o.counters[tile] = 0;
+}
+
 }  // namespace

@@ -26,7 +26,7 @@
 // swizzle (wgmma.cuh desc_k128), tokens past M zero.
 //
 // Rows: warp w (0-3) of consumer warpgroup h owns rows 32 (4 h + w) .. + 31 at MT = 2 (fragment r =
-// A tile r: rows + 16 r), 16 (4 h + w) .. + 15 at MT = 1, so the accumulators are store_sliced's R = MT
+// A tile r: rows + 16 r), 16 (4 h + w) .. + 15 at MT = 1, so the accumulators are store_planes' R = MT
 // fragments of 16 rows (w4_mma.cuh), split-K included.
 #include "tma.cuh"
 #include "w4_mma.cuh"
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
         ws_fill<MT, BM>(a, s_lo + i, row0, base + s * S::kSize, full + 8 * s, policy);
       }
     }
-    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced's two CTA barriers
+    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
         if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
       }
   const int n0 = row0 + 16 * MT * warp;
-  store_sliced<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, blockIdx.x * BM);
+  store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, blockIdx.x * BM, BM, 256);
 #endif
 }
 
