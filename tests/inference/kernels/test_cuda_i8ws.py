@@ -18,9 +18,10 @@ from turbopack.inference.kernels import cuda_i8ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.layouts import get_layout
 
-#: (BM, STAGES, SPLIT_K) cycled over the cases: every token tile, ring depths 3-6, split 1, auto (0),
-#: uneven (4 over 9 stages) and one stage a slice (9)
-CONFIGS = [(256, 4, 1), (128, 3, 0), (64, 6, 4), (128, 6, 9), (64, 5, 1), (256, 3, 0), (128, 4, 2), (64, 3, 9)]
+#: (BM, STAGES, SPLIT_K, CLUSTER) cycled over the cases: every token tile, ring depths 3-6, split 1,
+#: auto (0), uneven (4 over 9 stages) and one stage a slice (9), each with and without x multicast
+CONFIGS = [(256, 4, 1, False), (128, 3, 0, True), (64, 6, 4, False), (128, 6, 9, True), (64, 5, 1, True),
+           (256, 3, 0, False), (128, 4, 2, True), (64, 3, 9, False), (256, 4, 1, True), (64, 6, 4, True)]
 
 
 def _weight(n: int, k: int, seed: int, device: str = "cuda"):
@@ -36,11 +37,11 @@ def _pack(q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return reference.pack(q, get_layout("i8_rowmajor"))
 
 
-def _run(x, packed, shape, bias, out, bm, stages, split):
+def _run(x, packed, shape, bias, out, bm, stages, split, cluster=False):
     from turbopack.inference.kernels.w8a8 import quantize_rows
 
     q, sx = quantize_rows(x, packed["qweight"].shape[2], fp8=False)
-    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split)
+    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split, cluster=cluster)
 
 
 @pytest.mark.gpu
@@ -56,24 +57,27 @@ def test_matches_reference(m, dtype, with_bias):
     n, k = 1000, 1040
     fmt, q, packed = _weight(n, k, 31 * m + with_bias)
     for i in range(2):
-        bm, stages, split = CONFIGS[(m + 2 * with_bias + 3 * i) % len(CONFIGS)]
+        bm, stages, split, cl = CONFIGS[(m + 2 * with_bias + 3 * i) % len(CONFIGS)]
         x = torch.randn(m, k, device="cuda").to(dtype)
         b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_i8ws.supports(x, packed, (n, k))
-        _run(x, packed, (n, k), b, out, bm, stages, split)
+        _run(x, packed, (n, k), b, out, bm, stages, split, cl)
         err = reference.rel_err(out, reference.ref_linear(x, "w8a8", q, b))
-        assert err < TOL[dtype], f"BM={bm} {stages=} {split=}: {err:.2e}"
+        assert err < TOL[dtype], f"BM={bm} {stages=} {split=} cluster={cl}: {err:.2e}"
 
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("bm,split", [(256, 1), (128, 3), (64, 1), (64, 2)])
-def test_integer_operands_come_out_exactly(bm, split):
+@pytest.mark.parametrize("bm,split,cluster", [(256, 1, False), (128, 3, False), (64, 1, False), (64, 2, False),
+                                              (256, 1, True), (128, 3, True), (64, 2, True)])
+@pytest.mark.parametrize("n", [1000, 1096])
+def test_integer_operands_come_out_exactly(bm, split, cluster, n):
     """Codes in [-15, 15], weight scales 2^-7 and tokens whose largest |x| is 127 (per-token scale 1,
     so x's codes are x): every sum is an exact integer under 2^24 and y is exactly the contract's,
-    rounded once to bf16. 300 tokens, N = 1000, K = 1040 cover every box edge."""
-    n, k, m = 1000, 1040, 300
+    rounded once to bf16. 300 tokens, K = 1040 and N = 1000 (8 row tiles) or 1096 (9, the last of 72
+    rows; with CLUSTER a tenth, past N, copies its half of x for the ninth) cover every box edge."""
+    k, m = 1040, 300
     g = torch.Generator(device="cuda").manual_seed(bm + split)
     codes = torch.randint(-15, 16, (n, k), device="cuda", generator=g, dtype=torch.int8)
     q = {"qweight": codes, "scales": torch.full((n,), 2.0 ** -7, device="cuda")}
@@ -81,7 +85,7 @@ def test_integer_operands_come_out_exactly(bm, split):
     x[torch.arange(m), torch.randint(0, k, (m,), device="cuda", generator=g)] = 127.0
     x = x.bfloat16()
     want = ((x.double() @ codes.double().T) * 2.0 ** -7).bfloat16()
-    y = _run(x, _pack(q), (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4, split)
+    y = _run(x, _pack(q), (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4, split, cluster)
     assert torch.equal(y, want)
 
 
@@ -97,12 +101,12 @@ def test_deterministic_in_a_graph_and_through_dispatch():
     fmt, q, packed = _weight(n, k, 7)
     x = torch.randn(300, k, device="cuda").bfloat16()
     ref = reference.ref_linear(x, "w8a8", q)
-    for bm, stages, split in CONFIGS:
-        y = _run(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages, split)
-        assert reference.rel_err(y, ref) < TOL[torch.bfloat16], (bm, stages, split)
-        again = _run(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split)
-        assert torch.equal(y, again), f"BM={bm} {stages=} {split=}: not deterministic"
-    cfg = KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=128, split_k=3, ring_stages=5)
+    for bm, stages, split, cl in CONFIGS:
+        y = _run(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages, split, cl)
+        assert reference.rel_err(y, ref) < TOL[torch.bfloat16], (bm, stages, split, cl)
+        again = _run(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split, cl)
+        assert torch.equal(y, again), f"BM={bm} {stages=} {split=} cluster={cl}: not deterministic"
+    cfg = KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=128, split_k=3, ring_stages=5, cluster=True)
     linear(x, fmt, "i8_rowmajor", packed, (n, k), None, cfg)  # built and loaded outside the capture
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
@@ -149,12 +153,19 @@ def test_ring_fits_shared_memory():
         cuda_i8ws.i8_wgws(None, None, {}, (8, 16), None, None, bm=32)
 
 
+def test_rounded_cluster_grid():
+    assert cuda_i8ws.row_tiles(1000) == 8 and cuda_i8ws.row_tiles(1000, 2) == 8
+    assert cuda_i8ws.row_tiles(1096) == 9 and cuda_i8ws.row_tiles(1096, 2) == 10
+    assert cuda_i8ws.row_tiles(6144, 2) == 48
+
+
 def test_tuner_offers_it_on_hopper_from_m_64():
     for m, n, k in ((256, 6144, 4096), (256, 4096, 14336), (2048, 28672, 4096), (100, 4096, 4096)):
         cands = [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
         assert cands, (m, n, k)
         assert all(c.block_n == 128 and 3 <= c.ring_stages <= cuda_i8ws.max_stages(c.block_m) for c in cands)
         assert all(1 <= c.split_k <= cuda_i8ws.max_split(k) for c in cands)
+        assert {c.cluster for c in cands} == {None, True}
         if m >= 512:
             assert {c.split_k for c in cands} == {1}
         assert not [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]

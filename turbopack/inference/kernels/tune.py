@@ -184,7 +184,7 @@ def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
 def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     """The warp-specialized int8 GEMM (cuda_i8ws): each token tile whose last tile is at least half full
     (or the smallest), its two deepest rings, split-K of 1, wave_split and twice it (prefill, M >= 512:
-    1)."""
+    1), each without and with x multicast to pairs of row tiles (CLUSTER)."""
     out = []
     kp = math.ceil(k / 16) * 16
     for bm in cuda_i8ws.TOKEN_TILES:
@@ -193,8 +193,9 @@ def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
         s0 = cuda_i8ws.wave_split(n, kp, m, bm, sms)
         splits = {1} if m >= 512 else {1, s0, min(2 * s0, cuda_i8ws.max_split(kp))}
         top = cuda_i8ws.max_stages(bm)
-        out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, split_k=sk, ring_stages=st)
-                for sk in sorted(splits) for st in (top - 1, top)]
+        out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, split_k=sk, ring_stages=st,
+                             cluster=cl)
+                for sk in sorted(splits) for st in (top - 1, top) for cl in (None, True)]
     return out
 
 

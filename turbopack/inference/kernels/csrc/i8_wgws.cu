@@ -14,6 +14,9 @@
 //     and release the previous stage on its `empty` barrier once wgmma.wait_group 1 says its group has
 //     completed. Both operands come from shared memory, so nothing is decoded and no register is
 //     shared with an in-flight group (unlike w4_wgws.cu's A fragments).
+// CLUSTER (a.cluster = 2): pairs of CTAs on consecutive row tiles share their token tile's x through
+// TMA multicast, each copying half of every stage's x box into both, which halves x's L2 reads (run 30:
+// 0.97 us a stage at gate_up M = 2048, 48 KB a CTA, ~6.5 TB/s out of L2 over the SMs).
 // The epilogue turns the int32 sums into fp32 times the two scales and stores them through
 // store_planes (w4_mma.cuh), split-K by planes included: warp w of the CTA holds rows 16 w + g (+ 8),
 // tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
@@ -39,6 +42,7 @@ struct I8Args {
   const float* sx;  // [M] per-token scales
   const float* sw;  // [N] per-row scales
   int M, N, KP, split_k, stages;
+  int cluster;  // CTAs along the rows that share the token tile's x (1 or 2; see the kernel)
 };
 
 #ifdef TP_WGMMA
@@ -57,29 +61,38 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   const int row0 = blockIdx.y * kI8Rows, tok0 = blockIdx.x * BM, tile = blockIdx.y * gridDim.x + blockIdx.x;
   const int S_all = (a.KP + kI8StageK - 1) / kI8StageK, per = (S_all + a.split_k - 1) / a.split_k;
   const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
+  // x multicast (a.cluster = C > 1): the C CTAs of a cluster (consecutive row tiles, one token tile and
+  // K slice) each copy 1 / C of the stage's x box to all C (one L2 read serves C SMs: run 30 found
+  // the stage's L2 bytes, x two thirds of them at BM = 256, bounding the kernel); so a slot is free
+  // only once the consumers of every CTA have released it: `empty` counts their 8 C warps' arrivals
+  const int C = a.cluster;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);  // 8 consumer warps
+    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8 * C);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   if (threadIdx.x < BM) {
     const int tok = tok0 + threadIdx.x;
     asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
   }
-  __syncthreads();
+  if (C > 1) cluster_sync_all();  // no copy reaches a CTA before its barriers exist
+  else __syncthreads();
   if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (threadIdx.x == 256) {
       const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
+      const int part = BM / C, r = static_cast<int>(cluster_rank());  // this CTA's rows of each x box
       for (int i = 0; i < n_st; ++i) {
         const int s = i % a.stages, k = (s_lo + i) * kI8StageK;
         const uint32_t slot = base + s * S::kSize, bar = full + 8 * s;
         if (i >= a.stages) mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
-        mbar_expect_tx(bar, S::kSize);  // zero-filled bytes past the edges count too
+        mbar_expect_tx(bar, S::kSize);  // zero-filled bytes past the edges count too; x's from all C CTAs
         tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
-        tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
+        if (C == 1) tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
+        else tma_load_2d_multicast(slot + S::kW + r * part * kI8StageK, &xmap, k, tok0 + r * part, bar, (1u << C) - 1);
       }
     }
     if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
+    if (C > 1) cluster_sync_all();  // the peers' last arrivals on this CTA's barriers have landed
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -96,7 +109,12 @@ __global__ void __launch_bounds__(kI8Threads, 1)
       WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
     wg_commit();
     wg_wait<1>();  // stage i - 1's group has completed: its slot is free
-    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
+    if (i > 0 && lane == 0) {
+      const uint32_t bar = empty + 8 * ((i - 1) % a.stages);
+      if (C == 1) mbar_arrive(bar);
+      else
+        for (int q = 0; q < C; ++q) mbar_arrive_cluster(bar, q);  // every producer that writes this slot
+    }
   }
   wg_wait<0>();
   const int n0 = row0 + 16 * warp;
@@ -117,6 +135,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     }
   }
   store_planes<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, row0, kI8Rows, tok0, BM, 256);
+  if (C > 1) cluster_sync_all();
 #endif
 }
 
@@ -156,8 +175,9 @@ template <typename T, int BM>
 int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, cudaStream_t s) {
   const int smem = smem_bytes<BM>(a.stages);
   if (smem > kMaxSmem) return -1;
-  CUtensorMap wmap, xmap;
-  if (!int8_map(&wmap, w, NP, a.KP, a.KP, kI8Rows) || !int8_map(&xmap, xq, a.M, a.KP, stride_xq, BM)) return -1;
+  CUtensorMap wmap, xmap;  // x in boxes of BM / cluster tokens: each CTA of a cluster copies one
+  if (!int8_map(&wmap, w, NP, a.KP, a.KP, kI8Rows) || !int8_map(&xmap, xq, a.M, a.KP, stride_xq, BM / a.cluster))
+    return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
@@ -165,9 +185,16 @@ int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  const dim3 grid((a.M + BM - 1) / BM, (NP + kI8Rows - 1) / kI8Rows, a.split_k);
-  i8_wgws_kernel<T, BM><<<grid, kI8Threads, smem, s>>>(wmap, xmap, a);
-  return static_cast<int>(cudaGetLastError());
+  // row tiles rounded up to whole clusters: a tile past NP copies zeros (the boxes' fill), multiplies
+  // them and stores nothing, but still copies its share of x for the others
+  const int row_tiles = ((NP + kI8Rows - 1) / kI8Rows + a.cluster - 1) / a.cluster * a.cluster;
+  const dim3 grid((a.M + BM - 1) / BM, row_tiles, a.split_k);
+  if (a.cluster == 1) {
+    i8_wgws_kernel<T, BM><<<grid, kI8Threads, smem, s>>>(wmap, xmap, a);
+    return static_cast<int>(cudaGetLastError());
+  }
+  return static_cast<int>(launch_with(i8_wgws_kernel<T, BM>, grid, dim3(kI8Threads), smem, s, Launch{false, a.cluster},
+                                      wmap, xmap, a));
 }
 
 template <typename T>
@@ -183,17 +210,19 @@ int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int 
 // y [M, N] = (xq W^T) * sx * sw (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (bias, y). xq: int8 [M, KP]
 // with stride_xq bytes a row; w: int8 [NP, KP]; sx [M], sw [N] float32; KP and stride_xq multiples of 16,
 // xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages 3-6 within 227 KB of shared memory
-// (bm = 256: at most 4). split_k > 1 needs ws (fp32 [split_k * M * N]) and counters (int32, one per row
-// tile x token tile, zeroed, left zeroed). Returns 0, -1 for bad arguments, else the CUDA error (the
-// kernel is empty unless built for sm_90a).
+// (bm = 256: at most 4). cluster: 1, or 2 (CTAs of consecutive row tiles sharing x by multicast; the
+// row tiles rounded up to whole clusters). split_k > 1 needs ws (fp32 [split_k * M * N]) and counters
+// (int32, one per row tile x token tile of the rounded grid, zeroed, left zeroed). Returns 0, -1 for
+// bad arguments, else the CUDA error (the kernel is empty unless built for sm_90a).
 extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,
                                  void* y, void* ws, void* counters, int M, int N, int NP, int KP, int stride_xq,
-                                 int split_k, int bm, int stages, int dtype, void* stream) {
+                                 int split_k, int bm, int stages, int cluster, int dtype, void* stream) {
   if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 || stages > 6 ||
-      (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0)
+      (cluster != 1 && cluster != 2) || (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(w) % 16 != 0)
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
-  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages};
+  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages, cluster};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_tile<__nv_bfloat16>(a, bm, xq, w, NP, stride_xq, s)
                     : by_tile<__half>(a, bm, xq, w, NP, stride_xq, s);
