@@ -47,13 +47,13 @@ def _w8a8_configs(n: int, k: int, m: int, sms: int) -> dict[str, KernelConfig]:
         if c.kernel is KernelName.TRITON:
             out[f"tri {c.block_m}x{c.block_n}x{c.block_k}/{c.num_warps}w{c.num_stages}"] = c
         elif c.kernel is KernelName.CUDA_WS:
-            out[f"ws {c.block_m}/{c.ring_stages}/s{c.split_k}"] = c
+            out[f"ws {c.block_m}/{c.ring_stages}/s{c.split_k}{'/mc' if c.cluster else ''}"] = c
     return out
 
 
 def w8a8(l2: int, gen: torch.Generator) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(torch.cuda.get_device_name(), "| W8A8 µs | ws: BM / stages / split")
+    print(torch.cuda.get_device_name(), "| W8A8 µs | ws: BM / stages / split (/mc: x multicast, CLUSTER)")
     for name, shape in bench.SHAPES.items():
         wt = bench.make_weight("w8a8", shape, l2, gen)
         for m in (256, 2048):
