@@ -130,7 +130,7 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
                               wreg=bool(cfg.weight_registers))
 
 
-def _w4ws(x2, packed, shape, bias, cfg, out, group):
+def _w4ws(x2, packed, shape, bias, cfg, out, group):  # CLUSTER is the int8 kernel's (cuda_i8ws) alone
     return cuda_w4ws.w4_wgws(x2, packed, shape, bias, out, group=group,
                              bn=or_default(cfg.block_n, cuda_w4ws.DEFAULT_BN),
                              bm=or_default(cfg.block_m, cuda_w4ws.DEFAULT_BM),
