@@ -14,7 +14,7 @@ import torch
 from wgmma_cases import TOL, hopper, wgmma_b
 
 from turbopack.formats import get_format
-from turbopack.inference.kernels import cuda_i8ws, tune
+from turbopack.inference.kernels import cuda_build, cuda_i8ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.layouts import get_layout
 
@@ -139,6 +139,31 @@ def test_model_the_boxes_swizzle_is_the_one_wgmma_reads(rows):
         got = wgmma_b(smem, 32 * u, rows)  # [16 pairs, rows]
         want = box[:, 32 * u:32 * u + 32].copy().view(np.uint16).T
         assert np.array_equal(got, want), u
+
+
+@pytest.mark.skipif(cuda_build.nvcc() is None, reason="nvcc not installed")
+def test_x_is_copied_only_after_the_previous_grid(tuned_build):
+    """PDL (pdl.py): the kernel may start while the quantizer that writes x's codes and scales still
+    runs, so every x copy, the scales' loads and every store come after griddepcontrol.wait; the
+    weights' first ring (the hinted tensor copies) may come before it (sm_90a's PTX of the session's
+    build)."""
+    import re
+
+    res, keep = tuned_build(cuda_i8ws.SRC)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ptx = (keep / f"{cuda_i8ws.SRC.stem}.compute_90a.ptx").read_text()
+    heads = list(re.finditer(r"\.entry\s+(\S+)\(", ptx))
+    bodies = [ptx[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(ptx)] for i, h in enumerate(heads)
+              if "i8_wgws_kernel" in h.group(1)]
+    assert len(bodies) == 6  # 3 token tiles x 2 dtypes
+    for body in bodies:
+        wait = body.find("griddepcontrol.wait")
+        weights = body.find("cache_hint")
+        x = min(i for i in (body.find("bytes ["), body.find("multicast::cluster")) if i >= 0)
+        loads = [m.start() for m in re.finditer(r"ld\.global", body)]
+        stores = [m.start() for m in re.finditer(r"st\.global", body)]
+        assert 0 <= weights < wait < x
+        assert stores and min(stores) > wait and (not loads or min(loads) > wait)
 
 
 def test_ring_fits_shared_memory():

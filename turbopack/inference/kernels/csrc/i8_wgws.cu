@@ -70,10 +70,6 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8 * C);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if (threadIdx.x < BM) {
-    const int tok = tok0 + threadIdx.x;
-    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
-  }
   if (C > 1) cluster_sync_all();  // no copy reaches a CTA before its barriers exist
   else __syncthreads();
   if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
@@ -81,16 +77,28 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     if (threadIdx.x == 256) {
       const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
       const int part = BM / C, r = static_cast<int>(cluster_rank());  // this CTA's rows of each x box
+      // PDL (pdl.py): the first ring's weights are copied before the wait (no kernel writes them), the
+      // codes of x, which the quantizer before this grid writes, after it
+      const int pre = min(n_st, a.stages);
+      for (int i = 0; i < pre; ++i) {
+        const uint32_t bar = full + 8 * i;
+        mbar_expect_tx(bar, S::kSize);  // zero-filled bytes past the edges count too; x's from all C CTAs
+        tma_load_2d_hint(base + i * S::kSize, &wmap, (s_lo + i) * kI8StageK, row0, bar, policy);
+      }
+      pdl_wait();
       for (int i = 0; i < n_st; ++i) {
         const int s = i % a.stages, k = (s_lo + i) * kI8StageK;
         const uint32_t slot = base + s * S::kSize, bar = full + 8 * s;
-        if (i >= a.stages) mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
-        mbar_expect_tx(bar, S::kSize);  // zero-filled bytes past the edges count too; x's from all C CTAs
-        tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
+        if (i >= pre) {
+          mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
+          mbar_expect_tx(bar, S::kSize);
+          tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
+        }
         if (C == 1) tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
         else tma_load_2d_multicast(slot + S::kW + r * part * kI8StageK, &xmap, k, tok0 + r * part, bar, (1u << C) - 1);
       }
     }
+    pdl_wait();  // every thread, before it exits: completion stays ordered along the chain
     if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     if (C > 1) cluster_sync_all();  // the peers' last arrivals on this CTA's barriers have landed
     return;
@@ -117,6 +125,12 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     }
   }
   wg_wait<0>();
+  pdl_wait();  // returns at once (the x copies came after the producer's); before sx and any store
+  if (threadIdx.x < BM) {
+    const int tok = tok0 + threadIdx.x;
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
+  }
+  asm volatile("bar.sync 1, 256;\n" ::: "memory");  // the consumer warpgroups only: xs is written
   const int n0 = row0 + 16 * warp;
   const float sw_lo = n0 + g < a.N ? a.sw[n0 + g] : 0.f, sw_hi = n0 + g + 8 < a.N ? a.sw[n0 + g + 8] : 0.f;
   float out[1][BM / 8][4];
@@ -189,12 +203,8 @@ int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq
   // them and stores nothing, but still copies its share of x for the others
   const int row_tiles = ((NP + kI8Rows - 1) / kI8Rows + a.cluster - 1) / a.cluster * a.cluster;
   const dim3 grid((a.M + BM - 1) / BM, row_tiles, a.split_k);
-  if (a.cluster == 1) {
-    i8_wgws_kernel<T, BM><<<grid, kI8Threads, smem, s>>>(wmap, xmap, a);
-    return static_cast<int>(cudaGetLastError());
-  }
-  return static_cast<int>(launch_with(i8_wgws_kernel<T, BM>, grid, dim3(kI8Threads), smem, s, Launch{false, a.cluster},
-                                      wmap, xmap, a));
+  return static_cast<int>(launch_with(i8_wgws_kernel<T, BM>, grid, dim3(kI8Threads), smem, s,
+                                      Launch{g_pdl != 0, a.cluster}, wmap, xmap, a));
 }
 
 template <typename T>
