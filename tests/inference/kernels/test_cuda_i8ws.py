@@ -166,6 +166,21 @@ def test_x_is_copied_only_after_the_previous_grid(tuned_build):
         assert stores and min(stores) > wait and (not loads or min(loads) > wait)
 
 
+@pytest.mark.parametrize("bm", cuda_i8ws.TOKEN_TILES)
+def test_model_multicast_halves_land_as_the_whole_box(bm):
+    """CLUSTER: CTA r of a pair copies x rows r BM / 2 .. of the token tile as its own box to offset
+    r (BM / 2) 128 of the slot in both CTAs. The swizzle follows the shared address (row mod 8 of
+    the 1024-byte period), so the halves must leave the bytes the whole box would: BM / 2 whole
+    8-row periods."""
+    rng = np.random.default_rng(bm)
+    box = rng.integers(0, 256, size=(bm, 128), dtype=np.uint8)
+    whole = _tma_swizzle_128b(box)
+    part = bm // cuda_i8ws.CLUSTER_SIZE
+    assert part % 8 == 0
+    halves = np.concatenate([_tma_swizzle_128b(box[r * part:(r + 1) * part]) for r in range(cuda_i8ws.CLUSTER_SIZE)])
+    assert np.array_equal(halves, whole)
+
+
 def test_ring_fits_shared_memory():
     for bm in cuda_i8ws.TOKEN_TILES:
         top = cuda_i8ws.max_stages(bm)
