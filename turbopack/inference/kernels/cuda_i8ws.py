@@ -81,8 +81,10 @@ def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], 
     np_, kp = w.shape[0] * w.shape[1], w.shape[2]
     n = shape[0]
     m = y.shape[0]
-    sms = torch.cuda.get_device_properties(y.device).multi_processor_count
-    split = int(split_k) if split_k and split_k > 0 else wave_split(np_, kp, m, bm, sms)
+    if split_k and split_k > 0:
+        split = int(split_k)
+    else:
+        split = wave_split(np_, kp, m, bm, torch.cuda.get_device_properties(y.device).multi_processor_count)
     split = max(1, min(split, math.ceil(kp / STAGE_K)))
     c = CLUSTER_SIZE if cluster else 1
     ws, cnt = splitk_slices(y.device, m, n, row_tiles(np_, c) * math.ceil(m / bm), split)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from turbopack.inference.kernels import cuda_build, cuda_w4mm
+from turbopack.inference.kernels import cuda_build, cuda_w4wg
 from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_slices
 
@@ -29,8 +29,6 @@ SRC = cuda_build.CSRC / "w4_wgws.cu"
 TILES = ((128, 256), (128, 128), (256, 64))
 STAGES = (3, 4, 5)
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
-#: wgmma and setmaxnreg exist on sm_90a only
-CAPABILITY = (9, 0)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 9 + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
 
@@ -40,10 +38,9 @@ def library(device: torch.device) -> ctypes.CDLL:
 
 
 def supports(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
-    """Can the kernel run this call? cuda_w4mm's conditions on an sm90 device, with the packed tensors
-    16-byte aligned (bulk copies)."""
-    return (cuda_w4mm.supports(x2, fmt, packed, shape)
-            and torch.cuda.get_device_capability(x2.device) == CAPABILITY
+    """Can the kernel run this call? cuda_w4wg's conditions (cuda_w4mm's on an sm90 device), with the
+    packed tensors 16-byte aligned (bulk copies)."""
+    return (cuda_w4wg.supports(x2, fmt, packed, shape)
             and all(t.data_ptr() % 16 == 0 for t in packed.values() if t is not None))
 
 

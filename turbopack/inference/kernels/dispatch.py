@@ -105,9 +105,8 @@ def _i8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
     # prefill: the warp-specialized int8 GEMM (cuda_i8ws) where it picks that
     if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
         return _w8(x2, packed, shape, bias, cfg, out)
-    if cfg.kernel is KernelName.CUDA_WS and cuda_i8ws.supports(x2, packed, shape):
-        return w8a8.linear(x2, packed, shape, bias, cfg, out)
-    if cfg.kernel in _CUDA_KERNELS:  # not taken (no nvcc, another arch): the family default
+    taken = cfg.kernel is KernelName.CUDA_WS and cuda_i8ws.supports(x2, packed, shape)
+    if cfg.kernel in _CUDA_KERNELS and not taken:  # not taken (no nvcc, another arch): the family default
         cfg = w8a8.default_config(x2.shape[0], shape[0], shape[1])
     return w8a8.linear(x2, packed, shape, bias, cfg, out)
 

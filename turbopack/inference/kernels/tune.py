@@ -165,37 +165,43 @@ def _wgmma_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
 WS_MIN_M = 64
 
 
+def _ws_tile_worth_timing(m: int, bm: int, smallest: int) -> bool:
+    """A warp-specialized kernel's token tile of BM at M: its last tile at least half full, or the smallest."""
+    return (-m) % bm < bm // 2 or bm == smallest
+
+
+def _ws_splits(m: int, wave: int, most: int) -> list[int]:
+    """Split-K of 1, the kernel's wave split and twice it (at most ``most``); prefill (M >= 512): 1."""
+    return [1] if m >= 512 else sorted({1, wave, min(2 * wave, most)})
+
+
 def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
-    """The warp-specialized kernel (cuda_w4ws): each tile whose last token tile is at least half full
-    (or the smallest), ring depths 4 and 5, split-K of 1, the kernel's default (a wave of one CTA an
-    SM) and twice it, at least eight 64-k stages a slice; prefill (M >= 512) without split."""
+    """The warp-specialized kernel (cuda_w4ws): each tile worth timing, ring depths 4 and 5, _ws_splits
+    (at least eight 64-k stages a slice)."""
     out = []
     smallest = min(bm for _, bm in cuda_w4ws.TILES)
     for bn, bm in cuda_w4ws.TILES:
-        if (-m) % bm >= bm // 2 and bm != smallest:
+        if not _ws_tile_worth_timing(m, bm, smallest):
             continue
-        s0 = cuda_w4ws.wave_split(n, k, m, bn, bm, sms)
-        splits = {1} if m >= 512 else {1, s0, min(2 * s0, cuda_w4ws.max_split(k))}
+        splits = _ws_splits(m, cuda_w4ws.wave_split(n, k, m, bn, bm, sms), cuda_w4ws.max_split(k))
         out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
-                for sk in sorted(splits) for st in (4, 5)]
+                for sk in splits for st in (4, 5)]
     return out
 
 
 def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
-    """The warp-specialized int8 GEMM (cuda_i8ws): each token tile whose last tile is at least half full
-    (or the smallest), its two deepest rings, split-K of 1, wave_split and twice it (prefill, M >= 512:
-    1), each without and with x multicast to pairs of row tiles (CLUSTER)."""
+    """The warp-specialized int8 GEMM (cuda_i8ws): each token tile worth timing, its two deepest rings,
+    _ws_splits, each without and with x multicast to pairs of row tiles (CLUSTER)."""
     out = []
     kp = math.ceil(k / 16) * 16
     for bm in cuda_i8ws.TOKEN_TILES:
-        if (-m) % bm >= bm // 2 and bm != min(cuda_i8ws.TOKEN_TILES):
+        if not _ws_tile_worth_timing(m, bm, min(cuda_i8ws.TOKEN_TILES)):
             continue
-        s0 = cuda_i8ws.wave_split(n, kp, m, bm, sms)
-        splits = {1} if m >= 512 else {1, s0, min(2 * s0, cuda_i8ws.max_split(kp))}
+        splits = _ws_splits(m, cuda_i8ws.wave_split(n, kp, m, bm, sms), cuda_i8ws.max_split(kp))
         top = cuda_i8ws.max_stages(bm)
         out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, split_k=sk, ring_stages=st,
                              cluster=cl)
-                for sk in sorted(splits) for st in (top - 1, top) for cl in (None, True)]
+                for sk in splits for st in (top - 1, top) for cl in (None, True)]
     return out
 
 

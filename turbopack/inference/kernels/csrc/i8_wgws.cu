@@ -45,10 +45,6 @@ struct I8Args {
   int cluster;  // CTAs along the rows that share the token tile's x (1 or 2; see the kernel)
 };
 
-#ifdef TP_WGMMA
-__device__ __forceinline__ void pin_i(int32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
-#endif
-
 template <typename T, int BM>
 __global__ void __launch_bounds__(kI8Threads, 1)
     i8_wgws_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, const I8Args a) {
@@ -142,7 +138,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(sx.x), "=f"(sx.y) : "r"(xs + 4 * (8 * t + 2 * c)));
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      pin_i(acc[4 * t + e]);
+      pin(acc[4 * t + e]);
       // an empty K slice (split-K past the stages) holds no sums
       out[0][t][e] = n_st == 0 ? 0.f
                                : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);

@@ -42,6 +42,7 @@ __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy
 // The compiler may not move reads or writes of v across this point (the accumulators after the
 // last wait: wgmma writes them asynchronously)
 __device__ __forceinline__ void pin(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+__device__ __forceinline__ void pin(int32_t& v) { asm volatile("" : "+r"(v)::"memory"); }  // s8 wgmma's
 
 // D (fp32, N / 2 per thread) = A (64 x 16, registers) x B (16 x N, descriptor) (+ D where acc != 0:
 // scale-d, so the first MMA needs no zeroed accumulators, whose writes would serialize the pipeline);
