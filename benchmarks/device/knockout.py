@@ -11,12 +11,15 @@ is checked against the reference of its contract before anything is timed.
     python3 benchmarks/device/knockout.py --offline .scratch/knockout   # CPU machine: build (sm_90a)
     python3 benchmarks/device/knockout.py --libs .scratch/knockout.tar.xz   # device: time (carry it)
     python3 benchmarks/device/knockout.py                               # device: build there, then time
+    python3 benchmarks/device/knockout.py --only ws ...                 # the warp-specialized GEMMs
 
 Dense: the 8B shapes at M = 1 on the shipped table's configs (bench_linear's method: CUDA graphs,
 weights rotated past L2, medians). MoE: Qwen3-30B-A3B at T = 1 on the default config, with and
 without PDL (bench_moe's method); since run 13 that is the few-token kernels (csrc/moe_token.cuh),
-which have no split-K store: their "no split-K store" build is the real one. Prints one table: µs
-per variant, and the difference from the real build.
+which have no split-K store: their "no split-K store" build is the real one. ws: the warp-specialized
+prefill GEMMs (cuda_w4ws, cuda_i8ws) at gate_up and qkv, M = 256 and 2048, on one tile each (run 31's
+ncu: the W4 consumers wait on their full barriers half the time; is it the copies, the decode or the
+tensor core?). Prints one table: µs per variant, and the difference from the real build.
 """
 
 from __future__ import annotations
@@ -34,22 +37,29 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from turbopack.inference.kernels import cuda_build, cuda_moe, cuda_w4  # noqa: E402
+from turbopack.inference.kernels import cuda_build, cuda_i8ws, cuda_moe, cuda_w4, cuda_w4ws  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("build_libs", Path(__file__).with_name("build_libs.py"))
 build_libs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build_libs)
 
 #: csrc/common.cuh's knockout bits
-STORE, MATH, LOAD, SCALES, X = 1, 2, 4, 8, 16
-VARIANTS = {  # name: mask
+STORE, MATH, LOAD, SCALES, X, DECODE = 1, 2, 4, 8, 16, 32
+DENSE_VARIANTS = {  # name: mask
     "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
     # run 12's "no weight loads" still waited on each stage's scale copies: this one waits on nothing
     "no copies": LOAD | SCALES,
     "skeleton": LOAD | SCALES | MATH,  # launch, routing, x, the sums of x, the store
     "no x loads": X,  # load_x's per-stage reads (constant fragments; the rows then read x per stage)
 }
-#: the libraries built in every variant
+WS_VARIANTS = {  # the producer's copies (x, weights, scales) and the consumers' decode and wgmmas
+    "real": 0, "no wgmma": MATH, "no decode": DECODE, "no decode, wgmma": MATH | DECODE, "no x copy": X,
+    "no w copies": LOAD | SCALES, "no copies": X | LOAD | SCALES, "skeleton": X | LOAD | SCALES | MATH | DECODE,
+}
+I8_VARIANTS = {"real": 0, "no wgmma": MATH, "no x copy": X, "no w copy": LOAD, "no copies": X | LOAD,
+               "skeleton": X | LOAD | MATH}
+#: each library's variants
+VARIANTS = {cuda_w4: DENSE_VARIANTS, cuda_moe: DENSE_VARIANTS, cuda_w4ws: WS_VARIANTS, cuda_i8ws: I8_VARIANTS}
 MODULES = (cuda_w4, cuda_moe)
 CAP = (9, 0)
 
@@ -63,7 +73,7 @@ def lib_file(folder: Path, mod, mask: int) -> Path:
 def build_all(folder: Path, jobs: int, modules=MODULES) -> None:
     """Every (library, mask) into ``folder``, in parallel (w4.cu ~100 s, moe_w4.cu ~25 s each)."""
     build_libs.diagnostic(folder, CAP, [(mod.SRC, lib_file(folder, mod, mask), (f"TP_KNOCKOUT={mask}",))
-                                        for mod in modules for mask in VARIANTS.values()], jobs)
+                                        for mod in modules for mask in VARIANTS[mod].values()], jobs)
 
 
 def use(mod, folder: Path, mask: int, dev: torch.device) -> None:
@@ -79,7 +89,7 @@ def time_variants(mod, folder: Path, dev: torch.device, time_fn, check_fn) -> di
     if not lib_file(folder, mod, 0).exists():
         raise SystemExit(f"error: {folder} has no build of this {mod.SRC.name} (another source's archive?): "
                          "rebuild it with --offline")
-    masks = [(label, m) for label, m in VARIANTS.items() if lib_file(folder, mod, m).exists()]
+    masks = [(label, m) for label, m in VARIANTS[mod].items() if lib_file(folder, mod, m).exists()]
     use(mod, folder, 0, dev)
     out = {"rel_err": check_fn()}
     time_fn()  # discarded: the float64 check just ran (a suspect for run 12's 2.8 µs at gate_up)
@@ -143,8 +153,50 @@ def moe(folder: Path, dev: torch.device) -> list[dict]:
     return rows
 
 
+def ws(folder: Path, dev: torch.device) -> list[dict]:
+    """The warp-specialized GEMMs' variants: W4A16 at 128 x 256 / 5 stages, W8A8 at BM 256 / 4."""
+    from functools import partial
+
+    from turbopack.inference.kernels import bench, reference
+    from turbopack.inference.kernels.config import KernelConfig, KernelName
+    from turbopack.inference.kernels.dispatch import linear
+
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cfg8 = KernelConfig(KernelName.CUDA_WS, block_m=256, ring_stages=4, split_k=1)
+    rows = []
+    for setup, mod in (("w4a16", cuda_w4ws), ("w8a8", cuda_i8ws)):
+        for name in ("gate_up", "qkv"):
+            shape = bench.SHAPES[name]
+            wt = bench.make_weight(setup, shape, l2, gen)
+            for m in (256, 2048):
+                x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16, generator=gen)
+                if mod is cuda_w4ws:
+                    call = partial(cuda_w4ws.w4_wgws, bn=128, bm=256, stages=5, split_k=1)
+                    fns = [partial(call, x, p, shape, None) for p in wt.copies]
+                else:
+                    fns = [partial(linear, x, wt.fmt, wt.layout_name, p, shape, None, cfg8) for p in wt.copies]
+                ref = reference.ref_linear(x, setup, wt.q)
+                bf16 = bench.time_us([partial(torch.nn.functional.linear, x, w) for w in bench.bf16_weights(wt, l2)])
+                row = {"layer": f"{setup} {name} M={m} (bf16 {bf16:.1f})", "bytes": wt.nbytes}
+
+                def check(fn=fns[0], ref=ref, label=row["layer"]):
+                    err = reference.rel_err(fn(), ref)
+                    if not err < bench.TOL:
+                        raise SystemExit(f"FAILED: {label}: the real build is {err:.2e} from the reference")
+                    return err
+
+                row.update(time_variants(mod, folder, dev, lambda fns=fns: bench.time_us(fns), check))
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+            del wt
+            torch.cuda.empty_cache()
+    return rows
+
+
 def table(rows: list[dict], bw: float) -> str:
-    labels = [v for v in VARIANTS if any(v in r for r in rows)]
+    labels = list(dict.fromkeys(v for r in rows for v in r if v not in ("layer", "shape", "cfg", "bytes", "rel_err",
+                                                                        "drift")))
     out = ["| layer | bytes MB | floor µs | drift µs | " + " | ".join(labels) + " |",
            "|---|---:|---:|---:|" + "---:|" * len(labels)]
     for r in rows:
@@ -161,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libs", type=Path, help="the folder an --offline run filled, or its .tar.xz (else: build here)")
     p.add_argument("--jobs", type=int, default=8)
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
-    p.add_argument("--only", choices=("dense", "moe"), help="build and time one library's variants")
+    p.add_argument("--only", choices=("dense", "moe", "ws"), help="build and time one library's variants")
     args = p.parse_args(argv)
-    modules = {"dense": (cuda_w4,), "moe": (cuda_moe,)}.get(args.only, MODULES)
+    modules = {"dense": (cuda_w4,), "moe": (cuda_moe,), "ws": (cuda_w4ws, cuda_i8ws)}.get(args.only, MODULES)
     if args.offline:
         build_all(args.offline, args.jobs, modules)
         return 0
@@ -177,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     bw = max(bench.copy_bandwidth().values())
     rows = (dense(folder, dev) if cuda_w4 in modules else []) + (moe(folder, dev) if cuda_moe in modules else [])
+    rows += ws(folder, dev) if cuda_w4ws in modules else []
     print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.3f} TB/s; µs (difference from the real build)")
     print(table(rows, bw))
     if args.out:

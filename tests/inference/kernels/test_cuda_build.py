@@ -607,14 +607,16 @@ def test_knockout_masks_are_the_headers_and_off_in_real_builds():
     spec.loader.exec_module(ko)
     header = (cuda_build.CSRC / "common.cuh").read_text()
     bits = {name: int(v) for name, v in re.findall(r"kKo(\w+) = (\d+),", header)}
-    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD, "Scales": ko.SCALES, "X": ko.X}
+    assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD, "Scales": ko.SCALES, "X": ko.X,
+                    "Decode": ko.DECODE}
     assert re.search(r"#ifndef TP_KNOCKOUT\n#define TP_KNOCKOUT 0\n#endif", header)
     cmd = cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"))
     assert not any(a.startswith("-D") for a in cmd)
     assert "-DTP_KNOCKOUT=6" in cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"), ("TP_KNOCKOUT=6",))
     # a variant's file is keyed by its mask and by the source's text, as the runtime's cache is
-    names = {ko.lib_file(Path("f"), cuda_w4, m).name for m in ko.VARIANTS.values()}
-    assert len(names) == len(ko.VARIANTS) and all(n.startswith("w4_") for n in names)
+    for mod, variants in ko.VARIANTS.items():
+        names = {ko.lib_file(Path("f"), mod, m).name for m in variants.values()}
+        assert len(names) == len(variants) and all(n.startswith(mod.SRC.stem + "_") for n in names)
     assert ko.lib_file(Path("f"), cuda_w4, 0) == cuda_build.lib_path(cuda_w4.SRC, ko.CAP, "knockout-0", Path("f"))
 
 

@@ -28,6 +28,7 @@ enum : int {
   kKoLoad = 4,   // the weight copies (the ring's scales still come; the math reads stale slots)
   kKoScales = 8, // the scale/zero copies: with 4, no copy at all, so the ring's waits return at once
   kKoX = 16,     // x's per-stage loads (load_x): constant fragments, so no stage waits on x
+  kKoDecode = 32,  // w4_wgws.cu's weight decode: the packed words go to the wgmma as they are
 };
 constexpr int kKnockout = TP_KNOCKOUT;
 

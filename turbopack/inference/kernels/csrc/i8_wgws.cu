@@ -73,13 +73,15 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     if (threadIdx.x == 256) {
       const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
       const int part = BM / C, r = static_cast<int>(cluster_rank());  // this CTA's rows of each x box
+      constexpr bool cw = (kKnockout & kKoLoad) == 0, cx = (kKnockout & kKoX) == 0;
+      constexpr uint32_t kBytes = (cw ? S::kW : 0) + (cx ? S::kX : 0);
       // PDL (pdl.py): the first ring's weights are copied before the wait (no kernel writes them), the
       // codes of x, which the quantizer before this grid writes, after it
       const int pre = min(n_st, a.stages);
       for (int i = 0; i < pre; ++i) {
         const uint32_t bar = full + 8 * i;
-        mbar_expect_tx(bar, S::kSize);  // zero-filled bytes past the edges count too; x's from all C CTAs
-        tma_load_2d_hint(base + i * S::kSize, &wmap, (s_lo + i) * kI8StageK, row0, bar, policy);
+        mbar_expect_tx(bar, kBytes);  // zero-filled bytes past the edges count too; x's from all C CTAs
+        if (cw) tma_load_2d_hint(base + i * S::kSize, &wmap, (s_lo + i) * kI8StageK, row0, bar, policy);
       }
       pdl_wait();
       for (int i = 0; i < n_st; ++i) {
@@ -87,9 +89,10 @@ __global__ void __launch_bounds__(kI8Threads, 1)
         const uint32_t slot = base + s * S::kSize, bar = full + 8 * s;
         if (i >= pre) {
           mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
-          mbar_expect_tx(bar, S::kSize);
-          tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
+          mbar_expect_tx(bar, kBytes);
+          if (cw) tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
         }
+        if (!cx) continue;
         if (C == 1) tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
         else tma_load_2d_multicast(slot + S::kW + r * part * kI8StageK, &xmap, k, tok0 + r * part, bar, (1u << C) - 1);
       }
@@ -108,9 +111,10 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     const uint32_t slot = base + s * S::kSize;
     mbar_wait(full + 8 * s, (i / a.stages) & 1);
     wg_fence();
+    if constexpr ((kKnockout & kKoMath) == 0)
 #pragma unroll
-    for (int u = 0; u < 4; ++u)
-      WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
+      for (int u = 0; u < 4; ++u)
+        WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
     wg_commit();
     wg_wait<1>();  // stage i - 1's group has completed: its slot is free
     if (i > 0 && lane == 0) {

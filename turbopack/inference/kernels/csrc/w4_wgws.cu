@@ -70,17 +70,19 @@ __device__ __forceinline__ void ws_fill(const MmaArgs& a, int kt, int row0, uint
   int live = 0;
   for (int t = 0; t < tiles; ++t) live += row0 + t * a.TN < a.NP;
   const bool asym = a.zeros != nullptr;
-  mbar_expect_tx(full, S::kX + live * a.TN * (32 + 2 + (asym ? 1 : 0)));
+  constexpr bool cx = (kKnockout & kKoX) == 0, cw = (kKnockout & kKoLoad) == 0, cs = (kKnockout & kKoScales) == 0;
+  mbar_expect_tx(full, (cx ? S::kX : 0) + live * a.TN * ((cw ? 32 : 0) + (cs ? 2 + (asym ? 1 : 0) : 0)));
   const char* x = static_cast<const char*>(a.x) + ((long long)blockIdx.x * (a.K / kWsTileK) + kt) * S::kX;
-  bulk_copy(slot, x, S::kX, full);
+  if (cx) bulk_copy(slot, x, S::kX, full);
   for (int t = 0; t < tiles; ++t) {
     const int r = row0 + t * a.TN;
     if (r >= a.NP) break;
     const long long tn = r / a.TN, g = tn * a.KGP + grp;
-    bulk_copy_hint(slot + S::kX + t * a.TN * 32, reinterpret_cast<const char*>(a.qw) + (tn * a.KT + kt) * a.TN * 32,
-                   a.TN * 32, full, policy);
-    bulk_copy(slot + S::kX + S::kW + t * a.TN * 2, static_cast<const char*>(a.scales) + g * a.TN * 2, a.TN * 2, full);
-    if (asym) bulk_copy(slot + S::kX + S::kW + S::kS + t * a.TN, a.zeros + g * a.TN, a.TN, full);
+    if (cw)
+      bulk_copy_hint(slot + S::kX + t * a.TN * 32, reinterpret_cast<const char*>(a.qw) + (tn * a.KT + kt) * a.TN * 32,
+                     a.TN * 32, full, policy);
+    if (cs) bulk_copy(slot + S::kX + S::kW + t * a.TN * 2, static_cast<const char*>(a.scales) + g * a.TN * 2, a.TN * 2, full);
+    if (cs && asym) bulk_copy(slot + S::kX + S::kW + S::kS + t * a.TN, a.zeros + g * a.TN, a.TN, full);
   }
 }
 
@@ -102,15 +104,34 @@ __device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&a
     const uint32_t zl = asym ? lds8(slot + S::kX + S::kW + S::kS + row) : 8u;
     const uint32_t zh = asym ? lds8(slot + S::kX + S::kW + S::kS + row + 8) : 8u;
     const uint32_t mz[2] = {(kM16 + zl) * 0x10001u, (kM16 + zh) * 0x10001u};
-    decode_words<T>(af[r][0], lo.x, hi.x, sc, mz);
-    decode_words<T>(af[r][1], lo.y, hi.y, sc, mz);
+    if constexpr ((kKnockout & kKoDecode) != 0) {
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) af[r][0][u][e] = e & 1 ? hi.x : lo.x, af[r][1][u][e] = e & 1 ? hi.y : lo.y;
+    } else {
+      decode_words<T>(af[r][0], lo.x, hi.x, sc, mz);
+      decode_words<T>(af[r][1], lo.y, hi.y, sc, mz);
+    }
   }
   float(&d)[MT][BM / 2] = reinterpret_cast<float(&)[MT][BM / 2]>(acc);
   wg_fence();
+  if constexpr ((kKnockout & kKoMath) != 0) {  // the decoded registers kept live, no wgmma
 #pragma unroll
-  for (int u = 0; u < 4; ++u)
+    for (int r = 0; r < MT; ++r)
 #pragma unroll
-    for (int r = 0; r < MT; ++r) Wgmma<T, BM>::run(!first || u > 0, d[r], af[r][u >> 1][u & 1], desc_k128(slot + 32 * u));
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) pin(reinterpret_cast<int32_t&>(af[r][h][u][e]));
+  } else {
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int r = 0; r < MT; ++r)
+        Wgmma<T, BM>::run(!first || u > 0, d[r], af[r][u >> 1][u & 1], desc_k128(slot + 32 * u));
+  }
   wg_commit();
 }
 #endif  // TP_WGMMA
