@@ -30,6 +30,14 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
                  : "memory");
   } while (!done);
 }
+// true in one lane of the (converged) warp: a producer loop run by a whole warp keeps its addresses
+// warp-uniform, in uniform registers, where one thread's loop made ptxas wrap every copy in a loop
+// over the lanes' distinct operands (ELECT, R2UR, BRA.U.ANY)
+__device__ __forceinline__ bool elect_one() {
+  uint32_t p;
+  asm volatile("{\n.reg .pred e;\nelect.sync _|e, 0xffffffff;\nselp.u32 %0, 1, 0, e;\n}\n" : "=r"(p));
+  return p != 0;
+}
 // bytes (a multiple of 16, 16-byte aligned both sides) global -> shared by the TMA unit, counted on bar
 __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),

@@ -5,7 +5,7 @@
 // 64 x 16 A fragment costs a warp ~16 instructions (SHF, LOP3, HADD2, HMUL2: w4_mma.cuh dq) and there
 // it serves BM = 64 tokens, so two warpgroups need ~32 issue slots per scheduler per 32 tensor cycles,
 // every cycle, while they also wait on __syncthreads and their own copies. Here:
-//   - one producer warpgroup: a single thread issues every copy of a stage as bulk copies
+//   - one producer warpgroup: one lane of its first warp issues every copy of a stage as bulk copies
 //     (cp.async.bulk, the TMA unit) that complete on the stage's `full` mbarrier; no consumer thread
 //     copies, waits on a copy it issued, or meets a CTA barrier in the main loop;
 //   - two consumer warpgroups, each MT 64-row A tiles x BM tokens (BM = 256 at MT = 1: one decoded
@@ -61,28 +61,56 @@ __device__ __forceinline__ uint32_t lds8(uint32_t at) {
   return v;
 }
 
-// The producer's stage: every copy of 64-k tile kt into slot `slot`, counted on its full barrier
+// The producer's view of its CTA, fixed for the kernel: stage kt's copies then differ from stage 0's by
+// kt whole runs, so the stage loop divides nothing (run 31's ncu: the one producer thread's per-stage
+// divisions and 64-bit products, ~210 instructions of dependent latency a stage, left the consumers
+// waiting on `full` half the time)
+struct WsFeed {
+  const char* x;                        // this CTA's token tile, stage 0 (the x image)
+  const char* qw;                       // its first layout tile's weights at k 0
+  const char* sc;                       // its first tile's scales (group 0)
+  const uint8_t* z;                     // its first tile's zero points (group 0; asym only)
+  int qw_tile, sc_tile;                 // bytes from one layout tile to the next: weights, scales (zeros: half)
+  uint32_t bytes;                       // a stage's bytes, every copy (expect_tx)
+  int live;                             // the CTA's layout tiles that lie in NP
+  int gshift;                           // log2(G / 64): stage kt reads group kt >> gshift
+};
+
 template <int MT, int BM>
-__device__ __forceinline__ void ws_fill(const MmaArgs& a, int kt, int row0, uint32_t slot, uint32_t full,
+__device__ __forceinline__ WsFeed ws_feed(const MmaArgs& a, int row0) {
+  using S = WsSlot<MT, BM>;
+  const bool asym = a.zeros != nullptr;
+  const long long tn0 = row0 / a.TN;
+  WsFeed f;
+  f.live = min(S::kBN / a.TN, (a.NP - row0 + a.TN - 1) / a.TN);
+  f.x = static_cast<const char*>(a.x) + (long long)blockIdx.x * (a.K / kWsTileK) * S::kX;
+  f.qw_tile = a.KT * a.TN * 32, f.sc_tile = a.KGP * a.TN * 2;  // int: the entry point refuses larger
+  f.qw = reinterpret_cast<const char*>(a.qw) + tn0 * f.qw_tile;
+  f.sc = static_cast<const char*>(a.scales) + tn0 * f.sc_tile;
+  f.z = asym ? a.zeros + tn0 * (f.sc_tile / 2) : nullptr;
+  f.gshift = a.G == 128;
+  constexpr bool cx = (kKnockout & kKoX) == 0, cw = (kKnockout & kKoLoad) == 0, cs = (kKnockout & kKoScales) == 0;
+  f.bytes = (cx ? S::kX : 0) + f.live * a.TN * ((cw ? 32 : 0) + (cs ? 2 + (asym ? 1 : 0) : 0));
+  return f;
+}
+
+// The producer's stage: every copy of 64-k tile kt into slot `slot`, counted on its full barrier; one
+// elected lane of the producer warp issues them
+template <int MT, int BM>
+__device__ __forceinline__ void ws_fill(const WsFeed& f, int TN, int kt, uint32_t slot, uint32_t full,
                                         uint64_t policy) {
   using S = WsSlot<MT, BM>;
-  const int tiles = S::kBN / a.TN, grp = kt * kWsTileK / a.G;
-  int live = 0;
-  for (int t = 0; t < tiles; ++t) live += row0 + t * a.TN < a.NP;
-  const bool asym = a.zeros != nullptr;
   constexpr bool cx = (kKnockout & kKoX) == 0, cw = (kKnockout & kKoLoad) == 0, cs = (kKnockout & kKoScales) == 0;
-  mbar_expect_tx(full, (cx ? S::kX : 0) + live * a.TN * ((cw ? 32 : 0) + (cs ? 2 + (asym ? 1 : 0) : 0)));
-  const char* x = static_cast<const char*>(a.x) + ((long long)blockIdx.x * (a.K / kWsTileK) + kt) * S::kX;
-  if (cx) bulk_copy(slot, x, S::kX, full);
-  for (int t = 0; t < tiles; ++t) {
-    const int r = row0 + t * a.TN;
-    if (r >= a.NP) break;
-    const long long tn = r / a.TN, g = tn * a.KGP + grp;
-    if (cw)
-      bulk_copy_hint(slot + S::kX + t * a.TN * 32, reinterpret_cast<const char*>(a.qw) + (tn * a.KT + kt) * a.TN * 32,
-                     a.TN * 32, full, policy);
-    if (cs) bulk_copy(slot + S::kX + S::kW + t * a.TN * 2, static_cast<const char*>(a.scales) + g * a.TN * 2, a.TN * 2, full);
-    if (cs && asym) bulk_copy(slot + S::kX + S::kW + S::kS + t * a.TN, a.zeros + g * a.TN, a.TN, full);
+  if (!elect_one()) return;
+  mbar_expect_tx(full, f.bytes);
+  if (cx) bulk_copy(slot, f.x + (long long)kt * S::kX, S::kX, full);
+  const int g = kt >> f.gshift;
+  const char *w = f.qw + kt * TN * 32, *sc = f.sc + g * TN * 2;
+  const uint8_t* z = f.z + g * TN;
+  for (int t = 0; t < f.live; ++t) {
+    if (cw) bulk_copy_hint(slot + S::kX + t * TN * 32, w + t * f.qw_tile, TN * 32, full, policy);
+    if (cs) bulk_copy(slot + S::kX + S::kW + t * TN * 2, sc + t * f.sc_tile, TN * 2, full);
+    if (cs && f.z != nullptr) bulk_copy(slot + S::kX + S::kW + S::kS + t * TN, z + t * (f.sc_tile / 2), TN, full);
   }
 }
 
@@ -153,14 +181,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
   __syncthreads();
   // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
   // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
-  if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
+  if (threadIdx.x >= 256) {  // the producer warpgroup: one warp copies, the rest only meet the split-K barriers
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (threadIdx.x == 256) {
+    if (threadIdx.x < 288) {  // its first warp, converged: the stage loop's values stay warp-uniform
       const uint64_t policy = l2_evict_first();
-      for (int i = 0; i < n_st; ++i) {
-        const int s = i % a.stages;
-        if (i >= a.stages) mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
-        ws_fill<MT, BM>(a, s_lo + i, row0, base + s * S::kSize, full + 8 * s, policy);
+      const WsFeed f = ws_feed<MT, BM>(a, row0);
+      for (int i = 0, s = 0, ph = 0; i < n_st; ++i) {  // slot s = i mod stages, ph its pass's parity
+        if (i >= a.stages) mbar_wait(empty + 8 * s, ph ^ 1);
+        ws_fill<MT, BM>(f, a.TN, s_lo + i, base + s * S::kSize, full + 8 * s, policy);
+        if (++s == a.stages) s = 0, ph ^= 1;
       }
     }
     if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
@@ -175,15 +204,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
   // decodes into set i & 1 while stage i - 1's group, which reads the other set, may still run; set
   // i & 1 was last read by stage i - 2, whose group stage i - 1's wait retired
   uint32_t af[2][MT][2][2][4];
+  int s = 0, ph = 0, prev = 0;  // stage i's slot (i mod stages), its pass's parity, stage i - 1's slot
   for (int i0 = 0; i0 < n_st; i0 += 2)
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      const int i = i0 + b, s = i % a.stages;
+      const int i = i0 + b;
       if (i < n_st) {
-        mbar_wait(full + 8 * s, (i / a.stages) & 1);
+        mbar_wait(full + 8 * s, ph);
         ws_mma<T, MT, BM>(acc, af[b], base + s * S::kSize, rr, c, asym, i == 0);
         wg_wait<1>();  // stage i - 1's group has completed: its slot and its A registers are free
-        if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
+        if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
+        prev = s;
+        if (++s == a.stages) s = 0, ph ^= 1;
       }
     }
   wg_wait<0>();
@@ -265,7 +297,7 @@ extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scal
   MmaArgs a;
   if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
                 dtype) ||
-      img == nullptr || (128 * mt) % TN != 0)
+      img == nullptr || (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, x, img, stride_xm, s)

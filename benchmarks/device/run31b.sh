@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run 31's knockout call: the warp-specialized kernels' GPU tests on this source (the W4 producer now a
+# warp with hoisted addresses), then knockout.py --only ws (copies, decode, wgmmas left out one at a
+# time). Carry .scratch/ws.tar.xz (build_libs.py --offline .scratch/ws 9.0 cuda_w4ws cuda_i8ws) and
+# .scratch/kows.tar.xz (knockout.py --offline .scratch/kows --only ws).
+source benchmarks/device/lib.sh
+PREBUILT=.scratch/ws.tar.xz
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+step build; build_libs cuda_w4ws cuda_i8ws
+step ws-tests
+timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w4ws.py \
+  tests/inference/kernels/test_cuda_i8ws.py > "$OUT/ws_tests.txt" 2>&1
+rc=$?; tail -3 "$OUT/ws_tests.txt"; [ $rc -ne 0 ] && { grep -E "^FAILED" "$OUT/ws_tests.txt" | head; exit 1; }
+step knockouts
+timeout 360 python3 benchmarks/device/knockout.py --libs .scratch/kows.tar.xz --only ws --out "$OUT/kows.json" 2>&1 \
+  | grep -v '^{'
+step done
