@@ -187,16 +187,29 @@ __device__ __forceinline__ void store_planes(const Out& o, const float (&acc)[R]
     each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float v) { mine[(long long)tok * o.N + row] = v; });
   }
   if (!arrive_last(o, tile, o.split_k)) return;
-  const int nr = min(rows, o.N - row0), nt = min(toks, o.M - tok0);
+  // thread i sums row i mod lr (lr = min(rows, threads): consecutive threads, consecutive rows, so
+  // each load is coalesced) at tokens i / lr + ts j, kU tokens at once: run 31 found one load in
+  // flight a thread (a plane after the other, an element after the other) made the last CTA's sum
+  // of a 128 x 256 tile ~40 us a split, longer than the GEMM
+  constexpr int kU = 8;
+  const int nr = min(rows, o.N - row0), nt = min(toks, o.M - tok0), lr = min(rows, threads), ts = threads / lr;
+  const float* src = o.ws + (long long)tok0 * o.N + row0;
 #pragma unroll 1
-  for (int i = threadIdx.x; i < nr * nt; i += threads) {
-    const int row = row0 + i % nr;
-    const long long e = (long long)(tok0 + i / nr) * o.N + row;
-    float v = 0.f;
+  for (int r = threadIdx.x % lr; r < nr; r += lr) {
+    const float b = o.bias != nullptr ? Half16<T>::to_f(static_cast<const T*>(o.bias)[row0 + r]) : 0.f;
 #pragma unroll 1
-    for (int z = 0; z < o.split_k; ++z) v += __ldcg(o.ws + z * plane + e);
-    if (o.bias != nullptr) v += Half16<T>::to_f(static_cast<const T*>(o.bias)[row]);
-    static_cast<T*>(o.y)[e] = Half16<T>::from_f(v);
+    for (int t = threadIdx.x / lr; t < nt; t += kU * ts) {
+      float v[kU] = {};
+#pragma unroll 2
+      for (int z = 0; z < o.split_k; ++z)
+#pragma unroll
+        for (int u = 0; u < kU; ++u)
+          if (t + u * ts < nt) v[u] += __ldcg(src + z * plane + (long long)(t + u * ts) * o.N + r);
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        if (t + u * ts < nt)
+          static_cast<T*>(o.y)[(long long)(tok0 + t + u * ts) * o.N + row0 + r] = Half16<T>::from_f(v[u] + b);
+    }
   }
   if (threadIdx.x == 0) o.counters[tile] = 0;
 }
