@@ -8,12 +8,12 @@ PREBUILT=.scratch/ws.tar.xz
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs cuda_w4ws cuda_i8ws
 step ws-tests
-timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w4ws.py \
+timeout 70 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w4ws.py \
   tests/inference/kernels/test_cuda_i8ws.py > "$OUT/ws_tests.txt" 2>&1
 rc=$?; tail -3 "$OUT/ws_tests.txt"; [ $rc -ne 0 ] && { grep -E "^FAILED" "$OUT/ws_tests.txt" | head; exit 1; }
 step knockouts
-timeout 360 python3 benchmarks/device/knockout.py --libs .scratch/kows.tar.xz --only ws --out "$OUT/kows.json" 2>&1 \
+timeout ${KO_S:-160} python3 benchmarks/device/knockout.py --libs .scratch/kows.tar.xz --only ws --out "$OUT/kows.json" 2>&1 \
   | grep -v '^{'
 step "ws_probe --only w8a8 (split-K's sum pipelined)"
-timeout 150 python3 benchmarks/device/ws_probe.py --only w8a8 2>&1 | tee "$OUT/ws_probe.txt" | cut -c1-250
+timeout ${PROBE_S:-80} python3 benchmarks/device/ws_probe.py --only w8a8 2>&1 | tee "$OUT/ws_probe.txt" | cut -c1-250
 step done

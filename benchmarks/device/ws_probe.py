@@ -1,6 +1,7 @@
-"""The first device probe of the warp-specialized kernels before the tuner's run: the W4A16 one
-(cuda_w4ws) at each built tile, the 8B shapes, M = 64, 256 and 2048, and the W8A8 int8 one (cuda_i8ws)
-at each token tile and split beside the Triton int8 GEMM's large tiles and torch._int_mm; every
+"""The device probe of the warp-specialized kernels before the tuner's run: the W4A16 one (cuda_w4ws)
+and the W8A8 int8 one (cuda_i8ws) at every tuner candidate (tile, ring, split, CLUSTER) of the 8B
+shapes, M = 64, 256 and 2048 (W8A8: 256 and 2048, beside the Triton int8 GEMM's tiles and
+torch._int_mm); every
 config checked against the contract first, then timed beside cuBLAS bf16 (bench.time_us: CUDA
 graphs, weights rotated past L2, medians). Run 29's tuner timed cuda_wg and the Triton int8 GEMM
 in the same way (docs/benchmarks.md).
@@ -14,31 +15,38 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from turbopack.inference.kernels import bench, cuda_w4ws, reference, tune
+from turbopack.inference.kernels import bench, reference, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import linear
 
 
+def _w4_configs(n: int, k: int, m: int, sms: int) -> dict[str, KernelConfig]:
+    return {f"ws {c.block_n}x{c.block_m}/{c.ring_stages}/s{c.split_k}{'/mc' if c.cluster else ''}": c
+            for c in tune.candidates("w4a16", n, k, m, sms, hopper=True) if c.kernel is KernelName.CUDA_WS}
+
+
 def w4a16(l2: int, gen: torch.Generator) -> None:
-    print(torch.cuda.get_device_name(), "| µs, median of graph replays | ws: BN x BM / stages")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(torch.cuda.get_device_name(), "| µs, median of graph replays | ws: BN x BM / stages / split",
+          "(/mc: CLUSTER, the slices summed in a cluster)")
     for name, shape in bench.SHAPES.items():
         wt = bench.make_weight("w4a16", shape, l2, gen)
         for m in (64, 256, 2048):
             x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
             ref = reference.ref_linear(x, "w4a16", wt.q)
             row = {"bf16": bench.time_us([partial(F.linear, x, w) for w in bench.bf16_weights(wt, l2)])}
-            for (bn, bm), st in ((t, s) for t in cuda_w4ws.TILES for s in (4, 5)):
-                kw = dict(bn=bn, bm=bm, stages=st)
-                err = reference.rel_err(cuda_w4ws.w4_wgws(x, wt.copies[0], shape, None, **kw), ref)
-                key = f"ws {bn}x{bm}/{st}"
+            for key, cfg in _w4_configs(*shape, m, sms).items():
+                err = reference.rel_err(linear(x, wt.fmt, wt.layout_name, wt.copies[0], shape, None, cfg), ref)
                 if not err < 1e-2:
                     row[key] = float("nan")
                     print(f"  {name} M={m} {key}: rel err {err:.2e}: FAILED")
                     continue
-                row[key] = bench.time_us([partial(cuda_w4ws.w4_wgws, x, p, shape, None, **kw) for p in wt.copies])
+                row[key] = bench.time_us([partial(linear, x, wt.fmt, wt.layout_name, p, shape, None, cfg)
+                                          for p in wt.copies])
             best = min((v, k) for k, v in row.items() if k.startswith("ws") and v == v)
-            print(f"{name:8s} M={m:5d} " + " ".join(f"{k}={v:.1f}" for k, v in row.items())
-                  + f" | best {best[1]}: {best[0] / row['bf16']:.2f}x bf16's time")
+            print(f"{name:8s} M={m:5d} bf16={row['bf16']:.1f} | best {best[1]}={best[0]:.1f}: "
+                  f"{best[0] / row['bf16']:.2f}x bf16's time")
+            print("   all: " + " ".join(f"{k}={v:.1f}" for k, v in row.items()))
 
 
 def _w8a8_configs(n: int, k: int, m: int, sms: int) -> dict[str, KernelConfig]:
@@ -53,7 +61,8 @@ def _w8a8_configs(n: int, k: int, m: int, sms: int) -> dict[str, KernelConfig]:
 
 def w8a8(l2: int, gen: torch.Generator) -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(torch.cuda.get_device_name(), "| W8A8 µs | ws: BM / stages / split (/mc: x multicast, CLUSTER)")
+    print(torch.cuda.get_device_name(), "| W8A8 µs | ws: BM / stages / split",
+          "(/mc: CLUSTER, the slices summed in a cluster)")
     for name, shape in bench.SHAPES.items():
         wt = bench.make_weight("w8a8", shape, l2, gen)
         for m in (256, 2048):

@@ -19,7 +19,8 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.layouts import get_layout
 
 #: (BM, STAGES, SPLIT_K, CLUSTER) cycled over the cases: every token tile, ring depths 3-6, split 1,
-#: auto (0), uneven (4 over 9 stages) and one stage a slice (9), each with and without x multicast
+#: auto (0), uneven (4 over 9 stages) and one stage a slice (9), each with and without the slices'
+#: cluster sum (CLUSTER; split 1 ignores it, split 9 becomes CLUSTER_MAX = 8 slices)
 CONFIGS = [(256, 4, 1, False), (128, 3, 0, True), (64, 6, 4, False), (128, 6, 9, True), (64, 5, 1, True),
            (256, 3, 0, False), (128, 4, 2, True), (64, 3, 9, False), (256, 4, 1, True), (64, 6, 4, True)]
 
@@ -159,26 +160,11 @@ def test_x_is_copied_only_after_the_previous_grid(tuned_build):
     for body in bodies:
         wait = body.find("griddepcontrol.wait")
         weights = body.find("cache_hint")
-        x = min(i for i in (body.find("bytes ["), body.find("multicast::cluster")) if i >= 0)
+        x = body.find("bytes [")
         loads = [m.start() for m in re.finditer(r"ld\.global", body)]
         stores = [m.start() for m in re.finditer(r"st\.global", body)]
         assert 0 <= weights < wait < x
         assert stores and min(stores) > wait and (not loads or min(loads) > wait)
-
-
-@pytest.mark.parametrize("bm", cuda_i8ws.TOKEN_TILES)
-def test_model_multicast_halves_land_as_the_whole_box(bm):
-    """CLUSTER: CTA r of a pair copies x rows r BM / 2 .. of the token tile as its own box to offset
-    r (BM / 2) 128 of the slot in both CTAs. The swizzle follows the shared address (row mod 8 of
-    the 1024-byte period), so the halves must leave the bytes the whole box would: BM / 2 whole
-    8-row periods."""
-    rng = np.random.default_rng(bm)
-    box = rng.integers(0, 256, size=(bm, 128), dtype=np.uint8)
-    whole = _tma_swizzle_128b(box)
-    part = bm // cuda_i8ws.CLUSTER_SIZE
-    assert part % 8 == 0
-    halves = np.concatenate([_tma_swizzle_128b(box[r * part:(r + 1) * part]) for r in range(cuda_i8ws.CLUSTER_SIZE)])
-    assert np.array_equal(halves, whole)
 
 
 def test_ring_fits_shared_memory():
@@ -193,10 +179,14 @@ def test_ring_fits_shared_memory():
         cuda_i8ws.i8_wgws(None, None, {}, (8, 16), None, None, bm=32)
 
 
-def test_rounded_cluster_grid():
-    assert cuda_i8ws.row_tiles(1000) == 8 and cuda_i8ws.row_tiles(1000, 2) == 8
-    assert cuda_i8ws.row_tiles(1096) == 9 and cuda_i8ws.row_tiles(1096, 2) == 10
-    assert cuda_i8ws.row_tiles(6144, 2) == 48
+def test_wave_split_stays_in_one_wave():
+    """One CTA an SM: the default split is the most slices whose CTAs fit the SMs (run 31: a split
+    spilling into a second wave doubled the slices' time), at most max_split."""
+    assert cuda_i8ws.wave_split(6144, 4096, 256, 256, 132) == 2  # 48 tiles: 96 CTAs, not 144
+    assert cuda_i8ws.wave_split(4096, 4096, 256, 256, 132) == 4  # 32 tiles: 128 CTAs, not 160
+    assert cuda_i8ws.wave_split(6144, 4096, 256, 128, 132) == 1  # 96 tiles already
+    assert cuda_i8ws.wave_split(128, 4096, 64, 64, 132) == cuda_i8ws.max_split(4096) == 8
+    assert cuda_i8ws.wave_split(28672, 4096, 2048, 256, 132) == 1
 
 
 def test_tuner_offers_it_on_hopper_from_m_64():
@@ -205,9 +195,14 @@ def test_tuner_offers_it_on_hopper_from_m_64():
         assert cands, (m, n, k)
         assert all(c.block_n == 128 and 3 <= c.ring_stages <= cuda_i8ws.max_stages(c.block_m) for c in cands)
         assert all(1 <= c.split_k <= cuda_i8ws.max_split(k) for c in cands)
-        assert {c.cluster for c in cands} == {None, True}
+        # CLUSTER: the slices' cluster sum, offered beside the global planes for every split > 1
+        assert all(c.cluster is None or 1 < c.split_k <= cuda_i8ws.CLUSTER_MAX for c in cands)
+        split = {(c.block_m, c.split_k, c.ring_stages) for c in cands if c.split_k > 1}
+        assert split == {(c.block_m, c.split_k, c.ring_stages) for c in cands if c.cluster}
         if m >= 512:
             assert {c.split_k for c in cands} == {1}
+        else:
+            assert split
         assert not [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]
     tiles = {c.block_m for c in tune.candidates("w8a8", 4096, 4096, 100, 132, hopper=True)
              if c.kernel is KernelName.CUDA_WS}

@@ -18,10 +18,12 @@ from wgmma_cases import TOL, a_fragment_k, hopper, reference_cases, w4_weight, w
 from turbopack.inference.kernels import cuda_w4ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
-#: (BN, BM, STAGES, SPLIT_K) cycled over the cases: every tile, every ring depth, split 1, auto (0),
-#: uneven (4 over K = 1152: 18 stages) and more slices than a CTA's share of stages (18: one each)
-CONFIGS = [(128, 256, 4, 1), (128, 128, 3, 0), (256, 64, 5, 4), (128, 256, 5, 18), (256, 64, 4, 1),
-           (128, 128, 4, 3), (256, 64, 3, 0), (128, 128, 5, 2), (256, 64, 5, 7)]
+#: (BN, BM, STAGES, SPLIT_K, CLUSTER) cycled over the cases: every tile, every ring depth, split 1, auto
+#: (0), uneven (4 over K = 1152: 18 stages) and more slices than a CTA's share of stages (18: one each),
+#: the slices summed through global planes and (CLUSTER) in a cluster (18 there: CLUSTER_MAX = 8)
+CONFIGS = [(128, 256, 4, 1, False), (128, 128, 3, 0, False), (256, 64, 5, 4, True), (128, 256, 5, 18, True),
+           (256, 64, 4, 1, False), (128, 128, 4, 3, True), (256, 64, 3, 0, False), (128, 128, 5, 2, False),
+           (256, 64, 5, 7, True), (128, 256, 4, 18, False)]
 
 
 @pytest.mark.gpu
@@ -33,20 +35,22 @@ def test_matches_reference(m, group, sym, dtype):
     from turbopack.inference.kernels import reference
 
     # N = 1072: a partial 128- and 256-row CTA; K = 1152: 18 stages
-    for fmt, (bn, bm, stages, split), packed, x, b, out, want in reference_cases(m, group, sym, dtype, CONFIGS):
+    for fmt, (bn, bm, stages, split, cl), packed, x, b, out, want in reference_cases(m, group, sym, dtype, CONFIGS):
         n, k = out.shape[1], x.shape[1]
         assert cuda_w4ws.supports(x, fmt, packed, (n, k))
-        cuda_w4ws.w4_wgws(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split)
+        cuda_w4ws.w4_wgws(x, packed, (n, k), b, out, group=group, bn=bn, bm=bm, stages=stages, split_k=split,
+                          cluster=cl)
         err = reference.rel_err(out, want)
-        assert err < TOL[dtype], f"tiles {packed['qweight'].shape} BN={bn} BM={bm} {stages=} {split=}: {err:.2e}"
+        assert err < TOL[dtype], f"tiles {packed['qweight'].shape} BN={bn} BM={bm} {stages=} {split=} {cl=}: {err:.2e}"
 
 
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("bn,bm,split", [(128, 256, 1), (256, 64, 3), (128, 128, 2), (256, 64, 1)])
-def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split):
+@pytest.mark.parametrize("bn,bm,split,cl", [(128, 256, 1, False), (256, 64, 3, False), (128, 128, 2, True),
+                                            (256, 64, 1, False), (128, 256, 4, True)])
+def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split, cl):
     """Token t is the unit vector at k_t, so y[t] = W16[:, k_t] with one nonzero product per sum:
     exact in fp32 and in the 16-bit store. 256 tokens at k spread over every tile, quad lane, step,
     swizzle row and group."""
@@ -60,7 +64,7 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
     x[torch.arange(256, device="cuda"), ks] = 1
     for tile_n in (64, 16):
         packed = reference.pack_w4(q, tile_n)
-        y = cuda_w4ws.w4_wgws(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split)
+        y = cuda_w4ws.w4_wgws(x, packed, (n, k), None, group=group, bn=bn, bm=bm, stages=4, split_k=split, cluster=cl)
         assert torch.equal(y, w16[:, ks].T), f"tile_n={tile_n}"
 
 
@@ -76,12 +80,12 @@ def test_deterministic_and_in_a_graph():
     packed = reference.pack_w4(q, 64)
     x = torch.randn(300, k, device="cuda").bfloat16()
     ref = reference.ref_linear(x, "w4a16", q)
-    for bn, bm, stages, split in CONFIGS:
-        kw = dict(group=128, bn=bn, bm=bm, stages=stages, split_k=split)
+    for bn, bm, stages, split, cl in CONFIGS:
+        kw = dict(group=128, bn=bn, bm=bm, stages=stages, split_k=split, cluster=cl)
         y = cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)
         assert reference.rel_err(y, ref) < TOL[torch.bfloat16], kw
         assert torch.equal(y, cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)), f"{kw}: not deterministic"
-    kw = dict(group=128, bn=128, bm=256, stages=4, split_k=3)
+    kw = dict(group=128, bn=128, bm=256, stages=4, split_k=3, cluster=True)
     cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)  # built and loaded outside the capture
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
@@ -142,15 +146,16 @@ def test_through_dispatch():
     fmt, q = w4_weight(n, k, 128, False, torch.bfloat16, 3)
     packed = reference.pack_w4(q, 64)
     x = torch.randn(256, k, device="cuda").bfloat16()
-    cfg = KernelConfig(KernelName.CUDA_WS, block_n=256, block_m=64, split_k=2, ring_stages=5)
-    y = linear(x, fmt, "w4_t64x64", packed, (n, k), None, cfg)
-    assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
+    for cl in (None, True):
+        cfg = KernelConfig(KernelName.CUDA_WS, block_n=256, block_m=64, split_k=2, ring_stages=5, cluster=cl)
+        y = linear(x, fmt, "w4_t64x64", packed, (n, k), None, cfg)
+        assert reference.rel_err(y, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16], cl
 
 
 def test_config_keys_round_trip():
-    d = {"kernel": "cuda_ws", "BN": 128, "BM": 256, "SPLIT_K": 2, "STAGES": 5}
+    d = {"kernel": "cuda_ws", "BN": 128, "BM": 256, "SPLIT_K": 2, "STAGES": 5, "CLUSTER": True}
     cfg = KernelConfig.from_json(d, "test")
-    assert cfg == KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=256, split_k=2, ring_stages=5)
+    assert cfg == KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=256, split_k=2, ring_stages=5, cluster=True)
     assert cfg.to_json() == d
 
 
@@ -160,6 +165,14 @@ def test_tuner_offers_it_on_hopper_from_m_64():
         assert {(c.block_n, c.block_m) for c in cands} == set(cuda_w4ws.TILES)
         assert {c.ring_stages for c in cands} <= set(cuda_w4ws.STAGES)
         assert all(1 <= c.split_k <= k // 64 // 8 for c in cands)
+        # CLUSTER beside every split > 1 whose partials the ring holds
+        assert all(c.cluster is None or (1 < c.split_k <= cuda_w4ws.CLUSTER_MAX
+                                         and cuda_w4ws.cluster_fits(c.block_n, c.block_m, c.ring_stages))
+                   for c in cands)
+        twins = {(c.block_n, c.block_m, c.split_k, c.ring_stages) for c in cands if c.cluster}
+        assert twins == {(c.block_n, c.block_m, c.split_k, c.ring_stages) for c in cands
+                         if c.split_k > 1 and cuda_w4ws.cluster_fits(c.block_n, c.block_m, c.ring_stages)}
+        assert twins or m >= 512 or n == 28672  # gate_up at 256 tokens: 224 row tiles, more than a wave
         if m >= 512:
             assert {c.split_k for c in cands} == {1}
         assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]
@@ -174,6 +187,18 @@ def test_tuner_offers_it_on_hopper_from_m_64():
 
 
 def test_tiles_and_split():
+    # the default split: the most slices one wave of 132 SMs holds (one CTA an SM), at most max_split
+    assert cuda_w4ws.wave_split(6144, 4096, 256, 128, 256, 132) == 2  # 48 tiles: 96 CTAs, not 144
+    assert cuda_w4ws.wave_split(4096, 14336, 256, 128, 256, 132) == 4
+    assert cuda_w4ws.wave_split(6144, 4096, 256, 128, 128, 132) == 1
+    assert cuda_w4ws.wave_split(256, 4096, 64, 256, 64, 132) == cuda_w4ws.max_split(4096) == 8
+    # CLUSTER's partials in the ring: 128 KB at 128 x 256 (4 stages of 37 KB), 64 KB at the others
+    assert cuda_w4ws.slot_bytes(128, 256) == 37 * 1024 and cuda_w4ws.slot_bytes(256, 64) == 17 * 1024
+    assert cuda_w4ws.cluster_fits(128, 256, 4) and not cuda_w4ws.cluster_fits(128, 256, 3)
+    assert cuda_w4ws.cluster_fits(128, 128, 4) and not cuda_w4ws.cluster_fits(128, 128, 3)
+    assert cuda_w4ws.cluster_fits(256, 64, 4) and not cuda_w4ws.cluster_fits(256, 64, 3)
+    with pytest.raises(ValueError, match="deeper ring"):
+        cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, stages=3, cluster=True)
     assert cuda_w4ws.x_image_elements(300, 1024, 256) == 512 * 1024
     assert cuda_w4ws.x_image_elements(256, 1024, 128) == 256 * 1024
     assert all(bn * bm <= 128 * 256 and bn % 128 == 0 for bn, bm in cuda_w4ws.TILES)

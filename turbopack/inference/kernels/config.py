@@ -81,8 +81,8 @@ class KernelConfig:
     round_weights: bool | None = None  # ROUND: GEMV rounds w to 16 bits as the contract does
     planes: bool | None = None        # PLANES: eight (four) plane dots instead of the re-interleave
     prefetch: bool | None = None      # PREFETCH: W4 decode v7 sends each CTA's weight slice to L2 first (unset = no)
-    cluster: bool | None = None       # CLUSTER: W4 v7 / W8 decode sum split-K partials in a CTA cluster; W8A8
-    #                                   cuda_ws multicasts x to pairs of row tiles (unset = no)
+    cluster: bool | None = None       # CLUSTER: W4 v7 / W8 decode and both cuda_ws kernels sum split-K
+    #                                   partials in a CTA cluster (unset = no)
     weight_registers: bool | None = None  # WREG: cuda_wg loads the weights straight to registers (unset = no)
     glu_warps: int | None = None      # GLU_WARPS: a fused gate|up with the MLP's activation in its store
     #                                   (dispatch.glu) runs W4 VARIANT 6 in this many warps a CTA; 0 = not

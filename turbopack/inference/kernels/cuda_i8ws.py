@@ -6,7 +6,9 @@ w8a8.quantize_rows: a producer warpgroup copies each 128-k stage as two tensor-m
 128-byte swizzle wgmma reads), two consumer warpgroups issue int8 wgmma (s32 accumulators) on them, and
 the epilogue applies the token and row scales (+ bias). A CTA owns 128 weight rows x BM tokens (64,
 128 or 256). Config keys (kernel ``cuda_ws`` of the i8_rowmajor family): BM, STAGES, SPLIT_K (0:
-wave_split), CLUSTER (x multicast to pairs of row tiles); BN is always 128.
+wave_split), CLUSTER (the K slices of a tile sum their partials in a thread-block cluster, through
+distributed shared memory, instead of fp32 planes in global memory; at most CLUSTER_MAX slices); BN
+is always 128.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ DEFAULT_BM, DEFAULT_STAGES = 128, 4
 CAPABILITY = (9, 0)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {"turbopack_i8_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 10 + [ctypes.c_void_p]}
-#: CLUSTER: two CTAs of consecutive row tiles share the token tile's x, each copying half of every
-#: stage's x box to both (TMA multicast): run 30 found the stage's L2 reads, x most of them, bounding it
-CLUSTER_SIZE = 2
+#: the largest portable thread-block cluster: CLUSTER's most K slices
+CLUSTER_MAX = 8
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -52,27 +53,23 @@ def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int
             and w.data_ptr() % 16 == 0 and w.shape[-1] % 16 == 0 and packed["scales"].numel() >= shape[0])
 
 
-def row_tiles(n_pad: int, cluster: int = 1) -> int:
-    """The grid's row tiles: 128 rows each, rounded up to whole clusters."""
-    return math.ceil(math.ceil(n_pad / ROWS) / cluster) * cluster
-
-
 def max_split(kp: int) -> int:
     """The most K slices: at least four 128-k stages each."""
     return max(1, math.ceil(kp / STAGE_K) // 4)
 
 
 def wave_split(n_pad: int, kp: int, m: int, bm: int, sms: int) -> int:
-    """Split K until the CTAs (one an SM: 384 threads) fill a wave of ``sms``, at most max_split."""
-    return max(1, min(math.ceil(sms / (math.ceil(n_pad / ROWS) * math.ceil(m / bm))), max_split(kp)))
+    """The most K slices whose CTAs (one an SM: 384 threads) fit one wave of ``sms``, at most
+    max_split. Run 31: a split that spills into a second wave doubles the slices' time."""
+    return max(1, min(sms // (math.ceil(n_pad / ROWS) * math.ceil(m / bm)), max_split(kp)))
 
 
 def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
             bias: torch.Tensor | None, y: torch.Tensor, *, bm: int = DEFAULT_BM, stages: int = DEFAULT_STAGES,
             split_k: int = 0, cluster: bool = False) -> torch.Tensor:
     """y [M, N] = (q @ W^T) * sx * scales (+ bias): q int8 [>= M, KP] and sx float32 [M] from
-    w8a8.quantize_rows, W the i8_rowmajor codes; split_k 0 = wave_split; cluster: x multicast to
-    pairs of row tiles (CLUSTER_SIZE)."""
+    w8a8.quantize_rows, W the i8_rowmajor codes; split_k 0 = wave_split; cluster: the slices sum in
+    a thread-block cluster (at most CLUSTER_MAX of them)."""
     if bm not in TOKEN_TILES:
         raise ValueError(f"cuda_ws (w8a8) has no {bm}-token tile; built: {', '.join(map(str, TOKEN_TILES))}")
     if not 3 <= stages <= max_stages(bm):
@@ -85,13 +82,12 @@ def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], 
         split = int(split_k)
     else:
         split = wave_split(np_, kp, m, bm, torch.cuda.get_device_properties(y.device).multi_processor_count)
-    split = max(1, min(split, math.ceil(kp / STAGE_K)))
-    c = CLUSTER_SIZE if cluster else 1
-    ws, cnt = splitk_slices(y.device, m, n, row_tiles(np_, c) * math.ceil(m / bm), split)
+    split = max(1, min(split, math.ceil(kp / STAGE_K), CLUSTER_MAX if cluster else kp))
+    ws, cnt = splitk_slices(y.device, m, n, math.ceil(np_ / ROWS) * math.ceil(m / bm), split)
     rc = library(y.device).turbopack_i8_wgws(
-        _p(q), _p(sx), _p(w), _p(packed["scales"]), _p(bias), _p(y), _p(ws), _p(cnt),
-        m, n, np_, kp, q.stride(0), split, int(bm), int(stages), c, _DTYPE_CODE[y.dtype], cuda_build.stream(y.device))
+        _p(q), _p(sx), _p(w), _p(packed["scales"]), _p(bias), _p(y), _p(ws), _p(cnt), m, n, np_, kp, q.stride(0),
+        split, int(bm), int(stages), int(bool(cluster)), _DTYPE_CODE[y.dtype], cuda_build.stream(y.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_i8_wgws failed (code {rc}; M={m} N={n} KP={kp} BM={bm} stages={stages} "
-                           f"split={split} cluster={c})")
+                           f"split={split} cluster={bool(cluster)})")
     return y

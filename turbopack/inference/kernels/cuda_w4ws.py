@@ -7,7 +7,9 @@ consumer warpgroups that only decode and issue wgmma. A CTA owns 128 weight rows
 or 256 rows x 64 tokens (TILES). x goes
 first through one copy into the x image (csrc x_image_kernel: the slots' bytes in stage order), whose
 scratch this module allocates. Config keys (kernel ``cuda_ws``): BN, BM, STAGES (3-5), SPLIT_K (0:
-default_split). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or
+default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block cluster, through
+distributed shared memory, instead of fp32 planes in global memory: split <= CLUSTER_MAX and the
+partials within the ring, cluster_fits). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or
 128, K a multiple of 128.
 """
 
@@ -30,7 +32,9 @@ TILES = ((128, 256), (128, 128), (256, 64))
 STAGES = (3, 4, 5)
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 9 + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 9 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
+#: the largest portable thread-block cluster: CLUSTER's most K slices
+CLUSTER_MAX = 8
 
 
 def library(device: torch.device) -> ctypes.CDLL:
@@ -55,9 +59,20 @@ def max_split(k: int) -> int:
 
 
 def wave_split(n_pad: int, k: int, m: int, bn: int, bm: int, sms: int) -> int:
-    """Split K until the CTAs (one an SM: 384 threads, 150-190 KB of ring) fill a wave of ``sms``,
-    at most max_split(k) slices (the default, and the tuner's middle candidate)."""
-    return max(1, min(math.ceil(sms / (math.ceil(n_pad / bn) * math.ceil(m / bm))), max_split(k)))
+    """The most K slices whose CTAs (one an SM: 384 threads, 150-190 KB of ring) fit one wave of
+    ``sms``, at most max_split(k) (the default, and the tuner's largest candidate). Run 31: a split
+    that spills into a second wave doubles the slices' time."""
+    return max(1, min(sms // (math.ceil(n_pad / bn) * math.ceil(m / bm)), max_split(k)))
+
+
+def slot_bytes(bn: int, bm: int) -> int:
+    """A ring slot (csrc WsSlot): x [BM][128 B], weights [BN][32 B], scales and zeros, 1024-aligned."""
+    return math.ceil((bm * 128 + bn * 35) / 1024) * 1024
+
+
+def cluster_fits(bn: int, bm: int, stages: int) -> bool:
+    """CLUSTER's partials (8 consumer warps x BN / 128 x BM / 8 float4 columns of 32 lanes) in the ring."""
+    return 8 * (bn // 128) * (bm // 8) * 32 * 16 <= stages * slot_bytes(bn, bm)
 
 
 def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.device) -> int:
@@ -66,24 +81,27 @@ def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.de
 
 def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
             out: torch.Tensor | None = None, *, group: int = 128, bn: int = DEFAULT_BN, bm: int = DEFAULT_BM,
-            stages: int = DEFAULT_STAGES, split_k: int = 0) -> torch.Tensor:
-    """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto."""
+            stages: int = DEFAULT_STAGES, split_k: int = 0, cluster: bool = False) -> torch.Tensor:
+    """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto;
+    cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX of them)."""
     if (bn, bm) not in TILES:
         raise ValueError(f"cuda_ws has no {bn} x {bm} tile; built: {', '.join(f'{a} x {b}' for a, b in TILES)}")
+    if cluster and not cluster_fits(bn, bm, stages):
+        raise ValueError(f"cuda_ws CLUSTER at {bn} x {bm} needs a deeper ring than {stages} stages for its partials")
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, m, bn, bm, x2.device)
-    split = max(1, min(split, k // 64))
+    split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
     ws, cnt = splitk_slices(x2.device, m, n, math.ceil(nt * tn / bn) * math.ceil(m / bm), split)
     img = torch.empty(x_image_elements(m, k, bm), dtype=x2.dtype, device=x2.device)
     rc = library(x2.device).turbopack_w4_wgws(
         _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt), _p(img),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, bn // 128, int(bm), int(stages),
-        _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(bool(cluster)), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_wgws failed (code {rc}; M={m} N={n} K={k} G={group} BN={bn} BM={bm} "
-                           f"stages={stages} split={split})")
+                           f"stages={stages} split={split} cluster={bool(cluster)})")
     return y

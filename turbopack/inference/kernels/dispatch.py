@@ -129,11 +129,12 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
                               wreg=bool(cfg.weight_registers))
 
 
-def _w4ws(x2, packed, shape, bias, cfg, out, group):  # CLUSTER is the int8 kernel's (cuda_i8ws) alone
+def _w4ws(x2, packed, shape, bias, cfg, out, group):
     return cuda_w4ws.w4_wgws(x2, packed, shape, bias, out, group=group,
                              bn=or_default(cfg.block_n, cuda_w4ws.DEFAULT_BN),
                              bm=or_default(cfg.block_m, cuda_w4ws.DEFAULT_BM),
-                             stages=or_default(cfg.ring_stages, cuda_w4ws.DEFAULT_STAGES), split_k=cfg.split_k or 0)
+                             stages=or_default(cfg.ring_stages, cuda_w4ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
+                             cluster=bool(cfg.cluster))
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

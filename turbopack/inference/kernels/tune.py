@@ -170,38 +170,45 @@ def _ws_tile_worth_timing(m: int, bm: int, smallest: int) -> bool:
     return (-m) % bm < bm // 2 or bm == smallest
 
 
-def _ws_splits(m: int, wave: int, most: int) -> list[int]:
-    """Split-K of 1, the kernel's wave split and twice it (at most ``most``); prefill (M >= 512): 1."""
-    return [1] if m >= 512 else sorted({1, wave, min(2 * wave, most)})
+def _ws_splits(m: int, wave: int) -> list[int]:
+    """Split-K of 1, half the kernel's wave split and that split (the most slices one wave holds);
+    prefill (M >= 512): 1."""
+    return [1] if m >= 512 else sorted({1, max(1, wave // 2), wave})
+
+
+def _ws_cluster(sk: int, most: int) -> tuple:
+    """CLUSTER's values worth timing at split ``sk``: none at 1, the cluster sum too up to ``most``."""
+    return (None,) if sk == 1 else (None, True) if sk <= most else (None,)
 
 
 def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     """The warp-specialized kernel (cuda_w4ws): each tile worth timing, ring depths 4 and 5, _ws_splits
-    (at least eight 64-k stages a slice)."""
+    (at least eight 64-k stages a slice), each split > 1 through global planes and (CLUSTER) in a cluster."""
     out = []
     smallest = min(bm for _, bm in cuda_w4ws.TILES)
     for bn, bm in cuda_w4ws.TILES:
         if not _ws_tile_worth_timing(m, bm, smallest):
             continue
-        splits = _ws_splits(m, cuda_w4ws.wave_split(n, k, m, bn, bm, sms), cuda_w4ws.max_split(k))
-        out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st)
-                for sk in splits for st in (4, 5)]
+        for sk in _ws_splits(m, cuda_w4ws.wave_split(n, k, m, bn, bm, sms)):
+            out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st, cluster=cl)
+                    for st in (4, 5) for cl in _ws_cluster(sk, cuda_w4ws.CLUSTER_MAX)
+                    if not cl or cuda_w4ws.cluster_fits(bn, bm, st)]
     return out
 
 
 def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     """The warp-specialized int8 GEMM (cuda_i8ws): each token tile worth timing, its two deepest rings,
-    _ws_splits, each without and with x multicast to pairs of row tiles (CLUSTER)."""
+    _ws_splits, each split > 1 through global planes and (CLUSTER) in a cluster."""
     out = []
     kp = math.ceil(k / 16) * 16
     for bm in cuda_i8ws.TOKEN_TILES:
         if not _ws_tile_worth_timing(m, bm, min(cuda_i8ws.TOKEN_TILES)):
             continue
-        splits = _ws_splits(m, cuda_i8ws.wave_split(n, kp, m, bm, sms), cuda_i8ws.max_split(kp))
         top = cuda_i8ws.max_stages(bm)
         out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, split_k=sk, ring_stages=st,
                              cluster=cl)
-                for sk in splits for st in (top - 1, top) for cl in (None, True)]
+                for sk in _ws_splits(m, cuda_i8ws.wave_split(n, kp, m, bm, sms)) for st in (top - 1, top)
+                for cl in _ws_cluster(sk, cuda_i8ws.CLUSTER_MAX)]
     return out
 
 

@@ -162,6 +162,7 @@ int g_pdl = 0;  // per library (each .cu is one): launch with PDL; set by turbop
 struct Launch {
   bool pdl;
   int cluster_y;
+  int cluster_z = 1;
 };
 template <typename... P, typename... A>
 cudaError_t launch_with(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Launch how,
@@ -172,8 +173,8 @@ cudaError_t launch_with(void (*kern)(P...), dim3 grid, dim3 block, size_t smem, 
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = how.pdl;
   attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = how.cluster_y, attr[1].val.clusterDim.z = 1;
-  cfg.attrs = attr, cfg.numAttrs = how.cluster_y > 1 ? 2 : 1;
+  attr[1].val.clusterDim.x = 1, attr[1].val.clusterDim.y = how.cluster_y, attr[1].val.clusterDim.z = how.cluster_z;
+  cfg.attrs = attr, cfg.numAttrs = how.cluster_y * how.cluster_z > 1 ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kern, std::forward<A>(args)...);
 }
 // Clusters past 8 CTAs (up to 16 on H100/H200) are non-portable: the kernel must allow them, once
@@ -271,30 +272,70 @@ __device__ __forceinline__ bool arrive_last(const Out& o, int tile, int arrivals
 // rank in rank order through DSMEM loads and hands them to store(sum): no global workspace, atomics
 // or counter, and the same sums whatever the timing. A second barrier keeps every CTA's shared
 // memory alive until its partials have been read. Every thread of the cluster calls it.
-template <int R, int NTOK, typename F>
-__device__ __forceinline__ void cluster_sum(const float (&out)[R][NTOK][4], int S, float4* scratch, F&& store) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// cluster_sum's halves, over fp32 or int32 partials (as their bits in float4 scratch): the warp's
+// partials into its scratch; then, past the cluster barrier, every rank's added into `sum` in rank order
+__device__ __forceinline__ float as_bits(float v) { return v; }
+__device__ __forceinline__ float as_bits(int32_t v) { return __int_as_float(v); }
+__device__ __forceinline__ void add_bits(float& s, float v) { s += v; }
+__device__ __forceinline__ void add_bits(int32_t& s, float v) { s += __float_as_int(v); }
+template <int R, int NTOK, typename V>
+__device__ __forceinline__ void cluster_stash(const V (&out)[R][NTOK][4], float4* scratch, int lane) {
   __syncwarp();  // the warp's last ring reads are done before its slots turn into scratch
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int t = 0; t < NTOK; ++t)
-      scratch[(r * NTOK + t) * 32 + lane] = make_float4(out[r][t][0], out[r][t][1], out[r][t][2], out[r][t][3]);
+      scratch[(r * NTOK + t) * 32 + lane] =
+          make_float4(as_bits(out[r][t][0]), as_bits(out[r][t][1]), as_bits(out[r][t][2]), as_bits(out[r][t][3]));
+}
+template <int R, int NTOK, typename V>
+__device__ __forceinline__ void cluster_gather(V (&sum)[R][NTOK][4], int S, const float4* scratch, int lane) {
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  for (int q = 0; q < S; ++q) {
+    const float4* peer = cluster.map_shared_rank(scratch, q);
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const float4 v = peer[(r * NTOK + t) * 32 + lane];
+        add_bits(sum[r][t][0], v.x), add_bits(sum[r][t][1], v.y), add_bits(sum[r][t][2], v.z),
+            add_bits(sum[r][t][3], v.w);
+      }
+  }
+}
+// The warp-specialized kernels' form (w4_wgws.cu, i8_wgws.cu: 128 sums a thread, where a second array
+// spilled): the sums replace the partials in place, on the warps that cluster_sum's rule assigns this
+// rank (true there); both cluster barriers are passed before it returns. Every consumer calls it; the
+// CTA's other threads meet the two barriers with cluster_sync_all.
+template <int R, int NTOK, typename V>
+__device__ __forceinline__ bool cluster_reduce(V (&acc)[R][NTOK][4], int S, float4* scratch) {
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  cluster_stash<R, NTOK>(acc, scratch, lane);
+  cluster.sync();
+  const bool mine = warp % S == static_cast<int>(cluster.block_rank());
+  if (mine) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[r][t][e] = 0;
+    cluster_gather<R, NTOK>(acc, S, scratch, lane);
+  }
+  cluster.sync();  // every peer has read this CTA's scratch
+  return mine;
+}
+template <int R, int NTOK, typename F>
+__device__ __forceinline__ void cluster_sum(const float (&out)[R][NTOK][4], int S, float4* scratch, F&& store) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  cluster_stash<R, NTOK>(out, scratch, lane);
   cluster.sync();
   if (warp % S == static_cast<int>(cluster.block_rank())) {
     float sum[R][NTOK][4] = {};
-    for (int q = 0; q < S; ++q) {
-      const float4* peer = cluster.map_shared_rank(scratch, q);
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int t = 0; t < NTOK; ++t) {
-          const float4 v = peer[(r * NTOK + t) * 32 + lane];
-          sum[r][t][0] += v.x, sum[r][t][1] += v.y, sum[r][t][2] += v.z, sum[r][t][3] += v.w;
-        }
-    }
+    cluster_gather<R, NTOK>(sum, S, scratch, lane);
     store(sum);
   }
   cluster.sync();

@@ -14,9 +14,11 @@
 //     and release the previous stage on its `empty` barrier once wgmma.wait_group 1 says its group has
 //     completed. Both operands come from shared memory, so nothing is decoded and no register is
 //     shared with an in-flight group (unlike w4_wgws.cu's A fragments).
-// CLUSTER (a.cluster = 2): pairs of CTAs on consecutive row tiles share their token tile's x through
-// TMA multicast, each copying half of every stage's x box into both, which halves x's L2 reads (run 30:
-// 0.97 us a stage at gate_up M = 2048, 48 KB a CTA, ~6.5 TB/s out of L2 over the SMs).
+// CLUSTER (a.cluster): the split_k CTAs of a tile (its K slices) are one thread-block cluster along z
+// and sum their partials through distributed shared memory (common.cuh cluster_sum, in the idle ring):
+// no workspace, counter or global round trip. Run 31 measured the global planes costing ~11 us a split
+// at a 128 x 256 tile (the last CTA alone reads every plane back), more than a split saved. (Run 30's
+// CLUSTER, x multicast to pairs of row tiles, lost 1-20% everywhere in run 31: removed.)
 // The epilogue turns the int32 sums into fp32 times the two scales and stores them through
 // store_planes (w4_mma.cuh), split-K by planes included: warp w of the CTA holds rows 16 w + g (+ 8),
 // tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
@@ -42,7 +44,6 @@ struct I8Args {
   const float* sx;  // [M] per-token scales
   const float* sw;  // [N] per-row scales
   int M, N, KP, split_k, stages;
-  int cluster;  // CTAs along the rows that share the token tile's x (1 or 2; see the kernel)
 };
 
 template <typename T, int BM>
@@ -57,22 +58,16 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   const int row0 = blockIdx.y * kI8Rows, tok0 = blockIdx.x * BM, tile = blockIdx.y * gridDim.x + blockIdx.x;
   const int S_all = (a.KP + kI8StageK - 1) / kI8StageK, per = (S_all + a.split_k - 1) / a.split_k;
   const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
-  // x multicast (a.cluster = C > 1): the C CTAs of a cluster (consecutive row tiles, one token tile and
-  // K slice) each copy 1 / C of the stage's x box to all C (one L2 read serves C SMs: run 30 found
-  // the stage's L2 bytes, x two thirds of them at BM = 256, bounding the kernel); so a slot is free
-  // only once the consumers of every CTA have released it: `empty` counts their 8 C warps' arrivals
-  const int C = a.cluster;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8 * C);
+    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);  // 8 consumer warps
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if (C > 1) cluster_sync_all();  // no copy reaches a CTA before its barriers exist
-  else __syncthreads();
+  __syncthreads();
+  const bool cl = a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
   if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (threadIdx.x == 256) {
       const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
-      const int part = BM / C, r = static_cast<int>(cluster_rank());  // this CTA's rows of each x box
       constexpr bool cw = (kKnockout & kKoLoad) == 0, cx = (kKnockout & kKoX) == 0;
       constexpr uint32_t kBytes = (cw ? S::kW : 0) + (cx ? S::kX : 0);
       // PDL (pdl.py): the first ring's weights are copied before the wait (no kernel writes them), the
@@ -80,7 +75,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
       const int pre = min(n_st, a.stages);
       for (int i = 0; i < pre; ++i) {
         const uint32_t bar = full + 8 * i;
-        mbar_expect_tx(bar, kBytes);  // zero-filled bytes past the edges count too; x's from all C CTAs
+        mbar_expect_tx(bar, kBytes);  // zero-filled bytes past the edges count too
         if (cw) tma_load_2d_hint(base + i * S::kSize, &wmap, (s_lo + i) * kI8StageK, row0, bar, policy);
       }
       pdl_wait();
@@ -92,14 +87,12 @@ __global__ void __launch_bounds__(kI8Threads, 1)
           mbar_expect_tx(bar, kBytes);
           if (cw) tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
         }
-        if (!cx) continue;
-        if (C == 1) tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
-        else tma_load_2d_multicast(slot + S::kW + r * part * kI8StageK, &xmap, k, tok0 + r * part, bar, (1u << C) - 1);
+        if (cx) tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
       }
     }
     pdl_wait();  // every thread, before it exits: completion stays ordered along the chain
-    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
-    if (C > 1) cluster_sync_all();  // the peers' last arrivals on this CTA's barriers have landed
+    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_sum's two cluster barriers
+    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -117,12 +110,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
         WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
     wg_commit();
     wg_wait<1>();  // stage i - 1's group has completed: its slot is free
-    if (i > 0 && lane == 0) {
-      const uint32_t bar = empty + 8 * ((i - 1) % a.stages);
-      if (C == 1) mbar_arrive(bar);
-      else
-        for (int q = 0; q < C; ++q) mbar_arrive_cluster(bar, q);  // every producer that writes this slot
-    }
+    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
   }
   wg_wait<0>();
   pdl_wait();  // returns at once (the x copies came after the producer's); before sx and any store
@@ -131,6 +119,20 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
   }
   asm volatile("bar.sync 1, 256;\n" ::: "memory");  // the consumer warpgroups only: xs is written
+  // CLUSTER: the K slices' int32 sums (exact) in their cluster, through the ring (idle: every stage was
+  // waited for and both warpgroups passed wg_wait<0> before the barrier above), on the warps that
+  // cluster_reduce assigns this rank; the scales then apply once
+  bool mine = true;
+  if (cl) {
+#pragma unroll
+    for (int j = 0; j < BM / 2; ++j) {
+      pin(acc[j]);
+      if (n_st == 0) acc[j] = 0;  // an empty K slice (split-K past the stages) holds no sums
+    }
+    pdl_trigger();
+    mine = cluster_reduce<1, BM / 8>(reinterpret_cast<int32_t(&)[1][BM / 8][4]>(acc), a.split_k,
+                                     ring_scratch(smem_raw, base) + warp * (BM / 8) * 32);
+  }
   const int n0 = row0 + 16 * warp;
   const float sw_lo = n0 + g < a.N ? a.sw[n0 + g] : 0.f, sw_hi = n0 + g + 8 < a.N ? a.sw[n0 + g + 8] : 0.f;
   float out[1][BM / 8][4];
@@ -144,12 +146,17 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     for (int e = 0; e < 4; ++e) {
       pin(acc[4 * t + e]);
       // an empty K slice (split-K past the stages) holds no sums
-      out[0][t][e] = n_st == 0 ? 0.f
-                               : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
+      out[0][t][e] = n_st == 0 && !cl
+                         ? 0.f
+                         : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
     }
   }
-  store_planes<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, row0, kI8Rows, tok0, BM, 256);
-  if (C > 1) cluster_sync_all();
+  if (cl) {
+    if (mine && n0 < a.N)
+      each_out<1, BM / 8>(a.o, out, n0, g, c, tok0, [&](int row, int tok, float v) { store_y<T>(a.o, row, tok, v); });
+  } else {
+    store_planes<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, row0, kI8Rows, tok0, BM, 256);
+  }
 #endif
 }
 
@@ -186,12 +193,14 @@ constexpr int smem_bytes(int stages) {
 }
 
 template <typename T, int BM>
-int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, cudaStream_t s) {
+int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, bool cluster, cudaStream_t s) {
   const int smem = smem_bytes<BM>(a.stages);
   if (smem > kMaxSmem) return -1;
-  CUtensorMap wmap, xmap;  // x in boxes of BM / cluster tokens: each CTA of a cluster copies one
-  if (!int8_map(&wmap, w, NP, a.KP, a.KP, kI8Rows) || !int8_map(&xmap, xq, a.M, a.KP, stride_xq, BM / a.cluster))
-    return -1;
+  CUtensorMap wmap, xmap;
+  if (!int8_map(&wmap, w, NP, a.KP, a.KP, kI8Rows) || !int8_map(&xmap, xq, a.M, a.KP, stride_xq, BM)) return -1;
+  // CLUSTER: every warp's partials (BM / 8 float4 columns of 32 lanes) fit in the idle ring
+  const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
+  if (cl > 8 || (cl > 1 && 8 * (BM / 8) * 32 * 16 > a.stages * I8Slot<BM>::kSize)) return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
@@ -199,19 +208,16 @@ int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  // row tiles rounded up to whole clusters: a tile past NP copies zeros (the boxes' fill), multiplies
-  // them and stores nothing, but still copies its share of x for the others
-  const int row_tiles = ((NP + kI8Rows - 1) / kI8Rows + a.cluster - 1) / a.cluster * a.cluster;
-  const dim3 grid((a.M + BM - 1) / BM, row_tiles, a.split_k);
+  const dim3 grid((a.M + BM - 1) / BM, (NP + kI8Rows - 1) / kI8Rows, a.split_k);
   return static_cast<int>(launch_with(i8_wgws_kernel<T, BM>, grid, dim3(kI8Threads), smem, s,
-                                      Launch{g_pdl != 0, a.cluster}, wmap, xmap, a));
+                                      Launch{g_pdl != 0, 1, cl}, wmap, xmap, a));
 }
 
 template <typename T>
-int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int stride_xq, cudaStream_t s) {
-  if (bm == 256) return launch<T, 256>(a, xq, w, NP, stride_xq, s);
-  if (bm == 128) return launch<T, 128>(a, xq, w, NP, stride_xq, s);
-  if (bm == 64) return launch<T, 64>(a, xq, w, NP, stride_xq, s);
+int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int stride_xq, bool cl, cudaStream_t s) {
+  if (bm == 256) return launch<T, 256>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 128) return launch<T, 128>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 64) return launch<T, 64>(a, xq, w, NP, stride_xq, cl, s);
   return -1;
 }
 
@@ -220,20 +226,20 @@ int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int 
 // y [M, N] = (xq W^T) * sx * sw (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (bias, y). xq: int8 [M, KP]
 // with stride_xq bytes a row; w: int8 [NP, KP]; sx [M], sw [N] float32; KP and stride_xq multiples of 16,
 // xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages 3-6 within 227 KB of shared memory
-// (bm = 256: at most 4). cluster: 1, or 2 (CTAs of consecutive row tiles sharing x by multicast; the
-// row tiles rounded up to whole clusters). split_k > 1 needs ws (fp32 [split_k * M * N]) and counters
-// (int32, one per row tile x token tile of the rounded grid, zeroed, left zeroed). Returns 0, -1 for
+// (bm = 256: at most 4). split_k > 1: cluster 1 sums the K slices in a cluster (split_k <= 8), cluster 0
+// through ws (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left
+// zeroed). Returns 0, -1 for
 // bad arguments, else the CUDA error (the kernel is empty unless built for sm_90a).
 extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,
                                  void* y, void* ws, void* counters, int M, int N, int NP, int KP, int stride_xq,
                                  int split_k, int bm, int stages, int cluster, int dtype, void* stream) {
   if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 || stages > 6 ||
-      (cluster != 1 && cluster != 2) || (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
+      (cluster != 0 && cluster != 1) || (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w) % 16 != 0)
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
-  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages, cluster};
+  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16>(a, bm, xq, w, NP, stride_xq, s)
-                    : by_tile<__half>(a, bm, xq, w, NP, stride_xq, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16>(a, bm, xq, w, NP, stride_xq, cluster != 0, s)
+                    : by_tile<__half>(a, bm, xq, w, NP, stride_xq, cluster != 0, s);
 }

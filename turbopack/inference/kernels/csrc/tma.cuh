@@ -70,34 +70,16 @@ __device__ __forceinline__ void tma_load_2d_hint(uint32_t dst, const CUtensorMap
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
       : "memory");
 }
-// Cluster scope (i8_wgws.cu's x multicast): an arrival on the barrier at the same offset in CTA `cta`
-// of the cluster (the default .release.cta, as CUTLASS's ClusterBarrier: .release.cluster put a
-// MEMBAR.GPU before every arrival), and a box written to the same offset of every CTA in `mask` and
-// counted on each one's barrier there
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-  asm volatile(
-      "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [r];\n}\n" ::"r"(bar),
-      "r"(cta)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                                      uint32_t bar, uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
-      : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
 // Every thread of every CTA of the cluster (not warp-aligned: the producer warp's copying thread
 // arrives later than its lanes): release what it wrote, acquire what the others wrote
 __device__ __forceinline__ void cluster_sync_all() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// The ring's first byte (base, the 1024-aligned shared address) as a generic pointer: the warp-
+// specialized kernels' cluster split-K reuses the idle ring as cluster_sum's scratch
+__device__ __forceinline__ float4* ring_scratch(uint4* smem_raw, uint32_t base) {
+  return reinterpret_cast<float4*>(reinterpret_cast<char*>(smem_raw) +
+                                   (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));
 }
 #endif  // TP_WGMMA
 

@@ -214,4 +214,5 @@ __device__ __forceinline__ void store_planes(const Out& o, const float (&acc)[R]
   if (threadIdx.x == 0) o.counters[tile] = 0;
 }
 
+
 }  // namespace

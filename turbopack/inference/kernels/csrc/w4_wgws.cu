@@ -179,6 +179,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  const bool cl = a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
   // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
   // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
   if (threadIdx.x >= 256) {  // the producer warpgroup: one warp copies, the rest only meet the split-K barriers
@@ -192,7 +193,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
         if (++s == a.stages) s = 0, ph ^= 1;
       }
     }
-    if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
+    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_sum's two cluster barriers
+    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -229,7 +231,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
         if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
       }
   const int n0 = row0 + 16 * MT * warp;
-  store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, blockIdx.x * BM, BM, 256);
+  if (cl) {  // CLUSTER: the K slices' sums in their cluster, through the idle ring (common.cuh cluster_reduce)
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both warpgroups' wgmmas done: the ring is idle
+    pdl_trigger();
+    if (cluster_reduce<MT, BM / 8>(acc, a.split_k, ring_scratch(smem_raw, base) + warp * MT * (BM / 8) * 32) &&
+        n0 < a.NP)
+      each_out<MT, BM / 8>(a.o, acc, n0, g, c, blockIdx.x * BM,
+                           [&](int row, int tok, float v) { store_y<T>(a.o, row, tok, v); });
+  } else {
+    store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, blockIdx.x * BM, BM, 256);
+  }
 #endif
 }
 
@@ -253,13 +264,16 @@ __global__ void x_image_kernel(const T* x, uint4* img, int M, int K, int stride_
 }
 
 template <typename T, int MT, int BM>
-int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, cudaStream_t s) {
+int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, bool cluster, cudaStream_t s) {
   using S = WsSlot<MT, BM>;
   const int mtiles = (a.M + BM - 1) / BM;
   const long long chunks = static_cast<long long>(mtiles) * (a.K / kWsTileK) * BM * 8;
   x_image_kernel<T, BM><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, s>>>(
       static_cast<const T*>(x), static_cast<uint4*>(img), a.M, a.K, stride_xm, chunks);
   const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
+  // CLUSTER: every warp's partials (MT x BM / 8 float4 columns of 32 lanes) fit in the idle ring
+  const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
+  if (cl > 8 || (cl > 1 && 8 * MT * (BM / 8) * 32 * 16 > a.stages * S::kSize)) return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
@@ -270,15 +284,14 @@ int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, cudaStream
   MmaArgs b = a;
   b.x = img;
   const dim3 grid(mtiles, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
-  w4_wgws_kernel<T, MT, BM><<<grid, kWsThreads, smem, s>>>(b);
-  return static_cast<int>(cudaGetLastError());
+  return static_cast<int>(launch_with(w4_wgws_kernel<T, MT, BM>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, b));
 }
 
 template <typename T>
-int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stride_xm, cudaStream_t s) {
-  if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, x, img, stride_xm, s);
-  if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, x, img, stride_xm, s);
-  if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, x, img, stride_xm, s);
+int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stride_xm, bool cl, cudaStream_t s) {
+  if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, x, img, stride_xm, cl, s);
+  if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, x, img, stride_xm, cl, s);
+  if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, x, img, stride_xm, cl, s);
   return -1;
 }
 
@@ -287,19 +300,20 @@ int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stri
 // y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
 // A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
 // (1, 128), (2, 64). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
-// aligned; qweight, scales and zeros 16-byte aligned. stages: 3-5. split_k > 1 needs ws (fp32
-// [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
+// aligned; qweight, scales and zeros 16-byte aligned. stages: 3-5. split_k > 1: cluster 1 sums the K
+// slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
+// (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
 extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scales, const void* zeros,
                                  const void* bias, void* y, void* ws, void* counters, void* img, int M, int N, int NP,
                                  int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int mt, int bm,
-                                 int stages, int dtype, void* stream) {
+                                 int stages, int cluster, int dtype, void* stream) {
   MmaArgs a;
   if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
                 dtype) ||
       img == nullptr || (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, x, img, stride_xm, s)
-                     : by_tile<__half>(a, mt, bm, x, img, stride_xm, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, x, img, stride_xm, cluster != 0, s)
+                     : by_tile<__half>(a, mt, bm, x, img, stride_xm, cluster != 0, s);
 }
