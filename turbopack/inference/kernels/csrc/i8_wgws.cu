@@ -15,7 +15,7 @@
 //     completed. Both operands come from shared memory, so nothing is decoded and no register is
 //     shared with an in-flight group (unlike w4_wgws.cu's A fragments).
 // CLUSTER (a.cluster): the split_k CTAs of a tile (its K slices) are one thread-block cluster along z
-// and sum their partials through distributed shared memory (common.cuh cluster_sum, in the idle ring):
+// and sum their partials through distributed shared memory (common.cuh cluster_reduce, in the idle ring):
 // no workspace, counter or global round trip. Run 31 measured the global planes costing ~11 us a split
 // at a 128 x 256 tile (the last CTA alone reads every plane back), more than a split saved. (Run 30's
 // CLUSTER, x multicast to pairs of row tiles, lost 1-20% everywhere in run 31: removed.)
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
       }
     }
     pdl_wait();  // every thread, before it exits: completion stays ordered along the chain
-    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_sum's two cluster barriers
+    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
     else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     return;
   }

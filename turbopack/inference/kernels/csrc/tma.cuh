@@ -76,7 +76,7 @@ __device__ __forceinline__ void cluster_sync_all() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
 // The ring's first byte (base, the 1024-aligned shared address) as a generic pointer: the warp-
-// specialized kernels' cluster split-K reuses the idle ring as cluster_sum's scratch
+// specialized kernels' cluster split-K reuses the idle ring as cluster_reduce's scratch
 __device__ __forceinline__ float4* ring_scratch(uint4* smem_raw, uint32_t base) {
   return reinterpret_cast<float4*>(reinterpret_cast<char*>(smem_raw) +
                                    (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));

@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
         if (++s == a.stages) s = 0, ph ^= 1;
       }
     }
-    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_sum's two cluster barriers
+    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
     else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
     return;
   }
