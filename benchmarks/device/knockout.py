@@ -44,7 +44,7 @@ build_libs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build_libs)
 
 #: csrc/common.cuh's knockout bits
-STORE, MATH, LOAD, SCALES, X, DECODE = 1, 2, 4, 8, 16, 32
+STORE, MATH, LOAD, SCALES, X, DECODE, EPILOGUE = 1, 2, 4, 8, 16, 32, 64
 DENSE_VARIANTS = {  # name: mask
     "real": 0, "no split-K store": STORE, "no math": MATH, "no weight loads": LOAD,
     # run 12's "no weight loads" still waited on each stage's scale copies: this one waits on nothing
@@ -55,9 +55,11 @@ DENSE_VARIANTS = {  # name: mask
 WS_VARIANTS = {  # the producer's copies (x, weights, scales) and the consumers' decode and wgmmas
     "real": 0, "no wgmma": MATH, "no decode": DECODE, "no decode, wgmma": MATH | DECODE, "no x copy": X,
     "no w copies": LOAD | SCALES, "no copies": X | LOAD | SCALES, "skeleton": X | LOAD | SCALES | MATH | DECODE,
+    "no epilogue": EPILOGUE, "skeleton, no epilogue": X | LOAD | SCALES | MATH | DECODE | EPILOGUE,
 }
 I8_VARIANTS = {"real": 0, "no wgmma": MATH, "no x copy": X, "no w copy": LOAD, "no copies": X | LOAD,
-               "skeleton": X | LOAD | MATH}
+               "skeleton": X | LOAD | MATH, "no epilogue": EPILOGUE,
+               "skeleton, no epilogue": X | LOAD | MATH | EPILOGUE}
 #: each library's variants
 VARIANTS = {cuda_w4: DENSE_VARIANTS, cuda_moe: DENSE_VARIANTS, cuda_w4ws: WS_VARIANTS, cuda_i8ws: I8_VARIANTS}
 MODULES = (cuda_w4, cuda_moe)

@@ -608,7 +608,7 @@ def test_knockout_masks_are_the_headers_and_off_in_real_builds():
     header = (cuda_build.CSRC / "common.cuh").read_text()
     bits = {name: int(v) for name, v in re.findall(r"kKo(\w+) = (\d+),", header)}
     assert bits == {"Store": ko.STORE, "Math": ko.MATH, "Load": ko.LOAD, "Scales": ko.SCALES, "X": ko.X,
-                    "Decode": ko.DECODE}
+                    "Decode": ko.DECODE, "Epilogue": ko.EPILOGUE}
     assert re.search(r"#ifndef TP_KNOCKOUT\n#define TP_KNOCKOUT 0\n#endif", header)
     cmd = cuda_build.nvcc_command("nvcc", cuda_w4.SRC, (9, 0), Path("x.so"))
     assert not any(a.startswith("-D") for a in cmd)

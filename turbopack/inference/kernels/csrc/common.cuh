@@ -29,6 +29,7 @@ enum : int {
   kKoScales = 8, // the scale/zero copies: with 4, no copy at all, so the ring's waits return at once
   kKoX = 16,     // x's per-stage loads (load_x): constant fragments, so no stage waits on x
   kKoDecode = 32,  // w4_wgws.cu's weight decode: the packed words go to the wgmma as they are
+  kKoEpilogue = 64,  // the warp-specialized kernels' epilogue: no y (the accumulators kept live)
 };
 constexpr int kKnockout = TP_KNOCKOUT;
 

@@ -119,6 +119,11 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
   }
   asm volatile("bar.sync 1, 256;\n" ::: "memory");  // the consumer warpgroups only: xs is written
+  if constexpr ((kKnockout & kKoEpilogue) != 0) {
+#pragma unroll
+    for (int j = 0; j < BM / 2; ++j) pin(acc[j]);
+    return;
+  }
   // CLUSTER: the K slices' int32 sums (exact) in their cluster, through the ring (idle: every stage was
   // waited for and both warpgroups passed wg_wait<0> before the barrier above), on the warps that
   // cluster_reduce assigns this rank; the scales then apply once

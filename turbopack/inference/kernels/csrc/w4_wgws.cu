@@ -230,6 +230,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
         pin(acc[r][t][e]);
         if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
       }
+  if constexpr ((kKnockout & kKoEpilogue) != 0) return;
   const int n0 = row0 + 16 * MT * warp;
   if (cl) {  // CLUSTER: the K slices' sums in their cluster, through the idle ring (common.cuh cluster_reduce)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both warpgroups' wgmmas done: the ring is idle
