@@ -20,6 +20,23 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import linear
 
 
+def _timed_row(label: str, setup: str, wt, shape: tuple[int, int], m: int, configs: dict[str, KernelConfig],
+               l2: int) -> dict[str, float]:
+    """bf16's µs and each config's through dispatch on fresh x, each first checked against the float64
+    contract (NaN and a FAILED line where it is not within 1e-2)."""
+    x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
+    ref = reference.ref_linear(x, setup, wt.q)
+    row = {"bf16": bench.time_us([partial(F.linear, x, w) for w in bench.bf16_weights(wt, l2)])}
+    for key, cfg in configs.items():
+        err = reference.rel_err(linear(x, wt.fmt, wt.layout_name, wt.copies[0], shape, None, cfg), ref)
+        if not err < 1e-2:
+            row[key] = float("nan")
+            print(f"  {label} {key}: rel err {err:.2e}: FAILED")
+            continue
+        row[key] = bench.time_us([partial(linear, x, wt.fmt, wt.layout_name, p, shape, None, cfg) for p in wt.copies])
+    return row
+
+
 def _w4_configs(n: int, k: int, m: int, sms: int) -> dict[str, KernelConfig]:
     return {f"ws {c.block_n}x{c.block_m}/{c.ring_stages}/s{c.split_k}{'/mc' if c.cluster else ''}": c
             for c in tune.candidates("w4a16", n, k, m, sms, hopper=True) if c.kernel is KernelName.CUDA_WS}
@@ -32,17 +49,7 @@ def w4a16(l2: int, gen: torch.Generator) -> None:
     for name, shape in bench.SHAPES.items():
         wt = bench.make_weight("w4a16", shape, l2, gen)
         for m in (64, 256, 2048):
-            x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
-            ref = reference.ref_linear(x, "w4a16", wt.q)
-            row = {"bf16": bench.time_us([partial(F.linear, x, w) for w in bench.bf16_weights(wt, l2)])}
-            for key, cfg in _w4_configs(*shape, m, sms).items():
-                err = reference.rel_err(linear(x, wt.fmt, wt.layout_name, wt.copies[0], shape, None, cfg), ref)
-                if not err < 1e-2:
-                    row[key] = float("nan")
-                    print(f"  {name} M={m} {key}: rel err {err:.2e}: FAILED")
-                    continue
-                row[key] = bench.time_us([partial(linear, x, wt.fmt, wt.layout_name, p, shape, None, cfg)
-                                          for p in wt.copies])
+            row = _timed_row(f"{name} M={m}", "w4a16", wt, shape, m, _w4_configs(*shape, m, sms), l2)
             best = min((v, k) for k, v in row.items() if k.startswith("ws") and v == v)
             print(f"{name:8s} M={m:5d} bf16={row['bf16']:.1f} | best {best[1]}={best[0]:.1f}: "
                   f"{best[0] / row['bf16']:.2f}x bf16's time")
@@ -66,17 +73,7 @@ def w8a8(l2: int, gen: torch.Generator) -> None:
     for name, shape in bench.SHAPES.items():
         wt = bench.make_weight("w8a8", shape, l2, gen)
         for m in (256, 2048):
-            x = torch.randn(m, shape[1], device="cuda", dtype=torch.bfloat16)
-            ref = reference.ref_linear(x, "w8a8", wt.q)
-            row = {"bf16": bench.time_us([partial(F.linear, x, w) for w in bench.bf16_weights(wt, l2)])}
-            for key, cfg in _w8a8_configs(*shape, m, sms).items():
-                err = reference.rel_err(linear(x, wt.fmt, wt.layout_name, wt.copies[0], shape, None, cfg), ref)
-                if not err < 1e-2:
-                    row[key] = float("nan")
-                    print(f"  {name} M={m} {key}: rel err {err:.2e}: FAILED")
-                    continue
-                row[key] = bench.time_us([partial(linear, x, wt.fmt, wt.layout_name, p, shape, None, cfg)
-                                          for p in wt.copies])
+            row = _timed_row(f"{name} M={m}", "w8a8", wt, shape, m, _w8a8_configs(*shape, m, sms), l2)
             best = {kind: min((v, k) for k, v in row.items() if k.startswith(kind) and v == v)
                     for kind in ("ws", "tri", "int_mm")}
             print(f"{name:8s} M={m:5d} bf16={row['bf16']:.1f} " + " ".join(

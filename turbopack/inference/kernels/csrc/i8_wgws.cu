@@ -58,11 +58,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   const int row0 = blockIdx.y * kI8Rows, tok0 = blockIdx.x * BM, tile = blockIdx.y * gridDim.x + blockIdx.x;
   const int S_all = (a.KP + kI8StageK - 1) / kI8StageK, per = (S_all + a.split_k - 1) / a.split_k;
   const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);  // 8 consumer warps
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  ring_init(full, empty, a.stages);
   const bool cl = a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
   if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -79,11 +75,12 @@ __global__ void __launch_bounds__(kI8Threads, 1)
         if (cw) tma_load_2d_hint(base + i * S::kSize, &wmap, (s_lo + i) * kI8StageK, row0, bar, policy);
       }
       pdl_wait();
-      for (int i = 0; i < n_st; ++i) {
-        const int s = i % a.stages, k = (s_lo + i) * kI8StageK;
-        const uint32_t slot = base + s * S::kSize, bar = full + 8 * s;
-        if (i >= pre) {
-          mbar_wait(empty + 8 * s, (i / a.stages - 1) & 1);
+      RingPos p;
+      for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
+        const int k = (s_lo + i) * kI8StageK;
+        const uint32_t slot = base + p.slot * S::kSize, bar = full + 8 * p.slot;
+        if (i >= pre) {  // i >= stages: the slot's previous pass must be released
+          mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
           mbar_expect_tx(bar, kBytes);
           if (cw) tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
         }
@@ -99,10 +96,10 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const uint32_t a_off = (warp >> 2) * 64 * kI8StageK;  // this warpgroup's 64 weight rows in a slot
   int32_t acc[BM / 2];  // the first wgmma writes them (scale-d 0)
-  for (int i = 0; i < n_st; ++i) {
-    const int s = i % a.stages;
-    const uint32_t slot = base + s * S::kSize;
-    mbar_wait(full + 8 * s, (i / a.stages) & 1);
+  RingPos p;
+  for (int i = 0, prev = 0; i < n_st; ++i, prev = p.slot, p.next(a.stages)) {  // prev: stage i - 1's slot
+    const uint32_t slot = base + p.slot * S::kSize;
+    mbar_wait(full + 8 * p.slot, p.phase);
     wg_fence();
     if constexpr ((kKnockout & kKoMath) == 0)
 #pragma unroll
@@ -110,7 +107,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
         WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
     wg_commit();
     wg_wait<1>();  // stage i - 1's group has completed: its slot is free
-    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * ((i - 1) % a.stages));
+    if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
   }
   wg_wait<0>();
   pdl_wait();  // returns at once (the x copies came after the producer's); before sx and any store

@@ -30,6 +30,24 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
                  : "memory");
   } while (!done);
 }
+// The warp-specialized kernels' ring: `stages` slots, each with a `full` mbarrier (the producer's
+// expect-tx, one arrival) and an `empty` one (the 8 consumer warps' arrivals), initialized by thread 0
+// and made visible to the async proxy (the copies complete on them) before any thread uses them
+__device__ __forceinline__ void ring_init(uint32_t full, uint32_t empty, int stages) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+}
+// A position in that ring, stage i's slot (i mod stages) and its pass's parity, counted rather than
+// divided (run 31: a stage's runtime divisions sat on the W4 producer's critical path)
+struct RingPos {
+  int slot = 0, phase = 0;
+  __device__ __forceinline__ void next(int stages) {
+    if (++slot == stages) slot = 0, phase ^= 1;
+  }
+};
 // true in one lane of the (converged) warp: a producer loop run by a whole warp keeps its addresses
 // warp-uniform, in uniform registers, where one thread's loop made ptxas wrap every copy in a loop
 // over the lanes' distinct operands (ELECT, R2UR, BRA.U.ANY)

@@ -174,11 +174,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
   const int row0 = blockIdx.y * S::kBN, tile = blockIdx.y * gridDim.x + blockIdx.x;
   const int S_all = a.K / kWsTileK, per = (S_all + a.split_k - 1) / a.split_k;
   const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < a.stages; ++s) mbar_init(full + 8 * s, 1), mbar_init(empty + 8 * s, 8);  // 8 consumer warps
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  ring_init(full, empty, a.stages);
   const bool cl = a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
   // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
   // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
@@ -187,10 +183,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
     if (threadIdx.x < 288) {  // its first warp, converged: the stage loop's values stay warp-uniform
       const uint64_t policy = l2_evict_first();
       const WsFeed f = ws_feed<MT, BM>(a, row0);
-      for (int i = 0, s = 0, ph = 0; i < n_st; ++i) {  // slot s = i mod stages, ph its pass's parity
-        if (i >= a.stages) mbar_wait(empty + 8 * s, ph ^ 1);
-        ws_fill<MT, BM>(f, a.TN, s_lo + i, base + s * S::kSize, full + 8 * s, policy);
-        if (++s == a.stages) s = 0, ph ^= 1;
+      RingPos p;
+      for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
+        if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
+        ws_fill<MT, BM>(f, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
       }
     }
     if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
@@ -206,18 +202,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
   // decodes into set i & 1 while stage i - 1's group, which reads the other set, may still run; set
   // i & 1 was last read by stage i - 2, whose group stage i - 1's wait retired
   uint32_t af[2][MT][2][2][4];
-  int s = 0, ph = 0, prev = 0;  // stage i's slot (i mod stages), its pass's parity, stage i - 1's slot
+  RingPos p;
+  int prev = 0;  // stage i - 1's slot
   for (int i0 = 0; i0 < n_st; i0 += 2)
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       const int i = i0 + b;
       if (i < n_st) {
-        mbar_wait(full + 8 * s, ph);
-        ws_mma<T, MT, BM>(acc, af[b], base + s * S::kSize, rr, c, asym, i == 0);
+        mbar_wait(full + 8 * p.slot, p.phase);
+        ws_mma<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, c, asym, i == 0);
         wg_wait<1>();  // stage i - 1's group has completed: its slot and its A registers are free
         if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
-        prev = s;
-        if (++s == a.stages) s = 0, ph ^= 1;
+        prev = p.slot;
+        p.next(a.stages);
       }
     }
   wg_wait<0>();
