@@ -6,12 +6,20 @@
 #   FORMATS=w4a16 bash benchmarks/device/tune.sh                 # $OUT/sm90.json, bench.json
 #   FORMATS=nvfp4,w8a16,w8a8,fp8 bash benchmarks/device/tune.sh
 #   PART=e2e bash benchmarks/device/tune.sh                      # bench_e2e --e2e (all formats)
+#   WS_TESTS=1 ...: the warp-specialized kernels' GPU tests first (stops if they fail)
 # The tuner writes its winners over the tree's configs/sm90.json (bench_main._over): copy each
 # call's $OUT/sm90.json into turbopack/inference/kernels/configs/ before the next call, so the
 # last one holds every format's and PART=e2e runs on it. Carry .scratch/prebuilt.tar.xz.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
+if [ -n "${WS_TESTS:-}" ]; then  # the warp-specialized kernels' GPU tests first: a fault would poison the tune
+  step ws-tests
+  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w4ws.py \
+    tests/inference/kernels/test_cuda_i8ws.py > "$OUT/ws_tests.txt" 2>&1
+  rc=$?; tail -3 "$OUT/ws_tests.txt"
+  if [ $rc -ne 0 ]; then grep -E "^FAILED|Error" "$OUT/ws_tests.txt" | head -20 | cut -c1-250; step done; exit 1; fi
+fi
 if [ "${PART:-tune}" = e2e ]; then
   step "bench_e2e --e2e"
   timeout ${E2E_S:-480} python3 benchmarks/bench_e2e.py --e2e --out "$OUT" > "$OUT/e2e.txt" 2> "$OUT/e2e.log"
