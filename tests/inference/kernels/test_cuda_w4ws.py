@@ -18,12 +18,12 @@ from wgmma_cases import TOL, a_fragment_k, hopper, reference_cases, w4_weight, w
 from turbopack.inference.kernels import cuda_w4ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
-#: (BN, BM, STAGES, SPLIT_K, CLUSTER) cycled over the cases: every tile, every ring depth, split 1, auto
+#: (BN, BM, STAGES, SPLIT_K, CLUSTER) cycled over the cases: every tile, ring depths 3 to the deepest, split 1, auto
 #: (0), uneven (4 over K = 1152: 18 stages) and more slices than a CTA's share of stages (18: one each),
 #: the slices summed through global planes and (CLUSTER) in a cluster (18 there: CLUSTER_MAX = 8)
-CONFIGS = [(128, 256, 4, 1, False), (128, 128, 3, 0, False), (256, 64, 5, 4, True), (128, 256, 5, 18, True),
-           (256, 64, 4, 1, False), (128, 128, 4, 3, True), (256, 64, 3, 0, False), (128, 128, 5, 2, False),
-           (256, 64, 5, 7, True), (128, 256, 4, 18, False)]
+CONFIGS = [(128, 256, 4, 1, False), (128, 128, 3, 0, False), (256, 64, 13, 4, True), (128, 256, 6, 18, True),
+           (256, 64, 4, 1, False), (128, 128, 10, 3, True), (256, 64, 3, 0, False), (128, 128, 5, 2, False),
+           (256, 64, 5, 7, True), (128, 256, 5, 18, False)]
 
 
 @pytest.mark.gpu
@@ -163,7 +163,7 @@ def test_tuner_offers_it_on_hopper_from_m_64():
     for m, n, k in ((256, 28672, 4096), (256, 4096, 14336), (200, 6144, 4096), (2048, 6144, 4096)):
         cands = [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
         assert {(c.block_n, c.block_m) for c in cands} == set(cuda_w4ws.TILES)
-        assert {c.ring_stages for c in cands} <= set(cuda_w4ws.STAGES)
+        assert all(3 <= c.ring_stages <= cuda_w4ws.max_stages(c.block_n, c.block_m) for c in cands)
         assert all(1 <= c.split_k <= k // 64 // 8 for c in cands)
         # CLUSTER beside every split > 1 whose partials the ring holds
         assert all(c.cluster is None or (1 < c.split_k <= cuda_w4ws.CLUSTER_MAX
@@ -197,6 +197,14 @@ def test_tiles_and_split():
     assert cuda_w4ws.cluster_fits(128, 256, 4) and not cuda_w4ws.cluster_fits(128, 256, 3)
     assert cuda_w4ws.cluster_fits(128, 128, 4) and not cuda_w4ws.cluster_fits(128, 128, 3)
     assert cuda_w4ws.cluster_fits(256, 64, 4) and not cuda_w4ws.cluster_fits(256, 64, 3)
+    # the ring as deep as 227 KB holds (the slots, 1 KB of alignment, two mbarriers a slot)
+    for bn, bm in cuda_w4ws.TILES:
+        top = cuda_w4ws.max_stages(bn, bm)
+        assert top * (cuda_w4ws.slot_bytes(bn, bm) + 16) + 1024 <= 227 * 1024
+        assert (top + 1) * (cuda_w4ws.slot_bytes(bn, bm) + 16) + 1024 > 227 * 1024
+    assert [cuda_w4ws.max_stages(bn, bm) for bn, bm in cuda_w4ws.TILES] == [6, 10, 13]
+    with pytest.raises(ValueError, match="3-6 stages"):
+        cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, stages=7)
     with pytest.raises(ValueError, match="deeper ring"):
         cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, stages=3, cluster=True)
     assert cuda_w4ws.x_image_elements(300, 1024, 256) == 512 * 1024

@@ -41,8 +41,9 @@ def library(device: torch.device) -> ctypes.CDLL:
 
 
 def max_stages(bm: int) -> int:
-    """The deepest ring (3-6 stages) whose slots fit shared memory: 4 at BM = 256, 6 below."""
-    return min(6, (SMEM_MAX - 1024 - 4 * bm) // ((ROWS + bm) * STAGE_K + 16))
+    """The deepest ring whose slots fit shared memory: 4 at BM = 256, 7 at 128, 9 at 64 (the smaller
+    tiles' stages are shorter, so they need more of them for a memory latency's worth of copies)."""
+    return (SMEM_MAX - 1024 - 4 * bm) // ((ROWS + bm) * STAGE_K + 16)
 
 
 def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:

@@ -6,7 +6,8 @@ producer warpgroup that copies every stage by bulk copies (the TMA unit) onto mb
 consumer warpgroups that only decode and issue wgmma. A CTA owns 128 weight rows x 256 or 128 tokens,
 or 256 rows x 64 tokens (TILES). x goes
 first through one copy into the x image (csrc x_image_kernel: the slots' bytes in stage order), whose
-scratch this module allocates. Config keys (kernel ``cuda_ws``): BN, BM, STAGES (3-5), SPLIT_K (0:
+scratch this module allocates. Config keys (kernel ``cuda_ws``): BN, BM, STAGES (3 to max_stages: the
+deepest ring that fits shared memory), SPLIT_K (0:
 default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block cluster, through
 distributed shared memory, instead of fp32 planes in global memory: split <= CLUSTER_MAX and the
 partials within the ring, cluster_fits). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or
@@ -29,7 +30,8 @@ SRC = cuda_build.CSRC / "w4_wgws.cu"
 #: (two) x 64 tokens (M = 64: the weights' bytes, not the MMAs, bound it there). 256 x 128 spilled:
 #: 128 accumulators and two sets of 32 A registers a thread
 TILES = ((128, 256), (128, 128), (256, 64))
-STAGES = (3, 4, 5)
+#: shared memory a CTA may take on sm90 (227 KB): the slots, 1024 bytes of alignment, two mbarriers a slot
+SMEM_MAX = 227 * 1024
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 9 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
@@ -70,6 +72,13 @@ def slot_bytes(bn: int, bm: int) -> int:
     return math.ceil((bm * 128 + bn * 35) / 1024) * 1024
 
 
+def max_stages(bn: int, bm: int) -> int:
+    """The deepest ring whose slots fit shared memory: 6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64.
+    A slot is one 64-k stage; the smaller tiles' stages are shorter, so they need more of them to keep
+    a memory latency's worth of copies in flight."""
+    return (SMEM_MAX - 1024) // (slot_bytes(bn, bm) + 16)
+
+
 def cluster_fits(bn: int, bm: int, stages: int) -> bool:
     """CLUSTER's partials (8 consumer warps x BN / 128 x BM / 8 float4 columns of 32 lanes) in the ring."""
     return 8 * (bn // 128) * (bm // 8) * 32 * 16 <= stages * slot_bytes(bn, bm)
@@ -86,6 +95,8 @@ def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int,
     cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX of them)."""
     if (bn, bm) not in TILES:
         raise ValueError(f"cuda_ws has no {bn} x {bm} tile; built: {', '.join(f'{a} x {b}' for a, b in TILES)}")
+    if not 3 <= stages <= max_stages(bn, bm):
+        raise ValueError(f"cuda_ws at {bn} x {bm} takes 3-{max_stages(bn, bm)} stages, not {stages}")
     if cluster and not cluster_fits(bn, bm, stages):
         raise ValueError(f"cuda_ws CLUSTER at {bn} x {bm} needs a deeper ring than {stages} stages for its partials")
     qw, s = packed["qweight"], packed["scales"]

@@ -182,16 +182,17 @@ def _ws_cluster(sk: int, most: int) -> tuple:
 
 
 def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
-    """The warp-specialized kernel (cuda_w4ws): each tile worth timing, ring depths 4 and 5, _ws_splits
+    """The warp-specialized kernel (cuda_w4ws): each tile worth timing, its two deepest rings, _ws_splits
     (at least eight 64-k stages a slice), each split > 1 through global planes and (CLUSTER) in a cluster."""
     out = []
     smallest = min(bm for _, bm in cuda_w4ws.TILES)
     for bn, bm in cuda_w4ws.TILES:
         if not _ws_tile_worth_timing(m, bm, smallest):
             continue
+        top = cuda_w4ws.max_stages(bn, bm)
         for sk in _ws_splits(m, cuda_w4ws.wave_split(n, k, m, bn, bm, sms)):
             out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st, cluster=cl)
-                    for st in (4, 5) for cl in _ws_cluster(sk, cuda_w4ws.CLUSTER_MAX)
+                    for st in (top - 1, top) for cl in _ws_cluster(sk, cuda_w4ws.CLUSTER_MAX)
                     if not cl or cuda_w4ws.cluster_fits(bn, bm, st)]
     return out
 

@@ -227,15 +227,15 @@ int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int 
 
 // y [M, N] = (xq W^T) * sx * sw (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (bias, y). xq: int8 [M, KP]
 // with stride_xq bytes a row; w: int8 [NP, KP]; sx [M], sw [N] float32; KP and stride_xq multiples of 16,
-// xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages 3-6 within 227 KB of shared memory
-// (bm = 256: at most 4). split_k > 1: cluster 1 sums the K slices in a cluster (split_k <= 8), cluster 0
+// xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages from 3 to what fits 227 KB of
+// shared memory (4 at bm = 256, 7 at 128, 9 at 64). split_k > 1: cluster 1 sums the K slices in a cluster (split_k <= 8), cluster 0
 // through ws (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left
 // zeroed). Returns 0, -1 for
 // bad arguments, else the CUDA error (the kernel is empty unless built for sm_90a).
 extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,
                                  void* y, void* ws, void* counters, int M, int N, int NP, int KP, int stride_xq,
                                  int split_k, int bm, int stages, int cluster, int dtype, void* stream) {
-  if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 || stages > 6 ||
+  if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 ||
       (cluster != 0 && cluster != 1) || (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w) % 16 != 0)
     return -1;

@@ -17,12 +17,13 @@ struct MmaArgs {
 
 // The arguments of both W4 multi-column entry points (w4_mma.cu, w4_wgmma.cu), with the checks they
 // share: M >= 1, K in whole 128-k stages, group 64 or 128, 16-row layout tiles, x rows 16-byte
-// aligned, a split, a ring of 3-5 stages, bf16 or fp16. false: the caller returns -1.
+// aligned, a split, a ring of 3 to most_stages stages (5: the cp.async rings' wait_ring; the
+// mbarrier rings check their shared memory instead), bf16 or fp16. false: the caller returns -1.
 inline bool mma_args(MmaArgs& a, const void* x, const void* qw, const void* scales, const void* zeros,
                      const void* bias, void* y, void* ws, void* counters, int M, int N, int NP, int K, int KT, int KGP,
-                     int TN, int G, int stride_xm, int split_k, int stages, int dtype) {
+                     int TN, int G, int stride_xm, int split_k, int stages, int dtype, int most_stages = 5) {
   if (M < 1 || K % kStageK != 0 || (G != 64 && G != 128) || TN % 16 != 0 || NP % 16 != 0 || stride_xm % 8 != 0 ||
-      split_k < 1 || stages < 3 || stages > 5 || (dtype != 0 && dtype != 1))
+      split_k < 1 || stages < 3 || stages > most_stages || (dtype != 0 && dtype != 1))
     return false;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
   a = MmaArgs{o, x, static_cast<const uint4*>(qw), scales, static_cast<const uint8_t*>(zeros), M, NP, K, KT, KGP,

@@ -36,6 +36,7 @@ namespace {
 
 constexpr int kWsTileK = 64;    // k per stage
 constexpr int kWsThreads = 384;  // consumer warpgroups 0, 1; producer warpgroup 2
+constexpr int kWsSmemMax = 227 * 1024;  // a CTA's shared memory on sm90: the ring's depth is what fits
 
 template <int MT, int BM>
 struct WsSlot {
@@ -269,6 +270,7 @@ int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, bool clust
   x_image_kernel<T, BM><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, s>>>(
       static_cast<const T*>(x), static_cast<uint4*>(img), a.M, a.K, stride_xm, chunks);
   const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
+  if (smem > kWsSmemMax) return -1;
   // CLUSTER: every warp's partials (MT x BM / 8 float4 columns of 32 lanes) fit in the idle ring
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
   if (cl > 8 || (cl > 1 && 8 * MT * (BM / 8) * 32 * 16 > a.stages * S::kSize)) return -1;
@@ -298,7 +300,8 @@ int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stri
 // y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
 // A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
 // (1, 128), (2, 64). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
-// aligned; qweight, scales and zeros 16-byte aligned. stages: 3-5. split_k > 1: cluster 1 sums the K
+// aligned; qweight, scales and zeros 16-byte aligned. stages: 3 to what fits 227 KB (6 at 128 x 256, 10 at
+// 128 x 128, 13 at 256 x 64). split_k > 1: cluster 1 sums the K
 // slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
 // (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
@@ -308,7 +311,7 @@ extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scal
                                  int stages, int cluster, int dtype, void* stream) {
   MmaArgs a;
   if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
-                dtype) ||
+                dtype, 64) ||
       img == nullptr || (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
