@@ -1,10 +1,10 @@
 """The warp-specialized CUDA C++ W4A16 kernel on Hopper (csrc/w4_wgws.cu, cuda_w4ws): on an sm90 GPU it
 matches the float64 reference of the w4a16 contract on fresh random inputs with w4_wgmma.cu's
 tolerances (the same A operand and decode, fp32 sums: 4e-3 relative for bf16 y, 1e-3 for fp16), one-hot
-tokens read the contract's weights exactly (an error in the x image's transpose or swizzle, in a
+tokens read the contract's weights exactly (an error in the A fragments' gather, in x's box, in a
 bulk copy's offset or in the stage ring shows), split-K sums are deterministic, and a CUDA graph
-replays it. On the CPU: a model of the x image read back through wgmma's B addressing, the tile and
-split rules."""
+replays it. On the CPU: models of x's box read back through wgmma's B addressing and of the A
+fragments' gather from the packed layout (both natural k order), the tile and split rules."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from wgmma_cases import TOL, a_fragment_k, hopper, reference_cases, w4_weight, wgmma_b
+from wgmma_cases import TOL, hopper, reference_cases, w4_weight, wgmma_b
 
 from turbopack.inference.kernels import cuda_w4ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
@@ -96,43 +96,65 @@ def test_deterministic_and_in_a_graph():
     assert reference.rel_err(y2, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
 
 
-# -- a CPU model of the x image: x_image_kernel's writes, the tensor core's reads of a slot ---------------
+# -- CPU models of a stage's operands as the tensor core reads them ------------------------------------
 
-def _image_model(x: np.ndarray, bm: int) -> np.ndarray:
-    """x_image_kernel (csrc/w4_wgws.cu) chunk by chunk: image chunk id = ((mt KT + kt) BM + t) 8 + q' holds
-    words 8i + 4p + m (i = 0..3) of token mt BM + t's 64-k row kt, q = q' ^ (t & 7) = 4p + m; zero past M."""
-    m, k = x.shape
-    words = x.view(np.uint32).reshape(m, k // 64, 32)
-    mtiles, kts = -(-m // bm), k // 64
-    img = np.zeros((mtiles * kts * bm * 8, 4), np.uint32)
-    for chunk in range(img.shape[0]):
-        t, qq, rest = (chunk >> 3) % bm, chunk & 7, chunk // (8 * bm)
-        kt, tok = rest % kts, (rest // kts) * bm + (chunk >> 3) % bm
-        q = qq ^ (t & 7)
-        if tok < m:
-            img[chunk] = [words[tok, kt, 8 * i + 4 * (q >> 2) + (q & 3)] for i in range(4)]
-    return img.reshape(-1).view(np.uint16)
-
-
-@pytest.mark.parametrize("bm", [128, 256])
-def test_model_x_image_reaches_the_tensor_core_in_the_weights_k_order(bm):
-    """A stage's slot is the image's (token tile, 64-k tile) run of BM x 128 bytes, copied byte for
-    byte; wgmma step u (descriptor start 32u bytes in) must see, at virtual k kk of token t, x[t,
-    64 kt + a_fragment_k(u)[kk]], and zero for tokens past M."""
+@pytest.mark.parametrize("bm", [64, 128, 256])
+def test_model_x_box_reaches_the_tensor_core_in_natural_k_order(bm):
+    """x's tensor-map box (BM tokens x 64 k, the 128-byte swizzle: 16-byte chunk q of token t's 128-byte
+    row at t 128 + 16 (q ^ (t & 7)), zeros past M): wgmma step u (descriptor start 32u bytes in) must
+    see, at virtual k kk of token t, x[t, 64 kt + 16 u + kk]."""
     rng = np.random.default_rng(bm)
-    m, k = bm + 40, 192
+    m, k = bm - 24, 192
     x = rng.integers(0, 1 << 16, size=(m, k), dtype=np.uint16)
-    img = _image_model(x, bm)
-    run = bm * 128 // 2  # 16-bit elements of one stage's x
-    for mt, kt in itertools.product(range(2), range(k // 64)):
-        slot = img[((mt * (k // 64)) + kt) * run:][:run]
+    for kt in range(k // 64):
+        slot = np.zeros(bm * 64, np.uint16)
+        for t, q in itertools.product(range(m), range(8)):
+            at = t * 64 + 8 * (q ^ (t & 7))
+            slot[at:at + 8] = x[t, 64 * kt + 8 * q:][:8]
         for u in range(4):
-            b = wgmma_b(slot, 32 * u, bm)
-            toks = np.arange(mt * bm, (mt + 1) * bm)
             want = np.zeros((16, bm), np.uint16)
-            live = toks < m
-            want[:, live] = x[toks[live]][:, 64 * kt + a_fragment_k(u)].T
-            assert np.array_equal(b, want), (mt, kt, u)
+            want[:, :m] = x[:, 64 * kt + 16 * u:][:, :16].T
+            assert np.array_equal(wgmma_b(slot, 32 * u, bm), want), (kt, u)
+
+
+def _gather_word(c: int, w: list[int]) -> int:
+    """WsGather(c).word(w0, w1, w2, w3) (csrc/w4_wgws.cu): pair() puts a's nibble (c & 1) of each byte
+    low and b's high, __byte_perm takes bytes c / 2 and c / 2 + 2 of the two pairs."""
+    lo, hi, b = 4 * (c & 1), 4 - 4 * (c & 1), c >> 1
+
+    def pair(a: int, bb: int) -> int:
+        return ((a >> lo) & 0x0F0F0F0F) | ((bb << hi) & 0xF0F0F0F0)
+
+    src = pair(w[0], w[1]) | pair(w[2], w[3]) << 32
+    return sum(((src >> 8 * s) & 0xFF) << 8 * i for i, s in enumerate((b, 4 + b, b + 2, 6 + b)))
+
+
+@pytest.mark.parametrize("tn_rows", [16, 64])
+def test_model_gathered_a_fragments_take_natural_k_order(tn_rows):
+    """The packed layout's 32 bytes of a row and 64-k tile, through each quad lane c's gather and
+    decode_words (word h, nibbles 2u' and 2u' + 4 -> step 2h + u', k 2c and 2c + 1; 2u' + 1 and 2u' + 5
+    -> k 2c + 8 and 2c + 9), hold at wgmma step u the codes of k 16u + 2c (+1, +8, +9): the same k
+    as x's box, so the tensor core multiplies matching k."""
+    from turbopack.formats import get_format
+    from turbopack.formats.int4 import unpack_nibbles
+    from turbopack.inference.kernels import reference
+
+    n, k = 2 * tn_rows, 256
+    fmt = get_format("w4a16", group_size=64, sym=False, scale_dtype="bfloat16")
+    q = fmt.quantize(torch.randn(n, k, generator=torch.Generator().manual_seed(tn_rows)))
+    codes = unpack_nibbles(q["qweight"]).numpy()
+    packed = reference.pack_w4(q, tn_rows)["qweight"].numpy().reshape(-1).view(np.uint32)
+    kt_all = k // 64
+    for r, kt in itertools.product(range(n), range(kt_all)):
+        at = ((r // tn_rows * kt_all + kt) * tn_rows + r % tn_rows) * 8  # the row's 8 words
+        w = [int(v) for v in packed[at:at + 8]]
+        for c, h in itertools.product(range(4), range(2)):
+            word = _gather_word(c, w[4 * h:4 * h + 4])
+            nib = [(word >> 4 * j) & 0xF for j in range(8)]
+            for u2 in range(2):
+                kk = 64 * kt + 16 * (2 * h + u2) + 2 * c
+                assert [nib[2 * u2], nib[2 * u2 + 4], nib[2 * u2 + 1], nib[2 * u2 + 5]] == \
+                    list(codes[r, [kk, kk + 1, kk + 8, kk + 9]]), (r, kt, c, h, u2)
 
 
 @pytest.mark.gpu
@@ -207,8 +229,6 @@ def test_tiles_and_split():
         cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, stages=7)
     with pytest.raises(ValueError, match="deeper ring"):
         cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, stages=3, cluster=True)
-    assert cuda_w4ws.x_image_elements(300, 1024, 256) == 512 * 1024
-    assert cuda_w4ws.x_image_elements(256, 1024, 128) == 256 * 1024
     assert all(bn * bm <= 128 * 256 and bn % 128 == 0 for bn, bm in cuda_w4ws.TILES)
     with pytest.raises(ValueError, match="128 x 256"):
         cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, bn=256, bm=256)

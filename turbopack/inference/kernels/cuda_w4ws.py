@@ -4,14 +4,13 @@ cuda_build at first use), launched on torch's current stream (CUDA-graph captura
 The operands of cuda_w4wg (weights decoded into wgmma's A registers, x its B in shared memory), a
 producer warpgroup that copies every stage by bulk copies (the TMA unit) onto mbarriers, and two
 consumer warpgroups that only decode and issue wgmma. A CTA owns 128 weight rows x 256 or 128 tokens,
-or 256 rows x 64 tokens (TILES). x goes
-first through one copy into the x image (csrc x_image_kernel: the slots' bytes in stage order), whose
-scratch this module allocates. Config keys (kernel ``cuda_ws``): BN, BM, STAGES (3 to max_stages: the
-deepest ring that fits shared memory), SPLIT_K (0:
-default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block cluster, through
-distributed shared memory, instead of fp32 planes in global memory: split <= CLUSTER_MAX and the
-partials within the ring, cluster_fits). Reads bf16 or fp16 activations with scales of the same dtype, group 64 or
-128, K a multiple of 128.
+or 256 rows x 64 tokens (TILES). x is copied as it is (a tensor map: boxes of BM tokens x 64 k in the
+128-byte swizzle); the consumers gather each A fragment's nibbles into wgmma's k order. Config keys
+(kernel ``cuda_ws``): BN, BM, STAGES (3 to max_stages: the deepest ring that fits shared memory),
+SPLIT_K (0: default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block
+cluster, through distributed shared memory, instead of fp32 planes in global memory: split <=
+CLUSTER_MAX and the partials within the ring, cluster_fits). Reads bf16 or fp16 activations with
+scales of the same dtype, group 64 or 128, K a multiple of 128.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ TILES = ((128, 256), (128, 128), (256, 64))
 SMEM_MAX = 227 * 1024
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 9 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
 #: the largest portable thread-block cluster: CLUSTER's most K slices
 CLUSTER_MAX = 8
 
@@ -44,15 +43,10 @@ def library(device: torch.device) -> ctypes.CDLL:
 
 
 def supports(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
-    """Can the kernel run this call? cuda_w4wg's conditions (cuda_w4mm's on an sm90 device), with the
-    packed tensors 16-byte aligned (bulk copies)."""
-    return (cuda_w4wg.supports(x2, fmt, packed, shape)
+    """Can the kernel run this call? cuda_w4wg's conditions (cuda_w4mm's on an sm90 device), with x and
+    the packed tensors 16-byte aligned (a tensor map's base, bulk copies)."""
+    return (cuda_w4wg.supports(x2, fmt, packed, shape) and x2.data_ptr() % 16 == 0
             and all(t.data_ptr() % 16 == 0 for t in packed.values() if t is not None))
-
-
-def x_image_elements(m: int, k: int, bm: int) -> int:
-    """The x image's size in 16-bit elements: every token tile whole (tokens past M zero)."""
-    return math.ceil(m / bm) * bm * k
 
 
 def max_split(k: int) -> int:
@@ -107,9 +101,8 @@ def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int,
     split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, m, bn, bm, x2.device)
     split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
     ws, cnt = splitk_slices(x2.device, m, n, math.ceil(nt * tn / bn) * math.ceil(m / bm), split)
-    img = torch.empty(x_image_elements(m, k, bm), dtype=x2.dtype, device=x2.device)
     rc = library(x2.device).turbopack_w4_wgws(
-        _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt), _p(img),
+        _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, bn // 128, int(bm), int(stages),
         int(bool(cluster)), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:

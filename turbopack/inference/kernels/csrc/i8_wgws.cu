@@ -162,33 +162,6 @@ __global__ void __launch_bounds__(kI8Threads, 1)
 #endif
 }
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link), looked up once
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiled encoder() {
-  static EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
-    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(p) : nullptr;
-  }();
-  return fn;
-}
-
-// rows x cols int8, row-major with `stride` bytes a row, as boxes of box_rows x 128 bytes in the 128-byte
-// swizzle; reads past the edges return zeros (OOB fill NONE)
-bool int8_map(CUtensorMap* m, const void* p, int rows, int cols, long long stride, int box_rows) {
-  const EncodeTiled fn = encoder();
-  if (fn == nullptr) return false;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
-  const cuuint32_t box[2] = {kI8StageK, static_cast<cuuint32_t>(box_rows)}, elem[2] = {1, 1};
-  return fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(p), dims, strides, box, elem,
-            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 template <int BM>
 constexpr int smem_bytes(int stages) {
   return stages * I8Slot<BM>::kSize + 1024 + 16 * stages + 4 * BM;  // + the alignment, the barriers, the token scales
@@ -199,7 +172,8 @@ int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq
   const int smem = smem_bytes<BM>(a.stages);
   if (smem > kMaxSmem) return -1;
   CUtensorMap wmap, xmap;
-  if (!int8_map(&wmap, w, NP, a.KP, a.KP, kI8Rows) || !int8_map(&xmap, xq, a.M, a.KP, stride_xq, BM)) return -1;
+  if (!row_map_128b(&wmap, w, 1, NP, a.KP, a.KP, kI8Rows) || !row_map_128b(&xmap, xq, 1, a.M, a.KP, stride_xq, BM))
+    return -1;
   // CLUSTER: every warp's partials (BM / 8 float4 columns of 32 lanes) fit in the idle ring
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
   if (cl > 8 || (cl > 1 && 8 * (BM / 8) * 32 * 16 > a.stages * I8Slot<BM>::kSize)) return -1;

@@ -101,4 +101,35 @@ __device__ __forceinline__ float4* ring_scratch(uint4* smem_raw, uint32_t base) 
 }
 #endif  // TP_WGMMA
 
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link), looked up once
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+inline EncodeTiled encoder() {
+  static EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(p) : nullptr;
+  }();
+  return fn;
+}
+
+// rows x cols elements of elem_bytes (1 or 2), row-major with `stride` bytes a row, as boxes of box_rows
+// x 128 bytes in the 128-byte swizzle (the K-major layout desc_k128 describes); reads past the edges
+// return zeros (OOB fill NONE) and still count their bytes. false: no driver entry point, or the
+// pointer or stride is not 16-byte aligned
+inline bool row_map_128b(CUtensorMap* m, const void* p, int elem_bytes, int rows, int cols, long long stride,
+                         int box_rows) {
+  const EncodeTiled fn = encoder();
+  if (fn == nullptr || reinterpret_cast<uintptr_t>(p) % 16 != 0 || stride % 16 != 0) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / elem_bytes), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  return fn(m, elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(p),
+            dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace

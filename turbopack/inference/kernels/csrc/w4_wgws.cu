@@ -20,10 +20,13 @@
 // [BN][32 B] (the packed w4_t{16,64}x64 tile rows, k in w4.cu's order), scales [BN] (16-bit) and zero
 // points [BN] (uint8, asym only) of the tile's group, each copied as BN / TN contiguous runs of the
 // layout (a row tile's 64 k are TN x 32 contiguous bytes, its group's scales TN x 2, zeros TN).
-// x is copied as one run too: the caller first writes the x image (x_image_kernel below), every
-// stage's B operand byte for byte as the slot holds it: the 4 x 4 word transpose of w4_wgmma.cu's
-// XFeed (the tensor core reads B in its own k order, the A fragments take w4.cu's) and the 128-byte
-// swizzle (wgmma.cuh desc_k128), tokens past M zero.
+// x arrives as it is, one tensor-map box of BM tokens x 64 k (TMA, in the 128-byte swizzle that
+// desc_k128 describes, zeros past M), so the tensor core reads B in natural k order. The A fragments
+// follow it (ws_words): w4.cu's order gives thread c of a quad k 16c .. 16c + 15 of a row, where
+// wgmma's A fragment wants k 16u + 2c (+1, +8, +9) at step u, so each thread reads its rows' whole
+// 32 bytes (the quad's four lanes read the same addresses: a broadcast) and gathers nibbles c and
+// c + 4 of every word. Runs 29-31 instead wrote an x image first (x in the A fragments' k order, one
+// more pass over x and one more launch a call).
 //
 // Rows: warp w (0-3) of consumer warpgroup h owns rows 32 (4 h + w) .. + 31 at MT = 2 (fragment r =
 // A tile r: rows + 16 r), 16 (4 h + w) .. + 15 at MT = 1, so the accumulators are store_planes' R = MT
@@ -46,9 +49,9 @@ struct WsSlot {
 };
 
 #ifdef TP_WGMMA
-__device__ __forceinline__ uint2 lds64(uint32_t at) {
-  uint2 v;
-  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(at));
+__device__ __forceinline__ uint4 lds128(uint32_t at) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(at));
   return v;
 }
 __device__ __forceinline__ uint32_t lds16(uint32_t at) {
@@ -67,7 +70,7 @@ __device__ __forceinline__ uint32_t lds8(uint32_t at) {
 // divisions and 64-bit products, ~210 instructions of dependent latency a stage, left the consumers
 // waiting on `full` half the time)
 struct WsFeed {
-  const char* x;                        // this CTA's token tile, stage 0 (the x image)
+  int tok0;                             // this CTA's first token (x's tensor-map box row)
   const char* qw;                       // its first layout tile's weights at k 0
   const char* sc;                       // its first tile's scales (group 0)
   const uint8_t* z;                     // its first tile's zero points (group 0; asym only)
@@ -84,7 +87,7 @@ __device__ __forceinline__ WsFeed ws_feed(const MmaArgs& a, int row0) {
   const long long tn0 = row0 / a.TN;
   WsFeed f;
   f.live = min(S::kBN / a.TN, (a.NP - row0 + a.TN - 1) / a.TN);
-  f.x = static_cast<const char*>(a.x) + (long long)blockIdx.x * (a.K / kWsTileK) * S::kX;
+  f.tok0 = blockIdx.x * BM;
   f.qw_tile = a.KT * a.TN * 32, f.sc_tile = a.KGP * a.TN * 2;  // int: the entry point refuses larger
   f.qw = reinterpret_cast<const char*>(a.qw) + tn0 * f.qw_tile;
   f.sc = static_cast<const char*>(a.scales) + tn0 * f.sc_tile;
@@ -98,13 +101,13 @@ __device__ __forceinline__ WsFeed ws_feed(const MmaArgs& a, int row0) {
 // The producer's stage: every copy of 64-k tile kt into slot `slot`, counted on its full barrier; one
 // elected lane of the producer warp issues them
 template <int MT, int BM>
-__device__ __forceinline__ void ws_fill(const WsFeed& f, int TN, int kt, uint32_t slot, uint32_t full,
-                                        uint64_t policy) {
+__device__ __forceinline__ void ws_fill(const WsFeed& f, const CUtensorMap* xmap, int TN, int kt, uint32_t slot,
+                                        uint32_t full, uint64_t policy) {
   using S = WsSlot<MT, BM>;
   constexpr bool cx = (kKnockout & kKoX) == 0, cw = (kKnockout & kKoLoad) == 0, cs = (kKnockout & kKoScales) == 0;
   if (!elect_one()) return;
-  mbar_expect_tx(full, f.bytes);
-  if (cx) bulk_copy(slot, f.x + (long long)kt * S::kX, S::kX, full);
+  mbar_expect_tx(full, f.bytes);  // x's box counts its zero-filled tokens past M too
+  if (cx) tma_load_2d(slot, xmap, kt * kWsTileK, f.tok0, full);
   const int g = kt >> f.gshift;
   const char *w = f.qw + kt * TN * 32, *sc = f.sc + g * TN * 2;
   const uint8_t* z = f.z + g * TN;
@@ -115,19 +118,44 @@ __device__ __forceinline__ void ws_fill(const WsFeed& f, int TN, int kt, uint32_
   }
 }
 
+// Thread c's quad gather (constant per thread): word h of a row for decode_words, in wgmma's k order.
+// The row's 32 bytes are words w0..w7, word 2c' + h' of lane c' holding k 16c' + 8h' + 2j (nibble j)
+// and + 1 (nibble j + 4), j < 4 (w4.cu's order). Step u's A registers want k 16u + 2c (+1) and 16u +
+// 2c + 8 (+9): nibbles c and c + 4 of words 2u and 2u + 1. decode_words takes a step pair's from one
+// word (nibbles 2u' and 2u' + 4 -> k 2c, 2c + 1 of step 2h + u'; 2u' + 1, 2u' + 5 -> k 2c + 8, 2c + 9),
+// so word h gets, at nibble p and p + 4, nibbles c and c + 4 of w[4h + p]. Two words at a time:
+// lop3 puts nibble c of the byte of a and of b in one byte (a's low, b's high), then prmt picks the
+// two bytes that hold nibbles c (byte c / 2) and c + 4 (byte c / 2 + 2) of the two pairs.
+struct WsGather {
+  uint32_t lo, hi, sel;  // shift of a's nibble down, of b's up (4 - lo), the prmt selector
+  __device__ __forceinline__ explicit WsGather(int c) : lo(4 * (c & 1)), hi(4 - 4 * (c & 1)) {
+    const uint32_t b = c >> 1;
+    sel = b | (4 + b) << 4 | (b + 2) << 8 | (6 + b) << 12;
+  }
+  __device__ __forceinline__ uint32_t pair(uint32_t a, uint32_t b) const {  // byte i: a's nibble, b's above it
+    return (a >> lo & 0x0F0F0F0Fu) | (b << hi & 0xF0F0F0F0u);
+  }
+  __device__ __forceinline__ uint32_t word(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) const {
+    return __byte_perm(pair(w0, w1), pair(w2, w3), sel);
+  }
+};
+
 // A consumer's stage: its MT fragments' A registers af ([fragment][word h][step 2h + u]) decoded from
 // the slot (rows rr + 16 r, + 8), then four k16 steps of MT wgmmas each on the slot's x, one commit
 // group. The wgmmas read af after this returns: the caller may write these registers again only once
 // the group has completed (PTX: accessing an in-flight wgmma's A registers is undefined)
 template <typename T, int MT, int BM>
 __device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&af)[MT][2][2][4], uint32_t slot,
-                                       int rr, int c, bool asym, bool first) {
+                                       int rr, const WsGather& q, bool asym, bool first) {
   using S = WsSlot<MT, BM>;
   constexpr uint32_t kM16 = Half16<T>::kMagic & 0xFFFFu;
 #pragma unroll
   for (int r = 0; r < MT; ++r) {
     const int row = rr + 16 * r;
-    const uint2 lo = lds64(slot + S::kX + row * 32 + 8 * c), hi = lds64(slot + S::kX + (row + 8) * 32 + 8 * c);
+    const uint4 l0 = lds128(slot + S::kX + row * 32), l1 = lds128(slot + S::kX + row * 32 + 16);
+    const uint4 h0 = lds128(slot + S::kX + (row + 8) * 32), h1 = lds128(slot + S::kX + (row + 8) * 32 + 16);
+    const uint2 lo = {q.word(l0.x, l0.y, l0.z, l0.w), q.word(l1.x, l1.y, l1.z, l1.w)};
+    const uint2 hi = {q.word(h0.x, h0.y, h0.z, h0.w), q.word(h1.x, h1.y, h1.z, h1.w)};
     const uint32_t sc[2] = {lds16(slot + S::kX + S::kW + row * 2) * 0x10001u,
                             lds16(slot + S::kX + S::kW + (row + 8) * 2) * 0x10001u};
     const uint32_t zl = asym ? lds8(slot + S::kX + S::kW + S::kS + row) : 8u;
@@ -166,7 +194,7 @@ __device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&a
 #endif  // TP_WGMMA
 
 template <typename T, int MT, int BM>
-__global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a) {
+__global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_constant__ CUtensorMap xmap, const MmaArgs a) {
 #ifdef TP_WGMMA
   using S = WsSlot<MT, BM>;
   extern __shared__ uint4 smem_raw[];
@@ -187,7 +215,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
       RingPos p;
       for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
         if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
-        ws_fill<MT, BM>(f, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
+        ws_fill<MT, BM>(f, &xmap, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
       }
     }
     if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
@@ -198,6 +226,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int rr = 16 * MT * warp + g;  // this thread's row g of fragment 0, in the CTA's rows
   const bool asym = a.zeros != nullptr;
+  const WsGather q(c);
   float acc[MT][BM / 8][4];  // the first wgmma writes them (scale-d 0)
   // two sets of A registers, by stage parity, named by constants (the loop unrolled twice): stage i
   // decodes into set i & 1 while stage i - 1's group, which reads the other set, may still run; set
@@ -211,7 +240,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
       const int i = i0 + b;
       if (i < n_st) {
         mbar_wait(full + 8 * p.slot, p.phase);
-        ws_mma<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, c, asym, i == 0);
+        ws_mma<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, q, asym, i == 0);
         wg_wait<1>();  // stage i - 1's group has completed: its slot and its A registers are free
         if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
         prev = p.slot;
@@ -243,37 +272,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const MmaArgs a)
 #endif
 }
 
-// The x image: 16-byte chunk q' of image row (token tile mt, 64-k tile kt, token t) holds physical
-// chunk q = q' ^ (t & 7) of the token's 64-k row (the 128-byte swizzle), whose 32-bit word i is word
-// m of logical chunk 2 i + p for q = 4 p + m (XFeed's transpose): words 8 i + 4 p + m of the row
-template <typename T, int BM>
-__global__ void x_image_kernel(const T* x, uint4* img, int M, int K, int stride_xm, long long chunks) {
-  const long long id = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (id >= chunks) return;
-  const int t = static_cast<int>((id >> 3) % BM), q = static_cast<int>(id & 7) ^ (t & 7);
-  const long long rest = id / (8 * BM);
-  const int kt = static_cast<int>(rest % (K / kWsTileK)), tok = static_cast<int>(rest / (K / kWsTileK)) * BM + t;
-  uint4 v = make_uint4(0, 0, 0, 0);
-  if (tok < M) {
-    const uint32_t* row = reinterpret_cast<const uint32_t*>(x + (long long)tok * stride_xm + kt * kWsTileK);
-    const int w = 4 * (q >> 2) + (q & 3);
-    v = make_uint4(__ldg(row + w), __ldg(row + w + 8), __ldg(row + w + 16), __ldg(row + w + 24));
-  }
-  img[id] = v;
-}
-
 template <typename T, int MT, int BM>
-int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, bool cluster, cudaStream_t s) {
+int launch(const MmaArgs& a, int stride_xm, bool cluster, cudaStream_t s) {
   using S = WsSlot<MT, BM>;
-  const int mtiles = (a.M + BM - 1) / BM;
-  const long long chunks = static_cast<long long>(mtiles) * (a.K / kWsTileK) * BM * 8;
-  x_image_kernel<T, BM><<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, s>>>(
-      static_cast<const T*>(x), static_cast<uint4*>(img), a.M, a.K, stride_xm, chunks);
   const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
   if (smem > kWsSmemMax) return -1;
   // CLUSTER: every warp's partials (MT x BM / 8 float4 columns of 32 lanes) fit in the idle ring
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
   if (cl > 8 || (cl > 1 && 8 * MT * (BM / 8) * 32 * 16 > a.stages * S::kSize)) return -1;
+  CUtensorMap xmap;  // x [M, K] 16-bit, boxes of BM tokens x 64 k
+  if (!row_map_128b(&xmap, a.x, 2, a.M, a.K, 2LL * stride_xm, BM)) return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
@@ -281,17 +289,16 @@ int launch(const MmaArgs& a, const void* x, void* img, int stride_xm, bool clust
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  MmaArgs b = a;
-  b.x = img;
-  const dim3 grid(mtiles, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
-  return static_cast<int>(launch_with(w4_wgws_kernel<T, MT, BM>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, b));
+  const dim3 grid((a.M + BM - 1) / BM, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
+  return static_cast<int>(
+      launch_with(w4_wgws_kernel<T, MT, BM>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, xmap, a));
 }
 
 template <typename T>
-int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stride_xm, bool cl, cudaStream_t s) {
-  if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, x, img, stride_xm, cl, s);
-  if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, x, img, stride_xm, cl, s);
-  if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, x, img, stride_xm, cl, s);
+int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream_t s) {
+  if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, stride_xm, cl, s);
+  if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, stride_xm, cl, s);
+  if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, stride_xm, cl, s);
   return -1;
 }
 
@@ -299,22 +306,21 @@ int by_tile(const MmaArgs& a, int mt, int bm, const void* x, void* img, int stri
 
 // y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
 // A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
-// (1, 128), (2, 64). img: scratch for the x image, ceil(M / bm) * bm * K 16-bit elements, 16-byte
-// aligned; qweight, scales and zeros 16-byte aligned. stages: 3 to what fits 227 KB (6 at 128 x 256, 10 at
-// 128 x 128, 13 at 256 x 64). split_k > 1: cluster 1 sums the K
-// slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
+// (1, 128), (2, 64). x and qweight, scales and zeros 16-byte aligned (x: a tensor map's base). stages: 3
+// to what fits 227 KB (6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64). split_k > 1: cluster 1 sums the
+// K slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
 // (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
 extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scales, const void* zeros,
-                                 const void* bias, void* y, void* ws, void* counters, void* img, int M, int N, int NP,
-                                 int K, int KT, int KGP, int TN, int G, int stride_xm, int split_k, int mt, int bm,
+                                 const void* bias, void* y, void* ws, void* counters, int M, int N, int NP, int K,
+                                 int KT, int KGP, int TN, int G, int stride_xm, int split_k, int mt, int bm,
                                  int stages, int cluster, int dtype, void* stream) {
   MmaArgs a;
   if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
                 dtype, 64) ||
-      img == nullptr || (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
+      (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, x, img, stride_xm, cluster != 0, s)
-                     : by_tile<__half>(a, mt, bm, x, img, stride_xm, cluster != 0, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, stride_xm, cluster != 0, s)
+                     : by_tile<__half>(a, mt, bm, stride_xm, cluster != 0, s);
 }
