@@ -72,12 +72,13 @@ def test_matches_reference(m, dtype, with_bias):
 @hopper
 @pytest.mark.parametrize("bm,split,cluster", [(256, 1, False), (128, 3, False), (64, 1, False), (64, 2, False),
                                               (256, 1, True), (128, 3, True), (64, 2, True)])
-@pytest.mark.parametrize("n", [1000, 1096])
+@pytest.mark.parametrize("n", [1000, 1096, 1004])
 def test_integer_operands_come_out_exactly(bm, split, cluster, n):
     """Codes in [-15, 15], weight scales 2^-7 and tokens whose largest |x| is 127 (per-token scale 1,
     so x's codes are x): every sum is an exact integer under 2^24 and y is exactly the contract's,
     rounded once to bf16. 300 tokens, K = 1040 and N = 1000 (8 row tiles) or 1096 (9, the last of 72
-    rows; with CLUSTER a tenth, past N, copies its half of x for the ninth) cover every box edge."""
+    rows; with CLUSTER a tenth, past N, copies its half of x for the ninth) cover every box edge;
+    N = 1004 leaves y's rows off 16-byte runs (ws_store.cuh's element path)."""
     k, m = 1040, 300
     g = torch.Generator(device="cuda").manual_seed(bm + split)
     codes = torch.randint(-15, 16, (n, k), device="cuda", generator=g, dtype=torch.int8)

@@ -70,6 +70,27 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
 
 @pytest.mark.gpu
 @hopper
+@pytest.mark.parametrize("bn,bm,split,cl", [(128, 256, 1, False), (256, 64, 1, False), (128, 128, 2, True),
+                                            (256, 64, 3, False)])
+def test_ragged_n_strided_x_and_bias(bn, bm, split, cl):
+    """N = 1004 (y's rows not 16-byte runs: ws_store.cuh's element path; a partial layout tile) with a
+    bias, x a column slice of a wider tensor (its tensor map's row stride is not K), M = 200."""
+    from turbopack.inference.kernels import reference
+
+    n, k, m = 1004, 1024, 200
+    fmt, q = w4_weight(n, k, 128, False, torch.bfloat16, 11)
+    x = torch.randn(m, k + 64, device="cuda").bfloat16()[:, 32:32 + k]
+    b = torch.randn(n, device="cuda").bfloat16()
+    want = reference.ref_linear(x, "w4a16", q, b)
+    for tile_n in (64, 16):
+        packed = reference.pack_w4(q, tile_n)
+        assert cuda_w4ws.supports(x, fmt, packed, (n, k))
+        y = cuda_w4ws.w4_wgws(x, packed, (n, k), b, group=128, bn=bn, bm=bm, stages=4, split_k=split, cluster=cl)
+        assert reference.rel_err(y, want) < TOL[torch.bfloat16], f"tile_n={tile_n}"
+
+
+@pytest.mark.gpu
+@hopper
 def test_deterministic_and_in_a_graph():
     """Every CONFIGS entry at M = 300, bf16, twice: the same bits (split-K by slices sums in slice
     order); then one captured in a CUDA graph and replayed on new x."""

@@ -43,9 +43,9 @@ def library(device: torch.device) -> ctypes.CDLL:
 
 
 def supports(x2: torch.Tensor, fmt, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:
-    """Can the kernel run this call? cuda_w4wg's conditions (cuda_w4mm's on an sm90 device), with x and
-    the packed tensors 16-byte aligned (a tensor map's base, bulk copies)."""
-    return (cuda_w4wg.supports(x2, fmt, packed, shape) and x2.data_ptr() % 16 == 0
+    """Can the kernel run this call? cuda_w4wg's conditions (cuda_w4mm's on an sm90 device: x 16-byte
+    aligned, as a tensor map's base must be), with the packed tensors 16-byte aligned (bulk copies)."""
+    return (cuda_w4wg.supports(x2, fmt, packed, shape)
             and all(t.data_ptr() % 16 == 0 for t in packed.values() if t is not None))
 
 

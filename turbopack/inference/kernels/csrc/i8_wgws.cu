@@ -25,6 +25,7 @@
 #include "tma.cuh"
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
+#include "ws_store.cuh"
 
 namespace {
 
@@ -153,9 +154,14 @@ __global__ void __launch_bounds__(kI8Threads, 1)
                          : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
     }
   }
+  // the ring is idle (every consumer passed wg_wait<0> before the barrier above; CLUSTER: both of
+  // cluster_reduce's barriers passed), so each warp stages its rows in its share of it (ws_store.cuh)
+  static_assert(8 * rows_bytes(1, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
+  const uint32_t stage = base + warp * rows_bytes(1, BM);
   if (cl) {
-    if (mine && n0 < a.N)
-      each_out<1, BM / 8>(a.o, out, n0, g, c, tok0, [&](int row, int tok, float v) { store_y<T>(a.o, row, tok, v); });
+    if (mine) store_rows<T, 1, BM / 8>(a.o, out, stage, n0, tok0);
+  } else if (a.split_k == 1) {
+    store_rows<T, 1, BM / 8>(a.o, out, stage, n0, tok0);
   } else {
     store_planes<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, row0, kI8Rows, tok0, BM, 256);
   }

@@ -34,6 +34,7 @@
 #include "tma.cuh"
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
+#include "ws_store.cuh"
 
 namespace {
 
@@ -258,16 +259,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
         if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
       }
   if constexpr ((kKnockout & kKoEpilogue) != 0) return;
-  const int n0 = row0 + 16 * MT * warp;
+  const int n0 = row0 + 16 * MT * warp, tok0 = blockIdx.x * BM;
+  static_assert(8 * rows_bytes(MT, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
+  const uint32_t stage = base + warp * rows_bytes(MT, BM);  // this warp's share of the ring, once idle
   if (cl) {  // CLUSTER: the K slices' sums in their cluster, through the idle ring (common.cuh cluster_reduce)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both warpgroups' wgmmas done: the ring is idle
     pdl_trigger();
-    if (cluster_reduce<MT, BM / 8>(acc, a.split_k, ring_scratch(smem_raw, base) + warp * MT * (BM / 8) * 32) &&
-        n0 < a.NP)
-      each_out<MT, BM / 8>(a.o, acc, n0, g, c, blockIdx.x * BM,
-                           [&](int row, int tok, float v) { store_y<T>(a.o, row, tok, v); });
+    if (cluster_reduce<MT, BM / 8>(acc, a.split_k, ring_scratch(smem_raw, base) + warp * MT * (BM / 8) * 32))
+      store_rows<T, MT, BM / 8>(a.o, acc, stage, n0, tok0);  // past both cluster barriers: no peer reads it
+  } else if (a.split_k == 1) {
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both warpgroups' wgmmas done: the ring is idle
+    store_rows<T, MT, BM / 8>(a.o, acc, stage, n0, tok0);
   } else {
-    store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, blockIdx.x * BM, BM, 256);
+    store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, tok0, BM, 256);
   }
 #endif
 }
