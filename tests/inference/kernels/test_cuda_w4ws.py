@@ -139,15 +139,15 @@ def test_model_x_box_reaches_the_tensor_core_in_natural_k_order(bm):
 
 
 def _gather_word(c: int, w: list[int]) -> int:
-    """WsGather(c).word(w0, w1, w2, w3) (csrc/w4_wgws.cu): pair() puts a's nibble (c & 1) of each byte
-    low and b's high, __byte_perm takes bytes c / 2 and c / 2 + 2 of the two pairs."""
+    """WsGather(c).word(w0, w1, w2, w3) (csrc/w4_wgws.cu): __byte_perm takes bytes c / 2 and c / 2 + 2
+    of w0 and w2 (of w1 and w3), then nibble (c & 1) of the first's bytes goes low, of the second's high."""
     lo, hi, b = 4 * (c & 1), 4 - 4 * (c & 1), c >> 1
 
-    def pair(a: int, bb: int) -> int:
-        return ((a >> lo) & 0x0F0F0F0F) | ((bb << hi) & 0xF0F0F0F0)
+    def prmt(x: int, y: int) -> int:
+        src = x | y << 32
+        return sum(((src >> 8 * s) & 0xFF) << 8 * i for i, s in enumerate((b, 4 + b, b + 2, 6 + b)))
 
-    src = pair(w[0], w[1]) | pair(w[2], w[3]) << 32
-    return sum(((src >> 8 * s) & 0xFF) << 8 * i for i, s in enumerate((b, 4 + b, b + 2, 6 + b)))
+    return ((prmt(w[0], w[2]) >> lo) & 0x0F0F0F0F) | ((prmt(w[1], w[3]) << hi) & 0xF0F0F0F0)
 
 
 @pytest.mark.parametrize("tn_rows", [16, 64])

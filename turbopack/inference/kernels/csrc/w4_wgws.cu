@@ -124,20 +124,19 @@ __device__ __forceinline__ void ws_fill(const WsFeed& f, const CUtensorMap* xmap
 // and + 1 (nibble j + 4), j < 4 (w4.cu's order). Step u's A registers want k 16u + 2c (+1) and 16u +
 // 2c + 8 (+9): nibbles c and c + 4 of words 2u and 2u + 1. decode_words takes a step pair's from one
 // word (nibbles 2u' and 2u' + 4 -> k 2c, 2c + 1 of step 2h + u'; 2u' + 1, 2u' + 5 -> k 2c + 8, 2c + 9),
-// so word h gets, at nibble p and p + 4, nibbles c and c + 4 of w[4h + p]. Two words at a time:
-// lop3 puts nibble c of the byte of a and of b in one byte (a's low, b's high), then prmt picks the
-// two bytes that hold nibbles c (byte c / 2) and c + 4 (byte c / 2 + 2) of the two pairs.
+// so word h gets, at nibble p and p + 4, nibbles c and c + 4 of w[4h + p]. Its byte 0 holds nibble c
+// of w0 and of w1, byte 1 of w2 and w3, bytes 2 and 3 the same of nibble c + 4. So one prmt picks
+// bytes c / 2 (nibble c) and c / 2 + 2 (nibble c + 4) of w0 and w2 in that byte order, another the
+// same of w1 and w3, and one lop3 keeps the first's nibble (c & 1) low and the second's high: five
+// instructions a word (two shifts by the lane's constant).
 struct WsGather {
-  uint32_t lo, hi, sel;  // shift of a's nibble down, of b's up (4 - lo), the prmt selector
+  uint32_t lo, hi, sel;  // shift of the first's nibble down, of the second's up (4 - lo), the prmt selector
   __device__ __forceinline__ explicit WsGather(int c) : lo(4 * (c & 1)), hi(4 - 4 * (c & 1)) {
     const uint32_t b = c >> 1;
     sel = b | (4 + b) << 4 | (b + 2) << 8 | (6 + b) << 12;
   }
-  __device__ __forceinline__ uint32_t pair(uint32_t a, uint32_t b) const {  // byte i: a's nibble, b's above it
-    return (a >> lo & 0x0F0F0F0Fu) | (b << hi & 0xF0F0F0F0u);
-  }
   __device__ __forceinline__ uint32_t word(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) const {
-    return __byte_perm(pair(w0, w1), pair(w2, w3), sel);
+    return (__byte_perm(w0, w2, sel) >> lo & 0x0F0F0F0Fu) | (__byte_perm(w1, w3, sel) << hi & 0xF0F0F0F0u);
   }
 };
 
