@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run 32's first call: the warp-specialized kernels' GPU tests (run 31's CLUSTER: the K slices summed in
+# Run 32's first call, and run 33's (y stored through the idle ring, ws_store.cuh, first run; the
+# gather in five instructions a word): the warp-specialized kernels' GPU tests (run 31's CLUSTER: the K slices summed in
 # a cluster, x multicast removed; run 32's rings as deep as shared memory holds: W4 6 / 10 / 13 stages at
 # 128 x 256 / 128 x 128 / 256 x 64, int8 4 / 7 / 9 at BM 256 / 128 / 64), then ws_probe at every tuner
 # candidate of both (split-K through global planes and in a cluster, beside bf16, the Triton int8 GEMM

@@ -23,7 +23,8 @@ from turbopack.inference.kernels.config import KernelConfig, KernelName
 #: the slices summed through global planes and (CLUSTER) in a cluster (18 there: CLUSTER_MAX = 8)
 CONFIGS = [(128, 256, 4, 1, False), (128, 128, 3, 0, False), (256, 64, 13, 4, True), (128, 256, 6, 18, True),
            (256, 64, 4, 1, False), (128, 128, 10, 3, True), (256, 64, 3, 0, False), (128, 128, 5, 2, False),
-           (256, 64, 5, 7, True), (128, 256, 5, 18, False)]
+           (256, 64, 5, 7, True), (128, 256, 5, 18, False), (128, 64, 17, 1, False), (128, 64, 4, 3, True),
+           (128, 64, 3, 0, False)]
 
 
 @pytest.mark.gpu
@@ -49,7 +50,8 @@ def test_matches_reference(m, group, sym, dtype):
 @pytest.mark.parametrize("group,sym", [(128, False), (64, True)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bn,bm,split,cl", [(128, 256, 1, False), (256, 64, 3, False), (128, 128, 2, True),
-                                            (256, 64, 1, False), (128, 256, 4, True)])
+                                            (256, 64, 1, False), (128, 256, 4, True), (128, 64, 1, False),
+                                            (128, 64, 2, True)])
 def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn, bm, split, cl):
     """Token t is the unit vector at k_t, so y[t] = W16[:, k_t] with one nonzero product per sum:
     exact in fp32 and in the 16-bit store. 256 tokens at k spread over every tile, quad lane, step,
@@ -71,7 +73,7 @@ def test_one_hot_tokens_read_the_contract_weights_exactly(group, sym, dtype, bn,
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("bn,bm,split,cl", [(128, 256, 1, False), (256, 64, 1, False), (128, 128, 2, True),
-                                            (256, 64, 3, False)])
+                                            (256, 64, 3, False), (128, 64, 1, False)])
 def test_ragged_n_strided_x_and_bias(bn, bm, split, cl):
     """N = 1004 (y's rows not 16-byte runs: ws_store.cuh's element path; a partial layout tile) with a
     bias, x a column slice of a wider tensor (its tensor map's row stride is not K), M = 200."""
@@ -220,7 +222,8 @@ def test_tuner_offers_it_on_hopper_from_m_64():
             assert {c.split_k for c in cands} == {1}
         assert not [c for c in tune.candidates("w4a16", n, k, m, 132, hopper=False) if c.kernel is KernelName.CUDA_WS]
     # the tiles whose last token tile is at least half full, else the smallest
-    half_full = {128: {(128, 128), (256, 64)}, 64: {(256, 64)}, 100: {(256, 64), (128, 128)}}
+    half_full = {128: {(128, 128), (256, 64), (128, 64)}, 64: {(256, 64), (128, 64)},
+                 100: {(256, 64), (128, 128), (128, 64)}}
     for m, tiles in half_full.items():
         cands = [c for c in tune.candidates("w4a16", 4096, 4096, m, 132, hopper=True)
                  if c.kernel is KernelName.CUDA_WS]
@@ -245,7 +248,7 @@ def test_tiles_and_split():
         top = cuda_w4ws.max_stages(bn, bm)
         assert top * (cuda_w4ws.slot_bytes(bn, bm) + 16) + 1024 <= 227 * 1024
         assert (top + 1) * (cuda_w4ws.slot_bytes(bn, bm) + 16) + 1024 > 227 * 1024
-    assert [cuda_w4ws.max_stages(bn, bm) for bn, bm in cuda_w4ws.TILES] == [6, 10, 13]
+    assert [cuda_w4ws.max_stages(bn, bm) for bn, bm in cuda_w4ws.TILES] == [6, 10, 13, 17]
     with pytest.raises(ValueError, match="3-6 stages"):
         cuda_w4ws.w4_wgws(torch.zeros(1, 128), {"qweight": torch.zeros(1)}, (64, 128), None, stages=7)
     with pytest.raises(ValueError, match="deeper ring"):

@@ -4,7 +4,7 @@ cuda_build at first use), launched on torch's current stream (CUDA-graph captura
 The operands of cuda_w4wg (weights decoded into wgmma's A registers, x its B in shared memory), a
 producer warpgroup that copies every stage by bulk copies (the TMA unit) onto mbarriers, and two
 consumer warpgroups that only decode and issue wgmma. A CTA owns 128 weight rows x 256 or 128 tokens,
-or 256 rows x 64 tokens (TILES). x is copied as it is (a tensor map: boxes of BM tokens x 64 k in the
+or 256 or 128 rows x 64 tokens (TILES). x is copied as it is (a tensor map: boxes of BM tokens x 64 k in the
 128-byte swizzle); the consumers gather each A fragment's nibbles into wgmma's k order. Config keys
 (kernel ``cuda_ws``): BN, BM, STAGES (3 to max_stages: the deepest ring that fits shared memory),
 SPLIT_K (0: default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block
@@ -25,10 +25,11 @@ from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.epilogue import splitk_slices
 
 SRC = cuda_build.CSRC / "w4_wgws.cu"
-#: (BN, BM) built: 128 rows (one 64-row A tile a consumer warpgroup) x 256 or 128 tokens, 256 rows
-#: (two) x 64 tokens (M = 64: the weights' bytes, not the MMAs, bound it there). 256 x 128 spilled:
+#: (BN, BM) built: 128 rows (one 64-row A tile a consumer warpgroup) x 256, 128 or 64 tokens, 256 rows
+#: (two) x 64 tokens (M = 64: the weights' bytes, not the MMAs, bound it there; 128 x 64, run 32,
+#: twice the CTAs of a layer: qkv's 24 row tiles of 256 left 108 SMs idle). 256 x 128 spilled:
 #: 128 accumulators and two sets of 32 A registers a thread
-TILES = ((128, 256), (128, 128), (256, 64))
+TILES = ((128, 256), (128, 128), (256, 64), (128, 64))
 #: shared memory a CTA may take on sm90 (227 KB): the slots, 1024 bytes of alignment, two mbarriers a slot
 SMEM_MAX = 227 * 1024
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
@@ -67,7 +68,8 @@ def slot_bytes(bn: int, bm: int) -> int:
 
 
 def max_stages(bn: int, bm: int) -> int:
-    """The deepest ring whose slots fit shared memory: 6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64.
+    """The deepest ring whose slots fit shared memory: 6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64,
+    17 at 128 x 64.
     A slot is one 64-k stage; the smaller tiles' stages are shorter, so they need more of them to keep
     a memory latency's worth of copies in flight."""
     return (SMEM_MAX - 1024) // (slot_bytes(bn, bm) + 16)

@@ -302,6 +302,7 @@ int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream
   if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, stride_xm, cl, s);
   if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, stride_xm, cl, s);
   if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, stride_xm, cl, s);
+  if (mt == 1 && bm == 64) return launch<T, 1, 64>(a, stride_xm, cl, s);
   return -1;
 }
 
@@ -309,8 +310,8 @@ int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream
 
 // y [M, N] = x [M, K] W^T (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (x, scales, bias, y). mt: 64-row
 // A tiles per consumer warpgroup (the CTA's rows: 128 mt), bm: tokens per CTA; (mt, bm) one of (1, 256),
-// (1, 128), (2, 64). x and qweight, scales and zeros 16-byte aligned (x: a tensor map's base). stages: 3
-// to what fits 227 KB (6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64). split_k > 1: cluster 1 sums the
+// (1, 128), (2, 64), (1, 64). x and qweight, scales and zeros 16-byte aligned (x: a tensor map's base). stages: 3
+// to what fits 227 KB (6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64, 17 at 128 x 64). split_k > 1: cluster 1 sums the
 // K slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
 // (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
