@@ -167,6 +167,32 @@ __device__ __forceinline__ void store_sliced(const Out& o, const float (&acc)[R]
   if (threadIdx.x == 0) o.counters[tile] = 0;
 }
 
+// A thread's partial sums (each_out's elements) into its plane [M][N] of fp32: one pointer a token,
+// stepped by the token column, and the rows' offsets as immediates (run 32: each_out's per-element
+// 64-bit address and bounds, unrolled over 128 accumulators, made ~6 K instructions of a store that
+// runs once a tile, every one fetched from L2)
+template <int R, int NTOK>
+__device__ __forceinline__ void store_partials(float* plane, const float (&acc)[R][NTOK][4], int n0, int g, int c,
+                                               int tok0, int M, int N) {
+  bool row_ok[R][2];
+#pragma unroll
+  for (int r = 0; r < R; ++r) row_ok[r][0] = n0 + 16 * r + g < N, row_ok[r][1] = n0 + 16 * r + 8 + g < N;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    float* p = plane + (long long)(tok0 + 2 * c + e) * N + n0 + g;  // token 8 t + 2 c + e, row g
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t, p += 8LL * N) {
+      if (tok0 + 8 * t + 2 * c + e < M) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh)
+            if (row_ok[r][hh]) p[16 * r + 8 * hh] = acc[r][t][2 * hh + e];
+      }
+    }
+  }
+}
+
 // The same split-K by planes for the warp-specialized kernels' large tiles (w4_wgws.cu, i8_wgws.cu:
 // 128 rows x up to 256 tokens, 128 sums a thread): store_sliced's sum, unrolled per register and
 // per slice, made their epilogue ~75 K instructions, which missed the instruction cache (run 30, ncu:
@@ -175,18 +201,14 @@ __device__ __forceinline__ void store_sliced(const Out& o, const float (&acc)[R]
 // loop over the tile's elements (rows [row0, row0 + rows) x tokens [tok0, tok0 + toks), clipped to N
 // and M) shared by its `threads` first threads: y is the same whichever CTA comes last, and the
 // code does not grow with the tile. Every thread of the CTA calls arrive_last (the others of the
-// `threads` through this function).
+// `threads` through this function). Split 1 stores through ws_store.cuh instead.
 template <typename T, int R, int NTOK>
 __device__ __forceinline__ void store_planes(const Out& o, const float (&acc)[R][NTOK][4], int n0, int g, int c,
                                              bool active, int tile, int row0, int rows, int tok0, int toks,
                                              int threads) {
-  if (o.split_k == 1) return store_frags_at<T, R, NTOK>(o, acc, n0, g, c, active, tile, 1, tok0);
   pdl_trigger();  // the next grid may be scheduled now (pdl.py: at the store)
   const long long plane = (long long)o.M * o.N;
-  if (active) {
-    float* mine = o.ws + blockIdx.z * plane;
-    each_out<R, NTOK>(o, acc, n0, g, c, tok0, [&](int row, int tok, float v) { mine[(long long)tok * o.N + row] = v; });
-  }
+  if (active) store_partials<R, NTOK>(o.ws + blockIdx.z * plane, acc, n0, g, c, tok0, o.M, o.N);
   if (!arrive_last(o, tile, o.split_k)) return;
   // thread i sums row i mod lr (lr = min(rows, threads): consecutive threads, consecutive rows, so
   // each load is coalesced) at tokens i / lr + ts j, kU tokens at once: run 31 found one load in
