@@ -171,8 +171,8 @@ def test_x_is_copied_only_after_the_previous_grid(tuned_build):
 def test_ring_fits_shared_memory():
     for bm in cuda_i8ws.TOKEN_TILES:
         top = cuda_i8ws.max_stages(bm)
-        assert top * (cuda_i8ws.ROWS + bm) * cuda_i8ws.STAGE_K + 1024 + 16 * top + 4 * bm <= cuda_i8ws.SMEM_MAX
-        assert (top + 1) * (cuda_i8ws.ROWS + bm) * cuda_i8ws.STAGE_K > cuda_i8ws.SMEM_MAX - 1024
+        assert top * (cuda_i8ws.ROWS + bm) * cuda_i8ws.STAGE_K + 1024 + 16 * top + 4 * bm <= cuda_build.SM90_SMEM_MAX
+        assert (top + 1) * (cuda_i8ws.ROWS + bm) * cuda_i8ws.STAGE_K > cuda_build.SM90_SMEM_MAX - 1024
     assert [cuda_i8ws.max_stages(bm) for bm in (256, 128, 64)] == [4, 7, 9]
     with pytest.raises(ValueError, match="3-4 stages"):
         cuda_i8ws.i8_wgws(None, None, {}, (8, 16), None, None, bm=256, stages=5)

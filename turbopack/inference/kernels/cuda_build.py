@@ -39,6 +39,9 @@ _LIBS: dict[tuple[str, str], tuple[ctypes.CDLL, torch.device]] = {}
 #: the most CTAs in one thread-block cluster (H100/H200: 16; past 8 non-portable, which the
 #: launchers allow per kernel: csrc/common.cuh allow_cluster)
 CLUSTER_MAX = 16
+#: the shared memory one CTA may take on sm90 (227 KB; csrc/tma.cuh kSmemMax): the warp-specialized
+#: kernels' rings are as deep as it holds
+SM90_SMEM_MAX = 227 * 1024
 
 
 def clusters(device: torch.device) -> bool:

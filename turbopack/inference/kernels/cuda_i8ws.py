@@ -26,8 +26,6 @@ SRC = cuda_build.CSRC / "i8_wgws.cu"
 ROWS = 128  # weight rows a CTA (BN)
 STAGE_K = 128
 TOKEN_TILES = (256, 128, 64)
-#: shared memory a CTA may take on sm90 (227 KB): the slots, their two mbarriers each, the token scales
-SMEM_MAX = 227 * 1024
 DEFAULT_BM, DEFAULT_STAGES = 128, 4
 CAPABILITY = (9, 0)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
@@ -43,7 +41,7 @@ def library(device: torch.device) -> ctypes.CDLL:
 def max_stages(bm: int) -> int:
     """The deepest ring whose slots fit shared memory: 4 at BM = 256, 7 at 128, 9 at 64 (the smaller
     tiles' stages are shorter, so they need more of them for a memory latency's worth of copies)."""
-    return (SMEM_MAX - 1024 - 4 * bm) // ((ROWS + bm) * STAGE_K + 16)
+    return (cuda_build.SM90_SMEM_MAX - 1024 - 4 * bm) // ((ROWS + bm) * STAGE_K + 16)
 
 
 def supports(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int]) -> bool:

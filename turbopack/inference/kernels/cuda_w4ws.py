@@ -30,8 +30,6 @@ SRC = cuda_build.CSRC / "w4_wgws.cu"
 #: twice the CTAs of a layer: qkv's 24 row tiles of 256 left 108 SMs idle). 256 x 128 spilled:
 #: 128 accumulators and two sets of 32 A registers a thread
 TILES = ((128, 256), (128, 128), (256, 64), (128, 64))
-#: shared memory a CTA may take on sm90 (227 KB): the slots, 1024 bytes of alignment, two mbarriers a slot
-SMEM_MAX = 227 * 1024
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
@@ -72,7 +70,7 @@ def max_stages(bn: int, bm: int) -> int:
     17 at 128 x 64.
     A slot is one 64-k stage; the smaller tiles' stages are shorter, so they need more of them to keep
     a memory latency's worth of copies in flight."""
-    return (SMEM_MAX - 1024) // (slot_bytes(bn, bm) + 16)
+    return (cuda_build.SM90_SMEM_MAX - 1024) // (slot_bytes(bn, bm) + 16)  # the alignment, two mbarriers a slot
 
 
 def cluster_fits(bn: int, bm: int, stages: int) -> bool:

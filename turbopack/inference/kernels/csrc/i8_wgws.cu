@@ -20,8 +20,8 @@
 // at a 128 x 256 tile (the last CTA alone reads every plane back), more than a split saved. (Run 30's
 // CLUSTER, x multicast to pairs of row tiles, lost 1-20% everywhere in run 31: removed.)
 // The epilogue turns the int32 sums into fp32 times the two scales and stores them through
-// store_planes (w4_mma.cuh), split-K by planes included: warp w of the CTA holds rows 16 w + g (+ 8),
-// tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
+// ws_store.cuh's store_rows (split 1, CLUSTER) or store_planes (w4_mma.cuh, split-K by planes): warp w
+// of the CTA holds rows 16 w + g (+ 8), tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
 #include "tma.cuh"
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
@@ -32,7 +32,6 @@ namespace {
 constexpr int kI8StageK = 128;   // int8 k per stage: one 128-byte swizzled row
 constexpr int kI8Rows = 128;     // weight rows a CTA: two consumer warpgroups of 64
 constexpr int kI8Threads = 384;  // consumer warpgroups 0, 1; producer warpgroup 2
-constexpr int kMaxSmem = 227 * 1024;
 
 template <int BM>
 struct I8Slot {
@@ -176,13 +175,12 @@ constexpr int smem_bytes(int stages) {
 template <typename T, int BM>
 int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, bool cluster, cudaStream_t s) {
   const int smem = smem_bytes<BM>(a.stages);
-  if (smem > kMaxSmem) return -1;
+  if (smem > kSmemMax) return -1;
   CUtensorMap wmap, xmap;
   if (!row_map_128b(&wmap, w, 1, NP, a.KP, a.KP, kI8Rows) || !row_map_128b(&xmap, xq, 1, a.M, a.KP, stride_xq, BM))
     return -1;
-  // CLUSTER: every warp's partials (BM / 8 float4 columns of 32 lanes) fit in the idle ring
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
-  if (cl > 8 || (cl > 1 && 8 * (BM / 8) * 32 * 16 > a.stages * I8Slot<BM>::kSize)) return -1;
+  if (!cluster_fits(cl, BM / 8, a.stages * I8Slot<BM>::kSize)) return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =

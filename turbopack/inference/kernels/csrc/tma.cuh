@@ -101,6 +101,16 @@ __device__ __forceinline__ float4* ring_scratch(uint4* smem_raw, uint32_t base) 
 }
 #endif  // TP_WGMMA
 
+// The shared memory one CTA may take on sm90 (cuda_build.SM90_SMEM_MAX): the warp-specialized
+// kernels' rings are as deep as it holds
+constexpr int kSmemMax = 227 * 1024;
+
+// CLUSTER's launch check, both warp-specialized kernels: at most 8 K slices (the portable cluster),
+// and every consumer warp's partials (8 warps x frags float4 columns of 32 lanes) within the ring
+inline bool cluster_fits(int slices, int frags, int ring_bytes) {
+  return slices <= 8 && (slices == 1 || 8 * frags * 32 * 16 <= ring_bytes);
+}
+
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no libcuda link), looked up once
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                  const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,

@@ -22,7 +22,7 @@
 // layout (a row tile's 64 k are TN x 32 contiguous bytes, its group's scales TN x 2, zeros TN).
 // x arrives as it is, one tensor-map box of BM tokens x 64 k (TMA, in the 128-byte swizzle that
 // desc_k128 describes, zeros past M), so the tensor core reads B in natural k order. The A fragments
-// follow it (ws_words): w4.cu's order gives thread c of a quad k 16c .. 16c + 15 of a row, where
+// follow it (WsGather): w4.cu's order gives thread c of a quad k 16c .. 16c + 15 of a row, where
 // wgmma's A fragment wants k 16u + 2c (+1, +8, +9) at step u, so each thread reads its rows' whole
 // 32 bytes (the quad's four lanes read the same addresses: a broadcast) and gathers nibbles c and
 // c + 4 of every word. Runs 29-31 instead wrote an x image first (x in the A fragments' k order, one
@@ -40,7 +40,6 @@ namespace {
 
 constexpr int kWsTileK = 64;    // k per stage
 constexpr int kWsThreads = 384;  // consumer warpgroups 0, 1; producer warpgroup 2
-constexpr int kWsSmemMax = 227 * 1024;  // a CTA's shared memory on sm90: the ring's depth is what fits
 
 template <int MT, int BM>
 struct WsSlot {
@@ -261,13 +260,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
   const int n0 = row0 + 16 * MT * warp, tok0 = blockIdx.x * BM;
   static_assert(8 * rows_bytes(MT, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
   const uint32_t stage = base + warp * rows_bytes(MT, BM);  // this warp's share of the ring, once idle
+  // both warpgroups' wgmmas done: the ring is idle (cluster_reduce's scratch, store_rows' staging)
+  if (cl || a.split_k == 1) asm volatile("bar.sync 1, 256;\n" ::: "memory");
   if (cl) {  // CLUSTER: the K slices' sums in their cluster, through the idle ring (common.cuh cluster_reduce)
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both warpgroups' wgmmas done: the ring is idle
     pdl_trigger();
     if (cluster_reduce<MT, BM / 8>(acc, a.split_k, ring_scratch(smem_raw, base) + warp * MT * (BM / 8) * 32))
       store_rows<T, MT, BM / 8>(a.o, acc, stage, n0, tok0);  // past both cluster barriers: no peer reads it
   } else if (a.split_k == 1) {
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both warpgroups' wgmmas done: the ring is idle
     store_rows<T, MT, BM / 8>(a.o, acc, stage, n0, tok0);
   } else {
     store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, tok0, BM, 256);
@@ -279,10 +278,9 @@ template <typename T, int MT, int BM>
 int launch(const MmaArgs& a, int stride_xm, bool cluster, cudaStream_t s) {
   using S = WsSlot<MT, BM>;
   const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
-  if (smem > kWsSmemMax) return -1;
-  // CLUSTER: every warp's partials (MT x BM / 8 float4 columns of 32 lanes) fit in the idle ring
+  if (smem > kSmemMax) return -1;
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
-  if (cl > 8 || (cl > 1 && 8 * MT * (BM / 8) * 32 * 16 > a.stages * S::kSize)) return -1;
+  if (!cluster_fits(cl, MT * (BM / 8), a.stages * S::kSize)) return -1;
   CUtensorMap xmap;  // x [M, K] 16-bit, boxes of BM tokens x 64 k
   if (!row_map_128b(&xmap, a.x, 2, a.M, a.K, 2LL * stride_xm, BM)) return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
