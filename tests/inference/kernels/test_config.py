@@ -3,6 +3,7 @@ one-line error naming the file, dispatch's lookup, and the tuner's JSON written 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib.resources import files
 from types import SimpleNamespace
@@ -81,12 +82,13 @@ def test_shipped_table_loads_and_writes_back_the_same_bytes():
     # with x per stage (1.14x rows); run 19: with the MLP's activation in its store (GLU) in 16 warps
     assert gate_up[1] == KernelConfig(KernelName.CUDA, split_k=8, ring_stages=4, variant=6, glu_warps=16)
     assert gate_up[16].glu_warps == 0  # there gate|up then act_mul measured faster
-    # run 7: the multi-column CUDA kernel (w4_mma.cu) wins M = 64 on every 8B shape; run 9: the
-    # warpgroup-MMA kernel (w4_wgmma.cu) takes gate_up at M = 64 and M = 256; run 10: with its weights
-    # straight to registers
-    assert gate_up[64].to_json() == {"kernel": "cuda_wg", "BN": 128, "BM": 64, "SPLIT_K": 1, "STAGES": 3,
-                                     "WREG": True}
-    assert gate_up[256].kernel is KernelName.CUDA_WG
+    # run 7: the multi-column CUDA kernel (w4_mma.cu) won M = 64; runs 9-10: the warpgroup-MMA kernel
+    # (w4_wgmma.cu); run 33: the warp-specialized kernel (w4_wgws.cu, y stored through its idle ring)
+    # takes every M from 64 on the four 8B shapes (the other models' shapes: the default's, also it)
+    assert gate_up[64].to_json() == {"kernel": "cuda_ws", "BN": 256, "BM": 64, "SPLIT_K": 1, "STAGES": 12}
+    w4 = table.layouts["w4_t64x64"]
+    assert all(by_m[m].kernel is KernelName.CUDA_WS for by_m in (*w4.entries(4096, 4096), gate_up)
+               for m in (64, 256, 2048))
 
 
 def test_tuner_rewrites_the_shipped_w4_entries_unchanged(monkeypatch):
@@ -257,3 +259,22 @@ def test_table_variant_edits_the_shipped_table_and_refuses_what_dispatch_would(t
         bad = tmp_path / "bad.json"
         res = subprocess.run([sys.executable, str(tool), str(bad), edit], capture_output=True, text=True)
         assert res.returncode != 0 and why in res.stderr and not bad.exists(), (edit, res.stderr)
+
+
+def test_a_retune_keeps_glu_warps_only_beside_the_config_it_was_measured_with(monkeypatch):
+    """GLU_WARPS comes from glu_rows.py, not the tuner: a re-tuned bucket whose plain config is the
+    shipped one keeps the shipped GLU_WARPS (0 included: the two launches won); a new winner drops it."""
+    monkeypatch.setattr(bench_main, "device_arch", lambda device: "sm90")
+    shipped = kernel_table.load_table("sm90").layouts["w4_t64x64"].shapes
+    with_glu = [(shape, m, cfg) for shape, by_m in shipped.items() for m, cfg in by_m.items()
+                if cfg.glu_warps is not None]
+    assert {cfg.glu_warps for _, _, cfg in with_glu} >= {0, 8}
+    rows = [{"layout": "w4_t64x64", "shape": [int(v) for v in shape.split("x")], "m": m,
+             "cfg": dataclasses.replace(cfg, glu_warps=None)} for shape, m, cfg in with_glu]
+    out = bench_main.config_table(rows, SimpleNamespace(name="x"))["layouts"]["w4_t64x64"]["shapes"]
+    for shape, m, cfg in with_glu:
+        assert out[shape][str(m)]["GLU_WARPS"] == cfg.glu_warps
+    for r in rows:
+        r["cfg"] = dataclasses.replace(r["cfg"], ring_stages=r["cfg"].ring_stages + 1)
+    out = bench_main.config_table(rows, SimpleNamespace(name="x"))["layouts"]["w4_t64x64"]["shapes"]
+    assert not any("GLU_WARPS" in out[shape][str(m)] for shape, m, _ in with_glu)

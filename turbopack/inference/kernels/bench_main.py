@@ -21,7 +21,7 @@ import torch
 from turbopack.inference.kernels import bench, cuda_build, pdl, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import device_arch, resolve_config
-from turbopack.inference.kernels.table import KernelTable, LayoutTable, load_table
+from turbopack.inference.kernels.table import Buckets, KernelTable, LayoutTable, load_table
 
 
 def _log(msg: str) -> None:
@@ -154,9 +154,21 @@ def _over(old: LayoutTable | None, new: LayoutTable) -> LayoutTable:
     shipped winners of the M it did not measure."""
     if old is None:
         return new
-    shapes = {s: dict(sorted({**old.shapes.get(s, {}), **new.shapes.get(s, {})}.items()))
-              for s in {*old.shapes, *new.shapes}}
-    return LayoutTable(dict(sorted({**old.default, **new.default}.items())), dict(sorted(shapes.items())))
+
+    def merged(was: Buckets, now: Buckets) -> dict[int, KernelConfig]:
+        return dict(sorted({**was, **{m: _keep_glu(was.get(m), cfg) for m, cfg in now.items()}}.items()))
+
+    shapes = {s: merged(old.shapes.get(s, {}), new.shapes.get(s, {})) for s in {*old.shapes, *new.shapes}}
+    return LayoutTable(merged(old.default, new.default), dict(sorted(shapes.items())))
+
+
+def _keep_glu(was: KernelConfig | None, now: KernelConfig) -> KernelConfig:
+    """GLU_WARPS is measured by benchmarks/device/glu_rows.py, not by this tuner: a re-tuned entry keeps
+    the shipped GLU_WARPS where its plain config is the one the GLU was measured beside, else drops
+    it (dispatch.glu then follows SPLIT_K)."""
+    if was is None or was.glu_warps is None or now.glu_warps is not None:
+        return now
+    return was if dataclasses.replace(was, glu_warps=None) == now else now
 
 
 def _json(o: object) -> object:
