@@ -27,7 +27,7 @@ class KernelName(str, enum.Enum):
     DQ_MM = "dq_mm"          # W4 dequantized once, then cuBLAS (cuda_w4.dq_mm)
     CUDA_MM = "cuda_mm"      # the CUDA C++ W4 kernel for 16 < M <= 128 (cuda_w4mm.w4_mma)
     CUDA_WG = "cuda_wg"      # the CUDA C++ W4 kernel on Hopper's warpgroup MMA, M >= 32 (cuda_w4wg.w4_wgmma)
-    CUDA_WS = "cuda_ws"      # warp-specialized wgmma, M >= 64: W4 (cuda_w4ws), W8A8 int8 (cuda_i8ws)
+    CUDA_WS = "cuda_ws"      # warp-specialized wgmma, M >= 64: W4 (cuda_w4ws), W8A16 (cuda_w8ws), W8A8 (cuda_i8ws)
     TRITON = "triton"        # w8a8's int8 Triton GEMM
     INT_MM = "int_mm"        # w8a8 through torch._int_mm
     SCALED_MM = "scaled_mm"  # fp8 through torch._scaled_mm

@@ -32,7 +32,11 @@ SRC = cuda_build.CSRC / "w4_wgws.cu"
 TILES = ((128, 256), (128, 128), (256, 64), (128, 64))
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p]}
+#: the library's entry points: W4A16 here, W8A16 (the same kernel on int8 rows) for cuda_w8ws
+_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p],
+               "turbopack_w8_wgws": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 13 + [ctypes.c_void_p]}
+#: a weight row's bytes in a stage (64 k): 32 of nibbles, its group's 16-bit scale and uint8 zero point
+ROW_BYTES = 35
 #: the largest portable thread-block cluster: CLUSTER's most K slices
 CLUSTER_MAX = 8
 
@@ -60,26 +64,38 @@ def wave_split(n_pad: int, k: int, m: int, bn: int, bm: int, sms: int) -> int:
     return max(1, min(sms // (math.ceil(n_pad / bn) * math.ceil(m / bm)), max_split(k)))
 
 
-def slot_bytes(bn: int, bm: int) -> int:
-    """A ring slot (csrc WsSlot): x [BM][128 B], weights [BN][32 B], scales and zeros, 1024-aligned."""
-    return math.ceil((bm * 128 + bn * 35) / 1024) * 1024
+def slot_bytes(bn: int, bm: int, row_bytes: int = ROW_BYTES) -> int:
+    """A ring slot (csrc WsSlot): x [BM][128 B], then BN weight rows of ``row_bytes`` each (W4A16:
+    nibbles, scales and zeros; W8A16: cuda_w8ws.ROW_BYTES), 1024-aligned."""
+    return math.ceil((bm * 128 + bn * row_bytes) / 1024) * 1024
 
 
-def max_stages(bn: int, bm: int) -> int:
-    """The deepest ring whose slots fit shared memory: 6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64,
-    17 at 128 x 64.
+def max_stages(bn: int, bm: int, row_bytes: int = ROW_BYTES) -> int:
+    """The deepest ring whose slots fit shared memory: W4A16 6 at 128 x 256, 10 at 128 x 128, 13 at
+    256 x 64, 17 at 128 x 64.
     A slot is one 64-k stage; the smaller tiles' stages are shorter, so they need more of them to keep
     a memory latency's worth of copies in flight."""
-    return (cuda_build.SM90_SMEM_MAX - 1024) // (slot_bytes(bn, bm) + 16)  # the alignment, two mbarriers a slot
+    # the alignment, two mbarriers a slot
+    return (cuda_build.SM90_SMEM_MAX - 1024) // (slot_bytes(bn, bm, row_bytes) + 16)
 
 
-def cluster_fits(bn: int, bm: int, stages: int) -> bool:
+def cluster_fits(bn: int, bm: int, stages: int, row_bytes: int = ROW_BYTES) -> bool:
     """CLUSTER's partials (8 consumer warps x BN / 128 x BM / 8 float4 columns of 32 lanes) in the ring."""
-    return 8 * (bn // 128) * (bm // 8) * 32 * 16 <= stages * slot_bytes(bn, bm)
+    return 8 * (bn // 128) * (bm // 8) * 32 * 16 <= stages * slot_bytes(bn, bm, row_bytes)
 
 
 def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.device) -> int:
     return wave_split(n_pad, k, m, bn, bm, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = ROW_BYTES) -> None:
+    """A ValueError naming what is wrong where the kernel would refuse the config (-1)."""
+    if (bn, bm) not in TILES:
+        raise ValueError(f"cuda_ws has no {bn} x {bm} tile; built: {', '.join(f'{a} x {b}' for a, b in TILES)}")
+    if not 3 <= stages <= max_stages(bn, bm, row_bytes):
+        raise ValueError(f"cuda_ws at {bn} x {bm} takes 3-{max_stages(bn, bm, row_bytes)} stages, not {stages}")
+    if cluster and not cluster_fits(bn, bm, stages, row_bytes):
+        raise ValueError(f"cuda_ws CLUSTER at {bn} x {bm} needs a deeper ring than {stages} stages for its partials")
 
 
 def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
@@ -87,12 +103,7 @@ def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int,
             stages: int = DEFAULT_STAGES, split_k: int = 0, cluster: bool = False) -> torch.Tensor:
     """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto;
     cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX of them)."""
-    if (bn, bm) not in TILES:
-        raise ValueError(f"cuda_ws has no {bn} x {bm} tile; built: {', '.join(f'{a} x {b}' for a, b in TILES)}")
-    if not 3 <= stages <= max_stages(bn, bm):
-        raise ValueError(f"cuda_ws at {bn} x {bm} takes 3-{max_stages(bn, bm)} stages, not {stages}")
-    if cluster and not cluster_fits(bn, bm, stages):
-        raise ValueError(f"cuda_ws CLUSTER at {bn} x {bm} needs a deeper ring than {stages} stages for its partials")
+    check_config(bn, bm, stages, cluster)
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape

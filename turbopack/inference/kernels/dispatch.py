@@ -30,6 +30,7 @@ from turbopack.inference.kernels import (
     cuda_w4wg,
     cuda_w4ws,
     cuda_w8,
+    cuda_w8ws,
     fp8,
     w8a8,
     weight_only,
@@ -80,7 +81,9 @@ def _wo(kind: weight_only.Kind) -> Family:
         if kind == weight_only.W4 and kernel is KernelName.CUDA_WG and cuda_w4wg.supports(x2, fmt, packed, shape):
             return _w4wg(x2, packed, shape, bias, cfg, out, group)
         if kind == weight_only.W4 and kernel is KernelName.CUDA_WS and cuda_w4ws.supports(x2, fmt, packed, shape):
-            return _w4ws(x2, packed, shape, bias, cfg, out, group)
+            return cuda_w4ws.w4_wgws(x2, packed, shape, bias, out, group=group, **_ws_knobs(cfg))
+        if kind == weight_only.I8 and kernel is KernelName.CUDA_WS and cuda_w8ws.supports(x2, packed, shape):
+            return cuda_w8ws.w8_wgws(x2, packed, shape, bias, out, **_ws_knobs(cfg))
         if kernel in _CUDA_KERNELS:  # not taken: Triton's
             cfg = weight_only.default_config(x2.shape[0], shape[0], shape[1], group if kind == weight_only.W4 else 64)
         return weight_only.launch(
@@ -129,12 +132,11 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
                               wreg=bool(cfg.weight_registers))
 
 
-def _w4ws(x2, packed, shape, bias, cfg, out, group):
-    return cuda_w4ws.w4_wgws(x2, packed, shape, bias, out, group=group,
-                             bn=or_default(cfg.block_n, cuda_w4ws.DEFAULT_BN),
-                             bm=or_default(cfg.block_m, cuda_w4ws.DEFAULT_BM),
-                             stages=or_default(cfg.ring_stages, cuda_w4ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                             cluster=bool(cfg.cluster))
+def _ws_knobs(cfg: KernelConfig) -> dict:
+    """The warp-specialized weight-only kernels' keywords (cuda_w4ws, cuda_w8ws) from a cuda_ws config."""
+    return dict(bn=or_default(cfg.block_n, cuda_w4ws.DEFAULT_BN), bm=or_default(cfg.block_m, cuda_w4ws.DEFAULT_BM),
+                stages=or_default(cfg.ring_stages, cuda_w4ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
+                cluster=bool(cfg.cluster))
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from turbopack.inference.kernels import cuda_i8ws, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8
+from turbopack.inference.kernels import cuda_i8ws, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8, cuda_w8ws
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 
@@ -118,6 +118,8 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
         out += _wgmma_candidates(n, k, m, sms)
     if setup == "w4a16" and m >= WS_MIN_M and hopper:
         out += _ws_candidates(n, k, m, sms)
+    if setup == "w8a16" and m >= WS_MIN_M and hopper and k % 128 == 0:  # cuda_w8ws: the same kernel on int8 rows
+        out += _ws_candidates(n, k, m, sms, cuda_w8ws.ROW_BYTES)
     return out + (_tc_small(setup, n, k, m, ks, sms) if m <= 64 else _tc_large(n, m, sms))
 
 
@@ -181,19 +183,20 @@ def _ws_cluster(sk: int, most: int) -> tuple:
     return (None,) if sk == 1 else (None, True) if sk <= most else (None,)
 
 
-def _ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
-    """The warp-specialized kernel (cuda_w4ws): each tile worth timing, its two deepest rings, _ws_splits
-    (at least eight 64-k stages a slice), each split > 1 through global planes and (CLUSTER) in a cluster."""
+def _ws_candidates(n: int, k: int, m: int, sms: int, row_bytes: int = cuda_w4ws.ROW_BYTES) -> list[KernelConfig]:
+    """The warp-specialized weight-only kernel (cuda_w4ws; cuda_w8ws at its ``row_bytes``): each tile
+    worth timing, its two deepest rings, _ws_splits (at least eight 64-k stages a slice), each split > 1
+    through global planes and (CLUSTER) in a cluster."""
     out = []
     smallest = min(bm for _, bm in cuda_w4ws.TILES)
     for bn, bm in cuda_w4ws.TILES:
         if not _ws_tile_worth_timing(m, bm, smallest):
             continue
-        top = cuda_w4ws.max_stages(bn, bm)
+        top = cuda_w4ws.max_stages(bn, bm, row_bytes)
         for sk in _ws_splits(m, cuda_w4ws.wave_split(n, k, m, bn, bm, sms)):
             out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st, cluster=cl)
                     for st in (top - 1, top) for cl in _ws_cluster(sk, cuda_w4ws.CLUSTER_MAX)
-                    if not cl or cuda_w4ws.cluster_fits(bn, bm, st)]
+                    if not cl or cuda_w4ws.cluster_fits(bn, bm, st, row_bytes)]
     return out
 
 

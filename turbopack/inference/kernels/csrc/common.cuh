@@ -93,6 +93,25 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return r;
 }
 
+// int8 codes -> 16 bits, exact: lo = codes (0, 1), hi = codes (2, 3) of w as 16-bit pairs (w8.cu's
+// decode, w4_wgws.cu's W8A16 A fragments).
+//   fp16: (q ^ 0x80) is an unsigned byte u; prmt places it under 0x64 (1024 + u), and one HSUB2 of
+//     1152 leaves q (fp16's 10-bit mantissa holds a byte).
+//   bf16: bf16 has 8 significant bits, so 128 + u does not fit; 0x43 over the low 7 bits is
+//     128 + (q & 0x7F) and 0x43 over the sign bit alone is 128 or 256 (q's bit 7 is the exponent's
+//     lowest bit there): one HSUB2 of the two is q.
+template <typename T> __device__ __forceinline__ void i8_pairs(uint32_t w, uint32_t& lo, uint32_t& hi);
+template <> __device__ __forceinline__ void i8_pairs<__half>(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t u = w ^ 0x80808080u;
+  lo = Half16<__half>::sub2(prmt(u, 0x64646464u, 0x4140), 0x64806480u);  // (1024 + u) - 1152
+  hi = Half16<__half>::sub2(prmt(u, 0x64646464u, 0x4342), 0x64806480u);
+}
+template <> __device__ __forceinline__ void i8_pairs<__nv_bfloat16>(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
+  lo = Half16<__nv_bfloat16>::sub2(prmt(m, 0x43434343u, 0x4140), prmt(s, 0x43434343u, 0x4140));
+  hi = Half16<__nv_bfloat16>::sub2(prmt(m, 0x43434343u, 0x4342), prmt(s, 0x43434343u, 0x4342));
+}
+
 // w4: (w & 0x000F000F) | magic in one lop3 (0xea = (a & b) | c): nibbles 0 and 4 of w as the 16-bit
 // pair (M + q, M + q') (w4.cu's header: the layout's interleave makes them adjacent k)
 template <uint32_t kMagic>

@@ -41,10 +41,12 @@ namespace {
 constexpr int kWsTileK = 64;    // k per stage
 constexpr int kWsThreads = 384;  // consumer warpgroups 0, 1; producer warpgroup 2
 
-template <int MT, int BM>
+// WB: the weights' bits, 4 (W4A16: w4_t{16,64}x64, a 32-byte row a stage, its group's 16-bit scale and
+// uint8 zero point) or 8 (W8A16: i8_t{16,64}x64, a 64-byte row, the fp32 row scale once at the end)
+template <int WB, int MT, int BM>
 struct WsSlot {
   static constexpr int kBN = 128 * MT;
-  static constexpr int kX = BM * 128, kW = kBN * 32, kS = kBN * 2, kZ = kBN;
+  static constexpr int kX = BM * 128, kW = kBN * 8 * WB, kS = WB == 4 ? kBN * 2 : 0, kZ = WB == 4 ? kBN : 0;
   static constexpr int kSize = (kX + kW + kS + kZ + 1023) / 1024 * 1024;  // x of every slot 1024-aligned
 };
 
@@ -80,41 +82,43 @@ struct WsFeed {
   int gshift;                           // log2(G / 64): stage kt reads group kt >> gshift
 };
 
-template <int MT, int BM>
+template <int WB, int MT, int BM>
 __device__ __forceinline__ WsFeed ws_feed(const MmaArgs& a, int row0) {
-  using S = WsSlot<MT, BM>;
-  const bool asym = a.zeros != nullptr;
+  using S = WsSlot<WB, MT, BM>;
+  const bool asym = WB == 4 && a.zeros != nullptr;
   const long long tn0 = row0 / a.TN;
   WsFeed f;
   f.live = min(S::kBN / a.TN, (a.NP - row0 + a.TN - 1) / a.TN);
   f.tok0 = blockIdx.x * BM;
-  f.qw_tile = a.KT * a.TN * 32, f.sc_tile = a.KGP * a.TN * 2;  // int: the entry point refuses larger
+  f.qw_tile = a.KT * a.TN * 8 * WB, f.sc_tile = WB == 4 ? a.KGP * a.TN * 2 : 0;  // int: the entry points refuse larger
   f.qw = reinterpret_cast<const char*>(a.qw) + tn0 * f.qw_tile;
-  f.sc = static_cast<const char*>(a.scales) + tn0 * f.sc_tile;
+  f.sc = WB == 4 ? static_cast<const char*>(a.scales) + tn0 * f.sc_tile : nullptr;
   f.z = asym ? a.zeros + tn0 * (f.sc_tile / 2) : nullptr;
   f.gshift = a.G == 128;
   constexpr bool cx = (kKnockout & kKoX) == 0, cw = (kKnockout & kKoLoad) == 0, cs = (kKnockout & kKoScales) == 0;
-  f.bytes = (cx ? S::kX : 0) + f.live * a.TN * ((cw ? 32 : 0) + (cs ? 2 + (asym ? 1 : 0) : 0));
+  f.bytes = (cx ? S::kX : 0) + f.live * a.TN * ((cw ? 8 * WB : 0) + (cs && WB == 4 ? 2 + (asym ? 1 : 0) : 0));
   return f;
 }
 
 // The producer's stage: every copy of 64-k tile kt into slot `slot`, counted on its full barrier; one
 // elected lane of the producer warp issues them
-template <int MT, int BM>
+template <int WB, int MT, int BM>
 __device__ __forceinline__ void ws_fill(const WsFeed& f, const CUtensorMap* xmap, int TN, int kt, uint32_t slot,
                                         uint32_t full, uint64_t policy) {
-  using S = WsSlot<MT, BM>;
+  using S = WsSlot<WB, MT, BM>;
+  constexpr int kRow = 8 * WB;  // a row's bytes a stage
   constexpr bool cx = (kKnockout & kKoX) == 0, cw = (kKnockout & kKoLoad) == 0, cs = (kKnockout & kKoScales) == 0;
   if (!elect_one()) return;
   mbar_expect_tx(full, f.bytes);  // x's box counts its zero-filled tokens past M too
   if (cx) tma_load_2d(slot, xmap, kt * kWsTileK, f.tok0, full);
   const int g = kt >> f.gshift;
-  const char *w = f.qw + kt * TN * 32, *sc = f.sc + g * TN * 2;
+  const char *w = f.qw + kt * TN * kRow, *sc = f.sc + g * TN * 2;
   const uint8_t* z = f.z + g * TN;
   for (int t = 0; t < f.live; ++t) {
-    if (cw) bulk_copy_hint(slot + S::kX + t * TN * 32, w + t * f.qw_tile, TN * 32, full, policy);
-    if (cs) bulk_copy(slot + S::kX + S::kW + t * TN * 2, sc + t * f.sc_tile, TN * 2, full);
-    if (cs && f.z != nullptr) bulk_copy(slot + S::kX + S::kW + S::kS + t * TN, z + t * (f.sc_tile / 2), TN, full);
+    if (cw) bulk_copy_hint(slot + S::kX + t * TN * kRow, w + t * f.qw_tile, TN * kRow, full, policy);
+    if (cs && WB == 4) bulk_copy(slot + S::kX + S::kW + t * TN * 2, sc + t * f.sc_tile, TN * 2, full);
+    if (cs && WB == 4 && f.z != nullptr)
+      bulk_copy(slot + S::kX + S::kW + S::kS + t * TN, z + t * (f.sc_tile / 2), TN, full);
   }
 }
 
@@ -144,9 +148,13 @@ struct WsGather {
 // group. The wgmmas read af after this returns: the caller may write these registers again only once
 // the group has completed (PTX: accessing an in-flight wgmma's A registers is undefined)
 template <typename T, int MT, int BM>
+__device__ __forceinline__ void ws_wgmma(float (&acc)[MT][BM / 8][4], uint32_t (&af)[MT][2][2][4], uint32_t slot,
+                                         bool first);
+
+template <typename T, int MT, int BM>
 __device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&af)[MT][2][2][4], uint32_t slot,
                                        int rr, const WsGather& q, bool asym, bool first) {
-  using S = WsSlot<MT, BM>;
+  using S = WsSlot<4, MT, BM>;
   constexpr uint32_t kM16 = Half16<T>::kMagic & 0xFFFFu;
 #pragma unroll
   for (int r = 0; r < MT; ++r) {
@@ -170,6 +178,45 @@ __device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&a
       decode_words<T>(af[r][1], lo.y, hi.y, sc, mz);
     }
   }
+  ws_wgmma<T, MT, BM>(acc, af, slot, first);
+}
+
+// int8 rows (W8A16): the slot's row holds k 0..63 in order, so step u's A registers want bytes
+// 16u + 2c, + 1 (a0, a1) and 16u + 2c + 8, + 9 (a2, a3): byte 2c of words 4u, 4u + 1 and of words
+// 4u + 2, 4u + 3. Each thread reads its rows' whole 64 bytes (four LDS.128, the quad's lanes the
+// same addresses: a broadcast); one prmt a word pair puts the k pair at bytes 0-1 (sel_lo) or 2-3
+// (sel_hi), a third joins them, and i8_pairs turns the four codes into the two 16-bit pairs
+// (exact: the row scale comes once, after the sums)
+struct W8Gather {
+  uint32_t sel_lo, sel_hi;
+  __device__ __forceinline__ explicit W8Gather(int c)
+      : sel_lo(2 * c | (2 * c + 1) << 4), sel_hi((2 * c) << 8 | (2 * c + 1) << 12) {}
+  __device__ __forceinline__ uint32_t word(uint4 w) const {
+    return __byte_perm(__byte_perm(w.x, w.y, sel_lo), __byte_perm(w.z, w.w, sel_hi), 0x7610);
+  }
+};
+
+template <typename T, int MT, int BM>
+__device__ __forceinline__ void ws_mma8(float (&acc)[MT][BM / 8][4], uint32_t (&af)[MT][2][2][4], uint32_t slot,
+                                        int rr, const W8Gather& q, bool first) {
+  using S = WsSlot<8, MT, BM>;
+#pragma unroll
+  for (int r = 0; r < MT; ++r)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh)  // rows rr + 16 r and + 8: A registers e = hh (k 2c) and 2 + hh (k 2c + 8)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const uint32_t w = q.word(lds128(slot + S::kX + (rr + 16 * r + 8 * hh) * 64 + 16 * u));
+        i8_pairs<T>(w, af[r][u >> 1][u & 1][hh], af[r][u >> 1][u & 1][2 + hh]);
+      }
+  ws_wgmma<T, MT, BM>(acc, af, slot, first);
+}
+
+// four k16 steps of MT wgmmas each on the slot's x (step u: A registers af[r][u / 2][u % 2]), one
+// commit group
+template <typename T, int MT, int BM>
+__device__ __forceinline__ void ws_wgmma(float (&acc)[MT][BM / 8][4], uint32_t (&af)[MT][2][2][4], uint32_t slot,
+                                         bool first) {
   float(&d)[MT][BM / 2] = reinterpret_cast<float(&)[MT][BM / 2]>(acc);
   wg_fence();
   if constexpr ((kKnockout & kKoMath) != 0) {  // the decoded registers kept live, no wgmma
@@ -192,10 +239,10 @@ __device__ __forceinline__ void ws_mma(float (&acc)[MT][BM / 8][4], uint32_t (&a
 }
 #endif  // TP_WGMMA
 
-template <typename T, int MT, int BM>
+template <typename T, int WB, int MT, int BM>
 __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_constant__ CUtensorMap xmap, const MmaArgs a) {
 #ifdef TP_WGMMA
-  using S = WsSlot<MT, BM>;
+  using S = WsSlot<WB, MT, BM>;
   extern __shared__ uint4 smem_raw[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
   const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
@@ -210,11 +257,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (threadIdx.x < 288) {  // its first warp, converged: the stage loop's values stay warp-uniform
       const uint64_t policy = l2_evict_first();
-      const WsFeed f = ws_feed<MT, BM>(a, row0);
+      const WsFeed f = ws_feed<WB, MT, BM>(a, row0);
       RingPos p;
       for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
         if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
-        ws_fill<MT, BM>(f, &xmap, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
+        ws_fill<WB, MT, BM>(f, &xmap, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
       }
     }
     if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
@@ -226,6 +273,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
   const int rr = 16 * MT * warp + g;  // this thread's row g of fragment 0, in the CTA's rows
   const bool asym = a.zeros != nullptr;
   const WsGather q(c);
+  const W8Gather q8(c);
   float acc[MT][BM / 8][4];  // the first wgmma writes them (scale-d 0)
   // two sets of A registers, by stage parity, named by constants (the loop unrolled twice): stage i
   // decodes into set i & 1 while stage i - 1's group, which reads the other set, may still run; set
@@ -239,7 +287,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
       const int i = i0 + b;
       if (i < n_st) {
         mbar_wait(full + 8 * p.slot, p.phase);
-        ws_mma<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, q, asym, i == 0);
+        if constexpr (WB == 4) ws_mma<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, q, asym, i == 0);
+        else ws_mma8<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, q8, i == 0);
         wg_wait<1>();  // stage i - 1's group has completed: its slot and its A registers are free
         if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
         prev = p.slot;
@@ -257,6 +306,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
         if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
       }
   if constexpr ((kKnockout & kKoEpilogue) != 0) return;
+  if constexpr (WB == 8) {  // the fp32 row scale (zero on padded rows), before any store or sum of slices
+#pragma unroll
+    for (int r = 0; r < MT; ++r) {
+      const int row = row0 + rr + 16 * r;
+      const float* sc = static_cast<const float*>(a.scales);
+      const float s_lo = row < a.NP ? sc[row] : 0.f, s_hi = row + 8 < a.NP ? sc[row + 8] : 0.f;
+#pragma unroll
+      for (int t = 0; t < BM / 8; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[r][t][e] *= e >> 1 ? s_hi : s_lo;
+    }
+  }
   const int n0 = row0 + 16 * MT * warp, tok0 = blockIdx.x * BM;
   static_assert(8 * rows_bytes(MT, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
   const uint32_t stage = base + warp * rows_bytes(MT, BM);  // this warp's share of the ring, once idle
@@ -274,9 +335,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
 #endif
 }
 
-template <typename T, int MT, int BM>
+template <typename T, int WB, int MT, int BM>
 int launch(const MmaArgs& a, int stride_xm, bool cluster, cudaStream_t s) {
-  using S = WsSlot<MT, BM>;
+  using S = WsSlot<WB, MT, BM>;
   const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
   if (smem > kSmemMax) return -1;
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
@@ -286,21 +347,21 @@ int launch(const MmaArgs& a, int stride_xm, bool cluster, cudaStream_t s) {
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
-        cudaFuncSetAttribute(w4_wgws_kernel<T, MT, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(w4_wgws_kernel<T, WB, MT, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
   const dim3 grid((a.M + BM - 1) / BM, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
   return static_cast<int>(
-      launch_with(w4_wgws_kernel<T, MT, BM>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, xmap, a));
+      launch_with(w4_wgws_kernel<T, WB, MT, BM>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, xmap, a));
 }
 
-template <typename T>
+template <typename T, int WB>
 int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream_t s) {
-  if (mt == 1 && bm == 256) return launch<T, 1, 256>(a, stride_xm, cl, s);
-  if (mt == 1 && bm == 128) return launch<T, 1, 128>(a, stride_xm, cl, s);
-  if (mt == 2 && bm == 64) return launch<T, 2, 64>(a, stride_xm, cl, s);
-  if (mt == 1 && bm == 64) return launch<T, 1, 64>(a, stride_xm, cl, s);
+  if (mt == 1 && bm == 256) return launch<T, WB, 1, 256>(a, stride_xm, cl, s);
+  if (mt == 1 && bm == 128) return launch<T, WB, 1, 128>(a, stride_xm, cl, s);
+  if (mt == 2 && bm == 64) return launch<T, WB, 2, 64>(a, stride_xm, cl, s);
+  if (mt == 1 && bm == 64) return launch<T, WB, 1, 64>(a, stride_xm, cl, s);
   return -1;
 }
 
@@ -323,6 +384,22 @@ extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scal
       (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16>(a, mt, bm, stride_xm, cluster != 0, s)
-                     : by_tile<__half>(a, mt, bm, stride_xm, cluster != 0, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16, 4>(a, mt, bm, stride_xm, cluster != 0, s)
+                     : by_tile<__half, 4>(a, mt, bm, stride_xm, cluster != 0, s);
+}
+
+// W8A16: y [M, N] = (x [M, K] q^T) * s (+ bias), q int8 i8_t{16,64}x64 [NP / TN, KT, TN, 64], s fp32 [NP]
+// (zero past N). Arguments as turbopack_w4_wgws's (no zeros, no groups: the scale is a row's); K in
+// whole 128-k blocks (mma_args' check; the tiles are 64 k).
+extern "C" int turbopack_w8_wgws(const void* x, const void* qw, const void* scales, const void* bias, void* y, void* ws,
+                                 void* counters, int M, int N, int NP, int K, int KT, int TN, int stride_xm,
+                                 int split_k, int mt, int bm, int stages, int cluster, int dtype, void* stream) {
+  MmaArgs a;  // group 64 stands in for the check: WB 8 reads no group
+  if (!mma_args(a, x, qw, scales, nullptr, bias, y, ws, counters, M, N, NP, K, KT, 0, TN, 64, stride_xm, split_k,
+                stages, dtype, 64) ||
+      KT * 64 != K || (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 64 > INT32_MAX)
+    return -1;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return dtype == 0 ? by_tile<__nv_bfloat16, 8>(a, mt, bm, stride_xm, cluster != 0, s)
+                     : by_tile<__half, 8>(a, mt, bm, stride_xm, cluster != 0, s);
 }

@@ -17,11 +17,7 @@
 // 2j+1 of the thread's 32 bytes of x. A and B are permuted alike, so the sum over k is unchanged.
 //
 // Codes -> 16 bits, exact in registers (two codes per 32-bit register):
-//   int8, fp16 x: (q ^ 0x80) is an unsigned byte u; prmt places it under 0x64 (1024 + u), and one
-//     HSUB2 of 1152 leaves q (fp16's 10-bit mantissa holds a byte).
-//   int8, bf16 x: bf16 has 8 significant bits, so 128 + u does not fit; 0x43 over the low 7 bits is
-//     128 + (q & 0x7F) and 0x43 over the sign bit alone is 128 or 256 (q's bit 7 is the exponent's
-//     lowest bit there): one HSUB2 of the two is q.
+//   int8: common.cuh i8_pairs (a prmt under a magic exponent and one HSUB2 a pair).
 //   e4m3: the 7 magnitude bits shifted under a 16-bit sign (by 4 for bf16, by 7 for fp16) are the
 //     same number scaled by 2^-120 (bf16) or 2^-8 (fp16), subnormals included (e4m3's 4-bit
 //     exponent lands in the low bits of the wider one; an e4m3 subnormal is a bf16/fp16 subnormal
@@ -46,19 +42,8 @@ template <typename T> struct Exact {
   static constexpr uint32_t kXScale = 0;
   static constexpr float kPost = 1.f;
 };
-template <> struct Codes<__half, kInt8> : Exact<__half> {
-  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) {
-    const uint32_t u = w ^ 0x80808080u;
-    lo = Half16<__half>::sub2(prmt(u, 0x64646464u, 0x4140), 0x64806480u);  // (1024 + u) - 1152
-    hi = Half16<__half>::sub2(prmt(u, 0x64646464u, 0x4342), 0x64806480u);
-  }
-};
-template <> struct Codes<__nv_bfloat16, kInt8> : Exact<__nv_bfloat16> {
-  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) {
-    const uint32_t m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
-    lo = Half16<__nv_bfloat16>::sub2(prmt(m, 0x43434343u, 0x4140), prmt(s, 0x43434343u, 0x4140));
-    hi = Half16<__nv_bfloat16>::sub2(prmt(m, 0x43434343u, 0x4342), prmt(s, 0x43434343u, 0x4342));
-  }
+template <typename T> struct Codes<T, kInt8> : Exact<T> {
+  static __device__ __forceinline__ void cvt(uint32_t w, uint32_t& lo, uint32_t& hi) { i8_pairs<T>(w, lo, hi); }
 };
 // e4m3 -> bf16 in three instructions per pair: prmt puts each code in the low byte of a 16-bit half
 // and, with the selector's sign-replicate bit, its sign across the high byte; << 4 and one mask
