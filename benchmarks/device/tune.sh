@@ -7,6 +7,7 @@
 #   FORMATS=nvfp4,w8a16,w8a8,fp8 bash benchmarks/device/tune.sh
 #   PART=e2e bash benchmarks/device/tune.sh                      # bench_e2e --e2e (all formats)
 #   WS_TESTS=1 ...: the warp-specialized kernels' GPU tests first (stops if they fail)
+#   WS_TESTS=1 FORMATS=w8a16 MS=64,256,2048 bash benchmarks/device/tune.sh   # run 34: cuda_w8ws first
 # The tuner writes its winners over the tree's configs/sm90.json (bench_main._over): copy each
 # call's $OUT/sm90.json into turbopack/inference/kernels/configs/ before the next call, so the
 # last one holds every format's and PART=e2e runs on it. Carry .scratch/prebuilt.tar.xz.
@@ -15,8 +16,8 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
 if [ -n "${WS_TESTS:-}" ]; then  # the warp-specialized kernels' GPU tests first: a fault would poison the tune
   step ws-tests
-  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w4ws.py \
-    tests/inference/kernels/test_cuda_i8ws.py > "$OUT/ws_tests.txt" 2>&1
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w4ws.py \
+    tests/inference/kernels/test_cuda_w8ws.py tests/inference/kernels/test_cuda_i8ws.py > "$OUT/ws_tests.txt" 2>&1
   rc=$?; tail -3 "$OUT/ws_tests.txt"
   if [ $rc -ne 0 ]; then grep -E "^FAILED|Error" "$OUT/ws_tests.txt" | head -20 | cut -c1-250; step done; exit 1; fi
 fi
