@@ -60,3 +60,16 @@ def a_fragment_k(u: int) -> np.ndarray:
     kk = np.arange(16)
     c, e, hi = (kk % 8) // 2, kk % 2, kk // 8
     return 16 * c + 4 * u + 2 * hi + e
+
+
+def replayed_in_a_graph(run, x: torch.Tensor) -> torch.Tensor:
+    """run(x) captured in a CUDA graph (after one call outside the capture: built and loaded), then x
+    refilled with new values and the graph replayed: the graph's output."""
+    run(x)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = run(x)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    return y

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from wgmma_cases import TOL, hopper, reference_cases, w4_weight, wgmma_b
+from wgmma_cases import TOL, hopper, reference_cases, replayed_in_a_graph, w4_weight, wgmma_b
 
 from turbopack.inference.kernels import cuda_w4ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
@@ -109,13 +109,7 @@ def test_deterministic_and_in_a_graph():
         assert reference.rel_err(y, ref) < TOL[torch.bfloat16], kw
         assert torch.equal(y, cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)), f"{kw}: not deterministic"
     kw = dict(group=128, bn=128, bm=256, stages=4, split_k=3, cluster=True)
-    cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)  # built and loaded outside the capture
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y2 = cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw)
-    x.copy_(torch.randn_like(x))
-    g.replay()
-    torch.cuda.synchronize()
+    y2 = replayed_in_a_graph(lambda x: cuda_w4ws.w4_wgws(x, packed, (n, k), None, **kw), x)
     assert reference.rel_err(y2, reference.ref_linear(x, "w4a16", q)) < TOL[torch.bfloat16]
 
 

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from wgmma_cases import hopper
+from wgmma_cases import hopper, replayed_in_a_graph
 
 from turbopack.formats import get_format
 from turbopack.inference.kernels import cuda_w4ws, cuda_w8ws, reference, tune
@@ -110,13 +110,7 @@ def test_deterministic_in_a_graph_and_through_dispatch():
         assert reference.rel_err(y, ref) < TOL[torch.bfloat16], kw
         assert torch.equal(y, cuda_w8ws.w8_wgws(x, packed, (n, k), None, **kw)), f"{kw}: not deterministic"
     kw = dict(bn=128, bm=256, stages=4, split_k=3, cluster=True)
-    cuda_w8ws.w8_wgws(x, packed, (n, k), None, **kw)  # built and loaded outside the capture
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        y2 = cuda_w8ws.w8_wgws(x, packed, (n, k), None, **kw)
-    x.copy_(torch.randn_like(x))
-    g.replay()
-    torch.cuda.synchronize()
+    y2 = replayed_in_a_graph(lambda x: cuda_w8ws.w8_wgws(x, packed, (n, k), None, **kw), x)
     assert reference.rel_err(y2, reference.ref_linear(x, "w8a16", q)) < TOL[torch.bfloat16]
     cfg = KernelConfig(KernelName.CUDA_WS, block_n=256, block_m=64, split_k=2, ring_stages=5, cluster=True)
     y = linear(x, get_format("w8a16"), "i8_t64x64", packed, (n, k), None, cfg)
