@@ -174,3 +174,23 @@ def test_tuner_offers_it_on_hopper_from_m_64():
     assert not [c for c in tune.candidates("w8a16", 4096, 4096, 32, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
     assert not [c for c in tune.candidates("w8a16", 4096, 4160, 256, 132, hopper=True)  # K not in 128-k blocks
                 if c.kernel is KernelName.CUDA_WS]
+
+
+@pytest.mark.parametrize("tile_n,bn", [(16, 128), (64, 128), (16, 256), (64, 256)])
+def test_model_consumers_read_their_rows_from_the_copies(tile_n, bn):
+    """ws_fill at WB = 8 copies run t of a stage (TN x 64 bytes) from layout tile (row0 + t TN) / TN, 64-k
+    tile kt, to slot byte t TN x 64; for every consumer thread (warp w of the 8, lane g), fragment r, row
+    half hh and chunk u, the 16 bytes ws_mma8 reads at slot byte (rr + 16 r + 8 hh) x 64 + 16 u (rr =
+    16 MT w + g) are bytes 16u.. of that row's 64 k in the packed layout."""
+    mt, kt_all = bn // 128, 8
+
+    def slot_source(row0: int, kt: int, off: int) -> int:
+        t, rem = divmod(off, tile_n * 64)
+        return (((row0 + t * tile_n) // tile_n * kt_all + kt) * tile_n) * 64 + rem
+
+    for row0, kt in itertools.product((0, bn, 3 * bn), range(kt_all)):
+        for w, g, r, hh, u in itertools.product(range(8), range(8), range(mt), range(2), range(4)):
+            row = 16 * mt * w + g + 16 * r + 8 * hh
+            big_r = row0 + row
+            want = ((big_r // tile_n * kt_all + kt) * tile_n + big_r % tile_n) * 64 + 16 * u
+            assert slot_source(row0, kt, row * 64 + 16 * u) == want
