@@ -66,3 +66,32 @@ def test_staged_rows_of_one_matrix_fall_in_distinct_banks(r_frags):
     assert ld_bytes % 16 == 0
     groups = {(j * ld_bytes // 4) % 32 // 4 for j in range(8)}
     assert len(groups) == 8
+
+
+@pytest.mark.parametrize("r_frags,ntok,split", [(1, 32, 2), (2, 8, 3), (1, 16, 5), (1, 8, 8)])
+def test_model_sliced_planes_sum_each_accumulator_in_slice_order(r_frags, ntok, split):
+    """store_sliced_rows: slice z writes float4 (r, t) of consumer thread i at plane z, tile T,
+    [(r NTOK + t) x 256 + i] (float4 units; a plane is tiles x 256 x R NTOK of them, BN x BM floats a
+    tile with BN = 128 R, BM = 8 NTOK); the last slice reads its own thread's float4s back from every
+    plane in slice order. So no two (tile, thread, float4) share a place, every tile's run fills its
+    BN x BM floats exactly, and each thread gets back exactly its own accumulators, summed in order."""
+    tiles, kc = 3, r_frags * ntok
+    assert 4 * kc * 256 == (128 * r_frags) * (8 * ntok)  # the host's planes: a whole tile of floats
+    plane = tiles * kc * 256
+    rng = np.random.default_rng(kc + split)
+    acc = rng.standard_normal((split, tiles, 256, r_frags, ntok, 4)).astype(np.float32)
+    ws = np.full((split * plane, 4), np.nan, np.float32)
+    for z, tile, i, r, t in itertools.product(range(split), range(tiles), range(256), range(r_frags), range(ntok)):
+        at = z * plane + tile * kc * 256 + (r * ntok + t) * 256 + i
+        assert np.isnan(ws[at]).all()  # written once
+        ws[at] = acc[z, tile, i, r, t]
+    assert not np.isnan(ws).any()  # and every place written
+    for tile, i in itertools.product(range(tiles), (0, 37, 255)):
+        got = np.zeros((r_frags, ntok, 4), np.float32)
+        for z in range(split):
+            for r, t in itertools.product(range(r_frags), range(ntok)):
+                got[r, t] += ws[z * plane + tile * kc * 256 + (r * ntok + t) * 256 + i]
+        want = np.zeros((r_frags, ntok, 4), np.float32)
+        for z in range(split):
+            want += acc[z, tile, i]
+        assert np.array_equal(got, want)

@@ -82,7 +82,9 @@ def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], 
     else:
         split = wave_split(np_, kp, m, bm, torch.cuda.get_device_properties(y.device).multi_processor_count)
     split = max(1, min(split, math.ceil(kp / STAGE_K), CLUSTER_MAX if cluster else kp))
-    ws, cnt = splitk_slices(y.device, m, n, math.ceil(np_ / ROWS) * math.ceil(m / bm), split)
+    # store_sliced_rows' planes: a whole ROWS x BM tile each, past N and M too
+    rows, toks = math.ceil(np_ / ROWS), math.ceil(m / bm)
+    ws, cnt = splitk_slices(y.device, toks * bm, rows * ROWS, rows * toks, split)
     rc = library(y.device).turbopack_i8_wgws(
         _p(q), _p(sx), _p(w), _p(packed["scales"]), _p(bias), _p(y), _p(ws), _p(cnt), m, n, np_, kp, q.stride(0),
         split, int(bm), int(stages), int(bool(cluster)), _DTYPE_CODE[y.dtype], cuda_build.stream(y.device))

@@ -88,6 +88,13 @@ def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.de
     return wave_split(n_pad, k, m, bn, bm, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
+def plane_slices(device: torch.device, n_pad: int, m: int, bn: int, bm: int, split: int):
+    """(planes, counters) for split-K through global planes (csrc/ws_store.cuh store_sliced_rows): a
+    whole BN x BM tile of fp32 a slice, past N and M too, in the accumulators' layout."""
+    rows, toks = math.ceil(n_pad / bn), math.ceil(m / bm)
+    return splitk_slices(device, toks * bm, rows * bn, rows * toks, split)
+
+
 def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = ROW_BYTES) -> None:
     """A ValueError naming what is wrong where the kernel would refuse the config (-1)."""
     if (bn, bm) not in TILES:
@@ -111,7 +118,7 @@ def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int,
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, m, bn, bm, x2.device)
     split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
-    ws, cnt = splitk_slices(x2.device, m, n, math.ceil(nt * tn / bn) * math.ceil(m / bm), split)
+    ws, cnt = plane_slices(x2.device, nt * tn, m, bn, bm, split)
     rc = library(x2.device).turbopack_w4_wgws(
         _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, bn // 128, int(bm), int(stages),

@@ -14,14 +14,11 @@ Before it, M >= 64 ran the Triton tensor-core kernel at 0.42-0.82x bf16's speed 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from turbopack.inference.kernels import cuda_build, cuda_w4wg, cuda_w4ws
 from turbopack.inference.kernels.cuda_build import ptr as _p
 from turbopack.inference.kernels.cuda_w4ws import CLUSTER_MAX, TILES, wave_split
-from turbopack.inference.kernels.epilogue import splitk_slices
 
 #: a weight row's bytes in a stage: 64 int8 codes (the row scale is read once, in the epilogue)
 ROW_BYTES = 64
@@ -62,7 +59,7 @@ def w8_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int,
     split = int(split_k) if split_k and split_k > 0 else wave_split(
         nt * tn, k, m, bn, bm, torch.cuda.get_device_properties(x2.device).multi_processor_count)
     split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
-    ws, cnt = splitk_slices(x2.device, m, n, math.ceil(nt * tn / bn) * math.ceil(m / bm), split)
+    ws, cnt = cuda_w4ws.plane_slices(x2.device, nt * tn, m, bn, bm, split)
     rc = cuda_w4ws.library(x2.device).turbopack_w8_wgws(
         _p(x2), _p(qw), _p(s), _p(bias), _p(y), _p(ws), _p(cnt), m, n, nt * tn, k, kt, tn, x2.stride(0), split,
         bn // 128, int(bm), int(stages), int(bool(cluster)), 0 if x2.dtype == torch.bfloat16 else 1,

@@ -20,7 +20,7 @@
 // at a 128 x 256 tile (the last CTA alone reads every plane back), more than a split saved. (Run 30's
 // CLUSTER, x multicast to pairs of row tiles, lost 1-20% everywhere in run 31: removed.)
 // The epilogue turns the int32 sums into fp32 times the two scales and stores them through
-// ws_store.cuh's store_rows (split 1, CLUSTER) or store_planes (w4_mma.cuh, split-K by planes): warp w
+// ws_store.cuh's store_rows (split 1, CLUSTER) or store_sliced_rows (split-K by planes): warp w
 // of the CTA holds rows 16 w + g (+ 8), tokens 8 t + 2 c (+ 1), the wgmma accumulator layout (wgmma.cuh).
 #include "tma.cuh"
 #include "w4_mma.cuh"
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     }
     pdl_wait();  // every thread, before it exits: completion stays ordered along the chain
     if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
-    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
+    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced_rows' two CTA barriers
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   } else if (a.split_k == 1) {
     store_rows<T, 1, BM / 8>(a.o, out, stage, n0, tok0);
   } else {
-    store_planes<T, 1, BM / 8>(a.o, out, n0, g, c, n0 < a.N, tile, row0, kI8Rows, tok0, BM, 256);
+    store_sliced_rows<T, 1, BM / 8>(a.o, out, stage, n0, tok0, tile, gridDim.x * gridDim.y);
   }
 #endif
 }
@@ -207,7 +207,7 @@ int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int 
 // with stride_xq bytes a row; w: int8 [NP, KP]; sx [M], sw [N] float32; KP and stride_xq multiples of 16,
 // xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages from 3 to what fits 227 KB of
 // shared memory (4 at bm = 256, 7 at 128, 9 at 64). split_k > 1: cluster 1 sums the K slices in a cluster (split_k <= 8), cluster 0
-// through ws (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left
+// through ws (fp32 [split_k x tiles x 128 x bm]) and counters (int32, one per row tile x token tile, zeroed, left
 // zeroed). Returns 0, -1 for
 // bad arguments, else the CUDA error (the kernel is empty unless built for sm_90a).
 extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,

@@ -29,8 +29,8 @@
 // more pass over x and one more launch a call).
 //
 // Rows: warp w (0-3) of consumer warpgroup h owns rows 32 (4 h + w) .. + 31 at MT = 2 (fragment r =
-// A tile r: rows + 16 r), 16 (4 h + w) .. + 15 at MT = 1, so the accumulators are store_planes' R = MT
-// fragments of 16 rows (w4_mma.cuh), split-K included.
+// A tile r: rows + 16 r), 16 (4 h + w) .. + 15 at MT = 1, so the accumulators are ws_store.cuh's R = MT
+// fragments of 16 rows, split-K included.
 #include "tma.cuh"
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
@@ -265,7 +265,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
       }
     }
     if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
-    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_planes' two CTA barriers
+    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced_rows' two CTA barriers
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
   } else if (a.split_k == 1) {
     store_rows<T, MT, BM / 8>(a.o, acc, stage, n0, tok0);
   } else {
-    store_planes<T, MT, BM / 8>(a.o, acc, n0, g, c, n0 < a.NP, tile, row0, S::kBN, tok0, BM, 256);
+    store_sliced_rows<T, MT, BM / 8>(a.o, acc, stage, n0, tok0, tile, gridDim.x * gridDim.y);
   }
 #endif
 }
@@ -372,7 +372,7 @@ int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream
 // (1, 128), (2, 64), (1, 64). x and qweight, scales and zeros 16-byte aligned (x: a tensor map's base). stages: 3
 // to what fits 227 KB (6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64, 17 at 128 x 64). split_k > 1: cluster 1 sums the
 // K slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
-// (fp32 [split_k * M * N]) and counters (int32, one per row tile x token tile, zeroed, left zeroed). Returns 0,
+// (fp32 [split_k x tiles x 128 mt x bm]) and counters (int32, one a tile, zeroed, left zeroed). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
 extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scales, const void* zeros,
                                  const void* bias, void* y, void* ws, void* counters, int M, int N, int NP, int K,

@@ -81,6 +81,48 @@ __device__ __forceinline__ void store_rows(const Out& o, const float (&acc)[R][N
     }
   }
 }
+
+// Split-K through global planes (both warp-specialized kernels, split > 1 without CLUSTER), in the
+// accumulators' own layout: each K slice writes float4 (r, t) of consumer thread i (its accumulators
+// acc[r][t][0..3]) to plane z, tile `tile`, at [(r NTOK + t) x 256 + i], so every store of a warp is
+// one 512-byte run; the slice that completes the tile's count (arrive_last) sums the planes in slice
+// order (deterministic) into its registers, float4 by float4 as each thread holds them, and stores y
+// as split 1 does (store_rows, through the idle ring). Run 33 measured the former plane path
+// (store_planes: scalar partials in y's order, then one CTA summing element by element with 8 tokens
+// in flight a thread) 10-17 us slower than the cluster sum at split 2 (W4A16 qkv and down, M = 256,
+// H100). ws: split_k planes of tiles x 256 x R NTOK float4 (BN x BM floats a tile). Every thread of
+// the CTA calls it (arrive_last's barriers); the producer warpgroup's return after arrive_last.
+template <typename T, int R, int NTOK>
+__device__ __forceinline__ void store_sliced_rows(const Out& o, float (&acc)[R][NTOK][4], uint32_t stage, int n0,
+                                                  int tok0, int tile, int tiles) {
+  constexpr int kC = R * NTOK;  // float4s a thread
+  const long long plane = static_cast<long long>(tiles) * kC * 256;
+  float4* ws = reinterpret_cast<float4*>(o.ws) + static_cast<long long>(tile) * kC * 256 + threadIdx.x;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+      __stcg(ws + blockIdx.z * plane + (r * NTOK + t) * 256,
+             make_float4(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3]));
+  if (!arrive_last(o, tile, o.split_k)) return;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][t][e] = 0.f;
+#pragma unroll 1
+  for (int z = 0; z < o.split_k; ++z, ws += plane)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const float4 v = __ldcg(ws + (r * NTOK + t) * 256);
+        acc[r][t][0] += v.x, acc[r][t][1] += v.y, acc[r][t][2] += v.z, acc[r][t][3] += v.w;
+      }
+  if (threadIdx.x == 0) o.counters[tile] = 0;
+  store_rows<T, R, NTOK>(o, acc, stage, n0, tok0);  // every consumer thread is past arrive_last: the ring is idle
+}
 #endif  // TP_WGMMA
 
 }  // namespace
