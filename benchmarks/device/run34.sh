@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Run 34's first call: the warp-specialized kernels' GPU tests (cuda_w8ws, W8A16 on int8 rows, on its
-# first device; cuda_w4ws and cuda_i8ws as shipped), the GLU test that run 33's table broke (GLU_WARPS
-# restored by bench_main._keep_glu), the tuner for W8A16 from M = 64 (cuda_w8ws beside the Triton
-# kernel that ran there at 0.42-0.82x bf16's speed), then ncu of the W4A16 kernel where it misses
-# its bar: o at M = 64 (split 1: 29 us, 2: 18 us, 4: 19 us in run 33, so ~18 us that the K slices do
-# not shorten) and qkv at M = 256 (96 CTAs on 132 SMs). Carry .scratch/prebuilt.tar.xz. Next: copy
-# $OUT/sm90.json into configs/, then PART=e2e bash benchmarks/device/tune.sh (W8A16's prefill).
+# Run 34's first call. The warp-specialized kernels' GPU tests: cuda_w8ws (W8A16 on int8 rows) on its
+# first device, and split-K by planes in the accumulators' own layout (ws_store.cuh
+# store_sliced_rows) in all three; the GLU test that run 33's table broke (GLU_WARPS restored by
+# bench_main._keep_glu). Then the tuner: W8A16 from M = 64 (cuda_w8ws beside the Triton kernel that
+# ran there at 0.42-0.82x bf16's speed) into $OUT/w8, and W4A16 and W8A8 at M = 64 and 256 (where
+# the splits are; the planes cost 10-17 us more than the cluster sum in run 33) into $OUT/w4, over
+# the first's table (copied into this machine's tree between them): $OUT/w4/sm90.json holds both.
+# Carry .scratch/prebuilt.tar.xz. Next: run34b.sh (ncu), then PART=e2e bash benchmarks/device/tune.sh.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
@@ -16,12 +17,15 @@ timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/infe
 rc=$?; tail -3 "$OUT/ws_tests.txt"
 if [ $rc -ne 0 ]; then grep -E "^FAILED|Error" "$OUT/ws_tests.txt" | head -20 | cut -c1-250; fi
 if [ $rc -eq 124 ]; then step done; exit 1; fi
-step "bench_linear --tune --formats w8a16 --ms 64,256,2048"
-timeout ${TUNE_S:-240} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats w8a16 --ms 64,256,2048 \
-  --out "$OUT" > "$OUT/tune.txt" 2> "$OUT/tune.log"
-echo "rc=$?"; tail -2 "$OUT/tune.log"; grep -E "^w8a16|MISS|PASS" "$OUT/tune.txt" | cut -c1-200 | head -30
-ncu_prof w4_o64 w4_wgws_kernel python3 benchmarks/ncu_linear.py --format w4a16 --shape o --m 64 \
-  --cfg '{"kernel": "cuda_ws", "BN": 128, "BM": 64, "SPLIT_K": 2, "STAGES": 17, "CLUSTER": true}'
-ncu_prof w4_qkv256 w4_wgws_kernel python3 benchmarks/ncu_linear.py --format w4a16 --shape qkv --m 256 \
-  --cfg '{"kernel": "cuda_ws", "BN": 128, "BM": 256, "SPLIT_K": 2, "STAGES": 6, "CLUSTER": true}'
+tune() {  # name, formats, ms
+  step "bench_linear --tune --formats $2 --ms $3"
+  mkdir -p "$OUT/$1"
+  timeout ${TUNE_S:-200} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$2" --ms "$3" \
+    --out "$OUT/$1" > "$OUT/$1/tune.txt" 2>&1  # 7 files back in all (at most 8)
+  echo "rc=$?"; grep -E "^(w8a16|w4a16|w8a8) .*M=(64|256|2048) |MISS" "$OUT/$1/tune.txt" \
+    | cut -c1-190 | head -40
+}
+tune w8 w8a16 64,256,2048
+[ -f "$OUT/w8/sm90.json" ] && cp "$OUT/w8/sm90.json" turbopack/inference/kernels/configs/sm90.json
+tune w4 w4a16,w8a8 64,256
 step done
