@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Run 34's first call. The warp-specialized kernels' GPU tests: cuda_w8ws (W8A16 on int8 rows) on its
-# first device, and split-K by planes in the accumulators' own layout (ws_store.cuh
+# Run 34's first call. The warp-specialized kernels' GPU tests: cuda_w8ws (W8A16 on int8 rows) and
+# i8_wgws on e4m3 codes (FP8) on their first device, and split-K by planes in the accumulators' own layout (ws_store.cuh
 # store_sliced_rows) in all three; the GLU test that run 33's table broke (GLU_WARPS restored by
 # bench_main._keep_glu). Then the tuner: W8A16 from M = 64 (cuda_w8ws beside the Triton kernel that
-# ran there at 0.42-0.82x bf16's speed) into $OUT/w8, and W4A16 and W8A8 at M = 64 and 256 (where
-# the splits are; the planes cost 10-17 us more than the cluster sum in run 33) into $OUT/w4, over
+# ran there at 0.42-0.82x bf16's speed) into $OUT/w8, and W4A16, W8A8 and FP8 (cuda_ws beside
+# _scaled_mm) at M = 64 and 256 (where the splits are; the planes cost 10-17 us more than the cluster sum in run 33) into $OUT/w4, over
 # the first's table (copied into this machine's tree between them): $OUT/w4/sm90.json holds both.
 # Carry .scratch/prebuilt.tar.xz. Next: run34b.sh (ncu), then PART=e2e bash benchmarks/device/tune.sh.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
 step ws-tests
-timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w8ws.py \
-  tests/inference/kernels/test_cuda_w4ws.py tests/inference/kernels/test_cuda_i8ws.py \
+timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w8ws.py \
+  tests/inference/kernels/test_cuda_w4ws.py tests/inference/kernels/test_cuda_i8ws.py tests/inference/kernels/test_cuda_fp8ws.py \
   "tests/inference/test_moe_grouped.py::test_fastpath_mlp_glu_matches_three_launches_on_gpu" > "$OUT/ws_tests.txt" 2>&1
 rc=$?; tail -3 "$OUT/ws_tests.txt"
 if [ $rc -ne 0 ]; then grep -E "^FAILED|Error" "$OUT/ws_tests.txt" | head -20 | cut -c1-250; fi
@@ -20,12 +20,12 @@ if [ $rc -eq 124 ]; then step done; exit 1; fi
 tune() {  # name, formats, ms
   step "bench_linear --tune --formats $2 --ms $3"
   mkdir -p "$OUT/$1"
-  timeout ${TUNE_S:-200} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$2" --ms "$3" \
+  timeout ${TUNE_S:-180} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$2" --ms "$3" \
     --out "$OUT/$1" > "$OUT/$1/tune.txt" 2>&1  # 7 files back in all (at most 8)
-  echo "rc=$?"; grep -E "^(w8a16|w4a16|w8a8) .*M=(64|256|2048) |MISS" "$OUT/$1/tune.txt" \
+  echo "rc=$?"; grep -E "^(w8a16|w4a16|w8a8|fp8) .*M=(64|256|2048) |MISS" "$OUT/$1/tune.txt" \
     | cut -c1-190 | head -40
 }
 tune w8 w8a16 64,256,2048
 [ -f "$OUT/w8/sm90.json" ] && cp "$OUT/w8/sm90.json" turbopack/inference/kernels/configs/sm90.json
-tune w4 w4a16,w8a8 64,256
+TUNE_S=220 tune w4 w4a16,w8a8,fp8 64,256
 step done

@@ -157,7 +157,7 @@ def test_x_is_copied_only_after_the_previous_grid(tuned_build):
     heads = list(re.finditer(r"\.entry\s+(\S+)\(", ptx))
     bodies = [ptx[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(ptx)] for i, h in enumerate(heads)
               if "i8_wgws_kernel" in h.group(1)]
-    assert len(bodies) == 6  # 3 token tiles x 2 dtypes
+    assert len(bodies) == 12  # 3 token tiles x 2 dtypes x 2 codes (int8, e4m3)
     for body in bodies:
         wait = body.find("griddepcontrol.wait")
         weights = body.find("cache_hint")

@@ -151,9 +151,12 @@ def _fp4(x2, packed, shape, bias, cfg, out):
 
 
 def _fp8_rowmajor(x2, packed, shape, bias, cfg, out, fmt):
-    # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it
+    # decode: the CUDA 8-bit kernel (16-bit activations, cuda_w8) where the tuned table picks it;
+    # prefill: the warp-specialized e4m3 GEMM (cuda_i8ws) where it picks that, else _scaled_mm
     if cfg.kernel is KernelName.CUDA and cuda_w8.supports(x2, packed, shape):
         return _w8(x2, packed, shape, bias, cfg, out)
+    if cfg.kernel is KernelName.CUDA_WS and not cuda_i8ws.supports(x2, packed, shape):
+        cfg = KernelConfig(KernelName.SCALED_MM)
     return fp8.rowmajor_linear(x2, packed, shape, bias, cfg, out)
 
 

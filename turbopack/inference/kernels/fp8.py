@@ -2,8 +2,9 @@
 
 ``fp8_rowmajor`` (sm89/sm90, native FP8 MMA): the per-token e4m3 quantizer (w8a8.quant_rows_kernel,
 one launch) then torch._scaled_mm (cuBLASLt) with rowwise scales (scale_a [M, 1], scale_b [1, N]
-float32), bias and the bf16 output in the same call. cuBLASLt's rowwise FP8 writes bf16 only, so
-fp16 activations get one extra cast.
+float32), bias and the bf16 output in the same call; or, on sm90 where the tuned table names
+``cuda_ws``, the warp-specialized e4m3 wgmma GEMM (cuda_i8ws, W8A8's kernel on float8 codes).
+cuBLASLt's rowwise FP8 writes bf16 only, so fp16 activations get one extra cast there.
 ``fp8_t16x64_upcast`` (sm80/86, no FP8 MMA): weight_only's kernels decode e4m3 to 16 bits in
 registers (exact), 16-bit activations; y = fp32(sum x16 * q) * s.
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from turbopack.inference.kernels import w8a8, weight_only
-from turbopack.inference.kernels.config import KernelConfig
+from turbopack.inference.kernels import cuda_i8ws, w8a8, weight_only
+from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
 
 
 def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
@@ -22,6 +23,11 @@ def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tu
     np_, kp = w.shape[0] * w.shape[1], w.shape[2]
     n = shape[0]
     q, sa = w8a8.quantize_rows(x2, kp, fp8=True)
+    if cfg.kernel is KernelName.CUDA_WS:  # dispatch checked cuda_i8ws.supports: the e4m3 wgmma GEMM
+        y = out if out is not None else torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x2.device)
+        return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
+                                 stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
+                                 cluster=bool(cfg.cluster))
     sw = packed["scales"]
     sb = sw.view(1, np_) if sw.numel() == np_ else sw.expand(np_).contiguous().view(1, np_)
     b = None

@@ -76,8 +76,9 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
             if hopper and m <= cuda_w8.CLUSTER_M_MAX and 1 < sk <= cuda_w8.CLUSTER_MAX:  # split-K in a CTA cluster
                 w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, cluster=True) for st in (4, 6, 8)]
         w8 += rows_candidates(setup, m, k)
-    if layout == "fp8_rowmajor":
-        return w8 + [KernelConfig(KernelName.SCALED_MM)]
+    if layout == "fp8_rowmajor":  # _scaled_mm, and on Hopper the e4m3 warp-specialized GEMM
+        return w8 + [KernelConfig(KernelName.SCALED_MM)] + (_i8_ws_candidates(n, k, m, sms)
+                                                              if hopper and m >= WS_MIN_M else [])
     if layout == "i8_rowmajor":
         return w8 + _i8_candidates(n, k, m, sms, hopper)
     ks = params.get("group_size", 64)

@@ -42,11 +42,31 @@ struct I8Slot {
 struct I8Args {
   Out o;
   const float* sx;  // [M] per-token scales
-  const float* sw;  // [N] per-row scales
-  int M, N, KP, split_k, stages;
+  const float* sw;  // [N] per-row scales, or one per tensor (sw_stride 0)
+  int M, N, KP, split_k, stages, sw_stride;
 };
 
-template <typename T, int BM>
+// The codes: int8 (W8A8, i8_rowmajor: s32 sums, exact) or float8 e4m3 (FP8, fp8_rowmajor: f32 sums);
+// both one byte a code, K-major, at the same wgmma rate, so everything but the MMA is shared
+enum : int { kCodeS8 = 0, kCodeE4M3 = 1 };
+#ifdef TP_WGMMA
+template <int CODE, int BM>
+struct I8Mma {
+  using Acc = int32_t;
+  static __device__ __forceinline__ void run(int acc, Acc (&d)[BM / 2], uint64_t da, uint64_t db) {
+    WgmmaS8<BM>::run(acc, d, da, db);
+  }
+};
+template <int BM>
+struct I8Mma<kCodeE4M3, BM> {
+  using Acc = float;
+  static __device__ __forceinline__ void run(int acc, Acc (&d)[BM / 2], uint64_t da, uint64_t db) {
+    WgmmaE4M3<BM>::run(acc, d, da, db);
+  }
+};
+#endif  // TP_WGMMA
+
+template <typename T, int CODE, int BM>
 __global__ void __launch_bounds__(kI8Threads, 1)
     i8_wgws_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, const I8Args a) {
 #ifdef TP_WGMMA
@@ -95,7 +115,8 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const uint32_t a_off = (warp >> 2) * 64 * kI8StageK;  // this warpgroup's 64 weight rows in a slot
-  int32_t acc[BM / 2];  // the first wgmma writes them (scale-d 0)
+  using Mma = I8Mma<CODE, BM>;
+  typename Mma::Acc acc[BM / 2];  // the first wgmma writes them (scale-d 0)
   RingPos p;
   for (int i = 0, prev = 0; i < n_st; ++i, prev = p.slot, p.next(a.stages)) {  // prev: stage i - 1's slot
     const uint32_t slot = base + p.slot * S::kSize;
@@ -104,7 +125,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     if constexpr ((kKnockout & kKoMath) == 0)
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        WgmmaS8<BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
+        Mma::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
     wg_commit();
     wg_wait<1>();  // stage i - 1's group has completed: its slot is free
     if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
@@ -132,11 +153,12 @@ __global__ void __launch_bounds__(kI8Threads, 1)
       if (n_st == 0) acc[j] = 0;  // an empty K slice (split-K past the stages) holds no sums
     }
     pdl_trigger();
-    mine = cluster_reduce<1, BM / 8>(reinterpret_cast<int32_t(&)[1][BM / 8][4]>(acc), a.split_k,
+    mine = cluster_reduce<1, BM / 8>(reinterpret_cast<typename Mma::Acc(&)[1][BM / 8][4]>(acc), a.split_k,
                                      ring_scratch(smem_raw, base) + warp * (BM / 8) * 32);
   }
   const int n0 = row0 + 16 * warp;
-  const float sw_lo = n0 + g < a.N ? a.sw[n0 + g] : 0.f, sw_hi = n0 + g + 8 < a.N ? a.sw[n0 + g + 8] : 0.f;
+  const float sw_lo = n0 + g < a.N ? a.sw[(n0 + g) * a.sw_stride] : 0.f,
+              sw_hi = n0 + g + 8 < a.N ? a.sw[(n0 + g + 8) * a.sw_stride] : 0.f;
   float out[1][BM / 8][4];
 #pragma unroll
   for (int t = 0; t < BM / 8; ++t) {
@@ -172,7 +194,7 @@ constexpr int smem_bytes(int stages) {
   return stages * I8Slot<BM>::kSize + 1024 + 16 * stages + 4 * BM;  // + the alignment, the barriers, the token scales
 }
 
-template <typename T, int BM>
+template <typename T, int CODE, int BM>
 int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, bool cluster, cudaStream_t s) {
   const int smem = smem_bytes<BM>(a.stages);
   if (smem > kSmemMax) return -1;
@@ -184,27 +206,28 @@ int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
-        cudaFuncSetAttribute(i8_wgws_kernel<T, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(i8_wgws_kernel<T, CODE, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
   const dim3 grid((a.M + BM - 1) / BM, (NP + kI8Rows - 1) / kI8Rows, a.split_k);
-  return static_cast<int>(launch_with(i8_wgws_kernel<T, BM>, grid, dim3(kI8Threads), smem, s,
+  return static_cast<int>(launch_with(i8_wgws_kernel<T, CODE, BM>, grid, dim3(kI8Threads), smem, s,
                                       Launch{g_pdl != 0, 1, cl}, wmap, xmap, a));
 }
 
-template <typename T>
+template <typename T, int CODE>
 int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int stride_xq, bool cl, cudaStream_t s) {
-  if (bm == 256) return launch<T, 256>(a, xq, w, NP, stride_xq, cl, s);
-  if (bm == 128) return launch<T, 128>(a, xq, w, NP, stride_xq, cl, s);
-  if (bm == 64) return launch<T, 64>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 256) return launch<T, CODE, 256>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 128) return launch<T, CODE, 128>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 64) return launch<T, CODE, 64>(a, xq, w, NP, stride_xq, cl, s);
   return -1;
 }
 
 }  // namespace
 
-// y [M, N] = (xq W^T) * sx * sw (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (bias, y). xq: int8 [M, KP]
-// with stride_xq bytes a row; w: int8 [NP, KP]; sx [M], sw [N] float32; KP and stride_xq multiples of 16,
+// y [M, N] = (xq W^T) * sx * sw (+ bias) on sm_90a; dtype 0 = bf16, 1 = fp16 (bias, y); code 0 = int8
+// (i8_rowmajor), 1 = e4m3 (fp8_rowmajor). xq: codes [M, KP] with stride_xq bytes a row; w: codes [NP, KP];
+// sx [M], sw [N] float32 (sw_stride 1; 0: one scale for the tensor); KP and stride_xq multiples of 16,
 // xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages from 3 to what fits 227 KB of
 // shared memory (4 at bm = 256, 7 at 128, 9 at 64). split_k > 1: cluster 1 sums the K slices in a cluster (split_k <= 8), cluster 0
 // through ws (fp32 [split_k x tiles x 128 x bm]) and counters (int32, one per row tile x token tile, zeroed, left
@@ -212,14 +235,21 @@ int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int 
 // bad arguments, else the CUDA error (the kernel is empty unless built for sm_90a).
 extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,
                                  void* y, void* ws, void* counters, int M, int N, int NP, int KP, int stride_xq,
-                                 int split_k, int bm, int stages, int cluster, int dtype, void* stream) {
+                                 int split_k, int bm, int stages, int cluster, int dtype, int code, int sw_stride,
+                                 void* stream) {
   if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 ||
-      (cluster != 0 && cluster != 1) || (dtype != 0 && dtype != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
+      (cluster != 0 && cluster != 1) || (dtype != 0 && dtype != 1) || (code != kCodeS8 && code != kCodeE4M3) ||
+      (sw_stride != 0 && sw_stride != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w) % 16 != 0)
     return -1;
   const Out o{y, bias, nullptr, static_cast<float*>(ws), static_cast<int*>(counters), M, N, split_k, 0};
-  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages};
+  const I8Args a{o, static_cast<const float*>(sx), static_cast<const float*>(sw), M, N, KP, split_k, stages,
+                 sw_stride};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16>(a, bm, xq, w, NP, stride_xq, cluster != 0, s)
-                    : by_tile<__half>(a, bm, xq, w, NP, stride_xq, cluster != 0, s);
+  const bool cl = cluster != 0;
+  if (code == kCodeE4M3)
+    return dtype == 0 ? by_tile<__nv_bfloat16, kCodeE4M3>(a, bm, xq, w, NP, stride_xq, cl, s)
+                      : by_tile<__half, kCodeE4M3>(a, bm, xq, w, NP, stride_xq, cl, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16, kCodeS8>(a, bm, xq, w, NP, stride_xq, cl, s)
+                    : by_tile<__half, kCodeS8>(a, bm, xq, w, NP, stride_xq, cl, s);
 }

@@ -128,6 +128,32 @@ struct WgmmaS8 {
     }
   }
 };
+
+// D (f32, N / 2 per thread) = A (64 x 32 e4m3) x B (32 x N e4m3) (+ D where acc != 0): WgmmaS8's
+// operands and geometry with float8 codes (FP8 wgmma is K-major only, as s8, at the same rate: twice
+// the 16-bit one); imm-scale-a and -b 1 (no negation)
+#define TP_WGMMA_E4M3_ASM(SHAPE, DREGS, DA, DB, ACC, ...)                                                  \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE        \
+               ".f32.e4m3.e4m3 " DREGS ", " DA ", " DB ", p, 1, 1;\n}\n"                                     \
+               : __VA_ARGS__                                                                            \
+               : "l"(da), "l"(db), "r"(acc))
+
+template <int N>
+struct WgmmaE4M3 {
+  static_assert(N == 64 || N == 128 || N == 256, "the token tiles of i8_wgws.cu");
+  static __device__ __forceinline__ void run(int acc, float (&d)[N / 2], uint64_t da, uint64_t db) {
+    if constexpr (N == 64) {
+      TP_WGMMA_E4M3_ASM("m64n64k32", "{" TP_D32 "}", "%32", "%33", "%34", TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24));
+    } else if constexpr (N == 128) {
+      TP_WGMMA_E4M3_ASM("m64n128k32", "{" TP_D64 "}", "%64", "%65", "%66", TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24),
+                        TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56));
+    } else {
+      TP_WGMMA_E4M3_ASM("m64n256k32", "{" TP_D128 "}", "%128", "%129", "%130", TP_D8(0), TP_D8(8), TP_D8(16),
+                        TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56), TP_D8(64), TP_D8(72), TP_D8(80),
+                        TP_D8(88), TP_D8(96), TP_D8(104), TP_D8(112), TP_D8(120));
+    }
+  }
+};
 #endif  // TP_WGMMA
 
 }  // namespace
