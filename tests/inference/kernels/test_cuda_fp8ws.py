@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from wgmma_cases import TOL, hopper, replayed_in_a_graph
+from wgmma_cases import TOL, hopper, replayed_in_a_graph, run_rowmajor_ws
 
 from turbopack.formats import get_format
 from turbopack.inference.kernels import cuda_i8ws, reference, tune
@@ -29,13 +29,6 @@ def _weight(n: int, k: int, seed: int, per_tensor: bool = False):
     return fmt, q, reference.pack(q, get_layout("fp8_rowmajor"))
 
 
-def _run(x, packed, shape, bias, out, bm, stages, split, cluster=False):
-    from turbopack.inference.kernels.w8a8 import quantize_rows
-
-    q, sx = quantize_rows(x, packed["qweight"].shape[2], fp8=True)
-    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split, cluster=cluster)
-
-
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("m", [17, 64, 130, 300])
@@ -50,7 +43,7 @@ def test_matches_reference(m, dtype, per_tensor):
         b = torch.randn(n, device="cuda").to(dtype) if i else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_i8ws.supports(x, packed, (n, k))
-        _run(x, packed, (n, k), b, out, bm, stages, split, cl)
+        run_rowmajor_ws(x, packed, (n, k), b, out, bm, stages, split, cl)
         err = reference.rel_err(out, reference.ref_linear(x, "fp8", q, b))
         assert err < TOL[dtype], f"BM={bm} {stages=} {split=} cluster={cl}: {err:.2e}"
 
@@ -73,7 +66,8 @@ def test_integer_operands_come_out_exactly(bm, split, cluster):
     x = x.bfloat16()
     want = ((x.double() @ ints.double().T) * 2.0 ** -7).bfloat16()
     packed = reference.pack(q, get_layout("fp8_rowmajor"))
-    y = _run(x, packed, (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4, split, cluster)
+    y = run_rowmajor_ws(x, packed, (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4, split,
+                        cluster)
     assert torch.equal(y, want)
 
 
@@ -89,9 +83,10 @@ def test_deterministic_in_a_graph_and_through_dispatch():
     x = torch.randn(300, k, device="cuda").bfloat16()
     ref = reference.ref_linear(x, "fp8", q)
     for bm, stages, split, cl in CONFIGS:
-        y = _run(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages, split, cl)
+        y = run_rowmajor_ws(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages,
+                            split, cl)
         assert reference.rel_err(y, ref) < TOL[torch.bfloat16], (bm, stages, split, cl)
-        again = _run(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split, cl)
+        again = run_rowmajor_ws(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split, cl)
         assert torch.equal(y, again), f"BM={bm} {stages=} {split=} cluster={cl}: not deterministic"
     cfg = KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=128, split_k=3, ring_stages=5, cluster=True)
     y2 = replayed_in_a_graph(lambda x: linear(x, fmt, "fp8_rowmajor", packed, (n, k), None, cfg), x)

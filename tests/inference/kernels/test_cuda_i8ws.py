@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from wgmma_cases import TOL, hopper, wgmma_b
+from wgmma_cases import TOL, hopper, run_rowmajor_ws, wgmma_b
 
 from turbopack.formats import get_format
 from turbopack.inference.kernels import cuda_build, cuda_i8ws, tune
@@ -38,13 +38,6 @@ def _pack(q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return reference.pack(q, get_layout("i8_rowmajor"))
 
 
-def _run(x, packed, shape, bias, out, bm, stages, split, cluster=False):
-    from turbopack.inference.kernels.w8a8 import quantize_rows
-
-    q, sx = quantize_rows(x, packed["qweight"].shape[2], fp8=False)
-    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split, cluster=cluster)
-
-
 @pytest.mark.gpu
 @hopper
 @pytest.mark.parametrize("m", [1, 17, 64, 130, 256, 300])
@@ -63,7 +56,7 @@ def test_matches_reference(m, dtype, with_bias):
         b = torch.randn(n, device="cuda").to(dtype) if with_bias else None
         out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
         assert cuda_i8ws.supports(x, packed, (n, k))
-        _run(x, packed, (n, k), b, out, bm, stages, split, cl)
+        run_rowmajor_ws(x, packed, (n, k), b, out, bm, stages, split, cl)
         err = reference.rel_err(out, reference.ref_linear(x, "w8a8", q, b))
         assert err < TOL[dtype], f"BM={bm} {stages=} {split=} cluster={cl}: {err:.2e}"
 
@@ -87,7 +80,8 @@ def test_integer_operands_come_out_exactly(bm, split, cluster, n):
     x[torch.arange(m), torch.randint(0, k, (m,), device="cuda", generator=g)] = 127.0
     x = x.bfloat16()
     want = ((x.double() @ codes.double().T) * 2.0 ** -7).bfloat16()
-    y = _run(x, _pack(q), (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4, split, cluster)
+    y = run_rowmajor_ws(x, _pack(q), (n, k), None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), bm, 4,
+                        split, cluster)
     assert torch.equal(y, want)
 
 
@@ -104,9 +98,10 @@ def test_deterministic_in_a_graph_and_through_dispatch():
     x = torch.randn(300, k, device="cuda").bfloat16()
     ref = reference.ref_linear(x, "w8a8", q)
     for bm, stages, split, cl in CONFIGS:
-        y = _run(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages, split, cl)
+        y = run_rowmajor_ws(x, packed, (n, k), None, torch.empty(300, n, dtype=x.dtype, device="cuda"), bm, stages,
+                            split, cl)
         assert reference.rel_err(y, ref) < TOL[torch.bfloat16], (bm, stages, split, cl)
-        again = _run(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split, cl)
+        again = run_rowmajor_ws(x, packed, (n, k), None, torch.empty_like(y), bm, stages, split, cl)
         assert torch.equal(y, again), f"BM={bm} {stages=} {split=} cluster={cl}: not deterministic"
     cfg = KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=128, split_k=3, ring_stages=5, cluster=True)
     linear(x, fmt, "i8_rowmajor", packed, (n, k), None, cfg)  # built and loaded outside the capture

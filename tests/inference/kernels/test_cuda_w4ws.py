@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from wgmma_cases import TOL, hopper, reference_cases, replayed_in_a_graph, w4_weight, wgmma_b
+from wgmma_cases import TOL, hopper, prmt, reference_cases, replayed_in_a_graph, w4_weight, wgmma_b
 
 from turbopack.inference.kernels import cuda_w4ws, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
@@ -138,12 +138,8 @@ def _gather_word(c: int, w: list[int]) -> int:
     """WsGather(c).word(w0, w1, w2, w3) (csrc/w4_wgws.cu): __byte_perm takes bytes c / 2 and c / 2 + 2
     of w0 and w2 (of w1 and w3), then nibble (c & 1) of the first's bytes goes low, of the second's high."""
     lo, hi, b = 4 * (c & 1), 4 - 4 * (c & 1), c >> 1
-
-    def prmt(x: int, y: int) -> int:
-        src = x | y << 32
-        return sum(((src >> 8 * s) & 0xFF) << 8 * i for i, s in enumerate((b, 4 + b, b + 2, 6 + b)))
-
-    return ((prmt(w[0], w[2]) >> lo) & 0x0F0F0F0F) | ((prmt(w[1], w[3]) << hi) & 0xF0F0F0F0)
+    sel = b | (4 + b) << 4 | (b + 2) << 8 | (6 + b) << 12
+    return ((prmt(w[0], w[2], sel) >> lo) & 0x0F0F0F0F) | ((prmt(w[1], w[3], sel) << hi) & 0xF0F0F0F0)
 
 
 @pytest.mark.parametrize("tn_rows", [16, 64])

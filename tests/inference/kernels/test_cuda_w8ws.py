@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from wgmma_cases import hopper, replayed_in_a_graph
+from wgmma_cases import hopper, prmt, replayed_in_a_graph
 
 from turbopack.formats import get_format
 from turbopack.inference.kernels import cuda_w4ws, cuda_w8ws, reference, tune
@@ -119,16 +119,10 @@ def test_deterministic_in_a_graph_and_through_dispatch():
 
 # -- CPU models ----------------------------------------------------------------------------------------
 
-def _prmt(a: int, b: int, sel: int) -> int:
-    """PTX prmt.b32 (default mode): result byte i is byte (sel >> 4 i) & 7 of b:a."""
-    src = a | b << 32
-    return sum(((src >> 8 * ((sel >> 4 * i) & 7)) & 0xFF) << 8 * i for i in range(4))
-
-
 def _w8_gather_word(c: int, w: list[int]) -> int:
     """W8Gather(c).word(w) (csrc/w4_wgws.cu)."""
     sel_lo, sel_hi = 2 * c | (2 * c + 1) << 4, (2 * c) << 8 | (2 * c + 1) << 12
-    return _prmt(_prmt(w[0], w[1], sel_lo), _prmt(w[2], w[3], sel_hi), 0x7610)
+    return prmt(prmt(w[0], w[1], sel_lo), prmt(w[2], w[3], sel_hi), 0x7610)
 
 
 @pytest.mark.parametrize("tile_n", [16, 64])

@@ -18,7 +18,7 @@ import torch
 
 from turbopack.inference.kernels import cuda_build, cuda_w4wg, cuda_w4ws
 from turbopack.inference.kernels.cuda_build import ptr as _p
-from turbopack.inference.kernels.cuda_w4ws import CLUSTER_MAX, TILES, wave_split
+from turbopack.inference.kernels.cuda_w4ws import CLUSTER_MAX, TILES
 
 #: a weight row's bytes in a stage: 64 int8 codes (the row scale is read once, in the epilogue)
 ROW_BYTES = 64
@@ -56,8 +56,7 @@ def w8_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int,
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    split = int(split_k) if split_k and split_k > 0 else wave_split(
-        nt * tn, k, m, bn, bm, torch.cuda.get_device_properties(x2.device).multi_processor_count)
+    split = int(split_k) if split_k and split_k > 0 else cuda_w4ws.default_split(nt * tn, k, m, bn, bm, x2.device)
     split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
     ws, cnt = cuda_w4ws.plane_slices(x2.device, nt * tn, m, bn, bm, split)
     rc = cuda_w4ws.library(x2.device).turbopack_w8_wgws(

@@ -47,24 +47,9 @@ struct I8Args {
 };
 
 // The codes: int8 (W8A8, i8_rowmajor: s32 sums, exact) or float8 e4m3 (FP8, fp8_rowmajor: f32 sums);
-// both one byte a code, K-major, at the same wgmma rate, so everything but the MMA is shared
+// both one byte a code, K-major, at the same wgmma rate, so everything but the MMA (wgmma.cuh Wgmma8,
+// by the accumulators' type) is shared
 enum : int { kCodeS8 = 0, kCodeE4M3 = 1 };
-#ifdef TP_WGMMA
-template <int CODE, int BM>
-struct I8Mma {
-  using Acc = int32_t;
-  static __device__ __forceinline__ void run(int acc, Acc (&d)[BM / 2], uint64_t da, uint64_t db) {
-    WgmmaS8<BM>::run(acc, d, da, db);
-  }
-};
-template <int BM>
-struct I8Mma<kCodeE4M3, BM> {
-  using Acc = float;
-  static __device__ __forceinline__ void run(int acc, Acc (&d)[BM / 2], uint64_t da, uint64_t db) {
-    WgmmaE4M3<BM>::run(acc, d, da, db);
-  }
-};
-#endif  // TP_WGMMA
 
 template <typename T, int CODE, int BM>
 __global__ void __launch_bounds__(kI8Threads, 1)
@@ -115,8 +100,8 @@ __global__ void __launch_bounds__(kI8Threads, 1)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const uint32_t a_off = (warp >> 2) * 64 * kI8StageK;  // this warpgroup's 64 weight rows in a slot
-  using Mma = I8Mma<CODE, BM>;
-  typename Mma::Acc acc[BM / 2];  // the first wgmma writes them (scale-d 0)
+  using Acc = std::conditional_t<CODE == kCodeE4M3, float, int32_t>;
+  Acc acc[BM / 2];  // the first wgmma writes them (scale-d 0)
   RingPos p;
   for (int i = 0, prev = 0; i < n_st; ++i, prev = p.slot, p.next(a.stages)) {  // prev: stage i - 1's slot
     const uint32_t slot = base + p.slot * S::kSize;
@@ -125,7 +110,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
     if constexpr ((kKnockout & kKoMath) == 0)
 #pragma unroll
       for (int u = 0; u < 4; ++u)
-        Mma::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
+        Wgmma8<Acc, BM>::run(i > 0 || u > 0, acc, desc_k128(slot + a_off + 32 * u), desc_k128(slot + S::kW + 32 * u));
     wg_commit();
     wg_wait<1>();  // stage i - 1's group has completed: its slot is free
     if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
@@ -153,7 +138,7 @@ __global__ void __launch_bounds__(kI8Threads, 1)
       if (n_st == 0) acc[j] = 0;  // an empty K slice (split-K past the stages) holds no sums
     }
     pdl_trigger();
-    mine = cluster_reduce<1, BM / 8>(reinterpret_cast<typename Mma::Acc(&)[1][BM / 8][4]>(acc), a.split_k,
+    mine = cluster_reduce<1, BM / 8>(reinterpret_cast<Acc(&)[1][BM / 8][4]>(acc), a.split_k,
                                      ring_scratch(smem_raw, base) + warp * (BM / 8) * 32);
   }
   const int n0 = row0 + 16 * warp;

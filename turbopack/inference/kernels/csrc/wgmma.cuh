@@ -100,57 +100,40 @@ struct Wgmma {
   }
 };
 
-// D (s32, N / 2 per thread) = A (64 x 32 s8) x B (32 x N s8) (+ D where acc != 0), both operands K-major
-// in shared memory through descriptors (8-bit wgmma reads A from shared memory here, and has no
-// transpose or negation); the accumulator layout is the 16-bit one's. A k32 step is 32 bytes, as a
-// 16-bit k16 step: desc_k128's geometry serves both (128 int8 k a swizzled row)
-#define TP_WGMMA_S8_ASM(SHAPE, DREGS, DA, DB, ACC, ...)                                                          \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".s32.s8.s8 " \
-               DREGS ", " DA ", " DB ", p;\n}\n"                                                              \
-               : __VA_ARGS__                                                                                  \
+// D (N / 2 per thread) = A (64 x 32 8-bit codes) x B (32 x N codes) (+ D where acc != 0), both operands
+// K-major in shared memory through descriptors (8-bit wgmma reads A from shared memory here, and has
+// no transpose); the accumulator layout is the 16-bit one's. A k32 step is 32 bytes, as a 16-bit k16
+// step: desc_k128's geometry serves both (128 codes a swizzled row). Acc picks the codes: int32_t is
+// s8 x s8 (exact s32 sums), float is e4m3 x e4m3 (f32 sums, imm-scale-a and -b 1: no negation); both
+// run at twice the 16-bit rate
+#define TP_WGMMA_K32_ASM(SHAPE, TYPES, TAIL, DREGS, DA, DB, ACC, ...)                                      \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE TYPES \
+               " " DREGS ", " DA ", " DB ", p" TAIL ";\n}\n"                                               \
+               : __VA_ARGS__                                                                            \
                : "l"(da), "l"(db), "r"(acc))
 #define TP_D8I(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), \
                   "+r"(d[i + 6]), "+r"(d[i + 7])
-
-template <int N>
-struct WgmmaS8 {
-  static_assert(N == 64 || N == 128 || N == 256, "the token tiles of i8_wgws.cu");
-  static __device__ __forceinline__ void run(int acc, int32_t (&d)[N / 2], uint64_t da, uint64_t db) {
-    if constexpr (N == 64) {
-      TP_WGMMA_S8_ASM("m64n64k32", "{" TP_D32 "}", "%32", "%33", "%34", TP_D8I(0), TP_D8I(8), TP_D8I(16), TP_D8I(24));
-    } else if constexpr (N == 128) {
-      TP_WGMMA_S8_ASM("m64n128k32", "{" TP_D64 "}", "%64", "%65", "%66", TP_D8I(0), TP_D8I(8), TP_D8I(16), TP_D8I(24),
-                      TP_D8I(32), TP_D8I(40), TP_D8I(48), TP_D8I(56));
-    } else {
-      TP_WGMMA_S8_ASM("m64n256k32", "{" TP_D128 "}", "%128", "%129", "%130", TP_D8I(0), TP_D8I(8), TP_D8I(16),
-                      TP_D8I(24), TP_D8I(32), TP_D8I(40), TP_D8I(48), TP_D8I(56), TP_D8I(64), TP_D8I(72), TP_D8I(80),
-                      TP_D8I(88), TP_D8I(96), TP_D8I(104), TP_D8I(112), TP_D8I(120));
-    }
+// the three token tiles' instructions, C the accumulators' operand constraints (TP_D8I or TP_D8)
+#define TP_WGMMA_K32(TYPES, TAIL, C)                                                                           \
+  if constexpr (N == 64) {                                                                                     \
+    TP_WGMMA_K32_ASM("m64n64k32", TYPES, TAIL, "{" TP_D32 "}", "%32", "%33", "%34", C(0), C(8), C(16), C(24)); \
+  } else if constexpr (N == 128) {                                                                             \
+    TP_WGMMA_K32_ASM("m64n128k32", TYPES, TAIL, "{" TP_D64 "}", "%64", "%65", "%66", C(0), C(8), C(16), C(24),  \
+                     C(32), C(40), C(48), C(56));                                                              \
+  } else {                                                                                                     \
+    TP_WGMMA_K32_ASM("m64n256k32", TYPES, TAIL, "{" TP_D128 "}", "%128", "%129", "%130", C(0), C(8), C(16),     \
+                     C(24), C(32), C(40), C(48), C(56), C(64), C(72), C(80), C(88), C(96), C(104), C(112),     \
+                     C(120));                                                                                  \
   }
-};
 
-// D (f32, N / 2 per thread) = A (64 x 32 e4m3) x B (32 x N e4m3) (+ D where acc != 0): WgmmaS8's
-// operands and geometry with float8 codes (FP8 wgmma is K-major only, as s8, at the same rate: twice
-// the 16-bit one); imm-scale-a and -b 1 (no negation)
-#define TP_WGMMA_E4M3_ASM(SHAPE, DREGS, DA, DB, ACC, ...)                                                  \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE        \
-               ".f32.e4m3.e4m3 " DREGS ", " DA ", " DB ", p, 1, 1;\n}\n"                                     \
-               : __VA_ARGS__                                                                            \
-               : "l"(da), "l"(db), "r"(acc))
-
-template <int N>
-struct WgmmaE4M3 {
+template <typename Acc, int N>
+struct Wgmma8 {
   static_assert(N == 64 || N == 128 || N == 256, "the token tiles of i8_wgws.cu");
-  static __device__ __forceinline__ void run(int acc, float (&d)[N / 2], uint64_t da, uint64_t db) {
-    if constexpr (N == 64) {
-      TP_WGMMA_E4M3_ASM("m64n64k32", "{" TP_D32 "}", "%32", "%33", "%34", TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24));
-    } else if constexpr (N == 128) {
-      TP_WGMMA_E4M3_ASM("m64n128k32", "{" TP_D64 "}", "%64", "%65", "%66", TP_D8(0), TP_D8(8), TP_D8(16), TP_D8(24),
-                        TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56));
+  static __device__ __forceinline__ void run(int acc, Acc (&d)[N / 2], uint64_t da, uint64_t db) {
+    if constexpr (std::is_same<Acc, float>::value) {
+      TP_WGMMA_K32(".f32.e4m3.e4m3", ", 1, 1", TP_D8)
     } else {
-      TP_WGMMA_E4M3_ASM("m64n256k32", "{" TP_D128 "}", "%128", "%129", "%130", TP_D8(0), TP_D8(8), TP_D8(16),
-                        TP_D8(24), TP_D8(32), TP_D8(40), TP_D8(48), TP_D8(56), TP_D8(64), TP_D8(72), TP_D8(80),
-                        TP_D8(88), TP_D8(96), TP_D8(104), TP_D8(112), TP_D8(120));
+      TP_WGMMA_K32(".s32.s8.s8", "", TP_D8I)
     }
   }
 };
