@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
 step ws-tests
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/inference/kernels/test_cuda_w8ws.py \
-  tests/inference/kernels/test_cuda_w4ws.py tests/inference/kernels/test_cuda_i8ws.py tests/inference/kernels/test_cuda_fp8ws.py \
+  tests/inference/kernels/test_cuda_w4ws.py tests/inference/kernels/test_cuda_i8ws.py tests/inference/kernels/test_cuda_fp8ws.py tests/inference/kernels/test_ws_stream.py \
   "tests/inference/test_moe_grouped.py::test_fastpath_mlp_glu_matches_three_launches_on_gpu" > "$OUT/ws_tests.txt" 2>&1
 rc=$?; tail -3 "$OUT/ws_tests.txt"
 if [ $rc -ne 0 ]; then grep -E "^FAILED|Error" "$OUT/ws_tests.txt" | head -20 | cut -c1-250; fi

@@ -43,9 +43,10 @@ class ConfigError(TurbopackError):
 JSON_FIELDS = {"BN": "block_n", "BM": "block_m", "BK": "block_k", "WARP_N": "warp_n", "GROUP_M": "group_m",
                "SPLIT_K": "split_k",
                "STAGES": "ring_stages", "VARIANT": "variant", "ROUND": "round_weights", "PLANES": "planes",
-               "PREFETCH": "prefetch", "CLUSTER": "cluster", "WREG": "weight_registers", "GLU_WARPS": "glu_warps",
+               "PREFETCH": "prefetch", "CLUSTER": "cluster", "STREAM": "stream_k", "WREG": "weight_registers",
+               "GLU_WARPS": "glu_warps",
                "num_warps": "num_warps", "num_stages": "num_stages"}
-_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "CLUSTER", "WREG"})
+_BOOL_KEYS = frozenset({"ROUND", "PLANES", "PREFETCH", "CLUSTER", "STREAM", "WREG"})
 
 #: the keys each kernel reads, in the order the tuner writes them (tune.candidates)
 KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
@@ -55,7 +56,7 @@ KERNEL_KEYS: dict[KernelName, tuple[str, ...]] = {
     KernelName.DQ_MM: (),
     KernelName.CUDA_MM: ("BN", "BM", "WARP_N", "SPLIT_K", "STAGES"),
     KernelName.CUDA_WG: ("BN", "BM", "SPLIT_K", "STAGES", "WREG"),
-    KernelName.CUDA_WS: ("BN", "BM", "SPLIT_K", "STAGES", "CLUSTER"),
+    KernelName.CUDA_WS: ("BN", "BM", "SPLIT_K", "STAGES", "CLUSTER", "STREAM"),
     KernelName.TRITON: ("BM", "BN", "BK", "GROUP_M", "SPLIT_K", "num_warps", "num_stages"),
     KernelName.INT_MM: (),
     KernelName.SCALED_MM: (),
@@ -83,6 +84,8 @@ class KernelConfig:
     prefetch: bool | None = None      # PREFETCH: W4 decode v7 sends each CTA's weight slice to L2 first (unset = no)
     cluster: bool | None = None       # CLUSTER: W4 v7 / W8 decode and both cuda_ws kernels sum split-K
     #                                   partials in a CTA cluster (unset = no)
+    stream_k: bool | None = None      # STREAM: the W4A16 / W8A16 cuda_ws kernel runs stream-K, one CTA an SM
+    #                                   over every tile's stages (unset = no; cuda_w4ws.stream_ctas)
     weight_registers: bool | None = None  # WREG: cuda_wg loads the weights straight to registers (unset = no)
     glu_warps: int | None = None      # GLU_WARPS: a fused gate|up with the MLP's activation in its store
     #                                   (dispatch.glu) runs W4 VARIANT 6 in this many warps a CTA; 0 = not

@@ -70,10 +70,12 @@ def wave_split(n_pad: int, kp: int, m: int, bm: int, sms: int) -> int:
 
 def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
             bias: torch.Tensor | None, y: torch.Tensor, *, bm: int = DEFAULT_BM, stages: int = DEFAULT_STAGES,
-            split_k: int = 0, cluster: bool = False) -> torch.Tensor:
+            split_k: int = 0, cluster: bool = False, stream: bool = False) -> torch.Tensor:
     """y [M, N] = (q @ W^T) * sx * scales (+ bias): q [>= M, KP] (int8 or e4m3, W's kind) and sx float32
     [M] from w8a8.quantize_rows, W the i8_rowmajor or fp8_rowmajor codes, scales per row or (FP8) one;
     split_k 0 = wave_split; cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX)."""
+    if stream:
+        raise ValueError("cuda_ws (w8a8, fp8) has no stream-K (STREAM): the weight-only kernels' only")
     if bm not in TOKEN_TILES:
         raise ValueError(f"cuda_ws (w8a8) has no {bm}-token tile; built: {', '.join(map(str, TOKEN_TILES))}")
     if not 3 <= stages <= max_stages(bm):

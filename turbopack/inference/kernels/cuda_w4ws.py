@@ -9,13 +9,15 @@ or 256 or 128 rows x 64 tokens (TILES). x is copied as it is (a tensor map: boxe
 (kernel ``cuda_ws``): BN, BM, STAGES (3 to max_stages: the deepest ring that fits shared memory),
 SPLIT_K (0: default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block
 cluster, through distributed shared memory, instead of fp32 planes in global memory: split <=
-CLUSTER_MAX and the partials within the ring, cluster_fits). Reads bf16 or fp16 activations with
-scales of the same dtype, group 64 or 128, K a multiple of 128.
+CLUSTER_MAX and the partials within the ring, cluster_fits), STREAM (stream-K, csrc/ws_stream.cuh: one
+CTA an SM over every tile's stages in equal runs, where splits leave SMs idle: stream_ctas). Reads
+bf16 or fp16 activations with scales of the same dtype, group 64 or 128, K a multiple of 128.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import torch
@@ -33,8 +35,8 @@ TILES = ((128, 256), (128, 128), (256, 64), (128, 64))
 DEFAULT_BN, DEFAULT_BM, DEFAULT_STAGES = 128, 256, 4
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 #: the library's entry points: W4A16 here, W8A16 (the same kernel on int8 rows) for cuda_w8ws
-_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 15 + [ctypes.c_void_p],
-               "turbopack_w8_wgws": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 13 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_w4_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 16 + [ctypes.c_void_p],
+               "turbopack_w8_wgws": [ctypes.c_void_p] * 7 + [ctypes.c_int] * 14 + [ctypes.c_void_p]}
 #: a weight row's bytes in a stage (64 k): 32 of nibbles, its group's 16-bit scale and uint8 zero point
 ROW_BYTES = 35
 #: the largest portable thread-block cluster: CLUSTER's most K slices
@@ -95,6 +97,28 @@ def plane_slices(device: torch.device, n_pad: int, m: int, bn: int, bm: int, spl
     return splitk_slices(device, toks * bm, rows * bn, rows * toks, split)
 
 
+def stream_ctas(n_pad: int, k: int, m: int, bn: int, bm: int, sms: int) -> int:
+    """STREAM's grid: one CTA an SM (at most one a stage), or 0 where stream-K does not apply: a CTA's
+    run of ceil(tiles x K / 64 / ctas) stages must be shorter than a tile's K / 64 (so a tile's head
+    is its CTA's last segment, csrc/ws_stream.cuh), which holds where the tiles are fewer than the
+    SMs, the case split-K serves in whole multiples of the tiles."""
+    s = k // 64
+    units = math.ceil(n_pad / bn) * math.ceil(m / bm) * s
+    ctas = min(sms, units)
+    return ctas if s > 1 and math.ceil(units / ctas) < s else 0
+
+
+@functools.lru_cache(maxsize=256)
+def stream_planes(tiles: int, s: int, ctas: int) -> int:
+    """The most slices a tile has past its head (csrc/ws_stream.cuh sk_segments): STREAM's planes."""
+    units = tiles * s
+
+    def cta(u: int) -> int:  # sk_cta: the CTA whose run holds stage unit u
+        return ((u + 1) * ctas - 1) // units
+
+    return max(cta((t + 1) * s - 1) - cta(t * s) for t in range(tiles))
+
+
 def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = ROW_BYTES) -> None:
     """A ValueError naming what is wrong where the kernel would refuse the config (-1)."""
     if (bn, bm) not in TILES:
@@ -105,25 +129,41 @@ def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = 
         raise ValueError(f"cuda_ws CLUSTER at {bn} x {bm} needs a deeper ring than {stages} stages for its partials")
 
 
+def launch_grid(device: torch.device, n_pad: int, k: int, m: int, bn: int, bm: int, split_k: int, cluster: bool,
+                stream: bool) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """(split, stream-K CTAs or 0, planes, counters) of one call of either entry point."""
+    if stream:
+        if cluster:
+            raise ValueError("cuda_ws: STREAM and CLUSTER exclude each other (stream-K sums through planes)")
+        ctas = stream_ctas(n_pad, k, m, bn, bm, torch.cuda.get_device_properties(device).multi_processor_count)
+        if ctas == 0:
+            raise ValueError(f"cuda_ws STREAM at {bn} x {bm} needs fewer tiles than SMs (M={m} N={n_pad} K={k}); "
+                             "use SPLIT_K")
+        tiles = math.ceil(n_pad / bn) * math.ceil(m / bm)
+        return 1, ctas, *plane_slices(device, n_pad, m, bn, bm, stream_planes(tiles, k // 64, ctas))
+    split = int(split_k) if split_k and split_k > 0 else default_split(n_pad, k, m, bn, bm, device)
+    split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
+    return split, 0, *plane_slices(device, n_pad, m, bn, bm, split)
+
+
 def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
             out: torch.Tensor | None = None, *, group: int = 128, bn: int = DEFAULT_BN, bm: int = DEFAULT_BM,
-            stages: int = DEFAULT_STAGES, split_k: int = 0, cluster: bool = False) -> torch.Tensor:
+            stages: int = DEFAULT_STAGES, split_k: int = 0, cluster: bool = False,
+            stream: bool = False) -> torch.Tensor:
     """y [M, N] = x2 @ W^T (+ bias) from a w4_t{16,64}x64 weight (group 64/128); split_k 0 = auto;
-    cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX of them)."""
+    cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX of them); stream: stream-K."""
     check_config(bn, bm, stages, cluster)
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    split = int(split_k) if split_k and split_k > 0 else default_split(nt * tn, k, m, bn, bm, x2.device)
-    split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
-    ws, cnt = plane_slices(x2.device, nt * tn, m, bn, bm, split)
+    split, ctas, ws, cnt = launch_grid(x2.device, nt * tn, k, m, bn, bm, split_k, cluster, stream)
     rc = library(x2.device).turbopack_w4_wgws(
         _p(x2), _p(qw), _p(s), _p(packed.get("zeros")), _p(bias), _p(y), _p(ws), _p(cnt),
         m, n, nt * tn, k, kt, s.shape[1], tn, group, x2.stride(0), split, bn // 128, int(bm), int(stages),
-        int(bool(cluster)), _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
+        int(bool(cluster)), ctas, _DTYPE_CODE[x2.dtype], cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w4_wgws failed (code {rc}; M={m} N={n} K={k} G={group} BN={bn} BM={bm} "
-                           f"stages={stages} split={split} cluster={bool(cluster)})")
+                           f"stages={stages} split={split} cluster={bool(cluster)} stream={ctas})")
     return y

@@ -8,7 +8,7 @@ idle ring. A stage's weight row is the i8_t{16,64}x64 tile row's 64 bytes in nat
 consumer thread reads its rows whole and picks each k16 step's four codes (W8Gather), which
 common.cuh's i8_pairs turns into 16-bit pairs exactly; the fp32 row scale multiplies the sums once,
 before the store, as the weights-only contract says (docs/layouts.md). Config keys (kernel
-``cuda_ws`` of the ``i8_t{16,64}x64`` family): BN, BM, STAGES, SPLIT_K, CLUSTER, as cuda_w4ws's.
+``cuda_ws`` of the ``i8_t{16,64}x64`` family): BN, BM, STAGES, SPLIT_K, CLUSTER, STREAM, as cuda_w4ws's.
 Before it, M >= 64 ran the Triton tensor-core kernel at 0.42-0.82x bf16's speed (run 33, H100).
 """
 
@@ -47,23 +47,22 @@ def cluster_fits(bn: int, bm: int, stages: int) -> bool:
 
 def w8_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
             out: torch.Tensor | None = None, *, bn: int = cuda_w4ws.DEFAULT_BN, bm: int = cuda_w4ws.DEFAULT_BM,
-            stages: int = cuda_w4ws.DEFAULT_STAGES, split_k: int = 0, cluster: bool = False) -> torch.Tensor:
+            stages: int = cuda_w4ws.DEFAULT_STAGES, split_k: int = 0, cluster: bool = False,
+            stream: bool = False) -> torch.Tensor:
     """y [M, N] = (x2 @ q^T) * s (+ bias) from an i8_t{16,64}x64 weight; split_k 0 = auto; cluster: the
-    slices sum in a thread-block cluster (at most CLUSTER_MAX of them)."""
+    slices sum in a thread-block cluster (at most CLUSTER_MAX of them); stream: stream-K."""
     cuda_w4ws.check_config(bn, bm, stages, cluster, ROW_BYTES)
     qw, s = packed["qweight"], packed["scales"]
     nt, kt, tn = qw.shape[0], qw.shape[1], qw.shape[2]
     n, k = shape
     m = x2.shape[0]
     y = out if out is not None else torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    split = int(split_k) if split_k and split_k > 0 else cuda_w4ws.default_split(nt * tn, k, m, bn, bm, x2.device)
-    split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
-    ws, cnt = cuda_w4ws.plane_slices(x2.device, nt * tn, m, bn, bm, split)
+    split, ctas, ws, cnt = cuda_w4ws.launch_grid(x2.device, nt * tn, k, m, bn, bm, split_k, cluster, stream)
     rc = cuda_w4ws.library(x2.device).turbopack_w8_wgws(
         _p(x2), _p(qw), _p(s), _p(bias), _p(y), _p(ws), _p(cnt), m, n, nt * tn, k, kt, tn, x2.stride(0), split,
-        bn // 128, int(bm), int(stages), int(bool(cluster)), 0 if x2.dtype == torch.bfloat16 else 1,
+        bn // 128, int(bm), int(stages), int(bool(cluster)), ctas, 0 if x2.dtype == torch.bfloat16 else 1,
         cuda_build.stream(x2.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_w8_wgws failed (code {rc}; M={m} N={n} K={k} BN={bn} BM={bm} "
-                           f"stages={stages} split={split} cluster={bool(cluster)})")
+                           f"stages={stages} split={split} cluster={bool(cluster)} stream={ctas})")
     return y

@@ -27,7 +27,7 @@ def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tu
         y = out if out is not None else torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x2.device)
         return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
                                  stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                                 cluster=bool(cfg.cluster))
+                                 cluster=bool(cfg.cluster), stream=bool(cfg.stream_k))
     sw = packed["scales"]
     sb = sw.view(1, np_) if sw.numel() == np_ else sw.expand(np_).contiguous().view(1, np_)
     b = None

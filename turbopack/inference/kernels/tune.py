@@ -187,7 +187,7 @@ def _ws_cluster(sk: int, most: int) -> tuple:
 def _ws_candidates(n: int, k: int, m: int, sms: int, row_bytes: int = cuda_w4ws.ROW_BYTES) -> list[KernelConfig]:
     """The warp-specialized weight-only kernel (cuda_w4ws; cuda_w8ws at its ``row_bytes``): each tile
     worth timing, its two deepest rings, _ws_splits (at least eight 64-k stages a slice), each split > 1
-    through global planes and (CLUSTER) in a cluster."""
+    through global planes and (CLUSTER) in a cluster, and stream-K (STREAM) where it applies."""
     out = []
     smallest = min(bm for _, bm in cuda_w4ws.TILES)
     for bn, bm in cuda_w4ws.TILES:
@@ -198,6 +198,9 @@ def _ws_candidates(n: int, k: int, m: int, sms: int, row_bytes: int = cuda_w4ws.
             out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st, cluster=cl)
                     for st in (top - 1, top) for cl in _ws_cluster(sk, cuda_w4ws.CLUSTER_MAX)
                     if not cl or cuda_w4ws.cluster_fits(bn, bm, st, row_bytes)]
+        if cuda_w4ws.stream_ctas(n, k, m, bn, bm, sms):  # stream-K where the tiles are fewer than the SMs
+            out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, ring_stages=st, stream_k=True)
+                    for st in (top - 1, top)]
     return out
 
 

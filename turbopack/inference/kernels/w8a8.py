@@ -205,7 +205,7 @@ def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, 
         q, sa = quantize_rows(x2, kp, fp8=False)
         return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
                                  stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                                 cluster=bool(cfg.cluster))
+                                 cluster=bool(cfg.cluster), stream=bool(cfg.stream_k))
     use_int_mm = cfg.kernel is KernelName.INT_MM
     q, sa = quantize_rows(x2, kp, fp8=False, min_rows=17 if use_int_mm else 0)
     if use_int_mm:

@@ -35,6 +35,7 @@
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
 #include "ws_store.cuh"
+#include "ws_stream.cuh"
 
 namespace {
 
@@ -83,13 +84,13 @@ struct WsFeed {
 };
 
 template <int WB, int MT, int BM>
-__device__ __forceinline__ WsFeed ws_feed(const MmaArgs& a, int row0) {
+__device__ __forceinline__ WsFeed ws_feed(const MmaArgs& a, int row0, int tok0) {
   using S = WsSlot<WB, MT, BM>;
   const bool asym = WB == 4 && a.zeros != nullptr;
   const long long tn0 = row0 / a.TN;
   WsFeed f;
   f.live = min(S::kBN / a.TN, (a.NP - row0 + a.TN - 1) / a.TN);
-  f.tok0 = blockIdx.x * BM;
+  f.tok0 = tok0;
   f.qw_tile = a.KT * a.TN * 8 * WB, f.sc_tile = WB == 4 ? a.KGP * a.TN * 2 : 0;  // int: the entry points refuse larger
   f.qw = reinterpret_cast<const char*>(a.qw) + tn0 * f.qw_tile;
   f.sc = WB == 4 ? static_cast<const char*>(a.scales) + tn0 * f.sc_tile : nullptr;
@@ -239,60 +240,32 @@ __device__ __forceinline__ void ws_wgmma(float (&acc)[MT][BM / 8][4], uint32_t (
 }
 #endif  // TP_WGMMA
 
-template <typename T, int WB, int MT, int BM>
-__global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_constant__ CUtensorMap xmap, const MmaArgs a) {
 #ifdef TP_WGMMA
+// A consumer's run of n 64-k stages from ring position p (prev: the slot before it). Two sets of A
+// registers, by stage parity, named by constants (the loop unrolled twice): stage i decodes into set
+// i & 1 while stage i - 1's group, which reads the other set, may still run; set i & 1 was last read
+// by stage i - 2, whose group stage i - 1's wait retired. The first wgmma writes acc (scale-d 0).
+// Returns with every group complete and every slot but the last (prev) released.
+template <typename T, int WB, int MT, int BM>
+__device__ __forceinline__ void ws_stages(float (&acc)[MT][BM / 8][4], uint32_t base, uint32_t full, uint32_t empty,
+                                          int stages, int n, RingPos& p, int& prev, int rr, bool asym, int lane,
+                                          int c) {
   using S = WsSlot<WB, MT, BM>;
-  extern __shared__ uint4 smem_raw[];
-  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
-  const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
-  const int row0 = blockIdx.y * S::kBN, tile = blockIdx.y * gridDim.x + blockIdx.x;
-  const int S_all = a.K / kWsTileK, per = (S_all + a.split_k - 1) / a.split_k;
-  const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
-  ring_init(full, empty, a.stages);
-  const bool cl = a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
-  // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
-  // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
-  if (threadIdx.x >= 256) {  // the producer warpgroup: one warp copies, the rest only meet the split-K barriers
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (threadIdx.x < 288) {  // its first warp, converged: the stage loop's values stay warp-uniform
-      const uint64_t policy = l2_evict_first();
-      const WsFeed f = ws_feed<WB, MT, BM>(a, row0);
-      RingPos p;
-      for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
-        if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
-        ws_fill<WB, MT, BM>(f, &xmap, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
-      }
-    }
-    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
-    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced_rows' two CTA barriers
-    return;
-  }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int rr = 16 * MT * warp + g;  // this thread's row g of fragment 0, in the CTA's rows
-  const bool asym = a.zeros != nullptr;
   const WsGather q(c);
   const W8Gather q8(c);
-  float acc[MT][BM / 8][4];  // the first wgmma writes them (scale-d 0)
-  // two sets of A registers, by stage parity, named by constants (the loop unrolled twice): stage i
-  // decodes into set i & 1 while stage i - 1's group, which reads the other set, may still run; set
-  // i & 1 was last read by stage i - 2, whose group stage i - 1's wait retired
   uint32_t af[2][MT][2][2][4];
-  RingPos p;
-  int prev = 0;  // stage i - 1's slot
-  for (int i0 = 0; i0 < n_st; i0 += 2)
+  for (int i0 = 0; i0 < n; i0 += 2)
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       const int i = i0 + b;
-      if (i < n_st) {
+      if (i < n) {
         mbar_wait(full + 8 * p.slot, p.phase);
         if constexpr (WB == 4) ws_mma<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, q, asym, i == 0);
         else ws_mma8<T, MT, BM>(acc, af[b], base + p.slot * S::kSize, rr, q8, i == 0);
         wg_wait<1>();  // stage i - 1's group has completed: its slot and its A registers are free
         if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
         prev = p.slot;
-        p.next(a.stages);
+        p.next(stages);
       }
     }
   wg_wait<0>();
@@ -303,24 +276,101 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         pin(acc[r][t][e]);
-        if (n_st == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
+        if (n == 0) acc[r][t][e] = 0.f;  // an empty K slice (split-K past the stages)
       }
-  if constexpr ((kKnockout & kKoEpilogue) != 0) return;
-  if constexpr (WB == 8) {  // the fp32 row scale (zero on padded rows), before any store or sum of slices
+}
+
+// W8A16's fp32 row scale (zero on padded rows), before any store or sum of slices
+template <int MT, int BM>
+__device__ __forceinline__ void ws_row_scale(float (&acc)[MT][BM / 8][4], const MmaArgs& a, int row0, int rr) {
+  const float* sc = static_cast<const float*>(a.scales);
 #pragma unroll
-    for (int r = 0; r < MT; ++r) {
-      const int row = row0 + rr + 16 * r;
-      const float* sc = static_cast<const float*>(a.scales);
-      const float s_lo = row < a.NP ? sc[row] : 0.f, s_hi = row + 8 < a.NP ? sc[row + 8] : 0.f;
+  for (int r = 0; r < MT; ++r) {
+    const int row = row0 + rr + 16 * r;
+    const float s_lo = row < a.NP ? sc[row] : 0.f, s_hi = row + 8 < a.NP ? sc[row + 8] : 0.f;
 #pragma unroll
-      for (int t = 0; t < BM / 8; ++t)
+    for (int t = 0; t < BM / 8; ++t)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[r][t][e] *= e >> 1 ? s_hi : s_lo;
-    }
+      for (int e = 0; e < 4; ++e) acc[r][t][e] *= e >> 1 ? s_hi : s_lo;
   }
-  const int n0 = row0 + 16 * MT * warp, tok0 = blockIdx.x * BM;
+}
+
+#endif  // TP_WGMMA
+
+// SK (stream-K, ws_stream.cuh): a 1-D grid of P CTAs over the tiles' stages, tile t = row tile
+// t / TX, token tile t % TX (TX = the token tiles); else the grid is (token tile, row tile, K slice)
+template <typename T, int WB, int MT, int BM, bool SK>
+__global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_constant__ CUtensorMap xmap, const MmaArgs a) {
+#ifdef TP_WGMMA
+  using S = WsSlot<WB, MT, BM>;
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
+  const int S_all = a.K / kWsTileK;
+  const int TX = (a.M + BM - 1) / BM, tiles = TX * ((a.NP + S::kBN - 1) / S::kBN);
+  SkSeg* sg = nullptr;  // SK: this CTA's segments, in shared memory (the producer's 40 registers spilled them)
+  if constexpr (SK) {
+    sg = sk_shared();
+    if (threadIdx.x == 0) sg[2].tile = sk_segments(*reinterpret_cast<SkSeg(*)[2]>(sg), blockIdx.x, gridDim.x, S_all, tiles);
+  }
+  const int row0 = blockIdx.y * S::kBN, tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int per = (S_all + a.split_k - 1) / a.split_k;
+  const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
+  ring_init(full, empty, a.stages);  // its barrier publishes sg too
+  const int ns = SK ? sg[2].tile : 0;
+  const bool cl = !SK && a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
+  // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
+  // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
+  if (threadIdx.x >= 256) {  // the producer warpgroup: one warp copies, the rest only meet the split-K barriers
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x < 288) {  // its first warp, converged: the stage loop's values stay warp-uniform
+      const uint64_t policy = l2_evict_first();
+      RingPos p;
+      if constexpr (SK) {
+        for (int j = 0, i = 0; j < ns; ++j) {
+          const WsFeed f = ws_feed<WB, MT, BM>(a, sg[j].tile / TX * S::kBN, sg[j].tile % TX * BM);
+          for (int kt = sg[j].lo; kt < sg[j].hi; ++kt, ++i, p.next(a.stages)) {
+            if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
+            ws_fill<WB, MT, BM>(f, &xmap, a.TN, kt, base + p.slot * S::kSize, full + 8 * p.slot, policy);
+          }
+        }
+      } else {
+        const WsFeed f = ws_feed<WB, MT, BM>(a, row0, blockIdx.x * BM);
+        for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
+          if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
+          ws_fill<WB, MT, BM>(f, &xmap, a.TN, s_lo + i, base + p.slot * S::kSize, full + 8 * p.slot, policy);
+        }
+      }
+    }
+    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
+    else if (!SK && a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced_rows' two CTA barriers
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = lane & 3;
+  const int rr = 16 * MT * warp + (lane >> 2);  // this thread's row g of fragment 0, in the CTA's rows
+  const bool asym = a.zeros != nullptr;
+  float acc[MT][BM / 8][4];
   static_assert(8 * rows_bytes(MT, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
   const uint32_t stage = base + warp * rows_bytes(MT, BM);  // this warp's share of the ring, once idle
+  RingPos p;
+  int prev = 0;  // the last stage's slot
+  if constexpr (SK) {
+    for (int j = 0; j < ns; ++j) {
+      ws_stages<T, WB, MT, BM>(acc, base, full, empty, a.stages, sg[j].hi - sg[j].lo, p, prev, rr, asym, lane, c);
+      if (j + 1 < ns && lane == 0) mbar_arrive(empty + 8 * prev);  // the next segment's first stage does not
+      if constexpr ((kKnockout & kKoEpilogue) != 0) continue;
+      const int r0 = sg[j].tile / TX * S::kBN;
+      if constexpr (WB == 8) ws_row_scale<MT, BM>(acc, a, r0, rr);
+      if (sg[j].lo > 0) sk_publish<MT, BM / 8>(a.o, acc, sg[j], tiles);
+      else sk_finish<T, MT, BM / 8>(a.o, acc, sg[j], tiles, stage, r0 + 16 * MT * warp, sg[j].tile % TX * BM);
+    }
+    return;
+  }
+  ws_stages<T, WB, MT, BM>(acc, base, full, empty, a.stages, n_st, p, prev, rr, asym, lane, c);
+  if constexpr ((kKnockout & kKoEpilogue) != 0) return;
+  if constexpr (WB == 8) ws_row_scale<MT, BM>(acc, a, row0, rr);
+  const int n0 = row0 + 16 * MT * warp, tok0 = blockIdx.x * BM;
   // both warpgroups' wgmmas done: the ring is idle (cluster_reduce's scratch, store_rows' staging)
   if (cl || a.split_k == 1) asm volatile("bar.sync 1, 256;\n" ::: "memory");
   if (cl) {  // CLUSTER: the K slices' sums in their cluster, through the idle ring (common.cuh cluster_reduce)
@@ -335,33 +385,51 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
 #endif
 }
 
-template <typename T, int WB, int MT, int BM>
-int launch(const MmaArgs& a, int stride_xm, bool cluster, cudaStream_t s) {
+// The stream-K grid's conditions (ws_stream.cuh): one CTA an SM at most, so every CTA a head waits on
+// runs, and a run shorter than a tile (ceil(U / P) < S), so a head is its CTA's last segment
+inline bool sk_fits(int ctas, long long units, int S) {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return false;
+  return ctas <= sms && ctas <= units && (units + ctas - 1) / ctas < S;
+}
+
+template <typename T, int WB, int MT, int BM, bool SK>
+int launch(const MmaArgs& a, int stride_xm, bool cluster, int ctas, cudaStream_t s) {
   using S = WsSlot<WB, MT, BM>;
   const int smem = a.stages * S::kSize + 1024 + 16 * a.stages;
   if (smem > kSmemMax) return -1;
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
   if (!cluster_fits(cl, MT * (BM / 8), a.stages * S::kSize)) return -1;
+  const dim3 tiles((a.M + BM - 1) / BM, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
+  if (SK && (cluster || a.split_k != 1 || !sk_fits(ctas, 1LL * tiles.x * tiles.y * (a.K / kWsTileK), a.K / kWsTileK)))
+    return -1;
   CUtensorMap xmap;  // x [M, K] 16-bit, boxes of BM tokens x 64 k
   if (!row_map_128b(&xmap, a.x, 2, a.M, a.K, 2LL * stride_xm, BM)) return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
-        cudaFuncSetAttribute(w4_wgws_kernel<T, WB, MT, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(w4_wgws_kernel<T, WB, MT, BM, SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  const dim3 grid((a.M + BM - 1) / BM, (a.NP + S::kBN - 1) / S::kBN, a.split_k);
+  const dim3 grid = SK ? dim3(ctas) : tiles;
   return static_cast<int>(
-      launch_with(w4_wgws_kernel<T, WB, MT, BM>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, xmap, a));
+      launch_with(w4_wgws_kernel<T, WB, MT, BM, SK>, grid, dim3(kWsThreads), smem, s, Launch{false, 1, cl}, xmap, a));
+}
+
+template <typename T, int WB, int MT, int BM>
+int launch_sk(const MmaArgs& a, int stride_xm, bool cl, int ctas, cudaStream_t s) {
+  return ctas > 0 ? launch<T, WB, MT, BM, true>(a, stride_xm, cl, ctas, s)
+                  : launch<T, WB, MT, BM, false>(a, stride_xm, cl, 0, s);
 }
 
 template <typename T, int WB>
-int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream_t s) {
-  if (mt == 1 && bm == 256) return launch<T, WB, 1, 256>(a, stride_xm, cl, s);
-  if (mt == 1 && bm == 128) return launch<T, WB, 1, 128>(a, stride_xm, cl, s);
-  if (mt == 2 && bm == 64) return launch<T, WB, 2, 64>(a, stride_xm, cl, s);
-  if (mt == 1 && bm == 64) return launch<T, WB, 1, 64>(a, stride_xm, cl, s);
+int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, int ctas, cudaStream_t s) {
+  if (mt == 1 && bm == 256) return launch_sk<T, WB, 1, 256>(a, stride_xm, cl, ctas, s);
+  if (mt == 1 && bm == 128) return launch_sk<T, WB, 1, 128>(a, stride_xm, cl, ctas, s);
+  if (mt == 2 && bm == 64) return launch_sk<T, WB, 2, 64>(a, stride_xm, cl, ctas, s);
+  if (mt == 1 && bm == 64) return launch_sk<T, WB, 1, 64>(a, stride_xm, cl, ctas, s);
   return -1;
 }
 
@@ -372,34 +440,37 @@ int by_tile(const MmaArgs& a, int mt, int bm, int stride_xm, bool cl, cudaStream
 // (1, 128), (2, 64), (1, 64). x and qweight, scales and zeros 16-byte aligned (x: a tensor map's base). stages: 3
 // to what fits 227 KB (6 at 128 x 256, 10 at 128 x 128, 13 at 256 x 64, 17 at 128 x 64). split_k > 1: cluster 1 sums the
 // K slices in a cluster (split_k <= 8, the partials within the ring: stages >= 4), cluster 0 through ws
-// (fp32 [split_k x tiles x 128 mt x bm]) and counters (int32, one a tile, zeroed, left zeroed). Returns 0,
+// (fp32 [split_k x tiles x 128 mt x bm]) and counters (int32, one a tile, zeroed, left zeroed). ctas > 0:
+// stream-K over that many CTAs (split_k 1, no cluster; at most the SMs, a run of ceil(tiles x K / 64 /
+// ctas) stages shorter than K / 64; ws: as many planes as a tile has slices past its head). Returns 0,
 // -1 for bad arguments, else the CUDA error (the kernels are empty unless built for sm_90a).
 extern "C" int turbopack_w4_wgws(const void* x, const void* qw, const void* scales, const void* zeros,
                                  const void* bias, void* y, void* ws, void* counters, int M, int N, int NP, int K,
                                  int KT, int KGP, int TN, int G, int stride_xm, int split_k, int mt, int bm,
-                                 int stages, int cluster, int dtype, void* stream) {
+                                 int stages, int cluster, int ctas, int dtype, void* stream) {
   MmaArgs a;
   if (!mma_args(a, x, qw, scales, zeros, bias, y, ws, counters, M, N, NP, K, KT, KGP, TN, G, stride_xm, split_k, stages,
                 dtype, 64) ||
       (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 32 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16, 4>(a, mt, bm, stride_xm, cluster != 0, s)
-                     : by_tile<__half, 4>(a, mt, bm, stride_xm, cluster != 0, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16, 4>(a, mt, bm, stride_xm, cluster != 0, ctas, s)
+                     : by_tile<__half, 4>(a, mt, bm, stride_xm, cluster != 0, ctas, s);
 }
 
 // W8A16: y [M, N] = (x [M, K] q^T) * s (+ bias), q int8 i8_t{16,64}x64 [NP / TN, KT, TN, 64], s fp32 [NP]
-// (zero past N). Arguments as turbopack_w4_wgws's (no zeros, no groups: the scale is a row's); K in
+// (zero past N). Arguments as turbopack_w4_wgws's, ctas included (no zeros, no groups: the scale is a row's); K in
 // whole 128-k blocks (mma_args' check; the tiles are 64 k).
 extern "C" int turbopack_w8_wgws(const void* x, const void* qw, const void* scales, const void* bias, void* y, void* ws,
                                  void* counters, int M, int N, int NP, int K, int KT, int TN, int stride_xm,
-                                 int split_k, int mt, int bm, int stages, int cluster, int dtype, void* stream) {
+                                 int split_k, int mt, int bm, int stages, int cluster, int ctas, int dtype,
+                                 void* stream) {
   MmaArgs a;  // group 64 stands in for the check: WB 8 reads no group
   if (!mma_args(a, x, qw, scales, nullptr, bias, y, ws, counters, M, N, NP, K, KT, 0, TN, 64, stride_xm, split_k,
                 stages, dtype, 64) ||
       KT * 64 != K || (128 * mt) % TN != 0 || static_cast<long long>(KT) * TN * 64 > INT32_MAX)
     return -1;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return dtype == 0 ? by_tile<__nv_bfloat16, 8>(a, mt, bm, stride_xm, cluster != 0, s)
-                     : by_tile<__half, 8>(a, mt, bm, stride_xm, cluster != 0, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16, 8>(a, mt, bm, stride_xm, cluster != 0, ctas, s)
+                     : by_tile<__half, 8>(a, mt, bm, stride_xm, cluster != 0, ctas, s);
 }
