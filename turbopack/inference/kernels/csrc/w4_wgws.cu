@@ -307,17 +307,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
   const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
   const int S_all = a.K / kWsTileK;
-  const int TX = (a.M + BM - 1) / BM, tiles = TX * ((a.NP + S::kBN - 1) / S::kBN);
-  SkSeg* sg = nullptr;  // SK: this CTA's segments, in shared memory (the producer's 40 registers spilled them)
+  const SkPlan* pl = nullptr;  // SK: this CTA's segments
   if constexpr (SK) {
-    sg = sk_shared();
-    if (threadIdx.x == 0) sg[2].tile = sk_segments(*reinterpret_cast<SkSeg(*)[2]>(sg), blockIdx.x, gridDim.x, S_all, tiles);
+    const int tx = (a.M + BM - 1) / BM;
+    pl = sk_plan(S_all, tx * ((a.NP + S::kBN - 1) / S::kBN), tx);
   }
   const int row0 = blockIdx.y * S::kBN, tile = blockIdx.y * gridDim.x + blockIdx.x;
   const int per = (S_all + a.split_k - 1) / a.split_k;
   const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
-  ring_init(full, empty, a.stages);  // its barrier publishes sg too
-  const int ns = SK ? sg[2].tile : 0;
+  ring_init(full, empty, a.stages);  // its barrier publishes the plan too
   const bool cl = !SK && a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
   // registers move from the producer warpgroup (a loop of copies) to the consumers' accumulators:
   // 40 + 2 x 232 per thread of a warpgroup fits the SM's 64 K at 384 threads, where 168 each spilled
@@ -327,9 +325,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
       const uint64_t policy = l2_evict_first();
       RingPos p;
       if constexpr (SK) {
-        for (int j = 0, i = 0; j < ns; ++j) {
-          const WsFeed f = ws_feed<WB, MT, BM>(a, sg[j].tile / TX * S::kBN, sg[j].tile % TX * BM);
-          for (int kt = sg[j].lo; kt < sg[j].hi; ++kt, ++i, p.next(a.stages)) {
+        for (int j = 0, i = 0; j < pl->n; ++j) {
+          const SkSeg sg = pl->seg[j];
+          const WsFeed f = ws_feed<WB, MT, BM>(a, sg.tile / pl->tx * S::kBN, sg.tile % pl->tx * BM);
+          for (int kt = sg.lo; kt < sg.hi; ++kt, ++i, p.next(a.stages)) {
             if (i >= a.stages) mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
             ws_fill<WB, MT, BM>(f, &xmap, a.TN, kt, base + p.slot * S::kSize, full + 8 * p.slot, policy);
           }
@@ -356,14 +355,17 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
   RingPos p;
   int prev = 0;  // the last stage's slot
   if constexpr (SK) {
-    for (int j = 0; j < ns; ++j) {
-      ws_stages<T, WB, MT, BM>(acc, base, full, empty, a.stages, sg[j].hi - sg[j].lo, p, prev, rr, asym, lane, c);
-      if (j + 1 < ns && lane == 0) mbar_arrive(empty + 8 * prev);  // the next segment's first stage does not
+#pragma unroll 1
+    for (int j = 0; j < pl->n; ++j) {
+      ws_stages<T, WB, MT, BM>(acc, base, full, empty, a.stages, pl->seg[j].hi - pl->seg[j].lo, p, prev, rr, asym,
+                               lane, c);
+      if (j + 1 < pl->n && lane == 0) mbar_arrive(empty + 8 * prev);  // the next segment's first stage does not
       if constexpr ((kKnockout & kKoEpilogue) != 0) continue;
-      const int r0 = sg[j].tile / TX * S::kBN;
+      const SkSeg sg = pl->seg[j];
+      const int r0 = sg.tile / pl->tx * S::kBN;
       if constexpr (WB == 8) ws_row_scale<MT, BM>(acc, a, r0, rr);
-      if (sg[j].lo > 0) sk_publish<MT, BM / 8>(a.o, acc, sg[j], tiles);
-      else sk_finish<T, MT, BM / 8>(a.o, acc, sg[j], tiles, stage, r0 + 16 * MT * warp, sg[j].tile % TX * BM);
+      if (sg.lo > 0) sk_publish<MT, BM / 8>(a.o, acc, sg, pl->tiles);
+      else sk_finish<T, MT, BM / 8>(a.o, acc, sg, pl->tiles, stage, r0 + 16 * MT * warp, sg.tile % pl->tx * BM);
     }
     return;
   }
@@ -389,7 +391,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
 // runs, and a run shorter than a tile (ceil(U / P) < S), so a head is its CTA's last segment
 inline bool sk_fits(int ctas, long long units, int S) {
   int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return false;
   return ctas <= sms && ctas <= units && (units + ctas - 1) / ctas < S;
 }

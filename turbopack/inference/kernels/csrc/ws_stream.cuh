@@ -42,12 +42,22 @@ __host__ __device__ __forceinline__ int sk_segments(SkSeg (&s)[2], int c, int P,
   return n;
 }
 
+// A CTA's plan: its segments, their count, the tiles and the token tiles (tile t is row tile t / tx,
+// token tile t % tx). It lives in shared memory: the producer's 40 registers spilled it, and the
+// consumers re-read it past each segment's barriers rather than hold it across the stage loop
+struct SkPlan {
+  SkSeg seg[2];
+  int n, tiles, tx;
+};
+
 #ifdef TP_WGMMA
-// A CTA's segments and (sg[2].tile) their count, in static shared memory that only the SK kernels
-// reference
-__device__ __forceinline__ SkSeg* sk_shared() {
-  __shared__ SkSeg sg[3];
-  return sg;
+// The SK kernels' plan, in static shared memory that only they reference; thread 0 writes it before a
+// CTA barrier
+__device__ __forceinline__ SkPlan* sk_plan(int S, int tiles, int tx) {
+  __shared__ SkPlan plan;
+  if (threadIdx.x == 0)
+    plan.n = sk_segments(plan.seg, blockIdx.x, gridDim.x, S, tiles), plan.tiles = tiles, plan.tx = tx;
+  return &plan;
 }
 
 __device__ __forceinline__ int ld_acquire(const int* p) {
