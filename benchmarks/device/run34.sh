@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run 34's first call. The warp-specialized kernels' GPU tests: cuda_w8ws (W8A16 on int8 rows) and
+# Run 34's first call (stream-K, STREAM, added to it in run 34). The warp-specialized kernels' GPU tests: cuda_w8ws (W8A16 on int8 rows) and
 # i8_wgws on e4m3 codes (FP8) on their first device, and split-K by planes in the accumulators' own layout (ws_store.cuh
 # store_sliced_rows) in all three; the GLU test that run 33's table broke (GLU_WARPS restored by
 # bench_main._keep_glu). Then the tuner: W8A16 from M = 64 (cuda_w8ws beside the Triton kernel that
@@ -17,15 +17,17 @@ timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -W ignore tests/infe
 rc=$?; tail -3 "$OUT/ws_tests.txt"
 if [ $rc -ne 0 ]; then grep -E "^FAILED|Error" "$OUT/ws_tests.txt" | head -20 | cut -c1-250; fi
 if [ $rc -eq 124 ]; then step done; exit 1; fi
-tune() {  # name, formats, ms
+tune() {  # name, formats, ms: each into its own folder, the table carried to the next
   step "bench_linear --tune --formats $2 --ms $3"
   mkdir -p "$OUT/$1"
-  timeout ${TUNE_S:-180} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$2" --ms "$3" \
-    --out "$OUT/$1" > "$OUT/$1/tune.txt" 2>&1  # 7 files back in all (at most 8)
-  echo "rc=$?"; grep -E "^(w8a16|w4a16|w8a8|fp8) .*M=(64|256|2048) |MISS" "$OUT/$1/tune.txt" \
-    | cut -c1-190 | head -40
+  timeout ${TUNE_S:-150} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$2" --ms "$3" \
+    --out "$OUT/$1" > "$OUT/$1/tune.txt" 2>&1
+  echo "rc=$?"; grep -E "^(w8a16|w4a16|w8a8|fp8) .*M=(64|256|2048) |MISS" "$OUT/$1/tune.txt" | cut -c1-190 | head -30
+  [ -f "$OUT/$1/sm90.json" ] && cp "$OUT/$1/sm90.json" turbopack/inference/kernels/configs/sm90.json
 }
+# most valuable first (a short budget may cut the last): W4A16 with stream-K, W8A16's new kernel,
+# then W8A8 and FP8 (the e4m3 kernel); $OUT/<last>/sm90.json holds every one that finished
+tune w4 w4a16 64,256
 tune w8 w8a16 64,256,2048
-[ -f "$OUT/w8/sm90.json" ] && cp "$OUT/w8/sm90.json" turbopack/inference/kernels/configs/sm90.json
-TUNE_S=220 tune w4 w4a16,w8a8,fp8 64,256
+tune i8 w8a8,fp8 64,256
 step done
