@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Run 34's first call (stream-K, STREAM, added to it in run 34). The warp-specialized kernels' GPU tests: cuda_w8ws (W8A16 on int8 rows) and
-# i8_wgws on e4m3 codes (FP8) on their first device, and split-K by planes in the accumulators' own layout (ws_store.cuh
-# store_sliced_rows) in all three; the GLU test that run 33's table broke (GLU_WARPS restored by
-# bench_main._keep_glu). Then the tuner: W8A16 from M = 64 (cuda_w8ws beside the Triton kernel that
-# ran there at 0.42-0.82x bf16's speed) into $OUT/w8, and W4A16, W8A8 and FP8 (cuda_ws beside
-# _scaled_mm) at M = 64 and 256 (where the splits are; the planes cost 10-17 us more than the cluster sum in run 33) into $OUT/w4, over
-# the first's table (copied into this machine's tree between them): $OUT/w4/sm90.json holds both.
-# Carry .scratch/prebuilt.tar.xz. Next: run34b.sh (ncu), then PART=e2e bash benchmarks/device/tune.sh.
+# Run 34's first call. The warp-specialized kernels' GPU tests: stream-K (STREAM, ws_stream.cuh),
+# cuda_w8ws (W8A16 on int8 rows) and i8_wgws on e4m3 codes (FP8) on their first device, split-K by
+# planes in the accumulators' own layout (ws_store.cuh store_sliced_rows); the GLU test that run 33's
+# table broke (GLU_WARPS restored by bench_main._keep_glu). Then the tuner, each format set into its
+# own folder over the previous one's table: W4A16 at M = 64 and 256 (stream-K's candidates beside the
+# splits), W8A16 at 64, 256 and 2048 (cuda_w8ws beside the Triton kernel, 0.42-0.82x bf16 in run 33),
+# W8A8 and FP8 at 64 and 256. $OUT/sm90.json: the last table. Carry .scratch/prebuilt.tar.xz.
+# Next: run34b.sh (ncu), then PART=e2e bash benchmarks/device/tune.sh.
 source benchmarks/device/lib.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 step build; build_libs
@@ -23,10 +23,11 @@ tune() {  # name, formats, ms: each into its own folder, the table carried to th
   timeout ${TUNE_S:-150} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$2" --ms "$3" \
     --out "$OUT/$1" > "$OUT/$1/tune.txt" 2>&1
   echo "rc=$?"; grep -E "^(w8a16|w4a16|w8a8|fp8) .*M=(64|256|2048) |MISS" "$OUT/$1/tune.txt" | cut -c1-190 | head -30
-  [ -f "$OUT/$1/sm90.json" ] && cp "$OUT/$1/sm90.json" turbopack/inference/kernels/configs/sm90.json
+  # one table back (a call returns 8 files): the latest, which holds every earlier tune's winners
+  [ -f "$OUT/$1/sm90.json" ] && mv "$OUT/$1/sm90.json" "$OUT/sm90.json" && cp "$OUT/sm90.json" turbopack/inference/kernels/configs/
 }
 # most valuable first (a short budget may cut the last): W4A16 with stream-K, W8A16's new kernel,
-# then W8A8 and FP8 (the e4m3 kernel); $OUT/<last>/sm90.json holds every one that finished
+# then W8A8 and FP8 (the e4m3 kernel); $OUT/sm90.json holds every one that finished
 tune w4 w4a16 64,256
 tune w8 w8a16 64,256,2048
 tune i8 w8a8,fp8 64,256
