@@ -10,21 +10,20 @@ or 256 or 128 rows x 64 tokens (TILES). x is copied as it is (a tensor map: boxe
 SPLIT_K (0: default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block
 cluster, through distributed shared memory, instead of fp32 planes in global memory: split <=
 CLUSTER_MAX and the partials within the ring, cluster_fits), STREAM (stream-K, csrc/ws_stream.cuh: one
-CTA an SM over every tile's stages in equal runs, where splits leave SMs idle: stream_ctas). Reads
+CTA an SM over every tile's stages in equal runs, where splits leave SMs idle: epilogue.stream_ctas). Reads
 bf16 or fp16 activations with scales of the same dtype, group 64 or 128, K a multiple of 128.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 
 import torch
 
 from turbopack.inference.kernels import cuda_build, cuda_w4wg
 from turbopack.inference.kernels.cuda_build import ptr as _p
-from turbopack.inference.kernels.epilogue import splitk_slices
+from turbopack.inference.kernels.epilogue import splitk_slices, stream_ctas, stream_planes
 
 SRC = cuda_build.CSRC / "w4_wgws.cu"
 #: (BN, BM) built: 128 rows (one 64-row A tile a consumer warpgroup) x 256, 128 or 64 tokens, 256 rows
@@ -97,28 +96,6 @@ def plane_slices(device: torch.device, n_pad: int, m: int, bn: int, bm: int, spl
     return splitk_slices(device, toks * bm, rows * bn, rows * toks, split)
 
 
-def stream_ctas(n_pad: int, k: int, m: int, bn: int, bm: int, sms: int) -> int:
-    """STREAM's grid: one CTA an SM (at most one a stage), or 0 where stream-K does not apply: a CTA's
-    run of ceil(tiles x K / 64 / ctas) stages must be shorter than a tile's K / 64 (so a tile's head
-    is its CTA's last segment, csrc/ws_stream.cuh), which holds where the tiles are fewer than the
-    SMs, the case split-K serves in whole multiples of the tiles."""
-    s = k // 64
-    units = math.ceil(n_pad / bn) * math.ceil(m / bm) * s
-    ctas = min(sms, units)
-    return ctas if s > 1 and math.ceil(units / ctas) < s else 0
-
-
-@functools.lru_cache(maxsize=256)
-def stream_planes(tiles: int, s: int, ctas: int) -> int:
-    """The most slices a tile has past its head (csrc/ws_stream.cuh sk_segments): STREAM's planes."""
-    units = tiles * s
-
-    def cta(u: int) -> int:  # sk_cta: the CTA whose run holds stage unit u
-        return ((u + 1) * ctas - 1) // units
-
-    return max(cta((t + 1) * s - 1) - cta(t * s) for t in range(tiles))
-
-
 def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = ROW_BYTES) -> None:
     """A ValueError naming what is wrong where the kernel would refuse the config (-1)."""
     if (bn, bm) not in TILES:
@@ -135,11 +112,11 @@ def launch_grid(device: torch.device, n_pad: int, k: int, m: int, bn: int, bm: i
     if stream:
         if cluster:
             raise ValueError("cuda_ws: STREAM and CLUSTER exclude each other (stream-K sums through planes)")
-        ctas = stream_ctas(n_pad, k, m, bn, bm, torch.cuda.get_device_properties(device).multi_processor_count)
+        tiles = math.ceil(n_pad / bn) * math.ceil(m / bm)
+        ctas = stream_ctas(tiles, k // 64, torch.cuda.get_device_properties(device).multi_processor_count)
         if ctas == 0:
             raise ValueError(f"cuda_ws STREAM at {bn} x {bm} needs fewer tiles than SMs (M={m} N={n_pad} K={k}); "
                              "use SPLIT_K")
-        tiles = math.ceil(n_pad / bn) * math.ceil(m / bm)
         return 1, ctas, *plane_slices(device, n_pad, m, bn, bm, stream_planes(tiles, k // 64, ctas))
     split = int(split_k) if split_k and split_k > 0 else default_split(n_pad, k, m, bn, bm, device)
     split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))

@@ -12,12 +12,37 @@ launches on several streams.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from turbopack.inference.kernels.triton_env import interpreting, tl, triton  # noqa: F401 (re-exported)
 
 _WS: dict[tuple[str, torch.dtype | str], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []  # outgrown buffers stay alive: a captured graph may point at them
+
+
+def stream_ctas(tiles: int, stages: int, sms: int) -> int:
+    """Stream-K's grid (csrc/ws_stream.cuh, the warp-specialized kernels' STREAM): one CTA an SM, at
+    most one a stage, or 0 where stream-K does not apply: a CTA's run of ceil(tiles x stages / ctas)
+    stages must be shorter than a tile's ``stages`` (so a tile's head is its CTA's last segment),
+    which holds where the tiles are fewer than the SMs, the case split-K serves only in whole
+    multiples of the tiles."""
+    units = tiles * stages
+    ctas = min(sms, units)
+    return ctas if stages > 1 and math.ceil(units / ctas) < stages else 0
+
+
+@functools.lru_cache(maxsize=256)
+def stream_planes(tiles: int, stages: int, ctas: int) -> int:
+    """The most slices a tile has past its head (ws_stream.cuh sk_segments): stream-K's planes."""
+    units = tiles * stages
+
+    def cta(u: int) -> int:  # sk_cta: the CTA whose run holds stage unit u
+        return ((u + 1) * ctas - 1) // units
+
+    return max(cta((t + 1) * stages - 1) - cta(t * stages) for t in range(tiles))
 
 
 if triton is not None:

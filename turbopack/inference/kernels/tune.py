@@ -17,6 +17,7 @@ import torch
 from turbopack.inference.kernels import cuda_i8ws, cuda_w4, cuda_w4mm, cuda_w4wg, cuda_w4ws, cuda_w8, cuda_w8ws
 from turbopack.inference.kernels.bench import SETUPS
 from turbopack.inference.kernels.config import KernelConfig, KernelName
+from turbopack.inference.kernels.epilogue import stream_ctas
 
 #: the bench.SETUPS whose codes the CUDA 8-bit decode reads (cuda_w8; w8a8's and fp8's with 16-bit x)
 W8_SETUPS = ("w8a16", "fp8", "fp8_upcast", "w8a8")
@@ -77,7 +78,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
                 w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, cluster=True) for st in (4, 6, 8)]
         w8 += rows_candidates(setup, m, k)
     if layout == "fp8_rowmajor":  # _scaled_mm, and on Hopper the e4m3 warp-specialized GEMM
-        return w8 + [KernelConfig(KernelName.SCALED_MM)] + (_i8_ws_candidates(n, k, m, sms)
+        return w8 + [KernelConfig(KernelName.SCALED_MM)] + (_i8_ws_candidates(n, k, m, sms, fp8=True)
                                                               if hopper and m >= WS_MIN_M else [])
     if layout == "i8_rowmajor":
         return w8 + _i8_candidates(n, k, m, sms, hopper)
@@ -198,15 +199,16 @@ def _ws_candidates(n: int, k: int, m: int, sms: int, row_bytes: int = cuda_w4ws.
             out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, split_k=sk, ring_stages=st, cluster=cl)
                     for st in (top - 1, top) for cl in _ws_cluster(sk, cuda_w4ws.CLUSTER_MAX)
                     if not cl or cuda_w4ws.cluster_fits(bn, bm, st, row_bytes)]
-        if cuda_w4ws.stream_ctas(n, k, m, bn, bm, sms):  # stream-K where the tiles are fewer than the SMs
+        if stream_ctas(math.ceil(n / bn) * math.ceil(m / bm), k // 64, sms):  # stream-K: fewer tiles than SMs
             out += [KernelConfig(KernelName.CUDA_WS, block_n=bn, block_m=bm, ring_stages=st, stream_k=True)
                     for st in (top - 1, top)]
     return out
 
 
-def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
+def _i8_ws_candidates(n: int, k: int, m: int, sms: int, fp8: bool = False) -> list[KernelConfig]:
     """The warp-specialized int8 GEMM (cuda_i8ws): each token tile worth timing, its two deepest rings,
-    _ws_splits, each split > 1 through global planes and (CLUSTER) in a cluster."""
+    _ws_splits, each split > 1 through global planes and (CLUSTER) in a cluster, and stream-K (STREAM)
+    where it applies."""
     out = []
     kp = math.ceil(k / 16) * 16
     for bm in cuda_i8ws.TOKEN_TILES:
@@ -217,6 +219,9 @@ def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
                              cluster=cl)
                 for sk in _ws_splits(m, cuda_i8ws.wave_split(n, kp, m, bm, sms)) for st in (top - 1, top)
                 for cl in _ws_cluster(sk, cuda_i8ws.CLUSTER_MAX)]
+        if cuda_i8ws.stream_grid(n, kp, m, bm, sms, fp8):  # stream-K where the tiles are fewer than the SMs
+            out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, ring_stages=st, stream_k=True)
+                    for st in (top - 1, top)]
     return out
 
 

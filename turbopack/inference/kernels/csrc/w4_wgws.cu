@@ -387,16 +387,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4_wgws_kernel(const __grid_con
 #endif
 }
 
-// The stream-K grid's conditions (ws_stream.cuh): one CTA an SM at most, so every CTA a head waits on
-// runs, and a run shorter than a tile (ceil(U / P) < S), so a head is its CTA's last segment
-inline bool sk_fits(int ctas, long long units, int S) {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return false;
-  return ctas <= sms && ctas <= units && (units + ctas - 1) / ctas < S;
-}
-
 template <typename T, int WB, int MT, int BM, bool SK>
 int launch(const MmaArgs& a, int stride_xm, bool cluster, int ctas, cudaStream_t s) {
   using S = WsSlot<WB, MT, BM>;

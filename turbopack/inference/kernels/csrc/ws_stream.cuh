@@ -50,6 +50,16 @@ struct SkPlan {
   int n, tiles, tx;
 };
 
+// The launchers' check of a stream-K grid: one CTA an SM at most, so every CTA a head waits on
+// runs, and a run shorter than a tile (ceil(U / P) < S), so a head is its CTA's last segment
+inline bool sk_fits(int ctas, long long units, int S) {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return false;
+  return ctas <= sms && ctas <= units && (units + ctas - 1) / ctas < S;
+}
+
 #ifdef TP_WGMMA
 // The SK kernels' plan, in static shared memory that only they reference; thread 0 writes it before a
 // CTA barrier
