@@ -75,15 +75,14 @@ def replayed_in_a_graph(run, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def run_rowmajor_ws(x, packed, shape, bias, out, bm, stages, split, cluster=False, stream=False):
+def run_rowmajor_ws(x, packed, shape, bias, out, bm, stages, split, cluster=False):
     """x's per-token codes (int8 or e4m3, the weights' kind: w8a8.quantize_rows), then cuda_i8ws's GEMM."""
     from turbopack.inference.kernels import cuda_i8ws
     from turbopack.inference.kernels.w8a8 import quantize_rows
 
     w = packed["qweight"]
     q, sx = quantize_rows(x, w.shape[2], fp8=w.dtype == torch.float8_e4m3fn)
-    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split, cluster=cluster,
-                             stream=stream)
+    return cuda_i8ws.i8_wgws(q, sx, packed, shape, bias, out, bm=bm, stages=stages, split_k=split, cluster=cluster)
 
 
 def prmt(a: int, b: int, sel: int) -> int:

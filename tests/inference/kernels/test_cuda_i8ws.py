@@ -152,8 +152,7 @@ def test_x_is_copied_only_after_the_previous_grid(tuned_build):
     heads = list(re.finditer(r"\.entry\s+(\S+)\(", ptx))
     bodies = [ptx[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(ptx)] for i, h in enumerate(heads)
               if "i8_wgws_kernel" in h.group(1)]
-    # 3 token tiles x 2 dtypes x 2 codes (int8, e4m3), and stream-K's (int8 at 256 tokens not built)
-    assert len(bodies) == 22
+    assert len(bodies) == 12  # 3 token tiles x 2 dtypes x 2 codes (int8, e4m3)
     for body in bodies:
         wait = body.find("griddepcontrol.wait")
         weights = body.find("cache_hint")
@@ -188,8 +187,7 @@ def test_wave_split_stays_in_one_wave():
 
 def test_tuner_offers_it_on_hopper_from_m_64():
     for m, n, k in ((256, 6144, 4096), (256, 4096, 14336), (2048, 28672, 4096), (100, 4096, 4096)):
-        cands = [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=True)
-                 if c.kernel is KernelName.CUDA_WS and not c.stream_k]  # STREAM: test_ws_stream.py
+        cands = [c for c in tune.candidates("w8a8", n, k, m, 132, hopper=True) if c.kernel is KernelName.CUDA_WS]
         assert cands, (m, n, k)
         assert all(c.block_n == 128 and 3 <= c.ring_stages <= cuda_i8ws.max_stages(c.block_m) for c in cands)
         assert all(1 <= c.split_k <= cuda_i8ws.max_split(k) for c in cands)

@@ -12,13 +12,12 @@ import subprocess
 
 import pytest
 import torch
-from wgmma_cases import TOL, hopper, replayed_in_a_graph, run_rowmajor_ws, w4_weight
+from wgmma_cases import TOL, hopper, replayed_in_a_graph, w4_weight
 
 from turbopack.formats import get_format
-from turbopack.inference.kernels import cuda_build, cuda_i8ws, cuda_w4ws, cuda_w8ws, reference, tune
+from turbopack.inference.kernels import cuda_build, cuda_w4ws, cuda_w8ws, reference, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.epilogue import stream_ctas, stream_planes
-from turbopack.layouts import get_layout
 
 _HOST = r"""
 #include <cstdio>
@@ -92,10 +91,16 @@ def test_stream_ctas_where_tiles_are_fewer_than_sms():
     assert stream_ctas(1, 1, 132) == 0  # one stage: nothing to share
     assert stream_ctas(131, 2, 132) == 0  # runs of 2 stages: not shorter than a tile
     assert stream_planes(48, 64, 132) == 3 and stream_planes(1, 4, 4) == 3
-    # the int8 GEMM's tiles are over N (128 rows) with 128-k stages; int8 at 256 tokens is not built
-    assert cuda_i8ws.stream_grid(6144, 4096, 256, 128, 132, fp8=False) == 132  # 96 tiles of 32 stages
-    assert cuda_i8ws.stream_grid(6144, 4096, 256, 256, 132, fp8=False) == 0
-    assert cuda_i8ws.stream_grid(6144, 4096, 256, 256, 132, fp8=True) == 132
+
+
+def test_grid_plan_falls_back_to_the_split_where_stream_k_does_not_apply():
+    """A tuned bucket's STREAM entry also serves M and N it was not measured at: stream-K where the
+    tiles are fewer than the SMs, else the wave split (never an error in a forward)."""
+    assert cuda_w4ws.grid_plan(6144, 4096, 256, 128, 256, 0, False, True, 132) == (1, 132, 3)
+    split, ctas, planes = cuda_w4ws.grid_plan(28672, 4096, 256, 128, 256, 0, False, True, 132)
+    assert ctas == 0 and split == planes == cuda_w4ws.wave_split(28672, 4096, 256, 128, 256, 132)
+    assert cuda_w4ws.grid_plan(6144, 4096, 2048, 128, 256, 3, False, True, 132)[:2] == (1, 0)  # 384 tiles
+    assert cuda_w4ws.grid_plan(6144, 4096, 256, 128, 256, 3, False, False, 132) == (3, 0, 3)
 
 
 def test_config_and_tuner():
@@ -104,7 +109,7 @@ def test_config_and_tuner():
     assert cfg == KernelConfig(KernelName.CUDA_WS, block_n=128, block_m=256, ring_stages=6, stream_k=True)
     assert cfg.to_json() == d
     tiles = {"w4a16": {(128, 256), (128, 128), (256, 64)}, "w8a16": {(128, 256), (128, 128), (256, 64)},
-             "w8a8": {(128, 128)}, "fp8": {(128, 256), (128, 128)}}  # 128 x 64: 192 tiles, more than SMs
+             "w8a8": set(), "fp8": set()}  # run 34: 2-15 us behind the best split there, not offered
     for setup, want in tiles.items():
         cands = [c for c in tune.candidates(setup, 6144, 4096, 256, 132, hopper=True) if c.stream_k]
         assert {(c.block_n, c.block_m) for c in cands} == want, setup
@@ -150,29 +155,6 @@ def test_w8_matches_reference(m, n, k, bn, bm, stages):
     stages = min(stages, cuda_w8ws.max_stages(bn, bm))
     y = cuda_w8ws.w8_wgws(x, packed, (n, k), None, bn=bn, bm=bm, stages=stages, stream=True)
     assert reference.rel_err(y, reference.ref_linear(x, "w8a16", q)) < 5e-3
-
-
-#: (setup, M, N, K, BM, STAGES) of the int8 / e4m3 GEMM: N = 1000 (a partial 128-row tile), K = 1040 (a
-#: 16-k ninth stage), one to nine slices a tile
-ROWMAJOR = [("w8a8", 300, 1000, 1040, 128, 4), ("w8a8", 64, 1000, 1040, 64, 9), ("w8a8", 256, 4096, 4096, 128, 7),
-            ("fp8", 300, 1000, 1040, 256, 4), ("fp8", 130, 1000, 1040, 64, 5), ("fp8", 256, 4096, 4096, 256, 3)]
-
-
-@pytest.mark.gpu
-@hopper
-@pytest.mark.parametrize("setup,m,n,k,bm,stages", ROWMAJOR)
-def test_int8_and_e4m3_match_reference_deterministic(setup, m, n, k, bm, stages):
-    torch.manual_seed(m + n)
-    q = get_format(setup).quantize(torch.randn(n, k, device="cuda") * 0.02)
-    packed = reference.pack(q, get_layout(f"{'i8' if setup == 'w8a8' else 'fp8'}_rowmajor"))
-    x = torch.randn(m, k, device="cuda").bfloat16()
-    b = torch.randn(n, device="cuda").bfloat16()
-    runs = []
-    for _ in range(2):
-        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-        runs.append(run_rowmajor_ws(x, packed, (n, k), b, out, bm, stages, 0, stream=True))
-    assert reference.rel_err(runs[0], reference.ref_linear(x, setup, q, b)) < TOL[torch.bfloat16]
-    assert torch.equal(runs[0], runs[1]), "not deterministic"
 
 
 @pytest.mark.gpu

@@ -8,9 +8,8 @@ row or one per tensor): a producer warpgroup copies each 128-k stage as two tens
 the epilogue applies the token and row scales (+ bias). A CTA owns 128 weight rows x BM tokens (64,
 128 or 256). Config keys (kernel ``cuda_ws`` of the i8_rowmajor family): BM, STAGES, SPLIT_K (0:
 wave_split), CLUSTER (the K slices of a tile sum their partials in a thread-block cluster, through
-distributed shared memory, instead of fp32 planes in global memory; at most CLUSTER_MAX slices),
-STREAM (stream-K, csrc/ws_stream.cuh, where the tiles are fewer than the SMs: stream_grid); BN is
-always 128.
+distributed shared memory, instead of fp32 planes in global memory; at most CLUSTER_MAX slices); BN
+is always 128.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 
 from turbopack.inference.kernels import cuda_build
 from turbopack.inference.kernels.cuda_build import ptr as _p
-from turbopack.inference.kernels.epilogue import splitk_slices, stream_ctas, stream_planes
+from turbopack.inference.kernels.epilogue import splitk_slices
 
 SRC = cuda_build.CSRC / "i8_wgws.cu"
 ROWS = 128  # weight rows a CTA (BN)
@@ -31,7 +30,7 @@ TOKEN_TILES = (256, 128, 64)
 DEFAULT_BM, DEFAULT_STAGES = 128, 4
 CAPABILITY = (9, 0)
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
-_SIGNATURES = {"turbopack_i8_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 13 + [ctypes.c_void_p]}
+_SIGNATURES = {"turbopack_i8_wgws": [ctypes.c_void_p] * 8 + [ctypes.c_int] * 12 + [ctypes.c_void_p]}
 #: csrc kCodeS8 / kCodeE4M3: the codes' kind, from their dtype
 _CODE = {torch.int8: 0, torch.float8_e4m3fn: 1}
 #: the largest portable thread-block cluster: CLUSTER's most K slices
@@ -69,20 +68,15 @@ def wave_split(n_pad: int, kp: int, m: int, bm: int, sms: int) -> int:
     return max(1, min(sms // (math.ceil(n_pad / ROWS) * math.ceil(m / bm)), max_split(kp)))
 
 
-def stream_grid(n: int, kp: int, m: int, bm: int, sms: int, fp8: bool = True) -> int:
-    """STREAM's CTAs (epilogue.stream_ctas over the tiles of N, as the kernel plans them), 0 where it
-    does not apply; int8 at BM = 256 is not built (its store spilled beside the int32 sums)."""
-    if bm == 256 and not fp8:
-        return 0
-    return stream_ctas(math.ceil(n / ROWS) * math.ceil(m / bm), math.ceil(kp / STAGE_K), sms)
-
-
 def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
             bias: torch.Tensor | None, y: torch.Tensor, *, bm: int = DEFAULT_BM, stages: int = DEFAULT_STAGES,
             split_k: int = 0, cluster: bool = False, stream: bool = False) -> torch.Tensor:
     """y [M, N] = (q @ W^T) * sx * scales (+ bias): q [>= M, KP] (int8 or e4m3, W's kind) and sx float32
     [M] from w8a8.quantize_rows, W the i8_rowmajor or fp8_rowmajor codes, scales per row or (FP8) one;
-    split_k 0 = wave_split; cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX)."""
+    split_k 0 = wave_split; cluster: the slices sum in a thread-block cluster (at most CLUSTER_MAX).
+    stream: refused (run 34 measured stream-K here 2-15 us slower than the best split everywhere)."""
+    if stream:
+        raise ValueError("cuda_ws (w8a8, fp8) has no stream-K (STREAM): the weight-only cuda_ws kernels' only")
     if bm not in TOKEN_TILES:
         raise ValueError(f"cuda_ws (w8a8) has no {bm}-token tile; built: {', '.join(map(str, TOKEN_TILES))}")
     if not 3 <= stages <= max_stages(bm):
@@ -93,24 +87,19 @@ def i8_wgws(q: torch.Tensor, sx: torch.Tensor, packed: dict[str, torch.Tensor], 
     np_, kp = w.shape[0] * w.shape[1], w.shape[2]
     n = shape[0]
     m = y.shape[0]
-    sms = torch.cuda.get_device_properties(y.device).multi_processor_count
-    split = int(split_k) if split_k and split_k > 0 else wave_split(np_, kp, m, bm, sms)
+    if split_k and split_k > 0:
+        split = int(split_k)
+    else:
+        split = wave_split(np_, kp, m, bm, torch.cuda.get_device_properties(y.device).multi_processor_count)
     split = max(1, min(split, math.ceil(kp / STAGE_K), CLUSTER_MAX if cluster else kp))
-    # store_sliced_rows' (or stream-K's) planes: a whole ROWS x BM tile each, past N and M too
+    # store_sliced_rows' planes: a whole ROWS x BM tile each, past N and M too
     rows, toks = math.ceil(np_ / ROWS), math.ceil(m / bm)
-    planes, ctas = split, 0
-    if stream:
-        ctas = stream_grid(n, kp, m, bm, sms, w.dtype != torch.int8)
-        if cluster or ctas == 0:
-            raise ValueError(f"cuda_ws (w8a8) STREAM at BM = {bm} needs fewer tiles than SMs and no CLUSTER "
-                             f"(M={m} N={n} KP={kp}; int8 has none at 256 tokens); use SPLIT_K")
-        split, planes = 1, stream_planes(math.ceil(n / ROWS) * toks, math.ceil(kp / STAGE_K), ctas)
-    ws, cnt = splitk_slices(y.device, toks * bm, rows * ROWS, rows * toks, planes)
+    ws, cnt = splitk_slices(y.device, toks * bm, rows * ROWS, rows * toks, split)
     rc = library(y.device).turbopack_i8_wgws(
         _p(q), _p(sx), _p(w), _p(sw), _p(bias), _p(y), _p(ws), _p(cnt), m, n, np_, kp, q.stride(0),
-        split, int(bm), int(stages), int(bool(cluster)), ctas, _DTYPE_CODE[y.dtype], _CODE[w.dtype],
-        int(sw.numel() > 1), cuda_build.stream(y.device))
+        split, int(bm), int(stages), int(bool(cluster)), _DTYPE_CODE[y.dtype], _CODE[w.dtype], int(sw.numel() > 1),
+        cuda_build.stream(y.device))
     if rc != 0:
         raise RuntimeError(f"turbopack_i8_wgws failed (code {rc}; M={m} N={n} KP={kp} BM={bm} stages={stages} "
-                           f"split={split} cluster={bool(cluster)} stream={ctas})")
+                           f"split={split} cluster={bool(cluster)})")
     return y

@@ -7,7 +7,7 @@ consumer warpgroups that only decode and issue wgmma. A CTA owns 128 weight rows
 or 256 or 128 rows x 64 tokens (TILES). x is copied as it is (a tensor map: boxes of BM tokens x 64 k in the
 128-byte swizzle); the consumers gather each A fragment's nibbles into wgmma's k order. Config keys
 (kernel ``cuda_ws``): BN, BM, STAGES (3 to max_stages: the deepest ring that fits shared memory),
-SPLIT_K (0: default_split), CLUSTER (the K slices of a tile sum their partials in a thread-block
+SPLIT_K (0: wave_split), CLUSTER (the K slices of a tile sum their partials in a thread-block
 cluster, through distributed shared memory, instead of fp32 planes in global memory: split <=
 CLUSTER_MAX and the partials within the ring, cluster_fits), STREAM (stream-K, csrc/ws_stream.cuh: one
 CTA an SM over every tile's stages in equal runs, where splits leave SMs idle: epilogue.stream_ctas). Reads
@@ -85,10 +85,6 @@ def cluster_fits(bn: int, bm: int, stages: int, row_bytes: int = ROW_BYTES) -> b
     return 8 * (bn // 128) * (bm // 8) * 32 * 16 <= stages * slot_bytes(bn, bm, row_bytes)
 
 
-def default_split(n_pad: int, k: int, m: int, bn: int, bm: int, device: torch.device) -> int:
-    return wave_split(n_pad, k, m, bn, bm, torch.cuda.get_device_properties(device).multi_processor_count)
-
-
 def plane_slices(device: torch.device, n_pad: int, m: int, bn: int, bm: int, split: int):
     """(planes, counters) for split-K through global planes (csrc/ws_store.cuh store_sliced_rows): a
     whole BN x BM tile of fp32 a slice, past N and M too, in the accumulators' layout."""
@@ -106,21 +102,30 @@ def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = 
         raise ValueError(f"cuda_ws CLUSTER at {bn} x {bm} needs a deeper ring than {stages} stages for its partials")
 
 
+def grid_plan(n_pad: int, k: int, m: int, bn: int, bm: int, split_k: int, cluster: bool, stream: bool,
+              sms: int) -> tuple[int, int, int]:
+    """(split, stream-K CTAs or 0, planes) of one call. STREAM runs stream-K where it applies
+    (epilogue.stream_ctas: fewer tiles than SMs) and otherwise the default split, so a tuned bucket's
+    STREAM entry serves the M and N it was not measured at too."""
+    tiles = math.ceil(n_pad / bn) * math.ceil(m / bm)
+    ctas = stream_ctas(tiles, k // 64, sms) if stream else 0
+    if ctas:
+        return 1, ctas, stream_planes(tiles, k // 64, ctas)
+    if stream:
+        split_k, cluster = 0, False
+    split = int(split_k) if split_k and split_k > 0 else wave_split(n_pad, k, m, bn, bm, sms)
+    split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
+    return split, 0, split
+
+
 def launch_grid(device: torch.device, n_pad: int, k: int, m: int, bn: int, bm: int, split_k: int, cluster: bool,
                 stream: bool) -> tuple[int, int, torch.Tensor, torch.Tensor]:
-    """(split, stream-K CTAs or 0, planes, counters) of one call of either entry point."""
-    if stream:
-        if cluster:
-            raise ValueError("cuda_ws: STREAM and CLUSTER exclude each other (stream-K sums through planes)")
-        tiles = math.ceil(n_pad / bn) * math.ceil(m / bm)
-        ctas = stream_ctas(tiles, k // 64, torch.cuda.get_device_properties(device).multi_processor_count)
-        if ctas == 0:
-            raise ValueError(f"cuda_ws STREAM at {bn} x {bm} needs fewer tiles than SMs (M={m} N={n_pad} K={k}); "
-                             "use SPLIT_K")
-        return 1, ctas, *plane_slices(device, n_pad, m, bn, bm, stream_planes(tiles, k // 64, ctas))
-    split = int(split_k) if split_k and split_k > 0 else default_split(n_pad, k, m, bn, bm, device)
-    split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
-    return split, 0, *plane_slices(device, n_pad, m, bn, bm, split)
+    """(split, stream-K CTAs or 0, planes, counters) of one call of either entry point (grid_plan)."""
+    if stream and cluster:
+        raise ValueError("cuda_ws: STREAM and CLUSTER exclude each other (stream-K sums through planes)")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    split, ctas, planes = grid_plan(n_pad, k, m, bn, bm, split_k, cluster, stream, sms)
+    return split, ctas, *plane_slices(device, n_pad, m, bn, bm, planes)
 
 
 def w4_wgws(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,

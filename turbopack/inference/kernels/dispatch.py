@@ -133,10 +133,11 @@ def _w4wg(x2, packed, shape, bias, cfg, out, group):
 
 
 def _ws_knobs(cfg: KernelConfig) -> dict:
-    """The warp-specialized weight-only kernels' keywords (cuda_w4ws, cuda_w8ws) from a cuda_ws config."""
+    """The warp-specialized weight-only kernels' keywords (cuda_w4ws, cuda_w8ws) from a cuda_ws config
+    (STREAM laid over a CLUSTER entry drops the cluster: stream-K sums through planes)."""
     return dict(bn=or_default(cfg.block_n, cuda_w4ws.DEFAULT_BN), bm=or_default(cfg.block_m, cuda_w4ws.DEFAULT_BM),
                 stages=or_default(cfg.ring_stages, cuda_w4ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                cluster=bool(cfg.cluster), stream=bool(cfg.stream_k))
+                cluster=bool(cfg.cluster) and not cfg.stream_k, stream=bool(cfg.stream_k))
 
 
 def _w8(x2, packed, shape, bias, cfg, out):

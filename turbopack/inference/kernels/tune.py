@@ -78,7 +78,7 @@ def candidates(setup: str, n: int, k: int, m: int, sms: int, hopper: bool | None
                 w8 += [KernelConfig(KernelName.CUDA, split_k=sk, ring_stages=st, cluster=True) for st in (4, 6, 8)]
         w8 += rows_candidates(setup, m, k)
     if layout == "fp8_rowmajor":  # _scaled_mm, and on Hopper the e4m3 warp-specialized GEMM
-        return w8 + [KernelConfig(KernelName.SCALED_MM)] + (_i8_ws_candidates(n, k, m, sms, fp8=True)
+        return w8 + [KernelConfig(KernelName.SCALED_MM)] + (_i8_ws_candidates(n, k, m, sms)
                                                               if hopper and m >= WS_MIN_M else [])
     if layout == "i8_rowmajor":
         return w8 + _i8_candidates(n, k, m, sms, hopper)
@@ -205,10 +205,10 @@ def _ws_candidates(n: int, k: int, m: int, sms: int, row_bytes: int = cuda_w4ws.
     return out
 
 
-def _i8_ws_candidates(n: int, k: int, m: int, sms: int, fp8: bool = False) -> list[KernelConfig]:
+def _i8_ws_candidates(n: int, k: int, m: int, sms: int) -> list[KernelConfig]:
     """The warp-specialized int8 GEMM (cuda_i8ws): each token tile worth timing, its two deepest rings,
-    _ws_splits, each split > 1 through global planes and (CLUSTER) in a cluster, and stream-K (STREAM)
-    where it applies."""
+    _ws_splits, each split > 1 through global planes and (CLUSTER) in a cluster (no stream-K: run 34
+    measured it 2-15 us behind the best split at every shape of W8A8 and FP8, M = 64 and 256)."""
     out = []
     kp = math.ceil(k / 16) * 16
     for bm in cuda_i8ws.TOKEN_TILES:
@@ -219,9 +219,6 @@ def _i8_ws_candidates(n: int, k: int, m: int, sms: int, fp8: bool = False) -> li
                              cluster=cl)
                 for sk in _ws_splits(m, cuda_i8ws.wave_split(n, kp, m, bm, sms)) for st in (top - 1, top)
                 for cl in _ws_cluster(sk, cuda_i8ws.CLUSTER_MAX)]
-        if cuda_i8ws.stream_grid(n, kp, m, bm, sms, fp8):  # stream-K where the tiles are fewer than the SMs
-            out += [KernelConfig(KernelName.CUDA_WS, block_n=cuda_i8ws.ROWS, block_m=bm, ring_stages=st, stream_k=True)
-                    for st in (top - 1, top)]
     return out
 
 

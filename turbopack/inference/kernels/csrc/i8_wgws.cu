@@ -26,7 +26,6 @@
 #include "w4_mma.cuh"
 #include "wgmma.cuh"
 #include "ws_store.cuh"
-#include "ws_stream.cuh"
 
 namespace {
 
@@ -52,15 +51,59 @@ struct I8Args {
 // by the accumulators' type) is shared
 enum : int { kCodeS8 = 0, kCodeE4M3 = 1 };
 
+template <typename T, int CODE, int BM>
+__global__ void __launch_bounds__(kI8Threads, 1)
+    i8_wgws_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, const I8Args a) {
 #ifdef TP_WGMMA
-// A consumer warpgroup's run of n stages from ring position p (prev: the slot before it): four k32
-// steps a stage as one commit group, the previous stage's slot released once its group completed.
-// Returns with every group complete and every slot but the last (prev) released.
-template <typename Acc, int BM>
-__device__ __forceinline__ void i8_stages(Acc (&acc)[BM / 2], uint32_t base, uint32_t full, uint32_t empty,
-                                          int stages, int n, uint32_t a_off, RingPos& p, int& prev, int lane) {
   using S = I8Slot<BM>;
-  for (int i = 0; i < n; ++i, prev = p.slot, p.next(stages)) {
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
+  const uint32_t xs = empty + 8 * a.stages;  // the CTA's BM token scales (zero past M), for the epilogue
+  const int row0 = blockIdx.y * kI8Rows, tok0 = blockIdx.x * BM, tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int S_all = (a.KP + kI8StageK - 1) / kI8StageK, per = (S_all + a.split_k - 1) / a.split_k;
+  const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
+  ring_init(full, empty, a.stages);
+  const bool cl = a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
+  if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x == 256) {
+      const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
+      constexpr bool cw = (kKnockout & kKoLoad) == 0, cx = (kKnockout & kKoX) == 0;
+      constexpr uint32_t kBytes = (cw ? S::kW : 0) + (cx ? S::kX : 0);
+      // PDL (pdl.py): the first ring's weights are copied before the wait (no kernel writes them), the
+      // codes of x, which the quantizer before this grid writes, after it
+      const int pre = min(n_st, a.stages);
+      for (int i = 0; i < pre; ++i) {
+        const uint32_t bar = full + 8 * i;
+        mbar_expect_tx(bar, kBytes);  // zero-filled bytes past the edges count too
+        if (cw) tma_load_2d_hint(base + i * S::kSize, &wmap, (s_lo + i) * kI8StageK, row0, bar, policy);
+      }
+      pdl_wait();
+      RingPos p;
+      for (int i = 0; i < n_st; ++i, p.next(a.stages)) {
+        const int k = (s_lo + i) * kI8StageK;
+        const uint32_t slot = base + p.slot * S::kSize, bar = full + 8 * p.slot;
+        if (i >= pre) {  // i >= stages: the slot's previous pass must be released
+          mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
+          mbar_expect_tx(bar, kBytes);
+          if (cw) tma_load_2d_hint(slot, &wmap, k, row0, bar, policy);
+        }
+        if (cx) tma_load_2d(slot + S::kW, &xmap, k, tok0, bar);
+      }
+    }
+    pdl_wait();  // every thread, before it exits: completion stays ordered along the chain
+    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
+    else if (a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced_rows' two CTA barriers
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const uint32_t a_off = (warp >> 2) * 64 * kI8StageK;  // this warpgroup's 64 weight rows in a slot
+  using Acc = std::conditional_t<CODE == kCodeE4M3, float, int32_t>;
+  Acc acc[BM / 2];  // the first wgmma writes them (scale-d 0)
+  RingPos p;
+  for (int i = 0, prev = 0; i < n_st; ++i, prev = p.slot, p.next(a.stages)) {  // prev: stage i - 1's slot
     const uint32_t slot = base + p.slot * S::kSize;
     mbar_wait(full + 8 * p.slot, p.phase);
     wg_fence();
@@ -73,145 +116,12 @@ __device__ __forceinline__ void i8_stages(Acc (&acc)[BM / 2], uint32_t base, uin
     if (i > 0 && lane == 0) mbar_arrive(empty + 8 * prev);
   }
   wg_wait<0>();
-}
-
-// The CTA's BM token scales (zero past M) into xs, then the consumer warpgroups' barrier
-template <int BM>
-__device__ __forceinline__ void i8_token_scales(const I8Args& a, uint32_t xs, int tok0) {
+  pdl_wait();  // returns at once (the x copies came after the producer's); before sx and any store
   if (threadIdx.x < BM) {
     const int tok = tok0 + threadIdx.x;
     asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(xs + 4 * threadIdx.x), "f"(tok < a.M ? a.sx[tok] : 0.f) : "memory");
   }
   asm volatile("bar.sync 1, 256;\n" ::: "memory");  // the consumer warpgroups only: xs is written
-}
-
-// The sums times both scales: out in ws_store.cuh's layout (R = 1). empty: an empty K slice (split-K
-// past the stages), which holds no sums
-template <typename Acc, int BM>
-__device__ __forceinline__ void i8_scaled(float (&out)[1][BM / 8][4], Acc (&acc)[BM / 2], const I8Args& a,
-                                          uint32_t xs, int n0, bool empty) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const float sw_lo = n0 + g < a.N ? a.sw[(n0 + g) * a.sw_stride] : 0.f,
-              sw_hi = n0 + g + 8 < a.N ? a.sw[(n0 + g + 8) * a.sw_stride] : 0.f;
-#pragma unroll
-  for (int t = 0; t < BM / 8; ++t) {
-    // tokens 8 t + 2 c and + 1 from shared memory, one LDS.64 a column (global loads here were all
-    // hoisted above the wait by ptxas and spilled at BM = 256)
-    float2 sx;
-    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(sx.x), "=f"(sx.y) : "r"(xs + 4 * (8 * t + 2 * c)));
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      pin(acc[4 * t + e]);
-      out[0][t][e] = empty ? 0.f : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
-    }
-  }
-}
-
-#endif  // TP_WGMMA
-
-// SK (stream-K, ws_stream.cuh): a 1-D grid of P CTAs over the tiles' stages, tile t = row tile t / TX,
-// token tile t % TX; else the grid is (token tile, row tile, K slice)
-template <typename T, int CODE, int BM, bool SK>
-__global__ void __launch_bounds__(kI8Threads, 1)
-    i8_wgws_kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, const I8Args a) {
-#ifdef TP_WGMMA
-  using S = I8Slot<BM>;
-  extern __shared__ uint4 smem_raw[];
-  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
-  const uint32_t full = base + a.stages * S::kSize, empty = full + 8 * a.stages;  // mbarriers, 8 bytes each
-  const uint32_t xs = empty + 8 * a.stages;  // the CTA's BM token scales (zero past M), for the epilogue
-  const int S_all = (a.KP + kI8StageK - 1) / kI8StageK;
-  const SkPlan* pl = nullptr;  // SK: this CTA's segments
-  if constexpr (SK) {
-    const int tx = (a.M + BM - 1) / BM;
-    pl = sk_plan(S_all, tx * ((a.N + kI8Rows - 1) / kI8Rows), tx);
-  }
-  const int row0 = blockIdx.y * kI8Rows, tok0 = blockIdx.x * BM, tile = blockIdx.y * gridDim.x + blockIdx.x;
-  const int per = (S_all + a.split_k - 1) / a.split_k;
-  const int s_lo = min(S_all, static_cast<int>(blockIdx.z) * per), n_st = min(S_all, s_lo + per) - s_lo;
-  ring_init(full, empty, a.stages);  // its barrier publishes the plan too
-  const bool cl = !SK && a.split_k > 1 && in_cluster_of(a.split_k);  // the K slices sum in their cluster
-  if (threadIdx.x >= 256) {  // the producer warpgroup: one thread copies, the rest only meet the split-K barriers
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (threadIdx.x == 256) {
-      const uint64_t policy = l2_evict_first();  // the weights stream once; x is re-read by every row tile
-      constexpr bool cw = (kKnockout & kKoLoad) == 0, cx = (kKnockout & kKoX) == 0;
-      constexpr uint32_t kBytes = (cw ? S::kW : 0) + (cx ? S::kX : 0);
-      // stage i of the CTA's run: its k, weight rows and tokens (SK: of segment 0, then 1)
-      const int n_all = SK ? pl->seg[0].hi - pl->seg[0].lo + (pl->n > 1 ? pl->seg[1].hi - pl->seg[1].lo : 0) : n_st;
-      auto at = [&](int i, int& k, int& r0, int& t0) {
-        if constexpr (SK) {
-          const int n0 = pl->seg[0].hi - pl->seg[0].lo;
-          const SkSeg& sg = pl->seg[i < n0 ? 0 : 1];
-          k = (sg.lo + (i < n0 ? i : i - n0)) * kI8StageK, r0 = sg.tile / pl->tx * kI8Rows, t0 = sg.tile % pl->tx * BM;
-        } else {
-          k = (s_lo + i) * kI8StageK, r0 = row0, t0 = tok0;
-        }
-      };
-      // PDL (pdl.py): the first ring's weights are copied before the wait (no kernel writes them), the
-      // codes of x, which the quantizer before this grid writes, after it
-      const int pre = min(n_all, a.stages);
-      for (int i = 0; i < pre; ++i) {
-        const uint32_t bar = full + 8 * i;
-        int k, r0, t0;
-        at(i, k, r0, t0);
-        mbar_expect_tx(bar, kBytes);  // zero-filled bytes past the edges count too
-        if (cw) tma_load_2d_hint(base + i * S::kSize, &wmap, k, r0, bar, policy);
-      }
-      pdl_wait();
-      RingPos p;
-      for (int i = 0; i < n_all; ++i, p.next(a.stages)) {
-        int k, r0, t0;
-        at(i, k, r0, t0);
-        const uint32_t slot = base + p.slot * S::kSize, bar = full + 8 * p.slot;
-        if (i >= pre) {  // i >= stages: the slot's previous pass must be released
-          mbar_wait(empty + 8 * p.slot, p.phase ^ 1);
-          mbar_expect_tx(bar, kBytes);
-          if (cw) tma_load_2d_hint(slot, &wmap, k, r0, bar, policy);
-        }
-        if (cx) tma_load_2d(slot + S::kW, &xmap, k, t0, bar);
-      }
-    }
-    pdl_wait();  // every thread, before it exits: completion stays ordered along the chain
-    if (cl) cluster_sync_all(), cluster_sync_all();  // cluster_reduce's two cluster barriers
-    else if (!SK && a.split_k > 1) (void)arrive_last(a.o, tile, a.split_k);  // store_sliced_rows' two CTA barriers
-    return;
-  }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const uint32_t a_off = (warp >> 2) * 64 * kI8StageK;  // this warpgroup's 64 weight rows in a slot
-  using Acc = std::conditional_t<CODE == kCodeE4M3, float, int32_t>;
-  Acc acc[BM / 2];  // the first wgmma writes them (scale-d 0)
-  // the ring is idle once both warpgroups pass the barrier after their last wait, so each warp stages
-  // its rows in its share of it (ws_store.cuh)
-  static_assert(8 * rows_bytes(1, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
-  const uint32_t stage = base + warp * rows_bytes(1, BM);
-  RingPos p;
-  int prev = 0;  // the last stage's slot
-  if constexpr (SK) {
-    pdl_wait();  // returns at once (the x copies come after the producer's); before sx and any store
-#pragma unroll 1
-    for (int j = 0; j < pl->n; ++j) {
-      i8_stages<Acc, BM>(acc, base, full, empty, a.stages, pl->seg[j].hi - pl->seg[j].lo, a_off, p, prev, lane);
-      if (j + 1 < pl->n && lane == 0) mbar_arrive(empty + 8 * prev);  // the next segment's first stage does not
-      const SkSeg sg = pl->seg[j];
-      const int n0 = sg.tile / pl->tx * kI8Rows + 16 * warp, t0 = sg.tile % pl->tx * BM;
-      // xs: this segment's tokens (a first segment's readers all passed sk_publish's barrier before
-      // a second writes it)
-      i8_token_scales<BM>(a, xs, t0);
-      if constexpr ((kKnockout & kKoEpilogue) != 0) continue;
-      // the scaled sums in acc's own registers: acc stays live into the next segment's wgmmas (their
-      // scale-d is a run-time predicate), and a second array of 128 beside it spilled at BM = 256
-      float(&sums)[1][BM / 8][4] = reinterpret_cast<float(&)[1][BM / 8][4]>(acc);
-      i8_scaled<Acc, BM>(sums, acc, a, xs, n0, false);
-      if (sg.lo > 0) sk_publish<1, BM / 8>(a.o, sums, sg, pl->tiles);
-      else sk_finish<T, 1, BM / 8>(a.o, sums, sg, pl->tiles, stage, n0, t0);
-    }
-    return;
-  }
-  i8_stages<Acc, BM>(acc, base, full, empty, a.stages, n_st, a_off, p, prev, lane);
-  pdl_wait();  // returns at once (the x copies came after the producer's); before sx and any store
-  i8_token_scales<BM>(a, xs, tok0);
   if constexpr ((kKnockout & kKoEpilogue) != 0) {
 #pragma unroll
     for (int j = 0; j < BM / 2; ++j) pin(acc[j]);
@@ -232,8 +142,28 @@ __global__ void __launch_bounds__(kI8Threads, 1)
                                      ring_scratch(smem_raw, base) + warp * (BM / 8) * 32);
   }
   const int n0 = row0 + 16 * warp;
+  const float sw_lo = n0 + g < a.N ? a.sw[(n0 + g) * a.sw_stride] : 0.f,
+              sw_hi = n0 + g + 8 < a.N ? a.sw[(n0 + g + 8) * a.sw_stride] : 0.f;
   float out[1][BM / 8][4];
-  i8_scaled<Acc, BM>(out, acc, a, xs, n0, n_st == 0 && !cl);
+#pragma unroll
+  for (int t = 0; t < BM / 8; ++t) {
+    // tokens 8 t + 2 c and + 1 from shared memory, one LDS.64 a column (global loads here were all
+    // hoisted above the wait by ptxas and spilled at BM = 256)
+    float2 sx;
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(sx.x), "=f"(sx.y) : "r"(xs + 4 * (8 * t + 2 * c)));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      pin(acc[4 * t + e]);
+      // an empty K slice (split-K past the stages) holds no sums
+      out[0][t][e] = n_st == 0 && !cl
+                         ? 0.f
+                         : static_cast<float>(acc[4 * t + e]) * ((e >> 1) ? sw_hi : sw_lo) * ((e & 1) ? sx.y : sx.x);
+    }
+  }
+  // the ring is idle (every consumer passed wg_wait<0> before the barrier above; CLUSTER: both of
+  // cluster_reduce's barriers passed), so each warp stages its rows in its share of it (ws_store.cuh)
+  static_assert(8 * rows_bytes(1, BM) <= 3 * S::kSize, "every warp's staged rows fit the shallowest ring");
+  const uint32_t stage = base + warp * rows_bytes(1, BM);
   if (cl) {
     if (mine) store_rows<T, 1, BM / 8>(a.o, out, stage, n0, tok0);
   } else if (a.split_k == 1) {
@@ -249,9 +179,8 @@ constexpr int smem_bytes(int stages) {
   return stages * I8Slot<BM>::kSize + 1024 + 16 * stages + 4 * BM;  // + the alignment, the barriers, the token scales
 }
 
-template <typename T, int CODE, int BM, bool SK>
-int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, bool cluster, int ctas,
-           cudaStream_t s) {
+template <typename T, int CODE, int BM>
+int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq, bool cluster, cudaStream_t s) {
   const int smem = smem_bytes<BM>(a.stages);
   if (smem > kSmemMax) return -1;
   CUtensorMap wmap, xmap;
@@ -259,35 +188,23 @@ int launch(const I8Args& a, const void* xq, const void* w, int NP, int stride_xq
     return -1;
   const int cl = cluster && a.split_k > 1 ? a.split_k : 1;
   if (!cluster_fits(cl, BM / 8, a.stages * I8Slot<BM>::kSize)) return -1;
-  const int S_all = (a.KP + kI8StageK - 1) / kI8StageK;  // SK's tiles: over N (the kernel's plan)
-  if (SK && (cluster || a.split_k != 1 ||
-             !sk_fits(ctas, 1LL * ((a.M + BM - 1) / BM) * ((a.N + kI8Rows - 1) / kI8Rows) * S_all, S_all)))
-    return -1;
   static int raised = 0;  // the largest dynamic shared memory allowed so far (one attribute call per size)
   if (smem > raised) {
     const cudaError_t e =
-        cudaFuncSetAttribute(i8_wgws_kernel<T, CODE, BM, SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(i8_wgws_kernel<T, CODE, BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return static_cast<int>(e);
     raised = smem;
   }
-  const dim3 grid = SK ? dim3(ctas) : dim3((a.M + BM - 1) / BM, (NP + kI8Rows - 1) / kI8Rows, a.split_k);
-  return static_cast<int>(launch_with(i8_wgws_kernel<T, CODE, BM, SK>, grid, dim3(kI8Threads), smem, s,
+  const dim3 grid((a.M + BM - 1) / BM, (NP + kI8Rows - 1) / kI8Rows, a.split_k);
+  return static_cast<int>(launch_with(i8_wgws_kernel<T, CODE, BM>, grid, dim3(kI8Threads), smem, s,
                                       Launch{g_pdl != 0, 1, cl}, wmap, xmap, a));
 }
 
 template <typename T, int CODE>
-int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int stride_xq, bool cl, int ctas,
-            cudaStream_t s) {
-  if (ctas > 0) {  // int8 at 256 tokens: not built (its store of y spilled beside the live int32 sums)
-    if constexpr (CODE == kCodeE4M3)
-      if (bm == 256) return launch<T, CODE, 256, true>(a, xq, w, NP, stride_xq, cl, ctas, s);
-    if (bm == 128) return launch<T, CODE, 128, true>(a, xq, w, NP, stride_xq, cl, ctas, s);
-    if (bm == 64) return launch<T, CODE, 64, true>(a, xq, w, NP, stride_xq, cl, ctas, s);
-    return -1;
-  }
-  if (bm == 256) return launch<T, CODE, 256, false>(a, xq, w, NP, stride_xq, cl, 0, s);
-  if (bm == 128) return launch<T, CODE, 128, false>(a, xq, w, NP, stride_xq, cl, 0, s);
-  if (bm == 64) return launch<T, CODE, 64, false>(a, xq, w, NP, stride_xq, cl, 0, s);
+int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int stride_xq, bool cl, cudaStream_t s) {
+  if (bm == 256) return launch<T, CODE, 256>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 128) return launch<T, CODE, 128>(a, xq, w, NP, stride_xq, cl, s);
+  if (bm == 64) return launch<T, CODE, 64>(a, xq, w, NP, stride_xq, cl, s);
   return -1;
 }
 
@@ -299,13 +216,12 @@ int by_tile(const I8Args& a, int bm, const void* xq, const void* w, int NP, int 
 // xq and w 16-byte aligned. bm: tokens a CTA, 64, 128 or 256; stages from 3 to what fits 227 KB of
 // shared memory (4 at bm = 256, 7 at 128, 9 at 64). split_k > 1: cluster 1 sums the K slices in a cluster (split_k <= 8), cluster 0
 // through ws (fp32 [split_k x tiles x 128 x bm]) and counters (int32, one per row tile x token tile, zeroed, left
-// zeroed). ctas > 0: stream-K over that many CTAs (w4_wgws.cu's rule, the tiles over N; ws: as many
-// planes as a tile has slices past its head). Returns 0, -1 for bad arguments, else the CUDA error
-// (the kernel is empty unless built for sm_90a).
+// zeroed). Returns 0, -1 for
+// bad arguments, else the CUDA error (the kernel is empty unless built for sm_90a).
 extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, const void* sw, const void* bias,
                                  void* y, void* ws, void* counters, int M, int N, int NP, int KP, int stride_xq,
-                                 int split_k, int bm, int stages, int cluster, int ctas, int dtype, int code,
-                                 int sw_stride, void* stream) {
+                                 int split_k, int bm, int stages, int cluster, int dtype, int code, int sw_stride,
+                                 void* stream) {
   if (M < 1 || N < 1 || NP < N || KP % 16 != 0 || stride_xq % 16 != 0 || split_k < 1 || stages < 3 ||
       (cluster != 0 && cluster != 1) || (dtype != 0 && dtype != 1) || (code != kCodeS8 && code != kCodeE4M3) ||
       (sw_stride != 0 && sw_stride != 1) || reinterpret_cast<uintptr_t>(xq) % 16 != 0 ||
@@ -317,8 +233,8 @@ extern "C" int turbopack_i8_wgws(const void* xq, const void* sx, const void* w, 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const bool cl = cluster != 0;
   if (code == kCodeE4M3)
-    return dtype == 0 ? by_tile<__nv_bfloat16, kCodeE4M3>(a, bm, xq, w, NP, stride_xq, cl, ctas, s)
-                      : by_tile<__half, kCodeE4M3>(a, bm, xq, w, NP, stride_xq, cl, ctas, s);
-  return dtype == 0 ? by_tile<__nv_bfloat16, kCodeS8>(a, bm, xq, w, NP, stride_xq, cl, ctas, s)
-                    : by_tile<__half, kCodeS8>(a, bm, xq, w, NP, stride_xq, cl, ctas, s);
+    return dtype == 0 ? by_tile<__nv_bfloat16, kCodeE4M3>(a, bm, xq, w, NP, stride_xq, cl, s)
+                      : by_tile<__half, kCodeE4M3>(a, bm, xq, w, NP, stride_xq, cl, s);
+  return dtype == 0 ? by_tile<__nv_bfloat16, kCodeS8>(a, bm, xq, w, NP, stride_xq, cl, s)
+                    : by_tile<__half, kCodeS8>(a, bm, xq, w, NP, stride_xq, cl, s);
 }
