@@ -92,18 +92,37 @@ __device__ __forceinline__ void store_rows(const Out& o, const float (&acc)[R][N
 // in flight a thread) 10-17 us slower than the cluster sum at split 2 (W4A16 qkv and down, M = 256,
 // H100). ws: split_k planes of tiles x 256 x R NTOK float4 (BN x BM floats a tile). Every thread of
 // the CTA calls it (arrive_last's barriers); the producer warpgroup's return after arrive_last.
+// Thread i's float4s of acc as one plane of a tile (`at`: the tile's float4 0 of the plane, + i), and
+// the sum of n planes of a tile (`at` likewise, `plane` float4s apart) added to acc in plane order:
+// store_sliced_rows' halves, and stream-K's (ws_stream.cuh)
+template <int R, int NTOK>
+__device__ __forceinline__ void write_plane(float4* at, const float (&acc)[R][NTOK][4]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NTOK; ++t)
+      __stcg(at + (r * NTOK + t) * 256, make_float4(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3]));
+}
+template <int R, int NTOK>
+__device__ __forceinline__ void add_planes(float (&acc)[R][NTOK][4], const float4* at, int n, long long plane) {
+#pragma unroll 1
+  for (int z = 0; z < n; ++z, at += plane)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NTOK; ++t) {
+        const float4 v = __ldcg(at + (r * NTOK + t) * 256);
+        acc[r][t][0] += v.x, acc[r][t][1] += v.y, acc[r][t][2] += v.z, acc[r][t][3] += v.w;
+      }
+}
+
 template <typename T, int R, int NTOK>
 __device__ __forceinline__ void store_sliced_rows(const Out& o, float (&acc)[R][NTOK][4], uint32_t stage, int n0,
                                                   int tok0, int tile, int tiles) {
   constexpr int kC = R * NTOK;  // float4s a thread
   const long long plane = static_cast<long long>(tiles) * kC * 256;
   float4* ws = reinterpret_cast<float4*>(o.ws) + static_cast<long long>(tile) * kC * 256 + threadIdx.x;
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-      __stcg(ws + blockIdx.z * plane + (r * NTOK + t) * 256,
-             make_float4(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3]));
+  write_plane<R, NTOK>(ws + blockIdx.z * plane, acc);
   if (!arrive_last(o, tile, o.split_k)) return;
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -111,15 +130,7 @@ __device__ __forceinline__ void store_sliced_rows(const Out& o, float (&acc)[R][
     for (int t = 0; t < NTOK; ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][t][e] = 0.f;
-#pragma unroll 1
-  for (int z = 0; z < o.split_k; ++z, ws += plane)
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-        const float4 v = __ldcg(ws + (r * NTOK + t) * 256);
-        acc[r][t][0] += v.x, acc[r][t][1] += v.y, acc[r][t][2] += v.z, acc[r][t][3] += v.w;
-      }
+  add_planes<R, NTOK>(acc, ws, o.split_k, plane);
   if (threadIdx.x == 0) o.counters[tile] = 0;
   store_rows<T, R, NTOK>(o, acc, stage, n0, tok0);  // every consumer thread is past arrive_last: the ring is idle
 }

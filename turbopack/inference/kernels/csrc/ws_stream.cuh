@@ -82,13 +82,9 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 template <int R, int NTOK>
 __device__ __forceinline__ void sk_publish(const Out& o, const float (&acc)[R][NTOK][4], const SkSeg& s, int tiles) {
   constexpr int kC = R * NTOK;
-  float4* ws = reinterpret_cast<float4*>(o.ws) + (static_cast<long long>(s.plane) * tiles + s.tile) * kC * 256 +
-               threadIdx.x;
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int t = 0; t < NTOK; ++t)
-      __stcg(ws + (r * NTOK + t) * 256, make_float4(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3]));
+  write_plane<R, NTOK>(
+      reinterpret_cast<float4*>(o.ws) + (static_cast<long long>(s.plane) * tiles + s.tile) * kC * 256 + threadIdx.x,
+      acc);
   __threadfence();  // every thread's plane before the count (the fence, then one relaxed add: a release)
   asm volatile("bar.sync 1, 256;\n" ::: "memory");
   if (threadIdx.x == 0) atomicAdd(o.counters + s.tile, 1);
@@ -107,16 +103,7 @@ __device__ __forceinline__ void sk_finish(const Out& o, float (&acc)[R][NTOK][4]
   }
   asm volatile("bar.sync 1, 256;\n" ::: "memory");
   const float4* ws = reinterpret_cast<const float4*>(o.ws) + static_cast<long long>(s.tile) * kC * 256 + threadIdx.x;
-  const long long plane = static_cast<long long>(tiles) * kC * 256;
-#pragma unroll 1
-  for (int z = 0; z < s.peers; ++z, ws += plane)
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int t = 0; t < NTOK; ++t) {
-        const float4 v = __ldcg(ws + (r * NTOK + t) * 256);
-        acc[r][t][0] += v.x, acc[r][t][1] += v.y, acc[r][t][2] += v.z, acc[r][t][3] += v.w;
-      }
+  add_planes<R, NTOK>(acc, ws, s.peers, static_cast<long long>(tiles) * kC * 256);
   store_rows<T, R, NTOK>(o, acc, stage, n0, tok0);
 }
 #endif  // TP_WGMMA
