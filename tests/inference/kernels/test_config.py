@@ -84,8 +84,9 @@ def test_shipped_table_loads_and_writes_back_the_same_bytes():
     assert gate_up[16].glu_warps == 0  # there gate|up then act_mul measured faster
     # run 7: the multi-column CUDA kernel (w4_mma.cu) won M = 64; runs 9-10: the warpgroup-MMA kernel
     # (w4_wgmma.cu); run 33: the warp-specialized kernel (w4_wgws.cu, y stored through its idle ring)
-    # takes every M from 64 on the four 8B shapes (the other models' shapes: the default's, also it)
-    assert gate_up[64].to_json() == {"kernel": "cuda_ws", "BN": 256, "BM": 64, "SPLIT_K": 1, "STAGES": 12}
+    # takes every M from 64 on the four 8B shapes (the other models' shapes: the default's, also it);
+    # run 34: its stream-K at M = 64 (112 tiles of 256 x 64 over 132 SMs)
+    assert gate_up[64].to_json() == {"kernel": "cuda_ws", "BN": 256, "BM": 64, "STAGES": 13, "STREAM": True}
     w4 = table.layouts["w4_t64x64"]
     assert all(by_m[m].kernel is KernelName.CUDA_WS for by_m in (*w4.entries(4096, 4096), gate_up)
                for m in (64, 256, 2048))
