@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from turbopack.inference.kernels import cuda_i8ws, w8a8, weight_only
-from turbopack.inference.kernels.config import KernelConfig, KernelName, or_default
+from turbopack.inference.kernels.config import KernelConfig, KernelName
 
 
 def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int],
@@ -25,9 +25,7 @@ def rowmajor_linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tu
     q, sa = w8a8.quantize_rows(x2, kp, fp8=True)
     if cfg.kernel is KernelName.CUDA_WS:  # dispatch checked cuda_i8ws.supports: the e4m3 wgmma GEMM
         y = out if out is not None else torch.empty(x2.shape[0], n, dtype=x2.dtype, device=x2.device)
-        return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
-                                 stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                                 cluster=bool(cfg.cluster), stream=bool(cfg.stream_k))
+        return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, **w8a8.ws_knobs(cfg))
     sw = packed["scales"]
     sb = sw.view(1, np_) if sw.numel() == np_ else sw.expand(np_).contiguous().view(1, np_)
     b = None

@@ -191,6 +191,13 @@ def default_config(m: int, n: int, k: int, sms: int = 132) -> KernelConfig:
                         num_warps=4, num_stages=4)
 
 
+def ws_knobs(cfg: KernelConfig) -> dict:
+    """cuda_i8ws.i8_wgws's keywords from a cuda_ws config (W8A8's and FP8's)."""
+    return dict(bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
+                stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
+                cluster=bool(cfg.cluster), stream=bool(cfg.stream_k))
+
+
 def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, int], bias: torch.Tensor | None,
            cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] for w8a8 on i8_rowmajor: per-token int8 activations, int32 accumulation."""
@@ -203,9 +210,7 @@ def linear(x2: torch.Tensor, packed: dict[str, torch.Tensor], shape: tuple[int, 
     b = bias if bias is not None else y
     if cfg.kernel is KernelName.CUDA_WS:  # dispatch checked cuda_i8ws.supports
         q, sa = quantize_rows(x2, kp, fp8=False)
-        return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, bm=or_default(cfg.block_m, cuda_i8ws.DEFAULT_BM),
-                                 stages=or_default(cfg.ring_stages, cuda_i8ws.DEFAULT_STAGES), split_k=cfg.split_k or 0,
-                                 cluster=bool(cfg.cluster), stream=bool(cfg.stream_k))
+        return cuda_i8ws.i8_wgws(q, sa, packed, shape, bias, y, **ws_knobs(cfg))
     use_int_mm = cfg.kernel is KernelName.INT_MM
     q, sa = quantize_rows(x2, kp, fp8=False, min_rows=17 if use_int_mm else 0)
     if use_int_mm:
