@@ -17,7 +17,7 @@ from wgmma_cases import TOL, hopper, replayed_in_a_graph, w4_weight
 from turbopack.formats import get_format
 from turbopack.inference.kernels import cuda_build, cuda_w4ws, cuda_w8ws, reference, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
-from turbopack.inference.kernels.epilogue import stream_ctas, stream_planes
+from turbopack.inference.kernels.epilogue import stream_ctas, stream_planes, workspace
 
 _HOST = r"""
 #include <cstdio>
@@ -98,9 +98,25 @@ def test_grid_plan_falls_back_to_the_split_where_stream_k_does_not_apply():
     tiles are fewer than the SMs, else the wave split (never an error in a forward)."""
     assert cuda_w4ws.grid_plan(6144, 4096, 256, 128, 256, 0, False, True, 132) == (1, 132, 3)
     split, ctas, planes = cuda_w4ws.grid_plan(28672, 4096, 256, 128, 256, 0, False, True, 132)
-    assert ctas == 0 and split == planes == cuda_w4ws.wave_split(28672, 4096, 256, 128, 256, 132)
+    assert ctas == 0 and split == cuda_w4ws.wave_split(28672, 4096, 256, 128, 256, 132)
+    assert planes == (split if split > 1 else 0)
     assert cuda_w4ws.grid_plan(6144, 4096, 2048, 128, 256, 3, False, True, 132)[:2] == (1, 0)  # 384 tiles
     assert cuda_w4ws.grid_plan(6144, 4096, 256, 128, 256, 3, False, False, 132) == (3, 0, 3)
+    assert cuda_w4ws.grid_plan(6144, 4096, 256, 128, 256, 3, True, False, 132) == (3, 0, 0)  # CLUSTER: no plane
+
+
+def test_one_plane_is_scratch_never_the_zeroed_workspace():
+    """o at M = 256 in 128 x 64 tiles: 128 tiles of 64 stages over 132 CTAs, two slices a tile, so one
+    plane. Run 34's tuner got it from the split-1 dummies, the shared zeroed fp32 workspace: the planes
+    were left in it (and past its end where it was smaller), and the next split-K candidate that adds
+    into it missed by 0.71."""
+    assert cuda_w4ws.grid_plan(4096, 4096, 256, 128, 64, 0, False, True, 132) == (1, 132, 1)
+    cpu = torch.device("cpu")
+    planes, cnt = cuda_w4ws.plane_slices(cpu, 4096, 256, 128, 64, 1)
+    assert planes.data_ptr() != workspace(cpu, 1, torch.float32).data_ptr() and planes.numel() >= 256 * 4096
+    assert cnt.data_ptr() == workspace(cpu, 1, torch.int32).data_ptr() and cnt.numel() >= 128
+    none, _ = cuda_w4ws.plane_slices(cpu, 4096, 256, 128, 64, 0)
+    assert none.data_ptr() == workspace(cpu, 1, torch.float32).data_ptr()  # a dummy no kernel writes
 
 
 def test_config_and_tuner():
@@ -120,9 +136,10 @@ def test_config_and_tuner():
 
 
 #: (M, N, K, BN, BM, STAGES): up to nine slices a tile (18 stages over 132 CTAs), one CTA a stage, ragged
-#: N and M, every tile
+#: N and M, every tile; (256, 2816, 1024, 128, 64): at most two slices a tile, one plane (on 132 SMs)
 CASES = [(300, 1072, 1152, 128, 256, 4), (200, 1072, 1152, 128, 128, 10), (64, 1004, 1152, 256, 64, 13),
-         (17, 128, 256, 128, 64, 3), (256, 4096, 4096, 128, 256, 6), (100, 1072, 1152, 128, 64, 17)]
+         (17, 128, 256, 128, 64, 3), (256, 4096, 4096, 128, 256, 6), (100, 1072, 1152, 128, 64, 17),
+         (256, 2816, 1024, 128, 64, 16)]
 
 
 @pytest.mark.gpu
@@ -142,6 +159,8 @@ def test_w4_matches_reference_deterministic_counters_zeroed(m, n, k, bn, bm, sta
     # the counters the heads re-zeroed serve a split-K call next
     y3 = cuda_w4ws.w4_wgws(x, packed, (n, k), b, group=128, bn=bn, bm=bm, stages=stages, split_k=2)
     assert reference.rel_err(y3, want) < TOL[dtype]
+    # the shared zeroed buffers are as the other kernels' atomics expect them
+    assert not workspace(x.device, 1, torch.float32).any() and not workspace(x.device, 1, torch.int32).any()
 
 
 @pytest.mark.gpu

@@ -23,7 +23,7 @@ import torch
 
 from turbopack.inference.kernels import cuda_build, cuda_w4wg
 from turbopack.inference.kernels.cuda_build import ptr as _p
-from turbopack.inference.kernels.epilogue import splitk_slices, stream_ctas, stream_planes
+from turbopack.inference.kernels.epilogue import plane_buffers, stream_ctas, stream_planes
 
 SRC = cuda_build.CSRC / "w4_wgws.cu"
 #: (BN, BM) built: 128 rows (one 64-row A tile a consumer warpgroup) x 256, 128 or 64 tokens, 256 rows
@@ -85,11 +85,12 @@ def cluster_fits(bn: int, bm: int, stages: int, row_bytes: int = ROW_BYTES) -> b
     return 8 * (bn // 128) * (bm // 8) * 32 * 16 <= stages * slot_bytes(bn, bm, row_bytes)
 
 
-def plane_slices(device: torch.device, n_pad: int, m: int, bn: int, bm: int, split: int):
-    """(planes, counters) for split-K through global planes (csrc/ws_store.cuh store_sliced_rows): a
-    whole BN x BM tile of fp32 a slice, past N and M too, in the accumulators' layout."""
+def plane_slices(device: torch.device, n_pad: int, m: int, bn: int, bm: int, planes: int):
+    """(planes, counters) for split-K and stream-K through global planes (csrc/ws_store.cuh
+    store_sliced_rows, ws_stream.cuh sk_publish): a whole BN x BM tile of fp32 a plane, past N and M
+    too, in the accumulators' layout; dummies where ``planes`` is 0."""
     rows, toks = math.ceil(n_pad / bn), math.ceil(m / bm)
-    return splitk_slices(device, toks * bm, rows * bn, rows * toks, split)
+    return plane_buffers(device, planes, toks * bm, rows * bn, rows * toks)
 
 
 def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = ROW_BYTES) -> None:
@@ -104,7 +105,7 @@ def check_config(bn: int, bm: int, stages: int, cluster: bool, row_bytes: int = 
 
 def grid_plan(n_pad: int, k: int, m: int, bn: int, bm: int, split_k: int, cluster: bool, stream: bool,
               sms: int) -> tuple[int, int, int]:
-    """(split, stream-K CTAs or 0, planes) of one call. STREAM runs stream-K where it applies
+    """(split, stream-K CTAs or 0, fp32 planes it writes) of one call. STREAM runs stream-K where it applies
     (epilogue.stream_ctas: fewer tiles than SMs) and otherwise the default split, so a tuned bucket's
     STREAM entry serves the M and N it was not measured at too."""
     tiles = math.ceil(n_pad / bn) * math.ceil(m / bm)
@@ -115,7 +116,7 @@ def grid_plan(n_pad: int, k: int, m: int, bn: int, bm: int, split_k: int, cluste
         split_k, cluster = 0, False
     split = int(split_k) if split_k and split_k > 0 else wave_split(n_pad, k, m, bn, bm, sms)
     split = max(1, min(split, k // 64, CLUSTER_MAX if cluster else k))
-    return split, 0, split
+    return split, 0, 0 if cluster or split == 1 else split  # CLUSTER sums in distributed shared memory
 
 
 def launch_grid(device: torch.device, n_pad: int, k: int, m: int, bn: int, bm: int, split_k: int, cluster: bool,

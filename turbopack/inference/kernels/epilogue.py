@@ -99,11 +99,20 @@ def splitk_slices(device: torch.device, m: int, n: int, tiles: int, split_k: int
     """(fp32 [split_k, m, n] partial tiles, int32 [tiles] counters) for the kernels that reduce split-K
     by slices (csrc/w4_mma.cu): each K slice stores its partial tile with plain stores and the last one
     to arrive sums the slices in order, where atomics into one zeroed buffer cost an L2 atomic per
-    element and slice. The slices are scratch, fully written before they are read: one buffer per
-    device, not zeroed, grown as ``workspace`` grows; the counters are the shared zeroed ones."""
-    if split_k == 1:
+    element and slice. Split 1 stores no slice: dummies (plane_buffers with no plane)."""
+    return plane_buffers(device, split_k if split_k > 1 else 0, m, n, tiles)
+
+
+def plane_buffers(device: torch.device, planes: int, m: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 [planes, m, n] scratch planes, int32 [tiles] counters), or dummies where ``planes`` is 0.
+    The planes are fully written before they are read: one buffer per device, not zeroed, grown as
+    ``workspace`` grows; the counters are the shared zeroed ones. Never the zeroed fp32 workspace, even
+    for one plane (stream-K's tiles of two slices have one): a plane written there would break every
+    kernel that adds into it assuming zeros, and could write past its end (run 34's tuner: a Triton
+    split-K candidate after a one-plane stream-K one missed by 0.71)."""
+    if planes == 0:
         return workspace(device, 1, torch.float32), workspace(device, 1, torch.int32)
-    slices = _grown((str(device), "slices"), split_k * m * n,
+    slices = _grown((str(device), "slices"), planes * m * n,
                     lambda n_: torch.empty(n_, dtype=torch.float32, device=device))
     return slices, workspace(device, tiles, torch.int32)
 
