@@ -32,4 +32,6 @@ step "bench_linear --tune --formats ${FORMATS:=w4a16}"
 timeout ${TUNE_S:-520} python3 benchmarks/bench_linear.py --tune --jobs 15 --formats "$FORMATS" ${MS:+--ms $MS} \
   --out "$OUT" > "$OUT/tune.txt" 2> "$OUT/tune.log"
 echo "rc=$?"; tail -4 "$OUT/tune.log"; grep -vE "^\s*$" "$OUT/tune.txt" | head -80
+# a candidate off its contract is a kernel bug until shown otherwise (run 34's one REJECTED line was one)
+grep -E "REJECTED|FAILED" "$OUT/tune.log" "$OUT/tune.txt" | cut -c1-220 | head -20
 step done
