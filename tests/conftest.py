@@ -24,8 +24,8 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def zeroed_buffers_stay_zeroed(request):
     """After every GPU test: the shared zeroed buffers (epilogue.workspace, epilogue.counters) are
-    zero, as every kernel that adds into them or counts on them assumes. Run 34's tuner found a
-    stream-K kernel that had left its planes in the fp32 one; a test that breaks it fails here, and
+    zero, as every kernel that adds into them or counts on them assumes (run 34's tuner found a
+    stream-K grid that had left its plane in the fp32 one). A test that breaks it fails here, and
     the buffers are zeroed again so the next test starts clean."""
     yield
     if request.node.get_closest_marker("gpu") is None:
@@ -34,13 +34,7 @@ def zeroed_buffers_stay_zeroed(request):
 
     if not torch.cuda.is_available():
         return
-    from turbopack.inference.kernels import epilogue
+    from turbopack.inference.kernels.epilogue import dirty_zeroed_buffers
 
-    torch.cuda.synchronize()
-    dirty = []
-    for key, buf in list(epilogue._WS.items()):
-        shared = isinstance(key[1], torch.dtype) or str(key[1]).startswith("counters:")
-        if shared and buf.is_cuda and buf.any():
-            dirty.append(f"{key[1]}: {int(buf.count_nonzero())} nonzero")
-            buf.zero_()
+    dirty = dirty_zeroed_buffers()
     assert not dirty, f"left non-zero: {'; '.join(dirty)}"

@@ -17,7 +17,7 @@ from wgmma_cases import TOL, hopper, replayed_in_a_graph, w4_weight
 from turbopack.formats import get_format
 from turbopack.inference.kernels import cuda_build, cuda_w4ws, cuda_w8ws, reference, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
-from turbopack.inference.kernels.epilogue import stream_ctas, stream_planes, workspace
+from turbopack.inference.kernels.epilogue import counters, dirty_zeroed_buffers, stream_ctas, stream_planes, workspace
 
 _HOST = r"""
 #include <cstdio>
@@ -117,6 +117,18 @@ def test_one_plane_is_scratch_never_the_zeroed_workspace():
     assert cnt.data_ptr() == workspace(cpu, 1, torch.int32).data_ptr() and cnt.numel() >= 128
     none, _ = cuda_w4ws.plane_slices(cpu, 4096, 256, 128, 64, 0)
     assert none.data_ptr() == workspace(cpu, 1, torch.float32).data_ptr()  # a dummy no kernel writes
+
+
+def test_dirty_zeroed_buffers_names_and_rezeroes_them():
+    """What the tuner (per candidate) and tests/conftest.py (per GPU test) check: the scratch planes
+    may hold anything, the zeroed buffers nothing."""
+    cpu = torch.device("cpu")
+    assert dirty_zeroed_buffers() == []
+    workspace(cpu, 8, torch.float32)[3] = 1.5
+    counters(cpu, 8, "test")[:2] = 1
+    cuda_w4ws.plane_slices(cpu, 4096, 256, 128, 64, 1)[0].fill_(7.0)
+    assert dirty_zeroed_buffers() == ["cpu torch.float32: 1 non-zero", "cpu counters:test: 2 non-zero"]
+    assert dirty_zeroed_buffers() == []
 
 
 def test_config_and_tuner():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from turbopack.inference.kernels import bench, cuda_build, pdl, tune
+from turbopack.inference.kernels import bench, cuda_build, epilogue, pdl, tune
 from turbopack.inference.kernels.config import KernelConfig, KernelName
 from turbopack.inference.kernels.dispatch import device_arch, resolve_config
 from turbopack.inference.kernels.table import Buckets, KernelTable, LayoutTable, load_table
@@ -42,7 +42,12 @@ def measure(setup: str, wt: bench.Weight, m: int, cands: list[KernelConfig], l2:
             if not err < bench.TOL:
                 _log(f"  REJECTED {setup} {n}x{k} M={m} {cfg.describe()}: rel err {err:.2e}")
                 continue
-            tried.append((bench.time_ours(wt, cfg, x), err, cfg))
+            us = bench.time_ours(wt, cfg, x)
+            dirty = epilogue.dirty_zeroed_buffers()  # its own answer right, the next kernel's broken
+            if dirty:
+                _log(f"  REJECTED {setup} {n}x{k} M={m} {cfg.describe()}: left {'; '.join(dirty)}")
+                continue
+            tried.append((us, err, cfg))
         except Exception as e:  # a config that does not compile or launch is skipped, loudly
             _log(f"  FAILED {setup} {n}x{k} M={m} {cfg.describe()}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     if not tried:

@@ -88,6 +88,23 @@ def counters(device: torch.device, numel: int, owner: str) -> torch.Tensor:
     return _grown((str(device), f"counters:{owner}"), numel, lambda n: torch.zeros(n, dtype=torch.int32, device=device))
 
 
+def dirty_zeroed_buffers() -> list[str]:
+    """The shared zeroed buffers (``workspace``, ``counters``) that are not all zero, each named with
+    its count of non-zeros, then zeroed again. Every kernel that adds into them or counts on them
+    assumes zeros, so one left dirty breaks whatever runs next (run 34: a stream-K grid's plane in
+    the fp32 workspace, caught by the next candidate's check). Synchronizes the devices it reads."""
+    dirty = []
+    for (dev, kind), buf in list(_WS.items()):
+        if kind == "slices":  # scratch, written before it is read
+            continue
+        if buf.is_cuda:
+            torch.cuda.synchronize(buf.device)
+        if buf.any():
+            dirty.append(f"{dev} {kind}: {int(buf.count_nonzero())} non-zero")
+            buf.zero_()
+    return dirty
+
+
 def splitk_buffers(device: torch.device, m: int, n: int, tiles: int, split_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp32 [m*n] partial sums, int32 [tiles] counters); dummies when split_k == 1."""
     if split_k == 1:
