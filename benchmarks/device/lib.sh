@@ -29,3 +29,7 @@ ncu_prof() {  # name, kernel regex, then the python command: $OUT/ncu_<name>.txt
     $NCU_SECTIONS "$@" > "$OUT/ncu_$name.txt" 2>&1
   echo "rc=$?"; grep -E "$NCU_KEYS" "$OUT/ncu_$name.txt" | head -30
 }
+archive_parts() {  # folders under $1 -> $1/all.tar.xz, one file (a call brings back at most 8)
+  local final=$1; shift
+  tar -C "$final" -cJf /tmp/all.tar.xz "$@" && (cd "$final" && rm -rf "$@") && mv /tmp/all.tar.xz "$final/"
+}

@@ -10,4 +10,4 @@ OUT=$FINAL/rest TESTS_S=260 bash benchmarks/device/suite.sh
 OUT=$FINAL/cli TESTS_S=240 PART=cli bash benchmarks/device/suite.sh
 left=$((570 - SECONDS)); [ $left -gt 200 ] && left=200
 OUT=$FINAL/e2e E2E_S=$left PART=e2e bash benchmarks/device/tune.sh
-tar -C "$FINAL" -cJf /tmp/all.tar.xz rest cli e2e && rm -rf "$FINAL"/{rest,cli,e2e} && mv /tmp/all.tar.xz "$FINAL/"
+archive_parts "$FINAL" rest cli e2e

@@ -8,5 +8,4 @@ FINAL=$OUT
 OUT=$FINAL/tune WS_TESTS=1 FORMATS=w4a16 TUNE_S=${TUNE_S:-400} bash benchmarks/device/tune.sh
 [ -f "$FINAL/tune/sm90.json" ] && mv "$FINAL/tune/sm90.json" "$FINAL/"
 [ $((590 - SECONDS)) -gt 120 ] && OUT=$FINAL/ncu NCU_S=$(((570 - SECONDS) / 3)) bash benchmarks/device/run34b.sh
-tar -C "$FINAL" -cJf /tmp/all.tar.xz tune $(ls -d "$FINAL/ncu" 2>/dev/null | xargs -r -n1 basename) \
-  && rm -rf "$FINAL"/{tune,ncu} && mv /tmp/all.tar.xz "$FINAL/"
+archive_parts "$FINAL" tune $([ -d "$FINAL/ncu" ] && echo ncu)

@@ -92,13 +92,13 @@ def dirty_zeroed_buffers() -> list[str]:
     """The shared zeroed buffers (``workspace``, ``counters``) that are not all zero, each named with
     its count of non-zeros, then zeroed again. Every kernel that adds into them or counts on them
     assumes zeros, so one left dirty breaks whatever runs next (run 34: a stream-K grid's plane in
-    the fp32 workspace, caught by the next candidate's check). Synchronizes the devices it reads."""
+    the fp32 workspace, caught by the next candidate's check). Synchronizes the current device first."""
     dirty = []
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     for (dev, kind), buf in list(_WS.items()):
         if kind == "slices":  # scratch, written before it is read
             continue
-        if buf.is_cuda:
-            torch.cuda.synchronize(buf.device)
         if buf.any():
             dirty.append(f"{dev} {kind}: {int(buf.count_nonzero())} non-zero")
             buf.zero_()
